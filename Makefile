@@ -1,0 +1,64 @@
+# iommu-broker: the two commands are `make run` and `make test`.
+# Each installs missing Debian packages (scripts/deps.sh), configures and builds.
+
+BUILD_DIR ?= build
+JOBS ?= $(shell nproc)
+CMAKE_FLAGS ?=
+CTEST_FLAGS ?= --output-on-failure
+
+.PHONY: all deps configure build run test bench workloads asan tsan thread-safety ci clean
+
+all: build
+
+deps:
+	@bash scripts/deps.sh
+
+$(BUILD_DIR)/build.ninja:
+	cmake -S . -B $(BUILD_DIR) -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo $(CMAKE_FLAGS)
+
+configure: deps $(BUILD_DIR)/build.ninja
+
+build: configure
+	cmake --build $(BUILD_DIR) -j $(JOBS)
+
+# Until the daemon lands, `make run` runs the engine workloads of WORKLOADS.md.
+run: build
+	@echo "make run: iommud is not built yet; running the engine workloads (WORKLOADS.md) instead."
+	$(BUILD_DIR)/core/iommu_workloads
+
+test: build
+	cd $(BUILD_DIR) && ctest -j $(JOBS) $(CTEST_FLAGS)
+
+# Google Benchmark binaries for the hot paths, then the workload runner.
+bench: build
+	@for b in $$(find $(BUILD_DIR) -name '*_benchmark' -type f -perm -u+x | sort); do \
+	  echo "== $$b"; $$b --benchmark_min_time=0.2 || exit 1; done
+	$(BUILD_DIR)/core/iommu_workloads
+
+workloads: build
+	$(BUILD_DIR)/core/iommu_workloads
+
+# Core tests under AddressSanitizer + UndefinedBehaviorSanitizer.
+asan: deps
+	cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=Debug -DIOMMU_BUILD_BENCHMARKS=OFF \
+	  -DCMAKE_CXX_COMPILER=clang++ -DIOMMU_SANITIZE=address,undefined
+	cmake --build build-asan -j $(JOBS)
+	cd build-asan && ctest -j $(JOBS) $(CTEST_FLAGS)
+
+# Core tests under ThreadSanitizer.
+tsan: deps
+	cmake -S . -B build-tsan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DIOMMU_BUILD_BENCHMARKS=OFF \
+	  -DCMAKE_CXX_COMPILER=clang++ -DIOMMU_SANITIZE=thread
+	cmake --build build-tsan -j $(JOBS)
+	cd build-tsan && ctest -j $(JOBS) $(CTEST_FLAGS)
+
+# Clang build that checks the ABSL_GUARDED_BY / ABSL_EXCLUSIVE_LOCKS_REQUIRED annotations.
+thread-safety: deps
+	cmake -S . -B build-clang -G Ninja -DCMAKE_BUILD_TYPE=Debug -DIOMMU_BUILD_BENCHMARKS=ON \
+	  -DCMAKE_CXX_COMPILER=clang++ -DIOMMU_THREAD_SAFETY=ON
+	cmake --build build-clang -j $(JOBS)
+
+ci: test asan thread-safety
+
+clean:
+	rm -rf build build-asan build-tsan build-clang

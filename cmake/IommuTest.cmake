@@ -1,0 +1,22 @@
+# iommu_cc_test(NAME SRCS... DEPS...): one gtest binary registered with ctest,
+# its cases discovered individually so a failure names the case.
+include(GoogleTest)
+
+function(iommu_cc_test name)
+  cmake_parse_arguments(ARG "" "" "SRCS;DEPS" ${ARGN})
+  add_executable(${name} ${ARG_SRCS})
+  target_link_libraries(${name} PRIVATE ${ARG_DEPS} GTest::gmock GTest::gtest_main)
+  gtest_discover_tests(${name} DISCOVERY_TIMEOUT 60 PROPERTIES TIMEOUT 600)
+endfunction()
+
+# iommu_cc_benchmark(NAME SRCS... DEPS...): a Google Benchmark binary, built
+# only with IOMMU_BUILD_BENCHMARKS and run by `make bench`, never by ctest.
+function(iommu_cc_benchmark name)
+  if(NOT IOMMU_BUILD_BENCHMARKS)
+    return()
+  endif()
+  cmake_parse_arguments(ARG "" "" "SRCS;DEPS" ${ARGN})
+  add_executable(${name} ${ARG_SRCS})
+  target_link_libraries(${name} PRIVATE ${ARG_DEPS} benchmark::benchmark_main)
+  set_property(GLOBAL APPEND PROPERTY IOMMU_BENCHMARKS ${name})
+endfunction()
