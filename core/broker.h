@@ -34,11 +34,56 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "core/broker_types.h"
+#include "core/fault_ring.h"
+#include "core/flush_queue.h"
+#include "core/io_pgtable.h"
+#include "core/iotlb.h"
+#include "core/iova_allocator.h"
+#include "core/phys_memory.h"
 #include "core/topology.h"
 
 namespace iommu::core {
 
 class BrokerImpl;
+
+struct DeviceInfo {
+  DeviceConfig config;
+  uint64_t current_domain_id = 0;
+  uint64_t default_domain_id = 0;
+  uint64_t mapped_bytes = 0;
+  uint64_t mappings = 0;
+  uint64_t buffers = 0;
+  Quotas quotas;
+};
+
+struct SmmuStats {
+  std::string name;
+  IotlbStats iotlb;
+  uint64_t iotlb_capacity = 0;
+  uint32_t contexts_total = 0;
+  uint32_t contexts_used = 0;
+  uint64_t translations_ok = 0;
+  uint64_t translations_fault = 0;
+};
+
+struct DomainStats {
+  uint64_t domain_id = 0;
+  std::string smmu;
+  DomainType type = DomainType::kDma;
+  bool strict = true;
+  std::optional<IovaStats> iova;  // DMA and DMA_FQ domains
+  PgtableStats pgtable;
+  uint64_t mappings = 0;
+  uint64_t mapped_bytes = 0;
+  std::optional<FlushQueueStats> flush_queue;  // DMA_FQ domains
+};
+
+struct BrokerStats {
+  std::vector<SmmuStats> smmus;
+  std::vector<DomainStats> domains;
+  FaultRingStats faults;
+  std::vector<PoolStats> pools;
+};
 
 struct BrokerOptions {
   Quotas default_quotas;
@@ -101,7 +146,22 @@ class Broker {
   absl::Status AttachDevice(const Caller& caller, const std::string& device, uint64_t domain_id);
   absl::Status DetachDevice(const Caller& caller, const std::string& device);
 
-  // --- Topology -------------------------------------------------------------
+  // --- Topology and views -----------------------------------------------------
+  std::vector<SmmuConfig> ListIommus() const;
+  // Devices the caller may see (all for an admin, itself for a device).
+  std::vector<DeviceInfo> ListDevices(const Caller& caller) const;
+  // Per SMMU and per domain the caller may see; pools and the fault ring.
+  BrokerStats GetStats(const Caller& caller) const;
+  // Fault records with seq > after_seq (a device sees only its own; `lost`
+  // counts every record the reader missed).
+  absl::StatusOr<FaultReadResult> ReadFaults(const Caller& caller, uint64_t after_seq,
+                                             size_t max_records) const;
+  // Blocks until a fault newer than after_seq exists, the deadline passes
+  // (DEADLINE_EXCEEDED) or Shutdown (CANCELLED).
+  absl::Status WaitForFaults(uint64_t after_seq, absl::Time deadline) const;
+  // Wakes fault watchers for a daemon shutdown.
+  void Shutdown();
+
   absl::StatusOr<IovaRangesResult> GetIovaRanges(const Caller& caller,
                                                  const std::string& device) const;
 
