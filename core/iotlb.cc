@@ -69,50 +69,16 @@ Iotlb::Iotlb(uint32_t sets, uint32_t ways, absl::Span<const uint8_t> leaf_sizes_
       set_mask_(sets - 1),
       num_leaf_sizes_(uint8_t(leaf_sizes_log2.size())),
       entries_(new Entry[size_t{sets} * ways]) {
+  static_assert(Salt(0xfedc1234, 21) == ((TagProduct(0xfedc1234) + 21 * kSaltMul) >> 32));
   for (size_t i = 0; i < leaf_sizes_log2.size(); ++i) {
     probe_order_[i] = leaf_sizes_log2[i];
+    leaf_product_[i] = leaf_sizes_log2[i] * kSaltMul;
     leaf_size_mask_ |= uint64_t{1} << leaf_sizes_log2[i];
   }
   for (uint32_t s = 0; s < sets_; ++s) {
     Entry* set = SetAt(s);
     for (uint32_t w = 0; w < ways_; ++w) set[w].lru = uint8_t(w);
   }
-}
-
-void Iotlb::Touch(Entry* set, uint32_t way) {
-  const uint8_t rank = set[way].lru;
-  if (rank == 0) return;
-  for (uint32_t w = 0; w < ways_; ++w) {
-    if (set[w].lru < rank) ++set[w].lru;
-  }
-  set[way].lru = 0;
-}
-
-std::optional<IotlbHit> Iotlb::Lookup(TlbTag tag, Iova iova) {
-  ++stats_.lookups;
-  const uint32_t packed = tag.Packed();
-  for (uint32_t i = 0; i < num_leaf_sizes_; ++i) {
-    const unsigned leaf_log2 = probe_order_[i];
-    const uint64_t page_number = iova.value() >> leaf_log2;
-    const uint64_t want = MakeKey(page_number << leaf_log2, leaf_log2);
-    Entry* set = SetAt(SetIndex(packed, leaf_log2, page_number));
-    for (uint32_t w = 0; w < ways_; ++w) {
-      Entry& e = set[w];
-      if ((e.key & ~kKeyStale) != want || e.tag != packed) continue;
-      ++stats_.hits;
-      const bool stale = (e.key & kKeyStale) != 0;
-      stats_.stale_hits += stale;
-      Touch(set, w);
-      IotlbHit hit;
-      hit.phys = PhysAddr(e.phys | (iova.value() & LowMask(leaf_log2)));
-      hit.grant = Grant(e.grant);
-      hit.leaf_size_log2 = uint8_t(leaf_log2);
-      hit.stale = stale;
-      return hit;
-    }
-  }
-  ++stats_.misses;
-  return std::nullopt;
 }
 
 absl::Status Iotlb::Insert(TlbTag tag, Iova iova, unsigned leaf_size_log2, PhysAddr phys,
