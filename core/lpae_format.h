@@ -23,17 +23,18 @@
 //   ias      4K              16K             64K
 //   32       L1, 4 entries   L2, 128         L2, 8
 //   36       L1, 64          L2, 2048        L2, 128
-//   40       L0, 2           L1, 64          L2, 2048
-//   42       L0, 8           L1, 256         L2, 8192
-//   44       L0, 32          L1, 1024        L1, 4
+//   40       L0, 2           L1, 16          L2, 2048
+//   42       L0, 8           L1, 64          L2, 8192
+//   44       L0, 32          L1, 256         L1, 4
 //   48       L0, 512         L0, 2           L1, 64
 //
 // Stage 2 concatenates up to 16 tables at the initial level to save a level,
 // as the architecture allows (VTCR_EL2.SL0 + concatenation) and as Linux does
-// for start level 0: whenever the stage-2 start level is 0 or 1 and the root
-// would hold <= 16 entries, the walk starts one level lower with a root of
-// (entries) concatenated tables. E.g. 4K ias 40 -> L1 with 2 tables, 4K ias 32
-// -> L2 with 4 tables, 64K ias 44 -> L2 with 4 tables.
+// for start level 0: whenever the root would hold <= 16 entries and starting
+// one level lower loses no block level of the granule (4K keeps its level-1
+// 1G blocks, so it only concatenates from level 0), the walk starts one level
+// lower with a root of (entries) concatenated tables. E.g. 4K ias 40 -> L1
+// with 2 tables, 16K ias 48 -> L1 with 2, 64K ias 44 -> L2 with 4.
 //
 // Descriptor layout (bits[1:0]): 0b00/0b10 invalid; 0b01 block (levels that
 // hold blocks, see above); 0b11 table at levels 0..2, page at level 3.
@@ -139,6 +140,10 @@ constexpr bool LevelHoldsLeaves(unsigned granule_shift, int level) {
   if (level == 2) return true;
   return level == 1 && granule_shift == 12;
 }
+// The lowest-numbered level holding blocks (1 for 4K, 2 for 16K and 64K).
+constexpr int HighestBlockLevel(unsigned granule_shift) {
+  return LevelHoldsLeaves(granule_shift, 1) ? 1 : 2;
+}
 // The page sizes a granule supports (Linux's arm_lpae_restrict_pgsizes).
 constexpr uint64_t PgsizeBitmapForGranule(unsigned granule_shift) {
   uint64_t bitmap = 0;
@@ -176,7 +181,7 @@ constexpr Geometry ComputeGeometry(unsigned granule_shift, unsigned ias, Stage s
   const unsigned levels = (va_bits + g.bits_per_level - 1) / g.bits_per_level;
   g.start_level = kMaxLevels - int(levels);
   g.pgd_bits = va_bits - (levels - 1) * g.bits_per_level;
-  if (stage == Stage::kStage2 && g.start_level <= 1 &&
+  if (stage == Stage::kStage2 && g.start_level + 1 <= HighestBlockLevel(granule_shift) &&
       g.RootEntries() <= kMaxS2ConcatTables) {
     g.concat_tables = unsigned(g.RootEntries());
     g.pgd_bits += g.bits_per_level;
@@ -205,7 +210,8 @@ static_assert(ComputeGeometry(16, 32, Stage::kStage1) == Geometry{16, 13, 2, 3, 
 static_assert(ComputeGeometry(12, 48, Stage::kStage2) == Geometry{12, 9, 0, 9, 1});
 static_assert(ComputeGeometry(12, 40, Stage::kStage2) == Geometry{12, 9, 1, 10, 2});
 static_assert(ComputeGeometry(12, 44, Stage::kStage2) == Geometry{12, 9, 0, 5, 1});
-static_assert(ComputeGeometry(12, 32, Stage::kStage2) == Geometry{12, 9, 2, 11, 4});
+static_assert(ComputeGeometry(12, 32, Stage::kStage2) == Geometry{12, 9, 1, 2, 1});
+static_assert(ComputeGeometry(14, 40, Stage::kStage2) == Geometry{14, 11, 2, 15, 16});
 static_assert(ComputeGeometry(14, 48, Stage::kStage2) == Geometry{14, 11, 1, 12, 2});
 static_assert(ComputeGeometry(16, 44, Stage::kStage2) == Geometry{16, 13, 2, 15, 4});
 static_assert(ComputeGeometry(16, 48, Stage::kStage2) == Geometry{16, 13, 1, 6, 1});

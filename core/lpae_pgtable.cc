@@ -70,6 +70,12 @@ absl::StatusOr<std::unique_ptr<LpaePgtable>> LpaePgtable::Create(const IoPgtable
                                         lpae::PgsizeBitmapForGranule(granule_shift)));
   }
   const lpae::Geometry geometry = lpae::ComputeGeometry(granule_shift, cfg.ias, stage);
+  const uint64_t root_entry_bytes = uint64_t{1}
+                                    << lpae::LevelShift(granule_shift, geometry.start_level);
+  if (cfg.pgsize_bitmap >= root_entry_bytes << 1) {
+    return InvalidField("pgsize_bitmap", cfg.pgsize_bitmap,
+                        "holds a page size larger than a root entry covers");
+  }
   return std::unique_ptr<LpaePgtable>(new LpaePgtable(cfg, flush_ops, stage, geometry));
 }
 
