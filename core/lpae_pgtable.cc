@@ -1,0 +1,437 @@
+// LpaePgtable: construction, table memory, map, unmap and block splits.
+// Inspection (walk, dumps, invariants) lives in lpae_pgtable_inspect.cc.
+
+#include "core/lpae_pgtable.h"
+
+#include <algorithm>
+#include <cassert>
+#include <cstring>
+#include <new>
+
+#include "absl/base/optimization.h"
+#include "absl/strings/str_format.h"
+#include "core/bits.h"
+#include "core/errors.h"
+#include "core/status_macros.h"
+
+namespace iommu::core {
+
+using lpae::kLeafLevel;
+
+namespace {
+
+// The software word after each table holding its live-entry count.
+constexpr uint64_t kFooterBytes = sizeof(uint64_t);
+
+bool ValidProt(Prot prot) {
+  const uint32_t bits = uint32_t(prot);
+  return (bits & ~kProtAllBits) == 0 && (bits & uint32_t(Prot::kRead | Prot::kWrite)) != 0;
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<LpaePgtable>> LpaePgtable::Create(const IoPgtableCfg& cfg,
+                                                                 FlushOps* flush_ops) {
+  lpae::Stage stage;
+  switch (cfg.format) {
+    case IoPgtableFormat::kArm64LpaeS1:
+      stage = lpae::Stage::kStage1;
+      break;
+    case IoPgtableFormat::kArm64LpaeS2:
+      stage = lpae::Stage::kStage2;
+      break;
+    default:
+      return InvalidField("format", uint64_t(cfg.format), "not an LPAE format");
+  }
+  if (flush_ops == nullptr) return InvalidField("flush_ops", 0, "must be non-null");
+  if (cfg.quirks & ~kSupportedQuirks) {
+    return InvalidField("quirks", cfg.quirks, "unsupported quirk bits");
+  }
+  if (stage == lpae::Stage::kStage2 && (cfg.quirks & kQuirkArmNs)) {
+    return InvalidField("quirks", cfg.quirks, "ARM_NS is a stage-1 quirk");
+  }
+  if (cfg.ias < lpae::kMinAddrBits || cfg.ias > lpae::kMaxAddrBits) {
+    return OutOfRangeField("ias", cfg.ias, "must be 32..48");
+  }
+  if (cfg.oas < lpae::kMinAddrBits || cfg.oas > lpae::kMaxAddrBits) {
+    return OutOfRangeField("oas", cfg.oas, "must be 32..48");
+  }
+  if (cfg.pgsize_bitmap == 0) return InvalidField("pgsize_bitmap", 0, "must be non-zero");
+  const unsigned granule_shift = Log2(cfg.pgsize_bitmap & (~cfg.pgsize_bitmap + 1));
+  if (!lpae::IsGranuleShift(granule_shift)) {
+    return InvalidField("pgsize_bitmap", cfg.pgsize_bitmap,
+                        "smallest page size must be a 4K, 16K or 64K granule");
+  }
+  if (cfg.pgsize_bitmap & ~lpae::PgsizeBitmapForGranule(granule_shift)) {
+    return InvalidField("pgsize_bitmap", cfg.pgsize_bitmap,
+                        absl::StrFormat("holds sizes that are no leaf size of the %uK granule "
+                                        "(allowed: %#x)",
+                                        1u << (granule_shift - 10),
+                                        lpae::PgsizeBitmapForGranule(granule_shift)));
+  }
+  const lpae::Geometry geometry = lpae::ComputeGeometry(granule_shift, cfg.ias, stage);
+  const uint64_t root_entry_bytes = uint64_t{1}
+                                    << lpae::LevelShift(granule_shift, geometry.start_level);
+  if (cfg.pgsize_bitmap >= root_entry_bytes << 1) {
+    return InvalidField("pgsize_bitmap", cfg.pgsize_bitmap,
+                        "holds a page size larger than a root entry covers");
+  }
+  return std::unique_ptr<LpaePgtable>(new LpaePgtable(cfg, flush_ops, stage, geometry));
+}
+
+LpaePgtable::LpaePgtable(const IoPgtableCfg& cfg, FlushOps* flush_ops, lpae::Stage stage,
+                         const lpae::Geometry& geometry)
+    : IoPgtableOps(cfg, flush_ops),
+      stage_(stage),
+      geometry_(geometry),
+      start_level_(geometry.start_level),
+      ias_(cfg.ias),
+      oas_(cfg.oas),
+      table_attrs_((cfg.quirks & kQuirkArmNs) ? lpae::kPteNsTable : 0) {
+  level_for_shift_.fill(-1);
+  for (int level = 0; level < lpae::kMaxLevels; ++level) {
+    shift_[level] = lpae::LevelShift(geometry.granule_shift, level);
+    entries_[level] = level == start_level_ ? geometry.RootEntries() : geometry.TableEntries();
+    index_mask_[level] = entries_[level] - 1;
+    offset_mask_[level] = LowMask(shift_[level]);
+    const uint64_t size = uint64_t{1} << shift_[level];
+    leaf_allowed_[level] = level >= start_level_ &&
+                           lpae::LevelHoldsLeaves(geometry.granule_shift, level) &&
+                           (cfg.pgsize_bitmap & size) != 0;
+    if (leaf_allowed_[level]) level_for_shift_[shift_[level]] = int8_t(level);
+  }
+  root_ = AllocTable(start_level_);
+}
+
+LpaePgtable::~LpaePgtable() {
+  flush_ops_->TlbFlushAll();
+  FreeSubtree(root_, start_level_);
+}
+
+// --- Table memory --------------------------------------------------------------
+
+uint64_t* LpaePgtable::AllocTable(int level) {
+  const uint64_t bytes = entries_[level] * sizeof(uint64_t);
+  const std::align_val_t align{std::max<uint64_t>(bytes, 64)};
+  void* mem = ::operator new(bytes + kFooterBytes, align);
+  std::memset(mem, 0, bytes + kFooterBytes);
+  assert((reinterpret_cast<uintptr_t>(mem) & ~lpae::kPteAddrMask) == 0 &&
+         "host table address does not fit a table descriptor");
+  ++table_count_;
+  table_bytes_ += bytes;
+  return static_cast<uint64_t*>(mem);
+}
+
+void LpaePgtable::FreeTable(uint64_t* table, int level) {
+  const uint64_t bytes = entries_[level] * sizeof(uint64_t);
+  ::operator delete(table, std::align_val_t{std::max<uint64_t>(bytes, 64)});
+  --table_count_;
+  table_bytes_ -= bytes;
+}
+
+void LpaePgtable::FreeSubtree(uint64_t* table, int level) {
+  if (level < kLeafLevel) {
+    for (uint64_t i = 0; i < entries_[level]; ++i) {
+      const uint64_t pte = table[i];
+      if ((pte & lpae::kPteValid) && !IsLeaf(pte, level)) FreeSubtree(TablePtr(pte), level + 1);
+    }
+  }
+  FreeTable(table, level);
+}
+
+// --- Walks -------------------------------------------------------------------
+
+uint64_t* LpaePgtable::WalkAlloc(uint64_t va, int level) {
+  uint64_t* table = root_;
+  for (int l = start_level_; l < level; ++l) {
+    uint64_t* ptep = table + Index(va, l);
+    const uint64_t pte = *ptep;
+    if (pte == 0) {
+      uint64_t* child = AllocTable(l + 1);
+      *ptep = TableDescriptor(child);
+      ++LiveCount(table, l);
+      table = child;
+      continue;
+    }
+    if ((pte & lpae::kPteTypeMask) != lpae::kPteTypeTable) return nullptr;  // a block
+    table = TablePtr(pte);
+  }
+  return table;
+}
+
+bool LpaePgtable::FindLeaf(uint64_t va, Cursor* c) const {
+  uint64_t* table = root_;
+  for (int level = start_level_;; ++level) {
+    c->tables[level] = table;
+    c->level = level;
+    c->ptep = table + Index(va, level);
+    const uint64_t pte = *c->ptep;
+    if (!(pte & lpae::kPteValid)) return false;
+    if (IsLeaf(pte, level)) return true;
+    table = TablePtr(pte);
+  }
+}
+
+// --- Argument checks -----------------------------------------------------------
+
+absl::Status LpaePgtable::RangeArgsError(uint64_t va, uint64_t pgsize_bytes,
+                                         uint64_t pgcount) const {
+  if (!IsPowerOfTwo(pgsize_bytes) || !(pgsize_bytes & cfg_.pgsize_bitmap)) {
+    return InvalidField("pgsize_bytes", pgsize_bytes,
+                        absl::StrFormat("not in pgsize_bitmap %#x", cfg_.pgsize_bitmap));
+  }
+  if (pgcount == 0) return InvalidField("pgcount", 0, "must be non-zero");
+  if (!IsAligned(va, pgsize_bytes)) {
+    return InvalidField("iova", va, absl::StrFormat("not aligned to pgsize %#x", pgsize_bytes));
+  }
+  uint64_t size = 0;
+  if (__builtin_mul_overflow(pgsize_bytes, pgcount, &size)) {
+    return InvalidField("pgcount", pgcount, "pgsize_bytes * pgcount passes 2^64");
+  }
+  if (!LastOfRange(va, size)) {
+    return InvalidField("iova", va, absl::StrFormat("range of %#x bytes passes 2^64", size));
+  }
+  if (*LastOfRange(va, size) >> ias_) {
+    return OutOfRangeField("iova", va,
+                           absl::StrFormat("range of %#x bytes ends beyond ias %u", size, ias_));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status LpaePgtable::MapArgsError(uint64_t va, uint64_t pa, uint64_t pgsize_bytes,
+                                       uint64_t pgcount, Prot prot) const {
+  // Same order as RangeArgsError, with prot and paddr checked beside iova.
+  if (!IsPowerOfTwo(pgsize_bytes) || !(pgsize_bytes & cfg_.pgsize_bitmap) || pgcount == 0) {
+    return RangeArgsError(va, pgsize_bytes, pgcount);
+  }
+  if (!ValidProt(prot)) {
+    return InvalidField("prot", uint32_t(prot), "needs READ or WRITE and no unknown bits");
+  }
+  if (!IsAligned(va, pgsize_bytes)) return RangeArgsError(va, pgsize_bytes, pgcount);
+  if (!IsAligned(pa, pgsize_bytes)) {
+    return InvalidField("paddr", pa, absl::StrFormat("not aligned to pgsize %#x", pgsize_bytes));
+  }
+  uint64_t size = 0;
+  if (__builtin_mul_overflow(pgsize_bytes, pgcount, &size) || !LastOfRange(va, size)) {
+    return RangeArgsError(va, pgsize_bytes, pgcount);
+  }
+  if (!LastOfRange(pa, size)) {
+    return InvalidField("paddr", pa, absl::StrFormat("range of %#x bytes passes 2^64", size));
+  }
+  RETURN_IF_ERROR(RangeArgsError(va, pgsize_bytes, pgcount));
+  if (*LastOfRange(pa, size) >> oas_) {
+    return OutOfRangeField("paddr", pa,
+                           absl::StrFormat("range of %#x bytes ends beyond oas %u", size, oas_));
+  }
+  assert(false && "MapArgsError called with valid arguments");
+  return absl::InternalError("map arguments valid");
+}
+
+// --- Map -----------------------------------------------------------------------
+
+absl::Status LpaePgtable::MapPages(Iova iova, PhysAddr paddr, uint64_t pgsize_bytes,
+                                   uint64_t pgcount, Prot prot) {
+  const uint64_t va = iova.value();
+  const uint64_t pa = paddr.value();
+  // One combined test on the hot path; MapArgsError names the failure.
+  const unsigned s = unsigned(std::countr_zero(pgsize_bytes));
+  const bool args_ok = IsPowerOfTwo(pgsize_bytes) && (pgsize_bytes & cfg_.pgsize_bitmap) &&
+                       ValidProt(prot) && pgcount != 0 && ((va | pa) & (pgsize_bytes - 1)) == 0 &&
+                       pgcount <= (uint64_t{1} << (std::min(ias_, oas_) - s)) &&
+                       va <= (uint64_t{1} << ias_) - (pgcount << s) &&
+                       pa <= (uint64_t{1} << oas_) - (pgcount << s);
+  if (ABSL_PREDICT_FALSE(!args_ok)) return MapArgsError(va, pa, pgsize_bytes, pgcount, prot);
+
+  const int level = level_for_shift_[s];
+  const uint64_t pte_bits = lpae::ProtToLeafAttrs(stage_, cfg_.quirks, prot) |
+                            (level == kLeafLevel ? lpae::kPteTypePage : lpae::kPteTypeBlock);
+  uint64_t done = 0;
+  uint64_t cur_va = va;
+  uint64_t cur_pa = pa;
+  while (true) {
+    uint64_t* table = WalkAlloc(cur_va, level);
+    uint64_t n = 0;
+    bool conflict = table == nullptr;
+    if (!conflict) {
+      const uint64_t idx = Index(cur_va, level);
+      uint64_t* ptep = table + idx;
+      const uint64_t run = std::min(pgcount - done, entries_[level] - idx);
+      for (; n < run; ++n) {
+        if (ABSL_PREDICT_FALSE(ptep[n] != 0)) {
+          conflict = true;
+          break;
+        }
+        ptep[n] = cur_pa | pte_bits;
+        cur_pa += pgsize_bytes;
+      }
+      LiveCount(table, level) += n;
+      leaf_count_[level] += n;
+      done += n;
+      cur_va += n << s;
+    }
+    if (ABSL_PREDICT_FALSE(conflict)) {
+      if (done != 0) ClearRange(va, cur_va - 1, nullptr, /*notify=*/false);
+      return FieldError(absl::StatusCode::kAlreadyExists, "iova", cur_va,
+                        "already mapped (or inside a mapped block)");
+    }
+    if (done == pgcount) return absl::OkStatus();
+  }
+}
+
+// --- Unmap ---------------------------------------------------------------------
+
+absl::StatusOr<uint64_t> LpaePgtable::UnmapPages(Iova iova, uint64_t pgsize_bytes,
+                                                 uint64_t pgcount, IotlbGather* gather,
+                                                 UnmapFlags flags) {
+  assert(gather != nullptr);
+  const uint64_t va = iova.value();
+  const unsigned s = unsigned(std::countr_zero(pgsize_bytes));
+  const bool args_ok = IsPowerOfTwo(pgsize_bytes) && (pgsize_bytes & cfg_.pgsize_bitmap) &&
+                       pgcount != 0 && (va & (pgsize_bytes - 1)) == 0 &&
+                       pgcount <= (uint64_t{1} << (ias_ - s)) &&
+                       va <= (uint64_t{1} << ias_) - (pgcount << s);
+  if (ABSL_PREDICT_FALSE(!args_ok)) return RangeArgsError(va, pgsize_bytes, pgcount);
+  const uint64_t size = pgcount << s;
+  const uint64_t last = va + size - 1;
+
+  // Fast path: one leaf exactly covers the range.
+  Cursor c;
+  if (FindLeaf(va, &c) && EntryBytes(c.level) == size && (va & offset_mask_[c.level]) == 0) {
+    *c.ptep = 0;
+    if (!gather->queued) flush_ops_->TlbAddPage(gather, iova, size);
+    --leaf_count_[c.level];
+    if (--LiveCount(c.tables[c.level], c.level) == 0 && c.level > start_level_) {
+      FreeEmptyTables(c, c.level, va, /*notify=*/true);
+    }
+    return size;
+  }
+  RETURN_IF_ERROR(
+      CheckUnmappable(va, last, (uint32_t(flags) & uint32_t(UnmapFlags::kAllowSplit)) != 0));
+  ClearRange(va, last, gather, /*notify=*/true);
+  return size;
+}
+
+absl::Status LpaePgtable::CheckUnmappable(uint64_t va, uint64_t last, bool allow_split) const {
+  uint64_t cur = va;
+  while (cur <= last) {
+    Cursor c;
+    if (!FindLeaf(cur, &c)) return FieldError(absl::StatusCode::kNotFound, "iova", cur, "not mapped");
+    const int level = c.level;
+    const uint64_t leaf_bytes = EntryBytes(level);
+    const uint64_t leaf_va = AlignDown(cur, leaf_bytes);
+    if (leaf_va < va || leaf_va + (leaf_bytes - 1) > last) {
+      if (!allow_split) {
+        return FieldError(absl::StatusCode::kFailedPrecondition, "iova", leaf_va,
+                          absl::StrFormat("the %#x-byte block mapped here lies only partly "
+                                          "inside the unmap range [%#x, %#x]; it would split",
+                                          leaf_bytes, va, last));
+      }
+      cur = leaf_va + leaf_bytes;
+      continue;
+    }
+    // Scan the run of whole leaves in this table.
+    const uint64_t* ptep = c.ptep;
+    const uint64_t* end = c.tables[level] + entries_[level];
+    while (ptep < end && cur + (leaf_bytes - 1) <= last && IsLeaf(*ptep, level)) {
+      cur += leaf_bytes;
+      ++ptep;
+    }
+  }
+  return absl::OkStatus();
+}
+
+void LpaePgtable::ClearRange(uint64_t va, uint64_t last, IotlbGather* gather, bool notify) {
+  const bool add_pages = notify && !gather->queued;
+  uint64_t cur = va;
+  while (cur <= last) {
+    Cursor c;
+    const bool found = FindLeaf(cur, &c);
+    assert(found && "ClearRange over a validated range met a hole");
+    (void)found;
+    const int level = c.level;
+    const uint64_t leaf_bytes = EntryBytes(level);
+    const uint64_t leaf_va = AlignDown(cur, leaf_bytes);
+    if (leaf_va < va || leaf_va + (leaf_bytes - 1) > last) {
+      assert(notify && "a map rollback never splits");
+      SplitBlock(c, std::max(va, leaf_va), std::min(last, leaf_va + (leaf_bytes - 1)));
+      cur = leaf_va + leaf_bytes;
+      continue;
+    }
+    uint64_t* table = c.tables[level];
+    uint64_t* ptep = c.ptep;
+    uint64_t* const end = table + entries_[level];
+    uint64_t n = 0;
+    while (ptep < end && cur + (leaf_bytes - 1) <= last && IsLeaf(*ptep, level)) {
+      *ptep++ = 0;
+      if (add_pages) flush_ops_->TlbAddPage(gather, Iova(cur), leaf_bytes);
+      cur += leaf_bytes;
+      ++n;
+    }
+    leaf_count_[level] -= n;
+    if ((LiveCount(table, level) -= n) == 0 && level > start_level_) {
+      FreeEmptyTables(c, level, cur - leaf_bytes, notify);
+    }
+  }
+}
+
+void LpaePgtable::FreeEmptyTables(const Cursor& c, int level, uint64_t va, bool notify) {
+  while (level > start_level_ && LiveCount(c.tables[level], level) == 0) {
+    uint64_t* parent = c.tables[level - 1];
+    parent[Index(va, level - 1)] = 0;
+    if (notify) {
+      const uint64_t range = EntryBytes(level - 1);
+      flush_ops_->TlbFlushWalk(Iova(AlignDown(va, range)), range, geometry_.GranuleBytes());
+    }
+    FreeTable(c.tables[level], level);
+    --LiveCount(parent, level - 1);
+    --level;
+  }
+}
+
+// --- Splits --------------------------------------------------------------------
+
+void LpaePgtable::SplitBlock(const Cursor& c, uint64_t rm_first, uint64_t rm_last) {
+  const int level = c.level;
+  const uint64_t block_pte = *c.ptep;
+  const uint64_t block_bytes = EntryBytes(level);
+  const uint64_t block_va = AlignDown(rm_first, block_bytes);
+  assert(level < kLeafLevel);
+  uint64_t* table = BuildSplit(level, block_pte, block_va, rm_first, rm_last);
+  // Break: no walk may see both the block and the table (or a mix).
+  *c.ptep = 0;
+  --leaf_count_[level];
+  flush_ops_->TlbFlushWalk(Iova(block_va), block_bytes, block_bytes);
+  // Make.
+  *c.ptep = TableDescriptor(table);
+}
+
+uint64_t* LpaePgtable::BuildSplit(int level, uint64_t block_pte, uint64_t block_va,
+                                  uint64_t rm_first, uint64_t rm_last) {
+  const int child_level = level + 1;
+  const uint64_t child_bytes = EntryBytes(child_level);
+  const uint64_t attrs = block_pte & ~(lpae::kPteAddrMask | lpae::kPteTypeMask);
+  const uint64_t block_pa = block_pte & lpae::kPteAddrMask;
+  uint64_t* table = AllocTable(child_level);
+  uint64_t live = 0;
+  for (uint64_t i = 0; i < entries_[child_level]; ++i) {
+    const uint64_t first = block_va + i * child_bytes;
+    const uint64_t last = first + (child_bytes - 1);
+    const uint64_t pa = block_pa + i * child_bytes;
+    if (first >= rm_first && last <= rm_last) continue;  // removed whole
+    const bool keep_whole = last < rm_first || first > rm_last;
+    if (keep_whole && leaf_allowed_[child_level]) {
+      table[i] = pa | attrs |
+                 (child_level == kLeafLevel ? lpae::kPteTypePage : lpae::kPteTypeBlock);
+      ++leaf_count_[child_level];
+    } else {
+      table[i] = TableDescriptor(
+          BuildSplit(child_level, pa | attrs | lpae::kPteTypeBlock, first, rm_first, rm_last));
+    }
+    ++live;
+  }
+  assert(live > 0);
+  LiveCount(table, child_level) = live;
+  return table;
+}
+
+}  // namespace iommu::core
