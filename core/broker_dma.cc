@@ -173,9 +173,14 @@ void BrokerImpl::RemoveMappingLocked(Domain& d, uint64_t iova_start) {
   if (!m.buffer_refs.empty()) DropRefs(m.buffer_refs);
   if (m.owned_buffer_id != 0) {
     absl::MutexLock l(&buffers_mu_);
-    const absl::Status s = FreeBufferLocked(m.owned_buffer_id);
-    assert(s.ok());
-    (void)s;
+    internal::Buffer& b = buffers_.at(m.owned_buffer_id);
+    if (b.map_refs == 0) {
+      const absl::Status s = FreeBufferLocked(m.owned_buffer_id);
+      assert(s.ok());
+      (void)s;
+    } else {
+      b.free_when_unreferenced = true;  // importers still map it
+    }
   }
   if (!m.device.empty()) RefundMapping(*devices_.at(m.device), m.mapped_bytes);
 }

@@ -148,6 +148,9 @@ struct Buffer {
   PhysAllocation alloc;
   uint64_t map_refs = 0;        // mappings referencing it
   bool backs_alloc = false;     // created by Alloc; freed by Free
+  // Its Alloc mapping is gone but importers still map it: freed when the
+  // last reference drops.
+  bool free_when_unreferenced = false;
 };
 
 // An exported DMA buffer (GetSgTable with an export token).

@@ -122,7 +122,11 @@ void BrokerImpl::DropRefs(const std::vector<uint64_t>& buffers) {
   for (uint64_t id : buffers) {
     auto& b = buffers_.at(id);
     assert(b.map_refs > 0);
-    --b.map_refs;
+    if (--b.map_refs == 0 && b.free_when_unreferenced) {
+      const absl::Status s = FreeBufferLocked(id);
+      assert(s.ok());
+      (void)s;
+    }
   }
 }
 

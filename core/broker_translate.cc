@@ -237,8 +237,8 @@ absl::StatusOr<MsiCookieResult> Broker::MsiCookie(const Caller& caller,
   // iommu_dma_prepare_msi: map the doorbell page into the device's CURRENT
   // domain (not its default one: the 2019 bug), once per (domain, page).
   d = impl_->CurrentDomain(*dev);
-  const MemRegionConfig* region = nullptr;
-  for (const MemRegionConfig& r : impl_->topology_.memory.regions) {
+  const MemoryRegionConfig* region = nullptr;
+  for (const MemoryRegionConfig& r : impl_->topology_.memory.regions) {
     if (r.name == dev->config.msi_doorbell) region = &r;
   }
   assert(region != nullptr);  // ValidateTopology checked it

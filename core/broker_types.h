@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "absl/time/time.h"
+#include "core/phys_memory.h"
 #include "core/prot.h"
 #include "core/sg_layout.h"
 #include "core/topology.h"
@@ -36,8 +37,6 @@ const char* DomainTypeName(DomainType type);  // "DMA", "DMA_FQ", ...
 
 enum class DmaDirection { kBidirectional, kToDevice, kFromDevice };
 
-enum class Placement { kScattered, kContiguous, kHuge };
-
 // DMA attributes (DMA_ATTR_*).
 struct DmaAttrs {
   bool privileged = false;          // DMA_ATTR_PRIVILEGED: IOMMU_PRIV
@@ -53,11 +52,6 @@ struct MemRef {
   uint64_t offset_bytes = 0;
   PhysAddr phys;           // used when buffer_id == 0
   uint64_t length_bytes = 0;
-};
-
-struct PhysRun {
-  PhysAddr phys;
-  uint64_t size_bytes = 0;
 };
 
 struct BufferInfo {

@@ -7,6 +7,7 @@
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "core/bits.h"
 #include "core/errors.h"
@@ -56,80 +57,6 @@ absl::Status ValidateSmmus(const Topology& t) {
   return absl::OkStatus();
 }
 
-// Regions page-aligned and pairwise disjoint.
-absl::Status ValidateRegions(const Topology& t) {
-  absl::flat_hash_set<std::string> names;
-  std::vector<std::pair<uint64_t, uint64_t>> spans;  // [first, last]
-  for (size_t i = 0; i < t.regions.size(); ++i) {
-    const MemRegionConfig& r = t.regions[i];
-    if (r.name.empty()) return FieldError(absl::StatusCode::kInvalidArgument, Indexed("regions", i, "name"), "", "must be non-empty");
-    if (!names.insert(r.name).second) return Duplicate(Indexed("regions", i, "name"), r.name);
-    if (!IsAligned(r.base.value(), kCpuPageBytes)) {
-      return InvalidField(Indexed("regions", i, "base"), r.base.value(), "must be 4 KiB aligned");
-    }
-    if (r.size_bytes == 0 || !IsAligned(r.size_bytes, kCpuPageBytes)) {
-      return InvalidField(Indexed("regions", i, "size_bytes"), r.size_bytes,
-                          "must be a non-zero multiple of 4 KiB");
-    }
-    const auto last = LastOfRange(r.base.value(), r.size_bytes);
-    if (!last) {
-      return InvalidField(Indexed("regions", i, "size_bytes"), r.size_bytes, "base + size passes 2^64");
-    }
-    for (const auto& [f, l] : spans) {
-      if (r.base.value() <= l && f <= *last) {
-        return InvalidField(Indexed("regions", i, "base"), r.base.value(),
-                            absl::StrFormat("overlaps the region at %#x", f));
-      }
-    }
-    spans.emplace_back(r.base.value(), *last);
-  }
-  return absl::OkStatus();
-}
-
-const MemRegionConfig* RegionContaining(const Topology& t, uint64_t first, uint64_t last) {
-  for (const MemRegionConfig& r : t.regions) {
-    const uint64_t rl = r.base.value() + (r.size_bytes - 1);
-    if (first >= r.base.value() && last <= rl) return &r;
-  }
-  return nullptr;
-}
-
-absl::Status ValidatePools(const Topology& t) {
-  absl::flat_hash_set<std::string> names;
-  std::vector<std::pair<uint64_t, uint64_t>> spans;
-  for (size_t i = 0; i < t.pools.size(); ++i) {
-    const PoolConfig& p = t.pools[i];
-    if (p.name.empty()) return FieldError(absl::StatusCode::kInvalidArgument, Indexed("pools", i, "name"), "", "must be non-empty");
-    if (!names.insert(p.name).second) return Duplicate(Indexed("pools", i, "name"), p.name);
-    if (p.ranges.empty()) {
-      return FieldError(absl::StatusCode::kInvalidArgument, Indexed("pools", i, "ranges"), p.name,
-                        "a pool needs at least one range");
-    }
-    for (size_t j = 0; j < p.ranges.size(); ++j) {
-      const PhysRange& r = p.ranges[j];
-      const std::string field = absl::StrFormat("pools[%d].ranges[%d]", i, j);
-      if (!IsAligned(r.base.value(), kCpuPageBytes) || r.size_bytes == 0 ||
-          !IsAligned(r.size_bytes, kCpuPageBytes)) {
-        return InvalidField(field + ".base", r.base.value(),
-                            "base and size_bytes must be 4 KiB aligned and size non-zero");
-      }
-      const auto last = LastOfRange(r.base.value(), r.size_bytes);
-      const MemRegionConfig* region = last ? RegionContaining(t, r.base.value(), *last) : nullptr;
-      if (region == nullptr || region->kind != RegionKind::kRam) {
-        return InvalidField(field + ".base", r.base.value(), "must lie inside one RAM region");
-      }
-      for (const auto& [f, l] : spans) {
-        if (r.base.value() <= l && f <= *last) {
-          return InvalidField(field + ".base", r.base.value(),
-                              absl::StrFormat("overlaps another pool range at %#x", f));
-        }
-      }
-      spans.emplace_back(r.base.value(), *last);
-    }
-  }
-  return absl::OkStatus();
-}
-
 absl::Status ValidateDevices(const Topology& t) {
   absl::flat_hash_set<std::string> names;
   absl::flat_hash_set<std::string> smmus;
@@ -159,9 +86,11 @@ absl::Status ValidateDevices(const Topology& t) {
                           "must be 2^k - 1 with 2^k >= 4 KiB");
     }
     if (!d.msi_doorbell.empty()) {
-      const auto it = std::find_if(t.regions.begin(), t.regions.end(),
-                                   [&](const MemRegionConfig& r) { return r.name == d.msi_doorbell; });
-      if (it == t.regions.end() || it->kind != RegionKind::kMmio) {
+      const auto& regions = t.memory.regions;
+      const auto it = std::find_if(regions.begin(), regions.end(), [&](const MemoryRegionConfig& r) {
+        return r.name == d.msi_doorbell;
+      });
+      if (it == regions.end() || it->kind != RegionKind::kMmio) {
         return FieldError(absl::StatusCode::kInvalidArgument, Indexed("devices", i, "msi_doorbell"),
                           d.msi_doorbell, "must name an MMIO region");
       }
@@ -191,8 +120,9 @@ uint64_t PgsizeBitmapForGranule(uint64_t granule_bytes) {
 absl::Status ValidateTopology(const Topology& t) {
   if (t.smmus.empty()) return InvalidField("smmus", 0, "a topology needs at least one SMMU");
   RETURN_IF_ERROR(ValidateSmmus(t));
-  RETURN_IF_ERROR(ValidateRegions(t));
-  RETURN_IF_ERROR(ValidatePools(t));
+  if (absl::Status s = PhysMemory::Create(t.memory).status(); !s.ok()) {
+    return absl::Status(s.code(), absl::StrCat("memory.", s.message()));
+  }
   return ValidateDevices(t);
 }
 
@@ -208,17 +138,17 @@ Topology DefaultTopology() {
        .granules = kGranule4K | kGranule64K, .num_contexts = 8, .iotlb_sets = 128,
        .iotlb_ways = 4},
   };
-  t.regions = {
-      {.name = "gic-its", .kind = RegionKind::kMmio, .base = PhysAddr(0x0802'0000),
-       .size_bytes = 128 * KiB},
-      {.name = "sram", .kind = RegionKind::kRam, .base = PhysAddr(0x1000'0000),
-       .size_bytes = 4 * MiB},
-      {.name = "dram0", .kind = RegionKind::kRam, .base = PhysAddr(0x8000'0000),
-       .size_bytes = 2 * GiB},
-      {.name = "dram1", .kind = RegionKind::kRam, .base = PhysAddr(0x8'8000'0000),
-       .size_bytes = 6 * GiB},
+  t.memory.regions = {
+      {.name = "gic-its", .base = PhysAddr(0x0802'0000), .size_bytes = 128 * KiB,
+       .kind = RegionKind::kMmio},
+      {.name = "sram", .base = PhysAddr(0x1000'0000), .size_bytes = 4 * MiB,
+       .kind = RegionKind::kRam},
+      {.name = "dram0", .base = PhysAddr(0x8000'0000), .size_bytes = 2 * GiB,
+       .kind = RegionKind::kRam},
+      {.name = "dram1", .base = PhysAddr(0x8'8000'0000), .size_bytes = 6 * GiB,
+       .kind = RegionKind::kRam},
   };
-  t.pools = {
+  t.memory.pools = {
       {.name = "sram", .priority = 0, .ranges = {{PhysAddr(0x1000'0000), 4 * MiB}}},
       {.name = "dram", .priority = 1,
        .ranges = {{PhysAddr(0x8000'0000), 2 * GiB}, {PhysAddr(0x8'8000'0000), 6 * GiB}}},
