@@ -93,12 +93,12 @@ absl::StatusOr<TranslateResult> Broker::Translate(const Caller& caller,
     case DomainType::kUnmanaged:
       break;
   }
-  if (*last > d->aperture_end) {
-    fault(FaultType::kAddressSize, std::max(request.iova, d->aperture_end + 1));
-    return out;
-  }
   uint64_t at = request.iova;
   while (true) {
+    if (at > d->aperture_end) {  // beyond the input address size
+      fault(FaultType::kAddressSize, at);
+      return out;
+    }
     std::optional<IotlbHit> hit;
     {
       absl::MutexLock l(&smmu.mu);
@@ -187,6 +187,7 @@ absl::StatusOr<MsiCookieResult> Broker::MsiCookie(const Caller& caller,
                              absl::StrFormat("window must lie inside the aperture [%#x, %#x]",
                                              d->aperture_start, d->aperture_end));
     }
+    const bool is_current = impl_->CurrentDomain(*dev) == d;  // before d->mu (lock order)
     absl::MutexLock l(&d->mu);
     bool already = false;
     absl::Status st = std::visit(
@@ -223,7 +224,7 @@ absl::StatusOr<MsiCookieResult> Broker::MsiCookie(const Caller& caller,
                                             .size_bytes = request.window_size_bytes};
     }
     // Without a device doorbell the call only set up the window.
-    if (dev->config.msi_doorbell.empty() || impl_->CurrentDomain(*dev) != d) {
+    if (dev->config.msi_doorbell.empty() || !is_current) {
       return MsiCookieResult{.msi_addr = 0, .domain_id = d->id, .newly_mapped = false};
     }
   } else if (request.window_size_bytes != 0 || request.window_base != 0) {
