@@ -135,7 +135,8 @@ void BrokerImpl::RemoveMappingLocked(Domain& d, uint64_t iova_start) {
           [&](internal::MsiWindowCookie&) {
             if (!gather.empty()) d.flush_ops->TlbFlushWalk(Iova(gather.start), gather.end - gather.start + 1, d.granule_bytes);
           },
-          [&](internal::IovaCookie& c) {
+          // Lambdas do not inherit the caller's lock context: d.mu is held.
+          [&](internal::IovaCookie& c) ABSL_NO_THREAD_SAFETY_ANALYSIS {
             if (c.fq == nullptr) {
               // Strict: the IOTLB forgets the range before the IOVA is reused.
               if (!gather.empty()) {

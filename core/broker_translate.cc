@@ -192,7 +192,8 @@ absl::StatusOr<MsiCookieResult> Broker::MsiCookie(const Caller& caller,
     bool already = false;
     absl::Status st = std::visit(
         internal::Overloaded{
-            [&](internal::NoCookie&) -> absl::Status {
+            [&](internal::NoCookie&) ABSL_NO_THREAD_SAFETY_ANALYSIS -> absl::Status {
+              // d->mu is held (lambdas do not inherit the lock context).
               if (absl::Status s = d->pgtable->CheckUnmapped(Iova(request.window_base),
                                                              request.window_size_bytes);
                   !s.ok()) {

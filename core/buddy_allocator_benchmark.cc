@@ -12,7 +12,6 @@
 namespace iommu::core {
 namespace {
 
-constexpr uint64_t kPage = 4096;
 
 BuddyAllocator MakeOrDie(uint64_t size_bytes) {
   return *BuddyAllocator::Create(PhysAddr(uint64_t{1} << 32), size_bytes);
