@@ -446,8 +446,8 @@ TEST_P(LpaeRandomTest, MatchesReferenceModel) {
   for (int op = 0; op < 12000; ++op) {
     const uint64_t r = rng.Next() % 10;
     // Mostly small pages; the largest size (which collides with everything) rarely.
-    const uint64_t pick = rng.Next() % 10;
-    size_t k = pick < 5 ? 0 : pick < 8 ? nsizes - 2 : nsizes - 1;
+    const uint64_t pick = rng.Next() % 20;
+    size_t k = pick < 10 ? 0 : pick < 19 ? nsizes - 2 : nsizes - 1;
     uint64_t size = sizes[k];
     if (r < 5) {  // map 1..4 pages of sizes[k]
       const uint64_t count = 1 + rng.Next() % 4;
@@ -481,6 +481,9 @@ TEST_P(LpaeRandomTest, MatchesReferenceModel) {
           it = blocks[rng.Next() % blocks.size()];
         } else {
           std::advance(it, rng.Next() % model.size());
+        }
+        if (rng.Next() % 2) {
+          k = std::find(sizes.begin(), sizes.end(), it->second.first) - sizes.begin();
         }
         while (k > 0 && sizes[k] > it->second.first) --k;
         size = sizes[k];
