@@ -115,7 +115,10 @@ uint64_t* LpaePgtable::AllocTable(int level) {
   const std::align_val_t align{std::max<uint64_t>(bytes, 64)};
   void* mem = ::operator new(bytes + kFooterBytes, align);
   std::memset(mem, 0, bytes + kFooterBytes);
-  assert((reinterpret_cast<uintptr_t>(mem) & ~lpae::kPteAddrMask) == 0 &&
+  // A table below the root is referenced by a descriptor: its host address
+  // must fit the output-address field (below 2^48, granule-aligned).
+  assert((level == start_level_ ||
+          (reinterpret_cast<uintptr_t>(mem) & ~lpae::kPteAddrMask) == 0) &&
          "host table address does not fit a table descriptor");
   ++table_count_;
   table_bytes_ += bytes;
