@@ -115,7 +115,10 @@ uint64_t* LpaePgtable::AllocTable(int level) {
   const std::align_val_t align{std::max<uint64_t>(bytes, 64)};
   void* mem = ::operator new(bytes + kFooterBytes, align);
   std::memset(mem, 0, bytes + kFooterBytes);
-  assert((reinterpret_cast<uintptr_t>(mem) & ~lpae::kPteAddrMask) == 0 &&
+  // A table below the root is referenced by a descriptor: its host address
+  // must fit the output-address field (below 2^48, granule-aligned).
+  assert((level == start_level_ ||
+          (reinterpret_cast<uintptr_t>(mem) & ~lpae::kPteAddrMask) == 0) &&
          "host table address does not fit a table descriptor");
   ++table_count_;
   table_bytes_ += bytes;
@@ -127,6 +130,7 @@ void LpaePgtable::FreeTable(uint64_t* table, int level) {
   ::operator delete(table, std::align_val_t{std::max<uint64_t>(bytes, 64)});
   --table_count_;
   table_bytes_ -= bytes;
+  walk_cache_.level = -1;
 }
 
 void LpaePgtable::FreeSubtree(uint64_t* table, int level) {
@@ -142,8 +146,12 @@ void LpaePgtable::FreeSubtree(uint64_t* table, int level) {
 // --- Walks -------------------------------------------------------------------
 
 uint64_t* LpaePgtable::WalkAlloc(uint64_t va, int level) {
+  if (level == start_level_) return root_;
+  if (CacheHit(va, level)) return walk_cache_.tables[level];
+  walk_cache_.level = -1;
   uint64_t* table = root_;
   for (int l = start_level_; l < level; ++l) {
+    walk_cache_.tables[l] = table;
     uint64_t* ptep = table + Index(va, l);
     const uint64_t pte = *ptep;
     if (pte == 0) {
@@ -156,6 +164,9 @@ uint64_t* LpaePgtable::WalkAlloc(uint64_t va, int level) {
     if ((pte & lpae::kPteTypeMask) != lpae::kPteTypeTable) return nullptr;  // a block
     table = TablePtr(pte);
   }
+  walk_cache_.tables[level] = table;
+  walk_cache_.prefix = va >> shift_[level - 1];
+  walk_cache_.level = level;
   return table;
 }
 
@@ -243,7 +254,11 @@ absl::Status LpaePgtable::MapPages(Iova iova, PhysAddr paddr, uint64_t pgsize_by
   if (ABSL_PREDICT_FALSE(!args_ok)) return MapArgsError(va, pa, pgsize_bytes, pgcount, prot);
 
   const int level = level_for_shift_[s];
-  const uint64_t pte_bits = lpae::ProtToLeafAttrs(stage_, cfg_.quirks, prot) |
+  if (prot != cached_prot_) {
+    cached_attrs_ = lpae::ProtToLeafAttrs(stage_, cfg_.quirks, prot);
+    cached_prot_ = prot;
+  }
+  const uint64_t pte_bits = cached_attrs_ |
                             (level == kLeafLevel ? lpae::kPteTypePage : lpae::kPteTypeBlock);
   uint64_t done = 0;
   uint64_t cur_va = va;
@@ -256,13 +271,19 @@ absl::Status LpaePgtable::MapPages(Iova iova, PhysAddr paddr, uint64_t pgsize_by
       const uint64_t idx = Index(cur_va, level);
       uint64_t* ptep = table + idx;
       const uint64_t run = std::min(pgcount - done, entries_[level] - idx);
-      for (; n < run; ++n) {
-        if (ABSL_PREDICT_FALSE(ptep[n] != 0)) {
-          conflict = true;
-          break;
+      // Two branch-free (vectorisable) passes: any existing entry, then fill.
+      uint64_t existing = 0;
+      for (uint64_t i = 0; i < run; ++i) existing |= ptep[i];
+      if (ABSL_PREDICT_TRUE(existing == 0)) {
+        for (uint64_t i = 0; i < run; ++i) ptep[i] = (cur_pa + (i << s)) | pte_bits;
+        n = run;
+        cur_pa += run << s;
+      } else {
+        while (ptep[n] == 0) {  // fill up to the conflict, then roll back below
+          ptep[n++] = cur_pa | pte_bits;
+          cur_pa += pgsize_bytes;
         }
-        ptep[n] = cur_pa | pte_bits;
-        cur_pa += pgsize_bytes;
+        conflict = true;
       }
       LiveCount(table, level) += n;
       leaf_count_[level] += n;
@@ -296,7 +317,22 @@ absl::StatusOr<uint64_t> LpaePgtable::UnmapPages(Iova iova, uint64_t pgsize_byte
 
   // Fast path: one leaf exactly covers the range.
   Cursor c;
-  if (FindLeaf(va, &c) && EntryBytes(c.level) == size && (va & offset_mask_[c.level]) == 0) {
+  bool found = false;
+  const int level = level_for_shift_[s];
+  if (level > start_level_ && CacheHit(va, level)) {
+    c.tables = walk_cache_.tables;
+    c.level = level;
+    c.ptep = c.tables[level] + Index(va, level);
+    found = IsLeaf(*c.ptep, level) || FindLeaf(va, &c);
+  } else {
+    found = FindLeaf(va, &c);
+    if (found && c.level > start_level_) {
+      walk_cache_.tables = c.tables;
+      walk_cache_.prefix = va >> shift_[c.level - 1];
+      walk_cache_.level = c.level;
+    }
+  }
+  if (found && EntryBytes(c.level) == size && (va & offset_mask_[c.level]) == 0) {
     *c.ptep = 0;
     if (!gather->queued) flush_ops_->TlbAddPage(gather, iova, size);
     --leaf_count_[c.level];
@@ -304,6 +340,27 @@ absl::StatusOr<uint64_t> LpaePgtable::UnmapPages(Iova iova, uint64_t pgsize_byte
       FreeEmptyTables(c, c.level, va, /*notify=*/true);
     }
     return size;
+  }
+  // Batch fast path: pgcount leaves of pgsize_bytes, all in the leaf table
+  // found at va. One vectorisable check, one clear.
+  if (found && c.level == level && Index(va, level) + pgcount <= entries_[level]) {
+    const uint64_t want_type = level == kLeafLevel ? lpae::kPteTypePage : lpae::kPteTypeBlock;
+    uint64_t* ptep = c.ptep;
+    uint64_t mismatch = 0;
+    for (uint64_t i = 0; i < pgcount; ++i) mismatch |= (ptep[i] & lpae::kPteTypeMask) ^ want_type;
+    if (mismatch == 0) {
+      std::memset(ptep, 0, pgcount * sizeof(uint64_t));
+      if (!gather->queued) {
+        for (uint64_t i = 0; i < pgcount; ++i) {
+          flush_ops_->TlbAddPage(gather, Iova(va + (i << s)), pgsize_bytes);
+        }
+      }
+      leaf_count_[level] -= pgcount;
+      if ((LiveCount(c.tables[level], level) -= pgcount) == 0 && level > start_level_) {
+        FreeEmptyTables(c, level, va, /*notify=*/true);
+      }
+      return size;
+    }
   }
   RETURN_IF_ERROR(
       CheckUnmappable(va, last, (uint32_t(flags) & uint32_t(UnmapFlags::kAllowSplit)) != 0));
@@ -329,15 +386,23 @@ absl::Status LpaePgtable::CheckUnmappable(uint64_t va, uint64_t last, bool allow
       cur = leaf_va + leaf_bytes;
       continue;
     }
-    // Scan the run of whole leaves in this table.
-    const uint64_t* ptep = c.ptep;
-    const uint64_t* end = c.tables[level] + entries_[level];
-    while (ptep < end && cur + (leaf_bytes - 1) <= last && IsLeaf(*ptep, level)) {
-      cur += leaf_bytes;
-      ++ptep;
-    }
+    // Skip the run of whole leaves in this table.
+    cur += LeafRun(c, level, cur, last) * leaf_bytes;
   }
   return absl::OkStatus();
+}
+
+uint64_t LpaePgtable::LeafRun(const Cursor& c, int level, uint64_t cur, uint64_t last) const {
+  const uint64_t max = std::min(entries_[level] - Index(cur, level),
+                                ((last - cur) >> shift_[level]) + 1);
+  const uint64_t want_type = level == kLeafLevel ? lpae::kPteTypePage : lpae::kPteTypeBlock;
+  const uint64_t* ptep = c.ptep;
+  uint64_t mismatch = 0;
+  for (uint64_t i = 0; i < max; ++i) mismatch |= (ptep[i] & lpae::kPteTypeMask) ^ want_type;
+  if (mismatch == 0) return max;
+  uint64_t n = 0;
+  while (n < max && IsLeaf(ptep[n], level)) ++n;
+  return n;
 }
 
 void LpaePgtable::ClearRange(uint64_t va, uint64_t last, IotlbGather* gather, bool notify) {
@@ -359,14 +424,12 @@ void LpaePgtable::ClearRange(uint64_t va, uint64_t last, IotlbGather* gather, bo
     }
     uint64_t* table = c.tables[level];
     uint64_t* ptep = c.ptep;
-    uint64_t* const end = table + entries_[level];
-    uint64_t n = 0;
-    while (ptep < end && cur + (leaf_bytes - 1) <= last && IsLeaf(*ptep, level)) {
-      *ptep++ = 0;
-      if (add_pages) flush_ops_->TlbAddPage(gather, Iova(cur), leaf_bytes);
-      cur += leaf_bytes;
-      ++n;
+    const uint64_t n = LeafRun(c, level, cur, last);
+    std::memset(ptep, 0, n * sizeof(uint64_t));
+    if (add_pages) {
+      for (uint64_t i = 0; i < n; ++i) flush_ops_->TlbAddPage(gather, Iova(cur + i * leaf_bytes), leaf_bytes);
     }
+    cur += n * leaf_bytes;
     leaf_count_[level] -= n;
     if ((LiveCount(table, level) -= n) == 0 && level > start_level_) {
       FreeEmptyTables(c, level, cur - leaf_bytes, notify);

@@ -130,8 +130,12 @@ class LpaePgtable final : public IoPgtableOps {
   void FreeSubtree(uint64_t* table, int level);
 
   // Walks to the leaf table of `level` for va, allocating missing tables;
-  // nullptr when a leaf above `level` already covers va.
+  // nullptr when a leaf above `level` already covers va. Uses and fills the
+  // walk cache.
   uint64_t* WalkAlloc(uint64_t va, int level);
+  bool CacheHit(uint64_t va, int level) const {
+    return walk_cache_.level == level && walk_cache_.prefix == (va >> shift_[level - 1]);
+  }
   // Walks towards va; true when it ends at a leaf (c->ptep), false at an
   // invalid entry (c->ptep, at c->level).
   bool FindLeaf(uint64_t va, Cursor* c) const;
@@ -142,6 +146,10 @@ class LpaePgtable final : public IoPgtableOps {
   // Checks that [va, last] is mapped without holes and (unless allow_split)
   // without leaves reaching outside it.
   absl::Status CheckUnmappable(uint64_t va, uint64_t last, bool allow_split) const;
+  // The number of consecutive whole leaves at c.ptep (level `level`, IOVA
+  // cur) that lie inside [cur, last] within the table. REQUIRES: cur is the
+  // start of the leaf at c.ptep.
+  uint64_t LeafRun(const Cursor& c, int level, uint64_t cur, uint64_t last) const;
   // Clears every leaf in [va, last] (validated), splitting partial blocks;
   // notify=false is the silent rollback of a failed map (no flush calls:
   // nothing could have walked those entries, the caller serialises walks).
@@ -178,6 +186,22 @@ class LpaePgtable final : public IoPgtableOps {
   // log2(page size) -> level, -1 when not in pgsize_bitmap.
   std::array<int8_t, 64> level_for_shift_{};
   uint64_t* root_ = nullptr;
+
+  // A one-entry software walk cache: the path to the leaf table the last map
+  // or unmap used, so a run of operations in one table skips the upper levels
+  // (the sequential case: 511 of 512 4K maps). Keyed by leaf-table level and
+  // va >> shift_[level - 1]; only for leaf tables below the root. Valid while
+  // no table is freed: FreeTable clears it (splits only add tables, under
+  // prefixes a block covered, which the cache therefore cannot hold).
+  struct WalkCache {
+    int level = -1;
+    uint64_t prefix = 0;
+    std::array<uint64_t*, lpae::kMaxLevels> tables{};
+  };
+  WalkCache walk_cache_;
+  // ProtToLeafAttrs of the last prot mapped (kNone never maps: always stale).
+  Prot cached_prot_ = Prot::kNone;
+  uint64_t cached_attrs_ = 0;
 
   // Accounting, kept exact (CheckInvariants recounts it).
   uint64_t table_count_ = 0;
