@@ -9,6 +9,10 @@ PACKAGES=(
   clang libclang-rt-14-dev           # thread-safety analysis and sanitizer builds
   libabsl-dev
   libgtest-dev libgmock-dev libbenchmark-dev
+  protobuf-compiler libprotobuf-dev libgrpc++-dev protobuf-compiler-grpc   # API (proto/)
+  libspdlog-dev prometheus-cpp-dev                                         # daemon (server/)
+  python3 python3-grpcio python3-protobuf                                 # Python SDK
+  prometheus openssl                                                       # integration tests
 )
 
 missing=()
