@@ -6,6 +6,11 @@ function(iommu_cc_test name)
   cmake_parse_arguments(ARG "" "" "SRCS;DEPS" ${ARGN})
   add_executable(${name} ${ARG_SRCS})
   target_link_libraries(${name} PRIVATE ${ARG_DEPS} GTest::gmock GTest::gtest_main)
+  if(IOMMU_SANITIZE MATCHES "thread")
+    # Makes absl::Mutex visible to TSan with the distribution's abseil.
+    target_sources(${name} PRIVATE ${PROJECT_SOURCE_DIR}/core/testing/tsan_absl_mutex.cc)
+    target_link_libraries(${name} PRIVATE ${CMAKE_DL_LIBS})
+  endif()
   gtest_discover_tests(${name} DISCOVERY_TIMEOUT 60 PROPERTIES TIMEOUT 600)
 endfunction()
 
