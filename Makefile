@@ -38,10 +38,11 @@ bench: build
 workloads: build
 	$(BUILD_DIR)/core/iommu_workloads
 
-# Core tests under AddressSanitizer + UndefinedBehaviorSanitizer.
+# Core tests under AddressSanitizer + UndefinedBehaviorSanitizer (the daemon and SDKs are
+# exercised by the integration tests of `make test`).
 asan: deps
 	cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=Debug -DIOMMU_BUILD_BENCHMARKS=OFF \
-	  -DCMAKE_CXX_COMPILER=clang++ -DIOMMU_SANITIZE=address,undefined
+	  -DIOMMU_CORE_ONLY=ON -DCMAKE_CXX_COMPILER=clang++ -DIOMMU_SANITIZE=address,undefined
 	cmake --build build-asan -j $(JOBS)
 	cd build-asan && ctest -j $(JOBS) $(CTEST_FLAGS)
 
@@ -49,7 +50,7 @@ asan: deps
 TSAN_TESTS ?= Concurren|FaultRing
 tsan: deps
 	cmake -S . -B build-tsan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DIOMMU_BUILD_BENCHMARKS=OFF \
-	  -DCMAKE_CXX_COMPILER=clang++ -DIOMMU_SANITIZE=thread
+	  -DIOMMU_CORE_ONLY=ON -DCMAKE_CXX_COMPILER=clang++ -DIOMMU_SANITIZE=thread
 	cmake --build build-tsan -j $(JOBS)
 	cd build-tsan && ctest -j $(JOBS) $(CTEST_FLAGS) -R '$(TSAN_TESTS)'
 
