@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <bit>
 #include <cassert>
+#include <cstring>
 
 #include "absl/strings/str_format.h"
 #include "core/bits.h"
@@ -11,7 +12,7 @@ namespace iommu::core::internal {
 
 IovaGapTree::IovaGapTree(int num_orders) : num_orders_(num_orders) {
   assert(num_orders >= 1 && num_orders <= 64);
-  nodes_.push_back(Node{0, 0, kNil, kNil, kNil, 0});
+  nodes_.push_back(Node{0, 0, kNil, kNil, kNil, 0, 0});
   aug_.assign(num_orders_, 0);
 }
 
@@ -26,7 +27,8 @@ uint32_t IovaGapTree::NewNode(uint64_t lo, uint64_t hi) {
     nodes_.push_back(Node{});
     aug_.resize(aug_.size() + num_orders_);
   }
-  nodes_[x] = Node{lo, hi, kNil, kNil, kNil, 1};
+  nodes_[x] = Node{lo, hi, kNil, kNil, kNil, 1, 0};
+  std::fill_n(AugRow(x), num_orders_, 0);  // a recycled row may hold old words
   Pull(x);
   return x;
 }
@@ -34,22 +36,38 @@ uint32_t IovaGapTree::NewNode(uint64_t lo, uint64_t hi) {
 void IovaGapTree::FreeNode(uint32_t x) { free_nodes_.push_back(x); }
 
 bool IovaGapTree::Pull(uint32_t x) {
-  const Node& n = nodes_[x];
+  Node& n = nodes_[x];
+  // Rows are zero beyond their `orders` words, and a child's `orders` never
+  // exceeds its parent's, so one fused loop reads children without bounds.
+  const uint64_t* lrow = AugRow(n.left);
+  const uint64_t* rrow = AugRow(n.right);
+  const uint64_t len = n.hi - n.lo + 1;
+  const uint64_t max_len = std::max(len, std::max(lrow[0], rrow[0]));
+  const int orders = OrdersFor(max_len);
+  const int old_orders = n.orders;
   uint64_t* row = AugRow(x);
-  const uint64_t* l = AugRow(n.left);
-  const uint64_t* r = AugRow(n.right);
-  bool changed = false;
-  for (int k = 0; k < num_orders_; ++k) {
-    const uint64_t v = std::max(Room(n.lo, n.hi, k), std::max(l[k], r[k]));
-    changed |= v != row[k];
+  uint64_t diff = 0;
+  // Orders up to the alignment of lo leave the whole range as room.
+  const int aligned_orders = std::min(orders, std::countr_zero(n.lo) + 1);
+  int k = 0;
+  for (; k < aligned_orders; ++k) {
+    const uint64_t v = std::max(len, std::max(lrow[k], rrow[k]));
+    diff |= v ^ row[k];
     row[k] = v;
   }
-  return changed;
+  for (; k < orders; ++k) {
+    const uint64_t v = std::max(Room(n.lo, n.hi, k), std::max(lrow[k], rrow[k]));
+    diff |= v ^ row[k];
+    row[k] = v;
+  }
+  for (; k < old_orders; ++k) row[k] = 0;
+  n.orders = static_cast<uint16_t>(orders);
+  return diff != 0 || orders != old_orders;
 }
 
 void IovaGapTree::UpdateHeight(uint32_t x) {
   Node& n = nodes_[x];
-  n.height = 1 + std::max(nodes_[n.left].height, nodes_[n.right].height);
+  n.height = static_cast<int16_t>(1 + std::max(nodes_[n.left].height, nodes_[n.right].height));
 }
 
 void IovaGapTree::ReplaceChild(uint32_t parent, uint32_t old_child, uint32_t new_child) {
@@ -67,6 +85,9 @@ void IovaGapTree::ReplaceChild(uint32_t parent, uint32_t old_child, uint32_t new
 uint32_t IovaGapTree::RotateLeft(uint32_t x) {
   const uint32_t y = nodes_[x].right;
   const uint32_t b = nodes_[y].left;
+  // y takes over x's subtree, hence x's row (y's own row has no more words).
+  std::memcpy(AugRow(y), AugRow(x), sizeof(uint64_t) * nodes_[x].orders);
+  nodes_[y].orders = nodes_[x].orders;
   ReplaceChild(nodes_[x].parent, x, y);
   nodes_[x].right = b;
   if (b != kNil) nodes_[b].parent = x;
@@ -75,13 +96,15 @@ uint32_t IovaGapTree::RotateLeft(uint32_t x) {
   UpdateHeight(x);
   UpdateHeight(y);
   Pull(x);
-  Pull(y);
   return y;
 }
 
 uint32_t IovaGapTree::RotateRight(uint32_t x) {
   const uint32_t y = nodes_[x].left;
   const uint32_t b = nodes_[y].right;
+  // y takes over x's subtree, hence x's row (y's own row has no more words).
+  std::memcpy(AugRow(y), AugRow(x), sizeof(uint64_t) * nodes_[x].orders);
+  nodes_[y].orders = nodes_[x].orders;
   ReplaceChild(nodes_[x].parent, x, y);
   nodes_[x].left = b;
   if (b != kNil) nodes_[b].parent = x;
@@ -90,7 +113,6 @@ uint32_t IovaGapTree::RotateRight(uint32_t x) {
   UpdateHeight(x);
   UpdateHeight(y);
   Pull(x);
-  Pull(y);
   return y;
 }
 
@@ -354,7 +376,25 @@ absl::Status IovaGapTree::CheckSubtree(uint32_t x, uint32_t parent, int* height,
   *height = n.height;
   for (int k = 0; k < num_orders_; ++k) {
     (*aug_out)[k] = std::max(Room(n.lo, n.hi, k), std::max(al[k], ar[k]));
-    if ((*aug_out)[k] != Aug(x, k)) {
+  }
+  const int orders = OrdersFor((*aug_out)[0]);
+  if (n.orders != orders) {
+    return absl::InternalError(absl::StrFormat("gap tree node %u: %d row words, want %d", x,
+                                               n.orders, orders));
+  }
+  for (int k = orders; k < num_orders_; ++k) {
+    if (AugRow(x)[k] != 0) {
+      return absl::InternalError(absl::StrFormat("gap tree node %u: row word %d past %d not zero",
+                                                 x, k, orders));
+    }
+  }
+  for (int k = 0; k < num_orders_; ++k) {
+    // A value an order-k request (more than 2^(k-1) pages) cannot use reads
+    // as 0: children drop such words, so compare what the search sees.
+    auto effective = [k](uint64_t v) {
+      return k > 0 && v <= (uint64_t{1} << (k - 1)) ? 0 : v;
+    };
+    if (effective((*aug_out)[k]) != effective(Aug(x, k))) {
       return absl::InternalError(absl::StrFormat(
           "gap tree node %u [%#x, %#x]: aug[%d]=%#x, recount %#x", x, n.lo, n.hi, k,
           Aug(x, k), (*aug_out)[k]));
@@ -365,7 +405,10 @@ absl::Status IovaGapTree::CheckSubtree(uint32_t x, uint32_t parent, int* height,
 
 absl::Status IovaGapTree::CheckInvariants() const {
   for (int k = 0; k < num_orders_; ++k) {
-    if (AugRow(kNil)[k] != 0) return absl::InternalError("gap tree: nil aug row not zero");
+    if (AugRow(kNil)[k] != 0) return absl::InternalError("gap tree: nil row not zero");
+  }
+  if (nodes_[kNil].orders != 0 || nodes_[kNil].height != 0) {
+    return absl::InternalError("gap tree: nil sentinel modified");
   }
   int height = 0;
   std::vector<uint64_t> aug;

@@ -12,6 +12,14 @@
 //   aug(x)[k] = max over the ranges r in x's subtree of Room(r, k)
 //   Room([lo, hi], k) = hi + 1 - AlignUp(lo, 2^k), or 0 when that is <= 0
 //
+// Only the first `orders` words of a row are stored and read: with M the
+// longest range of the subtree, an order-k request (more than 2^(k-1) pages)
+// can only fit if 2^(k-1) < M, so orders k > bit_width(M - 1) read as 0. Rows
+// of subtrees holding only small gaps are therefore short, and so is their
+// update. Words an order-k request cannot use (<= 2^(k-1)) may read as 0.
+// Words past `orders` are kept zero (the sentinel's row is all zero), so the
+// update loop reads children's rows without bounds checks.
+//
 // Room(r, k) is the room left in r after its first 2^k-aligned pfn. A request
 // of num_pages with alignment 2^k (k = order of RoundUpPowerOfTwo(num_pages))
 // fits somewhere in r iff Room(r, k) >= num_pages: this is the EXACT condition
@@ -38,6 +46,7 @@
 // Thread-compatible: the owning IovaAllocator serialises all calls.
 
 #include <cstddef>
+#include <bit>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -125,7 +134,8 @@ class IovaGapTree {
     uint32_t left;
     uint32_t right;
     uint32_t parent;
-    int32_t height;  // 0 for nil, 1 for a leaf
+    int16_t height;   // 0 for nil, 1 for a leaf
+    uint16_t orders;  // valid words of the aug row; 0 for nil
   };
 
   static uint64_t Room(uint64_t lo, uint64_t hi, int order) {
@@ -134,8 +144,11 @@ class IovaGapTree {
     return hi >= first ? hi + 1 - first : 0;
   }
 
-  uint64_t Aug(uint32_t x, int order) const {
-    return aug_[size_t{x} * num_orders_ + order];
+  uint64_t Aug(uint32_t x, int order) const { return aug_[size_t{x} * num_orders_ + order]; }
+  // Number of row words kept for a subtree whose longest range is max_len.
+  int OrdersFor(uint64_t max_len) const {
+    const int useful = std::bit_width(max_len - 1) + 1;
+    return useful < num_orders_ ? useful : num_orders_;
   }
   uint64_t* AugRow(uint32_t x) { return &aug_[size_t{x} * num_orders_]; }
   const uint64_t* AugRow(uint32_t x) const { return &aug_[size_t{x} * num_orders_]; }
