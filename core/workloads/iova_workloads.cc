@@ -35,7 +35,9 @@ IovaAllocator MakeAllocator(uint64_t end_pfn, bool cache) {
   o.granule_bytes = 4096;
   o.start_pfn = 1;
   o.end_pfn = end_pfn;
-  o.cache.enabled = cache;  // defaults: 32 pages, 127 pfns per magazine, depot of 32
+  // Default placement (kLinuxNextFit) and cache geometry (32 pages, 127 pfns
+  // per magazine, depot of 32 per size class).
+  o.cache.enabled = cache;
   absl::StatusOr<IovaAllocator> a = IovaAllocator::Create(o);
   if (!a.ok()) {
     std::fprintf(stderr, "IovaAllocator::Create: %s\n", a.status().ToString().c_str());
