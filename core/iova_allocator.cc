@@ -230,7 +230,7 @@ uint64_t IovaAllocator::AllocPfnsOrZero(uint64_t num_pages, uint64_t limit_pfn) 
   return AllocTreePath(num_pages, limit_pfn, &reason);
 }
 
-uint64_t IovaAllocator::AllocPfnsFastOrZero(uint64_t num_pages, uint64_t limit_pfn) {
+uint64_t IovaAllocator::AllocPfnsFastSlow(uint64_t num_pages, uint64_t limit_pfn) {
   if (num_pages == 0 || num_pages > space_pages_ || limit_pfn < start_pfn_) return 0;
   IovaFailureReason reason;
   return AllocFastPath(num_pages, limit_pfn, &reason);
@@ -277,7 +277,7 @@ absl::Status IovaAllocator::FreePfns(uint64_t pfn) {
   return absl::OkStatus();
 }
 
-absl::Status IovaAllocator::FreePfnsFast(uint64_t pfn, uint64_t num_pages) {
+absl::Status IovaAllocator::FreePfnsFastSlow(uint64_t pfn, uint64_t num_pages) {
   const auto it = index_.find(pfn);
   if (it == index_.end() || (it->second & kCachedBit) != 0) [[unlikely]] {
     return NotLiveError(pfn, it != index_.end());

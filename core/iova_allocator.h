@@ -49,6 +49,7 @@
 // domain's lock in the broker). No method is safe to call concurrently with a
 // mutating one; const methods may run concurrently with each other.
 
+#include <bit>
 #include <cstdint>
 #include <functional>
 #include <map>
@@ -162,7 +163,24 @@ class IovaAllocator {
   // count it; no message is built). For hot loops that handle failure
   // themselves.
   uint64_t AllocPfnsOrZero(uint64_t num_pages, uint64_t limit_pfn);
-  uint64_t AllocPfnsFastOrZero(uint64_t num_pages, uint64_t limit_pfn);
+  uint64_t AllocPfnsFastOrZero(uint64_t num_pages, uint64_t limit_pfn) {
+    // Inline cache hit; everything else (miss, 32-bit-first, bad arguments)
+    // goes out of line.
+    if (num_pages - 1 < cache_max_pages_ && !options_.try_32bit_first) [[likely]] {
+      const int cls = std::bit_width(num_pages - 1);
+      const uint64_t size = uint64_t{1} << cls;
+      const uint64_t limit = ClipLimit(limit_pfn);
+      if (limit + 1 >= size) [[likely]] {
+        const uint64_t pfn = cache_.Pop(cls, limit + 1 - size);
+        if (pfn != 0) [[likely]] {
+          ++cache_hits_;
+          index_.find(pfn)->second &= ~kCachedBit;
+          return pfn;
+        }
+      }
+    }
+    return AllocPfnsFastSlow(num_pages, limit_pfn);
+  }
 
   // Frees the allocation starting at pfn to the tree (__free_iova).
   // NOT_FOUND: no live allocation starts at pfn (never allocated, already
@@ -173,7 +191,21 @@ class IovaAllocator {
   // cacheable allocation goes to its magazine, anything else to the tree.
   // NOT_FOUND as FreePfns; INVALID_ARGUMENT when num_pages does not match
   // the allocation (after the same rounding AllocPfnsFast applies).
-  absl::Status FreePfnsFast(uint64_t pfn, uint64_t num_pages);
+  absl::Status FreePfnsFast(uint64_t pfn, uint64_t num_pages) {
+    // Inline: a live allocation of exactly its class size into a loaded
+    // magazine with room. Everything else (errors, spills) out of line.
+    if (num_pages - 1 < cache_max_pages_) [[likely]] {
+      const auto it = index_.find(pfn);
+      const int cls = std::bit_width(num_pages - 1);
+      // Equal to the class size also means "not cached" (the bit is clear).
+      if (it != index_.end() && it->second == uint64_t{1} << cls &&
+          cache_.TryPushLoaded(cls, pfn)) [[likely]] {
+        it->second |= kCachedBit;
+        return absl::OkStatus();
+      }
+    }
+    return FreePfnsFastSlow(pfn, num_pages);
+  }
 
   // Never hands out [pfn_lo, pfn_hi] (reserve_iova). The part outside
   // [start_pfn, end_pfn] is ignored (it is never allocatable anyway); reserving
@@ -231,6 +263,8 @@ class IovaAllocator {
 
   IovaAllocator(const IovaAllocatorOptions& options, int num_orders);
 
+  uint64_t AllocPfnsFastSlow(uint64_t num_pages, uint64_t limit_pfn);
+  absl::Status FreePfnsFastSlow(uint64_t pfn, uint64_t num_pages);
   absl::Status ValidateRequest(uint64_t num_pages, uint64_t limit_pfn) const;
   // Size a fast-path request really takes: rounded up when cacheable.
   uint64_t FastSize(uint64_t num_pages) const {

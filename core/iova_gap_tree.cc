@@ -65,6 +65,32 @@ bool IovaGapTree::Pull(uint32_t x) {
   return diff != 0 || orders != old_orders;
 }
 
+uint64_t IovaGapTree::PullOrders(uint32_t x, uint64_t mask) {
+  Node& n = nodes_[x];
+  const uint64_t* lrow = AugRow(n.left);
+  const uint64_t* rrow = AugRow(n.right);
+  uint64_t* row = AugRow(x);
+  // Word 0 (the longest range) decides how many words the row keeps.
+  const uint64_t max_len = std::max(n.hi - n.lo + 1, std::max(lrow[0], rrow[0]));
+  const int orders = OrdersFor(max_len);
+  const int old_orders = n.orders;
+  if (orders != old_orders) mask |= LowMask(static_cast<unsigned>(std::max(orders, old_orders)));
+  mask &= LowMask(static_cast<unsigned>(std::max(orders, old_orders)));
+  uint64_t changed = 0;
+  while (mask != 0) {
+    const int k = std::countr_zero(mask);
+    mask &= mask - 1;
+    const uint64_t v =
+        k < orders ? std::max(Room(n.lo, n.hi, k), std::max(lrow[k], rrow[k])) : 0;
+    if (v != row[k]) {
+      changed |= uint64_t{1} << k;
+      row[k] = v;
+    }
+  }
+  n.orders = static_cast<uint16_t>(orders);
+  return changed;
+}
+
 void IovaGapTree::UpdateHeight(uint32_t x) {
   Node& n = nodes_[x];
   n.height = static_cast<int16_t>(1 + std::max(nodes_[n.left].height, nodes_[n.right].height));
@@ -116,10 +142,11 @@ uint32_t IovaGapTree::RotateRight(uint32_t x) {
   return y;
 }
 
-void IovaGapTree::FixUpward(uint32_t x) {
+void IovaGapTree::FixUpward(uint32_t x, uint64_t mask) {
   while (x != kNil) {
     const int old_height = nodes_[x].height;
-    const bool aug_changed = Pull(x);
+    // Only the orders that changed below can change here.
+    mask = PullOrders(x, mask);
     UpdateHeight(x);
     const Node& n = nodes_[x];
     const int balance = nodes_[n.left].height - nodes_[n.right].height;
@@ -133,9 +160,9 @@ void IovaGapTree::FixUpward(uint32_t x) {
       if (nodes_[nodes_[r].right].height < nodes_[nodes_[r].left].height) RotateRight(r);
       subtree = RotateLeft(x);
     }
-    // Rotations keep the subtree's aug row; if neither it nor the height moved,
+    // Rotations keep the subtree's row; if neither it nor the height moved,
     // no ancestor can change.
-    if (!aug_changed && nodes_[subtree].height == old_height) return;
+    if (mask == 0 && nodes_[subtree].height == old_height) return;
     x = nodes_[subtree].parent;
   }
 }
@@ -158,7 +185,7 @@ void IovaGapTree::SetRange(uint32_t x, uint64_t lo, uint64_t hi) {
   n.lo = lo;
   n.hi = hi;
   CountIn(hi - lo + 1);
-  FixUpward(x);
+  FixUpward(x, AllOrders());
 }
 
 void IovaGapTree::Insert(uint64_t lo, uint64_t hi) {
@@ -181,7 +208,7 @@ void IovaGapTree::Insert(uint64_t lo, uint64_t hi) {
   }
   nodes_[x].parent = parent;
   CountIn(hi - lo + 1);
-  FixUpward(parent);
+  FixUpward(parent, LowMask(nodes_[x].orders));
 }
 
 void IovaGapTree::Erase(uint32_t x) {
@@ -196,15 +223,15 @@ void IovaGapTree::Erase(uint32_t x) {
     const uint32_t p = nodes_[s].parent;
     ReplaceChild(p, s, nodes_[s].right);
     FreeNode(s);
-    FixUpward(p);
-    FixUpward(x);  // x's own range changed; the first pass may have stopped below it
+    FixUpward(p, AllOrders());
+    FixUpward(x, AllOrders());  // x's own range changed; the first pass may stop below it
     return;
   }
   const uint32_t child = n.left != kNil ? n.left : n.right;
   const uint32_t p = n.parent;
   ReplaceChild(p, x, child);
   FreeNode(x);
-  FixUpward(p);
+  FixUpward(p, AllOrders());
 }
 
 uint32_t IovaGapTree::Leftmost(uint32_t x) const {

@@ -52,6 +52,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "core/bits.h"
 
 namespace iommu::core::internal {
 
@@ -165,9 +166,15 @@ class IovaGapTree {
   uint32_t RotateLeft(uint32_t x);
   uint32_t RotateRight(uint32_t x);
   void ReplaceChild(uint32_t parent, uint32_t old_child, uint32_t new_child);
-  // Restores heights, balance and aug rows from x up to the root, stopping
-  // early once a subtree's height and aug row are unchanged.
-  void FixUpward(uint32_t x);
+  // Recomputes the row words of x in `mask` (bit k: order k; more if the
+  // row's length changes) and returns the mask of words that changed.
+  uint64_t PullOrders(uint32_t x, uint64_t mask);
+  uint64_t AllOrders() const { return LowMask(static_cast<unsigned>(num_orders_)); }
+  // Restores heights, balance and aug rows from x up to the root. `mask`: the
+  // orders that may have changed at x (its own range or a child's row). Each
+  // level recomputes only the orders that changed below it, and the walk stops
+  // once a subtree's height and row are unchanged.
+  void FixUpward(uint32_t x, uint64_t mask);
 
   void SetRange(uint32_t x, uint64_t lo, uint64_t hi);  // keeps stats, then FixUpward
   void Insert(uint64_t lo, uint64_t hi);
