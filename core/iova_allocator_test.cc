@@ -667,6 +667,33 @@ TEST(IovaAllocatorRandom, LinuxNextFitMatchesReference) {
   CheckStatsAgainstRecount(a);
 }
 
+// W1's churn (10^4 live ranges, sizes 1..32 in 4 GiB) on the tree path, long
+// enough to exercise every rebalancing case of the gap tree with wide rows.
+TEST(IovaAllocatorRandom, LongChurnKeepsInvariants) {
+  for (IovaPlacement placement : {IovaPlacement::kLinuxNextFit, IovaPlacement::kHighestFit}) {
+    IovaAllocatorOptions o = Opts(1, 0xFFFFF);
+    o.placement = placement;
+    IovaAllocator a = Make(o);
+    TestRng rng;
+    std::vector<std::pair<uint64_t, uint64_t>> slots(10000);
+    for (auto& [pfn, n] : slots) {
+      n = rng.Below(32) + 1;
+      pfn = *a.AllocPfns(n, 0xFFFFF);
+    }
+    for (int step = 0; step < 300000; ++step) {
+      auto& [pfn, n] = slots[rng.Below(slots.size())];
+      ASSERT_TRUE(a.FreePfns(pfn).ok());
+      n = rng.Below(32) + 1;
+      pfn = *a.AllocPfns(n, 0xFFFFF);
+      if (step % 20000 == 0) {
+        ASSERT_INVARIANTS(a);
+      }
+    }
+    ASSERT_INVARIANTS(a);
+    CheckStatsAgainstRecount(a);
+  }
+}
+
 TEST(IovaAllocatorRandom, CachedPathKeepsInvariants) {
   IovaAllocatorOptions o = Opts(1, 0x3FFF, /*cache=*/true);
   o.cache.magazine_depth = 8;

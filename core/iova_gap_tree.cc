@@ -217,14 +217,20 @@ void IovaGapTree::Erase(uint32_t x) {
   if (n.left != kNil && n.right != kNil) {
     // Move the in-order successor's range into x, then unlink the successor
     // (which has no left child).
+    // Two passes, in this order: first unlink s while x keeps its old range,
+    // then give x s's range. A pass only recomputes the orders that changed
+    // below, so x's own change must not happen while the first pass (which
+    // may rotate x and copy its row) is under way.
     const uint32_t s = Leftmost(n.right);
-    n.lo = nodes_[s].lo;
-    n.hi = nodes_[s].hi;
+    const uint64_t lo = nodes_[s].lo;
+    const uint64_t hi = nodes_[s].hi;
     const uint32_t p = nodes_[s].parent;
     ReplaceChild(p, s, nodes_[s].right);
     FreeNode(s);
     FixUpward(p, AllOrders());
-    FixUpward(x, AllOrders());  // x's own range changed; the first pass may stop below it
+    nodes_[x].lo = lo;
+    nodes_[x].hi = hi;
+    FixUpward(x, AllOrders());
     return;
   }
   const uint32_t child = n.left != kNil ? n.left : n.right;
