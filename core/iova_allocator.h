@@ -28,8 +28,11 @@
 // Layout and cost (n = live allocations + free ranges):
 //   free ranges   IovaGapTree: AVL tree, per-node max "room after the first
 //                 2^k-aligned pfn" for every order k: exact top-down fit in
-//                 O(log n), updates O(K log n) worst case (K orders), usually
-//                 far less as updates stop climbing when nothing changes.
+//                 O(log n), updates O(K log n) worst case (K orders); a level
+//                 recomputes only the orders that changed below it and the
+//                 climb stops when nothing changed. Measured, the updates
+//                 dominate: ~4 update passes and ~15 row recomputations per
+//                 W2 step (~7k instructions per step, the search ~250).
 //   allocations   hash map pfn -> pages (+ "sitting in a cache" bit): O(1)
 //                 lookup for free and for the broker's unmap by address.
 //   caches        IovaMagazineCache: O(1) push/pop, no allocation.
