@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <bit>
+#include <cassert>
 #include <set>
 #include <tuple>
 #include <utility>
@@ -106,9 +107,22 @@ absl::Status IovaAllocator::ValidateRequest(uint64_t num_pages, uint64_t limit_p
 }
 
 uint64_t IovaAllocator::AllocFromTree(uint64_t num_pages, uint64_t limit_pfn) {
-  const internal::IovaGapTree::Fit fit =
-      tree_.FindHighestFit(num_pages, AlignOrder(num_pages), limit_pfn);
-  if (fit.node == 0) return 0;
+  const int order = AlignOrder(num_pages);
+  internal::IovaGapTree::Fit fit;
+  if (options_.placement == IovaPlacement::kLinuxNextFit) {
+    const uint64_t cursor = limit_pfn <= pfn_32bit_ ? cursor32_ : cursor_;
+    // Below the cached node first; if nothing fits there, the highest fit
+    // overall is above it (Linux's retry from limit_pfn down to the node).
+    if (cursor != kNoCursor && cursor - 1 < limit_pfn) {
+      fit = tree_.FindHighestFit(num_pages, order, cursor - 1);
+    }
+    if (fit.node == 0) fit = tree_.FindHighestFit(num_pages, order, limit_pfn);
+    if (fit.node == 0) return 0;
+    (fit.pfn + num_pages - 1 <= pfn_32bit_ ? cursor32_ : cursor_) = fit.pfn;
+  } else {
+    fit = tree_.FindHighestFit(num_pages, order, limit_pfn);
+    if (fit.node == 0) return 0;
+  }
   tree_.Carve(fit, num_pages);
   index_.emplace(fit.pfn, num_pages);
   allocated_pages_ += num_pages;
@@ -116,8 +130,23 @@ uint64_t IovaAllocator::AllocFromTree(uint64_t num_pages, uint64_t limit_pfn) {
 }
 
 void IovaAllocator::ReleaseToTree(uint64_t pfn, uint64_t num_pages) {
-  tree_.Release(pfn, pfn + num_pages - 1);
+  const uint64_t last = pfn + num_pages - 1;
+  tree_.Release(pfn, last);
   allocated_pages_ -= num_pages;
+  if (options_.placement != IovaPlacement::kLinuxNextFit) return;
+  // __cached_rbnode_delete_update: a cached node at or below the freed range
+  // moves to the next node above it, the first non-free pfn after the free
+  // range now holding [pfn, last].
+  const bool move32 = pfn == cursor32_ || (last <= pfn_32bit_ && pfn >= cursor32_);
+  const bool move = pfn >= cursor_;
+  if (!move32 && !move) return;
+  internal::IovaGapTree::Range r;
+  const bool found = tree_.FindContaining(pfn, &r);
+  assert(found);
+  (void)found;
+  const uint64_t next = r.hi == end_pfn_ ? kNoCursor : r.hi + 1;
+  if (move32) cursor32_ = next;
+  if (move) cursor_ = next;
 }
 
 uint64_t IovaAllocator::AllocFastOnce(uint64_t num_pages, uint64_t limit_pfn, bool flush,
@@ -201,7 +230,7 @@ uint64_t IovaAllocator::AllocPfnsOrZero(uint64_t num_pages, uint64_t limit_pfn) 
   return AllocTreePath(num_pages, limit_pfn, &reason);
 }
 
-uint64_t IovaAllocator::AllocPfnsFastOrZero(uint64_t num_pages, uint64_t limit_pfn) {
+uint64_t IovaAllocator::AllocPfnsFastSlow(uint64_t num_pages, uint64_t limit_pfn) {
   if (num_pages == 0 || num_pages > space_pages_ || limit_pfn < start_pfn_) return 0;
   IovaFailureReason reason;
   return AllocFastPath(num_pages, limit_pfn, &reason);
@@ -248,7 +277,7 @@ absl::Status IovaAllocator::FreePfns(uint64_t pfn) {
   return absl::OkStatus();
 }
 
-absl::Status IovaAllocator::FreePfnsFast(uint64_t pfn, uint64_t num_pages) {
+absl::Status IovaAllocator::FreePfnsFastSlow(uint64_t pfn, uint64_t num_pages) {
   const auto it = index_.find(pfn);
   if (it == index_.end() || (it->second & kCachedBit) != 0) [[unlikely]] {
     return NotLiveError(pfn, it != index_.end());
@@ -479,6 +508,13 @@ absl::Status IovaAllocator::CheckInvariants() const {
   if (cached_entries != cache_.cached_ranges()) {
     return absl::InternalError(absl::StrFormat("iova: %u entries marked cached, cache holds %u",
                                                cached_entries, cache_.cached_ranges()));
+  }
+  for (const uint64_t cursor : {cursor32_, cursor_}) {
+    internal::IovaGapTree::Range r;
+    if (cursor != kNoCursor &&
+        (cursor < start_pfn_ || cursor > end_pfn_ || tree_.FindContaining(cursor, &r))) {
+      return absl::InternalError(absl::StrFormat("iova: cursor %#x is free or outside", cursor));
+    }
   }
   std::set<uint64_t> seen;
   absl::Status bad = absl::OkStatus();

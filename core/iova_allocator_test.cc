@@ -34,6 +34,7 @@ struct TestRng {
 
 IovaAllocatorOptions Opts(uint64_t start_pfn, uint64_t end_pfn, bool cache = false) {
   IovaAllocatorOptions o;
+  o.placement = IovaPlacement::kHighestFit;  // the placement most tests spell out
   o.start_pfn = start_pfn;
   o.end_pfn = end_pfn;
   o.cache.enabled = cache;
@@ -601,6 +602,96 @@ TEST(IovaAllocatorRandom, TreePathMatchesReferenceTopDownSearch) {
   EXPECT_GT(allocs, 3000);
   EXPECT_GT(failures, 10);
   EXPECT_GT(reserves, 50);
+}
+
+// The reference for kLinuxNextFit: iova.c's cached-node rule written over the
+// model: search below the cached node's first pfn, else from the limit; after
+// an allocation the node is cached (cached32 when it ends below 4 GiB); a free
+// at or above a cached node (cached32: ending below 4 GiB, or the node itself)
+// moves it to the next occupied pfn above the freed range.
+TEST(IovaAllocatorRandom, LinuxNextFitMatchesReference) {
+  constexpr uint64_t kStart = 1;
+  constexpr uint64_t kEnd = 0x1FFFFF;  // crosses 4 GiB: both cached nodes in play
+  constexpr uint64_t kPfn32 = 0xFFFFF;
+  constexpr uint64_t kAnchor = ~uint64_t{0};
+  IovaAllocatorOptions o = Opts(kStart, kEnd);
+  o.placement = IovaPlacement::kLinuxNextFit;
+  IovaAllocator a = Make(o);
+  ReferenceModel ref(kStart, kEnd);
+  std::map<uint64_t, uint64_t> occupied;  // for "next occupied pfn above"
+  uint64_t cached32 = kAnchor, cached = kAnchor;
+  TestRng rng;
+  std::vector<std::pair<uint64_t, uint64_t>> live;
+  int wrapped = 0;
+  for (int op = 0; op < 12000; ++op) {
+    if (live.empty() || rng.Below(100) < 54) {
+      // Mostly large sizes so that the space fills and the search wraps.
+      const uint64_t n = rng.Below(4) == 0 ? rng.Below(300) + 1 : rng.Below(0x8000) + 1;
+      const uint64_t limits[] = {kEnd, kPfn32, 0x17FFFF, rng.Below(kEnd) + kStart};
+      const uint64_t limit = limits[rng.Below(4)];
+      const uint64_t cursor = limit <= kPfn32 ? cached32 : cached;
+      uint64_t want = 0;
+      if (cursor != kAnchor && cursor - 1 < limit) want = ref.HighestFit(n, cursor - 1);
+      if (want == 0) {
+        want = ref.HighestFit(n, limit);
+        wrapped += want != 0 && cursor != kAnchor;
+      }
+      absl::StatusOr<uint64_t> got = a.AllocPfns(n, limit);
+      if (want == 0) {
+        ASSERT_EQ(got.status().code(), absl::StatusCode::kResourceExhausted) << op;
+      } else {
+        ASSERT_TRUE(got.ok()) << op << ": " << got.status();
+        ASSERT_EQ(*got, want) << "op " << op << " n=" << n << " limit=" << limit;
+        ref.Occupy(want, want + n - 1);
+        occupied[want] = want + n - 1;
+        (want + n - 1 <= kPfn32 ? cached32 : cached) = want;
+        live.emplace_back(want, n);
+      }
+    } else {
+      const size_t j = rng.Below(live.size());
+      const auto [pfn, n] = live[j];
+      const uint64_t last = pfn + n - 1;
+      auto next = occupied.upper_bound(pfn);
+      const uint64_t next_pfn = next == occupied.end() ? kAnchor : next->first;
+      if (pfn == cached32 || (last <= kPfn32 && pfn >= cached32)) cached32 = next_pfn;
+      if (pfn >= cached) cached = next_pfn;
+      occupied.erase(pfn);
+      ref.Release(pfn);
+      ASSERT_TRUE(a.FreePfns(pfn).ok());
+      live[j] = live.back();
+      live.pop_back();
+    }
+    ASSERT_INVARIANTS(a);
+  }
+  EXPECT_GT(wrapped, 20);
+  CheckStatsAgainstRecount(a);
+}
+
+// W1's churn (10^4 live ranges, sizes 1..32 in 4 GiB) on the tree path, long
+// enough to exercise every rebalancing case of the gap tree with wide rows.
+TEST(IovaAllocatorRandom, LongChurnKeepsInvariants) {
+  for (IovaPlacement placement : {IovaPlacement::kLinuxNextFit, IovaPlacement::kHighestFit}) {
+    IovaAllocatorOptions o = Opts(1, 0xFFFFF);
+    o.placement = placement;
+    IovaAllocator a = Make(o);
+    TestRng rng;
+    std::vector<std::pair<uint64_t, uint64_t>> slots(10000);
+    for (auto& [pfn, n] : slots) {
+      n = rng.Below(32) + 1;
+      pfn = *a.AllocPfns(n, 0xFFFFF);
+    }
+    for (int step = 0; step < 300000; ++step) {
+      auto& [pfn, n] = slots[rng.Below(slots.size())];
+      ASSERT_TRUE(a.FreePfns(pfn).ok());
+      n = rng.Below(32) + 1;
+      pfn = *a.AllocPfns(n, 0xFFFFF);
+      if (step % 20000 == 0) {
+        ASSERT_INVARIANTS(a);
+      }
+    }
+    ASSERT_INVARIANTS(a);
+    CheckStatsAgainstRecount(a);
+  }
 }
 
 TEST(IovaAllocatorRandom, CachedPathKeepsInvariants) {

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <bit>
 #include <cassert>
+#include <cstring>
 
 #include "absl/strings/str_format.h"
 #include "core/bits.h"
@@ -11,7 +12,7 @@ namespace iommu::core::internal {
 
 IovaGapTree::IovaGapTree(int num_orders) : num_orders_(num_orders) {
   assert(num_orders >= 1 && num_orders <= 64);
-  nodes_.push_back(Node{0, 0, kNil, kNil, kNil, 0});
+  nodes_.push_back(Node{0, 0, kNil, kNil, kNil, 0, 0});
   aug_.assign(num_orders_, 0);
 }
 
@@ -26,7 +27,8 @@ uint32_t IovaGapTree::NewNode(uint64_t lo, uint64_t hi) {
     nodes_.push_back(Node{});
     aug_.resize(aug_.size() + num_orders_);
   }
-  nodes_[x] = Node{lo, hi, kNil, kNil, kNil, 1};
+  nodes_[x] = Node{lo, hi, kNil, kNil, kNil, 1, 0};
+  std::fill_n(AugRow(x), num_orders_, 0);  // a recycled row may hold old words
   Pull(x);
   return x;
 }
@@ -34,22 +36,64 @@ uint32_t IovaGapTree::NewNode(uint64_t lo, uint64_t hi) {
 void IovaGapTree::FreeNode(uint32_t x) { free_nodes_.push_back(x); }
 
 bool IovaGapTree::Pull(uint32_t x) {
-  const Node& n = nodes_[x];
+  Node& n = nodes_[x];
+  // Rows are zero beyond their `orders` words, and a child's `orders` never
+  // exceeds its parent's, so one fused loop reads children without bounds.
+  const uint64_t* lrow = AugRow(n.left);
+  const uint64_t* rrow = AugRow(n.right);
+  const uint64_t len = n.hi - n.lo + 1;
+  const uint64_t max_len = std::max(len, std::max(lrow[0], rrow[0]));
+  const int orders = OrdersFor(max_len);
+  const int old_orders = n.orders;
   uint64_t* row = AugRow(x);
-  const uint64_t* l = AugRow(n.left);
-  const uint64_t* r = AugRow(n.right);
-  bool changed = false;
-  for (int k = 0; k < num_orders_; ++k) {
-    const uint64_t v = std::max(Room(n.lo, n.hi, k), std::max(l[k], r[k]));
-    changed |= v != row[k];
+  uint64_t diff = 0;
+  // Orders up to the alignment of lo leave the whole range as room.
+  const int aligned_orders = std::min(orders, std::countr_zero(n.lo) + 1);
+  int k = 0;
+  for (; k < aligned_orders; ++k) {
+    const uint64_t v = std::max(len, std::max(lrow[k], rrow[k]));
+    diff |= v ^ row[k];
     row[k] = v;
   }
+  for (; k < orders; ++k) {
+    const uint64_t v = std::max(Room(n.lo, n.hi, k), std::max(lrow[k], rrow[k]));
+    diff |= v ^ row[k];
+    row[k] = v;
+  }
+  for (; k < old_orders; ++k) row[k] = 0;
+  n.orders = static_cast<uint16_t>(orders);
+  return diff != 0 || orders != old_orders;
+}
+
+uint64_t IovaGapTree::PullOrders(uint32_t x, uint64_t mask) {
+  Node& n = nodes_[x];
+  const uint64_t* lrow = AugRow(n.left);
+  const uint64_t* rrow = AugRow(n.right);
+  uint64_t* row = AugRow(x);
+  // Word 0 (the longest range) decides how many words the row keeps.
+  const uint64_t max_len = std::max(n.hi - n.lo + 1, std::max(lrow[0], rrow[0]));
+  const int orders = OrdersFor(max_len);
+  const int old_orders = n.orders;
+  if (orders != old_orders) mask |= LowMask(static_cast<unsigned>(std::max(orders, old_orders)));
+  mask &= LowMask(static_cast<unsigned>(std::max(orders, old_orders)));
+  uint64_t changed = 0;
+  while (mask != 0) {
+    const int k = std::countr_zero(mask);
+    mask &= mask - 1;
+    const uint64_t v =
+        k < orders ? std::max(Room(n.lo, n.hi, k), std::max(lrow[k], rrow[k])) : 0;
+    if (v != row[k]) {
+      changed |= uint64_t{1} << k;
+      row[k] = v;
+    }
+  }
+  n.orders = static_cast<uint16_t>(orders);
   return changed;
 }
 
 void IovaGapTree::UpdateHeight(uint32_t x) {
   Node& n = nodes_[x];
-  n.height = 1 + std::max(nodes_[n.left].height, nodes_[n.right].height);
+  n.height = static_cast<int16_t>(1 + std::max(nodes_[n.left].height, nodes_[n.right].height));
 }
 
 void IovaGapTree::ReplaceChild(uint32_t parent, uint32_t old_child, uint32_t new_child) {
@@ -67,6 +111,9 @@ void IovaGapTree::ReplaceChild(uint32_t parent, uint32_t old_child, uint32_t new
 uint32_t IovaGapTree::RotateLeft(uint32_t x) {
   const uint32_t y = nodes_[x].right;
   const uint32_t b = nodes_[y].left;
+  // y takes over x's subtree, hence x's row (y's own row has no more words).
+  std::memcpy(AugRow(y), AugRow(x), sizeof(uint64_t) * nodes_[x].orders);
+  nodes_[y].orders = nodes_[x].orders;
   ReplaceChild(nodes_[x].parent, x, y);
   nodes_[x].right = b;
   if (b != kNil) nodes_[b].parent = x;
@@ -75,13 +122,15 @@ uint32_t IovaGapTree::RotateLeft(uint32_t x) {
   UpdateHeight(x);
   UpdateHeight(y);
   Pull(x);
-  Pull(y);
   return y;
 }
 
 uint32_t IovaGapTree::RotateRight(uint32_t x) {
   const uint32_t y = nodes_[x].left;
   const uint32_t b = nodes_[y].right;
+  // y takes over x's subtree, hence x's row (y's own row has no more words).
+  std::memcpy(AugRow(y), AugRow(x), sizeof(uint64_t) * nodes_[x].orders);
+  nodes_[y].orders = nodes_[x].orders;
   ReplaceChild(nodes_[x].parent, x, y);
   nodes_[x].left = b;
   if (b != kNil) nodes_[b].parent = x;
@@ -90,14 +139,14 @@ uint32_t IovaGapTree::RotateRight(uint32_t x) {
   UpdateHeight(x);
   UpdateHeight(y);
   Pull(x);
-  Pull(y);
   return y;
 }
 
-void IovaGapTree::FixUpward(uint32_t x) {
+void IovaGapTree::FixUpward(uint32_t x, uint64_t mask) {
   while (x != kNil) {
     const int old_height = nodes_[x].height;
-    const bool aug_changed = Pull(x);
+    // Only the orders that changed below can change here.
+    mask = PullOrders(x, mask);
     UpdateHeight(x);
     const Node& n = nodes_[x];
     const int balance = nodes_[n.left].height - nodes_[n.right].height;
@@ -111,9 +160,9 @@ void IovaGapTree::FixUpward(uint32_t x) {
       if (nodes_[nodes_[r].right].height < nodes_[nodes_[r].left].height) RotateRight(r);
       subtree = RotateLeft(x);
     }
-    // Rotations keep the subtree's aug row; if neither it nor the height moved,
+    // Rotations keep the subtree's row; if neither it nor the height moved,
     // no ancestor can change.
-    if (!aug_changed && nodes_[subtree].height == old_height) return;
+    if (mask == 0 && nodes_[subtree].height == old_height) return;
     x = nodes_[subtree].parent;
   }
 }
@@ -136,7 +185,7 @@ void IovaGapTree::SetRange(uint32_t x, uint64_t lo, uint64_t hi) {
   n.lo = lo;
   n.hi = hi;
   CountIn(hi - lo + 1);
-  FixUpward(x);
+  FixUpward(x, AllOrders());
 }
 
 void IovaGapTree::Insert(uint64_t lo, uint64_t hi) {
@@ -159,7 +208,7 @@ void IovaGapTree::Insert(uint64_t lo, uint64_t hi) {
   }
   nodes_[x].parent = parent;
   CountIn(hi - lo + 1);
-  FixUpward(parent);
+  FixUpward(parent, LowMask(nodes_[x].orders));
 }
 
 void IovaGapTree::Erase(uint32_t x) {
@@ -168,21 +217,27 @@ void IovaGapTree::Erase(uint32_t x) {
   if (n.left != kNil && n.right != kNil) {
     // Move the in-order successor's range into x, then unlink the successor
     // (which has no left child).
+    // Two passes, in this order: first unlink s while x keeps its old range,
+    // then give x s's range. A pass only recomputes the orders that changed
+    // below, so x's own change must not happen while the first pass (which
+    // may rotate x and copy its row) is under way.
     const uint32_t s = Leftmost(n.right);
-    n.lo = nodes_[s].lo;
-    n.hi = nodes_[s].hi;
+    const uint64_t lo = nodes_[s].lo;
+    const uint64_t hi = nodes_[s].hi;
     const uint32_t p = nodes_[s].parent;
     ReplaceChild(p, s, nodes_[s].right);
     FreeNode(s);
-    FixUpward(p);
-    FixUpward(x);  // x's own range changed; the first pass may have stopped below it
+    FixUpward(p, AllOrders());
+    nodes_[x].lo = lo;
+    nodes_[x].hi = hi;
+    FixUpward(x, AllOrders());
     return;
   }
   const uint32_t child = n.left != kNil ? n.left : n.right;
   const uint32_t p = n.parent;
   ReplaceChild(p, x, child);
   FreeNode(x);
-  FixUpward(p);
+  FixUpward(p, AllOrders());
 }
 
 uint32_t IovaGapTree::Leftmost(uint32_t x) const {
@@ -354,7 +409,25 @@ absl::Status IovaGapTree::CheckSubtree(uint32_t x, uint32_t parent, int* height,
   *height = n.height;
   for (int k = 0; k < num_orders_; ++k) {
     (*aug_out)[k] = std::max(Room(n.lo, n.hi, k), std::max(al[k], ar[k]));
-    if ((*aug_out)[k] != Aug(x, k)) {
+  }
+  const int orders = OrdersFor((*aug_out)[0]);
+  if (n.orders != orders) {
+    return absl::InternalError(absl::StrFormat("gap tree node %u: %d row words, want %d", x,
+                                               n.orders, orders));
+  }
+  for (int k = orders; k < num_orders_; ++k) {
+    if (AugRow(x)[k] != 0) {
+      return absl::InternalError(absl::StrFormat("gap tree node %u: row word %d past %d not zero",
+                                                 x, k, orders));
+    }
+  }
+  for (int k = 0; k < num_orders_; ++k) {
+    // A value an order-k request (more than 2^(k-1) pages) cannot use reads
+    // as 0: children drop such words, so compare what the search sees.
+    auto effective = [k](uint64_t v) {
+      return k > 0 && v <= (uint64_t{1} << (k - 1)) ? 0 : v;
+    };
+    if (effective((*aug_out)[k]) != effective(Aug(x, k))) {
       return absl::InternalError(absl::StrFormat(
           "gap tree node %u [%#x, %#x]: aug[%d]=%#x, recount %#x", x, n.lo, n.hi, k,
           Aug(x, k), (*aug_out)[k]));
@@ -365,7 +438,10 @@ absl::Status IovaGapTree::CheckSubtree(uint32_t x, uint32_t parent, int* height,
 
 absl::Status IovaGapTree::CheckInvariants() const {
   for (int k = 0; k < num_orders_; ++k) {
-    if (AugRow(kNil)[k] != 0) return absl::InternalError("gap tree: nil aug row not zero");
+    if (AugRow(kNil)[k] != 0) return absl::InternalError("gap tree: nil row not zero");
+  }
+  if (nodes_[kNil].orders != 0 || nodes_[kNil].height != 0) {
+    return absl::InternalError("gap tree: nil sentinel modified");
   }
   int height = 0;
   std::vector<uint64_t> aug;

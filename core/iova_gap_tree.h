@@ -12,6 +12,14 @@
 //   aug(x)[k] = max over the ranges r in x's subtree of Room(r, k)
 //   Room([lo, hi], k) = hi + 1 - AlignUp(lo, 2^k), or 0 when that is <= 0
 //
+// Only the first `orders` words of a row are stored and read: with M the
+// longest range of the subtree, an order-k request (more than 2^(k-1) pages)
+// can only fit if 2^(k-1) < M, so orders k > bit_width(M - 1) read as 0. Rows
+// of subtrees holding only small gaps are therefore short, and so is their
+// update. Words an order-k request cannot use (<= 2^(k-1)) may read as 0.
+// Words past `orders` are kept zero (the sentinel's row is all zero), so the
+// update loop reads children's rows without bounds checks.
+//
 // Room(r, k) is the room left in r after its first 2^k-aligned pfn. A request
 // of num_pages with alignment 2^k (k = order of RoundUpPowerOfTwo(num_pages))
 // fits somewhere in r iff Room(r, k) >= num_pages: this is the EXACT condition
@@ -38,11 +46,13 @@
 // Thread-compatible: the owning IovaAllocator serialises all calls.
 
 #include <cstddef>
+#include <bit>
 #include <cstdint>
 #include <string>
 #include <vector>
 
 #include "absl/status/status.h"
+#include "core/bits.h"
 
 namespace iommu::core::internal {
 
@@ -125,7 +135,8 @@ class IovaGapTree {
     uint32_t left;
     uint32_t right;
     uint32_t parent;
-    int32_t height;  // 0 for nil, 1 for a leaf
+    int16_t height;   // 0 for nil, 1 for a leaf
+    uint16_t orders;  // valid words of the aug row; 0 for nil
   };
 
   static uint64_t Room(uint64_t lo, uint64_t hi, int order) {
@@ -134,8 +145,11 @@ class IovaGapTree {
     return hi >= first ? hi + 1 - first : 0;
   }
 
-  uint64_t Aug(uint32_t x, int order) const {
-    return aug_[size_t{x} * num_orders_ + order];
+  uint64_t Aug(uint32_t x, int order) const { return aug_[size_t{x} * num_orders_ + order]; }
+  // Number of row words kept for a subtree whose longest range is max_len.
+  int OrdersFor(uint64_t max_len) const {
+    const int useful = std::bit_width(max_len - 1) + 1;
+    return useful < num_orders_ ? useful : num_orders_;
   }
   uint64_t* AugRow(uint32_t x) { return &aug_[size_t{x} * num_orders_]; }
   const uint64_t* AugRow(uint32_t x) const { return &aug_[size_t{x} * num_orders_]; }
@@ -152,9 +166,15 @@ class IovaGapTree {
   uint32_t RotateLeft(uint32_t x);
   uint32_t RotateRight(uint32_t x);
   void ReplaceChild(uint32_t parent, uint32_t old_child, uint32_t new_child);
-  // Restores heights, balance and aug rows from x up to the root, stopping
-  // early once a subtree's height and aug row are unchanged.
-  void FixUpward(uint32_t x);
+  // Recomputes the row words of x in `mask` (bit k: order k; more if the
+  // row's length changes) and returns the mask of words that changed.
+  uint64_t PullOrders(uint32_t x, uint64_t mask);
+  uint64_t AllOrders() const { return LowMask(static_cast<unsigned>(num_orders_)); }
+  // Restores heights, balance and aug rows from x up to the root. `mask`: the
+  // orders that may have changed at x (its own range or a child's row). Each
+  // level recomputes only the orders that changed below it, and the walk stops
+  // once a subtree's height and row are unchanged.
+  void FixUpward(uint32_t x, uint64_t mask);
 
   void SetRange(uint32_t x, uint64_t lo, uint64_t hi);  // keeps stats, then FixUpward
   void Insert(uint64_t lo, uint64_t hi);

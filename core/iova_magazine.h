@@ -75,6 +75,17 @@ class IovaMagazineCache {
     return pfn;
   }
 
+  // Caches `pfn` if the loaded magazine has room (the common case); false
+  // otherwise, with nothing changed.
+  bool TryPushLoaded(int cls, uint64_t pfn) {
+    uint64_t* mag = classes_[cls].loaded;
+    if (mag[0] == depth_) return false;
+    mag[++mag[0]] = pfn;
+    ++cached_ranges_;
+    cached_pages_ += uint64_t{1} << cls;
+    return true;
+  }
+
   // Caches `pfn` in class `cls`. When every magazine of the class is full,
   // calls release(pfn, cls) for each pfn of one spilled magazine first.
   template <typename ReleaseFn>
