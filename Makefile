@@ -56,7 +56,8 @@ tsan: deps
 
 # Clang build that checks the ABSL_GUARDED_BY / ABSL_EXCLUSIVE_LOCKS_REQUIRED annotations.
 thread-safety: deps
-	cmake -S . -B build-clang -G Ninja -DCMAKE_BUILD_TYPE=Debug -DIOMMU_BUILD_BENCHMARKS=ON \
+	cmake -S . -B build-clang -G Ninja -DCMAKE_BUILD_TYPE=Debug -DIOMMU_BUILD_BENCHMARKS=OFF \
+	  -DIOMMU_BUILD_TESTS=OFF \
 	  -DCMAKE_CXX_COMPILER=clang++ -DIOMMU_THREAD_SAFETY=ON
 	cmake --build build-clang -j $(JOBS)
 

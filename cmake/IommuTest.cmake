@@ -3,6 +3,9 @@
 include(GoogleTest)
 
 function(iommu_cc_test name)
+  if(NOT IOMMU_BUILD_TESTS)
+    return()
+  endif()
   cmake_parse_arguments(ARG "" "" "SRCS;DEPS" ${ARGN})
   add_executable(${name} ${ARG_SRCS})
   target_link_libraries(${name} PRIVATE ${ARG_DEPS} GTest::gmock GTest::gtest_main)
