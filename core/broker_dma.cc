@@ -1,0 +1,714 @@
+// The DMA API: Map/Unmap, MapSg/UnmapSg (and buffer import), Alloc/Free,
+// GetSgTable, MapAt/UnmapRange, Sync.
+
+#include <algorithm>
+
+#include "absl/strings/str_format.h"
+#include "core/bits.h"
+#include "core/broker.h"
+#include "core/broker_impl.h"
+#include "core/errors.h"
+#include "core/status_macros.h"
+
+namespace iommu::core {
+
+using internal::Domain;
+using internal::MappingKind;
+using internal::MappingRecord;
+
+namespace {
+
+const char* MappingKindName(MappingKind k) {
+  switch (k) {
+    case MappingKind::kMap:
+      return "Map";
+    case MappingKind::kMapSg:
+      return "MapSg";
+    case MappingKind::kAlloc:
+      return "Alloc";
+    case MappingKind::kMapAt:
+      return "MapAt";
+    case MappingKind::kMsi:
+      return "MsiCookie";
+    case MappingKind::kImport:
+      return "MapSg (import)";
+  }
+  return "?";
+}
+
+absl::Status NeedsIovaCookie(const Domain& d, const char* call) {
+  return FieldError(absl::StatusCode::kFailedPrecondition, "domain_id", d.id,
+                    absl::StrFormat("%s needs a DMA or DMA_FQ domain; the device's current "
+                                    "domain is %s",
+                                    call, DomainTypeName(d.type)));
+}
+
+}  // namespace
+
+uint64_t BrokerImpl::DeviceLimit(const Domain& d, const DeviceState& dev) const {
+  return std::min(d.aperture_end, LowMask(dev.config.dma_mask_bits));
+}
+
+Prot BrokerImpl::ProtFor(const DeviceState& dev, DmaDirection dir, const DmaAttrs& attrs) const {
+  Prot p = Prot::kNone;
+  switch (dir) {
+    case DmaDirection::kBidirectional:
+      p = Prot::kRead | Prot::kWrite;
+      break;
+    case DmaDirection::kToDevice:  // the device reads memory
+      p = Prot::kRead;
+      break;
+    case DmaDirection::kFromDevice:  // the device writes memory
+      p = Prot::kWrite;
+      break;
+  }
+  if (dev.config.coherent) p = p | Prot::kCache;
+  if (attrs.privileged) p = p | Prot::kPriv;
+  return p;
+}
+
+absl::StatusOr<Iova> BrokerImpl::AllocIovaLocked(Domain& d, const DeviceState& dev,
+                                                 uint64_t size_bytes) {
+  auto* c = std::get_if<internal::IovaCookie>(&d.cookie);
+  if (c == nullptr) return NeedsIovaCookie(d, "IOVA allocation");
+  return c->iovad->AllocIova(size_bytes, Iova(DeviceLimit(d, dev)));
+}
+
+void BrokerImpl::FreeIovaLocked(Domain& d, Iova iova, uint64_t size_bytes) {
+  auto* c = std::get_if<internal::IovaCookie>(&d.cookie);
+  assert(c != nullptr);
+  const absl::Status s = c->iovad->FreeIova(iova, size_bytes);
+  assert(s.ok());
+  (void)s;
+}
+
+absl::Status BrokerImpl::MapPiecesLocked(Domain& d,
+                                         const std::vector<std::pair<Iova, PhysRun>>& ranges,
+                                         Prot prot) {
+  for (size_t i = 0; i < ranges.size(); ++i) {
+    const auto& [iova, run] = ranges[i];
+    absl::Status s = d.pgtable->Map(iova, run.start, run.size_bytes, prot);
+    if (!s.ok()) {
+      // Roll back: nothing mapped here was ever translated (translation
+      // fills need this domain's lock), so no IOTLB entry can exist.
+      IotlbGather gather;
+      for (size_t j = 0; j < i; ++j) {
+        const auto r = d.pgtable->Unmap(ranges[j].first, ranges[j].second.size_bytes, &gather);
+        assert(r.ok());
+        (void)r;
+      }
+      return s;
+    }
+  }
+  return absl::OkStatus();
+}
+
+uint64_t BrokerImpl::CommitMappingLocked(Domain& d, MappingRecord record) {
+  record.mapping_id = next_mapping_id_.fetch_add(1, std::memory_order_relaxed);
+  const uint64_t id = record.mapping_id;
+  d.mapped_bytes += record.mapped_bytes;
+  const uint64_t key = record.iova.value();
+  d.mappings.emplace(key, std::move(record));
+  return id;
+}
+
+void BrokerImpl::RemoveMappingLocked(Domain& d, uint64_t iova_start) {
+  auto it = d.mappings.find(iova_start);
+  assert(it != d.mappings.end());
+  MappingRecord m = std::move(it->second);
+  d.mappings.erase(it);
+  d.mapped_bytes -= m.mapped_bytes;
+
+  IotlbGather gather;
+  gather.queued = !d.strict;
+  for (const auto& [iova, size] : m.pt_ranges) {
+    const auto r = d.pgtable->Unmap(iova, size, &gather);
+    assert(r.ok() && *r == size);
+    (void)r;
+  }
+  std::visit(
+      internal::Overloaded{
+          [&](internal::NoCookie&) {
+            // UNMANAGED: strict invalidation of what was unmapped.
+            if (!gather.empty()) d.flush_ops->TlbFlushWalk(Iova(gather.start), gather.end - gather.start + 1, d.granule_bytes);
+          },
+          [&](internal::MsiWindowCookie&) {
+            if (!gather.empty()) d.flush_ops->TlbFlushWalk(Iova(gather.start), gather.end - gather.start + 1, d.granule_bytes);
+          },
+          // Lambdas do not inherit the caller's lock context: d.mu is held.
+          [&](internal::IovaCookie& c) ABSL_NO_THREAD_SAFETY_ANALYSIS {
+            if (c.fq == nullptr) {
+              // Strict: the IOTLB forgets the range before the IOVA is reused.
+              if (!gather.empty()) {
+                absl::MutexLock l(&d.smmu->mu);
+                const auto r = d.smmu->iotlb->InvalidateVa(
+                    d.tag, Iova(gather.start), gather.end - gather.start + 1, VaLevels::kLeafOnly);
+                assert(r.ok());
+                (void)r;
+              }
+              if (m.iova_from_allocator) FreeIovaLocked(d, m.iova, m.iova_size_bytes);
+              return;
+            }
+            // Lazy: entries stay usable (and are counted as stale hits) until
+            // the queued invalidation; the IOVA is released only after it.
+            {
+              absl::MutexLock l(&d.smmu->mu);
+              for (const auto& [iova, size] : m.pt_ranges) {
+                const auto r = d.smmu->iotlb->MarkStale(d.tag, iova, size);
+                assert(r.ok());
+                (void)r;
+              }
+            }
+            FlushQueueEntry e{.tag = d.tag, .iova = m.iova, .size_bytes = m.iova_size_bytes};
+            if (m.iova_from_allocator) {
+              e.payload[0] = m.iova.value();
+              e.payload[1] = m.iova_size_bytes;
+            }
+            const absl::Status s = c.fq->Enqueue(e);
+            assert(s.ok());
+            (void)s;
+          },
+      },
+      d.cookie);
+
+  if (!m.buffer_refs.empty()) DropRefs(m.buffer_refs);
+  if (m.owned_buffer_id != 0) {
+    absl::MutexLock l(&buffers_mu_);
+    internal::Buffer& b = buffers_.at(m.owned_buffer_id);
+    if (b.map_refs == 0) {
+      const absl::Status s = FreeBufferLocked(m.owned_buffer_id);
+      assert(s.ok());
+      (void)s;
+    } else {
+      b.free_when_unreferenced = true;  // importers still map it
+    }
+  }
+  if (!m.device.empty()) RefundMapping(*devices_.at(m.device), m.mapped_bytes);
+}
+
+// Looks up the caller's mapping containing dma_addr in the device's current
+// domain and checks it was made by `call_kinds`.
+static absl::StatusOr<MappingRecord*> OwnMapping(Domain& d, const Caller& caller,
+                                                 const std::string& device, uint64_t dma_addr,
+                                                 std::initializer_list<MappingKind> kinds,
+                                                 const char* call)
+    ABSL_EXCLUSIVE_LOCKS_REQUIRED(d.mu) {
+  MappingRecord* m = d.FindMappingLocked(dma_addr);
+  if (m == nullptr || (m->device != device && !(caller.admin && !m->device.empty()))) {
+    return FieldError(absl::StatusCode::kNotFound, "dma_addr", dma_addr,
+                      absl::StrFormat("no mapping of device %s there in domain %d", device, d.id));
+  }
+  if (std::find(kinds.begin(), kinds.end(), m->kind) == kinds.end()) {
+    return FieldError(absl::StatusCode::kFailedPrecondition, "dma_addr", dma_addr,
+                      absl::StrFormat("mapping was made by %s; %s cannot release it",
+                                      MappingKindName(m->kind), call));
+  }
+  return m;
+}
+
+// --- Map / Unmap -----------------------------------------------------------------
+
+absl::StatusOr<MapResult> Broker::Map(const Caller& caller, const MapRequest& request) {
+  ASSIGN_OR_RETURN(auto* dev, impl_->ActAs(caller, request.device));
+  std::shared_ptr<Domain> d = impl_->CurrentDomain(*dev);
+  if (d->type != DomainType::kDma && d->type != DomainType::kDmaFq) {
+    return NeedsIovaCookie(*d, "Map");
+  }
+  ASSIGN_OR_RETURN(auto mem, impl_->ResolveAndRef(caller, *dev, request.mem, "mem"));
+  auto fail = [&](absl::Status s) {
+    impl_->DropRefs(mem.buffers);
+    return s;
+  };
+  const uint64_t g = d->granule_bytes;
+  // dma_map_page maps one physically contiguous range; a buffer range over
+  // several runs is mapped IOVA-contiguously when every inner edge sits on
+  // the granule.
+  for (size_t i = 0; i + 1 < mem.runs.size(); ++i) {
+    const uint64_t edge = (mem.runs[i].start + mem.runs[i].size_bytes).value();
+    if (!IsAligned(edge, g) || !IsAligned(mem.runs[i + 1].start.value(), g)) {
+      return fail(FieldError(
+          absl::StatusCode::kFailedPrecondition, "mem.length_bytes", request.mem.length_bytes,
+          absl::StrFormat("the range crosses physically discontiguous pages at %#x that are "
+                          "not aligned to the %#x-byte IOVA granule; use MapSg",
+                          edge, g)));
+    }
+  }
+  const uint64_t first_off = mem.runs.front().start & (g - 1);
+  const auto iova_size = AlignUp(first_off + request.mem.length_bytes, g);
+  if (!iova_size) {
+    return fail(InvalidField("mem.length_bytes", request.mem.length_bytes, "too large"));
+  }
+  if (absl::Status s = impl_->ChargeMapping(*dev, request.mem.length_bytes); !s.ok()) {
+    return fail(s);
+  }
+  absl::MutexLock l(&d->mu);
+  auto iova = impl_->AllocIovaLocked(*d, *dev, *iova_size);
+  if (!iova.ok()) {
+    impl_->RefundMapping(*dev, request.mem.length_bytes);
+    return fail(iova.status());
+  }
+  MappingRecord rec{.kind = MappingKind::kMap,
+                    .device = request.device,
+                    .session_id = caller.session_id,
+                    .iova = *iova,
+                    .iova_size_bytes = *iova_size,
+                    .iova_from_allocator = true,
+                    .dma_offset = first_off,
+                    .prot = impl_->ProtFor(*dev, request.direction, request.attrs),
+                    .buffer_refs = mem.buffers,
+                    .mapped_bytes = request.mem.length_bytes};
+  std::vector<std::pair<Iova, PhysRun>> ranges;
+  Iova at = *iova;
+  for (const PhysRun& r : mem.runs) {
+    const uint64_t lo = AlignDown(r.start.value(), g);
+    const uint64_t span = *AlignUp(r.start.value() + r.size_bytes, g) - lo;
+    ranges.push_back({at, {PhysAddr(lo), span}});
+    rec.pt_ranges.push_back({at, span});
+    rec.pieces.push_back({at + (r.start.value() - lo), r.start, r.size_bytes});
+    at += span;
+  }
+  if (absl::Status s = impl_->MapPiecesLocked(*d, ranges, rec.prot); !s.ok()) {
+    impl_->FreeIovaLocked(*d, *iova, *iova_size);
+    impl_->RefundMapping(*dev, request.mem.length_bytes);
+    return fail(s);
+  }
+  MapResult out{.dma_addr = iova->value() + first_off,
+                .domain_id = d->id,
+                .iova_size_bytes = *iova_size};
+  out.mapping_id = impl_->CommitMappingLocked(*d, std::move(rec));
+  return out;
+}
+
+absl::Status Broker::Unmap(const Caller& caller, const std::string& device, uint64_t dma_addr) {
+  ASSIGN_OR_RETURN(auto* dev, impl_->ActAs(caller, device));
+  std::shared_ptr<Domain> d = impl_->CurrentDomain(*dev);
+  absl::MutexLock l(&d->mu);
+  ASSIGN_OR_RETURN(MappingRecord * m, OwnMapping(*d, caller, device, dma_addr,
+                                                 {MappingKind::kMap}, "Unmap"));
+  impl_->RemoveMappingLocked(*d, m->iova.value());
+  return absl::OkStatus();
+}
+
+// --- MapSg ------------------------------------------------------------------------
+
+absl::StatusOr<MapSgResult> Broker::MapSg(const Caller& caller, const MapSgRequest& request) {
+  ASSIGN_OR_RETURN(auto* dev, impl_->ActAs(caller, request.device));
+  std::shared_ptr<Domain> d = impl_->CurrentDomain(*dev);
+  if (d->type != DomainType::kDma && d->type != DomainType::kDmaFq) {
+    return NeedsIovaCookie(*d, "MapSg");
+  }
+  const uint64_t g = d->granule_bytes;
+  std::vector<PhysSegment> segs;
+  std::vector<uint64_t> refs;
+  MappingKind kind = MappingKind::kMapSg;
+  SgMode mode = request.mode;
+  auto fail = [&](absl::Status s) {
+    impl_->DropRefs(refs);
+    return s;
+  };
+  if (!request.import_token.empty()) {
+    if (!request.segments.empty()) {
+      return InvalidField("segments", request.segments.size(),
+                          "give either segments or import_token, not both");
+    }
+    absl::MutexLock bl(&impl_->buffers_mu_);
+    auto it = impl_->exports_.find(request.import_token);
+    if (it == impl_->exports_.end()) {
+      return FieldError(absl::StatusCode::kNotFound, "import_token", request.import_token,
+                        "no such export (never made, or its buffer was freed)");
+    }
+    const internal::ExportRecord& e = it->second;
+    // One contiguous IOVA block in the importer is guaranteed when every
+    // chunk edge sits on the larger of both granules.
+    const uint64_t big = std::max(g, e.exporter_granule);
+    for (size_t i = 0; i < e.chunks.size(); ++i) {
+      const PhysRun& c = e.chunks[i];
+      const bool start_ok = i == 0 || IsAligned(c.start.value(), big);
+      const bool end_ok = i + 1 == e.chunks.size() ||
+                          IsAligned((c.start + c.size_bytes).value(), big);
+      if (!start_ok || !end_ok) {
+        return FieldError(absl::StatusCode::kFailedPrecondition, "import_token",
+                          request.import_token,
+                          absl::StrFormat("chunk %d at %#x+%#x is not aligned to %#x (the larger "
+                                          "of the exporter's %#x and the importer's %#x "
+                                          "granules), so it cannot be one contiguous IOVA block",
+                                          i, c.start.value(), c.size_bytes, big,
+                                          e.exporter_granule, g));
+      }
+      segs.push_back({c.start, c.size_bytes});
+    }
+    for (uint64_t id : e.buffer_ids) ++impl_->buffers_.at(id).map_refs;
+    refs = e.buffer_ids;
+    kind = MappingKind::kImport;
+    mode = SgMode::kContiguous;
+  } else {
+    for (size_t i = 0; i < request.segments.size(); ++i) {
+      const std::string field = absl::StrFormat("segments[%d]", i);
+      auto mem = impl_->ResolveAndRef(caller, *dev, request.segments[i], field);
+      if (!mem.ok()) return fail(mem.status());
+      refs.insert(refs.end(), mem->buffers.begin(), mem->buffers.end());
+      if (mem->runs.size() != 1) {
+        return fail(FieldError(absl::StatusCode::kInvalidArgument, field + ".length_bytes",
+                               request.segments[i].length_bytes,
+                               absl::StrFormat("a scatterlist entry must be physically "
+                                               "contiguous; this one spans %d runs of its buffer",
+                                               mem->runs.size())));
+      }
+      segs.push_back({mem->runs[0].start, mem->runs[0].size_bytes});
+    }
+  }
+  const SgDeviceLimits limits{.max_segment_size_bytes = dev->config.max_segment_size_bytes,
+                              .segment_boundary_mask = dev->config.segment_boundary_mask};
+  auto layout = PlanMapSg(segs, g, limits, mode);
+  if (!layout.ok()) return fail(layout.status());
+  if (!dev->config.scatter_gather && layout->dma_segments.size() > 1) {
+    return fail(FieldError(absl::StatusCode::kFailedPrecondition, "mode", SgModeName(mode),
+                           absl::StrFormat("device %s cannot do scatter-gather and the list "
+                                           "maps to %d DMA segments; use CONTIGUOUS",
+                                           request.device, layout->dma_segments.size())));
+  }
+  uint64_t total = 0;
+  for (const PhysSegment& s : segs) total += s.length_bytes;  // each checked; sum < iova size
+  if (absl::Status s = impl_->ChargeMapping(*dev, total); !s.ok()) return fail(s);
+  absl::MutexLock l(&d->mu);
+  auto iova = impl_->AllocIovaLocked(*d, *dev, layout->iova_size_bytes);
+  if (!iova.ok()) {
+    impl_->RefundMapping(*dev, total);
+    return fail(iova.status());
+  }
+  MappingRecord rec{.kind = kind,
+                    .device = request.device,
+                    .session_id = caller.session_id,
+                    .iova = *iova,
+                    .iova_size_bytes = layout->iova_size_bytes,
+                    .iova_from_allocator = true,
+                    .dma_offset = layout->dma_segments.front().iova_offset,
+                    .prot = impl_->ProtFor(*dev, request.direction, request.attrs),
+                    .buffer_refs = refs,
+                    .mapped_bytes = total};
+  std::vector<std::pair<Iova, PhysRun>> ranges;
+  for (size_t i = 0; i < layout->map_ranges.size(); ++i) {
+    const SgMapRange& r = layout->map_ranges[i];
+    ranges.push_back({*iova + r.iova_offset, {r.phys, r.size_bytes}});
+    rec.pt_ranges.push_back({*iova + r.iova_offset, r.size_bytes});
+    rec.pieces.push_back({*iova + r.iova_offset + (segs[i].phys & (g - 1)), segs[i].phys,
+                          segs[i].length_bytes});
+  }
+  if (absl::Status s = impl_->MapPiecesLocked(*d, ranges, rec.prot); !s.ok()) {
+    impl_->FreeIovaLocked(*d, *iova, layout->iova_size_bytes);
+    impl_->RefundMapping(*dev, total);
+    return fail(s);
+  }
+  MapSgResult out{.domain_id = d->id,
+                  .iova = iova->value(),
+                  .iova_size_bytes = layout->iova_size_bytes};
+  for (const SgDmaSegment& s : layout->dma_segments) {
+    out.segments.push_back({iova->value() + s.iova_offset, s.length_bytes});
+  }
+  rec.segments = out.segments;
+  out.mapping_id = impl_->CommitMappingLocked(*d, std::move(rec));
+  return out;
+}
+
+absl::Status Broker::UnmapSg(const Caller& caller, const std::string& device, uint64_t dma_addr) {
+  ASSIGN_OR_RETURN(auto* dev, impl_->ActAs(caller, device));
+  std::shared_ptr<Domain> d = impl_->CurrentDomain(*dev);
+  absl::MutexLock l(&d->mu);
+  ASSIGN_OR_RETURN(MappingRecord * m,
+                   OwnMapping(*d, caller, device, dma_addr,
+                              {MappingKind::kMapSg, MappingKind::kImport}, "UnmapSg"));
+  impl_->RemoveMappingLocked(*d, m->iova.value());
+  return absl::OkStatus();
+}
+
+// --- Alloc / Free -------------------------------------------------------------------
+
+absl::StatusOr<AllocResult> Broker::Alloc(const Caller& caller, const AllocRequest& request) {
+  ASSIGN_OR_RETURN(auto* dev, impl_->ActAs(caller, request.device));
+  std::shared_ptr<Domain> d = impl_->CurrentDomain(*dev);
+  if (d->type != DomainType::kDma && d->type != DomainType::kDmaFq) {
+    return NeedsIovaCookie(*d, "Alloc");
+  }
+  if (request.size_bytes == 0) return InvalidField("size_bytes", 0, "must be non-zero");
+  const uint64_t g = d->granule_bytes;
+  const auto size = AlignUp(request.size_bytes, std::max<uint64_t>(g, 4096));
+  if (!size) return InvalidField("size_bytes", request.size_bytes, "too large");
+  if (request.attrs.force_contiguous && request.attrs.alloc_single_pages) {
+    return InvalidField("attrs", 0, "FORCE_CONTIGUOUS and ALLOC_SINGLE_PAGES exclude each other");
+  }
+  // Largest pages first (one physically contiguous block, naturally aligned,
+  // so the page table can use block descriptors), falling back to single
+  // pages unless contiguity was forced. Single CPU pages cannot back a
+  // granule larger than a CPU page.
+  std::vector<Placement> tries;
+  if (!request.attrs.alloc_single_pages) tries.push_back(Placement::kContiguous);
+  if (!request.attrs.force_contiguous && g == 4096) tries.push_back(Placement::kScattered);
+  if (tries.empty()) {
+    return FieldError(absl::StatusCode::kFailedPrecondition, "attrs", "ALLOC_SINGLE_PAGES",
+                      absl::StrFormat("single 4 KiB pages cannot back the domain's %#x-byte "
+                                      "granule",
+                                      g));
+  }
+  internal::Buffer* buffer = nullptr;
+  {
+    absl::MutexLock bl(&impl_->buffers_mu_);
+    absl::Status last;
+    for (Placement p : tries) {
+      auto b = impl_->NewBufferLocked(*dev, caller.session_id, *size, p, request.pool);
+      if (b.ok()) {
+        buffer = *b;
+        break;
+      }
+      last = b.status();
+      if (last.code() != absl::StatusCode::kResourceExhausted) break;
+    }
+    if (buffer == nullptr) return last;
+    buffer->backs_alloc = true;
+    buffer->map_refs = 1;  // held by the mapping below
+  }
+  const uint64_t buffer_id = buffer->buffer_id;
+  const std::vector<PhysRun> runs = buffer->alloc.runs;  // immutable after creation
+  auto free_buffer = [&](absl::Status s) {
+    absl::MutexLock bl(&impl_->buffers_mu_);
+    impl_->buffers_.at(buffer_id).map_refs = 0;
+    const absl::Status fs = impl_->FreeBufferLocked(buffer_id);
+    assert(fs.ok());
+    (void)fs;
+    return s;
+  };
+  if (absl::Status s = impl_->ChargeMapping(*dev, *size); !s.ok()) return free_buffer(s);
+  absl::MutexLock l(&d->mu);
+  auto iova = impl_->AllocIovaLocked(*d, *dev, *size);
+  if (!iova.ok()) {
+    impl_->RefundMapping(*dev, *size);
+    return free_buffer(iova.status());
+  }
+  MappingRecord rec{.kind = MappingKind::kAlloc,
+                    .device = request.device,
+                    .session_id = caller.session_id,
+                    .iova = *iova,
+                    .iova_size_bytes = *size,
+                    .iova_from_allocator = true,
+                    .prot = impl_->ProtFor(*dev, request.direction, request.attrs),
+                    .owned_buffer_id = buffer_id,
+                    .mapped_bytes = *size};
+  std::vector<std::pair<Iova, PhysRun>> ranges;
+  Iova at = *iova;
+  for (const PhysRun& r : runs) {
+    ranges.push_back({at, r});
+    rec.pt_ranges.push_back({at, r.size_bytes});
+    rec.pieces.push_back({at, r.start, r.size_bytes});
+    at += r.size_bytes;
+  }
+  if (absl::Status s = impl_->MapPiecesLocked(*d, ranges, rec.prot); !s.ok()) {
+    impl_->FreeIovaLocked(*d, *iova, *size);
+    impl_->RefundMapping(*dev, *size);
+    return free_buffer(s);
+  }
+  AllocResult out{.dma_addr = iova->value(),
+                  .domain_id = d->id,
+                  .buffer_id = buffer_id,
+                  .size_bytes = *size};
+  for (const PhysRun& r : runs) {
+    if (!out.runs.empty() && out.runs.back().start + out.runs.back().size_bytes == r.start) {
+      out.runs.back().size_bytes += r.size_bytes;
+    } else {
+      out.runs.push_back(r);
+    }
+  }
+  // Which page sizes the table used: walk the leaves of the range.
+  for (uint64_t off = 0; off < *size;) {
+    auto w = d->pgtable->Walk(*iova + off);
+    assert(w.ok());
+    if (std::find(out.page_sizes_used.begin(), out.page_sizes_used.end(), w->leaf_size_bytes) ==
+        out.page_sizes_used.end()) {
+      out.page_sizes_used.push_back(w->leaf_size_bytes);
+    }
+    off = w->leaf_iova.value() + w->leaf_size_bytes - iova->value();
+  }
+  std::sort(out.page_sizes_used.rbegin(), out.page_sizes_used.rend());
+  // The mapping holds the buffer through owned_buffer_id, not a reference.
+  {
+    absl::MutexLock bl(&impl_->buffers_mu_);
+    impl_->buffers_.at(buffer_id).map_refs = 0;
+  }
+  out.mapping_id = impl_->CommitMappingLocked(*d, std::move(rec));
+  return out;
+}
+
+absl::Status Broker::Free(const Caller& caller, const std::string& device, uint64_t dma_addr) {
+  ASSIGN_OR_RETURN(auto* dev, impl_->ActAs(caller, device));
+  std::shared_ptr<Domain> d = impl_->CurrentDomain(*dev);
+  absl::MutexLock l(&d->mu);
+  ASSIGN_OR_RETURN(MappingRecord * m, OwnMapping(*d, caller, device, dma_addr,
+                                                 {MappingKind::kAlloc}, "Free"));
+  impl_->RemoveMappingLocked(*d, m->iova.value());
+  return absl::OkStatus();
+}
+
+// --- GetSgTable ---------------------------------------------------------------------
+
+absl::StatusOr<SgTableResult> Broker::GetSgTable(const Caller& caller, const std::string& device,
+                                                 uint64_t dma_addr, bool want_export_token) {
+  ASSIGN_OR_RETURN(auto* dev, impl_->ActAs(caller, device));
+  std::shared_ptr<Domain> d = impl_->CurrentDomain(*dev);
+  absl::MutexLock l(&d->mu);
+  ASSIGN_OR_RETURN(
+      MappingRecord * m,
+      OwnMapping(*d, caller, device, dma_addr,
+                 {MappingKind::kMap, MappingKind::kMapSg, MappingKind::kAlloc,
+                  MappingKind::kMapAt, MappingKind::kImport},
+                 "GetSgTable"));
+  // The memory behind the handle, exactly: the pieces as mapped (never the
+  // granule padding), merged into maximal physically contiguous chunks.
+  SgTableResult out;
+  for (const internal::MappedPiece& p : m->pieces) {
+    if (!out.chunks.empty() && out.chunks.back().start + out.chunks.back().size_bytes == p.phys) {
+      out.chunks.back().size_bytes += p.size_bytes;
+    } else {
+      out.chunks.push_back({p.phys, p.size_bytes});
+    }
+    out.size_bytes += p.size_bytes;
+  }
+  if (want_export_token) {
+    std::vector<uint64_t> ids = m->buffer_refs;
+    if (m->owned_buffer_id != 0) ids.push_back(m->owned_buffer_id);
+    if (ids.empty()) {
+      return FieldError(absl::StatusCode::kFailedPrecondition, "dma_addr", dma_addr,
+                        "only buffer-backed mappings can be exported");
+    }
+    absl::MutexLock bl(&impl_->buffers_mu_);
+    out.export_token = absl::StrFormat("exp-%d-%016x", impl_->next_export_id_++,
+                                       (m->mapping_id * 0x9E3779B97F4A7C15ull) ^ dma_addr);
+    impl_->exports_[out.export_token] = internal::ExportRecord{
+        .exporter = device, .exporter_granule = d->granule_bytes, .chunks = out.chunks,
+        .buffer_ids = std::move(ids)};
+  }
+  return out;
+}
+
+// --- MapAt / UnmapRange (UNMANAGED) --------------------------------------------------
+
+absl::StatusOr<MapResult> Broker::MapAt(const Caller& caller, const std::string& device,
+                                        uint64_t iova, const MemRef& mem, DmaDirection direction,
+                                        DmaAttrs attrs) {
+  ASSIGN_OR_RETURN(auto* dev, impl_->ActAs(caller, device));
+  std::shared_ptr<Domain> d = impl_->CurrentDomain(*dev);
+  if (d->type != DomainType::kUnmanaged) {
+    return FieldError(absl::StatusCode::kFailedPrecondition, "domain_id", d->id,
+                      absl::StrFormat("MapAt needs an UNMANAGED domain; the device's current "
+                                      "domain is %s",
+                                      DomainTypeName(d->type)));
+  }
+  const uint64_t g = d->granule_bytes;
+  if (!IsAligned(iova, g)) {
+    return InvalidField("iova", iova, absl::StrFormat("must be aligned to the %#x-byte granule", g));
+  }
+  if (!IsAligned(mem.length_bytes, g) || mem.length_bytes == 0) {
+    return InvalidField("mem.length_bytes", mem.length_bytes,
+                        absl::StrFormat("must be a non-zero multiple of the %#x-byte granule", g));
+  }
+  const auto last = LastOfRange(iova, mem.length_bytes);
+  if (!last) return InvalidField("mem.length_bytes", mem.length_bytes, "iova + length passes 2^64");
+  const uint64_t limit = impl_->DeviceLimit(*d, *dev);
+  if (iova < d->aperture_start || *last > limit) {
+    return OutOfRangeField("iova", iova,
+                           absl::StrFormat("range must lie in [%#x, %#x] (aperture and DMA mask)",
+                                           d->aperture_start, limit));
+  }
+  ASSIGN_OR_RETURN(auto res, impl_->ResolveAndRef(caller, *dev, mem, "mem"));
+  auto fail = [&](absl::Status s) {
+    impl_->DropRefs(res.buffers);
+    return s;
+  };
+  for (const PhysRun& r : res.runs) {
+    if (!IsAligned(r.start.value(), g) || !IsAligned(r.size_bytes, g)) {
+      return fail(InvalidField("mem.offset_bytes", mem.offset_bytes,
+                               absl::StrFormat("physical run at %#x is not aligned to the "
+                                               "%#x-byte granule",
+                                               r.start.value(), g)));
+    }
+  }
+  if (absl::Status s = impl_->ChargeMapping(*dev, mem.length_bytes); !s.ok()) return fail(s);
+  absl::MutexLock l(&d->mu);
+  if (const auto* w = std::get_if<internal::MsiWindowCookie>(&d->cookie)) {
+    if (iova <= w->base + w->size_bytes - 1 && w->base <= *last) {
+      impl_->RefundMapping(*dev, mem.length_bytes);
+      return fail(FieldError(absl::StatusCode::kAlreadyExists, "iova", iova,
+                             absl::StrFormat("overlaps the domain's MSI window [%#x, %#x]",
+                                             w->base, w->base + w->size_bytes - 1)));
+    }
+  }
+  MappingRecord rec{.kind = MappingKind::kMapAt,
+                    .device = device,
+                    .session_id = caller.session_id,
+                    .iova = Iova(iova),
+                    .iova_size_bytes = mem.length_bytes,
+                    .prot = impl_->ProtFor(*dev, direction, attrs),
+                    .buffer_refs = res.buffers,
+                    .mapped_bytes = mem.length_bytes};
+  std::vector<std::pair<Iova, PhysRun>> ranges;
+  Iova at(iova);
+  for (const PhysRun& r : res.runs) {
+    ranges.push_back({at, r});
+    rec.pt_ranges.push_back({at, r.size_bytes});
+    rec.pieces.push_back({at, r.start, r.size_bytes});
+    at += r.size_bytes;
+  }
+  if (absl::Status s = impl_->MapPiecesLocked(*d, ranges, rec.prot); !s.ok()) {
+    impl_->RefundMapping(*dev, mem.length_bytes);
+    return fail(s);
+  }
+  MapResult out{.dma_addr = iova, .domain_id = d->id, .iova_size_bytes = mem.length_bytes};
+  out.mapping_id = impl_->CommitMappingLocked(*d, std::move(rec));
+  return out;
+}
+
+absl::StatusOr<uint64_t> Broker::UnmapRange(const Caller& caller, const std::string& device,
+                                            uint64_t iova, uint64_t size_bytes) {
+  ASSIGN_OR_RETURN(auto* dev, impl_->ActAs(caller, device));
+  std::shared_ptr<Domain> d = impl_->CurrentDomain(*dev);
+  if (d->type != DomainType::kUnmanaged) {
+    return FieldError(absl::StatusCode::kFailedPrecondition, "domain_id", d->id,
+                      absl::StrFormat("UnmapRange needs an UNMANAGED domain; the device's "
+                                      "current domain is %s",
+                                      DomainTypeName(d->type)));
+  }
+  const auto last = LastOfRange(iova, size_bytes);
+  if (!last) return InvalidField("size_bytes", size_bytes, "zero, or iova + size passes 2^64");
+  absl::MutexLock l(&d->mu);
+  // virtio-iommu RANGE semantics: every mapping inside goes; one that would
+  // be split fails the whole call and changes nothing.
+  std::vector<uint64_t> doomed;
+  uint64_t bytes = 0;
+  auto it = d->mappings.upper_bound(iova);
+  if (it != d->mappings.begin()) --it;
+  for (; it != d->mappings.end() && it->first <= *last; ++it) {
+    const MappingRecord& m = it->second;
+    const uint64_t m_last = m.iova.value() + m.iova_size_bytes - 1;
+    if (m_last < iova) continue;
+    if (m.iova.value() < iova || m_last > *last) {
+      return FieldError(absl::StatusCode::kFailedPrecondition, "size_bytes", size_bytes,
+                        absl::StrFormat("the range would split the mapping [%#x, %#x]",
+                                        m.iova.value(), m_last));
+    }
+    if (m.device != device && !caller.admin) {
+      return FieldError(absl::StatusCode::kPermissionDenied, "iova", m.iova.value(),
+                        "the range covers a mapping this device does not own");
+    }
+    doomed.push_back(it->first);
+    bytes += m.iova_size_bytes;
+  }
+  for (uint64_t start : doomed) impl_->RemoveMappingLocked(*d, start);
+  return bytes;
+}
+
+absl::Status Broker::Sync(const Caller& caller, const std::string& device) {
+  ASSIGN_OR_RETURN(auto* dev, impl_->ActAs(caller, device));
+  std::shared_ptr<Domain> d = impl_->CurrentDomain(*dev);
+  absl::MutexLock l(&d->mu);
+  if (auto* c = std::get_if<internal::IovaCookie>(&d->cookie); c && c->fq) c->fq->Flush();
+  return absl::OkStatus();
+}
+
+}  // namespace iommu::core

@@ -1,0 +1,131 @@
+#ifndef IOMMU_CORE_BROKER_IMPL_H_
+#define IOMMU_CORE_BROKER_IMPL_H_
+
+// BrokerImpl: the state behind Broker and the helpers its operations share.
+// Lock order and what each lock guards: see broker.h.
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/synchronization/mutex.h"
+#include "core/broker.h"
+#include "core/broker_internal.h"
+#include "core/fault_ring.h"
+#include "core/phys_memory.h"
+#include "core/session_table.h"
+
+namespace iommu::core {
+
+class BrokerImpl {
+ public:
+  using Domain = internal::Domain;
+  using DeviceState = internal::DeviceState;
+  using Smmu = internal::Smmu;
+  using MappingRecord = internal::MappingRecord;
+
+  BrokerImpl(const Topology& topology, const BrokerOptions& options)
+      : topology_(topology), options_(options) {}
+
+  absl::Status Init();
+
+  // --- lookups ------------------------------------------------------------
+  // The device the caller may act as: PERMISSION_DENIED when a device caller
+  // names another device, NOT_FOUND for an unknown device.
+  absl::StatusOr<DeviceState*> ActAs(const Caller& caller, const std::string& device) const;
+  // The device's current domain (a reference that outlives registry changes).
+  std::shared_ptr<Domain> CurrentDomain(const DeviceState& dev) const
+      ABSL_LOCKS_EXCLUDED(registry_mu_);
+  absl::StatusOr<std::shared_ptr<Domain>> FindDomain(uint64_t domain_id) const
+      ABSL_SHARED_LOCKS_REQUIRED(registry_mu_);
+
+  // --- domains --------------------------------------------------------------
+  absl::StatusOr<std::shared_ptr<Domain>> NewDomain(Smmu* smmu, DomainType type,
+                                                    uint64_t granule_bytes,
+                                                    const std::string& owner, bool is_default,
+                                                    uint64_t session_id)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(registry_mu_);
+  void ReleaseContext(Domain& domain);
+  absl::Status DestroyDomain(const Caller& caller, uint64_t domain_id)
+      ABSL_LOCKS_EXCLUDED(registry_mu_);
+  DomainInfo Describe(const Domain& domain) const ABSL_SHARED_LOCKS_REQUIRED(registry_mu_);
+
+  // --- memory -------------------------------------------------------------
+  // The physical pieces behind `mem` for `dev` (ownership checked), and the
+  // buffers they belong to, each with one reference taken atomically with
+  // the check (so a buffer cannot be freed between check and map). On any
+  // later failure the caller drops them with DropRefs.
+  struct ResolvedMem {
+    std::vector<PhysRun> runs;      // physically contiguous, in order
+    std::vector<uint64_t> buffers;  // buffer ids referenced (one ref each)
+  };
+  absl::StatusOr<ResolvedMem> ResolveAndRef(const Caller& caller, const DeviceState& dev,
+                                            const MemRef& mem, const std::string& field)
+      ABSL_LOCKS_EXCLUDED(buffers_mu_);
+  void AddRefs(const std::vector<uint64_t>& buffers) ABSL_LOCKS_EXCLUDED(buffers_mu_);
+  void DropRefs(const std::vector<uint64_t>& buffers) ABSL_LOCKS_EXCLUDED(buffers_mu_);
+  absl::Status FreeBufferLocked(uint64_t buffer_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(buffers_mu_);
+  // Allocates pages for a new buffer of `dev`, charging its buffer quotas.
+  absl::StatusOr<internal::Buffer*> NewBufferLocked(DeviceState& dev, uint64_t session_id,
+                                                    uint64_t size_bytes, Placement placement,
+                                                    const std::string& pool)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(buffers_mu_);
+  BufferInfo DescribeBuffer(const internal::Buffer& b) const
+      ABSL_SHARED_LOCKS_REQUIRED(buffers_mu_);
+
+  // --- quota --------------------------------------------------------------
+  absl::Status ChargeMapping(DeviceState& dev, uint64_t bytes);
+  void RefundMapping(DeviceState& dev, uint64_t bytes);
+
+  // --- mapping core (domain lock held) ---------------------------------------
+  // Maps the pieces at consecutive granule-aligned IOVAs from `iova`; on
+  // failure unmaps what it mapped and returns the error.
+  absl::Status MapPiecesLocked(Domain& d, const std::vector<std::pair<Iova, PhysRun>>& ranges,
+                               Prot prot) ABSL_EXCLUSIVE_LOCKS_REQUIRED(d.mu);
+  // Removes a mapping: page table, IOTLB (strict) or flush queue (lazy),
+  // IOVA, buffer references, quota. The record must be in d.mappings.
+  void RemoveMappingLocked(Domain& d, uint64_t iova_start) ABSL_EXCLUSIVE_LOCKS_REQUIRED(d.mu);
+  // Allocates IOVA for `size_bytes` below the device's limit in a domain with
+  // an IOVA cookie. FAILED_PRECONDITION for other cookies.
+  absl::StatusOr<Iova> AllocIovaLocked(Domain& d, const DeviceState& dev, uint64_t size_bytes)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(d.mu);
+  void FreeIovaLocked(Domain& d, Iova iova, uint64_t size_bytes)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(d.mu);
+  uint64_t DeviceLimit(const Domain& d, const DeviceState& dev) const;
+  Prot ProtFor(const DeviceState& dev, DmaDirection dir, const DmaAttrs& attrs) const;
+  // Inserts the record and returns the mapping id.
+  uint64_t CommitMappingLocked(Domain& d, MappingRecord record) ABSL_EXCLUSIVE_LOCKS_REQUIRED(d.mu);
+
+  // Releases everything created under a session.
+  void ReleaseSession(uint64_t session_id);
+
+  // --- state ----------------------------------------------------------------
+  const Topology topology_;
+  const BrokerOptions options_;
+  std::unique_ptr<PhysMemory> memory_;
+  std::unique_ptr<FaultRing> faults_;
+  std::vector<std::unique_ptr<Smmu>> smmus_;           // immutable after Init
+  absl::flat_hash_map<std::string, Smmu*> smmu_by_name_;
+  absl::flat_hash_map<std::string, std::unique_ptr<DeviceState>> devices_;  // immutable set
+
+  mutable absl::Mutex registry_mu_ ABSL_ACQUIRED_BEFORE(buffers_mu_);
+  std::map<uint64_t, std::shared_ptr<Domain>> domains_ ABSL_GUARDED_BY(registry_mu_);
+  uint64_t next_domain_id_ ABSL_GUARDED_BY(registry_mu_) = 1;
+  SessionTable sessions_ ABSL_GUARDED_BY(registry_mu_);
+
+  mutable absl::Mutex buffers_mu_;
+  std::map<uint64_t, internal::Buffer> buffers_ ABSL_GUARDED_BY(buffers_mu_);
+  // Physical start of each buffer run -> (end exclusive, buffer id).
+  std::map<uint64_t, std::pair<uint64_t, uint64_t>> runs_ ABSL_GUARDED_BY(buffers_mu_);
+  absl::flat_hash_map<std::string, internal::ExportRecord> exports_ ABSL_GUARDED_BY(buffers_mu_);
+  uint64_t next_buffer_id_ ABSL_GUARDED_BY(buffers_mu_) = 1;
+  uint64_t next_export_id_ ABSL_GUARDED_BY(buffers_mu_) = 1;
+
+  std::atomic<uint64_t> next_mapping_id_{1};
+};
+
+}  // namespace iommu::core
+
+#endif  // IOMMU_CORE_BROKER_IMPL_H_

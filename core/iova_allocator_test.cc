@@ -1,0 +1,654 @@
+#include "core/iova_allocator.h"
+
+#include <algorithm>
+#include <bit>
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace iommu::core {
+namespace {
+
+using ::testing::HasSubstr;
+
+// xorshift64, as the workloads.
+struct TestRng {
+  uint64_t x = 42;
+  uint64_t Next() {
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    return x;
+  }
+  uint64_t Below(uint64_t n) { return Next() % n; }
+};
+
+IovaAllocatorOptions Opts(uint64_t start_pfn, uint64_t end_pfn, bool cache = false) {
+  IovaAllocatorOptions o;
+  o.start_pfn = start_pfn;
+  o.end_pfn = end_pfn;
+  o.cache.enabled = cache;
+  return o;
+}
+
+IovaAllocator Make(const IovaAllocatorOptions& o) {
+  absl::StatusOr<IovaAllocator> a = IovaAllocator::Create(o);
+  EXPECT_TRUE(a.ok()) << a.status();
+  return std::move(a).value();
+}
+
+#define EXPECT_INVARIANTS(a) EXPECT_TRUE((a).CheckInvariants().ok()) << (a).CheckInvariants()
+#define ASSERT_INVARIANTS(a) ASSERT_TRUE((a).CheckInvariants().ok()) << (a).CheckInvariants()
+
+// --- errors --------------------------------------------------------------------------
+
+TEST(IovaAllocatorCreate, RejectsBadOptions) {
+  struct Case {
+    const char* name;
+    IovaAllocatorOptions options;
+    const char* message;  // field=value prefix
+  };
+  std::vector<Case> cases;
+  {
+    IovaAllocatorOptions o;
+    o.granule_bytes = 8192;
+    cases.push_back({"granule", o, "granule_bytes=0x2000: "});
+  }
+  {
+    IovaAllocatorOptions o;
+    o.start_pfn = 0;
+    cases.push_back({"start zero", o, "start_pfn=0: "});
+  }
+  {
+    IovaAllocatorOptions o;
+    o.start_pfn = 10;
+    o.end_pfn = 9;
+    cases.push_back({"end below start", o, "end_pfn=0x9: "});
+  }
+  {
+    IovaAllocatorOptions o;
+    o.end_pfn = uint64_t{1} << 60;
+    cases.push_back({"end overflows bytes", o, "end_pfn=0x1000000000000000: "});
+  }
+  {
+    IovaAllocatorOptions o;
+    o.cache.max_pages = 24;
+    cases.push_back({"cache not pow2", o, "cache.max_pages=0x18: "});
+  }
+  {
+    IovaAllocatorOptions o;
+    o.cache.magazine_depth = 0;
+    cases.push_back({"depth zero", o, "cache.magazine_depth=0: "});
+  }
+  {
+    IovaAllocatorOptions o;
+    o.cache.depot_magazines = 5000;
+    cases.push_back({"depot too big", o, "cache.depot_magazines=0x1388: "});
+  }
+  for (const Case& c : cases) {
+    absl::StatusOr<IovaAllocator> a = IovaAllocator::Create(c.options);
+    ASSERT_FALSE(a.ok()) << c.name;
+    EXPECT_EQ(a.status().code(), absl::StatusCode::kInvalidArgument) << c.name;
+    EXPECT_TRUE(absl::StartsWith(a.status().message(), c.message))
+        << c.name << ": " << a.status();
+  }
+  // Cache options are not validated when the cache is off.
+  IovaAllocatorOptions o;
+  o.cache.enabled = false;
+  o.cache.max_pages = 24;
+  EXPECT_TRUE(IovaAllocator::Create(o).ok());
+}
+
+TEST(IovaAllocator, AllocRejectsBadRequestsWithoutTrace) {
+  IovaAllocator a = Make(Opts(16, 0xFFFF, /*cache=*/true));
+  struct Case {
+    uint64_t num_pages;
+    uint64_t limit_pfn;
+    absl::StatusCode code;
+    const char* message;
+  };
+  const Case cases[] = {
+      {0, 0xFFFF, absl::StatusCode::kInvalidArgument, "num_pages=0: "},
+      {0xFFF1, 0xFFFF, absl::StatusCode::kOutOfRange, "num_pages=0xfff1: "},
+      {1, 15, absl::StatusCode::kOutOfRange, "limit_pfn=0xf: "},
+      {1, 0, absl::StatusCode::kOutOfRange, "limit_pfn=0: "},
+  };
+  const IovaStats before = a.GetStats();
+  for (const Case& c : cases) {
+    for (bool fast : {false, true}) {
+      absl::StatusOr<uint64_t> r =
+          fast ? a.AllocPfnsFast(c.num_pages, c.limit_pfn) : a.AllocPfns(c.num_pages, c.limit_pfn);
+      ASSERT_FALSE(r.ok());
+      EXPECT_EQ(r.status().code(), c.code) << r.status();
+      EXPECT_TRUE(absl::StartsWith(r.status().message(), c.message)) << r.status();
+      EXPECT_EQ(fast ? a.AllocPfnsFastOrZero(c.num_pages, c.limit_pfn)
+                     : a.AllocPfnsOrZero(c.num_pages, c.limit_pfn),
+                0u);
+    }
+  }
+  const IovaStats after = a.GetStats();
+  EXPECT_EQ(after.free_pages, before.free_pages);
+  EXPECT_EQ(after.cache_misses, 0u);
+  EXPECT_EQ(after.failures[0] + after.failures[1] + after.failures[2], 0u);
+  EXPECT_INVARIANTS(a);
+}
+
+TEST(IovaAllocator, FreeErrorsLeaveStateIntact) {
+  IovaAllocator a = Make(Opts(1, 0xFFFF, /*cache=*/true));
+  const uint64_t p = *a.AllocPfns(3, 0xFFFF);
+  const uint64_t q = *a.AllocPfnsFast(4, 0xFFFF);
+  const IovaStats before = a.GetStats();
+
+  absl::Status s = a.FreePfns(p + 1);
+  EXPECT_EQ(s.code(), absl::StatusCode::kNotFound);
+  EXPECT_TRUE(absl::StartsWith(s.message(), absl::StrCat("pfn=0x", absl::Hex(p + 1), ": ")))
+      << s;
+  s = a.FreePfnsFast(p, 5);  // allocation has 3 pages
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(absl::StartsWith(s.message(), "num_pages=0x5: ")) << s;
+  s = a.FreePfnsFast(q, 9);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+  EXPECT_EQ(a.FreeIova(Iova((q << 12) + 1), 4096).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(a.FreeIova(Iova(q << 12), 0).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(a.Reserve(10, 9).code(), absl::StatusCode::kInvalidArgument);
+  const IovaStats after = a.GetStats();
+  EXPECT_EQ(after.allocated_pages, before.allocated_pages);
+  EXPECT_EQ(after.live_allocations, 2u);
+  EXPECT_INVARIANTS(a);
+
+  // Double frees, on both paths, are NOT_FOUND and change nothing.
+  ASSERT_TRUE(a.FreePfnsFast(q, 4).ok());
+  EXPECT_INVARIANTS(a);
+  EXPECT_EQ(a.FreePfnsFast(q, 4).code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(a.FreePfns(q).code(), absl::StatusCode::kNotFound);
+  ASSERT_TRUE(a.FreePfns(p).ok());
+  EXPECT_EQ(a.FreePfns(p).code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(a.GetStats().cached_pages, 4u);
+  EXPECT_EQ(a.GetStats().live_allocations, 0u);
+  EXPECT_INVARIANTS(a);
+}
+
+// --- placement ----------------------------------------------------------------------------
+
+TEST(IovaAllocator, SizeAlignedTopDown) {
+  IovaAllocator a = Make(Opts(1, 0xFFFFF));
+  EXPECT_EQ(*a.AllocPfns(1, 0xFFFFF), 0xFFFFFu);
+  EXPECT_EQ(*a.AllocPfns(2, 0xFFFFF), 0xFFFFCu);  // [0xFFFFD] cannot start a 2-aligned run
+  EXPECT_EQ(*a.AllocPfns(3, 0xFFFFF), 0xFFFF8u);  // aligned to 4, 3 pages
+  EXPECT_EQ(*a.AllocPfns(1, 0xFFFFF), 0xFFFFEu);  // fills the hole above the 2-page range
+  EXPECT_EQ(*a.AllocPfns(1, 0xFFFFF), 0xFFFFBu);  // the 4th page of the 3-page slot
+  EXPECT_EQ(*a.AllocPfns(1, 0xFFFFF), 0xFFFF7u);  // everything above is taken
+  EXPECT_EQ(*a.AllocPfns(5, 0xFFFFF), 0xFFFF0u);  // aligned to 8
+  EXPECT_EQ(*a.AllocPfns(0x300, 0xFFFFF), 0xFFC00u);  // aligned to 0x400
+  EXPECT_EQ(*a.AllocPfns(1, 0x10), 0x10u);
+  EXPECT_EQ(*a.AllocPfns(8, 0x10), 0x8u);
+  EXPECT_INVARIANTS(a);
+  a.ForEachAllocated([](uint64_t pfn, uint64_t pages) {
+    EXPECT_EQ(pfn % std::bit_ceil(pages), 0u) << pfn;
+  });
+}
+
+TEST(IovaAllocator, PfnZeroIsNeverHandedOut) {
+  IovaAllocator a = Make(Opts(1, 15));
+  EXPECT_EQ(*a.AllocPfns(8, 15), 8u);
+  EXPECT_EQ(*a.AllocPfns(4, 15), 4u);
+  EXPECT_EQ(*a.AllocPfns(2, 15), 2u);
+  EXPECT_EQ(*a.AllocPfns(1, 15), 1u);
+  // Only pfn 0 would still be aligned; it is not in the space.
+  absl::StatusOr<uint64_t> r = a.AllocPfns(1, 15);
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(a.AllocPfnsOrZero(1, 15), 0u);
+  // A two-page request in [1, 3] would only fit at pfn 0.
+  ASSERT_TRUE(a.FreePfns(2).ok());
+  ASSERT_TRUE(a.FreePfns(1).ok());
+  EXPECT_EQ(*a.AllocPfns(2, 15), 2u);
+  EXPECT_EQ(a.AllocPfnsOrZero(2, 15), 0u);
+  EXPECT_INVARIANTS(a);
+}
+
+TEST(IovaAllocator, LimitIsHonoured) {
+  IovaAllocator a = Make(Opts(1, (uint64_t{1} << 24) - 1, /*cache=*/true));
+  TestRng rng;
+  const uint64_t limit32 = 0xFFFFF;
+  std::vector<std::pair<uint64_t, uint64_t>> live;
+  for (int i = 0; i < 3000; ++i) {
+    const uint64_t n = rng.Below(64) + 1;
+    const bool fast = rng.Below(2) == 0;
+    const uint64_t pfn = fast ? *a.AllocPfnsFast(n, limit32) : *a.AllocPfns(n, limit32);
+    const uint64_t size = fast && n <= 32 ? std::bit_ceil(n) : n;
+    EXPECT_LE(pfn + size - 1, limit32);
+    live.emplace_back(pfn, n);
+    if (rng.Below(3) == 0) {
+      const size_t j = rng.Below(live.size());
+      ASSERT_TRUE(a.FreePfnsFast(live[j].first, live[j].second).ok());
+      live[j] = live.back();
+      live.pop_back();
+    }
+  }
+  // A limit above the space is clipped to it.
+  EXPECT_EQ(*a.AllocPfns(1, ~uint64_t{0}), (uint64_t{1} << 24) - 1);
+  EXPECT_INVARIANTS(a);
+}
+
+TEST(IovaAllocator, CachedRangeAboveLimitIsNotReturned) {
+  IovaAllocator a = Make(Opts(1, 0xFFFFF, /*cache=*/true));
+  const uint64_t high = *a.AllocPfnsFast(1, 0xFFFFF);
+  ASSERT_EQ(high, 0xFFFFFu);
+  const uint64_t low = *a.AllocPfnsFast(1, 0xFFF);
+  ASSERT_EQ(low, 0xFFFu);
+  ASSERT_TRUE(a.FreePfnsFast(low, 1).ok());
+  ASSERT_TRUE(a.FreePfnsFast(high, 1).ok());  // on top of the magazine
+  // The top of the magazine is above the limit: the scan finds `low`.
+  EXPECT_EQ(*a.AllocPfnsFast(1, 0x1000), low);
+  EXPECT_EQ(a.GetStats().cache_hits, 1u);
+  // Nothing cached fits below 0x800: a miss, served by the tree.
+  EXPECT_EQ(*a.AllocPfnsFast(1, 0x800), 0x800u);
+  EXPECT_EQ(a.GetStats().cache_misses, 3u);
+  EXPECT_EQ(*a.AllocPfnsFast(1, 0xFFFFF), high);
+  EXPECT_INVARIANTS(a);
+}
+
+// --- reserved ranges ---------------------------------------------------------------------
+
+TEST(IovaAllocator, ReservedRangesAreNeverHandedOut) {
+  IovaAllocator a = Make(Opts(1, 0xFFF, /*cache=*/true));
+  ASSERT_TRUE(a.Reserve(0xF00, 0xFFF).ok());
+  EXPECT_INVARIANTS(a);
+  EXPECT_EQ(a.GetStats().reserved_pages, 0x100u);
+  EXPECT_EQ(*a.AllocPfns(1, 0xFFF), 0xEFFu);
+  // Overlapping again (and beyond the space) is merged and clipped.
+  ASSERT_TRUE(a.Reserve(0xF80, 0x10000).ok());
+  EXPECT_EQ(a.GetStats().reserved_pages, 0x100u);
+  ASSERT_TRUE(a.Reserve(0xE80, 0xEFE).ok());
+  EXPECT_INVARIANTS(a);
+  EXPECT_EQ(a.GetStats().reserved_pages, 0x17Fu);  // 0xE80..0xEFE and 0xF00..0xFFF
+  int reserved_ranges = 0;
+  a.ForEachReserved([&](uint64_t, uint64_t) { ++reserved_ranges; });
+  EXPECT_EQ(reserved_ranges, 2);  // 0xEFF is allocated between them
+  // Overlapping a live allocation: FAILED_PRECONDITION, nothing reserved.
+  absl::Status s = a.Reserve(0xE00, 0xEFF);
+  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_TRUE(absl::StartsWith(s.message(), "pfn_lo=0xe00: ")) << s;
+  EXPECT_EQ(a.GetStats().reserved_pages, 0x17Fu);
+  EXPECT_INVARIANTS(a);
+  // A reserved pfn is not an allocation.
+  EXPECT_EQ(a.FreePfns(0xF00).code(), absl::StatusCode::kNotFound);
+  // Freeing 0xEFF does not merge it into the reserved ranges; it is free again.
+  ASSERT_TRUE(a.FreePfns(0xEFF).ok());
+  EXPECT_EQ(*a.AllocPfns(1, 0xFFF), 0xEFFu);
+  // Entirely outside the space: nothing to do.
+  EXPECT_TRUE(a.Reserve(0x5000, 0x6000).ok());
+  // Cached ranges are flushed, so reserving over them works.
+  const uint64_t c = *a.AllocPfnsFast(2, 0xFFF);
+  ASSERT_TRUE(a.FreePfnsFast(c, 2).ok());
+  EXPECT_EQ(a.GetStats().cached_pages, 2u);
+  ASSERT_TRUE(a.Reserve(c, c + 1).ok());
+  EXPECT_EQ(a.GetStats().cached_pages, 0u);
+  EXPECT_INVARIANTS(a);
+  const IovaStats st = a.GetStats();
+  EXPECT_EQ(st.space_pages,
+            st.allocated_pages + st.cached_pages + st.free_pages + st.reserved_pages);
+}
+
+// --- exhaustion, stats -------------------------------------------------------------------
+
+TEST(IovaAllocator, ExhaustionNamesRequestAndLargestFreeRange) {
+  IovaAllocator a = Make(Opts(1, 0xFFF));
+  // Fill with 16-page blocks, free every other one: 16-page holes only.
+  std::vector<uint64_t> blocks;
+  while (uint64_t p = a.AllocPfnsOrZero(16, 0xFFF)) blocks.push_back(p);
+  ASSERT_EQ(blocks.size(), 255u);  // [0, 15] would contain pfn 0
+  // blocks[254] = 0x10 stays, so pfns [1, 0xF] are a 15-page hole of their own.
+  for (size_t i = 1; i < blocks.size(); i += 2) ASSERT_TRUE(a.FreePfns(blocks[i]).ok());
+  EXPECT_INVARIANTS(a);
+  absl::StatusOr<uint64_t> r = a.AllocPfns(17, 0xFFF);
+  ASSERT_EQ(r.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(std::string(r.status().message()),
+              HasSubstr("num_pages=0x11: no free IOVA range holds 0x11 pages (0x11000 bytes)"));
+  EXPECT_THAT(std::string(r.status().message()),
+              HasSubstr("largest free range 0x10 pages (0x10000 bytes)"));
+  EXPECT_THAT(std::string(r.status().message()), HasSubstr("fragmented"));
+  const IovaStats s = a.GetStats();
+  EXPECT_EQ(s.failures[static_cast<int>(IovaFailureReason::kFragmented)], 1u);
+  EXPECT_EQ(s.free_ranges, 128u);
+  EXPECT_EQ(s.free_pages, 127u * 16 + 15);
+  EXPECT_EQ(s.largest_free_pages, 16u);
+  EXPECT_EQ(s.free_range_histogram[4], 127u);
+  EXPECT_EQ(s.free_range_histogram[3], 1u);
+  EXPECT_DOUBLE_EQ(s.fragmentation_ratio, 1.0 - 16.0 / 2047.0);
+  // Beyond limit: a fit exists, but not below 0x8.
+  EXPECT_EQ(a.AllocPfnsOrZero(16, 0x8), 0u);
+  EXPECT_EQ(a.GetStats().failures[static_cast<int>(IovaFailureReason::kBeyondLimit)], 1u);
+  // No space: more pages than are free.
+  EXPECT_EQ(a.AllocPfnsOrZero(0xF00, 0xFFF), 0u);
+  // (The fill loop ended on the first one: 15 free pages for 16.)
+  EXPECT_EQ(a.GetStats().failures[static_cast<int>(IovaFailureReason::kNoSpace)], 2u);
+  // The byte interface names size_bytes.
+  absl::StatusOr<Iova> b = a.AllocIova(0x11000, Iova(0xFFFFFF));
+  ASSERT_EQ(b.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_TRUE(absl::StartsWith(b.status().message(), "size_bytes=0x11000: ")) << b.status();
+  EXPECT_INVARIANTS(a);
+}
+
+TEST(IovaAllocator, Try32BitFirst) {
+  IovaAllocatorOptions o = Opts(1, (uint64_t{1} << 24) - 1, /*cache=*/true);
+  o.try_32bit_first = true;
+  IovaAllocator a = Make(o);
+  EXPECT_EQ(*a.AllocPfns(1, (uint64_t{1} << 24) - 1), 0xFFFFFu);
+  EXPECT_EQ(*a.AllocPfnsFast(2, (uint64_t{1} << 24) - 1), 0xFFFFCu);
+  // Fill below 4 GiB, then the full limit is used.
+  ASSERT_TRUE(a.Reserve(1, 0xFFFF0).ok());
+  while (a.AllocPfnsOrZero(1, 0xFFFFF) != 0) {
+  }
+  EXPECT_EQ(*a.AllocPfns(1, (uint64_t{1} << 24) - 1), (uint64_t{1} << 24) - 1);
+  EXPECT_EQ(a.GetStats().failures[0] + a.GetStats().failures[1] + a.GetStats().failures[2], 1u);
+  EXPECT_INVARIANTS(a);
+
+  IovaAllocator b = Make(Opts(1, (uint64_t{1} << 24) - 1));
+  EXPECT_EQ(*b.AllocPfns(1, (uint64_t{1} << 24) - 1), (uint64_t{1} << 24) - 1);
+}
+
+TEST(IovaAllocator, CacheHitsMissesAndFlushRetry) {
+  IovaAllocatorOptions o = Opts(1, 63, /*cache=*/true);
+  o.cache.magazine_depth = 4;
+  o.cache.depot_magazines = 2;
+  IovaAllocator a = Make(o);
+  // 3 pages round up to 4, aligned to 4.
+  const uint64_t p = *a.AllocPfnsFast(3, 63);
+  EXPECT_EQ(p, 60u);
+  EXPECT_EQ(a.AllocationPages(p), 4u);
+  EXPECT_EQ(a.GetStats().cache_misses, 1u);
+  ASSERT_TRUE(a.FreePfnsFast(p, 3).ok());
+  EXPECT_FALSE(a.Contains(p));
+  EXPECT_EQ(a.GetStats().cached_pages, 4u);
+  EXPECT_EQ(a.GetStats().free_pages, 59u);
+  EXPECT_EQ(*a.AllocPfnsFast(4, 63), p);
+  EXPECT_EQ(a.GetStats().cache_hits, 1u);
+  EXPECT_TRUE(a.Contains(p));
+  ASSERT_TRUE(a.FreePfnsFast(p, 4).ok());
+  EXPECT_INVARIANTS(a);
+
+  // Fill the space with single pages. The tree runs dry after 59; the 60th
+  // flushes the cached 4-page range back to the tree and retries.
+  std::vector<uint64_t> singles;
+  while (uint64_t s = a.AllocPfnsFastOrZero(1, 63)) {
+    singles.push_back(s);
+    if (singles.size() == 59) {
+      EXPECT_EQ(a.GetStats().cached_pages, 4u);
+    }
+  }
+  EXPECT_EQ(singles.size(), 63u);
+  EXPECT_EQ(a.GetStats().cached_pages, 0u);
+  EXPECT_EQ(a.GetStats().failures[static_cast<int>(IovaFailureReason::kNoSpace)], 1u);
+  // Cache them all: 63 pushes, more than loaded + prev + depot hold (4 * 4),
+  // so full magazines spill to the tree: 16 + 11 spills of 4, 3 left loaded.
+  for (uint64_t s : singles) {
+    ASSERT_TRUE(a.FreePfnsFast(s, 1).ok());
+    ASSERT_INVARIANTS(a);
+  }
+  EXPECT_EQ(a.GetStats().cached_pages, 15u);
+  EXPECT_EQ(a.GetStats().free_pages, 48u);
+  // 32 pages need [32, 63]: the tree lacks them until the caches are flushed.
+  const uint64_t misses = a.GetStats().cache_misses;
+  const uint64_t big = *a.AllocPfnsFast(32, 63);
+  EXPECT_EQ(big, 32u);
+  EXPECT_EQ(a.GetStats().cached_pages, 0u);
+  EXPECT_EQ(a.GetStats().cache_misses, misses + 1);
+  EXPECT_INVARIANTS(a);
+  // The flushed retry succeeded: no new failure was counted.
+  const IovaStats s = a.GetStats();
+  EXPECT_EQ(s.failures[0] + s.failures[1] + s.failures[2], 1u);
+
+  // AllocPfns never takes from the caches and does not flush them.
+  ASSERT_TRUE(a.FreePfnsFast(big, 32).ok());
+  EXPECT_EQ(a.GetStats().cached_pages, 32u);
+  EXPECT_EQ(a.AllocPfnsOrZero(32, 63), 0u);
+  EXPECT_EQ(a.GetStats().cached_pages, 32u);
+  a.FlushCaches();
+  EXPECT_EQ(a.GetStats().cached_pages, 0u);
+  EXPECT_EQ(a.GetStats().free_pages, 63u);
+  EXPECT_EQ(a.GetStats().largest_free_pages, 63u);
+  EXPECT_INVARIANTS(a);
+}
+
+TEST(IovaAllocator, UncacheableFastRequestsAreExact) {
+  IovaAllocator a = Make(Opts(1, 0xFFFF, /*cache=*/true));
+  const uint64_t p = *a.AllocPfnsFast(33, 0xFFFF);
+  EXPECT_EQ(a.AllocationPages(p), 33u);
+  EXPECT_EQ(p % 64, 0u);
+  EXPECT_EQ(a.GetStats().cache_misses, 0u);  // not cacheable: neither hit nor miss
+  ASSERT_TRUE(a.FreePfnsFast(p, 33).ok());
+  EXPECT_EQ(a.GetStats().cached_pages, 0u);
+  // An exact AllocPfns(3) freed fast goes to the tree (its size is not a class).
+  const uint64_t q = *a.AllocPfns(3, 0xFFFF);
+  ASSERT_TRUE(a.FreePfnsFast(q, 3).ok());
+  EXPECT_EQ(a.GetStats().cached_pages, 0u);
+  EXPECT_EQ(a.GetStats().free_pages, 0xFFFFu);
+  EXPECT_INVARIANTS(a);
+}
+
+TEST(IovaAllocator, ByteInterface) {
+  IovaAllocatorOptions o = Opts(1, (uint64_t{1} << 20) - 1, /*cache=*/true);
+  o.granule_bytes = 16384;
+  IovaAllocator a = Make(o);
+  const Iova limit((uint64_t{1} << 32) - 1);
+  absl::StatusOr<Iova> v = a.AllocIova(5 * 16384 + 1, limit);  // 6 pages -> 8
+  ASSERT_TRUE(v.ok()) << v.status();
+  EXPECT_EQ(v->value() % (8 * 16384), 0u);
+  EXPECT_LE(v->value() + 8 * 16384 - 1, limit.value());
+  EXPECT_EQ(v->value(), (uint64_t{1} << 32) - 8 * 16384);
+  EXPECT_EQ(a.AllocationSizeBytes(*v), 8u * 16384);
+  EXPECT_EQ(a.AllocationSizeBytes(*v + 16384), std::nullopt);
+  EXPECT_EQ(a.AllocIova(0, limit).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(a.AllocIova(4096, Iova(16383)).status().code(), absl::StatusCode::kOutOfRange);
+  EXPECT_EQ(a.AllocIova(uint64_t{1} << 40, limit).status().code(),
+            absl::StatusCode::kOutOfRange);
+  ASSERT_TRUE(a.FreeIova(*v, 5 * 16384 + 1).ok());
+  EXPECT_EQ(a.AllocationSizeBytes(*v), std::nullopt);
+  EXPECT_INVARIANTS(a);
+}
+
+TEST(IovaAllocator, LargeSpaceLargeRequests) {
+  // 48-bit space with 4K pages: 2^36 pages, orders 0..36.
+  IovaAllocator a = Make(Opts(1, (uint64_t{1} << 36) - 1));
+  EXPECT_EQ(*a.AllocPfns(uint64_t{1} << 35, ~uint64_t{0}), uint64_t{1} << 35);
+  absl::StatusOr<uint64_t> r = a.AllocPfns((uint64_t{1} << 34) + 1, ~uint64_t{0});
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kResourceExhausted);  // only pfn 0 is aligned
+  EXPECT_EQ(a.GetStats().failures[static_cast<int>(IovaFailureReason::kFragmented)], 1u);
+  EXPECT_EQ(*a.AllocPfns(uint64_t{1} << 34, ~uint64_t{0}), uint64_t{1} << 34);
+  EXPECT_EQ(*a.AllocPfns(3, ~uint64_t{0}), (uint64_t{1} << 34) - 4);
+  EXPECT_INVARIANTS(a);
+}
+
+// --- random sequences against a reference model ---------------------------------------
+
+// The reference: occupied ranges (allocations and reserved) in a std::map and
+// a brute-force top-down search over the gaps.
+class ReferenceModel {
+ public:
+  ReferenceModel(uint64_t start, uint64_t end) : start_(start), end_(end) {}
+
+  // Highest p, multiple of bit_ceil(n), with [p, p + n) free inside
+  // [start, min(limit, end)]; 0 if none.
+  uint64_t HighestFit(uint64_t n, uint64_t limit) const {
+    const uint64_t align = std::bit_ceil(n);
+    const uint64_t top = std::min(limit, end_);
+    uint64_t gap_hi = end_;
+    for (auto it = occupied_.rbegin();; ++it) {
+      const uint64_t gap_lo = it == occupied_.rend() ? start_ : it->second + 1;
+      if (gap_lo <= gap_hi) {
+        const uint64_t hi = std::min(gap_hi, top);
+        if (hi >= gap_lo && hi - gap_lo + 1 >= n) {
+          const uint64_t p = (hi - n + 1) & ~(align - 1);
+          if (p >= gap_lo) return p;
+        }
+      }
+      if (it == occupied_.rend()) return 0;
+      gap_hi = it->first - 1;
+    }
+  }
+  bool IsFree(uint64_t lo, uint64_t hi) const {
+    auto it = occupied_.upper_bound(hi);
+    return it == occupied_.begin() || std::prev(it)->second < lo;
+  }
+  void Occupy(uint64_t lo, uint64_t hi) { occupied_[lo] = hi; }
+  void Release(uint64_t lo) { occupied_.erase(lo); }
+
+ private:
+  uint64_t start_;
+  uint64_t end_;
+  std::map<uint64_t, uint64_t> occupied_;
+};
+
+void CheckStatsAgainstRecount(const IovaAllocator& a) {
+  const IovaStats s = a.GetStats();
+  uint64_t free_pages = 0, ranges = 0, largest = 0;
+  uint64_t hist[64] = {};
+  a.ForEachFreeRange([&](uint64_t lo, uint64_t hi) {
+    free_pages += hi - lo + 1;
+    ++ranges;
+    largest = std::max(largest, hi - lo + 1);
+    ++hist[std::bit_width(hi - lo + 1) - 1];
+  });
+  uint64_t live = 0, live_pages = 0;
+  a.ForEachAllocated([&](uint64_t, uint64_t pages) {
+    ++live;
+    live_pages += pages;
+  });
+  uint64_t reserved = 0;
+  a.ForEachReserved([&](uint64_t lo, uint64_t hi) { reserved += hi - lo + 1; });
+  EXPECT_EQ(s.free_pages, free_pages);
+  EXPECT_EQ(s.free_ranges, ranges);
+  EXPECT_EQ(s.largest_free_pages, largest);
+  for (int k = 0; k < 64; ++k) EXPECT_EQ(s.free_range_histogram[k], hist[k]) << k;
+  EXPECT_EQ(s.live_allocations, live);
+  EXPECT_EQ(s.allocated_pages, live_pages);
+  EXPECT_EQ(s.reserved_pages, reserved);
+  EXPECT_EQ(s.space_pages, s.allocated_pages + s.cached_pages + s.free_pages + s.reserved_pages);
+  EXPECT_DOUBLE_EQ(s.fragmentation_ratio,
+                   free_pages == 0 ? 0.0 : 1.0 - double(largest) / double(free_pages));
+}
+
+TEST(IovaAllocatorRandom, TreePathMatchesReferenceTopDownSearch) {
+  constexpr uint64_t kStart = 3;
+  constexpr uint64_t kEnd = 24000;
+  IovaAllocator a = Make(Opts(kStart, kEnd));
+  ReferenceModel ref(kStart, kEnd);
+  TestRng rng;
+  std::vector<std::pair<uint64_t, uint64_t>> live;
+  int allocs = 0, failures = 0, reserves = 0;
+  for (int op = 0; op < 12000; ++op) {
+    const uint64_t kind = rng.Below(100);
+    if (kind < 55) {
+      const uint64_t n = rng.Below(300) + 1;
+      const uint64_t limits[] = {kEnd, kEnd + 1000, 0x1FFF, 0x3FFF, rng.Below(kEnd) + kStart};
+      const uint64_t limit = limits[rng.Below(5)];
+      const uint64_t want = ref.HighestFit(n, limit);
+      absl::StatusOr<uint64_t> got = a.AllocPfns(n, limit);
+      if (want == 0) {
+        ASSERT_EQ(got.status().code(), absl::StatusCode::kResourceExhausted)
+            << "op " << op << " n=" << n << " limit=" << limit;
+        ++failures;
+      } else {
+        ASSERT_TRUE(got.ok()) << "op " << op << ": " << got.status();
+        ASSERT_EQ(*got, want) << "op " << op << " n=" << n << " limit=" << limit;
+        ref.Occupy(want, want + n - 1);
+        live.emplace_back(want, n);
+        ++allocs;
+      }
+    } else if (kind < 97) {
+      if (live.empty()) continue;
+      const size_t j = rng.Below(live.size());
+      ASSERT_EQ(a.AllocationPages(live[j].first), live[j].second);
+      ASSERT_TRUE(a.FreePfns(live[j].first).ok());
+      ref.Release(live[j].first);
+      live[j] = live.back();
+      live.pop_back();
+    } else {
+      const uint64_t lo = rng.Below(kEnd + 100);
+      const uint64_t hi = lo + rng.Below(40);
+      const uint64_t clo = std::max(lo, kStart), chi = std::min(hi, kEnd);
+      bool all_free = true;
+      // Reserved pages inside count as free for the model check below: a
+      // reserve over reserved pages is allowed, over allocations it is not.
+      for (const auto& [p, n] : live) all_free &= p + n - 1 < clo || p > chi;
+      absl::Status s = a.Reserve(lo, hi);
+      if (all_free) {
+        ASSERT_TRUE(s.ok()) << s;
+        if (clo <= chi) {
+          for (uint64_t p = clo; p <= chi; ++p) {
+            if (ref.IsFree(p, p)) ref.Occupy(p, p);
+          }
+          ++reserves;
+        }
+      } else {
+        ASSERT_EQ(s.code(), absl::StatusCode::kFailedPrecondition) << s;
+      }
+    }
+    ASSERT_INVARIANTS(a);
+    if (op % 97 == 0) CheckStatsAgainstRecount(a);
+  }
+  CheckStatsAgainstRecount(a);
+  EXPECT_GT(allocs, 3000);
+  EXPECT_GT(failures, 10);
+  EXPECT_GT(reserves, 50);
+}
+
+TEST(IovaAllocatorRandom, CachedPathKeepsInvariants) {
+  IovaAllocatorOptions o = Opts(1, 0x3FFF, /*cache=*/true);
+  o.cache.magazine_depth = 8;
+  o.cache.depot_magazines = 3;
+  IovaAllocator a = Make(o);
+  TestRng rng;
+  struct Live {
+    uint64_t pfn, requested, pages;
+  };
+  std::vector<Live> live;
+  uint64_t ok = 0, failed = 0;
+  for (int op = 0; op < 12000; ++op) {
+    if (live.empty() || rng.Below(100) < 52) {
+      const uint64_t n = rng.Below(4) == 0 ? rng.Below(300) + 1 : rng.Below(32) + 1;
+      const uint64_t limit = rng.Below(4) == 0 ? 0x1FFF : 0x3FFF;
+      absl::StatusOr<uint64_t> got = a.AllocPfnsFast(n, limit);
+      const uint64_t pages = n <= 32 ? std::bit_ceil(n) : n;
+      if (got.ok()) {
+        ASSERT_EQ(*got % std::bit_ceil(pages), 0u);
+        ASSERT_LE(*got + pages - 1, limit);
+        ASSERT_EQ(a.AllocationPages(*got), pages);
+        live.push_back({*got, n, pages});
+        ++ok;
+      } else {
+        ASSERT_EQ(got.status().code(), absl::StatusCode::kResourceExhausted);
+        ++failed;
+      }
+    } else {
+      const size_t j = rng.Below(live.size());
+      ASSERT_TRUE(a.FreePfnsFast(live[j].pfn, live[j].requested).ok());
+      live[j] = live.back();
+      live.pop_back();
+    }
+    ASSERT_INVARIANTS(a);
+    if (op % 101 == 0) CheckStatsAgainstRecount(a);
+  }
+  const IovaStats s = a.GetStats();
+  EXPECT_EQ(s.live_allocations, live.size());
+  EXPECT_GT(s.cache_hits, 1000u);
+  EXPECT_GT(s.cache_misses, 100u);
+  EXPECT_GT(ok, 5000u);
+  EXPECT_GT(failed, 0u);
+  a.FlushCaches();
+  CheckStatsAgainstRecount(a);
+  EXPECT_INVARIANTS(a);
+}
+
+}  // namespace
+}  // namespace iommu::core
