@@ -20,8 +20,64 @@ using lpae::kLeafLevel;
 
 namespace {
 
-// The software word after each table holding its live-entry count.
-constexpr uint64_t kFooterBytes = sizeof(uint64_t);
+// Loops over runs of descriptors, four independent chains per iteration so
+// they run at load/store throughput rather than at one dependent operation
+// per descriptor (-O2 does not vectorise loops of unknown trip count).
+
+// OR of p[0, n).
+uint64_t OrAll(const uint64_t* p, uint64_t n) {
+  uint64_t a0 = 0, a1 = 0, a2 = 0, a3 = 0;
+  uint64_t i = 0;
+  for (; i + 4 <= n; i += 4) {
+    a0 |= p[i];
+    a1 |= p[i + 1];
+    a2 |= p[i + 2];
+    a3 |= p[i + 3];
+  }
+  for (; i < n; ++i) a0 |= p[i];
+  return (a0 | a1) | (a2 | a3);
+}
+
+// Whether every p[0, n) has descriptor type `type` (bits [1:0]): the type
+// bits set in `type` are set in all of them (AND), no other is set in any of
+// them (OR). REQUIRES: n >= 1.
+bool AllOfType(const uint64_t* p, uint64_t n, uint64_t type) {
+  uint64_t all0 = ~uint64_t{0}, all1 = ~uint64_t{0}, any0 = 0, any1 = 0;
+  uint64_t i = 0;
+  for (; i + 2 <= n; i += 2) {
+    all0 &= p[i];
+    any0 |= p[i];
+    all1 &= p[i + 1];
+    any1 |= p[i + 1];
+  }
+  if (i < n) {
+    all0 &= p[i];
+    any0 |= p[i];
+  }
+  return ((all0 & all1) & lpae::kPteTypeMask) == type &&
+         ((any0 | any1) & lpae::kPteTypeMask) == type;
+}
+
+// p[i] = first_pte + i * step for i in [0, n). Leaf descriptors of
+// consecutive pages differ by the page size in the address field alone (the
+// address stays below 2^48, no carry reaches the upper attributes).
+void FillLeaves(uint64_t* p, uint64_t n, uint64_t first_pte, uint64_t step) {
+  uint64_t v0 = first_pte, v1 = first_pte + step, v2 = first_pte + 2 * step,
+           v3 = first_pte + 3 * step;
+  const uint64_t step4 = 4 * step;
+  uint64_t i = 0;
+  for (; i + 4 <= n; i += 4) {
+    p[i] = v0;
+    p[i + 1] = v1;
+    p[i + 2] = v2;
+    p[i + 3] = v3;
+    v0 += step4;
+    v1 += step4;
+    v2 += step4;
+    v3 += step4;
+  }
+  for (; i < n; ++i, v0 += step) p[i] = v0;
+}
 
 bool ValidProt(Prot prot) {
   const uint32_t bits = uint32_t(prot);
@@ -105,27 +161,56 @@ LpaePgtable::LpaePgtable(const IoPgtableCfg& cfg, FlushOps* flush_ops, lpae::Sta
 
 LpaePgtable::~LpaePgtable() {
   flush_ops_->TlbFlushAll();
-  FreeSubtree(root_, start_level_);
+  ReleaseSubtree(root_, start_level_);
+  while (free_tables_ != nullptr) {
+    uint64_t* table = free_tables_;
+    free_tables_ = reinterpret_cast<uint64_t*>(table[0]);
+    ::operator delete(table, std::align_val_t{geometry_.GranuleBytes()});
+  }
 }
 
 // --- Table memory --------------------------------------------------------------
 
 uint64_t* LpaePgtable::AllocTable(int level) {
   const uint64_t bytes = entries_[level] * sizeof(uint64_t);
-  const std::align_val_t align{std::max<uint64_t>(bytes, 64)};
-  void* mem = ::operator new(bytes + kFooterBytes, align);
-  std::memset(mem, 0, bytes + kFooterBytes);
+  uint64_t* table;
+  if (level != start_level_ && free_tables_ != nullptr) {
+    table = free_tables_;
+    free_tables_ = reinterpret_cast<uint64_t*>(table[0]);
+    table[0] = 0;
+    --cached_table_count_;
+  } else {
+    void* mem = ::operator new(bytes, std::align_val_t{std::max<uint64_t>(bytes, 64)});
+    std::memset(mem, 0, bytes);
+    table = static_cast<uint64_t*>(mem);
+  }
   // A table below the root is referenced by a descriptor: its host address
   // must fit the output-address field (below 2^48, granule-aligned).
   assert((level == start_level_ ||
-          (reinterpret_cast<uintptr_t>(mem) & ~lpae::kPteAddrMask) == 0) &&
+          (reinterpret_cast<uintptr_t>(table) & ~lpae::kPteAddrMask) == 0) &&
          "host table address does not fit a table descriptor");
   ++table_count_;
   table_bytes_ += bytes;
-  return static_cast<uint64_t*>(mem);
+  return table;
 }
 
 void LpaePgtable::FreeTable(uint64_t* table, int level) {
+  assert(std::all_of(table, table + entries_[level], [](uint64_t pte) { return pte == 0; }) &&
+         "only empty tables are freed");
+  if (level == start_level_ || cached_table_count_ == kMaxCachedTables) {
+    ReleaseTable(table, level);
+    return;
+  }
+  // Non-root tables are all one granule: any of them serves any level.
+  table[0] = reinterpret_cast<uintptr_t>(free_tables_);
+  free_tables_ = table;
+  ++cached_table_count_;
+  --table_count_;
+  table_bytes_ -= entries_[level] * sizeof(uint64_t);
+  walk_cache_.level = -1;
+}
+
+void LpaePgtable::ReleaseTable(uint64_t* table, int level) {
   const uint64_t bytes = entries_[level] * sizeof(uint64_t);
   ::operator delete(table, std::align_val_t{std::max<uint64_t>(bytes, 64)});
   --table_count_;
@@ -133,40 +218,49 @@ void LpaePgtable::FreeTable(uint64_t* table, int level) {
   walk_cache_.level = -1;
 }
 
-void LpaePgtable::FreeSubtree(uint64_t* table, int level) {
+void LpaePgtable::ReleaseSubtree(uint64_t* table, int level) {
   if (level < kLeafLevel) {
     for (uint64_t i = 0; i < entries_[level]; ++i) {
       const uint64_t pte = table[i];
-      if ((pte & lpae::kPteValid) && !IsLeaf(pte, level)) FreeSubtree(TablePtr(pte), level + 1);
+      if ((pte & lpae::kPteValid) && !IsLeaf(pte, level)) ReleaseSubtree(TablePtr(pte), level + 1);
     }
   }
-  FreeTable(table, level);
+  ReleaseTable(table, level);
 }
 
 // --- Walks -------------------------------------------------------------------
 
-uint64_t* LpaePgtable::WalkAlloc(uint64_t va, int level) {
-  if (level == start_level_) return root_;
-  if (CacheHit(va, level)) return walk_cache_.tables[level];
+uint64_t* LpaePgtable::WalkAlloc(uint64_t va, int level, uint64_t** count_slot) {
+  if (level == start_level_) {
+    *count_slot = &root_count_;
+    return root_;
+  }
+  if (CacheHit(va, level)) {
+    *count_slot = walk_cache_.count_slot;
+    return walk_cache_.tables[level];
+  }
   walk_cache_.level = -1;
   uint64_t* table = root_;
+  uint64_t* slot = &root_count_;
   for (int l = start_level_; l < level; ++l) {
     walk_cache_.tables[l] = table;
     uint64_t* ptep = table + Index(va, l);
     const uint64_t pte = *ptep;
     if (pte == 0) {
-      uint64_t* child = AllocTable(l + 1);
-      *ptep = TableDescriptor(child);
-      ++LiveCount(table, l);
-      table = child;
-      continue;
+      // An empty table until the caller fills it; nothing walks in between.
+      *ptep = TableDescriptor(AllocTable(l + 1));
+      AddLive(slot, 1);
+    } else if ((pte & lpae::kPteTypeMask) != lpae::kPteTypeTable) {
+      return nullptr;  // a block
     }
-    if ((pte & lpae::kPteTypeMask) != lpae::kPteTypeTable) return nullptr;  // a block
-    table = TablePtr(pte);
+    slot = ptep;
+    table = TablePtr(*ptep);
   }
   walk_cache_.tables[level] = table;
+  walk_cache_.count_slot = slot;
   walk_cache_.prefix = va >> shift_[level - 1];
   walk_cache_.level = level;
+  *count_slot = slot;
   return table;
 }
 
@@ -264,18 +358,17 @@ absl::Status LpaePgtable::MapPages(Iova iova, PhysAddr paddr, uint64_t pgsize_by
   uint64_t cur_va = va;
   uint64_t cur_pa = pa;
   while (true) {
-    uint64_t* table = WalkAlloc(cur_va, level);
+    uint64_t* count_slot = nullptr;
+    uint64_t* table = WalkAlloc(cur_va, level, &count_slot);
     uint64_t n = 0;
     bool conflict = table == nullptr;
     if (!conflict) {
       const uint64_t idx = Index(cur_va, level);
       uint64_t* ptep = table + idx;
       const uint64_t run = std::min(pgcount - done, entries_[level] - idx);
-      // Two branch-free (vectorisable) passes: any existing entry, then fill.
-      uint64_t existing = 0;
-      for (uint64_t i = 0; i < run; ++i) existing |= ptep[i];
-      if (ABSL_PREDICT_TRUE(existing == 0)) {
-        for (uint64_t i = 0; i < run; ++i) ptep[i] = (cur_pa + (i << s)) | pte_bits;
+      // Two branch-free (vectorised) passes: any existing entry, then fill.
+      if (ABSL_PREDICT_TRUE(OrAll(ptep, run) == 0)) {
+        FillLeaves(ptep, run, cur_pa | pte_bits, pgsize_bytes);
         n = run;
         cur_pa += run << s;
       } else {
@@ -285,7 +378,7 @@ absl::Status LpaePgtable::MapPages(Iova iova, PhysAddr paddr, uint64_t pgsize_by
         }
         conflict = true;
       }
-      LiveCount(table, level) += n;
+      AddLive(count_slot, n);
       leaf_count_[level] += n;
       done += n;
       cur_va += n << s;
@@ -328,6 +421,7 @@ absl::StatusOr<uint64_t> LpaePgtable::UnmapPages(Iova iova, uint64_t pgsize_byte
     found = FindLeaf(va, &c);
     if (found && c.level > start_level_) {
       walk_cache_.tables = c.tables;
+      walk_cache_.count_slot = CountSlot(c.tables, c.level, va);
       walk_cache_.prefix = va >> shift_[c.level - 1];
       walk_cache_.level = c.level;
     }
@@ -336,7 +430,7 @@ absl::StatusOr<uint64_t> LpaePgtable::UnmapPages(Iova iova, uint64_t pgsize_byte
     *c.ptep = 0;
     if (!gather->queued) flush_ops_->TlbAddPage(gather, iova, size);
     --leaf_count_[c.level];
-    if (--LiveCount(c.tables[c.level], c.level) == 0 && c.level > start_level_) {
+    if (SubLive(CountSlot(c.tables, c.level, va), 1) == 0 && c.level > start_level_) {
       FreeEmptyTables(c, c.level, va, /*notify=*/true);
     }
     return size;
@@ -346,17 +440,11 @@ absl::StatusOr<uint64_t> LpaePgtable::UnmapPages(Iova iova, uint64_t pgsize_byte
   if (found && c.level == level && Index(va, level) + pgcount <= entries_[level]) {
     const uint64_t want_type = level == kLeafLevel ? lpae::kPteTypePage : lpae::kPteTypeBlock;
     uint64_t* ptep = c.ptep;
-    uint64_t mismatch = 0;
-    for (uint64_t i = 0; i < pgcount; ++i) mismatch |= (ptep[i] & lpae::kPteTypeMask) ^ want_type;
-    if (mismatch == 0) {
+    if (AllOfType(ptep, pgcount, want_type)) {
       std::memset(ptep, 0, pgcount * sizeof(uint64_t));
-      if (!gather->queued) {
-        for (uint64_t i = 0; i < pgcount; ++i) {
-          flush_ops_->TlbAddPage(gather, Iova(va + (i << s)), pgsize_bytes);
-        }
-      }
+      if (!gather->queued) GatherLeaves(gather, va, pgsize_bytes, pgcount);
       leaf_count_[level] -= pgcount;
-      if ((LiveCount(c.tables[level], level) -= pgcount) == 0 && level > start_level_) {
+      if (SubLive(CountSlot(c.tables, level, va), pgcount) == 0 && level > start_level_) {
         FreeEmptyTables(c, level, va, /*notify=*/true);
       }
       return size;
@@ -393,13 +481,10 @@ absl::Status LpaePgtable::CheckUnmappable(uint64_t va, uint64_t last, bool allow
 }
 
 uint64_t LpaePgtable::LeafRun(const Cursor& c, int level, uint64_t cur, uint64_t last) const {
-  const uint64_t max = std::min(entries_[level] - Index(cur, level),
-                                ((last - cur) >> shift_[level]) + 1);
+  const uint64_t max = EntriesInTable(cur, level, last);
   const uint64_t want_type = level == kLeafLevel ? lpae::kPteTypePage : lpae::kPteTypeBlock;
   const uint64_t* ptep = c.ptep;
-  uint64_t mismatch = 0;
-  for (uint64_t i = 0; i < max; ++i) mismatch |= (ptep[i] & lpae::kPteTypeMask) ^ want_type;
-  if (mismatch == 0) return max;
+  if (AllOfType(ptep, max, want_type)) return max;
   uint64_t n = 0;
   while (n < max && IsLeaf(ptep[n], level)) ++n;
   return n;
@@ -422,31 +507,29 @@ void LpaePgtable::ClearRange(uint64_t va, uint64_t last, IotlbGather* gather, bo
       cur = leaf_va + leaf_bytes;
       continue;
     }
-    uint64_t* table = c.tables[level];
-    uint64_t* ptep = c.ptep;
-    const uint64_t n = LeafRun(c, level, cur, last);
-    std::memset(ptep, 0, n * sizeof(uint64_t));
-    if (add_pages) {
-      for (uint64_t i = 0; i < n; ++i) flush_ops_->TlbAddPage(gather, Iova(cur + i * leaf_bytes), leaf_bytes);
-    }
-    cur += n * leaf_bytes;
+    // Every entry of a validated range in a last-level table is a page.
+    const uint64_t n =
+        level == kLeafLevel ? EntriesInTable(cur, level, last) : LeafRun(c, level, cur, last);
+    std::memset(c.ptep, 0, n * sizeof(uint64_t));
+    if (add_pages) GatherLeaves(gather, cur, leaf_bytes, n);
     leaf_count_[level] -= n;
-    if ((LiveCount(table, level) -= n) == 0 && level > start_level_) {
-      FreeEmptyTables(c, level, cur - leaf_bytes, notify);
-    }
+    const uint64_t left = SubLive(CountSlot(c.tables, level, cur), n);
+    cur += n * leaf_bytes;
+    if (left == 0 && level > start_level_) FreeEmptyTables(c, level, cur - leaf_bytes, notify);
   }
 }
 
 void LpaePgtable::FreeEmptyTables(const Cursor& c, int level, uint64_t va, bool notify) {
-  while (level > start_level_ && LiveCount(c.tables[level], level) == 0) {
-    uint64_t* parent = c.tables[level - 1];
-    parent[Index(va, level - 1)] = 0;
+  while (level > start_level_) {
+    uint64_t* table_pte = c.tables[level - 1] + Index(va, level - 1);
+    if (Live(table_pte) != 0) break;
+    *table_pte = 0;
     if (notify) {
       const uint64_t range = EntryBytes(level - 1);
       flush_ops_->TlbFlushWalk(Iova(AlignDown(va, range)), range, geometry_.GranuleBytes());
     }
     FreeTable(c.tables[level], level);
-    --LiveCount(parent, level - 1);
+    SubLive(CountSlot(c.tables, level - 1, va), 1);
     --level;
   }
 }
@@ -459,16 +542,17 @@ void LpaePgtable::SplitBlock(const Cursor& c, uint64_t rm_first, uint64_t rm_las
   const uint64_t block_bytes = EntryBytes(level);
   const uint64_t block_va = AlignDown(rm_first, block_bytes);
   assert(level < kLeafLevel);
-  uint64_t* table = BuildSplit(level, block_pte, block_va, rm_first, rm_last);
-  // Break: no walk may see both the block and the table (or a mix).
+  const uint64_t table_pte = BuildSplit(level, block_pte, block_va, rm_first, rm_last);
+  // Break: no walk may see both the block and the table (or a mix). The
+  // parent's live count is unchanged: the entry is valid again below.
   *c.ptep = 0;
   --leaf_count_[level];
   flush_ops_->TlbFlushWalk(Iova(block_va), block_bytes, block_bytes);
   // Make.
-  *c.ptep = TableDescriptor(table);
+  *c.ptep = table_pte;
 }
 
-uint64_t* LpaePgtable::BuildSplit(int level, uint64_t block_pte, uint64_t block_va,
+uint64_t LpaePgtable::BuildSplit(int level, uint64_t block_pte, uint64_t block_va,
                                   uint64_t rm_first, uint64_t rm_last) {
   const int child_level = level + 1;
   const uint64_t child_bytes = EntryBytes(child_level);
@@ -487,14 +571,13 @@ uint64_t* LpaePgtable::BuildSplit(int level, uint64_t block_pte, uint64_t block_
                  (child_level == kLeafLevel ? lpae::kPteTypePage : lpae::kPteTypeBlock);
       ++leaf_count_[child_level];
     } else {
-      table[i] = TableDescriptor(
-          BuildSplit(child_level, pa | attrs | lpae::kPteTypeBlock, first, rm_first, rm_last));
+      table[i] =
+          BuildSplit(child_level, pa | attrs | lpae::kPteTypeBlock, first, rm_first, rm_last);
     }
     ++live;
   }
   assert(live > 0);
-  LiveCount(table, child_level) = live;
-  return table;
+  return lpae::WithTableCount(TableDescriptor(table), live);
 }
 
 }  // namespace iommu::core

@@ -42,6 +42,7 @@ class NoopFlushOps final : public FlushOps {
   void TlbFlushAll() override {}
   void TlbFlushWalk(Iova, uint64_t, uint64_t) override {}
   void TlbAddPage(IotlbGather*, Iova, uint64_t) override {}
+  void TlbAddPages(IotlbGather*, Iova, uint64_t, uint64_t) override {}
 };
 
 std::unique_ptr<IoPgtableOps> NewTable(FlushOps* flush) {
