@@ -143,7 +143,8 @@ LpaePgtable::LpaePgtable(const IoPgtableCfg& cfg, FlushOps* flush_ops, lpae::Sta
       start_level_(geometry.start_level),
       ias_(cfg.ias),
       oas_(cfg.oas),
-      table_attrs_((cfg.quirks & kQuirkArmNs) ? lpae::kPteNsTable : 0) {
+      table_attrs_((cfg.quirks & kQuirkArmNs) ? lpae::kPteNsTable : 0),
+      pool_(PgtablePagePool::Default()) {
   level_for_shift_.fill(-1);
   for (int level = 0; level < lpae::kMaxLevels; ++level) {
     shift_[level] = lpae::LevelShift(geometry.granule_shift, level);
@@ -165,7 +166,8 @@ LpaePgtable::~LpaePgtable() {
   while (free_tables_ != nullptr) {
     uint64_t* table = free_tables_;
     free_tables_ = reinterpret_cast<uint64_t*>(table[0]);
-    ::operator delete(table, std::align_val_t{geometry_.GranuleBytes()});
+    table[0] = 0;
+    pool_.Free(table, geometry_.GranuleBytes());
   }
 }
 
@@ -179,7 +181,9 @@ uint64_t* LpaePgtable::AllocTable(int level) {
     free_tables_ = reinterpret_cast<uint64_t*>(table[0]);
     table[0] = 0;
     --cached_table_count_;
-  } else {
+  } else if (bytes == geometry_.GranuleBytes()) {
+    table = static_cast<uint64_t*>(pool_.Alloc(bytes));
+  } else {  // a root smaller than a granule, or concatenated
     void* mem = ::operator new(bytes, std::align_val_t{std::max<uint64_t>(bytes, 64)});
     std::memset(mem, 0, bytes);
     table = static_cast<uint64_t*>(mem);
@@ -198,7 +202,7 @@ void LpaePgtable::FreeTable(uint64_t* table, int level) {
   assert(std::all_of(table, table + entries_[level], [](uint64_t pte) { return pte == 0; }) &&
          "only empty tables are freed");
   if (level == start_level_ || cached_table_count_ == kMaxCachedTables) {
-    ReleaseTable(table, level);
+    ReleaseTable(table, level, /*zeroed=*/true);
     return;
   }
   // Non-root tables are all one granule: any of them serves any level.
@@ -210,9 +214,14 @@ void LpaePgtable::FreeTable(uint64_t* table, int level) {
   walk_cache_.level = -1;
 }
 
-void LpaePgtable::ReleaseTable(uint64_t* table, int level) {
+void LpaePgtable::ReleaseTable(uint64_t* table, int level, bool zeroed) {
   const uint64_t bytes = entries_[level] * sizeof(uint64_t);
-  ::operator delete(table, std::align_val_t{std::max<uint64_t>(bytes, 64)});
+  if (bytes == geometry_.GranuleBytes()) {
+    if (!zeroed) std::memset(table, 0, bytes);
+    pool_.Free(table, bytes);
+  } else {
+    ::operator delete(table, std::align_val_t{std::max<uint64_t>(bytes, 64)});
+  }
   --table_count_;
   table_bytes_ -= bytes;
   walk_cache_.level = -1;
@@ -225,7 +234,7 @@ void LpaePgtable::ReleaseSubtree(uint64_t* table, int level) {
       if ((pte & lpae::kPteValid) && !IsLeaf(pte, level)) ReleaseSubtree(TablePtr(pte), level + 1);
     }
   }
-  ReleaseTable(table, level);
+  ReleaseTable(table, level, /*zeroed=*/false);
 }
 
 // --- Walks -------------------------------------------------------------------
@@ -354,6 +363,16 @@ absl::Status LpaePgtable::MapPages(Iova iova, PhysAddr paddr, uint64_t pgsize_by
   }
   const uint64_t pte_bits = cached_attrs_ |
                             (level == kLeafLevel ? lpae::kPteTypePage : lpae::kPteTypeBlock);
+  // Fast path: one leaf into the leaf table the walk cache holds.
+  if (pgcount == 1 && CacheHit(va, level)) {
+    uint64_t* ptep = walk_cache_.tables[level] + Index(va, level);
+    if (ABSL_PREDICT_TRUE(*ptep == 0)) {
+      *ptep = pa | pte_bits;
+      AddLive(walk_cache_.count_slot, 1);
+      ++leaf_count_[level];
+      return absl::OkStatus();
+    }
+  }
   uint64_t done = 0;
   uint64_t cur_va = va;
   uint64_t cur_pa = pa;
@@ -408,10 +427,26 @@ absl::StatusOr<uint64_t> LpaePgtable::UnmapPages(Iova iova, uint64_t pgsize_byte
   const uint64_t size = pgcount << s;
   const uint64_t last = va + size - 1;
 
-  // Fast path: one leaf exactly covers the range.
+  const int level = level_for_shift_[s];
+  // Fast path: one leaf in the leaf table the walk cache holds (its entries
+  // are pgsize_bytes, so the leaf is exactly the range).
+  if (pgcount == 1 && CacheHit(va, level)) {
+    uint64_t* ptep = walk_cache_.tables[level] + Index(va, level);
+    if (ABSL_PREDICT_TRUE(IsLeaf(*ptep, level))) {
+      *ptep = 0;
+      if (!gather->queued) flush_ops_->TlbAddPage(gather, iova, size);
+      --leaf_count_[level];
+      if (SubLive(walk_cache_.count_slot, 1) == 0) {
+        Cursor c;
+        c.tables = walk_cache_.tables;
+        FreeEmptyTables(c, level, va, /*notify=*/true);
+      }
+      return size;
+    }
+  }
+  // One leaf exactly covering the range.
   Cursor c;
   bool found = false;
-  const int level = level_for_shift_[s];
   if (level > start_level_ && CacheHit(va, level)) {
     c.tables = walk_cache_.tables;
     c.level = level;

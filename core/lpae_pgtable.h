@@ -18,11 +18,14 @@
 // becomes empty (Linux keeps empty tables until the whole table is freed).
 //
 // Table recycling. A freed table is all zeroes, so up to kMaxCachedTables of
-// them are kept on a free list (linked through entry 0) and handed out again
-// without allocation or zeroing; the rest go back to operator delete. Cached
-// tables are not part of the tree: they are reported apart as
-// PgtableStats::cached_table_{count,bytes}, so the memory held is always
-// table_bytes + cached_table_bytes, and the cache is bounded (8 granules).
+// them are kept on this table's free list (linked through entry 0, no lock)
+// and handed out again without allocation or zeroing; the rest go back to the
+// process's PgtablePagePool (bounded, shared, mutex-protected), which hands
+// zeroed pages to the next table that needs one instead of faulting in fresh
+// memory. Cached tables are not part of the tree: they are reported apart as
+// PgtableStats::cached_table_{count,bytes}, so the memory this table holds is
+// always table_bytes + cached_table_bytes, the cache bounded to 8 granules.
+// Roots that are not one granule (small or concatenated) bypass both.
 //
 // Policy. MapPages writes one leaf per page at the level whose entry size is
 // pgsize_bytes (a block above level 3, a page at level 3); callers choose the
@@ -55,6 +58,7 @@
 #include "absl/status/statusor.h"
 #include "core/io_pgtable.h"
 #include "core/lpae_format.h"
+#include "core/pgtable_page_pool.h"
 #include "core/prot.h"
 #include "core/types.h"
 
@@ -160,8 +164,9 @@ class LpaePgtable final : public IoPgtableOps {
   uint64_t* AllocTable(int level);
   // Frees an empty (all-zero) table, into the free list while it has room.
   void FreeTable(uint64_t* table, int level);
-  // Returns a table's memory, whatever it holds.
-  void ReleaseTable(uint64_t* table, int level);
+  // Returns a table's memory (granule-sized ones to the page pool, zeroed
+  // first unless `zeroed`).
+  void ReleaseTable(uint64_t* table, int level, bool zeroed);
   void ReleaseSubtree(uint64_t* table, int level);
 
   // Walks to the leaf table of `level` for va, allocating missing tables;
@@ -227,6 +232,8 @@ class LpaePgtable final : public IoPgtableOps {
   const unsigned ias_;
   const unsigned oas_;
   const uint64_t table_attrs_;  // NSTable under kQuirkArmNs
+  // Where granule-sized tables come from and go back to.
+  PgtablePagePool& pool_;
   // Per level: IOVA shift of the index, index mask, entries (the root's at
   // start_level_), offset mask of a leaf, and whether a leaf of that level's
   // size is in pgsize_bitmap.
