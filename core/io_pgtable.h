@@ -82,6 +82,17 @@ class FlushOps {
   // A leaf of granule_bytes at iova was cleared; add it to the gather (or
   // invalidate it) before the caller's sync. Not called for queued gathers.
   virtual void TlbAddPage(IotlbGather* gather, Iova iova, uint64_t granule_bytes) = 0;
+  // count consecutive leaves of granule_bytes each, from iova, were cleared
+  // (one run within one table); same contract as count TlbAddPage calls, which
+  // is what the default does. Formats call this once per run of more than one
+  // leaf; override it to gather a run in one step. Not called for queued
+  // gathers. REQUIRES: count >= 1, the run does not pass 2^64.
+  virtual void TlbAddPages(IotlbGather* gather, Iova iova, uint64_t granule_bytes,
+                           uint64_t count) {
+    for (uint64_t i = 0; i < count; ++i) {
+      TlbAddPage(gather, Iova(iova.value() + i * granule_bytes), granule_bytes);
+    }
+  }
 };
 
 // Memory attributes of a leaf, decoded.
@@ -120,6 +131,11 @@ struct PgtableMapping {
 struct PgtableStats {
   uint64_t table_count = 0;   // tables, the root (even concatenated) counting as one
   uint64_t table_bytes = 0;   // descriptor memory of those tables
+  // Freed (empty) tables the format keeps for reuse instead of returning them
+  // to the allocator; not in table_count. Page-table memory held is
+  // table_bytes + cached_table_bytes.
+  uint64_t cached_table_count = 0;
+  uint64_t cached_table_bytes = 0;
   uint64_t mapped_bytes = 0;
   struct LeafCount {
     uint64_t size_bytes = 0;
@@ -169,8 +185,9 @@ class IoPgtableOps {
   // of any size, but every byte of it must be mapped (else NOT_FOUND naming
   // the first hole, nothing changed). A leaf reaching outside the range is a
   // split: FAILED_PRECONDITION unless flags has kAllowSplit. Each cleared leaf
-  // is reported by TlbAddPage(gather, ...) unless gather->queued; tables left
-  // empty are freed after a TlbFlushWalk over their range.
+  // is reported to the gather unless gather->queued — by TlbAddPage, or by one
+  // TlbAddPages per run of consecutive leaves in one table; tables left empty
+  // are freed after a TlbFlushWalk over their range.
   // REQUIRES: gather != nullptr.
   virtual absl::StatusOr<uint64_t> UnmapPages(Iova iova, uint64_t pgsize_bytes, uint64_t pgcount,
                                               IotlbGather* gather,

@@ -67,6 +67,35 @@ inline constexpr uint64_t kPteAddrMask = LowMask(kMaxAddrBits) & ~LowMask(12);
 // --- Table descriptor attributes (stage 1) ---
 inline constexpr uint64_t kPteNsTable = uint64_t{1} << 63;
 
+// --- Table descriptor software field (both stages) ---
+// Bits [58:55] and [11:2] of a table descriptor are IGNORED by the walker
+// (VMSAv8-64 without FEAT_HAFT / FEAT_LPA2, neither of which is modelled), so
+// software may keep data there. This format keeps the number of valid entries
+// of the next-level table in them — count bits [9:0] in descriptor bits
+// [11:2], count bits [13:10] in [58:55] — so the count lives in the word the
+// walk already loads, and a table is exactly one granule of descriptors.
+// 14 bits hold 0..16383, enough for the 8192 entries of a 64K-granule table.
+inline constexpr unsigned kPteSwCountLoShift = 2;
+inline constexpr unsigned kPteSwCountLoBits = 10;
+inline constexpr unsigned kPteSwCountHiShift = 55;
+inline constexpr unsigned kPteSwCountHiBits = 4;
+inline constexpr uint64_t kPteSwCountMask =
+    (LowMask(kPteSwCountLoBits) << kPteSwCountLoShift) |
+    (LowMask(kPteSwCountHiBits) << kPteSwCountHiShift);
+inline constexpr uint64_t kMaxTableCount = LowMask(kPteSwCountLoBits + kPteSwCountHiBits);
+
+// The live-entry count a table descriptor carries.
+constexpr uint64_t TableCount(uint64_t table_pte) {
+  return ((table_pte >> kPteSwCountLoShift) & LowMask(kPteSwCountLoBits)) |
+         (((table_pte >> kPteSwCountHiShift) & LowMask(kPteSwCountHiBits)) << kPteSwCountLoBits);
+}
+// table_pte with its count replaced. REQUIRES: count <= kMaxTableCount.
+constexpr uint64_t WithTableCount(uint64_t table_pte, uint64_t count) {
+  return (table_pte & ~kPteSwCountMask) |
+         ((count & LowMask(kPteSwCountLoBits)) << kPteSwCountLoShift) |
+         ((count >> kPteSwCountLoBits) << kPteSwCountHiShift);
+}
+
 // --- Stage-1 leaf attributes ---
 inline constexpr uint64_t kPteXn = uint64_t{1} << 54;   // UXN: EL0 execute-never
 inline constexpr uint64_t kPtePxn = uint64_t{1} << 53;  // privileged execute-never
@@ -117,6 +146,12 @@ inline constexpr uint64_t kPteS1LeafAttrs = kPteXn | kPtePxn | kPteNg | kPteAf |
 inline constexpr uint64_t kPteS2LeafAttrs =
     kPteS2Xn | kPteAf | kPteShMask | kPteS2ApWrite | kPteS2ApRead | kPteS2MemAttrMask;
 
+static_assert((kPteSwCountMask & (kPteAddrMask | kPteTypeMask | kPteNsTable)) == 0);
+static_assert(kMaxTableCount >= (uint64_t{1} << 13), "a 64K-granule table's 8192 entries");
+static_assert(TableCount(WithTableCount(~uint64_t{0}, 8192)) == 8192);
+static_assert(TableCount(WithTableCount(0, 1023)) == 1023);
+static_assert(TableCount(WithTableCount(0, 1024)) == 1024);
+static_assert((WithTableCount(0, kMaxTableCount) & ~kPteSwCountMask) == 0);
 static_assert((kPteS1LeafAttrs & kPteAddrMask) == 0);
 static_assert((kPteS2LeafAttrs & kPteAddrMask) == 0);
 static_assert(((kPteS1LeafAttrs | kPteS2LeafAttrs) & kPteTypeMask) == 0);

@@ -176,5 +176,20 @@ TEST(LpaeGeometryTest, CoversExactlyTheIasForEveryConfig) {
   }
 }
 
+// The table-descriptor software count round-trips every value a table can
+// hold and never disturbs the address, type or NSTable bits.
+TEST(LpaeFormatTest, TableCountFieldRoundTripsAndKeepsDescriptorBits) {
+  const uint64_t desc = (uint64_t{0xfedc'ba98'7000} & lpae::kPteAddrMask) | lpae::kPteTypeTable |
+                        lpae::kPteNsTable;
+  for (uint64_t count = 0; count <= lpae::kMaxTableCount; ++count) {
+    const uint64_t with = lpae::WithTableCount(desc, count);
+    ASSERT_EQ(lpae::TableCount(with), count);
+    ASSERT_EQ(with & ~lpae::kPteSwCountMask, desc) << count;
+    ASSERT_EQ(lpae::WithTableCount(with, 0), desc);
+  }
+  EXPECT_EQ(lpae::kPteSwCountMask, (uint64_t{0xf} << 55) | (uint64_t{0x3ff} << 2));
+  EXPECT_EQ(lpae::WithTableCount(0, 0x2401), (uint64_t{0x9} << 55) | (uint64_t{1} << 2));
+}
+
 }  // namespace
 }  // namespace iommu::core

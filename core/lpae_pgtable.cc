@@ -1,5 +1,6 @@
-// LpaePgtable: construction, table memory, map, unmap and block splits.
-// Inspection (walk, dumps, invariants) lives in lpae_pgtable_inspect.cc.
+// LpaePgtable: construction, table memory, walks, argument checks and map.
+// Unmap and block splits live in lpae_pgtable_unmap.cc, inspection (walk,
+// dumps, invariants) in lpae_pgtable_inspect.cc.
 
 #include "core/lpae_pgtable.h"
 
@@ -12,16 +13,16 @@
 #include "absl/strings/str_format.h"
 #include "core/bits.h"
 #include "core/errors.h"
+#include "core/lpae_runs.h"
 #include "core/status_macros.h"
 
 namespace iommu::core {
 
+using internal::FillLeaves;
+using internal::OrAll;
 using lpae::kLeafLevel;
 
 namespace {
-
-// The software word after each table holding its live-entry count.
-constexpr uint64_t kFooterBytes = sizeof(uint64_t);
 
 bool ValidProt(Prot prot) {
   const uint32_t bits = uint32_t(prot);
@@ -87,7 +88,8 @@ LpaePgtable::LpaePgtable(const IoPgtableCfg& cfg, FlushOps* flush_ops, lpae::Sta
       start_level_(geometry.start_level),
       ias_(cfg.ias),
       oas_(cfg.oas),
-      table_attrs_((cfg.quirks & kQuirkArmNs) ? lpae::kPteNsTable : 0) {
+      table_attrs_((cfg.quirks & kQuirkArmNs) ? lpae::kPteNsTable : 0),
+      pool_(PgtablePagePool::Default()) {
   level_for_shift_.fill(-1);
   for (int level = 0; level < lpae::kMaxLevels; ++level) {
     shift_[level] = lpae::LevelShift(geometry.granule_shift, level);
@@ -105,68 +107,114 @@ LpaePgtable::LpaePgtable(const IoPgtableCfg& cfg, FlushOps* flush_ops, lpae::Sta
 
 LpaePgtable::~LpaePgtable() {
   flush_ops_->TlbFlushAll();
-  FreeSubtree(root_, start_level_);
+  ReleaseSubtree(root_, start_level_);
+  while (free_tables_ != nullptr) {
+    uint64_t* table = free_tables_;
+    free_tables_ = reinterpret_cast<uint64_t*>(table[0]);
+    table[0] = 0;
+    pool_.Free(table, geometry_.GranuleBytes());
+  }
 }
 
 // --- Table memory --------------------------------------------------------------
 
 uint64_t* LpaePgtable::AllocTable(int level) {
   const uint64_t bytes = entries_[level] * sizeof(uint64_t);
-  const std::align_val_t align{std::max<uint64_t>(bytes, 64)};
-  void* mem = ::operator new(bytes + kFooterBytes, align);
-  std::memset(mem, 0, bytes + kFooterBytes);
+  uint64_t* table;
+  if (level != start_level_ && free_tables_ != nullptr) {
+    table = free_tables_;
+    free_tables_ = reinterpret_cast<uint64_t*>(table[0]);
+    table[0] = 0;
+    --cached_table_count_;
+  } else if (bytes == geometry_.GranuleBytes()) {
+    table = static_cast<uint64_t*>(pool_.Alloc(bytes));
+  } else {  // a root smaller than a granule, or concatenated
+    void* mem = ::operator new(bytes, std::align_val_t{std::max<uint64_t>(bytes, 64)});
+    std::memset(mem, 0, bytes);
+    table = static_cast<uint64_t*>(mem);
+  }
   // A table below the root is referenced by a descriptor: its host address
   // must fit the output-address field (below 2^48, granule-aligned).
   assert((level == start_level_ ||
-          (reinterpret_cast<uintptr_t>(mem) & ~lpae::kPteAddrMask) == 0) &&
+          (reinterpret_cast<uintptr_t>(table) & ~lpae::kPteAddrMask) == 0) &&
          "host table address does not fit a table descriptor");
   ++table_count_;
   table_bytes_ += bytes;
-  return static_cast<uint64_t*>(mem);
+  return table;
 }
 
 void LpaePgtable::FreeTable(uint64_t* table, int level) {
+  assert(std::all_of(table, table + entries_[level], [](uint64_t pte) { return pte == 0; }) &&
+         "only empty tables are freed");
+  if (level == start_level_ || cached_table_count_ == kMaxCachedTables) {
+    ReleaseTable(table, level, /*zeroed=*/true);
+    return;
+  }
+  // Non-root tables are all one granule: any of them serves any level.
+  table[0] = reinterpret_cast<uintptr_t>(free_tables_);
+  free_tables_ = table;
+  ++cached_table_count_;
+  --table_count_;
+  table_bytes_ -= entries_[level] * sizeof(uint64_t);
+  walk_cache_.level = -1;
+}
+
+void LpaePgtable::ReleaseTable(uint64_t* table, int level, bool zeroed) {
   const uint64_t bytes = entries_[level] * sizeof(uint64_t);
-  ::operator delete(table, std::align_val_t{std::max<uint64_t>(bytes, 64)});
+  if (bytes == geometry_.GranuleBytes()) {
+    if (!zeroed) std::memset(table, 0, bytes);
+    pool_.Free(table, bytes);
+  } else {
+    ::operator delete(table, std::align_val_t{std::max<uint64_t>(bytes, 64)});
+  }
   --table_count_;
   table_bytes_ -= bytes;
   walk_cache_.level = -1;
 }
 
-void LpaePgtable::FreeSubtree(uint64_t* table, int level) {
+void LpaePgtable::ReleaseSubtree(uint64_t* table, int level) {
   if (level < kLeafLevel) {
     for (uint64_t i = 0; i < entries_[level]; ++i) {
       const uint64_t pte = table[i];
-      if ((pte & lpae::kPteValid) && !IsLeaf(pte, level)) FreeSubtree(TablePtr(pte), level + 1);
+      if ((pte & lpae::kPteValid) && !IsLeaf(pte, level)) ReleaseSubtree(TablePtr(pte), level + 1);
     }
   }
-  FreeTable(table, level);
+  ReleaseTable(table, level, /*zeroed=*/false);
 }
 
 // --- Walks -------------------------------------------------------------------
 
-uint64_t* LpaePgtable::WalkAlloc(uint64_t va, int level) {
-  if (level == start_level_) return root_;
-  if (CacheHit(va, level)) return walk_cache_.tables[level];
+uint64_t* LpaePgtable::WalkAlloc(uint64_t va, int level, uint64_t** count_slot) {
+  if (level == start_level_) {
+    *count_slot = &root_count_;
+    return root_;
+  }
+  if (CacheHit(va, level)) {
+    *count_slot = walk_cache_.count_slot;
+    return walk_cache_.tables[level];
+  }
   walk_cache_.level = -1;
   uint64_t* table = root_;
+  uint64_t* slot = &root_count_;
   for (int l = start_level_; l < level; ++l) {
     walk_cache_.tables[l] = table;
     uint64_t* ptep = table + Index(va, l);
     const uint64_t pte = *ptep;
     if (pte == 0) {
-      uint64_t* child = AllocTable(l + 1);
-      *ptep = TableDescriptor(child);
-      ++LiveCount(table, l);
-      table = child;
-      continue;
+      // An empty table until the caller fills it; nothing walks in between.
+      *ptep = TableDescriptor(AllocTable(l + 1));
+      AddLive(slot, 1);
+    } else if ((pte & lpae::kPteTypeMask) != lpae::kPteTypeTable) {
+      return nullptr;  // a block
     }
-    if ((pte & lpae::kPteTypeMask) != lpae::kPteTypeTable) return nullptr;  // a block
-    table = TablePtr(pte);
+    slot = ptep;
+    table = TablePtr(*ptep);
   }
   walk_cache_.tables[level] = table;
+  walk_cache_.count_slot = slot;
   walk_cache_.prefix = va >> shift_[level - 1];
   walk_cache_.level = level;
+  *count_slot = slot;
   return table;
 }
 
@@ -260,22 +308,31 @@ absl::Status LpaePgtable::MapPages(Iova iova, PhysAddr paddr, uint64_t pgsize_by
   }
   const uint64_t pte_bits = cached_attrs_ |
                             (level == kLeafLevel ? lpae::kPteTypePage : lpae::kPteTypeBlock);
+  // Fast path: one leaf into the leaf table the walk cache holds.
+  if (pgcount == 1 && CacheHit(va, level)) {
+    uint64_t* ptep = walk_cache_.tables[level] + Index(va, level);
+    if (ABSL_PREDICT_TRUE(*ptep == 0)) {
+      *ptep = pa | pte_bits;
+      AddLive(walk_cache_.count_slot, 1);
+      ++leaf_count_[level];
+      return absl::OkStatus();
+    }
+  }
   uint64_t done = 0;
   uint64_t cur_va = va;
   uint64_t cur_pa = pa;
   while (true) {
-    uint64_t* table = WalkAlloc(cur_va, level);
+    uint64_t* count_slot = nullptr;
+    uint64_t* table = WalkAlloc(cur_va, level, &count_slot);
     uint64_t n = 0;
     bool conflict = table == nullptr;
     if (!conflict) {
       const uint64_t idx = Index(cur_va, level);
       uint64_t* ptep = table + idx;
       const uint64_t run = std::min(pgcount - done, entries_[level] - idx);
-      // Two branch-free (vectorisable) passes: any existing entry, then fill.
-      uint64_t existing = 0;
-      for (uint64_t i = 0; i < run; ++i) existing |= ptep[i];
-      if (ABSL_PREDICT_TRUE(existing == 0)) {
-        for (uint64_t i = 0; i < run; ++i) ptep[i] = (cur_pa + (i << s)) | pte_bits;
+      // Two branch-free (vectorised) passes: any existing entry, then fill.
+      if (ABSL_PREDICT_TRUE(OrAll(ptep, run) == 0)) {
+        FillLeaves(ptep, run, cur_pa | pte_bits, pgsize_bytes);
         n = run;
         cur_pa += run << s;
       } else {
@@ -285,7 +342,7 @@ absl::Status LpaePgtable::MapPages(Iova iova, PhysAddr paddr, uint64_t pgsize_by
         }
         conflict = true;
       }
-      LiveCount(table, level) += n;
+      AddLive(count_slot, n);
       leaf_count_[level] += n;
       done += n;
       cur_va += n << s;
@@ -297,204 +354,6 @@ absl::Status LpaePgtable::MapPages(Iova iova, PhysAddr paddr, uint64_t pgsize_by
     }
     if (done == pgcount) return absl::OkStatus();
   }
-}
-
-// --- Unmap ---------------------------------------------------------------------
-
-absl::StatusOr<uint64_t> LpaePgtable::UnmapPages(Iova iova, uint64_t pgsize_bytes,
-                                                 uint64_t pgcount, IotlbGather* gather,
-                                                 UnmapFlags flags) {
-  assert(gather != nullptr);
-  const uint64_t va = iova.value();
-  const unsigned s = unsigned(std::countr_zero(pgsize_bytes));
-  const bool args_ok = IsPowerOfTwo(pgsize_bytes) && (pgsize_bytes & cfg_.pgsize_bitmap) &&
-                       pgcount != 0 && (va & (pgsize_bytes - 1)) == 0 &&
-                       pgcount <= (uint64_t{1} << (ias_ - s)) &&
-                       va <= (uint64_t{1} << ias_) - (pgcount << s);
-  if (ABSL_PREDICT_FALSE(!args_ok)) return RangeArgsError(va, pgsize_bytes, pgcount);
-  const uint64_t size = pgcount << s;
-  const uint64_t last = va + size - 1;
-
-  // Fast path: one leaf exactly covers the range.
-  Cursor c;
-  bool found = false;
-  const int level = level_for_shift_[s];
-  if (level > start_level_ && CacheHit(va, level)) {
-    c.tables = walk_cache_.tables;
-    c.level = level;
-    c.ptep = c.tables[level] + Index(va, level);
-    found = IsLeaf(*c.ptep, level) || FindLeaf(va, &c);
-  } else {
-    found = FindLeaf(va, &c);
-    if (found && c.level > start_level_) {
-      walk_cache_.tables = c.tables;
-      walk_cache_.prefix = va >> shift_[c.level - 1];
-      walk_cache_.level = c.level;
-    }
-  }
-  if (found && EntryBytes(c.level) == size && (va & offset_mask_[c.level]) == 0) {
-    *c.ptep = 0;
-    if (!gather->queued) flush_ops_->TlbAddPage(gather, iova, size);
-    --leaf_count_[c.level];
-    if (--LiveCount(c.tables[c.level], c.level) == 0 && c.level > start_level_) {
-      FreeEmptyTables(c, c.level, va, /*notify=*/true);
-    }
-    return size;
-  }
-  // Batch fast path: pgcount leaves of pgsize_bytes, all in the leaf table
-  // found at va. One vectorisable check, one clear.
-  if (found && c.level == level && Index(va, level) + pgcount <= entries_[level]) {
-    const uint64_t want_type = level == kLeafLevel ? lpae::kPteTypePage : lpae::kPteTypeBlock;
-    uint64_t* ptep = c.ptep;
-    uint64_t mismatch = 0;
-    for (uint64_t i = 0; i < pgcount; ++i) mismatch |= (ptep[i] & lpae::kPteTypeMask) ^ want_type;
-    if (mismatch == 0) {
-      std::memset(ptep, 0, pgcount * sizeof(uint64_t));
-      if (!gather->queued) {
-        for (uint64_t i = 0; i < pgcount; ++i) {
-          flush_ops_->TlbAddPage(gather, Iova(va + (i << s)), pgsize_bytes);
-        }
-      }
-      leaf_count_[level] -= pgcount;
-      if ((LiveCount(c.tables[level], level) -= pgcount) == 0 && level > start_level_) {
-        FreeEmptyTables(c, level, va, /*notify=*/true);
-      }
-      return size;
-    }
-  }
-  RETURN_IF_ERROR(
-      CheckUnmappable(va, last, (uint32_t(flags) & uint32_t(UnmapFlags::kAllowSplit)) != 0));
-  ClearRange(va, last, gather, /*notify=*/true);
-  return size;
-}
-
-absl::Status LpaePgtable::CheckUnmappable(uint64_t va, uint64_t last, bool allow_split) const {
-  uint64_t cur = va;
-  while (cur <= last) {
-    Cursor c;
-    if (!FindLeaf(cur, &c)) return FieldError(absl::StatusCode::kNotFound, "iova", cur, "not mapped");
-    const int level = c.level;
-    const uint64_t leaf_bytes = EntryBytes(level);
-    const uint64_t leaf_va = AlignDown(cur, leaf_bytes);
-    if (leaf_va < va || leaf_va + (leaf_bytes - 1) > last) {
-      if (!allow_split) {
-        return FieldError(absl::StatusCode::kFailedPrecondition, "iova", leaf_va,
-                          absl::StrFormat("the %#x-byte block mapped here lies only partly "
-                                          "inside the unmap range [%#x, %#x]; it would split",
-                                          leaf_bytes, va, last));
-      }
-      cur = leaf_va + leaf_bytes;
-      continue;
-    }
-    // Skip the run of whole leaves in this table.
-    cur += LeafRun(c, level, cur, last) * leaf_bytes;
-  }
-  return absl::OkStatus();
-}
-
-uint64_t LpaePgtable::LeafRun(const Cursor& c, int level, uint64_t cur, uint64_t last) const {
-  const uint64_t max = std::min(entries_[level] - Index(cur, level),
-                                ((last - cur) >> shift_[level]) + 1);
-  const uint64_t want_type = level == kLeafLevel ? lpae::kPteTypePage : lpae::kPteTypeBlock;
-  const uint64_t* ptep = c.ptep;
-  uint64_t mismatch = 0;
-  for (uint64_t i = 0; i < max; ++i) mismatch |= (ptep[i] & lpae::kPteTypeMask) ^ want_type;
-  if (mismatch == 0) return max;
-  uint64_t n = 0;
-  while (n < max && IsLeaf(ptep[n], level)) ++n;
-  return n;
-}
-
-void LpaePgtable::ClearRange(uint64_t va, uint64_t last, IotlbGather* gather, bool notify) {
-  const bool add_pages = notify && !gather->queued;
-  uint64_t cur = va;
-  while (cur <= last) {
-    Cursor c;
-    const bool found = FindLeaf(cur, &c);
-    assert(found && "ClearRange over a validated range met a hole");
-    (void)found;
-    const int level = c.level;
-    const uint64_t leaf_bytes = EntryBytes(level);
-    const uint64_t leaf_va = AlignDown(cur, leaf_bytes);
-    if (leaf_va < va || leaf_va + (leaf_bytes - 1) > last) {
-      assert(notify && "a map rollback never splits");
-      SplitBlock(c, std::max(va, leaf_va), std::min(last, leaf_va + (leaf_bytes - 1)));
-      cur = leaf_va + leaf_bytes;
-      continue;
-    }
-    uint64_t* table = c.tables[level];
-    uint64_t* ptep = c.ptep;
-    const uint64_t n = LeafRun(c, level, cur, last);
-    std::memset(ptep, 0, n * sizeof(uint64_t));
-    if (add_pages) {
-      for (uint64_t i = 0; i < n; ++i) flush_ops_->TlbAddPage(gather, Iova(cur + i * leaf_bytes), leaf_bytes);
-    }
-    cur += n * leaf_bytes;
-    leaf_count_[level] -= n;
-    if ((LiveCount(table, level) -= n) == 0 && level > start_level_) {
-      FreeEmptyTables(c, level, cur - leaf_bytes, notify);
-    }
-  }
-}
-
-void LpaePgtable::FreeEmptyTables(const Cursor& c, int level, uint64_t va, bool notify) {
-  while (level > start_level_ && LiveCount(c.tables[level], level) == 0) {
-    uint64_t* parent = c.tables[level - 1];
-    parent[Index(va, level - 1)] = 0;
-    if (notify) {
-      const uint64_t range = EntryBytes(level - 1);
-      flush_ops_->TlbFlushWalk(Iova(AlignDown(va, range)), range, geometry_.GranuleBytes());
-    }
-    FreeTable(c.tables[level], level);
-    --LiveCount(parent, level - 1);
-    --level;
-  }
-}
-
-// --- Splits --------------------------------------------------------------------
-
-void LpaePgtable::SplitBlock(const Cursor& c, uint64_t rm_first, uint64_t rm_last) {
-  const int level = c.level;
-  const uint64_t block_pte = *c.ptep;
-  const uint64_t block_bytes = EntryBytes(level);
-  const uint64_t block_va = AlignDown(rm_first, block_bytes);
-  assert(level < kLeafLevel);
-  uint64_t* table = BuildSplit(level, block_pte, block_va, rm_first, rm_last);
-  // Break: no walk may see both the block and the table (or a mix).
-  *c.ptep = 0;
-  --leaf_count_[level];
-  flush_ops_->TlbFlushWalk(Iova(block_va), block_bytes, block_bytes);
-  // Make.
-  *c.ptep = TableDescriptor(table);
-}
-
-uint64_t* LpaePgtable::BuildSplit(int level, uint64_t block_pte, uint64_t block_va,
-                                  uint64_t rm_first, uint64_t rm_last) {
-  const int child_level = level + 1;
-  const uint64_t child_bytes = EntryBytes(child_level);
-  const uint64_t attrs = block_pte & ~(lpae::kPteAddrMask | lpae::kPteTypeMask);
-  const uint64_t block_pa = block_pte & lpae::kPteAddrMask;
-  uint64_t* table = AllocTable(child_level);
-  uint64_t live = 0;
-  for (uint64_t i = 0; i < entries_[child_level]; ++i) {
-    const uint64_t first = block_va + i * child_bytes;
-    const uint64_t last = first + (child_bytes - 1);
-    const uint64_t pa = block_pa + i * child_bytes;
-    if (first >= rm_first && last <= rm_last) continue;  // removed whole
-    const bool keep_whole = last < rm_first || first > rm_last;
-    if (keep_whole && leaf_allowed_[child_level]) {
-      table[i] = pa | attrs |
-                 (child_level == kLeafLevel ? lpae::kPteTypePage : lpae::kPteTypeBlock);
-      ++leaf_count_[child_level];
-    } else {
-      table[i] = TableDescriptor(
-          BuildSplit(child_level, pa | attrs | lpae::kPteTypeBlock, first, rm_first, rm_last));
-    }
-    ++live;
-  }
-  assert(live > 0);
-  LiveCount(table, child_level) = live;
-  return table;
 }
 
 }  // namespace iommu::core

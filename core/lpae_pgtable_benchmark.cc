@@ -1,6 +1,7 @@
 // LPAE page-table micro-benchmarks (DESIGN §7: 4 KiB map+unmap <= 30 ns,
 // <= 1 ns/page in batches of >= 64). Stage 1, 4K granule, ias = oas = 48,
-// no-op flush ops, non-queued gather (TlbAddPage per unmapped page); calls go
+// no-op flush ops, non-queued gather (TlbAddPage per single-page unmap, one
+// TlbAddPages per run of pages in one table); calls go
 // through the generic IoPgtableOps interface.
 
 #include <cstdint>
@@ -21,6 +22,7 @@ class NoopFlushOps final : public FlushOps {
   void TlbFlushAll() override {}
   void TlbFlushWalk(Iova, uint64_t, uint64_t) override {}
   void TlbAddPage(IotlbGather*, Iova, uint64_t) override {}
+  void TlbAddPages(IotlbGather*, Iova, uint64_t, uint64_t) override {}
 };
 
 std::unique_ptr<IoPgtableOps> NewTable(FlushOps* flush) {

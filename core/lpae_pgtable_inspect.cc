@@ -83,6 +83,8 @@ PgtableStats LpaePgtable::Stats() const {
   PgtableStats stats;
   stats.table_count = table_count_;
   stats.table_bytes = table_bytes_;
+  stats.cached_table_count = cached_table_count_;
+  stats.cached_table_bytes = cached_table_count_ * geometry_.GranuleBytes();
   for (int level = lpae::kLeafLevel; level >= 0; --level) {
     if (!leaf_allowed_[level]) continue;
     stats.leaves.push_back({EntryBytes(level), leaf_count_[level]});
@@ -100,7 +102,7 @@ struct LpaePgtable::Counts {
 };
 
 absl::Status LpaePgtable::CheckTable(const uint64_t* table, int level, uint64_t base_va,
-                                     Counts* counts) const {
+                                     uint64_t live_word, Counts* counts) const {
   ++counts->tables;
   counts->table_bytes += entries_[level] * sizeof(uint64_t);
   const uint64_t leaf_attrs =
@@ -118,14 +120,15 @@ absl::Status LpaePgtable::CheckTable(const uint64_t* table, int level, uint64_t 
     };
     if (!(pte & lpae::kPteValid)) return bad("invalid descriptor with stray bits");
     if (level < kLeafLevel && type == lpae::kPteTypeTable) {
-      if (pte & ~(lpae::kPteAddrMask | lpae::kPteTypeMask | table_attrs_)) {
+      if (pte & ~(lpae::kPteAddrMask | lpae::kPteTypeMask | lpae::kPteSwCountMask |
+                  table_attrs_)) {
         return bad("table descriptor with unexpected attribute bits");
       }
       const uint64_t* child = TablePtr(pte);
       if (!IsAligned(reinterpret_cast<uintptr_t>(child), geometry_.GranuleBytes())) {
         return bad("next-level table not granule-aligned");
       }
-      RETURN_IF_ERROR(CheckTable(child, level + 1, va, counts));
+      RETURN_IF_ERROR(CheckTable(child, level + 1, va, lpae::TableCount(pte), counts));
       continue;
     }
     const bool leaf_type = level == kLeafLevel ? type == lpae::kPteTypePage
@@ -141,10 +144,10 @@ absl::Status LpaePgtable::CheckTable(const uint64_t* table, int level, uint64_t 
     if ((pa + EntryBytes(level) - 1) >> oas_) return bad("output address beyond oas");
     ++counts->leaves[level];
   }
-  if (live != table[entries_[level]]) {
+  if (live != live_word) {
     return absl::InternalError(absl::StrFormat("level %d table at iova %#x: %u live entries, "
-                                               "count word says %u",
-                                               level, base_va, live, table[entries_[level]]));
+                                               "its descriptor's count says %u",
+                                               level, base_va, live, live_word));
   }
   if (live == 0 && level != start_level_) {
     return absl::InternalError(
@@ -153,9 +156,36 @@ absl::Status LpaePgtable::CheckTable(const uint64_t* table, int level, uint64_t 
   return absl::OkStatus();
 }
 
+absl::Status LpaePgtable::CheckFreeList() const {
+  uint64_t n = 0;
+  for (const uint64_t* t = free_tables_; t != nullptr; t = reinterpret_cast<const uint64_t*>(t[0])) {
+    if (++n > kMaxCachedTables) {
+      return absl::InternalError(absl::StrFormat("free list longer than %u", kMaxCachedTables));
+    }
+    if (!IsAligned(reinterpret_cast<uintptr_t>(t), geometry_.GranuleBytes())) {
+      return absl::InternalError("cached table not granule-aligned");
+    }
+    for (uint64_t i = 1; i < geometry_.TableEntries(); ++i) {
+      if (t[i] != 0) {
+        return absl::InternalError(
+            absl::StrFormat("cached table %u: entry %u is %#x, not zero", n, i, t[i]));
+      }
+    }
+  }
+  if (n != cached_table_count_) {
+    return absl::InternalError(absl::StrFormat("free list holds %u tables, accounted %u", n,
+                                               cached_table_count_));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status LpaePgtable::CheckInvariants() const {
+  if (root_count_ & ~lpae::kPteSwCountMask) {
+    return absl::InternalError(absl::StrFormat("root count word %#x has stray bits", root_count_));
+  }
   Counts counts;
-  RETURN_IF_ERROR(CheckTable(root_, start_level_, 0, &counts));
+  RETURN_IF_ERROR(
+      CheckTable(root_, start_level_, 0, lpae::TableCount(root_count_), &counts));
   if (counts.tables != table_count_ || counts.table_bytes != table_bytes_) {
     return absl::InternalError(absl::StrFormat(
         "found %u tables / %u bytes, accounted %u / %u", counts.tables, counts.table_bytes,
@@ -167,7 +197,7 @@ absl::Status LpaePgtable::CheckInvariants() const {
                                                  counts.leaves[level], leaf_count_[level]));
     }
   }
-  return absl::OkStatus();
+  return CheckFreeList();
 }
 
 }  // namespace iommu::core

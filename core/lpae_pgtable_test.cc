@@ -29,10 +29,11 @@ constexpr Prot kRW = Prot::kRead | Prot::kWrite;
 class RecordingFlush final : public FlushOps {
  public:
   struct Call {
-    enum Kind { kAll, kWalk, kAddPage } kind;
+    enum Kind { kAll, kWalk, kAddPage, kAddPages } kind;
     uint64_t iova = 0;
     uint64_t size_bytes = 0;
     uint64_t granule_bytes = 0;
+    uint64_t count = 1;  // leaves of a kAddPages
   };
   void TlbFlushAll() override { calls.push_back({Call::kAll}); }
   void TlbFlushWalk(Iova iova, uint64_t size_bytes, uint64_t granule_bytes) override {
@@ -43,8 +44,26 @@ class RecordingFlush final : public FlushOps {
     calls.push_back({Call::kAddPage, iova.value(), granule_bytes, granule_bytes});
     gather->AddRange(iova, granule_bytes);
   }
+  void TlbAddPages(IotlbGather* gather, Iova iova, uint64_t granule_bytes,
+                   uint64_t count) override {
+    calls.push_back(
+        {Call::kAddPages, iova.value(), granule_bytes * count, granule_bytes, count});
+    gather->AddRange(iova, granule_bytes * count);
+  }
   size_t Count(Call::Kind kind) const {
     return std::count_if(calls.begin(), calls.end(), [&](const Call& c) { return c.kind == kind; });
+  }
+  // Every leaf reported by TlbAddPage or TlbAddPages, as (iova, leaf size),
+  // in call order.
+  std::vector<std::pair<uint64_t, uint64_t>> GatheredLeaves() const {
+    std::vector<std::pair<uint64_t, uint64_t>> leaves;
+    for (const Call& c : calls) {
+      if (c.kind != Call::kAddPage && c.kind != Call::kAddPages) continue;
+      for (uint64_t i = 0; i < c.count; ++i) {
+        leaves.push_back({c.iova + i * c.granule_bytes, c.granule_bytes});
+      }
+    }
+    return leaves;
   }
 
   std::vector<Call> calls;
@@ -247,11 +266,79 @@ TEST_F(LpaePgtableTest, UnmapReportsLeavesAndFreesEmptyTables) {
   EXPECT_EQ(last3[2].iova, 0x1'0000'0000u);
 }
 
+TEST_F(LpaePgtableTest, FreedTablesAreCachedAccountedAndReused) {
+  ASSERT_TRUE(Map(0x1'0000'0000, 0x8000'0000, kSz4K).ok());
+  PgtableStats st = pt_->Stats();
+  EXPECT_EQ(st.table_count, 4u);
+  EXPECT_EQ(st.table_bytes, 4 * kSz4K);
+  EXPECT_EQ(st.cached_table_count, 0u);
+  ASSERT_TRUE(Unmap(0x1'0000'0000, kSz4K).ok());
+  st = pt_->Stats();
+  EXPECT_EQ(st.table_count, 1u) << "freed from the tree";
+  EXPECT_EQ(st.table_bytes, kSz4K);
+  EXPECT_EQ(st.cached_table_count, 3u) << "kept for reuse, counted apart";
+  EXPECT_EQ(st.cached_table_bytes, 3 * kSz4K);
+  // A map elsewhere takes its tables from the cache, and they are empty.
+  ASSERT_TRUE(Map(0x7f'0000'0000, 0x1000, kSz4K, 2).ok());
+  st = pt_->Stats();
+  EXPECT_EQ(st.table_count, 4u);
+  EXPECT_EQ(st.cached_table_count, 0u);
+  EXPECT_EQ(Phys(0x7f'0000'1000), 0x2000u);
+  EXPECT_EQ(Phys(0x1'0000'0000), 0u);
+  // The cache is bounded: freeing many tables keeps at most 8.
+  for (uint64_t i = 0; i < 20; ++i) ASSERT_TRUE(Map(i * kSz2M, 0, kSz4K).ok());
+  EXPECT_EQ(pt_->Stats().table_count, 4u + 1 + 20) << "the L1 table is shared; one L2, 20 L3";
+  for (uint64_t i = 0; i < 20; ++i) ASSERT_TRUE(Unmap(i * kSz2M, kSz4K).ok());
+  st = pt_->Stats();
+  EXPECT_EQ(st.table_count, 4u);
+  EXPECT_EQ(st.cached_table_count, 8u);
+  EXPECT_EQ(st.cached_table_bytes, 8 * kSz4K);
+}
+
+// The live-entry count of a full 64K-granule table (8192) needs the high
+// count bits [58:55] of its table descriptor; a 16K table's 2048 needs one.
+TEST(LpaeTableCountTest, FullLargeGranuleTables) {
+  for (unsigned granule_shift : {14u, 16u}) {
+    SCOPED_TRACE(granule_shift);
+    RecordingFlush flush;
+    IoPgtableCfg cfg;
+    cfg.format = IoPgtableFormat::kArm64LpaeS1;
+    cfg.pgsize_bitmap = lpae::PgsizeBitmapForGranule(granule_shift);
+    cfg.ias = 48;
+    cfg.oas = 48;
+    auto t = LpaePgtable::Create(cfg, &flush);
+    ASSERT_TRUE(t.ok());
+    LpaePgtable& pt = **t;
+    const uint64_t page = uint64_t{1} << granule_shift;
+    const uint64_t entries = page / 8;
+    const uint64_t base = entries * page * 3;  // the start of a leaf table's range
+    ASSERT_TRUE(pt.MapPages(Iova(base), PhysAddr(0), page, entries, kRW).ok());
+    ASSERT_TRUE(pt.CheckInvariants().ok()) << pt.CheckInvariants();
+    // One page at a time, the count walks down through every value.
+    IotlbGather gather;
+    for (uint64_t i = 0; i < entries; ++i) {
+      ASSERT_TRUE(pt.UnmapPages(Iova(base + i * page), page, 1, &gather).ok());
+      if (i % 509 == 0 || i + 2 >= entries) {
+        ASSERT_TRUE(pt.CheckInvariants().ok()) << pt.CheckInvariants() << " i " << i;
+      }
+    }
+    EXPECT_EQ(pt.Stats().table_count, 1u);
+    EXPECT_EQ(flush.GatheredLeaves().size(), entries);
+    // And up again page by page.
+    for (uint64_t i = 0; i < entries; ++i) {
+      ASSERT_TRUE(pt.MapPages(Iova(base + i * page), PhysAddr(i * page), page, 1, kRW).ok());
+    }
+    ASSERT_TRUE(pt.CheckInvariants().ok()) << pt.CheckInvariants();
+    EXPECT_EQ(pt.Stats().leaves[0].count, entries);
+  }
+}
+
 TEST_F(LpaePgtableTest, QueuedGatherSkipsAddPage) {
   ASSERT_TRUE(Map(0x1000, 0x1000, kSz4K, 2).ok());
   gather_.queued = true;
   ASSERT_TRUE(Unmap(0x1000, kSz4K, 2).ok());
   EXPECT_EQ(flush_.Count(RecordingFlush::Call::kAddPage), 0u);
+  EXPECT_EQ(flush_.Count(RecordingFlush::Call::kAddPages), 0u);
   EXPECT_TRUE(gather_.empty());
 }
 
@@ -279,8 +366,72 @@ TEST_F(LpaePgtableTest, UnmapWholeBlocksAndMixedLeaves) {
   auto r = Unmap(0, kSz4K, 1024);
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_EQ(*r, 2 * kSz2M);
-  EXPECT_EQ(flush_.Count(RecordingFlush::Call::kAddPage), 513u);
+  // The block alone, then the 512 pages of one table as one run.
+  EXPECT_EQ(flush_.Count(RecordingFlush::Call::kAddPage), 1u);
+  ASSERT_EQ(flush_.Count(RecordingFlush::Call::kAddPages), 1u);
+  const auto leaves = flush_.GatheredLeaves();
+  ASSERT_EQ(leaves.size(), 513u);
+  EXPECT_EQ(leaves[0], std::make_pair(uint64_t{0}, kSz2M));
+  for (uint64_t i = 0; i < 512; ++i) {
+    ASSERT_EQ(leaves[1 + i], std::make_pair(kSz2M + i * kSz4K, kSz4K));
+  }
+  EXPECT_EQ(gather_.start, 0u);
+  EXPECT_EQ(gather_.end, 2 * kSz2M - 1);
   EXPECT_EQ(pt_->Stats().table_count, 1u);
+}
+
+TEST_F(LpaePgtableTest, BatchUnmapGathersOneRunPerTable) {
+  // 1030 pages from 3 pages before a 1G boundary: runs of 3 | 512 | 512 | 3
+  // pages in four L3 tables (under two L2 tables).
+  const uint64_t base = kSz1G - 3 * kSz4K;
+  ASSERT_TRUE(Map(base, 0x7000'0000, kSz4K, 1030).ok());
+  flush_.calls.clear();
+  ASSERT_TRUE(Unmap(base, kSz4K, 1030).ok());
+  std::vector<uint64_t> runs;
+  for (const auto& c : flush_.calls) {
+    if (c.kind == RecordingFlush::Call::kAddPages) runs.push_back(c.count);
+  }
+  EXPECT_EQ(runs, (std::vector<uint64_t>{3, 512, 512, 3}));
+  EXPECT_EQ(flush_.Count(RecordingFlush::Call::kAddPage), 0u);
+  const auto leaves = flush_.GatheredLeaves();
+  ASSERT_EQ(leaves.size(), 1030u);
+  for (uint64_t i = 0; i < 1030; ++i) {
+    ASSERT_EQ(leaves[i], std::make_pair(base + i * kSz4K, kSz4K));
+  }
+  // A batch inside one table (the fast path) is one run too.
+  ASSERT_TRUE(Map(0x1000, 0x1000, kSz4K, 64).ok());
+  flush_.calls.clear();
+  ASSERT_TRUE(Unmap(0x1000, kSz4K, 64).ok());
+  ASSERT_EQ(flush_.calls.size(), 4u);  // the run, then three freed tables
+  EXPECT_EQ(flush_.calls[0].kind, RecordingFlush::Call::kAddPages);
+  EXPECT_EQ(flush_.calls[0].iova, 0x1000u);
+  EXPECT_EQ(flush_.calls[0].count, 64u);
+  EXPECT_EQ(flush_.calls[0].granule_bytes, kSz4K);
+}
+
+// A FlushOps that implements only TlbAddPage still sees every page: the
+// default TlbAddPages reports a run page by page.
+TEST(LpaeFlushOpsTest, DefaultTlbAddPagesCallsTlbAddPagePerPage) {
+  class PerPageFlush final : public FlushOps {
+   public:
+    void TlbFlushAll() override {}
+    void TlbFlushWalk(Iova, uint64_t, uint64_t) override {}
+    void TlbAddPage(IotlbGather* gather, Iova iova, uint64_t granule_bytes) override {
+      pages.push_back(iova.value());
+      gather->AddRange(iova, granule_bytes);
+    }
+    std::vector<uint64_t> pages;
+  } flush;
+  auto pt = LpaePgtable::Create(Cfg4K(), &flush);
+  ASSERT_TRUE(pt.ok());
+  ASSERT_TRUE((*pt)->MapPages(Iova(0x10000), PhysAddr(0), kSz4K, 100, kRW).ok());
+  IotlbGather gather;
+  ASSERT_TRUE((*pt)->UnmapPages(Iova(0x10000), kSz4K, 100, &gather).ok());
+  ASSERT_EQ(flush.pages.size(), 100u);
+  for (uint64_t i = 0; i < 100; ++i) EXPECT_EQ(flush.pages[i], 0x10000 + i * kSz4K);
+  EXPECT_EQ(gather.start, 0x10000u);
+  EXPECT_EQ(gather.end, 0x10000 + 100 * kSz4K - 1);
+  ASSERT_TRUE((*pt)->CheckInvariants().ok());
 }
 
 TEST_F(LpaePgtableTest, PartialBlockUnmapNeedsSplit) {
@@ -506,22 +657,38 @@ TEST_P(LpaeRandomTest, MatchesReferenceModel) {
         a = ll + 1;
       }
       IotlbGather gather;
+      flush.calls.clear();
       auto res = pt.UnmapPages(Iova(iova), size, count, &gather,
                                allow_split ? UnmapFlags::kAllowSplit : UnmapFlags::kNone);
       ASSERT_EQ(res.status().code(), want) << res.status() << " op " << op;
+      if (!res.ok()) {
+        ASSERT_TRUE(flush.calls.empty()) << "a failed unmap makes no flush call";
+      }
       if (res.ok()) {
         ++unmaps_ok;
         ASSERT_EQ(*res, size * count);
+        // Each leaf removed whole is gathered exactly once, at its size; a
+        // split block is covered by a walk flush over the whole block.
+        std::vector<std::pair<uint64_t, uint64_t>> whole;
         for (uint64_t a = iova; a <= last;) {
           auto it = model_find(a);
           const uint64_t lf = it->first, lsize = it->second.first, lpa = it->second.second;
           model.erase(it);
           if (lf < iova || lf + lsize - 1 > last) {
             ++splits;
+            const bool flushed = std::any_of(
+                flush.calls.begin(), flush.calls.end(), [&](const RecordingFlush::Call& c) {
+                  return c.kind == RecordingFlush::Call::kWalk && c.iova <= lf &&
+                         c.iova + c.size_bytes >= lf + lsize;
+                });
+            ASSERT_TRUE(flushed) << "split block at " << lf << " op " << op;
             split(lf, lpa, lsize, std::max(iova, lf), std::min(last, lf + lsize - 1));
+          } else {
+            whole.push_back({lf, lsize});
           }
           a = lf + lsize;
         }
+        ASSERT_EQ(flush.GatheredLeaves(), whole) << " op " << op;
       }
     } else {  // translate a few addresses
       for (int i = 0; i < 4; ++i) {

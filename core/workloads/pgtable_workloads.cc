@@ -7,7 +7,10 @@
 // Calls go through the generic IoPgtableOps interface (one virtual call per
 // operation, as Linux's ops->map_pages). Our unmap also frees tables that
 // become empty (Linux keeps them): that is inside our unmap_ns, and the line
-// says frees_empty_tables=1.
+// says frees_empty_tables=1. Table pages come from the process's
+// PgtablePagePool (bounded, 4 MiB), as the kernel's io-pgtable draws from its
+// page allocator: the first repetition faults fresh pages in, the later ones
+// (each a fresh page table) reuse the zeroed pages the previous one freed.
 
 #include <cstdint>
 #include <cstdio>
@@ -42,6 +45,7 @@ class NoopFlushOps final : public FlushOps {
   void TlbFlushAll() override {}
   void TlbFlushWalk(Iova, uint64_t, uint64_t) override {}
   void TlbAddPage(IotlbGather*, Iova, uint64_t) override {}
+  void TlbAddPages(IotlbGather*, Iova, uint64_t, uint64_t) override {}
 };
 
 std::unique_ptr<IoPgtableOps> NewTable(FlushOps* flush) {
