@@ -60,6 +60,11 @@ void DomainFlushOps::TlbAddPage(IotlbGather* gather, Iova iova, uint64_t granule
   gather->AddRange(iova, granule_bytes);
 }
 
+void DomainFlushOps::TlbAddPages(IotlbGather* gather, Iova iova, uint64_t granule_bytes,
+                                 uint64_t count) {
+  gather->AddRange(iova, granule_bytes * count);
+}
+
 }  // namespace internal
 
 // --- construction -------------------------------------------------------------
@@ -102,7 +107,8 @@ absl::Status BrokerImpl::Init() {
     // are always strict; the default domains of trusted ones are too (as
     // Linux's iommu.strict=1 default on Arm): DMA_FQ is chosen explicitly.
     ASSIGN_OR_RETURN(dev->default_domain,
-                     NewDomain(dev->smmu, DomainType::kDma, 0, "", /*is_default=*/true, 0));
+                     NewDomain(dev->smmu, DomainType::kDma, 0, "", /*is_default=*/true, 0,
+                               /*try_32bit_first=*/cfg.pci));
     dev->current = dev->default_domain;
     dev->current->attached.push_back(cfg.name);
     devices_[cfg.name] = std::move(dev);
@@ -157,7 +163,8 @@ absl::StatusOr<std::shared_ptr<Domain>> BrokerImpl::NewDomain(Smmu* smmu, Domain
                                                               uint64_t granule_bytes,
                                                               const std::string& owner,
                                                               bool is_default,
-                                                              uint64_t session_id) {
+                                                              uint64_t session_id,
+                                                              bool try_32bit_first) {
   const SmmuConfig& cfg = smmu->config;
   if (granule_bytes == 0) granule_bytes = cfg.granules & -cfg.granules;  // smallest
   if (!IsPowerOfTwo(granule_bytes) || (cfg.granules & granule_bytes) == 0) {
@@ -211,7 +218,8 @@ absl::StatusOr<std::shared_ptr<Domain>> BrokerImpl::NewDomain(Smmu* smmu, Domain
     auto iovad = IovaAllocator::Create({.granule_bytes = granule_bytes,
                                         .start_pfn = 1,
                                         .end_pfn = d->aperture_end >> shift,
-                                        .cache = {.max_pages = options_.iova_cache_max_pages}});
+                                        .cache = {.max_pages = options_.iova_cache_max_pages},
+                                        .try_32bit_first = try_32bit_first});
     if (!iovad.ok()) {
       ReleaseContext(*d);
       return iovad.status();

@@ -42,10 +42,13 @@ class BrokerImpl {
       ABSL_SHARED_LOCKS_REQUIRED(registry_mu_);
 
   // --- domains --------------------------------------------------------------
+  // A device's default domain tries 32-bit IOVAs first when the device is PCI
+  // (as Linux's iommu_dma_alloc_iova does, for SAC addressing).
   absl::StatusOr<std::shared_ptr<Domain>> NewDomain(Smmu* smmu, DomainType type,
                                                     uint64_t granule_bytes,
                                                     const std::string& owner, bool is_default,
-                                                    uint64_t session_id)
+                                                    uint64_t session_id,
+                                                    bool try_32bit_first = false)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(registry_mu_);
   void ReleaseContext(Domain& domain);
   absl::Status DestroyDomain(const Caller& caller, uint64_t domain_id)

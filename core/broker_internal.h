@@ -102,6 +102,8 @@ class DomainFlushOps final : public FlushOps {
   void TlbFlushAll() override;
   void TlbFlushWalk(Iova iova, uint64_t size_bytes, uint64_t granule_bytes) override;
   void TlbAddPage(IotlbGather* gather, Iova iova, uint64_t granule_bytes) override;
+  void TlbAddPages(IotlbGather* gather, Iova iova, uint64_t granule_bytes,
+                   uint64_t count) override;
 
  private:
   Smmu* const smmu_;

@@ -169,9 +169,9 @@ TEST_F(BrokerLifecycleTest, FaultsAreRecordedWithSequenceAndOverflowIsCounted) {
   EXPECT_TRUE(w->faulted);
   EXPECT_EQ(w->fault_type, "permission");
   EXPECT_EQ(w->fault_seq, 1u);
-  // An access running off the top of the aperture returns the translated
-  // part and an address-size fault at the first byte beyond it (the first
-  // mapping sits at the top of the 48-bit space: allocation is top-down).
+  // An access running past a mapping returns the translated part and a
+  // translation fault at the first unmapped byte (nic0 is PCI: its first
+  // IOVA is the top page below 4 GiB, and nothing is mapped above it).
   auto span = broker_->Translate(Dev("nic0"), {.device = "nic0", .iova = a,
                                                .length_bytes = 8 * KiB, .access = Read()});
   ASSERT_TRUE(span.ok());
@@ -195,7 +195,7 @@ TEST_F(BrokerLifecycleTest, FaultsAreRecordedWithSequenceAndOverflowIsCounted) {
   ASSERT_TRUE(mine.ok());
   ASSERT_EQ(mine->records.size(), 2u);
   EXPECT_EQ(mine->records[0].type, FaultType::kPermission);
-  EXPECT_EQ(mine->records[1].type, FaultType::kAddressSize);
+  EXPECT_EQ(mine->records[1].type, FaultType::kTranslation);
   EXPECT_EQ(mine->records[1].iova, Iova(a + 4 * KiB));
   EXPECT_EQ(mine->records[1].device, "nic0");
   auto all = broker_->ReadFaults(Caller::Admin(), 0, 100);

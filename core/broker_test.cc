@@ -124,6 +124,24 @@ TEST_F(BrokerTest, MapKeepsTheOffsetAndTranslatesUntilUnmapped) {
   EXPECT_TRUE(broker_->FreeBuffer(Dev("nic0"), buf.buffer_id).ok());
 }
 
+// Linux tries 32-bit IOVAs first for PCI devices (single-address-cycle
+// addressing) and only then the full mask; other devices go top-down from
+// their mask.
+TEST_F(BrokerTest, PciDevicesGetThirtyTwoBitIovasFirst) {
+  for (const auto& [dev, pci] : {std::pair<std::string, bool>{"nic0", true}, {"sg64k", false}}) {
+    BufferInfo buf = Buffer(dev, 4 * KiB, Placement::kContiguous);
+    auto m = broker_->Map(Dev(dev), {.device = dev,
+                                     .mem = {.buffer_id = buf.buffer_id,
+                                             .length_bytes = 4 * KiB}});
+    ASSERT_TRUE(m.ok()) << m.status();
+    if (pci) {
+      EXPECT_EQ(m->dma_addr, 0xFFFFF000u) << dev;
+    } else {
+      EXPECT_EQ(m->dma_addr, (uint64_t{1} << 48) - 4 * KiB) << dev;
+    }
+  }
+}
+
 TEST_F(BrokerTest, ScatteredBufferRangeMapsIovaContiguously) {
   BufferInfo buf = Buffer("gpu0", 64 * KiB);
   auto m = broker_->Map(Dev("gpu0"), {.device = "gpu0",
