@@ -137,6 +137,15 @@ def workload(source_dir, grpc_target, tmp):
         device="nic0", iova=0x10000, length_bytes=4, access=common_pb2.ACCESS_KIND_READ),
         device_pb2.TranslateResponse)
     assert t.faulted, t
+    # Server reflection (v1alpha) lists every service: ServerReflectionRequest
+    # {list_services: ""} is field 7, encoded by hand (no reflection stubs).
+    reflect = ch.stream_stream("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+                               request_serializer=lambda b: b, response_deserializer=lambda b: b)
+    listed = b"".join(reflect(iter([b"\x3a\x00"]), timeout=10))
+    for service in [b"iommu.v1.Dma", b"iommu.v1.Memory", b"iommu.v1.Domains", b"iommu.v1.Devices",
+                    b"iommu.v1.Sessions", b"iommu.v1.Stats", b"grpc.health.v1.Health"]:
+        assert service in listed, (service, listed)
+    print("reflection lists every service")
     try:
         call("Dma", "Unmap", dma_pb2.UnmapRequest(device="nic0", dma_addr=0x10000),
              dma_pb2.UnmapResponse)
