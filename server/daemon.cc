@@ -128,7 +128,6 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const DaemonOptions& optio
     try {
       d->exposer_ = std::make_unique<prometheus::Exposer>(options.listen.metrics_address);
     } catch (const std::exception& e) {
-      d->server_->Shutdown();
       return core::FieldError(absl::StatusCode::kUnavailable, "metrics_listen",
                               options.listen.metrics_address, e.what());
     }
@@ -158,7 +157,7 @@ void Daemon::TickLoop() {
 }
 
 absl::Status Daemon::Shutdown() {
-  if (shut_down_) return absl::OkStatus();
+  if (shut_down_ || server_ == nullptr) return absl::OkStatus();  // never started
   shut_down_ = true;
   const absl::Time deadline = absl::Now() + options_.drain_timeout;
   LogInfo("draining", absl::StrCat("streams=", streams_.size(), " deadline_s=",

@@ -224,3 +224,56 @@ TEST(DrainTest, SigtermUnderLoadDrainsCleanly) {
 
 }  // namespace
 }  // namespace iommu::testing
+
+namespace iommu::testing {
+namespace {
+
+TEST(StartupTest, TopologyFileDefinesTheHost) {
+  const std::string dir = MakeTempDir();
+  const std::string topo = dir + "/host.textproto";
+  std::ofstream(topo) << R"pb(
+    smmus { name: "smmu-a" stage: STAGE_1 ias_bits: 48 oas_bits: 48
+            granules_bytes: 4096 num_contexts: 8 iotlb_sets: 64 iotlb_ways: 4 }
+    regions { name: "ram" kind: REGION_KIND_RAM base_phys_addr: 0x80000000 size_bytes: 0x10000000 }
+    pools { name: "dram" priority: 0 ranges { base_phys_addr: 0x80000000 size_bytes: 0x10000000 } }
+    devices { name: "acc0" smmu: "smmu-a" stream_id: 7 dma_mask_bits: 40 }
+  )pb";
+  DaemonProcess daemon;
+  ASSERT_TRUE(daemon.Start({"--topology=" + topo})) << daemon.log();
+  Stubs s(Insecure(daemon.unix_target()));
+  v1::ListDevicesResponse devices;
+  ASSERT_OK(s.devices->ListDevices(Ctx().get(), {}, &devices));
+  ASSERT_EQ(devices.devices_size(), 1);
+  EXPECT_EQ(devices.devices(0).config().name(), "acc0");
+  EXPECT_EQ(devices.devices(0).config().dma_mask_bits(), 40u);
+  v1::ListIommusResponse iommus;
+  ASSERT_OK(s.devices->ListIommus(Ctx().get(), {}, &iommus));
+  ASSERT_EQ(iommus.smmus_size(), 1);
+  EXPECT_EQ(iommus.smmus(0).iotlb_sets(), 64u);
+  EXPECT_EQ(daemon.Stop(), 0);
+}
+
+TEST(StartupTest, BadConfigurationFailsFastNamingTheFlag) {
+  const std::string dir = MakeTempDir();
+  const std::string topo = dir + "/bad.textproto";
+  std::ofstream(topo) << "devices { name: \"x\" smmu: \"nowhere\" dma_mask_bits: 32 }\n";
+  struct Case {
+    std::vector<std::string> flags;
+    std::string expect;
+  } cases[] = {
+      {{"--topology=/nonexistent/host.textproto"}, "topology"},
+      {{"--topology=" + topo}, "topology: smmus"},
+      {{"--auth=token"}, "token_file"},
+      {{"--auth=mtls", "--tls_cert=/nonexistent"}, "tls_cert"},
+      {{"--auth=kerberos"}, "auth"},
+      {{"--log_format=xml"}, "log_format"},
+  };
+  for (const Case& c : cases) {
+    DaemonProcess daemon;
+    EXPECT_FALSE(daemon.Start(c.flags)) << c.expect;
+    EXPECT_NE(daemon.log().find(c.expect), std::string::npos) << daemon.log();
+  }
+}
+
+}  // namespace
+}  // namespace iommu::testing
