@@ -71,7 +71,7 @@ int Main(int argc, char** argv) {
   const int threads = argc > 1 ? std::atoi(argv[1]) : 2;
   const double seconds = argc > 2 ? std::atof(argv[2]) : 3;
   DaemonProcess daemon;
-  if (!daemon.Start({"--log_level=warning"})) {
+  if (!daemon.Start()) {
     std::fprintf(stderr, "iommud did not start:\n%s", daemon.log().c_str());
     return 1;
   }
