@@ -30,6 +30,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "client/client.h"
+#include "client/status.h"  // BatchResultStatus
 #include "grpcpp/client_context.h"
 #include "grpcpp/support/sync_stream.h"
 

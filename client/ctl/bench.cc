@@ -64,8 +64,11 @@ double Percentile(std::vector<int64_t>& v, double p) {
 }
 
 absl::StatusOr<Buffer> BenchBuffer(const Client& client, const BenchOptions& o) {
-  return client.AllocBufferScoped(o.pages * kPage,
-                                  o.mode == Mode::kSingle ? v1::PLACEMENT_CONTIGUOUS : v1::PLACEMENT_SCATTERED);
+  v1::AllocBufferRequest r;
+  r.set_device(o.device);
+  r.set_size_bytes(o.pages * kPage);
+  r.set_placement(o.mode == Mode::kSingle ? v1::PLACEMENT_CONTIGUOUS : v1::PLACEMENT_SCATTERED);
+  return client.AllocBufferScoped(std::move(r));
 }
 
 v1::MapSgRequest SgRequest(const Buffer& buffer, const BenchOptions& o) {
