@@ -32,8 +32,8 @@ void FillDevice(Req& request, const std::string& device) {
 // deadline leaves room for another attempt.
 template <typename Stub, typename Req, typename Resp>
 absl::StatusOr<Resp> Call(const Client& client, Stub* stub, UnaryMethod<Stub, Req, Resp> method, Req request,
-                          Idempotent idempotent, bool fill_device = true) {
-  if (fill_device) FillDevice(request, client.device());
+                          Idempotent idempotent) {
+  FillDevice(request, client.device());
   const Options& options = client.options();
   const absl::Time deadline = absl::Now() + options.default_deadline;
   const int attempts = idempotent == Idempotent::kYes ? options.retry.max_attempts : 1;
@@ -214,15 +214,10 @@ absl::StatusOr<v1::ListDevicesResponse> Client::ListDevices(v1::ListDevicesReque
   return Call(*this, conn_->devices.get(), &v1::Devices::Stub::ListDevices, std::move(r), Idempotent::kYes);
 }
 absl::StatusOr<v1::TranslateResponse> Client::Translate(v1::TranslateRequest r) const {
-  // A raw access by stream id names no device; do not fill one in.
-  const bool by_stream = !r.smmu().empty() || r.has_stream_id();
-  return Call(*this, conn_->devices.get(), &v1::Devices::Stub::Translate, std::move(r), Idempotent::kNo,
-              /*fill_device=*/!by_stream);
+  return Call(*this, conn_->devices.get(), &v1::Devices::Stub::Translate, std::move(r), Idempotent::kNo);
 }
 absl::StatusOr<v1::TranslateBatchResponse> Client::TranslateBatch(v1::TranslateBatchRequest r) const {
-  for (v1::TranslateRequest& access : *r.mutable_accesses()) {
-    if (access.smmu().empty() && !access.has_stream_id()) FillDevice(access, device());
-  }
+  for (v1::TranslateRequest& access : *r.mutable_accesses()) FillDevice(access, device());
   return Call(*this, conn_->devices.get(), &v1::Devices::Stub::TranslateBatch, std::move(r), Idempotent::kNo);
 }
 absl::StatusOr<std::unique_ptr<FaultStream>> Client::WatchFaults(v1::WatchFaultsRequest r) const {

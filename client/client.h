@@ -87,7 +87,8 @@ class Client {
   absl::StatusOr<v1::AttachDeviceResponse> AttachDevice(v1::AttachDeviceRequest request) const;
   absl::StatusOr<v1::DetachDeviceResponse> DetachDevice(v1::DetachDeviceRequest request = {}) const;
   absl::StatusOr<v1::GetIovaRangesResponse> GetIovaRanges(v1::GetIovaRangesRequest request = {}) const;
-  // Devices. Translate by (smmu, stream_id) leaves the device empty.
+  // Devices. Translate by (smmu, stream_id) is for the admin: a client with a
+  // device set sends it, and the daemon refuses a device identity.
   absl::StatusOr<v1::ListIommusResponse> ListIommus(v1::ListIommusRequest request = {}) const;
   absl::StatusOr<v1::ListDevicesResponse> ListDevices(v1::ListDevicesRequest request = {}) const;
   absl::StatusOr<v1::TranslateResponse> Translate(v1::TranslateRequest request) const;

@@ -117,8 +117,13 @@ void RenderTable(const Message& m, const FieldDescriptor* f, std::string* out) {
     Flatten(r->GetRepeatedMessage(m, f, i), "", i == 0 ? &header : nullptr, &cells);
     rows.push_back(std::move(cells));
   }
-  // Columns are named by leaf field (config.name -> name).
-  for (std::string& h : header) h = h.substr(h.rfind('.') + 1);
+  // Columns are named by leaf field (config.name -> name) unless two leaves
+  // share a name (pagetable.mapped_bytes and mapped_bytes).
+  std::vector<std::string> leaves;
+  for (const std::string& h : header) leaves.push_back(h.substr(h.rfind('.') + 1));
+  for (size_t i = 0; i < header.size(); ++i) {
+    if (std::count(leaves.begin(), leaves.end(), leaves[i]) == 1) header[i] = leaves[i];
+  }
   absl::StrAppend(out, f->name(), " (", rows.size(), "):\n");
   if (!rows.empty()) absl::StrAppend(out, FormatTable(header, rows));
 }
