@@ -11,7 +11,7 @@ absl::Status Draining() { return absl::UnavailableError("iommud is shutting down
 }  // namespace
 
 BatchReactor::BatchReactor(const ServiceEnv& env, grpc::CallbackServerContext* context)
-    : env_(env), context_(context), start_ns_(MonotonicNanos()) {
+    : env_(env), start_ns_(MonotonicNanos()) {
   env_.metrics->Started(Method::kBatch);
   absl::StatusOr<Identity> identity = AuthenticateCall(env_, *context);
   absl::StatusOr<uint64_t> session = Authenticator::SessionId(*context);

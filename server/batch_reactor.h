@@ -48,7 +48,6 @@ class BatchReactor final : public grpc::ServerBidiReactor<v1::BatchRequest, v1::
   void FinishWith(const absl::Status& status) ABSL_LOCKS_EXCLUDED(mu_);
 
   const ServiceEnv env_;
-  grpc::CallbackServerContext* const context_;
   const int64_t start_ns_;
   Identity identity_;
   uint64_t session_id_ = 0;

@@ -280,7 +280,7 @@ void PrintSecond(Context& ctx, const std::string& profile, const std::string& de
 
 absl::Status Simulate(Context& ctx, Args& args) {
   ASSIGN_OR_RETURN(std::string profile_name, args.String("profile"));
-  ASSIGN_OR_RETURN(uint64_t seconds, args.U64Or("seconds", 10));
+  ASSIGN_OR_RETURN(uint64_t seconds, args.U64Or("seconds", 0));
   ASSIGN_OR_RETURN(double rate, args.DoubleOr("rate", 50));
   std::string peer = args.StringOr("peer", "nic0");
   ASSIGN_OR_RETURN(uint64_t ttl_ms, args.U64Or("session_ttl_ms", 10000));
@@ -326,7 +326,7 @@ absl::Status Simulate(Context& ctx, Args& args) {
 
 std::vector<Command> SimulateCommands() {
   return {{"simulate",
-           "--profile=nic|nvme|gpu|camera|untrusted [--seconds=N (0: until Ctrl-C)] [--rate=STEPS_PER_S (0: flat out)] "
+           "--profile=nic|nvme|gpu|camera|untrusted [--seconds=N (default 0: until Ctrl-C)] [--rate=STEPS_PER_S (0: flat out)] "
            "[--peer=DEV (gpu import target)] [--session_ttl_ms=N]  a device traffic generator",
            Simulate}};
 }
