@@ -7,7 +7,6 @@ Run through ctest (python_client_test), or:
 """
 import threading
 import time
-import unittest
 
 import iommu_broker as ib
 from iommu_broker import ops, pb
