@@ -1,0 +1,171 @@
+#include "server/batch_reactor.h"
+
+#include "core/status_macros.h"
+#include "server/proto_convert.h"
+
+namespace iommu::server {
+namespace {
+
+absl::Status Draining() { return absl::UnavailableError("iommud is shutting down"); }
+
+}  // namespace
+
+BatchReactor::BatchReactor(const ServiceEnv& env, grpc::CallbackServerContext* context)
+    : env_(env), context_(context), start_ns_(MonotonicNanos()) {
+  env_.metrics->Started(Method::kBatch);
+  absl::StatusOr<Identity> identity = AuthenticateCall(env_, *context);
+  absl::StatusOr<uint64_t> session = Authenticator::SessionId(*context);
+  if (!identity.ok() || !session.ok()) {
+    FinishWith(!identity.ok() ? identity.status() : session.status());
+    return;
+  }
+  identity_ = *std::move(identity);
+  session_id_ = *session;
+  registered_ = env_.streams->Add(this);
+  if (!registered_) {
+    FinishWith(Draining());
+    return;
+  }
+  {
+    absl::MutexLock l(&mu_);
+    reading_ = true;
+  }
+  StartRead(&request_);
+}
+
+bool BatchReactor::MarkFinishedLocked(const absl::Status& status) {
+  if (finished_) return false;
+  finished_ = true;
+  final_status_ = status;
+  return true;
+}
+
+void BatchReactor::FinishWith(const absl::Status& status) {
+  bool finish;
+  {
+    absl::MutexLock l(&mu_);
+    finish = MarkFinishedLocked(status);
+  }
+  if (finish) Finish(ToGrpcStatus(status));
+}
+
+void BatchReactor::OnReadDone(bool ok) {
+  {
+    absl::MutexLock l(&mu_);
+    reading_ = false;
+    if (finished_) return;
+  }
+  if (!ok) {  // the client closed its side, and every request was answered
+    FinishWith(absl::OkStatus());
+    return;
+  }
+  env_.metrics->Received(Method::kBatch);
+  Process();
+  env_.metrics->Sent(Method::kBatch);
+  StartWrite(&response_);
+}
+
+void BatchReactor::OnWriteDone(bool ok) {
+  absl::Status end;
+  {
+    absl::MutexLock l(&mu_);
+    if (finished_) return;
+    if (!ok) {
+      end = absl::CancelledError("the client went away");
+    } else if (draining_) {
+      end = Draining();
+    } else {
+      reading_ = true;
+    }
+  }
+  if (!end.ok()) {
+    FinishWith(end);
+    return;
+  }
+  StartRead(&request_);
+}
+
+void BatchReactor::Drain() {
+  bool idle;
+  {
+    absl::MutexLock l(&mu_);
+    draining_ = true;
+    // Idle between requests: end now. Otherwise OnWriteDone ends it after the
+    // response in progress.
+    idle = reading_;
+  }
+  if (idle) FinishWith(Draining());
+}
+
+void BatchReactor::OnDone() {
+  if (registered_) env_.streams->Remove(this);
+  absl::Status status;
+  {
+    absl::MutexLock l(&mu_);
+    status = finished_ ? final_status_ : absl::CancelledError("cancelled");
+  }
+  const int64_t elapsed_ns = MonotonicNanos() - start_ns_;
+  env_.metrics->Handled(Method::kBatch, status.code(), elapsed_ns);
+  LogCall("iommu.v1.Dma", "Batch", identity_.device, status, elapsed_ns);
+  Unpin();
+}
+
+void BatchReactor::Process() {
+  response_.Clear();
+  response_.set_sequence(request_.sequence());
+  response_.mutable_results()->Reserve(request_.ops_size());
+  for (const v1::BatchOp& op : request_.ops()) RunOp(op, response_.add_results());
+}
+
+void BatchReactor::RunOp(const v1::BatchOp& op, v1::BatchResult* result) {
+  auto run = [&]() -> absl::Status {
+    switch (op.op_case()) {
+      case v1::BatchOp::kMap: {
+        ASSIGN_OR_RETURN(core::Caller caller,
+                         Authenticator::ActAs(identity_, op.map().device(), session_id_));
+        ASSIGN_OR_RETURN(core::MapRequest req, FromProto(op.map(), caller.device));
+        ASSIGN_OR_RETURN(core::MapResult mapped, env_.broker->Map(caller, req));
+        ToProto(mapped, result->mutable_map());
+        return absl::OkStatus();
+      }
+      case v1::BatchOp::kUnmap: {
+        ASSIGN_OR_RETURN(core::Caller caller,
+                         Authenticator::ActAs(identity_, op.unmap().device(), session_id_));
+        return env_.broker->Unmap(caller, caller.device, op.unmap().dma_addr());
+      }
+      case v1::BatchOp::kMapSg: {
+        ASSIGN_OR_RETURN(core::Caller caller,
+                         Authenticator::ActAs(identity_, op.map_sg().device(), session_id_));
+        ASSIGN_OR_RETURN(core::MapSgRequest req, FromProto(op.map_sg(), caller.device));
+        ASSIGN_OR_RETURN(core::MapSgResult mapped, env_.broker->MapSg(caller, req));
+        ToProto(mapped, result->mutable_map_sg());
+        return absl::OkStatus();
+      }
+      case v1::BatchOp::kUnmapSg: {
+        ASSIGN_OR_RETURN(core::Caller caller,
+                         Authenticator::ActAs(identity_, op.unmap_sg().device(), session_id_));
+        return env_.broker->UnmapSg(caller, caller.device, op.unmap_sg().dma_addr());
+      }
+      case v1::BatchOp::kTranslate: {
+        ASSIGN_OR_RETURN(core::Caller caller,
+                         Authenticator::ActAs(identity_, op.translate().device(), session_id_));
+        ASSIGN_OR_RETURN(core::TranslateRequest req, FromProto(op.translate(), caller.device));
+        ASSIGN_OR_RETURN(core::TranslateResult translated, env_.broker->Translate(caller, req));
+        ToProto(translated, result->mutable_translate());
+        return absl::OkStatus();
+      }
+      case v1::BatchOp::OP_NOT_SET:
+        break;
+    }
+    return absl::InvalidArgumentError(
+        "op=\"\": must be one of map, unmap, map_sg, unmap_sg, translate");
+  };
+  absl::Status status = run();
+  if (!status.ok()) {
+    result->Clear();
+    result->set_code(static_cast<int>(status.code()));
+    result->set_message(std::string(status.message()));
+  }
+}
+
+}  // namespace iommu::server

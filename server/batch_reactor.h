@@ -1,0 +1,68 @@
+#ifndef IOMMU_SERVER_BATCH_REACTOR_H_
+#define IOMMU_SERVER_BATCH_REACTOR_H_
+
+// Dma.Batch: a bidirectional stream of BatchRequests, each carrying many
+// Map/Unmap/MapSg/UnmapSg/Translate operations, applied in order; one
+// BatchResponse per request with one result (code, message, payload) per
+// operation. A failing operation does not stop the ones after it.
+//
+// The identity is authenticated once, when the stream opens; every operation
+// then acts as its own `device` under the same rules as the unary RPCs.
+// The reactor reads one request, processes it inline on the callback thread
+// (core calls never block), writes the response, then reads the next: a
+// client pipelines by keeping several requests in flight.
+//
+// Metrics: started and handled once per stream, received/sent per message.
+// On drain the stream ends with UNAVAILABLE between two requests.
+//
+// Thread-safety: gRPC serialises OnReadDone/OnWriteDone of one stream; mu_
+// guards the state Drain() shares with them. No gRPC call is made with mu_
+// held (gRPC may run a reaction inline): each step decides under mu_ and acts
+// after releasing it.
+
+#include <grpcpp/support/server_callback.h>
+
+#include "absl/synchronization/mutex.h"
+#include "iommu/v1/dma.pb.h"
+#include "server/rpc_call.h"
+
+namespace iommu::server {
+
+class BatchReactor final : public grpc::ServerBidiReactor<v1::BatchRequest, v1::BatchResponse>,
+                           public DrainableStream {
+ public:
+  BatchReactor(const ServiceEnv& env, grpc::CallbackServerContext* context);
+
+  void OnReadDone(bool ok) override;
+  void OnWriteDone(bool ok) override;
+  void OnDone() override;
+  void Drain() override;
+
+ private:
+  // Applies every op of request_ into response_.
+  void Process();
+  void RunOp(const v1::BatchOp& op, v1::BatchResult* result);
+  // Marks the stream finished with `status` unless it already is; true when
+  // the caller must now call Finish(status).
+  bool MarkFinishedLocked(const absl::Status& status) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void FinishWith(const absl::Status& status) ABSL_LOCKS_EXCLUDED(mu_);
+
+  const ServiceEnv env_;
+  grpc::CallbackServerContext* const context_;
+  const int64_t start_ns_;
+  Identity identity_;
+  uint64_t session_id_ = 0;
+  bool registered_ = false;
+  v1::BatchRequest request_;
+  v1::BatchResponse response_;
+
+  absl::Mutex mu_;
+  bool reading_ ABSL_GUARDED_BY(mu_) = false;
+  bool draining_ ABSL_GUARDED_BY(mu_) = false;
+  bool finished_ ABSL_GUARDED_BY(mu_) = false;
+  absl::Status final_status_ ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace iommu::server
+
+#endif  // IOMMU_SERVER_BATCH_REACTOR_H_

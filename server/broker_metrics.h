@@ -1,0 +1,55 @@
+#ifndef IOMMU_SERVER_BROKER_METRICS_H_
+#define IOMMU_SERVER_BROKER_METRICS_H_
+
+// The broker families of DESIGN §5, read from Broker::GetStats at scrape time
+// (a prometheus::Collectable), so the RPC hot path pays nothing for them.
+//
+// Per domain {smmu, domain}: iommu_iova_space_bytes, _allocated_bytes,
+//   _free_bytes, _largest_free_bytes, _reserved_bytes, _cached_bytes,
+//   _free_ranges, _fragmentation_ratio, _live_allocations,
+//   iommu_iova_alloc_failures_total{reason}, iommu_iova_cache_hits_total,
+//   iommu_iova_cache_misses_total, iommu_iova_free_range_size_bytes (a histogram
+//   of free-range sizes: count = free ranges, sum = free bytes), iommu_pagetable_pages,
+//   iommu_pagetable_bytes, iommu_mappings, iommu_mapped_bytes,
+//   iommu_flush_queue_depth, iommu_flush_queue_flushes_total{reason}.
+// Per SMMU {smmu}: iommu_iotlb_{hits,misses,evictions,stale_hits,lookups}_total,
+//   iommu_iotlb_invalidations_total{scope}, iommu_iotlb_entries,
+//   iommu_iotlb_capacity, iommu_translations_total{result},
+//   iommu_smmu_contexts, iommu_smmu_contexts_used.
+// Global: iommu_faults_total{type}, iommu_fault_records_dropped_total,
+//   iommu_fault_ring_capacity; per pool {pool}: iommu_pool_{total,free,
+//   largest_free_block}_bytes, iommu_pool_allocations_total,
+//   iommu_pool_failures_total.
+//
+// Thread-safe (the broker is).
+
+#include <vector>
+
+#include "core/broker.h"
+#include "prometheus/collectable.h"
+#include "prometheus/metric_family.h"
+
+namespace iommu::server {
+
+class BrokerCollector final : public prometheus::Collectable {
+ public:
+  explicit BrokerCollector(const core::Broker* broker) : broker_(broker) {}
+  std::vector<prometheus::MetricFamily> Collect() const override;
+
+ private:
+  const core::Broker* const broker_;
+};
+
+// iommu_build_info{version, build_type, grpc_version, protobuf_version} 1, and
+// the process families of the Prometheus client conventions, read from
+// /proc/self: process_cpu_seconds_total, process_resident_memory_bytes,
+// process_virtual_memory_bytes, process_open_fds, process_max_fds,
+// process_start_time_seconds. Thread-safe.
+class ProcessCollector final : public prometheus::Collectable {
+ public:
+  std::vector<prometheus::MetricFamily> Collect() const override;
+};
+
+}  // namespace iommu::server
+
+#endif  // IOMMU_SERVER_BROKER_METRICS_H_

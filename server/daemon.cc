@@ -1,0 +1,186 @@
+#include "server/daemon.h"
+
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <exception>
+
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/health_check_service_interface.h>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "core/errors.h"
+#include "prometheus/exposer.h"
+#include "server/broker_metrics.h"
+#include "server/devices_service.h"
+#include "server/dma_service.h"
+#include "server/logging.h"
+#include "server/resource_services.h"
+#include "server/topology_loader.h"
+
+namespace iommu::server {
+namespace {
+
+constexpr int kMaxMessageBytes = 64 << 20;  // Batch requests carry many ops
+
+// Removes a stale socket left by a previous run (never any other file).
+absl::Status PrepareUnixSocket(const std::string& address) {
+  const std::string path = address.substr(5);
+  struct stat st {};
+  if (lstat(path.c_str(), &st) != 0) return absl::OkStatus();
+  if (!S_ISSOCK(st.st_mode)) {
+    return core::FieldError(absl::StatusCode::kAlreadyExists, "listen", address,
+                            "the path exists and is not a socket");
+  }
+  unlink(path.c_str());
+  return absl::OkStatus();
+}
+
+void SetServing(grpc::Server* server, bool serving) {
+  grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService();
+  if (health == nullptr) return;
+  health->SetServingStatus("", serving);
+  for (const char* service : ServiceNames()) health->SetServingStatus(service, serving);
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const DaemonOptions& options) {
+  std::unique_ptr<Daemon> d(new Daemon());
+  d->options_ = options;
+
+  absl::StatusOr<core::Topology> topology = LoadTopology(options.topology_file);
+  if (!topology.ok()) return topology.status();
+  absl::StatusOr<std::unique_ptr<core::Broker>> broker =
+      core::Broker::Create(*topology, options.broker);
+  if (!broker.ok()) {
+    return absl::Status(broker.status().code(),
+                        absl::StrCat("topology: ", broker.status().message()));
+  }
+  d->broker_ = *std::move(broker);
+  absl::StatusOr<std::unique_ptr<Authenticator>> auth = Authenticator::Create(options.auth);
+  if (!auth.ok()) return auth.status();
+  d->auth_ = *std::move(auth);
+  d->grpc_metrics_ = std::make_shared<GrpcMetrics>();
+
+  const ServiceEnv env{.broker = d->broker_.get(),
+                       .auth = d->auth_.get(),
+                       .metrics = d->grpc_metrics_.get(),
+                       .streams = &d->streams_,
+                       .default_session_ttl = options.session_ttl};
+  d->services_.push_back(std::make_unique<DmaService>(env));
+  d->services_.push_back(std::make_unique<MemoryService>(env));
+  d->services_.push_back(std::make_unique<DomainsService>(env));
+  d->services_.push_back(std::make_unique<DevicesService>(env));
+  d->services_.push_back(std::make_unique<SessionsService>(env));
+  d->services_.push_back(std::make_unique<StatsService>(env));
+
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  builder.SetMaxReceiveMessageSize(kMaxMessageBytes);
+  builder.SetMaxSendMessageSize(kMaxMessageBytes);
+  const std::shared_ptr<grpc::ServerCredentials> credentials = d->auth_->ServerCredentials();
+  if (options.listen.grpc_addresses.empty()) {
+    return core::FieldError(absl::StatusCode::kInvalidArgument, "listen", "",
+                            "needs at least one address");
+  }
+  std::vector<int> ports(options.listen.grpc_addresses.size(), 0);
+  for (size_t i = 0; i < options.listen.grpc_addresses.size(); ++i) {
+    const std::string& address = options.listen.grpc_addresses[i];
+    if (absl::StartsWith(address, "unix:")) {
+      absl::Status prepared = PrepareUnixSocket(address);
+      if (!prepared.ok()) return prepared;
+    }
+    builder.AddListeningPort(address, credentials, &ports[i]);
+  }
+  for (const auto& service : d->services_) builder.RegisterService(service.get());
+  d->server_ = builder.BuildAndStart();
+  if (d->server_ == nullptr) {
+    return core::FieldError(absl::StatusCode::kUnavailable, "listen",
+                            absl::StrJoin(options.listen.grpc_addresses, ","),
+                            "cannot bind (address in use or not permitted?)");
+  }
+  for (size_t i = 0; i < options.listen.grpc_addresses.size(); ++i) {
+    const std::string& address = options.listen.grpc_addresses[i];
+    if (ports[i] == 0) {
+      return core::FieldError(absl::StatusCode::kUnavailable, "listen", address, "cannot bind");
+    }
+    if (absl::StartsWith(address, "unix:")) {
+      d->bound_addresses_.push_back(address);
+    } else {
+      const size_t colon = address.rfind(':');
+      d->bound_addresses_.push_back(absl::StrCat(address.substr(0, colon), ":", ports[i]));
+    }
+  }
+  SetServing(d->server_.get(), true);
+
+  if (!options.listen.metrics_address.empty()) {
+    d->broker_collector_ = std::make_shared<BrokerCollector>(d->broker_.get());
+    d->process_collector_ = std::make_shared<ProcessCollector>();
+    // prometheus-cpp reports a failed bind by throwing; this is the only
+    // exception we catch, at the edge, and it becomes a Status.
+    try {
+      d->exposer_ = std::make_unique<prometheus::Exposer>(options.listen.metrics_address);
+    } catch (const std::exception& e) {
+      d->server_->Shutdown();
+      return core::FieldError(absl::StatusCode::kUnavailable, "metrics_listen",
+                              options.listen.metrics_address, e.what());
+    }
+    d->exposer_->RegisterCollectable(d->grpc_metrics_);
+    d->exposer_->RegisterCollectable(d->broker_collector_);
+    d->exposer_->RegisterCollectable(d->process_collector_);
+    const std::vector<int> metrics_ports = d->exposer_->GetListeningPorts();
+    const std::string& m = options.listen.metrics_address;
+    d->metrics_address_ =
+        metrics_ports.empty() ? m : absl::StrCat(m.substr(0, m.rfind(':')), ":", metrics_ports[0]);
+  }
+
+  d->ticker_ = std::thread(&Daemon::TickLoop, d.get());
+  return d;
+}
+
+Daemon::~Daemon() { (void)Shutdown(); }
+
+void Daemon::TickLoop() {
+  while (!stop_ticking_.WaitForNotificationWithTimeout(options_.tick_interval)) {
+    const int released = broker_->Tick();
+    if (released > 0) {
+      LogInfo("sessions_expired", absl::StrCat("count=", released,
+                                               " (lease ran out; their resources were released)"));
+    }
+  }
+}
+
+absl::Status Daemon::Shutdown() {
+  if (shut_down_) return absl::OkStatus();
+  shut_down_ = true;
+  const absl::Time deadline = absl::Now() + options_.drain_timeout;
+  LogInfo("draining", absl::StrCat("streams=", streams_.size(), " deadline_s=",
+                                   absl::ToDoubleSeconds(options_.drain_timeout)));
+  SetServing(server_.get(), false);
+  streams_.DrainAll();
+  broker_->Shutdown();  // wakes fault watchers
+  server_->Shutdown(absl::ToChronoTime(deadline));
+  server_->Wait();
+  const bool streams_done = streams_.AwaitEmpty(deadline);
+  stop_ticking_.Notify();
+  if (ticker_.joinable()) ticker_.join();
+  exposer_.reset();
+  for (const std::string& address : bound_addresses_) {
+    if (absl::StartsWith(address, "unix:")) unlink(address.substr(5).c_str());
+  }
+  const bool in_time = streams_done && absl::Now() <= deadline;
+  LogInfo("stopped", in_time ? "drained=true" : "drained=false (deadline passed; calls cancelled)");
+  if (!in_time) {
+    return core::FieldError(absl::StatusCode::kDeadlineExceeded, "drain_timeout",
+                            absl::FormatDuration(options_.drain_timeout),
+                            "calls were still running and were cancelled");
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace iommu::server

@@ -1,0 +1,172 @@
+// iommud: the DMA address-translation authority, served over gRPC.
+// Parses flags into the small Options structs of server/, starts the Daemon,
+// and drains on SIGTERM/SIGINT. Nothing else lives here.
+
+#include <signal.h>
+
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/flags/usage_config.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "absl/time/time.h"
+#include "core/broker_types.h"
+#include "server/daemon.h"
+#include "server/logging.h"
+
+namespace {
+const iommu::core::Quotas kDefaultQuotas;
+const iommu::core::BrokerOptions kDefaultBroker;
+}  // namespace
+
+ABSL_FLAG(std::string, listen, "unix:/tmp/iommud.sock,127.0.0.1:50051",
+          "gRPC listen addresses, comma-separated: unix:/path or host:port (port 0 = any)");
+ABSL_FLAG(std::string, metrics_listen, "127.0.0.1:9477",
+          "host:port serving Prometheus /metrics; empty disables it");
+ABSL_FLAG(std::string, topology, "",
+          "host topology, an iommu.v1.Topology textproto file; empty = the built-in default host");
+ABSL_FLAG(std::string, auth, "none",
+          "client identity: none (trust the request's device; demos only), token (bearer tokens "
+          "from --token_file) or mtls (client certificates verified against --tls_ca)");
+ABSL_FLAG(std::string, token_file, "",
+          "--auth=token: file of `<token> <device-name|admin>` lines, '#' comments");
+ABSL_FLAG(std::string, tls_cert, "", "--auth=mtls: the server certificate (PEM)");
+ABSL_FLAG(std::string, tls_key, "", "--auth=mtls: the server private key (PEM)");
+ABSL_FLAG(std::string, tls_ca, "", "--auth=mtls: CA bundle that signs client certificates (PEM)");
+ABSL_FLAG(uint64_t, quota_mapped_bytes, kDefaultQuotas.max_mapped_bytes,
+          "per-device quota: bytes mapped at once");
+ABSL_FLAG(uint64_t, quota_mappings, kDefaultQuotas.max_mappings,
+          "per-device quota: live mappings");
+ABSL_FLAG(uint64_t, quota_buffers, kDefaultQuotas.max_buffers, "per-device quota: live buffers");
+ABSL_FLAG(uint64_t, quota_buffer_bytes, kDefaultQuotas.max_buffer_bytes,
+          "per-device quota: bytes of buffers held");
+ABSL_FLAG(absl::Duration, session_ttl, absl::Seconds(30),
+          "session lease when OpenSession asks for ttl_ms 0");
+ABSL_FLAG(uint32_t, fq_size, kDefaultBroker.flush_queue_capacity,
+          "DMA_FQ domains: invalidations queued before a forced flush");
+ABSL_FLAG(absl::Duration, fq_timeout, kDefaultBroker.flush_queue_timeout,
+          "DMA_FQ domains: longest an invalidation stays queued");
+ABSL_FLAG(uint32_t, fault_ring_size, kDefaultBroker.fault_ring_capacity,
+          "fault records kept for WatchFaults before the oldest is overwritten (and counted)");
+ABSL_FLAG(std::string, log_level, "info",
+          "trace, debug (access lines), info (failed calls), warning, error, critical, off");
+ABSL_FLAG(std::string, log_format, "text", "text or json (one JSON object per line)");
+ABSL_FLAG(absl::Duration, drain_timeout, absl::Seconds(10),
+          "on SIGTERM/SIGINT: how long in-flight calls may take before they are cancelled");
+
+namespace {
+
+using iommu::server::AuthMode;
+using iommu::server::DaemonOptions;
+using iommu::server::LogFormat;
+using iommu::server::LogOptions;
+
+int Fail(const std::string& message) {
+  std::fprintf(stderr, "iommud: %s\n", message.c_str());
+  return 2;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  absl::FlagsUsageConfig usage;
+  usage.contains_help_flags = [](absl::string_view file) {
+    return absl::StrContains(file, "server/main.cc");
+  };
+  usage.contains_helpshort_flags = usage.contains_help_flags;
+  usage.version_string = [] { return std::string("iommud " IOMMU_VERSION "\n"); };
+  absl::SetFlagsUsageConfig(usage);
+  absl::SetProgramUsageMessage(
+      "the single authority for DMA address translation on a host, served over gRPC.\n"
+      "Usage: iommud [--listen=ADDR[,ADDR]] [--metrics_listen=HOST:PORT] [--topology=FILE]\n"
+      "              [--auth=none|token|mtls ...]   (every flag has a default; plain `iommud` "
+      "runs)");
+  absl::ParseCommandLine(argc, argv);
+
+  LogOptions log{.level = absl::GetFlag(FLAGS_log_level)};
+  const std::string log_format = absl::GetFlag(FLAGS_log_format);
+  if (log_format == "json") {
+    log.format = LogFormat::kJson;
+  } else if (log_format != "text") {
+    return Fail(absl::StrCat("log_format=\"", log_format, "\": must be text or json"));
+  }
+  if (absl::Status s = iommu::server::InitLogging(log); !s.ok()) return Fail(s.ToString());
+
+  DaemonOptions options;
+  options.listen.grpc_addresses =
+      absl::StrSplit(absl::GetFlag(FLAGS_listen), ',', absl::SkipWhitespace());
+  options.listen.metrics_address = absl::GetFlag(FLAGS_metrics_listen);
+  options.topology_file = absl::GetFlag(FLAGS_topology);
+  const std::string auth = absl::GetFlag(FLAGS_auth);
+  if (auth == "none") {
+    options.auth.mode = AuthMode::kNone;
+  } else if (auth == "token") {
+    options.auth.mode = AuthMode::kToken;
+  } else if (auth == "mtls") {
+    options.auth.mode = AuthMode::kMtls;
+  } else {
+    return Fail(absl::StrCat("auth=\"", auth, "\": must be none, token or mtls"));
+  }
+  options.auth.token_file = absl::GetFlag(FLAGS_token_file);
+  options.auth.tls_cert = absl::GetFlag(FLAGS_tls_cert);
+  options.auth.tls_key = absl::GetFlag(FLAGS_tls_key);
+  options.auth.tls_ca = absl::GetFlag(FLAGS_tls_ca);
+  options.broker.default_quotas = {.max_mapped_bytes = absl::GetFlag(FLAGS_quota_mapped_bytes),
+                                   .max_mappings = absl::GetFlag(FLAGS_quota_mappings),
+                                   .max_buffers = absl::GetFlag(FLAGS_quota_buffers),
+                                   .max_buffer_bytes = absl::GetFlag(FLAGS_quota_buffer_bytes)};
+  options.broker.flush_queue_capacity = absl::GetFlag(FLAGS_fq_size);
+  options.broker.flush_queue_timeout = absl::GetFlag(FLAGS_fq_timeout);
+  options.broker.fault_ring_capacity = absl::GetFlag(FLAGS_fault_ring_size);
+  options.session_ttl = absl::GetFlag(FLAGS_session_ttl);
+  options.drain_timeout = absl::GetFlag(FLAGS_drain_timeout);
+  if (options.session_ttl <= absl::ZeroDuration()) {
+    return Fail("session_ttl: must be positive");
+  }
+
+  // Signals are taken synchronously by this thread: block them before any
+  // other thread starts, so every thread inherits the mask.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  absl::StatusOr<std::unique_ptr<iommu::server::Daemon>> daemon =
+      iommu::server::Daemon::Start(options);
+  if (!daemon.ok()) {
+    iommu::server::LogError("start_failed", daemon.status().ToString());
+    return 1;
+  }
+  if (options.auth.mode == AuthMode::kNone) {
+    iommu::server::LogWarning(
+        "INSECURE",
+        "--auth=none: every caller is trusted to name its device, and a request with an empty "
+        "device acts as the ADMIN. For demos only; use --auth=token or --auth=mtls.");
+  }
+  iommu::server::LogInfo(
+      "serving",
+      absl::StrCat("grpc=", absl::StrJoin((*daemon)->grpc_addresses(), ","),
+                   " metrics=", (*daemon)->metrics_address().empty()
+                                    ? "off"
+                                    : absl::StrCat("http://", (*daemon)->metrics_address(),
+                                                   "/metrics"),
+                   " auth=", iommu::server::AuthModeName(options.auth.mode)));
+
+  int signal_number = 0;
+  sigwait(&signals, &signal_number);
+  iommu::server::LogInfo("signal", signal_number == SIGTERM ? "SIGTERM" : "SIGINT");
+  const absl::Status drained = (*daemon)->Shutdown();
+  if (!drained.ok()) {
+    iommu::server::LogWarning("drain", drained.ToString());
+    return 1;
+  }
+  return 0;
+}

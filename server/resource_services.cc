@@ -1,0 +1,176 @@
+#include "server/resource_services.h"
+
+#include "core/status_macros.h"
+#include "server/proto_convert.h"
+
+namespace iommu::server {
+
+using grpc::CallbackServerContext;
+using grpc::ServerUnaryReactor;
+
+// --- Memory ------------------------------------------------------------------------
+
+ServerUnaryReactor* MemoryService::AllocBuffer(CallbackServerContext* context,
+                                               const v1::AllocBufferRequest* request,
+                                               v1::AllocBufferResponse* response) {
+  return ServeUnary(env_, context, Method::kAllocBuffer, request->device(),
+                    [&](const core::Caller& caller) -> absl::Status {
+                      ASSIGN_OR_RETURN(core::Placement placement,
+                                       FromProto(request->placement()));
+                      ASSIGN_OR_RETURN(core::BufferInfo buffer,
+                                       env_.broker->AllocBuffer(caller, caller.device,
+                                                                request->size_bytes(), placement,
+                                                                request->pool()));
+                      ToProto(buffer, response->mutable_buffer());
+                      return absl::OkStatus();
+                    });
+}
+
+ServerUnaryReactor* MemoryService::FreeBuffer(CallbackServerContext* context,
+                                              const v1::FreeBufferRequest* request,
+                                              v1::FreeBufferResponse*) {
+  return ServeUnary(env_, context, Method::kFreeBuffer, request->device(),
+                    [&](const core::Caller& caller) {
+                      return env_.broker->FreeBuffer(caller, request->buffer_id());
+                    });
+}
+
+ServerUnaryReactor* MemoryService::GetBuffer(CallbackServerContext* context,
+                                             const v1::GetBufferRequest* request,
+                                             v1::GetBufferResponse* response) {
+  return ServeUnary(env_, context, Method::kGetBuffer, request->device(),
+                    [&](const core::Caller& caller) -> absl::Status {
+                      ASSIGN_OR_RETURN(core::BufferInfo buffer,
+                                       env_.broker->GetBuffer(caller, request->buffer_id()));
+                      ToProto(buffer, response->mutable_buffer());
+                      return absl::OkStatus();
+                    });
+}
+
+// --- Domains -----------------------------------------------------------------------
+
+ServerUnaryReactor* DomainsService::CreateDomain(CallbackServerContext* context,
+                                                 const v1::CreateDomainRequest* request,
+                                                 v1::CreateDomainResponse* response) {
+  return ServeUnary(env_, context, Method::kCreateDomain, request->device(),
+                    [&](const core::Caller& caller) -> absl::Status {
+                      ASSIGN_OR_RETURN(core::CreateDomainRequest req, FromProto(*request));
+                      ASSIGN_OR_RETURN(core::DomainInfo domain,
+                                       env_.broker->CreateDomain(caller, req));
+                      ToProto(domain, response->mutable_domain());
+                      return absl::OkStatus();
+                    });
+}
+
+ServerUnaryReactor* DomainsService::DestroyDomain(CallbackServerContext* context,
+                                                  const v1::DestroyDomainRequest* request,
+                                                  v1::DestroyDomainResponse*) {
+  return ServeUnary(env_, context, Method::kDestroyDomain, request->device(),
+                    [&](const core::Caller& caller) {
+                      return env_.broker->DestroyDomain(caller, request->domain_id());
+                    });
+}
+
+ServerUnaryReactor* DomainsService::GetDomain(CallbackServerContext* context,
+                                              const v1::GetDomainRequest* request,
+                                              v1::GetDomainResponse* response) {
+  return ServeUnary(env_, context, Method::kGetDomain, request->device(),
+                    [&](const core::Caller& caller) -> absl::Status {
+                      ASSIGN_OR_RETURN(core::DomainInfo domain,
+                                       env_.broker->GetDomain(caller, request->domain_id()));
+                      ToProto(domain, response->mutable_domain());
+                      return absl::OkStatus();
+                    });
+}
+
+ServerUnaryReactor* DomainsService::ListDomains(CallbackServerContext* context,
+                                                const v1::ListDomainsRequest* request,
+                                                v1::ListDomainsResponse* response) {
+  return ServeUnary(env_, context, Method::kListDomains, request->device(),
+                    [&](const core::Caller& caller) {
+                      for (const core::DomainInfo& d : env_.broker->ListDomains(caller)) {
+                        ToProto(d, response->add_domains());
+                      }
+                      return absl::OkStatus();
+                    });
+}
+
+ServerUnaryReactor* DomainsService::AttachDevice(CallbackServerContext* context,
+                                                 const v1::AttachDeviceRequest* request,
+                                                 v1::AttachDeviceResponse*) {
+  return ServeUnary(env_, context, Method::kAttachDevice, request->device(),
+                    [&](const core::Caller& caller) {
+                      return env_.broker->AttachDevice(caller, caller.device,
+                                                       request->domain_id());
+                    });
+}
+
+ServerUnaryReactor* DomainsService::DetachDevice(CallbackServerContext* context,
+                                                 const v1::DetachDeviceRequest* request,
+                                                 v1::DetachDeviceResponse*) {
+  return ServeUnary(env_, context, Method::kDetachDevice, request->device(),
+                    [&](const core::Caller& caller) {
+                      return env_.broker->DetachDevice(caller, caller.device);
+                    });
+}
+
+ServerUnaryReactor* DomainsService::GetIovaRanges(CallbackServerContext* context,
+                                                  const v1::GetIovaRangesRequest* request,
+                                                  v1::GetIovaRangesResponse* response) {
+  return ServeUnary(env_, context, Method::kGetIovaRanges, request->device(),
+                    [&](const core::Caller& caller) -> absl::Status {
+                      ASSIGN_OR_RETURN(core::IovaRangesResult ranges,
+                                       env_.broker->GetIovaRanges(caller, caller.device));
+                      ToProto(ranges, response);
+                      return absl::OkStatus();
+                    });
+}
+
+// --- Sessions ----------------------------------------------------------------------
+
+ServerUnaryReactor* SessionsService::OpenSession(CallbackServerContext* context,
+                                                 const v1::OpenSessionRequest* request,
+                                                 v1::OpenSessionResponse* response) {
+  return ServeUnary(env_, context, Method::kOpenSession, request->device(),
+                    [&](const core::Caller& caller) -> absl::Status {
+                      const absl::Duration ttl = request->ttl_ms() == 0
+                                                     ? env_.default_session_ttl
+                                                     : absl::Milliseconds(request->ttl_ms());
+                      ASSIGN_OR_RETURN(uint64_t id, env_.broker->OpenSession(caller, ttl));
+                      response->set_session_id(id);
+                      response->set_ttl_ms(static_cast<uint64_t>(absl::ToInt64Milliseconds(ttl)));
+                      return absl::OkStatus();
+                    });
+}
+
+ServerUnaryReactor* SessionsService::KeepAlive(CallbackServerContext* context,
+                                               const v1::KeepAliveRequest* request,
+                                               v1::KeepAliveResponse*) {
+  return ServeUnary(env_, context, Method::kKeepAlive, request->device(),
+                    [&](const core::Caller& caller) {
+                      return env_.broker->KeepAlive(caller, request->session_id());
+                    });
+}
+
+ServerUnaryReactor* SessionsService::CloseSession(CallbackServerContext* context,
+                                                  const v1::CloseSessionRequest* request,
+                                                  v1::CloseSessionResponse*) {
+  return ServeUnary(env_, context, Method::kCloseSession, request->device(),
+                    [&](const core::Caller& caller) {
+                      return env_.broker->CloseSession(caller, request->session_id());
+                    });
+}
+
+// --- Stats -------------------------------------------------------------------------
+
+ServerUnaryReactor* StatsService::GetStats(CallbackServerContext* context,
+                                           const v1::GetStatsRequest* request,
+                                           v1::GetStatsResponse* response) {
+  return ServeUnary(env_, context, Method::kGetStats, request->device(),
+                    [&](const core::Caller& caller) {
+                      ToProto(env_.broker->GetStats(caller), response);
+                      return absl::OkStatus();
+                    });
+}
+
+}  // namespace iommu::server
