@@ -248,7 +248,7 @@ class Client:
 
     def _translate_request(self, iova, length_bytes, access, privileged, smmu, stream_id):
         request = pb.TranslateRequest(
-            device="" if stream_id is not None else self.device, iova=iova,
+            device=self.device, iova=iova,
             length_bytes=length_bytes, access=convert.access(access), privileged=privileged,
             smmu=smmu)
         if stream_id is not None:
@@ -270,7 +270,7 @@ class Client:
             if isinstance(a, pb.TranslateRequest):
                 request = pb.TranslateRequest()
                 request.CopyFrom(a)
-                if not request.device and not request.HasField("stream_id"):
+                if not request.device:
                     request.device = self.device
             else:
                 iova, length_bytes, *rest = a
@@ -281,11 +281,12 @@ class Client:
         return list(self._call(self._devices.TranslateBatch,
                                pb.TranslateBatchRequest(accesses=requests)).results)
 
-    def watch_faults(self, after_seq: int = 0) -> FaultWatch:
-        """The fault event stream (iterate it; `with` cancels it on exit)."""
+    def watch_faults(self, after_seq: int = 0, timeout: Optional[float] = None) -> FaultWatch:
+        """The fault event stream (iterate it; `with` cancels it on exit).
+        With `timeout` (seconds) the stream ends in DeadlineExceeded."""
         call = self._devices.WatchFaults(pb.WatchFaultsRequest(device=self.device,
                                                                after_seq=after_seq),
-                                         metadata=self._metadata)
+                                         timeout=timeout, metadata=self._metadata)
         return FaultWatch(call)
 
     # --- Sessions -------------------------------------------------------------
