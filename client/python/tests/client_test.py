@@ -5,14 +5,16 @@ streams, and errors mapped to the right exception with the daemon's message.
 Run through ctest (python_client_test), or:
   IOMMUD=build/server/iommud PYTHONPATH=build/client/python python3 client_test.py
 """
+import signal
 import threading
 import time
+import unittest
 
 import grpc
 
 import iommu_broker as ib
 from iommu_broker import ops, pb
-from iommud_harness import DaemonTestCase, run_tests
+from iommud_harness import DaemonTestCase, Iommud, have_iommud, run_tests
 
 PAGE = 4096
 
@@ -459,6 +461,70 @@ class ErrorTest(SdkTestCase):
         self.addCleanup(gone.close)
         with self.assertRaises(ib.Unavailable):
             gone.list_iommus()
+
+
+class QuotaTest(DaemonTestCase):
+    FLAGS = ("--auth=none", "--quota_buffers=2", "--quota_mappings=1")
+
+    def test_quotas_are_resource_exhausted_and_leave_no_trace(self):
+        nic = ib.Client(self.daemon.unix_target, device="nic0")
+        self.addCleanup(nic.close)
+        with nic.buffer(PAGE) as a, nic.buffer(PAGE) as b:
+            with self.assertRaises(ib.ResourceExhausted) as cm:
+                nic.alloc_buffer(PAGE)
+            self.assertIn('device="nic0"', cm.exception.message)
+            with nic.map(a):
+                with self.assertRaises(ib.ResourceExhausted):
+                    nic.map(b)
+                self.assertEqual(nic.get_buffer(b.buffer_id).map_count, 0)
+            with nic.map(b):  # the quota came back with the unmap
+                pass
+        (info,) = nic.list_devices()
+        self.assertEqual((info.buffers, info.mappings), (0, 0))
+
+
+@unittest.skipUnless(have_iommud(), "iommud not built")
+class DrainTest(unittest.TestCase):
+    """SIGTERM: streams end, the daemon drains and exits 0. Each test owns its daemon."""
+
+    def start(self):
+        daemon = Iommud("--auth=none", "--drain_timeout=3s")
+        self.addCleanup(daemon.cleanup)
+        self.addCleanup(daemon.stop)
+        client = ib.Client(daemon.unix_target, device="nic0")
+        return daemon, client
+
+    def test_sigterm_ends_a_fault_watch(self):
+        daemon, client = self.start()
+        ended = threading.Event()
+        seen = []
+
+        def reader():
+            for ev in client.watch_faults():
+                seen.extend(ev.records)
+            ended.set()  # the daemon ended the stream with OK: no exception
+        thread = threading.Thread(target=reader, daemon=True)
+        thread.start()
+        fault = client.translate(0x5000, 4)
+        deadline = time.monotonic() + 10
+        while not seen and time.monotonic() < deadline:
+            time.sleep(0.02)
+        daemon.proc.send_signal(signal.SIGTERM)
+        self.assertTrue(ended.wait(10), "WatchFaults did not end on SIGTERM")
+        self.assertEqual([r.seq for r in seen], [fault.fault_seq])
+        client.close()
+        self.assertEqual(daemon.stop(), 0, daemon.log())
+
+    # iommud (eng/server d1b6ea4) waits for --drain_timeout and exits 1 while
+    # any client keeps an idle connection open. Remove the marker once fixed.
+    @unittest.expectedFailure
+    def test_sigterm_with_a_connected_idle_client_drains_cleanly(self):
+        daemon, client = self.start()
+        self.addCleanup(client.close)
+        client.list_iommus()
+        started = time.monotonic()
+        self.assertEqual(daemon.stop(), 0, daemon.log())
+        self.assertLess(time.monotonic() - started, 3.0)
 
 
 if __name__ == "__main__":
