@@ -21,10 +21,9 @@ configure: deps $(BUILD_DIR)/build.ninja
 build: configure
 	cmake --build $(BUILD_DIR) -j $(JOBS)
 
-# Until the daemon lands, `make run` runs the engine workloads of WORKLOADS.md.
+# iommud on the default topology with `iommuctl simulate` demo traffic; Ctrl-C stops it.
 run: build
-	@echo "make run: iommud is not built yet; running the engine workloads (WORKLOADS.md) instead."
-	$(BUILD_DIR)/core/iommu_workloads
+	@BUILD_DIR=$(BUILD_DIR) bash scripts/run.sh
 
 test: build
 	cd $(BUILD_DIR) && ctest -j $(JOBS) $(CTEST_FLAGS)

@@ -3,6 +3,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <exception>
 
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
@@ -25,6 +26,7 @@ namespace iommu::server {
 namespace {
 
 constexpr int kMaxMessageBytes = 64 << 20;  // Batch requests carry many ops
+constexpr absl::Duration kShutdownGrace = absl::Milliseconds(500);
 
 // Removes a stale socket left by a previous run (never any other file).
 absl::Status PrepareUnixSocket(const std::string& address) {
@@ -162,11 +164,18 @@ absl::Status Daemon::Shutdown() {
   LogInfo("draining", absl::StrCat("streams=", streams_.size(), " deadline_s=",
                                    absl::ToDoubleSeconds(options_.drain_timeout)));
   SetServing(server_.get(), false);
+  // 1. End the streams (Batch between two requests, watchers at once) and
+  //    wait for them, up to the deadline. Unary calls run to completion
+  //    inline in their handlers, so they need no tracking.
   streams_.DrainAll();
   broker_->Shutdown();  // wakes fault watchers
-  server_->Shutdown(absl::ToChronoTime(deadline));
-  server_->Wait();
   const bool streams_done = streams_.AwaitEmpty(deadline);
+  // 2. Stop accepting. gRPC's Shutdown waits for every client channel to
+  //    close after its GOAWAY, which an idle client may never do; the short
+  //    grace bounds that, after which remaining calls are cancelled and the
+  //    channels dropped.
+  server_->Shutdown(absl::ToChronoTime(std::min(deadline, absl::Now() + kShutdownGrace)));
+  server_->Wait();
   stop_ticking_.Notify();
   if (ticker_.joinable()) ticker_.join();
   exposer_.reset();

@@ -1,5 +1,7 @@
 #include "server/grpc_metrics.h"
 
+#include <iterator>
+#include <limits>
 #include <string>
 
 namespace iommu::server {

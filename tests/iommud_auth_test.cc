@@ -1,0 +1,211 @@
+// Integration: identity and authorisation against the real iommud — bearer
+// tokens, mTLS (certificates generated at test time with openssl) over TCP and
+// the Unix socket, device isolation, admin-only calls, quotas.
+
+#include <gtest/gtest.h>
+
+#include "tests/daemon_harness.h"
+#include "tests/test_clients.h"
+
+namespace iommu::testing {
+namespace {
+
+using grpc::StatusCode;
+
+v1::AllocBufferRequest Buffer(const std::string& device, uint64_t size_bytes = 4096) {
+  v1::AllocBufferRequest r;
+  r.set_device(device);
+  r.set_size_bytes(size_bytes);
+  r.set_placement(v1::PLACEMENT_SCATTERED);
+  return r;
+}
+
+class TokenAuthTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    const std::string dir = MakeTempDir();
+    const std::string tokens = dir + "/tokens";
+    std::ofstream(tokens) << "# test tokens\n"
+                          << "tok-nic0 nic0\n"
+                          << "tok-nvme0 nvme0\n"
+                          << "tok-admin admin\n";
+    ASSERT_TRUE(daemon_.Start({"--auth=token", "--token_file=" + tokens, "--quota_buffers=3"}))
+        << daemon_.log();
+    stubs_ = std::make_unique<Stubs>(Insecure(daemon_.tcp_target()));
+  }
+  DaemonProcess daemon_;
+  std::unique_ptr<Stubs> stubs_;
+};
+
+TEST_F(TokenAuthTest, MissingOrBadTokenIsUnauthenticated) {
+  v1::AllocBufferResponse out;
+  EXPECT_CODE(stubs_->memory->AllocBuffer(Ctx().get(), Buffer("nic0"), &out), UNAUTHENTICATED);
+  EXPECT_CODE(stubs_->memory->AllocBuffer(Ctx("tok-wrong").get(), Buffer("nic0"), &out),
+              UNAUTHENTICATED);
+  grpc::ClientContext basic;
+  basic.AddMetadata("authorization", "Basic dG9rLW5pYzA=");
+  EXPECT_CODE(stubs_->memory->AllocBuffer(&basic, Buffer("nic0"), &out), UNAUTHENTICATED);
+  // Streams too.
+  grpc::ClientContext ctx;
+  auto batch = stubs_->dma->Batch(&ctx);
+  v1::BatchResponse resp;
+  EXPECT_FALSE(batch->Read(&resp));
+  EXPECT_CODE(batch->Finish(), UNAUTHENTICATED);
+}
+
+TEST_F(TokenAuthTest, DeviceActsOnlyAsItself) {
+  Stubs& s = *stubs_;
+  v1::AllocBufferResponse buffer;
+  ASSERT_OK(s.memory->AllocBuffer(Ctx("tok-nic0").get(), Buffer("nic0", 16384), &buffer));
+  // The empty device means "myself" for a device credential.
+  v1::AllocBufferResponse implicit;
+  ASSERT_OK(s.memory->AllocBuffer(Ctx("tok-nic0").get(), Buffer(""), &implicit));
+  EXPECT_EQ(implicit.buffer().device(), "nic0");
+  // Acting as another device.
+  v1::AllocBufferResponse out;
+  EXPECT_CODE(s.memory->AllocBuffer(Ctx("tok-nic0").get(), Buffer("nvme0"), &out),
+              PERMISSION_DENIED);
+  // Mapping memory it does not own.
+  v1::MapRequest map;
+  map.set_device("nvme0");
+  *map.mutable_mem() = BufferRef(buffer.buffer().buffer_id(), 0, 4096);
+  map.set_direction(v1::DMA_DIRECTION_BIDIRECTIONAL);
+  v1::MapResponse mapped;
+  EXPECT_CODE(s.dma->Map(Ctx("tok-nvme0").get(), map, &mapped), PERMISSION_DENIED);
+  // Raw physical memory is admin-only.
+  v1::MapRequest raw = map;
+  raw.set_device("nic0");
+  raw.mutable_mem()->set_phys_addr(0x80000000);
+  EXPECT_CODE(s.dma->Map(Ctx("tok-nic0").get(), raw, &mapped), PERMISSION_DENIED);
+  ASSERT_OK(s.dma->Map(Ctx("tok-admin").get(), raw, &mapped));
+  // Unmapping another's mapping: it does not exist for them.
+  map.set_device("nic0");
+  ASSERT_OK(s.dma->Map(Ctx("tok-nic0").get(), map, &mapped));
+  v1::UnmapRequest unmap;
+  unmap.set_device("nvme0");
+  unmap.set_dma_addr(mapped.dma_addr());
+  v1::UnmapResponse unmapped;
+  EXPECT_FALSE(s.dma->Unmap(Ctx("tok-nvme0").get(), unmap, &unmapped).ok());
+  unmap.set_device("nic0");
+  EXPECT_CODE(s.dma->Unmap(Ctx("tok-nvme0").get(), unmap, &unmapped), PERMISSION_DENIED);
+  ASSERT_OK(s.dma->Unmap(Ctx("tok-nic0").get(), unmap, &unmapped));
+  // Translate by stream id is admin-only.
+  v1::TranslateRequest tr;
+  tr.set_smmu("smmu0");
+  tr.set_stream_id(0x100);
+  tr.set_iova(0x1000);
+  tr.set_length_bytes(4);
+  tr.set_access(v1::ACCESS_KIND_READ);
+  v1::TranslateResponse translated;
+  EXPECT_CODE(s.devices->Translate(Ctx("tok-nic0").get(), tr, &translated), PERMISSION_DENIED);
+  ASSERT_OK(s.devices->Translate(Ctx("tok-admin").get(), tr, &translated));
+  // A device sees only itself.
+  v1::ListDevicesResponse devices;
+  ASSERT_OK(s.devices->ListDevices(Ctx("tok-nic0").get(), {}, &devices));
+  ASSERT_EQ(devices.devices_size(), 1);
+  EXPECT_EQ(devices.devices(0).config().name(), "nic0");
+  ASSERT_OK(s.devices->ListDevices(Ctx("tok-admin").get(), {}, &devices));
+  EXPECT_GT(devices.devices_size(), 1);
+  // Batch ops are checked one by one.
+  grpc::ClientContext ctx;
+  ctx.AddMetadata("authorization", "Bearer tok-nic0");
+  auto batch = s.dma->Batch(&ctx);
+  v1::BatchRequest req;
+  v1::UnmapRequest* op = req.add_ops()->mutable_unmap();
+  op->set_device("nvme0");
+  op->set_dma_addr(0x1000);
+  ASSERT_TRUE(batch->Write(req));
+  v1::BatchResponse resp;
+  ASSERT_TRUE(batch->Read(&resp));
+  ASSERT_EQ(resp.results_size(), 1);
+  EXPECT_EQ(resp.results(0).code(), int(StatusCode::PERMISSION_DENIED));
+  batch->WritesDone();
+  ASSERT_OK(batch->Finish());
+}
+
+TEST_F(TokenAuthTest, QuotaIsResourceExhausted) {
+  v1::AllocBufferResponse out;
+  for (int i = 0; i < 3; ++i) {
+    ASSERT_OK(stubs_->memory->AllocBuffer(Ctx("tok-nvme0").get(), Buffer("nvme0"), &out));
+  }
+  const grpc::Status s =
+      stubs_->memory->AllocBuffer(Ctx("tok-nvme0").get(), Buffer("nvme0"), &out);
+  EXPECT_EQ(s.error_code(), StatusCode::RESOURCE_EXHAUSTED) << s.error_message();
+  // Another device's quota is its own.
+  ASSERT_OK(stubs_->memory->AllocBuffer(Ctx("tok-nic0").get(), Buffer("nic0"), &out));
+}
+
+// --- mTLS ---------------------------------------------------------------------------
+
+class MtlsTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    certs_ = new std::string(MakeTempDir());
+    const std::string cmd = std::string("bash ") + GEN_CERTS_PATH + " " + *certs_;
+    ASSERT_EQ(std::system(cmd.c_str()), 0);
+  }
+  static void TearDownTestSuite() { delete certs_; }
+
+  void SetUp() override {
+    const std::string& d = *certs_;
+    ASSERT_TRUE(daemon_.Start({"--auth=mtls", "--tls_cert=" + d + "/server.crt",
+                               "--tls_key=" + d + "/server.key", "--tls_ca=" + d + "/ca.crt"}))
+        << daemon_.log();
+  }
+
+  // A channel presenting `client` ("" for no certificate).
+  std::unique_ptr<Stubs> Connect(const std::string& target, const std::string& client) {
+    const std::string& d = *certs_;
+    grpc::SslCredentialsOptions ssl;
+    ssl.pem_root_certs = ReadAll(d + "/ca.crt");
+    if (!client.empty()) {
+      ssl.pem_private_key = ReadAll(d + "/" + client + ".key");
+      ssl.pem_cert_chain = ReadAll(d + "/" + client + ".crt");
+    }
+    grpc::ChannelArguments args;
+    args.SetSslTargetNameOverride("iommud.test");
+    return std::make_unique<Stubs>(
+        grpc::CreateCustomChannel(target, grpc::SslCredentials(ssl), args));
+  }
+
+  void ExpectIdentities(const std::string& target) {
+    v1::AllocBufferResponse out;
+    auto nic0 = Connect(target, "nic0");
+    ASSERT_OK(nic0->memory->AllocBuffer(Ctx().get(), Buffer(""), &out));
+    EXPECT_EQ(out.buffer().device(), "nic0");
+    EXPECT_CODE(nic0->memory->AllocBuffer(Ctx().get(), Buffer("nvme0"), &out), PERMISSION_DENIED);
+    auto nvme0 = Connect(target, "nvme0");  // a DNS SAN
+    ASSERT_OK(nvme0->memory->AllocBuffer(Ctx().get(), Buffer("nvme0"), &out));
+    auto admin = Connect(target, "admin");
+    v1::ListDevicesResponse devices;
+    ASSERT_OK(admin->devices->ListDevices(Ctx().get(), {}, &devices));
+    EXPECT_GT(devices.devices_size(), 1);
+    ASSERT_OK(admin->memory->AllocBuffer(Ctx().get(), Buffer("gpu0"), &out));
+    EXPECT_EQ(out.buffer().device(), "gpu0");
+    auto anonymous = Connect(target, "");
+    EXPECT_CODE(anonymous->memory->AllocBuffer(Ctx().get(), Buffer("nic0"), &out),
+                UNAUTHENTICATED);
+    auto stranger = Connect(target, "stranger");
+    EXPECT_CODE(stranger->memory->AllocBuffer(Ctx().get(), Buffer("nic0"), &out),
+                UNAUTHENTICATED);
+    // A certificate from another CA never completes the handshake.
+    auto rogue = Connect(target, "rogue");
+    EXPECT_FALSE(rogue->memory->AllocBuffer(Ctx().get(), Buffer("nic0"), &out).ok());
+  }
+
+  static std::string* certs_;
+  DaemonProcess daemon_;
+};
+std::string* MtlsTest::certs_ = nullptr;
+
+TEST_F(MtlsTest, CertificateIdentityOverTcp) { ExpectIdentities(daemon_.tcp_target()); }
+TEST_F(MtlsTest, CertificateIdentityOverUnixSocket) { ExpectIdentities(daemon_.unix_target()); }
+
+TEST_F(MtlsTest, PlaintextClientIsRefused) {
+  Stubs plain(Insecure(daemon_.tcp_target()));
+  v1::ListIommusResponse out;
+  EXPECT_FALSE(plain.devices->ListIommus(Ctx().get(), {}, &out).ok());
+}
+
+}  // namespace
+}  // namespace iommu::testing
