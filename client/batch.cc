@@ -1,0 +1,134 @@
+#include "client/batch.h"
+
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "client/connection.h"
+#include "client/status.h"
+
+namespace iommu::client {
+namespace {
+
+template <typename Req>
+void FillDevice(Req* request, const std::string& device) {
+  if (request->device().empty()) request->set_device(device);
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<BatchStream>> BatchStream::Open(const Client& client) {
+  std::unique_ptr<BatchStream> batch(new BatchStream(client));
+  if (batch->stream_ == nullptr) return absl::UnavailableError("Batch: the stream could not be started");
+  return batch;
+}
+
+BatchStream::BatchStream(Client client) : client_(std::move(client)) {
+  client_.PrepareContext(&context_, absl::InfiniteDuration());
+  stream_ = client_.connection()->dma->Batch(&context_);
+  if (stream_ != nullptr) reader_ = std::thread([this] { ReadLoop(); });
+}
+
+BatchStream::~BatchStream() { (void)Close(); }
+
+size_t BatchStream::Add(v1::BatchOp op) {
+  const std::string& device = client_.device();
+  if (!device.empty()) {
+    switch (op.op_case()) {
+      case v1::BatchOp::kMap: FillDevice(op.mutable_map(), device); break;
+      case v1::BatchOp::kUnmap: FillDevice(op.mutable_unmap(), device); break;
+      case v1::BatchOp::kMapSg: FillDevice(op.mutable_map_sg(), device); break;
+      case v1::BatchOp::kUnmapSg: FillDevice(op.mutable_unmap_sg(), device); break;
+      case v1::BatchOp::kTranslate: FillDevice(op.mutable_translate(), device); break;
+      case v1::BatchOp::OP_NOT_SET: break;  // the daemon rejects it, naming the op
+    }
+  }
+  *pending_.add_ops() = std::move(op);
+  return pending_.ops_size() - 1;
+}
+
+size_t BatchStream::AddMap(uint64_t buffer_id, uint64_t offset_bytes, uint64_t length_bytes,
+                           v1::DmaDirection direction) {
+  v1::BatchOp op;
+  v1::MapRequest* map = op.mutable_map();
+  map->mutable_mem()->set_buffer_id(buffer_id);
+  map->mutable_mem()->set_offset_bytes(offset_bytes);
+  map->mutable_mem()->set_length_bytes(length_bytes);
+  map->set_direction(direction);
+  return Add(std::move(op));
+}
+
+size_t BatchStream::AddUnmap(uint64_t dma_addr) {
+  v1::BatchOp op;
+  op.mutable_unmap()->set_dma_addr(dma_addr);
+  return Add(std::move(op));
+}
+
+size_t BatchStream::AddTranslate(uint64_t iova, uint64_t length_bytes, v1::AccessKind access) {
+  v1::BatchOp op;
+  v1::TranslateOp* t = op.mutable_translate();
+  t->set_iova(iova);
+  t->set_length_bytes(length_bytes);
+  t->set_access(access);
+  return Add(std::move(op));
+}
+
+BatchStream::ResponseFuture BatchStream::Send() {
+  v1::BatchRequest request = std::exchange(pending_, v1::BatchRequest());
+  request.set_sequence(next_sequence_++);
+  std::promise<absl::StatusOr<v1::BatchResponse>> promise;
+  ResponseFuture future = promise.get_future();
+  absl::MutexLock write_lock(&write_mu_);
+  {
+    absl::MutexLock lock(&mu_);
+    if (closed_ || !broken_.ok()) {
+      promise.set_value(closed_ ? absl::FailedPreconditionError("Batch: the stream is closed") : broken_);
+      return future;
+    }
+    outstanding_.push_back({request.sequence(), std::move(promise)});
+  }
+  if (!stream_->Write(request)) {
+    // The stream is gone; the reader sees the end and fails what is outstanding.
+    context_.TryCancel();
+  }
+  return future;
+}
+
+void BatchStream::ReadLoop() {
+  v1::BatchResponse response;
+  while (stream_->Read(&response)) {
+    absl::MutexLock lock(&mu_);
+    if (outstanding_.empty() || outstanding_.front().sequence != response.sequence()) {
+      broken_ = FieldStatus(absl::StatusCode::kInternal, "sequence", response.sequence(),
+                            "Batch response does not match the oldest outstanding request");
+      FailOutstanding(broken_);
+      context_.TryCancel();
+      continue;
+    }
+    outstanding_.front().promise.set_value(std::move(response));
+    outstanding_.pop_front();
+    response = v1::BatchResponse();
+  }
+  absl::MutexLock lock(&mu_);
+  if (broken_.ok()) broken_ = absl::UnavailableError("Batch: the stream ended before its responses");
+  FailOutstanding(broken_);
+}
+
+void BatchStream::FailOutstanding(const absl::Status& status) {
+  for (Outstanding& o : outstanding_) o.promise.set_value(status);
+  outstanding_.clear();
+}
+
+absl::Status BatchStream::Close() {
+  if (closed_ || stream_ == nullptr) return final_status_;
+  {
+    absl::MutexLock write_lock(&write_mu_);
+    absl::MutexLock lock(&mu_);
+    closed_ = true;
+  }
+  stream_->WritesDone();
+  reader_.join();
+  final_status_ = FromGrpcStatus(stream_->Finish());
+  return final_status_;
+}
+
+}  // namespace iommu::client

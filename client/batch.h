@@ -1,0 +1,92 @@
+// The Batch bidirectional stream: many Map/Unmap/MapSg/UnmapSg/Translate
+// operations per message, a virtio-iommu request queue.
+//
+//   ASSIGN_OR_RETURN(auto batch, BatchStream::Open(client));
+//   batch->AddMap(buffer_id, 0, 4096, v1::DMA_DIRECTION_TO_DEVICE);   // index 0
+//   batch->AddTranslate(iova, 4096, v1::ACCESS_KIND_READ);            // index 1
+//   ASSIGN_OR_RETURN(v1::BatchResponse r, batch->Flush());           // results[0], results[1]
+//
+// Add*() queue operations into the pending message and return their index in
+// it; Send() writes the pending message and returns a future of its
+// response, whose results are in operation order (BatchResultStatus gives
+// each one's status). Several messages may be in flight: responses are
+// matched to requests by sequence number, in order. If the stream breaks,
+// every outstanding and later future yields the error; Close() returns the
+// stream's final status.
+//
+// Thread-compatible: one thread queues and sends; a reader thread inside
+// completes the futures.
+#ifndef IOMMU_CLIENT_BATCH_H_
+#define IOMMU_CLIENT_BATCH_H_
+
+#include <cstdint>
+#include <deque>
+#include <future>
+#include <memory>
+#include <thread>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "client/client.h"
+#include "client/status.h"  // BatchResultStatus
+#include "grpcpp/client_context.h"
+#include "grpcpp/support/sync_stream.h"
+
+namespace iommu::client {
+
+class BatchStream {
+ public:
+  using ResponseFuture = std::future<absl::StatusOr<v1::BatchResponse>>;
+
+  static absl::StatusOr<std::unique_ptr<BatchStream>> Open(const Client& client);
+  BatchStream(const BatchStream&) = delete;
+  BatchStream& operator=(const BatchStream&) = delete;
+  ~BatchStream();
+
+  // Queue one operation; the device of its request defaults to the client's.
+  size_t Add(v1::BatchOp op);
+  size_t AddMap(uint64_t buffer_id, uint64_t offset_bytes, uint64_t length_bytes, v1::DmaDirection direction);
+  size_t AddUnmap(uint64_t dma_addr);
+  size_t AddTranslate(uint64_t iova, uint64_t length_bytes, v1::AccessKind access);
+  size_t pending() const { return static_cast<size_t>(pending_.ops_size()); }
+
+  // Sends the pending operations as one message (an empty one too).
+  ResponseFuture Send();
+  absl::StatusOr<v1::BatchResponse> Flush() { return Send().get(); }
+
+  // Half-closes, waits for outstanding responses and returns the stream's
+  // status. Idempotent.
+  absl::Status Close();
+
+ private:
+  struct Outstanding {
+    uint64_t sequence;
+    std::promise<absl::StatusOr<v1::BatchResponse>> promise;
+  };
+
+  explicit BatchStream(Client client);
+  void ReadLoop();
+  void FailOutstanding(const absl::Status& status) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  const Client client_;
+  grpc::ClientContext context_;
+  std::unique_ptr<grpc::ClientReaderWriter<v1::BatchRequest, v1::BatchResponse>> stream_;
+  v1::BatchRequest pending_;  // owned by the sending thread
+  uint64_t next_sequence_ = 1;
+  bool closed_ = false;
+  absl::Status final_status_;
+  std::thread reader_;
+
+  // Lock order: write_mu_ before mu_. write_mu_ keeps Write order equal to
+  // the order of `outstanding_`.
+  absl::Mutex write_mu_;
+  absl::Mutex mu_;
+  std::deque<Outstanding> outstanding_ ABSL_GUARDED_BY(mu_);
+  absl::Status broken_ ABSL_GUARDED_BY(mu_);  // non-OK once the stream cannot deliver
+};
+
+}  // namespace iommu::client
+
+#endif  // IOMMU_CLIENT_BATCH_H_

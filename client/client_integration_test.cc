@@ -1,0 +1,474 @@
+// The C++ SDK against the real iommud binary: every RPC, the RAII handles,
+// sessions (kept alive, reclaimed after the client dies), the Batch API,
+// retries, and the token and mTLS credentials.
+#include <signal.h>
+#include <sys/wait.h>
+
+#include <cstdlib>
+#include <fstream>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "client/batch.h"
+#include "client/client.h"
+#include "client/session.h"
+#include "client/testing/iommud_process.h"
+#include "gtest/gtest.h"
+
+namespace iommu::client {
+namespace {
+
+using testing::IommudProcess;
+
+#define ASSERT_OK_AND_ASSIGN(lhs, expr)             \
+  auto lhs##_or = (expr);                           \
+  ASSERT_TRUE(lhs##_or.ok()) << lhs##_or.status(); \
+  auto lhs = *std::move(lhs##_or)
+
+class ClientIntegrationTest : public ::testing::Test {
+ protected:
+  void SetUp() override { StartDaemon({}); }
+
+  void StartDaemon(const std::vector<std::string>& flags) {
+    absl::Status s = daemon_.Start(flags);
+    ASSERT_TRUE(s.ok()) << s;
+  }
+
+  Client Connect(const std::string& device, const std::string& target = "") {
+    Options o;
+    o.target = target.empty() ? daemon_.unix_target() : target;
+    o.device = device;
+    absl::StatusOr<Client> c = Client::Connect(o);
+    EXPECT_TRUE(c.ok()) << c.status();
+    return *std::move(c);
+  }
+
+  // The daemon's view of a device's resources.
+  v1::DeviceInfo Device(const std::string& name) {
+    absl::StatusOr<Client> admin = Client::Connect({.target = daemon_.unix_target()});
+    v1::ListDevicesResponse devices = *admin->ListDevices();
+    for (const v1::DeviceInfo& d : devices.devices()) {
+      if (d.config().name() == name) return d;
+    }
+    ADD_FAILURE() << "no device " << name;
+    return {};
+  }
+
+  IommudProcess daemon_;
+};
+
+TEST_F(ClientIntegrationTest, EveryRpcOverUnixAndTcp) {
+  for (const std::string& target : {daemon_.unix_target(), daemon_.tcp_target()}) {
+    SCOPED_TRACE(target);
+    Client nic = Connect("nic0", target);
+    ASSERT_OK_AND_ASSIGN(iommus, nic.ListIommus());
+    EXPECT_GE(iommus.smmus_size(), 2);
+    ASSERT_OK_AND_ASSIGN(devices, nic.ListDevices());
+    ASSERT_EQ(devices.devices_size(), 1);  // a device sees itself
+    EXPECT_EQ(devices.devices(0).config().name(), "nic0");
+
+    v1::AllocBufferRequest ab;
+    ab.set_size_bytes(64 * 1024);
+    ab.set_placement(v1::PLACEMENT_SCATTERED);
+    ASSERT_OK_AND_ASSIGN(buffer, nic.AllocBuffer(ab));
+    const uint64_t buffer_id = buffer.buffer().buffer_id();
+    v1::GetBufferRequest gb;
+    gb.set_buffer_id(buffer_id);
+    ASSERT_OK_AND_ASSIGN(got, nic.GetBuffer(gb));
+    EXPECT_EQ(got.buffer().size_bytes(), 64u * 1024);
+
+    v1::MapRequest map;
+    map.mutable_mem()->set_buffer_id(buffer_id);
+    map.mutable_mem()->set_offset_bytes(0x123);
+    map.mutable_mem()->set_length_bytes(256);
+    map.set_direction(v1::DMA_DIRECTION_TO_DEVICE);
+    ASSERT_OK_AND_ASSIGN(mapped, nic.Map(map));
+    EXPECT_EQ(mapped.dma_addr() & 0xfff, 0x123u);
+
+    v1::TranslateRequest tr;
+    tr.set_iova(mapped.dma_addr());
+    tr.set_length_bytes(16);
+    tr.set_access(v1::ACCESS_KIND_READ);
+    ASSERT_OK_AND_ASSIGN(t, nic.Translate(tr));
+    EXPECT_FALSE(t.faulted());
+    ASSERT_EQ(t.pages_size(), 1);
+    EXPECT_EQ(t.pages(0).phys_addr(), got.buffer().runs(0).phys_addr() + 0x123);
+    v1::TranslateBatchRequest tb;
+    *tb.add_accesses() = tr;
+    tr.set_access(v1::ACCESS_KIND_WRITE);  // TO_DEVICE is read-only for the device
+    *tb.add_accesses() = tr;
+    ASSERT_OK_AND_ASSIGN(tbr, nic.TranslateBatch(tb));
+    ASSERT_EQ(tbr.results_size(), 2);
+    EXPECT_FALSE(tbr.results(0).faulted());
+    EXPECT_TRUE(tbr.results(1).faulted());
+    EXPECT_EQ(tbr.results(1).fault_type(), v1::FAULT_TYPE_PERMISSION);
+
+    v1::GetSgTableRequest sgt;
+    sgt.set_dma_addr(mapped.dma_addr());
+    ASSERT_OK_AND_ASSIGN(table, nic.GetSgTable(sgt));
+    EXPECT_GE(table.chunks_size(), 1);
+    v1::UnmapRequest unmap;
+    unmap.set_dma_addr(mapped.dma_addr());
+    ASSERT_TRUE(nic.Unmap(unmap).ok());
+    EXPECT_EQ(nic.Unmap(unmap).status().code(), absl::StatusCode::kNotFound);
+
+    v1::MapSgRequest sg;
+    for (int p = 0; p < 4; ++p) {
+      v1::MemRef* s = sg.add_segments();
+      s->set_buffer_id(buffer_id);
+      s->set_offset_bytes(p * 4096);
+      s->set_length_bytes(4096);
+    }
+    sg.set_mode(v1::SG_MODE_CONTIGUOUS);
+    sg.set_direction(v1::DMA_DIRECTION_BIDIRECTIONAL);
+    ASSERT_OK_AND_ASSIGN(sgm, nic.MapSg(sg));
+    EXPECT_EQ(sgm.segment_count(), 1u);
+    v1::UnmapSgRequest usg;
+    usg.set_dma_addr(sgm.iova());
+    ASSERT_TRUE(nic.UnmapSg(usg).ok());
+
+    v1::AllocRequest alloc;
+    alloc.set_size_bytes(2 * 1024 * 1024);
+    alloc.set_direction(v1::DMA_DIRECTION_BIDIRECTIONAL);
+    ASSERT_OK_AND_ASSIGN(allocated, nic.Alloc(alloc));
+    v1::FreeRequest free;
+    free.set_dma_addr(allocated.dma_addr());
+    ASSERT_TRUE(nic.Free(free).ok());
+
+    ASSERT_OK_AND_ASSIGN(msi, nic.MsiCookie(v1::MsiCookieRequest()));
+    EXPECT_NE(msi.msi_addr(), 0u);
+    ASSERT_TRUE(nic.Sync().ok());
+
+    // An UNMANAGED domain: create, attach, MapAt, UnmapRange, detach, destroy.
+    v1::CreateDomainRequest cd;
+    cd.set_smmu("smmu0");
+    cd.set_type(v1::DOMAIN_TYPE_UNMANAGED);
+    ASSERT_OK_AND_ASSIGN(domain, nic.CreateDomain(cd));
+    const uint64_t domain_id = domain.domain().domain_id();
+    v1::GetDomainRequest gd;
+    gd.set_domain_id(domain_id);
+    ASSERT_OK_AND_ASSIGN(gotd, nic.GetDomain(gd));
+    EXPECT_EQ(gotd.domain().type(), v1::DOMAIN_TYPE_UNMANAGED);
+    ASSERT_OK_AND_ASSIGN(listed, nic.ListDomains());
+    EXPECT_GE(listed.domains_size(), 2);
+    v1::AttachDeviceRequest at;
+    at.set_domain_id(domain_id);
+    ASSERT_TRUE(nic.AttachDevice(at).ok());
+    ASSERT_OK_AND_ASSIGN(ranges, nic.GetIovaRanges());
+    EXPECT_EQ(ranges.domain_id(), domain_id);
+    v1::MapAtRequest mat;
+    mat.set_iova(0x100000);
+    mat.mutable_mem()->set_buffer_id(buffer_id);
+    mat.mutable_mem()->set_length_bytes(4096);
+    mat.set_direction(v1::DMA_DIRECTION_BIDIRECTIONAL);
+    ASSERT_TRUE(nic.MapAt(mat).ok());
+    EXPECT_EQ(nic.MapAt(mat).status().code(), absl::StatusCode::kAlreadyExists);
+    v1::UnmapRangeRequest ur;
+    ur.set_iova(0x100000);
+    ur.set_size_bytes(4096);
+    ASSERT_OK_AND_ASSIGN(unmapped, nic.UnmapRange(ur));
+    EXPECT_EQ(unmapped.unmapped_bytes(), 4096u);
+    v1::DestroyDomainRequest dd;
+    dd.set_domain_id(domain_id);
+    EXPECT_EQ(nic.DestroyDomain(dd).status().code(), absl::StatusCode::kFailedPrecondition);
+    ASSERT_TRUE(nic.DetachDevice().ok());
+    ASSERT_TRUE(nic.DestroyDomain(dd).ok());
+
+    ASSERT_OK_AND_ASSIGN(opened, nic.OpenSession());
+    v1::KeepAliveRequest ka;
+    ka.set_session_id(opened.session_id());
+    ASSERT_TRUE(nic.KeepAlive(ka).ok());
+    v1::CloseSessionRequest cs;
+    cs.set_session_id(opened.session_id());
+    ASSERT_TRUE(nic.CloseSession(cs).ok());
+    EXPECT_EQ(nic.KeepAlive(ka).status().code(), absl::StatusCode::kNotFound);
+
+    ASSERT_OK_AND_ASSIGN(stats, nic.GetStats());
+    EXPECT_GE(stats.faults().recorded(), 1u);
+
+    // WatchFaults from the start sees the permission fault above.
+    ASSERT_OK_AND_ASSIGN(stream, nic.WatchFaults());
+    v1::FaultEvent event;
+    ASSERT_TRUE(stream->Read(&event));
+    ASSERT_GE(event.records_size(), 1);
+    EXPECT_EQ(event.records(0).device(), "nic0");
+    stream->Cancel();
+    while (stream->Read(&event)) {
+    }
+    EXPECT_EQ(stream->Finish().code(), absl::StatusCode::kCancelled);
+
+    v1::FreeBufferRequest fb;
+    fb.set_buffer_id(buffer_id);
+    ASSERT_TRUE(nic.FreeBuffer(fb).ok());
+    EXPECT_EQ(nic.GetBuffer(gb).status().code(), absl::StatusCode::kNotFound);
+  }
+}
+
+TEST_F(ClientIntegrationTest, ErrorsKeepTheServerCodeAndMessage) {
+  Client nic = Connect("nic0");
+  v1::MapRequest map;
+  map.mutable_mem()->set_buffer_id(999);
+  map.mutable_mem()->set_length_bytes(4096);
+  map.set_direction(v1::DMA_DIRECTION_TO_DEVICE);
+  absl::Status s = nic.Map(map).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kNotFound);
+  EXPECT_NE(s.message().find("0x3e7"), std::string::npos) << s;  // names the buffer id
+  map.set_device("nvme0");  // acting as another device's buffer owner: unknown buffer for it
+  v1::AllocBufferRequest ab;
+  ab.set_size_bytes(0);
+  EXPECT_EQ(nic.AllocBuffer(ab).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST_F(ClientIntegrationTest, RaiiHandlesUndoOnDestruction) {
+  Client nic = Connect("nic0");
+  {
+    ASSERT_OK_AND_ASSIGN(buffer, nic.AllocBufferScoped(64 * 1024));
+    ASSERT_OK_AND_ASSIGN(m1, nic.MapScoped(buffer, 0, 4096));
+    v1::MapSgRequest sg;
+    for (int p = 0; p < 3; ++p) {
+      v1::MemRef* s = sg.add_segments();
+      s->set_buffer_id(buffer.id());
+      s->set_offset_bytes(p * 4096);
+      s->set_length_bytes(4096);
+    }
+    sg.set_mode(v1::SG_MODE_MERGE);
+    sg.set_direction(v1::DMA_DIRECTION_FROM_DEVICE);
+    ASSERT_OK_AND_ASSIGN(m2, nic.MapSgScoped(sg));
+    v1::AllocRequest alloc;
+    alloc.set_size_bytes(64 * 1024);
+    alloc.set_direction(v1::DMA_DIRECTION_BIDIRECTIONAL);
+    ASSERT_OK_AND_ASSIGN(m3, nic.AllocScoped(alloc));
+    EXPECT_EQ(m3.kind(), Mapping::Kind::kAlloc);
+    v1::DeviceInfo during = Device("nic0");
+    EXPECT_EQ(during.mappings(), 3u);
+    EXPECT_EQ(during.buffers(), 2u);  // AllocBuffer + Alloc's own
+
+    // Freeing a mapped buffer fails and changes nothing.
+    v1::FreeBufferRequest fb;
+    fb.set_buffer_id(buffer.id());
+    EXPECT_EQ(nic.FreeBuffer(fb).status().code(), absl::StatusCode::kFailedPrecondition);
+    // Close() reports; a second Close() is a no-op.
+    EXPECT_TRUE(m1.Close().ok());
+    EXPECT_TRUE(m1.Close().ok());
+    EXPECT_EQ(Device("nic0").mappings(), 2u);
+  }  // m3, m2, then the buffer
+  v1::DeviceInfo after = Device("nic0");
+  EXPECT_EQ(after.mappings(), 0u);
+  EXPECT_EQ(after.buffers(), 0u);
+  EXPECT_EQ(after.mapped_bytes(), 0u);
+
+  // Release() detaches: the mapping outlives the handle.
+  uint64_t dma_addr = 0;
+  uint64_t buffer_id = 0;
+  {
+    ASSERT_OK_AND_ASSIGN(buffer, nic.AllocBufferScoped(4096, v1::PLACEMENT_CONTIGUOUS));
+    ASSERT_OK_AND_ASSIGN(m, nic.MapScoped(buffer, 0, 4096));
+    dma_addr = m.Release();
+    buffer_id = buffer.Release();
+  }
+  EXPECT_EQ(Device("nic0").mappings(), 1u);
+  v1::UnmapRequest unmap;
+  unmap.set_dma_addr(dma_addr);
+  EXPECT_TRUE(nic.Unmap(unmap).ok());
+  v1::FreeBufferRequest fb;
+  fb.set_buffer_id(buffer_id);
+  EXPECT_TRUE(nic.FreeBuffer(fb).ok());
+}
+
+TEST_F(ClientIntegrationTest, BatchResultsComeBackInOrder) {
+  Client nic = Connect("nic0");
+  ASSERT_OK_AND_ASSIGN(buffer, nic.AllocBufferScoped(16 * 4096, v1::PLACEMENT_CONTIGUOUS));
+  ASSERT_OK_AND_ASSIGN(batch, BatchStream::Open(nic));
+  EXPECT_EQ(batch->AddMap(buffer.id(), 0, 4096, v1::DMA_DIRECTION_TO_DEVICE), 0u);
+  EXPECT_EQ(batch->AddUnmap(0xdead000), 1u);  // not mapped: NOT_FOUND, the rest goes on
+  EXPECT_EQ(batch->AddMap(buffer.id(), 4096, 8192, v1::DMA_DIRECTION_BIDIRECTIONAL), 2u);
+  EXPECT_EQ(batch->AddMap(buffer.id(), 0, 0, v1::DMA_DIRECTION_TO_DEVICE), 3u);  // zero length
+  ASSERT_OK_AND_ASSIGN(first, batch->Flush());
+  ASSERT_EQ(first.results_size(), 4);
+  EXPECT_TRUE(BatchResultStatus(first.results(0)).ok());
+  EXPECT_EQ(BatchResultStatus(first.results(1)).code(), absl::StatusCode::kNotFound);
+  EXPECT_TRUE(BatchResultStatus(first.results(2)).ok());
+  EXPECT_EQ(BatchResultStatus(first.results(3)).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(first.results(0).map().dma_addr(), first.results(2).map().dma_addr());
+
+  // Pipelined: three messages in flight, answered in order.
+  batch->AddTranslate(first.results(0).map().dma_addr(), 4096, v1::ACCESS_KIND_READ);
+  BatchStream::ResponseFuture f1 = batch->Send();
+  batch->AddTranslate(first.results(0).map().dma_addr(), 4096, v1::ACCESS_KIND_WRITE);
+  BatchStream::ResponseFuture f2 = batch->Send();
+  batch->AddUnmap(first.results(0).map().dma_addr());
+  batch->AddUnmap(first.results(2).map().dma_addr());
+  BatchStream::ResponseFuture f3 = batch->Send();
+  absl::StatusOr<v1::BatchResponse> r1 = f1.get(), r2 = f2.get(), r3 = f3.get();
+  ASSERT_TRUE(r1.ok() && r2.ok() && r3.ok());
+  EXPECT_LT(r1->sequence(), r2->sequence());
+  EXPECT_LT(r2->sequence(), r3->sequence());
+  EXPECT_FALSE(r1->results(0).translate().faulted());
+  EXPECT_TRUE(r2->results(0).translate().faulted());
+  ASSERT_EQ(r3->results_size(), 2);
+  EXPECT_TRUE(BatchResultStatus(r3->results(0)).ok());
+  EXPECT_TRUE(BatchResultStatus(r3->results(1)).ok());
+  EXPECT_TRUE(batch->Close().ok());
+  EXPECT_EQ(batch->Flush().status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(Device("nic0").mappings(), 0u);
+}
+
+TEST_F(ClientIntegrationTest, SessionIsKeptAliveThenReclaimedWhenAbandoned) {
+  Client nic = Connect("nic0");
+  ASSERT_OK_AND_ASSIGN(session, Session::Open(nic, absl::Milliseconds(600)));
+  EXPECT_EQ(session->ttl(), absl::Milliseconds(600));
+  ASSERT_OK_AND_ASSIGN(buffer, session->client().AllocBufferScoped(8192));
+  ASSERT_OK_AND_ASSIGN(mapping, session->client().MapScoped(buffer, 0, 4096));
+  absl::SleepFor(absl::Milliseconds(1500));  // 2.5 leases: alive only by keep-alive
+  EXPECT_TRUE(session->last_keepalive_status().ok()) << session->last_keepalive_status();
+  EXPECT_GE(session->keepalives_sent(), 3u);
+  EXPECT_EQ(Device("nic0").mappings(), 1u);
+
+  session->Abandon();  // as if this process died
+  mapping.Release();
+  buffer.Release();
+  const absl::Time deadline = absl::Now() + absl::Seconds(10);
+  while (absl::Now() < deadline && (Device("nic0").mappings() != 0 || Device("nic0").buffers() != 0)) {
+    absl::SleepFor(absl::Milliseconds(100));
+  }
+  EXPECT_EQ(Device("nic0").mappings(), 0u);
+  EXPECT_EQ(Device("nic0").buffers(), 0u);
+}
+
+TEST_F(ClientIntegrationTest, SessionOfAKilledProcessIsReclaimed) {
+  const pid_t ctl = testing::SpawnCtl({"--target=" + daemon_.unix_target(), "simulate", "--profile=untrusted",
+                                       "--seconds=0", "--rate=20", "--session_ttl_ms=500"});
+  const absl::Time deadline = absl::Now() + absl::Seconds(10);
+  while (absl::Now() < deadline && Device("tbt0").buffers() == 0) absl::SleepFor(absl::Milliseconds(50));
+  ASSERT_EQ(Device("tbt0").buffers(), 1u);
+  kill(ctl, SIGKILL);
+  waitpid(ctl, nullptr, 0);
+  while (absl::Now() < deadline && Device("tbt0").buffers() != 0) absl::SleepFor(absl::Milliseconds(100));
+  EXPECT_EQ(Device("tbt0").buffers(), 0u);
+  EXPECT_EQ(Device("tbt0").mappings(), 0u);
+}
+
+TEST_F(ClientIntegrationTest, ClosingASessionReleasesWhatItOwns) {
+  Client nic = Connect("nic0");
+  {
+    ASSERT_OK_AND_ASSIGN(session, Session::Open(nic));
+    ASSERT_OK_AND_ASSIGN(buffer, session->client().AllocBufferScoped(4096));
+    buffer.Release();
+    EXPECT_EQ(Device("nic0").buffers(), 1u);
+  }  // ~Session closes it
+  EXPECT_EQ(Device("nic0").buffers(), 0u);
+}
+
+TEST(ClientRetryTest, IdempotentCallsRetryUntilTheDaemonComesUpOthersDoNot) {
+  IommudProcess daemon;
+  const std::string dir = testing::MakeTempDir();
+  Options o;
+  o.target = "unix:" + dir + "/late.sock";
+  o.device = "nic0";
+  o.retry = {.max_attempts = 1000, .initial_backoff = absl::Milliseconds(50), .max_backoff = absl::Milliseconds(100)};
+  o.default_deadline = absl::Seconds(20);
+  ASSERT_OK_AND_ASSIGN(client, Client::Connect(o));
+  v1::MapRequest map;
+  map.mutable_mem()->set_buffer_id(1);
+  map.mutable_mem()->set_length_bytes(4096);
+  EXPECT_EQ(client.Map(map).status().code(), absl::StatusCode::kUnavailable);  // not retried
+
+  std::thread late([&] {
+    absl::SleepFor(absl::Milliseconds(300));
+    // The daemon listens on the socket the client is already dialling.
+    daemon.UseUnixSocket(dir + "/late.sock");
+    ASSERT_TRUE(daemon.Start().ok());
+  });
+  absl::StatusOr<v1::ListIommusResponse> r = client.ListIommus();
+  late.join();
+  EXPECT_TRUE(r.ok()) << r.status() << daemon.Log();
+}
+
+// Writes a CA, a server certificate and SPIFFE client certificates with openssl.
+class Pki {
+ public:
+  explicit Pki(std::string dir) : dir_(std::move(dir)) {}
+  bool Make() {
+    const std::string d = dir_;
+    std::ofstream(d + "/server.ext") << "subjectAltName=DNS:localhost,IP:127.0.0.1\n";
+    std::ofstream(d + "/nic0.ext") << "subjectAltName=URI:spiffe://iommu-broker/device/nic0\n";
+    std::ofstream(d + "/admin.ext") << "subjectAltName=URI:spiffe://iommu-broker/admin\n";
+    std::string script = "set -e; cd " + d +
+                         "; openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=test-ca -keyout ca.key "
+                         "-out ca.pem 2>/dev/null";
+    for (const char* name : {"server", "nic0", "admin"}) {
+      script += absl::StrCat("; openssl req -newkey rsa:2048 -nodes -subj /CN=", name, " -keyout ", name,
+                             ".key -out ", name, ".csr 2>/dev/null; openssl x509 -req -in ", name,
+                             ".csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -extfile ", name, ".ext -out ",
+                             name, ".pem 2>/dev/null");
+    }
+    return std::system(("bash -c '" + script + "'").c_str()) == 0;
+  }
+  std::string Path(const std::string& file) const { return dir_ + "/" + file; }
+
+ private:
+  std::string dir_;
+};
+
+TEST(ClientAuthTest, TokenIdentityActsOnlyAsItsDevice) {
+  const std::string dir = testing::MakeTempDir();
+  std::ofstream(dir + "/tokens") << "# test tokens\ntok-nic0 nic0\ntok-admin admin\n";
+  IommudProcess daemon;
+  ASSERT_TRUE(daemon.Start({"--auth=token", "--token_file=" + dir + "/tokens"}).ok()) << daemon.Log();
+  auto connect = [&](const std::string& token, const std::string& device) {
+    Options o{.target = daemon.unix_target(), .device = device};
+    if (!token.empty()) o.credentials = {.kind = Credentials::Kind::kToken, .token = token};
+    return *Client::Connect(o);
+  };
+  EXPECT_EQ(connect("", "nic0").ListDevices().status().code(), absl::StatusCode::kUnauthenticated);
+  EXPECT_EQ(connect("wrong", "nic0").ListDevices().status().code(), absl::StatusCode::kUnauthenticated);
+  EXPECT_EQ(connect("tok-nic0", "nvme0").ListDevices().status().code(), absl::StatusCode::kPermissionDenied);
+  ASSERT_OK_AND_ASSIGN(own, connect("tok-nic0", "").ListDevices());
+  ASSERT_EQ(own.devices_size(), 1);
+  EXPECT_EQ(own.devices(0).config().name(), "nic0");
+  ASSERT_OK_AND_ASSIGN(all, connect("tok-admin", "").ListDevices());
+  EXPECT_GT(all.devices_size(), 1);
+  // The token file form iommuctl reads.
+  EXPECT_EQ(*ReadTokenFile(dir + "/tokens"), "tok-nic0");
+}
+
+TEST(ClientAuthTest, MutualTlsOverUnixAndTcp) {
+  const std::string dir = testing::MakeTempDir();
+  Pki pki(dir);
+  ASSERT_TRUE(pki.Make());
+  IommudProcess daemon;
+  ASSERT_TRUE(daemon
+                  .Start({"--auth=mtls", "--tls_cert=" + pki.Path("server.pem"), "--tls_key=" + pki.Path("server.key"),
+                          "--tls_ca=" + pki.Path("ca.pem")})
+                  .ok())
+      << daemon.Log();
+  for (const std::string& target : {daemon.unix_target(), daemon.tcp_target()}) {
+    SCOPED_TRACE(target);
+    auto connect = [&](const std::string& who, const std::string& device) {
+      Options o{.target = target, .device = device};
+      o.credentials = {.kind = Credentials::Kind::kMtls,
+                       .tls_cert_file = pki.Path(who + ".pem"),
+                       .tls_key_file = pki.Path(who + ".key"),
+                       .tls_ca_file = pki.Path("ca.pem")};
+      if (target.rfind("unix:", 0) != 0) o.credentials.tls_server_name = "localhost";
+      return *Client::Connect(o);
+    };
+    ASSERT_OK_AND_ASSIGN(own, connect("nic0", "").ListDevices());
+    ASSERT_EQ(own.devices_size(), 1);
+    EXPECT_EQ(own.devices(0).config().name(), "nic0");
+    EXPECT_EQ(connect("nic0", "gpu0").ListDevices().status().code(), absl::StatusCode::kPermissionDenied);
+    ASSERT_OK_AND_ASSIGN(all, connect("admin", "").ListDevices());
+    EXPECT_GT(all.devices_size(), 1);
+    // The admin acts as the request's device.
+    Client as_gpu = connect("admin", "gpu0");
+    ASSERT_OK_AND_ASSIGN(buffer, as_gpu.AllocBufferScoped(4096));
+    EXPECT_EQ(buffer.info().device(), "gpu0");
+    // No client certificate: the call does not get through.
+    absl::StatusOr<Client> plain = Client::Connect({.target = target, .device = "nic0"});
+    EXPECT_FALSE(plain->ListDevices().ok());
+  }
+}
+
+}  // namespace
+}  // namespace iommu::client

@@ -1,0 +1,96 @@
+// The Domains, Devices (topology), Sessions and Stats subcommands.
+#include <utility>
+
+#include "client/ctl/command.h"
+
+namespace iommu::client::ctl {
+namespace {
+
+template <typename Req>
+absl::StatusOr<Req> Empty(Context&, Args&) {
+  return Req();
+}
+
+template <typename Req>
+absl::StatusOr<Req> ByDomainId(Context&, Args& args) {
+  Req r;
+  ASSIGN_OR_RETURN(uint64_t domain, args.U64("domain"));
+  r.set_domain_id(domain);
+  return r;
+}
+
+template <typename Req>
+absl::StatusOr<Req> BySessionId(Context&, Args& args) {
+  Req r;
+  ASSIGN_OR_RETURN(uint64_t session, args.U64("session"));
+  r.set_session_id(session);
+  return r;
+}
+
+absl::StatusOr<v1::CreateDomainRequest> BuildCreateDomain(Context&, Args& args) {
+  v1::CreateDomainRequest r;
+  ASSIGN_OR_RETURN(std::string smmu, args.String("smmu"));
+  ASSIGN_OR_RETURN(v1::DomainType type, args.Enum<v1::DomainType>("type",
+                                                                  {{"dma", v1::DOMAIN_TYPE_DMA},
+                                                                   {"dma_fq", v1::DOMAIN_TYPE_DMA_FQ},
+                                                                   {"unmanaged", v1::DOMAIN_TYPE_UNMANAGED},
+                                                                   {"identity", v1::DOMAIN_TYPE_IDENTITY},
+                                                                   {"blocked", v1::DOMAIN_TYPE_BLOCKED}},
+                                                                  v1::DOMAIN_TYPE_UNSPECIFIED));
+  ASSIGN_OR_RETURN(uint64_t granule, args.U64Or("granule", 0));
+  r.set_smmu(std::move(smmu));
+  r.set_type(type);
+  r.set_granule_bytes(granule);
+  return r;
+}
+
+absl::StatusOr<v1::OpenSessionRequest> BuildOpenSession(Context&, Args& args) {
+  v1::OpenSessionRequest r;
+  ASSIGN_OR_RETURN(uint64_t ttl_ms, args.U64Or("ttl_ms", 0));
+  r.set_ttl_ms(ttl_ms);
+  return r;
+}
+
+}  // namespace
+
+std::vector<Command> AdminCommands() {
+  return {
+      Rpc<v1::CreateDomainRequest, v1::CreateDomainResponse>(
+          "create-domain", "--smmu=S --type=dma|dma_fq|unmanaged|identity|blocked [--granule=N]  iommu_domain_alloc",
+          BuildCreateDomain, &Client::CreateDomain),
+      Rpc<v1::DestroyDomainRequest, v1::DestroyDomainResponse>(
+          "destroy-domain", "--domain=ID  free a domain with no devices attached",
+          ByDomainId<v1::DestroyDomainRequest>, &Client::DestroyDomain),
+      Rpc<v1::GetDomainRequest, v1::GetDomainResponse>("get-domain", "--domain=ID  one domain",
+                                                       ByDomainId<v1::GetDomainRequest>, &Client::GetDomain),
+      Rpc<v1::ListDomainsRequest, v1::ListDomainsResponse>(
+          "list-domains", "  the domains the caller owns or is attached to (all for an admin)",
+          Empty<v1::ListDomainsRequest>, &Client::ListDomains),
+      Rpc<v1::AttachDeviceRequest, v1::AttachDeviceResponse>(
+          "attach", "--domain=ID  iommu_attach_device: switch the device to the domain",
+          ByDomainId<v1::AttachDeviceRequest>, &Client::AttachDevice),
+      Rpc<v1::DetachDeviceRequest, v1::DetachDeviceResponse>(
+          "detach", "  return the device to its default domain", Empty<v1::DetachDeviceRequest>,
+          &Client::DetachDevice),
+      Rpc<v1::GetIovaRangesRequest, v1::GetIovaRangesResponse>(
+          "iova-ranges", "  usable IOVA ranges and reserved regions of the device's domain",
+          Empty<v1::GetIovaRangesRequest>, &Client::GetIovaRanges),
+      Rpc<v1::ListIommusRequest, v1::ListIommusResponse>("list-iommus", "  the SMMU instances",
+                                                         Empty<v1::ListIommusRequest>, &Client::ListIommus),
+      Rpc<v1::ListDevicesRequest, v1::ListDevicesResponse>(
+          "list-devices", "  the devices (the caller's own for a device identity)", Empty<v1::ListDevicesRequest>,
+          &Client::ListDevices),
+      Rpc<v1::OpenSessionRequest, v1::OpenSessionResponse>(
+          "open-session", "[--ttl_ms=N]  open a lease (pass --session=ID to later calls; keep it alive yourself)",
+          BuildOpenSession, &Client::OpenSession),
+      Rpc<v1::KeepAliveRequest, v1::KeepAliveResponse>("keepalive", "--session=ID  renew a lease",
+                                                       BySessionId<v1::KeepAliveRequest>, &Client::KeepAlive),
+      Rpc<v1::CloseSessionRequest, v1::CloseSessionResponse>(
+          "close-session", "--session=ID  close a lease, releasing what it owns",
+          BySessionId<v1::CloseSessionRequest>, &Client::CloseSession),
+      Rpc<v1::GetStatsRequest, v1::GetStatsResponse>("stats", "  allocator, page-table, IOTLB, pool and fault stats",
+                                                     Empty<v1::GetStatsRequest>, &Client::GetStats),
+  };
+}
+
+}  // namespace iommu::client::ctl

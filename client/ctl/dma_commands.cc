@@ -1,0 +1,291 @@
+// The Dma and Memory subcommands, and translate: one per RPC.
+#include <utility>
+
+#include "absl/strings/str_split.h"
+#include "client/ctl/command.h"
+#include "client/status.h"
+
+namespace iommu::client::ctl {
+namespace {
+
+absl::StatusOr<v1::SgMode> SgModeFlag(Args& args) {
+  return args.Enum<v1::SgMode>("mode",
+                               {{"dma_api", v1::SG_MODE_DMA_API},
+                                {"merge", v1::SG_MODE_MERGE},
+                                {"contiguous", v1::SG_MODE_CONTIGUOUS}},
+                               v1::SG_MODE_MERGE);
+}
+
+absl::StatusOr<v1::AccessKind> AccessFlag(Args& args) {
+  return args.Enum<v1::AccessKind>(
+      "access", {{"read", v1::ACCESS_KIND_READ}, {"write", v1::ACCESS_KIND_WRITE}, {"exec", v1::ACCESS_KIND_EXEC}},
+      v1::ACCESS_KIND_READ);
+}
+
+// --segments=BUF:OFFSET:LENGTH[,BUF:OFFSET:LENGTH...]
+absl::StatusOr<std::vector<v1::MemRef>> SegmentsFlag(Args& args) {
+  ASSIGN_OR_RETURN(std::string text, args.String("segments"));
+  std::vector<v1::MemRef> segments;
+  for (absl::string_view item : absl::StrSplit(text, ',', absl::SkipEmpty())) {
+    std::vector<absl::string_view> parts = absl::StrSplit(item, ':');
+    if (parts.size() != 3) return InvalidField("--segments", item, "each segment is BUFFER:OFFSET:LENGTH");
+    v1::MemRef& mem = segments.emplace_back();
+    ASSIGN_OR_RETURN(uint64_t buffer, ParseNumber("--segments buffer", parts[0]));
+    ASSIGN_OR_RETURN(uint64_t offset, ParseNumber("--segments offset", parts[1]));
+    ASSIGN_OR_RETURN(uint64_t length, ParseNumber("--segments length", parts[2]));
+    mem.set_buffer_id(buffer);
+    mem.set_offset_bytes(offset);
+    mem.set_length_bytes(length);
+  }
+  return segments;
+}
+
+absl::StatusOr<v1::MapRequest> BuildMap(Context& ctx, Args& args) {
+  v1::MapRequest r;
+  ASSIGN_OR_RETURN(*r.mutable_mem(), MemRefFlags(ctx, args));
+  ASSIGN_OR_RETURN(v1::DmaDirection direction, DirectionFlag(args));
+  r.set_direction(direction);
+  ASSIGN_OR_RETURN(*r.mutable_attrs(), AttrsFlags(args));
+  return r;
+}
+
+template <typename Req>
+absl::StatusOr<Req> BuildByDmaAddr(Context&, Args& args) {
+  Req r;
+  ASSIGN_OR_RETURN(uint64_t dma_addr, args.U64("dma_addr"));
+  r.set_dma_addr(dma_addr);
+  return r;
+}
+
+absl::StatusOr<v1::MapSgRequest> BuildMapSg(Context&, Args& args) {
+  v1::MapSgRequest r;
+  if (args.Has("import_token")) {
+    ASSIGN_OR_RETURN(*r.mutable_import_token(), args.String("import_token"));
+  } else {
+    ASSIGN_OR_RETURN(std::vector<v1::MemRef> segments, SegmentsFlag(args));
+    for (v1::MemRef& s : segments) *r.add_segments() = std::move(s);
+  }
+  ASSIGN_OR_RETURN(v1::SgMode mode, SgModeFlag(args));
+  r.set_mode(mode);
+  ASSIGN_OR_RETURN(v1::DmaDirection direction, DirectionFlag(args));
+  r.set_direction(direction);
+  ASSIGN_OR_RETURN(*r.mutable_attrs(), AttrsFlags(args));
+  return r;
+}
+
+absl::StatusOr<v1::AllocRequest> BuildAlloc(Context&, Args& args) {
+  v1::AllocRequest r;
+  ASSIGN_OR_RETURN(uint64_t size, args.U64("size"));
+  r.set_size_bytes(size);
+  ASSIGN_OR_RETURN(v1::DmaDirection direction, DirectionFlag(args));
+  r.set_direction(direction);
+  ASSIGN_OR_RETURN(*r.mutable_attrs(), AttrsFlags(args));
+  r.set_pool(args.StringOr("pool", ""));
+  return r;
+}
+
+absl::StatusOr<v1::GetSgTableRequest> BuildGetSgTable(Context&, Args& args) {
+  v1::GetSgTableRequest r;
+  ASSIGN_OR_RETURN(uint64_t dma_addr, args.U64("dma_addr"));
+  r.set_dma_addr(dma_addr);
+  ASSIGN_OR_RETURN(bool export_token, args.Bool("export"));
+  r.set_export_(export_token);
+  return r;
+}
+
+absl::StatusOr<v1::MsiCookieRequest> BuildMsiCookie(Context&, Args& args) {
+  v1::MsiCookieRequest r;
+  ASSIGN_OR_RETURN(uint64_t domain, args.U64Or("domain", 0));
+  ASSIGN_OR_RETURN(uint64_t base, args.U64Or("window_base", 0));
+  ASSIGN_OR_RETURN(uint64_t size, args.U64Or("window_size", 0));
+  r.set_domain_id(domain);
+  r.set_window_base(base);
+  r.set_window_size_bytes(size);
+  return r;
+}
+
+absl::StatusOr<v1::MapAtRequest> BuildMapAt(Context& ctx, Args& args) {
+  v1::MapAtRequest r;
+  ASSIGN_OR_RETURN(uint64_t iova, args.U64("iova"));
+  r.set_iova(iova);
+  ASSIGN_OR_RETURN(*r.mutable_mem(), MemRefFlags(ctx, args));
+  ASSIGN_OR_RETURN(v1::DmaDirection direction, DirectionFlag(args));
+  r.set_direction(direction);
+  ASSIGN_OR_RETURN(*r.mutable_attrs(), AttrsFlags(args));
+  return r;
+}
+
+absl::StatusOr<v1::UnmapRangeRequest> BuildUnmapRange(Context&, Args& args) {
+  v1::UnmapRangeRequest r;
+  ASSIGN_OR_RETURN(uint64_t iova, args.U64("iova"));
+  ASSIGN_OR_RETURN(uint64_t size, args.U64("size"));
+  r.set_iova(iova);
+  r.set_size_bytes(size);
+  return r;
+}
+
+absl::StatusOr<v1::TranslateRequest> BuildTranslate(Context&, Args& args) {
+  v1::TranslateRequest r;
+  ASSIGN_OR_RETURN(uint64_t iova, args.U64("iova"));
+  ASSIGN_OR_RETURN(uint64_t length, args.U64Or("length", 1));
+  ASSIGN_OR_RETURN(v1::AccessKind access, AccessFlag(args));
+  ASSIGN_OR_RETURN(bool privileged, args.Bool("privileged"));
+  r.set_iova(iova);
+  r.set_length_bytes(length);
+  r.set_access(access);
+  r.set_privileged(privileged);
+  r.set_smmu(args.StringOr("smmu", ""));
+  ASSIGN_OR_RETURN(std::optional<uint64_t> stream_id, args.OptionalU64("stream_id"));
+  if (stream_id.has_value()) {
+    if (*stream_id > UINT32_MAX) return InvalidField("--stream_id", *stream_id, "must fit 32 bits");
+    r.set_stream_id(static_cast<uint32_t>(*stream_id));
+  }
+  return r;
+}
+
+// --iovas=A,B,C with one --length and --access for all.
+absl::StatusOr<v1::TranslateBatchRequest> BuildTranslateBatch(Context&, Args& args) {
+  v1::TranslateBatchRequest r;
+  ASSIGN_OR_RETURN(std::string iovas, args.String("iovas"));
+  ASSIGN_OR_RETURN(uint64_t length, args.U64Or("length", 1));
+  ASSIGN_OR_RETURN(v1::AccessKind access, AccessFlag(args));
+  for (absl::string_view item : absl::StrSplit(iovas, ',', absl::SkipEmpty())) {
+    ASSIGN_OR_RETURN(uint64_t iova, ParseNumber("--iovas", item));
+    v1::TranslateRequest* t = r.add_accesses();
+    t->set_iova(iova);
+    t->set_length_bytes(length);
+    t->set_access(access);
+  }
+  return r;
+}
+
+absl::StatusOr<v1::AllocBufferRequest> BuildAllocBuffer(Context&, Args& args) {
+  v1::AllocBufferRequest r;
+  ASSIGN_OR_RETURN(uint64_t size, args.U64("size"));
+  r.set_size_bytes(size);
+  ASSIGN_OR_RETURN(v1::Placement placement,
+                   args.Enum<v1::Placement>("placement",
+                                            {{"scattered", v1::PLACEMENT_SCATTERED},
+                                             {"contiguous", v1::PLACEMENT_CONTIGUOUS},
+                                             {"huge", v1::PLACEMENT_HUGE}},
+                                            v1::PLACEMENT_SCATTERED));
+  r.set_placement(placement);
+  r.set_pool(args.StringOr("pool", ""));
+  return r;
+}
+
+template <typename Req>
+absl::StatusOr<Req> BuildByBufferId(Context&, Args& args) {
+  Req r;
+  ASSIGN_OR_RETURN(uint64_t buffer, args.U64("buffer"));
+  r.set_buffer_id(buffer);
+  return r;
+}
+
+constexpr char kMemFlags[] = "(--buffer=ID [--offset=N] [--length=N] | --phys=ADDR --length=N)";
+constexpr char kDirFlags[] = "[--direction=bidirectional|to_device|from_device] [--privileged]";
+
+}  // namespace
+
+absl::StatusOr<v1::DmaDirection> DirectionFlag(Args& args) {
+  return args.Enum<v1::DmaDirection>("direction",
+                                     {{"bidirectional", v1::DMA_DIRECTION_BIDIRECTIONAL},
+                                      {"to_device", v1::DMA_DIRECTION_TO_DEVICE},
+                                      {"from_device", v1::DMA_DIRECTION_FROM_DEVICE}},
+                                     v1::DMA_DIRECTION_BIDIRECTIONAL);
+}
+
+absl::StatusOr<v1::DmaAttrs> AttrsFlags(Args& args) {
+  v1::DmaAttrs attrs;
+  ASSIGN_OR_RETURN(bool privileged, args.Bool("privileged"));
+  ASSIGN_OR_RETURN(bool no_kernel_mapping, args.Bool("no_kernel_mapping"));
+  ASSIGN_OR_RETURN(bool force_contiguous, args.Bool("force_contiguous"));
+  ASSIGN_OR_RETURN(bool single_pages, args.Bool("single_pages"));
+  attrs.set_privileged(privileged);
+  attrs.set_no_kernel_mapping(no_kernel_mapping);
+  attrs.set_force_contiguous(force_contiguous);
+  attrs.set_alloc_single_pages(single_pages);
+  return attrs;
+}
+
+absl::StatusOr<v1::MemRef> MemRefFlags(const Context& ctx, Args& args) {
+  v1::MemRef mem;
+  if (args.Has("phys")) {
+    if (args.Has("buffer")) return InvalidField("--phys", "", "give --buffer or --phys, not both");
+    ASSIGN_OR_RETURN(uint64_t phys, args.U64("phys"));
+    ASSIGN_OR_RETURN(uint64_t length, args.U64("length"));
+    mem.set_phys_addr(phys);
+    mem.set_length_bytes(length);
+    return mem;
+  }
+  ASSIGN_OR_RETURN(uint64_t buffer, args.U64("buffer"));
+  ASSIGN_OR_RETURN(uint64_t offset, args.U64Or("offset", 0));
+  mem.set_buffer_id(buffer);
+  mem.set_offset_bytes(offset);
+  if (args.Has("length")) {
+    ASSIGN_OR_RETURN(uint64_t length, args.U64("length"));
+    mem.set_length_bytes(length);
+    return mem;
+  }
+  v1::GetBufferRequest get;
+  get.set_buffer_id(buffer);
+  ASSIGN_OR_RETURN(v1::GetBufferResponse info, ctx.client.GetBuffer(std::move(get)));
+  if (offset >= info.buffer().size_bytes()) {
+    return InvalidField("--offset", offset, "is not inside the buffer (give --length)");
+  }
+  mem.set_length_bytes(info.buffer().size_bytes() - offset);
+  return mem;
+}
+
+std::vector<Command> DmaCommands() {
+  return {
+      Rpc<v1::MapRequest, v1::MapResponse>("map", absl::StrCat(kMemFlags, " ", kDirFlags, "  dma_map_page"),
+                                           BuildMap, &Client::Map),
+      Rpc<v1::UnmapRequest, v1::UnmapResponse>("unmap", "--dma_addr=A  dma_unmap_page of the whole allocation",
+                                               BuildByDmaAddr<v1::UnmapRequest>, &Client::Unmap),
+      Rpc<v1::MapSgRequest, v1::MapSgResponse>(
+          "map-sg",
+          absl::StrCat("(--segments=BUF:OFF:LEN,... | --import_token=T) [--mode=dma_api|merge|contiguous] ",
+                       kDirFlags, "  dma_map_sg"),
+          BuildMapSg, &Client::MapSg),
+      Rpc<v1::UnmapSgRequest, v1::UnmapSgResponse>("unmap-sg", "--dma_addr=A  dma_unmap_sg",
+                                                   BuildByDmaAddr<v1::UnmapSgRequest>, &Client::UnmapSg),
+      Rpc<v1::AllocRequest, v1::AllocResponse>(
+          "alloc",
+          absl::StrCat("--size=N [--pool=P] [--force_contiguous] [--single_pages] [--no_kernel_mapping] ", kDirFlags,
+                       "  dma_alloc_attrs"),
+          BuildAlloc, &Client::Alloc),
+      Rpc<v1::FreeRequest, v1::FreeResponse>("free", "--dma_addr=A  dma_free_attrs",
+                                             BuildByDmaAddr<v1::FreeRequest>, &Client::Free),
+      Rpc<v1::GetSgTableRequest, v1::GetSgTableResponse>(
+          "get-sgtable", "--dma_addr=A [--export]  dma_get_sgtable, optionally with an export token",
+          BuildGetSgTable, &Client::GetSgTable),
+      Rpc<v1::MsiCookieRequest, v1::MsiCookieResponse>(
+          "msi-cookie", "[--domain=ID --window_base=A --window_size=N]  map the MSI doorbell (or set a window)",
+          BuildMsiCookie, &Client::MsiCookie),
+      Rpc<v1::MapAtRequest, v1::MapAtResponse>(
+          "map-at", absl::StrCat("--iova=A ", kMemFlags, " ", kDirFlags, "  iommu_map into an UNMANAGED domain"),
+          BuildMapAt, &Client::MapAt),
+      Rpc<v1::UnmapRangeRequest, v1::UnmapRangeResponse>(
+          "unmap-range", "--iova=A --size=N  iommu_unmap of whole mappings", BuildUnmapRange, &Client::UnmapRange),
+      Rpc<v1::SyncRequest, v1::SyncResponse>(
+          "sync", "  complete the pending invalidations of the device's domain",
+          [](Context&, Args&) -> absl::StatusOr<v1::SyncRequest> { return v1::SyncRequest(); }, &Client::Sync),
+      Rpc<v1::TranslateRequest, v1::TranslateResponse>(
+          "translate",
+          "--iova=A [--length=N] [--access=read|write|exec] [--privileged] [--smmu=S --stream_id=N]  a device access",
+          BuildTranslate, &Client::Translate),
+      Rpc<v1::TranslateBatchRequest, v1::TranslateBatchResponse>(
+          "translate-batch", "--iovas=A,B,... [--length=N] [--access=...]  many accesses in one call",
+          BuildTranslateBatch, &Client::TranslateBatch),
+      Rpc<v1::AllocBufferRequest, v1::AllocBufferResponse>(
+          "alloc-buffer", "--size=N [--placement=scattered|contiguous|huge] [--pool=P]  pin pages for the device",
+          BuildAllocBuffer, &Client::AllocBuffer),
+      Rpc<v1::FreeBufferRequest, v1::FreeBufferResponse>("free-buffer", "--buffer=ID  unpin a buffer",
+                                                         BuildByBufferId<v1::FreeBufferRequest>, &Client::FreeBuffer),
+      Rpc<v1::GetBufferRequest, v1::GetBufferResponse>("get-buffer", "--buffer=ID  a buffer and its physical runs",
+                                                       BuildByBufferId<v1::GetBufferRequest>, &Client::GetBuffer),
+  };
+}
+
+}  // namespace iommu::client::ctl

@@ -1,0 +1,168 @@
+// watch-faults (the fault event stream) and dump (a domain, its statistics
+// and a page-table walk of chosen IOVA ranges).
+#include <chrono>
+#include <thread>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "client/ctl/command.h"
+#include "client/status.h"
+
+namespace iommu::client::ctl {
+namespace {
+
+std::string Hex(uint64_t v) { return absl::StrFormat("0x%x", v); }
+
+std::string Name(const google::protobuf::EnumValueDescriptor* v) {
+  // FAULT_TYPE_TRANSLATION -> TRANSLATION, as output.cc prints enums.
+  const std::string& zero = v->type()->FindValueByNumber(0)->name();
+  const std::string prefix = zero.substr(0, zero.size() - std::string("UNSPECIFIED").size());
+  return v->name().rfind(prefix, 0) == 0 ? v->name().substr(prefix.size()) : v->name();
+}
+
+std::vector<std::string> FaultRow(const v1::FaultRecord& f) {
+  return {absl::StrCat(f.seq()), Name(v1::FaultType_descriptor()->FindValueByNumber(f.type())),
+          f.device().empty() ? "-" : f.device(), f.smmu(), Hex(f.stream_id()), absl::StrCat(f.domain_id()),
+          Hex(f.iova()), Name(v1::AccessKind_descriptor()->FindValueByNumber(f.access())),
+          f.privileged() ? "true" : "false"};
+}
+
+absl::Status WatchFaults(Context& ctx, Args& args) {
+  v1::WatchFaultsRequest request;
+  ASSIGN_OR_RETURN(uint64_t after_seq, args.U64Or("after_seq", 0));
+  ASSIGN_OR_RETURN(uint64_t count, args.U64Or("count", 0));
+  RETURN_IF_ERROR(args.CheckAllUsed(ctx.name));
+  request.set_after_seq(after_seq);
+  ASSIGN_OR_RETURN(std::unique_ptr<FaultStream> stream, ctx.client.WatchFaults(std::move(request)));
+
+  // Read() blocks; a helper cancels the stream on Ctrl-C or once done.
+  std::atomic<bool> done{false};
+  std::thread canceller([&] {
+    while (!done.load() && !(ctx.interrupted != nullptr && ctx.interrupted->load())) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    stream->Cancel();
+  });
+  const std::vector<std::string> header = {"SEQ", "TYPE", "DEVICE", "SMMU", "STREAM", "DOMAIN", "IOVA", "ACCESS", "PRIV"};
+  uint64_t seen = 0;
+  bool first = true;
+  v1::FaultEvent event;
+  while ((count == 0 || seen < count) && stream->Read(&event)) {
+    if (count != 0 && seen + event.records_size() > count) {
+      event.mutable_records()->DeleteSubrange(static_cast<int>(count - seen),
+                                              static_cast<int>(seen + event.records_size() - count));
+    }
+    seen += event.records_size();
+    if (ctx.printer->json()) {
+      ctx.printer->Print(event);
+      continue;
+    }
+    if (event.lost() != 0) ctx.printer->out() << "lost " << event.lost() << " records\n";
+    std::vector<std::vector<std::string>> rows;
+    for (const v1::FaultRecord& f : event.records()) rows.push_back(FaultRow(f));
+    // Stream rows: the header once, columns sized for typical values.
+    std::string table = FormatTable(header, rows);
+    if (!first) table = table.substr(table.find('\n') + 1);
+    first = false;
+    ctx.printer->out() << table << std::flush;
+  }
+  done.store(true);
+  canceller.join();
+  absl::Status status = stream->Finish();
+  // Ending on purpose (count reached, Ctrl-C) cancels the stream: that is success.
+  if (status.code() == absl::StatusCode::kCancelled) return absl::OkStatus();
+  return status;
+}
+
+absl::Status Dump(Context& ctx, Args& args) {
+  ASSIGN_OR_RETURN(std::optional<uint64_t> domain_flag, args.OptionalU64("domain"));
+  const std::string iovas = args.StringOr("iova", "");
+  ASSIGN_OR_RETURN(uint64_t length, args.U64Or("length", 4096));
+  ASSIGN_OR_RETURN(bool write, args.Bool("write"));
+  RETURN_IF_ERROR(args.CheckAllUsed(ctx.name));
+
+  uint64_t domain_id = 0;
+  if (domain_flag.has_value()) {
+    domain_id = *domain_flag;
+  } else {
+    ASSIGN_OR_RETURN(v1::GetIovaRangesResponse ranges, ctx.client.GetIovaRanges());
+    domain_id = ranges.domain_id();
+  }
+  v1::GetDomainRequest get;
+  get.set_domain_id(domain_id);
+  ASSIGN_OR_RETURN(v1::GetDomainResponse domain, ctx.client.GetDomain(std::move(get)));
+  ASSIGN_OR_RETURN(v1::GetStatsResponse stats, ctx.client.GetStats());
+  v1::DomainStats domain_stats;
+  for (const v1::DomainStats& d : stats.domains()) {
+    if (d.domain_id() == domain_id) domain_stats = d;
+  }
+
+  // The walk: each IOVA range translated through the device's SMMU (the
+  // device must be attached to the domain for the walk to be of it).
+  std::vector<v1::TranslateResponse> walks;
+  std::vector<std::vector<std::string>> rows;
+  for (absl::string_view item : absl::StrSplit(iovas, ',', absl::SkipEmpty())) {
+    ASSIGN_OR_RETURN(uint64_t iova, ParseNumber("--iova", item));
+    v1::TranslateRequest t;
+    t.set_iova(iova);
+    t.set_length_bytes(length);
+    t.set_access(write ? v1::ACCESS_KIND_WRITE : v1::ACCESS_KIND_READ);
+    ASSIGN_OR_RETURN(v1::TranslateResponse walk, ctx.client.Translate(std::move(t)));
+    for (const v1::TranslatedPage& p : walk.pages()) {
+      rows.push_back({Hex(p.iova()), Hex(p.phys_addr()), Hex(p.length_bytes()), p.iotlb_hit() ? "hit" : "miss",
+                      p.stale() ? "stale" : "-"});
+    }
+    if (walk.faulted()) {
+      rows.push_back({Hex(walk.fault_iova()), "-", "-", "-",
+                      absl::StrCat("FAULT ", Name(v1::FaultType_descriptor()->FindValueByNumber(walk.fault_type())),
+                                   " seq=", walk.fault_seq())});
+    }
+    walks.push_back(std::move(walk));
+  }
+
+  if (ctx.printer->json()) {
+    std::vector<std::string> walk_json;
+    for (const v1::TranslateResponse& w : walks) walk_json.push_back(ToJson(w));
+    ctx.printer->out() << "{\"domain\":" << ToJson(domain.domain()) << ",\"stats\":" << ToJson(domain_stats)
+                       << ",\"walk\":[" << absl::StrJoin(walk_json, ",") << "]}\n";
+    return absl::OkStatus();
+  }
+  ctx.printer->Title(absl::StrCat("domain ", domain_id));
+  ctx.printer->Print(domain.domain());
+  ctx.printer->Title("page table");
+  std::vector<std::vector<std::string>> leaves;
+  for (const auto& [size, count] : domain_stats.pagetable().leaves_by_size_bytes()) {
+    leaves.push_back({Hex(size), absl::StrCat(count)});
+  }
+  std::sort(leaves.begin(), leaves.end());
+  ctx.printer->out() << "tables       " << domain_stats.pagetable().tables() << "\n"
+                     << "table_bytes  " << domain_stats.pagetable().table_bytes() << "\n"
+                     << "mapped_bytes " << Hex(domain_stats.pagetable().mapped_bytes()) << "\n";
+  ctx.printer->Table({"LEAF_SIZE", "LEAVES"}, leaves);
+  if (domain_stats.has_iova()) {
+    ctx.printer->Title("iova allocator");
+    ctx.printer->Print(domain_stats.iova());
+  }
+  if (!rows.empty()) {
+    ctx.printer->Title("walk");
+    ctx.printer->Table({"IOVA", "PHYS", "LENGTH", "IOTLB", "NOTE"}, rows);
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+std::vector<Command> InspectCommands() {
+  return {
+      {"watch-faults", "[--after_seq=N] [--count=N]  stream fault records until Ctrl-C or N records", WatchFaults},
+      {"dump",
+       "[--domain=ID] [--iova=A,B,... [--length=N] [--write]]  a domain, its page-table and allocator stats, "
+       "and a walk of the given IOVAs through the device",
+       Dump},
+  };
+}
+
+}  // namespace iommu::client::ctl

@@ -1,0 +1,155 @@
+// iommuctl against the real iommud: every subcommand, compared with a golden
+// transcript (tests/cli/session.golden; regenerate with UPDATE_GOLDEN=1),
+// plus simulate and bench, whose figures vary, checked by shape.
+#include <fstream>
+#include <regex>
+#include <sstream>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
+#include "client/testing/iommud_process.h"
+#include "gtest/gtest.h"
+
+namespace iommu::client::ctl {
+namespace {
+
+using testing::CtlResult;
+using testing::IommudProcess;
+using testing::RunCtl;
+
+std::string ReadFile(const std::string& path) {
+  std::ifstream in(path);
+  std::ostringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+// Fault timestamps are the only thing of a fresh daemon that varies.
+std::string Normalise(std::string text) {
+  text = std::regex_replace(text, std::regex(R"("timestamp_unix_nanos":"\d+")"), R"("timestamp_unix_nanos":"<ts>")");
+  // Export tokens carry a per-daemon secret.
+  text = std::regex_replace(text, std::regex(R"(exp-(\d+)-[0-9a-f]+)"), "exp-$1-<secret>");
+  return text;
+}
+
+class IommuctlTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    absl::Status s = daemon_.Start();
+    ASSERT_TRUE(s.ok()) << s;
+  }
+  CtlResult Ctl(std::vector<std::string> args) {
+    args.insert(args.begin(), "--target=" + daemon_.unix_target());
+    return RunCtl(args);
+  }
+  IommudProcess daemon_;
+};
+
+TEST_F(IommuctlTest, GoldenSession) {
+  const std::string dir = IOMMUCTL_GOLDEN_DIR;
+  const std::string script = ReadFile(dir + "/session.script");
+  ASSERT_FALSE(script.empty());
+  std::string transcript;
+  for (absl::string_view line : absl::StrSplit(script, '\n')) {
+    line = absl::StripAsciiWhitespace(line);
+    if (line.empty() || line[0] == '#') continue;
+    std::vector<std::string> args = absl::StrSplit(line, ' ', absl::SkipEmpty());
+    CtlResult r = Ctl(args);
+    absl::StrAppend(&transcript, "$ iommuctl ", line, "\n", r.out, r.err);
+    if (r.exit_code != 0) absl::StrAppend(&transcript, "[exit ", r.exit_code, "]\n");
+  }
+  transcript = Normalise(transcript);
+  const std::string golden_path = dir + "/session.golden";
+  if (getenv("UPDATE_GOLDEN") != nullptr) {
+    std::ofstream(golden_path) << transcript;
+    GTEST_SKIP() << "wrote " << golden_path;
+  }
+  const std::string golden = ReadFile(golden_path);
+  std::vector<std::string> want = absl::StrSplit(golden, '\n'), got = absl::StrSplit(transcript, '\n');
+  for (size_t i = 0; i < std::min(want.size(), got.size()); ++i) {
+    ASSERT_EQ(got[i], want[i]) << "first difference at line " << i + 1 << " of " << golden_path;
+  }
+  EXPECT_EQ(got.size(), want.size());
+}
+
+TEST_F(IommuctlTest, ExportImport) {
+  ASSERT_EQ(Ctl({"--device=gpu0", "alloc", "--size=1M"}).exit_code, 0);
+  const CtlResult sgt = Ctl({"--device=gpu0", "--json", "get-sgtable", "--dma_addr=0xfffffff00000", "--export"});
+  std::smatch token;
+  ASSERT_TRUE(std::regex_search(sgt.out, token, std::regex(R"re("export_token":"([^"]+)")re"))) << sgt.out << sgt.err;
+  const CtlResult import = Ctl({"--device=nic0", "map-sg", "--import_token=" + token[1].str(), "--mode=contiguous"});
+  ASSERT_EQ(import.exit_code, 0) << import.err;
+  EXPECT_NE(import.out.find("segment_count    1\n"), std::string::npos) << import.out;
+  const CtlResult reuse = Ctl({"--device=nvme0", "map-sg", "--import_token=garbage", "--mode=contiguous"});
+  EXPECT_NE(reuse.exit_code, 0);
+  EXPECT_NE(reuse.err.find("import_token"), std::string::npos) << reuse.err;
+}
+
+TEST_F(IommuctlTest, ExitCodeIsTheStatusCode) {
+  EXPECT_EQ(Ctl({"--device=nic0", "get-buffer", "--buffer=77"}).exit_code, 5);  // NOT_FOUND
+  EXPECT_EQ(Ctl({"--device=nic0", "alloc-buffer", "--size=0"}).exit_code, 3);   // INVALID_ARGUMENT
+  EXPECT_EQ(Ctl({"--device=nic0", "help"}).exit_code, 0);
+  EXPECT_EQ(RunCtl({"--target=unix:/nonexistent/sock", "--deadline_ms=300", "list-iommus"}).exit_code, 14);
+  EXPECT_EQ(RunCtl({"--target=nowhere", "list-iommus"}).exit_code, 3);
+}
+
+TEST_F(IommuctlTest, HelpListsEverySubcommand) {
+  const CtlResult r = RunCtl({"help"});
+  for (const char* sub : {"map", "unmap", "map-sg", "unmap-sg", "alloc", "free", "get-sgtable", "msi-cookie",
+                          "map-at", "unmap-range", "sync", "create-domain", "destroy-domain", "get-domain",
+                          "list-domains", "attach", "detach", "iova-ranges", "list-iommus", "list-devices",
+                          "translate", "translate-batch", "alloc-buffer", "free-buffer", "get-buffer",
+                          "open-session", "keepalive", "close-session", "stats", "watch-faults", "dump",
+                          "simulate", "bench"}) {
+    EXPECT_NE(r.out.find(absl::StrCat("\n  ", sub, " ")), std::string::npos) << sub;
+  }
+}
+
+TEST_F(IommuctlTest, SimulateEveryProfilePrintsOneLinePerSecondWithoutErrors) {
+  for (const char* profile : {"nic", "nvme", "gpu", "camera", "untrusted"}) {
+    const CtlResult r = Ctl({"simulate", absl::StrCat("--profile=", profile), "--seconds=2", "--rate=50"});
+    ASSERT_EQ(r.exit_code, 0) << profile << ": " << r.err;
+    const std::regex line(absl::StrCat(R"(t=\ds profile=)", profile,
+                                       R"( device=\w+ steps=\d+ rpcs=\d+ maps=[1-9]\d* unmaps=\d+ translates=[1-9]\d* )"
+                                       R"(faults=(\d+) errors=0)"));
+    std::vector<std::string> lines = absl::StrSplit(r.out, '\n', absl::SkipEmpty());
+    ASSERT_GE(lines.size(), 1u) << r.out;
+    uint64_t faults = 0;
+    for (const std::string& l : lines) {
+      std::smatch m;
+      ASSERT_TRUE(std::regex_match(l, m, line)) << l;
+      faults += std::stoull(m[1]);
+    }
+    if (std::string(profile) == "untrusted") {
+      EXPECT_GT(faults, 0u);
+    }
+  }
+  // Everything the simulators made was released (their sessions closed).
+  const CtlResult devices = Ctl({"--json", "list-devices"});
+  EXPECT_EQ(devices.out.find(R"("mappings":"1)"), std::string::npos) << devices.out;
+  EXPECT_EQ(Ctl({"simulate", "--profile=toaster"}).exit_code, 3);
+}
+
+TEST_F(IommuctlTest, BenchReportsThroughputAndPercentiles) {
+  const std::regex unary(R"(bench map\+unmap: api=unary mode=single device=sata0 dma_mask_bits=32 [^\n]*\n)"
+                         R"(  throughput  \d+ ops/s \(\d+ rpcs/s\), 0 errors\n)"
+                         R"(  map         p50=[\d.]+us p99=[\d.]+us p99\.9=[\d.]+us\n)"
+                         R"(  unmap       p50=[\d.]+us p99=[\d.]+us p99\.9=[\d.]+us\n)");
+  CtlResult r = Ctl({"bench", "--seconds=1"});
+  EXPECT_TRUE(std::regex_match(r.out, unary)) << r.out << r.err;
+  r = Ctl({"bench", "--seconds=1", "--baseline", "--dma_mask_bits=64"});
+  EXPECT_NE(r.out.find("bench empty_rpc(Sync): api=unary mode=single device=nic0"), std::string::npos) << r.out;
+  r = Ctl({"--json", "bench", "--seconds=1", "--api=batch", "--mode=sg", "--pages=4", "--dma_mask_bits=64",
+           "--threads=2", "--batch_size=32"});
+  EXPECT_TRUE(std::regex_search(r.out, std::regex(R"("api":"batch","mode":"sg","device":"nic0".*"errors":0)")))
+      << r.out << r.err;
+  r = Ctl({"bench", "--dma_mask_bits=39"});
+  EXPECT_EQ(r.exit_code, 5);
+  EXPECT_NE(r.err.find("dma_mask_bits=0x27: no device with this mask"), std::string::npos) << r.err;
+  // Nothing left mapped.
+  EXPECT_EQ(Ctl({"--json", "list-devices"}).out.find(R"("mappings":"1)"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace iommu::client::ctl

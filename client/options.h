@@ -1,0 +1,73 @@
+// Connection options of the C++ SDK: where the daemon is, who the caller is,
+// how it proves it, and the default deadline and retry policy of its calls.
+//
+// A plain aggregate filled by the caller (iommuctl's main, a test, a driver)
+// and checked once by ValidateOptions() before Client::Connect dials.
+#ifndef IOMMU_CLIENT_OPTIONS_H_
+#define IOMMU_CLIENT_OPTIONS_H_
+
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+
+namespace iommu::client {
+
+// How the caller authenticates (the daemon's --auth mode must match).
+struct Credentials {
+  enum class Kind { kNone, kToken, kMtls };
+  Kind kind = Kind::kNone;
+  // kToken: sent as `authorization: Bearer <token>` on every call.
+  std::string token;
+  // kMtls: PEM file paths of the client certificate chain, its key and the CA
+  // that signed the daemon's certificate.
+  std::string tls_cert_file;
+  std::string tls_key_file;
+  std::string tls_ca_file;
+  // kMtls: the name checked against the daemon certificate's SAN. Empty means
+  // the target's host, or "localhost" for a unix: target.
+  std::string tls_server_name;
+};
+
+// Retries with exponential backoff, applied only to idempotent calls (reads,
+// Sync, KeepAlive) and only on UNAVAILABLE. Every attempt shares the call's
+// one deadline.
+struct RetryPolicy {
+  int max_attempts = 4;  // >= 1; 1 disables retries
+  absl::Duration initial_backoff = absl::Milliseconds(20);
+  absl::Duration max_backoff = absl::Seconds(1);
+};
+
+struct Options {
+  // "unix:/path" (absolute) or "host:port" / "[v6]:port".
+  std::string target = "unix:/tmp/iommud.sock";
+  // The device this client acts for; filled into every request whose device
+  // field is empty. Empty acts as the credential's identity (admin with
+  // --auth=none).
+  std::string device;
+  Credentials credentials;
+  // Deadline of every unary call; streams (WatchFaults, Batch) have none.
+  absl::Duration default_deadline = absl::Seconds(10);
+  RetryPolicy retry;
+  // > 0: Connect waits this long for the channel to be ready and fails with
+  // UNAVAILABLE otherwise. 0: connect lazily on the first call.
+  absl::Duration connect_timeout = absl::ZeroDuration();
+};
+
+// INVALID_ARGUMENT naming the field and value when the options cannot work:
+// empty or malformed target, a token or TLS files given for the wrong kind,
+// a missing TLS file name, a non-positive deadline, max_attempts < 1, ...
+absl::Status ValidateOptions(const Options& options);
+
+// The bearer token in `path`: the first word of the first line that is not
+// empty or a '#' comment (so the daemon's "<token> <device>" file works too).
+// NOT_FOUND if the file cannot be read, INVALID_ARGUMENT if it holds no token.
+absl::StatusOr<std::string> ReadTokenFile(const std::string& path);
+
+// The contents of a file; NOT_FOUND naming `field` and the path otherwise.
+absl::StatusOr<std::string> ReadFileForField(const std::string& field, const std::string& path);
+
+}  // namespace iommu::client
+
+#endif  // IOMMU_CLIENT_OPTIONS_H_
