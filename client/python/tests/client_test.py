@@ -515,9 +515,7 @@ class DrainTest(unittest.TestCase):
         client.close()
         self.assertEqual(daemon.stop(), 0, daemon.log())
 
-    # iommud (eng/server d1b6ea4) waits for --drain_timeout and exits 1 while
-    # any client keeps an idle connection open. Remove the marker once fixed.
-    @unittest.expectedFailure
+    # iommud d1b6ea4 waited for --drain_timeout and exited 1 here.
     def test_sigterm_with_a_connected_idle_client_drains_cleanly(self):
         daemon, client = self.start()
         self.addCleanup(client.close)
