@@ -6,7 +6,8 @@ import threading
 import grpc
 
 from iommu_broker import pb
-from iommu_broker.errors import IommuError, NotFound, Unavailable, error_for_number, from_rpc_error
+from iommu_broker.errors import (IommuError, NotFound, Unavailable, error_for, error_for_number,
+                                 from_rpc_error)
 
 
 class Session:
@@ -115,8 +116,8 @@ class BatchStream:
         except grpc.RpcError as e:
             raise from_rpc_error(e) from None
         if response.sequence != self._sequence:
-            raise IommuError(grpc.StatusCode.INTERNAL,
-                             f"sequence={response.sequence}: expected {self._sequence}")
+            raise error_for(grpc.StatusCode.INTERNAL,
+                            f"sequence={response.sequence}: expected {self._sequence}")
         results = list(response.results)
         if check:
             for r in results:

@@ -6,6 +6,9 @@ Run through ctest (python_client_test), or:
   IOMMUD=build/server/iommud PYTHONPATH=build/client/python python3 client_test.py
 """
 import signal
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 import unittest
@@ -360,6 +363,37 @@ class SessionTest(SdkTestCase):
         with self.assertRaises(ib.NotFound):
             s.close()
 
+    def test_a_killed_client_process_is_reclaimed_after_its_lease(self):
+        code = textwrap.dedent(f"""
+            import time, iommu_broker as ib
+            c = ib.Client({self.daemon.unix_target!r}, device="nic0")
+            s = c.session(ttl_ms=500)
+            buf = s.client.alloc_buffer(4096)
+            m = s.client.map(buf)
+            print(buf.buffer_id, m.dma_addr, flush=True)
+            time.sleep(60)
+            """)
+        proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+        self.addCleanup(proc.wait)
+        self.addCleanup(proc.kill)
+        buffer_id, dma_addr = map(int, proc.stdout.readline().split())
+        time.sleep(1.5)  # three leases: alive only through its keep-alive thread
+        self.assertEqual(self.nic.get_buffer(buffer_id).map_count, 1)
+        self.assertFalse(self.nic.translate(dma_addr, 8).faulted)
+        proc.kill()
+        proc.wait()
+        proc.stdout.close()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                self.nic.get_buffer(buffer_id)
+            except ib.NotFound:
+                break
+            time.sleep(0.1)
+        else:
+            self.fail("the dead client's session was not reclaimed")
+        self.assertTrue(self.nic.translate(dma_addr, 8).faulted)
+
     def test_raw_session_rpcs(self):
         r = self.nic.open_session(ttl_ms=10_000)
         self.assertEqual(r.ttl_ms, 10_000)
@@ -461,6 +495,25 @@ class ErrorTest(SdkTestCase):
         self.addCleanup(gone.close)
         with self.assertRaises(ib.Unavailable):
             gone.list_iommus()
+
+
+class FaultRingTest(DaemonTestCase):
+    FLAGS = ("--auth=none", "--fault_ring_size=8")
+
+    def test_overwritten_records_are_counted_as_lost(self):
+        nic = ib.Client(self.daemon.unix_target, device="nic0")
+        self.addCleanup(nic.close)
+        seqs = [nic.translate(0x1000 * (i + 1), 4).fault_seq for i in range(20)]
+        lost, records = 0, []
+        with nic.watch_faults(after_seq=0, timeout=10) as watch:
+            for event in watch:
+                lost += event.lost
+                records.extend(event.records)
+                if records and records[-1].seq == seqs[-1]:
+                    break
+        self.assertEqual([r.seq for r in records], seqs[-len(records):])
+        self.assertLessEqual(len(records), 8)
+        self.assertEqual(lost + len(records), 20)
 
 
 class QuotaTest(DaemonTestCase):
