@@ -1,0 +1,316 @@
+"""Client: one connection to iommud, acting as one device (or the admin).
+
+    client = Client("unix:/tmp/iommud.sock", device="nic0")
+    with client.buffer(16384) as buf, client.map(buf) as m:
+        print(hex(m.dma_addr))
+
+Every RPC of iommu.v1 is a method. Calls that create something return a
+handle (Buffer, Mapping, SgMapping, Allocation, RangeMapping, Domain) that is
+a context manager releasing it; queries return the response messages (`pb`).
+A failed call raises an IommuError subclass carrying the daemon's code and
+message. Each call has a deadline (`timeout` seconds); calls that are safe to
+repeat (reads, KeepAlive, Sync) are retried while the daemon is UNAVAILABLE.
+
+Thread-safe: a Client may be shared by threads (gRPC channels are).
+"""
+import dataclasses
+import os
+import time
+from typing import Optional, Union
+
+import grpc
+
+from iommu_broker import convert, pb
+from iommu_broker.errors import from_rpc_error
+from iommu_broker.handles import Allocation, Buffer, Domain, Mapping, RangeMapping, SgMapping
+from iommu_broker.streams import BatchStream, FaultWatch, Session
+
+DEFAULT_TARGET = "unix:/tmp/iommud.sock"
+SESSION_HEADER = "iommu-session-id"
+
+_Pem = Union[bytes, str, os.PathLike]
+
+
+def _read_pem(value: Optional[_Pem]) -> Optional[bytes]:
+    if value is None or isinstance(value, bytes):
+        return value
+    with open(value, "rb") as f:
+        return f.read()
+
+
+@dataclasses.dataclass(frozen=True)
+class TlsConfig:
+    """mTLS credentials: PEM bytes or paths. `server_name` overrides the name
+    checked against the daemon's certificate (needed over a Unix socket)."""
+    ca: _Pem
+    cert: Optional[_Pem] = None
+    key: Optional[_Pem] = None
+    server_name: Optional[str] = None
+
+
+class Client:
+    def __init__(self, target: str = DEFAULT_TARGET, device: str = "", *,
+                 token: Optional[str] = None, tls: Optional[TlsConfig] = None,
+                 timeout: float = 10.0, retries: int = 3, channel_options=()):
+        """`device` is the identity requests act as ("" = the admin, with
+        --auth=none or an admin credential); `token` a bearer token
+        (--auth=token); `tls` client certificates (--auth=mtls)."""
+        options = list(channel_options)
+        if tls is None:
+            channel = grpc.insecure_channel(target, options=options)
+        else:
+            creds = grpc.ssl_channel_credentials(
+                root_certificates=_read_pem(tls.ca), private_key=_read_pem(tls.key),
+                certificate_chain=_read_pem(tls.cert))
+            if tls.server_name:
+                options.append(("grpc.ssl_target_name_override", tls.server_name))
+            channel = grpc.secure_channel(target, creds, options=options)
+        metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        self._init(channel, True, target, device, metadata, timeout, retries)
+
+    def _init(self, channel, owns_channel, target, device, metadata, timeout, retries):
+        self.target = target
+        self.device = device
+        self.timeout = timeout
+        self._channel = channel
+        self._owns_channel = owns_channel
+        self._metadata = metadata
+        self._retries = retries
+        self._dma = pb.DmaStub(channel)
+        self._memory = pb.MemoryStub(channel)
+        self._domains = pb.DomainsStub(channel)
+        self._devices = pb.DevicesStub(channel)
+        self._sessions = pb.SessionsStub(channel)
+        self._stats = pb.StatsStub(channel)
+
+    def _bind(self, device=None, session_id=None) -> "Client":
+        """A Client on the same channel acting as `device` and/or in a session."""
+        metadata = tuple(kv for kv in self._metadata if kv[0] != SESSION_HEADER)
+        if session_id is not None:
+            metadata += ((SESSION_HEADER, str(session_id)),)
+        bound = Client.__new__(Client)
+        bound._init(self._channel, False, self.target, self.device if device is None else device,
+                    metadata, self.timeout, self._retries)
+        return bound
+
+    def as_device(self, device: str) -> "Client":
+        """The same connection acting as another device (an admin credential,
+        or --auth=none)."""
+        return self._bind(device=device)
+
+    def close(self) -> None:
+        if self._owns_channel:
+            self._channel.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def _call(self, method, request, idempotent=False):
+        attempts = 1 + (self._retries if idempotent else 0)
+        for attempt in range(attempts):
+            try:
+                return method(request, timeout=self.timeout, metadata=self._metadata)
+            except grpc.RpcError as e:
+                if e.code() == grpc.StatusCode.UNAVAILABLE and attempt + 1 < attempts:
+                    time.sleep(0.05 * 2 ** attempt)
+                    continue
+                raise from_rpc_error(e) from None
+
+    # --- Memory -----------------------------------------------------------
+    def alloc_buffer(self, size_bytes: int, placement="scattered", pool: str = "") -> Buffer:
+        r = self._call(self._memory.AllocBuffer, pb.AllocBufferRequest(
+            device=self.device, size_bytes=size_bytes, placement=convert.placement(placement),
+            pool=pool))
+        return Buffer(self, r.buffer)
+
+    buffer = alloc_buffer  # `with client.buffer(n) as buf:`
+
+    def free_buffer(self, buffer_id: int) -> None:
+        self._call(self._memory.FreeBuffer, pb.FreeBufferRequest(device=self.device,
+                                                                 buffer_id=buffer_id))
+
+    def get_buffer(self, buffer_id: int):
+        """The pb.Buffer (its runs and current map_count)."""
+        return self._call(self._memory.GetBuffer, pb.GetBufferRequest(
+            device=self.device, buffer_id=buffer_id), idempotent=True).buffer
+
+    # --- DMA API ------------------------------------------------------------
+    def map(self, mem, offset_bytes: int = 0, length_bytes: Optional[int] = None,  # noqa: A003
+            direction="bidirectional", attrs=None) -> Mapping:
+        """dma_map_page of `mem` (a Buffer, Allocation, pb.MemRef or buffer id)."""
+        r = self._call(self._dma.Map, pb.MapRequest(
+            device=self.device, mem=convert.memref(mem, offset_bytes, length_bytes),
+            direction=convert.direction(direction), attrs=convert.attrs(attrs)))
+        return Mapping(self, r)
+
+    def unmap(self, dma_addr: int) -> None:
+        self._call(self._dma.Unmap, pb.UnmapRequest(device=self.device, dma_addr=dma_addr))
+
+    def map_sg(self, segments=(), mode="merge", direction="bidirectional", attrs=None,
+               import_token: str = "") -> SgMapping:
+        """dma_map_sg of `segments` (each a Buffer, pb.MemRef, ...), or the
+        import of another device's exported buffer."""
+        r = self._call(self._dma.MapSg, pb.MapSgRequest(
+            device=self.device, segments=[convert.memref(s) for s in segments],
+            mode=convert.sg_mode(mode), direction=convert.direction(direction),
+            attrs=convert.attrs(attrs), import_token=import_token))
+        return SgMapping(self, r)
+
+    def unmap_sg(self, dma_addr: int) -> None:
+        self._call(self._dma.UnmapSg, pb.UnmapSgRequest(device=self.device, dma_addr=dma_addr))
+
+    def alloc(self, size_bytes: int, direction="bidirectional", attrs=None,
+              pool: str = "") -> Allocation:
+        """dma_alloc_attrs: pages owned by the device, mapped IOVA-contiguously."""
+        r = self._call(self._dma.Alloc, pb.AllocRequest(
+            device=self.device, size_bytes=size_bytes, direction=convert.direction(direction),
+            attrs=convert.attrs(attrs), pool=pool))
+        return Allocation(self, r)
+
+    def free(self, dma_addr: int) -> None:
+        self._call(self._dma.Free, pb.FreeRequest(device=self.device, dma_addr=dma_addr))
+
+    def get_sg_table(self, dma_addr: int, export: bool = False):
+        """pb.GetSgTableResponse: chunks, size_bytes, export_token."""
+        return self._call(self._dma.GetSgTable, pb.GetSgTableRequest(
+            device=self.device, dma_addr=dma_addr, export=export))
+
+    def msi_cookie(self, domain_id: int = 0, window_base: int = 0, window_size_bytes: int = 0):
+        """pb.MsiCookieResponse: the MSI address in the device's current
+        domain, or (owner of an UNMANAGED domain) sets its MSI window."""
+        return self._call(self._dma.MsiCookie, pb.MsiCookieRequest(
+            device=self.device, domain_id=domain_id, window_base=window_base,
+            window_size_bytes=window_size_bytes))
+
+    def map_at(self, iova: int, mem, offset_bytes: int = 0, length_bytes: Optional[int] = None,
+               direction="bidirectional", attrs=None) -> RangeMapping:
+        """iommu_map into the device's UNMANAGED domain at `iova`."""
+        ref = convert.memref(mem, offset_bytes, length_bytes)
+        r = self._call(self._dma.MapAt, pb.MapAtRequest(
+            device=self.device, iova=iova, mem=ref, direction=convert.direction(direction),
+            attrs=convert.attrs(attrs)))
+        return RangeMapping(self, r, iova, ref.length_bytes)
+
+    def unmap_range(self, iova: int, size_bytes: int) -> int:
+        """iommu_unmap of whole mappings in the range; returns bytes unmapped."""
+        return self._call(self._dma.UnmapRange, pb.UnmapRangeRequest(
+            device=self.device, iova=iova, size_bytes=size_bytes)).unmapped_bytes
+
+    def sync(self) -> None:
+        self._call(self._dma.Sync, pb.SyncRequest(device=self.device), idempotent=True)
+
+    def batch(self) -> BatchStream:
+        """A Batch stream: `with client.batch() as b: b.submit([ops.map(buf), ...])`."""
+        return BatchStream(self)
+
+    # --- Domains ------------------------------------------------------------
+    def create_domain(self, smmu: str, type="dma", granule_bytes: int = 0) -> Domain:  # noqa: A002
+        r = self._call(self._domains.CreateDomain, pb.CreateDomainRequest(
+            device=self.device, smmu=smmu, type=convert.domain_type(type),
+            granule_bytes=granule_bytes))
+        return Domain(self, r.domain)
+
+    def destroy_domain(self, domain_id: int) -> None:
+        self._call(self._domains.DestroyDomain, pb.DestroyDomainRequest(
+            device=self.device, domain_id=domain_id))
+
+    def get_domain(self, domain_id: int):
+        return self._call(self._domains.GetDomain, pb.GetDomainRequest(
+            device=self.device, domain_id=domain_id), idempotent=True).domain
+
+    def list_domains(self):
+        return list(self._call(self._domains.ListDomains, pb.ListDomainsRequest(
+            device=self.device), idempotent=True).domains)
+
+    def attach_device(self, domain_id: int) -> None:
+        self._call(self._domains.AttachDevice, pb.AttachDeviceRequest(
+            device=self.device, domain_id=domain_id))
+
+    def detach_device(self) -> None:
+        self._call(self._domains.DetachDevice, pb.DetachDeviceRequest(device=self.device))
+
+    def get_iova_ranges(self):
+        """pb.GetIovaRangesResponse: domain_id, usable and reserved ranges."""
+        return self._call(self._domains.GetIovaRanges, pb.GetIovaRangesRequest(
+            device=self.device), idempotent=True)
+
+    # --- Devices --------------------------------------------------------------
+    def list_iommus(self):
+        return list(self._call(self._devices.ListIommus, pb.ListIommusRequest(),
+                               idempotent=True).smmus)
+
+    def list_devices(self):
+        return list(self._call(self._devices.ListDevices, pb.ListDevicesRequest(
+            device=self.device), idempotent=True).devices)
+
+    def _translate_request(self, iova, length_bytes, access, privileged, smmu, stream_id):
+        request = pb.TranslateRequest(
+            device=self.device, iova=iova,
+            length_bytes=length_bytes, access=convert.access(access), privileged=privileged,
+            smmu=smmu)
+        if stream_id is not None:
+            request.stream_id = stream_id
+        return request
+
+    def translate(self, iova: int, length_bytes: int, access="read", privileged: bool = False,
+                  *, smmu: str = "", stream_id: Optional[int] = None):
+        """A device access through the SMMU: pb.TranslateResponse (pages, or
+        faulted/fault_type). With smmu+stream_id (admin): a raw stream access."""
+        return self._call(self._devices.Translate, self._translate_request(
+            iova, length_bytes, access, privileged, smmu, stream_id))
+
+    def translate_batch(self, accesses):
+        """`accesses`: (iova, length_bytes[, access[, privileged]]) tuples or
+        pb.TranslateRequest; returns one pb.TranslateResponse per access."""
+        requests = []
+        for a in accesses:
+            if isinstance(a, pb.TranslateRequest):
+                request = pb.TranslateRequest()
+                request.CopyFrom(a)
+                if not request.device:
+                    request.device = self.device
+            else:
+                iova, length_bytes, *rest = a
+                request = self._translate_request(
+                    iova, length_bytes, rest[0] if rest else "read",
+                    rest[1] if len(rest) > 1 else False, "", None)
+            requests.append(request)
+        return list(self._call(self._devices.TranslateBatch,
+                               pb.TranslateBatchRequest(accesses=requests)).results)
+
+    def watch_faults(self, after_seq: int = 0, timeout: Optional[float] = None) -> FaultWatch:
+        """The fault event stream (iterate it; `with` cancels it on exit).
+        With `timeout` (seconds) the stream ends in DeadlineExceeded."""
+        call = self._devices.WatchFaults(pb.WatchFaultsRequest(device=self.device,
+                                                               after_seq=after_seq),
+                                         timeout=timeout, metadata=self._metadata)
+        return FaultWatch(call)
+
+    # --- Sessions -------------------------------------------------------------
+    def open_session(self, ttl_ms: int = 0):
+        """pb.OpenSessionResponse (session_id, ttl_ms). See also session()."""
+        return self._call(self._sessions.OpenSession, pb.OpenSessionRequest(
+            device=self.device, ttl_ms=ttl_ms))
+
+    def keep_alive(self, session_id: int) -> None:
+        self._call(self._sessions.KeepAlive, pb.KeepAliveRequest(
+            device=self.device, session_id=session_id), idempotent=True)
+
+    def close_session(self, session_id: int) -> None:
+        self._call(self._sessions.CloseSession, pb.CloseSessionRequest(
+            device=self.device, session_id=session_id))
+
+    def session(self, ttl_ms: int = 0, keepalive: bool = True) -> Session:
+        """Opens a session kept alive in the background; `session.client`
+        creates resources owned by it. Closing it releases them all."""
+        r = self.open_session(ttl_ms)
+        return Session(self, r.session_id, r.ttl_ms, keepalive=keepalive)
+
+    # --- Stats ----------------------------------------------------------------
+    def get_stats(self):
+        """pb.GetStatsResponse: per SMMU, domain and pool, and the fault ring."""
+        return self._call(self._stats.GetStats, pb.GetStatsRequest(device=self.device),
+                          idempotent=True)

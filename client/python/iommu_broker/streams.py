@@ -1,0 +1,181 @@
+"""Sessions (leases kept alive in the background), the Batch stream and the
+WatchFaults stream."""
+import queue
+import threading
+
+import grpc
+
+from iommu_broker import pb
+from iommu_broker.errors import (IommuError, NotFound, Unavailable, error_for, error_for_number,
+                                 from_rpc_error)
+
+
+class Session:
+    """A lease (OpenSession): everything created through `session.client`
+    belongs to it and is released by the daemon when the session closes or
+    its lease runs out. A daemon thread renews the lease every ttl/3.
+
+    Thread-safe: the keep-alive thread and the owner share only the Event and
+    `keepalive_error`, which is written by the thread alone.
+    """
+
+    def __init__(self, client, session_id: int, ttl_ms: int, keepalive: bool = True):
+        self.id = session_id
+        self.ttl_ms = ttl_ms
+        self.client = client._bind(session_id=session_id)
+        self.keepalive_error = None  # the IommuError that stopped the keep-alive, if any
+        self._stop = threading.Event()
+        self._closed = False
+        self._thread = None
+        if keepalive:
+            self._thread = threading.Thread(target=self._renew, name=f"iommu-session-{session_id}",
+                                            daemon=True)
+            self._thread.start()
+
+    def _renew(self):
+        interval_s = max(self.ttl_ms / 3000.0, 0.01)
+        while not self._stop.wait(interval_s):
+            try:
+                self.client.keep_alive(self.id)
+            except IommuError as e:
+                self.keepalive_error = e
+                if isinstance(e, NotFound):  # expired or closed elsewhere: nothing to renew
+                    return
+
+    def keep_alive(self) -> None:
+        self.client.keep_alive(self.id)
+
+    def stop_keepalive(self) -> None:
+        """Stops renewing without closing: the lease then expires on the daemon
+        (what happens when a client dies)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def close(self) -> None:
+        """Stops the keep-alive and closes the session (once)."""
+        if self._closed:
+            return
+        self.stop_keepalive()
+        self._closed = True
+        self.client.close_session(self.id)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            self.close()
+            return
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - the in-flight exception wins
+            pass
+
+    def __repr__(self):
+        return f"Session(id={self.id}, ttl_ms={self.ttl_ms})"
+
+
+_END = object()
+
+
+class BatchStream:
+    """One Batch bidirectional stream: `submit(ops)` sends one BatchRequest
+    and returns its BatchResults (one per op, in order). Ops are pb.BatchOp
+    messages (see the `iommu_broker.ops` builders); an op whose request names
+    no device acts as the client's device.
+
+    Thread-compatible: one thread submits at a time.
+    """
+
+    def __init__(self, client):
+        self._device = client.device
+        self._requests = queue.SimpleQueue()
+        self._call = client._dma.Batch(iter(self._requests.get, _END), metadata=client._metadata)
+        self._sequence = 0
+        self._closed = False
+
+    def submit(self, ops, check: bool = False):
+        """Runs `ops` (an iterable of pb.BatchOp) and returns the results.
+        With check=True the first failed op raises its IommuError."""
+        if self._closed:
+            raise ValueError("BatchStream is closed")
+        self._sequence += 1
+        request = pb.BatchRequest(sequence=self._sequence)
+        for op in ops:
+            out = request.ops.add()
+            out.CopyFrom(op)
+            inner = getattr(out, out.WhichOneof("op"))
+            if not inner.device:
+                inner.device = self._device
+        self._requests.put(request)
+        try:
+            response = next(self._call)
+        except StopIteration:
+            raise Unavailable(grpc.StatusCode.UNAVAILABLE, "Batch stream ended by the daemon") from None
+        except grpc.RpcError as e:
+            raise from_rpc_error(e) from None
+        if response.sequence != self._sequence:
+            raise error_for(grpc.StatusCode.INTERNAL,
+                            f"sequence={response.sequence}: expected {self._sequence}")
+        results = list(response.results)
+        if check:
+            for r in results:
+                if r.code != 0:
+                    raise error_for_number(r.code, r.message)
+        return results
+
+    def close(self) -> None:
+        """Half-closes the stream and waits for the daemon to finish it."""
+        if self._closed:
+            return
+        self._closed = True
+        self._requests.put(_END)
+        try:
+            for _ in self._call:
+                pass
+        except grpc.RpcError as e:
+            if e.code() != grpc.StatusCode.CANCELLED:
+                raise from_rpc_error(e) from None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is not None:
+            self._closed = True
+            self._call.cancel()
+            return
+        self.close()
+
+
+class FaultWatch:
+    """The WatchFaults stream: iterate for pb.FaultEvent messages (records
+    with sequence numbers, and `lost`). Ends when cancelled (`cancel()`, or
+    leaving the `with` block) or when the daemon drains.
+
+    Thread-safe: cancel() may be called from any thread.
+    """
+
+    def __init__(self, call):
+        self._call = call
+        self._cancelled = False
+
+    def __iter__(self):
+        try:
+            for event in self._call:
+                yield event
+        except grpc.RpcError as e:
+            if self._cancelled and e.code() == grpc.StatusCode.CANCELLED:
+                return
+            raise from_rpc_error(e) from None
+
+    def cancel(self) -> None:
+        self._cancelled = True
+        self._call.cancel()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        self.cancel()

@@ -1,0 +1,229 @@
+"""The SDK's own logic against an in-process fake daemon (no iommud): which
+calls are retried, the metadata each call carries, handle release, the Batch
+sequence check and the enum/memory conversions."""
+import os
+import tempfile
+import threading
+import unittest
+from concurrent import futures
+
+import grpc
+
+import iommu_broker as ib
+from iommu_broker import ops, pb
+from iommu_broker._generated.iommu.v1 import (device_pb2_grpc, dma_pb2_grpc, memory_pb2_grpc,
+                                              session_pb2_grpc)
+
+
+class Recorder:
+    """What the fake saw, and how many UNAVAILABLE answers it still owes."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.calls = []  # (method, request, metadata dict)
+        self.unavailable = 0
+
+    def record(self, method, request, context):
+        with self.lock:
+            self.calls.append((method, request, dict(context.invocation_metadata())))
+            if self.unavailable > 0:
+                self.unavailable -= 1
+                context.abort(grpc.StatusCode.UNAVAILABLE, "try again")
+
+    def methods(self):
+        return [c[0] for c in self.calls]
+
+
+class FakeDma(dma_pb2_grpc.DmaServicer):
+    def __init__(self, rec, skew=0):
+        self.rec, self.skew = rec, skew
+
+    def Map(self, request, context):
+        self.rec.record("Map", request, context)
+        return pb.MapResponse(dma_addr=0x1000 + request.mem.offset_bytes, mapping_id=1)
+
+    def Unmap(self, request, context):
+        self.rec.record("Unmap", request, context)
+        return pb.UnmapResponse()
+
+    def Sync(self, request, context):
+        self.rec.record("Sync", request, context)
+        return pb.SyncResponse()
+
+    def Batch(self, request_iterator, context):
+        for request in request_iterator:
+            self.rec.record("Batch", request, context)
+            yield pb.BatchResponse(sequence=request.sequence + self.skew, results=[
+                pb.BatchResult(code=5, message="dma_addr=0x9: no mapping")
+                for _ in request.ops])
+
+
+class FakeMemory(memory_pb2_grpc.MemoryServicer):
+    def __init__(self, rec):
+        self.rec = rec
+
+    def AllocBuffer(self, request, context):
+        self.rec.record("AllocBuffer", request, context)
+        return pb.AllocBufferResponse(buffer=pb.Buffer(buffer_id=7, device=request.device,
+                                                       size_bytes=request.size_bytes))
+
+    def FreeBuffer(self, request, context):
+        self.rec.record("FreeBuffer", request, context)
+        return pb.FreeBufferResponse()
+
+
+class FakeDevices(device_pb2_grpc.DevicesServicer):
+    def __init__(self, rec):
+        self.rec = rec
+
+    def ListIommus(self, request, context):
+        self.rec.record("ListIommus", request, context)
+        return pb.ListIommusResponse(smmus=[pb.SmmuConfig(name="smmu0")])
+
+    def Translate(self, request, context):
+        self.rec.record("Translate", request, context)
+        return pb.TranslateResponse()
+
+
+class FakeSessions(session_pb2_grpc.SessionsServicer):
+    def __init__(self, rec):
+        self.rec = rec
+
+    def OpenSession(self, request, context):
+        self.rec.record("OpenSession", request, context)
+        return pb.OpenSessionResponse(session_id=42, ttl_ms=request.ttl_ms or 30000)
+
+    def KeepAlive(self, request, context):
+        self.rec.record("KeepAlive", request, context)
+        return pb.KeepAliveResponse()
+
+    def CloseSession(self, request, context):
+        self.rec.record("CloseSession", request, context)
+        return pb.CloseSessionResponse()
+
+
+class SdkUnitTest(unittest.TestCase):
+    def start(self, skew=0):
+        self.rec = Recorder()
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
+        dma_pb2_grpc.add_DmaServicer_to_server(FakeDma(self.rec, skew), server)
+        memory_pb2_grpc.add_MemoryServicer_to_server(FakeMemory(self.rec), server)
+        device_pb2_grpc.add_DevicesServicer_to_server(FakeDevices(self.rec), server)
+        session_pb2_grpc.add_SessionsServicer_to_server(FakeSessions(self.rec), server)
+        tmp = tempfile.mkdtemp(prefix="iommu-fake-")
+        target = f"unix:{tmp}/fake.sock"
+        server.add_insecure_port(target)
+        server.start()
+        self.addCleanup(os.rmdir, tmp)
+        self.addCleanup(lambda: os.path.exists(f"{tmp}/fake.sock") and os.unlink(f"{tmp}/fake.sock"))
+        self.addCleanup(server.stop, None)
+        return target
+
+    def client(self, **kwargs):
+        c = ib.Client(self.start(kwargs.pop("skew", 0)), **kwargs)
+        self.addCleanup(c.close)
+        return c
+
+    def test_only_idempotent_calls_are_retried(self):
+        c = self.client(device="nic0", retries=3)
+        self.rec.unavailable = 2
+        self.assertEqual([s.name for s in c.list_iommus()], ["smmu0"])
+        self.assertEqual(self.rec.methods(), ["ListIommus"] * 3)
+        self.rec.calls.clear()
+        self.rec.unavailable = 1
+        c.sync()
+        self.assertEqual(self.rec.methods(), ["Sync"] * 2)
+        for call, name in ((lambda: c.map(3, length_bytes=8), "Map"),
+                           (lambda: c.unmap(0x1000), "Unmap"),
+                           (lambda: c.translate(0x1000, 8), "Translate"),
+                           (lambda: c.alloc_buffer(4096), "AllocBuffer")):
+            with self.subTest(method=name):
+                self.rec.calls.clear()
+                self.rec.unavailable = 1
+                with self.assertRaises(ib.Unavailable) as cm:
+                    call()
+                self.assertEqual(cm.exception.message, "try again")
+                self.assertEqual(self.rec.methods(), [name])
+                self.rec.unavailable = 0
+
+    def test_retries_give_up(self):
+        c = self.client(retries=2)
+        self.rec.unavailable = 10
+        with self.assertRaises(ib.Unavailable):
+            c.list_iommus()
+        self.assertEqual(len(self.rec.calls), 3)
+
+    def test_token_device_and_session_travel_with_every_call(self):
+        c = self.client(device="nic0", token="s3cret")
+        with c.session(ttl_ms=60_000) as s:
+            s.client.alloc_buffer(4096).detach()
+        c.unmap(0x1000)
+        by_method = {m: (req, md) for m, req, md in self.rec.calls}
+        for method in ("OpenSession", "AllocBuffer", "CloseSession", "Unmap"):
+            req, md = by_method[method]
+            self.assertEqual(md["authorization"], "Bearer s3cret", method)
+            self.assertEqual(req.device, "nic0", method)
+        self.assertEqual(by_method["AllocBuffer"][1]["iommu-session-id"], "42")
+        self.assertNotIn("iommu-session-id", by_method["OpenSession"][1])
+        self.assertNotIn("iommu-session-id", by_method["Unmap"][1])
+        self.assertEqual(by_method["CloseSession"][0].session_id, 42)
+
+    def test_session_keeps_its_lease_alive(self):
+        c = self.client(device="nic0")
+        with c.session(ttl_ms=90) as s:
+            deadline = threading.Event()
+            deadline.wait(0.5)
+            self.assertIsNone(s.keepalive_error)
+        keepalives = self.rec.methods().count("KeepAlive")
+        self.assertGreaterEqual(keepalives, 5)  # every ttl/3 = 30 ms for 0.5 s
+        self.assertEqual(self.rec.methods()[-1], "CloseSession")
+
+    def test_handles_release_once(self):
+        c = self.client(device="nic0")
+        with c.buffer(8192) as buf:
+            m = c.map(buf, offset_bytes=0x10)
+            self.assertEqual(m.dma_addr, 0x1010)
+            (_, map_req, _), = [x for x in self.rec.calls if x[0] == "Map"]
+            self.assertEqual((map_req.mem.buffer_id, map_req.mem.length_bytes), (7, 8192 - 0x10))
+            m.release()
+            m.release()
+            with m:
+                pass
+        self.assertEqual(self.rec.methods().count("Unmap"), 1)
+        self.assertEqual(self.rec.methods().count("FreeBuffer"), 1)
+        self.assertIn("released", repr(m))
+
+    def test_batch_fills_the_device_and_checks_results(self):
+        c = self.client(device="nic0")
+        with c.batch() as batch:
+            results = batch.submit([ops.unmap(9), ops.unmap(9, device="nvme0")])
+            self.assertEqual([r.code for r in results], [5, 5])
+            with self.assertRaises(ib.NotFound) as cm:
+                batch.submit([ops.unmap(9)], check=True)
+            self.assertEqual(cm.exception.message, "dma_addr=0x9: no mapping")
+        first = self.rec.calls[0][1]
+        self.assertEqual(first.sequence, 1)
+        self.assertEqual([op.unmap.device for op in first.ops], ["nic0", "nvme0"])
+
+    def test_batch_sequence_mismatch_is_an_error(self):
+        c = self.client(device="nic0", skew=1)
+        with self.assertRaises(ib.Internal):
+            with c.batch() as batch:
+                batch.submit([ops.unmap(9)])
+
+    def test_conversions(self):
+        self.assertEqual(ib.convert.direction("to_device"), pb.DMA_DIRECTION_TO_DEVICE)
+        self.assertEqual(ib.convert.sg_mode("CONTIGUOUS"), pb.SG_MODE_CONTIGUOUS)
+        self.assertEqual(ib.convert.domain_type("dma_fq"), pb.DOMAIN_TYPE_DMA_FQ)
+        self.assertEqual(ib.convert.access(99), 99)  # numbers pass; the daemon checks them
+        with self.assertRaises(ValueError):
+            ib.convert.placement("everywhere")
+        with self.assertRaises(TypeError):
+            ib.convert.memref("buffer 7")
+        ref = ib.phys(0x8000_0000, 4096)
+        self.assertEqual(ref.WhichOneof("memory"), "phys_addr")
+        self.assertEqual(ib.convert.attrs({"privileged": True}), pb.DmaAttrs(privileged=True))
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
