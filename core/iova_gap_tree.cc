@@ -27,7 +27,8 @@ constexpr int kLaneBlock = 8;
 
 IovaGapTree::IovaGapTree(int num_orders)
     : num_orders_(num_orders),
-      lanes_((num_orders + kLaneBlock - 1) / kLaneBlock * kLaneBlock) {
+      lanes_((num_orders + kLaneBlock - 1) / kLaneBlock * kLaneBlock),
+      pull_(PickPull(lanes_)) {
   assert(num_orders >= 1 && num_orders <= 64);
   nodes_.push_back(Node{0, 0, 0, kNil, kNil, kNil, 0});
   aug_.assign(lanes_, 0);
@@ -52,18 +53,20 @@ uint32_t IovaGapTree::NewNode(uint64_t lo, uint64_t hi) {
 void IovaGapTree::FreeNode(uint32_t x) { free_nodes_.push_back(x); }
 
 template <int kLanes>
-bool IovaGapTree::PullLanes(uint32_t x) {
+[[gnu::always_inline]] inline bool IovaGapTree::PullBody(uint32_t x) {
   Node& n = nodes_[x];
   const Node& l = nodes_[n.left];
   const Node& r = nodes_[n.right];
   const uint64_t len = n.hi - n.lo + 1;
   const uint64_t max_len = std::max(len, std::max(l.max_len, r.max_len));
+  // The new row is built in a local array (no aliasing with the rows, so the
+  // loop vectorises without overlap checks), then compared and stored in the
+  // same vector width the parent's pass loads it in: a narrower store would
+  // defeat store-to-load forwarding up the path.
   const uint32_t* lrow = aug_.data() + size_t{n.left} * kLanes;
   const uint32_t* rrow = aug_.data() + size_t{n.right} * kLanes;
   uint32_t* row = aug_.data() + size_t{x} * kLanes;
-  // Computed into a local array first: no aliasing between the rows, so the
-  // loops vectorise without run-time overlap checks.
-  alignas(16) uint32_t v[kLanes];
+  alignas(32) uint32_t v[kLanes];
   constexpr int kFast = kLanes < kFastLanes ? kLanes : kFastLanes;
   if (len < kRoomCap) [[likely]] {
     // room_k = len - ((-lo) mod 2^k), saturating at 0: exact in 32 bits for
@@ -84,26 +87,52 @@ bool IovaGapTree::PullLanes(uint32_t x) {
     }
   }
   uint32_t diff = 0;
-  for (int k = 0; k < kLanes; ++k) diff |= v[k] ^ row[k];
-  std::memcpy(row, v, sizeof(v));
+  for (int k = 0; k < kLanes; ++k) {
+    diff |= v[k] ^ row[k];
+    row[k] = v[k];
+  }
   const bool changed = diff != 0 || max_len != n.max_len;
   n.max_len = max_len;
   return changed;
 }
 
-bool IovaGapTree::Pull(uint32_t x) {
-  switch (lanes_) {
-    case 8: return PullLanes<8>(x);
-    case 16: return PullLanes<16>(x);
-    case 24: return PullLanes<24>(x);
-    case 32: return PullLanes<32>(x);
-    case 40: return PullLanes<40>(x);
-    case 48: return PullLanes<48>(x);
-    case 56: return PullLanes<56>(x);
-    case 64: return PullLanes<64>(x);
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define IOMMU_IOVA_AVX2_DISPATCH 1
+#endif
+
+template <int kLanes>
+bool IovaGapTree::PullLanes(uint32_t x) {
+  return PullBody<kLanes>(x);
+}
+
+#ifdef IOMMU_IOVA_AVX2_DISPATCH
+template <int kLanes>
+__attribute__((target("avx2"))) bool IovaGapTree::PullLanesAvx2(uint32_t x) {
+  return PullBody<kLanes>(x);
+}
+#endif
+
+template <int kLanes>
+IovaGapTree::PullFn IovaGapTree::PickPull() {
+#ifdef IOMMU_IOVA_AVX2_DISPATCH
+  if (__builtin_cpu_supports("avx2")) return &IovaGapTree::PullLanesAvx2<kLanes>;
+#endif
+  return &IovaGapTree::PullLanes<kLanes>;
+}
+
+IovaGapTree::PullFn IovaGapTree::PickPull(int lanes) {
+  switch (lanes) {
+    case 8: return PickPull<8>();
+    case 16: return PickPull<16>();
+    case 24: return PickPull<24>();
+    case 32: return PickPull<32>();
+    case 40: return PickPull<40>();
+    case 48: return PickPull<48>();
+    case 56: return PickPull<56>();
+    case 64: return PickPull<64>();
   }
-  assert(false && "lanes_ is a multiple of 8 in [8, 64]");
-  return false;
+  assert(false && "lanes is a multiple of 8 in [8, 64]");
+  return nullptr;
 }
 
 void IovaGapTree::UpdateHeight(uint32_t x) {

@@ -10,8 +10,8 @@
 // calls malloc. Beside each node, `aug_` holds a row of `lanes_` uint32 words
 // (num_orders rounded up to a multiple of 8: 24 for a 4 GiB space of 4K pages,
 // 96 bytes), contiguous so that recomputing a row is an elementwise
-// max(own, left, right) the compiler vectorises (SSE2 baseline, no run-time
-// dispatch):
+// max(own, left, right) the compiler vectorises: SSE2 (the x86-64 baseline)
+// everywhere, AVX2 when cpuid reports it (3 ymm words for 24 lanes):
 //
 //   aug(x)[k] = min(kRoomCap, max over the ranges r in x's subtree of Room(r, k))
 //   Room([lo, hi], k) = hi + 1 - AlignUp(lo, 2^k), or 0 when that is <= 0
@@ -168,13 +168,20 @@ class IovaGapTree {
   void FreeNode(uint32_t x);
 
   // Recomputes x's row and max_len from its range and children. Returns true
-  // if either changed. Dispatches to PullLanes<lanes_>.
-  bool Pull(uint32_t x);
+  // if either changed. Calls the PullLanes instance chosen at construction.
+  bool Pull(uint32_t x) { return (this->*pull_)(x); }
+  using PullFn = bool (IovaGapTree::*)(uint32_t);
+  template <int kLanes>
+  bool PullBody(uint32_t x);
+  // PullBody compiled for the x86-64 baseline (SSE2) and, on x86-64, for AVX2
+  // (picked only when cpuid reports it).
   template <int kLanes>
   bool PullLanes(uint32_t x);
-  // The saturated own rooms of [lo, lo + len) for lanes 0..kLanes-1.
   template <int kLanes>
-  static void OwnRooms(uint64_t lo, uint64_t len, uint32_t* out);
+  bool PullLanesAvx2(uint32_t x);
+  template <int kLanes>
+  static PullFn PickPull();
+  static PullFn PickPull(int lanes);
 
   void UpdateHeight(uint32_t x);
   // Rotations keep subtree membership, so the new subtree root takes the old
@@ -217,6 +224,7 @@ class IovaGapTree {
 
   int num_orders_;
   int lanes_;                    // num_orders_ rounded up to a multiple of 8
+  PullFn pull_;                  // PullLanes<lanes_> for this CPU
   std::vector<Node> nodes_;      // [0] is the nil sentinel
   std::vector<uint32_t> aug_;    // lanes_ words per node; row 0 all zeros
   std::vector<uint32_t> free_nodes_;
