@@ -28,7 +28,7 @@ constexpr int kLaneBlock = 8;
 IovaGapTree::IovaGapTree(int num_orders)
     : num_orders_(num_orders),
       lanes_((num_orders + kLaneBlock - 1) / kLaneBlock * kLaneBlock),
-      pull_(PickPull(lanes_)) {
+      kernels_(PickKernels(lanes_)) {
   assert(num_orders >= 1 && num_orders <= 64);
   nodes_.push_back(Node{0, 0, 0, kNil, kNil, kNil, 0});
   aug_.assign(lanes_, 0);
@@ -96,6 +96,35 @@ template <int kLanes>
   return changed;
 }
 
+template <int kLanes>
+[[gnu::always_inline]] inline void IovaGapTree::FixUpwardBody(uint32_t x,
+                                                             uint32_t must_reach) {
+  while (x != kNil) {
+    const int old_height = nodes_[x].height;
+    // Children are current (processed below, or off the path), so x's row is
+    // current after this and rotations at x may copy it.
+    const bool changed = PullBody<kLanes>(x);
+    UpdateHeight(x);
+    if (x == must_reach) must_reach = kNil;
+    const Node& n = nodes_[x];
+    const int balance = nodes_[n.left].height - nodes_[n.right].height;
+    uint32_t subtree = x;
+    if (balance > 1) {
+      const uint32_t l = n.left;
+      if (nodes_[nodes_[l].left].height < nodes_[nodes_[l].right].height) RotateLeft(l);
+      subtree = RotateRight(x);
+    } else if (balance < -1) {
+      const uint32_t r = n.right;
+      if (nodes_[nodes_[r].right].height < nodes_[nodes_[r].left].height) RotateRight(r);
+      subtree = RotateLeft(x);
+    }
+    // Rotations keep the subtree's row; if neither it nor the height moved
+    // (and no changed range lies above), no ancestor can change.
+    if (!changed && must_reach == kNil && nodes_[subtree].height == old_height) return;
+    x = nodes_[subtree].parent;
+  }
+}
+
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define IOMMU_IOVA_AVX2_DISPATCH 1
 #endif
@@ -105,34 +134,47 @@ bool IovaGapTree::PullLanes(uint32_t x) {
   return PullBody<kLanes>(x);
 }
 
+template <int kLanes>
+void IovaGapTree::FixUpwardLanes(uint32_t x, uint32_t must_reach) {
+  FixUpwardBody<kLanes>(x, must_reach);
+}
+
 #ifdef IOMMU_IOVA_AVX2_DISPATCH
 template <int kLanes>
 __attribute__((target("avx2"))) bool IovaGapTree::PullLanesAvx2(uint32_t x) {
   return PullBody<kLanes>(x);
 }
+
+template <int kLanes>
+__attribute__((target("avx2"))) void IovaGapTree::FixUpwardLanesAvx2(uint32_t x,
+                                                                     uint32_t must_reach) {
+  FixUpwardBody<kLanes>(x, must_reach);
+}
 #endif
 
 template <int kLanes>
-IovaGapTree::PullFn IovaGapTree::PickPull() {
+IovaGapTree::Kernels IovaGapTree::PickKernels() {
 #ifdef IOMMU_IOVA_AVX2_DISPATCH
-  if (__builtin_cpu_supports("avx2")) return &IovaGapTree::PullLanesAvx2<kLanes>;
+  if (__builtin_cpu_supports("avx2")) {
+    return Kernels{&IovaGapTree::PullLanesAvx2<kLanes>, &IovaGapTree::FixUpwardLanesAvx2<kLanes>};
+  }
 #endif
-  return &IovaGapTree::PullLanes<kLanes>;
+  return Kernels{&IovaGapTree::PullLanes<kLanes>, &IovaGapTree::FixUpwardLanes<kLanes>};
 }
 
-IovaGapTree::PullFn IovaGapTree::PickPull(int lanes) {
+IovaGapTree::Kernels IovaGapTree::PickKernels(int lanes) {
   switch (lanes) {
-    case 8: return PickPull<8>();
-    case 16: return PickPull<16>();
-    case 24: return PickPull<24>();
-    case 32: return PickPull<32>();
-    case 40: return PickPull<40>();
-    case 48: return PickPull<48>();
-    case 56: return PickPull<56>();
-    case 64: return PickPull<64>();
+    case 8: return PickKernels<8>();
+    case 16: return PickKernels<16>();
+    case 24: return PickKernels<24>();
+    case 32: return PickKernels<32>();
+    case 40: return PickKernels<40>();
+    case 48: return PickKernels<48>();
+    case 56: return PickKernels<56>();
+    case 64: return PickKernels<64>();
   }
   assert(false && "lanes is a multiple of 8 in [8, 64]");
-  return nullptr;
+  return Kernels{};
 }
 
 void IovaGapTree::UpdateHeight(uint32_t x) {
@@ -183,33 +225,6 @@ uint32_t IovaGapTree::RotateRight(uint32_t x) {
   UpdateHeight(y);
   Pull(x);
   return y;
-}
-
-void IovaGapTree::FixUpward(uint32_t x, uint32_t must_reach) {
-  while (x != kNil) {
-    const int old_height = nodes_[x].height;
-    // Children are current (processed below, or off the path), so x's row is
-    // current after this and rotations at x may copy it.
-    const bool changed = Pull(x);
-    UpdateHeight(x);
-    if (x == must_reach) must_reach = kNil;
-    const Node& n = nodes_[x];
-    const int balance = nodes_[n.left].height - nodes_[n.right].height;
-    uint32_t subtree = x;
-    if (balance > 1) {
-      const uint32_t l = n.left;
-      if (nodes_[nodes_[l].left].height < nodes_[nodes_[l].right].height) RotateLeft(l);
-      subtree = RotateRight(x);
-    } else if (balance < -1) {
-      const uint32_t r = n.right;
-      if (nodes_[nodes_[r].right].height < nodes_[nodes_[r].left].height) RotateRight(r);
-      subtree = RotateLeft(x);
-    }
-    // Rotations keep the subtree's row; if neither it nor the height moved
-    // (and no changed range lies above), no ancestor can change.
-    if (!changed && must_reach == kNil && nodes_[subtree].height == old_height) return;
-    x = nodes_[subtree].parent;
-  }
 }
 
 uint32_t IovaGapTree::Splice(uint32_t x) {

@@ -168,20 +168,33 @@ class IovaGapTree {
   void FreeNode(uint32_t x);
 
   // Recomputes x's row and max_len from its range and children. Returns true
-  // if either changed. Calls the PullLanes instance chosen at construction.
-  bool Pull(uint32_t x) { return (this->*pull_)(x); }
-  using PullFn = bool (IovaGapTree::*)(uint32_t);
+  // if either changed.
+  bool Pull(uint32_t x) { return (this->*kernels_.pull)(x); }
   template <int kLanes>
   bool PullBody(uint32_t x);
-  // PullBody compiled for the x86-64 baseline (SSE2) and, on x86-64, for AVX2
-  // (picked only when cpuid reports it).
+
+  // The per-level kernels, instantiated per row width and compiled for the
+  // x86-64 baseline (SSE2) and, on x86-64, for AVX2 (picked only when cpuid
+  // reports it); chosen once at construction.
+  using PullFn = bool (IovaGapTree::*)(uint32_t);
+  using FixFn = void (IovaGapTree::*)(uint32_t, uint32_t);
+  struct Kernels {
+    PullFn pull;
+    FixFn fix;
+  };
   template <int kLanes>
   bool PullLanes(uint32_t x);
   template <int kLanes>
   bool PullLanesAvx2(uint32_t x);
   template <int kLanes>
-  static PullFn PickPull();
-  static PullFn PickPull(int lanes);
+  void FixUpwardBody(uint32_t x, uint32_t must_reach);
+  template <int kLanes>
+  void FixUpwardLanes(uint32_t x, uint32_t must_reach);
+  template <int kLanes>
+  void FixUpwardLanesAvx2(uint32_t x, uint32_t must_reach);
+  template <int kLanes>
+  static Kernels PickKernels();
+  static Kernels PickKernels(int lanes);
 
   void UpdateHeight(uint32_t x);
   // Rotations keep subtree membership, so the new subtree root takes the old
@@ -193,7 +206,7 @@ class IovaGapTree {
   // pass. Every node from x up to `must_reach` (an ancestor of x whose own
   // range changed, or nil) is recomputed; above it the pass stops as soon as a
   // subtree's height and row are unchanged.
-  void FixUpward(uint32_t x, uint32_t must_reach);
+  void FixUpward(uint32_t x, uint32_t must_reach) { (this->*kernels_.fix)(x, must_reach); }
   // Unlinks x, which has at most one child; returns its former parent. Does not
   // free x or fix anything.
   uint32_t Splice(uint32_t x);
@@ -224,7 +237,7 @@ class IovaGapTree {
 
   int num_orders_;
   int lanes_;                    // num_orders_ rounded up to a multiple of 8
-  PullFn pull_;                  // PullLanes<lanes_> for this CPU
+  Kernels kernels_;              // for lanes_ and this CPU
   std::vector<Node> nodes_;      // [0] is the nil sentinel
   std::vector<uint32_t> aug_;    // lanes_ words per node; row 0 all zeros
   std::vector<uint32_t> free_nodes_;
