@@ -75,12 +75,6 @@ class IovaMagazineCache {
     return pfn;
   }
 
-  // The pfn the next Pop(cls, ~0) returns from the loaded magazine, or 0.
-  uint64_t Top(int cls) const {
-    const uint64_t* mag = classes_[cls].loaded;
-    return mag[mag[0]];  // mag[0] is the count: 0 when empty
-  }
-
   // Caches `pfn` if the loaded magazine has room (the common case); false
   // otherwise, with nothing changed.
   bool TryPushLoaded(int cls, uint64_t pfn) {
