@@ -131,7 +131,7 @@ uint64_t IovaAllocator::AllocFromTree(uint64_t num_pages, uint64_t limit_pfn) {
 
 void IovaAllocator::ReleaseToTree(uint64_t pfn, uint64_t num_pages) {
   const uint64_t last = pfn + num_pages - 1;
-  tree_.Release(pfn, last);
+  const internal::IovaGapTree::Range r = tree_.Release(pfn, last);
   allocated_pages_ -= num_pages;
   if (options_.placement != IovaPlacement::kLinuxNextFit) return;
   // __cached_rbnode_delete_update: a cached node at or below the freed range
@@ -140,10 +140,6 @@ void IovaAllocator::ReleaseToTree(uint64_t pfn, uint64_t num_pages) {
   const bool move32 = pfn == cursor32_ || (last <= pfn_32bit_ && pfn >= cursor32_);
   const bool move = pfn >= cursor_;
   if (!move32 && !move) return;
-  internal::IovaGapTree::Range r;
-  const bool found = tree_.FindContaining(pfn, &r);
-  assert(found);
-  (void)found;
   const uint64_t next = r.hi == end_pfn_ ? kNoCursor : r.hi + 1;
   if (move32) cursor32_ = next;
   if (move) cursor_ = next;

@@ -27,12 +27,13 @@
 //
 // Layout and cost (n = live allocations + free ranges):
 //   free ranges   IovaGapTree: AVL tree, per-node max "room after the first
-//                 2^k-aligned pfn" for every order k: exact top-down fit in
-//                 O(log n), updates O(K log n) worst case (K orders); a level
-//                 recomputes only the orders that changed below it and the
-//                 climb stops when nothing changed. Measured, the updates
-//                 dominate: ~4 update passes and ~15 row recomputations per
-//                 W2 step (~7k instructions per step, the search ~250).
+//                 2^k-aligned pfn" for every order k, as saturating 32-bit
+//                 words in one contiguous row (AVX2 / SSE2 elementwise max):
+//                 exact top-down fit in O(log n); ONE bottom-up pass per free
+//                 or allocation, O(K/8 log n) vector ops worst case, stopping
+//                 once nothing changes. Measured (callgrind): ~2.9k
+//                 instructions per W2 step (was ~7.3k), ~11 row
+//                 recomputations of ~100 instructions, the search ~250.
 //   allocations   hash map pfn -> pages (+ "sitting in a cache" bit): O(1)
 //                 lookup for free and for the broker's unmap by address.
 //   caches        IovaMagazineCache: O(1) push/pop, no allocation.

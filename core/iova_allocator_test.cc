@@ -604,6 +604,57 @@ TEST(IovaAllocatorRandom, TreePathMatchesReferenceTopDownSearch) {
   EXPECT_GT(reserves, 50);
 }
 
+// Rows saturate at 2^32 - 1 pages: a 2^44-page space mixes requests below,
+// at and above the cap (the exact 64-bit fallback) with small ones, and
+// unaligned starts so rooms sit just below and above the cap.
+TEST(IovaAllocatorRandom, SaturatedRoomsMatchReferenceInHugeSpace) {
+  constexpr uint64_t kStart = 5;
+  constexpr uint64_t kEnd = (uint64_t{1} << 44) - 3;
+  constexpr uint64_t kCap = 0xFFFFFFFF;
+  IovaAllocator a = Make(Opts(kStart, kEnd));
+  ReferenceModel ref(kStart, kEnd);
+  TestRng rng;
+  std::vector<std::pair<uint64_t, uint64_t>> live;
+  int allocs = 0, failures = 0, huge_allocs = 0;
+  for (int op = 0; op < 12000; ++op) {
+    if (rng.Below(100) < 55) {
+      const uint64_t sizes[] = {rng.Below(64) + 1, kCap - rng.Below(3), kCap + 1 + rng.Below(3),
+                                (uint64_t{1} << (32 + rng.Below(10))) + rng.Below(1000),
+                                rng.Below(uint64_t{1} << 40) + 1};
+      const uint64_t n = sizes[rng.Below(5)];
+      const uint64_t limits[] = {kEnd, ~uint64_t{0}, rng.Below(kEnd) + kStart,
+                                 (uint64_t{1} << 43) + rng.Below(kCap)};
+      const uint64_t limit = limits[rng.Below(4)];
+      const uint64_t want = ref.HighestFit(n, limit);
+      absl::StatusOr<uint64_t> got = a.AllocPfns(n, limit);
+      if (want == 0) {
+        ASSERT_EQ(got.status().code(), absl::StatusCode::kResourceExhausted)
+            << "op " << op << " n=" << n << " limit=" << limit;
+        ++failures;
+      } else {
+        ASSERT_TRUE(got.ok()) << "op " << op << ": " << got.status();
+        ASSERT_EQ(*got, want) << "op " << op << " n=" << n << " limit=" << limit;
+        ref.Occupy(want, want + n - 1);
+        live.emplace_back(want, n);
+        ++allocs;
+        huge_allocs += n > kCap;
+      }
+    } else if (!live.empty()) {
+      const size_t j = rng.Below(live.size());
+      ASSERT_TRUE(a.FreePfns(live[j].first).ok());
+      ref.Release(live[j].first);
+      live[j] = live.back();
+      live.pop_back();
+    }
+    ASSERT_INVARIANTS(a);
+    if (op % 97 == 0) CheckStatsAgainstRecount(a);
+  }
+  CheckStatsAgainstRecount(a);
+  EXPECT_GT(allocs, 3000);
+  EXPECT_GT(huge_allocs, 300);
+  EXPECT_GT(failures, 100);
+}
+
 // The reference for kLinuxNextFit: iova.c's cached-node rule written over the
 // model: search below the cached node's first pfn, else from the limit; after
 // an allocation the node is cached (cached32 when it ends below 4 GiB); a free

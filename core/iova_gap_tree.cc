@@ -1,6 +1,7 @@
 #include "core/iova_gap_tree.h"
 
 #include <algorithm>
+#include <array>
 #include <bit>
 #include <cassert>
 #include <cstring>
@@ -9,11 +10,28 @@
 #include "core/bits.h"
 
 namespace iommu::core::internal {
+namespace {
 
-IovaGapTree::IovaGapTree(int num_orders) : num_orders_(num_orders) {
+// kPadMask[k] = 2^k - 1: (-lo) & kPadMask[k] is the distance from lo up to
+// its next 2^k boundary, for the orders a 32-bit lane computes directly.
+constexpr int kFastLanes = 32;
+constexpr std::array<uint32_t, kFastLanes> kPadMask = [] {
+  std::array<uint32_t, kFastLanes> m{};
+  for (int k = 0; k < kFastLanes; ++k) m[k] = (uint32_t{1} << k) - 1;
+  return m;
+}();
+
+constexpr int kLaneBlock = 8;
+
+}  // namespace
+
+IovaGapTree::IovaGapTree(int num_orders)
+    : num_orders_(num_orders),
+      lanes_((num_orders + kLaneBlock - 1) / kLaneBlock * kLaneBlock),
+      kernels_(PickKernels(lanes_)) {
   assert(num_orders >= 1 && num_orders <= 64);
-  nodes_.push_back(Node{0, 0, kNil, kNil, kNil, 0, 0});
-  aug_.assign(num_orders_, 0);
+  nodes_.push_back(Node{0, 0, 0, kNil, kNil, kNil, 0});
+  aug_.assign(lanes_, 0);
 }
 
 uint32_t IovaGapTree::NewNode(uint64_t lo, uint64_t hi) {
@@ -25,75 +43,143 @@ uint32_t IovaGapTree::NewNode(uint64_t lo, uint64_t hi) {
     x = static_cast<uint32_t>(nodes_.size());
     assert(x != 0 && nodes_.size() < UINT32_MAX);
     nodes_.push_back(Node{});
-    aug_.resize(aug_.size() + num_orders_);
+    aug_.resize(aug_.size() + lanes_);
   }
-  nodes_[x] = Node{lo, hi, kNil, kNil, kNil, 1, 0};
-  std::fill_n(AugRow(x), num_orders_, 0);  // a recycled row may hold old words
-  Pull(x);
+  nodes_[x] = Node{lo, hi, 0, kNil, kNil, kNil, 1};
+  Pull(x);  // overwrites every word of a recycled row
   return x;
 }
 
 void IovaGapTree::FreeNode(uint32_t x) { free_nodes_.push_back(x); }
 
-bool IovaGapTree::Pull(uint32_t x) {
+template <int kLanes>
+[[gnu::always_inline]] inline bool IovaGapTree::PullBody(uint32_t x) {
   Node& n = nodes_[x];
-  // Rows are zero beyond their `orders` words, and a child's `orders` never
-  // exceeds its parent's, so one fused loop reads children without bounds.
-  const uint64_t* lrow = AugRow(n.left);
-  const uint64_t* rrow = AugRow(n.right);
+  const Node& l = nodes_[n.left];
+  const Node& r = nodes_[n.right];
   const uint64_t len = n.hi - n.lo + 1;
-  const uint64_t max_len = std::max(len, std::max(lrow[0], rrow[0]));
-  const int orders = OrdersFor(max_len);
-  const int old_orders = n.orders;
-  uint64_t* row = AugRow(x);
-  uint64_t diff = 0;
-  // Orders up to the alignment of lo leave the whole range as room.
-  const int aligned_orders = std::min(orders, std::countr_zero(n.lo) + 1);
-  int k = 0;
-  for (; k < aligned_orders; ++k) {
-    const uint64_t v = std::max(len, std::max(lrow[k], rrow[k]));
-    diff |= v ^ row[k];
-    row[k] = v;
-  }
-  for (; k < orders; ++k) {
-    const uint64_t v = std::max(Room(n.lo, n.hi, k), std::max(lrow[k], rrow[k]));
-    diff |= v ^ row[k];
-    row[k] = v;
-  }
-  for (; k < old_orders; ++k) row[k] = 0;
-  n.orders = static_cast<uint16_t>(orders);
-  return diff != 0 || orders != old_orders;
-}
-
-uint64_t IovaGapTree::PullOrders(uint32_t x, uint64_t mask) {
-  Node& n = nodes_[x];
-  const uint64_t* lrow = AugRow(n.left);
-  const uint64_t* rrow = AugRow(n.right);
-  uint64_t* row = AugRow(x);
-  // Word 0 (the longest range) decides how many words the row keeps.
-  const uint64_t max_len = std::max(n.hi - n.lo + 1, std::max(lrow[0], rrow[0]));
-  const int orders = OrdersFor(max_len);
-  const int old_orders = n.orders;
-  if (orders != old_orders) mask |= LowMask(static_cast<unsigned>(std::max(orders, old_orders)));
-  mask &= LowMask(static_cast<unsigned>(std::max(orders, old_orders)));
-  uint64_t changed = 0;
-  while (mask != 0) {
-    const int k = std::countr_zero(mask);
-    mask &= mask - 1;
-    const uint64_t v =
-        k < orders ? std::max(Room(n.lo, n.hi, k), std::max(lrow[k], rrow[k])) : 0;
-    if (v != row[k]) {
-      changed |= uint64_t{1} << k;
-      row[k] = v;
+  const uint64_t max_len = std::max(len, std::max(l.max_len, r.max_len));
+  // The new row is built in a local array (no aliasing with the rows, so the
+  // loop vectorises without overlap checks), then compared and stored in the
+  // same vector width the parent's pass loads it in: a narrower store would
+  // defeat store-to-load forwarding up the path.
+  const uint32_t* lrow = aug_.data() + size_t{n.left} * kLanes;
+  const uint32_t* rrow = aug_.data() + size_t{n.right} * kLanes;
+  uint32_t* row = aug_.data() + size_t{x} * kLanes;
+  alignas(32) uint32_t v[kLanes];
+  constexpr int kFast = kLanes < kFastLanes ? kLanes : kFastLanes;
+  if (len < kRoomCap) [[likely]] {
+    // room_k = len - ((-lo) mod 2^k), saturating at 0: exact in 32 bits for
+    // k < 32 when len fits.
+    const uint32_t len32 = static_cast<uint32_t>(len);
+    const uint32_t neg_lo = static_cast<uint32_t>(0 - n.lo);
+    for (int k = 0; k < kFast; ++k) {
+      const uint32_t pad = neg_lo & kPadMask[k];
+      const uint32_t own = std::max(len32, pad) - pad;
+      v[k] = std::max(own, std::max(lrow[k], rrow[k]));
+    }
+    for (int k = kFast; k < kLanes; ++k) {
+      v[k] = std::max(RoomWord(n.lo, n.hi, k), std::max(lrow[k], rrow[k]));
+    }
+  } else {
+    for (int k = 0; k < kLanes; ++k) {
+      v[k] = std::max(RoomWord(n.lo, n.hi, k), std::max(lrow[k], rrow[k]));
     }
   }
-  n.orders = static_cast<uint16_t>(orders);
+  uint32_t diff = 0;
+  for (int k = 0; k < kLanes; ++k) {
+    diff |= v[k] ^ row[k];
+    row[k] = v[k];
+  }
+  const bool changed = diff != 0 || max_len != n.max_len;
+  n.max_len = max_len;
   return changed;
+}
+
+template <int kLanes>
+[[gnu::always_inline]] inline void IovaGapTree::FixUpwardBody(uint32_t x,
+                                                             uint32_t must_reach) {
+  while (x != kNil) {
+    const int old_height = nodes_[x].height;
+    // Children are current (processed below, or off the path), so x's row is
+    // current after this and rotations at x may copy it.
+    const bool changed = PullBody<kLanes>(x);
+    UpdateHeight(x);
+    if (x == must_reach) must_reach = kNil;
+    const Node& n = nodes_[x];
+    const int balance = nodes_[n.left].height - nodes_[n.right].height;
+    uint32_t subtree = x;
+    if (balance > 1) {
+      const uint32_t l = n.left;
+      if (nodes_[nodes_[l].left].height < nodes_[nodes_[l].right].height) RotateLeft(l);
+      subtree = RotateRight(x);
+    } else if (balance < -1) {
+      const uint32_t r = n.right;
+      if (nodes_[nodes_[r].right].height < nodes_[nodes_[r].left].height) RotateRight(r);
+      subtree = RotateLeft(x);
+    }
+    // Rotations keep the subtree's row; if neither it nor the height moved
+    // (and no changed range lies above), no ancestor can change.
+    if (!changed && must_reach == kNil && nodes_[subtree].height == old_height) return;
+    x = nodes_[subtree].parent;
+  }
+}
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define IOMMU_IOVA_AVX2_DISPATCH 1
+#endif
+
+template <int kLanes>
+bool IovaGapTree::PullLanes(uint32_t x) {
+  return PullBody<kLanes>(x);
+}
+
+template <int kLanes>
+void IovaGapTree::FixUpwardLanes(uint32_t x, uint32_t must_reach) {
+  FixUpwardBody<kLanes>(x, must_reach);
+}
+
+#ifdef IOMMU_IOVA_AVX2_DISPATCH
+template <int kLanes>
+__attribute__((target("avx2"))) bool IovaGapTree::PullLanesAvx2(uint32_t x) {
+  return PullBody<kLanes>(x);
+}
+
+template <int kLanes>
+__attribute__((target("avx2"))) void IovaGapTree::FixUpwardLanesAvx2(uint32_t x,
+                                                                     uint32_t must_reach) {
+  FixUpwardBody<kLanes>(x, must_reach);
+}
+#endif
+
+template <int kLanes>
+IovaGapTree::Kernels IovaGapTree::PickKernels() {
+#ifdef IOMMU_IOVA_AVX2_DISPATCH
+  if (__builtin_cpu_supports("avx2")) {
+    return Kernels{&IovaGapTree::PullLanesAvx2<kLanes>, &IovaGapTree::FixUpwardLanesAvx2<kLanes>};
+  }
+#endif
+  return Kernels{&IovaGapTree::PullLanes<kLanes>, &IovaGapTree::FixUpwardLanes<kLanes>};
+}
+
+IovaGapTree::Kernels IovaGapTree::PickKernels(int lanes) {
+  switch (lanes) {
+    case 8: return PickKernels<8>();
+    case 16: return PickKernels<16>();
+    case 24: return PickKernels<24>();
+    case 32: return PickKernels<32>();
+    case 40: return PickKernels<40>();
+    case 48: return PickKernels<48>();
+    case 56: return PickKernels<56>();
+    case 64: return PickKernels<64>();
+  }
+  assert(false && "lanes is a multiple of 8 in [8, 64]");
+  return Kernels{};
 }
 
 void IovaGapTree::UpdateHeight(uint32_t x) {
   Node& n = nodes_[x];
-  n.height = static_cast<int16_t>(1 + std::max(nodes_[n.left].height, nodes_[n.right].height));
+  n.height = 1 + std::max(nodes_[n.left].height, nodes_[n.right].height);
 }
 
 void IovaGapTree::ReplaceChild(uint32_t parent, uint32_t old_child, uint32_t new_child) {
@@ -111,9 +197,9 @@ void IovaGapTree::ReplaceChild(uint32_t parent, uint32_t old_child, uint32_t new
 uint32_t IovaGapTree::RotateLeft(uint32_t x) {
   const uint32_t y = nodes_[x].right;
   const uint32_t b = nodes_[y].left;
-  // y takes over x's subtree, hence x's row (y's own row has no more words).
-  std::memcpy(AugRow(y), AugRow(x), sizeof(uint64_t) * nodes_[x].orders);
-  nodes_[y].orders = nodes_[x].orders;
+  // y takes over x's subtree, hence x's row and max_len.
+  std::memcpy(Row(y), Row(x), sizeof(uint32_t) * lanes_);
+  nodes_[y].max_len = nodes_[x].max_len;
   ReplaceChild(nodes_[x].parent, x, y);
   nodes_[x].right = b;
   if (b != kNil) nodes_[b].parent = x;
@@ -128,9 +214,8 @@ uint32_t IovaGapTree::RotateLeft(uint32_t x) {
 uint32_t IovaGapTree::RotateRight(uint32_t x) {
   const uint32_t y = nodes_[x].left;
   const uint32_t b = nodes_[y].right;
-  // y takes over x's subtree, hence x's row (y's own row has no more words).
-  std::memcpy(AugRow(y), AugRow(x), sizeof(uint64_t) * nodes_[x].orders);
-  nodes_[y].orders = nodes_[x].orders;
+  std::memcpy(Row(y), Row(x), sizeof(uint32_t) * lanes_);
+  nodes_[y].max_len = nodes_[x].max_len;
   ReplaceChild(nodes_[x].parent, x, y);
   nodes_[x].left = b;
   if (b != kNil) nodes_[b].parent = x;
@@ -142,29 +227,36 @@ uint32_t IovaGapTree::RotateRight(uint32_t x) {
   return y;
 }
 
-void IovaGapTree::FixUpward(uint32_t x, uint64_t mask) {
-  while (x != kNil) {
-    const int old_height = nodes_[x].height;
-    // Only the orders that changed below can change here.
-    mask = PullOrders(x, mask);
-    UpdateHeight(x);
-    const Node& n = nodes_[x];
-    const int balance = nodes_[n.left].height - nodes_[n.right].height;
-    uint32_t subtree = x;
-    if (balance > 1) {
-      const uint32_t l = n.left;
-      if (nodes_[nodes_[l].left].height < nodes_[nodes_[l].right].height) RotateLeft(l);
-      subtree = RotateRight(x);
-    } else if (balance < -1) {
-      const uint32_t r = n.right;
-      if (nodes_[nodes_[r].right].height < nodes_[nodes_[r].left].height) RotateRight(r);
-      subtree = RotateLeft(x);
+uint32_t IovaGapTree::Splice(uint32_t x) {
+  const Node& n = nodes_[x];
+  assert(n.left == kNil || n.right == kNil);
+  const uint32_t child = n.left != kNil ? n.left : n.right;
+  const uint32_t p = n.parent;
+  ReplaceChild(p, x, child);
+  return p;
+}
+
+uint32_t IovaGapTree::LinkAfter(uint32_t x, uint64_t lo, uint64_t hi) {
+  const uint32_t y = NewNode(lo, hi);  // may move nodes_: no references above
+  uint32_t parent;
+  bool as_left;
+  if (x == kNil) {
+    if (root_ == kNil) {
+      root_ = y;
+      return y;
     }
-    // Rotations keep the subtree's row; if neither it nor the height moved,
-    // no ancestor can change.
-    if (mask == 0 && nodes_[subtree].height == old_height) return;
-    x = nodes_[subtree].parent;
+    parent = Leftmost(root_);
+    as_left = true;
+  } else if (nodes_[x].right == kNil) {
+    parent = x;
+    as_left = false;
+  } else {
+    parent = Leftmost(nodes_[x].right);
+    as_left = true;
   }
+  (as_left ? nodes_[parent].left : nodes_[parent].right) = y;
+  nodes_[y].parent = parent;
+  return y;
 }
 
 void IovaGapTree::CountIn(uint64_t num_pages) {
@@ -185,59 +277,26 @@ void IovaGapTree::SetRange(uint32_t x, uint64_t lo, uint64_t hi) {
   n.lo = lo;
   n.hi = hi;
   CountIn(hi - lo + 1);
-  FixUpward(x, AllOrders());
-}
-
-void IovaGapTree::Insert(uint64_t lo, uint64_t hi) {
-  uint32_t parent = kNil;
-  uint32_t* link = &root_;
-  while (*link != kNil) {
-    parent = *link;
-    assert(hi < nodes_[parent].lo || lo > nodes_[parent].hi);
-    link = lo < nodes_[parent].lo ? &nodes_[parent].left : &nodes_[parent].right;
-  }
-  // NewNode may grow nodes_, so resolve the link after it.
-  const bool go_left = parent != kNil && lo < nodes_[parent].lo;
-  const uint32_t x = NewNode(lo, hi);
-  if (parent == kNil) {
-    root_ = x;
-  } else if (go_left) {
-    nodes_[parent].left = x;
-  } else {
-    nodes_[parent].right = x;
-  }
-  nodes_[x].parent = parent;
-  CountIn(hi - lo + 1);
-  FixUpward(parent, LowMask(nodes_[x].orders));
+  FixUpward(x, kNil);
 }
 
 void IovaGapTree::Erase(uint32_t x) {
   Node& n = nodes_[x];
   CountOut(n.hi - n.lo + 1);
   if (n.left != kNil && n.right != kNil) {
-    // Move the in-order successor's range into x, then unlink the successor
-    // (which has no left child).
-    // Two passes, in this order: first unlink s while x keeps its old range,
-    // then give x s's range. A pass only recomputes the orders that changed
-    // below, so x's own change must not happen while the first pass (which
-    // may rotate x and copy its row) is under way.
+    // x takes its in-order successor's range; the successor (no left child,
+    // below x) is unlinked, and one pass from its parent passes x.
     const uint32_t s = Leftmost(n.right);
-    const uint64_t lo = nodes_[s].lo;
-    const uint64_t hi = nodes_[s].hi;
-    const uint32_t p = nodes_[s].parent;
-    ReplaceChild(p, s, nodes_[s].right);
+    n.lo = nodes_[s].lo;
+    n.hi = nodes_[s].hi;
+    const uint32_t p = Splice(s);
     FreeNode(s);
-    FixUpward(p, AllOrders());
-    nodes_[x].lo = lo;
-    nodes_[x].hi = hi;
-    FixUpward(x, AllOrders());
+    FixUpward(p, x);
     return;
   }
-  const uint32_t child = n.left != kNil ? n.left : n.right;
-  const uint32_t p = n.parent;
-  ReplaceChild(p, x, child);
+  const uint32_t p = Splice(x);
   FreeNode(x);
-  FixUpward(p, AllOrders());
+  FixUpward(p, kNil);
 }
 
 uint32_t IovaGapTree::Leftmost(uint32_t x) const {
@@ -286,9 +345,27 @@ IovaGapTree::Fit IovaGapTree::DescendHighest(uint32_t x, uint64_t num_pages,
   }
 }
 
+IovaGapTree::Fit IovaGapTree::HugeFit(uint32_t x, uint64_t num_pages, int order,
+                                      uint64_t limit_pfn) const {
+  while (x != kNil && nodes_[x].max_len >= num_pages && Aug(x, order) == kRoomCap) {
+    const Node& n = nodes_[x];
+    if (n.lo <= limit_pfn) {
+      if (const Fit f = HugeFit(n.right, num_pages, order, limit_pfn); f.node != kNil) return f;
+      const uint64_t hi = std::min(n.hi, limit_pfn);
+      if (hi - n.lo + 1 >= num_pages) {
+        const uint64_t pfn = AlignDown(hi - num_pages + 1, uint64_t{1} << order);
+        if (pfn >= n.lo) return Fit{x, pfn};
+      }
+    }
+    x = n.left;
+  }
+  return Fit{};
+}
+
 IovaGapTree::Fit IovaGapTree::FindHighestFit(uint64_t num_pages, int order,
                                              uint64_t limit_pfn) const {
   assert(num_pages >= 1 && order < num_orders_ && (uint64_t{1} << order) >= num_pages);
+  if (num_pages > kRoomCap) [[unlikely]] return HugeFit(root_, num_pages, order, limit_pfn);
   if (Aug(root_, order) < num_pages) return Fit{};
   // Nodes on limit_pfn's search path at which the search went right, i.e.
   // with lo <= limit_pfn. Deeper ones lie higher; each one's left subtree lies
@@ -331,29 +408,57 @@ void IovaGapTree::Carve(const Fit& fit, uint64_t num_pages) {
   } else if (last == hi) {
     SetRange(x, lo, fit.pfn - 1);
   } else {
-    SetRange(x, lo, fit.pfn - 1);
-    Insert(last + 1, hi);
+    // Split: x keeps the low part, the high part becomes x's in-order
+    // successor, linked below x; one pass from there passes x.
+    CountOut(hi - lo + 1);
+    CountIn(fit.pfn - lo);
+    CountIn(hi - last);
+    nodes_[x].hi = fit.pfn - 1;
+    const uint32_t y = LinkAfter(x, last + 1, hi);
+    FixUpward(nodes_[y].parent, x);
   }
 }
 
-void IovaGapTree::Release(uint64_t lo, uint64_t hi) {
+IovaGapTree::Range IovaGapTree::Release(uint64_t lo, uint64_t hi) {
   assert(lo <= hi);
   const uint32_t pred = Floor(lo);
   assert(pred == kNil || nodes_[pred].hi < lo);
+  const uint32_t succ = pred != kNil ? Next(pred) : Leftmost(root_);
+  assert(succ == kNil || nodes_[succ].lo > hi);
   const bool merge_pred = pred != kNil && nodes_[pred].hi + 1 == lo;
-  uint32_t succ = hi == UINT64_MAX ? kNil : Floor(hi + 1);
-  const bool merge_succ = succ != kNil && nodes_[succ].lo == hi + 1;
+  const bool merge_succ = succ != kNil && hi != UINT64_MAX && nodes_[succ].lo == hi + 1;
   if (merge_pred && merge_succ) {
-    const uint64_t new_hi = nodes_[succ].hi;
-    Erase(succ);  // only touches succ and nodes above pred in order
-    SetRange(pred, nodes_[pred].lo, new_hi);
-  } else if (merge_pred) {
-    SetRange(pred, nodes_[pred].lo, hi);
-  } else if (merge_succ) {
-    SetRange(succ, lo, nodes_[succ].hi);
-  } else {
-    Insert(lo, hi);
+    // Adjacent in order, so one is the other's ancestor: the ancestor takes the
+    // merged range, the descendant (at most one child) is unlinked, and one
+    // pass from its parent passes the ancestor.
+    const Range merged{nodes_[pred].lo, nodes_[succ].hi};
+    CountOut(nodes_[pred].hi - nodes_[pred].lo + 1);
+    CountOut(nodes_[succ].hi - nodes_[succ].lo + 1);
+    CountIn(merged.num_pages());
+    const bool pred_above = nodes_[pred].right != kNil;  // then succ is in it
+    const uint32_t keep = pred_above ? pred : succ;
+    const uint32_t gone = pred_above ? succ : pred;
+    nodes_[keep].lo = merged.lo;
+    nodes_[keep].hi = merged.hi;
+    const uint32_t p = Splice(gone);
+    FreeNode(gone);
+    FixUpward(p, keep);
+    return merged;
   }
+  if (merge_pred) {
+    const Range merged{nodes_[pred].lo, hi};
+    SetRange(pred, merged.lo, merged.hi);
+    return merged;
+  }
+  if (merge_succ) {
+    const Range merged{lo, nodes_[succ].hi};
+    SetRange(succ, merged.lo, merged.hi);
+    return merged;
+  }
+  CountIn(hi - lo + 1);
+  const uint32_t y = LinkAfter(pred, lo, hi);
+  FixUpward(nodes_[y].parent, kNil);
+  return Range{lo, hi};
 }
 
 void IovaGapTree::Take(uint64_t lo, uint64_t hi) {
@@ -382,8 +487,10 @@ bool IovaGapTree::FindContaining(uint64_t pfn, Range* out) const {
 }
 
 absl::Status IovaGapTree::CheckSubtree(uint32_t x, uint32_t parent, int* height,
-                                       std::vector<uint64_t>* aug_out) const {
-  aug_out->assign(num_orders_, 0);
+                                       std::vector<uint32_t>* row_out,
+                                       uint64_t* max_len_out) const {
+  row_out->assign(lanes_, 0);
+  *max_len_out = 0;
   if (x == kNil) {
     *height = 0;
     return absl::OkStatus();
@@ -398,54 +505,48 @@ absl::Status IovaGapTree::CheckSubtree(uint32_t x, uint32_t parent, int* height,
   }
   int hl = 0;
   int hr = 0;
-  std::vector<uint64_t> al;
-  std::vector<uint64_t> ar;
-  if (absl::Status s = CheckSubtree(n.left, x, &hl, &al); !s.ok()) return s;
-  if (absl::Status s = CheckSubtree(n.right, x, &hr, &ar); !s.ok()) return s;
+  std::vector<uint32_t> rl;
+  std::vector<uint32_t> rr;
+  uint64_t ml = 0;
+  uint64_t mr = 0;
+  if (absl::Status s = CheckSubtree(n.left, x, &hl, &rl, &ml); !s.ok()) return s;
+  if (absl::Status s = CheckSubtree(n.right, x, &hr, &rr, &mr); !s.ok()) return s;
   if (hl - hr > 1 || hr - hl > 1 || n.height != 1 + std::max(hl, hr)) {
     return absl::InternalError(absl::StrFormat(
         "gap tree node %u: height %d with children %d/%d", x, n.height, hl, hr));
   }
   *height = n.height;
-  for (int k = 0; k < num_orders_; ++k) {
-    (*aug_out)[k] = std::max(Room(n.lo, n.hi, k), std::max(al[k], ar[k]));
+  *max_len_out = std::max(n.hi - n.lo + 1, std::max(ml, mr));
+  if (n.max_len != *max_len_out) {
+    return absl::InternalError(absl::StrFormat("gap tree node %u: max_len %#x, recount %#x", x,
+                                               n.max_len, *max_len_out));
   }
-  const int orders = OrdersFor((*aug_out)[0]);
-  if (n.orders != orders) {
-    return absl::InternalError(absl::StrFormat("gap tree node %u: %d row words, want %d", x,
-                                               n.orders, orders));
-  }
-  for (int k = orders; k < num_orders_; ++k) {
-    if (AugRow(x)[k] != 0) {
-      return absl::InternalError(absl::StrFormat("gap tree node %u: row word %d past %d not zero",
-                                                 x, k, orders));
-    }
-  }
-  for (int k = 0; k < num_orders_; ++k) {
-    // A value an order-k request (more than 2^(k-1) pages) cannot use reads
-    // as 0: children drop such words, so compare what the search sees.
-    auto effective = [k](uint64_t v) {
-      return k > 0 && v <= (uint64_t{1} << (k - 1)) ? 0 : v;
-    };
-    if (effective((*aug_out)[k]) != effective(Aug(x, k))) {
+  for (int k = 0; k < lanes_; ++k) {
+    (*row_out)[k] = std::max(RoomWord(n.lo, n.hi, k), std::max(rl[k], rr[k]));
+    if ((*row_out)[k] != Aug(x, k)) {
       return absl::InternalError(absl::StrFormat(
           "gap tree node %u [%#x, %#x]: aug[%d]=%#x, recount %#x", x, n.lo, n.hi, k,
-          Aug(x, k), (*aug_out)[k]));
+          Aug(x, k), (*row_out)[k]));
     }
   }
   return absl::OkStatus();
 }
 
 absl::Status IovaGapTree::CheckInvariants() const {
-  for (int k = 0; k < num_orders_; ++k) {
-    if (AugRow(kNil)[k] != 0) return absl::InternalError("gap tree: nil row not zero");
+  for (int k = 0; k < lanes_; ++k) {
+    if (Row(kNil)[k] != 0) return absl::InternalError("gap tree: nil row not zero");
   }
-  if (nodes_[kNil].orders != 0 || nodes_[kNil].height != 0) {
+  const Node& nil = nodes_[kNil];
+  if (nil.height != 0 || nil.max_len != 0 || nil.left != kNil || nil.right != kNil) {
     return absl::InternalError("gap tree: nil sentinel modified");
   }
+  if (aug_.size() != nodes_.size() * size_t(lanes_)) {
+    return absl::InternalError("gap tree: row storage does not match the slab");
+  }
   int height = 0;
-  std::vector<uint64_t> aug;
-  if (absl::Status s = CheckSubtree(root_, kNil, &height, &aug); !s.ok()) return s;
+  std::vector<uint32_t> row;
+  uint64_t max_len = 0;
+  if (absl::Status s = CheckSubtree(root_, kNil, &height, &row, &max_len); !s.ok()) return s;
   uint64_t count = 0;
   uint64_t pages = 0;
   uint64_t hist[kHistogramBuckets] = {};

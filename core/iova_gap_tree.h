@@ -5,54 +5,61 @@
 // first pfn and augmented so that the highest size-aligned fit below a limit
 // is found exactly in O(log n).
 //
-// Layout. Nodes live in one slab (`nodes_`, 32 bytes each, linked by uint32
+// Layout. Nodes live in one slab (`nodes_`, 40 bytes each, linked by uint32
 // indices, index 0 is the nil sentinel) with a free list, so a warm tree never
-// calls malloc. Beside each node, `aug_` holds `num_orders` words:
+// calls malloc. Beside each node, `aug_` holds a row of `lanes_` uint32 words
+// (num_orders rounded up to a multiple of 8: 24 for a 4 GiB space of 4K pages,
+// 96 bytes), contiguous so that recomputing a row is an elementwise
+// max(own, left, right) the compiler vectorises: SSE2 (the x86-64 baseline)
+// everywhere, AVX2 when cpuid reports it (3 ymm words for 24 lanes):
 //
-//   aug(x)[k] = max over the ranges r in x's subtree of Room(r, k)
+//   aug(x)[k] = min(kRoomCap, max over the ranges r in x's subtree of Room(r, k))
 //   Room([lo, hi], k) = hi + 1 - AlignUp(lo, 2^k), or 0 when that is <= 0
+//                     = len - ((-lo) mod 2^k), saturating at 0
 //
-// Only the first `orders` words of a row are stored and read: with M the
-// longest range of the subtree, an order-k request (more than 2^(k-1) pages)
-// can only fit if 2^(k-1) < M, so orders k > bit_width(M - 1) read as 0. Rows
-// of subtrees holding only small gaps are therefore short, and so is their
-// update. Words an order-k request cannot use (<= 2^(k-1)) may read as 0.
-// Words past `orders` are kept zero (the sentinel's row is all zero), so the
-// update loop reads children's rows without bounds checks.
+// Every lane is exact up to the cap (lanes past num_orders hold the same
+// formula and are never searched); `max_len` keeps the exact 64-bit longest
+// range of the subtree. The sentinel's row is all zeros.
 //
 // Room(r, k) is the room left in r after its first 2^k-aligned pfn. A request
 // of num_pages with alignment 2^k (k = order of RoundUpPowerOfTwo(num_pages))
 // fits somewhere in r iff Room(r, k) >= num_pages: this is the EXACT condition
 // (no approximate len >= size + align - 1 threshold), so a fit is never missed.
-// The sentinel's row is all zeros, so the combine step has no branches.
+// For num_pages <= kRoomCap the saturated words decide exactly. A request above
+// kRoomCap pages (16 TiB at 4K; only in spaces that large) treats a capped word
+// as "maybe" and checks each candidate node with 64-bit arithmetic.
 //
 // Policy. FindHighestFit returns the highest pfn p, a multiple of 2^k, with
 // [p, p + num_pages) free and p + num_pages - 1 <= limit_pfn: Linux
 // alloc_iova(size_aligned=true) placement, without its O(n) walk.
 //
-// Cost (n = number of free ranges, K = num_orders):
-//   FindHighestFit   O(log n) node visits, one aug word each
-//   Carve / Release  O(K log n) worst case; updates stop climbing as soon as a
-//                    node's height and aug row are unchanged, which is the
-//                    common case for ranges far from their ancestors' maxima
+// Cost (n = number of free ranges, L = lanes / 4 vector words per row):
+//   FindHighestFit   O(log n) node visits, one aug word each; a request above
+//                    kRoomCap pages: O(log n + ranges of >= kRoomCap pages)
+//   Carve / Release  ONE bottom-up pass per call, O(L log n) worst case: a
+//                    split links the new range as the carved node's in-order
+//                    successor and a double merge unlinks whichever neighbour
+//                    is the other's descendant, so the one changed range is
+//                    always on the pass's path. The pass stops climbing once
+//                    it has passed that node and a subtree's height and row
+//                    are unchanged.
 //   Stats            O(1): count, pages, largest, histogram kept incrementally
 //
 // Invariants (checked by CheckInvariants):
 //   (1) ranges are non-empty, disjoint, and maximal: no two are adjacent;
 //   (2) in-order traversal is sorted by pfn; parent links are consistent;
 //   (3) AVL: |height(left) - height(right)| <= 1, heights exact;
-//   (4) aug rows equal a recomputation; the histogram and totals equal a recount.
+//   (4) every row word and max_len equals a recomputation; the histogram and
+//       totals equal a recount; the slab accounts for every node.
 //
 // Thread-compatible: the owning IovaAllocator serialises all calls.
 
 #include <cstddef>
-#include <bit>
 #include <cstdint>
 #include <string>
 #include <vector>
 
 #include "absl/status/status.h"
-#include "core/bits.h"
 
 namespace iommu::core::internal {
 
@@ -72,6 +79,8 @@ class IovaGapTree {
   };
 
   static constexpr int kHistogramBuckets = 64;
+  // Row words saturate here.
+  static constexpr uint32_t kRoomCap = UINT32_MAX;
 
   // `num_orders`: alignment orders 0..num_orders-1 are searchable, so requests
   // up to 2^(num_orders-1) pages. REQUIRES: 1 <= num_orders <= 64.
@@ -87,18 +96,19 @@ class IovaGapTree {
   Fit FindHighestFit(uint64_t num_pages, int order, uint64_t limit_pfn) const;
 
   // True iff some free range can hold `num_pages` aligned to 2^order (limit
-  // ignored). O(1).
+  // ignored). O(1) for num_pages <= kRoomCap.
   bool AnyFit(uint64_t num_pages, int order) const {
-    return Aug(root_, order) >= num_pages;
+    if (num_pages <= kRoomCap) return Aug(root_, order) >= num_pages;
+    return FindHighestFit(num_pages, order, ~uint64_t{0}).node != kNil;
   }
 
   // Removes [pfn, pfn + num_pages) from the free range of `fit.node`.
   // REQUIRES: that range lies inside the node's range (as FindHighestFit gives).
   void Carve(const Fit& fit, uint64_t num_pages);
 
-  // Adds [lo, hi] back as free, merging with adjacent free ranges.
-  // REQUIRES: [lo, hi] overlaps no free range.
-  void Release(uint64_t lo, uint64_t hi);
+  // Adds [lo, hi] back as free, merging with adjacent free ranges, and returns
+  // the free range now holding it. REQUIRES: [lo, hi] overlaps no free range.
+  Range Release(uint64_t lo, uint64_t hi);
 
   // Removes [lo, hi] from the free set. REQUIRES: [lo, hi] is entirely free
   // (FreePagesIn(lo, hi) == hi - lo + 1). O(m log n) for m ranges touched.
@@ -120,7 +130,7 @@ class IovaGapTree {
 
   uint64_t range_count() const { return range_count_; }
   uint64_t free_pages() const { return free_pages_; }
-  uint64_t largest_pages() const { return Aug(root_, 0); }
+  uint64_t largest_pages() const { return nodes_[root_].max_len; }
   const uint64_t* histogram() const { return histogram_; }
 
   // Walks the whole tree; returns INTERNAL naming the first broken invariant.
@@ -132,52 +142,79 @@ class IovaGapTree {
   struct Node {
     uint64_t lo;
     uint64_t hi;
+    uint64_t max_len;  // longest range in the subtree, exact; 0 for nil
     uint32_t left;
     uint32_t right;
     uint32_t parent;
-    int16_t height;   // 0 for nil, 1 for a leaf
-    uint16_t orders;  // valid words of the aug row; 0 for nil
+    int32_t height;  // 0 for nil, 1 for a leaf
   };
 
+  // Exact 64-bit room, and the saturated word a row stores.
   static uint64_t Room(uint64_t lo, uint64_t hi, int order) {
-    const uint64_t align = uint64_t{1} << order;
-    const uint64_t first = (lo + align - 1) & ~(align - 1);
-    return hi >= first ? hi + 1 - first : 0;
+    const uint64_t pad = (0 - lo) & ((uint64_t{1} << order) - 1);
+    const uint64_t len = hi - lo + 1;
+    return len > pad ? len - pad : 0;
+  }
+  static uint32_t RoomWord(uint64_t lo, uint64_t hi, int order) {
+    const uint64_t room = Room(lo, hi, order);
+    return room < kRoomCap ? static_cast<uint32_t>(room) : kRoomCap;
   }
 
-  uint64_t Aug(uint32_t x, int order) const { return aug_[size_t{x} * num_orders_ + order]; }
-  // Number of row words kept for a subtree whose longest range is max_len.
-  int OrdersFor(uint64_t max_len) const {
-    const int useful = std::bit_width(max_len - 1) + 1;
-    return useful < num_orders_ ? useful : num_orders_;
-  }
-  uint64_t* AugRow(uint32_t x) { return &aug_[size_t{x} * num_orders_]; }
-  const uint64_t* AugRow(uint32_t x) const { return &aug_[size_t{x} * num_orders_]; }
+  uint32_t* Row(uint32_t x) { return &aug_[size_t{x} * lanes_]; }
+  const uint32_t* Row(uint32_t x) const { return &aug_[size_t{x} * lanes_]; }
+  uint32_t Aug(uint32_t x, int order) const { return aug_[size_t{x} * lanes_ + order]; }
 
   uint32_t NewNode(uint64_t lo, uint64_t hi);
   void FreeNode(uint32_t x);
 
-  // Recomputes x's aug row from its range and children. Returns true if it
-  // changed.
-  bool Pull(uint32_t x);
+  // Recomputes x's row and max_len from its range and children. Returns true
+  // if either changed.
+  bool Pull(uint32_t x) { return (this->*kernels_.pull)(x); }
+  template <int kLanes>
+  bool PullBody(uint32_t x);
+
+  // The per-level kernels, instantiated per row width and compiled for the
+  // x86-64 baseline (SSE2) and, on x86-64, for AVX2 (picked only when cpuid
+  // reports it); chosen once at construction.
+  using PullFn = bool (IovaGapTree::*)(uint32_t);
+  using FixFn = void (IovaGapTree::*)(uint32_t, uint32_t);
+  struct Kernels {
+    PullFn pull;
+    FixFn fix;
+  };
+  template <int kLanes>
+  bool PullLanes(uint32_t x);
+  template <int kLanes>
+  bool PullLanesAvx2(uint32_t x);
+  template <int kLanes>
+  void FixUpwardBody(uint32_t x, uint32_t must_reach);
+  template <int kLanes>
+  void FixUpwardLanes(uint32_t x, uint32_t must_reach);
+  template <int kLanes>
+  void FixUpwardLanesAvx2(uint32_t x, uint32_t must_reach);
+  template <int kLanes>
+  static Kernels PickKernels();
+  static Kernels PickKernels(int lanes);
+
   void UpdateHeight(uint32_t x);
-  // Rotations keep subtree membership, so the new subtree root's aug row
-  // equals the old root's; both rotated nodes are recomputed.
+  // Rotations keep subtree membership, so the new subtree root takes the old
+  // root's row; the demoted node is recomputed. REQUIRES: x's row is current.
   uint32_t RotateLeft(uint32_t x);
   uint32_t RotateRight(uint32_t x);
   void ReplaceChild(uint32_t parent, uint32_t old_child, uint32_t new_child);
-  // Recomputes the row words of x in `mask` (bit k: order k; more if the
-  // row's length changes) and returns the mask of words that changed.
-  uint64_t PullOrders(uint32_t x, uint64_t mask);
-  uint64_t AllOrders() const { return LowMask(static_cast<unsigned>(num_orders_)); }
-  // Restores heights, balance and aug rows from x up to the root. `mask`: the
-  // orders that may have changed at x (its own range or a child's row). Each
-  // level recomputes only the orders that changed below it, and the walk stops
-  // once a subtree's height and row are unchanged.
-  void FixUpward(uint32_t x, uint64_t mask);
+  // Restores heights, balance, rows and max_len from x up to the root, in one
+  // pass. Every node from x up to `must_reach` (an ancestor of x whose own
+  // range changed, or nil) is recomputed; above it the pass stops as soon as a
+  // subtree's height and row are unchanged.
+  void FixUpward(uint32_t x, uint32_t must_reach) { (this->*kernels_.fix)(x, must_reach); }
+  // Unlinks x, which has at most one child; returns its former parent. Does not
+  // free x or fix anything.
+  uint32_t Splice(uint32_t x);
+  // Links a new node [lo, hi] as the in-order successor of x (nil: as the
+  // leftmost node) and returns it. Does not fix anything.
+  uint32_t LinkAfter(uint32_t x, uint64_t lo, uint64_t hi);
 
   void SetRange(uint32_t x, uint64_t lo, uint64_t hi);  // keeps stats, then FixUpward
-  void Insert(uint64_t lo, uint64_t hi);
   void Erase(uint32_t x);
 
   void CountIn(uint64_t num_pages);
@@ -188,14 +225,21 @@ class IovaGapTree {
   // The node with the largest lo <= pfn, or nil.
   uint32_t Floor(uint64_t pfn) const;
   // Highest fit inside the subtree x (entire subtree below the limit).
+  // REQUIRES: num_pages <= kRoomCap and Aug(x, order) >= num_pages.
   Fit DescendHighest(uint32_t x, uint64_t num_pages, int order) const;
+  // FindHighestFit for num_pages > kRoomCap: a reverse in-order walk of the
+  // nodes at or below the limit, skipping subtrees whose max_len or capped
+  // word rule a fit out.
+  Fit HugeFit(uint32_t x, uint64_t num_pages, int order, uint64_t limit_pfn) const;
 
   absl::Status CheckSubtree(uint32_t x, uint32_t parent, int* height,
-                            std::vector<uint64_t>* aug_out) const;
+                            std::vector<uint32_t>* row_out, uint64_t* max_len_out) const;
 
   int num_orders_;
+  int lanes_;                    // num_orders_ rounded up to a multiple of 8
+  Kernels kernels_;              // for lanes_ and this CPU
   std::vector<Node> nodes_;      // [0] is the nil sentinel
-  std::vector<uint64_t> aug_;    // num_orders_ words per node; row 0 all zeros
+  std::vector<uint32_t> aug_;    // lanes_ words per node; row 0 all zeros
   std::vector<uint32_t> free_nodes_;
   uint32_t root_ = kNil;
 
