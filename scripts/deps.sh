@@ -12,7 +12,7 @@ PACKAGES=(
   protobuf-compiler libprotobuf-dev libgrpc++-dev protobuf-compiler-grpc   # API (proto/)
   libspdlog-dev prometheus-cpp-dev                                         # daemon (server/)
   python3 python3-grpcio python3-protobuf                                 # Python SDK
-  prometheus openssl                                                       # integration tests
+  prometheus openssl curl                                                  # make run, integration tests
 )
 
 missing=()
