@@ -74,8 +74,11 @@ TEST_F(IommuctlTest, GoldenSession) {
 }
 
 TEST_F(IommuctlTest, ExportImport) {
-  ASSERT_EQ(Ctl({"--device=gpu0", "alloc", "--size=1M"}).exit_code, 0);
-  const CtlResult sgt = Ctl({"--device=gpu0", "--json", "get-sgtable", "--dma_addr=0xfffffff00000", "--export"});
+  const CtlResult alloc = Ctl({"--device=gpu0", "--json", "alloc", "--size=1M"});
+  ASSERT_EQ(alloc.exit_code, 0) << alloc.err;
+  std::smatch dma;
+  ASSERT_TRUE(std::regex_search(alloc.out, dma, std::regex(R"re("dma_addr":"?([0-9]+))re"))) << alloc.out;
+  const CtlResult sgt = Ctl({"--device=gpu0", "--json", "get-sgtable", "--dma_addr=" + dma[1].str(), "--export"});
   std::smatch token;
   ASSERT_TRUE(std::regex_search(sgt.out, token, std::regex(R"re("export_token":"([^"]+)")re"))) << sgt.out << sgt.err;
   const CtlResult import = Ctl({"--device=nic0", "map-sg", "--import_token=" + token[1].str(), "--mode=contiguous"});
