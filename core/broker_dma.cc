@@ -36,14 +36,14 @@ const char* MappingKindName(MappingKind k) {
   return "?";
 }
 
-absl::Status NeedsIovaCookie(const Domain& d, const char* call) {
+}  // namespace
+
+absl::Status BrokerImpl::NeedsIovaCookie(const Domain& d, const char* call) {
   return FieldError(absl::StatusCode::kFailedPrecondition, "domain_id", d.id,
                     absl::StrFormat("%s needs a DMA or DMA_FQ domain; the device's current "
                                     "domain is %s",
                                     call, DomainTypeName(d.type)));
 }
-
-}  // namespace
 
 uint64_t BrokerImpl::DeviceLimit(const Domain& d, const DeviceState& dev) const {
   return std::min(d.aperture_end, LowMask(dev.config.dma_mask_bits));
@@ -70,7 +70,7 @@ Prot BrokerImpl::ProtFor(const DeviceState& dev, DmaDirection dir, const DmaAttr
 absl::StatusOr<Iova> BrokerImpl::AllocIovaLocked(Domain& d, const DeviceState& dev,
                                                  uint64_t size_bytes) {
   auto* c = std::get_if<internal::IovaCookie>(&d.cookie);
-  if (c == nullptr) return NeedsIovaCookie(d, "IOVA allocation");
+  if (c == nullptr) return BrokerImpl::NeedsIovaCookie(d, "IOVA allocation");
   return c->iovad->AllocIova(size_bytes, Iova(DeviceLimit(d, dev)));
 }
 
@@ -188,11 +188,11 @@ void BrokerImpl::RemoveMappingLocked(Domain& d, uint64_t iova_start) {
 
 // Looks up the caller's mapping containing dma_addr in the device's current
 // domain and checks it was made by `call_kinds`.
-static absl::StatusOr<MappingRecord*> OwnMapping(Domain& d, const Caller& caller,
-                                                 const std::string& device, uint64_t dma_addr,
-                                                 std::initializer_list<MappingKind> kinds,
-                                                 const char* call)
-    ABSL_EXCLUSIVE_LOCKS_REQUIRED(d.mu) {
+absl::StatusOr<MappingRecord*> BrokerImpl::OwnMapping(Domain& d, const Caller& caller,
+                                                      const std::string& device,
+                                                      uint64_t dma_addr,
+                                                      std::initializer_list<MappingKind> kinds,
+                                                      const char* call) {
   MappingRecord* m = d.FindMappingLocked(dma_addr);
   if (m == nullptr || (m->device != device && !(caller.admin && !m->device.empty()))) {
     return FieldError(absl::StatusCode::kNotFound, "dma_addr", dma_addr,
@@ -212,7 +212,7 @@ absl::StatusOr<MapResult> Broker::Map(const Caller& caller, const MapRequest& re
   ASSIGN_OR_RETURN(auto* dev, impl_->ActAs(caller, request.device));
   std::shared_ptr<Domain> d = impl_->CurrentDomain(*dev);
   if (d->type != DomainType::kDma && d->type != DomainType::kDmaFq) {
-    return NeedsIovaCookie(*d, "Map");
+    return BrokerImpl::NeedsIovaCookie(*d, "Map");
   }
   ASSIGN_OR_RETURN(auto mem, impl_->ResolveAndRef(caller, *dev, request.mem, "mem"));
   auto fail = [&](absl::Status s) {
@@ -283,7 +283,7 @@ absl::Status Broker::Unmap(const Caller& caller, const std::string& device, uint
   ASSIGN_OR_RETURN(auto* dev, impl_->ActAs(caller, device));
   std::shared_ptr<Domain> d = impl_->CurrentDomain(*dev);
   absl::MutexLock l(&d->mu);
-  ASSIGN_OR_RETURN(MappingRecord * m, OwnMapping(*d, caller, device, dma_addr,
+  ASSIGN_OR_RETURN(MappingRecord * m, BrokerImpl::OwnMapping(*d, caller, device, dma_addr,
                                                  {MappingKind::kMap}, "Unmap"));
   impl_->RemoveMappingLocked(*d, m->iova.value());
   return absl::OkStatus();
@@ -295,7 +295,7 @@ absl::StatusOr<MapSgResult> Broker::MapSg(const Caller& caller, const MapSgReque
   ASSIGN_OR_RETURN(auto* dev, impl_->ActAs(caller, request.device));
   std::shared_ptr<Domain> d = impl_->CurrentDomain(*dev);
   if (d->type != DomainType::kDma && d->type != DomainType::kDmaFq) {
-    return NeedsIovaCookie(*d, "MapSg");
+    return BrokerImpl::NeedsIovaCookie(*d, "MapSg");
   }
   const uint64_t g = d->granule_bytes;
   std::vector<PhysSegment> segs;
@@ -415,292 +415,10 @@ absl::Status Broker::UnmapSg(const Caller& caller, const std::string& device, ui
   std::shared_ptr<Domain> d = impl_->CurrentDomain(*dev);
   absl::MutexLock l(&d->mu);
   ASSIGN_OR_RETURN(MappingRecord * m,
-                   OwnMapping(*d, caller, device, dma_addr,
+                   BrokerImpl::OwnMapping(*d, caller, device, dma_addr,
                               {MappingKind::kMapSg, MappingKind::kImport}, "UnmapSg"));
   impl_->RemoveMappingLocked(*d, m->iova.value());
   return absl::OkStatus();
-}
-
-// --- Alloc / Free -------------------------------------------------------------------
-
-absl::StatusOr<AllocResult> Broker::Alloc(const Caller& caller, const AllocRequest& request) {
-  ASSIGN_OR_RETURN(auto* dev, impl_->ActAs(caller, request.device));
-  std::shared_ptr<Domain> d = impl_->CurrentDomain(*dev);
-  if (d->type != DomainType::kDma && d->type != DomainType::kDmaFq) {
-    return NeedsIovaCookie(*d, "Alloc");
-  }
-  if (request.size_bytes == 0) return InvalidField("size_bytes", 0, "must be non-zero");
-  const uint64_t g = d->granule_bytes;
-  const auto size = AlignUp(request.size_bytes, std::max<uint64_t>(g, 4096));
-  if (!size) return InvalidField("size_bytes", request.size_bytes, "too large");
-  if (request.attrs.force_contiguous && request.attrs.alloc_single_pages) {
-    return InvalidField("attrs", 0, "FORCE_CONTIGUOUS and ALLOC_SINGLE_PAGES exclude each other");
-  }
-  // Largest pages first (one physically contiguous block, naturally aligned,
-  // so the page table can use block descriptors), falling back to single
-  // pages unless contiguity was forced. Single CPU pages cannot back a
-  // granule larger than a CPU page.
-  std::vector<Placement> tries;
-  if (!request.attrs.alloc_single_pages) tries.push_back(Placement::kContiguous);
-  if (!request.attrs.force_contiguous && g == 4096) tries.push_back(Placement::kScattered);
-  if (tries.empty()) {
-    return FieldError(absl::StatusCode::kFailedPrecondition, "attrs", "ALLOC_SINGLE_PAGES",
-                      absl::StrFormat("single 4 KiB pages cannot back the domain's %#x-byte "
-                                      "granule",
-                                      g));
-  }
-  internal::Buffer* buffer = nullptr;
-  {
-    absl::MutexLock bl(&impl_->buffers_mu_);
-    absl::Status last;
-    for (Placement p : tries) {
-      auto b = impl_->NewBufferLocked(*dev, caller.session_id, *size, p, request.pool);
-      if (b.ok()) {
-        buffer = *b;
-        break;
-      }
-      last = b.status();
-      if (last.code() != absl::StatusCode::kResourceExhausted) break;
-    }
-    if (buffer == nullptr) return last;
-    buffer->backs_alloc = true;
-    buffer->map_refs = 1;  // held by the mapping below
-  }
-  const uint64_t buffer_id = buffer->buffer_id;
-  const std::vector<PhysRun> runs = buffer->alloc.runs;  // immutable after creation
-  auto free_buffer = [&](absl::Status s) {
-    absl::MutexLock bl(&impl_->buffers_mu_);
-    impl_->buffers_.at(buffer_id).map_refs = 0;
-    const absl::Status fs = impl_->FreeBufferLocked(buffer_id);
-    assert(fs.ok());
-    (void)fs;
-    return s;
-  };
-  if (absl::Status s = impl_->ChargeMapping(*dev, *size); !s.ok()) return free_buffer(s);
-  absl::MutexLock l(&d->mu);
-  auto iova = impl_->AllocIovaLocked(*d, *dev, *size);
-  if (!iova.ok()) {
-    impl_->RefundMapping(*dev, *size);
-    return free_buffer(iova.status());
-  }
-  MappingRecord rec{.kind = MappingKind::kAlloc,
-                    .device = request.device,
-                    .session_id = caller.session_id,
-                    .iova = *iova,
-                    .iova_size_bytes = *size,
-                    .iova_from_allocator = true,
-                    .prot = impl_->ProtFor(*dev, request.direction, request.attrs),
-                    .owned_buffer_id = buffer_id,
-                    .mapped_bytes = *size};
-  std::vector<std::pair<Iova, PhysRun>> ranges;
-  Iova at = *iova;
-  for (const PhysRun& r : runs) {
-    ranges.push_back({at, r});
-    rec.pt_ranges.push_back({at, r.size_bytes});
-    rec.pieces.push_back({at, r.start, r.size_bytes});
-    at += r.size_bytes;
-  }
-  if (absl::Status s = impl_->MapPiecesLocked(*d, ranges, rec.prot); !s.ok()) {
-    impl_->FreeIovaLocked(*d, *iova, *size);
-    impl_->RefundMapping(*dev, *size);
-    return free_buffer(s);
-  }
-  AllocResult out{.dma_addr = iova->value(),
-                  .domain_id = d->id,
-                  .buffer_id = buffer_id,
-                  .size_bytes = *size};
-  for (const PhysRun& r : runs) {
-    if (!out.runs.empty() && out.runs.back().start + out.runs.back().size_bytes == r.start) {
-      out.runs.back().size_bytes += r.size_bytes;
-    } else {
-      out.runs.push_back(r);
-    }
-  }
-  // Which page sizes the table used: walk the leaves of the range.
-  for (uint64_t off = 0; off < *size;) {
-    auto w = d->pgtable->Walk(*iova + off);
-    assert(w.ok());
-    if (std::find(out.page_sizes_used.begin(), out.page_sizes_used.end(), w->leaf_size_bytes) ==
-        out.page_sizes_used.end()) {
-      out.page_sizes_used.push_back(w->leaf_size_bytes);
-    }
-    off = w->leaf_iova.value() + w->leaf_size_bytes - iova->value();
-  }
-  std::sort(out.page_sizes_used.rbegin(), out.page_sizes_used.rend());
-  // The mapping holds the buffer through owned_buffer_id, not a reference.
-  {
-    absl::MutexLock bl(&impl_->buffers_mu_);
-    impl_->buffers_.at(buffer_id).map_refs = 0;
-  }
-  out.mapping_id = impl_->CommitMappingLocked(*d, std::move(rec));
-  return out;
-}
-
-absl::Status Broker::Free(const Caller& caller, const std::string& device, uint64_t dma_addr) {
-  ASSIGN_OR_RETURN(auto* dev, impl_->ActAs(caller, device));
-  std::shared_ptr<Domain> d = impl_->CurrentDomain(*dev);
-  absl::MutexLock l(&d->mu);
-  ASSIGN_OR_RETURN(MappingRecord * m, OwnMapping(*d, caller, device, dma_addr,
-                                                 {MappingKind::kAlloc}, "Free"));
-  impl_->RemoveMappingLocked(*d, m->iova.value());
-  return absl::OkStatus();
-}
-
-// --- GetSgTable ---------------------------------------------------------------------
-
-absl::StatusOr<SgTableResult> Broker::GetSgTable(const Caller& caller, const std::string& device,
-                                                 uint64_t dma_addr, bool want_export_token) {
-  ASSIGN_OR_RETURN(auto* dev, impl_->ActAs(caller, device));
-  std::shared_ptr<Domain> d = impl_->CurrentDomain(*dev);
-  absl::MutexLock l(&d->mu);
-  ASSIGN_OR_RETURN(
-      MappingRecord * m,
-      OwnMapping(*d, caller, device, dma_addr,
-                 {MappingKind::kMap, MappingKind::kMapSg, MappingKind::kAlloc,
-                  MappingKind::kMapAt, MappingKind::kImport},
-                 "GetSgTable"));
-  // The memory behind the handle, exactly: the pieces as mapped (never the
-  // granule padding), merged into maximal physically contiguous chunks.
-  SgTableResult out;
-  for (const internal::MappedPiece& p : m->pieces) {
-    if (!out.chunks.empty() && out.chunks.back().start + out.chunks.back().size_bytes == p.phys) {
-      out.chunks.back().size_bytes += p.size_bytes;
-    } else {
-      out.chunks.push_back({p.phys, p.size_bytes});
-    }
-    out.size_bytes += p.size_bytes;
-  }
-  if (want_export_token) {
-    std::vector<uint64_t> ids = m->buffer_refs;
-    if (m->owned_buffer_id != 0) ids.push_back(m->owned_buffer_id);
-    if (ids.empty()) {
-      return FieldError(absl::StatusCode::kFailedPrecondition, "dma_addr", dma_addr,
-                        "only buffer-backed mappings can be exported");
-    }
-    absl::MutexLock bl(&impl_->buffers_mu_);
-    out.export_token = absl::StrFormat("exp-%d-%016x", impl_->next_export_id_++,
-                                       (m->mapping_id * 0x9E3779B97F4A7C15ull) ^ dma_addr);
-    impl_->exports_[out.export_token] = internal::ExportRecord{
-        .exporter = device, .exporter_granule = d->granule_bytes, .chunks = out.chunks,
-        .buffer_ids = std::move(ids)};
-  }
-  return out;
-}
-
-// --- MapAt / UnmapRange (UNMANAGED) --------------------------------------------------
-
-absl::StatusOr<MapResult> Broker::MapAt(const Caller& caller, const std::string& device,
-                                        uint64_t iova, const MemRef& mem, DmaDirection direction,
-                                        DmaAttrs attrs) {
-  ASSIGN_OR_RETURN(auto* dev, impl_->ActAs(caller, device));
-  std::shared_ptr<Domain> d = impl_->CurrentDomain(*dev);
-  if (d->type != DomainType::kUnmanaged) {
-    return FieldError(absl::StatusCode::kFailedPrecondition, "domain_id", d->id,
-                      absl::StrFormat("MapAt needs an UNMANAGED domain; the device's current "
-                                      "domain is %s",
-                                      DomainTypeName(d->type)));
-  }
-  const uint64_t g = d->granule_bytes;
-  if (!IsAligned(iova, g)) {
-    return InvalidField("iova", iova, absl::StrFormat("must be aligned to the %#x-byte granule", g));
-  }
-  if (!IsAligned(mem.length_bytes, g) || mem.length_bytes == 0) {
-    return InvalidField("mem.length_bytes", mem.length_bytes,
-                        absl::StrFormat("must be a non-zero multiple of the %#x-byte granule", g));
-  }
-  const auto last = LastOfRange(iova, mem.length_bytes);
-  if (!last) return InvalidField("mem.length_bytes", mem.length_bytes, "iova + length passes 2^64");
-  const uint64_t limit = impl_->DeviceLimit(*d, *dev);
-  if (iova < d->aperture_start || *last > limit) {
-    return OutOfRangeField("iova", iova,
-                           absl::StrFormat("range must lie in [%#x, %#x] (aperture and DMA mask)",
-                                           d->aperture_start, limit));
-  }
-  ASSIGN_OR_RETURN(auto res, impl_->ResolveAndRef(caller, *dev, mem, "mem"));
-  auto fail = [&](absl::Status s) {
-    impl_->DropRefs(res.buffers);
-    return s;
-  };
-  for (const PhysRun& r : res.runs) {
-    if (!IsAligned(r.start.value(), g) || !IsAligned(r.size_bytes, g)) {
-      return fail(InvalidField("mem.offset_bytes", mem.offset_bytes,
-                               absl::StrFormat("physical run at %#x is not aligned to the "
-                                               "%#x-byte granule",
-                                               r.start.value(), g)));
-    }
-  }
-  if (absl::Status s = impl_->ChargeMapping(*dev, mem.length_bytes); !s.ok()) return fail(s);
-  absl::MutexLock l(&d->mu);
-  if (const auto* w = std::get_if<internal::MsiWindowCookie>(&d->cookie)) {
-    if (iova <= w->base + w->size_bytes - 1 && w->base <= *last) {
-      impl_->RefundMapping(*dev, mem.length_bytes);
-      return fail(FieldError(absl::StatusCode::kAlreadyExists, "iova", iova,
-                             absl::StrFormat("overlaps the domain's MSI window [%#x, %#x]",
-                                             w->base, w->base + w->size_bytes - 1)));
-    }
-  }
-  MappingRecord rec{.kind = MappingKind::kMapAt,
-                    .device = device,
-                    .session_id = caller.session_id,
-                    .iova = Iova(iova),
-                    .iova_size_bytes = mem.length_bytes,
-                    .prot = impl_->ProtFor(*dev, direction, attrs),
-                    .buffer_refs = res.buffers,
-                    .mapped_bytes = mem.length_bytes};
-  std::vector<std::pair<Iova, PhysRun>> ranges;
-  Iova at(iova);
-  for (const PhysRun& r : res.runs) {
-    ranges.push_back({at, r});
-    rec.pt_ranges.push_back({at, r.size_bytes});
-    rec.pieces.push_back({at, r.start, r.size_bytes});
-    at += r.size_bytes;
-  }
-  if (absl::Status s = impl_->MapPiecesLocked(*d, ranges, rec.prot); !s.ok()) {
-    impl_->RefundMapping(*dev, mem.length_bytes);
-    return fail(s);
-  }
-  MapResult out{.dma_addr = iova, .domain_id = d->id, .iova_size_bytes = mem.length_bytes};
-  out.mapping_id = impl_->CommitMappingLocked(*d, std::move(rec));
-  return out;
-}
-
-absl::StatusOr<uint64_t> Broker::UnmapRange(const Caller& caller, const std::string& device,
-                                            uint64_t iova, uint64_t size_bytes) {
-  ASSIGN_OR_RETURN(auto* dev, impl_->ActAs(caller, device));
-  std::shared_ptr<Domain> d = impl_->CurrentDomain(*dev);
-  if (d->type != DomainType::kUnmanaged) {
-    return FieldError(absl::StatusCode::kFailedPrecondition, "domain_id", d->id,
-                      absl::StrFormat("UnmapRange needs an UNMANAGED domain; the device's "
-                                      "current domain is %s",
-                                      DomainTypeName(d->type)));
-  }
-  const auto last = LastOfRange(iova, size_bytes);
-  if (!last) return InvalidField("size_bytes", size_bytes, "zero, or iova + size passes 2^64");
-  absl::MutexLock l(&d->mu);
-  // virtio-iommu RANGE semantics: every mapping inside goes; one that would
-  // be split fails the whole call and changes nothing.
-  std::vector<uint64_t> doomed;
-  uint64_t bytes = 0;
-  auto it = d->mappings.upper_bound(iova);
-  if (it != d->mappings.begin()) --it;
-  for (; it != d->mappings.end() && it->first <= *last; ++it) {
-    const MappingRecord& m = it->second;
-    const uint64_t m_last = m.iova.value() + m.iova_size_bytes - 1;
-    if (m_last < iova) continue;
-    if (m.iova.value() < iova || m_last > *last) {
-      return FieldError(absl::StatusCode::kFailedPrecondition, "size_bytes", size_bytes,
-                        absl::StrFormat("the range would split the mapping [%#x, %#x]",
-                                        m.iova.value(), m_last));
-    }
-    if (m.device != device && !caller.admin) {
-      return FieldError(absl::StatusCode::kPermissionDenied, "iova", m.iova.value(),
-                        "the range covers a mapping this device does not own");
-    }
-    doomed.push_back(it->first);
-    bytes += m.iova_size_bytes;
-  }
-  for (uint64_t start : doomed) impl_->RemoveMappingLocked(*d, start);
-  return bytes;
 }
 
 absl::Status Broker::Sync(const Caller& caller, const std::string& device) {

@@ -98,6 +98,16 @@ class BrokerImpl {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(d.mu);
   uint64_t DeviceLimit(const Domain& d, const DeviceState& dev) const;
   Prot ProtFor(const DeviceState& dev, DmaDirection dir, const DmaAttrs& attrs) const;
+  // FAILED_PRECONDITION: `call` needs a domain with an IOVA cookie.
+  static absl::Status NeedsIovaCookie(const Domain& d, const char* call);
+  // The caller's mapping containing dma_addr in `d`, made by one of `kinds`:
+  // NOT_FOUND for anything the caller does not own, FAILED_PRECONDITION
+  // naming the call that made it otherwise.
+  static absl::StatusOr<MappingRecord*> OwnMapping(Domain& d, const Caller& caller,
+                                                   const std::string& device, uint64_t dma_addr,
+                                                   std::initializer_list<internal::MappingKind> kinds,
+                                                   const char* call)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(d.mu);
   // Inserts the record and returns the mapping id.
   uint64_t CommitMappingLocked(Domain& d, MappingRecord record) ABSL_EXCLUSIVE_LOCKS_REQUIRED(d.mu);
 

@@ -1,0 +1,184 @@
+// dma_alloc_attrs / dma_free_attrs and dma_get_sgtable (with export tokens).
+
+#include <algorithm>
+
+#include "absl/strings/str_format.h"
+#include "core/bits.h"
+#include "core/broker.h"
+#include "core/broker_impl.h"
+#include "core/errors.h"
+#include "core/status_macros.h"
+
+namespace iommu::core {
+
+using internal::Domain;
+using internal::MappingKind;
+using internal::MappingRecord;
+
+// --- Alloc / Free -------------------------------------------------------------------
+
+absl::StatusOr<AllocResult> Broker::Alloc(const Caller& caller, const AllocRequest& request) {
+  ASSIGN_OR_RETURN(auto* dev, impl_->ActAs(caller, request.device));
+  std::shared_ptr<Domain> d = impl_->CurrentDomain(*dev);
+  if (d->type != DomainType::kDma && d->type != DomainType::kDmaFq) {
+    return BrokerImpl::NeedsIovaCookie(*d, "Alloc");
+  }
+  if (request.size_bytes == 0) return InvalidField("size_bytes", 0, "must be non-zero");
+  const uint64_t g = d->granule_bytes;
+  const auto size = AlignUp(request.size_bytes, std::max<uint64_t>(g, 4096));
+  if (!size) return InvalidField("size_bytes", request.size_bytes, "too large");
+  if (request.attrs.force_contiguous && request.attrs.alloc_single_pages) {
+    return InvalidField("attrs", 0, "FORCE_CONTIGUOUS and ALLOC_SINGLE_PAGES exclude each other");
+  }
+  // Largest pages first (one physically contiguous block, naturally aligned,
+  // so the page table can use block descriptors), falling back to single
+  // pages unless contiguity was forced. Single CPU pages cannot back a
+  // granule larger than a CPU page.
+  std::vector<Placement> tries;
+  if (!request.attrs.alloc_single_pages) tries.push_back(Placement::kContiguous);
+  if (!request.attrs.force_contiguous && g == 4096) tries.push_back(Placement::kScattered);
+  if (tries.empty()) {
+    return FieldError(absl::StatusCode::kFailedPrecondition, "attrs", "ALLOC_SINGLE_PAGES",
+                      absl::StrFormat("single 4 KiB pages cannot back the domain's %#x-byte "
+                                      "granule",
+                                      g));
+  }
+  internal::Buffer* buffer = nullptr;
+  {
+    absl::MutexLock bl(&impl_->buffers_mu_);
+    absl::Status last;
+    for (Placement p : tries) {
+      auto b = impl_->NewBufferLocked(*dev, caller.session_id, *size, p, request.pool);
+      if (b.ok()) {
+        buffer = *b;
+        break;
+      }
+      last = b.status();
+      if (last.code() != absl::StatusCode::kResourceExhausted) break;
+    }
+    if (buffer == nullptr) return last;
+    buffer->backs_alloc = true;
+    buffer->map_refs = 1;  // held by the mapping below
+  }
+  const uint64_t buffer_id = buffer->buffer_id;
+  const std::vector<PhysRun> runs = buffer->alloc.runs;  // immutable after creation
+  auto free_buffer = [&](absl::Status s) {
+    absl::MutexLock bl(&impl_->buffers_mu_);
+    impl_->buffers_.at(buffer_id).map_refs = 0;
+    const absl::Status fs = impl_->FreeBufferLocked(buffer_id);
+    assert(fs.ok());
+    (void)fs;
+    return s;
+  };
+  if (absl::Status s = impl_->ChargeMapping(*dev, *size); !s.ok()) return free_buffer(s);
+  absl::MutexLock l(&d->mu);
+  auto iova = impl_->AllocIovaLocked(*d, *dev, *size);
+  if (!iova.ok()) {
+    impl_->RefundMapping(*dev, *size);
+    return free_buffer(iova.status());
+  }
+  MappingRecord rec{.kind = MappingKind::kAlloc,
+                    .device = request.device,
+                    .session_id = caller.session_id,
+                    .iova = *iova,
+                    .iova_size_bytes = *size,
+                    .iova_from_allocator = true,
+                    .prot = impl_->ProtFor(*dev, request.direction, request.attrs),
+                    .owned_buffer_id = buffer_id,
+                    .mapped_bytes = *size};
+  std::vector<std::pair<Iova, PhysRun>> ranges;
+  Iova at = *iova;
+  for (const PhysRun& r : runs) {
+    ranges.push_back({at, r});
+    rec.pt_ranges.push_back({at, r.size_bytes});
+    rec.pieces.push_back({at, r.start, r.size_bytes});
+    at += r.size_bytes;
+  }
+  if (absl::Status s = impl_->MapPiecesLocked(*d, ranges, rec.prot); !s.ok()) {
+    impl_->FreeIovaLocked(*d, *iova, *size);
+    impl_->RefundMapping(*dev, *size);
+    return free_buffer(s);
+  }
+  AllocResult out{.dma_addr = iova->value(),
+                  .domain_id = d->id,
+                  .buffer_id = buffer_id,
+                  .size_bytes = *size};
+  for (const PhysRun& r : runs) {
+    if (!out.runs.empty() && out.runs.back().start + out.runs.back().size_bytes == r.start) {
+      out.runs.back().size_bytes += r.size_bytes;
+    } else {
+      out.runs.push_back(r);
+    }
+  }
+  // Which page sizes the table used: walk the leaves of the range.
+  for (uint64_t off = 0; off < *size;) {
+    auto w = d->pgtable->Walk(*iova + off);
+    assert(w.ok());
+    if (std::find(out.page_sizes_used.begin(), out.page_sizes_used.end(), w->leaf_size_bytes) ==
+        out.page_sizes_used.end()) {
+      out.page_sizes_used.push_back(w->leaf_size_bytes);
+    }
+    off = w->leaf_iova.value() + w->leaf_size_bytes - iova->value();
+  }
+  std::sort(out.page_sizes_used.rbegin(), out.page_sizes_used.rend());
+  // The mapping holds the buffer through owned_buffer_id, not a reference.
+  {
+    absl::MutexLock bl(&impl_->buffers_mu_);
+    impl_->buffers_.at(buffer_id).map_refs = 0;
+  }
+  out.mapping_id = impl_->CommitMappingLocked(*d, std::move(rec));
+  return out;
+}
+
+absl::Status Broker::Free(const Caller& caller, const std::string& device, uint64_t dma_addr) {
+  ASSIGN_OR_RETURN(auto* dev, impl_->ActAs(caller, device));
+  std::shared_ptr<Domain> d = impl_->CurrentDomain(*dev);
+  absl::MutexLock l(&d->mu);
+  ASSIGN_OR_RETURN(MappingRecord * m, BrokerImpl::OwnMapping(*d, caller, device, dma_addr,
+                                                 {MappingKind::kAlloc}, "Free"));
+  impl_->RemoveMappingLocked(*d, m->iova.value());
+  return absl::OkStatus();
+}
+
+// --- GetSgTable ---------------------------------------------------------------------
+
+absl::StatusOr<SgTableResult> Broker::GetSgTable(const Caller& caller, const std::string& device,
+                                                 uint64_t dma_addr, bool want_export_token) {
+  ASSIGN_OR_RETURN(auto* dev, impl_->ActAs(caller, device));
+  std::shared_ptr<Domain> d = impl_->CurrentDomain(*dev);
+  absl::MutexLock l(&d->mu);
+  ASSIGN_OR_RETURN(
+      MappingRecord * m,
+      BrokerImpl::OwnMapping(*d, caller, device, dma_addr,
+                 {MappingKind::kMap, MappingKind::kMapSg, MappingKind::kAlloc,
+                  MappingKind::kMapAt, MappingKind::kImport},
+                 "GetSgTable"));
+  // The memory behind the handle, exactly: the pieces as mapped (never the
+  // granule padding), merged into maximal physically contiguous chunks.
+  SgTableResult out;
+  for (const internal::MappedPiece& p : m->pieces) {
+    if (!out.chunks.empty() && out.chunks.back().start + out.chunks.back().size_bytes == p.phys) {
+      out.chunks.back().size_bytes += p.size_bytes;
+    } else {
+      out.chunks.push_back({p.phys, p.size_bytes});
+    }
+    out.size_bytes += p.size_bytes;
+  }
+  if (want_export_token) {
+    std::vector<uint64_t> ids = m->buffer_refs;
+    if (m->owned_buffer_id != 0) ids.push_back(m->owned_buffer_id);
+    if (ids.empty()) {
+      return FieldError(absl::StatusCode::kFailedPrecondition, "dma_addr", dma_addr,
+                        "only buffer-backed mappings can be exported");
+    }
+    absl::MutexLock bl(&impl_->buffers_mu_);
+    out.export_token = absl::StrFormat("exp-%d-%016x", impl_->next_export_id_++,
+                                       (m->mapping_id * 0x9E3779B97F4A7C15ull) ^ dma_addr);
+    impl_->exports_[out.export_token] = internal::ExportRecord{
+        .exporter = device, .exporter_granule = d->granule_bytes, .chunks = out.chunks,
+        .buffer_ids = std::move(ids)};
+  }
+  return out;
+}
+
+}  // namespace iommu::core

@@ -1,0 +1,116 @@
+// Broker::CheckInvariants: every engine's own check plus the cross-references
+// between them (records vs page tables, buffer references, quotas).
+
+#include <cstdio>
+#include <cstdlib>
+#include <algorithm>
+#include <utility>
+
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "core/bits.h"
+#include "core/broker.h"
+#include "core/broker_impl.h"
+#include "core/errors.h"
+#include "core/status_macros.h"
+
+namespace iommu::core {
+
+using internal::Domain;
+using internal::Smmu;
+
+// --- invariants -----------------------------------------------------------------
+
+void Broker::CheckInvariants() const {
+  auto check = [](const absl::Status& s, const char* what) {
+    if (!s.ok()) {
+      std::fprintf(stderr, "broker invariant broken (%s): %s\n", what,
+                   std::string(s.message()).c_str());
+      std::abort();
+    }
+  };
+  check(impl_->memory_->CheckInvariants(), "physical memory");
+  check(impl_->faults_->CheckInvariants(), "fault ring");
+  for (const auto& s : impl_->smmus_) {
+    absl::MutexLock l(&s->mu);
+    s->iotlb->CheckInvariants();
+  }
+  // Recount what mappings reference and charge, and compare.
+  absl::flat_hash_map<uint64_t, uint64_t> refs;            // buffer -> mapping refs
+  absl::flat_hash_map<std::string, std::pair<uint64_t, uint64_t>> charged;  // device -> (maps, bytes)
+  absl::ReaderMutexLock rl(&impl_->registry_mu_);
+  for (const auto& [id, d] : impl_->domains_) {
+    absl::ReaderMutexLock dl(&d->mu);
+    if (d->pgtable) check(d->pgtable->CheckInvariants(), "page table");
+    if (const auto* c = std::get_if<internal::IovaCookie>(&d->cookie)) {
+      check(c->iovad->CheckInvariants(), "IOVA allocator");
+    }
+    uint64_t bytes = 0;
+    uint64_t pt_bytes = 0;
+    uint64_t prev_end = 0;
+    for (const auto& [iova, m] : d->mappings) {
+      if (iova != m.iova.value() || iova < prev_end) {
+        check(absl::InternalError(absl::StrFormat("domain %d: mapping at %#x overlaps", id, iova)),
+              "mappings");
+      }
+      prev_end = iova + m.iova_size_bytes;
+      bytes += m.mapped_bytes;
+      for (uint64_t b : m.buffer_refs) ++refs[b];
+      if (!m.device.empty()) {
+        auto& [n, by] = charged[m.device];
+        ++n;
+        by += m.mapped_bytes;
+      }
+      // Every piece translates to its memory.
+      for (const internal::MappedPiece& p : m.pieces) {
+        for (uint64_t off : {uint64_t{0}, p.size_bytes - 1}) {
+          const auto pa = d->pgtable->IovaToPhys(p.iova + off);
+          if (!pa || *pa != p.phys + off) {
+            check(absl::InternalError(absl::StrFormat(
+                      "domain %d: %#x does not translate to %#x", id, (p.iova + off).value(),
+                      (p.phys + off).value())),
+                  "mappings vs page table");
+          }
+        }
+      }
+      for (const auto& [pt_iova, size] : m.pt_ranges) pt_bytes += size;
+    }
+    if (bytes != d->mapped_bytes) {
+      check(absl::InternalError(absl::StrFormat("domain %d: mapped_bytes %d != %d", id,
+                                                d->mapped_bytes, bytes)),
+            "domain accounting");
+    }
+    if (d->pgtable && d->pgtable->Stats().mapped_bytes != pt_bytes) {
+      check(absl::InternalError(absl::StrFormat("domain %d: page table maps %#x, records %#x", id,
+                                                d->pgtable->Stats().mapped_bytes, pt_bytes)),
+            "page table vs records");
+    }
+  }
+  for (const auto& [name, dev] : impl_->devices_) {
+    const auto it = charged.find(name);
+    const uint64_t n = it == charged.end() ? 0 : it->second.first;
+    const uint64_t by = it == charged.end() ? 0 : it->second.second;
+    if (dev->mappings.load() != n || dev->mapped_bytes.load() != by) {
+      check(absl::InternalError(absl::StrFormat("device %s charged %d/%#x, holds %d/%#x", name,
+                                                dev->mappings.load(), dev->mapped_bytes.load(), n,
+                                                by)),
+            "quota accounting");
+    }
+    if (std::find(dev->current->attached.begin(), dev->current->attached.end(), name) ==
+        dev->current->attached.end()) {
+      check(absl::InternalError("device missing from its domain's attached list"), "attach");
+    }
+  }
+  absl::ReaderMutexLock bl(&impl_->buffers_mu_);
+  for (const auto& [id, b] : impl_->buffers_) {
+    const auto it = refs.find(id);
+    const uint64_t want = it == refs.end() ? 0 : it->second;
+    if (b.map_refs != want) {
+      check(absl::InternalError(absl::StrFormat("buffer %d: map_refs %d, mappings hold %d", id,
+                                                b.map_refs, want)),
+            "buffer references");
+    }
+  }
+}
+
+}  // namespace iommu::core
