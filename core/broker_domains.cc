@@ -272,6 +272,23 @@ absl::Status Broker::DetachDevice(const Caller& caller, const std::string& devic
   return absl::OkStatus();
 }
 
+absl::StatusOr<std::vector<PgtableMapping>> Broker::WalkDomain(const Caller& caller,
+                                                               uint64_t domain_id) const {
+  std::shared_ptr<Domain> d;
+  {
+    absl::ReaderMutexLock l(&impl_->registry_mu_);
+    ASSIGN_OR_RETURN(d, impl_->FindDomain(domain_id));
+    if (!caller.admin && d->owner != caller.device &&
+        std::find(d->attached.begin(), d->attached.end(), caller.device) == d->attached.end()) {
+      return FieldError(absl::StatusCode::kNotFound, "domain_id", domain_id, "no such domain");
+    }
+  }
+  std::vector<PgtableMapping> out;
+  absl::ReaderMutexLock l(&d->mu);
+  if (d->pgtable) d->pgtable->ForEachMapping([&](const PgtableMapping& m) { out.push_back(m); });
+  return out;
+}
+
 absl::StatusOr<IovaRangesResult> Broker::GetIovaRanges(const Caller& caller,
                                                        const std::string& device) const {
   ASSIGN_OR_RETURN(auto* dev, impl_->ActAs(caller, device));

@@ -66,6 +66,15 @@ class BrokerTest : public ::testing::Test {
       absl::StrAppend(&out, d.config.name, " q=", d.mappings, "/", d.mapped_bytes, "/",
                       d.buffers, "\n");
     }
+    // A full walk of every page table.
+    for (const DomainStats& d : s.domains) {
+      auto walk = broker_->WalkDomain(Caller::Admin(), d.domain_id);
+      EXPECT_TRUE(walk.ok()) << walk.status();
+      for (const PgtableMapping& m : *walk) {
+        absl::StrAppend(&out, "  d", d.domain_id, " ", m.iova.Hex(), "->", m.phys.Hex(), "+",
+                        m.size_bytes, " g", m.grant.bits(), "\n");
+      }
+    }
     return out;
   }
 
@@ -148,6 +157,16 @@ TEST_F(BrokerTest, ScatteredBufferRangeMapsIovaContiguously) {
                                       .mem = {.buffer_id = buf.buffer_id,
                                               .length_bytes = 64 * KiB}});
   ASSERT_TRUE(m.ok()) << m.status();
+  // The page table holds exactly the 16 scattered pages, in IOVA order.
+  auto walk = broker_->WalkDomain(Dev("gpu0"), m->domain_id);
+  ASSERT_TRUE(walk.ok()) << walk.status();
+  ASSERT_EQ(walk->size(), 16u);
+  for (size_t i = 0; i < 16; ++i) {
+    EXPECT_EQ((*walk)[i].iova, Iova(m->dma_addr + i * 4 * KiB));
+    EXPECT_EQ((*walk)[i].phys, buf.runs[i].start);
+  }
+  EXPECT_EQ(broker_->WalkDomain(Dev("nic0"), m->domain_id).status().code(),
+            absl::StatusCode::kNotFound);
   TranslateResult t = Tr("gpu0", m->dma_addr, 64 * KiB, Read());
   ASSERT_FALSE(t.faulted);
   ASSERT_EQ(t.pages.size(), 16u);
