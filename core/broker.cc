@@ -49,7 +49,16 @@ void DomainFlushOps::TlbFlushAll() {
   smmu_->iotlb->InvalidateAsid(tag_.asid, tag_.vmid);
 }
 
+// The IOTLB model caches leaf entries only (no walk cache), so a walk flush
+// for a freed table only has to drop leaves in its range. A table is freed
+// only once every leaf in it is gone: in a strict domain each of those leaves
+// was (or, for this unmap, is about to be, before the call returns)
+// invalidated through the gather, so the flush would find nothing and only
+// cost a scan of the IOTLB per freed table. In a lazy domain the stale leaves
+// are still cached, and freeing the table ends their window, as a TLBI of
+// the walk would on hardware.
 void DomainFlushOps::TlbFlushWalk(Iova iova, uint64_t size_bytes, uint64_t /*granule_bytes*/) {
+  if (strict_) return;
   absl::MutexLock l(&smmu_->mu);
   const auto r = smmu_->iotlb->InvalidateVa(tag_, iova, size_bytes, VaLevels::kAllLevels);
   assert(r.ok());

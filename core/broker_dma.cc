@@ -126,26 +126,25 @@ void BrokerImpl::RemoveMappingLocked(Domain& d, uint64_t iova_start) {
     assert(r.ok() && *r == size);
     (void)r;
   }
+  // Strict invalidation of the unmapped leaves, before the call returns.
+  auto invalidate_leaves = [&] {
+    if (gather.empty()) return;
+    absl::MutexLock l(&d.smmu->mu);
+    const auto r = d.smmu->iotlb->InvalidateVa(d.tag, Iova(gather.start),
+                                               gather.end - gather.start + 1, VaLevels::kLeafOnly);
+    assert(r.ok());
+    (void)r;
+  };
   std::visit(
       internal::Overloaded{
-          [&](internal::NoCookie&) {
-            // UNMANAGED: strict invalidation of what was unmapped.
-            if (!gather.empty()) d.flush_ops->TlbFlushWalk(Iova(gather.start), gather.end - gather.start + 1, d.granule_bytes);
-          },
-          [&](internal::MsiWindowCookie&) {
-            if (!gather.empty()) d.flush_ops->TlbFlushWalk(Iova(gather.start), gather.end - gather.start + 1, d.granule_bytes);
-          },
+          // UNMANAGED domains are always strict.
+          [&](internal::NoCookie&) { invalidate_leaves(); },
+          [&](internal::MsiWindowCookie&) { invalidate_leaves(); },
           // Lambdas do not inherit the caller's lock context: d.mu is held.
           [&](internal::IovaCookie& c) ABSL_NO_THREAD_SAFETY_ANALYSIS {
             if (c.fq == nullptr) {
               // Strict: the IOTLB forgets the range before the IOVA is reused.
-              if (!gather.empty()) {
-                absl::MutexLock l(&d.smmu->mu);
-                const auto r = d.smmu->iotlb->InvalidateVa(
-                    d.tag, Iova(gather.start), gather.end - gather.start + 1, VaLevels::kLeafOnly);
-                assert(r.ok());
-                (void)r;
-              }
+              invalidate_leaves();
               if (m.iova_from_allocator) FreeIovaLocked(d, m.iova, m.iova_size_bytes);
               return;
             }

@@ -59,7 +59,7 @@ absl::StatusOr<std::shared_ptr<Domain>> BrokerImpl::NewDomain(Smmu* smmu, Domain
                                        : TlbTag{.asid = 0, .vmid = uint16_t(d->context)};
   absl::MutexLock dl(&d->mu);
   if (translates) {
-    d->flush_ops = std::make_unique<internal::DomainFlushOps>(smmu, d->tag);
+    d->flush_ops = std::make_unique<internal::DomainFlushOps>(smmu, d->tag, d->strict);
     IoPgtableCfg pcfg{.format = cfg.stage == Stage::kStage1 ? IoPgtableFormat::kArm64LpaeS1
                                                             : IoPgtableFormat::kArm64LpaeS2,
                       .pgsize_bitmap = d->pgsize_bitmap,

@@ -98,7 +98,8 @@ class Domain;
 // tag in its SMMU's IOTLB. Called with Domain::mu held.
 class DomainFlushOps final : public FlushOps {
  public:
-  DomainFlushOps(Smmu* smmu, TlbTag tag) : smmu_(smmu), tag_(tag) {}
+  DomainFlushOps(Smmu* smmu, TlbTag tag, bool strict)
+      : smmu_(smmu), tag_(tag), strict_(strict) {}
   void TlbFlushAll() override;
   void TlbFlushWalk(Iova iova, uint64_t size_bytes, uint64_t granule_bytes) override;
   void TlbAddPage(IotlbGather* gather, Iova iova, uint64_t granule_bytes) override;
@@ -108,6 +109,7 @@ class DomainFlushOps final : public FlushOps {
  private:
   Smmu* const smmu_;
   const TlbTag tag_;
+  const bool strict_;
 };
 
 // One I/O address space. Immutable fields are set at creation; the rest is
