@@ -21,6 +21,12 @@
 // Sync path (kExplicit). A Flush of an empty queue does nothing and is not
 // counted: nothing was pending.
 //
+// Unlike Linux, which keeps one ring per CPU and releases an entry once a
+// global flush counter shows an invalidation started after it was queued,
+// the model has one ring per domain and its invalidation completes
+// synchronously inside Flush, so every pending entry is released by the
+// flush that invalidated it.
+//
 // Layout and cost: a ring of `capacity` entries allocated once; Enqueue O(1)
 // amortised (a flush costs one invalidation plus one release per entry), Poll
 // O(1), no allocation after Create.

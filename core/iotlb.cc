@@ -43,8 +43,9 @@ absl::StatusOr<Iotlb> Iotlb::Create(const IotlbConfig& config) {
   }
   const uint64_t entries = uint64_t{config.sets} * config.ways;
   if (entries > kMaxEntries) {
-    return InvalidField("sets*ways", entries,
-                        absl::StrFormat("exceeds %#x entries", kMaxEntries));
+    return InvalidField("ways", config.ways,
+                        absl::StrFormat("sets=%#x x ways = %#x entries exceeds %#x",
+                                        config.sets, entries, kMaxEntries));
   }
   const auto& sizes = config.leaf_sizes_log2;
   if (sizes.empty() || sizes.size() > kMaxLeafSizes) {

@@ -141,7 +141,7 @@ class Iotlb {
   static constexpr size_t kMaxLeafSizes = 8;
 
   // Errors: INVALID_ARGUMENT naming `sets` (zero, not a power of two),
-  // `ways` (zero, > kMaxWays), `sets*ways` (> kMaxEntries) or
+  // `ways` (zero, > kMaxWays, sets * ways > kMaxEntries) or
   // `leaf_sizes_log2` (empty, too many, a size out of range, a duplicate).
   static absl::StatusOr<Iotlb> Create(const IotlbConfig& config);
 

@@ -90,7 +90,7 @@ TEST(IotlbCreate, RejectsBadGeometryNamingTheField) {
       {{3, 4, {12}}, "sets=0x3:"},
       {{4, 0, {12}}, "ways=0:"},
       {{4, 65, {12}}, "ways=0x41:"},
-      {{1u << 20, 2, {12}}, "sets*ways=0x200000:"},
+      {{1u << 20, 2, {12}}, "ways=0x2: sets=0x100000 x ways = 0x200000 entries"},
       {{4, 4, {}}, "leaf_sizes_log2=0:"},
       {{4, 4, {12, 13, 14, 15, 16, 17, 18, 19, 20}}, "leaf_sizes_log2=0x9:"},
       {{4, 4, {11}}, "leaf_sizes_log2=0xb:"},
