@@ -62,8 +62,9 @@ struct FlushQueueEntry {
 enum class FlushReason : uint8_t { kFull, kTimeout, kExplicit };
 
 struct FlushQueueConfig {
-  uint32_t capacity = 256;                         // entries, >= 1
-  absl::Duration timeout = absl::Milliseconds(10);  // > 0 (Linux IOVA_FQ_TIMEOUT)
+  uint32_t capacity = 256;  // entries, >= 1
+  absl::Duration timeout =
+      absl::Milliseconds(10);  // > 0 (Linux IOVA_FQ_TIMEOUT)
 };
 
 struct FlushQueueCallbacks {
@@ -89,7 +90,8 @@ struct FlushQueueStats {
 class FlushQueue {
  public:
   // Errors: INVALID_ARGUMENT naming `capacity` (zero), `timeout` (not
-  // positive, or infinite), `callbacks.invalidate` or `callbacks.release` (unset).
+  // positive, or infinite), `callbacks.invalidate` or `callbacks.release`
+  // (unset).
   static absl::StatusOr<FlushQueue> Create(const FlushQueueConfig& config,
                                            FlushQueueCallbacks callbacks);
 
@@ -130,7 +132,8 @@ class FlushQueue {
     absl::Time enqueued_at;
   };
 
-  FlushQueue(uint32_t capacity, absl::Duration timeout, FlushQueueCallbacks callbacks);
+  FlushQueue(uint32_t capacity, absl::Duration timeout,
+             FlushQueueCallbacks callbacks);
 
   bool TimedOut(absl::Time now) const;
   uint64_t FlushFor(FlushReason reason);
