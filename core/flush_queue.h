@@ -21,6 +21,12 @@
 // Sync path (kExplicit). A Flush of an empty queue does nothing and is not
 // counted: nothing was pending.
 //
+// Unlike Linux, which keeps one ring per CPU and releases an entry once a
+// global flush counter shows an invalidation started after it was queued,
+// the model has one ring per domain and its invalidation completes
+// synchronously inside Flush, so every pending entry is released by the
+// flush that invalidated it.
+//
 // Layout and cost: a ring of `capacity` entries allocated once; Enqueue O(1)
 // amortised (a flush costs one invalidation plus one release per entry), Poll
 // O(1), no allocation after Create.
@@ -56,8 +62,9 @@ struct FlushQueueEntry {
 enum class FlushReason : uint8_t { kFull, kTimeout, kExplicit };
 
 struct FlushQueueConfig {
-  uint32_t capacity = 256;                         // entries, >= 1
-  absl::Duration timeout = absl::Milliseconds(10);  // > 0 (Linux IOVA_FQ_TIMEOUT)
+  uint32_t capacity = 256;  // entries, >= 1
+  absl::Duration timeout =
+      absl::Milliseconds(10);  // > 0 (Linux IOVA_FQ_TIMEOUT)
 };
 
 struct FlushQueueCallbacks {
@@ -83,7 +90,8 @@ struct FlushQueueStats {
 class FlushQueue {
  public:
   // Errors: INVALID_ARGUMENT naming `capacity` (zero), `timeout` (not
-  // positive, or infinite), `callbacks.invalidate` or `callbacks.release` (unset).
+  // positive, or infinite), `callbacks.invalidate` or `callbacks.release`
+  // (unset).
   static absl::StatusOr<FlushQueue> Create(const FlushQueueConfig& config,
                                            FlushQueueCallbacks callbacks);
 
@@ -124,7 +132,8 @@ class FlushQueue {
     absl::Time enqueued_at;
   };
 
-  FlushQueue(uint32_t capacity, absl::Duration timeout, FlushQueueCallbacks callbacks);
+  FlushQueue(uint32_t capacity, absl::Duration timeout,
+             FlushQueueCallbacks callbacks);
 
   bool TimedOut(absl::Time now) const;
   uint64_t FlushFor(FlushReason reason);
