@@ -29,6 +29,9 @@
 // uses a buffer id) in an interval map of physically contiguous owned chunks,
 // so Owner() is O(log n) and CheckOwned() O(log n + chunks in the range).
 //
+// Files: configuration validation and Create in phys_memory_config.cc, the
+// allocation and ownership logic in phys_memory.cc.
+//
 // Thread-safe. One mutex, mu_, serialises the pools, the allocation table and
 // the ownership map (no other lock is taken under it); the region table is
 // immutable and read without it.
