@@ -4,6 +4,8 @@
 #include <fstream>
 #include <string>
 
+#include <unistd.h>
+
 #include "gtest/gtest.h"
 
 namespace iommu::client {
@@ -71,7 +73,9 @@ TEST(ValidateOptionsTest, BadOptionsNameFieldAndValue) {
 class TokenFileTest : public ::testing::Test {
  protected:
   std::string Write(const std::string& contents) {
-    path_ = ::testing::TempDir() + "/token_file_test";
+    // ctest runs each test in its own process, concurrently: one file per test and process.
+    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
+    path_ = ::testing::TempDir() + "/token_file_test." + info->name() + "." + std::to_string(::getpid());
     std::ofstream(path_) << contents;
     return path_;
   }
@@ -80,8 +84,12 @@ class TokenFileTest : public ::testing::Test {
 };
 
 TEST_F(TokenFileTest, FirstWordOfFirstNonCommentLine) {
-  EXPECT_EQ(*ReadTokenFile(Write("s3cret\n")), "s3cret");
-  EXPECT_EQ(*ReadTokenFile(Write("# tokens\n\n  tok-nic0 nic0\ntok-admin admin\n")), "tok-nic0");
+  absl::StatusOr<std::string> single = ReadTokenFile(Write("s3cret\n"));
+  ASSERT_TRUE(single.ok()) << single.status();
+  EXPECT_EQ(*single, "s3cret");
+  absl::StatusOr<std::string> listed = ReadTokenFile(Write("# tokens\n\n  tok-nic0 nic0\ntok-admin admin\n"));
+  ASSERT_TRUE(listed.ok()) << listed.status();
+  EXPECT_EQ(*listed, "tok-nic0");
 }
 
 TEST_F(TokenFileTest, EmptyOrMissing) {
