@@ -9,6 +9,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "client/ctl/command.h"
+#include "client/health.h"
 #include "client/status.h"
 
 namespace iommu::client::ctl {
@@ -153,6 +154,23 @@ absl::Status Dump(Context& ctx, Args& args) {
   return absl::OkStatus();
 }
 
+// The gRPC health check, for probes: exit code 0 only when SERVING.
+absl::Status Health(Context& ctx, Args& args) {
+  const std::string service = args.StringOr("service", "");
+  RETURN_IF_ERROR(args.CheckAllUsed(ctx.name));
+  ASSIGN_OR_RETURN(HealthStatus status, CheckHealth(ctx.client, service));
+  const absl::string_view name = HealthStatusName(status);
+  if (ctx.printer->json()) {
+    ctx.printer->out() << "{\"service\":\"" << service << "\",\"status\":\"" << name << "\"}\n";
+  } else {
+    ctx.printer->out() << name << "\n";
+  }
+  if (status != HealthStatus::kServing) {
+    return absl::UnavailableError(absl::StrCat("service=\"", service, "\": ", name));
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 std::vector<Command> InspectCommands() {
@@ -162,6 +180,9 @@ std::vector<Command> InspectCommands() {
        "[--domain=ID] [--iova=A,B,... [--length=N] [--write]]  a domain, its page-table and allocator stats, "
        "and a walk of the given IOVAs through the device",
        Dump},
+      {"health",
+       "[--service=NAME]  the gRPC health check of the daemon (or of one service): exit 0 only when SERVING",
+       Health},
   };
 }
 

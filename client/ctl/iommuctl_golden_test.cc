@@ -97,6 +97,18 @@ TEST_F(IommuctlTest, ExitCodeIsTheStatusCode) {
   EXPECT_EQ(RunCtl({"--target=nowhere", "list-iommus"}).exit_code, 3);
 }
 
+TEST_F(IommuctlTest, HealthAsksTheGrpcHealthService) {
+  const CtlResult all = Ctl({"health"});
+  EXPECT_EQ(all.exit_code, 0) << all.err;
+  EXPECT_EQ(all.out, "SERVING\n");
+  const CtlResult dma = Ctl({"--json", "health", "--service=iommu.v1.Dma"});
+  EXPECT_EQ(dma.exit_code, 0) << dma.err;
+  EXPECT_EQ(dma.out, "{\"service\":\"iommu.v1.Dma\",\"status\":\"SERVING\"}\n");
+  const CtlResult unknown = Ctl({"health", "--service=nope.v1.Nothing"});
+  EXPECT_EQ(unknown.exit_code, 5) << unknown.out;  // NOT_FOUND
+  EXPECT_EQ(RunCtl({"--target=unix:/nonexistent/sock", "--deadline_ms=300", "health"}).exit_code, 14);
+}
+
 TEST_F(IommuctlTest, HelpListsEverySubcommand) {
   const CtlResult r = RunCtl({"help"});
   for (const char* sub : {"map", "unmap", "map-sg", "unmap-sg", "alloc", "free", "get-sgtable", "msi-cookie",
@@ -104,7 +116,7 @@ TEST_F(IommuctlTest, HelpListsEverySubcommand) {
                           "list-domains", "attach", "detach", "iova-ranges", "list-iommus", "list-devices",
                           "translate", "translate-batch", "alloc-buffer", "free-buffer", "get-buffer",
                           "open-session", "keepalive", "close-session", "stats", "watch-faults", "dump",
-                          "simulate", "bench"}) {
+                          "simulate", "bench", "health"}) {
     EXPECT_NE(r.out.find(absl::StrCat("\n  ", sub, " ")), std::string::npos) << sub;
   }
 }
