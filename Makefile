@@ -6,7 +6,7 @@ JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?=
 CTEST_FLAGS ?= --output-on-failure
 
-.PHONY: all deps configure build run test bench workloads asan tsan thread-safety ci clean
+.PHONY: all deps configure build run test bench workloads asan tsan thread-safety e2e ci clean
 
 all: build
 
@@ -53,6 +53,13 @@ tsan: deps
 	cmake --build build-tsan -j $(JOBS)
 	cd build-tsan && ctest -j $(JOBS) $(CTEST_FLAGS) -R '$(TSAN_TESTS)'
 
+# The docker-compose demo end to end: images built, stack up, dashboards, rules
+# and alerts checked against its Prometheus, torn down (tests/e2e/compose_test.py).
+# Needs root (it starts a Docker engine if none runs).
+e2e:
+	@bash scripts/deps.sh e2e
+	cd tests/e2e && /usr/bin/python3 compose_test.py
+
 # Clang build that checks the ABSL_GUARDED_BY / ABSL_EXCLUSIVE_LOCKS_REQUIRED annotations.
 thread-safety: deps
 	cmake -S . -B build-clang -G Ninja -DCMAKE_BUILD_TYPE=Debug -DIOMMU_BUILD_BENCHMARKS=OFF \
@@ -60,7 +67,7 @@ thread-safety: deps
 	  -DCMAKE_CXX_COMPILER=clang++ -DIOMMU_THREAD_SAFETY=ON
 	cmake --build build-clang -j $(JOBS)
 
-ci: test asan tsan thread-safety
+ci: test asan tsan thread-safety e2e
 
 clean:
 	rm -rf build build-asan build-tsan build-clang

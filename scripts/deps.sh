@@ -1,19 +1,41 @@
 #!/usr/bin/env bash
 # Installs the Debian packages iommu-broker builds, tests and runs with.
 # The single list of the project's system dependencies; `make run`, `make test`
-# and `make bench` call it first. Installs only what is missing.
+# and `make bench` call it first, the container images call it with a set name.
+# Installs only what is missing.
+#
+#   scripts/deps.sh [dev]   everything: build, tests, benchmarks, sanitizers (default)
+#   scripts/deps.sh build   what compiles iommud and iommuctl (the image build stage)
+#   scripts/deps.sh runtime the shared libraries iommud and iommuctl run with (the images)
+#   scripts/deps.sh e2e     the Docker engine and tools the compose end-to-end test uses
 set -euo pipefail
 
-PACKAGES=(
+BUILD=(
   build-essential cmake ninja-build pkg-config
-  clang libclang-rt-14-dev           # thread-safety analysis and sanitizer builds
   libabsl-dev
-  libgtest-dev libgmock-dev libbenchmark-dev
   protobuf-compiler libprotobuf-dev libgrpc++-dev protobuf-compiler-grpc   # API (proto/)
   libspdlog-dev prometheus-cpp-dev                                         # daemon (server/)
-  python3 python3-grpcio python3-protobuf                                 # Python SDK
+)
+RUNTIME=(
+  libabsl20220623 libprotobuf32 libgrpc++1.51 libgrpc29
+  libspdlog1.10 libfmt9 libprometheus-cpp-core1.0 libprometheus-cpp-pull1.0
+)
+DEV=(
+  "${BUILD[@]}"
+  clang libclang-rt-14-dev           # thread-safety analysis and sanitizer builds
+  libgtest-dev libgmock-dev libbenchmark-dev
+  python3 python3-grpcio python3-protobuf python3-yaml                     # Python SDK, tests
   prometheus openssl curl                                                  # make run, integration tests
 )
+E2E=(docker.io docker-compose debootstrap python3 python3-yaml prometheus curl)
+
+case "${1:-dev}" in
+  dev) PACKAGES=("${DEV[@]}") ;;
+  build) PACKAGES=("${BUILD[@]}") ;;
+  runtime) PACKAGES=("${RUNTIME[@]}") ;;
+  e2e) PACKAGES=("${E2E[@]}") ;;
+  *) echo "deps: unknown set \"$1\" (dev, build, runtime or e2e)" >&2; exit 2 ;;
+esac
 
 missing=()
 for p in "${PACKAGES[@]}"; do
