@@ -205,6 +205,9 @@ absl::StatusOr<v1::DetachDeviceResponse> Client::DetachDevice(v1::DetachDeviceRe
 absl::StatusOr<v1::GetIovaRangesResponse> Client::GetIovaRanges(v1::GetIovaRangesRequest r) const {
   return Call(*this, conn_->domains.get(), &v1::Domains::Stub::GetIovaRanges, std::move(r), Idempotent::kYes);
 }
+absl::StatusOr<v1::WalkDomainResponse> Client::WalkDomain(v1::WalkDomainRequest r) const {
+  return Call(*this, conn_->domains.get(), &v1::Domains::Stub::WalkDomain, std::move(r), Idempotent::kYes);
+}
 
 // Devices.
 absl::StatusOr<v1::ListIommusResponse> Client::ListIommus(v1::ListIommusRequest r) const {

@@ -87,6 +87,7 @@ class Client {
   absl::StatusOr<v1::AttachDeviceResponse> AttachDevice(v1::AttachDeviceRequest request) const;
   absl::StatusOr<v1::DetachDeviceResponse> DetachDevice(v1::DetachDeviceRequest request = {}) const;
   absl::StatusOr<v1::GetIovaRangesResponse> GetIovaRanges(v1::GetIovaRangesRequest request = {}) const;
+  absl::StatusOr<v1::WalkDomainResponse> WalkDomain(v1::WalkDomainRequest request) const;
   // Devices. Translate by (smmu, stream_id) is for the admin: a client with a
   // device set sends it, and the daemon refuses a device identity.
   absl::StatusOr<v1::ListIommusResponse> ListIommus(v1::ListIommusRequest request = {}) const;

@@ -164,6 +164,13 @@ TEST_F(ClientIntegrationTest, EveryRpcOverUnixAndTcp) {
     mat.set_direction(v1::DMA_DIRECTION_BIDIRECTIONAL);
     ASSERT_TRUE(nic.MapAt(mat).ok());
     EXPECT_EQ(nic.MapAt(mat).status().code(), absl::StatusCode::kAlreadyExists);
+    v1::WalkDomainRequest walk;
+    walk.set_domain_id(domain_id);
+    ASSERT_OK_AND_ASSIGN(walked, nic.WalkDomain(walk));
+    ASSERT_EQ(walked.leaves_size(), 1);
+    EXPECT_EQ(walked.leaves(0).iova(), 0x100000u);
+    EXPECT_EQ(walked.leaves(0).size_bytes(), 4096u);
+    EXPECT_EQ(walked.next_iova(), 0u);
     v1::UnmapRangeRequest ur;
     ur.set_iova(0x100000);
     ur.set_size_bytes(4096);

@@ -156,11 +156,14 @@ class Broker {
   // counts every record the reader missed).
   absl::StatusOr<FaultReadResult> ReadFaults(const Caller& caller, uint64_t after_seq,
                                              size_t max_records) const;
-  // Every leaf of the domain's page table, in IOVA order (a full walk; for
-  // dumps and tests). Same visibility as GetDomain; empty for IDENTITY and
-  // BLOCKED domains.
-  absl::StatusOr<std::vector<PgtableMapping>> WalkDomain(const Caller& caller,
-                                                         uint64_t domain_id) const;
+  // The leaves of the domain's page table in IOVA order (for dumps and
+  // tests): those ending after `start`, at most `max_leaves` of them. Same
+  // visibility as GetDomain; empty for IDENTITY and BLOCKED domains. The walk
+  // visits every leaf below the last one returned (O(leaves) under the
+  // domain's reader lock).
+  absl::StatusOr<std::vector<PgtableMapping>> WalkDomain(const Caller& caller, uint64_t domain_id,
+                                                         Iova start = Iova(0),
+                                                         size_t max_leaves = SIZE_MAX) const;
   // Blocks until a fault newer than after_seq exists, the deadline passes
   // (DEADLINE_EXCEEDED) or Shutdown (CANCELLED).
   absl::Status WaitForFaults(uint64_t after_seq, absl::Time deadline) const;

@@ -272,8 +272,8 @@ absl::Status Broker::DetachDevice(const Caller& caller, const std::string& devic
   return absl::OkStatus();
 }
 
-absl::StatusOr<std::vector<PgtableMapping>> Broker::WalkDomain(const Caller& caller,
-                                                               uint64_t domain_id) const {
+absl::StatusOr<std::vector<PgtableMapping>> Broker::WalkDomain(const Caller& caller, uint64_t domain_id,
+                                                               Iova start, size_t max_leaves) const {
   std::shared_ptr<Domain> d;
   {
     absl::ReaderMutexLock l(&impl_->registry_mu_);
@@ -285,7 +285,11 @@ absl::StatusOr<std::vector<PgtableMapping>> Broker::WalkDomain(const Caller& cal
   }
   std::vector<PgtableMapping> out;
   absl::ReaderMutexLock l(&d->mu);
-  if (d->pgtable) d->pgtable->ForEachMapping([&](const PgtableMapping& m) { out.push_back(m); });
+  if (d->pgtable) {
+    d->pgtable->ForEachMapping([&](const PgtableMapping& m) {
+      if (out.size() < max_leaves && m.iova.value() + (m.size_bytes - 1) >= start.value()) out.push_back(m);
+    });
+  }
   return out;
 }
 

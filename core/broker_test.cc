@@ -167,6 +167,14 @@ TEST_F(BrokerTest, ScatteredBufferRangeMapsIovaContiguously) {
   }
   EXPECT_EQ(broker_->WalkDomain(Dev("nic0"), m->domain_id).status().code(),
             absl::StatusCode::kNotFound);
+  // Paged: from inside the 6th page, 4 leaves; past the last leaf, none.
+  auto page = broker_->WalkDomain(Dev("gpu0"), m->domain_id, Iova(m->dma_addr + 5 * 4 * KiB + 123), 4);
+  ASSERT_TRUE(page.ok()) << page.status();
+  ASSERT_EQ(page->size(), 4u);
+  for (size_t i = 0; i < 4; ++i) EXPECT_EQ((*page)[i].iova, (*walk)[5 + i].iova);
+  auto past = broker_->WalkDomain(Dev("gpu0"), m->domain_id, Iova(m->dma_addr + 64 * KiB));
+  ASSERT_TRUE(past.ok());
+  EXPECT_TRUE(past->empty());
   TranslateResult t = Tr("gpu0", m->dma_addr, 64 * KiB, Read());
   ASSERT_FALSE(t.faulted);
   ASSERT_EQ(t.pages.size(), 16u);

@@ -30,6 +30,7 @@ constexpr MethodInfo kMethods[kNumMethods] = {
     {"iommu.v1.Domains", "AttachDevice", RpcType::kUnary},
     {"iommu.v1.Domains", "DetachDevice", RpcType::kUnary},
     {"iommu.v1.Domains", "GetIovaRanges", RpcType::kUnary},
+    {"iommu.v1.Domains", "WalkDomain", RpcType::kUnary},
     {"iommu.v1.Devices", "ListIommus", RpcType::kUnary},
     {"iommu.v1.Devices", "ListDevices", RpcType::kUnary},
     {"iommu.v1.Devices", "Translate", RpcType::kUnary},

@@ -38,7 +38,7 @@ enum class Method : int {
   kAllocBuffer, kFreeBuffer, kGetBuffer,
   // iommu.v1.Domains
   kCreateDomain, kDestroyDomain, kGetDomain, kListDomains, kAttachDevice, kDetachDevice,
-  kGetIovaRanges,
+  kGetIovaRanges, kWalkDomain,
   // iommu.v1.Devices
   kListIommus, kListDevices, kTranslate, kTranslateBatch, kWatchFaults,
   // iommu.v1.Sessions

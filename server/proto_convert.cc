@@ -296,6 +296,21 @@ void ToProto(const core::IovaRangesResult& ranges, v1::GetIovaRangesResponse* ou
   }
 }
 
+void ToProto(const core::PgtableMapping& leaf, v1::PageTableLeaf* out) {
+  out->set_iova(leaf.iova.value());
+  out->set_phys_addr(leaf.phys.value());
+  out->set_size_bytes(leaf.size_bytes);
+  const uint8_t g = leaf.grant.bits();
+  out->set_read(g & core::Grant::kReadUnpriv);
+  out->set_write(g & core::Grant::kWriteUnpriv);
+  out->set_exec(g & core::Grant::kExecUnpriv);
+  out->set_privileged_read(g & core::Grant::kReadPriv);
+  out->set_privileged_write(g & core::Grant::kWritePriv);
+  out->set_privileged_exec(g & core::Grant::kExecPriv);
+  out->set_mmio(core::Has(leaf.prot, core::Prot::kMmio));
+  out->set_cacheable(core::Has(leaf.prot, core::Prot::kCache));
+}
+
 v1::FaultType FaultTypeToProto(core::FaultType type) {
   switch (type) {
     case core::FaultType::kTranslation: return v1::FAULT_TYPE_TRANSLATION;

@@ -56,6 +56,7 @@ void ToProto(const core::MsiCookieResult& result, v1::MsiCookieResponse* out);
 void ToProto(const core::BufferInfo& buffer, v1::Buffer* out);
 void ToProto(const core::DomainInfo& domain, v1::Domain* out);
 void ToProto(const core::IovaRangesResult& ranges, v1::GetIovaRangesResponse* out);
+void ToProto(const core::PgtableMapping& leaf, v1::PageTableLeaf* out);
 void ToProto(const core::TranslateResult& result, v1::TranslateResponse* out);
 void ToProto(const core::TranslateResult& result, v1::TranslateOpResult* out);
 void ToProto(const core::DeviceInfo& device, v1::DeviceInfo* out);

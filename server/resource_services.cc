@@ -1,5 +1,6 @@
 #include "server/resource_services.h"
 
+#include "core/errors.h"
 #include "core/status_macros.h"
 #include "server/proto_convert.h"
 
@@ -122,6 +123,30 @@ ServerUnaryReactor* DomainsService::GetIovaRanges(CallbackServerContext* context
                       ASSIGN_OR_RETURN(core::IovaRangesResult ranges,
                                        env_.broker->GetIovaRanges(caller, caller.device));
                       ToProto(ranges, response);
+                      return absl::OkStatus();
+                    });
+}
+
+ServerUnaryReactor* DomainsService::WalkDomain(CallbackServerContext* context,
+                                               const v1::WalkDomainRequest* request,
+                                               v1::WalkDomainResponse* response) {
+  return ServeUnary(env_, context, Method::kWalkDomain, request->device(),
+                    [&](const core::Caller& caller) -> absl::Status {
+                      constexpr uint32_t kDefaultLeaves = 4096, kMaxLeaves = 65536;
+                      const uint32_t max = request->max_leaves() == 0 ? kDefaultLeaves : request->max_leaves();
+                      if (max > kMaxLeaves) {
+                        return core::InvalidField("max_leaves", max, "at most 65536 leaves per call");
+                      }
+                      // One leaf more than asked tells whether the walk goes on.
+                      ASSIGN_OR_RETURN(std::vector<core::PgtableMapping> leaves,
+                                       env_.broker->WalkDomain(caller, request->domain_id(),
+                                                               core::Iova(request->start_iova()), max + 1));
+                      response->set_domain_id(request->domain_id());
+                      if (leaves.size() > max) {
+                        response->set_next_iova(leaves[max].iova.value());
+                        leaves.resize(max);
+                      }
+                      for (const core::PgtableMapping& leaf : leaves) ToProto(leaf, response->add_leaves());
                       return absl::OkStatus();
                     });
 }

@@ -54,6 +54,9 @@ class DomainsService final : public v1::Domains::CallbackService {
   grpc::ServerUnaryReactor* GetIovaRanges(grpc::CallbackServerContext* context,
                                           const v1::GetIovaRangesRequest* request,
                                           v1::GetIovaRangesResponse* response) override;
+  grpc::ServerUnaryReactor* WalkDomain(grpc::CallbackServerContext* context,
+                                       const v1::WalkDomainRequest* request,
+                                       v1::WalkDomainResponse* response) override;
 
  private:
   ServiceEnv env_;

@@ -231,6 +231,19 @@ TEST_F(BadInputTest, EveryFamilyGetsItsCodeAndLeavesNoTrace) {
                      v1::GetDomainResponse out;
                      return s.domains->GetDomain(Ctx().get(), r, &out);
                    }, StatusCode::NOT_FOUND});
+  cases.push_back({"walk_domain unknown", [&] {
+                     v1::WalkDomainRequest r;
+                     r.set_domain_id(999999);
+                     v1::WalkDomainResponse out;
+                     return s.domains->WalkDomain(Ctx().get(), r, &out);
+                   }, StatusCode::NOT_FOUND});
+  cases.push_back({"walk_domain too many leaves", [&] {
+                     v1::WalkDomainRequest r;
+                     r.set_domain_id(1);
+                     r.set_max_leaves(65537);
+                     v1::WalkDomainResponse out;
+                     return s.domains->WalkDomain(Ctx().get(), r, &out);
+                   }, StatusCode::INVALID_ARGUMENT});
   cases.push_back({"get_iova_ranges unknown device", [&] {
                      v1::GetIovaRangesRequest r;
                      r.set_device("nosuch0");

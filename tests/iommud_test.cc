@@ -163,6 +163,26 @@ TEST_P(EveryRpcTest, ServesEveryRpc) {
   ASSERT_OK(s.dma->MapAt(Ctx().get(), at, &at_out));
   EXPECT_EQ(at_out.domain_id(), domain_id);
   EXPECT_CODE(s.dma->MapAt(Ctx().get(), at, &at_out), ALREADY_EXISTS);
+  // The page table now holds exactly the four 4 KiB leaves MapAt wrote;
+  // walked two at a time, the pages chain through next_iova.
+  v1::WalkDomainRequest walk;
+  walk.set_device("nic0");
+  walk.set_domain_id(domain_id);
+  walk.set_max_leaves(2);
+  std::vector<uint64_t> leaf_iovas;
+  for (int page = 0; page < 3; ++page) {
+    v1::WalkDomainResponse walked;
+    ASSERT_OK(s.domains->WalkDomain(Ctx().get(), walk, &walked));
+    EXPECT_EQ(walked.domain_id(), domain_id);
+    for (const v1::PageTableLeaf& leaf : walked.leaves()) {
+      leaf_iovas.push_back(leaf.iova());
+      EXPECT_EQ(leaf.size_bytes(), 4096u);
+      EXPECT_TRUE(leaf.read() && leaf.write()) << leaf.ShortDebugString();
+    }
+    if (walked.next_iova() == 0) break;
+    walk.set_start_iova(walked.next_iova());
+  }
+  EXPECT_EQ(leaf_iovas, (std::vector<uint64_t>{0x100000, 0x101000, 0x102000, 0x103000}));
   v1::UnmapRangeRequest ur;
   ur.set_device("nic0");
   ur.set_iova(0x100000);

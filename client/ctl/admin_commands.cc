@@ -2,6 +2,7 @@
 #include <utility>
 
 #include "client/ctl/command.h"
+#include "client/status.h"
 
 namespace iommu::client::ctl {
 namespace {
@@ -16,6 +17,18 @@ absl::StatusOr<Req> ByDomainId(Context&, Args& args) {
   Req r;
   ASSIGN_OR_RETURN(uint64_t domain, args.U64("domain"));
   r.set_domain_id(domain);
+  return r;
+}
+
+absl::StatusOr<v1::WalkDomainRequest> WalkDomainFlags(Context&, Args& args) {
+  v1::WalkDomainRequest r;
+  ASSIGN_OR_RETURN(uint64_t domain, args.U64("domain"));
+  ASSIGN_OR_RETURN(uint64_t start, args.U64Or("start", 0));
+  ASSIGN_OR_RETURN(uint64_t max, args.U64Or("max_leaves", 0));
+  if (max > UINT32_MAX) return InvalidField("--max_leaves", max, "at most 65536 leaves per call");
+  r.set_domain_id(domain);
+  r.set_start_iova(start);
+  r.set_max_leaves(static_cast<uint32_t>(max));
   return r;
 }
 
@@ -75,6 +88,9 @@ std::vector<Command> AdminCommands() {
       Rpc<v1::GetIovaRangesRequest, v1::GetIovaRangesResponse>(
           "iova-ranges", "  usable IOVA ranges and reserved regions of the device's domain",
           Empty<v1::GetIovaRangesRequest>, &Client::GetIovaRanges),
+      Rpc<v1::WalkDomainRequest, v1::WalkDomainResponse>(
+          "walk-domain", "--domain=ID [--start=IOVA] [--max_leaves=N]  page-table leaves in IOVA order (paged)",
+          WalkDomainFlags, &Client::WalkDomain),
       Rpc<v1::ListIommusRequest, v1::ListIommusResponse>("list-iommus", "  the SMMU instances",
                                                          Empty<v1::ListIommusRequest>, &Client::ListIommus),
       Rpc<v1::ListDevicesRequest, v1::ListDevicesResponse>(

@@ -78,8 +78,41 @@ absl::Status WatchFaults(Context& ctx, Args& args) {
   return status;
 }
 
+// "rw-/rw-": what unprivileged / privileged accesses may do.
+std::string Perm(const v1::PageTableLeaf& l) {
+  return absl::StrCat(l.read() ? "r" : "-", l.write() ? "w" : "-", l.exec() ? "x" : "-", "/",
+                      l.privileged_read() ? "r" : "-", l.privileged_write() ? "w" : "-",
+                      l.privileged_exec() ? "x" : "-");
+}
+
+std::string Attr(const v1::PageTableLeaf& l) { return l.mmio() ? "mmio" : (l.cacheable() ? "cached" : "normal"); }
+
+// Consecutive leaves that continue each other in IOVA and physical address,
+// with the same permissions and attributes, as one run.
+struct LeafRun {
+  v1::PageTableLeaf first;
+  uint64_t size_bytes = 0;
+  uint64_t leaves = 0;
+  uint64_t leaf_size = 0;  // 0 when the run mixes leaf sizes
+};
+
+void AddLeaf(std::vector<LeafRun>& runs, const v1::PageTableLeaf& l) {
+  if (!runs.empty()) {
+    LeafRun& r = runs.back();
+    if (r.first.iova() + r.size_bytes == l.iova() && r.first.phys_addr() + r.size_bytes == l.phys_addr() &&
+        Perm(r.first) == Perm(l) && Attr(r.first) == Attr(l)) {
+      r.size_bytes += l.size_bytes();
+      ++r.leaves;
+      if (r.leaf_size != l.size_bytes()) r.leaf_size = 0;
+      return;
+    }
+  }
+  runs.push_back({l, l.size_bytes(), 1, l.size_bytes()});
+}
+
 absl::Status Dump(Context& ctx, Args& args) {
   ASSIGN_OR_RETURN(std::optional<uint64_t> domain_flag, args.OptionalU64("domain"));
+  ASSIGN_OR_RETURN(uint64_t max_leaves, args.U64Or("max_leaves", 65536));
   const std::string iovas = args.StringOr("iova", "");
   ASSIGN_OR_RETURN(uint64_t length, args.U64Or("length", 4096));
   ASSIGN_OR_RETURN(bool write, args.Bool("write"));
@@ -99,6 +132,28 @@ absl::Status Dump(Context& ctx, Args& args) {
   v1::DomainStats domain_stats;
   for (const v1::DomainStats& d : stats.domains()) {
     if (d.domain_id() == domain_id) domain_stats = d;
+  }
+
+  // The page table, walked in pages of leaves (at most --max_leaves; 0: all).
+  std::vector<LeafRun> runs;
+  uint64_t leaves_seen = 0;
+  bool leaves_truncated = false;
+  for (uint64_t start = 0;;) {
+    v1::WalkDomainRequest w;
+    w.set_domain_id(domain_id);
+    w.set_start_iova(start);
+    w.set_max_leaves(4096);
+    ASSIGN_OR_RETURN(v1::WalkDomainResponse page, ctx.client.WalkDomain(std::move(w)));
+    for (const v1::PageTableLeaf& l : page.leaves()) {
+      if (max_leaves != 0 && leaves_seen == max_leaves) {
+        leaves_truncated = true;
+        break;
+      }
+      AddLeaf(runs, l);
+      ++leaves_seen;
+    }
+    if (leaves_truncated || page.next_iova() == 0) break;
+    start = page.next_iova();
   }
 
   // The walk: each IOVA range translated through the device's SMMU (the
@@ -127,8 +182,17 @@ absl::Status Dump(Context& ctx, Args& args) {
   if (ctx.printer->json()) {
     std::vector<std::string> walk_json;
     for (const v1::TranslateResponse& w : walks) walk_json.push_back(ToJson(w));
+    std::vector<std::string> run_json;
+    for (const LeafRun& r : runs) {
+      run_json.push_back(absl::StrFormat(
+          "{\"iova\":\"%d\",\"phys_addr\":\"%d\",\"size_bytes\":\"%d\",\"leaves\":\"%d\","
+          "\"leaf_size_bytes\":\"%d\",\"perm\":\"%s\",\"attr\":\"%s\"}",
+          r.first.iova(), r.first.phys_addr(), r.size_bytes, r.leaves, r.leaf_size, Perm(r.first), Attr(r.first)));
+    }
     ctx.printer->out() << "{\"domain\":" << ToJson(domain.domain()) << ",\"stats\":" << ToJson(domain_stats)
-                       << ",\"walk\":[" << absl::StrJoin(walk_json, ",") << "]}\n";
+                       << ",\"mapped_runs\":[" << absl::StrJoin(run_json, ",") << "],\"leaves\":\"" << leaves_seen
+                       << "\",\"leaves_truncated\":" << (leaves_truncated ? "true" : "false") << ",\"walk\":["
+                       << absl::StrJoin(walk_json, ",") << "]}\n";
     return absl::OkStatus();
   }
   ctx.printer->Title(absl::StrCat("domain ", domain_id));
@@ -143,6 +207,14 @@ absl::Status Dump(Context& ctx, Args& args) {
                      << "table_bytes  " << domain_stats.pagetable().table_bytes() << "\n"
                      << "mapped_bytes " << Hex(domain_stats.pagetable().mapped_bytes()) << "\n";
   ctx.printer->Table({"LEAF_SIZE", "LEAVES"}, leaves);
+  ctx.printer->Title(absl::StrCat("mapped runs (", leaves_seen, " leaves", leaves_truncated ? ", truncated" : "", ")"));
+  std::vector<std::vector<std::string>> run_rows;
+  for (const LeafRun& r : runs) {
+    run_rows.push_back({Hex(r.first.iova()), Hex(r.first.iova() + r.size_bytes - 1), Hex(r.first.phys_addr()),
+                        Hex(r.size_bytes), absl::StrCat(r.leaves), r.leaf_size != 0 ? Hex(r.leaf_size) : "mixed",
+                        Perm(r.first), Attr(r.first)});
+  }
+  ctx.printer->Table({"IOVA", "IOVA_END", "PHYS", "SIZE", "LEAVES", "LEAF", "PERM(USER/PRIV)", "ATTR"}, run_rows);
   if (domain_stats.has_iova()) {
     ctx.printer->Title("iova allocator");
     ctx.printer->Print(domain_stats.iova());
@@ -177,8 +249,9 @@ std::vector<Command> InspectCommands() {
   return {
       {"watch-faults", "[--after_seq=N] [--count=N]  stream fault records until Ctrl-C or N records", WatchFaults},
       {"dump",
-       "[--domain=ID] [--iova=A,B,... [--length=N] [--write]]  a domain, its page-table and allocator stats, "
-       "and a walk of the given IOVAs through the device",
+       "[--domain=ID] [--max_leaves=N (0: all)] [--iova=A,B,... [--length=N] [--write]]  a domain, its "
+       "page-table and allocator stats, its mappings (page-table leaves merged into runs), and a walk of the "
+       "given IOVAs through the device",
        Dump},
       {"health",
        "[--service=NAME]  the gRPC health check of the daemon (or of one service): exit 0 only when SERVING",

@@ -113,7 +113,7 @@ TEST_F(IommuctlTest, HelpListsEverySubcommand) {
   const CtlResult r = RunCtl({"help"});
   for (const char* sub : {"map", "unmap", "map-sg", "unmap-sg", "alloc", "free", "get-sgtable", "msi-cookie",
                           "map-at", "unmap-range", "sync", "create-domain", "destroy-domain", "get-domain",
-                          "list-domains", "attach", "detach", "iova-ranges", "list-iommus", "list-devices",
+                          "list-domains", "attach", "detach", "iova-ranges", "walk-domain", "list-iommus", "list-devices",
                           "translate", "translate-batch", "alloc-buffer", "free-buffer", "get-buffer",
                           "open-session", "keepalive", "close-session", "stats", "watch-faults", "dump",
                           "simulate", "bench", "health"}) {

@@ -237,6 +237,18 @@ class Client:
         return self._call(self._domains.GetIovaRanges, pb.GetIovaRangesRequest(
             device=self.device), idempotent=True)
 
+    def walk_domain(self, domain_id: int, start_iova: int = 0, page_leaves: int = 4096):
+        """The domain's page-table leaves (pb.PageTableLeaf) in IOVA order, from
+        start_iova; a generator that fetches page_leaves at a time."""
+        while True:
+            page = self._call(self._domains.WalkDomain, pb.WalkDomainRequest(
+                device=self.device, domain_id=domain_id, start_iova=start_iova,
+                max_leaves=page_leaves), idempotent=True)
+            yield from page.leaves
+            if page.next_iova == 0:
+                return
+            start_iova = page.next_iova
+
     # --- Devices --------------------------------------------------------------
     def list_iommus(self):
         return list(self._call(self._devices.ListIommus, pb.ListIommusRequest(),

@@ -222,6 +222,13 @@ class DomainTest(SdkTestCase):
                             self.nic.unmap_range(0x4000_0000, PAGE)
                         t = self.nic.translate(0x4000_1000, 8)
                         self.assertEqual(t.pages[0].phys_addr, buf.runs[0].phys_addr + PAGE)
+                        # The walk (one leaf per call) holds the doorbell and both pages.
+                        leaves = [(l.iova, l.phys_addr, l.size_bytes, l.mmio)
+                                  for l in self.nic.walk_domain(dom.domain_id, page_leaves=1)]
+                        self.assertIn((0x4000_0000, buf.runs[0].phys_addr, PAGE, False), leaves)
+                        self.assertIn((0x4000_1000, buf.runs[0].phys_addr + PAGE, PAGE, False), leaves)
+                        self.assertIn(cookie.msi_addr & ~(PAGE - 1), [l[0] for l in leaves if l[3]])
+                        self.assertEqual(leaves, sorted(leaves))
                     self.assertTrue(rm.released)
                     self.assertEqual(self.nic.unmap_range(0x4000_0000, 2 * PAGE), 0)
                     with self.assertRaises(ib.FailedPrecondition):  # Map needs a DMA domain
