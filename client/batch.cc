@@ -2,6 +2,7 @@
 
 #include <utility>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
 #include "client/connection.h"
 #include "client/status.h"
@@ -14,6 +15,13 @@ void FillDevice(Req* request, const std::string& device) {
   if (request->device().empty()) request->set_device(device);
 }
 
+google::protobuf::ArenaOptions PendingArenaOptions() {
+  google::protobuf::ArenaOptions options;
+  options.start_block_size = size_t{64} << 10;
+  options.max_block_size = size_t{1} << 20;
+  return options;
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<BatchStream>> BatchStream::Open(const Client& client) {
@@ -22,7 +30,10 @@ absl::StatusOr<std::unique_ptr<BatchStream>> BatchStream::Open(const Client& cli
   return batch;
 }
 
-BatchStream::BatchStream(Client client) : client_(std::move(client)) {
+BatchStream::BatchStream(Client client)
+    : client_(std::move(client)),
+      pending_arena_(PendingArenaOptions()),
+      pending_(google::protobuf::Arena::CreateMessage<v1::BatchRequest>(&pending_arena_)) {
   client_.PrepareContext(&context_, absl::InfiniteDuration());
   stream_ = client_.connection()->dma->Batch(&context_);
   if (stream_ != nullptr) reader_ = std::thread([this] { ReadLoop(); });
@@ -42,39 +53,50 @@ size_t BatchStream::Add(v1::BatchOp op) {
       case v1::BatchOp::OP_NOT_SET: break;  // the daemon rejects it, naming the op
     }
   }
-  *pending_.add_ops() = std::move(op);
-  return pending_.ops_size() - 1;
+  *NewOp() = std::move(op);  // a copy onto the arena
+  return pending_->ops_size() - 1;
 }
+
+v1::BatchOp* BatchStream::NewOp() { return pending_->add_ops(); }
 
 size_t BatchStream::AddMap(uint64_t buffer_id, uint64_t offset_bytes, uint64_t length_bytes,
-                           v1::DmaDirection direction) {
-  v1::BatchOp op;
-  v1::MapRequest* map = op.mutable_map();
-  map->mutable_mem()->set_buffer_id(buffer_id);
-  map->mutable_mem()->set_offset_bytes(offset_bytes);
-  map->mutable_mem()->set_length_bytes(length_bytes);
+                           v1::DmaDirection direction, absl::string_view device) {
+  v1::MapRequest* map = NewOp()->mutable_map();
+  if (const absl::string_view d = DeviceOr(device); !d.empty()) map->set_device(d.data(), d.size());
+  v1::MemRef* mem = map->mutable_mem();
+  mem->set_buffer_id(buffer_id);
+  mem->set_offset_bytes(offset_bytes);
+  mem->set_length_bytes(length_bytes);
   map->set_direction(direction);
-  return Add(std::move(op));
+  return pending_->ops_size() - 1;
 }
 
-size_t BatchStream::AddUnmap(uint64_t dma_addr) {
-  v1::BatchOp op;
-  op.mutable_unmap()->set_dma_addr(dma_addr);
-  return Add(std::move(op));
+size_t BatchStream::AddUnmap(uint64_t dma_addr, absl::string_view device) {
+  v1::UnmapRequest* unmap = NewOp()->mutable_unmap();
+  if (const absl::string_view d = DeviceOr(device); !d.empty()) unmap->set_device(d.data(), d.size());
+  unmap->set_dma_addr(dma_addr);
+  return pending_->ops_size() - 1;
 }
 
-size_t BatchStream::AddTranslate(uint64_t iova, uint64_t length_bytes, v1::AccessKind access) {
-  v1::BatchOp op;
-  v1::TranslateOp* t = op.mutable_translate();
+size_t BatchStream::AddTranslate(uint64_t iova, uint64_t length_bytes, v1::AccessKind access,
+                                 absl::string_view device) {
+  v1::TranslateOp* t = NewOp()->mutable_translate();
+  if (const absl::string_view d = DeviceOr(device); !d.empty()) t->set_device(d.data(), d.size());
   t->set_iova(iova);
   t->set_length_bytes(length_bytes);
   t->set_access(access);
-  return Add(std::move(op));
+  return pending_->ops_size() - 1;
 }
 
 BatchStream::ResponseFuture BatchStream::Send() {
-  v1::BatchRequest request = std::exchange(pending_, v1::BatchRequest());
-  request.set_sequence(next_sequence_++);
+  const uint64_t sequence = next_sequence_++;
+  pending_->set_sequence(sequence);
+  // Write serialises the message before it returns; then the arena (and the
+  // pending message with it) starts over, whatever happens below.
+  auto reset = absl::MakeCleanup([this] {
+    pending_arena_.Reset();
+    pending_ = google::protobuf::Arena::CreateMessage<v1::BatchRequest>(&pending_arena_);
+  });
   std::promise<absl::StatusOr<v1::BatchResponse>> promise;
   ResponseFuture future = promise.get_future();
   absl::MutexLock write_lock(&write_mu_);
@@ -84,9 +106,9 @@ BatchStream::ResponseFuture BatchStream::Send() {
       promise.set_value(closed_ ? absl::FailedPreconditionError("Batch: the stream is closed") : broken_);
       return future;
     }
-    outstanding_.push_back({request.sequence(), std::move(promise)});
+    outstanding_.push_back({sequence, std::move(promise)});
   }
-  if (!stream_->Write(request)) {
+  if (!stream_->Write(*pending_)) {
     // The stream is gone; the reader sees the end and fails what is outstanding.
     context_.TryCancel();
   }

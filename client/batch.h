@@ -14,6 +14,10 @@
 // every outstanding and later future yields the error; Close() returns the
 // stream's final status.
 //
+// The pending message lives on a protobuf arena that is reset once the
+// message is written: AddMap/AddUnmap/AddTranslate build their operation in
+// place, so queueing costs no heap allocation per operation (Add() copies).
+//
 // Thread-compatible: one thread queues and sends; a reader thread inside
 // completes the futures.
 #ifndef IOMMU_CLIENT_BATCH_H_
@@ -28,9 +32,11 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "client/client.h"
 #include "client/status.h"  // BatchResultStatus
+#include "google/protobuf/arena.h"
 #include "grpcpp/client_context.h"
 #include "grpcpp/support/sync_stream.h"
 
@@ -45,12 +51,14 @@ class BatchStream {
   BatchStream& operator=(const BatchStream&) = delete;
   ~BatchStream();
 
-  // Queue one operation; the device of its request defaults to the client's.
+  // Queue one operation; the device of its request defaults to the client's
+  // (`device`, when given, names it instead).
   size_t Add(v1::BatchOp op);
-  size_t AddMap(uint64_t buffer_id, uint64_t offset_bytes, uint64_t length_bytes, v1::DmaDirection direction);
-  size_t AddUnmap(uint64_t dma_addr);
-  size_t AddTranslate(uint64_t iova, uint64_t length_bytes, v1::AccessKind access);
-  size_t pending() const { return static_cast<size_t>(pending_.ops_size()); }
+  size_t AddMap(uint64_t buffer_id, uint64_t offset_bytes, uint64_t length_bytes, v1::DmaDirection direction,
+                absl::string_view device = {});
+  size_t AddUnmap(uint64_t dma_addr, absl::string_view device = {});
+  size_t AddTranslate(uint64_t iova, uint64_t length_bytes, v1::AccessKind access, absl::string_view device = {});
+  size_t pending() const { return static_cast<size_t>(pending_->ops_size()); }
 
   // Sends the pending operations as one message (an empty one too).
   ResponseFuture Send();
@@ -67,13 +75,21 @@ class BatchStream {
   };
 
   explicit BatchStream(Client client);
+  // A new operation at the end of the pending message, and the device its
+  // request names.
+  v1::BatchOp* NewOp();
+  absl::string_view DeviceOr(absl::string_view device) const {
+    return device.empty() ? absl::string_view(client_.device()) : device;
+  }
   void ReadLoop();
   void FailOutstanding(const absl::Status& status) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const Client client_;
   grpc::ClientContext context_;
   std::unique_ptr<grpc::ClientReaderWriter<v1::BatchRequest, v1::BatchResponse>> stream_;
-  v1::BatchRequest pending_;  // owned by the sending thread
+  // Owned by the sending thread: the pending message, on pending_arena_.
+  google::protobuf::Arena pending_arena_;
+  v1::BatchRequest* pending_;
   uint64_t next_sequence_ = 1;
   bool closed_ = false;
   absl::Status final_status_;

@@ -6,6 +6,7 @@
 
 #include <cstdlib>
 #include <fstream>
+#include <set>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
@@ -318,6 +319,58 @@ TEST_F(ClientIntegrationTest, BatchResultsComeBackInOrder) {
   EXPECT_TRUE(BatchResultStatus(r3->results(1)).ok());
   EXPECT_TRUE(batch->Close().ok());
   EXPECT_EQ(batch->Flush().status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(Device("nic0").mappings(), 0u);
+}
+
+// Messages far larger than both sides' first arena blocks (the daemon grows
+// its block between messages, the SDK resets its arena after each Send), then
+// a small one and a large one again: every result exact, in order.
+TEST_F(ClientIntegrationTest, LargeBatchesBetweenSmallOnesStayExact) {
+  constexpr int kMaps = 3000;  // ~0.5 MiB of request, well past 64 KiB
+  Client nic = Connect("nic0");
+  ASSERT_OK_AND_ASSIGN(buffer, nic.AllocBufferScoped(2 * 4096, v1::PLACEMENT_CONTIGUOUS));
+  ASSERT_OK_AND_ASSIGN(batch, BatchStream::Open(nic));
+  for (int i = 0; i < kMaps; ++i) {
+    // Half name the device explicitly, half take the client's: the same op.
+    EXPECT_EQ(batch->AddMap(buffer.id(), (i % 2) * 4096, 4096, v1::DMA_DIRECTION_TO_DEVICE,
+                            i % 2 ? "nic0" : ""),
+              static_cast<size_t>(i));
+  }
+  ASSERT_OK_AND_ASSIGN(maps, batch->Flush());
+  EXPECT_EQ(batch->pending(), 0u);
+  ASSERT_EQ(maps.results_size(), kMaps);
+  std::set<uint64_t> dma_addrs;
+  for (const v1::BatchResult& r : maps.results()) {
+    ASSERT_TRUE(BatchResultStatus(r).ok()) << r.message();
+    dma_addrs.insert(r.map().dma_addr());
+  }
+  EXPECT_EQ(dma_addrs.size(), static_cast<size_t>(kMaps));
+  EXPECT_EQ(Device("nic0").mappings(), static_cast<uint64_t>(kMaps));
+
+  batch->AddTranslate(maps.results(1).map().dma_addr(), 4096, v1::ACCESS_KIND_READ);
+  ASSERT_OK_AND_ASSIGN(small, batch->Flush());
+  ASSERT_EQ(small.results_size(), 1);
+  EXPECT_FALSE(small.results(0).translate().faulted());
+  EXPECT_EQ(small.results(0).translate().phys_addr() % 4096, 0u);
+
+  for (int i = 0; i < kMaps; ++i) {
+    batch->AddUnmap(maps.results(i).map().dma_addr(), i % 2 ? "nic0" : "");
+    if (i == kMaps / 2) batch->AddUnmap(0xdead000);  // not mapped: fails alone
+  }
+  ASSERT_OK_AND_ASSIGN(unmaps, batch->Flush());
+  ASSERT_EQ(unmaps.results_size(), kMaps + 1);
+  for (int i = 0; i < unmaps.results_size(); ++i) {
+    const absl::Status s = BatchResultStatus(unmaps.results(i));
+    if (i == kMaps / 2 + 1) {
+      EXPECT_EQ(s.code(), absl::StatusCode::kNotFound) << s;
+      EXPECT_NE(s.message().find("dma_addr"), absl::string_view::npos) << s;
+    } else {
+      EXPECT_TRUE(s.ok()) << i << ": " << s;
+    }
+  }
+  EXPECT_LT(maps.sequence(), small.sequence());
+  EXPECT_LT(small.sequence(), unmaps.sequence());
+  EXPECT_TRUE(batch->Close().ok());
   EXPECT_EQ(Device("nic0").mappings(), 0u);
 }
 

@@ -165,7 +165,7 @@ absl::StatusOr<SgTableResult> Broker::GetSgTable(const Caller& caller, const std
     out.size_bytes += p.size_bytes;
   }
   if (want_export_token) {
-    std::vector<uint64_t> ids = m->buffer_refs;
+    std::vector<uint64_t> ids(m->buffer_refs.begin(), m->buffer_refs.end());
     if (m->owned_buffer_id != 0) ids.push_back(m->owned_buffer_id);
     if (ids.empty()) {
       return FieldError(absl::StatusCode::kFailedPrecondition, "dma_addr", dma_addr,

@@ -83,7 +83,7 @@ void BrokerImpl::FreeIovaLocked(Domain& d, Iova iova, uint64_t size_bytes) {
 }
 
 absl::Status BrokerImpl::MapPiecesLocked(Domain& d,
-                                         const std::vector<std::pair<Iova, PhysRun>>& ranges,
+                                         absl::Span<const std::pair<Iova, PhysRun>> ranges,
                                          Prot prot) {
   for (size_t i = 0; i < ranges.size(); ++i) {
     const auto& [iova, run] = ranges[i];
@@ -213,7 +213,8 @@ absl::StatusOr<MapResult> Broker::Map(const Caller& caller, const MapRequest& re
   if (d->type != DomainType::kDma && d->type != DomainType::kDmaFq) {
     return BrokerImpl::NeedsIovaCookie(*d, "Map");
   }
-  ASSIGN_OR_RETURN(auto mem, impl_->ResolveAndRef(caller, *dev, request.mem, "mem"));
+  BrokerImpl::ResolvedMem mem;
+  RETURN_IF_ERROR(impl_->ResolveAndRef(caller, *dev, request.mem, "mem", &mem));
   auto fail = [&](absl::Status s) {
     impl_->DropRefs(mem.buffers);
     return s;
@@ -256,7 +257,7 @@ absl::StatusOr<MapResult> Broker::Map(const Caller& caller, const MapRequest& re
                     .prot = impl_->ProtFor(*dev, request.direction, request.attrs),
                     .buffer_refs = mem.buffers,
                     .mapped_bytes = request.mem.length_bytes};
-  std::vector<std::pair<Iova, PhysRun>> ranges;
+  internal::InlinedOne<std::pair<Iova, PhysRun>> ranges;
   Iova at = *iova;
   for (const PhysRun& r : mem.runs) {
     const uint64_t lo = AlignDown(r.start.value(), g);
@@ -343,17 +344,20 @@ absl::StatusOr<MapSgResult> Broker::MapSg(const Caller& caller, const MapSgReque
   } else {
     for (size_t i = 0; i < request.segments.size(); ++i) {
       const std::string field = absl::StrFormat("segments[%d]", i);
-      auto mem = impl_->ResolveAndRef(caller, *dev, request.segments[i], field);
-      if (!mem.ok()) return fail(mem.status());
-      refs.insert(refs.end(), mem->buffers.begin(), mem->buffers.end());
-      if (mem->runs.size() != 1) {
+      BrokerImpl::ResolvedMem mem;
+      if (absl::Status s = impl_->ResolveAndRef(caller, *dev, request.segments[i], field, &mem);
+          !s.ok()) {
+        return fail(s);
+      }
+      refs.insert(refs.end(), mem.buffers.begin(), mem.buffers.end());
+      if (mem.runs.size() != 1) {
         return fail(FieldError(absl::StatusCode::kInvalidArgument, field + ".length_bytes",
                                request.segments[i].length_bytes,
                                absl::StrFormat("a scatterlist entry must be physically "
                                                "contiguous; this one spans %d runs of its buffer",
-                                               mem->runs.size())));
+                                               mem.runs.size())));
       }
-      segs.push_back({mem->runs[0].start, mem->runs[0].size_bytes});
+      segs.push_back({mem.runs[0].start, mem.runs[0].size_bytes});
     }
   }
   const SgDeviceLimits limits{.max_segment_size_bytes = dev->config.max_segment_size_bytes,
@@ -383,7 +387,7 @@ absl::StatusOr<MapSgResult> Broker::MapSg(const Caller& caller, const MapSgReque
                     .iova_from_allocator = true,
                     .dma_offset = layout->dma_segments.front().iova_offset,
                     .prot = impl_->ProtFor(*dev, request.direction, request.attrs),
-                    .buffer_refs = refs,
+                    .buffer_refs = {refs.begin(), refs.end()},
                     .mapped_bytes = total};
   std::vector<std::pair<Iova, PhysRun>> ranges;
   for (size_t i = 0; i < layout->map_ranges.size(); ++i) {

@@ -10,6 +10,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
+#include "absl/types/span.h"
 #include "absl/synchronization/mutex.h"
 #include "core/broker.h"
 #include "core/broker_internal.h"
@@ -61,14 +62,15 @@ class BrokerImpl {
   // the check (so a buffer cannot be freed between check and map). On any
   // later failure the caller drops them with DropRefs.
   struct ResolvedMem {
-    std::vector<PhysRun> runs;      // physically contiguous, in order
-    std::vector<uint64_t> buffers;  // buffer ids referenced (one ref each)
+    internal::InlinedOne<PhysRun> runs;      // physically contiguous, in order
+    internal::InlinedOne<uint64_t> buffers;  // buffer ids referenced (one ref each)
   };
-  absl::StatusOr<ResolvedMem> ResolveAndRef(const Caller& caller, const DeviceState& dev,
-                                            const MemRef& mem, const std::string& field)
+  // `out` must be empty; on failure it stays empty and nothing is referenced.
+  absl::Status ResolveAndRef(const Caller& caller, const DeviceState& dev, const MemRef& mem,
+                             const std::string& field, ResolvedMem* out)
       ABSL_LOCKS_EXCLUDED(buffers_mu_);
-  void AddRefs(const std::vector<uint64_t>& buffers) ABSL_LOCKS_EXCLUDED(buffers_mu_);
-  void DropRefs(const std::vector<uint64_t>& buffers) ABSL_LOCKS_EXCLUDED(buffers_mu_);
+  void AddRefs(absl::Span<const uint64_t> buffers) ABSL_LOCKS_EXCLUDED(buffers_mu_);
+  void DropRefs(absl::Span<const uint64_t> buffers) ABSL_LOCKS_EXCLUDED(buffers_mu_);
   absl::Status FreeBufferLocked(uint64_t buffer_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(buffers_mu_);
   // Allocates pages for a new buffer of `dev`, charging its buffer quotas.
   absl::StatusOr<internal::Buffer*> NewBufferLocked(DeviceState& dev, uint64_t session_id,
@@ -85,7 +87,7 @@ class BrokerImpl {
   // --- mapping core (domain lock held) ---------------------------------------
   // Maps the pieces at consecutive granule-aligned IOVAs from `iova`; on
   // failure unmaps what it mapped and returns the error.
-  absl::Status MapPiecesLocked(Domain& d, const std::vector<std::pair<Iova, PhysRun>>& ranges,
+  absl::Status MapPiecesLocked(Domain& d, absl::Span<const std::pair<Iova, PhysRun>> ranges,
                                Prot prot) ABSL_EXCLUSIVE_LOCKS_REQUIRED(d.mu);
   // Removes a mapping: page table, IOTLB (strict) or flush queue (lazy),
   // IOVA, buffer references, quota. The record must be in d.mappings.

@@ -14,6 +14,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
+#include "absl/container/inlined_vector.h"
 #include "absl/synchronization/mutex.h"
 #include "core/broker_types.h"
 #include "core/flush_queue.h"
@@ -47,6 +48,12 @@ struct MappedPiece {
 
 enum class MappingKind { kMap, kMapSg, kAlloc, kMapAt, kMsi, kImport };
 
+// Most mappings are one physically contiguous piece of one buffer: one
+// element lives inline, so a record costs its map node and no other heap
+// allocation.
+template <typename T>
+using InlinedOne = absl::InlinedVector<T, 1>;
+
 // One mapping (one IOVA allocation, or one MapAt range) in a domain.
 struct MappingRecord {
   uint64_t mapping_id = 0;
@@ -59,9 +66,9 @@ struct MappingRecord {
   uint64_t dma_offset = 0;   // dma_addr - iova
   Prot prot = Prot::kNone;
   // Granule-aligned ranges actually written to the page table.
-  std::vector<std::pair<Iova, uint64_t>> pt_ranges;
-  std::vector<MappedPiece> pieces;        // in IOVA order
-  std::vector<uint64_t> buffer_refs;      // buffers holding one reference each
+  InlinedOne<std::pair<Iova, uint64_t>> pt_ranges;
+  InlinedOne<MappedPiece> pieces;         // in IOVA order
+  InlinedOne<uint64_t> buffer_refs;       // buffers holding one reference each
   uint64_t owned_buffer_id = 0;           // Alloc: freed with the mapping
   uint64_t mapped_bytes = 0;              // charged to the device's quota
   std::vector<DmaSegment> segments;       // MapSg result, for GetSgTable/Get

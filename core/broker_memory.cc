@@ -23,7 +23,8 @@ bool TryCharge(std::atomic<uint64_t>& counter, uint64_t amount, uint64_t limit) 
 }
 
 // Appends `run` to `runs`, merging with the last run when physically adjacent.
-void AppendMerged(std::vector<PhysRun>& runs, PhysRun run) {
+template <typename Runs>
+void AppendMerged(Runs& runs, PhysRun run) {
   if (!runs.empty() && runs.back().start + runs.back().size_bytes == run.start) {
     runs.back().size_bytes += run.size_bytes;
   } else {
@@ -55,12 +56,11 @@ void BrokerImpl::RefundMapping(DeviceState& dev, uint64_t bytes) {
   dev.mapped_bytes.fetch_sub(bytes, std::memory_order_relaxed);
 }
 
-absl::StatusOr<BrokerImpl::ResolvedMem> BrokerImpl::ResolveAndRef(const Caller& caller,
-                                                                  const DeviceState& dev,
-                                                                  const MemRef& mem,
-                                                                  const std::string& field) {
+absl::Status BrokerImpl::ResolveAndRef(const Caller& caller, const DeviceState& dev,
+                                       const MemRef& mem, const std::string& field,
+                                       ResolvedMem* out) {
+  assert(out->runs.empty() && out->buffers.empty());
   if (mem.length_bytes == 0) return InvalidField(field + ".length_bytes", 0, "must be non-zero");
-  ResolvedMem out;
   if (mem.buffer_id == 0) {
     if (!caller.admin) {
       return FieldError(absl::StatusCode::kPermissionDenied, field + ".phys_addr",
@@ -74,8 +74,8 @@ absl::StatusOr<BrokerImpl::ResolvedMem> BrokerImpl::ResolveAndRef(const Caller& 
       return OutOfRangeField(field + ".phys_addr", mem.phys.value(),
                              "not inside one RAM or MMIO region");
     }
-    out.runs.push_back({mem.phys, mem.length_bytes});
-    return out;
+    out->runs.push_back({mem.phys, mem.length_bytes});
+    return absl::OkStatus();
   }
   absl::MutexLock l(&buffers_mu_);
   auto it = buffers_.find(mem.buffer_id);
@@ -102,22 +102,22 @@ absl::StatusOr<BrokerImpl::ResolvedMem> BrokerImpl::ResolveAndRef(const Caller& 
     if (run_end > mem.offset_bytes && pos < end) {
       const uint64_t from = std::max(pos, mem.offset_bytes);
       const uint64_t to = std::min(run_end, end);
-      AppendMerged(out.runs, {r.start + (from - pos), to - from});
+      AppendMerged(out->runs, {r.start + (from - pos), to - from});
     }
     pos = run_end;
     if (pos >= end) break;
   }
-  out.buffers.push_back(mem.buffer_id);
+  out->buffers.push_back(mem.buffer_id);
   ++b.map_refs;  // held until the mapping goes, or dropped by the caller on failure
-  return out;
+  return absl::OkStatus();
 }
 
-void BrokerImpl::AddRefs(const std::vector<uint64_t>& buffers) {
+void BrokerImpl::AddRefs(absl::Span<const uint64_t> buffers) {
   absl::MutexLock l(&buffers_mu_);
   for (uint64_t id : buffers) ++buffers_.at(id).map_refs;
 }
 
-void BrokerImpl::DropRefs(const std::vector<uint64_t>& buffers) {
+void BrokerImpl::DropRefs(absl::Span<const uint64_t> buffers) {
   absl::MutexLock l(&buffers_mu_);
   for (uint64_t id : buffers) {
     auto& b = buffers_.at(id);

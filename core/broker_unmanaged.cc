@@ -45,7 +45,8 @@ absl::StatusOr<MapResult> Broker::MapAt(const Caller& caller, const std::string&
                            absl::StrFormat("range must lie in [%#x, %#x] (aperture and DMA mask)",
                                            d->aperture_start, limit));
   }
-  ASSIGN_OR_RETURN(auto res, impl_->ResolveAndRef(caller, *dev, mem, "mem"));
+  BrokerImpl::ResolvedMem res;
+  RETURN_IF_ERROR(impl_->ResolveAndRef(caller, *dev, mem, "mem", &res));
   auto fail = [&](absl::Status s) {
     impl_->DropRefs(res.buffers);
     return s;

@@ -1,5 +1,7 @@
 #include "server/batch_reactor.h"
 
+#include <algorithm>
+
 #include "core/status_macros.h"
 #include "server/proto_convert.h"
 
@@ -26,11 +28,32 @@ BatchReactor::BatchReactor(const ServiceEnv& env, grpc::CallbackServerContext* c
     FinishWith(Draining());
     return;
   }
+  ResetArena();
   {
     absl::MutexLock l(&mu_);
     reading_ = true;
   }
-  StartRead(&request_);
+  StartRead(request_);
+}
+
+void BatchReactor::ResetArena() {
+  const size_t used = arena_.has_value() ? static_cast<size_t>(arena_->SpaceAllocated()) : 0;
+  const bool grow = arena_block_ == nullptr ||
+                    (used > arena_block_bytes_ && arena_block_bytes_ < kMaxArenaBlockBytes);
+  if (!grow) {
+    arena_->Reset();
+  } else {
+    arena_.reset();  // before the block it allocated from
+    arena_block_bytes_ =
+        std::clamp(std::max(used, 2 * arena_block_bytes_), kMinArenaBlockBytes, kMaxArenaBlockBytes);
+    arena_block_ = std::make_unique<char[]>(arena_block_bytes_);
+    google::protobuf::ArenaOptions options;
+    options.initial_block = arena_block_.get();
+    options.initial_block_size = arena_block_bytes_;
+    arena_.emplace(options);
+  }
+  request_ = google::protobuf::Arena::CreateMessage<v1::BatchRequest>(&*arena_);
+  response_ = google::protobuf::Arena::CreateMessage<v1::BatchResponse>(&*arena_);
 }
 
 bool BatchReactor::MarkFinishedLocked(const absl::Status& status) {
@@ -62,10 +85,14 @@ void BatchReactor::OnReadDone(bool ok) {
   env_.metrics->Received(Method::kBatch);
   Process();
   env_.metrics->Sent(Method::kBatch);
-  StartWrite(&response_);
+  StartWrite(response_);
 }
 
 void BatchReactor::OnWriteDone(bool ok) {
+  // The response is written and no read is pending: nothing refers to either
+  // message. Done before reading_ is set, after which Drain may finish the
+  // stream from another thread.
+  ResetArena();
   absl::Status end;
   {
     absl::MutexLock l(&mu_);
@@ -82,7 +109,7 @@ void BatchReactor::OnWriteDone(bool ok) {
     FinishWith(end);
     return;
   }
-  StartRead(&request_);
+  StartRead(request_);
 }
 
 void BatchReactor::Drain() {
@@ -111,10 +138,9 @@ void BatchReactor::OnDone() {
 }
 
 void BatchReactor::Process() {
-  response_.Clear();
-  response_.set_sequence(request_.sequence());
-  response_.mutable_results()->Reserve(request_.ops_size());
-  for (const v1::BatchOp& op : request_.ops()) RunOp(op, response_.add_results());
+  response_->set_sequence(request_->sequence());
+  response_->mutable_results()->Reserve(request_->ops_size());
+  for (const v1::BatchOp& op : request_->ops()) RunOp(op, response_->add_results());
 }
 
 void BatchReactor::RunOp(const v1::BatchOp& op, v1::BatchResult* result) {

@@ -12,6 +12,12 @@
 // (core calls never block), writes the response, then reads the next: a
 // client pipelines by keeping several requests in flight.
 //
+// Memory: the request and its response live on one protobuf arena, reset
+// between messages (exactly one is in flight: read, process, write, read).
+// Its first block is owned by the reactor and grows to the largest message
+// pair seen (up to kMaxArenaBlockBytes), so a steady stream parses and
+// builds its messages without a heap allocation per operation.
+//
 // Metrics: started and handled once per stream, received/sent per message.
 // On drain the stream ends with UNAVAILABLE between two requests.
 //
@@ -20,7 +26,12 @@
 // held (gRPC may run a reaction inline): each step decides under mu_ and acts
 // after releasing it.
 
+#include <google/protobuf/arena.h>
 #include <grpcpp/support/server_callback.h>
+
+#include <cstddef>
+#include <memory>
+#include <optional>
 
 #include "absl/synchronization/mutex.h"
 #include "iommu/v1/dma.pb.h"
@@ -39,7 +50,14 @@ class BatchReactor final : public grpc::ServerBidiReactor<v1::BatchRequest, v1::
   void Drain() override;
 
  private:
-  // Applies every op of request_ into response_.
+  static constexpr size_t kMinArenaBlockBytes = size_t{64} << 10;
+  static constexpr size_t kMaxArenaBlockBytes = size_t{16} << 20;
+
+  // Drops the previous message pair and starts empty request_ and response_
+  // on a fresh arena, first growing its block if the last pair outgrew it.
+  // REQUIRES: no read or write in progress.
+  void ResetArena();
+  // Applies every op of *request_ into *response_.
   void Process();
   void RunOp(const v1::BatchOp& op, v1::BatchResult* result);
   // Marks the stream finished with `status` unless it already is; true when
@@ -52,8 +70,12 @@ class BatchReactor final : public grpc::ServerBidiReactor<v1::BatchRequest, v1::
   Identity identity_;
   uint64_t session_id_ = 0;
   bool registered_ = false;
-  v1::BatchRequest request_;
-  v1::BatchResponse response_;
+  // Declared before arena_, which allocates from it (destroyed after it).
+  std::unique_ptr<char[]> arena_block_;
+  size_t arena_block_bytes_ = 0;
+  std::optional<google::protobuf::Arena> arena_;
+  v1::BatchRequest* request_ = nullptr;    // on arena_
+  v1::BatchResponse* response_ = nullptr;  // on arena_
 
   absl::Mutex mu_;
   bool reading_ ABSL_GUARDED_BY(mu_) = false;

@@ -151,35 +151,33 @@ void BatchWorker(const Client& client, const BenchOptions& o, absl::Time end, Th
   absl::StatusOr<std::unique_ptr<BatchStream>> opened = BatchStream::Open(client);
   if (!opened.ok()) return out->Error(opened.status());
   BatchStream& batch = **opened;
-  v1::BatchOp map_op;
-  if (o.mode == Mode::kSingle) {
-    v1::MapRequest* m = map_op.mutable_map();
-    m->set_device(o.device);
-    m->mutable_mem()->set_buffer_id(buffer->id());
-    m->mutable_mem()->set_length_bytes(o.pages * kPage);
-    m->set_direction(o.direction);
-  } else {
-    *map_op.mutable_map_sg() = SgRequest(*buffer, o);
-  }
+  v1::BatchOp map_op;  // sg mode
+  if (o.mode == Mode::kSg) *map_op.mutable_map_sg() = SgRequest(*buffer, o);
   struct InFlight {
     BatchStream::ResponseFuture future;
     absl::Time sent;
     size_t unmaps;
   };
   std::deque<InFlight> window;
+  // Single mode builds its ops in place in the stream's message (no copy).
   auto send = [&](const std::vector<uint64_t>& to_unmap, uint64_t maps) {
     for (uint64_t dma_addr : to_unmap) {
-      v1::BatchOp op;
       if (o.mode == Mode::kSingle) {
-        op.mutable_unmap()->set_device(o.device);
-        op.mutable_unmap()->set_dma_addr(dma_addr);
-      } else {
-        op.mutable_unmap_sg()->set_device(o.device);
-        op.mutable_unmap_sg()->set_dma_addr(dma_addr);
+        batch.AddUnmap(dma_addr, o.device);
+        continue;
       }
+      v1::BatchOp op;
+      op.mutable_unmap_sg()->set_device(o.device);
+      op.mutable_unmap_sg()->set_dma_addr(dma_addr);
       batch.Add(std::move(op));
     }
-    for (uint64_t i = 0; i < maps; ++i) batch.Add(map_op);
+    for (uint64_t i = 0; i < maps; ++i) {
+      if (o.mode == Mode::kSingle) {
+        batch.AddMap(buffer->id(), 0, o.pages * kPage, o.direction, o.device);
+      } else {
+        batch.Add(map_op);
+      }
+    }
     window.push_back({batch.Send(), absl::Now(), to_unmap.size()});
     ++out->rpcs;
   };
