@@ -59,12 +59,12 @@
 #include <map>
 #include <optional>
 
-#include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "core/bits.h"
 #include "core/iova_gap_tree.h"
+#include "core/iova_index.h"
 #include "core/iova_magazine.h"
 #include "core/types.h"
 
@@ -168,17 +168,18 @@ class IovaAllocator {
   // themselves.
   uint64_t AllocPfnsOrZero(uint64_t num_pages, uint64_t limit_pfn);
   uint64_t AllocPfnsFastOrZero(uint64_t num_pages, uint64_t limit_pfn) {
-    // Inline cache hit; everything else (miss, 32-bit-first, bad arguments)
-    // goes out of line.
-    if (num_pages - 1 < cache_max_pages_ && !options_.try_32bit_first) [[likely]] {
-      const int cls = std::bit_width(num_pages - 1);
+    // Inline: the top of the class's loaded magazine fits below the limit.
+    // Everything else (other magazines, a miss, 32-bit-first, bad arguments)
+    // goes out of line, where the same cache is consulted in full.
+    if (num_pages - 1 < inline_alloc_max_pages_) [[likely]] {
+      const int cls = SizeClass(num_pages);
       const uint64_t size = uint64_t{1} << cls;
       const uint64_t limit = ClipLimit(limit_pfn);
       if (limit + 1 >= size) [[likely]] {
-        const uint64_t pfn = cache_.Pop(cls, limit + 1 - size);
+        const uint64_t pfn = cache_.TryPopLoaded(cls, limit + 1 - size);
         if (pfn != 0) [[likely]] {
           ++cache_hits_;
-          index_.find(pfn)->second &= ~kCachedBit;
+          *index_.Find(pfn) &= ~kCachedBit;
           return pfn;
         }
       }
@@ -199,12 +200,12 @@ class IovaAllocator {
     // Inline: a live allocation of exactly its class size into a loaded
     // magazine with room. Everything else (errors, spills) out of line.
     if (num_pages - 1 < cache_max_pages_) [[likely]] {
-      const auto it = index_.find(pfn);
-      const int cls = std::bit_width(num_pages - 1);
+      uint64_t* const entry = index_.Find(pfn);
+      const int cls = SizeClass(num_pages);
       // Equal to the class size also means "not cached" (the bit is clear).
-      if (it != index_.end() && it->second == uint64_t{1} << cls &&
+      if (entry != nullptr && *entry == uint64_t{1} << cls &&
           cache_.TryPushLoaded(cls, pfn)) [[likely]] {
-        it->second |= kCachedBit;
+        *entry |= kCachedBit;
         return absl::OkStatus();
       }
     }
@@ -267,6 +268,12 @@ class IovaAllocator {
 
   IovaAllocator(const IovaAllocatorOptions& options, int num_orders);
 
+  // ceil(log2(num_pages)), the size class of a cacheable request, with one
+  // bit scan. REQUIRES: 1 <= num_pages <= 2^62.
+  static int SizeClass(uint64_t num_pages) {
+    return 63 - std::countl_zero(((num_pages - 1) << 1) | 1);
+  }
+
   uint64_t AllocPfnsFastSlow(uint64_t num_pages, uint64_t limit_pfn);
   absl::Status FreePfnsFastSlow(uint64_t pfn, uint64_t num_pages);
   absl::Status ValidateRequest(uint64_t num_pages, uint64_t limit_pfn) const;
@@ -301,6 +308,9 @@ class IovaAllocator {
   uint64_t space_pages_ = 0;
   uint64_t pfn_32bit_ = 0;         // last pfn below 4 GiB
   uint64_t cache_max_pages_ = 0;   // 0 when caching is off
+  // cache_max_pages_, or 0 with try_32bit_first (whose cache hits must try the
+  // 32-bit limit first, out of line).
+  uint64_t inline_alloc_max_pages_ = 0;
   // kLinuxNextFit: first pfn of the cached nodes (cached32_node for
   // allocations ending below 4 GiB, cached_node above), kNoCursor for the
   // anchor. Each is kNoCursor or a non-free pfn.
@@ -310,7 +320,7 @@ class IovaAllocator {
 
   internal::IovaGapTree tree_;
   internal::IovaMagazineCache cache_;
-  absl::flat_hash_map<uint64_t, uint64_t> index_;  // first pfn -> entry
+  internal::IovaIndex index_;                      // first pfn -> entry
   std::map<uint64_t, uint64_t> reserved_;          // lo -> hi, disjoint, non-adjacent
 
   uint64_t allocated_pages_ = 0;  // live + cached
