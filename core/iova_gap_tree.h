@@ -13,13 +13,21 @@
 // max(own, left, right) the compiler vectorises: SSE2 (the x86-64 baseline)
 // everywhere, AVX2 when cpuid reports it (3 ymm words for 24 lanes):
 //
-//   aug(x)[k] = min(kRoomCap, max over the ranges r in x's subtree of Room(r, k))
+//   aug(x)[k] = max over the ranges r in x's subtree of Word(r, k)
+//   Word(r, k) = min(kRoomCap, 2^k, Room(r, k)) if len(r) > 2^(k-1), else 0
 //   Room([lo, hi], k) = hi + 1 - AlignUp(lo, 2^k), or 0 when that is <= 0
 //                     = len - ((-lo) mod 2^k), saturating at 0
 //
-// Every lane is exact up to the cap (lanes past num_orders hold the same
-// formula and are never searched); `max_len` keeps the exact 64-bit longest
-// range of the subtree. The sentinel's row is all zeros.
+// A search at order k is for 2^(k-1) < num_pages <= 2^k pages (the order of
+// its alignment), so neither the cap at 2^k nor zeroing ranges too short to
+// hold such a request changes an answer: aug(x)[k] >= num_pages iff some range
+// in x's subtree has Room >= num_pages. What they buy: a row is zero above
+// order bit_width(max_len - 1), so only its first ActiveBlocks(max_len) blocks
+// of 8 lanes are ever computed, read or compared (one block for subtrees
+// whose ranges are all <= 128 pages: most of a fragmented tree), and a change
+// to a long range leaves the capped low orders alone, so the bottom-up pass
+// stops earlier. `max_len` keeps the exact 64-bit longest range of the
+// subtree. The sentinel's row is all zeros, and so is a free slot's.
 //
 // Room(r, k) is the room left in r after its first 2^k-aligned pfn. A request
 // of num_pages with alignment 2^k (k = order of RoundUpPowerOfTwo(num_pages))
@@ -54,6 +62,8 @@
 //
 // Thread-compatible: the owning IovaAllocator serialises all calls.
 
+#include <algorithm>
+#include <bit>
 #include <cstddef>
 #include <cstdint>
 #include <string>
@@ -79,6 +89,8 @@ class IovaGapTree {
   };
 
   static constexpr int kHistogramBuckets = 64;
+  // Row lanes come in blocks of this many words (one AVX2 vector).
+  static constexpr int kLaneBlock = 8;
   // Row words saturate here.
   static constexpr uint32_t kRoomCap = UINT32_MAX;
 
@@ -92,11 +104,12 @@ class IovaGapTree {
   int num_orders() const { return num_orders_; }
 
   // The highest fit of `num_pages` aligned to 2^order ending at or below
-  // `limit_pfn`. REQUIRES: 2^order >= num_pages >= 1, order < num_orders().
+  // `limit_pfn`. REQUIRES: order == ceil(log2(num_pages)) (i.e. 2^(order-1) <
+  // num_pages <= 2^order), order < num_orders().
   Fit FindHighestFit(uint64_t num_pages, int order, uint64_t limit_pfn) const;
 
   // True iff some free range can hold `num_pages` aligned to 2^order (limit
-  // ignored). O(1) for num_pages <= kRoomCap.
+  // ignored). O(1) for num_pages <= kRoomCap. REQUIRES as FindHighestFit.
   bool AnyFit(uint64_t num_pages, int order) const {
     if (num_pages <= kRoomCap) return Aug(root_, order) >= num_pages;
     return FindHighestFit(num_pages, order, ~uint64_t{0}).node != kNil;
@@ -146,8 +159,10 @@ class IovaGapTree {
     uint32_t left;
     uint32_t right;
     uint32_t parent;
-    int32_t height;  // 0 for nil, 1 for a leaf
+    int16_t height;   // 0 for nil, 1 for a leaf
+    uint16_t blocks;  // ActiveBlocks(max_len)
   };
+  static_assert(sizeof(Node) == 40);
 
   // Exact 64-bit room, and the saturated word a row stores.
   static uint64_t Room(uint64_t lo, uint64_t hi, int order) {
@@ -155,9 +170,17 @@ class IovaGapTree {
     const uint64_t len = hi - lo + 1;
     return len > pad ? len - pad : 0;
   }
+  // Word(r, k) of the layout comment.
   static uint32_t RoomWord(uint64_t lo, uint64_t hi, int order) {
-    const uint64_t room = Room(lo, hi, order);
+    const uint64_t len = hi - lo + 1;
+    if (order > 0 && len <= (uint64_t{1} << (order - 1))) return 0;
+    const uint64_t room = std::min(Room(lo, hi, order), uint64_t{1} << order);
     return room < kRoomCap ? static_cast<uint32_t>(room) : kRoomCap;
+  }
+  // Blocks of a row that may be non-zero for a subtree whose longest range
+  // has max_len pages: orders 0..bit_width(max_len - 1).
+  static int ActiveBlocks(uint64_t max_len) {
+    return max_len == 0 ? 0 : std::bit_width(max_len - 1) / kLaneBlock + 1;
   }
 
   uint32_t* Row(uint32_t x) { return &aug_[size_t{x} * lanes_]; }
@@ -197,6 +220,10 @@ class IovaGapTree {
   static Kernels PickKernels(int lanes);
 
   void UpdateHeight(uint32_t x);
+  void SetMaxLen(Node& n, uint64_t max_len) {
+    n.max_len = max_len;
+    n.blocks = static_cast<uint16_t>(ActiveBlocks(max_len));
+  }
   // Rotations keep subtree membership, so the new subtree root takes the old
   // root's row; the demoted node is recomputed. REQUIRES: x's row is current.
   uint32_t RotateLeft(uint32_t x);
