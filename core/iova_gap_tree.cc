@@ -81,7 +81,8 @@ IovaGapTree::IovaGapTree(int num_orders)
       kernels_(PickKernels(lanes_)) {
   assert(num_orders >= 1 && num_orders <= 64);
   nodes_.push_back(Node{0, 0, 0, kNil, kNil, kNil, 0, 0});
-  aug_.assign(lanes_, 0);
+  aug0_.assign(kLaneBlock, 0);
+  augn_.assign(lanes_ - kLaneBlock, 0);
 }
 
 uint32_t IovaGapTree::NewNode(uint64_t lo, uint64_t hi) {
@@ -93,7 +94,8 @@ uint32_t IovaGapTree::NewNode(uint64_t lo, uint64_t hi) {
     x = static_cast<uint32_t>(nodes_.size());
     assert(x != 0 && nodes_.size() < UINT32_MAX);
     nodes_.push_back(Node{});
-    aug_.resize(aug_.size() + lanes_);
+    aug0_.resize(aug0_.size() + kLaneBlock);
+    augn_.resize(augn_.size() + (lanes_ - kLaneBlock));
   }
   nodes_[x] = Node{lo, hi, 0, kNil, kNil, kNil, 1, 0};
   Pull(x);  // overwrites every word of a recycled row
@@ -103,7 +105,9 @@ uint32_t IovaGapTree::NewNode(uint64_t lo, uint64_t hi) {
 void IovaGapTree::FreeNode(uint32_t x) {
   // A free slot's row is all zeros, so NewNode's Pull (which starts from
   // max_len 0, i.e. no active block) leaves a fully current row.
-  std::memset(Row(x), 0, sizeof(uint32_t) * kLaneBlock * nodes_[x].blocks);
+  for (int b = 0; b < nodes_[x].blocks; ++b) {
+    std::memset(RowBlock(x, b), 0, sizeof(uint32_t) * kLaneBlock);
+  }
   SetMaxLen(nodes_[x], 0);
   free_nodes_.push_back(x);
 }
@@ -122,10 +126,14 @@ template <int kLanes>
   // test in the loop.
   const int old_blocks = n.blocks;
   const int blocks = ActiveBlocks(max_len);
-  const uint32_t* const aug = aug_.data();
-  const uint32_t* const lrow = aug + size_t{n.left} * kLanes;
-  const uint32_t* const rrow = aug + size_t{n.right} * kLanes;
-  uint32_t* const row = aug_.data() + size_t{x} * kLanes;
+  constexpr size_t kRest = kLanes - kLaneBlock;  // words per node in augn_
+  uint32_t* const aug0 = aug0_.data();
+  uint32_t* const augn = augn_.data();
+  // Block b of node y's row: aug0 for b == 0, augn after.
+  const auto block = [aug0, augn](uint32_t y, int b) {
+    return b == 0 ? aug0 + size_t{y} * kLaneBlock
+                  : augn + (size_t{y} * kRest + size_t(b - 1) * kLaneBlock);
+  };
   // room_k = len - ((-lo) mod 2^k), saturating at 0: exact in 32 bits for
   // k < 32 when len fits; then capped at 2^k and zero unless len > 2^(k-1).
   const Block len_v = Splat(static_cast<uint32_t>(len));
@@ -134,9 +142,12 @@ template <int kLanes>
   if (blocks == 1 && old_blocks <= 1 && len < kRoomCap) [[likely]] {
     // Every range in the subtree is <= 128 pages (most of a fragmented
     // tree): one block, straight-line.
-    const Block v = Max(OwnWords(len_v, neg_lo_v, 0), Max(LoadBlock(lrow), LoadBlock(rrow)));
-    diff = v ^ LoadBlock(row);
-    StoreBlock(row, v);
+    uint32_t* const row0 = aug0 + size_t{x} * kLaneBlock;
+    const Block v = Max(OwnWords(len_v, neg_lo_v, 0),
+                        Max(LoadBlock(aug0 + size_t{n.left} * kLaneBlock),
+                            LoadBlock(aug0 + size_t{n.right} * kLaneBlock)));
+    diff = v ^ LoadBlock(row0);
+    StoreBlock(row0, v);
   } else {
     const int fast_blocks = len < kRoomCap ? kFastLanes / kLaneBlock : 0;
     diff = Block{};
@@ -150,13 +161,15 @@ template <int kLanes>
         for (int i = 0; i < kLaneBlock; ++i) words[i] = RoomWord(n.lo, n.hi, k0 + i);
         v = LoadBlock(words);
       }
-      v = Max(v, Max(LoadBlock(lrow + k0), LoadBlock(rrow + k0)));
-      diff |= v ^ LoadBlock(row + k0);
-      StoreBlock(row + k0, v);
+      v = Max(v, Max(LoadBlock(block(n.left, b)), LoadBlock(block(n.right, b))));
+      uint32_t* const out = block(x, b);
+      diff |= v ^ LoadBlock(out);
+      StoreBlock(out, v);
     }
     for (int b = blocks; b < old_blocks; ++b) {
-      diff |= LoadBlock(row + b * kLaneBlock);
-      StoreBlock(row + b * kLaneBlock, Block{});
+      uint32_t* const out = block(x, b);
+      diff |= LoadBlock(out);
+      StoreBlock(out, Block{});
     }
   }
   uint64_t diff_words[sizeof(Block) / sizeof(uint64_t)];
@@ -272,7 +285,9 @@ uint32_t IovaGapTree::RotateLeft(uint32_t x) {
   const uint32_t b = nodes_[y].left;
   // y takes over x's subtree, hence x's row and max_len. y's row, a
   // subtree's of x, has no more active blocks than x's.
-  std::memcpy(Row(y), Row(x), sizeof(uint32_t) * kLaneBlock * nodes_[x].blocks);
+  for (int b = 0; b < nodes_[x].blocks; ++b) {
+    std::memcpy(RowBlock(y, b), RowBlock(x, b), sizeof(uint32_t) * kLaneBlock);
+  }
   SetMaxLen(nodes_[y], nodes_[x].max_len);
   ReplaceChild(nodes_[x].parent, x, y);
   nodes_[x].right = b;
@@ -288,7 +303,9 @@ uint32_t IovaGapTree::RotateLeft(uint32_t x) {
 uint32_t IovaGapTree::RotateRight(uint32_t x) {
   const uint32_t y = nodes_[x].left;
   const uint32_t b = nodes_[y].right;
-  std::memcpy(Row(y), Row(x), sizeof(uint32_t) * kLaneBlock * nodes_[x].blocks);
+  for (int b = 0; b < nodes_[x].blocks; ++b) {
+    std::memcpy(RowBlock(y, b), RowBlock(x, b), sizeof(uint32_t) * kLaneBlock);
+  }
   SetMaxLen(nodes_[y], nodes_[x].max_len);
   ReplaceChild(nodes_[x].parent, x, y);
   nodes_[x].left = b;
@@ -612,14 +629,15 @@ absl::Status IovaGapTree::CheckSubtree(uint32_t x, uint32_t parent, int* height,
 
 absl::Status IovaGapTree::CheckInvariants() const {
   for (int k = 0; k < lanes_; ++k) {
-    if (Row(kNil)[k] != 0) return absl::InternalError("gap tree: nil row not zero");
+    if (Aug(kNil, k) != 0) return absl::InternalError("gap tree: nil row not zero");
   }
   const Node& nil = nodes_[kNil];
   if (nil.height != 0 || nil.max_len != 0 || nil.blocks != 0 || nil.left != kNil ||
       nil.right != kNil) {
     return absl::InternalError("gap tree: nil sentinel modified");
   }
-  if (aug_.size() != nodes_.size() * size_t(lanes_)) {
+  if (aug0_.size() != nodes_.size() * size_t{kLaneBlock} ||
+      augn_.size() != nodes_.size() * size_t(lanes_ - kLaneBlock)) {
     return absl::InternalError("gap tree: row storage does not match the slab");
   }
   int height = 0;
@@ -657,7 +675,7 @@ absl::Status IovaGapTree::CheckInvariants() const {
   }
   for (const uint32_t x : free_nodes_) {
     for (int k = 0; k < lanes_; ++k) {
-      if (Row(x)[k] != 0 || nodes_[x].blocks != 0) {
+      if (Aug(x, k) != 0 || nodes_[x].blocks != 0) {
         return absl::InternalError(absl::StrFormat("gap tree: free slot %u has a non-zero row", x));
       }
     }

@@ -7,7 +7,7 @@
 //
 // Layout. Nodes live in one slab (`nodes_`, 40 bytes each, linked by uint32
 // indices, index 0 is the nil sentinel) with a free list, so a warm tree never
-// calls malloc. Beside each node, `aug_` holds a row of `lanes_` uint32 words
+// calls malloc. Beside each node, `aug0_`/`augn_` hold a row of `lanes_` uint32 words
 // (num_orders rounded up to a multiple of 8: 24 for a 4 GiB space of 4K pages,
 // 96 bytes), contiguous so that recomputing a row is an elementwise
 // max(own, left, right) the compiler vectorises: SSE2 (the x86-64 baseline)
@@ -183,9 +183,19 @@ class IovaGapTree {
     return max_len == 0 ? 0 : std::bit_width(max_len - 1) / kLaneBlock + 1;
   }
 
-  uint32_t* Row(uint32_t x) { return &aug_[size_t{x} * lanes_]; }
-  const uint32_t* Row(uint32_t x) const { return &aug_[size_t{x} * lanes_]; }
-  uint32_t Aug(uint32_t x, int order) const { return aug_[size_t{x} * lanes_ + order]; }
+  // Block b (lanes 8b..8b+7) of x's row: block 0 in aug0_, the rest in augn_.
+  uint32_t* RowBlock(uint32_t x, int b) {
+    return b == 0 ? &aug0_[size_t{x} * kLaneBlock]
+                  : &augn_[size_t{x} * (lanes_ - kLaneBlock) + (b - 1) * kLaneBlock];
+  }
+  const uint32_t* RowBlock(uint32_t x, int b) const {
+    return const_cast<IovaGapTree*>(this)->RowBlock(x, b);
+  }
+  uint32_t Aug(uint32_t x, int order) const {
+    return order < kLaneBlock
+               ? aug0_[size_t{x} * kLaneBlock + order]
+               : augn_[size_t{x} * (lanes_ - kLaneBlock) + (order - kLaneBlock)];
+  }
 
   uint32_t NewNode(uint64_t lo, uint64_t hi);
   void FreeNode(uint32_t x);
@@ -266,7 +276,12 @@ class IovaGapTree {
   int lanes_;                    // num_orders_ rounded up to a multiple of 8
   Kernels kernels_;              // for lanes_ and this CPU
   std::vector<Node> nodes_;      // [0] is the nil sentinel
-  std::vector<uint32_t> aug_;    // lanes_ words per node; row 0 all zeros
+  // Rows, split so that a search or pass over subtrees of short ranges (one
+  // active block) touches 32 dense bytes per node: block 0 of every row in
+  // aug0_ (kLaneBlock words per node), blocks 1.. in augn_ (lanes_ - kLaneBlock
+  // words per node). Row 0 (nil) is all zeros.
+  std::vector<uint32_t> aug0_;
+  std::vector<uint32_t> augn_;
   std::vector<uint32_t> free_nodes_;
   uint32_t root_ = kNil;
 
