@@ -129,47 +129,46 @@ template <int kLanes>
   constexpr size_t kRest = kLanes - kLaneBlock;  // words per node in augn_
   uint32_t* const aug0 = aug0_.data();
   uint32_t* const augn = augn_.data();
-  // Block b of node y's row: aug0 for b == 0, augn after.
-  const auto block = [aug0, augn](uint32_t y, int b) {
-    return b == 0 ? aug0 + size_t{y} * kLaneBlock
-                  : augn + (size_t{y} * kRest + size_t(b - 1) * kLaneBlock);
-  };
   // room_k = len - ((-lo) mod 2^k), saturating at 0: exact in 32 bits for
   // k < 32 when len fits; then capped at 2^k and zero unless len > 2^(k-1).
+  const bool narrow = len < kRoomCap;
   const Block len_v = Splat(static_cast<uint32_t>(len));
   const Block neg_lo_v = Splat(static_cast<uint32_t>(0 - n.lo));
-  Block diff;
-  if (blocks == 1 && old_blocks <= 1 && len < kRoomCap) [[likely]] {
-    // Every range in the subtree is <= 128 pages (most of a fragmented
-    // tree): one block, straight-line.
-    uint32_t* const row0 = aug0 + size_t{x} * kLaneBlock;
-    const Block v = Max(OwnWords(len_v, neg_lo_v, 0),
-                        Max(LoadBlock(aug0 + size_t{n.left} * kLaneBlock),
-                            LoadBlock(aug0 + size_t{n.right} * kLaneBlock)));
-    diff = v ^ LoadBlock(row0);
-    StoreBlock(row0, v);
+  // Word(r, k) lane by lane in 64 bits (orders >= kFastLanes, or len >= kRoomCap).
+  const auto own_slow = [&n](int k0) {
+    alignas(32) uint32_t words[kLaneBlock];
+    for (int i = 0; i < kLaneBlock; ++i) words[i] = RoomWord(n.lo, n.hi, k0 + i);
+    return LoadBlock(words);
+  };
+  // Block 0 (every node has one: blocks >= 1), in aug0.
+  Block v0;
+  if (narrow) [[likely]] {
+    v0 = OwnWords(len_v, neg_lo_v, 0);
   } else {
-    const int fast_blocks = len < kRoomCap ? kFastLanes / kLaneBlock : 0;
-    diff = Block{};
-    for (int b = 0; b < blocks; ++b) {
+    v0 = own_slow(0);
+  }
+  v0 = Max(v0, Max(LoadBlock(aug0 + size_t{n.left} * kLaneBlock),
+                   LoadBlock(aug0 + size_t{n.right} * kLaneBlock)));
+  uint32_t* const row0 = aug0 + size_t{x} * kLaneBlock;
+  Block diff = v0 ^ LoadBlock(row0);
+  StoreBlock(row0, v0);
+  if (blocks > 1 || old_blocks > 1) [[unlikely]] {
+    // Blocks 1.. in augn, kRest words per node.
+    const uint32_t* const ln = augn + size_t{n.left} * kRest;
+    const uint32_t* const rn = augn + size_t{n.right} * kRest;
+    uint32_t* const xn = augn + size_t{x} * kRest;
+    for (int b = 1; b < blocks; ++b) {
       const int k0 = b * kLaneBlock;
-      Block v;
-      if (b < fast_blocks) {
-        v = OwnWords(len_v, neg_lo_v, k0);
-      } else {
-        alignas(32) uint32_t words[kLaneBlock];
-        for (int i = 0; i < kLaneBlock; ++i) words[i] = RoomWord(n.lo, n.hi, k0 + i);
-        v = LoadBlock(words);
-      }
-      v = Max(v, Max(LoadBlock(block(n.left, b)), LoadBlock(block(n.right, b))));
-      uint32_t* const out = block(x, b);
-      diff |= v ^ LoadBlock(out);
-      StoreBlock(out, v);
+      const int off = k0 - kLaneBlock;
+      Block v = narrow && k0 < kFastLanes ? OwnWords(len_v, neg_lo_v, k0) : own_slow(k0);
+      v = Max(v, Max(LoadBlock(ln + off), LoadBlock(rn + off)));
+      diff |= v ^ LoadBlock(xn + off);
+      StoreBlock(xn + off, v);
     }
-    for (int b = blocks; b < old_blocks; ++b) {
-      uint32_t* const out = block(x, b);
-      diff |= LoadBlock(out);
-      StoreBlock(out, Block{});
+    for (int b = std::max(blocks, 1); b < old_blocks; ++b) {
+      const int off = (b - 1) * kLaneBlock;
+      diff |= LoadBlock(xn + off);
+      StoreBlock(xn + off, Block{});
     }
   }
   uint64_t diff_words[sizeof(Block) / sizeof(uint64_t)];
