@@ -125,7 +125,7 @@ uint64_t IovaAllocator::AllocFromTree(uint64_t num_pages, uint64_t limit_pfn) {
     if (fit.node == 0) return 0;
   }
   tree_.Carve(fit, num_pages);
-  index_.Insert(fit.pfn, num_pages);
+  index_.emplace(fit.pfn, num_pages);
   allocated_pages_ += num_pages;
   return fit.pfn;
 }
@@ -156,7 +156,7 @@ uint64_t IovaAllocator::AllocFastOnce(uint64_t num_pages, uint64_t limit_pfn, bo
       const uint64_t pfn = cache_.Pop(cls, limit_pfn + 1 - num_pages);
       if (pfn != 0) {
         ++cache_hits_;
-        *index_.Find(pfn) &= ~kCachedBit;
+        index_.find(pfn)->second &= ~kCachedBit;
         return pfn;
       }
     }
@@ -264,30 +264,29 @@ absl::Status IovaAllocator::NotLiveError(uint64_t pfn, bool cached) const {
 }
 
 absl::Status IovaAllocator::FreePfns(uint64_t pfn) {
-  uint64_t* const entry = index_.Find(pfn);
-  if (entry == nullptr || (*entry & kCachedBit) != 0) [[unlikely]] {
-    return NotLiveError(pfn, entry != nullptr);
+  const auto it = index_.find(pfn);
+  if (it == index_.end() || (it->second & kCachedBit) != 0) [[unlikely]] {
+    return NotLiveError(pfn, it != index_.end());
   }
-  const uint64_t num_pages = *entry;
-  index_.Erase(entry);
+  const uint64_t num_pages = it->second;
+  index_.erase(it);
   ReleaseToTree(pfn, num_pages);
   return absl::OkStatus();
 }
 
 absl::Status IovaAllocator::FreePfnsFastSlow(uint64_t pfn, uint64_t num_pages) {
-  uint64_t* const entry = index_.Find(pfn);
-  if (entry == nullptr || (*entry & kCachedBit) != 0) [[unlikely]] {
-    return NotLiveError(pfn, entry != nullptr);
+  const auto it = index_.find(pfn);
+  if (it == index_.end() || (it->second & kCachedBit) != 0) [[unlikely]] {
+    return NotLiveError(pfn, it != index_.end());
   }
-  const uint64_t pages = *entry;
+  const uint64_t pages = it->second;
   if (num_pages - 1 < cache_max_pages_) {
     const int cls = AlignOrder(num_pages);
     if (pages == uint64_t{1} << cls) [[likely]] {
-      // Mark before pushing: a spill erases other entries of index_, which
-      // may move this one (`entry` is dead after the push).
-      *entry |= kCachedBit;
+      // Mark before pushing: a spill erases other entries of index_.
+      it->second |= kCachedBit;
       cache_.Push(cls, pfn, [this](uint64_t spilled, int spilled_cls) {
-        index_.Erase(spilled);
+        index_.erase(spilled);
         ReleaseToTree(spilled, uint64_t{1} << spilled_cls);
       });
       return absl::OkStatus();
@@ -297,14 +296,14 @@ absl::Status IovaAllocator::FreePfnsFastSlow(uint64_t pfn, uint64_t num_pages) {
     return InvalidField("num_pages", num_pages,
                         absl::StrFormat("the allocation at pfn=%#x has %#x pages", pfn, pages));
   }
-  index_.Erase(entry);
+  index_.erase(it);
   ReleaseToTree(pfn, num_pages);
   return absl::OkStatus();
 }
 
 void IovaAllocator::FlushCaches() {
   cache_.Flush([this](uint64_t pfn, int cls) {
-    index_.Erase(pfn);
+    index_.erase(pfn);
     ReleaseToTree(pfn, uint64_t{1} << cls);
   });
 }
@@ -414,18 +413,18 @@ std::optional<uint64_t> IovaAllocator::AllocationSizeBytes(Iova iova) const {
 // --- queries ---------------------------------------------------------------------------
 
 std::optional<uint64_t> IovaAllocator::AllocationPages(uint64_t pfn) const {
-  const uint64_t* const entry = index_.Find(pfn);
-  if (entry == nullptr || (*entry & kCachedBit) != 0) return std::nullopt;
-  return *entry;
+  const auto it = index_.find(pfn);
+  if (it == index_.end() || (it->second & kCachedBit) != 0) return std::nullopt;
+  return it->second;
 }
 
 void IovaAllocator::ForEachAllocated(
     const std::function<void(uint64_t, uint64_t)>& fn) const {
   std::vector<std::pair<uint64_t, uint64_t>> live;
   live.reserve(index_.size());
-  index_.ForEach([&](uint64_t pfn, uint64_t entry) {
+  for (const auto& [pfn, entry] : index_) {
     if ((entry & kCachedBit) == 0) live.emplace_back(pfn, entry);
-  });
+  }
   std::sort(live.begin(), live.end());
   for (const auto& [pfn, pages] : live) fn(pfn, pages);
 }
@@ -457,29 +456,23 @@ IovaStats IovaAllocator::GetStats() const {
 
 absl::Status IovaAllocator::CheckInvariants() const {
   if (absl::Status s = tree_.CheckInvariants(); !s.ok()) return s;
-  if (absl::Status s = index_.CheckInvariants(); !s.ok()) return s;
   if (!cache_.StructureOk()) return absl::InternalError("iova: magazine structure broken");
   enum Kind { kFree, kAllocated, kCached, kReserved };
   std::vector<std::tuple<uint64_t, uint64_t, Kind>> pieces;
   tree_.ForEach([&](internal::IovaGapTree::Range r) { pieces.emplace_back(r.lo, r.hi, kFree); });
   uint64_t allocated = 0;
   uint64_t cached_entries = 0;
-  absl::Status misaligned = absl::OkStatus();
-  index_.ForEach([&](uint64_t pfn, uint64_t entry) {
+  for (const auto& [pfn, entry] : index_) {
     const uint64_t pages = entry & ~kCachedBit;
     if (pages == 0 || pfn % RoundUpPowerOfTwo(pages) != 0) {
-      if (misaligned.ok()) {
-        misaligned = absl::InternalError(absl::StrFormat(
-            "iova: allocation at pfn %#x of %#x pages not size-aligned", pfn, pages));
-      }
-      return;
+      return absl::InternalError(
+          absl::StrFormat("iova: allocation at pfn %#x of %#x pages not size-aligned", pfn, pages));
     }
     allocated += pages;
     const bool cached = (entry & kCachedBit) != 0;
     cached_entries += cached;
     pieces.emplace_back(pfn, pfn + pages - 1, cached ? kCached : kAllocated);
-  });
-  if (!misaligned.ok()) return misaligned;
+  }
   uint64_t reserved = 0;
   for (const auto& [lo, hi] : reserved_) {
     reserved += hi - lo + 1;
@@ -523,9 +516,9 @@ absl::Status IovaAllocator::CheckInvariants() const {
   std::set<uint64_t> seen;
   absl::Status bad = absl::OkStatus();
   cache_.ForEach([&](uint64_t pfn, int cls) {
-    const uint64_t* const entry = index_.Find(pfn);
+    const auto it = index_.find(pfn);
     if (!bad.ok()) return;
-    if (entry == nullptr || *entry != (kCachedBit | (uint64_t{1} << cls)) ||
+    if (it == index_.end() || it->second != (kCachedBit | (uint64_t{1} << cls)) ||
         !seen.insert(pfn).second) {
       bad = absl::InternalError(
           absl::StrFormat("iova: cached pfn %#x (class %d) not a cached allocation of its "

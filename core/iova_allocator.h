@@ -59,12 +59,12 @@
 #include <map>
 #include <optional>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "core/bits.h"
 #include "core/iova_gap_tree.h"
-#include "core/iova_index.h"
 #include "core/iova_magazine.h"
 #include "core/types.h"
 
@@ -179,7 +179,7 @@ class IovaAllocator {
         const uint64_t pfn = cache_.TryPopLoaded(cls, limit + 1 - size);
         if (pfn != 0) [[likely]] {
           ++cache_hits_;
-          *index_.Find(pfn) &= ~kCachedBit;
+          index_.find(pfn)->second &= ~kCachedBit;
           return pfn;
         }
       }
@@ -200,12 +200,12 @@ class IovaAllocator {
     // Inline: a live allocation of exactly its class size into a loaded
     // magazine with room. Everything else (errors, spills) out of line.
     if (num_pages - 1 < cache_max_pages_) [[likely]] {
-      uint64_t* const entry = index_.Find(pfn);
+      const auto it = index_.find(pfn);
       const int cls = SizeClass(num_pages);
       // Equal to the class size also means "not cached" (the bit is clear).
-      if (entry != nullptr && *entry == uint64_t{1} << cls &&
+      if (it != index_.end() && it->second == uint64_t{1} << cls &&
           cache_.TryPushLoaded(cls, pfn)) [[likely]] {
-        *entry |= kCachedBit;
+        it->second |= kCachedBit;
         return absl::OkStatus();
       }
     }
@@ -320,7 +320,7 @@ class IovaAllocator {
 
   internal::IovaGapTree tree_;
   internal::IovaMagazineCache cache_;
-  internal::IovaIndex index_;                      // first pfn -> entry
+  absl::flat_hash_map<uint64_t, uint64_t> index_;  // first pfn -> entry
   std::map<uint64_t, uint64_t> reserved_;          // lo -> hi, disjoint, non-adjacent
 
   uint64_t allocated_pages_ = 0;  // live + cached
