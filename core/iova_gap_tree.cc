@@ -157,18 +157,21 @@ template <int kLanes>
     const uint32_t* const ln = augn + size_t{n.left} * kRest;
     const uint32_t* const rn = augn + size_t{n.right} * kRest;
     uint32_t* const xn = augn + size_t{x} * kRest;
-    for (int b = 1; b < blocks; ++b) {
+    // A fixed trip count the compiler unrolls, so whether a block is one of
+    // the 32-bit fast orders is known per block at compile time. Blocks past
+    // the new count (up to the old one) are cleared.
+#pragma GCC unroll 8
+    for (int b = 1; b < kLanes / kLaneBlock; ++b) {
+      if (b >= blocks && b >= old_blocks) break;
       const int k0 = b * kLaneBlock;
       const int off = k0 - kLaneBlock;
-      Block v = narrow && k0 < kFastLanes ? OwnWords(len_v, neg_lo_v, k0) : own_slow(k0);
-      v = Max(v, Max(LoadBlock(ln + off), LoadBlock(rn + off)));
+      Block v = Block{};
+      if (b < blocks) {
+        v = narrow && k0 < kFastLanes ? OwnWords(len_v, neg_lo_v, k0) : own_slow(k0);
+        v = Max(v, Max(LoadBlock(ln + off), LoadBlock(rn + off)));
+      }
       diff |= v ^ LoadBlock(xn + off);
       StoreBlock(xn + off, v);
-    }
-    for (int b = std::max(blocks, 1); b < old_blocks; ++b) {
-      const int off = (b - 1) * kLaneBlock;
-      diff |= LoadBlock(xn + off);
-      StoreBlock(xn + off, Block{});
     }
   }
   uint64_t diff_words[sizeof(Block) / sizeof(uint64_t)];
