@@ -7,11 +7,12 @@
 //
 // Layout. Nodes live in one slab (`nodes_`, 40 bytes each, linked by uint32
 // indices, index 0 is the nil sentinel) with a free list, so a warm tree never
-// calls malloc. Beside each node, `aug0_`/`augn_` hold a row of `lanes_` uint32 words
-// (num_orders rounded up to a multiple of 8: 24 for a 4 GiB space of 4K pages,
-// 96 bytes), contiguous so that recomputing a row is an elementwise
-// max(own, left, right) the compiler vectorises: SSE2 (the x86-64 baseline)
-// everywhere, AVX2 when cpuid reports it (3 ymm words for 24 lanes):
+// calls malloc. Each node has a row of `lanes_` uint32 words (num_orders
+// rounded up to a multiple of 8: 24 for a 4 GiB space of 4K pages) in blocks
+// of 8 lanes: block 0 of every row in the dense array `aug0_` (32 bytes per
+// node), blocks 1.. in `augn_`. Recomputing a block is an elementwise
+// max(own, left, right) on one GCC/Clang vector: SSE2 (the x86-64 baseline)
+// everywhere, one ymm word with AVX2 when cpuid reports it:
 //
 //   aug(x)[k] = max over the ranges r in x's subtree of Word(r, k)
 //   Word(r, k) = min(kRoomCap, 2^k, Room(r, k)) if len(r) > 2^(k-1), else 0
@@ -41,10 +42,11 @@
 // [p, p + num_pages) free and p + num_pages - 1 <= limit_pfn: Linux
 // alloc_iova(size_aligned=true) placement, without its O(n) walk.
 //
-// Cost (n = number of free ranges, L = lanes / 4 vector words per row):
+// Cost (n = number of free ranges, L = lanes / 8 blocks per row):
 //   FindHighestFit   O(log n) node visits, one aug word each; a request above
 //                    kRoomCap pages: O(log n + ranges of >= kRoomCap pages)
-//   Carve / Release  ONE bottom-up pass per call, O(L log n) worst case: a
+//   Carve / Release  ONE bottom-up pass per call, O(L log n) worst case (O(log n)
+//                    block operations while ranges stay <= 128 pages): a
 //                    split links the new range as the carved node's in-order
 //                    successor and a double merge unlinks whichever neighbour
 //                    is the other's descendant, so the one changed range is
@@ -57,8 +59,10 @@
 //   (1) ranges are non-empty, disjoint, and maximal: no two are adjacent;
 //   (2) in-order traversal is sorted by pfn; parent links are consistent;
 //   (3) AVL: |height(left) - height(right)| <= 1, heights exact;
-//   (4) every row word and max_len equals a recomputation; the histogram and
-//       totals equal a recount; the slab accounts for every node.
+//   (4) every row word and max_len equals a recomputation (so words past a
+//       row's active blocks are zero), `blocks` equals ActiveBlocks(max_len),
+//       free slots have zero rows; the histogram and totals equal a recount;
+//       the slab accounts for every node.
 //
 // Thread-compatible: the owning IovaAllocator serialises all calls.
 
