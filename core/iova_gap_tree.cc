@@ -41,7 +41,10 @@ constexpr std::array<uint32_t, kFastLanes> kHalf = [] {
 // by value without AVX changes the ABI does not apply.
 using Block = uint32_t __attribute__((vector_size(4 * IovaGapTree::kLaneBlock)));
 static_assert(sizeof(Block) == 32);
-#if defined(__GNUC__) && !defined(__clang__)
+#if defined(__clang__)
+#pragma clang diagnostic ignored "-Wunknown-warning-option"
+#pragma clang diagnostic ignored "-Wpsabi"
+#elif defined(__GNUC__)
 #pragma GCC diagnostic ignored "-Wpsabi"
 #endif
 
@@ -457,7 +460,7 @@ IovaGapTree::Fit IovaGapTree::HugeFit(uint32_t x, uint64_t num_pages, int order,
 
 IovaGapTree::Fit IovaGapTree::FindHighestFit(uint64_t num_pages, int order,
                                              uint64_t limit_pfn) const {
-  assert(num_pages >= 1 && order < num_orders_ && std::bit_width(num_pages - 1) == order);
+  assert(num_pages >= 1 && order < num_orders_ && static_cast<int>(std::bit_width(num_pages - 1)) == order);
   if (num_pages > kRoomCap) [[unlikely]] return HugeFit(root_, num_pages, order, limit_pfn);
   if (Aug(root_, order) < num_pages) return Fit{};
   // Nodes on limit_pfn's search path at which the search went right, i.e.
