@@ -37,8 +37,9 @@ constexpr std::array<uint32_t, kFastLanes> kHalf = [] {
 // One block of row lanes as a GCC/Clang vector: one ymm register in the AVX2
 // kernels, two xmm in the SSE2 ones. Loads and stores go through memcpy (rows
 // are only 4-byte aligned as far as the type system knows).
-// The helpers are always inlined, so GCC's note that passing a 32-byte vector
-// by value without AVX changes the ABI does not apply.
+// The helpers are always inlined (also at -O0), so the note that passing a
+// 32-byte vector by value without AVX changes the ABI does not apply to them;
+// nothing that may be a real call takes or returns a Block.
 using Block = uint32_t __attribute__((vector_size(4 * IovaGapTree::kLaneBlock)));
 static_assert(sizeof(Block) == 32);
 #if defined(__clang__)
@@ -137,18 +138,21 @@ template <int kLanes>
   const bool narrow = len < kRoomCap;
   const Block len_v = Splat(static_cast<uint32_t>(len));
   const Block neg_lo_v = Splat(static_cast<uint32_t>(0 - n.lo));
-  // Word(r, k) lane by lane in 64 bits (orders >= kFastLanes, or len >= kRoomCap).
-  const auto own_slow = [&n](int k0) {
-    alignas(32) uint32_t words[kLaneBlock];
+  // Word(r, k) lane by lane in 64 bits (orders >= kFastLanes, or len >=
+  // kRoomCap). It fills memory rather than returning a Block: a lambda may be
+  // a real call (at -O0), compiled without the caller's AVX2 target, and a
+  // vector passed by value would then cross two different ABIs.
+  const auto own_slow = [&n](int k0, uint32_t* words) {
     for (int i = 0; i < kLaneBlock; ++i) words[i] = RoomWord(n.lo, n.hi, k0 + i);
-    return LoadBlock(words);
   };
+  alignas(32) uint32_t slow_words[kLaneBlock];
   // Block 0 (every node has one: blocks >= 1), in aug0.
   Block v0;
   if (narrow) [[likely]] {
     v0 = OwnWords(len_v, neg_lo_v, 0);
   } else {
-    v0 = own_slow(0);
+    own_slow(0, slow_words);
+    v0 = LoadBlock(slow_words);
   }
   v0 = Max(v0, Max(LoadBlock(aug0 + size_t{n.left} * kLaneBlock),
                    LoadBlock(aug0 + size_t{n.right} * kLaneBlock)));
@@ -170,7 +174,12 @@ template <int kLanes>
       const int off = k0 - kLaneBlock;
       Block v = Block{};
       if (b < blocks) {
-        v = narrow && k0 < kFastLanes ? OwnWords(len_v, neg_lo_v, k0) : own_slow(k0);
+        if (narrow && k0 < kFastLanes) {
+          v = OwnWords(len_v, neg_lo_v, k0);
+        } else {
+          own_slow(k0, slow_words);
+          v = LoadBlock(slow_words);
+        }
         v = Max(v, Max(LoadBlock(ln + off), LoadBlock(rn + off)));
       }
       diff |= v ^ LoadBlock(xn + off);
