@@ -84,6 +84,7 @@ IovaAllocator::IovaAllocator(const IovaAllocatorOptions& options, int num_orders
   if (options.cache.enabled) {
     const int classes = std::min<int>(Log2(options.cache.max_pages) + 1, num_orders);
     cache_max_pages_ = uint64_t{1} << (classes - 1);
+    inline_alloc_max_pages_ = options.try_32bit_first ? 0 : cache_max_pages_;
     cache_ = internal::IovaMagazineCache(classes, options.cache.magazine_depth,
                                         options.cache.depot_magazines);
   }

@@ -470,6 +470,47 @@ TEST(IovaAllocator, LargeSpaceLargeRequests) {
   EXPECT_INVARIANTS(a);
 }
 
+// The free tree's rows hold words only for orders up to the longest range of a
+// subtree (blocks of 8 orders): carving a 2^40-page space down in halves moves
+// the longest range through every block, including the orders >= 32 computed
+// in 64 bits, and freeing in a scrambled order grows it back; each step is
+// checked against a full recomputation (CheckInvariants) and the placement.
+TEST(IovaAllocator, RowsFollowTheLongestRangeThroughEveryBlock) {
+  constexpr uint64_t kEnd = (uint64_t{1} << 40) - 1;
+  IovaAllocator a = Make(Opts(1, kEnd));
+  std::vector<std::pair<uint64_t, uint64_t>> live;
+  uint64_t below = uint64_t{1} << 40;  // every allocation sits just below the last
+  for (int k = 38; k >= 0; --k) {
+    const uint64_t n = uint64_t{1} << k;
+    const absl::StatusOr<uint64_t> p = a.AllocPfns(n, kEnd);
+    ASSERT_TRUE(p.ok()) << k << ": " << p.status();
+    ASSERT_EQ(*p, below - n) << k;
+    below = *p;
+    live.emplace_back(*p, n);
+    ASSERT_INVARIANTS(a);
+    ASSERT_EQ(a.GetStats().largest_free_pages, below - 1) << k;
+  }
+  // Odd sizes leave unaligned remainders whose rooms differ per order.
+  for (const uint64_t n : {uint64_t{3}, uint64_t{1000}, (uint64_t{1} << 33) + 7}) {
+    const absl::StatusOr<uint64_t> p = a.AllocPfns(n, kEnd);
+    ASSERT_TRUE(p.ok()) << n << ": " << p.status();
+    ASSERT_EQ(*p % std::bit_ceil(n), 0u);
+    live.emplace_back(*p, n);
+    ASSERT_INVARIANTS(a);
+  }
+  TestRng rng;
+  while (!live.empty()) {
+    const size_t j = rng.Below(live.size());
+    ASSERT_TRUE(a.FreePfns(live[j].first).ok());
+    live[j] = live.back();
+    live.pop_back();
+    ASSERT_INVARIANTS(a);
+  }
+  const IovaStats s = a.GetStats();
+  EXPECT_EQ(s.free_ranges, 1u);
+  EXPECT_EQ(s.largest_free_pages, kEnd);
+}
+
 // --- random sequences against a reference model ---------------------------------------
 
 // The reference: occupied ranges (allocations and reserved) in a std::map and
@@ -790,6 +831,55 @@ TEST(IovaAllocatorRandom, CachedPathKeepsInvariants) {
   a.FlushCaches();
   CheckStatsAgainstRecount(a);
   EXPECT_INVARIANTS(a);
+}
+
+// The raw fast path serves a hit from the loaded magazine inline and sends
+// everything else (an empty loaded magazine, a top pfn above the limit, a
+// miss) out of line: the same random sequence through AllocPfnsFastOrZero and
+// through AllocPfnsFast gives the same pfns, hit and miss counts and state.
+TEST(IovaAllocatorRandom, InlineCacheHitsMatchTheStatusPath) {
+  IovaAllocatorOptions o = Opts(1, 0x3FFF, /*cache=*/true);
+  o.placement = IovaPlacement::kLinuxNextFit;
+  o.cache.magazine_depth = 8;
+  o.cache.depot_magazines = 3;
+  IovaAllocator raw = Make(o);
+  IovaAllocator status = Make(o);
+  TestRng rng;
+  std::vector<std::pair<uint64_t, uint64_t>> live;  // pfn, requested pages
+  for (int op = 0; op < 12000; ++op) {
+    if (live.empty() || rng.Below(100) < 52) {
+      const uint64_t n = rng.Below(8) == 0 ? rng.Below(100) + 1 : rng.Below(32) + 1;
+      const uint64_t limits[] = {0x3FFF, 0x1FFF, rng.Below(0x3FFF) + 1, 0xFFFFFFFF};
+      const uint64_t limit = limits[rng.Below(4)];
+      const uint64_t got = raw.AllocPfnsFastOrZero(n, limit);
+      const absl::StatusOr<uint64_t> want = status.AllocPfnsFast(n, limit);
+      ASSERT_EQ(got, want.ok() ? *want : 0) << "op " << op << " n=" << n << " limit=" << limit;
+      if (got != 0) live.emplace_back(got, n);
+    } else {
+      const size_t j = rng.Below(live.size());
+      ASSERT_TRUE(raw.FreePfnsFast(live[j].first, live[j].second).ok());
+      ASSERT_TRUE(status.FreePfnsFast(live[j].first, live[j].second).ok());
+      // A second free of the same range is refused (it sits in a cache now,
+      // or went back to the tree).
+      EXPECT_EQ(raw.FreePfnsFast(live[j].first, live[j].second).code(),
+                absl::StatusCode::kNotFound);
+      live[j] = live.back();
+      live.pop_back();
+    }
+    if (op % 97 == 0) {
+      ASSERT_INVARIANTS(raw);
+      CheckStatsAgainstRecount(raw);
+    }
+  }
+  const IovaStats r = raw.GetStats();
+  const IovaStats s = status.GetStats();
+  EXPECT_EQ(r.cache_hits, s.cache_hits);
+  EXPECT_EQ(r.cache_misses, s.cache_misses);
+  EXPECT_EQ(r.cached_pages, s.cached_pages);
+  EXPECT_EQ(r.free_pages, s.free_pages);
+  EXPECT_GT(r.cache_hits, 1000u);
+  EXPECT_GT(r.cache_misses, 100u);
+  ASSERT_INVARIANTS(raw);
 }
 
 }  // namespace

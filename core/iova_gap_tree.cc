@@ -12,16 +12,70 @@
 namespace iommu::core::internal {
 namespace {
 
-// kPadMask[k] = 2^k - 1: (-lo) & kPadMask[k] is the distance from lo up to
-// its next 2^k boundary, for the orders a 32-bit lane computes directly.
+// For the orders a 32-bit lane computes directly: kPadMask[k] = 2^k - 1
+// ((-lo) & kPadMask[k] is the distance from lo up to its next 2^k boundary),
+// kPow[k] = 2^k (the cap of a word), kHalf[k] = 2^(k-1) (0 for k = 0): a
+// range of at most kHalf[k] pages has word 0.
 constexpr int kFastLanes = 32;
 constexpr std::array<uint32_t, kFastLanes> kPadMask = [] {
   std::array<uint32_t, kFastLanes> m{};
   for (int k = 0; k < kFastLanes; ++k) m[k] = (uint32_t{1} << k) - 1;
   return m;
 }();
+static_assert(kFastLanes % IovaGapTree::kLaneBlock == 0);
+constexpr std::array<uint32_t, kFastLanes> kPow = [] {
+  std::array<uint32_t, kFastLanes> m{};
+  for (int k = 0; k < kFastLanes; ++k) m[k] = uint32_t{1} << k;
+  return m;
+}();
+constexpr std::array<uint32_t, kFastLanes> kHalf = [] {
+  std::array<uint32_t, kFastLanes> m{};
+  for (int k = 1; k < kFastLanes; ++k) m[k] = uint32_t{1} << (k - 1);
+  return m;
+}();
 
-constexpr int kLaneBlock = 8;
+// One block of row lanes as a GCC/Clang vector: one ymm register in the AVX2
+// kernels, two xmm in the SSE2 ones. Loads and stores go through memcpy (rows
+// are only 4-byte aligned as far as the type system knows).
+// The helpers are always inlined (also at -O0), so the note that passing a
+// 32-byte vector by value without AVX changes the ABI does not apply to them;
+// nothing that may be a real call takes or returns a Block.
+using Block = uint32_t __attribute__((vector_size(4 * IovaGapTree::kLaneBlock)));
+static_assert(sizeof(Block) == 32);
+#if defined(__clang__)
+#pragma clang diagnostic ignored "-Wunknown-warning-option"
+#pragma clang diagnostic ignored "-Wpsabi"
+#elif defined(__GNUC__)
+#pragma GCC diagnostic ignored "-Wpsabi"
+#endif
+
+[[gnu::always_inline]] inline Block LoadBlock(const uint32_t* p) {
+  Block v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+[[gnu::always_inline]] inline void StoreBlock(uint32_t* p, Block v) {
+  std::memcpy(p, &v, sizeof(v));
+}
+[[gnu::always_inline]] inline Block Splat(uint32_t x) {
+  // Lane 0 shuffled into every lane: one broadcast instruction.
+#if defined(__clang__)
+  const Block v{x};
+  return __builtin_shufflevector(v, v, 0, 0, 0, 0, 0, 0, 0, 0);
+#else
+  return __builtin_shuffle(Block{x}, Block{});
+#endif
+}
+[[gnu::always_inline]] inline Block Max(Block a, Block b) { return a > b ? a : b; }
+[[gnu::always_inline]] inline Block Min(Block a, Block b) { return a < b ? a : b; }
+
+// Word(r, k) for the block of orders k0..k0+7 (k0 + 7 < kFastLanes) of a range
+// of len < kRoomCap pages: len_v and neg_lo_v hold len and -lo in every lane.
+[[gnu::always_inline]] inline Block OwnWords(Block len_v, Block neg_lo_v, int k0) {
+  const Block pad = neg_lo_v & LoadBlock(&kPadMask[k0]);
+  const Block room = Min(Max(len_v, pad) - pad, LoadBlock(&kPow[k0]));
+  return len_v > LoadBlock(&kHalf[k0]) ? room : Block{};
+}
 
 }  // namespace
 
@@ -30,8 +84,9 @@ IovaGapTree::IovaGapTree(int num_orders)
       lanes_((num_orders + kLaneBlock - 1) / kLaneBlock * kLaneBlock),
       kernels_(PickKernels(lanes_)) {
   assert(num_orders >= 1 && num_orders <= 64);
-  nodes_.push_back(Node{0, 0, 0, kNil, kNil, kNil, 0});
-  aug_.assign(lanes_, 0);
+  nodes_.push_back(Node{0, 0, 0, kNil, kNil, kNil, 0, 0});
+  aug0_.assign(kLaneBlock, 0);
+  augn_.assign(lanes_ - kLaneBlock, 0);
 }
 
 uint32_t IovaGapTree::NewNode(uint64_t lo, uint64_t hi) {
@@ -43,14 +98,23 @@ uint32_t IovaGapTree::NewNode(uint64_t lo, uint64_t hi) {
     x = static_cast<uint32_t>(nodes_.size());
     assert(x != 0 && nodes_.size() < UINT32_MAX);
     nodes_.push_back(Node{});
-    aug_.resize(aug_.size() + lanes_);
+    aug0_.resize(aug0_.size() + kLaneBlock);
+    augn_.resize(augn_.size() + (lanes_ - kLaneBlock));
   }
-  nodes_[x] = Node{lo, hi, 0, kNil, kNil, kNil, 1};
+  nodes_[x] = Node{lo, hi, 0, kNil, kNil, kNil, 1, 0};
   Pull(x);  // overwrites every word of a recycled row
   return x;
 }
 
-void IovaGapTree::FreeNode(uint32_t x) { free_nodes_.push_back(x); }
+void IovaGapTree::FreeNode(uint32_t x) {
+  // A free slot's row is all zeros, so NewNode's Pull (which starts from
+  // max_len 0, i.e. no active block) leaves a fully current row.
+  for (int b = 0; b < nodes_[x].blocks; ++b) {
+    std::memset(RowBlock(x, b), 0, sizeof(uint32_t) * kLaneBlock);
+  }
+  SetMaxLen(nodes_[x], 0);
+  free_nodes_.push_back(x);
+}
 
 template <int kLanes>
 [[gnu::always_inline]] inline bool IovaGapTree::PullBody(uint32_t x) {
@@ -59,40 +123,76 @@ template <int kLanes>
   const Node& r = nodes_[n.right];
   const uint64_t len = n.hi - n.lo + 1;
   const uint64_t max_len = std::max(len, std::max(l.max_len, r.max_len));
-  // The new row is built in a local array (no aliasing with the rows, so the
-  // loop vectorises without overlap checks), then compared and stored in the
-  // same vector width the parent's pass loads it in: a narrower store would
-  // defeat store-to-load forwarding up the path.
-  const uint32_t* lrow = aug_.data() + size_t{n.left} * kLanes;
-  const uint32_t* rrow = aug_.data() + size_t{n.right} * kLanes;
-  uint32_t* row = aug_.data() + size_t{x} * kLanes;
-  alignas(32) uint32_t v[kLanes];
-  constexpr int kFast = kLanes < kFastLanes ? kLanes : kFastLanes;
-  if (len < kRoomCap) [[likely]] {
-    // room_k = len - ((-lo) mod 2^k), saturating at 0: exact in 32 bits for
-    // k < 32 when len fits.
-    const uint32_t len32 = static_cast<uint32_t>(len);
-    const uint32_t neg_lo = static_cast<uint32_t>(0 - n.lo);
-    for (int k = 0; k < kFast; ++k) {
-      const uint32_t pad = neg_lo & kPadMask[k];
-      const uint32_t own = std::max(len32, pad) - pad;
-      v[k] = std::max(own, std::max(lrow[k], rrow[k]));
-    }
-    for (int k = kFast; k < kLanes; ++k) {
-      v[k] = std::max(RoomWord(n.lo, n.hi, k), std::max(lrow[k], rrow[k]));
-    }
+  // Only the blocks below a row's ActiveBlocks can be non-zero, so x's row is
+  // computed up to its new count and cleared from there to its old one. A
+  // child's blocks past its own count read as zeros, and so do the own words
+  // past ActiveBlocks(len) (the formula gives 0 there), so neither needs a
+  // test in the loop.
+  const int old_blocks = n.blocks;
+  const int blocks = ActiveBlocks(max_len);
+  constexpr size_t kRest = kLanes - kLaneBlock;  // words per node in augn_
+  uint32_t* const aug0 = aug0_.data();
+  uint32_t* const augn = augn_.data();
+  // room_k = len - ((-lo) mod 2^k), saturating at 0: exact in 32 bits for
+  // k < 32 when len fits; then capped at 2^k and zero unless len > 2^(k-1).
+  const bool narrow = len < kRoomCap;
+  const Block len_v = Splat(static_cast<uint32_t>(len));
+  const Block neg_lo_v = Splat(static_cast<uint32_t>(0 - n.lo));
+  // Word(r, k) lane by lane in 64 bits (orders >= kFastLanes, or len >=
+  // kRoomCap). It fills memory rather than returning a Block: a lambda may be
+  // a real call (at -O0), compiled without the caller's AVX2 target, and a
+  // vector passed by value would then cross two different ABIs.
+  const auto own_slow = [&n](int k0, uint32_t* words) {
+    for (int i = 0; i < kLaneBlock; ++i) words[i] = RoomWord(n.lo, n.hi, k0 + i);
+  };
+  alignas(32) uint32_t slow_words[kLaneBlock];
+  // Block 0 (every node has one: blocks >= 1), in aug0.
+  Block v0;
+  if (narrow) [[likely]] {
+    v0 = OwnWords(len_v, neg_lo_v, 0);
   } else {
-    for (int k = 0; k < kLanes; ++k) {
-      v[k] = std::max(RoomWord(n.lo, n.hi, k), std::max(lrow[k], rrow[k]));
+    own_slow(0, slow_words);
+    v0 = LoadBlock(slow_words);
+  }
+  v0 = Max(v0, Max(LoadBlock(aug0 + size_t{n.left} * kLaneBlock),
+                   LoadBlock(aug0 + size_t{n.right} * kLaneBlock)));
+  uint32_t* const row0 = aug0 + size_t{x} * kLaneBlock;
+  Block diff = v0 ^ LoadBlock(row0);
+  StoreBlock(row0, v0);
+  if (blocks > 1 || old_blocks > 1) [[unlikely]] {
+    // Blocks 1.. in augn, kRest words per node.
+    const uint32_t* const ln = augn + size_t{n.left} * kRest;
+    const uint32_t* const rn = augn + size_t{n.right} * kRest;
+    uint32_t* const xn = augn + size_t{x} * kRest;
+    // A fixed trip count the compiler unrolls, so whether a block is one of
+    // the 32-bit fast orders is known per block at compile time. Blocks past
+    // the new count (up to the old one) are cleared.
+#pragma GCC unroll 8
+    for (int b = 1; b < kLanes / kLaneBlock; ++b) {
+      if (b >= blocks && b >= old_blocks) break;
+      const int k0 = b * kLaneBlock;
+      const int off = k0 - kLaneBlock;
+      Block v = Block{};
+      if (b < blocks) {
+        if (narrow && k0 < kFastLanes) {
+          v = OwnWords(len_v, neg_lo_v, k0);
+        } else {
+          own_slow(k0, slow_words);
+          v = LoadBlock(slow_words);
+        }
+        v = Max(v, Max(LoadBlock(ln + off), LoadBlock(rn + off)));
+      }
+      diff |= v ^ LoadBlock(xn + off);
+      StoreBlock(xn + off, v);
     }
   }
-  uint32_t diff = 0;
-  for (int k = 0; k < kLanes; ++k) {
-    diff |= v[k] ^ row[k];
-    row[k] = v[k];
-  }
-  const bool changed = diff != 0 || max_len != n.max_len;
+  uint64_t diff_words[sizeof(Block) / sizeof(uint64_t)];
+  std::memcpy(diff_words, &diff, sizeof(diff));
+  const bool changed = ((diff_words[0] | diff_words[1] | diff_words[2] | diff_words[3]) != 0) |
+                       (max_len != n.max_len);
   n.max_len = max_len;
+  n.blocks = static_cast<uint16_t>(blocks);
+  n.height = static_cast<int16_t>(1 + std::max(l.height, r.height));
   return changed;
 }
 
@@ -101,10 +201,10 @@ template <int kLanes>
                                                              uint32_t must_reach) {
   while (x != kNil) {
     const int old_height = nodes_[x].height;
-    // Children are current (processed below, or off the path), so x's row is
-    // current after this and rotations at x may copy it.
+    // Children are current (processed below, or off the path), so x's row,
+    // max_len and height are current after this and rotations at x may copy
+    // them.
     const bool changed = PullBody<kLanes>(x);
-    UpdateHeight(x);
     if (x == must_reach) must_reach = kNil;
     const Node& n = nodes_[x];
     const int balance = nodes_[n.left].height - nodes_[n.right].height;
@@ -179,7 +279,7 @@ IovaGapTree::Kernels IovaGapTree::PickKernels(int lanes) {
 
 void IovaGapTree::UpdateHeight(uint32_t x) {
   Node& n = nodes_[x];
-  n.height = 1 + std::max(nodes_[n.left].height, nodes_[n.right].height);
+  n.height = static_cast<int16_t>(1 + std::max(nodes_[n.left].height, nodes_[n.right].height));
 }
 
 void IovaGapTree::ReplaceChild(uint32_t parent, uint32_t old_child, uint32_t new_child) {
@@ -197,9 +297,12 @@ void IovaGapTree::ReplaceChild(uint32_t parent, uint32_t old_child, uint32_t new
 uint32_t IovaGapTree::RotateLeft(uint32_t x) {
   const uint32_t y = nodes_[x].right;
   const uint32_t b = nodes_[y].left;
-  // y takes over x's subtree, hence x's row and max_len.
-  std::memcpy(Row(y), Row(x), sizeof(uint32_t) * lanes_);
-  nodes_[y].max_len = nodes_[x].max_len;
+  // y takes over x's subtree, hence x's row and max_len. y's row, a
+  // subtree's of x, has no more active blocks than x's.
+  for (int b = 0; b < nodes_[x].blocks; ++b) {
+    std::memcpy(RowBlock(y, b), RowBlock(x, b), sizeof(uint32_t) * kLaneBlock);
+  }
+  SetMaxLen(nodes_[y], nodes_[x].max_len);
   ReplaceChild(nodes_[x].parent, x, y);
   nodes_[x].right = b;
   if (b != kNil) nodes_[b].parent = x;
@@ -214,8 +317,10 @@ uint32_t IovaGapTree::RotateLeft(uint32_t x) {
 uint32_t IovaGapTree::RotateRight(uint32_t x) {
   const uint32_t y = nodes_[x].left;
   const uint32_t b = nodes_[y].right;
-  std::memcpy(Row(y), Row(x), sizeof(uint32_t) * lanes_);
-  nodes_[y].max_len = nodes_[x].max_len;
+  for (int b = 0; b < nodes_[x].blocks; ++b) {
+    std::memcpy(RowBlock(y, b), RowBlock(x, b), sizeof(uint32_t) * kLaneBlock);
+  }
+  SetMaxLen(nodes_[y], nodes_[x].max_len);
   ReplaceChild(nodes_[x].parent, x, y);
   nodes_[x].left = b;
   if (b != kNil) nodes_[b].parent = x;
@@ -364,7 +469,7 @@ IovaGapTree::Fit IovaGapTree::HugeFit(uint32_t x, uint64_t num_pages, int order,
 
 IovaGapTree::Fit IovaGapTree::FindHighestFit(uint64_t num_pages, int order,
                                              uint64_t limit_pfn) const {
-  assert(num_pages >= 1 && order < num_orders_ && (uint64_t{1} << order) >= num_pages);
+  assert(num_pages >= 1 && order < num_orders_ && static_cast<int>(std::bit_width(num_pages - 1)) == order);
   if (num_pages > kRoomCap) [[unlikely]] return HugeFit(root_, num_pages, order, limit_pfn);
   if (Aug(root_, order) < num_pages) return Fit{};
   // Nodes on limit_pfn's search path at which the search went right, i.e.
@@ -517,6 +622,10 @@ absl::Status IovaGapTree::CheckSubtree(uint32_t x, uint32_t parent, int* height,
   }
   *height = n.height;
   *max_len_out = std::max(n.hi - n.lo + 1, std::max(ml, mr));
+  if (n.blocks != ActiveBlocks(n.max_len)) {
+    return absl::InternalError(absl::StrFormat("gap tree node %u: %d active blocks for max_len %#x",
+                                               x, n.blocks, n.max_len));
+  }
   if (n.max_len != *max_len_out) {
     return absl::InternalError(absl::StrFormat("gap tree node %u: max_len %#x, recount %#x", x,
                                                n.max_len, *max_len_out));
@@ -534,13 +643,15 @@ absl::Status IovaGapTree::CheckSubtree(uint32_t x, uint32_t parent, int* height,
 
 absl::Status IovaGapTree::CheckInvariants() const {
   for (int k = 0; k < lanes_; ++k) {
-    if (Row(kNil)[k] != 0) return absl::InternalError("gap tree: nil row not zero");
+    if (Aug(kNil, k) != 0) return absl::InternalError("gap tree: nil row not zero");
   }
   const Node& nil = nodes_[kNil];
-  if (nil.height != 0 || nil.max_len != 0 || nil.left != kNil || nil.right != kNil) {
+  if (nil.height != 0 || nil.max_len != 0 || nil.blocks != 0 || nil.left != kNil ||
+      nil.right != kNil) {
     return absl::InternalError("gap tree: nil sentinel modified");
   }
-  if (aug_.size() != nodes_.size() * size_t(lanes_)) {
+  if (aug0_.size() != nodes_.size() * size_t{kLaneBlock} ||
+      augn_.size() != nodes_.size() * size_t(lanes_ - kLaneBlock)) {
     return absl::InternalError("gap tree: row storage does not match the slab");
   }
   int height = 0;
@@ -574,6 +685,13 @@ absl::Status IovaGapTree::CheckInvariants() const {
     if (hist[b] != histogram_[b]) {
       return absl::InternalError(absl::StrFormat(
           "gap tree: histogram bucket %d counts %u, tracked %u", b, hist[b], histogram_[b]));
+    }
+  }
+  for (const uint32_t x : free_nodes_) {
+    for (int k = 0; k < lanes_; ++k) {
+      if (Aug(x, k) != 0 || nodes_[x].blocks != 0) {
+        return absl::InternalError(absl::StrFormat("gap tree: free slot %u has a non-zero row", x));
+      }
     }
   }
   if (count + 1 + free_nodes_.size() != nodes_.size()) {

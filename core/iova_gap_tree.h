@@ -7,19 +7,28 @@
 //
 // Layout. Nodes live in one slab (`nodes_`, 40 bytes each, linked by uint32
 // indices, index 0 is the nil sentinel) with a free list, so a warm tree never
-// calls malloc. Beside each node, `aug_` holds a row of `lanes_` uint32 words
-// (num_orders rounded up to a multiple of 8: 24 for a 4 GiB space of 4K pages,
-// 96 bytes), contiguous so that recomputing a row is an elementwise
-// max(own, left, right) the compiler vectorises: SSE2 (the x86-64 baseline)
-// everywhere, AVX2 when cpuid reports it (3 ymm words for 24 lanes):
+// calls malloc. Each node has a row of `lanes_` uint32 words (num_orders
+// rounded up to a multiple of 8: 24 for a 4 GiB space of 4K pages) in blocks
+// of 8 lanes: block 0 of every row in the dense array `aug0_` (32 bytes per
+// node), blocks 1.. in `augn_`. Recomputing a block is an elementwise
+// max(own, left, right) on one GCC/Clang vector: SSE2 (the x86-64 baseline)
+// everywhere, one ymm word with AVX2 when cpuid reports it:
 //
-//   aug(x)[k] = min(kRoomCap, max over the ranges r in x's subtree of Room(r, k))
+//   aug(x)[k] = max over the ranges r in x's subtree of Word(r, k)
+//   Word(r, k) = min(kRoomCap, 2^k, Room(r, k)) if len(r) > 2^(k-1), else 0
 //   Room([lo, hi], k) = hi + 1 - AlignUp(lo, 2^k), or 0 when that is <= 0
 //                     = len - ((-lo) mod 2^k), saturating at 0
 //
-// Every lane is exact up to the cap (lanes past num_orders hold the same
-// formula and are never searched); `max_len` keeps the exact 64-bit longest
-// range of the subtree. The sentinel's row is all zeros.
+// A search at order k is for 2^(k-1) < num_pages <= 2^k pages (the order of
+// its alignment), so neither the cap at 2^k nor zeroing ranges too short to
+// hold such a request changes an answer: aug(x)[k] >= num_pages iff some range
+// in x's subtree has Room >= num_pages. What they buy: a row is zero above
+// order bit_width(max_len - 1), so only its first ActiveBlocks(max_len) blocks
+// of 8 lanes are ever computed, read or compared (one block for subtrees
+// whose ranges are all <= 128 pages: most of a fragmented tree), and a change
+// to a long range leaves the capped low orders alone, so the bottom-up pass
+// stops earlier. `max_len` keeps the exact 64-bit longest range of the
+// subtree. The sentinel's row is all zeros, and so is a free slot's.
 //
 // Room(r, k) is the room left in r after its first 2^k-aligned pfn. A request
 // of num_pages with alignment 2^k (k = order of RoundUpPowerOfTwo(num_pages))
@@ -33,10 +42,11 @@
 // [p, p + num_pages) free and p + num_pages - 1 <= limit_pfn: Linux
 // alloc_iova(size_aligned=true) placement, without its O(n) walk.
 //
-// Cost (n = number of free ranges, L = lanes / 4 vector words per row):
+// Cost (n = number of free ranges, L = lanes / 8 blocks per row):
 //   FindHighestFit   O(log n) node visits, one aug word each; a request above
 //                    kRoomCap pages: O(log n + ranges of >= kRoomCap pages)
-//   Carve / Release  ONE bottom-up pass per call, O(L log n) worst case: a
+//   Carve / Release  ONE bottom-up pass per call, O(L log n) worst case (O(log n)
+//                    block operations while ranges stay <= 128 pages): a
 //                    split links the new range as the carved node's in-order
 //                    successor and a double merge unlinks whichever neighbour
 //                    is the other's descendant, so the one changed range is
@@ -49,11 +59,15 @@
 //   (1) ranges are non-empty, disjoint, and maximal: no two are adjacent;
 //   (2) in-order traversal is sorted by pfn; parent links are consistent;
 //   (3) AVL: |height(left) - height(right)| <= 1, heights exact;
-//   (4) every row word and max_len equals a recomputation; the histogram and
-//       totals equal a recount; the slab accounts for every node.
+//   (4) every row word and max_len equals a recomputation (so words past a
+//       row's active blocks are zero), `blocks` equals ActiveBlocks(max_len),
+//       free slots have zero rows; the histogram and totals equal a recount;
+//       the slab accounts for every node.
 //
 // Thread-compatible: the owning IovaAllocator serialises all calls.
 
+#include <algorithm>
+#include <bit>
 #include <cstddef>
 #include <cstdint>
 #include <string>
@@ -79,6 +93,8 @@ class IovaGapTree {
   };
 
   static constexpr int kHistogramBuckets = 64;
+  // Row lanes come in blocks of this many words (one AVX2 vector).
+  static constexpr int kLaneBlock = 8;
   // Row words saturate here.
   static constexpr uint32_t kRoomCap = UINT32_MAX;
 
@@ -92,11 +108,12 @@ class IovaGapTree {
   int num_orders() const { return num_orders_; }
 
   // The highest fit of `num_pages` aligned to 2^order ending at or below
-  // `limit_pfn`. REQUIRES: 2^order >= num_pages >= 1, order < num_orders().
+  // `limit_pfn`. REQUIRES: order == ceil(log2(num_pages)) (i.e. 2^(order-1) <
+  // num_pages <= 2^order), order < num_orders().
   Fit FindHighestFit(uint64_t num_pages, int order, uint64_t limit_pfn) const;
 
   // True iff some free range can hold `num_pages` aligned to 2^order (limit
-  // ignored). O(1) for num_pages <= kRoomCap.
+  // ignored). O(1) for num_pages <= kRoomCap. REQUIRES as FindHighestFit.
   bool AnyFit(uint64_t num_pages, int order) const {
     if (num_pages <= kRoomCap) return Aug(root_, order) >= num_pages;
     return FindHighestFit(num_pages, order, ~uint64_t{0}).node != kNil;
@@ -146,8 +163,10 @@ class IovaGapTree {
     uint32_t left;
     uint32_t right;
     uint32_t parent;
-    int32_t height;  // 0 for nil, 1 for a leaf
+    int16_t height;   // 0 for nil, 1 for a leaf
+    uint16_t blocks;  // ActiveBlocks(max_len)
   };
+  static_assert(sizeof(Node) == 40);
 
   // Exact 64-bit room, and the saturated word a row stores.
   static uint64_t Room(uint64_t lo, uint64_t hi, int order) {
@@ -155,14 +174,32 @@ class IovaGapTree {
     const uint64_t len = hi - lo + 1;
     return len > pad ? len - pad : 0;
   }
+  // Word(r, k) of the layout comment.
   static uint32_t RoomWord(uint64_t lo, uint64_t hi, int order) {
-    const uint64_t room = Room(lo, hi, order);
+    const uint64_t len = hi - lo + 1;
+    if (order > 0 && len <= (uint64_t{1} << (order - 1))) return 0;
+    const uint64_t room = std::min(Room(lo, hi, order), uint64_t{1} << order);
     return room < kRoomCap ? static_cast<uint32_t>(room) : kRoomCap;
   }
+  // Blocks of a row that may be non-zero for a subtree whose longest range
+  // has max_len pages: orders 0..bit_width(max_len - 1).
+  static int ActiveBlocks(uint64_t max_len) {
+    return max_len == 0 ? 0 : std::bit_width(max_len - 1) / kLaneBlock + 1;
+  }
 
-  uint32_t* Row(uint32_t x) { return &aug_[size_t{x} * lanes_]; }
-  const uint32_t* Row(uint32_t x) const { return &aug_[size_t{x} * lanes_]; }
-  uint32_t Aug(uint32_t x, int order) const { return aug_[size_t{x} * lanes_ + order]; }
+  // Block b (lanes 8b..8b+7) of x's row: block 0 in aug0_, the rest in augn_.
+  uint32_t* RowBlock(uint32_t x, int b) {
+    return b == 0 ? &aug0_[size_t{x} * kLaneBlock]
+                  : &augn_[size_t{x} * (lanes_ - kLaneBlock) + (b - 1) * kLaneBlock];
+  }
+  const uint32_t* RowBlock(uint32_t x, int b) const {
+    return const_cast<IovaGapTree*>(this)->RowBlock(x, b);
+  }
+  uint32_t Aug(uint32_t x, int order) const {
+    return order < kLaneBlock
+               ? aug0_[size_t{x} * kLaneBlock + order]
+               : augn_[size_t{x} * (lanes_ - kLaneBlock) + (order - kLaneBlock)];
+  }
 
   uint32_t NewNode(uint64_t lo, uint64_t hi);
   void FreeNode(uint32_t x);
@@ -197,6 +234,10 @@ class IovaGapTree {
   static Kernels PickKernels(int lanes);
 
   void UpdateHeight(uint32_t x);
+  void SetMaxLen(Node& n, uint64_t max_len) {
+    n.max_len = max_len;
+    n.blocks = static_cast<uint16_t>(ActiveBlocks(max_len));
+  }
   // Rotations keep subtree membership, so the new subtree root takes the old
   // root's row; the demoted node is recomputed. REQUIRES: x's row is current.
   uint32_t RotateLeft(uint32_t x);
@@ -239,7 +280,12 @@ class IovaGapTree {
   int lanes_;                    // num_orders_ rounded up to a multiple of 8
   Kernels kernels_;              // for lanes_ and this CPU
   std::vector<Node> nodes_;      // [0] is the nil sentinel
-  std::vector<uint32_t> aug_;    // lanes_ words per node; row 0 all zeros
+  // Rows, split so that a search or pass over subtrees of short ranges (one
+  // active block) touches 32 dense bytes per node: block 0 of every row in
+  // aug0_ (kLaneBlock words per node), blocks 1.. in augn_ (lanes_ - kLaneBlock
+  // words per node). Row 0 (nil) is all zeros.
+  std::vector<uint32_t> aug0_;
+  std::vector<uint32_t> augn_;
   std::vector<uint32_t> free_nodes_;
   uint32_t root_ = kNil;
 

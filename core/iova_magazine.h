@@ -23,6 +23,9 @@
 //
 // Cost: Push and Pop are O(1) (a few loads and stores) unless the limit forces
 // a scan of one magazine or a spill releases one magazine to the tree.
+// TryPopLoaded / TryPushLoaded are the inline common cases (the loaded
+// magazine serves), a handful of instructions with no counter updates: the
+// totals are recounted from the magazine counts, O(size classes).
 //
 // Thread-compatible: one instance per allocator ("one CPU"); the owning
 // IovaAllocator serialises all calls.
@@ -43,9 +46,22 @@ class IovaMagazineCache {
   IovaMagazineCache& operator=(IovaMagazineCache&&) = default;
 
   int num_classes() const { return static_cast<int>(classes_.size()); }
-  // Number of cached ranges and the pages they cover.
-  uint64_t cached_ranges() const { return cached_ranges_; }
-  uint64_t cached_pages() const { return cached_pages_; }
+  // Number of cached ranges and the pages they cover. O(size classes).
+  uint64_t cached_ranges() const;
+  uint64_t cached_pages() const;
+
+  // Pop's common case: the top of the loaded magazine when it is <= max_pfn,
+  // removed from the cache; 0 otherwise (nothing changed; Pop may still find
+  // one).
+  uint64_t TryPopLoaded(int cls, uint64_t max_pfn) {
+    uint64_t* mag = classes_[cls].loaded;
+    const uint64_t n = mag[0];
+    if (n == 0) return 0;
+    const uint64_t pfn = mag[n];
+    if (pfn > max_pfn) return 0;
+    mag[0] = n - 1;
+    return pfn;
+  }
 
   // A cached pfn of class `cls` that is <= max_pfn, removed from the cache;
   // 0 when there is none (pfn 0 is never cached).
@@ -70,8 +86,6 @@ class IovaMagazineCache {
       if (pfn == 0) return 0;
     }
     mag[0] = n - 1;
-    --cached_ranges_;
-    cached_pages_ -= uint64_t{1} << cls;
     return pfn;
   }
 
@@ -79,10 +93,10 @@ class IovaMagazineCache {
   // otherwise, with nothing changed.
   bool TryPushLoaded(int cls, uint64_t pfn) {
     uint64_t* mag = classes_[cls].loaded;
-    if (mag[0] == depth_) return false;
-    mag[++mag[0]] = pfn;
-    ++cached_ranges_;
-    cached_pages_ += uint64_t{1} << cls;
+    const uint64_t n = mag[0];
+    if (n == depth_) return false;
+    mag[n + 1] = pfn;
+    mag[0] = n + 1;
     return true;
   }
 
@@ -105,8 +119,6 @@ class IovaMagazineCache {
     }
     uint64_t* mag = c.loaded;
     mag[++mag[0]] = pfn;
-    ++cached_ranges_;
-    cached_pages_ += uint64_t{1} << cls;
   }
 
   // Empties every magazine, calling release(pfn, cls) for each cached pfn.
@@ -139,7 +151,7 @@ class IovaMagazineCache {
   }
 
   // Structural self-check: magazine counts within depth, depot full
-  // magazines, every magazine accounted for exactly once, totals recounted.
+  // magazines, every magazine accounted for exactly once.
   bool StructureOk() const;
 
  private:
@@ -157,8 +169,6 @@ class IovaMagazineCache {
   template <typename ReleaseFn>
   void Spill(int cls, uint64_t* mag, ReleaseFn& release) {
     for (uint64_t i = 1; i <= mag[0]; ++i) release(mag[i], cls);
-    cached_ranges_ -= mag[0];
-    cached_pages_ -= mag[0] << cls;
     mag[0] = 0;
   }
 
@@ -166,8 +176,6 @@ class IovaMagazineCache {
   uint64_t depot_size_ = 0;
   std::vector<uint64_t> storage_;  // all magazines; never reallocated after construction
   std::vector<Class> classes_;
-  uint64_t cached_ranges_ = 0;
-  uint64_t cached_pages_ = 0;
 };
 
 }  // namespace iommu::core::internal
