@@ -97,7 +97,7 @@ BatchStream::ResponseFuture BatchStream::Send() {
     pending_arena_.Reset();
     pending_ = google::protobuf::Arena::CreateMessage<v1::BatchRequest>(&pending_arena_);
   });
-  std::promise<absl::StatusOr<v1::BatchResponse>> promise;
+  std::promise<absl::StatusOr<BatchReply>> promise;
   ResponseFuture future = promise.get_future();
   absl::MutexLock write_lock(&write_mu_);
   {
@@ -116,19 +116,23 @@ BatchStream::ResponseFuture BatchStream::Send() {
 }
 
 void BatchStream::ReadLoop() {
-  v1::BatchResponse response;
-  while (stream_->Read(&response)) {
+  google::protobuf::ArenaOptions options;
+  options.start_block_size = size_t{64} << 10;
+  options.max_block_size = size_t{1} << 20;
+  while (true) {
+    auto arena = std::make_unique<google::protobuf::Arena>(options);
+    auto* response = google::protobuf::Arena::CreateMessage<v1::BatchResponse>(arena.get());
+    if (!stream_->Read(response)) break;
     absl::MutexLock lock(&mu_);
-    if (outstanding_.empty() || outstanding_.front().sequence != response.sequence()) {
-      broken_ = FieldStatus(absl::StatusCode::kInternal, "sequence", response.sequence(),
+    if (outstanding_.empty() || outstanding_.front().sequence != response->sequence()) {
+      broken_ = FieldStatus(absl::StatusCode::kInternal, "sequence", response->sequence(),
                             "Batch response does not match the oldest outstanding request");
       FailOutstanding(broken_);
       context_.TryCancel();
       continue;
     }
-    outstanding_.front().promise.set_value(std::move(response));
+    outstanding_.front().promise.set_value(BatchReply(std::move(arena), response));
     outstanding_.pop_front();
-    response = v1::BatchResponse();
   }
   absl::MutexLock lock(&mu_);
   if (broken_.ok()) broken_ = absl::UnavailableError("Batch: the stream ended before its responses");
