@@ -2,7 +2,6 @@
 // GetSgTable, MapAt/UnmapRange, Sync.
 
 #include <algorithm>
-#include <tuple>
 
 #include "absl/strings/str_format.h"
 #include "core/bits.h"
@@ -199,22 +198,22 @@ void BrokerImpl::CompleteInvalidationLocked(Domain& d, DeferredInvalidation* def
     // an entry overlaps a merged range iff it overlaps one of its parts.
     std::sort(ranges.begin(), ranges.end());
     absl::MutexLock l(&d.smmu->mu);
-    auto [first, last] = ranges.front();
-    auto invalidate = [&] {
-      const auto r = d.smmu->iotlb->InvalidateVa(d.tag, Iova(first), last - first + 1,
-                                                 VaLevels::kLeafOnly);
-      assert(r.ok());
-      (void)r;
-    };
-    for (size_t i = 1; i < ranges.size(); ++i) {
-      if (last != ~uint64_t{0} && ranges[i].first <= last + 1) {
+    uint64_t first = ranges.front().first;
+    uint64_t last = ranges.front().second;
+    for (size_t i = 1; i <= ranges.size(); ++i) {
+      if (i < ranges.size() && last != ~uint64_t{0} && ranges[i].first <= last + 1) {
         last = std::max(last, ranges[i].second);
         continue;
       }
-      invalidate();
-      std::tie(first, last) = ranges[i];
+      const auto r =
+          d.smmu->iotlb->InvalidateVa(d.tag, Iova(first), last - first + 1, VaLevels::kLeafOnly);
+      assert(r.ok());
+      (void)r;
+      if (i < ranges.size()) {
+        first = ranges[i].first;
+        last = ranges[i].second;
+      }
     }
-    invalidate();
     ranges.clear();
   }
   for (const auto& [iova, size_bytes] : deferred->iova_frees) FreeIovaLocked(d, iova, size_bytes);
