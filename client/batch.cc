@@ -62,7 +62,7 @@ v1::BatchOp* BatchStream::NewOp() { return pending_->add_ops(); }
 size_t BatchStream::AddMap(uint64_t buffer_id, uint64_t offset_bytes, uint64_t length_bytes,
                            v1::DmaDirection direction, absl::string_view device) {
   v1::MapRequest* map = NewOp()->mutable_map();
-  if (const absl::string_view d = DeviceOr(device); !d.empty()) map->set_device(d.data(), d.size());
+  if (const absl::string_view d = OwnDevice(device); !d.empty()) map->set_device(d.data(), d.size());
   v1::MemRef* mem = map->mutable_mem();
   mem->set_buffer_id(buffer_id);
   mem->set_offset_bytes(offset_bytes);
@@ -73,7 +73,7 @@ size_t BatchStream::AddMap(uint64_t buffer_id, uint64_t offset_bytes, uint64_t l
 
 size_t BatchStream::AddUnmap(uint64_t dma_addr, absl::string_view device) {
   v1::UnmapRequest* unmap = NewOp()->mutable_unmap();
-  if (const absl::string_view d = DeviceOr(device); !d.empty()) unmap->set_device(d.data(), d.size());
+  if (const absl::string_view d = OwnDevice(device); !d.empty()) unmap->set_device(d.data(), d.size());
   unmap->set_dma_addr(dma_addr);
   return pending_->ops_size() - 1;
 }
@@ -81,7 +81,7 @@ size_t BatchStream::AddUnmap(uint64_t dma_addr, absl::string_view device) {
 size_t BatchStream::AddTranslate(uint64_t iova, uint64_t length_bytes, v1::AccessKind access,
                                  absl::string_view device) {
   v1::TranslateOp* t = NewOp()->mutable_translate();
-  if (const absl::string_view d = DeviceOr(device); !d.empty()) t->set_device(d.data(), d.size());
+  if (const absl::string_view d = OwnDevice(device); !d.empty()) t->set_device(d.data(), d.size());
   t->set_iova(iova);
   t->set_length_bytes(length_bytes);
   t->set_access(access);
@@ -91,6 +91,7 @@ size_t BatchStream::AddTranslate(uint64_t iova, uint64_t length_bytes, v1::Acces
 BatchStream::ResponseFuture BatchStream::Send() {
   const uint64_t sequence = next_sequence_++;
   pending_->set_sequence(sequence);
+  if (!client_.device().empty()) pending_->set_device(client_.device());
   // Write serialises the message before it returns; then the arena (and the
   // pending message with it) starts over, whatever happens below.
   auto reset = absl::MakeCleanup([this] {

@@ -75,7 +75,8 @@ class BatchStream {
   ~BatchStream();
 
   // Queue one operation; the device of its request defaults to the client's
-  // (`device`, when given, names it instead).
+  // (`device`, when given, names it instead). The client's device is sent
+  // once per message (BatchRequest.device), not per operation.
   size_t Add(v1::BatchOp op);
   size_t AddMap(uint64_t buffer_id, uint64_t offset_bytes, uint64_t length_bytes, v1::DmaDirection direction,
                 absl::string_view device = {});
@@ -101,8 +102,10 @@ class BatchStream {
   // A new operation at the end of the pending message, and the device its
   // request names.
   v1::BatchOp* NewOp();
-  absl::string_view DeviceOr(absl::string_view device) const {
-    return device.empty() ? absl::string_view(client_.device()) : device;
+  // The device an op must name itself: empty when it is the client's, which
+  // the message names once (BatchRequest.device) for every op.
+  absl::string_view OwnDevice(absl::string_view device) const {
+    return device == client_.device() ? absl::string_view() : device;
   }
   void ReadLoop();
   void FailOutstanding(const absl::Status& status) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

@@ -140,16 +140,21 @@ void BatchReactor::OnDone() {
 
 namespace {
 
-// The device a Map or Unmap op names, or nullptr for any other op.
-const std::string* MapUnmapDevice(const v1::BatchOp& op) {
+// The device a Map or Unmap op acts as (its own, else the message's), or
+// nullptr for any other op.
+const std::string* MapUnmapDevice(const v1::BatchRequest& request, const v1::BatchOp& op) {
+  const std::string* own;
   switch (op.op_case()) {
     case v1::BatchOp::kMap:
-      return &op.map().device();
+      own = &op.map().device();
+      break;
     case v1::BatchOp::kUnmap:
-      return &op.unmap().device();
+      own = &op.unmap().device();
+      break;
     default:
       return nullptr;
   }
+  return own->empty() ? &request.device() : own;
 }
 
 }  // namespace
@@ -161,7 +166,7 @@ void BatchReactor::Process() {
   results->Reserve(n);
   for (int i = 0; i < n; ++i) results->Add();
   for (int i = 0; i < n;) {
-    const std::string* device = MapUnmapDevice(request_->ops(i));
+    const std::string* device = MapUnmapDevice(*request_, request_->ops(i));
     if (device == nullptr) {
       RunOp(request_->ops(i), results->Mutable(i));
       ++i;
@@ -169,7 +174,7 @@ void BatchReactor::Process() {
     }
     int end = i + 1;
     while (end < n) {
-      const std::string* next = MapUnmapDevice(request_->ops(end));
+      const std::string* next = MapUnmapDevice(*request_, request_->ops(end));
       if (next == nullptr || *next != *device) break;
       ++end;
     }
@@ -185,9 +190,7 @@ void BatchReactor::SetError(const absl::Status& status, v1::BatchResult* result)
 }
 
 void BatchReactor::RunMapUnmapRun(int begin, int end) {
-  const v1::BatchOp& first = request_->ops(begin);
-  const std::string& device =
-      first.op_case() == v1::BatchOp::kMap ? first.map().device() : first.unmap().device();
+  const std::string& device = *MapUnmapDevice(*request_, request_->ops(begin));
   // ActAs depends on the identity and the device name only: one answer for the run.
   absl::StatusOr<core::Caller> caller = Authenticator::ActAs(identity_, device, session_id_);
   if (!caller.ok()) {
@@ -229,7 +232,7 @@ void BatchReactor::RunOp(const v1::BatchOp& op, v1::BatchResult* result) {
     switch (op.op_case()) {
       case v1::BatchOp::kMap: {
         ASSIGN_OR_RETURN(core::Caller caller,
-                         Authenticator::ActAs(identity_, op.map().device(), session_id_));
+                         Authenticator::ActAs(identity_, OpDevice(op.map().device()), session_id_));
         ASSIGN_OR_RETURN(core::MapRequest req, FromProto(op.map(), caller.device));
         ASSIGN_OR_RETURN(core::MapResult mapped, env_.broker->Map(caller, req));
         ToProto(mapped, result->mutable_map());
@@ -237,12 +240,12 @@ void BatchReactor::RunOp(const v1::BatchOp& op, v1::BatchResult* result) {
       }
       case v1::BatchOp::kUnmap: {
         ASSIGN_OR_RETURN(core::Caller caller,
-                         Authenticator::ActAs(identity_, op.unmap().device(), session_id_));
+                         Authenticator::ActAs(identity_, OpDevice(op.unmap().device()), session_id_));
         return env_.broker->Unmap(caller, caller.device, op.unmap().dma_addr());
       }
       case v1::BatchOp::kMapSg: {
         ASSIGN_OR_RETURN(core::Caller caller,
-                         Authenticator::ActAs(identity_, op.map_sg().device(), session_id_));
+                         Authenticator::ActAs(identity_, OpDevice(op.map_sg().device()), session_id_));
         ASSIGN_OR_RETURN(core::MapSgRequest req, FromProto(op.map_sg(), caller.device));
         ASSIGN_OR_RETURN(core::MapSgResult mapped, env_.broker->MapSg(caller, req));
         ToProto(mapped, result->mutable_map_sg());
@@ -250,12 +253,12 @@ void BatchReactor::RunOp(const v1::BatchOp& op, v1::BatchResult* result) {
       }
       case v1::BatchOp::kUnmapSg: {
         ASSIGN_OR_RETURN(core::Caller caller,
-                         Authenticator::ActAs(identity_, op.unmap_sg().device(), session_id_));
+                         Authenticator::ActAs(identity_, OpDevice(op.unmap_sg().device()), session_id_));
         return env_.broker->UnmapSg(caller, caller.device, op.unmap_sg().dma_addr());
       }
       case v1::BatchOp::kTranslate: {
         ASSIGN_OR_RETURN(core::Caller caller,
-                         Authenticator::ActAs(identity_, op.translate().device(), session_id_));
+                         Authenticator::ActAs(identity_, OpDevice(op.translate().device()), session_id_));
         ASSIGN_OR_RETURN(core::TranslateRequest req, FromProto(op.translate(), caller.device));
         ASSIGN_OR_RETURN(core::TranslateResult translated, env_.broker->Translate(caller, req));
         ToProto(translated, result->mutable_translate());

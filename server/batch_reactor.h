@@ -7,7 +7,8 @@
 // operation. A failing operation does not stop the ones after it.
 //
 // The identity is authenticated once, when the stream opens; every operation
-// then acts as its own `device` under the same rules as the unary RPCs.
+// then acts as its own `device` (else the message's `device`) under the same
+// rules as the unary RPCs.
 // Consecutive Map/Unmap ops naming the same device are applied as one run
 // (core::Broker::MapUnmapBatch: one device lookup and domain-lock hold, the
 // strict invalidations of its unmaps done together), each op still getting
@@ -66,6 +67,10 @@ class BatchReactor final : public grpc::ServerBidiReactor<v1::BatchRequest, v1::
   // Applies every op of *request_ into *response_.
   void Process();
   void RunOp(const v1::BatchOp& op, v1::BatchResult* result);
+  // The device an op of *request_ acts as: its own, else the message's.
+  const std::string& OpDevice(const std::string& own) const {
+    return own.empty() ? request_->device() : own;
+  }
   // Applies ops [begin, end) of *request_, consecutive Map/Unmap ops naming
   // the same device, through one Broker::MapUnmapBatch; each gets the result
   // RunOp would have given it.

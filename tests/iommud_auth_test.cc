@@ -191,6 +191,32 @@ TEST_F(TokenAuthTest, BatchRunsGiveEachOpItsUnaryResult) {
   EXPECT_EQ(again_unary.error_code(), StatusCode::NOT_FOUND);
   EXPECT_EQ(resp.results(2).code(), int(StatusCode::NOT_FOUND));
   EXPECT_EQ(resp.results(2).message(), again_unary.error_message());
+
+  // The message's device stands for every op that names none; an op naming
+  // one acts as that.
+  v1::BatchRequest third;
+  third.set_device("nvme0");
+  map_op(&third, "", 0);      // as nvme0: PERMISSION_DENIED
+  map_op(&third, "nic0", 0);  // as nic0
+  ASSERT_TRUE(batch->Write(third));
+  ASSERT_TRUE(batch->Read(&resp));
+  ASSERT_EQ(resp.results_size(), 2);
+  EXPECT_EQ(resp.results(0).code(), int(StatusCode::PERMISSION_DENIED));
+  EXPECT_NE(resp.results(0).message().find("nvme0"), std::string::npos) << resp.results(0).message();
+  EXPECT_EQ(resp.results(1).code(), 0) << resp.results(1).message();
+  v1::BatchRequest fourth;
+  fourth.set_device("nic0");
+  unmap_op(&fourth, "", resp.results(1).map().dma_addr());
+  v1::TranslateOp* t2 = fourth.add_ops()->mutable_translate();  // inherits too
+  t2->set_iova(resp.results(1).map().dma_addr());
+  t2->set_length_bytes(4);
+  t2->set_access(v1::ACCESS_KIND_READ);
+  ASSERT_TRUE(batch->Write(fourth));
+  ASSERT_TRUE(batch->Read(&resp));
+  ASSERT_EQ(resp.results_size(), 2);
+  EXPECT_EQ(resp.results(0).code(), 0) << resp.results(0).message();
+  EXPECT_EQ(resp.results(1).code(), 0) << resp.results(1).message();
+  EXPECT_TRUE(resp.results(1).translate().faulted());
   batch->WritesDone();
   ASSERT_OK(batch->Finish());
 }
