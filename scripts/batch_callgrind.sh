@@ -3,7 +3,10 @@
 # --api=batch` (steady state: each message unmaps what the previous one mapped
 # and maps batch_size more). The measured process runs under callgrind with
 # instrumentation off until the stream is warm, then on for a fixed window;
-# the ops in the window come from the daemon's Batch message counter.
+# the ops in the window come from the daemon's Batch message counter. That
+# counter runs ahead of the messages processed inside the window (up to ~10%
+# off); exact: divide the total by 1024 x the calls of BatchReactor::Process
+# (daemon) or BatchStream::Send (client) recorded in the profile.
 #   scripts/batch_callgrind.sh <build dir> <out prefix> d|c   (d: iommud, c: iommuctl)
 set -u
 B=$1; OUT=$2; SIDE=$3; S=/tmp/batch-cg$$.sock; P=${METRICS_PORT:-39517}; N=${BATCH_SIZE:-1024}
