@@ -62,7 +62,7 @@ v1::BatchOp* BatchStream::NewOp() { return pending_->add_ops(); }
 size_t BatchStream::AddMap(uint64_t buffer_id, uint64_t offset_bytes, uint64_t length_bytes,
                            v1::DmaDirection direction, absl::string_view device) {
   v1::MapRequest* map = NewOp()->mutable_map();
-  if (const absl::string_view d = DeviceOr(device); !d.empty()) map->set_device(d.data(), d.size());
+  if (const absl::string_view d = OwnDevice(device); !d.empty()) map->set_device(d.data(), d.size());
   v1::MemRef* mem = map->mutable_mem();
   mem->set_buffer_id(buffer_id);
   mem->set_offset_bytes(offset_bytes);
@@ -73,7 +73,7 @@ size_t BatchStream::AddMap(uint64_t buffer_id, uint64_t offset_bytes, uint64_t l
 
 size_t BatchStream::AddUnmap(uint64_t dma_addr, absl::string_view device) {
   v1::UnmapRequest* unmap = NewOp()->mutable_unmap();
-  if (const absl::string_view d = DeviceOr(device); !d.empty()) unmap->set_device(d.data(), d.size());
+  if (const absl::string_view d = OwnDevice(device); !d.empty()) unmap->set_device(d.data(), d.size());
   unmap->set_dma_addr(dma_addr);
   return pending_->ops_size() - 1;
 }
@@ -81,7 +81,7 @@ size_t BatchStream::AddUnmap(uint64_t dma_addr, absl::string_view device) {
 size_t BatchStream::AddTranslate(uint64_t iova, uint64_t length_bytes, v1::AccessKind access,
                                  absl::string_view device) {
   v1::TranslateOp* t = NewOp()->mutable_translate();
-  if (const absl::string_view d = DeviceOr(device); !d.empty()) t->set_device(d.data(), d.size());
+  if (const absl::string_view d = OwnDevice(device); !d.empty()) t->set_device(d.data(), d.size());
   t->set_iova(iova);
   t->set_length_bytes(length_bytes);
   t->set_access(access);
@@ -91,13 +91,14 @@ size_t BatchStream::AddTranslate(uint64_t iova, uint64_t length_bytes, v1::Acces
 BatchStream::ResponseFuture BatchStream::Send() {
   const uint64_t sequence = next_sequence_++;
   pending_->set_sequence(sequence);
+  if (!client_.device().empty()) pending_->set_device(client_.device());
   // Write serialises the message before it returns; then the arena (and the
   // pending message with it) starts over, whatever happens below.
   auto reset = absl::MakeCleanup([this] {
     pending_arena_.Reset();
     pending_ = google::protobuf::Arena::CreateMessage<v1::BatchRequest>(&pending_arena_);
   });
-  std::promise<absl::StatusOr<v1::BatchResponse>> promise;
+  std::promise<absl::StatusOr<BatchReply>> promise;
   ResponseFuture future = promise.get_future();
   absl::MutexLock write_lock(&write_mu_);
   {
@@ -116,19 +117,23 @@ BatchStream::ResponseFuture BatchStream::Send() {
 }
 
 void BatchStream::ReadLoop() {
-  v1::BatchResponse response;
-  while (stream_->Read(&response)) {
+  google::protobuf::ArenaOptions options;
+  options.start_block_size = size_t{64} << 10;
+  options.max_block_size = size_t{1} << 20;
+  while (true) {
+    auto arena = std::make_unique<google::protobuf::Arena>(options);
+    auto* response = google::protobuf::Arena::CreateMessage<v1::BatchResponse>(arena.get());
+    if (!stream_->Read(response)) break;
     absl::MutexLock lock(&mu_);
-    if (outstanding_.empty() || outstanding_.front().sequence != response.sequence()) {
-      broken_ = FieldStatus(absl::StatusCode::kInternal, "sequence", response.sequence(),
+    if (outstanding_.empty() || outstanding_.front().sequence != response->sequence()) {
+      broken_ = FieldStatus(absl::StatusCode::kInternal, "sequence", response->sequence(),
                             "Batch response does not match the oldest outstanding request");
       FailOutstanding(broken_);
       context_.TryCancel();
       continue;
     }
-    outstanding_.front().promise.set_value(std::move(response));
+    outstanding_.front().promise.set_value(BatchReply(std::move(arena), response));
     outstanding_.pop_front();
-    response = v1::BatchResponse();
   }
   absl::MutexLock lock(&mu_);
   if (broken_.ok()) broken_ = absl::UnavailableError("Batch: the stream ended before its responses");

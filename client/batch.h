@@ -17,6 +17,7 @@
 // The pending message lives on a protobuf arena that is reset once the
 // message is written: AddMap/AddUnmap/AddTranslate build their operation in
 // place, so queueing costs no heap allocation per operation (Add() copies).
+// Each response is parsed onto an arena its BatchReply owns.
 //
 // Thread-compatible: one thread queues and sends; a reader thread inside
 // completes the futures.
@@ -42,9 +43,31 @@
 
 namespace iommu::client {
 
+// One BatchResponse, parsed onto its own protobuf arena (no heap allocation
+// per result; freed at once). Move-only; reads like the message.
+class BatchReply {
+ public:
+  BatchReply(std::unique_ptr<google::protobuf::Arena> arena, v1::BatchResponse* message)
+      : arena_(std::move(arena)), message_(message) {}
+  BatchReply(BatchReply&&) = default;
+  BatchReply& operator=(BatchReply&&) = default;
+
+  const v1::BatchResponse& message() const { return *message_; }
+  uint64_t sequence() const { return message_->sequence(); }
+  int results_size() const { return message_->results_size(); }
+  const v1::BatchResult& results(int i) const { return message_->results(i); }
+  const google::protobuf::RepeatedPtrField<v1::BatchResult>& results() const {
+    return message_->results();
+  }
+
+ private:
+  std::unique_ptr<google::protobuf::Arena> arena_;
+  v1::BatchResponse* message_;  // on arena_
+};
+
 class BatchStream {
  public:
-  using ResponseFuture = std::future<absl::StatusOr<v1::BatchResponse>>;
+  using ResponseFuture = std::future<absl::StatusOr<BatchReply>>;
 
   static absl::StatusOr<std::unique_ptr<BatchStream>> Open(const Client& client);
   BatchStream(const BatchStream&) = delete;
@@ -52,7 +75,8 @@ class BatchStream {
   ~BatchStream();
 
   // Queue one operation; the device of its request defaults to the client's
-  // (`device`, when given, names it instead).
+  // (`device`, when given, names it instead). The client's device is sent
+  // once per message (BatchRequest.device), not per operation.
   size_t Add(v1::BatchOp op);
   size_t AddMap(uint64_t buffer_id, uint64_t offset_bytes, uint64_t length_bytes, v1::DmaDirection direction,
                 absl::string_view device = {});
@@ -62,7 +86,7 @@ class BatchStream {
 
   // Sends the pending operations as one message (an empty one too).
   ResponseFuture Send();
-  absl::StatusOr<v1::BatchResponse> Flush() { return Send().get(); }
+  absl::StatusOr<BatchReply> Flush() { return Send().get(); }
 
   // Half-closes, waits for outstanding responses and returns the stream's
   // status. Idempotent.
@@ -71,15 +95,17 @@ class BatchStream {
  private:
   struct Outstanding {
     uint64_t sequence;
-    std::promise<absl::StatusOr<v1::BatchResponse>> promise;
+    std::promise<absl::StatusOr<BatchReply>> promise;
   };
 
   explicit BatchStream(Client client);
   // A new operation at the end of the pending message, and the device its
   // request names.
   v1::BatchOp* NewOp();
-  absl::string_view DeviceOr(absl::string_view device) const {
-    return device.empty() ? absl::string_view(client_.device()) : device;
+  // The device an op must name itself: empty when it is the client's, which
+  // the message names once (BatchRequest.device) for every op.
+  absl::string_view OwnDevice(absl::string_view device) const {
+    return device == client_.device() ? absl::string_view() : device;
   }
   void ReadLoop();
   void FailOutstanding(const absl::Status& status) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

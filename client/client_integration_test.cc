@@ -308,7 +308,7 @@ TEST_F(ClientIntegrationTest, BatchResultsComeBackInOrder) {
   batch->AddUnmap(first.results(0).map().dma_addr());
   batch->AddUnmap(first.results(2).map().dma_addr());
   BatchStream::ResponseFuture f3 = batch->Send();
-  absl::StatusOr<v1::BatchResponse> r1 = f1.get(), r2 = f2.get(), r3 = f3.get();
+  absl::StatusOr<BatchReply> r1 = f1.get(), r2 = f2.get(), r3 = f3.get();
   ASSERT_TRUE(r1.ok() && r2.ok() && r3.ok());
   EXPECT_LT(r1->sequence(), r2->sequence());
   EXPECT_LT(r2->sequence(), r3->sequence());

@@ -33,6 +33,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/types/span.h"
 #include "core/broker_types.h"
 #include "core/fault_ring.h"
 #include "core/flush_queue.h"
@@ -120,6 +121,18 @@ class Broker {
   // to in the device's current domain. NOT_FOUND for anything the caller
   // does not own.
   absl::Status Unmap(const Caller& caller, const std::string& device, uint64_t dma_addr);
+  // A run of Map/Unmap operations of one device, applied in order under one
+  // device lookup, one domain reference and one hold of the domain's lock.
+  // results[i] is exactly what Map/Unmap would have returned for ops[i] at
+  // that point of a one-at-a-time sequence (same codes, messages, addresses;
+  // ownership and quotas checked per op; a failed op leaves no trace). In a
+  // strict domain the IOTLB invalidation of consecutive Unmaps is done
+  // together (adjacent leaf ranges merged), before the next Map and before
+  // the call returns, and only then are their IOVAs freed, in unmap order: an
+  // IOVA is never reused before its invalidation completes.
+  // REQUIRES: results.size() == ops.size().
+  void MapUnmapBatch(const Caller& caller, const std::string& device,
+                     absl::Span<const DmaBatchOp> ops, absl::Span<DmaBatchResult> results);
   absl::StatusOr<MapSgResult> MapSg(const Caller& caller, const MapSgRequest& request);
   absl::Status UnmapSg(const Caller& caller, const std::string& device, uint64_t dma_addr);
   absl::StatusOr<AllocResult> Alloc(const Caller& caller, const AllocRequest& request);

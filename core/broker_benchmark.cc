@@ -2,6 +2,7 @@
 // IOTLB, accounting), beside the engine figures of the other benchmarks.
 
 #include <memory>
+#include <vector>
 
 #include "absl/synchronization/mutex.h"
 #include "benchmark/benchmark.h"
@@ -41,6 +42,34 @@ void BM_MapUnmap4K(benchmark::State& state) {
   state.SetItemsProcessed(state.iterations());
 }
 BENCHMARK(BM_MapUnmap4K);
+
+// The same through MapUnmapBatch, as the Batch RPC applies a message of
+// `batch` unmaps then `batch` maps (one device): per map+unmap pair.
+void BM_MapUnmapBatch4K(benchmark::State& state) {
+  const size_t batch = static_cast<size_t>(state.range(0));
+  auto broker = NewBroker();
+  const Caller nic = Caller::Device("nic0");
+  auto buf = broker->AllocBuffer(nic, "nic0", 4 * KiB, Placement::kContiguous);
+  std::vector<DmaBatchOp> ops(2 * batch);
+  std::vector<DmaBatchResult> results(2 * batch);
+  for (size_t i = 0; i < batch; ++i) {
+    ops[i] = {.kind = DmaBatchOp::Kind::kUnmap};
+    ops[batch + i] = {.kind = DmaBatchOp::Kind::kMap,
+                      .mem = {.buffer_id = buf->buffer_id, .length_bytes = 4 * KiB}};
+  }
+  // The first message only maps.
+  broker->MapUnmapBatch(nic, "nic0", absl::MakeConstSpan(ops).subspan(batch),
+                        absl::MakeSpan(results).subspan(batch));
+  for (auto _ : state) {
+    for (size_t i = 0; i < batch; ++i) ops[i].dma_addr = results[batch + i].map.dma_addr;
+    broker->MapUnmapBatch(nic, "nic0", ops, absl::MakeSpan(results));
+    for (const DmaBatchResult& r : results) {
+      if (!r.status.ok()) std::abort();
+    }
+  }
+  state.SetItemsProcessed(state.iterations() * static_cast<int64_t>(batch));
+}
+BENCHMARK(BM_MapUnmapBatch4K)->Arg(1)->Arg(64)->Arg(1024);
 
 // dma_map_sg (MERGE) + unmap of N scattered 4 KiB pages.
 void BM_MapSgUnmap(benchmark::State& state) {

@@ -112,7 +112,8 @@ uint64_t BrokerImpl::CommitMappingLocked(Domain& d, MappingRecord record) {
   return id;
 }
 
-void BrokerImpl::RemoveMappingLocked(Domain& d, uint64_t iova_start) {
+void BrokerImpl::RemoveMappingLocked(Domain& d, uint64_t iova_start,
+                                     DeferredInvalidation* deferred) {
   auto it = d.mappings.find(iova_start);
   assert(it != d.mappings.end());
   MappingRecord m = std::move(it->second);
@@ -144,6 +145,11 @@ void BrokerImpl::RemoveMappingLocked(Domain& d, uint64_t iova_start) {
           [&](internal::IovaCookie& c) ABSL_NO_THREAD_SAFETY_ANALYSIS {
             if (c.fq == nullptr) {
               // Strict: the IOTLB forgets the range before the IOVA is reused.
+              if (deferred != nullptr) {
+                if (!gather.empty()) deferred->leaf_ranges.push_back({gather.start, gather.end});
+                if (m.iova_from_allocator) deferred->iova_frees.push_back({m.iova, m.iova_size_bytes});
+                return;
+              }
               invalidate_leaves();
               if (m.iova_from_allocator) FreeIovaLocked(d, m.iova, m.iova_size_bytes);
               return;
@@ -185,6 +191,35 @@ void BrokerImpl::RemoveMappingLocked(Domain& d, uint64_t iova_start) {
   if (!m.device.empty()) RefundMapping(*devices_.at(m.device), m.mapped_bytes);
 }
 
+void BrokerImpl::CompleteInvalidationLocked(Domain& d, DeferredInvalidation* deferred) {
+  auto& ranges = deferred->leaf_ranges;
+  if (!ranges.empty()) {
+    // Merging only ranges that overlap or touch keeps the invalidation exact:
+    // an entry overlaps a merged range iff it overlaps one of its parts.
+    std::sort(ranges.begin(), ranges.end());
+    absl::MutexLock l(&d.smmu->mu);
+    uint64_t first = ranges.front().first;
+    uint64_t last = ranges.front().second;
+    for (size_t i = 1; i <= ranges.size(); ++i) {
+      if (i < ranges.size() && last != ~uint64_t{0} && ranges[i].first <= last + 1) {
+        last = std::max(last, ranges[i].second);
+        continue;
+      }
+      const auto r =
+          d.smmu->iotlb->InvalidateVa(d.tag, Iova(first), last - first + 1, VaLevels::kLeafOnly);
+      assert(r.ok());
+      (void)r;
+      if (i < ranges.size()) {
+        first = ranges[i].first;
+        last = ranges[i].second;
+      }
+    }
+    ranges.clear();
+  }
+  for (const auto& [iova, size_bytes] : deferred->iova_frees) FreeIovaLocked(d, iova, size_bytes);
+  deferred->iova_frees.clear();
+}
+
 // Looks up the caller's mapping containing dma_addr in the device's current
 // domain and checks it was made by `call_kinds`.
 absl::StatusOr<MappingRecord*> BrokerImpl::OwnMapping(Domain& d, const Caller& caller,
@@ -210,16 +245,24 @@ absl::StatusOr<MappingRecord*> BrokerImpl::OwnMapping(Domain& d, const Caller& c
 absl::StatusOr<MapResult> Broker::Map(const Caller& caller, const MapRequest& request) {
   ASSIGN_OR_RETURN(auto* dev, impl_->ActAs(caller, request.device));
   std::shared_ptr<Domain> d = impl_->CurrentDomain(*dev);
-  if (d->type != DomainType::kDma && d->type != DomainType::kDmaFq) {
-    return BrokerImpl::NeedsIovaCookie(*d, "Map");
+  absl::MutexLock l(&d->mu);
+  return impl_->MapLocked(*d, *dev, caller, request.device, request.mem, request.direction,
+                          request.attrs);
+}
+
+absl::StatusOr<MapResult> BrokerImpl::MapLocked(Domain& d, DeviceState& dev, const Caller& caller,
+                                                const std::string& device, const MemRef& mem_ref,
+                                                DmaDirection direction, const DmaAttrs& attrs) {
+  if (d.type != DomainType::kDma && d.type != DomainType::kDmaFq) {
+    return BrokerImpl::NeedsIovaCookie(d, "Map");
   }
   BrokerImpl::ResolvedMem mem;
-  RETURN_IF_ERROR(impl_->ResolveAndRef(caller, *dev, request.mem, "mem", &mem));
+  RETURN_IF_ERROR(ResolveAndRef(caller, dev, mem_ref, "mem", &mem));
   auto fail = [&](absl::Status s) {
-    impl_->DropRefs(mem.buffers);
+    DropRefs(mem.buffers);
     return s;
   };
-  const uint64_t g = d->granule_bytes;
+  const uint64_t g = d.granule_bytes;
   // dma_map_page maps one physically contiguous range; a buffer range over
   // several runs is mapped IOVA-contiguously when every inner edge sits on
   // the granule.
@@ -227,36 +270,35 @@ absl::StatusOr<MapResult> Broker::Map(const Caller& caller, const MapRequest& re
     const uint64_t edge = (mem.runs[i].start + mem.runs[i].size_bytes).value();
     if (!IsAligned(edge, g) || !IsAligned(mem.runs[i + 1].start.value(), g)) {
       return fail(FieldError(
-          absl::StatusCode::kFailedPrecondition, "mem.length_bytes", request.mem.length_bytes,
+          absl::StatusCode::kFailedPrecondition, "mem.length_bytes", mem_ref.length_bytes,
           absl::StrFormat("the range crosses physically discontiguous pages at %#x that are "
                           "not aligned to the %#x-byte IOVA granule; use MapSg",
                           edge, g)));
     }
   }
   const uint64_t first_off = mem.runs.front().start & (g - 1);
-  const auto iova_size = AlignUp(first_off + request.mem.length_bytes, g);
+  const auto iova_size = AlignUp(first_off + mem_ref.length_bytes, g);
   if (!iova_size) {
-    return fail(InvalidField("mem.length_bytes", request.mem.length_bytes, "too large"));
+    return fail(InvalidField("mem.length_bytes", mem_ref.length_bytes, "too large"));
   }
-  if (absl::Status s = impl_->ChargeMapping(*dev, request.mem.length_bytes); !s.ok()) {
+  if (absl::Status s = ChargeMapping(dev, mem_ref.length_bytes); !s.ok()) {
     return fail(s);
   }
-  absl::MutexLock l(&d->mu);
-  auto iova = impl_->AllocIovaLocked(*d, *dev, *iova_size);
+  auto iova = AllocIovaLocked(d, dev, *iova_size);
   if (!iova.ok()) {
-    impl_->RefundMapping(*dev, request.mem.length_bytes);
+    RefundMapping(dev, mem_ref.length_bytes);
     return fail(iova.status());
   }
   MappingRecord rec{.kind = MappingKind::kMap,
-                    .device = request.device,
+                    .device = device,
                     .session_id = caller.session_id,
                     .iova = *iova,
                     .iova_size_bytes = *iova_size,
                     .iova_from_allocator = true,
                     .dma_offset = first_off,
-                    .prot = impl_->ProtFor(*dev, request.direction, request.attrs),
+                    .prot = ProtFor(dev, direction, attrs),
                     .buffer_refs = mem.buffers,
-                    .mapped_bytes = request.mem.length_bytes};
+                    .mapped_bytes = mem_ref.length_bytes};
   internal::InlinedOne<std::pair<Iova, PhysRun>> ranges;
   Iova at = *iova;
   for (const PhysRun& r : mem.runs) {
@@ -267,15 +309,15 @@ absl::StatusOr<MapResult> Broker::Map(const Caller& caller, const MapRequest& re
     rec.pieces.push_back({at + (r.start.value() - lo), r.start, r.size_bytes});
     at += span;
   }
-  if (absl::Status s = impl_->MapPiecesLocked(*d, ranges, rec.prot); !s.ok()) {
-    impl_->FreeIovaLocked(*d, *iova, *iova_size);
-    impl_->RefundMapping(*dev, request.mem.length_bytes);
+  if (absl::Status s = MapPiecesLocked(d, ranges, rec.prot); !s.ok()) {
+    FreeIovaLocked(d, *iova, *iova_size);
+    RefundMapping(dev, mem_ref.length_bytes);
     return fail(s);
   }
   MapResult out{.dma_addr = iova->value() + first_off,
-                .domain_id = d->id,
+                .domain_id = d.id,
                 .iova_size_bytes = *iova_size};
-  out.mapping_id = impl_->CommitMappingLocked(*d, std::move(rec));
+  out.mapping_id = CommitMappingLocked(d, std::move(rec));
   return out;
 }
 
@@ -283,9 +325,14 @@ absl::Status Broker::Unmap(const Caller& caller, const std::string& device, uint
   ASSIGN_OR_RETURN(auto* dev, impl_->ActAs(caller, device));
   std::shared_ptr<Domain> d = impl_->CurrentDomain(*dev);
   absl::MutexLock l(&d->mu);
-  ASSIGN_OR_RETURN(MappingRecord * m, BrokerImpl::OwnMapping(*d, caller, device, dma_addr,
-                                                 {MappingKind::kMap}, "Unmap"));
-  impl_->RemoveMappingLocked(*d, m->iova.value());
+  return impl_->UnmapLocked(*d, caller, device, dma_addr, nullptr);
+}
+
+absl::Status BrokerImpl::UnmapLocked(Domain& d, const Caller& caller, const std::string& device,
+                                     uint64_t dma_addr, DeferredInvalidation* deferred) {
+  ASSIGN_OR_RETURN(MappingRecord * m,
+                   OwnMapping(d, caller, device, dma_addr, {MappingKind::kMap}, "Unmap"));
+  RemoveMappingLocked(d, m->iova.value(), deferred);
   return absl::OkStatus();
 }
 

@@ -89,9 +89,38 @@ class BrokerImpl {
   // failure unmaps what it mapped and returns the error.
   absl::Status MapPiecesLocked(Domain& d, absl::Span<const std::pair<Iova, PhysRun>> ranges,
                                Prot prot) ABSL_EXCLUSIVE_LOCKS_REQUIRED(d.mu);
+  // Strict unmaps whose IOTLB invalidation is done together: the leaf ranges
+  // they cleared from the page table, and the IOVA allocations to free once
+  // those are invalidated, in unmap order (so the allocator ends in the state
+  // one-at-a-time unmaps leave). Owned by one domain-lock hold.
+  struct DeferredInvalidation {
+    std::vector<std::pair<uint64_t, uint64_t>> leaf_ranges;  // [first, last] bytes
+    std::vector<std::pair<Iova, uint64_t>> iova_frees;       // (start, size_bytes)
+    bool empty() const { return leaf_ranges.empty() && iova_frees.empty(); }
+  };
   // Removes a mapping: page table, IOTLB (strict) or flush queue (lazy),
-  // IOVA, buffer references, quota. The record must be in d.mappings.
-  void RemoveMappingLocked(Domain& d, uint64_t iova_start) ABSL_EXCLUSIVE_LOCKS_REQUIRED(d.mu);
+  // IOVA, buffer references, quota. The record must be in d.mappings. With
+  // `deferred`, a strict IOVA domain's invalidation and IOVA free are queued
+  // there instead (everything else is done now); the caller completes them
+  // with CompleteInvalidationLocked before the lock is released and before
+  // any IOVA allocation in the domain.
+  void RemoveMappingLocked(Domain& d, uint64_t iova_start,
+                           DeferredInvalidation* deferred = nullptr)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(d.mu);
+  // Invalidates the queued leaf ranges (adjacent ones merged, one hold of the
+  // SMMU lock), then frees the queued IOVAs; leaves `deferred` empty.
+  void CompleteInvalidationLocked(Domain& d, DeferredInvalidation* deferred)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(d.mu);
+  // Map and Unmap once the device and its current domain are known (the
+  // domain's lock held): every check, error and effect of Broker::Map/Unmap.
+  // `deferred` as for RemoveMappingLocked.
+  absl::StatusOr<MapResult> MapLocked(Domain& d, DeviceState& dev, const Caller& caller,
+                                      const std::string& device, const MemRef& mem_ref,
+                                      DmaDirection direction, const DmaAttrs& attrs)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(d.mu);
+  absl::Status UnmapLocked(Domain& d, const Caller& caller, const std::string& device,
+                           uint64_t dma_addr, DeferredInvalidation* deferred)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(d.mu);
   // Allocates IOVA for `size_bytes` below the device's limit in a domain with
   // an IOVA cookie. FAILED_PRECONDITION for other cookies.
   absl::StatusOr<Iova> AllocIovaLocked(Domain& d, const DeviceState& dev, uint64_t size_bytes)

@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/status/status.h"
 #include "absl/time/time.h"
 #include "core/phys_memory.h"
 #include "core/prot.h"
@@ -76,6 +77,24 @@ struct MapResult {
   uint64_t mapping_id = 0;
   uint64_t domain_id = 0;
   uint64_t iova_size_bytes = 0;  // the whole IOVA allocation
+};
+
+// One operation of Broker::MapUnmapBatch, which acts as one device for a run
+// of them: a Map of `mem` (as MapRequest, the device being the batch's) or an
+// Unmap of the allocation containing `dma_addr`.
+struct DmaBatchOp {
+  enum class Kind : uint8_t { kMap, kUnmap };
+  Kind kind = Kind::kMap;
+  MemRef mem;                                              // kMap
+  DmaDirection direction = DmaDirection::kBidirectional;  // kMap
+  DmaAttrs attrs;                                          // kMap
+  uint64_t dma_addr = 0;                                   // kUnmap
+};
+
+// What Map (status and `map`) or Unmap (status) returned for one DmaBatchOp.
+struct DmaBatchResult {
+  absl::Status status;
+  MapResult map;  // kMap with an OK status
 };
 
 struct MapSgRequest {

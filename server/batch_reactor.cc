@@ -2,6 +2,7 @@
 
 #include <algorithm>
 
+#include "absl/types/span.h"
 #include "core/status_macros.h"
 #include "server/proto_convert.h"
 
@@ -137,10 +138,93 @@ void BatchReactor::OnDone() {
   Unpin();
 }
 
+namespace {
+
+// The device a Map or Unmap op acts as (its own, else the message's), or
+// nullptr for any other op.
+const std::string* MapUnmapDevice(const v1::BatchRequest& request, const v1::BatchOp& op) {
+  const std::string* own;
+  switch (op.op_case()) {
+    case v1::BatchOp::kMap:
+      own = &op.map().device();
+      break;
+    case v1::BatchOp::kUnmap:
+      own = &op.unmap().device();
+      break;
+    default:
+      return nullptr;
+  }
+  return own->empty() ? &request.device() : own;
+}
+
+}  // namespace
+
 void BatchReactor::Process() {
   response_->set_sequence(request_->sequence());
-  response_->mutable_results()->Reserve(request_->ops_size());
-  for (const v1::BatchOp& op : request_->ops()) RunOp(op, response_->add_results());
+  const int n = request_->ops_size();
+  auto* results = response_->mutable_results();
+  results->Reserve(n);
+  for (int i = 0; i < n; ++i) results->Add();
+  for (int i = 0; i < n;) {
+    const std::string* device = MapUnmapDevice(*request_, request_->ops(i));
+    if (device == nullptr) {
+      RunOp(request_->ops(i), results->Mutable(i));
+      ++i;
+      continue;
+    }
+    int end = i + 1;
+    while (end < n) {
+      const std::string* next = MapUnmapDevice(*request_, request_->ops(end));
+      if (next == nullptr || *next != *device) break;
+      ++end;
+    }
+    RunMapUnmapRun(i, end);
+    i = end;
+  }
+}
+
+void BatchReactor::SetError(const absl::Status& status, v1::BatchResult* result) {
+  result->Clear();
+  result->set_code(static_cast<int>(status.code()));
+  result->set_message(std::string(status.message()));
+}
+
+void BatchReactor::RunMapUnmapRun(int begin, int end) {
+  const std::string& device = *MapUnmapDevice(*request_, request_->ops(begin));
+  // ActAs depends on the identity and the device name only: one answer for the run.
+  absl::StatusOr<core::Caller> caller = Authenticator::ActAs(identity_, device, session_id_);
+  if (!caller.ok()) {
+    for (int i = begin; i < end; ++i) SetError(caller.status(), response_->mutable_results(i));
+    return;
+  }
+  run_ops_.clear();
+  run_index_.clear();
+  for (int i = begin; i < end; ++i) {
+    const v1::BatchOp& op = request_->ops(i);
+    if (op.op_case() == v1::BatchOp::kMap) {
+      absl::StatusOr<core::DmaBatchOp> map = MapOpFromProto(op.map());
+      if (!map.ok()) {  // fails before core, as Map would: no effect on the others
+        SetError(map.status(), response_->mutable_results(i));
+        continue;
+      }
+      run_ops_.push_back(*map);
+    } else {
+      run_ops_.push_back(
+          {.kind = core::DmaBatchOp::Kind::kUnmap, .dma_addr = op.unmap().dma_addr()});
+    }
+    run_index_.push_back(i);
+  }
+  run_results_.resize(run_ops_.size());
+  env_.broker->MapUnmapBatch(*caller, caller->device, run_ops_, absl::MakeSpan(run_results_));
+  for (size_t k = 0; k < run_ops_.size(); ++k) {
+    v1::BatchResult* result = response_->mutable_results(run_index_[k]);
+    const core::DmaBatchResult& r = run_results_[k];
+    if (!r.status.ok()) {
+      SetError(r.status, result);
+    } else if (run_ops_[k].kind == core::DmaBatchOp::Kind::kMap) {
+      ToProto(r.map, result->mutable_map());
+    }
+  }
 }
 
 void BatchReactor::RunOp(const v1::BatchOp& op, v1::BatchResult* result) {
@@ -148,7 +232,7 @@ void BatchReactor::RunOp(const v1::BatchOp& op, v1::BatchResult* result) {
     switch (op.op_case()) {
       case v1::BatchOp::kMap: {
         ASSIGN_OR_RETURN(core::Caller caller,
-                         Authenticator::ActAs(identity_, op.map().device(), session_id_));
+                         Authenticator::ActAs(identity_, OpDevice(op.map().device()), session_id_));
         ASSIGN_OR_RETURN(core::MapRequest req, FromProto(op.map(), caller.device));
         ASSIGN_OR_RETURN(core::MapResult mapped, env_.broker->Map(caller, req));
         ToProto(mapped, result->mutable_map());
@@ -156,12 +240,12 @@ void BatchReactor::RunOp(const v1::BatchOp& op, v1::BatchResult* result) {
       }
       case v1::BatchOp::kUnmap: {
         ASSIGN_OR_RETURN(core::Caller caller,
-                         Authenticator::ActAs(identity_, op.unmap().device(), session_id_));
+                         Authenticator::ActAs(identity_, OpDevice(op.unmap().device()), session_id_));
         return env_.broker->Unmap(caller, caller.device, op.unmap().dma_addr());
       }
       case v1::BatchOp::kMapSg: {
         ASSIGN_OR_RETURN(core::Caller caller,
-                         Authenticator::ActAs(identity_, op.map_sg().device(), session_id_));
+                         Authenticator::ActAs(identity_, OpDevice(op.map_sg().device()), session_id_));
         ASSIGN_OR_RETURN(core::MapSgRequest req, FromProto(op.map_sg(), caller.device));
         ASSIGN_OR_RETURN(core::MapSgResult mapped, env_.broker->MapSg(caller, req));
         ToProto(mapped, result->mutable_map_sg());
@@ -169,12 +253,12 @@ void BatchReactor::RunOp(const v1::BatchOp& op, v1::BatchResult* result) {
       }
       case v1::BatchOp::kUnmapSg: {
         ASSIGN_OR_RETURN(core::Caller caller,
-                         Authenticator::ActAs(identity_, op.unmap_sg().device(), session_id_));
+                         Authenticator::ActAs(identity_, OpDevice(op.unmap_sg().device()), session_id_));
         return env_.broker->UnmapSg(caller, caller.device, op.unmap_sg().dma_addr());
       }
       case v1::BatchOp::kTranslate: {
         ASSIGN_OR_RETURN(core::Caller caller,
-                         Authenticator::ActAs(identity_, op.translate().device(), session_id_));
+                         Authenticator::ActAs(identity_, OpDevice(op.translate().device()), session_id_));
         ASSIGN_OR_RETURN(core::TranslateRequest req, FromProto(op.translate(), caller.device));
         ASSIGN_OR_RETURN(core::TranslateResult translated, env_.broker->Translate(caller, req));
         ToProto(translated, result->mutable_translate());
@@ -186,12 +270,7 @@ void BatchReactor::RunOp(const v1::BatchOp& op, v1::BatchResult* result) {
     return absl::InvalidArgumentError(
         "op=\"\": must be one of map, unmap, map_sg, unmap_sg, translate");
   };
-  absl::Status status = run();
-  if (!status.ok()) {
-    result->Clear();
-    result->set_code(static_cast<int>(status.code()));
-    result->set_message(std::string(status.message()));
-  }
+  if (absl::Status status = run(); !status.ok()) SetError(status, result);
 }
 
 }  // namespace iommu::server

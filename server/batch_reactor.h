@@ -7,7 +7,12 @@
 // operation. A failing operation does not stop the ones after it.
 //
 // The identity is authenticated once, when the stream opens; every operation
-// then acts as its own `device` under the same rules as the unary RPCs.
+// then acts as its own `device` (else the message's `device`) under the same
+// rules as the unary RPCs.
+// Consecutive Map/Unmap ops naming the same device are applied as one run
+// (core::Broker::MapUnmapBatch: one device lookup and domain-lock hold, the
+// strict invalidations of its unmaps done together), each op still getting
+// the result it would get alone.
 // The reactor reads one request, processes it inline on the callback thread
 // (core calls never block), writes the response, then reads the next: a
 // client pipelines by keeping several requests in flight.
@@ -32,8 +37,10 @@
 #include <cstddef>
 #include <memory>
 #include <optional>
+#include <vector>
 
 #include "absl/synchronization/mutex.h"
+#include "core/broker_types.h"
 #include "iommu/v1/dma.pb.h"
 #include "server/rpc_call.h"
 
@@ -60,6 +67,15 @@ class BatchReactor final : public grpc::ServerBidiReactor<v1::BatchRequest, v1::
   // Applies every op of *request_ into *response_.
   void Process();
   void RunOp(const v1::BatchOp& op, v1::BatchResult* result);
+  // The device an op of *request_ acts as: its own, else the message's.
+  const std::string& OpDevice(const std::string& own) const {
+    return own.empty() ? request_->device() : own;
+  }
+  // Applies ops [begin, end) of *request_, consecutive Map/Unmap ops naming
+  // the same device, through one Broker::MapUnmapBatch; each gets the result
+  // RunOp would have given it.
+  void RunMapUnmapRun(int begin, int end);
+  static void SetError(const absl::Status& status, v1::BatchResult* result);
   // Marks the stream finished with `status` unless it already is; true when
   // the caller must now call Finish(status).
   bool MarkFinishedLocked(const absl::Status& status) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -76,6 +92,10 @@ class BatchReactor final : public grpc::ServerBidiReactor<v1::BatchRequest, v1::
   std::optional<google::protobuf::Arena> arena_;
   v1::BatchRequest* request_ = nullptr;    // on arena_
   v1::BatchResponse* response_ = nullptr;  // on arena_
+  // Scratch of RunMapUnmapRun, kept to reuse its capacity.
+  std::vector<core::DmaBatchOp> run_ops_;
+  std::vector<core::DmaBatchResult> run_results_;
+  std::vector<int> run_index_;  // op index in *request_ of each run_ops_ entry
 
   absl::Mutex mu_;
   bool reading_ ABSL_GUARDED_BY(mu_) = false;

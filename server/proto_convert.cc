@@ -137,6 +137,17 @@ absl::StatusOr<core::MapRequest> FromProto(const v1::MapRequest& request,
   return out;
 }
 
+absl::StatusOr<core::DmaBatchOp> MapOpFromProto(const v1::MapRequest& request) {
+  core::DmaBatchOp out{.kind = core::DmaBatchOp::Kind::kMap, .attrs = FromProto(request.attrs())};
+  auto mem = FromProto(request.mem(), "mem");
+  if (!mem.ok()) return mem.status();
+  out.mem = *mem;
+  auto direction = FromProto(request.direction());
+  if (!direction.ok()) return direction.status();
+  out.direction = *direction;
+  return out;
+}
+
 absl::StatusOr<core::MapSgRequest> FromProto(const v1::MapSgRequest& request,
                                              const std::string& device) {
   core::MapSgRequest out{.device = device, .import_token = request.import_token(),

@@ -36,6 +36,9 @@ absl::StatusOr<core::MemRef> FromProto(const v1::MemRef& mem, const std::string&
 
 absl::StatusOr<core::MapRequest> FromProto(const v1::MapRequest& request,
                                            const std::string& device);
+// The Map of a batch run (its device is the run's): the checks and errors of
+// FromProto(MapRequest) without copying the device name.
+absl::StatusOr<core::DmaBatchOp> MapOpFromProto(const v1::MapRequest& request);
 absl::StatusOr<core::MapSgRequest> FromProto(const v1::MapSgRequest& request,
                                              const std::string& device);
 absl::StatusOr<core::AllocRequest> FromProto(const v1::AllocRequest& request,

@@ -123,6 +123,104 @@ TEST_F(TokenAuthTest, DeviceActsOnlyAsItself) {
   ASSERT_OK(batch->Finish());
 }
 
+// The daemon applies consecutive Map/Unmap ops of one device as a run; every
+// op still gets the code and message the unary call gives it.
+TEST_F(TokenAuthTest, BatchRunsGiveEachOpItsUnaryResult) {
+  Stubs& s = *stubs_;
+  v1::AllocBufferResponse buffer;
+  ASSERT_OK(s.memory->AllocBuffer(Ctx("tok-nic0").get(), Buffer("nic0", 16384), &buffer));
+  auto map_op = [&](v1::BatchRequest* req, const std::string& device, uint64_t page) {
+    v1::MapRequest* m = req->add_ops()->mutable_map();
+    m->set_device(device);
+    if (page != ~uint64_t{0}) *m->mutable_mem() = BufferRef(buffer.buffer().buffer_id(), page * 4096, 4096);
+    m->set_direction(v1::DMA_DIRECTION_BIDIRECTIONAL);
+    return *m;
+  };
+  auto unmap_op = [](v1::BatchRequest* req, const std::string& device, uint64_t dma_addr) {
+    v1::UnmapRequest* u = req->add_ops()->mutable_unmap();
+    u->set_device(device);
+    u->set_dma_addr(dma_addr);
+    return *u;
+  };
+  grpc::ClientContext ctx;
+  ctx.AddMetadata("authorization", "Bearer tok-nic0");
+  auto batch = s.dma->Batch(&ctx);
+  v1::BatchRequest req;
+  map_op(&req, "", 0);                                          // 0: myself
+  map_op(&req, "nic0", 1);                                      // 1: a new run
+  const v1::MapRequest no_mem = map_op(&req, "nic0", ~uint64_t{0});  // 2: INVALID_ARGUMENT
+  const v1::UnmapRequest other = unmap_op(&req, "nvme0", 0x1000);    // 3: PERMISSION_DENIED
+  map_op(&req, "nvme0", 2);                                     // 4: PERMISSION_DENIED
+  map_op(&req, "nic0", 3);                                      // 5
+  ASSERT_TRUE(batch->Write(req));
+  v1::BatchResponse resp;
+  ASSERT_TRUE(batch->Read(&resp));
+  ASSERT_EQ(resp.results_size(), 6);
+  for (int i : {0, 1, 5}) EXPECT_EQ(resp.results(i).code(), 0) << i << resp.results(i).message();
+  const uint64_t a0 = resp.results(0).map().dma_addr(), a1 = resp.results(1).map().dma_addr();
+  EXPECT_NE(a0, a1);
+  v1::MapResponse mapped;
+  const grpc::Status no_mem_unary = s.dma->Map(Ctx("tok-nic0").get(), no_mem, &mapped);
+  EXPECT_EQ(resp.results(2).code(), int(no_mem_unary.error_code()));
+  EXPECT_EQ(resp.results(2).message(), no_mem_unary.error_message());
+  v1::UnmapResponse unmapped;
+  const grpc::Status other_unary = s.dma->Unmap(Ctx("tok-nic0").get(), other, &unmapped);
+  EXPECT_EQ(resp.results(3).code(), int(StatusCode::PERMISSION_DENIED));
+  EXPECT_EQ(resp.results(3).message(), other_unary.error_message());
+  EXPECT_EQ(resp.results(4).code(), int(StatusCode::PERMISSION_DENIED));
+
+  // Unmaps in one run (one of them twice), a translate between runs: the
+  // unmapped page faults (strictly invalidated), the repeated unmap is
+  // NOT_FOUND with the unary message.
+  v1::BatchRequest second;
+  unmap_op(&second, "nic0", a0);
+  unmap_op(&second, "nic0", a1);
+  const v1::UnmapRequest again = unmap_op(&second, "nic0", a1);
+  v1::TranslateOp* t = second.add_ops()->mutable_translate();
+  t->set_device("nic0");
+  t->set_iova(a0);
+  t->set_length_bytes(4);
+  t->set_access(v1::ACCESS_KIND_READ);
+  unmap_op(&second, "", resp.results(5).map().dma_addr());
+  ASSERT_TRUE(batch->Write(second));
+  ASSERT_TRUE(batch->Read(&resp));
+  ASSERT_EQ(resp.results_size(), 5);
+  for (int i : {0, 1, 3, 4}) EXPECT_EQ(resp.results(i).code(), 0) << i << resp.results(i).message();
+  EXPECT_TRUE(resp.results(3).translate().faulted());
+  const grpc::Status again_unary = s.dma->Unmap(Ctx("tok-nic0").get(), again, &unmapped);
+  EXPECT_EQ(again_unary.error_code(), StatusCode::NOT_FOUND);
+  EXPECT_EQ(resp.results(2).code(), int(StatusCode::NOT_FOUND));
+  EXPECT_EQ(resp.results(2).message(), again_unary.error_message());
+
+  // The message's device stands for every op that names none; an op naming
+  // one acts as that.
+  v1::BatchRequest third;
+  third.set_device("nvme0");
+  map_op(&third, "", 0);      // as nvme0: PERMISSION_DENIED
+  map_op(&third, "nic0", 0);  // as nic0
+  ASSERT_TRUE(batch->Write(third));
+  ASSERT_TRUE(batch->Read(&resp));
+  ASSERT_EQ(resp.results_size(), 2);
+  EXPECT_EQ(resp.results(0).code(), int(StatusCode::PERMISSION_DENIED));
+  EXPECT_NE(resp.results(0).message().find("nvme0"), std::string::npos) << resp.results(0).message();
+  EXPECT_EQ(resp.results(1).code(), 0) << resp.results(1).message();
+  v1::BatchRequest fourth;
+  fourth.set_device("nic0");
+  unmap_op(&fourth, "", resp.results(1).map().dma_addr());
+  v1::TranslateOp* t2 = fourth.add_ops()->mutable_translate();  // inherits too
+  t2->set_iova(resp.results(1).map().dma_addr());
+  t2->set_length_bytes(4);
+  t2->set_access(v1::ACCESS_KIND_READ);
+  ASSERT_TRUE(batch->Write(fourth));
+  ASSERT_TRUE(batch->Read(&resp));
+  ASSERT_EQ(resp.results_size(), 2);
+  EXPECT_EQ(resp.results(0).code(), 0) << resp.results(0).message();
+  EXPECT_EQ(resp.results(1).code(), 0) << resp.results(1).message();
+  EXPECT_TRUE(resp.results(1).translate().faulted());
+  batch->WritesDone();
+  ASSERT_OK(batch->Finish());
+}
+
 TEST_F(TokenAuthTest, QuotaIsResourceExhausted) {
   v1::AllocBufferResponse out;
   for (int i = 0; i < 3; ++i) {

@@ -185,7 +185,7 @@ void BatchWorker(const Client& client, const BenchOptions& o, absl::Time end, Th
   while (!window.empty()) {
     InFlight f = std::move(window.front());
     window.pop_front();
-    absl::StatusOr<v1::BatchResponse> response = f.future.get();
+    absl::StatusOr<BatchReply> response = f.future.get();
     out->map_ns.push_back(Ns(f.sent, absl::Now()));
     if (!response.ok()) {
       out->Error(response.status());
