@@ -108,16 +108,13 @@ uint64_t BrokerImpl::CommitMappingLocked(Domain& d, MappingRecord record) {
   const uint64_t id = record.mapping_id;
   d.mapped_bytes += record.mapped_bytes;
   const uint64_t key = record.iova.value();
-  d.mappings.emplace(key, std::move(record));
+  d.mappings.Insert(key, std::move(record));
   return id;
 }
 
 void BrokerImpl::RemoveMappingLocked(Domain& d, uint64_t iova_start,
                                      DeferredInvalidation* deferred) {
-  auto it = d.mappings.find(iova_start);
-  assert(it != d.mappings.end());
-  MappingRecord m = std::move(it->second);
-  d.mappings.erase(it);
+  MappingRecord m = d.mappings.Take(iova_start);
   d.mapped_bytes -= m.mapped_bytes;
 
   IotlbGather gather;
