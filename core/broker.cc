@@ -36,10 +36,10 @@ const char* DomainTypeName(DomainType type) {
 namespace internal {
 
 MappingRecord* Domain::FindMappingLocked(uint64_t addr) {
-  auto it = mappings.UpperBound(addr);
+  auto it = mappings.upper_bound(addr);
   if (it == mappings.begin()) return nullptr;
   --it;
-  MappingRecord& m = it.Value();
+  MappingRecord& m = it->second;
   if (addr - m.iova.value() >= m.iova_size_bytes) return nullptr;
   return &m;
 }

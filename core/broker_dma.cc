@@ -108,13 +108,16 @@ uint64_t BrokerImpl::CommitMappingLocked(Domain& d, MappingRecord record) {
   const uint64_t id = record.mapping_id;
   d.mapped_bytes += record.mapped_bytes;
   const uint64_t key = record.iova.value();
-  d.mappings.Insert(key, std::move(record));
+  d.mappings.emplace(key, std::move(record));
   return id;
 }
 
 void BrokerImpl::RemoveMappingLocked(Domain& d, uint64_t iova_start,
                                      DeferredInvalidation* deferred) {
-  MappingRecord m = d.mappings.Take(iova_start);
+  auto it = d.mappings.find(iova_start);
+  assert(it != d.mappings.end());
+  MappingRecord m = std::move(it->second);
+  d.mappings.erase(it);
   d.mapped_bytes -= m.mapped_bytes;
 
   IotlbGather gather;

@@ -198,7 +198,7 @@ absl::Status BrokerImpl::DestroyDomain(const Caller& caller, uint64_t domain_id)
   // Unreachable now: tear it down outside the registry lock.
   {
     absl::MutexLock dl(&d->mu);
-    while (!d->mappings.empty()) RemoveMappingLocked(*d, d->mappings.begin().key());
+    while (!d->mappings.empty()) RemoveMappingLocked(*d, d->mappings.begin()->first);
     if (auto* c = std::get_if<internal::IovaCookie>(&d->cookie); c && c->fq) c->fq->Flush();
   }
   ReleaseContext(*d);

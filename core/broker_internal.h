@@ -21,7 +21,6 @@
 #include "core/io_pgtable.h"
 #include "core/iotlb.h"
 #include "core/iova_allocator.h"
-#include "core/ordered_slab.h"
 #include "core/phys_memory.h"
 #include "core/topology.h"
 
@@ -143,7 +142,7 @@ class Domain {
   mutable absl::Mutex mu;
   std::unique_ptr<IoPgtableOps> pgtable ABSL_GUARDED_BY(mu);  // null: IDENTITY/BLOCKED
   Cookie cookie ABSL_GUARDED_BY(mu);
-  OrderedSlab<MappingRecord> mappings ABSL_GUARDED_BY(mu);  // by IOVA start
+  std::map<uint64_t, MappingRecord> mappings ABSL_GUARDED_BY(mu);  // by IOVA start
   uint64_t mapped_bytes ABSL_GUARDED_BY(mu) = 0;
 
   std::vector<std::string> attached;  // guarded by Broker registry_mu_

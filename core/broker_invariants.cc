@@ -42,7 +42,6 @@ void Broker::CheckInvariants() const {
   for (const auto& [id, d] : impl_->domains_) {
     absl::ReaderMutexLock dl(&d->mu);
     if (d->pgtable) check(d->pgtable->CheckInvariants(), "page table");
-    check(d->mappings.CheckInvariants(), "mapping records");
     if (const auto* c = std::get_if<internal::IovaCookie>(&d->cookie)) {
       check(c->iovad->CheckInvariants(), "IOVA allocator");
     }

@@ -111,10 +111,10 @@ absl::StatusOr<uint64_t> Broker::UnmapRange(const Caller& caller, const std::str
   // be split fails the whole call and changes nothing.
   std::vector<uint64_t> doomed;
   uint64_t bytes = 0;
-  auto it = d->mappings.UpperBound(iova);
+  auto it = d->mappings.upper_bound(iova);
   if (it != d->mappings.begin()) --it;
-  for (; it != d->mappings.end() && it.key() <= *last; ++it) {
-    const MappingRecord& m = it.Value();
+  for (; it != d->mappings.end() && it->first <= *last; ++it) {
+    const MappingRecord& m = it->second;
     const uint64_t m_last = m.iova.value() + m.iova_size_bytes - 1;
     if (m_last < iova) continue;
     if (m.iova.value() < iova || m_last > *last) {
@@ -126,7 +126,7 @@ absl::StatusOr<uint64_t> Broker::UnmapRange(const Caller& caller, const std::str
       return FieldError(absl::StatusCode::kPermissionDenied, "iova", m.iova.value(),
                         "the range covers a mapping this device does not own");
     }
-    doomed.push_back(it.key());
+    doomed.push_back(it->first);
     bytes += m.iova_size_bytes;
   }
   for (uint64_t start : doomed) impl_->RemoveMappingLocked(*d, start);
