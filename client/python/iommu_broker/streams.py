@@ -83,7 +83,8 @@ class BatchStream:
     """One Batch bidirectional stream: `submit(ops)` sends one BatchRequest
     and returns its BatchResults (one per op, in order). Ops are pb.BatchOp
     messages (see the `iommu_broker.ops` builders); an op whose request names
-    no device acts as the client's device.
+    no device acts as the client's device (sent once per message, as
+    BatchRequest.device, not copied into every op).
 
     Thread-compatible: one thread submits at a time.
     """
@@ -101,13 +102,8 @@ class BatchStream:
         if self._closed:
             raise ValueError("BatchStream is closed")
         self._sequence += 1
-        request = pb.BatchRequest(sequence=self._sequence)
-        for op in ops:
-            out = request.ops.add()
-            out.CopyFrom(op)
-            inner = getattr(out, out.WhichOneof("op"))
-            if not inner.device:
-                inner.device = self._device
+        request = pb.BatchRequest(sequence=self._sequence, device=self._device)
+        request.ops.extend(ops)
         self._requests.put(request)
         try:
             response = next(self._call)
