@@ -32,7 +32,8 @@ uint32_t IovaGapTree::NewNode(bool leaf) {
     x = node_slots_++;
     assert(x != 0 && x < (uint32_t{1} << 27));
     const uint32_t c = ChunkOf(x);
-    if (c == node_chunks_.size()) node_chunks_.emplace_back(new Node[kFirstChunk << c]);
+    // Zeroed: the leaf kernel reads (and masks off) slots past a node's count.
+    if (c == node_chunks_.size()) node_chunks_.emplace_back(new Node[kFirstChunk << c]());
   }
   Node& n = N(x);
   n.parent = kNil;
@@ -118,6 +119,7 @@ namespace {
 // -O0), so no vector crosses a real call (whose ABI would differ between the
 // two).
 using Lanes = int64_t __attribute__((vector_size(32)));
+using ULanes = uint64_t __attribute__((vector_size(32)));  // for wrapping arithmetic
 constexpr int kLanes = 4;
 static_assert(IovaGapTree::kFanout % kLanes == 0);
 #if defined(__clang__)
@@ -129,6 +131,11 @@ static_assert(IovaGapTree::kFanout % kLanes == 0);
 
 [[gnu::always_inline]] inline Lanes LoadLanes(const void* p) {  // bit copy
   Lanes v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+[[gnu::always_inline]] inline ULanes LoadULanes(const uint64_t* p) {
+  ULanes v;
   std::memcpy(&v, p, sizeof(v));
   return v;
 }
@@ -176,9 +183,11 @@ constexpr std::array<int64_t, IovaGapTree::kFanout> kSlotIndex = [] {
 #pragma GCC unroll 4
   for (int v = 0; v < kVectors; ++v) {
     const Lanes index = LoadLanes(&kSlotIndex[kLanes * v]);
-    const Lanes l = LoadLanes(hi + kLanes * v) - LoadLanes(lo + kLanes * v) + 1;
-    len[v] = index < cnt ? l : Lanes{};  // an unused slot reads as empty
-    neg_lo[v] = Lanes{} - LoadLanes(lo + kLanes * v);
+    // Unsigned (wrapping) until every len is known to be < 2^32.
+    const ULanes l = LoadULanes(hi + kLanes * v) - LoadULanes(lo + kLanes * v) + 1;
+    len[v] = index < cnt ? std::bit_cast<Lanes>(l) : Lanes{};  // unused: empty
+    const ULanes neg = ULanes{} - LoadULanes(lo + kLanes * v);
+    neg_lo[v] = std::bit_cast<Lanes>(neg);
     any |= len[v];
   }
   if (((any[0] | any[1] | any[2] | any[3]) >> 32) != 0) return false;

@@ -41,9 +41,14 @@
 //   FindHighestFit   the limit's path down, then at most one more descent:
 //                    O(D F) reads; a request above kRoomCap pages also visits
 //                    the capped candidates.
-//   Carve / Release  one summary recompute (O(F)) per level, stopping as soon
-//                    as a node's key and summary are unchanged; splits and
-//                    merges (amortised O(1)) recompute both halves.
+//   Carve / Release  O(D F) worst case, stopping as soon as an entry's key
+//                    and summary are unchanged: a row that can only grow (a
+//                    release) climbs in O(1) per level (Combine); one that
+//                    can only drop (a carve) stops at once unless the old
+//                    range reached its leaf's summary, else recomputes one
+//                    summary per level (O(F): a leaf's on 4 x 64-bit vector
+//                    lanes). Splits, merges and borrows (amortised O(1))
+//                    recompute the entries they touch.
 //   Stats            O(1): count, pages, largest, histogram kept incrementally
 //
 // Invariants (checked by CheckInvariants):
