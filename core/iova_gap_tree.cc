@@ -12,36 +12,116 @@
 namespace iommu::core::internal {
 namespace {
 
-// For the orders a 32-bit lane computes directly: kPadMask[k] = 2^k - 1
-// ((-lo) & kPadMask[k] is the distance from lo up to its next 2^k boundary),
-// kPow[k] = 2^k (the cap of a word), kHalf[k] = 2^(k-1) (0 for k = 0): a
-// range of at most kHalf[k] pages has word 0.
-constexpr int kFastLanes = 32;
-constexpr std::array<uint32_t, kFastLanes> kPadMask = [] {
-  std::array<uint32_t, kFastLanes> m{};
-  for (int k = 0; k < kFastLanes; ++k) m[k] = (uint32_t{1} << k) - 1;
-  return m;
-}();
-static_assert(kFastLanes % IovaGapTree::kLaneBlock == 0);
-constexpr std::array<uint32_t, kFastLanes> kPow = [] {
-  std::array<uint32_t, kFastLanes> m{};
-  for (int k = 0; k < kFastLanes; ++k) m[k] = uint32_t{1} << k;
-  return m;
-}();
-constexpr std::array<uint32_t, kFastLanes> kHalf = [] {
-  std::array<uint32_t, kFastLanes> m{};
-  for (int k = 1; k < kFastLanes; ++k) m[k] = uint32_t{1} << (k - 1);
-  return m;
-}();
+// Orders a recount checks: every order a 64-bit space can have.
+constexpr int kOrders = 64;
 
-// One block of row lanes as a GCC/Clang vector: one ymm register in the AVX2
-// kernels, two xmm in the SSE2 ones. Loads and stores go through memcpy (rows
-// are only 4-byte aligned as far as the type system knows).
-// The helpers are always inlined (also at -O0), so the note that passing a
-// 32-byte vector by value without AVX changes the ABI does not apply to them;
-// nothing that may be a real call takes or returns a Block.
-using Block = uint32_t __attribute__((vector_size(4 * IovaGapTree::kLaneBlock)));
-static_assert(sizeof(Block) == 32);
+}  // namespace
+
+IovaGapTree::IovaGapTree(int num_orders)
+    : num_orders_(num_orders), leaf_summary_(PickLeafSummary()) {
+  assert(num_orders >= 1 && num_orders <= 64);
+  root_node_ = NewNode(/*leaf=*/true);
+}
+
+uint32_t IovaGapTree::NewNode(bool leaf) {
+  uint32_t x;
+  if (!free_nodes_.empty()) {
+    x = free_nodes_.back();
+    free_nodes_.pop_back();
+  } else {
+    x = node_slots_++;
+    assert(x != 0 && x < (uint32_t{1} << 27));
+    const uint32_t c = ChunkOf(x);
+    // Zeroed: the leaf kernel reads (and masks off) slots past a node's count.
+    if (c == node_chunks_.size()) node_chunks_.emplace_back(new Node[kFirstChunk << c]());
+  }
+  Node& n = N(x);
+  n.parent = kNil;
+  n.next = kNil;
+  n.count = 0;
+  n.slot = 0;
+  n.leaf = leaf;
+  return x;
+}
+
+void IovaGapTree::FreeNode(uint32_t x) {
+  N(x).count = 0;
+  free_nodes_.push_back(x);
+}
+
+uint32_t IovaGapTree::LeftmostLeaf() const {
+  uint32_t x = root_node_;
+  while (!N(x).leaf) x = N(x).child[0];
+  return x;
+}
+
+IovaGapTree::Pos IovaGapTree::Locate(uint64_t pfn) const {
+  uint32_t x = root_node_;
+  for (;;) {
+    const Node& n = N(x);
+    int s = n.count - 1;
+    while (s >= 0 && n.lo[s] > pfn) --s;
+    if (n.leaf) return Pos{x, s};
+    x = n.child[s < 0 ? 0 : s];
+  }
+}
+
+int IovaGapTree::SlotInParent(uint32_t x) const {
+  const Node& n = N(x);
+  assert(N(n.parent).child[n.slot] == x);
+  return n.slot;
+}
+
+// --- summaries ---------------------------------------------------------------
+
+IovaGapTree::Summary IovaGapTree::InternalSummary(const Node& n) {
+  Summary sum;
+  for (int s = 0; s < n.count; ++s) sum.max_len = std::max(sum.max_len, n.hi[s]);
+  if (sum.max_len == 0) return sum;
+  // Only the words at orders k - 1 and k vary (see Summary). A child with
+  // K_c = bit_width(max_len_c - 1) has row_c[k] = top_c if K_c == k (else 0:
+  // K_c <= k), and row_c[k - 1] = below_c if K_c == k, top_c if K_c == k - 1,
+  // else 0. K_c == k iff max_len_c > 2^(k-1); K_c >= k - 1 iff > 2^(k-2).
+  const int k = std::bit_width(sum.max_len - 1);
+  const uint64_t half = k >= 1 ? uint64_t{1} << (k - 1) : 0;
+  const uint64_t quarter = k >= 2 ? uint64_t{1} << (k - 2) : 0;
+  uint32_t top = 0;
+  uint32_t below = 0;
+  for (int s = 0; s < n.count; ++s) {
+    const bool at_k = n.hi[s] > half;
+    const bool at_k1 = n.hi[s] > quarter;
+    top = std::max(top, at_k ? n.top[s] : 0);
+    below = std::max(below, at_k ? n.below[s] : at_k1 ? n.top[s] : 0);
+  }
+  sum.top = top;
+  sum.below = k > 0 ? below : 0;
+  return sum;
+}
+
+IovaGapTree::Summary IovaGapTree::LeafSummaryScalar(const Node& n) {
+  Summary sum;
+  for (int s = 0; s < n.count; ++s) sum.max_len = std::max(sum.max_len, n.hi[s] - n.lo[s] + 1);
+  if (sum.max_len == 0) return sum;
+  const int k = std::bit_width(sum.max_len - 1);
+  const uint64_t skip = k >= 2 ? uint64_t{1} << (k - 2) : 0;
+  for (int s = 0; s < n.count; ++s) {
+    if (n.hi[s] - n.lo[s] + 1 <= skip) continue;
+    sum.top = std::max(sum.top, RoomWord(n.lo[s], n.hi[s], k));
+    if (k > 0) sum.below = std::max(sum.below, RoomWord(n.lo[s], n.hi[s], k - 1));
+  }
+  return sum;
+}
+
+namespace {
+
+// Four 64-bit lanes as a GCC/Clang vector: one ymm register in the AVX2
+// kernel, two xmm in the SSE2 one. The helpers are always inlined (also at
+// -O0), so no vector crosses a real call (whose ABI would differ between the
+// two).
+using Lanes = int64_t __attribute__((vector_size(32)));
+using ULanes = uint64_t __attribute__((vector_size(32)));  // for wrapping arithmetic
+constexpr int kLanes = 4;
+static_assert(IovaGapTree::kFanout % kLanes == 0);
 #if defined(__clang__)
 #pragma clang diagnostic ignored "-Wunknown-warning-option"
 #pragma clang diagnostic ignored "-Wpsabi"
@@ -49,319 +129,381 @@ static_assert(sizeof(Block) == 32);
 #pragma GCC diagnostic ignored "-Wpsabi"
 #endif
 
-[[gnu::always_inline]] inline Block LoadBlock(const uint32_t* p) {
-  Block v;
+[[gnu::always_inline]] inline Lanes LoadLanes(const void* p) {  // bit copy
+  Lanes v;
   std::memcpy(&v, p, sizeof(v));
   return v;
 }
-[[gnu::always_inline]] inline void StoreBlock(uint32_t* p, Block v) {
-  std::memcpy(p, &v, sizeof(v));
+[[gnu::always_inline]] inline ULanes LoadULanes(const uint64_t* p) {
+  ULanes v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
 }
-[[gnu::always_inline]] inline Block Splat(uint32_t x) {
-  // Lane 0 shuffled into every lane: one broadcast instruction.
-#if defined(__clang__)
-  const Block v{x};
-  return __builtin_shufflevector(v, v, 0, 0, 0, 0, 0, 0, 0, 0);
-#else
-  return __builtin_shuffle(Block{x}, Block{});
-#endif
+constexpr std::array<int64_t, IovaGapTree::kFanout> kSlotIndex = [] {
+  std::array<int64_t, IovaGapTree::kFanout> a{};
+  for (int i = 0; i < IovaGapTree::kFanout; ++i) a[i] = i;
+  return a;
+}();
+[[gnu::always_inline]] inline Lanes SplatLanes(int64_t x) { return Lanes{x, x, x, x}; }
+[[gnu::always_inline]] inline Lanes MaxLanes(Lanes a, Lanes b) { return a > b ? a : b; }
+[[gnu::always_inline]] inline int64_t HorizontalMax(Lanes v) {
+  return std::max(std::max(v[0], v[1]), std::max(v[2], v[3]));
 }
-[[gnu::always_inline]] inline Block Max(Block a, Block b) { return a > b ? a : b; }
-[[gnu::always_inline]] inline Block Min(Block a, Block b) { return a < b ? a : b; }
 
-// Word(r, k) for the block of orders k0..k0+7 (k0 + 7 < kFastLanes) of a range
-// of len < kRoomCap pages: len_v and neg_lo_v hold len and -lo in every lane.
-[[gnu::always_inline]] inline Block OwnWords(Block len_v, Block neg_lo_v, int k0) {
-  const Block pad = neg_lo_v & LoadBlock(&kPadMask[k0]);
-  const Block room = Min(Max(len_v, pad) - pad, LoadBlock(&kPow[k0]));
-  return len_v > LoadBlock(&kHalf[k0]) ? room : Block{};
+// max over the lanes of Word(r, j) = min(2^j, len - pad) if len > max(pad,
+// 2^(j-1)), else 0, where pad = (-lo) mod 2^j. Lanes are signed: REQUIRES
+// every len < 2^32 and j < 32.
+[[gnu::always_inline]] inline uint32_t WordMax(const Lanes* len, const Lanes* neg_lo, int j) {
+  const Lanes mask = SplatLanes((int64_t{1} << j) - 1);
+  const Lanes cap = SplatLanes(int64_t{1} << j);
+  const Lanes half = SplatLanes(j > 0 ? int64_t{1} << (j - 1) : 0);
+  Lanes w = Lanes{};
+#pragma GCC unroll 4
+  for (int v = 0; v < IovaGapTree::kFanout / kLanes; ++v) {
+    const Lanes pad = neg_lo[v] & mask;
+    Lanes room = len[v] - pad;  // > cap or < 0 only where it does not count
+    room = room < cap ? room : cap;
+    w = MaxLanes(w, len[v] > half ? room : Lanes{});
+  }
+  return static_cast<uint32_t>(HorizontalMax(w));
+}
+
+// The leaf summary for count <= kFanout ranges held in lo/hi, lanes past
+// `count` ignored; returns false (and leaves *out alone) if some range has
+// 2^32 pages or more, which the scalar code handles.
+[[gnu::always_inline]] inline bool LeafLanesBody(const uint64_t* lo, const uint64_t* hi,
+                                                 int count, uint64_t* max_len, uint32_t* below,
+                                                 uint32_t* top) {
+  constexpr int kVectors = IovaGapTree::kFanout / kLanes;
+  Lanes len[kVectors];
+  Lanes neg_lo[kVectors];
+  Lanes m = Lanes{};
+  Lanes any = Lanes{};
+  const Lanes cnt = SplatLanes(count);
+#pragma GCC unroll 4
+  for (int v = 0; v < kVectors; ++v) {
+    const Lanes index = LoadLanes(&kSlotIndex[kLanes * v]);
+    // Unsigned (wrapping) until every len is known to be < 2^32.
+    const ULanes l = LoadULanes(hi + kLanes * v) - LoadULanes(lo + kLanes * v) + 1;
+    len[v] = index < cnt ? std::bit_cast<Lanes>(l) : Lanes{};  // unused: empty
+    const ULanes neg = ULanes{} - LoadULanes(lo + kLanes * v);
+    neg_lo[v] = std::bit_cast<Lanes>(neg);
+    any |= len[v];
+  }
+  if (((any[0] | any[1] | any[2] | any[3]) >> 32) != 0) return false;
+  if (count == 0) {
+    *max_len = 0;
+    *below = *top = 0;
+    return true;
+  }
+#pragma GCC unroll 4
+  for (int v = 0; v < kVectors; ++v) m = MaxLanes(m, len[v]);
+  *max_len = static_cast<uint64_t>(HorizontalMax(m));
+  const int k = std::bit_width(*max_len - 1);
+  // Word(r, j) for j = k - 1 and k (every value < 2^32 here).
+  *top = WordMax(len, neg_lo, k);
+  *below = k > 0 ? WordMax(len, neg_lo, k - 1) : 0;
+  return true;
 }
 
 }  // namespace
 
-IovaGapTree::IovaGapTree(int num_orders)
-    : num_orders_(num_orders),
-      lanes_((num_orders + kLaneBlock - 1) / kLaneBlock * kLaneBlock),
-      kernels_(PickKernels(lanes_)) {
-  assert(num_orders >= 1 && num_orders <= 64);
-  nodes_.push_back(Node{0, 0, 0, kNil, kNil, kNil, 0, 0});
-  aug0_.assign(kLaneBlock, 0);
-  augn_.assign(lanes_ - kLaneBlock, 0);
-}
-
-uint32_t IovaGapTree::NewNode(uint64_t lo, uint64_t hi) {
-  uint32_t x;
-  if (!free_nodes_.empty()) {
-    x = free_nodes_.back();
-    free_nodes_.pop_back();
-  } else {
-    x = static_cast<uint32_t>(nodes_.size());
-    assert(x != 0 && nodes_.size() < UINT32_MAX);
-    nodes_.push_back(Node{});
-    aug0_.resize(aug0_.size() + kLaneBlock);
-    augn_.resize(augn_.size() + (lanes_ - kLaneBlock));
+IovaGapTree::Summary IovaGapTree::LeafSummaryLanes(const Node& n) {
+  Summary sum;
+  if (!LeafLanesBody(n.lo, n.hi, n.count, &sum.max_len, &sum.below, &sum.top)) {
+    return LeafSummaryScalar(n);
   }
-  nodes_[x] = Node{lo, hi, 0, kNil, kNil, kNil, 1, 0};
-  Pull(x);  // overwrites every word of a recycled row
-  return x;
-}
-
-void IovaGapTree::FreeNode(uint32_t x) {
-  // A free slot's row is all zeros, so NewNode's Pull (which starts from
-  // max_len 0, i.e. no active block) leaves a fully current row.
-  for (int b = 0; b < nodes_[x].blocks; ++b) {
-    std::memset(RowBlock(x, b), 0, sizeof(uint32_t) * kLaneBlock);
-  }
-  SetMaxLen(nodes_[x], 0);
-  free_nodes_.push_back(x);
-}
-
-template <int kLanes>
-[[gnu::always_inline]] inline bool IovaGapTree::PullBody(uint32_t x) {
-  Node& n = nodes_[x];
-  const Node& l = nodes_[n.left];
-  const Node& r = nodes_[n.right];
-  const uint64_t len = n.hi - n.lo + 1;
-  const uint64_t max_len = std::max(len, std::max(l.max_len, r.max_len));
-  // Only the blocks below a row's ActiveBlocks can be non-zero, so x's row is
-  // computed up to its new count and cleared from there to its old one. A
-  // child's blocks past its own count read as zeros, and so do the own words
-  // past ActiveBlocks(len) (the formula gives 0 there), so neither needs a
-  // test in the loop.
-  const int old_blocks = n.blocks;
-  const int blocks = ActiveBlocks(max_len);
-  constexpr size_t kRest = kLanes - kLaneBlock;  // words per node in augn_
-  uint32_t* const aug0 = aug0_.data();
-  uint32_t* const augn = augn_.data();
-  // room_k = len - ((-lo) mod 2^k), saturating at 0: exact in 32 bits for
-  // k < 32 when len fits; then capped at 2^k and zero unless len > 2^(k-1).
-  const bool narrow = len < kRoomCap;
-  const Block len_v = Splat(static_cast<uint32_t>(len));
-  const Block neg_lo_v = Splat(static_cast<uint32_t>(0 - n.lo));
-  // Word(r, k) lane by lane in 64 bits (orders >= kFastLanes, or len >=
-  // kRoomCap). It fills memory rather than returning a Block: a lambda may be
-  // a real call (at -O0), compiled without the caller's AVX2 target, and a
-  // vector passed by value would then cross two different ABIs.
-  const auto own_slow = [&n](int k0, uint32_t* words) {
-    for (int i = 0; i < kLaneBlock; ++i) words[i] = RoomWord(n.lo, n.hi, k0 + i);
-  };
-  alignas(32) uint32_t slow_words[kLaneBlock];
-  // Block 0 (every node has one: blocks >= 1), in aug0.
-  Block v0;
-  if (narrow) [[likely]] {
-    v0 = OwnWords(len_v, neg_lo_v, 0);
-  } else {
-    own_slow(0, slow_words);
-    v0 = LoadBlock(slow_words);
-  }
-  v0 = Max(v0, Max(LoadBlock(aug0 + size_t{n.left} * kLaneBlock),
-                   LoadBlock(aug0 + size_t{n.right} * kLaneBlock)));
-  uint32_t* const row0 = aug0 + size_t{x} * kLaneBlock;
-  Block diff = v0 ^ LoadBlock(row0);
-  StoreBlock(row0, v0);
-  if (blocks > 1 || old_blocks > 1) [[unlikely]] {
-    // Blocks 1.. in augn, kRest words per node.
-    const uint32_t* const ln = augn + size_t{n.left} * kRest;
-    const uint32_t* const rn = augn + size_t{n.right} * kRest;
-    uint32_t* const xn = augn + size_t{x} * kRest;
-    // A fixed trip count the compiler unrolls, so whether a block is one of
-    // the 32-bit fast orders is known per block at compile time. Blocks past
-    // the new count (up to the old one) are cleared.
-#pragma GCC unroll 8
-    for (int b = 1; b < kLanes / kLaneBlock; ++b) {
-      if (b >= blocks && b >= old_blocks) break;
-      const int k0 = b * kLaneBlock;
-      const int off = k0 - kLaneBlock;
-      Block v = Block{};
-      if (b < blocks) {
-        if (narrow && k0 < kFastLanes) {
-          v = OwnWords(len_v, neg_lo_v, k0);
-        } else {
-          own_slow(k0, slow_words);
-          v = LoadBlock(slow_words);
-        }
-        v = Max(v, Max(LoadBlock(ln + off), LoadBlock(rn + off)));
-      }
-      diff |= v ^ LoadBlock(xn + off);
-      StoreBlock(xn + off, v);
-    }
-  }
-  uint64_t diff_words[sizeof(Block) / sizeof(uint64_t)];
-  std::memcpy(diff_words, &diff, sizeof(diff));
-  const bool changed = ((diff_words[0] | diff_words[1] | diff_words[2] | diff_words[3]) != 0) |
-                       (max_len != n.max_len);
-  n.max_len = max_len;
-  n.blocks = static_cast<uint16_t>(blocks);
-  n.height = static_cast<int16_t>(1 + std::max(l.height, r.height));
-  return changed;
-}
-
-template <int kLanes>
-[[gnu::always_inline]] inline void IovaGapTree::FixUpwardBody(uint32_t x,
-                                                             uint32_t must_reach) {
-  while (x != kNil) {
-    const int old_height = nodes_[x].height;
-    // Children are current (processed below, or off the path), so x's row,
-    // max_len and height are current after this and rotations at x may copy
-    // them.
-    const bool changed = PullBody<kLanes>(x);
-    if (x == must_reach) must_reach = kNil;
-    const Node& n = nodes_[x];
-    const int balance = nodes_[n.left].height - nodes_[n.right].height;
-    uint32_t subtree = x;
-    if (balance > 1) {
-      const uint32_t l = n.left;
-      if (nodes_[nodes_[l].left].height < nodes_[nodes_[l].right].height) RotateLeft(l);
-      subtree = RotateRight(x);
-    } else if (balance < -1) {
-      const uint32_t r = n.right;
-      if (nodes_[nodes_[r].right].height < nodes_[nodes_[r].left].height) RotateRight(r);
-      subtree = RotateLeft(x);
-    }
-    // Rotations keep the subtree's row; if neither it nor the height moved
-    // (and no changed range lies above), no ancestor can change.
-    if (!changed && must_reach == kNil && nodes_[subtree].height == old_height) return;
-    x = nodes_[subtree].parent;
-  }
+  return sum;
 }
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#define IOMMU_IOVA_AVX2_DISPATCH 1
+__attribute__((target("avx2"))) IovaGapTree::Summary IovaGapTree::LeafSummaryLanesAvx2(
+    const Node& n) {
+  Summary sum;
+  if (!LeafLanesBody(n.lo, n.hi, n.count, &sum.max_len, &sum.below, &sum.top)) {
+    return LeafSummaryScalar(n);
+  }
+  return sum;
+}
+
+IovaGapTree::LeafSummaryFn IovaGapTree::PickLeafSummary() {
+  return __builtin_cpu_supports("avx2") ? &LeafSummaryLanesAvx2 : &LeafSummaryLanes;
+}
+#else
+IovaGapTree::Summary IovaGapTree::LeafSummaryLanesAvx2(const Node& n) {
+  return LeafSummaryLanes(n);
+}
+
+IovaGapTree::LeafSummaryFn IovaGapTree::PickLeafSummary() { return &LeafSummaryLanes; }
 #endif
 
-template <int kLanes>
-bool IovaGapTree::PullLanes(uint32_t x) {
-  return PullBody<kLanes>(x);
-}
-
-template <int kLanes>
-void IovaGapTree::FixUpwardLanes(uint32_t x, uint32_t must_reach) {
-  FixUpwardBody<kLanes>(x, must_reach);
-}
-
-#ifdef IOMMU_IOVA_AVX2_DISPATCH
-template <int kLanes>
-__attribute__((target("avx2"))) bool IovaGapTree::PullLanesAvx2(uint32_t x) {
-  return PullBody<kLanes>(x);
-}
-
-template <int kLanes>
-__attribute__((target("avx2"))) void IovaGapTree::FixUpwardLanesAvx2(uint32_t x,
-                                                                     uint32_t must_reach) {
-  FixUpwardBody<kLanes>(x, must_reach);
-}
-#endif
-
-template <int kLanes>
-IovaGapTree::Kernels IovaGapTree::PickKernels() {
-#ifdef IOMMU_IOVA_AVX2_DISPATCH
-  if (__builtin_cpu_supports("avx2")) {
-    return Kernels{&IovaGapTree::PullLanesAvx2<kLanes>, &IovaGapTree::FixUpwardLanesAvx2<kLanes>};
+bool IovaGapTree::UpdateEntry(uint32_t x) {
+  const Node& n = N(x);
+  const Summary sum = Summarize(n);
+  if (x == root_node_) {
+    const bool changed = sum.max_len != root_.max_len || sum.below != root_.below ||
+                         sum.top != root_.top;
+    root_ = sum;
+    return changed;
   }
-#endif
-  return Kernels{&IovaGapTree::PullLanes<kLanes>, &IovaGapTree::FixUpwardLanes<kLanes>};
+  Node& p = N(n.parent);
+  const int s = SlotInParent(x);
+  const uint64_t key = n.count > 0 ? n.lo[0] : p.lo[s];
+  const bool changed = sum.max_len != p.hi[s] || sum.below != p.below[s] || sum.top != p.top[s] ||
+                       key != p.lo[s];
+  p.hi[s] = sum.max_len;
+  p.below[s] = sum.below;
+  p.top[s] = sum.top;
+  p.lo[s] = key;
+  return changed;
 }
 
-IovaGapTree::Kernels IovaGapTree::PickKernels(int lanes) {
-  switch (lanes) {
-    case 8: return PickKernels<8>();
-    case 16: return PickKernels<16>();
-    case 24: return PickKernels<24>();
-    case 32: return PickKernels<32>();
-    case 40: return PickKernels<40>();
-    case 48: return PickKernels<48>();
-    case 56: return PickKernels<56>();
-    case 64: return PickKernels<64>();
-  }
-  assert(false && "lanes is a multiple of 8 in [8, 64]");
-  return Kernels{};
+IovaGapTree::Summary IovaGapTree::RangeSummary(uint64_t lo, uint64_t hi) {
+  const uint64_t len = hi - lo + 1;
+  const int k = std::bit_width(len - 1);
+  if (k == 0) return Summary{len, 0, 1};
+  if (k >= 32) return Summary{len, RoomWord(lo, hi, k - 1), RoomWord(lo, hi, k)};
+  // 2^(k-1) < len <= 2^k < 2^32: RoomWord without its length tests and with
+  // no cap at order k.
+  const uint64_t pad = (0 - lo) & ((uint64_t{1} << k) - 1);
+  const uint64_t pad_below = (0 - lo) & ((uint64_t{1} << (k - 1)) - 1);
+  const uint64_t top = len > pad ? len - pad : 0;
+  const uint64_t below = std::min(len - pad_below, uint64_t{1} << (k - 1));
+  return Summary{len, static_cast<uint32_t>(below), static_cast<uint32_t>(top)};
 }
 
-void IovaGapTree::UpdateHeight(uint32_t x) {
-  Node& n = nodes_[x];
-  n.height = static_cast<int16_t>(1 + std::max(nodes_[n.left].height, nodes_[n.right].height));
+IovaGapTree::Summary IovaGapTree::Combine(const Summary& a, const Summary& b) {
+  Summary sum;
+  sum.max_len = std::max(a.max_len, b.max_len);
+  if (sum.max_len == 0) return sum;
+  const int k = std::bit_width(sum.max_len - 1);
+  sum.top = std::max(RowWord(a, k), RowWord(b, k));
+  if (k > 0) sum.below = std::max(RowWord(a, k - 1), RowWord(b, k - 1));
+  return sum;
 }
 
-void IovaGapTree::ReplaceChild(uint32_t parent, uint32_t old_child, uint32_t new_child) {
-  if (parent == kNil) {
-    root_ = new_child;
-  } else if (nodes_[parent].left == old_child) {
-    nodes_[parent].left = new_child;
-  } else {
-    assert(nodes_[parent].right == old_child);
-    nodes_[parent].right = new_child;
-  }
-  if (new_child != kNil) nodes_[new_child].parent = parent;
+bool IovaGapTree::Dominated(const Summary& part, const Summary& whole) {
+  // Orders up to K - 2 are capped in `whole` by a longer range than `part`.
+  if (part.max_len >= whole.max_len) return false;
+  const int k = std::bit_width(whole.max_len - 1);
+  return RowWord(part, k) < whole.top && (k == 0 || RowWord(part, k - 1) < whole.below);
 }
 
-uint32_t IovaGapTree::RotateLeft(uint32_t x) {
-  const uint32_t y = nodes_[x].right;
-  const uint32_t b = nodes_[y].left;
-  // y takes over x's subtree, hence x's row and max_len. y's row, a
-  // subtree's of x, has no more active blocks than x's.
-  for (int b = 0; b < nodes_[x].blocks; ++b) {
-    std::memcpy(RowBlock(y, b), RowBlock(x, b), sizeof(uint32_t) * kLaneBlock);
-  }
-  SetMaxLen(nodes_[y], nodes_[x].max_len);
-  ReplaceChild(nodes_[x].parent, x, y);
-  nodes_[x].right = b;
-  if (b != kNil) nodes_[b].parent = x;
-  nodes_[y].left = x;
-  nodes_[x].parent = y;
-  UpdateHeight(x);
-  UpdateHeight(y);
-  Pull(x);
-  return y;
-}
-
-uint32_t IovaGapTree::RotateRight(uint32_t x) {
-  const uint32_t y = nodes_[x].left;
-  const uint32_t b = nodes_[y].right;
-  for (int b = 0; b < nodes_[x].blocks; ++b) {
-    std::memcpy(RowBlock(y, b), RowBlock(x, b), sizeof(uint32_t) * kLaneBlock);
-  }
-  SetMaxLen(nodes_[y], nodes_[x].max_len);
-  ReplaceChild(nodes_[x].parent, x, y);
-  nodes_[x].left = b;
-  if (b != kNil) nodes_[b].parent = x;
-  nodes_[y].right = x;
-  nodes_[x].parent = y;
-  UpdateHeight(x);
-  UpdateHeight(y);
-  Pull(x);
-  return y;
-}
-
-uint32_t IovaGapTree::Splice(uint32_t x) {
-  const Node& n = nodes_[x];
-  assert(n.left == kNil || n.right == kNil);
-  const uint32_t child = n.left != kNil ? n.left : n.right;
-  const uint32_t p = n.parent;
-  ReplaceChild(p, x, child);
-  return p;
-}
-
-uint32_t IovaGapTree::LinkAfter(uint32_t x, uint64_t lo, uint64_t hi) {
-  const uint32_t y = NewNode(lo, hi);  // may move nodes_: no references above
-  uint32_t parent;
-  bool as_left;
-  if (x == kNil) {
-    if (root_ == kNil) {
-      root_ = y;
-      return y;
+void IovaGapTree::Raise(uint32_t x, const Summary& add) {
+  for (;;) {
+    if (x == root_node_) {
+      root_ = Combine(root_, add);
+      return;
     }
-    parent = Leftmost(root_);
-    as_left = true;
-  } else if (nodes_[x].right == kNil) {
-    parent = x;
-    as_left = false;
-  } else {
-    parent = Leftmost(nodes_[x].right);
-    as_left = true;
+    const uint32_t px = N(x).parent;
+    Node& p = N(px);
+    const int s = SlotInParent(x);
+    const Summary old{p.hi[s], p.below[s], p.top[s]};
+    const Summary sum = Combine(old, add);
+    if (sum == old) return;
+    p.hi[s] = sum.max_len;
+    p.below[s] = sum.below;
+    p.top[s] = sum.top;
+    x = px;
   }
-  (as_left ? nodes_[parent].left : nodes_[parent].right) = y;
-  nodes_[y].parent = parent;
-  return y;
+}
+
+void IovaGapTree::Lower(uint32_t x, Summary gone) {
+  for (;;) {
+    if (x == root_node_) {
+      if (!Dominated(gone, root_)) root_ = Summarize(N(x));
+      return;
+    }
+    const uint32_t px = N(x).parent;
+    Node& p = N(px);
+    const int s = SlotInParent(x);
+    const Summary old{p.hi[s], p.below[s], p.top[s]};
+    if (Dominated(gone, old)) return;
+    const Summary sum = Summarize(N(x));
+    if (sum == old) return;
+    p.hi[s] = sum.max_len;
+    p.below[s] = sum.below;
+    p.top[s] = sum.top;
+    gone = old;
+    x = px;
+  }
+}
+
+void IovaGapTree::FixKey(uint32_t x) {
+  while (x != root_node_) {
+    const uint32_t px = N(x).parent;
+    Node& p = N(px);
+    const int s = SlotInParent(x);
+    if (p.lo[s] == N(x).lo[0]) return;
+    p.lo[s] = N(x).lo[0];
+    if (s != 0) return;
+    x = px;
+  }
+}
+
+// --- structure ---------------------------------------------------------------
+
+void IovaGapTree::CopyEntries(uint32_t from, int from_slot, uint32_t to, int to_slot, int count) {
+  const Node& f = N(from);
+  Node& t = N(to);
+  std::copy_n(f.lo + from_slot, count, t.lo + to_slot);
+  std::copy_n(f.hi + from_slot, count, t.hi + to_slot);
+  if (!f.leaf) {
+    std::copy_n(f.child + from_slot, count, t.child + to_slot);
+    std::copy_n(f.below + from_slot, count, t.below + to_slot);
+    std::copy_n(f.top + from_slot, count, t.top + to_slot);
+    for (int i = 0; i < count; ++i) {
+      Node& c = N(t.child[to_slot + i]);
+      c.parent = to;
+      c.slot = static_cast<int16_t>(to_slot + i);
+    }
+  }
+}
+
+void IovaGapTree::ShiftEntries(uint32_t x, int from_slot, int delta) {
+  Node& n = N(x);
+  const int count = n.count - from_slot;
+  if (count > 0) {
+    std::memmove(n.lo + from_slot + delta, n.lo + from_slot, sizeof(uint64_t) * count);
+    std::memmove(n.hi + from_slot + delta, n.hi + from_slot, sizeof(uint64_t) * count);
+    if (!n.leaf) {
+      std::memmove(n.child + from_slot + delta, n.child + from_slot, sizeof(uint32_t) * count);
+      std::memmove(n.below + from_slot + delta, n.below + from_slot, sizeof(uint32_t) * count);
+      std::memmove(n.top + from_slot + delta, n.top + from_slot, sizeof(uint32_t) * count);
+      for (int i = from_slot + delta; i < from_slot + delta + count; ++i) {
+        N(n.child[i]).slot = static_cast<int16_t>(i);
+      }
+    }
+  }
+  n.count = static_cast<int16_t>(n.count + delta);
+}
+
+uint32_t IovaGapTree::Split(uint32_t x) {
+  assert(N(x).count == kFanout);
+  if (x != root_node_ && N(N(x).parent).count == kFanout) Split(N(x).parent);
+  const uint32_t r = NewNode(N(x).leaf);  // may add a chunk: no references above
+  constexpr int kKeep = kFanout / 2;
+  CopyEntries(x, kKeep, r, 0, kFanout - kKeep);
+  N(r).count = kFanout - kKeep;
+  N(x).count = kKeep;
+  if (N(x).leaf) {
+    N(r).next = N(x).next;
+    N(x).next = r;
+  }
+  uint32_t p;
+  int s;
+  if (x == root_node_) {
+    // The new root covers the same ranges: root_ stays current.
+    p = NewNode(/*leaf=*/false);
+    Node& pn = N(p);
+    pn.child[0] = x;
+    pn.lo[0] = N(x).lo[0];
+    pn.hi[0] = 0;
+    pn.below[0] = 0;
+    pn.top[0] = 0;
+    pn.count = 1;
+    N(x).parent = p;
+    N(x).slot = 0;
+    root_node_ = p;
+    s = 0;
+  } else {
+    p = N(x).parent;
+    s = SlotInParent(x);
+  }
+  ShiftEntries(p, s + 1, 1);
+  Node& pn = N(p);
+  pn.child[s + 1] = r;
+  pn.lo[s + 1] = N(r).lo[0];
+  pn.hi[s + 1] = 0;
+  pn.below[s + 1] = 0;
+  pn.top[s + 1] = 0;
+  N(r).parent = p;
+  N(r).slot = static_cast<int16_t>(s + 1);
+  // p covers the same ranges as before, so only these two entries change.
+  UpdateEntry(x);
+  UpdateEntry(r);
+  return r;
+}
+
+void IovaGapTree::Settle(uint32_t x, bool may_stop) {
+  for (;;) {
+    Node& n = N(x);
+    if (x == root_node_) {
+      if (!n.leaf && n.count == 1) {
+        // Collapse: the only child becomes the root, covering the same ranges.
+        const uint32_t c = n.child[0];
+        FreeNode(x);
+        root_node_ = c;
+        N(c).parent = kNil;
+        x = c;
+        continue;
+      }
+      UpdateEntry(x);
+      return;
+    }
+    const uint32_t p = n.parent;
+    if (n.count < kMinFill) {
+      const int s = SlotInParent(x);
+      const int ls = s > 0 ? s - 1 : s;
+      const uint32_t l = N(p).child[ls];
+      const uint32_t r = N(p).child[ls + 1];
+      const int cl = N(l).count;
+      const int cr = N(r).count;
+      if (cl + cr <= kFanout) {
+        CopyEntries(r, 0, l, cl, cr);
+        N(l).count = static_cast<int16_t>(cl + cr);
+        if (N(l).leaf) N(l).next = N(r).next;
+        N(r).count = 0;
+        FreeNode(r);
+        ShiftEntries(p, ls + 2, -1);
+        UpdateEntry(l);
+      } else if (cl < cr) {
+        const int k = (cr - cl) / 2;
+        CopyEntries(r, 0, l, cl, k);
+        N(l).count = static_cast<int16_t>(cl + k);
+        ShiftEntries(r, k, -k);
+        UpdateEntry(l);
+        UpdateEntry(r);
+      } else {
+        const int k = (cl - cr) / 2;
+        ShiftEntries(r, 0, k);
+        CopyEntries(l, cl - k, r, 0, k);
+        N(l).count = static_cast<int16_t>(cl - k);
+        UpdateEntry(l);
+        UpdateEntry(r);
+      }
+      may_stop = false;
+      x = p;
+      continue;
+    }
+    if (!UpdateEntry(x) && may_stop) return;
+    x = p;
+  }
+}
+
+void IovaGapTree::InsertRange(uint32_t x, int slot, uint64_t lo, uint64_t hi) {
+  const bool split = N(x).count == kFanout;
+  if (split) {
+    const uint32_t r = Split(x);
+    const int keep = N(x).count;
+    if (slot > keep) {
+      x = r;
+      slot -= keep;
+    }
+  }
+  ShiftEntries(x, slot, 1);
+  Node& n = N(x);
+  n.lo[slot] = lo;
+  n.hi[slot] = hi;
+  // A split recomputed the entries of x and its sibling from x's content,
+  // which may already hold the caller's change: then an unchanged entry does
+  // not mean unchanged ancestors.
+  Settle(x, /*may_stop=*/!split);
+}
+
+void IovaGapTree::RemoveRange(uint32_t x, int slot) {
+  ShiftEntries(x, slot + 1, -1);
+  Settle(x, /*may_stop=*/true);
 }
 
 void IovaGapTree::CountIn(uint64_t num_pages) {
@@ -376,306 +518,314 @@ void IovaGapTree::CountOut(uint64_t num_pages) {
   --histogram_[std::bit_width(num_pages) - 1];
 }
 
-void IovaGapTree::SetRange(uint32_t x, uint64_t lo, uint64_t hi) {
-  Node& n = nodes_[x];
-  CountOut(n.hi - n.lo + 1);
-  n.lo = lo;
-  n.hi = hi;
-  CountIn(hi - lo + 1);
-  FixUpward(x, kNil);
-}
+// --- operations --------------------------------------------------------------
 
-void IovaGapTree::Erase(uint32_t x) {
-  Node& n = nodes_[x];
-  CountOut(n.hi - n.lo + 1);
-  if (n.left != kNil && n.right != kNil) {
-    // x takes its in-order successor's range; the successor (no left child,
-    // below x) is unlinked, and one pass from its parent passes x.
-    const uint32_t s = Leftmost(n.right);
-    n.lo = nodes_[s].lo;
-    n.hi = nodes_[s].hi;
-    const uint32_t p = Splice(s);
-    FreeNode(s);
-    FixUpward(p, x);
-    return;
-  }
-  const uint32_t p = Splice(x);
-  FreeNode(x);
-  FixUpward(p, kNil);
-}
-
-uint32_t IovaGapTree::Leftmost(uint32_t x) const {
-  if (x == kNil) return kNil;
-  while (nodes_[x].left != kNil) x = nodes_[x].left;
-  return x;
-}
-
-uint32_t IovaGapTree::Next(uint32_t x) const {
-  if (nodes_[x].right != kNil) return Leftmost(nodes_[x].right);
-  uint32_t p = nodes_[x].parent;
-  while (p != kNil && nodes_[p].right == x) {
-    x = p;
-    p = nodes_[p].parent;
-  }
-  return p;
-}
-
-uint32_t IovaGapTree::Floor(uint64_t pfn) const {
-  uint32_t best = kNil;
-  uint32_t x = root_;
-  while (x != kNil) {
-    if (nodes_[x].lo <= pfn) {
-      best = x;
-      x = nodes_[x].right;
-    } else {
-      x = nodes_[x].left;
-    }
-  }
-  return best;
-}
-
-IovaGapTree::Fit IovaGapTree::DescendHighest(uint32_t x, uint64_t num_pages,
-                                             int order) const {
-  const uint64_t align = uint64_t{1} << order;
-  for (;;) {
-    assert(x != kNil && Aug(x, order) >= num_pages);
-    const Node& n = nodes_[x];
-    if (Aug(n.right, order) >= num_pages) {
-      x = n.right;
-    } else if (Room(n.lo, n.hi, order) >= num_pages) {
-      return Fit{x, AlignDown(n.hi - num_pages + 1, align)};
-    } else {
-      x = n.left;
-    }
-  }
-}
-
-IovaGapTree::Fit IovaGapTree::HugeFit(uint32_t x, uint64_t num_pages, int order,
-                                      uint64_t limit_pfn) const {
-  while (x != kNil && nodes_[x].max_len >= num_pages && Aug(x, order) == kRoomCap) {
-    const Node& n = nodes_[x];
-    if (n.lo <= limit_pfn) {
-      if (const Fit f = HugeFit(n.right, num_pages, order, limit_pfn); f.node != kNil) return f;
-      const uint64_t hi = std::min(n.hi, limit_pfn);
-      if (hi - n.lo + 1 >= num_pages) {
-        const uint64_t pfn = AlignDown(hi - num_pages + 1, uint64_t{1} << order);
-        if (pfn >= n.lo) return Fit{x, pfn};
+IovaGapTree::Fit IovaGapTree::Search(uint32_t x, uint64_t num_pages, int order,
+                                     uint64_t limit_pfn) const {
+  const Node& n = N(x);
+  int s = n.count - 1;
+  while (s >= 0 && n.lo[s] > limit_pfn) --s;
+  if (n.leaf) {
+    const uint64_t align = uint64_t{1} << order;
+    for (; s >= 0; --s) {
+      const uint64_t hi = std::min(n.hi[s], limit_pfn);
+      if (hi - n.lo[s] + 1 >= num_pages) {
+        const uint64_t pfn = AlignDown(hi - num_pages + 1, align);
+        if (pfn >= n.lo[s]) return Fit{x * kFanout + s, pfn};
       }
     }
-    x = n.left;
+    return Fit{};
+  }
+  // Entry s may straddle the limit; the ones below it lie entirely below it,
+  // and (for num_pages <= kRoomCap) a word >= num_pages there is a sure fit.
+  const uint32_t need = num_pages < kRoomCap ? static_cast<uint32_t>(num_pages) : kRoomCap;
+  for (uint64_t limit = limit_pfn; s >= 0; --s, limit = ~uint64_t{0}) {
+    if (EntryWord(n, s, order) >= need && n.hi[s] >= num_pages) {
+      if (const Fit f = Search(n.child[s], num_pages, order, limit); f.node != 0) return f;
+    }
   }
   return Fit{};
 }
 
 IovaGapTree::Fit IovaGapTree::FindHighestFit(uint64_t num_pages, int order,
                                              uint64_t limit_pfn) const {
-  assert(num_pages >= 1 && order < num_orders_ && static_cast<int>(std::bit_width(num_pages - 1)) == order);
-  if (num_pages > kRoomCap) [[unlikely]] return HugeFit(root_, num_pages, order, limit_pfn);
-  if (Aug(root_, order) < num_pages) return Fit{};
-  // Nodes on limit_pfn's search path at which the search went right, i.e.
-  // with lo <= limit_pfn. Deeper ones lie higher; each one's left subtree lies
-  // between it and the previous one, entirely below the limit.
-  uint32_t path[128];
-  int depth = 0;
-  for (uint32_t x = root_; x != kNil;) {
-    if (nodes_[x].lo <= limit_pfn) {
-      assert(depth < 128);
-      path[depth++] = x;
-      x = nodes_[x].right;
-    } else {
-      x = nodes_[x].left;
-    }
-  }
-  const uint64_t align = uint64_t{1} << order;
-  while (depth > 0) {
-    const uint32_t x = path[--depth];
-    const Node& n = nodes_[x];
-    const uint64_t hi = std::min(n.hi, limit_pfn);
-    if (hi - n.lo + 1 >= num_pages) {
-      const uint64_t pfn = AlignDown(hi - num_pages + 1, align);
-      if (pfn >= n.lo) return Fit{x, pfn};
-    }
-    if (Aug(n.left, order) >= num_pages) return DescendHighest(n.left, num_pages, order);
-  }
-  return Fit{};
+  assert(num_pages >= 1 && order < num_orders_ &&
+         static_cast<int>(std::bit_width(num_pages - 1)) == order);
+  if (num_pages <= kRoomCap && RowWord(root_, order) < num_pages) return Fit{};
+  return Search(root_node_, num_pages, order, limit_pfn);
 }
 
 void IovaGapTree::Carve(const Fit& fit, uint64_t num_pages) {
-  const uint32_t x = fit.node;
-  const uint64_t lo = nodes_[x].lo;
-  const uint64_t hi = nodes_[x].hi;
+  const uint32_t x = fit.node / kFanout;
+  const int s = static_cast<int>(fit.node % kFanout);
+  Node& n = N(x);
+  const uint64_t lo = n.lo[s];
+  const uint64_t hi = n.hi[s];
   const uint64_t last = fit.pfn + num_pages - 1;
-  assert(fit.pfn >= lo && last <= hi && last >= fit.pfn);
+  assert(s < n.count && fit.pfn >= lo && last <= hi && last >= fit.pfn);
+  // Every outcome replaces [lo, hi] by subsets of it: the leaf's row can only
+  // drop, and only if [lo, hi] attained it.
+  const Summary gone = RangeSummary(lo, hi);
+  CountOut(hi - lo + 1);
   if (fit.pfn == lo && last == hi) {
-    Erase(x);
-  } else if (fit.pfn == lo) {
-    SetRange(x, last + 1, hi);
+    if (x != root_node_ && n.count <= kMinFill) {
+      RemoveRange(x, s);
+      return;
+    }
+    ShiftEntries(x, s + 1, -1);
+    Lower(x, gone);
+    if (s == 0) FixKey(x);
+    return;
+  }
+  if (fit.pfn == lo) {
+    n.lo[s] = last + 1;
+    CountIn(hi - last);
+    Lower(x, gone);
+    if (s == 0) FixKey(x);
   } else if (last == hi) {
-    SetRange(x, lo, fit.pfn - 1);
+    n.hi[s] = fit.pfn - 1;
+    CountIn(fit.pfn - lo);
+    Lower(x, gone);
   } else {
-    // Split: x keeps the low part, the high part becomes x's in-order
-    // successor, linked below x; one pass from there passes x.
-    CountOut(hi - lo + 1);
+    n.hi[s] = fit.pfn - 1;
     CountIn(fit.pfn - lo);
     CountIn(hi - last);
-    nodes_[x].hi = fit.pfn - 1;
-    const uint32_t y = LinkAfter(x, last + 1, hi);
-    FixUpward(nodes_[y].parent, x);
+    if (n.count == kFanout) {
+      InsertRange(x, s + 1, last + 1, hi);
+      return;
+    }
+    ShiftEntries(x, s + 1, 1);
+    n.lo[s + 1] = last + 1;
+    n.hi[s + 1] = hi;
+    Lower(x, gone);
   }
 }
 
 IovaGapTree::Range IovaGapTree::Release(uint64_t lo, uint64_t hi) {
   assert(lo <= hi);
-  const uint32_t pred = Floor(lo);
-  assert(pred == kNil || nodes_[pred].hi < lo);
-  const uint32_t succ = pred != kNil ? Next(pred) : Leftmost(root_);
-  assert(succ == kNil || nodes_[succ].lo > hi);
-  const bool merge_pred = pred != kNil && nodes_[pred].hi + 1 == lo;
-  const bool merge_succ = succ != kNil && hi != UINT64_MAX && nodes_[succ].lo == hi + 1;
+  const Pos pred = Locate(lo);
+  Node& pn = N(pred.leaf);
+  assert(pred.slot < 0 || pn.hi[pred.slot] < lo);
+  Pos succ{pred.leaf, pred.slot + 1};
+  if (succ.slot == pn.count) succ = Pos{pn.next, 0};
+  const bool merge_pred = pred.slot >= 0 && pn.hi[pred.slot] + 1 == lo;
+  const bool merge_succ =
+      succ.leaf != kNil && hi != UINT64_MAX && N(succ.leaf).lo[succ.slot] == hi + 1;
+  assert(succ.leaf == kNil || N(succ.leaf).lo[succ.slot] > hi);
+  // The merged range holds every range it replaces, so rows only grow:
+  // Raise, except where a leaf loses an entry (Lower, or Settle when that
+  // leaves it underfull).
   if (merge_pred && merge_succ) {
-    // Adjacent in order, so one is the other's ancestor: the ancestor takes the
-    // merged range, the descendant (at most one child) is unlinked, and one
-    // pass from its parent passes the ancestor.
-    const Range merged{nodes_[pred].lo, nodes_[succ].hi};
-    CountOut(nodes_[pred].hi - nodes_[pred].lo + 1);
-    CountOut(nodes_[succ].hi - nodes_[succ].lo + 1);
+    Node& sn = N(succ.leaf);
+    const Range merged{pn.lo[pred.slot], sn.hi[succ.slot]};
+    CountOut(pn.hi[pred.slot] - pn.lo[pred.slot] + 1);
+    CountOut(sn.hi[succ.slot] - sn.lo[succ.slot] + 1);
     CountIn(merged.num_pages());
-    const bool pred_above = nodes_[pred].right != kNil;  // then succ is in it
-    const uint32_t keep = pred_above ? pred : succ;
-    const uint32_t gone = pred_above ? succ : pred;
-    nodes_[keep].lo = merged.lo;
-    nodes_[keep].hi = merged.hi;
-    const uint32_t p = Splice(gone);
-    FreeNode(gone);
-    FixUpward(p, keep);
+    const Summary gone = RangeSummary(sn.lo[succ.slot], sn.hi[succ.slot]);
+    pn.hi[pred.slot] = merged.hi;
+    if (succ.leaf == pred.leaf) {
+      if (pred.leaf != root_node_ && pn.count <= kMinFill) {
+        RemoveRange(pred.leaf, succ.slot);  // settles the whole path
+      } else {
+        ShiftEntries(pred.leaf, succ.slot + 1, -1);
+        Raise(pred.leaf, RangeSummary(merged.lo, merged.hi));
+      }
+      return merged;
+    }
+    Raise(pred.leaf, RangeSummary(merged.lo, merged.hi));
+    if (sn.count <= kMinFill) {
+      RemoveRange(succ.leaf, succ.slot);
+    } else {
+      ShiftEntries(succ.leaf, 1, -1);
+      Lower(succ.leaf, gone);
+      FixKey(succ.leaf);
+    }
     return merged;
   }
   if (merge_pred) {
-    const Range merged{nodes_[pred].lo, hi};
-    SetRange(pred, merged.lo, merged.hi);
+    const Range merged{pn.lo[pred.slot], hi};
+    CountOut(pn.hi[pred.slot] - pn.lo[pred.slot] + 1);
+    CountIn(merged.num_pages());
+    pn.hi[pred.slot] = hi;
+    Raise(pred.leaf, RangeSummary(merged.lo, merged.hi));
     return merged;
   }
   if (merge_succ) {
-    const Range merged{lo, nodes_[succ].hi};
-    SetRange(succ, merged.lo, merged.hi);
+    Node& sn = N(succ.leaf);
+    const Range merged{lo, sn.hi[succ.slot]};
+    CountOut(sn.hi[succ.slot] - sn.lo[succ.slot] + 1);
+    CountIn(merged.num_pages());
+    sn.lo[succ.slot] = lo;
+    Raise(succ.leaf, RangeSummary(merged.lo, merged.hi));
+    if (succ.slot == 0) FixKey(succ.leaf);
     return merged;
   }
   CountIn(hi - lo + 1);
-  const uint32_t y = LinkAfter(pred, lo, hi);
-  FixUpward(nodes_[y].parent, kNil);
+  const int slot = pred.slot + 1;
+  if (pn.count == kFanout) {
+    InsertRange(pred.leaf, slot, lo, hi);
+  } else {
+    ShiftEntries(pred.leaf, slot, 1);
+    pn.lo[slot] = lo;
+    pn.hi[slot] = hi;
+    Raise(pred.leaf, RangeSummary(lo, hi));
+    if (slot == 0) FixKey(pred.leaf);
+  }
   return Range{lo, hi};
 }
 
 void IovaGapTree::Take(uint64_t lo, uint64_t hi) {
-  const uint32_t x = Floor(lo);
-  assert(x != kNil && nodes_[x].hi >= hi);
-  Carve(Fit{x, lo}, hi - lo + 1);
+  const Pos p = Locate(lo);
+  assert(p.slot >= 0 && N(p.leaf).hi[p.slot] >= hi);
+  Carve(Fit{p.leaf * kFanout + p.slot, lo}, hi - lo + 1);
 }
 
 uint64_t IovaGapTree::FreePagesIn(uint64_t lo, uint64_t hi) const {
   uint64_t pages = 0;
-  uint32_t x = Floor(lo);
-  if (x == kNil) x = Leftmost(root_);
-  for (; x != kNil && nodes_[x].lo <= hi; x = Next(x)) {
-    const uint64_t a = std::max(lo, nodes_[x].lo);
-    const uint64_t b = std::min(hi, nodes_[x].hi);
-    if (a <= b) pages += b - a + 1;
+  Pos p = Locate(lo);
+  uint32_t x = p.leaf;
+  int s = std::max(p.slot, 0);
+  for (; x != kNil; x = N(x).next, s = 0) {
+    const Node& n = N(x);
+    for (; s < n.count; ++s) {
+      if (n.lo[s] > hi) return pages;
+      const uint64_t a = std::max(lo, n.lo[s]);
+      const uint64_t b = std::min(hi, n.hi[s]);
+      if (a <= b) pages += b - a + 1;
+    }
   }
   return pages;
 }
 
 bool IovaGapTree::FindContaining(uint64_t pfn, Range* out) const {
-  const uint32_t x = Floor(pfn);
-  if (x == kNil || nodes_[x].hi < pfn) return false;
-  *out = Range{nodes_[x].lo, nodes_[x].hi};
+  const Pos p = Locate(pfn);
+  if (p.slot < 0 || N(p.leaf).hi[p.slot] < pfn) return false;
+  *out = Range{N(p.leaf).lo[p.slot], N(p.leaf).hi[p.slot]};
   return true;
 }
 
-absl::Status IovaGapTree::CheckSubtree(uint32_t x, uint32_t parent, int* height,
-                                       std::vector<uint32_t>* row_out,
-                                       uint64_t* max_len_out) const {
-  row_out->assign(lanes_, 0);
-  *max_len_out = 0;
-  if (x == kNil) {
-    *height = 0;
-    return absl::OkStatus();
-  }
-  const Node& n = nodes_[x];
-  if (n.parent != parent) {
-    return absl::InternalError(absl::StrFormat("gap tree node %u: parent link %u, want %u",
-                                               x, n.parent, parent));
-  }
-  if (n.lo > n.hi) {
-    return absl::InternalError(absl::StrFormat("gap tree node %u: empty range", x));
-  }
-  int hl = 0;
-  int hr = 0;
-  std::vector<uint32_t> rl;
-  std::vector<uint32_t> rr;
-  uint64_t ml = 0;
-  uint64_t mr = 0;
-  if (absl::Status s = CheckSubtree(n.left, x, &hl, &rl, &ml); !s.ok()) return s;
-  if (absl::Status s = CheckSubtree(n.right, x, &hr, &rr, &mr); !s.ok()) return s;
-  if (hl - hr > 1 || hr - hl > 1 || n.height != 1 + std::max(hl, hr)) {
+// --- checking ----------------------------------------------------------------
+
+absl::Status IovaGapTree::CheckSummary(const Summary& sum, const std::vector<uint32_t>& row,
+                                       uint64_t max_len, uint32_t x, int slot) const {
+  if (sum.max_len != max_len) {
     return absl::InternalError(absl::StrFormat(
-        "gap tree node %u: height %d with children %d/%d", x, n.height, hl, hr));
+        "gap tree node %u entry %d: max_len %#x, recount %#x", x, slot, sum.max_len, max_len));
   }
-  *height = n.height;
-  *max_len_out = std::max(n.hi - n.lo + 1, std::max(ml, mr));
-  if (n.blocks != ActiveBlocks(n.max_len)) {
-    return absl::InternalError(absl::StrFormat("gap tree node %u: %d active blocks for max_len %#x",
-                                               x, n.blocks, n.max_len));
-  }
-  if (n.max_len != *max_len_out) {
-    return absl::InternalError(absl::StrFormat("gap tree node %u: max_len %#x, recount %#x", x,
-                                               n.max_len, *max_len_out));
-  }
-  for (int k = 0; k < lanes_; ++k) {
-    (*row_out)[k] = std::max(RoomWord(n.lo, n.hi, k), std::max(rl[k], rr[k]));
-    if ((*row_out)[k] != Aug(x, k)) {
+  for (int k = 0; k < kOrders; ++k) {
+    if (RowWord(sum, k) != row[k]) {
       return absl::InternalError(absl::StrFormat(
-          "gap tree node %u [%#x, %#x]: aug[%d]=%#x, recount %#x", x, n.lo, n.hi, k,
-          Aug(x, k), (*row_out)[k]));
+          "gap tree node %u entry %d: row[%d]=%#x, recount %#x", x, slot, k, RowWord(sum, k),
+          row[k]));
     }
   }
   return absl::OkStatus();
 }
 
-absl::Status IovaGapTree::CheckInvariants() const {
-  for (int k = 0; k < lanes_; ++k) {
-    if (Aug(kNil, k) != 0) return absl::InternalError("gap tree: nil row not zero");
+absl::Status IovaGapTree::CheckNode(uint32_t x, uint32_t parent, int depth, int* leaf_depth,
+                                    std::vector<uint32_t>* row_out, uint64_t* max_len_out,
+                                    std::vector<uint32_t>* leaves, uint64_t* nodes) const {
+  const Node& n = N(x);
+  ++*nodes;
+  if (n.parent != parent) {
+    return absl::InternalError(absl::StrFormat("gap tree node %u: parent link %u, want %u",
+                                               x, n.parent, parent));
   }
-  const Node& nil = nodes_[kNil];
-  if (nil.height != 0 || nil.max_len != 0 || nil.blocks != 0 || nil.left != kNil ||
-      nil.right != kNil) {
-    return absl::InternalError("gap tree: nil sentinel modified");
+  const int min_fill = x == root_node_ ? (n.leaf ? 0 : 2) : kMinFill;
+  if (n.count < min_fill || n.count > kFanout) {
+    return absl::InternalError(absl::StrFormat("gap tree node %u: %d entries", x, n.count));
   }
-  if (aug0_.size() != nodes_.size() * size_t{kLaneBlock} ||
-      augn_.size() != nodes_.size() * size_t(lanes_ - kLaneBlock)) {
-    return absl::InternalError("gap tree: row storage does not match the slab");
+  row_out->assign(kOrders, 0);
+  *max_len_out = 0;
+  for (int s = 0; s + 1 < n.count; ++s) {
+    if (n.lo[s] >= n.lo[s + 1]) {
+      return absl::InternalError(absl::StrFormat("gap tree node %u: entry %d out of order", x, s));
+    }
   }
-  int height = 0;
+  if (n.leaf) {
+    if (*leaf_depth < 0) *leaf_depth = depth;
+    if (depth != *leaf_depth) {
+      return absl::InternalError(absl::StrFormat("gap tree leaf %u at depth %d, want %d", x,
+                                                 depth, *leaf_depth));
+    }
+    leaves->push_back(x);
+    for (int s = 0; s < n.count; ++s) {
+      if (n.lo[s] > n.hi[s]) {
+        return absl::InternalError(absl::StrFormat("gap tree leaf %u: empty range %d", x, s));
+      }
+      *max_len_out = std::max(*max_len_out, n.hi[s] - n.lo[s] + 1);
+      for (int k = 0; k < kOrders; ++k) {
+        (*row_out)[k] = std::max((*row_out)[k], RoomWord(n.lo[s], n.hi[s], k));
+      }
+    }
+    return absl::OkStatus();
+  }
   std::vector<uint32_t> row;
   uint64_t max_len = 0;
-  if (absl::Status s = CheckSubtree(root_, kNil, &height, &row, &max_len); !s.ok()) return s;
+  for (int s = 0; s < n.count; ++s) {
+    const uint32_t c = n.child[s];
+    if (absl::Status st = CheckNode(c, x, depth + 1, leaf_depth, &row, &max_len, leaves, nodes);
+        !st.ok()) {
+      return st;
+    }
+    if (N(c).slot != s) {
+      return absl::InternalError(absl::StrFormat("gap tree node %u: child %u has slot %d, is at %d",
+                                                 x, c, N(c).slot, s));
+    }
+    if (n.lo[s] != N(c).lo[0]) {
+      return absl::InternalError(absl::StrFormat("gap tree node %u: key %d is %#x, child's %#x",
+                                                 x, s, n.lo[s], N(c).lo[0]));
+    }
+    if (absl::Status st = CheckSummary(Summary{n.hi[s], n.below[s], n.top[s]}, row, max_len, x, s);
+        !st.ok()) {
+      return st;
+    }
+    for (int k = 0; k < kOrders; ++k) (*row_out)[k] = std::max((*row_out)[k], row[k]);
+    *max_len_out = std::max(*max_len_out, max_len);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status IovaGapTree::CheckInvariants() const {
+  if (N(root_node_).parent != kNil) return absl::InternalError("gap tree: root has a parent");
+  int leaf_depth = -1;
+  std::vector<uint32_t> row;
+  uint64_t max_len = 0;
+  std::vector<uint32_t> leaves;
+  uint64_t nodes = 0;
+  if (absl::Status s = CheckNode(root_node_, kNil, 0, &leaf_depth, &row, &max_len, &leaves, &nodes);
+      !s.ok()) {
+    return s;
+  }
+  if (absl::Status s = CheckSummary(root_, row, max_len, kNil, -1); !s.ok()) return s;
+  // The leaf chain visits the leaves in tree order and ends.
+  uint32_t x = LeftmostLeaf();
+  for (size_t i = 0; i < leaves.size(); ++i, x = N(x).next) {
+    if (x != leaves[i]) {
+      return absl::InternalError(absl::StrFormat("gap tree: leaf chain has %u at %u, want %u", x,
+                                                 i, leaves[i]));
+    }
+  }
+  if (x != kNil) return absl::InternalError("gap tree: leaf chain runs past the last leaf");
   uint64_t count = 0;
   uint64_t pages = 0;
   uint64_t hist[kHistogramBuckets] = {};
   bool have_prev = false;
   uint64_t prev_hi = 0;
-  for (uint32_t x = Leftmost(root_); x != kNil; x = Next(x)) {
-    const Node& n = nodes_[x];
-    if (have_prev && n.lo <= prev_hi + 1) {
-      return absl::InternalError(absl::StrFormat(
-          "gap tree: range [%#x, %#x] overlaps or touches previous ending %#x", n.lo, n.hi,
+  absl::Status order_status;
+  ForEach([&](Range r) {
+    if (have_prev && r.lo <= prev_hi + 1 && order_status.ok()) {
+      order_status = absl::InternalError(absl::StrFormat(
+          "gap tree: range [%#x, %#x] overlaps or touches previous ending %#x", r.lo, r.hi,
           prev_hi));
     }
     have_prev = true;
-    prev_hi = n.hi;
+    prev_hi = r.hi;
     ++count;
-    pages += n.hi - n.lo + 1;
-    ++hist[std::bit_width(n.hi - n.lo + 1) - 1];
-  }
+    pages += r.num_pages();
+    ++hist[std::bit_width(r.num_pages()) - 1];
+  });
+  if (!order_status.ok()) return order_status;
   if (count != range_count_ || pages != free_pages_) {
     return absl::InternalError(absl::StrFormat(
         "gap tree: counted %u ranges/%#x pages, tracked %u/%#x", count, pages,
@@ -687,15 +837,8 @@ absl::Status IovaGapTree::CheckInvariants() const {
           "gap tree: histogram bucket %d counts %u, tracked %u", b, hist[b], histogram_[b]));
     }
   }
-  for (const uint32_t x : free_nodes_) {
-    for (int k = 0; k < lanes_; ++k) {
-      if (Aug(x, k) != 0 || nodes_[x].blocks != 0) {
-        return absl::InternalError(absl::StrFormat("gap tree: free slot %u has a non-zero row", x));
-      }
-    }
-  }
-  if (count + 1 + free_nodes_.size() != nodes_.size()) {
-    return absl::InternalError("gap tree: slab leaks nodes");
+  if (nodes + 1 + free_nodes_.size() != node_slots_) {
+    return absl::InternalError("gap tree: node slab leaks nodes");
   }
   return absl::OkStatus();
 }

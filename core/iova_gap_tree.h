@@ -1,68 +1,66 @@
 #ifndef IOMMU_CORE_IOVA_GAP_TREE_H_
 #define IOMMU_CORE_IOVA_GAP_TREE_H_
 
-// IovaGapTree: the FREE pfn ranges of one IOVA space, in an AVL tree keyed by
+// IovaGapTree: the FREE pfn ranges of one IOVA space, in a B+-tree keyed by
 // first pfn and augmented so that the highest size-aligned fit below a limit
 // is found exactly in O(log n).
 //
-// Layout. Nodes live in one slab (`nodes_`, 40 bytes each, linked by uint32
-// indices, index 0 is the nil sentinel) with a free list, so a warm tree never
-// calls malloc. Each node has a row of `lanes_` uint32 words (num_orders
-// rounded up to a multiple of 8: 24 for a 4 GiB space of 4K pages) in blocks
-// of 8 lanes: block 0 of every row in the dense array `aug0_` (32 bytes per
-// node), blocks 1.. in `augn_`. Recomputing a block is an elementwise
-// max(own, left, right) on one GCC/Clang vector: SSE2 (the x86-64 baseline)
-// everywhere, one ymm word with AVX2 when cpuid reports it:
+// Layout. Leaves hold up to kFanout ranges sorted by pfn (lo[] and hi[]) and
+// are linked in pfn order; internal nodes hold up to kFanout children, and
+// next to each child pointer its key (the child's lowest lo) and its summary.
+// Nodes live in a chunked slab (a chunk is never moved once allocated, so
+// growth never copies the tree), indexed by uint32, with a free list: a warm
+// tree never calls malloc.
 //
-//   aug(x)[k] = max over the ranges r in x's subtree of Word(r, k)
+// Summary. For the ranges r below a node x and each alignment order k,
+//   row(x)[k] = max over r of Word(r, k)
 //   Word(r, k) = min(kRoomCap, 2^k, Room(r, k)) if len(r) > 2^(k-1), else 0
 //   Room([lo, hi], k) = hi + 1 - AlignUp(lo, 2^k), or 0 when that is <= 0
 //                     = len - ((-lo) mod 2^k), saturating at 0
-//
 // A search at order k is for 2^(k-1) < num_pages <= 2^k pages (the order of
-// its alignment), so neither the cap at 2^k nor zeroing ranges too short to
-// hold such a request changes an answer: aug(x)[k] >= num_pages iff some range
-// in x's subtree has Room >= num_pages. What they buy: a row is zero above
-// order bit_width(max_len - 1), so only its first ActiveBlocks(max_len) blocks
-// of 8 lanes are ever computed, read or compared (one block for subtrees
-// whose ranges are all <= 128 pages: most of a fragmented tree), and a change
-// to a long range leaves the capped low orders alone, so the bottom-up pass
-// stops earlier. `max_len` keeps the exact 64-bit longest range of the
-// subtree. The sentinel's row is all zeros, and so is a free slot's.
-//
-// Room(r, k) is the room left in r after its first 2^k-aligned pfn. A request
-// of num_pages with alignment 2^k (k = order of RoundUpPowerOfTwo(num_pages))
-// fits somewhere in r iff Room(r, k) >= num_pages: this is the EXACT condition
-// (no approximate len >= size + align - 1 threshold), so a fit is never missed.
-// For num_pages <= kRoomCap the saturated words decide exactly. A request above
-// kRoomCap pages (16 TiB at 4K; only in spaces that large) treats a capped word
-// as "maybe" and checks each candidate node with 64-bit arithmetic.
+// its alignment), so row(x)[k] >= num_pages iff some range below x has Room
+// >= num_pages: the EXACT fit condition, a fit is never missed. The row is
+// three numbers: with M the longest range below x (max_len) and K =
+// bit_width(M - 1), so that 2^(K-1) < M <= 2^K,
+//   row[k] = min(kRoomCap, 2^k)  for k <= K - 2 (M's range has Room > 2^k
+//                                there, and no word exceeds the cap);
+//   row[k] = 0                   for k > K (every range has len <= 2^(k-1));
+// so a summary is {max_len, row[K - 1], row[K]} and a node's summary is the
+// max of its ranges' (leaf) or children's (internal) words at the two orders
+// K - 1 and K of its own max_len: O(F) scalar words, for any space size.
+// A request above kRoomCap pages (16 TiB at 4K; only in spaces that large)
+// treats a capped word as "maybe" and checks candidates with 64-bit
+// arithmetic.
 //
 // Policy. FindHighestFit returns the highest pfn p, a multiple of 2^k, with
 // [p, p + num_pages) free and p + num_pages - 1 <= limit_pfn: Linux
 // alloc_iova(size_aligned=true) placement, without its O(n) walk.
 //
-// Cost (n = number of free ranges, L = lanes / 8 blocks per row):
-//   FindHighestFit   O(log n) node visits, one aug word each; a request above
-//                    kRoomCap pages: O(log n + ranges of >= kRoomCap pages)
-//   Carve / Release  ONE bottom-up pass per call, O(L log n) worst case (O(log n)
-//                    block operations while ranges stay <= 128 pages): a
-//                    split links the new range as the carved node's in-order
-//                    successor and a double merge unlinks whichever neighbour
-//                    is the other's descendant, so the one changed range is
-//                    always on the pass's path. The pass stops climbing once
-//                    it has passed that node and a subtree's height and row
-//                    are unchanged.
+// Cost (n = number of free ranges, F = kFanout; depth D = O(log_{F/4} n):
+// every node but the root holds >= F/4 entries):
+//   FindHighestFit   the limit's path down, then at most one more descent:
+//                    O(D F) reads; a request above kRoomCap pages also visits
+//                    the capped candidates.
+//   Carve / Release  O(D F) worst case, stopping as soon as an entry's key
+//                    and summary are unchanged: a row that can only grow (a
+//                    release) climbs in O(1) per level (Combine); one that
+//                    can only drop (a carve) stops at once unless the old
+//                    range reached its leaf's summary, else recomputes one
+//                    summary per level (O(F): a leaf's on 4 x 64-bit vector
+//                    lanes). Splits, merges and borrows (amortised O(1))
+//                    recompute the entries they touch.
 //   Stats            O(1): count, pages, largest, histogram kept incrementally
 //
 // Invariants (checked by CheckInvariants):
 //   (1) ranges are non-empty, disjoint, and maximal: no two are adjacent;
-//   (2) in-order traversal is sorted by pfn; parent links are consistent;
-//   (3) AVL: |height(left) - height(right)| <= 1, heights exact;
-//   (4) every row word and max_len equals a recomputation (so words past a
-//       row's active blocks are zero), `blocks` equals ActiveBlocks(max_len),
-//       free slots have zero rows; the histogram and totals equal a recount;
-//       the slab accounts for every node.
+//   (2) every leaf is at the same depth; entries are sorted; an internal
+//       entry's key is its child's lowest lo; parent links, slots and the
+//       leaf chain are consistent; every node but the root holds
+//       kMinFill..kFanout entries, an internal root at least 2;
+//   (3) every entry's summary (and the root's) equals a recount of the whole
+//       row of every order from the ranges below it;
+//   (4) the histogram and totals equal a recount; the slabs account for
+//       every node.
 //
 // Thread-compatible: the owning IovaAllocator serialises all calls.
 
@@ -70,6 +68,7 @@
 #include <bit>
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -86,17 +85,18 @@ class IovaGapTree {
     uint64_t num_pages() const { return hi - lo + 1; }
   };
 
-  // Result of a search: the node holding the fit and the chosen pfn.
+  // Result of a search: where the fit lies (opaque, 0: no fit) and the pfn.
   struct Fit {
-    uint32_t node = 0;  // 0: no fit
+    uint32_t node = 0;
     uint64_t pfn = 0;
   };
 
   static constexpr int kHistogramBuckets = 64;
-  // Row lanes come in blocks of this many words (one AVX2 vector).
-  static constexpr int kLaneBlock = 8;
   // Row words saturate here.
   static constexpr uint32_t kRoomCap = UINT32_MAX;
+  // Entries per node, and the fewest a non-root node holds.
+  static constexpr int kFanout = 16;
+  static constexpr int kMinFill = kFanout / 4;
 
   // `num_orders`: alignment orders 0..num_orders-1 are searchable, so requests
   // up to 2^(num_orders-1) pages. REQUIRES: 1 <= num_orders <= 64.
@@ -115,20 +115,20 @@ class IovaGapTree {
   // True iff some free range can hold `num_pages` aligned to 2^order (limit
   // ignored). O(1) for num_pages <= kRoomCap. REQUIRES as FindHighestFit.
   bool AnyFit(uint64_t num_pages, int order) const {
-    if (num_pages <= kRoomCap) return Aug(root_, order) >= num_pages;
-    return FindHighestFit(num_pages, order, ~uint64_t{0}).node != kNil;
+    if (num_pages <= kRoomCap) return RowWord(root_, order) >= num_pages;
+    return FindHighestFit(num_pages, order, ~uint64_t{0}).node != 0;
   }
 
-  // Removes [pfn, pfn + num_pages) from the free range of `fit.node`.
-  // REQUIRES: that range lies inside the node's range (as FindHighestFit gives).
+  // Removes [pfn, pfn + num_pages) from the free range the fit lies in.
+  // REQUIRES: `fit` came from FindHighestFit with no mutation since.
   void Carve(const Fit& fit, uint64_t num_pages);
 
   // Adds [lo, hi] back as free, merging with adjacent free ranges, and returns
   // the free range now holding it. REQUIRES: [lo, hi] overlaps no free range.
   Range Release(uint64_t lo, uint64_t hi);
 
-  // Removes [lo, hi] from the free set. REQUIRES: [lo, hi] is entirely free
-  // (FreePagesIn(lo, hi) == hi - lo + 1). O(m log n) for m ranges touched.
+  // Removes [lo, hi] from the free set. REQUIRES: [lo, hi] lies inside one
+  // free range (FindContaining(lo) holds hi).
   void Take(uint64_t lo, uint64_t hi);
 
   // Free pages inside [lo, hi]. O(log n + ranges inside).
@@ -140,14 +140,15 @@ class IovaGapTree {
   // Visits free ranges in ascending pfn order.
   template <typename Fn>
   void ForEach(Fn&& fn) const {
-    for (uint32_t x = Leftmost(root_); x != kNil; x = Next(x)) {
-      fn(Range{nodes_[x].lo, nodes_[x].hi});
+    for (uint32_t x = LeftmostLeaf(); x != kNil; x = N(x).next) {
+      const Node& n = N(x);
+      for (int s = 0; s < n.count; ++s) fn(Range{n.lo[s], n.hi[s]});
     }
   }
 
   uint64_t range_count() const { return range_count_; }
   uint64_t free_pages() const { return free_pages_; }
-  uint64_t largest_pages() const { return nodes_[root_].max_len; }
+  uint64_t largest_pages() const { return root_.max_len; }
   const uint64_t* histogram() const { return histogram_; }
 
   // Walks the whole tree; returns INTERNAL naming the first broken invariant.
@@ -155,18 +156,40 @@ class IovaGapTree {
 
  private:
   static constexpr uint32_t kNil = 0;
+  // Slab chunk c holds kFirstChunk << c nodes (or row sets): slot i lives in
+  // chunk bit_width(i + kFirstChunk) - 1 - log2(kFirstChunk).
+  static constexpr uint32_t kFirstChunk = 8;
+  static constexpr int kFirstChunkBits = 4;  // bit_width(kFirstChunk)
+  static uint32_t ChunkOf(uint32_t i) { return std::bit_width(i + kFirstChunk) - kFirstChunkBits; }
+  static uint32_t OffsetIn(uint32_t i, uint32_t chunk) { return i + kFirstChunk - (kFirstChunk << chunk); }
+
+  // A subtree's row (see Summary above).
+  struct Summary {
+    uint64_t max_len = 0;
+    uint32_t below = 0;  // row[K - 1] (0 when K = 0)
+    uint32_t top = 0;    // row[K]
+    bool operator==(const Summary&) const = default;
+  };
 
   struct Node {
-    uint64_t lo;
-    uint64_t hi;
-    uint64_t max_len;  // longest range in the subtree, exact; 0 for nil
-    uint32_t left;
-    uint32_t right;
-    uint32_t parent;
-    int16_t height;   // 0 for nil, 1 for a leaf
-    uint16_t blocks;  // ActiveBlocks(max_len)
+    uint64_t lo[kFanout];  // leaf: range lo; internal: the child's lowest lo
+    // Leaf: range hi. Internal: the child's max_len (exact longest range).
+    uint64_t hi[kFanout];
+    uint32_t child[kFanout];  // internal only, and so are below/top
+    uint32_t below[kFanout];  // the child's row[K - 1]
+    uint32_t top[kFanout];    // the child's row[K]
+    uint32_t parent;          // kNil for the root
+    uint32_t next;            // leaf chain (leaves only), kNil at the end
+    int16_t count;
+    int16_t slot;             // index of this node's entry in its parent
+    bool leaf;
   };
-  static_assert(sizeof(Node) == 40);
+
+  // A leaf position.
+  struct Pos {
+    uint32_t leaf = kNil;
+    int slot = -1;
+  };
 
   // Exact 64-bit room, and the saturated word a row stores.
   static uint64_t Room(uint64_t lo, uint64_t hi, int order) {
@@ -181,113 +204,99 @@ class IovaGapTree {
     const uint64_t room = std::min(Room(lo, hi, order), uint64_t{1} << order);
     return room < kRoomCap ? static_cast<uint32_t>(room) : kRoomCap;
   }
-  // Blocks of a row that may be non-zero for a subtree whose longest range
-  // has max_len pages: orders 0..bit_width(max_len - 1).
-  static int ActiveBlocks(uint64_t max_len) {
-    return max_len == 0 ? 0 : std::bit_width(max_len - 1) / kLaneBlock + 1;
+  static uint32_t Cap(int order) { return order >= 32 ? kRoomCap : uint32_t{1} << order; }
+  // row[order] of a summary.
+  static uint32_t RowWord(const Summary& sum, int order) {
+    if (sum.max_len == 0) return 0;
+    const int k = std::bit_width(sum.max_len - 1);
+    if (order >= k - 1) return order == k ? sum.top : order == k - 1 ? sum.below : 0;
+    return Cap(order);
+  }
+  uint32_t EntryWord(const Node& n, int s, int order) const {
+    return RowWord(Summary{n.hi[s], n.below[s], n.top[s]}, order);
   }
 
-  // Block b (lanes 8b..8b+7) of x's row: block 0 in aug0_, the rest in augn_.
-  uint32_t* RowBlock(uint32_t x, int b) {
-    return b == 0 ? &aug0_[size_t{x} * kLaneBlock]
-                  : &augn_[size_t{x} * (lanes_ - kLaneBlock) + (b - 1) * kLaneBlock];
+  Node& N(uint32_t x) {
+    const uint32_t c = ChunkOf(x);
+    return node_chunks_[c][OffsetIn(x, c)];
   }
-  const uint32_t* RowBlock(uint32_t x, int b) const {
-    return const_cast<IovaGapTree*>(this)->RowBlock(x, b);
-  }
-  uint32_t Aug(uint32_t x, int order) const {
-    return order < kLaneBlock
-               ? aug0_[size_t{x} * kLaneBlock + order]
-               : augn_[size_t{x} * (lanes_ - kLaneBlock) + (order - kLaneBlock)];
-  }
+  const Node& N(uint32_t x) const { return const_cast<IovaGapTree*>(this)->N(x); }
 
-  uint32_t NewNode(uint64_t lo, uint64_t hi);
+  uint32_t NewNode(bool leaf);
   void FreeNode(uint32_t x);
 
-  // Recomputes x's row and max_len from its range and children. Returns true
-  // if either changed.
-  bool Pull(uint32_t x) { return (this->*kernels_.pull)(x); }
-  template <int kLanes>
-  bool PullBody(uint32_t x);
+  uint32_t LeftmostLeaf() const;
+  // The leaf position of the range with the largest lo <= pfn; slot -1 (in the
+  // leftmost leaf) if there is none.
+  Pos Locate(uint64_t pfn) const;
+  int SlotInParent(uint32_t x) const;
 
-  // The per-level kernels, instantiated per row width and compiled for the
-  // x86-64 baseline (SSE2) and, on x86-64, for AVX2 (picked only when cpuid
-  // reports it); chosen once at construction.
-  using PullFn = bool (IovaGapTree::*)(uint32_t);
-  using FixFn = void (IovaGapTree::*)(uint32_t, uint32_t);
-  struct Kernels {
-    PullFn pull;
-    FixFn fix;
-  };
-  template <int kLanes>
-  bool PullLanes(uint32_t x);
-  template <int kLanes>
-  bool PullLanesAvx2(uint32_t x);
-  template <int kLanes>
-  void FixUpwardBody(uint32_t x, uint32_t must_reach);
-  template <int kLanes>
-  void FixUpwardLanes(uint32_t x, uint32_t must_reach);
-  template <int kLanes>
-  void FixUpwardLanesAvx2(uint32_t x, uint32_t must_reach);
-  template <int kLanes>
-  static Kernels PickKernels();
-  static Kernels PickKernels(int lanes);
+  // Highest fit below x at or below limit_pfn, or none.
+  Fit Search(uint32_t x, uint64_t num_pages, int order, uint64_t limit_pfn) const;
 
-  void UpdateHeight(uint32_t x);
-  void SetMaxLen(Node& n, uint64_t max_len) {
-    n.max_len = max_len;
-    n.blocks = static_cast<uint16_t>(ActiveBlocks(max_len));
+  // Recomputes x's key and summary into its parent's entry (the root's into
+  // root_). Returns true if either changed.
+  bool UpdateEntry(uint32_t x);
+  Summary Summarize(const Node& n) const {
+    return n.leaf ? leaf_summary_(n) : InternalSummary(n);
   }
-  // Rotations keep subtree membership, so the new subtree root takes the old
-  // root's row; the demoted node is recomputed. REQUIRES: x's row is current.
-  uint32_t RotateLeft(uint32_t x);
-  uint32_t RotateRight(uint32_t x);
-  void ReplaceChild(uint32_t parent, uint32_t old_child, uint32_t new_child);
-  // Restores heights, balance, rows and max_len from x up to the root, in one
-  // pass. Every node from x up to `must_reach` (an ancestor of x whose own
-  // range changed, or nil) is recomputed; above it the pass stops as soon as a
-  // subtree's height and row are unchanged.
-  void FixUpward(uint32_t x, uint32_t must_reach) { (this->*kernels_.fix)(x, must_reach); }
-  // Unlinks x, which has at most one child; returns its former parent. Does not
-  // free x or fix anything.
-  uint32_t Splice(uint32_t x);
-  // Links a new node [lo, hi] as the in-order successor of x (nil: as the
-  // leftmost node) and returns it. Does not fix anything.
-  uint32_t LinkAfter(uint32_t x, uint64_t lo, uint64_t hi);
-
-  void SetRange(uint32_t x, uint64_t lo, uint64_t hi);  // keeps stats, then FixUpward
-  void Erase(uint32_t x);
+  static Summary InternalSummary(const Node& n);
+  // A leaf's summary: exact 64-bit scalar code, and a kernel over 4 x 64-bit
+  // lanes for leaves whose ranges are all shorter than 2^32 pages (compiled
+  // for SSE2 and, on x86-64, for AVX2, picked by cpuid at construction).
+  using LeafSummaryFn = Summary (*)(const Node& n);
+  static Summary LeafSummaryScalar(const Node& n);
+  static Summary LeafSummaryLanes(const Node& n);
+  static Summary LeafSummaryLanesAvx2(const Node& n);
+  static LeafSummaryFn PickLeafSummary();
+  static Summary RangeSummary(uint64_t lo, uint64_t hi);
+  // The summary of the elementwise max of two rows.
+  static Summary Combine(const Summary& a, const Summary& b);
+  // True if no word of `part`'s row reaches the same word of `whole`'s: then
+  // dropping or shrinking what `part` summarises leaves `whole` unchanged.
+  static bool Dominated(const Summary& part, const Summary& whole);
+  // Incremental updates from a leaf x whose entries changed, everything else
+  // current, the key aside: Raise when the leaf's row can only have grown to
+  // at most max(old, row of `add`) (a range added or grown to `add`); Lower
+  // when it can only have dropped, `gone` summarising what was removed or
+  // shrunk. Each climbs while an entry changes, O(1) (Raise) or O(F) (Lower)
+  // per level.
+  void Raise(uint32_t x, const Summary& add);
+  void Lower(uint32_t x, Summary gone);
+  // Propagates x's lowest lo up the keys.
+  void FixKey(uint32_t x);
+  // After x's entries changed (everything else current): merges or borrows
+  // while a node is underfull, refreshing entries up to the root; stops early
+  // when `may_stop` and an entry is unchanged.
+  void Settle(uint32_t x, bool may_stop);
+  // Inserts a range into leaf x before entry `slot`, splitting as needed.
+  void InsertRange(uint32_t x, int slot, uint64_t lo, uint64_t hi);
+  // Removes entry `slot` of leaf x.
+  void RemoveRange(uint32_t x, int slot);
+  // Splits full node x into x and a new right sibling (splitting ancestors
+  // first as needed), leaving every entry current; returns the sibling.
+  uint32_t Split(uint32_t x);
+  // Entry copies and in-node shifts (moved children get their parent link).
+  void CopyEntries(uint32_t from, int from_slot, uint32_t to, int to_slot, int count);
+  void ShiftEntries(uint32_t x, int from_slot, int delta);
 
   void CountIn(uint64_t num_pages);
   void CountOut(uint64_t num_pages);
 
-  uint32_t Leftmost(uint32_t x) const;
-  uint32_t Next(uint32_t x) const;
-  // The node with the largest lo <= pfn, or nil.
-  uint32_t Floor(uint64_t pfn) const;
-  // Highest fit inside the subtree x (entire subtree below the limit).
-  // REQUIRES: num_pages <= kRoomCap and Aug(x, order) >= num_pages.
-  Fit DescendHighest(uint32_t x, uint64_t num_pages, int order) const;
-  // FindHighestFit for num_pages > kRoomCap: a reverse in-order walk of the
-  // nodes at or below the limit, skipping subtrees whose max_len or capped
-  // word rule a fit out.
-  Fit HugeFit(uint32_t x, uint64_t num_pages, int order, uint64_t limit_pfn) const;
-
-  absl::Status CheckSubtree(uint32_t x, uint32_t parent, int* height,
-                            std::vector<uint32_t>* row_out, uint64_t* max_len_out) const;
+  absl::Status CheckNode(uint32_t x, uint32_t parent, int depth, int* leaf_depth,
+                         std::vector<uint32_t>* row_out, uint64_t* max_len_out,
+                         std::vector<uint32_t>* leaves, uint64_t* nodes) const;
+  // The summary's row equals `row` (every order) and its max_len `max_len`.
+  absl::Status CheckSummary(const Summary& sum, const std::vector<uint32_t>& row,
+                            uint64_t max_len, uint32_t x, int slot) const;
 
   int num_orders_;
-  int lanes_;                    // num_orders_ rounded up to a multiple of 8
-  Kernels kernels_;              // for lanes_ and this CPU
-  std::vector<Node> nodes_;      // [0] is the nil sentinel
-  // Rows, split so that a search or pass over subtrees of short ranges (one
-  // active block) touches 32 dense bytes per node: block 0 of every row in
-  // aug0_ (kLaneBlock words per node), blocks 1.. in augn_ (lanes_ - kLaneBlock
-  // words per node). Row 0 (nil) is all zeros.
-  std::vector<uint32_t> aug0_;
-  std::vector<uint32_t> augn_;
+  LeafSummaryFn leaf_summary_;
+  std::vector<std::unique_ptr<Node[]>> node_chunks_;
+  uint32_t node_slots_ = 1;  // [0] is never used
   std::vector<uint32_t> free_nodes_;
-  uint32_t root_ = kNil;
+  uint32_t root_node_ = kNil;
+  Summary root_;
 
   uint64_t range_count_ = 0;
   uint64_t free_pages_ = 0;

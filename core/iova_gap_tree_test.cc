@@ -1,0 +1,233 @@
+// IovaGapTree on its own: random carves and releases against a brute-force
+// model of the free set, deep enough for several internal levels, splits,
+// merges, borrows and root collapses, with every summary recounted.
+
+#include "core/iova_gap_tree.h"
+
+#include <bit>
+#include <cstdint>
+#include <iterator>
+#include <map>
+#include <utility>
+#include <vector>
+
+#include "core/bits.h"
+#include "gtest/gtest.h"
+
+namespace iommu::core::internal {
+namespace {
+
+struct Rng {
+  uint64_t x;
+  uint64_t Next() {
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    return x;
+  }
+  uint64_t Below(uint64_t n) { return Next() % n; }
+};
+
+// The free set as a sorted map lo -> hi, searched linearly.
+class Model {
+ public:
+  void Free(uint64_t lo, uint64_t hi) { free_[lo] = hi; Coalesce(lo); }
+  // Linux placement: the highest aligned fit ending at or below the limit.
+  uint64_t HighestFit(uint64_t n, int order, uint64_t limit, bool* found) const {
+    for (auto it = free_.upper_bound(limit); it != free_.begin();) {
+      --it;
+      const uint64_t hi = std::min(it->second, limit);
+      if (hi - it->first + 1 >= n) {
+        const uint64_t pfn = AlignDown(hi - n + 1, uint64_t{1} << order);
+        if (pfn >= it->first) {
+          *found = true;
+          return pfn;
+        }
+      }
+    }
+    *found = false;
+    return 0;
+  }
+  void Occupy(uint64_t lo, uint64_t hi) {
+    auto it = std::prev(free_.upper_bound(lo));
+    const uint64_t flo = it->first;
+    const uint64_t fhi = it->second;
+    ASSERT_TRUE(flo <= lo && hi <= fhi);
+    free_.erase(it);
+    if (flo < lo) free_[flo] = lo - 1;
+    if (hi < fhi) free_[hi + 1] = fhi;
+  }
+  const std::map<uint64_t, uint64_t>& ranges() const { return free_; }
+
+ private:
+  void Coalesce(uint64_t lo) {
+    auto it = free_.find(lo);
+    if (it != free_.begin()) {
+      auto prev = std::prev(it);
+      if (prev->second + 1 == it->first) {
+        prev->second = it->second;
+        free_.erase(it);
+        it = prev;
+      }
+    }
+    auto next = std::next(it);
+    if (next != free_.end() && it->second + 1 == next->first) {
+      it->second = next->second;
+      free_.erase(next);
+    }
+  }
+  std::map<uint64_t, uint64_t> free_;
+};
+
+void ExpectSameRanges(const IovaGapTree& t, const Model& m) {
+  std::vector<std::pair<uint64_t, uint64_t>> got;
+  t.ForEach([&](IovaGapTree::Range r) { got.emplace_back(r.lo, r.hi); });
+  const std::vector<std::pair<uint64_t, uint64_t>> want(m.ranges().begin(), m.ranges().end());
+  EXPECT_EQ(got, want);
+}
+
+// Random carves (random sizes and limits) and releases, every fit compared
+// with the model; the tree grows past 4096 ranges (at least 256 leaves, so
+// two internal levels or more) and is then released back to one range.
+TEST(IovaGapTreeTest, DeepRandomChurnMatchesModel) {
+  constexpr uint64_t kStart = 1;
+  constexpr uint64_t kEnd = (uint64_t{1} << 20) - 1;
+  IovaGapTree t(21);
+  Model m;
+  t.Release(kStart, kEnd);
+  m.Free(kStart, kEnd);
+  Rng rng{0x9e3779b97f4a7c15};
+  std::vector<std::pair<uint64_t, uint64_t>> live;
+  uint64_t peak_ranges = 0;
+  for (int op = 0; op < 40000; ++op) {
+    if (rng.Below(3) != 0 || live.empty()) {
+      const uint64_t n = rng.Below(16) == 0 ? rng.Below(300) + 1 : rng.Below(8) + 1;
+      const int order = std::bit_width(n - 1);
+      const uint64_t limit = rng.Below(kEnd + 1);
+      bool found = false;
+      const uint64_t want = m.HighestFit(n, order, limit, &found);
+      const IovaGapTree::Fit fit = t.FindHighestFit(n, order, limit);
+      ASSERT_EQ(fit.node != 0, found) << "op " << op;
+      bool any = false;
+      m.HighestFit(n, order, kEnd, &any);
+      ASSERT_EQ(t.AnyFit(n, order), any) << "op " << op;
+      if (fit.node == 0) continue;
+      ASSERT_EQ(fit.pfn, want) << "op " << op << " n=" << n << " limit=" << limit;
+      t.Carve(fit, n);
+      m.Occupy(want, want + n - 1);
+      live.emplace_back(want, n);
+    } else {
+      const size_t j = rng.Below(live.size());
+      const IovaGapTree::Range r = t.Release(live[j].first, live[j].first + live[j].second - 1);
+      m.Free(live[j].first, live[j].first + live[j].second - 1);
+      const auto it = std::prev(m.ranges().upper_bound(live[j].first));
+      ASSERT_EQ(r.lo, it->first);
+      ASSERT_EQ(r.hi, it->second);
+      live[j] = live.back();
+      live.pop_back();
+    }
+    peak_ranges = std::max(peak_ranges, t.range_count());
+    if (op % 509 == 0) {
+      ASSERT_TRUE(t.CheckInvariants().ok()) << "op " << op << ": " << t.CheckInvariants();
+    }
+  }
+  ASSERT_TRUE(t.CheckInvariants().ok()) << t.CheckInvariants();
+  ExpectSameRanges(t, m);
+  EXPECT_GE(peak_ranges, 4096u);
+  // Release in random order: leaves and internal nodes merge and borrow, and
+  // the root collapses level by level.
+  int op = 0;
+  while (!live.empty()) {
+    const size_t j = rng.Below(live.size());
+    t.Release(live[j].first, live[j].first + live[j].second - 1);
+    m.Free(live[j].first, live[j].first + live[j].second - 1);
+    live[j] = live.back();
+    live.pop_back();
+    if (++op % 211 == 0 || live.size() < 600) {
+      ASSERT_TRUE(t.CheckInvariants().ok()) << "release " << op << ": " << t.CheckInvariants();
+    }
+  }
+  ASSERT_TRUE(t.CheckInvariants().ok()) << t.CheckInvariants();
+  EXPECT_EQ(t.range_count(), 1u);
+  EXPECT_EQ(t.largest_pages(), kEnd - kStart + 1);
+  ExpectSameRanges(t, m);
+}
+
+// Take, FreePagesIn and FindContaining across leaf boundaries.
+TEST(IovaGapTreeTest, TakeAndQueriesAcrossLeaves) {
+  IovaGapTree t(17);
+  Model m;
+  // 200 one-page holes every 4 pages: many leaves.
+  for (uint64_t i = 0; i < 200; ++i) {
+    t.Release(4 * i + 1, 4 * i + 2);
+    m.Free(4 * i + 1, 4 * i + 2);
+  }
+  ASSERT_TRUE(t.CheckInvariants().ok()) << t.CheckInvariants();
+  EXPECT_EQ(t.range_count(), 200u);
+  EXPECT_EQ(t.FreePagesIn(0, 799), 400u);
+  EXPECT_EQ(t.FreePagesIn(2, 9), 4u);  // pages 2, 5, 6, 9
+  IovaGapTree::Range r;
+  ASSERT_TRUE(t.FindContaining(402, &r));
+  EXPECT_EQ(r.lo, 401u);
+  EXPECT_EQ(r.hi, 402u);
+  EXPECT_FALSE(t.FindContaining(403, &r));
+  // Remove every third hole through Take (from the front, so keys change).
+  for (uint64_t i = 0; i < 200; i += 3) {
+    t.Take(4 * i + 1, 4 * i + 2);
+    m.Occupy(4 * i + 1, 4 * i + 2);
+    ASSERT_TRUE(t.CheckInvariants().ok()) << "take " << i << ": " << t.CheckInvariants();
+  }
+  ExpectSameRanges(t, m);
+  EXPECT_EQ(t.free_pages(), 2 * t.range_count());
+  // Fill the gaps: everything merges into one range.
+  for (uint64_t i = 0; i < 200; ++i) {
+    if (i % 3 == 0) {
+      t.Release(4 * i + 1, 4 * i + 2);
+      m.Free(4 * i + 1, 4 * i + 2);
+    }
+    t.Release(4 * i + 3, 4 * i + 4);
+    m.Free(4 * i + 3, 4 * i + 4);
+    ASSERT_TRUE(t.CheckInvariants().ok()) << "fill " << i << ": " << t.CheckInvariants();
+  }
+  ExpectSameRanges(t, m);
+  EXPECT_EQ(t.range_count(), 1u);
+}
+
+// Ranges of 2^32 pages and more take the scalar leaf path and saturated words;
+// requests above kRoomCap pages check candidates in 64 bits.
+TEST(IovaGapTreeTest, HugeRangesMatchModel) {
+  constexpr uint64_t kEnd = (uint64_t{1} << 40) - 1;
+  IovaGapTree t(41);
+  Model m;
+  t.Release(1, kEnd);
+  m.Free(1, kEnd);
+  Rng rng{12345};
+  std::vector<std::pair<uint64_t, uint64_t>> live;
+  for (int op = 0; op < 3000; ++op) {
+    if (rng.Below(3) != 0 || live.empty()) {
+      const uint64_t n = (uint64_t{1} << rng.Below(38)) + rng.Below(1000) + 1;
+      const int order = std::bit_width(n - 1);
+      const uint64_t limit = rng.Below(kEnd) + 1;
+      bool found = false;
+      const uint64_t want = m.HighestFit(n, order, limit, &found);
+      const IovaGapTree::Fit fit = t.FindHighestFit(n, order, limit);
+      ASSERT_EQ(fit.node != 0, found) << "op " << op;
+      if (fit.node == 0) continue;
+      ASSERT_EQ(fit.pfn, want) << "op " << op << " n=" << n;
+      t.Carve(fit, n);
+      m.Occupy(want, want + n - 1);
+      live.emplace_back(want, n);
+    } else {
+      const size_t j = rng.Below(live.size());
+      t.Release(live[j].first, live[j].first + live[j].second - 1);
+      m.Free(live[j].first, live[j].first + live[j].second - 1);
+      live[j] = live.back();
+      live.pop_back();
+    }
+    ASSERT_TRUE(t.CheckInvariants().ok()) << "op " << op << ": " << t.CheckInvariants();
+  }
+  ExpectSameRanges(t, m);
+}
+
+}  // namespace
+}  // namespace iommu::core::internal
