@@ -8,6 +8,7 @@
 #include <grpcpp/generic/generic_stub.h>
 #include <gtest/gtest.h>
 
+#include "client/health.h"
 #include "tests/daemon_harness.h"
 #include "tests/test_clients.h"
 
@@ -16,18 +17,11 @@ namespace {
 
 using grpc::StatusCode;
 
-// grpc.health.v1.Health/Check through a generic stub (Debian ships no
-// generated health stubs): HealthCheckRequest{string service = 1} in,
-// HealthCheckResponse{ServingStatus status = 1} out, encoded by hand.
-// Returns the status enum (1 = SERVING, 2 = NOT_SERVING) or -code on error.
+// grpc.health.v1.Health/Check through a generic stub on a raw channel, with
+// the SDK's wire codec (client/health.h). Returns the status enum
+// (1 = SERVING, 2 = NOT_SERVING) or -code on error.
 int HealthCheck(const std::shared_ptr<grpc::Channel>& channel, const std::string& service) {
-  std::string request;
-  if (!service.empty()) {
-    request.push_back(0x0a);
-    request.push_back(static_cast<char>(service.size()));
-    request += service;
-  }
-  grpc::Slice slice(request);
+  grpc::Slice slice(client::internal::EncodeHealthCheckRequest(service));
   grpc::ByteBuffer request_buffer(&slice, 1);
   grpc::GenericStub stub(channel);
   grpc::ClientContext ctx;
@@ -46,7 +40,8 @@ int HealthCheck(const std::shared_ptr<grpc::Channel>& channel, const std::string
   (void)response.Dump(&slices);
   std::string bytes;
   for (const grpc::Slice& s : slices) bytes.append(reinterpret_cast<const char*>(s.begin()), s.size());
-  return bytes.size() == 2 && bytes[0] == 0x08 ? bytes[1] : 0;  // UNKNOWN is encoded as nothing
+  absl::StatusOr<client::HealthStatus> decoded = client::internal::DecodeHealthCheckResponse(bytes);
+  return decoded.ok() ? static_cast<int>(*decoded) : 0;
 }
 
 TEST(HealthTest, ServingPerService) {
