@@ -103,21 +103,20 @@ absl::Status BrokerImpl::MapPiecesLocked(Domain& d,
   return absl::OkStatus();
 }
 
-uint64_t BrokerImpl::CommitMappingLocked(Domain& d, MappingRecord record) {
+uint64_t BrokerImpl::CommitMappingLocked(Domain& d, MappingRecord&& record) {
   record.mapping_id = next_mapping_id_.fetch_add(1, std::memory_order_relaxed);
   const uint64_t id = record.mapping_id;
   d.mapped_bytes += record.mapped_bytes;
-  const uint64_t key = record.iova.value();
-  d.mappings.emplace(key, std::move(record));
+  d.mappings.Insert(std::move(record));
   return id;
 }
 
 void BrokerImpl::RemoveMappingLocked(Domain& d, uint64_t iova_start,
                                      DeferredInvalidation* deferred) {
-  auto it = d.mappings.find(iova_start);
-  assert(it != d.mappings.end());
-  MappingRecord m = std::move(it->second);
-  d.mappings.erase(it);
+  // Erased last: nothing below touches d.mappings.
+  MappingRecord* const found = d.mappings.FindStart(iova_start);
+  assert(found != nullptr);
+  MappingRecord& m = *found;
   d.mapped_bytes -= m.mapped_bytes;
 
   IotlbGather gather;
@@ -189,6 +188,7 @@ void BrokerImpl::RemoveMappingLocked(Domain& d, uint64_t iova_start,
     }
   }
   if (!m.device.empty()) RefundMapping(*devices_.at(m.device), m.mapped_bytes);
+  d.mappings.Erase(iova_start);
 }
 
 void BrokerImpl::CompleteInvalidationLocked(Domain& d, DeferredInvalidation* deferred) {

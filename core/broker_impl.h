@@ -140,7 +140,7 @@ class BrokerImpl {
                                                    const char* call)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(d.mu);
   // Inserts the record and returns the mapping id.
-  uint64_t CommitMappingLocked(Domain& d, MappingRecord record) ABSL_EXCLUSIVE_LOCKS_REQUIRED(d.mu);
+  uint64_t CommitMappingLocked(Domain& d, MappingRecord&& record) ABSL_EXCLUSIVE_LOCKS_REQUIRED(d.mu);
 
   // Releases everything created under a session.
   void ReleaseSession(uint64_t session_id);
