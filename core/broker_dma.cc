@@ -2,6 +2,7 @@
 // GetSgTable, MapAt/UnmapRange, Sync.
 
 #include <algorithm>
+#include <functional>
 
 #include "absl/strings/str_format.h"
 #include "core/bits.h"
@@ -112,7 +113,7 @@ uint64_t BrokerImpl::CommitMappingLocked(Domain& d, MappingRecord&& record) {
 }
 
 void BrokerImpl::RemoveMappingLocked(Domain& d, uint64_t iova_start,
-                                     DeferredInvalidation* deferred) {
+                                     DeferredInvalidation* deferred, DeviceState* known) {
   // Erased last: nothing below touches d.mappings.
   MappingRecord* const found = d.mappings.FindStart(iova_start);
   assert(found != nullptr);
@@ -187,7 +188,11 @@ void BrokerImpl::RemoveMappingLocked(Domain& d, uint64_t iova_start,
       b.free_when_unreferenced = true;  // importers still map it
     }
   }
-  if (!m.device.empty()) RefundMapping(*devices_.at(m.device), m.mapped_bytes);
+  if (!m.device.empty()) {
+    DeviceState& owner =
+        known != nullptr && known->config.name == m.device ? *known : *devices_.at(m.device);
+    RefundMapping(owner, m.mapped_bytes);
+  }
   d.mappings.Erase(iova_start);
 }
 
@@ -196,7 +201,13 @@ void BrokerImpl::CompleteInvalidationLocked(Domain& d, DeferredInvalidation* def
   if (!ranges.empty()) {
     // Merging only ranges that overlap or touch keeps the invalidation exact:
     // an entry overlaps a merged range iff it overlaps one of its parts.
-    std::sort(ranges.begin(), ranges.end());
+    // A run's unmaps usually come in IOVA order, ascending or descending
+    // (the IOVA caches hand out addresses in LIFO order): no sort needed.
+    if (std::is_sorted(ranges.begin(), ranges.end(), std::greater<>())) {
+      std::reverse(ranges.begin(), ranges.end());
+    } else if (!std::is_sorted(ranges.begin(), ranges.end())) {
+      std::sort(ranges.begin(), ranges.end());
+    }
     absl::MutexLock l(&d.smmu->mu);
     uint64_t first = ranges.front().first;
     uint64_t last = ranges.front().second;
@@ -325,14 +336,15 @@ absl::Status Broker::Unmap(const Caller& caller, const std::string& device, uint
   ASSIGN_OR_RETURN(auto* dev, impl_->ActAs(caller, device));
   std::shared_ptr<Domain> d = impl_->CurrentDomain(*dev);
   absl::MutexLock l(&d->mu);
-  return impl_->UnmapLocked(*d, caller, device, dma_addr, nullptr);
+  return impl_->UnmapLocked(*d, *dev, caller, device, dma_addr, nullptr);
 }
 
-absl::Status BrokerImpl::UnmapLocked(Domain& d, const Caller& caller, const std::string& device,
-                                     uint64_t dma_addr, DeferredInvalidation* deferred) {
+absl::Status BrokerImpl::UnmapLocked(Domain& d, DeviceState& dev, const Caller& caller,
+                                     const std::string& device, uint64_t dma_addr,
+                                     DeferredInvalidation* deferred) {
   ASSIGN_OR_RETURN(MappingRecord * m,
                    OwnMapping(d, caller, device, dma_addr, {MappingKind::kMap}, "Unmap"));
-  RemoveMappingLocked(d, m->iova.value(), deferred);
+  RemoveMappingLocked(d, m->iova.value(), deferred, &dev);
   return absl::OkStatus();
 }
 

@@ -103,9 +103,11 @@ class BrokerImpl {
   // `deferred`, a strict IOVA domain's invalidation and IOVA free are queued
   // there instead (everything else is done now); the caller completes them
   // with CompleteInvalidationLocked before the lock is released and before
-  // any IOVA allocation in the domain.
+  // any IOVA allocation in the domain. `known`: a device the caller already
+  // holds, used instead of a lookup when it owns the mapping.
   void RemoveMappingLocked(Domain& d, uint64_t iova_start,
-                           DeferredInvalidation* deferred = nullptr)
+                           DeferredInvalidation* deferred = nullptr,
+                           DeviceState* known = nullptr)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(d.mu);
   // Invalidates the queued leaf ranges (adjacent ones merged, one hold of the
   // SMMU lock), then frees the queued IOVAs; leaves `deferred` empty.
@@ -113,13 +115,14 @@ class BrokerImpl {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(d.mu);
   // Map and Unmap once the device and its current domain are known (the
   // domain's lock held): every check, error and effect of Broker::Map/Unmap.
-  // `deferred` as for RemoveMappingLocked.
+  // `deferred` as for RemoveMappingLocked; `dev` is the device named `device`.
   absl::StatusOr<MapResult> MapLocked(Domain& d, DeviceState& dev, const Caller& caller,
                                       const std::string& device, const MemRef& mem_ref,
                                       DmaDirection direction, const DmaAttrs& attrs)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(d.mu);
-  absl::Status UnmapLocked(Domain& d, const Caller& caller, const std::string& device,
-                           uint64_t dma_addr, DeferredInvalidation* deferred)
+  absl::Status UnmapLocked(Domain& d, DeviceState& dev, const Caller& caller,
+                           const std::string& device, uint64_t dma_addr,
+                           DeferredInvalidation* deferred)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(d.mu);
   // Allocates IOVA for `size_bytes` below the device's limit in a domain with
   // an IOVA cookie. FAILED_PRECONDITION for other cookies.
