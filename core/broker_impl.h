@@ -10,6 +10,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
+#include "absl/strings/string_view.h"
 #include "absl/types/span.h"
 #include "absl/synchronization/mutex.h"
 #include "core/broker.h"
@@ -67,7 +68,7 @@ class BrokerImpl {
   };
   // `out` must be empty; on failure it stays empty and nothing is referenced.
   absl::Status ResolveAndRef(const Caller& caller, const DeviceState& dev, const MemRef& mem,
-                             const std::string& field, ResolvedMem* out)
+                             absl::string_view field, ResolvedMem* out)
       ABSL_LOCKS_EXCLUDED(buffers_mu_);
   void AddRefs(absl::Span<const uint64_t> buffers) ABSL_LOCKS_EXCLUDED(buffers_mu_);
   void DropRefs(absl::Span<const uint64_t> buffers) ABSL_LOCKS_EXCLUDED(buffers_mu_);
