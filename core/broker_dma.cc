@@ -2,13 +2,13 @@
 // GetSgTable, MapAt/UnmapRange, Sync.
 
 #include <algorithm>
-#include <functional>
 
 #include "absl/strings/str_format.h"
 #include "core/bits.h"
 #include "core/broker.h"
 #include "core/broker_impl.h"
 #include "core/errors.h"
+#include "core/run_sort.h"
 #include "core/status_macros.h"
 
 namespace iommu::core {
@@ -201,13 +201,8 @@ void BrokerImpl::CompleteInvalidationLocked(Domain& d, DeferredInvalidation* def
   if (!ranges.empty()) {
     // Merging only ranges that overlap or touch keeps the invalidation exact:
     // an entry overlaps a merged range iff it overlaps one of its parts.
-    // A run's unmaps usually come in IOVA order, ascending or descending
-    // (the IOVA caches hand out addresses in LIFO order): no sort needed.
-    if (std::is_sorted(ranges.begin(), ranges.end(), std::greater<>())) {
-      std::reverse(ranges.begin(), ranges.end());
-    } else if (!std::is_sorted(ranges.begin(), ranges.end())) {
-      std::sort(ranges.begin(), ranges.end());
-    }
+    // A run's unmaps mostly come in long stretches of IOVA order.
+    SortByRuns(&ranges);
     absl::MutexLock l(&d.smmu->mu);
     uint64_t first = ranges.front().first;
     uint64_t last = ranges.front().second;
