@@ -112,6 +112,15 @@ uint64_t BrokerImpl::CommitMappingLocked(Domain& d, MappingRecord&& record) {
   return id;
 }
 
+MappingRecord& BrokerImpl::NewMappingLocked(Domain& d, Iova iova, uint64_t iova_size_bytes,
+                                            uint64_t mapped_bytes) {
+  MappingRecord& record = d.mappings.Emplace(iova, iova_size_bytes);
+  record.mapping_id = next_mapping_id_.fetch_add(1, std::memory_order_relaxed);
+  record.mapped_bytes = mapped_bytes;
+  d.mapped_bytes += mapped_bytes;
+  return record;
+}
+
 void BrokerImpl::RemoveMappingLocked(Domain& d, uint64_t iova_start,
                                      DeferredInvalidation* deferred, DeviceState* known) {
   // Erased last: nothing below touches d.mappings.
@@ -295,36 +304,40 @@ absl::StatusOr<MapResult> BrokerImpl::MapLocked(Domain& d, DeviceState& dev, con
     RefundMapping(dev, mem_ref.length_bytes);
     return fail(iova.status());
   }
-  MappingRecord rec{.kind = MappingKind::kMap,
-                    .device = device,
-                    .session_id = caller.session_id,
-                    .iova = *iova,
-                    .iova_size_bytes = *iova_size,
-                    .iova_from_allocator = true,
-                    .dma_offset = first_off,
-                    .prot = ProtFor(dev, direction, attrs),
-                    .buffer_refs = mem.buffers,
-                    .mapped_bytes = mem_ref.length_bytes};
+  // Granule-aligned page-table ranges, one per physical run.
   internal::InlinedOne<std::pair<Iova, PhysRun>> ranges;
   Iova at = *iova;
   for (const PhysRun& r : mem.runs) {
     const uint64_t lo = AlignDown(r.start.value(), g);
     const uint64_t span = *AlignUp(r.start.value() + r.size_bytes, g) - lo;
     ranges.push_back({at, {PhysAddr(lo), span}});
-    rec.pt_ranges.push_back({at, span});
-    rec.pieces.push_back({at + (r.start.value() - lo), r.start, r.size_bytes});
     at += span;
   }
-  if (absl::Status s = MapPiecesLocked(d, ranges, rec.prot); !s.ok()) {
+  const Prot prot = ProtFor(dev, direction, attrs);
+  if (absl::Status s = MapPiecesLocked(d, ranges, prot); !s.ok()) {
     FreeIovaLocked(d, *iova, *iova_size);
     RefundMapping(dev, mem_ref.length_bytes);
     return fail(s);
   }
-  MapResult out{.dma_addr = iova->value() + first_off,
-                .domain_id = d.id,
-                .iova_size_bytes = *iova_size};
-  out.mapping_id = CommitMappingLocked(d, std::move(rec));
-  return out;
+  // The record is built in place (no moves of it).
+  MappingRecord& rec = NewMappingLocked(d, *iova, *iova_size, mem_ref.length_bytes);
+  rec.kind = MappingKind::kMap;
+  rec.device = device;
+  rec.session_id = caller.session_id;
+  rec.iova_from_allocator = true;
+  rec.dma_offset = first_off;
+  rec.prot = prot;
+  rec.buffer_refs = mem.buffers;
+  for (size_t i = 0; i < ranges.size(); ++i) {
+    const auto& [pt_iova, pt_run] = ranges[i];
+    const PhysRun& r = mem.runs[i];
+    rec.pt_ranges.push_back({pt_iova, pt_run.size_bytes});
+    rec.pieces.push_back({pt_iova + (r.start - pt_run.start), r.start, r.size_bytes});
+  }
+  return MapResult{.dma_addr = iova->value() + first_off,
+                   .mapping_id = rec.mapping_id,
+                   .domain_id = d.id,
+                   .iova_size_bytes = *iova_size};
 }
 
 absl::Status Broker::Unmap(const Caller& caller, const std::string& device, uint64_t dma_addr) {

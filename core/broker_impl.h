@@ -145,6 +145,11 @@ class BrokerImpl {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(d.mu);
   // Inserts the record and returns the mapping id.
   uint64_t CommitMappingLocked(Domain& d, MappingRecord&& record) ABSL_EXCLUSIVE_LOCKS_REQUIRED(d.mu);
+  // The same for a record built in place: inserts one at `iova` with its
+  // mapping id and mapped_bytes set, for the caller to fill in before it
+  // releases d.mu.
+  MappingRecord& NewMappingLocked(Domain& d, Iova iova, uint64_t iova_size_bytes,
+                                  uint64_t mapped_bytes) ABSL_EXCLUSIVE_LOCKS_REQUIRED(d.mu);
 
   // Releases everything created under a session.
   void ReleaseSession(uint64_t session_id);

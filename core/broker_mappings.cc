@@ -25,6 +25,22 @@ void MappingTable::Insert(MappingRecord&& record) {
   (void)inserted;
 }
 
+MappingRecord& MappingTable::Emplace(Iova iova, uint64_t iova_size_bytes) {
+  const uint64_t start = iova.value();
+  assert(iova_size_bytes != 0);
+  if (NeedsIndex(start, iova_size_bytes)) {
+    const bool inserted = ordered_.emplace(start, iova_size_bytes).second;
+    assert(inserted);
+    (void)inserted;
+  }
+  const auto [it, inserted] = records_.try_emplace(start);
+  assert(inserted);
+  (void)inserted;
+  it->second.iova = iova;
+  it->second.iova_size_bytes = iova_size_bytes;
+  return it->second;
+}
+
 MappingRecord* MappingTable::FindStart(uint64_t iova_start) {
   const auto it = records_.find(iova_start);
   return it == records_.end() ? nullptr : &it->second;

@@ -85,6 +85,10 @@ class MappingTable {
 
   // Adds `record` at record.iova. REQUIRES: it overlaps no record.
   void Insert(MappingRecord&& record);
+  // Adds a default record with `iova` and `iova_size_bytes` set, for the
+  // caller to fill in. REQUIRES: [iova, iova + iova_size_bytes) overlaps no
+  // record; the caller changes neither field.
+  MappingRecord& Emplace(Iova iova, uint64_t iova_size_bytes);
   // The record starting at `iova_start`, or nullptr.
   MappingRecord* FindStart(uint64_t iova_start);
   const MappingRecord* FindStart(uint64_t iova_start) const;

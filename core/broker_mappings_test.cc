@@ -159,7 +159,20 @@ TEST(MappingTableTest, RandomSequencesMatchModel) {
         }
         auto next = model.upper_bound(start);
         if (next != model.end() && next->first < start + size) continue;
-        t.Insert(Record(start, size, next_id));
+        if (next_id % 2 == 0) {
+          t.Insert(Record(start, size, next_id));
+        } else {  // built in place
+          MappingRecord& r = t.Emplace(Iova(start), size);
+          EXPECT_EQ(r.mapping_id, 0u);
+          EXPECT_TRUE(r.device.empty());
+          const MappingRecord filled = Record(start, size, next_id);
+          r.mapping_id = filled.mapping_id;
+          r.device = filled.device;
+          r.mapped_bytes = filled.mapped_bytes;
+          r.pt_ranges = filled.pt_ranges;
+          r.pieces = filled.pieces;
+          r.buffer_refs = filled.buffer_refs;
+        }
         model.emplace(start, Record(start, size, next_id));
         ++next_id;
       } else {
