@@ -47,7 +47,9 @@ void Broker::CheckInvariants() const {
     }
     uint64_t bytes = 0;
     uint64_t pt_bytes = 0;
-    check(d->mappings.CheckInvariants(), "mappings");
+    if (absl::Status s = d->mappings.CheckInvariants(); !s.ok()) {
+      check(absl::InternalError(absl::StrFormat("domain %d: %s", id, s.message())), "mappings");
+    }
     for (const uint64_t iova : d->mappings.StartsInOrder()) {
       const internal::MappingRecord& m = *d->mappings.FindStart(iova);
       bytes += m.mapped_bytes;
