@@ -35,15 +35,6 @@ const char* DomainTypeName(DomainType type) {
 
 namespace internal {
 
-MappingRecord* Domain::FindMappingLocked(uint64_t addr) {
-  auto it = mappings.upper_bound(addr);
-  if (it == mappings.begin()) return nullptr;
-  --it;
-  MappingRecord& m = it->second;
-  if (addr - m.iova.value() >= m.iova_size_bytes) return nullptr;
-  return &m;
-}
-
 void DomainFlushOps::TlbFlushAll() {
   absl::MutexLock l(&smmu_->mu);
   smmu_->iotlb->InvalidateAsid(tag_.asid, tag_.vmid);

@@ -41,7 +41,7 @@ void Broker::MapUnmapBatch(const Caller& caller, const std::string& device,
         break;
       }
       case DmaBatchOp::Kind::kUnmap:
-        out = {.status = impl_->UnmapLocked(*d, caller, device, op.dma_addr, &deferred)};
+        out = {.status = impl_->UnmapLocked(*d, **dev, caller, device, op.dma_addr, &deferred)};
         break;
     }
   }

@@ -16,6 +16,7 @@
 namespace iommu::core {
 namespace {
 
+using testing::FakeClock;
 using testing::KiB;
 using testing::MakeBroker;
 using testing::MiB;
@@ -93,6 +94,10 @@ class BrokerBatchTest : public ::testing::TestWithParam<DomainType> {
   void SetUp() override {
     BrokerOptions opts;
     opts.default_quotas.max_mapped_bytes = 64 * KiB;  // some maps run out of quota
+    // One settable clock for both: a flush-queue timeout then fires at the
+    // same step in each (with the real clock a stall of one broker past the
+    // 10 ms timeout made lazy domains free IOVAs at different steps).
+    opts.now = clock_.Fn();
     one_ = MakeBroker(opts);
     batch_ = MakeBroker(opts);
     for (Broker* b : {one_.get(), batch_.get()}) {
@@ -137,6 +142,7 @@ class BrokerBatchTest : public ::testing::TestWithParam<DomainType> {
   }
 
   const Caller nic_ = Caller::Device("nic0");
+  FakeClock clock_;
   std::unique_ptr<Broker> one_;
   std::unique_ptr<Broker> batch_;
   uint64_t buffer_ = 0;

@@ -8,6 +8,7 @@
 #include "core/broker.h"
 #include "core/broker_impl.h"
 #include "core/errors.h"
+#include "core/run_sort.h"
 #include "core/status_macros.h"
 
 namespace iommu::core {
@@ -103,21 +104,29 @@ absl::Status BrokerImpl::MapPiecesLocked(Domain& d,
   return absl::OkStatus();
 }
 
-uint64_t BrokerImpl::CommitMappingLocked(Domain& d, MappingRecord record) {
+uint64_t BrokerImpl::CommitMappingLocked(Domain& d, MappingRecord&& record) {
   record.mapping_id = next_mapping_id_.fetch_add(1, std::memory_order_relaxed);
   const uint64_t id = record.mapping_id;
   d.mapped_bytes += record.mapped_bytes;
-  const uint64_t key = record.iova.value();
-  d.mappings.emplace(key, std::move(record));
+  d.mappings.Insert(std::move(record));
   return id;
 }
 
+MappingRecord& BrokerImpl::NewMappingLocked(Domain& d, Iova iova, uint64_t iova_size_bytes,
+                                            uint64_t mapped_bytes) {
+  MappingRecord& record = d.mappings.Emplace(iova, iova_size_bytes);
+  record.mapping_id = next_mapping_id_.fetch_add(1, std::memory_order_relaxed);
+  record.mapped_bytes = mapped_bytes;
+  d.mapped_bytes += mapped_bytes;
+  return record;
+}
+
 void BrokerImpl::RemoveMappingLocked(Domain& d, uint64_t iova_start,
-                                     DeferredInvalidation* deferred) {
-  auto it = d.mappings.find(iova_start);
-  assert(it != d.mappings.end());
-  MappingRecord m = std::move(it->second);
-  d.mappings.erase(it);
+                                     DeferredInvalidation* deferred, DeviceState* known) {
+  // Erased last: nothing below touches d.mappings.
+  MappingRecord* const found = d.mappings.FindStart(iova_start);
+  assert(found != nullptr);
+  MappingRecord& m = *found;
   d.mapped_bytes -= m.mapped_bytes;
 
   IotlbGather gather;
@@ -188,7 +197,12 @@ void BrokerImpl::RemoveMappingLocked(Domain& d, uint64_t iova_start,
       b.free_when_unreferenced = true;  // importers still map it
     }
   }
-  if (!m.device.empty()) RefundMapping(*devices_.at(m.device), m.mapped_bytes);
+  if (!m.device.empty()) {
+    DeviceState& owner =
+        known != nullptr && known->config.name == m.device ? *known : *devices_.at(m.device);
+    RefundMapping(owner, m.mapped_bytes);
+  }
+  d.mappings.Erase(iova_start);
 }
 
 void BrokerImpl::CompleteInvalidationLocked(Domain& d, DeferredInvalidation* deferred) {
@@ -196,7 +210,8 @@ void BrokerImpl::CompleteInvalidationLocked(Domain& d, DeferredInvalidation* def
   if (!ranges.empty()) {
     // Merging only ranges that overlap or touch keeps the invalidation exact:
     // an entry overlaps a merged range iff it overlaps one of its parts.
-    std::sort(ranges.begin(), ranges.end());
+    // A run's unmaps mostly come in long stretches of IOVA order.
+    SortByRuns(&ranges);
     absl::MutexLock l(&d.smmu->mu);
     uint64_t first = ranges.front().first;
     uint64_t last = ranges.front().second;
@@ -289,50 +304,55 @@ absl::StatusOr<MapResult> BrokerImpl::MapLocked(Domain& d, DeviceState& dev, con
     RefundMapping(dev, mem_ref.length_bytes);
     return fail(iova.status());
   }
-  MappingRecord rec{.kind = MappingKind::kMap,
-                    .device = device,
-                    .session_id = caller.session_id,
-                    .iova = *iova,
-                    .iova_size_bytes = *iova_size,
-                    .iova_from_allocator = true,
-                    .dma_offset = first_off,
-                    .prot = ProtFor(dev, direction, attrs),
-                    .buffer_refs = mem.buffers,
-                    .mapped_bytes = mem_ref.length_bytes};
+  // Granule-aligned page-table ranges, one per physical run.
   internal::InlinedOne<std::pair<Iova, PhysRun>> ranges;
   Iova at = *iova;
   for (const PhysRun& r : mem.runs) {
     const uint64_t lo = AlignDown(r.start.value(), g);
     const uint64_t span = *AlignUp(r.start.value() + r.size_bytes, g) - lo;
     ranges.push_back({at, {PhysAddr(lo), span}});
-    rec.pt_ranges.push_back({at, span});
-    rec.pieces.push_back({at + (r.start.value() - lo), r.start, r.size_bytes});
     at += span;
   }
-  if (absl::Status s = MapPiecesLocked(d, ranges, rec.prot); !s.ok()) {
+  const Prot prot = ProtFor(dev, direction, attrs);
+  if (absl::Status s = MapPiecesLocked(d, ranges, prot); !s.ok()) {
     FreeIovaLocked(d, *iova, *iova_size);
     RefundMapping(dev, mem_ref.length_bytes);
     return fail(s);
   }
-  MapResult out{.dma_addr = iova->value() + first_off,
-                .domain_id = d.id,
-                .iova_size_bytes = *iova_size};
-  out.mapping_id = CommitMappingLocked(d, std::move(rec));
-  return out;
+  // The record is built in place (no moves of it).
+  MappingRecord& rec = NewMappingLocked(d, *iova, *iova_size, mem_ref.length_bytes);
+  rec.kind = MappingKind::kMap;
+  rec.device = device;
+  rec.session_id = caller.session_id;
+  rec.iova_from_allocator = true;
+  rec.dma_offset = first_off;
+  rec.prot = prot;
+  rec.buffer_refs = mem.buffers;
+  for (size_t i = 0; i < ranges.size(); ++i) {
+    const auto& [pt_iova, pt_run] = ranges[i];
+    const PhysRun& r = mem.runs[i];
+    rec.pt_ranges.push_back({pt_iova, pt_run.size_bytes});
+    rec.pieces.push_back({pt_iova + (r.start - pt_run.start), r.start, r.size_bytes});
+  }
+  return MapResult{.dma_addr = iova->value() + first_off,
+                   .mapping_id = rec.mapping_id,
+                   .domain_id = d.id,
+                   .iova_size_bytes = *iova_size};
 }
 
 absl::Status Broker::Unmap(const Caller& caller, const std::string& device, uint64_t dma_addr) {
   ASSIGN_OR_RETURN(auto* dev, impl_->ActAs(caller, device));
   std::shared_ptr<Domain> d = impl_->CurrentDomain(*dev);
   absl::MutexLock l(&d->mu);
-  return impl_->UnmapLocked(*d, caller, device, dma_addr, nullptr);
+  return impl_->UnmapLocked(*d, *dev, caller, device, dma_addr, nullptr);
 }
 
-absl::Status BrokerImpl::UnmapLocked(Domain& d, const Caller& caller, const std::string& device,
-                                     uint64_t dma_addr, DeferredInvalidation* deferred) {
+absl::Status BrokerImpl::UnmapLocked(Domain& d, DeviceState& dev, const Caller& caller,
+                                     const std::string& device, uint64_t dma_addr,
+                                     DeferredInvalidation* deferred) {
   ASSIGN_OR_RETURN(MappingRecord * m,
                    OwnMapping(d, caller, device, dma_addr, {MappingKind::kMap}, "Unmap"));
-  RemoveMappingLocked(d, m->iova.value(), deferred);
+  RemoveMappingLocked(d, m->iova.value(), deferred, &dev);
   return absl::OkStatus();
 }
 

@@ -58,6 +58,7 @@ absl::StatusOr<std::shared_ptr<Domain>> BrokerImpl::NewDomain(Smmu* smmu, Domain
   d->tag = cfg.stage == Stage::kStage1 ? TlbTag{.asid = uint16_t(d->context), .vmid = 0}
                                        : TlbTag{.asid = 0, .vmid = uint16_t(d->context)};
   absl::MutexLock dl(&d->mu);
+  d->mappings = internal::MappingTable(granule_bytes, type == DomainType::kUnmanaged);
   if (translates) {
     d->flush_ops = std::make_unique<internal::DomainFlushOps>(smmu, d->tag, d->strict);
     IoPgtableCfg pcfg{.format = cfg.stage == Stage::kStage1 ? IoPgtableFormat::kArm64LpaeS1
@@ -198,7 +199,7 @@ absl::Status BrokerImpl::DestroyDomain(const Caller& caller, uint64_t domain_id)
   // Unreachable now: tear it down outside the registry lock.
   {
     absl::MutexLock dl(&d->mu);
-    while (!d->mappings.empty()) RemoveMappingLocked(*d, d->mappings.begin()->first);
+    for (uint64_t start : d->mappings.StartsInOrder()) RemoveMappingLocked(*d, start);
     if (auto* c = std::get_if<internal::IovaCookie>(&d->cookie); c && c->fq) c->fq->Flush();
   }
   ReleaseContext(*d);

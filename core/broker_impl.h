@@ -10,6 +10,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
+#include "absl/strings/string_view.h"
 #include "absl/types/span.h"
 #include "absl/synchronization/mutex.h"
 #include "core/broker.h"
@@ -67,7 +68,7 @@ class BrokerImpl {
   };
   // `out` must be empty; on failure it stays empty and nothing is referenced.
   absl::Status ResolveAndRef(const Caller& caller, const DeviceState& dev, const MemRef& mem,
-                             const std::string& field, ResolvedMem* out)
+                             absl::string_view field, ResolvedMem* out)
       ABSL_LOCKS_EXCLUDED(buffers_mu_);
   void AddRefs(absl::Span<const uint64_t> buffers) ABSL_LOCKS_EXCLUDED(buffers_mu_);
   void DropRefs(absl::Span<const uint64_t> buffers) ABSL_LOCKS_EXCLUDED(buffers_mu_);
@@ -103,9 +104,11 @@ class BrokerImpl {
   // `deferred`, a strict IOVA domain's invalidation and IOVA free are queued
   // there instead (everything else is done now); the caller completes them
   // with CompleteInvalidationLocked before the lock is released and before
-  // any IOVA allocation in the domain.
+  // any IOVA allocation in the domain. `known`: a device the caller already
+  // holds, used instead of a lookup when it owns the mapping.
   void RemoveMappingLocked(Domain& d, uint64_t iova_start,
-                           DeferredInvalidation* deferred = nullptr)
+                           DeferredInvalidation* deferred = nullptr,
+                           DeviceState* known = nullptr)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(d.mu);
   // Invalidates the queued leaf ranges (adjacent ones merged, one hold of the
   // SMMU lock), then frees the queued IOVAs; leaves `deferred` empty.
@@ -113,13 +116,14 @@ class BrokerImpl {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(d.mu);
   // Map and Unmap once the device and its current domain are known (the
   // domain's lock held): every check, error and effect of Broker::Map/Unmap.
-  // `deferred` as for RemoveMappingLocked.
+  // `deferred` as for RemoveMappingLocked; `dev` is the device named `device`.
   absl::StatusOr<MapResult> MapLocked(Domain& d, DeviceState& dev, const Caller& caller,
                                       const std::string& device, const MemRef& mem_ref,
                                       DmaDirection direction, const DmaAttrs& attrs)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(d.mu);
-  absl::Status UnmapLocked(Domain& d, const Caller& caller, const std::string& device,
-                           uint64_t dma_addr, DeferredInvalidation* deferred)
+  absl::Status UnmapLocked(Domain& d, DeviceState& dev, const Caller& caller,
+                           const std::string& device, uint64_t dma_addr,
+                           DeferredInvalidation* deferred)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(d.mu);
   // Allocates IOVA for `size_bytes` below the device's limit in a domain with
   // an IOVA cookie. FAILED_PRECONDITION for other cookies.
@@ -140,7 +144,12 @@ class BrokerImpl {
                                                    const char* call)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(d.mu);
   // Inserts the record and returns the mapping id.
-  uint64_t CommitMappingLocked(Domain& d, MappingRecord record) ABSL_EXCLUSIVE_LOCKS_REQUIRED(d.mu);
+  uint64_t CommitMappingLocked(Domain& d, MappingRecord&& record) ABSL_EXCLUSIVE_LOCKS_REQUIRED(d.mu);
+  // The same for a record built in place: inserts one at `iova` with its
+  // mapping id and mapped_bytes set, for the caller to fill in before it
+  // releases d.mu.
+  MappingRecord& NewMappingLocked(Domain& d, Iova iova, uint64_t iova_size_bytes,
+                                  uint64_t mapped_bytes) ABSL_EXCLUSIVE_LOCKS_REQUIRED(d.mu);
 
   // Releases everything created under a session.
   void ReleaseSession(uint64_t session_id);

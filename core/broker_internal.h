@@ -16,6 +16,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/inlined_vector.h"
 #include "absl/synchronization/mutex.h"
+#include "core/broker_mappings.h"
 #include "core/broker_types.h"
 #include "core/flush_queue.h"
 #include "core/io_pgtable.h"
@@ -36,42 +37,6 @@ struct Smmu {
   std::vector<bool> context_in_use ABSL_GUARDED_BY(mu);  // index = context = ASID/VMID
   uint64_t translations_ok ABSL_GUARDED_BY(mu) = 0;
   uint64_t translations_fault ABSL_GUARDED_BY(mu) = 0;
-};
-
-// Memory a mapping covers, as the device sees it: `phys` for `size_bytes`
-// at IOVA `iova` (unpadded; GetSgTable reports these).
-struct MappedPiece {
-  Iova iova;
-  PhysAddr phys;
-  uint64_t size_bytes = 0;
-};
-
-enum class MappingKind { kMap, kMapSg, kAlloc, kMapAt, kMsi, kImport };
-
-// Most mappings are one physically contiguous piece of one buffer: one
-// element lives inline, so a record costs its map node and no other heap
-// allocation.
-template <typename T>
-using InlinedOne = absl::InlinedVector<T, 1>;
-
-// One mapping (one IOVA allocation, or one MapAt range) in a domain.
-struct MappingRecord {
-  uint64_t mapping_id = 0;
-  MappingKind kind = MappingKind::kMap;
-  std::string device;        // owner; "" for broker-owned (MSI doorbells)
-  uint64_t session_id = 0;
-  Iova iova;                 // start of the IOVA allocation / range
-  uint64_t iova_size_bytes = 0;
-  bool iova_from_allocator = false;  // release to the IOVA cookie on unmap
-  uint64_t dma_offset = 0;   // dma_addr - iova
-  Prot prot = Prot::kNone;
-  // Granule-aligned ranges actually written to the page table.
-  InlinedOne<std::pair<Iova, uint64_t>> pt_ranges;
-  InlinedOne<MappedPiece> pieces;         // in IOVA order
-  InlinedOne<uint64_t> buffer_refs;       // buffers holding one reference each
-  uint64_t owned_buffer_id = 0;           // Alloc: freed with the mapping
-  uint64_t mapped_bytes = 0;              // charged to the device's quota
-  std::vector<DmaSegment> segments;       // MapSg result, for GetSgTable/Get
 };
 
 // Typed cookies (DESIGN §6.5). A domain holds exactly one; every use is a
@@ -142,13 +107,15 @@ class Domain {
   mutable absl::Mutex mu;
   std::unique_ptr<IoPgtableOps> pgtable ABSL_GUARDED_BY(mu);  // null: IDENTITY/BLOCKED
   Cookie cookie ABSL_GUARDED_BY(mu);
-  std::map<uint64_t, MappingRecord> mappings ABSL_GUARDED_BY(mu);  // by IOVA start
+  MappingTable mappings ABSL_GUARDED_BY(mu);  // by IOVA start
   uint64_t mapped_bytes ABSL_GUARDED_BY(mu) = 0;
 
   std::vector<std::string> attached;  // guarded by Broker registry_mu_
 
   // The mapping whose IOVA allocation contains `addr`, or nullptr.
-  MappingRecord* FindMappingLocked(uint64_t addr) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu);
+  MappingRecord* FindMappingLocked(uint64_t addr) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    return mappings.Find(addr);
+  }
 };
 
 // A buffer of pinned pages owned by one device.

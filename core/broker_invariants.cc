@@ -47,13 +47,11 @@ void Broker::CheckInvariants() const {
     }
     uint64_t bytes = 0;
     uint64_t pt_bytes = 0;
-    uint64_t prev_end = 0;
-    for (const auto& [iova, m] : d->mappings) {
-      if (iova != m.iova.value() || iova < prev_end) {
-        check(absl::InternalError(absl::StrFormat("domain %d: mapping at %#x overlaps", id, iova)),
-              "mappings");
-      }
-      prev_end = iova + m.iova_size_bytes;
+    if (absl::Status s = d->mappings.CheckInvariants(); !s.ok()) {
+      check(absl::InternalError(absl::StrFormat("domain %d: %s", id, s.message())), "mappings");
+    }
+    for (const uint64_t iova : d->mappings.StartsInOrder()) {
+      const internal::MappingRecord& m = *d->mappings.FindStart(iova);
       bytes += m.mapped_bytes;
       for (uint64_t b : m.buffer_refs) ++refs[b];
       if (!m.device.empty()) {

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "core/bits.h"
 #include "core/broker.h"
@@ -57,21 +58,24 @@ void BrokerImpl::RefundMapping(DeviceState& dev, uint64_t bytes) {
 }
 
 absl::Status BrokerImpl::ResolveAndRef(const Caller& caller, const DeviceState& dev,
-                                       const MemRef& mem, const std::string& field,
+                                       const MemRef& mem, absl::string_view field,
                                        ResolvedMem* out) {
   assert(out->runs.empty() && out->buffers.empty());
-  if (mem.length_bytes == 0) return InvalidField(field + ".length_bytes", 0, "must be non-zero");
+  if (mem.length_bytes == 0) {
+    return InvalidField(absl::StrCat(field, ".length_bytes"), 0, "must be non-zero");
+  }
   if (mem.buffer_id == 0) {
     if (!caller.admin) {
-      return FieldError(absl::StatusCode::kPermissionDenied, field + ".phys_addr",
+      return FieldError(absl::StatusCode::kPermissionDenied, absl::StrCat(field, ".phys_addr"),
                         mem.phys.value(),
                         "a device may map only memory it owns: name one of its buffers");
     }
     if (!LastOfRange(mem.phys.value(), mem.length_bytes)) {
-      return InvalidField(field + ".length_bytes", mem.length_bytes, "phys_addr + length passes 2^64");
+      return InvalidField(absl::StrCat(field, ".length_bytes"), mem.length_bytes,
+                          "phys_addr + length passes 2^64");
     }
     if (!memory_->IsRam(mem.phys, mem.length_bytes) && !memory_->IsMmio(mem.phys, mem.length_bytes)) {
-      return OutOfRangeField(field + ".phys_addr", mem.phys.value(),
+      return OutOfRangeField(absl::StrCat(field, ".phys_addr"), mem.phys.value(),
                              "not inside one RAM or MMIO region");
     }
     out->runs.push_back({mem.phys, mem.length_bytes});
@@ -80,18 +84,19 @@ absl::Status BrokerImpl::ResolveAndRef(const Caller& caller, const DeviceState& 
   absl::MutexLock l(&buffers_mu_);
   auto it = buffers_.find(mem.buffer_id);
   if (it == buffers_.end()) {
-    return FieldError(absl::StatusCode::kNotFound, field + ".buffer_id", mem.buffer_id,
+    return FieldError(absl::StatusCode::kNotFound, absl::StrCat(field, ".buffer_id"), mem.buffer_id,
                       "no such buffer");
   }
   internal::Buffer& b = it->second;
   if (!caller.admin && b.device != dev.config.name) {
-    return FieldError(absl::StatusCode::kPermissionDenied, field + ".buffer_id", mem.buffer_id,
+    return FieldError(absl::StatusCode::kPermissionDenied, absl::StrCat(field, ".buffer_id"),
+                      mem.buffer_id,
                       absl::StrFormat("buffer belongs to another device, not %s",
                                       dev.config.name));
   }
   const auto last = LastOfRange(mem.offset_bytes, mem.length_bytes);
   if (!last || *last >= b.alloc.size_bytes) {
-    return OutOfRangeField(field + ".length_bytes", mem.length_bytes,
+    return OutOfRangeField(absl::StrCat(field, ".length_bytes"), mem.length_bytes,
                            absl::StrFormat("offset %#x + length passes the buffer's %#x bytes",
                                            mem.offset_bytes, b.alloc.size_bytes));
   }

@@ -74,9 +74,11 @@ void BrokerImpl::ReleaseSession(uint64_t session_id) {
   for (const auto& d : domains) {
     absl::MutexLock dl(&d->mu);
     std::vector<uint64_t> doomed;
-    for (const auto& [iova, m] : d->mappings) {
-      if (m.session_id == session_id) doomed.push_back(iova);
-    }
+    d->mappings.ForEach([&](const internal::MappingRecord& m) {
+      if (m.session_id == session_id) doomed.push_back(m.iova.value());
+    });
+    // In IOVA order, as the IOVA frees have always been made.
+    std::sort(doomed.begin(), doomed.end());
     for (uint64_t iova : doomed) RemoveMappingLocked(*d, iova);
   }
   {

@@ -133,6 +133,54 @@ TEST_F(BrokerTest, MapKeepsTheOffsetAndTranslatesUntilUnmapped) {
   EXPECT_TRUE(broker_->FreeBuffer(Dev("nic0"), buf.buffer_id).ok());
 }
 
+// Unmap and GetSgTable find a mapping from any address inside its IOVA
+// allocation: its first granule, later granules of a long mapping, and the
+// second granule of a short range that straddles a granule edge; addresses
+// between and just past mappings find nothing.
+TEST_F(BrokerTest, MappingsAreFoundFromEveryAddressInside) {
+  BufferInfo buf = Buffer("nic0", 64 * KiB, Placement::kContiguous);
+  auto map = [&](uint64_t off, uint64_t len) {
+    auto m = broker_->Map(Dev("nic0"), {.device = "nic0",
+                                        .mem = {.buffer_id = buf.buffer_id,
+                                                .offset_bytes = off,
+                                                .length_bytes = len}});
+    EXPECT_TRUE(m.ok()) << m.status();
+    return m.ok() ? *m : MapResult{};
+  };
+  const MapResult one = map(0, 4 * KiB);                  // one granule
+  const MapResult longer = map(4 * KiB, 16 * KiB);        // four granules
+  const MapResult straddle = map(0x5f00, 0x200);          // two granules
+  ASSERT_EQ(longer.iova_size_bytes, 16 * KiB);
+  ASSERT_EQ(straddle.iova_size_bytes, 8 * KiB);
+  broker_->CheckInvariants();
+  auto sg_start = [&](uint64_t dma_addr) -> uint64_t {
+    auto t = broker_->GetSgTable(Dev("nic0"), "nic0", dma_addr, false);
+    return t.ok() ? t->chunks.front().start.value() : 0;
+  };
+  EXPECT_EQ(sg_start(longer.dma_addr + 0x2abc), buf.runs[0].start.value() + 4 * KiB);
+  EXPECT_EQ(sg_start(longer.dma_addr + 16 * KiB - 1), buf.runs[0].start.value() + 4 * KiB);
+  EXPECT_EQ(sg_start(straddle.dma_addr + 0x1ff), buf.runs[0].start.value() + 0x5f00);
+  EXPECT_EQ(sg_start(one.dma_addr + 0xfff), buf.runs[0].start.value());
+  for (const MapResult& m : {one, longer, straddle}) {
+    const uint64_t past = m.dma_addr - (m.dma_addr & 0xfff) + m.iova_size_bytes;
+    if (past != one.dma_addr && past != longer.dma_addr && past != straddle.dma_addr) {
+      EXPECT_EQ(broker_->GetSgTable(Dev("nic0"), "nic0", past, false).status().code(),
+                absl::StatusCode::kNotFound);
+    }
+  }
+  // Unmap from the last granule of the long mapping and the second granule
+  // of the straddling one; then neither is there any more.
+  ASSERT_TRUE(broker_->Unmap(Dev("nic0"), "nic0", longer.dma_addr + 0x3800).ok());
+  ASSERT_TRUE(broker_->Unmap(Dev("nic0"), "nic0", straddle.dma_addr + 0x180).ok());
+  broker_->CheckInvariants();
+  EXPECT_EQ(broker_->Unmap(Dev("nic0"), "nic0", longer.dma_addr).code(),
+            absl::StatusCode::kNotFound);
+  EXPECT_EQ(broker_->Unmap(Dev("nic0"), "nic0", straddle.dma_addr).code(),
+            absl::StatusCode::kNotFound);
+  ASSERT_TRUE(broker_->Unmap(Dev("nic0"), "nic0", one.dma_addr + 0x800).ok());
+  EXPECT_EQ(broker_->GetDomain(Caller::Admin(), one.domain_id)->mappings, 0u);
+}
+
 // Linux tries 32-bit IOVAs first for PCI devices (single-address-cycle
 // addressing) and only then the full mask; other devices go top-down from
 // their mask.

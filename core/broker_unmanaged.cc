@@ -111,24 +111,25 @@ absl::StatusOr<uint64_t> Broker::UnmapRange(const Caller& caller, const std::str
   // be split fails the whole call and changes nothing.
   std::vector<uint64_t> doomed;
   uint64_t bytes = 0;
-  auto it = d->mappings.upper_bound(iova);
-  if (it != d->mappings.begin()) --it;
-  for (; it != d->mappings.end() && it->first <= *last; ++it) {
-    const MappingRecord& m = it->second;
+  absl::Status refused;
+  d->mappings.ForEachOverlapping(iova, *last, [&](const MappingRecord& m) {
     const uint64_t m_last = m.iova.value() + m.iova_size_bytes - 1;
-    if (m_last < iova) continue;
     if (m.iova.value() < iova || m_last > *last) {
-      return FieldError(absl::StatusCode::kFailedPrecondition, "size_bytes", size_bytes,
-                        absl::StrFormat("the range would split the mapping [%#x, %#x]",
-                                        m.iova.value(), m_last));
+      refused = FieldError(absl::StatusCode::kFailedPrecondition, "size_bytes", size_bytes,
+                           absl::StrFormat("the range would split the mapping [%#x, %#x]",
+                                           m.iova.value(), m_last));
+      return false;
     }
     if (m.device != device && !caller.admin) {
-      return FieldError(absl::StatusCode::kPermissionDenied, "iova", m.iova.value(),
-                        "the range covers a mapping this device does not own");
+      refused = FieldError(absl::StatusCode::kPermissionDenied, "iova", m.iova.value(),
+                           "the range covers a mapping this device does not own");
+      return false;
     }
-    doomed.push_back(it->first);
+    doomed.push_back(m.iova.value());
     bytes += m.iova_size_bytes;
-  }
+    return true;
+  });
+  if (!refused.ok()) return refused;
   for (uint64_t start : doomed) impl_->RemoveMappingLocked(*d, start);
   return bytes;
 }

@@ -202,12 +202,13 @@ void BatchReactor::RunMapUnmapRun(int begin, int end) {
   for (int i = begin; i < end; ++i) {
     const v1::BatchOp& op = request_->ops(i);
     if (op.op_case() == v1::BatchOp::kMap) {
-      absl::StatusOr<core::DmaBatchOp> map = MapOpFromProto(op.map());
-      if (!map.ok()) {  // fails before core, as Map would: no effect on the others
-        SetError(map.status(), response_->mutable_results(i));
+      core::DmaBatchOp& map = run_ops_.emplace_back();
+      if (absl::Status s = MapOpFromProto(op.map(), &map); !s.ok()) {
+        // Fails before core, as Map would: no effect on the others.
+        run_ops_.pop_back();
+        SetError(s, response_->mutable_results(i));
         continue;
       }
-      run_ops_.push_back(*map);
     } else {
       run_ops_.push_back(
           {.kind = core::DmaBatchOp::Kind::kUnmap, .dma_addr = op.unmap().dma_addr()});

@@ -105,12 +105,12 @@ core::DmaAttrs FromProto(const v1::DmaAttrs& attrs) {
                         .alloc_single_pages = attrs.alloc_single_pages()};
 }
 
-absl::StatusOr<core::MemRef> FromProto(const v1::MemRef& mem, const std::string& field) {
+absl::StatusOr<core::MemRef> FromProto(const v1::MemRef& mem, absl::string_view field) {
   core::MemRef out{.offset_bytes = mem.offset_bytes(), .length_bytes = mem.length_bytes()};
   switch (mem.memory_case()) {
     case v1::MemRef::kBufferId:
       if (mem.buffer_id() == 0) {
-        return core::FieldError(absl::StatusCode::kNotFound, field + ".buffer_id", 0,
+        return core::FieldError(absl::StatusCode::kNotFound, absl::StrCat(field, ".buffer_id"), 0,
                                 "no such buffer");
       }
       out.buffer_id = mem.buffer_id();
@@ -137,15 +137,17 @@ absl::StatusOr<core::MapRequest> FromProto(const v1::MapRequest& request,
   return out;
 }
 
-absl::StatusOr<core::DmaBatchOp> MapOpFromProto(const v1::MapRequest& request) {
-  core::DmaBatchOp out{.kind = core::DmaBatchOp::Kind::kMap, .attrs = FromProto(request.attrs())};
-  auto mem = FromProto(request.mem(), "mem");
+absl::Status MapOpFromProto(const v1::MapRequest& request, core::DmaBatchOp* out) {
+  out->kind = core::DmaBatchOp::Kind::kMap;
+  out->attrs = FromProto(request.attrs());
+  out->dma_addr = 0;
+  absl::StatusOr<core::MemRef> mem = FromProto(request.mem(), "mem");
   if (!mem.ok()) return mem.status();
-  out.mem = *mem;
-  auto direction = FromProto(request.direction());
+  out->mem = *mem;
+  absl::StatusOr<core::DmaDirection> direction = FromProto(request.direction());
   if (!direction.ok()) return direction.status();
-  out.direction = *direction;
-  return out;
+  out->direction = *direction;
+  return absl::OkStatus();
 }
 
 absl::StatusOr<core::MapSgRequest> FromProto(const v1::MapSgRequest& request,

@@ -12,6 +12,7 @@
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "core/broker.h"
 #include "core/broker_types.h"
 #include "core/topology.h"
@@ -32,13 +33,15 @@ absl::StatusOr<core::SgMode> FromProto(v1::SgMode mode);
 absl::StatusOr<core::AccessKind> FromProto(v1::AccessKind access);
 core::DmaAttrs FromProto(const v1::DmaAttrs& attrs);
 // `field` prefixes the error's field name ("mem", "segments[3]").
-absl::StatusOr<core::MemRef> FromProto(const v1::MemRef& mem, const std::string& field);
+// Field names are built only for an error.
+absl::StatusOr<core::MemRef> FromProto(const v1::MemRef& mem, absl::string_view field);
 
 absl::StatusOr<core::MapRequest> FromProto(const v1::MapRequest& request,
                                            const std::string& device);
 // The Map of a batch run (its device is the run's): the checks and errors of
-// FromProto(MapRequest) without copying the device name.
-absl::StatusOr<core::DmaBatchOp> MapOpFromProto(const v1::MapRequest& request);
+// FromProto(MapRequest) without copying the device name, written to `out`
+// (left unspecified on error).
+absl::Status MapOpFromProto(const v1::MapRequest& request, core::DmaBatchOp* out);
 absl::StatusOr<core::MapSgRequest> FromProto(const v1::MapSgRequest& request,
                                              const std::string& device);
 absl::StatusOr<core::AllocRequest> FromProto(const v1::AllocRequest& request,
