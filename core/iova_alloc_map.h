@@ -119,8 +119,10 @@ class IovaAllocMap {
   // REQUIRES 1 <= num_pages <= 64.
   static bool StartsExactly(const Group& g, uint64_t pfn, uint64_t num_pages) {
     const unsigned o = pfn & 63;
-    const uint64_t ends = (g.end_bits >> o) & (~uint64_t{0} >> (64 - num_pages));
-    return ((g.start_bits >> o) & 1) != 0 && ends == uint64_t{1} << (num_pages - 1);
+    // Bits o .. o + num_pages - 1 of end_bits, moved to the top: only the
+    // last one may be set (bits past the group shift in as zeros).
+    const uint64_t ends = (g.end_bits >> o) << (64 - num_pages);
+    return ((g.start_bits >> o) & 1) != 0 && ends == uint64_t{1} << 63;
   }
   // Records / erases [pfn, pfn + num_pages - 1] in g. REQUIRES: it lies in
   // g's group (size-aligned, num_pages <= 64); Set: disjoint from every
