@@ -10,10 +10,10 @@
 namespace iommu::core::internal {
 
 IovaAllocMap::IovaAllocMap(uint64_t start_pfn, uint64_t end_pfn)
-    : base_group_(start_pfn >> kGroupShift),
-      num_groups_((end_pfn >> kGroupShift) - (start_pfn >> kGroupShift) + 1) {
+    : base_chunk_(start_pfn >> kChunkPfnShift),
+      num_chunks_((end_pfn >> kChunkPfnShift) - (start_pfn >> kChunkPfnShift) + 1) {
   assert(start_pfn <= end_pfn);
-  const uint64_t num_chunks = ((num_groups_ - 1) >> kChunkShift) + 1;
+  const uint64_t num_chunks = num_chunks_;
   // As many lower levels of 2^9 pointers as it takes for the top to hold at
   // most 2^12.
   const int chunk_bits = std::bit_width(num_chunks - 1);
@@ -24,16 +24,15 @@ IovaAllocMap::IovaAllocMap(uint64_t start_pfn, uint64_t end_pfn)
 }
 
 IovaAllocMap::Group& IovaAllocMap::FindOrCreate(uint64_t pfn) {
-  const uint64_t g = (pfn >> kGroupShift) - base_group_;
-  assert(g < num_groups_);
-  const uint64_t c = g >> kChunkShift;
+  const uint64_t c = (pfn >> kChunkPfnShift) - base_chunk_;
+  assert(c < num_chunks_);
   void** slot = &top_[c >> top_shift_];
   for (int shift = top_shift_ - kLevelShift; shift >= 0; shift -= kLevelShift) {
     if (*slot == nullptr) {
       levels_.push_back(std::make_unique<void*[]>(uint64_t{1} << kLevelShift));  // zeroed
       *slot = levels_.back().get();
     }
-    slot = &static_cast<void**>(*slot)[(c >> shift) & ((uint64_t{1} << kLevelShift) - 1)];
+    slot = &static_cast<void**>(*slot)[(c >> shift) & kLevelMask];
   }
   if (*slot == nullptr) {
     auto chunk = std::make_unique<Group[]>(uint64_t{1} << kChunkShift);  // zeroed
@@ -46,7 +45,7 @@ IovaAllocMap::Group& IovaAllocMap::FindOrCreate(uint64_t pfn) {
         });
     chunks_.emplace(at, c, std::move(chunk));
   }
-  return static_cast<Group*>(*slot)[g & ((uint64_t{1} << kChunkShift) - 1)];
+  return static_cast<Group*>(*slot)[(pfn >> kGroupShift) & kChunkMask];
 }
 
 absl::Status IovaAllocMap::CheckStructure() const {

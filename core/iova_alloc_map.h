@@ -13,9 +13,9 @@
 //   group  {start_bits, end_bits}: 16 bytes per 64 pfns (aligned, absolute
 //          pfn >> 6). An allocation [p, p + n - 1] sets bit p % 64 of
 //          start_bits and bit (p + n - 1) % 64 of end_bits.
-//   chunk  512 groups = 2^15 pfns = 8 KiB, allocated zeroed on first write
-//          and never freed before the map is destroyed.
-//   directory  a radix tree of chunk pointers over the groups of
+//   chunk  512 groups = 2^15 pfns (aligned, absolute) = 8 KiB, allocated
+//          zeroed on first write and never freed before the map is destroyed.
+//   directory  a radix tree of pointers to the chunks spanning
 //          [start_pfn, end_pfn]: a top level of up to 2^12 pointers sized to
 //          the span, and below it levels of 2^9 pointers (4 KiB, allocated
 //          zeroed on first use). Its depth is fixed at construction: one
@@ -66,6 +66,9 @@ class IovaAllocMap {
   static constexpr int kChunkShift = 9;      // 512 groups per chunk
   static constexpr int kTopShift = 12;       // up to 4096 pointers in the top level
   static constexpr int kLevelShift = 9;      // 512 pointers per lower directory level
+  static constexpr int kChunkPfnShift = kGroupShift + kChunkShift;  // 2^15 pfns per chunk
+  static constexpr uint64_t kChunkMask = (uint64_t{1} << kChunkShift) - 1;
+  static constexpr uint64_t kLevelMask = (uint64_t{1} << kLevelShift) - 1;
 
   struct Group {
     uint64_t start_bits = 0;
@@ -79,61 +82,75 @@ class IovaAllocMap {
   IovaAllocMap(IovaAllocMap&&) = default;
   IovaAllocMap& operator=(IovaAllocMap&&) = default;
 
-  // The group holding pfn, or nullptr when pfn is outside the span or its
-  // chunk was never written (then nothing starts or ends in it).
+  // The group holding pfn, or nullptr when pfn is outside the span's chunks
+  // or its chunk was never written (then nothing starts or ends in it).
   Group* Find(uint64_t pfn) {
-    uint64_t g = (pfn >> kGroupShift) - base_group_;
-    if (g >= num_groups_) [[unlikely]] return nullptr;
-    void* const* node = top_.data();
-    uint64_t c = g >> kChunkShift;
-    void* next = node[c >> top_shift_];
+    const uint64_t c = (pfn >> kChunkPfnShift) - base_chunk_;
+    if (c >= num_chunks_) [[unlikely]] return nullptr;
+    void* next = top_[c >> top_shift_];
     for (int shift = top_shift_ - kLevelShift; shift >= 0; shift -= kLevelShift) {
       if (next == nullptr) return nullptr;
-      next = static_cast<void* const*>(next)[(c >> shift) & ((uint64_t{1} << kLevelShift) - 1)];
+      next = static_cast<void* const*>(next)[(c >> shift) & kLevelMask];
     }
     if (next == nullptr) return nullptr;
-    return static_cast<Group*>(next) + (g & ((uint64_t{1} << kChunkShift) - 1));
+    return static_cast<Group*>(next) + ((pfn >> kGroupShift) & kChunkMask);
   }
   const Group* Find(uint64_t pfn) const { return const_cast<IovaAllocMap*>(this)->Find(pfn); }
   // Find without the checks. REQUIRES: pfn's chunk was written (something
   // was recorded in it once: chunks are never freed).
   Group& Existing(uint64_t pfn) {
-    const uint64_t g = (pfn >> kGroupShift) - base_group_;
-    assert(g < num_groups_);
-    const uint64_t c = g >> kChunkShift;
+    const uint64_t c = (pfn >> kChunkPfnShift) - base_chunk_;
+    assert(c < num_chunks_);
     void* next = top_[c >> top_shift_];
     for (int shift = top_shift_ - kLevelShift; shift >= 0; shift -= kLevelShift) {
-      next = static_cast<void* const*>(next)[(c >> shift) & ((uint64_t{1} << kLevelShift) - 1)];
+      next = static_cast<void* const*>(next)[(c >> shift) & kLevelMask];
     }
     assert(next != nullptr);
-    return static_cast<Group*>(next)[g & ((uint64_t{1} << kChunkShift) - 1)];
+    return static_cast<Group*>(next)[(pfn >> kGroupShift) & kChunkMask];
   }
 
+  // The two bits of [pfn, pfn + num_pages - 1] in its group: the start bit,
+  // and the end bit, which is 0 when the range runs past the group.
+  // REQUIRES 1 <= num_pages <= 64.
+  struct Bits {
+    uint64_t start;
+    uint64_t end;
+  };
+  static Bits BitsOf(uint64_t pfn, uint64_t num_pages) {
+    const uint64_t start = uint64_t{1} << (pfn & 63);
+    return {start, start << (num_pages - 1)};
+  }
+  // Whether an allocation of exactly those bits' pages starts at their pfn:
+  // the start bit is set and, of the end bits from the start bit up to the
+  // end bit, only the end bit is (see "Why two bits suffice"). With b.end ==
+  // 0 the mask is every bit from the start up, and a recorded allocation
+  // starting there has its end bit among them: false, as it must be.
+  static bool Holds(const Group& g, Bits b) {
+    return (g.start_bits & b.start) != 0 && (g.end_bits & ((b.end << 1) - b.start)) == b.end;
+  }
+  static bool StartsExactly(const Group& g, uint64_t pfn, uint64_t num_pages) {
+    return Holds(g, BitsOf(pfn, num_pages));
+  }
   // Pages of the allocation starting at pfn in g (its group), 0 if none.
   static uint64_t PagesAt(const Group& g, uint64_t pfn) {
     const unsigned o = pfn & 63;
     if (((g.start_bits >> o) & 1) == 0) return 0;
     return static_cast<uint64_t>(std::countr_zero(g.end_bits >> o)) + 1;
   }
-  // Whether an allocation of exactly num_pages starts at pfn in g.
-  // REQUIRES 1 <= num_pages <= 64.
-  static bool StartsExactly(const Group& g, uint64_t pfn, uint64_t num_pages) {
-    const unsigned o = pfn & 63;
-    // Bits o .. o + num_pages - 1 of end_bits, moved to the top: only the
-    // last one may be set (bits past the group shift in as zeros).
-    const uint64_t ends = (g.end_bits >> o) << (64 - num_pages);
-    return ((g.start_bits >> o) & 1) != 0 && ends == uint64_t{1} << 63;
-  }
-  // Records / erases [pfn, pfn + num_pages - 1] in g. REQUIRES: it lies in
-  // g's group (size-aligned, num_pages <= 64); Set: disjoint from every
+  // Records / erases a range. REQUIRES: b = BitsOf(pfn, num_pages) of a
+  // size-aligned range of <= 64 pages in g's group; Set: disjoint from every
   // recorded allocation; Clear: it is recorded.
-  static void Set(Group& g, uint64_t pfn, uint64_t num_pages) {
-    g.start_bits |= uint64_t{1} << (pfn & 63);
-    g.end_bits |= uint64_t{1} << ((pfn + num_pages - 1) & 63);
+  static void Set(Group& g, Bits b) {
+    g.start_bits |= b.start;
+    g.end_bits |= b.end;
   }
+  static void Clear(Group& g, Bits b) {
+    g.start_bits &= ~b.start;
+    g.end_bits &= ~b.end;
+  }
+  static void Set(Group& g, uint64_t pfn, uint64_t num_pages) { Set(g, BitsOf(pfn, num_pages)); }
   static void Clear(Group& g, uint64_t pfn, uint64_t num_pages) {
-    g.start_bits &= ~(uint64_t{1} << (pfn & 63));
-    g.end_bits &= ~(uint64_t{1} << ((pfn + num_pages - 1) & 63));
+    Clear(g, BitsOf(pfn, num_pages));
   }
 
   // The group holding pfn, allocating its chunk (and directory nodes) on
@@ -170,12 +187,14 @@ class IovaAllocMap {
   template <typename Fn>
   void ForEachChunk(Fn&& fn) const {
     for (const auto& [index, chunk] : chunks_) {
-      fn(base_group_ + (index << kChunkShift), static_cast<const Group*>(chunk.get()));
+      fn((base_chunk_ + index) << kChunkShift, static_cast<const Group*>(chunk.get()));
     }
   }
 
-  uint64_t base_group_ = 0;  // absolute group of start_pfn
-  uint64_t num_groups_ = 0;  // groups spanning [start_pfn, end_pfn]
+  // Chunks are aligned to 2^15 absolute pfns; chunk index c covers absolute
+  // chunk base_chunk_ + c.
+  uint64_t base_chunk_ = 0;  // start_pfn >> kChunkPfnShift
+  uint64_t num_chunks_ = 0;  // chunks spanning [start_pfn, end_pfn]
   // Chunk index c goes to top_[c >> top_shift_], then one lower level per
   // kLevelShift bits of top_shift_.
   int top_shift_ = 0;

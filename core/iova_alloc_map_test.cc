@@ -48,7 +48,7 @@ TEST(IovaAllocMap, DepthFollowsTheSpan) {
 TEST(IovaAllocMap, UnwrittenAndOutsidePfnsHaveNoGroup) {
   IovaAllocMap m(100, (uint64_t{1} << 36) - 1);
   EXPECT_EQ(m.Find(100), nullptr);
-  EXPECT_EQ(m.Find(5), nullptr);  // below the span's first group
+  EXPECT_EQ(m.Find(5), nullptr);  // below start_pfn, in an unwritten chunk
   EXPECT_EQ(m.Find(uint64_t{1} << 36), nullptr);
   EXPECT_EQ(m.Find(~uint64_t{0}), nullptr);
   EXPECT_EQ(m.chunk_count(), 0u);

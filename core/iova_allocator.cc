@@ -128,6 +128,7 @@ uint64_t IovaAllocator::AllocFromTree(uint64_t num_pages, uint64_t limit_pfn) {
   tree_.Carve(fit, num_pages);
   RecordLive(fit.pfn, num_pages);
   allocated_pages_ += num_pages;
+  ++allocations_;
   return fit.pfn;
 }
 
@@ -135,6 +136,7 @@ void IovaAllocator::ReleaseToTree(uint64_t pfn, uint64_t num_pages) {
   const uint64_t last = pfn + num_pages - 1;
   const internal::IovaGapTree::Range r = tree_.Release(pfn, last);
   allocated_pages_ -= num_pages;
+  --allocations_;
   if (options_.placement != IovaPlacement::kLinuxNextFit) return;
   // __cached_rbnode_delete_update: a cached node at or below the freed range
   // moves to the next node above it, the first non-free pfn after the free
@@ -264,7 +266,6 @@ void IovaAllocator::RecordLive(uint64_t pfn, uint64_t num_pages) {
   } else {
     large_.emplace(pfn, num_pages);
   }
-  ++live_allocations_;
 }
 
 void IovaAllocator::EraseLive(uint64_t pfn, uint64_t num_pages) {
@@ -273,7 +274,6 @@ void IovaAllocator::EraseLive(uint64_t pfn, uint64_t num_pages) {
   } else {
     large_.erase(pfn);
   }
-  --live_allocations_;
 }
 
 uint64_t IovaAllocator::LivePages(uint64_t pfn) const {
@@ -446,7 +446,7 @@ std::optional<uint64_t> IovaAllocator::AllocationPages(uint64_t pfn) const {
 void IovaAllocator::ForEachAllocated(
     const std::function<void(uint64_t, uint64_t)>& fn) const {
   std::vector<std::pair<uint64_t, uint64_t>> live;
-  live.reserve(live_allocations_);
+  live.reserve(allocations_ - cache_.cached_ranges());
   small_.ForEach([&](uint64_t pfn, uint64_t pages) { live.emplace_back(pfn, pages); });
   if (!large_.empty()) {
     for (const auto& [pfn, pages] : large_) live.emplace_back(pfn, pages);
@@ -474,7 +474,7 @@ IovaStats IovaAllocator::GetStats() const {
   std::copy_n(failures_, kIovaFailureReasonCount, s.failures);
   s.cache_hits = cache_hits_;
   s.cache_misses = cache_misses_;
-  s.live_allocations = live_allocations_;
+  s.live_allocations = allocations_ - cache_.cached_ranges();
   return s;
 }
 
@@ -543,10 +543,10 @@ absl::Status IovaAllocator::CheckInvariants() const {
         "iova: recount allocated %#x reserved %#x, tracked %#x / %#x", allocated, reserved,
         allocated_pages_, reserved_pages_));
   }
-  if (cached_ranges != cache_.cached_ranges() || live != live_allocations_) {
+  if (cached_ranges != cache_.cached_ranges() || live + cached_ranges != allocations_) {
     return absl::InternalError(absl::StrFormat(
-        "iova: recount %u cached ranges, %u live allocations; tracked %u / %u", cached_ranges,
-        live, cache_.cached_ranges(), live_allocations_));
+        "iova: recount %u cached ranges, %u live allocations; tracked %u cached, %u in all",
+        cached_ranges, live, cache_.cached_ranges(), allocations_));
   }
   for (const uint64_t cursor : {cursor32_, cursor_}) {
     internal::IovaGapTree::Range r;

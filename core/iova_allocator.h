@@ -203,10 +203,10 @@ class IovaAllocator {
         const uint64_t pfn = cache_.TryPopLoaded(cls, limit + 1 - size);
         if (pfn != 0) [[likely]] {
           ++cache_hits_;
-          ++live_allocations_;
           // The range was recorded live before it was cached: its chunk
           // exists.
-          internal::IovaAllocMap::Set(small_.Existing(pfn), pfn, size);
+          internal::IovaAllocMap::Set(small_.Existing(pfn),
+                                      internal::IovaAllocMap::BitsOf(pfn, size));
           return pfn;
         }
       }
@@ -230,10 +230,10 @@ class IovaAllocator {
       const int cls = SizeClass(num_pages);
       const uint64_t size = uint64_t{1} << cls;
       internal::IovaAllocMap::Group* const g = small_.Find(pfn);
-      if (g != nullptr && internal::IovaAllocMap::StartsExactly(*g, pfn, size) &&
+      const internal::IovaAllocMap::Bits bits = internal::IovaAllocMap::BitsOf(pfn, size);
+      if (g != nullptr && internal::IovaAllocMap::Holds(*g, bits) &&
           cache_.TryPushLoaded(cls, pfn)) [[likely]] {
-        internal::IovaAllocMap::Clear(*g, pfn, size);
-        --live_allocations_;
+        internal::IovaAllocMap::Clear(*g, bits);
         return absl::OkStatus();
       }
     }
@@ -360,7 +360,9 @@ class IovaAllocator {
   std::map<uint64_t, uint64_t> reserved_;          // lo -> hi, disjoint, non-adjacent
 
   uint64_t allocated_pages_ = 0;  // live + cached
-  uint64_t live_allocations_ = 0;
+  // Live + cached allocations (changed by the tree paths only: a cache push
+  // or pop moves one between the two); live = allocations_ - cached ranges.
+  uint64_t allocations_ = 0;
   uint64_t reserved_pages_ = 0;
   uint64_t failures_[kIovaFailureReasonCount] = {};
   uint64_t cache_hits_ = 0;
