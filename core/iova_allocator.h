@@ -40,15 +40,19 @@
 //   allocations   live ones only (cached ranges are not live). Small ones
 //                 (RoundUpPowerOfTwo(pages) <= 64) in IovaAllocMap: a start
 //                 and an end bit per pfn, 16 bytes per aligned group of 64
-//                 pfns, in 8 KiB chunks under a radix directory whose depth
-//                 follows the span (one level of 32 pointers for a 32-bit
-//                 space of 4K pages, two for 2^36 pfns). Lookup, exact-size
-//                 check and size are one 16-byte load plus the directory
-//                 (which stays in L1), no hashing; W1's 2^20-pfn space is
-//                 256 KiB of groups, against ~1 MiB of hash slots before.
-//                 Memory: proportional to the IOVA span ever allocated from
-//                 (16 bytes per 64 pfns), chunks are only freed with the
-//                 allocator. Larger allocations: a hash map pfn -> pages.
+//                 pfns, in 8 KiB chunks of 2^15 pfns under a radix
+//                 directory whose depth follows the span (one level of 32
+//                 pointers for a 32-bit space of 4K pages, two for 2^36
+//                 pfns). Lookup, exact-size check and size are one 16-byte
+//                 load plus the directory (which stays in L1), no hashing,
+//                 no scan; W1's live span is ~128 KiB of groups (L2), against
+//                 ~1 MiB of hash slots before. Memory: proportional to the
+//                 IOVA span ever allocated from (16 bytes per 64 pfns, 8 KiB
+//                 per chunk touched, plus 4 KiB per lower directory node);
+//                 nothing is freed before the allocator. Larger allocations:
+//                 a hash map pfn -> pages (checked only when the bitmap has
+//                 no start at the pfn, and only if non-empty).
+//                 ForEachAllocated walks the chunks touched, O(span / 64).
 //   caches        IovaMagazineCache: O(1) push/pop, no allocation. A cache hit
 //                 (the loaded magazine serves) is inline: a few loads and
 //                 stores plus one group update each for alloc and free (a
@@ -274,7 +278,8 @@ class IovaAllocator {
   void ForEachFreeRange(Fn&& fn) const {
     tree_.ForEach([&](internal::IovaGapTree::Range r) { fn(r.lo, r.hi); });
   }
-  // fn(pfn, num_pages) for each live allocation, ascending (sorts a copy).
+  // fn(pfn, num_pages) for each live allocation, ascending (walks the chunks
+  // touched, O(span touched / 64), and sorts a copy when large ones exist).
   void ForEachAllocated(const std::function<void(uint64_t, uint64_t)>& fn) const;
   // fn(lo_pfn, hi_pfn) for each reserved range, ascending.
   template <typename Fn>
