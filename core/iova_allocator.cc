@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <bit>
 #include <cassert>
-#include <set>
 #include <tuple>
 #include <utility>
 #include <vector>
@@ -80,11 +79,13 @@ IovaAllocator::IovaAllocator(const IovaAllocatorOptions& options, int num_orders
       end_pfn_(options.end_pfn),
       space_pages_(options.end_pfn - options.start_pfn + 1),
       pfn_32bit_(((uint64_t{1} << 32) >> Log2(options.granule_bytes)) - 1),
-      tree_(num_orders) {
+      tree_(num_orders),
+      small_(options.start_pfn, options.end_pfn) {
   if (options.cache.enabled) {
     const int classes = std::min<int>(Log2(options.cache.max_pages) + 1, num_orders);
     cache_max_pages_ = uint64_t{1} << (classes - 1);
-    inline_alloc_max_pages_ = options.try_32bit_first ? 0 : cache_max_pages_;
+    inline_free_max_pages_ = std::min(cache_max_pages_, internal::IovaAllocMap::kMaxPages);
+    inline_alloc_max_pages_ = options.try_32bit_first ? 0 : inline_free_max_pages_;
     cache_ = internal::IovaMagazineCache(classes, options.cache.magazine_depth,
                                         options.cache.depot_magazines);
   }
@@ -125,8 +126,9 @@ uint64_t IovaAllocator::AllocFromTree(uint64_t num_pages, uint64_t limit_pfn) {
     if (fit.node == 0) return 0;
   }
   tree_.Carve(fit, num_pages);
-  index_.emplace(fit.pfn, num_pages);
+  RecordLive(fit.pfn, num_pages);
   allocated_pages_ += num_pages;
+  ++allocations_;
   return fit.pfn;
 }
 
@@ -134,6 +136,7 @@ void IovaAllocator::ReleaseToTree(uint64_t pfn, uint64_t num_pages) {
   const uint64_t last = pfn + num_pages - 1;
   const internal::IovaGapTree::Range r = tree_.Release(pfn, last);
   allocated_pages_ -= num_pages;
+  --allocations_;
   if (options_.placement != IovaPlacement::kLinuxNextFit) return;
   // __cached_rbnode_delete_update: a cached node at or below the freed range
   // moves to the next node above it, the first non-free pfn after the free
@@ -156,7 +159,13 @@ uint64_t IovaAllocator::AllocFastOnce(uint64_t num_pages, uint64_t limit_pfn, bo
       const uint64_t pfn = cache_.Pop(cls, limit_pfn + 1 - num_pages);
       if (pfn != 0) {
         ++cache_hits_;
-        index_.find(pfn)->second &= ~kCachedBit;
+        if (num_pages <= internal::IovaAllocMap::kMaxPages) {
+          // Recorded when first allocated: its chunk exists.
+          internal::IovaAllocMap::Set(small_.Existing(pfn),
+                                      internal::IovaAllocMap::BitsOf(pfn, num_pages));
+        } else {
+          large_.emplace(pfn, num_pages);
+        }
         return pfn;
       }
     }
@@ -255,38 +264,61 @@ absl::StatusOr<uint64_t> IovaAllocator::AllocPfnsFast(uint64_t num_pages,
                         reason);
 }
 
+// --- live-allocation index --------------------------------------------------------
+
+void IovaAllocator::RecordLive(uint64_t pfn, uint64_t num_pages) {
+  if (num_pages <= internal::IovaAllocMap::kMaxPages) {
+    small_.Insert(pfn, num_pages);
+  } else {
+    large_.emplace(pfn, num_pages);
+  }
+}
+
+void IovaAllocator::EraseLive(uint64_t pfn, uint64_t num_pages) {
+  if (num_pages <= internal::IovaAllocMap::kMaxPages) {
+    internal::IovaAllocMap::Clear(small_.Existing(pfn), pfn, num_pages);
+  } else {
+    large_.erase(pfn);
+  }
+}
+
+uint64_t IovaAllocator::LivePages(uint64_t pfn) const {
+  if (const internal::IovaAllocMap::Group* g = small_.Find(pfn); g != nullptr) {
+    if (const uint64_t pages = internal::IovaAllocMap::PagesAt(*g, pfn); pages != 0) {
+      return pages;
+    }
+  }
+  if (large_.empty()) return 0;
+  const auto it = large_.find(pfn);
+  return it == large_.end() ? 0 : it->second;
+}
+
 // --- free ------------------------------------------------------------------------
 
-absl::Status IovaAllocator::NotLiveError(uint64_t pfn, bool cached) const {
+absl::Status IovaAllocator::NotLiveError(uint64_t pfn) const {
+  bool cached = false;
+  cache_.ForEach([&](uint64_t cached_pfn, int) { cached |= cached_pfn == pfn; });
   return FieldError(absl::StatusCode::kNotFound, "pfn", pfn,
                     cached ? "allocation already freed (it sits in a range cache)"
                            : "no live allocation starts at this pfn");
 }
 
 absl::Status IovaAllocator::FreePfns(uint64_t pfn) {
-  const auto it = index_.find(pfn);
-  if (it == index_.end() || (it->second & kCachedBit) != 0) [[unlikely]] {
-    return NotLiveError(pfn, it != index_.end());
-  }
-  const uint64_t num_pages = it->second;
-  index_.erase(it);
+  const uint64_t num_pages = LivePages(pfn);
+  if (num_pages == 0) [[unlikely]] return NotLiveError(pfn);
+  EraseLive(pfn, num_pages);
   ReleaseToTree(pfn, num_pages);
   return absl::OkStatus();
 }
 
 absl::Status IovaAllocator::FreePfnsFastSlow(uint64_t pfn, uint64_t num_pages) {
-  const auto it = index_.find(pfn);
-  if (it == index_.end() || (it->second & kCachedBit) != 0) [[unlikely]] {
-    return NotLiveError(pfn, it != index_.end());
-  }
-  const uint64_t pages = it->second;
+  const uint64_t pages = LivePages(pfn);
+  if (pages == 0) [[unlikely]] return NotLiveError(pfn);
   if (num_pages - 1 < cache_max_pages_) {
     const int cls = AlignOrder(num_pages);
     if (pages == uint64_t{1} << cls) [[likely]] {
-      // Mark before pushing: a spill erases other entries of index_.
-      it->second |= kCachedBit;
+      EraseLive(pfn, pages);
       cache_.Push(cls, pfn, [this](uint64_t spilled, int spilled_cls) {
-        index_.erase(spilled);
         ReleaseToTree(spilled, uint64_t{1} << spilled_cls);
       });
       return absl::OkStatus();
@@ -296,14 +328,13 @@ absl::Status IovaAllocator::FreePfnsFastSlow(uint64_t pfn, uint64_t num_pages) {
     return InvalidField("num_pages", num_pages,
                         absl::StrFormat("the allocation at pfn=%#x has %#x pages", pfn, pages));
   }
-  index_.erase(it);
+  EraseLive(pfn, pages);
   ReleaseToTree(pfn, num_pages);
   return absl::OkStatus();
 }
 
 void IovaAllocator::FlushCaches() {
   cache_.Flush([this](uint64_t pfn, int cls) {
-    index_.erase(pfn);
     ReleaseToTree(pfn, uint64_t{1} << cls);
   });
 }
@@ -413,19 +444,20 @@ std::optional<uint64_t> IovaAllocator::AllocationSizeBytes(Iova iova) const {
 // --- queries ---------------------------------------------------------------------------
 
 std::optional<uint64_t> IovaAllocator::AllocationPages(uint64_t pfn) const {
-  const auto it = index_.find(pfn);
-  if (it == index_.end() || (it->second & kCachedBit) != 0) return std::nullopt;
-  return it->second;
+  const uint64_t pages = LivePages(pfn);
+  if (pages == 0) return std::nullopt;
+  return pages;
 }
 
 void IovaAllocator::ForEachAllocated(
     const std::function<void(uint64_t, uint64_t)>& fn) const {
   std::vector<std::pair<uint64_t, uint64_t>> live;
-  live.reserve(index_.size());
-  for (const auto& [pfn, entry] : index_) {
-    if ((entry & kCachedBit) == 0) live.emplace_back(pfn, entry);
+  live.reserve(allocations_ - cache_.cached_ranges());
+  small_.ForEach([&](uint64_t pfn, uint64_t pages) { live.emplace_back(pfn, pages); });
+  if (!large_.empty()) {
+    for (const auto& [pfn, pages] : large_) live.emplace_back(pfn, pages);
+    std::sort(live.begin(), live.end());
   }
-  std::sort(live.begin(), live.end());
   for (const auto& [pfn, pages] : live) fn(pfn, pages);
 }
 
@@ -448,7 +480,7 @@ IovaStats IovaAllocator::GetStats() const {
   std::copy_n(failures_, kIovaFailureReasonCount, s.failures);
   s.cache_hits = cache_hits_;
   s.cache_misses = cache_misses_;
-  s.live_allocations = index_.size() - cache_.cached_ranges();
+  s.live_allocations = allocations_ - cache_.cached_ranges();
   return s;
 }
 
@@ -457,21 +489,36 @@ IovaStats IovaAllocator::GetStats() const {
 absl::Status IovaAllocator::CheckInvariants() const {
   if (absl::Status s = tree_.CheckInvariants(); !s.ok()) return s;
   if (!cache_.StructureOk()) return absl::InternalError("iova: magazine structure broken");
+  if (absl::Status s = small_.CheckStructure(); !s.ok()) return s;
   enum Kind { kFree, kAllocated, kCached, kReserved };
   std::vector<std::tuple<uint64_t, uint64_t, Kind>> pieces;
   tree_.ForEach([&](internal::IovaGapTree::Range r) { pieces.emplace_back(r.lo, r.hi, kFree); });
   uint64_t allocated = 0;
-  uint64_t cached_entries = 0;
-  for (const auto& [pfn, entry] : index_) {
-    const uint64_t pages = entry & ~kCachedBit;
-    if (pages == 0 || pfn % RoundUpPowerOfTwo(pages) != 0) {
-      return absl::InternalError(
-          absl::StrFormat("iova: allocation at pfn %#x of %#x pages not size-aligned", pfn, pages));
-    }
+  uint64_t live = 0;
+  uint64_t misaligned = 0;
+  bool large_is_small = false;
+  auto add = [&](uint64_t pfn, uint64_t pages, Kind kind) {
+    if (pages == 0 || pfn % RoundUpPowerOfTwo(pages) != 0) misaligned = pfn;
     allocated += pages;
-    const bool cached = (entry & kCachedBit) != 0;
-    cached_entries += cached;
-    pieces.emplace_back(pfn, pfn + pages - 1, cached ? kCached : kAllocated);
+    live += kind == kAllocated;
+    pieces.emplace_back(pfn, pfn + pages - 1, kind);
+  };
+  small_.ForEach([&](uint64_t pfn, uint64_t pages) { add(pfn, pages, kAllocated); });
+  for (const auto& [pfn, pages] : large_) {
+    large_is_small |= pages <= internal::IovaAllocMap::kMaxPages;
+    add(pfn, pages, kAllocated);
+  }
+  uint64_t cached_ranges = 0;
+  cache_.ForEach([&](uint64_t pfn, int cls) {
+    ++cached_ranges;
+    add(pfn, uint64_t{1} << cls, kCached);
+  });
+  if (misaligned != 0) {
+    return absl::InternalError(
+        absl::StrFormat("iova: allocation at pfn %#x not size-aligned", misaligned));
+  }
+  if (large_is_small) {
+    return absl::InternalError("iova: an allocation of <= 64 pages in the large map");
   }
   uint64_t reserved = 0;
   for (const auto& [lo, hi] : reserved_) {
@@ -502,9 +549,10 @@ absl::Status IovaAllocator::CheckInvariants() const {
         "iova: recount allocated %#x reserved %#x, tracked %#x / %#x", allocated, reserved,
         allocated_pages_, reserved_pages_));
   }
-  if (cached_entries != cache_.cached_ranges()) {
-    return absl::InternalError(absl::StrFormat("iova: %u entries marked cached, cache holds %u",
-                                               cached_entries, cache_.cached_ranges()));
+  if (cached_ranges != cache_.cached_ranges() || live + cached_ranges != allocations_) {
+    return absl::InternalError(absl::StrFormat(
+        "iova: recount %u cached ranges, %u live allocations; tracked %u cached, %u in all",
+        cached_ranges, live, cache_.cached_ranges(), allocations_));
   }
   for (const uint64_t cursor : {cursor32_, cursor_}) {
     internal::IovaGapTree::Range r;
@@ -513,19 +561,7 @@ absl::Status IovaAllocator::CheckInvariants() const {
       return absl::InternalError(absl::StrFormat("iova: cursor %#x is free or outside", cursor));
     }
   }
-  std::set<uint64_t> seen;
-  absl::Status bad = absl::OkStatus();
-  cache_.ForEach([&](uint64_t pfn, int cls) {
-    const auto it = index_.find(pfn);
-    if (!bad.ok()) return;
-    if (it == index_.end() || it->second != (kCachedBit | (uint64_t{1} << cls)) ||
-        !seen.insert(pfn).second) {
-      bad = absl::InternalError(
-          absl::StrFormat("iova: cached pfn %#x (class %d) not a cached allocation of its "
-                          "class, or cached twice", pfn, cls));
-    }
-  });
-  return bad;
+  return absl::OkStatus();
 }
 
 }  // namespace iommu::core

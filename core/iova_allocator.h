@@ -37,11 +37,29 @@
 //                 that was not its leaf's maximum), stopping once nothing
 //                 changes. Measured (callgrind): ~2.5k instructions per W2
 //                 step (the whole program), depth 3-4 at 10^4-10^6 ranges.
-//   allocations   hash map pfn -> pages (+ "sitting in a cache" bit): O(1)
-//                 lookup for free and for the broker's unmap by address.
+//   allocations   live ones only (cached ranges are not live). Small ones
+//                 (RoundUpPowerOfTwo(pages) <= 64) in IovaAllocMap: a start
+//                 and an end bit per pfn, 16 bytes per aligned group of 64
+//                 pfns, in 8 KiB chunks of 2^15 pfns under a radix
+//                 directory whose depth follows the span (one level of 32
+//                 pointers for a 32-bit space of 4K pages, two for 2^36
+//                 pfns). Lookup, exact-size check and size are one 16-byte
+//                 load plus the directory (which stays in L1), no hashing,
+//                 no scan; W1's live span is ~128 KiB of groups (L2), against
+//                 ~1 MiB of hash slots before. Memory: proportional to the
+//                 IOVA span ever allocated from (16 bytes per 64 pfns, 8 KiB
+//                 per chunk touched, plus 4 KiB per lower directory node);
+//                 nothing is freed before the allocator. Larger allocations:
+//                 a hash map pfn -> pages (checked only when the bitmap has
+//                 no start at the pfn, and only if non-empty).
+//                 ForEachAllocated walks the chunks touched, O(span / 64).
 //   caches        IovaMagazineCache: O(1) push/pop, no allocation. A cache hit
 //                 (the loaded magazine serves) is inline: a few loads and
-//                 stores plus one hash probe each for alloc and free.
+//                 stores plus one group update each for alloc and free (a
+//                 push clears the range's bits, a pop sets them). Telling "in
+//                 a cache" from "never allocated" for NOT_FOUND's message
+//                 scans the magazines: O(cached ranges), on the error path
+//                 only.
 //   statistics    kept incrementally, O(1) per mutation (cached totals are
 //                 recounted over the size classes); GetStats never walks.
 // Nothing on a success path formats a string; messages are built on failure.
@@ -52,8 +70,11 @@
 //   (2) every allocation is size-aligned and inside [start_pfn, end_pfn];
 //   (3) free ranges are maximal (never adjacent); the gap tree's augmentation,
 //       heights and histogram equal a recomputation;
-//   (4) cached pfns are allocations of exactly their class size, marked
-//       cached, each cached once; every counter equals a recount.
+//   (4) cached pfns are ranges of exactly their class size, size-aligned,
+//       not live, each cached once; every counter equals a recount;
+//   (5) the small-allocation bits pair up (every start bit has its end bit
+//       in its group, before the next start bit); the large map holds only
+//       allocations of more than 64 pages.
 //
 // Thread-compatible: one allocator per domain, serialised by its owner (the
 // domain's lock in the broker). No method is safe to call concurrently with a
@@ -70,6 +91,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "core/bits.h"
+#include "core/iova_alloc_map.h"
 #include "core/iova_gap_tree.h"
 #include "core/iova_magazine.h"
 #include "core/types.h"
@@ -185,7 +207,10 @@ class IovaAllocator {
         const uint64_t pfn = cache_.TryPopLoaded(cls, limit + 1 - size);
         if (pfn != 0) [[likely]] {
           ++cache_hits_;
-          index_.find(pfn)->second &= ~kCachedBit;
+          // The range was recorded live before it was cached: its chunk
+          // exists.
+          internal::IovaAllocMap::Set(small_.Existing(pfn),
+                                      internal::IovaAllocMap::BitsOf(pfn, size));
           return pfn;
         }
       }
@@ -205,13 +230,14 @@ class IovaAllocator {
   absl::Status FreePfnsFast(uint64_t pfn, uint64_t num_pages) {
     // Inline: a live allocation of exactly its class size into a loaded
     // magazine with room. Everything else (errors, spills) out of line.
-    if (num_pages - 1 < cache_max_pages_) [[likely]] {
-      const auto it = index_.find(pfn);
+    if (num_pages - 1 < inline_free_max_pages_) [[likely]] {
       const int cls = SizeClass(num_pages);
-      // Equal to the class size also means "not cached" (the bit is clear).
-      if (it != index_.end() && it->second == uint64_t{1} << cls &&
+      const uint64_t size = uint64_t{1} << cls;
+      internal::IovaAllocMap::Group* const g = small_.Find(pfn);
+      const internal::IovaAllocMap::Bits bits = internal::IovaAllocMap::BitsOf(pfn, size);
+      if (g != nullptr && internal::IovaAllocMap::Holds(*g, bits) &&
           cache_.TryPushLoaded(cls, pfn)) [[likely]] {
-        it->second |= kCachedBit;
+        internal::IovaAllocMap::Clear(*g, bits);
         return absl::OkStatus();
       }
     }
@@ -252,7 +278,8 @@ class IovaAllocator {
   void ForEachFreeRange(Fn&& fn) const {
     tree_.ForEach([&](internal::IovaGapTree::Range r) { fn(r.lo, r.hi); });
   }
-  // fn(pfn, num_pages) for each live allocation, ascending (sorts a copy).
+  // fn(pfn, num_pages) for each live allocation, ascending (walks the chunks
+  // touched, O(span touched / 64), and sorts a copy when large ones exist).
   void ForEachAllocated(const std::function<void(uint64_t, uint64_t)>& fn) const;
   // fn(lo_pfn, hi_pfn) for each reserved range, ascending.
   template <typename Fn>
@@ -268,10 +295,6 @@ class IovaAllocator {
   absl::Status CheckInvariants() const;
 
  private:
-  // Entry of index_: num_pages, plus kCachedBit while the range is in a
-  // magazine.
-  static constexpr uint64_t kCachedBit = uint64_t{1} << 63;
-
   IovaAllocator(const IovaAllocatorOptions& options, int num_orders);
 
   // ceil(log2(num_pages)), the size class of a cacheable request, with one
@@ -300,7 +323,14 @@ class IovaAllocator {
   IovaFailureReason CountFailure(uint64_t num_pages);
   absl::Status ExhaustedError(absl::string_view field, uint64_t value, uint64_t num_pages,
                               uint64_t limit_pfn, IovaFailureReason reason) const;
-  absl::Status NotLiveError(uint64_t pfn, bool cached) const;
+  // NOT_FOUND for a pfn where no live allocation starts; says whether it
+  // sits in a cache (a scan of the magazines).
+  absl::Status NotLiveError(uint64_t pfn) const;
+  // The live-allocation index: small_ or large_ by size.
+  void RecordLive(uint64_t pfn, uint64_t num_pages);
+  void EraseLive(uint64_t pfn, uint64_t num_pages);
+  // Pages of the live allocation starting at pfn, 0 if none.
+  uint64_t LivePages(uint64_t pfn) const;
   uint64_t ReservedPagesIn(uint64_t lo, uint64_t hi) const;
   // limit_pfn clipped to end_pfn_.
   uint64_t ClipLimit(uint64_t limit_pfn) const {
@@ -314,9 +344,11 @@ class IovaAllocator {
   uint64_t space_pages_ = 0;
   uint64_t pfn_32bit_ = 0;         // last pfn below 4 GiB
   uint64_t cache_max_pages_ = 0;   // 0 when caching is off
-  // cache_max_pages_, or 0 with try_32bit_first (whose cache hits must try the
-  // 32-bit limit first, out of line).
+  // min(cache_max_pages_, 64) (classes small_ records), or 0 with
+  // try_32bit_first (whose cache hits must try the 32-bit limit first, out of
+  // line).
   uint64_t inline_alloc_max_pages_ = 0;
+  uint64_t inline_free_max_pages_ = 0;  // min(cache_max_pages_, 64)
   // kLinuxNextFit: first pfn of the cached nodes (cached32_node for
   // allocations ending below 4 GiB, cached_node above), kNoCursor for the
   // anchor. Each is kNoCursor or a non-free pfn.
@@ -326,10 +358,16 @@ class IovaAllocator {
 
   internal::IovaGapTree tree_;
   internal::IovaMagazineCache cache_;
-  absl::flat_hash_map<uint64_t, uint64_t> index_;  // first pfn -> entry
+  // Live allocations: small_ those of <= 64 pages, large_ (first pfn ->
+  // pages) the rest. Cached ranges are in neither.
+  internal::IovaAllocMap small_;
+  absl::flat_hash_map<uint64_t, uint64_t> large_;
   std::map<uint64_t, uint64_t> reserved_;          // lo -> hi, disjoint, non-adjacent
 
   uint64_t allocated_pages_ = 0;  // live + cached
+  // Live + cached allocations (changed by the tree paths only: a cache push
+  // or pop moves one between the two); live = allocations_ - cached ranges.
+  uint64_t allocations_ = 0;
   uint64_t reserved_pages_ = 0;
   uint64_t failures_[kIovaFailureReasonCount] = {};
   uint64_t cache_hits_ = 0;

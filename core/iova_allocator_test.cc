@@ -178,6 +178,96 @@ TEST(IovaAllocator, FreeErrorsLeaveStateIntact) {
   EXPECT_INVARIANTS(a);
 }
 
+// Small allocations (<= 64 pages) live in the start/end bitmap, larger ones in
+// a hash map: wrong sizes, interior pfns and double frees of cached ranges are
+// refused exactly as with one index.
+TEST(IovaAllocator, WrongSizesInteriorPfnsAndCachedDoubleFrees) {
+  IovaAllocator a = Make(Opts(1, 0xFFFF, /*cache=*/true));
+  const uint64_t p4 = *a.AllocPfns(4, 0xFFFF);
+  const uint64_t p2a = *a.AllocPfns(2, 0xFFFF);
+  const uint64_t p2b = *a.AllocPfns(2, 0xFFFF);
+  ASSERT_EQ(p2a, p2b + 2);  // two adjacent 2s in one aligned block of 4
+  ASSERT_EQ(p2b % 4, 0u);
+  const uint64_t p64 = *a.AllocPfns(64, 0xFFFF);
+  const uint64_t p65 = *a.AllocPfns(65, 0xFFFF);
+  const uint64_t p7 = *a.AllocPfns(7, 0xFFFF);
+  ASSERT_INVARIANTS(a);
+  const IovaStats before = a.GetStats();
+
+  auto expect_invalid = [&](uint64_t pfn, uint64_t n, uint64_t pages) {
+    const absl::Status s = a.FreePfnsFast(pfn, n);
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << pfn << " " << n << ": " << s;
+    EXPECT_THAT(std::string(s.message()),
+                HasSubstr(absl::StrCat("the allocation at pfn=0x", absl::Hex(pfn), " has 0x",
+                                       absl::Hex(pages), " pages")));
+  };
+  expect_invalid(p4, 2, 4);    // 2 at a pfn holding 4
+  expect_invalid(p4, 1, 4);
+  expect_invalid(p4, 8, 4);
+  expect_invalid(p2b, 4, 2);   // 4 at a pfn holding two adjacent 2s
+  expect_invalid(p2b, 3, 2);   // rounds to 4 as well
+  expect_invalid(p64, 65, 64);
+  expect_invalid(p64, 32, 64);
+  expect_invalid(p65, 64, 65);
+  expect_invalid(p65, 128, 65);
+  expect_invalid(p7, 6, 7);    // 6 rounds to 8, which it does not hold
+  expect_invalid(p7, 32, 7);
+
+  auto expect_not_found = [&](uint64_t pfn, absl::string_view why) {
+    for (const absl::Status& s : {a.FreePfns(pfn), a.FreePfnsFast(pfn, 1), a.FreePfnsFast(pfn, 4)}) {
+      EXPECT_EQ(s.code(), absl::StatusCode::kNotFound) << pfn << ": " << s;
+      EXPECT_THAT(std::string(s.message()), HasSubstr(why)) << pfn;
+    }
+    EXPECT_EQ(a.AllocationPages(pfn), std::nullopt) << pfn;
+    EXPECT_FALSE(a.Contains(pfn));
+  };
+  constexpr absl::string_view kNoLive = "no live allocation starts at this pfn";
+  constexpr absl::string_view kCached = "it sits in a range cache";
+  for (uint64_t k = 1; k < 4; ++k) expect_not_found(p4 + k, kNoLive);
+  expect_not_found(p2a + 1, kNoLive);
+  expect_not_found(p2b + 1, kNoLive);
+  for (uint64_t k : {1, 2, 31, 32, 63}) expect_not_found(p64 + k, kNoLive);
+  for (uint64_t k : {1, 63, 64}) expect_not_found(p65 + k, kNoLive);
+  expect_not_found(p7 + 6, kNoLive);
+  expect_not_found(0x100, kNoLive);    // never allocated, chunk never written
+  expect_not_found(0x10000, kNoLive);  // past the end
+  EXPECT_EQ(a.AllocationPages(p4), 4u);
+  EXPECT_EQ(a.AllocationPages(p2a), 2u);
+  EXPECT_EQ(a.AllocationPages(p2b), 2u);
+  EXPECT_EQ(a.AllocationPages(p64), 64u);
+  EXPECT_EQ(a.AllocationPages(p65), 65u);
+  EXPECT_EQ(a.AllocationPages(p7), 7u);
+  const IovaStats after = a.GetStats();
+  EXPECT_EQ(after.allocated_pages, before.allocated_pages);
+  EXPECT_EQ(after.live_allocations, 6u);
+  ASSERT_INVARIANTS(a);
+
+  // Cached ranges are not live: a second free (either path) is NOT_FOUND
+  // naming the cache, and so is a lookup; popping one makes it live again.
+  ASSERT_TRUE(a.FreePfnsFast(p4, 3).ok());  // 3 rounds to the 4 it holds
+  ASSERT_TRUE(a.FreePfnsFast(p2a, 2).ok());
+  ASSERT_INVARIANTS(a);
+  expect_not_found(p4, kCached);
+  expect_not_found(p2a, kCached);
+  EXPECT_EQ(a.AllocationPages(p2b), 2u);  // its neighbour is untouched
+  EXPECT_EQ(a.GetStats().cached_pages, 6u);
+  EXPECT_EQ(a.GetStats().live_allocations, 4u);
+  EXPECT_EQ(*a.AllocPfnsFast(2, 0xFFFF), p2a);
+  EXPECT_EQ(a.AllocationPages(p2a), 2u);
+  ASSERT_TRUE(a.FreePfnsFast(p2a, 2).ok());
+  // Flushed back to the tree, they are simply not allocated.
+  a.FlushCaches();
+  expect_not_found(p4, kNoLive);
+  expect_not_found(p2a, kNoLive);
+  ASSERT_TRUE(a.FreePfnsFast(p64, 64).ok());
+  ASSERT_TRUE(a.FreePfns(p65).ok());
+  ASSERT_TRUE(a.FreePfnsFast(p7, 7).ok());
+  ASSERT_TRUE(a.FreePfns(p2b).ok());
+  EXPECT_EQ(a.GetStats().live_allocations, 0u);
+  EXPECT_EQ(a.GetStats().free_pages, 0xFFFFu);
+  ASSERT_INVARIANTS(a);
+}
+
 // --- placement ----------------------------------------------------------------------------
 
 TEST(IovaAllocator, SizeAlignedTopDown) {
@@ -880,6 +970,152 @@ TEST(IovaAllocatorRandom, InlineCacheHitsMatchTheStatusPath) {
   EXPECT_GT(r.cache_hits, 1000u);
   EXPECT_GT(r.cache_misses, 100u);
   ASSERT_INVARIANTS(raw);
+}
+
+// A 2^36-pfn space (a two-level directory of chunks) with allocations near
+// start_pfn, near the top, and on both sides of chunk (2^15 pfns) and
+// directory-node (2^24 pfns) boundaries (size-aligned allocations of up to
+// 2^15 pages never straddle one; larger ones do), sizes 1..64 (bitmap) and
+// 65.. (hash map), freed by
+// both paths, against the reference model; lookups of starts and interior
+// pfns follow the model.
+TEST(IovaAllocatorRandom, AllocationIndexAcrossChunksAndDirectoryLevels) {
+  constexpr uint64_t kStart = 7;
+  constexpr uint64_t kEnd = (uint64_t{1} << 36) - 1;
+  IovaAllocator a = Make(Opts(kStart, kEnd));
+  ReferenceModel ref(kStart, kEnd);
+  std::map<uint64_t, uint64_t> live;  // pfn -> pages
+  TestRng rng;
+  const uint64_t boundaries[] = {kStart + 200,
+                                 uint64_t{1} << 15,
+                                 uint64_t{3} << 15,
+                                 uint64_t{1} << 24,
+                                 (uint64_t{5} << 24) + (uint64_t{1} << 15),
+                                 uint64_t{1} << 33,
+                                 kEnd};
+  int small = 0, large = 0, straddling = 0, near_boundary = 0;
+  for (int op = 0; op < 6000; ++op) {
+    if (live.empty() || rng.Below(100) < 55) {
+      const uint64_t kind = rng.Below(20);
+      const uint64_t n = kind == 0   ? (uint64_t{1} << 15) + rng.Below(uint64_t{1} << 16)
+                         : kind < 5 ? rng.Below(200) + 65
+                                    : rng.Below(64) + 1;
+      // A limit just above a boundary: the highest fit lands on or across it.
+      const uint64_t b = boundaries[rng.Below(std::size(boundaries))];
+      const uint64_t limit = std::min(kEnd, b + rng.Below(64));
+      const uint64_t want = ref.HighestFit(n, limit);
+      absl::StatusOr<uint64_t> got = a.AllocPfns(n, limit);
+      if (want == 0) {
+        ASSERT_EQ(got.status().code(), absl::StatusCode::kResourceExhausted) << op;
+        continue;
+      }
+      ASSERT_TRUE(got.ok()) << op << ": " << got.status();
+      ASSERT_EQ(*got, want) << "op " << op << " n=" << n << " limit=" << limit;
+      ref.Occupy(want, want + n - 1);
+      live[want] = n;
+      (n <= 64 ? small : large) += 1;
+      straddling += (want >> 15) != ((want + n - 1) >> 15);
+      near_boundary += n <= 64 && ((want & 0x7FFF) < 64 || (want & 0x7FFF) >= 0x8000 - 128);
+    } else {
+      auto it = live.begin();
+      std::advance(it, rng.Below(live.size()));
+      const auto [pfn, pages] = *it;
+      if (rng.Below(2) == 0) {
+        ASSERT_TRUE(a.FreePfns(pfn).ok()) << pfn;
+      } else {
+        ASSERT_TRUE(a.FreePfnsFast(pfn, pages).ok()) << pfn;
+      }
+      ASSERT_EQ(a.FreePfns(pfn).code(), absl::StatusCode::kNotFound);
+      ref.Release(pfn);
+      live.erase(it);
+    }
+    // Probe a live allocation's start, interior and end, and its neighbours.
+    if (!live.empty()) {
+      auto it = live.begin();
+      std::advance(it, rng.Below(live.size()));
+      const auto [pfn, pages] = *it;
+      ASSERT_EQ(a.AllocationPages(pfn), pages);
+      ASSERT_EQ(a.AllocationSizeBytes(Iova(pfn << 12)), pages << 12);
+      for (const uint64_t q : {pfn + 1, pfn + pages / 2, pfn + pages - 1, pfn + pages}) {
+        const auto at = live.find(q);
+        ASSERT_EQ(a.AllocationPages(q),
+                  at == live.end() ? std::nullopt : std::optional<uint64_t>(at->second))
+            << q;
+      }
+      if (pages > 1) {
+        ASSERT_EQ(a.FreePfnsFast(pfn, pages - 1).code(), absl::StatusCode::kInvalidArgument);
+      }
+    }
+    if (op % 50 == 0) {
+      ASSERT_INVARIANTS(a);
+      CheckStatsAgainstRecount(a);
+    }
+  }
+  ASSERT_INVARIANTS(a);
+  std::vector<std::pair<uint64_t, uint64_t>> listed;
+  a.ForEachAllocated([&](uint64_t pfn, uint64_t pages) { listed.emplace_back(pfn, pages); });
+  const std::vector<std::pair<uint64_t, uint64_t>> want(live.begin(), live.end());
+  EXPECT_EQ(listed, want);
+  EXPECT_EQ(a.GetStats().live_allocations, live.size());
+  EXPECT_GT(small, 1000);
+  EXPECT_GT(large, 300);
+  EXPECT_GT(straddling, 20);
+  EXPECT_GT(near_boundary, 200);
+}
+
+// The inline cache paths on a space whose live allocations sit on both sides
+// of chunk boundaries: every pfn popped from a cache is live again, every
+// pushed one is not.
+TEST(IovaAllocatorRandom, CachedRangesAcrossChunkBoundaries) {
+  IovaAllocatorOptions o = Opts(5, (uint64_t{1} << 36) - 1, /*cache=*/true);
+  o.cache.max_pages = 64;
+  o.cache.magazine_depth = 6;
+  o.cache.depot_magazines = 2;
+  IovaAllocator a = Make(o);
+  TestRng rng;
+  std::map<uint64_t, uint64_t> live;  // pfn -> requested pages
+  std::vector<uint64_t> freed;        // recently freed (possibly cached) pfns
+  const uint64_t limits[] = {(uint64_t{1} << 15) + 40, (uint64_t{1} << 24) + 100, 300,
+                             (uint64_t{1} << 36) - 1};
+  for (int op = 0; op < 8000; ++op) {
+    if (live.empty() || rng.Below(100) < 52) {
+      const uint64_t n = rng.Below(8) == 0 ? rng.Below(100) + 1 : rng.Below(64) + 1;
+      const uint64_t limit = limits[rng.Below(std::size(limits))];
+      const uint64_t pfn = a.AllocPfnsFastOrZero(n, limit);
+      if (pfn == 0) continue;
+      const uint64_t pages = n <= 64 ? std::bit_ceil(n) : n;
+      ASSERT_LE(pfn + pages - 1, limit);
+      ASSERT_EQ(a.AllocationPages(pfn), pages) << pfn;
+      ASSERT_TRUE(live.emplace(pfn, n).second) << pfn;
+    } else {
+      auto it = live.begin();
+      std::advance(it, rng.Below(live.size()));
+      ASSERT_TRUE(a.FreePfnsFast(it->first, it->second).ok());
+      const absl::Status again = a.FreePfnsFast(it->first, it->second);
+      ASSERT_EQ(again.code(), absl::StatusCode::kNotFound);
+      ASSERT_EQ(a.AllocationPages(it->first), std::nullopt);
+      freed.push_back(it->first);
+      live.erase(it);
+    }
+    if (!freed.empty() && rng.Below(4) == 0) {
+      const uint64_t pfn = freed[rng.Below(freed.size())];
+      const auto at = live.find(pfn);
+      if (at == live.end()) {
+        ASSERT_EQ(a.AllocationPages(pfn), std::nullopt);
+        ASSERT_EQ(a.FreePfns(pfn).code(), absl::StatusCode::kNotFound);
+      }
+    }
+    if (op % 97 == 0) {
+      ASSERT_INVARIANTS(a);
+      CheckStatsAgainstRecount(a);
+    }
+  }
+  const IovaStats s = a.GetStats();
+  EXPECT_EQ(s.live_allocations, live.size());
+  EXPECT_GT(s.cache_hits, 1000u);
+  a.FlushCaches();
+  ASSERT_INVARIANTS(a);
+  CheckStatsAgainstRecount(a);
 }
 
 }  // namespace

@@ -1,0 +1,83 @@
+#include "core/iova_alloc_map.h"
+
+#include <algorithm>
+#include <bit>
+#include <cassert>
+#include <utility>
+
+#include "absl/strings/str_format.h"
+
+namespace iommu::core::internal {
+
+IovaAllocMap::IovaAllocMap(uint64_t start_pfn, uint64_t end_pfn)
+    : base_chunk_(start_pfn >> kChunkPfnShift),
+      num_chunks_((end_pfn >> kChunkPfnShift) - (start_pfn >> kChunkPfnShift) + 1) {
+  assert(start_pfn <= end_pfn);
+  const uint64_t num_chunks = num_chunks_;
+  // As many lower levels of 2^9 pointers as it takes for the top to hold at
+  // most 2^12.
+  const int chunk_bits = std::bit_width(num_chunks - 1);
+  top_shift_ = chunk_bits <= kTopShift
+                   ? 0
+                   : (chunk_bits - kTopShift + kLevelShift - 1) / kLevelShift * kLevelShift;
+  top_.assign(((num_chunks - 1) >> top_shift_) + 1, nullptr);
+}
+
+IovaAllocMap::Group& IovaAllocMap::FindOrCreate(uint64_t pfn) {
+  const uint64_t c = (pfn >> kChunkPfnShift) - base_chunk_;
+  assert(c < num_chunks_);
+  void** slot = &top_[c >> top_shift_];
+  for (int shift = top_shift_ - kLevelShift; shift >= 0; shift -= kLevelShift) {
+    if (*slot == nullptr) {
+      levels_.push_back(std::make_unique<void*[]>(uint64_t{1} << kLevelShift));  // zeroed
+      *slot = levels_.back().get();
+    }
+    slot = &static_cast<void**>(*slot)[(c >> shift) & kLevelMask];
+  }
+  if (*slot == nullptr) {
+    auto chunk = std::make_unique<Group[]>(uint64_t{1} << kChunkShift);  // zeroed
+    *slot = chunk.get();
+    // Chunks are created rarely (once per 2^15 pfns): keep the list sorted.
+    const auto at = std::lower_bound(
+        chunks_.begin(), chunks_.end(), c,
+        [](const std::pair<uint64_t, std::unique_ptr<Group[]>>& e, uint64_t v) {
+          return e.first < v;
+        });
+    chunks_.emplace(at, c, std::move(chunk));
+  }
+  return static_cast<Group*>(*slot)[(pfn >> kGroupShift) & kChunkMask];
+}
+
+absl::Status IovaAllocMap::CheckStructure() const {
+  absl::Status bad = absl::OkStatus();
+  ForEachChunk([&](uint64_t first_group, const Group* chunk) {
+    for (uint64_t i = 0; i < (uint64_t{1} << kChunkShift) && bad.ok(); ++i) {
+      const Group& g = chunk[i];
+      if ((g.start_bits | g.end_bits) == 0) continue;
+      bool paired = std::popcount(g.start_bits) == std::popcount(g.end_bits);
+      for (uint64_t s = g.start_bits; s != 0 && paired; s &= s - 1) {
+        const int lo = std::countr_zero(s);
+        const uint64_t ends_above = g.end_bits >> lo;
+        // The next start bit above lo, if any, must come after lo's end bit.
+        const uint64_t starts_above = (g.start_bits >> lo) & ~uint64_t{1};
+        paired = ends_above != 0 &&
+                 (starts_above == 0 ||
+                  std::countr_zero(ends_above) < std::countr_zero(starts_above));
+      }
+      if (!paired) {
+        bad = absl::InternalError(absl::StrFormat(
+            "iova map: group at pfn %#x: start bits %#x and end bits %#x do not pair up",
+            (first_group + i) << kGroupShift, g.start_bits, g.end_bits));
+      }
+    }
+  });
+  return bad;
+}
+
+uint64_t IovaAllocMap::memory_bytes() const {
+  return top_.size() * sizeof(void*) +
+         levels_.size() * (uint64_t{1} << kLevelShift) * sizeof(void*) +
+         chunks_.size() * (uint64_t{1} << kChunkShift) * sizeof(Group);
+}
+
+}  // namespace iommu::core::internal

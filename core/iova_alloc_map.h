@@ -1,0 +1,211 @@
+#ifndef IOMMU_CORE_IOVA_ALLOC_MAP_H_
+#define IOMMU_CORE_IOVA_ALLOC_MAP_H_
+
+// IovaAllocMap: where the IovaAllocator's small live allocations start and
+// end, two bits per pfn, found without hashing.
+//
+// Scope. Only "small" allocations: RoundUpPowerOfTwo(num_pages) <= 64
+// (kMaxPages). Such an allocation is size-aligned in absolute pfn terms, so it
+// lies inside one aligned group of 64 pfns. The allocator keeps larger ones
+// in a hash map.
+//
+// Layout.
+//   group  {start_bits, end_bits}: 16 bytes per 64 pfns (aligned, absolute
+//          pfn >> 6). An allocation [p, p + n - 1] sets bit p % 64 of
+//          start_bits and bit (p + n - 1) % 64 of end_bits.
+//   chunk  512 groups = 2^15 pfns (aligned, absolute) = 8 KiB, allocated
+//          zeroed on first write and never freed before the map is destroyed.
+//   directory  a radix tree of pointers to the chunks spanning
+//          [start_pfn, end_pfn]: a top level of up to 2^12 pointers sized to
+//          the span, and below it levels of 2^9 pointers (4 KiB, allocated
+//          zeroed on first use). Its depth is fixed at construction: one
+//          level up to 2^27 pfns (a 32-bit space of 4K pages is 32 top
+//          pointers), two up to 2^36, three up to 2^45, four up to 2^54. A
+//          lookup is a bounds check and depth + 1 dependent loads; the top
+//          levels stay in L1.
+//   Memory is proportional to the IOVA span ever written (16 bytes per 64
+//   pfns, in 8 KiB chunks, plus 4 KiB per lower directory node), not to the
+//   number of allocations; sparse small allocations far apart cost a chunk
+//   (and up to depth - 1 directory nodes) each. Nothing is freed before the
+//   map is destroyed. The written chunks are also kept in a list sorted by
+//   address, so walks cost O(chunks written), never the directory.
+//
+// Why two bits suffice (given disjoint allocations, which the allocator
+// guarantees): let A = [p, p + m - 1] be the allocation whose start bit is at
+// p. No end bit lies in [p, p + m - 2]: an end bit at q marks an allocation
+// [s, q] with s in q's group and s <= q; if p <= q < p + m - 1 then [s, q]
+// and A share q, so they are the same allocation and q = p + m - 1, a
+// contradiction. Hence the lowest end bit at or above p is exactly A's last
+// pfn: the size is countr_zero(end_bits >> (p % 64)) + 1 with no scan, and
+// "an allocation of exactly n pages starts at p" is "start bit at p and the
+// lowest end bit at or above p is at p + n - 1", one 16-byte load and a few
+// bit operations (no check for a start bit inside (p, p + n) is needed).
+//
+// Invariants (CheckStructure verifies them): in each group, start and end
+// bits pair up in order: walking up from each start bit, the first end bit
+// comes before the next start bit (or at the same pfn for one page), and the
+// counts are equal.
+//
+// Thread-compatible; owned and serialised by its IovaAllocator.
+
+#include <bit>
+#include <cassert>
+#include <cstdint>
+#include <memory>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+
+namespace iommu::core::internal {
+
+class IovaAllocMap {
+ public:
+  static constexpr uint64_t kMaxPages = 64;  // largest allocation it records
+  static constexpr int kGroupShift = 6;      // 64 pfns per group
+  static constexpr int kChunkShift = 9;      // 512 groups per chunk
+  static constexpr int kTopShift = 12;       // up to 4096 pointers in the top level
+  static constexpr int kLevelShift = 9;      // 512 pointers per lower directory level
+  static constexpr int kChunkPfnShift = kGroupShift + kChunkShift;  // 2^15 pfns per chunk
+  static constexpr uint64_t kChunkMask = (uint64_t{1} << kChunkShift) - 1;
+  static constexpr uint64_t kLevelMask = (uint64_t{1} << kLevelShift) - 1;
+
+  struct Group {
+    uint64_t start_bits = 0;
+    uint64_t end_bits = 0;
+  };
+
+  IovaAllocMap() = default;
+  // The map for pfns [start_pfn, end_pfn]. REQUIRES start_pfn <= end_pfn.
+  IovaAllocMap(uint64_t start_pfn, uint64_t end_pfn);
+
+  IovaAllocMap(IovaAllocMap&&) = default;
+  IovaAllocMap& operator=(IovaAllocMap&&) = default;
+
+  // The group holding pfn, or nullptr when pfn is outside the span's chunks
+  // or its chunk was never written (then nothing starts or ends in it).
+  Group* Find(uint64_t pfn) {
+    const uint64_t c = (pfn >> kChunkPfnShift) - base_chunk_;
+    if (c >= num_chunks_) [[unlikely]] return nullptr;
+    void* next = top_[c >> top_shift_];
+    for (int shift = top_shift_ - kLevelShift; shift >= 0; shift -= kLevelShift) {
+      if (next == nullptr) return nullptr;
+      next = static_cast<void* const*>(next)[(c >> shift) & kLevelMask];
+    }
+    if (next == nullptr) return nullptr;
+    return static_cast<Group*>(next) + ((pfn >> kGroupShift) & kChunkMask);
+  }
+  const Group* Find(uint64_t pfn) const { return const_cast<IovaAllocMap*>(this)->Find(pfn); }
+  // Find without the checks. REQUIRES: pfn's chunk was written (something
+  // was recorded in it once: chunks are never freed).
+  Group& Existing(uint64_t pfn) {
+    const uint64_t c = (pfn >> kChunkPfnShift) - base_chunk_;
+    assert(c < num_chunks_);
+    void* next = top_[c >> top_shift_];
+    for (int shift = top_shift_ - kLevelShift; shift >= 0; shift -= kLevelShift) {
+      next = static_cast<void* const*>(next)[(c >> shift) & kLevelMask];
+    }
+    assert(next != nullptr);
+    return static_cast<Group*>(next)[(pfn >> kGroupShift) & kChunkMask];
+  }
+
+  // The two bits of [pfn, pfn + num_pages - 1] in its group: the start bit,
+  // and the end bit, which is 0 when the range runs past the group.
+  // REQUIRES 1 <= num_pages <= 64.
+  struct Bits {
+    uint64_t start;
+    uint64_t end;
+  };
+  static Bits BitsOf(uint64_t pfn, uint64_t num_pages) {
+    const uint64_t start = uint64_t{1} << (pfn & 63);
+    return {start, start << (num_pages - 1)};
+  }
+  // Whether an allocation of exactly those bits' pages starts at their pfn:
+  // the start bit is set and, of the end bits from the start bit up to the
+  // end bit, only the end bit is (see "Why two bits suffice"). With b.end ==
+  // 0 the mask is every bit from the start up, and a recorded allocation
+  // starting there has its end bit among them: false, as it must be.
+  static bool Holds(const Group& g, Bits b) {
+    return (g.start_bits & b.start) != 0 && (g.end_bits & ((b.end << 1) - b.start)) == b.end;
+  }
+  static bool StartsExactly(const Group& g, uint64_t pfn, uint64_t num_pages) {
+    return Holds(g, BitsOf(pfn, num_pages));
+  }
+  // Pages of the allocation starting at pfn in g (its group), 0 if none.
+  static uint64_t PagesAt(const Group& g, uint64_t pfn) {
+    const unsigned o = pfn & 63;
+    if (((g.start_bits >> o) & 1) == 0) return 0;
+    return static_cast<uint64_t>(std::countr_zero(g.end_bits >> o)) + 1;
+  }
+  // Records / erases a range. REQUIRES: b = BitsOf(pfn, num_pages) of a
+  // size-aligned range of <= 64 pages in g's group; Set: disjoint from every
+  // recorded allocation; Clear: it is recorded.
+  static void Set(Group& g, Bits b) {
+    g.start_bits |= b.start;
+    g.end_bits |= b.end;
+  }
+  static void Clear(Group& g, Bits b) {
+    g.start_bits &= ~b.start;
+    g.end_bits &= ~b.end;
+  }
+  static void Set(Group& g, uint64_t pfn, uint64_t num_pages) { Set(g, BitsOf(pfn, num_pages)); }
+  static void Clear(Group& g, uint64_t pfn, uint64_t num_pages) {
+    Clear(g, BitsOf(pfn, num_pages));
+  }
+
+  // The group holding pfn, allocating its chunk (and directory nodes) on
+  // first use. REQUIRES pfn in [start_pfn, end_pfn].
+  Group& FindOrCreate(uint64_t pfn);
+  void Insert(uint64_t pfn, uint64_t num_pages) { Set(FindOrCreate(pfn), pfn, num_pages); }
+
+  // fn(pfn, num_pages) for each recorded allocation, ascending.
+  template <typename Fn>
+  void ForEach(Fn&& fn) const {
+    ForEachChunk([&](uint64_t first_group, const Group* chunk) {
+      for (uint64_t i = 0; i < (uint64_t{1} << kChunkShift); ++i) {
+        const Group& g = chunk[i];
+        const uint64_t base = (first_group + i) << kGroupShift;
+        for (uint64_t s = g.start_bits; s != 0; s &= s - 1) {
+          const uint64_t pfn = base + static_cast<uint64_t>(std::countr_zero(s));
+          fn(pfn, PagesAt(g, pfn));
+        }
+      }
+    });
+  }
+
+  // INTERNAL naming the first group whose bits do not pair up (see
+  // Invariants). O(chunks written).
+  absl::Status CheckStructure() const;
+
+  // Chunks written so far and the bytes the map holds (chunks + directory).
+  uint64_t chunk_count() const { return chunks_.size(); }
+  uint64_t memory_bytes() const;
+  int depth() const { return top_shift_ / kLevelShift + 1; }
+
+ private:
+  // fn(first absolute group, chunk) for each written chunk, ascending.
+  template <typename Fn>
+  void ForEachChunk(Fn&& fn) const {
+    for (const auto& [index, chunk] : chunks_) {
+      fn((base_chunk_ + index) << kChunkShift, static_cast<const Group*>(chunk.get()));
+    }
+  }
+
+  // Chunks are aligned to 2^15 absolute pfns; chunk index c covers absolute
+  // chunk base_chunk_ + c.
+  uint64_t base_chunk_ = 0;  // start_pfn >> kChunkPfnShift
+  uint64_t num_chunks_ = 0;  // chunks spanning [start_pfn, end_pfn]
+  // Chunk index c goes to top_[c >> top_shift_], then one lower level per
+  // kLevelShift bits of top_shift_.
+  int top_shift_ = 0;
+  std::vector<void*> top_;
+  // Owners of the chunks (with their chunk index, sorted by it) and of the
+  // lower directory levels; the pointers above point into them (heap blocks,
+  // stable across moves).
+  std::vector<std::pair<uint64_t, std::unique_ptr<Group[]>>> chunks_;
+  std::vector<std::unique_ptr<void*[]>> levels_;
+};
+
+}  // namespace iommu::core::internal
+
+#endif  // IOMMU_CORE_IOVA_ALLOC_MAP_H_

@@ -1,0 +1,190 @@
+#include "core/iova_alloc_map.h"
+
+#include <bit>
+#include <cstdint>
+#include <map>
+#include <utility>
+#include <vector>
+
+#include "gtest/gtest.h"
+
+namespace iommu::core::internal {
+namespace {
+
+using Group = IovaAllocMap::Group;
+
+struct TestRng {
+  uint64_t x = 42;
+  uint64_t Next() {
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    return x;
+  }
+  uint64_t Below(uint64_t n) { return Next() % n; }
+};
+
+std::vector<std::pair<uint64_t, uint64_t>> Contents(const IovaAllocMap& m) {
+  std::vector<std::pair<uint64_t, uint64_t>> out;
+  m.ForEach([&](uint64_t pfn, uint64_t pages) { out.emplace_back(pfn, pages); });
+  return out;
+}
+
+TEST(IovaAllocMap, DepthFollowsTheSpan) {
+  // 2^20 pfns: 32 chunks, one level.
+  EXPECT_EQ(IovaAllocMap(1, (uint64_t{1} << 20) - 1).depth(), 1);
+  EXPECT_EQ(IovaAllocMap(1, (uint64_t{1} << 27) - 1).depth(), 1);
+  EXPECT_EQ(IovaAllocMap(1, uint64_t{1} << 27).depth(), 2);
+  EXPECT_EQ(IovaAllocMap(1, (uint64_t{1} << 36) - 1).depth(), 2);
+  EXPECT_EQ(IovaAllocMap(1, uint64_t{1} << 36).depth(), 3);
+  EXPECT_EQ(IovaAllocMap(1, (uint64_t{1} << 45) - 1).depth(), 3);
+  EXPECT_EQ(IovaAllocMap(1, uint64_t{1} << 45).depth(), 4);
+  EXPECT_EQ(IovaAllocMap(1, (uint64_t{1} << 52) - 1).depth(), 4);
+  // A span not starting at 0 counts from its own first group.
+  EXPECT_EQ(IovaAllocMap(uint64_t{1} << 40, (uint64_t{1} << 40) + (uint64_t{1} << 20)).depth(),
+            1);
+}
+
+TEST(IovaAllocMap, UnwrittenAndOutsidePfnsHaveNoGroup) {
+  IovaAllocMap m(100, (uint64_t{1} << 36) - 1);
+  EXPECT_EQ(m.Find(100), nullptr);
+  EXPECT_EQ(m.Find(5), nullptr);  // below start_pfn, in an unwritten chunk
+  EXPECT_EQ(m.Find(uint64_t{1} << 36), nullptr);
+  EXPECT_EQ(m.Find(~uint64_t{0}), nullptr);
+  EXPECT_EQ(m.chunk_count(), 0u);
+  m.Insert(128, 4);
+  ASSERT_NE(m.Find(128), nullptr);
+  EXPECT_EQ(m.Find(128), m.Find(191));    // same group
+  EXPECT_NE(m.Find(128), m.Find(192));    // next group, same chunk
+  EXPECT_EQ(m.Find((uint64_t{1} << 15) + 200), nullptr);  // next chunk: never written
+  EXPECT_EQ(m.chunk_count(), 1u);
+  EXPECT_EQ(IovaAllocMap::PagesAt(*m.Find(128), 128), 4u);
+  EXPECT_EQ(IovaAllocMap::PagesAt(*m.Find(129), 129), 0u);  // interior pfn
+  EXPECT_TRUE(m.CheckStructure().ok());
+}
+
+TEST(IovaAllocMap, ExactSizeNeedsStartAndTheFirstEndAbove) {
+  Group g;
+  // [0, 3] of 4 pages, [4, 5] and [6, 7] of 2, [8] of 1, [32, 63] of 32.
+  IovaAllocMap::Set(g, 0, 4);
+  IovaAllocMap::Set(g, 4, 2);
+  IovaAllocMap::Set(g, 6, 2);
+  IovaAllocMap::Set(g, 8, 1);
+  IovaAllocMap::Set(g, 32, 32);
+  EXPECT_TRUE(IovaAllocMap::StartsExactly(g, 0, 4));
+  EXPECT_FALSE(IovaAllocMap::StartsExactly(g, 0, 2));   // 2 at a pfn holding 4
+  EXPECT_FALSE(IovaAllocMap::StartsExactly(g, 0, 8));
+  EXPECT_FALSE(IovaAllocMap::StartsExactly(g, 4, 4));   // 4 at two adjacent 2s
+  EXPECT_TRUE(IovaAllocMap::StartsExactly(g, 4, 2));
+  EXPECT_TRUE(IovaAllocMap::StartsExactly(g, 6, 2));
+  EXPECT_TRUE(IovaAllocMap::StartsExactly(g, 8, 1));
+  EXPECT_FALSE(IovaAllocMap::StartsExactly(g, 8, 2));
+  EXPECT_FALSE(IovaAllocMap::StartsExactly(g, 1, 3));   // interior start
+  EXPECT_FALSE(IovaAllocMap::StartsExactly(g, 7, 1));   // an end, not a start
+  EXPECT_TRUE(IovaAllocMap::StartsExactly(g, 32, 32));
+  EXPECT_FALSE(IovaAllocMap::StartsExactly(g, 32, 64));  // runs past the group
+  EXPECT_FALSE(IovaAllocMap::StartsExactly(g, 32, 16));
+  EXPECT_EQ(IovaAllocMap::PagesAt(g, 0), 4u);
+  EXPECT_EQ(IovaAllocMap::PagesAt(g, 4), 2u);
+  EXPECT_EQ(IovaAllocMap::PagesAt(g, 8), 1u);
+  EXPECT_EQ(IovaAllocMap::PagesAt(g, 32), 32u);
+  EXPECT_EQ(IovaAllocMap::PagesAt(g, 9), 0u);
+  IovaAllocMap::Clear(g, 4, 2);
+  EXPECT_FALSE(IovaAllocMap::StartsExactly(g, 4, 2));
+  EXPECT_TRUE(IovaAllocMap::StartsExactly(g, 6, 2));
+  Group full;
+  IovaAllocMap::Set(full, 64, 64);
+  EXPECT_TRUE(IovaAllocMap::StartsExactly(full, 64, 64));
+  EXPECT_EQ(IovaAllocMap::PagesAt(full, 128), 64u);  // offsets only
+}
+
+TEST(IovaAllocMap, CheckStructureFindsUnpairedBits) {
+  IovaAllocMap m(1, 1 << 20);
+  m.Insert(64, 2);
+  ASSERT_TRUE(m.CheckStructure().ok());
+  Group& g = m.FindOrCreate(64);
+  g.end_bits |= uint64_t{1} << 10;  // an end with no start
+  EXPECT_FALSE(m.CheckStructure().ok());
+  g.end_bits &= ~(uint64_t{1} << 10);
+  g.start_bits |= uint64_t{1} << 1;  // a start inside [64, 65]
+  g.end_bits |= uint64_t{1} << 20;   // (counts equal)
+  EXPECT_FALSE(m.CheckStructure().ok());
+  g.start_bits &= ~(uint64_t{1} << 1);
+  g.end_bits &= ~(uint64_t{1} << 20);
+  g.start_bits |= uint64_t{1} << 30;  // a start with no end above it
+  g.end_bits |= uint64_t{1} << 29;
+  EXPECT_FALSE(m.CheckStructure().ok());
+}
+
+// Random size-aligned disjoint allocations over chunk and directory
+// boundaries of a 2^36-pfn space, against a std::map.
+TEST(IovaAllocMap, RandomAgainstReferenceAcrossChunksAndLevels) {
+  const uint64_t start = 3;
+  const uint64_t end = (uint64_t{1} << 36) - 1;
+  IovaAllocMap m(start, end);
+  ASSERT_EQ(m.depth(), 2);
+  std::map<uint64_t, uint64_t> ref;  // pfn -> pages
+  TestRng rng;
+  // Hot spots: near start, near the end, around chunk (2^15 pfns) and
+  // lower-directory-node (2^24 pfns) boundaries.
+  const uint64_t spots[] = {64,
+                            (uint64_t{1} << 15) - 64,
+                            (uint64_t{1} << 27) - 128,
+                            (uint64_t{1} << 36) - 256,
+                            (uint64_t{1} << 30) + (uint64_t{1} << 15) - 64};
+  auto overlaps = [&](uint64_t lo, uint64_t hi) {
+    auto it = ref.upper_bound(hi);
+    if (it == ref.begin()) return false;
+    --it;
+    return it->first + it->second - 1 >= lo;
+  };
+  for (int step = 0; step < 20000; ++step) {
+    const uint64_t pages = rng.Below(64) + 1;
+    const uint64_t align = std::bit_ceil(pages);
+    const uint64_t spot = spots[rng.Below(std::size(spots))];
+    const uint64_t pfn = (spot + rng.Below(512)) & ~(align - 1);
+    if (pfn < start || pfn + pages - 1 > end) continue;
+    if (rng.Below(3) != 0) {
+      if (overlaps(pfn, pfn + pages - 1)) {
+        continue;
+      }
+      m.Insert(pfn, pages);
+      ref[pfn] = pages;
+    } else if (auto it = ref.lower_bound(pfn); it != ref.end()) {
+      Group* g = m.Find(it->first);
+      ASSERT_NE(g, nullptr);
+      ASSERT_TRUE(IovaAllocMap::StartsExactly(*g, it->first, it->second));
+      IovaAllocMap::Clear(*g, it->first, it->second);
+      ref.erase(it);
+    }
+    // Probe a few pfns: PagesAt and StartsExactly agree with the reference.
+    for (int k = 0; k < 4; ++k) {
+      const uint64_t p = spots[rng.Below(std::size(spots))] + rng.Below(512);
+      const Group* g = m.Find(p);
+      const auto it = ref.find(p);
+      const uint64_t want = it == ref.end() ? 0 : it->second;
+      ASSERT_EQ(g == nullptr ? 0 : IovaAllocMap::PagesAt(*g, p), want) << p;
+      for (uint64_t n = 1; n <= 64; n *= 2) {
+        ASSERT_EQ(g != nullptr && IovaAllocMap::StartsExactly(*g, p, n), want == n) << p;
+      }
+    }
+  }
+  ASSERT_TRUE(m.CheckStructure().ok()) << m.CheckStructure();
+  const std::vector<std::pair<uint64_t, uint64_t>> want(ref.begin(), ref.end());
+  EXPECT_EQ(Contents(m), want);
+  EXPECT_GE(m.chunk_count(), 5u);
+  // The top level (2^12 pointers), at least one lower level, the chunks.
+  EXPECT_GE(m.memory_bytes(), 4096 * sizeof(void*) + 512 * sizeof(void*) +
+                                  m.chunk_count() * 8192);
+}
+
+TEST(IovaAllocMap, MovedMapKeepsItsContents) {
+  IovaAllocMap m(1, (uint64_t{1} << 20) - 1);
+  m.Insert(1024, 16);
+  IovaAllocMap moved = std::move(m);
+  ASSERT_NE(moved.Find(1024), nullptr);
+  EXPECT_EQ(IovaAllocMap::PagesAt(*moved.Find(1024), 1024), 16u);
+}
+
+}  // namespace
+}  // namespace iommu::core::internal
