@@ -273,13 +273,18 @@ IovaGapTree::Summary IovaGapTree::RangeSummary(uint64_t lo, uint64_t hi) {
 }
 
 IovaGapTree::Summary IovaGapTree::Combine(const Summary& a, const Summary& b) {
-  Summary sum;
-  sum.max_len = std::max(a.max_len, b.max_len);
-  if (sum.max_len == 0) return sum;
-  const int k = std::bit_width(sum.max_len - 1);
-  sum.top = std::max(RowWord(a, k), RowWord(b, k));
-  if (k > 0) sum.below = std::max(RowWord(a, k - 1), RowWord(b, k - 1));
-  return sum;
+  // With M = max(a.max_len, b.max_len) and K its order, the shorter side's
+  // words at K and K - 1 are its own top/below if its order is K, its top at
+  // K - 1 if its order is K - 1, and 0 below that.
+  const bool a_longer = a.max_len >= b.max_len;
+  const Summary& l = a_longer ? a : b;
+  const Summary& s = a_longer ? b : a;
+  if (s.max_len == 0) return l;
+  const int k = OrderOf(l.max_len);
+  const int ks = OrderOf(s.max_len);
+  if (ks == k) return Summary{l.max_len, std::max(l.below, s.below), std::max(l.top, s.top)};
+  if (ks == k - 1) return Summary{l.max_len, std::max(l.below, s.top), l.top};
+  return l;
 }
 
 bool IovaGapTree::Dominated(const Summary& part, const Summary& whole) {
@@ -290,6 +295,7 @@ bool IovaGapTree::Dominated(const Summary& part, const Summary& whole) {
 }
 
 void IovaGapTree::Raise(uint32_t x, const Summary& add) {
+  const int k_add = OrderOf(add.max_len);
   for (;;) {
     if (x == root_node_) {
       root_ = Combine(root_, add);
@@ -298,12 +304,26 @@ void IovaGapTree::Raise(uint32_t x, const Summary& add) {
     const uint32_t px = N(x).parent;
     Node& p = N(px);
     const int s = SlotInParent(x);
-    const Summary old{p.hi[s], p.below[s], p.top[s]};
-    const Summary sum = Combine(old, add);
-    if (sum == old) return;
-    p.hi[s] = sum.max_len;
-    p.below[s] = sum.below;
-    p.top[s] = sum.top;
+    if (p.hi[s] >= add.max_len) {
+      // The entry keeps its max_len (and order k): only the words at k - 1 and
+      // k can grow, and only if add's order reaches k - 1 (see Combine).
+      const int k = OrderOf(p.hi[s]);
+      if (k_add == k) {
+        if (add.top <= p.top[s] && add.below <= p.below[s]) return;
+        p.top[s] = std::max(p.top[s], add.top);
+        p.below[s] = std::max(p.below[s], add.below);
+      } else if (k_add == k - 1) {
+        if (add.top <= p.below[s]) return;
+        p.below[s] = add.top;
+      } else {
+        return;
+      }
+    } else {
+      const Summary sum = Combine(Summary{p.hi[s], p.below[s], p.top[s]}, add);
+      p.hi[s] = sum.max_len;
+      p.below[s] = sum.below;
+      p.top[s] = sum.top;
+    }
     x = px;
   }
 }
@@ -538,9 +558,18 @@ IovaGapTree::Fit IovaGapTree::Search(uint32_t x, uint64_t num_pages, int order,
   }
   // Entry s may straddle the limit; the ones below it lie entirely below it,
   // and (for num_pages <= kRoomCap) a word >= num_pages there is a sure fit.
+  // An entry of order K has row[order] >= need iff K >= order + 2 (a capped
+  // word, >= need), or K == order + 1 and below >= need, or K == order and
+  // top >= need (RowWord without its shifts; need <= Cap(order)).
   const uint32_t need = num_pages < kRoomCap ? static_cast<uint32_t>(num_pages) : kRoomCap;
+  const uint64_t half = order > 0 ? uint64_t{1} << (order - 1) : 0;  // K >= order
+  const uint64_t one = uint64_t{1} << order;                          // K >= order + 1
+  const uint64_t two = order < 63 ? uint64_t{1} << (order + 1) : ~uint64_t{0};  // K >= order + 2
   for (uint64_t limit = limit_pfn; s >= 0; --s, limit = ~uint64_t{0}) {
-    if (EntryWord(n, s, order) >= need && n.hi[s] >= num_pages) {
+    const uint64_t max_len = n.hi[s];
+    const bool fits = max_len > two || (max_len > one ? n.below[s] >= need
+                                                       : max_len > half && n.top[s] >= need);
+    if (fits && max_len >= num_pages) {
       if (const Fit f = Search(n.child[s], num_pages, order, limit); f.node != 0) return f;
     }
   }

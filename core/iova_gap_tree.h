@@ -191,6 +191,9 @@ class IovaGapTree {
     int slot = -1;
   };
 
+  // K of the Summary comment: 2^(K-1) < max_len <= 2^K. REQUIRES max_len >= 1.
+  static int OrderOf(uint64_t max_len) { return std::bit_width(max_len - 1); }
+
   // Exact 64-bit room, and the saturated word a row stores.
   static uint64_t Room(uint64_t lo, uint64_t hi, int order) {
     const uint64_t pad = (0 - lo) & ((uint64_t{1} << order) - 1);
