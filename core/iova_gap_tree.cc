@@ -287,11 +287,29 @@ IovaGapTree::Summary IovaGapTree::Combine(const Summary& a, const Summary& b) {
   return l;
 }
 
-bool IovaGapTree::Dominated(const Summary& part, const Summary& whole) {
-  // Orders up to K - 2 are capped in `whole` by a longer range than `part`.
-  if (part.max_len >= whole.max_len) return false;
-  const int k = std::bit_width(whole.max_len - 1);
-  return RowWord(part, k) < whole.top && (k == 0 || RowWord(part, k - 1) < whole.below);
+bool IovaGapTree::Covered(const Summary& gone, const Summary& kept, const Summary& whole) {
+  // max_len: while it holds, so does K and every order but K - 1 and K (capped
+  // below, zero above); those two words are then compared like max_len.
+  if (gone.max_len >= whole.max_len && kept.max_len < whole.max_len) return false;
+  if (whole.max_len == 0) return true;
+  const int k = OrderOf(whole.max_len);
+  // Row words at k - 1 and k of a part (order <= k: every part is within whole).
+  const auto words = [k](const Summary& part, uint32_t* below, uint32_t* top) {
+    *below = *top = 0;
+    if (part.max_len == 0) return;
+    const int kp = OrderOf(part.max_len);
+    if (kp == k) {
+      *below = part.below;
+      *top = part.top;
+    } else if (kp == k - 1) {
+      *below = part.top;
+    }
+  };
+  uint32_t gone_below, gone_top, kept_below, kept_top;
+  words(gone, &gone_below, &gone_top);
+  words(kept, &kept_below, &kept_top);
+  return (gone_below < whole.below || kept_below >= whole.below) &&
+         (gone_top < whole.top || kept_top >= whole.top);
 }
 
 void IovaGapTree::Raise(uint32_t x, const Summary& add) {
@@ -329,22 +347,25 @@ void IovaGapTree::Raise(uint32_t x, const Summary& add) {
 }
 
 void IovaGapTree::Lower(uint32_t x, Summary gone) {
+  Summary kept;
   for (;;) {
     if (x == root_node_) {
-      if (!Dominated(gone, root_)) root_ = Summarize(N(x));
+      if (!Covered(gone, kept, root_)) root_ = Summarize(N(x));
       return;
     }
     const uint32_t px = N(x).parent;
     Node& p = N(px);
     const int s = SlotInParent(x);
     const Summary old{p.hi[s], p.below[s], p.top[s]};
-    if (Dominated(gone, old)) return;
+    if (Covered(gone, kept, old)) return;
     const Summary sum = Summarize(N(x));
     if (sum == old) return;
     p.hi[s] = sum.max_len;
     p.below[s] = sum.below;
     p.top[s] = sum.top;
+    // One level up, x's entry went from old to sum.
     gone = old;
+    kept = sum;
     x = px;
   }
 }

@@ -255,15 +255,18 @@ class IovaGapTree {
   static Summary RangeSummary(uint64_t lo, uint64_t hi);
   // The summary of the elementwise max of two rows.
   static Summary Combine(const Summary& a, const Summary& b);
-  // True if no word of `part`'s row reaches the same word of `whole`'s: then
-  // dropping or shrinking what `part` summarises leaves `whole` unchanged.
-  static bool Dominated(const Summary& part, const Summary& whole);
+  // True if `whole` (a node's or entry's summary) stays exact when a part of
+  // what it summarises, `gone`, is replaced by `kept` (row(kept) <= row(gone)
+  // <= row(whole) at every order): every number of `whole` that `gone`
+  // reaches, `kept` reaches too.
+  static bool Covered(const Summary& gone, const Summary& kept, const Summary& whole);
   // Incremental updates from a leaf x whose entries changed, everything else
   // current, the key aside: Raise when the leaf's row can only have grown to
   // at most max(old, row of `add`) (a range added or grown to `add`); Lower
   // when it can only have dropped, `gone` summarising what was removed or
   // shrunk. Each climbs while an entry changes, O(1) (Raise) or O(F) (Lower)
-  // per level.
+  // per level; Lower stops where the entry's new summary still reaches every
+  // number of the parent's that its old one did (Covered).
   void Raise(uint32_t x, const Summary& add);
   void Lower(uint32_t x, Summary gone);
   // Propagates x's lowest lo up the keys.
