@@ -561,40 +561,68 @@ void IovaGapTree::CountOut(uint64_t num_pages) {
 
 // --- operations --------------------------------------------------------------
 
-IovaGapTree::Fit IovaGapTree::Search(uint32_t x, uint64_t num_pages, int order,
-                                     uint64_t limit_pfn) const {
-  const Node& n = N(x);
-  int s = n.count - 1;
-  while (s >= 0 && n.lo[s] > limit_pfn) --s;
-  if (n.leaf) {
-    const uint64_t align = uint64_t{1} << order;
-    for (; s >= 0; --s) {
-      const uint64_t hi = std::min(n.hi[s], limit_pfn);
-      if (hi - n.lo[s] + 1 >= num_pages) {
-        const uint64_t pfn = AlignDown(hi - num_pages + 1, align);
-        if (pfn >= n.lo[s]) return Fit{x * kFanout + s, pfn};
-      }
-    }
-    return Fit{};
-  }
-  // Entry s may straddle the limit; the ones below it lie entirely below it,
-  // and (for num_pages <= kRoomCap) a word >= num_pages there is a sure fit.
-  // An entry of order K has row[order] >= need iff K >= order + 2 (a capped
-  // word, >= need), or K == order + 1 and below >= need, or K == order and
-  // top >= need (RowWord without its shifts; need <= Cap(order)).
+IovaGapTree::Fit IovaGapTree::Search(uint64_t num_pages, int order, uint64_t limit_pfn) const {
+  const uint64_t align = uint64_t{1} << order;
+  // An internal entry of order K has row[order] >= need iff K >= order + 2 (a
+  // capped word, >= need), or K == order + 1 and below >= need, or K == order
+  // and top >= need (RowWord without its shifts; need <= Cap(order)).
   const uint32_t need = num_pages < kRoomCap ? static_cast<uint32_t>(num_pages) : kRoomCap;
   const uint64_t half = order > 0 ? uint64_t{1} << (order - 1) : 0;  // K >= order
   const uint64_t one = uint64_t{1} << order;                          // K >= order + 1
   const uint64_t two = order < 63 ? uint64_t{1} << (order + 1) : ~uint64_t{0};  // K >= order + 2
-  for (uint64_t limit = limit_pfn; s >= 0; --s, limit = ~uint64_t{0}) {
-    const uint64_t max_len = n.hi[s];
-    const bool fits = max_len > two || (max_len > one ? n.below[s] >= need
-                                                       : max_len > half && n.top[s] >= need);
-    if (fits && max_len >= num_pages) {
-      if (const Fit f = Search(n.child[s], num_pages, order, limit); f.node != 0) return f;
+  // The internal nodes descended through, each with the slot taken: a failed
+  // descent resumes below that slot. In a node, only the first entry tried
+  // (the one that may straddle the limit) searches under `limit`; the entries
+  // below it lie wholly below the limit, and (for num_pages <= kRoomCap) an
+  // entry whose word is >= need there holds a sure fit, so a descent fails
+  // only along the limit's path or on a capped word.
+  struct Frame {
+    uint32_t x;
+    int slot;
+  };
+  Frame path[kMaxDepth];
+  int depth = 0;
+  uint64_t limit = limit_pfn;
+  uint32_t x = root_node_;
+  const Node* n = &N(x);
+  int s = n->count - 1;
+  while (s >= 0 && n->lo[s] > limit) --s;
+  for (;;) {
+    if (n->leaf) {
+      for (; s >= 0; --s) {
+        const uint64_t hi = std::min(n->hi[s], limit);
+        if (hi - n->lo[s] + 1 >= num_pages) {
+          const uint64_t pfn = AlignDown(hi - num_pages + 1, align);
+          if (pfn >= n->lo[s]) return Fit{x * kFanout + s, pfn};
+        }
+      }
+    } else {
+      for (; s >= 0; --s, limit = ~uint64_t{0}) {
+        const uint64_t max_len = n->hi[s];
+        const bool fits = max_len > two || (max_len > one ? n->below[s] >= need
+                                                           : max_len > half && n->top[s] >= need);
+        if (fits && max_len >= num_pages) break;
+      }
+      if (s >= 0) {
+        assert(depth < kMaxDepth);
+        path[depth++] = Frame{x, s};
+        x = n->child[s];
+        n = &N(x);
+        s = n->count - 1;
+        if (limit != ~uint64_t{0}) {
+          while (s >= 0 && n->lo[s] > limit) --s;
+        }
+        continue;
+      }
     }
+    // Nothing at or below slot s here: resume in the parent below its slot.
+    if (depth == 0) return Fit{};
+    --depth;
+    x = path[depth].x;
+    n = &N(x);
+    s = path[depth].slot - 1;
+    limit = ~uint64_t{0};
   }
-  return Fit{};
 }
 
 IovaGapTree::Fit IovaGapTree::FindHighestFit(uint64_t num_pages, int order,
@@ -602,7 +630,7 @@ IovaGapTree::Fit IovaGapTree::FindHighestFit(uint64_t num_pages, int order,
   assert(num_pages >= 1 && order < num_orders_ &&
          static_cast<int>(std::bit_width(num_pages - 1)) == order);
   if (num_pages <= kRoomCap && RowWord(root_, order) < num_pages) return Fit{};
-  return Search(root_node_, num_pages, order, limit_pfn);
+  return Search(num_pages, order, limit_pfn);
 }
 
 void IovaGapTree::Carve(const Fit& fit, uint64_t num_pages) {

@@ -160,6 +160,11 @@ class IovaGapTree {
   // chunk bit_width(i + kFirstChunk) - 1 - log2(kFirstChunk).
   static constexpr uint32_t kFirstChunk = 8;
   static constexpr int kFirstChunkBits = 4;  // bit_width(kFirstChunk)
+  // Internal levels on a root-to-leaf path, at most: depth d >= 1 holds at
+  // least 2 * kMinFill^(d-1) nodes (an internal root has 2 children or more,
+  // every other node kMinFill), and there are fewer than 2^27 nodes (NewNode).
+  static constexpr int kMaxDepth = 16;
+  static_assert(2 * (uint64_t{1} << (2 * (kMaxDepth - 1))) >= (uint64_t{1} << 27) && kMinFill >= 4);
   static uint32_t ChunkOf(uint32_t i) { return std::bit_width(i + kFirstChunk) - kFirstChunkBits; }
   static uint32_t OffsetIn(uint32_t i, uint32_t chunk) { return i + kFirstChunk - (kFirstChunk << chunk); }
 
@@ -234,8 +239,9 @@ class IovaGapTree {
   Pos Locate(uint64_t pfn) const;
   int SlotInParent(uint32_t x) const;
 
-  // Highest fit below x at or below limit_pfn, or none.
-  Fit Search(uint32_t x, uint64_t num_pages, int order, uint64_t limit_pfn) const;
+  // Highest fit at or below limit_pfn, or none (FindHighestFit without the
+  // root test).
+  Fit Search(uint64_t num_pages, int order, uint64_t limit_pfn) const;
 
   // Recomputes x's key and summary into its parent's entry (the root's into
   // root_). Returns true if either changed.
