@@ -168,6 +168,42 @@ constexpr std::array<int64_t, IovaGapTree::kFanout> kSlotIndex = [] {
   return static_cast<uint32_t>(HorizontalMax(w));
 }
 
+// Eight 32-bit lanes, for leaves whose ranges are all shorter than
+// 2^kNarrowBits pages: every word, pad and length then fits a signed 32-bit
+// lane, and a kernel pass is over two vectors instead of four.
+using Lanes32 = int32_t __attribute__((vector_size(32)));
+constexpr int kNarrowBits = 30;
+[[gnu::always_inline]] inline Lanes32 SplatLanes32(int32_t x) {
+  return Lanes32{x, x, x, x, x, x, x, x};
+}
+[[gnu::always_inline]] inline Lanes32 MaxLanes32(Lanes32 a, Lanes32 b) { return a > b ? a : b; }
+// The low halves of a's and b's lanes (little-endian: the even 32-bit lanes).
+[[gnu::always_inline]] inline Lanes32 Narrow(Lanes a, Lanes b) {
+  return __builtin_shufflevector(std::bit_cast<Lanes32>(a), std::bit_cast<Lanes32>(b), 0, 2, 4, 6,
+                                 8, 10, 12, 14);
+}
+[[gnu::always_inline]] inline int32_t HorizontalMax32(Lanes32 v) {
+  v = MaxLanes32(v, __builtin_shufflevector(v, v, 4, 5, 6, 7, 0, 1, 2, 3));
+  v = MaxLanes32(v, __builtin_shufflevector(v, v, 2, 3, 0, 1, 6, 7, 4, 5));
+  v = MaxLanes32(v, __builtin_shufflevector(v, v, 1, 0, 3, 2, 5, 4, 7, 6));
+  return v[0];
+}
+// WordMax on 32-bit lanes. REQUIRES every len < 2^kNarrowBits, j <= kNarrowBits.
+[[gnu::always_inline]] inline uint32_t WordMax32(const Lanes32* len, const Lanes32* neg_lo, int j) {
+  const Lanes32 mask = SplatLanes32(static_cast<int32_t>((int64_t{1} << j) - 1));
+  const Lanes32 cap = SplatLanes32(static_cast<int32_t>(int64_t{1} << j));
+  const Lanes32 half = SplatLanes32(j > 0 ? int32_t{1} << (j - 1) : 0);
+  Lanes32 w = Lanes32{};
+#pragma GCC unroll 2
+  for (int v = 0; v < IovaGapTree::kFanout / 8; ++v) {
+    const Lanes32 pad = neg_lo[v] & mask;
+    Lanes32 room = len[v] - pad;  // > cap or < 0 only where it does not count
+    room = room < cap ? room : cap;
+    w = MaxLanes32(w, len[v] > half ? room : Lanes32{});
+  }
+  return static_cast<uint32_t>(HorizontalMax32(w));
+}
+
 // The leaf summary for count <= kFanout ranges held in lo/hi, lanes past
 // `count` ignored; returns false (and leaves *out alone) if some range has
 // 2^32 pages or more, which the scalar code handles.
@@ -190,7 +226,30 @@ constexpr std::array<int64_t, IovaGapTree::kFanout> kSlotIndex = [] {
     neg_lo[v] = std::bit_cast<Lanes>(neg);
     any |= len[v];
   }
-  if (((any[0] | any[1] | any[2] | any[3]) >> 32) != 0) return false;
+  const int64_t any_len = any[0] | any[1] | any[2] | any[3];
+  if ((any_len >> kNarrowBits) == 0) {
+    constexpr int kVectors32 = IovaGapTree::kFanout / 8;
+    Lanes32 len32[kVectors32];
+    Lanes32 neg_lo32[kVectors32];  // (-lo) mod 2^32: pads only need its low bits
+#pragma GCC unroll 2
+    for (int v = 0; v < kVectors32; ++v) {
+      len32[v] = Narrow(len[2 * v], len[2 * v + 1]);
+      neg_lo32[v] = Narrow(neg_lo[2 * v], neg_lo[2 * v + 1]);
+    }
+    Lanes32 m32 = len32[0];
+#pragma GCC unroll 2
+    for (int v = 1; v < kVectors32; ++v) m32 = MaxLanes32(m32, len32[v]);
+    *max_len = static_cast<uint64_t>(HorizontalMax32(m32));
+    if (*max_len == 0) {
+      *below = *top = 0;
+      return true;
+    }
+    const int k = std::bit_width(*max_len - 1);  // <= kNarrowBits
+    *top = WordMax32(len32, neg_lo32, k);
+    *below = k > 0 ? WordMax32(len32, neg_lo32, k - 1) : 0;
+    return true;
+  }
+  if ((any_len >> 32) != 0) return false;
   if (count == 0) {
     *max_len = 0;
     *below = *top = 0;
