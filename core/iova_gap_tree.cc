@@ -317,18 +317,9 @@ bool IovaGapTree::UpdateEntry(uint32_t x) {
   return changed;
 }
 
-IovaGapTree::Summary IovaGapTree::RangeSummary(uint64_t lo, uint64_t hi) {
-  const uint64_t len = hi - lo + 1;
-  const int k = std::bit_width(len - 1);
-  if (k == 0) return Summary{len, 0, 1};
-  if (k >= 32) return Summary{len, RoomWord(lo, hi, k - 1), RoomWord(lo, hi, k)};
-  // 2^(k-1) < len <= 2^k < 2^32: RoomWord without its length tests and with
-  // no cap at order k.
-  const uint64_t pad = (0 - lo) & ((uint64_t{1} << k) - 1);
-  const uint64_t pad_below = (0 - lo) & ((uint64_t{1} << (k - 1)) - 1);
-  const uint64_t top = len > pad ? len - pad : 0;
-  const uint64_t below = std::min(len - pad_below, uint64_t{1} << (k - 1));
-  return Summary{len, static_cast<uint32_t>(below), static_cast<uint32_t>(top)};
+IovaGapTree::Summary IovaGapTree::WideRangeSummary(uint64_t lo, uint64_t hi) {
+  const int k = OrderOf(hi - lo + 1);
+  return Summary{hi - lo + 1, RoomWord(lo, hi, k - 1), RoomWord(lo, hi, k)};
 }
 
 IovaGapTree::Summary IovaGapTree::Combine(const Summary& a, const Summary& b) {
@@ -478,6 +469,16 @@ void IovaGapTree::ShiftEntries(uint32_t x, int from_slot, int delta) {
   n.count = static_cast<int16_t>(n.count + delta);
 }
 
+void IovaGapTree::ShiftLeaf(Node& n, int from_slot, int delta) {
+  assert(n.leaf);
+  const int count = n.count - from_slot;
+  if (count > 0) {
+    std::memmove(n.lo + from_slot + delta, n.lo + from_slot, sizeof(uint64_t) * count);
+    std::memmove(n.hi + from_slot + delta, n.hi + from_slot, sizeof(uint64_t) * count);
+  }
+  n.count = static_cast<int16_t>(n.count + delta);
+}
+
 uint32_t IovaGapTree::Split(uint32_t x) {
   assert(N(x).count == kFanout);
   if (x != root_node_ && N(N(x).parent).count == kFanout) Split(N(x).parent);
@@ -606,16 +607,24 @@ void IovaGapTree::RemoveRange(uint32_t x, int slot) {
   Settle(x, /*may_stop=*/true);
 }
 
+namespace {
+
+// Bucket floor(log2(num_pages)), num_pages >= 1 (written so that the
+// compiler sees it in bounds).
+int HistogramBucket(uint64_t num_pages) { return 63 - std::countl_zero(num_pages | 1); }
+
+}  // namespace
+
 void IovaGapTree::CountIn(uint64_t num_pages) {
   ++range_count_;
   free_pages_ += num_pages;
-  ++histogram_[std::bit_width(num_pages) - 1];
+  ++histogram_[HistogramBucket(num_pages)];
 }
 
 void IovaGapTree::CountOut(uint64_t num_pages) {
   --range_count_;
   free_pages_ -= num_pages;
-  --histogram_[std::bit_width(num_pages) - 1];
+  --histogram_[HistogramBucket(num_pages)];
 }
 
 // --- operations --------------------------------------------------------------
@@ -709,7 +718,7 @@ void IovaGapTree::Carve(const Fit& fit, uint64_t num_pages) {
       RemoveRange(x, s);
       return;
     }
-    ShiftEntries(x, s + 1, -1);
+    ShiftLeaf(n, s + 1, -1);
     Lower(x, gone);
     if (s == 0) FixKey(x);
     return;
@@ -731,7 +740,7 @@ void IovaGapTree::Carve(const Fit& fit, uint64_t num_pages) {
       InsertRange(x, s + 1, last + 1, hi);
       return;
     }
-    ShiftEntries(x, s + 1, 1);
+    ShiftLeaf(n, s + 1, 1);
     n.lo[s + 1] = last + 1;
     n.hi[s + 1] = hi;
     Lower(x, gone);
@@ -758,22 +767,23 @@ IovaGapTree::Range IovaGapTree::Release(uint64_t lo, uint64_t hi) {
     CountOut(pn.hi[pred.slot] - pn.lo[pred.slot] + 1);
     CountOut(sn.hi[succ.slot] - sn.lo[succ.slot] + 1);
     CountIn(merged.num_pages());
-    const Summary gone = RangeSummary(sn.lo[succ.slot], sn.hi[succ.slot]);
-    pn.hi[pred.slot] = merged.hi;
     if (succ.leaf == pred.leaf) {
+      pn.hi[pred.slot] = merged.hi;
       if (pred.leaf != root_node_ && pn.count <= kMinFill) {
         RemoveRange(pred.leaf, succ.slot);  // settles the whole path
       } else {
-        ShiftEntries(pred.leaf, succ.slot + 1, -1);
+        ShiftLeaf(pn, succ.slot + 1, -1);
         Raise(pred.leaf, RangeSummary(merged.lo, merged.hi));
       }
       return merged;
     }
+    const Summary gone = RangeSummary(sn.lo[succ.slot], sn.hi[succ.slot]);
+    pn.hi[pred.slot] = merged.hi;
     Raise(pred.leaf, RangeSummary(merged.lo, merged.hi));
     if (sn.count <= kMinFill) {
       RemoveRange(succ.leaf, succ.slot);
     } else {
-      ShiftEntries(succ.leaf, 1, -1);
+      ShiftLeaf(sn, 1, -1);
       Lower(succ.leaf, gone);
       FixKey(succ.leaf);
     }
@@ -802,7 +812,7 @@ IovaGapTree::Range IovaGapTree::Release(uint64_t lo, uint64_t hi) {
   if (pn.count == kFanout) {
     InsertRange(pred.leaf, slot, lo, hi);
   } else {
-    ShiftEntries(pred.leaf, slot, 1);
+    ShiftLeaf(pn, slot, 1);
     pn.lo[slot] = lo;
     pn.hi[slot] = hi;
     Raise(pred.leaf, RangeSummary(lo, hi));

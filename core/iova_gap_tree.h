@@ -258,7 +258,22 @@ class IovaGapTree {
   static Summary LeafSummaryLanes(const Node& n);
   static Summary LeafSummaryLanesAvx2(const Node& n);
   static LeafSummaryFn PickLeafSummary();
-  static Summary RangeSummary(uint64_t lo, uint64_t hi);
+  // The summary of one range [lo, hi].
+  static Summary RangeSummary(uint64_t lo, uint64_t hi) {
+    const uint64_t len = hi - lo + 1;
+    const int k = OrderOf(len);
+    if (k == 0) return Summary{len, 0, 1};
+    if (k >= 32) [[unlikely]] return WideRangeSummary(lo, hi);
+    // 2^(k-1) < len <= 2^k < 2^32: RoomWord without its length tests and with
+    // no cap at order k.
+    const uint64_t neg_lo = 0 - lo;
+    const uint64_t pad = neg_lo & ((uint64_t{1} << k) - 1);
+    const uint64_t pad_below = neg_lo & ((uint64_t{1} << (k - 1)) - 1);
+    const uint64_t top = len > pad ? len - pad : 0;
+    const uint64_t below = std::min(len - pad_below, uint64_t{1} << (k - 1));
+    return Summary{len, static_cast<uint32_t>(below), static_cast<uint32_t>(top)};
+  }
+  static Summary WideRangeSummary(uint64_t lo, uint64_t hi);
   // The summary of the elementwise max of two rows.
   static Summary Combine(const Summary& a, const Summary& b);
   // True if `whole` (a node's or entry's summary) stays exact when a part of
@@ -291,6 +306,8 @@ class IovaGapTree {
   // Entry copies and in-node shifts (moved children get their parent link).
   void CopyEntries(uint32_t from, int from_slot, uint32_t to, int to_slot, int count);
   void ShiftEntries(uint32_t x, int from_slot, int delta);
+  // ShiftEntries for a leaf in hand.
+  static void ShiftLeaf(Node& n, int from_slot, int delta);
 
   void CountIn(uint64_t num_pages);
   void CountOut(uint64_t num_pages);
