@@ -55,12 +55,30 @@ uint32_t IovaGapTree::LeftmostLeaf() const {
   return x;
 }
 
+// Branch-free binary search over all kFanout slots, those past count reading
+// as +infinity (they are read, never used: a node's slots are always
+// initialised): b counts the entries <= pfn among the slots probed so far.
+[[gnu::always_inline]] inline int IovaGapTree::LastAtOrBelow(const Node& n, uint64_t pfn) {
+  static_assert(kFanout == 16);
+  const int count = n.count;
+  int b = 0;
+  const auto probe = [&](int step) {
+    const int i = b + step - 1;
+    b += step & -static_cast<int>((i < count) & (n.lo[i] <= pfn));
+  };
+  probe(8);
+  probe(4);
+  probe(2);
+  probe(1);
+  b += static_cast<int>((b < count) & (n.lo[b] <= pfn));
+  return b - 1;
+}
+
 IovaGapTree::Pos IovaGapTree::Locate(uint64_t pfn) const {
   uint32_t x = root_node_;
   for (;;) {
     const Node& n = N(x);
-    int s = n.count - 1;
-    while (s >= 0 && n.lo[s] > pfn) --s;
+    const int s = LastAtOrBelow(n, pfn);
     if (n.leaf) return Pos{x, s};
     x = n.child[s < 0 ? 0 : s];
   }
@@ -88,10 +106,11 @@ IovaGapTree::Summary IovaGapTree::InternalSummary(const Node& n) {
   uint32_t top = 0;
   uint32_t below = 0;
   for (int s = 0; s < n.count; ++s) {
-    const bool at_k = n.hi[s] > half;
-    const bool at_k1 = n.hi[s] > quarter;
-    top = std::max(top, at_k ? n.top[s] : 0);
-    below = std::max(below, at_k ? n.below[s] : at_k1 ? n.top[s] : 0);
+    // All-ones masks, not branches: which orders an entry reaches is data.
+    const uint32_t at_k = 0u - static_cast<uint32_t>(n.hi[s] > half);
+    const uint32_t at_k1 = 0u - static_cast<uint32_t>(n.hi[s] > quarter);
+    top = std::max(top, n.top[s] & at_k);
+    below = std::max(below, (n.below[s] & at_k) | (n.top[s] & at_k1 & ~at_k));
   }
   sum.top = top;
   sum.below = k > 0 ? below : 0;
@@ -653,8 +672,7 @@ IovaGapTree::Fit IovaGapTree::Search(uint64_t num_pages, int order, uint64_t lim
   uint64_t limit = limit_pfn;
   uint32_t x = root_node_;
   const Node* n = &N(x);
-  int s = n->count - 1;
-  while (s >= 0 && n->lo[s] > limit) --s;
+  int s = LastAtOrBelow(*n, limit);
   for (;;) {
     if (n->leaf) {
       for (; s >= 0; --s) {
@@ -676,10 +694,7 @@ IovaGapTree::Fit IovaGapTree::Search(uint64_t num_pages, int order, uint64_t lim
         path[depth++] = Frame{x, s};
         x = n->child[s];
         n = &N(x);
-        s = n->count - 1;
-        if (limit != ~uint64_t{0}) {
-          while (s >= 0 && n->lo[s] > limit) --s;
-        }
+        s = limit != ~uint64_t{0} ? LastAtOrBelow(*n, limit) : n->count - 1;
         continue;
       }
     }

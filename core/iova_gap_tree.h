@@ -237,6 +237,8 @@ class IovaGapTree {
   // The leaf position of the range with the largest lo <= pfn; slot -1 (in the
   // leftmost leaf) if there is none.
   Pos Locate(uint64_t pfn) const;
+  // The last slot of n whose lo is <= pfn, -1 if none.
+  static int LastAtOrBelow(const Node& n, uint64_t pfn);
   int SlotInParent(uint32_t x) const;
 
   // Highest fit at or below limit_pfn, or none (FindHighestFit without the
