@@ -74,13 +74,31 @@ uint32_t IovaGapTree::LeftmostLeaf() const {
   return b - 1;
 }
 
+[[gnu::always_inline]] inline void IovaGapTree::PrefetchNode(const Node& n) {
+  // Every line of the node at once: the slot search then reads lo[] with
+  // dependent loads, and the rest of the visit hi[], the child and the
+  // header; one wait for the whole node instead of one per line.
+  const char* p = reinterpret_cast<const char*>(&n);
+  static_assert(sizeof(Node) == 8 * 64);
+  __builtin_prefetch(p);
+  __builtin_prefetch(p + 64);
+  __builtin_prefetch(p + 2 * 64);
+  __builtin_prefetch(p + 3 * 64);
+  __builtin_prefetch(p + 4 * 64);
+  __builtin_prefetch(p + 5 * 64);
+  __builtin_prefetch(p + 6 * 64);
+  __builtin_prefetch(p + 7 * 64);
+}
+
 IovaGapTree::Pos IovaGapTree::Locate(uint64_t pfn) const {
   uint32_t x = root_node_;
+  const Node* n = &N(x);
   for (;;) {
-    const Node& n = N(x);
-    const int s = LastAtOrBelow(n, pfn);
-    if (n.leaf) return Pos{x, s};
-    x = n.child[s < 0 ? 0 : s];
+    const int s = LastAtOrBelow(*n, pfn);
+    if (n->leaf) return Pos{x, s};
+    x = n->child[s < 0 ? 0 : s];
+    n = &N(x);
+    PrefetchNode(*n);
   }
 }
 
@@ -694,6 +712,7 @@ IovaGapTree::Fit IovaGapTree::Search(uint64_t num_pages, int order, uint64_t lim
         path[depth++] = Frame{x, s};
         x = n->child[s];
         n = &N(x);
+        PrefetchNode(*n);
         s = limit != ~uint64_t{0} ? LastAtOrBelow(*n, limit) : n->count - 1;
         continue;
       }

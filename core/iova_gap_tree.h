@@ -176,7 +176,9 @@ class IovaGapTree {
     bool operator==(const Summary&) const = default;
   };
 
-  struct Node {
+  // A node is 8 cache lines: lo[] 0-1, hi[] 2-3, child 4, below 5, top 6, the
+  // header 7.
+  struct alignas(64) Node {
     uint64_t lo[kFanout];  // leaf: range lo; internal: the child's lowest lo
     // Leaf: range hi. Internal: the child's max_len (exact longest range).
     uint64_t hi[kFanout];
@@ -237,6 +239,8 @@ class IovaGapTree {
   // The leaf position of the range with the largest lo <= pfn; slot -1 (in the
   // leftmost leaf) if there is none.
   Pos Locate(uint64_t pfn) const;
+  // Starts loading every cache line of n.
+  static void PrefetchNode(const Node& n);
   // The last slot of n whose lo is <= pfn, -1 if none.
   static int LastAtOrBelow(const Node& n, uint64_t pfn);
   int SlotInParent(uint32_t x) const;
