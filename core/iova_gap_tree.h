@@ -38,17 +38,23 @@
 //
 // Cost (n = number of free ranges, F = kFanout; depth D = O(log_{F/4} n):
 // every node but the root holds >= F/4 entries):
-//   FindHighestFit   the limit's path down, then at most one more descent:
-//                    O(D F) reads; a request above kRoomCap pages also visits
-//                    the capped candidates.
+//   FindHighestFit   the limit's path down, then at most one more descent
+//                    (one loop, resuming from an explicit path): O(D F)
+//                    reads; a request above kRoomCap pages also visits the
+//                    capped candidates.
 //   Carve / Release  O(D F) worst case, stopping as soon as an entry's key
 //                    and summary are unchanged: a row that can only grow (a
 //                    release) climbs in O(1) per level (Combine); one that
-//                    can only drop (a carve) stops at once unless the old
-//                    range reached its leaf's summary, else recomputes one
-//                    summary per level (O(F): a leaf's on 4 x 64-bit vector
-//                    lanes). Splits, merges and borrows (amortised O(1))
+//                    can only drop (a carve) stops where the entry's new
+//                    summary still reaches every number of its parent's that
+//                    the old one reached (Covered), else recomputes one
+//                    summary per level (O(F): a leaf's on 8 x 32-bit vector
+//                    lanes, 4 x 64-bit ones if a range has 2^30 pages or
+//                    more). Splits, merges and borrows (amortised O(1))
 //                    recompute the entries they touch.
+//   Per node visit   the slot of a pfn by a branch-free binary search over
+//                    the F keys; a descent prefetches all 8 lines of the
+//                    next node at once.
 //   Stats            O(1): count, pages, largest, histogram kept incrementally
 //
 // Invariants (checked by CheckInvariants):
