@@ -39,9 +39,15 @@ uint32_t IovaGapTree::NewNode(bool leaf) {
   n.parent = kNil;
   n.next = kNil;
   n.count = 0;
+  std::fill_n(n.lo, kFanout, kNoKey);
   n.slot = 0;
   n.leaf = leaf;
   return x;
+}
+
+void IovaGapTree::SetCount(Node& n, int count) {
+  if (count < n.count) std::fill(n.lo + count, n.lo + n.count, kNoKey);
+  n.count = static_cast<int16_t>(count);
 }
 
 void IovaGapTree::FreeNode(uint32_t x) {
@@ -55,23 +61,18 @@ uint32_t IovaGapTree::LeftmostLeaf() const {
   return x;
 }
 
-// Branch-free binary search over all kFanout slots, those past count reading
-// as +infinity (they are read, never used: a node's slots are always
-// initialised): b counts the entries <= pfn among the slots probed so far.
+// Branch-free binary search over all kFanout slots, those past count holding
+// kNoKey: b counts the keys <= pfn among the slots probed so far (a pfn of
+// kNoKey counts the unused slots too: hence the min).
 [[gnu::always_inline]] inline int IovaGapTree::LastAtOrBelow(const Node& n, uint64_t pfn) {
   static_assert(kFanout == 16);
-  const int count = n.count;
   int b = 0;
-  const auto probe = [&](int step) {
-    const int i = b + step - 1;
-    b += step & -static_cast<int>((i < count) & (n.lo[i] <= pfn));
-  };
-  probe(8);
-  probe(4);
-  probe(2);
-  probe(1);
-  b += static_cast<int>((b < count) & (n.lo[b] <= pfn));
-  return b - 1;
+  b += 8 & -static_cast<int>(n.lo[7] <= pfn);
+  b += 4 & -static_cast<int>(n.lo[b + 3] <= pfn);
+  b += 2 & -static_cast<int>(n.lo[b + 1] <= pfn);
+  b += 1 & -static_cast<int>(n.lo[b] <= pfn);
+  b += static_cast<int>(n.lo[b] <= pfn);
+  return std::min<int>(b, n.count) - 1;
 }
 
 [[gnu::always_inline]] inline void IovaGapTree::PrefetchNode(const Node& n) {
@@ -503,7 +504,7 @@ void IovaGapTree::ShiftEntries(uint32_t x, int from_slot, int delta) {
       }
     }
   }
-  n.count = static_cast<int16_t>(n.count + delta);
+  SetCount(n, n.count + delta);
 }
 
 void IovaGapTree::ShiftLeaf(Node& n, int from_slot, int delta) {
@@ -513,7 +514,7 @@ void IovaGapTree::ShiftLeaf(Node& n, int from_slot, int delta) {
     std::memmove(n.lo + from_slot + delta, n.lo + from_slot, sizeof(uint64_t) * count);
     std::memmove(n.hi + from_slot + delta, n.hi + from_slot, sizeof(uint64_t) * count);
   }
-  n.count = static_cast<int16_t>(n.count + delta);
+  SetCount(n, n.count + delta);
 }
 
 uint32_t IovaGapTree::Split(uint32_t x) {
@@ -523,7 +524,7 @@ uint32_t IovaGapTree::Split(uint32_t x) {
   constexpr int kKeep = kFanout / 2;
   CopyEntries(x, kKeep, r, 0, kFanout - kKeep);
   N(r).count = kFanout - kKeep;
-  N(x).count = kKeep;
+  SetCount(N(x), kKeep);
   if (N(x).leaf) {
     N(r).next = N(x).next;
     N(x).next = r;
@@ -606,7 +607,7 @@ void IovaGapTree::Settle(uint32_t x, bool may_stop) {
         const int k = (cl - cr) / 2;
         ShiftEntries(r, 0, k);
         CopyEntries(l, cl - k, r, 0, k);
-        N(l).count = static_cast<int16_t>(cl - k);
+        SetCount(N(l), cl - k);
         UpdateEntry(l);
         UpdateEntry(r);
       }
@@ -915,6 +916,12 @@ absl::Status IovaGapTree::CheckNode(uint32_t x, uint32_t parent, int depth, int*
   const int min_fill = x == root_node_ ? (n.leaf ? 0 : 2) : kMinFill;
   if (n.count < min_fill || n.count > kFanout) {
     return absl::InternalError(absl::StrFormat("gap tree node %u: %d entries", x, n.count));
+  }
+  for (int s = n.count; s < kFanout; ++s) {
+    if (n.lo[s] != kNoKey) {
+      return absl::InternalError(absl::StrFormat("gap tree node %u: unused slot %d has key %#x",
+                                                 x, s, n.lo[s]));
+    }
   }
   row_out->assign(kOrders, 0);
   *max_len_out = 0;

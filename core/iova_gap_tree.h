@@ -62,7 +62,8 @@
 //   (2) every leaf is at the same depth; entries are sorted; an internal
 //       entry's key is its child's lowest lo; parent links, slots and the
 //       leaf chain are consistent; every node but the root holds
-//       kMinFill..kFanout entries, an internal root at least 2;
+//       kMinFill..kFanout entries, an internal root at least 2; every
+//       slot past a node's count holds the key kNoKey;
 //   (3) every entry's summary (and the root's) equals a recount of the whole
 //       row of every order from the ranges below it;
 //   (4) the histogram and totals equal a recount; the slabs account for
@@ -162,6 +163,9 @@ class IovaGapTree {
 
  private:
   static constexpr uint32_t kNil = 0;
+  // The key of every slot past a node's count (so that a slot search needs no
+  // count test).
+  static constexpr uint64_t kNoKey = ~uint64_t{0};
   // Slab chunk c holds kFirstChunk << c nodes (or row sets): slot i lives in
   // chunk bit_width(i + kFirstChunk) - 1 - log2(kFirstChunk).
   static constexpr uint32_t kFirstChunk = 8;
@@ -185,7 +189,8 @@ class IovaGapTree {
   // A node is 8 cache lines: lo[] 0-1, hi[] 2-3, child 4, below 5, top 6, the
   // header 7.
   struct alignas(64) Node {
-    uint64_t lo[kFanout];  // leaf: range lo; internal: the child's lowest lo
+    // Leaf: range lo; internal: the child's lowest lo; kNoKey past count.
+    uint64_t lo[kFanout];
     // Leaf: range hi. Internal: the child's max_len (exact longest range).
     uint64_t hi[kFanout];
     uint32_t child[kFanout];  // internal only, and so are below/top
@@ -239,6 +244,8 @@ class IovaGapTree {
   const Node& N(uint32_t x) const { return const_cast<IovaGapTree*>(this)->N(x); }
 
   uint32_t NewNode(bool leaf);
+  // Sets n's count, giving the slots it drops the key kNoKey.
+  static void SetCount(Node& n, int count);
   void FreeNode(uint32_t x);
 
   uint32_t LeftmostLeaf() const;
