@@ -18,7 +18,9 @@ constexpr int kOrders = 64;
 }  // namespace
 
 IovaGapTree::IovaGapTree(int num_orders)
-    : num_orders_(num_orders), leaf_summary_(PickLeafSummary()) {
+    : num_orders_(num_orders),
+      leaf_summary_(PickLeafSummary()),
+      internal_summary_(PickInternalSummary()) {
   assert(num_orders >= 1 && num_orders <= 64);
   root_node_ = NewNode(/*leaf=*/true);
 }
@@ -303,7 +305,74 @@ constexpr int kNarrowBits = 30;
   return true;
 }
 
+[[gnu::always_inline]] inline Lanes32 LoadLanes32(const uint32_t* p) {  // bit copy
+  Lanes32 v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+
+// InternalSummary's body on 8 x 32-bit lanes, for count <= kFanout entries
+// whose max_len (hi) are all shorter than 2^kNarrowBits (so every word, too);
+// returns false otherwise (the scalar code's case).
+[[gnu::always_inline]] inline bool InternalLanesBody(const uint64_t* hi, const uint32_t* below,
+                                                     const uint32_t* top, int count,
+                                                     uint64_t* max_len, uint32_t* below_out,
+                                                     uint32_t* top_out) {
+  constexpr int kVectors = IovaGapTree::kFanout / kLanes;
+  Lanes h[kVectors];
+  Lanes any = Lanes{};
+  const Lanes cnt = SplatLanes(count);
+#pragma GCC unroll 4
+  for (int v = 0; v < kVectors; ++v) {
+    const Lanes index = LoadLanes(&kSlotIndex[kLanes * v]);
+    h[v] = index < cnt ? LoadLanes(hi + kLanes * v) : Lanes{};  // unused: empty
+    any |= h[v];
+  }
+  // Unsigned: a max_len of 2^63 or more reads negative but is caught here.
+  if ((static_cast<uint64_t>(any[0] | any[1] | any[2] | any[3]) >> kNarrowBits) != 0) return false;
+  constexpr int kVectors32 = IovaGapTree::kFanout / 8;
+  Lanes32 h32[kVectors32];
+#pragma GCC unroll 2
+  for (int v = 0; v < kVectors32; ++v) h32[v] = Narrow(h[2 * v], h[2 * v + 1]);
+  Lanes32 m32 = h32[0];
+#pragma GCC unroll 2
+  for (int v = 1; v < kVectors32; ++v) m32 = MaxLanes32(m32, h32[v]);
+  *max_len = static_cast<uint64_t>(HorizontalMax32(m32));
+  if (*max_len == 0) {
+    *below_out = *top_out = 0;
+    return true;
+  }
+  // As InternalSummary: an entry reaches order k (its row[k] is its top,
+  // row[k - 1] its below) iff hi > 2^(k-1), order k - 1 only (its top is
+  // row[k - 1]) iff 2^(k-2) < hi <= 2^(k-1).
+  const int k = std::bit_width(*max_len - 1);  // <= kNarrowBits
+  const Lanes32 half = SplatLanes32(k >= 1 ? int32_t{1} << (k - 1) : 0);
+  const Lanes32 quarter = SplatLanes32(k >= 2 ? int32_t{1} << (k - 2) : 0);
+  Lanes32 t_max = Lanes32{};
+  Lanes32 b_max = Lanes32{};
+#pragma GCC unroll 2
+  for (int v = 0; v < kVectors32; ++v) {
+    const Lanes32 t = LoadLanes32(top + 8 * v);  // words < 2^kNarrowBits: signed is fine
+    const Lanes32 b = LoadLanes32(below + 8 * v);
+    const Lanes32 at_k = h32[v] > half;
+    const Lanes32 at_k1 = h32[v] > quarter;
+    t_max = MaxLanes32(t_max, t & at_k);
+    b_max = MaxLanes32(b_max, (b & at_k) | (t & at_k1 & ~at_k));
+  }
+  *top_out = static_cast<uint32_t>(HorizontalMax32(t_max));
+  *below_out = k > 0 ? static_cast<uint32_t>(HorizontalMax32(b_max)) : 0;
+  return true;
+}
+
 }  // namespace
+
+IovaGapTree::Summary IovaGapTree::InternalSummaryLanes(const Node& n) {
+  Summary sum;
+  if (!InternalLanesBody(n.hi, n.below, n.top, n.count, &sum.max_len, &sum.below, &sum.top)) {
+    return InternalSummary(n);
+  }
+  return sum;
+}
 
 IovaGapTree::Summary IovaGapTree::LeafSummaryLanes(const Node& n) {
   Summary sum;
@@ -323,15 +392,34 @@ __attribute__((target("avx2"))) IovaGapTree::Summary IovaGapTree::LeafSummaryLan
   return sum;
 }
 
+__attribute__((target("avx2"))) IovaGapTree::Summary IovaGapTree::InternalSummaryLanesAvx2(
+    const Node& n) {
+  Summary sum;
+  if (!InternalLanesBody(n.hi, n.below, n.top, n.count, &sum.max_len, &sum.below, &sum.top)) {
+    return InternalSummary(n);
+  }
+  return sum;
+}
+
 IovaGapTree::LeafSummaryFn IovaGapTree::PickLeafSummary() {
   return __builtin_cpu_supports("avx2") ? &LeafSummaryLanesAvx2 : &LeafSummaryLanes;
+}
+
+IovaGapTree::LeafSummaryFn IovaGapTree::PickInternalSummary() {
+  return __builtin_cpu_supports("avx2") ? &InternalSummaryLanesAvx2 : &InternalSummaryLanes;
 }
 #else
 IovaGapTree::Summary IovaGapTree::LeafSummaryLanesAvx2(const Node& n) {
   return LeafSummaryLanes(n);
 }
 
+IovaGapTree::Summary IovaGapTree::InternalSummaryLanesAvx2(const Node& n) {
+  return InternalSummaryLanes(n);
+}
+
 IovaGapTree::LeafSummaryFn IovaGapTree::PickLeafSummary() { return &LeafSummaryLanes; }
+
+IovaGapTree::LeafSummaryFn IovaGapTree::PickInternalSummary() { return &InternalSummaryLanes; }
 #endif
 
 bool IovaGapTree::UpdateEntry(uint32_t x) {

@@ -266,17 +266,24 @@ class IovaGapTree {
   // root_). Returns true if either changed.
   bool UpdateEntry(uint32_t x);
   Summary Summarize(const Node& n) const {
-    return n.leaf ? leaf_summary_(n) : InternalSummary(n);
+    return n.leaf ? leaf_summary_(n) : internal_summary_(n);
   }
+  // An internal node's summary: exact scalar code, and a kernel over 8 x
+  // 32-bit lanes when every child's max_len is below 2^30 (SSE2 / AVX2 as the
+  // leaf kernels).
   static Summary InternalSummary(const Node& n);
-  // A leaf's summary: exact 64-bit scalar code, and a kernel over 4 x 64-bit
-  // lanes for leaves whose ranges are all shorter than 2^32 pages (compiled
-  // for SSE2 and, on x86-64, for AVX2, picked by cpuid at construction).
+  static Summary InternalSummaryLanes(const Node& n);
+  static Summary InternalSummaryLanesAvx2(const Node& n);
+  // A leaf's summary: exact 64-bit scalar code, and a kernel over 8 x 32-bit
+  // lanes for leaves whose ranges are all shorter than 2^30 pages, 4 x 64-bit
+  // lanes for those shorter than 2^32 (compiled for SSE2 and, on x86-64, for
+  // AVX2, picked by cpuid at construction).
   using LeafSummaryFn = Summary (*)(const Node& n);
   static Summary LeafSummaryScalar(const Node& n);
   static Summary LeafSummaryLanes(const Node& n);
   static Summary LeafSummaryLanesAvx2(const Node& n);
   static LeafSummaryFn PickLeafSummary();
+  static LeafSummaryFn PickInternalSummary();
   // The summary of one range [lo, hi].
   static Summary RangeSummary(uint64_t lo, uint64_t hi) {
     const uint64_t len = hi - lo + 1;
@@ -340,6 +347,7 @@ class IovaGapTree {
 
   int num_orders_;
   LeafSummaryFn leaf_summary_;
+  LeafSummaryFn internal_summary_;
   std::vector<std::unique_ptr<Node[]>> node_chunks_;
   uint32_t node_slots_ = 1;  // [0] is never used
   std::vector<uint32_t> free_nodes_;

@@ -264,8 +264,9 @@ TEST(IovaGapTreeTest, SearchResumesBelowTheLimitPath) {
 
 // Leaves whose ranges are all shorter than 2^30 pages take 32-bit lanes, those
 // with a range of 2^30..2^32 pages 64-bit lanes, and longer ones the scalar
-// code: random carves and releases with lengths on both sides of each width,
-// every summary recounted after every operation.
+// code; internal nodes 32-bit lanes below 2^30 and the scalar code above:
+// random carves and releases with lengths on both sides of each width, every
+// summary recounted after every operation.
 TEST(IovaGapTreeTest, LeafKernelWidthsMatchModel) {
   constexpr uint64_t kEnd = (uint64_t{1} << 36) - 1;
   IovaGapTree t(37);
