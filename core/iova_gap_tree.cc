@@ -157,7 +157,9 @@ namespace {
 // Four 64-bit lanes as a GCC/Clang vector: one ymm register in the AVX2
 // kernel, two xmm in the SSE2 one. The helpers are always inlined (also at
 // -O0), so no vector crosses a real call (whose ABI would differ between the
-// two).
+// two); for the same reason vectors are reinterpreted with __builtin_bit_cast,
+// never std::bit_cast (a real call at -O0: clang 14's Debug build returned
+// garbage lanes from it inside the AVX2 kernels).
 using Lanes = int64_t __attribute__((vector_size(32)));
 using ULanes = uint64_t __attribute__((vector_size(32)));  // for wrapping arithmetic
 constexpr int kLanes = 4;
@@ -219,8 +221,8 @@ constexpr int kNarrowBits = 30;
 [[gnu::always_inline]] inline Lanes32 MaxLanes32(Lanes32 a, Lanes32 b) { return a > b ? a : b; }
 // The low halves of a's and b's lanes (little-endian: the even 32-bit lanes).
 [[gnu::always_inline]] inline Lanes32 Narrow(Lanes a, Lanes b) {
-  return __builtin_shufflevector(std::bit_cast<Lanes32>(a), std::bit_cast<Lanes32>(b), 0, 2, 4, 6,
-                                 8, 10, 12, 14);
+  return __builtin_shufflevector(__builtin_bit_cast(Lanes32, a), __builtin_bit_cast(Lanes32, b), 0,
+                                 2, 4, 6, 8, 10, 12, 14);
 }
 [[gnu::always_inline]] inline int32_t HorizontalMax32(Lanes32 v) {
   v = MaxLanes32(v, __builtin_shufflevector(v, v, 4, 5, 6, 7, 0, 1, 2, 3));
@@ -261,9 +263,9 @@ constexpr int kNarrowBits = 30;
     const Lanes index = LoadLanes(&kSlotIndex[kLanes * v]);
     // Unsigned (wrapping) until every len is known to be < 2^32.
     const ULanes l = LoadULanes(hi + kLanes * v) - LoadULanes(lo + kLanes * v) + 1;
-    len[v] = index < cnt ? std::bit_cast<Lanes>(l) : Lanes{};  // unused: empty
+    len[v] = index < cnt ? __builtin_bit_cast(Lanes, l) : Lanes{};  // unused: empty
     const ULanes neg = ULanes{} - LoadULanes(lo + kLanes * v);
-    neg_lo[v] = std::bit_cast<Lanes>(neg);
+    neg_lo[v] = __builtin_bit_cast(Lanes, neg);
     any |= len[v];
   }
   const int64_t any_len = any[0] | any[1] | any[2] | any[3];
