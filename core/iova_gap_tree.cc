@@ -18,7 +18,9 @@ constexpr int kOrders = 64;
 }  // namespace
 
 IovaGapTree::IovaGapTree(int num_orders)
-    : num_orders_(num_orders), leaf_summary_(PickLeafSummary()) {
+    : num_orders_(num_orders),
+      leaf_summary_(PickLeafSummary()),
+      internal_summary_(PickInternalSummary()) {
   assert(num_orders >= 1 && num_orders <= 64);
   root_node_ = NewNode(/*leaf=*/true);
 }
@@ -39,9 +41,15 @@ uint32_t IovaGapTree::NewNode(bool leaf) {
   n.parent = kNil;
   n.next = kNil;
   n.count = 0;
+  std::fill_n(n.lo, kFanout, kNoKey);
   n.slot = 0;
   n.leaf = leaf;
   return x;
+}
+
+void IovaGapTree::SetCount(Node& n, int count) {
+  if (count < n.count) std::fill(n.lo + count, n.lo + n.count, kNoKey);
+  n.count = static_cast<int16_t>(count);
 }
 
 void IovaGapTree::FreeNode(uint32_t x) {
@@ -55,14 +63,45 @@ uint32_t IovaGapTree::LeftmostLeaf() const {
   return x;
 }
 
+// Branch-free binary search over all kFanout slots, those past count holding
+// kNoKey: b counts the keys <= pfn among the slots probed so far (a pfn of
+// kNoKey counts the unused slots too: hence the min).
+[[gnu::always_inline]] inline int IovaGapTree::LastAtOrBelow(const Node& n, uint64_t pfn) {
+  static_assert(kFanout == 16);
+  int b = 0;
+  b += 8 & -static_cast<int>(n.lo[7] <= pfn);
+  b += 4 & -static_cast<int>(n.lo[b + 3] <= pfn);
+  b += 2 & -static_cast<int>(n.lo[b + 1] <= pfn);
+  b += 1 & -static_cast<int>(n.lo[b] <= pfn);
+  b += static_cast<int>(n.lo[b] <= pfn);
+  return std::min<int>(b, n.count) - 1;
+}
+
+[[gnu::always_inline]] inline void IovaGapTree::PrefetchNode(const Node& n) {
+  // Every line of the node at once: the slot search then reads lo[] with
+  // dependent loads, and the rest of the visit hi[], the child and the
+  // header; one wait for the whole node instead of one per line.
+  const char* p = reinterpret_cast<const char*>(&n);
+  static_assert(sizeof(Node) == 8 * 64);
+  __builtin_prefetch(p);
+  __builtin_prefetch(p + 64);
+  __builtin_prefetch(p + 2 * 64);
+  __builtin_prefetch(p + 3 * 64);
+  __builtin_prefetch(p + 4 * 64);
+  __builtin_prefetch(p + 5 * 64);
+  __builtin_prefetch(p + 6 * 64);
+  __builtin_prefetch(p + 7 * 64);
+}
+
 IovaGapTree::Pos IovaGapTree::Locate(uint64_t pfn) const {
   uint32_t x = root_node_;
+  const Node* n = &N(x);
   for (;;) {
-    const Node& n = N(x);
-    int s = n.count - 1;
-    while (s >= 0 && n.lo[s] > pfn) --s;
-    if (n.leaf) return Pos{x, s};
-    x = n.child[s < 0 ? 0 : s];
+    const int s = LastAtOrBelow(*n, pfn);
+    if (n->leaf) return Pos{x, s};
+    x = n->child[s < 0 ? 0 : s];
+    n = &N(x);
+    PrefetchNode(*n);
   }
 }
 
@@ -88,10 +127,11 @@ IovaGapTree::Summary IovaGapTree::InternalSummary(const Node& n) {
   uint32_t top = 0;
   uint32_t below = 0;
   for (int s = 0; s < n.count; ++s) {
-    const bool at_k = n.hi[s] > half;
-    const bool at_k1 = n.hi[s] > quarter;
-    top = std::max(top, at_k ? n.top[s] : 0);
-    below = std::max(below, at_k ? n.below[s] : at_k1 ? n.top[s] : 0);
+    // All-ones masks, not branches: which orders an entry reaches is data.
+    const uint32_t at_k = 0u - static_cast<uint32_t>(n.hi[s] > half);
+    const uint32_t at_k1 = 0u - static_cast<uint32_t>(n.hi[s] > quarter);
+    top = std::max(top, n.top[s] & at_k);
+    below = std::max(below, (n.below[s] & at_k) | (n.top[s] & at_k1 & ~at_k));
   }
   sum.top = top;
   sum.below = k > 0 ? below : 0;
@@ -117,7 +157,9 @@ namespace {
 // Four 64-bit lanes as a GCC/Clang vector: one ymm register in the AVX2
 // kernel, two xmm in the SSE2 one. The helpers are always inlined (also at
 // -O0), so no vector crosses a real call (whose ABI would differ between the
-// two).
+// two); for the same reason vectors are reinterpreted with __builtin_bit_cast,
+// never std::bit_cast (a real call at -O0: clang 14's Debug build returned
+// garbage lanes from it inside the AVX2 kernels).
 using Lanes = int64_t __attribute__((vector_size(32)));
 using ULanes = uint64_t __attribute__((vector_size(32)));  // for wrapping arithmetic
 constexpr int kLanes = 4;
@@ -168,6 +210,42 @@ constexpr std::array<int64_t, IovaGapTree::kFanout> kSlotIndex = [] {
   return static_cast<uint32_t>(HorizontalMax(w));
 }
 
+// Eight 32-bit lanes, for leaves whose ranges are all shorter than
+// 2^kNarrowBits pages: every word, pad and length then fits a signed 32-bit
+// lane, and a kernel pass is over two vectors instead of four.
+using Lanes32 = int32_t __attribute__((vector_size(32)));
+constexpr int kNarrowBits = 30;
+[[gnu::always_inline]] inline Lanes32 SplatLanes32(int32_t x) {
+  return Lanes32{x, x, x, x, x, x, x, x};
+}
+[[gnu::always_inline]] inline Lanes32 MaxLanes32(Lanes32 a, Lanes32 b) { return a > b ? a : b; }
+// The low halves of a's and b's lanes (little-endian: the even 32-bit lanes).
+[[gnu::always_inline]] inline Lanes32 Narrow(Lanes a, Lanes b) {
+  return __builtin_shufflevector(__builtin_bit_cast(Lanes32, a), __builtin_bit_cast(Lanes32, b), 0,
+                                 2, 4, 6, 8, 10, 12, 14);
+}
+[[gnu::always_inline]] inline int32_t HorizontalMax32(Lanes32 v) {
+  v = MaxLanes32(v, __builtin_shufflevector(v, v, 4, 5, 6, 7, 0, 1, 2, 3));
+  v = MaxLanes32(v, __builtin_shufflevector(v, v, 2, 3, 0, 1, 6, 7, 4, 5));
+  v = MaxLanes32(v, __builtin_shufflevector(v, v, 1, 0, 3, 2, 5, 4, 7, 6));
+  return v[0];
+}
+// WordMax on 32-bit lanes. REQUIRES every len < 2^kNarrowBits, j <= kNarrowBits.
+[[gnu::always_inline]] inline uint32_t WordMax32(const Lanes32* len, const Lanes32* neg_lo, int j) {
+  const Lanes32 mask = SplatLanes32(static_cast<int32_t>((int64_t{1} << j) - 1));
+  const Lanes32 cap = SplatLanes32(static_cast<int32_t>(int64_t{1} << j));
+  const Lanes32 half = SplatLanes32(j > 0 ? int32_t{1} << (j - 1) : 0);
+  Lanes32 w = Lanes32{};
+#pragma GCC unroll 2
+  for (int v = 0; v < IovaGapTree::kFanout / 8; ++v) {
+    const Lanes32 pad = neg_lo[v] & mask;
+    Lanes32 room = len[v] - pad;  // > cap or < 0 only where it does not count
+    room = room < cap ? room : cap;
+    w = MaxLanes32(w, len[v] > half ? room : Lanes32{});
+  }
+  return static_cast<uint32_t>(HorizontalMax32(w));
+}
+
 // The leaf summary for count <= kFanout ranges held in lo/hi, lanes past
 // `count` ignored; returns false (and leaves *out alone) if some range has
 // 2^32 pages or more, which the scalar code handles.
@@ -185,12 +263,35 @@ constexpr std::array<int64_t, IovaGapTree::kFanout> kSlotIndex = [] {
     const Lanes index = LoadLanes(&kSlotIndex[kLanes * v]);
     // Unsigned (wrapping) until every len is known to be < 2^32.
     const ULanes l = LoadULanes(hi + kLanes * v) - LoadULanes(lo + kLanes * v) + 1;
-    len[v] = index < cnt ? std::bit_cast<Lanes>(l) : Lanes{};  // unused: empty
+    len[v] = index < cnt ? __builtin_bit_cast(Lanes, l) : Lanes{};  // unused: empty
     const ULanes neg = ULanes{} - LoadULanes(lo + kLanes * v);
-    neg_lo[v] = std::bit_cast<Lanes>(neg);
+    neg_lo[v] = __builtin_bit_cast(Lanes, neg);
     any |= len[v];
   }
-  if (((any[0] | any[1] | any[2] | any[3]) >> 32) != 0) return false;
+  const int64_t any_len = any[0] | any[1] | any[2] | any[3];
+  if ((any_len >> kNarrowBits) == 0) {
+    constexpr int kVectors32 = IovaGapTree::kFanout / 8;
+    Lanes32 len32[kVectors32];
+    Lanes32 neg_lo32[kVectors32];  // (-lo) mod 2^32: pads only need its low bits
+#pragma GCC unroll 2
+    for (int v = 0; v < kVectors32; ++v) {
+      len32[v] = Narrow(len[2 * v], len[2 * v + 1]);
+      neg_lo32[v] = Narrow(neg_lo[2 * v], neg_lo[2 * v + 1]);
+    }
+    Lanes32 m32 = len32[0];
+#pragma GCC unroll 2
+    for (int v = 1; v < kVectors32; ++v) m32 = MaxLanes32(m32, len32[v]);
+    *max_len = static_cast<uint64_t>(HorizontalMax32(m32));
+    if (*max_len == 0) {
+      *below = *top = 0;
+      return true;
+    }
+    const int k = std::bit_width(*max_len - 1);  // <= kNarrowBits
+    *top = WordMax32(len32, neg_lo32, k);
+    *below = k > 0 ? WordMax32(len32, neg_lo32, k - 1) : 0;
+    return true;
+  }
+  if ((any_len >> 32) != 0) return false;
   if (count == 0) {
     *max_len = 0;
     *below = *top = 0;
@@ -206,7 +307,74 @@ constexpr std::array<int64_t, IovaGapTree::kFanout> kSlotIndex = [] {
   return true;
 }
 
+[[gnu::always_inline]] inline Lanes32 LoadLanes32(const uint32_t* p) {  // bit copy
+  Lanes32 v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+
+// InternalSummary's body on 8 x 32-bit lanes, for count <= kFanout entries
+// whose max_len (hi) are all shorter than 2^kNarrowBits (so every word, too);
+// returns false otherwise (the scalar code's case).
+[[gnu::always_inline]] inline bool InternalLanesBody(const uint64_t* hi, const uint32_t* below,
+                                                     const uint32_t* top, int count,
+                                                     uint64_t* max_len, uint32_t* below_out,
+                                                     uint32_t* top_out) {
+  constexpr int kVectors = IovaGapTree::kFanout / kLanes;
+  Lanes h[kVectors];
+  Lanes any = Lanes{};
+  const Lanes cnt = SplatLanes(count);
+#pragma GCC unroll 4
+  for (int v = 0; v < kVectors; ++v) {
+    const Lanes index = LoadLanes(&kSlotIndex[kLanes * v]);
+    h[v] = index < cnt ? LoadLanes(hi + kLanes * v) : Lanes{};  // unused: empty
+    any |= h[v];
+  }
+  // Unsigned: a max_len of 2^63 or more reads negative but is caught here.
+  if ((static_cast<uint64_t>(any[0] | any[1] | any[2] | any[3]) >> kNarrowBits) != 0) return false;
+  constexpr int kVectors32 = IovaGapTree::kFanout / 8;
+  Lanes32 h32[kVectors32];
+#pragma GCC unroll 2
+  for (int v = 0; v < kVectors32; ++v) h32[v] = Narrow(h[2 * v], h[2 * v + 1]);
+  Lanes32 m32 = h32[0];
+#pragma GCC unroll 2
+  for (int v = 1; v < kVectors32; ++v) m32 = MaxLanes32(m32, h32[v]);
+  *max_len = static_cast<uint64_t>(HorizontalMax32(m32));
+  if (*max_len == 0) {
+    *below_out = *top_out = 0;
+    return true;
+  }
+  // As InternalSummary: an entry reaches order k (its row[k] is its top,
+  // row[k - 1] its below) iff hi > 2^(k-1), order k - 1 only (its top is
+  // row[k - 1]) iff 2^(k-2) < hi <= 2^(k-1).
+  const int k = std::bit_width(*max_len - 1);  // <= kNarrowBits
+  const Lanes32 half = SplatLanes32(k >= 1 ? int32_t{1} << (k - 1) : 0);
+  const Lanes32 quarter = SplatLanes32(k >= 2 ? int32_t{1} << (k - 2) : 0);
+  Lanes32 t_max = Lanes32{};
+  Lanes32 b_max = Lanes32{};
+#pragma GCC unroll 2
+  for (int v = 0; v < kVectors32; ++v) {
+    const Lanes32 t = LoadLanes32(top + 8 * v);  // words < 2^kNarrowBits: signed is fine
+    const Lanes32 b = LoadLanes32(below + 8 * v);
+    const Lanes32 at_k = h32[v] > half;
+    const Lanes32 at_k1 = h32[v] > quarter;
+    t_max = MaxLanes32(t_max, t & at_k);
+    b_max = MaxLanes32(b_max, (b & at_k) | (t & at_k1 & ~at_k));
+  }
+  *top_out = static_cast<uint32_t>(HorizontalMax32(t_max));
+  *below_out = k > 0 ? static_cast<uint32_t>(HorizontalMax32(b_max)) : 0;
+  return true;
+}
+
 }  // namespace
+
+IovaGapTree::Summary IovaGapTree::InternalSummaryLanes(const Node& n) {
+  Summary sum;
+  if (!InternalLanesBody(n.hi, n.below, n.top, n.count, &sum.max_len, &sum.below, &sum.top)) {
+    return InternalSummary(n);
+  }
+  return sum;
+}
 
 IovaGapTree::Summary IovaGapTree::LeafSummaryLanes(const Node& n) {
   Summary sum;
@@ -226,15 +394,34 @@ __attribute__((target("avx2"))) IovaGapTree::Summary IovaGapTree::LeafSummaryLan
   return sum;
 }
 
+__attribute__((target("avx2"))) IovaGapTree::Summary IovaGapTree::InternalSummaryLanesAvx2(
+    const Node& n) {
+  Summary sum;
+  if (!InternalLanesBody(n.hi, n.below, n.top, n.count, &sum.max_len, &sum.below, &sum.top)) {
+    return InternalSummary(n);
+  }
+  return sum;
+}
+
 IovaGapTree::LeafSummaryFn IovaGapTree::PickLeafSummary() {
   return __builtin_cpu_supports("avx2") ? &LeafSummaryLanesAvx2 : &LeafSummaryLanes;
+}
+
+IovaGapTree::LeafSummaryFn IovaGapTree::PickInternalSummary() {
+  return __builtin_cpu_supports("avx2") ? &InternalSummaryLanesAvx2 : &InternalSummaryLanes;
 }
 #else
 IovaGapTree::Summary IovaGapTree::LeafSummaryLanesAvx2(const Node& n) {
   return LeafSummaryLanes(n);
 }
 
+IovaGapTree::Summary IovaGapTree::InternalSummaryLanesAvx2(const Node& n) {
+  return InternalSummaryLanes(n);
+}
+
 IovaGapTree::LeafSummaryFn IovaGapTree::PickLeafSummary() { return &LeafSummaryLanes; }
+
+IovaGapTree::LeafSummaryFn IovaGapTree::PickInternalSummary() { return &InternalSummaryLanes; }
 #endif
 
 bool IovaGapTree::UpdateEntry(uint32_t x) {
@@ -258,38 +445,53 @@ bool IovaGapTree::UpdateEntry(uint32_t x) {
   return changed;
 }
 
-IovaGapTree::Summary IovaGapTree::RangeSummary(uint64_t lo, uint64_t hi) {
-  const uint64_t len = hi - lo + 1;
-  const int k = std::bit_width(len - 1);
-  if (k == 0) return Summary{len, 0, 1};
-  if (k >= 32) return Summary{len, RoomWord(lo, hi, k - 1), RoomWord(lo, hi, k)};
-  // 2^(k-1) < len <= 2^k < 2^32: RoomWord without its length tests and with
-  // no cap at order k.
-  const uint64_t pad = (0 - lo) & ((uint64_t{1} << k) - 1);
-  const uint64_t pad_below = (0 - lo) & ((uint64_t{1} << (k - 1)) - 1);
-  const uint64_t top = len > pad ? len - pad : 0;
-  const uint64_t below = std::min(len - pad_below, uint64_t{1} << (k - 1));
-  return Summary{len, static_cast<uint32_t>(below), static_cast<uint32_t>(top)};
+IovaGapTree::Summary IovaGapTree::WideRangeSummary(uint64_t lo, uint64_t hi) {
+  const int k = OrderOf(hi - lo + 1);
+  return Summary{hi - lo + 1, RoomWord(lo, hi, k - 1), RoomWord(lo, hi, k)};
 }
 
 IovaGapTree::Summary IovaGapTree::Combine(const Summary& a, const Summary& b) {
-  Summary sum;
-  sum.max_len = std::max(a.max_len, b.max_len);
-  if (sum.max_len == 0) return sum;
-  const int k = std::bit_width(sum.max_len - 1);
-  sum.top = std::max(RowWord(a, k), RowWord(b, k));
-  if (k > 0) sum.below = std::max(RowWord(a, k - 1), RowWord(b, k - 1));
-  return sum;
+  // With M = max(a.max_len, b.max_len) and K its order, the shorter side's
+  // words at K and K - 1 are its own top/below if its order is K, its top at
+  // K - 1 if its order is K - 1, and 0 below that.
+  const bool a_longer = a.max_len >= b.max_len;
+  const Summary& l = a_longer ? a : b;
+  const Summary& s = a_longer ? b : a;
+  if (s.max_len == 0) return l;
+  const int k = OrderOf(l.max_len);
+  const int ks = OrderOf(s.max_len);
+  if (ks == k) return Summary{l.max_len, std::max(l.below, s.below), std::max(l.top, s.top)};
+  if (ks == k - 1) return Summary{l.max_len, std::max(l.below, s.top), l.top};
+  return l;
 }
 
-bool IovaGapTree::Dominated(const Summary& part, const Summary& whole) {
-  // Orders up to K - 2 are capped in `whole` by a longer range than `part`.
-  if (part.max_len >= whole.max_len) return false;
-  const int k = std::bit_width(whole.max_len - 1);
-  return RowWord(part, k) < whole.top && (k == 0 || RowWord(part, k - 1) < whole.below);
+bool IovaGapTree::Covered(const Summary& gone, const Summary& kept, const Summary& whole) {
+  // max_len: while it holds, so does K and every order but K - 1 and K (capped
+  // below, zero above); those two words are then compared like max_len.
+  if (gone.max_len >= whole.max_len && kept.max_len < whole.max_len) return false;
+  if (whole.max_len == 0) return true;
+  const int k = OrderOf(whole.max_len);
+  // Row words at k - 1 and k of a part (order <= k: every part is within whole).
+  const auto words = [k](const Summary& part, uint32_t* below, uint32_t* top) {
+    *below = *top = 0;
+    if (part.max_len == 0) return;
+    const int kp = OrderOf(part.max_len);
+    if (kp == k) {
+      *below = part.below;
+      *top = part.top;
+    } else if (kp == k - 1) {
+      *below = part.top;
+    }
+  };
+  uint32_t gone_below, gone_top, kept_below, kept_top;
+  words(gone, &gone_below, &gone_top);
+  words(kept, &kept_below, &kept_top);
+  return (gone_below < whole.below || kept_below >= whole.below) &&
+         (gone_top < whole.top || kept_top >= whole.top);
 }
 
 void IovaGapTree::Raise(uint32_t x, const Summary& add) {
+  const int k_add = OrderOf(add.max_len);
   for (;;) {
     if (x == root_node_) {
       root_ = Combine(root_, add);
@@ -298,33 +500,50 @@ void IovaGapTree::Raise(uint32_t x, const Summary& add) {
     const uint32_t px = N(x).parent;
     Node& p = N(px);
     const int s = SlotInParent(x);
-    const Summary old{p.hi[s], p.below[s], p.top[s]};
-    const Summary sum = Combine(old, add);
-    if (sum == old) return;
-    p.hi[s] = sum.max_len;
-    p.below[s] = sum.below;
-    p.top[s] = sum.top;
+    if (p.hi[s] >= add.max_len) {
+      // The entry keeps its max_len (and order k): only the words at k - 1 and
+      // k can grow, and only if add's order reaches k - 1 (see Combine).
+      const int k = OrderOf(p.hi[s]);
+      if (k_add == k) {
+        if (add.top <= p.top[s] && add.below <= p.below[s]) return;
+        p.top[s] = std::max(p.top[s], add.top);
+        p.below[s] = std::max(p.below[s], add.below);
+      } else if (k_add == k - 1) {
+        if (add.top <= p.below[s]) return;
+        p.below[s] = add.top;
+      } else {
+        return;
+      }
+    } else {
+      const Summary sum = Combine(Summary{p.hi[s], p.below[s], p.top[s]}, add);
+      p.hi[s] = sum.max_len;
+      p.below[s] = sum.below;
+      p.top[s] = sum.top;
+    }
     x = px;
   }
 }
 
 void IovaGapTree::Lower(uint32_t x, Summary gone) {
+  Summary kept;
   for (;;) {
     if (x == root_node_) {
-      if (!Dominated(gone, root_)) root_ = Summarize(N(x));
+      if (!Covered(gone, kept, root_)) root_ = Summarize(N(x));
       return;
     }
     const uint32_t px = N(x).parent;
     Node& p = N(px);
     const int s = SlotInParent(x);
     const Summary old{p.hi[s], p.below[s], p.top[s]};
-    if (Dominated(gone, old)) return;
+    if (Covered(gone, kept, old)) return;
     const Summary sum = Summarize(N(x));
     if (sum == old) return;
     p.hi[s] = sum.max_len;
     p.below[s] = sum.below;
     p.top[s] = sum.top;
+    // One level up, x's entry went from old to sum.
     gone = old;
+    kept = sum;
     x = px;
   }
 }
@@ -375,7 +594,17 @@ void IovaGapTree::ShiftEntries(uint32_t x, int from_slot, int delta) {
       }
     }
   }
-  n.count = static_cast<int16_t>(n.count + delta);
+  SetCount(n, n.count + delta);
+}
+
+void IovaGapTree::ShiftLeaf(Node& n, int from_slot, int delta) {
+  assert(n.leaf);
+  const int count = n.count - from_slot;
+  if (count > 0) {
+    std::memmove(n.lo + from_slot + delta, n.lo + from_slot, sizeof(uint64_t) * count);
+    std::memmove(n.hi + from_slot + delta, n.hi + from_slot, sizeof(uint64_t) * count);
+  }
+  SetCount(n, n.count + delta);
 }
 
 uint32_t IovaGapTree::Split(uint32_t x) {
@@ -385,7 +614,7 @@ uint32_t IovaGapTree::Split(uint32_t x) {
   constexpr int kKeep = kFanout / 2;
   CopyEntries(x, kKeep, r, 0, kFanout - kKeep);
   N(r).count = kFanout - kKeep;
-  N(x).count = kKeep;
+  SetCount(N(x), kKeep);
   if (N(x).leaf) {
     N(r).next = N(x).next;
     N(x).next = r;
@@ -468,7 +697,7 @@ void IovaGapTree::Settle(uint32_t x, bool may_stop) {
         const int k = (cl - cr) / 2;
         ShiftEntries(r, 0, k);
         CopyEntries(l, cl - k, r, 0, k);
-        N(l).count = static_cast<int16_t>(cl - k);
+        SetCount(N(l), cl - k);
         UpdateEntry(l);
         UpdateEntry(r);
       }
@@ -506,45 +735,87 @@ void IovaGapTree::RemoveRange(uint32_t x, int slot) {
   Settle(x, /*may_stop=*/true);
 }
 
+namespace {
+
+// Bucket floor(log2(num_pages)), num_pages >= 1 (written so that the
+// compiler sees it in bounds).
+int HistogramBucket(uint64_t num_pages) { return 63 - std::countl_zero(num_pages | 1); }
+
+}  // namespace
+
 void IovaGapTree::CountIn(uint64_t num_pages) {
   ++range_count_;
   free_pages_ += num_pages;
-  ++histogram_[std::bit_width(num_pages) - 1];
+  ++histogram_[HistogramBucket(num_pages)];
 }
 
 void IovaGapTree::CountOut(uint64_t num_pages) {
   --range_count_;
   free_pages_ -= num_pages;
-  --histogram_[std::bit_width(num_pages) - 1];
+  --histogram_[HistogramBucket(num_pages)];
 }
 
 // --- operations --------------------------------------------------------------
 
-IovaGapTree::Fit IovaGapTree::Search(uint32_t x, uint64_t num_pages, int order,
-                                     uint64_t limit_pfn) const {
-  const Node& n = N(x);
-  int s = n.count - 1;
-  while (s >= 0 && n.lo[s] > limit_pfn) --s;
-  if (n.leaf) {
-    const uint64_t align = uint64_t{1} << order;
-    for (; s >= 0; --s) {
-      const uint64_t hi = std::min(n.hi[s], limit_pfn);
-      if (hi - n.lo[s] + 1 >= num_pages) {
-        const uint64_t pfn = AlignDown(hi - num_pages + 1, align);
-        if (pfn >= n.lo[s]) return Fit{x * kFanout + s, pfn};
+IovaGapTree::Fit IovaGapTree::Search(uint64_t num_pages, int order, uint64_t limit_pfn) const {
+  const uint64_t align = uint64_t{1} << order;
+  // An internal entry of order K has row[order] >= need iff K >= order + 2 (a
+  // capped word, >= need), or K == order + 1 and below >= need, or K == order
+  // and top >= need (RowWord without its shifts; need <= Cap(order)).
+  const uint32_t need = num_pages < kRoomCap ? static_cast<uint32_t>(num_pages) : kRoomCap;
+  const uint64_t half = order > 0 ? uint64_t{1} << (order - 1) : 0;  // K >= order
+  const uint64_t one = uint64_t{1} << order;                          // K >= order + 1
+  const uint64_t two = order < 63 ? uint64_t{1} << (order + 1) : ~uint64_t{0};  // K >= order + 2
+  // The internal nodes descended through, each with the slot taken: a failed
+  // descent resumes below that slot. In a node, only the first entry tried
+  // (the one that may straddle the limit) searches under `limit`; the entries
+  // below it lie wholly below the limit, and (for num_pages <= kRoomCap) an
+  // entry whose word is >= need there holds a sure fit, so a descent fails
+  // only along the limit's path or on a capped word.
+  struct Frame {
+    uint32_t x;
+    int slot;
+  };
+  Frame path[kMaxDepth];
+  int depth = 0;
+  uint64_t limit = limit_pfn;
+  uint32_t x = root_node_;
+  const Node* n = &N(x);
+  int s = LastAtOrBelow(*n, limit);
+  for (;;) {
+    if (n->leaf) {
+      for (; s >= 0; --s) {
+        const uint64_t hi = std::min(n->hi[s], limit);
+        if (hi - n->lo[s] + 1 >= num_pages) {
+          const uint64_t pfn = AlignDown(hi - num_pages + 1, align);
+          if (pfn >= n->lo[s]) return Fit{x * kFanout + s, pfn};
+        }
+      }
+    } else {
+      for (; s >= 0; --s, limit = ~uint64_t{0}) {
+        const uint64_t max_len = n->hi[s];
+        const bool fits = max_len > two || (max_len > one ? n->below[s] >= need
+                                                           : max_len > half && n->top[s] >= need);
+        if (fits && max_len >= num_pages) break;
+      }
+      if (s >= 0) {
+        assert(depth < kMaxDepth);
+        path[depth++] = Frame{x, s};
+        x = n->child[s];
+        n = &N(x);
+        PrefetchNode(*n);
+        s = limit != ~uint64_t{0} ? LastAtOrBelow(*n, limit) : n->count - 1;
+        continue;
       }
     }
-    return Fit{};
+    // Nothing at or below slot s here: resume in the parent below its slot.
+    if (depth == 0) return Fit{};
+    --depth;
+    x = path[depth].x;
+    n = &N(x);
+    s = path[depth].slot - 1;
+    limit = ~uint64_t{0};
   }
-  // Entry s may straddle the limit; the ones below it lie entirely below it,
-  // and (for num_pages <= kRoomCap) a word >= num_pages there is a sure fit.
-  const uint32_t need = num_pages < kRoomCap ? static_cast<uint32_t>(num_pages) : kRoomCap;
-  for (uint64_t limit = limit_pfn; s >= 0; --s, limit = ~uint64_t{0}) {
-    if (EntryWord(n, s, order) >= need && n.hi[s] >= num_pages) {
-      if (const Fit f = Search(n.child[s], num_pages, order, limit); f.node != 0) return f;
-    }
-  }
-  return Fit{};
 }
 
 IovaGapTree::Fit IovaGapTree::FindHighestFit(uint64_t num_pages, int order,
@@ -552,7 +823,7 @@ IovaGapTree::Fit IovaGapTree::FindHighestFit(uint64_t num_pages, int order,
   assert(num_pages >= 1 && order < num_orders_ &&
          static_cast<int>(std::bit_width(num_pages - 1)) == order);
   if (num_pages <= kRoomCap && RowWord(root_, order) < num_pages) return Fit{};
-  return Search(root_node_, num_pages, order, limit_pfn);
+  return Search(num_pages, order, limit_pfn);
 }
 
 void IovaGapTree::Carve(const Fit& fit, uint64_t num_pages) {
@@ -572,7 +843,7 @@ void IovaGapTree::Carve(const Fit& fit, uint64_t num_pages) {
       RemoveRange(x, s);
       return;
     }
-    ShiftEntries(x, s + 1, -1);
+    ShiftLeaf(n, s + 1, -1);
     Lower(x, gone);
     if (s == 0) FixKey(x);
     return;
@@ -594,7 +865,7 @@ void IovaGapTree::Carve(const Fit& fit, uint64_t num_pages) {
       InsertRange(x, s + 1, last + 1, hi);
       return;
     }
-    ShiftEntries(x, s + 1, 1);
+    ShiftLeaf(n, s + 1, 1);
     n.lo[s + 1] = last + 1;
     n.hi[s + 1] = hi;
     Lower(x, gone);
@@ -621,22 +892,23 @@ IovaGapTree::Range IovaGapTree::Release(uint64_t lo, uint64_t hi) {
     CountOut(pn.hi[pred.slot] - pn.lo[pred.slot] + 1);
     CountOut(sn.hi[succ.slot] - sn.lo[succ.slot] + 1);
     CountIn(merged.num_pages());
-    const Summary gone = RangeSummary(sn.lo[succ.slot], sn.hi[succ.slot]);
-    pn.hi[pred.slot] = merged.hi;
     if (succ.leaf == pred.leaf) {
+      pn.hi[pred.slot] = merged.hi;
       if (pred.leaf != root_node_ && pn.count <= kMinFill) {
         RemoveRange(pred.leaf, succ.slot);  // settles the whole path
       } else {
-        ShiftEntries(pred.leaf, succ.slot + 1, -1);
+        ShiftLeaf(pn, succ.slot + 1, -1);
         Raise(pred.leaf, RangeSummary(merged.lo, merged.hi));
       }
       return merged;
     }
+    const Summary gone = RangeSummary(sn.lo[succ.slot], sn.hi[succ.slot]);
+    pn.hi[pred.slot] = merged.hi;
     Raise(pred.leaf, RangeSummary(merged.lo, merged.hi));
     if (sn.count <= kMinFill) {
       RemoveRange(succ.leaf, succ.slot);
     } else {
-      ShiftEntries(succ.leaf, 1, -1);
+      ShiftLeaf(sn, 1, -1);
       Lower(succ.leaf, gone);
       FixKey(succ.leaf);
     }
@@ -665,7 +937,7 @@ IovaGapTree::Range IovaGapTree::Release(uint64_t lo, uint64_t hi) {
   if (pn.count == kFanout) {
     InsertRange(pred.leaf, slot, lo, hi);
   } else {
-    ShiftEntries(pred.leaf, slot, 1);
+    ShiftLeaf(pn, slot, 1);
     pn.lo[slot] = lo;
     pn.hi[slot] = hi;
     Raise(pred.leaf, RangeSummary(lo, hi));
@@ -734,6 +1006,12 @@ absl::Status IovaGapTree::CheckNode(uint32_t x, uint32_t parent, int depth, int*
   const int min_fill = x == root_node_ ? (n.leaf ? 0 : 2) : kMinFill;
   if (n.count < min_fill || n.count > kFanout) {
     return absl::InternalError(absl::StrFormat("gap tree node %u: %d entries", x, n.count));
+  }
+  for (int s = n.count; s < kFanout; ++s) {
+    if (n.lo[s] != kNoKey) {
+      return absl::InternalError(absl::StrFormat("gap tree node %u: unused slot %d has key %#x",
+                                                 x, s, n.lo[s]));
+    }
   }
   row_out->assign(kOrders, 0);
   *max_len_out = 0;

@@ -38,17 +38,23 @@
 //
 // Cost (n = number of free ranges, F = kFanout; depth D = O(log_{F/4} n):
 // every node but the root holds >= F/4 entries):
-//   FindHighestFit   the limit's path down, then at most one more descent:
-//                    O(D F) reads; a request above kRoomCap pages also visits
-//                    the capped candidates.
+//   FindHighestFit   the limit's path down, then at most one more descent
+//                    (one loop, resuming from an explicit path): O(D F)
+//                    reads; a request above kRoomCap pages also visits the
+//                    capped candidates.
 //   Carve / Release  O(D F) worst case, stopping as soon as an entry's key
 //                    and summary are unchanged: a row that can only grow (a
 //                    release) climbs in O(1) per level (Combine); one that
-//                    can only drop (a carve) stops at once unless the old
-//                    range reached its leaf's summary, else recomputes one
-//                    summary per level (O(F): a leaf's on 4 x 64-bit vector
-//                    lanes). Splits, merges and borrows (amortised O(1))
+//                    can only drop (a carve) stops where the entry's new
+//                    summary still reaches every number of its parent's that
+//                    the old one reached (Covered), else recomputes one
+//                    summary per level (O(F): a leaf's on 8 x 32-bit vector
+//                    lanes, 4 x 64-bit ones if a range has 2^30 pages or
+//                    more). Splits, merges and borrows (amortised O(1))
 //                    recompute the entries they touch.
+//   Per node visit   the slot of a pfn by a branch-free binary search over
+//                    the F keys; a descent prefetches all 8 lines of the
+//                    next node at once.
 //   Stats            O(1): count, pages, largest, histogram kept incrementally
 //
 // Invariants (checked by CheckInvariants):
@@ -56,7 +62,8 @@
 //   (2) every leaf is at the same depth; entries are sorted; an internal
 //       entry's key is its child's lowest lo; parent links, slots and the
 //       leaf chain are consistent; every node but the root holds
-//       kMinFill..kFanout entries, an internal root at least 2;
+//       kMinFill..kFanout entries, an internal root at least 2; every
+//       slot past a node's count holds the key kNoKey;
 //   (3) every entry's summary (and the root's) equals a recount of the whole
 //       row of every order from the ranges below it;
 //   (4) the histogram and totals equal a recount; the slabs account for
@@ -156,10 +163,18 @@ class IovaGapTree {
 
  private:
   static constexpr uint32_t kNil = 0;
+  // The key of every slot past a node's count (so that a slot search needs no
+  // count test).
+  static constexpr uint64_t kNoKey = ~uint64_t{0};
   // Slab chunk c holds kFirstChunk << c nodes (or row sets): slot i lives in
   // chunk bit_width(i + kFirstChunk) - 1 - log2(kFirstChunk).
   static constexpr uint32_t kFirstChunk = 8;
   static constexpr int kFirstChunkBits = 4;  // bit_width(kFirstChunk)
+  // Internal levels on a root-to-leaf path, at most: depth d >= 1 holds at
+  // least 2 * kMinFill^(d-1) nodes (an internal root has 2 children or more,
+  // every other node kMinFill), and there are fewer than 2^27 nodes (NewNode).
+  static constexpr int kMaxDepth = 16;
+  static_assert(2 * (uint64_t{1} << (2 * (kMaxDepth - 1))) >= (uint64_t{1} << 27) && kMinFill >= 4);
   static uint32_t ChunkOf(uint32_t i) { return std::bit_width(i + kFirstChunk) - kFirstChunkBits; }
   static uint32_t OffsetIn(uint32_t i, uint32_t chunk) { return i + kFirstChunk - (kFirstChunk << chunk); }
 
@@ -171,8 +186,11 @@ class IovaGapTree {
     bool operator==(const Summary&) const = default;
   };
 
-  struct Node {
-    uint64_t lo[kFanout];  // leaf: range lo; internal: the child's lowest lo
+  // A node is 8 cache lines: lo[] 0-1, hi[] 2-3, child 4, below 5, top 6, the
+  // header 7.
+  struct alignas(64) Node {
+    // Leaf: range lo; internal: the child's lowest lo; kNoKey past count.
+    uint64_t lo[kFanout];
     // Leaf: range hi. Internal: the child's max_len (exact longest range).
     uint64_t hi[kFanout];
     uint32_t child[kFanout];  // internal only, and so are below/top
@@ -190,6 +208,9 @@ class IovaGapTree {
     uint32_t leaf = kNil;
     int slot = -1;
   };
+
+  // K of the Summary comment: 2^(K-1) < max_len <= 2^K. REQUIRES max_len >= 1.
+  static int OrderOf(uint64_t max_len) { return std::bit_width(max_len - 1); }
 
   // Exact 64-bit room, and the saturated word a row stores.
   static uint64_t Room(uint64_t lo, uint64_t hi, int order) {
@@ -223,44 +244,76 @@ class IovaGapTree {
   const Node& N(uint32_t x) const { return const_cast<IovaGapTree*>(this)->N(x); }
 
   uint32_t NewNode(bool leaf);
+  // Sets n's count, giving the slots it drops the key kNoKey.
+  static void SetCount(Node& n, int count);
   void FreeNode(uint32_t x);
 
   uint32_t LeftmostLeaf() const;
   // The leaf position of the range with the largest lo <= pfn; slot -1 (in the
   // leftmost leaf) if there is none.
   Pos Locate(uint64_t pfn) const;
+  // Starts loading every cache line of n.
+  static void PrefetchNode(const Node& n);
+  // The last slot of n whose lo is <= pfn, -1 if none.
+  static int LastAtOrBelow(const Node& n, uint64_t pfn);
   int SlotInParent(uint32_t x) const;
 
-  // Highest fit below x at or below limit_pfn, or none.
-  Fit Search(uint32_t x, uint64_t num_pages, int order, uint64_t limit_pfn) const;
+  // Highest fit at or below limit_pfn, or none (FindHighestFit without the
+  // root test).
+  Fit Search(uint64_t num_pages, int order, uint64_t limit_pfn) const;
 
   // Recomputes x's key and summary into its parent's entry (the root's into
   // root_). Returns true if either changed.
   bool UpdateEntry(uint32_t x);
   Summary Summarize(const Node& n) const {
-    return n.leaf ? leaf_summary_(n) : InternalSummary(n);
+    return n.leaf ? leaf_summary_(n) : internal_summary_(n);
   }
+  // An internal node's summary: exact scalar code, and a kernel over 8 x
+  // 32-bit lanes when every child's max_len is below 2^30 (SSE2 / AVX2 as the
+  // leaf kernels).
   static Summary InternalSummary(const Node& n);
-  // A leaf's summary: exact 64-bit scalar code, and a kernel over 4 x 64-bit
-  // lanes for leaves whose ranges are all shorter than 2^32 pages (compiled
-  // for SSE2 and, on x86-64, for AVX2, picked by cpuid at construction).
+  static Summary InternalSummaryLanes(const Node& n);
+  static Summary InternalSummaryLanesAvx2(const Node& n);
+  // A leaf's summary: exact 64-bit scalar code, and a kernel over 8 x 32-bit
+  // lanes for leaves whose ranges are all shorter than 2^30 pages, 4 x 64-bit
+  // lanes for those shorter than 2^32 (compiled for SSE2 and, on x86-64, for
+  // AVX2, picked by cpuid at construction).
   using LeafSummaryFn = Summary (*)(const Node& n);
   static Summary LeafSummaryScalar(const Node& n);
   static Summary LeafSummaryLanes(const Node& n);
   static Summary LeafSummaryLanesAvx2(const Node& n);
   static LeafSummaryFn PickLeafSummary();
-  static Summary RangeSummary(uint64_t lo, uint64_t hi);
+  static LeafSummaryFn PickInternalSummary();
+  // The summary of one range [lo, hi].
+  static Summary RangeSummary(uint64_t lo, uint64_t hi) {
+    const uint64_t len = hi - lo + 1;
+    const int k = OrderOf(len);
+    if (k == 0) return Summary{len, 0, 1};
+    if (k >= 32) [[unlikely]] return WideRangeSummary(lo, hi);
+    // 2^(k-1) < len <= 2^k < 2^32: RoomWord without its length tests and with
+    // no cap at order k.
+    const uint64_t neg_lo = 0 - lo;
+    const uint64_t pad = neg_lo & ((uint64_t{1} << k) - 1);
+    const uint64_t pad_below = neg_lo & ((uint64_t{1} << (k - 1)) - 1);
+    const uint64_t top = len > pad ? len - pad : 0;
+    const uint64_t below = std::min(len - pad_below, uint64_t{1} << (k - 1));
+    return Summary{len, static_cast<uint32_t>(below), static_cast<uint32_t>(top)};
+  }
+  static Summary WideRangeSummary(uint64_t lo, uint64_t hi);
   // The summary of the elementwise max of two rows.
   static Summary Combine(const Summary& a, const Summary& b);
-  // True if no word of `part`'s row reaches the same word of `whole`'s: then
-  // dropping or shrinking what `part` summarises leaves `whole` unchanged.
-  static bool Dominated(const Summary& part, const Summary& whole);
+  // True if `whole` (a node's or entry's summary) stays exact when a part of
+  // what it summarises, `gone`, is replaced by `kept` (row(kept) <= row(gone)
+  // <= row(whole) at every order): every number of `whole` that `gone`
+  // reaches, `kept` reaches too.
+  static bool Covered(const Summary& gone, const Summary& kept, const Summary& whole);
   // Incremental updates from a leaf x whose entries changed, everything else
   // current, the key aside: Raise when the leaf's row can only have grown to
   // at most max(old, row of `add`) (a range added or grown to `add`); Lower
   // when it can only have dropped, `gone` summarising what was removed or
   // shrunk. Each climbs while an entry changes, O(1) (Raise) or O(F) (Lower)
-  // per level.
+  // per level; Lower stops where the entry's new summary still reaches every
+  // number of the parent's that its old one did (Covered).
   void Raise(uint32_t x, const Summary& add);
   void Lower(uint32_t x, Summary gone);
   // Propagates x's lowest lo up the keys.
@@ -279,6 +332,8 @@ class IovaGapTree {
   // Entry copies and in-node shifts (moved children get their parent link).
   void CopyEntries(uint32_t from, int from_slot, uint32_t to, int to_slot, int count);
   void ShiftEntries(uint32_t x, int from_slot, int delta);
+  // ShiftEntries for a leaf in hand.
+  static void ShiftLeaf(Node& n, int from_slot, int delta);
 
   void CountIn(uint64_t num_pages);
   void CountOut(uint64_t num_pages);
@@ -292,6 +347,7 @@ class IovaGapTree {
 
   int num_orders_;
   LeafSummaryFn leaf_summary_;
+  LeafSummaryFn internal_summary_;
   std::vector<std::unique_ptr<Node[]>> node_chunks_;
   uint32_t node_slots_ = 1;  // [0] is never used
   std::vector<uint32_t> free_nodes_;

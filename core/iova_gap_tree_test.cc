@@ -229,5 +229,91 @@ TEST(IovaGapTreeTest, HugeRangesMatchModel) {
   ExpectSameRanges(t, m);
 }
 
+// A search whose limit path claims a fit that lies above the limit must come
+// back up and resume below that path, in the leaf's parent and above: 2000
+// one-page holes (several leaves under several internal nodes), one 3-page
+// hole among them holding the only aligned 2-page fit above the bottom hole.
+TEST(IovaGapTreeTest, SearchResumesBelowTheLimitPath) {
+  IovaGapTree t(17);
+  Model m;
+  t.Release(1, 64);
+  m.Free(1, 64);
+  for (uint64_t i = 0; i < 2000; ++i) {
+    const uint64_t lo = 100 + 4 * i;
+    const uint64_t hi = i == 1500 ? lo + 2 : lo;
+    t.Release(lo, hi);
+    m.Free(lo, hi);
+  }
+  ASSERT_TRUE(t.CheckInvariants().ok()) << t.CheckInvariants();
+  // [6100, 6102]: its aligned pair [6100, 6101] ends above every limit < 6101.
+  for (uint64_t limit = 6080; limit <= 6110; ++limit) {
+    bool found = false;
+    const uint64_t want = m.HighestFit(2, 1, limit, &found);
+    const IovaGapTree::Fit fit = t.FindHighestFit(2, 1, limit);
+    ASSERT_TRUE(found);
+    ASSERT_NE(fit.node, 0u) << "limit " << limit;
+    EXPECT_EQ(fit.pfn, want) << "limit " << limit;
+    EXPECT_EQ(fit.pfn, limit >= 6101 ? 6100u : 62u) << "limit " << limit;
+  }
+  // Nothing below the bottom hole's first aligned pair; 32 aligned pages only
+  // in the bottom hole, whatever the limit above it.
+  EXPECT_EQ(t.FindHighestFit(2, 1, 2).node, 0u);
+  EXPECT_EQ(t.FindHighestFit(32, 5, 6101).pfn, 32u);
+  EXPECT_EQ(t.FindHighestFit(64, 6, 9000).node, 0u);
+}
+
+// Leaves whose ranges are all shorter than 2^30 pages take 32-bit lanes, those
+// with a range of 2^30..2^32 pages 64-bit lanes, and longer ones the scalar
+// code; internal nodes 32-bit lanes below 2^30 and the scalar code above:
+// random carves and releases with lengths on both sides of each width, every
+// summary recounted after every operation.
+TEST(IovaGapTreeTest, LeafKernelWidthsMatchModel) {
+  constexpr uint64_t kEnd = (uint64_t{1} << 36) - 1;
+  IovaGapTree t(37);
+  Model m;
+  t.Release(1, kEnd);
+  m.Free(1, kEnd);
+  Rng rng{777};
+  std::vector<std::pair<uint64_t, uint64_t>> live;
+  const uint64_t kWidths[] = {uint64_t{1} << 30, uint64_t{1} << 32};
+  for (int op = 0; op < 4000; ++op) {
+    if (rng.Below(3) != 0 || live.empty()) {
+      uint64_t n;
+      switch (rng.Below(4)) {
+        case 0:
+          n = rng.Below(64) + 1;
+          break;
+        case 1:
+        case 2: {
+          const uint64_t w = kWidths[rng.Below(2)];
+          n = rng.Below(2) == 0 ? w - rng.Below(8) : w + rng.Below(8);
+          break;
+        }
+        default:
+          n = rng.Below(uint64_t{1} << 20) + 1;
+      }
+      const int order = std::bit_width(n - 1);
+      const uint64_t limit = rng.Below(kEnd) + 1;
+      bool found = false;
+      const uint64_t want = m.HighestFit(n, order, limit, &found);
+      const IovaGapTree::Fit fit = t.FindHighestFit(n, order, limit);
+      ASSERT_EQ(fit.node != 0, found) << "op " << op;
+      if (fit.node == 0) continue;
+      ASSERT_EQ(fit.pfn, want) << "op " << op << " n=" << n;
+      t.Carve(fit, n);
+      m.Occupy(want, want + n - 1);
+      live.emplace_back(want, n);
+    } else {
+      const size_t j = rng.Below(live.size());
+      t.Release(live[j].first, live[j].first + live[j].second - 1);
+      m.Free(live[j].first, live[j].first + live[j].second - 1);
+      live[j] = live.back();
+      live.pop_back();
+    }
+    ASSERT_TRUE(t.CheckInvariants().ok()) << "op " << op << ": " << t.CheckInvariants();
+  }
+  ExpectSameRanges(t, m);
+}
+
 }  // namespace
 }  // namespace iommu::core::internal
