@@ -14,10 +14,15 @@
 // every outstanding and later future yields the error; Close() returns the
 // stream's final status.
 //
-// The pending message lives on a protobuf arena that is reset once the
-// message is written: AddMap/AddUnmap/AddTranslate build their operation in
-// place, so queueing costs no heap allocation per operation (Add() copies).
-// Each response is parsed onto an arena its BatchReply owns.
+// The pending message lives on a protobuf arena. AddMap/AddUnmap/AddTranslate
+// build their operation in place, so queueing costs no heap allocation per
+// operation (Add() copies). Once a message is written its operations are
+// kept for the next one: the BatchOps (cleared) and their Map/Unmap/Translate
+// requests (in per-kind free lists, rewritten whole when reused), so steady
+// queueing allocates nothing, not even on the arena. A message that had an
+// Add()ed operation resets the arena instead, as does a free list grown past
+// kMaxSpare entries. Each response is parsed onto an arena its BatchReply
+// owns.
 //
 // Thread-compatible: one thread queues and sends; a reader thread inside
 // completes the futures.
@@ -29,6 +34,7 @@
 #include <future>
 #include <memory>
 #include <thread>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
@@ -102,6 +108,14 @@ class BatchStream {
   // A new operation at the end of the pending message, and the device its
   // request names.
   v1::BatchOp* NewOp();
+  // The Map/Unmap/Translate request of a new operation: a kept one rewritten
+  // to its defaults, else a new one on the arena.
+  v1::MapRequest* NewMap();
+  v1::UnmapRequest* NewUnmap();
+  v1::TranslateOp* NewTranslate();
+  // After a Write: empties the pending message, keeping its operations for
+  // the next one (or resetting the arena; see the file comment).
+  void RecyclePending();
   // The device an op must name itself: empty when it is the client's, which
   // the message names once (BatchRequest.device) for every op.
   absl::string_view OwnDevice(absl::string_view device) const {
@@ -116,6 +130,12 @@ class BatchStream {
   // Owned by the sending thread: the pending message, on pending_arena_.
   google::protobuf::Arena pending_arena_;
   v1::BatchRequest* pending_;
+  // Requests of written operations, on pending_arena_, for reuse.
+  static constexpr size_t kMaxSpare = size_t{1} << 16;
+  std::vector<v1::MapRequest*> spare_maps_;
+  std::vector<v1::UnmapRequest*> spare_unmaps_;
+  std::vector<v1::TranslateOp*> spare_translates_;
+  bool pending_has_copies_ = false;  // an Add()ed op: reset the arena after
   uint64_t next_sequence_ = 1;
   bool closed_ = false;
   absl::Status final_status_;

@@ -322,8 +322,71 @@ TEST_F(ClientIntegrationTest, BatchResultsComeBackInOrder) {
   EXPECT_EQ(Device("nic0").mappings(), 0u);
 }
 
+// The SDK keeps a written message's operations for the next one: a reused
+// Map/Unmap/Translate is rewritten whole (device, offset, direction, access),
+// slots change kind from message to message, and a message with an Add()ed
+// op starts over.
+TEST_F(ClientIntegrationTest, BatchOpsReusedAcrossMessagesCarryNothingOver) {
+  Client nic = Connect("nic0");
+  ASSERT_OK_AND_ASSIGN(buffer, nic.AllocBufferScoped(4 * 4096, v1::PLACEMENT_CONTIGUOUS));
+  ASSERT_OK_AND_ASSIGN(batch, BatchStream::Open(nic));
+  // A map naming another device (denied), a map at an offset, TO_DEVICE, a
+  // translate naming another device.
+  batch->AddMap(buffer.id(), 4096, 8192, v1::DMA_DIRECTION_TO_DEVICE, "gpu0");
+  batch->AddMap(buffer.id(), 4096, 8192, v1::DMA_DIRECTION_TO_DEVICE);
+  batch->AddTranslate(0x1000, 4096, v1::ACCESS_KIND_READ, "gpu0");
+  ASSERT_OK_AND_ASSIGN(r1, batch->Flush());
+  ASSERT_EQ(r1.results_size(), 3);
+  EXPECT_EQ(BatchResultStatus(r1.results(0)).code(), absl::StatusCode::kPermissionDenied);
+  ASSERT_TRUE(BatchResultStatus(r1.results(1)).ok());
+  EXPECT_EQ(r1.results(1).map().iova_size_bytes(), 8192u);
+
+  // The client's device, offset 0, FROM_DEVICE in the slot that named gpu0.
+  EXPECT_EQ(batch->AddMap(buffer.id(), 0, 4096, v1::DMA_DIRECTION_FROM_DEVICE), 0u);
+  EXPECT_EQ(batch->AddMap(buffer.id(), 0, 4096, v1::DMA_DIRECTION_TO_DEVICE), 1u);
+  EXPECT_EQ(batch->AddUnmap(r1.results(1).map().dma_addr()), 2u);  // was a translate
+  EXPECT_EQ(batch->pending(), 3u);
+  ASSERT_OK_AND_ASSIGN(r2, batch->Flush());
+  EXPECT_EQ(batch->pending(), 0u);
+  ASSERT_EQ(r2.results_size(), 3);
+  for (const v1::BatchResult& r : r2.results()) ASSERT_TRUE(BatchResultStatus(r).ok()) << r.message();
+  EXPECT_EQ(r2.results(0).map().iova_size_bytes(), 4096u);
+
+  // Writes: allowed FROM_DEVICE, a fault TO_DEVICE; both maps start at the
+  // buffer's first page.
+  batch->AddTranslate(r2.results(0).map().dma_addr(), 4096, v1::ACCESS_KIND_WRITE);
+  batch->AddTranslate(r2.results(1).map().dma_addr(), 4096, v1::ACCESS_KIND_WRITE);
+  batch->AddTranslate(r2.results(1).map().dma_addr(), 4096, v1::ACCESS_KIND_READ);
+  ASSERT_OK_AND_ASSIGN(r3, batch->Flush());
+  ASSERT_EQ(r3.results_size(), 3);
+  for (const v1::BatchResult& r : r3.results()) ASSERT_TRUE(BatchResultStatus(r).ok()) << r.message();
+  EXPECT_FALSE(r3.results(0).translate().faulted());
+  EXPECT_TRUE(r3.results(1).translate().faulted());
+  EXPECT_FALSE(r3.results(2).translate().faulted());
+  EXPECT_EQ(r3.results(0).translate().phys_addr(), r3.results(2).translate().phys_addr());
+
+  // An Add()ed op among built ones, then built ones again.
+  v1::BatchOp op;
+  op.mutable_unmap()->set_dma_addr(r2.results(0).map().dma_addr());
+  EXPECT_EQ(batch->Add(op), 0u);
+  EXPECT_EQ(batch->AddUnmap(r2.results(1).map().dma_addr()), 1u);
+  ASSERT_OK_AND_ASSIGN(r4, batch->Flush());
+  ASSERT_EQ(r4.results_size(), 2);
+  EXPECT_TRUE(BatchResultStatus(r4.results(0)).ok());
+  EXPECT_TRUE(BatchResultStatus(r4.results(1)).ok());
+  EXPECT_EQ(Device("nic0").mappings(), 0u);
+  batch->AddMap(buffer.id(), 8192, 4096, v1::DMA_DIRECTION_BIDIRECTIONAL);
+  ASSERT_OK_AND_ASSIGN(r5, batch->Flush());
+  ASSERT_TRUE(BatchResultStatus(r5.results(0)).ok());
+  batch->AddUnmap(r5.results(0).map().dma_addr());
+  ASSERT_OK_AND_ASSIGN(r6, batch->Flush());
+  EXPECT_TRUE(BatchResultStatus(r6.results(0)).ok());
+  EXPECT_TRUE(batch->Close().ok());
+  EXPECT_EQ(Device("nic0").mappings(), 0u);
+}
+
 // Messages far larger than both sides' first arena blocks (the daemon grows
-// its block between messages, the SDK resets its arena after each Send), then
+// its block between messages, the SDK keeps or resets its ops after each Send), then
 // a small one and a large one again: every result exact, in order.
 TEST_F(ClientIntegrationTest, LargeBatchesBetweenSmallOnesStayExact) {
   constexpr int kMaps = 3000;  // ~0.5 MiB of request, well past 64 KiB

@@ -21,6 +21,9 @@ void Broker::MapUnmapBatch(const Caller& caller, const std::string& device,
   }
   std::shared_ptr<Domain> d = impl_->CurrentDomain(**dev);
   absl::MutexLock l(&d->mu);
+  // One hold of the buffer table for the run (ownership checks, references).
+  absl::MutexLock bl(&impl_->buffers_mu_);
+  BrokerImpl::BufferRun run;
   // Strict unmaps queue their invalidation here; it completes (and their
   // IOVAs are freed) before the next Map allocates and before the lock goes,
   // so every Map sees the allocator one-at-a-time calls would have left.
@@ -32,7 +35,7 @@ void Broker::MapUnmapBatch(const Caller& caller, const std::string& device,
       case DmaBatchOp::Kind::kMap: {
         if (!deferred.empty()) impl_->CompleteInvalidationLocked(*d, &deferred);
         absl::StatusOr<MapResult> mapped =
-            impl_->MapLocked(*d, **dev, caller, device, op.mem, op.direction, op.attrs);
+            impl_->MapLocked(*d, **dev, caller, device, op.mem, op.direction, op.attrs, &run);
         if (mapped.ok()) {
           out = {.map = *mapped};
         } else {
@@ -41,7 +44,7 @@ void Broker::MapUnmapBatch(const Caller& caller, const std::string& device,
         break;
       }
       case DmaBatchOp::Kind::kUnmap:
-        out = {.status = impl_->UnmapLocked(*d, **dev, caller, device, op.dma_addr, &deferred)};
+        out = {.status = impl_->UnmapLocked(*d, **dev, caller, device, op.dma_addr, &deferred, &run)};
         break;
     }
   }

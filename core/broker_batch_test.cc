@@ -244,6 +244,65 @@ TEST_P(BrokerBatchTest, RandomSequencesMatchOneAtATime) {
   }
 }
 
+// A run holds the buffer table once and remembers the buffer it looked up
+// last: ops alternating between buffers, unknown buffers between them, and a
+// buffer freed mid-run (its last importer's unmap) all behave as one at a time.
+TEST_P(BrokerBatchTest, RunsSwitchingAndFreeingBuffersMatchOneAtATime) {
+  // An admin maps nic0's and gpu0's buffers alternately, with an unknown one.
+  std::vector<DmaBatchOp> ops;
+  for (int i = 0; i < 6; ++i) {
+    ops.push_back(MapOp(i % 2 == 0 ? buffer_ : foreign_buffer_, (i / 2) * 4 * KiB, 4 * KiB));
+    if (i == 3) ops.push_back(MapOp(999999, 0, 4 * KiB));  // NOT_FOUND
+  }
+  std::vector<DmaBatchResult> mapped = RunBoth(ops, Caller::Admin(), "nic0");
+  EXPECT_EQ(mapped[4].status.code(), absl::StatusCode::kNotFound);
+  // nic0 itself may not map gpu0's buffer, after mapping its own.
+  std::vector<DmaBatchResult> denied =
+      RunBoth({MapOp(buffer_, 0, 4 * KiB), MapOp(foreign_buffer_, 0, 4 * KiB),
+               MapOp(buffer_, 4 * KiB, 4 * KiB)});
+  EXPECT_TRUE(denied[0].status.ok());
+  EXPECT_EQ(denied[1].status.code(), absl::StatusCode::kPermissionDenied);
+  EXPECT_TRUE(denied[2].status.ok());
+
+  // gpu0's Alloc, mapped twice by an admin for nic0, then freed by gpu0: its
+  // pages live on until the second unmap of the run, after which a map of
+  // the buffer is NOT_FOUND (the run does not keep the freed buffer).
+  uint64_t alloc_buffer = 0;
+  std::vector<uint64_t> alloc_dma;
+  for (Broker* b : {one_.get(), batch_.get()}) {
+    auto a = b->Alloc(Caller::Device("gpu0"), {.device = "gpu0", .size_bytes = 16 * KiB});
+    ASSERT_TRUE(a.ok()) << a.status();
+    alloc_buffer = a->buffer_id;
+    alloc_dma.push_back(a->dma_addr);
+  }
+  std::vector<DmaBatchResult> imported = RunBoth(
+      {MapOp(alloc_buffer, 0, 4 * KiB), MapOp(alloc_buffer, 4 * KiB, 4 * KiB)}, Caller::Admin(),
+      "nic0");
+  ASSERT_TRUE(imported[0].status.ok() && imported[1].status.ok());
+  ASSERT_TRUE(one_->Free(Caller::Device("gpu0"), "gpu0", alloc_dma[0]).ok());
+  ASSERT_TRUE(batch_->Free(Caller::Device("gpu0"), "gpu0", alloc_dma[1]).ok());
+  std::vector<DmaBatchResult> last = RunBoth(
+      {MapOp(alloc_buffer, 8 * KiB, 4 * KiB), UnmapOp(imported[0].map.dma_addr),
+       UnmapOp(imported[1].map.dma_addr), UnmapOp(0), MapOp(alloc_buffer, 0, 4 * KiB),
+       MapOp(buffer_, 0, 4 * KiB)},
+      Caller::Admin(), "nic0");
+  EXPECT_TRUE(last[0].status.ok());
+  EXPECT_TRUE(last[1].status.ok());
+  EXPECT_TRUE(last[2].status.ok());
+  EXPECT_TRUE(last[4].status.ok());  // still referenced by last[0]
+  // A failed map looks the buffer up; the unmap of its last reference frees
+  // it; a map of it after that is NOT_FOUND.
+  std::vector<DmaBatchResult> freed = RunBoth(
+      {UnmapOp(last[0].map.dma_addr), MapOp(alloc_buffer, 0, 64 * KiB),
+       UnmapOp(last[4].map.dma_addr), MapOp(alloc_buffer, 0, 4 * KiB), MapOp(buffer_, 0, 4 * KiB)},
+      Caller::Admin(), "nic0");
+  EXPECT_TRUE(freed[0].status.ok());
+  EXPECT_EQ(freed[1].status.code(), absl::StatusCode::kOutOfRange);
+  EXPECT_TRUE(freed[2].status.ok());
+  EXPECT_EQ(freed[3].status.code(), absl::StatusCode::kNotFound);
+  EXPECT_TRUE(freed[4].status.ok());
+}
+
 TEST_P(BrokerBatchTest, UnmapsLeaveNoUsableIotlbEntry) {
   std::vector<DmaBatchOp> maps;
   for (int i = 0; i < 8; ++i) maps.push_back(MapOp(buffer_, i * 4 * KiB, 4 * KiB));

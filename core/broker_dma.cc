@@ -122,7 +122,8 @@ MappingRecord& BrokerImpl::NewMappingLocked(Domain& d, Iova iova, uint64_t iova_
 }
 
 void BrokerImpl::RemoveMappingLocked(Domain& d, uint64_t iova_start,
-                                     DeferredInvalidation* deferred, DeviceState* known) {
+                                     DeferredInvalidation* deferred, DeviceState* known,
+                                     BufferRun* run) {
   // Erased last: nothing below touches d.mappings.
   MappingRecord* const found = d.mappings.FindStart(iova_start);
   assert(found != nullptr);
@@ -185,16 +186,13 @@ void BrokerImpl::RemoveMappingLocked(Domain& d, uint64_t iova_start,
       },
       d.cookie);
 
-  if (!m.buffer_refs.empty()) DropRefs(m.buffer_refs);
-  if (m.owned_buffer_id != 0) {
-    absl::MutexLock l(&buffers_mu_);
-    internal::Buffer& b = buffers_.at(m.owned_buffer_id);
-    if (b.map_refs == 0) {
-      const absl::Status s = FreeBufferLocked(m.owned_buffer_id);
-      assert(s.ok());
-      (void)s;
+  if (!m.buffer_refs.empty() || m.owned_buffer_id != 0) {
+    if (run != nullptr) {
+      buffers_mu_.AssertHeld();  // the caller's run holds it
+      ReleaseMappingBuffersLocked(m, run);
     } else {
-      b.free_when_unreferenced = true;  // importers still map it
+      absl::MutexLock l(&buffers_mu_);
+      ReleaseMappingBuffersLocked(m, nullptr);
     }
   }
   if (!m.device.empty()) {
@@ -203,6 +201,21 @@ void BrokerImpl::RemoveMappingLocked(Domain& d, uint64_t iova_start,
     RefundMapping(owner, m.mapped_bytes);
   }
   d.mappings.Erase(iova_start);
+}
+
+void BrokerImpl::ReleaseMappingBuffersLocked(const MappingRecord& m, BufferRun* run) {
+  DropRefsLocked(m.buffer_refs, run);
+  if (m.owned_buffer_id != 0) {
+    internal::Buffer& b = buffers_.at(m.owned_buffer_id);
+    if (b.map_refs == 0) {
+      if (run != nullptr && run->id == m.owned_buffer_id) *run = {};
+      const absl::Status s = FreeBufferLocked(m.owned_buffer_id);
+      assert(s.ok());
+      (void)s;
+    } else {
+      b.free_when_unreferenced = true;  // importers still map it
+    }
+  }
 }
 
 void BrokerImpl::CompleteInvalidationLocked(Domain& d, DeferredInvalidation* deferred) {
@@ -267,14 +280,15 @@ absl::StatusOr<MapResult> Broker::Map(const Caller& caller, const MapRequest& re
 
 absl::StatusOr<MapResult> BrokerImpl::MapLocked(Domain& d, DeviceState& dev, const Caller& caller,
                                                 const std::string& device, const MemRef& mem_ref,
-                                                DmaDirection direction, const DmaAttrs& attrs) {
+                                                DmaDirection direction, const DmaAttrs& attrs,
+                                                BufferRun* run) {
   if (d.type != DomainType::kDma && d.type != DomainType::kDmaFq) {
     return BrokerImpl::NeedsIovaCookie(d, "Map");
   }
   BrokerImpl::ResolvedMem mem;
-  RETURN_IF_ERROR(ResolveAndRef(caller, dev, mem_ref, "mem", &mem));
+  RETURN_IF_ERROR(ResolveAndRefIn(run, caller, dev, mem_ref, "mem", &mem));
   auto fail = [&](absl::Status s) {
-    DropRefs(mem.buffers);
+    DropRefsIn(run, mem.buffers);
     return s;
   };
   const uint64_t g = d.granule_bytes;
@@ -349,10 +363,10 @@ absl::Status Broker::Unmap(const Caller& caller, const std::string& device, uint
 
 absl::Status BrokerImpl::UnmapLocked(Domain& d, DeviceState& dev, const Caller& caller,
                                      const std::string& device, uint64_t dma_addr,
-                                     DeferredInvalidation* deferred) {
+                                     DeferredInvalidation* deferred, BufferRun* run) {
   ASSIGN_OR_RETURN(MappingRecord * m,
                    OwnMapping(d, caller, device, dma_addr, {MappingKind::kMap}, "Unmap"));
-  RemoveMappingLocked(d, m->iova.value(), deferred, &dev);
+  RemoveMappingLocked(d, m->iova.value(), deferred, &dev, run);
   return absl::OkStatus();
 }
 

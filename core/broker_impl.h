@@ -72,6 +72,29 @@ class BrokerImpl {
       ABSL_LOCKS_EXCLUDED(buffers_mu_);
   void AddRefs(absl::Span<const uint64_t> buffers) ABSL_LOCKS_EXCLUDED(buffers_mu_);
   void DropRefs(absl::Span<const uint64_t> buffers) ABSL_LOCKS_EXCLUDED(buffers_mu_);
+  // A run of Map/Unmap ops under one hold of buffers_mu_ (Broker::MapUnmapBatch
+  // takes it once for the run), remembering the buffer it looked up last so
+  // that consecutive ops on one buffer skip the lookup. Used only while
+  // buffers_mu_ is held; a buffer freed during the run is forgotten.
+  struct BufferRun {
+    uint64_t id = 0;
+    internal::Buffer* buffer = nullptr;
+  };
+  // ResolveAndRef of physical memory (buffer_id 0) or of a zero length: the
+  // errors, or the one run; no buffer table.
+  absl::Status ResolvePhys(const Caller& caller, const MemRef& mem, absl::string_view field,
+                           ResolvedMem* out) const;
+  // As ResolveAndRef / DropRefs with buffers_mu_ held (`run` may be null).
+  absl::Status ResolveAndRefLocked(const Caller& caller, const DeviceState& dev, const MemRef& mem,
+                                   absl::string_view field, ResolvedMem* out, BufferRun* run)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(buffers_mu_);
+  void DropRefsLocked(absl::Span<const uint64_t> buffers, BufferRun* run)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(buffers_mu_);
+  // With a null `run` these take buffers_mu_ themselves; with one, the caller
+  // holds it for the run.
+  absl::Status ResolveAndRefIn(BufferRun* run, const Caller& caller, const DeviceState& dev,
+                               const MemRef& mem, absl::string_view field, ResolvedMem* out);
+  void DropRefsIn(BufferRun* run, absl::Span<const uint64_t> buffers);
   absl::Status FreeBufferLocked(uint64_t buffer_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(buffers_mu_);
   // Allocates pages for a new buffer of `dev`, charging its buffer quotas.
   absl::StatusOr<internal::Buffer*> NewBufferLocked(DeviceState& dev, uint64_t session_id,
@@ -106,24 +129,31 @@ class BrokerImpl {
   // with CompleteInvalidationLocked before the lock is released and before
   // any IOVA allocation in the domain. `known`: a device the caller already
   // holds, used instead of a lookup when it owns the mapping.
+  // `run`: the caller's hold of buffers_mu_ (null: taken here if needed).
   void RemoveMappingLocked(Domain& d, uint64_t iova_start,
                            DeferredInvalidation* deferred = nullptr,
-                           DeviceState* known = nullptr)
+                           DeviceState* known = nullptr, BufferRun* run = nullptr)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(d.mu);
+  // Drops a removed mapping's buffer references and frees the buffer it owns
+  // (or marks it to be freed when its importers unmap).
+  void ReleaseMappingBuffersLocked(const MappingRecord& m, BufferRun* run)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(buffers_mu_);
   // Invalidates the queued leaf ranges (adjacent ones merged, one hold of the
   // SMMU lock), then frees the queued IOVAs; leaves `deferred` empty.
   void CompleteInvalidationLocked(Domain& d, DeferredInvalidation* deferred)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(d.mu);
   // Map and Unmap once the device and its current domain are known (the
   // domain's lock held): every check, error and effect of Broker::Map/Unmap.
-  // `deferred` as for RemoveMappingLocked; `dev` is the device named `device`.
+  // `deferred` and `run` as for RemoveMappingLocked; `dev` is the device
+  // named `device`.
   absl::StatusOr<MapResult> MapLocked(Domain& d, DeviceState& dev, const Caller& caller,
                                       const std::string& device, const MemRef& mem_ref,
-                                      DmaDirection direction, const DmaAttrs& attrs)
+                                      DmaDirection direction, const DmaAttrs& attrs,
+                                      BufferRun* run = nullptr)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(d.mu);
   absl::Status UnmapLocked(Domain& d, DeviceState& dev, const Caller& caller,
                            const std::string& device, uint64_t dma_addr,
-                           DeferredInvalidation* deferred)
+                           DeferredInvalidation* deferred, BufferRun* run = nullptr)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(d.mu);
   // Allocates IOVA for `size_bytes` below the device's limit in a domain with
   // an IOVA cookie. FAILED_PRECONDITION for other cookies.

@@ -60,34 +60,61 @@ void BrokerImpl::RefundMapping(DeviceState& dev, uint64_t bytes) {
 absl::Status BrokerImpl::ResolveAndRef(const Caller& caller, const DeviceState& dev,
                                        const MemRef& mem, absl::string_view field,
                                        ResolvedMem* out) {
+  if (mem.length_bytes == 0 || mem.buffer_id == 0) return ResolvePhys(caller, mem, field, out);
+  absl::MutexLock l(&buffers_mu_);
+  return ResolveAndRefLocked(caller, dev, mem, field, out, nullptr);
+}
+
+absl::Status BrokerImpl::ResolvePhys(const Caller& caller, const MemRef& mem,
+                                     absl::string_view field, ResolvedMem* out) const {
   assert(out->runs.empty() && out->buffers.empty());
   if (mem.length_bytes == 0) {
     return InvalidField(absl::StrCat(field, ".length_bytes"), 0, "must be non-zero");
   }
-  if (mem.buffer_id == 0) {
-    if (!caller.admin) {
-      return FieldError(absl::StatusCode::kPermissionDenied, absl::StrCat(field, ".phys_addr"),
-                        mem.phys.value(),
-                        "a device may map only memory it owns: name one of its buffers");
-    }
-    if (!LastOfRange(mem.phys.value(), mem.length_bytes)) {
-      return InvalidField(absl::StrCat(field, ".length_bytes"), mem.length_bytes,
-                          "phys_addr + length passes 2^64");
-    }
-    if (!memory_->IsRam(mem.phys, mem.length_bytes) && !memory_->IsMmio(mem.phys, mem.length_bytes)) {
-      return OutOfRangeField(absl::StrCat(field, ".phys_addr"), mem.phys.value(),
-                             "not inside one RAM or MMIO region");
-    }
-    out->runs.push_back({mem.phys, mem.length_bytes});
-    return absl::OkStatus();
+  assert(mem.buffer_id == 0);
+  if (!caller.admin) {
+    return FieldError(absl::StatusCode::kPermissionDenied, absl::StrCat(field, ".phys_addr"),
+                      mem.phys.value(),
+                      "a device may map only memory it owns: name one of its buffers");
   }
-  absl::MutexLock l(&buffers_mu_);
-  auto it = buffers_.find(mem.buffer_id);
-  if (it == buffers_.end()) {
-    return FieldError(absl::StatusCode::kNotFound, absl::StrCat(field, ".buffer_id"), mem.buffer_id,
-                      "no such buffer");
+  if (!LastOfRange(mem.phys.value(), mem.length_bytes)) {
+    return InvalidField(absl::StrCat(field, ".length_bytes"), mem.length_bytes,
+                        "phys_addr + length passes 2^64");
   }
-  internal::Buffer& b = it->second;
+  if (!memory_->IsRam(mem.phys, mem.length_bytes) && !memory_->IsMmio(mem.phys, mem.length_bytes)) {
+    return OutOfRangeField(absl::StrCat(field, ".phys_addr"), mem.phys.value(),
+                           "not inside one RAM or MMIO region");
+  }
+  out->runs.push_back({mem.phys, mem.length_bytes});
+  return absl::OkStatus();
+}
+
+absl::Status BrokerImpl::ResolveAndRefIn(BufferRun* run, const Caller& caller,
+                                         const DeviceState& dev, const MemRef& mem,
+                                         absl::string_view field, ResolvedMem* out) {
+  if (run == nullptr) return ResolveAndRef(caller, dev, mem, field, out);
+  buffers_mu_.AssertHeld();
+  return ResolveAndRefLocked(caller, dev, mem, field, out, run);
+}
+
+absl::Status BrokerImpl::ResolveAndRefLocked(const Caller& caller, const DeviceState& dev,
+                                             const MemRef& mem, absl::string_view field,
+                                             ResolvedMem* out, BufferRun* run) {
+  if (mem.length_bytes == 0 || mem.buffer_id == 0) return ResolvePhys(caller, mem, field, out);
+  assert(out->runs.empty() && out->buffers.empty());
+  internal::Buffer* found;
+  if (run != nullptr && run->id == mem.buffer_id) {
+    found = run->buffer;
+  } else {
+    auto it = buffers_.find(mem.buffer_id);
+    if (it == buffers_.end()) {
+      return FieldError(absl::StatusCode::kNotFound, absl::StrCat(field, ".buffer_id"),
+                        mem.buffer_id, "no such buffer");
+    }
+    found = &it->second;
+    if (run != nullptr) *run = {.id = mem.buffer_id, .buffer = found};
+  }
+  internal::Buffer& b = *found;
   if (!caller.admin && b.device != dev.config.name) {
     return FieldError(absl::StatusCode::kPermissionDenied, absl::StrCat(field, ".buffer_id"),
                       mem.buffer_id,
@@ -124,10 +151,21 @@ void BrokerImpl::AddRefs(absl::Span<const uint64_t> buffers) {
 
 void BrokerImpl::DropRefs(absl::Span<const uint64_t> buffers) {
   absl::MutexLock l(&buffers_mu_);
+  DropRefsLocked(buffers, nullptr);
+}
+
+void BrokerImpl::DropRefsIn(BufferRun* run, absl::Span<const uint64_t> buffers) {
+  if (run == nullptr) return DropRefs(buffers);
+  buffers_mu_.AssertHeld();
+  DropRefsLocked(buffers, run);
+}
+
+void BrokerImpl::DropRefsLocked(absl::Span<const uint64_t> buffers, BufferRun* run) {
   for (uint64_t id : buffers) {
-    auto& b = buffers_.at(id);
+    internal::Buffer& b = run != nullptr && run->id == id ? *run->buffer : buffers_.at(id);
     assert(b.map_refs > 0);
     if (--b.map_refs == 0 && b.free_when_unreferenced) {
+      if (run != nullptr && run->id == id) *run = {};
       const absl::Status s = FreeBufferLocked(id);
       assert(s.ok());
       (void)s;

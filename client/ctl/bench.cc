@@ -14,6 +14,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/string_view.h"
 #include "absl/time/clock.h"
 #include "client/batch.h"
 #include "client/ctl/command.h"
@@ -159,11 +160,15 @@ void BatchWorker(const Client& client, const BenchOptions& o, absl::Time end, Th
     size_t unmaps;
   };
   std::deque<InFlight> window;
+  // The stream names the client's device once per message; an op names it
+  // only when it differs.
+  const absl::string_view device =
+      o.device == client.device() ? absl::string_view() : absl::string_view(o.device);
   // Single mode builds its ops in place in the stream's message (no copy).
   auto send = [&](const std::vector<uint64_t>& to_unmap, uint64_t maps) {
     for (uint64_t dma_addr : to_unmap) {
       if (o.mode == Mode::kSingle) {
-        batch.AddUnmap(dma_addr, o.device);
+        batch.AddUnmap(dma_addr, device);
         continue;
       }
       v1::BatchOp op;
@@ -173,7 +178,7 @@ void BatchWorker(const Client& client, const BenchOptions& o, absl::Time end, Th
     }
     for (uint64_t i = 0; i < maps; ++i) {
       if (o.mode == Mode::kSingle) {
-        batch.AddMap(buffer->id(), 0, o.pages * kPage, o.direction, o.device);
+        batch.AddMap(buffer->id(), 0, o.pages * kPage, o.direction, device);
       } else {
         batch.Add(map_op);
       }
@@ -192,6 +197,7 @@ void BatchWorker(const Client& client, const BenchOptions& o, absl::Time end, Th
       continue;
     }
     std::vector<uint64_t> mapped;
+    mapped.reserve(response->results_size());
     for (int i = 0; i < response->results_size(); ++i) {
       const v1::BatchResult& r = response->results(i);
       if (absl::Status s = BatchResultStatus(r); !s.ok()) {
