@@ -1,0 +1,290 @@
+// IovaGapTree's vectorised summary kernels: the maximum over a node's
+// entries of the three summary numbers, on 32- or 64-bit lanes, with an AVX2
+// build picked at run time by cpuid and an SSE2/generic one otherwise. The
+// tree calls them through the function pointers chosen at construction
+// (PickLeafSummary / PickInternalSummary); the scalar fallbacks live with the
+// tree in iova_gap_tree.cc.
+
+#include <algorithm>
+#include <array>
+#include <bit>
+#include <cstdint>
+#include <cstring>
+
+#include "core/iova_gap_tree.h"
+
+namespace iommu::core::internal {
+
+namespace {
+
+// Four 64-bit lanes as a GCC/Clang vector: one ymm register in the AVX2
+// kernel, two xmm in the SSE2 one. The helpers are always inlined (also at
+// -O0), so no vector crosses a real call (whose ABI would differ between the
+// two); for the same reason vectors are reinterpreted with __builtin_bit_cast,
+// never std::bit_cast (a real call at -O0: clang 14's Debug build returned
+// garbage lanes from it inside the AVX2 kernels).
+using Lanes = int64_t __attribute__((vector_size(32)));
+using ULanes = uint64_t __attribute__((vector_size(32)));  // for wrapping arithmetic
+constexpr int kLanes = 4;
+static_assert(IovaGapTree::kFanout % kLanes == 0);
+#if defined(__clang__)
+#pragma clang diagnostic ignored "-Wunknown-warning-option"
+#pragma clang diagnostic ignored "-Wpsabi"
+#elif defined(__GNUC__)
+#pragma GCC diagnostic ignored "-Wpsabi"
+#endif
+
+[[gnu::always_inline]] inline Lanes LoadLanes(const void* p) {  // bit copy
+  Lanes v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+[[gnu::always_inline]] inline ULanes LoadULanes(const uint64_t* p) {
+  ULanes v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+constexpr std::array<int64_t, IovaGapTree::kFanout> kSlotIndex = [] {
+  std::array<int64_t, IovaGapTree::kFanout> a{};
+  for (int i = 0; i < IovaGapTree::kFanout; ++i) a[i] = i;
+  return a;
+}();
+[[gnu::always_inline]] inline Lanes SplatLanes(int64_t x) { return Lanes{x, x, x, x}; }
+[[gnu::always_inline]] inline Lanes MaxLanes(Lanes a, Lanes b) { return a > b ? a : b; }
+[[gnu::always_inline]] inline int64_t HorizontalMax(Lanes v) {
+  return std::max(std::max(v[0], v[1]), std::max(v[2], v[3]));
+}
+
+// max over the lanes of Word(r, j) = min(2^j, len - pad) if len > max(pad,
+// 2^(j-1)), else 0, where pad = (-lo) mod 2^j. Lanes are signed: REQUIRES
+// every len < 2^32 and j < 32.
+[[gnu::always_inline]] inline uint32_t WordMax(const Lanes* len, const Lanes* neg_lo, int j) {
+  const Lanes mask = SplatLanes((int64_t{1} << j) - 1);
+  const Lanes cap = SplatLanes(int64_t{1} << j);
+  const Lanes half = SplatLanes(j > 0 ? int64_t{1} << (j - 1) : 0);
+  Lanes w = Lanes{};
+#pragma GCC unroll 4
+  for (int v = 0; v < IovaGapTree::kFanout / kLanes; ++v) {
+    const Lanes pad = neg_lo[v] & mask;
+    Lanes room = len[v] - pad;  // > cap or < 0 only where it does not count
+    room = room < cap ? room : cap;
+    w = MaxLanes(w, len[v] > half ? room : Lanes{});
+  }
+  return static_cast<uint32_t>(HorizontalMax(w));
+}
+
+// Eight 32-bit lanes, for leaves whose ranges are all shorter than
+// 2^kNarrowBits pages: every word, pad and length then fits a signed 32-bit
+// lane, and a kernel pass is over two vectors instead of four.
+using Lanes32 = int32_t __attribute__((vector_size(32)));
+constexpr int kNarrowBits = 30;
+[[gnu::always_inline]] inline Lanes32 SplatLanes32(int32_t x) {
+  return Lanes32{x, x, x, x, x, x, x, x};
+}
+[[gnu::always_inline]] inline Lanes32 MaxLanes32(Lanes32 a, Lanes32 b) { return a > b ? a : b; }
+// The low halves of a's and b's lanes (little-endian: the even 32-bit lanes).
+[[gnu::always_inline]] inline Lanes32 Narrow(Lanes a, Lanes b) {
+  return __builtin_shufflevector(__builtin_bit_cast(Lanes32, a), __builtin_bit_cast(Lanes32, b), 0,
+                                 2, 4, 6, 8, 10, 12, 14);
+}
+[[gnu::always_inline]] inline int32_t HorizontalMax32(Lanes32 v) {
+  v = MaxLanes32(v, __builtin_shufflevector(v, v, 4, 5, 6, 7, 0, 1, 2, 3));
+  v = MaxLanes32(v, __builtin_shufflevector(v, v, 2, 3, 0, 1, 6, 7, 4, 5));
+  v = MaxLanes32(v, __builtin_shufflevector(v, v, 1, 0, 3, 2, 5, 4, 7, 6));
+  return v[0];
+}
+// WordMax on 32-bit lanes. REQUIRES every len < 2^kNarrowBits, j <= kNarrowBits.
+[[gnu::always_inline]] inline uint32_t WordMax32(const Lanes32* len, const Lanes32* neg_lo, int j) {
+  const Lanes32 mask = SplatLanes32(static_cast<int32_t>((int64_t{1} << j) - 1));
+  const Lanes32 cap = SplatLanes32(static_cast<int32_t>(int64_t{1} << j));
+  const Lanes32 half = SplatLanes32(j > 0 ? int32_t{1} << (j - 1) : 0);
+  Lanes32 w = Lanes32{};
+#pragma GCC unroll 2
+  for (int v = 0; v < IovaGapTree::kFanout / 8; ++v) {
+    const Lanes32 pad = neg_lo[v] & mask;
+    Lanes32 room = len[v] - pad;  // > cap or < 0 only where it does not count
+    room = room < cap ? room : cap;
+    w = MaxLanes32(w, len[v] > half ? room : Lanes32{});
+  }
+  return static_cast<uint32_t>(HorizontalMax32(w));
+}
+
+// The leaf summary for count <= kFanout ranges held in lo/hi, lanes past
+// `count` ignored; returns false (and leaves *out alone) if some range has
+// 2^32 pages or more, which the scalar code handles.
+[[gnu::always_inline]] inline bool LeafLanesBody(const uint64_t* lo, const uint64_t* hi,
+                                                 int count, uint64_t* max_len, uint32_t* below,
+                                                 uint32_t* top) {
+  constexpr int kVectors = IovaGapTree::kFanout / kLanes;
+  Lanes len[kVectors];
+  Lanes neg_lo[kVectors];
+  Lanes m = Lanes{};
+  Lanes any = Lanes{};
+  const Lanes cnt = SplatLanes(count);
+#pragma GCC unroll 4
+  for (int v = 0; v < kVectors; ++v) {
+    const Lanes index = LoadLanes(&kSlotIndex[kLanes * v]);
+    // Unsigned (wrapping) until every len is known to be < 2^32.
+    const ULanes l = LoadULanes(hi + kLanes * v) - LoadULanes(lo + kLanes * v) + 1;
+    len[v] = index < cnt ? __builtin_bit_cast(Lanes, l) : Lanes{};  // unused: empty
+    const ULanes neg = ULanes{} - LoadULanes(lo + kLanes * v);
+    neg_lo[v] = __builtin_bit_cast(Lanes, neg);
+    any |= len[v];
+  }
+  const int64_t any_len = any[0] | any[1] | any[2] | any[3];
+  if ((any_len >> kNarrowBits) == 0) {
+    constexpr int kVectors32 = IovaGapTree::kFanout / 8;
+    Lanes32 len32[kVectors32];
+    Lanes32 neg_lo32[kVectors32];  // (-lo) mod 2^32: pads only need its low bits
+#pragma GCC unroll 2
+    for (int v = 0; v < kVectors32; ++v) {
+      len32[v] = Narrow(len[2 * v], len[2 * v + 1]);
+      neg_lo32[v] = Narrow(neg_lo[2 * v], neg_lo[2 * v + 1]);
+    }
+    Lanes32 m32 = len32[0];
+#pragma GCC unroll 2
+    for (int v = 1; v < kVectors32; ++v) m32 = MaxLanes32(m32, len32[v]);
+    *max_len = static_cast<uint64_t>(HorizontalMax32(m32));
+    if (*max_len == 0) {
+      *below = *top = 0;
+      return true;
+    }
+    const int k = std::bit_width(*max_len - 1);  // <= kNarrowBits
+    *top = WordMax32(len32, neg_lo32, k);
+    *below = k > 0 ? WordMax32(len32, neg_lo32, k - 1) : 0;
+    return true;
+  }
+  if ((any_len >> 32) != 0) return false;
+  if (count == 0) {
+    *max_len = 0;
+    *below = *top = 0;
+    return true;
+  }
+#pragma GCC unroll 4
+  for (int v = 0; v < kVectors; ++v) m = MaxLanes(m, len[v]);
+  *max_len = static_cast<uint64_t>(HorizontalMax(m));
+  const int k = std::bit_width(*max_len - 1);
+  // Word(r, j) for j = k - 1 and k (every value < 2^32 here).
+  *top = WordMax(len, neg_lo, k);
+  *below = k > 0 ? WordMax(len, neg_lo, k - 1) : 0;
+  return true;
+}
+
+[[gnu::always_inline]] inline Lanes32 LoadLanes32(const uint32_t* p) {  // bit copy
+  Lanes32 v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+
+// InternalSummary's body on 8 x 32-bit lanes, for count <= kFanout entries
+// whose max_len (hi) are all shorter than 2^kNarrowBits (so every word, too);
+// returns false otherwise (the scalar code's case).
+[[gnu::always_inline]] inline bool InternalLanesBody(const uint64_t* hi, const uint32_t* below,
+                                                     const uint32_t* top, int count,
+                                                     uint64_t* max_len, uint32_t* below_out,
+                                                     uint32_t* top_out) {
+  constexpr int kVectors = IovaGapTree::kFanout / kLanes;
+  Lanes h[kVectors];
+  Lanes any = Lanes{};
+  const Lanes cnt = SplatLanes(count);
+#pragma GCC unroll 4
+  for (int v = 0; v < kVectors; ++v) {
+    const Lanes index = LoadLanes(&kSlotIndex[kLanes * v]);
+    h[v] = index < cnt ? LoadLanes(hi + kLanes * v) : Lanes{};  // unused: empty
+    any |= h[v];
+  }
+  // Unsigned: a max_len of 2^63 or more reads negative but is caught here.
+  if ((static_cast<uint64_t>(any[0] | any[1] | any[2] | any[3]) >> kNarrowBits) != 0) return false;
+  constexpr int kVectors32 = IovaGapTree::kFanout / 8;
+  Lanes32 h32[kVectors32];
+#pragma GCC unroll 2
+  for (int v = 0; v < kVectors32; ++v) h32[v] = Narrow(h[2 * v], h[2 * v + 1]);
+  Lanes32 m32 = h32[0];
+#pragma GCC unroll 2
+  for (int v = 1; v < kVectors32; ++v) m32 = MaxLanes32(m32, h32[v]);
+  *max_len = static_cast<uint64_t>(HorizontalMax32(m32));
+  if (*max_len == 0) {
+    *below_out = *top_out = 0;
+    return true;
+  }
+  // As InternalSummary: an entry reaches order k (its row[k] is its top,
+  // row[k - 1] its below) iff hi > 2^(k-1), order k - 1 only (its top is
+  // row[k - 1]) iff 2^(k-2) < hi <= 2^(k-1).
+  const int k = std::bit_width(*max_len - 1);  // <= kNarrowBits
+  const Lanes32 half = SplatLanes32(k >= 1 ? int32_t{1} << (k - 1) : 0);
+  const Lanes32 quarter = SplatLanes32(k >= 2 ? int32_t{1} << (k - 2) : 0);
+  Lanes32 t_max = Lanes32{};
+  Lanes32 b_max = Lanes32{};
+#pragma GCC unroll 2
+  for (int v = 0; v < kVectors32; ++v) {
+    const Lanes32 t = LoadLanes32(top + 8 * v);  // words < 2^kNarrowBits: signed is fine
+    const Lanes32 b = LoadLanes32(below + 8 * v);
+    const Lanes32 at_k = h32[v] > half;
+    const Lanes32 at_k1 = h32[v] > quarter;
+    t_max = MaxLanes32(t_max, t & at_k);
+    b_max = MaxLanes32(b_max, (b & at_k) | (t & at_k1 & ~at_k));
+  }
+  *top_out = static_cast<uint32_t>(HorizontalMax32(t_max));
+  *below_out = k > 0 ? static_cast<uint32_t>(HorizontalMax32(b_max)) : 0;
+  return true;
+}
+
+}  // namespace
+
+IovaGapTree::Summary IovaGapTree::InternalSummaryLanes(const Node& n) {
+  Summary sum;
+  if (!InternalLanesBody(n.hi, n.below, n.top, n.count, &sum.max_len, &sum.below, &sum.top)) {
+    return InternalSummary(n);
+  }
+  return sum;
+}
+
+IovaGapTree::Summary IovaGapTree::LeafSummaryLanes(const Node& n) {
+  Summary sum;
+  if (!LeafLanesBody(n.lo, n.hi, n.count, &sum.max_len, &sum.below, &sum.top)) {
+    return LeafSummaryScalar(n);
+  }
+  return sum;
+}
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+__attribute__((target("avx2"))) IovaGapTree::Summary IovaGapTree::LeafSummaryLanesAvx2(
+    const Node& n) {
+  Summary sum;
+  if (!LeafLanesBody(n.lo, n.hi, n.count, &sum.max_len, &sum.below, &sum.top)) {
+    return LeafSummaryScalar(n);
+  }
+  return sum;
+}
+
+__attribute__((target("avx2"))) IovaGapTree::Summary IovaGapTree::InternalSummaryLanesAvx2(
+    const Node& n) {
+  Summary sum;
+  if (!InternalLanesBody(n.hi, n.below, n.top, n.count, &sum.max_len, &sum.below, &sum.top)) {
+    return InternalSummary(n);
+  }
+  return sum;
+}
+
+IovaGapTree::LeafSummaryFn IovaGapTree::PickLeafSummary() {
+  return __builtin_cpu_supports("avx2") ? &LeafSummaryLanesAvx2 : &LeafSummaryLanes;
+}
+
+IovaGapTree::LeafSummaryFn IovaGapTree::PickInternalSummary() {
+  return __builtin_cpu_supports("avx2") ? &InternalSummaryLanesAvx2 : &InternalSummaryLanes;
+}
+#else
+IovaGapTree::Summary IovaGapTree::LeafSummaryLanesAvx2(const Node& n) {
+  return LeafSummaryLanes(n);
+}
+
+IovaGapTree::Summary IovaGapTree::InternalSummaryLanesAvx2(const Node& n) {
+  return InternalSummaryLanes(n);
+}
+
+IovaGapTree::LeafSummaryFn IovaGapTree::PickLeafSummary() { return &LeafSummaryLanes; }
+
+IovaGapTree::LeafSummaryFn IovaGapTree::PickInternalSummary() { return &InternalSummaryLanes; }
+#endif
+
+}  // namespace iommu::core::internal
