@@ -8,6 +8,7 @@
 
 #include "benchmark/benchmark.h"
 #include "core/buddy_allocator.h"
+#include "core/xorshift.h"
 
 namespace iommu::core {
 namespace {
@@ -52,13 +53,7 @@ void BM_MixedChurn(benchmark::State& state) {
     bool valid;
   };
   std::vector<Live> live(16384);
-  uint64_t x = 42;
-  auto rng = [&x] {
-    x ^= x << 13;
-    x ^= x >> 7;
-    x ^= x << 17;
-    return x;
-  };
+  core::Xorshift64 rng;
   auto refill = [&](Live& l) {
     l.order = unsigned(rng() % 7);
     absl::StatusOr<PhysAddr> a = b.Allocate(l.order);

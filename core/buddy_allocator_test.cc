@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "core/bits.h"
+#include "core/xorshift.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
@@ -207,13 +208,7 @@ void RandomOps(uint64_t base_pfn, uint64_t num_pages, std::optional<unsigned> ma
     uint64_t pfn, count;
   };
   std::vector<Live> live;
-  uint64_t x = seed;
-  auto rng = [&x] {
-    x ^= x << 13;
-    x ^= x >> 7;
-    x ^= x << 17;
-    return x;
-  };
+  Xorshift64 rng(seed);
   int allocs = 0, failures = 0, partial_frees = 0;
   for (int op = 0; op < 12000; ++op) {
     const uint64_t r = rng() % 100;

@@ -5,6 +5,7 @@
 #include <thread>
 #include <vector>
 
+#include "core/xorshift.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
@@ -125,13 +126,7 @@ TEST(FaultRingTest, OverflowOverwritesOldestAndCountsLostPerReader) {
 // or counted lost, across many wraps.
 TEST(FaultRingTest, SlowReaderAccountsForEveryRecord) {
   std::unique_ptr<FaultRing> ring = MakeOrDie(16);
-  uint64_t x = 42;
-  auto rng = [&x] {
-    x ^= x << 13;
-    x ^= x >> 7;
-    x ^= x << 17;
-    return x;
-  };
+  Xorshift64 rng;
   uint64_t after = 0, read = 0, lost = 0;
   uint64_t expected_seq = 1;
   for (int op = 0; op < 20000; ++op) {

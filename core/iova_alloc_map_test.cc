@@ -6,6 +6,7 @@
 #include <utility>
 #include <vector>
 
+#include "core/xorshift.h"
 #include "gtest/gtest.h"
 
 namespace iommu::core::internal {
@@ -13,16 +14,7 @@ namespace {
 
 using Group = IovaAllocMap::Group;
 
-struct TestRng {
-  uint64_t x = 42;
-  uint64_t Next() {
-    x ^= x << 13;
-    x ^= x >> 7;
-    x ^= x << 17;
-    return x;
-  }
-  uint64_t Below(uint64_t n) { return Next() % n; }
-};
+using TestRng = Xorshift64;
 
 std::vector<std::pair<uint64_t, uint64_t>> Contents(const IovaAllocMap& m) {
   std::vector<std::pair<uint64_t, uint64_t>> out;

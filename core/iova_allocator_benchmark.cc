@@ -15,19 +15,12 @@
 
 #include "benchmark/benchmark.h"
 #include "core/iova_allocator.h"
+#include "core/xorshift.h"
 
 namespace iommu::core {
 namespace {
 
-struct Xorshift {
-  uint64_t x = 42;
-  uint64_t Next() {
-    x ^= x << 13;
-    x ^= x >> 7;
-    x ^= x << 17;
-    return x;
-  }
-};
+using Xorshift = core::Xorshift64;
 
 IovaAllocator MakeAllocator(uint64_t end_pfn, bool cache) {
   IovaAllocatorOptions o;

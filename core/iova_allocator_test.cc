@@ -12,6 +12,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "core/xorshift.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
@@ -20,17 +21,7 @@ namespace {
 
 using ::testing::HasSubstr;
 
-// xorshift64, as the workloads.
-struct TestRng {
-  uint64_t x = 42;
-  uint64_t Next() {
-    x ^= x << 13;
-    x ^= x >> 7;
-    x ^= x << 17;
-    return x;
-  }
-  uint64_t Below(uint64_t n) { return Next() % n; }
-};
+using TestRng = Xorshift64;
 
 IovaAllocatorOptions Opts(uint64_t start_pfn, uint64_t end_pfn, bool cache = false) {
   IovaAllocatorOptions o;

@@ -12,21 +12,13 @@
 #include <vector>
 
 #include "core/bits.h"
+#include "core/xorshift.h"
 #include "gtest/gtest.h"
 
 namespace iommu::core::internal {
 namespace {
 
-struct Rng {
-  uint64_t x;
-  uint64_t Next() {
-    x ^= x << 13;
-    x ^= x >> 7;
-    x ^= x << 17;
-    return x;
-  }
-  uint64_t Below(uint64_t n) { return Next() % n; }
-};
+using Rng = Xorshift64;
 
 // The free set as a sorted map lo -> hi, searched linearly.
 class Model {
@@ -193,21 +185,23 @@ TEST(IovaGapTreeTest, TakeAndQueriesAcrossLeaves) {
   EXPECT_EQ(t.range_count(), 1u);
 }
 
-// Ranges of 2^32 pages and more take the scalar leaf path and saturated words;
-// requests above kRoomCap pages check candidates in 64 bits.
-TEST(IovaGapTreeTest, HugeRangesMatchModel) {
-  constexpr uint64_t kEnd = (uint64_t{1} << 40) - 1;
-  IovaGapTree t(41);
+// Random Carve/Release in [1, end] against the model: two of three ops
+// allocate a request of next_size() pages at the model's highest fit below a
+// random limit, the rest free a random live range; invariants after each.
+template <typename SizeFn>
+void RandomFitsMatchModel(uint64_t end, int num_orders, uint64_t seed, int ops,
+                          SizeFn next_size) {
+  IovaGapTree t(num_orders);
   Model m;
-  t.Release(1, kEnd);
-  m.Free(1, kEnd);
-  Rng rng{12345};
+  t.Release(1, end);
+  m.Free(1, end);
+  Rng rng{seed};
   std::vector<std::pair<uint64_t, uint64_t>> live;
-  for (int op = 0; op < 3000; ++op) {
+  for (int op = 0; op < ops; ++op) {
     if (rng.Below(3) != 0 || live.empty()) {
-      const uint64_t n = (uint64_t{1} << rng.Below(38)) + rng.Below(1000) + 1;
+      const uint64_t n = next_size(rng);
       const int order = std::bit_width(n - 1);
-      const uint64_t limit = rng.Below(kEnd) + 1;
+      const uint64_t limit = rng.Below(end) + 1;
       bool found = false;
       const uint64_t want = m.HighestFit(n, order, limit, &found);
       const IovaGapTree::Fit fit = t.FindHighestFit(n, order, limit);
@@ -227,6 +221,14 @@ TEST(IovaGapTreeTest, HugeRangesMatchModel) {
     ASSERT_TRUE(t.CheckInvariants().ok()) << "op " << op << ": " << t.CheckInvariants();
   }
   ExpectSameRanges(t, m);
+}
+
+// Ranges of 2^32 pages and more take the scalar leaf path and saturated words;
+// requests above kRoomCap pages check candidates in 64 bits.
+TEST(IovaGapTreeTest, HugeRangesMatchModel) {
+  RandomFitsMatchModel((uint64_t{1} << 40) - 1, 41, 12345, 3000, [](Rng& rng) {
+    return (uint64_t{1} << rng.Below(38)) + rng.Below(1000) + 1;
+  });
 }
 
 // A search whose limit path claims a fit that lies above the limit must come
@@ -268,51 +270,24 @@ TEST(IovaGapTreeTest, SearchResumesBelowTheLimitPath) {
 // random carves and releases with lengths on both sides of each width, every
 // summary recounted after every operation.
 TEST(IovaGapTreeTest, LeafKernelWidthsMatchModel) {
-  constexpr uint64_t kEnd = (uint64_t{1} << 36) - 1;
-  IovaGapTree t(37);
-  Model m;
-  t.Release(1, kEnd);
-  m.Free(1, kEnd);
-  Rng rng{777};
-  std::vector<std::pair<uint64_t, uint64_t>> live;
-  const uint64_t kWidths[] = {uint64_t{1} << 30, uint64_t{1} << 32};
-  for (int op = 0; op < 4000; ++op) {
-    if (rng.Below(3) != 0 || live.empty()) {
-      uint64_t n;
-      switch (rng.Below(4)) {
-        case 0:
-          n = rng.Below(64) + 1;
-          break;
-        case 1:
-        case 2: {
-          const uint64_t w = kWidths[rng.Below(2)];
-          n = rng.Below(2) == 0 ? w - rng.Below(8) : w + rng.Below(8);
-          break;
-        }
-        default:
-          n = rng.Below(uint64_t{1} << 20) + 1;
+  RandomFitsMatchModel((uint64_t{1} << 36) - 1, 37, 777, 4000, [](Rng& rng) {
+    const uint64_t kWidths[] = {uint64_t{1} << 30, uint64_t{1} << 32};
+    uint64_t n;
+    switch (rng.Below(4)) {
+      case 0:
+        n = rng.Below(64) + 1;
+        break;
+      case 1:
+      case 2: {
+        const uint64_t w = kWidths[rng.Below(2)];
+        n = rng.Below(2) == 0 ? w - rng.Below(8) : w + rng.Below(8);
+        break;
       }
-      const int order = std::bit_width(n - 1);
-      const uint64_t limit = rng.Below(kEnd) + 1;
-      bool found = false;
-      const uint64_t want = m.HighestFit(n, order, limit, &found);
-      const IovaGapTree::Fit fit = t.FindHighestFit(n, order, limit);
-      ASSERT_EQ(fit.node != 0, found) << "op " << op;
-      if (fit.node == 0) continue;
-      ASSERT_EQ(fit.pfn, want) << "op " << op << " n=" << n;
-      t.Carve(fit, n);
-      m.Occupy(want, want + n - 1);
-      live.emplace_back(want, n);
-    } else {
-      const size_t j = rng.Below(live.size());
-      t.Release(live[j].first, live[j].first + live[j].second - 1);
-      m.Free(live[j].first, live[j].first + live[j].second - 1);
-      live[j] = live.back();
-      live.pop_back();
+      default:
+        n = rng.Below(uint64_t{1} << 20) + 1;
     }
-    ASSERT_TRUE(t.CheckInvariants().ok()) << "op " << op << ": " << t.CheckInvariants();
-  }
-  ExpectSameRanges(t, m);
+    return n;
+  });
 }
 
 }  // namespace

@@ -9,6 +9,7 @@
 
 #include "benchmark/benchmark.h"
 #include "core/io_pgtable.h"
+#include "core/xorshift.h"
 
 namespace iommu::core {
 namespace {
@@ -97,12 +98,9 @@ void BM_IovaToPhys(benchmark::State& state) {
   constexpr uint64_t kPages = 262144;
   (void)ops->MapPages(Iova(kIovaBase), PhysAddr(kPaBase), kSz4K, kPages,
                       Prot::kRead | Prot::kWrite);
-  uint64_t x = 42;
+  core::Xorshift64 rng;
   for (auto _ : state) {
-    x ^= x << 13;
-    x ^= x >> 7;
-    x ^= x << 17;
-    benchmark::DoNotOptimize(ops->IovaToPhys(Iova(kIovaBase + (x % kPages) * kSz4K)));
+    benchmark::DoNotOptimize(ops->IovaToPhys(Iova(kIovaBase + rng.Below(kPages) * kSz4K)));
   }
 }
 BENCHMARK(BM_IovaToPhys);

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "core/bits.h"
+#include "core/xorshift.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
@@ -318,13 +319,7 @@ TEST(PhysMemoryTest, RandomOpsMatchOwnershipModel) {
   std::unique_ptr<PhysMemory> m = MakeOrDie(config);
   std::map<uint64_t, uint64_t> model;  // page -> owner
   std::vector<PhysAllocation> live;
-  uint64_t x = 42;
-  auto rng = [&x] {
-    x ^= x << 13;
-    x ^= x >> 7;
-    x ^= x << 17;
-    return x;
-  };
+  Xorshift64 rng;
   int ok = 0, exhausted = 0, huge = 0, contiguous = 0;
   for (int op = 0; op < 12000; ++op) {
     const uint64_t r = rng() % 100;

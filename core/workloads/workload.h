@@ -16,22 +16,12 @@
 #include <utility>
 #include <vector>
 
+#include "core/xorshift.h"
+
 namespace iommu::workloads {
 
 // xorshift64 with shifts 13, 7, 17: the generator every workload replays.
-class Rng {
- public:
-  explicit Rng(uint64_t seed = 42) : x_(seed) {}
-  uint64_t Next() {
-    x_ ^= x_ << 13;
-    x_ ^= x_ >> 7;
-    x_ ^= x_ << 17;
-    return x_;
-  }
-
- private:
-  uint64_t x_;
-};
+using Rng = core::Xorshift64;
 
 // CLOCK_MONOTONIC in nanoseconds, read right before and after a timed loop.
 inline uint64_t MonotonicNs() {
