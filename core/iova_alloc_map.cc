@@ -21,6 +21,7 @@ IovaAllocMap::IovaAllocMap(uint64_t start_pfn, uint64_t end_pfn)
                    ? 0
                    : (chunk_bits - kTopShift + kLevelShift - 1) / kLevelShift * kLevelShift;
   top_.assign(((num_chunks - 1) >> top_shift_) + 1, nullptr);
+  flat_chunks_ = top_shift_ == 0 ? num_chunks_ : 0;
 }
 
 IovaAllocMap::Group& IovaAllocMap::FindOrCreate(uint64_t pfn) {

@@ -22,7 +22,9 @@
 //          level up to 2^27 pfns (a 32-bit space of 4K pages is 32 top
 //          pointers), two up to 2^36, three up to 2^45, four up to 2^54. A
 //          lookup is a bounds check and depth + 1 dependent loads; the top
-//          levels stay in L1.
+//          levels stay in L1. A one-level map (the common case) is looked up
+//          without the level loop: one compare serves as bounds check and
+//          depth test, then the top pointer and the group.
 //   Memory is proportional to the IOVA span ever written (16 bytes per 64
 //   pfns, in 8 KiB chunks, plus 4 KiB per lower directory node), not to the
 //   number of allocations; sparse small allocations far apart cost a chunk
@@ -86,14 +88,12 @@ class IovaAllocMap {
   // or its chunk was never written (then nothing starts or ends in it).
   Group* Find(uint64_t pfn) {
     const uint64_t c = (pfn >> kChunkPfnShift) - base_chunk_;
-    if (c >= num_chunks_) [[unlikely]] return nullptr;
-    void* next = top_[c >> top_shift_];
-    for (int shift = top_shift_ - kLevelShift; shift >= 0; shift -= kLevelShift) {
-      if (next == nullptr) return nullptr;
-      next = static_cast<void* const*>(next)[(c >> shift) & kLevelMask];
+    if (c < flat_chunks_) [[likely]] {
+      // One level: the bounds check above was the depth check too.
+      Group* const chunk = static_cast<Group*>(top_[c]);
+      return chunk != nullptr ? chunk + ((pfn >> kGroupShift) & kChunkMask) : nullptr;
     }
-    if (next == nullptr) return nullptr;
-    return static_cast<Group*>(next) + ((pfn >> kGroupShift) & kChunkMask);
+    return FindDeep(c, pfn);
   }
   const Group* Find(uint64_t pfn) const { return const_cast<IovaAllocMap*>(this)->Find(pfn); }
   // Find without the checks. REQUIRES: pfn's chunk was written (something
@@ -101,10 +101,7 @@ class IovaAllocMap {
   Group& Existing(uint64_t pfn) {
     const uint64_t c = (pfn >> kChunkPfnShift) - base_chunk_;
     assert(c < num_chunks_);
-    void* next = top_[c >> top_shift_];
-    for (int shift = top_shift_ - kLevelShift; shift >= 0; shift -= kLevelShift) {
-      next = static_cast<void* const*>(next)[(c >> shift) & kLevelMask];
-    }
+    void* const next = c < flat_chunks_ ? top_[c] : Descend(c);
     assert(next != nullptr);
     return static_cast<Group*>(next)[(pfn >> kGroupShift) & kChunkMask];
   }
@@ -183,6 +180,27 @@ class IovaAllocMap {
   int depth() const { return top_shift_ / kLevelShift + 1; }
 
  private:
+  // Find on a map of more than one level (or pfn outside the span).
+  Group* FindDeep(uint64_t c, uint64_t pfn) {
+    if (c >= num_chunks_) return nullptr;
+    void* next = top_[c >> top_shift_];
+    for (int shift = top_shift_ - kLevelShift; shift >= 0; shift -= kLevelShift) {
+      if (next == nullptr) return nullptr;
+      next = static_cast<void* const*>(next)[(c >> shift) & kLevelMask];
+    }
+    if (next == nullptr) return nullptr;
+    return static_cast<Group*>(next) + ((pfn >> kGroupShift) & kChunkMask);
+  }
+  // The chunk of chunk index c through every level, each on the way
+  // written.
+  void* Descend(uint64_t c) const {
+    void* next = top_[c >> top_shift_];
+    for (int shift = top_shift_ - kLevelShift; shift >= 0; shift -= kLevelShift) {
+      next = static_cast<void* const*>(next)[(c >> shift) & kLevelMask];
+    }
+    return next;
+  }
+
   // fn(first absolute group, chunk) for each written chunk, ascending.
   template <typename Fn>
   void ForEachChunk(Fn&& fn) const {
@@ -195,6 +213,10 @@ class IovaAllocMap {
   // chunk base_chunk_ + c.
   uint64_t base_chunk_ = 0;  // start_pfn >> kChunkPfnShift
   uint64_t num_chunks_ = 0;  // chunks spanning [start_pfn, end_pfn]
+  // num_chunks_ when the directory has one level (top_shift_ == 0), else 0:
+  // c < flat_chunks_ is the bounds check and the depth test of a lookup in
+  // one compare.
+  uint64_t flat_chunks_ = 0;
   // Chunk index c goes to top_[c >> top_shift_], then one lower level per
   // kLevelShift bits of top_shift_.
   int top_shift_ = 0;

@@ -90,6 +90,68 @@ TEST(IovaAllocMap, ExactSizeNeedsStartAndTheFirstEndAbove) {
   EXPECT_EQ(IovaAllocMap::PagesAt(full, 128), 64u);  // offsets only
 }
 
+// Find and Existing on one-level maps (the flat lookup: one compare for the
+// bounds and the depth) and deeper ones (the level walk), at the first and
+// last chunk of the span, just outside it and far outside.
+TEST(IovaAllocMap, FindAndExistingAgreeAtEveryDepth) {
+  struct Span {
+    uint64_t start;
+    uint64_t end;
+    int depth;
+  };
+  const Span spans[] = {
+      {1, (uint64_t{1} << 20) - 1, 1},
+      {1, (uint64_t{1} << 27) - 1, 1},  // the largest one-level span
+      {uint64_t{1} << 40, (uint64_t{1} << 40) + (uint64_t{1} << 20) + 5, 1},  // base chunk
+      {1, uint64_t{1} << 27, 2},
+      {100, (uint64_t{1} << 36) - 1, 2},
+      {(uint64_t{1} << 41) + 7, (uint64_t{1} << 41) + (uint64_t{1} << 40), 3},
+  };
+  constexpr uint64_t kChunkPfns = uint64_t{1} << IovaAllocMap::kChunkPfnShift;
+  for (const Span& span : spans) {
+    SCOPED_TRACE(testing::Message() << std::hex << span.start << ".." << span.end);
+    IovaAllocMap m(span.start, span.end);
+    ASSERT_EQ(m.depth(), span.depth);
+    const uint64_t first_chunk_pfn = span.start & ~(kChunkPfns - 1);
+    const uint64_t last_chunk_pfn = span.end & ~(kChunkPfns - 1);
+    // Nothing written: no group anywhere, inside or out.
+    for (uint64_t p : {span.start, span.end, first_chunk_pfn, last_chunk_pfn + kChunkPfns,
+                       first_chunk_pfn - 1, ~uint64_t{0}, uint64_t{0}}) {
+      EXPECT_EQ(m.Find(p), nullptr) << std::hex << p;
+    }
+    // Allocations of 1 and 64 pages at the span's ends and in its middle.
+    const uint64_t last64 = (span.end + 1) / 64 * 64 - 64;
+    const uint64_t first64 = (span.start + 63) / 64 * 64;
+    const uint64_t mid = (span.start / 2 + span.end / 2) & ~uint64_t{63};
+    const std::pair<uint64_t, uint64_t> allocs[] = {
+        {span.start, 1}, {span.end, 1}, {first64 + 64, 64}, {last64 - 64, 64}, {mid, 64}};
+    for (const auto& [pfn, pages] : allocs) m.Insert(pfn, pages);
+    for (const auto& [pfn, pages] : allocs) {
+      Group* g = m.Find(pfn);
+      ASSERT_NE(g, nullptr) << std::hex << pfn;
+      EXPECT_EQ(g, &m.Existing(pfn));
+      EXPECT_EQ(g, &m.Existing(pfn + pages - 1));  // same group
+      EXPECT_EQ(IovaAllocMap::PagesAt(*g, pfn), pages);
+      EXPECT_TRUE(IovaAllocMap::StartsExactly(*g, pfn, pages));
+    }
+    // Out of the span's chunks: still nothing; a chunk next to a written
+    // one inside the span: nothing.
+    EXPECT_EQ(m.Find(first_chunk_pfn - 1), nullptr);
+    EXPECT_EQ(m.Find(last_chunk_pfn + kChunkPfns), nullptr);
+    EXPECT_EQ(m.Find(~uint64_t{0}), nullptr);
+    if (mid + 2 * kChunkPfns < last_chunk_pfn) {
+      EXPECT_EQ(m.Find(mid + 2 * kChunkPfns), nullptr);
+    }
+    // Existing reaches a group written through Find's pointer.
+    for (const auto& [pfn, pages] : allocs) {
+      IovaAllocMap::Clear(*m.Find(pfn), pfn, pages);
+      EXPECT_EQ(IovaAllocMap::PagesAt(m.Existing(pfn), pfn), 0u);
+    }
+    EXPECT_TRUE(Contents(m).empty());
+    EXPECT_TRUE(m.CheckStructure().ok());
+  }
+}
+
 TEST(IovaAllocMap, CheckStructureFindsUnpairedBits) {
   IovaAllocMap m(1, 1 << 20);
   m.Insert(64, 2);

@@ -202,9 +202,10 @@ class IovaAllocator {
     if (num_pages - 1 < inline_alloc_max_pages_) [[likely]] {
       const int cls = SizeClass(num_pages);
       const uint64_t size = uint64_t{1} << cls;
-      const uint64_t limit = ClipLimit(limit_pfn);
-      if (limit + 1 >= size) [[likely]] {
-        const uint64_t pfn = cache_.TryPopLoaded(cls, limit + 1 - size);
+      // A cached range lies inside [start_pfn, end_pfn], so it fits below
+      // the limit iff it ends at or below limit_pfn: no clip to end_pfn.
+      if (limit_pfn >= size - 1) [[likely]] {
+        const uint64_t pfn = cache_.TryPopLoaded(cls, limit_pfn - (size - 1));
         if (pfn != 0) [[likely]] {
           ++cache_hits_;
           // The range was recorded live before it was cached: its chunk

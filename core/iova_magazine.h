@@ -4,12 +4,22 @@
 // IovaMagazineCache: Linux's IOVA range caches (iova.c "rcache") for one CPU.
 //
 // Layout. One size class per order 0..num_classes-1 (class k caches ranges of
-// exactly 2^k pages). Each class owns 2 + depot_size magazines carved out of
-// one array allocated at construction, so pushes and pops never allocate:
+// exactly 2^k pages). Each class owns 2 + depot_size magazines of `depth` pfns
+// carved out of one array allocated at construction, so pushes and pops never
+// allocate:
 //
-//   magazine = [count, pfn_1, ..., pfn_depth]   (depth + 1 words)
-//   class    = loaded, prev (magazines) + depot (stack of full magazines)
-//            + spares (empty magazines not in use)
+//   magazine = [pfn_0, ..., pfn_{depth-1}]        (its count is kept apart)
+//   class    = {loaded, loaded_count, prev, prev_count, mags, depot_count}
+//              (48 bytes; the classes are an array inside the object)
+//   mags     = the class's other depot_size magazines: mags[0, depot_count)
+//              is the depot (full magazines, a stack), the rest are spares
+//              (empty magazines not in use)
+//
+// Only `loaded` and `prev` can be partly filled, so only they carry a count;
+// a depot magazine holds exactly depth pfns and a spare none. The loaded
+// magazine's pointer and count sit together at the start of the class: a
+// cache hit is one access to the class and one to the magazine, with no
+// chained load through a count word in the magazine.
 //
 // Policy (as __iova_rcache_insert / __iova_rcache_get):
 //   Push: into `loaded`; if full, swap with `prev` when prev is not full; if
@@ -25,11 +35,12 @@
 // a scan of one magazine or a spill releases one magazine to the tree.
 // TryPopLoaded / TryPushLoaded are the inline common cases (the loaded
 // magazine serves), a handful of instructions with no counter updates: the
-// totals are recounted from the magazine counts, O(size classes).
+// totals are recounted from the class counts, O(size classes).
 //
 // Thread-compatible: one instance per allocator ("one CPU"); the owning
 // IovaAllocator serialises all calls.
 
+#include <array>
 #include <cstddef>
 #include <cstdint>
 #include <utility>
@@ -39,13 +50,17 @@ namespace iommu::core::internal {
 
 class IovaMagazineCache {
  public:
+  // Size classes 0..20: cached requests of up to 2^20 pages.
+  static constexpr int kMaxClasses = 21;
+
   IovaMagazineCache() = default;
+  // REQUIRES: 0 <= num_classes <= kMaxClasses, depth >= 1.
   IovaMagazineCache(int num_classes, uint32_t depth, uint32_t depot_size);
 
   IovaMagazineCache(IovaMagazineCache&&) = default;
   IovaMagazineCache& operator=(IovaMagazineCache&&) = default;
 
-  int num_classes() const { return static_cast<int>(classes_.size()); }
+  int num_classes() const { return num_classes_; }
   // Number of cached ranges and the pages they cover. O(size classes).
   uint64_t cached_ranges() const;
   uint64_t cached_pages() const;
@@ -54,12 +69,12 @@ class IovaMagazineCache {
   // removed from the cache; 0 otherwise (nothing changed; Pop may still find
   // one).
   uint64_t TryPopLoaded(int cls, uint64_t max_pfn) {
-    uint64_t* mag = classes_[cls].loaded;
-    const uint64_t n = mag[0];
+    Class& c = classes_[cls];
+    const uint64_t n = c.loaded_count;
     if (n == 0) return 0;
-    const uint64_t pfn = mag[n];
+    const uint64_t pfn = c.loaded[n - 1];
     if (pfn > max_pfn) return 0;
-    mag[0] = n - 1;
+    c.loaded_count = n - 1;
     return pfn;
   }
 
@@ -67,36 +82,36 @@ class IovaMagazineCache {
   // 0 when there is none (pfn 0 is never cached).
   uint64_t Pop(int cls, uint64_t max_pfn) {
     Class& c = classes_[cls];
-    if (c.loaded[0] == 0) {
-      if (c.prev[0] != 0) {
-        std::swap(c.loaded, c.prev);
-      } else if (!c.depot.empty()) {
-        c.spares.push_back(c.loaded);
-        c.loaded = c.depot.back();
-        c.depot.pop_back();
+    if (c.loaded_count == 0) {
+      if (c.prev_count != 0) {
+        SwapLoadedAndPrev(c);
+      } else if (c.depot_count != 0) {
+        // The empty loaded magazine becomes the spare the depot's top leaves.
+        --c.depot_count;
+        std::swap(c.loaded, c.mags[c.depot_count]);
+        c.loaded_count = depth_;
       } else {
         return 0;
       }
     }
-    uint64_t* mag = c.loaded;
-    const uint64_t n = mag[0];
-    uint64_t pfn = mag[n];
+    const uint64_t n = c.loaded_count;
+    uint64_t pfn = c.loaded[n - 1];
     if (pfn > max_pfn) [[unlikely]] {
-      pfn = PopBelow(mag, max_pfn);
+      pfn = PopBelow(c.loaded, n, max_pfn);
       if (pfn == 0) return 0;
     }
-    mag[0] = n - 1;
+    c.loaded_count = n - 1;
     return pfn;
   }
 
   // Caches `pfn` if the loaded magazine has room (the common case); false
   // otherwise, with nothing changed.
   bool TryPushLoaded(int cls, uint64_t pfn) {
-    uint64_t* mag = classes_[cls].loaded;
-    const uint64_t n = mag[0];
+    Class& c = classes_[cls];
+    const uint64_t n = c.loaded_count;
     if (n == depth_) return false;
-    mag[n + 1] = pfn;
-    mag[0] = n + 1;
+    c.loaded[n] = pfn;
+    c.loaded_count = n + 1;
     return true;
   }
 
@@ -105,77 +120,92 @@ class IovaMagazineCache {
   template <typename ReleaseFn>
   void Push(int cls, uint64_t pfn, ReleaseFn&& release) {
     Class& c = classes_[cls];
-    if (c.loaded[0] == depth_) [[unlikely]] {
-      if (c.prev[0] != depth_) {
-        std::swap(c.loaded, c.prev);
-      } else if (c.depot.size() < depot_size_) {
-        c.depot.push_back(c.loaded);
-        c.loaded = c.spares.back();
-        c.spares.pop_back();
-        c.loaded[0] = 0;
+    if (c.loaded_count == depth_) [[unlikely]] {
+      if (c.prev_count != depth_) {
+        SwapLoadedAndPrev(c);
+      } else if (c.depot_count < depot_size_) {
+        // The full loaded magazine goes on the depot; the spare above the
+        // depot's top becomes the loaded one.
+        std::swap(c.loaded, c.mags[c.depot_count]);
+        ++c.depot_count;
+        c.loaded_count = 0;
       } else {
-        Spill(cls, c.loaded, release);
+        Spill(cls, c.loaded, c.loaded_count, release);
+        c.loaded_count = 0;
       }
     }
-    uint64_t* mag = c.loaded;
-    mag[++mag[0]] = pfn;
+    c.loaded[c.loaded_count++] = pfn;
   }
 
   // Empties every magazine, calling release(pfn, cls) for each cached pfn.
   template <typename ReleaseFn>
   void Flush(ReleaseFn&& release) {
-    for (int cls = 0; cls < num_classes(); ++cls) {
+    for (int cls = 0; cls < num_classes_; ++cls) {
       Class& c = classes_[cls];
-      Spill(cls, c.loaded, release);
-      Spill(cls, c.prev, release);
-      for (uint64_t* mag : c.depot) {
-        Spill(cls, mag, release);
-        c.spares.push_back(mag);
-      }
-      c.depot.clear();
+      Spill(cls, c.loaded, c.loaded_count, release);
+      c.loaded_count = 0;
+      Spill(cls, c.prev, c.prev_count, release);
+      c.prev_count = 0;
+      for (uint64_t i = 0; i < c.depot_count; ++i) Spill(cls, c.mags[i], depth_, release);
+      c.depot_count = 0;  // the depot's magazines are spares now
     }
   }
 
   // Visits every cached (pfn, cls).
   template <typename Fn>
   void ForEach(Fn&& fn) const {
-    for (int cls = 0; cls < num_classes(); ++cls) {
+    for (int cls = 0; cls < num_classes_; ++cls) {
       const Class& c = classes_[cls];
-      auto visit = [&](const uint64_t* mag) {
-        for (uint64_t i = 1; i <= mag[0]; ++i) fn(mag[i], cls);
+      auto visit = [&](const uint64_t* mag, uint64_t n) {
+        for (uint64_t i = 0; i < n; ++i) fn(mag[i], cls);
       };
-      visit(c.loaded);
-      visit(c.prev);
-      for (const uint64_t* mag : c.depot) visit(mag);
+      visit(c.loaded, c.loaded_count);
+      visit(c.prev, c.prev_count);
+      for (uint64_t i = 0; i < c.depot_count; ++i) visit(c.mags[i], depth_);
     }
   }
 
-  // Structural self-check: magazine counts within depth, depot full
-  // magazines, every magazine accounted for exactly once.
+  // Structural self-check: counts within depth and the depot's size, every
+  // magazine of a class (loaded, prev, depot, spares) one of its own, each
+  // exactly once.
   bool StructureOk() const;
 
  private:
   struct Class {
-    uint64_t* loaded = nullptr;
-    uint64_t* prev = nullptr;
-    std::vector<uint64_t*> depot;   // full magazines; capacity depot_size_
-    std::vector<uint64_t*> spares;  // empty magazines
+    uint64_t* loaded = nullptr;  // pfns loaded[0, loaded_count)
+    uint64_t loaded_count = 0;
+    uint64_t* prev = nullptr;  // pfns prev[0, prev_count)
+    uint64_t prev_count = 0;
+    // depot_size_ magazines: [0, depot_count) the depot (full), the rest
+    // spares (empty). Points into mag_slots_.
+    uint64_t** mags = nullptr;
+    uint64_t depot_count = 0;
   };
 
-  // Removes and returns the highest-index pfn <= max_pfn of a non-empty
-  // magazine, keeping the rest (order is irrelevant); 0 if none.
-  static uint64_t PopBelow(uint64_t* mag, uint64_t max_pfn);
-
-  template <typename ReleaseFn>
-  void Spill(int cls, uint64_t* mag, ReleaseFn& release) {
-    for (uint64_t i = 1; i <= mag[0]; ++i) release(mag[i], cls);
-    mag[0] = 0;
+  static void SwapLoadedAndPrev(Class& c) {
+    std::swap(c.loaded, c.prev);
+    std::swap(c.loaded_count, c.prev_count);
   }
 
+  // Removes and returns the highest-index pfn <= max_pfn among mag[0, n - 1)
+  // (the top, mag[n - 1], was checked), moving the top into its place (order
+  // is irrelevant); 0 if none. The caller drops the top from the count.
+  static uint64_t PopBelow(uint64_t* mag, uint64_t n, uint64_t max_pfn);
+
+  template <typename ReleaseFn>
+  static void Spill(int cls, const uint64_t* mag, uint64_t n, ReleaseFn& release) {
+    for (uint64_t i = 0; i < n; ++i) release(mag[i], cls);
+  }
+
+  int num_classes_ = 0;
   uint64_t depth_ = 0;
   uint64_t depot_size_ = 0;
-  std::vector<uint64_t> storage_;  // all magazines; never reallocated after construction
-  std::vector<Class> classes_;
+  std::array<Class, kMaxClasses> classes_;
+  // All magazines and the classes' mags arrays; never reallocated after
+  // construction (the pointers above point into them; heap blocks, stable
+  // across moves).
+  std::vector<uint64_t> storage_;
+  std::vector<uint64_t*> mag_slots_;
 };
 
 }  // namespace iommu::core::internal

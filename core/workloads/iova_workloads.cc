@@ -75,8 +75,13 @@ Line RunW1(int repetitions, bool fast) {
   uint64_t fails = 0;
   uint64_t final_live_pages = 0;
   uint64_t misses_in_steps = 0;
-  std::vector<uint64_t> slot_pfn(kW1Slots);
-  std::vector<uint64_t> slot_size(kW1Slots);
+  // slot[] of the specification: one allocation and its size per entry
+  // (pages == 0: empty), one cache line per step's access.
+  struct Slot {
+    uint64_t pfn;
+    uint64_t pages;
+  };
+  std::vector<Slot> slot(kW1Slots);
   for (int rep = 0; rep < repetitions; ++rep) {
     IovaAllocator a = MakeAllocator(kW1Limit, fast);
     Rng rng(42);
@@ -85,8 +90,7 @@ Line RunW1(int repetitions, bool fast) {
       const uint64_t s = kW1Sizes[rng.Next() % 6];
       const uint64_t pfn =
           fast ? a.AllocPfnsFastOrZero(s, kW1Limit) : a.AllocPfnsOrZero(s, kW1Limit);
-      slot_pfn[i] = pfn;
-      slot_size[i] = pfn != 0 ? s : 0;
+      slot[i] = {pfn, pfn != 0 ? s : 0};
       fails += pfn == 0;
     }
     const uint64_t misses_before = a.GetStats().cache_misses;
@@ -94,25 +98,23 @@ Line RunW1(int repetitions, bool fast) {
     if (fast) {
       for (int t = 0; t < kW1Steps; ++t) {
         const uint64_t j = rng.Next() % kW1Slots;
-        if (slot_size[j] != 0) {
-          if (absl::Status st = a.FreePfnsFast(slot_pfn[j], slot_size[j]); !st.ok()) Die(st);
+        if (slot[j].pages != 0) {
+          if (absl::Status st = a.FreePfnsFast(slot[j].pfn, slot[j].pages); !st.ok()) Die(st);
         }
         const uint64_t s = kW1Sizes[rng.Next() % 6];
         const uint64_t pfn = a.AllocPfnsFastOrZero(s, kW1Limit);
-        slot_pfn[j] = pfn;
-        slot_size[j] = pfn != 0 ? s : 0;
+        slot[j] = {pfn, pfn != 0 ? s : 0};
         fails += pfn == 0;
       }
     } else {
       for (int t = 0; t < kW1Steps; ++t) {
         const uint64_t j = rng.Next() % kW1Slots;
-        if (slot_size[j] != 0) {
-          if (absl::Status st = a.FreePfns(slot_pfn[j]); !st.ok()) Die(st);
+        if (slot[j].pages != 0) {
+          if (absl::Status st = a.FreePfns(slot[j].pfn); !st.ok()) Die(st);
         }
         const uint64_t s = kW1Sizes[rng.Next() % 6];
         const uint64_t pfn = a.AllocPfnsOrZero(s, kW1Limit);
-        slot_pfn[j] = pfn;
-        slot_size[j] = pfn != 0 ? s : 0;
+        slot[j] = {pfn, pfn != 0 ? s : 0};
         fails += pfn == 0;
       }
     }
@@ -120,7 +122,7 @@ Line RunW1(int repetitions, bool fast) {
     ns.push_back(double(t1 - t0) / kW1Steps);
     misses_in_steps = a.GetStats().cache_misses - misses_before;
     final_live_pages = 0;
-    for (int i = 0; i < kW1Slots; ++i) final_live_pages += slot_size[i];
+    for (int i = 0; i < kW1Slots; ++i) final_live_pages += slot[i].pages;
     if (absl::Status st = a.CheckInvariants(); !st.ok()) Die(st);
   }
   Line line;
