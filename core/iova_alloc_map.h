@@ -113,9 +113,11 @@ class IovaAllocMap {
     uint64_t start;
     uint64_t end;
   };
-  static Bits BitsOf(uint64_t pfn, uint64_t num_pages) {
+  static Bits BitsOf(uint64_t pfn, uint64_t num_pages) { return BitsAt(pfn, num_pages - 1); }
+  // The same for [pfn, pfn + last]. REQUIRES last <= 63.
+  static Bits BitsAt(uint64_t pfn, uint64_t last) {
     const uint64_t start = uint64_t{1} << (pfn & 63);
-    return {start, start << (num_pages - 1)};
+    return {start, start << last};
   }
   // Whether an allocation of exactly those bits' pages starts at their pfn:
   // the start bit is set and, of the end bits from the start bit up to the

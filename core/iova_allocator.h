@@ -80,6 +80,7 @@
 // domain's lock in the broker). No method is safe to call concurrently with a
 // mutating one; const methods may run concurrently with each other.
 
+#include <array>
 #include <bit>
 #include <cstdint>
 #include <functional>
@@ -97,6 +98,27 @@
 #include "core/types.h"
 
 namespace iommu::core {
+
+namespace internal {
+// The size class (ceil(log2(n))) of a request of n = 1..64 pages (the sizes
+// IovaAllocMap records) and its last page's offset (2^class - 1), indexed by
+// n - 1: the inline cache paths' class with one load instead of a bit scan.
+struct IovaSmallClasses {
+  uint8_t cls[IovaAllocMap::kMaxPages];
+  uint8_t last[IovaAllocMap::kMaxPages];
+};
+inline constexpr IovaSmallClasses kIovaSmallClasses = [] {
+  IovaSmallClasses t{};
+  for (uint64_t n = 1; n <= IovaAllocMap::kMaxPages; ++n) {
+    t.cls[n - 1] = static_cast<uint8_t>(std::bit_width(n - 1));
+    t.last[n - 1] = static_cast<uint8_t>(std::bit_ceil(n) - 1);
+  }
+  return t;
+}();
+static_assert(kIovaSmallClasses.cls[0] == 0 && kIovaSmallClasses.last[0] == 0);
+static_assert(kIovaSmallClasses.cls[2] == 2 && kIovaSmallClasses.last[2] == 3);
+static_assert(kIovaSmallClasses.cls[63] == 6 && kIovaSmallClasses.last[63] == 63);
+}  // namespace internal
 
 struct IovaCacheOptions {
   bool enabled = true;
@@ -200,18 +222,18 @@ class IovaAllocator {
     // Everything else (other magazines, a miss, 32-bit-first, bad arguments)
     // goes out of line, where the same cache is consulted in full.
     if (num_pages - 1 < inline_alloc_max_pages_) [[likely]] {
-      const int cls = SizeClass(num_pages);
-      const uint64_t size = uint64_t{1} << cls;
+      const int cls = internal::kIovaSmallClasses.cls[num_pages - 1];
+      const uint64_t last = internal::kIovaSmallClasses.last[num_pages - 1];  // size - 1
       // A cached range lies inside [start_pfn, end_pfn], so it fits below
       // the limit iff it ends at or below limit_pfn: no clip to end_pfn.
-      if (limit_pfn >= size - 1) [[likely]] {
-        const uint64_t pfn = cache_.TryPopLoaded(cls, limit_pfn - (size - 1));
+      if (limit_pfn >= last) [[likely]] {
+        const uint64_t pfn = cache_.TryPopLoaded(cls, limit_pfn - last);
         if (pfn != 0) [[likely]] {
           ++cache_hits_;
           // The range was recorded live before it was cached: its chunk
           // exists.
           internal::IovaAllocMap::Set(small_.Existing(pfn),
-                                      internal::IovaAllocMap::BitsOf(pfn, size));
+                                      internal::IovaAllocMap::BitsAt(pfn, last));
           return pfn;
         }
       }
@@ -232,10 +254,10 @@ class IovaAllocator {
     // Inline: a live allocation of exactly its class size into a loaded
     // magazine with room. Everything else (errors, spills) out of line.
     if (num_pages - 1 < inline_free_max_pages_) [[likely]] {
-      const int cls = SizeClass(num_pages);
-      const uint64_t size = uint64_t{1} << cls;
+      const int cls = internal::kIovaSmallClasses.cls[num_pages - 1];
+      const uint64_t last = internal::kIovaSmallClasses.last[num_pages - 1];  // size - 1
       internal::IovaAllocMap::Group* const g = small_.Find(pfn);
-      const internal::IovaAllocMap::Bits bits = internal::IovaAllocMap::BitsOf(pfn, size);
+      const internal::IovaAllocMap::Bits bits = internal::IovaAllocMap::BitsAt(pfn, last);
       if (g != nullptr && internal::IovaAllocMap::Holds(*g, bits) &&
           cache_.TryPushLoaded(cls, pfn)) [[likely]] {
         internal::IovaAllocMap::Clear(*g, bits);

@@ -13,8 +13,9 @@ IovaMagazineCache::IovaMagazineCache(int num_classes, uint32_t depth, uint32_t d
   mag_slots_.assign(size_t{depot_size} * num_classes, nullptr);
   uint64_t* next = storage_.data();
   for (int cls = 0; cls < num_classes; ++cls) {
+    Loaded& l = loaded_[cls];
     Class& c = classes_[cls];
-    c.loaded = next;
+    l.mag = next;
     next += depth;
     c.prev = next;
     next += depth;
@@ -40,8 +41,9 @@ uint64_t IovaMagazineCache::PopBelow(uint64_t* mag, uint64_t n, uint64_t max_pfn
 uint64_t IovaMagazineCache::cached_ranges() const {
   uint64_t n = 0;
   for (int cls = 0; cls < num_classes_; ++cls) {
+    const Loaded& l = loaded_[cls];
     const Class& c = classes_[cls];
-    n += c.loaded_count + c.prev_count + c.depot_count * depth_;
+    n += l.count + c.prev_count + c.depot_count * depth_;
   }
   return n;
 }
@@ -49,8 +51,9 @@ uint64_t IovaMagazineCache::cached_ranges() const {
 uint64_t IovaMagazineCache::cached_pages() const {
   uint64_t pages = 0;
   for (int cls = 0; cls < num_classes_; ++cls) {
+    const Loaded& l = loaded_[cls];
     const Class& c = classes_[cls];
-    pages += (c.loaded_count + c.prev_count + c.depot_count * depth_) << cls;
+    pages += (l.count + c.prev_count + c.depot_count * depth_) << cls;
   }
   return pages;
 }
@@ -58,6 +61,7 @@ uint64_t IovaMagazineCache::cached_pages() const {
 bool IovaMagazineCache::StructureOk() const {
   const size_t mags_per_class = 2 + depot_size_;
   for (int cls = 0; cls < num_classes_; ++cls) {
+    const Loaded& l = loaded_[cls];
     const Class& c = classes_[cls];
     const uint64_t* first = storage_.data() + depth_ * mags_per_class * cls;
     std::set<const uint64_t*> seen;
@@ -66,11 +70,11 @@ bool IovaMagazineCache::StructureOk() const {
                           (mag - first) % depth_ == 0;
       return inside && seen.insert(mag).second;
     };
-    if (c.loaded_count > depth_ || c.prev_count > depth_ || c.depot_count > depot_size_) {
+    if (l.count > depth_ || c.prev_count > depth_ || c.depot_count > depot_size_) {
       return false;
     }
     if (c.mags != mag_slots_.data() + depot_size_ * cls) return false;
-    if (!own(c.loaded) || !own(c.prev)) return false;
+    if (!own(l.mag) || !own(c.prev)) return false;
     for (uint64_t i = 0; i < depot_size_; ++i) {
       if (!own(c.mags[i])) return false;
     }

@@ -9,17 +9,19 @@
 // allocate:
 //
 //   magazine = [pfn_0, ..., pfn_{depth-1}]        (its count is kept apart)
-//   class    = {loaded, loaded_count, prev, prev_count, mags, depot_count}
-//              (48 bytes; the classes are an array inside the object)
+//   class    = loaded {mag, count} (16 bytes, in an array of its own: the
+//              cache-hit paths touch nothing else) and
+//              {prev, prev_count, mags, depot_count} (32 bytes); both arrays
+//              are inside the object
 //   mags     = the class's other depot_size magazines: mags[0, depot_count)
 //              is the depot (full magazines, a stack), the rest are spares
 //              (empty magazines not in use)
 //
 // Only `loaded` and `prev` can be partly filled, so only they carry a count;
 // a depot magazine holds exactly depth pfns and a spare none. The loaded
-// magazine's pointer and count sit together at the start of the class: a
-// cache hit is one access to the class and one to the magazine, with no
-// chained load through a count word in the magazine.
+// magazine's pointer and count sit together: a cache hit is one access to
+// them and one to the magazine, with no chained load through a count word in
+// the magazine.
 //
 // Policy (as __iova_rcache_insert / __iova_rcache_get):
 //   Push: into `loaded`; if full, swap with `prev` when prev is not full; if
@@ -69,49 +71,50 @@ class IovaMagazineCache {
   // removed from the cache; 0 otherwise (nothing changed; Pop may still find
   // one).
   uint64_t TryPopLoaded(int cls, uint64_t max_pfn) {
-    Class& c = classes_[cls];
-    const uint64_t n = c.loaded_count;
+    Loaded& l = loaded_[cls];
+    const uint64_t n = l.count;
     if (n == 0) return 0;
-    const uint64_t pfn = c.loaded[n - 1];
+    const uint64_t pfn = l.mag[n - 1];
     if (pfn > max_pfn) return 0;
-    c.loaded_count = n - 1;
+    l.count = n - 1;
     return pfn;
   }
 
   // A cached pfn of class `cls` that is <= max_pfn, removed from the cache;
   // 0 when there is none (pfn 0 is never cached).
   uint64_t Pop(int cls, uint64_t max_pfn) {
+    Loaded& l = loaded_[cls];
     Class& c = classes_[cls];
-    if (c.loaded_count == 0) {
+    if (l.count == 0) {
       if (c.prev_count != 0) {
-        SwapLoadedAndPrev(c);
+        SwapLoadedAndPrev(l, c);
       } else if (c.depot_count != 0) {
         // The empty loaded magazine becomes the spare the depot's top leaves.
         --c.depot_count;
-        std::swap(c.loaded, c.mags[c.depot_count]);
-        c.loaded_count = depth_;
+        std::swap(l.mag, c.mags[c.depot_count]);
+        l.count = depth_;
       } else {
         return 0;
       }
     }
-    const uint64_t n = c.loaded_count;
-    uint64_t pfn = c.loaded[n - 1];
+    const uint64_t n = l.count;
+    uint64_t pfn = l.mag[n - 1];
     if (pfn > max_pfn) [[unlikely]] {
-      pfn = PopBelow(c.loaded, n, max_pfn);
+      pfn = PopBelow(l.mag, n, max_pfn);
       if (pfn == 0) return 0;
     }
-    c.loaded_count = n - 1;
+    l.count = n - 1;
     return pfn;
   }
 
   // Caches `pfn` if the loaded magazine has room (the common case); false
   // otherwise, with nothing changed.
   bool TryPushLoaded(int cls, uint64_t pfn) {
-    Class& c = classes_[cls];
-    const uint64_t n = c.loaded_count;
+    Loaded& l = loaded_[cls];
+    const uint64_t n = l.count;
     if (n == depth_) return false;
-    c.loaded[n] = pfn;
-    c.loaded_count = n + 1;
+    l.mag[n] = pfn;
+    l.count = n + 1;
     return true;
   }
 
@@ -119,31 +122,33 @@ class IovaMagazineCache {
   // calls release(pfn, cls) for each pfn of one spilled magazine first.
   template <typename ReleaseFn>
   void Push(int cls, uint64_t pfn, ReleaseFn&& release) {
+    Loaded& l = loaded_[cls];
     Class& c = classes_[cls];
-    if (c.loaded_count == depth_) [[unlikely]] {
+    if (l.count == depth_) [[unlikely]] {
       if (c.prev_count != depth_) {
-        SwapLoadedAndPrev(c);
+        SwapLoadedAndPrev(l, c);
       } else if (c.depot_count < depot_size_) {
         // The full loaded magazine goes on the depot; the spare above the
         // depot's top becomes the loaded one.
-        std::swap(c.loaded, c.mags[c.depot_count]);
+        std::swap(l.mag, c.mags[c.depot_count]);
         ++c.depot_count;
-        c.loaded_count = 0;
+        l.count = 0;
       } else {
-        Spill(cls, c.loaded, c.loaded_count, release);
-        c.loaded_count = 0;
+        Spill(cls, l.mag, l.count, release);
+        l.count = 0;
       }
     }
-    c.loaded[c.loaded_count++] = pfn;
+    l.mag[l.count++] = pfn;
   }
 
   // Empties every magazine, calling release(pfn, cls) for each cached pfn.
   template <typename ReleaseFn>
   void Flush(ReleaseFn&& release) {
     for (int cls = 0; cls < num_classes_; ++cls) {
+      Loaded& l = loaded_[cls];
       Class& c = classes_[cls];
-      Spill(cls, c.loaded, c.loaded_count, release);
-      c.loaded_count = 0;
+      Spill(cls, l.mag, l.count, release);
+      l.count = 0;
       Spill(cls, c.prev, c.prev_count, release);
       c.prev_count = 0;
       for (uint64_t i = 0; i < c.depot_count; ++i) Spill(cls, c.mags[i], depth_, release);
@@ -155,11 +160,12 @@ class IovaMagazineCache {
   template <typename Fn>
   void ForEach(Fn&& fn) const {
     for (int cls = 0; cls < num_classes_; ++cls) {
+      const Loaded& l = loaded_[cls];
       const Class& c = classes_[cls];
       auto visit = [&](const uint64_t* mag, uint64_t n) {
         for (uint64_t i = 0; i < n; ++i) fn(mag[i], cls);
       };
-      visit(c.loaded, c.loaded_count);
+      visit(l.mag, l.count);
       visit(c.prev, c.prev_count);
       for (uint64_t i = 0; i < c.depot_count; ++i) visit(c.mags[i], depth_);
     }
@@ -171,9 +177,13 @@ class IovaMagazineCache {
   bool StructureOk() const;
 
  private:
+  // The loaded magazine of a class: its pfns are mag[0, count).
+  struct Loaded {
+    uint64_t* mag = nullptr;
+    uint64_t count = 0;
+  };
+  // The rest of a class.
   struct Class {
-    uint64_t* loaded = nullptr;  // pfns loaded[0, loaded_count)
-    uint64_t loaded_count = 0;
     uint64_t* prev = nullptr;  // pfns prev[0, prev_count)
     uint64_t prev_count = 0;
     // depot_size_ magazines: [0, depot_count) the depot (full), the rest
@@ -182,9 +192,9 @@ class IovaMagazineCache {
     uint64_t depot_count = 0;
   };
 
-  static void SwapLoadedAndPrev(Class& c) {
-    std::swap(c.loaded, c.prev);
-    std::swap(c.loaded_count, c.prev_count);
+  static void SwapLoadedAndPrev(Loaded& l, Class& c) {
+    std::swap(l.mag, c.prev);
+    std::swap(l.count, c.prev_count);
   }
 
   // Removes and returns the highest-index pfn <= max_pfn among mag[0, n - 1)
@@ -200,6 +210,9 @@ class IovaMagazineCache {
   int num_classes_ = 0;
   uint64_t depth_ = 0;
   uint64_t depot_size_ = 0;
+  // Indexed by size class. The cache-hit paths touch only loaded_ (16 bytes
+  // per class: no multiply to index it, pointer and count in one line).
+  std::array<Loaded, kMaxClasses> loaded_;
   std::array<Class, kMaxClasses> classes_;
   // All magazines and the classes' mags arrays; never reallocated after
   // construction (the pointers above point into them; heap blocks, stable
