@@ -13,9 +13,8 @@ IovaMagazineCache::IovaMagazineCache(int num_classes, uint32_t depth, uint32_t d
   mag_slots_.assign(size_t{depot_size} * num_classes, nullptr);
   uint64_t* next = storage_.data();
   for (int cls = 0; cls < num_classes; ++cls) {
-    Loaded& l = loaded_[cls];
     Class& c = classes_[cls];
-    l.mag = next;
+    loaded_[cls] = next;
     next += depth;
     c.prev = next;
     next += depth;
@@ -41,9 +40,8 @@ uint64_t IovaMagazineCache::PopBelow(uint64_t* mag, uint64_t n, uint64_t max_pfn
 uint64_t IovaMagazineCache::cached_ranges() const {
   uint64_t n = 0;
   for (int cls = 0; cls < num_classes_; ++cls) {
-    const Loaded& l = loaded_[cls];
     const Class& c = classes_[cls];
-    n += l.count + c.prev_count + c.depot_count * depth_;
+    n += loaded_count_[cls] + c.prev_count + c.depot_count * depth_;
   }
   return n;
 }
@@ -51,9 +49,8 @@ uint64_t IovaMagazineCache::cached_ranges() const {
 uint64_t IovaMagazineCache::cached_pages() const {
   uint64_t pages = 0;
   for (int cls = 0; cls < num_classes_; ++cls) {
-    const Loaded& l = loaded_[cls];
     const Class& c = classes_[cls];
-    pages += (l.count + c.prev_count + c.depot_count * depth_) << cls;
+    pages += (loaded_count_[cls] + c.prev_count + c.depot_count * depth_) << cls;
   }
   return pages;
 }
@@ -61,7 +58,6 @@ uint64_t IovaMagazineCache::cached_pages() const {
 bool IovaMagazineCache::StructureOk() const {
   const size_t mags_per_class = 2 + depot_size_;
   for (int cls = 0; cls < num_classes_; ++cls) {
-    const Loaded& l = loaded_[cls];
     const Class& c = classes_[cls];
     const uint64_t* first = storage_.data() + depth_ * mags_per_class * cls;
     std::set<const uint64_t*> seen;
@@ -70,11 +66,11 @@ bool IovaMagazineCache::StructureOk() const {
                           (mag - first) % depth_ == 0;
       return inside && seen.insert(mag).second;
     };
-    if (l.count > depth_ || c.prev_count > depth_ || c.depot_count > depot_size_) {
+    if (loaded_count_[cls] > depth_ || c.prev_count > depth_ || c.depot_count > depot_size_) {
       return false;
     }
     if (c.mags != mag_slots_.data() + depot_size_ * cls) return false;
-    if (!own(l.mag) || !own(c.prev)) return false;
+    if (!own(loaded_[cls]) || !own(c.prev)) return false;
     for (uint64_t i = 0; i < depot_size_; ++i) {
       if (!own(c.mags[i])) return false;
     }

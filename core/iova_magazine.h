@@ -9,19 +9,19 @@
 // allocate:
 //
 //   magazine = [pfn_0, ..., pfn_{depth-1}]        (its count is kept apart)
-//   class    = loaded {mag, count} (16 bytes, in an array of its own: the
-//              cache-hit paths touch nothing else) and
-//              {prev, prev_count, mags, depot_count} (32 bytes); both arrays
-//              are inside the object
+//   class    = the loaded magazine and its count (loaded_[cls] and
+//              loaded_count_[cls]: the cache-hit paths touch nothing else) and
+//              {prev, prev_count, mags, depot_count} (32 bytes); all arrays
+//              indexed by class inside the object
 //   mags     = the class's other depot_size magazines: mags[0, depot_count)
 //              is the depot (full magazines, a stack), the rest are spares
 //              (empty magazines not in use)
 //
 // Only `loaded` and `prev` can be partly filled, so only they carry a count;
-// a depot magazine holds exactly depth pfns and a spare none. The loaded
-// magazine's pointer and count sit together: a cache hit is one access to
-// them and one to the magazine, with no chained load through a count word in
-// the magazine.
+// a depot magazine holds exactly depth pfns and a spare none. A cache hit
+// loads the loaded magazine's pointer and its count independently (two
+// words of the object at cls * 8) and then one word of the magazine, with
+// no chained load through a count word in the magazine.
 //
 // Policy (as __iova_rcache_insert / __iova_rcache_get):
 //   Push: into `loaded`; if full, swap with `prev` when prev is not full; if
@@ -71,50 +71,47 @@ class IovaMagazineCache {
   // removed from the cache; 0 otherwise (nothing changed; Pop may still find
   // one).
   uint64_t TryPopLoaded(int cls, uint64_t max_pfn) {
-    Loaded& l = loaded_[cls];
-    const uint64_t n = l.count;
+    const uint64_t n = loaded_count_[cls];
     if (n == 0) return 0;
-    const uint64_t pfn = l.mag[n - 1];
+    const uint64_t pfn = loaded_[cls][n - 1];
     if (pfn > max_pfn) return 0;
-    l.count = n - 1;
+    loaded_count_[cls] = n - 1;
     return pfn;
   }
 
   // A cached pfn of class `cls` that is <= max_pfn, removed from the cache;
   // 0 when there is none (pfn 0 is never cached).
   uint64_t Pop(int cls, uint64_t max_pfn) {
-    Loaded& l = loaded_[cls];
     Class& c = classes_[cls];
-    if (l.count == 0) {
+    if (loaded_count_[cls] == 0) {
       if (c.prev_count != 0) {
-        SwapLoadedAndPrev(l, c);
+        SwapLoadedAndPrev(cls, c);
       } else if (c.depot_count != 0) {
         // The empty loaded magazine becomes the spare the depot's top leaves.
         --c.depot_count;
-        std::swap(l.mag, c.mags[c.depot_count]);
-        l.count = depth_;
+        std::swap(loaded_[cls], c.mags[c.depot_count]);
+        loaded_count_[cls] = depth_;
       } else {
         return 0;
       }
     }
-    const uint64_t n = l.count;
-    uint64_t pfn = l.mag[n - 1];
+    const uint64_t n = loaded_count_[cls];
+    uint64_t pfn = loaded_[cls][n - 1];
     if (pfn > max_pfn) [[unlikely]] {
-      pfn = PopBelow(l.mag, n, max_pfn);
+      pfn = PopBelow(loaded_[cls], n, max_pfn);
       if (pfn == 0) return 0;
     }
-    l.count = n - 1;
+    loaded_count_[cls] = n - 1;
     return pfn;
   }
 
   // Caches `pfn` if the loaded magazine has room (the common case); false
   // otherwise, with nothing changed.
   bool TryPushLoaded(int cls, uint64_t pfn) {
-    Loaded& l = loaded_[cls];
-    const uint64_t n = l.count;
+    const uint64_t n = loaded_count_[cls];
     if (n == depth_) return false;
-    l.mag[n] = pfn;
-    l.count = n + 1;
+    loaded_[cls][n] = pfn;
+    loaded_count_[cls] = n + 1;
     return true;
   }
 
@@ -122,33 +119,31 @@ class IovaMagazineCache {
   // calls release(pfn, cls) for each pfn of one spilled magazine first.
   template <typename ReleaseFn>
   void Push(int cls, uint64_t pfn, ReleaseFn&& release) {
-    Loaded& l = loaded_[cls];
     Class& c = classes_[cls];
-    if (l.count == depth_) [[unlikely]] {
+    if (loaded_count_[cls] == depth_) [[unlikely]] {
       if (c.prev_count != depth_) {
-        SwapLoadedAndPrev(l, c);
+        SwapLoadedAndPrev(cls, c);
       } else if (c.depot_count < depot_size_) {
         // The full loaded magazine goes on the depot; the spare above the
         // depot's top becomes the loaded one.
-        std::swap(l.mag, c.mags[c.depot_count]);
+        std::swap(loaded_[cls], c.mags[c.depot_count]);
         ++c.depot_count;
-        l.count = 0;
+        loaded_count_[cls] = 0;
       } else {
-        Spill(cls, l.mag, l.count, release);
-        l.count = 0;
+        Spill(cls, loaded_[cls], loaded_count_[cls], release);
+        loaded_count_[cls] = 0;
       }
     }
-    l.mag[l.count++] = pfn;
+    loaded_[cls][loaded_count_[cls]++] = pfn;
   }
 
   // Empties every magazine, calling release(pfn, cls) for each cached pfn.
   template <typename ReleaseFn>
   void Flush(ReleaseFn&& release) {
     for (int cls = 0; cls < num_classes_; ++cls) {
-      Loaded& l = loaded_[cls];
       Class& c = classes_[cls];
-      Spill(cls, l.mag, l.count, release);
-      l.count = 0;
+      Spill(cls, loaded_[cls], loaded_count_[cls], release);
+      loaded_count_[cls] = 0;
       Spill(cls, c.prev, c.prev_count, release);
       c.prev_count = 0;
       for (uint64_t i = 0; i < c.depot_count; ++i) Spill(cls, c.mags[i], depth_, release);
@@ -160,12 +155,11 @@ class IovaMagazineCache {
   template <typename Fn>
   void ForEach(Fn&& fn) const {
     for (int cls = 0; cls < num_classes_; ++cls) {
-      const Loaded& l = loaded_[cls];
       const Class& c = classes_[cls];
       auto visit = [&](const uint64_t* mag, uint64_t n) {
         for (uint64_t i = 0; i < n; ++i) fn(mag[i], cls);
       };
-      visit(l.mag, l.count);
+      visit(loaded_[cls], loaded_count_[cls]);
       visit(c.prev, c.prev_count);
       for (uint64_t i = 0; i < c.depot_count; ++i) visit(c.mags[i], depth_);
     }
@@ -177,11 +171,6 @@ class IovaMagazineCache {
   bool StructureOk() const;
 
  private:
-  // The loaded magazine of a class: its pfns are mag[0, count).
-  struct Loaded {
-    uint64_t* mag = nullptr;
-    uint64_t count = 0;
-  };
   // The rest of a class.
   struct Class {
     uint64_t* prev = nullptr;  // pfns prev[0, prev_count)
@@ -192,9 +181,9 @@ class IovaMagazineCache {
     uint64_t depot_count = 0;
   };
 
-  static void SwapLoadedAndPrev(Loaded& l, Class& c) {
-    std::swap(l.mag, c.prev);
-    std::swap(l.count, c.prev_count);
+  void SwapLoadedAndPrev(int cls, Class& c) {
+    std::swap(loaded_[cls], c.prev);
+    std::swap(loaded_count_[cls], c.prev_count);
   }
 
   // Removes and returns the highest-index pfn <= max_pfn among mag[0, n - 1)
@@ -210,9 +199,11 @@ class IovaMagazineCache {
   int num_classes_ = 0;
   uint64_t depth_ = 0;
   uint64_t depot_size_ = 0;
-  // Indexed by size class. The cache-hit paths touch only loaded_ (16 bytes
-  // per class: no multiply to index it, pointer and count in one line).
-  std::array<Loaded, kMaxClasses> loaded_;
+  // Indexed by size class. The cache-hit paths touch only the loaded
+  // magazine and its count, each in an array of words (indexed by scaled
+  // addressing, no multiply).
+  std::array<uint64_t*, kMaxClasses> loaded_{};    // loaded magazines
+  std::array<uint64_t, kMaxClasses> loaded_count_{};  // their pfns: loaded_[cls][0, loaded_count_[cls])
   std::array<Class, kMaxClasses> classes_;
   // All magazines and the classes' mags arrays; never reallocated after
   // construction (the pointers above point into them; heap blocks, stable
