@@ -304,11 +304,24 @@ absl::Status IovaAllocator::NotLiveError(uint64_t pfn) const {
 }
 
 absl::Status IovaAllocator::FreePfns(uint64_t pfn) {
-  const uint64_t num_pages = LivePages(pfn);
-  if (num_pages == 0) [[unlikely]] return NotLiveError(pfn);
-  EraseLive(pfn, num_pages);
-  ReleaseToTree(pfn, num_pages);
-  return absl::OkStatus();
+  // LivePages + EraseLive in one lookup: the small allocation's group once,
+  // or one probe of large_ (erase by the iterator find returned).
+  if (internal::IovaAllocMap::Group* g = small_.Find(pfn); g != nullptr) {
+    if (const uint64_t pages = internal::IovaAllocMap::PagesAt(*g, pfn); pages != 0) {
+      internal::IovaAllocMap::Clear(*g, pfn, pages);
+      ReleaseToTree(pfn, pages);
+      return absl::OkStatus();
+    }
+  }
+  if (!large_.empty()) {
+    if (const auto it = large_.find(pfn); it != large_.end()) {
+      const uint64_t pages = it->second;
+      large_.erase(it);
+      ReleaseToTree(pfn, pages);
+      return absl::OkStatus();
+    }
+  }
+  return NotLiveError(pfn);
 }
 
 absl::Status IovaAllocator::FreePfnsFastSlow(uint64_t pfn, uint64_t num_pages) {

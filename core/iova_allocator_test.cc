@@ -169,6 +169,37 @@ TEST(IovaAllocator, FreeErrorsLeaveStateIntact) {
   EXPECT_INVARIANTS(a);
 }
 
+// FreePfns finds and erases in one lookup on both indexes (the small
+// allocation's group, one probe of the large map): a small and a large
+// allocation side by side, interior pfns, the pfn just past each, and double
+// frees are NOT_FOUND and change nothing; the frees return exactly their pages.
+TEST(IovaAllocator, TreeFreeOfSmallAndLargeAllocations) {
+  IovaAllocator a = Make(Opts(1, 0xFFFF, /*cache=*/false));
+  const uint64_t small = *a.AllocPfns(64, 0xFFFF);
+  const uint64_t large = *a.AllocPfns(65, 0xFFFF);
+  const uint64_t free_before = a.GetStats().free_pages;
+  for (const uint64_t bad : {small + 1, small + 63, large + 1, large + 64, large + 128}) {
+    const absl::Status s = a.FreePfns(bad);
+    EXPECT_EQ(s.code(), absl::StatusCode::kNotFound) << bad;
+    EXPECT_TRUE(absl::StartsWith(s.message(), absl::StrCat("pfn=0x", absl::Hex(bad), ": ")))
+        << s;
+  }
+  EXPECT_EQ(a.GetStats().free_pages, free_before);
+  EXPECT_EQ(a.GetStats().live_allocations, 2u);
+  EXPECT_INVARIANTS(a);
+  ASSERT_TRUE(a.FreePfns(large).ok());
+  EXPECT_EQ(a.GetStats().free_pages, free_before + 65);
+  EXPECT_FALSE(a.AllocationPages(large).has_value());
+  EXPECT_EQ(a.AllocationPages(small), 64u);
+  EXPECT_INVARIANTS(a);
+  EXPECT_EQ(a.FreePfns(large).code(), absl::StatusCode::kNotFound);
+  ASSERT_TRUE(a.FreePfns(small).ok());
+  EXPECT_EQ(a.FreePfns(small).code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(a.GetStats().free_pages, free_before + 65 + 64);
+  EXPECT_EQ(a.GetStats().live_allocations, 0u);
+  EXPECT_INVARIANTS(a);
+}
+
 // Small allocations (<= 64 pages) live in the start/end bitmap, larger ones in
 // a hash map: wrong sizes, interior pfns and double frees of cached ranges are
 // refused exactly as with one index.
