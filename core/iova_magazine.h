@@ -203,7 +203,7 @@ class IovaMagazineCache {
   // magazine and its count, each in an array of words (indexed by scaled
   // addressing, no multiply).
   std::array<uint64_t*, kMaxClasses> loaded_{};    // loaded magazines
-  std::array<uint64_t, kMaxClasses> loaded_count_{};  // their pfns: loaded_[cls][0, loaded_count_[cls])
+  std::array<uint64_t, kMaxClasses> loaded_count_{};  // pfns loaded_[c][0, loaded_count_[c])
   std::array<Class, kMaxClasses> classes_;
   // All magazines and the classes' mags arrays; never reallocated after
   // construction (the pointers above point into them; heap blocks, stable

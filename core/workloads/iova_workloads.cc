@@ -10,7 +10,7 @@
 // directory, an L2 access on a random pfn (the W1 span's groups are ~128
 // KiB), where the earlier hash map's ~1 MiB of slots missed L2 twice per
 // step (free, and the cache hit marking the popped pfn live). What remains
-// of a step is the PRNG and slot arrays (~5 ns alone on the development
+// of a step is the PRNG and slot array (~5 ns alone on the development
 // machine), the magazine push and pop, and that group access on each side.
 // The op-sequence checksum of W1 is
 // computed in an untimed replay of the same PRNG sequence (W1's (j, s)
