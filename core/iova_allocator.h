@@ -320,12 +320,6 @@ class IovaAllocator {
  private:
   IovaAllocator(const IovaAllocatorOptions& options, int num_orders);
 
-  // ceil(log2(num_pages)), the size class of a cacheable request, with one
-  // bit scan. REQUIRES: 1 <= num_pages <= 2^62.
-  static int SizeClass(uint64_t num_pages) {
-    return 63 - std::countl_zero(((num_pages - 1) << 1) | 1);
-  }
-
   uint64_t AllocPfnsFastSlow(uint64_t num_pages, uint64_t limit_pfn);
   absl::Status FreePfnsFastSlow(uint64_t pfn, uint64_t num_pages);
   absl::Status ValidateRequest(uint64_t num_pages, uint64_t limit_pfn) const;
