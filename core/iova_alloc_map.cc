@@ -9,6 +9,8 @@
 
 namespace iommu::core::internal {
 
+alignas(64) IovaAllocMap::Group IovaAllocMap::zero_chunk_[uint64_t{1} << kChunkShift];
+
 IovaAllocMap::IovaAllocMap(uint64_t start_pfn, uint64_t end_pfn)
     : base_chunk_(start_pfn >> kChunkPfnShift),
       num_chunks_((end_pfn >> kChunkPfnShift) - (start_pfn >> kChunkPfnShift) + 1) {
@@ -20,8 +22,9 @@ IovaAllocMap::IovaAllocMap(uint64_t start_pfn, uint64_t end_pfn)
   top_shift_ = chunk_bits <= kTopShift
                    ? 0
                    : (chunk_bits - kTopShift + kLevelShift - 1) / kLevelShift * kLevelShift;
-  top_.assign(((num_chunks - 1) >> top_shift_) + 1, nullptr);
   flat_chunks_ = top_shift_ == 0 ? num_chunks_ : 0;
+  top_.assign(((num_chunks - 1) >> top_shift_) + 1,
+              flat_chunks_ != 0 ? static_cast<void*>(zero_chunk_) : nullptr);
 }
 
 IovaAllocMap::Group& IovaAllocMap::FindOrCreate(uint64_t pfn) {
@@ -35,7 +38,7 @@ IovaAllocMap::Group& IovaAllocMap::FindOrCreate(uint64_t pfn) {
     }
     slot = &static_cast<void**>(*slot)[(c >> shift) & kLevelMask];
   }
-  if (*slot == nullptr) {
+  if (*slot == nullptr || *slot == zero_chunk_) {
     auto chunk = std::make_unique<Group[]>(uint64_t{1} << kChunkShift);  // zeroed
     *slot = chunk.get();
     // Chunks are created rarely (once per 2^15 pfns): keep the list sorted.

@@ -24,7 +24,10 @@
 //          lookup is a bounds check and depth + 1 dependent loads; the top
 //          levels stay in L1. A one-level map (the common case) is looked up
 //          without the level loop: one compare serves as bounds check and
-//          depth test, then the top pointer and the group.
+//          depth test, then the top pointer and the group; its unwritten
+//          chunk pointers point at one shared, never-written all-zero chunk,
+//          so that lookup has no null test either (an empty group holds
+//          nothing, which is what the caller checks anyway).
 //   Memory is proportional to the IOVA span ever written (16 bytes per 64
 //   pfns, in 8 KiB chunks, plus 4 KiB per lower directory node), not to the
 //   number of allocations; sparse small allocations far apart cost a chunk
@@ -84,16 +87,24 @@ class IovaAllocMap {
   IovaAllocMap(IovaAllocMap&&) = default;
   IovaAllocMap& operator=(IovaAllocMap&&) = default;
 
-  // The group holding pfn, or nullptr when pfn is outside the span's chunks
-  // or its chunk was never written (then nothing starts or ends in it).
+  // The group holding pfn. When pfn is outside the span's chunks or its
+  // chunk was never written, a group of the shared all-zero chunk
+  // (Unwritten() is true of it): nothing starts or ends in it, so Holds and
+  // PagesAt fail on it as on any group holding nothing, and a caller needs
+  // no null test. It is never written: only a group that holds an
+  // allocation is cleared, and Set goes through FindOrCreate or Existing.
   Group* Find(uint64_t pfn) {
     const uint64_t c = (pfn >> kChunkPfnShift) - base_chunk_;
     if (c < flat_chunks_) [[likely]] {
-      // One level: the bounds check above was the depth check too.
-      Group* const chunk = static_cast<Group*>(top_[c]);
-      return chunk != nullptr ? chunk + ((pfn >> kGroupShift) & kChunkMask) : nullptr;
+      // One level: the bounds check above was the depth check too, and an
+      // unwritten chunk's pointer is the zero chunk.
+      return static_cast<Group*>(top_[c]) + ((pfn >> kGroupShift) & kChunkMask);
     }
     return FindDeep(c, pfn);
+  }
+  // Whether g (from Find) is in the shared all-zero chunk.
+  static bool Unwritten(const Group* g) {
+    return g >= zero_chunk_ && g < zero_chunk_ + (uint64_t{1} << kChunkShift);
   }
   const Group* Find(uint64_t pfn) const { return const_cast<IovaAllocMap*>(this)->Find(pfn); }
   // Find without the checks. REQUIRES: pfn's chunk was written (something
@@ -102,7 +113,7 @@ class IovaAllocMap {
     const uint64_t c = (pfn >> kChunkPfnShift) - base_chunk_;
     assert(c < num_chunks_);
     void* const next = c < flat_chunks_ ? top_[c] : Descend(c);
-    assert(next != nullptr);
+    assert(next != nullptr && next != zero_chunk_);
     return static_cast<Group*>(next)[(pfn >> kGroupShift) & kChunkMask];
   }
 
@@ -187,13 +198,13 @@ class IovaAllocMap {
  private:
   // Find on a map of more than one level (or pfn outside the span).
   Group* FindDeep(uint64_t c, uint64_t pfn) {
-    if (c >= num_chunks_) return nullptr;
+    if (c >= num_chunks_) return zero_chunk_;
     void* next = top_[c >> top_shift_];
     for (int shift = top_shift_ - kLevelShift; shift >= 0; shift -= kLevelShift) {
-      if (next == nullptr) return nullptr;
+      if (next == nullptr) return zero_chunk_;
       next = static_cast<void* const*>(next)[(c >> shift) & kLevelMask];
     }
-    if (next == nullptr) return nullptr;
+    if (next == nullptr) return zero_chunk_;
     return static_cast<Group*>(next) + ((pfn >> kGroupShift) & kChunkMask);
   }
   // The chunk of chunk index c through every level, each on the way
@@ -223,7 +234,9 @@ class IovaAllocMap {
   // one compare.
   uint64_t flat_chunks_ = 0;
   // Chunk index c goes to top_[c >> top_shift_], then one lower level per
-  // kLevelShift bits of top_shift_.
+  // kLevelShift bits of top_shift_. Absent lower levels and chunks are
+  // nullptr, except the chunk pointers of a one-level top_, which point at
+  // zero_chunk_ until written (so Find needs no null test there).
   int top_shift_ = 0;
   std::vector<void*> top_;
   // Owners of the chunks (with their chunk index, sorted by it) and of the
@@ -231,6 +244,10 @@ class IovaAllocMap {
   // stable across moves).
   std::vector<std::pair<uint64_t, std::unique_ptr<Group[]>>> chunks_;
   std::vector<std::unique_ptr<void*[]>> levels_;
+
+  // The chunk every unwritten chunk reads as: all zero, shared by every map,
+  // never written.
+  static Group zero_chunk_[uint64_t{1} << kChunkShift];
 };
 
 }  // namespace iommu::core::internal

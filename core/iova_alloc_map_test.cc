@@ -39,16 +39,17 @@ TEST(IovaAllocMap, DepthFollowsTheSpan) {
 
 TEST(IovaAllocMap, UnwrittenAndOutsidePfnsHaveNoGroup) {
   IovaAllocMap m(100, (uint64_t{1} << 36) - 1);
-  EXPECT_EQ(m.Find(100), nullptr);
-  EXPECT_EQ(m.Find(5), nullptr);  // below start_pfn, in an unwritten chunk
-  EXPECT_EQ(m.Find(uint64_t{1} << 36), nullptr);
-  EXPECT_EQ(m.Find(~uint64_t{0}), nullptr);
+  EXPECT_TRUE(IovaAllocMap::Unwritten(m.Find(100)));
+  EXPECT_TRUE(IovaAllocMap::Unwritten(m.Find(5)));  // below start_pfn, in an unwritten chunk
+  EXPECT_TRUE(IovaAllocMap::Unwritten(m.Find(uint64_t{1} << 36)));
+  EXPECT_TRUE(IovaAllocMap::Unwritten(m.Find(~uint64_t{0})));
   EXPECT_EQ(m.chunk_count(), 0u);
   m.Insert(128, 4);
-  ASSERT_NE(m.Find(128), nullptr);
+  ASSERT_FALSE(IovaAllocMap::Unwritten(m.Find(128)));
   EXPECT_EQ(m.Find(128), m.Find(191));    // same group
   EXPECT_NE(m.Find(128), m.Find(192));    // next group, same chunk
-  EXPECT_EQ(m.Find((uint64_t{1} << 15) + 200), nullptr);  // next chunk: never written
+  // The next chunk was never written.
+  EXPECT_TRUE(IovaAllocMap::Unwritten(m.Find((uint64_t{1} << 15) + 200)));
   EXPECT_EQ(m.chunk_count(), 1u);
   EXPECT_EQ(IovaAllocMap::PagesAt(*m.Find(128), 128), 4u);
   EXPECT_EQ(IovaAllocMap::PagesAt(*m.Find(129), 129), 0u);  // interior pfn
@@ -117,7 +118,11 @@ TEST(IovaAllocMap, FindAndExistingAgreeAtEveryDepth) {
     // Nothing written: no group anywhere, inside or out.
     for (uint64_t p : {span.start, span.end, first_chunk_pfn, last_chunk_pfn + kChunkPfns,
                        first_chunk_pfn - 1, ~uint64_t{0}, uint64_t{0}}) {
-      EXPECT_EQ(m.Find(p), nullptr) << std::hex << p;
+      const Group* g = m.Find(p);
+      EXPECT_TRUE(IovaAllocMap::Unwritten(g)) << std::hex << p;
+      EXPECT_EQ(g->start_bits | g->end_bits, 0u) << std::hex << p;
+      EXPECT_EQ(IovaAllocMap::PagesAt(*g, p), 0u) << std::hex << p;
+      EXPECT_FALSE(IovaAllocMap::StartsExactly(*g, p, 1)) << std::hex << p;
     }
     // Allocations of 1 and 64 pages at the span's ends and in its middle.
     const uint64_t last64 = (span.end + 1) / 64 * 64 - 64;
@@ -128,7 +133,7 @@ TEST(IovaAllocMap, FindAndExistingAgreeAtEveryDepth) {
     for (const auto& [pfn, pages] : allocs) m.Insert(pfn, pages);
     for (const auto& [pfn, pages] : allocs) {
       Group* g = m.Find(pfn);
-      ASSERT_NE(g, nullptr) << std::hex << pfn;
+      ASSERT_FALSE(IovaAllocMap::Unwritten(g)) << std::hex << pfn;
       EXPECT_EQ(g, &m.Existing(pfn));
       EXPECT_EQ(g, &m.Existing(pfn + pages - 1));  // same group
       EXPECT_EQ(IovaAllocMap::PagesAt(*g, pfn), pages);
@@ -136,11 +141,11 @@ TEST(IovaAllocMap, FindAndExistingAgreeAtEveryDepth) {
     }
     // Out of the span's chunks: still nothing; a chunk next to a written
     // one inside the span: nothing.
-    EXPECT_EQ(m.Find(first_chunk_pfn - 1), nullptr);
-    EXPECT_EQ(m.Find(last_chunk_pfn + kChunkPfns), nullptr);
-    EXPECT_EQ(m.Find(~uint64_t{0}), nullptr);
+    EXPECT_TRUE(IovaAllocMap::Unwritten(m.Find(first_chunk_pfn - 1)));
+    EXPECT_TRUE(IovaAllocMap::Unwritten(m.Find(last_chunk_pfn + kChunkPfns)));
+    EXPECT_TRUE(IovaAllocMap::Unwritten(m.Find(~uint64_t{0})));
     if (mid + 2 * kChunkPfns < last_chunk_pfn) {
-      EXPECT_EQ(m.Find(mid + 2 * kChunkPfns), nullptr);
+      EXPECT_TRUE(IovaAllocMap::Unwritten(m.Find(mid + 2 * kChunkPfns)));
     }
     // Existing reaches a group written through Find's pointer.
     for (const auto& [pfn, pages] : allocs) {
@@ -206,7 +211,7 @@ TEST(IovaAllocMap, RandomAgainstReferenceAcrossChunksAndLevels) {
       ref[pfn] = pages;
     } else if (auto it = ref.lower_bound(pfn); it != ref.end()) {
       Group* g = m.Find(it->first);
-      ASSERT_NE(g, nullptr);
+      ASSERT_FALSE(IovaAllocMap::Unwritten(g));
       ASSERT_TRUE(IovaAllocMap::StartsExactly(*g, it->first, it->second));
       IovaAllocMap::Clear(*g, it->first, it->second);
       ref.erase(it);
@@ -217,9 +222,9 @@ TEST(IovaAllocMap, RandomAgainstReferenceAcrossChunksAndLevels) {
       const Group* g = m.Find(p);
       const auto it = ref.find(p);
       const uint64_t want = it == ref.end() ? 0 : it->second;
-      ASSERT_EQ(g == nullptr ? 0 : IovaAllocMap::PagesAt(*g, p), want) << p;
+      ASSERT_EQ(IovaAllocMap::PagesAt(*g, p), want) << p;
       for (uint64_t n = 1; n <= 64; n *= 2) {
-        ASSERT_EQ(g != nullptr && IovaAllocMap::StartsExactly(*g, p, n), want == n) << p;
+        ASSERT_EQ(IovaAllocMap::StartsExactly(*g, p, n), want == n) << p;
       }
     }
   }
@@ -236,7 +241,7 @@ TEST(IovaAllocMap, MovedMapKeepsItsContents) {
   IovaAllocMap m(1, (uint64_t{1} << 20) - 1);
   m.Insert(1024, 16);
   IovaAllocMap moved = std::move(m);
-  ASSERT_NE(moved.Find(1024), nullptr);
+  ASSERT_FALSE(IovaAllocMap::Unwritten(moved.Find(1024)));
   EXPECT_EQ(IovaAllocMap::PagesAt(*moved.Find(1024), 1024), 16u);
 }
 

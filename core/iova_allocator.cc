@@ -283,10 +283,9 @@ void IovaAllocator::EraseLive(uint64_t pfn, uint64_t num_pages) {
 }
 
 uint64_t IovaAllocator::LivePages(uint64_t pfn) const {
-  if (const internal::IovaAllocMap::Group* g = small_.Find(pfn); g != nullptr) {
-    if (const uint64_t pages = internal::IovaAllocMap::PagesAt(*g, pfn); pages != 0) {
-      return pages;
-    }
+  if (const uint64_t pages = internal::IovaAllocMap::PagesAt(*small_.Find(pfn), pfn);
+      pages != 0) {
+    return pages;
   }
   if (large_.empty()) return 0;
   const auto it = large_.find(pfn);
@@ -306,12 +305,11 @@ absl::Status IovaAllocator::NotLiveError(uint64_t pfn) const {
 absl::Status IovaAllocator::FreePfns(uint64_t pfn) {
   // LivePages + EraseLive in one lookup: the small allocation's group once,
   // or one probe of large_ (erase by the iterator find returned).
-  if (internal::IovaAllocMap::Group* g = small_.Find(pfn); g != nullptr) {
-    if (const uint64_t pages = internal::IovaAllocMap::PagesAt(*g, pfn); pages != 0) {
-      internal::IovaAllocMap::Clear(*g, pfn, pages);
-      ReleaseToTree(pfn, pages);
-      return absl::OkStatus();
-    }
+  internal::IovaAllocMap::Group* const g = small_.Find(pfn);
+  if (const uint64_t pages = internal::IovaAllocMap::PagesAt(*g, pfn); pages != 0) {
+    internal::IovaAllocMap::Clear(*g, pfn, pages);
+    ReleaseToTree(pfn, pages);
+    return absl::OkStatus();
   }
   if (!large_.empty()) {
     if (const auto it = large_.find(pfn); it != large_.end()) {

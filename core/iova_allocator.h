@@ -258,7 +258,7 @@ class IovaAllocator {
       const uint64_t last = internal::kIovaSmallClasses.last[num_pages - 1];  // size - 1
       internal::IovaAllocMap::Group* const g = small_.Find(pfn);
       const internal::IovaAllocMap::Bits bits = internal::IovaAllocMap::BitsAt(pfn, last);
-      if (g != nullptr && internal::IovaAllocMap::Holds(*g, bits) &&
+      if (internal::IovaAllocMap::Holds(*g, bits) &&
           cache_.TryPushLoaded(cls, pfn)) [[likely]] {
         internal::IovaAllocMap::Clear(*g, bits);
         return absl::OkStatus();
