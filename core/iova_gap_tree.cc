@@ -13,6 +13,7 @@ namespace iommu::core::internal {
 
 IovaGapTree::IovaGapTree(int num_orders)
     : num_orders_(num_orders),
+      search_(PickSearch()),
       leaf_summary_(PickLeafSummary()),
       internal_summary_(PickInternalSummary()) {
   assert(num_orders >= 1 && num_orders <= 64);
@@ -55,36 +56,6 @@ uint32_t IovaGapTree::LeftmostLeaf() const {
   uint32_t x = root_node_;
   while (!N(x).leaf) x = N(x).child[0];
   return x;
-}
-
-// Branch-free binary search over all kFanout slots, those past count holding
-// kNoKey: b counts the keys <= pfn among the slots probed so far (a pfn of
-// kNoKey counts the unused slots too: hence the min).
-[[gnu::always_inline]] inline int IovaGapTree::LastAtOrBelow(const Node& n, uint64_t pfn) {
-  static_assert(kFanout == 16);
-  int b = 0;
-  b += 8 & -static_cast<int>(n.lo[7] <= pfn);
-  b += 4 & -static_cast<int>(n.lo[b + 3] <= pfn);
-  b += 2 & -static_cast<int>(n.lo[b + 1] <= pfn);
-  b += 1 & -static_cast<int>(n.lo[b] <= pfn);
-  b += static_cast<int>(n.lo[b] <= pfn);
-  return std::min<int>(b, n.count) - 1;
-}
-
-[[gnu::always_inline]] inline void IovaGapTree::PrefetchNode(const Node& n) {
-  // Every line of the node at once: the slot search then reads lo[] with
-  // dependent loads, and the rest of the visit hi[], the child and the
-  // header; one wait for the whole node instead of one per line.
-  const char* p = reinterpret_cast<const char*>(&n);
-  static_assert(sizeof(Node) == 8 * 64);
-  __builtin_prefetch(p);
-  __builtin_prefetch(p + 64);
-  __builtin_prefetch(p + 2 * 64);
-  __builtin_prefetch(p + 3 * 64);
-  __builtin_prefetch(p + 4 * 64);
-  __builtin_prefetch(p + 5 * 64);
-  __builtin_prefetch(p + 6 * 64);
-  __builtin_prefetch(p + 7 * 64);
 }
 
 IovaGapTree::Pos IovaGapTree::Locate(uint64_t pfn) const {
@@ -480,7 +451,8 @@ void IovaGapTree::CountOut(uint64_t num_pages) {
 
 // --- operations --------------------------------------------------------------
 
-IovaGapTree::Fit IovaGapTree::Search(uint64_t num_pages, int order, uint64_t limit_pfn) const {
+IovaGapTree::Fit IovaGapTree::SearchScalar(const IovaGapTree& t, uint64_t num_pages, int order,
+                                           uint64_t limit_pfn) {
   const uint64_t align = uint64_t{1} << order;
   // An internal entry of order K has row[order] >= need iff K >= order + 2 (a
   // capped word, >= need), or K == order + 1 and below >= need, or K == order
@@ -495,15 +467,11 @@ IovaGapTree::Fit IovaGapTree::Search(uint64_t num_pages, int order, uint64_t lim
   // below it lie wholly below the limit, and (for num_pages <= kRoomCap) an
   // entry whose word is >= need there holds a sure fit, so a descent fails
   // only along the limit's path or on a capped word.
-  struct Frame {
-    uint32_t x;
-    int slot;
-  };
   Frame path[kMaxDepth];
   int depth = 0;
   uint64_t limit = limit_pfn;
-  uint32_t x = root_node_;
-  const Node* n = &N(x);
+  uint32_t x = t.root_node_;
+  const Node* n = &t.N(x);
   int s = LastAtOrBelow(*n, limit);
   for (;;) {
     if (n->leaf) {
@@ -525,7 +493,7 @@ IovaGapTree::Fit IovaGapTree::Search(uint64_t num_pages, int order, uint64_t lim
         assert(depth < kMaxDepth);
         path[depth++] = Frame{x, s};
         x = n->child[s];
-        n = &N(x);
+        n = &t.N(x);
         PrefetchNode(*n);
         s = limit != ~uint64_t{0} ? LastAtOrBelow(*n, limit) : n->count - 1;
         continue;
@@ -535,7 +503,7 @@ IovaGapTree::Fit IovaGapTree::Search(uint64_t num_pages, int order, uint64_t lim
     if (depth == 0) return Fit{};
     --depth;
     x = path[depth].x;
-    n = &N(x);
+    n = &t.N(x);
     s = path[depth].slot - 1;
     limit = ~uint64_t{0};
   }
@@ -546,7 +514,24 @@ IovaGapTree::Fit IovaGapTree::FindHighestFit(uint64_t num_pages, int order,
   assert(num_pages >= 1 && order < num_orders_ &&
          static_cast<int>(std::bit_width(num_pages - 1)) == order);
   if (num_pages <= kRoomCap && RowWord(root_, order) < num_pages) return Fit{};
-  return Search(num_pages, order, limit_pfn);
+  return search_(*this, num_pages, order, limit_pfn);
+}
+
+IovaGapTree::Fit IovaGapTree::FindHighestFitUsing(SearchImpl impl, uint64_t num_pages, int order,
+                                                  uint64_t limit_pfn) const {
+  assert(num_pages >= 1 && order < num_orders_ &&
+         static_cast<int>(std::bit_width(num_pages - 1)) == order);
+  assert(impl != SearchImpl::kLanesAvx2 || HasAvx2());
+  if (num_pages <= kRoomCap && RowWord(root_, order) < num_pages) return Fit{};
+  switch (impl) {
+    case SearchImpl::kScalar:
+      return SearchScalar(*this, num_pages, order, limit_pfn);
+    case SearchImpl::kLanes:
+      return SearchLanes(*this, num_pages, order, limit_pfn);
+    case SearchImpl::kLanesAvx2:
+      break;
+  }
+  return SearchLanesAvx2(*this, num_pages, order, limit_pfn);
 }
 
 void IovaGapTree::Carve(const Fit& fit, uint64_t num_pages) {

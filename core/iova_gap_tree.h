@@ -119,6 +119,14 @@ class IovaGapTree {
   // num_pages <= 2^order), order < num_orders().
   Fit FindHighestFit(uint64_t num_pages, int order, uint64_t limit_pfn) const;
 
+  // The implementations FindHighestFit picks from (for tests): the scalar
+  // reference, the vector build for the baseline ISA (SSE2 on x86-64) and the
+  // AVX2 one (only where cpuid reports AVX2: see HasAvx2).
+  enum class SearchImpl { kScalar, kLanes, kLanesAvx2 };
+  Fit FindHighestFitUsing(SearchImpl impl, uint64_t num_pages, int order,
+                          uint64_t limit_pfn) const;
+  static bool HasAvx2();
+
   // True iff some free range can hold `num_pages` aligned to 2^order (limit
   // ignored). O(1) for num_pages <= kRoomCap. REQUIRES as FindHighestFit.
   bool AnyFit(uint64_t num_pages, int order) const {
@@ -259,8 +267,26 @@ class IovaGapTree {
   int SlotInParent(uint32_t x) const;
 
   // Highest fit at or below limit_pfn, or none (FindHighestFit without the
-  // root test).
-  Fit Search(uint64_t num_pages, int order, uint64_t limit_pfn) const;
+  // root test): the scalar reference, and the same walk with each node visit
+  // as one vector pass giving the mask of the entries that fit (compiled for
+  // the baseline ISA and for AVX2, picked by cpuid at construction; the whole
+  // walk is compiled twice, so a node visit is no call).
+  using SearchFn = Fit (*)(const IovaGapTree& t, uint64_t num_pages, int order,
+                           uint64_t limit_pfn);
+  static Fit SearchScalar(const IovaGapTree& t, uint64_t num_pages, int order,
+                          uint64_t limit_pfn);
+  static Fit SearchLanes(const IovaGapTree& t, uint64_t num_pages, int order, uint64_t limit_pfn);
+  static Fit SearchLanesAvx2(const IovaGapTree& t, uint64_t num_pages, int order,
+                             uint64_t limit_pfn);
+  [[gnu::always_inline]] inline Fit SearchLanesBody(uint64_t num_pages, int order,
+                                                    uint64_t limit_pfn) const;
+  static SearchFn PickSearch();
+  // A search's resume stack: the internal nodes descended through, each with
+  // the slot taken.
+  struct Frame {
+    uint32_t x;
+    int slot;
+  };
 
   // Recomputes x's key and summary into its parent's entry (the root's into
   // root_). Returns true if either changed.
@@ -346,6 +372,7 @@ class IovaGapTree {
                             uint64_t max_len, uint32_t x, int slot) const;
 
   int num_orders_;
+  SearchFn search_;
   LeafSummaryFn leaf_summary_;
   LeafSummaryFn internal_summary_;
   std::vector<std::unique_ptr<Node[]>> node_chunks_;
@@ -358,6 +385,36 @@ class IovaGapTree {
   uint64_t free_pages_ = 0;
   uint64_t histogram_[kHistogramBuckets] = {};
 };
+
+// Branch-free binary search over all kFanout slots, those past count holding
+// kNoKey: b counts the keys <= pfn among the slots probed so far (a pfn of
+// kNoKey counts the unused slots too: hence the min).
+[[gnu::always_inline]] inline int IovaGapTree::LastAtOrBelow(const Node& n, uint64_t pfn) {
+  static_assert(kFanout == 16);
+  int b = 0;
+  b += 8 & -static_cast<int>(n.lo[7] <= pfn);
+  b += 4 & -static_cast<int>(n.lo[b + 3] <= pfn);
+  b += 2 & -static_cast<int>(n.lo[b + 1] <= pfn);
+  b += 1 & -static_cast<int>(n.lo[b] <= pfn);
+  b += static_cast<int>(n.lo[b] <= pfn);
+  return std::min<int>(b, n.count) - 1;
+}
+
+[[gnu::always_inline]] inline void IovaGapTree::PrefetchNode(const Node& n) {
+  // Every line of the node at once: the slot search then reads lo[] with
+  // dependent loads, and the rest of the visit hi[], the child and the
+  // header; one wait for the whole node instead of one per line.
+  const char* p = reinterpret_cast<const char*>(&n);
+  static_assert(sizeof(Node) == 8 * 64);
+  __builtin_prefetch(p);
+  __builtin_prefetch(p + 64);
+  __builtin_prefetch(p + 2 * 64);
+  __builtin_prefetch(p + 3 * 64);
+  __builtin_prefetch(p + 4 * 64);
+  __builtin_prefetch(p + 5 * 64);
+  __builtin_prefetch(p + 6 * 64);
+  __builtin_prefetch(p + 7 * 64);
+}
 
 }  // namespace iommu::core::internal
 
