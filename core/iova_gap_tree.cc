@@ -301,14 +301,22 @@ void IovaGapTree::ShiftLeaf(Node& n, int from_slot, int delta) {
   SetCount(n, n.count + delta);
 }
 
-uint32_t IovaGapTree::Split(uint32_t x) {
+int IovaGapTree::SplitPoint(int at) {
+  if (at <= kFanout / 4) return std::max(at, kMinFill);
+  if (at >= kFanout - kFanout / 4) return std::min(at, kFanout - kMinFill);
+  return kFanout / 2;
+}
+
+uint32_t IovaGapTree::Split(uint32_t x, int at) {
   assert(N(x).count == kFanout);
-  if (x != root_node_ && N(N(x).parent).count == kFanout) Split(N(x).parent);
+  if (x != root_node_ && N(N(x).parent).count == kFanout) {
+    Split(N(x).parent, SlotInParent(x) + 1);
+  }
   const uint32_t r = NewNode(N(x).leaf);  // may add a chunk: no references above
-  constexpr int kKeep = kFanout / 2;
-  CopyEntries(x, kKeep, r, 0, kFanout - kKeep);
-  N(r).count = kFanout - kKeep;
-  SetCount(N(x), kKeep);
+  const int keep = SplitPoint(at);
+  CopyEntries(x, keep, r, 0, kFanout - keep);
+  N(r).count = static_cast<int16_t>(kFanout - keep);
+  SetCount(N(x), keep);
   if (N(x).leaf) {
     N(r).next = N(x).next;
     N(x).next = r;
@@ -404,10 +412,73 @@ void IovaGapTree::Settle(uint32_t x, bool may_stop) {
   }
 }
 
-void IovaGapTree::InsertRange(uint32_t x, int slot, uint64_t lo, uint64_t hi) {
+bool IovaGapTree::InsertShifting(uint32_t x, int slot, uint64_t lo, uint64_t hi,
+                                 const Summary& shrunk) {
+  if (x == root_node_) return false;
+  const uint32_t px = N(x).parent;
+  const int s = SlotInParent(x);
+  Node& xn = N(x);
+  Node& p = N(px);
+  if (s + 1 < p.count && N(p.child[s + 1]).count < kFanout) {
+    // x's last entry (or the new range, if it goes last) moves to the front
+    // of the right sibling.
+    const uint32_t r = p.child[s + 1];
+    ShiftLeaf(N(r), 0, 1);
+    Node& rn = N(r);
+    if (slot == kFanout) {
+      rn.lo[0] = lo;
+      rn.hi[0] = hi;
+    } else {
+      rn.lo[0] = xn.lo[kFanout - 1];
+      rn.hi[0] = xn.hi[kFanout - 1];
+      std::memmove(xn.lo + slot + 1, xn.lo + slot, sizeof(uint64_t) * (kFanout - 1 - slot));
+      std::memmove(xn.hi + slot + 1, xn.hi + slot, sizeof(uint64_t) * (kFanout - 1 - slot));
+      xn.lo[slot] = lo;
+      xn.hi[slot] = hi;
+    }
+    UpdateEntry(r);
+    UpdateEntry(x);
+    if (slot == 0 && s == 0) FixKey(px);
+  } else if (s > 0 && N(p.child[s - 1]).count < kFanout) {
+    // x's first entry (or the new range, if it goes first) moves to the end
+    // of the left sibling.
+    const uint32_t l = p.child[s - 1];
+    Node& ln = N(l);
+    const int c = ln.count;
+    if (slot == 0) {
+      ln.lo[c] = lo;
+      ln.hi[c] = hi;
+    } else {
+      ln.lo[c] = xn.lo[0];
+      ln.hi[c] = xn.hi[0];
+      std::memmove(xn.lo, xn.lo + 1, sizeof(uint64_t) * (slot - 1));
+      std::memmove(xn.hi, xn.hi + 1, sizeof(uint64_t) * (slot - 1));
+      xn.lo[slot - 1] = lo;
+      xn.hi[slot - 1] = hi;
+    }
+    ln.count = static_cast<int16_t>(c + 1);
+    UpdateEntry(l);
+    UpdateEntry(x);
+  } else {
+    return false;
+  }
+  // The parent covers the same ranges plus the new one (its row can only have
+  // grown, by that range's) or, after a carve, subsets of the shrunk range
+  // (its row can only have dropped, and only if that range attained it).
+  if (shrunk.max_len == 0) {
+    Raise(px, RangeSummary(lo, hi));
+  } else {
+    Lower(px, shrunk);
+  }
+  return true;
+}
+
+void IovaGapTree::InsertRange(uint32_t x, int slot, uint64_t lo, uint64_t hi,
+                              const Summary& shrunk) {
   const bool split = N(x).count == kFanout;
+  if (split && InsertShifting(x, slot, lo, hi, shrunk)) return;
   if (split) {
-    const uint32_t r = Split(x);
+    const uint32_t r = Split(x, slot);
     const int keep = N(x).count;
     if (slot > keep) {
       x = r;
@@ -570,7 +641,7 @@ void IovaGapTree::Carve(const Fit& fit, uint64_t num_pages) {
     CountIn(fit.pfn - lo);
     CountIn(hi - last);
     if (n.count == kFanout) {
-      InsertRange(x, s + 1, last + 1, hi);
+      InsertRange(x, s + 1, last + 1, hi, gone);
       return;
     }
     ShiftLeaf(n, s + 1, 1);
@@ -643,7 +714,7 @@ IovaGapTree::Range IovaGapTree::Release(uint64_t lo, uint64_t hi) {
   CountIn(hi - lo + 1);
   const int slot = pred.slot + 1;
   if (pn.count == kFanout) {
-    InsertRange(pred.leaf, slot, lo, hi);
+    InsertRange(pred.leaf, slot, lo, hi, Summary{});
   } else {
     ShiftLeaf(pn, slot, 1);
     pn.lo[slot] = lo;

@@ -12,6 +12,13 @@
 // growth never copies the tree), indexed by uint32, with a free list: a warm
 // tree never calls malloc.
 //
+// Fill. Allocation is top-down and next-fit, so new ranges arrive in runs of
+// neighbouring pfns: halving every full node would leave the nodes behind the
+// run half empty (the tree deeper, and larger than the caches sooner). So an
+// insert into a full leaf first moves one edge entry to a sibling with room,
+// and a split keeps kMinFill entries on the side an insert at the node's edge
+// is about to grow (half on each side otherwise).
+//
 // Summary. For the ranges r below a node x and each alignment order k,
 //   row(x)[k] = max over r of Word(r, k)
 //   Word(r, k) = min(kRoomCap, 2^k, Room(r, k)) if len(r) > 2^(k-1), else 0
@@ -50,8 +57,8 @@
 //                    the old one reached (Covered), else recomputes one
 //                    summary per level (O(F): a leaf's on 8 x 32-bit vector
 //                    lanes, 4 x 64-bit ones if a range has 2^30 pages or
-//                    more). Splits, merges and borrows (amortised O(1))
-//                    recompute the entries they touch.
+//                    more). Splits, merges, borrows and edge moves
+//                    (amortised O(1)) recompute the entries they touch.
 //   Per node visit   the slot of a pfn by a branch-free binary search over
 //                    the F keys; a descent prefetches all 8 lines of the
 //                    next node at once.
@@ -162,6 +169,8 @@ class IovaGapTree {
   }
 
   uint64_t range_count() const { return range_count_; }
+  // Nodes in use (leaves and internal), each sizeof(Node) bytes.
+  uint64_t node_count() const { return node_slots_ - 1 - free_nodes_.size(); }
   uint64_t free_pages() const { return free_pages_; }
   uint64_t largest_pages() const { return root_.max_len; }
   const uint64_t* histogram() const { return histogram_; }
@@ -348,13 +357,24 @@ class IovaGapTree {
   // while a node is underfull, refreshing entries up to the root; stops early
   // when `may_stop` and an entry is unchanged.
   void Settle(uint32_t x, bool may_stop);
-  // Inserts a range into leaf x before entry `slot`, splitting as needed.
-  void InsertRange(uint32_t x, int slot, uint64_t lo, uint64_t hi);
+  // Inserts a range into leaf x before entry `slot`, moving an entry to a
+  // sibling or splitting as needed. `shrunk`: empty when the insert only adds
+  // a range (everything else current); after a carve, the summary of the
+  // range the caller shrank in x (x's entries may have dropped).
+  void InsertRange(uint32_t x, int slot, uint64_t lo, uint64_t hi, const Summary& shrunk);
+  // InsertRange into a full leaf x without splitting it: when a sibling under
+  // the same parent has room, x's edge entry on that side moves there first.
+  // False (nothing changed) when neither sibling has room.
+  bool InsertShifting(uint32_t x, int slot, uint64_t lo, uint64_t hi, const Summary& shrunk);
   // Removes entry `slot` of leaf x.
   void RemoveRange(uint32_t x, int slot);
-  // Splits full node x into x and a new right sibling (splitting ancestors
-  // first as needed), leaving every entry current; returns the sibling.
-  uint32_t Split(uint32_t x);
+  // Splits full node x, about to receive an entry at slot `at`, into x and a
+  // new right sibling (splitting ancestors first as needed), leaving every
+  // entry current; returns the sibling.
+  uint32_t Split(uint32_t x, int at);
+  // How many entries a split keeps on the left, given the slot an insertion
+  // is about to take.
+  static int SplitPoint(int at);
   // Entry copies and in-node shifts (moved children get their parent link).
   void CopyEntries(uint32_t from, int from_slot, uint32_t to, int to_slot, int count);
   void ShiftEntries(uint32_t x, int from_slot, int delta);

@@ -145,6 +145,69 @@ TEST(IovaGapTreeTest, DeepRandomChurnMatchesModel) {
   ExpectSameRanges(t, m);
 }
 
+// Runs of neighbouring inserts, as top-down (or bottom-up) carving makes
+// them, leave the nodes behind the run nearly full: an insert into a full
+// leaf first moves an edge entry to a sibling with room, and a split keeps
+// kMinFill entries on the side the run grows. Then isolated releases insert
+// into full leaves all over the tree, and every fit still matches the model.
+TEST(IovaGapTreeTest, RunsOfInsertsFillNodes) {
+  for (const bool descending : {true, false}) {
+    SCOPED_TRACE(descending ? "descending" : "ascending");
+    constexpr uint64_t kEnd = (uint64_t{1} << 20) - 1;
+    constexpr uint64_t kTakes = 12000;
+    IovaGapTree t(21);
+    Model m;
+    t.Release(1, kEnd);
+    m.Free(1, kEnd);
+    // Take [p, p + 2] for p = 1, 5, 9, ... (or from the top down): one free
+    // page is left between neighbouring takes.
+    std::vector<uint64_t> taken;
+    for (uint64_t i = 0; i < kTakes; ++i) {
+      const uint64_t p = descending ? kEnd - 3 - 4 * i : 1 + 4 * i;
+      t.Take(p, p + 2);
+      m.Occupy(p, p + 2);
+      taken.push_back(p);
+      if (i % 97 == 0) {
+        ASSERT_TRUE(t.CheckInvariants().ok()) << i << ": " << t.CheckInvariants();
+      }
+    }
+    ASSERT_TRUE(t.CheckInvariants().ok()) << t.CheckInvariants();
+    ExpectSameRanges(t, m);
+    // Halving every full node would leave about 8 ranges per leaf here.
+    EXPECT_GE(t.range_count(), 13 * t.node_count())
+        << t.range_count() << " ranges in " << t.node_count() << " nodes";
+    // Free the middle page of every take, in random order: each is an isolated
+    // range inserted into a (mostly full) leaf.
+    Rng rng{descending ? 7u : 11u};
+    for (size_t n = taken.size(); n > 0; --n) {
+      const size_t j = rng.Below(n);
+      const uint64_t mid = taken[j] + 1;
+      std::swap(taken[j], taken[n - 1]);
+      const IovaGapTree::Range r = t.Release(mid, mid);
+      m.Free(mid, mid);
+      ASSERT_EQ(r.lo, mid);
+      ASSERT_EQ(r.hi, mid);
+      if (n % 97 == 0) {
+        ASSERT_TRUE(t.CheckInvariants().ok()) << n << ": " << t.CheckInvariants();
+      }
+    }
+    ASSERT_TRUE(t.CheckInvariants().ok()) << t.CheckInvariants();
+    ExpectSameRanges(t, m);
+    for (int q = 0; q < 2000; ++q) {
+      const uint64_t n = rng.Below(4) + 1;
+      const int order = std::bit_width(n - 1);
+      const uint64_t limit = rng.Below(kEnd + 1);
+      bool found = false;
+      const uint64_t want = m.HighestFit(n, order, limit, &found);
+      const IovaGapTree::Fit fit = t.FindHighestFit(n, order, limit);
+      ASSERT_EQ(fit.node != 0, found) << "n=" << n << " limit=" << limit;
+      if (found) {
+        ASSERT_EQ(fit.pfn, want) << "n=" << n << " limit=" << limit;
+      }
+    }
+  }
+}
+
 // Take, FreePagesIn and FindContaining across leaf boundaries.
 TEST(IovaGapTreeTest, TakeAndQueriesAcrossLeaves) {
   IovaGapTree t(17);
