@@ -291,14 +291,84 @@ void IovaGapTree::ShiftEntries(uint32_t x, int from_slot, int delta) {
   SetCount(n, n.count + delta);
 }
 
-void IovaGapTree::ShiftLeaf(Node& n, int from_slot, int delta) {
-  assert(n.leaf);
-  const int count = n.count - from_slot;
-  if (count > 0) {
-    std::memmove(n.lo + from_slot + delta, n.lo + from_slot, sizeof(uint64_t) * count);
-    std::memmove(n.hi + from_slot + delta, n.hi + from_slot, sizeof(uint64_t) * count);
+namespace {
+
+// Fixed-size, branch-free moves of one slot within a node's 16-entry array of
+// 64-bit words (a leaf's lo[] or hi[]): two-lane vectors (SSE2 registers on
+// x86-64), every lane either kept or taken from its neighbour under a mask
+// read from a sliding window of kStep. No length-dependent branch (a
+// variable-length memmove mispredicts on the length). Always inlined: no
+// vector crosses a call.
+using Pair = uint64_t __attribute__((vector_size(16)));
+constexpr int kPairs = IovaGapTree::kFanout / 2;
+// kStep[j] is all-ones iff j >= kFanout: kStep + kFanout - 1 - s marks the
+// slots above s, kStep + kFanout - s those at or above s.
+alignas(64) constexpr uint64_t kStep[2 * IovaGapTree::kFanout] = {
+    0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,
+    ~uint64_t{0}, ~uint64_t{0}, ~uint64_t{0}, ~uint64_t{0}, ~uint64_t{0}, ~uint64_t{0},
+    ~uint64_t{0}, ~uint64_t{0}, ~uint64_t{0}, ~uint64_t{0}, ~uint64_t{0}, ~uint64_t{0},
+    ~uint64_t{0}, ~uint64_t{0}, ~uint64_t{0}, ~uint64_t{0}};
+static_assert(IovaGapTree::kFanout == 16);
+
+[[gnu::always_inline]] inline Pair LoadPair(const uint64_t* p) {
+  Pair v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+[[gnu::always_inline]] inline void StorePair(uint64_t* p, Pair v) { std::memcpy(p, &v, sizeof(v)); }
+
+// a[s + 1 .. kFanout) takes the old a[s .. kFanout - 1) (the old last word is
+// dropped); a[0 .. s] keep theirs (the caller overwrites slot s).
+// REQUIRES 0 <= s < kFanout.
+[[gnu::always_inline]] inline void OpenSlot(uint64_t* a, int s) {
+  const uint64_t* above = kStep + IovaGapTree::kFanout - 1 - s;  // all-ones at slots > s
+  Pair cur[kPairs];
+  Pair prev[kPairs];  // lane i holds a[i - 1] (a[0] at slot 0, never taken)
+#pragma GCC unroll 8
+  for (int k = 0; k < kPairs; ++k) cur[k] = LoadPair(a + 2 * k);
+  prev[0] = Pair{a[0], a[0]};
+#pragma GCC unroll 8
+  for (int k = 1; k < kPairs; ++k) prev[k] = LoadPair(a + 2 * k - 1);
+#pragma GCC unroll 8
+  for (int k = 0; k < kPairs; ++k) {
+    const Pair m = LoadPair(above + 2 * k);
+    StorePair(a + 2 * k, (prev[k] & m) | (cur[k] & ~m));
   }
-  SetCount(n, n.count + delta);
+}
+
+// a[s .. kFanout - 1) takes the old a[s + 1 .. kFanout), and a[kFanout - 1]
+// the word `fill`. REQUIRES 0 <= s < kFanout.
+[[gnu::always_inline]] inline void CloseSlot(uint64_t* a, int s, uint64_t fill) {
+  const uint64_t* at_or_above = kStep + IovaGapTree::kFanout - s;  // all-ones at slots >= s
+  Pair cur[kPairs];
+  Pair next[kPairs];  // lane i holds a[i + 1] (`fill` past the end)
+#pragma GCC unroll 8
+  for (int k = 0; k < kPairs; ++k) cur[k] = LoadPair(a + 2 * k);
+#pragma GCC unroll 8
+  for (int k = 0; k + 1 < kPairs; ++k) next[k] = LoadPair(a + 2 * k + 1);
+  next[kPairs - 1] = Pair{a[IovaGapTree::kFanout - 1], fill};
+#pragma GCC unroll 8
+  for (int k = 0; k < kPairs; ++k) {
+    const Pair m = LoadPair(at_or_above + 2 * k);
+    StorePair(a + 2 * k, (next[k] & m) | (cur[k] & ~m));
+  }
+}
+
+}  // namespace
+
+void IovaGapTree::ShiftLeaf(Node& n, int from_slot, int delta) {
+  // Slots past count hold kNoKey in lo[]: opening a slot moves one of them
+  // up (or drops it), closing one brings kNoKey in at the end.
+  assert(n.leaf && (delta == 1 || delta == -1) && from_slot >= (delta < 0 ? 1 : 0) &&
+         from_slot <= n.count && n.count + delta <= kFanout);
+  if (delta > 0) {
+    OpenSlot(n.lo, from_slot);
+    OpenSlot(n.hi, from_slot);
+  } else {
+    CloseSlot(n.lo, from_slot - 1, kNoKey);
+    CloseSlot(n.hi, from_slot - 1, kNoKey);
+  }
+  n.count = static_cast<int16_t>(n.count + delta);
 }
 
 int IovaGapTree::SplitPoint(int at) {

@@ -353,6 +353,66 @@ TEST(IovaGapTreeTest, LeafKernelWidthsMatchModel) {
   });
 }
 
+// A leaf's entries move by one slot (an insert opening a slot, a removal or a
+// merge closing one) at every slot of every fill, the root leaf's unused slots
+// keeping kNoKey (CheckInvariants): range i is [20 (i + 1), 20 (i + 1) + 9].
+TEST(IovaGapTreeTest, LeafShiftsAtEverySlotAndCount) {
+  const auto range_lo = [](int i) { return uint64_t{20} * (i + 1); };
+  for (int count = 0; count <= IovaGapTree::kFanout; ++count) {
+    for (int slot = 0; slot <= count; ++slot) {
+      for (int op = 0; op < 5; ++op) {
+        IovaGapTree t(8);
+        Model m;
+        for (int i = 0; i < count; ++i) {
+          t.Release(range_lo(i), range_lo(i) + 9);
+          m.Free(range_lo(i), range_lo(i) + 9);
+        }
+        ASSERT_TRUE(t.CheckInvariants().ok()) << t.CheckInvariants();
+        const uint64_t lo = range_lo(slot);
+        switch (op) {
+          case 0:  // an isolated range before range `slot` (or after the last)
+            t.Release(lo - 8, lo - 5);
+            m.Free(lo - 8, lo - 5);
+            break;
+          case 1:  // range `slot` goes (closes its slot)
+            if (slot == count) continue;
+            t.Take(lo, lo + 9);
+            m.Occupy(lo, lo + 9);
+            break;
+          case 2:  // range `slot` splits in two (opens the next slot)
+            if (slot == count) continue;
+            t.Take(lo + 3, lo + 5);
+            m.Occupy(lo + 3, lo + 5);
+            break;
+          case 3:  // ranges `slot` and `slot + 1` merge (closes slot + 1)
+            if (slot + 1 >= count) continue;
+            t.Release(lo + 10, lo + 19);
+            m.Free(lo + 10, lo + 19);
+            break;
+          default:  // range `slot` shrinks at both ends in turn
+            if (slot == count) continue;
+            t.Take(lo, lo + 1);
+            m.Occupy(lo, lo + 1);
+            t.Take(lo + 8, lo + 9);
+            m.Occupy(lo + 8, lo + 9);
+            break;
+        }
+        ASSERT_TRUE(t.CheckInvariants().ok())
+            << "count " << count << " slot " << slot << " op " << op << ": "
+            << t.CheckInvariants();
+        ExpectSameRanges(t, m);
+        bool found = false;
+        const uint64_t want = m.HighestFit(2, 1, ~uint64_t{0}, &found);
+        const IovaGapTree::Fit fit = t.FindHighestFit(2, 1, ~uint64_t{0});
+        ASSERT_EQ(fit.node != 0, found);
+        if (found) {
+          EXPECT_EQ(fit.pfn, want);
+        }
+      }
+    }
+  }
+}
+
 // Every search implementation (the scalar reference, the baseline-ISA vector
 // build and, where the CPU has it, the AVX2 one) returns the same fit as the
 // model, after every carve or release of a random churn whose sizes span
