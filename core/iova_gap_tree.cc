@@ -144,78 +144,69 @@ IovaGapTree::Summary IovaGapTree::WideRangeSummary(uint64_t lo, uint64_t hi) {
   return Summary{hi - lo + 1, RoomWord(lo, hi, k - 1), RoomWord(lo, hi, k)};
 }
 
-IovaGapTree::Summary IovaGapTree::Combine(const Summary& a, const Summary& b) {
-  // With M = max(a.max_len, b.max_len) and K its order, the shorter side's
-  // words at K and K - 1 are its own top/below if its order is K, its top at
-  // K - 1 if its order is K - 1, and 0 below that.
-  const bool a_longer = a.max_len >= b.max_len;
-  const Summary& l = a_longer ? a : b;
-  const Summary& s = a_longer ? b : a;
-  if (s.max_len == 0) return l;
-  const int k = OrderOf(l.max_len);
-  const int ks = OrderOf(s.max_len);
-  if (ks == k) return Summary{l.max_len, std::max(l.below, s.below), std::max(l.top, s.top)};
-  if (ks == k - 1) return Summary{l.max_len, std::max(l.below, s.top), l.top};
-  return l;
+// The words of `part`'s row at orders k - 1 and k, for a part within a whole
+// of order k (part.max_len <= the whole's, so part's order kp <= k): its own
+// below/top if kp == k (max_len > 2^(k-1) = half), its top at k - 1 if
+// kp == k - 1 (half >= max_len > half / 2), else 0 (see Combine). Masks, not
+// branches: which case holds is data. An empty part (max_len 0) has zero
+// words whatever the masks.
+[[gnu::always_inline]] inline IovaGapTree::Summary IovaGapTree::WordsAt(const Summary& part,
+                                                                        uint64_t half) {
+  const uint32_t at_k = 0u - static_cast<uint32_t>(part.max_len > half);
+  const uint32_t at_k1 = ~at_k & (0u - static_cast<uint32_t>(part.max_len > (half >> 1)));
+  return Summary{part.max_len, (part.below & at_k) | (part.top & at_k1), part.top & at_k};
 }
 
-bool IovaGapTree::Covered(const Summary& gone, const Summary& kept, const Summary& whole) {
+// 2^(K-1) for K = OrderOf(max_len) >= 1, 0 for K = 0 (max_len 1); 2^63 for
+// max_len 0 (K = 64). Without a branch on a zero argument.
+[[gnu::always_inline]] inline uint64_t IovaGapTree::HalfOf(uint64_t max_len) {
+  const uint64_t y = max_len - 1;  // half = the highest bit of y, 0 if y == 0
+  return (uint64_t{1} << (63 - std::countl_zero(y | 1))) & (0 - static_cast<uint64_t>(y != 0));
+}
+
+[[gnu::always_inline]] inline IovaGapTree::Summary IovaGapTree::Combine(const Summary& a,
+                                                                        const Summary& b) {
+  // With M = max(a.max_len, b.max_len) and K its order, the row of the max is
+  // {M, max of both sides' words at K - 1, max at K} (the longer side's words
+  // are its own).
+  const uint64_t max_len = std::max(a.max_len, b.max_len);
+  const uint64_t half = HalfOf(max_len);
+  const Summary wa = WordsAt(a, half);
+  const Summary wb = WordsAt(b, half);
+  return Summary{max_len, std::max(wa.below, wb.below), std::max(wa.top, wb.top)};
+}
+
+[[gnu::always_inline]] inline bool IovaGapTree::Covered(const Summary& gone, const Summary& kept,
+                                                       const Summary& whole) {
   // max_len: while it holds, so does K and every order but K - 1 and K (capped
-  // below, zero above); those two words are then compared like max_len.
-  if (gone.max_len >= whole.max_len && kept.max_len < whole.max_len) return false;
-  if (whole.max_len == 0) return true;
-  const int k = OrderOf(whole.max_len);
-  // Row words at k - 1 and k of a part (order <= k: every part is within whole).
-  const auto words = [k](const Summary& part, uint32_t* below, uint32_t* top) {
-    *below = *top = 0;
-    if (part.max_len == 0) return;
-    const int kp = OrderOf(part.max_len);
-    if (kp == k) {
-      *below = part.below;
-      *top = part.top;
-    } else if (kp == k - 1) {
-      *below = part.top;
-    }
-  };
-  uint32_t gone_below, gone_top, kept_below, kept_top;
-  words(gone, &gone_below, &gone_top);
-  words(kept, &kept_below, &kept_top);
-  return (gone_below < whole.below || kept_below >= whole.below) &&
-         (gone_top < whole.top || kept_top >= whole.top);
+  // below, zero above); those two words are then compared like max_len. An
+  // empty whole has zero words: covered. Evaluated whole, without branches.
+  const uint64_t half = HalfOf(whole.max_len);
+  const Summary g = WordsAt(gone, half);
+  const Summary kw = WordsAt(kept, half);
+  const bool len_ok = gone.max_len < whole.max_len || kept.max_len >= whole.max_len;
+  const bool below_ok = g.below < whole.below || kw.below >= whole.below;
+  const bool top_ok = g.top < whole.top || kw.top >= whole.top;
+  return static_cast<bool>(static_cast<int>(len_ok) & static_cast<int>(below_ok) &
+                           static_cast<int>(top_ok));
 }
 
 void IovaGapTree::Raise(uint32_t x, const Summary& add) {
-  const int k_add = OrderOf(add.max_len);
-  for (;;) {
-    if (x == root_node_) {
-      root_ = Combine(root_, add);
-      return;
-    }
+  // Each entry on the way up becomes Combine(entry, add); stops at the first
+  // one that add leaves unchanged (its ancestors then are too).
+  while (x != root_node_) {
     const uint32_t px = N(x).parent;
     Node& p = N(px);
     const int s = SlotInParent(x);
-    if (p.hi[s] >= add.max_len) {
-      // The entry keeps its max_len (and order k): only the words at k - 1 and
-      // k can grow, and only if add's order reaches k - 1 (see Combine).
-      const int k = OrderOf(p.hi[s]);
-      if (k_add == k) {
-        if (add.top <= p.top[s] && add.below <= p.below[s]) return;
-        p.top[s] = std::max(p.top[s], add.top);
-        p.below[s] = std::max(p.below[s], add.below);
-      } else if (k_add == k - 1) {
-        if (add.top <= p.below[s]) return;
-        p.below[s] = add.top;
-      } else {
-        return;
-      }
-    } else {
-      const Summary sum = Combine(Summary{p.hi[s], p.below[s], p.top[s]}, add);
-      p.hi[s] = sum.max_len;
-      p.below[s] = sum.below;
-      p.top[s] = sum.top;
-    }
+    const Summary old{p.hi[s], p.below[s], p.top[s]};
+    const Summary sum = Combine(old, add);
+    if (sum == old) return;
+    p.hi[s] = sum.max_len;
+    p.below[s] = sum.below;
+    p.top[s] = sum.top;
     x = px;
   }
+  root_ = Combine(root_, add);
 }
 
 void IovaGapTree::Lower(uint32_t x, Summary gone) {

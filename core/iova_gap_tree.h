@@ -335,6 +335,10 @@ class IovaGapTree {
     return Summary{len, static_cast<uint32_t>(below), static_cast<uint32_t>(top)};
   }
   static Summary WideRangeSummary(uint64_t lo, uint64_t hi);
+  // A part's row words at orders k - 1 and k (as below/top; max_len kept),
+  // for a part of a whole of order k, given half = HalfOf(the whole's max_len).
+  static Summary WordsAt(const Summary& part, uint64_t half);
+  static uint64_t HalfOf(uint64_t max_len);
   // The summary of the elementwise max of two rows.
   static Summary Combine(const Summary& a, const Summary& b);
   // True if `whole` (a node's or entry's summary) stays exact when a part of
