@@ -72,7 +72,8 @@
 //       kMinFill..kFanout entries, an internal root at least 2; every
 //       slot past a node's count holds the key kNoKey;
 //   (3) every entry's summary (and the root's) equals a recount of the whole
-//       row of every order from the ranges below it;
+//       row of every order from the ranges below it, and so does every build
+//       of every node's summary kernel;
 //   (4) the histogram and totals equal a recount; the slabs account for
 //       every node.
 //
@@ -303,9 +304,10 @@ class IovaGapTree {
   Summary Summarize(const Node& n) const {
     return n.leaf ? leaf_summary_(n) : internal_summary_(n);
   }
-  // An internal node's summary: exact scalar code, and a kernel over 8 x
-  // 32-bit lanes when every child's max_len is below 2^30 (SSE2 / AVX2 as the
-  // leaf kernels).
+  // An internal node's summary: exact scalar code (the reference), and a
+  // kernel over 8 x 32-bit lanes when every child's max_len is below 2^30,
+  // over 64-bit lanes for the lengths (32-bit unsigned for the words)
+  // otherwise (SSE2 / AVX2 as the leaf kernels).
   static Summary InternalSummary(const Node& n);
   static Summary InternalSummaryLanes(const Node& n);
   static Summary InternalSummaryLanesAvx2(const Node& n);
@@ -393,6 +395,10 @@ class IovaGapTree {
   absl::Status CheckNode(uint32_t x, uint32_t parent, int depth, int* leaf_depth,
                          std::vector<uint32_t>* row_out, uint64_t* max_len_out,
                          std::vector<uint32_t>* leaves, uint64_t* nodes) const;
+  // Every build of n's summary kernel (scalar, baseline lanes, AVX2 where the
+  // CPU has it) gives the recount `row` / `max_len`.
+  absl::Status CheckKernels(const Node& n, uint32_t x, const std::vector<uint32_t>& row,
+                            uint64_t max_len) const;
   // The summary's row equals `row` (every order) and its max_len `max_len`.
   absl::Status CheckSummary(const Summary& sum, const std::vector<uint32_t>& row,
                             uint64_t max_len, uint32_t x, int slot) const;
