@@ -13,6 +13,7 @@ namespace iommu::core::internal {
 
 IovaGapTree::IovaGapTree(int num_orders)
     : num_orders_(num_orders),
+      search_(PickSearch()),
       leaf_summary_(PickLeafSummary()),
       internal_summary_(PickInternalSummary()) {
   assert(num_orders >= 1 && num_orders <= 64);
@@ -55,36 +56,6 @@ uint32_t IovaGapTree::LeftmostLeaf() const {
   uint32_t x = root_node_;
   while (!N(x).leaf) x = N(x).child[0];
   return x;
-}
-
-// Branch-free binary search over all kFanout slots, those past count holding
-// kNoKey: b counts the keys <= pfn among the slots probed so far (a pfn of
-// kNoKey counts the unused slots too: hence the min).
-[[gnu::always_inline]] inline int IovaGapTree::LastAtOrBelow(const Node& n, uint64_t pfn) {
-  static_assert(kFanout == 16);
-  int b = 0;
-  b += 8 & -static_cast<int>(n.lo[7] <= pfn);
-  b += 4 & -static_cast<int>(n.lo[b + 3] <= pfn);
-  b += 2 & -static_cast<int>(n.lo[b + 1] <= pfn);
-  b += 1 & -static_cast<int>(n.lo[b] <= pfn);
-  b += static_cast<int>(n.lo[b] <= pfn);
-  return std::min<int>(b, n.count) - 1;
-}
-
-[[gnu::always_inline]] inline void IovaGapTree::PrefetchNode(const Node& n) {
-  // Every line of the node at once: the slot search then reads lo[] with
-  // dependent loads, and the rest of the visit hi[], the child and the
-  // header; one wait for the whole node instead of one per line.
-  const char* p = reinterpret_cast<const char*>(&n);
-  static_assert(sizeof(Node) == 8 * 64);
-  __builtin_prefetch(p);
-  __builtin_prefetch(p + 64);
-  __builtin_prefetch(p + 2 * 64);
-  __builtin_prefetch(p + 3 * 64);
-  __builtin_prefetch(p + 4 * 64);
-  __builtin_prefetch(p + 5 * 64);
-  __builtin_prefetch(p + 6 * 64);
-  __builtin_prefetch(p + 7 * 64);
 }
 
 IovaGapTree::Pos IovaGapTree::Locate(uint64_t pfn) const {
@@ -173,78 +144,69 @@ IovaGapTree::Summary IovaGapTree::WideRangeSummary(uint64_t lo, uint64_t hi) {
   return Summary{hi - lo + 1, RoomWord(lo, hi, k - 1), RoomWord(lo, hi, k)};
 }
 
-IovaGapTree::Summary IovaGapTree::Combine(const Summary& a, const Summary& b) {
-  // With M = max(a.max_len, b.max_len) and K its order, the shorter side's
-  // words at K and K - 1 are its own top/below if its order is K, its top at
-  // K - 1 if its order is K - 1, and 0 below that.
-  const bool a_longer = a.max_len >= b.max_len;
-  const Summary& l = a_longer ? a : b;
-  const Summary& s = a_longer ? b : a;
-  if (s.max_len == 0) return l;
-  const int k = OrderOf(l.max_len);
-  const int ks = OrderOf(s.max_len);
-  if (ks == k) return Summary{l.max_len, std::max(l.below, s.below), std::max(l.top, s.top)};
-  if (ks == k - 1) return Summary{l.max_len, std::max(l.below, s.top), l.top};
-  return l;
+// The words of `part`'s row at orders k - 1 and k, for a part within a whole
+// of order k (part.max_len <= the whole's, so part's order kp <= k): its own
+// below/top if kp == k (max_len > 2^(k-1) = half), its top at k - 1 if
+// kp == k - 1 (half >= max_len > half / 2), else 0 (see Combine). Masks, not
+// branches: which case holds is data. An empty part (max_len 0) has zero
+// words whatever the masks.
+[[gnu::always_inline]] inline IovaGapTree::Summary IovaGapTree::WordsAt(const Summary& part,
+                                                                        uint64_t half) {
+  const uint32_t at_k = 0u - static_cast<uint32_t>(part.max_len > half);
+  const uint32_t at_k1 = ~at_k & (0u - static_cast<uint32_t>(part.max_len > (half >> 1)));
+  return Summary{part.max_len, (part.below & at_k) | (part.top & at_k1), part.top & at_k};
 }
 
-bool IovaGapTree::Covered(const Summary& gone, const Summary& kept, const Summary& whole) {
+// 2^(K-1) for K = OrderOf(max_len) >= 1, 0 for K = 0 (max_len 1); 2^63 for
+// max_len 0 (K = 64). Without a branch on a zero argument.
+[[gnu::always_inline]] inline uint64_t IovaGapTree::HalfOf(uint64_t max_len) {
+  const uint64_t y = max_len - 1;  // half = the highest bit of y, 0 if y == 0
+  return (uint64_t{1} << (63 - std::countl_zero(y | 1))) & (0 - static_cast<uint64_t>(y != 0));
+}
+
+[[gnu::always_inline]] inline IovaGapTree::Summary IovaGapTree::Combine(const Summary& a,
+                                                                        const Summary& b) {
+  // With M = max(a.max_len, b.max_len) and K its order, the row of the max is
+  // {M, max of both sides' words at K - 1, max at K} (the longer side's words
+  // are its own).
+  const uint64_t max_len = std::max(a.max_len, b.max_len);
+  const uint64_t half = HalfOf(max_len);
+  const Summary wa = WordsAt(a, half);
+  const Summary wb = WordsAt(b, half);
+  return Summary{max_len, std::max(wa.below, wb.below), std::max(wa.top, wb.top)};
+}
+
+[[gnu::always_inline]] inline bool IovaGapTree::Covered(const Summary& gone, const Summary& kept,
+                                                       const Summary& whole) {
   // max_len: while it holds, so does K and every order but K - 1 and K (capped
-  // below, zero above); those two words are then compared like max_len.
-  if (gone.max_len >= whole.max_len && kept.max_len < whole.max_len) return false;
-  if (whole.max_len == 0) return true;
-  const int k = OrderOf(whole.max_len);
-  // Row words at k - 1 and k of a part (order <= k: every part is within whole).
-  const auto words = [k](const Summary& part, uint32_t* below, uint32_t* top) {
-    *below = *top = 0;
-    if (part.max_len == 0) return;
-    const int kp = OrderOf(part.max_len);
-    if (kp == k) {
-      *below = part.below;
-      *top = part.top;
-    } else if (kp == k - 1) {
-      *below = part.top;
-    }
-  };
-  uint32_t gone_below, gone_top, kept_below, kept_top;
-  words(gone, &gone_below, &gone_top);
-  words(kept, &kept_below, &kept_top);
-  return (gone_below < whole.below || kept_below >= whole.below) &&
-         (gone_top < whole.top || kept_top >= whole.top);
+  // below, zero above); those two words are then compared like max_len. An
+  // empty whole has zero words: covered. Evaluated whole, without branches.
+  const uint64_t half = HalfOf(whole.max_len);
+  const Summary g = WordsAt(gone, half);
+  const Summary kw = WordsAt(kept, half);
+  const bool len_ok = gone.max_len < whole.max_len || kept.max_len >= whole.max_len;
+  const bool below_ok = g.below < whole.below || kw.below >= whole.below;
+  const bool top_ok = g.top < whole.top || kw.top >= whole.top;
+  return static_cast<bool>(static_cast<int>(len_ok) & static_cast<int>(below_ok) &
+                           static_cast<int>(top_ok));
 }
 
 void IovaGapTree::Raise(uint32_t x, const Summary& add) {
-  const int k_add = OrderOf(add.max_len);
-  for (;;) {
-    if (x == root_node_) {
-      root_ = Combine(root_, add);
-      return;
-    }
+  // Each entry on the way up becomes Combine(entry, add); stops at the first
+  // one that add leaves unchanged (its ancestors then are too).
+  while (x != root_node_) {
     const uint32_t px = N(x).parent;
     Node& p = N(px);
     const int s = SlotInParent(x);
-    if (p.hi[s] >= add.max_len) {
-      // The entry keeps its max_len (and order k): only the words at k - 1 and
-      // k can grow, and only if add's order reaches k - 1 (see Combine).
-      const int k = OrderOf(p.hi[s]);
-      if (k_add == k) {
-        if (add.top <= p.top[s] && add.below <= p.below[s]) return;
-        p.top[s] = std::max(p.top[s], add.top);
-        p.below[s] = std::max(p.below[s], add.below);
-      } else if (k_add == k - 1) {
-        if (add.top <= p.below[s]) return;
-        p.below[s] = add.top;
-      } else {
-        return;
-      }
-    } else {
-      const Summary sum = Combine(Summary{p.hi[s], p.below[s], p.top[s]}, add);
-      p.hi[s] = sum.max_len;
-      p.below[s] = sum.below;
-      p.top[s] = sum.top;
-    }
+    const Summary old{p.hi[s], p.below[s], p.top[s]};
+    const Summary sum = Combine(old, add);
+    if (sum == old) return;
+    p.hi[s] = sum.max_len;
+    p.below[s] = sum.below;
+    p.top[s] = sum.top;
     x = px;
   }
+  root_ = Combine(root_, add);
 }
 
 void IovaGapTree::Lower(uint32_t x, Summary gone) {
@@ -320,24 +282,102 @@ void IovaGapTree::ShiftEntries(uint32_t x, int from_slot, int delta) {
   SetCount(n, n.count + delta);
 }
 
-void IovaGapTree::ShiftLeaf(Node& n, int from_slot, int delta) {
-  assert(n.leaf);
-  const int count = n.count - from_slot;
-  if (count > 0) {
-    std::memmove(n.lo + from_slot + delta, n.lo + from_slot, sizeof(uint64_t) * count);
-    std::memmove(n.hi + from_slot + delta, n.hi + from_slot, sizeof(uint64_t) * count);
+namespace {
+
+// Fixed-size, branch-free moves of one slot within a node's 16-entry array of
+// 64-bit words (a leaf's lo[] or hi[]): two-lane vectors (SSE2 registers on
+// x86-64), every lane either kept or taken from its neighbour under a mask
+// read from a sliding window of kStep. No length-dependent branch (a
+// variable-length memmove mispredicts on the length). Always inlined: no
+// vector crosses a call.
+using Pair = uint64_t __attribute__((vector_size(16)));
+constexpr int kPairs = IovaGapTree::kFanout / 2;
+// kStep[j] is all-ones iff j >= kFanout: kStep + kFanout - 1 - s marks the
+// slots above s, kStep + kFanout - s those at or above s.
+alignas(64) constexpr uint64_t kStep[2 * IovaGapTree::kFanout] = {
+    0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,
+    ~uint64_t{0}, ~uint64_t{0}, ~uint64_t{0}, ~uint64_t{0}, ~uint64_t{0}, ~uint64_t{0},
+    ~uint64_t{0}, ~uint64_t{0}, ~uint64_t{0}, ~uint64_t{0}, ~uint64_t{0}, ~uint64_t{0},
+    ~uint64_t{0}, ~uint64_t{0}, ~uint64_t{0}, ~uint64_t{0}};
+static_assert(IovaGapTree::kFanout == 16);
+
+[[gnu::always_inline]] inline Pair LoadPair(const uint64_t* p) {
+  Pair v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+[[gnu::always_inline]] inline void StorePair(uint64_t* p, Pair v) { std::memcpy(p, &v, sizeof(v)); }
+
+// a[s + 1 .. kFanout) takes the old a[s .. kFanout - 1) (the old last word is
+// dropped); a[0 .. s] keep theirs (the caller overwrites slot s).
+// REQUIRES 0 <= s < kFanout.
+[[gnu::always_inline]] inline void OpenSlot(uint64_t* a, int s) {
+  const uint64_t* above = kStep + IovaGapTree::kFanout - 1 - s;  // all-ones at slots > s
+  Pair cur[kPairs];
+  Pair prev[kPairs];  // lane i holds a[i - 1] (a[0] at slot 0, never taken)
+#pragma GCC unroll 8
+  for (int k = 0; k < kPairs; ++k) cur[k] = LoadPair(a + 2 * k);
+  prev[0] = Pair{a[0], a[0]};
+#pragma GCC unroll 8
+  for (int k = 1; k < kPairs; ++k) prev[k] = LoadPair(a + 2 * k - 1);
+#pragma GCC unroll 8
+  for (int k = 0; k < kPairs; ++k) {
+    const Pair m = LoadPair(above + 2 * k);
+    StorePair(a + 2 * k, (prev[k] & m) | (cur[k] & ~m));
   }
-  SetCount(n, n.count + delta);
 }
 
-uint32_t IovaGapTree::Split(uint32_t x) {
+// a[s .. kFanout - 1) takes the old a[s + 1 .. kFanout), and a[kFanout - 1]
+// the word `fill`. REQUIRES 0 <= s < kFanout.
+[[gnu::always_inline]] inline void CloseSlot(uint64_t* a, int s, uint64_t fill) {
+  const uint64_t* at_or_above = kStep + IovaGapTree::kFanout - s;  // all-ones at slots >= s
+  Pair cur[kPairs];
+  Pair next[kPairs];  // lane i holds a[i + 1] (`fill` past the end)
+#pragma GCC unroll 8
+  for (int k = 0; k < kPairs; ++k) cur[k] = LoadPair(a + 2 * k);
+#pragma GCC unroll 8
+  for (int k = 0; k + 1 < kPairs; ++k) next[k] = LoadPair(a + 2 * k + 1);
+  next[kPairs - 1] = Pair{a[IovaGapTree::kFanout - 1], fill};
+#pragma GCC unroll 8
+  for (int k = 0; k < kPairs; ++k) {
+    const Pair m = LoadPair(at_or_above + 2 * k);
+    StorePair(a + 2 * k, (next[k] & m) | (cur[k] & ~m));
+  }
+}
+
+}  // namespace
+
+void IovaGapTree::ShiftLeaf(Node& n, int from_slot, int delta) {
+  // Slots past count hold kNoKey in lo[]: opening a slot moves one of them
+  // up (or drops it), closing one brings kNoKey in at the end.
+  assert(n.leaf && (delta == 1 || delta == -1) && from_slot >= (delta < 0 ? 1 : 0) &&
+         from_slot <= n.count && n.count + delta <= kFanout);
+  if (delta > 0) {
+    OpenSlot(n.lo, from_slot);
+    OpenSlot(n.hi, from_slot);
+  } else {
+    CloseSlot(n.lo, from_slot - 1, kNoKey);
+    CloseSlot(n.hi, from_slot - 1, kNoKey);
+  }
+  n.count = static_cast<int16_t>(n.count + delta);
+}
+
+int IovaGapTree::SplitPoint(int at) {
+  if (at <= kFanout / 4) return std::max(at, kMinFill);
+  if (at >= kFanout - kFanout / 4) return std::min(at, kFanout - kMinFill);
+  return kFanout / 2;
+}
+
+uint32_t IovaGapTree::Split(uint32_t x, int at) {
   assert(N(x).count == kFanout);
-  if (x != root_node_ && N(N(x).parent).count == kFanout) Split(N(x).parent);
+  if (x != root_node_ && N(N(x).parent).count == kFanout) {
+    Split(N(x).parent, SlotInParent(x) + 1);
+  }
   const uint32_t r = NewNode(N(x).leaf);  // may add a chunk: no references above
-  constexpr int kKeep = kFanout / 2;
-  CopyEntries(x, kKeep, r, 0, kFanout - kKeep);
-  N(r).count = kFanout - kKeep;
-  SetCount(N(x), kKeep);
+  const int keep = SplitPoint(at);
+  CopyEntries(x, keep, r, 0, kFanout - keep);
+  N(r).count = static_cast<int16_t>(kFanout - keep);
+  SetCount(N(x), keep);
   if (N(x).leaf) {
     N(r).next = N(x).next;
     N(x).next = r;
@@ -433,10 +473,73 @@ void IovaGapTree::Settle(uint32_t x, bool may_stop) {
   }
 }
 
-void IovaGapTree::InsertRange(uint32_t x, int slot, uint64_t lo, uint64_t hi) {
+bool IovaGapTree::InsertShifting(uint32_t x, int slot, uint64_t lo, uint64_t hi,
+                                 const Summary& shrunk) {
+  if (x == root_node_) return false;
+  const uint32_t px = N(x).parent;
+  const int s = SlotInParent(x);
+  Node& xn = N(x);
+  Node& p = N(px);
+  if (s + 1 < p.count && N(p.child[s + 1]).count < kFanout) {
+    // x's last entry (or the new range, if it goes last) moves to the front
+    // of the right sibling.
+    const uint32_t r = p.child[s + 1];
+    ShiftLeaf(N(r), 0, 1);
+    Node& rn = N(r);
+    if (slot == kFanout) {
+      rn.lo[0] = lo;
+      rn.hi[0] = hi;
+    } else {
+      rn.lo[0] = xn.lo[kFanout - 1];
+      rn.hi[0] = xn.hi[kFanout - 1];
+      std::memmove(xn.lo + slot + 1, xn.lo + slot, sizeof(uint64_t) * (kFanout - 1 - slot));
+      std::memmove(xn.hi + slot + 1, xn.hi + slot, sizeof(uint64_t) * (kFanout - 1 - slot));
+      xn.lo[slot] = lo;
+      xn.hi[slot] = hi;
+    }
+    UpdateEntry(r);
+    UpdateEntry(x);
+    if (slot == 0 && s == 0) FixKey(px);
+  } else if (s > 0 && N(p.child[s - 1]).count < kFanout) {
+    // x's first entry (or the new range, if it goes first) moves to the end
+    // of the left sibling.
+    const uint32_t l = p.child[s - 1];
+    Node& ln = N(l);
+    const int c = ln.count;
+    if (slot == 0) {
+      ln.lo[c] = lo;
+      ln.hi[c] = hi;
+    } else {
+      ln.lo[c] = xn.lo[0];
+      ln.hi[c] = xn.hi[0];
+      std::memmove(xn.lo, xn.lo + 1, sizeof(uint64_t) * (slot - 1));
+      std::memmove(xn.hi, xn.hi + 1, sizeof(uint64_t) * (slot - 1));
+      xn.lo[slot - 1] = lo;
+      xn.hi[slot - 1] = hi;
+    }
+    ln.count = static_cast<int16_t>(c + 1);
+    UpdateEntry(l);
+    UpdateEntry(x);
+  } else {
+    return false;
+  }
+  // The parent covers the same ranges plus the new one (its row can only have
+  // grown, by that range's) or, after a carve, subsets of the shrunk range
+  // (its row can only have dropped, and only if that range attained it).
+  if (shrunk.max_len == 0) {
+    Raise(px, RangeSummary(lo, hi));
+  } else {
+    Lower(px, shrunk);
+  }
+  return true;
+}
+
+void IovaGapTree::InsertRange(uint32_t x, int slot, uint64_t lo, uint64_t hi,
+                              const Summary& shrunk) {
   const bool split = N(x).count == kFanout;
+  if (split && InsertShifting(x, slot, lo, hi, shrunk)) return;
   if (split) {
-    const uint32_t r = Split(x);
+    const uint32_t r = Split(x, slot);
     const int keep = N(x).count;
     if (slot > keep) {
       x = r;
@@ -480,7 +583,8 @@ void IovaGapTree::CountOut(uint64_t num_pages) {
 
 // --- operations --------------------------------------------------------------
 
-IovaGapTree::Fit IovaGapTree::Search(uint64_t num_pages, int order, uint64_t limit_pfn) const {
+IovaGapTree::Fit IovaGapTree::SearchScalar(const IovaGapTree& t, uint64_t num_pages, int order,
+                                           uint64_t limit_pfn) {
   const uint64_t align = uint64_t{1} << order;
   // An internal entry of order K has row[order] >= need iff K >= order + 2 (a
   // capped word, >= need), or K == order + 1 and below >= need, or K == order
@@ -495,15 +599,11 @@ IovaGapTree::Fit IovaGapTree::Search(uint64_t num_pages, int order, uint64_t lim
   // below it lie wholly below the limit, and (for num_pages <= kRoomCap) an
   // entry whose word is >= need there holds a sure fit, so a descent fails
   // only along the limit's path or on a capped word.
-  struct Frame {
-    uint32_t x;
-    int slot;
-  };
   Frame path[kMaxDepth];
   int depth = 0;
   uint64_t limit = limit_pfn;
-  uint32_t x = root_node_;
-  const Node* n = &N(x);
+  uint32_t x = t.root_node_;
+  const Node* n = &t.N(x);
   int s = LastAtOrBelow(*n, limit);
   for (;;) {
     if (n->leaf) {
@@ -525,7 +625,7 @@ IovaGapTree::Fit IovaGapTree::Search(uint64_t num_pages, int order, uint64_t lim
         assert(depth < kMaxDepth);
         path[depth++] = Frame{x, s};
         x = n->child[s];
-        n = &N(x);
+        n = &t.N(x);
         PrefetchNode(*n);
         s = limit != ~uint64_t{0} ? LastAtOrBelow(*n, limit) : n->count - 1;
         continue;
@@ -535,7 +635,7 @@ IovaGapTree::Fit IovaGapTree::Search(uint64_t num_pages, int order, uint64_t lim
     if (depth == 0) return Fit{};
     --depth;
     x = path[depth].x;
-    n = &N(x);
+    n = &t.N(x);
     s = path[depth].slot - 1;
     limit = ~uint64_t{0};
   }
@@ -546,7 +646,24 @@ IovaGapTree::Fit IovaGapTree::FindHighestFit(uint64_t num_pages, int order,
   assert(num_pages >= 1 && order < num_orders_ &&
          static_cast<int>(std::bit_width(num_pages - 1)) == order);
   if (num_pages <= kRoomCap && RowWord(root_, order) < num_pages) return Fit{};
-  return Search(num_pages, order, limit_pfn);
+  return search_(*this, num_pages, order, limit_pfn);
+}
+
+IovaGapTree::Fit IovaGapTree::FindHighestFitUsing(SearchImpl impl, uint64_t num_pages, int order,
+                                                  uint64_t limit_pfn) const {
+  assert(num_pages >= 1 && order < num_orders_ &&
+         static_cast<int>(std::bit_width(num_pages - 1)) == order);
+  assert(impl != SearchImpl::kLanesAvx2 || HasAvx2());
+  if (num_pages <= kRoomCap && RowWord(root_, order) < num_pages) return Fit{};
+  switch (impl) {
+    case SearchImpl::kScalar:
+      return SearchScalar(*this, num_pages, order, limit_pfn);
+    case SearchImpl::kLanes:
+      return SearchLanes(*this, num_pages, order, limit_pfn);
+    case SearchImpl::kLanesAvx2:
+      break;
+  }
+  return SearchLanesAvx2(*this, num_pages, order, limit_pfn);
 }
 
 void IovaGapTree::Carve(const Fit& fit, uint64_t num_pages) {
@@ -585,7 +702,7 @@ void IovaGapTree::Carve(const Fit& fit, uint64_t num_pages) {
     CountIn(fit.pfn - lo);
     CountIn(hi - last);
     if (n.count == kFanout) {
-      InsertRange(x, s + 1, last + 1, hi);
+      InsertRange(x, s + 1, last + 1, hi, gone);
       return;
     }
     ShiftLeaf(n, s + 1, 1);
@@ -658,7 +775,7 @@ IovaGapTree::Range IovaGapTree::Release(uint64_t lo, uint64_t hi) {
   CountIn(hi - lo + 1);
   const int slot = pred.slot + 1;
   if (pn.count == kFanout) {
-    InsertRange(pred.leaf, slot, lo, hi);
+    InsertRange(pred.leaf, slot, lo, hi, Summary{});
   } else {
     ShiftLeaf(pn, slot, 1);
     pn.lo[slot] = lo;

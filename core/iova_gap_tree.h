@@ -12,6 +12,13 @@
 // growth never copies the tree), indexed by uint32, with a free list: a warm
 // tree never calls malloc.
 //
+// Fill. Allocation is top-down and next-fit, so new ranges arrive in runs of
+// neighbouring pfns: halving every full node would leave the nodes behind the
+// run half empty (the tree deeper, and larger than the caches sooner). So an
+// insert into a full leaf first moves one edge entry to a sibling with room,
+// and a split keeps kMinFill entries on the side an insert at the node's edge
+// is about to grow (half on each side otherwise).
+//
 // Summary. For the ranges r below a node x and each alignment order k,
 //   row(x)[k] = max over r of Word(r, k)
 //   Word(r, k) = min(kRoomCap, 2^k, Room(r, k)) if len(r) > 2^(k-1), else 0
@@ -50,8 +57,8 @@
 //                    the old one reached (Covered), else recomputes one
 //                    summary per level (O(F): a leaf's on 8 x 32-bit vector
 //                    lanes, 4 x 64-bit ones if a range has 2^30 pages or
-//                    more). Splits, merges and borrows (amortised O(1))
-//                    recompute the entries they touch.
+//                    more). Splits, merges, borrows and edge moves
+//                    (amortised O(1)) recompute the entries they touch.
 //   Per node visit   the slot of a pfn by a branch-free binary search over
 //                    the F keys; a descent prefetches all 8 lines of the
 //                    next node at once.
@@ -65,7 +72,8 @@
 //       kMinFill..kFanout entries, an internal root at least 2; every
 //       slot past a node's count holds the key kNoKey;
 //   (3) every entry's summary (and the root's) equals a recount of the whole
-//       row of every order from the ranges below it;
+//       row of every order from the ranges below it, and so does every build
+//       of every node's summary kernel;
 //   (4) the histogram and totals equal a recount; the slabs account for
 //       every node.
 //
@@ -119,6 +127,14 @@ class IovaGapTree {
   // num_pages <= 2^order), order < num_orders().
   Fit FindHighestFit(uint64_t num_pages, int order, uint64_t limit_pfn) const;
 
+  // The implementations FindHighestFit picks from (for tests): the scalar
+  // reference, the vector build for the baseline ISA (SSE2 on x86-64) and the
+  // AVX2 one (only where cpuid reports AVX2: see HasAvx2).
+  enum class SearchImpl { kScalar, kLanes, kLanesAvx2 };
+  Fit FindHighestFitUsing(SearchImpl impl, uint64_t num_pages, int order,
+                          uint64_t limit_pfn) const;
+  static bool HasAvx2();
+
   // True iff some free range can hold `num_pages` aligned to 2^order (limit
   // ignored). O(1) for num_pages <= kRoomCap. REQUIRES as FindHighestFit.
   bool AnyFit(uint64_t num_pages, int order) const {
@@ -154,6 +170,8 @@ class IovaGapTree {
   }
 
   uint64_t range_count() const { return range_count_; }
+  // Nodes in use (leaves and internal), each sizeof(Node) bytes.
+  uint64_t node_count() const { return node_slots_ - 1 - free_nodes_.size(); }
   uint64_t free_pages() const { return free_pages_; }
   uint64_t largest_pages() const { return root_.max_len; }
   const uint64_t* histogram() const { return histogram_; }
@@ -259,8 +277,26 @@ class IovaGapTree {
   int SlotInParent(uint32_t x) const;
 
   // Highest fit at or below limit_pfn, or none (FindHighestFit without the
-  // root test).
-  Fit Search(uint64_t num_pages, int order, uint64_t limit_pfn) const;
+  // root test): the scalar reference, and the same walk with each node visit
+  // as one vector pass giving the mask of the entries that fit (compiled for
+  // the baseline ISA and for AVX2, picked by cpuid at construction; the whole
+  // walk is compiled twice, so a node visit is no call).
+  using SearchFn = Fit (*)(const IovaGapTree& t, uint64_t num_pages, int order,
+                           uint64_t limit_pfn);
+  static Fit SearchScalar(const IovaGapTree& t, uint64_t num_pages, int order,
+                          uint64_t limit_pfn);
+  static Fit SearchLanes(const IovaGapTree& t, uint64_t num_pages, int order, uint64_t limit_pfn);
+  static Fit SearchLanesAvx2(const IovaGapTree& t, uint64_t num_pages, int order,
+                             uint64_t limit_pfn);
+  [[gnu::always_inline]] inline Fit SearchLanesBody(uint64_t num_pages, int order,
+                                                    uint64_t limit_pfn) const;
+  static SearchFn PickSearch();
+  // A search's resume stack: the internal nodes descended through, each with
+  // the slot taken.
+  struct Frame {
+    uint32_t x;
+    int slot;
+  };
 
   // Recomputes x's key and summary into its parent's entry (the root's into
   // root_). Returns true if either changed.
@@ -268,9 +304,10 @@ class IovaGapTree {
   Summary Summarize(const Node& n) const {
     return n.leaf ? leaf_summary_(n) : internal_summary_(n);
   }
-  // An internal node's summary: exact scalar code, and a kernel over 8 x
-  // 32-bit lanes when every child's max_len is below 2^30 (SSE2 / AVX2 as the
-  // leaf kernels).
+  // An internal node's summary: exact scalar code (the reference), and a
+  // kernel over 8 x 32-bit lanes when every child's max_len is below 2^30,
+  // over 64-bit lanes for the lengths (32-bit unsigned for the words)
+  // otherwise (SSE2 / AVX2 as the leaf kernels).
   static Summary InternalSummary(const Node& n);
   static Summary InternalSummaryLanes(const Node& n);
   static Summary InternalSummaryLanesAvx2(const Node& n);
@@ -300,6 +337,10 @@ class IovaGapTree {
     return Summary{len, static_cast<uint32_t>(below), static_cast<uint32_t>(top)};
   }
   static Summary WideRangeSummary(uint64_t lo, uint64_t hi);
+  // A part's row words at orders k - 1 and k (as below/top; max_len kept),
+  // for a part of a whole of order k, given half = HalfOf(the whole's max_len).
+  static Summary WordsAt(const Summary& part, uint64_t half);
+  static uint64_t HalfOf(uint64_t max_len);
   // The summary of the elementwise max of two rows.
   static Summary Combine(const Summary& a, const Summary& b);
   // True if `whole` (a node's or entry's summary) stays exact when a part of
@@ -322,18 +363,31 @@ class IovaGapTree {
   // while a node is underfull, refreshing entries up to the root; stops early
   // when `may_stop` and an entry is unchanged.
   void Settle(uint32_t x, bool may_stop);
-  // Inserts a range into leaf x before entry `slot`, splitting as needed.
-  void InsertRange(uint32_t x, int slot, uint64_t lo, uint64_t hi);
+  // Inserts a range into leaf x before entry `slot`, moving an entry to a
+  // sibling or splitting as needed. `shrunk`: empty when the insert only adds
+  // a range (everything else current); after a carve, the summary of the
+  // range the caller shrank in x (x's entries may have dropped).
+  void InsertRange(uint32_t x, int slot, uint64_t lo, uint64_t hi, const Summary& shrunk);
+  // InsertRange into a full leaf x without splitting it: when a sibling under
+  // the same parent has room, x's edge entry on that side moves there first.
+  // False (nothing changed) when neither sibling has room.
+  bool InsertShifting(uint32_t x, int slot, uint64_t lo, uint64_t hi, const Summary& shrunk);
   // Removes entry `slot` of leaf x.
   void RemoveRange(uint32_t x, int slot);
-  // Splits full node x into x and a new right sibling (splitting ancestors
-  // first as needed), leaving every entry current; returns the sibling.
-  uint32_t Split(uint32_t x);
+  // Splits full node x, about to receive an entry at slot `at`, into x and a
+  // new right sibling (splitting ancestors first as needed), leaving every
+  // entry current; returns the sibling.
+  uint32_t Split(uint32_t x, int at);
+  // How many entries a split keeps on the left, given the slot an insertion
+  // is about to take.
+  static int SplitPoint(int at);
   // Entry copies and in-node shifts (moved children get their parent link).
   void CopyEntries(uint32_t from, int from_slot, uint32_t to, int to_slot, int count);
   void ShiftEntries(uint32_t x, int from_slot, int delta);
-  // ShiftEntries for a leaf in hand.
-  static void ShiftLeaf(Node& n, int from_slot, int delta);
+  // ShiftEntries for a leaf in hand and delta +1 or -1 (every call but the
+  // internal nodes' and the borrows'): fixed-size branch-free moves over the
+  // whole arrays.
+  [[gnu::always_inline]] static inline void ShiftLeaf(Node& n, int from_slot, int delta);
 
   void CountIn(uint64_t num_pages);
   void CountOut(uint64_t num_pages);
@@ -341,11 +395,16 @@ class IovaGapTree {
   absl::Status CheckNode(uint32_t x, uint32_t parent, int depth, int* leaf_depth,
                          std::vector<uint32_t>* row_out, uint64_t* max_len_out,
                          std::vector<uint32_t>* leaves, uint64_t* nodes) const;
+  // Every build of n's summary kernel (scalar, baseline lanes, AVX2 where the
+  // CPU has it) gives the recount `row` / `max_len`.
+  absl::Status CheckKernels(const Node& n, uint32_t x, const std::vector<uint32_t>& row,
+                            uint64_t max_len) const;
   // The summary's row equals `row` (every order) and its max_len `max_len`.
   absl::Status CheckSummary(const Summary& sum, const std::vector<uint32_t>& row,
                             uint64_t max_len, uint32_t x, int slot) const;
 
   int num_orders_;
+  SearchFn search_;
   LeafSummaryFn leaf_summary_;
   LeafSummaryFn internal_summary_;
   std::vector<std::unique_ptr<Node[]>> node_chunks_;
@@ -358,6 +417,36 @@ class IovaGapTree {
   uint64_t free_pages_ = 0;
   uint64_t histogram_[kHistogramBuckets] = {};
 };
+
+// Branch-free binary search over all kFanout slots, those past count holding
+// kNoKey: b counts the keys <= pfn among the slots probed so far (a pfn of
+// kNoKey counts the unused slots too: hence the min).
+[[gnu::always_inline]] inline int IovaGapTree::LastAtOrBelow(const Node& n, uint64_t pfn) {
+  static_assert(kFanout == 16);
+  int b = 0;
+  b += 8 & -static_cast<int>(n.lo[7] <= pfn);
+  b += 4 & -static_cast<int>(n.lo[b + 3] <= pfn);
+  b += 2 & -static_cast<int>(n.lo[b + 1] <= pfn);
+  b += 1 & -static_cast<int>(n.lo[b] <= pfn);
+  b += static_cast<int>(n.lo[b] <= pfn);
+  return std::min<int>(b, n.count) - 1;
+}
+
+[[gnu::always_inline]] inline void IovaGapTree::PrefetchNode(const Node& n) {
+  // Every line of the node at once: the slot search then reads lo[] with
+  // dependent loads, and the rest of the visit hi[], the child and the
+  // header; one wait for the whole node instead of one per line.
+  const char* p = reinterpret_cast<const char*>(&n);
+  static_assert(sizeof(Node) == 8 * 64);
+  __builtin_prefetch(p);
+  __builtin_prefetch(p + 64);
+  __builtin_prefetch(p + 2 * 64);
+  __builtin_prefetch(p + 3 * 64);
+  __builtin_prefetch(p + 4 * 64);
+  __builtin_prefetch(p + 5 * 64);
+  __builtin_prefetch(p + 6 * 64);
+  __builtin_prefetch(p + 7 * 64);
+}
 
 }  // namespace iommu::core::internal
 

@@ -35,6 +35,31 @@ absl::Status IovaGapTree::CheckSummary(const Summary& sum, const std::vector<uin
   return absl::OkStatus();
 }
 
+absl::Status IovaGapTree::CheckKernels(const Node& n, uint32_t x, const std::vector<uint32_t>& row,
+                                       uint64_t max_len) const {
+  // Every build of the node's summary kernel (not only the one picked at
+  // construction) against the recount.
+  struct Impl {
+    const char* name;
+    LeafSummaryFn fn;
+  };
+  const Impl leaf[] = {{"scalar", &LeafSummaryScalar},
+                       {"lanes", &LeafSummaryLanes},
+                       {"lanes avx2", &LeafSummaryLanesAvx2}};
+  const Impl internal[] = {{"scalar", &InternalSummary},
+                           {"lanes", &InternalSummaryLanes},
+                           {"lanes avx2", &InternalSummaryLanesAvx2}};
+  const int impls = HasAvx2() ? 3 : 2;
+  for (int i = 0; i < impls; ++i) {
+    const Impl& impl = n.leaf ? leaf[i] : internal[i];
+    if (absl::Status st = CheckSummary(impl.fn(n), row, max_len, x, -1); !st.ok()) {
+      return absl::InternalError(
+          absl::StrFormat("%s summary kernel: %s", impl.name, st.message()));
+    }
+  }
+  return absl::OkStatus();
+}
+
 absl::Status IovaGapTree::CheckNode(uint32_t x, uint32_t parent, int depth, int* leaf_depth,
                                     std::vector<uint32_t>* row_out, uint64_t* max_len_out,
                                     std::vector<uint32_t>* leaves, uint64_t* nodes) const {
@@ -77,7 +102,7 @@ absl::Status IovaGapTree::CheckNode(uint32_t x, uint32_t parent, int depth, int*
         (*row_out)[k] = std::max((*row_out)[k], RoomWord(n.lo[s], n.hi[s], k));
       }
     }
-    return absl::OkStatus();
+    return CheckKernels(n, x, *row_out, *max_len_out);
   }
   std::vector<uint32_t> row;
   uint64_t max_len = 0;
@@ -102,7 +127,7 @@ absl::Status IovaGapTree::CheckNode(uint32_t x, uint32_t parent, int depth, int*
     for (int k = 0; k < kOrders; ++k) (*row_out)[k] = std::max((*row_out)[k], row[k]);
     *max_len_out = std::max(*max_len_out, max_len);
   }
-  return absl::OkStatus();
+  return CheckKernels(n, x, *row_out, *max_len_out);
 }
 
 absl::Status IovaGapTree::CheckInvariants() const {

@@ -1,16 +1,19 @@
-// IovaGapTree's vectorised summary kernels: the maximum over a node's
-// entries of the three summary numbers, on 32- or 64-bit lanes, with an AVX2
-// build picked at run time by cpuid and an SSE2/generic one otherwise. The
-// tree calls them through the function pointers chosen at construction
-// (PickLeafSummary / PickInternalSummary); the scalar fallbacks live with the
-// tree in iova_gap_tree.cc.
+// IovaGapTree's vectorised kernels: the maximum over a node's entries of the
+// three summary numbers, on 32- or 64-bit lanes, and the search whose node
+// visits are one vector pass each (the mask of the entries that fit), with an
+// AVX2 build picked at run time by cpuid and an SSE2/generic one otherwise.
+// The tree calls them through the function pointers chosen at construction
+// (PickLeafSummary / PickInternalSummary / PickSearch); the scalar fallbacks
+// and the reference search live with the tree in iova_gap_tree.cc.
 
 #include <algorithm>
 #include <array>
 #include <bit>
+#include <cassert>
 #include <cstdint>
 #include <cstring>
 
+#include "core/bits.h"
 #include "core/iova_gap_tree.h"
 
 namespace iommu::core::internal {
@@ -93,8 +96,20 @@ constexpr int kNarrowBits = 30;
   v = MaxLanes32(v, __builtin_shufflevector(v, v, 1, 0, 3, 2, 5, 4, 7, 6));
   return v[0];
 }
-// WordMax on 32-bit lanes. REQUIRES every len < 2^kNarrowBits, j <= kNarrowBits.
-[[gnu::always_inline]] inline uint32_t WordMax32(const Lanes32* len, const Lanes32* neg_lo, int j) {
+// The maxima of a's lanes and of b's lanes, in one reduction: the halves are
+// paired first, so three shuffle/max steps serve both.
+[[gnu::always_inline]] inline void HorizontalMax32Pair(Lanes32 a, Lanes32 b, int32_t* max_a,
+                                                       int32_t* max_b) {
+  Lanes32 v = MaxLanes32(__builtin_shufflevector(a, b, 0, 1, 2, 3, 8, 9, 10, 11),
+                         __builtin_shufflevector(a, b, 4, 5, 6, 7, 12, 13, 14, 15));
+  v = MaxLanes32(v, __builtin_shufflevector(v, v, 2, 3, 0, 1, 6, 7, 4, 5));
+  v = MaxLanes32(v, __builtin_shufflevector(v, v, 1, 0, 3, 2, 5, 4, 7, 6));
+  *max_a = v[0];
+  *max_b = v[4];
+}
+// WordMax on 32-bit lanes before its reduction (the lanewise maxima).
+// REQUIRES every len < 2^kNarrowBits, j <= kNarrowBits.
+[[gnu::always_inline]] inline Lanes32 WordLanes32(const Lanes32* len, const Lanes32* neg_lo, int j) {
   const Lanes32 mask = SplatLanes32(static_cast<int32_t>((int64_t{1} << j) - 1));
   const Lanes32 cap = SplatLanes32(static_cast<int32_t>(int64_t{1} << j));
   const Lanes32 half = SplatLanes32(j > 0 ? int32_t{1} << (j - 1) : 0);
@@ -106,9 +121,8 @@ constexpr int kNarrowBits = 30;
     room = room < cap ? room : cap;
     w = MaxLanes32(w, len[v] > half ? room : Lanes32{});
   }
-  return static_cast<uint32_t>(HorizontalMax32(w));
+  return w;
 }
-
 // The leaf summary for count <= kFanout ranges held in lo/hi, lanes past
 // `count` ignored; returns false (and leaves *out alone) if some range has
 // 2^32 pages or more, which the scalar code handles.
@@ -150,8 +164,12 @@ constexpr int kNarrowBits = 30;
       return true;
     }
     const int k = std::bit_width(*max_len - 1);  // <= kNarrowBits
-    *top = WordMax32(len32, neg_lo32, k);
-    *below = k > 0 ? WordMax32(len32, neg_lo32, k - 1) : 0;
+    // Both words in one reduction (order k - 1 read as 0 when k = 0).
+    int32_t top32, below32;
+    HorizontalMax32Pair(WordLanes32(len32, neg_lo32, k),
+                        WordLanes32(len32, neg_lo32, k > 0 ? k - 1 : 0), &top32, &below32);
+    *top = static_cast<uint32_t>(top32);
+    *below = k > 0 ? static_cast<uint32_t>(below32) : 0;
     return true;
   }
   if ((any_len >> 32) != 0) return false;
@@ -176,9 +194,73 @@ constexpr int kNarrowBits = 30;
   return v;
 }
 
-// InternalSummary's body on 8 x 32-bit lanes, for count <= kFanout entries
-// whose max_len (hi) are all shorter than 2^kNarrowBits (so every word, too);
-// returns false otherwise (the scalar code's case).
+using ULanes32 = uint32_t __attribute__((vector_size(32)));
+[[gnu::always_inline]] inline ULanes SplatULanes(uint64_t x) { return ULanes{x, x, x, x}; }
+[[gnu::always_inline]] inline ULanes32 SplatULanes32(uint32_t x) {
+  return ULanes32{x, x, x, x, x, x, x, x};
+}
+[[gnu::always_inline]] inline ULanes32 LoadULanes32(const uint32_t* p) {
+  ULanes32 v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+[[gnu::always_inline]] inline ULanes MaxULanes(ULanes a, ULanes b) { return a > b ? a : b; }
+[[gnu::always_inline]] inline ULanes32 MaxULanes32(ULanes32 a, ULanes32 b) { return a > b ? a : b; }
+// HorizontalMax32Pair on unsigned lanes.
+[[gnu::always_inline]] inline void HorizontalMaxU32Pair(ULanes32 a, ULanes32 b, uint32_t* max_a,
+                                                        uint32_t* max_b) {
+  ULanes32 v = MaxULanes32(__builtin_shufflevector(a, b, 0, 1, 2, 3, 8, 9, 10, 11),
+                           __builtin_shufflevector(a, b, 4, 5, 6, 7, 12, 13, 14, 15));
+  v = MaxULanes32(v, __builtin_shufflevector(v, v, 2, 3, 0, 1, 6, 7, 4, 5));
+  v = MaxULanes32(v, __builtin_shufflevector(v, v, 1, 0, 3, 2, 5, 4, 7, 6));
+  *max_a = v[0];
+  *max_b = v[4];
+}
+
+// InternalSummary's body for any max_len (the entries' hi, empty past count,
+// in h): the length tests on 4 x 64-bit unsigned lanes, the words on 8 x
+// 32-bit unsigned lanes (words up to kRoomCap). For nodes above a range of
+// 2^30 pages or more (the tail of a large space is one such range).
+[[gnu::always_inline]] inline void InternalWideBody(const Lanes* h, const uint32_t* below,
+                                                    const uint32_t* top, uint64_t* max_len,
+                                                    uint32_t* below_out, uint32_t* top_out) {
+  constexpr int kVectors = IovaGapTree::kFanout / kLanes;
+  ULanes m = __builtin_bit_cast(ULanes, h[0]);
+#pragma GCC unroll 4
+  for (int v = 1; v < kVectors; ++v) m = MaxULanes(m, __builtin_bit_cast(ULanes, h[v]));
+  m = MaxULanes(m, __builtin_shufflevector(m, m, 2, 3, 0, 1));
+  m = MaxULanes(m, __builtin_shufflevector(m, m, 1, 0, 3, 2));
+  *max_len = m[0];
+  if (*max_len == 0) {
+    *below_out = *top_out = 0;
+    return;
+  }
+  // As InternalLanesBody, the thresholds in 64 bits.
+  const int k = std::bit_width(*max_len - 1);
+  const ULanes half = SplatULanes(k >= 1 ? uint64_t{1} << (k - 1) : 0);
+  const ULanes quarter = SplatULanes(k >= 2 ? uint64_t{1} << (k - 2) : 0);
+  ULanes32 t_max = ULanes32{};
+  ULanes32 b_max = ULanes32{};
+#pragma GCC unroll 2
+  for (int v = 0; v < IovaGapTree::kFanout / 8; ++v) {
+    const ULanes h0 = __builtin_bit_cast(ULanes, h[2 * v]);
+    const ULanes h1 = __builtin_bit_cast(ULanes, h[2 * v + 1]);
+    const ULanes32 at_k = __builtin_bit_cast(ULanes32, Narrow(h0 > half, h1 > half));
+    const ULanes32 at_k1 = __builtin_bit_cast(ULanes32, Narrow(h0 > quarter, h1 > quarter));
+    const ULanes32 t = LoadULanes32(top + 8 * v);
+    const ULanes32 b = LoadULanes32(below + 8 * v);
+    t_max = MaxULanes32(t_max, t & at_k);
+    b_max = MaxULanes32(b_max, (b & at_k) | (t & at_k1 & ~at_k));
+  }
+  uint32_t top_word, below_word;
+  HorizontalMaxU32Pair(t_max, b_max, &top_word, &below_word);
+  *top_out = top_word;
+  *below_out = k > 0 ? below_word : 0;
+}
+
+// InternalSummary's body for count <= kFanout entries: on 8 x 32-bit lanes
+// when their max_len (hi) are all shorter than 2^kNarrowBits (so every word,
+// too), else InternalWideBody. Always true (every max_len is handled).
 [[gnu::always_inline]] inline bool InternalLanesBody(const uint64_t* hi, const uint32_t* below,
                                                      const uint32_t* top, int count,
                                                      uint64_t* max_len, uint32_t* below_out,
@@ -194,7 +276,10 @@ constexpr int kNarrowBits = 30;
     any |= h[v];
   }
   // Unsigned: a max_len of 2^63 or more reads negative but is caught here.
-  if ((static_cast<uint64_t>(any[0] | any[1] | any[2] | any[3]) >> kNarrowBits) != 0) return false;
+  if ((static_cast<uint64_t>(any[0] | any[1] | any[2] | any[3]) >> kNarrowBits) != 0) {
+    InternalWideBody(h, below, top, max_len, below_out, top_out);
+    return true;
+  }
   constexpr int kVectors32 = IovaGapTree::kFanout / 8;
   Lanes32 h32[kVectors32];
 #pragma GCC unroll 2
@@ -224,12 +309,155 @@ constexpr int kNarrowBits = 30;
     t_max = MaxLanes32(t_max, t & at_k);
     b_max = MaxLanes32(b_max, (b & at_k) | (t & at_k1 & ~at_k));
   }
-  *top_out = static_cast<uint32_t>(HorizontalMax32(t_max));
-  *below_out = k > 0 ? static_cast<uint32_t>(HorizontalMax32(b_max)) : 0;
+  int32_t top32, below32;
+  HorizontalMax32Pair(t_max, b_max, &top32, &below32);
+  *top_out = static_cast<uint32_t>(top32);
+  *below_out = k > 0 ? static_cast<uint32_t>(below32) : 0;
   return true;
 }
 
+// --- search ------------------------------------------------------------------
+
+// Slot s's bit, 1 << s, in its 64- and 32-bit lane.
+constexpr std::array<int64_t, IovaGapTree::kFanout> kSlotBit64 = [] {
+  std::array<int64_t, IovaGapTree::kFanout> a{};
+  for (int i = 0; i < IovaGapTree::kFanout; ++i) a[i] = int64_t{1} << i;
+  return a;
+}();
+constexpr std::array<int32_t, IovaGapTree::kFanout> kSlotBit32 = [] {
+  std::array<int32_t, IovaGapTree::kFanout> a{};
+  for (int i = 0; i < IovaGapTree::kFanout; ++i) a[i] = int32_t{1} << i;
+  return a;
+}();
+[[gnu::always_inline]] inline uint32_t OrLanes(Lanes v) {
+  return static_cast<uint32_t>(v[0] | v[1] | v[2] | v[3]);
+}
+[[gnu::always_inline]] inline uint32_t OrLanes32(Lanes32 v) {
+  v |= __builtin_shufflevector(v, v, 4, 5, 6, 7, 0, 1, 2, 3);
+  v |= __builtin_shufflevector(v, v, 2, 3, 0, 1, 6, 7, 4, 5);
+  v |= __builtin_shufflevector(v, v, 1, 0, 3, 2, 5, 4, 7, 6);
+  return static_cast<uint32_t>(v[0]);
+}
+
+// A search's request as vectors, built once per search: the thresholds of
+// LeafFitBits and InternalFitBits.
+struct LaneQuery {
+  ULanes num_pages;
+  ULanes back;   // num_pages - 1
+  ULanes keep;   // ~(align - 1)
+  ULanes one;    // 2^order
+  ULanes two;    // 2^(order+1), saturated
+  ULanes32 need;
+};
+
+// Bit s set iff leaf range s holds num_pages aligned to `align` ending at or
+// below `limit`: the scalar test, exact in 64 bits (wrapping where the scalar
+// code wraps), on every slot; the caller masks off the slots it may not take
+// (those past count hold kNoKey and stale hi).
+[[gnu::always_inline]] inline uint32_t LeafFitBits(const uint64_t* lo, const uint64_t* hi,
+                                                   const LaneQuery& q, const ULanes& lim) {
+  Lanes bits = Lanes{};
+#pragma GCC unroll 4
+  for (int v = 0; v < IovaGapTree::kFanout / kLanes; ++v) {
+    const ULanes l = LoadULanes(lo + kLanes * v);
+    ULanes h = LoadULanes(hi + kLanes * v);
+    h = h < lim ? h : lim;
+    const ULanes len = h - l + 1;
+    const ULanes pfn = (h - q.back) & q.keep;  // AlignDown(h - num_pages + 1, align)
+    const Lanes fits = (len >= q.num_pages) & (pfn >= l);
+    bits |= fits & LoadLanes(&kSlotBit64[kLanes * v]);
+  }
+  return OrLanes(bits);
+}
+
+// Bit s set iff internal entry s's row word at the search's order is >= need
+// and its max_len >= num_pages (SearchScalar's test): with max_len (hi) past
+// `two` the word is capped (a fit), past `one` it is `below`, at or past
+// num_pages (so past 2^(order-1)) it is `top`, else 0 (hi < num_pages). The
+// band (how many of these thresholds hi passes, nested) is counted in 64-bit
+// lanes and narrowed once. Unused slots as in LeafFitBits.
+[[gnu::always_inline]] inline uint32_t InternalFitBits(const uint64_t* hi, const uint32_t* below,
+                                                       const uint32_t* top, const LaneQuery& q) {
+  constexpr int kVectors = IovaGapTree::kFanout / kLanes;
+  Lanes band[kVectors];  // 0, -1, -2 or -3
+#pragma GCC unroll 4
+  for (int v = 0; v < kVectors; ++v) {
+    const ULanes h = LoadULanes(hi + kLanes * v);
+    band[v] = (h > q.back) + (h > q.one) + (h > q.two);
+  }
+  Lanes32 bits = Lanes32{};
+#pragma GCC unroll 2
+  for (int v = 0; v < IovaGapTree::kFanout / 8; ++v) {
+    const Lanes32 b32 = Narrow(band[2 * v], band[2 * v + 1]);
+    const Lanes32 capped = b32 == SplatLanes32(-3);
+    const Lanes32 at_one = b32 == SplatLanes32(-2);
+    const Lanes32 at_n = b32 == SplatLanes32(-1);
+    const Lanes32 below_ok = LoadULanes32(below + 8 * v) >= q.need;
+    const Lanes32 top_ok = LoadULanes32(top + 8 * v) >= q.need;
+    const Lanes32 fits = capped | (at_one & below_ok) | (at_n & top_ok);
+    bits |= fits & LoadLanes32(reinterpret_cast<const uint32_t*>(&kSlotBit32[8 * v]));
+  }
+  return OrLanes32(bits);
+}
+
 }  // namespace
+
+// SearchScalar's walk with each node's entry loop replaced by one mask of the
+// entries that fit, cut to the slots at or below s, of which the highest is
+// taken: no branch per entry.
+IovaGapTree::Fit IovaGapTree::SearchLanesBody(uint64_t num_pages, int order,
+                                              uint64_t limit_pfn) const {
+  const uint64_t align = uint64_t{1} << order;
+  const uint32_t need = num_pages < kRoomCap ? static_cast<uint32_t>(num_pages) : kRoomCap;
+  const LaneQuery q{SplatULanes(num_pages),
+                    SplatULanes(num_pages - 1),
+                    SplatULanes(~(align - 1)),
+                    SplatULanes(align),
+                    SplatULanes(order < 63 ? align << 1 : ~uint64_t{0}),
+                    SplatULanes32(need)};
+  Frame path[kMaxDepth];
+  int depth = 0;
+  uint64_t limit = limit_pfn;
+  uint32_t x = root_node_;
+  const Node* n = &N(x);
+  int s = LastAtOrBelow(*n, limit);
+  for (;;) {
+    const uint32_t upto = (uint32_t{1} << (s + 1)) - 1;  // slots 0..s, s >= -1
+    if (n->leaf) {
+      const uint32_t bits = LeafFitBits(n->lo, n->hi, q, SplatULanes(limit)) & upto;
+      if (bits != 0) {
+        const int f = 31 - std::countl_zero(bits);
+        return Fit{x * kFanout + f, AlignDown(std::min(n->hi[f], limit) - num_pages + 1, align)};
+      }
+    } else {
+      const uint32_t bits = InternalFitBits(n->hi, n->below, n->top, q) & upto;
+      if (bits != 0) {
+        const int f = 31 - std::countl_zero(bits);
+        // Only the first entry tried (slot s) searches under the limit.
+        if (f != s) limit = ~uint64_t{0};
+        assert(depth < kMaxDepth);
+        path[depth++] = Frame{x, f};
+        x = n->child[f];
+        n = &N(x);
+        PrefetchNode(*n);
+        s = limit != ~uint64_t{0} ? LastAtOrBelow(*n, limit) : n->count - 1;
+        continue;
+      }
+    }
+    // Nothing at or below slot s here: resume in the parent below its slot.
+    if (depth == 0) return Fit{};
+    --depth;
+    x = path[depth].x;
+    n = &N(x);
+    s = path[depth].slot - 1;
+    limit = ~uint64_t{0};
+  }
+}
+
+IovaGapTree::Fit IovaGapTree::SearchLanes(const IovaGapTree& t, uint64_t num_pages, int order,
+                                          uint64_t limit_pfn) {
+  return t.SearchLanesBody(num_pages, order, limit_pfn);
+}
 
 IovaGapTree::Summary IovaGapTree::InternalSummaryLanes(const Node& n) {
   Summary sum;
@@ -266,6 +494,17 @@ __attribute__((target("avx2"))) IovaGapTree::Summary IovaGapTree::InternalSummar
   return sum;
 }
 
+__attribute__((target("avx2"))) IovaGapTree::Fit IovaGapTree::SearchLanesAvx2(
+    const IovaGapTree& t, uint64_t num_pages, int order, uint64_t limit_pfn) {
+  return t.SearchLanesBody(num_pages, order, limit_pfn);
+}
+
+bool IovaGapTree::HasAvx2() { return __builtin_cpu_supports("avx2"); }
+
+IovaGapTree::SearchFn IovaGapTree::PickSearch() {
+  return HasAvx2() ? &SearchLanesAvx2 : &SearchLanes;
+}
+
 IovaGapTree::LeafSummaryFn IovaGapTree::PickLeafSummary() {
   return __builtin_cpu_supports("avx2") ? &LeafSummaryLanesAvx2 : &LeafSummaryLanes;
 }
@@ -281,6 +520,15 @@ IovaGapTree::Summary IovaGapTree::LeafSummaryLanesAvx2(const Node& n) {
 IovaGapTree::Summary IovaGapTree::InternalSummaryLanesAvx2(const Node& n) {
   return InternalSummaryLanes(n);
 }
+
+IovaGapTree::Fit IovaGapTree::SearchLanesAvx2(const IovaGapTree& t, uint64_t num_pages, int order,
+                                              uint64_t limit_pfn) {
+  return SearchLanes(t, num_pages, order, limit_pfn);
+}
+
+bool IovaGapTree::HasAvx2() { return false; }
+
+IovaGapTree::SearchFn IovaGapTree::PickSearch() { return &SearchLanes; }
 
 IovaGapTree::LeafSummaryFn IovaGapTree::PickLeafSummary() { return &LeafSummaryLanes; }
 

@@ -145,6 +145,69 @@ TEST(IovaGapTreeTest, DeepRandomChurnMatchesModel) {
   ExpectSameRanges(t, m);
 }
 
+// Runs of neighbouring inserts, as top-down (or bottom-up) carving makes
+// them, leave the nodes behind the run nearly full: an insert into a full
+// leaf first moves an edge entry to a sibling with room, and a split keeps
+// kMinFill entries on the side the run grows. Then isolated releases insert
+// into full leaves all over the tree, and every fit still matches the model.
+TEST(IovaGapTreeTest, RunsOfInsertsFillNodes) {
+  for (const bool descending : {true, false}) {
+    SCOPED_TRACE(descending ? "descending" : "ascending");
+    constexpr uint64_t kEnd = (uint64_t{1} << 20) - 1;
+    constexpr uint64_t kTakes = 12000;
+    IovaGapTree t(21);
+    Model m;
+    t.Release(1, kEnd);
+    m.Free(1, kEnd);
+    // Take [p, p + 2] for p = 1, 5, 9, ... (or from the top down): one free
+    // page is left between neighbouring takes.
+    std::vector<uint64_t> taken;
+    for (uint64_t i = 0; i < kTakes; ++i) {
+      const uint64_t p = descending ? kEnd - 3 - 4 * i : 1 + 4 * i;
+      t.Take(p, p + 2);
+      m.Occupy(p, p + 2);
+      taken.push_back(p);
+      if (i % 97 == 0) {
+        ASSERT_TRUE(t.CheckInvariants().ok()) << i << ": " << t.CheckInvariants();
+      }
+    }
+    ASSERT_TRUE(t.CheckInvariants().ok()) << t.CheckInvariants();
+    ExpectSameRanges(t, m);
+    // Halving every full node would leave about 8 ranges per leaf here.
+    EXPECT_GE(t.range_count(), 13 * t.node_count())
+        << t.range_count() << " ranges in " << t.node_count() << " nodes";
+    // Free the middle page of every take, in random order: each is an isolated
+    // range inserted into a (mostly full) leaf.
+    Rng rng{descending ? 7u : 11u};
+    for (size_t n = taken.size(); n > 0; --n) {
+      const size_t j = rng.Below(n);
+      const uint64_t mid = taken[j] + 1;
+      std::swap(taken[j], taken[n - 1]);
+      const IovaGapTree::Range r = t.Release(mid, mid);
+      m.Free(mid, mid);
+      ASSERT_EQ(r.lo, mid);
+      ASSERT_EQ(r.hi, mid);
+      if (n % 97 == 0) {
+        ASSERT_TRUE(t.CheckInvariants().ok()) << n << ": " << t.CheckInvariants();
+      }
+    }
+    ASSERT_TRUE(t.CheckInvariants().ok()) << t.CheckInvariants();
+    ExpectSameRanges(t, m);
+    for (int q = 0; q < 2000; ++q) {
+      const uint64_t n = rng.Below(4) + 1;
+      const int order = std::bit_width(n - 1);
+      const uint64_t limit = rng.Below(kEnd + 1);
+      bool found = false;
+      const uint64_t want = m.HighestFit(n, order, limit, &found);
+      const IovaGapTree::Fit fit = t.FindHighestFit(n, order, limit);
+      ASSERT_EQ(fit.node != 0, found) << "n=" << n << " limit=" << limit;
+      if (found) {
+        ASSERT_EQ(fit.pfn, want) << "n=" << n << " limit=" << limit;
+      }
+    }
+  }
+}
+
 // Take, FreePagesIn and FindContaining across leaf boundaries.
 TEST(IovaGapTreeTest, TakeAndQueriesAcrossLeaves) {
   IovaGapTree t(17);
@@ -288,6 +351,145 @@ TEST(IovaGapTreeTest, LeafKernelWidthsMatchModel) {
     }
     return n;
   });
+}
+
+// A leaf's entries move by one slot (an insert opening a slot, a removal or a
+// merge closing one) at every slot of every fill, the root leaf's unused slots
+// keeping kNoKey (CheckInvariants): range i is [20 (i + 1), 20 (i + 1) + 9].
+TEST(IovaGapTreeTest, LeafShiftsAtEverySlotAndCount) {
+  const auto range_lo = [](int i) { return uint64_t{20} * (i + 1); };
+  for (int count = 0; count <= IovaGapTree::kFanout; ++count) {
+    for (int slot = 0; slot <= count; ++slot) {
+      for (int op = 0; op < 5; ++op) {
+        IovaGapTree t(8);
+        Model m;
+        for (int i = 0; i < count; ++i) {
+          t.Release(range_lo(i), range_lo(i) + 9);
+          m.Free(range_lo(i), range_lo(i) + 9);
+        }
+        ASSERT_TRUE(t.CheckInvariants().ok()) << t.CheckInvariants();
+        const uint64_t lo = range_lo(slot);
+        switch (op) {
+          case 0:  // an isolated range before range `slot` (or after the last)
+            t.Release(lo - 8, lo - 5);
+            m.Free(lo - 8, lo - 5);
+            break;
+          case 1:  // range `slot` goes (closes its slot)
+            if (slot == count) continue;
+            t.Take(lo, lo + 9);
+            m.Occupy(lo, lo + 9);
+            break;
+          case 2:  // range `slot` splits in two (opens the next slot)
+            if (slot == count) continue;
+            t.Take(lo + 3, lo + 5);
+            m.Occupy(lo + 3, lo + 5);
+            break;
+          case 3:  // ranges `slot` and `slot + 1` merge (closes slot + 1)
+            if (slot + 1 >= count) continue;
+            t.Release(lo + 10, lo + 19);
+            m.Free(lo + 10, lo + 19);
+            break;
+          default:  // range `slot` shrinks at both ends in turn
+            if (slot == count) continue;
+            t.Take(lo, lo + 1);
+            m.Occupy(lo, lo + 1);
+            t.Take(lo + 8, lo + 9);
+            m.Occupy(lo + 8, lo + 9);
+            break;
+        }
+        ASSERT_TRUE(t.CheckInvariants().ok())
+            << "count " << count << " slot " << slot << " op " << op << ": "
+            << t.CheckInvariants();
+        ExpectSameRanges(t, m);
+        bool found = false;
+        const uint64_t want = m.HighestFit(2, 1, ~uint64_t{0}, &found);
+        const IovaGapTree::Fit fit = t.FindHighestFit(2, 1, ~uint64_t{0});
+        ASSERT_EQ(fit.node != 0, found);
+        if (found) {
+          EXPECT_EQ(fit.pfn, want);
+        }
+      }
+    }
+  }
+}
+
+// Every search implementation (the scalar reference, the baseline-ISA vector
+// build and, where the CPU has it, the AVX2 one) returns the same fit as the
+// model, after every carve or release of a random churn whose sizes span
+// 1 page to 2^37 (leaves and internal entries on both sides of 2^30 and 2^32,
+// capped row words, requests above kRoomCap pages checked in 64 bits), with
+// limits anywhere (inside ranges, below every range, the whole space) and
+// nodes at every fill (their unused slots hold kNoKey).
+TEST(IovaGapTreeTest, SearchImplementationsAgree) {
+  constexpr uint64_t kEnd = (uint64_t{1} << 40) - 1;
+  IovaGapTree t(41);
+  Model m;
+  t.Release(1, kEnd);
+  m.Free(1, kEnd);
+  Rng rng{4242};
+  std::vector<IovaGapTree::SearchImpl> impls = {IovaGapTree::SearchImpl::kScalar,
+                                                IovaGapTree::SearchImpl::kLanes};
+  if (IovaGapTree::HasAvx2()) impls.push_back(IovaGapTree::SearchImpl::kLanesAvx2);
+  const auto size = [&rng]() -> uint64_t {
+    switch (rng.Below(4)) {
+      case 0:
+        return rng.Below(16) + 1;
+      case 1:
+        return rng.Below(5000) + 1;
+      case 2:
+        return (uint64_t{1} << rng.Below(38)) + rng.Below(3);
+      default:
+        return rng.Below(uint64_t{1} << 34) + 1;
+    }
+  };
+  std::vector<std::pair<uint64_t, uint64_t>> live;
+  for (int op = 0; op < 6000; ++op) {
+    // Probes: random requests under random limits, each answered alike by
+    // every implementation and by the model.
+    for (int probe = 0; probe < 8; ++probe) {
+      const uint64_t n = size();
+      const int order = std::bit_width(n - 1);
+      uint64_t limit;
+      if (probe == 0) {
+        limit = ~uint64_t{0};
+      } else if (probe < 4 && !live.empty()) {
+        // Just around a live range's ends: limits inside or beside free ranges.
+        const auto& r = live[rng.Below(live.size())];
+        limit = r.first + r.second - 1 + rng.Below(64) - 32;
+      } else {
+        limit = rng.Below(kEnd + 1);
+      }
+      bool found = false;
+      const uint64_t want = m.HighestFit(n, order, limit, &found);
+      for (const IovaGapTree::SearchImpl impl : impls) {
+        const IovaGapTree::Fit fit = t.FindHighestFitUsing(impl, n, order, limit);
+        ASSERT_EQ(fit.node != 0, found) << "op " << op << " impl " << static_cast<int>(impl)
+                                        << " n=" << n << " limit=" << limit;
+        if (found) {
+          ASSERT_EQ(fit.pfn, want) << "op " << op << " impl " << static_cast<int>(impl)
+                                   << " n=" << n << " limit=" << limit;
+        }
+      }
+    }
+    if (rng.Below(3) != 0 || live.empty()) {
+      const uint64_t n = size();
+      const int order = std::bit_width(n - 1);
+      const IovaGapTree::Fit fit = t.FindHighestFit(n, order, rng.Below(kEnd + 1));
+      if (fit.node == 0) continue;
+      t.Carve(fit, n);
+      m.Occupy(fit.pfn, fit.pfn + n - 1);
+      live.emplace_back(fit.pfn, n);
+    } else {
+      const size_t j = rng.Below(live.size());
+      t.Release(live[j].first, live[j].first + live[j].second - 1);
+      m.Free(live[j].first, live[j].first + live[j].second - 1);
+      live[j] = live.back();
+      live.pop_back();
+    }
+  }
+  ASSERT_TRUE(t.CheckInvariants().ok()) << t.CheckInvariants();
+  ExpectSameRanges(t, m);
+  EXPECT_GE(t.range_count(), 300u);  // internal levels: several node visits per search
 }
 
 }  // namespace
