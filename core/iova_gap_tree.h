@@ -60,8 +60,10 @@
 //                    more). Splits, merges, borrows and edge moves
 //                    (amortised O(1)) recompute the entries they touch.
 //   Per node visit   the slot of a pfn by a branch-free binary search over
-//                    the F keys; a descent prefetches all 8 lines of the
-//                    next node at once.
+//                    the F keys; in a search, the entries that fit as one
+//                    vector mask (no branch per entry); leaf shifts are
+//                    fixed-size masked moves; a descent prefetches all 8
+//                    lines of the next node at once.
 //   Stats            O(1): count, pages, largest, histogram kept incrementally
 //
 // Invariants (checked by CheckInvariants):
