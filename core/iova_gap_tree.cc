@@ -593,51 +593,31 @@ IovaGapTree::Fit IovaGapTree::SearchScalar(const IovaGapTree& t, uint64_t num_pa
   const uint64_t half = order > 0 ? uint64_t{1} << (order - 1) : 0;  // K >= order
   const uint64_t one = uint64_t{1} << order;                          // K >= order + 1
   const uint64_t two = order < 63 ? uint64_t{1} << (order + 1) : ~uint64_t{0};  // K >= order + 2
-  // The internal nodes descended through, each with the slot taken: a failed
-  // descent resumes below that slot. In a node, only the first entry tried
-  // (the one that may straddle the limit) searches under `limit`; the entries
-  // below it lie wholly below the limit, and (for num_pages <= kRoomCap) an
-  // entry whose word is >= need there holds a sure fit, so a descent fails
-  // only along the limit's path or on a capped word.
-  Frame path[kMaxDepth];
-  int depth = 0;
-  uint64_t limit = limit_pfn;
-  uint32_t x = t.root_node_;
-  const Node* n = &t.N(x);
-  int s = LastAtOrBelow(*n, limit);
+  Walk w(t, limit_pfn);
   for (;;) {
+    const Node* n = w.n;
     if (n->leaf) {
-      for (; s >= 0; --s) {
-        const uint64_t hi = std::min(n->hi[s], limit);
-        if (hi - n->lo[s] + 1 >= num_pages) {
+      for (int e = w.s; e >= 0; --e) {
+        const uint64_t hi = std::min(n->hi[e], w.limit);
+        if (hi - n->lo[e] + 1 >= num_pages) {
           const uint64_t pfn = AlignDown(hi - num_pages + 1, align);
-          if (pfn >= n->lo[s]) return Fit{x * kFanout + s, pfn};
+          if (pfn >= n->lo[e]) return Fit{w.x * kFanout + e, pfn};
         }
       }
     } else {
-      for (; s >= 0; --s, limit = ~uint64_t{0}) {
-        const uint64_t max_len = n->hi[s];
-        const bool fits = max_len > two || (max_len > one ? n->below[s] >= need
-                                                           : max_len > half && n->top[s] >= need);
+      int e = w.s;
+      for (; e >= 0; --e) {
+        const uint64_t max_len = n->hi[e];
+        const bool fits = max_len > two || (max_len > one ? n->below[e] >= need
+                                                           : max_len > half && n->top[e] >= need);
         if (fits && max_len >= num_pages) break;
       }
-      if (s >= 0) {
-        assert(depth < kMaxDepth);
-        path[depth++] = Frame{x, s};
-        x = n->child[s];
-        n = &t.N(x);
-        PrefetchNode(*n);
-        s = limit != ~uint64_t{0} ? LastAtOrBelow(*n, limit) : n->count - 1;
+      if (e >= 0) {
+        w.Descend(e);
         continue;
       }
     }
-    // Nothing at or below slot s here: resume in the parent below its slot.
-    if (depth == 0) return Fit{};
-    --depth;
-    x = path[depth].x;
-    n = &t.N(x);
-    s = path[depth].slot - 1;
-    limit = ~uint64_t{0};
+    if (!w.Resume()) return Fit{};
   }
 }
 

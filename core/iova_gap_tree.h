@@ -299,6 +299,28 @@ class IovaGapTree {
     uint32_t x;
     int slot;
   };
+  // Where a search stands (both walks above share it): the node in hand, the
+  // slot to try first there, the limit, and the resume stack. In a node only
+  // the first entry tried (the one that may straddle the limit) searches under
+  // `limit`; the entries below it lie wholly below the limit, and (for
+  // num_pages <= kRoomCap) an entry whose word is >= need there holds a sure
+  // fit, so a descent fails only along the limit's path or on a capped word.
+  struct Walk {
+    Walk(const IovaGapTree& tree, uint64_t limit_pfn);
+    // Descends into child f (f <= s) of the internal node in hand.
+    void Descend(int f);
+    // Nothing fits at or below s in the node in hand: back to its parent,
+    // below the slot taken there. False at the root (no fit anywhere).
+    bool Resume();
+
+    const IovaGapTree& t;
+    uint64_t limit;
+    uint32_t x;
+    const Node* n;
+    int s;
+    int depth = 0;
+    Frame path[kMaxDepth];
+  };
 
   // Recomputes x's key and summary into its parent's entry (the root's into
   // root_). Returns true if either changed.
@@ -448,6 +470,29 @@ class IovaGapTree {
   __builtin_prefetch(p + 5 * 64);
   __builtin_prefetch(p + 6 * 64);
   __builtin_prefetch(p + 7 * 64);
+}
+
+[[gnu::always_inline]] inline IovaGapTree::Walk::Walk(const IovaGapTree& tree, uint64_t limit_pfn)
+    : t(tree), limit(limit_pfn), x(tree.root_node_), n(&tree.N(x)), s(LastAtOrBelow(*n, limit)) {}
+
+[[gnu::always_inline]] inline void IovaGapTree::Walk::Descend(int f) {
+  if (f != s) limit = ~uint64_t{0};
+  assert(depth < kMaxDepth);
+  path[depth++] = Frame{x, f};
+  x = n->child[f];
+  n = &t.N(x);
+  PrefetchNode(*n);
+  s = limit != ~uint64_t{0} ? LastAtOrBelow(*n, limit) : n->count - 1;
+}
+
+[[gnu::always_inline]] inline bool IovaGapTree::Walk::Resume() {
+  if (depth == 0) return false;
+  --depth;
+  x = path[depth].x;
+  n = &t.N(x);
+  s = path[depth].slot - 1;
+  limit = ~uint64_t{0};
+  return true;
 }
 
 }  // namespace iommu::core::internal

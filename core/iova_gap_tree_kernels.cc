@@ -96,6 +96,19 @@ constexpr int kNarrowBits = 30;
   v = MaxLanes32(v, __builtin_shufflevector(v, v, 1, 0, 3, 2, 5, 4, 7, 6));
   return v[0];
 }
+// The low 32 bits of each of a node's kFanout 64-bit lanes (NarrowAll), and
+// the maximum of the narrowed lanes (MaxAll32).
+constexpr int kVectors32 = IovaGapTree::kFanout / 8;
+[[gnu::always_inline]] inline void NarrowAll(const Lanes* wide, Lanes32* narrow) {
+#pragma GCC unroll 2
+  for (int v = 0; v < kVectors32; ++v) narrow[v] = Narrow(wide[2 * v], wide[2 * v + 1]);
+}
+[[gnu::always_inline]] inline int32_t MaxAll32(const Lanes32* narrow) {
+  Lanes32 m = narrow[0];
+#pragma GCC unroll 2
+  for (int v = 1; v < kVectors32; ++v) m = MaxLanes32(m, narrow[v]);
+  return HorizontalMax32(m);
+}
 // The maxima of a's lanes and of b's lanes, in one reduction: the halves are
 // paired first, so three shuffle/max steps serve both.
 [[gnu::always_inline]] inline void HorizontalMax32Pair(Lanes32 a, Lanes32 b, int32_t* max_a,
@@ -147,18 +160,11 @@ constexpr int kNarrowBits = 30;
   }
   const int64_t any_len = any[0] | any[1] | any[2] | any[3];
   if ((any_len >> kNarrowBits) == 0) {
-    constexpr int kVectors32 = IovaGapTree::kFanout / 8;
     Lanes32 len32[kVectors32];
     Lanes32 neg_lo32[kVectors32];  // (-lo) mod 2^32: pads only need its low bits
-#pragma GCC unroll 2
-    for (int v = 0; v < kVectors32; ++v) {
-      len32[v] = Narrow(len[2 * v], len[2 * v + 1]);
-      neg_lo32[v] = Narrow(neg_lo[2 * v], neg_lo[2 * v + 1]);
-    }
-    Lanes32 m32 = len32[0];
-#pragma GCC unroll 2
-    for (int v = 1; v < kVectors32; ++v) m32 = MaxLanes32(m32, len32[v]);
-    *max_len = static_cast<uint64_t>(HorizontalMax32(m32));
+    NarrowAll(len, len32);
+    NarrowAll(neg_lo, neg_lo32);
+    *max_len = static_cast<uint64_t>(MaxAll32(len32));
     if (*max_len == 0) {
       *below = *top = 0;
       return true;
@@ -280,14 +286,9 @@ using ULanes32 = uint32_t __attribute__((vector_size(32)));
     InternalWideBody(h, below, top, max_len, below_out, top_out);
     return true;
   }
-  constexpr int kVectors32 = IovaGapTree::kFanout / 8;
   Lanes32 h32[kVectors32];
-#pragma GCC unroll 2
-  for (int v = 0; v < kVectors32; ++v) h32[v] = Narrow(h[2 * v], h[2 * v + 1]);
-  Lanes32 m32 = h32[0];
-#pragma GCC unroll 2
-  for (int v = 1; v < kVectors32; ++v) m32 = MaxLanes32(m32, h32[v]);
-  *max_len = static_cast<uint64_t>(HorizontalMax32(m32));
+  NarrowAll(h, h32);
+  *max_len = static_cast<uint64_t>(MaxAll32(h32));
   if (*max_len == 0) {
     *below_out = *top_out = 0;
     return true;
@@ -415,42 +416,25 @@ IovaGapTree::Fit IovaGapTree::SearchLanesBody(uint64_t num_pages, int order,
                     SplatULanes(align),
                     SplatULanes(order < 63 ? align << 1 : ~uint64_t{0}),
                     SplatULanes32(need)};
-  Frame path[kMaxDepth];
-  int depth = 0;
-  uint64_t limit = limit_pfn;
-  uint32_t x = root_node_;
-  const Node* n = &N(x);
-  int s = LastAtOrBelow(*n, limit);
+  Walk w(*this, limit_pfn);
   for (;;) {
-    const uint32_t upto = (uint32_t{1} << (s + 1)) - 1;  // slots 0..s, s >= -1
+    const Node* n = w.n;
+    const uint32_t upto = (uint32_t{1} << (w.s + 1)) - 1;  // slots 0..s, s >= -1
     if (n->leaf) {
-      const uint32_t bits = LeafFitBits(n->lo, n->hi, q, SplatULanes(limit)) & upto;
+      const uint32_t bits = LeafFitBits(n->lo, n->hi, q, SplatULanes(w.limit)) & upto;
       if (bits != 0) {
         const int f = 31 - std::countl_zero(bits);
-        return Fit{x * kFanout + f, AlignDown(std::min(n->hi[f], limit) - num_pages + 1, align)};
+        return Fit{w.x * kFanout + f,
+                   AlignDown(std::min(n->hi[f], w.limit) - num_pages + 1, align)};
       }
     } else {
       const uint32_t bits = InternalFitBits(n->hi, n->below, n->top, q) & upto;
       if (bits != 0) {
-        const int f = 31 - std::countl_zero(bits);
-        // Only the first entry tried (slot s) searches under the limit.
-        if (f != s) limit = ~uint64_t{0};
-        assert(depth < kMaxDepth);
-        path[depth++] = Frame{x, f};
-        x = n->child[f];
-        n = &N(x);
-        PrefetchNode(*n);
-        s = limit != ~uint64_t{0} ? LastAtOrBelow(*n, limit) : n->count - 1;
+        w.Descend(31 - std::countl_zero(bits));
         continue;
       }
     }
-    // Nothing at or below slot s here: resume in the parent below its slot.
-    if (depth == 0) return Fit{};
-    --depth;
-    x = path[depth].x;
-    n = &N(x);
-    s = path[depth].slot - 1;
-    limit = ~uint64_t{0};
+    if (!w.Resume()) return Fit{};
   }
 }
 
