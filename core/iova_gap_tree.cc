@@ -48,6 +48,8 @@ void IovaGapTree::SetCount(Node& n, int count) {
 }
 
 void IovaGapTree::FreeNode(uint32_t x) {
+  if (x == finger_) finger_ = kNil;
+  if (x == release_finger_) release_finger_ = kNil;
   N(x).count = 0;
   free_nodes_.push_back(x);
 }
@@ -583,8 +585,8 @@ void IovaGapTree::CountOut(uint64_t num_pages) {
 
 // --- operations --------------------------------------------------------------
 
-IovaGapTree::Fit IovaGapTree::SearchScalar(const IovaGapTree& t, uint64_t num_pages, int order,
-                                           uint64_t limit_pfn) {
+IovaGapTree::Fit IovaGapTree::SearchScalar(const IovaGapTree& t, uint32_t start,
+                                           uint64_t num_pages, int order, uint64_t limit_pfn) {
   const uint64_t align = uint64_t{1} << order;
   // An internal entry of order K has row[order] >= need iff K >= order + 2 (a
   // capped word, >= need), or K == order + 1 and below >= need, or K == order
@@ -593,7 +595,7 @@ IovaGapTree::Fit IovaGapTree::SearchScalar(const IovaGapTree& t, uint64_t num_pa
   const uint64_t half = order > 0 ? uint64_t{1} << (order - 1) : 0;  // K >= order
   const uint64_t one = uint64_t{1} << order;                          // K >= order + 1
   const uint64_t two = order < 63 ? uint64_t{1} << (order + 1) : ~uint64_t{0};  // K >= order + 2
-  Walk w(t, limit_pfn);
+  Walk w(t, start, limit_pfn);
   for (;;) {
     const Node* n = w.n;
     if (n->leaf) {
@@ -626,29 +628,31 @@ IovaGapTree::Fit IovaGapTree::FindHighestFit(uint64_t num_pages, int order,
   assert(num_pages >= 1 && order < num_orders_ &&
          static_cast<int>(std::bit_width(num_pages - 1)) == order);
   if (num_pages <= kRoomCap && RowWord(root_, order) < num_pages) return Fit{};
-  return search_(*this, num_pages, order, limit_pfn);
+  return search_(*this, StartOf(limit_pfn), num_pages, order, limit_pfn);
 }
 
 IovaGapTree::Fit IovaGapTree::FindHighestFitUsing(SearchImpl impl, uint64_t num_pages, int order,
-                                                  uint64_t limit_pfn) const {
+                                                  uint64_t limit_pfn, bool from_root) const {
   assert(num_pages >= 1 && order < num_orders_ &&
          static_cast<int>(std::bit_width(num_pages - 1)) == order);
   assert(impl != SearchImpl::kLanesAvx2 || HasAvx2());
   if (num_pages <= kRoomCap && RowWord(root_, order) < num_pages) return Fit{};
+  const uint32_t start = from_root ? root_node_ : StartOf(limit_pfn);
   switch (impl) {
     case SearchImpl::kScalar:
-      return SearchScalar(*this, num_pages, order, limit_pfn);
+      return SearchScalar(*this, start, num_pages, order, limit_pfn);
     case SearchImpl::kLanes:
-      return SearchLanes(*this, num_pages, order, limit_pfn);
+      return SearchLanes(*this, start, num_pages, order, limit_pfn);
     case SearchImpl::kLanesAvx2:
       break;
   }
-  return SearchLanesAvx2(*this, num_pages, order, limit_pfn);
+  return SearchLanesAvx2(*this, start, num_pages, order, limit_pfn);
 }
 
 void IovaGapTree::Carve(const Fit& fit, uint64_t num_pages) {
   const uint32_t x = fit.node / kFanout;
   const int s = static_cast<int>(fit.node % kFanout);
+  finger_ = x;
   Node& n = N(x);
   const uint64_t lo = n.lo[s];
   const uint64_t hi = n.hi[s];
@@ -702,6 +706,8 @@ IovaGapTree::Range IovaGapTree::Release(uint64_t lo, uint64_t hi) {
   const bool merge_pred = pred.slot >= 0 && pn.hi[pred.slot] + 1 == lo;
   const bool merge_succ =
       succ.leaf != kNil && hi != UINT64_MAX && N(succ.leaf).lo[succ.slot] == hi + 1;
+  // The leaf that will hold the released range (a hint, checked before use).
+  release_finger_ = merge_succ && !merge_pred ? succ.leaf : pred.leaf;
   assert(succ.leaf == kNil || N(succ.leaf).lo[succ.slot] > hi);
   // The merged range holds every range it replaces, so rows only grow:
   // Raise, except where a leaf loses an entry (Lower, or Settle when that

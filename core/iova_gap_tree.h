@@ -131,10 +131,11 @@ class IovaGapTree {
 
   // The implementations FindHighestFit picks from (for tests): the scalar
   // reference, the vector build for the baseline ISA (SSE2 on x86-64) and the
-  // AVX2 one (only where cpuid reports AVX2: see HasAvx2).
+  // AVX2 one (only where cpuid reports AVX2: see HasAvx2). `from_root`: start
+  // at the root even where the finger (the last carve's leaf) would serve.
   enum class SearchImpl { kScalar, kLanes, kLanesAvx2 };
-  Fit FindHighestFitUsing(SearchImpl impl, uint64_t num_pages, int order,
-                          uint64_t limit_pfn) const;
+  Fit FindHighestFitUsing(SearchImpl impl, uint64_t num_pages, int order, uint64_t limit_pfn,
+                          bool from_root = false) const;
   static bool HasAvx2();
 
   // True iff some free range can hold `num_pages` aligned to 2^order (limit
@@ -283,15 +284,34 @@ class IovaGapTree {
   // as one vector pass giving the mask of the entries that fit (compiled for
   // the baseline ISA and for AVX2, picked by cpuid at construction; the whole
   // walk is compiled twice, so a node visit is no call).
-  using SearchFn = Fit (*)(const IovaGapTree& t, uint64_t num_pages, int order,
+  // Each starts at node `start` (StartOf).
+  using SearchFn = Fit (*)(const IovaGapTree& t, uint32_t start, uint64_t num_pages, int order,
                            uint64_t limit_pfn);
-  static Fit SearchScalar(const IovaGapTree& t, uint64_t num_pages, int order,
+  static Fit SearchScalar(const IovaGapTree& t, uint32_t start, uint64_t num_pages, int order,
                           uint64_t limit_pfn);
-  static Fit SearchLanes(const IovaGapTree& t, uint64_t num_pages, int order, uint64_t limit_pfn);
-  static Fit SearchLanesAvx2(const IovaGapTree& t, uint64_t num_pages, int order,
+  static Fit SearchLanes(const IovaGapTree& t, uint32_t start, uint64_t num_pages, int order,
+                         uint64_t limit_pfn);
+  static Fit SearchLanesAvx2(const IovaGapTree& t, uint32_t start, uint64_t num_pages, int order,
                              uint64_t limit_pfn);
-  [[gnu::always_inline]] inline Fit SearchLanesBody(uint64_t num_pages, int order,
+  [[gnu::always_inline]] inline Fit SearchLanesBody(uint32_t start, uint64_t num_pages, int order,
                                                     uint64_t limit_pfn) const;
+  // Where a search for limit_pfn starts: a finger leaf (the last carve's or
+  // the last release's) when limit_pfn lies between its first lo and its last
+  // hi, so that it is the leaf Locate(limit_pfn) would reach (the next leaf's
+  // keys are above its last hi); else the root. The test reads only the
+  // finger leaf, never a neighbour that may be cold. From the finger the walk
+  // climbs by parent links only as far as it has to: next-fit searches just
+  // below the last allocation (or below the free range a release above it
+  // merged, where Linux moves its cached node), which usually fits in that
+  // leaf or a near one, so most of the descent from the root is skipped.
+  uint32_t StartOf(uint64_t limit_pfn) const {
+    for (const uint32_t finger : {finger_, release_finger_}) {
+      if (finger == kNil) continue;
+      const Node& f = N(finger);
+      if (f.count > 0 && f.lo[0] <= limit_pfn && limit_pfn <= f.hi[f.count - 1]) return finger;
+    }
+    return root_node_;
+  }
   static SearchFn PickSearch();
   // A search's resume stack: the internal nodes descended through, each with
   // the slot taken.
@@ -306,11 +326,14 @@ class IovaGapTree {
   // num_pages <= kRoomCap) an entry whose word is >= need there holds a sure
   // fit, so a descent fails only along the limit's path or on a capped word.
   struct Walk {
-    Walk(const IovaGapTree& tree, uint64_t limit_pfn);
+    // Starts at node `start`: the root, or the finger leaf (see StartOf).
+    Walk(const IovaGapTree& tree, uint32_t start, uint64_t limit_pfn);
     // Descends into child f (f <= s) of the internal node in hand.
     void Descend(int f);
     // Nothing fits at or below s in the node in hand: back to its parent,
-    // below the slot taken there. False at the root (no fit anywhere).
+    // below the slot taken there (from the resume stack, or by the parent
+    // link above the node the walk started at). False at the root (no fit
+    // anywhere).
     bool Resume();
 
     const IovaGapTree& t;
@@ -436,6 +459,11 @@ class IovaGapTree {
   std::vector<uint32_t> free_nodes_;
   uint32_t root_node_ = kNil;
   Summary root_;
+  // The leaves of the last Carve and of the last Release (kNil once that node
+  // is freed): a live leaf stays a leaf until freed, so they need no other
+  // invalidation, and StartOf checks the keys before using one.
+  uint32_t finger_ = kNil;
+  uint32_t release_finger_ = kNil;
 
   uint64_t range_count_ = 0;
   uint64_t free_pages_ = 0;
@@ -471,8 +499,9 @@ class IovaGapTree {
   __builtin_prefetch(p + 7 * 64);
 }
 
-[[gnu::always_inline]] inline IovaGapTree::Walk::Walk(const IovaGapTree& tree, uint64_t limit_pfn)
-    : t(tree), limit(limit_pfn), x(tree.root_node_), n(&tree.N(x)), s(LastAtOrBelow(*n, limit)) {}
+[[gnu::always_inline]] inline IovaGapTree::Walk::Walk(const IovaGapTree& tree, uint32_t start,
+                                                      uint64_t limit_pfn)
+    : t(tree), limit(limit_pfn), x(start), n(&tree.N(x)), s(LastAtOrBelow(*n, limit)) {}
 
 [[gnu::always_inline]] inline void IovaGapTree::Walk::Descend(int f) {
   if (f != s) limit = ~uint64_t{0};
@@ -485,7 +514,16 @@ class IovaGapTree {
 }
 
 [[gnu::always_inline]] inline bool IovaGapTree::Walk::Resume() {
-  if (depth == 0) return false;
+  if (depth == 0) {
+    // Above the node the walk started at: every entry of the parent below
+    // this node's slot lies wholly below the limit.
+    if (x == t.root_node_) return false;
+    s = n->slot - 1;
+    x = n->parent;
+    n = &t.N(x);
+    limit = ~uint64_t{0};
+    return true;
+  }
   --depth;
   x = path[depth].x;
   n = &t.N(x);

@@ -406,7 +406,7 @@ struct LaneQuery {
 // SearchScalar's walk with each node's entry loop replaced by one mask of the
 // entries that fit, cut to the slots at or below s, of which the highest is
 // taken: no branch per entry.
-IovaGapTree::Fit IovaGapTree::SearchLanesBody(uint64_t num_pages, int order,
+IovaGapTree::Fit IovaGapTree::SearchLanesBody(uint32_t start, uint64_t num_pages, int order,
                                               uint64_t limit_pfn) const {
   const uint64_t align = uint64_t{1} << order;
   const uint32_t need = num_pages < kRoomCap ? static_cast<uint32_t>(num_pages) : kRoomCap;
@@ -416,7 +416,7 @@ IovaGapTree::Fit IovaGapTree::SearchLanesBody(uint64_t num_pages, int order,
                     SplatULanes(align),
                     SplatULanes(order < 63 ? align << 1 : ~uint64_t{0}),
                     SplatULanes32(need)};
-  Walk w(*this, limit_pfn);
+  Walk w(*this, start, limit_pfn);
   for (;;) {
     const Node* n = w.n;
     const uint32_t upto = (uint32_t{1} << (w.s + 1)) - 1;  // slots 0..s, s >= -1
@@ -438,9 +438,9 @@ IovaGapTree::Fit IovaGapTree::SearchLanesBody(uint64_t num_pages, int order,
   }
 }
 
-IovaGapTree::Fit IovaGapTree::SearchLanes(const IovaGapTree& t, uint64_t num_pages, int order,
-                                          uint64_t limit_pfn) {
-  return t.SearchLanesBody(num_pages, order, limit_pfn);
+IovaGapTree::Fit IovaGapTree::SearchLanes(const IovaGapTree& t, uint32_t start,
+                                          uint64_t num_pages, int order, uint64_t limit_pfn) {
+  return t.SearchLanesBody(start, num_pages, order, limit_pfn);
 }
 
 IovaGapTree::Summary IovaGapTree::InternalSummaryLanes(const Node& n) {
@@ -479,8 +479,8 @@ __attribute__((target("avx2"))) IovaGapTree::Summary IovaGapTree::InternalSummar
 }
 
 __attribute__((target("avx2"))) IovaGapTree::Fit IovaGapTree::SearchLanesAvx2(
-    const IovaGapTree& t, uint64_t num_pages, int order, uint64_t limit_pfn) {
-  return t.SearchLanesBody(num_pages, order, limit_pfn);
+    const IovaGapTree& t, uint32_t start, uint64_t num_pages, int order, uint64_t limit_pfn) {
+  return t.SearchLanesBody(start, num_pages, order, limit_pfn);
 }
 
 bool IovaGapTree::HasAvx2() { return __builtin_cpu_supports("avx2"); }
@@ -505,9 +505,9 @@ IovaGapTree::Summary IovaGapTree::InternalSummaryLanesAvx2(const Node& n) {
   return InternalSummaryLanes(n);
 }
 
-IovaGapTree::Fit IovaGapTree::SearchLanesAvx2(const IovaGapTree& t, uint64_t num_pages, int order,
-                                              uint64_t limit_pfn) {
-  return SearchLanes(t, num_pages, order, limit_pfn);
+IovaGapTree::Fit IovaGapTree::SearchLanesAvx2(const IovaGapTree& t, uint32_t start,
+                                              uint64_t num_pages, int order, uint64_t limit_pfn) {
+  return SearchLanes(t, start, num_pages, order, limit_pfn);
 }
 
 bool IovaGapTree::HasAvx2() { return false; }

@@ -443,15 +443,24 @@ TEST(IovaGapTreeTest, SearchImplementationsAgree) {
     }
   };
   std::vector<std::pair<uint64_t, uint64_t>> live;
+  // Where the last carve and the last release happened: limits just below
+  // and around them start at the finger leaves (StartOf).
+  uint64_t last_carve = 1;
+  uint64_t last_release = kEnd;
   for (int op = 0; op < 6000; ++op) {
     // Probes: random requests under random limits, each answered alike by
-    // every implementation and by the model.
-    for (int probe = 0; probe < 8; ++probe) {
+    // every implementation, from the finger and from the root, and by the
+    // model.
+    for (int probe = 0; probe < 10; ++probe) {
       const uint64_t n = size();
       const int order = std::bit_width(n - 1);
       uint64_t limit;
       if (probe == 0) {
         limit = ~uint64_t{0};
+      } else if (probe == 8) {
+        limit = last_carve + rng.Below(64) - 33;
+      } else if (probe == 9) {
+        limit = last_release + rng.Below(64) - 32;
       } else if (probe < 4 && !live.empty()) {
         // Just around a live range's ends: limits inside or beside free ranges.
         const auto& r = live[rng.Below(live.size())];
@@ -462,12 +471,16 @@ TEST(IovaGapTreeTest, SearchImplementationsAgree) {
       bool found = false;
       const uint64_t want = m.HighestFit(n, order, limit, &found);
       for (const IovaGapTree::SearchImpl impl : impls) {
-        const IovaGapTree::Fit fit = t.FindHighestFitUsing(impl, n, order, limit);
-        ASSERT_EQ(fit.node != 0, found) << "op " << op << " impl " << static_cast<int>(impl)
-                                        << " n=" << n << " limit=" << limit;
-        if (found) {
-          ASSERT_EQ(fit.pfn, want) << "op " << op << " impl " << static_cast<int>(impl)
-                                   << " n=" << n << " limit=" << limit;
+        for (const bool from_root : {false, true}) {
+          const IovaGapTree::Fit fit = t.FindHighestFitUsing(impl, n, order, limit, from_root);
+          ASSERT_EQ(fit.node != 0, found) << "op " << op << " impl " << static_cast<int>(impl)
+                                          << " from_root " << from_root << " n=" << n
+                                          << " limit=" << limit;
+          if (found) {
+            ASSERT_EQ(fit.pfn, want) << "op " << op << " impl " << static_cast<int>(impl)
+                                     << " from_root " << from_root << " n=" << n
+                                     << " limit=" << limit;
+          }
         }
       }
     }
@@ -479,9 +492,10 @@ TEST(IovaGapTreeTest, SearchImplementationsAgree) {
       t.Carve(fit, n);
       m.Occupy(fit.pfn, fit.pfn + n - 1);
       live.emplace_back(fit.pfn, n);
+      last_carve = fit.pfn;
     } else {
       const size_t j = rng.Below(live.size());
-      t.Release(live[j].first, live[j].first + live[j].second - 1);
+      last_release = t.Release(live[j].first, live[j].first + live[j].second - 1).hi;
       m.Free(live[j].first, live[j].first + live[j].second - 1);
       live[j] = live.back();
       live.pop_back();
