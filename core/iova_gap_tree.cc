@@ -30,7 +30,12 @@ uint32_t IovaGapTree::NewNode(bool leaf) {
     assert(x != 0 && x < (uint32_t{1} << 27));
     const uint32_t c = ChunkOf(x);
     // Zeroed: the leaf kernel reads (and masks off) slots past a node's count.
-    if (c == node_chunks_.size()) node_chunks_.emplace_back(new Node[kFirstChunk << c]());
+    if (c == node_chunks_.size()) {
+      assert(c < kMaxChunks);
+      node_chunks_.emplace_back(new Node[kFirstChunk << c]());
+      node_base_[c] = reinterpret_cast<uintptr_t>(node_chunks_.back().get()) -
+                      uintptr_t{FirstOf(c)} * sizeof(Node);
+    }
   }
   Node& n = N(x);
   n.parent = kNil;

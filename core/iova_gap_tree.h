@@ -197,7 +197,9 @@ class IovaGapTree {
   static constexpr int kMaxDepth = 16;
   static_assert(2 * (uint64_t{1} << (2 * (kMaxDepth - 1))) >= (uint64_t{1} << 27) && kMinFill >= 4);
   static uint32_t ChunkOf(uint32_t i) { return std::bit_width(i + kFirstChunk) - kFirstChunkBits; }
-  static uint32_t OffsetIn(uint32_t i, uint32_t chunk) { return i + kFirstChunk - (kFirstChunk << chunk); }
+  static uint32_t FirstOf(uint32_t chunk) { return (kFirstChunk << chunk) - kFirstChunk; }
+  static constexpr int kMaxChunks = 25;  // ChunkOf(2^27 - 1) + 1
+  static_assert(std::bit_width((uint32_t{1} << 27) - 1 + kFirstChunk) - kFirstChunkBits < kMaxChunks);
 
   // A subtree's row (see Summary above).
   struct Summary {
@@ -258,9 +260,11 @@ class IovaGapTree {
     return RowWord(Summary{n.hi[s], n.below[s], n.top[s]}, order);
   }
 
+  // Chunk c's address less the bytes of the nodes before it (node_base_),
+  // so that node x is at node_base_[ChunkOf(x)] + x * sizeof(Node): a bit
+  // width, one load from the tree object and a multiply-add.
   Node& N(uint32_t x) {
-    const uint32_t c = ChunkOf(x);
-    return node_chunks_[c][OffsetIn(x, c)];
+    return *reinterpret_cast<Node*>(node_base_[ChunkOf(x)] + uintptr_t{x} * sizeof(Node));
   }
   const Node& N(uint32_t x) const { return const_cast<IovaGapTree*>(this)->N(x); }
 
@@ -455,6 +459,7 @@ class IovaGapTree {
   LeafSummaryFn leaf_summary_;
   LeafSummaryFn internal_summary_;
   std::vector<std::unique_ptr<Node[]>> node_chunks_;
+  uintptr_t node_base_[kMaxChunks] = {};
   uint32_t node_slots_ = 1;  // [0] is never used
   std::vector<uint32_t> free_nodes_;
   uint32_t root_node_ = kNil;
