@@ -48,7 +48,10 @@
 //   FindHighestFit   the limit's path down, then at most one more descent
 //                    (one loop, resuming from an explicit path): O(D F)
 //                    reads; a request above kRoomCap pages also visits the
-//                    capped candidates.
+//                    capped candidates. When the limit lies in the leaf of
+//                    the last carve or release (next-fit's usual case), the
+//                    walk starts there and climbs only as far as it must
+//                    (at most D levels up, then one descent): still O(D F).
 //   Carve / Release  O(D F) worst case, stopping as soon as an entry's key
 //                    and summary are unchanged: a row that can only grow (a
 //                    release) climbs in O(1) per level (Combine); one that
