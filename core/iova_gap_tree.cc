@@ -200,11 +200,14 @@ IovaGapTree::Summary IovaGapTree::WideRangeSummary(uint64_t lo, uint64_t hi) {
 
 void IovaGapTree::Raise(uint32_t x, const Summary& add) {
   // Each entry on the way up becomes Combine(entry, add); stops at the first
-  // one that add leaves unchanged (its ancestors then are too).
+  // one that add leaves unchanged (its ancestors then are too). The node in
+  // hand is carried up, so each level looks up only its parent.
+  const Node* n = &N(x);
   while (x != root_node_) {
-    const uint32_t px = N(x).parent;
+    const uint32_t px = n->parent;
     Node& p = N(px);
-    const int s = SlotInParent(x);
+    const int s = n->slot;
+    assert(p.child[s] == x);
     const Summary old{p.hi[s], p.below[s], p.top[s]};
     const Summary sum = Combine(old, add);
     if (sum == old) return;
@@ -212,23 +215,26 @@ void IovaGapTree::Raise(uint32_t x, const Summary& add) {
     p.below[s] = sum.below;
     p.top[s] = sum.top;
     x = px;
+    n = &p;
   }
   root_ = Combine(root_, add);
 }
 
 void IovaGapTree::Lower(uint32_t x, Summary gone) {
   Summary kept;
+  const Node* n = &N(x);
   for (;;) {
     if (x == root_node_) {
-      if (!Covered(gone, kept, root_)) root_ = Summarize(N(x));
+      if (!Covered(gone, kept, root_)) root_ = Summarize(*n);
       return;
     }
-    const uint32_t px = N(x).parent;
+    const uint32_t px = n->parent;
     Node& p = N(px);
-    const int s = SlotInParent(x);
+    const int s = n->slot;
+    assert(p.child[s] == x);
     const Summary old{p.hi[s], p.below[s], p.top[s]};
     if (Covered(gone, kept, old)) return;
-    const Summary sum = Summarize(N(x));
+    const Summary sum = Summarize(*n);
     if (sum == old) return;
     p.hi[s] = sum.max_len;
     p.below[s] = sum.below;
@@ -237,6 +243,7 @@ void IovaGapTree::Lower(uint32_t x, Summary gone) {
     gone = old;
     kept = sum;
     x = px;
+    n = &p;
   }
 }
 
