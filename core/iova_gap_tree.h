@@ -135,7 +135,7 @@ class IovaGapTree {
   // The implementations FindHighestFit picks from (for tests): the scalar
   // reference, the vector build for the baseline ISA (SSE2 on x86-64) and the
   // AVX2 one (only where cpuid reports AVX2: see HasAvx2). `from_root`: start
-  // at the root even where the finger (the last carve's leaf) would serve.
+  // at the root even where a finger leaf (StartOf) would serve.
   enum class SearchImpl { kScalar, kLanes, kLanesAvx2 };
   Fit FindHighestFitUsing(SearchImpl impl, uint64_t num_pages, int order, uint64_t limit_pfn,
                           bool from_root = false) const;
