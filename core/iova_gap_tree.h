@@ -202,7 +202,8 @@ class IovaGapTree {
   static uint32_t ChunkOf(uint32_t i) { return std::bit_width(i + kFirstChunk) - kFirstChunkBits; }
   static uint32_t FirstOf(uint32_t chunk) { return (kFirstChunk << chunk) - kFirstChunk; }
   static constexpr int kMaxChunks = 25;  // ChunkOf(2^27 - 1) + 1
-  static_assert(std::bit_width((uint32_t{1} << 27) - 1 + kFirstChunk) - kFirstChunkBits < kMaxChunks);
+  static_assert(std::bit_width((uint32_t{1} << 27) - 1 + kFirstChunk) - kFirstChunkBits <
+                kMaxChunks);
 
   // A subtree's row (see Summary above).
   struct Summary {
