@@ -46,7 +46,7 @@
 // Cost (n = number of free ranges, F = kFanout; depth D = O(log_{F/4} n):
 // every node but the root holds >= F/4 entries):
 //   FindHighestFit   the limit's path down, then at most one more descent
-//                    (one loop, resuming from an explicit path): O(D F)
+//                    (one loop, resuming by parent links): O(D F)
 //                    reads; a request above kRoomCap pages also visits the
 //                    capped candidates. When the limit lies in the leaf of
 //                    the last carve or release (next-fit's usual case), the
@@ -194,11 +194,6 @@ class IovaGapTree {
   // chunk bit_width(i + kFirstChunk) - 1 - log2(kFirstChunk).
   static constexpr uint32_t kFirstChunk = 8;
   static constexpr int kFirstChunkBits = 4;  // bit_width(kFirstChunk)
-  // Internal levels on a root-to-leaf path, at most: depth d >= 1 holds at
-  // least 2 * kMinFill^(d-1) nodes (an internal root has 2 children or more,
-  // every other node kMinFill), and there are fewer than 2^27 nodes (NewNode).
-  static constexpr int kMaxDepth = 16;
-  static_assert(2 * (uint64_t{1} << (2 * (kMaxDepth - 1))) >= (uint64_t{1} << 27) && kMinFill >= 4);
   static uint32_t ChunkOf(uint32_t i) { return std::bit_width(i + kFirstChunk) - kFirstChunkBits; }
   static uint32_t FirstOf(uint32_t chunk) { return (kFirstChunk << chunk) - kFirstChunk; }
   static constexpr int kMaxChunks = 25;  // ChunkOf(2^27 - 1) + 1
@@ -321,27 +316,21 @@ class IovaGapTree {
     return root_node_;
   }
   static SearchFn PickSearch();
-  // A search's resume stack: the internal nodes descended through, each with
-  // the slot taken.
-  struct Frame {
-    uint32_t x;
-    int slot;
-  };
   // Where a search stands (both walks above share it): the node in hand, the
-  // slot to try first there, the limit, and the resume stack. In a node only
-  // the first entry tried (the one that may straddle the limit) searches under
-  // `limit`; the entries below it lie wholly below the limit, and (for
-  // num_pages <= kRoomCap) an entry whose word is >= need there holds a sure
-  // fit, so a descent fails only along the limit's path or on a capped word.
+  // slot to try first there, and the limit. In a node only the first entry
+  // tried (the one that may straddle the limit) searches under `limit`; the
+  // entries below it lie wholly below the limit, and (for num_pages <=
+  // kRoomCap) an entry whose word is >= need there holds a sure fit, so a
+  // descent fails only along the limit's path or on a capped word.
   struct Walk {
     // Starts at node `start`: the root, or the finger leaf (see StartOf).
     Walk(const IovaGapTree& tree, uint32_t start, uint64_t limit_pfn);
     // Descends into child f (f <= s) of the internal node in hand.
     void Descend(int f);
     // Nothing fits at or below s in the node in hand: back to its parent,
-    // below the slot taken there (from the resume stack, or by the parent
-    // link above the node the walk started at). False at the root (no fit
-    // anywhere).
+    // below this node's slot there (the parent link and slot of the node are
+    // the way back, whether the walk descended into it or started at it).
+    // False at the root (no fit anywhere).
     bool Resume();
 
     const IovaGapTree& t;
@@ -349,8 +338,6 @@ class IovaGapTree {
     uint32_t x;
     const Node* n;
     int s;
-    int depth = 0;
-    Frame path[kMaxDepth];
   };
 
   // Recomputes x's key and summary into its parent's entry (the root's into
@@ -483,8 +470,7 @@ class IovaGapTree {
 // kNoKey (a pfn of kNoKey counts the unused slots too: hence the min). The 16
 // compares are independent (compare and add-with-borrow), so a visit waits
 // for one load of the node, not for a binary search's chain of four
-// dependent ones: 8% off W2, whose time the search and the mutations' descents
-// spent largely waiting on that chain.
+// dependent ones.
 [[gnu::always_inline]] inline int IovaGapTree::LastAtOrBelow(const Node& n, uint64_t pfn) {
   int b = 0;
 #pragma GCC unroll 16
@@ -514,8 +500,6 @@ class IovaGapTree {
 
 [[gnu::always_inline]] inline void IovaGapTree::Walk::Descend(int f) {
   if (f != s) limit = ~uint64_t{0};
-  assert(depth < kMaxDepth);
-  path[depth++] = Frame{x, f};
   x = n->child[f];
   n = &t.N(x);
   PrefetchNode(*n);
@@ -523,20 +507,12 @@ class IovaGapTree {
 }
 
 [[gnu::always_inline]] inline bool IovaGapTree::Walk::Resume() {
-  if (depth == 0) {
-    // Above the node the walk started at: every entry of the parent below
-    // this node's slot lies wholly below the limit.
-    if (x == t.root_node_) return false;
-    s = n->slot - 1;
-    x = n->parent;
-    n = &t.N(x);
-    limit = ~uint64_t{0};
-    return true;
-  }
-  --depth;
-  x = path[depth].x;
+  // Every entry of the parent below this node's slot lies wholly below the
+  // limit.
+  if (x == t.root_node_) return false;
+  s = n->slot - 1;
+  x = n->parent;
   n = &t.N(x);
-  s = path[depth].slot - 1;
   limit = ~uint64_t{0};
   return true;
 }
