@@ -431,7 +431,10 @@ uint32_t IovaGapTree::Split(uint32_t x, int at) {
   return r;
 }
 
-void IovaGapTree::Settle(uint32_t x, bool may_stop) {
+void IovaGapTree::Settle(uint32_t x) {
+  // Stops at the first unchanged entry; after a merge or borrow it refreshes
+  // every entry up to the root.
+  bool may_stop = true;
   for (;;) {
     Node& n = N(x);
     if (x == root_node_) {
@@ -550,29 +553,37 @@ bool IovaGapTree::InsertShifting(uint32_t x, int slot, uint64_t lo, uint64_t hi,
 
 void IovaGapTree::InsertRange(uint32_t x, int slot, uint64_t lo, uint64_t hi,
                               const Summary& shrunk) {
-  const bool split = N(x).count == kFanout;
-  if (split && InsertShifting(x, slot, lo, hi, shrunk)) return;
-  if (split) {
-    const uint32_t r = Split(x, slot);
-    const int keep = N(x).count;
-    if (slot > keep) {
-      x = r;
-      slot -= keep;
-    }
+  assert(N(x).leaf && N(x).count == kFanout);
+  if (InsertShifting(x, slot, lo, hi, shrunk)) return;
+  const uint32_t r = Split(x, slot);
+  const int keep = N(x).count;
+  if (slot > keep) {
+    x = r;
+    slot -= keep;
   }
-  ShiftEntries(x, slot, 1);
   Node& n = N(x);
+  ShiftLeaf(n, slot, 1);
   n.lo[slot] = lo;
   n.hi[slot] = hi;
-  // A split recomputed the entries of x and its sibling from x's content,
-  // which may already hold the caller's change: then an unchanged entry does
-  // not mean unchanged ancestors.
-  Settle(x, /*may_stop=*/!split);
+  // The split left the entries of x and its sibling current but for this
+  // insert, and every entry above their parent as it was before the caller's
+  // change (splits keep what a node covers). Refresh the one entry the insert
+  // changed; from the parent up this is InsertShifting's case: the rows there
+  // only grew by the new range, or (after a carve) only dropped by the shrunk
+  // one, so the update climbs only while an entry changes.
+  UpdateEntry(x);
+  const uint32_t p = n.parent;
+  FixKey(p);
+  if (shrunk.max_len == 0) {
+    Raise(p, RangeSummary(lo, hi));
+  } else {
+    Lower(p, shrunk);
+  }
 }
 
 void IovaGapTree::RemoveRange(uint32_t x, int slot) {
   ShiftEntries(x, slot + 1, -1);
-  Settle(x, /*may_stop=*/true);
+  Settle(x);
 }
 
 namespace {

@@ -402,11 +402,11 @@ class IovaGapTree {
   // Propagates x's lowest lo up the keys.
   void FixKey(uint32_t x);
   // After x's entries changed (everything else current): merges or borrows
-  // while a node is underfull, refreshing entries up to the root; stops early
-  // when `may_stop` and an entry is unchanged.
-  void Settle(uint32_t x, bool may_stop);
-  // Inserts a range into leaf x before entry `slot`, moving an entry to a
-  // sibling or splitting as needed. `shrunk`: empty when the insert only adds
+  // while a node is underfull, refreshing entries up to the root; stops at
+  // the first unchanged entry when there was no merge or borrow.
+  void Settle(uint32_t x);
+  // Inserts a range into the full leaf x before entry `slot`, moving an entry
+  // to a sibling or else splitting x. `shrunk`: empty when the insert only adds
   // a range (everything else current); after a carve, the summary of the
   // range the caller shrank in x (x's entries may have dropped).
   void InsertRange(uint32_t x, int slot, uint64_t lo, uint64_t hi, const Summary& shrunk);

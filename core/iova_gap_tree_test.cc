@@ -208,6 +208,41 @@ TEST(IovaGapTreeTest, RunsOfInsertsFillNodes) {
   }
 }
 
+// Releases that each lie below every free range go to slot 0 of the leftmost
+// leaf: full leaves there split at their left edge with the insert on the
+// left, so the new lowest key must reach every ancestor on the leftmost path
+// (which Locate and every later release depend on). Each range is also longer
+// than every earlier one, so each insert raises every row up to the root.
+TEST(IovaGapTreeTest, ReleasesBelowEveryRangeKeepTheLeftmostKeysAndRows) {
+  constexpr uint64_t kRanges = 12000;
+  IovaGapTree t(28);
+  Model m;
+  std::vector<IovaGapTree::Range> released;
+  uint64_t top = uint64_t{1} << 30;  // each range ends 2 below the last one's lo
+  for (uint64_t len = 1; len <= kRanges; ++len) {
+    const uint64_t hi = top - 2;
+    const uint64_t lo = hi - len + 1;
+    top = lo;
+    const IovaGapTree::Range r = t.Release(lo, hi);
+    m.Free(lo, hi);
+    released.push_back({lo, hi});
+    ASSERT_EQ(r.lo, lo);
+    ASSERT_EQ(r.hi, hi);
+    ASSERT_EQ(t.largest_pages(), len);
+    if (len % 61 == 0) {
+      ASSERT_TRUE(t.CheckInvariants().ok()) << len << ": " << t.CheckInvariants();
+    }
+  }
+  ASSERT_TRUE(t.CheckInvariants().ok()) << t.CheckInvariants();
+  ExpectSameRanges(t, m);
+  for (const IovaGapTree::Range& want : released) {
+    IovaGapTree::Range r;
+    ASSERT_TRUE(t.FindContaining(want.lo, &r)) << want.lo;
+    ASSERT_EQ(r.hi, want.hi);
+    ASSERT_FALSE(t.FindContaining(want.hi + 1, &r)) << want.hi + 1;
+  }
+}
+
 // Take, FreePagesIn and FindContaining across leaf boundaries.
 TEST(IovaGapTreeTest, TakeAndQueriesAcrossLeaves) {
   IovaGapTree t(17);
