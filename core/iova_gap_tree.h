@@ -449,7 +449,13 @@ class IovaGapTree {
   SearchFn search_;
   LeafSummaryFn leaf_summary_;
   LeafSummaryFn internal_summary_;
-  std::vector<std::unique_ptr<Node[]>> node_chunks_;
+  // A slab chunk: zeroed, and from 2 MiB up aligned to 2 MiB and advised for
+  // transparent huge pages (NewChunk).
+  struct ChunkFree {
+    void operator()(Node* p) const;
+  };
+  static Node* NewChunk(size_t nodes);
+  std::vector<std::unique_ptr<Node[], ChunkFree>> node_chunks_;
   uintptr_t node_base_[kMaxChunks] = {};
   uint32_t node_slots_ = 1;  // [0] is never used
   std::vector<uint32_t> free_nodes_;
