@@ -39,17 +39,34 @@ IovaAllocMap::Group& IovaAllocMap::FindOrCreate(uint64_t pfn) {
     slot = &static_cast<void**>(*slot)[(c >> shift) & kLevelMask];
   }
   if (*slot == nullptr || *slot == zero_chunk_) {
-    auto chunk = std::make_unique<Group[]>(uint64_t{1} << kChunkShift);  // zeroed
-    *slot = chunk.get();
+    Group* const chunk = NewChunk();
+    *slot = chunk;
     // Chunks are created rarely (once per 2^15 pfns): keep the list sorted.
     const auto at = std::lower_bound(
         chunks_.begin(), chunks_.end(), c,
-        [](const std::pair<uint64_t, std::unique_ptr<Group[]>>& e, uint64_t v) {
-          return e.first < v;
-        });
-    chunks_.emplace(at, c, std::move(chunk));
+        [](const std::pair<uint64_t, Group*>& e, uint64_t v) { return e.first < v; });
+    chunks_.emplace(at, c, chunk);
   }
   return static_cast<Group*>(*slot)[(pfn >> kGroupShift) & kChunkMask];
+}
+
+IovaAllocMap::Group* IovaAllocMap::NewChunk() {
+  constexpr uint64_t kChunkBytes = sizeof(Group) << kChunkShift;
+  if (block_left_ == 0) {
+    // As many chunks as the map holds (doubling it), up to 2 MiB, and never
+    // more than the space has left to create.
+    uint64_t chunks = std::max<uint64_t>(chunks_.size(), 1);
+    chunks = std::min(chunks, kHugePageBytes / kChunkBytes);
+    chunks = std::min(chunks, num_chunks_ - chunks_.size());
+    blocks_.push_back(NewSlabArray<Group>(chunks << kChunkShift));  // zeroed
+    block_next_ = blocks_.back().get();
+    block_left_ = chunks;
+    block_bytes_ += chunks * kChunkBytes;
+  }
+  Group* const chunk = block_next_;
+  block_next_ += uint64_t{1} << kChunkShift;
+  --block_left_;
+  return chunk;
 }
 
 absl::Status IovaAllocMap::CheckStructure() const {
@@ -81,7 +98,7 @@ absl::Status IovaAllocMap::CheckStructure() const {
 uint64_t IovaAllocMap::memory_bytes() const {
   return top_.size() * sizeof(void*) +
          levels_.size() * (uint64_t{1} << kLevelShift) * sizeof(void*) +
-         chunks_.size() * (uint64_t{1} << kChunkShift) * sizeof(Group);
+         block_bytes_;
 }
 
 }  // namespace iommu::core::internal

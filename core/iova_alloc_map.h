@@ -61,6 +61,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "core/slab_memory.h"
 
 namespace iommu::core::internal {
 
@@ -190,12 +191,15 @@ class IovaAllocMap {
   // Invariants). O(chunks written).
   absl::Status CheckStructure() const;
 
-  // Chunks written so far and the bytes the map holds (chunks + directory).
+  // Chunks written so far and the bytes the map holds (chunk blocks, used or
+  // not yet, and the directory).
   uint64_t chunk_count() const { return chunks_.size(); }
   uint64_t memory_bytes() const;
   int depth() const { return top_shift_ / kLevelShift + 1; }
 
  private:
+  // A zeroed chunk from the current block (a new block when it is used up).
+  Group* NewChunk();
   // Find on a map of more than one level (or pfn outside the span).
   Group* FindDeep(uint64_t c, uint64_t pfn) {
     if (c >= num_chunks_) return zero_chunk_;
@@ -221,7 +225,7 @@ class IovaAllocMap {
   template <typename Fn>
   void ForEachChunk(Fn&& fn) const {
     for (const auto& [index, chunk] : chunks_) {
-      fn((base_chunk_ + index) << kChunkShift, static_cast<const Group*>(chunk.get()));
+      fn((base_chunk_ + index) << kChunkShift, static_cast<const Group*>(chunk));
     }
   }
 
@@ -239,10 +243,16 @@ class IovaAllocMap {
   // zero_chunk_ until written (so Find needs no null test there).
   int top_shift_ = 0;
   std::vector<void*> top_;
-  // Owners of the chunks (with their chunk index, sorted by it) and of the
-  // lower directory levels; the pointers above point into them (heap blocks,
-  // stable across moves).
-  std::vector<std::pair<uint64_t, std::unique_ptr<Group[]>>> chunks_;
+  // The chunks with their chunk index, sorted by it; they live in blocks_.
+  std::vector<std::pair<uint64_t, Group*>> chunks_;
+  // Owners of the chunks' memory and of the lower directory levels; the
+  // pointers above point into them (heap blocks, stable across moves). Chunk
+  // blocks double from one chunk up to 2 MiB, so a large map's chunks sit on
+  // huge pages (slab_memory.h) and a small one's cost what they hold.
+  std::vector<SlabArray<Group>> blocks_;
+  Group* block_next_ = nullptr;  // the next unused chunk of blocks_.back()
+  uint64_t block_left_ = 0;      // unused chunks there
+  uint64_t block_bytes_ = 0;     // the blocks' bytes
   std::vector<std::unique_ptr<void*[]>> levels_;
 
   // The chunk every unwritten chunk reads as: all zero, shared by every map,

@@ -1,5 +1,6 @@
 #include "core/iova_alloc_map.h"
 
+#include <algorithm>
 #include <bit>
 #include <cstdint>
 #include <map>
@@ -235,6 +236,35 @@ TEST(IovaAllocMap, RandomAgainstReferenceAcrossChunksAndLevels) {
   // The top level (2^12 pointers), at least one lower level, the chunks.
   EXPECT_GE(m.memory_bytes(), 4096 * sizeof(void*) + 512 * sizeof(void*) +
                                   m.chunk_count() * 8192);
+}
+
+// Chunk memory comes in blocks that double up to 2 MiB (then on huge pages):
+// 600 chunks take blocks of 1, 1, 2, 4, ... 128 chunks, one of 256 (2 MiB)
+// and one of 88, what the space has left. Every chunk keeps its own
+// contents, written in a scattered order and read back after all of them.
+TEST(IovaAllocMap, ChunksAcrossDoublingAndHugeBlocks) {
+  constexpr uint64_t kChunks = 600;
+  constexpr uint64_t kChunkPfns = uint64_t{1} << 15;
+  IovaAllocMap m(1, kChunks * kChunkPfns - 1);
+  ASSERT_EQ(m.depth(), 1);
+  EXPECT_EQ(m.memory_bytes(), kChunks * sizeof(void*));  // the top level only
+  std::vector<std::pair<uint64_t, uint64_t>> want;
+  for (uint64_t i = 0; i < kChunks; ++i) {
+    const uint64_t c = (i * 7) % kChunks;  // 7 is prime to 600: every chunk once
+    const uint64_t pages = uint64_t{1} << (c % 7);
+    const uint64_t pfn = c * kChunkPfns + 64 * (c % 512) + 64 - pages;
+    m.Insert(pfn, pages);
+    want.emplace_back(pfn, pages);
+  }
+  std::sort(want.begin(), want.end());
+  EXPECT_EQ(m.chunk_count(), kChunks);
+  ASSERT_TRUE(m.CheckStructure().ok()) << m.CheckStructure();
+  EXPECT_EQ(Contents(m), want);
+  for (const auto& [pfn, pages] : want) {
+    ASSERT_EQ(IovaAllocMap::PagesAt(*m.Find(pfn), pfn), pages) << pfn;
+  }
+  // The blocks hold exactly the 600 chunks (8 KiB each): none is left over.
+  EXPECT_EQ(m.memory_bytes(), kChunks * sizeof(void*) + kChunks * 512 * sizeof(Group));
 }
 
 TEST(IovaAllocMap, MovedMapKeepsItsContents) {

@@ -4,11 +4,7 @@
 #include <array>
 #include <bit>
 #include <cassert>
-#include <cstdlib>
 #include <cstring>
-#include <new>
-
-#include <sys/mman.h>
 
 #include "absl/strings/str_format.h"
 #include "core/bits.h"
@@ -35,7 +31,9 @@ uint32_t IovaGapTree::NewNode(bool leaf) {
     const uint32_t c = ChunkOf(x);
     if (c == node_chunks_.size()) {
       assert(c < kMaxChunks);
-      node_chunks_.emplace_back(NewChunk(kFirstChunk << c));
+      // Zeroed: the leaf kernel reads (and masks off) slots past a node's
+      // count.
+      node_chunks_.push_back(NewSlabArray<Node>(kFirstChunk << c));
       node_base_[c] = reinterpret_cast<uintptr_t>(node_chunks_.back().get()) -
                       uintptr_t{FirstOf(c)} * sizeof(Node);
     }
@@ -49,28 +47,6 @@ uint32_t IovaGapTree::NewNode(bool leaf) {
   n.leaf = leaf;
   return x;
 }
-
-IovaGapTree::Node* IovaGapTree::NewChunk(size_t nodes) {
-  // A large tree is visited at random, one cold node after another: with 4 KiB
-  // pages nearly every such visit also misses the TLB (a tree of 10^6 ranges
-  // spans ~40 MB), and under nested paging that walk costs about as much
-  // again as the miss itself. Huge pages remove it. Smaller chunks (the first
-  // 2 MiB of nodes) stay on ordinary pages. madvise is a hint: where
-  // transparent huge pages are off it changes nothing.
-  constexpr size_t kHugePage = size_t{2} << 20;
-  const size_t bytes = nodes * sizeof(Node);
-  const bool huge = bytes % kHugePage == 0;
-  void* p = std::aligned_alloc(huge ? kHugePage : alignof(Node), bytes);
-  if (p == nullptr) throw std::bad_alloc();
-#ifdef MADV_HUGEPAGE
-  if (huge) madvise(p, bytes, MADV_HUGEPAGE);
-#endif
-  // Zeroed: the leaf kernel reads (and masks off) slots past a node's count.
-  std::memset(p, 0, bytes);
-  return static_cast<Node*>(p);
-}
-
-void IovaGapTree::ChunkFree::operator()(Node* p) const { std::free(p); }
 
 void IovaGapTree::SetCount(Node& n, int count) {
   if (count < n.count) std::fill(n.lo + count, n.lo + n.count, kNoKey);

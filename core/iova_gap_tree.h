@@ -93,6 +93,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "core/slab_memory.h"
 
 namespace iommu::core::internal {
 
@@ -449,13 +450,8 @@ class IovaGapTree {
   SearchFn search_;
   LeafSummaryFn leaf_summary_;
   LeafSummaryFn internal_summary_;
-  // A slab chunk: zeroed, and from 2 MiB up aligned to 2 MiB and advised for
-  // transparent huge pages (NewChunk).
-  struct ChunkFree {
-    void operator()(Node* p) const;
-  };
-  static Node* NewChunk(size_t nodes);
-  std::vector<std::unique_ptr<Node[], ChunkFree>> node_chunks_;
+  // Zeroed; chunks of 2 MiB and more on huge pages (slab_memory.h).
+  std::vector<SlabArray<Node>> node_chunks_;
   uintptr_t node_base_[kMaxChunks] = {};
   uint32_t node_slots_ = 1;  // [0] is never used
   std::vector<uint32_t> free_nodes_;
