@@ -69,28 +69,54 @@ IovaAllocMap::Group* IovaAllocMap::NewChunk() {
   return chunk;
 }
 
+uint64_t IovaAllocMap::SpanPagesAt(const Group* g, uint64_t pfn) {
+  const uint64_t index = (pfn >> kGroupShift) & kChunkMask;
+  const uint64_t first = kGroupPages - (pfn & 63);  // pages in g's group
+  for (uint64_t k = 1; index + k <= kChunkMask; ++k) {
+    if (const uint64_t ends = g[k].end_bits; ends != 0) {
+      return first + (k - 1) * kGroupPages + static_cast<uint64_t>(std::countr_zero(ends)) + 1;
+    }
+  }
+  return 0;
+}
+
 absl::Status IovaAllocMap::CheckStructure() const {
   absl::Status bad = absl::OkStatus();
   ForEachChunk([&](uint64_t first_group, const Group* chunk) {
+    // The bits in pfn order: a start opens an allocation, an end closes it.
+    bool open = false;
+    uint64_t open_pfn = 0;
+    auto broken = [&](uint64_t pfn, const char* what) {
+      const Group& g = chunk[(pfn >> kGroupShift) & kChunkMask];
+      bad = absl::InternalError(absl::StrFormat(
+          "iova map: pfn %#x: %s (its group's start bits %#x, end bits %#x)", pfn, what,
+          g.start_bits, g.end_bits));
+    };
     for (uint64_t i = 0; i < (uint64_t{1} << kChunkShift) && bad.ok(); ++i) {
       const Group& g = chunk[i];
-      if ((g.start_bits | g.end_bits) == 0) continue;
-      bool paired = std::popcount(g.start_bits) == std::popcount(g.end_bits);
-      for (uint64_t s = g.start_bits; s != 0 && paired; s &= s - 1) {
-        const int lo = std::countr_zero(s);
-        const uint64_t ends_above = g.end_bits >> lo;
-        // The next start bit above lo, if any, must come after lo's end bit.
-        const uint64_t starts_above = (g.start_bits >> lo) & ~uint64_t{1};
-        paired = ends_above != 0 &&
-                 (starts_above == 0 ||
-                  std::countr_zero(ends_above) < std::countr_zero(starts_above));
-      }
-      if (!paired) {
-        bad = absl::InternalError(absl::StrFormat(
-            "iova map: group at pfn %#x: start bits %#x and end bits %#x do not pair up",
-            (first_group + i) << kGroupShift, g.start_bits, g.end_bits));
+      const uint64_t base = (first_group + i) << kGroupShift;
+      for (uint64_t bits = g.start_bits | g.end_bits; bits != 0 && bad.ok(); bits &= bits - 1) {
+        const int b = std::countr_zero(bits);
+        const uint64_t pfn = base + static_cast<uint64_t>(b);
+        if ((g.start_bits >> b) & 1) {
+          if (open) {
+            broken(pfn, "a start inside the allocation before it");
+            break;
+          }
+          open = true;
+          open_pfn = pfn;
+        }
+        if ((g.end_bits >> b) & 1) {
+          if (!open) {
+            broken(pfn, "an end with no start");
+          } else if (pfn - open_pfn + 1 > kMaxPages) {
+            broken(open_pfn, "an allocation longer than kMaxPages");
+          }
+          open = false;
+        }
       }
     }
+    if (open && bad.ok()) broken(open_pfn, "a start with no end in its chunk");
   });
   return bad;
 }

@@ -1,18 +1,22 @@
 #ifndef IOMMU_CORE_IOVA_ALLOC_MAP_H_
 #define IOMMU_CORE_IOVA_ALLOC_MAP_H_
 
-// IovaAllocMap: where the IovaAllocator's small live allocations start and
-// end, two bits per pfn, found without hashing.
+// IovaAllocMap: where the IovaAllocator's live allocations of up to 4096 pages
+// start and end, two bits per pfn, found without hashing.
 //
-// Scope. Only "small" allocations: RoundUpPowerOfTwo(num_pages) <= 64
-// (kMaxPages). Such an allocation is size-aligned in absolute pfn terms, so it
-// lies inside one aligned group of 64 pfns. The allocator keeps larger ones
-// in a hash map.
+// Scope. Allocations with RoundUpPowerOfTwo(num_pages) <= 4096 (kMaxPages),
+// size-aligned in absolute pfn terms. One of up to 64 pages (kGroupPages)
+// lies inside one aligned group of 64 pfns: the allocator's inline cache
+// paths handle those with one group (the Bits forms). A larger one starts a
+// group and runs on through up to 63 more of the same chunk (a chunk's 2^15
+// pfns are a multiple of its alignment). The allocator keeps larger ones in
+// a hash map.
 //
 // Layout.
 //   group  {start_bits, end_bits}: 16 bytes per 64 pfns (aligned, absolute
 //          pfn >> 6). An allocation [p, p + n - 1] sets bit p % 64 of
-//          start_bits and bit (p + n - 1) % 64 of end_bits.
+//          start_bits in p's group and bit (p + n - 1) % 64 of end_bits in
+//          the last page's group.
 //   chunk  512 groups = 2^15 pfns (aligned, absolute) = 8 KiB, allocated
 //          zeroed on first write and never freed before the map is destroyed.
 //   directory  a radix tree of pointers to the chunks spanning
@@ -38,18 +42,20 @@
 // Why two bits suffice (given disjoint allocations, which the allocator
 // guarantees): let A = [p, p + m - 1] be the allocation whose start bit is at
 // p. No end bit lies in [p, p + m - 2]: an end bit at q marks an allocation
-// [s, q] with s in q's group and s <= q; if p <= q < p + m - 1 then [s, q]
-// and A share q, so they are the same allocation and q = p + m - 1, a
-// contradiction. Hence the lowest end bit at or above p is exactly A's last
-// pfn: the size is countr_zero(end_bits >> (p % 64)) + 1 with no scan, and
-// "an allocation of exactly n pages starts at p" is "start bit at p and the
-// lowest end bit at or above p is at p + n - 1", one 16-byte load and a few
-// bit operations (no check for a start bit inside (p, p + n) is needed).
+// [s, q] with s <= q; if p <= q < p + m - 1 then [s, q] and A share q, so
+// they are the same allocation and q = p + m - 1, a contradiction. Hence the
+// lowest end bit at or above p is exactly A's last pfn: for a one-group
+// allocation the size is countr_zero(end_bits >> (p % 64)) + 1 with no scan,
+// and "an allocation of exactly n <= 64 pages starts at p" is "start bit at
+// p and the lowest end bit at or above p is at p + n - 1", one 16-byte load
+// and a few bit operations (no check for a start bit inside (p, p + n) is
+// needed). A larger allocation's size takes a scan of the end words of the
+// groups after its first, up to 63 (one or two cache lines per 512 pages).
 //
-// Invariants (CheckStructure verifies them): in each group, start and end
-// bits pair up in order: walking up from each start bit, the first end bit
-// comes before the next start bit (or at the same pfn for one page), and the
-// counts are equal.
+// Invariants (CheckStructure verifies them): in each chunk, start and end
+// bits pair up in pfn order: after each start bit the next bit set (start or
+// end, the end at the same pfn for one page) is an end bit, at most
+// kMaxPages - 1 pfns above it, and no end bit comes without a start.
 //
 // Thread-compatible; owned and serialised by its IovaAllocator.
 
@@ -67,7 +73,8 @@ namespace iommu::core::internal {
 
 class IovaAllocMap {
  public:
-  static constexpr uint64_t kMaxPages = 64;  // largest allocation it records
+  static constexpr uint64_t kMaxPages = 4096;  // largest allocation it records
+  static constexpr uint64_t kGroupPages = 64;  // largest within one group
   static constexpr int kGroupShift = 6;      // 64 pfns per group
   static constexpr int kChunkShift = 9;      // 512 groups per chunk
   static constexpr int kTopShift = 12;       // up to 4096 pointers in the top level
@@ -142,15 +149,19 @@ class IovaAllocMap {
   static bool StartsExactly(const Group& g, uint64_t pfn, uint64_t num_pages) {
     return Holds(g, BitsOf(pfn, num_pages));
   }
-  // Pages of the allocation starting at pfn in g (its group), 0 if none.
+  // Pages of the allocation starting at pfn, 0 if none. g is pfn's group (as
+  // Find or Existing returned it: a chunk's groups follow it in memory, and
+  // an allocation past g's group has its end in one of them).
   static uint64_t PagesAt(const Group& g, uint64_t pfn) {
     const unsigned o = pfn & 63;
     if (((g.start_bits >> o) & 1) == 0) return 0;
-    return static_cast<uint64_t>(std::countr_zero(g.end_bits >> o)) + 1;
+    const uint64_t ends = g.end_bits >> o;
+    if (ends != 0) [[likely]] return static_cast<uint64_t>(std::countr_zero(ends)) + 1;
+    return SpanPagesAt(&g, pfn);
   }
-  // Records / erases a range. REQUIRES: b = BitsOf(pfn, num_pages) of a
-  // size-aligned range of <= 64 pages in g's group; Set: disjoint from every
-  // recorded allocation; Clear: it is recorded.
+  // Records / erases a range of one group. REQUIRES: b = BitsOf(pfn,
+  // num_pages) of a size-aligned range of <= 64 pages in g's group; Set:
+  // disjoint from every recorded allocation; Clear: it is recorded.
   static void Set(Group& g, Bits b) {
     g.start_bits |= b.start;
     g.end_bits |= b.end;
@@ -162,9 +173,21 @@ class IovaAllocMap {
     g.start_bits ^= b.start;
     g.end_bits -= b.end;
   }
-  static void Set(Group& g, uint64_t pfn, uint64_t num_pages) { Set(g, BitsOf(pfn, num_pages)); }
+  // The same for a size-aligned range of up to kMaxPages pages starting at
+  // pfn, g being pfn's group (as for PagesAt): its end bit may lie in a later
+  // group of the chunk.
+  static void Set(Group& g, uint64_t pfn, uint64_t num_pages) {
+    const uint64_t last = (pfn & 63) + num_pages - 1;
+    assert(num_pages >= 1 && num_pages <= kMaxPages);
+    assert(((pfn >> kGroupShift) & kChunkMask) + (last >> kGroupShift) <= kChunkMask);
+    g.start_bits |= uint64_t{1} << (pfn & 63);
+    (&g)[last >> kGroupShift].end_bits |= uint64_t{1} << (last & 63);
+  }
   static void Clear(Group& g, uint64_t pfn, uint64_t num_pages) {
-    Clear(g, BitsOf(pfn, num_pages));
+    const uint64_t last = (pfn & 63) + num_pages - 1;
+    assert(num_pages >= 1 && num_pages <= kMaxPages);
+    g.start_bits ^= uint64_t{1} << (pfn & 63);
+    (&g)[last >> kGroupShift].end_bits -= uint64_t{1} << (last & 63);
   }
 
   // The group holding pfn, allocating its chunk (and directory nodes) on
@@ -187,7 +210,7 @@ class IovaAllocMap {
     });
   }
 
-  // INTERNAL naming the first group whose bits do not pair up (see
+  // INTERNAL naming the first pfn whose bits do not pair up (see
   // Invariants). O(chunks written).
   absl::Status CheckStructure() const;
 
@@ -198,6 +221,10 @@ class IovaAllocMap {
   int depth() const { return top_shift_ / kLevelShift + 1; }
 
  private:
+  // PagesAt for an allocation that runs past its first group g: the first
+  // end bit in the groups after g, up to the chunk's last; 0 if there is none
+  // (a broken map: CheckStructure names it).
+  static uint64_t SpanPagesAt(const Group* g, uint64_t pfn);
   // A zeroed chunk from the current block (a new block when it is used up).
   Group* NewChunk();
   // Find on a map of more than one level (or pfn outside the span).

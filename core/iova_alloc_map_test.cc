@@ -4,10 +4,12 @@
 #include <bit>
 #include <cstdint>
 #include <map>
+#include <string>
 #include <utility>
 #include <vector>
 
 #include "core/xorshift.h"
+#include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
 namespace iommu::core::internal {
@@ -176,8 +178,8 @@ TEST(IovaAllocMap, CheckStructureFindsUnpairedBits) {
   EXPECT_FALSE(m.CheckStructure().ok());
 }
 
-// Random size-aligned disjoint allocations over chunk and directory
-// boundaries of a 2^36-pfn space, against a std::map.
+// Random size-aligned disjoint allocations of 1..4096 pages over chunk and
+// directory boundaries of a 2^36-pfn space, against a std::map.
 TEST(IovaAllocMap, RandomAgainstReferenceAcrossChunksAndLevels) {
   const uint64_t start = 3;
   const uint64_t end = (uint64_t{1} << 36) - 1;
@@ -199,10 +201,13 @@ TEST(IovaAllocMap, RandomAgainstReferenceAcrossChunksAndLevels) {
     return it->first + it->second - 1 >= lo;
   };
   for (int step = 0; step < 20000; ++step) {
-    const uint64_t pages = rng.Below(64) + 1;
+    // One in eight runs over several groups (65..4096 pages).
+    const bool span = rng.Below(8) == 0;
+    const uint64_t pages =
+        span ? rng.Below(IovaAllocMap::kMaxPages - 64) + 65 : rng.Below(64) + 1;
     const uint64_t align = std::bit_ceil(pages);
     const uint64_t spot = spots[rng.Below(std::size(spots))];
-    const uint64_t pfn = (spot + rng.Below(512)) & ~(align - 1);
+    const uint64_t pfn = (spot + rng.Below(span ? 8192 : 512)) & ~(align - 1);
     if (pfn < start || pfn + pages - 1 > end) continue;
     if (rng.Below(3) != 0) {
       if (overlaps(pfn, pfn + pages - 1)) {
@@ -213,7 +218,10 @@ TEST(IovaAllocMap, RandomAgainstReferenceAcrossChunksAndLevels) {
     } else if (auto it = ref.lower_bound(pfn); it != ref.end()) {
       Group* g = m.Find(it->first);
       ASSERT_FALSE(IovaAllocMap::Unwritten(g));
-      ASSERT_TRUE(IovaAllocMap::StartsExactly(*g, it->first, it->second));
+      ASSERT_EQ(IovaAllocMap::PagesAt(*g, it->first), it->second) << it->first;
+      if (it->second <= IovaAllocMap::kGroupPages) {
+        ASSERT_TRUE(IovaAllocMap::StartsExactly(*g, it->first, it->second));
+      }
       IovaAllocMap::Clear(*g, it->first, it->second);
       ref.erase(it);
     }
@@ -236,6 +244,53 @@ TEST(IovaAllocMap, RandomAgainstReferenceAcrossChunksAndLevels) {
   // The top level (2^12 pointers), at least one lower level, the chunks.
   EXPECT_GE(m.memory_bytes(), 4096 * sizeof(void*) + 512 * sizeof(void*) +
                                   m.chunk_count() * 8192);
+}
+
+// Allocations of 65..4096 pages start one group and end in a later one of
+// the same chunk: PagesAt finds the end past empty groups, the one-group
+// exact-size check refuses them, and CheckStructure sees spans broken each
+// way.
+TEST(IovaAllocMap, SpansOverGroupsPairAcrossThem) {
+  IovaAllocMap m(1, (uint64_t{1} << 20) - 1);
+  const uint64_t chunk = uint64_t{1} << 15;
+  m.Insert(chunk, 65);                  // [0x8000, 0x8040]: ends one group on
+  m.Insert(chunk + 4096, 4096);         // the longest: ends 63 groups on
+  m.Insert(2 * chunk - 256, 256);       // ends at the chunk's last pfn
+  m.Insert(chunk + 128, 1);             // a one-page allocation between
+  ASSERT_TRUE(m.CheckStructure().ok()) << m.CheckStructure();
+  EXPECT_EQ(IovaAllocMap::PagesAt(*m.Find(chunk), chunk), 65u);
+  EXPECT_EQ(IovaAllocMap::PagesAt(*m.Find(chunk + 4096), chunk + 4096), 4096u);
+  EXPECT_EQ(IovaAllocMap::PagesAt(*m.Find(2 * chunk - 256), 2 * chunk - 256), 256u);
+  EXPECT_EQ(IovaAllocMap::PagesAt(*m.Find(chunk + 128), chunk + 128), 1u);
+  EXPECT_EQ(IovaAllocMap::PagesAt(*m.Find(chunk + 64), chunk + 64), 0u);  // interior
+  for (uint64_t n = 1; n <= 64; n *= 2) {
+    EXPECT_FALSE(IovaAllocMap::StartsExactly(*m.Find(chunk), chunk, n)) << n;
+  }
+  const std::vector<std::pair<uint64_t, uint64_t>> want = {
+      {chunk, 65}, {chunk + 128, 1}, {chunk + 4096, 4096}, {2 * chunk - 256, 256}};
+  EXPECT_EQ(Contents(m), want);
+
+  // The 4096-page allocation's end bit gone: it is still open at the next
+  // start (the 256-page one's).
+  Group& last = m.FindOrCreate(chunk + 8191);
+  last.end_bits ^= uint64_t{1} << 63;
+  EXPECT_FALSE(m.CheckStructure().ok());
+  last.end_bits ^= uint64_t{1} << 63;
+  ASSERT_TRUE(m.CheckStructure().ok());
+  // The chunk's last allocation without its end: no end in the chunk at all.
+  Group& chunk_end = m.FindOrCreate(2 * chunk - 1);
+  chunk_end.end_bits ^= uint64_t{1} << 63;
+  EXPECT_THAT(std::string(m.CheckStructure().message()), testing::HasSubstr("no end"));
+  chunk_end.end_bits ^= uint64_t{1} << 63;
+  // An end 4097 pages after its start.
+  IovaAllocMap n(1, (uint64_t{1} << 20) - 1);
+  n.FindOrCreate(chunk).start_bits |= 1;
+  n.FindOrCreate(chunk + 4096).end_bits |= 1;
+  EXPECT_THAT(std::string(n.CheckStructure().message()), testing::HasSubstr("longer"));
+  // Clearing leaves nothing behind.
+  for (const auto& [pfn, pages] : want) IovaAllocMap::Clear(*m.Find(pfn), pfn, pages);
+  EXPECT_TRUE(Contents(m).empty());
+  EXPECT_TRUE(m.CheckStructure().ok());
 }
 
 // Chunk memory comes in blocks that double up to 2 MiB (then on huge pages):

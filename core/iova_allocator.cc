@@ -84,7 +84,7 @@ IovaAllocator::IovaAllocator(const IovaAllocatorOptions& options, int num_orders
   if (options.cache.enabled) {
     const int classes = std::min<int>(Log2(options.cache.max_pages) + 1, num_orders);
     cache_max_pages_ = uint64_t{1} << (classes - 1);
-    inline_free_max_pages_ = std::min(cache_max_pages_, internal::IovaAllocMap::kMaxPages);
+    inline_free_max_pages_ = std::min(cache_max_pages_, internal::IovaAllocMap::kGroupPages);
     inline_alloc_max_pages_ = options.try_32bit_first ? 0 : inline_free_max_pages_;
     cache_ = internal::IovaMagazineCache(classes, options.cache.magazine_depth,
                                         options.cache.depot_magazines);
@@ -161,8 +161,7 @@ uint64_t IovaAllocator::AllocFastOnce(uint64_t num_pages, uint64_t limit_pfn, bo
         ++cache_hits_;
         if (num_pages <= internal::IovaAllocMap::kMaxPages) {
           // Recorded when first allocated: its chunk exists.
-          internal::IovaAllocMap::Set(small_.Existing(pfn),
-                                      internal::IovaAllocMap::BitsOf(pfn, num_pages));
+          internal::IovaAllocMap::Set(small_.Existing(pfn), pfn, num_pages);
         } else {
           large_.emplace(pfn, num_pages);
         }
@@ -529,7 +528,9 @@ absl::Status IovaAllocator::CheckInvariants() const {
         absl::StrFormat("iova: allocation at pfn %#x not size-aligned", misaligned));
   }
   if (large_is_small) {
-    return absl::InternalError("iova: an allocation of <= 64 pages in the large map");
+    return absl::InternalError(
+        absl::StrFormat("iova: an allocation of <= %d pages in the large map",
+                        internal::IovaAllocMap::kMaxPages));
   }
   uint64_t reserved = 0;
   for (const auto& [lo, hi] : reserved_) {

@@ -37,21 +37,24 @@
 //                 that was not its leaf's maximum), stopping once nothing
 //                 changes. Measured (callgrind): ~2.5k instructions per W2
 //                 step (the whole program), depth 3-4 at 10^4-10^6 ranges.
-//   allocations   live ones only (cached ranges are not live). Small ones
-//                 (RoundUpPowerOfTwo(pages) <= 64) in IovaAllocMap: a start
-//                 and an end bit per pfn, 16 bytes per aligned group of 64
-//                 pfns, in 8 KiB chunks of 2^15 pfns under a radix
-//                 directory whose depth follows the span (one level of 32
-//                 pointers for a 32-bit space of 4K pages, two for 2^36
-//                 pfns). Lookup, exact-size check and size are one 16-byte
-//                 load plus the directory (which stays in L1), no hashing,
-//                 no scan; W1's live span is ~128 KiB of groups (L2), against
-//                 ~1 MiB of hash slots before. Memory: proportional to the
-//                 IOVA span ever allocated from (16 bytes per 64 pfns, 8 KiB
-//                 per chunk touched, plus 4 KiB per lower directory node);
-//                 nothing is freed before the allocator. Larger allocations:
-//                 a hash map pfn -> pages (checked only when the bitmap has
-//                 no start at the pfn, and only if non-empty).
+//   allocations   live ones only (cached ranges are not live). Those of up
+//                 to 4096 pages in IovaAllocMap: a start and an end bit per
+//                 pfn, 16 bytes per aligned group of 64 pfns, in 8 KiB chunks
+//                 of 2^15 pfns under a radix directory whose depth follows
+//                 the span (one level of 32 pointers for a 32-bit space of 4K
+//                 pages, two for 2^36 pfns). For up to 64 pages, lookup,
+//                 exact-size check and size are one 16-byte load plus the
+//                 directory (which stays in L1), no hashing, no scan; W1's
+//                 live span is ~128 KiB of groups (L2), against ~1 MiB of
+//                 hash slots before. For 65..4096 pages the size is the first
+//                 end bit in the following groups (a scan of at most 63 end
+//                 words, one per 64 pages): W2's requests of up to 256 pages
+//                 no longer hash. Memory: proportional to the IOVA span ever
+//                 allocated from (16 bytes per 64 pfns, 8 KiB per chunk
+//                 touched, plus 4 KiB per lower directory node); nothing is
+//                 freed before the allocator. Larger allocations: a hash map
+//                 pfn -> pages (checked only when the bitmap has no start at
+//                 the pfn, and only if non-empty).
 //                 ForEachAllocated walks the chunks touched, O(span / 64).
 //   caches        IovaMagazineCache: O(1) push/pop, no allocation. A cache hit
 //                 (the loaded magazine serves) is inline: a few loads and
@@ -72,9 +75,9 @@
 //       heights and histogram equal a recomputation;
 //   (4) cached pfns are ranges of exactly their class size, size-aligned,
 //       not live, each cached once; every counter equals a recount;
-//   (5) the small-allocation bits pair up (every start bit has its end bit
-//       in its group, before the next start bit); the large map holds only
-//       allocations of more than 64 pages.
+//   (5) the allocation map's bits pair up (every start bit has its end bit
+//       in its chunk, before the next start bit, at most 4096 pages on); the
+//       large map holds only allocations of more than 4096 pages.
 //
 // Thread-compatible: one allocator per domain, serialised by its owner (the
 // domain's lock in the broker). No method is safe to call concurrently with a
@@ -101,15 +104,16 @@ namespace iommu::core {
 
 namespace internal {
 // The size class (ceil(log2(n))) of a request of n = 1..64 pages (the sizes
-// IovaAllocMap records) and its last page's offset (2^class - 1), indexed by
-// n - 1: the inline cache paths' class with one load instead of a bit scan.
+// IovaAllocMap records in one group) and its last page's offset (2^class -
+// 1), indexed by n - 1: the inline cache paths' class with one load instead
+// of a bit scan.
 struct IovaSmallClasses {
-  uint8_t cls[IovaAllocMap::kMaxPages];
-  uint8_t last[IovaAllocMap::kMaxPages];
+  uint8_t cls[IovaAllocMap::kGroupPages];
+  uint8_t last[IovaAllocMap::kGroupPages];
 };
 inline constexpr IovaSmallClasses kIovaSmallClasses = [] {
   IovaSmallClasses t{};
-  for (uint64_t n = 1; n <= IovaAllocMap::kMaxPages; ++n) {
+  for (uint64_t n = 1; n <= IovaAllocMap::kGroupPages; ++n) {
     t.cls[n - 1] = static_cast<uint8_t>(std::bit_width(n - 1));
     t.last[n - 1] = static_cast<uint8_t>(std::bit_ceil(n) - 1);
   }
@@ -361,7 +365,7 @@ class IovaAllocator {
   uint64_t space_pages_ = 0;
   uint64_t pfn_32bit_ = 0;         // last pfn below 4 GiB
   uint64_t cache_max_pages_ = 0;   // 0 when caching is off
-  // min(cache_max_pages_, 64) (classes small_ records), or 0 with
+  // min(cache_max_pages_, 64) (classes small_ records in one group), or 0 with
   // try_32bit_first (whose cache hits must try the 32-bit limit first, out of
   // line).
   uint64_t inline_alloc_max_pages_ = 0;
@@ -375,7 +379,7 @@ class IovaAllocator {
 
   internal::IovaGapTree tree_;
   internal::IovaMagazineCache cache_;
-  // Live allocations: small_ those of <= 64 pages, large_ (first pfn ->
+  // Live allocations: small_ those of <= 4096 pages, large_ (first pfn ->
   // pages) the rest. Cached ranges are in neither.
   internal::IovaAllocMap small_;
   absl::flat_hash_map<uint64_t, uint64_t> large_;

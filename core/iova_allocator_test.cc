@@ -169,40 +169,46 @@ TEST(IovaAllocator, FreeErrorsLeaveStateIntact) {
   EXPECT_INVARIANTS(a);
 }
 
-// FreePfns finds and erases in one lookup on both indexes (the small
-// allocation's group, one probe of the large map): a small and a large
-// allocation side by side, interior pfns, the pfn just past each, and double
-// frees are NOT_FOUND and change nothing; the frees return exactly their pages.
-TEST(IovaAllocator, TreeFreeOfSmallAndLargeAllocations) {
+// FreePfns finds and erases in one lookup on each index (the allocation
+// map's group, with the scan of the following groups for 65..4096 pages; one
+// probe of the large map): allocations of 64, 65 and 4097 pages side by side,
+// interior pfns, the pfn just past each, and double frees are NOT_FOUND and
+// change nothing; the frees return exactly their pages.
+TEST(IovaAllocator, TreeFreeOfEveryIndexedSize) {
   IovaAllocator a = Make(Opts(1, 0xFFFF, /*cache=*/false));
-  const uint64_t small = *a.AllocPfns(64, 0xFFFF);
-  const uint64_t large = *a.AllocPfns(65, 0xFFFF);
+  const uint64_t group = *a.AllocPfns(64, 0xFFFF);
+  const uint64_t span = *a.AllocPfns(65, 0xFFFF);
+  const uint64_t large = *a.AllocPfns(4097, 0xFFFF);
   const uint64_t free_before = a.GetStats().free_pages;
-  for (const uint64_t bad : {small + 1, small + 63, large + 1, large + 64, large + 128}) {
+  for (const uint64_t bad : {group + 1, group + 63, span + 1, span + 64, span + 128, large + 1,
+                             large + 4096, large + 8192}) {
     const absl::Status s = a.FreePfns(bad);
     EXPECT_EQ(s.code(), absl::StatusCode::kNotFound) << bad;
     EXPECT_TRUE(absl::StartsWith(s.message(), absl::StrCat("pfn=0x", absl::Hex(bad), ": ")))
         << s;
   }
   EXPECT_EQ(a.GetStats().free_pages, free_before);
-  EXPECT_EQ(a.GetStats().live_allocations, 2u);
+  EXPECT_EQ(a.GetStats().live_allocations, 3u);
+  EXPECT_EQ(a.AllocationPages(group), 64u);
+  EXPECT_EQ(a.AllocationPages(span), 65u);
+  EXPECT_EQ(a.AllocationPages(large), 4097u);
   EXPECT_INVARIANTS(a);
-  ASSERT_TRUE(a.FreePfns(large).ok());
-  EXPECT_EQ(a.GetStats().free_pages, free_before + 65);
-  EXPECT_FALSE(a.AllocationPages(large).has_value());
-  EXPECT_EQ(a.AllocationPages(small), 64u);
-  EXPECT_INVARIANTS(a);
-  EXPECT_EQ(a.FreePfns(large).code(), absl::StatusCode::kNotFound);
-  ASSERT_TRUE(a.FreePfns(small).ok());
-  EXPECT_EQ(a.FreePfns(small).code(), absl::StatusCode::kNotFound);
-  EXPECT_EQ(a.GetStats().free_pages, free_before + 65 + 64);
+  uint64_t freed = 0;
+  for (const auto& [pfn, pages] :
+       {std::pair<uint64_t, uint64_t>{span, 65}, {large, 4097}, {group, 64}}) {
+    ASSERT_TRUE(a.FreePfns(pfn).ok()) << pfn;
+    freed += pages;
+    EXPECT_EQ(a.GetStats().free_pages, free_before + freed);
+    EXPECT_FALSE(a.AllocationPages(pfn).has_value());
+    EXPECT_EQ(a.FreePfns(pfn).code(), absl::StatusCode::kNotFound);
+    EXPECT_INVARIANTS(a);
+  }
   EXPECT_EQ(a.GetStats().live_allocations, 0u);
-  EXPECT_INVARIANTS(a);
 }
 
-// Small allocations (<= 64 pages) live in the start/end bitmap, larger ones in
-// a hash map: wrong sizes, interior pfns and double frees of cached ranges are
-// refused exactly as with one index.
+// Allocations of up to 4096 pages live in the start/end bitmap (64 or fewer
+// in one group), larger ones in a hash map: wrong sizes, interior pfns and
+// double frees of cached ranges are refused exactly as with one index.
 TEST(IovaAllocator, WrongSizesInteriorPfnsAndCachedDoubleFrees) {
   IovaAllocator a = Make(Opts(1, 0xFFFF, /*cache=*/true));
   const uint64_t p4 = *a.AllocPfns(4, 0xFFFF);
@@ -997,8 +1003,9 @@ TEST(IovaAllocatorRandom, InlineCacheHitsMatchTheStatusPath) {
 // A 2^36-pfn space (a two-level directory of chunks) with allocations near
 // start_pfn, near the top, and on both sides of chunk (2^15 pfns) and
 // directory-node (2^24 pfns) boundaries (size-aligned allocations of up to
-// 2^15 pages never straddle one; larger ones do), sizes 1..64 (bitmap) and
-// 65.. (hash map), freed by
+// 2^15 pages never straddle one; larger ones do), sizes 1..64 (one group of
+// the allocation map), 65..4096 (a span of groups) and above (hash map),
+// freed by
 // both paths, against the reference model; lookups of starts and interior
 // pfns follow the model.
 TEST(IovaAllocatorRandom, AllocationIndexAcrossChunksAndDirectoryLevels) {
@@ -1015,13 +1022,14 @@ TEST(IovaAllocatorRandom, AllocationIndexAcrossChunksAndDirectoryLevels) {
                                  (uint64_t{5} << 24) + (uint64_t{1} << 15),
                                  uint64_t{1} << 33,
                                  kEnd};
-  int small = 0, large = 0, straddling = 0, near_boundary = 0;
+  int small = 0, span = 0, large = 0, straddling = 0, near_boundary = 0;
   for (int op = 0; op < 6000; ++op) {
     if (live.empty() || rng.Below(100) < 55) {
       const uint64_t kind = rng.Below(20);
       const uint64_t n = kind == 0   ? (uint64_t{1} << 15) + rng.Below(uint64_t{1} << 16)
-                         : kind < 5 ? rng.Below(200) + 65
-                                    : rng.Below(64) + 1;
+                         : kind == 1 ? rng.Below(2048) + 3072  // both sides of 4096
+                         : kind < 5  ? rng.Below(200) + 65
+                                     : rng.Below(64) + 1;
       // A limit just above a boundary: the highest fit lands on or across it.
       const uint64_t b = boundaries[rng.Below(std::size(boundaries))];
       const uint64_t limit = std::min(kEnd, b + rng.Below(64));
@@ -1035,7 +1043,7 @@ TEST(IovaAllocatorRandom, AllocationIndexAcrossChunksAndDirectoryLevels) {
       ASSERT_EQ(*got, want) << "op " << op << " n=" << n << " limit=" << limit;
       ref.Occupy(want, want + n - 1);
       live[want] = n;
-      (n <= 64 ? small : large) += 1;
+      (n <= 64 ? small : n <= 4096 ? span : large) += 1;
       straddling += (want >> 15) != ((want + n - 1) >> 15);
       near_boundary += n <= 64 && ((want & 0x7FFF) < 64 || (want & 0x7FFF) >= 0x8000 - 128);
     } else {
@@ -1080,7 +1088,8 @@ TEST(IovaAllocatorRandom, AllocationIndexAcrossChunksAndDirectoryLevels) {
   EXPECT_EQ(listed, want);
   EXPECT_EQ(a.GetStats().live_allocations, live.size());
   EXPECT_GT(small, 1000);
-  EXPECT_GT(large, 300);
+  EXPECT_GT(span, 300);
+  EXPECT_GT(large, 60);
   EXPECT_GT(straddling, 20);
   EXPECT_GT(near_boundary, 200);
 }
