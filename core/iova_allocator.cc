@@ -159,12 +159,7 @@ uint64_t IovaAllocator::AllocFastOnce(uint64_t num_pages, uint64_t limit_pfn, bo
       const uint64_t pfn = cache_.Pop(cls, limit_pfn + 1 - num_pages);
       if (pfn != 0) {
         ++cache_hits_;
-        if (num_pages <= internal::IovaAllocMap::kMaxPages) {
-          // Recorded when first allocated: its chunk exists.
-          internal::IovaAllocMap::Set(small_.Existing(pfn), pfn, num_pages);
-        } else {
-          large_.emplace(pfn, num_pages);
-        }
+        RecordLive(pfn, num_pages);
         return pfn;
       }
     }

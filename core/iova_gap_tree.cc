@@ -544,11 +544,7 @@ bool IovaGapTree::InsertShifting(uint32_t x, int slot, uint64_t lo, uint64_t hi,
   // The parent covers the same ranges plus the new one (its row can only have
   // grown, by that range's) or, after a carve, subsets of the shrunk range
   // (its row can only have dropped, and only if that range attained it).
-  if (shrunk.max_len == 0) {
-    Raise(px, RangeSummary(lo, hi));
-  } else {
-    Lower(px, shrunk);
-  }
+  RefreshAboveInsert(px, lo, hi, shrunk);
   return true;
 }
 
@@ -575,6 +571,11 @@ void IovaGapTree::InsertRange(uint32_t x, int slot, uint64_t lo, uint64_t hi,
   UpdateEntry(x);
   const uint32_t p = n.parent;
   FixKey(p);
+  RefreshAboveInsert(p, lo, hi, shrunk);
+}
+
+void IovaGapTree::RefreshAboveInsert(uint32_t p, uint64_t lo, uint64_t hi,
+                                     const Summary& shrunk) {
   if (shrunk.max_len == 0) {
     Raise(p, RangeSummary(lo, hi));
   } else {

@@ -411,6 +411,10 @@ class IovaGapTree {
   // a range (everything else current); after a carve, the summary of the
   // range the caller shrank in x (x's entries may have dropped).
   void InsertRange(uint32_t x, int slot, uint64_t lo, uint64_t hi, const Summary& shrunk);
+  // The entries from p up, after an InsertRange below p left p's own entries
+  // current: p's rows only grew by [lo, hi] (shrunk empty: Raise) or only
+  // dropped by the range a carve shrank (Lower).
+  void RefreshAboveInsert(uint32_t p, uint64_t lo, uint64_t hi, const Summary& shrunk);
   // InsertRange into a full leaf x without splitting it: when a sibling under
   // the same parent has room, x's edge entry on that side moves there first.
   // False (nothing changed) when neither sibling has room.
