@@ -97,12 +97,26 @@ absl::Status BrokerImpl::Init() {
     smmu_by_name_[cfg.name] = smmu.get();
     smmus_.push_back(std::move(smmu));
   }
+  // Fair shares: the pools' RAM split evenly between the devices; an SMMU's
+  // contexts left after its devices' default domains split evenly between
+  // them (at least one each).
+  uint64_t pool_bytes = 0;
+  for (const PoolStats& p : memory_->Stats()) pool_bytes += p.total_pages * p.page_size_bytes;
+  const uint64_t num_devices = std::max<size_t>(1, topology_.devices.size());
+  fair_buffer_bytes_ = std::max<uint64_t>(AlignDown(pool_bytes / num_devices, 4096), 4096);
+  for (const auto& smmu : smmus_) {
+    const uint64_t n = std::max<uint64_t>(
+        1, std::count_if(topology_.devices.begin(), topology_.devices.end(),
+                         [&](const DeviceConfig& d) { return d.smmu == smmu->config.name; }));
+    const uint64_t contexts = smmu->config.num_contexts;
+    fair_domains_[smmu.get()] = std::max<uint64_t>(1, contexts > n ? (contexts - n) / n : 0);
+  }
   absl::MutexLock l(&registry_mu_);
   for (const DeviceConfig& cfg : topology_.devices) {
     auto dev = std::make_unique<DeviceState>();
     dev->config = cfg;
     dev->smmu = smmu_by_name_.at(cfg.smmu);
-    dev->quotas = options_.default_quotas;
+    dev->quotas = EffectiveQuotas(cfg);
     // Every device starts in its own default DMA domain. Untrusted devices
     // are always strict; the default domains of trusted ones are too (as
     // Linux's iommu.strict=1 default on Arm): DMA_FQ is chosen explicitly.
@@ -129,20 +143,6 @@ Broker::~Broker() = default;
 const Topology& Broker::topology() const { return impl_->topology_; }
 
 // --- lookups --------------------------------------------------------------------
-
-absl::StatusOr<BrokerImpl::DeviceState*> BrokerImpl::ActAs(const Caller& caller,
-                                                           const std::string& device) const {
-  auto it = devices_.find(device);
-  if (!caller.admin && device != caller.device) {
-    return FieldError(absl::StatusCode::kPermissionDenied, "device", device,
-                      absl::StrFormat("caller is device \"%s\" and may act only as itself",
-                                      caller.device));
-  }
-  if (it == devices_.end()) {
-    return FieldError(absl::StatusCode::kNotFound, "device", device, "no such device");
-  }
-  return it->second.get();
-}
 
 std::shared_ptr<Domain> BrokerImpl::CurrentDomain(const DeviceState& dev) const {
   absl::ReaderMutexLock l(&registry_mu_);

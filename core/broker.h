@@ -137,8 +137,18 @@ class Broker {
   absl::Status UnmapSg(const Caller& caller, const std::string& device, uint64_t dma_addr);
   absl::StatusOr<AllocResult> Alloc(const Caller& caller, const AllocRequest& request);
   absl::Status Free(const Caller& caller, const std::string& device, uint64_t dma_addr);
+  // With `grant`, also an export token (see ExportGrant): unguessable,
+  // limited to the named importers, read-only unless writable, and valid
+  // until RevokeExport, or until the exporter frees the memory (which revokes
+  // it). An imported mapping cannot be exported again.
   absl::StatusOr<SgTableResult> GetSgTable(const Caller& caller, const std::string& device,
-                                           uint64_t dma_addr, bool want_export_token);
+                                           uint64_t dma_addr,
+                                           std::optional<ExportGrant> grant = std::nullopt);
+  // Revokes an export token: no new import can use it, and every live import
+  // is unmapped (IOTLB invalidated, lazy queues flushed) before this returns.
+  // The exporter or an admin only: NOT_FOUND for anyone else, as for an
+  // unknown token. Returns the number of imports unmapped.
+  absl::StatusOr<uint64_t> RevokeExport(const Caller& caller, const std::string& export_token);
   absl::StatusOr<MsiCookieResult> MsiCookie(const Caller& caller, const MsiCookieRequest& request);
   // UNMANAGED domains only: the caller chooses the IOVA.
   absl::StatusOr<MapResult> MapAt(const Caller& caller, const std::string& device, uint64_t iova,
@@ -155,16 +165,19 @@ class Broker {
   // FAILED_PRECONDITION while devices are attached or for a default domain.
   absl::Status DestroyDomain(const Caller& caller, uint64_t domain_id);
   absl::StatusOr<DomainInfo> GetDomain(const Caller& caller, uint64_t domain_id) const;
-  std::vector<DomainInfo> ListDomains(const Caller& caller) const;
+  absl::StatusOr<std::vector<DomainInfo>> ListDomains(const Caller& caller) const;
   absl::Status AttachDevice(const Caller& caller, const std::string& device, uint64_t domain_id);
   absl::Status DetachDevice(const Caller& caller, const std::string& device);
 
   // --- Topology and views -----------------------------------------------------
   std::vector<SmmuConfig> ListIommus() const;
   // Devices the caller may see (all for an admin, itself for a device).
-  std::vector<DeviceInfo> ListDevices(const Caller& caller) const;
-  // Per SMMU and per domain the caller may see; pools and the fault ring.
-  BrokerStats GetStats(const Caller& caller) const;
+  absl::StatusOr<std::vector<DeviceInfo>> ListDevices(const Caller& caller) const;
+  // Per domain the caller may see. The SMMU-wide counters (IOTLB, contexts),
+  // the pools and the fault ring's totals are the platform's: an admin sees
+  // them; a device gets no SMMU or pool entries and fault counts of its own
+  // accesses only (no other device's activity shows through shared counters).
+  absl::StatusOr<BrokerStats> GetStats(const Caller& caller) const;
   // Fault records with seq > after_seq (a device sees only its own; `lost`
   // counts every record the reader missed).
   absl::StatusOr<FaultReadResult> ReadFaults(const Caller& caller, uint64_t after_seq,

@@ -7,6 +7,7 @@
 #include "core/broker.h"
 #include "core/broker_impl.h"
 #include "core/errors.h"
+#include "core/secure_random.h"
 #include "core/status_macros.h"
 
 namespace iommu::core {
@@ -19,6 +20,7 @@ using internal::MappingRecord;
 
 absl::StatusOr<AllocResult> Broker::Alloc(const Caller& caller, const AllocRequest& request) {
   ASSIGN_OR_RETURN(auto* dev, impl_->ActAs(caller, request.device));
+  ASSIGN_OR_RETURN(BrokerImpl::SessionPin pin, impl_->PinSession(caller));
   std::shared_ptr<Domain> d = impl_->CurrentDomain(*dev);
   if (d->type != DomainType::kDma && d->type != DomainType::kDmaFq) {
     return BrokerImpl::NeedsIovaCookie(*d, "Alloc");
@@ -133,9 +135,21 @@ absl::StatusOr<AllocResult> Broker::Alloc(const Caller& caller, const AllocReque
 absl::Status Broker::Free(const Caller& caller, const std::string& device, uint64_t dma_addr) {
   ASSIGN_OR_RETURN(auto* dev, impl_->ActAs(caller, device));
   std::shared_ptr<Domain> d = impl_->CurrentDomain(*dev);
+  uint64_t buffer_id;
+  {
+    absl::MutexLock l(&d->mu);
+    ASSIGN_OR_RETURN(MappingRecord * m, BrokerImpl::OwnMapping(*d, caller, device, dma_addr,
+                                                               {MappingKind::kAlloc}, "Free"));
+    buffer_id = m->owned_buffer_id;
+  }
+  // The exporter can always free: its exports are revoked and their imports
+  // unmapped first (outside this domain's lock: an import may live here).
+  impl_->RevokeExports([&](const internal::ExportRecord& e) {
+    return std::find(e.buffer_ids.begin(), e.buffer_ids.end(), buffer_id) != e.buffer_ids.end();
+  });
   absl::MutexLock l(&d->mu);
   ASSIGN_OR_RETURN(MappingRecord * m, BrokerImpl::OwnMapping(*d, caller, device, dma_addr,
-                                                 {MappingKind::kAlloc}, "Free"));
+                                                             {MappingKind::kAlloc}, "Free"));
   impl_->RemoveMappingLocked(*d, m->iova.value());
   return absl::OkStatus();
 }
@@ -143,7 +157,8 @@ absl::Status Broker::Free(const Caller& caller, const std::string& device, uint6
 // --- GetSgTable ---------------------------------------------------------------------
 
 absl::StatusOr<SgTableResult> Broker::GetSgTable(const Caller& caller, const std::string& device,
-                                                 uint64_t dma_addr, bool want_export_token) {
+                                                 uint64_t dma_addr,
+                                                 std::optional<ExportGrant> grant) {
   ASSIGN_OR_RETURN(auto* dev, impl_->ActAs(caller, device));
   std::shared_ptr<Domain> d = impl_->CurrentDomain(*dev);
   absl::MutexLock l(&d->mu);
@@ -164,21 +179,102 @@ absl::StatusOr<SgTableResult> Broker::GetSgTable(const Caller& caller, const std
     }
     out.size_bytes += p.size_bytes;
   }
-  if (want_export_token) {
+  if (grant.has_value()) {
+    if (m->kind == MappingKind::kImport) {
+      return FieldError(absl::StatusCode::kFailedPrecondition, "dma_addr", dma_addr,
+                        "an imported buffer cannot be exported again; its exporter can export "
+                        "it to more devices");
+    }
     std::vector<uint64_t> ids(m->buffer_refs.begin(), m->buffer_refs.end());
     if (m->owned_buffer_id != 0) ids.push_back(m->owned_buffer_id);
     if (ids.empty()) {
       return FieldError(absl::StatusCode::kFailedPrecondition, "dma_addr", dma_addr,
                         "only buffer-backed mappings can be exported");
     }
+    for (size_t i = 0; i < grant->importers.size(); ++i) {
+      if (!impl_->devices_.contains(grant->importers[i])) {
+        return FieldError(absl::StatusCode::kNotFound,
+                          absl::StrFormat("export_importers[%d]", i), grant->importers[i],
+                          "no such device");
+      }
+    }
     absl::MutexLock bl(&impl_->buffers_mu_);
-    out.export_token = absl::StrFormat("exp-%d-%016x", impl_->next_export_id_++,
-                                       (m->mapping_id * 0x9E3779B97F4A7C15ull) ^ dma_addr);
+    const uint64_t export_id = impl_->next_export_id_++;
+    do {
+      out.export_token = SecureToken("iexp_", 16);
+    } while (impl_->exports_.contains(out.export_token));
+    impl_->export_tokens_[export_id] = out.export_token;
     impl_->exports_[out.export_token] = internal::ExportRecord{
-        .exporter = device, .exporter_granule = d->granule_bytes, .chunks = out.chunks,
-        .buffer_ids = std::move(ids)};
+        .export_id = export_id,
+        .exporter = device,
+        .exporter_granule = d->granule_bytes,
+        .chunks = out.chunks,
+        .buffer_ids = std::move(ids),
+        .importers_allowed = std::move(grant->importers),
+        .writable = grant->writable};
   }
   return out;
+}
+
+absl::StatusOr<uint64_t> Broker::RevokeExport(const Caller& caller,
+                                              const std::string& export_token) {
+  RETURN_IF_ERROR(impl_->CheckCaller(caller));
+  uint64_t export_id;
+  {
+    absl::MutexLock bl(&impl_->buffers_mu_);
+    auto it = impl_->exports_.find(export_token);
+    if (it == impl_->exports_.end() || (!caller.admin && it->second.exporter != caller.device)) {
+      return FieldError(absl::StatusCode::kNotFound, "export_token", export_token,
+                        "no such export (never made, revoked, or its buffer was freed)");
+    }
+    export_id = it->second.export_id;
+  }
+  return impl_->RevokeExports(
+      [&](const internal::ExportRecord& e) { return e.export_id == export_id; });
+}
+
+// --- export revocation ------------------------------------------------------------
+
+uint64_t BrokerImpl::RevokeExports(
+    const std::function<bool(const internal::ExportRecord&)>& match) {
+  std::vector<internal::ExportRecord::Import> imports;
+  {
+    absl::MutexLock bl(&buffers_mu_);
+    for (auto it = exports_.begin(); it != exports_.end();) {
+      if (!match(it->second)) {
+        ++it;
+        continue;
+      }
+      for (auto& i : it->second.imports) imports.push_back(std::move(i));
+      export_tokens_.erase(it->second.export_id);
+      exports_.erase(it++);
+    }
+  }
+  // The exports are gone, so no new import can start; unmap the live ones.
+  uint64_t unmapped = 0;
+  for (const auto& i : imports) {
+    std::shared_ptr<Domain> d = i.domain.lock();
+    if (d == nullptr) continue;  // destroyed: its mappings went with it
+    absl::MutexLock l(&d->mu);
+    MappingRecord* m = d->mappings.FindStart(i.iova);
+    if (m == nullptr || m->mapping_id != i.mapping_id) continue;  // already unmapped
+    RemoveMappingLocked(*d, i.iova);
+    // A lazy domain completes the invalidation now: revocation ends access.
+    if (auto* c = std::get_if<internal::IovaCookie>(&d->cookie); c && c->fq) c->fq->Flush();
+    ++unmapped;
+  }
+  return unmapped;
+}
+
+void BrokerImpl::ForgetImportLocked(const MappingRecord& m) {
+  auto token = export_tokens_.find(m.export_id);
+  if (token == export_tokens_.end()) return;  // revoked
+  auto& imports = exports_.at(token->second).imports;
+  imports.erase(std::remove_if(imports.begin(), imports.end(),
+                               [&](const internal::ExportRecord::Import& i) {
+                                 return i.mapping_id == m.mapping_id;
+                               }),
+                imports.end());
 }
 
 }  // namespace iommu::core

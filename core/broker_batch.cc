@@ -15,8 +15,10 @@ void Broker::MapUnmapBatch(const Caller& caller, const std::string& device,
   assert(results.size() == ops.size());
   // Map and Unmap look the device up first; its result is the same for every op.
   absl::StatusOr<BrokerImpl::DeviceState*> dev = impl_->ActAs(caller, device);
-  if (!dev.ok()) {
-    for (DmaBatchResult& r : results) r = {.status = dev.status()};
+  absl::StatusOr<BrokerImpl::SessionPin> pin =
+      dev.ok() ? impl_->PinSession(caller) : absl::StatusOr<BrokerImpl::SessionPin>(dev.status());
+  if (!pin.ok()) {
+    for (DmaBatchResult& r : results) r = {.status = pin.status()};
     return;
   }
   std::shared_ptr<Domain> d = impl_->CurrentDomain(**dev);

@@ -204,6 +204,7 @@ void BrokerImpl::RemoveMappingLocked(Domain& d, uint64_t iova_start,
 }
 
 void BrokerImpl::ReleaseMappingBuffersLocked(const MappingRecord& m, BufferRun* run) {
+  if (m.export_id != 0) ForgetImportLocked(m);
   DropRefsLocked(m.buffer_refs, run);
   if (m.owned_buffer_id != 0) {
     internal::Buffer& b = buffers_.at(m.owned_buffer_id);
@@ -272,6 +273,7 @@ absl::StatusOr<MappingRecord*> BrokerImpl::OwnMapping(Domain& d, const Caller& c
 
 absl::StatusOr<MapResult> Broker::Map(const Caller& caller, const MapRequest& request) {
   ASSIGN_OR_RETURN(auto* dev, impl_->ActAs(caller, request.device));
+  ASSIGN_OR_RETURN(BrokerImpl::SessionPin pin, impl_->PinSession(caller));
   std::shared_ptr<Domain> d = impl_->CurrentDomain(*dev);
   absl::MutexLock l(&d->mu);
   return impl_->MapLocked(*d, *dev, caller, request.device, request.mem, request.direction,
@@ -374,6 +376,7 @@ absl::Status BrokerImpl::UnmapLocked(Domain& d, DeviceState& dev, const Caller& 
 
 absl::StatusOr<MapSgResult> Broker::MapSg(const Caller& caller, const MapSgRequest& request) {
   ASSIGN_OR_RETURN(auto* dev, impl_->ActAs(caller, request.device));
+  ASSIGN_OR_RETURN(BrokerImpl::SessionPin pin, impl_->PinSession(caller));
   std::shared_ptr<Domain> d = impl_->CurrentDomain(*dev);
   if (d->type != DomainType::kDma && d->type != DomainType::kDmaFq) {
     return BrokerImpl::NeedsIovaCookie(*d, "MapSg");
@@ -383,6 +386,7 @@ absl::StatusOr<MapSgResult> Broker::MapSg(const Caller& caller, const MapSgReque
   std::vector<uint64_t> refs;
   MappingKind kind = MappingKind::kMapSg;
   SgMode mode = request.mode;
+  uint64_t export_id = 0;  // an import
   auto fail = [&](absl::Status s) {
     impl_->DropRefs(refs);
     return s;
@@ -396,9 +400,11 @@ absl::StatusOr<MapSgResult> Broker::MapSg(const Caller& caller, const MapSgReque
     auto it = impl_->exports_.find(request.import_token);
     if (it == impl_->exports_.end()) {
       return FieldError(absl::StatusCode::kNotFound, "import_token", request.import_token,
-                        "no such export (never made, or its buffer was freed)");
+                        "no such export (never made, revoked, or its buffer was freed)");
     }
     const internal::ExportRecord& e = it->second;
+    RETURN_IF_ERROR(impl_->CheckImport(*dev, e, request.import_token, request.direction));
+    export_id = e.export_id;
     // One contiguous IOVA block in the importer is guaranteed when every
     // chunk edge sits on the larger of both granules.
     const uint64_t big = std::max(g, e.exporter_granule);
@@ -490,7 +496,28 @@ absl::StatusOr<MapSgResult> Broker::MapSg(const Caller& caller, const MapSgReque
     out.segments.push_back({iova->value() + s.iova_offset, s.length_bytes});
   }
   rec.segments = out.segments;
+  rec.export_id = export_id;
   out.mapping_id = impl_->CommitMappingLocked(*d, std::move(rec));
+  if (export_id != 0) {
+    // Registered with its export, so that revocation finds it; an export
+    // revoked since the check above takes the import back at once.
+    bool revoked = false;
+    {
+      absl::MutexLock bl(&impl_->buffers_mu_);
+      auto token = impl_->export_tokens_.find(export_id);
+      if (token == impl_->export_tokens_.end()) {
+        revoked = true;
+      } else {
+        impl_->exports_.at(token->second)
+            .imports.push_back({.domain = d, .iova = out.iova, .mapping_id = out.mapping_id});
+      }
+    }
+    if (revoked) {
+      impl_->RemoveMappingLocked(*d, out.iova);
+      return FieldError(absl::StatusCode::kNotFound, "import_token", request.import_token,
+                        "no such export (never made, revoked, or its buffer was freed)");
+    }
+  }
   return out;
 }
 

@@ -16,6 +16,7 @@ namespace iommu::core {
 
 using internal::Domain;
 using internal::Smmu;
+using DeviceState = BrokerImpl::DeviceState;
 
 // --- domains --------------------------------------------------------------------
 
@@ -130,6 +131,7 @@ DomainInfo BrokerImpl::Describe(const Domain& d) const {
                   .type = d.type,
                   .owner = d.owner,
                   .is_default = d.is_default,
+                  .granted_devices = d.granted,
                   .granule_bytes = d.granule_bytes,
                   .pgsize_bitmap = d.pgsize_bitmap,
                   .ias_bits = d.smmu->config.ias_bits,
@@ -152,24 +154,33 @@ DomainInfo BrokerImpl::Describe(const Domain& d) const {
 
 absl::StatusOr<DomainInfo> Broker::CreateDomain(const Caller& caller,
                                                 const CreateDomainRequest& request) {
+  RETURN_IF_ERROR(impl_->CheckCaller(caller));
   auto smmu = impl_->smmu_by_name_.find(request.smmu);
   if (smmu == impl_->smmu_by_name_.end()) {
     return FieldError(absl::StatusCode::kNotFound, "smmu", request.smmu, "no such SMMU");
   }
-  if (!caller.admin) {
-    // A device may create domains only on its own SMMU.
-    ASSIGN_OR_RETURN(auto* dev, impl_->ActAs(caller, caller.device));
-    if (dev->smmu != smmu->second) {
-      return FieldError(absl::StatusCode::kPermissionDenied, "smmu", request.smmu,
-                        absl::StrFormat("device %s sits behind SMMU %s", caller.device,
-                                        dev->smmu->config.name));
-    }
+  RETURN_IF_ERROR(impl_->CheckCreateDomain(caller, *smmu->second, request));
+  ASSIGN_OR_RETURN(BrokerImpl::SessionPin pin, impl_->PinSession(caller));
+  DeviceState* owner = caller.admin ? nullptr : impl_->devices_.at(caller.device).get();
+  if (owner != nullptr) {
+    uint64_t cur = owner->domains.load();
+    do {
+      if (cur >= owner->quotas.max_domains) {
+        return FieldError(absl::StatusCode::kResourceExhausted, "device", caller.device,
+                          absl::StrFormat("domain quota of %d domains reached",
+                                          owner->quotas.max_domains));
+      }
+    } while (!owner->domains.compare_exchange_weak(cur, cur + 1));
   }
   absl::MutexLock l(&impl_->registry_mu_);
-  ASSIGN_OR_RETURN(auto d, impl_->NewDomain(smmu->second, request.type, request.granule_bytes,
-                                            caller.admin ? "" : caller.device, false,
-                                            caller.session_id));
-  return impl_->Describe(*d);
+  auto d = impl_->NewDomain(smmu->second, request.type, request.granule_bytes,
+                            caller.admin ? "" : caller.device, false, caller.session_id);
+  if (!d.ok()) {
+    if (owner != nullptr) owner->domains.fetch_sub(1);
+    return d.status();
+  }
+  (*d)->granted = request.granted_devices;
+  return impl_->Describe(**d);
 }
 
 absl::Status Broker::DestroyDomain(const Caller& caller, uint64_t domain_id) {
@@ -177,10 +188,14 @@ absl::Status Broker::DestroyDomain(const Caller& caller, uint64_t domain_id) {
 }
 
 absl::Status BrokerImpl::DestroyDomain(const Caller& caller, uint64_t domain_id) {
+  RETURN_IF_ERROR(CheckCaller(caller));
   std::shared_ptr<Domain> d;
   {
     absl::MutexLock l(&registry_mu_);
     ASSIGN_OR_RETURN(d, FindDomain(domain_id));
+    if (!MaySee(caller, *d)) {
+      return FieldError(absl::StatusCode::kNotFound, "domain_id", domain_id, "no such domain");
+    }
     if (!caller.admin && d->owner != caller.device) {
       return FieldError(absl::StatusCode::kPermissionDenied, "domain_id", domain_id,
                         "only the domain's owner or an admin may destroy it");
@@ -203,29 +218,26 @@ absl::Status BrokerImpl::DestroyDomain(const Caller& caller, uint64_t domain_id)
     if (auto* c = std::get_if<internal::IovaCookie>(&d->cookie); c && c->fq) c->fq->Flush();
   }
   ReleaseContext(*d);
+  if (!d->owner.empty()) devices_.at(d->owner)->domains.fetch_sub(1);
   return absl::OkStatus();
 }
 
 absl::StatusOr<DomainInfo> Broker::GetDomain(const Caller& caller, uint64_t domain_id) const {
+  RETURN_IF_ERROR(impl_->CheckCaller(caller));
   absl::ReaderMutexLock l(&impl_->registry_mu_);
   ASSIGN_OR_RETURN(auto d, impl_->FindDomain(domain_id));
-  DomainInfo info = impl_->Describe(*d);
-  if (!caller.admin && d->owner != caller.device &&
-      std::find(d->attached.begin(), d->attached.end(), caller.device) == d->attached.end()) {
+  if (!impl_->MaySee(caller, *d)) {
     return FieldError(absl::StatusCode::kNotFound, "domain_id", domain_id, "no such domain");
   }
-  return info;
+  return impl_->Describe(*d);
 }
 
-std::vector<DomainInfo> Broker::ListDomains(const Caller& caller) const {
+absl::StatusOr<std::vector<DomainInfo>> Broker::ListDomains(const Caller& caller) const {
+  RETURN_IF_ERROR(impl_->CheckCaller(caller));
   absl::ReaderMutexLock l(&impl_->registry_mu_);
   std::vector<DomainInfo> out;
   for (const auto& [id, d] : impl_->domains_) {
-    if (!caller.admin && d->owner != caller.device &&
-        std::find(d->attached.begin(), d->attached.end(), caller.device) == d->attached.end()) {
-      continue;
-    }
-    out.push_back(impl_->Describe(*d));
+    if (impl_->MaySee(caller, *d)) out.push_back(impl_->Describe(*d));
   }
   return out;
 }
@@ -235,25 +247,7 @@ absl::Status Broker::AttachDevice(const Caller& caller, const std::string& devic
   ASSIGN_OR_RETURN(auto* dev, impl_->ActAs(caller, device));
   absl::MutexLock l(&impl_->registry_mu_);
   ASSIGN_OR_RETURN(auto d, impl_->FindDomain(domain_id));
-  if (!caller.admin && !d->owner.empty() && d->owner != caller.device) {
-    return FieldError(absl::StatusCode::kPermissionDenied, "domain_id", domain_id,
-                      "owned by another device");
-  }
-  if (d->is_default && d != dev->default_domain) {
-    return FieldError(absl::StatusCode::kPermissionDenied, "domain_id", domain_id,
-                      "another device's default domain");
-  }
-  if (d->smmu != dev->smmu) {
-    return FieldError(absl::StatusCode::kFailedPrecondition, "domain_id", domain_id,
-                      absl::StrFormat("domain is on SMMU %s, device %s is behind %s",
-                                      d->smmu->config.name, device, dev->smmu->config.name));
-  }
-  if (d->type == DomainType::kDmaFq && !dev->config.trusted) {
-    return FieldError(absl::StatusCode::kFailedPrecondition, "domain_id", domain_id,
-                      absl::StrFormat("untrusted device %s must use strict invalidation, "
-                                      "not a DMA_FQ domain",
-                                      device));
-  }
+  RETURN_IF_ERROR(impl_->CheckAttach(caller, *dev, *d));
   if (dev->current == d) return absl::OkStatus();  // idempotent
   auto& old = dev->current->attached;
   old.erase(std::remove(old.begin(), old.end(), device), old.end());
@@ -275,12 +269,12 @@ absl::Status Broker::DetachDevice(const Caller& caller, const std::string& devic
 
 absl::StatusOr<std::vector<PgtableMapping>> Broker::WalkDomain(const Caller& caller, uint64_t domain_id,
                                                                Iova start, size_t max_leaves) const {
+  RETURN_IF_ERROR(impl_->CheckCaller(caller));
   std::shared_ptr<Domain> d;
   {
     absl::ReaderMutexLock l(&impl_->registry_mu_);
     ASSIGN_OR_RETURN(d, impl_->FindDomain(domain_id));
-    if (!caller.admin && d->owner != caller.device &&
-        std::find(d->attached.begin(), d->attached.end(), caller.device) == d->attached.end()) {
+    if (!impl_->MaySee(caller, *d)) {
       return FieldError(absl::StatusCode::kNotFound, "domain_id", domain_id, "no such domain");
     }
   }

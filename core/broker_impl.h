@@ -4,6 +4,7 @@
 // BrokerImpl: the state behind Broker and the helpers its operations share.
 // Lock order and what each lock guards: see broker.h.
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -33,10 +34,59 @@ class BrokerImpl {
 
   absl::Status Init();
 
-  // --- lookups ------------------------------------------------------------
+  // --- authorisation (broker_authz.cc: the whole model in one file) ---------
   // The device the caller may act as: PERMISSION_DENIED when a device caller
   // names another device, NOT_FOUND for an unknown device.
   absl::StatusOr<DeviceState*> ActAs(const Caller& caller, const std::string& device) const;
+  // NOT_FOUND naming `device` when a device caller's identity names no device
+  // of the topology (every call by a device checks this first).
+  absl::Status CheckCaller(const Caller& caller) const;
+  // Whether `device` may attach itself to `d`: its default domain, a domain
+  // it owns, or one that grants it. (Immutable fields only: no lock.)
+  bool MayUse(const DeviceState& dev, const Domain& d) const;
+  // Whether the caller may see `d` (GetDomain, ListDomains, WalkDomain,
+  // stats): admins all; a device the domains it may use or is attached to.
+  bool MaySee(const Caller& caller, const Domain& d) const
+      ABSL_SHARED_LOCKS_REQUIRED(registry_mu_);
+  // CreateDomain's rules: IDENTITY and BLOCKED are the admin's; an untrusted
+  // creator gets strict translated domains only; granted devices exist, sit
+  // behind the SMMU and, when untrusted, get a strict translated type.
+  absl::Status CheckCreateDomain(const Caller& caller, const Smmu& smmu,
+                                 const CreateDomainRequest& request) const;
+  // AttachDevice's rules: a device attaches itself only to domains it may
+  // use (others answer NOT_FOUND, as a missing one); an admin attaches any
+  // device; an untrusted device only to a strict DMA or UNMANAGED domain;
+  // the domain must be on the device's SMMU.
+  absl::Status CheckAttach(const Caller& caller, const DeviceState& dev, const Domain& d) const;
+  // Importing an export: the importer must be allowed (else NOT_FOUND, as an
+  // unknown token); a read-only export maps for TO_DEVICE only.
+  absl::Status CheckImport(const DeviceState& importer, const internal::ExportRecord& e,
+                           const std::string& token, DmaDirection direction) const;
+  // Holds the caller's session open (shared) for the duration of an
+  // operation that creates resources under it, so its release cannot start
+  // until the operation is done and no operation can start after it began.
+  // NOT_FOUND for an unknown, closed or foreign session id (a device may use
+  // only its own sessions; an admin any). Empty for session 0.
+  class SessionPin {
+   public:
+    SessionPin() = default;
+    explicit SessionPin(std::shared_ptr<SessionGate> gate) : gate_(std::move(gate)) {}
+    SessionPin(SessionPin&& o) noexcept : gate_(std::move(o.gate_)) {}
+    SessionPin& operator=(SessionPin&&) = delete;
+    ~SessionPin() {
+      if (gate_) gate_->mu.ReaderUnlock();
+    }
+
+   private:
+    std::shared_ptr<SessionGate> gate_;
+  };
+  absl::StatusOr<SessionPin> PinSession(const Caller& caller) const
+      ABSL_LOCKS_EXCLUDED(registry_mu_);
+  // Marks a session's gate closed, waiting for its pinned operations.
+  static void CloseGate(SessionGate& gate);
+  // The effective quotas of a device: its topology overrides, then the
+  // broker's defaults, then the fair share (see Quotas).
+  Quotas EffectiveQuotas(const DeviceConfig& cfg) const;
   // The device's current domain (a reference that outlives registry changes).
   std::shared_ptr<Domain> CurrentDomain(const DeviceState& dev) const
       ABSL_LOCKS_EXCLUDED(registry_mu_);
@@ -184,6 +234,16 @@ class BrokerImpl {
   // Releases everything created under a session.
   void ReleaseSession(uint64_t session_id);
 
+  // --- exports ----------------------------------------------------------------
+  // Revokes every export `match` selects (no new import can use them), then
+  // unmaps each of their live imports, with the IOTLB invalidated (lazy
+  // domains flushed) before it returns. Returns the imports unmapped.
+  // Takes domain locks: call with no domain lock held.
+  uint64_t RevokeExports(const std::function<bool(const internal::ExportRecord&)>& match)
+      ABSL_LOCKS_EXCLUDED(buffers_mu_);
+  // A removed import mapping leaves its export's list.
+  void ForgetImportLocked(const MappingRecord& m) ABSL_EXCLUSIVE_LOCKS_REQUIRED(buffers_mu_);
+
   // --- state ----------------------------------------------------------------
   const Topology topology_;
   const BrokerOptions options_;
@@ -202,9 +262,14 @@ class BrokerImpl {
   std::map<uint64_t, internal::Buffer> buffers_ ABSL_GUARDED_BY(buffers_mu_);
   // Physical start of each buffer run -> (end exclusive, buffer id).
   std::map<uint64_t, std::pair<uint64_t, uint64_t>> runs_ ABSL_GUARDED_BY(buffers_mu_);
+  // By token; export_tokens_ finds the token of an export id.
   absl::flat_hash_map<std::string, internal::ExportRecord> exports_ ABSL_GUARDED_BY(buffers_mu_);
+  absl::flat_hash_map<uint64_t, std::string> export_tokens_ ABSL_GUARDED_BY(buffers_mu_);
   uint64_t next_buffer_id_ ABSL_GUARDED_BY(buffers_mu_) = 1;
   uint64_t next_export_id_ ABSL_GUARDED_BY(buffers_mu_) = 1;
+  // Fair shares computed at Init (see Quotas).
+  uint64_t fair_buffer_bytes_ = 0;
+  absl::flat_hash_map<const Smmu*, uint64_t> fair_domains_;
 
   std::atomic<uint64_t> next_mapping_id_{1};
 };

@@ -4,6 +4,7 @@
 // The broker's internal model: SMMU instances, domains with typed cookies,
 // mapping records and buffers. Only broker*.cc include this.
 
+#include <array>
 #include <atomic>
 #include <cstdint>
 #include <map>
@@ -18,6 +19,7 @@
 #include "absl/synchronization/mutex.h"
 #include "core/broker_mappings.h"
 #include "core/broker_types.h"
+#include "core/fault_ring.h"
 #include "core/flush_queue.h"
 #include "core/io_pgtable.h"
 #include "core/iotlb.h"
@@ -94,6 +96,8 @@ class Domain {
   Smmu* smmu = nullptr;
   std::string owner;  // creating device; "" for admin-created and default domains
   bool is_default = false;
+  // Devices besides the owner that may attach themselves (immutable).
+  std::vector<std::string> granted;
   uint64_t session_id = 0;
   uint64_t granule_bytes = 0;
   uint64_t pgsize_bitmap = 0;
@@ -131,12 +135,22 @@ struct Buffer {
   bool free_when_unreferenced = false;
 };
 
-// An exported DMA buffer (GetSgTable with an export token).
+// An exported DMA buffer (GetSgTable with an export token): what it grants,
+// to whom, and every live import of it, so that revocation can unmap them.
 struct ExportRecord {
+  uint64_t export_id = 0;  // internal handle; the token is the map key
   std::string exporter;
   uint64_t exporter_granule = 0;
   std::vector<PhysRun> chunks;
   std::vector<uint64_t> buffer_ids;
+  std::vector<std::string> importers_allowed;  // empty: any device
+  bool writable = false;
+  struct Import {
+    std::weak_ptr<Domain> domain;
+    uint64_t iova = 0;
+    uint64_t mapping_id = 0;
+  };
+  std::vector<Import> imports;
 };
 
 // Per-device state. `current` is guarded by the broker's registry_mu_; quota
@@ -151,6 +165,9 @@ struct DeviceState {
   std::atomic<uint64_t> mappings{0};
   std::atomic<uint64_t> buffers{0};
   std::atomic<uint64_t> buffer_bytes{0};
+  std::atomic<uint64_t> domains{0};  // non-default domains it owns
+  // Its own faults by FaultType (what a device's GetStats shows).
+  std::array<std::atomic<uint64_t>, kNumFaultTypes> faults_by_type{};
 };
 
 }  // namespace iommu::core::internal

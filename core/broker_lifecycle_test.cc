@@ -40,7 +40,7 @@ class BrokerLifecycleTest : public ::testing::Test {
     return *r;
   }
   uint64_t StaleHits(const std::string& smmu) {
-    for (const SmmuStats& s : broker_->GetStats(Caller::Admin()).smmus) {
+    for (const SmmuStats& s : testing::Value(broker_->GetStats(Caller::Admin())).smmus) {
       if (s.name == smmu) return s.iotlb.stale_hits;
     }
     return ~uint64_t{0};
@@ -93,7 +93,7 @@ TEST_F(BrokerLifecycleTest, LazyUnmapCountsStaleHitsUntilTheFlush) {
   clock_.now += opts_.flush_queue_timeout + absl::Milliseconds(1);
   broker_->Tick();
   EXPECT_TRUE(Tr("nic0", b).faulted);
-  auto stats = broker_->GetStats(Caller::Admin());
+  auto stats = broker_->GetStats(Caller::Admin()).value();
   for (const DomainStats& d : stats.domains) {
     if (d.domain_id != fq->domain_id) continue;
     ASSERT_TRUE(d.flush_queue.has_value());
@@ -103,9 +103,9 @@ TEST_F(BrokerLifecycleTest, LazyUnmapCountsStaleHitsUntilTheFlush) {
 }
 
 TEST_F(BrokerLifecycleTest, UntrustedDevicesAreAlwaysStrict) {
-  auto fq = broker_->CreateDomain(Dev("tbt0"), {.smmu = "smmu0", .type = DomainType::kDmaFq});
+  auto fq = broker_->CreateDomain(Caller::Admin(), {.smmu = "smmu0", .type = DomainType::kDmaFq});
   ASSERT_TRUE(fq.ok());
-  absl::Status s = broker_->AttachDevice(Dev("tbt0"), "tbt0", fq->domain_id);
+  absl::Status s = broker_->AttachDevice(Caller::Admin(), "tbt0", fq->domain_id);
   EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_THAT(s.message(), HasSubstr("untrusted"));
 }
@@ -137,7 +137,7 @@ TEST_F(BrokerLifecycleTest, SessionExpiryReleasesEverything) {
             absl::StatusCode::kNotFound);
   EXPECT_EQ(broker_->GetDomain(Caller::Admin(), dom->domain_id).status().code(),
             absl::StatusCode::kNotFound);
-  const DeviceInfo info = broker_->ListDevices(Dev("gpu0"))[0];
+  const DeviceInfo info = broker_->ListDevices(Dev("gpu0")).value()[0];
   EXPECT_EQ(info.mappings, 1u);
   EXPECT_EQ(info.buffers, 1u);
   EXPECT_EQ(broker_->KeepAlive(Dev("gpu0"), *sid).code(), absl::StatusCode::kNotFound);
@@ -150,7 +150,7 @@ TEST_F(BrokerLifecycleTest, CloseSessionReleasesAndDetaches) {
   ASSERT_TRUE(dom.ok());
   ASSERT_TRUE(broker_->AttachDevice(Dev("nic0"), "nic0", dom->domain_id).ok());
   ASSERT_TRUE(broker_->CloseSession(Dev("nic0"), *sid).ok());
-  const DeviceInfo info = broker_->ListDevices(Dev("nic0"))[0];
+  const DeviceInfo info = broker_->ListDevices(Dev("nic0")).value()[0];
   EXPECT_EQ(info.current_domain_id, info.default_domain_id);
   EXPECT_EQ(broker_->CloseSession(Dev("nic0"), *sid).code(), absl::StatusCode::kNotFound);
 }
@@ -179,9 +179,10 @@ TEST_F(BrokerLifecycleTest, FaultsAreRecordedWithSequenceAndOverflowIsCounted) {
   ASSERT_EQ(span->pages.size(), 1u);
   EXPECT_EQ(span->fault_iova, a + 4 * KiB);
   // BLOCKED domain; unknown stream; beyond the aperture.
-  auto blocked = broker_->CreateDomain(Dev("dsp0"), {.smmu = "smmu1", .type = DomainType::kBlocked});
+  auto blocked =
+      broker_->CreateDomain(Caller::Admin(), {.smmu = "smmu1", .type = DomainType::kBlocked});
   ASSERT_TRUE(blocked.ok());
-  ASSERT_TRUE(broker_->AttachDevice(Dev("dsp0"), "dsp0", blocked->domain_id).ok());
+  ASSERT_TRUE(broker_->AttachDevice(Caller::Admin(), "dsp0", blocked->domain_id).ok());
   auto bl = broker_->Translate(Dev("dsp0"), {.device = "dsp0", .iova = 0x1000, .access = Read()});
   EXPECT_EQ(bl->fault_type, "blocked");
   auto us = broker_->Translate(Caller::Admin(), {.smmu = "smmu0", .stream_id = 0x7777,
@@ -206,7 +207,7 @@ TEST_F(BrokerLifecycleTest, FaultsAreRecordedWithSequenceAndOverflowIsCounted) {
   auto late = broker_->ReadFaults(Caller::Admin(), 0, 100);
   EXPECT_EQ(late->records.size(), 8u);
   EXPECT_EQ(late->lost, 7u);
-  EXPECT_EQ(broker_->GetStats(Caller::Admin()).faults.dropped_total, 7u);
+  EXPECT_EQ(broker_->GetStats(Caller::Admin()).value().faults.dropped_total, 7u);
 }
 
 TEST_F(BrokerLifecycleTest, IdentityDomainBypasses) {
@@ -223,14 +224,14 @@ TEST_F(BrokerLifecycleTest, IdentityDomainBypasses) {
 TEST_F(BrokerLifecycleTest, DomainLifecycleAndContexts) {
   // smmu1 has four contexts; its two default domains hold two.
   auto d1 = broker_->CreateDomain(Dev("cam0"), {.smmu = "smmu1"});
-  auto d2 = broker_->CreateDomain(Dev("cam0"), {.smmu = "smmu1"});
+  auto d2 = broker_->CreateDomain(Dev("dsp0"), {.smmu = "smmu1"});
   ASSERT_TRUE(d1.ok() && d2.ok());
-  auto d3 = broker_->CreateDomain(Dev("cam0"), {.smmu = "smmu1"});
+  auto d3 = broker_->CreateDomain(Caller::Admin(), {.smmu = "smmu1"});
   EXPECT_EQ(d3.status().code(), absl::StatusCode::kResourceExhausted);
   EXPECT_THAT(d3.status().message(), HasSubstr("translation contexts"));
   // Identity and blocked domains use no context.
-  EXPECT_TRUE(broker_->CreateDomain(Dev("cam0"), {.smmu = "smmu1",
-                                                  .type = DomainType::kBlocked}).ok());
+  EXPECT_TRUE(broker_->CreateDomain(Caller::Admin(), {.smmu = "smmu1",
+                                                      .type = DomainType::kBlocked}).ok());
   // Shared domain: both devices of smmu1 attach to one domain.
   ASSERT_TRUE(broker_->AttachDevice(Dev("cam0"), "cam0", d1->domain_id).ok());
   ASSERT_TRUE(broker_->AttachDevice(Caller::Admin(), "dsp0", d1->domain_id).ok());
@@ -247,7 +248,7 @@ TEST_F(BrokerLifecycleTest, DomainLifecycleAndContexts) {
   // The context is free again.
   EXPECT_TRUE(broker_->CreateDomain(Dev("cam0"), {.smmu = "smmu1"}).ok());
   // Default domains cannot be destroyed.
-  const uint64_t dflt = broker_->ListDevices(Dev("cam0"))[0].default_domain_id;
+  const uint64_t dflt = broker_->ListDevices(Dev("cam0")).value()[0].default_domain_id;
   EXPECT_EQ(broker_->DestroyDomain(Caller::Admin(), dflt).code(),
             absl::StatusCode::kFailedPrecondition);
 }

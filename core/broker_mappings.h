@@ -51,6 +51,7 @@ struct MappingRecord {
   InlinedOne<MappedPiece> pieces;         // in IOVA order
   InlinedOne<uint64_t> buffer_refs;       // buffers holding one reference each
   uint64_t owned_buffer_id = 0;           // Alloc: freed with the mapping
+  uint64_t export_id = 0;                 // kImport: the export it imports
   uint64_t mapped_bytes = 0;              // charged to the device's quota
   std::vector<DmaSegment> segments;       // MapSg result, for GetSgTable/Get
 };

@@ -116,10 +116,9 @@ absl::Status BrokerImpl::ResolveAndRefLocked(const Caller& caller, const DeviceS
   }
   internal::Buffer& b = *found;
   if (!caller.admin && b.device != dev.config.name) {
-    return FieldError(absl::StatusCode::kPermissionDenied, absl::StrCat(field, ".buffer_id"),
-                      mem.buffer_id,
-                      absl::StrFormat("buffer belongs to another device, not %s",
-                                      dev.config.name));
+    // Another device's buffer answers as a missing one (no existence oracle).
+    return FieldError(absl::StatusCode::kNotFound, absl::StrCat(field, ".buffer_id"),
+                      mem.buffer_id, "no such buffer");
   }
   const auto last = LastOfRange(mem.offset_bytes, mem.length_bytes);
   if (!last || *last >= b.alloc.size_bytes) {
@@ -189,6 +188,7 @@ absl::Status BrokerImpl::FreeBufferLocked(uint64_t buffer_id) {
   for (auto e = exports_.begin(); e != exports_.end();) {
     const auto& ids = e->second.buffer_ids;
     if (std::find(ids.begin(), ids.end(), buffer_id) != ids.end()) {
+      export_tokens_.erase(e->second.export_id);
       exports_.erase(e++);
     } else {
       ++e;
@@ -253,6 +253,7 @@ absl::StatusOr<BufferInfo> Broker::AllocBuffer(const Caller& caller, const std::
                                                uint64_t size_bytes, Placement placement,
                                                const std::string& pool) {
   ASSIGN_OR_RETURN(auto* dev, impl_->ActAs(caller, device));
+  ASSIGN_OR_RETURN(BrokerImpl::SessionPin pin, impl_->PinSession(caller));
   absl::MutexLock l(&impl_->buffers_mu_);
   ASSIGN_OR_RETURN(internal::Buffer * b,
                    impl_->NewBufferLocked(*dev, caller.session_id, size_bytes, placement, pool));
@@ -260,15 +261,38 @@ absl::StatusOr<BufferInfo> Broker::AllocBuffer(const Caller& caller, const std::
 }
 
 absl::Status Broker::FreeBuffer(const Caller& caller, uint64_t buffer_id) {
+  auto exports_it = [buffer_id](const internal::ExportRecord& e) {
+    return std::find(e.buffer_ids.begin(), e.buffer_ids.end(), buffer_id) != e.buffer_ids.end();
+  };
+  auto check = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(impl_->buffers_mu_) -> absl::Status {
+    auto it = impl_->buffers_.find(buffer_id);
+    if (it == impl_->buffers_.end() || (!caller.admin && it->second.device != caller.device)) {
+      return FieldError(absl::StatusCode::kNotFound, "buffer_id", buffer_id, "no such buffer");
+    }
+    if (it->second.backs_alloc) {
+      return FieldError(absl::StatusCode::kFailedPrecondition, "buffer_id", buffer_id,
+                        "backs a DMA allocation; release it with Free");
+    }
+    // Importers' references do not keep the owner from freeing (their
+    // imports are revoked); the owner's own mappings do.
+    uint64_t import_refs = 0;
+    for (const auto& [token, e] : impl_->exports_) {
+      if (exports_it(e)) import_refs += e.imports.size();
+    }
+    if (it->second.map_refs > import_refs) {
+      return FieldError(absl::StatusCode::kFailedPrecondition, "buffer_id", buffer_id,
+                        absl::StrFormat("still referenced by %d mapping(s); unmap first",
+                                        it->second.map_refs - import_refs));
+    }
+    return absl::OkStatus();
+  };
+  {
+    absl::MutexLock l(&impl_->buffers_mu_);
+    RETURN_IF_ERROR(check());
+  }
+  impl_->RevokeExports(exports_it);
   absl::MutexLock l(&impl_->buffers_mu_);
-  auto it = impl_->buffers_.find(buffer_id);
-  if (it == impl_->buffers_.end() || (!caller.admin && it->second.device != caller.device)) {
-    return FieldError(absl::StatusCode::kNotFound, "buffer_id", buffer_id, "no such buffer");
-  }
-  if (it->second.backs_alloc) {
-    return FieldError(absl::StatusCode::kFailedPrecondition, "buffer_id", buffer_id,
-                      "backs a DMA allocation; release it with Free");
-  }
+  RETURN_IF_ERROR(check());
   return impl_->FreeBufferLocked(buffer_id);
 }
 

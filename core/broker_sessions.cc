@@ -20,9 +20,11 @@ using internal::Smmu;
 // --- sessions -------------------------------------------------------------------
 
 absl::StatusOr<uint64_t> Broker::OpenSession(const Caller& caller, absl::Duration ttl) {
-  if (!caller.admin) RETURN_IF_ERROR(impl_->ActAs(caller, caller.device).status());
+  RETURN_IF_ERROR(impl_->CheckCaller(caller));
+  const uint64_t limit =
+      caller.admin ? UINT64_MAX : impl_->devices_.at(caller.device)->quotas.max_sessions;
   absl::MutexLock l(&impl_->registry_mu_);
-  return impl_->sessions_.Open(caller.device, ttl, impl_->options_.now());
+  return impl_->sessions_.Open(caller.device, ttl, impl_->options_.now(), limit);
 }
 
 absl::Status Broker::KeepAlive(const Caller& caller, uint64_t session_id) {
@@ -35,6 +37,7 @@ absl::Status Broker::KeepAlive(const Caller& caller, uint64_t session_id) {
 }
 
 absl::Status Broker::CloseSession(const Caller& caller, uint64_t session_id) {
+  std::shared_ptr<SessionGate> gate;
   {
     absl::MutexLock l(&impl_->registry_mu_);
     const SessionInfo* s = impl_->sessions_.Find(session_id);
@@ -42,20 +45,25 @@ absl::Status Broker::CloseSession(const Caller& caller, uint64_t session_id) {
       return FieldError(absl::StatusCode::kNotFound, "session_id", session_id,
                         "no such session");
     }
+    gate = s->gate;
     RETURN_IF_ERROR(impl_->sessions_.Close(session_id));
   }
+  // Operations pinning the session finish first; none starts after.
+  BrokerImpl::CloseGate(*gate);
   impl_->ReleaseSession(session_id);
   return absl::OkStatus();
 }
 
 int Broker::Tick() {
   std::vector<uint64_t> expired;
+  std::vector<std::shared_ptr<SessionGate>> gates;
   std::vector<std::shared_ptr<Domain>> domains;
   {
     absl::MutexLock l(&impl_->registry_mu_);
-    expired = impl_->sessions_.Expire(impl_->options_.now());
+    expired = impl_->sessions_.Expire(impl_->options_.now(), &gates);
     for (const auto& [id, d] : impl_->domains_) domains.push_back(d);
   }
+  for (const auto& gate : gates) BrokerImpl::CloseGate(*gate);
   for (uint64_t id : expired) impl_->ReleaseSession(id);
   for (const auto& d : domains) {
     absl::MutexLock dl(&d->mu);

@@ -39,6 +39,14 @@ inline std::unique_ptr<Broker> MakeBroker(BrokerOptions options = {},
   return b.ok() ? *std::move(b) : nullptr;
 }
 
+// The value of a StatusOr by value (a range-for over `f().value()` would
+// iterate a destroyed temporary); fails the test when it holds an error.
+template <typename T>
+T Value(absl::StatusOr<T> s) {
+  EXPECT_TRUE(s.ok()) << s.status();
+  return s.ok() ? *std::move(s) : T{};
+}
+
 inline Access Read() { return {AccessKind::kRead, false}; }
 inline Access Write() { return {AccessKind::kWrite, false}; }
 

@@ -69,6 +69,7 @@ absl::StatusOr<TranslateResult> Broker::Translate(const Caller& caller,
                                           .domain_id = d->id,
                                           .iova = Iova(at),
                                           .access = request.access});
+    dev->faults_by_type[size_t(type)].fetch_add(1, std::memory_order_relaxed);
     absl::MutexLock l(&smmu.mu);
     ++smmu.translations_fault;
   };
@@ -161,6 +162,12 @@ absl::StatusOr<MsiCookieResult> Broker::MsiCookie(const Caller& caller,
     {
       absl::ReaderMutexLock l(&impl_->registry_mu_);
       ASSIGN_OR_RETURN(d, impl_->FindDomain(*request.domain_id));
+    }
+    {
+      absl::ReaderMutexLock l(&impl_->registry_mu_);
+      if (!impl_->MaySee(caller, *d)) {
+        return FieldError(absl::StatusCode::kNotFound, "domain_id", d->id, "no such domain");
+      }
     }
     if (!caller.admin && d->owner != request.device) {
       return FieldError(absl::StatusCode::kPermissionDenied, "domain_id", d->id,
@@ -317,7 +324,8 @@ absl::StatusOr<MsiCookieResult> Broker::MsiCookie(const Caller& caller,
 
 std::vector<SmmuConfig> Broker::ListIommus() const { return impl_->topology_.smmus; }
 
-std::vector<DeviceInfo> Broker::ListDevices(const Caller& caller) const {
+absl::StatusOr<std::vector<DeviceInfo>> Broker::ListDevices(const Caller& caller) const {
+  RETURN_IF_ERROR(impl_->CheckCaller(caller));
   std::vector<DeviceInfo> out;
   absl::ReaderMutexLock l(&impl_->registry_mu_);
   for (const DeviceConfig& cfg : impl_->topology_.devices) {
@@ -334,19 +342,27 @@ std::vector<DeviceInfo> Broker::ListDevices(const Caller& caller) const {
   return out;
 }
 
-BrokerStats Broker::GetStats(const Caller& caller) const {
+absl::StatusOr<BrokerStats> Broker::GetStats(const Caller& caller) const {
+  RETURN_IF_ERROR(impl_->CheckCaller(caller));
   BrokerStats out;
   std::vector<std::shared_ptr<Domain>> domains;
   {
     absl::ReaderMutexLock l(&impl_->registry_mu_);
     for (const auto& [id, d] : impl_->domains_) {
-      if (caller.admin || d->owner == caller.device ||
-          std::find(d->attached.begin(), d->attached.end(), caller.device) != d->attached.end()) {
-        domains.push_back(d);
-      }
+      if (impl_->MaySee(caller, *d)) domains.push_back(d);
+    }
+  }
+  if (!caller.admin) {
+    // A device's view: its domains and its own fault counts, nothing shared.
+    const auto& dev = *impl_->devices_.at(caller.device);
+    out.faults.capacity = impl_->faults_->Stats().capacity;
+    for (size_t t = 0; t < kNumFaultTypes; ++t) {
+      out.faults.pushed_by_type[t] = dev.faults_by_type[t].load(std::memory_order_relaxed);
+      out.faults.pushed_total += out.faults.pushed_by_type[t];
     }
   }
   for (const auto& s : impl_->smmus_) {
+    if (!caller.admin) break;
     absl::MutexLock l(&s->mu);
     out.smmus.push_back({.name = s->config.name,
                          .iotlb = s->iotlb->stats(),
@@ -370,13 +386,16 @@ BrokerStats Broker::GetStats(const Caller& caller) const {
     }
     out.domains.push_back(std::move(ds));
   }
-  out.faults = impl_->faults_->Stats();
-  out.pools = impl_->memory_->Stats();
+  if (caller.admin) {
+    out.faults = impl_->faults_->Stats();
+    out.pools = impl_->memory_->Stats();
+  }
   return out;
 }
 
 absl::StatusOr<FaultReadResult> Broker::ReadFaults(const Caller& caller, uint64_t after_seq,
                                                    size_t max_records) const {
+  RETURN_IF_ERROR(impl_->CheckCaller(caller));
   ASSIGN_OR_RETURN(FaultReadResult r, impl_->faults_->ReadSince(after_seq, max_records));
   if (!caller.admin) {
     // A device sees its own faults only; the lost count stays whole.

@@ -137,10 +137,20 @@ struct AllocResult {
   std::vector<uint64_t> page_sizes_used;  // distinct page-table page sizes, descending
 };
 
+// What an export token allows (GetSgTable with an export).
+struct ExportGrant {
+  // The devices that may import; empty: any device.
+  std::vector<std::string> importers;
+  // Importers may map it for device writes too; otherwise TO_DEVICE only.
+  bool writable = false;
+};
+
 struct SgTableResult {
   std::vector<PhysRun> chunks;  // maximal physically contiguous chunks, in IOVA order
   uint64_t size_bytes = 0;
-  std::string export_token;     // empty unless asked for
+  // Empty unless asked for: "iexp_" and 32 hex digits (128 bits from the OS
+  // CSPRNG), valid until revoked or the buffer is freed.
+  std::string export_token;
 };
 
 struct MsiCookieRequest {
@@ -161,6 +171,10 @@ struct CreateDomainRequest {
   std::string smmu;
   DomainType type = DomainType::kDma;
   uint64_t granule_bytes = 0;  // 0: the SMMU's smallest
+  // Devices (behind the same SMMU) that may attach themselves to the domain
+  // besides its owner. An admin-created domain is reachable only by these
+  // and by the admin's own AttachDevice calls.
+  std::vector<std::string> granted_devices;
 };
 
 struct DomainInfo {
@@ -169,6 +183,7 @@ struct DomainInfo {
   DomainType type = DomainType::kDma;
   std::string owner;  // creating device, "" for admin/default
   bool is_default = false;
+  std::vector<std::string> granted_devices;
   uint64_t granule_bytes = 0;
   uint64_t pgsize_bitmap = 0;
   unsigned ias_bits = 0, oas_bits = 0;
@@ -224,12 +239,6 @@ struct TranslateResult {
   uint64_t fault_iova = 0;
 };
 
-struct Quotas {
-  uint64_t max_mapped_bytes = uint64_t{64} << 30;
-  uint64_t max_mappings = 1u << 20;
-  uint64_t max_buffers = 1u << 16;
-  uint64_t max_buffer_bytes = uint64_t{16} << 30;
-};
 
 }  // namespace iommu::core
 

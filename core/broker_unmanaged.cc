@@ -22,6 +22,7 @@ absl::StatusOr<MapResult> Broker::MapAt(const Caller& caller, const std::string&
                                         uint64_t iova, const MemRef& mem, DmaDirection direction,
                                         DmaAttrs attrs) {
   ASSIGN_OR_RETURN(auto* dev, impl_->ActAs(caller, device));
+  ASSIGN_OR_RETURN(BrokerImpl::SessionPin pin, impl_->PinSession(caller));
   std::shared_ptr<Domain> d = impl_->CurrentDomain(*dev);
   if (d->type != DomainType::kUnmanaged) {
     return FieldError(absl::StatusCode::kFailedPrecondition, "domain_id", d->id,

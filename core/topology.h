@@ -38,6 +38,24 @@ struct SmmuConfig {
   unsigned iotlb_ways = 4;
 };
 
+// Per-device limits. A field of 0 is "not set": a device's topology entry
+// overrides the broker's defaults field by field, and what is still 0 gets
+// the fair share computed from the topology, so that the defaults leave room
+// for every device: buffer bytes = the pools' RAM / the number of devices;
+// domains = the contexts of the device's SMMU left after every device's
+// default domain, split evenly between its devices (at least 1).
+struct Quotas {
+  // Every field 0: what a device's topology entry starts from.
+  static constexpr Quotas Unset() { return Quotas{0, 0, 0, 0, 0, 0}; }
+
+  uint64_t max_mapped_bytes = uint64_t{64} << 30;
+  uint64_t max_mappings = 1u << 20;
+  uint64_t max_buffers = 1u << 16;
+  uint64_t max_buffer_bytes = 0;  // 0: fair share of the pools
+  uint64_t max_domains = 0;       // 0: fair share of the SMMU's contexts
+  uint64_t max_sessions = 64;
+};
+
 struct DeviceConfig {
   std::string name;
   std::string smmu;
@@ -51,6 +69,7 @@ struct DeviceConfig {
   bool pci = false;              // PCI devices get 32-bit IOVAs first, as Linux
   std::string msi_doorbell;      // MMIO region holding its MSI doorbell ("" if none)
   uint64_t msi_doorbell_offset = 0;  // doorbell register offset within that region
+  Quotas quotas = Quotas::Unset();   // per-device overrides; 0 fields inherit
 };
 
 struct Topology {

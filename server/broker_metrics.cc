@@ -163,7 +163,7 @@ void CollectSmmu(const core::SmmuStats& s, FamilySet& f) {
 }  // namespace
 
 std::vector<MetricFamily> BrokerCollector::Collect() const {
-  const core::BrokerStats stats = broker_->GetStats(core::Caller::Admin());
+  const core::BrokerStats stats = *broker_->GetStats(core::Caller::Admin());
   FamilySet f;
   for (const core::DomainStats& d : stats.domains) CollectDomain(d, f);
   for (const core::SmmuStats& s : stats.smmus) CollectSmmu(s, f);

@@ -24,8 +24,10 @@ ServerUnaryReactor* DevicesService::ListDevices(CallbackServerContext* context,
                                                 const v1::ListDevicesRequest* request,
                                                 v1::ListDevicesResponse* response) {
   return ServeUnary(env_, context, Method::kListDevices, request->device(),
-                    [&](const core::Caller& caller) {
-                      for (const core::DeviceInfo& d : env_.broker->ListDevices(caller)) {
+                    [&](const core::Caller& caller) -> absl::Status {
+                      ASSIGN_OR_RETURN(std::vector<core::DeviceInfo> devices,
+                                       env_.broker->ListDevices(caller));
+                      for (const core::DeviceInfo& d : devices) {
                         ToProto(d, response->add_devices());
                       }
                       return absl::OkStatus();

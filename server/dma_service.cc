@@ -73,11 +73,30 @@ ServerUnaryReactor* DmaService::GetSgTable(CallbackServerContext* context,
                                            v1::GetSgTableResponse* response) {
   return ServeUnary(env_, context, Method::kGetSgTable, request->device(),
                     [&](const core::Caller& caller) -> absl::Status {
+                      std::optional<core::ExportGrant> grant;
+                      if (request->export_()) {
+                        grant = core::ExportGrant{
+                            .importers = {request->export_importers().begin(),
+                                          request->export_importers().end()},
+                            .writable = request->export_writable()};
+                      }
                       ASSIGN_OR_RETURN(core::SgTableResult result,
                                        env_.broker->GetSgTable(caller, caller.device,
                                                                request->dma_addr(),
-                                                               request->export_()));
+                                                               std::move(grant)));
                       ToProto(result, response);
+                      return absl::OkStatus();
+                    });
+}
+
+ServerUnaryReactor* DmaService::RevokeExport(CallbackServerContext* context,
+                                             const v1::RevokeExportRequest* request,
+                                             v1::RevokeExportResponse* response) {
+  return ServeUnary(env_, context, Method::kRevokeExport, request->device(),
+                    [&](const core::Caller& caller) -> absl::Status {
+                      ASSIGN_OR_RETURN(uint64_t unmapped,
+                                       env_.broker->RevokeExport(caller, request->export_token()));
+                      response->set_imports_unmapped(unmapped);
                       return absl::OkStatus();
                     });
 }

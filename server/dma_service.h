@@ -35,6 +35,9 @@ class DmaService final : public v1::Dma::CallbackService {
   grpc::ServerUnaryReactor* GetSgTable(grpc::CallbackServerContext* context,
                                        const v1::GetSgTableRequest* request,
                                        v1::GetSgTableResponse* response) override;
+  grpc::ServerUnaryReactor* RevokeExport(grpc::CallbackServerContext* context,
+                                         const v1::RevokeExportRequest* request,
+                                         v1::RevokeExportResponse* response) override;
   grpc::ServerUnaryReactor* MsiCookie(grpc::CallbackServerContext* context,
                                       const v1::MsiCookieRequest* request,
                                       v1::MsiCookieResponse* response) override;

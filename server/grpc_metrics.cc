@@ -15,6 +15,7 @@ constexpr MethodInfo kMethods[kNumMethods] = {
     {"iommu.v1.Dma", "Alloc", RpcType::kUnary},
     {"iommu.v1.Dma", "Free", RpcType::kUnary},
     {"iommu.v1.Dma", "GetSgTable", RpcType::kUnary},
+    {"iommu.v1.Dma", "RevokeExport", RpcType::kUnary},
     {"iommu.v1.Dma", "MsiCookie", RpcType::kUnary},
     {"iommu.v1.Dma", "MapAt", RpcType::kUnary},
     {"iommu.v1.Dma", "UnmapRange", RpcType::kUnary},

@@ -32,7 +32,8 @@ enum class RpcType { kUnary, kServerStream, kBidiStream };
 // Every RPC of iommu.v1, in proto order.
 enum class Method : int {
   // iommu.v1.Dma
-  kMap, kUnmap, kMapSg, kUnmapSg, kAlloc, kFree, kGetSgTable, kMsiCookie, kMapAt, kUnmapRange,
+  kMap, kUnmap, kMapSg, kUnmapSg, kAlloc, kFree, kGetSgTable, kRevokeExport, kMsiCookie, kMapAt,
+  kUnmapRange,
   kSync, kBatch,
   // iommu.v1.Memory
   kAllocBuffer, kFreeBuffer, kGetBuffer,

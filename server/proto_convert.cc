@@ -189,8 +189,11 @@ core::MsiCookieRequest FromProto(const v1::MsiCookieRequest& request, const std:
 absl::StatusOr<core::CreateDomainRequest> FromProto(const v1::CreateDomainRequest& request) {
   auto type = FromProto(request.type());
   if (!type.ok()) return type.status();
-  return core::CreateDomainRequest{.smmu = request.smmu(), .type = *type,
-                                   .granule_bytes = request.granule_bytes()};
+  return core::CreateDomainRequest{
+      .smmu = request.smmu(),
+      .type = *type,
+      .granule_bytes = request.granule_bytes(),
+      .granted_devices = {request.granted_devices().begin(), request.granted_devices().end()}};
 }
 
 absl::StatusOr<core::TranslateRequest> FromProto(const v1::TranslateRequest& request,
@@ -285,6 +288,7 @@ void ToProto(const core::DomainInfo& d, v1::Domain* out) {
   out->set_vmid(d.vmid);
   out->set_strict(d.strict);
   for (const std::string& dev : d.devices) out->add_devices(dev);
+  for (const std::string& dev : d.granted_devices) out->add_granted_devices(dev);
   out->set_mappings(d.mappings);
   out->set_mapped_bytes(d.mapped_bytes);
   if (d.msi_window) {

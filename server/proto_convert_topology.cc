@@ -64,6 +64,13 @@ absl::StatusOr<core::Topology> FromProto(const v1::Topology& topology) {
                               .msi_doorbell_offset = d.msi_doorbell_offset()};
     if (d.max_segment_size_bytes() != 0) device.max_segment_size_bytes = d.max_segment_size_bytes();
     if (d.segment_boundary_mask() != 0) device.segment_boundary_mask = d.segment_boundary_mask();
+    const v1::DeviceQuotas& q = d.quotas();
+    device.quotas = {.max_mapped_bytes = q.max_mapped_bytes(),
+                     .max_mappings = q.max_mappings(),
+                     .max_buffers = q.max_buffers(),
+                     .max_buffer_bytes = q.max_buffer_bytes(),
+                     .max_domains = q.max_domains(),
+                     .max_sessions = q.max_sessions()};
     out.devices.push_back(std::move(device));
   }
   return out;
@@ -95,6 +102,13 @@ void ToProto(const core::DeviceConfig& d, v1::DeviceConfig* out) {
   out->set_pci(d.pci);
   out->set_msi_doorbell_region(d.msi_doorbell);
   out->set_msi_doorbell_offset(d.msi_doorbell_offset);
+  v1::DeviceQuotas* q = out->mutable_quotas();
+  q->set_max_mapped_bytes(d.quotas.max_mapped_bytes);
+  q->set_max_mappings(d.quotas.max_mappings);
+  q->set_max_buffers(d.quotas.max_buffers);
+  q->set_max_buffer_bytes(d.quotas.max_buffer_bytes);
+  q->set_max_domains(d.quotas.max_domains);
+  q->set_max_sessions(d.quotas.max_sessions);
 }
 
 void ToProto(const core::Topology& topology, v1::Topology* out) {

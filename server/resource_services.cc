@@ -88,8 +88,10 @@ ServerUnaryReactor* DomainsService::ListDomains(CallbackServerContext* context,
                                                 const v1::ListDomainsRequest* request,
                                                 v1::ListDomainsResponse* response) {
   return ServeUnary(env_, context, Method::kListDomains, request->device(),
-                    [&](const core::Caller& caller) {
-                      for (const core::DomainInfo& d : env_.broker->ListDomains(caller)) {
+                    [&](const core::Caller& caller) -> absl::Status {
+                      ASSIGN_OR_RETURN(std::vector<core::DomainInfo> domains,
+                                       env_.broker->ListDomains(caller));
+                      for (const core::DomainInfo& d : domains) {
                         ToProto(d, response->add_domains());
                       }
                       return absl::OkStatus();
@@ -192,8 +194,9 @@ ServerUnaryReactor* StatsService::GetStats(CallbackServerContext* context,
                                            const v1::GetStatsRequest* request,
                                            v1::GetStatsResponse* response) {
   return ServeUnary(env_, context, Method::kGetStats, request->device(),
-                    [&](const core::Caller& caller) {
-                      ToProto(env_.broker->GetStats(caller), response);
+                    [&](const core::Caller& caller) -> absl::Status {
+                      ASSIGN_OR_RETURN(core::BrokerStats stats, env_.broker->GetStats(caller));
+                      ToProto(stats, response);
                       return absl::OkStatus();
                     });
 }
