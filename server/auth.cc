@@ -1,5 +1,8 @@
 #include "server/auth.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+
 #include <fstream>
 #include <sstream>
 #include <vector>
@@ -24,9 +27,10 @@ constexpr absl::string_view kSpiffeAdmin = "spiffe://iommu-broker/admin";
 constexpr absl::string_view kDnsDeviceSuffix = ".device.iommu";
 constexpr absl::string_view kBearerPrefix = "Bearer ";
 
-absl::StatusOr<std::string> ReadFile(const char* flag, const std::string& path) {
+absl::StatusOr<std::string> ReadFile(const char* flag, const std::string& path, AuthMode mode) {
   if (path.empty()) {
-    return core::FieldError(absl::StatusCode::kInvalidArgument, flag, "", "required by --auth");
+    return core::FieldError(absl::StatusCode::kInvalidArgument, flag, "",
+                            absl::StrCat("required by --auth=", AuthModeName(mode)));
   }
   std::ifstream in(path);
   if (!in) return core::FieldError(absl::StatusCode::kNotFound, flag, path, "cannot read the file");
@@ -69,57 +73,125 @@ const char* AuthModeName(AuthMode mode) {
   return "?";
 }
 
-absl::StatusOr<std::unique_ptr<Authenticator>> Authenticator::Create(const AuthOptions& options) {
+absl::StatusOr<std::unique_ptr<Authenticator>> Authenticator::Create(
+    const AuthOptions& options, const absl::flat_hash_set<std::string>& devices) {
   std::unique_ptr<Authenticator> auth(new Authenticator(options));
   if (options.mode == AuthMode::kToken) {
-    auto text = ReadFile("token_file", options.token_file);
-    if (!text.ok()) return text.status();
-    int line_no = 0;
-    for (absl::string_view line : absl::StrSplit(*text, '\n')) {
-      ++line_no;
-      if (size_t hash = line.find('#'); hash != absl::string_view::npos) line = line.substr(0, hash);
-      std::vector<absl::string_view> words =
-          absl::StrSplit(line, absl::ByAnyChar(" \t\r"), absl::SkipEmpty());
-      if (words.empty()) continue;
-      if (words.size() != 2) {
-        return core::FieldError(absl::StatusCode::kInvalidArgument, "token_file",
-                                absl::StrCat(options.token_file, ":", line_no),
-                                "each line must be `<token> <device-name|admin>`");
-      }
-      Identity id = words[1] == "admin"
-                        ? Identity{.kind = Identity::Kind::kAdmin}
-                        : Identity{.kind = Identity::Kind::kDevice, .device = std::string(words[1])};
-      if (!auth->tokens_.emplace(std::string(words[0]), std::move(id)).second) {
-        return core::FieldError(absl::StatusCode::kInvalidArgument, "token_file",
-                                absl::StrCat(options.token_file, ":", line_no), "duplicate token");
-      }
-    }
-    if (auth->tokens_.empty()) {
-      return core::FieldError(absl::StatusCode::kInvalidArgument, "token_file", options.token_file,
-                              "holds no token");
-    }
-  } else if (options.mode == AuthMode::kMtls) {
-    auto cert = ReadFile("tls_cert", options.tls_cert);
+    absl::Status tokens = auth->ReadTokens(devices);
+    if (!tokens.ok()) return tokens;
+  }
+  if (options.mode == AuthMode::kToken || options.mode == AuthMode::kMtls) {
+    auto cert = ReadFile("tls_cert", options.tls_cert, options.mode);
     if (!cert.ok()) return cert.status();
-    auto key = ReadFile("tls_key", options.tls_key);
+    auto key = ReadFile("tls_key", options.tls_key, options.mode);
     if (!key.ok()) return key.status();
-    auto ca = ReadFile("tls_ca", options.tls_ca);
-    if (!ca.ok()) return ca.status();
+    if (options.mode == AuthMode::kMtls) {
+      auto ca = ReadFile("tls_ca", options.tls_ca, options.mode);
+      if (!ca.ok()) return ca.status();
+      auth->ca_pem_ = *std::move(ca);
+    } else if (!options.tls_ca.empty()) {
+      return core::FieldError(absl::StatusCode::kInvalidArgument, "tls_ca", options.tls_ca,
+                              "is the CA of client certificates, for --auth=mtls; --auth=token "
+                              "asks for none");
+    }
     auth->cert_pem_ = *std::move(cert);
     auth->key_pem_ = *std::move(key);
-    auth->ca_pem_ = *std::move(ca);
+    if (!absl::StrContains(auth->cert_pem_, "-----BEGIN CERTIFICATE-----")) {
+      return core::FieldError(absl::StatusCode::kInvalidArgument, "tls_cert", options.tls_cert,
+                              "holds no PEM certificate");
+    }
+    if (!absl::StrContains(auth->key_pem_, "PRIVATE KEY-----")) {
+      return core::FieldError(absl::StatusCode::kInvalidArgument, "tls_key", options.tls_key,
+                              "holds no PEM private key");
+    }
+    if (options.mode == AuthMode::kMtls &&
+        !absl::StrContains(auth->ca_pem_, "-----BEGIN CERTIFICATE-----")) {
+      return core::FieldError(absl::StatusCode::kInvalidArgument, "tls_ca", options.tls_ca,
+                              "holds no PEM certificate");
+    }
   }
   return auth;
 }
 
+absl::Status Authenticator::ReadTokens(const absl::flat_hash_set<std::string>& devices) {
+  const std::string& path = options_.token_file;
+  auto text = ReadFile("token_file", path, options_.mode);
+  if (!text.ok()) return text.status();
+  int line_no = 0;
+  for (absl::string_view line : absl::StrSplit(*text, '\n')) {
+    ++line_no;
+    if (size_t hash = line.find('#'); hash != absl::string_view::npos) line = line.substr(0, hash);
+    std::vector<absl::string_view> words =
+        absl::StrSplit(line, absl::ByAnyChar(" \t\r"), absl::SkipEmpty());
+    if (words.empty()) continue;
+    const std::string where = absl::StrCat(path, ":", line_no);
+    if (words.size() != 2) {
+      return core::FieldError(absl::StatusCode::kInvalidArgument, "token_file", where,
+                              "each line must be `<token> <device-name|admin>`");
+    }
+    // The token itself never appears in a message.
+    if (words[0].size() < kMinTokenChars) {
+      return core::FieldError(
+          absl::StatusCode::kInvalidArgument, "token_file", where,
+          absl::StrCat("the token has ", words[0].size(), " characters; a token needs at least ",
+                       kMinTokenChars, " (e.g. `openssl rand -hex 32`)"));
+    }
+    Identity id{.kind = Identity::Kind::kAdmin};
+    if (words[1] != "admin") {
+      if (!devices.contains(words[1])) {
+        return core::FieldError(absl::StatusCode::kInvalidArgument, "token_file", where,
+                                absl::StrCat("names device \"", words[1],
+                                             "\", which is not in the topology"));
+      }
+      id = Identity{.kind = Identity::Kind::kDevice, .device = std::string(words[1])};
+    }
+    if (!tokens_.emplace(std::string(words[0]), std::move(id)).second) {
+      return core::FieldError(absl::StatusCode::kInvalidArgument, "token_file", where,
+                              "duplicate token");
+    }
+  }
+  if (tokens_.empty()) {
+    return core::FieldError(absl::StatusCode::kInvalidArgument, "token_file", path,
+                            "holds no token");
+  }
+  return absl::OkStatus();
+}
+
 std::shared_ptr<grpc::ServerCredentials> Authenticator::ServerCredentials() const {
-  if (options_.mode != AuthMode::kMtls) return grpc::InsecureServerCredentials();
-  // Request and verify a client certificate, but let a client without one
-  // connect, so that it gets UNAUTHENTICATED rather than a failed handshake.
-  grpc::SslServerCredentialsOptions ssl(GRPC_SSL_REQUEST_CLIENT_CERTIFICATE_AND_VERIFY);
-  ssl.pem_root_certs = ca_pem_;
-  ssl.pem_key_cert_pairs.push_back({key_pem_, cert_pem_});
-  return grpc::SslServerCredentials(ssl);
+  switch (options_.mode) {
+    case AuthMode::kNone: return grpc::InsecureServerCredentials();
+    case AuthMode::kToken: {
+      grpc::SslServerCredentialsOptions ssl(GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE);
+      ssl.pem_key_cert_pairs.push_back({key_pem_, cert_pem_});
+      return grpc::SslServerCredentials(ssl);
+    }
+    case AuthMode::kMtls: {
+      // Request and verify a client certificate, but let a client without one
+      // connect, so that it gets UNAUTHENTICATED rather than a failed handshake.
+      grpc::SslServerCredentialsOptions ssl(GRPC_SSL_REQUEST_CLIENT_CERTIFICATE_AND_VERIFY);
+      ssl.pem_root_certs = ca_pem_;
+      ssl.pem_key_cert_pairs.push_back({key_pem_, cert_pem_});
+      return grpc::SslServerCredentials(ssl);
+    }
+  }
+  return grpc::InsecureServerCredentials();
+}
+
+bool IsLocalListenAddress(absl::string_view address) {
+  if (absl::StartsWith(address, "unix:")) return true;
+  const size_t colon = address.rfind(':');
+  if (colon == absl::string_view::npos) return false;
+  absl::string_view host = address.substr(0, colon);
+  if (absl::ConsumePrefix(&host, "[") && !absl::ConsumeSuffix(&host, "]")) return false;
+  if (absl::EqualsIgnoreCase(host, "localhost")) return true;
+  const std::string literal(host);
+  in_addr v4{};
+  if (inet_pton(AF_INET, literal.c_str(), &v4) == 1) return (ntohl(v4.s_addr) >> 24) == 127;
+  in6_addr v6{};
+  if (inet_pton(AF_INET6, literal.c_str(), &v6) == 1) {
+    return IN6_IS_ADDR_LOOPBACK(&v6) || (IN6_IS_ADDR_V4MAPPED(&v6) && v6.s6_addr[12] == 127);
+  }
+  return false;
 }
 
 absl::StatusOr<Identity> Authenticator::Authenticate(const grpc::ServerContextBase& context) const {

@@ -7,9 +7,12 @@
 #include <exception>
 
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/generic/async_generic_service.h>
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
+#include <grpcpp/impl/server_builder_option.h>
 
+#include "absl/container/flat_hash_set.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -29,12 +32,12 @@ constexpr int kMaxMessageBytes = 64 << 20;  // Batch requests carry many ops
 constexpr absl::Duration kShutdownGrace = absl::Milliseconds(500);
 
 // Removes a stale socket left by a previous run (never any other file).
-absl::Status PrepareUnixSocket(const std::string& address) {
+absl::Status PrepareUnixSocket(absl::string_view flag, const std::string& address) {
   const std::string path = address.substr(5);
   struct stat st {};
   if (lstat(path.c_str(), &st) != 0) return absl::OkStatus();
   if (!S_ISSOCK(st.st_mode)) {
-    return core::FieldError(absl::StatusCode::kAlreadyExists, "listen", address,
+    return core::FieldError(absl::StatusCode::kAlreadyExists, flag, address,
                             "the path exists and is not a socket");
   }
   unlink(path.c_str());
@@ -42,10 +45,45 @@ absl::Status PrepareUnixSocket(const std::string& address) {
 }
 
 void SetServing(grpc::Server* server, bool serving) {
+  if (server == nullptr) return;
   grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService();
   if (health == nullptr) return;
   health->SetServingStatus("", serving);
   for (const char* service : ServiceNames()) health->SetServingStatus(service, serving);
+}
+
+// "host:port" with the port the server bound (unix: addresses unchanged).
+std::string BoundAddress(const std::string& address, int port) {
+  if (absl::StartsWith(address, "unix:")) return address;
+  return absl::StrCat(address.substr(0, address.rfind(':')), ":", port);
+}
+
+// Drops every builder plugin (server reflection), so that the server serves
+// only its registered services and the default health service.
+class NoPluginsOption final : public grpc::ServerBuilderOption {
+ public:
+  void UpdateArguments(grpc::ChannelArguments* /*args*/) override {}
+  void UpdatePlugins(std::vector<std::unique_ptr<grpc::ServerBuilderPlugin>>* plugins) override {
+    plugins->clear();
+  }
+};
+
+// --auth=none trusts every caller: refuse listeners other hosts can reach
+// unless the operator forced it.
+absl::Status CheckUnauthenticatedListeners(const DaemonOptions& options) {
+  if (options.auth.mode != AuthMode::kNone || options.auth.none_allow_remote) {
+    return absl::OkStatus();
+  }
+  for (const std::string& address : options.listen.grpc_addresses) {
+    if (!IsLocalListenAddress(address)) {
+      return core::FieldError(
+          absl::StatusCode::kInvalidArgument, "listen", address,
+          "is reachable from other hosts, and --auth=none trusts every caller: listen on "
+          "unix:, 127.0.0.1 or [::1], use --auth=token or --auth=mtls, or force it with "
+          "--auth_none_allow_remote");
+    }
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace
@@ -53,6 +91,11 @@ void SetServing(grpc::Server* server, bool serving) {
 absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const DaemonOptions& options) {
   std::unique_ptr<Daemon> d(new Daemon());
   d->options_ = options;
+  if (options.listen.grpc_addresses.empty()) {
+    return core::FieldError(absl::StatusCode::kInvalidArgument, "listen", "",
+                            "needs at least one address");
+  }
+  if (absl::Status s = CheckUnauthenticatedListeners(options); !s.ok()) return s;
 
   absl::StatusOr<core::Topology> topology = LoadTopology(options.topology_file);
   if (!topology.ok()) return topology.status();
@@ -63,7 +106,9 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const DaemonOptions& optio
                         absl::StrCat("topology: ", broker.status().message()));
   }
   d->broker_ = *std::move(broker);
-  absl::StatusOr<std::unique_ptr<Authenticator>> auth = Authenticator::Create(options.auth);
+  absl::flat_hash_set<std::string> devices;
+  for (const core::DeviceConfig& device : topology->devices) devices.insert(device.name);
+  absl::StatusOr<std::unique_ptr<Authenticator>> auth = Authenticator::Create(options.auth, devices);
   if (!auth.ok()) return auth.status();
   d->auth_ = *std::move(auth);
   d->grpc_metrics_ = std::make_shared<GrpcMetrics>();
@@ -86,39 +131,60 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const DaemonOptions& optio
   builder.SetMaxReceiveMessageSize(kMaxMessageBytes);
   builder.SetMaxSendMessageSize(kMaxMessageBytes);
   const std::shared_ptr<grpc::ServerCredentials> credentials = d->auth_->ServerCredentials();
-  if (options.listen.grpc_addresses.empty()) {
-    return core::FieldError(absl::StatusCode::kInvalidArgument, "listen", "",
-                            "needs at least one address");
-  }
   std::vector<int> ports(options.listen.grpc_addresses.size(), 0);
   for (size_t i = 0; i < options.listen.grpc_addresses.size(); ++i) {
     const std::string& address = options.listen.grpc_addresses[i];
     if (absl::StartsWith(address, "unix:")) {
-      absl::Status prepared = PrepareUnixSocket(address);
+      absl::Status prepared = PrepareUnixSocket("listen", address);
       if (!prepared.ok()) return prepared;
     }
     builder.AddListeningPort(address, credentials, &ports[i]);
   }
   for (const auto& service : d->services_) builder.RegisterService(service.get());
+  // gRPC reports a certificate its TLS library rejects (a key that does not
+  // match it, say) only as a listener it could not start.
+  const std::string cannot_bind =
+      d->auth_->mode() == AuthMode::kNone
+          ? "cannot bind (address in use or not permitted?)"
+          : "cannot bind (address in use or not permitted, or --tls_cert and --tls_key not a "
+            "matching certificate and key?)";
   d->server_ = builder.BuildAndStart();
   if (d->server_ == nullptr) {
     return core::FieldError(absl::StatusCode::kUnavailable, "listen",
-                            absl::StrJoin(options.listen.grpc_addresses, ","),
-                            "cannot bind (address in use or not permitted?)");
+                            absl::StrJoin(options.listen.grpc_addresses, ","), cannot_bind);
   }
   for (size_t i = 0; i < options.listen.grpc_addresses.size(); ++i) {
     const std::string& address = options.listen.grpc_addresses[i];
     if (ports[i] == 0) {
-      return core::FieldError(absl::StatusCode::kUnavailable, "listen", address, "cannot bind");
+      return core::FieldError(absl::StatusCode::kUnavailable, "listen", address, cannot_bind);
     }
+    d->bound_addresses_.push_back(BoundAddress(address, ports[i]));
+  }
+
+  if (!options.listen.health_address.empty()) {
+    const std::string& address = options.listen.health_address;
     if (absl::StartsWith(address, "unix:")) {
-      d->bound_addresses_.push_back(address);
-    } else {
-      const size_t colon = address.rfind(':');
-      d->bound_addresses_.push_back(absl::StrCat(address.substr(0, colon), ":", ports[i]));
+      absl::Status prepared = PrepareUnixSocket("health_listen", address);
+      if (!prepared.ok()) return prepared;
     }
+    grpc::ServerBuilder health;
+    health.SetOption(std::make_unique<NoPluginsOption>());
+    // Every method but the health service's answers UNIMPLEMENTED (the
+    // generic service's default); it also gives gRPC the callback queue a
+    // server needs before it adds the default health service.
+    d->health_fallback_ = std::make_unique<grpc::CallbackGenericService>();
+    health.RegisterCallbackGenericService(d->health_fallback_.get());
+    int port = 0;
+    health.AddListeningPort(address, grpc::InsecureServerCredentials(), &port);
+    d->health_server_ = health.BuildAndStart();
+    if (d->health_server_ == nullptr || port == 0) {
+      return core::FieldError(absl::StatusCode::kUnavailable, "health_listen", address,
+                              "cannot bind (address in use or not permitted?)");
+    }
+    d->health_address_ = BoundAddress(address, port);
   }
   SetServing(d->server_.get(), true);
+  SetServing(d->health_server_.get(), true);
 
   if (!options.listen.metrics_address.empty()) {
     d->broker_collector_ = std::make_shared<BrokerCollector>(d->broker_.get());
@@ -163,6 +229,7 @@ absl::Status Daemon::Shutdown() {
   LogInfo("draining", absl::StrCat("streams=", streams_.size(), " deadline_s=",
                                    absl::ToDoubleSeconds(options_.drain_timeout)));
   SetServing(server_.get(), false);
+  SetServing(health_server_.get(), false);
   // 1. End the streams (Batch between two requests, watchers at once) and
   //    wait for them, up to the deadline. Unary calls run to completion
   //    inline in their handlers, so they need no tracking.
@@ -175,12 +242,18 @@ absl::Status Daemon::Shutdown() {
   //    channels dropped.
   server_->Shutdown(absl::ToChronoTime(std::min(deadline, absl::Now() + kShutdownGrace)));
   server_->Wait();
+  // Probes see NOT_SERVING for as long as the main server drains.
+  if (health_server_ != nullptr) {
+    health_server_->Shutdown(absl::ToChronoTime(absl::Now() + kShutdownGrace));
+    health_server_->Wait();
+  }
   stop_ticking_.Notify();
   if (ticker_.joinable()) ticker_.join();
   exposer_.reset();
   for (const std::string& address : bound_addresses_) {
     if (absl::StartsWith(address, "unix:")) unlink(address.substr(5).c_str());
   }
+  if (absl::StartsWith(health_address_, "unix:")) unlink(health_address_.substr(5).c_str());
   const bool in_time = streams_done && absl::Now() <= deadline;
   LogInfo("stopped", in_time ? "drained=true" : "drained=false (deadline passed; calls cancelled)");
   if (!in_time) {

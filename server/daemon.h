@@ -3,8 +3,9 @@
 
 // iommud's process-level object: the broker, the gRPC server (every iommu.v1
 // service on the callback API, health, reflection) on Unix sockets and/or
-// TCP, the /metrics exposer, the Tick timer (session leases, flush-queue
-// timeouts) and the graceful drain.
+// TCP, an optional plaintext health-only server for probes, the /metrics
+// exposer, the Tick timer (session leases, flush-queue timeouts) and the
+// graceful drain.
 //
 // Thread-compatible: Start, then Shutdown once, from one thread (main's
 // signal loop); everything it owns is thread-safe.
@@ -14,6 +15,7 @@
 #include <thread>
 #include <vector>
 
+#include <grpcpp/generic/async_generic_service.h>
 #include <grpcpp/server.h>
 
 #include "absl/status/statusor.h"
@@ -38,6 +40,10 @@ struct ListenOptions {
   std::vector<std::string> grpc_addresses = {"unix:/tmp/iommud.sock", "127.0.0.1:50051"};
   // "host:port" of /metrics; empty disables the exposer.
   std::string metrics_address = "127.0.0.1:9477";
+  // "host:port" of a plaintext server with grpc.health.v1.Health only (the
+  // main server's serving status; every other service UNIMPLEMENTED), for
+  // probes that speak no TLS, such as Kubernetes' gRPC probe. Empty: none.
+  std::string health_address;
 };
 
 struct DaemonOptions {
@@ -53,7 +59,9 @@ struct DaemonOptions {
 class Daemon {
  public:
   // Loads the topology, builds the broker, binds every address and starts
-  // serving (health SERVING). Errors name the flag at fault.
+  // serving (health SERVING). Errors name the flag at fault; with
+  // --auth=none, a listen address other hosts can reach is refused (naming
+  // `listen` and the address) unless auth.none_allow_remote.
   static absl::StatusOr<std::unique_ptr<Daemon>> Start(const DaemonOptions& options);
   ~Daemon();
 
@@ -61,6 +69,8 @@ class Daemon {
   const std::vector<std::string>& grpc_addresses() const { return bound_addresses_; }
   // "127.0.0.1:9477", or empty when disabled.
   const std::string& metrics_address() const { return metrics_address_; }
+  // The bound health-only address, or empty when there is none.
+  const std::string& health_address() const { return health_address_; }
 
   // Graceful drain: health NOT_SERVING, streams asked to end, no new calls,
   // in-flight calls finish (cancelled at the --drain_timeout deadline), then
@@ -81,9 +91,12 @@ class Daemon {
   StreamRegistry streams_;
   std::vector<std::unique_ptr<grpc::Service>> services_;
   std::unique_ptr<grpc::Server> server_;
+  std::unique_ptr<grpc::CallbackGenericService> health_fallback_;  // outlives health_server_
+  std::unique_ptr<grpc::Server> health_server_;  // null without --health_listen
   std::unique_ptr<prometheus::Exposer> exposer_;
   std::vector<std::string> bound_addresses_;
   std::string metrics_address_;
+  std::string health_address_;
   absl::Notification stop_ticking_;
   std::thread ticker_;
   bool shut_down_ = false;

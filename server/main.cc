@@ -31,16 +31,25 @@ ABSL_FLAG(std::string, listen, "unix:/tmp/iommud.sock,127.0.0.1:50051",
           "gRPC listen addresses, comma-separated: unix:/path or host:port (port 0 = any)");
 ABSL_FLAG(std::string, metrics_listen, "127.0.0.1:9477",
           "host:port serving Prometheus /metrics; empty disables it");
+ABSL_FLAG(std::string, health_listen, "",
+          "host:port of a plaintext listener serving only grpc.health.v1.Health (the main "
+          "server's status), for probes without TLS such as Kubernetes' gRPC probe; empty = off");
 ABSL_FLAG(std::string, topology, "",
           "host topology, an iommu.v1.Topology textproto file; empty = the built-in default host");
 ABSL_FLAG(std::string, auth, "none",
-          "client identity: none (trust the request's device; demos only), token (bearer tokens "
-          "from --token_file) or mtls (client certificates verified against --tls_ca)");
+          "client identity: none (trust the request's device; demos only, plaintext, loopback "
+          "and unix: listeners only), token (bearer tokens from --token_file, over TLS) or mtls "
+          "(client certificates verified against --tls_ca)");
 ABSL_FLAG(std::string, token_file, "",
-          "--auth=token: file of `<token> <device-name|admin>` lines, '#' comments");
-ABSL_FLAG(std::string, tls_cert, "", "--auth=mtls: the server certificate (PEM)");
-ABSL_FLAG(std::string, tls_key, "", "--auth=mtls: the server private key (PEM)");
+          "--auth=token: file of `<token> <device-name|admin>` lines, '#' comments; each token "
+          "at least 16 characters, each device one of the topology");
+ABSL_FLAG(std::string, tls_cert, "",
+          "--auth=token and --auth=mtls: the server certificate (PEM); every listener serves TLS");
+ABSL_FLAG(std::string, tls_key, "", "--auth=token and --auth=mtls: the server private key (PEM)");
 ABSL_FLAG(std::string, tls_ca, "", "--auth=mtls: CA bundle that signs client certificates (PEM)");
+ABSL_FLAG(bool, auth_none_allow_remote, false,
+          "--auth=none: also listen on addresses other hosts can reach (not loopback, not unix:); "
+          "every caller on the network is then trusted");
 ABSL_FLAG(uint64_t, quota_mapped_bytes, kDefaultQuotas.max_mapped_bytes,
           "per-device quota: bytes mapped at once");
 ABSL_FLAG(uint64_t, quota_mappings, kDefaultQuotas.max_mappings,
@@ -88,7 +97,9 @@ int main(int argc, char** argv) {
       "the single authority for DMA address translation on a host, served over gRPC.\n"
       "Usage: iommud [--listen=ADDR[,ADDR]] [--metrics_listen=HOST:PORT] [--topology=FILE]\n"
       "              [--auth=none|token|mtls ...]   (every flag has a default; plain `iommud` "
-      "runs)");
+      "runs)\n"
+      "  --auth=token needs --token_file, --tls_cert and --tls_key; --auth=mtls needs --tls_cert,\n"
+      "  --tls_key and --tls_ca; --health_listen=HOST:PORT adds a plaintext health-only port.");
   absl::ParseCommandLine(argc, argv);
   // Debian's abseil is built without NDEBUG, so every Mutex acquisition would
   // also record the lock in a process-wide graph under one global spinlock
@@ -110,6 +121,7 @@ int main(int argc, char** argv) {
   options.listen.grpc_addresses =
       absl::StrSplit(absl::GetFlag(FLAGS_listen), ',', absl::SkipWhitespace());
   options.listen.metrics_address = absl::GetFlag(FLAGS_metrics_listen);
+  options.listen.health_address = absl::GetFlag(FLAGS_health_listen);
   options.topology_file = absl::GetFlag(FLAGS_topology);
   const std::string auth = absl::GetFlag(FLAGS_auth);
   if (auth == "none") {
@@ -125,6 +137,7 @@ int main(int argc, char** argv) {
   options.auth.tls_cert = absl::GetFlag(FLAGS_tls_cert);
   options.auth.tls_key = absl::GetFlag(FLAGS_tls_key);
   options.auth.tls_ca = absl::GetFlag(FLAGS_tls_ca);
+  options.auth.none_allow_remote = absl::GetFlag(FLAGS_auth_none_allow_remote);
   options.broker.default_quotas = {.max_mapped_bytes = absl::GetFlag(FLAGS_quota_mapped_bytes),
                                    .max_mappings = absl::GetFlag(FLAGS_quota_mappings),
                                    .max_buffers = absl::GetFlag(FLAGS_quota_buffers),
@@ -153,18 +166,25 @@ int main(int argc, char** argv) {
     return 1;
   }
   if (options.auth.mode == AuthMode::kNone) {
-    iommu::server::LogWarning(
-        "INSECURE",
+    // On stderr whatever --log_level says, and in the structured log.
+    const std::string warning = absl::StrCat(
         "--auth=none: every caller is trusted to name its device, and a request with an empty "
-        "device acts as the ADMIN. For demos only; use --auth=token or --auth=mtls.");
+        "device acts as the ADMIN. For demos only; use --auth=token or --auth=mtls.",
+        options.auth.none_allow_remote
+            ? " --auth_none_allow_remote: callers on other hosts are trusted too."
+            : "");
+    std::fprintf(stderr, "iommud: INSECURE: %s\n", warning.c_str());
+    std::fflush(stderr);
+    iommu::server::LogWarning("INSECURE", warning);
   }
+  const iommu::server::Daemon& d = **daemon;
   iommu::server::LogInfo(
       "serving",
-      absl::StrCat("grpc=", absl::StrJoin((*daemon)->grpc_addresses(), ","),
-                   " metrics=", (*daemon)->metrics_address().empty()
-                                    ? "off"
-                                    : absl::StrCat("http://", (*daemon)->metrics_address(),
-                                                   "/metrics"),
+      absl::StrCat("grpc=", absl::StrJoin(d.grpc_addresses(), ","), " metrics=",
+                   d.metrics_address().empty()
+                       ? "off"
+                       : absl::StrCat("http://", d.metrics_address(), "/metrics"),
+                   " health=", d.health_address().empty() ? "off" : d.health_address(),
                    " auth=", iommu::server::AuthModeName(options.auth.mode)));
 
   int signal_number = 0;
