@@ -68,18 +68,22 @@ class GrpcFaultStream final : public FaultStream {
   std::unique_ptr<grpc::ClientReader<v1::FaultEvent>> reader_;
 };
 
+// Plaintext for kNone; TLS verified against the CA for kToken (the token
+// travels as call metadata) and kMtls (which adds the client certificate).
 absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> MakeChannelCredentials(const Credentials& c) {
-  if (c.kind != Credentials::Kind::kMtls) return grpc::InsecureChannelCredentials();
+  if (c.kind == Credentials::Kind::kNone) return grpc::InsecureChannelCredentials();
   grpc::SslCredentialsOptions ssl;
   absl::StatusOr<std::string> ca = ReadFileForField("tls_ca", c.tls_ca_file);
   if (!ca.ok()) return ca.status();
-  absl::StatusOr<std::string> key = ReadFileForField("tls_key", c.tls_key_file);
-  if (!key.ok()) return key.status();
-  absl::StatusOr<std::string> cert = ReadFileForField("tls_cert", c.tls_cert_file);
-  if (!cert.ok()) return cert.status();
   ssl.pem_root_certs = *std::move(ca);
-  ssl.pem_private_key = *std::move(key);
-  ssl.pem_cert_chain = *std::move(cert);
+  if (c.kind == Credentials::Kind::kMtls) {
+    absl::StatusOr<std::string> key = ReadFileForField("tls_key", c.tls_key_file);
+    if (!key.ok()) return key.status();
+    absl::StatusOr<std::string> cert = ReadFileForField("tls_cert", c.tls_cert_file);
+    if (!cert.ok()) return cert.status();
+    ssl.pem_private_key = *std::move(key);
+    ssl.pem_cert_chain = *std::move(cert);
+  }
   return grpc::SslCredentials(ssl);
 }
 
@@ -98,7 +102,7 @@ absl::StatusOr<Client> Client::Connect(const Options& options) {
   args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 100);
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 5000);
   const Credentials& c = options.credentials;
-  if (c.kind == Credentials::Kind::kMtls) {
+  if (c.kind != Credentials::Kind::kNone) {
     if (!c.tls_server_name.empty()) {
       args.SetSslTargetNameOverride(c.tls_server_name);
     } else if (absl::StartsWith(options.target, "unix:")) {

@@ -534,26 +534,74 @@ class Pki {
   std::string dir_;
 };
 
-TEST(ClientAuthTest, TokenIdentityActsOnlyAsItsDevice) {
+TEST(ClientAuthTest, TokenIdentityActsOnlyAsItsDeviceOverTls) {
   const std::string dir = testing::MakeTempDir();
-  std::ofstream(dir + "/tokens") << "# test tokens\ntok-nic0 nic0\ntok-admin admin\n";
+  Pki pki(dir);
+  ASSERT_TRUE(pki.Make());
+  std::ofstream(dir + "/tokens") << "# test tokens\ntok-nic0-5f1c9a2e7b nic0\ntok-admin-0d3b8e61f4 admin\n";
   IommudProcess daemon;
-  ASSERT_TRUE(daemon.Start({"--auth=token", "--token_file=" + dir + "/tokens"}).ok()) << daemon.Log();
-  auto connect = [&](const std::string& token, const std::string& device) {
-    Options o{.target = daemon.unix_target(), .device = device};
-    if (!token.empty()) o.credentials = {.kind = Credentials::Kind::kToken, .token = token};
-    return *Client::Connect(o);
-  };
-  EXPECT_EQ(connect("", "nic0").ListDevices().status().code(), absl::StatusCode::kUnauthenticated);
-  EXPECT_EQ(connect("wrong", "nic0").ListDevices().status().code(), absl::StatusCode::kUnauthenticated);
-  EXPECT_EQ(connect("tok-nic0", "nvme0").ListDevices().status().code(), absl::StatusCode::kPermissionDenied);
-  ASSERT_OK_AND_ASSIGN(own, connect("tok-nic0", "").ListDevices());
-  ASSERT_EQ(own.devices_size(), 1);
-  EXPECT_EQ(own.devices(0).config().name(), "nic0");
-  ASSERT_OK_AND_ASSIGN(all, connect("tok-admin", "").ListDevices());
-  EXPECT_GT(all.devices_size(), 1);
+  ASSERT_TRUE(daemon
+                  .Start({"--auth=token", "--token_file=" + dir + "/tokens", "--tls_cert=" + pki.Path("server.pem"),
+                          "--tls_key=" + pki.Path("server.key")})
+                  .ok())
+      << daemon.Log();
+  for (const std::string& target : {daemon.unix_target(), daemon.tcp_target()}) {
+    SCOPED_TRACE(target);
+    auto connect = [&](const std::string& token, const std::string& device) {
+      Options o{.target = target, .device = device};
+      o.credentials = {.kind = Credentials::Kind::kToken, .token = token, .tls_ca_file = pki.Path("ca.pem")};
+      return *Client::Connect(o);
+    };
+    EXPECT_EQ(connect("wrong-token-0123456789", "nic0").ListDevices().status().code(),
+              absl::StatusCode::kUnauthenticated);
+    EXPECT_EQ(connect("tok-nic0-5f1c9a2e7b", "nvme0").ListDevices().status().code(),
+              absl::StatusCode::kPermissionDenied);
+    ASSERT_OK_AND_ASSIGN(own, connect("tok-nic0-5f1c9a2e7b", "").ListDevices());
+    ASSERT_EQ(own.devices_size(), 1);
+    EXPECT_EQ(own.devices(0).config().name(), "nic0");
+    ASSERT_OK_AND_ASSIGN(all, connect("tok-admin-0d3b8e61f4", "").ListDevices());
+    EXPECT_GT(all.devices_size(), 1);
+    // A plaintext client does not get through the TLS listener.
+    Options plain{.target = target, .device = "nic0", .retry = {.max_attempts = 1}};
+    plain.default_deadline = absl::Seconds(3);
+    EXPECT_EQ(Client::Connect(plain)->ListDevices().status().code(), absl::StatusCode::kUnavailable);
+  }
+  // Without the daemon's CA the SDK refuses to send the token at all.
+  Options no_ca{.target = daemon.tcp_target()};
+  no_ca.credentials = {.kind = Credentials::Kind::kToken, .token = "tok-nic0-5f1c9a2e7b"};
+  const absl::Status refused = Client::Connect(no_ca).status();
+  EXPECT_EQ(refused.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(refused.message().find("credentials.tls_ca_file"), std::string::npos) << refused;
+  // A CA that did not sign the daemon's certificate fails the handshake.
+  Pki other(testing::MakeTempDir());
+  ASSERT_TRUE(other.Make());
+  Options wrong_ca{.target = daemon.tcp_target(), .retry = {.max_attempts = 1}};
+  wrong_ca.default_deadline = absl::Seconds(3);
+  wrong_ca.credentials = {
+      .kind = Credentials::Kind::kToken, .token = "tok-nic0-5f1c9a2e7b", .tls_ca_file = other.Path("ca.pem")};
+  EXPECT_EQ(Client::Connect(wrong_ca)->ListDevices().status().code(), absl::StatusCode::kUnavailable);
   // The token file form iommuctl reads.
-  EXPECT_EQ(*ReadTokenFile(dir + "/tokens"), "tok-nic0");
+  EXPECT_EQ(*ReadTokenFile(dir + "/tokens"), "tok-nic0-5f1c9a2e7b");
+
+  // iommuctl: --token_file with --tls_ca, on both listeners (the unix: one
+  // checks the certificate against "localhost" by default).
+  for (const std::string& target : {daemon.unix_target(), daemon.tcp_target()}) {
+    SCOPED_TRACE(target);
+    const testing::CtlResult own = testing::RunCtl({"--target=" + target, "--token_file=" + dir + "/tokens",
+                                                    "--tls_ca=" + pki.Path("ca.pem"), "--json", "list-devices"});
+    EXPECT_EQ(own.exit_code, 0) << own.err;
+    EXPECT_NE(own.out.find("\"nic0\""), std::string::npos) << own.out;
+    EXPECT_EQ(own.out.find("\"nvme0\""), std::string::npos) << own.out;
+  }
+  const testing::CtlResult ctl_no_ca =
+      testing::RunCtl({"--target=" + daemon.tcp_target(), "--token_file=" + dir + "/tokens", "list-devices"});
+  EXPECT_EQ(ctl_no_ca.exit_code, 3);  // INVALID_ARGUMENT, before any connection
+  EXPECT_NE(ctl_no_ca.err.find("--tls_ca=\"\": a token is sent only over TLS"), std::string::npos) << ctl_no_ca.err;
+  const testing::CtlResult with_cert =
+      testing::RunCtl({"--target=" + daemon.tcp_target(), "--token=tok-nic0-5f1c9a2e7b",
+                       "--tls_ca=" + pki.Path("ca.pem"), "--tls_cert=" + pki.Path("nic0.pem"), "list-devices"});
+  EXPECT_EQ(with_cert.exit_code, 3);
+  EXPECT_NE(with_cert.err.find("credentials.tls_cert_file"), std::string::npos) << with_cert.err;
 }
 
 TEST(ClientAuthTest, MutualTlsOverUnixAndTcp) {

@@ -32,18 +32,26 @@ absl::Status ValidateOptions(const Options& options) {
     return InvalidField("target", target, "must be unix:/path or host:port");
   }
   const Credentials& c = options.credentials;
-  const bool any_tls = !c.tls_cert_file.empty() || !c.tls_key_file.empty() || !c.tls_ca_file.empty();
+  const bool client_cert = !c.tls_cert_file.empty() || !c.tls_key_file.empty();
   switch (c.kind) {
     case Credentials::Kind::kNone:
       if (!c.token.empty()) return InvalidField("credentials.token", "<set>", "given with no token kind");
-      if (any_tls) return InvalidField("credentials.tls_cert_file", c.tls_cert_file, "given without mTLS");
+      if (client_cert) return InvalidField("credentials.tls_cert_file", c.tls_cert_file, "given without mTLS");
+      if (!c.tls_ca_file.empty()) return InvalidField("credentials.tls_ca_file", c.tls_ca_file, "given without TLS");
+      if (!c.tls_server_name.empty()) {
+        return InvalidField("credentials.tls_server_name", c.tls_server_name, "given without TLS");
+      }
       break;
     case Credentials::Kind::kToken:
       if (c.token.empty()) return InvalidField("credentials.token", "", "must be non-empty");
       if (c.token.find_first_of(" \t\r\n") != std::string::npos) {
         return InvalidField("credentials.token", "<redacted>", "must not contain whitespace");
       }
-      if (any_tls) return InvalidField("credentials.tls_cert_file", c.tls_cert_file, "given with a token");
+      if (client_cert) return InvalidField("credentials.tls_cert_file", c.tls_cert_file, "given with a token");
+      if (c.tls_ca_file.empty()) {
+        return InvalidField("credentials.tls_ca_file", "",
+                            "a token is sent only over TLS: give the CA that signed the daemon's certificate");
+      }
       break;
     case Credentials::Kind::kMtls:
       if (c.tls_cert_file.empty()) return InvalidField("credentials.tls_cert_file", "", "mTLS needs a certificate");

@@ -15,18 +15,23 @@
 namespace iommu::client {
 
 // How the caller authenticates (the daemon's --auth mode must match).
+//   kNone   plaintext, no credential (--auth=none).
+//   kToken  TLS verified against tls_ca_file, and the bearer token on every
+//           call (--auth=token); the token never travels in clear.
+//   kMtls   TLS with a client certificate (--auth=mtls).
 struct Credentials {
   enum class Kind { kNone, kToken, kMtls };
   Kind kind = Kind::kNone;
   // kToken: sent as `authorization: Bearer <token>` on every call.
   std::string token;
-  // kMtls: PEM file paths of the client certificate chain, its key and the CA
-  // that signed the daemon's certificate.
+  // kMtls: PEM file paths of the client certificate chain and its key.
   std::string tls_cert_file;
   std::string tls_key_file;
+  // kToken and kMtls: PEM file path of the CA that signed the daemon's
+  // certificate (required).
   std::string tls_ca_file;
-  // kMtls: the name checked against the daemon certificate's SAN. Empty means
-  // the target's host, or "localhost" for a unix: target.
+  // kToken and kMtls: the name checked against the daemon certificate's SAN.
+  // Empty means the target's host, or "localhost" for a unix: target.
   std::string tls_server_name;
 };
 
@@ -57,7 +62,8 @@ struct Options {
 
 // INVALID_ARGUMENT naming the field and value when the options cannot work:
 // empty or malformed target, a token or TLS files given for the wrong kind,
-// a missing TLS file name, a non-positive deadline, max_attempts < 1, ...
+// a missing TLS file name (a token without tls_ca_file among them), a
+// non-positive deadline, max_attempts < 1, ...
 absl::Status ValidateOptions(const Options& options);
 
 // The bearer token in `path`: the first word of the first line that is not

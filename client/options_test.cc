@@ -26,6 +26,14 @@ Options Mtls() {
   return o;
 }
 
+Options Token() {
+  Options o;
+  o.credentials.kind = Credentials::Kind::kToken;
+  o.credentials.token = "s3cret-0123456789";
+  o.credentials.tls_ca_file = "ca.pem";
+  return o;
+}
+
 TEST(ValidateOptionsTest, DefaultsAreValid) { EXPECT_TRUE(ValidateOptions(Options{}).ok()); }
 
 TEST(ValidateOptionsTest, GoodTargets) {
@@ -35,6 +43,10 @@ TEST(ValidateOptionsTest, GoodTargets) {
     EXPECT_TRUE(ValidateOptions(o).ok()) << target;
   }
   EXPECT_TRUE(ValidateOptions(Mtls()).ok());
+  EXPECT_TRUE(ValidateOptions(Token()).ok());
+  Options named = Token();
+  named.credentials.tls_server_name = "iommud.example";
+  EXPECT_TRUE(ValidateOptions(named).ok());
 }
 
 TEST(ValidateOptionsTest, BadOptionsNameFieldAndValue) {
@@ -50,11 +62,15 @@ TEST(ValidateOptionsTest, BadOptionsNameFieldAndValue) {
   add("port 0", [](Options& o) { o.target = "localhost:0"; }, "target=\"localhost:0\"");
   add("port too big", [](Options& o) { o.target = "h:65536"; }, "target=\"h:65536\"");
   add("token without kind", [](Options& o) { o.credentials.token = "t"; }, "credentials.token=");
-  add("empty token", [](Options& o) { o.credentials.kind = Credentials::Kind::kToken; }, "credentials.token=\"\"");
-  add("token with space", [](Options& o) {
-    o.credentials.kind = Credentials::Kind::kToken;
-    o.credentials.token = "a b";
-  }, "credentials.token=");
+  add("empty token", [](Options& o) { o = Token(); o.credentials.token.clear(); }, "credentials.token=\"\"");
+  add("token with space", [](Options& o) { o = Token(); o.credentials.token = "a b"; }, "credentials.token=");
+  add("token without a CA", [](Options& o) { o = Token(); o.credentials.tls_ca_file.clear(); },
+      "credentials.tls_ca_file=\"\": a token is sent only over TLS");
+  add("token with a client certificate", [](Options& o) { o = Token(); o.credentials.tls_cert_file = "c"; },
+      "credentials.tls_cert_file=\"c\": given with a token");
+  add("ca without tls", [](Options& o) { o.credentials.tls_ca_file = "ca.pem"; }, "credentials.tls_ca_file=\"ca.pem\"");
+  add("server name without tls", [](Options& o) { o.credentials.tls_server_name = "x"; },
+      "credentials.tls_server_name=\"x\"");
   add("tls files without mtls", [](Options& o) { o.credentials.tls_cert_file = "c"; }, "credentials.tls_cert_file=\"c\"");
   add("mtls no cert", [](Options& o) { o = Mtls(); o.credentials.tls_cert_file.clear(); }, "credentials.tls_cert_file=\"\"");
   add("mtls no key", [](Options& o) { o = Mtls(); o.credentials.tls_key_file.clear(); }, "credentials.tls_key_file=\"\"");

@@ -1,7 +1,8 @@
 // iommuctl: the command-line client of iommud.
 //
-//   iommuctl [--target=ADDR] [--device=NAME] [--token=T | --token_file=F |
-//            --tls_cert=F --tls_key=F --tls_ca=F [--tls_server_name=N]]
+//   iommuctl [--target=ADDR] [--device=NAME]
+//            [(--token=T | --token_file=F) --tls_ca=F [--tls_server_name=N] |
+//             --tls_cert=F --tls_key=F --tls_ca=F [--tls_server_name=N]]
 //            [--session=ID] [--deadline_ms=N] [--json] SUBCOMMAND [FLAGS]
 //
 // main() only parses the global flags into Options and dispatches. The exit
@@ -15,6 +16,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "client/ctl/command.h"
+#include "client/status.h"
 
 namespace iommu::client::ctl {
 namespace {
@@ -34,9 +36,12 @@ constexpr char kGlobalUsage[] =
     "global flags:\n"
     "  --target=ADDR         unix:/path or host:port (default unix:/tmp/iommud.sock)\n"
     "  --device=NAME         the device to act as (empty: the credential's identity, admin with --auth=none)\n"
-    "  --token=T             bearer token (--auth=token)\n"
+    "  --token=T             bearer token (--auth=token), sent over TLS: needs --tls_ca\n"
     "  --token_file=F        file holding the bearer token\n"
-    "  --tls_cert=F --tls_key=F --tls_ca=F [--tls_server_name=N]   mTLS (--auth=mtls)\n"
+    "  --tls_ca=F            CA that signed the daemon's certificate (--auth=token, --auth=mtls)\n"
+    "  --tls_cert=F --tls_key=F   the client certificate and key (--auth=mtls)\n"
+    "  --tls_server_name=N   name checked against the daemon's certificate (default: the\n"
+    "                        target's host, localhost for unix:)\n"
     "  --session=ID          calls belong to this session (iommu-session-id)\n"
     "  --deadline_ms=N       deadline of each call (default 10000)\n"
     "  --json                print JSON (one object per line) instead of tables\n"
@@ -52,6 +57,8 @@ absl::StatusOr<GlobalOptions> ParseGlobal(Args& args) {
   if (args.Has("token") && args.Has("token_file")) {
     return absl::InvalidArgumentError("--token_file: give --token or --token_file, not both");
   }
+  // A token selects token auth (over TLS); otherwise any TLS file selects
+  // mTLS. ValidateOptions then names what is missing or misplaced.
   if (args.Has("token")) {
     c.kind = Credentials::Kind::kToken;
     ASSIGN_OR_RETURN(c.token, args.String("token"));
@@ -59,13 +66,16 @@ absl::StatusOr<GlobalOptions> ParseGlobal(Args& args) {
     c.kind = Credentials::Kind::kToken;
     ASSIGN_OR_RETURN(std::string file, args.String("token_file"));
     ASSIGN_OR_RETURN(c.token, ReadTokenFile(file));
-  }
-  if (args.Has("tls_cert") || args.Has("tls_key") || args.Has("tls_ca")) {
+  } else if (args.Has("tls_cert") || args.Has("tls_key") || args.Has("tls_ca")) {
     c.kind = Credentials::Kind::kMtls;
-    c.tls_cert_file = args.StringOr("tls_cert", "");
-    c.tls_key_file = args.StringOr("tls_key", "");
-    c.tls_ca_file = args.StringOr("tls_ca", "");
-    c.tls_server_name = args.StringOr("tls_server_name", "");
+  }
+  c.tls_cert_file = args.StringOr("tls_cert", "");
+  c.tls_key_file = args.StringOr("tls_key", "");
+  c.tls_ca_file = args.StringOr("tls_ca", "");
+  c.tls_server_name = args.StringOr("tls_server_name", "");
+  if (c.kind == Credentials::Kind::kToken && c.tls_ca_file.empty()) {
+    return InvalidField("--tls_ca", "",
+                        "a token is sent only over TLS: give the CA that signed the daemon's certificate");
   }
   ASSIGN_OR_RETURN(uint64_t deadline_ms, args.U64Or("deadline_ms", 10000));
   o.default_deadline = absl::Milliseconds(deadline_ms);

@@ -21,7 +21,7 @@ from typing import Optional, Union
 import grpc
 
 from iommu_broker import convert, pb
-from iommu_broker.errors import from_rpc_error
+from iommu_broker.errors import InvalidArgument, from_rpc_error
 from iommu_broker.handles import Allocation, Buffer, Domain, Mapping, RangeMapping, SgMapping
 from iommu_broker.streams import BatchStream, FaultWatch, Session
 
@@ -40,12 +40,35 @@ def _read_pem(value: Optional[_Pem]) -> Optional[bytes]:
 
 @dataclasses.dataclass(frozen=True)
 class TlsConfig:
-    """mTLS credentials: PEM bytes or paths. `server_name` overrides the name
-    checked against the daemon's certificate (needed over a Unix socket)."""
+    """TLS to the daemon: PEM bytes or paths. `ca` signed the daemon's
+    certificate; `cert` and `key` are the client certificate (--auth=mtls
+    only; leave them None with a token). `server_name` is the name checked
+    against the daemon's certificate: by default the target's host, or
+    "localhost" for a unix: target."""
     ca: _Pem
     cert: Optional[_Pem] = None
     key: Optional[_Pem] = None
     server_name: Optional[str] = None
+
+
+def _invalid(field: str, value, why: str) -> InvalidArgument:
+    return InvalidArgument(grpc.StatusCode.INVALID_ARGUMENT, f"{field}={value!r}: {why}")
+
+
+def _check_credentials(token: Optional[str], tls: Optional[TlsConfig]) -> None:
+    """Raises InvalidArgument naming the field when the credentials cannot
+    work: a bearer token travels only over TLS, and with no client
+    certificate (the daemon's --auth=token asks for none)."""
+    if token is None:
+        return
+    if not token or any(c.isspace() for c in token):
+        raise _invalid("token", "<redacted>", "must be non-empty, without whitespace")
+    if tls is None:
+        raise _invalid("tls", None, "a token is sent only over TLS: pass tls=TlsConfig(ca=<the CA "
+                                    "that signed the daemon's certificate>)")
+    if tls.cert is not None or tls.key is not None:
+        raise _invalid("tls.cert", "<set>", "given with a token (--auth=token takes no client "
+                                            "certificate)")
 
 
 class Client:
@@ -54,7 +77,11 @@ class Client:
                  timeout: float = 10.0, retries: int = 3, channel_options=()):
         """`device` is the identity requests act as ("" = the admin, with
         --auth=none or an admin credential); `token` a bearer token
-        (--auth=token); `tls` client certificates (--auth=mtls)."""
+        (--auth=token), which needs `tls` with the daemon's CA;
+        `tls` alone with a client certificate is --auth=mtls. Raises
+        InvalidArgument when the credentials cannot work (a token without
+        `tls`)."""
+        _check_credentials(token, tls)
         options = list(channel_options)
         if tls is None:
             channel = grpc.insecure_channel(target, options=options)
@@ -62,8 +89,9 @@ class Client:
             creds = grpc.ssl_channel_credentials(
                 root_certificates=_read_pem(tls.ca), private_key=_read_pem(tls.key),
                 certificate_chain=_read_pem(tls.cert))
-            if tls.server_name:
-                options.append(("grpc.ssl_target_name_override", tls.server_name))
+            server_name = tls.server_name or ("localhost" if target.startswith("unix:") else None)
+            if server_name:
+                options.append(("grpc.ssl_target_name_override", server_name))
             channel = grpc.secure_channel(target, creds, options=options)
         metadata = (("authorization", f"Bearer {token}"),) if token else ()
         self._init(channel, True, target, device, metadata, timeout, retries)

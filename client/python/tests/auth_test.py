@@ -1,7 +1,8 @@
-"""Identity through the Python SDK against the real iommud: --auth=token and
---auth=mtls (a CA and certificates generated with openssl at test time), over
-the Unix socket and TCP. A device acts only as itself and cannot call admin
-RPCs; a missing or bad credential is UNAUTHENTICATED.
+"""Identity through the Python SDK against the real iommud: --auth=token over
+TLS and --auth=mtls (a CA and certificates generated with openssl at test
+time), over the Unix socket and TCP. A device acts only as itself and cannot
+call admin RPCs; a missing or bad credential is UNAUTHENTICATED; a plaintext
+client never reaches a TLS daemon.
 """
 import os
 import shutil
@@ -70,38 +71,75 @@ class IdentityChecks:
 
 
 class TokenAuthTest(IdentityChecks, DaemonTestCase):
+    TOKENS = {"nic0": "nic-secret-6c0d2f9a41", "nvme0": "nvme-secret-93e1b7c5d2",
+              "admin": "admin-secret-2a7f4e8b10"}
+
     @classmethod
     def setUpClass(cls):
+        if shutil.which("openssl") is None:
+            raise unittest.SkipTest("openssl not installed")
         cls.tmp = tempfile.mkdtemp(prefix="iommu-token-")
+        cls.pki = make_pki(cls.tmp)
         token_file = os.path.join(cls.tmp, "tokens")
         with open(token_file, "w") as f:
-            f.write("# token identity\nnic-secret nic0\nnvme-secret nvme0\nadmin-secret admin\n")
-        cls.FLAGS = ("--auth=token", f"--token_file={token_file}")
+            f.write("# token identity\n")
+            for who, token in cls.TOKENS.items():
+                f.write(f"{token} {who}\n")
+        cert, key = cls.pki["server"]
+        cls.FLAGS = ("--auth=token", f"--token_file={token_file}", f"--tls_cert={cert}",
+                     f"--tls_key={key}")
         super().setUpClass()
+
+    @classmethod
+    def daemon_kwargs(cls):
+        with open(cls.pki["ca"][0], "rb") as ca:
+            creds = grpc.ssl_channel_credentials(ca.read())
+        return {"channel_credentials": creds, "tls_server_name": "localhost"}
 
     @classmethod
     def tearDownClass(cls):
         super().tearDownClass()
         shutil.rmtree(cls.tmp, ignore_errors=True)
 
-    TOKENS = {"nic0": "nic-secret", "nvme0": "nvme-secret", "admin": "admin-secret"}
-
     def client(self, who, device="", target=None, token=None):
         c = ib.Client(target or self.daemon.unix_target, device=device,
-                      token=token if token is not None else self.TOKENS[who])
+                      token=token if token is not None else self.TOKENS[who],
+                      tls=ib.TlsConfig(ca=self.pki["ca"][0]))
         self.addCleanup(c.close)
         return c
 
     def test_missing_or_bad_token_is_unauthenticated(self):
-        for token in ("", "wrong-secret"):
-            with self.subTest(token=token):
-                c = self.client("nic0", device="nic0", token=token)
-                with self.assertRaises(ib.Unauthenticated):
-                    c.list_iommus()
+        anonymous = ib.Client(self.daemon.unix_target, device="nic0",
+                              tls=ib.TlsConfig(ca=self.pki["ca"][0]))
+        self.addCleanup(anonymous.close)
+        with self.assertRaises(ib.Unauthenticated):
+            anonymous.list_iommus()
+        c = self.client("nic0", device="nic0", token="wrong-secret-0123456789")
+        with self.assertRaises(ib.Unauthenticated):
+            c.list_iommus()
 
     def test_tcp_transport(self):
-        c = self.client("nic0", device="nic0", target=self.daemon.tcp_target)
-        self.assertEqual([d.config.name for d in c.list_devices()], ["nic0"])
+        for who in ("nic0", "admin"):
+            with self.subTest(who=who):
+                c = self.client(who, device="", target=self.daemon.tcp_target)
+                names = [d.config.name for d in c.list_devices()]
+                if who == "admin":
+                    self.assertGreaterEqual(len(names), 5)
+                else:
+                    self.assertEqual(names, ["nic0"])
+
+    def test_token_without_tls_is_refused_by_the_sdk(self):
+        with self.assertRaises(ib.InvalidArgument) as cm:
+            ib.Client(self.daemon.tcp_target, device="nic0", token=self.TOKENS["nic0"])
+        self.assertTrue(cm.exception.message.startswith("tls=None"), cm.exception.message)
+
+    def test_plaintext_client_is_refused(self):
+        for target in (self.daemon.unix_target, self.daemon.tcp_target):
+            with self.subTest(target=target):
+                c = ib.Client(target, device="nic0", timeout=3.0, retries=0)
+                self.addCleanup(c.close)
+                with self.assertRaises(ib.Unavailable):
+                    c.list_iommus()
 
 
 class MtlsAuthTest(IdentityChecks, DaemonTestCase):

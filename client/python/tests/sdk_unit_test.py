@@ -1,7 +1,8 @@
 """The SDK's own logic against an in-process fake daemon (no iommud): which
-calls are retried, the metadata each call carries, handle release, the Batch
-sequence check and the enum/memory conversions."""
+calls are retried, the metadata each call carries (a token only over TLS),
+handle release, the Batch sequence check and the enum/memory conversions."""
 import os
+import shutil
 import tempfile
 import threading
 import unittest
@@ -13,6 +14,7 @@ import iommu_broker as ib
 from iommu_broker import ops, pb
 from iommu_broker._generated.iommu.v1 import (device_pb2_grpc, dma_pb2_grpc, memory_pb2_grpc,
                                               session_pb2_grpc)
+from pki import make_pki
 
 
 class Recorder:
@@ -103,7 +105,9 @@ class FakeSessions(session_pb2_grpc.SessionsServicer):
 
 
 class SdkUnitTest(unittest.TestCase):
-    def start(self, skew=0):
+    def start(self, skew=0, tls=False):
+        """The fake's target; with `tls`, it serves TLS with a throw-away
+        certificate for localhost and self.ca is its CA."""
         self.rec = Recorder()
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
         dma_pb2_grpc.add_DmaServicer_to_server(FakeDma(self.rec, skew), server)
@@ -112,7 +116,16 @@ class SdkUnitTest(unittest.TestCase):
         session_pb2_grpc.add_SessionsServicer_to_server(FakeSessions(self.rec), server)
         tmp = tempfile.mkdtemp(prefix="iommu-fake-")
         target = f"unix:{tmp}/fake.sock"
-        server.add_insecure_port(target)
+        if tls:
+            pki_dir = tempfile.mkdtemp(prefix="iommu-fake-pki-")
+            self.addCleanup(shutil.rmtree, pki_dir, True)
+            pki = make_pki(pki_dir)
+            self.ca = pki["ca"][0]
+            with open(pki["server"][0], "rb") as cert, open(pki["server"][1], "rb") as key:
+                creds = grpc.ssl_server_credentials([(key.read(), cert.read())])
+            server.add_secure_port(target, creds)
+        else:
+            server.add_insecure_port(target)
         server.start()
         self.addCleanup(os.rmdir, tmp)
         self.addCleanup(lambda: os.path.exists(f"{tmp}/fake.sock") and os.unlink(f"{tmp}/fake.sock"))
@@ -120,7 +133,11 @@ class SdkUnitTest(unittest.TestCase):
         return target
 
     def client(self, **kwargs):
-        c = ib.Client(self.start(kwargs.pop("skew", 0)), **kwargs)
+        tls = "token" in kwargs
+        target = self.start(kwargs.pop("skew", 0), tls=tls)
+        if tls:
+            kwargs["tls"] = ib.TlsConfig(ca=self.ca)
+        c = ib.Client(target, **kwargs)
         self.addCleanup(c.close)
         return c
 
@@ -152,6 +169,17 @@ class SdkUnitTest(unittest.TestCase):
         with self.assertRaises(ib.Unavailable):
             c.list_iommus()
         self.assertEqual(len(self.rec.calls), 3)
+
+    def test_token_needs_tls_and_no_client_certificate(self):
+        for kwargs, field in (({}, "tls=None"),
+                              ({"tls": ib.TlsConfig(ca=b"ca", cert=b"c", key=b"k")}, "tls.cert="),
+                              ({"tls": ib.TlsConfig(ca=b"ca"), "token": ""}, "token=")):
+            with self.subTest(field=field):
+                kwargs.setdefault("token", "s3cret-0123456789")
+                with self.assertRaises(ib.InvalidArgument) as cm:
+                    ib.Client("unix:/nonexistent.sock", **kwargs)
+                self.assertTrue(cm.exception.message.startswith(field), cm.exception.message)
+                self.assertNotIn("s3cret", cm.exception.message)
 
     def test_token_device_and_session_travel_with_every_call(self):
         c = self.client(device="nic0", token="s3cret")
