@@ -163,6 +163,11 @@ absl::StatusOr<v1::GetSgTableResponse> Client::GetSgTable(v1::GetSgTableRequest 
   const Idempotent idem = r.export_() ? Idempotent::kNo : Idempotent::kYes;
   return Call(*this, conn_->dma.get(), &v1::Dma::Stub::GetSgTable, std::move(r), idem);
 }
+absl::StatusOr<v1::RevokeExportResponse> Client::RevokeExport(v1::RevokeExportRequest r) const {
+  // A second revocation answers NOT_FOUND: not retried.
+  return Call(*this, conn_->dma.get(), &v1::Dma::Stub::RevokeExport, std::move(r),
+              Idempotent::kNo);
+}
 absl::StatusOr<v1::MsiCookieResponse> Client::MsiCookie(v1::MsiCookieRequest r) const {
   return Call(*this, conn_->dma.get(), &v1::Dma::Stub::MsiCookie, std::move(r), Idempotent::kNo);
 }

@@ -71,6 +71,8 @@ class Client {
   absl::StatusOr<v1::AllocResponse> Alloc(v1::AllocRequest request) const;
   absl::StatusOr<v1::FreeResponse> Free(v1::FreeRequest request) const;
   absl::StatusOr<v1::GetSgTableResponse> GetSgTable(v1::GetSgTableRequest request) const;
+  // Revokes an export token: every live import of it is unmapped first.
+  absl::StatusOr<v1::RevokeExportResponse> RevokeExport(v1::RevokeExportRequest request) const;
   absl::StatusOr<v1::MsiCookieResponse> MsiCookie(v1::MsiCookieRequest request) const;
   absl::StatusOr<v1::MapAtResponse> MapAt(v1::MapAtRequest request) const;
   absl::StatusOr<v1::UnmapRangeResponse> UnmapRange(v1::UnmapRangeRequest request) const;

@@ -6,11 +6,13 @@
 
 namespace iommu::client {
 
-absl::StatusOr<std::unique_ptr<Session>> Session::Open(const Client& client, absl::Duration ttl) {
+absl::StatusOr<std::unique_ptr<Session>> Session::Open(const Client& client, absl::Duration ttl,
+                                                        const std::string& device) {
   if (ttl < absl::ZeroDuration()) {
     return InvalidField("ttl_ms", absl::FormatDuration(ttl), "must be >= 0");
   }
   v1::OpenSessionRequest request;
+  request.set_device(device);
   request.set_ttl_ms(absl::ToInt64Milliseconds(ttl));
   absl::StatusOr<v1::OpenSessionResponse> response = client.OpenSession(std::move(request));
   if (!response.ok()) return response.status();

@@ -29,9 +29,12 @@ namespace iommu::client {
 
 class Session {
  public:
-  // ttl zero: the daemon's default lease.
+  // ttl zero: the daemon's default lease. A session belongs to the device
+  // that opens it (`device`, else the client's): only that device can
+  // create resources under it.
   static absl::StatusOr<std::unique_ptr<Session>> Open(const Client& client,
-                                                       absl::Duration ttl = absl::ZeroDuration());
+                                                       absl::Duration ttl = absl::ZeroDuration(),
+                                                       const std::string& device = "");
   Session(const Session&) = delete;
   Session& operator=(const Session&) = delete;
   ~Session();

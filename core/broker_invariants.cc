@@ -98,8 +98,30 @@ void Broker::CheckInvariants() const {
         dev->current->attached.end()) {
       check(absl::InternalError("device missing from its domain's attached list"), "attach");
     }
+    const DomainType t = dev->current->type;
+    if (!dev->config.trusted && t != DomainType::kDma && t != DomainType::kUnmanaged) {
+      check(absl::InternalError(absl::StrFormat("untrusted device %s is in a %s domain", name,
+                                                DomainTypeName(t))),
+            "isolation");
+    }
+    const auto owned = std::count_if(impl_->domains_.begin(), impl_->domains_.end(),
+                                     [&](const auto& kv) { return kv.second->owner == name; });
+    if (uint64_t(owned) != dev->domains.load()) {
+      check(absl::InternalError(absl::StrFormat("device %s owns %d domains, charged %d", name,
+                                                owned, dev->domains.load())),
+            "domain quota");
+    }
   }
   absl::ReaderMutexLock bl(&impl_->buffers_mu_);
+  // Every live import is registered with exactly the live export it imports.
+  for (const auto& [token, e] : impl_->exports_) {
+    if (impl_->export_tokens_.at(e.export_id) != token) {
+      check(absl::InternalError("export id and token disagree"), "exports");
+    }
+  }
+  if (impl_->export_tokens_.size() != impl_->exports_.size()) {
+    check(absl::InternalError("export index out of step"), "exports");
+  }
   for (const auto& [id, b] : impl_->buffers_) {
     const auto it = refs.find(id);
     const uint64_t want = it == refs.end() ? 0 : it->second;

@@ -440,5 +440,273 @@ TEST_F(IsolationTest, TopologyQuotasOverrideTheDefaults) {
   EXPECT_THAT(second.status().message(), HasSubstr("session quota of 1"));
 }
 
+// --- the property: random calls, isolation checked after every step ----------------
+
+// A model of what each device was legitimately given, built only from the
+// calls the test made and the rules of docs/security.md, never from the
+// broker's state: who may use each domain, who owns each buffer, which live
+// export tokens each device imported. After every step, for each device,
+// every leaf of its current domain's page table must map memory owned by a
+// device that may use that domain or imported by one through a live token
+// (or the MSI doorbell frame), and an untrusted device must sit in a strict
+// DMA or UNMANAGED domain.
+class IsolationModel {
+ public:
+  explicit IsolationModel(Broker& broker) : b_(broker) {
+    for (const DeviceInfo& d : testing::Value(b_.ListDevices(kAdmin))) {
+      users_[d.default_domain_id] = {d.config.name};
+      types_[d.default_domain_id] = DomainType::kDma;
+      trusted_[d.config.name] = d.config.trusted;
+    }
+  }
+
+  void Step(Xorshift64& rng) {
+    const std::string dev = kDevices[rng.Below(std::size(kDevices))];
+    switch (rng.Below(12)) {
+      case 0: {  // a buffer
+        auto r = b_.AllocBuffer(Dev(dev), dev, (1 + rng.Below(4)) * 4 * KiB,
+                                rng.Below(2) ? Placement::kScattered : Placement::kContiguous);
+        if (r.ok()) owner_[r->buffer_id] = dev;
+        break;
+      }
+      case 1: {  // map any known buffer, another device's included
+        if (owner_.empty()) break;
+        const uint64_t buf = Pick(owner_, rng);
+        auto r = b_.Map(Dev(dev), {.device = dev, .mem = {.buffer_id = buf, .length_bytes = 4 * KiB}});
+        if (r.ok()) {
+          EXPECT_EQ(owner_[buf], dev) << "mapped another device's buffer";
+          maps_.push_back({dev, r->dma_addr, buf});
+        }
+        break;
+      }
+      case 2: {  // unmap
+        if (maps_.empty()) break;
+        const size_t i = rng.Below(maps_.size());
+        (void)b_.Unmap(Dev(maps_[i].dev), maps_[i].dev, maps_[i].dma_addr);
+        (void)b_.Free(Dev(maps_[i].dev), maps_[i].dev, maps_[i].dma_addr);
+        maps_.erase(maps_.begin() + i);
+        break;
+      }
+      case 3: {  // a domain, by a device or the admin, with random grants
+        const bool admin = rng.Below(3) == 0;
+        const DomainType type = kTypes[rng.Below(std::size(kTypes))];
+        std::vector<std::string> grants;
+        for (const char* g : kDevices) {
+          if (rng.Below(4) == 0) grants.push_back(g);
+        }
+        auto r = b_.CreateDomain(admin ? kAdmin : Dev(dev),
+                                 {.smmu = "smmu0", .type = type, .granted_devices = grants});
+        if (!r.ok()) break;
+        if (!admin) {
+          EXPECT_TRUE(type != DomainType::kIdentity && type != DomainType::kBlocked);
+          users_[r->domain_id].insert(dev);
+        }
+        users_[r->domain_id].insert(grants.begin(), grants.end());
+        types_[r->domain_id] = type;
+        break;
+      }
+      case 4: {  // attach: itself (to anything, as an attacker) or by the admin
+        if (types_.empty()) break;
+        const uint64_t domain = Pick(types_, rng);
+        const bool admin = rng.Below(4) == 0;
+        if (!b_.AttachDevice(admin ? kAdmin : Dev(dev), dev, domain).ok()) break;
+        if (admin) {
+          users_[domain].insert(dev);  // the admin's grant
+        } else {
+          EXPECT_TRUE(users_[domain].contains(dev)) << dev << " attached to domain " << domain;
+        }
+        break;
+      }
+      case 5:
+        (void)b_.DetachDevice(Dev(dev), dev);
+        break;
+      case 6: {  // export whatever it has mapped at one of the known addresses
+        if (maps_.empty()) break;
+        const Mapping& m = maps_[rng.Below(maps_.size())];
+        ExportGrant grant{.writable = rng.Below(2) == 0};
+        for (const char* g : kDevices) {
+          if (rng.Below(3) == 0) grant.importers.push_back(g);
+        }
+        auto r = b_.GetSgTable(Dev(dev), dev, m.dma_addr, grant);
+        if (!r.ok()) break;
+        // The buffer behind it must be the exporter's own.
+        const uint64_t buf = BufferAt(r->chunks.front().start.value());
+        EXPECT_NE(buf, 0u);
+        EXPECT_EQ(owner_[buf], dev) << "exported memory it does not own";
+        exports_[r->export_token] = {.exporter = dev, .buffer = buf,
+                                     .importers = grant.importers};
+        break;
+      }
+      case 7: {  // import: a real token (maybe not for it) or a forged one
+        if (exports_.empty()) break;
+        std::string token = Pick(exports_, rng);
+        if (rng.Below(4) == 0) token[5 + rng.Below(32)] ^= 1;
+        auto r = b_.MapSg(Dev(dev), {.device = dev, .import_token = token,
+                                     .direction = DmaDirection::kToDevice});
+        if (!r.ok()) break;
+        ASSERT_TRUE(exports_.contains(token)) << "imported a forged token";
+        const Export& e = exports_[token];
+        EXPECT_TRUE(e.importers.empty() ||
+                    std::find(e.importers.begin(), e.importers.end(), dev) != e.importers.end());
+        imported_[dev].insert(token);
+        maps_.push_back({dev, r->iova, 0});
+        break;
+      }
+      case 8: {  // revoke, as anyone
+        if (exports_.empty()) break;
+        const std::string token = Pick(exports_, rng);
+        if (!b_.RevokeExport(Dev(dev), token).ok()) break;
+        EXPECT_EQ(exports_[token].exporter, dev);
+        exports_.erase(token);
+        break;
+      }
+      case 9: {  // free any known buffer, another device's included
+        if (owner_.empty()) break;
+        const uint64_t buf = Pick(owner_, rng);
+        if (!b_.FreeBuffer(Dev(dev), buf).ok()) break;
+        EXPECT_EQ(owner_[buf], dev);
+        owner_.erase(buf);
+        ForgetExportsOf(buf);
+        break;
+      }
+      case 10: {  // dma_alloc (pages it owns)
+        auto r = b_.Alloc(Dev(dev), {.device = dev, .size_bytes = 16 * KiB});
+        if (!r.ok()) break;
+        owner_[r->buffer_id] = dev;
+        maps_.push_back({dev, r->dma_addr, r->buffer_id});
+        break;
+      }
+      case 11: {  // destroy a domain, as anyone
+        if (types_.empty()) break;
+        (void)b_.DestroyDomain(Dev(dev), Pick(types_, rng));
+        break;
+      }
+    }
+    // A Free of an Alloc frees its buffer: forget what the broker forgot.
+    for (auto it = owner_.begin(); it != owner_.end();) {
+      if (b_.GetBuffer(kAdmin, it->first).ok()) {
+        ++it;
+      } else {
+        const uint64_t gone = it->first;
+        it = owner_.erase(it);
+        ForgetExportsOf(gone);
+      }
+    }
+  }
+
+  void Check() {
+    for (const DeviceInfo& d : testing::Value(b_.ListDevices(kAdmin))) {
+      const std::string& dev = d.config.name;
+      if (std::find(std::begin(kDevices), std::end(kDevices), dev) == std::end(kDevices)) continue;
+      const uint64_t x = d.current_domain_id;
+      auto info = b_.GetDomain(kAdmin, x);
+      ASSERT_TRUE(info.ok());
+      ASSERT_TRUE(users_[x].contains(dev)) << dev << " sits in domain " << x << " unpermitted";
+      if (!trusted_[dev]) {
+        ASSERT_TRUE(info->type == DomainType::kDma || info->type == DomainType::kUnmanaged)
+            << dev << " left a strict translated domain: " << DomainTypeName(info->type);
+      }
+      // Memory reachable through x: its users' buffers and live imports.
+      std::vector<PhysRun> allowed;
+      auto allow = [&](uint64_t buf) {
+        auto bi = b_.GetBuffer(kAdmin, buf);
+        if (bi.ok()) allowed.insert(allowed.end(), bi->runs.begin(), bi->runs.end());
+      };
+      for (const auto& [buf, owner] : owner_) {
+        if (users_[x].contains(owner)) allow(buf);
+      }
+      for (const std::string& user : users_[x]) {
+        for (const std::string& token : imported_[user]) {
+          if (exports_.contains(token)) allow(exports_[token].buffer);
+        }
+      }
+      auto leaves = b_.WalkDomain(kAdmin, x);
+      ASSERT_TRUE(leaves.ok());
+      for (const PgtableMapping& leaf : *leaves) {
+        const uint64_t lo = leaf.phys.value(), hi = lo + leaf.size_bytes;
+        // MSI doorbell pages (the broker maps them; MMIO, never RAM).
+        const bool mmio = std::any_of(
+            b_.topology().memory.regions.begin(), b_.topology().memory.regions.end(),
+            [&](const MemoryRegionConfig& r) {
+              return r.kind == RegionKind::kMmio && lo >= r.base.value() &&
+                     hi <= r.base.value() + r.size_bytes;
+            });
+        if (mmio) continue;
+        const bool inside = std::any_of(allowed.begin(), allowed.end(), [&](const PhysRun& r) {
+          return lo >= r.start.value() && hi <= r.start.value() + r.size_bytes;
+        });
+        ASSERT_TRUE(inside) << dev << " reaches phys " << std::hex << lo << "+" << leaf.size_bytes
+                            << " through domain " << std::dec << x;
+      }
+    }
+  }
+
+ private:
+  static constexpr const char* kDevices[] = {"nic0", "gpu0", "sata0", "tbt0"};
+  static constexpr DomainType kTypes[] = {DomainType::kDma, DomainType::kDmaFq,
+                                          DomainType::kUnmanaged, DomainType::kIdentity,
+                                          DomainType::kBlocked};
+  struct Mapping {
+    std::string dev;
+    uint64_t dma_addr;
+    uint64_t buffer;  // 0 for an import
+  };
+  struct Export {
+    std::string exporter;
+    uint64_t buffer = 0;
+    std::vector<std::string> importers;
+  };
+  template <typename Map>
+  static typename Map::key_type Pick(const Map& m, Xorshift64& rng) {
+    auto it = m.begin();
+    std::advance(it, rng.Below(m.size()));
+    return it->first;
+  }
+  // The known buffer holding physical address `phys`, or 0.
+  uint64_t BufferAt(uint64_t phys) {
+    for (const auto& [buf, owner] : owner_) {
+      auto bi = b_.GetBuffer(kAdmin, buf);
+      if (!bi.ok()) continue;
+      for (const PhysRun& r : bi->runs) {
+        if (phys >= r.start.value() && phys < r.start.value() + r.size_bytes) return buf;
+      }
+    }
+    return 0;
+  }
+  void ForgetExportsOf(uint64_t buf) {
+    for (auto it = exports_.begin(); it != exports_.end();) {
+      it = it->second.buffer == buf ? exports_.erase(it) : std::next(it);
+    }
+  }
+
+  Broker& b_;
+  std::map<uint64_t, std::set<std::string>> users_;  // domain -> devices that may use it
+  std::map<uint64_t, DomainType> types_;
+  std::map<std::string, bool> trusted_;
+  std::map<uint64_t, std::string> owner_;  // buffer -> owning device
+  std::vector<Mapping> maps_;
+  std::map<std::string, Export> exports_;  // live tokens
+  std::map<std::string, std::set<std::string>> imported_;
+};
+
+TEST(IsolationPropertyTest, RandomCallsNeverReachMemoryNotOwnedOrGranted) {
+  for (uint64_t seed : {1, 2, 3, 4}) {
+    SCOPED_TRACE(seed);
+    auto broker = testing::MakeBroker();
+    IsolationModel model(*broker);
+    Xorshift64 rng(seed);
+    for (int step = 0; step < 600; ++step) {
+      model.Step(rng);
+      if (::testing::Test::HasFatalFailure()) return;
+      model.Check();
+      if (::testing::Test::HasFatalFailure()) {
+        ADD_FAILURE() << "after step " << step;
+        return;
+      }
+      broker->CheckInvariants();
+    }
+  }
+}
+
 }  // namespace
 }  // namespace iommu::core

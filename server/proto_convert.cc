@@ -373,6 +373,15 @@ void ToProto(const core::TranslateResult& result, v1::TranslateOpResult* out) {
 
 void ToProto(const core::DeviceInfo& device, v1::DeviceInfo* out) {
   ToProto(device.config, out->mutable_config());
+  // The quotas in force (topology overrides, flags, fair shares resolved),
+  // not the topology's overrides alone.
+  v1::DeviceQuotas* q = out->mutable_config()->mutable_quotas();
+  q->set_max_mapped_bytes(device.quotas.max_mapped_bytes);
+  q->set_max_mappings(device.quotas.max_mappings);
+  q->set_max_buffers(device.quotas.max_buffers);
+  q->set_max_buffer_bytes(device.quotas.max_buffer_bytes);
+  q->set_max_domains(device.quotas.max_domains);
+  q->set_max_sessions(device.quotas.max_sessions);
   out->set_current_domain_id(device.current_domain_id);
   out->set_default_domain_id(device.default_domain_id);
   out->set_mapped_bytes(device.mapped_bytes);

@@ -98,13 +98,24 @@ ServerUnaryReactor* DomainsService::ListDomains(CallbackServerContext* context,
                     });
 }
 
+namespace {
+
+// The device an attach or detach acts on: the request's target_device when
+// given (the core refuses a device caller naming another), else the caller.
+const std::string& TargetDevice(const core::Caller& caller, const std::string& target) {
+  return target.empty() ? caller.device : target;
+}
+
+}  // namespace
+
 ServerUnaryReactor* DomainsService::AttachDevice(CallbackServerContext* context,
                                                  const v1::AttachDeviceRequest* request,
                                                  v1::AttachDeviceResponse*) {
   return ServeUnary(env_, context, Method::kAttachDevice, request->device(),
                     [&](const core::Caller& caller) {
-                      return env_.broker->AttachDevice(caller, caller.device,
-                                                       request->domain_id());
+                      return env_.broker->AttachDevice(
+                          caller, TargetDevice(caller, request->target_device()),
+                          request->domain_id());
                     });
 }
 
@@ -113,7 +124,8 @@ ServerUnaryReactor* DomainsService::DetachDevice(CallbackServerContext* context,
                                                  v1::DetachDeviceResponse*) {
   return ServeUnary(env_, context, Method::kDetachDevice, request->device(),
                     [&](const core::Caller& caller) {
-                      return env_.broker->DetachDevice(caller, caller.device);
+                      return env_.broker->DetachDevice(
+                          caller, TargetDevice(caller, request->target_device()));
                     });
 }
 

@@ -79,8 +79,9 @@ TEST_F(BadInputTest, EveryFamilyGetsItsCodeAndLeavesNoTrace) {
            StatusCode::NOT_FOUND);
   map_case("map unknown device", [](auto& r) { r.set_device("nosuch0"); },
            StatusCode::NOT_FOUND);
+  // Another device's buffer answers as a missing one.
   map_case("map another's buffer", [](auto& r) { r.set_device("nvme0"); },
-           StatusCode::PERMISSION_DENIED);
+           StatusCode::NOT_FOUND);
   cases.push_back({"unmap unknown dma_addr", [&] {
                      v1::UnmapRequest r;
                      r.set_device("nic0");

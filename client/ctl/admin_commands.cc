@@ -1,6 +1,7 @@
 // The Domains, Devices (topology), Sessions and Stats subcommands.
 #include <utility>
 
+#include "absl/strings/str_split.h"
 #include "client/ctl/command.h"
 #include "client/status.h"
 
@@ -54,6 +55,9 @@ absl::StatusOr<v1::CreateDomainRequest> BuildCreateDomain(Context&, Args& args) 
   r.set_smmu(std::move(smmu));
   r.set_type(type);
   r.set_granule_bytes(granule);
+  for (absl::string_view name : absl::StrSplit(args.StringOr("grant", ""), ',', absl::SkipEmpty())) {
+    r.add_granted_devices(std::string(name));
+  }
   return r;
 }
 
@@ -69,7 +73,8 @@ absl::StatusOr<v1::OpenSessionRequest> BuildOpenSession(Context&, Args& args) {
 std::vector<Command> AdminCommands() {
   return {
       Rpc<v1::CreateDomainRequest, v1::CreateDomainResponse>(
-          "create-domain", "--smmu=S --type=dma|dma_fq|unmanaged|identity|blocked [--granule=N]  iommu_domain_alloc",
+          "create-domain", "--smmu=S --type=dma|dma_fq|unmanaged|identity|blocked [--granule=N] [--grant=DEV,...]  "
+          "iommu_domain_alloc (identity and blocked: admin only)",
           BuildCreateDomain, &Client::CreateDomain),
       Rpc<v1::DestroyDomainRequest, v1::DestroyDomainResponse>(
           "destroy-domain", "--domain=ID  free a domain with no devices attached",
@@ -80,10 +85,22 @@ std::vector<Command> AdminCommands() {
           "list-domains", "  the domains the caller owns or is attached to (all for an admin)",
           Empty<v1::ListDomainsRequest>, &Client::ListDomains),
       Rpc<v1::AttachDeviceRequest, v1::AttachDeviceResponse>(
-          "attach", "--domain=ID  iommu_attach_device: switch the device to the domain",
-          ByDomainId<v1::AttachDeviceRequest>, &Client::AttachDevice),
+          "attach",
+          "--domain=ID [--target_device=DEV]  iommu_attach_device: switch the device (or, for an "
+          "admin, DEV) to the domain",
+          [](Context& ctx, Args& args) -> absl::StatusOr<v1::AttachDeviceRequest> {
+            ASSIGN_OR_RETURN(v1::AttachDeviceRequest r, ByDomainId<v1::AttachDeviceRequest>(ctx, args));
+            r.set_target_device(args.StringOr("target_device", ""));
+            return r;
+          },
+          &Client::AttachDevice),
       Rpc<v1::DetachDeviceRequest, v1::DetachDeviceResponse>(
-          "detach", "  return the device to its default domain", Empty<v1::DetachDeviceRequest>,
+          "detach", "[--target_device=DEV]  return the device (or, for an admin, DEV) to its default domain",
+          [](Context&, Args& args) -> absl::StatusOr<v1::DetachDeviceRequest> {
+            v1::DetachDeviceRequest r;
+            r.set_target_device(args.StringOr("target_device", ""));
+            return r;
+          },
           &Client::DetachDevice),
       Rpc<v1::GetIovaRangesRequest, v1::GetIovaRangesResponse>(
           "iova-ranges", "  usable IOVA ranges and reserved regions of the device's domain",

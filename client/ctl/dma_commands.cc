@@ -90,6 +90,22 @@ absl::StatusOr<v1::GetSgTableRequest> BuildGetSgTable(Context&, Args& args) {
   r.set_dma_addr(dma_addr);
   ASSIGN_OR_RETURN(bool export_token, args.Bool("export"));
   r.set_export_(export_token);
+  const std::string importers = args.StringOr("export_to", "");
+  for (absl::string_view name : absl::StrSplit(importers, ',', absl::SkipEmpty())) {
+    r.add_export_importers(std::string(name));
+  }
+  ASSIGN_OR_RETURN(bool writable, args.Bool("writable"));
+  r.set_export_writable(writable);
+  if ((r.export_importers_size() > 0 || writable) && !export_token) {
+    return absl::InvalidArgumentError("--export_to and --writable go with --export");
+  }
+  return r;
+}
+
+absl::StatusOr<v1::RevokeExportRequest> BuildRevokeExport(Context&, Args& args) {
+  v1::RevokeExportRequest r;
+  ASSIGN_OR_RETURN(std::string token, args.String("token"));
+  r.set_export_token(std::move(token));
   return r;
 }
 
@@ -258,8 +274,13 @@ std::vector<Command> DmaCommands() {
       Rpc<v1::FreeRequest, v1::FreeResponse>("free", "--dma_addr=A  dma_free_attrs",
                                              BuildByDmaAddr<v1::FreeRequest>, &Client::Free),
       Rpc<v1::GetSgTableRequest, v1::GetSgTableResponse>(
-          "get-sgtable", "--dma_addr=A [--export]  dma_get_sgtable, optionally with an export token",
+          "get-sgtable",
+          "--dma_addr=A [--export [--export_to=DEV,...] [--writable]]  dma_get_sgtable, optionally "
+          "with an export token (for the devices named, any if none; read-only unless --writable)",
           BuildGetSgTable, &Client::GetSgTable),
+      Rpc<v1::RevokeExportRequest, v1::RevokeExportResponse>(
+          "revoke-export", "--token=T  revoke an export token, unmapping every import of it",
+          BuildRevokeExport, &Client::RevokeExport),
       Rpc<v1::MsiCookieRequest, v1::MsiCookieResponse>(
           "msi-cookie", "[--domain=ID --window_base=A --window_size=N]  map the MSI doorbell (or set a window)",
           BuildMsiCookie, &Client::MsiCookie),

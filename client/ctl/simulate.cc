@@ -43,8 +43,10 @@ class Rng {
 // counted, and a failed one is an error (reported once per message).
 class Profile {
  public:
-  Profile(const Client& client, std::string device, std::string peer)
-      : client_(client), device_(std::move(device)), peer_(std::move(peer)) {}
+  // `client` carries the device's session; `peer_client` (no session) acts
+  // for the peer, whose resources a session of this device cannot own.
+  Profile(const Client& client, const Client& peer_client, std::string device, std::string peer)
+      : client_(client), peer_client_(peer_client), device_(std::move(device)), peer_(std::move(peer)) {}
   virtual ~Profile() = default;
   virtual absl::Status Setup() { return absl::OkStatus(); }
   void RunStep() {
@@ -117,6 +119,7 @@ class Profile {
   }
 
   Client client_;
+  Client peer_client_;
   std::string device_;
   std::string peer_;
   std::vector<Buffer> buffers_;
@@ -190,7 +193,7 @@ class GpuProfile final : public Profile {
       import.set_import_token(t->export_token());
       import.set_mode(v1::SG_MODE_CONTIGUOUS);
       import.set_direction(v1::DMA_DIRECTION_TO_DEVICE);
-      if (std::optional<v1::MapSgResponse> m = Check(client_.MapSg(std::move(import)))) {
+      if (std::optional<v1::MapSgResponse> m = Check(peer_client_.MapSg(std::move(import)))) {
         ++counters_.maps;
         Translate(peer_, m->iova(), v1::ACCESS_KIND_READ);
         Unmap(&Client::UnmapSg, peer_, m->iova());
@@ -243,12 +246,13 @@ class UntrustedProfile final : public Profile {
 struct ProfileSpec {
   const char* name;
   const char* device;
-  std::unique_ptr<Profile> (*make)(const Client&, std::string, std::string);
+  std::unique_ptr<Profile> (*make)(const Client&, const Client&, std::string, std::string);
 };
 
 template <typename P>
-std::unique_ptr<Profile> Make(const Client& c, std::string device, std::string peer) {
-  return std::make_unique<P>(c, std::move(device), std::move(peer));
+std::unique_ptr<Profile> Make(const Client& c, const Client& peer_client, std::string device,
+                              std::string peer) {
+  return std::make_unique<P>(c, peer_client, std::move(device), std::move(peer));
 }
 
 const std::vector<ProfileSpec>& Profiles() {
@@ -294,8 +298,9 @@ absl::Status Simulate(Context& ctx, Args& args) {
   if (spec == nullptr) return InvalidField("--profile", profile_name, absl::StrCat("must be one of ", names));
   const std::string device = ctx.client.device().empty() ? spec->device : ctx.client.device();
 
-  ASSIGN_OR_RETURN(std::unique_ptr<Session> session, Session::Open(ctx.client, absl::Milliseconds(ttl_ms)));
-  std::unique_ptr<Profile> profile = spec->make(session->client(), device, peer);
+  ASSIGN_OR_RETURN(std::unique_ptr<Session> session,
+                   Session::Open(ctx.client, absl::Milliseconds(ttl_ms), device));
+  std::unique_ptr<Profile> profile = spec->make(session->client(), ctx.client, device, peer);
   RETURN_IF_ERROR(profile->Setup());
 
   const absl::Time start = absl::Now();

@@ -201,10 +201,19 @@ class Client:
     def free(self, dma_addr: int) -> None:
         self._call(self._dma.Free, pb.FreeRequest(device=self.device, dma_addr=dma_addr))
 
-    def get_sg_table(self, dma_addr: int, export: bool = False):
-        """pb.GetSgTableResponse: chunks, size_bytes, export_token."""
+    def get_sg_table(self, dma_addr: int, export: bool = False, export_to=(),
+                     export_writable: bool = False):
+        """pb.GetSgTableResponse: chunks, size_bytes, export_token. With
+        export, the token is limited to the devices in export_to (any device
+        when empty) and read-only unless export_writable."""
         return self._call(self._dma.GetSgTable, pb.GetSgTableRequest(
-            device=self.device, dma_addr=dma_addr, export=export))
+            device=self.device, dma_addr=dma_addr, export=export,
+            export_importers=list(export_to), export_writable=export_writable))
+
+    def revoke_export(self, export_token: str) -> int:
+        """Revokes an export token; returns the imports it unmapped."""
+        return self._call(self._dma.RevokeExport, pb.RevokeExportRequest(
+            device=self.device, export_token=export_token)).imports_unmapped
 
     def msi_cookie(self, domain_id: int = 0, window_base: int = 0, window_size_bytes: int = 0):
         """pb.MsiCookieResponse: the MSI address in the device's current
@@ -235,10 +244,12 @@ class Client:
         return BatchStream(self)
 
     # --- Domains ------------------------------------------------------------
-    def create_domain(self, smmu: str, type="dma", granule_bytes: int = 0) -> Domain:  # noqa: A002
+    def create_domain(self, smmu: str, type="dma", granule_bytes: int = 0,  # noqa: A002
+                      granted_devices=()) -> Domain:
+        """Devices in granted_devices may attach themselves besides the owner."""
         r = self._call(self._domains.CreateDomain, pb.CreateDomainRequest(
             device=self.device, smmu=smmu, type=convert.domain_type(type),
-            granule_bytes=granule_bytes))
+            granule_bytes=granule_bytes, granted_devices=list(granted_devices)))
         return Domain(self, r.domain)
 
     def destroy_domain(self, domain_id: int) -> None:
@@ -253,12 +264,14 @@ class Client:
         return list(self._call(self._domains.ListDomains, pb.ListDomainsRequest(
             device=self.device), idempotent=True).domains)
 
-    def attach_device(self, domain_id: int) -> None:
+    def attach_device(self, domain_id: int, target_device: str = "") -> None:
+        """Switches this device (or, for an admin, target_device) to the domain."""
         self._call(self._domains.AttachDevice, pb.AttachDeviceRequest(
-            device=self.device, domain_id=domain_id))
+            device=self.device, domain_id=domain_id, target_device=target_device))
 
-    def detach_device(self) -> None:
-        self._call(self._domains.DetachDevice, pb.DetachDeviceRequest(device=self.device))
+    def detach_device(self, target_device: str = "") -> None:
+        self._call(self._domains.DetachDevice, pb.DetachDeviceRequest(
+            device=self.device, target_device=target_device))
 
     def get_iova_ranges(self):
         """pb.GetIovaRangesResponse: domain_id, usable and reserved ranges."""
