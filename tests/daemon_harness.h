@@ -2,16 +2,19 @@
 #define IOMMU_TESTS_DAEMON_HARNESS_H_
 
 // Starts the real `iommud` binary for integration tests: a temp directory
-// for its Unix socket and log, TCP and metrics on free ports (port 0, read
-// back from its "serving" log line), and a SIGTERM stop that reports the
-// exit code. Every wait is bounded.
+// for its Unix socket and log, TCP, metrics and health on free ports (port 0,
+// read back from its "serving" log line), and a SIGTERM stop that reports
+// the exit code. Every wait is bounded.
 
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
+#include <cstring>
 #include <cstdlib>
 #include <fstream>
 #include <optional>
@@ -40,21 +43,36 @@ inline std::string ReadAll(const std::string& path) {
 
 class DaemonProcess {
  public:
-  // Starts iommud with `extra_flags`; fails the test (returns false) when it
-  // does not report serving within 15 s.
-  bool Start(std::vector<std::string> extra_flags = {}) {
+  // What Start waits for.
+  enum class Ready {
+    kServingLine,  // the "serving" log line (at --log_level info or below)
+    kUnixSocket,   // the Unix socket accepting connections (any log level)
+  };
+
+  // Starts iommud on a Unix socket in a fresh directory and 127.0.0.1:0,
+  // metrics on 127.0.0.1:0, then `extra_flags` (a later flag overrides an
+  // earlier one, so --listen may be replaced). Returns false when it does
+  // not get `ready` within 15 s or exits first (exit_code() then tells).
+  // stderr goes to log(), stdout to out().
+  bool Start(std::vector<std::string> extra_flags = {}, Ready ready = Ready::kServingLine) {
     dir_ = MakeTempDir();
     socket_path_ = dir_ + "/iommud.sock";
     log_path_ = dir_ + "/iommud.log";
+    out_path_ = dir_ + "/iommud.out";
+    exit_code_.reset();
+    tcp_address_.clear();
+    metrics_address_.clear();
+    health_address_.clear();
     std::vector<std::string> args = {IOMMUD_PATH,
                                      "--listen=unix:" + socket_path_ + ",127.0.0.1:0",
                                      "--metrics_listen=127.0.0.1:0"};
     for (auto& f : extra_flags) args.push_back(std::move(f));
     pid_ = fork();
     if (pid_ == 0) {
-      int fd = open(log_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-      dup2(fd, 1);
-      dup2(fd, 2);
+      int out = open(out_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+      int err = open(log_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+      dup2(out, 1);
+      dup2(err, 2);
       std::vector<char*> argv;
       for (auto& a : args) argv.push_back(a.data());
       argv.push_back(nullptr);
@@ -62,18 +80,22 @@ class DaemonProcess {
       _exit(127);
     }
     const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(15);
-    const std::regex serving(R"(serving grpc=unix:(\S+),(\S+) metrics=http://(\S+)/metrics)");
+    const std::regex serving(R"(serving grpc=(\S+) metrics=(\S+) health=(\S+))");
     while (std::chrono::steady_clock::now() < deadline) {
-      std::smatch m;
-      const std::string log = ReadAll(log_path_);
-      if (std::regex_search(log, m, serving)) {
-        tcp_address_ = m[2];
-        metrics_address_ = m[3];
+      if (ready == Ready::kServingLine) {
+        std::smatch m;
+        const std::string log = ReadAll(log_path_);
+        if (std::regex_search(log, m, serving)) {
+          ParseServing(m[1], m[2], m[3]);
+          return true;
+        }
+      } else if (UnixSocketAccepts()) {
         return true;
       }
       int status = 0;
       if (waitpid(pid_, &status, WNOHANG) == pid_) {
         pid_ = -1;
+        exit_code_ = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
         return false;
       }
       std::this_thread::sleep_for(std::chrono::milliseconds(20));
@@ -104,15 +126,48 @@ class DaemonProcess {
   ~DaemonProcess() { Stop(); }
 
   std::string unix_target() const { return "unix:" + socket_path_; }
+  // The first TCP listen address as bound ("127.0.0.1:41234").
   const std::string& tcp_target() const { return tcp_address_; }
   const std::string& metrics_address() const { return metrics_address_; }
+  // The bound --health_listen address; empty when there is none.
+  const std::string& health_address() const { return health_address_; }
   const std::string& dir() const { return dir_; }
+  // What the daemon wrote to stderr (its log).
   std::string log() const { return ReadAll(log_path_); }
+  // What it wrote to stdout.
+  std::string out() const { return ReadAll(out_path_); }
   pid_t pid() const { return pid_; }
+  // The exit code when Start saw the daemon exit.
+  std::optional<int> exit_code() const { return exit_code_; }
 
  private:
+  void ParseServing(const std::string& grpc, const std::string& metrics, const std::string& health) {
+    std::stringstream addresses(grpc);
+    std::string address;
+    while (std::getline(addresses, address, ',')) {
+      if (address.rfind("unix:", 0) != 0 && tcp_address_.empty()) tcp_address_ = address;
+    }
+    const std::string http = "http://", suffix = "/metrics";
+    if (metrics.rfind(http, 0) == 0 && metrics.size() > http.size() + suffix.size()) {
+      metrics_address_ = metrics.substr(http.size(), metrics.size() - http.size() - suffix.size());
+    }
+    if (health != "off") health_address_ = health;
+  }
+
+  bool UnixSocketAccepts() const {
+    const int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    std::strncpy(addr.sun_path, socket_path_.c_str(), sizeof(addr.sun_path) - 1);
+    const bool ok = connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0;
+    close(fd);
+    return ok;
+  }
+
   pid_t pid_ = -1;
-  std::string dir_, socket_path_, log_path_, tcp_address_, metrics_address_;
+  std::optional<int> exit_code_;
+  std::string dir_, socket_path_, log_path_, out_path_, tcp_address_, metrics_address_,
+      health_address_;
 };
 
 // GET http://address/metrics with curl-free plain sockets is overkill here:

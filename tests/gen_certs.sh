@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Generates a throw-away CA and certificates for the mTLS integration tests:
-#   ca.{crt,key}        the CA (--tls_ca)
-#   server.{crt,key}    iommud: DNS localhost, iommud.test, IP 127.0.0.1
+# Generates a throw-away CA and certificates for the TLS integration tests
+# (--auth=token and --auth=mtls):
+#   ca.{crt,key}        the CA: clients verify the daemon with it; --tls_ca
+#   server.{crt,key}    iommud's --tls_cert/--tls_key: DNS localhost,
+#                       iommud.test, IP 127.0.0.1
 #   nic0.{crt,key}      URI SAN spiffe://iommu-broker/device/nic0
 #   nvme0.{crt,key}     DNS SAN nvme0.device.iommu
 #   admin.{crt,key}     URI SAN spiffe://iommu-broker/admin

@@ -1,6 +1,7 @@
 // Integration: identity and authorisation against the real iommud — bearer
-// tokens, mTLS (certificates generated at test time with openssl) over TCP and
-// the Unix socket, device isolation, admin-only calls, quotas.
+// tokens over TLS and mTLS (certificates generated at test time with openssl
+// by tests/gen_certs.sh) over TCP and the Unix socket, device isolation,
+// admin-only calls, quotas.
 
 #include <gtest/gtest.h>
 
@@ -11,6 +12,30 @@ namespace iommu::testing {
 namespace {
 
 using grpc::StatusCode;
+
+// The certificates of tests/gen_certs.sh, made once per process.
+const std::string& Certs() {
+  static const std::string* dir = [] {
+    auto* d = new std::string(MakeTempDir());
+    const std::string cmd = std::string("bash ") + GEN_CERTS_PATH + " " + *d;
+    EXPECT_EQ(std::system(cmd.c_str()), 0) << cmd;
+    return d;
+  }();
+  return *dir;
+}
+
+// A channel that verifies the daemon's certificate and presents none.
+std::shared_ptr<grpc::Channel> ServerTls(const std::string& target) {
+  grpc::SslCredentialsOptions ssl;
+  ssl.pem_root_certs = ReadAll(Certs() + "/ca.crt");
+  grpc::ChannelArguments args;
+  args.SetSslTargetNameOverride("iommud.test");
+  return grpc::CreateCustomChannel(target, grpc::SslCredentials(ssl), args);
+}
+
+constexpr char kNic0Token[] = "tok-nic0-7d1e5a90c3";
+constexpr char kNvme0Token[] = "tok-nvme0-4b28f6e1a7";
+constexpr char kAdminToken[] = "tok-admin-9c3f0b72e8";
 
 v1::AllocBufferRequest Buffer(const std::string& device, uint64_t size_bytes = 4096) {
   v1::AllocBufferRequest r;
@@ -26,12 +51,14 @@ class TokenAuthTest : public ::testing::Test {
     const std::string dir = MakeTempDir();
     const std::string tokens = dir + "/tokens";
     std::ofstream(tokens) << "# test tokens\n"
-                          << "tok-nic0 nic0\n"
-                          << "tok-nvme0 nvme0\n"
-                          << "tok-admin admin\n";
-    ASSERT_TRUE(daemon_.Start({"--auth=token", "--token_file=" + tokens, "--quota_buffers=3"}))
+                          << kNic0Token << " nic0\n"
+                          << kNvme0Token << " nvme0\n"
+                          << kAdminToken << " admin\n";
+    ASSERT_TRUE(daemon_.Start({"--auth=token", "--token_file=" + tokens,
+                               "--tls_cert=" + Certs() + "/server.crt",
+                               "--tls_key=" + Certs() + "/server.key", "--quota_buffers=3"}))
         << daemon_.log();
-    stubs_ = std::make_unique<Stubs>(Insecure(daemon_.tcp_target()));
+    stubs_ = std::make_unique<Stubs>(ServerTls(daemon_.tcp_target()));
   }
   DaemonProcess daemon_;
   std::unique_ptr<Stubs> stubs_;
@@ -40,7 +67,7 @@ class TokenAuthTest : public ::testing::Test {
 TEST_F(TokenAuthTest, MissingOrBadTokenIsUnauthenticated) {
   v1::AllocBufferResponse out;
   EXPECT_CODE(stubs_->memory->AllocBuffer(Ctx().get(), Buffer("nic0"), &out), UNAUTHENTICATED);
-  EXPECT_CODE(stubs_->memory->AllocBuffer(Ctx("tok-wrong").get(), Buffer("nic0"), &out),
+  EXPECT_CODE(stubs_->memory->AllocBuffer(Ctx("tok-wrong-0123456789").get(), Buffer("nic0"), &out),
               UNAUTHENTICATED);
   grpc::ClientContext basic;
   basic.AddMetadata("authorization", "Basic dG9rLW5pYzA=");
@@ -53,17 +80,46 @@ TEST_F(TokenAuthTest, MissingOrBadTokenIsUnauthenticated) {
   EXPECT_CODE(batch->Finish(), UNAUTHENTICATED);
 }
 
+// Device and admin tokens, over TLS on TCP and on the Unix socket alike.
+TEST_F(TokenAuthTest, TokensWorkOverTlsOnTcpAndUnixSocket) {
+  for (const std::string& target : {daemon_.tcp_target(), daemon_.unix_target()}) {
+    SCOPED_TRACE(target);
+    Stubs s(ServerTls(target));
+    v1::AllocBufferResponse buffer;
+    ASSERT_OK(s.memory->AllocBuffer(Ctx(kNic0Token).get(), Buffer(""), &buffer));
+    EXPECT_EQ(buffer.buffer().device(), "nic0");
+    v1::ListDevicesResponse devices;
+    ASSERT_OK(s.devices->ListDevices(Ctx(kNic0Token).get(), {}, &devices));
+    ASSERT_EQ(devices.devices_size(), 1);
+    ASSERT_OK(s.devices->ListDevices(Ctx(kAdminToken).get(), {}, &devices));
+    EXPECT_GT(devices.devices_size(), 1);
+    ASSERT_OK(s.memory->AllocBuffer(Ctx(kAdminToken).get(), Buffer("gpu0"), &buffer));
+    EXPECT_EQ(buffer.buffer().device(), "gpu0");
+  }
+}
+
+// The token never crosses a listener in clear: a plaintext client gets no
+// connection at all.
+TEST_F(TokenAuthTest, PlaintextClientIsUnavailable) {
+  for (const std::string& target : {daemon_.tcp_target(), daemon_.unix_target()}) {
+    SCOPED_TRACE(target);
+    Stubs plain(Insecure(target));
+    v1::ListIommusResponse out;
+    EXPECT_CODE(plain.devices->ListIommus(Ctx(kAdminToken).get(), {}, &out), UNAVAILABLE);
+  }
+}
+
 TEST_F(TokenAuthTest, DeviceActsOnlyAsItself) {
   Stubs& s = *stubs_;
   v1::AllocBufferResponse buffer;
-  ASSERT_OK(s.memory->AllocBuffer(Ctx("tok-nic0").get(), Buffer("nic0", 16384), &buffer));
+  ASSERT_OK(s.memory->AllocBuffer(Ctx(kNic0Token).get(), Buffer("nic0", 16384), &buffer));
   // The empty device means "myself" for a device credential.
   v1::AllocBufferResponse implicit;
-  ASSERT_OK(s.memory->AllocBuffer(Ctx("tok-nic0").get(), Buffer(""), &implicit));
+  ASSERT_OK(s.memory->AllocBuffer(Ctx(kNic0Token).get(), Buffer(""), &implicit));
   EXPECT_EQ(implicit.buffer().device(), "nic0");
   // Acting as another device.
   v1::AllocBufferResponse out;
-  EXPECT_CODE(s.memory->AllocBuffer(Ctx("tok-nic0").get(), Buffer("nvme0"), &out),
+  EXPECT_CODE(s.memory->AllocBuffer(Ctx(kNic0Token).get(), Buffer("nvme0"), &out),
               PERMISSION_DENIED);
   // Mapping memory it does not own.
   v1::MapRequest map;
@@ -71,24 +127,24 @@ TEST_F(TokenAuthTest, DeviceActsOnlyAsItself) {
   *map.mutable_mem() = BufferRef(buffer.buffer().buffer_id(), 0, 4096);
   map.set_direction(v1::DMA_DIRECTION_BIDIRECTIONAL);
   v1::MapResponse mapped;
-  EXPECT_CODE(s.dma->Map(Ctx("tok-nvme0").get(), map, &mapped), PERMISSION_DENIED);
+  EXPECT_CODE(s.dma->Map(Ctx(kNvme0Token).get(), map, &mapped), PERMISSION_DENIED);
   // Raw physical memory is admin-only.
   v1::MapRequest raw = map;
   raw.set_device("nic0");
   raw.mutable_mem()->set_phys_addr(0x80000000);
-  EXPECT_CODE(s.dma->Map(Ctx("tok-nic0").get(), raw, &mapped), PERMISSION_DENIED);
-  ASSERT_OK(s.dma->Map(Ctx("tok-admin").get(), raw, &mapped));
+  EXPECT_CODE(s.dma->Map(Ctx(kNic0Token).get(), raw, &mapped), PERMISSION_DENIED);
+  ASSERT_OK(s.dma->Map(Ctx(kAdminToken).get(), raw, &mapped));
   // Unmapping another's mapping: it does not exist for them.
   map.set_device("nic0");
-  ASSERT_OK(s.dma->Map(Ctx("tok-nic0").get(), map, &mapped));
+  ASSERT_OK(s.dma->Map(Ctx(kNic0Token).get(), map, &mapped));
   v1::UnmapRequest unmap;
   unmap.set_device("nvme0");
   unmap.set_dma_addr(mapped.dma_addr());
   v1::UnmapResponse unmapped;
-  EXPECT_FALSE(s.dma->Unmap(Ctx("tok-nvme0").get(), unmap, &unmapped).ok());
+  EXPECT_FALSE(s.dma->Unmap(Ctx(kNvme0Token).get(), unmap, &unmapped).ok());
   unmap.set_device("nic0");
-  EXPECT_CODE(s.dma->Unmap(Ctx("tok-nvme0").get(), unmap, &unmapped), PERMISSION_DENIED);
-  ASSERT_OK(s.dma->Unmap(Ctx("tok-nic0").get(), unmap, &unmapped));
+  EXPECT_CODE(s.dma->Unmap(Ctx(kNvme0Token).get(), unmap, &unmapped), PERMISSION_DENIED);
+  ASSERT_OK(s.dma->Unmap(Ctx(kNic0Token).get(), unmap, &unmapped));
   // Translate by stream id is admin-only.
   v1::TranslateRequest tr;
   tr.set_smmu("smmu0");
@@ -97,18 +153,18 @@ TEST_F(TokenAuthTest, DeviceActsOnlyAsItself) {
   tr.set_length_bytes(4);
   tr.set_access(v1::ACCESS_KIND_READ);
   v1::TranslateResponse translated;
-  EXPECT_CODE(s.devices->Translate(Ctx("tok-nic0").get(), tr, &translated), PERMISSION_DENIED);
-  ASSERT_OK(s.devices->Translate(Ctx("tok-admin").get(), tr, &translated));
+  EXPECT_CODE(s.devices->Translate(Ctx(kNic0Token).get(), tr, &translated), PERMISSION_DENIED);
+  ASSERT_OK(s.devices->Translate(Ctx(kAdminToken).get(), tr, &translated));
   // A device sees only itself.
   v1::ListDevicesResponse devices;
-  ASSERT_OK(s.devices->ListDevices(Ctx("tok-nic0").get(), {}, &devices));
+  ASSERT_OK(s.devices->ListDevices(Ctx(kNic0Token).get(), {}, &devices));
   ASSERT_EQ(devices.devices_size(), 1);
   EXPECT_EQ(devices.devices(0).config().name(), "nic0");
-  ASSERT_OK(s.devices->ListDevices(Ctx("tok-admin").get(), {}, &devices));
+  ASSERT_OK(s.devices->ListDevices(Ctx(kAdminToken).get(), {}, &devices));
   EXPECT_GT(devices.devices_size(), 1);
   // Batch ops are checked one by one.
   grpc::ClientContext ctx;
-  ctx.AddMetadata("authorization", "Bearer tok-nic0");
+  ctx.AddMetadata("authorization", std::string("Bearer ") + kNic0Token);
   auto batch = s.dma->Batch(&ctx);
   v1::BatchRequest req;
   v1::UnmapRequest* op = req.add_ops()->mutable_unmap();
@@ -128,7 +184,7 @@ TEST_F(TokenAuthTest, DeviceActsOnlyAsItself) {
 TEST_F(TokenAuthTest, BatchRunsGiveEachOpItsUnaryResult) {
   Stubs& s = *stubs_;
   v1::AllocBufferResponse buffer;
-  ASSERT_OK(s.memory->AllocBuffer(Ctx("tok-nic0").get(), Buffer("nic0", 16384), &buffer));
+  ASSERT_OK(s.memory->AllocBuffer(Ctx(kNic0Token).get(), Buffer("nic0", 16384), &buffer));
   auto map_op = [&](v1::BatchRequest* req, const std::string& device, uint64_t page) {
     v1::MapRequest* m = req->add_ops()->mutable_map();
     m->set_device(device);
@@ -143,7 +199,7 @@ TEST_F(TokenAuthTest, BatchRunsGiveEachOpItsUnaryResult) {
     return *u;
   };
   grpc::ClientContext ctx;
-  ctx.AddMetadata("authorization", "Bearer tok-nic0");
+  ctx.AddMetadata("authorization", std::string("Bearer ") + kNic0Token);
   auto batch = s.dma->Batch(&ctx);
   v1::BatchRequest req;
   map_op(&req, "", 0);                                          // 0: myself
@@ -160,11 +216,11 @@ TEST_F(TokenAuthTest, BatchRunsGiveEachOpItsUnaryResult) {
   const uint64_t a0 = resp.results(0).map().dma_addr(), a1 = resp.results(1).map().dma_addr();
   EXPECT_NE(a0, a1);
   v1::MapResponse mapped;
-  const grpc::Status no_mem_unary = s.dma->Map(Ctx("tok-nic0").get(), no_mem, &mapped);
+  const grpc::Status no_mem_unary = s.dma->Map(Ctx(kNic0Token).get(), no_mem, &mapped);
   EXPECT_EQ(resp.results(2).code(), int(no_mem_unary.error_code()));
   EXPECT_EQ(resp.results(2).message(), no_mem_unary.error_message());
   v1::UnmapResponse unmapped;
-  const grpc::Status other_unary = s.dma->Unmap(Ctx("tok-nic0").get(), other, &unmapped);
+  const grpc::Status other_unary = s.dma->Unmap(Ctx(kNic0Token).get(), other, &unmapped);
   EXPECT_EQ(resp.results(3).code(), int(StatusCode::PERMISSION_DENIED));
   EXPECT_EQ(resp.results(3).message(), other_unary.error_message());
   EXPECT_EQ(resp.results(4).code(), int(StatusCode::PERMISSION_DENIED));
@@ -187,7 +243,7 @@ TEST_F(TokenAuthTest, BatchRunsGiveEachOpItsUnaryResult) {
   ASSERT_EQ(resp.results_size(), 5);
   for (int i : {0, 1, 3, 4}) EXPECT_EQ(resp.results(i).code(), 0) << i << resp.results(i).message();
   EXPECT_TRUE(resp.results(3).translate().faulted());
-  const grpc::Status again_unary = s.dma->Unmap(Ctx("tok-nic0").get(), again, &unmapped);
+  const grpc::Status again_unary = s.dma->Unmap(Ctx(kNic0Token).get(), again, &unmapped);
   EXPECT_EQ(again_unary.error_code(), StatusCode::NOT_FOUND);
   EXPECT_EQ(resp.results(2).code(), int(StatusCode::NOT_FOUND));
   EXPECT_EQ(resp.results(2).message(), again_unary.error_message());
@@ -224,28 +280,21 @@ TEST_F(TokenAuthTest, BatchRunsGiveEachOpItsUnaryResult) {
 TEST_F(TokenAuthTest, QuotaIsResourceExhausted) {
   v1::AllocBufferResponse out;
   for (int i = 0; i < 3; ++i) {
-    ASSERT_OK(stubs_->memory->AllocBuffer(Ctx("tok-nvme0").get(), Buffer("nvme0"), &out));
+    ASSERT_OK(stubs_->memory->AllocBuffer(Ctx(kNvme0Token).get(), Buffer("nvme0"), &out));
   }
   const grpc::Status s =
-      stubs_->memory->AllocBuffer(Ctx("tok-nvme0").get(), Buffer("nvme0"), &out);
+      stubs_->memory->AllocBuffer(Ctx(kNvme0Token).get(), Buffer("nvme0"), &out);
   EXPECT_EQ(s.error_code(), StatusCode::RESOURCE_EXHAUSTED) << s.error_message();
   // Another device's quota is its own.
-  ASSERT_OK(stubs_->memory->AllocBuffer(Ctx("tok-nic0").get(), Buffer("nic0"), &out));
+  ASSERT_OK(stubs_->memory->AllocBuffer(Ctx(kNic0Token).get(), Buffer("nic0"), &out));
 }
 
 // --- mTLS ---------------------------------------------------------------------------
 
 class MtlsTest : public ::testing::Test {
  protected:
-  static void SetUpTestSuite() {
-    certs_ = new std::string(MakeTempDir());
-    const std::string cmd = std::string("bash ") + GEN_CERTS_PATH + " " + *certs_;
-    ASSERT_EQ(std::system(cmd.c_str()), 0);
-  }
-  static void TearDownTestSuite() { delete certs_; }
-
   void SetUp() override {
-    const std::string& d = *certs_;
+    const std::string& d = Certs();
     ASSERT_TRUE(daemon_.Start({"--auth=mtls", "--tls_cert=" + d + "/server.crt",
                                "--tls_key=" + d + "/server.key", "--tls_ca=" + d + "/ca.crt"}))
         << daemon_.log();
@@ -253,7 +302,7 @@ class MtlsTest : public ::testing::Test {
 
   // A channel presenting `client` ("" for no certificate).
   std::unique_ptr<Stubs> Connect(const std::string& target, const std::string& client) {
-    const std::string& d = *certs_;
+    const std::string& d = Certs();
     grpc::SslCredentialsOptions ssl;
     ssl.pem_root_certs = ReadAll(d + "/ca.crt");
     if (!client.empty()) {
@@ -291,10 +340,8 @@ class MtlsTest : public ::testing::Test {
     EXPECT_FALSE(rogue->memory->AllocBuffer(Ctx().get(), Buffer("nic0"), &out).ok());
   }
 
-  static std::string* certs_;
   DaemonProcess daemon_;
 };
-std::string* MtlsTest::certs_ = nullptr;
 
 TEST_F(MtlsTest, CertificateIdentityOverTcp) { ExpectIdentities(daemon_.tcp_target()); }
 TEST_F(MtlsTest, CertificateIdentityOverUnixSocket) { ExpectIdentities(daemon_.unix_target()); }
