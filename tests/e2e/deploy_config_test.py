@@ -1,7 +1,9 @@
 """Static checks of the shipped deploy/ files (no Docker needed): every
 manifest and dashboard parses, Prometheus accepts the config and the rules,
 the dashboard and the alerts are of the form the end-to-end test relies on,
-and Kubernetes runs iommud with the compose demo's flags."""
+Kubernetes runs iommud with the compose demo's flags, its tokens over TLS and
+its probes on the health-only port, and compose forces --auth=none onto its
+network knowingly."""
 
 import os
 import shutil
@@ -71,7 +73,8 @@ class DeployConfigTest(unittest.TestCase):
         self.assertEqual(ds["uid"], "iommu-prometheus")
 
     def test_kubernetes_runs_iommud_with_the_demo_flags(self):
-        docs = {d["kind"]: d for d in next(docs for p, docs in df.manifests() if p == df.K8S)}
+        manifests = next(docs for p, docs in df.manifests() if p == df.K8S)
+        docs = {d["kind"]: d for d in manifests}
         self.assertEqual(set(docs), {"Namespace", "Secret", "DaemonSet", "Service"})
         pod = docs["DaemonSet"]["spec"]["template"]
         self.assertEqual(pod["metadata"]["annotations"]["prometheus.io/scrape"], "true")
@@ -85,6 +88,57 @@ class DeployConfigTest(unittest.TestCase):
         self.assertTrue(pod["spec"]["securityContext"]["runAsNonRoot"])
         self.assertEqual(pod["metadata"]["labels"], {**pod["metadata"]["labels"],
                                                      **docs["Service"]["spec"]["selector"]})
+
+    def test_kubernetes_tokens_travel_over_tls_and_probes_use_the_health_port(self):
+        manifests = next(docs for p, docs in df.manifests() if p == df.K8S)
+        secrets = {d["metadata"]["name"]: d for d in manifests if d["kind"] == "Secret"}
+        pod = next(d for d in manifests if d["kind"] == "DaemonSet")["spec"]["template"]["spec"]
+        container = pod["containers"][0]
+        flags = dict(a.split("=", 1) for a in container["args"])
+        # Token auth needs the server certificate; no flag asks for plaintext.
+        self.assertEqual(flags["--auth"], "token")
+        self.assertNotIn("--auth_none_allow_remote", flags)
+        mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+        volumes = {v["name"]: v for v in pod["volumes"]}
+
+        def secret_file(flag):
+            """The Secret and key a file flag names, through its volume mount."""
+            path = flags[flag]
+            for name, mount in mounts.items():
+                if path.startswith(mount.rstrip("/") + "/") and "secret" in volumes[name]:
+                    secret = secrets[volumes[name]["secret"]["secretName"]]
+                    return secret, path[len(mount.rstrip("/")) + 1:]
+            self.fail(f"{flag}={path} is on no Secret volume")
+
+        for flag in ("--tls_cert", "--tls_key", "--token_file"):
+            secret, key = secret_file(flag)
+            self.assertIn(key, secret["stringData"], flag)
+        tls, _ = secret_file("--tls_cert")
+        self.assertEqual(tls["type"], "kubernetes.io/tls")
+        self.assertEqual(set(tls["stringData"]), {"tls.crt", "tls.key"})
+        # The shipped values are examples that iommud refuses: no PEM, short tokens.
+        self.assertNotIn("-----BEGIN", "".join(tls["stringData"].values()))
+        tokens, key = secret_file("--token_file")
+        for line in tokens["stringData"][key].splitlines():
+            words = line.split("#", 1)[0].split()
+            if words:
+                self.assertLess(len(words[0]), 16, line)
+        # Both probes ask the plaintext health-only port, not a TLS listener.
+        health_port = int(flags["--health_listen"].rsplit(":", 1)[1])
+        grpc_ports = {int(a.rsplit(":", 1)[1]) for a in flags["--listen"].split(",") if not a.startswith("unix:")}
+        self.assertNotIn(health_port, grpc_ports)
+        self.assertIn(health_port, {p["containerPort"] for p in container["ports"]})
+        for probe in ("readinessProbe", "livenessProbe"):
+            self.assertEqual(container[probe]["grpc"]["port"], health_port, probe)
+
+    def test_compose_forces_auth_none_onto_its_network_knowingly(self):
+        with open(df.COMPOSE) as f:
+            command = yaml.safe_load(f)["services"]["iommud"]["command"]
+        self.assertIn("--auth=none", command)
+        listen = next(a for a in command if a.startswith("--listen="))
+        self.assertIn("0.0.0.0:", listen)
+        # iommud refuses --auth=none on a non-loopback address without it.
+        self.assertIn("--auth_none_allow_remote", command)
 
     def test_compose_has_the_demo_services(self):
         with open(df.COMPOSE) as f:
