@@ -73,7 +73,9 @@ class BrokerImpl {
     explicit SessionPin(std::shared_ptr<SessionGate> gate) : gate_(std::move(gate)) {}
     SessionPin(SessionPin&& o) noexcept : gate_(std::move(o.gate_)) {}
     SessionPin& operator=(SessionPin&&) = delete;
-    ~SessionPin() {
+    // Releases the shared hold PinSession took (the analysis cannot follow
+    // a lock handed from one function to an object's destructor).
+    ~SessionPin() ABSL_NO_THREAD_SAFETY_ANALYSIS {
       if (gate_) gate_->mu.ReaderUnlock();
     }
 
@@ -81,7 +83,7 @@ class BrokerImpl {
     std::shared_ptr<SessionGate> gate_;
   };
   absl::StatusOr<SessionPin> PinSession(const Caller& caller) const
-      ABSL_LOCKS_EXCLUDED(registry_mu_);
+      ABSL_LOCKS_EXCLUDED(registry_mu_) ABSL_NO_THREAD_SAFETY_ANALYSIS;
   // Marks a session's gate closed, waiting for its pinned operations.
   static void CloseGate(SessionGate& gate);
   // The effective quotas of a device: its topology overrides, then the

@@ -104,8 +104,9 @@ void Broker::CheckInvariants() const {
                                                 DomainTypeName(t))),
             "isolation");
     }
+    const std::string& device = name;  // a structured binding cannot be captured
     const auto owned = std::count_if(impl_->domains_.begin(), impl_->domains_.end(),
-                                     [&](const auto& kv) { return kv.second->owner == name; });
+                                     [&](const auto& kv) { return kv.second->owner == device; });
     if (uint64_t(owned) != dev->domains.load()) {
       check(absl::InternalError(absl::StrFormat("device %s owns %d domains, charged %d", name,
                                                 owned, dev->domains.load())),

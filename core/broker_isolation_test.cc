@@ -307,7 +307,7 @@ TEST_F(IsolationTest, ForeignAndPhantomSessionsAreRefusedAndCreateNothing) {
   broker_->CheckInvariants();
 }
 
-TEST_F(IsolationTest, NoResourceOutlivesAClosingSession) {
+TEST_F(IsolationTest, ConcurrentCallsNeverOutliveAClosingSession) {
   // Calls racing a CloseSession either fail or are released by it: nothing
   // created under the session survives its release.
   for (int round = 0; round < 20; ++round) {

@@ -50,13 +50,21 @@ ABSL_FLAG(std::string, tls_ca, "", "--auth=mtls: CA bundle that signs client cer
 ABSL_FLAG(bool, auth_none_allow_remote, false,
           "--auth=none: also listen on addresses other hosts can reach (not loopback, not unix:); "
           "every caller on the network is then trusted");
+// Per-device quotas. A device's topology entry overrides them field by
+// field; 0 means the fair share of the topology (see docs/security.md).
 ABSL_FLAG(uint64_t, quota_mapped_bytes, kDefaultQuotas.max_mapped_bytes,
-          "per-device quota: bytes mapped at once");
+          "per-device quota: bytes mapped at once (a topology device's quotas override it)");
 ABSL_FLAG(uint64_t, quota_mappings, kDefaultQuotas.max_mappings,
           "per-device quota: live mappings");
 ABSL_FLAG(uint64_t, quota_buffers, kDefaultQuotas.max_buffers, "per-device quota: live buffers");
 ABSL_FLAG(uint64_t, quota_buffer_bytes, kDefaultQuotas.max_buffer_bytes,
-          "per-device quota: bytes of buffers held");
+          "per-device quota: bytes of buffers held; 0 = a fair share, the pools' RAM divided by "
+          "the number of devices");
+ABSL_FLAG(uint64_t, quota_domains, kDefaultQuotas.max_domains,
+          "per-device quota: domains a device creates; 0 = a fair share of its SMMU's contexts "
+          "(those left after every device's default domain, split evenly)");
+ABSL_FLAG(uint64_t, quota_sessions, kDefaultQuotas.max_sessions,
+          "per-device quota: open sessions");
 ABSL_FLAG(absl::Duration, session_ttl, absl::Seconds(30),
           "session lease when OpenSession asks for ttl_ms 0");
 ABSL_FLAG(uint32_t, fq_size, kDefaultBroker.flush_queue_capacity,
@@ -141,7 +149,9 @@ int main(int argc, char** argv) {
   options.broker.default_quotas = {.max_mapped_bytes = absl::GetFlag(FLAGS_quota_mapped_bytes),
                                    .max_mappings = absl::GetFlag(FLAGS_quota_mappings),
                                    .max_buffers = absl::GetFlag(FLAGS_quota_buffers),
-                                   .max_buffer_bytes = absl::GetFlag(FLAGS_quota_buffer_bytes)};
+                                   .max_buffer_bytes = absl::GetFlag(FLAGS_quota_buffer_bytes),
+                                   .max_domains = absl::GetFlag(FLAGS_quota_domains),
+                                   .max_sessions = absl::GetFlag(FLAGS_quota_sessions)};
   options.broker.flush_queue_capacity = absl::GetFlag(FLAGS_fq_size);
   options.broker.flush_queue_timeout = absl::GetFlag(FLAGS_fq_timeout);
   options.broker.fault_ring_capacity = absl::GetFlag(FLAGS_fault_ring_size);

@@ -7,6 +7,7 @@
 #   nic0.{crt,key}      URI SAN spiffe://iommu-broker/device/nic0
 #   nvme0.{crt,key}     DNS SAN nvme0.device.iommu
 #   admin.{crt,key}     URI SAN spiffe://iommu-broker/admin
+#   gpu0, sata0, tbt0   URI SANs of those devices (the isolation tests)
 #   stranger.{crt,key}  signed by the CA, but its SAN names no identity
 #   rogue.{crt,key}     URI SAN of nic0, signed by another CA
 # Usage: gen_certs.sh DIR
@@ -33,5 +34,6 @@ leaf server ca "DNS:localhost,DNS:iommud.test,IP:127.0.0.1" serverAuth
 leaf nic0 ca "URI:spiffe://iommu-broker/device/nic0" clientAuth
 leaf nvme0 ca "DNS:nvme0.device.iommu" clientAuth
 leaf admin ca "URI:spiffe://iommu-broker/admin" clientAuth
+for d in gpu0 sata0 tbt0; do leaf "$d" ca "URI:spiffe://iommu-broker/device/$d" clientAuth; done
 leaf stranger ca "URI:spiffe://elsewhere/workload" clientAuth
 leaf rogue otherca "URI:spiffe://iommu-broker/device/nic0" clientAuth

@@ -1,6 +1,7 @@
 // Integration: isolation against the real iommud, tried as an attacker
 // would, in each authentication mode (--auth=none trusts the device the
-// request names; --auth=mtls binds each client certificate to one device).
+// request names; --auth=token binds each bearer token, sent over TLS, and
+// --auth=mtls each client certificate, to one device or the admin).
 // Every finding of the isolation review has a test here that failed before
 // the authorisation model (docs/security.md) was enforced.
 
@@ -17,7 +18,9 @@ namespace {
 
 using grpc::StatusCode;
 
-enum class Mode { kNone, kMtls };
+enum class Mode { kNone, kToken, kMtls };
+
+const char* const kIdentities[] = {"admin", "nic0", "nvme0", "gpu0", "sata0", "tbt0"};
 
 std::string* certs = nullptr;
 
@@ -35,6 +38,13 @@ class IsolationTest : public ::testing::TestWithParam<Mode> {
     if (GetParam() == Mode::kMtls) {
       flags = {"--auth=mtls", "--tls_cert=" + *certs + "/server.crt",
                "--tls_key=" + *certs + "/server.key", "--tls_ca=" + *certs + "/ca.crt"};
+    } else if (GetParam() == Mode::kToken) {
+      const std::string tokens = *certs + "/tokens";
+      std::ofstream out(tokens);
+      for (const char* who : kIdentities) out << Token(who) << " " << who << "\n";
+      out.close();
+      flags = {"--auth=token", "--token_file=" + tokens, "--tls_cert=" + *certs + "/server.crt",
+               "--tls_key=" + *certs + "/server.key"};
     }
     ASSERT_TRUE(daemon_.Start(flags)) << daemon_.log();
   }
@@ -49,14 +59,21 @@ class IsolationTest : public ::testing::TestWithParam<Mode> {
     } else {
       grpc::SslCredentialsOptions ssl;
       ssl.pem_root_certs = ReadAll(*certs + "/ca.crt");
-      ssl.pem_private_key = ReadAll(*certs + "/" + who + ".key");
-      ssl.pem_cert_chain = ReadAll(*certs + "/" + who + ".crt");
+      if (GetParam() == Mode::kMtls) {
+        ssl.pem_private_key = ReadAll(*certs + "/" + who + ".key");
+        ssl.pem_cert_chain = ReadAll(*certs + "/" + who + ".crt");
+      }
       grpc::ChannelArguments args;
       args.SetSslTargetNameOverride("iommud.test");
       ch = grpc::CreateCustomChannel(daemon_.tcp_target(), grpc::SslCredentials(ssl), args);
     }
     return *stubs_.emplace(who, std::make_unique<Stubs>(ch)).first->second;
   }
+  // A call context speaking as `who` (its bearer token in token mode).
+  std::unique_ptr<grpc::ClientContext> C(const std::string& who, uint64_t session_id = 0) {
+    return Ctx(GetParam() == Mode::kToken ? Token(who) : "", session_id);
+  }
+  static std::string Token(const std::string& who) { return "isolation-test-token-" + who; }
   // The `device` field a request of `who` carries (the admin acts as none).
   static std::string DeviceOf(const std::string& who) { return who == "admin" ? "" : who; }
 
@@ -68,7 +85,7 @@ class IsolationTest : public ::testing::TestWithParam<Mode> {
     r.set_type(type);
     for (auto& g : grants) r.add_granted_devices(g);
     v1::CreateDomainResponse out;
-    *status = As(who).domains->CreateDomain(Ctx().get(), r, &out);
+    *status = As(who).domains->CreateDomain(C(who).get(), r, &out);
     return out.domain();
   }
   grpc::Status Attach(const std::string& who, const std::string& device, uint64_t domain) {
@@ -77,7 +94,7 @@ class IsolationTest : public ::testing::TestWithParam<Mode> {
     r.set_target_device(device);
     r.set_domain_id(domain);
     v1::AttachDeviceResponse out;
-    return As(who).domains->AttachDevice(Ctx().get(), r, &out);
+    return As(who).domains->AttachDevice(C(who).get(), r, &out);
   }
   v1::AllocResponse Alloc(const std::string& dev, uint64_t size = 64 * 1024) {
     v1::AllocRequest r;
@@ -85,7 +102,7 @@ class IsolationTest : public ::testing::TestWithParam<Mode> {
     r.set_size_bytes(size);
     r.set_direction(v1::DMA_DIRECTION_BIDIRECTIONAL);
     v1::AllocResponse out;
-    EXPECT_TRUE(As(dev).dma->Alloc(Ctx().get(), r, &out).ok());
+    EXPECT_TRUE(As(dev).dma->Alloc(C(dev).get(), r, &out).ok());
     return out;
   }
   grpc::Status Import(const std::string& dev, const std::string& token, v1::MapSgResponse* out,
@@ -95,7 +112,7 @@ class IsolationTest : public ::testing::TestWithParam<Mode> {
     r.set_import_token(token);
     r.set_mode(v1::SG_MODE_CONTIGUOUS);
     r.set_direction(dir);
-    return As(dev).dma->MapSg(Ctx().get(), r, out);
+    return As(dev).dma->MapSg(C(dev).get(), r, out);
   }
   v1::TranslateResponse Translate(const std::string& dev, uint64_t iova, v1::AccessKind kind) {
     v1::TranslateRequest r;
@@ -104,7 +121,7 @@ class IsolationTest : public ::testing::TestWithParam<Mode> {
     r.set_length_bytes(4);
     r.set_access(kind);
     v1::TranslateResponse out;
-    EXPECT_TRUE(As(dev).devices->Translate(Ctx().get(), r, &out).ok());
+    EXPECT_TRUE(As(dev).devices->Translate(C(dev).get(), r, &out).ok());
     return out;
   }
 
@@ -145,7 +162,7 @@ TEST_P(IsolationTest, ExportTokensCannotBeGuessedAndAreScopedAndRevocable) {
   g.set_export_(true);
   g.add_export_importers("sata0");
   v1::GetSgTableResponse table;
-  ASSERT_OK(As("gpu0").dma->GetSgTable(Ctx().get(), g, &table));
+  ASSERT_OK(As("gpu0").dma->GetSgTable(C("gpu0").get(), g, &table));
   ASSERT_EQ(table.export_token().size(), 37u) << table.export_token();
   v1::MapSgResponse out;
   // The attacker: the real token is not for it; guesses near it fail alike.
@@ -168,13 +185,13 @@ TEST_P(IsolationTest, ExportTokensCannotBeGuessedAndAreScopedAndRevocable) {
   rv.set_device("sata0");
   rv.set_export_token(table.export_token());
   v1::RevokeExportResponse rv_out;
-  EXPECT_EQ(As("sata0").dma->RevokeExport(Ctx().get(), rv, &rv_out).error_code(),
+  EXPECT_EQ(As("sata0").dma->RevokeExport(C("sata0").get(), rv, &rv_out).error_code(),
             StatusCode::NOT_FOUND);
   v1::FreeRequest f;
   f.set_device("gpu0");
   f.set_dma_addr(a.dma_addr());
   v1::FreeResponse f_out;
-  ASSERT_OK(As("gpu0").dma->Free(Ctx().get(), f, &f_out));
+  ASSERT_OK(As("gpu0").dma->Free(C("gpu0").get(), f, &f_out));
   EXPECT_TRUE(Translate("sata0", out.iova(), v1::ACCESS_KIND_READ).faulted());
   EXPECT_EQ(Import("sata0", table.export_token(), &out).error_code(), StatusCode::NOT_FOUND);
 }
@@ -189,7 +206,7 @@ TEST_P(IsolationTest, AdminDomainsAdmitOnlyTheirGrants) {
   w.set_device("tbt0");
   w.set_domain_id(d.domain_id());
   v1::WalkDomainResponse w_out;
-  EXPECT_EQ(As("tbt0").domains->WalkDomain(Ctx().get(), w, &w_out).error_code(),
+  EXPECT_EQ(As("tbt0").domains->WalkDomain(C("tbt0").get(), w, &w_out).error_code(),
             StatusCode::NOT_FOUND);
   ASSERT_OK(Attach("sata0", "sata0", d.domain_id()));
   ASSERT_OK(Attach("admin", "gpu0", d.domain_id()));  // the admin's decision
@@ -201,21 +218,21 @@ TEST_P(IsolationTest, SessionsAreBoundToTheirDevice) {
   o.set_device("nic0");
   o.set_ttl_ms(30000);
   v1::OpenSessionResponse session;
-  ASSERT_OK(As("nic0").sessions->OpenSession(Ctx().get(), o, &session));
+  ASSERT_OK(As("nic0").sessions->OpenSession(C("nic0").get(), o, &session));
   for (uint64_t id : {session.session_id(), session.session_id() ^ 1, uint64_t{2}}) {
     v1::AllocBufferRequest r;
     r.set_device("gpu0");
     r.set_size_bytes(4096);
     r.set_placement(v1::PLACEMENT_SCATTERED);
     v1::AllocBufferResponse out;
-    const grpc::Status st = As("gpu0").memory->AllocBuffer(Ctx("", id).get(), r, &out);
+    const grpc::Status st = As("gpu0").memory->AllocBuffer(C("gpu0", id).get(), r, &out);
     EXPECT_EQ(st.error_code(), StatusCode::NOT_FOUND) << id;
     EXPECT_NE(st.error_message().find("session_id="), std::string::npos) << st.error_message();
   }
   v1::ListDevicesRequest l;
   l.set_device("gpu0");
   v1::ListDevicesResponse devices;
-  ASSERT_OK(As("gpu0").devices->ListDevices(Ctx().get(), l, &devices));
+  ASSERT_OK(As("gpu0").devices->ListDevices(C("gpu0").get(), l, &devices));
   ASSERT_EQ(devices.devices_size(), 1);
   EXPECT_EQ(devices.devices(0).buffers(), 0u);
 }
@@ -228,14 +245,14 @@ TEST_P(IsolationTest, NotYoursAnswersAsDoesNotExist) {
   r.set_size_bytes(4096);
   r.set_placement(v1::PLACEMENT_SCATTERED);
   v1::AllocBufferResponse nic_buf;
-  ASSERT_OK(As("nic0").memory->AllocBuffer(Ctx().get(), r, &nic_buf));
+  ASSERT_OK(As("nic0").memory->AllocBuffer(C("nic0").get(), r, &nic_buf));
   auto map = [&](uint64_t buffer_id) {
     v1::MapRequest m;
     m.set_device("gpu0");
     *m.mutable_mem() = BufferRef(buffer_id, 0, 4096);
     m.set_direction(v1::DMA_DIRECTION_BIDIRECTIONAL);
     v1::MapResponse out;
-    return As("gpu0").dma->Map(Ctx().get(), m, &out);
+    return As("gpu0").dma->Map(C("gpu0").get(), m, &out);
   };
   const grpc::Status foreign = map(nic_buf.buffer().buffer_id());
   const grpc::Status missing = map(nic_buf.buffer().buffer_id() + 1000);
@@ -248,27 +265,27 @@ TEST_P(IsolationTest, NotYoursAnswersAsDoesNotExist) {
   v1::GetStatsRequest sr;
   sr.set_device("gpu0");
   v1::GetStatsResponse stats;
-  ASSERT_OK(As("gpu0").stats->GetStats(Ctx().get(), sr, &stats));
+  ASSERT_OK(As("gpu0").stats->GetStats(C("gpu0").get(), sr, &stats));
   EXPECT_EQ(stats.smmus_size(), 0);
   EXPECT_EQ(stats.faults().recorded(), 0u);
   sr.set_device("");
-  ASSERT_OK(As("admin").stats->GetStats(Ctx().get(), sr, &stats));
+  ASSERT_OK(As("admin").stats->GetStats(C("admin").get(), sr, &stats));
   EXPECT_GE(stats.faults().recorded(), 3u);
   if (GetParam() == Mode::kNone) {
     // A device unknown to the topology: NOT_FOUND everywhere, at once.
     v1::ListDomainsRequest ld;
     ld.set_device("ghost");
     v1::ListDomainsResponse ld_out;
-    EXPECT_EQ(As("admin").domains->ListDomains(Ctx().get(), ld, &ld_out).error_code(),
+    EXPECT_EQ(As("admin").domains->ListDomains(C("admin").get(), ld, &ld_out).error_code(),
               StatusCode::NOT_FOUND);
     v1::ListDevicesRequest lv;
     lv.set_device("ghost");
     v1::ListDevicesResponse lv_out;
-    EXPECT_EQ(As("admin").devices->ListDevices(Ctx().get(), lv, &lv_out).error_code(),
+    EXPECT_EQ(As("admin").devices->ListDevices(C("admin").get(), lv, &lv_out).error_code(),
               StatusCode::NOT_FOUND);
     v1::WatchFaultsRequest wf;
     wf.set_device("ghost");
-    auto ctx = Ctx();
+    auto ctx = C("admin");
     auto reader = As("admin").devices->WatchFaults(ctx.get(), wf);
     v1::FaultEvent ev;
     EXPECT_FALSE(reader->Read(&ev));
@@ -283,15 +300,47 @@ TEST_P(IsolationTest, OneDeviceCannotTakeThePools) {
   r.set_size_bytes(uint64_t{8} << 30);
   r.set_placement(v1::PLACEMENT_SCATTERED);
   v1::AllocBufferResponse out;
-  const grpc::Status s = As("gpu0").memory->AllocBuffer(Ctx().get(), r, &out);
+  const grpc::Status s = As("gpu0").memory->AllocBuffer(C("gpu0").get(), r, &out);
   EXPECT_EQ(s.error_code(), StatusCode::RESOURCE_EXHAUSTED);
   EXPECT_NE(s.error_message().find("quota"), std::string::npos) << s.error_message();
 }
 
-INSTANTIATE_TEST_SUITE_P(AuthModes, IsolationTest, ::testing::Values(Mode::kNone, Mode::kMtls),
+INSTANTIATE_TEST_SUITE_P(AuthModes, IsolationTest,
+                         ::testing::Values(Mode::kNone, Mode::kToken, Mode::kMtls),
                          [](const auto& info) {
-                           return info.param == Mode::kNone ? "None" : "Mtls";
+                           switch (info.param) {
+                             case Mode::kNone: return "None";
+                             case Mode::kToken: return "Token";
+                             case Mode::kMtls: return "Mtls";
+                           }
+                           return "?";
                          });
+
+// The quota flags: --quota_domains and --quota_sessions bound every device.
+TEST(IsolationFlagsTest, QuotaFlagsBoundDomainsAndSessions) {
+  DaemonProcess daemon;
+  ASSERT_TRUE(daemon.Start({"--quota_domains=1", "--quota_sessions=1"})) << daemon.log();
+  Stubs s(Insecure(daemon.tcp_target()));
+  v1::CreateDomainRequest d;
+  d.set_device("nic0");
+  d.set_smmu("smmu0");
+  d.set_type(v1::DOMAIN_TYPE_DMA);
+  v1::CreateDomainResponse d_out;
+  ASSERT_OK(s.domains->CreateDomain(Ctx().get(), d, &d_out));
+  const grpc::Status second = s.domains->CreateDomain(Ctx().get(), d, &d_out);
+  EXPECT_EQ(second.error_code(), StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_NE(second.error_message().find("domain quota of 1"), std::string::npos);
+  v1::OpenSessionRequest o;
+  o.set_device("nic0");
+  v1::OpenSessionResponse o_out;
+  ASSERT_OK(s.sessions->OpenSession(Ctx().get(), o, &o_out));
+  const grpc::Status again = s.sessions->OpenSession(Ctx().get(), o, &o_out);
+  EXPECT_EQ(again.error_code(), StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_NE(again.error_message().find("session quota of 1"), std::string::npos);
+  // Another device keeps its own.
+  o.set_device("gpu0");
+  EXPECT_TRUE(s.sessions->OpenSession(Ctx().get(), o, &o_out).ok());
+}
 
 }  // namespace
 }  // namespace iommu::testing

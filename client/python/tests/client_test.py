@@ -155,6 +155,28 @@ class DmaApiTest(SdkTestCase):
         with self.assertRaises(ib.NotFound):
             self.nic.free(a.dma_addr)
 
+    def test_scoped_read_only_export_and_revocation(self):
+        gpu = self.admin.as_device("gpu0")
+        with gpu.alloc(64 * 1024) as a:
+            table = gpu.get_sg_table(a.dma_addr, export=True, export_to=["nvme0"])
+            self.assertRegex(table.export_token, r"^iexp_[0-9a-f]{32}$")
+            # Not for nic0: the answer of a token never made.
+            with self.assertRaises(ib.NotFound):
+                self.nic.map_sg(import_token=table.export_token, direction="to_device")
+            # Read-only: nvme0 maps it for device reads only.
+            with self.assertRaises(ib.PermissionDenied):
+                self.nvme.map_sg(import_token=table.export_token)
+            imported = self.nvme.map_sg(import_token=table.export_token, direction="to_device")
+            self.assertTrue(self.nvme.translate(imported.iova, PAGE, access="write").faulted)
+            with self.assertRaises(ib.NotFound):  # only the exporter revokes
+                self.nvme.revoke_export(table.export_token)
+            self.assertEqual(gpu.revoke_export(table.export_token), 1)
+            self.assertTrue(self.nvme.translate(imported.iova, PAGE).faulted)
+            # The revocation unmapped it: nothing is left to release.
+            with self.assertRaises(ib.NotFound):
+                imported.release()
+            imported.detach()
+
     def test_msi_cookie_is_idempotent(self):
         first = self.nic.msi_cookie()
         self.assertNotEqual(first.msi_addr, 0)
