@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include "tests/daemon_harness.h"
+#include "tests/test_certs.h"
 #include "tests/test_clients.h"
 
 namespace iommu::testing {
@@ -13,25 +14,6 @@ namespace {
 
 using grpc::StatusCode;
 
-// The certificates of tests/gen_certs.sh, made once per process.
-const std::string& Certs() {
-  static const std::string* dir = [] {
-    auto* d = new std::string(MakeTempDir());
-    const std::string cmd = std::string("bash ") + GEN_CERTS_PATH + " " + *d;
-    EXPECT_EQ(std::system(cmd.c_str()), 0) << cmd;
-    return d;
-  }();
-  return *dir;
-}
-
-// A channel that verifies the daemon's certificate and presents none.
-std::shared_ptr<grpc::Channel> ServerTls(const std::string& target) {
-  grpc::SslCredentialsOptions ssl;
-  ssl.pem_root_certs = ReadAll(Certs() + "/ca.crt");
-  grpc::ChannelArguments args;
-  args.SetSslTargetNameOverride("iommud.test");
-  return grpc::CreateCustomChannel(target, grpc::SslCredentials(ssl), args);
-}
 
 constexpr char kNic0Token[] = "tok-nic0-7d1e5a90c3";
 constexpr char kNvme0Token[] = "tok-nvme0-4b28f6e1a7";
@@ -55,10 +37,10 @@ class TokenAuthTest : public ::testing::Test {
                           << kNvme0Token << " nvme0\n"
                           << kAdminToken << " admin\n";
     ASSERT_TRUE(daemon_.Start({"--auth=token", "--token_file=" + tokens,
-                               "--tls_cert=" + Certs() + "/server.crt",
-                               "--tls_key=" + Certs() + "/server.key", "--quota_buffers=3"}))
+                               "--tls_cert=" + TestCerts() + "/server.crt",
+                               "--tls_key=" + TestCerts() + "/server.key", "--quota_buffers=3"}))
         << daemon_.log();
-    stubs_ = std::make_unique<Stubs>(ServerTls(daemon_.tcp_target()));
+    stubs_ = std::make_unique<Stubs>(TlsChannel(daemon_.tcp_target()));
   }
   DaemonProcess daemon_;
   std::unique_ptr<Stubs> stubs_;
@@ -84,7 +66,7 @@ TEST_F(TokenAuthTest, MissingOrBadTokenIsUnauthenticated) {
 TEST_F(TokenAuthTest, TokensWorkOverTlsOnTcpAndUnixSocket) {
   for (const std::string& target : {daemon_.tcp_target(), daemon_.unix_target()}) {
     SCOPED_TRACE(target);
-    Stubs s(ServerTls(target));
+    Stubs s(TlsChannel(target));
     v1::AllocBufferResponse buffer;
     ASSERT_OK(s.memory->AllocBuffer(Ctx(kNic0Token).get(), Buffer(""), &buffer));
     EXPECT_EQ(buffer.buffer().device(), "nic0");
@@ -295,7 +277,7 @@ TEST_F(TokenAuthTest, QuotaIsResourceExhausted) {
 class MtlsTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    const std::string& d = Certs();
+    const std::string& d = TestCerts();
     ASSERT_TRUE(daemon_.Start({"--auth=mtls", "--tls_cert=" + d + "/server.crt",
                                "--tls_key=" + d + "/server.key", "--tls_ca=" + d + "/ca.crt"}))
         << daemon_.log();
@@ -303,17 +285,7 @@ class MtlsTest : public ::testing::Test {
 
   // A channel presenting `client` ("" for no certificate).
   std::unique_ptr<Stubs> Connect(const std::string& target, const std::string& client) {
-    const std::string& d = Certs();
-    grpc::SslCredentialsOptions ssl;
-    ssl.pem_root_certs = ReadAll(d + "/ca.crt");
-    if (!client.empty()) {
-      ssl.pem_private_key = ReadAll(d + "/" + client + ".key");
-      ssl.pem_cert_chain = ReadAll(d + "/" + client + ".crt");
-    }
-    grpc::ChannelArguments args;
-    args.SetSslTargetNameOverride("iommud.test");
-    return std::make_unique<Stubs>(
-        grpc::CreateCustomChannel(target, grpc::SslCredentials(ssl), args));
+    return std::make_unique<Stubs>(TlsChannel(target, client));
   }
 
   void ExpectIdentities(const std::string& target) {

@@ -11,6 +11,7 @@
 #include <set>
 
 #include "tests/daemon_harness.h"
+#include "tests/test_certs.h"
 #include "tests/test_clients.h"
 
 namespace iommu::testing {
@@ -22,29 +23,20 @@ enum class Mode { kNone, kToken, kMtls };
 
 const char* const kIdentities[] = {"admin", "nic0", "nvme0", "gpu0", "sata0", "tbt0"};
 
-std::string* certs = nullptr;
-
 class IsolationTest : public ::testing::TestWithParam<Mode> {
  protected:
-  static void SetUpTestSuite() {
-    certs = new std::string(MakeTempDir());
-    const std::string cmd = std::string("bash ") + GEN_CERTS_PATH + " " + *certs;
-    ASSERT_EQ(std::system(cmd.c_str()), 0);
-  }
-  static void TearDownTestSuite() { delete certs; }
-
   void SetUp() override {
     std::vector<std::string> flags;
     if (GetParam() == Mode::kMtls) {
-      flags = {"--auth=mtls", "--tls_cert=" + *certs + "/server.crt",
-               "--tls_key=" + *certs + "/server.key", "--tls_ca=" + *certs + "/ca.crt"};
+      flags = {"--auth=mtls", "--tls_cert=" + TestCerts() + "/server.crt",
+               "--tls_key=" + TestCerts() + "/server.key", "--tls_ca=" + TestCerts() + "/ca.crt"};
     } else if (GetParam() == Mode::kToken) {
-      const std::string tokens = *certs + "/tokens";
+      const std::string tokens = TestCerts() + "/tokens";
       std::ofstream out(tokens);
       for (const char* who : kIdentities) out << Token(who) << " " << who << "\n";
       out.close();
-      flags = {"--auth=token", "--token_file=" + tokens, "--tls_cert=" + *certs + "/server.crt",
-               "--tls_key=" + *certs + "/server.key"};
+      flags = {"--auth=token", "--token_file=" + tokens, "--tls_cert=" + TestCerts() + "/server.crt",
+               "--tls_key=" + TestCerts() + "/server.key"};
     }
     ASSERT_TRUE(daemon_.Start(flags)) << daemon_.log();
   }
@@ -57,15 +49,7 @@ class IsolationTest : public ::testing::TestWithParam<Mode> {
     if (GetParam() == Mode::kNone) {
       ch = Insecure(daemon_.tcp_target());
     } else {
-      grpc::SslCredentialsOptions ssl;
-      ssl.pem_root_certs = ReadAll(*certs + "/ca.crt");
-      if (GetParam() == Mode::kMtls) {
-        ssl.pem_private_key = ReadAll(*certs + "/" + who + ".key");
-        ssl.pem_cert_chain = ReadAll(*certs + "/" + who + ".crt");
-      }
-      grpc::ChannelArguments args;
-      args.SetSslTargetNameOverride("iommud.test");
-      ch = grpc::CreateCustomChannel(daemon_.tcp_target(), grpc::SslCredentials(ssl), args);
+      ch = TlsChannel(daemon_.tcp_target(), GetParam() == Mode::kMtls ? who : "");
     }
     return *stubs_.emplace(who, std::make_unique<Stubs>(ch)).first->second;
   }

@@ -13,6 +13,7 @@
 
 #include "client/health.h"
 #include "tests/daemon_harness.h"
+#include "tests/test_certs.h"
 #include "tests/test_clients.h"
 
 namespace iommu::testing {
@@ -23,24 +24,6 @@ using grpc::StatusCode;
 constexpr int kServing = 1;     // grpc.health.v1 ServingStatus
 constexpr int kNotServing = 2;
 
-// The certificates of tests/gen_certs.sh, made once per process.
-const std::string& Certs() {
-  static const std::string* dir = [] {
-    auto* d = new std::string(MakeTempDir());
-    const std::string cmd = std::string("bash ") + GEN_CERTS_PATH + " " + *d;
-    EXPECT_EQ(std::system(cmd.c_str()), 0) << cmd;
-    return d;
-  }();
-  return *dir;
-}
-
-std::shared_ptr<grpc::Channel> ServerTls(const std::string& target) {
-  grpc::SslCredentialsOptions ssl;
-  ssl.pem_root_certs = ReadAll(Certs() + "/ca.crt");
-  grpc::ChannelArguments args;
-  args.SetSslTargetNameOverride("iommud.test");
-  return grpc::CreateCustomChannel(target, grpc::SslCredentials(ssl), args);
-}
 
 std::string WriteTokens(const std::string& text) {
   const std::string path = MakeTempDir() + "/tokens";
@@ -49,8 +32,8 @@ std::string WriteTokens(const std::string& text) {
 }
 
 std::vector<std::string> TokenFlags(const std::string& token_file) {
-  return {"--auth=token", "--token_file=" + token_file, "--tls_cert=" + Certs() + "/server.crt",
-          "--tls_key=" + Certs() + "/server.key"};
+  return {"--auth=token", "--token_file=" + token_file, "--tls_cert=" + TestCerts() + "/server.crt",
+          "--tls_key=" + TestCerts() + "/server.key"};
 }
 
 // Starts iommud with `flags`, expecting it to refuse: a non-zero exit code
@@ -152,7 +135,7 @@ TEST(TransportStartTest, TokenAuthNeedsTheServerCertificateAndKey) {
   const std::string tokens = WriteTokens("tok-nic0-7d1e5a90c3 nic0\n");
   ExpectRefused({"--auth=token", "--token_file=" + tokens},
                 "tls_cert=\"\": required by --auth=token");
-  ExpectRefused({"--auth=token", "--token_file=" + tokens, "--tls_cert=" + Certs() + "/server.crt"},
+  ExpectRefused({"--auth=token", "--token_file=" + tokens, "--tls_cert=" + TestCerts() + "/server.crt"},
                 "tls_key=\"\": required by --auth=token");
 }
 
@@ -240,7 +223,7 @@ TEST_F(HealthListenerTest, PlaintextHealthBesideTlsMainPorts) {
   // The main listeners speak only TLS, health included.
   EXPECT_EQ(UnaryHealth(Insecure(daemon_.tcp_target()), ""), -int(StatusCode::UNAVAILABLE));
   EXPECT_EQ(UnaryHealth(Insecure(daemon_.unix_target()), ""), -int(StatusCode::UNAVAILABLE));
-  EXPECT_EQ(UnaryHealth(ServerTls(daemon_.tcp_target()), ""), kServing);
+  EXPECT_EQ(UnaryHealth(TlsChannel(daemon_.tcp_target()), ""), kServing);
 }
 
 TEST_F(HealthListenerTest, ServesNothingButHealth) {
@@ -255,7 +238,7 @@ TEST_F(HealthListenerTest, ServesNothingButHealth) {
   const std::string reflection = "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo";
   EXPECT_EQ(UnaryHealth(Insecure(daemon_.health_address()), "", reflection),
             -int(StatusCode::UNIMPLEMENTED));
-  EXPECT_NE(UnaryHealth(ServerTls(daemon_.tcp_target()), "", reflection),
+  EXPECT_NE(UnaryHealth(TlsChannel(daemon_.tcp_target()), "", reflection),
             -int(StatusCode::UNIMPLEMENTED));
 }
 
