@@ -144,9 +144,7 @@ absl::Status Broker::Free(const Caller& caller, const std::string& device, uint6
   }
   // The exporter can always free: its exports are revoked and their imports
   // unmapped first (outside this domain's lock: an import may live here).
-  impl_->RevokeExports([&](const internal::ExportRecord& e) {
-    return std::find(e.buffer_ids.begin(), e.buffer_ids.end(), buffer_id) != e.buffer_ids.end();
-  });
+  impl_->RevokeExports(impl_->ExportsOf(buffer_id));
   absl::MutexLock l(&d->mu);
   ASSIGN_OR_RETURN(MappingRecord * m, BrokerImpl::OwnMapping(*d, caller, device, dma_addr,
                                                              {MappingKind::kAlloc}, "Free"));
@@ -199,11 +197,19 @@ absl::StatusOr<SgTableResult> Broker::GetSgTable(const Caller& caller, const std
       }
     }
     absl::MutexLock bl(&impl_->buffers_mu_);
+    if (dev->exports >= dev->quotas.max_exports) {
+      return FieldError(absl::StatusCode::kResourceExhausted, "device", device,
+                        absl::StrFormat("export quota of %d live export tokens reached; revoke "
+                                        "some first",
+                                        dev->quotas.max_exports));
+    }
+    ++dev->exports;
     const uint64_t export_id = impl_->next_export_id_++;
     do {
       out.export_token = SecureToken("iexp_", 16);
     } while (impl_->exports_.contains(out.export_token));
     impl_->export_tokens_[export_id] = out.export_token;
+    for (uint64_t b : ids) impl_->buffers_.at(b).exports.push_back(export_id);
     impl_->exports_[out.export_token] = internal::ExportRecord{
         .export_id = export_id,
         .exporter = device,
@@ -229,25 +235,19 @@ absl::StatusOr<uint64_t> Broker::RevokeExport(const Caller& caller,
     }
     export_id = it->second.export_id;
   }
-  return impl_->RevokeExports(
-      [&](const internal::ExportRecord& e) { return e.export_id == export_id; });
+  return impl_->RevokeExports({export_id});
 }
 
 // --- export revocation ------------------------------------------------------------
 
-uint64_t BrokerImpl::RevokeExports(
-    const std::function<bool(const internal::ExportRecord&)>& match) {
+uint64_t BrokerImpl::RevokeExports(absl::Span<const uint64_t> export_ids) {
   std::vector<internal::ExportRecord::Import> imports;
   {
     absl::MutexLock bl(&buffers_mu_);
-    for (auto it = exports_.begin(); it != exports_.end();) {
-      if (!match(it->second)) {
-        ++it;
-        continue;
-      }
-      for (auto& i : it->second.imports) imports.push_back(std::move(i));
-      export_tokens_.erase(it->second.export_id);
-      exports_.erase(it++);
+    for (uint64_t id : export_ids) {
+      std::vector<internal::ExportRecord::Import> more = EraseExportLocked(id);
+      imports.insert(imports.end(), std::make_move_iterator(more.begin()),
+                     std::make_move_iterator(more.end()));
     }
   }
   // The exports are gone, so no new import can start; unmap the live ones.
@@ -264,6 +264,27 @@ uint64_t BrokerImpl::RevokeExports(
     ++unmapped;
   }
   return unmapped;
+}
+
+std::vector<uint64_t> BrokerImpl::ExportsOf(uint64_t buffer_id) {
+  absl::MutexLock bl(&buffers_mu_);
+  auto it = buffers_.find(buffer_id);
+  return it == buffers_.end() ? std::vector<uint64_t>{} : it->second.exports;
+}
+
+std::vector<internal::ExportRecord::Import> BrokerImpl::EraseExportLocked(uint64_t export_id) {
+  auto token = export_tokens_.find(export_id);
+  if (token == export_tokens_.end()) return {};  // already revoked
+  auto e = exports_.find(token->second);
+  std::vector<internal::ExportRecord::Import> imports = std::move(e->second.imports);
+  for (uint64_t b : e->second.buffer_ids) {
+    auto& ids = buffers_.at(b).exports;
+    ids.erase(std::remove(ids.begin(), ids.end(), export_id), ids.end());
+  }
+  --devices_.at(e->second.exporter)->exports;
+  exports_.erase(e);
+  export_tokens_.erase(token);
+  return imports;
 }
 
 void BrokerImpl::ForgetImportLocked(const MappingRecord& m) {

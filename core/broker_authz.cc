@@ -198,6 +198,7 @@ Quotas BrokerImpl::EffectiveQuotas(const DeviceConfig& cfg) const {
           pick(cfg.quotas.max_buffer_bytes, dflt.max_buffer_bytes, fair_buffer_bytes_),
       .max_domains = pick(cfg.quotas.max_domains, dflt.max_domains, fair_domains_.at(smmu)),
       .max_sessions = pick(cfg.quotas.max_sessions, dflt.max_sessions, UINT64_MAX),
+      .max_exports = pick(cfg.quotas.max_exports, dflt.max_exports, UINT64_MAX),
   };
 }
 

@@ -4,7 +4,6 @@
 // BrokerImpl: the state behind Broker and the helpers its operations share.
 // Lock order and what each lock guards: see broker.h.
 
-#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -237,12 +236,17 @@ class BrokerImpl {
   void ReleaseSession(uint64_t session_id);
 
   // --- exports ----------------------------------------------------------------
-  // Revokes every export `match` selects (no new import can use them), then
-  // unmaps each of their live imports, with the IOTLB invalidated (lazy
-  // domains flushed) before it returns. Returns the imports unmapped.
-  // Takes domain locks: call with no domain lock held.
-  uint64_t RevokeExports(const std::function<bool(const internal::ExportRecord&)>& match)
-      ABSL_LOCKS_EXCLUDED(buffers_mu_);
+  // Revokes the exports `export_ids` (those still live; no new import can
+  // use them), then unmaps each of their live imports, with the IOTLB
+  // invalidated (lazy domains flushed) before it returns. Returns the
+  // imports unmapped. Takes domain locks: call with no domain lock held.
+  uint64_t RevokeExports(absl::Span<const uint64_t> export_ids) ABSL_LOCKS_EXCLUDED(buffers_mu_);
+  // The live exports of a buffer's memory (empty for an unknown buffer).
+  std::vector<uint64_t> ExportsOf(uint64_t buffer_id) ABSL_LOCKS_EXCLUDED(buffers_mu_);
+  // Forgets export `export_id`: its token, its record and its buffers' links
+  // to it. Returns its live imports.
+  std::vector<internal::ExportRecord::Import> EraseExportLocked(uint64_t export_id)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(buffers_mu_);
   // A removed import mapping leaves its export's list.
   void ForgetImportLocked(const MappingRecord& m) ABSL_EXCLUSIVE_LOCKS_REQUIRED(buffers_mu_);
 

@@ -133,6 +133,7 @@ struct Buffer {
   // Its Alloc mapping is gone but importers still map it: freed when the
   // last reference drops.
   bool free_when_unreferenced = false;
+  std::vector<uint64_t> exports;  // ids of the live exports of its memory
 };
 
 // An exported DMA buffer (GetSgTable with an export token): what it grants,
@@ -166,6 +167,7 @@ struct DeviceState {
   std::atomic<uint64_t> buffers{0};
   std::atomic<uint64_t> buffer_bytes{0};
   std::atomic<uint64_t> domains{0};  // non-default domains it owns
+  uint64_t exports = 0;              // live export tokens; guarded by buffers_mu_
   // Its own faults by FaultType (what a device's GetStats shows).
   std::array<std::atomic<uint64_t>, kNumFaultTypes> faults_by_type{};
 };

@@ -123,6 +123,30 @@ void Broker::CheckInvariants() const {
   if (impl_->export_tokens_.size() != impl_->exports_.size()) {
     check(absl::InternalError("export index out of step"), "exports");
   }
+  // Each buffer lists exactly the exports of its memory.
+  size_t links = 0;
+  for (const auto& [token, e] : impl_->exports_) {
+    for (uint64_t b : e.buffer_ids) {
+      const auto& ids = impl_->buffers_.at(b).exports;
+      if (std::count(ids.begin(), ids.end(), e.export_id) != 1) {
+        check(absl::InternalError(absl::StrFormat("buffer %d does not list export %d once", b,
+                                                  e.export_id)),
+              "exports");
+      }
+      ++links;
+    }
+  }
+  for (const auto& [id, b] : impl_->buffers_) links -= b.exports.size();
+  if (links != 0) check(absl::InternalError("a buffer lists a dead export"), "exports");
+  absl::flat_hash_map<std::string, uint64_t> per_exporter;
+  for (const auto& [token, e] : impl_->exports_) ++per_exporter[e.exporter];
+  for (const auto& [name, dev] : impl_->devices_) {
+    if (dev->exports != per_exporter[name]) {
+      check(absl::InternalError(absl::StrFormat("device %s charged %d exports, holds %d", name,
+                                                dev->exports, per_exporter[name])),
+            "export quota");
+    }
+  }
   for (const auto& [id, b] : impl_->buffers_) {
     const auto it = refs.find(id);
     const uint64_t want = it == refs.end() ? 0 : it->second;

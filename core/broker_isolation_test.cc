@@ -423,6 +423,26 @@ TEST_F(IsolationTest, DefaultQuotasLeaveRoomForEveryDevice) {
   EXPECT_TRUE(broker_->CreateDomain(Dev("dsp0"), {.smmu = "smmu1"}).ok());
 }
 
+TEST_F(IsolationTest, ExportTokensAreBoundedPerDevice) {
+  Topology t = testing::TestTopology();
+  for (DeviceConfig& d : t.devices) {
+    if (d.name == "gpu0") d.quotas.max_exports = 2;
+  }
+  broker_ = testing::MakeBroker({}, t);
+  const MapResult m = MapBuffer("gpu0", Buffer("gpu0"));
+  auto a = broker_->GetSgTable(Dev("gpu0"), "gpu0", m.dma_addr, ExportGrant{});
+  ASSERT_TRUE(a.ok());
+  ASSERT_TRUE(broker_->GetSgTable(Dev("gpu0"), "gpu0", m.dma_addr, ExportGrant{}).ok());
+  auto third = broker_->GetSgTable(Dev("gpu0"), "gpu0", m.dma_addr, ExportGrant{});
+  EXPECT_EQ(third.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(third.status().message(), HasSubstr("export quota of 2"));
+  // The plain scatterlist needs no token and is never refused for it.
+  EXPECT_TRUE(broker_->GetSgTable(Dev("gpu0"), "gpu0", m.dma_addr).ok());
+  ASSERT_TRUE(broker_->RevokeExport(Dev("gpu0"), a->export_token).ok());
+  EXPECT_TRUE(broker_->GetSgTable(Dev("gpu0"), "gpu0", m.dma_addr, ExportGrant{}).ok());
+  broker_->CheckInvariants();
+}
+
 TEST_F(IsolationTest, TopologyQuotasOverrideTheDefaults) {
   Topology t = testing::TestTopology();
   for (DeviceConfig& d : t.devices) {

@@ -185,14 +185,11 @@ absl::Status BrokerImpl::FreeBufferLocked(uint64_t buffer_id) {
   }
   RETURN_IF_ERROR(memory_->FreeAllocation(b.alloc.id));
   for (const PhysRun& r : b.alloc.runs) runs_.erase(r.start.value());
-  for (auto e = exports_.begin(); e != exports_.end();) {
-    const auto& ids = e->second.buffer_ids;
-    if (std::find(ids.begin(), ids.end(), buffer_id) != ids.end()) {
-      export_tokens_.erase(e->second.export_id);
-      exports_.erase(e++);
-    } else {
-      ++e;
-    }
+  // Its exports go with it (none has a live import: those hold references).
+  for (const uint64_t id : std::vector<uint64_t>(b.exports)) {
+    const auto imports = EraseExportLocked(id);
+    assert(imports.empty());
+    (void)imports;
   }
   DeviceState& dev = *devices_.at(b.device);
   dev.buffers.fetch_sub(1, std::memory_order_relaxed);
@@ -261,9 +258,6 @@ absl::StatusOr<BufferInfo> Broker::AllocBuffer(const Caller& caller, const std::
 }
 
 absl::Status Broker::FreeBuffer(const Caller& caller, uint64_t buffer_id) {
-  auto exports_it = [buffer_id](const internal::ExportRecord& e) {
-    return std::find(e.buffer_ids.begin(), e.buffer_ids.end(), buffer_id) != e.buffer_ids.end();
-  };
   auto check = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(impl_->buffers_mu_) -> absl::Status {
     auto it = impl_->buffers_.find(buffer_id);
     if (it == impl_->buffers_.end() || (!caller.admin && it->second.device != caller.device)) {
@@ -276,8 +270,8 @@ absl::Status Broker::FreeBuffer(const Caller& caller, uint64_t buffer_id) {
     // Importers' references do not keep the owner from freeing (their
     // imports are revoked); the owner's own mappings do.
     uint64_t import_refs = 0;
-    for (const auto& [token, e] : impl_->exports_) {
-      if (exports_it(e)) import_refs += e.imports.size();
+    for (uint64_t id : it->second.exports) {
+      import_refs += impl_->exports_.at(impl_->export_tokens_.at(id)).imports.size();
     }
     if (it->second.map_refs > import_refs) {
       return FieldError(absl::StatusCode::kFailedPrecondition, "buffer_id", buffer_id,
@@ -290,7 +284,7 @@ absl::Status Broker::FreeBuffer(const Caller& caller, uint64_t buffer_id) {
     absl::MutexLock l(&impl_->buffers_mu_);
     RETURN_IF_ERROR(check());
   }
-  impl_->RevokeExports(exports_it);
+  impl_->RevokeExports(impl_->ExportsOf(buffer_id));
   absl::MutexLock l(&impl_->buffers_mu_);
   RETURN_IF_ERROR(check());
   return impl_->FreeBufferLocked(buffer_id);

@@ -46,7 +46,7 @@ struct SmmuConfig {
 // default domain, split evenly between its devices (at least 1).
 struct Quotas {
   // Every field 0: what a device's topology entry starts from.
-  static constexpr Quotas Unset() { return Quotas{0, 0, 0, 0, 0, 0}; }
+  static constexpr Quotas Unset() { return Quotas{0, 0, 0, 0, 0, 0, 0}; }
 
   uint64_t max_mapped_bytes = uint64_t{64} << 30;
   uint64_t max_mappings = 1u << 20;
@@ -54,6 +54,7 @@ struct Quotas {
   uint64_t max_buffer_bytes = 0;  // 0: fair share of the pools
   uint64_t max_domains = 0;       // 0: fair share of the SMMU's contexts
   uint64_t max_sessions = 64;
+  uint64_t max_exports = 4096;    // live export tokens of its memory
 };
 
 struct DeviceConfig {

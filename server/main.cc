@@ -65,6 +65,8 @@ ABSL_FLAG(uint64_t, quota_domains, kDefaultQuotas.max_domains,
           "(those left after every device's default domain, split evenly)");
 ABSL_FLAG(uint64_t, quota_sessions, kDefaultQuotas.max_sessions,
           "per-device quota: open sessions");
+ABSL_FLAG(uint64_t, quota_exports, kDefaultQuotas.max_exports,
+          "per-device quota: live export tokens (GetSgTable with export) of its memory");
 ABSL_FLAG(absl::Duration, session_ttl, absl::Seconds(30),
           "session lease when OpenSession asks for ttl_ms 0");
 ABSL_FLAG(uint32_t, fq_size, kDefaultBroker.flush_queue_capacity,
@@ -151,7 +153,8 @@ int main(int argc, char** argv) {
                                    .max_buffers = absl::GetFlag(FLAGS_quota_buffers),
                                    .max_buffer_bytes = absl::GetFlag(FLAGS_quota_buffer_bytes),
                                    .max_domains = absl::GetFlag(FLAGS_quota_domains),
-                                   .max_sessions = absl::GetFlag(FLAGS_quota_sessions)};
+                                   .max_sessions = absl::GetFlag(FLAGS_quota_sessions),
+                                   .max_exports = absl::GetFlag(FLAGS_quota_exports)};
   options.broker.flush_queue_capacity = absl::GetFlag(FLAGS_fq_size);
   options.broker.flush_queue_timeout = absl::GetFlag(FLAGS_fq_timeout);
   options.broker.fault_ring_capacity = absl::GetFlag(FLAGS_fault_ring_size);

@@ -382,6 +382,7 @@ void ToProto(const core::DeviceInfo& device, v1::DeviceInfo* out) {
   q->set_max_buffer_bytes(device.quotas.max_buffer_bytes);
   q->set_max_domains(device.quotas.max_domains);
   q->set_max_sessions(device.quotas.max_sessions);
+  q->set_max_exports(device.quotas.max_exports);
   out->set_current_domain_id(device.current_domain_id);
   out->set_default_domain_id(device.default_domain_id);
   out->set_mapped_bytes(device.mapped_bytes);

@@ -70,7 +70,8 @@ absl::StatusOr<core::Topology> FromProto(const v1::Topology& topology) {
                      .max_buffers = q.max_buffers(),
                      .max_buffer_bytes = q.max_buffer_bytes(),
                      .max_domains = q.max_domains(),
-                     .max_sessions = q.max_sessions()};
+                     .max_sessions = q.max_sessions(),
+                     .max_exports = q.max_exports()};
     out.devices.push_back(std::move(device));
   }
   return out;
@@ -109,6 +110,7 @@ void ToProto(const core::DeviceConfig& d, v1::DeviceConfig* out) {
   q->set_max_buffer_bytes(d.quotas.max_buffer_bytes);
   q->set_max_domains(d.quotas.max_domains);
   q->set_max_sessions(d.quotas.max_sessions);
+  q->set_max_exports(d.quotas.max_exports);
 }
 
 void ToProto(const core::Topology& topology, v1::Topology* out) {
