@@ -5,7 +5,7 @@
 // Every front end (the gRPC server, a journal replay) goes through this API,
 // so ownership, quotas and error codes live here.
 //
-// Model (DESIGN §2). SMMU instances own translation contexts and an IOTLB.
+// Model (docs/design.md#model). SMMUs own translation contexts and an IOTLB.
 // A domain is one I/O address space: one page table (format fixed at
 // creation), an aperture, a typed cookie (IOVA allocator, MSI window, or
 // none) and the devices attached to it. Every device starts attached to its
@@ -13,8 +13,8 @@
 // returns it to the default. Device callers map only memory they own
 // (buffers from AllocBuffer/Alloc) and see only their own mappings.
 //
-// Errors: absl::Status with the codes of DESIGN §3, every message naming the
-// offending field and value. A failed call leaves no trace.
+// Errors: absl::Status with the codes of docs/design.md#errors, every message
+// naming the offending field and value. A failed call leaves no trace.
 //
 // Thread-safe. Locking (acquire in this order, never the reverse):
 //   1. registry_mu_   devices' current domains, the domain table, sessions

@@ -1,6 +1,6 @@
 // Ownership, quotas, UNMANAGED ranges and bad input: every error code of
-// DESIGN §3 that the core produces, each naming its field and value, and
-// each leaving nothing behind.
+// docs/design.md#errors that the core produces, each naming its field and
+// value, and each leaving nothing behind.
 
 #include <functional>
 

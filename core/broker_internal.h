@@ -41,9 +41,9 @@ struct Smmu {
   uint64_t translations_fault ABSL_GUARDED_BY(mu) = 0;
 };
 
-// Typed cookies (DESIGN §6.5). A domain holds exactly one; every use is a
-// std::visit with a case per type, so a cookie of one type can never be read
-// as another (the 2016 and 2025 mix-ups).
+// Typed cookies (docs/design.md#typed-cookies). A domain holds exactly one;
+// every use is a std::visit with a case per type, so a cookie of one type can
+// never be read as another (the 2016 and 2025 mix-ups).
 struct NoCookie {};
 struct IovaCookie {
   std::unique_ptr<IovaAllocator> iovad;

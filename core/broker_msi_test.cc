@@ -1,5 +1,6 @@
-// MSI cookies (DESIGN §6.5): the doorbell goes into the device's current
-// domain through the right typed cookie, once, bounds-checked.
+// MSI cookies (docs/design.md#msi-cookie, #typed-cookies): the doorbell goes
+// into the device's current domain through the right typed cookie, once,
+// bounds-checked.
 
 #include "core/broker.h"
 #include "core/broker_test_util.h"

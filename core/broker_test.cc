@@ -1,5 +1,6 @@
 // The broker model: domains, ownership, the DMA API and translation, with
-// the cases from the kernel's history that DESIGN §6 promises to get right.
+// the cases from the kernel's history that docs/design.md#better-than-linux
+// promises to get right.
 
 #include "core/broker.h"
 

@@ -42,10 +42,7 @@
 // MarkStale by VA range: O(sum over sizes of min(P, S) * W) -- the sets that
 // can hold pages of the range are probed while that is cheaper than a scan,
 // else one scan of every entry; never a flush of unrelated entries.
-// Measured (core/iotlb_benchmark.cc, default 256 x 4 geometry, 2 vCPUs, gcc
-// -O2, CPU-time medians): hit 4.7 ns, hit on a 2 MiB entry (second probe)
-// 6.1 ns, miss + fill with eviction 22 ns, range invalidation of 1 / 64 /
-// 4096 pages 19 / 178 / 605 ns, by ASID on a full IOTLB 1.2 us.
+// Figures (core/iotlb_benchmark.cc): docs/performance.md#iotlb.
 //
 // Strict vs lazy invalidation (the owner's policy, InvalidationPolicy below):
 //   kStrict: unmap clears the page table, then calls InvalidateVa over the
@@ -159,7 +156,8 @@ class Iotlb {
   // The translation of `iova` under `tag`, or nullopt on a miss. A hit makes
   // the entry the most recently used of its set; a hit on a stale entry still
   // translates and counts in `stale_hits`.
-  // Inline: the hot path of every translation (DESIGN §7: a hit <= 5 ns).
+  // Inline: the hot path of every translation (its bar:
+  // docs/performance.md#engine-bars).
   inline std::optional<IotlbHit> Lookup(TlbTag tag, Iova iova);
 
   // Fill after a walk: the leaf of size 2^leaf_size_log2 that contains `iova`

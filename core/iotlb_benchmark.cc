@@ -1,4 +1,5 @@
-// IOTLB and flush-queue hot paths. DESIGN §7 bar: an IOTLB hit <= 5 ns.
+// IOTLB and flush-queue hot paths (bars: docs/performance.md#engine-bars;
+// figures: docs/performance.md#iotlb).
 //
 //   build/core/iotlb_benchmark --benchmark_repetitions=5
 //       --benchmark_report_aggregates_only=true   (one command line)

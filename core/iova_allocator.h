@@ -35,8 +35,7 @@
 //                 fit in O(log n); one summary recompute (O(16)) per level per
 //                 free or allocation, most O(1) (grown rows, or a shrunk range
 //                 that was not its leaf's maximum), stopping once nothing
-//                 changes. Measured (callgrind): ~2.5k instructions per W2
-//                 step (the whole program), depth 3-4 at 10^4-10^6 ranges.
+//                 changes. Figures: docs/performance.md#iova-allocator.
 //   allocations   live ones only (cached ranges are not live). Those of up
 //                 to 4096 pages in IovaAllocMap: a start and an end bit per
 //                 pfn, 16 bytes per aligned group of 64 pfns, in 8 KiB chunks
@@ -44,15 +43,14 @@
 //                 the span (one level of 32 pointers for a 32-bit space of 4K
 //                 pages, two for 2^36 pfns). For up to 64 pages, lookup,
 //                 exact-size check and size are one 16-byte load plus the
-//                 directory (which stays in L1), no hashing, no scan; W1's
-//                 live span is ~128 KiB of groups (L2), against ~1 MiB of
-//                 hash slots before. For 65..4096 pages the size is the first
-//                 end bit in the following groups (a scan of at most 63 end
-//                 words, one per 64 pages): W2's requests of up to 256 pages
-//                 no longer hash. Memory: proportional to the IOVA span ever
-//                 allocated from (16 bytes per 64 pfns, 8 KiB per chunk
-//                 touched, plus 4 KiB per lower directory node); nothing is
-//                 freed before the allocator. Larger allocations: a hash map
+//                 directory (which stays in L1), no hashing, no scan. For
+//                 65..4096 pages the size is the first end bit in the
+//                 following groups (a scan of at most 63 end words, one per
+//                 64 pages), so those never hash either. Memory:
+//                 proportional to the IOVA span ever allocated from (16
+//                 bytes per 64 pfns, 8 KiB per chunk touched, plus 4 KiB per
+//                 lower directory node); nothing is freed before the
+//                 allocator. Larger allocations: a hash map
 //                 pfn -> pages (checked only when the bitmap has no start at
 //                 the pfn, and only if non-empty).
 //                 ForEachAllocated walks the chunks touched, O(span / 64).
@@ -142,9 +140,9 @@ enum class IovaPlacement : int {
   // What Linux's iova.c actually does: the search starts below the "cached
   // node" (the last allocation, moved up past frees at or above it), and only
   // when nothing fits there restarts from the limit: a downward next-fit.
-  // Spreads reuse over the space; on WORKLOADS.md W2 it fails less (40 vs
-  // 100) and reproduces Linux's failures, holes and largest hole exactly.
-  // The default.
+  // Spreads reuse over the space; on the W2 workload it fails less than
+  // kHighestFit and reproduces Linux's failures, holes and largest hole
+  // exactly (docs/performance.md#w2, #iova-allocator). The default.
   kLinuxNextFit = 1,
 };
 

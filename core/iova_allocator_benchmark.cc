@@ -4,8 +4,8 @@
 //   BM_TreeChurn/<live>         W1-like churn on the tree path (free a random live
 //                               range, allocate 1..32 pages) with 10^4..10^6 live
 //   BM_TreeAllocLatency/<live>  the same, timing each tree allocation alone and
-//                               reporting p50/p99/p99.9 in ns (DESIGN §7: p99.9
-//                               <= 1 us at 10^6 live ranges)
+//                               reporting p50/p99/p99.9 in ns (bar:
+//                               docs/performance.md#engine-bars)
 //   BM_CachedAllocLatency/<live>
 //                               the same churn through the range caches
 //                               (AllocPfnsFast / FreePfnsFast, the broker's

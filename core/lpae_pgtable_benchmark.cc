@@ -1,8 +1,7 @@
-// LPAE page-table micro-benchmarks (DESIGN §7: 4 KiB map+unmap <= 30 ns,
-// <= 1 ns/page in batches of >= 64). Stage 1, 4K granule, ias = oas = 48,
-// no-op flush ops, non-queued gather (TlbAddPage per single-page unmap, one
-// TlbAddPages per run of pages in one table); calls go
-// through the generic IoPgtableOps interface.
+// LPAE page-table micro-benchmarks (bars: docs/performance.md#engine-bars).
+// Stage 1, 4K granule, ias = oas = 48, no-op flush ops, non-queued gather
+// (TlbAddPage per single-page unmap, one TlbAddPages per run of pages in one
+// table); calls go through the generic IoPgtableOps interface.
 
 #include <cstdint>
 #include <memory>

@@ -10,10 +10,10 @@
 // empty; domains come and go). Straight from the C++ allocator, a
 // granule-aligned page drags a chunk header into the page before it, freed
 // memory is trimmed back to the kernel, and every fresh page then costs a
-// page fault plus kernel zeroing (~1.5 us; ~7 ns per 4K map in
-// W3_pgtable_map4k, two faults per table). Pages come back here all zero (a
-// table is freed when it has no valid entry, or zeroed by its owner), so they
-// are handed out again without a fault or a memset.
+// page fault plus kernel zeroing (docs/performance.md#page-table). Pages
+// come back here all zero (a table is freed when it has no valid entry, or
+// zeroed by its owner), so they are handed out again without a fault or a
+// memset.
 //
 // Policy and cost. One LIFO free list per page size, linked through each
 // page's first word (zeroed again on the way out). Alloc and Free are O(1)

@@ -6,7 +6,7 @@
 // mapped, and the DMA segments the device is handed. Pure arithmetic on
 // 64-bit, overflow-checked lengths; the broker allocates the IOVA and maps.
 //
-// Three modes (DESIGN §3, from the 2015 dma-iommu thread):
+// Three modes (docs/design.md#map-sg, from the 2015 dma-iommu thread):
 //  kDmaApi     The original iommu_dma_map_sg: one IOVA allocation; each
 //              segment is padded out to whole granules (its offset within
 //              the first granule kept); a segment that would cross the

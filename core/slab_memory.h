@@ -7,12 +7,12 @@
 //
 // With 4 KiB pages such a visit nearly always misses the TLB as well as the
 // caches, and under nested paging the page walk costs about as much again as
-// the miss (a dependent miss measured ~250 ns on the 2-core machines with
-// 4 KiB pages, ~180 ns with 2 MiB ones). So a block whose size is a multiple
-// of 2 MiB is 2 MiB-aligned and advised for transparent huge pages; smaller
-// blocks stay on ordinary pages, so that small trees and maps (most domains)
-// cost no 2 MiB each. The advice is a hint: where transparent huge pages are
-// off ("never"), nothing changes but the alignment.
+// the miss (figures: docs/performance.md#iova-allocator). So a block whose
+// size is a multiple of 2 MiB is 2 MiB-aligned and advised for transparent
+// huge pages; smaller blocks stay on ordinary pages, so that small trees and
+// maps (most domains) cost no 2 MiB each. The advice is a hint: where
+// transparent huge pages are off ("never"), nothing changes but the
+// alignment.
 
 #include <cstddef>
 #include <cstdlib>

@@ -83,10 +83,11 @@ struct Topology {
 // range (ias/oas 32..48, granules non-empty, contexts >= 1, IOTLB sets a
 // power of two), the memory as PhysMemory::Create checks it (regions
 // page-aligned and disjoint, pools inside RAM and disjoint; fields prefixed
-// "memory."; this builds the memory model once, ~10 ms for the default host), devices on an existing SMMU with unique stream ids per SMMU,
-// dma_mask_bits 12..64, max segment size non-zero, boundary mask 2^k-1 of at
-// least a page, doorbells inside an MMIO region. INVALID_ARGUMENT or
-// ALREADY_EXISTS, naming the field and value.
+// "memory."; this builds the memory model once), devices on an existing
+// SMMU with unique stream ids per SMMU, dma_mask_bits 12..64, max segment
+// size non-zero, boundary mask 2^k-1 of at least a page, doorbells inside an
+// MMIO region. INVALID_ARGUMENT or ALREADY_EXISTS, naming the field and
+// value.
 absl::Status ValidateTopology(const Topology& topology);
 
 // The built-in host: an SMMUv3-like 48-bit SMMU (4K/16K/64K), a 32-bit 4K-only

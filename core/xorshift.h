@@ -1,10 +1,10 @@
 #ifndef IOMMU_CORE_XORSHIFT_H_
 #define IOMMU_CORE_XORSHIFT_H_
 
-// xorshift64 with shifts (13, 7, 17): the PRNG WORKLOADS.md specifies. One
-// definition for the workload runner, the benchmarks and the randomized
-// tests, so "seed 42" means the same sequence everywhere. Not for anything
-// that needs unpredictability.
+// xorshift64 with shifts (13, 7, 17): the PRNG of the workloads
+// (docs/performance.md#prng). One definition for the workload runner, the
+// benchmarks and the randomized tests, so "seed 42" means the same sequence
+// everywhere. Not for anything that needs unpredictability.
 
 #include <cstdint>
 

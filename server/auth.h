@@ -1,7 +1,8 @@
 #ifndef IOMMU_SERVER_AUTH_H_
 #define IOMMU_SERVER_AUTH_H_
 
-// Who a call is, and whom it may act as (DESIGN §3, identity).
+// Who a call is, and whom it may act as (docs/design.md#identity,
+// docs/security.md).
 //
 //   --auth=none   no credential; the request's `device` field is trusted and
 //                 an empty `device` acts as the admin (demos only). Plaintext;

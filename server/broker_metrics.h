@@ -1,8 +1,9 @@
 #ifndef IOMMU_SERVER_BROKER_METRICS_H_
 #define IOMMU_SERVER_BROKER_METRICS_H_
 
-// The broker families of DESIGN §5, read from Broker::GetStats at scrape time
-// (a prometheus::Collectable), so the RPC hot path pays nothing for them.
+// The broker families of docs/design.md#metrics, read from Broker::GetStats
+// at scrape time (a prometheus::Collectable), so the RPC hot path pays
+// nothing for them.
 //
 // Per domain {smmu, domain}: iommu_iova_space_bytes, _allocated_bytes,
 //   _free_bytes, _largest_free_bytes, _reserved_bytes, _cached_bytes,

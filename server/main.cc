@@ -113,7 +113,7 @@ int main(int argc, char** argv) {
   absl::ParseCommandLine(argc, argv);
   // Debian's abseil is built without NDEBUG, so every Mutex acquisition would
   // also record the lock in a process-wide graph under one global spinlock
-  // (over a quarter of a core Map+Unmap). The lock order (core/broker.h) is checked
+  // (docs/performance.md#broker). The lock order (core/broker.h) is checked
   // by the tests, which keep the detector, and by the TSan and clang
   // thread-safety builds; the daemon runs without it.
   absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);

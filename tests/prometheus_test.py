@@ -4,7 +4,7 @@
 Starts iommud (Unix socket, metrics on a free port) and Debian's prometheus
 (loopback only, scrape interval 1s, temp storage); checks `promtool check
 metrics` on /metrics; through Prometheus' HTTP API, that every metric family
-of DESIGN §5 is present; then drives a workload over gRPC (Debian's
+of docs/design.md#metrics is present; then drives a workload over gRPC (Debian's
 python3-grpcio, messages from protoc --python_out generated at test time) and
 checks that counters moved. Every wait is bounded. Exit 0 on success.
 """
@@ -35,7 +35,7 @@ FAMILIES = [
     "iommu_iotlb_stale_hits_total", "iommu_pagetable_pages", "iommu_mappings",
     "iommu_mapped_bytes", "iommu_translations_total", "iommu_faults_total",
     "iommu_fault_records_dropped_total", "iommu_build_info",
-    # beyond §5
+    # histograms, pools and process metrics
     "iommu_iova_free_range_size_bytes_bucket", "iommu_pool_free_bytes",
     "process_cpu_seconds_total", "process_resident_memory_bytes", "process_open_fds",
     "process_start_time_seconds",

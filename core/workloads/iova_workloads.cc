@@ -1,5 +1,5 @@
-// WORKLOADS.md W1 (steady-state churn) and W2 (fragmentation) on
-// iommu::core::IovaAllocator.
+// The W1 (steady-state churn) and W2 (fragmentation) workloads of
+// docs/performance.md#w1 and #w2 on iommu::core::IovaAllocator.
 //
 // The timed loops are the specification's loop bodies: rng, slot access,
 // free, rng, alloc. Our calls do more than Linux's in the same place: every
@@ -7,14 +7,12 @@
 // free checks that a live allocation of exactly that size starts at the pfn
 // (Linux's free_iova_fast trusts the caller): for W1's sizes (<= 64 pages)
 // that is one 16-byte start/end-bit group of IovaAllocMap behind a one-level
-// directory, an L2 access on a random pfn (the W1 span's groups are ~128
-// KiB), where the earlier hash map's ~1 MiB of slots missed L2 twice per
-// step (free, and the cache hit marking the popped pfn live). What remains
-// of a step is the PRNG and slot array (~5 ns alone on the development
-// machine), the magazine push and pop, and that group access on each side.
-// The op-sequence checksum of W1 is
-// computed in an untimed replay of the same PRNG sequence (W1's (j, s)
-// sequence does not depend on the allocator), so the hash is not timed.
+// directory, an L2 access on a random pfn. What remains of a step is the
+// PRNG and slot array, the magazine push and pop, and that group access on
+// each side (figures: docs/performance.md#iova-allocator). The op-sequence
+// checksum of W1 is computed in an untimed replay of the same PRNG sequence
+// (W1's (j, s) sequence does not depend on the allocator), so the hash is
+// not timed.
 
 #include <cstdint>
 #include <cstdio>

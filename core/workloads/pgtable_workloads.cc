@@ -1,5 +1,5 @@
-// W3 of WORKLOADS.md: the ARM LPAE stage-1 page table, run exactly as the
-// Linux reference harness (io-pgtable-arm.c in userspace): 4K granule,
+// W3 (docs/performance.md#w3): the ARM LPAE stage-1 page table, run exactly
+// as the Linux reference harness (io-pgtable-arm.c in userspace): 4K granule,
 // pgsize_bitmap 4K|2M|1G, ias = oas = 48, coherent walk, no-op flush ops with
 // a non-queued gather (TlbAddPage once per unmapped page), prot READ|WRITE,
 // IOVA base 0x1_0000_0000, PA base 0x8000_0000, one call per page ascending.

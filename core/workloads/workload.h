@@ -2,12 +2,14 @@
 #define IOMMU_CORE_WORKLOADS_WORKLOAD_H_
 
 // The workload runner's common parts: the PRNG, clock, median and the output
-// line of WORKLOADS.md, and a registry so each workload lives in its own file.
+// line of docs/performance.md#output, and a registry so each workload lives
+// in its own file.
 //
 // Each workload prints exactly one line:
 //   NAME ns_per_op=<median of the repetitions> key=value ...
-// with the extra keys WORKLOADS.md lists, so a reader can check that the same
-// operation sequence ran as in the Linux reference harness.
+// with the extra keys docs/performance.md#workloads lists, so a reader can
+// check that the same operation sequence ran as in the Linux reference
+// harness.
 
 #include <cstdint>
 #include <ctime>
@@ -30,7 +32,7 @@ inline uint64_t MonotonicNs() {
   return uint64_t(ts.tv_sec) * 1'000'000'000u + uint64_t(ts.tv_nsec);
 }
 
-// FNV-1a style op-sequence hash step of WORKLOADS.md.
+// FNV-1a style op-sequence hash step of docs/performance.md#w1.
 inline uint64_t HashStep(uint64_t h, uint64_t v) { return (h ^ v) * 0x100000001b3ull; }
 inline constexpr uint64_t kHashInit = 0xcbf29ce484222325ull;
 

@@ -1,5 +1,6 @@
-// iommu_workloads: runs the benchmark workloads of WORKLOADS.md against the
-// project's engines and prints one line per workload.
+// iommu_workloads: runs the benchmark workloads of
+// docs/performance.md#workloads against the project's engines and prints one
+// line per workload.
 //
 //   iommu_workloads [--filter=SUBSTRING] [--repetitions=N] [--list]
 
