@@ -89,13 +89,26 @@ class Engine:
             self.proc.wait()
 
 
+def base_image_usable():
+    """The base image exists and an unprivileged user can traverse its root
+    (an image imported from a 0700 directory cannot run the images' non-root
+    users)."""
+    if run(["docker", "image", "inspect", BASE_IMAGE], check=False).returncode != 0:
+        return False
+    probe = run(["docker", "run", "--rm", "--network", "none", "--user", "65534:65534", BASE_IMAGE,
+                 "/bin/ls", "/usr/bin"], check=False)
+    return probe.returncode == 0
+
+
 def ensure_base_image():
-    if run(["docker", "image", "inspect", BASE_IMAGE], check=False).returncode == 0:
+    if base_image_usable():
         return
+    run(["docker", "image", "rm", "-f", BASE_IMAGE], check=False)
     log(f"making {BASE_IMAGE} with debootstrap (minbase bookworm)")
     root = tempfile.mkdtemp(prefix="bookworm-rootfs.")
     try:
         run(["debootstrap", "--variant=minbase", "bookworm", root])
+        os.chmod(root, 0o755)  # mkdtemp's 0700 would become the image's root
         tar = subprocess.Popen(["tar", "-C", root, "-c", "."], stdout=subprocess.PIPE)
         imported = subprocess.run(["docker", "import", "-", BASE_IMAGE], stdin=tar.stdout, capture_output=True,
                                   text=True)
