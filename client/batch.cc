@@ -27,7 +27,8 @@ google::protobuf::ArenaOptions PendingArenaOptions() {
 
 absl::StatusOr<std::unique_ptr<BatchStream>> BatchStream::Open(const Client& client) {
   std::unique_ptr<BatchStream> batch(new BatchStream(client));
-  if (batch->stream_ == nullptr) return absl::UnavailableError("Batch: the stream could not be started");
+  if (batch->stream_ == nullptr)
+    return absl::UnavailableError("Batch: the stream could not be started");
   return batch;
 }
 
@@ -46,12 +47,23 @@ size_t BatchStream::Add(v1::BatchOp op) {
   const std::string& device = client_.device();
   if (!device.empty()) {
     switch (op.op_case()) {
-      case v1::BatchOp::kMap: FillDevice(op.mutable_map(), device); break;
-      case v1::BatchOp::kUnmap: FillDevice(op.mutable_unmap(), device); break;
-      case v1::BatchOp::kMapSg: FillDevice(op.mutable_map_sg(), device); break;
-      case v1::BatchOp::kUnmapSg: FillDevice(op.mutable_unmap_sg(), device); break;
-      case v1::BatchOp::kTranslate: FillDevice(op.mutable_translate(), device); break;
-      case v1::BatchOp::OP_NOT_SET: break;  // the daemon rejects it, naming the op
+      case v1::BatchOp::kMap:
+        FillDevice(op.mutable_map(), device);
+        break;
+      case v1::BatchOp::kUnmap:
+        FillDevice(op.mutable_unmap(), device);
+        break;
+      case v1::BatchOp::kMapSg:
+        FillDevice(op.mutable_map_sg(), device);
+        break;
+      case v1::BatchOp::kUnmapSg:
+        FillDevice(op.mutable_unmap_sg(), device);
+        break;
+      case v1::BatchOp::kTranslate:
+        FillDevice(op.mutable_translate(), device);
+        break;
+      case v1::BatchOp::OP_NOT_SET:
+        break;  // the daemon rejects it, naming the op
     }
   }
   pending_has_copies_ = true;
@@ -114,12 +126,18 @@ void BatchStream::RecyclePending() {
   // which the message keeps for its next add_ops().
   for (v1::BatchOp& op : *pending_->mutable_ops()) {
     switch (op.op_case()) {
-      case v1::BatchOp::kMap: spare_maps_.push_back(op.unsafe_arena_release_map()); break;
-      case v1::BatchOp::kUnmap: spare_unmaps_.push_back(op.unsafe_arena_release_unmap()); break;
+      case v1::BatchOp::kMap:
+        spare_maps_.push_back(op.unsafe_arena_release_map());
+        break;
+      case v1::BatchOp::kUnmap:
+        spare_unmaps_.push_back(op.unsafe_arena_release_unmap());
+        break;
       case v1::BatchOp::kTranslate:
         spare_translates_.push_back(op.unsafe_arena_release_translate());
         break;
-      default: assert(false); break;  // only Add() makes others, and it resets
+      default:
+        assert(false);
+        break;  // only Add() makes others, and it resets
     }
   }
   pending_->mutable_ops()->Clear();
@@ -128,7 +146,8 @@ void BatchStream::RecyclePending() {
 size_t BatchStream::AddMap(uint64_t buffer_id, uint64_t offset_bytes, uint64_t length_bytes,
                            v1::DmaDirection direction, absl::string_view device) {
   v1::MapRequest* map = NewMap();
-  if (const absl::string_view d = OwnDevice(device); !d.empty()) map->set_device(d.data(), d.size());
+  if (const absl::string_view d = OwnDevice(device); !d.empty())
+    map->set_device(d.data(), d.size());
   v1::MemRef* mem = map->mutable_mem();
   mem->set_buffer_id(buffer_id);
   mem->set_offset_bytes(offset_bytes);
@@ -139,7 +158,8 @@ size_t BatchStream::AddMap(uint64_t buffer_id, uint64_t offset_bytes, uint64_t l
 
 size_t BatchStream::AddUnmap(uint64_t dma_addr, absl::string_view device) {
   v1::UnmapRequest* unmap = NewUnmap();
-  if (const absl::string_view d = OwnDevice(device); !d.empty()) unmap->set_device(d.data(), d.size());
+  if (const absl::string_view d = OwnDevice(device); !d.empty())
+    unmap->set_device(d.data(), d.size());
   unmap->set_dma_addr(dma_addr);
   return pending_->ops_size() - 1;
 }
@@ -167,7 +187,8 @@ BatchStream::ResponseFuture BatchStream::Send() {
   {
     absl::MutexLock lock(&mu_);
     if (closed_ || !broken_.ok()) {
-      promise.set_value(closed_ ? absl::FailedPreconditionError("Batch: the stream is closed") : broken_);
+      promise.set_value(closed_ ? absl::FailedPreconditionError("Batch: the stream is closed")
+                                : broken_);
       return future;
     }
     outstanding_.push_back({sequence, std::move(promise)});
@@ -199,7 +220,8 @@ void BatchStream::ReadLoop() {
     outstanding_.pop_front();
   }
   absl::MutexLock lock(&mu_);
-  if (broken_.ok()) broken_ = absl::UnavailableError("Batch: the stream ended before its responses");
+  if (broken_.ok())
+    broken_ = absl::UnavailableError("Batch: the stream ended before its responses");
   FailOutstanding(broken_);
 }
 

@@ -84,10 +84,11 @@ class BatchStream {
   // (`device`, when given, names it instead). The client's device is sent
   // once per message (BatchRequest.device), not per operation.
   size_t Add(v1::BatchOp op);
-  size_t AddMap(uint64_t buffer_id, uint64_t offset_bytes, uint64_t length_bytes, v1::DmaDirection direction,
-                absl::string_view device = {});
+  size_t AddMap(uint64_t buffer_id, uint64_t offset_bytes, uint64_t length_bytes,
+                v1::DmaDirection direction, absl::string_view device = {});
   size_t AddUnmap(uint64_t dma_addr, absl::string_view device = {});
-  size_t AddTranslate(uint64_t iova, uint64_t length_bytes, v1::AccessKind access, absl::string_view device = {});
+  size_t AddTranslate(uint64_t iova, uint64_t length_bytes, v1::AccessKind access,
+                      absl::string_view device = {});
   size_t pending() const { return static_cast<size_t>(pending_->ops_size()); }
 
   // Sends the pending operations as one message (an empty one too).

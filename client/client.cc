@@ -31,8 +31,8 @@ void FillDevice(Req& request, const std::string& device) {
 // UNAVAILABLE with exponential backoff if the call is idempotent and the
 // deadline leaves room for another attempt.
 template <typename Stub, typename Req, typename Resp>
-absl::StatusOr<Resp> Call(const Client& client, Stub* stub, UnaryMethod<Stub, Req, Resp> method, Req request,
-                          Idempotent idempotent) {
+absl::StatusOr<Resp> Call(const Client& client, Stub* stub, UnaryMethod<Stub, Req, Resp> method,
+                          Req request, Idempotent idempotent) {
   FillDevice(request, client.device());
   const Options& options = client.options();
   const absl::Time deadline = absl::Now() + options.default_deadline;
@@ -70,7 +70,8 @@ class GrpcFaultStream final : public FaultStream {
 
 // Plaintext for kNone; TLS verified against the CA for kToken (the token
 // travels as call metadata) and kMtls (which adds the client certificate).
-absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> MakeChannelCredentials(const Credentials& c) {
+absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> MakeChannelCredentials(
+    const Credentials& c) {
   if (c.kind == Credentials::Kind::kNone) return grpc::InsecureChannelCredentials();
   grpc::SslCredentialsOptions ssl;
   absl::StatusOr<std::string> ca = ReadFileForField("tls_ca", c.tls_ca_file);
@@ -91,7 +92,8 @@ absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> MakeChannelCredentials
 
 absl::StatusOr<Client> Client::Connect(const Options& options) {
   if (absl::Status s = ValidateOptions(options); !s.ok()) return s;
-  absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> creds = MakeChannelCredentials(options.credentials);
+  absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> creds =
+      MakeChannelCredentials(options.credentials);
   if (!creds.ok()) return creds.status();
 
   grpc::ChannelArguments args;
@@ -115,8 +117,9 @@ absl::StatusOr<Client> Client::Connect(const Options& options) {
   conn->channel = grpc::CreateCustomChannel(options.target, *creds, args);
   if (options.connect_timeout > absl::ZeroDuration() &&
       !conn->channel->WaitForConnected(absl::ToChronoTime(absl::Now() + options.connect_timeout))) {
-    return FieldStatus(absl::StatusCode::kUnavailable, "target", options.target,
-                       absl::StrCat("not reachable within ", absl::FormatDuration(options.connect_timeout)));
+    return FieldStatus(
+        absl::StatusCode::kUnavailable, "target", options.target,
+        absl::StrCat("not reachable within ", absl::FormatDuration(options.connect_timeout)));
   }
   conn->dma = v1::Dma::NewStub(conn->channel);
   conn->memory = v1::Memory::NewStub(conn->channel);
@@ -133,10 +136,12 @@ Client Client::WithSession(uint64_t session_id) const { return Client(conn_, ses
 
 void Client::PrepareContext(grpc::ClientContext* context, absl::Duration deadline) const {
   if (deadline != absl::InfiniteDuration()) {
-    context->set_deadline(absl::ToChronoTime(absl::Now() + std::max(deadline, absl::ZeroDuration())));
+    context->set_deadline(
+        absl::ToChronoTime(absl::Now() + std::max(deadline, absl::ZeroDuration())));
   }
   if (!conn_->authorization.empty()) context->AddMetadata("authorization", conn_->authorization);
-  if (session_id_ != 0) context->AddMetadata(internal::kSessionMetadataKey, absl::StrCat(session_id_));
+  if (session_id_ != 0)
+    context->AddMetadata(internal::kSessionMetadataKey, absl::StrCat(session_id_));
 }
 
 // Dma.
@@ -165,8 +170,7 @@ absl::StatusOr<v1::GetSgTableResponse> Client::GetSgTable(v1::GetSgTableRequest 
 }
 absl::StatusOr<v1::RevokeExportResponse> Client::RevokeExport(v1::RevokeExportRequest r) const {
   // A second revocation answers NOT_FOUND: not retried.
-  return Call(*this, conn_->dma.get(), &v1::Dma::Stub::RevokeExport, std::move(r),
-              Idempotent::kNo);
+  return Call(*this, conn_->dma.get(), &v1::Dma::Stub::RevokeExport, std::move(r), Idempotent::kNo);
 }
 absl::StatusOr<v1::MsiCookieResponse> Client::MsiCookie(v1::MsiCookieRequest r) const {
   return Call(*this, conn_->dma.get(), &v1::Dma::Stub::MsiCookie, std::move(r), Idempotent::kNo);
@@ -183,54 +187,70 @@ absl::StatusOr<v1::SyncResponse> Client::Sync(v1::SyncRequest r) const {
 
 // Memory.
 absl::StatusOr<v1::AllocBufferResponse> Client::AllocBuffer(v1::AllocBufferRequest r) const {
-  return Call(*this, conn_->memory.get(), &v1::Memory::Stub::AllocBuffer, std::move(r), Idempotent::kNo);
+  return Call(*this, conn_->memory.get(), &v1::Memory::Stub::AllocBuffer, std::move(r),
+              Idempotent::kNo);
 }
 absl::StatusOr<v1::FreeBufferResponse> Client::FreeBuffer(v1::FreeBufferRequest r) const {
-  return Call(*this, conn_->memory.get(), &v1::Memory::Stub::FreeBuffer, std::move(r), Idempotent::kNo);
+  return Call(*this, conn_->memory.get(), &v1::Memory::Stub::FreeBuffer, std::move(r),
+              Idempotent::kNo);
 }
 absl::StatusOr<v1::GetBufferResponse> Client::GetBuffer(v1::GetBufferRequest r) const {
-  return Call(*this, conn_->memory.get(), &v1::Memory::Stub::GetBuffer, std::move(r), Idempotent::kYes);
+  return Call(*this, conn_->memory.get(), &v1::Memory::Stub::GetBuffer, std::move(r),
+              Idempotent::kYes);
 }
 
 // Domains.
 absl::StatusOr<v1::CreateDomainResponse> Client::CreateDomain(v1::CreateDomainRequest r) const {
-  return Call(*this, conn_->domains.get(), &v1::Domains::Stub::CreateDomain, std::move(r), Idempotent::kNo);
+  return Call(*this, conn_->domains.get(), &v1::Domains::Stub::CreateDomain, std::move(r),
+              Idempotent::kNo);
 }
 absl::StatusOr<v1::DestroyDomainResponse> Client::DestroyDomain(v1::DestroyDomainRequest r) const {
-  return Call(*this, conn_->domains.get(), &v1::Domains::Stub::DestroyDomain, std::move(r), Idempotent::kNo);
+  return Call(*this, conn_->domains.get(), &v1::Domains::Stub::DestroyDomain, std::move(r),
+              Idempotent::kNo);
 }
 absl::StatusOr<v1::GetDomainResponse> Client::GetDomain(v1::GetDomainRequest r) const {
-  return Call(*this, conn_->domains.get(), &v1::Domains::Stub::GetDomain, std::move(r), Idempotent::kYes);
+  return Call(*this, conn_->domains.get(), &v1::Domains::Stub::GetDomain, std::move(r),
+              Idempotent::kYes);
 }
 absl::StatusOr<v1::ListDomainsResponse> Client::ListDomains(v1::ListDomainsRequest r) const {
-  return Call(*this, conn_->domains.get(), &v1::Domains::Stub::ListDomains, std::move(r), Idempotent::kYes);
+  return Call(*this, conn_->domains.get(), &v1::Domains::Stub::ListDomains, std::move(r),
+              Idempotent::kYes);
 }
 absl::StatusOr<v1::AttachDeviceResponse> Client::AttachDevice(v1::AttachDeviceRequest r) const {
-  return Call(*this, conn_->domains.get(), &v1::Domains::Stub::AttachDevice, std::move(r), Idempotent::kNo);
+  return Call(*this, conn_->domains.get(), &v1::Domains::Stub::AttachDevice, std::move(r),
+              Idempotent::kNo);
 }
 absl::StatusOr<v1::DetachDeviceResponse> Client::DetachDevice(v1::DetachDeviceRequest r) const {
-  return Call(*this, conn_->domains.get(), &v1::Domains::Stub::DetachDevice, std::move(r), Idempotent::kNo);
+  return Call(*this, conn_->domains.get(), &v1::Domains::Stub::DetachDevice, std::move(r),
+              Idempotent::kNo);
 }
 absl::StatusOr<v1::GetIovaRangesResponse> Client::GetIovaRanges(v1::GetIovaRangesRequest r) const {
-  return Call(*this, conn_->domains.get(), &v1::Domains::Stub::GetIovaRanges, std::move(r), Idempotent::kYes);
+  return Call(*this, conn_->domains.get(), &v1::Domains::Stub::GetIovaRanges, std::move(r),
+              Idempotent::kYes);
 }
 absl::StatusOr<v1::WalkDomainResponse> Client::WalkDomain(v1::WalkDomainRequest r) const {
-  return Call(*this, conn_->domains.get(), &v1::Domains::Stub::WalkDomain, std::move(r), Idempotent::kYes);
+  return Call(*this, conn_->domains.get(), &v1::Domains::Stub::WalkDomain, std::move(r),
+              Idempotent::kYes);
 }
 
 // Devices.
 absl::StatusOr<v1::ListIommusResponse> Client::ListIommus(v1::ListIommusRequest r) const {
-  return Call(*this, conn_->devices.get(), &v1::Devices::Stub::ListIommus, std::move(r), Idempotent::kYes);
+  return Call(*this, conn_->devices.get(), &v1::Devices::Stub::ListIommus, std::move(r),
+              Idempotent::kYes);
 }
 absl::StatusOr<v1::ListDevicesResponse> Client::ListDevices(v1::ListDevicesRequest r) const {
-  return Call(*this, conn_->devices.get(), &v1::Devices::Stub::ListDevices, std::move(r), Idempotent::kYes);
+  return Call(*this, conn_->devices.get(), &v1::Devices::Stub::ListDevices, std::move(r),
+              Idempotent::kYes);
 }
 absl::StatusOr<v1::TranslateResponse> Client::Translate(v1::TranslateRequest r) const {
-  return Call(*this, conn_->devices.get(), &v1::Devices::Stub::Translate, std::move(r), Idempotent::kNo);
+  return Call(*this, conn_->devices.get(), &v1::Devices::Stub::Translate, std::move(r),
+              Idempotent::kNo);
 }
-absl::StatusOr<v1::TranslateBatchResponse> Client::TranslateBatch(v1::TranslateBatchRequest r) const {
+absl::StatusOr<v1::TranslateBatchResponse> Client::TranslateBatch(
+    v1::TranslateBatchRequest r) const {
   for (v1::TranslateRequest& access : *r.mutable_accesses()) FillDevice(access, device());
-  return Call(*this, conn_->devices.get(), &v1::Devices::Stub::TranslateBatch, std::move(r), Idempotent::kNo);
+  return Call(*this, conn_->devices.get(), &v1::Devices::Stub::TranslateBatch, std::move(r),
+              Idempotent::kNo);
 }
 absl::StatusOr<std::unique_ptr<FaultStream>> Client::WatchFaults(v1::WatchFaultsRequest r) const {
   FillDevice(r, device());
@@ -239,18 +259,22 @@ absl::StatusOr<std::unique_ptr<FaultStream>> Client::WatchFaults(v1::WatchFaults
 
 // Sessions.
 absl::StatusOr<v1::OpenSessionResponse> Client::OpenSession(v1::OpenSessionRequest r) const {
-  return Call(*this, conn_->sessions.get(), &v1::Sessions::Stub::OpenSession, std::move(r), Idempotent::kNo);
+  return Call(*this, conn_->sessions.get(), &v1::Sessions::Stub::OpenSession, std::move(r),
+              Idempotent::kNo);
 }
 absl::StatusOr<v1::KeepAliveResponse> Client::KeepAlive(v1::KeepAliveRequest r) const {
-  return Call(*this, conn_->sessions.get(), &v1::Sessions::Stub::KeepAlive, std::move(r), Idempotent::kYes);
+  return Call(*this, conn_->sessions.get(), &v1::Sessions::Stub::KeepAlive, std::move(r),
+              Idempotent::kYes);
 }
 absl::StatusOr<v1::CloseSessionResponse> Client::CloseSession(v1::CloseSessionRequest r) const {
-  return Call(*this, conn_->sessions.get(), &v1::Sessions::Stub::CloseSession, std::move(r), Idempotent::kNo);
+  return Call(*this, conn_->sessions.get(), &v1::Sessions::Stub::CloseSession, std::move(r),
+              Idempotent::kNo);
 }
 
 // Stats.
 absl::StatusOr<v1::GetStatsResponse> Client::GetStats(v1::GetStatsRequest r) const {
-  return Call(*this, conn_->stats.get(), &v1::Stats::Stub::GetStats, std::move(r), Idempotent::kYes);
+  return Call(*this, conn_->stats.get(), &v1::Stats::Stub::GetStats, std::move(r),
+              Idempotent::kYes);
 }
 
 }  // namespace iommu::client

@@ -88,16 +88,19 @@ class Client {
   absl::StatusOr<v1::ListDomainsResponse> ListDomains(v1::ListDomainsRequest request = {}) const;
   absl::StatusOr<v1::AttachDeviceResponse> AttachDevice(v1::AttachDeviceRequest request) const;
   absl::StatusOr<v1::DetachDeviceResponse> DetachDevice(v1::DetachDeviceRequest request = {}) const;
-  absl::StatusOr<v1::GetIovaRangesResponse> GetIovaRanges(v1::GetIovaRangesRequest request = {}) const;
+  absl::StatusOr<v1::GetIovaRangesResponse> GetIovaRanges(
+      v1::GetIovaRangesRequest request = {}) const;
   absl::StatusOr<v1::WalkDomainResponse> WalkDomain(v1::WalkDomainRequest request) const;
   // Devices. Translate by (smmu, stream_id) is for the admin: a client with a
   // device set sends it, and the daemon refuses a device identity.
   absl::StatusOr<v1::ListIommusResponse> ListIommus(v1::ListIommusRequest request = {}) const;
   absl::StatusOr<v1::ListDevicesResponse> ListDevices(v1::ListDevicesRequest request = {}) const;
   absl::StatusOr<v1::TranslateResponse> Translate(v1::TranslateRequest request) const;
-  absl::StatusOr<v1::TranslateBatchResponse> TranslateBatch(v1::TranslateBatchRequest request) const;
+  absl::StatusOr<v1::TranslateBatchResponse> TranslateBatch(
+      v1::TranslateBatchRequest request) const;
   // Opens the fault stream; read it with FaultStream::Read.
-  absl::StatusOr<std::unique_ptr<FaultStream>> WatchFaults(v1::WatchFaultsRequest request = {}) const;
+  absl::StatusOr<std::unique_ptr<FaultStream>> WatchFaults(
+      v1::WatchFaultsRequest request = {}) const;
   // Sessions (see also Session in session.h, which keeps a lease alive).
   absl::StatusOr<v1::OpenSessionResponse> OpenSession(v1::OpenSessionRequest request = {}) const;
   absl::StatusOr<v1::KeepAliveResponse> KeepAlive(v1::KeepAliveRequest request) const;
@@ -112,8 +115,9 @@ class Client {
                                            const std::string& pool = "") const;
   absl::StatusOr<Buffer> AllocBufferScoped(v1::AllocBufferRequest request) const;
   // Maps [offset_bytes, offset_bytes + length_bytes) of `buffer`.
-  absl::StatusOr<Mapping> MapScoped(const Buffer& buffer, uint64_t offset_bytes, uint64_t length_bytes,
-                                    v1::DmaDirection direction = v1::DMA_DIRECTION_BIDIRECTIONAL) const;
+  absl::StatusOr<Mapping> MapScoped(
+      const Buffer& buffer, uint64_t offset_bytes, uint64_t length_bytes,
+      v1::DmaDirection direction = v1::DMA_DIRECTION_BIDIRECTIONAL) const;
   absl::StatusOr<Mapping> MapScoped(v1::MapRequest request) const;
   absl::StatusOr<Mapping> MapSgScoped(v1::MapSgRequest request) const;
   absl::StatusOr<Mapping> AllocScoped(v1::AllocRequest request) const;

@@ -22,8 +22,8 @@ namespace {
 
 using testing::IommudProcess;
 
-#define ASSERT_OK_AND_ASSIGN(lhs, expr)             \
-  auto lhs##_or = (expr);                           \
+#define ASSERT_OK_AND_ASSIGN(lhs, expr)            \
+  auto lhs##_or = (expr);                          \
   ASSERT_TRUE(lhs##_or.ok()) << lhs##_or.status(); \
   auto lhs = *std::move(lhs##_or)
 
@@ -350,7 +350,8 @@ TEST_F(ClientIntegrationTest, BatchOpsReusedAcrossMessagesCarryNothingOver) {
   ASSERT_OK_AND_ASSIGN(r2, batch->Flush());
   EXPECT_EQ(batch->pending(), 0u);
   ASSERT_EQ(r2.results_size(), 3);
-  for (const v1::BatchResult& r : r2.results()) ASSERT_TRUE(BatchResultStatus(r).ok()) << r.message();
+  for (const v1::BatchResult& r : r2.results())
+    ASSERT_TRUE(BatchResultStatus(r).ok()) << r.message();
   EXPECT_EQ(r2.results(0).map().iova_size_bytes(), 4096u);
 
   // Writes: allowed FROM_DEVICE, a fault TO_DEVICE; both maps start at the
@@ -360,7 +361,8 @@ TEST_F(ClientIntegrationTest, BatchOpsReusedAcrossMessagesCarryNothingOver) {
   batch->AddTranslate(r2.results(1).map().dma_addr(), 4096, v1::ACCESS_KIND_READ);
   ASSERT_OK_AND_ASSIGN(r3, batch->Flush());
   ASSERT_EQ(r3.results_size(), 3);
-  for (const v1::BatchResult& r : r3.results()) ASSERT_TRUE(BatchResultStatus(r).ok()) << r.message();
+  for (const v1::BatchResult& r : r3.results())
+    ASSERT_TRUE(BatchResultStatus(r).ok()) << r.message();
   EXPECT_FALSE(r3.results(0).translate().faulted());
   EXPECT_TRUE(r3.results(1).translate().faulted());
   EXPECT_FALSE(r3.results(2).translate().faulted());
@@ -453,7 +455,8 @@ TEST_F(ClientIntegrationTest, SessionIsKeptAliveThenReclaimedWhenAbandoned) {
   mapping.Release();
   buffer.Release();
   const absl::Time deadline = absl::Now() + absl::Seconds(10);
-  while (absl::Now() < deadline && (Device("nic0").mappings() != 0 || Device("nic0").buffers() != 0)) {
+  while (absl::Now() < deadline &&
+         (Device("nic0").mappings() != 0 || Device("nic0").buffers() != 0)) {
     absl::SleepFor(absl::Milliseconds(100));
   }
   EXPECT_EQ(Device("nic0").mappings(), 0u);
@@ -461,14 +464,17 @@ TEST_F(ClientIntegrationTest, SessionIsKeptAliveThenReclaimedWhenAbandoned) {
 }
 
 TEST_F(ClientIntegrationTest, SessionOfAKilledProcessIsReclaimed) {
-  const pid_t ctl = testing::SpawnCtl({"--target=" + daemon_.unix_target(), "simulate", "--profile=untrusted",
-                                       "--seconds=0", "--rate=20", "--session_ttl_ms=500"});
+  const pid_t ctl =
+      testing::SpawnCtl({"--target=" + daemon_.unix_target(), "simulate", "--profile=untrusted",
+                         "--seconds=0", "--rate=20", "--session_ttl_ms=500"});
   const absl::Time deadline = absl::Now() + absl::Seconds(10);
-  while (absl::Now() < deadline && Device("tbt0").buffers() == 0) absl::SleepFor(absl::Milliseconds(50));
+  while (absl::Now() < deadline && Device("tbt0").buffers() == 0)
+    absl::SleepFor(absl::Milliseconds(50));
   ASSERT_EQ(Device("tbt0").buffers(), 1u);
   kill(ctl, SIGKILL);
   waitpid(ctl, nullptr, 0);
-  while (absl::Now() < deadline && Device("tbt0").buffers() != 0) absl::SleepFor(absl::Milliseconds(100));
+  while (absl::Now() < deadline && Device("tbt0").buffers() != 0)
+    absl::SleepFor(absl::Milliseconds(100));
   EXPECT_EQ(Device("tbt0").buffers(), 0u);
   EXPECT_EQ(Device("tbt0").mappings(), 0u);
 }
@@ -490,7 +496,9 @@ TEST(ClientRetryTest, IdempotentCallsRetryUntilTheDaemonComesUpOthersDoNot) {
   Options o;
   o.target = "unix:" + dir + "/late.sock";
   o.device = "nic0";
-  o.retry = {.max_attempts = 1000, .initial_backoff = absl::Milliseconds(50), .max_backoff = absl::Milliseconds(100)};
+  o.retry = {.max_attempts = 1000,
+             .initial_backoff = absl::Milliseconds(50),
+             .max_backoff = absl::Milliseconds(100)};
   o.default_deadline = absl::Seconds(20);
   ASSERT_OK_AND_ASSIGN(client, Client::Connect(o));
   v1::MapRequest map;
@@ -518,14 +526,16 @@ class Pki {
     std::ofstream(d + "/server.ext") << "subjectAltName=DNS:localhost,IP:127.0.0.1\n";
     std::ofstream(d + "/nic0.ext") << "subjectAltName=URI:spiffe://iommu-broker/device/nic0\n";
     std::ofstream(d + "/admin.ext") << "subjectAltName=URI:spiffe://iommu-broker/admin\n";
-    std::string script = "set -e; cd " + d +
-                         "; openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=test-ca -keyout ca.key "
-                         "-out ca.pem 2>/dev/null";
+    std::string script =
+        "set -e; cd " + d +
+        "; openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=test-ca -keyout ca.key "
+        "-out ca.pem 2>/dev/null";
     for (const char* name : {"server", "nic0", "admin"}) {
-      script += absl::StrCat("; openssl req -newkey rsa:2048 -nodes -subj /CN=", name, " -keyout ", name,
-                             ".key -out ", name, ".csr 2>/dev/null; openssl x509 -req -in ", name,
-                             ".csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -extfile ", name, ".ext -out ",
-                             name, ".pem 2>/dev/null");
+      script +=
+          absl::StrCat("; openssl req -newkey rsa:2048 -nodes -subj /CN=", name, " -keyout ", name,
+                       ".key -out ", name, ".csr 2>/dev/null; openssl x509 -req -in ", name,
+                       ".csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -extfile ", name,
+                       ".ext -out ", name, ".pem 2>/dev/null");
     }
     return std::system(("bash -c '" + script + "'").c_str()) == 0;
   }
@@ -539,18 +549,21 @@ TEST(ClientAuthTest, TokenIdentityActsOnlyAsItsDeviceOverTls) {
   const std::string dir = testing::MakeTempDir();
   Pki pki(dir);
   ASSERT_TRUE(pki.Make());
-  std::ofstream(dir + "/tokens") << "# test tokens\ntok-nic0-5f1c9a2e7b nic0\ntok-admin-0d3b8e61f4 admin\n";
+  std::ofstream(dir + "/tokens")
+      << "# test tokens\ntok-nic0-5f1c9a2e7b nic0\ntok-admin-0d3b8e61f4 admin\n";
   IommudProcess daemon;
-  ASSERT_TRUE(daemon
-                  .Start({"--auth=token", "--token_file=" + dir + "/tokens", "--tls_cert=" + pki.Path("server.pem"),
-                          "--tls_key=" + pki.Path("server.key")})
-                  .ok())
+  ASSERT_TRUE(
+      daemon
+          .Start({"--auth=token", "--token_file=" + dir + "/tokens",
+                  "--tls_cert=" + pki.Path("server.pem"), "--tls_key=" + pki.Path("server.key")})
+          .ok())
       << daemon.Log();
   for (const std::string& target : {daemon.unix_target(), daemon.tcp_target()}) {
     SCOPED_TRACE(target);
     auto connect = [&](const std::string& token, const std::string& device) {
       Options o{.target = target, .device = device};
-      o.credentials = {.kind = Credentials::Kind::kToken, .token = token, .tls_ca_file = pki.Path("ca.pem")};
+      o.credentials = {
+          .kind = Credentials::Kind::kToken, .token = token, .tls_ca_file = pki.Path("ca.pem")};
       return *Client::Connect(o);
     };
     EXPECT_EQ(connect("wrong-token-0123456789", "nic0").ListDevices().status().code(),
@@ -565,7 +578,8 @@ TEST(ClientAuthTest, TokenIdentityActsOnlyAsItsDeviceOverTls) {
     // A plaintext client does not get through the TLS listener.
     Options plain{.target = target, .device = "nic0", .retry = {.max_attempts = 1}};
     plain.default_deadline = absl::Seconds(3);
-    EXPECT_EQ(Client::Connect(plain)->ListDevices().status().code(), absl::StatusCode::kUnavailable);
+    EXPECT_EQ(Client::Connect(plain)->ListDevices().status().code(),
+              absl::StatusCode::kUnavailable);
   }
   // Without the daemon's CA the SDK refuses to send the token at all.
   Options no_ca{.target = daemon.tcp_target()};
@@ -578,9 +592,11 @@ TEST(ClientAuthTest, TokenIdentityActsOnlyAsItsDeviceOverTls) {
   ASSERT_TRUE(other.Make());
   Options wrong_ca{.target = daemon.tcp_target(), .retry = {.max_attempts = 1}};
   wrong_ca.default_deadline = absl::Seconds(3);
-  wrong_ca.credentials = {
-      .kind = Credentials::Kind::kToken, .token = "tok-nic0-5f1c9a2e7b", .tls_ca_file = other.Path("ca.pem")};
-  EXPECT_EQ(Client::Connect(wrong_ca)->ListDevices().status().code(), absl::StatusCode::kUnavailable);
+  wrong_ca.credentials = {.kind = Credentials::Kind::kToken,
+                          .token = "tok-nic0-5f1c9a2e7b",
+                          .tls_ca_file = other.Path("ca.pem")};
+  EXPECT_EQ(Client::Connect(wrong_ca)->ListDevices().status().code(),
+            absl::StatusCode::kUnavailable);
   // The token file form iommuctl reads.
   EXPECT_EQ(*ReadTokenFile(dir + "/tokens"), "tok-nic0-5f1c9a2e7b");
 
@@ -588,19 +604,21 @@ TEST(ClientAuthTest, TokenIdentityActsOnlyAsItsDeviceOverTls) {
   // checks the certificate against "localhost" by default).
   for (const std::string& target : {daemon.unix_target(), daemon.tcp_target()}) {
     SCOPED_TRACE(target);
-    const testing::CtlResult own = testing::RunCtl({"--target=" + target, "--token_file=" + dir + "/tokens",
-                                                    "--tls_ca=" + pki.Path("ca.pem"), "--json", "list-devices"});
+    const testing::CtlResult own =
+        testing::RunCtl({"--target=" + target, "--token_file=" + dir + "/tokens",
+                         "--tls_ca=" + pki.Path("ca.pem"), "--json", "list-devices"});
     EXPECT_EQ(own.exit_code, 0) << own.err;
     EXPECT_NE(own.out.find("\"nic0\""), std::string::npos) << own.out;
     EXPECT_EQ(own.out.find("\"nvme0\""), std::string::npos) << own.out;
   }
-  const testing::CtlResult ctl_no_ca =
-      testing::RunCtl({"--target=" + daemon.tcp_target(), "--token_file=" + dir + "/tokens", "list-devices"});
+  const testing::CtlResult ctl_no_ca = testing::RunCtl(
+      {"--target=" + daemon.tcp_target(), "--token_file=" + dir + "/tokens", "list-devices"});
   EXPECT_EQ(ctl_no_ca.exit_code, 3);  // INVALID_ARGUMENT, before any connection
-  EXPECT_NE(ctl_no_ca.err.find("--tls_ca=\"\": a token is sent only over TLS"), std::string::npos) << ctl_no_ca.err;
-  const testing::CtlResult with_cert =
-      testing::RunCtl({"--target=" + daemon.tcp_target(), "--token=tok-nic0-5f1c9a2e7b",
-                       "--tls_ca=" + pki.Path("ca.pem"), "--tls_cert=" + pki.Path("nic0.pem"), "list-devices"});
+  EXPECT_NE(ctl_no_ca.err.find("--tls_ca=\"\": a token is sent only over TLS"), std::string::npos)
+      << ctl_no_ca.err;
+  const testing::CtlResult with_cert = testing::RunCtl(
+      {"--target=" + daemon.tcp_target(), "--token=tok-nic0-5f1c9a2e7b",
+       "--tls_ca=" + pki.Path("ca.pem"), "--tls_cert=" + pki.Path("nic0.pem"), "list-devices"});
   EXPECT_EQ(with_cert.exit_code, 3);
   EXPECT_NE(with_cert.err.find("credentials.tls_cert_file"), std::string::npos) << with_cert.err;
 }
@@ -611,8 +629,8 @@ TEST(ClientAuthTest, MutualTlsOverUnixAndTcp) {
   ASSERT_TRUE(pki.Make());
   IommudProcess daemon;
   ASSERT_TRUE(daemon
-                  .Start({"--auth=mtls", "--tls_cert=" + pki.Path("server.pem"), "--tls_key=" + pki.Path("server.key"),
-                          "--tls_ca=" + pki.Path("ca.pem")})
+                  .Start({"--auth=mtls", "--tls_cert=" + pki.Path("server.pem"),
+                          "--tls_key=" + pki.Path("server.key"), "--tls_ca=" + pki.Path("ca.pem")})
                   .ok())
       << daemon.Log();
   for (const std::string& target : {daemon.unix_target(), daemon.tcp_target()}) {
@@ -629,7 +647,8 @@ TEST(ClientAuthTest, MutualTlsOverUnixAndTcp) {
     ASSERT_OK_AND_ASSIGN(own, connect("nic0", "").ListDevices());
     ASSERT_EQ(own.devices_size(), 1);
     EXPECT_EQ(own.devices(0).config().name(), "nic0");
-    EXPECT_EQ(connect("nic0", "gpu0").ListDevices().status().code(), absl::StatusCode::kPermissionDenied);
+    EXPECT_EQ(connect("nic0", "gpu0").ListDevices().status().code(),
+              absl::StatusCode::kPermissionDenied);
     ASSERT_OK_AND_ASSIGN(all, connect("admin", "").ListDevices());
     EXPECT_GT(all.devices_size(), 1);
     // The admin acts as the request's device.

@@ -33,7 +33,8 @@ using Closer = std::function<absl::Status()>;
 class Buffer {
  public:
   Buffer() = default;
-  Buffer(iommu::v1::Buffer info, Closer closer) : info_(std::move(info)), closer_(std::move(closer)) {}
+  Buffer(iommu::v1::Buffer info, Closer closer)
+      : info_(std::move(info)), closer_(std::move(closer)) {}
   Buffer(Buffer&& other) noexcept { *this = std::move(other); }
   Buffer& operator=(Buffer&& other) noexcept;
   Buffer(const Buffer&) = delete;
@@ -64,10 +65,10 @@ class Mapping {
     Kind kind = Kind::kMap;
     uint64_t mapping_id = 0;
     uint64_t domain_id = 0;
-    uint64_t dma_addr = 0;         // first DMA address (iova + offset)
-    uint64_t iova = 0;             // start of the IOVA allocation or range
-    uint64_t iova_size_bytes = 0;  // the whole allocation or range
-    uint64_t buffer_id = 0;        // kAlloc: the buffer Alloc created
+    uint64_t dma_addr = 0;                        // first DMA address (iova + offset)
+    uint64_t iova = 0;                            // start of the IOVA allocation or range
+    uint64_t iova_size_bytes = 0;                 // the whole allocation or range
+    uint64_t buffer_id = 0;                       // kAlloc: the buffer Alloc created
     std::vector<iommu::v1::DmaSegment> segments;  // kMapSg: the DMA segments
   };
 

@@ -14,11 +14,16 @@ Closer Counting(int* runs, absl::Status result = absl::OkStatus()) {
   };
 }
 
-Mapping::Info MapInfo(uint64_t dma_addr) { return {.kind = Mapping::Kind::kMap, .dma_addr = dma_addr}; }
+Mapping::Info MapInfo(uint64_t dma_addr) {
+  return {.kind = Mapping::Kind::kMap, .dma_addr = dma_addr};
+}
 
 TEST(MappingTest, DestructionUndoesOnce) {
   int runs = 0;
-  { Mapping m(MapInfo(0x1000), Counting(&runs)); EXPECT_TRUE(m.valid()); }
+  {
+    Mapping m(MapInfo(0x1000), Counting(&runs));
+    EXPECT_TRUE(m.valid());
+  }
   EXPECT_EQ(runs, 1);
 }
 

@@ -49,11 +49,13 @@ absl::StatusOr<HealthStatus> DecodeHealthCheckResponse(absl::string_view bytes) 
   uint64_t status = 0;  // absent: UNKNOWN
   while (!bytes.empty()) {
     uint64_t key = 0;
-    if (!GetVarint(&bytes, &key)) return absl::InternalError("health response: truncated field key");
+    if (!GetVarint(&bytes, &key))
+      return absl::InternalError("health response: truncated field key");
     const uint64_t field = key >> 3, wire_type = key & 7;
     if (wire_type == 0) {
       uint64_t value = 0;
-      if (!GetVarint(&bytes, &value)) return absl::InternalError("health response: truncated varint");
+      if (!GetVarint(&bytes, &value))
+        return absl::InternalError("health response: truncated varint");
       if (field == 1) status = value;
     } else if (wire_type == 2) {
       uint64_t length = 0;
@@ -66,7 +68,8 @@ absl::StatusOr<HealthStatus> DecodeHealthCheckResponse(absl::string_view bytes) 
     }
   }
   if (status > static_cast<uint64_t>(HealthStatus::kServiceUnknown)) {
-    return absl::InternalError(absl::StrCat("health response: status=", status, ": not a ServingStatus"));
+    return absl::InternalError(
+        absl::StrCat("health response: status=", status, ": not a ServingStatus"));
   }
   return static_cast<HealthStatus>(status);
 }
@@ -109,9 +112,11 @@ absl::StatusOr<HealthStatus> CheckHealth(const Client& client, absl::string_view
   }
   if (!status.ok()) return FromGrpcStatus(status);
   std::vector<grpc::Slice> slices;
-  if (!response.Dump(&slices).ok()) return absl::InternalError("health response: unreadable message");
+  if (!response.Dump(&slices).ok())
+    return absl::InternalError("health response: unreadable message");
   std::string bytes;
-  for (const grpc::Slice& s : slices) bytes.append(reinterpret_cast<const char*>(s.begin()), s.size());
+  for (const grpc::Slice& s : slices)
+    bytes.append(reinterpret_cast<const char*>(s.begin()), s.size());
   return internal::DecodeHealthCheckResponse(bytes);
 }
 

@@ -24,14 +24,18 @@ TEST(HealthWireTest, ResponseDecodesEveryStatus) {
   EXPECT_EQ(*DecodeHealthCheckResponse(std::string("\x08\x02", 2)), HealthStatus::kNotServing);
   EXPECT_EQ(*DecodeHealthCheckResponse(std::string("\x08\x03", 2)), HealthStatus::kServiceUnknown);
   // Unknown fields are skipped, as any proto parser would.
-  EXPECT_EQ(*DecodeHealthCheckResponse(std::string("\x12\x02hi\x08\x01\x18\x05", 8)), HealthStatus::kServing);
+  EXPECT_EQ(*DecodeHealthCheckResponse(std::string("\x12\x02hi\x08\x01\x18\x05", 8)),
+            HealthStatus::kServing);
   EXPECT_EQ(HealthStatusName(HealthStatus::kNotServing), "NOT_SERVING");
 }
 
 TEST(HealthWireTest, MalformedResponsesAreErrors) {
-  EXPECT_EQ(DecodeHealthCheckResponse(std::string("\x08", 1)).status().code(), absl::StatusCode::kInternal);
-  EXPECT_EQ(DecodeHealthCheckResponse(std::string("\x12\x05hi", 4)).status().code(), absl::StatusCode::kInternal);
-  EXPECT_EQ(DecodeHealthCheckResponse(std::string("\x08\x09", 2)).status().code(), absl::StatusCode::kInternal);
+  EXPECT_EQ(DecodeHealthCheckResponse(std::string("\x08", 1)).status().code(),
+            absl::StatusCode::kInternal);
+  EXPECT_EQ(DecodeHealthCheckResponse(std::string("\x12\x05hi", 4)).status().code(),
+            absl::StatusCode::kInternal);
+  EXPECT_EQ(DecodeHealthCheckResponse(std::string("\x08\x09", 2)).status().code(),
+            absl::StatusCode::kInternal);
   EXPECT_EQ(DecodeHealthCheckResponse(std::string("\x0d\x00\x00\x00\x00", 5)).status().code(),
             absl::StatusCode::kInternal);
 }

@@ -35,9 +35,12 @@ absl::Status ValidateOptions(const Options& options) {
   const bool client_cert = !c.tls_cert_file.empty() || !c.tls_key_file.empty();
   switch (c.kind) {
     case Credentials::Kind::kNone:
-      if (!c.token.empty()) return InvalidField("credentials.token", "<set>", "given with no token kind");
-      if (client_cert) return InvalidField("credentials.tls_cert_file", c.tls_cert_file, "given without mTLS");
-      if (!c.tls_ca_file.empty()) return InvalidField("credentials.tls_ca_file", c.tls_ca_file, "given without TLS");
+      if (!c.token.empty())
+        return InvalidField("credentials.token", "<set>", "given with no token kind");
+      if (client_cert)
+        return InvalidField("credentials.tls_cert_file", c.tls_cert_file, "given without mTLS");
+      if (!c.tls_ca_file.empty())
+        return InvalidField("credentials.tls_ca_file", c.tls_ca_file, "given without TLS");
       if (!c.tls_server_name.empty()) {
         return InvalidField("credentials.tls_server_name", c.tls_server_name, "given without TLS");
       }
@@ -47,27 +50,35 @@ absl::Status ValidateOptions(const Options& options) {
       if (c.token.find_first_of(" \t\r\n") != std::string::npos) {
         return InvalidField("credentials.token", "<redacted>", "must not contain whitespace");
       }
-      if (client_cert) return InvalidField("credentials.tls_cert_file", c.tls_cert_file, "given with a token");
+      if (client_cert)
+        return InvalidField("credentials.tls_cert_file", c.tls_cert_file, "given with a token");
       if (c.tls_ca_file.empty()) {
-        return InvalidField("credentials.tls_ca_file", "",
-                            "a token is sent only over TLS: give the CA that signed the daemon's certificate");
+        return InvalidField(
+            "credentials.tls_ca_file", "",
+            "a token is sent only over TLS: give the CA that signed the daemon's certificate");
       }
       break;
     case Credentials::Kind::kMtls:
-      if (c.tls_cert_file.empty()) return InvalidField("credentials.tls_cert_file", "", "mTLS needs a certificate");
-      if (c.tls_key_file.empty()) return InvalidField("credentials.tls_key_file", "", "mTLS needs a key");
-      if (c.tls_ca_file.empty()) return InvalidField("credentials.tls_ca_file", "", "mTLS needs a CA");
+      if (c.tls_cert_file.empty())
+        return InvalidField("credentials.tls_cert_file", "", "mTLS needs a certificate");
+      if (c.tls_key_file.empty())
+        return InvalidField("credentials.tls_key_file", "", "mTLS needs a key");
+      if (c.tls_ca_file.empty())
+        return InvalidField("credentials.tls_ca_file", "", "mTLS needs a CA");
       if (!c.token.empty()) return InvalidField("credentials.token", "<set>", "given with mTLS");
       break;
   }
   if (options.default_deadline <= absl::ZeroDuration()) {
-    return InvalidField("default_deadline", absl::FormatDuration(options.default_deadline), "must be > 0");
+    return InvalidField("default_deadline", absl::FormatDuration(options.default_deadline),
+                        "must be > 0");
   }
   if (options.connect_timeout < absl::ZeroDuration()) {
-    return InvalidField("connect_timeout", absl::FormatDuration(options.connect_timeout), "must be >= 0");
+    return InvalidField("connect_timeout", absl::FormatDuration(options.connect_timeout),
+                        "must be >= 0");
   }
   const RetryPolicy& r = options.retry;
-  if (r.max_attempts < 1) return InvalidField("retry.max_attempts", absl::StrCat(r.max_attempts), "must be >= 1");
+  if (r.max_attempts < 1)
+    return InvalidField("retry.max_attempts", absl::StrCat(r.max_attempts), "must be >= 1");
   if (r.initial_backoff <= absl::ZeroDuration() || r.max_backoff < r.initial_backoff) {
     return InvalidField("retry.initial_backoff", absl::FormatDuration(r.initial_backoff),
                         "must be > 0 and <= retry.max_backoff");
@@ -89,7 +100,8 @@ absl::StatusOr<std::string> ReadTokenFile(const std::string& path) {
   for (absl::string_view line : absl::StrSplit(*contents, '\n')) {
     line = absl::StripAsciiWhitespace(line);
     if (line.empty() || line[0] == '#') continue;
-    std::vector<absl::string_view> words = absl::StrSplit(line, absl::ByAnyChar(" \t"), absl::SkipEmpty());
+    std::vector<absl::string_view> words =
+        absl::StrSplit(line, absl::ByAnyChar(" \t"), absl::SkipEmpty());
     return std::string(words.front());
   }
   return InvalidField("token_file", path, "holds no token");

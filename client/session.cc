@@ -7,7 +7,7 @@
 namespace iommu::client {
 
 absl::StatusOr<std::unique_ptr<Session>> Session::Open(const Client& client, absl::Duration ttl,
-                                                        const std::string& device) {
+                                                       const std::string& device) {
   if (ttl < absl::ZeroDuration()) {
     return InvalidField("ttl_ms", absl::FormatDuration(ttl), "must be >= 0");
   }
@@ -16,8 +16,8 @@ absl::StatusOr<std::unique_ptr<Session>> Session::Open(const Client& client, abs
   request.set_ttl_ms(absl::ToInt64Milliseconds(ttl));
   absl::StatusOr<v1::OpenSessionResponse> response = client.OpenSession(std::move(request));
   if (!response.ok()) return response.status();
-  return std::unique_ptr<Session>(
-      new Session(client.WithSession(response->session_id()), absl::Milliseconds(response->ttl_ms())));
+  return std::unique_ptr<Session>(new Session(client.WithSession(response->session_id()),
+                                              absl::Milliseconds(response->ttl_ms())));
 }
 
 Session::Session(Client client, absl::Duration ttl) : client_(std::move(client)), ttl_(ttl) {

@@ -27,10 +27,12 @@ absl::Status FieldStatus(absl::StatusCode code, absl::string_view field, absl::s
 inline absl::Status InvalidField(absl::string_view field, uint64_t value, absl::string_view why) {
   return FieldStatus(absl::StatusCode::kInvalidArgument, field, value, why);
 }
-inline absl::Status InvalidField(absl::string_view field, absl::string_view value, absl::string_view why) {
+inline absl::Status InvalidField(absl::string_view field, absl::string_view value,
+                                 absl::string_view why) {
   return FieldStatus(absl::StatusCode::kInvalidArgument, field, value, why);
 }
-inline absl::Status InvalidField(absl::string_view field, const char* value, absl::string_view why) {
+inline absl::Status InvalidField(absl::string_view field, const char* value,
+                                 absl::string_view why) {
   return FieldStatus(absl::StatusCode::kInvalidArgument, field, absl::string_view(value), why);
 }
 

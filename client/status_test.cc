@@ -7,7 +7,8 @@ namespace {
 
 TEST(FromGrpcStatusTest, EveryCanonicalCodeMapsToTheSameAbslCode) {
   for (int code = 0; code <= 16; ++code) {
-    const grpc::Status in(static_cast<grpc::StatusCode>(code), code == 0 ? "" : "size_bytes=0x0: must be non-zero");
+    const grpc::Status in(static_cast<grpc::StatusCode>(code),
+                          code == 0 ? "" : "size_bytes=0x0: must be non-zero");
     const absl::Status out = FromGrpcStatus(in);
     EXPECT_EQ(static_cast<int>(out.code()), code);
     if (code != 0) {
@@ -34,9 +35,11 @@ TEST(BatchResultStatusTest, CodeAndMessage) {
 }
 
 TEST(FieldStatusTest, NumbersInHexStringsQuoted) {
-  EXPECT_EQ(InvalidField("iova", uint64_t{0x1234}, "misaligned").message(), "iova=0x1234: misaligned");
+  EXPECT_EQ(InvalidField("iova", uint64_t{0x1234}, "misaligned").message(),
+            "iova=0x1234: misaligned");
   EXPECT_EQ(InvalidField("target", "x", "bad").message(), "target=\"x\": bad");
-  EXPECT_EQ(FieldStatus(absl::StatusCode::kNotFound, "f", uint64_t{0}, "w").code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(FieldStatus(absl::StatusCode::kNotFound, "f", uint64_t{0}, "w").code(),
+            absl::StatusCode::kNotFound);
 }
 
 }  // namespace

@@ -72,8 +72,8 @@ void DomainFlushOps::TlbAddPages(IotlbGather* gather, Iova iova, uint64_t granul
 absl::Status BrokerImpl::Init() {
   RETURN_IF_ERROR(ValidateTopology(topology_));
   ASSIGN_OR_RETURN(memory_, PhysMemory::Create(topology_.memory));
-  ASSIGN_OR_RETURN(faults_, FaultRing::Create({.capacity = options_.fault_ring_capacity,
-                                                .clock = options_.now}));
+  ASSIGN_OR_RETURN(faults_, FaultRing::Create(
+                                {.capacity = options_.fault_ring_capacity, .clock = options_.now}));
   for (const SmmuConfig& cfg : topology_.smmus) {
     auto smmu = std::make_unique<Smmu>();
     smmu->config = cfg;

@@ -91,7 +91,7 @@ struct BrokerOptions {
   uint32_t fault_ring_capacity = 4096;
   uint32_t flush_queue_capacity = 256;  // DMA_FQ entries before a forced flush
   absl::Duration flush_queue_timeout = absl::Milliseconds(10);
-  uint64_t iova_cache_max_pages = 32;   // magazine size classes up to this
+  uint64_t iova_cache_max_pages = 32;           // magazine size classes up to this
   std::function<absl::Time()> now = absl::Now;  // injected for tests
 };
 
@@ -100,7 +100,7 @@ class Broker {
   // Validates the topology and builds the model: SMMUs, memory, devices each
   // attached to a fresh default DMA domain.
   static absl::StatusOr<std::unique_ptr<Broker>> Create(const Topology& topology,
-                                                         const BrokerOptions& options = {});
+                                                        const BrokerOptions& options = {});
   ~Broker();
   Broker(const Broker&) = delete;
   Broker& operator=(const Broker&) = delete;

@@ -32,16 +32,16 @@ TEST_F(BrokerAccessTest, ADeviceActsOnlyAsItselfOnItsOwnMemory) {
   EXPECT_EQ(as_other.status().code(), absl::StatusCode::kPermissionDenied);
   EXPECT_THAT(as_other.status().message(), HasSubstr("device=\"gpu0\""));
   // Mapping another device's buffer.
-  auto steal = broker_->Map(Dev("nic0"), {.device = "nic0",
-                                          .mem = {.buffer_id = gpu_buf->buffer_id,
-                                                  .length_bytes = 4 * KiB}});
+  auto steal = broker_->Map(
+      Dev("nic0"),
+      {.device = "nic0", .mem = {.buffer_id = gpu_buf->buffer_id, .length_bytes = 4 * KiB}});
   // Another device's buffer answers as a missing one.
   EXPECT_EQ(steal.status().code(), absl::StatusCode::kNotFound);
   EXPECT_THAT(steal.status().message(), HasSubstr("mem.buffer_id="));
   // Raw physical memory is for admins only.
-  auto raw = broker_->Map(Dev("nic0"), {.device = "nic0",
-                                        .mem = {.phys = gpu_buf->runs[0].start,
-                                                .length_bytes = 4 * KiB}});
+  auto raw = broker_->Map(
+      Dev("nic0"),
+      {.device = "nic0", .mem = {.phys = gpu_buf->runs[0].start, .length_bytes = 4 * KiB}});
   EXPECT_EQ(raw.status().code(), absl::StatusCode::kPermissionDenied);
   EXPECT_THAT(raw.status().message(), HasSubstr("mem.phys_addr="));
   // A device cannot see or unmap another's mapping, even in a shared domain.
@@ -49,9 +49,9 @@ TEST_F(BrokerAccessTest, ADeviceActsOnlyAsItselfOnItsOwnMemory) {
   ASSERT_TRUE(shared.ok());
   ASSERT_TRUE(broker_->AttachDevice(Caller::Admin(), "gpu0", shared->domain_id).ok());
   ASSERT_TRUE(broker_->AttachDevice(Caller::Admin(), "nic0", shared->domain_id).ok());
-  auto m = broker_->Map(Dev("gpu0"), {.device = "gpu0",
-                                      .mem = {.buffer_id = gpu_buf->buffer_id,
-                                              .length_bytes = 8 * KiB}});
+  auto m = broker_->Map(
+      Dev("gpu0"),
+      {.device = "gpu0", .mem = {.buffer_id = gpu_buf->buffer_id, .length_bytes = 8 * KiB}});
   ASSERT_TRUE(m.ok());
   EXPECT_EQ(broker_->Unmap(Dev("nic0"), "nic0", m->dma_addr).code(), absl::StatusCode::kNotFound);
   EXPECT_EQ(broker_->GetSgTable(Dev("nic0"), "nic0", m->dma_addr).status().code(),
@@ -78,7 +78,9 @@ TEST_F(BrokerAccessTest, ADeviceActsOnlyAsItselfOnItsOwnMemory) {
 
 TEST_F(BrokerAccessTest, QuotasGiveResourceExhausted) {
   BrokerOptions opts;
-  opts.default_quotas = {.max_mapped_bytes = 64 * KiB, .max_mappings = 3, .max_buffers = 2,
+  opts.default_quotas = {.max_mapped_bytes = 64 * KiB,
+                         .max_mappings = 3,
+                         .max_buffers = 2,
                          .max_buffer_bytes = 1 * MiB};
   broker_ = MakeBroker(opts);
   auto b1 = broker_->AllocBuffer(Dev("nic0"), "nic0", 512 * KiB, Placement::kContiguous);
@@ -92,8 +94,8 @@ TEST_F(BrokerAccessTest, QuotasGiveResourceExhausted) {
   EXPECT_EQ(big.status().code(), absl::StatusCode::kResourceExhausted);
   EXPECT_THAT(big.status().message(), HasSubstr("size_bytes=0x100000"));
   auto map = [&](uint64_t len) {
-    return broker_->Map(Dev("nic0"), {.device = "nic0",
-                                      .mem = {.buffer_id = b1->buffer_id, .length_bytes = len}});
+    return broker_->Map(
+        Dev("nic0"), {.device = "nic0", .mem = {.buffer_id = b1->buffer_id, .length_bytes = len}});
   };
   auto too_big = map(128 * KiB);
   EXPECT_EQ(too_big.status().code(), absl::StatusCode::kResourceExhausted);
@@ -136,8 +138,8 @@ TEST_F(BrokerAccessTest, MapAtAndUnmapRangeFollowVirtioIommuRangeSemantics) {
   // A range covering whole mappings removes them and reports the bytes; the
   // IOTLB forgets them before the call returns (UNMANAGED domains are strict).
   auto read = [&](uint64_t iova) {
-    return broker_->Translate(Dev("nic0"), {.device = "nic0", .iova = iova, .length_bytes = 4,
-                                            .access = Read()});
+    return broker_->Translate(
+        Dev("nic0"), {.device = "nic0", .iova = iova, .length_bytes = 4, .access = Read()});
   };
   ASSERT_FALSE(read(0x104000)->faulted);
   ASSERT_TRUE(read(0x104000)->pages[0].iotlb_hit);
@@ -174,72 +176,90 @@ TEST_F(BrokerAccessTest, BadInputNamesTheFieldAndChangesNothing) {
   const std::vector<Case> cases = {
       {"unknown device", [&] { return b.Map(Caller::Admin(), {.device = "nope"}).status(); },
        absl::StatusCode::kNotFound, "device=\"nope\""},
-      {"zero length", [&] {
-         return b.Map(nic, {.device = "nic0", .mem = {.buffer_id = id}}).status();
-       }, absl::StatusCode::kInvalidArgument, "mem.length_bytes=0"},
-      {"past buffer end", [&] {
-         return b.Map(nic, {.device = "nic0",
-                            .mem = {.buffer_id = id, .offset_bytes = 12 * KiB,
-                                    .length_bytes = 8 * KiB}})
+      {"zero length",
+       [&] { return b.Map(nic, {.device = "nic0", .mem = {.buffer_id = id}}).status(); },
+       absl::StatusCode::kInvalidArgument, "mem.length_bytes=0"},
+      {"past buffer end",
+       [&] {
+         return b
+             .Map(nic,
+                  {.device = "nic0",
+                   .mem = {.buffer_id = id, .offset_bytes = 12 * KiB, .length_bytes = 8 * KiB}})
              .status();
-       }, absl::StatusCode::kOutOfRange, "mem.length_bytes=0x2000"},
-      {"offset overflow", [&] {
-         return b.Map(nic, {.device = "nic0",
-                            .mem = {.buffer_id = id, .offset_bytes = ~uint64_t{0},
-                                    .length_bytes = 2}})
+       },
+       absl::StatusCode::kOutOfRange, "mem.length_bytes=0x2000"},
+      {"offset overflow",
+       [&] {
+         return b
+             .Map(nic, {.device = "nic0",
+                        .mem = {.buffer_id = id, .offset_bytes = ~uint64_t{0}, .length_bytes = 2}})
              .status();
-       }, absl::StatusCode::kOutOfRange, "mem.length_bytes=0x2"},
-      {"unknown buffer", [&] {
+       },
+       absl::StatusCode::kOutOfRange, "mem.length_bytes=0x2"},
+      {"unknown buffer",
+       [&] {
          return b.Map(nic, {.device = "nic0", .mem = {.buffer_id = 999, .length_bytes = 1}})
              .status();
-       }, absl::StatusCode::kNotFound, "mem.buffer_id=0x3e7"},
-      {"raw outside memory", [&] {
-         return b.Map(Caller::Admin(), {.device = "nic0",
-                                        .mem = {.phys = PhysAddr(0x4000'0000),
-                                                .length_bytes = 4096}})
+       },
+       absl::StatusCode::kNotFound, "mem.buffer_id=0x3e7"},
+      {"raw outside memory",
+       [&] {
+         return b
+             .Map(Caller::Admin(),
+                  {.device = "nic0", .mem = {.phys = PhysAddr(0x4000'0000), .length_bytes = 4096}})
              .status();
-       }, absl::StatusCode::kOutOfRange, "mem.phys_addr=0x40000000"},
+       },
+       absl::StatusCode::kOutOfRange, "mem.phys_addr=0x40000000"},
       {"unknown dma_addr", [&] { return b.Unmap(nic, "nic0", 0x1234000); },
        absl::StatusCode::kNotFound, "dma_addr=0x1234000"},
       {"empty sg", [&] { return b.MapSg(nic, {.device = "nic0"}).status(); },
        absl::StatusCode::kInvalidArgument, "segments=0"},
       {"zero alloc", [&] { return b.Alloc(nic, {.device = "nic0"}).status(); },
        absl::StatusCode::kInvalidArgument, "size_bytes=0"},
-      {"exclusive attrs", [&] {
-         return b.Alloc(nic, {.device = "nic0", .size_bytes = 4096,
-                              .attrs = {.force_contiguous = true, .alloc_single_pages = true}})
+      {"exclusive attrs",
+       [&] {
+         return b
+             .Alloc(nic, {.device = "nic0",
+                          .size_bytes = 4096,
+                          .attrs = {.force_contiguous = true, .alloc_single_pages = true}})
              .status();
-       }, absl::StatusCode::kInvalidArgument, "attrs"},
-      {"unknown pool", [&] {
-         return b.AllocBuffer(nic, "nic0", 4096, Placement::kScattered, "flash").status();
-       }, absl::StatusCode::kNotFound, "flash"},
-      {"zero buffer", [&] {
-         return b.AllocBuffer(nic, "nic0", 0, Placement::kScattered).status();
-       }, absl::StatusCode::kInvalidArgument, "size_bytes=0"},
+       },
+       absl::StatusCode::kInvalidArgument, "attrs"},
+      {"unknown pool",
+       [&] { return b.AllocBuffer(nic, "nic0", 4096, Placement::kScattered, "flash").status(); },
+       absl::StatusCode::kNotFound, "flash"},
+      {"zero buffer", [&] { return b.AllocBuffer(nic, "nic0", 0, Placement::kScattered).status(); },
+       absl::StatusCode::kInvalidArgument, "size_bytes=0"},
       {"unknown smmu", [&] { return b.CreateDomain(nic, {.smmu = "smmu9"}).status(); },
        absl::StatusCode::kNotFound, "smmu=\"smmu9\""},
-      {"bad granule", [&] {
-         return b.CreateDomain(nic, {.smmu = "smmu0", .granule_bytes = 8192}).status();
-       }, absl::StatusCode::kInvalidArgument, "granule_bytes=0x2000"},
+      {"bad granule",
+       [&] { return b.CreateDomain(nic, {.smmu = "smmu0", .granule_bytes = 8192}).status(); },
+       absl::StatusCode::kInvalidArgument, "granule_bytes=0x2000"},
       {"unknown domain", [&] { return b.AttachDevice(nic, "nic0", 777); },
        absl::StatusCode::kNotFound, "domain_id=0x309"},
-      {"zero translate", [&] {
+      {"zero translate",
+       [&] {
          return b.Translate(nic, {.device = "nic0", .iova = 0x1000, .length_bytes = 0}).status();
-       }, absl::StatusCode::kInvalidArgument, "length_bytes=0"},
-      {"wrapping translate", [&] {
+       },
+       absl::StatusCode::kInvalidArgument, "length_bytes=0"},
+      {"wrapping translate",
+       [&] {
          return b.Translate(nic, {.device = "nic0", .iova = ~uint64_t{0}, .length_bytes = 2})
              .status();
-       }, absl::StatusCode::kInvalidArgument, "length_bytes=0x2"},
-      {"raw stream as device", [&] {
+       },
+       absl::StatusCode::kInvalidArgument, "length_bytes=0x2"},
+      {"raw stream as device",
+       [&] {
          return b.Translate(nic, {.smmu = "smmu0", .stream_id = 0x100, .iova = 0x1000}).status();
-       }, absl::StatusCode::kPermissionDenied, "stream_id=0x100"},
+       },
+       absl::StatusCode::kPermissionDenied, "stream_id=0x100"},
       {"bad ttl", [&] { return b.OpenSession(nic, absl::ZeroDuration()).status(); },
        absl::StatusCode::kInvalidArgument, "ttl="},
-      {"unknown session", [&] { return b.KeepAlive(nic, 4242); },
-       absl::StatusCode::kNotFound, "session_id=0x1092"},
-      {"window without domain", [&] {
-         return b.MsiCookie(nic, {.device = "nic0", .window_size_bytes = 4096}).status();
-       }, absl::StatusCode::kInvalidArgument, "window_size_bytes=0x1000"},
+      {"unknown session", [&] { return b.KeepAlive(nic, 4242); }, absl::StatusCode::kNotFound,
+       "session_id=0x1092"},
+      {"window without domain",
+       [&] { return b.MsiCookie(nic, {.device = "nic0", .window_size_bytes = 4096}).status(); },
+       absl::StatusCode::kInvalidArgument, "window_size_bytes=0x1000"},
   };
   auto snapshot = [&] {
     std::string s;

@@ -101,10 +101,8 @@ absl::StatusOr<AllocResult> Broker::Alloc(const Caller& caller, const AllocReque
     impl_->RefundMapping(*dev, *size);
     return free_buffer(s);
   }
-  AllocResult out{.dma_addr = iova->value(),
-                  .domain_id = d->id,
-                  .buffer_id = buffer_id,
-                  .size_bytes = *size};
+  AllocResult out{
+      .dma_addr = iova->value(), .domain_id = d->id, .buffer_id = buffer_id, .size_bytes = *size};
   for (const PhysRun& r : runs) {
     if (!out.runs.empty() && out.runs.back().start + out.runs.back().size_bytes == r.start) {
       out.runs.back().size_bytes += r.size_bytes;
@@ -163,9 +161,9 @@ absl::StatusOr<SgTableResult> Broker::GetSgTable(const Caller& caller, const std
   ASSIGN_OR_RETURN(
       MappingRecord * m,
       BrokerImpl::OwnMapping(*d, caller, device, dma_addr,
-                 {MappingKind::kMap, MappingKind::kMapSg, MappingKind::kAlloc,
-                  MappingKind::kMapAt, MappingKind::kImport},
-                 "GetSgTable"));
+                             {MappingKind::kMap, MappingKind::kMapSg, MappingKind::kAlloc,
+                              MappingKind::kMapAt, MappingKind::kImport},
+                             "GetSgTable"));
   // The memory behind the handle, exactly: the pieces as mapped (never the
   // granule padding), merged into maximal physically contiguous chunks.
   SgTableResult out;
@@ -191,9 +189,8 @@ absl::StatusOr<SgTableResult> Broker::GetSgTable(const Caller& caller, const std
     }
     for (size_t i = 0; i < grant->importers.size(); ++i) {
       if (!impl_->devices_.contains(grant->importers[i])) {
-        return FieldError(absl::StatusCode::kNotFound,
-                          absl::StrFormat("export_importers[%d]", i), grant->importers[i],
-                          "no such device");
+        return FieldError(absl::StatusCode::kNotFound, absl::StrFormat("export_importers[%d]", i),
+                          grant->importers[i], "no such device");
       }
     }
     absl::MutexLock bl(&impl_->buffers_mu_);
@@ -210,14 +207,14 @@ absl::StatusOr<SgTableResult> Broker::GetSgTable(const Caller& caller, const std
     } while (impl_->exports_.contains(out.export_token));
     impl_->export_tokens_[export_id] = out.export_token;
     for (uint64_t b : ids) impl_->buffers_.at(b).exports.push_back(export_id);
-    impl_->exports_[out.export_token] = internal::ExportRecord{
-        .export_id = export_id,
-        .exporter = device,
-        .exporter_granule = d->granule_bytes,
-        .chunks = out.chunks,
-        .buffer_ids = std::move(ids),
-        .importers_allowed = std::move(grant->importers),
-        .writable = grant->writable};
+    impl_->exports_[out.export_token] =
+        internal::ExportRecord{.export_id = export_id,
+                               .exporter = device,
+                               .exporter_granule = d->granule_bytes,
+                               .chunks = out.chunks,
+                               .buffer_ids = std::move(ids),
+                               .importers_allowed = std::move(grant->importers),
+                               .writable = grant->writable};
   }
   return out;
 }

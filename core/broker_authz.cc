@@ -42,9 +42,9 @@ absl::StatusOr<BrokerImpl::DeviceState*> BrokerImpl::ActAs(const Caller& caller,
   // Acting as another device is refused before the name is looked up, so
   // the answer does not tell whether that device exists.
   if (!caller.admin && device != caller.device) {
-    return FieldError(absl::StatusCode::kPermissionDenied, "device", device,
-                      absl::StrFormat("caller is device \"%s\" and may act only as itself",
-                                      caller.device));
+    return FieldError(
+        absl::StatusCode::kPermissionDenied, "device", device,
+        absl::StrFormat("caller is device \"%s\" and may act only as itself", caller.device));
   }
   auto it = devices_.find(device);
   if (it == devices_.end()) {
@@ -76,9 +76,9 @@ absl::Status BrokerImpl::CheckCreateDomain(const Caller& caller, const Smmu& smm
   if (!caller.admin) {
     ASSIGN_OR_RETURN(const DeviceState* dev, ActAs(caller, caller.device));
     if (dev->smmu != &smmu) {
-      return FieldError(absl::StatusCode::kPermissionDenied, "smmu", request.smmu,
-                        absl::StrFormat("device %s sits behind SMMU %s", caller.device,
-                                        dev->smmu->config.name));
+      return FieldError(
+          absl::StatusCode::kPermissionDenied, "smmu", request.smmu,
+          absl::StrFormat("device %s sits behind SMMU %s", caller.device, dev->smmu->config.name));
     }
     if (request.type == DomainType::kIdentity || request.type == DomainType::kBlocked) {
       return FieldError(absl::StatusCode::kPermissionDenied, "type", type,
@@ -131,8 +131,7 @@ absl::Status BrokerImpl::CheckAttach(const Caller& caller, const DeviceState& de
   if (d.smmu != dev.smmu) {
     return FieldError(absl::StatusCode::kFailedPrecondition, "domain_id", d.id,
                       absl::StrFormat("domain is on SMMU %s, device %s is behind %s",
-                                      d.smmu->config.name, dev.config.name,
-                                      dev.smmu->config.name));
+                                      d.smmu->config.name, dev.config.name, dev.smmu->config.name));
   }
   if (!dev.config.trusted && !IsStrictTranslated(d.type)) {
     return FieldError(absl::StatusCode::kFailedPrecondition, "domain_id", d.id,
@@ -143,9 +142,8 @@ absl::Status BrokerImpl::CheckAttach(const Caller& caller, const DeviceState& de
   return absl::OkStatus();
 }
 
-absl::Status BrokerImpl::CheckImport(const DeviceState& importer,
-                                     const internal::ExportRecord& e, const std::string& token,
-                                     DmaDirection direction) const {
+absl::Status BrokerImpl::CheckImport(const DeviceState& importer, const internal::ExportRecord& e,
+                                     const std::string& token, DmaDirection direction) const {
   if (!e.importers_allowed.empty() && !Contains(e.importers_allowed, importer.config.name)) {
     return FieldError(absl::StatusCode::kNotFound, "import_token", token,
                       "no such export (never made, revoked, or its buffer was freed)");

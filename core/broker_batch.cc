@@ -46,7 +46,8 @@ void Broker::MapUnmapBatch(const Caller& caller, const std::string& device,
         break;
       }
       case DmaBatchOp::Kind::kUnmap:
-        out = {.status = impl_->UnmapLocked(*d, **dev, caller, device, op.dma_addr, &deferred, &run)};
+        out = {.status =
+                   impl_->UnmapLocked(*d, **dev, caller, device, op.dma_addr, &deferred, &run)};
         break;
     }
   }

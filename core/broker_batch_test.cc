@@ -42,7 +42,8 @@ std::string Snapshot(Broker& b) {
       absl::StrAppend(&out, "  ", m.iova.value(), "->", m.phys.value(), "+", m.size_bytes, "\n");
     }
   }
-  for (const SmmuStats& m : s.smmus) absl::StrAppend(&out, m.name, " tlb=", m.iotlb.occupancy, "\n");
+  for (const SmmuStats& m : s.smmus)
+    absl::StrAppend(&out, m.name, " tlb=", m.iotlb.occupancy, "\n");
   for (const DeviceInfo& d : testing::Value(b.ListDevices(Caller::Admin()))) {
     absl::StrAppend(&out, d.config.name, " q=", d.mappings, "/", d.mapped_bytes, "/", d.buffers,
                     "\n");
@@ -62,8 +63,8 @@ std::vector<DmaBatchResult> OneAtATime(Broker& b, const Caller& caller, const st
   std::vector<DmaBatchResult> out;
   for (const DmaBatchOp& op : ops) {
     if (op.kind == DmaBatchOp::Kind::kMap) {
-      auto m = b.Map(caller, {.device = device, .mem = op.mem, .direction = op.direction,
-                              .attrs = op.attrs});
+      auto m = b.Map(
+          caller, {.device = device, .mem = op.mem, .direction = op.direction, .attrs = op.attrs});
       out.push_back(m.ok() ? DmaBatchResult{.map = *m} : DmaBatchResult{.status = m.status()});
     } else {
       out.push_back({.status = b.Unmap(caller, device, op.dma_addr)});
@@ -80,9 +81,9 @@ std::vector<DmaBatchResult> Batched(Broker& b, const Caller& caller, const std::
 }
 
 DmaBatchOp MapOp(uint64_t buffer_id, uint64_t offset_bytes, uint64_t length_bytes) {
-  return {.kind = DmaBatchOp::Kind::kMap,
-          .mem = {.buffer_id = buffer_id, .offset_bytes = offset_bytes,
-                  .length_bytes = length_bytes}};
+  return {
+      .kind = DmaBatchOp::Kind::kMap,
+      .mem = {.buffer_id = buffer_id, .offset_bytes = offset_bytes, .length_bytes = length_bytes}};
 }
 DmaBatchOp UnmapOp(uint64_t dma_addr) {
   return {.kind = DmaBatchOp::Kind::kUnmap, .dma_addr = dma_addr};
@@ -117,8 +118,8 @@ class BrokerBatchTest : public ::testing::TestWithParam<DomainType> {
   }
 
   // Runs `ops` on both brokers and checks they agree op by op and after.
-  std::vector<DmaBatchResult> RunBoth(const std::vector<DmaBatchOp>& ops,
-                                      const Caller& caller, const std::string& device) {
+  std::vector<DmaBatchResult> RunBoth(const std::vector<DmaBatchOp>& ops, const Caller& caller,
+                                      const std::string& device) {
     const std::vector<DmaBatchResult> want = OneAtATime(*one_, caller, device, ops);
     const std::vector<DmaBatchResult> got = Batched(*batch_, caller, device, ops);
     EXPECT_EQ(got.size(), want.size());
@@ -135,8 +136,8 @@ class BrokerBatchTest : public ::testing::TestWithParam<DomainType> {
   }
 
   bool Faults(Broker& b, uint64_t iova) {
-    auto t = b.Translate(nic_, {.device = "nic0", .iova = iova, .length_bytes = 4,
-                                .access = testing::Read()});
+    auto t = b.Translate(
+        nic_, {.device = "nic0", .iova = iova, .length_bytes = 4, .access = testing::Read()});
     EXPECT_TRUE(t.ok()) << t.status();
     return !t.ok() || t->faulted;
   }
@@ -152,12 +153,12 @@ class BrokerBatchTest : public ::testing::TestWithParam<DomainType> {
 TEST_P(BrokerBatchTest, MixedGoodAndBadOpsMatchOneAtATime) {
   std::vector<DmaBatchOp> ops = {
       MapOp(buffer_, 0, 4 * KiB),
-      MapOp(buffer_, 0, 0),                  // INVALID_ARGUMENT: zero length
-      MapOp(foreign_buffer_, 0, 4 * KiB),    // another device's buffer
+      MapOp(buffer_, 0, 0),                // INVALID_ARGUMENT: zero length
+      MapOp(foreign_buffer_, 0, 4 * KiB),  // another device's buffer
       MapOp(buffer_, 4 * KiB, 8 * KiB),
-      MapOp(buffer_, 30 * KiB, 4 * KiB),     // past the buffer's end
-      MapOp(buffer_, 100, 5000),             // unaligned, two granules
-      UnmapOp(0x1234),                       // NOT_FOUND
+      MapOp(buffer_, 30 * KiB, 4 * KiB),  // past the buffer's end
+      MapOp(buffer_, 100, 5000),          // unaligned, two granules
+      UnmapOp(0x1234),                    // NOT_FOUND
   };
   std::vector<DmaBatchResult> first = RunBoth(ops);
   ASSERT_EQ(first.size(), ops.size());
@@ -172,8 +173,7 @@ TEST_P(BrokerBatchTest, MixedGoodAndBadOpsMatchOneAtATime) {
   // reuse the freed IOVAs, and maps until the quota refuses.
   std::vector<DmaBatchOp> second = {UnmapOp(first[0].map.dma_addr),
                                     UnmapOp(first[3].map.dma_addr + 4 * KiB),  // inside it
-                                    UnmapOp(first[0].map.dma_addr),
-                                    MapOp(buffer_, 0, 4 * KiB),
+                                    UnmapOp(first[0].map.dma_addr), MapOp(buffer_, 0, 4 * KiB),
                                     UnmapOp(first[5].map.dma_addr)};
   for (int i = 0; i < 20; ++i) second.push_back(MapOp(buffer_, (i % 8) * 4 * KiB, 4 * KiB));
   std::vector<DmaBatchResult> got = RunBoth(second);
@@ -275,17 +275,17 @@ TEST_P(BrokerBatchTest, RunsSwitchingAndFreeingBuffersMatchOneAtATime) {
     alloc_buffer = a->buffer_id;
     alloc_dma.push_back(a->dma_addr);
   }
-  std::vector<DmaBatchResult> imported = RunBoth(
-      {MapOp(alloc_buffer, 0, 4 * KiB), MapOp(alloc_buffer, 4 * KiB, 4 * KiB)}, Caller::Admin(),
-      "nic0");
+  std::vector<DmaBatchResult> imported =
+      RunBoth({MapOp(alloc_buffer, 0, 4 * KiB), MapOp(alloc_buffer, 4 * KiB, 4 * KiB)},
+              Caller::Admin(), "nic0");
   ASSERT_TRUE(imported[0].status.ok() && imported[1].status.ok());
   ASSERT_TRUE(one_->Free(Caller::Device("gpu0"), "gpu0", alloc_dma[0]).ok());
   ASSERT_TRUE(batch_->Free(Caller::Device("gpu0"), "gpu0", alloc_dma[1]).ok());
-  std::vector<DmaBatchResult> last = RunBoth(
-      {MapOp(alloc_buffer, 8 * KiB, 4 * KiB), UnmapOp(imported[0].map.dma_addr),
-       UnmapOp(imported[1].map.dma_addr), UnmapOp(0), MapOp(alloc_buffer, 0, 4 * KiB),
-       MapOp(buffer_, 0, 4 * KiB)},
-      Caller::Admin(), "nic0");
+  std::vector<DmaBatchResult> last =
+      RunBoth({MapOp(alloc_buffer, 8 * KiB, 4 * KiB), UnmapOp(imported[0].map.dma_addr),
+               UnmapOp(imported[1].map.dma_addr), UnmapOp(0), MapOp(alloc_buffer, 0, 4 * KiB),
+               MapOp(buffer_, 0, 4 * KiB)},
+              Caller::Admin(), "nic0");
   EXPECT_TRUE(last[0].status.ok());
   EXPECT_TRUE(last[1].status.ok());
   EXPECT_TRUE(last[2].status.ok());
@@ -344,8 +344,10 @@ TEST_P(BrokerBatchTest, MapAfterUnmapsInOneRunReusesTheInvalidatedIova) {
   std::vector<DmaBatchResult> got =
       RunBoth({UnmapOp(mapped[0].map.dma_addr), MapOp(buffer_, 8 * KiB, 4 * KiB)});
   ASSERT_TRUE(got[1].status.ok());
-  auto t = batch_->Translate(nic_, {.device = "nic0", .iova = got[1].map.dma_addr,
-                                    .length_bytes = 4, .access = testing::Read()});
+  auto t = batch_->Translate(nic_, {.device = "nic0",
+                                    .iova = got[1].map.dma_addr,
+                                    .length_bytes = 4,
+                                    .access = testing::Read()});
   ASSERT_TRUE(t.ok()) << t.status();
   auto buf = batch_->GetBuffer(nic_, buffer_);
   ASSERT_TRUE(buf.ok());
@@ -368,7 +370,10 @@ TEST_P(BrokerBatchTest, MapAfterUnmapsInOneRunReusesTheInvalidatedIova) {
 
 INSTANTIATE_TEST_SUITE_P(Domains, BrokerBatchTest,
                          ::testing::Values(DomainType::kDma, DomainType::kDmaFq),
-                         [](const auto& info) { return std::string(DomainTypeName(info.param)) == "DMA" ? "Strict" : "Lazy"; });
+                         [](const auto& info) {
+                           return std::string(DomainTypeName(info.param)) == "DMA" ? "Strict"
+                                                                                   : "Lazy";
+                         });
 
 }  // namespace
 }  // namespace iommu::core

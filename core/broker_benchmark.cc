@@ -79,8 +79,8 @@ void BM_MapSgUnmap(benchmark::State& state) {
   auto buf = broker->AllocBuffer(nic, "gpu0", n * 4 * KiB, Placement::kScattered);
   MapSgRequest req{.device = "gpu0", .mode = SgMode::kMerge};
   for (uint64_t i = 0; i < n; ++i) {
-    req.segments.push_back({.buffer_id = buf->buffer_id, .offset_bytes = i * 4 * KiB,
-                            .length_bytes = 4 * KiB});
+    req.segments.push_back(
+        {.buffer_id = buf->buffer_id, .offset_bytes = i * 4 * KiB, .length_bytes = 4 * KiB});
   }
   for (auto _ : state) {
     auto m = broker->MapSg(nic, req);
@@ -98,9 +98,11 @@ void BM_TranslateHit(benchmark::State& state) {
   auto broker = NewBroker();
   const Caller nic = Caller::Device("nic0");
   auto buf = broker->AllocBuffer(nic, "nic0", 4 * KiB, Placement::kContiguous);
-  auto m = broker->Map(nic, {.device = "nic0",
-                             .mem = {.buffer_id = buf->buffer_id, .length_bytes = 4 * KiB}});
-  const TranslateRequest req{.device = "nic0", .iova = m->dma_addr, .length_bytes = 64,
+  auto m = broker->Map(
+      nic, {.device = "nic0", .mem = {.buffer_id = buf->buffer_id, .length_bytes = 4 * KiB}});
+  const TranslateRequest req{.device = "nic0",
+                             .iova = m->dma_addr,
+                             .length_bytes = 64,
                              .access = {AccessKind::kRead, false}};
   for (auto _ : state) {
     auto t = broker->Translate(nic, req);
@@ -115,13 +117,15 @@ void BM_TranslateMiss(benchmark::State& state) {
   const Caller nic = Caller::Device("nic0");
   constexpr uint64_t kPages = 8192;  // 4x the IOTLB's 2048 entries
   auto buf = broker->AllocBuffer(nic, "nic0", kPages * 4 * KiB, Placement::kScattered);
-  auto m = broker->Map(nic, {.device = "nic0",
-                             .mem = {.buffer_id = buf->buffer_id,
-                                     .length_bytes = kPages * 4 * KiB}});
+  auto m = broker->Map(
+      nic,
+      {.device = "nic0", .mem = {.buffer_id = buf->buffer_id, .length_bytes = kPages * 4 * KiB}});
   uint64_t i = 0;
   for (auto _ : state) {
-    const TranslateRequest req{.device = "nic0", .iova = m->dma_addr + (i++ % kPages) * 4 * KiB,
-                               .length_bytes = 64, .access = {AccessKind::kRead, false}};
+    const TranslateRequest req{.device = "nic0",
+                               .iova = m->dma_addr + (i++ % kPages) * 4 * KiB,
+                               .length_bytes = 64,
+                               .access = {AccessKind::kRead, false}};
     auto t = broker->Translate(nic, req);
     benchmark::DoNotOptimize(t);
   }

@@ -19,7 +19,8 @@ TEST(BrokerConcurrencyTest, MapUnmapTranslateOnSharedAndSeparateDomains) {
   auto broker = MakeBroker();
   ASSERT_NE(broker, nullptr);
   // nic0 and nvme0 share a lazy domain; gpu0 and sata0 keep their own.
-  auto shared = broker->CreateDomain(Caller::Admin(), {.smmu = "smmu0", .type = DomainType::kDmaFq});
+  auto shared =
+      broker->CreateDomain(Caller::Admin(), {.smmu = "smmu0", .type = DomainType::kDmaFq});
   ASSERT_TRUE(shared.ok());
   ASSERT_TRUE(broker->AttachDevice(Caller::Admin(), "nic0", shared->domain_id).ok());
   ASSERT_TRUE(broker->AttachDevice(Caller::Admin(), "nvme0", shared->domain_id).ok());
@@ -41,30 +42,32 @@ TEST(BrokerConcurrencyTest, MapUnmapTranslateOnSharedAndSeparateDomains) {
         MapSgRequest req{.device = dev, .mode = SgMode::kMerge};
         uint64_t off = 0;
         for (const PhysRun& r : buf->runs) {
-          req.segments.push_back({.buffer_id = buf->buffer_id, .offset_bytes = off,
-                                  .length_bytes = r.size_bytes});
+          req.segments.push_back(
+              {.buffer_id = buf->buffer_id, .offset_bytes = off, .length_bytes = r.size_bytes});
           off += r.size_bytes;
         }
         auto m = broker->MapSg(me, req);
         ASSERT_TRUE(m.ok()) << m.status();
         dma = m->segments[0].dma_addr;
       } else {
-        auto m = broker->Map(me, {.device = dev,
-                                  .mem = {.buffer_id = buf->buffer_id,
-                                          .length_bytes = pages * 4 * KiB}});
+        auto m = broker->Map(
+            me,
+            {.device = dev, .mem = {.buffer_id = buf->buffer_id, .length_bytes = pages * 4 * KiB}});
         ASSERT_TRUE(m.ok()) << m.status();
         dma = m->dma_addr;
       }
       // The first page must translate to the buffer's first page.
-      auto t = broker->Translate(me, {.device = dev, .iova = dma, .length_bytes = 8,
-                                      .access = Read()});
+      auto t =
+          broker->Translate(me, {.device = dev, .iova = dma, .length_bytes = 8, .access = Read()});
       ASSERT_TRUE(t.ok());
       if (t->faulted || t->pages[0].phys_addr != buf->runs[0].start.value()) {
         ++wrong_translations;
       }
       // Stray accesses fault (or hit stale entries in the lazy domain).
-      auto stray = broker->Translate(me, {.device = dev, .iova = (rng() % (1u << 20)) << 12,
-                                          .length_bytes = 4, .access = Write()});
+      auto stray = broker->Translate(me, {.device = dev,
+                                          .iova = (rng() % (1u << 20)) << 12,
+                                          .length_bytes = 4,
+                                          .access = Write()});
       ASSERT_TRUE(stray.ok());
       ASSERT_TRUE(sg ? broker->UnmapSg(me, dev, dma).ok() : broker->Unmap(me, dev, dma).ok());
       ASSERT_TRUE(broker->FreeBuffer(me, buf->buffer_id).ok());

@@ -121,9 +121,8 @@ MappingRecord& BrokerImpl::NewMappingLocked(Domain& d, Iova iova, uint64_t iova_
   return record;
 }
 
-void BrokerImpl::RemoveMappingLocked(Domain& d, uint64_t iova_start,
-                                     DeferredInvalidation* deferred, DeviceState* known,
-                                     BufferRun* run) {
+void BrokerImpl::RemoveMappingLocked(Domain& d, uint64_t iova_start, DeferredInvalidation* deferred,
+                                     DeviceState* known, BufferRun* run) {
   // Erased last: nothing below touches d.mappings.
   MappingRecord* const found = d.mappings.FindStart(iova_start);
   assert(found != nullptr);
@@ -146,45 +145,46 @@ void BrokerImpl::RemoveMappingLocked(Domain& d, uint64_t iova_start,
     assert(r.ok());
     (void)r;
   };
-  std::visit(
-      internal::Overloaded{
-          // UNMANAGED domains are always strict.
-          [&](internal::NoCookie&) { invalidate_leaves(); },
-          [&](internal::MsiWindowCookie&) { invalidate_leaves(); },
-          // Lambdas do not inherit the caller's lock context: d.mu is held.
-          [&](internal::IovaCookie& c) ABSL_NO_THREAD_SAFETY_ANALYSIS {
-            if (c.fq == nullptr) {
-              // Strict: the IOTLB forgets the range before the IOVA is reused.
-              if (deferred != nullptr) {
-                if (!gather.empty()) deferred->leaf_ranges.push_back({gather.start, gather.end});
-                if (m.iova_from_allocator) deferred->iova_frees.push_back({m.iova, m.iova_size_bytes});
-                return;
-              }
-              invalidate_leaves();
-              if (m.iova_from_allocator) FreeIovaLocked(d, m.iova, m.iova_size_bytes);
-              return;
-            }
-            // Lazy: entries stay usable (and are counted as stale hits) until
-            // the queued invalidation; the IOVA is released only after it.
-            {
-              absl::MutexLock l(&d.smmu->mu);
-              for (const auto& [iova, size] : m.pt_ranges) {
-                const auto r = d.smmu->iotlb->MarkStale(d.tag, iova, size);
-                assert(r.ok());
-                (void)r;
-              }
-            }
-            FlushQueueEntry e{.tag = d.tag, .iova = m.iova, .size_bytes = m.iova_size_bytes};
-            if (m.iova_from_allocator) {
-              e.payload[0] = m.iova.value();
-              e.payload[1] = m.iova_size_bytes;
-            }
-            const absl::Status s = c.fq->Enqueue(e);
-            assert(s.ok());
-            (void)s;
-          },
-      },
-      d.cookie);
+  std::visit(internal::Overloaded{
+                 // UNMANAGED domains are always strict.
+                 [&](internal::NoCookie&) { invalidate_leaves(); },
+                 [&](internal::MsiWindowCookie&) { invalidate_leaves(); },
+                 // Lambdas do not inherit the caller's lock context: d.mu is held.
+                 [&](internal::IovaCookie& c) ABSL_NO_THREAD_SAFETY_ANALYSIS {
+                   if (c.fq == nullptr) {
+                     // Strict: the IOTLB forgets the range before the IOVA is reused.
+                     if (deferred != nullptr) {
+                       if (!gather.empty())
+                         deferred->leaf_ranges.push_back({gather.start, gather.end});
+                       if (m.iova_from_allocator)
+                         deferred->iova_frees.push_back({m.iova, m.iova_size_bytes});
+                       return;
+                     }
+                     invalidate_leaves();
+                     if (m.iova_from_allocator) FreeIovaLocked(d, m.iova, m.iova_size_bytes);
+                     return;
+                   }
+                   // Lazy: entries stay usable (and are counted as stale hits) until
+                   // the queued invalidation; the IOVA is released only after it.
+                   {
+                     absl::MutexLock l(&d.smmu->mu);
+                     for (const auto& [iova, size] : m.pt_ranges) {
+                       const auto r = d.smmu->iotlb->MarkStale(d.tag, iova, size);
+                       assert(r.ok());
+                       (void)r;
+                     }
+                   }
+                   FlushQueueEntry e{.tag = d.tag, .iova = m.iova, .size_bytes = m.iova_size_bytes};
+                   if (m.iova_from_allocator) {
+                     e.payload[0] = m.iova.value();
+                     e.payload[1] = m.iova_size_bytes;
+                   }
+                   const absl::Status s = c.fq->Enqueue(e);
+                   assert(s.ok());
+                   (void)s;
+                 },
+             },
+             d.cookie);
 
   if (!m.buffer_refs.empty() || m.owned_buffer_id != 0) {
     if (run != nullptr) {
@@ -252,8 +252,7 @@ void BrokerImpl::CompleteInvalidationLocked(Domain& d, DeferredInvalidation* def
 // Looks up the caller's mapping containing dma_addr in the device's current
 // domain and checks it was made by `call_kinds`.
 absl::StatusOr<MappingRecord*> BrokerImpl::OwnMapping(Domain& d, const Caller& caller,
-                                                      const std::string& device,
-                                                      uint64_t dma_addr,
+                                                      const std::string& device, uint64_t dma_addr,
                                                       std::initializer_list<MappingKind> kinds,
                                                       const char* call) {
   MappingRecord* m = d.FindMappingLocked(dma_addr);
@@ -411,16 +410,15 @@ absl::StatusOr<MapSgResult> Broker::MapSg(const Caller& caller, const MapSgReque
     for (size_t i = 0; i < e.chunks.size(); ++i) {
       const PhysRun& c = e.chunks[i];
       const bool start_ok = i == 0 || IsAligned(c.start.value(), big);
-      const bool end_ok = i + 1 == e.chunks.size() ||
-                          IsAligned((c.start + c.size_bytes).value(), big);
+      const bool end_ok =
+          i + 1 == e.chunks.size() || IsAligned((c.start + c.size_bytes).value(), big);
       if (!start_ok || !end_ok) {
-        return FieldError(absl::StatusCode::kFailedPrecondition, "import_token",
-                          request.import_token,
-                          absl::StrFormat("chunk %d at %#x+%#x is not aligned to %#x (the larger "
-                                          "of the exporter's %#x and the importer's %#x "
-                                          "granules), so it cannot be one contiguous IOVA block",
-                                          i, c.start.value(), c.size_bytes, big,
-                                          e.exporter_granule, g));
+        return FieldError(
+            absl::StatusCode::kFailedPrecondition, "import_token", request.import_token,
+            absl::StrFormat("chunk %d at %#x+%#x is not aligned to %#x (the larger "
+                            "of the exporter's %#x and the importer's %#x "
+                            "granules), so it cannot be one contiguous IOVA block",
+                            i, c.start.value(), c.size_bytes, big, e.exporter_granule, g));
       }
       segs.push_back({c.start, c.size_bytes});
     }
@@ -481,17 +479,16 @@ absl::StatusOr<MapSgResult> Broker::MapSg(const Caller& caller, const MapSgReque
     const SgMapRange& r = layout->map_ranges[i];
     ranges.push_back({*iova + r.iova_offset, {r.phys, r.size_bytes}});
     rec.pt_ranges.push_back({*iova + r.iova_offset, r.size_bytes});
-    rec.pieces.push_back({*iova + r.iova_offset + (segs[i].phys & (g - 1)), segs[i].phys,
-                          segs[i].length_bytes});
+    rec.pieces.push_back(
+        {*iova + r.iova_offset + (segs[i].phys & (g - 1)), segs[i].phys, segs[i].length_bytes});
   }
   if (absl::Status s = impl_->MapPiecesLocked(*d, ranges, rec.prot); !s.ok()) {
     impl_->FreeIovaLocked(*d, *iova, layout->iova_size_bytes);
     impl_->RefundMapping(*dev, total);
     return fail(s);
   }
-  MapSgResult out{.domain_id = d->id,
-                  .iova = iova->value(),
-                  .iova_size_bytes = layout->iova_size_bytes};
+  MapSgResult out{
+      .domain_id = d->id, .iova = iova->value(), .iova_size_bytes = layout->iova_size_bytes};
   for (const SgDmaSegment& s : layout->dma_segments) {
     out.segments.push_back({iova->value() + s.iova_offset, s.length_bytes});
   }
@@ -527,7 +524,7 @@ absl::Status Broker::UnmapSg(const Caller& caller, const std::string& device, ui
   absl::MutexLock l(&d->mu);
   ASSIGN_OR_RETURN(MappingRecord * m,
                    BrokerImpl::OwnMapping(*d, caller, device, dma_addr,
-                              {MappingKind::kMapSg, MappingKind::kImport}, "UnmapSg"));
+                                          {MappingKind::kMapSg, MappingKind::kImport}, "UnmapSg"));
   impl_->RemoveMappingLocked(*d, m->iova.value());
   return absl::OkStatus();
 }

@@ -23,8 +23,7 @@ using DeviceState = BrokerImpl::DeviceState;
 absl::StatusOr<std::shared_ptr<Domain>> BrokerImpl::NewDomain(Smmu* smmu, DomainType type,
                                                               uint64_t granule_bytes,
                                                               const std::string& owner,
-                                                              bool is_default,
-                                                              uint64_t session_id,
+                                                              bool is_default, uint64_t session_id,
                                                               bool try_32bit_first) {
   const SmmuConfig& cfg = smmu->config;
   if (granule_bytes == 0) granule_bytes = cfg.granules & -cfg.granules;  // smallest
@@ -49,9 +48,9 @@ absl::StatusOr<std::shared_ptr<Domain>> BrokerImpl::NewDomain(Smmu* smmu, Domain
     absl::MutexLock l(&smmu->mu);
     auto free_ctx = std::find(smmu->context_in_use.begin(), smmu->context_in_use.end(), false);
     if (free_ctx == smmu->context_in_use.end()) {
-      return FieldError(absl::StatusCode::kResourceExhausted, "smmu", cfg.name,
-                        absl::StrFormat("all %d translation contexts are in use",
-                                        cfg.num_contexts));
+      return FieldError(
+          absl::StatusCode::kResourceExhausted, "smmu", cfg.name,
+          absl::StrFormat("all %d translation contexts are in use", cfg.num_contexts));
     }
     *free_ctx = true;
     d->context = uint32_t(free_ctx - smmu->context_in_use.begin());
@@ -166,9 +165,9 @@ absl::StatusOr<DomainInfo> Broker::CreateDomain(const Caller& caller,
     uint64_t cur = owner->domains.load();
     do {
       if (cur >= owner->quotas.max_domains) {
-        return FieldError(absl::StatusCode::kResourceExhausted, "device", caller.device,
-                          absl::StrFormat("domain quota of %d domains reached",
-                                          owner->quotas.max_domains));
+        return FieldError(
+            absl::StatusCode::kResourceExhausted, "device", caller.device,
+            absl::StrFormat("domain quota of %d domains reached", owner->quotas.max_domains));
       }
     } while (!owner->domains.compare_exchange_weak(cur, cur + 1));
   }
@@ -205,9 +204,9 @@ absl::Status BrokerImpl::DestroyDomain(const Caller& caller, uint64_t domain_id)
                         "a device's default domain cannot be destroyed");
     }
     if (!d->attached.empty()) {
-      return FieldError(absl::StatusCode::kFailedPrecondition, "domain_id", domain_id,
-                        absl::StrFormat("devices still attached: %s",
-                                        absl::StrJoin(d->attached, ", ")));
+      return FieldError(
+          absl::StatusCode::kFailedPrecondition, "domain_id", domain_id,
+          absl::StrFormat("devices still attached: %s", absl::StrJoin(d->attached, ", ")));
     }
     domains_.erase(domain_id);
   }
@@ -267,8 +266,9 @@ absl::Status Broker::DetachDevice(const Caller& caller, const std::string& devic
   return absl::OkStatus();
 }
 
-absl::StatusOr<std::vector<PgtableMapping>> Broker::WalkDomain(const Caller& caller, uint64_t domain_id,
-                                                               Iova start, size_t max_leaves) const {
+absl::StatusOr<std::vector<PgtableMapping>> Broker::WalkDomain(const Caller& caller,
+                                                               uint64_t domain_id, Iova start,
+                                                               size_t max_leaves) const {
   RETURN_IF_ERROR(impl_->CheckCaller(caller));
   std::shared_ptr<Domain> d;
   {
@@ -282,7 +282,8 @@ absl::StatusOr<std::vector<PgtableMapping>> Broker::WalkDomain(const Caller& cal
   absl::ReaderMutexLock l(&d->mu);
   if (d->pgtable) {
     d->pgtable->ForEachMapping([&](const PgtableMapping& m) {
-      if (out.size() < max_leaves && m.iova.value() + (m.size_bytes - 1) >= start.value()) out.push_back(m);
+      if (out.size() < max_leaves && m.iova.value() + (m.size_bytes - 1) >= start.value())
+        out.push_back(m);
     });
   }
   return out;

@@ -11,8 +11,8 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/string_view.h"
-#include "absl/types/span.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/types/span.h"
 #include "core/broker.h"
 #include "core/broker_internal.h"
 #include "core/fault_ring.h"
@@ -45,8 +45,7 @@ class BrokerImpl {
   bool MayUse(const DeviceState& dev, const Domain& d) const;
   // Whether the caller may see `d` (GetDomain, ListDomains, WalkDomain,
   // stats): admins all; a device the domains it may use or is attached to.
-  bool MaySee(const Caller& caller, const Domain& d) const
-      ABSL_SHARED_LOCKS_REQUIRED(registry_mu_);
+  bool MaySee(const Caller& caller, const Domain& d) const ABSL_SHARED_LOCKS_REQUIRED(registry_mu_);
   // CreateDomain's rules: IDENTITY and BLOCKED are the admin's; an untrusted
   // creator gets strict translated domains only; granted devices exist, sit
   // behind the SMMU and, when untrusted, get a strict translated type.
@@ -181,8 +180,7 @@ class BrokerImpl {
   // any IOVA allocation in the domain. `known`: a device the caller already
   // holds, used instead of a lookup when it owns the mapping.
   // `run`: the caller's hold of buffers_mu_ (null: taken here if needed).
-  void RemoveMappingLocked(Domain& d, uint64_t iova_start,
-                           DeferredInvalidation* deferred = nullptr,
+  void RemoveMappingLocked(Domain& d, uint64_t iova_start, DeferredInvalidation* deferred = nullptr,
                            DeviceState* known = nullptr, BufferRun* run = nullptr)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(d.mu);
   // Drops a removed mapping's buffer references and frees the buffer it owns
@@ -200,8 +198,7 @@ class BrokerImpl {
   absl::StatusOr<MapResult> MapLocked(Domain& d, DeviceState& dev, const Caller& caller,
                                       const std::string& device, const MemRef& mem_ref,
                                       DmaDirection direction, const DmaAttrs& attrs,
-                                      BufferRun* run = nullptr)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(d.mu);
+                                      BufferRun* run = nullptr) ABSL_EXCLUSIVE_LOCKS_REQUIRED(d.mu);
   absl::Status UnmapLocked(Domain& d, DeviceState& dev, const Caller& caller,
                            const std::string& device, uint64_t dma_addr,
                            DeferredInvalidation* deferred, BufferRun* run = nullptr)
@@ -219,13 +216,13 @@ class BrokerImpl {
   // The caller's mapping containing dma_addr in `d`, made by one of `kinds`:
   // NOT_FOUND for anything the caller does not own, FAILED_PRECONDITION
   // naming the call that made it otherwise.
-  static absl::StatusOr<MappingRecord*> OwnMapping(Domain& d, const Caller& caller,
-                                                   const std::string& device, uint64_t dma_addr,
-                                                   std::initializer_list<internal::MappingKind> kinds,
-                                                   const char* call)
+  static absl::StatusOr<MappingRecord*> OwnMapping(
+      Domain& d, const Caller& caller, const std::string& device, uint64_t dma_addr,
+      std::initializer_list<internal::MappingKind> kinds, const char* call)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(d.mu);
   // Inserts the record and returns the mapping id.
-  uint64_t CommitMappingLocked(Domain& d, MappingRecord&& record) ABSL_EXCLUSIVE_LOCKS_REQUIRED(d.mu);
+  uint64_t CommitMappingLocked(Domain& d, MappingRecord&& record)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(d.mu);
   // The same for a record built in place: inserts one at `iova` with its
   // mapping id and mapped_bytes set, for the caller to fill in before it
   // releases d.mu.
@@ -255,7 +252,7 @@ class BrokerImpl {
   const BrokerOptions options_;
   std::unique_ptr<PhysMemory> memory_;
   std::unique_ptr<FaultRing> faults_;
-  std::vector<std::unique_ptr<Smmu>> smmus_;           // immutable after Init
+  std::vector<std::unique_ptr<Smmu>> smmus_;  // immutable after Init
   absl::flat_hash_map<std::string, Smmu*> smmu_by_name_;
   absl::flat_hash_map<std::string, std::unique_ptr<DeviceState>> devices_;  // immutable set
 

@@ -72,13 +72,11 @@ class Domain;
 // tag in its SMMU's IOTLB. Called with Domain::mu held.
 class DomainFlushOps final : public FlushOps {
  public:
-  DomainFlushOps(Smmu* smmu, TlbTag tag, bool strict)
-      : smmu_(smmu), tag_(tag), strict_(strict) {}
+  DomainFlushOps(Smmu* smmu, TlbTag tag, bool strict) : smmu_(smmu), tag_(tag), strict_(strict) {}
   void TlbFlushAll() override;
   void TlbFlushWalk(Iova iova, uint64_t size_bytes, uint64_t granule_bytes) override;
   void TlbAddPage(IotlbGather* gather, Iova iova, uint64_t granule_bytes) override;
-  void TlbAddPages(IotlbGather* gather, Iova iova, uint64_t granule_bytes,
-                   uint64_t count) override;
+  void TlbAddPages(IotlbGather* gather, Iova iova, uint64_t granule_bytes, uint64_t count) override;
 
  private:
   Smmu* const smmu_;
@@ -128,8 +126,8 @@ struct Buffer {
   std::string device;
   uint64_t session_id = 0;
   PhysAllocation alloc;
-  uint64_t map_refs = 0;        // mappings referencing it
-  bool backs_alloc = false;     // created by Alloc; freed by Free
+  uint64_t map_refs = 0;     // mappings referencing it
+  bool backs_alloc = false;  // created by Alloc; freed by Free
   // Its Alloc mapping is gone but importers still map it: freed when the
   // last reference drops.
   bool free_when_unreferenced = false;

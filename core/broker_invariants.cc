@@ -1,9 +1,9 @@
 // Broker::CheckInvariants: every engine's own check plus the cross-references
 // between them (records vs page tables, buffer references, quotas).
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
-#include <algorithm>
 #include <utility>
 
 #include "absl/strings/str_format.h"
@@ -36,8 +36,9 @@ void Broker::CheckInvariants() const {
     s->iotlb->CheckInvariants();
   }
   // Recount what mappings reference and charge, and compare.
-  absl::flat_hash_map<uint64_t, uint64_t> refs;            // buffer -> mapping refs
-  absl::flat_hash_map<std::string, std::pair<uint64_t, uint64_t>> charged;  // device -> (maps, bytes)
+  absl::flat_hash_map<uint64_t, uint64_t> refs;  // buffer -> mapping refs
+  absl::flat_hash_map<std::string, std::pair<uint64_t, uint64_t>>
+      charged;  // device -> (maps, bytes)
   absl::ReaderMutexLock rl(&impl_->registry_mu_);
   for (const auto& [id, d] : impl_->domains_) {
     absl::ReaderMutexLock dl(&d->mu);
@@ -64,9 +65,9 @@ void Broker::CheckInvariants() const {
         for (uint64_t off : {uint64_t{0}, p.size_bytes - 1}) {
           const auto pa = d->pgtable->IovaToPhys(p.iova + off);
           if (!pa || *pa != p.phys + off) {
-            check(absl::InternalError(absl::StrFormat(
-                      "domain %d: %#x does not translate to %#x", id, (p.iova + off).value(),
-                      (p.phys + off).value())),
+            check(absl::InternalError(absl::StrFormat("domain %d: %#x does not translate to %#x",
+                                                      id, (p.iova + off).value(),
+                                                      (p.phys + off).value())),
                   "mappings vs page table");
           }
         }
@@ -74,8 +75,8 @@ void Broker::CheckInvariants() const {
       for (const auto& [pt_iova, size] : m.pt_ranges) pt_bytes += size;
     }
     if (bytes != d->mapped_bytes) {
-      check(absl::InternalError(absl::StrFormat("domain %d: mapped_bytes %d != %d", id,
-                                                d->mapped_bytes, bytes)),
+      check(absl::InternalError(
+                absl::StrFormat("domain %d: mapped_bytes %d != %d", id, d->mapped_bytes, bytes)),
             "domain accounting");
     }
     if (d->pgtable && d->pgtable->Stats().mapped_bytes != pt_bytes) {
@@ -100,8 +101,8 @@ void Broker::CheckInvariants() const {
     }
     const DomainType t = dev->current->type;
     if (!dev->config.trusted && t != DomainType::kDma && t != DomainType::kUnmanaged) {
-      check(absl::InternalError(absl::StrFormat("untrusted device %s is in a %s domain", name,
-                                                DomainTypeName(t))),
+      check(absl::InternalError(
+                absl::StrFormat("untrusted device %s is in a %s domain", name, DomainTypeName(t))),
             "isolation");
     }
     const std::string& device = name;  // a structured binding cannot be captured
@@ -129,8 +130,8 @@ void Broker::CheckInvariants() const {
     for (uint64_t b : e.buffer_ids) {
       const auto& ids = impl_->buffers_.at(b).exports;
       if (std::count(ids.begin(), ids.end(), e.export_id) != 1) {
-        check(absl::InternalError(absl::StrFormat("buffer %d does not list export %d once", b,
-                                                  e.export_id)),
+        check(absl::InternalError(
+                  absl::StrFormat("buffer %d does not list export %d once", b, e.export_id)),
               "exports");
       }
       ++links;
@@ -151,8 +152,8 @@ void Broker::CheckInvariants() const {
     const auto it = refs.find(id);
     const uint64_t want = it == refs.end() ? 0 : it->second;
     if (b.map_refs != want) {
-      check(absl::InternalError(absl::StrFormat("buffer %d: map_refs %d, mappings hold %d", id,
-                                                b.map_refs, want)),
+      check(absl::InternalError(
+                absl::StrFormat("buffer %d: map_refs %d, mappings hold %d", id, b.map_refs, want)),
             "buffer references");
     }
   }

@@ -20,8 +20,8 @@
 namespace iommu::core {
 namespace {
 
-using ::testing::HasSubstr;
 using testing::GiB;
+using ::testing::HasSubstr;
 using testing::KiB;
 using testing::MiB;
 
@@ -38,8 +38,8 @@ class IsolationTest : public ::testing::Test {
     return b->buffer_id;
   }
   MapResult MapBuffer(const std::string& dev, uint64_t buffer, uint64_t size = 64 * KiB) {
-    auto m = broker_->Map(Dev(dev), {.device = dev,
-                                     .mem = {.buffer_id = buffer, .length_bytes = size}});
+    auto m =
+        broker_->Map(Dev(dev), {.device = dev, .mem = {.buffer_id = buffer, .length_bytes = size}});
     EXPECT_TRUE(m.ok()) << m.status();
     return *m;
   }
@@ -72,13 +72,13 @@ TEST_F(IsolationTest, OnlyTheAdminCreatesIdentityAndBlockedDomains) {
   EXPECT_TRUE(broker_->CreateDomain(Dev("tbt0"), {.smmu = "smmu0", .type = DomainType::kDma}).ok());
   EXPECT_TRUE(
       broker_->CreateDomain(Dev("tbt0"), {.smmu = "smmu0", .type = DomainType::kUnmanaged}).ok());
-  EXPECT_TRUE(broker_->CreateDomain(Dev("nic0"), {.smmu = "smmu0", .type = DomainType::kDmaFq}).ok());
+  EXPECT_TRUE(
+      broker_->CreateDomain(Dev("nic0"), {.smmu = "smmu0", .type = DomainType::kDmaFq}).ok());
   broker_->CheckInvariants();
 }
 
 TEST_F(IsolationTest, UntrustedDeviceNeverLeavesAStrictTranslatedDomain) {
-  auto identity =
-      broker_->CreateDomain(kAdmin, {.smmu = "smmu0", .type = DomainType::kIdentity});
+  auto identity = broker_->CreateDomain(kAdmin, {.smmu = "smmu0", .type = DomainType::kIdentity});
   ASSERT_TRUE(identity.ok());
   // Not even the admin can attach it, nor grant it.
   for (DomainType t : {DomainType::kIdentity, DomainType::kBlocked, DomainType::kDmaFq}) {
@@ -87,8 +87,8 @@ TEST_F(IsolationTest, UntrustedDeviceNeverLeavesAStrictTranslatedDomain) {
     const absl::Status s = broker_->AttachDevice(kAdmin, "tbt0", d->domain_id);
     EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition) << DomainTypeName(t);
     EXPECT_THAT(s.message(), HasSubstr("untrusted device tbt0 must stay in a strict"));
-    auto granted = broker_->CreateDomain(
-        kAdmin, {.smmu = "smmu0", .type = t, .granted_devices = {"tbt0"}});
+    auto granted =
+        broker_->CreateDomain(kAdmin, {.smmu = "smmu0", .type = t, .granted_devices = {"tbt0"}});
     EXPECT_EQ(granted.status().code(), absl::StatusCode::kFailedPrecondition);
     EXPECT_THAT(granted.status().message(), HasSubstr("granted_devices[0]=\"tbt0\""));
   }
@@ -118,13 +118,15 @@ TEST_F(IsolationTest, ExportTokensAre128RandomBitsAndForgeriesFail) {
   // and answer as a token never made.
   const std::string real = *tokens.begin();
   const auto garbage = broker_->MapSg(
-      Dev("sata0"), {.device = "sata0", .import_token = "iexp_0", .direction = DmaDirection::kToDevice});
+      Dev("sata0"),
+      {.device = "sata0", .import_token = "iexp_0", .direction = DmaDirection::kToDevice});
   ASSERT_EQ(garbage.status().code(), absl::StatusCode::kNotFound);
   for (size_t i = 5; i < real.size(); ++i) {
     std::string forged = real;
     forged[i] = forged[i] == '0' ? '1' : '0';
-    auto r = broker_->MapSg(Dev("sata0"), {.device = "sata0", .import_token = forged,
-                                           .direction = DmaDirection::kToDevice});
+    auto r = broker_->MapSg(
+        Dev("sata0"),
+        {.device = "sata0", .import_token = forged, .direction = DmaDirection::kToDevice});
     ASSERT_EQ(r.status().code(), absl::StatusCode::kNotFound) << forged;
   }
   EXPECT_EQ(Info("sata0").mappings, 0u);
@@ -134,18 +136,20 @@ TEST_F(IsolationTest, ExportTokensAre128RandomBitsAndForgeriesFail) {
 TEST_F(IsolationTest, ExportsAreBoundToImportersAndReadOnlyUnlessWritable) {
   const uint64_t buf = Buffer("gpu0");
   const MapResult m = MapBuffer("gpu0", buf);
-  auto unknown = broker_->GetSgTable(Dev("gpu0"), "gpu0", m.dma_addr,
-                                     ExportGrant{.importers = {"ghost"}});
+  auto unknown =
+      broker_->GetSgTable(Dev("gpu0"), "gpu0", m.dma_addr, ExportGrant{.importers = {"ghost"}});
   EXPECT_EQ(unknown.status().code(), absl::StatusCode::kNotFound);
   EXPECT_THAT(unknown.status().message(), HasSubstr("export_importers[0]=\"ghost\""));
-  auto t = broker_->GetSgTable(Dev("gpu0"), "gpu0", m.dma_addr,
-                               ExportGrant{.importers = {"sata0"}});
+  auto t =
+      broker_->GetSgTable(Dev("gpu0"), "gpu0", m.dma_addr, ExportGrant{.importers = {"sata0"}});
   ASSERT_TRUE(t.ok());
   // Another device: the answer of an unknown token, word for word but the token.
-  auto other = broker_->MapSg(Dev("nic0"), {.device = "nic0", .import_token = t->export_token,
-                                            .direction = DmaDirection::kToDevice});
-  auto none = broker_->MapSg(Dev("nic0"), {.device = "nic0", .import_token = "iexp_x",
-                                           .direction = DmaDirection::kToDevice});
+  auto other = broker_->MapSg(
+      Dev("nic0"),
+      {.device = "nic0", .import_token = t->export_token, .direction = DmaDirection::kToDevice});
+  auto none = broker_->MapSg(
+      Dev("nic0"),
+      {.device = "nic0", .import_token = "iexp_x", .direction = DmaDirection::kToDevice});
   EXPECT_EQ(other.status().code(), absl::StatusCode::kNotFound);
   EXPECT_EQ(std::string(other.status().message()).substr(other.status().message().find(':')),
             std::string(none.status().message()).substr(none.status().message().find(':')));
@@ -154,21 +158,21 @@ TEST_F(IsolationTest, ExportsAreBoundToImportersAndReadOnlyUnlessWritable) {
   auto rw = broker_->MapSg(Dev("sata0"), {.device = "sata0", .import_token = t->export_token});
   EXPECT_EQ(rw.status().code(), absl::StatusCode::kPermissionDenied);
   EXPECT_THAT(rw.status().message(), HasSubstr("direction=\"BIDIRECTIONAL\""));
-  auto ro = broker_->MapSg(Dev("sata0"), {.device = "sata0", .import_token = t->export_token,
-                                          .direction = DmaDirection::kToDevice});
+  auto ro = broker_->MapSg(
+      Dev("sata0"),
+      {.device = "sata0", .import_token = t->export_token, .direction = DmaDirection::kToDevice});
   ASSERT_TRUE(ro.ok()) << ro.status();
-  auto w = broker_->Translate(Dev("sata0"), {.device = "sata0", .iova = ro->iova,
-                                             .access = testing::Write()});
+  auto w = broker_->Translate(Dev("sata0"),
+                              {.device = "sata0", .iova = ro->iova, .access = testing::Write()});
   ASSERT_TRUE(w.ok());
   EXPECT_TRUE(w->faulted);
   EXPECT_EQ(w->fault_type, "permission");
-  auto r = broker_->Translate(Dev("sata0"), {.device = "sata0", .iova = ro->iova,
-                                             .access = testing::Read()});
+  auto r = broker_->Translate(Dev("sata0"),
+                              {.device = "sata0", .iova = ro->iova, .access = testing::Read()});
   ASSERT_TRUE(r.ok());
   EXPECT_FALSE(r->faulted);
   // An import cannot be exported again (no escalation to writable).
-  auto again = broker_->GetSgTable(Dev("sata0"), "sata0", ro->iova,
-                                   ExportGrant{.writable = true});
+  auto again = broker_->GetSgTable(Dev("sata0"), "sata0", ro->iova, ExportGrant{.writable = true});
   EXPECT_EQ(again.status().code(), absl::StatusCode::kFailedPrecondition);
   // A writable export serves device writes.
   auto wt = broker_->GetSgTable(Dev("gpu0"), "gpu0", m.dma_addr,
@@ -184,19 +188,22 @@ TEST_F(IsolationTest, RevocationUnmapsEveryImporterAndTheOwnerCanAlwaysFree) {
   ASSERT_TRUE(a.ok());
   auto t = broker_->GetSgTable(Dev("gpu0"), "gpu0", a->dma_addr, ExportGrant{});
   ASSERT_TRUE(t.ok());
-  auto imp = broker_->MapSg(Dev("sata0"), {.device = "sata0", .import_token = t->export_token,
-                                           .direction = DmaDirection::kToDevice});
+  auto imp = broker_->MapSg(
+      Dev("sata0"),
+      {.device = "sata0", .import_token = t->export_token, .direction = DmaDirection::kToDevice});
   ASSERT_TRUE(imp.ok());
   // Only the exporter (or an admin) may revoke; others get "no such export".
   auto foreign = broker_->RevokeExport(Dev("sata0"), t->export_token);
   EXPECT_EQ(foreign.status().code(), absl::StatusCode::kNotFound);
   // Warm the importer's IOTLB, then free: the exporter is not blocked by the
   // import, which is unmapped and invalidated first.
-  ASSERT_FALSE(broker_->Translate(Dev("sata0"), {.device = "sata0", .iova = imp->iova,
-                                                 .access = testing::Read()})->faulted);
+  ASSERT_FALSE(broker_
+                   ->Translate(Dev("sata0"),
+                               {.device = "sata0", .iova = imp->iova, .access = testing::Read()})
+                   ->faulted);
   ASSERT_TRUE(broker_->Free(Dev("gpu0"), "gpu0", a->dma_addr).ok());
-  auto after = broker_->Translate(Dev("sata0"), {.device = "sata0", .iova = imp->iova,
-                                                 .access = testing::Read()});
+  auto after = broker_->Translate(
+      Dev("sata0"), {.device = "sata0", .iova = imp->iova, .access = testing::Read()});
   ASSERT_TRUE(after.ok());
   EXPECT_TRUE(after->faulted);
   EXPECT_EQ(after->fault_type, "translation");
@@ -215,13 +222,17 @@ TEST_F(IsolationTest, RevocationUnmapsEveryImporterAndTheOwnerCanAlwaysFree) {
   auto fq = broker_->CreateDomain(Dev("nic0"), {.smmu = "smmu0", .type = DomainType::kDmaFq});
   ASSERT_TRUE(fq.ok());
   ASSERT_TRUE(broker_->AttachDevice(Dev("nic0"), "nic0", fq->domain_id).ok());
-  auto i1 = broker_->MapSg(Dev("nic0"), {.device = "nic0", .import_token = t2->export_token,
-                                         .direction = DmaDirection::kToDevice});
-  auto i2 = broker_->MapSg(Dev("sata0"), {.device = "sata0", .import_token = t2->export_token,
-                                          .direction = DmaDirection::kToDevice});
+  auto i1 = broker_->MapSg(
+      Dev("nic0"),
+      {.device = "nic0", .import_token = t2->export_token, .direction = DmaDirection::kToDevice});
+  auto i2 = broker_->MapSg(
+      Dev("sata0"),
+      {.device = "sata0", .import_token = t2->export_token, .direction = DmaDirection::kToDevice});
   ASSERT_TRUE(i1.ok() && i2.ok());
-  ASSERT_FALSE(broker_->Translate(Dev("nic0"), {.device = "nic0", .iova = i1->iova,
-                                                .access = testing::Read()})->faulted);
+  ASSERT_FALSE(
+      broker_
+          ->Translate(Dev("nic0"), {.device = "nic0", .iova = i1->iova, .access = testing::Read()})
+          ->faulted);
   const absl::Status busy = broker_->FreeBuffer(Dev("gpu0"), buf);
   EXPECT_EQ(busy.code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_THAT(busy.message(), HasSubstr("still referenced by 1 mapping(s)"));
@@ -230,12 +241,14 @@ TEST_F(IsolationTest, RevocationUnmapsEveryImporterAndTheOwnerCanAlwaysFree) {
   ASSERT_TRUE(revoked.ok());
   EXPECT_EQ(*revoked, 2u);
   for (const auto& [dev, iova] : {std::pair{"nic0", i1->iova}, std::pair{"sata0", i2->iova}}) {
-    auto tr = broker_->Translate(Dev(dev), {.device = dev, .iova = iova, .access = testing::Read()});
+    auto tr =
+        broker_->Translate(Dev(dev), {.device = dev, .iova = iova, .access = testing::Read()});
     EXPECT_TRUE(tr->faulted) << dev;
     EXPECT_FALSE(tr->pages.size() == 1 && tr->pages[0].stale) << dev;
   }
-  auto reimport = broker_->MapSg(Dev("sata0"), {.device = "sata0", .import_token = t2->export_token,
-                                                .direction = DmaDirection::kToDevice});
+  auto reimport = broker_->MapSg(
+      Dev("sata0"),
+      {.device = "sata0", .import_token = t2->export_token, .direction = DmaDirection::kToDevice});
   EXPECT_EQ(reimport.status().code(), absl::StatusCode::kNotFound);
   ASSERT_TRUE(broker_->Unmap(Dev("gpu0"), "gpu0", m.dma_addr).ok());
   EXPECT_TRUE(broker_->FreeBuffer(Dev("gpu0"), buf).ok());
@@ -296,10 +309,9 @@ TEST_F(IsolationTest, ForeignAndPhantomSessionsAreRefusedAndCreateNothing) {
   ASSERT_TRUE(broker_->CloseSession(Dev("nic0"), *s).ok());
   EXPECT_EQ(broker_->GetBuffer(kAdmin, mine->buffer_id).status().code(),
             absl::StatusCode::kNotFound);
-  EXPECT_EQ(broker_->AllocBuffer(Dev("nic0", *s), "nic0", 4 * KiB, Placement::kScattered)
-                .status()
-                .code(),
-            absl::StatusCode::kNotFound);
+  EXPECT_EQ(
+      broker_->AllocBuffer(Dev("nic0", *s), "nic0", 4 * KiB, Placement::kScattered).status().code(),
+      absl::StatusCode::kNotFound);
   // Ids are not a counter: consecutive sessions are far apart.
   const uint64_t x = *broker_->OpenSession(Dev("nic0"), absl::Seconds(30));
   const uint64_t y = *broker_->OpenSession(Dev("nic0"), absl::Seconds(30));
@@ -349,10 +361,10 @@ TEST_F(IsolationTest, UnknownDeviceCallersAreNotFoundEverywhere) {
 TEST_F(IsolationTest, ForeignObjectsAnswerAsMissingOnes) {
   const uint64_t nic_buf = Buffer("nic0");
   uint64_t missing = nic_buf + 1000;
-  auto foreign = broker_->Map(Dev("gpu0"), {.device = "gpu0",
-                                            .mem = {.buffer_id = nic_buf, .length_bytes = 4096}});
-  auto absent = broker_->Map(Dev("gpu0"), {.device = "gpu0",
-                                           .mem = {.buffer_id = missing, .length_bytes = 4096}});
+  auto foreign = broker_->Map(
+      Dev("gpu0"), {.device = "gpu0", .mem = {.buffer_id = nic_buf, .length_bytes = 4096}});
+  auto absent = broker_->Map(
+      Dev("gpu0"), {.device = "gpu0", .mem = {.buffer_id = missing, .length_bytes = 4096}});
   EXPECT_EQ(foreign.status().code(), absl::StatusCode::kNotFound);
   EXPECT_EQ(absent.status().code(), absl::StatusCode::kNotFound);
   auto tail = [](const absl::Status& s) {
@@ -368,7 +380,8 @@ TEST_F(IsolationTest, ForeignObjectsAnswerAsMissingOnes) {
   for (uint64_t id : {own->domain_id, nodomain}) {
     EXPECT_EQ(broker_->DestroyDomain(Dev("gpu0"), id).code(), absl::StatusCode::kNotFound) << id;
     EXPECT_EQ(broker_->AttachDevice(Dev("gpu0"), "gpu0", id).code(), absl::StatusCode::kNotFound);
-    auto msi = broker_->MsiCookie(Dev("gpu0"), {.device = "gpu0", .domain_id = id,
+    auto msi = broker_->MsiCookie(Dev("gpu0"), {.device = "gpu0",
+                                                .domain_id = id,
                                                 .window_base = 0x8000000,
                                                 .window_size_bytes = 0x100000});
     EXPECT_EQ(msi.status().code(), absl::StatusCode::kNotFound) << id;
@@ -379,8 +392,10 @@ TEST_F(IsolationTest, ForeignObjectsAnswerAsMissingOnes) {
 TEST_F(IsolationTest, DevicesSeeOnlyTheirOwnCounters) {
   // tbt0 faults; nic0's stats show none of it, nor any SMMU-wide counter.
   for (int i = 0; i < 3; ++i) {
-    ASSERT_TRUE(broker_->Translate(Dev("tbt0"), {.device = "tbt0", .iova = 0x1000,
-                                                 .access = testing::Read()})->faulted);
+    ASSERT_TRUE(
+        broker_
+            ->Translate(Dev("tbt0"), {.device = "tbt0", .iova = 0x1000, .access = testing::Read()})
+            ->faulted);
   }
   const BrokerStats nic = broker_->GetStats(Dev("nic0")).value();
   EXPECT_EQ(nic.faults.pushed_total, 0u);
@@ -492,7 +507,8 @@ class IsolationModel {
       case 1: {  // map any known buffer, another device's included
         if (owner_.empty()) break;
         const uint64_t buf = Pick(owner_, rng);
-        auto r = b_.Map(Dev(dev), {.device = dev, .mem = {.buffer_id = buf, .length_bytes = 4 * KiB}});
+        auto r =
+            b_.Map(Dev(dev), {.device = dev, .mem = {.buffer_id = buf, .length_bytes = 4 * KiB}});
         if (r.ok()) {
           EXPECT_EQ(owner_[buf], dev) << "mapped another device's buffer";
           maps_.push_back({dev, r->dma_addr, buf});
@@ -553,16 +569,15 @@ class IsolationModel {
         const uint64_t buf = BufferAt(r->chunks.front().start.value());
         EXPECT_NE(buf, 0u);
         EXPECT_EQ(owner_[buf], dev) << "exported memory it does not own";
-        exports_[r->export_token] = {.exporter = dev, .buffer = buf,
-                                     .importers = grant.importers};
+        exports_[r->export_token] = {.exporter = dev, .buffer = buf, .importers = grant.importers};
         break;
       }
       case 7: {  // import: a real token (maybe not for it) or a forged one
         if (exports_.empty()) break;
         std::string token = Pick(exports_, rng);
         if (rng.Below(4) == 0) token[5 + rng.Below(32)] ^= 1;
-        auto r = b_.MapSg(Dev(dev), {.device = dev, .import_token = token,
-                                     .direction = DmaDirection::kToDevice});
+        auto r = b_.MapSg(
+            Dev(dev), {.device = dev, .import_token = token, .direction = DmaDirection::kToDevice});
         if (!r.ok()) break;
         ASSERT_TRUE(exports_.contains(token)) << "imported a forged token";
         const Export& e = exports_[token];
@@ -645,12 +660,12 @@ class IsolationModel {
       for (const PgtableMapping& leaf : *leaves) {
         const uint64_t lo = leaf.phys.value(), hi = lo + leaf.size_bytes;
         // MSI doorbell pages (the broker maps them; MMIO, never RAM).
-        const bool mmio = std::any_of(
-            b_.topology().memory.regions.begin(), b_.topology().memory.regions.end(),
-            [&](const MemoryRegionConfig& r) {
-              return r.kind == RegionKind::kMmio && lo >= r.base.value() &&
-                     hi <= r.base.value() + r.size_bytes;
-            });
+        const bool mmio =
+            std::any_of(b_.topology().memory.regions.begin(), b_.topology().memory.regions.end(),
+                        [&](const MemoryRegionConfig& r) {
+                          return r.kind == RegionKind::kMmio && lo >= r.base.value() &&
+                                 hi <= r.base.value() + r.size_bytes;
+                        });
         if (mmio) continue;
         const bool inside = std::any_of(allowed.begin(), allowed.end(), [&](const PhysRun& r) {
           return lo >= r.start.value() && hi <= r.start.value() + r.size_bytes;

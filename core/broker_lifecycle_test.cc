@@ -26,16 +26,16 @@ class BrokerLifecycleTest : public ::testing::Test {
   uint64_t MapPage(const std::string& dev, uint64_t session = 0) {
     auto b = broker_->AllocBuffer(Dev(dev, session), dev, 4 * KiB, Placement::kContiguous);
     EXPECT_TRUE(b.ok()) << b.status();
-    auto m = broker_->Map(Dev(dev, session), {.device = dev,
-                                              .mem = {.buffer_id = b->buffer_id,
-                                                      .length_bytes = 4 * KiB}});
+    auto m =
+        broker_->Map(Dev(dev, session),
+                     {.device = dev, .mem = {.buffer_id = b->buffer_id, .length_bytes = 4 * KiB}});
     EXPECT_TRUE(m.ok()) << m.status();
     buffers_.push_back(b->buffer_id);
     return m->dma_addr;
   }
   TranslateResult Tr(const std::string& dev, uint64_t iova) {
-    auto r = broker_->Translate(Dev(dev), {.device = dev, .iova = iova, .length_bytes = 4,
-                                           .access = Read()});
+    auto r = broker_->Translate(Dev(dev),
+                                {.device = dev, .iova = iova, .length_bytes = 4, .access = Read()});
     EXPECT_TRUE(r.ok()) << r.status();
     return *r;
   }
@@ -163,8 +163,8 @@ TEST_F(BrokerLifecycleTest, FaultsAreRecordedWithSequenceAndOverflowIsCounted) {
                                        .mem = {.buffer_id = b->buffer_id, .length_bytes = 4 * KiB},
                                        .direction = DmaDirection::kToDevice});
   ASSERT_TRUE(ro.ok());
-  auto w = broker_->Translate(Dev("nic0"), {.device = "nic0", .iova = ro->dma_addr,
-                                            .length_bytes = 4, .access = Write()});
+  auto w = broker_->Translate(
+      Dev("nic0"), {.device = "nic0", .iova = ro->dma_addr, .length_bytes = 4, .access = Write()});
   ASSERT_TRUE(w.ok());
   EXPECT_TRUE(w->faulted);
   EXPECT_EQ(w->fault_type, "permission");
@@ -172,8 +172,8 @@ TEST_F(BrokerLifecycleTest, FaultsAreRecordedWithSequenceAndOverflowIsCounted) {
   // An access running past a mapping returns the translated part and a
   // translation fault at the first unmapped byte (nic0 is PCI: its first
   // IOVA is the top page below 4 GiB, and nothing is mapped above it).
-  auto span = broker_->Translate(Dev("nic0"), {.device = "nic0", .iova = a,
-                                               .length_bytes = 8 * KiB, .access = Read()});
+  auto span = broker_->Translate(
+      Dev("nic0"), {.device = "nic0", .iova = a, .length_bytes = 8 * KiB, .access = Read()});
   ASSERT_TRUE(span.ok());
   EXPECT_TRUE(span->faulted);
   ASSERT_EQ(span->pages.size(), 1u);
@@ -185,11 +185,11 @@ TEST_F(BrokerLifecycleTest, FaultsAreRecordedWithSequenceAndOverflowIsCounted) {
   ASSERT_TRUE(broker_->AttachDevice(Caller::Admin(), "dsp0", blocked->domain_id).ok());
   auto bl = broker_->Translate(Dev("dsp0"), {.device = "dsp0", .iova = 0x1000, .access = Read()});
   EXPECT_EQ(bl->fault_type, "blocked");
-  auto us = broker_->Translate(Caller::Admin(), {.smmu = "smmu0", .stream_id = 0x7777,
-                                                 .iova = 0x1000, .access = Read()});
+  auto us = broker_->Translate(
+      Caller::Admin(), {.smmu = "smmu0", .stream_id = 0x7777, .iova = 0x1000, .access = Read()});
   EXPECT_EQ(us->fault_type, "unknown_stream");
-  auto as = broker_->Translate(Dev("cam0"), {.device = "cam0", .iova = uint64_t{1} << 33,
-                                             .access = Read()});
+  auto as = broker_->Translate(Dev("cam0"),
+                               {.device = "cam0", .iova = uint64_t{1} << 33, .access = Read()});
   EXPECT_EQ(as->fault_type, "address_size");
   // A device reads only its own faults; an admin reads all, in order.
   auto mine = broker_->ReadFaults(Dev("nic0"), 0, 100);
@@ -211,11 +211,12 @@ TEST_F(BrokerLifecycleTest, FaultsAreRecordedWithSequenceAndOverflowIsCounted) {
 }
 
 TEST_F(BrokerLifecycleTest, IdentityDomainBypasses) {
-  auto id = broker_->CreateDomain(Caller::Admin(), {.smmu = "smmu0", .type = DomainType::kIdentity});
+  auto id =
+      broker_->CreateDomain(Caller::Admin(), {.smmu = "smmu0", .type = DomainType::kIdentity});
   ASSERT_TRUE(id.ok());
   ASSERT_TRUE(broker_->AttachDevice(Caller::Admin(), "gpu0", id->domain_id).ok());
-  auto t = broker_->Translate(Dev("gpu0"), {.device = "gpu0", .iova = 0x8000'1234,
-                                            .length_bytes = 16, .access = Write()});
+  auto t = broker_->Translate(
+      Dev("gpu0"), {.device = "gpu0", .iova = 0x8000'1234, .length_bytes = 16, .access = Write()});
   ASSERT_TRUE(t.ok());
   ASSERT_FALSE(t->faulted);
   EXPECT_EQ(t->pages[0].phys_addr, 0x8000'1234u);
@@ -230,8 +231,8 @@ TEST_F(BrokerLifecycleTest, DomainLifecycleAndContexts) {
   EXPECT_EQ(d3.status().code(), absl::StatusCode::kResourceExhausted);
   EXPECT_THAT(d3.status().message(), HasSubstr("translation contexts"));
   // Identity and blocked domains use no context.
-  EXPECT_TRUE(broker_->CreateDomain(Caller::Admin(), {.smmu = "smmu1",
-                                                      .type = DomainType::kBlocked}).ok());
+  EXPECT_TRUE(
+      broker_->CreateDomain(Caller::Admin(), {.smmu = "smmu1", .type = DomainType::kBlocked}).ok());
   // Shared domain: both devices of smmu1 attach to one domain.
   ASSERT_TRUE(broker_->AttachDevice(Dev("cam0"), "cam0", d1->domain_id).ok());
   ASSERT_TRUE(broker_->AttachDevice(Caller::Admin(), "dsp0", d1->domain_id).ok());

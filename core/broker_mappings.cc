@@ -103,9 +103,8 @@ absl::Status MappingTable::CheckInvariants() const {
     const auto it = ordered_.find(start);
     if (NeedsIndex(start, m.iova_size_bytes)) {
       if (it == ordered_.end() || it->second != m.iova_size_bytes) {
-        return absl::InternalError(
-            absl::StrFormat("mapping at %#x+%#x missing from the ordered index", start,
-                            m.iova_size_bytes));
+        return absl::InternalError(absl::StrFormat(
+            "mapping at %#x+%#x missing from the ordered index", start, m.iova_size_bytes));
       }
       ++indexed;
     } else if (it != ordered_.end()) {

@@ -39,21 +39,21 @@ using InlinedOne = absl::InlinedVector<T, 1>;
 struct MappingRecord {
   uint64_t mapping_id = 0;
   MappingKind kind = MappingKind::kMap;
-  std::string device;        // owner; "" for broker-owned (MSI doorbells)
+  std::string device;  // owner; "" for broker-owned (MSI doorbells)
   uint64_t session_id = 0;
-  Iova iova;                 // start of the IOVA allocation / range
+  Iova iova;  // start of the IOVA allocation / range
   uint64_t iova_size_bytes = 0;
   bool iova_from_allocator = false;  // release to the IOVA cookie on unmap
-  uint64_t dma_offset = 0;   // dma_addr - iova
+  uint64_t dma_offset = 0;           // dma_addr - iova
   Prot prot = Prot::kNone;
   // Granule-aligned ranges actually written to the page table.
   InlinedOne<std::pair<Iova, uint64_t>> pt_ranges;
-  InlinedOne<MappedPiece> pieces;         // in IOVA order
-  InlinedOne<uint64_t> buffer_refs;       // buffers holding one reference each
-  uint64_t owned_buffer_id = 0;           // Alloc: freed with the mapping
-  uint64_t export_id = 0;                 // kImport: the export it imports
-  uint64_t mapped_bytes = 0;              // charged to the device's quota
-  std::vector<DmaSegment> segments;       // MapSg result, for GetSgTable/Get
+  InlinedOne<MappedPiece> pieces;    // in IOVA order
+  InlinedOne<uint64_t> buffer_refs;  // buffers holding one reference each
+  uint64_t owned_buffer_id = 0;      // Alloc: freed with the mapping
+  uint64_t export_id = 0;            // kImport: the export it imports
+  uint64_t mapped_bytes = 0;         // charged to the device's quota
+  std::vector<DmaSegment> segments;  // MapSg result, for GetSgTable/Get
 };
 
 // A domain's mapping records, keyed by IOVA start. Not thread-safe: the

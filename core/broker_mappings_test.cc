@@ -48,10 +48,10 @@ TEST(MappingTableTest, ContainmentAtStartsInteriorsAndEdges) {
   for (const bool index_all : {false, true}) {
     SCOPED_TRACE(index_all);
     MappingTable t(kGranule, index_all);
-    t.Insert(Record(0x10000, kGranule, 1));          // one granule
-    t.Insert(Record(0x11000, 3 * kGranule, 2));      // three granules, adjacent
-    t.Insert(Record(0x20000, kGranule, 3));          // alone
-    t.Insert(Record(0x30000, 16 * kGranule, 4));     // long
+    t.Insert(Record(0x10000, kGranule, 1));       // one granule
+    t.Insert(Record(0x11000, 3 * kGranule, 2));   // three granules, adjacent
+    t.Insert(Record(0x20000, kGranule, 3));       // alone
+    t.Insert(Record(0x30000, 16 * kGranule, 4));  // long
     ASSERT_TRUE(t.CheckInvariants().ok());
     EXPECT_EQ(t.size(), 4u);
     EXPECT_EQ(IdAt(t, 0x0), 0u);

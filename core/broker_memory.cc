@@ -37,17 +37,17 @@ void AppendMerged(Runs& runs, PhysRun run) {
 
 absl::Status BrokerImpl::ChargeMapping(DeviceState& dev, uint64_t bytes) {
   if (!TryCharge(dev.mappings, 1, dev.quotas.max_mappings)) {
-    return FieldError(absl::StatusCode::kResourceExhausted, "device", dev.config.name,
-                      absl::StrFormat("mapping quota of %d mappings reached",
-                                      dev.quotas.max_mappings));
+    return FieldError(
+        absl::StatusCode::kResourceExhausted, "device", dev.config.name,
+        absl::StrFormat("mapping quota of %d mappings reached", dev.quotas.max_mappings));
   }
   if (!TryCharge(dev.mapped_bytes, bytes, dev.quotas.max_mapped_bytes)) {
     dev.mappings.fetch_sub(1, std::memory_order_relaxed);
-    return FieldError(absl::StatusCode::kResourceExhausted, "size_bytes", bytes,
-                      absl::StrFormat("device %s would pass its mapped-bytes quota %#x "
-                                      "(%#x mapped)",
-                                      dev.config.name, dev.quotas.max_mapped_bytes,
-                                      dev.mapped_bytes.load()));
+    return FieldError(
+        absl::StatusCode::kResourceExhausted, "size_bytes", bytes,
+        absl::StrFormat("device %s would pass its mapped-bytes quota %#x "
+                        "(%#x mapped)",
+                        dev.config.name, dev.quotas.max_mapped_bytes, dev.mapped_bytes.load()));
   }
   return absl::OkStatus();
 }
@@ -117,8 +117,8 @@ absl::Status BrokerImpl::ResolveAndRefLocked(const Caller& caller, const DeviceS
   internal::Buffer& b = *found;
   if (!caller.admin && b.device != dev.config.name) {
     // Another device's buffer answers as a missing one (no existence oracle).
-    return FieldError(absl::StatusCode::kNotFound, absl::StrCat(field, ".buffer_id"),
-                      mem.buffer_id, "no such buffer");
+    return FieldError(absl::StatusCode::kNotFound, absl::StrCat(field, ".buffer_id"), mem.buffer_id,
+                      "no such buffer");
   }
   const auto last = LastOfRange(mem.offset_bytes, mem.length_bytes);
   if (!last || *last >= b.alloc.size_bytes) {
@@ -179,9 +179,9 @@ absl::Status BrokerImpl::FreeBufferLocked(uint64_t buffer_id) {
   }
   internal::Buffer& b = it->second;
   if (b.map_refs != 0) {
-    return FieldError(absl::StatusCode::kFailedPrecondition, "buffer_id", buffer_id,
-                      absl::StrFormat("still referenced by %d mapping(s); unmap first",
-                                      b.map_refs));
+    return FieldError(
+        absl::StatusCode::kFailedPrecondition, "buffer_id", buffer_id,
+        absl::StrFormat("still referenced by %d mapping(s); unmap first", b.map_refs));
   }
   RETURN_IF_ERROR(memory_->FreeAllocation(b.alloc.id));
   for (const PhysRun& r : b.alloc.runs) runs_.erase(r.start.value());
@@ -198,15 +198,15 @@ absl::Status BrokerImpl::FreeBufferLocked(uint64_t buffer_id) {
   return absl::OkStatus();
 }
 
-absl::StatusOr<internal::Buffer*> BrokerImpl::NewBufferLocked(DeviceState& dev,
-                                                              uint64_t session_id,
+absl::StatusOr<internal::Buffer*> BrokerImpl::NewBufferLocked(DeviceState& dev, uint64_t session_id,
                                                               uint64_t size_bytes,
                                                               Placement placement,
                                                               const std::string& pool) {
   if (size_bytes == 0) return InvalidField("size_bytes", 0, "must be non-zero");
   if (!TryCharge(dev.buffers, 1, dev.quotas.max_buffers)) {
-    return FieldError(absl::StatusCode::kResourceExhausted, "device", dev.config.name,
-                      absl::StrFormat("buffer quota of %d buffers reached", dev.quotas.max_buffers));
+    return FieldError(
+        absl::StatusCode::kResourceExhausted, "device", dev.config.name,
+        absl::StrFormat("buffer quota of %d buffers reached", dev.quotas.max_buffers));
   }
   if (!TryCharge(dev.buffer_bytes, size_bytes, dev.quotas.max_buffer_bytes)) {
     dev.buffers.fetch_sub(1, std::memory_order_relaxed);

@@ -40,12 +40,14 @@ TEST_F(BrokerMsiTest, DmaDomainUsesItsIovaCookieOnce) {
   EXPECT_EQ(Mappings(first->domain_id), 1u);
   // The device can write the doorbell, not execute it. (Stage 1 cannot
   // express write-only: AP grants read with write, as on real SMMUs.)
-  auto w = broker_->Translate(Dev("nic0"), {.device = "nic0", .iova = first->msi_addr,
-                                            .length_bytes = 4, .access = Write()});
+  auto w = broker_->Translate(
+      Dev("nic0"),
+      {.device = "nic0", .iova = first->msi_addr, .length_bytes = 4, .access = Write()});
   ASSERT_TRUE(w.ok());
   ASSERT_FALSE(w->faulted);
   EXPECT_EQ(w->pages[0].phys_addr, kDoorbell);
-  auto r = broker_->Translate(Dev("nic0"), {.device = "nic0", .iova = first->msi_addr,
+  auto r = broker_->Translate(Dev("nic0"), {.device = "nic0",
+                                            .iova = first->msi_addr,
                                             .length_bytes = 4,
                                             .access = {AccessKind::kExec, false}});
   ASSERT_TRUE(r.ok());
@@ -68,22 +70,26 @@ TEST_F(BrokerMsiTest, UnmanagedDomainUsesTheMsiWindowOfTheCurrentDomain) {
   EXPECT_EQ(none.status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_THAT(none.status().message(), HasSubstr("no MSI cookie"));
   // The window must be inside the aperture (40-bit stage-2 SMMU) and aligned.
-  auto outside = broker_->MsiCookie(Dev("vf0"), {.device = "vf0", .domain_id = dom->domain_id,
+  auto outside = broker_->MsiCookie(Dev("vf0"), {.device = "vf0",
+                                                 .domain_id = dom->domain_id,
                                                  .window_base = uint64_t{1} << 40,
                                                  .window_size_bytes = 1 * MiB});
   EXPECT_EQ(outside.status().code(), absl::StatusCode::kOutOfRange);
   EXPECT_THAT(outside.status().message(), HasSubstr("window_base=0x10000000000"));
-  auto unaligned = broker_->MsiCookie(Dev("vf0"), {.device = "vf0", .domain_id = dom->domain_id,
+  auto unaligned = broker_->MsiCookie(Dev("vf0"), {.device = "vf0",
+                                                   .domain_id = dom->domain_id,
                                                    .window_base = 0x800'0800,
                                                    .window_size_bytes = 1 * MiB});
   EXPECT_EQ(unaligned.status().code(), absl::StatusCode::kInvalidArgument);
   // Another device may not set the window (nor learn the domain exists).
-  auto other = broker_->MsiCookie(Dev("nic0"), {.device = "nic0", .domain_id = dom->domain_id,
+  auto other = broker_->MsiCookie(Dev("nic0"), {.device = "nic0",
+                                                .domain_id = dom->domain_id,
                                                 .window_base = 0x800'0000,
                                                 .window_size_bytes = 1 * MiB});
   EXPECT_EQ(other.status().code(), absl::StatusCode::kNotFound);
 
-  auto msi = broker_->MsiCookie(Dev("vf0"), {.device = "vf0", .domain_id = dom->domain_id,
+  auto msi = broker_->MsiCookie(Dev("vf0"), {.device = "vf0",
+                                             .domain_id = dom->domain_id,
                                              .window_base = 0x800'0000,
                                              .window_size_bytes = 1 * MiB});
   ASSERT_TRUE(msi.ok()) << msi.status();
@@ -111,7 +117,8 @@ TEST_F(BrokerMsiTest, UnmanagedDomainUsesTheMsiWindowOfTheCurrentDomain) {
   EXPECT_EQ(ranges->usable[1].start, 0x810'0000u);
   EXPECT_EQ(ranges->usable[1].end, (uint64_t{1} << 40) - 1);
   // A second, different window is refused; the same one is idempotent.
-  auto second = broker_->MsiCookie(Dev("vf0"), {.device = "vf0", .domain_id = dom->domain_id,
+  auto second = broker_->MsiCookie(Dev("vf0"), {.device = "vf0",
+                                                .domain_id = dom->domain_id,
                                                 .window_base = 0x900'0000,
                                                 .window_size_bytes = 1 * MiB});
   EXPECT_EQ(second.status().code(), absl::StatusCode::kAlreadyExists);
@@ -127,13 +134,15 @@ TEST_F(BrokerMsiTest, UnmanagedDomainUsesTheMsiWindowOfTheCurrentDomain) {
 TEST_F(BrokerMsiTest, CookieTypesNeverMix) {
   const uint64_t nic_domain = broker_->ListDevices(Dev("nic0")).value()[0].current_domain_id;
   // A DMA domain has an IOVA cookie: asking it for an MSI window is refused.
-  auto on_dma = broker_->MsiCookie(Dev("nic0"), {.device = "nic0", .domain_id = nic_domain,
+  auto on_dma = broker_->MsiCookie(Dev("nic0"), {.device = "nic0",
+                                                 .domain_id = nic_domain,
                                                  .window_base = 0x800'0000,
                                                  .window_size_bytes = 1 * MiB});
   EXPECT_EQ(on_dma.status().code(), absl::StatusCode::kPermissionDenied);  // default: no owner
   auto own = broker_->CreateDomain(Dev("nic0"), {.smmu = "smmu0", .type = DomainType::kDma});
   ASSERT_TRUE(own.ok());
-  auto on_own_dma = broker_->MsiCookie(Dev("nic0"), {.device = "nic0", .domain_id = own->domain_id,
+  auto on_own_dma = broker_->MsiCookie(Dev("nic0"), {.device = "nic0",
+                                                     .domain_id = own->domain_id,
                                                      .window_base = 0x800'0000,
                                                      .window_size_bytes = 1 * MiB});
   EXPECT_EQ(on_own_dma.status().code(), absl::StatusCode::kFailedPrecondition);
@@ -141,16 +150,18 @@ TEST_F(BrokerMsiTest, CookieTypesNeverMix) {
   // An UNMANAGED domain with a window cannot serve Map (that needs an IOVA cookie).
   auto um = broker_->CreateDomain(Dev("nic0"), {.smmu = "smmu0", .type = DomainType::kUnmanaged});
   ASSERT_TRUE(um.ok());
-  ASSERT_TRUE(broker_->MsiCookie(Dev("nic0"), {.device = "nic0", .domain_id = um->domain_id,
-                                               .window_base = 0x800'0000,
-                                               .window_size_bytes = 64 * KiB})
+  ASSERT_TRUE(broker_
+                  ->MsiCookie(Dev("nic0"), {.device = "nic0",
+                                            .domain_id = um->domain_id,
+                                            .window_base = 0x800'0000,
+                                            .window_size_bytes = 64 * KiB})
                   .ok());
   ASSERT_TRUE(broker_->AttachDevice(Dev("nic0"), "nic0", um->domain_id).ok());
   auto buf = broker_->AllocBuffer(Dev("nic0"), "nic0", 4 * KiB, Placement::kContiguous);
   ASSERT_TRUE(buf.ok());
-  auto map = broker_->Map(Dev("nic0"), {.device = "nic0",
-                                        .mem = {.buffer_id = buf->buffer_id,
-                                                .length_bytes = 4 * KiB}});
+  auto map = broker_->Map(
+      Dev("nic0"),
+      {.device = "nic0", .mem = {.buffer_id = buf->buffer_id, .length_bytes = 4 * KiB}});
   EXPECT_EQ(map.status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_THAT(map.status().message(), HasSubstr("UNMANAGED"));
   // A full window is RESOURCE_EXHAUSTED, never an overrun: 64 KiB = 16 pages,

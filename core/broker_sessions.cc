@@ -42,8 +42,7 @@ absl::Status Broker::CloseSession(const Caller& caller, uint64_t session_id) {
     absl::MutexLock l(&impl_->registry_mu_);
     const SessionInfo* s = impl_->sessions_.Find(session_id);
     if (s == nullptr || (!caller.admin && s->device != caller.device)) {
-      return FieldError(absl::StatusCode::kNotFound, "session_id", session_id,
-                        "no such session");
+      return FieldError(absl::StatusCode::kNotFound, "session_id", session_id, "no such session");
     }
     gate = s->gate;
     RETURN_IF_ERROR(impl_->sessions_.Close(session_id));

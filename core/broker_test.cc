@@ -40,8 +40,8 @@ class BrokerTest : public ::testing::Test {
   }
 
   TranslateResult Tr(const std::string& dev, uint64_t iova, uint64_t len, Access a) {
-    auto r = broker_->Translate(Dev(dev), {.device = dev, .iova = iova, .length_bytes = len,
-                                           .access = a});
+    auto r = broker_->Translate(Dev(dev),
+                                {.device = dev, .iova = iova, .length_bytes = len, .access = a});
     EXPECT_TRUE(r.ok()) << r.status();
     return r.ok() ? *r : TranslateResult{};
   }
@@ -66,8 +66,8 @@ class BrokerTest : public ::testing::Test {
       absl::StrAppend(&out, p.name, " free=", p.free_pages, "\n");
     }
     for (const DeviceInfo& d : testing::Value(broker_->ListDevices(Caller::Admin()))) {
-      absl::StrAppend(&out, d.config.name, " q=", d.mappings, "/", d.mapped_bytes, "/",
-                      d.buffers, "\n");
+      absl::StrAppend(&out, d.config.name, " q=", d.mappings, "/", d.mapped_bytes, "/", d.buffers,
+                      "\n");
     }
     // A full walk of every page table.
     for (const DomainStats& d : s.domains) {
@@ -107,10 +107,10 @@ TEST_F(BrokerTest, EveryDeviceStartsInItsOwnDefaultDmaDomain) {
 TEST_F(BrokerTest, MapKeepsTheOffsetAndTranslatesUntilUnmapped) {
   BufferInfo buf = Buffer("nic0", 16 * KiB);
   ASSERT_EQ(buf.runs.size(), 4u);  // scattered: no two pages adjacent
-  auto m = broker_->Map(Dev("nic0"), {.device = "nic0",
-                                      .mem = {.buffer_id = buf.buffer_id,
-                                              .offset_bytes = 0x100,
-                                              .length_bytes = 0x200}});
+  auto m = broker_->Map(
+      Dev("nic0"),
+      {.device = "nic0",
+       .mem = {.buffer_id = buf.buffer_id, .offset_bytes = 0x100, .length_bytes = 0x200}});
   ASSERT_TRUE(m.ok()) << m.status();
   EXPECT_EQ(m->dma_addr & 0xfff, 0x100u);
   EXPECT_EQ(m->iova_size_bytes, 4 * KiB);
@@ -143,16 +143,16 @@ TEST_F(BrokerTest, MapKeepsTheOffsetAndTranslatesUntilUnmapped) {
 TEST_F(BrokerTest, MappingsAreFoundFromEveryAddressInside) {
   BufferInfo buf = Buffer("nic0", 64 * KiB, Placement::kContiguous);
   auto map = [&](uint64_t off, uint64_t len) {
-    auto m = broker_->Map(Dev("nic0"), {.device = "nic0",
-                                        .mem = {.buffer_id = buf.buffer_id,
-                                                .offset_bytes = off,
-                                                .length_bytes = len}});
+    auto m = broker_->Map(
+        Dev("nic0"),
+        {.device = "nic0",
+         .mem = {.buffer_id = buf.buffer_id, .offset_bytes = off, .length_bytes = len}});
     EXPECT_TRUE(m.ok()) << m.status();
     return m.ok() ? *m : MapResult{};
   };
-  const MapResult one = map(0, 4 * KiB);                  // one granule
-  const MapResult longer = map(4 * KiB, 16 * KiB);        // four granules
-  const MapResult straddle = map(0x5f00, 0x200);          // two granules
+  const MapResult one = map(0, 4 * KiB);            // one granule
+  const MapResult longer = map(4 * KiB, 16 * KiB);  // four granules
+  const MapResult straddle = map(0x5f00, 0x200);    // two granules
   ASSERT_EQ(longer.iova_size_bytes, 16 * KiB);
   ASSERT_EQ(straddle.iova_size_bytes, 8 * KiB);
   broker_->CheckInvariants();
@@ -190,9 +190,8 @@ TEST_F(BrokerTest, MappingsAreFoundFromEveryAddressInside) {
 TEST_F(BrokerTest, PciDevicesGetThirtyTwoBitIovasFirst) {
   for (const auto& [dev, pci] : {std::pair<std::string, bool>{"nic0", true}, {"sg64k", false}}) {
     BufferInfo buf = Buffer(dev, 4 * KiB, Placement::kContiguous);
-    auto m = broker_->Map(Dev(dev), {.device = dev,
-                                     .mem = {.buffer_id = buf.buffer_id,
-                                             .length_bytes = 4 * KiB}});
+    auto m = broker_->Map(
+        Dev(dev), {.device = dev, .mem = {.buffer_id = buf.buffer_id, .length_bytes = 4 * KiB}});
     ASSERT_TRUE(m.ok()) << m.status();
     if (pci) {
       EXPECT_EQ(m->dma_addr, 0xFFFFF000u) << dev;
@@ -204,9 +203,9 @@ TEST_F(BrokerTest, PciDevicesGetThirtyTwoBitIovasFirst) {
 
 TEST_F(BrokerTest, ScatteredBufferRangeMapsIovaContiguously) {
   BufferInfo buf = Buffer("gpu0", 64 * KiB);
-  auto m = broker_->Map(Dev("gpu0"), {.device = "gpu0",
-                                      .mem = {.buffer_id = buf.buffer_id,
-                                              .length_bytes = 64 * KiB}});
+  auto m = broker_->Map(
+      Dev("gpu0"),
+      {.device = "gpu0", .mem = {.buffer_id = buf.buffer_id, .length_bytes = 64 * KiB}});
   ASSERT_TRUE(m.ok()) << m.status();
   // The page table holds exactly the 16 scattered pages, in IOVA order.
   auto walk = broker_->WalkDomain(Dev("gpu0"), m->domain_id);
@@ -219,7 +218,8 @@ TEST_F(BrokerTest, ScatteredBufferRangeMapsIovaContiguously) {
   EXPECT_EQ(broker_->WalkDomain(Dev("nic0"), m->domain_id).status().code(),
             absl::StatusCode::kNotFound);
   // Paged: from inside the 6th page, 4 leaves; past the last leaf, none.
-  auto page = broker_->WalkDomain(Dev("gpu0"), m->domain_id, Iova(m->dma_addr + 5 * 4 * KiB + 123), 4);
+  auto page =
+      broker_->WalkDomain(Dev("gpu0"), m->domain_id, Iova(m->dma_addr + 5 * 4 * KiB + 123), 4);
   ASSERT_TRUE(page.ok()) << page.status();
   ASSERT_EQ(page->size(), 4u);
   for (size_t i = 0; i < 4; ++i) EXPECT_EQ((*page)[i].iova, (*walk)[5 + i].iova);
@@ -237,9 +237,9 @@ TEST_F(BrokerTest, ThirtyTwoBitDeviceNeverGetsIovaAbove4GiBAndExhaustionNamesLar
   std::vector<uint64_t> addrs;
   absl::Status last;
   for (int i = 0; i < 2100; ++i) {
-    auto m = broker_->Map(Dev("sata0"), {.device = "sata0",
-                                         .mem = {.buffer_id = buf.buffer_id,
-                                                 .length_bytes = 2 * MiB}});
+    auto m = broker_->Map(
+        Dev("sata0"),
+        {.device = "sata0", .mem = {.buffer_id = buf.buffer_id, .length_bytes = 2 * MiB}});
     if (!m.ok()) {
       last = m.status();
       break;
@@ -357,9 +357,10 @@ TEST_F(BrokerTest, FailedCallsLeaveNoTrace) {
   ASSERT_TRUE(broker_->AttachDevice(Dev("nic0"), "nic0", dom->domain_id).ok());
   BufferInfo small = Buffer("nic0", 4 * KiB);
   BufferInfo big = Buffer("nic0", 64 * KiB);
-  ASSERT_TRUE(broker_->MapAt(Dev("nic0"), "nic0", 0x10'0000 + 32 * KiB,
-                             {.buffer_id = small.buffer_id, .length_bytes = 4 * KiB},
-                             DmaDirection::kBidirectional, {})
+  ASSERT_TRUE(broker_
+                  ->MapAt(Dev("nic0"), "nic0", 0x10'0000 + 32 * KiB,
+                          {.buffer_id = small.buffer_id, .length_bytes = 4 * KiB},
+                          DmaDirection::kBidirectional, {})
                   .ok());
   const std::string before_mapat = Snapshot();
   auto overlap = broker_->MapAt(Dev("nic0"), "nic0", 0x10'0000,
@@ -377,18 +378,18 @@ TEST_F(BrokerTest, FailedMapSgOnIovaExhaustionLeavesNoTrace) {
   std::vector<uint64_t> addrs;
   for (uint64_t len : {2 * MiB, 64 * KiB}) {
     while (true) {
-      auto m = broker_->Map(Caller::Admin(), {.device = "sata0",
-                                              .mem = {.phys = huge.runs[0].start,
-                                                      .length_bytes = len}});
+      auto m = broker_->Map(
+          Caller::Admin(),
+          {.device = "sata0", .mem = {.phys = huge.runs[0].start, .length_bytes = len}});
       if (!m.ok()) break;
       addrs.push_back(m->dma_addr);
     }
   }
   const std::string before_sg = Snapshot();
-  auto sg = broker_->MapSg(Dev("sata0"), {.device = "sata0",
-                                          .segments = {{.buffer_id = huge.buffer_id,
-                                                        .length_bytes = 64 * KiB}},
-                                          .mode = SgMode::kMerge});
+  auto sg = broker_->MapSg(Dev("sata0"),
+                           {.device = "sata0",
+                            .segments = {{.buffer_id = huge.buffer_id, .length_bytes = 64 * KiB}},
+                            .mode = SgMode::kMerge});
   EXPECT_EQ(sg.status().code(), absl::StatusCode::kResourceExhausted);
   EXPECT_EQ(Snapshot(), before_sg);
   EXPECT_EQ(broker_->GetBuffer(Dev("sata0"), huge.buffer_id)->map_count, 0u);
@@ -413,8 +414,9 @@ TEST_F(BrokerTest, AllocUsesBlockDescriptorsAndFreeReleasesEverything) {
   EXPECT_EQ(broker_->GetBuffer(Dev("gpu0"), a->buffer_id).status().code(),
             absl::StatusCode::kNotFound);
   // Single pages on request.
-  auto s = broker_->Alloc(Dev("gpu0"), {.device = "gpu0", .size_bytes = 64 * KiB,
-                                        .attrs = {.alloc_single_pages = true}});
+  auto s = broker_->Alloc(
+      Dev("gpu0"),
+      {.device = "gpu0", .size_bytes = 64 * KiB, .attrs = {.alloc_single_pages = true}});
   ASSERT_TRUE(s.ok()) << s.status();
   EXPECT_EQ(s->runs.size(), 16u);
   EXPECT_EQ(s->page_sizes_used, std::vector<uint64_t>{4 * KiB});
@@ -426,15 +428,16 @@ TEST_F(BrokerTest, AllocUsesBlockDescriptorsAndFreeReleasesEverything) {
 // Linux BUG_ONs get_sgtable when the IOMMU granule is larger than the CPU
 // page; here the table is exact.
 TEST_F(BrokerTest, GetSgTableIsExactOnA16KGranuleDomain) {
-  auto dom = broker_->CreateDomain(Dev("gpu0"), {.smmu = "smmu0", .type = DomainType::kDma,
-                                                 .granule_bytes = 16 * KiB});
+  auto dom = broker_->CreateDomain(
+      Dev("gpu0"), {.smmu = "smmu0", .type = DomainType::kDma, .granule_bytes = 16 * KiB});
   ASSERT_TRUE(dom.ok()) << dom.status();
   EXPECT_EQ(dom->granule_bytes, 16 * KiB);
   ASSERT_TRUE(broker_->AttachDevice(Dev("gpu0"), "gpu0", dom->domain_id).ok());
   BufferInfo buf = Buffer("gpu0", 12 * KiB);  // three scattered 4 KiB pages
   MapSgRequest req{.device = "gpu0", .mode = SgMode::kDmaApi};
   for (int i = 0; i < 3; ++i) {
-    req.segments.push_back({.buffer_id = buf.buffer_id, .offset_bytes = uint64_t(i) * 4 * KiB,
+    req.segments.push_back({.buffer_id = buf.buffer_id,
+                            .offset_bytes = uint64_t(i) * 4 * KiB,
                             .length_bytes = 4 * KiB});
   }
   auto m = broker_->MapSg(Dev("gpu0"), req);
@@ -460,8 +463,7 @@ TEST_F(BrokerTest, GetSgTableIsExactOnA16KGranuleDomain) {
 TEST_F(BrokerTest, ExportAndContiguousImportIntoAnotherDevice) {
   auto a = broker_->Alloc(Dev("gpu0"), {.device = "gpu0", .size_bytes = 256 * KiB});
   ASSERT_TRUE(a.ok()) << a.status();
-  auto table = broker_->GetSgTable(Dev("gpu0"), "gpu0", a->dma_addr,
-                                  ExportGrant{.writable = true});
+  auto table = broker_->GetSgTable(Dev("gpu0"), "gpu0", a->dma_addr, ExportGrant{.writable = true});
   ASSERT_TRUE(table.ok()) << table.status();
   ASSERT_FALSE(table->export_token.empty());
   auto imp = broker_->MapSg(Dev("nic0"), {.device = "nic0", .import_token = table->export_token});
@@ -485,12 +487,11 @@ TEST_F(BrokerTest, ExportAndContiguousImportIntoAnotherDevice) {
 
   // Scattered 4 KiB pages cannot be one block in a 16 KiB-granule importer.
   BufferInfo buf = Buffer("sg64k", 16 * KiB);
-  auto m = broker_->Map(Dev("sg64k"), {.device = "sg64k",
-                                       .mem = {.buffer_id = buf.buffer_id,
-                                               .length_bytes = 16 * KiB}});
+  auto m = broker_->Map(
+      Dev("sg64k"),
+      {.device = "sg64k", .mem = {.buffer_id = buf.buffer_id, .length_bytes = 16 * KiB}});
   ASSERT_TRUE(m.ok());
-  auto t2 = broker_->GetSgTable(Dev("sg64k"), "sg64k", m->dma_addr,
-                                ExportGrant{.writable = true});
+  auto t2 = broker_->GetSgTable(Dev("sg64k"), "sg64k", m->dma_addr, ExportGrant{.writable = true});
   ASSERT_TRUE(t2.ok());
   auto dom = broker_->CreateDomain(Dev("gpu0"), {.smmu = "smmu0", .granule_bytes = 16 * KiB});
   ASSERT_TRUE(dom.ok());
@@ -498,10 +499,9 @@ TEST_F(BrokerTest, ExportAndContiguousImportIntoAnotherDevice) {
   auto bad = broker_->MapSg(Dev("gpu0"), {.device = "gpu0", .import_token = t2->export_token});
   EXPECT_EQ(bad.status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_THAT(bad.status().message(), HasSubstr("not aligned to 0x4000"));
-  EXPECT_EQ(broker_->MapSg(Dev("gpu0"), {.device = "gpu0", .import_token = "exp-nope"})
-                .status()
-                .code(),
-            absl::StatusCode::kNotFound);
+  EXPECT_EQ(
+      broker_->MapSg(Dev("gpu0"), {.device = "gpu0", .import_token = "exp-nope"}).status().code(),
+      absl::StatusCode::kNotFound);
 }
 
 }  // namespace

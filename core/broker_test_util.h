@@ -26,8 +26,11 @@ struct FakeClock {
 // The default host plus a test device with a 64 KiB segment boundary.
 inline Topology TestTopology() {
   Topology t = DefaultTopology();
-  t.devices.push_back({.name = "sg64k", .smmu = "smmu0", .stream_id = 0x600,
-                       .dma_mask_bits = 48, .max_segment_size_bytes = 1 * MiB,
+  t.devices.push_back({.name = "sg64k",
+                       .smmu = "smmu0",
+                       .stream_id = 0x600,
+                       .dma_mask_bits = 48,
+                       .max_segment_size_bytes = 1 * MiB,
                        .segment_boundary_mask = 0xFFFF});
   return t;
 }

@@ -41,8 +41,8 @@ absl::StatusOr<TranslateResult> Broker::Translate(const Caller& caller,
     }
     if (dev == nullptr) {
       // C_BAD_STREAMID: the SMMU has no stream table entry for it.
-      TranslateResult out{.faulted = true, .fault_type = "unknown_stream",
-                          .fault_iova = request.iova};
+      TranslateResult out{
+          .faulted = true, .fault_type = "unknown_stream", .fault_iova = request.iova};
       out.fault_seq = impl_->faults_->Push({.type = FaultType::kUnknownStream,
                                             .smmu = request.smmu,
                                             .stream_id = *request.stream_id,
@@ -119,7 +119,7 @@ absl::StatusOr<TranslateResult> Broker::Translate(const Caller& caller,
       auto walk = d->pgtable->Walk(Iova(at));
       if (!walk.ok()) {
         fault(walk.status().code() == absl::StatusCode::kOutOfRange ? FaultType::kAddressSize
-                                                                     : FaultType::kTranslation,
+                                                                    : FaultType::kTranslation,
               at);
         return out;
       }
@@ -127,9 +127,8 @@ absl::StatusOr<TranslateResult> Broker::Translate(const Caller& caller,
       grant = walk->grant;
       leaf_end = walk->leaf_iova.value() + walk->leaf_size_bytes - 1;
       absl::MutexLock l(&smmu.mu);
-      const absl::Status s = smmu.iotlb->Insert(d->tag, walk->leaf_iova,
-                                                Log2(walk->leaf_size_bytes), walk->leaf_phys,
-                                                walk->grant);
+      const absl::Status s = smmu.iotlb->Insert(
+          d->tag, walk->leaf_iova, Log2(walk->leaf_size_bytes), walk->leaf_phys, walk->grant);
       assert(s.ok());
       (void)s;
     }
@@ -138,8 +137,8 @@ absl::StatusOr<TranslateResult> Broker::Translate(const Caller& caller,
       return out;
     }
     const uint64_t piece_end = std::min(leaf_end, *last);
-    out.pages.push_back({at, phys.value(), piece_end - at + 1, hit.has_value(),
-                         hit.has_value() && hit->stale});
+    out.pages.push_back(
+        {at, phys.value(), piece_end - at + 1, hit.has_value(), hit.has_value() && hit->stale});
     {
       absl::MutexLock l(&smmu.mu);
       ++smmu.translations_ok;
@@ -181,8 +180,9 @@ absl::StatusOr<MsiCookieResult> Broker::MsiCookie(const Caller& caller,
     }
     const uint64_t g = d->granule_bytes;
     if (request.window_size_bytes == 0 || !IsAligned(request.window_size_bytes, g)) {
-      return InvalidField("window_size_bytes", request.window_size_bytes,
-                          absl::StrFormat("must be a non-zero multiple of the %#x-byte granule", g));
+      return InvalidField(
+          "window_size_bytes", request.window_size_bytes,
+          absl::StrFormat("must be a non-zero multiple of the %#x-byte granule", g));
     }
     if (!IsAligned(request.window_base, g)) {
       return InvalidField("window_base", request.window_base,
@@ -204,10 +204,9 @@ absl::StatusOr<MsiCookieResult> Broker::MsiCookie(const Caller& caller,
               if (absl::Status s = d->pgtable->CheckUnmapped(Iova(request.window_base),
                                                              request.window_size_bytes);
                   !s.ok()) {
-                return FieldError(absl::StatusCode::kAlreadyExists, "window_base",
-                                  request.window_base,
-                                  absl::StrFormat("window overlaps existing mappings: %s",
-                                                  s.message()));
+                return FieldError(
+                    absl::StatusCode::kAlreadyExists, "window_base", request.window_base,
+                    absl::StrFormat("window overlaps existing mappings: %s", s.message()));
               }
               return absl::OkStatus();
             },
@@ -216,9 +215,9 @@ absl::StatusOr<MsiCookieResult> Broker::MsiCookie(const Caller& caller,
                 already = true;  // idempotent
                 return absl::OkStatus();
               }
-              return FieldError(absl::StatusCode::kAlreadyExists, "domain_id", d->id,
-                                absl::StrFormat("already has the MSI window [%#x, +%#x)",
-                                                w.base, w.size_bytes));
+              return FieldError(
+                  absl::StatusCode::kAlreadyExists, "domain_id", d->id,
+                  absl::StrFormat("already has the MSI window [%#x, +%#x)", w.base, w.size_bytes));
             },
             [&](internal::IovaCookie&) -> absl::Status {
               assert(false && "UNMANAGED domains never hold an IOVA cookie");
@@ -264,9 +263,9 @@ absl::StatusOr<MsiCookieResult> Broker::MsiCookie(const Caller& caller,
   absl::MutexLock l(&d->mu);
   const Prot prot = Prot::kWrite | Prot::kNoExec | Prot::kMmio;
   // Each cookie type has its own way to find IOVA for the page.
-  auto map_page = [&](std::map<uint64_t, uint64_t>& pages,
-                      absl::StatusOr<Iova> iova, bool from_allocator)
-      ABSL_NO_THREAD_SAFETY_ANALYSIS -> absl::StatusOr<MsiCookieResult> {
+  auto map_page =
+      [&](std::map<uint64_t, uint64_t>& pages, absl::StatusOr<Iova> iova, bool from_allocator)
+          ABSL_NO_THREAD_SAFETY_ANALYSIS -> absl::StatusOr<MsiCookieResult> {
     if (!iova.ok()) return iova.status();
     if (absl::Status s = impl_->MapPiecesLocked(*d, {{*iova, {PhysAddr(page), g}}}, prot);
         !s.ok()) {
@@ -283,8 +282,8 @@ absl::StatusOr<MsiCookieResult> Broker::MsiCookie(const Caller& caller,
                       .pt_ranges = {{*iova, g}},
                       .pieces = {{*iova + (doorbell - page), PhysAddr(doorbell), 4}}};
     impl_->CommitMappingLocked(*d, std::move(rec));
-    return MsiCookieResult{.msi_addr = iova->value() + (doorbell - page), .domain_id = d->id,
-                           .newly_mapped = true};
+    return MsiCookieResult{
+        .msi_addr = iova->value() + (doorbell - page), .domain_id = d->id, .newly_mapped = true};
   };
   return std::visit(
       internal::Overloaded{
@@ -293,24 +292,26 @@ absl::StatusOr<MsiCookieResult> Broker::MsiCookie(const Caller& caller,
                               "UNMANAGED domain has no MSI cookie: its owner must first set "
                               "an MSI window (MsiCookie with domain_id and window)");
           },
-          [&](internal::IovaCookie& c) ABSL_NO_THREAD_SAFETY_ANALYSIS
-              -> absl::StatusOr<MsiCookieResult> {
+          [&](internal::IovaCookie& c)
+              ABSL_NO_THREAD_SAFETY_ANALYSIS -> absl::StatusOr<MsiCookieResult> {
                 if (auto it = c.msi_pages.find(page); it != c.msi_pages.end()) {
                   return MsiCookieResult{.msi_addr = it->second + (doorbell - page),
-                                         .domain_id = d->id, .newly_mapped = false};
+                                         .domain_id = d->id,
+                                         .newly_mapped = false};
                 }
                 return map_page(c.msi_pages, impl_->AllocIovaLocked(*d, *dev, g), true);
               },
           [&](internal::MsiWindowCookie& w) -> absl::StatusOr<MsiCookieResult> {
             if (auto it = w.msi_pages.find(page); it != w.msi_pages.end()) {
               return MsiCookieResult{.msi_addr = it->second + (doorbell - page),
-                                     .domain_id = d->id, .newly_mapped = false};
+                                     .domain_id = d->id,
+                                     .newly_mapped = false};
             }
             // Linear allocation inside the bounds-checked window.
             if (w.next_offset + g > w.size_bytes) {
-              return FieldError(absl::StatusCode::kResourceExhausted, "domain_id", d->id,
-                                absl::StrFormat("MSI window [%#x, +%#x) is full", w.base,
-                                                w.size_bytes));
+              return FieldError(
+                  absl::StatusCode::kResourceExhausted, "domain_id", d->id,
+                  absl::StrFormat("MSI window [%#x, +%#x) is full", w.base, w.size_bytes));
             }
             auto r = map_page(w.msi_pages, Iova(w.base + w.next_offset), false);
             if (r.ok()) w.next_offset += g;
@@ -368,14 +369,14 @@ absl::StatusOr<BrokerStats> Broker::GetStats(const Caller& caller) const {
                          .iotlb = s->iotlb->stats(),
                          .iotlb_capacity = s->iotlb->capacity(),
                          .contexts_total = s->config.num_contexts,
-                         .contexts_used = uint32_t(std::count(s->context_in_use.begin(),
-                                                              s->context_in_use.end(), true)),
+                         .contexts_used = uint32_t(
+                             std::count(s->context_in_use.begin(), s->context_in_use.end(), true)),
                          .translations_ok = s->translations_ok,
                          .translations_fault = s->translations_fault});
   }
   for (const auto& d : domains) {
-    DomainStats ds{.domain_id = d->id, .smmu = d->smmu->config.name, .type = d->type,
-                   .strict = d->strict};
+    DomainStats ds{
+        .domain_id = d->id, .smmu = d->smmu->config.name, .type = d->type, .strict = d->strict};
     absl::ReaderMutexLock l(&d->mu);
     if (d->pgtable) ds.pgtable = d->pgtable->Stats();
     ds.mappings = d->mappings.size();

@@ -23,7 +23,7 @@ namespace iommu::core {
 // The authenticated identity a call acts as. A device caller may act only as
 // its own device; an admin may act as any device and on any memory.
 struct Caller {
-  std::string device;      // "" for an admin acting on no particular device
+  std::string device;  // "" for an admin acting on no particular device
   bool admin = false;
   uint64_t session_id = 0;  // 0: resources persist until freed explicitly
 
@@ -51,7 +51,7 @@ struct DmaAttrs {
 struct MemRef {
   uint64_t buffer_id = 0;  // 0: raw physical address (admin)
   uint64_t offset_bytes = 0;
-  PhysAddr phys;           // used when buffer_id == 0
+  PhysAddr phys;  // used when buffer_id == 0
   uint64_t length_bytes = 0;
 };
 
@@ -73,7 +73,7 @@ struct MapRequest {
 };
 
 struct MapResult {
-  uint64_t dma_addr = 0;   // iova + offset of the memory within its granule
+  uint64_t dma_addr = 0;  // iova + offset of the memory within its granule
   uint64_t mapping_id = 0;
   uint64_t domain_id = 0;
   uint64_t iova_size_bytes = 0;  // the whole IOVA allocation
@@ -85,10 +85,10 @@ struct MapResult {
 struct DmaBatchOp {
   enum class Kind : uint8_t { kMap, kUnmap };
   Kind kind = Kind::kMap;
-  MemRef mem;                                              // kMap
+  MemRef mem;                                             // kMap
   DmaDirection direction = DmaDirection::kBidirectional;  // kMap
-  DmaAttrs attrs;                                          // kMap
-  uint64_t dma_addr = 0;                                   // kUnmap
+  DmaAttrs attrs;                                         // kMap
+  uint64_t dma_addr = 0;                                  // kUnmap
 };
 
 // What Map (status and `map`) or Unmap (status) returned for one DmaBatchOp.
@@ -114,7 +114,7 @@ struct DmaSegment {
 struct MapSgResult {
   uint64_t mapping_id = 0;
   uint64_t domain_id = 0;
-  uint64_t iova = 0;             // start of the IOVA allocation
+  uint64_t iova = 0;  // start of the IOVA allocation
   uint64_t iova_size_bytes = 0;
   std::vector<DmaSegment> segments;
 };
@@ -224,11 +224,11 @@ struct TranslateRequest {
 };
 
 struct TranslatedPage {
-  uint64_t iova = 0;         // first byte of this piece
+  uint64_t iova = 0;  // first byte of this piece
   uint64_t phys_addr = 0;
-  uint64_t length_bytes = 0; // up to the end of the page or request
+  uint64_t length_bytes = 0;  // up to the end of the page or request
   bool iotlb_hit = false;
-  bool stale = false;        // served from a stale IOTLB entry (lazy mode)
+  bool stale = false;  // served from a stale IOTLB entry (lazy mode)
 };
 
 struct TranslateResult {
@@ -238,7 +238,6 @@ struct TranslateResult {
   std::string fault_type;
   uint64_t fault_iova = 0;
 };
-
 
 }  // namespace iommu::core
 

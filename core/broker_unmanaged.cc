@@ -32,7 +32,8 @@ absl::StatusOr<MapResult> Broker::MapAt(const Caller& caller, const std::string&
   }
   const uint64_t g = d->granule_bytes;
   if (!IsAligned(iova, g)) {
-    return InvalidField("iova", iova, absl::StrFormat("must be aligned to the %#x-byte granule", g));
+    return InvalidField("iova", iova,
+                        absl::StrFormat("must be aligned to the %#x-byte granule", g));
   }
   if (!IsAligned(mem.length_bytes, g) || mem.length_bytes == 0) {
     return InvalidField("mem.length_bytes", mem.length_bytes,
@@ -66,8 +67,8 @@ absl::StatusOr<MapResult> Broker::MapAt(const Caller& caller, const std::string&
     if (iova <= w->base + w->size_bytes - 1 && w->base <= *last) {
       impl_->RefundMapping(*dev, mem.length_bytes);
       return fail(FieldError(absl::StatusCode::kAlreadyExists, "iova", iova,
-                             absl::StrFormat("overlaps the domain's MSI window [%#x, %#x]",
-                                             w->base, w->base + w->size_bytes - 1)));
+                             absl::StrFormat("overlaps the domain's MSI window [%#x, %#x]", w->base,
+                                             w->base + w->size_bytes - 1)));
     }
   }
   MappingRecord rec{.kind = MappingKind::kMapAt,
@@ -116,9 +117,9 @@ absl::StatusOr<uint64_t> Broker::UnmapRange(const Caller& caller, const std::str
   d->mappings.ForEachOverlapping(iova, *last, [&](const MappingRecord& m) {
     const uint64_t m_last = m.iova.value() + m.iova_size_bytes - 1;
     if (m.iova.value() < iova || m_last > *last) {
-      refused = FieldError(absl::StatusCode::kFailedPrecondition, "size_bytes", size_bytes,
-                           absl::StrFormat("the range would split the mapping [%#x, %#x]",
-                                           m.iova.value(), m_last));
+      refused = FieldError(
+          absl::StatusCode::kFailedPrecondition, "size_bytes", size_bytes,
+          absl::StrFormat("the range would split the mapping [%#x, %#x]", m.iova.value(), m_last));
       return false;
     }
     if (m.device != device && !caller.admin) {

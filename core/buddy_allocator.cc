@@ -46,7 +46,8 @@ absl::StatusOr<BuddyAllocator> BuddyAllocator::Create(PhysAddr base, uint64_t si
     }
   } else {
     const unsigned range_order = std::bit_width(num_pages) - 1;  // floor(log2)
-    const unsigned gib_order = page >= kDefaultMaxBlockBytes ? 0 : Log2(kDefaultMaxBlockBytes / page);
+    const unsigned gib_order =
+        page >= kDefaultMaxBlockBytes ? 0 : Log2(kDefaultMaxBlockBytes / page);
     max_order = std::min(range_order, gib_order);
   }
   return BuddyAllocator(base.value() >> page_shift, num_pages, page_shift, max_order);
@@ -116,8 +117,7 @@ absl::StatusOr<PhysAddr> BuddyAllocator::Allocate(unsigned order) {
     return FieldError(absl::StatusCode::kResourceExhausted, "order", order,
                       absl::StrFormat("no free block of %#x pages; largest free block is "
                                       "%#x pages",
-                                      uint64_t{1} << order,
-                                      largest ? uint64_t{1} << *largest : 0));
+                                      uint64_t{1} << order, largest ? uint64_t{1} << *largest : 0));
   }
   const Index idx = free_head_[k];
   RemoveFree(idx, k);
@@ -131,7 +131,7 @@ absl::StatusOr<PhysAddr> BuddyAllocator::Allocate(unsigned order) {
 }
 
 std::optional<BuddyAllocator::Index> BuddyAllocator::CoveringFreeHead(Index idx,
-                                                                     unsigned min_order) const {
+                                                                      unsigned min_order) const {
   const uint64_t pfn = base_pfn_ + idx;
   for (unsigned k = min_order; k <= max_order_; ++k) {
     const uint64_t head_pfn = AlignDown(pfn, uint64_t{1} << k);

@@ -133,8 +133,7 @@ class BuddyAllocator {
   static constexpr Index kNil = std::numeric_limits<Index>::max();
   static constexpr uint8_t kNotFreeHead = 0xff;
 
-  BuddyAllocator(uint64_t base_pfn, uint64_t num_pages, unsigned page_shift,
-                 unsigned max_order);
+  BuddyAllocator(uint64_t base_pfn, uint64_t num_pages, unsigned page_shift, unsigned max_order);
 
   void PushFree(Index idx, unsigned order);
   void RemoveFree(Index idx, unsigned order);

@@ -143,9 +143,9 @@ TEST(BuddyAllocatorTest, FreeRangeGivesBackTheTailLikeAllocPagesExact) {
   ASSERT_TRUE(b.FreeRange(*a + 5 * kPage, 3).ok());
   EXPECT_INVARIANTS(b);
   EXPECT_EQ(b.free_pages(), 11u);
-  EXPECT_THAT(b.FreeBlocks(), ElementsAre(BuddyBlock{PhysAddr(5 * kPage), 0},
-                                          BuddyBlock{PhysAddr(6 * kPage), 1},
-                                          BuddyBlock{PhysAddr(8 * kPage), 3}));
+  EXPECT_THAT(b.FreeBlocks(),
+              ElementsAre(BuddyBlock{PhysAddr(5 * kPage), 0}, BuddyBlock{PhysAddr(6 * kPage), 1},
+                          BuddyBlock{PhysAddr(8 * kPage), 3}));
   // A range one of whose blocks starts on a free page fails and frees nothing:
   // [0, 7) is blocks 0(o2) 4(o1) 6(o0), and block 6 starts on a free page.
   EXPECT_EQ(b.FreeRange(*a, 7).code(), absl::StatusCode::kNotFound);

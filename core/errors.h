@@ -16,13 +16,12 @@
 
 namespace iommu::core {
 
-absl::Status FieldError(absl::StatusCode code, absl::string_view field,
-                        uint64_t value, absl::string_view why);
-absl::Status FieldError(absl::StatusCode code, absl::string_view field,
-                        absl::string_view value, absl::string_view why);
+absl::Status FieldError(absl::StatusCode code, absl::string_view field, uint64_t value,
+                        absl::string_view why);
+absl::Status FieldError(absl::StatusCode code, absl::string_view field, absl::string_view value,
+                        absl::string_view why);
 
-inline absl::Status InvalidField(absl::string_view field, uint64_t value,
-                                 absl::string_view why) {
+inline absl::Status InvalidField(absl::string_view field, uint64_t value, absl::string_view why) {
   return FieldError(absl::StatusCode::kInvalidArgument, field, value, why);
 }
 inline absl::Status OutOfRangeField(absl::string_view field, uint64_t value,

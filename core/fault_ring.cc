@@ -65,8 +65,7 @@ uint64_t FaultRing::Push(FaultRecord record) {
   return newest_seq_;
 }
 
-absl::StatusOr<FaultReadResult> FaultRing::ReadSince(uint64_t after_seq,
-                                                     size_t max_records) const {
+absl::StatusOr<FaultReadResult> FaultRing::ReadSince(uint64_t after_seq, size_t max_records) const {
   if (max_records == 0) return InvalidField("max_records", 0, "must be non-zero");
   absl::ReaderMutexLock lock(&mu_);
   FaultReadResult result;
@@ -94,8 +93,7 @@ absl::Status FaultRing::WaitForNewerThan(uint64_t after_seq, absl::Time deadline
     }
   }
   if (newest_seq_ > after_seq) return absl::OkStatus();
-  return FieldError(absl::StatusCode::kCancelled, "after_seq", after_seq,
-                    "fault ring shut down");
+  return FieldError(absl::StatusCode::kCancelled, "after_seq", after_seq, "fault ring shut down");
 }
 
 absl::Status FaultRing::WaitForNewerThan(uint64_t after_seq, absl::Duration timeout) const {
@@ -135,8 +133,8 @@ absl::Status FaultRing::CheckInvariants() const {
   if (by_type != newest_seq_) return Broken("pushed_by_type", by_type, "sum differs from pushed");
   for (uint64_t seq = newest_seq_ - size_ + 1; seq <= newest_seq_; ++seq) {
     if (slots_[SlotLocked(seq)].seq != seq) {
-      return Broken("slot", SlotLocked(seq), absl::StrFormat("holds seq %#x, not %#x",
-                                                             slots_[SlotLocked(seq)].seq, seq));
+      return Broken("slot", SlotLocked(seq),
+                    absl::StrFormat("holds seq %#x, not %#x", slots_[SlotLocked(seq)].seq, seq));
     }
   }
   return absl::OkStatus();

@@ -74,9 +74,9 @@ struct FaultReadResult {
 
 struct FaultRingStats {
   uint64_t capacity = 0;
-  uint64_t size = 0;         // records present
-  uint64_t pushed_total = 0;  // == newest seq
-  uint64_t dropped_total = 0;  // overwritten records
+  uint64_t size = 0;                                      // records present
+  uint64_t pushed_total = 0;                              // == newest seq
+  uint64_t dropped_total = 0;                             // overwritten records
   std::array<uint64_t, kNumFaultTypes> pushed_by_type{};  // indexed by FaultType
 };
 
@@ -138,7 +138,7 @@ class FaultRing {
 
   mutable absl::Mutex mu_;
   std::vector<FaultRecord> slots_ ABSL_GUARDED_BY(mu_);  // capacity entries
-  uint64_t newest_seq_ ABSL_GUARDED_BY(mu_) = 0;          // 0: nothing pushed yet
+  uint64_t newest_seq_ ABSL_GUARDED_BY(mu_) = 0;         // 0: nothing pushed yet
   uint64_t size_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t dropped_ ABSL_GUARDED_BY(mu_) = 0;
   std::array<uint64_t, kNumFaultTypes> pushed_by_type_ ABSL_GUARDED_BY(mu_){};

@@ -25,32 +25,24 @@ void CheckNotInCallback(bool in_callback) {
 
 absl::StatusOr<FlushQueue> FlushQueue::Create(const FlushQueueConfig& config,
                                               FlushQueueCallbacks callbacks) {
-  if (config.capacity == 0)
-    return InvalidField("capacity", 0, "must be non-zero");
-  if (config.timeout <= absl::ZeroDuration() ||
-      config.timeout == absl::InfiniteDuration()) {
+  if (config.capacity == 0) return InvalidField("capacity", 0, "must be non-zero");
+  if (config.timeout <= absl::ZeroDuration() || config.timeout == absl::InfiniteDuration()) {
     return FieldError(absl::StatusCode::kInvalidArgument, "timeout",
-                      absl::FormatDuration(config.timeout),
-                      "must be positive and finite");
+                      absl::FormatDuration(config.timeout), "must be positive and finite");
   }
   if (!callbacks.invalidate) {
-    return FieldError(absl::StatusCode::kInvalidArgument,
-                      "callbacks.invalidate", "", "must be set");
+    return FieldError(absl::StatusCode::kInvalidArgument, "callbacks.invalidate", "",
+                      "must be set");
   }
   if (!callbacks.release) {
-    return FieldError(absl::StatusCode::kInvalidArgument, "callbacks.release",
-                      "", "must be set");
+    return FieldError(absl::StatusCode::kInvalidArgument, "callbacks.release", "", "must be set");
   }
   if (!callbacks.now) callbacks.now = [] { return absl::Now(); };
   return FlushQueue(config.capacity, config.timeout, std::move(callbacks));
 }
 
-FlushQueue::FlushQueue(uint32_t capacity, absl::Duration timeout,
-                       FlushQueueCallbacks callbacks)
-    : capacity_(capacity),
-      timeout_(timeout),
-      callbacks_(std::move(callbacks)),
-      slots_(capacity) {}
+FlushQueue::FlushQueue(uint32_t capacity, absl::Duration timeout, FlushQueueCallbacks callbacks)
+    : capacity_(capacity), timeout_(timeout), callbacks_(std::move(callbacks)), slots_(capacity) {}
 
 bool FlushQueue::TimedOut(absl::Time now) const {
   return stats_.depth > 0 && now - slots_[head_].enqueued_at >= timeout_;
@@ -62,9 +54,8 @@ absl::Status FlushQueue::Enqueue(const FlushQueueEntry& entry) {
     return InvalidField("size_bytes", entry.size_bytes, "must be non-zero");
   }
   if (!LastOfRange(entry.iova.value(), entry.size_bytes).has_value()) {
-    return InvalidField(
-        "size_bytes", entry.size_bytes,
-        absl::StrCat("range from iova=", entry.iova.Hex(), " passes 2^64"));
+    return InvalidField("size_bytes", entry.size_bytes,
+                        absl::StrCat("range from iova=", entry.iova.Hex(), " passes 2^64"));
   }
   const absl::Time now = callbacks_.now();
   if (stats_.depth == capacity_) {
@@ -76,8 +67,7 @@ absl::Status FlushQueue::Enqueue(const FlushQueueEntry& entry) {
   // A clock stepping back (absl::Now is wall time) must not reorder ages.
   absl::Time stamp = now;
   if (stats_.depth > 0) {
-    stamp =
-        std::max(stamp, slots_[(tail + capacity_ - 1) % capacity_].enqueued_at);
+    stamp = std::max(stamp, slots_[(tail + capacity_ - 1) % capacity_].enqueued_at);
   }
   slots_[tail] = Slot{entry, stamp};
   ++stats_.depth;
@@ -136,8 +126,7 @@ void FlushQueue::CheckInvariants() const {
     std::fprintf(stderr, "FlushQueue invariant broken: %s\n", what);
     std::abort();
   };
-  if (stats_.depth > capacity_ || head_ >= capacity_)
-    broken("depth or head past capacity");
+  if (stats_.depth > capacity_ || head_ >= capacity_) broken("depth or head past capacity");
   if (stats_.depth > stats_.max_depth) broken("depth above max_depth");
   if (stats_.enqueued != stats_.entries_released + stats_.depth) {
     broken("enqueued != entries_released + depth");

@@ -62,9 +62,8 @@ struct FlushQueueEntry {
 enum class FlushReason : uint8_t { kFull, kTimeout, kExplicit };
 
 struct FlushQueueConfig {
-  uint32_t capacity = 256;  // entries, >= 1
-  absl::Duration timeout =
-      absl::Milliseconds(10);  // > 0 (Linux IOVA_FQ_TIMEOUT)
+  uint32_t capacity = 256;                          // entries, >= 1
+  absl::Duration timeout = absl::Milliseconds(10);  // > 0 (Linux IOVA_FQ_TIMEOUT)
 };
 
 struct FlushQueueCallbacks {
@@ -132,8 +131,7 @@ class FlushQueue {
     absl::Time enqueued_at;
   };
 
-  FlushQueue(uint32_t capacity, absl::Duration timeout,
-             FlushQueueCallbacks callbacks);
+  FlushQueue(uint32_t capacity, absl::Duration timeout, FlushQueueCallbacks callbacks);
 
   bool TimedOut(absl::Time now) const;
   uint64_t FlushFor(FlushReason reason);

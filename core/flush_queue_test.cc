@@ -41,16 +41,14 @@ FlushQueueEntry Entry(uint64_t iova, uint64_t payload = 0) {
 // release otherwise.
 class FlushQueueTest : public ::testing::Test {
  protected:
-  FlushQueue Make(uint32_t capacity,
-                  absl::Duration timeout = absl::Milliseconds(10)) {
+  FlushQueue Make(uint32_t capacity, absl::Duration timeout = absl::Milliseconds(10)) {
     FlushQueueCallbacks cb;
     cb.invalidate = [this] { events_.push_back("inv"); };
     cb.release = [this](const FlushQueueEntry& e) {
       events_.push_back(std::to_string(e.payload[0]));
     };
     cb.now = [this] { return clock_.t; };
-    absl::StatusOr<FlushQueue> q =
-        FlushQueue::Create({capacity, timeout}, std::move(cb));
+    absl::StatusOr<FlushQueue> q = FlushQueue::Create({capacity, timeout}, std::move(cb));
     EXPECT_TRUE(q.ok()) << q.status();
     return *std::move(q);
   }
@@ -82,24 +80,18 @@ TEST_F(FlushQueueTest, CreateRejectsBadConfigNamingTheField) {
   std::vector<Case> cases;
   cases.push_back({{0, absl::Milliseconds(1)}, callbacks(), "capacity=0:"});
   cases.push_back({{4, absl::ZeroDuration()}, callbacks(), "timeout=\"0\":"});
-  cases.push_back(
-      {{4, absl::Milliseconds(-1)}, callbacks(), "timeout=\"-1ms\":"});
-  cases.push_back(
-      {{4, absl::InfiniteDuration()}, callbacks(), "timeout=\"inf\":"});
-  cases.push_back(
-      {{4, absl::Milliseconds(1)}, no_inv, "callbacks.invalidate=\"\":"});
-  cases.push_back(
-      {{4, absl::Milliseconds(1)}, no_rel, "callbacks.release=\"\":"});
+  cases.push_back({{4, absl::Milliseconds(-1)}, callbacks(), "timeout=\"-1ms\":"});
+  cases.push_back({{4, absl::InfiniteDuration()}, callbacks(), "timeout=\"inf\":"});
+  cases.push_back({{4, absl::Milliseconds(1)}, no_inv, "callbacks.invalidate=\"\":"});
+  cases.push_back({{4, absl::Milliseconds(1)}, no_rel, "callbacks.release=\"\":"});
   for (Case& c : cases) {
-    absl::StatusOr<FlushQueue> q =
-        FlushQueue::Create(c.config, std::move(c.cb));
+    absl::StatusOr<FlushQueue> q = FlushQueue::Create(c.config, std::move(c.cb));
     ASSERT_FALSE(q.ok()) << c.prefix;
     EXPECT_EQ(q.status().code(), absl::StatusCode::kInvalidArgument);
     EXPECT_THAT(std::string(q.status().message()), StartsWith(c.prefix));
   }
   // The default clock is absl::Now.
-  absl::StatusOr<FlushQueue> q =
-      FlushQueue::Create({4, absl::Hours(1)}, callbacks());
+  absl::StatusOr<FlushQueue> q = FlushQueue::Create({4, absl::Hours(1)}, callbacks());
   ASSERT_TRUE(q.ok());
   const absl::Time before = absl::Now();
   ASSERT_TRUE(q->Enqueue(Entry(0x1000)).ok());
@@ -206,8 +198,7 @@ TEST(FlushQueueDeathTest, CallbackReenteringTheQueueAborts) {
         FlushQueueCallbacks cb;
         cb.invalidate = [&self] { self->Flush(); };
         cb.release = [](const FlushQueueEntry&) {};
-        absl::StatusOr<FlushQueue> q =
-            FlushQueue::Create({4, absl::Seconds(1)}, cb);
+        absl::StatusOr<FlushQueue> q = FlushQueue::Create({4, absl::Seconds(1)}, cb);
         self = &*q;
         (void)q->Enqueue(Entry(0x1000));
         q->Flush();
@@ -250,21 +241,18 @@ TEST(FlushQueueModel, RandomLazyUnmapsNeverReleaseBeforeInvalidation) {
     ASSERT_FALSE(in_invalidate);
     ASSERT_FALSE(reference.empty());
     ASSERT_EQ(e.payload[0], reference.front()) << "release out of order";
-    ASSERT_GT(pending_at_last_inv, 0u)
-        << "release not covered by an invalidation";
+    ASSERT_GT(pending_at_last_inv, 0u) << "release not covered by an invalidation";
     --pending_at_last_inv;
     reference.pop_front();
     tlb.ForEachEntry([&](const IotlbEntryView& v) {
-      EXPECT_FALSE(v.tag == e.tag && v.iova == e.iova)
-          << "TLB entry survives its release";
+      EXPECT_FALSE(v.tag == e.tag && v.iova == e.iova) << "TLB entry survives its release";
     });
     ASSERT_EQ(pages[e.payload[0]], Page::kPending);
     pages[e.payload[0]] = Page::kFree;
     ++releases;
   };
   cb.now = [&] { return clock.t; };
-  absl::StatusOr<FlushQueue> q_or =
-      FlushQueue::Create({8, absl::Milliseconds(10)}, cb);
+  absl::StatusOr<FlushQueue> q_or = FlushQueue::Create({8, absl::Milliseconds(10)}, cb);
   ASSERT_TRUE(q_or.ok());
   FlushQueue& q = *q_or;
 
@@ -280,12 +268,10 @@ TEST(FlushQueueModel, RandomLazyUnmapsNeverReleaseBeforeInvalidation) {
                  // pages
         const std::optional<IotlbHit> hit = tlb.Lookup(tag, iova);
         if (hit.has_value()) {
-          ASSERT_NE(pages[pfn], Page::kFree)
-              << "translation for a released IOVA";
+          ASSERT_NE(pages[pfn], Page::kFree) << "translation for a released IOVA";
           EXPECT_EQ(hit->stale, pages[pfn] == Page::kPending);
         } else if (pages[pfn] == Page::kMapped) {
-          ASSERT_TRUE(
-              tlb.Insert(tag, iova, 12, PhysAddr(pfn * kPage), Grant(1)).ok());
+          ASSERT_TRUE(tlb.Insert(tag, iova, 12, PhysAddr(pfn * kPage), Grant(1)).ok());
         }
         break;
       }
@@ -299,12 +285,10 @@ TEST(FlushQueueModel, RandomLazyUnmapsNeverReleaseBeforeInvalidation) {
         e.size_bytes = kPage;
         e.payload[0] = pfn;
         // Pages enqueued now wait for the next invalidation, not a past one.
-        const uint64_t flushes = q.stats().flushes_full +
-                                 q.stats().flushes_timeout +
-                                 q.stats().flushes_explicit;
+        const uint64_t flushes =
+            q.stats().flushes_full + q.stats().flushes_timeout + q.stats().flushes_explicit;
         ASSERT_TRUE(q.Enqueue(e).ok());
-        if (q.stats().flushes_full + q.stats().flushes_timeout +
-                q.stats().flushes_explicit ==
+        if (q.stats().flushes_full + q.stats().flushes_timeout + q.stats().flushes_explicit ==
             flushes) {
           EXPECT_EQ(pending_at_last_inv, 0u);
         }
@@ -327,8 +311,7 @@ TEST(FlushQueueModel, RandomLazyUnmapsNeverReleaseBeforeInvalidation) {
   const FlushQueueStats& s = q.stats();
   EXPECT_EQ(s.enqueued, s.entries_released + s.depth);
   EXPECT_EQ(releases, s.entries_released);
-  EXPECT_EQ(invalidations,
-            s.flushes_full + s.flushes_timeout + s.flushes_explicit);
+  EXPECT_EQ(invalidations, s.flushes_full + s.flushes_timeout + s.flushes_explicit);
   EXPECT_GT(s.flushes_full, 10u);
   EXPECT_GT(s.flushes_timeout, 10u);
   EXPECT_GT(s.flushes_explicit, 10u);

@@ -87,8 +87,7 @@ class FlushOps {
   // is what the default does. Formats call this once per run of more than one
   // leaf; override it to gather a run in one step. Not called for queued
   // gathers. REQUIRES: count >= 1, the run does not pass 2^64.
-  virtual void TlbAddPages(IotlbGather* gather, Iova iova, uint64_t granule_bytes,
-                           uint64_t count) {
+  virtual void TlbAddPages(IotlbGather* gather, Iova iova, uint64_t granule_bytes, uint64_t count) {
     for (uint64_t i = 0; i < count; ++i) {
       TlbAddPage(gather, Iova(iova.value() + i * granule_bytes), granule_bytes);
     }
@@ -108,15 +107,15 @@ struct LeafAttrs {
 
 // A full walk of one IOVA.
 struct PgtableWalk {
-  PhysAddr phys;             // translation of the IOVA itself (offset included)
-  Iova leaf_iova;            // first IOVA of the leaf
-  PhysAddr leaf_phys;        // first physical address of the leaf
-  int level = 0;             // level of the leaf descriptor
+  PhysAddr phys;       // translation of the IOVA itself (offset included)
+  Iova leaf_iova;      // first IOVA of the leaf
+  PhysAddr leaf_phys;  // first physical address of the leaf
+  int level = 0;       // level of the leaf descriptor
   uint64_t leaf_size_bytes = 0;
-  Grant grant;               // what the leaf permits
-  Prot prot = Prot::kNone;   // canonical prot that writes this descriptor
+  Grant grant;              // what the leaf permits
+  Prot prot = Prot::kNone;  // canonical prot that writes this descriptor
   LeafAttrs attrs;
-  uint64_t descriptor = 0;   // the raw leaf descriptor
+  uint64_t descriptor = 0;  // the raw leaf descriptor
 };
 
 // One leaf, as ForEachMapping reports it.
@@ -129,8 +128,8 @@ struct PgtableMapping {
 };
 
 struct PgtableStats {
-  uint64_t table_count = 0;   // tables, the root (even concatenated) counting as one
-  uint64_t table_bytes = 0;   // descriptor memory of those tables
+  uint64_t table_count = 0;  // tables, the root (even concatenated) counting as one
+  uint64_t table_bytes = 0;  // descriptor memory of those tables
   // Freed (empty) tables the format keeps for reuse instead of returning them
   // to the allocator; not in table_count. Page-table memory held is
   // table_bytes + cached_table_bytes.
@@ -177,8 +176,8 @@ class IoPgtableOps {
   // Maps pgcount pages of pgsize_bytes at iova -> paddr (map_pages). Each page
   // is one leaf at the level whose entry size is pgsize_bytes. On success all
   // pgsize_bytes * pgcount bytes are mapped; on failure none.
-  virtual absl::Status MapPages(Iova iova, PhysAddr paddr, uint64_t pgsize_bytes,
-                                uint64_t pgcount, Prot prot) = 0;
+  virtual absl::Status MapPages(Iova iova, PhysAddr paddr, uint64_t pgsize_bytes, uint64_t pgcount,
+                                Prot prot) = 0;
 
   // Unmaps [iova, iova + pgsize_bytes * pgcount) (unmap_pages) and returns the
   // bytes unmapped, always that whole size. The range may be covered by leaves
@@ -225,8 +224,7 @@ class IoPgtableOps {
                                  UnmapFlags flags = UnmapFlags::kNone);
 
  protected:
-  IoPgtableOps(const IoPgtableCfg& cfg, FlushOps* flush_ops)
-      : cfg_(cfg), flush_ops_(flush_ops) {}
+  IoPgtableOps(const IoPgtableCfg& cfg, FlushOps* flush_ops) : cfg_(cfg), flush_ops_(flush_ops) {}
 
   const IoPgtableCfg cfg_;
   FlushOps* const flush_ops_;

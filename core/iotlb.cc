@@ -22,13 +22,11 @@ namespace {
 
 // The range [iova, iova + size_bytes) as inclusive ends, or INVALID_ARGUMENT.
 absl::StatusOr<uint64_t> RangeLast(Iova iova, uint64_t size_bytes) {
-  if (size_bytes == 0)
-    return InvalidField("size_bytes", size_bytes, "must be non-zero");
+  if (size_bytes == 0) return InvalidField("size_bytes", size_bytes, "must be non-zero");
   const std::optional<uint64_t> last = LastOfRange(iova.value(), size_bytes);
   if (!last.has_value()) {
-    return InvalidField(
-        "size_bytes", size_bytes,
-        absl::StrCat("range from iova=", iova.Hex(), " passes 2^64"));
+    return InvalidField("size_bytes", size_bytes,
+                        absl::StrCat("range from iova=", iova.Hex(), " passes 2^64"));
   }
   return *last;
 }
@@ -40,45 +38,38 @@ absl::StatusOr<Iotlb> Iotlb::Create(const IotlbConfig& config) {
     return InvalidField("sets", config.sets, "must be a non-zero power of two");
   }
   if (config.ways == 0 || config.ways > kMaxWays) {
-    return InvalidField("ways", config.ways,
-                        absl::StrFormat("must be in [1, %u]", kMaxWays));
+    return InvalidField("ways", config.ways, absl::StrFormat("must be in [1, %u]", kMaxWays));
   }
   const uint64_t entries = uint64_t{config.sets} * config.ways;
   if (entries > kMaxEntries) {
-    return InvalidField(
-        "ways", config.ways,
-        absl::StrFormat("sets=%#x x ways = %#x entries exceeds %#x",
-                        config.sets, entries, kMaxEntries));
+    return InvalidField("ways", config.ways,
+                        absl::StrFormat("sets=%#x x ways = %#x entries exceeds %#x", config.sets,
+                                        entries, kMaxEntries));
   }
   const auto& sizes = config.leaf_sizes_log2;
   if (sizes.empty() || sizes.size() > kMaxLeafSizes) {
-    return InvalidField(
-        "leaf_sizes_log2", sizes.size(),
-        absl::StrFormat("count must be in [1, %u]", kMaxLeafSizes));
+    return InvalidField("leaf_sizes_log2", sizes.size(),
+                        absl::StrFormat("count must be in [1, %u]", kMaxLeafSizes));
   }
   uint64_t seen = 0;
   for (const uint8_t l : sizes) {
     if (l < kMinLeafLog2 || l > kMaxLeafLog2) {
-      return InvalidField(
-          "leaf_sizes_log2", l,
-          absl::StrFormat("must be in [%u, %u]", kMinLeafLog2, kMaxLeafLog2));
+      return InvalidField("leaf_sizes_log2", l,
+                          absl::StrFormat("must be in [%u, %u]", kMinLeafLog2, kMaxLeafLog2));
     }
-    if ((seen >> l) & 1)
-      return InvalidField("leaf_sizes_log2", l, "listed twice");
+    if ((seen >> l) & 1) return InvalidField("leaf_sizes_log2", l, "listed twice");
     seen |= uint64_t{1} << l;
   }
   return Iotlb(config.sets, config.ways, sizes);
 }
 
-Iotlb::Iotlb(uint32_t sets, uint32_t ways,
-             absl::Span<const uint8_t> leaf_sizes_log2)
+Iotlb::Iotlb(uint32_t sets, uint32_t ways, absl::Span<const uint8_t> leaf_sizes_log2)
     : sets_(sets),
       ways_(ways),
       set_mask_(sets - 1),
       num_leaf_sizes_(uint8_t(leaf_sizes_log2.size())),
       entries_(new Entry[size_t{sets} * ways]) {
-  static_assert(Salt(0xfedc1234, 21) ==
-                ((TagProduct(0xfedc1234) + 21 * kSaltMul) >> 32));
+  static_assert(Salt(0xfedc1234, 21) == ((TagProduct(0xfedc1234) + 21 * kSaltMul) >> 32));
   for (size_t i = 0; i < leaf_sizes_log2.size(); ++i) {
     probe_order_[i] = leaf_sizes_log2[i];
     leaf_product_[i] = leaf_sizes_log2[i] * kSaltMul;
@@ -90,17 +81,16 @@ Iotlb::Iotlb(uint32_t sets, uint32_t ways,
   }
 }
 
-absl::Status Iotlb::Insert(TlbTag tag, Iova iova, unsigned leaf_size_log2,
-                           PhysAddr phys, Grant grant) {
+absl::Status Iotlb::Insert(TlbTag tag, Iova iova, unsigned leaf_size_log2, PhysAddr phys,
+                           Grant grant) {
   if (!IsLeafSize(leaf_size_log2)) {
     return InvalidField("leaf_size_log2", leaf_size_log2,
                         "not a leaf size configured for this IOTLB");
   }
   const uint64_t offset_mask = LowMask(leaf_size_log2);
   if ((phys & offset_mask) != (iova & offset_mask)) {
-    return InvalidField(
-        "phys", phys.value(),
-        absl::StrCat("offset in the leaf differs from iova=", iova.Hex()));
+    return InvalidField("phys", phys.value(),
+                        absl::StrCat("offset in the leaf differs from iova=", iova.Hex()));
   }
   const uint32_t packed = tag.Packed();
   const uint64_t base = AlignDown(iova.value(), uint64_t{1} << leaf_size_log2);
@@ -158,8 +148,7 @@ uint64_t Iotlb::RemoveIf(Pred pred) {
   const uint64_t n = capacity();
   for (uint64_t i = 0; i < n; ++i) {
     Entry& e = entries_[i];
-    if ((e.key & kKeyValid) == 0 || !pred(static_cast<const Entry&>(e)))
-      continue;
+    if ((e.key & kKeyValid) == 0 || !pred(static_cast<const Entry&>(e))) continue;
     e.key = 0;
     ++removed;
   }
@@ -184,8 +173,7 @@ uint64_t Iotlb::InvalidateVmid(uint16_t vmid) {
   return RemoveIf([vmid](const Entry& e) { return (e.tag >> 16) == vmid; });
 }
 
-uint64_t Iotlb::ApplyToRange(uint32_t tag, uint64_t first, uint64_t last,
-                             RangeAction action) {
+uint64_t Iotlb::ApplyToRange(uint32_t tag, uint64_t first, uint64_t last, RangeAction action) {
   uint64_t changed = 0;
   auto apply = [&](Entry& e) {
     if (action == RangeAction::kRemove) {
@@ -222,8 +210,7 @@ uint64_t Iotlb::ApplyToRange(uint32_t tag, uint64_t first, uint64_t last,
         const uint64_t want = MakeKey(page << l, l);
         Entry* set = SetAt(SetIndex(tag, l, page));
         for (uint32_t w = 0; w < ways_; ++w) {
-          if ((set[w].key & ~kKeyStale) == want && set[w].tag == tag)
-            apply(set[w]);
+          if ((set[w].key & ~kKeyStale) == want && set[w].tag == tag) apply(set[w]);
         }
       }
     }
@@ -237,8 +224,7 @@ uint64_t Iotlb::ApplyToRange(uint32_t tag, uint64_t first, uint64_t last,
   return changed;
 }
 
-absl::StatusOr<uint64_t> Iotlb::InvalidateVa(TlbTag tag, Iova iova,
-                                             uint64_t size_bytes,
+absl::StatusOr<uint64_t> Iotlb::InvalidateVa(TlbTag tag, Iova iova, uint64_t size_bytes,
                                              VaLevels levels) {
   ASSIGN_OR_RETURN(const uint64_t last, RangeLast(iova, size_bytes));
   if (levels == VaLevels::kLeafOnly) {
@@ -249,12 +235,10 @@ absl::StatusOr<uint64_t> Iotlb::InvalidateVa(TlbTag tag, Iova iova,
   return ApplyToRange(tag.Packed(), iova.value(), last, RangeAction::kRemove);
 }
 
-absl::StatusOr<uint64_t> Iotlb::MarkStale(TlbTag tag, Iova iova,
-                                          uint64_t size_bytes) {
+absl::StatusOr<uint64_t> Iotlb::MarkStale(TlbTag tag, Iova iova, uint64_t size_bytes) {
   ASSIGN_OR_RETURN(const uint64_t last, RangeLast(iova, size_bytes));
   ++stats_.mark_stale_calls;
-  return ApplyToRange(tag.Packed(), iova.value(), last,
-                      RangeAction::kMarkStale);
+  return ApplyToRange(tag.Packed(), iova.value(), last, RangeAction::kMarkStale);
 }
 
 void Iotlb::CheckInvariants() const {
@@ -276,20 +260,17 @@ void Iotlb::CheckInvariants() const {
       const unsigned l = KeyLeafLog2(e.key);
       const uint64_t base = KeyBase(e.key);
       if (!IsLeafSize(l)) {
-        InvariantBroken(absl::StrFormat(
-            "set %u way %u: leaf size 2^%u not configured", s, w, l));
+        InvariantBroken(absl::StrFormat("set %u way %u: leaf size 2^%u not configured", s, w, l));
       }
-      if (!IsAligned(base, uint64_t{1} << l) ||
-          !IsAligned(e.phys, uint64_t{1} << l)) {
+      if (!IsAligned(base, uint64_t{1} << l) || !IsAligned(e.phys, uint64_t{1} << l)) {
         InvariantBroken(
             absl::StrFormat("set %u way %u: iova %#x / phys %#x not aligned to "
                             "2^%u",
                             s, w, base, e.phys, l));
       }
       if (SetIndex(e.tag, l, base >> l) != s) {
-        InvariantBroken(
-            absl::StrFormat("set %u way %u: iova %#x belongs in set %u", s, w,
-                            base, SetIndex(e.tag, l, base >> l)));
+        InvariantBroken(absl::StrFormat("set %u way %u: iova %#x belongs in set %u", s, w, base,
+                                        SetIndex(e.tag, l, base >> l)));
       }
       for (uint32_t v = w + 1; v < ways_; ++v) {
         const Entry& o = set[v];
@@ -297,15 +278,14 @@ void Iotlb::CheckInvariants() const {
         const uint64_t o_base = KeyBase(o.key);
         const uint64_t o_last = o_base | LowMask(KeyLeafLog2(o.key));
         if (o_base <= (base | LowMask(l)) && o_last >= base) {
-          InvariantBroken(absl::StrFormat(
-              "set %u: ways %u and %u overlap under tag %#x", s, w, v, e.tag));
+          InvariantBroken(
+              absl::StrFormat("set %u: ways %u and %u overlap under tag %#x", s, w, v, e.tag));
         }
       }
     }
   }
   if (valid != stats_.occupancy) {
-    InvariantBroken(
-        absl::StrFormat("occupancy %u != recount %u", stats_.occupancy, valid));
+    InvariantBroken(absl::StrFormat("occupancy %u != recount %u", stats_.occupancy, valid));
   }
 }
 

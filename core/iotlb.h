@@ -79,9 +79,7 @@ struct TlbTag {
   uint16_t asid = 0;
   uint16_t vmid = 0;
 
-  constexpr uint32_t Packed() const {
-    return uint32_t{asid} | uint32_t{vmid} << 16;
-  }
+  constexpr uint32_t Packed() const { return uint32_t{asid} | uint32_t{vmid} << 16; }
   friend constexpr bool operator==(TlbTag, TlbTag) = default;
 };
 
@@ -169,8 +167,7 @@ class Iotlb {
   // overlaps this leaf under `tag`; a walk of a live page table guarantees it.
   // Errors: INVALID_ARGUMENT naming `leaf_size_log2` (not a configured size)
   // or `phys` (offset in the leaf differs from iova's).
-  absl::Status Insert(TlbTag tag, Iova iova, unsigned leaf_size_log2,
-                      PhysAddr phys, Grant grant);
+  absl::Status Insert(TlbTag tag, Iova iova, unsigned leaf_size_log2, PhysAddr phys, Grant grant);
 
   // Invalidations; each returns the number of entries removed.
   uint64_t InvalidateAll();
@@ -181,14 +178,13 @@ class Iotlb {
   // Entries of `tag` overlapping [iova, iova + size_bytes) (CMD_TLBI_NH_VA).
   // Errors: INVALID_ARGUMENT naming `size_bytes` (zero, or the range passes
   // 2^64).
-  absl::StatusOr<uint64_t> InvalidateVa(TlbTag tag, Iova iova,
-                                        uint64_t size_bytes, VaLevels levels);
+  absl::StatusOr<uint64_t> InvalidateVa(TlbTag tag, Iova iova, uint64_t size_bytes,
+                                        VaLevels levels);
 
   // Lazy mode: marks the entries of `tag` overlapping [iova, iova + size_bytes)
   // stale without removing them; returns how many were newly marked. Errors
   // as InvalidateVa.
-  absl::StatusOr<uint64_t> MarkStale(TlbTag tag, Iova iova,
-                                     uint64_t size_bytes);
+  absl::StatusOr<uint64_t> MarkStale(TlbTag tag, Iova iova, uint64_t size_bytes);
 
   const IotlbStats& stats() const { return stats_; }
   uint32_t sets() const { return sets_; }
@@ -224,8 +220,7 @@ class Iotlb {
   static constexpr uint64_t kKeyStale = uint64_t{1} << 1;
   static constexpr unsigned kKeyLeafShift = 2;
   static constexpr uint64_t kKeyLeafMask = uint64_t{0x3f} << kKeyLeafShift;
-  static_assert((kKeyValid | kKeyStale | kKeyLeafMask) <
-                (uint64_t{1} << kMinLeafLog2));
+  static_assert((kKeyValid | kKeyStale | kKeyLeafMask) < (uint64_t{1} << kMinLeafLog2));
 
   static constexpr uint64_t MakeKey(uint64_t base, unsigned leaf_log2) {
     return base | uint64_t{leaf_log2} << kKeyLeafShift | kKeyValid;
@@ -233,12 +228,8 @@ class Iotlb {
   static constexpr unsigned KeyLeafLog2(uint64_t key) {
     return unsigned((key & kKeyLeafMask) >> kKeyLeafShift);
   }
-  static constexpr uint64_t KeyBase(uint64_t key) {
-    return key & ~LowMaskConst(kMinLeafLog2);
-  }
-  static constexpr uint64_t LowMaskConst(unsigned bits) {
-    return (uint64_t{1} << bits) - 1;
-  }
+  static constexpr uint64_t KeyBase(uint64_t key) { return key & ~LowMaskConst(kMinLeafLog2); }
+  static constexpr uint64_t LowMaskConst(unsigned bits) { return (uint64_t{1} << bits) - 1; }
   static constexpr uint64_t kSaltMul = 0x9e3779b97f4a7c15ull;
   static constexpr uint64_t Salt(uint32_t tag, unsigned leaf_log2) {
     return ((uint64_t{tag} << 8 | leaf_log2) * kSaltMul) >> 32;
@@ -246,23 +237,15 @@ class Iotlb {
   // Salt split for Lookup: (T << 8 | L) * K == (T << 8) * K + L * K (mod
   // 2^64), so the tag's product is computed once per lookup and each leaf
   // size's product once at construction.
-  static constexpr uint64_t TagProduct(uint32_t tag) {
-    return (uint64_t{tag} << 8) * kSaltMul;
-  }
+  static constexpr uint64_t TagProduct(uint32_t tag) { return (uint64_t{tag} << 8) * kSaltMul; }
 
-  Iotlb(uint32_t sets, uint32_t ways,
-        absl::Span<const uint8_t> leaf_sizes_log2);
+  Iotlb(uint32_t sets, uint32_t ways, absl::Span<const uint8_t> leaf_sizes_log2);
 
-  uint32_t SetIndex(uint32_t tag, unsigned leaf_log2,
-                    uint64_t page_number) const {
+  uint32_t SetIndex(uint32_t tag, unsigned leaf_log2, uint64_t page_number) const {
     return uint32_t((page_number ^ Salt(tag, leaf_log2)) & set_mask_);
   }
-  Entry* SetAt(uint32_t set_index) {
-    return &entries_[size_t{set_index} * ways_];
-  }
-  const Entry* SetAt(uint32_t set_index) const {
-    return &entries_[size_t{set_index} * ways_];
-  }
+  Entry* SetAt(uint32_t set_index) { return &entries_[size_t{set_index} * ways_]; }
+  const Entry* SetAt(uint32_t set_index) const { return &entries_[size_t{set_index} * ways_]; }
   bool IsLeafSize(unsigned leaf_log2) const {
     return leaf_log2 < 64 && ((leaf_size_mask_ >> leaf_log2) & 1) != 0;
   }
@@ -272,8 +255,7 @@ class Iotlb {
   enum class RangeAction : uint8_t { kRemove, kMarkStale };
   // Applies `action` to the entries of `tag` overlapping [first, last];
   // returns how many changed.
-  uint64_t ApplyToRange(uint32_t tag, uint64_t first, uint64_t last,
-                        RangeAction action);
+  uint64_t ApplyToRange(uint32_t tag, uint64_t first, uint64_t last, RangeAction action);
   // Removes the valid entries for which pred(const Entry&) holds.
   template <typename Pred>
   uint64_t RemoveIf(Pred pred);
@@ -314,8 +296,7 @@ inline std::optional<IotlbHit> Iotlb::Lookup(TlbTag tag, Iova iova) {
       stats_.stale_hits += stale;
       Touch(set, w);
       IotlbHit hit;
-      hit.phys =
-          PhysAddr(e.phys | (iova.value() & ((uint64_t{1} << leaf_log2) - 1)));
+      hit.phys = PhysAddr(e.phys | (iova.value() & ((uint64_t{1} << leaf_log2) - 1)));
       hit.grant = Grant(e.grant);
       hit.leaf_size_log2 = uint8_t(leaf_log2);
       hit.stale = stale;

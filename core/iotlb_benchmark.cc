@@ -44,13 +44,11 @@ void BM_IotlbHit(benchmark::State& state) {
   std::vector<Iova> iovas;
   for (int i = 0; i < kWorkingSet; ++i) {
     const Iova iova(0x4000'0000 + uint64_t(i) * kPage);
-    (void)tlb.Insert(kTag, iova, 12,
-                     PhysAddr(0x8000'0000 + uint64_t(i) * kPage), kRw);
+    (void)tlb.Insert(kTag, iova, 12, PhysAddr(0x8000'0000 + uint64_t(i) * kPage), kRw);
   }
   workloads::Rng rng;
   for (int i = 0; i < 4096; ++i) {
-    iovas.push_back(
-        Iova(0x4000'0000 + (rng.Next() % kWorkingSet) * kPage + 0x40));
+    iovas.push_back(Iova(0x4000'0000 + (rng.Next() % kWorkingSet) * kPage + 0x40));
   }
   size_t i = 0;
   uint64_t sum = 0;
@@ -60,8 +58,7 @@ void BM_IotlbHit(benchmark::State& state) {
     i = (i + 1) & 4095;
   }
   benchmark::DoNotOptimize(sum);
-  if (tlb.stats().misses != 0)
-    state.SkipWithError("working set did not stay resident");
+  if (tlb.stats().misses != 0) state.SkipWithError("working set did not stay resident");
 }
 BENCHMARK(BM_IotlbHit);
 
@@ -69,13 +66,12 @@ BENCHMARK(BM_IotlbHit);
 void BM_IotlbHitBlockSecondProbe(benchmark::State& state) {
   Iotlb tlb = MakeIotlb();
   for (uint64_t b = 0; b < 64; ++b) {
-    (void)tlb.Insert(kTag, Iova(0x4000'0000 + (b << 21)), 21,
-                     PhysAddr(0x8000'0000 + (b << 21)), kRw);
+    (void)tlb.Insert(kTag, Iova(0x4000'0000 + (b << 21)), 21, PhysAddr(0x8000'0000 + (b << 21)),
+                     kRw);
   }
   workloads::Rng rng;
   std::vector<Iova> iovas;
-  for (int i = 0; i < 4096; ++i)
-    iovas.push_back(Iova(0x4000'0000 + rng.Next() % (64 << 21)));
+  for (int i = 0; i < 4096; ++i) iovas.push_back(Iova(0x4000'0000 + rng.Next() % (64 << 21)));
   size_t i = 0;
   uint64_t sum = 0;
   for (auto _ : state) {
@@ -111,8 +107,8 @@ void BM_IotlbInvalidateRange(benchmark::State& state) {
   Iotlb tlb = MakeIotlb();
   FillCompletely(tlb);
   for (auto _ : state) {
-    benchmark::DoNotOptimize(*tlb.InvalidateVa(
-        kTag, Iova(0x20'0000'0000), pages * kPage, VaLevels::kLeafOnly));
+    benchmark::DoNotOptimize(
+        *tlb.InvalidateVa(kTag, Iova(0x20'0000'0000), pages * kPage, VaLevels::kLeafOnly));
   }
 }
 BENCHMARK(BM_IotlbInvalidateRange)->Arg(1)->Arg(64)->Arg(4096);
@@ -126,11 +122,10 @@ void BM_IotlbFillThenInvalidateRange(benchmark::State& state) {
   const uint64_t base = 0x20'0000'0000;
   for (auto _ : state) {
     for (uint64_t p = 0; p < pages; ++p) {
-      (void)tlb.Insert(kTag, Iova(base + p * kPage), 12, PhysAddr(p * kPage),
-                       kRw);
+      (void)tlb.Insert(kTag, Iova(base + p * kPage), 12, PhysAddr(p * kPage), kRw);
     }
-    benchmark::DoNotOptimize(*tlb.InvalidateVa(kTag, Iova(base), pages * kPage,
-                                               VaLevels::kLeafOnly));
+    benchmark::DoNotOptimize(
+        *tlb.InvalidateVa(kTag, Iova(base), pages * kPage, VaLevels::kLeafOnly));
   }
   state.counters["pages"] = double(pages);
 }
@@ -163,8 +158,8 @@ void BM_FlushQueueEnqueueAmortised(benchmark::State& state) {
   cb.invalidate = [&] { ++invalidations; };
   cb.release = [&](const FlushQueueEntry& e) { released += e.payload[1]; };
   if (!wall_clock) cb.now = [&] { return absl::FromUnixNanos(++ticks); };
-  FlushQueue q = *FlushQueue::Create(
-      {uint32_t(state.range(0)), absl::Seconds(3600)}, std::move(cb));
+  FlushQueue q =
+      *FlushQueue::Create({uint32_t(state.range(0)), absl::Seconds(3600)}, std::move(cb));
   FlushQueueEntry e;
   e.tag = kTag;
   e.size_bytes = kPage;

@@ -18,9 +18,7 @@ namespace iommu::core {
 class IotlbTestPeer {
  public:
   static void BumpOccupancy(Iotlb& t) { ++t.stats_.occupancy; }
-  static void DuplicateLruRank(Iotlb& t) {
-    t.entries_[1].lru = t.entries_[0].lru;
-  }
+  static void DuplicateLruRank(Iotlb& t) { t.entries_[1].lru = t.entries_[0].lru; }
   static void MisalignFirstValid(Iotlb& t) {
     for (uint64_t i = 0; i < t.capacity(); ++i) {
       if (t.entries_[i].key & Iotlb::kKeyValid) {
@@ -45,15 +43,14 @@ constexpr uint64_t kBlock = uint64_t{1} << k2M;
 const Grant kRw(Grant::kReadUnpriv | Grant::kWriteUnpriv);
 const Grant kRo(Grant::kReadUnpriv);
 
-Iotlb Make(uint32_t sets, uint32_t ways,
-           std::vector<uint8_t> leaves = {k4K, k2M}) {
+Iotlb Make(uint32_t sets, uint32_t ways, std::vector<uint8_t> leaves = {k4K, k2M}) {
   absl::StatusOr<Iotlb> t = Iotlb::Create({sets, ways, std::move(leaves)});
   EXPECT_TRUE(t.ok()) << t.status();
   return *std::move(t);
 }
 
-void MustInsert(Iotlb& t, TlbTag tag, uint64_t iova, unsigned leaf,
-                uint64_t phys, Grant grant = kRw) {
+void MustInsert(Iotlb& t, TlbTag tag, uint64_t iova, unsigned leaf, uint64_t phys,
+                Grant grant = kRw) {
   ASSERT_TRUE(t.Insert(tag, Iova(iova), leaf, PhysAddr(phys), grant).ok());
   t.CheckInvariants();
 }
@@ -75,8 +72,8 @@ using Snapshot = std::map<EntryKey, EntryVal>;
 Snapshot Snap(const Iotlb& t) {
   Snapshot s;
   t.ForEachEntry([&](const IotlbEntryView& e) {
-    s[{e.tag.Packed(), e.iova.value(), e.leaf_size_log2}] = {
-        e.phys.value(), e.grant.bits(), e.stale};
+    s[{e.tag.Packed(), e.iova.value(), e.leaf_size_log2}] = {e.phys.value(), e.grant.bits(),
+                                                             e.stale};
   });
   return s;
 }
@@ -93,8 +90,7 @@ TEST(IotlbCreate, RejectsBadGeometryNamingTheField) {
       {{3, 4, {12}}, "sets=0x3:"},
       {{4, 0, {12}}, "ways=0:"},
       {{4, 65, {12}}, "ways=0x41:"},
-      {{1u << 20, 2, {12}},
-       "ways=0x2: sets=0x100000 x ways = 0x200000 entries"},
+      {{1u << 20, 2, {12}}, "ways=0x2: sets=0x100000 x ways = 0x200000 entries"},
       {{4, 4, {}}, "leaf_sizes_log2=0:"},
       {{4, 4, {12, 13, 14, 15, 16, 17, 18, 19, 20}}, "leaf_sizes_log2=0x9:"},
       {{4, 4, {11}}, "leaf_sizes_log2=0xb:"},
@@ -104,8 +100,7 @@ TEST(IotlbCreate, RejectsBadGeometryNamingTheField) {
   for (const Case& c : cases) {
     absl::StatusOr<Iotlb> t = Iotlb::Create(c.config);
     ASSERT_FALSE(t.ok()) << c.prefix;
-    EXPECT_EQ(t.status().code(), absl::StatusCode::kInvalidArgument)
-        << c.prefix;
+    EXPECT_EQ(t.status().code(), absl::StatusCode::kInvalidArgument) << c.prefix;
     EXPECT_THAT(std::string(t.status().message()), StartsWith(c.prefix));
   }
 }
@@ -159,8 +154,7 @@ TEST(Iotlb, InsertErrorsLeaveNoTrace) {
   const Snapshot before = Snap(t);
   const IotlbStats stats = t.stats();
 
-  absl::Status s =
-      t.Insert({1, 0}, Iova(0x200000), k64K, PhysAddr(0x200000), kRw);
+  absl::Status s = t.Insert({1, 0}, Iova(0x200000), k64K, PhysAddr(0x200000), kRw);
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(std::string(s.message()), StartsWith("leaf_size_log2=0x10:"));
   s = t.Insert({1, 0}, Iova(0x200000), 99, PhysAddr(0x200000), kRw);
@@ -168,8 +162,7 @@ TEST(Iotlb, InsertErrorsLeaveNoTrace) {
   EXPECT_THAT(std::string(s.message()), StartsWith("leaf_size_log2=0x63:"));
   s = t.Insert({1, 0}, Iova(0x3010), k4K, PhysAddr(0x7020), kRw);
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_THAT(std::string(s.message()),
-              StartsWith("phys=0x7020: offset in the leaf"));
+  EXPECT_THAT(std::string(s.message()), StartsWith("phys=0x7020: offset in the leaf"));
   EXPECT_THAT(std::string(s.message()), HasSubstr("iova=0x3010"));
 
   EXPECT_EQ(Snap(t), before);
@@ -196,8 +189,7 @@ TEST(Iotlb, RefillOfTheSameLeafReplacesInPlace) {
 TEST(Iotlb, LruEvictsTheLeastRecentlyUsedWay) {
   Iotlb t = Make(1, 4, {k4K});
   const TlbTag tag{7, 0};
-  for (uint64_t i = 0; i < 4; ++i)
-    MustInsert(t, tag, i * kPage, k4K, 0x100000 + i * kPage);
+  for (uint64_t i = 0; i < 4; ++i) MustInsert(t, tag, i * kPage, k4K, 0x100000 + i * kPage);
   // Recency now (MRU first): 3 2 1 0. Touch 0 and 1: 1 0 3 2.
   ASSERT_TRUE(t.Lookup(tag, Iova(0 * kPage)).has_value());
   ASSERT_TRUE(t.Lookup(tag, Iova(1 * kPage)).has_value());
@@ -221,11 +213,8 @@ TEST(Iotlb, LruEvictsTheLeastRecentlyUsedWay) {
 
 TEST(Iotlb, FreedWaysAreFilledBeforeEvicting) {
   Iotlb t = Make(1, 4, {k4K});
-  for (uint64_t i = 0; i < 4; ++i)
-    MustInsert(t, {1, 0}, i * kPage, k4K, i * kPage);
-  ASSERT_EQ(
-      *t.InvalidateVa({1, 0}, Iova(2 * kPage), kPage, VaLevels::kAllLevels),
-      1u);
+  for (uint64_t i = 0; i < 4; ++i) MustInsert(t, {1, 0}, i * kPage, k4K, i * kPage);
+  ASSERT_EQ(*t.InvalidateVa({1, 0}, Iova(2 * kPage), kPage, VaLevels::kAllLevels), 1u);
   MustInsert(t, {1, 0}, 9 * kPage, k4K, 0);
   EXPECT_EQ(t.stats().evictions, 0u);
   EXPECT_EQ(Snap(t).size(), 4u);
@@ -278,8 +267,7 @@ TEST(Iotlb, TagsIsolateAsidsAndVmids) {
 
 // Fills 4 tags x (8 pages + 2 blocks) and returns the snapshot.
 Snapshot FillMixed(Iotlb& t) {
-  for (const TlbTag tag :
-       {TlbTag{1, 0}, TlbTag{2, 0}, TlbTag{1, 1}, TlbTag{2, 1}}) {
+  for (const TlbTag tag : {TlbTag{1, 0}, TlbTag{2, 0}, TlbTag{1, 1}, TlbTag{2, 1}}) {
     for (uint64_t i = 0; i < 8; ++i) {
       MustInsert(t, tag, 0x100000 + i * kPage, k4K, 0x900000 + i * kPage);
     }
@@ -301,9 +289,7 @@ TEST(IotlbInvalidate, EachScopeRemovesExactlyItsEntriesAndCounts) {
 
   EXPECT_EQ(t.InvalidateAsid(1, 0), 10u);
   t.CheckInvariants();
-  s = Without(s, [](const EntryKey& k) {
-    return k.tag == TlbTag{1, 0}.Packed();
-  });
+  s = Without(s, [](const EntryKey& k) { return k.tag == TlbTag{1, 0}.Packed(); });
   EXPECT_EQ(Snap(t), s);
   EXPECT_EQ(t.stats().invalidations_asid, 1u);
 
@@ -349,25 +335,21 @@ TEST(IotlbInvalidate, HugeRangeScansAndStaysExact) {
   const TlbTag tag{5, 2};
   MustInsert(t, tag, 0x0000'1000, k4K, 0x1000);
   MustInsert(t, tag, 0x0100'0000, k2M, 0x200000);
-  MustInsert(t, tag, 0x00ff'f000, k4K, 0x3000);      // just below the range
-  MustInsert(t, tag, 0x100'0100'0000, k4K, 0x4000);  // just above the range
-  MustInsert(t, {5, 3}, 0x0200'0000, k4K, 0x5000);   // other tag, inside
+  MustInsert(t, tag, 0x00ff'f000, k4K, 0x3000);            // just below the range
+  MustInsert(t, tag, 0x100'0100'0000, k4K, 0x4000);        // just above the range
+  MustInsert(t, {5, 3}, 0x0200'0000, k4K, 0x5000);         // other tag, inside
   MustInsert(t, tag, 0xffff'ffff'ffff'f000, k4K, 0x6000);  // top of the space
   const uint64_t size = uint64_t{1} << 40;
-  ASSERT_EQ(*t.InvalidateVa(tag, Iova(0x0100'0000), size, VaLevels::kAllLevels),
-            1u);
+  ASSERT_EQ(*t.InvalidateVa(tag, Iova(0x0100'0000), size, VaLevels::kAllLevels), 1u);
   t.CheckInvariants();
   Snapshot s = Snap(t);
   EXPECT_EQ(s.size(), 5u);
   EXPECT_EQ(s.count({tag.Packed(), 0x0100'0000, k2M}), 0u);
   EXPECT_EQ(s.count({TlbTag{5, 3}.Packed(), 0x0200'0000, k4K}), 1u);
   // A range ending at 2^64 - 1 is legal.
-  ASSERT_EQ(*t.InvalidateVa(tag, Iova(0xffff'ffff'ffff'f000), kPage,
-                            VaLevels::kLeafOnly),
-            1u);
+  ASSERT_EQ(*t.InvalidateVa(tag, Iova(0xffff'ffff'ffff'f000), kPage, VaLevels::kLeafOnly), 1u);
   // The whole space.
-  ASSERT_EQ(*t.InvalidateVa(tag, Iova(0), ~uint64_t{0}, VaLevels::kAllLevels),
-            3u);
+  ASSERT_EQ(*t.InvalidateVa(tag, Iova(0), ~uint64_t{0}, VaLevels::kAllLevels), 3u);
   t.CheckInvariants();
   EXPECT_EQ(Snap(t).size(), 1u);
 }
@@ -378,9 +360,7 @@ TEST(IotlbInvalidate, SmallRangeProbesAcrossBlockBoundaries) {
   MustInsert(t, {1, 0}, 0x200000, k2M, 0x200000);
   MustInsert(t, {1, 0}, 0x400000, k2M, 0x400000);
   MustInsert(t, {1, 0}, 0x600000, k2M, 0x600000);
-  ASSERT_EQ(
-      *t.InvalidateVa({1, 0}, Iova(0x3ff000), 2 * kPage, VaLevels::kAllLevels),
-      2u);
+  ASSERT_EQ(*t.InvalidateVa({1, 0}, Iova(0x3ff000), 2 * kPage, VaLevels::kAllLevels), 2u);
   t.CheckInvariants();
   EXPECT_EQ(Snap(t).size(), 1u);
   EXPECT_TRUE(t.Lookup({1, 0}, Iova(0x600000)).has_value());
@@ -390,17 +370,13 @@ TEST(IotlbInvalidate, RangeErrorsNameSizeAndLeaveNoTrace) {
   Iotlb t = Make(16, 4);
   MustInsert(t, {1, 0}, 0x1000, k4K, 0x1000);
   const IotlbStats before = t.stats();
-  absl::StatusOr<uint64_t> r =
-      t.InvalidateVa({1, 0}, Iova(0x1000), 0, VaLevels::kAllLevels);
+  absl::StatusOr<uint64_t> r = t.InvalidateVa({1, 0}, Iova(0x1000), 0, VaLevels::kAllLevels);
   EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(std::string(r.status().message()), StartsWith("size_bytes=0:"));
-  r = t.InvalidateVa({1, 0}, Iova(0xffff'ffff'ffff'f000), 0x2000,
-                     VaLevels::kLeafOnly);
+  r = t.InvalidateVa({1, 0}, Iova(0xffff'ffff'ffff'f000), 0x2000, VaLevels::kLeafOnly);
   EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_THAT(std::string(r.status().message()),
-              StartsWith("size_bytes=0x2000:"));
-  EXPECT_THAT(std::string(r.status().message()),
-              HasSubstr("iova=0xfffffffffffff000"));
+  EXPECT_THAT(std::string(r.status().message()), StartsWith("size_bytes=0x2000:"));
+  EXPECT_THAT(std::string(r.status().message()), HasSubstr("iova=0xfffffffffffff000"));
   r = t.MarkStale({1, 0}, Iova(0x1000), 0);
   EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
   r = t.MarkStale({1, 0}, Iova(~uint64_t{0}), 2);
@@ -506,8 +482,7 @@ class IotlbModelTest : public ::testing::Test {
   }
   bool Free(const TagModel& m, uint64_t first, uint64_t last) const {
     for (const auto& [base, r] : m.mapped) {
-      if (Overlaps(base, base + (uint64_t{1} << r.leaf) - 1, first, last))
-        return false;
+      if (Overlaps(base, base + (uint64_t{1} << r.leaf) - 1, first, last)) return false;
     }
     for (const auto& [q0, q1] : m.quarantined) {
       if (Overlaps(q0, q1, first, last)) return false;
@@ -515,8 +490,7 @@ class IotlbModelTest : public ::testing::Test {
     return true;
   }
   // Cached entries of `tag` overlapping [first, last].
-  std::vector<EntryKey> CachedIn(TlbTag tag, uint64_t first,
-                                 uint64_t last) const {
+  std::vector<EntryKey> CachedIn(TlbTag tag, uint64_t first, uint64_t last) const {
     std::vector<EntryKey> out;
     for (const auto& [k, v] : cached_) {
       if (k.tag == tag.Packed() &&
@@ -527,8 +501,7 @@ class IotlbModelTest : public ::testing::Test {
     return out;
   }
   uint64_t RemoveCachedIf(auto pred) {
-    return std::erase_if(cached_,
-                         [&](const auto& kv) { return pred(kv.first); });
+    return std::erase_if(cached_, [&](const auto& kv) { return pred(kv.first); });
   }
 
   void OpMap() {
@@ -538,8 +511,7 @@ class IotlbModelTest : public ::testing::Test {
     const uint64_t base = kSpaceBase + Rand(kSpaceBytes / size) * size;
     TagModel& m = model_[tag.Packed()];
     if (m.mapped.size() >= 12 || !Free(m, base, base + size - 1)) return;
-    m.mapped[base] =
-        Region{leaf, (1 + Rand(1 << 16)) << leaf, uint8_t(1 + Rand(63))};
+    m.mapped[base] = Region{leaf, (1 + Rand(1 << 16)) << leaf, uint8_t(1 + Rand(63))};
   }
 
   // An access: most go to a mapped region (so the IOTLB fills up and
@@ -565,8 +537,7 @@ class IotlbModelTest : public ::testing::Test {
     const std::optional<IotlbHit> hit = tlb_.Lookup(tag, Iova(iova));
     if (hit.has_value()) {
       ++expect_hits_;
-      ASSERT_EQ(covering.size(), 1u)
-          << "hit on an entry the model does not hold";
+      ASSERT_EQ(covering.size(), 1u) << "hit on an entry the model does not hold";
       const EntryKey k = covering[0];
       const EntryVal& v = cached_.at(k);
       EXPECT_EQ(hit->leaf_size_log2, k.leaf);
@@ -587,9 +558,9 @@ class IotlbModelTest : public ::testing::Test {
     // The walk: fill from the page table if mapped.
     for (const auto& [base, r] : m.mapped) {
       if (iova < base || iova > base + (uint64_t{1} << r.leaf) - 1) continue;
-      ASSERT_TRUE(tlb_.Insert(tag, Iova(iova), r.leaf,
-                              PhysAddr(r.phys + (iova - base)), Grant(r.grant))
-                      .ok());
+      ASSERT_TRUE(
+          tlb_.Insert(tag, Iova(iova), r.leaf, PhysAddr(r.phys + (iova - base)), Grant(r.grant))
+              .ok());
       cached_[{tag.Packed(), base, r.leaf}] = {r.phys, r.grant, false};
       ++expect_fills_;
       return;
@@ -618,15 +589,12 @@ class IotlbModelTest : public ::testing::Test {
     Region r;
     if (!PickMapped(&tag, &base, &r)) return;
     const uint64_t size = uint64_t{1} << r.leaf;
-    const VaLevels levels =
-        Rand(2) ? VaLevels::kLeafOnly : VaLevels::kAllLevels;
-    const absl::StatusOr<uint64_t> n =
-        tlb_.InvalidateVa(tag, Iova(base), size, levels);
+    const VaLevels levels = Rand(2) ? VaLevels::kLeafOnly : VaLevels::kAllLevels;
+    const absl::StatusOr<uint64_t> n = tlb_.InvalidateVa(tag, Iova(base), size, levels);
     ASSERT_TRUE(n.ok());
     const uint64_t want = RemoveCachedIf([&](const EntryKey& k) {
       return k.tag == tag.Packed() &&
-             Overlaps(k.iova, k.iova + (uint64_t{1} << k.leaf) - 1, base,
-                      base + size - 1);
+             Overlaps(k.iova, k.iova + (uint64_t{1} << k.leaf) - 1, base, base + size - 1);
     });
     EXPECT_EQ(*n, want);
     expect_invalidated_ += want;
@@ -658,8 +626,7 @@ class IotlbModelTest : public ::testing::Test {
   void OpFlushLazy() {
     const TlbTag tag = RandTag();
     const uint64_t n = tlb_.InvalidateAsid(tag.asid, tag.vmid);
-    const uint64_t want = RemoveCachedIf(
-        [&](const EntryKey& k) { return k.tag == tag.Packed(); });
+    const uint64_t want = RemoveCachedIf([&](const EntryKey& k) { return k.tag == tag.Packed(); });
     EXPECT_EQ(n, want);
     expect_invalidated_ += want;
     model_[tag.Packed()].quarantined.clear();
@@ -669,15 +636,12 @@ class IotlbModelTest : public ::testing::Test {
     const TlbTag tag = RandTag();
     const uint64_t first = kSpaceBase + Rand(kSpaceBytes);
     const uint64_t size = Rand(8) ? 1 + Rand(8 * kPage) : 1 + Rand(kSpaceBytes);
-    const VaLevels levels =
-        Rand(2) ? VaLevels::kLeafOnly : VaLevels::kAllLevels;
-    const absl::StatusOr<uint64_t> n =
-        tlb_.InvalidateVa(tag, Iova(first), size, levels);
+    const VaLevels levels = Rand(2) ? VaLevels::kLeafOnly : VaLevels::kAllLevels;
+    const absl::StatusOr<uint64_t> n = tlb_.InvalidateVa(tag, Iova(first), size, levels);
     ASSERT_TRUE(n.ok());
     const uint64_t want = RemoveCachedIf([&](const EntryKey& k) {
       return k.tag == tag.Packed() &&
-             Overlaps(k.iova, k.iova + (uint64_t{1} << k.leaf) - 1, first,
-                      first + size - 1);
+             Overlaps(k.iova, k.iova + (uint64_t{1} << k.leaf) - 1, first, first + size - 1);
     });
     EXPECT_EQ(*n, want);
     expect_invalidated_ += want;
@@ -686,8 +650,7 @@ class IotlbModelTest : public ::testing::Test {
   void OpInvalidateVmid() {
     const uint16_t vmid = uint16_t(Rand(2));
     const uint64_t n = tlb_.InvalidateVmid(vmid);
-    const uint64_t want = RemoveCachedIf(
-        [&](const EntryKey& k) { return (k.tag >> 16) == vmid; });
+    const uint64_t want = RemoveCachedIf([&](const EntryKey& k) { return (k.tag >> 16) == vmid; });
     EXPECT_EQ(n, want);
     expect_invalidated_ += want;
   }
@@ -705,12 +668,10 @@ class IotlbModelTest : public ::testing::Test {
     const Snapshot actual = Snap(tlb_);
     for (const auto& [k, v] : actual) {
       const auto it = cached_.find(k);
-      ASSERT_NE(it, cached_.end())
-          << "IOTLB holds an entry the model never filled";
+      ASSERT_NE(it, cached_.end()) << "IOTLB holds an entry the model never filled";
       ASSERT_EQ(it->second, v);
     }
-    expect_evictions_ +=
-        RemoveCachedIf([&](const EntryKey& k) { return !actual.contains(k); });
+    expect_evictions_ += RemoveCachedIf([&](const EntryKey& k) { return !actual.contains(k); });
     const IotlbStats& s = tlb_.stats();
     ASSERT_EQ(s.evictions, expect_evictions_);
     ASSERT_EQ(s.occupancy, cached_.size());

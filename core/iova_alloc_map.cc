@@ -88,9 +88,9 @@ absl::Status IovaAllocMap::CheckStructure() const {
     uint64_t open_pfn = 0;
     auto broken = [&](uint64_t pfn, const char* what) {
       const Group& g = chunk[(pfn >> kGroupShift) & kChunkMask];
-      bad = absl::InternalError(absl::StrFormat(
-          "iova map: pfn %#x: %s (its group's start bits %#x, end bits %#x)", pfn, what,
-          g.start_bits, g.end_bits));
+      bad = absl::InternalError(
+          absl::StrFormat("iova map: pfn %#x: %s (its group's start bits %#x, end bits %#x)", pfn,
+                          what, g.start_bits, g.end_bits));
     };
     for (uint64_t i = 0; i < (uint64_t{1} << kChunkShift) && bad.ok(); ++i) {
       const Group& g = chunk[i];
@@ -123,8 +123,7 @@ absl::Status IovaAllocMap::CheckStructure() const {
 
 uint64_t IovaAllocMap::memory_bytes() const {
   return top_.size() * sizeof(void*) +
-         levels_.size() * (uint64_t{1} << kLevelShift) * sizeof(void*) +
-         block_bytes_;
+         levels_.size() * (uint64_t{1} << kLevelShift) * sizeof(void*) + block_bytes_;
 }
 
 }  // namespace iommu::core::internal

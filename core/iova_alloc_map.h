@@ -75,10 +75,10 @@ class IovaAllocMap {
  public:
   static constexpr uint64_t kMaxPages = 4096;  // largest allocation it records
   static constexpr uint64_t kGroupPages = 64;  // largest within one group
-  static constexpr int kGroupShift = 6;      // 64 pfns per group
-  static constexpr int kChunkShift = 9;      // 512 groups per chunk
-  static constexpr int kTopShift = 12;       // up to 4096 pointers in the top level
-  static constexpr int kLevelShift = 9;      // 512 pointers per lower directory level
+  static constexpr int kGroupShift = 6;        // 64 pfns per group
+  static constexpr int kChunkShift = 9;        // 512 groups per chunk
+  static constexpr int kTopShift = 12;         // up to 4096 pointers in the top level
+  static constexpr int kLevelShift = 9;        // 512 pointers per lower directory level
   static constexpr int kChunkPfnShift = kGroupShift + kChunkShift;  // 2^15 pfns per chunk
   static constexpr uint64_t kChunkMask = (uint64_t{1} << kChunkShift) - 1;
   static constexpr uint64_t kLevelMask = (uint64_t{1} << kLevelShift) - 1;
@@ -156,7 +156,8 @@ class IovaAllocMap {
     const unsigned o = pfn & 63;
     if (((g.start_bits >> o) & 1) == 0) return 0;
     const uint64_t ends = g.end_bits >> o;
-    if (ends != 0) [[likely]] return static_cast<uint64_t>(std::countr_zero(ends)) + 1;
+    if (ends != 0) [[likely]]
+      return static_cast<uint64_t>(std::countr_zero(ends)) + 1;
     return SpanPagesAt(&g, pfn);
   }
   // Records / erases a range of one group. REQUIRES: b = BitsOf(pfn,

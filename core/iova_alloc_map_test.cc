@@ -36,8 +36,7 @@ TEST(IovaAllocMap, DepthFollowsTheSpan) {
   EXPECT_EQ(IovaAllocMap(1, uint64_t{1} << 45).depth(), 4);
   EXPECT_EQ(IovaAllocMap(1, (uint64_t{1} << 52) - 1).depth(), 4);
   // A span not starting at 0 counts from its own first group.
-  EXPECT_EQ(IovaAllocMap(uint64_t{1} << 40, (uint64_t{1} << 40) + (uint64_t{1} << 20)).depth(),
-            1);
+  EXPECT_EQ(IovaAllocMap(uint64_t{1} << 40, (uint64_t{1} << 40) + (uint64_t{1} << 20)).depth(), 1);
 }
 
 TEST(IovaAllocMap, UnwrittenAndOutsidePfnsHaveNoGroup) {
@@ -49,8 +48,8 @@ TEST(IovaAllocMap, UnwrittenAndOutsidePfnsHaveNoGroup) {
   EXPECT_EQ(m.chunk_count(), 0u);
   m.Insert(128, 4);
   ASSERT_FALSE(IovaAllocMap::Unwritten(m.Find(128)));
-  EXPECT_EQ(m.Find(128), m.Find(191));    // same group
-  EXPECT_NE(m.Find(128), m.Find(192));    // next group, same chunk
+  EXPECT_EQ(m.Find(128), m.Find(191));  // same group
+  EXPECT_NE(m.Find(128), m.Find(192));  // next group, same chunk
   // The next chunk was never written.
   EXPECT_TRUE(IovaAllocMap::Unwritten(m.Find((uint64_t{1} << 15) + 200)));
   EXPECT_EQ(m.chunk_count(), 1u);
@@ -68,15 +67,15 @@ TEST(IovaAllocMap, ExactSizeNeedsStartAndTheFirstEndAbove) {
   IovaAllocMap::Set(g, 8, 1);
   IovaAllocMap::Set(g, 32, 32);
   EXPECT_TRUE(IovaAllocMap::StartsExactly(g, 0, 4));
-  EXPECT_FALSE(IovaAllocMap::StartsExactly(g, 0, 2));   // 2 at a pfn holding 4
+  EXPECT_FALSE(IovaAllocMap::StartsExactly(g, 0, 2));  // 2 at a pfn holding 4
   EXPECT_FALSE(IovaAllocMap::StartsExactly(g, 0, 8));
-  EXPECT_FALSE(IovaAllocMap::StartsExactly(g, 4, 4));   // 4 at two adjacent 2s
+  EXPECT_FALSE(IovaAllocMap::StartsExactly(g, 4, 4));  // 4 at two adjacent 2s
   EXPECT_TRUE(IovaAllocMap::StartsExactly(g, 4, 2));
   EXPECT_TRUE(IovaAllocMap::StartsExactly(g, 6, 2));
   EXPECT_TRUE(IovaAllocMap::StartsExactly(g, 8, 1));
   EXPECT_FALSE(IovaAllocMap::StartsExactly(g, 8, 2));
-  EXPECT_FALSE(IovaAllocMap::StartsExactly(g, 1, 3));   // interior start
-  EXPECT_FALSE(IovaAllocMap::StartsExactly(g, 7, 1));   // an end, not a start
+  EXPECT_FALSE(IovaAllocMap::StartsExactly(g, 1, 3));  // interior start
+  EXPECT_FALSE(IovaAllocMap::StartsExactly(g, 7, 1));  // an end, not a start
   EXPECT_TRUE(IovaAllocMap::StartsExactly(g, 32, 32));
   EXPECT_FALSE(IovaAllocMap::StartsExactly(g, 32, 64));  // runs past the group
   EXPECT_FALSE(IovaAllocMap::StartsExactly(g, 32, 16));
@@ -189,9 +188,7 @@ TEST(IovaAllocMap, RandomAgainstReferenceAcrossChunksAndLevels) {
   TestRng rng;
   // Hot spots: near start, near the end, around chunk (2^15 pfns) and
   // lower-directory-node (2^24 pfns) boundaries.
-  const uint64_t spots[] = {64,
-                            (uint64_t{1} << 15) - 64,
-                            (uint64_t{1} << 27) - 128,
+  const uint64_t spots[] = {64, (uint64_t{1} << 15) - 64, (uint64_t{1} << 27) - 128,
                             (uint64_t{1} << 36) - 256,
                             (uint64_t{1} << 30) + (uint64_t{1} << 15) - 64};
   auto overlaps = [&](uint64_t lo, uint64_t hi) {
@@ -203,8 +200,7 @@ TEST(IovaAllocMap, RandomAgainstReferenceAcrossChunksAndLevels) {
   for (int step = 0; step < 20000; ++step) {
     // One in eight runs over several groups (65..4096 pages).
     const bool span = rng.Below(8) == 0;
-    const uint64_t pages =
-        span ? rng.Below(IovaAllocMap::kMaxPages - 64) + 65 : rng.Below(64) + 1;
+    const uint64_t pages = span ? rng.Below(IovaAllocMap::kMaxPages - 64) + 65 : rng.Below(64) + 1;
     const uint64_t align = std::bit_ceil(pages);
     const uint64_t spot = spots[rng.Below(std::size(spots))];
     const uint64_t pfn = (spot + rng.Below(span ? 8192 : 512)) & ~(align - 1);
@@ -242,8 +238,7 @@ TEST(IovaAllocMap, RandomAgainstReferenceAcrossChunksAndLevels) {
   EXPECT_EQ(Contents(m), want);
   EXPECT_GE(m.chunk_count(), 5u);
   // The top level (2^12 pointers), at least one lower level, the chunks.
-  EXPECT_GE(m.memory_bytes(), 4096 * sizeof(void*) + 512 * sizeof(void*) +
-                                  m.chunk_count() * 8192);
+  EXPECT_GE(m.memory_bytes(), 4096 * sizeof(void*) + 512 * sizeof(void*) + m.chunk_count() * 8192);
 }
 
 // Allocations of 65..4096 pages start one group and end in a later one of
@@ -253,10 +248,10 @@ TEST(IovaAllocMap, RandomAgainstReferenceAcrossChunksAndLevels) {
 TEST(IovaAllocMap, SpansOverGroupsPairAcrossThem) {
   IovaAllocMap m(1, (uint64_t{1} << 20) - 1);
   const uint64_t chunk = uint64_t{1} << 15;
-  m.Insert(chunk, 65);                  // [0x8000, 0x8040]: ends one group on
-  m.Insert(chunk + 4096, 4096);         // the longest: ends 63 groups on
-  m.Insert(2 * chunk - 256, 256);       // ends at the chunk's last pfn
-  m.Insert(chunk + 128, 1);             // a one-page allocation between
+  m.Insert(chunk, 65);             // [0x8000, 0x8040]: ends one group on
+  m.Insert(chunk + 4096, 4096);    // the longest: ends 63 groups on
+  m.Insert(2 * chunk - 256, 256);  // ends at the chunk's last pfn
+  m.Insert(chunk + 128, 1);        // a one-page allocation between
   ASSERT_TRUE(m.CheckStructure().ok()) << m.CheckStructure();
   EXPECT_EQ(IovaAllocMap::PagesAt(*m.Find(chunk), chunk), 65u);
   EXPECT_EQ(IovaAllocMap::PagesAt(*m.Find(chunk + 4096), chunk + 4096), 4096u);

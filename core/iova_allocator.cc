@@ -49,16 +49,14 @@ absl::StatusOr<IovaAllocator> IovaAllocator::Create(const IovaAllocatorOptions& 
                         absl::StrFormat("below start_pfn=%#x", options.start_pfn));
   }
   if (options.end_pfn > (~uint64_t{0} >> shift)) {
-    return InvalidField("end_pfn", options.end_pfn,
-                        "its byte address does not fit in 64 bits");
+    return InvalidField("end_pfn", options.end_pfn, "its byte address does not fit in 64 bits");
   }
   if (options.cache.enabled) {
     if (!IsPowerOfTwo(options.cache.max_pages) || options.cache.max_pages > kMaxCachePages) {
       return InvalidField("cache.max_pages", options.cache.max_pages,
                           "must be a power of two <= 2^20");
     }
-    if (options.cache.magazine_depth == 0 ||
-        options.cache.magazine_depth > kMaxMagazineDepth) {
+    if (options.cache.magazine_depth == 0 || options.cache.magazine_depth > kMaxMagazineDepth) {
       return InvalidField("cache.magazine_depth", options.cache.magazine_depth,
                           "must be in [1, 4096]");
     }
@@ -87,7 +85,7 @@ IovaAllocator::IovaAllocator(const IovaAllocatorOptions& options, int num_orders
     inline_free_max_pages_ = std::min(cache_max_pages_, internal::IovaAllocMap::kGroupPages);
     inline_alloc_max_pages_ = options.try_32bit_first ? 0 : inline_free_max_pages_;
     cache_ = internal::IovaMagazineCache(classes, options.cache.magazine_depth,
-                                        options.cache.depot_magazines);
+                                         options.cache.depot_magazines);
   }
   tree_.Release(start_pfn_, end_pfn_);
 }
@@ -242,20 +240,20 @@ absl::StatusOr<uint64_t> IovaAllocator::AllocPfns(uint64_t num_pages, uint64_t l
   }
   IovaFailureReason reason = IovaFailureReason::kNoSpace;
   const uint64_t pfn = AllocTreePath(num_pages, limit_pfn, &reason);
-  if (pfn != 0) [[likely]] return pfn;
+  if (pfn != 0) [[likely]]
+    return pfn;
   return ExhaustedError("num_pages", num_pages, num_pages, ClipLimit(limit_pfn), reason);
 }
 
-absl::StatusOr<uint64_t> IovaAllocator::AllocPfnsFast(uint64_t num_pages,
-                                                      uint64_t limit_pfn) {
+absl::StatusOr<uint64_t> IovaAllocator::AllocPfnsFast(uint64_t num_pages, uint64_t limit_pfn) {
   if (absl::Status s = ValidateRequest(num_pages, limit_pfn); !s.ok()) [[unlikely]] {
     return s;
   }
   IovaFailureReason reason = IovaFailureReason::kNoSpace;
   const uint64_t pfn = AllocFastPath(num_pages, limit_pfn, &reason);
-  if (pfn != 0) [[likely]] return pfn;
-  return ExhaustedError("num_pages", num_pages, FastSize(num_pages), ClipLimit(limit_pfn),
-                        reason);
+  if (pfn != 0) [[likely]]
+    return pfn;
+  return ExhaustedError("num_pages", num_pages, FastSize(num_pages), ClipLimit(limit_pfn), reason);
 }
 
 // --- live-allocation index --------------------------------------------------------
@@ -277,8 +275,7 @@ void IovaAllocator::EraseLive(uint64_t pfn, uint64_t num_pages) {
 }
 
 uint64_t IovaAllocator::LivePages(uint64_t pfn) const {
-  if (const uint64_t pages = internal::IovaAllocMap::PagesAt(*small_.Find(pfn), pfn);
-      pages != 0) {
+  if (const uint64_t pages = internal::IovaAllocMap::PagesAt(*small_.Find(pfn), pfn); pages != 0) {
     return pages;
   }
   if (large_.empty()) return 0;
@@ -318,7 +315,8 @@ absl::Status IovaAllocator::FreePfns(uint64_t pfn) {
 
 absl::Status IovaAllocator::FreePfnsFastSlow(uint64_t pfn, uint64_t num_pages) {
   const uint64_t pages = LivePages(pfn);
-  if (pages == 0) [[unlikely]] return NotLiveError(pfn);
+  if (pages == 0) [[unlikely]]
+    return NotLiveError(pfn);
   if (num_pages - 1 < cache_max_pages_) {
     const int cls = AlignOrder(num_pages);
     if (pages == uint64_t{1} << cls) [[likely]] {
@@ -339,9 +337,7 @@ absl::Status IovaAllocator::FreePfnsFastSlow(uint64_t pfn, uint64_t num_pages) {
 }
 
 void IovaAllocator::FlushCaches() {
-  cache_.Flush([this](uint64_t pfn, int cls) {
-    ReleaseToTree(pfn, uint64_t{1} << cls);
-  });
+  cache_.Flush([this](uint64_t pfn, int cls) { ReleaseToTree(pfn, uint64_t{1} << cls); });
 }
 
 // --- reserved ranges -----------------------------------------------------------------
@@ -368,9 +364,9 @@ absl::Status IovaAllocator::Reserve(uint64_t pfn_lo, uint64_t pfn_hi) {
   FlushCaches();
   const uint64_t free_in = tree_.FreePagesIn(lo, hi);
   if (free_in + ReservedPagesIn(lo, hi) != hi - lo + 1) {
-    return FieldError(absl::StatusCode::kFailedPrecondition, "pfn_lo", pfn_lo,
-                      absl::StrFormat("range [%#x, %#x] overlaps a live allocation", pfn_lo,
-                                      pfn_hi));
+    return FieldError(
+        absl::StatusCode::kFailedPrecondition, "pfn_lo", pfn_lo,
+        absl::StrFormat("range [%#x, %#x] overlaps a live allocation", pfn_lo, pfn_hi));
   }
   // [lo, hi] alternates between free runs and reserved ranges: take the free
   // runs out of the tree.
@@ -414,18 +410,19 @@ absl::StatusOr<Iova> IovaAllocator::AllocIova(uint64_t size_bytes, Iova limit) {
   const uint64_t num_pages = (size_bytes >> granule_shift_) + ((size_bytes & mask) != 0);
   const uint64_t limit_pfn = limit.value() >> granule_shift_;
   if (num_pages > space_pages_) {
-    return OutOfRangeField("size_bytes", size_bytes,
-                           absl::StrFormat("larger than the IOVA space of %#x bytes",
-                                           space_pages_ << granule_shift_));
+    return OutOfRangeField(
+        "size_bytes", size_bytes,
+        absl::StrFormat("larger than the IOVA space of %#x bytes", space_pages_ << granule_shift_));
   }
   if (limit_pfn < start_pfn_) {
-    return OutOfRangeField("limit", limit.value(),
-                           absl::StrFormat("below the first allocatable IOVA %#x",
-                                           start_pfn_ << granule_shift_));
+    return OutOfRangeField(
+        "limit", limit.value(),
+        absl::StrFormat("below the first allocatable IOVA %#x", start_pfn_ << granule_shift_));
   }
   IovaFailureReason reason = IovaFailureReason::kNoSpace;
   const uint64_t pfn = AllocFastPath(num_pages, limit_pfn, &reason);
-  if (pfn != 0) [[likely]] return Iova(pfn << granule_shift_);
+  if (pfn != 0) [[likely]]
+    return Iova(pfn << granule_shift_);
   return ExhaustedError("size_bytes", size_bytes, FastSize(num_pages), ClipLimit(limit_pfn),
                         reason);
 }
@@ -454,8 +451,7 @@ std::optional<uint64_t> IovaAllocator::AllocationPages(uint64_t pfn) const {
   return pages;
 }
 
-void IovaAllocator::ForEachAllocated(
-    const std::function<void(uint64_t, uint64_t)>& fn) const {
+void IovaAllocator::ForEachAllocated(const std::function<void(uint64_t, uint64_t)>& fn) const {
   std::vector<std::pair<uint64_t, uint64_t>> live;
   live.reserve(allocations_ - cache_.cached_ranges());
   small_.ForEach([&](uint64_t pfn, uint64_t pages) { live.emplace_back(pfn, pages); });
@@ -476,12 +472,10 @@ IovaStats IovaAllocator::GetStats() const {
   s.reserved_pages = reserved_pages_;
   s.largest_free_pages = tree_.largest_pages();
   s.free_ranges = tree_.range_count();
-  std::copy_n(tree_.histogram(), internal::IovaGapTree::kHistogramBuckets,
-              s.free_range_histogram);
-  s.fragmentation_ratio =
-      s.free_pages == 0
-          ? 0.0
-          : 1.0 - static_cast<double>(s.largest_free_pages) / static_cast<double>(s.free_pages);
+  std::copy_n(tree_.histogram(), internal::IovaGapTree::kHistogramBuckets, s.free_range_histogram);
+  s.fragmentation_ratio = s.free_pages == 0 ? 0.0
+                                            : 1.0 - static_cast<double>(s.largest_free_pages) /
+                                                        static_cast<double>(s.free_pages);
   std::copy_n(failures_, kIovaFailureReasonCount, s.failures);
   s.cache_hits = cache_hits_;
   s.cache_misses = cache_misses_;
@@ -523,9 +517,8 @@ absl::Status IovaAllocator::CheckInvariants() const {
         absl::StrFormat("iova: allocation at pfn %#x not size-aligned", misaligned));
   }
   if (large_is_small) {
-    return absl::InternalError(
-        absl::StrFormat("iova: an allocation of <= %d pages in the large map",
-                        internal::IovaAllocMap::kMaxPages));
+    return absl::InternalError(absl::StrFormat(
+        "iova: an allocation of <= %d pages in the large map", internal::IovaAllocMap::kMaxPages));
   }
   uint64_t reserved = 0;
   for (const auto& [lo, hi] : reserved_) {
@@ -538,8 +531,8 @@ absl::Status IovaAllocator::CheckInvariants() const {
   for (const auto& [lo, hi, kind] : pieces) {
     if (lo != expect || hi < lo) {
       return absl::InternalError(absl::StrFormat(
-          "iova: pieces do not tile the space: [%#x, %#x] (kind %d) where %#x was expected", lo,
-          hi, kind, expect));
+          "iova: pieces do not tile the space: [%#x, %#x] (kind %d) where %#x was expected", lo, hi,
+          kind, expect));
     }
     if (kind == kReserved && prev_kind == kReserved && lo != start_pfn_) {
       return absl::InternalError(absl::StrFormat("iova: reserved range at %#x not merged", lo));
@@ -552,9 +545,9 @@ absl::Status IovaAllocator::CheckInvariants() const {
         absl::StrFormat("iova: pieces end at %#x, space ends at %#x", expect - 1, end_pfn_));
   }
   if (allocated != allocated_pages_ || reserved != reserved_pages_) {
-    return absl::InternalError(absl::StrFormat(
-        "iova: recount allocated %#x reserved %#x, tracked %#x / %#x", allocated, reserved,
-        allocated_pages_, reserved_pages_));
+    return absl::InternalError(
+        absl::StrFormat("iova: recount allocated %#x reserved %#x, tracked %#x / %#x", allocated,
+                        reserved, allocated_pages_, reserved_pages_));
   }
   if (cached_ranges != cache_.cached_ranges() || live + cached_ranges != allocations_) {
     return absl::InternalError(absl::StrFormat(

@@ -260,8 +260,7 @@ class IovaAllocator {
       const uint64_t last = internal::kIovaSmallClasses.last[num_pages - 1];  // size - 1
       internal::IovaAllocMap::Group* const g = small_.Find(pfn);
       const internal::IovaAllocMap::Bits bits = internal::IovaAllocMap::BitsAt(pfn, last);
-      if (internal::IovaAllocMap::Holds(*g, bits) &&
-          cache_.TryPushLoaded(cls, pfn)) [[likely]] {
+      if (internal::IovaAllocMap::Holds(*g, bits) && cache_.TryPushLoaded(cls, pfn)) [[likely]] {
         internal::IovaAllocMap::Clear(*g, bits);
         return absl::OkStatus();
       }
@@ -361,8 +360,8 @@ class IovaAllocator {
   uint64_t start_pfn_ = 0;
   uint64_t end_pfn_ = 0;
   uint64_t space_pages_ = 0;
-  uint64_t pfn_32bit_ = 0;         // last pfn below 4 GiB
-  uint64_t cache_max_pages_ = 0;   // 0 when caching is off
+  uint64_t pfn_32bit_ = 0;        // last pfn below 4 GiB
+  uint64_t cache_max_pages_ = 0;  // 0 when caching is off
   // min(cache_max_pages_, 64) (classes small_ records in one group), or 0 with
   // try_32bit_first (whose cache hits must try the 32-bit limit first, out of
   // line).
@@ -381,7 +380,7 @@ class IovaAllocator {
   // pages) the rest. Cached ranges are in neither.
   internal::IovaAllocMap small_;
   absl::flat_hash_map<uint64_t, uint64_t> large_;
-  std::map<uint64_t, uint64_t> reserved_;          // lo -> hi, disjoint, non-adjacent
+  std::map<uint64_t, uint64_t> reserved_;  // lo -> hi, disjoint, non-adjacent
 
   uint64_t allocated_pages_ = 0;  // live + cached
   // Live + cached allocations (changed by the tree paths only: a cache push

@@ -146,8 +146,8 @@ void BM_CachedAllocLatency(benchmark::State& state) {
   }
   const IovaStats after = a.GetStats();
   ReportLatency(state, ns);
-  state.counters["miss_ratio"] =
-      static_cast<double>(after.cache_misses - before.cache_misses) / static_cast<double>(ns.size());
+  state.counters["miss_ratio"] = static_cast<double>(after.cache_misses - before.cache_misses) /
+                                 static_cast<double>(ns.size());
 }
 BENCHMARK(BM_CachedAllocLatency)->Arg(1'000'000)->Iterations(1'000'000);
 

@@ -90,8 +90,7 @@ TEST(IovaAllocatorCreate, RejectsBadOptions) {
     absl::StatusOr<IovaAllocator> a = IovaAllocator::Create(c.options);
     ASSERT_FALSE(a.ok()) << c.name;
     EXPECT_EQ(a.status().code(), absl::StatusCode::kInvalidArgument) << c.name;
-    EXPECT_TRUE(absl::StartsWith(a.status().message(), c.message))
-        << c.name << ": " << a.status();
+    EXPECT_TRUE(absl::StartsWith(a.status().message(), c.message)) << c.name << ": " << a.status();
   }
   // Cache options are not validated when the cache is off.
   IovaAllocatorOptions o;
@@ -142,8 +141,7 @@ TEST(IovaAllocator, FreeErrorsLeaveStateIntact) {
 
   absl::Status s = a.FreePfns(p + 1);
   EXPECT_EQ(s.code(), absl::StatusCode::kNotFound);
-  EXPECT_TRUE(absl::StartsWith(s.message(), absl::StrCat("pfn=0x", absl::Hex(p + 1), ": ")))
-      << s;
+  EXPECT_TRUE(absl::StartsWith(s.message(), absl::StrCat("pfn=0x", absl::Hex(p + 1), ": "))) << s;
   s = a.FreePfnsFast(p, 5);  // allocation has 3 pages
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_TRUE(absl::StartsWith(s.message(), "num_pages=0x5: ")) << s;
@@ -184,8 +182,7 @@ TEST(IovaAllocator, TreeFreeOfEveryIndexedSize) {
                              large + 4096, large + 8192}) {
     const absl::Status s = a.FreePfns(bad);
     EXPECT_EQ(s.code(), absl::StatusCode::kNotFound) << bad;
-    EXPECT_TRUE(absl::StartsWith(s.message(), absl::StrCat("pfn=0x", absl::Hex(bad), ": ")))
-        << s;
+    EXPECT_TRUE(absl::StartsWith(s.message(), absl::StrCat("pfn=0x", absl::Hex(bad), ": "))) << s;
   }
   EXPECT_EQ(a.GetStats().free_pages, free_before);
   EXPECT_EQ(a.GetStats().live_allocations, 3u);
@@ -229,20 +226,21 @@ TEST(IovaAllocator, WrongSizesInteriorPfnsAndCachedDoubleFrees) {
                 HasSubstr(absl::StrCat("the allocation at pfn=0x", absl::Hex(pfn), " has 0x",
                                        absl::Hex(pages), " pages")));
   };
-  expect_invalid(p4, 2, 4);    // 2 at a pfn holding 4
+  expect_invalid(p4, 2, 4);  // 2 at a pfn holding 4
   expect_invalid(p4, 1, 4);
   expect_invalid(p4, 8, 4);
-  expect_invalid(p2b, 4, 2);   // 4 at a pfn holding two adjacent 2s
-  expect_invalid(p2b, 3, 2);   // rounds to 4 as well
+  expect_invalid(p2b, 4, 2);  // 4 at a pfn holding two adjacent 2s
+  expect_invalid(p2b, 3, 2);  // rounds to 4 as well
   expect_invalid(p64, 65, 64);
   expect_invalid(p64, 32, 64);
   expect_invalid(p65, 64, 65);
   expect_invalid(p65, 128, 65);
-  expect_invalid(p7, 6, 7);    // 6 rounds to 8, which it does not hold
+  expect_invalid(p7, 6, 7);  // 6 rounds to 8, which it does not hold
   expect_invalid(p7, 32, 7);
 
   auto expect_not_found = [&](uint64_t pfn, absl::string_view why) {
-    for (const absl::Status& s : {a.FreePfns(pfn), a.FreePfnsFast(pfn, 1), a.FreePfnsFast(pfn, 4)}) {
+    for (const absl::Status& s :
+         {a.FreePfns(pfn), a.FreePfnsFast(pfn, 1), a.FreePfnsFast(pfn, 4)}) {
       EXPECT_EQ(s.code(), absl::StatusCode::kNotFound) << pfn << ": " << s;
       EXPECT_THAT(std::string(s.message()), HasSubstr(why)) << pfn;
     }
@@ -301,19 +299,18 @@ TEST(IovaAllocator, WrongSizesInteriorPfnsAndCachedDoubleFrees) {
 TEST(IovaAllocator, SizeAlignedTopDown) {
   IovaAllocator a = Make(Opts(1, 0xFFFFF));
   EXPECT_EQ(*a.AllocPfns(1, 0xFFFFF), 0xFFFFFu);
-  EXPECT_EQ(*a.AllocPfns(2, 0xFFFFF), 0xFFFFCu);  // [0xFFFFD] cannot start a 2-aligned run
-  EXPECT_EQ(*a.AllocPfns(3, 0xFFFFF), 0xFFFF8u);  // aligned to 4, 3 pages
-  EXPECT_EQ(*a.AllocPfns(1, 0xFFFFF), 0xFFFFEu);  // fills the hole above the 2-page range
-  EXPECT_EQ(*a.AllocPfns(1, 0xFFFFF), 0xFFFFBu);  // the 4th page of the 3-page slot
-  EXPECT_EQ(*a.AllocPfns(1, 0xFFFFF), 0xFFFF7u);  // everything above is taken
-  EXPECT_EQ(*a.AllocPfns(5, 0xFFFFF), 0xFFFF0u);  // aligned to 8
+  EXPECT_EQ(*a.AllocPfns(2, 0xFFFFF), 0xFFFFCu);      // [0xFFFFD] cannot start a 2-aligned run
+  EXPECT_EQ(*a.AllocPfns(3, 0xFFFFF), 0xFFFF8u);      // aligned to 4, 3 pages
+  EXPECT_EQ(*a.AllocPfns(1, 0xFFFFF), 0xFFFFEu);      // fills the hole above the 2-page range
+  EXPECT_EQ(*a.AllocPfns(1, 0xFFFFF), 0xFFFFBu);      // the 4th page of the 3-page slot
+  EXPECT_EQ(*a.AllocPfns(1, 0xFFFFF), 0xFFFF7u);      // everything above is taken
+  EXPECT_EQ(*a.AllocPfns(5, 0xFFFFF), 0xFFFF0u);      // aligned to 8
   EXPECT_EQ(*a.AllocPfns(0x300, 0xFFFFF), 0xFFC00u);  // aligned to 0x400
   EXPECT_EQ(*a.AllocPfns(1, 0x10), 0x10u);
   EXPECT_EQ(*a.AllocPfns(8, 0x10), 0x8u);
   EXPECT_INVARIANTS(a);
-  a.ForEachAllocated([](uint64_t pfn, uint64_t pages) {
-    EXPECT_EQ(pfn % std::bit_ceil(pages), 0u) << pfn;
-  });
+  a.ForEachAllocated(
+      [](uint64_t pfn, uint64_t pages) { EXPECT_EQ(pfn % std::bit_ceil(pages), 0u) << pfn; });
 }
 
 TEST(IovaAllocator, PfnZeroIsNeverHandedOut) {
@@ -569,8 +566,7 @@ TEST(IovaAllocator, ByteInterface) {
   EXPECT_EQ(a.AllocationSizeBytes(*v + 16384), std::nullopt);
   EXPECT_EQ(a.AllocIova(0, limit).status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(a.AllocIova(4096, Iova(16383)).status().code(), absl::StatusCode::kOutOfRange);
-  EXPECT_EQ(a.AllocIova(uint64_t{1} << 40, limit).status().code(),
-            absl::StatusCode::kOutOfRange);
+  EXPECT_EQ(a.AllocIova(uint64_t{1} << 40, limit).status().code(), absl::StatusCode::kOutOfRange);
   ASSERT_TRUE(a.FreeIova(*v, 5 * 16384 + 1).ok());
   EXPECT_EQ(a.AllocationSizeBytes(*v), std::nullopt);
   EXPECT_INVARIANTS(a);

@@ -125,21 +125,20 @@ IovaGapTree::Summary IovaGapTree::LeafSummaryScalar(const Node& n) {
   return sum;
 }
 
-
 bool IovaGapTree::UpdateEntry(uint32_t x) {
   const Node& n = N(x);
   const Summary sum = Summarize(n);
   if (x == root_node_) {
-    const bool changed = sum.max_len != root_.max_len || sum.below != root_.below ||
-                         sum.top != root_.top;
+    const bool changed =
+        sum.max_len != root_.max_len || sum.below != root_.below || sum.top != root_.top;
     root_ = sum;
     return changed;
   }
   Node& p = N(n.parent);
   const int s = SlotInParent(x);
   const uint64_t key = n.count > 0 ? n.lo[0] : p.lo[s];
-  const bool changed = sum.max_len != p.hi[s] || sum.below != p.below[s] || sum.top != p.top[s] ||
-                       key != p.lo[s];
+  const bool changed =
+      sum.max_len != p.hi[s] || sum.below != p.below[s] || sum.top != p.top[s] || key != p.lo[s];
   p.hi[s] = sum.max_len;
   p.below[s] = sum.below;
   p.top[s] = sum.top;
@@ -185,7 +184,7 @@ IovaGapTree::Summary IovaGapTree::WideRangeSummary(uint64_t lo, uint64_t hi) {
 }
 
 [[gnu::always_inline]] inline bool IovaGapTree::Covered(const Summary& gone, const Summary& kept,
-                                                       const Summary& whole) {
+                                                        const Summary& whole) {
   // max_len: while it holds, so does K and every order but K - 1 and K (capped
   // below, zero above); those two words are then compared like max_len. An
   // empty whole has zero words: covered. Evaluated whole, without branches.
@@ -309,11 +308,38 @@ using Pair = uint64_t __attribute__((vector_size(16)));
 constexpr int kPairs = IovaGapTree::kFanout / 2;
 // kStep[j] is all-ones iff j >= kFanout: kStep + kFanout - 1 - s marks the
 // slots above s, kStep + kFanout - s those at or above s.
-alignas(64) constexpr uint64_t kStep[2 * IovaGapTree::kFanout] = {
-    0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,
-    ~uint64_t{0}, ~uint64_t{0}, ~uint64_t{0}, ~uint64_t{0}, ~uint64_t{0}, ~uint64_t{0},
-    ~uint64_t{0}, ~uint64_t{0}, ~uint64_t{0}, ~uint64_t{0}, ~uint64_t{0}, ~uint64_t{0},
-    ~uint64_t{0}, ~uint64_t{0}, ~uint64_t{0}, ~uint64_t{0}};
+alignas(64) constexpr uint64_t kStep[2 * IovaGapTree::kFanout] = {0,
+                                                                  0,
+                                                                  0,
+                                                                  0,
+                                                                  0,
+                                                                  0,
+                                                                  0,
+                                                                  0,
+                                                                  0,
+                                                                  0,
+                                                                  0,
+                                                                  0,
+                                                                  0,
+                                                                  0,
+                                                                  0,
+                                                                  0,
+                                                                  ~uint64_t{0},
+                                                                  ~uint64_t{0},
+                                                                  ~uint64_t{0},
+                                                                  ~uint64_t{0},
+                                                                  ~uint64_t{0},
+                                                                  ~uint64_t{0},
+                                                                  ~uint64_t{0},
+                                                                  ~uint64_t{0},
+                                                                  ~uint64_t{0},
+                                                                  ~uint64_t{0},
+                                                                  ~uint64_t{0},
+                                                                  ~uint64_t{0},
+                                                                  ~uint64_t{0},
+                                                                  ~uint64_t{0},
+                                                                  ~uint64_t{0},
+                                                                  ~uint64_t{0}};
 static_assert(IovaGapTree::kFanout == 16);
 
 [[gnu::always_inline]] inline Pair LoadPair(const uint64_t* p) {
@@ -574,8 +600,7 @@ void IovaGapTree::InsertRange(uint32_t x, int slot, uint64_t lo, uint64_t hi,
   RefreshAboveInsert(p, lo, hi, shrunk);
 }
 
-void IovaGapTree::RefreshAboveInsert(uint32_t p, uint64_t lo, uint64_t hi,
-                                     const Summary& shrunk) {
+void IovaGapTree::RefreshAboveInsert(uint32_t p, uint64_t lo, uint64_t hi, const Summary& shrunk) {
   if (shrunk.max_len == 0) {
     Raise(p, RangeSummary(lo, hi));
   } else {
@@ -610,15 +635,15 @@ void IovaGapTree::CountOut(uint64_t num_pages) {
 
 // --- operations --------------------------------------------------------------
 
-IovaGapTree::Fit IovaGapTree::SearchScalar(const IovaGapTree& t, uint32_t start,
-                                           uint64_t num_pages, int order, uint64_t limit_pfn) {
+IovaGapTree::Fit IovaGapTree::SearchScalar(const IovaGapTree& t, uint32_t start, uint64_t num_pages,
+                                           int order, uint64_t limit_pfn) {
   const uint64_t align = uint64_t{1} << order;
   // An internal entry of order K has row[order] >= need iff K >= order + 2 (a
   // capped word, >= need), or K == order + 1 and below >= need, or K == order
   // and top >= need (RowWord without its shifts; need <= Cap(order)).
   const uint32_t need = num_pages < kRoomCap ? static_cast<uint32_t>(num_pages) : kRoomCap;
-  const uint64_t half = order > 0 ? uint64_t{1} << (order - 1) : 0;  // K >= order
-  const uint64_t one = uint64_t{1} << order;                          // K >= order + 1
+  const uint64_t half = order > 0 ? uint64_t{1} << (order - 1) : 0;             // K >= order
+  const uint64_t one = uint64_t{1} << order;                                    // K >= order + 1
   const uint64_t two = order < 63 ? uint64_t{1} << (order + 1) : ~uint64_t{0};  // K >= order + 2
   Walk w(t, start, limit_pfn);
   for (;;) {
@@ -636,7 +661,7 @@ IovaGapTree::Fit IovaGapTree::SearchScalar(const IovaGapTree& t, uint32_t start,
       for (; e >= 0; --e) {
         const uint64_t max_len = n->hi[e];
         const bool fits = max_len > two || (max_len > one ? n->below[e] >= need
-                                                           : max_len > half && n->top[e] >= need);
+                                                          : max_len > half && n->top[e] >= need);
         if (fits && max_len >= num_pages) break;
       }
       if (e >= 0) {

@@ -222,7 +222,7 @@ class IovaGapTree {
     uint32_t parent;          // kNil for the root
     uint32_t next;            // leaf chain (leaves only), kNil at the end
     int16_t count;
-    int16_t slot;             // index of this node's entry in its parent
+    int16_t slot;  // index of this node's entry in its parent
     bool leaf;
   };
 
@@ -369,7 +369,8 @@ class IovaGapTree {
     const uint64_t len = hi - lo + 1;
     const int k = OrderOf(len);
     if (k == 0) return Summary{len, 0, 1};
-    if (k >= 32) [[unlikely]] return WideRangeSummary(lo, hi);
+    if (k >= 32) [[unlikely]]
+      return WideRangeSummary(lo, hi);
     // 2^(k-1) < len <= 2^k < 2^32: RoomWord without its length tests and with
     // no cap at order k.
     const uint64_t neg_lo = 0 - lo;
@@ -447,8 +448,8 @@ class IovaGapTree {
   absl::Status CheckKernels(const Node& n, uint32_t x, const std::vector<uint32_t>& row,
                             uint64_t max_len) const;
   // The summary's row equals `row` (every order) and its max_len `max_len`.
-  absl::Status CheckSummary(const Summary& sum, const std::vector<uint32_t>& row,
-                            uint64_t max_len, uint32_t x, int slot) const;
+  absl::Status CheckSummary(const Summary& sum, const std::vector<uint32_t>& row, uint64_t max_len,
+                            uint32_t x, int slot) const;
 
   int num_orders_;
   SearchFn search_;

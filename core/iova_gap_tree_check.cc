@@ -27,9 +27,9 @@ absl::Status IovaGapTree::CheckSummary(const Summary& sum, const std::vector<uin
   }
   for (int k = 0; k < kOrders; ++k) {
     if (RowWord(sum, k) != row[k]) {
-      return absl::InternalError(absl::StrFormat(
-          "gap tree node %u entry %d: row[%d]=%#x, recount %#x", x, slot, k, RowWord(sum, k),
-          row[k]));
+      return absl::InternalError(
+          absl::StrFormat("gap tree node %u entry %d: row[%d]=%#x, recount %#x", x, slot, k,
+                          RowWord(sum, k), row[k]));
     }
   }
   return absl::OkStatus();
@@ -53,8 +53,7 @@ absl::Status IovaGapTree::CheckKernels(const Node& n, uint32_t x, const std::vec
   for (int i = 0; i < impls; ++i) {
     const Impl& impl = n.leaf ? leaf[i] : internal[i];
     if (absl::Status st = CheckSummary(impl.fn(n), row, max_len, x, -1); !st.ok()) {
-      return absl::InternalError(
-          absl::StrFormat("%s summary kernel: %s", impl.name, st.message()));
+      return absl::InternalError(absl::StrFormat("%s summary kernel: %s", impl.name, st.message()));
     }
   }
   return absl::OkStatus();
@@ -66,8 +65,8 @@ absl::Status IovaGapTree::CheckNode(uint32_t x, uint32_t parent, int depth, int*
   const Node& n = N(x);
   ++*nodes;
   if (n.parent != parent) {
-    return absl::InternalError(absl::StrFormat("gap tree node %u: parent link %u, want %u",
-                                               x, n.parent, parent));
+    return absl::InternalError(
+        absl::StrFormat("gap tree node %u: parent link %u, want %u", x, n.parent, parent));
   }
   const int min_fill = x == root_node_ ? (n.leaf ? 0 : 2) : kMinFill;
   if (n.count < min_fill || n.count > kFanout) {
@@ -75,8 +74,8 @@ absl::Status IovaGapTree::CheckNode(uint32_t x, uint32_t parent, int depth, int*
   }
   for (int s = n.count; s < kFanout; ++s) {
     if (n.lo[s] != kNoKey) {
-      return absl::InternalError(absl::StrFormat("gap tree node %u: unused slot %d has key %#x",
-                                                 x, s, n.lo[s]));
+      return absl::InternalError(
+          absl::StrFormat("gap tree node %u: unused slot %d has key %#x", x, s, n.lo[s]));
     }
   }
   row_out->assign(kOrders, 0);
@@ -89,8 +88,8 @@ absl::Status IovaGapTree::CheckNode(uint32_t x, uint32_t parent, int depth, int*
   if (n.leaf) {
     if (*leaf_depth < 0) *leaf_depth = depth;
     if (depth != *leaf_depth) {
-      return absl::InternalError(absl::StrFormat("gap tree leaf %u at depth %d, want %d", x,
-                                                 depth, *leaf_depth));
+      return absl::InternalError(
+          absl::StrFormat("gap tree leaf %u at depth %d, want %d", x, depth, *leaf_depth));
     }
     leaves->push_back(x);
     for (int s = 0; s < n.count; ++s) {
@@ -113,12 +112,12 @@ absl::Status IovaGapTree::CheckNode(uint32_t x, uint32_t parent, int depth, int*
       return st;
     }
     if (N(c).slot != s) {
-      return absl::InternalError(absl::StrFormat("gap tree node %u: child %u has slot %d, is at %d",
-                                                 x, c, N(c).slot, s));
+      return absl::InternalError(
+          absl::StrFormat("gap tree node %u: child %u has slot %d, is at %d", x, c, N(c).slot, s));
     }
     if (n.lo[s] != N(c).lo[0]) {
-      return absl::InternalError(absl::StrFormat("gap tree node %u: key %d is %#x, child's %#x",
-                                                 x, s, n.lo[s], N(c).lo[0]));
+      return absl::InternalError(absl::StrFormat("gap tree node %u: key %d is %#x, child's %#x", x,
+                                                 s, n.lo[s], N(c).lo[0]));
     }
     if (absl::Status st = CheckSummary(Summary{n.hi[s], n.below[s], n.top[s]}, row, max_len, x, s);
         !st.ok()) {
@@ -146,8 +145,8 @@ absl::Status IovaGapTree::CheckInvariants() const {
   uint32_t x = LeftmostLeaf();
   for (size_t i = 0; i < leaves.size(); ++i, x = N(x).next) {
     if (x != leaves[i]) {
-      return absl::InternalError(absl::StrFormat("gap tree: leaf chain has %u at %u, want %u", x,
-                                                 i, leaves[i]));
+      return absl::InternalError(
+          absl::StrFormat("gap tree: leaf chain has %u at %u, want %u", x, i, leaves[i]));
     }
   }
   if (x != kNil) return absl::InternalError("gap tree: leaf chain runs past the last leaf");
@@ -159,9 +158,9 @@ absl::Status IovaGapTree::CheckInvariants() const {
   absl::Status order_status;
   ForEach([&](Range r) {
     if (have_prev && r.lo <= prev_hi + 1 && order_status.ok()) {
-      order_status = absl::InternalError(absl::StrFormat(
-          "gap tree: range [%#x, %#x] overlaps or touches previous ending %#x", r.lo, r.hi,
-          prev_hi));
+      order_status = absl::InternalError(
+          absl::StrFormat("gap tree: range [%#x, %#x] overlaps or touches previous ending %#x",
+                          r.lo, r.hi, prev_hi));
     }
     have_prev = true;
     prev_hi = r.hi;
@@ -171,9 +170,9 @@ absl::Status IovaGapTree::CheckInvariants() const {
   });
   if (!order_status.ok()) return order_status;
   if (count != range_count_ || pages != free_pages_) {
-    return absl::InternalError(absl::StrFormat(
-        "gap tree: counted %u ranges/%#x pages, tracked %u/%#x", count, pages,
-        range_count_, free_pages_));
+    return absl::InternalError(
+        absl::StrFormat("gap tree: counted %u ranges/%#x pages, tracked %u/%#x", count, pages,
+                        range_count_, free_pages_));
   }
   for (int b = 0; b < kHistogramBuckets; ++b) {
     if (hist[b] != histogram_[b]) {
@@ -186,6 +185,5 @@ absl::Status IovaGapTree::CheckInvariants() const {
   }
   return absl::OkStatus();
 }
-
 
 }  // namespace iommu::core::internal

@@ -122,7 +122,8 @@ constexpr int kVectors32 = IovaGapTree::kFanout / 8;
 }
 // WordMax on 32-bit lanes before its reduction (the lanewise maxima).
 // REQUIRES every len < 2^kNarrowBits, j <= kNarrowBits.
-[[gnu::always_inline]] inline Lanes32 WordLanes32(const Lanes32* len, const Lanes32* neg_lo, int j) {
+[[gnu::always_inline]] inline Lanes32 WordLanes32(const Lanes32* len, const Lanes32* neg_lo,
+                                                  int j) {
   const Lanes32 mask = SplatLanes32(static_cast<int32_t>((int64_t{1} << j) - 1));
   const Lanes32 cap = SplatLanes32(static_cast<int32_t>(int64_t{1} << j));
   const Lanes32 half = SplatLanes32(j > 0 ? int32_t{1} << (j - 1) : 0);
@@ -139,8 +140,8 @@ constexpr int kVectors32 = IovaGapTree::kFanout / 8;
 // The leaf summary for count <= kFanout ranges held in lo/hi, lanes past
 // `count` ignored; returns false (and leaves *out alone) if some range has
 // 2^32 pages or more, which the scalar code handles.
-[[gnu::always_inline]] inline bool LeafLanesBody(const uint64_t* lo, const uint64_t* hi,
-                                                 int count, uint64_t* max_len, uint32_t* below,
+[[gnu::always_inline]] inline bool LeafLanesBody(const uint64_t* lo, const uint64_t* hi, int count,
+                                                 uint64_t* max_len, uint32_t* below,
                                                  uint32_t* top) {
   constexpr int kVectors = IovaGapTree::kFanout / kLanes;
   Lanes len[kVectors];
@@ -344,10 +345,10 @@ constexpr std::array<int32_t, IovaGapTree::kFanout> kSlotBit32 = [] {
 // LeafFitBits and InternalFitBits.
 struct LaneQuery {
   ULanes num_pages;
-  ULanes back;   // num_pages - 1
-  ULanes keep;   // ~(align - 1)
-  ULanes one;    // 2^order
-  ULanes two;    // 2^(order+1), saturated
+  ULanes back;  // num_pages - 1
+  ULanes keep;  // ~(align - 1)
+  ULanes one;   // 2^order
+  ULanes two;   // 2^(order+1), saturated
   ULanes32 need;
 };
 
@@ -438,8 +439,8 @@ IovaGapTree::Fit IovaGapTree::SearchLanesBody(uint32_t start, uint64_t num_pages
   }
 }
 
-IovaGapTree::Fit IovaGapTree::SearchLanes(const IovaGapTree& t, uint32_t start,
-                                          uint64_t num_pages, int order, uint64_t limit_pfn) {
+IovaGapTree::Fit IovaGapTree::SearchLanes(const IovaGapTree& t, uint32_t start, uint64_t num_pages,
+                                          int order, uint64_t limit_pfn) {
   return t.SearchLanesBody(start, num_pages, order, limit_pfn);
 }
 

@@ -23,7 +23,10 @@ using Rng = Xorshift64;
 // The free set as a sorted map lo -> hi, searched linearly.
 class Model {
  public:
-  void Free(uint64_t lo, uint64_t hi) { free_[lo] = hi; Coalesce(lo); }
+  void Free(uint64_t lo, uint64_t hi) {
+    free_[lo] = hi;
+    Coalesce(lo);
+  }
   // Linux placement: the highest aligned fit ending at or below the limit.
   uint64_t HighestFit(uint64_t n, int order, uint64_t limit, bool* found) const {
     for (auto it = free_.upper_bound(limit); it != free_.begin();) {
@@ -320,8 +323,7 @@ TEST(IovaGapTreeTest, TakeAndQueriesAcrossLeaves) {
 // allocate a request of next_size() pages at the model's highest fit below a
 // random limit, the rest free a random live range; invariants after each.
 template <typename SizeFn>
-void RandomFitsMatchModel(uint64_t end, int num_orders, uint64_t seed, int ops,
-                          SizeFn next_size) {
+void RandomFitsMatchModel(uint64_t end, int num_orders, uint64_t seed, int ops, SizeFn next_size) {
   IovaGapTree t(num_orders);
   Model m;
   t.Release(1, end);
@@ -466,8 +468,7 @@ TEST(IovaGapTreeTest, LeafShiftsAtEverySlotAndCount) {
             break;
         }
         ASSERT_TRUE(t.CheckInvariants().ok())
-            << "count " << count << " slot " << slot << " op " << op << ": "
-            << t.CheckInvariants();
+            << "count " << count << " slot " << slot << " op " << op << ": " << t.CheckInvariants();
         ExpectSameRanges(t, m);
         bool found = false;
         const uint64_t want = m.HighestFit(2, 1, ~uint64_t{0}, &found);
@@ -541,13 +542,13 @@ TEST(IovaGapTreeTest, SearchImplementationsAgree) {
       for (const IovaGapTree::SearchImpl impl : impls) {
         for (const bool from_root : {false, true}) {
           const IovaGapTree::Fit fit = t.FindHighestFitUsing(impl, n, order, limit, from_root);
-          ASSERT_EQ(fit.node != 0, found) << "op " << op << " impl " << static_cast<int>(impl)
-                                          << " from_root " << from_root << " n=" << n
-                                          << " limit=" << limit;
+          ASSERT_EQ(fit.node != 0, found)
+              << "op " << op << " impl " << static_cast<int>(impl) << " from_root " << from_root
+              << " n=" << n << " limit=" << limit;
           if (found) {
-            ASSERT_EQ(fit.pfn, want) << "op " << op << " impl " << static_cast<int>(impl)
-                                     << " from_root " << from_root << " n=" << n
-                                     << " limit=" << limit;
+            ASSERT_EQ(fit.pfn, want)
+                << "op " << op << " impl " << static_cast<int>(impl) << " from_root " << from_root
+                << " n=" << n << " limit=" << limit;
           }
         }
       }

@@ -62,8 +62,8 @@ bool IovaMagazineCache::StructureOk() const {
     const uint64_t* first = storage_.data() + depth_ * mags_per_class * cls;
     std::set<const uint64_t*> seen;
     auto own = [&](const uint64_t* mag) {
-      const bool inside = mag >= first && mag < first + depth_ * mags_per_class &&
-                          (mag - first) % depth_ == 0;
+      const bool inside =
+          mag >= first && mag < first + depth_ * mags_per_class && (mag - first) % depth_ == 0;
       return inside && seen.insert(mag).second;
     };
     if (loaded_count_[cls] > depth_ || c.prev_count > depth_ || c.depot_count > depot_size_) {

@@ -202,7 +202,7 @@ class IovaMagazineCache {
   // Indexed by size class. The cache-hit paths touch only the loaded
   // magazine and its count, each in an array of words (indexed by scaled
   // addressing, no multiply).
-  std::array<uint64_t*, kMaxClasses> loaded_{};    // loaded magazines
+  std::array<uint64_t*, kMaxClasses> loaded_{};       // loaded magazines
   std::array<uint64_t, kMaxClasses> loaded_count_{};  // pfns loaded_[c][0, loaded_count_[c])
   std::array<Class, kMaxClasses> classes_;
   // All magazines and the classes' mags arrays; never reallocated after

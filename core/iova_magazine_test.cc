@@ -191,8 +191,8 @@ TEST(IovaMagazineCache, PopBelowScansTheLoadedMagazine) {
 // against the model: the same pops, the same spills in the same order, the
 // same contents, counts and totals after every operation.
 TEST(IovaMagazineCache, RandomAgainstModel) {
-  for (const auto& [depth, depot] : {std::pair<uint32_t, uint32_t>{127, 32}, {3, 2}, {1, 0},
-                                     {5, 1}}) {
+  for (const auto& [depth, depot] :
+       {std::pair<uint32_t, uint32_t>{127, 32}, {3, 2}, {1, 0}, {5, 1}}) {
     SCOPED_TRACE(testing::Message() << "depth " << depth << " depot " << depot);
     constexpr int kClasses = 4;
     IovaMagazineCache cache(kClasses, depth, depot);

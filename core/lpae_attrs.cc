@@ -86,9 +86,15 @@ Prot DecodeProt(Stage stage, uint64_t pte) {
 LeafAttrs DecodeAttrs(Stage stage, uint64_t pte) {
   LeafAttrs a;
   switch ((pte & kPteShMask) >> kPteShShift) {
-    case 3: a.shareability = Shareability::kInner; break;
-    case 2: a.shareability = Shareability::kOuter; break;
-    default: a.shareability = Shareability::kNonShareable; break;
+    case 3:
+      a.shareability = Shareability::kInner;
+      break;
+    case 2:
+      a.shareability = Shareability::kOuter;
+      break;
+    default:
+      a.shareability = Shareability::kNonShareable;
+      break;
   }
   a.access_flag = pte & kPteAf;
   if (stage == Stage::kStage1) {

@@ -79,9 +79,8 @@ inline constexpr unsigned kPteSwCountLoShift = 2;
 inline constexpr unsigned kPteSwCountLoBits = 10;
 inline constexpr unsigned kPteSwCountHiShift = 55;
 inline constexpr unsigned kPteSwCountHiBits = 4;
-inline constexpr uint64_t kPteSwCountMask =
-    (LowMask(kPteSwCountLoBits) << kPteSwCountLoShift) |
-    (LowMask(kPteSwCountHiBits) << kPteSwCountHiShift);
+inline constexpr uint64_t kPteSwCountMask = (LowMask(kPteSwCountLoBits) << kPteSwCountLoShift) |
+                                            (LowMask(kPteSwCountHiBits) << kPteSwCountHiShift);
 inline constexpr uint64_t kMaxTableCount = LowMask(kPteSwCountLoBits + kPteSwCountHiBits);
 
 // The live-entry count a table descriptor carries.
@@ -123,16 +122,15 @@ inline constexpr uint64_t kMairAttrNc = 0x44;
 inline constexpr uint64_t kMairAttrWbrwa = 0xff;
 inline constexpr uint64_t kMairAttrDevice = 0x04;
 inline constexpr uint64_t kMairAttrIncOwbrwa = 0xf4;
-inline constexpr uint64_t kMairValue = (kMairAttrNc << (8 * kMairIdxNc)) |
-                                       (kMairAttrWbrwa << (8 * kMairIdxCache)) |
-                                       (kMairAttrDevice << (8 * kMairIdxDev)) |
-                                       (kMairAttrIncOwbrwa << (8 * kMairIdxIncOcache));
+inline constexpr uint64_t kMairValue =
+    (kMairAttrNc << (8 * kMairIdxNc)) | (kMairAttrWbrwa << (8 * kMairIdxCache)) |
+    (kMairAttrDevice << (8 * kMairIdxDev)) | (kMairAttrIncOwbrwa << (8 * kMairIdxIncOcache));
 constexpr uint64_t AttrIndx(uint64_t mair_idx) { return mair_idx << kPteAttrIndxShift; }
 
 // --- Stage-2 leaf attributes ---
-inline constexpr uint64_t kPteS2Xn = uint64_t{1} << 54;       // XN[1]: never executable
-inline constexpr uint64_t kPteS2ApWrite = uint64_t{1} << 7;   // S2AP[1]
-inline constexpr uint64_t kPteS2ApRead = uint64_t{1} << 6;    // S2AP[0]
+inline constexpr uint64_t kPteS2Xn = uint64_t{1} << 54;      // XN[1]: never executable
+inline constexpr uint64_t kPteS2ApWrite = uint64_t{1} << 7;  // S2AP[1]
+inline constexpr uint64_t kPteS2ApRead = uint64_t{1} << 6;   // S2AP[0]
 inline constexpr unsigned kPteS2MemAttrShift = 2;
 inline constexpr uint64_t kPteS2MemAttrMask = uint64_t{0xf} << kPteS2MemAttrShift;
 inline constexpr uint64_t kPteS2MemAttrOiwb = uint64_t{0xf} << kPteS2MemAttrShift;
@@ -141,8 +139,7 @@ inline constexpr uint64_t kPteS2MemAttrDev = uint64_t{0x1} << kPteS2MemAttrShift
 
 // Every attribute bit a leaf written by this format may carry, per stage.
 inline constexpr uint64_t kPteS1LeafAttrs = kPteXn | kPtePxn | kPteNg | kPteAf | kPteShMask |
-                                            kPteApRdonly | kPteApUnpriv | kPteNs |
-                                            kPteAttrIndxMask;
+                                            kPteApRdonly | kPteApUnpriv | kPteNs | kPteAttrIndxMask;
 inline constexpr uint64_t kPteS2LeafAttrs =
     kPteS2Xn | kPteAf | kPteShMask | kPteS2ApWrite | kPteS2ApRead | kPteS2MemAttrMask;
 
@@ -161,9 +158,7 @@ static_assert(((kPteS1LeafAttrs | kPteS2LeafAttrs) & kPteTypeMask) == 0);
 constexpr bool IsGranuleShift(unsigned granule_shift) {
   return granule_shift == 12 || granule_shift == 14 || granule_shift == 16;
 }
-constexpr unsigned BitsPerLevel(unsigned granule_shift) {
-  return granule_shift - kPteBytesLog2;
-}
+constexpr unsigned BitsPerLevel(unsigned granule_shift) { return granule_shift - kPteBytesLog2; }
 // IOVA bit where the index of `level` starts = log2 of the bytes one entry
 // at `level` covers.
 constexpr unsigned LevelShift(unsigned granule_shift, int level) {
@@ -197,8 +192,8 @@ struct Geometry {
   unsigned granule_shift = 0;
   unsigned bits_per_level = 0;
   int start_level = 0;
-  unsigned pgd_bits = 0;        // index bits resolved by the root
-  unsigned concat_tables = 1;   // stage-2 concatenated tables in the root
+  unsigned pgd_bits = 0;       // index bits resolved by the root
+  unsigned concat_tables = 1;  // stage-2 concatenated tables in the root
 
   constexpr uint64_t RootEntries() const { return uint64_t{1} << pgd_bits; }
   constexpr uint64_t RootBytes() const { return RootEntries() << kPteBytesLog2; }

@@ -28,8 +28,8 @@ constexpr uint64_t kPa = 0x8000'0000;
 std::unique_ptr<LpaePgtable> Make(Stage stage, unsigned granule_shift, uint32_t quirks = 0) {
   static NoFlush flush;
   IoPgtableCfg cfg;
-  cfg.format = stage == Stage::kStage1 ? IoPgtableFormat::kArm64LpaeS1
-                                       : IoPgtableFormat::kArm64LpaeS2;
+  cfg.format =
+      stage == Stage::kStage1 ? IoPgtableFormat::kArm64LpaeS1 : IoPgtableFormat::kArm64LpaeS2;
   cfg.pgsize_bitmap = lpae::PgsizeBitmapForGranule(granule_shift);
   cfg.ias = 48;
   cfg.oas = 48;
@@ -118,13 +118,11 @@ TEST(LpaeDecodeTest, Stage1Grants) {
 }
 
 TEST(LpaeDecodeTest, Stage2Grants) {
-  const uint8_t rw = Grant::kReadUnpriv | Grant::kWriteUnpriv | Grant::kReadPriv |
-                     Grant::kWritePriv;
-  EXPECT_EQ(WalkGrant(Stage::kStage2, kRW),
-            G(rw | Grant::kExecUnpriv | Grant::kExecPriv));
+  const uint8_t rw =
+      Grant::kReadUnpriv | Grant::kWriteUnpriv | Grant::kReadPriv | Grant::kWritePriv;
+  EXPECT_EQ(WalkGrant(Stage::kStage2, kRW), G(rw | Grant::kExecUnpriv | Grant::kExecPriv));
   EXPECT_EQ(WalkGrant(Stage::kStage2, kRW | Prot::kNoExec), G(rw));
-  EXPECT_EQ(WalkGrant(Stage::kStage2, Prot::kWrite),
-            G(Grant::kWriteUnpriv | Grant::kWritePriv));
+  EXPECT_EQ(WalkGrant(Stage::kStage2, Prot::kWrite), G(Grant::kWriteUnpriv | Grant::kWritePriv));
   EXPECT_EQ(WalkGrant(Stage::kStage2, Prot::kRead | Prot::kNoExec),
             G(Grant::kReadUnpriv | Grant::kReadPriv));
 }
@@ -179,8 +177,8 @@ TEST(LpaeGeometryTest, CoversExactlyTheIasForEveryConfig) {
 // The table-descriptor software count round-trips every value a table can
 // hold and never disturbs the address, type or NSTable bits.
 TEST(LpaeFormatTest, TableCountFieldRoundTripsAndKeepsDescriptorBits) {
-  const uint64_t desc = (uint64_t{0xfedc'ba98'7000} & lpae::kPteAddrMask) | lpae::kPteTypeTable |
-                        lpae::kPteNsTable;
+  const uint64_t desc =
+      (uint64_t{0xfedc'ba98'7000} & lpae::kPteAddrMask) | lpae::kPteTypeTable | lpae::kPteNsTable;
   for (uint64_t count = 0; count <= lpae::kMaxTableCount; ++count) {
     const uint64_t with = lpae::WithTableCount(desc, count);
     ASSERT_EQ(lpae::TableCount(with), count);

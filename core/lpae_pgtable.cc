@@ -64,11 +64,11 @@ absl::StatusOr<std::unique_ptr<LpaePgtable>> LpaePgtable::Create(const IoPgtable
                         "smallest page size must be a 4K, 16K or 64K granule");
   }
   if (cfg.pgsize_bitmap & ~lpae::PgsizeBitmapForGranule(granule_shift)) {
-    return InvalidField("pgsize_bitmap", cfg.pgsize_bitmap,
-                        absl::StrFormat("holds sizes that are no leaf size of the %uK granule "
-                                        "(allowed: %#x)",
-                                        1u << (granule_shift - 10),
-                                        lpae::PgsizeBitmapForGranule(granule_shift)));
+    return InvalidField(
+        "pgsize_bitmap", cfg.pgsize_bitmap,
+        absl::StrFormat("holds sizes that are no leaf size of the %uK granule "
+                        "(allowed: %#x)",
+                        1u << (granule_shift - 10), lpae::PgsizeBitmapForGranule(granule_shift)));
   }
   const lpae::Geometry geometry = lpae::ComputeGeometry(granule_shift, cfg.ias, stage);
   const uint64_t root_entry_bytes = uint64_t{1}
@@ -129,15 +129,15 @@ uint64_t* LpaePgtable::AllocTable(int level) {
   } else if (bytes == geometry_.GranuleBytes()) {
     table = static_cast<uint64_t*>(pool_.Alloc(bytes));
   } else {  // a root smaller than a granule, or concatenated
-    void* mem = ::operator new(bytes, std::align_val_t{std::max<uint64_t>(bytes, 64)});
+    void* mem = ::operator new (bytes, std::align_val_t{std::max<uint64_t>(bytes, 64)});
     std::memset(mem, 0, bytes);
     table = static_cast<uint64_t*>(mem);
   }
   // A table below the root is referenced by a descriptor: its host address
   // must fit the output-address field (below 2^48, granule-aligned).
-  assert((level == start_level_ ||
-          (reinterpret_cast<uintptr_t>(table) & ~lpae::kPteAddrMask) == 0) &&
-         "host table address does not fit a table descriptor");
+  assert(
+      (level == start_level_ || (reinterpret_cast<uintptr_t>(table) & ~lpae::kPteAddrMask) == 0) &&
+      "host table address does not fit a table descriptor");
   ++table_count_;
   table_bytes_ += bytes;
   return table;
@@ -165,7 +165,7 @@ void LpaePgtable::ReleaseTable(uint64_t* table, int level, bool zeroed) {
     if (!zeroed) std::memset(table, 0, bytes);
     pool_.Free(table, bytes);
   } else {
-    ::operator delete(table, std::align_val_t{std::max<uint64_t>(bytes, 64)});
+    ::operator delete (table, std::align_val_t{std::max<uint64_t>(bytes, 64)});
   }
   --table_count_;
   table_bytes_ -= bytes;
@@ -306,8 +306,8 @@ absl::Status LpaePgtable::MapPages(Iova iova, PhysAddr paddr, uint64_t pgsize_by
     cached_attrs_ = lpae::ProtToLeafAttrs(stage_, cfg_.quirks, prot);
     cached_prot_ = prot;
   }
-  const uint64_t pte_bits = cached_attrs_ |
-                            (level == kLeafLevel ? lpae::kPteTypePage : lpae::kPteTypeBlock);
+  const uint64_t pte_bits =
+      cached_attrs_ | (level == kLeafLevel ? lpae::kPteTypePage : lpae::kPteTypeBlock);
   // Fast path: one leaf into the leaf table the walk cache holds.
   if (pgcount == 1 && CacheHit(va, level)) {
     uint64_t* ptep = walk_cache_.tables[level] + Index(va, level);

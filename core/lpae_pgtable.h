@@ -119,7 +119,7 @@ class LpaePgtable final : public IoPgtableOps {
   // The tables a walk passed through, by level, and where it stopped.
   struct Cursor {
     std::array<uint64_t*, lpae::kMaxLevels> tables{};
-    int level = 0;            // level of the entry at ptep
+    int level = 0;  // level of the entry at ptep
     uint64_t* ptep = nullptr;
   };
   struct Counts;

@@ -85,8 +85,9 @@ void BM_MapUnmapBatch(benchmark::State& state) {
     benchmark::DoNotOptimize(ops->UnmapPages(iova, kSz4K, pgcount, &gather));
   }
   state.SetItemsProcessed(int64_t(state.iterations() * pgcount));
-  state.counters["ns_per_page"] = benchmark::Counter(
-      double(state.iterations() * pgcount), benchmark::Counter::kIsRate | benchmark::Counter::kInvert);
+  state.counters["ns_per_page"] =
+      benchmark::Counter(double(state.iterations() * pgcount),
+                         benchmark::Counter::kIsRate | benchmark::Counter::kInvert);
 }
 BENCHMARK(BM_MapUnmapBatch)->ArgNames({"pages", "queued"})->ArgsProduct({{64, 512}, {0, 1}});
 

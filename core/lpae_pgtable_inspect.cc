@@ -115,13 +115,12 @@ absl::Status LpaePgtable::CheckTable(const uint64_t* table, int level, uint64_t 
     const uint64_t va = base_va + (i << shift_[level]);
     const uint64_t type = pte & lpae::kPteTypeMask;
     auto bad = [&](const char* why) {
-      return absl::InternalError(absl::StrFormat("level %d entry %u (iova %#x) pte %#x: %s", level,
-                                                 i, va, pte, why));
+      return absl::InternalError(
+          absl::StrFormat("level %d entry %u (iova %#x) pte %#x: %s", level, i, va, pte, why));
     };
     if (!(pte & lpae::kPteValid)) return bad("invalid descriptor with stray bits");
     if (level < kLeafLevel && type == lpae::kPteTypeTable) {
-      if (pte & ~(lpae::kPteAddrMask | lpae::kPteTypeMask | lpae::kPteSwCountMask |
-                  table_attrs_)) {
+      if (pte & ~(lpae::kPteAddrMask | lpae::kPteTypeMask | lpae::kPteSwCountMask | table_attrs_)) {
         return bad("table descriptor with unexpected attribute bits");
       }
       const uint64_t* child = TablePtr(pte);
@@ -131,8 +130,8 @@ absl::Status LpaePgtable::CheckTable(const uint64_t* table, int level, uint64_t 
       RETURN_IF_ERROR(CheckTable(child, level + 1, va, lpae::TableCount(pte), counts));
       continue;
     }
-    const bool leaf_type = level == kLeafLevel ? type == lpae::kPteTypePage
-                                                : type == lpae::kPteTypeBlock;
+    const bool leaf_type =
+        level == kLeafLevel ? type == lpae::kPteTypePage : type == lpae::kPteTypeBlock;
     if (!leaf_type) return bad("descriptor type invalid at this level");
     if (!leaf_allowed_[level]) return bad("leaf of a size outside pgsize_bitmap");
     if (pte & ~(lpae::kPteAddrMask | lpae::kPteTypeMask | leaf_attrs)) {
@@ -145,9 +144,10 @@ absl::Status LpaePgtable::CheckTable(const uint64_t* table, int level, uint64_t 
     ++counts->leaves[level];
   }
   if (live != live_word) {
-    return absl::InternalError(absl::StrFormat("level %d table at iova %#x: %u live entries, "
-                                               "its descriptor's count says %u",
-                                               level, base_va, live, live_word));
+    return absl::InternalError(
+        absl::StrFormat("level %d table at iova %#x: %u live entries, "
+                        "its descriptor's count says %u",
+                        level, base_va, live, live_word));
   }
   if (live == 0 && level != start_level_) {
     return absl::InternalError(
@@ -158,7 +158,8 @@ absl::Status LpaePgtable::CheckTable(const uint64_t* table, int level, uint64_t 
 
 absl::Status LpaePgtable::CheckFreeList() const {
   uint64_t n = 0;
-  for (const uint64_t* t = free_tables_; t != nullptr; t = reinterpret_cast<const uint64_t*>(t[0])) {
+  for (const uint64_t* t = free_tables_; t != nullptr;
+       t = reinterpret_cast<const uint64_t*>(t[0])) {
     if (++n > kMaxCachedTables) {
       return absl::InternalError(absl::StrFormat("free list longer than %u", kMaxCachedTables));
     }
@@ -173,8 +174,8 @@ absl::Status LpaePgtable::CheckFreeList() const {
     }
   }
   if (n != cached_table_count_) {
-    return absl::InternalError(absl::StrFormat("free list holds %u tables, accounted %u", n,
-                                               cached_table_count_));
+    return absl::InternalError(
+        absl::StrFormat("free list holds %u tables, accounted %u", n, cached_table_count_));
   }
   return absl::OkStatus();
 }
@@ -184,12 +185,11 @@ absl::Status LpaePgtable::CheckInvariants() const {
     return absl::InternalError(absl::StrFormat("root count word %#x has stray bits", root_count_));
   }
   Counts counts;
-  RETURN_IF_ERROR(
-      CheckTable(root_, start_level_, 0, lpae::TableCount(root_count_), &counts));
+  RETURN_IF_ERROR(CheckTable(root_, start_level_, 0, lpae::TableCount(root_count_), &counts));
   if (counts.tables != table_count_ || counts.table_bytes != table_bytes_) {
-    return absl::InternalError(absl::StrFormat(
-        "found %u tables / %u bytes, accounted %u / %u", counts.tables, counts.table_bytes,
-        table_count_, table_bytes_));
+    return absl::InternalError(absl::StrFormat("found %u tables / %u bytes, accounted %u / %u",
+                                               counts.tables, counts.table_bytes, table_count_,
+                                               table_bytes_));
   }
   for (int level = 0; level < lpae::kMaxLevels; ++level) {
     if (counts.leaves[level] != leaf_count_[level]) {

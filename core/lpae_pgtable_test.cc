@@ -6,8 +6,8 @@
 #include "core/lpae_pgtable.h"
 
 #include <algorithm>
-#include <iterator>
 #include <functional>
+#include <iterator>
 #include <map>
 #include <memory>
 #include <vector>
@@ -46,8 +46,7 @@ class RecordingFlush final : public FlushOps {
   }
   void TlbAddPages(IotlbGather* gather, Iova iova, uint64_t granule_bytes,
                    uint64_t count) override {
-    calls.push_back(
-        {Call::kAddPages, iova.value(), granule_bytes * count, granule_bytes, count});
+    calls.push_back({Call::kAddPages, iova.value(), granule_bytes * count, granule_bytes, count});
     gather->AddRange(iova, granule_bytes * count);
   }
   size_t Count(Call::Kind kind) const {
@@ -118,8 +117,7 @@ TEST(LpaePgtableCreateTest, RejectsBadConfigs) {
   };
   IoPgtableCfg cfg = Cfg4K();
   EXPECT_TRUE(code(cfg).ok());
-  EXPECT_EQ(AllocIoPgtableOps(cfg, nullptr).status().message(),
-            "flush_ops=0: must be non-null");
+  EXPECT_EQ(AllocIoPgtableOps(cfg, nullptr).status().message(), "flush_ops=0: must be non-null");
   cfg.format = IoPgtableFormat::kUnspecified;
   EXPECT_EQ(code(cfg).code(), absl::StatusCode::kInvalidArgument);
   cfg = Cfg4K();
@@ -260,8 +258,8 @@ TEST_F(LpaePgtableTest, UnmapReportsLeavesAndFreesEmptyTables) {
   // Three tables freed, each after a walk flush over its range.
   ASSERT_EQ(flush_.Count(RecordingFlush::Call::kWalk), 3u);
   const auto& last3 = flush_.calls;
-  EXPECT_EQ(last3[2].size_bytes, kSz2M);          // the L3 table's range
-  EXPECT_EQ(last3[3].size_bytes, kSz1G);          // the L2 table's
+  EXPECT_EQ(last3[2].size_bytes, kSz2M);              // the L3 table's range
+  EXPECT_EQ(last3[3].size_bytes, kSz1G);              // the L2 table's
   EXPECT_EQ(last3[4].size_bytes, uint64_t{1} << 39);  // the L1 table's
   EXPECT_EQ(last3[2].iova, 0x1'0000'0000u);
 }
@@ -505,8 +503,7 @@ TEST_F(LpaePgtableTest, MapHelperUsesLargestPagesAllOrNothing) {
   // Overlapping Map fails without trace; so does one whose paddr leaves oas.
   const absl::Status s = pt_->Map(Iova(iova + size - kSz4K), PhysAddr(0), 2 * kSz4K, kRW);
   EXPECT_EQ(s.code(), absl::StatusCode::kAlreadyExists);
-  EXPECT_EQ(pt_->Map(Iova(4 * kSz1G), PhysAddr((uint64_t{1} << 40) - kSz4K), 2 * kSz4K, kRW)
-                .code(),
+  EXPECT_EQ(pt_->Map(Iova(4 * kSz1G), PhysAddr((uint64_t{1} << 40) - kSz4K), 2 * kSz4K, kRW).code(),
             absl::StatusCode::kOutOfRange);
   EXPECT_EQ(pt_->Stats().mapped_bytes, size);
   auto r = pt_->Unmap(Iova(iova), size, &gather_);
@@ -564,13 +561,13 @@ TEST_P(LpaeRandomTest, MatchesReferenceModel) {
   auto random_iova = [&](size_t k) {
     uint64_t iova = 0;
     for (size_t j = k; j < nsizes; ++j) {
-      const uint64_t limit =
-          j == 0 ? 64 : j == nsizes - 1 ? (j == k ? 4 : 2) : (j == k ? 8 : 4);
+      const uint64_t limit = j == 0 ? 64 : j == nsizes - 1 ? (j == k ? 4 : 2) : (j == k ? 8 : 4);
       iova += (rng.Next() % limit) * sizes[j];
     }
     return iova;
   };
-  auto model_find = [&](uint64_t iova) -> std::map<uint64_t, std::pair<uint64_t, uint64_t>>::iterator {
+  auto model_find =
+      [&](uint64_t iova) -> std::map<uint64_t, std::pair<uint64_t, uint64_t>>::iterator {
     auto it = model.upper_bound(iova);
     if (it == model.begin()) return model.end();
     --it;
@@ -580,8 +577,7 @@ TEST_P(LpaeRandomTest, MatchesReferenceModel) {
   // becomes next-level entries (bits_per_level = granule_shift - 3 down),
   // partly removed ones recursively.
   std::function<void(uint64_t, uint64_t, uint64_t, uint64_t, uint64_t)> split =
-      [&](uint64_t block_iova, uint64_t block_pa, uint64_t block_size, uint64_t rf,
-          uint64_t rl) {
+      [&](uint64_t block_iova, uint64_t block_pa, uint64_t block_size, uint64_t rf, uint64_t rl) {
         const uint64_t step = block_size >> (GetParam().granule_shift - 3);
         for (uint64_t off = 0; off < block_size; off += step) {
           const uint64_t f = block_iova + off, l = f + step - 1;

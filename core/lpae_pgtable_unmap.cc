@@ -20,9 +20,8 @@ using lpae::kLeafLevel;
 
 // --- Unmap ---------------------------------------------------------------------
 
-absl::StatusOr<uint64_t> LpaePgtable::UnmapPages(Iova iova, uint64_t pgsize_bytes,
-                                                 uint64_t pgcount, IotlbGather* gather,
-                                                 UnmapFlags flags) {
+absl::StatusOr<uint64_t> LpaePgtable::UnmapPages(Iova iova, uint64_t pgsize_bytes, uint64_t pgcount,
+                                                 IotlbGather* gather, UnmapFlags flags) {
   assert(gather != nullptr);
   const uint64_t va = iova.value();
   const unsigned s = unsigned(std::countr_zero(pgsize_bytes));
@@ -102,7 +101,8 @@ absl::Status LpaePgtable::CheckUnmappable(uint64_t va, uint64_t last, bool allow
   uint64_t cur = va;
   while (cur <= last) {
     Cursor c;
-    if (!FindLeaf(cur, &c)) return FieldError(absl::StatusCode::kNotFound, "iova", cur, "not mapped");
+    if (!FindLeaf(cur, &c))
+      return FieldError(absl::StatusCode::kNotFound, "iova", cur, "not mapped");
     const int level = c.level;
     const uint64_t leaf_bytes = EntryBytes(level);
     const uint64_t leaf_va = AlignDown(cur, leaf_bytes);
@@ -195,7 +195,7 @@ void LpaePgtable::SplitBlock(const Cursor& c, uint64_t rm_first, uint64_t rm_las
 }
 
 uint64_t LpaePgtable::BuildSplit(int level, uint64_t block_pte, uint64_t block_va,
-                                  uint64_t rm_first, uint64_t rm_last) {
+                                 uint64_t rm_first, uint64_t rm_last) {
   const int child_level = level + 1;
   const uint64_t child_bytes = EntryBytes(child_level);
   const uint64_t attrs = block_pte & ~(lpae::kPteAddrMask | lpae::kPteTypeMask);
@@ -209,8 +209,8 @@ uint64_t LpaePgtable::BuildSplit(int level, uint64_t block_pte, uint64_t block_v
     if (first >= rm_first && last <= rm_last) continue;  // removed whole
     const bool keep_whole = last < rm_first || first > rm_last;
     if (keep_whole && leaf_allowed_[child_level]) {
-      table[i] = pa | attrs |
-                 (child_level == kLeafLevel ? lpae::kPteTypePage : lpae::kPteTypeBlock);
+      table[i] =
+          pa | attrs | (child_level == kLeafLevel ? lpae::kPteTypePage : lpae::kPteTypeBlock);
       ++leaf_count_[child_level];
     } else {
       table[i] =

@@ -80,9 +80,9 @@ class LpaeSelftest : public testing::TestWithParam<Config> {
   void MapEachSize() {
     uint64_t iova = 0;
     for (uint64_t size : sizes_) {
-      ASSERT_TRUE(ops_->MapPages(Iova(iova), PhysAddr(iova), size, 1,
-                                 kRW | Prot::kNoExec | Prot::kCache)
-                      .ok())
+      ASSERT_TRUE(
+          ops_->MapPages(Iova(iova), PhysAddr(iova), size, 1, kRW | Prot::kNoExec | Prot::kCache)
+              .ok())
           << "size " << size;
       Check();
       iova += kSz1G;
@@ -95,8 +95,8 @@ class LpaeSelftest : public testing::TestWithParam<Config> {
 };
 
 TEST_P(LpaeSelftest, EmptyTableTranslatesNothing) {
-  for (uint64_t iova : {uint64_t{42}, kSz1G + 42, uint64_t{2} * kSz1G + 42,
-                        (uint64_t{1} << GetParam().ias) - 1}) {
+  for (uint64_t iova :
+       {uint64_t{42}, kSz1G + 42, uint64_t{2} * kSz1G + 42, (uint64_t{1} << GetParam().ias) - 1}) {
     EXPECT_EQ(Phys(iova), 0u) << iova;
     EXPECT_EQ(ops_->Walk(Iova(iova)).status().code(), absl::StatusCode::kNotFound);
   }

@@ -41,13 +41,13 @@ int PgtablePagePool::SizeIndex(uint64_t page_bytes) {
 }
 
 void* PgtablePagePool::AllocFresh(uint64_t page_bytes) {
-  void* page = ::operator new(page_bytes, std::align_val_t{page_bytes});
+  void* page = ::operator new (page_bytes, std::align_val_t{page_bytes});
   std::memset(page, 0, page_bytes);
   return page;
 }
 
 void PgtablePagePool::Release(void* page, uint64_t page_bytes) {
-  ::operator delete(page, std::align_val_t{page_bytes});
+  ::operator delete (page, std::align_val_t{page_bytes});
 }
 
 void* PgtablePagePool::Alloc(uint64_t page_bytes) {
@@ -102,12 +102,11 @@ absl::Status PgtablePagePool::CheckInvariants() const {
   for (int i = 0; i < kSizes; ++i) {
     const uint64_t page_bytes = uint64_t{4096} << (2 * i);
     uint64_t n = 0;
-    for (const void* page = free_[i]; page != nullptr;
-         page = *static_cast<void* const*>(page)) {
+    for (const void* page = free_[i]; page != nullptr; page = *static_cast<void* const*>(page)) {
       if (++n > count_[i]) break;
       if (reinterpret_cast<uintptr_t>(page) % page_bytes != 0) {
-        return absl::InternalError(absl::StrFormat("pooled %#x-byte page %p is not aligned",
-                                                   page_bytes, page));
+        return absl::InternalError(
+            absl::StrFormat("pooled %#x-byte page %p is not aligned", page_bytes, page));
       }
       const auto* words = static_cast<const uint64_t*>(page);
       for (uint64_t w = 1; w < page_bytes / sizeof(uint64_t); ++w) {

@@ -220,7 +220,7 @@ class PhysMemory {
   const MemoryRegionConfig* RegionContaining(PhysAddr start, uint64_t size_bytes) const;
 
   const uint64_t page_size_bytes_;
-  const unsigned huge_order_;  // buddy order of a 2 MiB block
+  const unsigned huge_order_;                      // buddy order of a 2 MiB block
   const std::vector<MemoryRegionConfig> regions_;  // sorted by base, disjoint
 
   mutable absl::Mutex mu_;

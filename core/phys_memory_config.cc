@@ -2,14 +2,13 @@
 // validates regions and pools and builds one buddy allocator per pool range.
 // The allocation half is phys_memory.cc.
 
-#include "core/phys_memory.h"
-
 #include <algorithm>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "core/bits.h"
 #include "core/errors.h"
+#include "core/phys_memory.h"
 #include "core/status_macros.h"
 
 namespace iommu::core {
@@ -70,7 +69,9 @@ absl::StatusOr<std::unique_ptr<PhysMemory>> PhysMemory::Create(const PhysMemoryC
   for (size_t i = 0; i < regions.size(); ++i) {
     const MemoryRegionConfig& r = regions[i];
     const std::string path = absl::StrCat("regions[", i, "]");
-    if (r.name.empty()) return FieldError(absl::StatusCode::kInvalidArgument, path + ".name", "", "must be non-empty");
+    if (r.name.empty())
+      return FieldError(absl::StatusCode::kInvalidArgument, path + ".name", "",
+                        "must be non-empty");
     if (r.kind != RegionKind::kRam && r.kind != RegionKind::kMmio) {
       return InvalidField(path + ".kind", uint64_t(r.kind), "not a region kind");
     }
@@ -83,16 +84,17 @@ absl::StatusOr<std::unique_ptr<PhysMemory>> PhysMemory::Create(const PhysMemoryC
       const MemoryRegionConfig& o = regions[j];
       if (r.base.value() <= *LastOfRange(o.base.value(), o.size_bytes) &&
           o.base.value() <= *LastOfRange(r.base.value(), r.size_bytes)) {
-        return InvalidField(path + ".base", r.base.value(),
-                            absl::StrFormat("region \"%s\" of %#x bytes overlaps region \"%s\" "
-                                            "[%#x, +%#x)",
-                                            r.name, r.size_bytes, o.name, o.base.value(),
-                                            o.size_bytes));
+        return InvalidField(
+            path + ".base", r.base.value(),
+            absl::StrFormat("region \"%s\" of %#x bytes overlaps region \"%s\" "
+                            "[%#x, +%#x)",
+                            r.name, r.size_bytes, o.name, o.base.value(), o.size_bytes));
       }
     }
   }
-  std::sort(regions.begin(), regions.end(),
-            [](const MemoryRegionConfig& a, const MemoryRegionConfig& b) { return a.base < b.base; });
+  std::sort(
+      regions.begin(), regions.end(),
+      [](const MemoryRegionConfig& a, const MemoryRegionConfig& b) { return a.base < b.base; });
 
   // Pools: named uniquely, each range inside one RAM region, ranges disjoint.
   struct Span {
@@ -104,7 +106,9 @@ absl::StatusOr<std::unique_ptr<PhysMemory>> PhysMemory::Create(const PhysMemoryC
   for (size_t i = 0; i < config.pools.size(); ++i) {
     const PoolConfig& p = config.pools[i];
     const std::string path = absl::StrCat("pools[", i, "]");
-    if (p.name.empty()) return FieldError(absl::StatusCode::kInvalidArgument, path + ".name", "", "must be non-empty");
+    if (p.name.empty())
+      return FieldError(absl::StatusCode::kInvalidArgument, path + ".name", "",
+                        "must be non-empty");
     for (size_t j = 0; j < i; ++j) {
       if (config.pools[j].name == p.name) {
         return FieldError(absl::StatusCode::kAlreadyExists, path + ".name", p.name,
@@ -124,13 +128,15 @@ absl::StatusOr<std::unique_ptr<PhysMemory>> PhysMemory::Create(const PhysMemoryC
       RETURN_IF_ERROR(ValidateSpan(rpath, r.base, r.size_bytes, page));
       const uint64_t last = *LastOfRange(r.base.value(), r.size_bytes);
       // The region holding the base must hold the whole range and be RAM.
-      auto it = std::upper_bound(regions.begin(), regions.end(), r.base,
-                                 [](PhysAddr a, const MemoryRegionConfig& reg) { return a < reg.base; });
-      if (it == regions.begin() || last > *LastOfRange((it - 1)->base.value(), (it - 1)->size_bytes) ||
+      auto it =
+          std::upper_bound(regions.begin(), regions.end(), r.base,
+                           [](PhysAddr a, const MemoryRegionConfig& reg) { return a < reg.base; });
+      if (it == regions.begin() ||
+          last > *LastOfRange((it - 1)->base.value(), (it - 1)->size_bytes) ||
           r.base.value() > *LastOfRange((it - 1)->base.value(), (it - 1)->size_bytes)) {
-        return InvalidField(rpath + ".base", r.base.value(),
-                            absl::StrFormat("range of %#x bytes is not inside one RAM region",
-                                            r.size_bytes));
+        return InvalidField(
+            rpath + ".base", r.base.value(),
+            absl::StrFormat("range of %#x bytes is not inside one RAM region", r.size_bytes));
       }
       if ((it - 1)->kind != RegionKind::kRam) {
         return InvalidField(rpath + ".base", r.base.value(),
@@ -139,9 +145,9 @@ absl::StatusOr<std::unique_ptr<PhysMemory>> PhysMemory::Create(const PhysMemoryC
       }
       for (const Span& s : spans) {
         if (r.base.value() <= s.last && s.base <= last) {
-          return InvalidField(rpath + ".base", r.base.value(),
-                              absl::StrFormat("range of %#x bytes overlaps %s", r.size_bytes,
-                                              s.path));
+          return InvalidField(
+              rpath + ".base", r.base.value(),
+              absl::StrFormat("range of %#x bytes overlaps %s", r.size_bytes, s.path));
         }
       }
       spans.push_back({r.base.value(), last, rpath});

@@ -80,11 +80,15 @@ TEST(PhysMemoryTest, CreateRejectsBadConfigs) {
       {"zero region", [](PhysMemoryConfig& c) { c.regions[2].size_bytes = 0; },
        absl::StatusCode::kInvalidArgument, "regions[2].size_bytes=0: must be non-zero"},
       {"wrapping region",
-       [](PhysMemoryConfig& c) { c.regions[2].base = PhysAddr(0xffff'ffff'ffff'f000); c.regions[2].size_bytes = 2 * kPage; },
+       [](PhysMemoryConfig& c) {
+         c.regions[2].base = PhysAddr(0xffff'ffff'ffff'f000);
+         c.regions[2].size_bytes = 2 * kPage;
+       },
        absl::StatusCode::kInvalidArgument, "regions[2].size_bytes=0x2000: range passes 2^64"},
       {"duplicate region", [](PhysMemoryConfig& c) { c.regions[2].name = "dram0"; },
        absl::StatusCode::kAlreadyExists, "regions[2].name=\"dram0\": duplicate region name"},
-      {"overlapping regions", [](PhysMemoryConfig& c) { c.regions[2].base = PhysAddr(kDramBase + kDramBytes - kPage); },
+      {"overlapping regions",
+       [](PhysMemoryConfig& c) { c.regions[2].base = PhysAddr(kDramBase + kDramBytes - kPage); },
        absl::StatusCode::kInvalidArgument,
        "regions[2].base=0x83fff000: region \"msi\" of 0x1000 bytes overlaps region \"dram0\" "
        "[0x80000000, +0x4000000)"},
@@ -97,16 +101,24 @@ TEST(PhysMemoryTest, CreateRejectsBadConfigs) {
       {"misaligned range", [](PhysMemoryConfig& c) { c.pools[1].ranges[0].size_bytes = 100; },
        absl::StatusCode::kInvalidArgument,
        "pools[1].ranges[0].size_bytes=0x64: must be a multiple of the page size"},
-      {"range past its region", [](PhysMemoryConfig& c) { c.pools[1].ranges[0].size_bytes = kSramBytes + kPage; },
+      {"range past its region",
+       [](PhysMemoryConfig& c) { c.pools[1].ranges[0].size_bytes = kSramBytes + kPage; },
        absl::StatusCode::kInvalidArgument,
        "pools[1].ranges[0].base=0x8000000: range of 0x41000 bytes is not inside one RAM region"},
-      {"range outside RAM", [](PhysMemoryConfig& c) { c.pools[1].ranges[0].base = PhysAddr(0x1000); },
+      {"range outside RAM",
+       [](PhysMemoryConfig& c) { c.pools[1].ranges[0].base = PhysAddr(0x1000); },
        absl::StatusCode::kInvalidArgument,
        "pools[1].ranges[0].base=0x1000: range of 0x40000 bytes is not inside one RAM region"},
-      {"range in MMIO", [](PhysMemoryConfig& c) { c.pools[1].ranges[0] = {PhysAddr(kMsiBase), kPage}; },
+      {"range in MMIO",
+       [](PhysMemoryConfig& c) {
+         c.pools[1].ranges[0] = {PhysAddr(kMsiBase), kPage};
+       },
        absl::StatusCode::kInvalidArgument,
        "pools[1].ranges[0].base=0x9000000: range lies in mmio region \"msi\", not RAM"},
-      {"overlapping ranges", [](PhysMemoryConfig& c) { c.pools[1].ranges[0] = {PhysAddr(kDramBase + 31 * kMiB), 2 * kMiB}; },
+      {"overlapping ranges",
+       [](PhysMemoryConfig& c) {
+         c.pools[1].ranges[0] = {PhysAddr(kDramBase + 31 * kMiB), 2 * kMiB};
+       },
        absl::StatusCode::kInvalidArgument,
        "pools[1].ranges[0].base=0x81f00000: range of 0x200000 bytes overlaps pools[0].ranges[0]"},
   };
@@ -155,7 +167,8 @@ TEST(PhysMemoryTest, PoolsInPriorityOrder) {
 TEST(PhysMemoryTest, ScatteredPagesAreNeverFollowedByTheirSuccessor) {
   std::unique_ptr<PhysMemory> m = MakeOrDie();
   for (uint64_t pages : {1, 2, 3, 7, 16, 33}) {
-    absl::StatusOr<PhysAllocation> a = m->AllocPages(pages, pages * kPage - 1, Placement::kScattered);
+    absl::StatusOr<PhysAllocation> a =
+        m->AllocPages(pages, pages * kPage - 1, Placement::kScattered);
     ASSERT_TRUE(a.ok()) << a.status();
     EXPECT_INVARIANTS(*m);
     EXPECT_EQ(a->size_bytes, pages * kPage);  // rounded up to whole pages
@@ -326,8 +339,8 @@ TEST(PhysMemoryTest, RandomOpsMatchOwnershipModel) {
     if (r < 45) {
       const Placement placement = Placement(rng() % 3);
       const uint64_t owner = 1 + rng() % 16;
-      const uint64_t size = placement == Placement::kHuge ? 1 + rng() % (3 * kMiB)
-                                                          : 1 + rng() % (200 * kPage);
+      const uint64_t size =
+          placement == Placement::kHuge ? 1 + rng() % (3 * kMiB) : 1 + rng() % (200 * kPage);
       const absl::string_view pool = rng() % 4 == 0 ? "sram" : "";
       const std::vector<PoolStats> before = m->Stats();
       absl::StatusOr<PhysAllocation> a = m->AllocPages(owner, size, placement, pool);

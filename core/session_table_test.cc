@@ -21,7 +21,7 @@ TEST(SessionTableTest, LeaseExpiresWithoutKeepAlive) {
   ASSERT_TRUE(a.ok() && b.ok());
   EXPECT_NE(*a, *b);
   EXPECT_TRUE(t.Expire(t0 + absl::Seconds(9)).empty());
-  ASSERT_TRUE(t.KeepAlive(*a, t0 + absl::Seconds(9)).ok());   // now due at 19s
+  ASSERT_TRUE(t.KeepAlive(*a, t0 + absl::Seconds(9)).ok());  // now due at 19s
   EXPECT_TRUE(t.Expire(t0 + absl::Seconds(18)).empty());
   EXPECT_THAT(t.Expire(t0 + absl::Seconds(30)), ElementsAre(*a, *b));  // by deadline
   EXPECT_EQ(t.size(), 0u);

@@ -33,12 +33,11 @@ absl::Status ValidateSegments(absl::Span<const PhysSegment> segments) {
   return absl::OkStatus();
 }
 
-absl::StatusOr<SgLayout> PlanContiguous(absl::Span<const PhysSegment> segments,
-                                        uint64_t granule) {
+absl::StatusOr<SgLayout> PlanContiguous(absl::Span<const PhysSegment> segments, uint64_t granule) {
   SgLayout layout;
   const uint64_t first_off = segments[0].phys & (granule - 1);
-  uint64_t iova = 0;    // offset of the next granule-aligned range
-  uint64_t total = 0;   // DMA length
+  uint64_t iova = 0;   // offset of the next granule-aligned range
+  uint64_t total = 0;  // DMA length
   for (size_t i = 0; i < segments.size(); ++i) {
     const PhysSegment& s = segments[i];
     const uint64_t off = s.phys & (granule - 1);
@@ -130,8 +129,7 @@ absl::StatusOr<SgLayout> PlanPadded(absl::Span<const PhysSegment> segments, uint
     SgDmaSegment* cur = layout.dma_segments.empty() ? nullptr : &layout.dma_segments.back();
     // An open segment with off == 0 away from a boundary is always followed
     // directly: padding is only ever inserted up to a boundary.
-    assert(!(open && off == 0 && (dma & mask) != 0) ||
-           cur->iova_offset + cur->length_bytes == dma);
+    assert(!(open && off == 0 && (dma & mask) != 0) || cur->iova_offset + cur->length_bytes == dma);
     if (merge && open && off == 0 && (dma & mask) != 0 &&
         limits.max_segment_size_bytes - cur->length_bytes >= s.length_bytes) {
       cur->length_bytes += s.length_bytes;  // <= max_segment_size: no wrap
@@ -157,18 +155,17 @@ const char* SgModeName(SgMode mode) {
   return "?";
 }
 
-absl::StatusOr<SgLayout> PlanMapSg(absl::Span<const PhysSegment> segments,
-                                   uint64_t granule_bytes, const SgDeviceLimits& limits,
-                                   SgMode mode) {
+absl::StatusOr<SgLayout> PlanMapSg(absl::Span<const PhysSegment> segments, uint64_t granule_bytes,
+                                   const SgDeviceLimits& limits, SgMode mode) {
   assert(IsPowerOfTwo(granule_bytes));
   if (limits.max_segment_size_bytes == 0) {
     return InvalidField("max_segment_size", 0, "must be non-zero");
   }
   const uint64_t mask = limits.segment_boundary_mask;
   if (mask != ~uint64_t{0} && (!IsPowerOfTwo(mask + 1) || mask + 1 < granule_bytes)) {
-    return InvalidField("segment_boundary_mask", mask,
-                        absl::StrFormat("must be 2^k - 1 and at least the granule %#x minus one",
-                                        granule_bytes));
+    return InvalidField(
+        "segment_boundary_mask", mask,
+        absl::StrFormat("must be 2^k - 1 and at least the granule %#x minus one", granule_bytes));
   }
   RETURN_IF_ERROR(ValidateSegments(segments));
   switch (mode) {

@@ -74,8 +74,8 @@ struct SgDmaSegment {
 };
 
 struct SgLayout {
-  uint64_t iova_size_bytes = 0;         // whole granules, padding included
-  std::vector<SgMapRange> map_ranges;   // one per input segment, ascending
+  uint64_t iova_size_bytes = 0;        // whole granules, padding included
+  std::vector<SgMapRange> map_ranges;  // one per input segment, ascending
   std::vector<SgDmaSegment> dma_segments;
 };
 
@@ -86,8 +86,7 @@ struct SgLayout {
 // segment longer than max_segment_size or its boundary window; OUT_OF_RANGE
 // when the layout would pass 2^64 bytes; FAILED_PRECONDITION (kContiguous)
 // naming the first segment that cannot be laid contiguously.
-absl::StatusOr<SgLayout> PlanMapSg(absl::Span<const PhysSegment> segments,
-                                   uint64_t granule_bytes,
+absl::StatusOr<SgLayout> PlanMapSg(absl::Span<const PhysSegment> segments, uint64_t granule_bytes,
                                    const SgDeviceLimits& limits, SgMode mode);
 
 }  // namespace iommu::core

@@ -58,8 +58,8 @@ void CheckLayout(const std::vector<PhysSegment>& in, uint64_t granule, const SgD
     uint64_t left = d.length_bytes;
     while (left > 0) {
       ASSERT_LT(seg, in.size());
-      const uint64_t expect_iova = l.map_ranges[seg].iova_offset +
-                                   (in[seg].phys & (granule - 1)) + consumed_in_seg;
+      const uint64_t expect_iova =
+          l.map_ranges[seg].iova_offset + (in[seg].phys & (granule - 1)) + consumed_in_seg;
       EXPECT_EQ(pos, expect_iova) << "input segment " << seg;
       const uint64_t take = std::min(left, in[seg].length_bytes - consumed_in_seg);
       pos += take;
@@ -92,9 +92,9 @@ void CheckLayout(const std::vector<PhysSegment>& in, uint64_t granule, const SgD
 // segment boundary. The original map_sg pads the second segment out to the
 // boundary, so the third starts at 128K and leaves a gap; CONTIGUOUS gives one.
 TEST(SgLayoutTest, DmaApiLeavesGapBeforeThirdSegmentContiguousDoesNot) {
-  const std::vector<PhysSegment> in = {
-      {PhysAddr(0x8040'0000), 64 * K}, {PhysAddr(0x8123'0000), 16 * K},
-      {PhysAddr(0x8077'0000), 64 * K}};
+  const std::vector<PhysSegment> in = {{PhysAddr(0x8040'0000), 64 * K},
+                                       {PhysAddr(0x8123'0000), 16 * K},
+                                       {PhysAddr(0x8077'0000), 64 * K}};
   const SgDeviceLimits lim{.max_segment_size_bytes = 64 * K, .segment_boundary_mask = 0xFFFF};
   auto dma_api = PlanMapSg(in, 4 * K, lim, SgMode::kDmaApi);
   ASSERT_TRUE(dma_api.ok()) << dma_api.status();
@@ -242,16 +242,31 @@ TEST(SgLayoutTest, BadInputNamesTheField) {
   };
   const std::vector<Case> cases = {
       {{}, {}, SgMode::kMerge, absl::StatusCode::kInvalidArgument, "segments=0"},
-      {{{PhysAddr(0x1000), 0}}, {}, SgMode::kMerge, absl::StatusCode::kInvalidArgument,
+      {{{PhysAddr(0x1000), 0}},
+       {},
+       SgMode::kMerge,
+       absl::StatusCode::kInvalidArgument,
        "segments[0].length_bytes=0"},
-      {{{PhysAddr(0x1000), 4096}, {PhysAddr(~uint64_t{0} - 10), 4096}}, {}, SgMode::kDmaApi,
-       absl::StatusCode::kInvalidArgument, "segments[1].length_bytes=0x1000"},
-      {{{PhysAddr(0x1000), 4096}}, {.max_segment_size_bytes = 4096, .segment_boundary_mask = 0x1234},
-       SgMode::kMerge, absl::StatusCode::kInvalidArgument, "segment_boundary_mask=0x1234"},
-      {{{PhysAddr(0x1000), 8192}}, {.max_segment_size_bytes = 4096}, SgMode::kDmaApi,
-       absl::StatusCode::kInvalidArgument, "segments[0].length_bytes=0x2000"},
-      {{{PhysAddr(0x1000), 8192}}, {.max_segment_size_bytes = 0}, SgMode::kDmaApi,
-       absl::StatusCode::kInvalidArgument, "max_segment_size=0"},
+      {{{PhysAddr(0x1000), 4096}, {PhysAddr(~uint64_t{0} - 10), 4096}},
+       {},
+       SgMode::kDmaApi,
+       absl::StatusCode::kInvalidArgument,
+       "segments[1].length_bytes=0x1000"},
+      {{{PhysAddr(0x1000), 4096}},
+       {.max_segment_size_bytes = 4096, .segment_boundary_mask = 0x1234},
+       SgMode::kMerge,
+       absl::StatusCode::kInvalidArgument,
+       "segment_boundary_mask=0x1234"},
+      {{{PhysAddr(0x1000), 8192}},
+       {.max_segment_size_bytes = 4096},
+       SgMode::kDmaApi,
+       absl::StatusCode::kInvalidArgument,
+       "segments[0].length_bytes=0x2000"},
+      {{{PhysAddr(0x1000), 8192}},
+       {.max_segment_size_bytes = 0},
+       SgMode::kDmaApi,
+       absl::StatusCode::kInvalidArgument,
+       "max_segment_size=0"},
   };
   for (const Case& c : cases) {
     auto r = PlanMapSg(c.in, 4 * K, c.lim, c.mode);

@@ -1,10 +1,10 @@
 #include "core/slab_memory.h"
 
+#include <sys/mman.h>
+
 #include <cassert>
 #include <cstring>
 #include <new>
-
-#include <sys/mman.h>
 
 namespace iommu::core::internal {
 

@@ -13,10 +13,10 @@
 
 // RETURN_IF_ERROR(expr): evaluates `expr` (an absl::Status) once and returns
 // it from the enclosing function unless it is OK.
-#define RETURN_IF_ERROR(expr)                                             \
-  do {                                                                    \
-    ::absl::Status iommu_status_ = (expr);                                \
-    if (ABSL_PREDICT_FALSE(!iommu_status_.ok())) return iommu_status_;    \
+#define RETURN_IF_ERROR(expr)                                          \
+  do {                                                                 \
+    ::absl::Status iommu_status_ = (expr);                             \
+    if (ABSL_PREDICT_FALSE(!iommu_status_.ok())) return iommu_status_; \
   } while (0)
 
 // ASSIGN_OR_RETURN(lhs, expr): evaluates `expr` (an absl::StatusOr<T>); on
@@ -25,11 +25,11 @@
 #define ASSIGN_OR_RETURN(lhs, expr) \
   IOMMU_ASSIGN_OR_RETURN_IMPL_(IOMMU_STATUS_CONCAT_(iommu_statusor_, __LINE__), lhs, expr)
 
-#define IOMMU_ASSIGN_OR_RETURN_IMPL_(statusor, lhs, expr)   \
-  auto statusor = (expr);                                   \
-  if (ABSL_PREDICT_FALSE(!statusor.ok())) {                 \
-    return std::move(statusor).status();                    \
-  }                                                         \
+#define IOMMU_ASSIGN_OR_RETURN_IMPL_(statusor, lhs, expr) \
+  auto statusor = (expr);                                 \
+  if (ABSL_PREDICT_FALSE(!statusor.ok())) {               \
+    return std::move(statusor).status();                  \
+  }                                                       \
   lhs = *std::move(statusor)
 
 #endif  // IOMMU_CORE_STATUS_MACROS_H_

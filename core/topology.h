@@ -30,11 +30,11 @@ uint64_t PgsizeBitmapForGranule(uint64_t granule_bytes);
 struct SmmuConfig {
   std::string name;
   Stage stage = Stage::kStage1;
-  unsigned ias_bits = 48;           // input (IOVA or IPA) address size
-  unsigned oas_bits = 48;           // output address size
-  uint64_t granules = kGranule4K;   // bit set of kGranule* values
-  unsigned num_contexts = 64;       // translation contexts (context banks / ASIDs)
-  unsigned iotlb_sets = 256;        // IOTLB geometry: a power of two
+  unsigned ias_bits = 48;          // input (IOVA or IPA) address size
+  unsigned oas_bits = 48;          // output address size
+  uint64_t granules = kGranule4K;  // bit set of kGranule* values
+  unsigned num_contexts = 64;      // translation contexts (context banks / ASIDs)
+  unsigned iotlb_sets = 256;       // IOTLB geometry: a power of two
   unsigned iotlb_ways = 4;
 };
 
@@ -54,21 +54,21 @@ struct Quotas {
   uint64_t max_buffer_bytes = 0;  // 0: fair share of the pools
   uint64_t max_domains = 0;       // 0: fair share of the SMMU's contexts
   uint64_t max_sessions = 64;
-  uint64_t max_exports = 4096;    // live export tokens of its memory
+  uint64_t max_exports = 4096;  // live export tokens of its memory
 };
 
 struct DeviceConfig {
   std::string name;
   std::string smmu;
   uint32_t stream_id = 0;
-  unsigned dma_mask_bits = 64;   // the device can address [0, 2^bits)
-  bool coherent = true;          // I/O coherent: mappings may be cacheable
+  unsigned dma_mask_bits = 64;                     // the device can address [0, 2^bits)
+  bool coherent = true;                            // I/O coherent: mappings may be cacheable
   uint64_t max_segment_size_bytes = 65536;         // dma_parms, Linux's default
   uint64_t segment_boundary_mask = 0xFFFFFFFFull;  // 2^k - 1, Linux's default
-  bool trusted = true;           // untrusted (external) devices are always strict
-  bool scatter_gather = true;    // false: needs IOVA-contiguous buffers
-  bool pci = false;              // PCI devices get 32-bit IOVAs first, as Linux
-  std::string msi_doorbell;      // MMIO region holding its MSI doorbell ("" if none)
+  bool trusted = true;                             // untrusted (external) devices are always strict
+  bool scatter_gather = true;                      // false: needs IOVA-contiguous buffers
+  bool pci = false;                                // PCI devices get 32-bit IOVAs first, as Linux
+  std::string msi_doorbell;          // MMIO region holding its MSI doorbell ("" if none)
   uint64_t msi_doorbell_offset = 0;  // doorbell register offset within that region
   Quotas quotas = Quotas::Unset();   // per-device overrides; 0 fields inherit
 };

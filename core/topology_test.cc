@@ -49,8 +49,8 @@ TEST(TopologyTest, InvalidTopologiesNameFieldAndValue) {
   const std::vector<Case> cases = {
       {"no smmu", [](Topology& t) { t.smmus.clear(); }, absl::StatusCode::kInvalidArgument,
        "smmus=0"},
-      {"dup smmu", [](Topology& t) { t.smmus[1].name = "smmu0"; },
-       absl::StatusCode::kAlreadyExists, "smmus[1].name=\"smmu0\""},
+      {"dup smmu", [](Topology& t) { t.smmus[1].name = "smmu0"; }, absl::StatusCode::kAlreadyExists,
+       "smmus[1].name=\"smmu0\""},
       {"ias", [](Topology& t) { t.smmus[0].ias_bits = 52; }, absl::StatusCode::kInvalidArgument,
        "smmus[0].ias_bits=0x34"},
       {"oas", [](Topology& t) { t.smmus[0].oas_bits = 16; }, absl::StatusCode::kInvalidArgument,
@@ -59,8 +59,8 @@ TEST(TopologyTest, InvalidTopologiesNameFieldAndValue) {
        absl::StatusCode::kInvalidArgument, "smmus[1].granules=0x2000"},
       {"contexts", [](Topology& t) { t.smmus[1].num_contexts = 0; },
        absl::StatusCode::kInvalidArgument, "smmus[1].num_contexts=0"},
-      {"sets", [](Topology& t) { t.smmus[0].iotlb_sets = 100; },
-       absl::StatusCode::kInvalidArgument, "smmus[0].iotlb_sets=0x64"},
+      {"sets", [](Topology& t) { t.smmus[0].iotlb_sets = 100; }, absl::StatusCode::kInvalidArgument,
+       "smmus[0].iotlb_sets=0x64"},
       {"region overlap", [](Topology& t) { t.memory.regions[1].base = PhysAddr(0x0802'1000); },
        absl::StatusCode::kInvalidArgument, "memory.regions[1].base=0x8021000"},
       {"region align", [](Topology& t) { t.memory.regions[2].size_bytes = 100; },
@@ -69,7 +69,9 @@ TEST(TopologyTest, InvalidTopologiesNameFieldAndValue) {
        [](Topology& t) { t.memory.pools[0].ranges[0].base = PhysAddr(0x0802'0000); },
        absl::StatusCode::kInvalidArgument, "memory.pools[0].ranges[0].base=0x8020000"},
       {"pool overlap",
-       [](Topology& t) { t.memory.pools[1].ranges.push_back({PhysAddr(0x1000'0000), 4096}); },
+       [](Topology& t) {
+         t.memory.pools[1].ranges.push_back({PhysAddr(0x1000'0000), 4096});
+       },
        absl::StatusCode::kInvalidArgument, "memory.pools[1].ranges[2].base=0x10000000"},
       {"device smmu", [](Topology& t) { t.devices[0].smmu = "nope"; },
        absl::StatusCode::kInvalidArgument, "devices[0].smmu=\"nope\""},

@@ -30,9 +30,7 @@ class Address {
   constexpr Address operator-(uint64_t offset_bytes) const {
     return Address(value_ - offset_bytes);
   }
-  constexpr uint64_t operator-(Address other) const {
-    return value_ - other.value_;
-  }
+  constexpr uint64_t operator-(Address other) const { return value_ - other.value_; }
   constexpr Address& operator+=(uint64_t offset_bytes) {
     value_ += offset_bytes;
     return *this;

@@ -1,15 +1,14 @@
 #include "server/auth.h"
 
 #include <arpa/inet.h>
+#include <grpc/grpc_security_constants.h>
+#include <grpcpp/security/auth_context.h>
+#include <grpcpp/security/server_credentials.h>
 #include <netinet/in.h>
 
 #include <fstream>
 #include <sstream>
 #include <vector>
-
-#include <grpc/grpc_security_constants.h>
-#include <grpcpp/security/auth_context.h>
-#include <grpcpp/security/server_credentials.h>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
@@ -66,9 +65,12 @@ std::optional<Identity> IdentityFromSan(absl::string_view san) {
 
 const char* AuthModeName(AuthMode mode) {
   switch (mode) {
-    case AuthMode::kNone: return "none";
-    case AuthMode::kToken: return "token";
-    case AuthMode::kMtls: return "mtls";
+    case AuthMode::kNone:
+      return "none";
+    case AuthMode::kToken:
+      return "token";
+    case AuthMode::kMtls:
+      return "mtls";
   }
   return "?";
 }
@@ -139,9 +141,9 @@ absl::Status Authenticator::ReadTokens(const absl::flat_hash_set<std::string>& d
     Identity id{.kind = Identity::Kind::kAdmin};
     if (words[1] != "admin") {
       if (!devices.contains(words[1])) {
-        return core::FieldError(absl::StatusCode::kInvalidArgument, "token_file", where,
-                                absl::StrCat("names device \"", words[1],
-                                             "\", which is not in the topology"));
+        return core::FieldError(
+            absl::StatusCode::kInvalidArgument, "token_file", where,
+            absl::StrCat("names device \"", words[1], "\", which is not in the topology"));
       }
       id = Identity{.kind = Identity::Kind::kDevice, .device = std::string(words[1])};
     }
@@ -159,7 +161,8 @@ absl::Status Authenticator::ReadTokens(const absl::flat_hash_set<std::string>& d
 
 std::shared_ptr<grpc::ServerCredentials> Authenticator::ServerCredentials() const {
   switch (options_.mode) {
-    case AuthMode::kNone: return grpc::InsecureServerCredentials();
+    case AuthMode::kNone:
+      return grpc::InsecureServerCredentials();
     case AuthMode::kToken: {
       grpc::SslServerCredentialsOptions ssl(GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE);
       ssl.pem_key_cert_pairs.push_back({key_pem_, cert_pem_});
@@ -196,9 +199,12 @@ bool IsLocalListenAddress(absl::string_view address) {
 
 absl::StatusOr<Identity> Authenticator::Authenticate(const grpc::ServerContextBase& context) const {
   switch (options_.mode) {
-    case AuthMode::kNone: return Identity{};
-    case AuthMode::kToken: return FromToken(context);
-    case AuthMode::kMtls: return FromCertificate(context);
+    case AuthMode::kNone:
+      return Identity{};
+    case AuthMode::kToken:
+      return FromToken(context);
+    case AuthMode::kMtls:
+      return FromCertificate(context);
   }
   return Identity{};
 }
@@ -255,10 +261,9 @@ absl::StatusOr<core::Caller> Authenticator::ActAs(const Identity& identity,
       return core::Caller{.device = request_device, .admin = true, .session_id = session_id};
     case Identity::Kind::kDevice:
       if (!request_device.empty() && request_device != identity.device) {
-        return core::FieldError(
-            absl::StatusCode::kPermissionDenied, "device", request_device,
-            absl::StrCat("the credential is device \"", identity.device,
-                         "\", which may act only as itself"));
+        return core::FieldError(absl::StatusCode::kPermissionDenied, "device", request_device,
+                                absl::StrCat("the credential is device \"", identity.device,
+                                             "\", which may act only as itself"));
       }
       return core::Caller::Device(identity.device, session_id);
   }

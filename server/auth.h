@@ -30,13 +30,13 @@
 //
 // Thread-safe: immutable after Create.
 
+#include <grpcpp/security/server_credentials.h>
+#include <grpcpp/server_context.h>
+
 #include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <string>
-
-#include <grpcpp/security/server_credentials.h>
-#include <grpcpp/server_context.h>
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
@@ -103,8 +103,7 @@ class Authenticator {
   // resources for `session_id`. PERMISSION_DENIED naming `device` when a
   // device identity names another device.
   static absl::StatusOr<core::Caller> ActAs(const Identity& identity,
-                                            const std::string& request_device,
-                                            uint64_t session_id);
+                                            const std::string& request_device, uint64_t session_id);
 
   // The `iommu-session-id` metadata: 0 when absent; INVALID_ARGUMENT naming
   // it when not a decimal number.

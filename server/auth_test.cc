@@ -1,8 +1,8 @@
 #include "server/auth.h"
 
-#include <fstream>
-
 #include <gtest/gtest.h>
+
+#include <fstream>
 
 namespace iommu::server {
 namespace {
@@ -50,14 +50,17 @@ const absl::flat_hash_set<std::string> kDevices = {"nic0", "nvme0"};
 // A syntactically valid certificate and key (their contents are only checked
 // to be PEM here; the handshake tests use real ones).
 AuthOptions WithServerPem(AuthOptions options) {
-  options.tls_cert = WriteFile("server.crt", "-----BEGIN CERTIFICATE-----\nx\n-----END CERTIFICATE-----\n");
-  options.tls_key = WriteFile("server.key", "-----BEGIN PRIVATE KEY-----\nx\n-----END PRIVATE KEY-----\n");
+  options.tls_cert =
+      WriteFile("server.crt", "-----BEGIN CERTIFICATE-----\nx\n-----END CERTIFICATE-----\n");
+  options.tls_key =
+      WriteFile("server.key", "-----BEGIN PRIVATE KEY-----\nx\n-----END PRIVATE KEY-----\n");
   return options;
 }
 
 TEST(AuthTest, TokenFileIsValidated) {
   AuthOptions options = WithServerPem({.mode = AuthMode::kToken});
-  EXPECT_EQ(Authenticator::Create(options, kDevices).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(Authenticator::Create(options, kDevices).status().code(),
+            absl::StatusCode::kInvalidArgument);
   options.token_file = "/nonexistent/tokens";
   EXPECT_EQ(Authenticator::Create(options, kDevices).status().code(), absl::StatusCode::kNotFound);
   struct Case {
@@ -65,7 +68,8 @@ TEST(AuthTest, TokenFileIsValidated) {
     const char* text;
     const char* message;  // a substring of the error
   } cases[] = {
-      {"extra word", "tok-nic0-0123456789 nic0 extra\n", "tokens_extra word:1\": each line must be"},
+      {"extra word", "tok-nic0-0123456789 nic0 extra\n",
+       "tokens_extra word:1\": each line must be"},
       {"duplicate", "a-0123456789abcdef nic0\na-0123456789abcdef nvme0\n", ":2\": duplicate token"},
       {"empty", "# nothing\n\n", "holds no token"},
       {"short", "# c\nshort-token nic0\n",
@@ -80,8 +84,8 @@ TEST(AuthTest, TokenFileIsValidated) {
     EXPECT_NE(s.message().find(c.message), absl::string_view::npos) << c.name << ": " << s;
     EXPECT_EQ(s.message().find("short-token"), absl::string_view::npos) << "a token leaked: " << s;
   }
-  options.token_file =
-      WriteFile("tokens_ok", "# c\n a-0123456789abcdef nic0  # trailing\nb-0123456789abcdef admin\n");
+  options.token_file = WriteFile(
+      "tokens_ok", "# c\n a-0123456789abcdef nic0  # trailing\nb-0123456789abcdef admin\n");
   EXPECT_TRUE(Authenticator::Create(options, kDevices).ok());
 }
 
@@ -118,13 +122,13 @@ TEST(AuthTest, MtlsNeedsEveryFile) {
 }
 
 TEST(AuthTest, LocalListenAddresses) {
-  for (const char* local : {"unix:/tmp/iommud.sock", "127.0.0.1:50051", "127.1.2.3:0", "localhost:1",
-                            "LOCALHOST:1", "[::1]:50051", "[::ffff:127.0.0.1]:1"}) {
+  for (const char* local : {"unix:/tmp/iommud.sock", "127.0.0.1:50051", "127.1.2.3:0",
+                            "localhost:1", "LOCALHOST:1", "[::1]:50051", "[::ffff:127.0.0.1]:1"}) {
     EXPECT_TRUE(IsLocalListenAddress(local)) << local;
   }
-  for (const char* remote : {"0.0.0.0:50051", "[::]:50051", ":50051", "10.0.0.1:50051", "128.0.0.1:1",
-                             "iommud.example:50051", "[::2]:1", "[::ffff:10.0.0.1]:1", "[::1:1",
-                             "unix-abstract:iommud", "nonsense"}) {
+  for (const char* remote : {"0.0.0.0:50051", "[::]:50051", ":50051", "10.0.0.1:50051",
+                             "128.0.0.1:1", "iommud.example:50051", "[::2]:1",
+                             "[::ffff:10.0.0.1]:1", "[::1:1", "unix-abstract:iommud", "nonsense"}) {
     EXPECT_FALSE(IsLocalListenAddress(remote)) << remote;
   }
 }

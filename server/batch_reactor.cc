@@ -45,8 +45,8 @@ void BatchReactor::ResetArena() {
     arena_->Reset();
   } else {
     arena_.reset();  // before the block it allocated from
-    arena_block_bytes_ =
-        std::clamp(std::max(used, 2 * arena_block_bytes_), kMinArenaBlockBytes, kMaxArenaBlockBytes);
+    arena_block_bytes_ = std::clamp(std::max(used, 2 * arena_block_bytes_), kMinArenaBlockBytes,
+                                    kMaxArenaBlockBytes);
     arena_block_ = std::make_unique<char[]>(arena_block_bytes_);
     google::protobuf::ArenaOptions options;
     options.initial_block = arena_block_.get();
@@ -240,26 +240,30 @@ void BatchReactor::RunOp(const v1::BatchOp& op, v1::BatchResult* result) {
         return absl::OkStatus();
       }
       case v1::BatchOp::kUnmap: {
-        ASSIGN_OR_RETURN(core::Caller caller,
-                         Authenticator::ActAs(identity_, OpDevice(op.unmap().device()), session_id_));
+        ASSIGN_OR_RETURN(
+            core::Caller caller,
+            Authenticator::ActAs(identity_, OpDevice(op.unmap().device()), session_id_));
         return env_.broker->Unmap(caller, caller.device, op.unmap().dma_addr());
       }
       case v1::BatchOp::kMapSg: {
-        ASSIGN_OR_RETURN(core::Caller caller,
-                         Authenticator::ActAs(identity_, OpDevice(op.map_sg().device()), session_id_));
+        ASSIGN_OR_RETURN(
+            core::Caller caller,
+            Authenticator::ActAs(identity_, OpDevice(op.map_sg().device()), session_id_));
         ASSIGN_OR_RETURN(core::MapSgRequest req, FromProto(op.map_sg(), caller.device));
         ASSIGN_OR_RETURN(core::MapSgResult mapped, env_.broker->MapSg(caller, req));
         ToProto(mapped, result->mutable_map_sg());
         return absl::OkStatus();
       }
       case v1::BatchOp::kUnmapSg: {
-        ASSIGN_OR_RETURN(core::Caller caller,
-                         Authenticator::ActAs(identity_, OpDevice(op.unmap_sg().device()), session_id_));
+        ASSIGN_OR_RETURN(
+            core::Caller caller,
+            Authenticator::ActAs(identity_, OpDevice(op.unmap_sg().device()), session_id_));
         return env_.broker->UnmapSg(caller, caller.device, op.unmap_sg().dma_addr());
       }
       case v1::BatchOp::kTranslate: {
-        ASSIGN_OR_RETURN(core::Caller caller,
-                         Authenticator::ActAs(identity_, OpDevice(op.translate().device()), session_id_));
+        ASSIGN_OR_RETURN(
+            core::Caller caller,
+            Authenticator::ActAs(identity_, OpDevice(op.translate().device()), session_id_));
         ASSIGN_OR_RETURN(core::TranslateRequest req, FromProto(op.translate(), caller.device));
         ASSIGN_OR_RETURN(core::TranslateResult translated, env_.broker->Translate(caller, req));
         ToProto(translated, result->mutable_translate());

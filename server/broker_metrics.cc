@@ -87,8 +87,8 @@ void CollectDomain(const core::DomainStats& d, FamilySet& f) {
     }
     f.Counter("iommu_iova_cache_hits_total", "IOVA allocations served by the magazine caches.",
               labels, static_cast<double>(s.cache_hits));
-    f.Counter("iommu_iova_cache_misses_total", "IOVA allocations that missed the caches.",
-              labels, static_cast<double>(s.cache_misses));
+    f.Counter("iommu_iova_cache_misses_total", "IOVA allocations that missed the caches.", labels,
+              static_cast<double>(s.cache_misses));
     // Bucket k of the allocator's histogram counts free ranges of
     // [2^k, 2^(k+1)) granules, i.e. of at most (2^(k+1) - 1) granules: a true
     // histogram of free-range sizes whose sum is the free space.
@@ -148,8 +148,7 @@ void CollectSmmu(const core::SmmuStats& s, FamilySet& f) {
               With(labels, "scope", scope), double(count));
   }
   f.Gauge("iommu_iotlb_entries", "Valid IOTLB entries.", labels, double(t.occupancy));
-  f.Gauge("iommu_iotlb_capacity", "IOTLB entries (sets x ways).", labels,
-          double(s.iotlb_capacity));
+  f.Gauge("iommu_iotlb_capacity", "IOTLB entries (sets x ways).", labels, double(s.iotlb_capacity));
   f.Counter("iommu_translations_total", "Device accesses translated, by result.",
             With(labels, "result", "ok"), double(s.translations_ok));
   f.Counter("iommu_translations_total", "", With(labels, "result", "fault"),

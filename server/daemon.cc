@@ -1,16 +1,15 @@
 #include "server/daemon.h"
 
-#include <sys/stat.h>
-#include <unistd.h>
-
-#include <algorithm>
-#include <exception>
-
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/generic/async_generic_service.h>
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
 #include <grpcpp/impl/server_builder_option.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <exception>
 
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/match.h"
@@ -108,7 +107,8 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const DaemonOptions& optio
   d->broker_ = *std::move(broker);
   absl::flat_hash_set<std::string> devices;
   for (const core::DeviceConfig& device : topology->devices) devices.insert(device.name);
-  absl::StatusOr<std::unique_ptr<Authenticator>> auth = Authenticator::Create(options.auth, devices);
+  absl::StatusOr<std::unique_ptr<Authenticator>> auth =
+      Authenticator::Create(options.auth, devices);
   if (!auth.ok()) return auth.status();
   d->auth_ = *std::move(auth);
   d->grpc_metrics_ = std::make_shared<GrpcMetrics>();
@@ -216,8 +216,8 @@ void Daemon::TickLoop() {
   while (!stop_ticking_.WaitForNotificationWithTimeout(options_.tick_interval)) {
     const int released = broker_->Tick();
     if (released > 0) {
-      LogInfo("sessions_expired", absl::StrCat("count=", released,
-                                               " (lease ran out; their resources were released)"));
+      LogInfo("sessions_expired",
+              absl::StrCat("count=", released, " (lease ran out; their resources were released)"));
     }
   }
 }
@@ -226,8 +226,8 @@ absl::Status Daemon::Shutdown() {
   if (shut_down_ || server_ == nullptr) return absl::OkStatus();  // never started
   shut_down_ = true;
   const absl::Time deadline = absl::Now() + options_.drain_timeout;
-  LogInfo("draining", absl::StrCat("streams=", streams_.size(), " deadline_s=",
-                                   absl::ToDoubleSeconds(options_.drain_timeout)));
+  LogInfo("draining", absl::StrCat("streams=", streams_.size(),
+                                   " deadline_s=", absl::ToDoubleSeconds(options_.drain_timeout)));
   SetServing(server_.get(), false);
   SetServing(health_server_.get(), false);
   // 1. End the streams (Batch between two requests, watchers at once) and

@@ -10,13 +10,13 @@
 // Thread-compatible: Start, then Shutdown once, from one thread (main's
 // signal loop); everything it owns is thread-safe.
 
+#include <grpcpp/generic/async_generic_service.h>
+#include <grpcpp/server.h>
+
 #include <memory>
 #include <string>
 #include <thread>
 #include <vector>
-
-#include <grpcpp/generic/async_generic_service.h>
-#include <grpcpp/server.h>
 
 #include "absl/status/statusor.h"
 #include "absl/synchronization/notification.h"
@@ -50,8 +50,8 @@ struct DaemonOptions {
   ListenOptions listen;
   std::string topology_file;  // empty: the built-in default host
   AuthOptions auth;
-  core::BrokerOptions broker;  // quotas, flush queue, fault ring
-  absl::Duration session_ttl = absl::Seconds(30);   // OpenSession with ttl_ms 0
+  core::BrokerOptions broker;                      // quotas, flush queue, fault ring
+  absl::Duration session_ttl = absl::Seconds(30);  // OpenSession with ttl_ms 0
   absl::Duration drain_timeout = absl::Seconds(10);
   absl::Duration tick_interval = absl::Milliseconds(20);
 };
@@ -92,7 +92,7 @@ class Daemon {
   std::vector<std::unique_ptr<grpc::Service>> services_;
   std::unique_ptr<grpc::Server> server_;
   std::unique_ptr<grpc::CallbackGenericService> health_fallback_;  // outlives health_server_
-  std::unique_ptr<grpc::Server> health_server_;  // null without --health_listen
+  std::unique_ptr<grpc::Server> health_server_;                    // null without --health_listen
   std::unique_ptr<prometheus::Exposer> exposer_;
   std::vector<std::string> bound_addresses_;
   std::string metrics_address_;

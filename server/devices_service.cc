@@ -37,15 +37,14 @@ ServerUnaryReactor* DevicesService::ListDevices(CallbackServerContext* context,
 ServerUnaryReactor* DevicesService::Translate(CallbackServerContext* context,
                                               const v1::TranslateRequest* request,
                                               v1::TranslateResponse* response) {
-  return ServeUnary(env_, context, Method::kTranslate, request->device(),
-                    [&](const core::Caller& caller) -> absl::Status {
-                      ASSIGN_OR_RETURN(core::TranslateRequest req,
-                                       FromProto(*request, caller.device));
-                      ASSIGN_OR_RETURN(core::TranslateResult result,
-                                       env_.broker->Translate(caller, req));
-                      ToProto(result, response);
-                      return absl::OkStatus();
-                    });
+  return ServeUnary(
+      env_, context, Method::kTranslate, request->device(),
+      [&](const core::Caller& caller) -> absl::Status {
+        ASSIGN_OR_RETURN(core::TranslateRequest req, FromProto(*request, caller.device));
+        ASSIGN_OR_RETURN(core::TranslateResult result, env_.broker->Translate(caller, req));
+        ToProto(result, response);
+        return absl::OkStatus();
+      });
 }
 
 // Every access acts as its own `device`. All accesses are converted and

@@ -60,8 +60,8 @@ ServerUnaryReactor* DmaService::Alloc(CallbackServerContext* context,
                     });
 }
 
-ServerUnaryReactor* DmaService::Free(CallbackServerContext* context,
-                                     const v1::FreeRequest* request, v1::FreeResponse*) {
+ServerUnaryReactor* DmaService::Free(CallbackServerContext* context, const v1::FreeRequest* request,
+                                     v1::FreeResponse*) {
   return ServeUnary(env_, context, Method::kFree, request->device(),
                     [&](const core::Caller& caller) {
                       return env_.broker->Free(caller, caller.device, request->dma_addr());
@@ -71,22 +71,21 @@ ServerUnaryReactor* DmaService::Free(CallbackServerContext* context,
 ServerUnaryReactor* DmaService::GetSgTable(CallbackServerContext* context,
                                            const v1::GetSgTableRequest* request,
                                            v1::GetSgTableResponse* response) {
-  return ServeUnary(env_, context, Method::kGetSgTable, request->device(),
-                    [&](const core::Caller& caller) -> absl::Status {
-                      std::optional<core::ExportGrant> grant;
-                      if (request->export_()) {
-                        grant = core::ExportGrant{
-                            .importers = {request->export_importers().begin(),
-                                          request->export_importers().end()},
-                            .writable = request->export_writable()};
-                      }
-                      ASSIGN_OR_RETURN(core::SgTableResult result,
-                                       env_.broker->GetSgTable(caller, caller.device,
-                                                               request->dma_addr(),
-                                                               std::move(grant)));
-                      ToProto(result, response);
-                      return absl::OkStatus();
-                    });
+  return ServeUnary(
+      env_, context, Method::kGetSgTable, request->device(),
+      [&](const core::Caller& caller) -> absl::Status {
+        std::optional<core::ExportGrant> grant;
+        if (request->export_()) {
+          grant = core::ExportGrant{
+              .importers = {request->export_importers().begin(), request->export_importers().end()},
+              .writable = request->export_writable()};
+        }
+        ASSIGN_OR_RETURN(
+            core::SgTableResult result,
+            env_.broker->GetSgTable(caller, caller.device, request->dma_addr(), std::move(grant)));
+        ToProto(result, response);
+        return absl::OkStatus();
+      });
 }
 
 ServerUnaryReactor* DmaService::RevokeExport(CallbackServerContext* context,
@@ -106,9 +105,9 @@ ServerUnaryReactor* DmaService::MsiCookie(CallbackServerContext* context,
                                           v1::MsiCookieResponse* response) {
   return ServeUnary(env_, context, Method::kMsiCookie, request->device(),
                     [&](const core::Caller& caller) -> absl::Status {
-                      ASSIGN_OR_RETURN(core::MsiCookieResult result,
-                                       env_.broker->MsiCookie(caller,
-                                                              FromProto(*request, caller.device)));
+                      ASSIGN_OR_RETURN(
+                          core::MsiCookieResult result,
+                          env_.broker->MsiCookie(caller, FromProto(*request, caller.device)));
                       ToProto(result, response);
                       return absl::OkStatus();
                     });
@@ -117,41 +116,39 @@ ServerUnaryReactor* DmaService::MsiCookie(CallbackServerContext* context,
 ServerUnaryReactor* DmaService::MapAt(CallbackServerContext* context,
                                       const v1::MapAtRequest* request,
                                       v1::MapAtResponse* response) {
-  return ServeUnary(env_, context, Method::kMapAt, request->device(),
-                    [&](const core::Caller& caller) -> absl::Status {
-                      ASSIGN_OR_RETURN(core::MemRef mem, FromProto(request->mem(), "mem"));
-                      ASSIGN_OR_RETURN(core::DmaDirection direction,
-                                       FromProto(request->direction()));
-                      ASSIGN_OR_RETURN(core::MapResult result,
-                                       env_.broker->MapAt(caller, caller.device, request->iova(),
-                                                          mem, direction,
-                                                          FromProto(request->attrs())));
-                      response->set_mapping_id(result.mapping_id);
-                      response->set_domain_id(result.domain_id);
-                      return absl::OkStatus();
-                    });
+  return ServeUnary(
+      env_, context, Method::kMapAt, request->device(),
+      [&](const core::Caller& caller) -> absl::Status {
+        ASSIGN_OR_RETURN(core::MemRef mem, FromProto(request->mem(), "mem"));
+        ASSIGN_OR_RETURN(core::DmaDirection direction, FromProto(request->direction()));
+        ASSIGN_OR_RETURN(core::MapResult result,
+                         env_.broker->MapAt(caller, caller.device, request->iova(), mem, direction,
+                                            FromProto(request->attrs())));
+        response->set_mapping_id(result.mapping_id);
+        response->set_domain_id(result.domain_id);
+        return absl::OkStatus();
+      });
 }
 
 ServerUnaryReactor* DmaService::UnmapRange(CallbackServerContext* context,
                                            const v1::UnmapRangeRequest* request,
                                            v1::UnmapRangeResponse* response) {
-  return ServeUnary(env_, context, Method::kUnmapRange, request->device(),
-                    [&](const core::Caller& caller) -> absl::Status {
-                      ASSIGN_OR_RETURN(uint64_t unmapped,
-                                       env_.broker->UnmapRange(caller, caller.device,
-                                                               request->iova(),
-                                                               request->size_bytes()));
-                      response->set_unmapped_bytes(unmapped);
-                      return absl::OkStatus();
-                    });
+  return ServeUnary(
+      env_, context, Method::kUnmapRange, request->device(),
+      [&](const core::Caller& caller) -> absl::Status {
+        ASSIGN_OR_RETURN(
+            uint64_t unmapped,
+            env_.broker->UnmapRange(caller, caller.device, request->iova(), request->size_bytes()));
+        response->set_unmapped_bytes(unmapped);
+        return absl::OkStatus();
+      });
 }
 
-ServerUnaryReactor* DmaService::Sync(CallbackServerContext* context,
-                                     const v1::SyncRequest* request, v1::SyncResponse*) {
-  return ServeUnary(env_, context, Method::kSync, request->device(),
-                    [&](const core::Caller& caller) {
-                      return env_.broker->Sync(caller, caller.device);
-                    });
+ServerUnaryReactor* DmaService::Sync(CallbackServerContext* context, const v1::SyncRequest* request,
+                                     v1::SyncResponse*) {
+  return ServeUnary(
+      env_, context, Method::kSync, request->device(),
+      [&](const core::Caller& caller) { return env_.broker->Sync(caller, caller.device); });
 }
 
 grpc::ServerBidiReactor<v1::BatchRequest, v1::BatchResponse>* DmaService::Batch(

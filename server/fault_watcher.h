@@ -13,9 +13,9 @@
 // Thread-safety: mu_ guards the state shared between the watcher thread and
 // the gRPC reactions; only the watcher thread calls StartWrite and Finish.
 
-#include <thread>
-
 #include <grpcpp/support/server_callback.h>
+
+#include <thread>
 
 #include "absl/synchronization/mutex.h"
 #include "iommu/v1/device.pb.h"
@@ -23,8 +23,7 @@
 
 namespace iommu::server {
 
-class FaultWatcher final : public grpc::ServerWriteReactor<v1::FaultEvent>,
-                           public DrainableStream {
+class FaultWatcher final : public grpc::ServerWriteReactor<v1::FaultEvent>, public DrainableStream {
  public:
   FaultWatcher(const ServiceEnv& env, grpc::CallbackServerContext* context,
                const v1::WatchFaultsRequest& request);

@@ -45,17 +45,20 @@ constexpr MethodInfo kMethods[kNumMethods] = {
 
 // grpc-go's codes.Code.String(), the grpc_code label of go-grpc-prometheus.
 constexpr const char* kCodeNames[] = {
-    "OK",       "Canceled",           "Unknown",          "InvalidArgument", "DeadlineExceeded",
-    "NotFound", "AlreadyExists",      "PermissionDenied", "ResourceExhausted",
-    "FailedPrecondition", "Aborted",  "OutOfRange",       "Unimplemented",   "Internal",
-    "Unavailable", "DataLoss",        "Unauthenticated"};
+    "OK",       "Canceled",       "Unknown",          "InvalidArgument",   "DeadlineExceeded",
+    "NotFound", "AlreadyExists",  "PermissionDenied", "ResourceExhausted", "FailedPrecondition",
+    "Aborted",  "OutOfRange",     "Unimplemented",    "Internal",          "Unavailable",
+    "DataLoss", "Unauthenticated"};
 static_assert(std::size(kCodeNames) == 17);
 
 const char* TypeName(RpcType type) {
   switch (type) {
-    case RpcType::kUnary: return "unary";
-    case RpcType::kServerStream: return "server_stream";
-    case RpcType::kBidiStream: return "bidi_stream";
+    case RpcType::kUnary:
+      return "unary";
+    case RpcType::kServerStream:
+      return "server_stream";
+    case RpcType::kBidiStream:
+      return "bidi_stream";
   }
   return "unary";
 }
@@ -80,8 +83,8 @@ prometheus::MetricFamily Family(const char* name, const char* help, prometheus::
 const MethodInfo& Describe(Method method) { return kMethods[int(method)]; }
 
 const std::vector<const char*>& ServiceNames() {
-  static const std::vector<const char*> names = {"iommu.v1.Dma",     "iommu.v1.Memory",
-                                                 "iommu.v1.Domains", "iommu.v1.Devices",
+  static const std::vector<const char*> names = {"iommu.v1.Dma",      "iommu.v1.Memory",
+                                                 "iommu.v1.Domains",  "iommu.v1.Devices",
                                                  "iommu.v1.Sessions", "iommu.v1.Stats"};
   return names;
 }
@@ -106,18 +109,18 @@ void GrpcMetrics::Handled(Method m, absl::StatusCode code, int64_t elapsed_ns) {
 
 std::vector<prometheus::MetricFamily> GrpcMetrics::Collect() const {
   using prometheus::MetricType;
-  auto started = Family("grpc_server_started_total",
-                        "Total number of RPCs started on the server.", MetricType::Counter);
+  auto started = Family("grpc_server_started_total", "Total number of RPCs started on the server.",
+                        MetricType::Counter);
   auto handled = Family("grpc_server_handled_total",
                         "Total number of RPCs completed on the server, regardless of success "
                         "or failure.",
                         MetricType::Counter);
-  auto received = Family("grpc_server_msg_received_total",
-                         "Total number of RPC stream messages received on the server.",
-                         MetricType::Counter);
-  auto sent = Family("grpc_server_msg_sent_total",
-                     "Total number of gRPC stream messages sent by the server.",
-                     MetricType::Counter);
+  auto received =
+      Family("grpc_server_msg_received_total",
+             "Total number of RPC stream messages received on the server.", MetricType::Counter);
+  auto sent =
+      Family("grpc_server_msg_sent_total",
+             "Total number of gRPC stream messages sent by the server.", MetricType::Counter);
   auto seconds = Family("grpc_server_handling_seconds",
                         "Histogram of response latency (seconds) of gRPC that had been "
                         "application-level handled by the server.",

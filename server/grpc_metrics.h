@@ -32,18 +32,42 @@ enum class RpcType { kUnary, kServerStream, kBidiStream };
 // Every RPC of iommu.v1, in proto order.
 enum class Method : int {
   // iommu.v1.Dma
-  kMap, kUnmap, kMapSg, kUnmapSg, kAlloc, kFree, kGetSgTable, kRevokeExport, kMsiCookie, kMapAt,
+  kMap,
+  kUnmap,
+  kMapSg,
+  kUnmapSg,
+  kAlloc,
+  kFree,
+  kGetSgTable,
+  kRevokeExport,
+  kMsiCookie,
+  kMapAt,
   kUnmapRange,
-  kSync, kBatch,
+  kSync,
+  kBatch,
   // iommu.v1.Memory
-  kAllocBuffer, kFreeBuffer, kGetBuffer,
+  kAllocBuffer,
+  kFreeBuffer,
+  kGetBuffer,
   // iommu.v1.Domains
-  kCreateDomain, kDestroyDomain, kGetDomain, kListDomains, kAttachDevice, kDetachDevice,
-  kGetIovaRanges, kWalkDomain,
+  kCreateDomain,
+  kDestroyDomain,
+  kGetDomain,
+  kListDomains,
+  kAttachDevice,
+  kDetachDevice,
+  kGetIovaRanges,
+  kWalkDomain,
   // iommu.v1.Devices
-  kListIommus, kListDevices, kTranslate, kTranslateBatch, kWatchFaults,
+  kListIommus,
+  kListDevices,
+  kTranslate,
+  kTranslateBatch,
+  kWatchFaults,
   // iommu.v1.Sessions
-  kOpenSession, kKeepAlive, kCloseSession,
+  kOpenSession,
+  kKeepAlive,
+  kCloseSession,
   // iommu.v1.Stats
   kGetStats,
 };

@@ -30,8 +30,7 @@ TEST(GrpcMetricsTest, EverySeriesExistsFromStartUp) {
   EXPECT_EQ(FamilyNamed(families, "grpc_server_started_total").metric.size(), size_t(kNumMethods));
   EXPECT_EQ(FamilyNamed(families, "grpc_server_msg_received_total").metric.size(),
             size_t(kNumMethods));
-  EXPECT_EQ(FamilyNamed(families, "grpc_server_msg_sent_total").metric.size(),
-            size_t(kNumMethods));
+  EXPECT_EQ(FamilyNamed(families, "grpc_server_msg_sent_total").metric.size(), size_t(kNumMethods));
   EXPECT_EQ(FamilyNamed(families, "grpc_server_handling_seconds").metric.size(),
             size_t(kNumMethods));
   // Every code for every method, as go-grpc-prometheus pre-registers them.
@@ -47,8 +46,8 @@ TEST(GrpcMetricsTest, CountsLandOnTheirMethodCodeAndBucket) {
   metrics.Started(Method::kMap);
   metrics.Received(Method::kMap);
   metrics.Sent(Method::kMap);
-  metrics.Handled(Method::kMap, absl::StatusCode::kOk, 7'000);            // 7 µs
-  metrics.Handled(Method::kMap, absl::StatusCode::kNotFound, 300'000);    // 300 µs
+  metrics.Handled(Method::kMap, absl::StatusCode::kOk, 7'000);                 // 7 µs
+  metrics.Handled(Method::kMap, absl::StatusCode::kNotFound, 300'000);         // 300 µs
   metrics.Handled(Method::kMap, absl::StatusCode::kNotFound, 20'000'000'000);  // 20 s
   const auto families = metrics.Collect();
   for (const auto& m : FamilyNamed(families, "grpc_server_handled_total").metric) {
@@ -71,8 +70,10 @@ TEST(GrpcMetricsTest, CountsLandOnTheirMethodCodeAndBucket) {
     // Cumulative: le=1e-5 holds the 7 µs call, le=5e-4 the 300 µs one too,
     // only +Inf the 20 s one.
     for (const auto& b : m.histogram.bucket) {
-      const uint64_t want = b.upper_bound < 7e-6 ? 0 : b.upper_bound < 3e-4 ? 1
-                            : b.upper_bound < 20 ? 2 : 3;
+      const uint64_t want = b.upper_bound < 7e-6   ? 0
+                            : b.upper_bound < 3e-4 ? 1
+                            : b.upper_bound < 20   ? 2
+                                                   : 3;
       EXPECT_EQ(b.cumulative_count, want) << b.upper_bound;
     }
   }

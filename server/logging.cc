@@ -18,10 +18,18 @@ std::string Quote(absl::string_view s) {
   std::string out = "\"";
   for (char c : s) {
     switch (c) {
-      case '"': out += "\\\""; break;
-      case '\\': out += "\\\\"; break;
-      case '\n': out += "\\n"; break;
-      case '\t': out += "\\t"; break;
+      case '"':
+        out += "\\\"";
+        break;
+      case '\\':
+        out += "\\\\";
+        break;
+      case '\n':
+        out += "\\n";
+        break;
+      case '\t':
+        out += "\\t";
+        break;
       default:
         if (static_cast<unsigned char>(c) < 0x20) {
           absl::StrAppendFormat(&out, "\\u%04x", c);
@@ -61,9 +69,9 @@ void Emit(spdlog::level::level_enum level, absl::string_view event, absl::string
 absl::Status InitLogging(const LogOptions& options) {
   spdlog::level::level_enum level = spdlog::level::from_str(options.level);
   if (level == spdlog::level::off && options.level != "off") {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "log_level=\"", options.level,
-        "\": must be trace, debug, info, warning, error, critical or off"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("log_level=\"", options.level,
+                     "\": must be trace, debug, info, warning, error, critical or off"));
   }
   g_format = options.format;
   auto logger = spdlog::stderr_logger_mt("iommud");

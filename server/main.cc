@@ -54,8 +54,7 @@ ABSL_FLAG(bool, auth_none_allow_remote, false,
 // field; 0 means the fair share of the topology (see docs/security.md).
 ABSL_FLAG(uint64_t, quota_mapped_bytes, kDefaultQuotas.max_mapped_bytes,
           "per-device quota: bytes mapped at once (a topology device's quotas override it)");
-ABSL_FLAG(uint64_t, quota_mappings, kDefaultQuotas.max_mappings,
-          "per-device quota: live mappings");
+ABSL_FLAG(uint64_t, quota_mappings, kDefaultQuotas.max_mappings, "per-device quota: live mappings");
 ABSL_FLAG(uint64_t, quota_buffers, kDefaultQuotas.max_buffers, "per-device quota: live buffers");
 ABSL_FLAG(uint64_t, quota_buffer_bytes, kDefaultQuotas.max_buffer_bytes,
           "per-device quota: bytes of buffers held; 0 = a fair share, the pools' RAM divided by "
@@ -63,8 +62,7 @@ ABSL_FLAG(uint64_t, quota_buffer_bytes, kDefaultQuotas.max_buffer_bytes,
 ABSL_FLAG(uint64_t, quota_domains, kDefaultQuotas.max_domains,
           "per-device quota: domains a device creates; 0 = a fair share of its SMMU's contexts "
           "(those left after every device's default domain, split evenly)");
-ABSL_FLAG(uint64_t, quota_sessions, kDefaultQuotas.max_sessions,
-          "per-device quota: open sessions");
+ABSL_FLAG(uint64_t, quota_sessions, kDefaultQuotas.max_sessions, "per-device quota: open sessions");
 ABSL_FLAG(uint64_t, quota_exports, kDefaultQuotas.max_exports,
           "per-device quota: live export tokens (GetSgTable with export) of its memory");
 ABSL_FLAG(absl::Duration, session_ttl, absl::Seconds(30),
@@ -192,13 +190,12 @@ int main(int argc, char** argv) {
   }
   const iommu::server::Daemon& d = **daemon;
   iommu::server::LogInfo(
-      "serving",
-      absl::StrCat("grpc=", absl::StrJoin(d.grpc_addresses(), ","), " metrics=",
-                   d.metrics_address().empty()
-                       ? "off"
-                       : absl::StrCat("http://", d.metrics_address(), "/metrics"),
-                   " health=", d.health_address().empty() ? "off" : d.health_address(),
-                   " auth=", iommu::server::AuthModeName(options.auth.mode)));
+      "serving", absl::StrCat("grpc=", absl::StrJoin(d.grpc_addresses(), ","), " metrics=",
+                              d.metrics_address().empty()
+                                  ? "off"
+                                  : absl::StrCat("http://", d.metrics_address(), "/metrics"),
+                              " health=", d.health_address().empty() ? "off" : d.health_address(),
+                              " auth=", iommu::server::AuthModeName(options.auth.mode)));
 
   int signal_number = 0;
   sigwait(&signals, &signal_number);

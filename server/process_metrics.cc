@@ -1,14 +1,13 @@
 // ProcessCollector of broker_metrics.h: build info and /proc/self figures.
 #include <dirent.h>
+#include <google/protobuf/stubs/common.h>
+#include <grpcpp/grpcpp.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
 #include <fstream>
 #include <sstream>
 #include <string>
-
-#include <google/protobuf/stubs/common.h>
-#include <grpcpp/grpcpp.h>
 
 #include "server/broker_metrics.h"
 
@@ -64,13 +63,12 @@ double OpenFds() {
 
 std::vector<MetricFamily> ProcessCollector::Collect() const {
   std::vector<MetricFamily> out;
-  out.push_back(One("iommu_build_info", "Build of the running iommud (always 1).",
-                    MetricType::Gauge, 1,
-                    {{"build_type", IOMMU_BUILD_TYPE},
-                     {"grpc_version", grpc::Version()},
-                     {"protobuf_version",
-                      google::protobuf::internal::VersionString(GOOGLE_PROTOBUF_VERSION)},
-                     {"version", IOMMU_VERSION}}));
+  out.push_back(
+      One("iommu_build_info", "Build of the running iommud (always 1).", MetricType::Gauge, 1,
+          {{"build_type", IOMMU_BUILD_TYPE},
+           {"grpc_version", grpc::Version()},
+           {"protobuf_version", google::protobuf::internal::VersionString(GOOGLE_PROTOBUF_VERSION)},
+           {"version", IOMMU_VERSION}}));
 
   // /proc/self/stat: fields after the parenthesised command name; utime and
   // stime are fields 14 and 15, starttime 22, vsize 23, rss 24 (1-based).
@@ -85,19 +83,20 @@ std::vector<MetricFamily> ProcessCollector::Collect() const {
     if (f.size() > 21) {
       const double ticks = static_cast<double>(sysconf(_SC_CLK_TCK));
       const double page = static_cast<double>(sysconf(_SC_PAGESIZE));
-      out.push_back(One("process_cpu_seconds_total", "Total user and system CPU time spent in seconds.",
-                        MetricType::Counter, (std::stod(f[11]) + std::stod(f[12])) / ticks));
+      out.push_back(One("process_cpu_seconds_total",
+                        "Total user and system CPU time spent in seconds.", MetricType::Counter,
+                        (std::stod(f[11]) + std::stod(f[12])) / ticks));
       out.push_back(One("process_start_time_seconds",
-                        "Start time of the process since unix epoch in seconds.",
-                        MetricType::Gauge, BootTimeSeconds() + std::stod(f[19]) / ticks));
+                        "Start time of the process since unix epoch in seconds.", MetricType::Gauge,
+                        BootTimeSeconds() + std::stod(f[19]) / ticks));
       out.push_back(One("process_virtual_memory_bytes", "Virtual memory size in bytes.",
                         MetricType::Gauge, std::stod(f[20])));
       out.push_back(One("process_resident_memory_bytes", "Resident memory size in bytes.",
                         MetricType::Gauge, std::stod(f[21]) * page));
     }
   }
-  out.push_back(One("process_open_fds", "Number of open file descriptors.", MetricType::Gauge,
-                    OpenFds()));
+  out.push_back(
+      One("process_open_fds", "Number of open file descriptors.", MetricType::Gauge, OpenFds()));
   struct rlimit limit {};
   if (getrlimit(RLIMIT_NOFILE, &limit) == 0) {
     out.push_back(One("process_max_fds", "Maximum number of open file descriptors.",

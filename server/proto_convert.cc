@@ -19,29 +19,40 @@ void ToProto(const core::PhysRun& run, v1::PhysRun* out) {
 
 v1::DomainType DomainTypeToProto(core::DomainType type) {
   switch (type) {
-    case core::DomainType::kDma: return v1::DOMAIN_TYPE_DMA;
-    case core::DomainType::kDmaFq: return v1::DOMAIN_TYPE_DMA_FQ;
-    case core::DomainType::kUnmanaged: return v1::DOMAIN_TYPE_UNMANAGED;
-    case core::DomainType::kIdentity: return v1::DOMAIN_TYPE_IDENTITY;
-    case core::DomainType::kBlocked: return v1::DOMAIN_TYPE_BLOCKED;
+    case core::DomainType::kDma:
+      return v1::DOMAIN_TYPE_DMA;
+    case core::DomainType::kDmaFq:
+      return v1::DOMAIN_TYPE_DMA_FQ;
+    case core::DomainType::kUnmanaged:
+      return v1::DOMAIN_TYPE_UNMANAGED;
+    case core::DomainType::kIdentity:
+      return v1::DOMAIN_TYPE_IDENTITY;
+    case core::DomainType::kBlocked:
+      return v1::DOMAIN_TYPE_BLOCKED;
   }
   return v1::DOMAIN_TYPE_UNSPECIFIED;
 }
 
 v1::Placement PlacementToProto(core::Placement placement) {
   switch (placement) {
-    case core::Placement::kScattered: return v1::PLACEMENT_SCATTERED;
-    case core::Placement::kContiguous: return v1::PLACEMENT_CONTIGUOUS;
-    case core::Placement::kHuge: return v1::PLACEMENT_HUGE;
+    case core::Placement::kScattered:
+      return v1::PLACEMENT_SCATTERED;
+    case core::Placement::kContiguous:
+      return v1::PLACEMENT_CONTIGUOUS;
+    case core::Placement::kHuge:
+      return v1::PLACEMENT_HUGE;
   }
   return v1::PLACEMENT_UNSPECIFIED;
 }
 
 v1::AccessKind AccessToProto(core::AccessKind kind) {
   switch (kind) {
-    case core::AccessKind::kRead: return v1::ACCESS_KIND_READ;
-    case core::AccessKind::kWrite: return v1::ACCESS_KIND_WRITE;
-    case core::AccessKind::kExec: return v1::ACCESS_KIND_EXEC;
+    case core::AccessKind::kRead:
+      return v1::ACCESS_KIND_READ;
+    case core::AccessKind::kWrite:
+      return v1::ACCESS_KIND_WRITE;
+    case core::AccessKind::kExec:
+      return v1::ACCESS_KIND_EXEC;
   }
   return v1::ACCESS_KIND_UNSPECIFIED;
 }
@@ -52,9 +63,12 @@ v1::AccessKind AccessToProto(core::AccessKind kind) {
 
 absl::StatusOr<core::DmaDirection> FromProto(v1::DmaDirection direction) {
   switch (direction) {
-    case v1::DMA_DIRECTION_BIDIRECTIONAL: return core::DmaDirection::kBidirectional;
-    case v1::DMA_DIRECTION_TO_DEVICE: return core::DmaDirection::kToDevice;
-    case v1::DMA_DIRECTION_FROM_DEVICE: return core::DmaDirection::kFromDevice;
+    case v1::DMA_DIRECTION_BIDIRECTIONAL:
+      return core::DmaDirection::kBidirectional;
+    case v1::DMA_DIRECTION_TO_DEVICE:
+      return core::DmaDirection::kToDevice;
+    case v1::DMA_DIRECTION_FROM_DEVICE:
+      return core::DmaDirection::kFromDevice;
     default:
       return BadEnum("direction", direction, "BIDIRECTIONAL, TO_DEVICE, FROM_DEVICE");
   }
@@ -62,39 +76,57 @@ absl::StatusOr<core::DmaDirection> FromProto(v1::DmaDirection direction) {
 
 absl::StatusOr<core::Placement> FromProto(v1::Placement placement) {
   switch (placement) {
-    case v1::PLACEMENT_SCATTERED: return core::Placement::kScattered;
-    case v1::PLACEMENT_CONTIGUOUS: return core::Placement::kContiguous;
-    case v1::PLACEMENT_HUGE: return core::Placement::kHuge;
-    default: return BadEnum("placement", placement, "SCATTERED, CONTIGUOUS, HUGE");
+    case v1::PLACEMENT_SCATTERED:
+      return core::Placement::kScattered;
+    case v1::PLACEMENT_CONTIGUOUS:
+      return core::Placement::kContiguous;
+    case v1::PLACEMENT_HUGE:
+      return core::Placement::kHuge;
+    default:
+      return BadEnum("placement", placement, "SCATTERED, CONTIGUOUS, HUGE");
   }
 }
 
 absl::StatusOr<core::DomainType> FromProto(v1::DomainType type) {
   switch (type) {
-    case v1::DOMAIN_TYPE_DMA: return core::DomainType::kDma;
-    case v1::DOMAIN_TYPE_DMA_FQ: return core::DomainType::kDmaFq;
-    case v1::DOMAIN_TYPE_UNMANAGED: return core::DomainType::kUnmanaged;
-    case v1::DOMAIN_TYPE_IDENTITY: return core::DomainType::kIdentity;
-    case v1::DOMAIN_TYPE_BLOCKED: return core::DomainType::kBlocked;
-    default: return BadEnum("type", type, "DMA, DMA_FQ, UNMANAGED, IDENTITY, BLOCKED");
+    case v1::DOMAIN_TYPE_DMA:
+      return core::DomainType::kDma;
+    case v1::DOMAIN_TYPE_DMA_FQ:
+      return core::DomainType::kDmaFq;
+    case v1::DOMAIN_TYPE_UNMANAGED:
+      return core::DomainType::kUnmanaged;
+    case v1::DOMAIN_TYPE_IDENTITY:
+      return core::DomainType::kIdentity;
+    case v1::DOMAIN_TYPE_BLOCKED:
+      return core::DomainType::kBlocked;
+    default:
+      return BadEnum("type", type, "DMA, DMA_FQ, UNMANAGED, IDENTITY, BLOCKED");
   }
 }
 
 absl::StatusOr<core::SgMode> FromProto(v1::SgMode mode) {
   switch (mode) {
-    case v1::SG_MODE_DMA_API: return core::SgMode::kDmaApi;
-    case v1::SG_MODE_MERGE: return core::SgMode::kMerge;
-    case v1::SG_MODE_CONTIGUOUS: return core::SgMode::kContiguous;
-    default: return BadEnum("mode", mode, "DMA_API, MERGE, CONTIGUOUS");
+    case v1::SG_MODE_DMA_API:
+      return core::SgMode::kDmaApi;
+    case v1::SG_MODE_MERGE:
+      return core::SgMode::kMerge;
+    case v1::SG_MODE_CONTIGUOUS:
+      return core::SgMode::kContiguous;
+    default:
+      return BadEnum("mode", mode, "DMA_API, MERGE, CONTIGUOUS");
   }
 }
 
 absl::StatusOr<core::AccessKind> FromProto(v1::AccessKind access) {
   switch (access) {
-    case v1::ACCESS_KIND_READ: return core::AccessKind::kRead;
-    case v1::ACCESS_KIND_WRITE: return core::AccessKind::kWrite;
-    case v1::ACCESS_KIND_EXEC: return core::AccessKind::kExec;
-    default: return BadEnum("access", access, "READ, WRITE, EXEC");
+    case v1::ACCESS_KIND_READ:
+      return core::AccessKind::kRead;
+    case v1::ACCESS_KIND_WRITE:
+      return core::AccessKind::kWrite;
+    case v1::ACCESS_KIND_EXEC:
+      return core::AccessKind::kExec;
+    default:
+      return BadEnum("access", access, "READ, WRITE, EXEC");
   }
 }
 
@@ -152,7 +184,8 @@ absl::Status MapOpFromProto(const v1::MapRequest& request, core::DmaBatchOp* out
 
 absl::StatusOr<core::MapSgRequest> FromProto(const v1::MapSgRequest& request,
                                              const std::string& device) {
-  core::MapSgRequest out{.device = device, .import_token = request.import_token(),
+  core::MapSgRequest out{.device = device,
+                         .import_token = request.import_token(),
                          .attrs = FromProto(request.attrs())};
   out.segments.reserve(request.segments_size());
   for (int i = 0; i < request.segments_size(); ++i) {
@@ -171,8 +204,10 @@ absl::StatusOr<core::MapSgRequest> FromProto(const v1::MapSgRequest& request,
 
 absl::StatusOr<core::AllocRequest> FromProto(const v1::AllocRequest& request,
                                              const std::string& device) {
-  core::AllocRequest out{.device = device, .size_bytes = request.size_bytes(),
-                         .attrs = FromProto(request.attrs()), .pool = request.pool()};
+  core::AllocRequest out{.device = device,
+                         .size_bytes = request.size_bytes(),
+                         .attrs = FromProto(request.attrs()),
+                         .pool = request.pool()};
   auto direction = FromProto(request.direction());
   if (!direction.ok()) return direction.status();
   out.direction = *direction;
@@ -180,7 +215,8 @@ absl::StatusOr<core::AllocRequest> FromProto(const v1::AllocRequest& request,
 }
 
 core::MsiCookieRequest FromProto(const v1::MsiCookieRequest& request, const std::string& device) {
-  core::MsiCookieRequest out{.device = device, .window_base = request.window_base(),
+  core::MsiCookieRequest out{.device = device,
+                             .window_base = request.window_base(),
                              .window_size_bytes = request.window_size_bytes()};
   if (request.domain_id() != 0) out.domain_id = request.domain_id();
   return out;
@@ -200,7 +236,9 @@ absl::StatusOr<core::TranslateRequest> FromProto(const v1::TranslateRequest& req
                                                  const std::string& device) {
   auto kind = FromProto(request.access());
   if (!kind.ok()) return kind.status();
-  core::TranslateRequest out{.device = device, .smmu = request.smmu(), .iova = request.iova(),
+  core::TranslateRequest out{.device = device,
+                             .smmu = request.smmu(),
+                             .iova = request.iova(),
                              .length_bytes = request.length_bytes(),
                              .access = {.kind = *kind, .privileged = request.privileged()}};
   if (request.has_stream_id()) out.stream_id = request.stream_id();
@@ -211,7 +249,8 @@ absl::StatusOr<core::TranslateRequest> FromProto(const v1::TranslateOp& request,
                                                  const std::string& device) {
   auto kind = FromProto(request.access());
   if (!kind.ok()) return kind.status();
-  return core::TranslateRequest{.device = device, .iova = request.iova(),
+  return core::TranslateRequest{.device = device,
+                                .iova = request.iova(),
                                 .length_bytes = request.length_bytes(),
                                 .access = {.kind = *kind, .privileged = request.privileged()}};
 }
@@ -330,11 +369,16 @@ void ToProto(const core::PgtableMapping& leaf, v1::PageTableLeaf* out) {
 
 v1::FaultType FaultTypeToProto(core::FaultType type) {
   switch (type) {
-    case core::FaultType::kTranslation: return v1::FAULT_TYPE_TRANSLATION;
-    case core::FaultType::kPermission: return v1::FAULT_TYPE_PERMISSION;
-    case core::FaultType::kAddressSize: return v1::FAULT_TYPE_ADDRESS_SIZE;
-    case core::FaultType::kAccessBlocked: return v1::FAULT_TYPE_BLOCKED;
-    case core::FaultType::kUnknownStream: return v1::FAULT_TYPE_UNKNOWN_STREAM;
+    case core::FaultType::kTranslation:
+      return v1::FAULT_TYPE_TRANSLATION;
+    case core::FaultType::kPermission:
+      return v1::FAULT_TYPE_PERMISSION;
+    case core::FaultType::kAddressSize:
+      return v1::FAULT_TYPE_ADDRESS_SIZE;
+    case core::FaultType::kAccessBlocked:
+      return v1::FAULT_TYPE_BLOCKED;
+    case core::FaultType::kUnknownStream:
+      return v1::FAULT_TYPE_UNKNOWN_STREAM;
   }
   return v1::FAULT_TYPE_UNSPECIFIED;
 }

@@ -16,12 +16,20 @@ absl::StatusOr<core::Topology> FromProto(const v1::Topology& topology) {
   core::Topology out;
   for (int i = 0; i < topology.smmus_size(); ++i) {
     const v1::SmmuConfig& s = topology.smmus(i);
-    core::SmmuConfig smmu{.name = s.name(), .ias_bits = s.ias_bits(), .oas_bits = s.oas_bits(),
-                          .granules = 0, .num_contexts = s.num_contexts(),
-                          .iotlb_sets = s.iotlb_sets(), .iotlb_ways = s.iotlb_ways()};
+    core::SmmuConfig smmu{.name = s.name(),
+                          .ias_bits = s.ias_bits(),
+                          .oas_bits = s.oas_bits(),
+                          .granules = 0,
+                          .num_contexts = s.num_contexts(),
+                          .iotlb_sets = s.iotlb_sets(),
+                          .iotlb_ways = s.iotlb_ways()};
     switch (s.stage()) {
-      case v1::STAGE_1: smmu.stage = core::Stage::kStage1; break;
-      case v1::STAGE_2: smmu.stage = core::Stage::kStage2; break;
+      case v1::STAGE_1:
+        smmu.stage = core::Stage::kStage1;
+        break;
+      case v1::STAGE_2:
+        smmu.stage = core::Stage::kStage2;
+        break;
       default:
         return core::InvalidField(Indexed("smmus", i, "stage"), uint64_t(s.stage()),
                                   "must be STAGE_1 or STAGE_2");
@@ -37,11 +45,15 @@ absl::StatusOr<core::Topology> FromProto(const v1::Topology& topology) {
   }
   for (int i = 0; i < topology.regions_size(); ++i) {
     const v1::MemoryRegion& r = topology.regions(i);
-    core::MemoryRegionConfig region{.name = r.name(), .base = core::PhysAddr(r.base_phys_addr()),
-                                    .size_bytes = r.size_bytes()};
+    core::MemoryRegionConfig region{
+        .name = r.name(), .base = core::PhysAddr(r.base_phys_addr()), .size_bytes = r.size_bytes()};
     switch (r.kind()) {
-      case v1::REGION_KIND_RAM: region.kind = core::RegionKind::kRam; break;
-      case v1::REGION_KIND_MMIO: region.kind = core::RegionKind::kMmio; break;
+      case v1::REGION_KIND_RAM:
+        region.kind = core::RegionKind::kRam;
+        break;
+      case v1::REGION_KIND_MMIO:
+        region.kind = core::RegionKind::kMmio;
+        break;
       default:
         return core::InvalidField(Indexed("regions", i, "kind"), uint64_t(r.kind()),
                                   "must be RAM or MMIO");
@@ -51,16 +63,21 @@ absl::StatusOr<core::Topology> FromProto(const v1::Topology& topology) {
   for (const v1::Pool& p : topology.pools()) {
     core::PoolConfig pool{.name = p.name(), .priority = p.priority()};
     for (const v1::PoolRange& r : p.ranges()) {
-      pool.ranges.push_back({.base = core::PhysAddr(r.base_phys_addr()),
-                             .size_bytes = r.size_bytes()});
+      pool.ranges.push_back(
+          {.base = core::PhysAddr(r.base_phys_addr()), .size_bytes = r.size_bytes()});
     }
     out.memory.pools.push_back(std::move(pool));
   }
   for (const v1::DeviceConfig& d : topology.devices()) {
-    core::DeviceConfig device{.name = d.name(), .smmu = d.smmu(), .stream_id = d.stream_id(),
-                              .dma_mask_bits = d.dma_mask_bits(), .coherent = d.coherent(),
-                              .trusted = !d.untrusted(), .scatter_gather = !d.no_scatter_gather(),
-                              .pci = d.pci(), .msi_doorbell = d.msi_doorbell_region(),
+    core::DeviceConfig device{.name = d.name(),
+                              .smmu = d.smmu(),
+                              .stream_id = d.stream_id(),
+                              .dma_mask_bits = d.dma_mask_bits(),
+                              .coherent = d.coherent(),
+                              .trusted = !d.untrusted(),
+                              .scatter_gather = !d.no_scatter_gather(),
+                              .pci = d.pci(),
+                              .msi_doorbell = d.msi_doorbell_region(),
                               .msi_doorbell_offset = d.msi_doorbell_offset()};
     if (d.max_segment_size_bytes() != 0) device.max_segment_size_bytes = d.max_segment_size_bytes();
     if (d.segment_boundary_mask() != 0) device.segment_boundary_mask = d.segment_boundary_mask();

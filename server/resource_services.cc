@@ -16,12 +16,11 @@ ServerUnaryReactor* MemoryService::AllocBuffer(CallbackServerContext* context,
                                                v1::AllocBufferResponse* response) {
   return ServeUnary(env_, context, Method::kAllocBuffer, request->device(),
                     [&](const core::Caller& caller) -> absl::Status {
-                      ASSIGN_OR_RETURN(core::Placement placement,
-                                       FromProto(request->placement()));
-                      ASSIGN_OR_RETURN(core::BufferInfo buffer,
-                                       env_.broker->AllocBuffer(caller, caller.device,
-                                                                request->size_bytes(), placement,
-                                                                request->pool()));
+                      ASSIGN_OR_RETURN(core::Placement placement, FromProto(request->placement()));
+                      ASSIGN_OR_RETURN(
+                          core::BufferInfo buffer,
+                          env_.broker->AllocBuffer(caller, caller.device, request->size_bytes(),
+                                                   placement, request->pool()));
                       ToProto(buffer, response->mutable_buffer());
                       return absl::OkStatus();
                     });
@@ -111,22 +110,20 @@ const std::string& TargetDevice(const core::Caller& caller, const std::string& t
 ServerUnaryReactor* DomainsService::AttachDevice(CallbackServerContext* context,
                                                  const v1::AttachDeviceRequest* request,
                                                  v1::AttachDeviceResponse*) {
-  return ServeUnary(env_, context, Method::kAttachDevice, request->device(),
-                    [&](const core::Caller& caller) {
-                      return env_.broker->AttachDevice(
-                          caller, TargetDevice(caller, request->target_device()),
-                          request->domain_id());
-                    });
+  return ServeUnary(
+      env_, context, Method::kAttachDevice, request->device(), [&](const core::Caller& caller) {
+        return env_.broker->AttachDevice(caller, TargetDevice(caller, request->target_device()),
+                                         request->domain_id());
+      });
 }
 
 ServerUnaryReactor* DomainsService::DetachDevice(CallbackServerContext* context,
                                                  const v1::DetachDeviceRequest* request,
                                                  v1::DetachDeviceResponse*) {
-  return ServeUnary(env_, context, Method::kDetachDevice, request->device(),
-                    [&](const core::Caller& caller) {
-                      return env_.broker->DetachDevice(
-                          caller, TargetDevice(caller, request->target_device()));
-                    });
+  return ServeUnary(
+      env_, context, Method::kDetachDevice, request->device(), [&](const core::Caller& caller) {
+        return env_.broker->DetachDevice(caller, TargetDevice(caller, request->target_device()));
+      });
 }
 
 ServerUnaryReactor* DomainsService::GetIovaRanges(CallbackServerContext* context,
@@ -144,25 +141,26 @@ ServerUnaryReactor* DomainsService::GetIovaRanges(CallbackServerContext* context
 ServerUnaryReactor* DomainsService::WalkDomain(CallbackServerContext* context,
                                                const v1::WalkDomainRequest* request,
                                                v1::WalkDomainResponse* response) {
-  return ServeUnary(env_, context, Method::kWalkDomain, request->device(),
-                    [&](const core::Caller& caller) -> absl::Status {
-                      constexpr uint32_t kDefaultLeaves = 4096, kMaxLeaves = 65536;
-                      const uint32_t max = request->max_leaves() == 0 ? kDefaultLeaves : request->max_leaves();
-                      if (max > kMaxLeaves) {
-                        return core::InvalidField("max_leaves", max, "at most 65536 leaves per call");
-                      }
-                      // One leaf more than asked tells whether the walk goes on.
-                      ASSIGN_OR_RETURN(std::vector<core::PgtableMapping> leaves,
-                                       env_.broker->WalkDomain(caller, request->domain_id(),
-                                                               core::Iova(request->start_iova()), max + 1));
-                      response->set_domain_id(request->domain_id());
-                      if (leaves.size() > max) {
-                        response->set_next_iova(leaves[max].iova.value());
-                        leaves.resize(max);
-                      }
-                      for (const core::PgtableMapping& leaf : leaves) ToProto(leaf, response->add_leaves());
-                      return absl::OkStatus();
-                    });
+  return ServeUnary(
+      env_, context, Method::kWalkDomain, request->device(),
+      [&](const core::Caller& caller) -> absl::Status {
+        constexpr uint32_t kDefaultLeaves = 4096, kMaxLeaves = 65536;
+        const uint32_t max = request->max_leaves() == 0 ? kDefaultLeaves : request->max_leaves();
+        if (max > kMaxLeaves) {
+          return core::InvalidField("max_leaves", max, "at most 65536 leaves per call");
+        }
+        // One leaf more than asked tells whether the walk goes on.
+        ASSIGN_OR_RETURN(std::vector<core::PgtableMapping> leaves,
+                         env_.broker->WalkDomain(caller, request->domain_id(),
+                                                 core::Iova(request->start_iova()), max + 1));
+        response->set_domain_id(request->domain_id());
+        if (leaves.size() > max) {
+          response->set_next_iova(leaves[max].iova.value());
+          leaves.resize(max);
+        }
+        for (const core::PgtableMapping& leaf : leaves) ToProto(leaf, response->add_leaves());
+        return absl::OkStatus();
+      });
 }
 
 // --- Sessions ----------------------------------------------------------------------

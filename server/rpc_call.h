@@ -7,19 +7,19 @@
 // everything else to ServeUnary (unary) or to the stream reactors, which use
 // the same pieces (ResolveCaller, GrpcMetrics, LogCall).
 
-#include <chrono>
-#include <cstdint>
-#include <atomic>
-#include <string>
-#include <vector>
-
 #include <grpcpp/server_context.h>
 #include <grpcpp/support/server_callback.h>
 
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/container/flat_hash_set.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
-#include "absl/container/flat_hash_set.h"
 #include "absl/time/time.h"
 #include "core/broker.h"
 #include "server/auth.h"
@@ -167,9 +167,8 @@ grpc::ServerUnaryReactor* ServeUnary(const ServiceEnv& env, grpc::CallbackServer
 // ("accesses[3]." + "iova=0x...: why"), keeping the code.
 inline absl::Status AtIndex(const absl::Status& status, const char* list, int index) {
   if (status.ok()) return status;
-  return absl::Status(status.code(),
-                      std::string(list) + "[" + std::to_string(index) + "]." +
-                          std::string(status.message()));
+  return absl::Status(status.code(), std::string(list) + "[" + std::to_string(index) + "]." +
+                                         std::string(status.message()));
 }
 
 }  // namespace iommu::server

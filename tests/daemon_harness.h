@@ -7,6 +7,7 @@
 // the exit code. Every wait is bounded.
 
 #include <fcntl.h>
+#include <grpcpp/grpcpp.h>
 #include <signal.h>
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -14,8 +15,8 @@
 #include <unistd.h>
 
 #include <chrono>
-#include <cstring>
 #include <cstdlib>
+#include <cstring>
 #include <fstream>
 #include <optional>
 #include <regex>
@@ -23,8 +24,6 @@
 #include <string>
 #include <thread>
 #include <vector>
-
-#include <grpcpp/grpcpp.h>
 
 namespace iommu::testing {
 
@@ -63,8 +62,7 @@ class DaemonProcess {
     tcp_address_.clear();
     metrics_address_.clear();
     health_address_.clear();
-    std::vector<std::string> args = {IOMMUD_PATH,
-                                     "--listen=unix:" + socket_path_ + ",127.0.0.1:0",
+    std::vector<std::string> args = {IOMMUD_PATH, "--listen=unix:" + socket_path_ + ",127.0.0.1:0",
                                      "--metrics_listen=127.0.0.1:0"};
     for (auto& f : extra_flags) args.push_back(std::move(f));
     pid_ = fork();
@@ -141,7 +139,8 @@ class DaemonProcess {
   std::optional<int> exit_code() const { return exit_code_; }
 
  private:
-  void ParseServing(const std::string& grpc, const std::string& metrics, const std::string& health) {
+  void ParseServing(const std::string& grpc, const std::string& metrics,
+                    const std::string& health) {
     std::stringstream addresses(grpc);
     std::string address;
     while (std::getline(addresses, address, ',')) {

@@ -14,7 +14,6 @@ namespace {
 
 using grpc::StatusCode;
 
-
 constexpr char kNic0Token[] = "tok-nic0-7d1e5a90c3";
 constexpr char kNvme0Token[] = "tok-nvme0-4b28f6e1a7";
 constexpr char kAdminToken[] = "tok-admin-9c3f0b72e8";
@@ -171,7 +170,8 @@ TEST_F(TokenAuthTest, BatchRunsGiveEachOpItsUnaryResult) {
   auto map_op = [&](v1::BatchRequest* req, const std::string& device, uint64_t page) {
     v1::MapRequest* m = req->add_ops()->mutable_map();
     m->set_device(device);
-    if (page != ~uint64_t{0}) *m->mutable_mem() = BufferRef(buffer.buffer().buffer_id(), page * 4096, 4096);
+    if (page != ~uint64_t{0})
+      *m->mutable_mem() = BufferRef(buffer.buffer().buffer_id(), page * 4096, 4096);
     m->set_direction(v1::DMA_DIRECTION_BIDIRECTIONAL);
     return *m;
   };
@@ -185,12 +185,12 @@ TEST_F(TokenAuthTest, BatchRunsGiveEachOpItsUnaryResult) {
   ctx.AddMetadata("authorization", std::string("Bearer ") + kNic0Token);
   auto batch = s.dma->Batch(&ctx);
   v1::BatchRequest req;
-  map_op(&req, "", 0);                                          // 0: myself
-  map_op(&req, "nic0", 1);                                      // 1: a new run
+  map_op(&req, "", 0);                                               // 0: myself
+  map_op(&req, "nic0", 1);                                           // 1: a new run
   const v1::MapRequest no_mem = map_op(&req, "nic0", ~uint64_t{0});  // 2: INVALID_ARGUMENT
   const v1::UnmapRequest other = unmap_op(&req, "nvme0", 0x1000);    // 3: PERMISSION_DENIED
-  map_op(&req, "nvme0", 2);                                     // 4: PERMISSION_DENIED
-  map_op(&req, "nic0", 3);                                      // 5
+  map_op(&req, "nvme0", 2);                                          // 4: PERMISSION_DENIED
+  map_op(&req, "nic0", 3);                                           // 5
   ASSERT_TRUE(batch->Write(req));
   v1::BatchResponse resp;
   ASSERT_TRUE(batch->Read(&resp));
@@ -241,7 +241,8 @@ TEST_F(TokenAuthTest, BatchRunsGiveEachOpItsUnaryResult) {
   ASSERT_TRUE(batch->Read(&resp));
   ASSERT_EQ(resp.results_size(), 2);
   EXPECT_EQ(resp.results(0).code(), int(StatusCode::PERMISSION_DENIED));
-  EXPECT_NE(resp.results(0).message().find("nvme0"), std::string::npos) << resp.results(0).message();
+  EXPECT_NE(resp.results(0).message().find("nvme0"), std::string::npos)
+      << resp.results(0).message();
   EXPECT_EQ(resp.results(1).code(), 0) << resp.results(1).message();
   v1::BatchRequest fourth;
   fourth.set_device("nic0");
@@ -265,8 +266,7 @@ TEST_F(TokenAuthTest, QuotaIsResourceExhausted) {
   for (int i = 0; i < 3; ++i) {
     ASSERT_OK(stubs_->memory->AllocBuffer(Ctx(kNvme0Token).get(), Buffer("nvme0"), &out));
   }
-  const grpc::Status s =
-      stubs_->memory->AllocBuffer(Ctx(kNvme0Token).get(), Buffer("nvme0"), &out);
+  const grpc::Status s = stubs_->memory->AllocBuffer(Ctx(kNvme0Token).get(), Buffer("nvme0"), &out);
   EXPECT_EQ(s.error_code(), StatusCode::RESOURCE_EXHAUSTED) << s.error_message();
   // Another device's quota is its own.
   ASSERT_OK(stubs_->memory->AllocBuffer(Ctx(kNic0Token).get(), Buffer("nic0"), &out));
@@ -303,11 +303,9 @@ class MtlsTest : public ::testing::Test {
     ASSERT_OK(admin->memory->AllocBuffer(Ctx().get(), Buffer("gpu0"), &out));
     EXPECT_EQ(out.buffer().device(), "gpu0");
     auto anonymous = Connect(target, "");
-    EXPECT_CODE(anonymous->memory->AllocBuffer(Ctx().get(), Buffer("nic0"), &out),
-                UNAUTHENTICATED);
+    EXPECT_CODE(anonymous->memory->AllocBuffer(Ctx().get(), Buffer("nic0"), &out), UNAUTHENTICATED);
     auto stranger = Connect(target, "stranger");
-    EXPECT_CODE(stranger->memory->AllocBuffer(Ctx().get(), Buffer("nic0"), &out),
-                UNAUTHENTICATED);
+    EXPECT_CODE(stranger->memory->AllocBuffer(Ctx().get(), Buffer("nic0"), &out), UNAUTHENTICATED);
     // A certificate from another CA never completes the handshake.
     auto rogue = Connect(target, "rogue");
     EXPECT_FALSE(rogue->memory->AllocBuffer(Ctx().get(), Buffer("nic0"), &out).ok());

@@ -35,7 +35,8 @@ class IsolationTest : public ::testing::TestWithParam<Mode> {
       std::ofstream out(tokens);
       for (const char* who : kIdentities) out << Token(who) << " " << who << "\n";
       out.close();
-      flags = {"--auth=token", "--token_file=" + tokens, "--tls_cert=" + TestCerts() + "/server.crt",
+      flags = {"--auth=token", "--token_file=" + tokens,
+               "--tls_cert=" + TestCerts() + "/server.crt",
                "--tls_key=" + TestCerts() + "/server.key"};
     }
     ASSERT_TRUE(daemon_.Start(flags)) << daemon_.log();
@@ -157,9 +158,9 @@ TEST_P(IsolationTest, ExportTokensCannotBeGuessedAndAreScopedAndRevocable) {
     EXPECT_EQ(Import("tbt0", forged, &out).error_code(), StatusCode::NOT_FOUND);
   }
   // The named importer maps it read-only.
-  EXPECT_EQ(Import("sata0", table.export_token(), &out, v1::DMA_DIRECTION_BIDIRECTIONAL)
-                .error_code(),
-            StatusCode::PERMISSION_DENIED);
+  EXPECT_EQ(
+      Import("sata0", table.export_token(), &out, v1::DMA_DIRECTION_BIDIRECTIONAL).error_code(),
+      StatusCode::PERMISSION_DENIED);
   ASSERT_OK(Import("sata0", table.export_token(), &out));
   EXPECT_FALSE(Translate("sata0", out.iova(), v1::ACCESS_KIND_READ).faulted());
   EXPECT_TRUE(Translate("sata0", out.iova(), v1::ACCESS_KIND_WRITE).faulted());
@@ -293,9 +294,12 @@ INSTANTIATE_TEST_SUITE_P(AuthModes, IsolationTest,
                          ::testing::Values(Mode::kNone, Mode::kToken, Mode::kMtls),
                          [](const auto& info) {
                            switch (info.param) {
-                             case Mode::kNone: return "None";
-                             case Mode::kToken: return "Token";
-                             case Mode::kMtls: return "Mtls";
+                             case Mode::kNone:
+                               return "None";
+                             case Mode::kToken:
+                               return "Token";
+                             case Mode::kMtls:
+                               return "Mtls";
                            }
                            return "?";
                          });

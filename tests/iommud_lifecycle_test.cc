@@ -2,11 +2,11 @@
 // leases reclaimed when the client stops keeping alive, lost-fault counting
 // on WatchFaults, and a SIGTERM drain under load (exit 0, streams end).
 
-#include <atomic>
-#include <thread>
-
 #include <grpcpp/generic/generic_stub.h>
 #include <gtest/gtest.h>
+
+#include <atomic>
+#include <thread>
 
 #include "client/health.h"
 #include "tests/daemon_harness.h"
@@ -39,7 +39,8 @@ int HealthCheck(const std::shared_ptr<grpc::Channel>& channel, const std::string
   std::vector<grpc::Slice> slices;
   (void)response.Dump(&slices);
   std::string bytes;
-  for (const grpc::Slice& s : slices) bytes.append(reinterpret_cast<const char*>(s.begin()), s.size());
+  for (const grpc::Slice& s : slices)
+    bytes.append(reinterpret_cast<const char*>(s.begin()), s.size());
   absl::StatusOr<client::HealthStatus> decoded = client::internal::DecodeHealthCheckResponse(bytes);
   return decoded.ok() ? static_cast<int>(*decoded) : 0;
 }
@@ -227,10 +228,22 @@ TEST(StartupTest, TopologyFileDefinesTheHost) {
   const std::string dir = MakeTempDir();
   const std::string topo = dir + "/host.textproto";
   std::ofstream(topo) << R"pb(
-    smmus { name: "smmu-a" stage: STAGE_1 ias_bits: 48 oas_bits: 48
-            granules_bytes: 4096 num_contexts: 8 iotlb_sets: 64 iotlb_ways: 4 }
+    smmus {
+      name: "smmu-a"
+      stage: STAGE_1
+      ias_bits: 48
+      oas_bits: 48
+      granules_bytes: 4096
+      num_contexts: 8
+      iotlb_sets: 64
+      iotlb_ways: 4
+    }
     regions { name: "ram" kind: REGION_KIND_RAM base_phys_addr: 0x80000000 size_bytes: 0x10000000 }
-    pools { name: "dram" priority: 0 ranges { base_phys_addr: 0x80000000 size_bytes: 0x10000000 } }
+    pools {
+      name: "dram"
+      priority: 0
+      ranges { base_phys_addr: 0x80000000 size_bytes: 0x10000000 }
+    }
     devices { name: "acc0" smmu: "smmu-a" stream_id: 7 dma_mask_bits: 40 }
   )pb";
   DaemonProcess daemon;

@@ -4,12 +4,12 @@
 // reach), the INSECURE warning on stderr at every log level, and the
 // plaintext health-only listener beside a TLS daemon.
 
+#include <grpcpp/generic/generic_stub.h>
+#include <gtest/gtest.h>
+
 #include <chrono>
 #include <fstream>
 #include <thread>
-
-#include <grpcpp/generic/generic_stub.h>
-#include <gtest/gtest.h>
 
 #include "client/health.h"
 #include "tests/daemon_harness.h"
@@ -21,9 +21,8 @@ namespace {
 
 using grpc::StatusCode;
 
-constexpr int kServing = 1;     // grpc.health.v1 ServingStatus
+constexpr int kServing = 1;  // grpc.health.v1 ServingStatus
 constexpr int kNotServing = 2;
-
 
 std::string WriteTokens(const std::string& text) {
   const std::string path = MakeTempDir() + "/tokens";
@@ -55,7 +54,8 @@ int DecodeHealth(const grpc::ByteBuffer& response) {
   std::vector<grpc::Slice> slices;
   (void)response.Dump(&slices);
   std::string bytes;
-  for (const grpc::Slice& s : slices) bytes.append(reinterpret_cast<const char*>(s.begin()), s.size());
+  for (const grpc::Slice& s : slices)
+    bytes.append(reinterpret_cast<const char*>(s.begin()), s.size());
   absl::StatusOr<client::HealthStatus> decoded = client::internal::DecodeHealthCheckResponse(bytes);
   return decoded.ok() ? static_cast<int>(*decoded) : 0;
 }
@@ -135,14 +135,17 @@ TEST(TransportStartTest, TokenAuthNeedsTheServerCertificateAndKey) {
   const std::string tokens = WriteTokens("tok-nic0-7d1e5a90c3 nic0\n");
   ExpectRefused({"--auth=token", "--token_file=" + tokens},
                 "tls_cert=\"\": required by --auth=token");
-  ExpectRefused({"--auth=token", "--token_file=" + tokens, "--tls_cert=" + TestCerts() + "/server.crt"},
-                "tls_key=\"\": required by --auth=token");
+  ExpectRefused(
+      {"--auth=token", "--token_file=" + tokens, "--tls_cert=" + TestCerts() + "/server.crt"},
+      "tls_key=\"\": required by --auth=token");
 }
 
 TEST(TransportStartTest, TokenFileNamingAnUnknownDeviceIsRefused) {
-  const std::string tokens = WriteTokens("# ok\ntok-nic0-7d1e5a90c3 nic0\ntok-gpu9-3e8a61c0d5 gpu9\n");
-  ExpectRefused(TokenFlags(tokens),
-                "token_file=\"" + tokens + ":3\": names device \"gpu9\", which is not in the topology");
+  const std::string tokens =
+      WriteTokens("# ok\ntok-nic0-7d1e5a90c3 nic0\ntok-gpu9-3e8a61c0d5 gpu9\n");
+  ExpectRefused(
+      TokenFlags(tokens),
+      "token_file=\"" + tokens + ":3\": names device \"gpu9\", which is not in the topology");
 }
 
 TEST(TransportStartTest, ShortTokenIsRefused) {
@@ -153,7 +156,8 @@ TEST(TransportStartTest, ShortTokenIsRefused) {
 }
 
 TEST(TransportStartTest, AuthNoneRefusesARemoteListenerUnlessForced) {
-  ExpectRefused({"--auth=none", "--listen=0.0.0.0:0"}, "listen=\"0.0.0.0:0\": is reachable from other hosts");
+  ExpectRefused({"--auth=none", "--listen=0.0.0.0:0"},
+                "listen=\"0.0.0.0:0\": is reachable from other hosts");
   ExpectRefused({"--auth=none", "--listen=unix:/tmp/iommud_unused.sock,10.1.2.3:0"},
                 "listen=\"10.1.2.3:0\"");
 
@@ -233,7 +237,8 @@ TEST_F(HealthListenerTest, ServesNothingButHealth) {
   v1::AllocBufferRequest alloc;
   alloc.set_size_bytes(4096);
   v1::AllocBufferResponse buffer;
-  EXPECT_CODE(s.memory->AllocBuffer(Ctx("tok-admin-9c3f0b72e8").get(), alloc, &buffer), UNIMPLEMENTED);
+  EXPECT_CODE(s.memory->AllocBuffer(Ctx("tok-admin-9c3f0b72e8").get(), alloc, &buffer),
+              UNIMPLEMENTED);
   // Nor reflection, which the main listeners serve.
   const std::string reflection = "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo";
   EXPECT_EQ(UnaryHealth(Insecure(daemon_.health_address()), "", reflection),
@@ -256,10 +261,12 @@ TEST(HealthListenerStartTest, OffByDefaultAndOnInAnyAuthMode) {
   EXPECT_TRUE(plain.health_address().empty());
   EXPECT_NE(plain.log().find("health=off"), std::string::npos) << plain.log();
   DaemonProcess with_health;
-  ASSERT_TRUE(with_health.Start({"--auth=none", "--health_listen=127.0.0.1:0"})) << with_health.log();
+  ASSERT_TRUE(with_health.Start({"--auth=none", "--health_listen=127.0.0.1:0"}))
+      << with_health.log();
   EXPECT_EQ(UnaryHealth(Insecure(with_health.health_address()), ""), kServing);
-  ExpectRefused({"--health_listen=unix:" + with_health.dir()},
-                "health_listen=\"unix:" + with_health.dir() + "\": the path exists and is not a socket");
+  ExpectRefused(
+      {"--health_listen=unix:" + with_health.dir()},
+      "health_listen=\"unix:" + with_health.dir() + "\": the path exists and is not a socket");
 }
 
 }  // namespace

@@ -7,12 +7,12 @@
 // Usage: iommud_rpc_bench [threads=2] [seconds=3]
 // (`iommuctl bench` is the user-facing benchmark; this isolates the server.)
 
+#include <grpcpp/generic/generic_stub.h>
+
 #include <algorithm>
 #include <atomic>
 #include <cstdio>
 #include <thread>
-
-#include <grpcpp/generic/generic_stub.h>
 
 #include "tests/daemon_harness.h"
 #include "tests/test_clients.h"
@@ -186,8 +186,7 @@ int Main(int argc, char** argv) {
     }
   };
 
-  std::printf("iommud over %s, %d client threads, %.1f s each\n", target.c_str(), threads,
-              seconds);
+  std::printf("iommud over %s, %d client threads, %.1f s each\n", target.c_str(), threads, seconds);
   Result empty = Run(threads, seconds, Empty{target});
   Result map_unmap = Run(threads, seconds, MapUnmap{target});
   Result batch = Run(threads, seconds, BatchMaps{target});

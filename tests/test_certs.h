@@ -5,12 +5,12 @@
 // test process, and TLS channels that verify the daemon with them. For the
 // integration tests (GEN_CERTS_PATH is defined by their build target).
 
+#include <grpcpp/grpcpp.h>
+#include <gtest/gtest.h>
+
 #include <cstdlib>
 #include <memory>
 #include <string>
-
-#include <grpcpp/grpcpp.h>
-#include <gtest/gtest.h>
 
 #include "tests/daemon_harness.h"
 

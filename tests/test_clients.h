@@ -4,11 +4,11 @@
 // Generated gRPC stubs for every iommu.v1 service on one channel, and small
 // helpers for the integration tests.
 
-#include <memory>
-#include <string>
-
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
+
+#include <memory>
+#include <string>
 
 #include "iommu/v1/device.grpc.pb.h"
 #include "iommu/v1/dma.grpc.pb.h"
@@ -59,15 +59,15 @@ inline v1::MemRef BufferRef(uint64_t buffer_id, uint64_t offset, uint64_t length
   return m;
 }
 
-#define EXPECT_CODE(status, code_)                                                  \
-  do {                                                                              \
-    const ::grpc::Status s_ = (status);                                             \
-    EXPECT_EQ(s_.error_code(), ::grpc::StatusCode::code_) << s_.error_message();    \
+#define EXPECT_CODE(status, code_)                                               \
+  do {                                                                           \
+    const ::grpc::Status s_ = (status);                                          \
+    EXPECT_EQ(s_.error_code(), ::grpc::StatusCode::code_) << s_.error_message(); \
   } while (0)
-#define ASSERT_OK(status)                                                          \
-  do {                                                                             \
-    const ::grpc::Status s_ = (status);                                            \
-    ASSERT_TRUE(s_.ok()) << s_.error_code() << ": " << s_.error_message();         \
+#define ASSERT_OK(status)                                                  \
+  do {                                                                     \
+    const ::grpc::Status s_ = (status);                                    \
+    ASSERT_TRUE(s_.ok()) << s_.error_code() << ": " << s_.error_message(); \
   } while (0)
 
 }  // namespace iommu::testing

@@ -44,18 +44,20 @@ absl::StatusOr<Req> BySessionId(Context&, Args& args) {
 absl::StatusOr<v1::CreateDomainRequest> BuildCreateDomain(Context&, Args& args) {
   v1::CreateDomainRequest r;
   ASSIGN_OR_RETURN(std::string smmu, args.String("smmu"));
-  ASSIGN_OR_RETURN(v1::DomainType type, args.Enum<v1::DomainType>("type",
-                                                                  {{"dma", v1::DOMAIN_TYPE_DMA},
-                                                                   {"dma_fq", v1::DOMAIN_TYPE_DMA_FQ},
-                                                                   {"unmanaged", v1::DOMAIN_TYPE_UNMANAGED},
-                                                                   {"identity", v1::DOMAIN_TYPE_IDENTITY},
-                                                                   {"blocked", v1::DOMAIN_TYPE_BLOCKED}},
-                                                                  v1::DOMAIN_TYPE_UNSPECIFIED));
+  ASSIGN_OR_RETURN(v1::DomainType type,
+                   args.Enum<v1::DomainType>("type",
+                                             {{"dma", v1::DOMAIN_TYPE_DMA},
+                                              {"dma_fq", v1::DOMAIN_TYPE_DMA_FQ},
+                                              {"unmanaged", v1::DOMAIN_TYPE_UNMANAGED},
+                                              {"identity", v1::DOMAIN_TYPE_IDENTITY},
+                                              {"blocked", v1::DOMAIN_TYPE_BLOCKED}},
+                                             v1::DOMAIN_TYPE_UNSPECIFIED));
   ASSIGN_OR_RETURN(uint64_t granule, args.U64Or("granule", 0));
   r.set_smmu(std::move(smmu));
   r.set_type(type);
   r.set_granule_bytes(granule);
-  for (absl::string_view name : absl::StrSplit(args.StringOr("grant", ""), ',', absl::SkipEmpty())) {
+  for (absl::string_view name :
+       absl::StrSplit(args.StringOr("grant", ""), ',', absl::SkipEmpty())) {
     r.add_granted_devices(std::string(name));
   }
   return r;
@@ -73,14 +75,16 @@ absl::StatusOr<v1::OpenSessionRequest> BuildOpenSession(Context&, Args& args) {
 std::vector<Command> AdminCommands() {
   return {
       Rpc<v1::CreateDomainRequest, v1::CreateDomainResponse>(
-          "create-domain", "--smmu=S --type=dma|dma_fq|unmanaged|identity|blocked [--granule=N] [--grant=DEV,...]  "
+          "create-domain",
+          "--smmu=S --type=dma|dma_fq|unmanaged|identity|blocked [--granule=N] [--grant=DEV,...]  "
           "iommu_domain_alloc (identity and blocked: admin only)",
           BuildCreateDomain, &Client::CreateDomain),
       Rpc<v1::DestroyDomainRequest, v1::DestroyDomainResponse>(
           "destroy-domain", "--domain=ID  free a domain with no devices attached",
           ByDomainId<v1::DestroyDomainRequest>, &Client::DestroyDomain),
       Rpc<v1::GetDomainRequest, v1::GetDomainResponse>("get-domain", "--domain=ID  one domain",
-                                                       ByDomainId<v1::GetDomainRequest>, &Client::GetDomain),
+                                                       ByDomainId<v1::GetDomainRequest>,
+                                                       &Client::GetDomain),
       Rpc<v1::ListDomainsRequest, v1::ListDomainsResponse>(
           "list-domains", "  the domains the caller owns or is attached to (all for an admin)",
           Empty<v1::ListDomainsRequest>, &Client::ListDomains),
@@ -89,13 +93,15 @@ std::vector<Command> AdminCommands() {
           "--domain=ID [--target_device=DEV]  iommu_attach_device: switch the device (or, for an "
           "admin, DEV) to the domain",
           [](Context& ctx, Args& args) -> absl::StatusOr<v1::AttachDeviceRequest> {
-            ASSIGN_OR_RETURN(v1::AttachDeviceRequest r, ByDomainId<v1::AttachDeviceRequest>(ctx, args));
+            ASSIGN_OR_RETURN(v1::AttachDeviceRequest r,
+                             ByDomainId<v1::AttachDeviceRequest>(ctx, args));
             r.set_target_device(args.StringOr("target_device", ""));
             return r;
           },
           &Client::AttachDevice),
       Rpc<v1::DetachDeviceRequest, v1::DetachDeviceResponse>(
-          "detach", "[--target_device=DEV]  return the device (or, for an admin, DEV) to its default domain",
+          "detach",
+          "[--target_device=DEV]  return the device (or, for an admin, DEV) to its default domain",
           [](Context&, Args& args) -> absl::StatusOr<v1::DetachDeviceRequest> {
             v1::DetachDeviceRequest r;
             r.set_target_device(args.StringOr("target_device", ""));
@@ -106,23 +112,27 @@ std::vector<Command> AdminCommands() {
           "iova-ranges", "  usable IOVA ranges and reserved regions of the device's domain",
           Empty<v1::GetIovaRangesRequest>, &Client::GetIovaRanges),
       Rpc<v1::WalkDomainRequest, v1::WalkDomainResponse>(
-          "walk-domain", "--domain=ID [--start=IOVA] [--max_leaves=N]  page-table leaves in IOVA order (paged)",
+          "walk-domain",
+          "--domain=ID [--start=IOVA] [--max_leaves=N]  page-table leaves in IOVA order (paged)",
           WalkDomainFlags, &Client::WalkDomain),
-      Rpc<v1::ListIommusRequest, v1::ListIommusResponse>("list-iommus", "  the SMMU instances",
-                                                         Empty<v1::ListIommusRequest>, &Client::ListIommus),
+      Rpc<v1::ListIommusRequest, v1::ListIommusResponse>(
+          "list-iommus", "  the SMMU instances", Empty<v1::ListIommusRequest>, &Client::ListIommus),
       Rpc<v1::ListDevicesRequest, v1::ListDevicesResponse>(
-          "list-devices", "  the devices (the caller's own for a device identity)", Empty<v1::ListDevicesRequest>,
-          &Client::ListDevices),
+          "list-devices", "  the devices (the caller's own for a device identity)",
+          Empty<v1::ListDevicesRequest>, &Client::ListDevices),
       Rpc<v1::OpenSessionRequest, v1::OpenSessionResponse>(
-          "open-session", "[--ttl_ms=N]  open a lease (pass --session=ID to later calls; keep it alive yourself)",
+          "open-session",
+          "[--ttl_ms=N]  open a lease (pass --session=ID to later calls; keep it alive yourself)",
           BuildOpenSession, &Client::OpenSession),
       Rpc<v1::KeepAliveRequest, v1::KeepAliveResponse>("keepalive", "--session=ID  renew a lease",
-                                                       BySessionId<v1::KeepAliveRequest>, &Client::KeepAlive),
+                                                       BySessionId<v1::KeepAliveRequest>,
+                                                       &Client::KeepAlive),
       Rpc<v1::CloseSessionRequest, v1::CloseSessionResponse>(
           "close-session", "--session=ID  close a lease, releasing what it owns",
           BySessionId<v1::CloseSessionRequest>, &Client::CloseSession),
-      Rpc<v1::GetStatsRequest, v1::GetStatsResponse>("stats", "  allocator, page-table, IOTLB, pool and fault stats",
-                                                     Empty<v1::GetStatsRequest>, &Client::GetStats),
+      Rpc<v1::GetStatsRequest, v1::GetStatsResponse>(
+          "stats", "  allocator, page-table, IOTLB, pool and fault stats",
+          Empty<v1::GetStatsRequest>, &Client::GetStats),
   };
 }
 

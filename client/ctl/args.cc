@@ -15,10 +15,17 @@ absl::StatusOr<uint64_t> ParseNumber(absl::string_view field, absl::string_view 
   int shift = 0;
   if (!hex && !digits.empty()) {  // suffixes on decimal numbers only
     switch (absl::ascii_toupper(digits.back())) {
-      case 'K': shift = 10; break;
-      case 'M': shift = 20; break;
-      case 'G': shift = 30; break;
-      default: break;
+      case 'K':
+        shift = 10;
+        break;
+      case 'M':
+        shift = 20;
+        break;
+      case 'G':
+        shift = 30;
+        break;
+      default:
+        break;
     }
     if (shift != 0) digits.remove_suffix(1);
   }
@@ -30,7 +37,8 @@ absl::StatusOr<uint64_t> ParseNumber(absl::string_view field, absl::string_view 
     ok = !digits.empty() && absl::ascii_isdigit(digits.front()) && absl::SimpleAtoi(digits, &value);
   }
   if (!ok) return InvalidField(field, text, "not a number (decimal or 0x-hex, optional K/M/G)");
-  if (shift != 0 && value > (~uint64_t{0} >> shift)) return InvalidField(field, text, "overflows 64 bits");
+  if (shift != 0 && value > (~uint64_t{0} >> shift))
+    return InvalidField(field, text, "overflows 64 bits");
   return value << shift;
 }
 
@@ -119,13 +127,15 @@ absl::StatusOr<double> Args::DoubleOr(absl::string_view name, double fallback) {
 
 absl::Status Args::BadChoice(absl::string_view name, const std::string& value,
                              const std::vector<std::string>& names) const {
-  return InvalidField(absl::StrCat("--", name), value, absl::StrCat("must be one of ", absl::StrJoin(names, "|")));
+  return InvalidField(absl::StrCat("--", name), value,
+                      absl::StrCat("must be one of ", absl::StrJoin(names, "|")));
 }
 
 absl::Status Args::CheckAllUsed(absl::string_view subcommand) const {
   for (const auto& [name, value] : flags_) {
     if (!used_.contains(name)) {
-      return InvalidField("flag", absl::StrCat("--", name), absl::StrCat("is not a flag of '", subcommand, "'"));
+      return InvalidField("flag", absl::StrCat("--", name),
+                          absl::StrCat("is not a flag of '", subcommand, "'"));
     }
   }
   return absl::OkStatus();

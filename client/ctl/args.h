@@ -46,8 +46,8 @@ class Args {
   absl::StatusOr<double> DoubleOr(absl::string_view name, double fallback);
   // One of `choices` (case-insensitive); absent: `fallback`.
   template <typename E>
-  absl::StatusOr<E> Enum(absl::string_view name, const std::vector<std::pair<std::string, E>>& choices,
-                         E fallback);
+  absl::StatusOr<E> Enum(absl::string_view name,
+                         const std::vector<std::pair<std::string, E>>& choices, E fallback);
 
   // INVALID_ARGUMENT naming the first flag no getter asked for.
   absl::Status CheckAllUsed(absl::string_view subcommand) const;
@@ -63,8 +63,8 @@ class Args {
 };
 
 template <typename E>
-absl::StatusOr<E> Args::Enum(absl::string_view name, const std::vector<std::pair<std::string, E>>& choices,
-                             E fallback) {
+absl::StatusOr<E> Args::Enum(absl::string_view name,
+                             const std::vector<std::pair<std::string, E>>& choices, E fallback) {
   const std::string* value = Find(name);
   if (value == nullptr) return fallback;
   std::vector<std::string> names;

@@ -26,7 +26,8 @@ TEST(ParseNumberTest, DecimalHexAndSuffixes) {
 }
 
 TEST(ParseNumberTest, RejectsGarbageAndOverflow) {
-  for (const char* text : {"", "x", "0x", "-1", "12Q", "K", "18446744073709551616", "17179869184G", "1.5"}) {
+  for (const char* text :
+       {"", "x", "0x", "-1", "12Q", "K", "18446744073709551616", "17179869184G", "1.5"}) {
     absl::StatusOr<uint64_t> v = ParseNumber("--size", text);
     EXPECT_EQ(v.status().code(), absl::StatusCode::kInvalidArgument) << text;
     EXPECT_EQ(v.status().message().rfind("--size=\"", 0), 0u) << v.status();
@@ -34,7 +35,8 @@ TEST(ParseNumberTest, RejectsGarbageAndOverflow) {
 }
 
 TEST(ArgsTest, FlagsPositionalsAndDashes) {
-  absl::StatusOr<Args> args = Args::Parse({"--dma-addr=0x10", "pos", "--json", "--", "--not-a-flag"});
+  absl::StatusOr<Args> args =
+      Args::Parse({"--dma-addr=0x10", "pos", "--json", "--", "--not-a-flag"});
   ASSERT_TRUE(args.ok());
   EXPECT_EQ(*args->U64("dma_addr"), 0x10u);
   EXPECT_TRUE(*args->Bool("json"));

@@ -43,8 +43,8 @@ struct BenchOptions {
 };
 
 struct ThreadResult {
-  uint64_t ops = 0;     // maps (or empty RPCs) that succeeded
-  uint64_t rpcs = 0;    // RPCs or Batch messages sent
+  uint64_t ops = 0;   // maps (or empty RPCs) that succeeded
+  uint64_t rpcs = 0;  // RPCs or Batch messages sent
   uint64_t errors = 0;
   absl::Status first_error;
   std::vector<int64_t> map_ns;    // per Map RPC, or per Batch message
@@ -241,11 +241,14 @@ absl::Status Bench(Context& ctx, Args& args) {
   BenchOptions o;
   ASSIGN_OR_RETURN(uint64_t threads, args.U64Or("threads", 1));
   ASSIGN_OR_RETURN(uint64_t seconds, args.U64Or("seconds", 5));
-  ASSIGN_OR_RETURN(uint64_t mask, args.U64Or("dma_mask_bits", ctx.client.device().empty() ? 32 : 0));
+  ASSIGN_OR_RETURN(uint64_t mask,
+                   args.U64Or("dma_mask_bits", ctx.client.device().empty() ? 32 : 0));
   ASSIGN_OR_RETURN(o.direction, DirectionFlag(args));
   ASSIGN_OR_RETURN(o.pages, args.U64Or("pages", 1));
-  ASSIGN_OR_RETURN(o.mode, args.Enum<Mode>("mode", {{"single", Mode::kSingle}, {"sg", Mode::kSg}}, Mode::kSingle));
-  ASSIGN_OR_RETURN(o.api, args.Enum<Api>("api", {{"unary", Api::kUnary}, {"batch", Api::kBatch}}, Api::kUnary));
+  ASSIGN_OR_RETURN(o.mode, args.Enum<Mode>("mode", {{"single", Mode::kSingle}, {"sg", Mode::kSg}},
+                                           Mode::kSingle));
+  ASSIGN_OR_RETURN(
+      o.api, args.Enum<Api>("api", {{"unary", Api::kUnary}, {"batch", Api::kBatch}}, Api::kUnary));
   ASSIGN_OR_RETURN(o.batch_size, args.U64Or("batch_size", 64));
   ASSIGN_OR_RETURN(o.inflight, args.U64Or("inflight", 4));
   ASSIGN_OR_RETURN(o.baseline, args.Bool("baseline"));
@@ -254,9 +257,12 @@ absl::Status Bench(Context& ctx, Args& args) {
   if (seconds < 1 || seconds > 3600) return InvalidField("--seconds", seconds, "must be 1..3600");
   if (mask > 64) return InvalidField("--dma_mask_bits", mask, "must be 12..64");
   if (o.pages < 1 || o.pages > 4096) return InvalidField("--pages", o.pages, "must be 1..4096");
-  if (o.batch_size < 1 || o.batch_size > 65536) return InvalidField("--batch_size", o.batch_size, "must be 1..65536");
-  if (o.inflight < 1 || o.inflight > 64) return InvalidField("--inflight", o.inflight, "must be 1..64");
-  if (o.baseline && o.api == Api::kBatch) return InvalidField("--baseline", "true", "measures unary RPCs only");
+  if (o.batch_size < 1 || o.batch_size > 65536)
+    return InvalidField("--batch_size", o.batch_size, "must be 1..65536");
+  if (o.inflight < 1 || o.inflight > 64)
+    return InvalidField("--inflight", o.inflight, "must be 1..64");
+  if (o.baseline && o.api == Api::kBatch)
+    return InvalidField("--baseline", "true", "measures unary RPCs only");
   o.threads = static_cast<int>(threads);
   o.duration = absl::Seconds(seconds);
   o.dma_mask_bits = static_cast<uint32_t>(mask);
@@ -285,7 +291,8 @@ absl::Status Bench(Context& ctx, Args& args) {
     all.unmap_ns.insert(all.unmap_ns.end(), r.unmap_ns.begin(), r.unmap_ns.end());
   }
   if (all.ops == 0 && !all.first_error.ok()) return all.first_error;
-  const char* what = o.baseline ? "empty_rpc(Sync)" : (o.api == Api::kBatch ? "map(batched)" : "map+unmap");
+  const char* what =
+      o.baseline ? "empty_rpc(Sync)" : (o.api == Api::kBatch ? "map(batched)" : "map+unmap");
   const double ops_per_s = static_cast<double>(all.ops) / elapsed;
   const double rpcs_per_s = static_cast<double>(all.rpcs) / elapsed;
   const char* lat = o.api == Api::kBatch ? "batch_rtt" : (o.baseline ? "rpc" : "map");
@@ -295,28 +302,36 @@ absl::Status Bench(Context& ctx, Args& args) {
                u999 = Percentile(all.unmap_ns, 0.999);
   const std::string mode = o.mode == Mode::kSingle ? "single" : "sg";
   const std::string api = o.api == Api::kUnary ? "unary" : "batch";
-  const std::string direction = v1::DmaDirection_Name(o.direction).substr(std::string("DMA_DIRECTION_").size());
+  const std::string direction =
+      v1::DmaDirection_Name(o.direction).substr(std::string("DMA_DIRECTION_").size());
   if (ctx.printer->json()) {
     ctx.printer->out() << absl::StrFormat(
-        "{\"what\":\"%s\",\"api\":\"%s\",\"mode\":\"%s\",\"device\":\"%s\",\"dma_mask_bits\":%d,\"pages\":%d,"
-        "\"direction\":\"%s\",\"threads\":%d,\"batch_size\":%d,\"seconds\":%.3f,\"ops\":%d,\"ops_per_s\":%.1f,"
-        "\"rpcs_per_s\":%.1f,\"errors\":%d,\"%s_p50_us\":%.2f,\"%s_p99_us\":%.2f,\"%s_p999_us\":%.2f,"
+        "{\"what\":\"%s\",\"api\":\"%s\",\"mode\":\"%s\",\"device\":\"%s\",\"dma_mask_bits\":%d,"
+        "\"pages\":%d,"
+        "\"direction\":\"%s\",\"threads\":%d,\"batch_size\":%d,\"seconds\":%.3f,\"ops\":%d,\"ops_"
+        "per_s\":%.1f,"
+        "\"rpcs_per_s\":%.1f,\"errors\":%d,\"%s_p50_us\":%.2f,\"%s_p99_us\":%.2f,\"%s_p999_us\":%."
+        "2f,"
         "\"unmap_p50_us\":%.2f,\"unmap_p99_us\":%.2f,\"unmap_p999_us\":%.2f}\n",
-        what, api, mode, o.device, o.dma_mask_bits, o.pages, direction, o.threads, o.batch_size, elapsed, all.ops,
-        ops_per_s, rpcs_per_s, all.errors, lat, p50, lat, p99, lat, p999, u50, u99, u999);
+        what, api, mode, o.device, o.dma_mask_bits, o.pages, direction, o.threads, o.batch_size,
+        elapsed, all.ops, ops_per_s, rpcs_per_s, all.errors, lat, p50, lat, p99, lat, p999, u50,
+        u99, u999);
     return absl::OkStatus();
   }
   std::ostream& out = ctx.printer->out();
   out << absl::StrFormat(
-      "bench %s: api=%s mode=%s device=%s dma_mask_bits=%d pages=%d direction=%s threads=%d%s seconds=%.2f\n", what,
-      api, mode, o.device, o.dma_mask_bits, o.pages, direction, o.threads,
-      o.api == Api::kBatch ? absl::StrFormat(" batch_size=%d inflight=%d", o.batch_size, o.inflight) : "",
+      "bench %s: api=%s mode=%s device=%s dma_mask_bits=%d pages=%d direction=%s threads=%d%s "
+      "seconds=%.2f\n",
+      what, api, mode, o.device, o.dma_mask_bits, o.pages, direction, o.threads,
+      o.api == Api::kBatch ? absl::StrFormat(" batch_size=%d inflight=%d", o.batch_size, o.inflight)
+                           : "",
       elapsed);
   out << absl::StrFormat("  throughput  %.0f ops/s (%.0f %s/s), %d errors\n", ops_per_s, rpcs_per_s,
                          o.api == Api::kBatch ? "messages" : "rpcs", all.errors);
   out << absl::StrFormat("  %-9s   p50=%.1fus p99=%.1fus p99.9=%.1fus\n", lat, p50, p99, p999);
   if (!all.unmap_ns.empty()) {
-    out << absl::StrFormat("  %-9s   p50=%.1fus p99=%.1fus p99.9=%.1fus\n", "unmap", u50, u99, u999);
+    out << absl::StrFormat("  %-9s   p50=%.1fus p99=%.1fus p99.9=%.1fus\n", "unmap", u50, u99,
+                           u999);
   }
   if (!all.first_error.ok()) out << "  first error: " << all.first_error << "\n";
   return absl::OkStatus();
@@ -326,8 +341,10 @@ absl::Status Bench(Context& ctx, Args& args) {
 
 std::vector<Command> BenchCommands() {
   return {{"bench",
-           "[--threads=N] [--seconds=N] [--dma_mask_bits=N] [--direction=...] [--pages=N] [--mode=single|sg] "
-           "[--api=unary|batch] [--batch_size=N] [--inflight=N] [--baseline]  dma_map_benchmark over gRPC; "
+           "[--threads=N] [--seconds=N] [--dma_mask_bits=N] [--direction=...] [--pages=N] "
+           "[--mode=single|sg] "
+           "[--api=unary|batch] [--batch_size=N] [--inflight=N] [--baseline]  dma_map_benchmark "
+           "over gRPC; "
            "--baseline times the empty RPC (Sync)",
            Bench}};
 }

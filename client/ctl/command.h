@@ -50,9 +50,11 @@ absl::StatusOr<v1::MemRef> MemRefFlags(const Context& ctx, Args& args);
 // A subcommand that builds one request from its flags, calls one RPC and
 // prints the response.
 template <typename Req, typename Resp>
-Command Rpc(std::string name, std::string synopsis, std::function<absl::StatusOr<Req>(Context&, Args&)> build,
+Command Rpc(std::string name, std::string synopsis,
+            std::function<absl::StatusOr<Req>(Context&, Args&)> build,
             absl::StatusOr<Resp> (Client::*call)(Req) const) {
-  return {std::move(name), std::move(synopsis), [build, call](Context& ctx, Args& args) -> absl::Status {
+  return {std::move(name), std::move(synopsis),
+          [build, call](Context& ctx, Args& args) -> absl::Status {
             ASSIGN_OR_RETURN(Req request, build(ctx, args));
             RETURN_IF_ERROR(args.CheckAllUsed(ctx.name));
             ASSIGN_OR_RETURN(Resp response, (ctx.client.*call)(std::move(request)));

@@ -17,9 +17,11 @@ absl::StatusOr<v1::SgMode> SgModeFlag(Args& args) {
 }
 
 absl::StatusOr<v1::AccessKind> AccessFlag(Args& args) {
-  return args.Enum<v1::AccessKind>(
-      "access", {{"read", v1::ACCESS_KIND_READ}, {"write", v1::ACCESS_KIND_WRITE}, {"exec", v1::ACCESS_KIND_EXEC}},
-      v1::ACCESS_KIND_READ);
+  return args.Enum<v1::AccessKind>("access",
+                                   {{"read", v1::ACCESS_KIND_READ},
+                                    {"write", v1::ACCESS_KIND_WRITE},
+                                    {"exec", v1::ACCESS_KIND_EXEC}},
+                                   v1::ACCESS_KIND_READ);
 }
 
 // --segments=BUF:OFFSET:LENGTH[,BUF:OFFSET:LENGTH...]
@@ -28,7 +30,8 @@ absl::StatusOr<std::vector<v1::MemRef>> SegmentsFlag(Args& args) {
   std::vector<v1::MemRef> segments;
   for (absl::string_view item : absl::StrSplit(text, ',', absl::SkipEmpty())) {
     std::vector<absl::string_view> parts = absl::StrSplit(item, ':');
-    if (parts.size() != 3) return InvalidField("--segments", item, "each segment is BUFFER:OFFSET:LENGTH");
+    if (parts.size() != 3)
+      return InvalidField("--segments", item, "each segment is BUFFER:OFFSET:LENGTH");
     v1::MemRef& mem = segments.emplace_back();
     ASSIGN_OR_RETURN(uint64_t buffer, ParseNumber("--segments buffer", parts[0]));
     ASSIGN_OR_RETURN(uint64_t offset, ParseNumber("--segments offset", parts[1]));
@@ -255,21 +258,25 @@ absl::StatusOr<v1::MemRef> MemRefFlags(const Context& ctx, Args& args) {
 
 std::vector<Command> DmaCommands() {
   return {
-      Rpc<v1::MapRequest, v1::MapResponse>("map", absl::StrCat(kMemFlags, " ", kDirFlags, "  dma_map_page"),
-                                           BuildMap, &Client::Map),
-      Rpc<v1::UnmapRequest, v1::UnmapResponse>("unmap", "--dma_addr=A  dma_unmap_page of the whole allocation",
-                                               BuildByDmaAddr<v1::UnmapRequest>, &Client::Unmap),
+      Rpc<v1::MapRequest, v1::MapResponse>(
+          "map", absl::StrCat(kMemFlags, " ", kDirFlags, "  dma_map_page"), BuildMap, &Client::Map),
+      Rpc<v1::UnmapRequest, v1::UnmapResponse>(
+          "unmap", "--dma_addr=A  dma_unmap_page of the whole allocation",
+          BuildByDmaAddr<v1::UnmapRequest>, &Client::Unmap),
       Rpc<v1::MapSgRequest, v1::MapSgResponse>(
           "map-sg",
-          absl::StrCat("(--segments=BUF:OFF:LEN,... | --import_token=T) [--mode=dma_api|merge|contiguous] ",
-                       kDirFlags, "  dma_map_sg"),
+          absl::StrCat(
+              "(--segments=BUF:OFF:LEN,... | --import_token=T) [--mode=dma_api|merge|contiguous] ",
+              kDirFlags, "  dma_map_sg"),
           BuildMapSg, &Client::MapSg),
       Rpc<v1::UnmapSgRequest, v1::UnmapSgResponse>("unmap-sg", "--dma_addr=A  dma_unmap_sg",
-                                                   BuildByDmaAddr<v1::UnmapSgRequest>, &Client::UnmapSg),
+                                                   BuildByDmaAddr<v1::UnmapSgRequest>,
+                                                   &Client::UnmapSg),
       Rpc<v1::AllocRequest, v1::AllocResponse>(
           "alloc",
-          absl::StrCat("--size=N [--pool=P] [--force_contiguous] [--single_pages] [--no_kernel_mapping] ", kDirFlags,
-                       "  dma_alloc_attrs"),
+          absl::StrCat(
+              "--size=N [--pool=P] [--force_contiguous] [--single_pages] [--no_kernel_mapping] ",
+              kDirFlags, "  dma_alloc_attrs"),
           BuildAlloc, &Client::Alloc),
       Rpc<v1::FreeRequest, v1::FreeResponse>("free", "--dma_addr=A  dma_free_attrs",
                                              BuildByDmaAddr<v1::FreeRequest>, &Client::Free),
@@ -282,30 +289,39 @@ std::vector<Command> DmaCommands() {
           "revoke-export", "--token=T  revoke an export token, unmapping every import of it",
           BuildRevokeExport, &Client::RevokeExport),
       Rpc<v1::MsiCookieRequest, v1::MsiCookieResponse>(
-          "msi-cookie", "[--domain=ID --window_base=A --window_size=N]  map the MSI doorbell (or set a window)",
+          "msi-cookie",
+          "[--domain=ID --window_base=A --window_size=N]  map the MSI doorbell (or set a window)",
           BuildMsiCookie, &Client::MsiCookie),
-      Rpc<v1::MapAtRequest, v1::MapAtResponse>(
-          "map-at", absl::StrCat("--iova=A ", kMemFlags, " ", kDirFlags, "  iommu_map into an UNMANAGED domain"),
-          BuildMapAt, &Client::MapAt),
+      Rpc<v1::MapAtRequest, v1::MapAtResponse>("map-at",
+                                               absl::StrCat("--iova=A ", kMemFlags, " ", kDirFlags,
+                                                            "  iommu_map into an UNMANAGED domain"),
+                                               BuildMapAt, &Client::MapAt),
       Rpc<v1::UnmapRangeRequest, v1::UnmapRangeResponse>(
-          "unmap-range", "--iova=A --size=N  iommu_unmap of whole mappings", BuildUnmapRange, &Client::UnmapRange),
+          "unmap-range", "--iova=A --size=N  iommu_unmap of whole mappings", BuildUnmapRange,
+          &Client::UnmapRange),
       Rpc<v1::SyncRequest, v1::SyncResponse>(
           "sync", "  complete the pending invalidations of the device's domain",
-          [](Context&, Args&) -> absl::StatusOr<v1::SyncRequest> { return v1::SyncRequest(); }, &Client::Sync),
+          [](Context&, Args&) -> absl::StatusOr<v1::SyncRequest> { return v1::SyncRequest(); },
+          &Client::Sync),
       Rpc<v1::TranslateRequest, v1::TranslateResponse>(
           "translate",
-          "--iova=A [--length=N] [--access=read|write|exec] [--privileged] [--smmu=S --stream_id=N]  a device access",
+          "--iova=A [--length=N] [--access=read|write|exec] [--privileged] [--smmu=S "
+          "--stream_id=N]  a device access",
           BuildTranslate, &Client::Translate),
       Rpc<v1::TranslateBatchRequest, v1::TranslateBatchResponse>(
-          "translate-batch", "--iovas=A,B,... [--length=N] [--access=...]  many accesses in one call",
+          "translate-batch",
+          "--iovas=A,B,... [--length=N] [--access=...]  many accesses in one call",
           BuildTranslateBatch, &Client::TranslateBatch),
       Rpc<v1::AllocBufferRequest, v1::AllocBufferResponse>(
-          "alloc-buffer", "--size=N [--placement=scattered|contiguous|huge] [--pool=P]  pin pages for the device",
+          "alloc-buffer",
+          "--size=N [--placement=scattered|contiguous|huge] [--pool=P]  pin pages for the device",
           BuildAllocBuffer, &Client::AllocBuffer),
-      Rpc<v1::FreeBufferRequest, v1::FreeBufferResponse>("free-buffer", "--buffer=ID  unpin a buffer",
-                                                         BuildByBufferId<v1::FreeBufferRequest>, &Client::FreeBuffer),
-      Rpc<v1::GetBufferRequest, v1::GetBufferResponse>("get-buffer", "--buffer=ID  a buffer and its physical runs",
-                                                       BuildByBufferId<v1::GetBufferRequest>, &Client::GetBuffer),
+      Rpc<v1::FreeBufferRequest, v1::FreeBufferResponse>(
+          "free-buffer", "--buffer=ID  unpin a buffer", BuildByBufferId<v1::FreeBufferRequest>,
+          &Client::FreeBuffer),
+      Rpc<v1::GetBufferRequest, v1::GetBufferResponse>(
+          "get-buffer", "--buffer=ID  a buffer and its physical runs",
+          BuildByBufferId<v1::GetBufferRequest>, &Client::GetBuffer),
   };
 }
 

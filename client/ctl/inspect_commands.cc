@@ -25,9 +25,14 @@ std::string Name(const google::protobuf::EnumValueDescriptor* v) {
 }
 
 std::vector<std::string> FaultRow(const v1::FaultRecord& f) {
-  return {absl::StrCat(f.seq()), Name(v1::FaultType_descriptor()->FindValueByNumber(f.type())),
-          f.device().empty() ? "-" : f.device(), f.smmu(), Hex(f.stream_id()), absl::StrCat(f.domain_id()),
-          Hex(f.iova()), Name(v1::AccessKind_descriptor()->FindValueByNumber(f.access())),
+  return {absl::StrCat(f.seq()),
+          Name(v1::FaultType_descriptor()->FindValueByNumber(f.type())),
+          f.device().empty() ? "-" : f.device(),
+          f.smmu(),
+          Hex(f.stream_id()),
+          absl::StrCat(f.domain_id()),
+          Hex(f.iova()),
+          Name(v1::AccessKind_descriptor()->FindValueByNumber(f.access())),
           f.privileged() ? "true" : "false"};
 }
 
@@ -47,14 +52,15 @@ absl::Status WatchFaults(Context& ctx, Args& args) {
     }
     stream->Cancel();
   });
-  const std::vector<std::string> header = {"SEQ", "TYPE", "DEVICE", "SMMU", "STREAM", "DOMAIN", "IOVA", "ACCESS", "PRIV"};
+  const std::vector<std::string> header = {"SEQ",    "TYPE", "DEVICE", "SMMU", "STREAM",
+                                           "DOMAIN", "IOVA", "ACCESS", "PRIV"};
   uint64_t seen = 0;
   bool first = true;
   v1::FaultEvent event;
   while ((count == 0 || seen < count) && stream->Read(&event)) {
     if (count != 0 && seen + event.records_size() > count) {
-      event.mutable_records()->DeleteSubrange(static_cast<int>(count - seen),
-                                              static_cast<int>(seen + event.records_size() - count));
+      event.mutable_records()->DeleteSubrange(
+          static_cast<int>(count - seen), static_cast<int>(seen + event.records_size() - count));
     }
     seen += event.records_size();
     if (ctx.printer->json()) {
@@ -85,7 +91,9 @@ std::string Perm(const v1::PageTableLeaf& l) {
                       l.privileged_exec() ? "x" : "-");
 }
 
-std::string Attr(const v1::PageTableLeaf& l) { return l.mmio() ? "mmio" : (l.cacheable() ? "cached" : "normal"); }
+std::string Attr(const v1::PageTableLeaf& l) {
+  return l.mmio() ? "mmio" : (l.cacheable() ? "cached" : "normal");
+}
 
 // Consecutive leaves that continue each other in IOVA and physical address,
 // with the same permissions and attributes, as one run.
@@ -99,8 +107,9 @@ struct LeafRun {
 void AddLeaf(std::vector<LeafRun>& runs, const v1::PageTableLeaf& l) {
   if (!runs.empty()) {
     LeafRun& r = runs.back();
-    if (r.first.iova() + r.size_bytes == l.iova() && r.first.phys_addr() + r.size_bytes == l.phys_addr() &&
-        Perm(r.first) == Perm(l) && Attr(r.first) == Attr(l)) {
+    if (r.first.iova() + r.size_bytes == l.iova() &&
+        r.first.phys_addr() + r.size_bytes == l.phys_addr() && Perm(r.first) == Perm(l) &&
+        Attr(r.first) == Attr(l)) {
       r.size_bytes += l.size_bytes();
       ++r.leaves;
       if (r.leaf_size != l.size_bytes()) r.leaf_size = 0;
@@ -168,13 +177,15 @@ absl::Status Dump(Context& ctx, Args& args) {
     t.set_access(write ? v1::ACCESS_KIND_WRITE : v1::ACCESS_KIND_READ);
     ASSIGN_OR_RETURN(v1::TranslateResponse walk, ctx.client.Translate(std::move(t)));
     for (const v1::TranslatedPage& p : walk.pages()) {
-      rows.push_back({Hex(p.iova()), Hex(p.phys_addr()), Hex(p.length_bytes()), p.iotlb_hit() ? "hit" : "miss",
-                      p.stale() ? "stale" : "-"});
+      rows.push_back({Hex(p.iova()), Hex(p.phys_addr()), Hex(p.length_bytes()),
+                      p.iotlb_hit() ? "hit" : "miss", p.stale() ? "stale" : "-"});
     }
     if (walk.faulted()) {
-      rows.push_back({Hex(walk.fault_iova()), "-", "-", "-",
-                      absl::StrCat("FAULT ", Name(v1::FaultType_descriptor()->FindValueByNumber(walk.fault_type())),
-                                   " seq=", walk.fault_seq())});
+      rows.push_back(
+          {Hex(walk.fault_iova()), "-", "-", "-",
+           absl::StrCat("FAULT ",
+                        Name(v1::FaultType_descriptor()->FindValueByNumber(walk.fault_type())),
+                        " seq=", walk.fault_seq())});
     }
     walks.push_back(std::move(walk));
   }
@@ -187,12 +198,14 @@ absl::Status Dump(Context& ctx, Args& args) {
       run_json.push_back(absl::StrFormat(
           "{\"iova\":\"%d\",\"phys_addr\":\"%d\",\"size_bytes\":\"%d\",\"leaves\":\"%d\","
           "\"leaf_size_bytes\":\"%d\",\"perm\":\"%s\",\"attr\":\"%s\"}",
-          r.first.iova(), r.first.phys_addr(), r.size_bytes, r.leaves, r.leaf_size, Perm(r.first), Attr(r.first)));
+          r.first.iova(), r.first.phys_addr(), r.size_bytes, r.leaves, r.leaf_size, Perm(r.first),
+          Attr(r.first)));
     }
-    ctx.printer->out() << "{\"domain\":" << ToJson(domain.domain()) << ",\"stats\":" << ToJson(domain_stats)
-                       << ",\"mapped_runs\":[" << absl::StrJoin(run_json, ",") << "],\"leaves\":\"" << leaves_seen
-                       << "\",\"leaves_truncated\":" << (leaves_truncated ? "true" : "false") << ",\"walk\":["
-                       << absl::StrJoin(walk_json, ",") << "]}\n";
+    ctx.printer->out() << "{\"domain\":" << ToJson(domain.domain())
+                       << ",\"stats\":" << ToJson(domain_stats) << ",\"mapped_runs\":["
+                       << absl::StrJoin(run_json, ",") << "],\"leaves\":\"" << leaves_seen
+                       << "\",\"leaves_truncated\":" << (leaves_truncated ? "true" : "false")
+                       << ",\"walk\":[" << absl::StrJoin(walk_json, ",") << "]}\n";
     return absl::OkStatus();
   }
   ctx.printer->Title(absl::StrCat("domain ", domain_id));
@@ -207,14 +220,17 @@ absl::Status Dump(Context& ctx, Args& args) {
                      << "table_bytes  " << domain_stats.pagetable().table_bytes() << "\n"
                      << "mapped_bytes " << Hex(domain_stats.pagetable().mapped_bytes()) << "\n";
   ctx.printer->Table({"LEAF_SIZE", "LEAVES"}, leaves);
-  ctx.printer->Title(absl::StrCat("mapped runs (", leaves_seen, " leaves", leaves_truncated ? ", truncated" : "", ")"));
+  ctx.printer->Title(absl::StrCat("mapped runs (", leaves_seen, " leaves",
+                                  leaves_truncated ? ", truncated" : "", ")"));
   std::vector<std::vector<std::string>> run_rows;
   for (const LeafRun& r : runs) {
-    run_rows.push_back({Hex(r.first.iova()), Hex(r.first.iova() + r.size_bytes - 1), Hex(r.first.phys_addr()),
-                        Hex(r.size_bytes), absl::StrCat(r.leaves), r.leaf_size != 0 ? Hex(r.leaf_size) : "mixed",
-                        Perm(r.first), Attr(r.first)});
+    run_rows.push_back({Hex(r.first.iova()), Hex(r.first.iova() + r.size_bytes - 1),
+                        Hex(r.first.phys_addr()), Hex(r.size_bytes), absl::StrCat(r.leaves),
+                        r.leaf_size != 0 ? Hex(r.leaf_size) : "mixed", Perm(r.first),
+                        Attr(r.first)});
   }
-  ctx.printer->Table({"IOVA", "IOVA_END", "PHYS", "SIZE", "LEAVES", "LEAF", "PERM(USER/PRIV)", "ATTR"}, run_rows);
+  ctx.printer->Table(
+      {"IOVA", "IOVA_END", "PHYS", "SIZE", "LEAVES", "LEAF", "PERM(USER/PRIV)", "ATTR"}, run_rows);
   if (domain_stats.has_iova()) {
     ctx.printer->Title("iova allocator");
     ctx.printer->Print(domain_stats.iova());
@@ -247,14 +263,18 @@ absl::Status Health(Context& ctx, Args& args) {
 
 std::vector<Command> InspectCommands() {
   return {
-      {"watch-faults", "[--after_seq=N] [--count=N]  stream fault records until Ctrl-C or N records", WatchFaults},
+      {"watch-faults",
+       "[--after_seq=N] [--count=N]  stream fault records until Ctrl-C or N records", WatchFaults},
       {"dump",
-       "[--domain=ID] [--max_leaves=N (0: all)] [--iova=A,B,... [--length=N] [--write]]  a domain, its "
-       "page-table and allocator stats, its mappings (page-table leaves merged into runs), and a walk of the "
+       "[--domain=ID] [--max_leaves=N (0: all)] [--iova=A,B,... [--length=N] [--write]]  a domain, "
+       "its "
+       "page-table and allocator stats, its mappings (page-table leaves merged into runs), and a "
+       "walk of the "
        "given IOVAs through the device",
        Dump},
       {"health",
-       "[--service=NAME]  the gRPC health check of the daemon (or of one service): exit 0 only when SERVING",
+       "[--service=NAME]  the gRPC health check of the daemon (or of one service): exit 0 only "
+       "when SERVING",
        Health},
   };
 }

@@ -27,7 +27,8 @@ std::string ReadFile(const std::string& path) {
 
 // Fault timestamps are the only thing of a fresh daemon that varies.
 std::string Normalise(std::string text) {
-  text = std::regex_replace(text, std::regex(R"("timestamp_unix_nanos":"\d+")"), R"("timestamp_unix_nanos":"<ts>")");
+  text = std::regex_replace(text, std::regex(R"("timestamp_unix_nanos":"\d+")"),
+                            R"("timestamp_unix_nanos":"<ts>")");
   // Export tokens and session ids are random.
   text = std::regex_replace(text, std::regex(R"(iexp_[0-9a-f]{32})"), "iexp_<random>");
   text = std::regex_replace(text, std::regex(R"(session_id  \d+)"), "session_id  <random>");
@@ -67,7 +68,8 @@ TEST_F(IommuctlTest, GoldenSession) {
     GTEST_SKIP() << "wrote " << golden_path;
   }
   const std::string golden = ReadFile(golden_path);
-  std::vector<std::string> want = absl::StrSplit(golden, '\n'), got = absl::StrSplit(transcript, '\n');
+  std::vector<std::string> want = absl::StrSplit(golden, '\n'),
+                           got = absl::StrSplit(transcript, '\n');
   for (size_t i = 0; i < std::min(want.size(), got.size()); ++i) {
     ASSERT_EQ(got[i], want[i]) << "first difference at line " << i + 1 << " of " << golden_path;
   }
@@ -78,32 +80,38 @@ TEST_F(IommuctlTest, ExportImport) {
   const CtlResult alloc = Ctl({"--device=gpu0", "--json", "alloc", "--size=1M"});
   ASSERT_EQ(alloc.exit_code, 0) << alloc.err;
   std::smatch dma;
-  ASSERT_TRUE(std::regex_search(alloc.out, dma, std::regex(R"re("dma_addr":"?([0-9]+))re"))) << alloc.out;
-  const CtlResult sgt = Ctl({"--device=gpu0", "--json", "get-sgtable", "--dma_addr=" + dma[1].str(), "--export",
-                            "--export_to=nic0"});
+  ASSERT_TRUE(std::regex_search(alloc.out, dma, std::regex(R"re("dma_addr":"?([0-9]+))re")))
+      << alloc.out;
+  const CtlResult sgt = Ctl({"--device=gpu0", "--json", "get-sgtable", "--dma_addr=" + dma[1].str(),
+                             "--export", "--export_to=nic0"});
   std::smatch token;
-  ASSERT_TRUE(std::regex_search(sgt.out, token, std::regex(R"re("export_token":"(iexp_[0-9a-f]{32})")re")))
+  ASSERT_TRUE(
+      std::regex_search(sgt.out, token, std::regex(R"re("export_token":"(iexp_[0-9a-f]{32})")re")))
       << sgt.out << sgt.err;
   // Read-only unless --writable: a bidirectional import is PERMISSION_DENIED.
-  const CtlResult rw = Ctl({"--device=nic0", "map-sg", "--import_token=" + token[1].str(), "--mode=contiguous"});
+  const CtlResult rw =
+      Ctl({"--device=nic0", "map-sg", "--import_token=" + token[1].str(), "--mode=contiguous"});
   EXPECT_EQ(rw.exit_code, 7) << rw.err;
   EXPECT_NE(rw.err.find("read-only"), std::string::npos) << rw.err;
   // Bound to nic0: another device gets the answer of an unknown token.
   const CtlResult other = Ctl({"--device=nvme0", "map-sg", "--import_token=" + token[1].str(),
                                "--mode=contiguous", "--direction=to_device"});
   EXPECT_EQ(other.exit_code, 5) << other.err;
-  const CtlResult import = Ctl({"--device=nic0", "map-sg", "--import_token=" + token[1].str(), "--mode=contiguous",
-                                "--direction=to_device"});
+  const CtlResult import = Ctl({"--device=nic0", "map-sg", "--import_token=" + token[1].str(),
+                                "--mode=contiguous", "--direction=to_device"});
   ASSERT_EQ(import.exit_code, 0) << import.err;
   EXPECT_NE(import.out.find("segment_count    1\n"), std::string::npos) << import.out;
-  const CtlResult reuse = Ctl({"--device=nvme0", "map-sg", "--import_token=garbage", "--mode=contiguous"});
+  const CtlResult reuse =
+      Ctl({"--device=nvme0", "map-sg", "--import_token=garbage", "--mode=contiguous"});
   EXPECT_NE(reuse.exit_code, 0);
   EXPECT_NE(reuse.err.find("import_token"), std::string::npos) << reuse.err;
   // Revocation: only the exporter; then the import is gone.
   EXPECT_EQ(Ctl({"--device=nic0", "revoke-export", "--token=" + token[1].str()}).exit_code, 5);
-  const CtlResult revoke = Ctl({"--device=gpu0", "--json", "revoke-export", "--token=" + token[1].str()});
+  const CtlResult revoke =
+      Ctl({"--device=gpu0", "--json", "revoke-export", "--token=" + token[1].str()});
   ASSERT_EQ(revoke.exit_code, 0) << revoke.err;
-  EXPECT_TRUE(std::regex_search(revoke.out, std::regex(R"re("importsUnmapped":"?1"?|"imports_unmapped":"?1"?)re")))
+  EXPECT_TRUE(std::regex_search(
+      revoke.out, std::regex(R"re("importsUnmapped":"?1"?|"imports_unmapped":"?1"?)re")))
       << revoke.out;
 }
 
@@ -111,7 +119,9 @@ TEST_F(IommuctlTest, ExitCodeIsTheStatusCode) {
   EXPECT_EQ(Ctl({"--device=nic0", "get-buffer", "--buffer=77"}).exit_code, 5);  // NOT_FOUND
   EXPECT_EQ(Ctl({"--device=nic0", "alloc-buffer", "--size=0"}).exit_code, 3);   // INVALID_ARGUMENT
   EXPECT_EQ(Ctl({"--device=nic0", "help"}).exit_code, 0);
-  EXPECT_EQ(RunCtl({"--target=unix:/nonexistent/sock", "--deadline_ms=300", "list-iommus"}).exit_code, 14);
+  EXPECT_EQ(
+      RunCtl({"--target=unix:/nonexistent/sock", "--deadline_ms=300", "list-iommus"}).exit_code,
+      14);
   EXPECT_EQ(RunCtl({"--target=nowhere", "list-iommus"}).exit_code, 3);
 }
 
@@ -124,28 +134,34 @@ TEST_F(IommuctlTest, HealthAsksTheGrpcHealthService) {
   EXPECT_EQ(dma.out, "{\"service\":\"iommu.v1.Dma\",\"status\":\"SERVING\"}\n");
   const CtlResult unknown = Ctl({"health", "--service=nope.v1.Nothing"});
   EXPECT_EQ(unknown.exit_code, 5) << unknown.out;  // NOT_FOUND
-  EXPECT_EQ(RunCtl({"--target=unix:/nonexistent/sock", "--deadline_ms=300", "health"}).exit_code, 14);
+  EXPECT_EQ(RunCtl({"--target=unix:/nonexistent/sock", "--deadline_ms=300", "health"}).exit_code,
+            14);
 }
 
 TEST_F(IommuctlTest, HelpListsEverySubcommand) {
   const CtlResult r = RunCtl({"help"});
-  for (const char* sub : {"map", "unmap", "map-sg", "unmap-sg", "alloc", "free", "get-sgtable", "msi-cookie",
-                          "map-at", "unmap-range", "sync", "create-domain", "destroy-domain", "get-domain",
-                          "list-domains", "attach", "detach", "revoke-export", "iova-ranges", "walk-domain", "list-iommus", "list-devices",
-                          "translate", "translate-batch", "alloc-buffer", "free-buffer", "get-buffer",
-                          "open-session", "keepalive", "close-session", "stats", "watch-faults", "dump",
-                          "simulate", "bench", "health"}) {
+  for (const char* sub :
+       {"map",         "unmap",         "map-sg",         "unmap-sg",        "alloc",
+        "free",        "get-sgtable",   "msi-cookie",     "map-at",          "unmap-range",
+        "sync",        "create-domain", "destroy-domain", "get-domain",      "list-domains",
+        "attach",      "detach",        "revoke-export",  "iova-ranges",     "walk-domain",
+        "list-iommus", "list-devices",  "translate",      "translate-batch", "alloc-buffer",
+        "free-buffer", "get-buffer",    "open-session",   "keepalive",       "close-session",
+        "stats",       "watch-faults",  "dump",           "simulate",        "bench",
+        "health"}) {
     EXPECT_NE(r.out.find(absl::StrCat("\n  ", sub, " ")), std::string::npos) << sub;
   }
 }
 
 TEST_F(IommuctlTest, SimulateEveryProfilePrintsOneLinePerSecondWithoutErrors) {
   for (const char* profile : {"nic", "nvme", "gpu", "camera", "untrusted"}) {
-    const CtlResult r = Ctl({"simulate", absl::StrCat("--profile=", profile), "--seconds=2", "--rate=50"});
+    const CtlResult r =
+        Ctl({"simulate", absl::StrCat("--profile=", profile), "--seconds=2", "--rate=50"});
     ASSERT_EQ(r.exit_code, 0) << profile << ": " << r.err;
-    const std::regex line(absl::StrCat(R"(t=\ds profile=)", profile,
-                                       R"( device=\w+ steps=\d+ rpcs=\d+ maps=[1-9]\d* unmaps=\d+ translates=[1-9]\d* )"
-                                       R"(faults=(\d+) errors=0)"));
+    const std::regex line(absl::StrCat(
+        R"(t=\ds profile=)", profile,
+        R"( device=\w+ steps=\d+ rpcs=\d+ maps=[1-9]\d* unmaps=\d+ translates=[1-9]\d* )"
+        R"(faults=(\d+) errors=0)"));
     std::vector<std::string> lines = absl::StrSplit(r.out, '\n', absl::SkipEmpty());
     ASSERT_GE(lines.size(), 1u) << r.out;
     uint64_t faults = 0;
@@ -165,17 +181,21 @@ TEST_F(IommuctlTest, SimulateEveryProfilePrintsOneLinePerSecondWithoutErrors) {
 }
 
 TEST_F(IommuctlTest, BenchReportsThroughputAndPercentiles) {
-  const std::regex unary(R"(bench map\+unmap: api=unary mode=single device=sata0 dma_mask_bits=32 [^\n]*\n)"
-                         R"(  throughput  \d+ ops/s \(\d+ rpcs/s\), 0 errors\n)"
-                         R"(  map         p50=[\d.]+us p99=[\d.]+us p99\.9=[\d.]+us\n)"
-                         R"(  unmap       p50=[\d.]+us p99=[\d.]+us p99\.9=[\d.]+us\n)");
+  const std::regex unary(
+      R"(bench map\+unmap: api=unary mode=single device=sata0 dma_mask_bits=32 [^\n]*\n)"
+      R"(  throughput  \d+ ops/s \(\d+ rpcs/s\), 0 errors\n)"
+      R"(  map         p50=[\d.]+us p99=[\d.]+us p99\.9=[\d.]+us\n)"
+      R"(  unmap       p50=[\d.]+us p99=[\d.]+us p99\.9=[\d.]+us\n)");
   CtlResult r = Ctl({"bench", "--seconds=1"});
   EXPECT_TRUE(std::regex_match(r.out, unary)) << r.out << r.err;
   r = Ctl({"bench", "--seconds=1", "--baseline", "--dma_mask_bits=64"});
-  EXPECT_NE(r.out.find("bench empty_rpc(Sync): api=unary mode=single device=nic0"), std::string::npos) << r.out;
-  r = Ctl({"--json", "bench", "--seconds=1", "--api=batch", "--mode=sg", "--pages=4", "--dma_mask_bits=64",
-           "--threads=2", "--batch_size=32"});
-  EXPECT_TRUE(std::regex_search(r.out, std::regex(R"("api":"batch","mode":"sg","device":"nic0".*"errors":0)")))
+  EXPECT_NE(r.out.find("bench empty_rpc(Sync): api=unary mode=single device=nic0"),
+            std::string::npos)
+      << r.out;
+  r = Ctl({"--json", "bench", "--seconds=1", "--api=batch", "--mode=sg", "--pages=4",
+           "--dma_mask_bits=64", "--threads=2", "--batch_size=32"});
+  EXPECT_TRUE(std::regex_search(
+      r.out, std::regex(R"("api":"batch","mode":"sg","device":"nic0".*"errors":0)")))
       << r.out << r.err;
   r = Ctl({"bench", "--dma_mask_bits=39"});
   EXPECT_EQ(r.exit_code, 5);

@@ -35,7 +35,8 @@ constexpr char kGlobalUsage[] =
     "usage: iommuctl [GLOBAL FLAGS] SUBCOMMAND [FLAGS]\n"
     "global flags:\n"
     "  --target=ADDR         unix:/path or host:port (default unix:/tmp/iommud.sock)\n"
-    "  --device=NAME         the device to act as (empty: the credential's identity, admin with --auth=none)\n"
+    "  --device=NAME         the device to act as (empty: the credential's identity, admin with "
+    "--auth=none)\n"
     "  --token=T             bearer token (--auth=token), sent over TLS: needs --tls_ca\n"
     "  --token_file=F        file holding the bearer token\n"
     "  --tls_ca=F            CA that signed the daemon's certificate (--auth=token, --auth=mtls)\n"
@@ -74,8 +75,9 @@ absl::StatusOr<GlobalOptions> ParseGlobal(Args& args) {
   c.tls_ca_file = args.StringOr("tls_ca", "");
   c.tls_server_name = args.StringOr("tls_server_name", "");
   if (c.kind == Credentials::Kind::kToken && c.tls_ca_file.empty()) {
-    return InvalidField("--tls_ca", "",
-                        "a token is sent only over TLS: give the CA that signed the daemon's certificate");
+    return InvalidField(
+        "--tls_ca", "",
+        "a token is sent only over TLS: give the CA that signed the daemon's certificate");
   }
   ASSIGN_OR_RETURN(uint64_t deadline_ms, args.U64Or("deadline_ms", 10000));
   o.default_deadline = absl::Milliseconds(deadline_ms);
@@ -88,7 +90,8 @@ absl::StatusOr<GlobalOptions> ParseGlobal(Args& args) {
 
 std::vector<Command> AllCommands() {
   std::vector<Command> all;
-  for (auto group : {DmaCommands, AdminCommands, InspectCommands, SimulateCommands, BenchCommands}) {
+  for (auto group :
+       {DmaCommands, AdminCommands, InspectCommands, SimulateCommands, BenchCommands}) {
     for (Command& c : group()) all.push_back(std::move(c));
   }
   return all;

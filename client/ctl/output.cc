@@ -5,9 +5,9 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/strip.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/strip.h"
 #include "google/protobuf/descriptor.h"
 #include "google/protobuf/util/json_util.h"
 
@@ -22,7 +22,8 @@ bool IsHexField(const FieldDescriptor* field) {
   const std::string& name = field->name();
   // Sizes and bit counts read better in decimal.
   if (absl::EndsWith(name, "_bytes") || absl::EndsWith(name, "_bits")) return false;
-  for (absl::string_view part : {"addr", "iova", "base", "start", "end", "mask", "bitmap", "window", "stream_id"}) {
+  for (absl::string_view part :
+       {"addr", "iova", "base", "start", "end", "mask", "bitmap", "window", "stream_id"}) {
     if (absl::StrContains(name, part)) return true;
   }
   return false;
@@ -52,19 +53,24 @@ std::string Scalar(const Message& m, const FieldDescriptor* f, int index) {
       const uint32_t v = rep ? r->GetRepeatedUInt32(m, f, index) : r->GetUInt32(m, f);
       return IsHexField(f) ? absl::StrFormat("0x%x", v) : absl::StrCat(v);
     }
-    case FieldDescriptor::CPPTYPE_INT64: return absl::StrCat(rep ? r->GetRepeatedInt64(m, f, index) : r->GetInt64(m, f));
-    case FieldDescriptor::CPPTYPE_INT32: return absl::StrCat(rep ? r->GetRepeatedInt32(m, f, index) : r->GetInt32(m, f));
+    case FieldDescriptor::CPPTYPE_INT64:
+      return absl::StrCat(rep ? r->GetRepeatedInt64(m, f, index) : r->GetInt64(m, f));
+    case FieldDescriptor::CPPTYPE_INT32:
+      return absl::StrCat(rep ? r->GetRepeatedInt32(m, f, index) : r->GetInt32(m, f));
     case FieldDescriptor::CPPTYPE_DOUBLE:
       return absl::StrFormat("%.4f", rep ? r->GetRepeatedDouble(m, f, index) : r->GetDouble(m, f));
     case FieldDescriptor::CPPTYPE_FLOAT:
       return absl::StrFormat("%.4f", rep ? r->GetRepeatedFloat(m, f, index) : r->GetFloat(m, f));
-    case FieldDescriptor::CPPTYPE_BOOL: return (rep ? r->GetRepeatedBool(m, f, index) : r->GetBool(m, f)) ? "true" : "false";
-    case FieldDescriptor::CPPTYPE_ENUM: return EnumName(rep ? r->GetRepeatedEnum(m, f, index) : r->GetEnum(m, f));
+    case FieldDescriptor::CPPTYPE_BOOL:
+      return (rep ? r->GetRepeatedBool(m, f, index) : r->GetBool(m, f)) ? "true" : "false";
+    case FieldDescriptor::CPPTYPE_ENUM:
+      return EnumName(rep ? r->GetRepeatedEnum(m, f, index) : r->GetEnum(m, f));
     case FieldDescriptor::CPPTYPE_STRING: {
       std::string s = rep ? r->GetRepeatedString(m, f, index) : r->GetString(m, f);
       return s.empty() ? "-" : s;
     }
-    case FieldDescriptor::CPPTYPE_MESSAGE: break;
+    case FieldDescriptor::CPPTYPE_MESSAGE:
+      break;
   }
   return "?";
 }
@@ -85,7 +91,8 @@ std::string Cell(const Message& m, const FieldDescriptor* f) {
     return pairs.empty() ? "-" : absl::StrJoin(pairs, ",");
   }
   if (f->is_repeated()) {
-    if (f->cpp_type() == FieldDescriptor::CPPTYPE_MESSAGE) return absl::StrCat("[", r->FieldSize(m, f), "]");
+    if (f->cpp_type() == FieldDescriptor::CPPTYPE_MESSAGE)
+      return absl::StrCat("[", r->FieldSize(m, f), "]");
     std::vector<std::string> values;
     for (int i = 0; i < r->FieldSize(m, f); ++i) values.push_back(Scalar(m, f, i));
     return values.empty() ? "-" : absl::StrJoin(values, ",");
@@ -100,7 +107,8 @@ void Flatten(const Message& m, const std::string& prefix, std::vector<std::strin
   for (int i = 0; i < d->field_count(); ++i) {
     const FieldDescriptor* f = d->field(i);
     if (f->cpp_type() == FieldDescriptor::CPPTYPE_MESSAGE && !f->is_repeated()) {
-      Flatten(m.GetReflection()->GetMessage(m, f), absl::StrCat(prefix, f->name(), "."), names, cells);
+      Flatten(m.GetReflection()->GetMessage(m, f), absl::StrCat(prefix, f->name(), "."), names,
+              cells);
       continue;
     }
     if (names != nullptr) names->push_back(absl::StrCat(prefix, f->name()));
@@ -130,11 +138,13 @@ void RenderTable(const Message& m, const FieldDescriptor* f, std::string* out) {
 
 }  // namespace
 
-std::string FormatTable(const std::vector<std::string>& header, const std::vector<std::vector<std::string>>& rows) {
+std::string FormatTable(const std::vector<std::string>& header,
+                        const std::vector<std::vector<std::string>>& rows) {
   std::vector<size_t> widths(header.size(), 0);
   for (size_t c = 0; c < header.size(); ++c) widths[c] = header[c].size();
   for (const auto& row : rows) {
-    for (size_t c = 0; c < row.size() && c < widths.size(); ++c) widths[c] = std::max(widths[c], row[c].size());
+    for (size_t c = 0; c < row.size() && c < widths.size(); ++c)
+      widths[c] = std::max(widths[c], row[c].size());
   }
   std::string out;
   auto line = [&](const std::vector<std::string>& cells) {
@@ -203,7 +213,8 @@ void Printer::Title(absl::string_view title) {
   if (!json_) out_ << "== " << title << "\n";
 }
 
-void Printer::Table(const std::vector<std::string>& header, const std::vector<std::vector<std::string>>& rows) {
+void Printer::Table(const std::vector<std::string>& header,
+                    const std::vector<std::vector<std::string>>& rows) {
   if (!json_) out_ << FormatTable(header, rows);
 }
 

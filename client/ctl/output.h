@@ -31,7 +31,8 @@ class Printer {
   // Human mode only: a title line before a block.
   void Title(absl::string_view title);
   // Human mode only: an aligned table.
-  void Table(const std::vector<std::string>& header, const std::vector<std::vector<std::string>>& rows);
+  void Table(const std::vector<std::string>& header,
+             const std::vector<std::vector<std::string>>& rows);
 
  private:
   std::ostream& out_;
@@ -43,7 +44,8 @@ std::string ToJson(const google::protobuf::Message& message);
 // The human rendering described above.
 std::string ToHuman(const google::protobuf::Message& message);
 // A table with columns padded to their widest cell, two spaces apart.
-std::string FormatTable(const std::vector<std::string>& header, const std::vector<std::vector<std::string>>& rows);
+std::string FormatTable(const std::vector<std::string>& header,
+                        const std::vector<std::vector<std::string>>& rows);
 
 }  // namespace iommu::client::ctl
 

@@ -61,7 +61,8 @@ TEST(OutputTest, EmptyResponseIsOkAndJsonPrintsEveryField) {
   EXPECT_EQ(ToHuman(iommu::v1::UnmapResponse()), "OK\n");
   iommu::v1::MapResponse map;
   map.set_dma_addr(16);
-  EXPECT_EQ(ToJson(map), R"({"dma_addr":"16","mapping_id":"0","domain_id":"0","iova_size_bytes":"0"})");
+  EXPECT_EQ(ToJson(map),
+            R"({"dma_addr":"16","mapping_id":"0","domain_id":"0","iova_size_bytes":"0"})");
   std::ostringstream out;
   Printer(out, /*json=*/true).Print(map);
   EXPECT_EQ(out.str(), ToJson(map) + "\n");

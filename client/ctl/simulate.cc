@@ -46,7 +46,10 @@ class Profile {
   // `client` carries the device's session; `peer_client` (no session) acts
   // for the peer, whose resources a session of this device cannot own.
   Profile(const Client& client, const Client& peer_client, std::string device, std::string peer)
-      : client_(client), peer_client_(peer_client), device_(std::move(device)), peer_(std::move(peer)) {}
+      : client_(client),
+        peer_client_(peer_client),
+        device_(std::move(device)),
+        peer_(std::move(peer)) {}
   virtual ~Profile() = default;
   virtual absl::Status Setup() { return absl::OkStatus(); }
   void RunStep() {
@@ -83,8 +86,8 @@ class Profile {
   }
 
   // Whole-page segments [first_page, first_page + pages) of a buffer.
-  v1::MapSgRequest PageSegments(const Buffer& buffer, uint64_t first_page, uint64_t pages, v1::SgMode mode,
-                                v1::DmaDirection direction) {
+  v1::MapSgRequest PageSegments(const Buffer& buffer, uint64_t first_page, uint64_t pages,
+                                v1::SgMode mode, v1::DmaDirection direction) {
     v1::MapSgRequest r;
     r.set_device(device_);
     r.set_mode(mode);
@@ -111,7 +114,8 @@ class Profile {
   }
 
   template <typename Req, typename Resp>
-  void Unmap(absl::StatusOr<Resp> (Client::*call)(Req) const, const std::string& device, uint64_t dma_addr) {
+  void Unmap(absl::StatusOr<Resp> (Client::*call)(Req) const, const std::string& device,
+             uint64_t dma_addr) {
     Req r;
     r.set_device(device);
     r.set_dma_addr(dma_addr);
@@ -141,11 +145,13 @@ class NicProfile final : public Profile {
     const uint64_t first = rng_.Below(16 - pages + 1);
     const bool tx = rng_.Below(2) == 0;
     std::optional<v1::MapSgResponse> m = Check(client_.MapSg(
-        PageSegments(ring, first, pages, v1::SG_MODE_MERGE, tx ? v1::DMA_DIRECTION_TO_DEVICE : v1::DMA_DIRECTION_FROM_DEVICE)));
+        PageSegments(ring, first, pages, v1::SG_MODE_MERGE,
+                     tx ? v1::DMA_DIRECTION_TO_DEVICE : v1::DMA_DIRECTION_FROM_DEVICE)));
     if (!m) return;
     ++counters_.maps;
     for (int i = 0; i < 2; ++i) {
-      Translate(device_, m->iova() + rng_.Below(pages) * kPage, tx ? v1::ACCESS_KIND_READ : v1::ACCESS_KIND_WRITE);
+      Translate(device_, m->iova() + rng_.Below(pages) * kPage,
+                tx ? v1::ACCESS_KIND_READ : v1::ACCESS_KIND_WRITE);
     }
     Unmap(&Client::UnmapSg, device_, m->iova());
   }
@@ -210,8 +216,9 @@ class CameraProfile final : public Profile {
   absl::Status Setup() override { return AllocBuffers(4, 256 * 1024, v1::PLACEMENT_SCATTERED); }
   void Step() override {
     const Buffer& frame = buffers_[rng_.Below(buffers_.size())];
-    std::optional<v1::MapSgResponse> m = Check(client_.MapSg(
-        PageSegments(frame, 0, frame.size_bytes() / kPage, v1::SG_MODE_CONTIGUOUS, v1::DMA_DIRECTION_FROM_DEVICE)));
+    std::optional<v1::MapSgResponse> m =
+        Check(client_.MapSg(PageSegments(frame, 0, frame.size_bytes() / kPage,
+                                         v1::SG_MODE_CONTIGUOUS, v1::DMA_DIRECTION_FROM_DEVICE)));
     if (!m) return;
     ++counters_.maps;
     Translate(device_, m->iova(), v1::ACCESS_KIND_WRITE);
@@ -237,9 +244,11 @@ class UntrustedProfile final : public Profile {
     if (!m) return;
     ++counters_.maps;
     Translate(device_, m->dma_addr(), v1::ACCESS_KIND_READ);
-    if (rng_.Below(10) == 0) Translate(device_, m->dma_addr(), v1::ACCESS_KIND_WRITE);  // permission fault
+    if (rng_.Below(10) == 0)
+      Translate(device_, m->dma_addr(), v1::ACCESS_KIND_WRITE);  // permission fault
     Unmap(&Client::Unmap, device_, m->dma_addr());
-    if (rng_.Below(5) == 0) Translate(device_, m->dma_addr(), v1::ACCESS_KIND_READ);  // use after unmap
+    if (rng_.Below(5) == 0)
+      Translate(device_, m->dma_addr(), v1::ACCESS_KIND_READ);  // use after unmap
   }
 };
 
@@ -257,27 +266,37 @@ std::unique_ptr<Profile> Make(const Client& c, const Client& peer_client, std::s
 
 const std::vector<ProfileSpec>& Profiles() {
   static const auto* profiles = new std::vector<ProfileSpec>{
-      {"nic", "nic0", Make<NicProfile>},          {"nvme", "nvme0", Make<NvmeProfile>},
-      {"gpu", "gpu0", Make<GpuProfile>},          {"camera", "cam0", Make<CameraProfile>},
+      {"nic", "nic0", Make<NicProfile>},
+      {"nvme", "nvme0", Make<NvmeProfile>},
+      {"gpu", "gpu0", Make<GpuProfile>},
+      {"camera", "cam0", Make<CameraProfile>},
       {"untrusted", "tbt0", Make<UntrustedProfile>},
   };
   return *profiles;
 }
 
-void PrintSecond(Context& ctx, const std::string& profile, const std::string& device, int64_t second,
-                 const Counters& total, const Counters& last) {
-  const Counters d{total.steps - last.steps,   total.rpcs - last.rpcs,     total.maps - last.maps,
-                   total.unmaps - last.unmaps, total.translates - last.translates,
-                   total.faults - last.faults, total.errors - last.errors};
+void PrintSecond(Context& ctx, const std::string& profile, const std::string& device,
+                 int64_t second, const Counters& total, const Counters& last) {
+  const Counters d{total.steps - last.steps,
+                   total.rpcs - last.rpcs,
+                   total.maps - last.maps,
+                   total.unmaps - last.unmaps,
+                   total.translates - last.translates,
+                   total.faults - last.faults,
+                   total.errors - last.errors};
   if (ctx.printer->json()) {
     ctx.printer->out() << absl::StrFormat(
-        "{\"t\":%d,\"profile\":\"%s\",\"device\":\"%s\",\"steps\":%d,\"rpcs\":%d,\"maps\":%d,\"unmaps\":%d,"
+        "{\"t\":%d,\"profile\":\"%s\",\"device\":\"%s\",\"steps\":%d,\"rpcs\":%d,\"maps\":%d,"
+        "\"unmaps\":%d,"
         "\"translates\":%d,\"faults\":%d,\"errors\":%d}\n",
-        second, profile, device, d.steps, d.rpcs, d.maps, d.unmaps, d.translates, d.faults, d.errors);
+        second, profile, device, d.steps, d.rpcs, d.maps, d.unmaps, d.translates, d.faults,
+        d.errors);
   } else {
     ctx.printer->out() << absl::StrFormat(
-        "t=%ds profile=%s device=%s steps=%d rpcs=%d maps=%d unmaps=%d translates=%d faults=%d errors=%d\n",
-        second, profile, device, d.steps, d.rpcs, d.maps, d.unmaps, d.translates, d.faults, d.errors);
+        "t=%ds profile=%s device=%s steps=%d rpcs=%d maps=%d unmaps=%d translates=%d faults=%d "
+        "errors=%d\n",
+        second, profile, device, d.steps, d.rpcs, d.maps, d.unmaps, d.translates, d.faults,
+        d.errors);
   }
   ctx.printer->out().flush();
 }
@@ -295,7 +314,8 @@ absl::Status Simulate(Context& ctx, Args& args) {
     if (p.name == profile_name) spec = &p;
     absl::StrAppend(&names, names.empty() ? "" : "|", p.name);
   }
-  if (spec == nullptr) return InvalidField("--profile", profile_name, absl::StrCat("must be one of ", names));
+  if (spec == nullptr)
+    return InvalidField("--profile", profile_name, absl::StrCat("must be one of ", names));
   const std::string device = ctx.client.device().empty() ? spec->device : ctx.client.device();
 
   ASSIGN_OR_RETURN(std::unique_ptr<Session> session,
@@ -308,7 +328,8 @@ absl::Status Simulate(Context& ctx, Args& args) {
   absl::Time next_step = start;
   int64_t second = 1;
   Counters last;
-  while (!ctx.interrupted->load() && (seconds == 0 || absl::Now() - start < absl::Seconds(seconds))) {
+  while (!ctx.interrupted->load() &&
+         (seconds == 0 || absl::Now() - start < absl::Seconds(seconds))) {
     if (step_period > absl::ZeroDuration()) {
       const absl::Time now = absl::Now();
       if (now < next_step) absl::SleepFor(std::min(next_step - now, absl::Milliseconds(100)));
@@ -331,7 +352,8 @@ absl::Status Simulate(Context& ctx, Args& args) {
 
 std::vector<Command> SimulateCommands() {
   return {{"simulate",
-           "--profile=nic|nvme|gpu|camera|untrusted [--seconds=N (default 0: until Ctrl-C)] [--rate=STEPS_PER_S (0: flat out)] "
+           "--profile=nic|nvme|gpu|camera|untrusted [--seconds=N (default 0: until Ctrl-C)] "
+           "[--rate=STEPS_PER_S (0: flat out)] "
            "[--peer=DEV (gpu import target)] [--session_ttl_ms=N]  a device traffic generator",
            Simulate}};
 }

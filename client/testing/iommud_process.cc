@@ -27,8 +27,8 @@ std::string ReadAll(const std::string& path) {
 }
 
 // fork + exec with stdout/stderr redirected to files.
-pid_t Spawn(const std::string& binary, const std::vector<std::string>& args, const std::string& out_path,
-            const std::string& err_path) {
+pid_t Spawn(const std::string& binary, const std::vector<std::string>& args,
+            const std::string& out_path, const std::string& err_path) {
   std::vector<std::string> argv_storage = {binary};
   argv_storage.insert(argv_storage.end(), args.begin(), args.end());
   std::vector<char*> argv;
@@ -37,7 +37,8 @@ pid_t Spawn(const std::string& binary, const std::vector<std::string>& args, con
   const pid_t pid = fork();
   if (pid == 0) {
     const int out = open(out_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    const int err = err_path == out_path ? out : open(err_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    const int err =
+        err_path == out_path ? out : open(err_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
     dup2(out, 1);
     dup2(err, 2);
     execv(binary.c_str(), argv.data());
@@ -93,7 +94,8 @@ IommudProcess::~IommudProcess() {
 }
 
 absl::Status IommudProcess::Start(const std::vector<std::string>& extra_flags, bool wait_ready) {
-  if (access(IommudPath(), X_OK) != 0) return absl::NotFoundError(absl::StrCat("no iommud at ", IommudPath()));
+  if (access(IommudPath(), X_OK) != 0)
+    return absl::NotFoundError(absl::StrCat("no iommud at ", IommudPath()));
   if (dir_.empty()) dir_ = MakeTempDir();
   const std::string socket = socket_path_.empty() ? dir_ + "/iommud.sock" : socket_path_;
   unix_target_ = "unix:" + socket;

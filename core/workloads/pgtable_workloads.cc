@@ -27,9 +27,9 @@ namespace iommu::workloads {
 namespace {
 
 using core::FlushOps;
-using core::Iova;
 using core::IoPgtableOps;
 using core::IotlbGather;
+using core::Iova;
 using core::PhysAddr;
 using core::Prot;
 
@@ -111,9 +111,7 @@ Line RunMapUnmap(const char* name, uint64_t pgsize, uint64_t pages, int repetiti
 Line RunMap4k(int repetitions) {
   return RunMapUnmap("W3_pgtable_map4k", kSz4K, 262144, repetitions);
 }
-Line RunMap2m(int repetitions) {
-  return RunMapUnmap("W3_pgtable_map2m", kSz2M, 2048, repetitions);
-}
+Line RunMap2m(int repetitions) { return RunMapUnmap("W3_pgtable_map2m", kSz2M, 2048, repetitions); }
 
 Line RunIovaToPhys(int repetitions) {
   NoopFlushOps flush;

@@ -19,8 +19,7 @@ TEST(RngTest, FirstSizesOfEachWorkload) {
   Rng w1(42);
   for (uint64_t want : {16, 2, 1, 16, 1, 8, 2, 1}) EXPECT_EQ(kW1Sizes[w1.Next() % 6], want);
   Rng w2(42);
-  for (uint64_t want : {171, 192, 123, 105, 131, 36, 212, 51})
-    EXPECT_EQ(w2.Next() % 256 + 1, want);
+  for (uint64_t want : {171, 192, 123, 105, 131, 36, 212, 51}) EXPECT_EQ(w2.Next() % 256 + 1, want);
   Rng w3(42);
   for (uint64_t want : {84650, 131775, 84346, 259432, 4226, 6179, 168147, 237874})
     EXPECT_EQ(w3.Next() % 262144, want);
