@@ -23,6 +23,7 @@ RUNTIME=(
 DEV=(
   "${BUILD[@]}"
   clang libclang-rt-14-dev           # thread-safety analysis and sanitizer builds
+  clang-format                       # make format / format-check (CI)
   libgtest-dev libgmock-dev libbenchmark-dev
   python3 python3-grpcio python3-protobuf python3-yaml                     # Python SDK, tests
   prometheus openssl curl                                                  # make run, integration tests
