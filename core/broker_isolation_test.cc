@@ -11,6 +11,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "core/broker.h"
 #include "core/broker_test_util.h"
 #include "core/xorshift.h"
@@ -281,6 +282,47 @@ TEST_F(IsolationTest, AdminDomainsAdmitOnlyGrantedDevices) {
   EXPECT_TRUE(broker_->AttachDevice(Dev("sata0"), "sata0", own->domain_id).ok());
   auto wrong_smmu = broker_->CreateDomain(kAdmin, {.smmu = "smmu0", .granted_devices = {"cam0"}});
   EXPECT_EQ(wrong_smmu.status().code(), absl::StatusCode::kFailedPrecondition);
+  broker_->CheckInvariants();
+}
+
+TEST_F(IsolationTest, EveryRefusalOfTheAttachAndShareRulesNamesItsFieldAndValue) {
+  // The admin cannot put a device into another device's default domain.
+  const uint64_t gpu_default = Info("gpu0").default_domain_id;
+  const absl::Status foreign_default = broker_->AttachDevice(kAdmin, "nic0", gpu_default);
+  EXPECT_EQ(foreign_default.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(
+      foreign_default.message(),
+      HasSubstr(absl::StrFormat("domain_id=%#x: another device's default domain", gpu_default)));
+  // Nor across SMMUs.
+  const absl::Status cross = broker_->AttachDevice(kAdmin, "cam0", gpu_default);
+  EXPECT_EQ(cross.code(), absl::StatusCode::kFailedPrecondition);
+  // A granted device sees the domain, but only its owner destroys it.
+  auto shared = broker_->CreateDomain(Dev("nic0"), {.smmu = "smmu0", .granted_devices = {"gpu0"}});
+  ASSERT_TRUE(shared.ok());
+  const absl::Status not_owner = broker_->DestroyDomain(Dev("gpu0"), shared->domain_id);
+  EXPECT_EQ(not_owner.code(), absl::StatusCode::kPermissionDenied);
+  EXPECT_THAT(
+      not_owner.message(),
+      HasSubstr(absl::StrFormat("domain_id=%#x: only the domain's owner", shared->domain_id)));
+  // A grant listed twice is a bad request.
+  auto twice =
+      broker_->CreateDomain(kAdmin, {.smmu = "smmu0", .granted_devices = {"nic0", "nic0"}});
+  EXPECT_EQ(twice.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(twice.status().message(), HasSubstr("granted_devices[1]=\"nic0\": listed twice"));
+  // An import is not exported again, and the message says whose call it is.
+  auto a = broker_->Alloc(Dev("gpu0"), {.device = "gpu0", .size_bytes = 16 * KiB});
+  ASSERT_TRUE(a.ok());
+  auto t = broker_->GetSgTable(Dev("gpu0"), "gpu0", a->dma_addr, ExportGrant{});
+  ASSERT_TRUE(t.ok());
+  auto imp = broker_->MapSg(
+      Dev("sata0"),
+      {.device = "sata0", .import_token = t->export_token, .direction = DmaDirection::kToDevice});
+  ASSERT_TRUE(imp.ok());
+  auto re = broker_->GetSgTable(Dev("sata0"), "sata0", imp->iova, ExportGrant{});
+  EXPECT_EQ(re.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(
+      re.status().message(),
+      HasSubstr(absl::StrFormat("dma_addr=%#x: an imported buffer cannot be exported", imp->iova)));
   broker_->CheckInvariants();
 }
 
