@@ -156,6 +156,9 @@ absl::StatusOr<SgTableResult> Broker::GetSgTable(const Caller& caller, const std
                                                  uint64_t dma_addr,
                                                  std::optional<ExportGrant> grant) {
   ASSIGN_OR_RETURN(auto* dev, impl_->ActAs(caller, device));
+  if (grant.has_value()) {
+    RETURN_IF_ERROR(impl_->CheckDeviceList("export_importers", grant->importers));
+  }
   std::shared_ptr<Domain> d = impl_->CurrentDomain(*dev);
   absl::MutexLock l(&d->mu);
   ASSIGN_OR_RETURN(
@@ -186,12 +189,6 @@ absl::StatusOr<SgTableResult> Broker::GetSgTable(const Caller& caller, const std
     if (ids.empty()) {
       return FieldError(absl::StatusCode::kFailedPrecondition, "dma_addr", dma_addr,
                         "only buffer-backed mappings can be exported");
-    }
-    for (size_t i = 0; i < grant->importers.size(); ++i) {
-      if (!impl_->devices_.contains(grant->importers[i])) {
-        return FieldError(absl::StatusCode::kNotFound, absl::StrFormat("export_importers[%d]", i),
-                          grant->importers[i], "no such device");
-      }
     }
     absl::MutexLock bl(&impl_->buffers_mu_);
     if (dev->exports >= dev->quotas.max_exports) {

@@ -13,6 +13,7 @@
 
 #include <algorithm>
 
+#include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "core/broker.h"
@@ -70,6 +71,26 @@ bool BrokerImpl::MaySee(const Caller& caller, const Domain& d) const {
   return MayUse(*dev->second, d) || Contains(d.attached, caller.device);
 }
 
+absl::Status BrokerImpl::CheckDeviceList(absl::string_view field,
+                                         const std::vector<std::string>& names) const {
+  if (names.size() > devices_.size()) {
+    return InvalidField(
+        field, names.size(),
+        absl::StrFormat("lists more devices than the topology's %d", devices_.size()));
+  }
+  absl::flat_hash_set<absl::string_view> seen;
+  for (size_t i = 0; i < names.size(); ++i) {
+    const std::string item = absl::StrFormat("%s[%d]", field, i);
+    if (!devices_.contains(names[i])) {
+      return FieldError(absl::StatusCode::kNotFound, item, names[i], "no such device");
+    }
+    if (!seen.insert(names[i]).second) {
+      return FieldError(absl::StatusCode::kInvalidArgument, item, names[i], "listed twice");
+    }
+  }
+  return absl::OkStatus();
+}
+
 absl::Status BrokerImpl::CheckCreateDomain(const Caller& caller, const Smmu& smmu,
                                            const CreateDomainRequest& request) const {
   const char* type = DomainTypeName(request.type);
@@ -92,27 +113,21 @@ absl::Status BrokerImpl::CheckCreateDomain(const Caller& caller, const Smmu& smm
                                         caller.device));
     }
   }
+  RETURN_IF_ERROR(CheckDeviceList("granted_devices", request.granted_devices));
   for (size_t i = 0; i < request.granted_devices.size(); ++i) {
     const std::string field = absl::StrFormat("granted_devices[%d]", i);
     const std::string& name = request.granted_devices[i];
-    auto it = devices_.find(name);
-    if (it == devices_.end()) {
-      return FieldError(absl::StatusCode::kNotFound, field, name, "no such device");
+    const DeviceState& dev = *devices_.at(name);
+    if (dev.smmu != &smmu) {
+      return FieldError(
+          absl::StatusCode::kFailedPrecondition, field, name,
+          absl::StrFormat("sits behind SMMU %s, not %s", dev.smmu->config.name, smmu.config.name));
     }
-    if (it->second->smmu != &smmu) {
-      return FieldError(absl::StatusCode::kFailedPrecondition, field, name,
-                        absl::StrFormat("sits behind SMMU %s, not %s",
-                                        it->second->smmu->config.name, smmu.config.name));
-    }
-    if (!it->second->config.trusted && !IsStrictTranslated(request.type)) {
+    if (!dev.config.trusted && !IsStrictTranslated(request.type)) {
       return FieldError(absl::StatusCode::kFailedPrecondition, field, name,
                         absl::StrFormat("an untrusted device may be granted only strict DMA or "
                                         "UNMANAGED domains, not %s",
                                         type));
-    }
-    if (std::find(request.granted_devices.begin(), request.granted_devices.begin() + i, name) !=
-        request.granted_devices.begin() + i) {
-      return FieldError(absl::StatusCode::kInvalidArgument, field, name, "listed twice");
     }
   }
   return absl::OkStatus();

@@ -46,6 +46,12 @@ class BrokerImpl {
   // Whether the caller may see `d` (GetDomain, ListDomains, WalkDomain,
   // stats): admins all; a device the domains it may use or is attached to.
   bool MaySee(const Caller& caller, const Domain& d) const ABSL_SHARED_LOCKS_REQUIRED(registry_mu_);
+  // A list of device names a client sends (domain grants, export importers):
+  // at most as many as the topology has devices (INVALID_ARGUMENT naming the
+  // field and size, checked before any work), each a device of the topology
+  // (NOT_FOUND naming `field[i]`), none twice (INVALID_ARGUMENT).
+  absl::Status CheckDeviceList(absl::string_view field,
+                               const std::vector<std::string>& names) const;
   // CreateDomain's rules: IDENTITY and BLOCKED are the admin's; an untrusted
   // creator gets strict translated domains only; granted devices exist, sit
   // behind the SMMU and, when untrusted, get a strict translated type.
