@@ -44,6 +44,27 @@ class IsolationTest : public ::testing::Test {
     EXPECT_TRUE(m.ok()) << m.status();
     return *m;
   }
+  // gpu0's dma_alloc, exported to anyone read-only, imported TO_DEVICE by
+  // sata0.
+  struct Shared {
+    bool ok = false;
+    AllocResult alloc;
+    SgTableResult table;
+    MapSgResult import;
+  };
+  Shared ShareGpuAllocWithSata(uint64_t size_bytes) {
+    Shared out;
+    auto a = broker_->Alloc(Dev("gpu0"), {.device = "gpu0", .size_bytes = size_bytes});
+    if (!a.ok()) return out;
+    auto t = broker_->GetSgTable(Dev("gpu0"), "gpu0", a->dma_addr, ExportGrant{});
+    if (!t.ok()) return out;
+    auto imp = broker_->MapSg(
+        Dev("sata0"),
+        {.device = "sata0", .import_token = t->export_token, .direction = DmaDirection::kToDevice});
+    if (!imp.ok()) return out;
+    out = {.ok = true, .alloc = *a, .table = *t, .import = *imp};
+    return out;
+  }
   DeviceInfo Info(const std::string& dev) {
     for (const DeviceInfo& d : testing::Value(broker_->ListDevices(kAdmin))) {
       if (d.config.name == dev) return d;
@@ -185,14 +206,11 @@ TEST_F(IsolationTest, ExportsAreBoundToImportersAndReadOnlyUnlessWritable) {
 }
 
 TEST_F(IsolationTest, RevocationUnmapsEveryImporterAndTheOwnerCanAlwaysFree) {
-  auto a = broker_->Alloc(Dev("gpu0"), {.device = "gpu0", .size_bytes = 64 * KiB});
-  ASSERT_TRUE(a.ok());
-  auto t = broker_->GetSgTable(Dev("gpu0"), "gpu0", a->dma_addr, ExportGrant{});
-  ASSERT_TRUE(t.ok());
-  auto imp = broker_->MapSg(
-      Dev("sata0"),
-      {.device = "sata0", .import_token = t->export_token, .direction = DmaDirection::kToDevice});
-  ASSERT_TRUE(imp.ok());
+  Shared shared = ShareGpuAllocWithSata(64 * KiB);
+  ASSERT_TRUE(shared.ok);
+  const AllocResult* a = &shared.alloc;
+  const SgTableResult* t = &shared.table;
+  const MapSgResult* imp = &shared.import;
   // Only the exporter (or an admin) may revoke; others get "no such export".
   auto foreign = broker_->RevokeExport(Dev("sata0"), t->export_token);
   EXPECT_EQ(foreign.status().code(), absl::StatusCode::kNotFound);
@@ -310,19 +328,33 @@ TEST_F(IsolationTest, EveryRefusalOfTheAttachAndShareRulesNamesItsFieldAndValue)
   EXPECT_EQ(twice.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(twice.status().message(), HasSubstr("granted_devices[1]=\"nic0\": listed twice"));
   // An import is not exported again, and the message says whose call it is.
-  auto a = broker_->Alloc(Dev("gpu0"), {.device = "gpu0", .size_bytes = 16 * KiB});
-  ASSERT_TRUE(a.ok());
-  auto t = broker_->GetSgTable(Dev("gpu0"), "gpu0", a->dma_addr, ExportGrant{});
-  ASSERT_TRUE(t.ok());
-  auto imp = broker_->MapSg(
-      Dev("sata0"),
-      {.device = "sata0", .import_token = t->export_token, .direction = DmaDirection::kToDevice});
-  ASSERT_TRUE(imp.ok());
+  const Shared gpu_to_sata = ShareGpuAllocWithSata(16 * KiB);
+  ASSERT_TRUE(gpu_to_sata.ok);
+  const MapSgResult* imp = &gpu_to_sata.import;
   auto re = broker_->GetSgTable(Dev("sata0"), "sata0", imp->iova, ExportGrant{});
   EXPECT_EQ(re.status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_THAT(
       re.status().message(),
       HasSubstr(absl::StrFormat("dma_addr=%#x: an imported buffer cannot be exported", imp->iova)));
+  broker_->CheckInvariants();
+}
+
+TEST_F(IsolationTest, DeviceListsAreBoundedBeforeAnyWork) {
+  // More names than the topology has devices: refused on its size.
+  const size_t domains_before = testing::Value(broker_->ListDomains(kAdmin)).size();
+  std::vector<std::string> many(100000, "nic0");
+  auto d = broker_->CreateDomain(kAdmin, {.smmu = "smmu0", .granted_devices = many});
+  EXPECT_EQ(d.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(d.status().message(), HasSubstr("granted_devices=0x186a0: lists more devices"));
+  const MapResult m = MapBuffer("gpu0", Buffer("gpu0"));
+  auto e = broker_->GetSgTable(Dev("gpu0"), "gpu0", m.dma_addr, ExportGrant{.importers = many});
+  EXPECT_EQ(e.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(e.status().message(), HasSubstr("export_importers=0x186a0"));
+  auto twice = broker_->GetSgTable(Dev("gpu0"), "gpu0", m.dma_addr,
+                                   ExportGrant{.importers = {"sata0", "sata0"}});
+  EXPECT_EQ(twice.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(twice.status().message(), HasSubstr("export_importers[1]=\"sata0\": listed twice"));
+  EXPECT_EQ(testing::Value(broker_->ListDomains(kAdmin)).size(), domains_before);
   broker_->CheckInvariants();
 }
 

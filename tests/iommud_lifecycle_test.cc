@@ -2,48 +2,19 @@
 // leases reclaimed when the client stops keeping alive, lost-fault counting
 // on WatchFaults, and a SIGTERM drain under load (exit 0, streams end).
 
-#include <grpcpp/generic/generic_stub.h>
 #include <gtest/gtest.h>
 
 #include <atomic>
 #include <thread>
 
-#include "client/health.h"
 #include "tests/daemon_harness.h"
+#include "tests/health_probe.h"
 #include "tests/test_clients.h"
 
 namespace iommu::testing {
 namespace {
 
 using grpc::StatusCode;
-
-// grpc.health.v1.Health/Check through a generic stub on a raw channel, with
-// the SDK's wire codec (client/health.h). Returns the status enum
-// (1 = SERVING, 2 = NOT_SERVING) or -code on error.
-int HealthCheck(const std::shared_ptr<grpc::Channel>& channel, const std::string& service) {
-  grpc::Slice slice(client::internal::EncodeHealthCheckRequest(service));
-  grpc::ByteBuffer request_buffer(&slice, 1);
-  grpc::GenericStub stub(channel);
-  grpc::ClientContext ctx;
-  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
-  grpc::CompletionQueue cq;
-  auto call = stub.PrepareUnaryCall(&ctx, "/grpc.health.v1.Health/Check", request_buffer, &cq);
-  call->StartCall();
-  grpc::ByteBuffer response;
-  grpc::Status status;
-  call->Finish(&response, &status, reinterpret_cast<void*>(1));
-  void* tag = nullptr;
-  bool ok = false;
-  cq.Next(&tag, &ok);
-  if (!status.ok()) return -static_cast<int>(status.error_code());
-  std::vector<grpc::Slice> slices;
-  (void)response.Dump(&slices);
-  std::string bytes;
-  for (const grpc::Slice& s : slices)
-    bytes.append(reinterpret_cast<const char*>(s.begin()), s.size());
-  absl::StatusOr<client::HealthStatus> decoded = client::internal::DecodeHealthCheckResponse(bytes);
-  return decoded.ok() ? static_cast<int>(*decoded) : 0;
-}
 
 TEST(HealthTest, ServingPerService) {
   DaemonProcess daemon;

@@ -11,8 +11,8 @@
 #include <fstream>
 #include <thread>
 
-#include "client/health.h"
 #include "tests/daemon_harness.h"
+#include "tests/health_probe.h"
 #include "tests/test_certs.h"
 #include "tests/test_clients.h"
 
@@ -43,41 +43,6 @@ void ExpectRefused(const std::vector<std::string>& flags, const std::string& mes
   ASSERT_TRUE(daemon.exit_code().has_value()) << "still running; log:\n" << daemon.log();
   EXPECT_NE(*daemon.exit_code(), 0);
   EXPECT_NE(daemon.log().find(message), std::string::npos) << daemon.log();
-}
-
-grpc::ByteBuffer HealthRequest(const std::string& service) {
-  grpc::Slice slice(client::internal::EncodeHealthCheckRequest(service));
-  return grpc::ByteBuffer(&slice, 1);
-}
-
-int DecodeHealth(const grpc::ByteBuffer& response) {
-  std::vector<grpc::Slice> slices;
-  (void)response.Dump(&slices);
-  std::string bytes;
-  for (const grpc::Slice& s : slices)
-    bytes.append(reinterpret_cast<const char*>(s.begin()), s.size());
-  absl::StatusOr<client::HealthStatus> decoded = client::internal::DecodeHealthCheckResponse(bytes);
-  return decoded.ok() ? static_cast<int>(*decoded) : 0;
-}
-
-// One grpc.health.v1.Health/Check (or any unary `method`) through a generic
-// stub: the serving status, or -code on error.
-int UnaryHealth(const std::shared_ptr<grpc::Channel>& channel, const std::string& service,
-                const std::string& method = "/grpc.health.v1.Health/Check") {
-  grpc::GenericStub stub(channel);
-  grpc::ClientContext ctx;
-  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
-  grpc::CompletionQueue cq;
-  auto call = stub.PrepareUnaryCall(&ctx, method, HealthRequest(service), &cq);
-  call->StartCall();
-  grpc::ByteBuffer response;
-  grpc::Status status;
-  call->Finish(&response, &status, reinterpret_cast<void*>(1));
-  void* tag = nullptr;
-  bool ok = false;
-  cq.Next(&tag, &ok);
-  if (!status.ok()) return -static_cast<int>(status.error_code());
-  return DecodeHealth(response);
 }
 
 // A grpc.health.v1.Health/Watch stream of the whole server's status.
@@ -222,12 +187,12 @@ class HealthListenerTest : public ::testing::Test {
 TEST_F(HealthListenerTest, PlaintextHealthBesideTlsMainPorts) {
   const auto health = Insecure(daemon_.health_address());
   for (const char* service : {"", "iommu.v1.Dma", "iommu.v1.Devices"}) {
-    EXPECT_EQ(UnaryHealth(health, service), kServing) << service;
+    EXPECT_EQ(HealthCheck(health, service), kServing) << service;
   }
   // The main listeners speak only TLS, health included.
-  EXPECT_EQ(UnaryHealth(Insecure(daemon_.tcp_target()), ""), -int(StatusCode::UNAVAILABLE));
-  EXPECT_EQ(UnaryHealth(Insecure(daemon_.unix_target()), ""), -int(StatusCode::UNAVAILABLE));
-  EXPECT_EQ(UnaryHealth(TlsChannel(daemon_.tcp_target()), ""), kServing);
+  EXPECT_EQ(HealthCheck(Insecure(daemon_.tcp_target()), ""), -int(StatusCode::UNAVAILABLE));
+  EXPECT_EQ(HealthCheck(Insecure(daemon_.unix_target()), ""), -int(StatusCode::UNAVAILABLE));
+  EXPECT_EQ(HealthCheck(TlsChannel(daemon_.tcp_target()), ""), kServing);
 }
 
 TEST_F(HealthListenerTest, ServesNothingButHealth) {
@@ -241,9 +206,9 @@ TEST_F(HealthListenerTest, ServesNothingButHealth) {
               UNIMPLEMENTED);
   // Nor reflection, which the main listeners serve.
   const std::string reflection = "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo";
-  EXPECT_EQ(UnaryHealth(Insecure(daemon_.health_address()), "", reflection),
+  EXPECT_EQ(HealthCheck(Insecure(daemon_.health_address()), "", reflection),
             -int(StatusCode::UNIMPLEMENTED));
-  EXPECT_NE(UnaryHealth(TlsChannel(daemon_.tcp_target()), "", reflection),
+  EXPECT_NE(HealthCheck(TlsChannel(daemon_.tcp_target()), "", reflection),
             -int(StatusCode::UNIMPLEMENTED));
 }
 
@@ -263,7 +228,7 @@ TEST(HealthListenerStartTest, OffByDefaultAndOnInAnyAuthMode) {
   DaemonProcess with_health;
   ASSERT_TRUE(with_health.Start({"--auth=none", "--health_listen=127.0.0.1:0"}))
       << with_health.log();
-  EXPECT_EQ(UnaryHealth(Insecure(with_health.health_address()), ""), kServing);
+  EXPECT_EQ(HealthCheck(Insecure(with_health.health_address()), ""), kServing);
   ExpectRefused(
       {"--health_listen=unix:" + with_health.dir()},
       "health_listen=\"unix:" + with_health.dir() + "\": the path exists and is not a socket");
