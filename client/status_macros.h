@@ -3,7 +3,7 @@
 
 // RETURN_IF_ERROR / ASSIGN_OR_RETURN for the client side, which does not
 // depend on core (Debian's abseil 20220623 has neither). Same semantics and
-// names as core/status_macros.h; defined only if that header is not in use.
+// names as core/base/status_macros.h; defined only if that header is not in use.
 
 #include <utility>
 

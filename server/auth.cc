@@ -16,7 +16,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/string_view.h"
-#include "core/errors.h"
+#include "core/base/errors.h"
 
 namespace iommu::server {
 namespace {

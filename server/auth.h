@@ -42,7 +42,7 @@
 #include "absl/container/flat_hash_set.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
-#include "core/broker_types.h"
+#include "core/broker/broker_types.h"
 
 namespace iommu::server {
 

@@ -3,7 +3,7 @@
 #include <algorithm>
 
 #include "absl/types/span.h"
-#include "core/status_macros.h"
+#include "core/base/status_macros.h"
 #include "server/proto_convert.h"
 
 namespace iommu::server {

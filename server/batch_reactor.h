@@ -40,7 +40,7 @@
 #include <vector>
 
 #include "absl/synchronization/mutex.h"
-#include "core/broker_types.h"
+#include "core/broker/broker_types.h"
 #include "iommu/v1/dma.pb.h"
 #include "server/rpc_call.h"
 

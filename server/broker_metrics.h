@@ -26,7 +26,7 @@
 
 #include <vector>
 
-#include "core/broker.h"
+#include "core/broker/broker.h"
 #include "prometheus/collectable.h"
 #include "prometheus/metric_family.h"
 

@@ -15,7 +15,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "core/errors.h"
+#include "core/base/errors.h"
 #include "prometheus/exposer.h"
 #include "server/broker_metrics.h"
 #include "server/devices_service.h"

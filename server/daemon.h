@@ -21,7 +21,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
-#include "core/broker.h"
+#include "core/broker/broker.h"
 #include "server/auth.h"
 #include "server/grpc_metrics.h"
 #include "server/rpc_call.h"

@@ -1,6 +1,6 @@
 #include "server/devices_service.h"
 
-#include "core/status_macros.h"
+#include "core/base/status_macros.h"
 #include "server/fault_watcher.h"
 #include "server/proto_convert.h"
 

@@ -1,6 +1,6 @@
 #include "server/dma_service.h"
 
-#include "core/status_macros.h"
+#include "core/base/status_macros.h"
 #include "server/batch_reactor.h"
 #include "server/proto_convert.h"
 

@@ -18,7 +18,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
-#include "core/broker_types.h"
+#include "core/broker/broker_types.h"
 #include "server/daemon.h"
 #include "server/logging.h"
 
@@ -111,7 +111,7 @@ int main(int argc, char** argv) {
   absl::ParseCommandLine(argc, argv);
   // Debian's abseil is built without NDEBUG, so every Mutex acquisition would
   // also record the lock in a process-wide graph under one global spinlock
-  // (docs/performance.md#broker). The lock order (core/broker.h) is checked
+  // (docs/performance.md#broker). The lock order (core/broker/broker.h) is checked
   // by the tests, which keep the detector, and by the TSan and clang
   // thread-safety builds; the daemon runs without it.
   absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);

@@ -2,7 +2,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
-#include "core/errors.h"
+#include "core/base/errors.h"
 
 namespace iommu::server {
 namespace {

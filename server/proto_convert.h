@@ -13,9 +13,9 @@
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
-#include "core/broker.h"
-#include "core/broker_types.h"
-#include "core/topology.h"
+#include "core/broker/broker.h"
+#include "core/broker/broker_types.h"
+#include "core/broker/topology.h"
 #include "iommu/v1/device.pb.h"
 #include "iommu/v1/dma.pb.h"
 #include "iommu/v1/domain.pb.h"

@@ -1,6 +1,6 @@
 // Topology conversions of proto_convert.h: iommu.v1.Topology <-> core::Topology.
 #include "absl/strings/str_cat.h"
-#include "core/errors.h"
+#include "core/base/errors.h"
 #include "server/proto_convert.h"
 
 namespace iommu::server {

@@ -1,7 +1,7 @@
 #include "server/resource_services.h"
 
-#include "core/errors.h"
-#include "core/status_macros.h"
+#include "core/base/errors.h"
+#include "core/base/status_macros.h"
 #include "server/proto_convert.h"
 
 namespace iommu::server {

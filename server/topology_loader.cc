@@ -7,7 +7,7 @@
 #include <sstream>
 
 #include "absl/strings/str_cat.h"
-#include "core/errors.h"
+#include "core/base/errors.h"
 #include "iommu/v1/topology.pb.h"
 #include "server/proto_convert.h"
 

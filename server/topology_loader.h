@@ -9,7 +9,7 @@
 #include <string>
 
 #include "absl/status/statusor.h"
-#include "core/topology.h"
+#include "core/broker/topology.h"
 
 namespace iommu::server {
 

@@ -21,7 +21,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "core/iova_allocator.h"
+#include "core/iova/iova_allocator.h"
 #include "core/workloads/workload.h"
 
 namespace iommu::workloads {

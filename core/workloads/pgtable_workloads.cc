@@ -20,7 +20,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "core/io_pgtable.h"
+#include "core/pgtable/io_pgtable.h"
 #include "core/workloads/workload.h"
 
 namespace iommu::workloads {

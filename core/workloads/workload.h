@@ -18,7 +18,7 @@
 #include <utility>
 #include <vector>
 
-#include "core/xorshift.h"
+#include "core/base/xorshift.h"
 
 namespace iommu::workloads {
 

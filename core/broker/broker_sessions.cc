@@ -1,0 +1,125 @@
+// Sessions (leases) and the periodic Tick that expires them and polls the
+// flush queues.
+
+#include <algorithm>
+#include <utility>
+
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "core/base/bits.h"
+#include "core/base/errors.h"
+#include "core/base/status_macros.h"
+#include "core/broker/broker.h"
+#include "core/broker/broker_impl.h"
+
+namespace iommu::core {
+
+using internal::Domain;
+using internal::Smmu;
+
+// --- sessions -------------------------------------------------------------------
+
+absl::StatusOr<uint64_t> Broker::OpenSession(const Caller& caller, absl::Duration ttl) {
+  RETURN_IF_ERROR(impl_->CheckCaller(caller));
+  const uint64_t limit =
+      caller.admin ? UINT64_MAX : impl_->devices_.at(caller.device)->quotas.max_sessions;
+  absl::MutexLock l(&impl_->registry_mu_);
+  return impl_->sessions_.Open(caller.device, ttl, impl_->options_.now(), limit);
+}
+
+absl::Status Broker::KeepAlive(const Caller& caller, uint64_t session_id) {
+  absl::MutexLock l(&impl_->registry_mu_);
+  const SessionInfo* s = impl_->sessions_.Find(session_id);
+  if (s == nullptr || (!caller.admin && s->device != caller.device)) {
+    return FieldError(absl::StatusCode::kNotFound, "session_id", session_id, "no such session");
+  }
+  return impl_->sessions_.KeepAlive(session_id, impl_->options_.now());
+}
+
+absl::Status Broker::CloseSession(const Caller& caller, uint64_t session_id) {
+  std::shared_ptr<SessionGate> gate;
+  {
+    absl::MutexLock l(&impl_->registry_mu_);
+    const SessionInfo* s = impl_->sessions_.Find(session_id);
+    if (s == nullptr || (!caller.admin && s->device != caller.device)) {
+      return FieldError(absl::StatusCode::kNotFound, "session_id", session_id, "no such session");
+    }
+    gate = s->gate;
+    RETURN_IF_ERROR(impl_->sessions_.Close(session_id));
+  }
+  // Operations pinning the session finish first; none starts after.
+  BrokerImpl::CloseGate(*gate);
+  impl_->ReleaseSession(session_id);
+  return absl::OkStatus();
+}
+
+int Broker::Tick() {
+  std::vector<uint64_t> expired;
+  std::vector<std::shared_ptr<SessionGate>> gates;
+  std::vector<std::shared_ptr<Domain>> domains;
+  {
+    absl::MutexLock l(&impl_->registry_mu_);
+    expired = impl_->sessions_.Expire(impl_->options_.now(), &gates);
+    for (const auto& [id, d] : impl_->domains_) domains.push_back(d);
+  }
+  for (const auto& gate : gates) BrokerImpl::CloseGate(*gate);
+  for (uint64_t id : expired) impl_->ReleaseSession(id);
+  for (const auto& d : domains) {
+    absl::MutexLock dl(&d->mu);
+    if (auto* c = std::get_if<internal::IovaCookie>(&d->cookie); c && c->fq) c->fq->Poll();
+  }
+  return int(expired.size());
+}
+
+void BrokerImpl::ReleaseSession(uint64_t session_id) {
+  // Mappings first (they hold buffer references), then buffers, then domains.
+  std::vector<std::shared_ptr<Domain>> domains;
+  {
+    absl::ReaderMutexLock l(&registry_mu_);
+    for (const auto& [id, d] : domains_) domains.push_back(d);
+  }
+  for (const auto& d : domains) {
+    absl::MutexLock dl(&d->mu);
+    std::vector<uint64_t> doomed;
+    d->mappings.ForEach([&](const internal::MappingRecord& m) {
+      if (m.session_id == session_id) doomed.push_back(m.iova.value());
+    });
+    // In IOVA order, as the IOVA frees have always been made.
+    std::sort(doomed.begin(), doomed.end());
+    for (uint64_t iova : doomed) RemoveMappingLocked(*d, iova);
+  }
+  {
+    absl::MutexLock bl(&buffers_mu_);
+    std::vector<uint64_t> doomed;
+    for (const auto& [id, b] : buffers_) {
+      if (b.session_id == session_id && b.map_refs == 0) doomed.push_back(id);
+    }
+    for (uint64_t id : doomed) {
+      const absl::Status s = FreeBufferLocked(id);
+      assert(s.ok());
+      (void)s;
+    }
+  }
+  std::vector<uint64_t> session_domains;
+  {
+    absl::MutexLock l(&registry_mu_);
+    for (const auto& [id, d] : domains_) {
+      if (d->session_id != session_id) continue;
+      // Devices still attached go back to their default domains.
+      for (const std::string& name : d->attached) {
+        DeviceState& dev = *devices_.at(name);
+        dev.current = dev.default_domain;
+        dev.current->attached.push_back(name);
+      }
+      d->attached.clear();
+      session_domains.push_back(id);
+    }
+  }
+  for (uint64_t id : session_domains) {
+    const absl::Status s = DestroyDomain(Caller::Admin(), id);
+    assert(s.ok());
+    (void)s;
+  }
+}
+
+}  // namespace iommu::core

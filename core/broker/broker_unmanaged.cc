@@ -1,0 +1,139 @@
+// UNMANAGED domains: iommu_map at the caller's IOVA and range unmaps with
+// virtio-iommu semantics (never split a mapping).
+
+#include <algorithm>
+
+#include "absl/strings/str_format.h"
+#include "core/base/bits.h"
+#include "core/base/errors.h"
+#include "core/base/status_macros.h"
+#include "core/broker/broker.h"
+#include "core/broker/broker_impl.h"
+
+namespace iommu::core {
+
+using internal::Domain;
+using internal::MappingKind;
+using internal::MappingRecord;
+
+// --- MapAt / UnmapRange (UNMANAGED) --------------------------------------------------
+
+absl::StatusOr<MapResult> Broker::MapAt(const Caller& caller, const std::string& device,
+                                        uint64_t iova, const MemRef& mem, DmaDirection direction,
+                                        DmaAttrs attrs) {
+  ASSIGN_OR_RETURN(auto* dev, impl_->ActAs(caller, device));
+  ASSIGN_OR_RETURN(BrokerImpl::SessionPin pin, impl_->PinSession(caller));
+  std::shared_ptr<Domain> d = impl_->CurrentDomain(*dev);
+  if (d->type != DomainType::kUnmanaged) {
+    return FieldError(absl::StatusCode::kFailedPrecondition, "domain_id", d->id,
+                      absl::StrFormat("MapAt needs an UNMANAGED domain; the device's current "
+                                      "domain is %s",
+                                      DomainTypeName(d->type)));
+  }
+  const uint64_t g = d->granule_bytes;
+  if (!IsAligned(iova, g)) {
+    return InvalidField("iova", iova,
+                        absl::StrFormat("must be aligned to the %#x-byte granule", g));
+  }
+  if (!IsAligned(mem.length_bytes, g) || mem.length_bytes == 0) {
+    return InvalidField("mem.length_bytes", mem.length_bytes,
+                        absl::StrFormat("must be a non-zero multiple of the %#x-byte granule", g));
+  }
+  const auto last = LastOfRange(iova, mem.length_bytes);
+  if (!last) return InvalidField("mem.length_bytes", mem.length_bytes, "iova + length passes 2^64");
+  const uint64_t limit = impl_->DeviceLimit(*d, *dev);
+  if (iova < d->aperture_start || *last > limit) {
+    return OutOfRangeField("iova", iova,
+                           absl::StrFormat("range must lie in [%#x, %#x] (aperture and DMA mask)",
+                                           d->aperture_start, limit));
+  }
+  BrokerImpl::ResolvedMem res;
+  RETURN_IF_ERROR(impl_->ResolveAndRef(caller, *dev, mem, "mem", &res));
+  auto fail = [&](absl::Status s) {
+    impl_->DropRefs(res.buffers);
+    return s;
+  };
+  for (const PhysRun& r : res.runs) {
+    if (!IsAligned(r.start.value(), g) || !IsAligned(r.size_bytes, g)) {
+      return fail(InvalidField("mem.offset_bytes", mem.offset_bytes,
+                               absl::StrFormat("physical run at %#x is not aligned to the "
+                                               "%#x-byte granule",
+                                               r.start.value(), g)));
+    }
+  }
+  if (absl::Status s = impl_->ChargeMapping(*dev, mem.length_bytes); !s.ok()) return fail(s);
+  absl::MutexLock l(&d->mu);
+  if (const auto* w = std::get_if<internal::MsiWindowCookie>(&d->cookie)) {
+    if (iova <= w->base + w->size_bytes - 1 && w->base <= *last) {
+      impl_->RefundMapping(*dev, mem.length_bytes);
+      return fail(FieldError(absl::StatusCode::kAlreadyExists, "iova", iova,
+                             absl::StrFormat("overlaps the domain's MSI window [%#x, %#x]", w->base,
+                                             w->base + w->size_bytes - 1)));
+    }
+  }
+  MappingRecord rec{.kind = MappingKind::kMapAt,
+                    .device = device,
+                    .session_id = caller.session_id,
+                    .iova = Iova(iova),
+                    .iova_size_bytes = mem.length_bytes,
+                    .prot = impl_->ProtFor(*dev, direction, attrs),
+                    .buffer_refs = res.buffers,
+                    .mapped_bytes = mem.length_bytes};
+  std::vector<std::pair<Iova, PhysRun>> ranges;
+  Iova at(iova);
+  for (const PhysRun& r : res.runs) {
+    ranges.push_back({at, r});
+    rec.pt_ranges.push_back({at, r.size_bytes});
+    rec.pieces.push_back({at, r.start, r.size_bytes});
+    at += r.size_bytes;
+  }
+  if (absl::Status s = impl_->MapPiecesLocked(*d, ranges, rec.prot); !s.ok()) {
+    impl_->RefundMapping(*dev, mem.length_bytes);
+    return fail(s);
+  }
+  MapResult out{.dma_addr = iova, .domain_id = d->id, .iova_size_bytes = mem.length_bytes};
+  out.mapping_id = impl_->CommitMappingLocked(*d, std::move(rec));
+  return out;
+}
+
+absl::StatusOr<uint64_t> Broker::UnmapRange(const Caller& caller, const std::string& device,
+                                            uint64_t iova, uint64_t size_bytes) {
+  ASSIGN_OR_RETURN(auto* dev, impl_->ActAs(caller, device));
+  std::shared_ptr<Domain> d = impl_->CurrentDomain(*dev);
+  if (d->type != DomainType::kUnmanaged) {
+    return FieldError(absl::StatusCode::kFailedPrecondition, "domain_id", d->id,
+                      absl::StrFormat("UnmapRange needs an UNMANAGED domain; the device's "
+                                      "current domain is %s",
+                                      DomainTypeName(d->type)));
+  }
+  const auto last = LastOfRange(iova, size_bytes);
+  if (!last) return InvalidField("size_bytes", size_bytes, "zero, or iova + size passes 2^64");
+  absl::MutexLock l(&d->mu);
+  // virtio-iommu RANGE semantics: every mapping inside goes; one that would
+  // be split fails the whole call and changes nothing.
+  std::vector<uint64_t> doomed;
+  uint64_t bytes = 0;
+  absl::Status refused;
+  d->mappings.ForEachOverlapping(iova, *last, [&](const MappingRecord& m) {
+    const uint64_t m_last = m.iova.value() + m.iova_size_bytes - 1;
+    if (m.iova.value() < iova || m_last > *last) {
+      refused = FieldError(
+          absl::StatusCode::kFailedPrecondition, "size_bytes", size_bytes,
+          absl::StrFormat("the range would split the mapping [%#x, %#x]", m.iova.value(), m_last));
+      return false;
+    }
+    if (m.device != device && !caller.admin) {
+      refused = FieldError(absl::StatusCode::kPermissionDenied, "iova", m.iova.value(),
+                           "the range covers a mapping this device does not own");
+      return false;
+    }
+    doomed.push_back(m.iova.value());
+    bytes += m.iova_size_bytes;
+    return true;
+  });
+  if (!refused.ok()) return refused;
+  for (uint64_t start : doomed) impl_->RemoveMappingLocked(*d, start);
+  return bytes;
+}
+
+}  // namespace iommu::core

@@ -1,0 +1,397 @@
+#ifndef IOMMU_CORE_IOVA_IOVA_ALLOCATOR_H_
+#define IOMMU_CORE_IOVA_IOVA_ALLOCATOR_H_
+
+// IovaAllocator: the IOVA space of one domain, in pfn units of the domain's
+// granule (its smallest page size), with Linux DMA-API semantics (iova.c,
+// dma-iommu.c) and no O(n) search.
+//
+// Policy.
+//   * Size-aligned, top-down: an allocation of num_pages starts at a multiple
+//     of RoundUpPowerOfTwo(num_pages) in ABSOLUTE pfn terms, ends at or below
+//     the caller's inclusive limit_pfn, and is placed as Linux's
+//     alloc_iova(..., size_aligned=true) places it: the highest fit below the
+//     last allocation, else the highest fit (kLinuxNextFit, default), or
+//     always the highest fit (kHighestFit).
+//   * pfn 0 is never handed out (start_pfn >= 1), so 0 can mean "failed" on the
+//     raw fast paths.
+//   * Reserved ranges (Reserve, as reserve_iova) are never handed out and are
+//     counted apart.
+//   * Range caches (AllocPfnsFast / FreePfnsFast, as alloc_iova_fast /
+//     free_iova_fast): requests up to cache.max_pages pages are rounded up to
+//     a power of two and served from per-size-class magazines plus a depot;
+//     a cached range ending above the caller's limit is never returned. A
+//     miss goes to the tree; if the tree fails, every cache is flushed back to
+//     the tree and the tree is tried once more (flush_rcache).
+//   * Optional 32-bit-first (iommu_dma_alloc_iova for PCI devices): a limit
+//     above 4 GiB is first tried at the 4 GiB limit, then at the full limit.
+//
+// Layout and cost (n = live allocations + free ranges):
+//   free ranges   IovaGapTree: B+-tree, up to 16 ranges per leaf and 16
+//                 children per internal node, each child entry holding the
+//                 subtree's max "room after the first 2^k-aligned pfn" for
+//                 every order k (capped at 2^k, zero for ranges too short for
+//                 order k), which is 2^k below the two orders at its longest
+//                 range and 0 above: three numbers per entry. Exact top-down
+//                 fit in O(log n); one summary recompute (O(16)) per level per
+//                 free or allocation, most O(1) (grown rows, or a shrunk range
+//                 that was not its leaf's maximum), stopping once nothing
+//                 changes. Figures: docs/performance.md#iova-allocator.
+//   allocations   live ones only (cached ranges are not live). Those of up
+//                 to 4096 pages in IovaAllocMap: a start and an end bit per
+//                 pfn, 16 bytes per aligned group of 64 pfns, in 8 KiB chunks
+//                 of 2^15 pfns under a radix directory whose depth follows
+//                 the span (one level of 32 pointers for a 32-bit space of 4K
+//                 pages, two for 2^36 pfns). For up to 64 pages, lookup,
+//                 exact-size check and size are one 16-byte load plus the
+//                 directory (which stays in L1), no hashing, no scan. For
+//                 65..4096 pages the size is the first end bit in the
+//                 following groups (a scan of at most 63 end words, one per
+//                 64 pages), so those never hash either. Memory:
+//                 proportional to the IOVA span ever allocated from (16
+//                 bytes per 64 pfns, 8 KiB per chunk touched, plus 4 KiB per
+//                 lower directory node); nothing is freed before the
+//                 allocator. Larger allocations: a hash map
+//                 pfn -> pages (checked only when the bitmap has no start at
+//                 the pfn, and only if non-empty).
+//                 ForEachAllocated walks the chunks touched, O(span / 64).
+//   caches        IovaMagazineCache: O(1) push/pop, no allocation. A cache hit
+//                 (the loaded magazine serves) is inline: a few loads and
+//                 stores plus one group update each for alloc and free (a
+//                 push clears the range's bits, a pop sets them). Telling "in
+//                 a cache" from "never allocated" for NOT_FOUND's message
+//                 scans the magazines: O(cached ranges), on the error path
+//                 only.
+//   statistics    kept incrementally, O(1) per mutation (cached totals are
+//                 recounted over the size classes); GetStats never walks.
+// Nothing on a success path formats a string; messages are built on failure.
+//
+// Invariants (CheckInvariants walks and verifies all of them):
+//   (1) free ranges, live allocations, cached allocations and reserved ranges
+//       are disjoint and tile [start_pfn, end_pfn] exactly;
+//   (2) every allocation is size-aligned and inside [start_pfn, end_pfn];
+//   (3) free ranges are maximal (never adjacent); the gap tree's augmentation,
+//       heights and histogram equal a recomputation;
+//   (4) cached pfns are ranges of exactly their class size, size-aligned,
+//       not live, each cached once; every counter equals a recount;
+//   (5) the allocation map's bits pair up (every start bit has its end bit
+//       in its chunk, before the next start bit, at most 4096 pages on); the
+//       large map holds only allocations of more than 4096 pages.
+//
+// Thread-compatible: one allocator per domain, serialised by its owner (the
+// domain's lock in the broker). No method is safe to call concurrently with a
+// mutating one; const methods may run concurrently with each other.
+
+#include <array>
+#include <bit>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <optional>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "core/base/bits.h"
+#include "core/base/types.h"
+#include "core/iova/iova_alloc_map.h"
+#include "core/iova/iova_gap_tree.h"
+#include "core/iova/iova_magazine.h"
+
+namespace iommu::core {
+
+namespace internal {
+// The size class (ceil(log2(n))) of a request of n = 1..64 pages (the sizes
+// IovaAllocMap records in one group) and its last page's offset (2^class -
+// 1), indexed by n - 1: the inline cache paths' class with one load instead
+// of a bit scan.
+struct IovaSmallClasses {
+  uint8_t cls[IovaAllocMap::kGroupPages];
+  uint8_t last[IovaAllocMap::kGroupPages];
+};
+inline constexpr IovaSmallClasses kIovaSmallClasses = [] {
+  IovaSmallClasses t{};
+  for (uint64_t n = 1; n <= IovaAllocMap::kGroupPages; ++n) {
+    t.cls[n - 1] = static_cast<uint8_t>(std::bit_width(n - 1));
+    t.last[n - 1] = static_cast<uint8_t>(std::bit_ceil(n) - 1);
+  }
+  return t;
+}();
+static_assert(kIovaSmallClasses.cls[0] == 0 && kIovaSmallClasses.last[0] == 0);
+static_assert(kIovaSmallClasses.cls[2] == 2 && kIovaSmallClasses.last[2] == 3);
+static_assert(kIovaSmallClasses.cls[63] == 6 && kIovaSmallClasses.last[63] == 63);
+}  // namespace internal
+
+struct IovaCacheOptions {
+  bool enabled = true;
+  // Largest cached request in pages; a power of two (Linux: 32).
+  uint64_t max_pages = 32;
+  // pfns per magazine (Linux: 127) and full magazines kept in the depot per
+  // size class (Linux <= 6.6: 32).
+  uint32_t magazine_depth = 127;
+  uint32_t depot_magazines = 32;
+};
+
+// Where among the fitting positions an allocation goes. Both are size-aligned
+// and top-down below the limit, both O(log n).
+enum class IovaPlacement : int {
+  // The highest fitting position below the limit (alloc_iova as documented).
+  kHighestFit = 0,
+  // What Linux's iova.c actually does: the search starts below the "cached
+  // node" (the last allocation, moved up past frees at or above it), and only
+  // when nothing fits there restarts from the limit: a downward next-fit.
+  // Spreads reuse over the space; on the W2 workload it fails less than
+  // kHighestFit and reproduces Linux's failures, holes and largest hole
+  // exactly (docs/performance.md#w2, #iova-allocator). The default.
+  kLinuxNextFit = 1,
+};
+
+struct IovaAllocatorOptions {
+  // The domain's smallest page size: 4096, 16384 or 65536.
+  uint64_t granule_bytes = 4096;
+  // Lowest and highest allocatable pfn, inclusive. start_pfn >= 1.
+  uint64_t start_pfn = 1;
+  uint64_t end_pfn = (uint64_t{1} << 20) - 1;
+  IovaCacheOptions cache;
+  IovaPlacement placement = IovaPlacement::kLinuxNextFit;
+  // Try below 4 GiB first, then up to the caller's limit (PCI SAC addresses).
+  bool try_32bit_first = false;
+};
+
+// Why an allocation failed (one count per failed call).
+enum class IovaFailureReason : int {
+  // Fewer free pages than requested (in the whole space).
+  kNoSpace = 0,
+  // Enough free pages, but no free range holds an aligned fit.
+  kFragmented = 1,
+  // An aligned fit exists, but only above the caller's limit.
+  kBeyondLimit = 2,
+};
+inline constexpr int kIovaFailureReasonCount = 3;
+
+struct IovaStats {
+  uint64_t granule_bytes = 0;
+  // space_pages = allocated_pages + cached_pages + free_pages + reserved_pages.
+  uint64_t space_pages = 0;
+  uint64_t allocated_pages = 0;  // held by callers
+  uint64_t cached_pages = 0;     // in magazines: allocated from the tree's view
+  uint64_t free_pages = 0;       // in the free tree
+  uint64_t reserved_pages = 0;
+  uint64_t largest_free_pages = 0;
+  uint64_t free_ranges = 0;
+  // Bucket k counts free ranges of [2^k, 2^(k+1)) pages.
+  uint64_t free_range_histogram[internal::IovaGapTree::kHistogramBuckets] = {};
+  // 1 - largest_free / free; 0 when nothing is free.
+  double fragmentation_ratio = 0;
+  // Indexed by IovaFailureReason.
+  uint64_t failures[kIovaFailureReasonCount] = {};
+  uint64_t cache_hits = 0;
+  uint64_t cache_misses = 0;
+  uint64_t live_allocations = 0;  // held by callers, not cached
+};
+
+class IovaAllocator {
+ public:
+  // INVALID_ARGUMENT naming the field for: granule_bytes not 4K/16K/64K,
+  // start_pfn == 0, end_pfn < start_pfn, end_pfn whose byte address overflows,
+  // cache.max_pages not a power of two in [1, 2^20], magazine_depth not in
+  // [1, 4096], depot_magazines > 4096.
+  static absl::StatusOr<IovaAllocator> Create(const IovaAllocatorOptions& options);
+
+  IovaAllocator(IovaAllocator&&) = default;
+  IovaAllocator& operator=(IovaAllocator&&) = default;
+
+  // --- pfn interface ---------------------------------------------------------
+
+  // Exact-size tree allocation (alloc_iova, size_aligned): returns the first
+  // pfn. Errors: INVALID_ARGUMENT num_pages == 0; OUT_OF_RANGE num_pages
+  // larger than the space, or limit_pfn below start_pfn; RESOURCE_EXHAUSTED
+  // naming the request and the largest free range. A limit above end_pfn is
+  // clipped to end_pfn.
+  absl::StatusOr<uint64_t> AllocPfns(uint64_t num_pages, uint64_t limit_pfn);
+
+  // Cached allocation (alloc_iova_fast): num_pages <= cache.max_pages is
+  // rounded up to a power of two and served from the caches when a cached
+  // range fits below limit_pfn. Same errors as AllocPfns.
+  absl::StatusOr<uint64_t> AllocPfnsFast(uint64_t num_pages, uint64_t limit_pfn);
+
+  // Raw forms of the two above: the first pfn, or 0 on any failure (stats
+  // count it; no message is built). For hot loops that handle failure
+  // themselves.
+  uint64_t AllocPfnsOrZero(uint64_t num_pages, uint64_t limit_pfn);
+  uint64_t AllocPfnsFastOrZero(uint64_t num_pages, uint64_t limit_pfn) {
+    // Inline: the top of the class's loaded magazine fits below the limit.
+    // Everything else (other magazines, a miss, 32-bit-first, bad arguments)
+    // goes out of line, where the same cache is consulted in full.
+    if (num_pages - 1 < inline_alloc_max_pages_) [[likely]] {
+      const int cls = internal::kIovaSmallClasses.cls[num_pages - 1];
+      const uint64_t last = internal::kIovaSmallClasses.last[num_pages - 1];  // size - 1
+      // A cached range lies inside [start_pfn, end_pfn], so it fits below
+      // the limit iff it ends at or below limit_pfn: no clip to end_pfn.
+      if (limit_pfn >= last) [[likely]] {
+        const uint64_t pfn = cache_.TryPopLoaded(cls, limit_pfn - last);
+        if (pfn != 0) [[likely]] {
+          ++cache_hits_;
+          // The range was recorded live before it was cached: its chunk
+          // exists.
+          internal::IovaAllocMap::Set(small_.Existing(pfn),
+                                      internal::IovaAllocMap::BitsAt(pfn, last));
+          return pfn;
+        }
+      }
+    }
+    return AllocPfnsFastSlow(num_pages, limit_pfn);
+  }
+
+  // Frees the allocation starting at pfn to the tree (__free_iova).
+  // NOT_FOUND: no live allocation starts at pfn (never allocated, already
+  // freed, or sitting in a cache).
+  absl::Status FreePfns(uint64_t pfn);
+
+  // Frees with the size the caller allocated with (free_iova_fast): a
+  // cacheable allocation goes to its magazine, anything else to the tree.
+  // NOT_FOUND as FreePfns; INVALID_ARGUMENT when num_pages does not match
+  // the allocation (after the same rounding AllocPfnsFast applies).
+  absl::Status FreePfnsFast(uint64_t pfn, uint64_t num_pages) {
+    // Inline: a live allocation of exactly its class size into a loaded
+    // magazine with room. Everything else (errors, spills) out of line.
+    if (num_pages - 1 < inline_free_max_pages_) [[likely]] {
+      const int cls = internal::kIovaSmallClasses.cls[num_pages - 1];
+      const uint64_t last = internal::kIovaSmallClasses.last[num_pages - 1];  // size - 1
+      internal::IovaAllocMap::Group* const g = small_.Find(pfn);
+      const internal::IovaAllocMap::Bits bits = internal::IovaAllocMap::BitsAt(pfn, last);
+      if (internal::IovaAllocMap::Holds(*g, bits) && cache_.TryPushLoaded(cls, pfn)) [[likely]] {
+        internal::IovaAllocMap::Clear(*g, bits);
+        return absl::OkStatus();
+      }
+    }
+    return FreePfnsFastSlow(pfn, num_pages);
+  }
+
+  // Never hands out [pfn_lo, pfn_hi] (reserve_iova). The part outside
+  // [start_pfn, end_pfn] is ignored (it is never allocatable anyway); reserving
+  // already reserved pages is a no-op. Flushes the caches first. Errors:
+  // INVALID_ARGUMENT pfn_hi < pfn_lo; FAILED_PRECONDITION when the range
+  // overlaps a live allocation (nothing is reserved then).
+  absl::Status Reserve(uint64_t pfn_lo, uint64_t pfn_hi);
+
+  // Returns every cached range to the tree (free_cpu_cached_iovas).
+  void FlushCaches();
+
+  // --- byte interface for the broker ------------------------------------------
+
+  // AllocPfnsFast for ceil(size_bytes / granule) pages below the inclusive
+  // byte limit (e.g. a device's DMA mask). INVALID_ARGUMENT size_bytes == 0.
+  absl::StatusOr<Iova> AllocIova(uint64_t size_bytes, Iova limit);
+  // FreePfnsFast for an IOVA AllocIova returned, with the same size_bytes.
+  // INVALID_ARGUMENT: iova not granule-aligned.
+  absl::Status FreeIova(Iova iova, uint64_t size_bytes);
+  // Size in bytes of the live allocation starting at iova's granule, if any
+  // (how the broker unmaps by address).
+  std::optional<uint64_t> AllocationSizeBytes(Iova iova) const;
+
+  // --- queries ------------------------------------------------------------------
+
+  // Pages of the live allocation starting at pfn; nullopt if none starts
+  // there (cached ranges are not live).
+  std::optional<uint64_t> AllocationPages(uint64_t pfn) const;
+  bool Contains(uint64_t pfn) const { return AllocationPages(pfn).has_value(); }
+
+  // fn(lo_pfn, hi_pfn) for each free range, ascending. O(free ranges).
+  template <typename Fn>
+  void ForEachFreeRange(Fn&& fn) const {
+    tree_.ForEach([&](internal::IovaGapTree::Range r) { fn(r.lo, r.hi); });
+  }
+  // fn(pfn, num_pages) for each live allocation, ascending (walks the chunks
+  // touched, O(span touched / 64), and sorts a copy when large ones exist).
+  void ForEachAllocated(const std::function<void(uint64_t, uint64_t)>& fn) const;
+  // fn(lo_pfn, hi_pfn) for each reserved range, ascending.
+  template <typename Fn>
+  void ForEachReserved(Fn&& fn) const {
+    for (const auto& [lo, hi] : reserved_) fn(lo, hi);
+  }
+
+  IovaStats GetStats() const;
+  const IovaAllocatorOptions& options() const { return options_; }
+  uint64_t granule_shift() const { return granule_shift_; }
+
+  // Walks everything (see Invariants above); INTERNAL naming the first break.
+  absl::Status CheckInvariants() const;
+
+ private:
+  IovaAllocator(const IovaAllocatorOptions& options, int num_orders);
+
+  uint64_t AllocPfnsFastSlow(uint64_t num_pages, uint64_t limit_pfn);
+  absl::Status FreePfnsFastSlow(uint64_t pfn, uint64_t num_pages);
+  absl::Status ValidateRequest(uint64_t num_pages, uint64_t limit_pfn) const;
+  // Size a fast-path request really takes: rounded up when cacheable.
+  uint64_t FastSize(uint64_t num_pages) const {
+    return num_pages - 1 < cache_max_pages_ ? RoundUpPowerOfTwo(num_pages) : num_pages;
+  }
+  // One tree attempt; 0 on failure.
+  uint64_t AllocFromTree(uint64_t num_pages, uint64_t limit_pfn);
+  // One alloc_iova_fast attempt: cache, tree, and with `flush` a flush+retry.
+  uint64_t AllocFastOnce(uint64_t num_pages, uint64_t limit_pfn, bool flush, bool* cacheable);
+  // Validated requests, with the 32-bit-first policy; 0 on failure, after
+  // counting it and setting *reason.
+  uint64_t AllocTreePath(uint64_t num_pages, uint64_t limit_pfn, IovaFailureReason* reason);
+  uint64_t AllocFastPath(uint64_t num_pages, uint64_t limit_pfn, IovaFailureReason* reason);
+  void ReleaseToTree(uint64_t pfn, uint64_t num_pages);
+  // Counts the failure of a num_pages request and returns its reason.
+  IovaFailureReason CountFailure(uint64_t num_pages);
+  absl::Status ExhaustedError(absl::string_view field, uint64_t value, uint64_t num_pages,
+                              uint64_t limit_pfn, IovaFailureReason reason) const;
+  // NOT_FOUND for a pfn where no live allocation starts; says whether it
+  // sits in a cache (a scan of the magazines).
+  absl::Status NotLiveError(uint64_t pfn) const;
+  // The live-allocation index: small_ or large_ by size.
+  void RecordLive(uint64_t pfn, uint64_t num_pages);
+  void EraseLive(uint64_t pfn, uint64_t num_pages);
+  // Pages of the live allocation starting at pfn, 0 if none.
+  uint64_t LivePages(uint64_t pfn) const;
+  uint64_t ReservedPagesIn(uint64_t lo, uint64_t hi) const;
+  // limit_pfn clipped to end_pfn_.
+  uint64_t ClipLimit(uint64_t limit_pfn) const {
+    return limit_pfn < end_pfn_ ? limit_pfn : end_pfn_;
+  }
+
+  IovaAllocatorOptions options_;
+  uint64_t granule_shift_ = 0;
+  uint64_t start_pfn_ = 0;
+  uint64_t end_pfn_ = 0;
+  uint64_t space_pages_ = 0;
+  uint64_t pfn_32bit_ = 0;        // last pfn below 4 GiB
+  uint64_t cache_max_pages_ = 0;  // 0 when caching is off
+  // min(cache_max_pages_, 64) (classes small_ records in one group), or 0 with
+  // try_32bit_first (whose cache hits must try the 32-bit limit first, out of
+  // line).
+  uint64_t inline_alloc_max_pages_ = 0;
+  uint64_t inline_free_max_pages_ = 0;  // min(cache_max_pages_, 64)
+  // kLinuxNextFit: first pfn of the cached nodes (cached32_node for
+  // allocations ending below 4 GiB, cached_node above), kNoCursor for the
+  // anchor. Each is kNoCursor or a non-free pfn.
+  static constexpr uint64_t kNoCursor = ~uint64_t{0};
+  uint64_t cursor32_ = kNoCursor;
+  uint64_t cursor_ = kNoCursor;
+
+  internal::IovaGapTree tree_;
+  internal::IovaMagazineCache cache_;
+  // Live allocations: small_ those of <= 4096 pages, large_ (first pfn ->
+  // pages) the rest. Cached ranges are in neither.
+  internal::IovaAllocMap small_;
+  absl::flat_hash_map<uint64_t, uint64_t> large_;
+  std::map<uint64_t, uint64_t> reserved_;  // lo -> hi, disjoint, non-adjacent
+
+  uint64_t allocated_pages_ = 0;  // live + cached
+  // Live + cached allocations (changed by the tree paths only: a cache push
+  // or pop moves one between the two); live = allocations_ - cached ranges.
+  uint64_t allocations_ = 0;
+  uint64_t reserved_pages_ = 0;
+  uint64_t failures_[kIovaFailureReasonCount] = {};
+  uint64_t cache_hits_ = 0;
+  uint64_t cache_misses_ = 0;
+};
+
+}  // namespace iommu::core
+
+#endif  // IOMMU_CORE_IOVA_IOVA_ALLOCATOR_H_

@@ -1,0 +1,1149 @@
+#include "core/iova/iova_allocator.h"
+
+#include <algorithm>
+#include <bit>
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "core/base/xorshift.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace iommu::core {
+namespace {
+
+using ::testing::HasSubstr;
+
+using TestRng = Xorshift64;
+
+IovaAllocatorOptions Opts(uint64_t start_pfn, uint64_t end_pfn, bool cache = false) {
+  IovaAllocatorOptions o;
+  o.placement = IovaPlacement::kHighestFit;  // the placement most tests spell out
+  o.start_pfn = start_pfn;
+  o.end_pfn = end_pfn;
+  o.cache.enabled = cache;
+  return o;
+}
+
+IovaAllocator Make(const IovaAllocatorOptions& o) {
+  absl::StatusOr<IovaAllocator> a = IovaAllocator::Create(o);
+  EXPECT_TRUE(a.ok()) << a.status();
+  return std::move(a).value();
+}
+
+#define EXPECT_INVARIANTS(a) EXPECT_TRUE((a).CheckInvariants().ok()) << (a).CheckInvariants()
+#define ASSERT_INVARIANTS(a) ASSERT_TRUE((a).CheckInvariants().ok()) << (a).CheckInvariants()
+
+// --- errors --------------------------------------------------------------------------
+
+TEST(IovaAllocatorCreate, RejectsBadOptions) {
+  struct Case {
+    const char* name;
+    IovaAllocatorOptions options;
+    const char* message;  // field=value prefix
+  };
+  std::vector<Case> cases;
+  {
+    IovaAllocatorOptions o;
+    o.granule_bytes = 8192;
+    cases.push_back({"granule", o, "granule_bytes=0x2000: "});
+  }
+  {
+    IovaAllocatorOptions o;
+    o.start_pfn = 0;
+    cases.push_back({"start zero", o, "start_pfn=0: "});
+  }
+  {
+    IovaAllocatorOptions o;
+    o.start_pfn = 10;
+    o.end_pfn = 9;
+    cases.push_back({"end below start", o, "end_pfn=0x9: "});
+  }
+  {
+    IovaAllocatorOptions o;
+    o.end_pfn = uint64_t{1} << 60;
+    cases.push_back({"end overflows bytes", o, "end_pfn=0x1000000000000000: "});
+  }
+  {
+    IovaAllocatorOptions o;
+    o.cache.max_pages = 24;
+    cases.push_back({"cache not pow2", o, "cache.max_pages=0x18: "});
+  }
+  {
+    IovaAllocatorOptions o;
+    o.cache.magazine_depth = 0;
+    cases.push_back({"depth zero", o, "cache.magazine_depth=0: "});
+  }
+  {
+    IovaAllocatorOptions o;
+    o.cache.depot_magazines = 5000;
+    cases.push_back({"depot too big", o, "cache.depot_magazines=0x1388: "});
+  }
+  for (const Case& c : cases) {
+    absl::StatusOr<IovaAllocator> a = IovaAllocator::Create(c.options);
+    ASSERT_FALSE(a.ok()) << c.name;
+    EXPECT_EQ(a.status().code(), absl::StatusCode::kInvalidArgument) << c.name;
+    EXPECT_TRUE(absl::StartsWith(a.status().message(), c.message)) << c.name << ": " << a.status();
+  }
+  // Cache options are not validated when the cache is off.
+  IovaAllocatorOptions o;
+  o.cache.enabled = false;
+  o.cache.max_pages = 24;
+  EXPECT_TRUE(IovaAllocator::Create(o).ok());
+}
+
+TEST(IovaAllocator, AllocRejectsBadRequestsWithoutTrace) {
+  IovaAllocator a = Make(Opts(16, 0xFFFF, /*cache=*/true));
+  struct Case {
+    uint64_t num_pages;
+    uint64_t limit_pfn;
+    absl::StatusCode code;
+    const char* message;
+  };
+  const Case cases[] = {
+      {0, 0xFFFF, absl::StatusCode::kInvalidArgument, "num_pages=0: "},
+      {0xFFF1, 0xFFFF, absl::StatusCode::kOutOfRange, "num_pages=0xfff1: "},
+      {1, 15, absl::StatusCode::kOutOfRange, "limit_pfn=0xf: "},
+      {1, 0, absl::StatusCode::kOutOfRange, "limit_pfn=0: "},
+  };
+  const IovaStats before = a.GetStats();
+  for (const Case& c : cases) {
+    for (bool fast : {false, true}) {
+      absl::StatusOr<uint64_t> r =
+          fast ? a.AllocPfnsFast(c.num_pages, c.limit_pfn) : a.AllocPfns(c.num_pages, c.limit_pfn);
+      ASSERT_FALSE(r.ok());
+      EXPECT_EQ(r.status().code(), c.code) << r.status();
+      EXPECT_TRUE(absl::StartsWith(r.status().message(), c.message)) << r.status();
+      EXPECT_EQ(fast ? a.AllocPfnsFastOrZero(c.num_pages, c.limit_pfn)
+                     : a.AllocPfnsOrZero(c.num_pages, c.limit_pfn),
+                0u);
+    }
+  }
+  const IovaStats after = a.GetStats();
+  EXPECT_EQ(after.free_pages, before.free_pages);
+  EXPECT_EQ(after.cache_misses, 0u);
+  EXPECT_EQ(after.failures[0] + after.failures[1] + after.failures[2], 0u);
+  EXPECT_INVARIANTS(a);
+}
+
+TEST(IovaAllocator, FreeErrorsLeaveStateIntact) {
+  IovaAllocator a = Make(Opts(1, 0xFFFF, /*cache=*/true));
+  const uint64_t p = *a.AllocPfns(3, 0xFFFF);
+  const uint64_t q = *a.AllocPfnsFast(4, 0xFFFF);
+  const IovaStats before = a.GetStats();
+
+  absl::Status s = a.FreePfns(p + 1);
+  EXPECT_EQ(s.code(), absl::StatusCode::kNotFound);
+  EXPECT_TRUE(absl::StartsWith(s.message(), absl::StrCat("pfn=0x", absl::Hex(p + 1), ": "))) << s;
+  s = a.FreePfnsFast(p, 5);  // allocation has 3 pages
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(absl::StartsWith(s.message(), "num_pages=0x5: ")) << s;
+  s = a.FreePfnsFast(q, 9);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+  EXPECT_EQ(a.FreeIova(Iova((q << 12) + 1), 4096).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(a.FreeIova(Iova(q << 12), 0).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(a.Reserve(10, 9).code(), absl::StatusCode::kInvalidArgument);
+  const IovaStats after = a.GetStats();
+  EXPECT_EQ(after.allocated_pages, before.allocated_pages);
+  EXPECT_EQ(after.live_allocations, 2u);
+  EXPECT_INVARIANTS(a);
+
+  // Double frees, on both paths, are NOT_FOUND and change nothing.
+  ASSERT_TRUE(a.FreePfnsFast(q, 4).ok());
+  EXPECT_INVARIANTS(a);
+  EXPECT_EQ(a.FreePfnsFast(q, 4).code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(a.FreePfns(q).code(), absl::StatusCode::kNotFound);
+  ASSERT_TRUE(a.FreePfns(p).ok());
+  EXPECT_EQ(a.FreePfns(p).code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(a.GetStats().cached_pages, 4u);
+  EXPECT_EQ(a.GetStats().live_allocations, 0u);
+  EXPECT_INVARIANTS(a);
+}
+
+// FreePfns finds and erases in one lookup on each index (the allocation
+// map's group, with the scan of the following groups for 65..4096 pages; one
+// probe of the large map): allocations of 64, 65 and 4097 pages side by side,
+// interior pfns, the pfn just past each, and double frees are NOT_FOUND and
+// change nothing; the frees return exactly their pages.
+TEST(IovaAllocator, TreeFreeOfEveryIndexedSize) {
+  IovaAllocator a = Make(Opts(1, 0xFFFF, /*cache=*/false));
+  const uint64_t group = *a.AllocPfns(64, 0xFFFF);
+  const uint64_t span = *a.AllocPfns(65, 0xFFFF);
+  const uint64_t large = *a.AllocPfns(4097, 0xFFFF);
+  const uint64_t free_before = a.GetStats().free_pages;
+  for (const uint64_t bad : {group + 1, group + 63, span + 1, span + 64, span + 128, large + 1,
+                             large + 4096, large + 8192}) {
+    const absl::Status s = a.FreePfns(bad);
+    EXPECT_EQ(s.code(), absl::StatusCode::kNotFound) << bad;
+    EXPECT_TRUE(absl::StartsWith(s.message(), absl::StrCat("pfn=0x", absl::Hex(bad), ": "))) << s;
+  }
+  EXPECT_EQ(a.GetStats().free_pages, free_before);
+  EXPECT_EQ(a.GetStats().live_allocations, 3u);
+  EXPECT_EQ(a.AllocationPages(group), 64u);
+  EXPECT_EQ(a.AllocationPages(span), 65u);
+  EXPECT_EQ(a.AllocationPages(large), 4097u);
+  EXPECT_INVARIANTS(a);
+  uint64_t freed = 0;
+  for (const auto& [pfn, pages] :
+       {std::pair<uint64_t, uint64_t>{span, 65}, {large, 4097}, {group, 64}}) {
+    ASSERT_TRUE(a.FreePfns(pfn).ok()) << pfn;
+    freed += pages;
+    EXPECT_EQ(a.GetStats().free_pages, free_before + freed);
+    EXPECT_FALSE(a.AllocationPages(pfn).has_value());
+    EXPECT_EQ(a.FreePfns(pfn).code(), absl::StatusCode::kNotFound);
+    EXPECT_INVARIANTS(a);
+  }
+  EXPECT_EQ(a.GetStats().live_allocations, 0u);
+}
+
+// Allocations of up to 4096 pages live in the start/end bitmap (64 or fewer
+// in one group), larger ones in a hash map: wrong sizes, interior pfns and
+// double frees of cached ranges are refused exactly as with one index.
+TEST(IovaAllocator, WrongSizesInteriorPfnsAndCachedDoubleFrees) {
+  IovaAllocator a = Make(Opts(1, 0xFFFF, /*cache=*/true));
+  const uint64_t p4 = *a.AllocPfns(4, 0xFFFF);
+  const uint64_t p2a = *a.AllocPfns(2, 0xFFFF);
+  const uint64_t p2b = *a.AllocPfns(2, 0xFFFF);
+  ASSERT_EQ(p2a, p2b + 2);  // two adjacent 2s in one aligned block of 4
+  ASSERT_EQ(p2b % 4, 0u);
+  const uint64_t p64 = *a.AllocPfns(64, 0xFFFF);
+  const uint64_t p65 = *a.AllocPfns(65, 0xFFFF);
+  const uint64_t p7 = *a.AllocPfns(7, 0xFFFF);
+  ASSERT_INVARIANTS(a);
+  const IovaStats before = a.GetStats();
+
+  auto expect_invalid = [&](uint64_t pfn, uint64_t n, uint64_t pages) {
+    const absl::Status s = a.FreePfnsFast(pfn, n);
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << pfn << " " << n << ": " << s;
+    EXPECT_THAT(std::string(s.message()),
+                HasSubstr(absl::StrCat("the allocation at pfn=0x", absl::Hex(pfn), " has 0x",
+                                       absl::Hex(pages), " pages")));
+  };
+  expect_invalid(p4, 2, 4);  // 2 at a pfn holding 4
+  expect_invalid(p4, 1, 4);
+  expect_invalid(p4, 8, 4);
+  expect_invalid(p2b, 4, 2);  // 4 at a pfn holding two adjacent 2s
+  expect_invalid(p2b, 3, 2);  // rounds to 4 as well
+  expect_invalid(p64, 65, 64);
+  expect_invalid(p64, 32, 64);
+  expect_invalid(p65, 64, 65);
+  expect_invalid(p65, 128, 65);
+  expect_invalid(p7, 6, 7);  // 6 rounds to 8, which it does not hold
+  expect_invalid(p7, 32, 7);
+
+  auto expect_not_found = [&](uint64_t pfn, absl::string_view why) {
+    for (const absl::Status& s :
+         {a.FreePfns(pfn), a.FreePfnsFast(pfn, 1), a.FreePfnsFast(pfn, 4)}) {
+      EXPECT_EQ(s.code(), absl::StatusCode::kNotFound) << pfn << ": " << s;
+      EXPECT_THAT(std::string(s.message()), HasSubstr(why)) << pfn;
+    }
+    EXPECT_EQ(a.AllocationPages(pfn), std::nullopt) << pfn;
+    EXPECT_FALSE(a.Contains(pfn));
+  };
+  constexpr absl::string_view kNoLive = "no live allocation starts at this pfn";
+  constexpr absl::string_view kCached = "it sits in a range cache";
+  for (uint64_t k = 1; k < 4; ++k) expect_not_found(p4 + k, kNoLive);
+  expect_not_found(p2a + 1, kNoLive);
+  expect_not_found(p2b + 1, kNoLive);
+  for (uint64_t k : {1, 2, 31, 32, 63}) expect_not_found(p64 + k, kNoLive);
+  for (uint64_t k : {1, 63, 64}) expect_not_found(p65 + k, kNoLive);
+  expect_not_found(p7 + 6, kNoLive);
+  expect_not_found(0x100, kNoLive);    // never allocated, chunk never written
+  expect_not_found(0x10000, kNoLive);  // past the end
+  EXPECT_EQ(a.AllocationPages(p4), 4u);
+  EXPECT_EQ(a.AllocationPages(p2a), 2u);
+  EXPECT_EQ(a.AllocationPages(p2b), 2u);
+  EXPECT_EQ(a.AllocationPages(p64), 64u);
+  EXPECT_EQ(a.AllocationPages(p65), 65u);
+  EXPECT_EQ(a.AllocationPages(p7), 7u);
+  const IovaStats after = a.GetStats();
+  EXPECT_EQ(after.allocated_pages, before.allocated_pages);
+  EXPECT_EQ(after.live_allocations, 6u);
+  ASSERT_INVARIANTS(a);
+
+  // Cached ranges are not live: a second free (either path) is NOT_FOUND
+  // naming the cache, and so is a lookup; popping one makes it live again.
+  ASSERT_TRUE(a.FreePfnsFast(p4, 3).ok());  // 3 rounds to the 4 it holds
+  ASSERT_TRUE(a.FreePfnsFast(p2a, 2).ok());
+  ASSERT_INVARIANTS(a);
+  expect_not_found(p4, kCached);
+  expect_not_found(p2a, kCached);
+  EXPECT_EQ(a.AllocationPages(p2b), 2u);  // its neighbour is untouched
+  EXPECT_EQ(a.GetStats().cached_pages, 6u);
+  EXPECT_EQ(a.GetStats().live_allocations, 4u);
+  EXPECT_EQ(*a.AllocPfnsFast(2, 0xFFFF), p2a);
+  EXPECT_EQ(a.AllocationPages(p2a), 2u);
+  ASSERT_TRUE(a.FreePfnsFast(p2a, 2).ok());
+  // Flushed back to the tree, they are simply not allocated.
+  a.FlushCaches();
+  expect_not_found(p4, kNoLive);
+  expect_not_found(p2a, kNoLive);
+  ASSERT_TRUE(a.FreePfnsFast(p64, 64).ok());
+  ASSERT_TRUE(a.FreePfns(p65).ok());
+  ASSERT_TRUE(a.FreePfnsFast(p7, 7).ok());
+  ASSERT_TRUE(a.FreePfns(p2b).ok());
+  EXPECT_EQ(a.GetStats().live_allocations, 0u);
+  EXPECT_EQ(a.GetStats().free_pages, 0xFFFFu);
+  ASSERT_INVARIANTS(a);
+}
+
+// --- placement ----------------------------------------------------------------------------
+
+TEST(IovaAllocator, SizeAlignedTopDown) {
+  IovaAllocator a = Make(Opts(1, 0xFFFFF));
+  EXPECT_EQ(*a.AllocPfns(1, 0xFFFFF), 0xFFFFFu);
+  EXPECT_EQ(*a.AllocPfns(2, 0xFFFFF), 0xFFFFCu);      // [0xFFFFD] cannot start a 2-aligned run
+  EXPECT_EQ(*a.AllocPfns(3, 0xFFFFF), 0xFFFF8u);      // aligned to 4, 3 pages
+  EXPECT_EQ(*a.AllocPfns(1, 0xFFFFF), 0xFFFFEu);      // fills the hole above the 2-page range
+  EXPECT_EQ(*a.AllocPfns(1, 0xFFFFF), 0xFFFFBu);      // the 4th page of the 3-page slot
+  EXPECT_EQ(*a.AllocPfns(1, 0xFFFFF), 0xFFFF7u);      // everything above is taken
+  EXPECT_EQ(*a.AllocPfns(5, 0xFFFFF), 0xFFFF0u);      // aligned to 8
+  EXPECT_EQ(*a.AllocPfns(0x300, 0xFFFFF), 0xFFC00u);  // aligned to 0x400
+  EXPECT_EQ(*a.AllocPfns(1, 0x10), 0x10u);
+  EXPECT_EQ(*a.AllocPfns(8, 0x10), 0x8u);
+  EXPECT_INVARIANTS(a);
+  a.ForEachAllocated(
+      [](uint64_t pfn, uint64_t pages) { EXPECT_EQ(pfn % std::bit_ceil(pages), 0u) << pfn; });
+}
+
+TEST(IovaAllocator, PfnZeroIsNeverHandedOut) {
+  IovaAllocator a = Make(Opts(1, 15));
+  EXPECT_EQ(*a.AllocPfns(8, 15), 8u);
+  EXPECT_EQ(*a.AllocPfns(4, 15), 4u);
+  EXPECT_EQ(*a.AllocPfns(2, 15), 2u);
+  EXPECT_EQ(*a.AllocPfns(1, 15), 1u);
+  // Only pfn 0 would still be aligned; it is not in the space.
+  absl::StatusOr<uint64_t> r = a.AllocPfns(1, 15);
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(a.AllocPfnsOrZero(1, 15), 0u);
+  // A two-page request in [1, 3] would only fit at pfn 0.
+  ASSERT_TRUE(a.FreePfns(2).ok());
+  ASSERT_TRUE(a.FreePfns(1).ok());
+  EXPECT_EQ(*a.AllocPfns(2, 15), 2u);
+  EXPECT_EQ(a.AllocPfnsOrZero(2, 15), 0u);
+  EXPECT_INVARIANTS(a);
+}
+
+TEST(IovaAllocator, LimitIsHonoured) {
+  IovaAllocator a = Make(Opts(1, (uint64_t{1} << 24) - 1, /*cache=*/true));
+  TestRng rng;
+  const uint64_t limit32 = 0xFFFFF;
+  std::vector<std::pair<uint64_t, uint64_t>> live;
+  for (int i = 0; i < 3000; ++i) {
+    const uint64_t n = rng.Below(64) + 1;
+    const bool fast = rng.Below(2) == 0;
+    const uint64_t pfn = fast ? *a.AllocPfnsFast(n, limit32) : *a.AllocPfns(n, limit32);
+    const uint64_t size = fast && n <= 32 ? std::bit_ceil(n) : n;
+    EXPECT_LE(pfn + size - 1, limit32);
+    live.emplace_back(pfn, n);
+    if (rng.Below(3) == 0) {
+      const size_t j = rng.Below(live.size());
+      ASSERT_TRUE(a.FreePfnsFast(live[j].first, live[j].second).ok());
+      live[j] = live.back();
+      live.pop_back();
+    }
+  }
+  // A limit above the space is clipped to it.
+  EXPECT_EQ(*a.AllocPfns(1, ~uint64_t{0}), (uint64_t{1} << 24) - 1);
+  EXPECT_INVARIANTS(a);
+}
+
+TEST(IovaAllocator, CachedRangeAboveLimitIsNotReturned) {
+  IovaAllocator a = Make(Opts(1, 0xFFFFF, /*cache=*/true));
+  const uint64_t high = *a.AllocPfnsFast(1, 0xFFFFF);
+  ASSERT_EQ(high, 0xFFFFFu);
+  const uint64_t low = *a.AllocPfnsFast(1, 0xFFF);
+  ASSERT_EQ(low, 0xFFFu);
+  ASSERT_TRUE(a.FreePfnsFast(low, 1).ok());
+  ASSERT_TRUE(a.FreePfnsFast(high, 1).ok());  // on top of the magazine
+  // The top of the magazine is above the limit: the scan finds `low`.
+  EXPECT_EQ(*a.AllocPfnsFast(1, 0x1000), low);
+  EXPECT_EQ(a.GetStats().cache_hits, 1u);
+  // Nothing cached fits below 0x800: a miss, served by the tree.
+  EXPECT_EQ(*a.AllocPfnsFast(1, 0x800), 0x800u);
+  EXPECT_EQ(a.GetStats().cache_misses, 3u);
+  EXPECT_EQ(*a.AllocPfnsFast(1, 0xFFFFF), high);
+  EXPECT_INVARIANTS(a);
+}
+
+// --- reserved ranges ---------------------------------------------------------------------
+
+TEST(IovaAllocator, ReservedRangesAreNeverHandedOut) {
+  IovaAllocator a = Make(Opts(1, 0xFFF, /*cache=*/true));
+  ASSERT_TRUE(a.Reserve(0xF00, 0xFFF).ok());
+  EXPECT_INVARIANTS(a);
+  EXPECT_EQ(a.GetStats().reserved_pages, 0x100u);
+  EXPECT_EQ(*a.AllocPfns(1, 0xFFF), 0xEFFu);
+  // Overlapping again (and beyond the space) is merged and clipped.
+  ASSERT_TRUE(a.Reserve(0xF80, 0x10000).ok());
+  EXPECT_EQ(a.GetStats().reserved_pages, 0x100u);
+  ASSERT_TRUE(a.Reserve(0xE80, 0xEFE).ok());
+  EXPECT_INVARIANTS(a);
+  EXPECT_EQ(a.GetStats().reserved_pages, 0x17Fu);  // 0xE80..0xEFE and 0xF00..0xFFF
+  int reserved_ranges = 0;
+  a.ForEachReserved([&](uint64_t, uint64_t) { ++reserved_ranges; });
+  EXPECT_EQ(reserved_ranges, 2);  // 0xEFF is allocated between them
+  // Overlapping a live allocation: FAILED_PRECONDITION, nothing reserved.
+  absl::Status s = a.Reserve(0xE00, 0xEFF);
+  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_TRUE(absl::StartsWith(s.message(), "pfn_lo=0xe00: ")) << s;
+  EXPECT_EQ(a.GetStats().reserved_pages, 0x17Fu);
+  EXPECT_INVARIANTS(a);
+  // A reserved pfn is not an allocation.
+  EXPECT_EQ(a.FreePfns(0xF00).code(), absl::StatusCode::kNotFound);
+  // Freeing 0xEFF does not merge it into the reserved ranges; it is free again.
+  ASSERT_TRUE(a.FreePfns(0xEFF).ok());
+  EXPECT_EQ(*a.AllocPfns(1, 0xFFF), 0xEFFu);
+  // Entirely outside the space: nothing to do.
+  EXPECT_TRUE(a.Reserve(0x5000, 0x6000).ok());
+  // Cached ranges are flushed, so reserving over them works.
+  const uint64_t c = *a.AllocPfnsFast(2, 0xFFF);
+  ASSERT_TRUE(a.FreePfnsFast(c, 2).ok());
+  EXPECT_EQ(a.GetStats().cached_pages, 2u);
+  ASSERT_TRUE(a.Reserve(c, c + 1).ok());
+  EXPECT_EQ(a.GetStats().cached_pages, 0u);
+  EXPECT_INVARIANTS(a);
+  const IovaStats st = a.GetStats();
+  EXPECT_EQ(st.space_pages,
+            st.allocated_pages + st.cached_pages + st.free_pages + st.reserved_pages);
+}
+
+// --- exhaustion, stats -------------------------------------------------------------------
+
+TEST(IovaAllocator, ExhaustionNamesRequestAndLargestFreeRange) {
+  IovaAllocator a = Make(Opts(1, 0xFFF));
+  // Fill with 16-page blocks, free every other one: 16-page holes only.
+  std::vector<uint64_t> blocks;
+  while (uint64_t p = a.AllocPfnsOrZero(16, 0xFFF)) blocks.push_back(p);
+  ASSERT_EQ(blocks.size(), 255u);  // [0, 15] would contain pfn 0
+  // blocks[254] = 0x10 stays, so pfns [1, 0xF] are a 15-page hole of their own.
+  for (size_t i = 1; i < blocks.size(); i += 2) ASSERT_TRUE(a.FreePfns(blocks[i]).ok());
+  EXPECT_INVARIANTS(a);
+  absl::StatusOr<uint64_t> r = a.AllocPfns(17, 0xFFF);
+  ASSERT_EQ(r.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(std::string(r.status().message()),
+              HasSubstr("num_pages=0x11: no free IOVA range holds 0x11 pages (0x11000 bytes)"));
+  EXPECT_THAT(std::string(r.status().message()),
+              HasSubstr("largest free range 0x10 pages (0x10000 bytes)"));
+  EXPECT_THAT(std::string(r.status().message()), HasSubstr("fragmented"));
+  const IovaStats s = a.GetStats();
+  EXPECT_EQ(s.failures[static_cast<int>(IovaFailureReason::kFragmented)], 1u);
+  EXPECT_EQ(s.free_ranges, 128u);
+  EXPECT_EQ(s.free_pages, 127u * 16 + 15);
+  EXPECT_EQ(s.largest_free_pages, 16u);
+  EXPECT_EQ(s.free_range_histogram[4], 127u);
+  EXPECT_EQ(s.free_range_histogram[3], 1u);
+  EXPECT_DOUBLE_EQ(s.fragmentation_ratio, 1.0 - 16.0 / 2047.0);
+  // Beyond limit: a fit exists, but not below 0x8.
+  EXPECT_EQ(a.AllocPfnsOrZero(16, 0x8), 0u);
+  EXPECT_EQ(a.GetStats().failures[static_cast<int>(IovaFailureReason::kBeyondLimit)], 1u);
+  // No space: more pages than are free.
+  EXPECT_EQ(a.AllocPfnsOrZero(0xF00, 0xFFF), 0u);
+  // (The fill loop ended on the first one: 15 free pages for 16.)
+  EXPECT_EQ(a.GetStats().failures[static_cast<int>(IovaFailureReason::kNoSpace)], 2u);
+  // The byte interface names size_bytes.
+  absl::StatusOr<Iova> b = a.AllocIova(0x11000, Iova(0xFFFFFF));
+  ASSERT_EQ(b.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_TRUE(absl::StartsWith(b.status().message(), "size_bytes=0x11000: ")) << b.status();
+  EXPECT_INVARIANTS(a);
+}
+
+TEST(IovaAllocator, Try32BitFirst) {
+  IovaAllocatorOptions o = Opts(1, (uint64_t{1} << 24) - 1, /*cache=*/true);
+  o.try_32bit_first = true;
+  IovaAllocator a = Make(o);
+  EXPECT_EQ(*a.AllocPfns(1, (uint64_t{1} << 24) - 1), 0xFFFFFu);
+  EXPECT_EQ(*a.AllocPfnsFast(2, (uint64_t{1} << 24) - 1), 0xFFFFCu);
+  // Fill below 4 GiB, then the full limit is used.
+  ASSERT_TRUE(a.Reserve(1, 0xFFFF0).ok());
+  while (a.AllocPfnsOrZero(1, 0xFFFFF) != 0) {
+  }
+  EXPECT_EQ(*a.AllocPfns(1, (uint64_t{1} << 24) - 1), (uint64_t{1} << 24) - 1);
+  EXPECT_EQ(a.GetStats().failures[0] + a.GetStats().failures[1] + a.GetStats().failures[2], 1u);
+  EXPECT_INVARIANTS(a);
+
+  IovaAllocator b = Make(Opts(1, (uint64_t{1} << 24) - 1));
+  EXPECT_EQ(*b.AllocPfns(1, (uint64_t{1} << 24) - 1), (uint64_t{1} << 24) - 1);
+}
+
+TEST(IovaAllocator, CacheHitsMissesAndFlushRetry) {
+  IovaAllocatorOptions o = Opts(1, 63, /*cache=*/true);
+  o.cache.magazine_depth = 4;
+  o.cache.depot_magazines = 2;
+  IovaAllocator a = Make(o);
+  // 3 pages round up to 4, aligned to 4.
+  const uint64_t p = *a.AllocPfnsFast(3, 63);
+  EXPECT_EQ(p, 60u);
+  EXPECT_EQ(a.AllocationPages(p), 4u);
+  EXPECT_EQ(a.GetStats().cache_misses, 1u);
+  ASSERT_TRUE(a.FreePfnsFast(p, 3).ok());
+  EXPECT_FALSE(a.Contains(p));
+  EXPECT_EQ(a.GetStats().cached_pages, 4u);
+  EXPECT_EQ(a.GetStats().free_pages, 59u);
+  EXPECT_EQ(*a.AllocPfnsFast(4, 63), p);
+  EXPECT_EQ(a.GetStats().cache_hits, 1u);
+  EXPECT_TRUE(a.Contains(p));
+  ASSERT_TRUE(a.FreePfnsFast(p, 4).ok());
+  EXPECT_INVARIANTS(a);
+
+  // Fill the space with single pages. The tree runs dry after 59; the 60th
+  // flushes the cached 4-page range back to the tree and retries.
+  std::vector<uint64_t> singles;
+  while (uint64_t s = a.AllocPfnsFastOrZero(1, 63)) {
+    singles.push_back(s);
+    if (singles.size() == 59) {
+      EXPECT_EQ(a.GetStats().cached_pages, 4u);
+    }
+  }
+  EXPECT_EQ(singles.size(), 63u);
+  EXPECT_EQ(a.GetStats().cached_pages, 0u);
+  EXPECT_EQ(a.GetStats().failures[static_cast<int>(IovaFailureReason::kNoSpace)], 1u);
+  // Cache them all: 63 pushes, more than loaded + prev + depot hold (4 * 4),
+  // so full magazines spill to the tree: 16 + 11 spills of 4, 3 left loaded.
+  for (uint64_t s : singles) {
+    ASSERT_TRUE(a.FreePfnsFast(s, 1).ok());
+    ASSERT_INVARIANTS(a);
+  }
+  EXPECT_EQ(a.GetStats().cached_pages, 15u);
+  EXPECT_EQ(a.GetStats().free_pages, 48u);
+  // 32 pages need [32, 63]: the tree lacks them until the caches are flushed.
+  const uint64_t misses = a.GetStats().cache_misses;
+  const uint64_t big = *a.AllocPfnsFast(32, 63);
+  EXPECT_EQ(big, 32u);
+  EXPECT_EQ(a.GetStats().cached_pages, 0u);
+  EXPECT_EQ(a.GetStats().cache_misses, misses + 1);
+  EXPECT_INVARIANTS(a);
+  // The flushed retry succeeded: no new failure was counted.
+  const IovaStats s = a.GetStats();
+  EXPECT_EQ(s.failures[0] + s.failures[1] + s.failures[2], 1u);
+
+  // AllocPfns never takes from the caches and does not flush them.
+  ASSERT_TRUE(a.FreePfnsFast(big, 32).ok());
+  EXPECT_EQ(a.GetStats().cached_pages, 32u);
+  EXPECT_EQ(a.AllocPfnsOrZero(32, 63), 0u);
+  EXPECT_EQ(a.GetStats().cached_pages, 32u);
+  a.FlushCaches();
+  EXPECT_EQ(a.GetStats().cached_pages, 0u);
+  EXPECT_EQ(a.GetStats().free_pages, 63u);
+  EXPECT_EQ(a.GetStats().largest_free_pages, 63u);
+  EXPECT_INVARIANTS(a);
+}
+
+TEST(IovaAllocator, UncacheableFastRequestsAreExact) {
+  IovaAllocator a = Make(Opts(1, 0xFFFF, /*cache=*/true));
+  const uint64_t p = *a.AllocPfnsFast(33, 0xFFFF);
+  EXPECT_EQ(a.AllocationPages(p), 33u);
+  EXPECT_EQ(p % 64, 0u);
+  EXPECT_EQ(a.GetStats().cache_misses, 0u);  // not cacheable: neither hit nor miss
+  ASSERT_TRUE(a.FreePfnsFast(p, 33).ok());
+  EXPECT_EQ(a.GetStats().cached_pages, 0u);
+  // An exact AllocPfns(3) freed fast goes to the tree (its size is not a class).
+  const uint64_t q = *a.AllocPfns(3, 0xFFFF);
+  ASSERT_TRUE(a.FreePfnsFast(q, 3).ok());
+  EXPECT_EQ(a.GetStats().cached_pages, 0u);
+  EXPECT_EQ(a.GetStats().free_pages, 0xFFFFu);
+  EXPECT_INVARIANTS(a);
+}
+
+TEST(IovaAllocator, ByteInterface) {
+  IovaAllocatorOptions o = Opts(1, (uint64_t{1} << 20) - 1, /*cache=*/true);
+  o.granule_bytes = 16384;
+  IovaAllocator a = Make(o);
+  const Iova limit((uint64_t{1} << 32) - 1);
+  absl::StatusOr<Iova> v = a.AllocIova(5 * 16384 + 1, limit);  // 6 pages -> 8
+  ASSERT_TRUE(v.ok()) << v.status();
+  EXPECT_EQ(v->value() % (8 * 16384), 0u);
+  EXPECT_LE(v->value() + 8 * 16384 - 1, limit.value());
+  EXPECT_EQ(v->value(), (uint64_t{1} << 32) - 8 * 16384);
+  EXPECT_EQ(a.AllocationSizeBytes(*v), 8u * 16384);
+  EXPECT_EQ(a.AllocationSizeBytes(*v + 16384), std::nullopt);
+  EXPECT_EQ(a.AllocIova(0, limit).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(a.AllocIova(4096, Iova(16383)).status().code(), absl::StatusCode::kOutOfRange);
+  EXPECT_EQ(a.AllocIova(uint64_t{1} << 40, limit).status().code(), absl::StatusCode::kOutOfRange);
+  ASSERT_TRUE(a.FreeIova(*v, 5 * 16384 + 1).ok());
+  EXPECT_EQ(a.AllocationSizeBytes(*v), std::nullopt);
+  EXPECT_INVARIANTS(a);
+}
+
+TEST(IovaAllocator, LargeSpaceLargeRequests) {
+  // 48-bit space with 4K pages: 2^36 pages, orders 0..36.
+  IovaAllocator a = Make(Opts(1, (uint64_t{1} << 36) - 1));
+  EXPECT_EQ(*a.AllocPfns(uint64_t{1} << 35, ~uint64_t{0}), uint64_t{1} << 35);
+  absl::StatusOr<uint64_t> r = a.AllocPfns((uint64_t{1} << 34) + 1, ~uint64_t{0});
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kResourceExhausted);  // only pfn 0 is aligned
+  EXPECT_EQ(a.GetStats().failures[static_cast<int>(IovaFailureReason::kFragmented)], 1u);
+  EXPECT_EQ(*a.AllocPfns(uint64_t{1} << 34, ~uint64_t{0}), uint64_t{1} << 34);
+  EXPECT_EQ(*a.AllocPfns(3, ~uint64_t{0}), (uint64_t{1} << 34) - 4);
+  EXPECT_INVARIANTS(a);
+}
+
+// The free tree's rows hold words only for orders up to the longest range of a
+// subtree (blocks of 8 orders): carving a 2^40-page space down in halves moves
+// the longest range through every block, including the orders >= 32 computed
+// in 64 bits, and freeing in a scrambled order grows it back; each step is
+// checked against a full recomputation (CheckInvariants) and the placement.
+TEST(IovaAllocator, RowsFollowTheLongestRangeThroughEveryBlock) {
+  constexpr uint64_t kEnd = (uint64_t{1} << 40) - 1;
+  IovaAllocator a = Make(Opts(1, kEnd));
+  std::vector<std::pair<uint64_t, uint64_t>> live;
+  uint64_t below = uint64_t{1} << 40;  // every allocation sits just below the last
+  for (int k = 38; k >= 0; --k) {
+    const uint64_t n = uint64_t{1} << k;
+    const absl::StatusOr<uint64_t> p = a.AllocPfns(n, kEnd);
+    ASSERT_TRUE(p.ok()) << k << ": " << p.status();
+    ASSERT_EQ(*p, below - n) << k;
+    below = *p;
+    live.emplace_back(*p, n);
+    ASSERT_INVARIANTS(a);
+    ASSERT_EQ(a.GetStats().largest_free_pages, below - 1) << k;
+  }
+  // Odd sizes leave unaligned remainders whose rooms differ per order.
+  for (const uint64_t n : {uint64_t{3}, uint64_t{1000}, (uint64_t{1} << 33) + 7}) {
+    const absl::StatusOr<uint64_t> p = a.AllocPfns(n, kEnd);
+    ASSERT_TRUE(p.ok()) << n << ": " << p.status();
+    ASSERT_EQ(*p % std::bit_ceil(n), 0u);
+    live.emplace_back(*p, n);
+    ASSERT_INVARIANTS(a);
+  }
+  TestRng rng;
+  while (!live.empty()) {
+    const size_t j = rng.Below(live.size());
+    ASSERT_TRUE(a.FreePfns(live[j].first).ok());
+    live[j] = live.back();
+    live.pop_back();
+    ASSERT_INVARIANTS(a);
+  }
+  const IovaStats s = a.GetStats();
+  EXPECT_EQ(s.free_ranges, 1u);
+  EXPECT_EQ(s.largest_free_pages, kEnd);
+}
+
+// --- random sequences against a reference model ---------------------------------------
+
+// The reference: occupied ranges (allocations and reserved) in a std::map and
+// a brute-force top-down search over the gaps.
+class ReferenceModel {
+ public:
+  ReferenceModel(uint64_t start, uint64_t end) : start_(start), end_(end) {}
+
+  // Highest p, multiple of bit_ceil(n), with [p, p + n) free inside
+  // [start, min(limit, end)]; 0 if none.
+  uint64_t HighestFit(uint64_t n, uint64_t limit) const {
+    const uint64_t align = std::bit_ceil(n);
+    const uint64_t top = std::min(limit, end_);
+    uint64_t gap_hi = end_;
+    for (auto it = occupied_.rbegin();; ++it) {
+      const uint64_t gap_lo = it == occupied_.rend() ? start_ : it->second + 1;
+      if (gap_lo <= gap_hi) {
+        const uint64_t hi = std::min(gap_hi, top);
+        if (hi >= gap_lo && hi - gap_lo + 1 >= n) {
+          const uint64_t p = (hi - n + 1) & ~(align - 1);
+          if (p >= gap_lo) return p;
+        }
+      }
+      if (it == occupied_.rend()) return 0;
+      gap_hi = it->first - 1;
+    }
+  }
+  bool IsFree(uint64_t lo, uint64_t hi) const {
+    auto it = occupied_.upper_bound(hi);
+    return it == occupied_.begin() || std::prev(it)->second < lo;
+  }
+  void Occupy(uint64_t lo, uint64_t hi) { occupied_[lo] = hi; }
+  void Release(uint64_t lo) { occupied_.erase(lo); }
+
+ private:
+  uint64_t start_;
+  uint64_t end_;
+  std::map<uint64_t, uint64_t> occupied_;
+};
+
+void CheckStatsAgainstRecount(const IovaAllocator& a) {
+  const IovaStats s = a.GetStats();
+  uint64_t free_pages = 0, ranges = 0, largest = 0;
+  uint64_t hist[64] = {};
+  a.ForEachFreeRange([&](uint64_t lo, uint64_t hi) {
+    free_pages += hi - lo + 1;
+    ++ranges;
+    largest = std::max(largest, hi - lo + 1);
+    ++hist[std::bit_width(hi - lo + 1) - 1];
+  });
+  uint64_t live = 0, live_pages = 0;
+  a.ForEachAllocated([&](uint64_t, uint64_t pages) {
+    ++live;
+    live_pages += pages;
+  });
+  uint64_t reserved = 0;
+  a.ForEachReserved([&](uint64_t lo, uint64_t hi) { reserved += hi - lo + 1; });
+  EXPECT_EQ(s.free_pages, free_pages);
+  EXPECT_EQ(s.free_ranges, ranges);
+  EXPECT_EQ(s.largest_free_pages, largest);
+  for (int k = 0; k < 64; ++k) EXPECT_EQ(s.free_range_histogram[k], hist[k]) << k;
+  EXPECT_EQ(s.live_allocations, live);
+  EXPECT_EQ(s.allocated_pages, live_pages);
+  EXPECT_EQ(s.reserved_pages, reserved);
+  EXPECT_EQ(s.space_pages, s.allocated_pages + s.cached_pages + s.free_pages + s.reserved_pages);
+  EXPECT_DOUBLE_EQ(s.fragmentation_ratio,
+                   free_pages == 0 ? 0.0 : 1.0 - double(largest) / double(free_pages));
+}
+
+TEST(IovaAllocatorRandom, TreePathMatchesReferenceTopDownSearch) {
+  constexpr uint64_t kStart = 3;
+  constexpr uint64_t kEnd = 24000;
+  IovaAllocator a = Make(Opts(kStart, kEnd));
+  ReferenceModel ref(kStart, kEnd);
+  TestRng rng;
+  std::vector<std::pair<uint64_t, uint64_t>> live;
+  int allocs = 0, failures = 0, reserves = 0;
+  for (int op = 0; op < 12000; ++op) {
+    const uint64_t kind = rng.Below(100);
+    if (kind < 55) {
+      const uint64_t n = rng.Below(300) + 1;
+      const uint64_t limits[] = {kEnd, kEnd + 1000, 0x1FFF, 0x3FFF, rng.Below(kEnd) + kStart};
+      const uint64_t limit = limits[rng.Below(5)];
+      const uint64_t want = ref.HighestFit(n, limit);
+      absl::StatusOr<uint64_t> got = a.AllocPfns(n, limit);
+      if (want == 0) {
+        ASSERT_EQ(got.status().code(), absl::StatusCode::kResourceExhausted)
+            << "op " << op << " n=" << n << " limit=" << limit;
+        ++failures;
+      } else {
+        ASSERT_TRUE(got.ok()) << "op " << op << ": " << got.status();
+        ASSERT_EQ(*got, want) << "op " << op << " n=" << n << " limit=" << limit;
+        ref.Occupy(want, want + n - 1);
+        live.emplace_back(want, n);
+        ++allocs;
+      }
+    } else if (kind < 97) {
+      if (live.empty()) continue;
+      const size_t j = rng.Below(live.size());
+      ASSERT_EQ(a.AllocationPages(live[j].first), live[j].second);
+      ASSERT_TRUE(a.FreePfns(live[j].first).ok());
+      ref.Release(live[j].first);
+      live[j] = live.back();
+      live.pop_back();
+    } else {
+      const uint64_t lo = rng.Below(kEnd + 100);
+      const uint64_t hi = lo + rng.Below(40);
+      const uint64_t clo = std::max(lo, kStart), chi = std::min(hi, kEnd);
+      bool all_free = true;
+      // Reserved pages inside count as free for the model check below: a
+      // reserve over reserved pages is allowed, over allocations it is not.
+      for (const auto& [p, n] : live) all_free &= p + n - 1 < clo || p > chi;
+      absl::Status s = a.Reserve(lo, hi);
+      if (all_free) {
+        ASSERT_TRUE(s.ok()) << s;
+        if (clo <= chi) {
+          for (uint64_t p = clo; p <= chi; ++p) {
+            if (ref.IsFree(p, p)) ref.Occupy(p, p);
+          }
+          ++reserves;
+        }
+      } else {
+        ASSERT_EQ(s.code(), absl::StatusCode::kFailedPrecondition) << s;
+      }
+    }
+    ASSERT_INVARIANTS(a);
+    if (op % 97 == 0) CheckStatsAgainstRecount(a);
+  }
+  CheckStatsAgainstRecount(a);
+  EXPECT_GT(allocs, 3000);
+  EXPECT_GT(failures, 10);
+  EXPECT_GT(reserves, 50);
+}
+
+// Rows saturate at 2^32 - 1 pages: a 2^44-page space mixes requests below,
+// at and above the cap (the exact 64-bit fallback) with small ones, and
+// unaligned starts so rooms sit just below and above the cap.
+TEST(IovaAllocatorRandom, SaturatedRoomsMatchReferenceInHugeSpace) {
+  constexpr uint64_t kStart = 5;
+  constexpr uint64_t kEnd = (uint64_t{1} << 44) - 3;
+  constexpr uint64_t kCap = 0xFFFFFFFF;
+  IovaAllocator a = Make(Opts(kStart, kEnd));
+  ReferenceModel ref(kStart, kEnd);
+  TestRng rng;
+  std::vector<std::pair<uint64_t, uint64_t>> live;
+  int allocs = 0, failures = 0, huge_allocs = 0;
+  for (int op = 0; op < 12000; ++op) {
+    if (rng.Below(100) < 55) {
+      const uint64_t sizes[] = {rng.Below(64) + 1, kCap - rng.Below(3), kCap + 1 + rng.Below(3),
+                                (uint64_t{1} << (32 + rng.Below(10))) + rng.Below(1000),
+                                rng.Below(uint64_t{1} << 40) + 1};
+      const uint64_t n = sizes[rng.Below(5)];
+      const uint64_t limits[] = {kEnd, ~uint64_t{0}, rng.Below(kEnd) + kStart,
+                                 (uint64_t{1} << 43) + rng.Below(kCap)};
+      const uint64_t limit = limits[rng.Below(4)];
+      const uint64_t want = ref.HighestFit(n, limit);
+      absl::StatusOr<uint64_t> got = a.AllocPfns(n, limit);
+      if (want == 0) {
+        ASSERT_EQ(got.status().code(), absl::StatusCode::kResourceExhausted)
+            << "op " << op << " n=" << n << " limit=" << limit;
+        ++failures;
+      } else {
+        ASSERT_TRUE(got.ok()) << "op " << op << ": " << got.status();
+        ASSERT_EQ(*got, want) << "op " << op << " n=" << n << " limit=" << limit;
+        ref.Occupy(want, want + n - 1);
+        live.emplace_back(want, n);
+        ++allocs;
+        huge_allocs += n > kCap;
+      }
+    } else if (!live.empty()) {
+      const size_t j = rng.Below(live.size());
+      ASSERT_TRUE(a.FreePfns(live[j].first).ok());
+      ref.Release(live[j].first);
+      live[j] = live.back();
+      live.pop_back();
+    }
+    ASSERT_INVARIANTS(a);
+    if (op % 97 == 0) CheckStatsAgainstRecount(a);
+  }
+  CheckStatsAgainstRecount(a);
+  EXPECT_GT(allocs, 3000);
+  EXPECT_GT(huge_allocs, 300);
+  EXPECT_GT(failures, 100);
+}
+
+// The reference for kLinuxNextFit: iova.c's cached-node rule written over the
+// model: search below the cached node's first pfn, else from the limit; after
+// an allocation the node is cached (cached32 when it ends below 4 GiB); a free
+// at or above a cached node (cached32: ending below 4 GiB, or the node itself)
+// moves it to the next occupied pfn above the freed range.
+TEST(IovaAllocatorRandom, LinuxNextFitMatchesReference) {
+  constexpr uint64_t kStart = 1;
+  constexpr uint64_t kEnd = 0x1FFFFF;  // crosses 4 GiB: both cached nodes in play
+  constexpr uint64_t kPfn32 = 0xFFFFF;
+  constexpr uint64_t kAnchor = ~uint64_t{0};
+  IovaAllocatorOptions o = Opts(kStart, kEnd);
+  o.placement = IovaPlacement::kLinuxNextFit;
+  IovaAllocator a = Make(o);
+  ReferenceModel ref(kStart, kEnd);
+  std::map<uint64_t, uint64_t> occupied;  // for "next occupied pfn above"
+  uint64_t cached32 = kAnchor, cached = kAnchor;
+  TestRng rng;
+  std::vector<std::pair<uint64_t, uint64_t>> live;
+  int wrapped = 0;
+  for (int op = 0; op < 12000; ++op) {
+    if (live.empty() || rng.Below(100) < 54) {
+      // Mostly large sizes so that the space fills and the search wraps.
+      const uint64_t n = rng.Below(4) == 0 ? rng.Below(300) + 1 : rng.Below(0x8000) + 1;
+      const uint64_t limits[] = {kEnd, kPfn32, 0x17FFFF, rng.Below(kEnd) + kStart};
+      const uint64_t limit = limits[rng.Below(4)];
+      const uint64_t cursor = limit <= kPfn32 ? cached32 : cached;
+      uint64_t want = 0;
+      if (cursor != kAnchor && cursor - 1 < limit) want = ref.HighestFit(n, cursor - 1);
+      if (want == 0) {
+        want = ref.HighestFit(n, limit);
+        wrapped += want != 0 && cursor != kAnchor;
+      }
+      absl::StatusOr<uint64_t> got = a.AllocPfns(n, limit);
+      if (want == 0) {
+        ASSERT_EQ(got.status().code(), absl::StatusCode::kResourceExhausted) << op;
+      } else {
+        ASSERT_TRUE(got.ok()) << op << ": " << got.status();
+        ASSERT_EQ(*got, want) << "op " << op << " n=" << n << " limit=" << limit;
+        ref.Occupy(want, want + n - 1);
+        occupied[want] = want + n - 1;
+        (want + n - 1 <= kPfn32 ? cached32 : cached) = want;
+        live.emplace_back(want, n);
+      }
+    } else {
+      const size_t j = rng.Below(live.size());
+      const auto [pfn, n] = live[j];
+      const uint64_t last = pfn + n - 1;
+      auto next = occupied.upper_bound(pfn);
+      const uint64_t next_pfn = next == occupied.end() ? kAnchor : next->first;
+      if (pfn == cached32 || (last <= kPfn32 && pfn >= cached32)) cached32 = next_pfn;
+      if (pfn >= cached) cached = next_pfn;
+      occupied.erase(pfn);
+      ref.Release(pfn);
+      ASSERT_TRUE(a.FreePfns(pfn).ok());
+      live[j] = live.back();
+      live.pop_back();
+    }
+    ASSERT_INVARIANTS(a);
+  }
+  EXPECT_GT(wrapped, 20);
+  CheckStatsAgainstRecount(a);
+}
+
+// W1's churn (10^4 live ranges, sizes 1..32 in 4 GiB) on the tree path, long
+// enough to exercise every rebalancing case of the gap tree with wide rows.
+TEST(IovaAllocatorRandom, LongChurnKeepsInvariants) {
+  for (IovaPlacement placement : {IovaPlacement::kLinuxNextFit, IovaPlacement::kHighestFit}) {
+    IovaAllocatorOptions o = Opts(1, 0xFFFFF);
+    o.placement = placement;
+    IovaAllocator a = Make(o);
+    TestRng rng;
+    std::vector<std::pair<uint64_t, uint64_t>> slots(10000);
+    for (auto& [pfn, n] : slots) {
+      n = rng.Below(32) + 1;
+      pfn = *a.AllocPfns(n, 0xFFFFF);
+    }
+    for (int step = 0; step < 300000; ++step) {
+      auto& [pfn, n] = slots[rng.Below(slots.size())];
+      ASSERT_TRUE(a.FreePfns(pfn).ok());
+      n = rng.Below(32) + 1;
+      pfn = *a.AllocPfns(n, 0xFFFFF);
+      if (step % 20000 == 0) {
+        ASSERT_INVARIANTS(a);
+      }
+    }
+    ASSERT_INVARIANTS(a);
+    CheckStatsAgainstRecount(a);
+  }
+}
+
+TEST(IovaAllocatorRandom, CachedPathKeepsInvariants) {
+  IovaAllocatorOptions o = Opts(1, 0x3FFF, /*cache=*/true);
+  o.cache.magazine_depth = 8;
+  o.cache.depot_magazines = 3;
+  IovaAllocator a = Make(o);
+  TestRng rng;
+  struct Live {
+    uint64_t pfn, requested, pages;
+  };
+  std::vector<Live> live;
+  uint64_t ok = 0, failed = 0;
+  for (int op = 0; op < 12000; ++op) {
+    if (live.empty() || rng.Below(100) < 52) {
+      const uint64_t n = rng.Below(4) == 0 ? rng.Below(300) + 1 : rng.Below(32) + 1;
+      const uint64_t limit = rng.Below(4) == 0 ? 0x1FFF : 0x3FFF;
+      absl::StatusOr<uint64_t> got = a.AllocPfnsFast(n, limit);
+      const uint64_t pages = n <= 32 ? std::bit_ceil(n) : n;
+      if (got.ok()) {
+        ASSERT_EQ(*got % std::bit_ceil(pages), 0u);
+        ASSERT_LE(*got + pages - 1, limit);
+        ASSERT_EQ(a.AllocationPages(*got), pages);
+        live.push_back({*got, n, pages});
+        ++ok;
+      } else {
+        ASSERT_EQ(got.status().code(), absl::StatusCode::kResourceExhausted);
+        ++failed;
+      }
+    } else {
+      const size_t j = rng.Below(live.size());
+      ASSERT_TRUE(a.FreePfnsFast(live[j].pfn, live[j].requested).ok());
+      live[j] = live.back();
+      live.pop_back();
+    }
+    ASSERT_INVARIANTS(a);
+    if (op % 101 == 0) CheckStatsAgainstRecount(a);
+  }
+  const IovaStats s = a.GetStats();
+  EXPECT_EQ(s.live_allocations, live.size());
+  EXPECT_GT(s.cache_hits, 1000u);
+  EXPECT_GT(s.cache_misses, 100u);
+  EXPECT_GT(ok, 5000u);
+  EXPECT_GT(failed, 0u);
+  a.FlushCaches();
+  CheckStatsAgainstRecount(a);
+  EXPECT_INVARIANTS(a);
+}
+
+// The raw fast path serves a hit from the loaded magazine inline and sends
+// everything else (an empty loaded magazine, a top pfn above the limit, a
+// miss) out of line: the same random sequence through AllocPfnsFastOrZero and
+// through AllocPfnsFast gives the same pfns, hit and miss counts and state.
+TEST(IovaAllocatorRandom, InlineCacheHitsMatchTheStatusPath) {
+  IovaAllocatorOptions o = Opts(1, 0x3FFF, /*cache=*/true);
+  o.placement = IovaPlacement::kLinuxNextFit;
+  o.cache.magazine_depth = 8;
+  o.cache.depot_magazines = 3;
+  IovaAllocator raw = Make(o);
+  IovaAllocator status = Make(o);
+  TestRng rng;
+  std::vector<std::pair<uint64_t, uint64_t>> live;  // pfn, requested pages
+  for (int op = 0; op < 12000; ++op) {
+    if (live.empty() || rng.Below(100) < 52) {
+      const uint64_t n = rng.Below(8) == 0 ? rng.Below(100) + 1 : rng.Below(32) + 1;
+      const uint64_t limits[] = {0x3FFF, 0x1FFF, rng.Below(0x3FFF) + 1, 0xFFFFFFFF};
+      const uint64_t limit = limits[rng.Below(4)];
+      const uint64_t got = raw.AllocPfnsFastOrZero(n, limit);
+      const absl::StatusOr<uint64_t> want = status.AllocPfnsFast(n, limit);
+      ASSERT_EQ(got, want.ok() ? *want : 0) << "op " << op << " n=" << n << " limit=" << limit;
+      if (got != 0) live.emplace_back(got, n);
+    } else {
+      const size_t j = rng.Below(live.size());
+      ASSERT_TRUE(raw.FreePfnsFast(live[j].first, live[j].second).ok());
+      ASSERT_TRUE(status.FreePfnsFast(live[j].first, live[j].second).ok());
+      // A second free of the same range is refused (it sits in a cache now,
+      // or went back to the tree).
+      EXPECT_EQ(raw.FreePfnsFast(live[j].first, live[j].second).code(),
+                absl::StatusCode::kNotFound);
+      live[j] = live.back();
+      live.pop_back();
+    }
+    if (op % 97 == 0) {
+      ASSERT_INVARIANTS(raw);
+      CheckStatsAgainstRecount(raw);
+    }
+  }
+  const IovaStats r = raw.GetStats();
+  const IovaStats s = status.GetStats();
+  EXPECT_EQ(r.cache_hits, s.cache_hits);
+  EXPECT_EQ(r.cache_misses, s.cache_misses);
+  EXPECT_EQ(r.cached_pages, s.cached_pages);
+  EXPECT_EQ(r.free_pages, s.free_pages);
+  EXPECT_GT(r.cache_hits, 1000u);
+  EXPECT_GT(r.cache_misses, 100u);
+  ASSERT_INVARIANTS(raw);
+}
+
+// A 2^36-pfn space (a two-level directory of chunks) with allocations near
+// start_pfn, near the top, and on both sides of chunk (2^15 pfns) and
+// directory-node (2^24 pfns) boundaries (size-aligned allocations of up to
+// 2^15 pages never straddle one; larger ones do), sizes 1..64 (one group of
+// the allocation map), 65..4096 (a span of groups) and above (hash map),
+// freed by
+// both paths, against the reference model; lookups of starts and interior
+// pfns follow the model.
+TEST(IovaAllocatorRandom, AllocationIndexAcrossChunksAndDirectoryLevels) {
+  constexpr uint64_t kStart = 7;
+  constexpr uint64_t kEnd = (uint64_t{1} << 36) - 1;
+  IovaAllocator a = Make(Opts(kStart, kEnd));
+  ReferenceModel ref(kStart, kEnd);
+  std::map<uint64_t, uint64_t> live;  // pfn -> pages
+  TestRng rng;
+  const uint64_t boundaries[] = {kStart + 200,
+                                 uint64_t{1} << 15,
+                                 uint64_t{3} << 15,
+                                 uint64_t{1} << 24,
+                                 (uint64_t{5} << 24) + (uint64_t{1} << 15),
+                                 uint64_t{1} << 33,
+                                 kEnd};
+  int small = 0, span = 0, large = 0, straddling = 0, near_boundary = 0;
+  for (int op = 0; op < 6000; ++op) {
+    if (live.empty() || rng.Below(100) < 55) {
+      const uint64_t kind = rng.Below(20);
+      const uint64_t n = kind == 0   ? (uint64_t{1} << 15) + rng.Below(uint64_t{1} << 16)
+                         : kind == 1 ? rng.Below(2048) + 3072  // both sides of 4096
+                         : kind < 5  ? rng.Below(200) + 65
+                                     : rng.Below(64) + 1;
+      // A limit just above a boundary: the highest fit lands on or across it.
+      const uint64_t b = boundaries[rng.Below(std::size(boundaries))];
+      const uint64_t limit = std::min(kEnd, b + rng.Below(64));
+      const uint64_t want = ref.HighestFit(n, limit);
+      absl::StatusOr<uint64_t> got = a.AllocPfns(n, limit);
+      if (want == 0) {
+        ASSERT_EQ(got.status().code(), absl::StatusCode::kResourceExhausted) << op;
+        continue;
+      }
+      ASSERT_TRUE(got.ok()) << op << ": " << got.status();
+      ASSERT_EQ(*got, want) << "op " << op << " n=" << n << " limit=" << limit;
+      ref.Occupy(want, want + n - 1);
+      live[want] = n;
+      (n <= 64 ? small : n <= 4096 ? span : large) += 1;
+      straddling += (want >> 15) != ((want + n - 1) >> 15);
+      near_boundary += n <= 64 && ((want & 0x7FFF) < 64 || (want & 0x7FFF) >= 0x8000 - 128);
+    } else {
+      auto it = live.begin();
+      std::advance(it, rng.Below(live.size()));
+      const auto [pfn, pages] = *it;
+      if (rng.Below(2) == 0) {
+        ASSERT_TRUE(a.FreePfns(pfn).ok()) << pfn;
+      } else {
+        ASSERT_TRUE(a.FreePfnsFast(pfn, pages).ok()) << pfn;
+      }
+      ASSERT_EQ(a.FreePfns(pfn).code(), absl::StatusCode::kNotFound);
+      ref.Release(pfn);
+      live.erase(it);
+    }
+    // Probe a live allocation's start, interior and end, and its neighbours.
+    if (!live.empty()) {
+      auto it = live.begin();
+      std::advance(it, rng.Below(live.size()));
+      const auto [pfn, pages] = *it;
+      ASSERT_EQ(a.AllocationPages(pfn), pages);
+      ASSERT_EQ(a.AllocationSizeBytes(Iova(pfn << 12)), pages << 12);
+      for (const uint64_t q : {pfn + 1, pfn + pages / 2, pfn + pages - 1, pfn + pages}) {
+        const auto at = live.find(q);
+        ASSERT_EQ(a.AllocationPages(q),
+                  at == live.end() ? std::nullopt : std::optional<uint64_t>(at->second))
+            << q;
+      }
+      if (pages > 1) {
+        ASSERT_EQ(a.FreePfnsFast(pfn, pages - 1).code(), absl::StatusCode::kInvalidArgument);
+      }
+    }
+    if (op % 50 == 0) {
+      ASSERT_INVARIANTS(a);
+      CheckStatsAgainstRecount(a);
+    }
+  }
+  ASSERT_INVARIANTS(a);
+  std::vector<std::pair<uint64_t, uint64_t>> listed;
+  a.ForEachAllocated([&](uint64_t pfn, uint64_t pages) { listed.emplace_back(pfn, pages); });
+  const std::vector<std::pair<uint64_t, uint64_t>> want(live.begin(), live.end());
+  EXPECT_EQ(listed, want);
+  EXPECT_EQ(a.GetStats().live_allocations, live.size());
+  EXPECT_GT(small, 1000);
+  EXPECT_GT(span, 300);
+  EXPECT_GT(large, 60);
+  EXPECT_GT(straddling, 20);
+  EXPECT_GT(near_boundary, 200);
+}
+
+// The inline cache paths on a space whose live allocations sit on both sides
+// of chunk boundaries: every pfn popped from a cache is live again, every
+// pushed one is not.
+TEST(IovaAllocatorRandom, CachedRangesAcrossChunkBoundaries) {
+  IovaAllocatorOptions o = Opts(5, (uint64_t{1} << 36) - 1, /*cache=*/true);
+  o.cache.max_pages = 64;
+  o.cache.magazine_depth = 6;
+  o.cache.depot_magazines = 2;
+  IovaAllocator a = Make(o);
+  TestRng rng;
+  std::map<uint64_t, uint64_t> live;  // pfn -> requested pages
+  std::vector<uint64_t> freed;        // recently freed (possibly cached) pfns
+  const uint64_t limits[] = {(uint64_t{1} << 15) + 40, (uint64_t{1} << 24) + 100, 300,
+                             (uint64_t{1} << 36) - 1};
+  for (int op = 0; op < 8000; ++op) {
+    if (live.empty() || rng.Below(100) < 52) {
+      const uint64_t n = rng.Below(8) == 0 ? rng.Below(100) + 1 : rng.Below(64) + 1;
+      const uint64_t limit = limits[rng.Below(std::size(limits))];
+      const uint64_t pfn = a.AllocPfnsFastOrZero(n, limit);
+      if (pfn == 0) continue;
+      const uint64_t pages = n <= 64 ? std::bit_ceil(n) : n;
+      ASSERT_LE(pfn + pages - 1, limit);
+      ASSERT_EQ(a.AllocationPages(pfn), pages) << pfn;
+      ASSERT_TRUE(live.emplace(pfn, n).second) << pfn;
+    } else {
+      auto it = live.begin();
+      std::advance(it, rng.Below(live.size()));
+      ASSERT_TRUE(a.FreePfnsFast(it->first, it->second).ok());
+      const absl::Status again = a.FreePfnsFast(it->first, it->second);
+      ASSERT_EQ(again.code(), absl::StatusCode::kNotFound);
+      ASSERT_EQ(a.AllocationPages(it->first), std::nullopt);
+      freed.push_back(it->first);
+      live.erase(it);
+    }
+    if (!freed.empty() && rng.Below(4) == 0) {
+      const uint64_t pfn = freed[rng.Below(freed.size())];
+      const auto at = live.find(pfn);
+      if (at == live.end()) {
+        ASSERT_EQ(a.AllocationPages(pfn), std::nullopt);
+        ASSERT_EQ(a.FreePfns(pfn).code(), absl::StatusCode::kNotFound);
+      }
+    }
+    if (op % 97 == 0) {
+      ASSERT_INVARIANTS(a);
+      CheckStatsAgainstRecount(a);
+    }
+  }
+  const IovaStats s = a.GetStats();
+  EXPECT_EQ(s.live_allocations, live.size());
+  EXPECT_GT(s.cache_hits, 1000u);
+  a.FlushCaches();
+  ASSERT_INVARIANTS(a);
+  CheckStatsAgainstRecount(a);
+}
+
+}  // namespace
+}  // namespace iommu::core
