@@ -11,11 +11,7 @@
 
 namespace iommu::core::internal {
 
-IovaGapTree::IovaGapTree(int num_orders)
-    : num_orders_(num_orders),
-      search_(PickSearch()),
-      leaf_summary_(PickLeafSummary()),
-      internal_summary_(PickInternalSummary()) {
+IovaGapTree::IovaGapTree(int num_orders) : num_orders_(num_orders) {
   assert(num_orders >= 1 && num_orders <= 64);
   root_node_ = NewNode(/*leaf=*/true);
 }
@@ -54,8 +50,6 @@ void IovaGapTree::SetCount(Node& n, int count) {
 }
 
 void IovaGapTree::FreeNode(uint32_t x) {
-  if (x == finger_) finger_ = kNil;
-  if (x == release_finger_) release_finger_ = kNil;
   N(x).count = 0;
   free_nodes_.push_back(x);
 }
@@ -86,6 +80,48 @@ int IovaGapTree::SlotInParent(uint32_t x) const {
 
 // --- summaries ---------------------------------------------------------------
 
+namespace {
+
+// 16-byte vectors of two 64-bit or four 32-bit lanes (GCC vector extensions,
+// SSE2 registers on x86-64: the baseline ISA) for the leaf kernels: the leaf
+// summary, and fixed-size, branch-free moves of one slot within a node's
+// 16-entry array of 64-bit words (a leaf's lo[] or hi[]), every lane either
+// kept or taken from its neighbour under a mask read from a sliding window of
+// kStep. No length-dependent branch (a variable-length memmove mispredicts on
+// the length).
+using Pair = uint64_t __attribute__((vector_size(16)));
+using Quad = int32_t __attribute__((vector_size(16)));
+constexpr int kPairs = IovaGapTree::kFanout / 2;
+// kStep[j] is all-ones iff j >= kFanout: from kStep[kFanout - 1 - s] on, the
+// slots above s are marked; from kStep[kFanout - s], those at or above s;
+// from kStep[kFanout - count], those past count.
+alignas(64) constexpr std::array<uint64_t, 2 * IovaGapTree::kFanout> kStep = [] {
+  std::array<uint64_t, 2 * IovaGapTree::kFanout> a{};
+  for (int j = IovaGapTree::kFanout; j < 2 * IovaGapTree::kFanout; ++j) a[j] = ~uint64_t{0};
+  return a;
+}();
+static_assert(IovaGapTree::kFanout == 16);
+
+[[gnu::always_inline]] inline Pair LoadPair(const uint64_t* p) {
+  Pair v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+[[gnu::always_inline]] inline void StorePair(uint64_t* p, Pair v) { std::memcpy(p, &v, sizeof(v)); }
+// The low 32 bits of a's and b's lanes (little-endian: the even 32-bit lanes).
+[[gnu::always_inline]] inline Quad Low32(Pair a, Pair b) {
+  return __builtin_shufflevector(__builtin_bit_cast(Quad, a), __builtin_bit_cast(Quad, b), 0, 2, 4,
+                                 6);
+}
+[[gnu::always_inline]] inline Quad MaxQuad(Quad a, Quad b) { return a > b ? a : b; }
+[[gnu::always_inline]] inline int32_t HorizontalMax(Quad v) {
+  v = MaxQuad(v, __builtin_shufflevector(v, v, 2, 3, 0, 1));
+  v = MaxQuad(v, __builtin_shufflevector(v, v, 1, 0, 3, 2));
+  return v[0];
+}
+
+}  // namespace
+
 IovaGapTree::Summary IovaGapTree::InternalSummary(const Node& n) {
   Summary sum;
   for (int s = 0; s < n.count; ++s) sum.max_len = std::max(sum.max_len, n.hi[s]);
@@ -112,17 +148,74 @@ IovaGapTree::Summary IovaGapTree::InternalSummary(const Node& n) {
 }
 
 IovaGapTree::Summary IovaGapTree::LeafSummaryScalar(const Node& n) {
-  Summary sum;
-  for (int s = 0; s < n.count; ++s) sum.max_len = std::max(sum.max_len, n.hi[s] - n.lo[s] + 1);
-  if (sum.max_len == 0) return sum;
-  const int k = std::bit_width(sum.max_len - 1);
-  const uint64_t skip = k >= 2 ? uint64_t{1} << (k - 2) : 0;
+  uint64_t max_len = 0;
+  for (int s = 0; s < n.count; ++s) max_len = std::max(max_len, n.hi[s] - n.lo[s] + 1);
+  if (max_len == 0) return Summary{};
+  // Word(r, j) at j = k and k - 1 as LeafSummary computes it, in 64 bits and
+  // without a branch per range: a range counts where len > 2^(j-1), its
+  // room len - ((-lo) mod 2^j) when positive, capped after the maximum.
+  const int k = std::bit_width(max_len - 1);  // <= 52: end_pfn's bytes fit 64 bits
+  const uint64_t cap = uint64_t{1} << k;
+  const uint64_t cap_below = cap >> 1;
+  uint64_t top = 0;
+  uint64_t below = 0;
   for (int s = 0; s < n.count; ++s) {
-    if (n.hi[s] - n.lo[s] + 1 <= skip) continue;
-    sum.top = std::max(sum.top, RoomWord(n.lo[s], n.hi[s], k));
-    if (k > 0) sum.below = std::max(sum.below, RoomWord(n.lo[s], n.hi[s], k - 1));
+    const uint64_t len = n.hi[s] - n.lo[s] + 1;
+    const uint64_t neg_lo = 0 - n.lo[s];
+    const uint64_t pad = neg_lo & (cap - 1);
+    const uint64_t pad_below = neg_lo & (cap_below - 1);
+    top = std::max(top, len > cap_below && len > pad ? len - pad : 0);
+    below = std::max(below, len > (cap_below >> 1) && len > pad_below ? len - pad_below : 0);
   }
-  return sum;
+  const auto word = [](uint64_t w) {
+    return static_cast<uint32_t>(std::min<uint64_t>(w, kRoomCap));
+  };
+  return Summary{max_len, k > 0 ? word(std::min(below, cap_below)) : 0, word(std::min(top, cap))};
+}
+
+IovaGapTree::Summary IovaGapTree::LeafSummary(const Node& n) {
+  // Four slots per step: lengths in 64 bits (0 past count: kNoKey and stale
+  // hi there), then their low halves and those of -lo on 32-bit lanes.
+  constexpr int kQuads = kFanout / 4;
+  const uint64_t* past_count = kStep.data() + kFanout - n.count;
+  Quad len[kQuads];
+  Quad neg_lo[kQuads];
+  Pair any = {};
+#pragma GCC unroll 4
+  for (int v = 0; v < kQuads; ++v) {
+    const Pair lo0 = LoadPair(n.lo + 4 * v);
+    const Pair lo1 = LoadPair(n.lo + 4 * v + 2);
+    const Pair a = (LoadPair(n.hi + 4 * v) - lo0 + 1) & ~LoadPair(past_count + 4 * v);
+    const Pair b = (LoadPair(n.hi + 4 * v + 2) - lo1 + 1) & ~LoadPair(past_count + 4 * v + 2);
+    any |= a | b;
+    len[v] = Low32(a, b);
+    neg_lo[v] = Quad{} - Low32(lo0, lo1);
+  }
+  // Below 2^30 every length, pad and room fits a signed 32-bit lane.
+  if (((any[0] | any[1]) >> 30) != 0) [[unlikely]]
+    return LeafSummaryScalar(n);
+  const uint32_t max_len = static_cast<uint32_t>(
+      HorizontalMax(MaxQuad(MaxQuad(len[0], len[1]), MaxQuad(len[2], len[3]))));
+  if (max_len == 0) return Summary{};
+  // Word(r, j) at j = k and k - 1, capped after the maximum (min and max
+  // commute): a lane counts where len > 2^(j-1), its room len - ((-lo) mod
+  // 2^j) (negative rooms lose to 0).
+  const int k = std::bit_width(max_len - 1);
+  const int32_t cap = int32_t{1} << k;
+  const int32_t cap_below = cap >> 1;  // 0 when k = 0
+  const Quad half = Quad{} + cap_below;
+  const Quad half_below = Quad{} + (cap_below >> 1);
+  const Quad pad_mask = Quad{} + (cap - 1);
+  const Quad pad_mask_below = Quad{} + (cap_below - 1);
+  Quad top = {};
+  Quad below = {};
+#pragma GCC unroll 4
+  for (int v = 0; v < kQuads; ++v) {
+    top = MaxQuad(top, (len[v] > half) & (len[v] - (neg_lo[v] & pad_mask)));
+    below = MaxQuad(below, (len[v] > half_below) & (len[v] - (neg_lo[v] & pad_mask_below)));
+  }
+  return Summary{max_len, static_cast<uint32_t>(std::min(HorizontalMax(below), cap_below)),
+                 static_cast<uint32_t>(std::min(HorizontalMax(top), cap))};
 }
 
 bool IovaGapTree::UpdateEntry(uint32_t x) {
@@ -298,62 +391,11 @@ void IovaGapTree::ShiftEntries(uint32_t x, int from_slot, int delta) {
 
 namespace {
 
-// Fixed-size, branch-free moves of one slot within a node's 16-entry array of
-// 64-bit words (a leaf's lo[] or hi[]): two-lane vectors (SSE2 registers on
-// x86-64), every lane either kept or taken from its neighbour under a mask
-// read from a sliding window of kStep. No length-dependent branch (a
-// variable-length memmove mispredicts on the length). Always inlined: no
-// vector crosses a call.
-using Pair = uint64_t __attribute__((vector_size(16)));
-constexpr int kPairs = IovaGapTree::kFanout / 2;
-// kStep[j] is all-ones iff j >= kFanout: kStep + kFanout - 1 - s marks the
-// slots above s, kStep + kFanout - s those at or above s.
-alignas(64) constexpr uint64_t kStep[2 * IovaGapTree::kFanout] = {0,
-                                                                  0,
-                                                                  0,
-                                                                  0,
-                                                                  0,
-                                                                  0,
-                                                                  0,
-                                                                  0,
-                                                                  0,
-                                                                  0,
-                                                                  0,
-                                                                  0,
-                                                                  0,
-                                                                  0,
-                                                                  0,
-                                                                  0,
-                                                                  ~uint64_t{0},
-                                                                  ~uint64_t{0},
-                                                                  ~uint64_t{0},
-                                                                  ~uint64_t{0},
-                                                                  ~uint64_t{0},
-                                                                  ~uint64_t{0},
-                                                                  ~uint64_t{0},
-                                                                  ~uint64_t{0},
-                                                                  ~uint64_t{0},
-                                                                  ~uint64_t{0},
-                                                                  ~uint64_t{0},
-                                                                  ~uint64_t{0},
-                                                                  ~uint64_t{0},
-                                                                  ~uint64_t{0},
-                                                                  ~uint64_t{0},
-                                                                  ~uint64_t{0}};
-static_assert(IovaGapTree::kFanout == 16);
-
-[[gnu::always_inline]] inline Pair LoadPair(const uint64_t* p) {
-  Pair v;
-  std::memcpy(&v, p, sizeof(v));
-  return v;
-}
-[[gnu::always_inline]] inline void StorePair(uint64_t* p, Pair v) { std::memcpy(p, &v, sizeof(v)); }
-
 // a[s + 1 .. kFanout) takes the old a[s .. kFanout - 1) (the old last word is
 // dropped); a[0 .. s] keep theirs (the caller overwrites slot s).
 // REQUIRES 0 <= s < kFanout.
 [[gnu::always_inline]] inline void OpenSlot(uint64_t* a, int s) {
-  const uint64_t* above = kStep + IovaGapTree::kFanout - 1 - s;  // all-ones at slots > s
+  const uint64_t* above = kStep.data() + IovaGapTree::kFanout - 1 - s;  // all-ones at slots > s
   Pair cur[kPairs];
   Pair prev[kPairs];  // lane i holds a[i - 1] (a[0] at slot 0, never taken)
 #pragma GCC unroll 8
@@ -371,7 +413,7 @@ static_assert(IovaGapTree::kFanout == 16);
 // a[s .. kFanout - 1) takes the old a[s + 1 .. kFanout), and a[kFanout - 1]
 // the word `fill`. REQUIRES 0 <= s < kFanout.
 [[gnu::always_inline]] inline void CloseSlot(uint64_t* a, int s, uint64_t fill) {
-  const uint64_t* at_or_above = kStep + IovaGapTree::kFanout - s;  // all-ones at slots >= s
+  const uint64_t* at_or_above = kStep.data() + IovaGapTree::kFanout - s;  // all-ones at slots >= s
   Pair cur[kPairs];
   Pair next[kPairs];  // lane i holds a[i + 1] (`fill` past the end)
 #pragma GCC unroll 8
@@ -635,8 +677,11 @@ void IovaGapTree::CountOut(uint64_t num_pages) {
 
 // --- operations --------------------------------------------------------------
 
-IovaGapTree::Fit IovaGapTree::SearchScalar(const IovaGapTree& t, uint32_t start, uint64_t num_pages,
-                                           int order, uint64_t limit_pfn) {
+IovaGapTree::Fit IovaGapTree::FindHighestFit(uint64_t num_pages, int order,
+                                             uint64_t limit_pfn) const {
+  assert(num_pages >= 1 && order < num_orders_ &&
+         static_cast<int>(std::bit_width(num_pages - 1)) == order);
+  if (num_pages <= kRoomCap && RowWord(root_, order) < num_pages) return Fit{};
   const uint64_t align = uint64_t{1} << order;
   // An internal entry of order K has row[order] >= need iff K >= order + 2 (a
   // capped word, >= need), or K == order + 1 and below >= need, or K == order
@@ -645,19 +690,28 @@ IovaGapTree::Fit IovaGapTree::SearchScalar(const IovaGapTree& t, uint32_t start,
   const uint64_t half = order > 0 ? uint64_t{1} << (order - 1) : 0;             // K >= order
   const uint64_t one = uint64_t{1} << order;                                    // K >= order + 1
   const uint64_t two = order < 63 ? uint64_t{1} << (order + 1) : ~uint64_t{0};  // K >= order + 2
-  Walk w(t, start, limit_pfn);
+  // The walk: node x in hand, the slot s to try first there, and the limit.
+  // Only the first entry tried in a node (the one on the limit's path, which
+  // may straddle it) is searched under `limit`; the entries below it lie
+  // wholly below the limit, and (for num_pages <= kRoomCap) an entry whose
+  // word is >= need there holds a sure fit, so a descent fails only along the
+  // limit's path or on a capped word.
+  constexpr uint64_t kNoLimit = ~uint64_t{0};
+  uint64_t limit = limit_pfn;
+  uint32_t x = root_node_;
+  const Node* n = &N(x);
+  int s = LastAtOrBelow(*n, limit);
   for (;;) {
-    const Node* n = w.n;
     if (n->leaf) {
-      for (int e = w.s; e >= 0; --e) {
-        const uint64_t hi = std::min(n->hi[e], w.limit);
+      for (int e = s; e >= 0; --e) {
+        const uint64_t hi = std::min(n->hi[e], limit);
         if (hi - n->lo[e] + 1 >= num_pages) {
           const uint64_t pfn = AlignDown(hi - num_pages + 1, align);
-          if (pfn >= n->lo[e]) return Fit{w.x * kFanout + e, pfn};
+          if (pfn >= n->lo[e]) return Fit{x * kFanout + e, pfn};
         }
       }
     } else {
-      int e = w.s;
+      int e = s;
       for (; e >= 0; --e) {
         const uint64_t max_len = n->hi[e];
         const bool fits = max_len > two || (max_len > one ? n->below[e] >= need
@@ -665,44 +719,27 @@ IovaGapTree::Fit IovaGapTree::SearchScalar(const IovaGapTree& t, uint32_t start,
         if (fits && max_len >= num_pages) break;
       }
       if (e >= 0) {
-        w.Descend(e);
+        if (e != s) limit = kNoLimit;
+        x = n->child[e];
+        n = &N(x);
+        PrefetchNode(*n);
+        s = limit != kNoLimit ? LastAtOrBelow(*n, limit) : n->count - 1;
         continue;
       }
     }
-    if (!w.Resume()) return Fit{};
+    // Nothing fits at or below s here: back to the parent, below this node's
+    // slot, where every entry lies wholly below the limit.
+    if (x == root_node_) return Fit{};
+    s = n->slot - 1;
+    x = n->parent;
+    n = &N(x);
+    limit = kNoLimit;
   }
-}
-
-IovaGapTree::Fit IovaGapTree::FindHighestFit(uint64_t num_pages, int order,
-                                             uint64_t limit_pfn) const {
-  assert(num_pages >= 1 && order < num_orders_ &&
-         static_cast<int>(std::bit_width(num_pages - 1)) == order);
-  if (num_pages <= kRoomCap && RowWord(root_, order) < num_pages) return Fit{};
-  return search_(*this, StartOf(limit_pfn), num_pages, order, limit_pfn);
-}
-
-IovaGapTree::Fit IovaGapTree::FindHighestFitUsing(SearchImpl impl, uint64_t num_pages, int order,
-                                                  uint64_t limit_pfn, bool from_root) const {
-  assert(num_pages >= 1 && order < num_orders_ &&
-         static_cast<int>(std::bit_width(num_pages - 1)) == order);
-  assert(impl != SearchImpl::kLanesAvx2 || HasAvx2());
-  if (num_pages <= kRoomCap && RowWord(root_, order) < num_pages) return Fit{};
-  const uint32_t start = from_root ? root_node_ : StartOf(limit_pfn);
-  switch (impl) {
-    case SearchImpl::kScalar:
-      return SearchScalar(*this, start, num_pages, order, limit_pfn);
-    case SearchImpl::kLanes:
-      return SearchLanes(*this, start, num_pages, order, limit_pfn);
-    case SearchImpl::kLanesAvx2:
-      break;
-  }
-  return SearchLanesAvx2(*this, start, num_pages, order, limit_pfn);
 }
 
 void IovaGapTree::Carve(const Fit& fit, uint64_t num_pages) {
   const uint32_t x = fit.node / kFanout;
   const int s = static_cast<int>(fit.node % kFanout);
-  finger_ = x;
   Node& n = N(x);
   const uint64_t lo = n.lo[s];
   const uint64_t hi = n.hi[s];
@@ -756,8 +793,6 @@ IovaGapTree::Range IovaGapTree::Release(uint64_t lo, uint64_t hi) {
   const bool merge_pred = pred.slot >= 0 && pn.hi[pred.slot] + 1 == lo;
   const bool merge_succ =
       succ.leaf != kNil && hi != UINT64_MAX && N(succ.leaf).lo[succ.slot] == hi + 1;
-  // The leaf that will hold the released range (a hint, checked before use).
-  release_finger_ = merge_succ && !merge_pred ? succ.leaf : pred.leaf;
   assert(succ.leaf == kNil || N(succ.leaf).lo[succ.slot] > hi);
   // The merged range holds every range it replaces, so rows only grow:
   // Raise, except where a leaf loses an entry (Lower, or Settle when that

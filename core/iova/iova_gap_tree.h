@@ -45,27 +45,25 @@
 //
 // Cost (n = number of free ranges, F = kFanout; depth D = O(log_{F/4} n):
 // every node but the root holds >= F/4 entries):
-//   FindHighestFit   the limit's path down, then at most one more descent
-//                    (one loop, resuming by parent links): O(D F)
-//                    reads; a request above kRoomCap pages also visits the
-//                    capped candidates. When the limit lies in the leaf of
-//                    the last carve or release (next-fit's usual case), the
-//                    walk starts there and climbs only as far as it must
-//                    (at most D levels up, then one descent): still O(D F).
+//   FindHighestFit   the limit's path down from the root, then at most one
+//                    more descent (one loop, resuming by parent links):
+//                    O(D F) reads; a request above kRoomCap pages also
+//                    visits the capped candidates.
 //   Carve / Release  O(D F) worst case, stopping as soon as an entry's key
 //                    and summary are unchanged: a row that can only grow (a
 //                    release) climbs in O(1) per level (Combine); one that
 //                    can only drop (a carve) stops where the entry's new
 //                    summary still reaches every number of its parent's that
 //                    the old one reached (Covered), else recomputes one
-//                    summary per level (O(F): a leaf's on 8 x 32-bit vector
-//                    lanes, 4 x 64-bit ones if a range has 2^30 pages or
-//                    more). Splits, merges, borrows and edge moves
-//                    (amortised O(1)) recompute the entries they touch.
+//                    summary per level (O(F): a leaf's on 32-bit vector
+//                    lanes of the baseline ISA, in scalar 64-bit code if a
+//                    range has 2^30 pages or more). Splits, merges, borrows
+//                    and edge moves (amortised O(1)) recompute the entries
+//                    they touch.
 //   Per node visit   the slot of a pfn by counting the keys <= it (F
-//                    independent compares); in a search, the entries that
-//                    fit as one vector mask (no branch per entry); leaf
-//                    shifts are fixed-size masked moves; a descent prefetches all 8
+//                    independent compares); in a search, the entries from
+//                    that slot down until one fits; leaf shifts are
+//                    fixed-size masked moves; a descent prefetches all 8
 //                    lines of the next node at once.
 //   Stats            O(1): count, pages, largest, histogram kept incrementally
 //
@@ -77,8 +75,9 @@
 //       kMinFill..kFanout entries, an internal root at least 2; every
 //       slot past a node's count holds the key kNoKey;
 //   (3) every entry's summary (and the root's) equals a recount of the whole
-//       row of every order from the ranges below it, and so does every build
-//       of every node's summary kernel;
+//       row of every order from the ranges below it, and so does every
+//       node's summary (for a leaf, by the vector kernel and by the scalar
+//       code it falls back to);
 //   (4) the histogram and totals equal a recount; the slabs account for
 //       every node.
 //
@@ -132,15 +131,6 @@ class IovaGapTree {
   // `limit_pfn`. REQUIRES: order == ceil(log2(num_pages)) (i.e. 2^(order-1) <
   // num_pages <= 2^order), order < num_orders().
   Fit FindHighestFit(uint64_t num_pages, int order, uint64_t limit_pfn) const;
-
-  // The implementations FindHighestFit picks from (for tests): the scalar
-  // reference, the vector build for the baseline ISA (SSE2 on x86-64) and the
-  // AVX2 one (only where cpuid reports AVX2: see HasAvx2). `from_root`: start
-  // at the root even where a finger leaf (StartOf) would serve.
-  enum class SearchImpl { kScalar, kLanes, kLanesAvx2 };
-  Fit FindHighestFitUsing(SearchImpl impl, uint64_t num_pages, int order, uint64_t limit_pfn,
-                          bool from_root = false) const;
-  static bool HasAvx2();
 
   // True iff some free range can hold `num_pages` aligned to 2^order (limit
   // ignored). O(1) for num_pages <= kRoomCap. REQUIRES as FindHighestFit.
@@ -283,87 +273,18 @@ class IovaGapTree {
   static int LastAtOrBelow(const Node& n, uint64_t pfn);
   int SlotInParent(uint32_t x) const;
 
-  // Highest fit at or below limit_pfn, or none (FindHighestFit without the
-  // root test): the scalar reference, and the same walk with each node visit
-  // as one vector pass giving the mask of the entries that fit (compiled for
-  // the baseline ISA and for AVX2, picked by cpuid at construction; the whole
-  // walk is compiled twice, so a node visit is no call).
-  // Each starts at node `start` (StartOf).
-  using SearchFn = Fit (*)(const IovaGapTree& t, uint32_t start, uint64_t num_pages, int order,
-                           uint64_t limit_pfn);
-  static Fit SearchScalar(const IovaGapTree& t, uint32_t start, uint64_t num_pages, int order,
-                          uint64_t limit_pfn);
-  static Fit SearchLanes(const IovaGapTree& t, uint32_t start, uint64_t num_pages, int order,
-                         uint64_t limit_pfn);
-  static Fit SearchLanesAvx2(const IovaGapTree& t, uint32_t start, uint64_t num_pages, int order,
-                             uint64_t limit_pfn);
-  [[gnu::always_inline]] inline Fit SearchLanesBody(uint32_t start, uint64_t num_pages, int order,
-                                                    uint64_t limit_pfn) const;
-  // Where a search for limit_pfn starts: a finger leaf (the last carve's or
-  // the last release's) when limit_pfn lies between its first lo and its last
-  // hi, so that it is the leaf Locate(limit_pfn) would reach (the next leaf's
-  // keys are above its last hi); else the root. The test reads only the
-  // finger leaf, never a neighbour that may be cold. From the finger the walk
-  // climbs by parent links only as far as it has to: next-fit searches just
-  // below the last allocation (or below the free range a release above it
-  // merged, where Linux moves its cached node), which usually fits in that
-  // leaf or a near one, so most of the descent from the root is skipped.
-  uint32_t StartOf(uint64_t limit_pfn) const {
-    for (const uint32_t finger : {finger_, release_finger_}) {
-      if (finger == kNil) continue;
-      const Node& f = N(finger);
-      if (f.count > 0 && f.lo[0] <= limit_pfn && limit_pfn <= f.hi[f.count - 1]) return finger;
-    }
-    return root_node_;
-  }
-  static SearchFn PickSearch();
-  // Where a search stands (both walks above share it): the node in hand, the
-  // slot to try first there, and the limit. In a node only the first entry
-  // tried (the one that may straddle the limit) searches under `limit`; the
-  // entries below it lie wholly below the limit, and (for num_pages <=
-  // kRoomCap) an entry whose word is >= need there holds a sure fit, so a
-  // descent fails only along the limit's path or on a capped word.
-  struct Walk {
-    // Starts at node `start`: the root, or the finger leaf (see StartOf).
-    Walk(const IovaGapTree& tree, uint32_t start, uint64_t limit_pfn);
-    // Descends into child f (f <= s) of the internal node in hand.
-    void Descend(int f);
-    // Nothing fits at or below s in the node in hand: back to its parent,
-    // below this node's slot there (the parent link and slot of the node are
-    // the way back, whether the walk descended into it or started at it).
-    // False at the root (no fit anywhere).
-    bool Resume();
-
-    const IovaGapTree& t;
-    uint64_t limit;
-    uint32_t x;
-    const Node* n;
-    int s;
-  };
-
   // Recomputes x's key and summary into its parent's entry (the root's into
   // root_). Returns true if either changed.
   bool UpdateEntry(uint32_t x);
-  Summary Summarize(const Node& n) const {
-    return n.leaf ? leaf_summary_(n) : internal_summary_(n);
-  }
-  // An internal node's summary: exact scalar code (the reference), and a
-  // kernel over 8 x 32-bit lanes when every child's max_len is below 2^30,
-  // over 64-bit lanes for the lengths (32-bit unsigned for the words)
-  // otherwise (SSE2 / AVX2 as the leaf kernels).
+  static Summary Summarize(const Node& n) { return n.leaf ? LeafSummary(n) : InternalSummary(n); }
+  // An internal node's summary from its entries: O(F) branch-free scalar
+  // code.
   static Summary InternalSummary(const Node& n);
-  static Summary InternalSummaryLanes(const Node& n);
-  static Summary InternalSummaryLanesAvx2(const Node& n);
-  // A leaf's summary: exact 64-bit scalar code, and a kernel over 8 x 32-bit
-  // lanes for leaves whose ranges are all shorter than 2^30 pages, 4 x 64-bit
-  // lanes for those shorter than 2^32 (compiled for SSE2 and, on x86-64, for
-  // AVX2, picked by cpuid at construction).
-  using LeafSummaryFn = Summary (*)(const Node& n);
+  // A leaf's summary: on 4 x 32-bit vector lanes (GCC vector extensions,
+  // the baseline ISA) over all F slots when every range is shorter than 2^30
+  // pages, else LeafSummaryScalar, exact in 64 bits.
+  static Summary LeafSummary(const Node& n);
   static Summary LeafSummaryScalar(const Node& n);
-  static Summary LeafSummaryLanes(const Node& n);
-  static Summary LeafSummaryLanesAvx2(const Node& n);
-  static LeafSummaryFn PickLeafSummary();
-  static LeafSummaryFn PickInternalSummary();
   // The summary of one range [lo, hi].
   static Summary RangeSummary(uint64_t lo, uint64_t hi) {
     const uint64_t len = hi - lo + 1;
@@ -443,8 +364,8 @@ class IovaGapTree {
   absl::Status CheckNode(uint32_t x, uint32_t parent, int depth, int* leaf_depth,
                          std::vector<uint32_t>* row_out, uint64_t* max_len_out,
                          std::vector<uint32_t>* leaves, uint64_t* nodes) const;
-  // Every build of n's summary kernel (scalar, baseline lanes, AVX2 where the
-  // CPU has it) gives the recount `row` / `max_len`.
+  // n's summary (for a leaf, both LeafSummary and LeafSummaryScalar) gives
+  // the recount `row` / `max_len`.
   absl::Status CheckKernels(const Node& n, uint32_t x, const std::vector<uint32_t>& row,
                             uint64_t max_len) const;
   // The summary's row equals `row` (every order) and its max_len `max_len`.
@@ -452,9 +373,6 @@ class IovaGapTree {
                             uint32_t x, int slot) const;
 
   int num_orders_;
-  SearchFn search_;
-  LeafSummaryFn leaf_summary_;
-  LeafSummaryFn internal_summary_;
   // Zeroed; chunks of 2 MiB and more on huge pages (slab_memory.h).
   std::vector<SlabArray<Node>> node_chunks_;
   uintptr_t node_base_[kMaxChunks] = {};
@@ -462,11 +380,6 @@ class IovaGapTree {
   std::vector<uint32_t> free_nodes_;
   uint32_t root_node_ = kNil;
   Summary root_;
-  // The leaves of the last Carve and of the last Release (kNil once that node
-  // is freed): a live leaf stays a leaf until freed, so they need no other
-  // invalidation, and StartOf checks the keys before using one.
-  uint32_t finger_ = kNil;
-  uint32_t release_finger_ = kNil;
 
   uint64_t range_count_ = 0;
   uint64_t free_pages_ = 0;
@@ -499,29 +412,6 @@ class IovaGapTree {
   __builtin_prefetch(p + 5 * 64);
   __builtin_prefetch(p + 6 * 64);
   __builtin_prefetch(p + 7 * 64);
-}
-
-[[gnu::always_inline]] inline IovaGapTree::Walk::Walk(const IovaGapTree& tree, uint32_t start,
-                                                      uint64_t limit_pfn)
-    : t(tree), limit(limit_pfn), x(start), n(&tree.N(x)), s(LastAtOrBelow(*n, limit)) {}
-
-[[gnu::always_inline]] inline void IovaGapTree::Walk::Descend(int f) {
-  if (f != s) limit = ~uint64_t{0};
-  x = n->child[f];
-  n = &t.N(x);
-  PrefetchNode(*n);
-  s = limit != ~uint64_t{0} ? LastAtOrBelow(*n, limit) : n->count - 1;
-}
-
-[[gnu::always_inline]] inline bool IovaGapTree::Walk::Resume() {
-  // Every entry of the parent below this node's slot lies wholly below the
-  // limit.
-  if (x == t.root_node_) return false;
-  s = n->slot - 1;
-  x = n->parent;
-  n = &t.N(x);
-  limit = ~uint64_t{0};
-  return true;
 }
 
 }  // namespace iommu::core::internal

@@ -9,6 +9,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_format.h"
+#include "absl/types/span.h"
 #include "core/iova/iova_gap_tree.h"
 
 namespace iommu::core::internal {
@@ -37,23 +38,17 @@ absl::Status IovaGapTree::CheckSummary(const Summary& sum, const std::vector<uin
 
 absl::Status IovaGapTree::CheckKernels(const Node& n, uint32_t x, const std::vector<uint32_t>& row,
                                        uint64_t max_len) const {
-  // Every build of the node's summary kernel (not only the one picked at
-  // construction) against the recount.
+  // The node's own summary, and for a leaf also the scalar code the vector
+  // kernel falls back to (for long ranges only, so checked here on all).
   struct Impl {
     const char* name;
-    LeafSummaryFn fn;
+    Summary (*fn)(const Node&);
   };
-  const Impl leaf[] = {{"scalar", &LeafSummaryScalar},
-                       {"lanes", &LeafSummaryLanes},
-                       {"lanes avx2", &LeafSummaryLanesAvx2}};
-  const Impl internal[] = {{"scalar", &InternalSummary},
-                           {"lanes", &InternalSummaryLanes},
-                           {"lanes avx2", &InternalSummaryLanesAvx2}};
-  const int impls = HasAvx2() ? 3 : 2;
-  for (int i = 0; i < impls; ++i) {
-    const Impl& impl = n.leaf ? leaf[i] : internal[i];
+  const Impl leaf[] = {{"leaf", &LeafSummary}, {"scalar leaf", &LeafSummaryScalar}};
+  const Impl internal[] = {{"internal", &InternalSummary}};
+  for (const Impl& impl : n.leaf ? absl::MakeConstSpan(leaf) : absl::MakeConstSpan(internal)) {
     if (absl::Status st = CheckSummary(impl.fn(n), row, max_len, x, -1); !st.ok()) {
-      return absl::InternalError(absl::StrFormat("%s summary kernel: %s", impl.name, st.message()));
+      return absl::InternalError(absl::StrFormat("%s summary: %s", impl.name, st.message()));
     }
   }
   return absl::OkStatus();

@@ -397,11 +397,10 @@ TEST(IovaGapTreeTest, SearchResumesBelowTheLimitPath) {
   EXPECT_EQ(t.FindHighestFit(64, 6, 9000).node, 0u);
 }
 
-// Leaves whose ranges are all shorter than 2^30 pages take 32-bit lanes, those
-// with a range of 2^30..2^32 pages 64-bit lanes, and longer ones the scalar
-// code; internal nodes 32-bit lanes below 2^30 and the scalar code above:
-// random carves and releases with lengths on both sides of each width, every
-// summary recounted after every operation.
+// Leaves whose ranges are all shorter than 2^30 pages take the 32-bit vector
+// lanes, those with a longer range the scalar 64-bit code: random carves and
+// releases with lengths on both sides of 2^30 (and of 2^32), every summary
+// recounted after every operation.
 TEST(IovaGapTreeTest, LeafKernelWidthsMatchModel) {
   RandomFitsMatchModel((uint64_t{1} << 36) - 1, 37, 777, 4000, [](Rng& rng) {
     const uint64_t kWidths[] = {uint64_t{1} << 30, uint64_t{1} << 32};
@@ -482,23 +481,19 @@ TEST(IovaGapTreeTest, LeafShiftsAtEverySlotAndCount) {
   }
 }
 
-// Every search implementation (the scalar reference, the baseline-ISA vector
-// build and, where the CPU has it, the AVX2 one) returns the same fit as the
-// model, after every carve or release of a random churn whose sizes span
-// 1 page to 2^37 (leaves and internal entries on both sides of 2^30 and 2^32,
-// capped row words, requests above kRoomCap pages checked in 64 bits), with
-// limits anywhere (inside ranges, below every range, the whole space) and
-// nodes at every fill (their unused slots hold kNoKey).
-TEST(IovaGapTreeTest, SearchImplementationsAgree) {
+// The search returns the model's fit after every carve or release of a
+// random churn whose sizes span 1 page to 2^37 (leaves and internal entries
+// on both sides of 2^30 and 2^32, capped row words, requests above kRoomCap
+// pages checked in 64 bits), with limits anywhere (inside ranges, below
+// every range, around the last carve and release, the whole space) and nodes
+// at every fill (their unused slots hold kNoKey).
+TEST(IovaGapTreeTest, SearchMatchesModelEverywhere) {
   constexpr uint64_t kEnd = (uint64_t{1} << 40) - 1;
   IovaGapTree t(41);
   Model m;
   t.Release(1, kEnd);
   m.Free(1, kEnd);
   Rng rng{4242};
-  std::vector<IovaGapTree::SearchImpl> impls = {IovaGapTree::SearchImpl::kScalar,
-                                                IovaGapTree::SearchImpl::kLanes};
-  if (IovaGapTree::HasAvx2()) impls.push_back(IovaGapTree::SearchImpl::kLanesAvx2);
   const auto size = [&rng]() -> uint64_t {
     switch (rng.Below(4)) {
       case 0:
@@ -512,13 +507,12 @@ TEST(IovaGapTreeTest, SearchImplementationsAgree) {
     }
   };
   std::vector<std::pair<uint64_t, uint64_t>> live;
-  // Where the last carve and the last release happened: limits just below
-  // and around them start at the finger leaves (StartOf).
+  // Where the last carve and the last release happened: next-fit's limits lie
+  // just below and around them.
   uint64_t last_carve = 1;
   uint64_t last_release = kEnd;
   for (int op = 0; op < 6000; ++op) {
-    // Probes: random requests under random limits, each answered alike by
-    // every implementation, from the finger and from the root, and by the
+    // Probes: random requests under random limits, each answered as by the
     // model.
     for (int probe = 0; probe < 10; ++probe) {
       const uint64_t n = size();
@@ -539,18 +533,10 @@ TEST(IovaGapTreeTest, SearchImplementationsAgree) {
       }
       bool found = false;
       const uint64_t want = m.HighestFit(n, order, limit, &found);
-      for (const IovaGapTree::SearchImpl impl : impls) {
-        for (const bool from_root : {false, true}) {
-          const IovaGapTree::Fit fit = t.FindHighestFitUsing(impl, n, order, limit, from_root);
-          ASSERT_EQ(fit.node != 0, found)
-              << "op " << op << " impl " << static_cast<int>(impl) << " from_root " << from_root
-              << " n=" << n << " limit=" << limit;
-          if (found) {
-            ASSERT_EQ(fit.pfn, want)
-                << "op " << op << " impl " << static_cast<int>(impl) << " from_root " << from_root
-                << " n=" << n << " limit=" << limit;
-          }
-        }
+      const IovaGapTree::Fit fit = t.FindHighestFit(n, order, limit);
+      ASSERT_EQ(fit.node != 0, found) << "op " << op << " n=" << n << " limit=" << limit;
+      if (found) {
+        ASSERT_EQ(fit.pfn, want) << "op " << op << " n=" << n << " limit=" << limit;
       }
     }
     if (rng.Below(3) != 0 || live.empty()) {
