@@ -46,8 +46,9 @@ asan: deps
 	cmake --build build-asan -j $(JOBS)
 	cd build-asan && ctest -j $(JOBS) $(CTEST_FLAGS)
 
-# The multi-threaded tests under ThreadSanitizer (TSAN_TESTS=. runs all).
-TSAN_TESTS ?= Concurren|FaultRing
+# The multi-threaded tests (concurrency, fault ring, Batch runs) under ThreadSanitizer
+# (TSAN_TESTS=. runs all).
+TSAN_TESTS ?= Concurren|FaultRing|Batch
 tsan: deps
 	cmake -S . -B build-tsan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DIOMMU_BUILD_BENCHMARKS=OFF \
 	  -DIOMMU_CORE_ONLY=ON -DCMAKE_CXX_COMPILER=clang++ -DIOMMU_SANITIZE=thread

@@ -20,10 +20,12 @@
 
 namespace iommu::core {
 
-template <typename T>
-void SortByRuns(std::vector<T>* values) {
+// Container: a random-access container of a type with operator< (a
+// std::vector or an absl::InlinedVector).
+template <typename Container>
+void SortByRuns(Container* values) {
   constexpr size_t kMaxRuns = 64;
-  std::vector<T>& a = *values;
+  Container& a = *values;
   const size_t n = a.size();
   absl::InlinedVector<size_t, kMaxRuns + 1> starts;
   for (size_t i = 0; i < n;) {

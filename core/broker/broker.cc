@@ -33,45 +33,12 @@ const char* DomainTypeName(DomainType type) {
   return "?";
 }
 
-namespace internal {
-
-void DomainFlushOps::TlbFlushAll() {
-  absl::MutexLock l(&smmu_->mu);
-  smmu_->iotlb->InvalidateAsid(tag_.asid, tag_.vmid);
-}
-
-// The IOTLB model caches leaf entries only (no walk cache), so a walk flush
-// for a freed table only has to drop leaves in its range. A table is freed
-// only once every leaf in it is gone: in a strict domain each of those leaves
-// was (or, for this unmap, is about to be, before the call returns)
-// invalidated through the gather, so the flush would find nothing and only
-// cost a scan of the IOTLB per freed table. In a lazy domain the stale leaves
-// are still cached, and freeing the table ends their window, as a TLBI of
-// the walk would on hardware.
-void DomainFlushOps::TlbFlushWalk(Iova iova, uint64_t size_bytes, uint64_t /*granule_bytes*/) {
-  if (strict_) return;
-  absl::MutexLock l(&smmu_->mu);
-  const auto r = smmu_->iotlb->InvalidateVa(tag_, iova, size_bytes, VaLevels::kAllLevels);
-  assert(r.ok());
-  (void)r;
-}
-
-void DomainFlushOps::TlbAddPage(IotlbGather* gather, Iova iova, uint64_t granule_bytes) {
-  gather->AddRange(iova, granule_bytes);
-}
-
-void DomainFlushOps::TlbAddPages(IotlbGather* gather, Iova iova, uint64_t granule_bytes,
-                                 uint64_t count) {
-  gather->AddRange(iova, granule_bytes * count);
-}
-
-}  // namespace internal
-
 // --- construction -------------------------------------------------------------
 
 absl::Status BrokerImpl::Init() {
   RETURN_IF_ERROR(ValidateTopology(topology_));
   ASSIGN_OR_RETURN(memory_, PhysMemory::Create(topology_.memory));
+  buffers_ = std::make_unique<internal::BufferTable>(memory_.get());
   ASSIGN_OR_RETURN(faults_, FaultRing::Create(
                                 {.capacity = options_.fault_ring_capacity, .clock = options_.now}));
   for (const SmmuConfig& cfg : topology_.smmus) {
@@ -120,11 +87,10 @@ absl::Status BrokerImpl::Init() {
     // Every device starts in its own default DMA domain. Untrusted devices
     // are always strict; the default domains of trusted ones are too (as
     // Linux's iommu.strict=1 default on Arm): DMA_FQ is chosen explicitly.
-    ASSIGN_OR_RETURN(dev->default_domain,
-                     NewDomain(dev->smmu, DomainType::kDma, 0, "", /*is_default=*/true, 0,
-                               /*try_32bit_first=*/cfg.pci));
-    dev->current = dev->default_domain;
-    dev->current->attached.push_back(cfg.name);
+    ASSIGN_OR_RETURN(dev->default_domain, NewDomain(dev->smmu, {.type = DomainType::kDma,
+                                                                .is_default = true,
+                                                                .try_32bit_first = cfg.pci}));
+    dev->SetCurrent(dev->default_domain);
     devices_[cfg.name] = std::move(dev);
   }
   return absl::OkStatus();
@@ -145,8 +111,15 @@ const Topology& Broker::topology() const { return impl_->topology_; }
 // --- lookups --------------------------------------------------------------------
 
 std::shared_ptr<Domain> BrokerImpl::CurrentDomain(const DeviceState& dev) const {
+  return dev.Current();
+}
+
+std::vector<std::shared_ptr<Domain>> BrokerImpl::AllDomains() const {
+  std::vector<std::shared_ptr<Domain>> out;
   absl::ReaderMutexLock l(&registry_mu_);
-  return dev.current;
+  out.reserve(domains_.size());
+  for (const auto& [id, d] : domains_) out.push_back(d);
+  return out;
 }
 
 absl::StatusOr<std::shared_ptr<Domain>> BrokerImpl::FindDomain(uint64_t domain_id) const {

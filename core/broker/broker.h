@@ -17,14 +17,17 @@
 // naming the offending field and value. A failed call leaves no trace.
 //
 // Thread-safe. Locking (acquire in this order, never the reverse):
-//   1. registry_mu_   devices' current domains, the domain table, sessions
-//                     (shared for lookups, exclusive to attach/create/destroy)
-//   2. Domain::mu_    one domain's page table, cookie, mappings
-//   3. buffers_mu_    the buffer table, mapping references, export tokens
-//   4. Smmu::mu_      one SMMU's IOTLB and context allocator
+//   1. registry_mu_    devices' current domains, the domain table, sessions
+//                      (shared for lookups, exclusive to attach/create/destroy)
+//   2. a Domain's lock  its page table, cookie and mappings, held by one
+//                      Domain::Transaction per operation or Batch message
+//   3. BufferTable      its export lock, then one buffer shard's lock
+//   4. Smmu::mu         one SMMU's IOTLB and context allocator
 //   5. PhysMemory's and FaultRing's internal locks
-// Operations on different domains take registry_mu_ shared only, so they do
-// not serialise on one lock.
+// A device's current domain is read under a lock of that device alone, and
+// buffer references are taken under one of 16 shard locks or none, so
+// operations of different devices in different domains share no lock but
+// their SMMU's and, rarely, a shard's (docs/design.md#domain-transactions).
 
 #include <cstdint>
 #include <memory>

@@ -5,7 +5,6 @@
 #include "absl/strings/str_format.h"
 #include "core/base/bits.h"
 #include "core/base/errors.h"
-#include "core/base/secure_random.h"
 #include "core/base/status_macros.h"
 #include "core/broker/broker.h"
 #include "core/broker/broker_impl.h"
@@ -22,11 +21,9 @@ absl::StatusOr<AllocResult> Broker::Alloc(const Caller& caller, const AllocReque
   ASSIGN_OR_RETURN(auto* dev, impl_->ActAs(caller, request.device));
   ASSIGN_OR_RETURN(BrokerImpl::SessionPin pin, impl_->PinSession(caller));
   std::shared_ptr<Domain> d = impl_->CurrentDomain(*dev);
-  if (d->type != DomainType::kDma && d->type != DomainType::kDmaFq) {
-    return BrokerImpl::NeedsIovaCookie(*d, "Alloc");
-  }
+  if (!d->has_iova_cookie()) return d->NeedsIovaCookie("Alloc");
   if (request.size_bytes == 0) return InvalidField("size_bytes", 0, "must be non-zero");
-  const uint64_t g = d->granule_bytes;
+  const uint64_t g = d->granule_bytes();
   const auto size = AlignUp(request.size_bytes, std::max<uint64_t>(g, 4096));
   if (!size) return InvalidField("size_bytes", request.size_bytes, "too large");
   if (request.attrs.force_contiguous && request.attrs.alloc_single_pages) {
@@ -45,74 +42,50 @@ absl::StatusOr<AllocResult> Broker::Alloc(const Caller& caller, const AllocReque
                                       "granule",
                                       g));
   }
-  internal::Buffer* buffer = nullptr;
-  {
-    absl::MutexLock bl(&impl_->buffers_mu_);
-    absl::Status last;
-    for (Placement p : tries) {
-      auto b = impl_->NewBufferLocked(*dev, caller.session_id, *size, p, request.pool);
-      if (b.ok()) {
-        buffer = *b;
-        break;
-      }
-      last = b.status();
-      if (last.code() != absl::StatusCode::kResourceExhausted) break;
-    }
-    if (buffer == nullptr) return last;
-    buffer->backs_alloc = true;
-    buffer->map_refs = 1;  // held by the mapping below
+  // The buffer backs the mapping alone (no client can free or map it as a
+  // buffer of its own before the mapping exists: FreeBuffer refuses it).
+  absl::StatusOr<BufferInfo> buffer;
+  std::vector<PhysRun> runs;  // as allocated, in buffer order
+  for (Placement p : tries) {
+    buffer = impl_->buffers_->Create(*dev, caller.session_id, *size, p, request.pool,
+                                     /*backs_alloc=*/true, &runs);
+    if (buffer.ok() || buffer.status().code() != absl::StatusCode::kResourceExhausted) break;
   }
+  if (!buffer.ok()) return buffer.status();
   const uint64_t buffer_id = buffer->buffer_id;
-  const std::vector<PhysRun> runs = buffer->alloc.runs;  // immutable after creation
   auto free_buffer = [&](absl::Status s) {
-    absl::MutexLock bl(&impl_->buffers_mu_);
-    impl_->buffers_.at(buffer_id).map_refs = 0;
-    const absl::Status fs = impl_->FreeBufferLocked(buffer_id);
-    assert(fs.ok());
-    (void)fs;
+    impl_->buffers_->FreeUnreferenced(buffer_id);
     return s;
   };
-  if (absl::Status s = impl_->ChargeMapping(*dev, *size); !s.ok()) return free_buffer(s);
-  absl::MutexLock l(&d->mu);
-  auto iova = impl_->AllocIovaLocked(*d, *dev, *size);
+  if (absl::Status s = dev->ChargeMapping(*size); !s.ok()) return free_buffer(s);
+  BrokerImpl::Buffers::Refs refs(*impl_->buffers_);
+  Domain::Transaction txn(*d, refs);
+  auto iova = txn.AllocIova(*size, impl_->DeviceLimit(*d, *dev), "IOVA allocation");
   if (!iova.ok()) {
-    impl_->RefundMapping(*dev, *size);
+    dev->RefundMapping(*size);
     return free_buffer(iova.status());
   }
-  MappingRecord rec{.kind = MappingKind::kAlloc,
-                    .device = request.device,
-                    .session_id = caller.session_id,
-                    .iova = *iova,
-                    .iova_size_bytes = *size,
-                    .iova_from_allocator = true,
-                    .prot = impl_->ProtFor(*dev, request.direction, request.attrs),
-                    .owned_buffer_id = buffer_id,
-                    .mapped_bytes = *size};
+  // One page-table range per run.
   std::vector<std::pair<Iova, PhysRun>> ranges;
   Iova at = *iova;
   for (const PhysRun& r : runs) {
     ranges.push_back({at, r});
-    rec.pt_ranges.push_back({at, r.size_bytes});
-    rec.pieces.push_back({at, r.start, r.size_bytes});
     at += r.size_bytes;
   }
-  if (absl::Status s = impl_->MapPiecesLocked(*d, ranges, rec.prot); !s.ok()) {
-    impl_->FreeIovaLocked(*d, *iova, *size);
-    impl_->RefundMapping(*dev, *size);
+  const Prot prot = impl_->ProtFor(*dev, request.direction, request.attrs);
+  if (absl::Status s = txn.MapRanges(ranges, prot); !s.ok()) {
+    txn.FreeIova(*iova, *size);
+    dev->RefundMapping(*size);
     return free_buffer(s);
   }
-  AllocResult out{
-      .dma_addr = iova->value(), .domain_id = d->id, .buffer_id = buffer_id, .size_bytes = *size};
-  for (const PhysRun& r : runs) {
-    if (!out.runs.empty() && out.runs.back().start + out.runs.back().size_bytes == r.start) {
-      out.runs.back().size_bytes += r.size_bytes;
-    } else {
-      out.runs.push_back(r);
-    }
-  }
+  AllocResult out{.dma_addr = iova->value(),
+                  .domain_id = d->id(),
+                  .buffer_id = buffer_id,
+                  .size_bytes = *size,
+                  .runs = buffer->runs};
   // Which page sizes the table used: walk the leaves of the range.
   for (uint64_t off = 0; off < *size;) {
-    auto w = d->pgtable->Walk(*iova + off);
+    auto w = txn.pgtable()->Walk(*iova + off);
     assert(w.ok());
     if (std::find(out.page_sizes_used.begin(), out.page_sizes_used.end(), w->leaf_size_bytes) ==
         out.page_sizes_used.end()) {
@@ -122,11 +95,19 @@ absl::StatusOr<AllocResult> Broker::Alloc(const Caller& caller, const AllocReque
   }
   std::sort(out.page_sizes_used.rbegin(), out.page_sizes_used.rend());
   // The mapping holds the buffer through owned_buffer_id, not a reference.
-  {
-    absl::MutexLock bl(&impl_->buffers_mu_);
-    impl_->buffers_.at(buffer_id).map_refs = 0;
+  MappingRecord& rec = txn.Insert(*iova, *size, *size, impl_->NewMappingId());
+  rec.kind = MappingKind::kAlloc;
+  rec.device = request.device;
+  rec.owner = dev;
+  rec.session_id = caller.session_id;
+  rec.iova_from_allocator = true;
+  rec.prot = prot;
+  rec.owned_buffer_id = buffer_id;
+  for (const auto& [pt_iova, r] : ranges) {
+    rec.pt_ranges.push_back({pt_iova, r.size_bytes});
+    rec.pieces.push_back({pt_iova, r.start, r.size_bytes});
   }
-  out.mapping_id = impl_->CommitMappingLocked(*d, std::move(rec));
+  out.mapping_id = rec.mapping_id;
   return out;
 }
 
@@ -135,18 +116,20 @@ absl::Status Broker::Free(const Caller& caller, const std::string& device, uint6
   std::shared_ptr<Domain> d = impl_->CurrentDomain(*dev);
   uint64_t buffer_id;
   {
-    absl::MutexLock l(&d->mu);
-    ASSIGN_OR_RETURN(MappingRecord * m, BrokerImpl::OwnMapping(*d, caller, device, dma_addr,
+    BrokerImpl::Buffers::Refs refs(*impl_->buffers_);
+    Domain::Transaction txn(*d, refs);
+    ASSIGN_OR_RETURN(MappingRecord * m, BrokerImpl::OwnMapping(txn, caller, device, dma_addr,
                                                                {MappingKind::kAlloc}, "Free"));
     buffer_id = m->owned_buffer_id;
   }
   // The exporter can always free: its exports are revoked and their imports
   // unmapped first (outside this domain's lock: an import may live here).
-  impl_->RevokeExports(impl_->ExportsOf(buffer_id));
-  absl::MutexLock l(&d->mu);
-  ASSIGN_OR_RETURN(MappingRecord * m, BrokerImpl::OwnMapping(*d, caller, device, dma_addr,
+  impl_->RevokeExports(impl_->buffers_->ExportsOf(buffer_id));
+  BrokerImpl::Buffers::Refs refs(*impl_->buffers_);
+  Domain::Transaction txn(*d, refs);
+  ASSIGN_OR_RETURN(MappingRecord * m, BrokerImpl::OwnMapping(txn, caller, device, dma_addr,
                                                              {MappingKind::kAlloc}, "Free"));
-  impl_->RemoveMappingLocked(*d, m->iova.value());
+  txn.Remove(m->iova.value());
   return absl::OkStatus();
 }
 
@@ -160,10 +143,11 @@ absl::StatusOr<SgTableResult> Broker::GetSgTable(const Caller& caller, const std
     RETURN_IF_ERROR(impl_->CheckDeviceList("export_importers", grant->importers));
   }
   std::shared_ptr<Domain> d = impl_->CurrentDomain(*dev);
-  absl::MutexLock l(&d->mu);
+  BrokerImpl::Buffers::Refs refs(*impl_->buffers_);
+  Domain::Transaction txn(*d, refs);
   ASSIGN_OR_RETURN(
       MappingRecord * m,
-      BrokerImpl::OwnMapping(*d, caller, device, dma_addr,
+      BrokerImpl::OwnMapping(txn, caller, device, dma_addr,
                              {MappingKind::kMap, MappingKind::kMapSg, MappingKind::kAlloc,
                               MappingKind::kMapAt, MappingKind::kImport},
                              "GetSgTable"));
@@ -184,34 +168,16 @@ absl::StatusOr<SgTableResult> Broker::GetSgTable(const Caller& caller, const std
                         "an imported buffer cannot be exported again; its exporter can export "
                         "it to more devices");
     }
-    std::vector<uint64_t> ids(m->buffer_refs.begin(), m->buffer_refs.end());
+    std::vector<uint64_t> ids;
+    for (const internal::BufferRef& b : m->buffer_refs) ids.push_back(b.id);
     if (m->owned_buffer_id != 0) ids.push_back(m->owned_buffer_id);
     if (ids.empty()) {
       return FieldError(absl::StatusCode::kFailedPrecondition, "dma_addr", dma_addr,
                         "only buffer-backed mappings can be exported");
     }
-    absl::MutexLock bl(&impl_->buffers_mu_);
-    if (dev->exports >= dev->quotas.max_exports) {
-      return FieldError(absl::StatusCode::kResourceExhausted, "device", device,
-                        absl::StrFormat("export quota of %d live export tokens reached; revoke "
-                                        "some first",
-                                        dev->quotas.max_exports));
-    }
-    ++dev->exports;
-    const uint64_t export_id = impl_->next_export_id_++;
-    do {
-      out.export_token = SecureToken("iexp_", 16);
-    } while (impl_->exports_.contains(out.export_token));
-    impl_->export_tokens_[export_id] = out.export_token;
-    for (uint64_t b : ids) impl_->buffers_.at(b).exports.push_back(export_id);
-    impl_->exports_[out.export_token] =
-        internal::ExportRecord{.export_id = export_id,
-                               .exporter = device,
-                               .exporter_granule = d->granule_bytes,
-                               .chunks = out.chunks,
-                               .buffer_ids = std::move(ids),
-                               .importers_allowed = std::move(grant->importers),
-                               .writable = grant->writable};
+    ASSIGN_OR_RETURN(out.export_token,
+                     impl_->buffers_->CreateExport(*dev, d->granule_bytes(), out.chunks,
+                                                   std::move(ids), *grant));
   }
   return out;
 }
@@ -219,77 +185,39 @@ absl::StatusOr<SgTableResult> Broker::GetSgTable(const Caller& caller, const std
 absl::StatusOr<uint64_t> Broker::RevokeExport(const Caller& caller,
                                               const std::string& export_token) {
   RETURN_IF_ERROR(impl_->CheckCaller(caller));
-  uint64_t export_id;
-  {
-    absl::MutexLock bl(&impl_->buffers_mu_);
-    auto it = impl_->exports_.find(export_token);
-    if (it == impl_->exports_.end() || (!caller.admin && it->second.exporter != caller.device)) {
-      return FieldError(absl::StatusCode::kNotFound, "export_token", export_token,
-                        "no such export (never made, revoked, or its buffer was freed)");
-    }
-    export_id = it->second.export_id;
+  const std::optional<uint64_t> export_id =
+      impl_->buffers_->FindExport(export_token, caller.admin ? "" : caller.device);
+  if (!export_id.has_value()) {
+    return FieldError(absl::StatusCode::kNotFound, "export_token", export_token,
+                      "no such export (never made, revoked, or its buffer was freed)");
   }
-  return impl_->RevokeExports({export_id});
+  return impl_->RevokeExports({*export_id});
 }
 
 // --- export revocation ------------------------------------------------------------
 
 uint64_t BrokerImpl::RevokeExports(absl::Span<const uint64_t> export_ids) {
   std::vector<internal::ExportRecord::Import> imports;
-  {
-    absl::MutexLock bl(&buffers_mu_);
-    for (uint64_t id : export_ids) {
-      std::vector<internal::ExportRecord::Import> more = EraseExportLocked(id);
-      imports.insert(imports.end(), std::make_move_iterator(more.begin()),
-                     std::make_move_iterator(more.end()));
-    }
+  for (uint64_t id : export_ids) {
+    std::vector<internal::ExportRecord::Import> more = buffers_->EraseExport(id);
+    imports.insert(imports.end(), std::make_move_iterator(more.begin()),
+                   std::make_move_iterator(more.end()));
   }
   // The exports are gone, so no new import can start; unmap the live ones.
   uint64_t unmapped = 0;
   for (const auto& i : imports) {
     std::shared_ptr<Domain> d = i.domain.lock();
     if (d == nullptr) continue;  // destroyed: its mappings went with it
-    absl::MutexLock l(&d->mu);
-    MappingRecord* m = d->mappings.FindStart(i.iova);
+    Buffers::Refs refs(*buffers_);
+    Domain::Transaction txn(*d, refs);
+    MappingRecord* m = txn.FindStart(i.iova);
     if (m == nullptr || m->mapping_id != i.mapping_id) continue;  // already unmapped
-    RemoveMappingLocked(*d, i.iova);
+    txn.Remove(i.iova);
     // A lazy domain completes the invalidation now: revocation ends access.
-    if (auto* c = std::get_if<internal::IovaCookie>(&d->cookie); c && c->fq) c->fq->Flush();
+    txn.FlushQueue();
     ++unmapped;
   }
   return unmapped;
-}
-
-std::vector<uint64_t> BrokerImpl::ExportsOf(uint64_t buffer_id) {
-  absl::MutexLock bl(&buffers_mu_);
-  auto it = buffers_.find(buffer_id);
-  return it == buffers_.end() ? std::vector<uint64_t>{} : it->second.exports;
-}
-
-std::vector<internal::ExportRecord::Import> BrokerImpl::EraseExportLocked(uint64_t export_id) {
-  auto token = export_tokens_.find(export_id);
-  if (token == export_tokens_.end()) return {};  // already revoked
-  auto e = exports_.find(token->second);
-  std::vector<internal::ExportRecord::Import> imports = std::move(e->second.imports);
-  for (uint64_t b : e->second.buffer_ids) {
-    auto& ids = buffers_.at(b).exports;
-    ids.erase(std::remove(ids.begin(), ids.end(), export_id), ids.end());
-  }
-  --devices_.at(e->second.exporter)->exports;
-  exports_.erase(e);
-  export_tokens_.erase(token);
-  return imports;
-}
-
-void BrokerImpl::ForgetImportLocked(const MappingRecord& m) {
-  auto token = export_tokens_.find(m.export_id);
-  if (token == export_tokens_.end()) return;  // revoked
-  auto& imports = exports_.at(token->second).imports;
-  imports.erase(std::remove_if(imports.begin(), imports.end(),
-                               [&](const internal::ExportRecord::Import& i) {
-                                 return i.mapping_id == m.mapping_id;
-                               }),
-                imports.end());
 }
 
 }  // namespace iommu::core

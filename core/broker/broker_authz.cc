@@ -60,15 +60,15 @@ absl::Status BrokerImpl::CheckCaller(const Caller& caller) const {
 }
 
 bool BrokerImpl::MayUse(const DeviceState& dev, const Domain& d) const {
-  if (d.is_default) return dev.default_domain.get() == &d;
-  return d.owner == dev.config.name || Contains(d.granted, dev.config.name);
+  if (d.is_default()) return dev.default_domain.get() == &d;
+  return d.owner() == dev.config.name || Contains(d.granted(), dev.config.name);
 }
 
 bool BrokerImpl::MaySee(const Caller& caller, const Domain& d) const {
   if (caller.admin) return true;
   auto dev = devices_.find(caller.device);
   if (dev == devices_.end()) return false;
-  return MayUse(*dev->second, d) || Contains(d.attached, caller.device);
+  return MayUse(*dev->second, d) || dev->second->current.get() == &d;
 }
 
 absl::Status BrokerImpl::CheckDeviceList(absl::string_view field,
@@ -137,22 +137,23 @@ absl::Status BrokerImpl::CheckAttach(const Caller& caller, const DeviceState& de
                                      const Domain& d) const {
   if (!caller.admin && !MayUse(dev, d)) {
     // Not yours answers as does not exist.
-    return FieldError(absl::StatusCode::kNotFound, "domain_id", d.id, "no such domain");
+    return FieldError(absl::StatusCode::kNotFound, "domain_id", d.id(), "no such domain");
   }
-  if (d.is_default && dev.default_domain.get() != &d) {
-    return FieldError(absl::StatusCode::kFailedPrecondition, "domain_id", d.id,
+  if (d.is_default() && dev.default_domain.get() != &d) {
+    return FieldError(absl::StatusCode::kFailedPrecondition, "domain_id", d.id(),
                       "another device's default domain");
   }
-  if (d.smmu != dev.smmu) {
-    return FieldError(absl::StatusCode::kFailedPrecondition, "domain_id", d.id,
-                      absl::StrFormat("domain is on SMMU %s, device %s is behind %s",
-                                      d.smmu->config.name, dev.config.name, dev.smmu->config.name));
+  if (&d.smmu() != dev.smmu) {
+    return FieldError(
+        absl::StatusCode::kFailedPrecondition, "domain_id", d.id(),
+        absl::StrFormat("domain is on SMMU %s, device %s is behind %s", d.smmu().config.name,
+                        dev.config.name, dev.smmu->config.name));
   }
-  if (!dev.config.trusted && !IsStrictTranslated(d.type)) {
-    return FieldError(absl::StatusCode::kFailedPrecondition, "domain_id", d.id,
+  if (!dev.config.trusted && !IsStrictTranslated(d.type())) {
+    return FieldError(absl::StatusCode::kFailedPrecondition, "domain_id", d.id(),
                       absl::StrFormat("untrusted device %s must stay in a strict translated "
                                       "domain (DMA or UNMANAGED), not %s",
-                                      dev.config.name, DomainTypeName(d.type)));
+                                      dev.config.name, DomainTypeName(d.type())));
   }
   return absl::OkStatus();
 }

@@ -1,5 +1,5 @@
-// Broker::MapUnmapBatch: a run of one device's Map/Unmap operations under one
-// device lookup, one domain reference and one hold of the domain's lock.
+// Broker::MapUnmapBatch: a run of one device's Map/Unmap operations in one
+// transaction on its current domain.
 
 #include <cassert>
 
@@ -22,22 +22,20 @@ void Broker::MapUnmapBatch(const Caller& caller, const std::string& device,
     return;
   }
   std::shared_ptr<Domain> d = impl_->CurrentDomain(**dev);
-  absl::MutexLock l(&d->mu);
-  // One hold of the buffer table for the run (ownership checks, references).
-  absl::MutexLock bl(&impl_->buffers_mu_);
-  BrokerImpl::BufferRun run;
-  // Strict unmaps queue their invalidation here; it completes (and their
-  // IOVAs are freed) before the next Map allocates and before the lock goes,
-  // so every Map sees the allocator one-at-a-time calls would have left.
-  BrokerImpl::DeferredInvalidation deferred;
+  // One transaction for the run. Strict unmaps gather their invalidation in
+  // it; it completes (and their IOVAs are freed) before the next Map
+  // allocates and at the commit, so every Map sees the allocator
+  // one-at-a-time calls would have left. No buffer-table lock is held across
+  // the run: references are taken per op.
+  BrokerImpl::Buffers::Refs refs(*impl_->buffers_);
+  Domain::Transaction txn(*d, refs);
   for (size_t i = 0; i < ops.size(); ++i) {
     const DmaBatchOp& op = ops[i];
     DmaBatchResult& out = results[i];
     switch (op.kind) {
       case DmaBatchOp::Kind::kMap: {
-        if (!deferred.empty()) impl_->CompleteInvalidationLocked(*d, &deferred);
         absl::StatusOr<MapResult> mapped =
-            impl_->MapLocked(*d, **dev, caller, device, op.mem, op.direction, op.attrs, &run);
+            impl_->MapOne(txn, refs, **dev, caller, op.mem, op.direction, op.attrs);
         if (mapped.ok()) {
           out = {.map = *mapped};
         } else {
@@ -46,12 +44,10 @@ void Broker::MapUnmapBatch(const Caller& caller, const std::string& device,
         break;
       }
       case DmaBatchOp::Kind::kUnmap:
-        out = {.status =
-                   impl_->UnmapLocked(*d, **dev, caller, device, op.dma_addr, &deferred, &run)};
+        out = {.status = impl_->UnmapOne(txn, **dev, caller, op.dma_addr)};
         break;
     }
   }
-  if (!deferred.empty()) impl_->CompleteInvalidationLocked(*d, &deferred);
 }
 
 }  // namespace iommu::core

@@ -27,6 +27,7 @@ class BrokerImpl {
   using DeviceState = internal::DeviceState;
   using Smmu = internal::Smmu;
   using MappingRecord = internal::MappingRecord;
+  using Buffers = internal::BufferTable;
 
   BrokerImpl(const Topology& topology, const BrokerOptions& options)
       : topology_(topology), options_(options) {}
@@ -94,146 +95,43 @@ class BrokerImpl {
   // broker's defaults, then the fair share (see Quotas).
   Quotas EffectiveQuotas(const DeviceConfig& cfg) const;
   // The device's current domain (a reference that outlives registry changes).
-  std::shared_ptr<Domain> CurrentDomain(const DeviceState& dev) const
-      ABSL_LOCKS_EXCLUDED(registry_mu_);
+  std::shared_ptr<Domain> CurrentDomain(const DeviceState& dev) const;
   absl::StatusOr<std::shared_ptr<Domain>> FindDomain(uint64_t domain_id) const
       ABSL_SHARED_LOCKS_REQUIRED(registry_mu_);
+  // Every domain, for a pass over all of them outside the registry lock.
+  std::vector<std::shared_ptr<Domain>> AllDomains() const ABSL_LOCKS_EXCLUDED(registry_mu_);
 
   // --- domains --------------------------------------------------------------
-  // A device's default domain tries 32-bit IOVAs first when the device is PCI
-  // (as Linux's iommu_dma_alloc_iova does, for SAC addressing).
-  absl::StatusOr<std::shared_ptr<Domain>> NewDomain(Smmu* smmu, DomainType type,
-                                                    uint64_t granule_bytes,
-                                                    const std::string& owner, bool is_default,
-                                                    uint64_t session_id,
-                                                    bool try_32bit_first = false)
+  // Creates a domain and enters it in the registry. A device's default domain
+  // tries 32-bit IOVAs first when the device is PCI (as Linux's
+  // iommu_dma_alloc_iova does, for SAC addressing).
+  absl::StatusOr<std::shared_ptr<Domain>> NewDomain(Smmu* smmu, internal::DomainParams params)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(registry_mu_);
-  void ReleaseContext(Domain& domain);
   absl::Status DestroyDomain(const Caller& caller, uint64_t domain_id)
       ABSL_LOCKS_EXCLUDED(registry_mu_);
+  // The devices whose current domain is `d`, in topology order.
+  std::vector<std::string> AttachedTo(const Domain& d) const
+      ABSL_SHARED_LOCKS_REQUIRED(registry_mu_);
   DomainInfo Describe(const Domain& domain) const ABSL_SHARED_LOCKS_REQUIRED(registry_mu_);
 
-  // --- memory -------------------------------------------------------------
-  // The physical pieces behind `mem` for `dev` (ownership checked), and the
-  // buffers they belong to, each with one reference taken atomically with
-  // the check (so a buffer cannot be freed between check and map). On any
-  // later failure the caller drops them with DropRefs.
-  struct ResolvedMem {
-    internal::InlinedOne<PhysRun> runs;      // physically contiguous, in order
-    internal::InlinedOne<uint64_t> buffers;  // buffer ids referenced (one ref each)
-  };
-  // `out` must be empty; on failure it stays empty and nothing is referenced.
-  absl::Status ResolveAndRef(const Caller& caller, const DeviceState& dev, const MemRef& mem,
-                             absl::string_view field, ResolvedMem* out)
-      ABSL_LOCKS_EXCLUDED(buffers_mu_);
-  void AddRefs(absl::Span<const uint64_t> buffers) ABSL_LOCKS_EXCLUDED(buffers_mu_);
-  void DropRefs(absl::Span<const uint64_t> buffers) ABSL_LOCKS_EXCLUDED(buffers_mu_);
-  // A run of Map/Unmap ops under one hold of buffers_mu_ (Broker::MapUnmapBatch
-  // takes it once for the run), remembering the buffer it looked up last so
-  // that consecutive ops on one buffer skip the lookup. Used only while
-  // buffers_mu_ is held; a buffer freed during the run is forgotten.
-  struct BufferRun {
-    uint64_t id = 0;
-    internal::Buffer* buffer = nullptr;
-  };
-  // ResolveAndRef of physical memory (buffer_id 0) or of a zero length: the
-  // errors, or the one run; no buffer table.
-  absl::Status ResolvePhys(const Caller& caller, const MemRef& mem, absl::string_view field,
-                           ResolvedMem* out) const;
-  // As ResolveAndRef / DropRefs with buffers_mu_ held (`run` may be null).
-  absl::Status ResolveAndRefLocked(const Caller& caller, const DeviceState& dev, const MemRef& mem,
-                                   absl::string_view field, ResolvedMem* out, BufferRun* run)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(buffers_mu_);
-  void DropRefsLocked(absl::Span<const uint64_t> buffers, BufferRun* run)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(buffers_mu_);
-  // With a null `run` these take buffers_mu_ themselves; with one, the caller
-  // holds it for the run.
-  absl::Status ResolveAndRefIn(BufferRun* run, const Caller& caller, const DeviceState& dev,
-                               const MemRef& mem, absl::string_view field, ResolvedMem* out);
-  void DropRefsIn(BufferRun* run, absl::Span<const uint64_t> buffers);
-  absl::Status FreeBufferLocked(uint64_t buffer_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(buffers_mu_);
-  // Allocates pages for a new buffer of `dev`, charging its buffer quotas.
-  absl::StatusOr<internal::Buffer*> NewBufferLocked(DeviceState& dev, uint64_t session_id,
-                                                    uint64_t size_bytes, Placement placement,
-                                                    const std::string& pool)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(buffers_mu_);
-  BufferInfo DescribeBuffer(const internal::Buffer& b) const
-      ABSL_SHARED_LOCKS_REQUIRED(buffers_mu_);
-
-  // --- quota --------------------------------------------------------------
-  absl::Status ChargeMapping(DeviceState& dev, uint64_t bytes);
-  void RefundMapping(DeviceState& dev, uint64_t bytes);
-
-  // --- mapping core (domain lock held) ---------------------------------------
-  // Maps the pieces at consecutive granule-aligned IOVAs from `iova`; on
-  // failure unmaps what it mapped and returns the error.
-  absl::Status MapPiecesLocked(Domain& d, absl::Span<const std::pair<Iova, PhysRun>> ranges,
-                               Prot prot) ABSL_EXCLUSIVE_LOCKS_REQUIRED(d.mu);
-  // Strict unmaps whose IOTLB invalidation is done together: the leaf ranges
-  // they cleared from the page table, and the IOVA allocations to free once
-  // those are invalidated, in unmap order (so the allocator ends in the state
-  // one-at-a-time unmaps leave). Owned by one domain-lock hold.
-  struct DeferredInvalidation {
-    std::vector<std::pair<uint64_t, uint64_t>> leaf_ranges;  // [first, last] bytes
-    std::vector<std::pair<Iova, uint64_t>> iova_frees;       // (start, size_bytes)
-    bool empty() const { return leaf_ranges.empty() && iova_frees.empty(); }
-  };
-  // Removes a mapping: page table, IOTLB (strict) or flush queue (lazy),
-  // IOVA, buffer references, quota. The record must be in d.mappings. With
-  // `deferred`, a strict IOVA domain's invalidation and IOVA free are queued
-  // there instead (everything else is done now); the caller completes them
-  // with CompleteInvalidationLocked before the lock is released and before
-  // any IOVA allocation in the domain. `known`: a device the caller already
-  // holds, used instead of a lookup when it owns the mapping.
-  // `run`: the caller's hold of buffers_mu_ (null: taken here if needed).
-  void RemoveMappingLocked(Domain& d, uint64_t iova_start, DeferredInvalidation* deferred = nullptr,
-                           DeviceState* known = nullptr, BufferRun* run = nullptr)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(d.mu);
-  // Drops a removed mapping's buffer references and frees the buffer it owns
-  // (or marks it to be freed when its importers unmap).
-  void ReleaseMappingBuffersLocked(const MappingRecord& m, BufferRun* run)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(buffers_mu_);
-  // Invalidates the queued leaf ranges (adjacent ones merged, one hold of the
-  // SMMU lock), then frees the queued IOVAs; leaves `deferred` empty.
-  void CompleteInvalidationLocked(Domain& d, DeferredInvalidation* deferred)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(d.mu);
-  // Map and Unmap once the device and its current domain are known (the
-  // domain's lock held): every check, error and effect of Broker::Map/Unmap.
-  // `deferred` and `run` as for RemoveMappingLocked; `dev` is the device
-  // named `device`.
-  absl::StatusOr<MapResult> MapLocked(Domain& d, DeviceState& dev, const Caller& caller,
-                                      const std::string& device, const MemRef& mem_ref,
-                                      DmaDirection direction, const DmaAttrs& attrs,
-                                      BufferRun* run = nullptr) ABSL_EXCLUSIVE_LOCKS_REQUIRED(d.mu);
-  absl::Status UnmapLocked(Domain& d, DeviceState& dev, const Caller& caller,
-                           const std::string& device, uint64_t dma_addr,
-                           DeferredInvalidation* deferred, BufferRun* run = nullptr)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(d.mu);
-  // Allocates IOVA for `size_bytes` below the device's limit in a domain with
-  // an IOVA cookie. FAILED_PRECONDITION for other cookies.
-  absl::StatusOr<Iova> AllocIovaLocked(Domain& d, const DeviceState& dev, uint64_t size_bytes)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(d.mu);
-  void FreeIovaLocked(Domain& d, Iova iova, uint64_t size_bytes)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(d.mu);
-  uint64_t DeviceLimit(const Domain& d, const DeviceState& dev) const;
-  Prot ProtFor(const DeviceState& dev, DmaDirection dir, const DmaAttrs& attrs) const;
-  // FAILED_PRECONDITION: `call` needs a domain with an IOVA cookie.
-  static absl::Status NeedsIovaCookie(const Domain& d, const char* call);
-  // The caller's mapping containing dma_addr in `d`, made by one of `kinds`:
+  // --- mappings ---------------------------------------------------------------
+  // Map and Unmap inside a transaction on the device's current domain: every
+  // check, error and effect of Broker::Map/Unmap (unary and Batch alike).
+  absl::StatusOr<MapResult> MapOne(Domain::Transaction& txn, internal::BufferTable::Refs& refs,
+                                   DeviceState& dev, const Caller& caller, const MemRef& mem,
+                                   DmaDirection direction, const DmaAttrs& attrs);
+  absl::Status UnmapOne(Domain::Transaction& txn, const DeviceState& dev, const Caller& caller,
+                        uint64_t dma_addr);
+  // The caller's mapping containing dma_addr, made by one of `kinds`:
   // NOT_FOUND for anything the caller does not own, FAILED_PRECONDITION
   // naming the call that made it otherwise.
   static absl::StatusOr<MappingRecord*> OwnMapping(
-      Domain& d, const Caller& caller, const std::string& device, uint64_t dma_addr,
-      std::initializer_list<internal::MappingKind> kinds, const char* call)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(d.mu);
-  // Inserts the record and returns the mapping id.
-  uint64_t CommitMappingLocked(Domain& d, MappingRecord&& record)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(d.mu);
-  // The same for a record built in place: inserts one at `iova` with its
-  // mapping id and mapped_bytes set, for the caller to fill in before it
-  // releases d.mu.
-  MappingRecord& NewMappingLocked(Domain& d, Iova iova, uint64_t iova_size_bytes,
-                                  uint64_t mapped_bytes) ABSL_EXCLUSIVE_LOCKS_REQUIRED(d.mu);
+      Domain::Transaction& txn, const Caller& caller, const std::string& device, uint64_t dma_addr,
+      std::initializer_list<internal::MappingKind> kinds, const char* call);
+  // The highest IOVA the device may use in `d` (aperture and DMA mask).
+  uint64_t DeviceLimit(const Domain& d, const DeviceState& dev) const;
+  Prot ProtFor(const DeviceState& dev, DmaDirection dir, const DmaAttrs& attrs) const;
+  uint64_t NewMappingId() { return next_mapping_id_.fetch_add(1, std::memory_order_relaxed); }
 
   // Releases everything created under a session.
   void ReleaseSession(uint64_t session_id);
@@ -242,16 +140,8 @@ class BrokerImpl {
   // Revokes the exports `export_ids` (those still live; no new import can
   // use them), then unmaps each of their live imports, with the IOTLB
   // invalidated (lazy domains flushed) before it returns. Returns the
-  // imports unmapped. Takes domain locks: call with no domain lock held.
-  uint64_t RevokeExports(absl::Span<const uint64_t> export_ids) ABSL_LOCKS_EXCLUDED(buffers_mu_);
-  // The live exports of a buffer's memory (empty for an unknown buffer).
-  std::vector<uint64_t> ExportsOf(uint64_t buffer_id) ABSL_LOCKS_EXCLUDED(buffers_mu_);
-  // Forgets export `export_id`: its token, its record and its buffers' links
-  // to it. Returns its live imports.
-  std::vector<internal::ExportRecord::Import> EraseExportLocked(uint64_t export_id)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(buffers_mu_);
-  // A removed import mapping leaves its export's list.
-  void ForgetImportLocked(const MappingRecord& m) ABSL_EXCLUSIVE_LOCKS_REQUIRED(buffers_mu_);
+  // imports unmapped. Takes domain locks: call with none held.
+  uint64_t RevokeExports(absl::Span<const uint64_t> export_ids);
 
   // --- state ----------------------------------------------------------------
   const Topology topology_;
@@ -262,20 +152,12 @@ class BrokerImpl {
   absl::flat_hash_map<std::string, Smmu*> smmu_by_name_;
   absl::flat_hash_map<std::string, std::unique_ptr<DeviceState>> devices_;  // immutable set
 
-  mutable absl::Mutex registry_mu_ ABSL_ACQUIRED_BEFORE(buffers_mu_);
+  mutable absl::Mutex registry_mu_;
   std::map<uint64_t, std::shared_ptr<Domain>> domains_ ABSL_GUARDED_BY(registry_mu_);
   uint64_t next_domain_id_ ABSL_GUARDED_BY(registry_mu_) = 1;
   SessionTable sessions_ ABSL_GUARDED_BY(registry_mu_);
 
-  mutable absl::Mutex buffers_mu_;
-  std::map<uint64_t, internal::Buffer> buffers_ ABSL_GUARDED_BY(buffers_mu_);
-  // Physical start of each buffer run -> (end exclusive, buffer id).
-  std::map<uint64_t, std::pair<uint64_t, uint64_t>> runs_ ABSL_GUARDED_BY(buffers_mu_);
-  // By token; export_tokens_ finds the token of an export id.
-  absl::flat_hash_map<std::string, internal::ExportRecord> exports_ ABSL_GUARDED_BY(buffers_mu_);
-  absl::flat_hash_map<uint64_t, std::string> export_tokens_ ABSL_GUARDED_BY(buffers_mu_);
-  uint64_t next_buffer_id_ ABSL_GUARDED_BY(buffers_mu_) = 1;
-  uint64_t next_export_id_ ABSL_GUARDED_BY(buffers_mu_) = 1;
+  std::unique_ptr<internal::BufferTable> buffers_;  // set by Init
   // Fair shares computed at Init (see Quotas).
   uint64_t fair_buffer_bytes_ = 0;
   absl::flat_hash_map<const Smmu*, uint64_t> fair_domains_;

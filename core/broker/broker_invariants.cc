@@ -41,20 +41,21 @@ void Broker::CheckInvariants() const {
       charged;  // device -> (maps, bytes)
   absl::ReaderMutexLock rl(&impl_->registry_mu_);
   for (const auto& [id, d] : impl_->domains_) {
-    absl::ReaderMutexLock dl(&d->mu);
-    if (d->pgtable) check(d->pgtable->CheckInvariants(), "page table");
-    if (const auto* c = std::get_if<internal::IovaCookie>(&d->cookie)) {
+    Domain::Reader r(*d);
+    const IoPgtableOps* pgtable = r.pgtable();
+    if (pgtable != nullptr) check(pgtable->CheckInvariants(), "page table");
+    if (const auto* c = std::get_if<internal::IovaCookie>(&r.cookie())) {
       check(c->iovad->CheckInvariants(), "IOVA allocator");
     }
     uint64_t bytes = 0;
     uint64_t pt_bytes = 0;
-    if (absl::Status s = d->mappings.CheckInvariants(); !s.ok()) {
+    if (absl::Status s = r.mappings().CheckInvariants(); !s.ok()) {
       check(absl::InternalError(absl::StrFormat("domain %d: %s", id, s.message())), "mappings");
     }
-    for (const uint64_t iova : d->mappings.StartsInOrder()) {
-      const internal::MappingRecord& m = *d->mappings.FindStart(iova);
+    for (const uint64_t iova : r.mappings().StartsInOrder()) {
+      const internal::MappingRecord& m = *r.mappings().FindStart(iova);
       bytes += m.mapped_bytes;
-      for (uint64_t b : m.buffer_refs) ++refs[b];
+      for (const internal::BufferRef& b : m.buffer_refs) ++refs[b.id];
       if (!m.device.empty()) {
         auto& [n, by] = charged[m.device];
         ++n;
@@ -63,7 +64,7 @@ void Broker::CheckInvariants() const {
       // Every piece translates to its memory.
       for (const internal::MappedPiece& p : m.pieces) {
         for (uint64_t off : {uint64_t{0}, p.size_bytes - 1}) {
-          const auto pa = d->pgtable->IovaToPhys(p.iova + off);
+          const auto pa = pgtable->IovaToPhys(p.iova + off);
           if (!pa || *pa != p.phys + off) {
             check(absl::InternalError(absl::StrFormat("domain %d: %#x does not translate to %#x",
                                                       id, (p.iova + off).value(),
@@ -74,14 +75,14 @@ void Broker::CheckInvariants() const {
       }
       for (const auto& [pt_iova, size] : m.pt_ranges) pt_bytes += size;
     }
-    if (bytes != d->mapped_bytes) {
+    if (bytes != r.mapped_bytes()) {
       check(absl::InternalError(
-                absl::StrFormat("domain %d: mapped_bytes %d != %d", id, d->mapped_bytes, bytes)),
+                absl::StrFormat("domain %d: mapped_bytes %d != %d", id, r.mapped_bytes(), bytes)),
             "domain accounting");
     }
-    if (d->pgtable && d->pgtable->Stats().mapped_bytes != pt_bytes) {
+    if (pgtable != nullptr && pgtable->Stats().mapped_bytes != pt_bytes) {
       check(absl::InternalError(absl::StrFormat("domain %d: page table maps %#x, records %#x", id,
-                                                d->pgtable->Stats().mapped_bytes, pt_bytes)),
+                                                pgtable->Stats().mapped_bytes, pt_bytes)),
             "page table vs records");
     }
   }
@@ -95,11 +96,7 @@ void Broker::CheckInvariants() const {
                                                 by)),
             "quota accounting");
     }
-    if (std::find(dev->current->attached.begin(), dev->current->attached.end(), name) ==
-        dev->current->attached.end()) {
-      check(absl::InternalError("device missing from its domain's attached list"), "attach");
-    }
-    const DomainType t = dev->current->type;
+    const DomainType t = dev->current->type();
     if (!dev->config.trusted && t != DomainType::kDma && t != DomainType::kUnmanaged) {
       check(absl::InternalError(
                 absl::StrFormat("untrusted device %s is in a %s domain", name, DomainTypeName(t))),
@@ -107,54 +104,46 @@ void Broker::CheckInvariants() const {
     }
     const std::string& device = name;  // a structured binding cannot be captured
     const auto owned = std::count_if(impl_->domains_.begin(), impl_->domains_.end(),
-                                     [&](const auto& kv) { return kv.second->owner == device; });
+                                     [&](const auto& kv) { return kv.second->owner() == device; });
     if (uint64_t(owned) != dev->domains.load()) {
       check(absl::InternalError(absl::StrFormat("device %s owns %d domains, charged %d", name,
                                                 owned, dev->domains.load())),
             "domain quota");
     }
   }
-  absl::ReaderMutexLock bl(&impl_->buffers_mu_);
-  // Every live import is registered with exactly the live export it imports.
-  for (const auto& [token, e] : impl_->exports_) {
-    if (impl_->export_tokens_.at(e.export_id) != token) {
-      check(absl::InternalError("export id and token disagree"), "exports");
-    }
-  }
-  if (impl_->export_tokens_.size() != impl_->exports_.size()) {
-    check(absl::InternalError("export index out of step"), "exports");
-  }
-  // Each buffer lists exactly the exports of its memory.
-  size_t links = 0;
-  for (const auto& [token, e] : impl_->exports_) {
-    for (uint64_t b : e.buffer_ids) {
-      const auto& ids = impl_->buffers_.at(b).exports;
-      if (std::count(ids.begin(), ids.end(), e.export_id) != 1) {
-        check(absl::InternalError(
-                  absl::StrFormat("buffer %d does not list export %d once", b, e.export_id)),
-              "exports");
-      }
-      ++links;
-    }
-  }
-  for (const auto& [id, b] : impl_->buffers_) links -= b.exports.size();
-  if (links != 0) check(absl::InternalError("a buffer lists a dead export"), "exports");
+  check(impl_->buffers_->CheckExportIndex(), "exports");
+  // Each buffer lists exactly the exports of its memory; each export charges
+  // its exporter.
+  absl::flat_hash_map<uint64_t, std::vector<uint64_t>> listed;  // buffer -> export ids
   absl::flat_hash_map<std::string, uint64_t> per_exporter;
-  for (const auto& [token, e] : impl_->exports_) ++per_exporter[e.exporter];
-  for (const auto& [name, dev] : impl_->devices_) {
-    if (dev->exports != per_exporter[name]) {
-      check(absl::InternalError(absl::StrFormat("device %s charged %d exports, holds %d", name,
-                                                dev->exports, per_exporter[name])),
-            "export quota");
-    }
-  }
-  for (const auto& [id, b] : impl_->buffers_) {
-    const auto it = refs.find(id);
-    const uint64_t want = it == refs.end() ? 0 : it->second;
-    if (b.map_refs != want) {
+  impl_->buffers_->ForEachExport([&](const std::string&, const internal::ExportRecord& e) {
+    ++per_exporter[e.exporter];
+    for (uint64_t b : e.buffer_ids) listed[b].push_back(e.export_id);
+  });
+  impl_->buffers_->ForEachBuffer([&](const internal::Buffer& b) {
+    std::vector<uint64_t> have = b.exports;
+    std::vector<uint64_t> want = listed[b.buffer_id];
+    std::sort(have.begin(), have.end());
+    std::sort(want.begin(), want.end());
+    if (have != want) {
       check(absl::InternalError(
-                absl::StrFormat("buffer %d: map_refs %d, mappings hold %d", id, b.map_refs, want)),
+                absl::StrFormat("buffer %d lists exports [%s], its exports are [%s]", b.buffer_id,
+                                absl::StrJoin(have, ","), absl::StrJoin(want, ","))),
+            "exports");
+    }
+    const auto it = refs.find(b.buffer_id);
+    const uint64_t want_refs = it == refs.end() ? 0 : it->second;
+    if (b.refs() != want_refs) {
+      check(absl::InternalError(absl::StrFormat("buffer %d: map_refs %d, mappings hold %d",
+                                                b.buffer_id, b.refs(), want_refs)),
             "buffer references");
+    }
+  });
+  for (const auto& [name, dev] : impl_->devices_) {
+    if (dev->exports.load() != per_exporter[name]) {
+      check(absl::InternalError(absl::StrFormat("device %s charged %d exports, holds %d", name,
+                                                dev->exports.load(), per_exporter[name])),
+            "export quota");
     }
   }
 }

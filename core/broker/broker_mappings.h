@@ -35,11 +35,22 @@ enum class MappingKind { kMap, kMapSg, kAlloc, kMapAt, kMsi, kImport };
 template <typename T>
 using InlinedOne = absl::InlinedVector<T, 1>;
 
+struct DeviceState;
+struct Buffer;
+
+// A reference a mapping holds on a buffer: the buffer's id and, while the
+// reference is held (so the buffer cannot go), the buffer itself.
+struct BufferRef {
+  uint64_t id = 0;
+  Buffer* buffer = nullptr;
+};
+
 // One mapping (one IOVA allocation, or one MapAt range) in a domain.
 struct MappingRecord {
   uint64_t mapping_id = 0;
   MappingKind kind = MappingKind::kMap;
-  std::string device;  // owner; "" for broker-owned (MSI doorbells)
+  std::string device;            // owner; "" for broker-owned (MSI doorbells)
+  DeviceState* owner = nullptr;  // the same, charged for it; null for broker-owned
   uint64_t session_id = 0;
   Iova iova;  // start of the IOVA allocation / range
   uint64_t iova_size_bytes = 0;
@@ -48,12 +59,12 @@ struct MappingRecord {
   Prot prot = Prot::kNone;
   // Granule-aligned ranges actually written to the page table.
   InlinedOne<std::pair<Iova, uint64_t>> pt_ranges;
-  InlinedOne<MappedPiece> pieces;    // in IOVA order
-  InlinedOne<uint64_t> buffer_refs;  // buffers holding one reference each
-  uint64_t owned_buffer_id = 0;      // Alloc: freed with the mapping
-  uint64_t export_id = 0;            // kImport: the export it imports
-  uint64_t mapped_bytes = 0;         // charged to the device's quota
-  std::vector<DmaSegment> segments;  // MapSg result, for GetSgTable/Get
+  InlinedOne<MappedPiece> pieces;     // in IOVA order
+  InlinedOne<BufferRef> buffer_refs;  // buffers holding one reference each
+  uint64_t owned_buffer_id = 0;       // Alloc: freed with the mapping
+  uint64_t export_id = 0;             // kImport: the export it imports
+  uint64_t mapped_bytes = 0;          // charged to the device's quota
+  std::vector<DmaSegment> segments;   // MapSg result, for GetSgTable/Get
 };
 
 // A domain's mapping records, keyed by IOVA start. Not thread-safe: the

@@ -25,7 +25,7 @@ MappingRecord Record(uint64_t iova, uint64_t size_bytes, uint64_t id) {
                   .mapped_bytes = size_bytes};
   r.pt_ranges.push_back({Iova(iova), size_bytes});
   r.pieces.push_back({Iova(iova), PhysAddr(id << 12), size_bytes});
-  r.buffer_refs.push_back(id);
+  r.buffer_refs.push_back({.id = id});
   return r;
 }
 
@@ -187,7 +187,7 @@ TEST(MappingTableTest, RandomSequencesMatchModel) {
         ASSERT_EQ(r.pieces.size(), 1u);
         EXPECT_EQ(r.pieces[0].phys, it->second.pieces[0].phys);
         ASSERT_EQ(r.buffer_refs.size(), 1u);
-        EXPECT_EQ(r.buffer_refs[0], it->second.buffer_refs[0]);
+        EXPECT_EQ(r.buffer_refs[0].id, it->second.buffer_refs[0].id);
         model.erase(it);
       }
       ASSERT_EQ(t.size(), model.size());

@@ -56,62 +56,44 @@ absl::Status Broker::CloseSession(const Caller& caller, uint64_t session_id) {
 int Broker::Tick() {
   std::vector<uint64_t> expired;
   std::vector<std::shared_ptr<SessionGate>> gates;
-  std::vector<std::shared_ptr<Domain>> domains;
   {
     absl::MutexLock l(&impl_->registry_mu_);
     expired = impl_->sessions_.Expire(impl_->options_.now(), &gates);
-    for (const auto& [id, d] : impl_->domains_) domains.push_back(d);
   }
   for (const auto& gate : gates) BrokerImpl::CloseGate(*gate);
   for (uint64_t id : expired) impl_->ReleaseSession(id);
-  for (const auto& d : domains) {
-    absl::MutexLock dl(&d->mu);
-    if (auto* c = std::get_if<internal::IovaCookie>(&d->cookie); c && c->fq) c->fq->Poll();
+  for (const auto& d : impl_->AllDomains()) {
+    if (d->type() != DomainType::kDmaFq) continue;
+    BrokerImpl::Buffers::Refs refs(*impl_->buffers_);
+    Domain::Transaction txn(*d, refs);
+    txn.PollFlushQueue();
   }
   return int(expired.size());
 }
 
 void BrokerImpl::ReleaseSession(uint64_t session_id) {
   // Mappings first (they hold buffer references), then buffers, then domains.
-  std::vector<std::shared_ptr<Domain>> domains;
-  {
-    absl::ReaderMutexLock l(&registry_mu_);
-    for (const auto& [id, d] : domains_) domains.push_back(d);
-  }
-  for (const auto& d : domains) {
-    absl::MutexLock dl(&d->mu);
+  for (const auto& d : AllDomains()) {
+    Buffers::Refs refs(*buffers_);
+    Domain::Transaction txn(*d, refs);
     std::vector<uint64_t> doomed;
-    d->mappings.ForEach([&](const internal::MappingRecord& m) {
+    txn.mappings().ForEach([&](const internal::MappingRecord& m) {
       if (m.session_id == session_id) doomed.push_back(m.iova.value());
     });
     // In IOVA order, as the IOVA frees have always been made.
     std::sort(doomed.begin(), doomed.end());
-    for (uint64_t iova : doomed) RemoveMappingLocked(*d, iova);
+    for (uint64_t iova : doomed) txn.Remove(iova);
   }
-  {
-    absl::MutexLock bl(&buffers_mu_);
-    std::vector<uint64_t> doomed;
-    for (const auto& [id, b] : buffers_) {
-      if (b.session_id == session_id && b.map_refs == 0) doomed.push_back(id);
-    }
-    for (uint64_t id : doomed) {
-      const absl::Status s = FreeBufferLocked(id);
-      assert(s.ok());
-      (void)s;
-    }
-  }
+  buffers_->ReleaseSession(session_id);
   std::vector<uint64_t> session_domains;
   {
     absl::MutexLock l(&registry_mu_);
     for (const auto& [id, d] : domains_) {
-      if (d->session_id != session_id) continue;
+      if (d->session_id() != session_id) continue;
       // Devices still attached go back to their default domains.
-      for (const std::string& name : d->attached) {
-        DeviceState& dev = *devices_.at(name);
-        dev.current = dev.default_domain;
-        dev.current->attached.push_back(name);
+      for (const auto& [name, dev] : devices_) {
+        if (dev->current == d) dev->SetCurrent(dev->default_domain);
       }
-      d->attached.clear();
       session_domains.push_back(id);
     }
   }

@@ -56,7 +56,7 @@ absl::StatusOr<TranslateResult> Broker::Translate(const Caller& caller,
     ASSIGN_OR_RETURN(dev, impl_->ActAs(caller, request.device));
   }
   std::shared_ptr<Domain> d = impl_->CurrentDomain(*dev);
-  internal::Smmu& smmu = *d->smmu;
+  internal::Smmu& smmu = d->smmu();
   TranslateResult out;
   auto fault = [&](FaultType type, uint64_t at) {
     out.faulted = true;
@@ -66,14 +66,14 @@ absl::StatusOr<TranslateResult> Broker::Translate(const Caller& caller,
                                           .smmu = smmu.config.name,
                                           .stream_id = dev->config.stream_id,
                                           .device = dev->config.name,
-                                          .domain_id = d->id,
+                                          .domain_id = d->id(),
                                           .iova = Iova(at),
                                           .access = request.access});
     dev->faults_by_type[size_t(type)].fetch_add(1, std::memory_order_relaxed);
     absl::MutexLock l(&smmu.mu);
     ++smmu.translations_fault;
   };
-  switch (d->type) {
+  switch (d->type()) {
     case DomainType::kBlocked:
       fault(FaultType::kAccessBlocked, request.iova);
       return out;
@@ -96,14 +96,14 @@ absl::StatusOr<TranslateResult> Broker::Translate(const Caller& caller,
   }
   uint64_t at = request.iova;
   while (true) {
-    if (at > d->aperture_end) {  // beyond the input address size
+    if (at > d->aperture_end()) {  // beyond the input address size
       fault(FaultType::kAddressSize, at);
       return out;
     }
     std::optional<IotlbHit> hit;
     {
       absl::MutexLock l(&smmu.mu);
-      hit = smmu.iotlb->Lookup(d->tag, Iova(at));
+      hit = smmu.iotlb->Lookup(d->tag(), Iova(at));
     }
     uint64_t leaf_end;  // last byte covered by the translation used
     PhysAddr phys;
@@ -115,8 +115,8 @@ absl::StatusOr<TranslateResult> Broker::Translate(const Caller& caller,
     } else {
       // Walk and fill under the domain lock, so an unmap cannot slip between
       // the walk and the fill and leave a stale entry behind.
-      absl::ReaderMutexLock dl(&d->mu);
-      auto walk = d->pgtable->Walk(Iova(at));
+      Domain::Reader r(*d);
+      auto walk = r.pgtable()->Walk(Iova(at));
       if (!walk.ok()) {
         fault(walk.status().code() == absl::StatusCode::kOutOfRange ? FaultType::kAddressSize
                                                                     : FaultType::kTranslation,
@@ -128,7 +128,7 @@ absl::StatusOr<TranslateResult> Broker::Translate(const Caller& caller,
       leaf_end = walk->leaf_iova.value() + walk->leaf_size_bytes - 1;
       absl::MutexLock l(&smmu.mu);
       const absl::Status s = smmu.iotlb->Insert(
-          d->tag, walk->leaf_iova, Log2(walk->leaf_size_bytes), walk->leaf_phys, walk->grant);
+          d->tag(), walk->leaf_iova, Log2(walk->leaf_size_bytes), walk->leaf_phys, walk->grant);
       assert(s.ok());
       (void)s;
     }
@@ -165,20 +165,20 @@ absl::StatusOr<MsiCookieResult> Broker::MsiCookie(const Caller& caller,
     {
       absl::ReaderMutexLock l(&impl_->registry_mu_);
       if (!impl_->MaySee(caller, *d)) {
-        return FieldError(absl::StatusCode::kNotFound, "domain_id", d->id, "no such domain");
+        return FieldError(absl::StatusCode::kNotFound, "domain_id", d->id(), "no such domain");
       }
     }
-    if (!caller.admin && d->owner != request.device) {
-      return FieldError(absl::StatusCode::kPermissionDenied, "domain_id", d->id,
+    if (!caller.admin && d->owner() != request.device) {
+      return FieldError(absl::StatusCode::kPermissionDenied, "domain_id", d->id(),
                         "only the domain's owner may set its MSI window");
     }
-    if (d->type != DomainType::kUnmanaged) {
-      return FieldError(absl::StatusCode::kFailedPrecondition, "domain_id", d->id,
+    if (d->type() != DomainType::kUnmanaged) {
+      return FieldError(absl::StatusCode::kFailedPrecondition, "domain_id", d->id(),
                         absl::StrFormat("an MSI window belongs to UNMANAGED domains; this one "
                                         "is %s and uses its IOVA cookie",
-                                        DomainTypeName(d->type)));
+                                        DomainTypeName(d->type())));
     }
-    const uint64_t g = d->granule_bytes;
+    const uint64_t g = d->granule_bytes();
     if (request.window_size_bytes == 0 || !IsAligned(request.window_size_bytes, g)) {
       return InvalidField(
           "window_size_bytes", request.window_size_bytes,
@@ -189,50 +189,20 @@ absl::StatusOr<MsiCookieResult> Broker::MsiCookie(const Caller& caller,
                           absl::StrFormat("must be aligned to the %#x-byte granule", g));
     }
     const auto wlast = LastOfRange(request.window_base, request.window_size_bytes);
-    if (!wlast || request.window_base < d->aperture_start || *wlast > d->aperture_end) {
+    if (!wlast || request.window_base < d->aperture_start() || *wlast > d->aperture_end()) {
       return OutOfRangeField("window_base", request.window_base,
                              absl::StrFormat("window must lie inside the aperture [%#x, %#x]",
-                                             d->aperture_start, d->aperture_end));
+                                             d->aperture_start(), d->aperture_end()));
     }
-    const bool is_current = impl_->CurrentDomain(*dev) == d;  // before d->mu (lock order)
-    absl::MutexLock l(&d->mu);
-    bool already = false;
-    absl::Status st = std::visit(
-        internal::Overloaded{
-            [&](internal::NoCookie&) ABSL_NO_THREAD_SAFETY_ANALYSIS -> absl::Status {
-              // d->mu is held (lambdas do not inherit the lock context).
-              if (absl::Status s = d->pgtable->CheckUnmapped(Iova(request.window_base),
-                                                             request.window_size_bytes);
-                  !s.ok()) {
-                return FieldError(
-                    absl::StatusCode::kAlreadyExists, "window_base", request.window_base,
-                    absl::StrFormat("window overlaps existing mappings: %s", s.message()));
-              }
-              return absl::OkStatus();
-            },
-            [&](internal::MsiWindowCookie& w) -> absl::Status {
-              if (w.base == request.window_base && w.size_bytes == request.window_size_bytes) {
-                already = true;  // idempotent
-                return absl::OkStatus();
-              }
-              return FieldError(
-                  absl::StatusCode::kAlreadyExists, "domain_id", d->id,
-                  absl::StrFormat("already has the MSI window [%#x, +%#x)", w.base, w.size_bytes));
-            },
-            [&](internal::IovaCookie&) -> absl::Status {
-              assert(false && "UNMANAGED domains never hold an IOVA cookie");
-              return absl::InternalError("UNMANAGED domain with an IOVA cookie");
-            },
-        },
-        d->cookie);
-    RETURN_IF_ERROR(st);
-    if (!already) {
-      d->cookie = internal::MsiWindowCookie{.base = request.window_base,
-                                            .size_bytes = request.window_size_bytes};
+    const bool is_current = impl_->CurrentDomain(*dev) == d;  // before the domain (lock order)
+    {
+      BrokerImpl::Buffers::Refs refs(*impl_->buffers_);
+      Domain::Transaction txn(*d, refs);
+      RETURN_IF_ERROR(txn.SetMsiWindow(request.window_base, request.window_size_bytes));
     }
     // Without a device doorbell the call only set up the window.
     if (dev->config.msi_doorbell.empty() || !is_current) {
-      return MsiCookieResult{.msi_addr = 0, .domain_id = d->id, .newly_mapped = false};
+      return MsiCookieResult{.msi_addr = 0, .domain_id = d->id(), .newly_mapped = false};
     }
   } else if (request.window_size_bytes != 0 || request.window_base != 0) {
     return InvalidField("window_size_bytes", request.window_size_bytes,
@@ -251,74 +221,23 @@ absl::StatusOr<MsiCookieResult> Broker::MsiCookie(const Caller& caller,
   }
   assert(region != nullptr);  // ValidateTopology checked it
   const uint64_t doorbell = region->base.value() + dev->config.msi_doorbell_offset;
-  const uint64_t g = d->granule_bytes;
+  const uint64_t g = d->granule_bytes();
   const uint64_t page = AlignDown(doorbell, g);
-  if (d->type == DomainType::kIdentity) {
-    return MsiCookieResult{.msi_addr = doorbell, .domain_id = d->id, .newly_mapped = false};
+  if (d->type() == DomainType::kIdentity) {
+    return MsiCookieResult{.msi_addr = doorbell, .domain_id = d->id(), .newly_mapped = false};
   }
-  if (d->type == DomainType::kBlocked) {
+  if (d->type() == DomainType::kBlocked) {
     return FieldError(absl::StatusCode::kFailedPrecondition, "device", request.device,
-                      absl::StrFormat("its current domain %d is BLOCKED", d->id));
+                      absl::StrFormat("its current domain %d is BLOCKED", d->id()));
   }
-  absl::MutexLock l(&d->mu);
-  const Prot prot = Prot::kWrite | Prot::kNoExec | Prot::kMmio;
-  // Each cookie type has its own way to find IOVA for the page.
-  auto map_page =
-      [&](std::map<uint64_t, uint64_t>& pages, absl::StatusOr<Iova> iova, bool from_allocator)
-          ABSL_NO_THREAD_SAFETY_ANALYSIS -> absl::StatusOr<MsiCookieResult> {
-    if (!iova.ok()) return iova.status();
-    if (absl::Status s = impl_->MapPiecesLocked(*d, {{*iova, {PhysAddr(page), g}}}, prot);
-        !s.ok()) {
-      if (from_allocator) impl_->FreeIovaLocked(*d, *iova, g);
-      return s;
-    }
-    pages[page] = iova->value();
-    MappingRecord rec{.kind = MappingKind::kMsi,
-                      .iova = *iova,
-                      .iova_size_bytes = g,
-                      .iova_from_allocator = from_allocator,
-                      .dma_offset = doorbell - page,
-                      .prot = prot,
-                      .pt_ranges = {{*iova, g}},
-                      .pieces = {{*iova + (doorbell - page), PhysAddr(doorbell), 4}}};
-    impl_->CommitMappingLocked(*d, std::move(rec));
-    return MsiCookieResult{
-        .msi_addr = iova->value() + (doorbell - page), .domain_id = d->id, .newly_mapped = true};
-  };
-  return std::visit(
-      internal::Overloaded{
-          [&](internal::NoCookie&) -> absl::StatusOr<MsiCookieResult> {
-            return FieldError(absl::StatusCode::kFailedPrecondition, "domain_id", d->id,
-                              "UNMANAGED domain has no MSI cookie: its owner must first set "
-                              "an MSI window (MsiCookie with domain_id and window)");
-          },
-          [&](internal::IovaCookie& c)
-              ABSL_NO_THREAD_SAFETY_ANALYSIS -> absl::StatusOr<MsiCookieResult> {
-                if (auto it = c.msi_pages.find(page); it != c.msi_pages.end()) {
-                  return MsiCookieResult{.msi_addr = it->second + (doorbell - page),
-                                         .domain_id = d->id,
-                                         .newly_mapped = false};
-                }
-                return map_page(c.msi_pages, impl_->AllocIovaLocked(*d, *dev, g), true);
-              },
-          [&](internal::MsiWindowCookie& w) -> absl::StatusOr<MsiCookieResult> {
-            if (auto it = w.msi_pages.find(page); it != w.msi_pages.end()) {
-              return MsiCookieResult{.msi_addr = it->second + (doorbell - page),
-                                     .domain_id = d->id,
-                                     .newly_mapped = false};
-            }
-            // Linear allocation inside the bounds-checked window.
-            if (w.next_offset + g > w.size_bytes) {
-              return FieldError(
-                  absl::StatusCode::kResourceExhausted, "domain_id", d->id,
-                  absl::StrFormat("MSI window [%#x, +%#x) is full", w.base, w.size_bytes));
-            }
-            auto r = map_page(w.msi_pages, Iova(w.base + w.next_offset), false);
-            if (r.ok()) w.next_offset += g;
-            return r;
-          },
-      },
-      d->cookie);
+  BrokerImpl::Buffers::Refs refs(*impl_->buffers_);
+  Domain::Transaction txn(*d, refs);
+  ASSIGN_OR_RETURN(Domain::Transaction::MsiPage p,
+                   txn.MapMsiPage(page, doorbell, impl_->DeviceLimit(*d, *dev),
+                                  [&] { return impl_->NewMappingId(); }));
+  return MsiCookieResult{.msi_addr = p.iova.value() + (doorbell - page),
+                         .domain_id = d->id(),
+                         .newly_mapped = p.newly_mapped};
 }
 
 // --- Views ---------------------------------------------------------------------------------
@@ -333,8 +252,8 @@ absl::StatusOr<std::vector<DeviceInfo>> Broker::ListDevices(const Caller& caller
     if (!caller.admin && cfg.name != caller.device) continue;
     const auto& dev = *impl_->devices_.at(cfg.name);
     out.push_back({.config = cfg,
-                   .current_domain_id = dev.current->id,
-                   .default_domain_id = dev.default_domain->id,
+                   .current_domain_id = dev.current->id(),
+                   .default_domain_id = dev.default_domain->id(),
                    .mapped_bytes = dev.mapped_bytes.load(),
                    .mappings = dev.mappings.load(),
                    .buffers = dev.buffers.load(),
@@ -375,13 +294,15 @@ absl::StatusOr<BrokerStats> Broker::GetStats(const Caller& caller) const {
                          .translations_fault = s->translations_fault});
   }
   for (const auto& d : domains) {
-    DomainStats ds{
-        .domain_id = d->id, .smmu = d->smmu->config.name, .type = d->type, .strict = d->strict};
-    absl::ReaderMutexLock l(&d->mu);
-    if (d->pgtable) ds.pgtable = d->pgtable->Stats();
-    ds.mappings = d->mappings.size();
-    ds.mapped_bytes = d->mapped_bytes;
-    if (const auto* c = std::get_if<internal::IovaCookie>(&d->cookie)) {
+    DomainStats ds{.domain_id = d->id(),
+                   .smmu = d->smmu().config.name,
+                   .type = d->type(),
+                   .strict = d->strict()};
+    Domain::Reader r(*d);
+    if (r.pgtable() != nullptr) ds.pgtable = r.pgtable()->Stats();
+    ds.mappings = r.mappings().size();
+    ds.mapped_bytes = r.mapped_bytes();
+    if (const auto* c = std::get_if<internal::IovaCookie>(&r.cookie())) {
       ds.iova = c->iovad->GetStats();
       if (c->fq) ds.flush_queue = c->fq->stats();
     }

@@ -24,13 +24,13 @@ absl::StatusOr<MapResult> Broker::MapAt(const Caller& caller, const std::string&
   ASSIGN_OR_RETURN(auto* dev, impl_->ActAs(caller, device));
   ASSIGN_OR_RETURN(BrokerImpl::SessionPin pin, impl_->PinSession(caller));
   std::shared_ptr<Domain> d = impl_->CurrentDomain(*dev);
-  if (d->type != DomainType::kUnmanaged) {
-    return FieldError(absl::StatusCode::kFailedPrecondition, "domain_id", d->id,
+  if (d->type() != DomainType::kUnmanaged) {
+    return FieldError(absl::StatusCode::kFailedPrecondition, "domain_id", d->id(),
                       absl::StrFormat("MapAt needs an UNMANAGED domain; the device's current "
                                       "domain is %s",
-                                      DomainTypeName(d->type)));
+                                      DomainTypeName(d->type())));
   }
-  const uint64_t g = d->granule_bytes;
+  const uint64_t g = d->granule_bytes();
   if (!IsAligned(iova, g)) {
     return InvalidField("iova", iova,
                         absl::StrFormat("must be aligned to the %#x-byte granule", g));
@@ -42,15 +42,16 @@ absl::StatusOr<MapResult> Broker::MapAt(const Caller& caller, const std::string&
   const auto last = LastOfRange(iova, mem.length_bytes);
   if (!last) return InvalidField("mem.length_bytes", mem.length_bytes, "iova + length passes 2^64");
   const uint64_t limit = impl_->DeviceLimit(*d, *dev);
-  if (iova < d->aperture_start || *last > limit) {
+  if (iova < d->aperture_start() || *last > limit) {
     return OutOfRangeField("iova", iova,
                            absl::StrFormat("range must lie in [%#x, %#x] (aperture and DMA mask)",
-                                           d->aperture_start, limit));
+                                           d->aperture_start(), limit));
   }
-  BrokerImpl::ResolvedMem res;
-  RETURN_IF_ERROR(impl_->ResolveAndRef(caller, *dev, mem, "mem", &res));
+  BrokerImpl::Buffers::Refs refs(*impl_->buffers_);
+  internal::ResolvedMem res;
+  RETURN_IF_ERROR(refs.Resolve(caller, *dev, mem, "mem", &res));
   auto fail = [&](absl::Status s) {
-    impl_->DropRefs(res.buffers);
+    refs.Drop(res.buffers);
     return s;
   };
   for (const PhysRun& r : res.runs) {
@@ -61,60 +62,64 @@ absl::StatusOr<MapResult> Broker::MapAt(const Caller& caller, const std::string&
                                                r.start.value(), g)));
     }
   }
-  if (absl::Status s = impl_->ChargeMapping(*dev, mem.length_bytes); !s.ok()) return fail(s);
-  absl::MutexLock l(&d->mu);
-  if (const auto* w = std::get_if<internal::MsiWindowCookie>(&d->cookie)) {
-    if (iova <= w->base + w->size_bytes - 1 && w->base <= *last) {
-      impl_->RefundMapping(*dev, mem.length_bytes);
-      return fail(FieldError(absl::StatusCode::kAlreadyExists, "iova", iova,
-                             absl::StrFormat("overlaps the domain's MSI window [%#x, %#x]", w->base,
-                                             w->base + w->size_bytes - 1)));
-    }
+  if (absl::Status s = dev->ChargeMapping(mem.length_bytes); !s.ok()) return fail(s);
+  Domain::Transaction txn(*d, refs);
+  if (const auto window = txn.MsiWindow();
+      window.has_value() && iova <= window->first + window->second - 1 && window->first <= *last) {
+    dev->RefundMapping(mem.length_bytes);
+    return fail(FieldError(absl::StatusCode::kAlreadyExists, "iova", iova,
+                           absl::StrFormat("overlaps the domain's MSI window [%#x, %#x]",
+                                           window->first, window->first + window->second - 1)));
   }
-  MappingRecord rec{.kind = MappingKind::kMapAt,
-                    .device = device,
-                    .session_id = caller.session_id,
-                    .iova = Iova(iova),
-                    .iova_size_bytes = mem.length_bytes,
-                    .prot = impl_->ProtFor(*dev, direction, attrs),
-                    .buffer_refs = res.buffers,
-                    .mapped_bytes = mem.length_bytes};
   std::vector<std::pair<Iova, PhysRun>> ranges;
   Iova at(iova);
   for (const PhysRun& r : res.runs) {
     ranges.push_back({at, r});
-    rec.pt_ranges.push_back({at, r.size_bytes});
-    rec.pieces.push_back({at, r.start, r.size_bytes});
     at += r.size_bytes;
   }
-  if (absl::Status s = impl_->MapPiecesLocked(*d, ranges, rec.prot); !s.ok()) {
-    impl_->RefundMapping(*dev, mem.length_bytes);
+  const Prot prot = impl_->ProtFor(*dev, direction, attrs);
+  if (absl::Status s = txn.MapRanges(ranges, prot); !s.ok()) {
+    dev->RefundMapping(mem.length_bytes);
     return fail(s);
   }
-  MapResult out{.dma_addr = iova, .domain_id = d->id, .iova_size_bytes = mem.length_bytes};
-  out.mapping_id = impl_->CommitMappingLocked(*d, std::move(rec));
-  return out;
+  MappingRecord& rec =
+      txn.Insert(Iova(iova), mem.length_bytes, mem.length_bytes, impl_->NewMappingId());
+  rec.kind = MappingKind::kMapAt;
+  rec.device = device;
+  rec.owner = dev;
+  rec.session_id = caller.session_id;
+  rec.prot = prot;
+  rec.buffer_refs = res.buffers;
+  for (const auto& [pt_iova, r] : ranges) {
+    rec.pt_ranges.push_back({pt_iova, r.size_bytes});
+    rec.pieces.push_back({pt_iova, r.start, r.size_bytes});
+  }
+  return MapResult{.dma_addr = iova,
+                   .mapping_id = rec.mapping_id,
+                   .domain_id = d->id(),
+                   .iova_size_bytes = mem.length_bytes};
 }
 
 absl::StatusOr<uint64_t> Broker::UnmapRange(const Caller& caller, const std::string& device,
                                             uint64_t iova, uint64_t size_bytes) {
   ASSIGN_OR_RETURN(auto* dev, impl_->ActAs(caller, device));
   std::shared_ptr<Domain> d = impl_->CurrentDomain(*dev);
-  if (d->type != DomainType::kUnmanaged) {
-    return FieldError(absl::StatusCode::kFailedPrecondition, "domain_id", d->id,
+  if (d->type() != DomainType::kUnmanaged) {
+    return FieldError(absl::StatusCode::kFailedPrecondition, "domain_id", d->id(),
                       absl::StrFormat("UnmapRange needs an UNMANAGED domain; the device's "
                                       "current domain is %s",
-                                      DomainTypeName(d->type)));
+                                      DomainTypeName(d->type())));
   }
   const auto last = LastOfRange(iova, size_bytes);
   if (!last) return InvalidField("size_bytes", size_bytes, "zero, or iova + size passes 2^64");
-  absl::MutexLock l(&d->mu);
+  BrokerImpl::Buffers::Refs refs(*impl_->buffers_);
+  Domain::Transaction txn(*d, refs);
   // virtio-iommu RANGE semantics: every mapping inside goes; one that would
   // be split fails the whole call and changes nothing.
   std::vector<uint64_t> doomed;
   uint64_t bytes = 0;
   absl::Status refused;
-  d->mappings.ForEachOverlapping(iova, *last, [&](const MappingRecord& m) {
+  txn.mappings().ForEachOverlapping(iova, *last, [&](const MappingRecord& m) {
     const uint64_t m_last = m.iova.value() + m.iova_size_bytes - 1;
     if (m.iova.value() < iova || m_last > *last) {
       refused = FieldError(
@@ -132,7 +137,7 @@ absl::StatusOr<uint64_t> Broker::UnmapRange(const Caller& caller, const std::str
     return true;
   });
   if (!refused.ok()) return refused;
-  for (uint64_t start : doomed) impl_->RemoveMappingLocked(*d, start);
+  for (uint64_t start : doomed) txn.Remove(start);
   return bytes;
 }
 

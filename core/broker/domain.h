@@ -1,0 +1,334 @@
+#ifndef IOMMU_CORE_BROKER_DOMAIN_H_
+#define IOMMU_CORE_BROKER_DOMAIN_H_
+
+// An SMMU instance and the I/O address spaces (domains) on it.
+//
+// A Domain owns its lock, page table, typed cookie and mapping records, and
+// performs its own map and unmap. Every change to a domain is made through a
+// Domain::Transaction: it holds the domain's lock, gathers the IOTLB
+// invalidations of the unmaps it makes and the IOVAs and buffer references
+// they release, and on commit invalidates first, then frees the IOVAs, then
+// hands the released mappings to their releaser (the kernel's
+// gather-then-sync; docs/design.md#domain-transactions). So an IOVA is never
+// reused, and memory never unpinned, while an IOTLB entry for it may remain
+// in a strict domain, and a commit is the one point where a mutation of a
+// domain becomes visible.
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <utility>
+#include <variant>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/inlined_vector.h"
+#include "absl/functional/function_ref.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "absl/types/span.h"
+#include "core/base/prot.h"
+#include "core/base/types.h"
+#include "core/broker/broker_mappings.h"
+#include "core/broker/broker_types.h"
+#include "core/broker/topology.h"
+#include "core/iotlb/flush_queue.h"
+#include "core/iotlb/iotlb.h"
+#include "core/iova/iova_allocator.h"
+#include "core/pgtable/io_pgtable.h"
+
+namespace iommu::core::internal {
+
+// One SMMU instance: its IOTLB and its translation contexts.
+// Thread-safe: mu guards the IOTLB and the context table (lock order 4).
+struct Smmu {
+  SmmuConfig config;
+  std::vector<uint8_t> leaf_sizes_log2;  // every leaf size its formats produce
+  mutable absl::Mutex mu;
+  std::unique_ptr<Iotlb> iotlb ABSL_GUARDED_BY(mu);
+  std::vector<bool> context_in_use ABSL_GUARDED_BY(mu);  // index = context = ASID/VMID
+  uint64_t translations_ok ABSL_GUARDED_BY(mu) = 0;
+  uint64_t translations_fault ABSL_GUARDED_BY(mu) = 0;
+};
+
+// Typed cookies (docs/design.md#typed-cookies). A domain holds exactly one;
+// every use is a std::visit with a case per type, so a cookie of one type can
+// never be read as another (the 2016 and 2025 mix-ups).
+struct NoCookie {};
+struct IovaCookie {
+  std::unique_ptr<IovaAllocator> iovad;
+  std::unique_ptr<FlushQueue> fq;  // DMA_FQ only
+  // Doorbell page (physical) -> its IOVA in this domain.
+  std::map<uint64_t, uint64_t> msi_pages;
+};
+struct MsiWindowCookie {
+  uint64_t base = 0;
+  uint64_t size_bytes = 0;
+  uint64_t next_offset = 0;  // linear allocator within the window
+  std::map<uint64_t, uint64_t> msi_pages;
+};
+using Cookie = std::variant<NoCookie, IovaCookie, MsiWindowCookie>;
+
+template <class... Ts>
+struct Overloaded : Ts... {
+  using Ts::operator()...;
+};
+template <class... Ts>
+Overloaded(Ts...) -> Overloaded<Ts...>;
+
+// The flush ops a domain's page table calls: invalidations of this domain's
+// tag in its SMMU's IOTLB. Called with the domain's lock held.
+class DomainFlushOps final : public FlushOps {
+ public:
+  DomainFlushOps(Smmu* smmu, TlbTag tag, bool strict) : smmu_(smmu), tag_(tag), strict_(strict) {}
+  void TlbFlushAll() override;
+  void TlbFlushWalk(Iova iova, uint64_t size_bytes, uint64_t granule_bytes) override;
+  void TlbAddPage(IotlbGather* gather, Iova iova, uint64_t granule_bytes) override;
+  void TlbAddPages(IotlbGather* gather, Iova iova, uint64_t granule_bytes, uint64_t count) override;
+
+ private:
+  Smmu* const smmu_;
+  const TlbTag tag_;
+  const bool strict_;
+};
+
+// Receives what a transaction's unmaps release. Unmapped is called as each
+// mapping leaves the domain: the releaser drops what the mapping held (quota,
+// buffer references, an owned buffer, an import) as one-at-a-time calls
+// would see it, but keeps any memory that became free. ReleaseUnmapped is
+// called by the commit once the transaction's invalidations are done and its
+// IOVAs freed, to return that memory. Both run with the domain's lock held.
+class MappingReleaser {
+ public:
+  virtual ~MappingReleaser() = default;
+  virtual void Unmapped(const MappingRecord& m) = 0;
+  virtual void ReleaseUnmapped() = 0;
+};
+
+struct DomainParams {
+  uint64_t id = 0;
+  DomainType type = DomainType::kDma;
+  uint64_t granule_bytes = 0;  // 0: the SMMU's smallest
+  std::string owner;           // creating device; "" for admin-created and default domains
+  bool is_default = false;
+  std::vector<std::string> granted;  // devices besides the owner that may attach
+  uint64_t session_id = 0;
+  bool try_32bit_first = false;  // PCI default domains (SAC addressing)
+  uint64_t iova_cache_max_pages = 32;
+  uint32_t flush_queue_capacity = 256;
+  absl::Duration flush_queue_timeout = absl::Milliseconds(10);
+  std::function<absl::Time()> now = absl::Now;
+};
+
+// One I/O address space. Its identity (id, type, SMMU, owner, grants,
+// granule, aperture, context) is fixed at creation; its page table, cookie
+// and mappings are reached only through a Transaction (changes) or a Reader.
+class Domain {
+ public:
+  // Takes a translation context of `smmu` (RESOURCE_EXHAUSTED when none is
+  // free) for translating types; INVALID_ARGUMENT for a granule the SMMU lacks.
+  static absl::StatusOr<std::shared_ptr<Domain>> Create(Smmu* smmu, DomainParams params);
+  ~Domain();
+  Domain(const Domain&) = delete;
+  Domain& operator=(const Domain&) = delete;
+
+  uint64_t id() const { return id_; }
+  DomainType type() const { return type_; }
+  Smmu& smmu() const { return *smmu_; }
+  const std::string& owner() const { return owner_; }
+  bool is_default() const { return is_default_; }
+  const std::vector<std::string>& granted() const { return granted_; }
+  uint64_t session_id() const { return session_id_; }
+  uint64_t granule_bytes() const { return granule_bytes_; }
+  uint64_t pgsize_bitmap() const { return pgsize_bitmap_; }
+  uint64_t aperture_start() const { return aperture_start_; }
+  uint64_t aperture_end() const { return aperture_end_; }  // inclusive
+  const TlbTag& tag() const { return tag_; }
+  bool strict() const { return strict_; }
+  // DMA and DMA_FQ: an IOVA cookie allocates the addresses.
+  bool has_iova_cookie() const { return type_ == DomainType::kDma || type_ == DomainType::kDmaFq; }
+  // FAILED_PRECONDITION naming `call`, which needs a DMA or DMA_FQ domain.
+  absl::Status NeedsIovaCookie(const char* call) const;
+
+  // Returns the translation context to the SMMU (its IOTLB entries dropped).
+  // Once, when the domain is destroyed, after its last mapping is gone.
+  void ReleaseContext();
+
+  class Transaction;
+  class Reader;
+
+ private:
+  friend class Transaction;
+  friend class Reader;
+  Domain(Smmu* smmu, DomainParams params);
+  // Frees an IOVA allocation of the IOVA cookie.
+  void FreeIova(Iova iova, uint64_t size_bytes) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  const uint64_t id_;
+  const DomainType type_;
+  Smmu* const smmu_;
+  const std::string owner_;
+  const bool is_default_;
+  const std::vector<std::string> granted_;
+  const uint64_t session_id_;
+  const uint64_t granule_bytes_;
+  const uint64_t pgsize_bitmap_;
+  const uint64_t aperture_start_ = 0;
+  const uint64_t aperture_end_;
+  uint32_t context_ = 0;  // ASID (stage 1) or VMID (stage 2); set once by Create
+  TlbTag tag_;            // set once by Create
+  const bool strict_;
+  std::unique_ptr<DomainFlushOps> flush_ops_;  // set once by Create
+
+  mutable absl::Mutex mu_;                                      // lock order 2
+  std::unique_ptr<IoPgtableOps> pgtable_ ABSL_GUARDED_BY(mu_);  // null: IDENTITY/BLOCKED
+  Cookie cookie_ ABSL_GUARDED_BY(mu_);
+  MappingTable mappings_ ABSL_GUARDED_BY(mu_);  // by IOVA start
+  uint64_t mapped_bytes_ ABSL_GUARDED_BY(mu_) = 0;
+};
+
+// Shared access to a domain's state (views, stats, translation walks).
+class ABSL_SCOPED_LOCKABLE Domain::Reader {
+ public:
+  explicit Reader(const Domain& d) ABSL_SHARED_LOCK_FUNCTION(d.mu_) : d_(d) { d_.mu_.ReaderLock(); }
+  ~Reader() ABSL_UNLOCK_FUNCTION() { d_.mu_.ReaderUnlock(); }
+  Reader(const Reader&) = delete;
+  Reader& operator=(const Reader&) = delete;
+
+  // (The analysis cannot see that this object holds the lock: each accessor
+  // asserts it.)
+  const IoPgtableOps* pgtable() const {
+    d_.mu_.AssertReaderHeld();
+    return d_.pgtable_.get();
+  }
+  const Cookie& cookie() const {
+    d_.mu_.AssertReaderHeld();
+    return d_.cookie_;
+  }
+  const MappingTable& mappings() const {
+    d_.mu_.AssertReaderHeld();
+    return d_.mappings_;
+  }
+  uint64_t mapped_bytes() const {
+    d_.mu_.AssertReaderHeld();
+    return d_.mapped_bytes_;
+  }
+
+ private:
+  const Domain& d_;
+};
+
+// Exclusive access to a domain for one operation or one run of them (a
+// Batch message). See the file comment for what Commit does and in which
+// order; the destructor commits.
+class ABSL_SCOPED_LOCKABLE Domain::Transaction {
+ public:
+  Transaction(Domain& d, MappingReleaser& releaser) ABSL_EXCLUSIVE_LOCK_FUNCTION(d.mu_)
+      : d_(d), releaser_(releaser) {
+    d_.mu_.Lock();
+  }
+  ~Transaction() ABSL_UNLOCK_FUNCTION() {
+    Commit();
+    d_.mu_.Unlock();
+  }
+  Transaction(const Transaction&) = delete;
+  Transaction& operator=(const Transaction&) = delete;
+
+  Domain& domain() const { return d_; }
+  const IoPgtableOps* pgtable() const {
+    d_.mu_.AssertHeld();
+    return d_.pgtable_.get();
+  }
+  const MappingTable& mappings() const {
+    d_.mu_.AssertHeld();
+    return d_.mappings_;
+  }
+  // The mapping whose IOVA range contains `addr`, or nullptr. Valid until the
+  // next Insert or Remove.
+  MappingRecord* Find(uint64_t addr) {
+    d_.mu_.AssertHeld();
+    return d_.mappings_.Find(addr);
+  }
+  MappingRecord* FindStart(uint64_t iova_start) {
+    d_.mu_.AssertHeld();
+    return d_.mappings_.FindStart(iova_start);
+  }
+
+  // IOVA for `size_bytes` at or below `limit` from the IOVA cookie
+  // (FAILED_PRECONDITION naming `call` for other cookies). The pending
+  // invalidations of this transaction complete first, so an address it
+  // unmapped is never handed out before the IOTLB forgot it.
+  absl::StatusOr<Iova> AllocIova(uint64_t size_bytes, uint64_t limit, const char* call);
+  // Returns an allocation AllocIova made that was never mapped.
+  void FreeIova(Iova iova, uint64_t size_bytes);
+  // Writes the ranges to the page table; on failure unmaps what it wrote and
+  // returns the error (nothing was translated through them meanwhile).
+  absl::Status MapRanges(absl::Span<const std::pair<Iova, PhysRun>> ranges, Prot prot);
+  // Adds a record for a mapping whose ranges are in the page table, with its
+  // id and mapped bytes set, for the caller to fill in before the commit.
+  MappingRecord& Insert(Iova iova, uint64_t iova_size_bytes, uint64_t mapped_bytes,
+                        uint64_t mapping_id) {
+    d_.mu_.AssertHeld();
+    MappingRecord& record = d_.mappings_.Emplace(iova, iova_size_bytes);
+    record.mapping_id = mapping_id;
+    record.mapped_bytes = mapped_bytes;
+    d_.mapped_bytes_ += mapped_bytes;
+    return record;
+  }
+  // Removes the mapping starting at `iova_start` (one must): the page table
+  // now; in a strict domain its IOTLB invalidation and IOVA free at commit,
+  // in a lazy one through the flush queue; the releaser is told at once.
+  void Remove(uint64_t iova_start);
+  // Completes the flush queue's pending invalidations (lazy domains).
+  void FlushQueue();
+  // Retires flush-queue entries whose timeout passed (lazy domains).
+  void PollFlushQueue();
+
+  // MSI (iommu_dma_prepare_msi). The MSI window (base, size) of an
+  // UNMANAGED domain, if set.
+  std::optional<std::pair<uint64_t, uint64_t>> MsiWindow() const;
+  // Sets the MSI window of an UNMANAGED domain:
+  // ALREADY_EXISTS when it overlaps mappings or another window is set; the
+  // same window again is a no-op.
+  absl::Status SetMsiWindow(uint64_t base, uint64_t size_bytes);
+  struct MsiPage {
+    Iova iova;
+    bool newly_mapped = false;
+  };
+  // The IOVA of doorbell page `page` (granule-aligned physical) in this
+  // domain, mapping it (write-only MMIO) on first use: from the IOVA cookie
+  // below `limit`, or linearly from the MSI window. `doorbell` is the
+  // doorbell's physical address inside the page.
+  absl::StatusOr<MsiPage> MapMsiPage(uint64_t page, uint64_t doorbell, uint64_t limit,
+                                     absl::FunctionRef<uint64_t()> new_mapping_id);
+
+  // Invalidates, frees IOVAs and releases as the file comment says. Called by
+  // the destructor; may be called before it to commit early (then the lock
+  // stays held until the destructor, and the transaction can go on).
+  void Commit() {
+    d_.mu_.AssertHeld();
+    if (!leaf_ranges_.empty() || !iova_frees_.empty()) CompleteInvalidations();
+    releaser_.ReleaseUnmapped();
+  }
+
+ private:
+  void CompleteInvalidations() ABSL_EXCLUSIVE_LOCKS_REQUIRED(d_.mu_);
+
+  Domain& d_;
+  MappingReleaser& releaser_;
+  // Strict unmaps: leaf ranges [first, last] to invalidate, then the IOVA
+  // allocations to free, in unmap order (so the allocator ends as
+  // one-at-a-time unmaps leave it).
+  // Inline room for a unary operation's, so it allocates nothing.
+  absl::InlinedVector<std::pair<uint64_t, uint64_t>, 2> leaf_ranges_;
+  absl::InlinedVector<std::pair<Iova, uint64_t>, 2> iova_frees_;
+};
+
+}  // namespace iommu::core::internal
+
+#endif  // IOMMU_CORE_BROKER_DOMAIN_H_
