@@ -191,8 +191,9 @@ void BatchReactor::SetError(const absl::Status& status, v1::BatchResult* result)
 
 void BatchReactor::RunMapUnmapRun(int begin, int end) {
   const std::string& device = *MapUnmapDevice(*request_, request_->ops(begin));
-  // ActAs depends on the identity and the device name only: one answer for the run.
-  absl::StatusOr<core::Caller> caller = Authenticator::ActAs(identity_, device, session_id_);
+  // CallerFor depends on the identity and the device name only: one answer for
+  // the run.
+  absl::StatusOr<core::Caller> caller = Authenticator::CallerFor(identity_, device, session_id_);
   if (!caller.ok()) {
     for (int i = begin; i < end; ++i) SetError(caller.status(), response_->mutable_results(i));
     return;
@@ -231,24 +232,15 @@ void BatchReactor::RunMapUnmapRun(int begin, int end) {
 void BatchReactor::RunOp(const v1::BatchOp& op, v1::BatchResult* result) {
   auto run = [&]() -> absl::Status {
     switch (op.op_case()) {
-      case v1::BatchOp::kMap: {
-        ASSIGN_OR_RETURN(core::Caller caller,
-                         Authenticator::ActAs(identity_, OpDevice(op.map().device()), session_id_));
-        ASSIGN_OR_RETURN(core::MapRequest req, FromProto(op.map(), caller.device));
-        ASSIGN_OR_RETURN(core::MapResult mapped, env_.broker->Map(caller, req));
-        ToProto(mapped, result->mutable_map());
-        return absl::OkStatus();
-      }
-      case v1::BatchOp::kUnmap: {
-        ASSIGN_OR_RETURN(
-            core::Caller caller,
-            Authenticator::ActAs(identity_, OpDevice(op.unmap().device()), session_id_));
-        return env_.broker->Unmap(caller, caller.device, op.unmap().dma_addr());
-      }
+      case v1::BatchOp::kMap:
+      case v1::BatchOp::kUnmap:
+        // Never here: Process() applies every Map and Unmap in a run
+        // (RunMapUnmapRun).
+        return absl::InternalError("a Map or Unmap op outside a run");
       case v1::BatchOp::kMapSg: {
         ASSIGN_OR_RETURN(
             core::Caller caller,
-            Authenticator::ActAs(identity_, OpDevice(op.map_sg().device()), session_id_));
+            Authenticator::CallerFor(identity_, OpDevice(op.map_sg().device()), session_id_));
         ASSIGN_OR_RETURN(core::MapSgRequest req, FromProto(op.map_sg(), caller.device));
         ASSIGN_OR_RETURN(core::MapSgResult mapped, env_.broker->MapSg(caller, req));
         ToProto(mapped, result->mutable_map_sg());
@@ -257,13 +249,13 @@ void BatchReactor::RunOp(const v1::BatchOp& op, v1::BatchResult* result) {
       case v1::BatchOp::kUnmapSg: {
         ASSIGN_OR_RETURN(
             core::Caller caller,
-            Authenticator::ActAs(identity_, OpDevice(op.unmap_sg().device()), session_id_));
+            Authenticator::CallerFor(identity_, OpDevice(op.unmap_sg().device()), session_id_));
         return env_.broker->UnmapSg(caller, caller.device, op.unmap_sg().dma_addr());
       }
       case v1::BatchOp::kTranslate: {
         ASSIGN_OR_RETURN(
             core::Caller caller,
-            Authenticator::ActAs(identity_, OpDevice(op.translate().device()), session_id_));
+            Authenticator::CallerFor(identity_, OpDevice(op.translate().device()), session_id_));
         ASSIGN_OR_RETURN(core::TranslateRequest req, FromProto(op.translate(), caller.device));
         ASSIGN_OR_RETURN(core::TranslateResult translated, env_.broker->Translate(caller, req));
         ToProto(translated, result->mutable_translate());
