@@ -1,6 +1,7 @@
 #include "server/batch_reactor.h"
 
 #include <algorithm>
+#include <variant>
 
 #include "absl/types/span.h"
 #include "core/base/status_macros.h"
@@ -203,16 +204,15 @@ void BatchReactor::RunMapUnmapRun(int begin, int end) {
   for (int i = begin; i < end; ++i) {
     const v1::BatchOp& op = request_->ops(i);
     if (op.op_case() == v1::BatchOp::kMap) {
-      core::DmaBatchOp& map = run_ops_.emplace_back();
-      if (absl::Status s = MapOpFromProto(op.map(), &map); !s.ok()) {
+      absl::StatusOr<core::MapRequest> map = FromProto(op.map());
+      if (!map.ok()) {
         // Fails before core, as Map would: no effect on the others.
-        run_ops_.pop_back();
-        SetError(s, response_->mutable_results(i));
+        SetError(map.status(), response_->mutable_results(i));
         continue;
       }
+      run_ops_.emplace_back(*map);
     } else {
-      run_ops_.push_back(
-          {.kind = core::DmaBatchOp::Kind::kUnmap, .dma_addr = op.unmap().dma_addr()});
+      run_ops_.emplace_back(FromProto(op.unmap()));
     }
     run_index_.push_back(i);
   }
@@ -223,7 +223,7 @@ void BatchReactor::RunMapUnmapRun(int begin, int end) {
     const core::DmaBatchResult& r = run_results_[k];
     if (!r.status.ok()) {
       SetError(r.status, result);
-    } else if (run_ops_[k].kind == core::DmaBatchOp::Kind::kMap) {
+    } else if (std::holds_alternative<core::MapRequest>(run_ops_[k])) {
       ToProto(r.map, result->mutable_map());
     }
   }
@@ -241,8 +241,8 @@ void BatchReactor::RunOp(const v1::BatchOp& op, v1::BatchResult* result) {
         ASSIGN_OR_RETURN(
             core::Caller caller,
             Authenticator::CallerFor(identity_, OpDevice(op.map_sg().device()), session_id_));
-        ASSIGN_OR_RETURN(core::MapSgRequest req, FromProto(op.map_sg(), caller.device));
-        ASSIGN_OR_RETURN(core::MapSgResult mapped, env_.broker->MapSg(caller, req));
+        ASSIGN_OR_RETURN(core::MapSgRequest req, FromProto(op.map_sg()));
+        ASSIGN_OR_RETURN(core::MapSgResult mapped, env_.broker->MapSg(caller, caller.device, req));
         ToProto(mapped, result->mutable_map_sg());
         return absl::OkStatus();
       }
@@ -250,7 +250,7 @@ void BatchReactor::RunOp(const v1::BatchOp& op, v1::BatchResult* result) {
         ASSIGN_OR_RETURN(
             core::Caller caller,
             Authenticator::CallerFor(identity_, OpDevice(op.unmap_sg().device()), session_id_));
-        return env_.broker->UnmapSg(caller, caller.device, op.unmap_sg().dma_addr());
+        return env_.broker->UnmapSg(caller, caller.device, core::Iova(op.unmap_sg().dma_addr()));
       }
       case v1::BatchOp::kTranslate: {
         ASSIGN_OR_RETURN(
