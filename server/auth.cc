@@ -250,9 +250,9 @@ absl::StatusOr<Identity> Authenticator::FromCertificate(
   return *found;
 }
 
-absl::StatusOr<core::Caller> Authenticator::ActAs(const Identity& identity,
-                                                  const std::string& request_device,
-                                                  uint64_t session_id) {
+absl::StatusOr<core::Caller> Authenticator::CallerFor(const Identity& identity,
+                                                      const std::string& request_device,
+                                                      uint64_t session_id) {
   switch (identity.kind) {
     case Identity::Kind::kUntrusted:
       if (request_device.empty()) return core::Caller{.admin = true, .session_id = session_id};

@@ -102,8 +102,9 @@ class Authenticator {
   // The core Caller for `identity` acting as `request_device`, owning
   // resources for `session_id`. PERMISSION_DENIED naming `device` when a
   // device identity names another device.
-  static absl::StatusOr<core::Caller> ActAs(const Identity& identity,
-                                            const std::string& request_device, uint64_t session_id);
+  static absl::StatusOr<core::Caller> CallerFor(const Identity& identity,
+                                                const std::string& request_device,
+                                                uint64_t session_id);
 
   // The `iommu-session-id` metadata: 0 when absent; INVALID_ARGUMENT naming
   // it when not a decimal number.

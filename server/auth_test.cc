@@ -9,31 +9,31 @@ namespace {
 
 using Kind = Identity::Kind;
 
-TEST(AuthTest, ActAsUnderEachIdentity) {
+TEST(AuthTest, CallerForUnderEachIdentity) {
   // --auth=none: the request is trusted; empty device is the admin.
-  auto none_dev = Authenticator::ActAs(Identity{}, "nic0", 5);
+  auto none_dev = Authenticator::CallerFor(Identity{}, "nic0", 5);
   ASSERT_TRUE(none_dev.ok());
   EXPECT_EQ(none_dev->device, "nic0");
   EXPECT_FALSE(none_dev->admin);
   EXPECT_EQ(none_dev->session_id, 5u);
-  auto none_admin = Authenticator::ActAs(Identity{}, "", 0);
+  auto none_admin = Authenticator::CallerFor(Identity{}, "", 0);
   ASSERT_TRUE(none_admin.ok());
   EXPECT_TRUE(none_admin->admin);
 
   // A device credential acts only as itself; empty means itself.
   const Identity nic0{.kind = Kind::kDevice, .device = "nic0"};
-  auto self = Authenticator::ActAs(nic0, "", 0);
+  auto self = Authenticator::CallerFor(nic0, "", 0);
   ASSERT_TRUE(self.ok());
   EXPECT_EQ(self->device, "nic0");
   EXPECT_FALSE(self->admin);
-  EXPECT_TRUE(Authenticator::ActAs(nic0, "nic0", 0).ok());
-  absl::Status other = Authenticator::ActAs(nic0, "nvme0", 0).status();
+  EXPECT_TRUE(Authenticator::CallerFor(nic0, "nic0", 0).ok());
+  absl::Status other = Authenticator::CallerFor(nic0, "nvme0", 0).status();
   EXPECT_EQ(other.code(), absl::StatusCode::kPermissionDenied);
   EXPECT_NE(other.message().find("device=\"nvme0\""), absl::string_view::npos) << other;
 
   // The admin acts as the named device, with admin rights.
   const Identity admin{.kind = Kind::kAdmin};
-  auto as_gpu = Authenticator::ActAs(admin, "gpu0", 0);
+  auto as_gpu = Authenticator::CallerFor(admin, "gpu0", 0);
   ASSERT_TRUE(as_gpu.ok());
   EXPECT_TRUE(as_gpu->admin);
   EXPECT_EQ(as_gpu->device, "gpu0");

@@ -1,6 +1,7 @@
 #include "server/batch_reactor.h"
 
 #include <algorithm>
+#include <variant>
 
 #include "absl/types/span.h"
 #include "core/base/status_macros.h"
@@ -191,8 +192,9 @@ void BatchReactor::SetError(const absl::Status& status, v1::BatchResult* result)
 
 void BatchReactor::RunMapUnmapRun(int begin, int end) {
   const std::string& device = *MapUnmapDevice(*request_, request_->ops(begin));
-  // ActAs depends on the identity and the device name only: one answer for the run.
-  absl::StatusOr<core::Caller> caller = Authenticator::ActAs(identity_, device, session_id_);
+  // CallerFor depends on the identity and the device name only: one answer for
+  // the run.
+  absl::StatusOr<core::Caller> caller = Authenticator::CallerFor(identity_, device, session_id_);
   if (!caller.ok()) {
     for (int i = begin; i < end; ++i) SetError(caller.status(), response_->mutable_results(i));
     return;
@@ -202,16 +204,15 @@ void BatchReactor::RunMapUnmapRun(int begin, int end) {
   for (int i = begin; i < end; ++i) {
     const v1::BatchOp& op = request_->ops(i);
     if (op.op_case() == v1::BatchOp::kMap) {
-      core::DmaBatchOp& map = run_ops_.emplace_back();
-      if (absl::Status s = MapOpFromProto(op.map(), &map); !s.ok()) {
+      absl::StatusOr<core::MapRequest> map = FromProto(op.map());
+      if (!map.ok()) {
         // Fails before core, as Map would: no effect on the others.
-        run_ops_.pop_back();
-        SetError(s, response_->mutable_results(i));
+        SetError(map.status(), response_->mutable_results(i));
         continue;
       }
+      run_ops_.emplace_back(*map);
     } else {
-      run_ops_.push_back(
-          {.kind = core::DmaBatchOp::Kind::kUnmap, .dma_addr = op.unmap().dma_addr()});
+      run_ops_.emplace_back(FromProto(op.unmap()));
     }
     run_index_.push_back(i);
   }
@@ -222,7 +223,7 @@ void BatchReactor::RunMapUnmapRun(int begin, int end) {
     const core::DmaBatchResult& r = run_results_[k];
     if (!r.status.ok()) {
       SetError(r.status, result);
-    } else if (run_ops_[k].kind == core::DmaBatchOp::Kind::kMap) {
+    } else if (std::holds_alternative<core::MapRequest>(run_ops_[k])) {
       ToProto(r.map, result->mutable_map());
     }
   }
@@ -231,39 +232,30 @@ void BatchReactor::RunMapUnmapRun(int begin, int end) {
 void BatchReactor::RunOp(const v1::BatchOp& op, v1::BatchResult* result) {
   auto run = [&]() -> absl::Status {
     switch (op.op_case()) {
-      case v1::BatchOp::kMap: {
-        ASSIGN_OR_RETURN(core::Caller caller,
-                         Authenticator::ActAs(identity_, OpDevice(op.map().device()), session_id_));
-        ASSIGN_OR_RETURN(core::MapRequest req, FromProto(op.map(), caller.device));
-        ASSIGN_OR_RETURN(core::MapResult mapped, env_.broker->Map(caller, req));
-        ToProto(mapped, result->mutable_map());
-        return absl::OkStatus();
-      }
-      case v1::BatchOp::kUnmap: {
-        ASSIGN_OR_RETURN(
-            core::Caller caller,
-            Authenticator::ActAs(identity_, OpDevice(op.unmap().device()), session_id_));
-        return env_.broker->Unmap(caller, caller.device, op.unmap().dma_addr());
-      }
+      case v1::BatchOp::kMap:
+      case v1::BatchOp::kUnmap:
+        // Never here: Process() applies every Map and Unmap in a run
+        // (RunMapUnmapRun).
+        return absl::InternalError("a Map or Unmap op outside a run");
       case v1::BatchOp::kMapSg: {
         ASSIGN_OR_RETURN(
             core::Caller caller,
-            Authenticator::ActAs(identity_, OpDevice(op.map_sg().device()), session_id_));
-        ASSIGN_OR_RETURN(core::MapSgRequest req, FromProto(op.map_sg(), caller.device));
-        ASSIGN_OR_RETURN(core::MapSgResult mapped, env_.broker->MapSg(caller, req));
+            Authenticator::CallerFor(identity_, OpDevice(op.map_sg().device()), session_id_));
+        ASSIGN_OR_RETURN(core::MapSgRequest req, FromProto(op.map_sg()));
+        ASSIGN_OR_RETURN(core::MapSgResult mapped, env_.broker->MapSg(caller, caller.device, req));
         ToProto(mapped, result->mutable_map_sg());
         return absl::OkStatus();
       }
       case v1::BatchOp::kUnmapSg: {
         ASSIGN_OR_RETURN(
             core::Caller caller,
-            Authenticator::ActAs(identity_, OpDevice(op.unmap_sg().device()), session_id_));
-        return env_.broker->UnmapSg(caller, caller.device, op.unmap_sg().dma_addr());
+            Authenticator::CallerFor(identity_, OpDevice(op.unmap_sg().device()), session_id_));
+        return env_.broker->UnmapSg(caller, caller.device, core::Iova(op.unmap_sg().dma_addr()));
       }
       case v1::BatchOp::kTranslate: {
         ASSIGN_OR_RETURN(
             core::Caller caller,
-            Authenticator::ActAs(identity_, OpDevice(op.translate().device()), session_id_));
+            Authenticator::CallerFor(identity_, OpDevice(op.translate().device()), session_id_));
         ASSIGN_OR_RETURN(core::TranslateRequest req, FromProto(op.translate(), caller.device));
         ASSIGN_OR_RETURN(core::TranslateResult translated, env_.broker->Translate(caller, req));
         ToProto(translated, result->mutable_translate());

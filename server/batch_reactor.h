@@ -66,6 +66,7 @@ class BatchReactor final : public grpc::ServerBidiReactor<v1::BatchRequest, v1::
   void ResetArena();
   // Applies every op of *request_ into *response_.
   void Process();
+  // Applies one MapSg, UnmapSg or Translate op (Map and Unmap go in runs).
   void RunOp(const v1::BatchOp& op, v1::BatchResult* result);
   // The device an op of *request_ acts as: its own, else the message's.
   const std::string& OpDevice(const std::string& own) const {

@@ -63,7 +63,7 @@ ServerUnaryReactor* DevicesService::TranslateBatch(CallbackServerContext* contex
         for (int i = 0; i < request->accesses_size(); ++i) {
           const v1::TranslateRequest& access = request->accesses(i);
           absl::StatusOr<core::Caller> caller =
-              Authenticator::ActAs(identity, access.device(), base.session_id);
+              Authenticator::CallerFor(identity, access.device(), base.session_id);
           if (!caller.ok()) return AtIndex(caller.status(), "accesses", i);
           absl::StatusOr<core::TranslateRequest> req = FromProto(access, caller->device);
           if (!req.ok()) return AtIndex(req.status(), "accesses", i);

@@ -13,8 +13,9 @@ ServerUnaryReactor* DmaService::Map(CallbackServerContext* context, const v1::Ma
                                     v1::MapResponse* response) {
   return ServeUnary(env_, context, Method::kMap, request->device(),
                     [&](const core::Caller& caller) -> absl::Status {
-                      ASSIGN_OR_RETURN(core::MapRequest req, FromProto(*request, caller.device));
-                      ASSIGN_OR_RETURN(core::MapResult result, env_.broker->Map(caller, req));
+                      ASSIGN_OR_RETURN(core::MapRequest req, FromProto(*request));
+                      ASSIGN_OR_RETURN(core::MapResult result,
+                                       env_.broker->Map(caller, caller.device, req));
                       ToProto(result, response);
                       return absl::OkStatus();
                     });
@@ -24,7 +25,7 @@ ServerUnaryReactor* DmaService::Unmap(CallbackServerContext* context,
                                       const v1::UnmapRequest* request, v1::UnmapResponse*) {
   return ServeUnary(env_, context, Method::kUnmap, request->device(),
                     [&](const core::Caller& caller) {
-                      return env_.broker->Unmap(caller, caller.device, request->dma_addr());
+                      return env_.broker->Unmap(caller, caller.device, FromProto(*request));
                     });
 }
 
@@ -33,8 +34,9 @@ ServerUnaryReactor* DmaService::MapSg(CallbackServerContext* context,
                                       v1::MapSgResponse* response) {
   return ServeUnary(env_, context, Method::kMapSg, request->device(),
                     [&](const core::Caller& caller) -> absl::Status {
-                      ASSIGN_OR_RETURN(core::MapSgRequest req, FromProto(*request, caller.device));
-                      ASSIGN_OR_RETURN(core::MapSgResult result, env_.broker->MapSg(caller, req));
+                      ASSIGN_OR_RETURN(core::MapSgRequest req, FromProto(*request));
+                      ASSIGN_OR_RETURN(core::MapSgResult result,
+                                       env_.broker->MapSg(caller, caller.device, req));
                       ToProto(result, response);
                       return absl::OkStatus();
                     });
@@ -42,10 +44,10 @@ ServerUnaryReactor* DmaService::MapSg(CallbackServerContext* context,
 
 ServerUnaryReactor* DmaService::UnmapSg(CallbackServerContext* context,
                                         const v1::UnmapSgRequest* request, v1::UnmapSgResponse*) {
-  return ServeUnary(env_, context, Method::kUnmapSg, request->device(),
-                    [&](const core::Caller& caller) {
-                      return env_.broker->UnmapSg(caller, caller.device, request->dma_addr());
-                    });
+  return ServeUnary(
+      env_, context, Method::kUnmapSg, request->device(), [&](const core::Caller& caller) {
+        return env_.broker->UnmapSg(caller, caller.device, core::Iova(request->dma_addr()));
+      });
 }
 
 ServerUnaryReactor* DmaService::Alloc(CallbackServerContext* context,
@@ -53,8 +55,9 @@ ServerUnaryReactor* DmaService::Alloc(CallbackServerContext* context,
                                       v1::AllocResponse* response) {
   return ServeUnary(env_, context, Method::kAlloc, request->device(),
                     [&](const core::Caller& caller) -> absl::Status {
-                      ASSIGN_OR_RETURN(core::AllocRequest req, FromProto(*request, caller.device));
-                      ASSIGN_OR_RETURN(core::AllocResult result, env_.broker->Alloc(caller, req));
+                      ASSIGN_OR_RETURN(core::AllocRequest req, FromProto(*request));
+                      ASSIGN_OR_RETURN(core::AllocResult result,
+                                       env_.broker->Alloc(caller, caller.device, req));
                       ToProto(result, response);
                       return absl::OkStatus();
                     });
@@ -62,30 +65,30 @@ ServerUnaryReactor* DmaService::Alloc(CallbackServerContext* context,
 
 ServerUnaryReactor* DmaService::Free(CallbackServerContext* context, const v1::FreeRequest* request,
                                      v1::FreeResponse*) {
-  return ServeUnary(env_, context, Method::kFree, request->device(),
-                    [&](const core::Caller& caller) {
-                      return env_.broker->Free(caller, caller.device, request->dma_addr());
-                    });
+  return ServeUnary(
+      env_, context, Method::kFree, request->device(), [&](const core::Caller& caller) {
+        return env_.broker->Free(caller, caller.device, core::Iova(request->dma_addr()));
+      });
 }
 
 ServerUnaryReactor* DmaService::GetSgTable(CallbackServerContext* context,
                                            const v1::GetSgTableRequest* request,
                                            v1::GetSgTableResponse* response) {
-  return ServeUnary(
-      env_, context, Method::kGetSgTable, request->device(),
-      [&](const core::Caller& caller) -> absl::Status {
-        std::optional<core::ExportGrant> grant;
-        if (request->export_()) {
-          grant = core::ExportGrant{
-              .importers = {request->export_importers().begin(), request->export_importers().end()},
-              .writable = request->export_writable()};
-        }
-        ASSIGN_OR_RETURN(
-            core::SgTableResult result,
-            env_.broker->GetSgTable(caller, caller.device, request->dma_addr(), std::move(grant)));
-        ToProto(result, response);
-        return absl::OkStatus();
-      });
+  return ServeUnary(env_, context, Method::kGetSgTable, request->device(),
+                    [&](const core::Caller& caller) -> absl::Status {
+                      std::optional<core::ExportGrant> grant;
+                      if (request->export_()) {
+                        grant = core::ExportGrant{.importers = {request->export_importers().begin(),
+                                                                request->export_importers().end()},
+                                                  .writable = request->export_writable()};
+                      }
+                      ASSIGN_OR_RETURN(core::SgTableResult result,
+                                       env_.broker->GetSgTable(caller, caller.device,
+                                                               core::Iova(request->dma_addr()),
+                                                               std::move(grant)));
+                      ToProto(result, response);
+                      return absl::OkStatus();
+                    });
 }
 
 ServerUnaryReactor* DmaService::RevokeExport(CallbackServerContext* context,
@@ -107,7 +110,7 @@ ServerUnaryReactor* DmaService::MsiCookie(CallbackServerContext* context,
                     [&](const core::Caller& caller) -> absl::Status {
                       ASSIGN_OR_RETURN(
                           core::MsiCookieResult result,
-                          env_.broker->MsiCookie(caller, FromProto(*request, caller.device)));
+                          env_.broker->MsiCookie(caller, caller.device, FromProto(*request)));
                       ToProto(result, response);
                       return absl::OkStatus();
                     });
@@ -122,8 +125,8 @@ ServerUnaryReactor* DmaService::MapAt(CallbackServerContext* context,
         ASSIGN_OR_RETURN(core::MemRef mem, FromProto(request->mem(), "mem"));
         ASSIGN_OR_RETURN(core::DmaDirection direction, FromProto(request->direction()));
         ASSIGN_OR_RETURN(core::MapResult result,
-                         env_.broker->MapAt(caller, caller.device, request->iova(), mem, direction,
-                                            FromProto(request->attrs())));
+                         env_.broker->MapAt(caller, caller.device, core::Iova(request->iova()), mem,
+                                            direction, FromProto(request->attrs())));
         response->set_mapping_id(result.mapping_id);
         response->set_domain_id(result.domain_id);
         return absl::OkStatus();
@@ -136,9 +139,9 @@ ServerUnaryReactor* DmaService::UnmapRange(CallbackServerContext* context,
   return ServeUnary(
       env_, context, Method::kUnmapRange, request->device(),
       [&](const core::Caller& caller) -> absl::Status {
-        ASSIGN_OR_RETURN(
-            uint64_t unmapped,
-            env_.broker->UnmapRange(caller, caller.device, request->iova(), request->size_bytes()));
+        ASSIGN_OR_RETURN(uint64_t unmapped,
+                         env_.broker->UnmapRange(caller, caller.device, core::Iova(request->iova()),
+                                                 request->size_bytes()));
         response->set_unmapped_bytes(unmapped);
         return absl::OkStatus();
       });

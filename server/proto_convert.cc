@@ -157,35 +157,21 @@ absl::StatusOr<core::MemRef> FromProto(const v1::MemRef& mem, absl::string_view 
                           "must set buffer_id or phys_addr");
 }
 
-absl::StatusOr<core::MapRequest> FromProto(const v1::MapRequest& request,
-                                           const std::string& device) {
-  core::MapRequest out{.device = device, .attrs = FromProto(request.attrs())};
-  auto mem = FromProto(request.mem(), "mem");
-  if (!mem.ok()) return mem.status();
-  out.mem = *mem;
-  auto direction = FromProto(request.direction());
-  if (!direction.ok()) return direction.status();
-  out.direction = *direction;
-  return out;
-}
-
-absl::Status MapOpFromProto(const v1::MapRequest& request, core::DmaBatchOp* out) {
-  out->kind = core::DmaBatchOp::Kind::kMap;
-  out->attrs = FromProto(request.attrs());
-  out->dma_addr = 0;
+absl::StatusOr<core::MapRequest> FromProto(const v1::MapRequest& request) {
   absl::StatusOr<core::MemRef> mem = FromProto(request.mem(), "mem");
   if (!mem.ok()) return mem.status();
-  out->mem = *mem;
   absl::StatusOr<core::DmaDirection> direction = FromProto(request.direction());
   if (!direction.ok()) return direction.status();
-  out->direction = *direction;
-  return absl::OkStatus();
+  return core::MapRequest{
+      .mem = *mem, .direction = *direction, .attrs = FromProto(request.attrs())};
 }
 
-absl::StatusOr<core::MapSgRequest> FromProto(const v1::MapSgRequest& request,
-                                             const std::string& device) {
-  core::MapSgRequest out{.device = device,
-                         .import_token = request.import_token(),
+core::UnmapRequest FromProto(const v1::UnmapRequest& request) {
+  return core::UnmapRequest{.dma_addr = core::Iova(request.dma_addr())};
+}
+
+absl::StatusOr<core::MapSgRequest> FromProto(const v1::MapSgRequest& request) {
+  core::MapSgRequest out{.import_token = request.import_token(),
                          .attrs = FromProto(request.attrs())};
   out.segments.reserve(request.segments_size());
   for (int i = 0; i < request.segments_size(); ++i) {
@@ -202,10 +188,8 @@ absl::StatusOr<core::MapSgRequest> FromProto(const v1::MapSgRequest& request,
   return out;
 }
 
-absl::StatusOr<core::AllocRequest> FromProto(const v1::AllocRequest& request,
-                                             const std::string& device) {
-  core::AllocRequest out{.device = device,
-                         .size_bytes = request.size_bytes(),
+absl::StatusOr<core::AllocRequest> FromProto(const v1::AllocRequest& request) {
+  core::AllocRequest out{.size_bytes = request.size_bytes(),
                          .attrs = FromProto(request.attrs()),
                          .pool = request.pool()};
   auto direction = FromProto(request.direction());
@@ -214,9 +198,8 @@ absl::StatusOr<core::AllocRequest> FromProto(const v1::AllocRequest& request,
   return out;
 }
 
-core::MsiCookieRequest FromProto(const v1::MsiCookieRequest& request, const std::string& device) {
-  core::MsiCookieRequest out{.device = device,
-                             .window_base = request.window_base(),
+core::MsiCookieRequest FromProto(const v1::MsiCookieRequest& request) {
+  core::MsiCookieRequest out{.window_base = request.window_base(),
                              .window_size_bytes = request.window_size_bytes()};
   if (request.domain_id() != 0) out.domain_id = request.domain_id();
   return out;
@@ -238,7 +221,7 @@ absl::StatusOr<core::TranslateRequest> FromProto(const v1::TranslateRequest& req
   if (!kind.ok()) return kind.status();
   core::TranslateRequest out{.device = device,
                              .smmu = request.smmu(),
-                             .iova = request.iova(),
+                             .iova = core::Iova(request.iova()),
                              .length_bytes = request.length_bytes(),
                              .access = {.kind = *kind, .privileged = request.privileged()}};
   if (request.has_stream_id()) out.stream_id = request.stream_id();
@@ -250,7 +233,7 @@ absl::StatusOr<core::TranslateRequest> FromProto(const v1::TranslateOp& request,
   auto kind = FromProto(request.access());
   if (!kind.ok()) return kind.status();
   return core::TranslateRequest{.device = device,
-                                .iova = request.iova(),
+                                .iova = core::Iova(request.iova()),
                                 .length_bytes = request.length_bytes(),
                                 .access = {.kind = *kind, .privileged = request.privileged()}};
 }
@@ -258,7 +241,7 @@ absl::StatusOr<core::TranslateRequest> FromProto(const v1::TranslateOp& request,
 // --- results -------------------------------------------------------------------------
 
 void ToProto(const core::MapResult& result, v1::MapResponse* out) {
-  out->set_dma_addr(result.dma_addr);
+  out->set_dma_addr(result.dma_addr.value());
   out->set_mapping_id(result.mapping_id);
   out->set_domain_id(result.domain_id);
   out->set_iova_size_bytes(result.iova_size_bytes);
@@ -267,19 +250,19 @@ void ToProto(const core::MapResult& result, v1::MapResponse* out) {
 void ToProto(const core::MapSgResult& result, v1::MapSgResponse* out) {
   out->set_mapping_id(result.mapping_id);
   out->set_domain_id(result.domain_id);
-  out->set_iova(result.iova);
+  out->set_iova(result.iova.value());
   out->set_iova_size_bytes(result.iova_size_bytes);
   out->mutable_segments()->Reserve(static_cast<int>(result.segments.size()));
   for (const core::DmaSegment& s : result.segments) {
     v1::DmaSegment* seg = out->add_segments();
-    seg->set_dma_addr(s.dma_addr);
+    seg->set_dma_addr(s.dma_addr.value());
     seg->set_length_bytes(s.length_bytes);
   }
   out->set_segment_count(static_cast<uint32_t>(result.segments.size()));
 }
 
 void ToProto(const core::AllocResult& result, v1::AllocResponse* out) {
-  out->set_dma_addr(result.dma_addr);
+  out->set_dma_addr(result.dma_addr.value());
   out->set_mapping_id(result.mapping_id);
   out->set_domain_id(result.domain_id);
   out->set_buffer_id(result.buffer_id);
@@ -295,7 +278,7 @@ void ToProto(const core::SgTableResult& result, v1::GetSgTableResponse* out) {
 }
 
 void ToProto(const core::MsiCookieResult& result, v1::MsiCookieResponse* out) {
-  out->set_msi_addr(result.msi_addr);
+  out->set_msi_addr(result.msi_addr.value());
   out->set_domain_id(result.domain_id);
   out->set_newly_mapped(result.newly_mapped);
 }
@@ -383,36 +366,28 @@ v1::FaultType FaultTypeToProto(core::FaultType type) {
   return v1::FAULT_TYPE_UNSPECIFIED;
 }
 
-v1::FaultType FaultTypeNameToProto(const std::string& name) {
-  for (size_t i = 0; i < core::kNumFaultTypes; ++i) {
-    const auto type = static_cast<core::FaultType>(i);
-    if (core::FaultTypeName(type) == name) return FaultTypeToProto(type);
-  }
-  return v1::FAULT_TYPE_UNSPECIFIED;
-}
-
 void ToProto(const core::TranslateResult& result, v1::TranslateResponse* out) {
   out->mutable_pages()->Reserve(static_cast<int>(result.pages.size()));
   for (const core::TranslatedPage& p : result.pages) {
     v1::TranslatedPage* page = out->add_pages();
-    page->set_iova(p.iova);
-    page->set_phys_addr(p.phys_addr);
+    page->set_iova(p.iova.value());
+    page->set_phys_addr(p.phys_addr.value());
     page->set_length_bytes(p.length_bytes);
     page->set_iotlb_hit(p.iotlb_hit);
     page->set_stale(p.stale);
   }
   out->set_faulted(result.faulted);
   if (result.faulted) {
-    out->set_fault_type(FaultTypeNameToProto(result.fault_type));
-    out->set_fault_iova(result.fault_iova);
+    out->set_fault_type(FaultTypeToProto(result.fault_type));
+    out->set_fault_iova(result.fault_iova.value());
     out->set_fault_seq(result.fault_seq);
   }
 }
 
 void ToProto(const core::TranslateResult& result, v1::TranslateOpResult* out) {
-  if (!result.pages.empty()) out->set_phys_addr(result.pages.front().phys_addr);
+  if (!result.pages.empty()) out->set_phys_addr(result.pages.front().phys_addr.value());
   out->set_faulted(result.faulted);
-  if (result.faulted) out->set_fault_type(FaultTypeNameToProto(result.fault_type));
+  if (result.faulted) out->set_fault_type(FaultTypeToProto(result.fault_type));
 }
 
 void ToProto(const core::DeviceInfo& device, v1::DeviceInfo* out) {

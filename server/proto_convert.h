@@ -5,8 +5,11 @@
 // core's structs. Request conversions validate what only the wire can get
 // wrong (an *_UNSPECIFIED or unknown enum value, a MemRef naming no memory)
 // and return INVALID_ARGUMENT naming the field and value; every other check
-// is the core's. `device` is the device the call acts as, already resolved
-// by auth (the request's own `device` field is not consulted here).
+// is the core's. A request's own `device` field is not consulted here: auth
+// resolves the device a call acts as, and the DMA calls take it as a
+// parameter of its own (Translate, whose device an admin may replace by
+// smmu + stream_id, gets it as `device`). Each request message has exactly
+// one conversion, used by the unary RPC and by Batch alike.
 // Stateless functions; thread-safe.
 
 #include <string>
@@ -36,17 +39,11 @@ core::DmaAttrs FromProto(const v1::DmaAttrs& attrs);
 // Field names are built only for an error.
 absl::StatusOr<core::MemRef> FromProto(const v1::MemRef& mem, absl::string_view field);
 
-absl::StatusOr<core::MapRequest> FromProto(const v1::MapRequest& request,
-                                           const std::string& device);
-// The Map of a batch run (its device is the run's): the checks and errors of
-// FromProto(MapRequest) without copying the device name, written to `out`
-// (left unspecified on error).
-absl::Status MapOpFromProto(const v1::MapRequest& request, core::DmaBatchOp* out);
-absl::StatusOr<core::MapSgRequest> FromProto(const v1::MapSgRequest& request,
-                                             const std::string& device);
-absl::StatusOr<core::AllocRequest> FromProto(const v1::AllocRequest& request,
-                                             const std::string& device);
-core::MsiCookieRequest FromProto(const v1::MsiCookieRequest& request, const std::string& device);
+absl::StatusOr<core::MapRequest> FromProto(const v1::MapRequest& request);
+core::UnmapRequest FromProto(const v1::UnmapRequest& request);
+absl::StatusOr<core::MapSgRequest> FromProto(const v1::MapSgRequest& request);
+absl::StatusOr<core::AllocRequest> FromProto(const v1::AllocRequest& request);
+core::MsiCookieRequest FromProto(const v1::MsiCookieRequest& request);
 absl::StatusOr<core::CreateDomainRequest> FromProto(const v1::CreateDomainRequest& request);
 absl::StatusOr<core::TranslateRequest> FromProto(const v1::TranslateRequest& request,
                                                  const std::string& device);
@@ -69,8 +66,6 @@ void ToProto(const core::DeviceInfo& device, v1::DeviceInfo* out);
 void ToProto(const core::FaultRecord& record, v1::FaultRecord* out);
 void ToProto(const core::BrokerStats& stats, v1::GetStatsResponse* out);
 v1::FaultType FaultTypeToProto(core::FaultType type);
-// The core's fault type names ("translation", ...) as the proto enum.
-v1::FaultType FaultTypeNameToProto(const std::string& name);
 
 // --- topology (proto_convert_topology.cc) -------------------------------------------
 // INVALID_ARGUMENT naming the field for what the proto can express but the

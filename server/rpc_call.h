@@ -132,7 +132,7 @@ inline absl::StatusOr<core::Caller> ResolveCaller(const ServiceEnv& env,
   if (!identity.ok()) return identity.status();
   absl::StatusOr<uint64_t> session = Authenticator::SessionId(context);
   if (!session.ok()) return session.status();
-  return Authenticator::ActAs(*identity, request_device, *session);
+  return Authenticator::CallerFor(*identity, request_device, *session);
 }
 
 // Runs one unary RPC. `body(const core::Caller&) -> absl::Status` fills the

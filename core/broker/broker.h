@@ -119,11 +119,14 @@ class Broker {
   absl::StatusOr<BufferInfo> GetBuffer(const Caller& caller, uint64_t buffer_id) const;
 
   // --- DMA API --------------------------------------------------------------
-  absl::StatusOr<MapResult> Map(const Caller& caller, const MapRequest& request);
-  // Unmaps the whole allocation that `dma_addr` (any address inside it) belongs
-  // to in the device's current domain. NOT_FOUND for anything the caller
-  // does not own.
-  absl::Status Unmap(const Caller& caller, const std::string& device, uint64_t dma_addr);
+  // Every call acts as `device` (which the caller must be allowed to act as)
+  // in its current domain.
+  absl::StatusOr<MapResult> Map(const Caller& caller, const std::string& device,
+                                const MapRequest& request);
+  // Unmaps the whole allocation that `request.dma_addr` (any address inside
+  // it) belongs to in the device's current domain. NOT_FOUND for anything
+  // the caller does not own.
+  absl::Status Unmap(const Caller& caller, const std::string& device, const UnmapRequest& request);
   // A run of Map/Unmap operations of one device, applied in order under one
   // device lookup, one domain reference and one hold of the domain's lock.
   // results[i] is exactly what Map/Unmap would have returned for ops[i] at
@@ -136,30 +139,33 @@ class Broker {
   // REQUIRES: results.size() == ops.size().
   void MapUnmapBatch(const Caller& caller, const std::string& device,
                      absl::Span<const DmaBatchOp> ops, absl::Span<DmaBatchResult> results);
-  absl::StatusOr<MapSgResult> MapSg(const Caller& caller, const MapSgRequest& request);
-  absl::Status UnmapSg(const Caller& caller, const std::string& device, uint64_t dma_addr);
-  absl::StatusOr<AllocResult> Alloc(const Caller& caller, const AllocRequest& request);
-  absl::Status Free(const Caller& caller, const std::string& device, uint64_t dma_addr);
+  absl::StatusOr<MapSgResult> MapSg(const Caller& caller, const std::string& device,
+                                    const MapSgRequest& request);
+  absl::Status UnmapSg(const Caller& caller, const std::string& device, Iova dma_addr);
+  absl::StatusOr<AllocResult> Alloc(const Caller& caller, const std::string& device,
+                                    const AllocRequest& request);
+  absl::Status Free(const Caller& caller, const std::string& device, Iova dma_addr);
   // With `grant`, also an export token (see ExportGrant): unguessable,
   // limited to the named importers, read-only unless writable, and valid
   // until RevokeExport, or until the exporter frees the memory (which revokes
   // it). An imported mapping cannot be exported again.
   absl::StatusOr<SgTableResult> GetSgTable(const Caller& caller, const std::string& device,
-                                           uint64_t dma_addr,
+                                           Iova dma_addr,
                                            std::optional<ExportGrant> grant = std::nullopt);
   // Revokes an export token: no new import can use it, and every live import
   // is unmapped (IOTLB invalidated, lazy queues flushed) before this returns.
   // The exporter or an admin only: NOT_FOUND for anyone else, as for an
   // unknown token. Returns the number of imports unmapped.
   absl::StatusOr<uint64_t> RevokeExport(const Caller& caller, const std::string& export_token);
-  absl::StatusOr<MsiCookieResult> MsiCookie(const Caller& caller, const MsiCookieRequest& request);
+  absl::StatusOr<MsiCookieResult> MsiCookie(const Caller& caller, const std::string& device,
+                                            const MsiCookieRequest& request);
   // UNMANAGED domains only: the caller chooses the IOVA.
-  absl::StatusOr<MapResult> MapAt(const Caller& caller, const std::string& device, uint64_t iova,
+  absl::StatusOr<MapResult> MapAt(const Caller& caller, const std::string& device, Iova iova,
                                   const MemRef& mem, DmaDirection direction, DmaAttrs attrs);
   // Returns the bytes unmapped. A range that would split a mapping fails and
   // changes nothing.
-  absl::StatusOr<uint64_t> UnmapRange(const Caller& caller, const std::string& device,
-                                      uint64_t iova, uint64_t size_bytes);
+  absl::StatusOr<uint64_t> UnmapRange(const Caller& caller, const std::string& device, Iova iova,
+                                      uint64_t size_bytes);
   // Completes pending (lazy) invalidations of the device's current domain.
   absl::Status Sync(const Caller& caller, const std::string& device);
 

@@ -32,16 +32,14 @@ TEST_F(BrokerAccessTest, ADeviceActsOnlyAsItselfOnItsOwnMemory) {
   EXPECT_EQ(as_other.status().code(), absl::StatusCode::kPermissionDenied);
   EXPECT_THAT(as_other.status().message(), HasSubstr("device=\"gpu0\""));
   // Mapping another device's buffer.
-  auto steal = broker_->Map(
-      Dev("nic0"),
-      {.device = "nic0", .mem = {.buffer_id = gpu_buf->buffer_id, .length_bytes = 4 * KiB}});
+  auto steal = broker_->Map(Dev("nic0"), "nic0",
+                            {.mem = {.buffer_id = gpu_buf->buffer_id, .length_bytes = 4 * KiB}});
   // Another device's buffer answers as a missing one.
   EXPECT_EQ(steal.status().code(), absl::StatusCode::kNotFound);
   EXPECT_THAT(steal.status().message(), HasSubstr("mem.buffer_id="));
   // Raw physical memory is for admins only.
-  auto raw = broker_->Map(
-      Dev("nic0"),
-      {.device = "nic0", .mem = {.phys = gpu_buf->runs[0].start, .length_bytes = 4 * KiB}});
+  auto raw = broker_->Map(Dev("nic0"), "nic0",
+                          {.mem = {.phys = gpu_buf->runs[0].start, .length_bytes = 4 * KiB}});
   EXPECT_EQ(raw.status().code(), absl::StatusCode::kPermissionDenied);
   EXPECT_THAT(raw.status().message(), HasSubstr("mem.phys_addr="));
   // A device cannot see or unmap another's mapping, even in a shared domain.
@@ -49,11 +47,10 @@ TEST_F(BrokerAccessTest, ADeviceActsOnlyAsItselfOnItsOwnMemory) {
   ASSERT_TRUE(shared.ok());
   ASSERT_TRUE(broker_->AttachDevice(Caller::Admin(), "gpu0", shared->domain_id).ok());
   ASSERT_TRUE(broker_->AttachDevice(Caller::Admin(), "nic0", shared->domain_id).ok());
-  auto m = broker_->Map(
-      Dev("gpu0"),
-      {.device = "gpu0", .mem = {.buffer_id = gpu_buf->buffer_id, .length_bytes = 8 * KiB}});
+  auto m = broker_->Map(Dev("gpu0"), "gpu0",
+                        {.mem = {.buffer_id = gpu_buf->buffer_id, .length_bytes = 8 * KiB}});
   ASSERT_TRUE(m.ok());
-  EXPECT_EQ(broker_->Unmap(Dev("nic0"), "nic0", m->dma_addr).code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(broker_->Unmap(Dev("nic0"), "nic0", {m->dma_addr}).code(), absl::StatusCode::kNotFound);
   EXPECT_EQ(broker_->GetSgTable(Dev("nic0"), "nic0", m->dma_addr).status().code(),
             absl::StatusCode::kNotFound);
   EXPECT_EQ(broker_->FreeBuffer(Dev("nic0"), gpu_buf->buffer_id).code(),
@@ -73,7 +70,7 @@ TEST_F(BrokerAccessTest, ADeviceActsOnlyAsItselfOnItsOwnMemory) {
   EXPECT_EQ(broker_->CreateDomain(Dev("nic0"), {.smmu = "smmu1"}).status().code(),
             absl::StatusCode::kPermissionDenied);
   // An admin may do all of it.
-  EXPECT_TRUE(broker_->Unmap(Caller::Admin(), "gpu0", m->dma_addr).ok());
+  EXPECT_TRUE(broker_->Unmap(Caller::Admin(), "gpu0", {m->dma_addr}).ok());
 }
 
 TEST_F(BrokerAccessTest, QuotasGiveResourceExhausted) {
@@ -94,8 +91,8 @@ TEST_F(BrokerAccessTest, QuotasGiveResourceExhausted) {
   EXPECT_EQ(big.status().code(), absl::StatusCode::kResourceExhausted);
   EXPECT_THAT(big.status().message(), HasSubstr("size_bytes=0x100000"));
   auto map = [&](uint64_t len) {
-    return broker_->Map(
-        Dev("nic0"), {.device = "nic0", .mem = {.buffer_id = b1->buffer_id, .length_bytes = len}});
+    return broker_->Map(Dev("nic0"), "nic0",
+                        {.mem = {.buffer_id = b1->buffer_id, .length_bytes = len}});
   };
   auto too_big = map(128 * KiB);
   EXPECT_EQ(too_big.status().code(), absl::StatusCode::kResourceExhausted);
@@ -116,7 +113,7 @@ TEST_F(BrokerAccessTest, MapAtAndUnmapRangeFollowVirtioIommuRangeSemantics) {
   auto buf = broker_->AllocBuffer(Dev("nic0"), "nic0", 64 * KiB, Placement::kContiguous);
   ASSERT_TRUE(buf.ok());
   auto at = [&](uint64_t iova, uint64_t off, uint64_t len) {
-    return broker_->MapAt(Dev("nic0"), "nic0", iova,
+    return broker_->MapAt(Dev("nic0"), "nic0", Iova(iova),
                           {.buffer_id = buf->buffer_id, .offset_bytes = off, .length_bytes = len},
                           DmaDirection::kBidirectional, {});
   };
@@ -132,31 +129,31 @@ TEST_F(BrokerAccessTest, MapAtAndUnmapRangeFollowVirtioIommuRangeSemantics) {
   EXPECT_EQ(beyond.status().code(), absl::StatusCode::kOutOfRange);
   EXPECT_THAT(beyond.status().message(), HasSubstr("iova=0x1000000000000"));
   // A range that would split a mapping fails and changes nothing.
-  auto split = broker_->UnmapRange(Dev("nic0"), "nic0", 0x100000, 20 * KiB);
+  auto split = broker_->UnmapRange(Dev("nic0"), "nic0", Iova(0x100000), 20 * KiB);
   EXPECT_EQ(split.status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_EQ(broker_->GetDomain(Dev("nic0"), dom->domain_id)->mappings, 3u);
   // A range covering whole mappings removes them and reports the bytes; the
   // IOTLB forgets them before the call returns (UNMANAGED domains are strict).
   auto read = [&](uint64_t iova) {
     return broker_->Translate(
-        Dev("nic0"), {.device = "nic0", .iova = iova, .length_bytes = 4, .access = Read()});
+        Dev("nic0"), {.device = "nic0", .iova = Iova(iova), .length_bytes = 4, .access = Read()});
   };
   ASSERT_FALSE(read(0x104000)->faulted);
   ASSERT_TRUE(read(0x104000)->pages[0].iotlb_hit);
-  auto two = broker_->UnmapRange(Dev("nic0"), "nic0", 0xFF000, 0x10000);
+  auto two = broker_->UnmapRange(Dev("nic0"), "nic0", Iova(0xFF000), 0x10000);
   ASSERT_TRUE(two.ok()) << two.status();
   EXPECT_EQ(*two, 32 * KiB);
   EXPECT_TRUE(read(0x104000)->faulted);
-  auto none = broker_->UnmapRange(Dev("nic0"), "nic0", 0x500000, 4 * KiB);
+  auto none = broker_->UnmapRange(Dev("nic0"), "nic0", Iova(0x500000), 4 * KiB);
   ASSERT_TRUE(none.ok());
   EXPECT_EQ(*none, 0u);
   // Wrong domain type for the call.
   ASSERT_TRUE(broker_->DetachDevice(Dev("nic0"), "nic0").ok());
-  EXPECT_EQ(broker_->UnmapRange(Dev("nic0"), "nic0", 0x200000, 32 * KiB).status().code(),
+  EXPECT_EQ(broker_->UnmapRange(Dev("nic0"), "nic0", Iova(0x200000), 32 * KiB).status().code(),
             absl::StatusCode::kFailedPrecondition);
   EXPECT_EQ(at(0x200000, 0, 4 * KiB).status().code(), absl::StatusCode::kFailedPrecondition);
   ASSERT_TRUE(broker_->AttachDevice(Dev("nic0"), "nic0", dom->domain_id).ok());
-  EXPECT_EQ(*broker_->UnmapRange(Dev("nic0"), "nic0", 0x200000, 32 * KiB), 32 * KiB);
+  EXPECT_EQ(*broker_->UnmapRange(Dev("nic0"), "nic0", Iova(0x200000), 32 * KiB), 32 * KiB);
 }
 
 // Table-driven bad input: each call fails with the right code, names the
@@ -174,54 +171,49 @@ TEST_F(BrokerAccessTest, BadInputNamesTheFieldAndChangesNothing) {
   Broker& b = *broker_;
   const Caller nic = Dev("nic0");
   const std::vector<Case> cases = {
-      {"unknown device", [&] { return b.Map(Caller::Admin(), {.device = "nope"}).status(); },
+      {"unknown device", [&] { return b.Map(Caller::Admin(), "nope", {}).status(); },
        absl::StatusCode::kNotFound, "device=\"nope\""},
-      {"zero length",
-       [&] { return b.Map(nic, {.device = "nic0", .mem = {.buffer_id = id}}).status(); },
+      {"zero length", [&] { return b.Map(nic, "nic0", {.mem = {.buffer_id = id}}).status(); },
        absl::StatusCode::kInvalidArgument, "mem.length_bytes=0"},
       {"past buffer end",
        [&] {
          return b
-             .Map(nic,
-                  {.device = "nic0",
-                   .mem = {.buffer_id = id, .offset_bytes = 12 * KiB, .length_bytes = 8 * KiB}})
+             .Map(nic, "nic0",
+                  {.mem = {.buffer_id = id, .offset_bytes = 12 * KiB, .length_bytes = 8 * KiB}})
              .status();
        },
        absl::StatusCode::kOutOfRange, "mem.length_bytes=0x2000"},
       {"offset overflow",
        [&] {
          return b
-             .Map(nic, {.device = "nic0",
-                        .mem = {.buffer_id = id, .offset_bytes = ~uint64_t{0}, .length_bytes = 2}})
+             .Map(nic, "nic0",
+                  {.mem = {.buffer_id = id, .offset_bytes = ~uint64_t{0}, .length_bytes = 2}})
              .status();
        },
        absl::StatusCode::kOutOfRange, "mem.length_bytes=0x2"},
       {"unknown buffer",
-       [&] {
-         return b.Map(nic, {.device = "nic0", .mem = {.buffer_id = 999, .length_bytes = 1}})
-             .status();
-       },
+       [&] { return b.Map(nic, "nic0", {.mem = {.buffer_id = 999, .length_bytes = 1}}).status(); },
        absl::StatusCode::kNotFound, "mem.buffer_id=0x3e7"},
       {"raw outside memory",
        [&] {
          return b
-             .Map(Caller::Admin(),
-                  {.device = "nic0", .mem = {.phys = PhysAddr(0x4000'0000), .length_bytes = 4096}})
+             .Map(Caller::Admin(), "nic0",
+                  {.mem = {.phys = PhysAddr(0x4000'0000), .length_bytes = 4096}})
              .status();
        },
        absl::StatusCode::kOutOfRange, "mem.phys_addr=0x40000000"},
-      {"unknown dma_addr", [&] { return b.Unmap(nic, "nic0", 0x1234000); },
+      {"unknown dma_addr", [&] { return b.Unmap(nic, "nic0", {Iova(0x1234000)}); },
        absl::StatusCode::kNotFound, "dma_addr=0x1234000"},
-      {"empty sg", [&] { return b.MapSg(nic, {.device = "nic0"}).status(); },
+      {"empty sg", [&] { return b.MapSg(nic, "nic0", {}).status(); },
        absl::StatusCode::kInvalidArgument, "segments=0"},
-      {"zero alloc", [&] { return b.Alloc(nic, {.device = "nic0"}).status(); },
+      {"zero alloc", [&] { return b.Alloc(nic, "nic0", {}).status(); },
        absl::StatusCode::kInvalidArgument, "size_bytes=0"},
       {"exclusive attrs",
        [&] {
          return b
-             .Alloc(nic, {.device = "nic0",
-                          .size_bytes = 4096,
-                          .attrs = {.force_contiguous = true, .alloc_single_pages = true}})
+             .Alloc(nic, "nic0",
+                    {.size_bytes = 4096,
+                     .attrs = {.force_contiguous = true, .alloc_single_pages = true}})
              .status();
        },
        absl::StatusCode::kInvalidArgument, "attrs"},
@@ -239,18 +231,20 @@ TEST_F(BrokerAccessTest, BadInputNamesTheFieldAndChangesNothing) {
        absl::StatusCode::kNotFound, "domain_id=0x309"},
       {"zero translate",
        [&] {
-         return b.Translate(nic, {.device = "nic0", .iova = 0x1000, .length_bytes = 0}).status();
+         return b.Translate(nic, {.device = "nic0", .iova = Iova(0x1000), .length_bytes = 0})
+             .status();
        },
        absl::StatusCode::kInvalidArgument, "length_bytes=0"},
       {"wrapping translate",
        [&] {
-         return b.Translate(nic, {.device = "nic0", .iova = ~uint64_t{0}, .length_bytes = 2})
+         return b.Translate(nic, {.device = "nic0", .iova = Iova(~uint64_t{0}), .length_bytes = 2})
              .status();
        },
        absl::StatusCode::kInvalidArgument, "length_bytes=0x2"},
       {"raw stream as device",
        [&] {
-         return b.Translate(nic, {.smmu = "smmu0", .stream_id = 0x100, .iova = 0x1000}).status();
+         return b.Translate(nic, {.smmu = "smmu0", .stream_id = 0x100, .iova = Iova(0x1000)})
+             .status();
        },
        absl::StatusCode::kPermissionDenied, "stream_id=0x100"},
       {"bad ttl", [&] { return b.OpenSession(nic, absl::ZeroDuration()).status(); },
@@ -258,7 +252,7 @@ TEST_F(BrokerAccessTest, BadInputNamesTheFieldAndChangesNothing) {
       {"unknown session", [&] { return b.KeepAlive(nic, 4242); }, absl::StatusCode::kNotFound,
        "session_id=0x1092"},
       {"window without domain",
-       [&] { return b.MsiCookie(nic, {.device = "nic0", .window_size_bytes = 4096}).status(); },
+       [&] { return b.MsiCookie(nic, "nic0", {.window_size_bytes = 4096}).status(); },
        absl::StatusCode::kInvalidArgument, "window_size_bytes=0x1000"},
   };
   auto snapshot = [&] {

@@ -17,8 +17,9 @@ using internal::MappingRecord;
 
 // --- Alloc / Free -------------------------------------------------------------------
 
-absl::StatusOr<AllocResult> Broker::Alloc(const Caller& caller, const AllocRequest& request) {
-  ASSIGN_OR_RETURN(auto* dev, impl_->ActAs(caller, request.device));
+absl::StatusOr<AllocResult> Broker::Alloc(const Caller& caller, const std::string& device,
+                                          const AllocRequest& request) {
+  ASSIGN_OR_RETURN(auto* dev, impl_->ActAs(caller, device));
   ASSIGN_OR_RETURN(BrokerImpl::SessionPin pin, impl_->PinSession(caller));
   std::shared_ptr<Domain> d = impl_->CurrentDomain(*dev);
   if (!d->has_iova_cookie()) return d->NeedsIovaCookie("Alloc");
@@ -78,7 +79,7 @@ absl::StatusOr<AllocResult> Broker::Alloc(const Caller& caller, const AllocReque
     dev->RefundMapping(*size);
     return free_buffer(s);
   }
-  AllocResult out{.dma_addr = iova->value(),
+  AllocResult out{.dma_addr = *iova,
                   .domain_id = d->id(),
                   .buffer_id = buffer_id,
                   .size_bytes = *size,
@@ -97,7 +98,7 @@ absl::StatusOr<AllocResult> Broker::Alloc(const Caller& caller, const AllocReque
   // The mapping holds the buffer through owned_buffer_id, not a reference.
   MappingRecord& rec = txn.Insert(*iova, *size, *size, impl_->NewMappingId());
   rec.kind = MappingKind::kAlloc;
-  rec.device = request.device;
+  rec.device = device;
   rec.owner = dev;
   rec.session_id = caller.session_id;
   rec.iova_from_allocator = true;
@@ -111,15 +112,16 @@ absl::StatusOr<AllocResult> Broker::Alloc(const Caller& caller, const AllocReque
   return out;
 }
 
-absl::Status Broker::Free(const Caller& caller, const std::string& device, uint64_t dma_addr) {
+absl::Status Broker::Free(const Caller& caller, const std::string& device, Iova dma_addr) {
   ASSIGN_OR_RETURN(auto* dev, impl_->ActAs(caller, device));
   std::shared_ptr<Domain> d = impl_->CurrentDomain(*dev);
   uint64_t buffer_id;
   {
     BrokerImpl::Buffers::Refs refs(*impl_->buffers_);
     Domain::Transaction txn(*d, refs);
-    ASSIGN_OR_RETURN(MappingRecord * m, BrokerImpl::OwnMapping(txn, caller, device, dma_addr,
-                                                               {MappingKind::kAlloc}, "Free"));
+    ASSIGN_OR_RETURN(MappingRecord * m,
+                     BrokerImpl::OwnMapping(txn, caller, device, dma_addr.value(),
+                                            {MappingKind::kAlloc}, "Free"));
     buffer_id = m->owned_buffer_id;
   }
   // The exporter can always free: its exports are revoked and their imports
@@ -127,7 +129,7 @@ absl::Status Broker::Free(const Caller& caller, const std::string& device, uint6
   impl_->RevokeExports(impl_->buffers_->ExportsOf(buffer_id));
   BrokerImpl::Buffers::Refs refs(*impl_->buffers_);
   Domain::Transaction txn(*d, refs);
-  ASSIGN_OR_RETURN(MappingRecord * m, BrokerImpl::OwnMapping(txn, caller, device, dma_addr,
+  ASSIGN_OR_RETURN(MappingRecord * m, BrokerImpl::OwnMapping(txn, caller, device, dma_addr.value(),
                                                              {MappingKind::kAlloc}, "Free"));
   txn.Remove(m->iova.value());
   return absl::OkStatus();
@@ -136,8 +138,7 @@ absl::Status Broker::Free(const Caller& caller, const std::string& device, uint6
 // --- GetSgTable ---------------------------------------------------------------------
 
 absl::StatusOr<SgTableResult> Broker::GetSgTable(const Caller& caller, const std::string& device,
-                                                 uint64_t dma_addr,
-                                                 std::optional<ExportGrant> grant) {
+                                                 Iova dma_addr, std::optional<ExportGrant> grant) {
   ASSIGN_OR_RETURN(auto* dev, impl_->ActAs(caller, device));
   if (grant.has_value()) {
     RETURN_IF_ERROR(impl_->CheckDeviceList("export_importers", grant->importers));
@@ -147,7 +148,7 @@ absl::StatusOr<SgTableResult> Broker::GetSgTable(const Caller& caller, const std
   Domain::Transaction txn(*d, refs);
   ASSIGN_OR_RETURN(
       MappingRecord * m,
-      BrokerImpl::OwnMapping(txn, caller, device, dma_addr,
+      BrokerImpl::OwnMapping(txn, caller, device, dma_addr.value(),
                              {MappingKind::kMap, MappingKind::kMapSg, MappingKind::kAlloc,
                               MappingKind::kMapAt, MappingKind::kImport},
                              "GetSgTable"));
@@ -164,7 +165,7 @@ absl::StatusOr<SgTableResult> Broker::GetSgTable(const Caller& caller, const std
   }
   if (grant.has_value()) {
     if (m->kind == MappingKind::kImport) {
-      return FieldError(absl::StatusCode::kFailedPrecondition, "dma_addr", dma_addr,
+      return FieldError(absl::StatusCode::kFailedPrecondition, "dma_addr", dma_addr.value(),
                         "an imported buffer cannot be exported again; its exporter can export "
                         "it to more devices");
     }
@@ -172,7 +173,7 @@ absl::StatusOr<SgTableResult> Broker::GetSgTable(const Caller& caller, const std
     for (const internal::BufferRef& b : m->buffer_refs) ids.push_back(b.id);
     if (m->owned_buffer_id != 0) ids.push_back(m->owned_buffer_id);
     if (ids.empty()) {
-      return FieldError(absl::StatusCode::kFailedPrecondition, "dma_addr", dma_addr,
+      return FieldError(absl::StatusCode::kFailedPrecondition, "dma_addr", dma_addr.value(),
                         "only buffer-backed mappings can be exported");
     }
     ASSIGN_OR_RETURN(out.export_token,

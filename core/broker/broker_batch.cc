@@ -2,6 +2,7 @@
 // transaction on its current domain.
 
 #include <cassert>
+#include <variant>
 
 #include "core/broker/broker.h"
 #include "core/broker/broker_impl.h"
@@ -30,22 +31,18 @@ void Broker::MapUnmapBatch(const Caller& caller, const std::string& device,
   BrokerImpl::Buffers::Refs refs(*impl_->buffers_);
   Domain::Transaction txn(*d, refs);
   for (size_t i = 0; i < ops.size(); ++i) {
-    const DmaBatchOp& op = ops[i];
     DmaBatchResult& out = results[i];
-    switch (op.kind) {
-      case DmaBatchOp::Kind::kMap: {
-        absl::StatusOr<MapResult> mapped =
-            impl_->MapOne(txn, refs, **dev, caller, op.mem, op.direction, op.attrs);
-        if (mapped.ok()) {
-          out = {.map = *mapped};
-        } else {
-          out = {.status = mapped.status()};
-        }
-        break;
+    if (const MapRequest* map = std::get_if<MapRequest>(&ops[i])) {
+      absl::StatusOr<MapResult> mapped =
+          impl_->MapOne(txn, refs, **dev, caller, map->mem, map->direction, map->attrs);
+      if (mapped.ok()) {
+        out = {.map = *mapped};
+      } else {
+        out = {.status = mapped.status()};
       }
-      case DmaBatchOp::Kind::kUnmap:
-        out = {.status = impl_->UnmapOne(txn, **dev, caller, op.dma_addr)};
-        break;
+    } else {
+      const UnmapRequest& unmap = *std::get_if<UnmapRequest>(&ops[i]);
+      out = {.status = impl_->UnmapOne(txn, **dev, caller, unmap.dma_addr.value())};
     }
   }
 }

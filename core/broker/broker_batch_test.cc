@@ -5,6 +5,7 @@
 
 #include <random>
 #include <string>
+#include <variant>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -53,8 +54,8 @@ std::string Snapshot(Broker& b) {
 
 std::string Describe(const DmaBatchResult& r) {
   if (!r.status.ok()) return r.status.ToString();
-  return absl::StrCat("OK dma=", r.map.dma_addr, " id=", r.map.mapping_id, " dom=", r.map.domain_id,
-                      " size=", r.map.iova_size_bytes);
+  return absl::StrCat("OK dma=", r.map.dma_addr.Hex(), " id=", r.map.mapping_id,
+                      " dom=", r.map.domain_id, " size=", r.map.iova_size_bytes);
 }
 
 // Applies `ops` one at a time through Map/Unmap.
@@ -62,12 +63,11 @@ std::vector<DmaBatchResult> OneAtATime(Broker& b, const Caller& caller, const st
                                        const std::vector<DmaBatchOp>& ops) {
   std::vector<DmaBatchResult> out;
   for (const DmaBatchOp& op : ops) {
-    if (op.kind == DmaBatchOp::Kind::kMap) {
-      auto m = b.Map(
-          caller, {.device = device, .mem = op.mem, .direction = op.direction, .attrs = op.attrs});
+    if (const MapRequest* map = std::get_if<MapRequest>(&op)) {
+      auto m = b.Map(caller, device, *map);
       out.push_back(m.ok() ? DmaBatchResult{.map = *m} : DmaBatchResult{.status = m.status()});
     } else {
-      out.push_back({.status = b.Unmap(caller, device, op.dma_addr)});
+      out.push_back({.status = b.Unmap(caller, device, std::get<UnmapRequest>(op))});
     }
   }
   return out;
@@ -81,13 +81,10 @@ std::vector<DmaBatchResult> Batched(Broker& b, const Caller& caller, const std::
 }
 
 DmaBatchOp MapOp(uint64_t buffer_id, uint64_t offset_bytes, uint64_t length_bytes) {
-  return {
-      .kind = DmaBatchOp::Kind::kMap,
+  return MapRequest{
       .mem = {.buffer_id = buffer_id, .offset_bytes = offset_bytes, .length_bytes = length_bytes}};
 }
-DmaBatchOp UnmapOp(uint64_t dma_addr) {
-  return {.kind = DmaBatchOp::Kind::kUnmap, .dma_addr = dma_addr};
-}
+DmaBatchOp UnmapOp(Iova dma_addr) { return UnmapRequest{.dma_addr = dma_addr}; }
 
 // Two brokers built alike; every step runs on both, one through the batch.
 class BrokerBatchTest : public ::testing::TestWithParam<DomainType> {
@@ -135,7 +132,7 @@ class BrokerBatchTest : public ::testing::TestWithParam<DomainType> {
     return RunBoth(ops, nic_, "nic0");
   }
 
-  bool Faults(Broker& b, uint64_t iova) {
+  bool Faults(Broker& b, Iova iova) {
     auto t = b.Translate(
         nic_, {.device = "nic0", .iova = iova, .length_bytes = 4, .access = testing::Read()});
     EXPECT_TRUE(t.ok()) << t.status();
@@ -158,7 +155,7 @@ TEST_P(BrokerBatchTest, MixedGoodAndBadOpsMatchOneAtATime) {
       MapOp(buffer_, 4 * KiB, 8 * KiB),
       MapOp(buffer_, 30 * KiB, 4 * KiB),  // past the buffer's end
       MapOp(buffer_, 100, 5000),          // unaligned, two granules
-      UnmapOp(0x1234),                    // NOT_FOUND
+      UnmapOp(Iova(0x1234)),              // NOT_FOUND
   };
   std::vector<DmaBatchResult> first = RunBoth(ops);
   ASSERT_EQ(first.size(), ops.size());
@@ -185,14 +182,14 @@ TEST_P(BrokerBatchTest, MixedGoodAndBadOpsMatchOneAtATime) {
   for (const auto* results : {&first, &got}) {
     for (size_t i = 0; i < results->size(); ++i) {
       const DmaBatchResult& r = (*results)[i];
-      if (r.status.ok() && r.map.dma_addr != 0) all.push_back(UnmapOp(r.map.dma_addr));
+      if (r.status.ok() && r.map.dma_addr != Iova(0)) all.push_back(UnmapOp(r.map.dma_addr));
     }
   }
   RunBoth(all);
 }
 
 TEST_P(BrokerBatchTest, DeviceErrorsFailEveryOp) {
-  const std::vector<DmaBatchOp> ops = {MapOp(buffer_, 0, 4 * KiB), UnmapOp(0x1000)};
+  const std::vector<DmaBatchOp> ops = {MapOp(buffer_, 0, 4 * KiB), UnmapOp(Iova(0x1000))};
   // A device caller acting as another device, and an unknown device.
   std::vector<DmaBatchResult> other = RunBoth(ops, nic_, "gpu0");
   for (const DmaBatchResult& r : other) {
@@ -213,11 +210,11 @@ TEST_P(BrokerBatchTest, DeviceErrorsFailEveryOp) {
 
 TEST_P(BrokerBatchTest, RandomSequencesMatchOneAtATime) {
   std::mt19937_64 rng(42);
-  std::vector<uint64_t> live;
+  std::vector<Iova> live;
   for (int round = 0; round < 30; ++round) {
     std::vector<DmaBatchOp> ops;
     const int n = 1 + static_cast<int>(rng() % 40);
-    std::vector<uint64_t> unmapping;
+    std::vector<Iova> unmapping;
     for (int i = 0; i < n; ++i) {
       const uint64_t r = rng() % 10;
       if (r < 4 && !live.empty()) {
@@ -226,7 +223,7 @@ TEST_P(BrokerBatchTest, RandomSequencesMatchOneAtATime) {
         unmapping.push_back(live[k]);
         live.erase(live.begin() + static_cast<ptrdiff_t>(k));
       } else if (r < 5) {
-        ops.push_back(UnmapOp(rng() % (uint64_t{1} << 40)));  // usually NOT_FOUND
+        ops.push_back(UnmapOp(Iova(rng() % (uint64_t{1} << 40))));  // usually NOT_FOUND
       } else {
         const uint64_t off = rng() % (32 * KiB);
         ops.push_back(MapOp(buffer_, off, 1 + rng() % (12 * KiB)));
@@ -234,12 +231,12 @@ TEST_P(BrokerBatchTest, RandomSequencesMatchOneAtATime) {
     }
     std::vector<DmaBatchResult> got = RunBoth(ops);
     for (size_t i = 0; i < ops.size(); ++i) {
-      if (ops[i].kind == DmaBatchOp::Kind::kMap && got[i].status.ok()) {
+      if (std::holds_alternative<MapRequest>(ops[i]) && got[i].status.ok()) {
         live.push_back(got[i].map.dma_addr);
       }
     }
     // Live mappings translate through the IOTLB (filling it) on both.
-    for (uint64_t a : live) EXPECT_EQ(Faults(*batch_, a), Faults(*one_, a));
+    for (Iova a : live) EXPECT_EQ(Faults(*batch_, a), Faults(*one_, a));
     EXPECT_EQ(Snapshot(*batch_), Snapshot(*one_));
   }
 }
@@ -268,9 +265,9 @@ TEST_P(BrokerBatchTest, RunsSwitchingAndFreeingBuffersMatchOneAtATime) {
   // pages live on until the second unmap of the run, after which a map of
   // the buffer is NOT_FOUND (the run does not keep the freed buffer).
   uint64_t alloc_buffer = 0;
-  std::vector<uint64_t> alloc_dma;
+  std::vector<Iova> alloc_dma;
   for (Broker* b : {one_.get(), batch_.get()}) {
-    auto a = b->Alloc(Caller::Device("gpu0"), {.device = "gpu0", .size_bytes = 16 * KiB});
+    auto a = b->Alloc(Caller::Device("gpu0"), "gpu0", {.size_bytes = 16 * KiB});
     ASSERT_TRUE(a.ok()) << a.status();
     alloc_buffer = a->buffer_id;
     alloc_dma.push_back(a->dma_addr);
@@ -283,7 +280,7 @@ TEST_P(BrokerBatchTest, RunsSwitchingAndFreeingBuffersMatchOneAtATime) {
   ASSERT_TRUE(batch_->Free(Caller::Device("gpu0"), "gpu0", alloc_dma[1]).ok());
   std::vector<DmaBatchResult> last =
       RunBoth({MapOp(alloc_buffer, 8 * KiB, 4 * KiB), UnmapOp(imported[0].map.dma_addr),
-               UnmapOp(imported[1].map.dma_addr), UnmapOp(0), MapOp(alloc_buffer, 0, 4 * KiB),
+               UnmapOp(imported[1].map.dma_addr), UnmapOp(Iova(0)), MapOp(alloc_buffer, 0, 4 * KiB),
                MapOp(buffer_, 0, 4 * KiB)},
               Caller::Admin(), "nic0");
   EXPECT_TRUE(last[0].status.ok());
@@ -357,10 +354,11 @@ TEST_P(BrokerBatchTest, MapAfterUnmapsInOneRunReusesTheInvalidatedIova) {
   ASSERT_FALSE(t->faulted);
   ASSERT_EQ(t->pages.size(), 1u);
   // Offset 8 KiB of the buffer, wherever its pages are.
-  uint64_t want = 0, skip = 8 * KiB;
+  PhysAddr want;
+  uint64_t skip = 8 * KiB;
   for (const PhysRun& r : buf->runs) {
     if (skip < r.size_bytes) {
-      want = r.start.value() + skip;
+      want = r.start + skip;
       break;
     }
     skip -= r.size_bytes;

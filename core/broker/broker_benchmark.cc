@@ -33,12 +33,11 @@ void BM_MapUnmap4K(benchmark::State& state) {
   auto broker = NewBroker();
   const Caller nic = Caller::Device("nic0");
   auto buf = broker->AllocBuffer(nic, "nic0", 4 * KiB, Placement::kContiguous);
-  const MapRequest req{.device = "nic0",
-                       .mem = {.buffer_id = buf->buffer_id, .length_bytes = 4 * KiB}};
+  const MapRequest req{.mem = {.buffer_id = buf->buffer_id, .length_bytes = 4 * KiB}};
   for (auto _ : state) {
-    auto m = broker->Map(nic, req);
+    auto m = broker->Map(nic, "nic0", req);
     benchmark::DoNotOptimize(m);
-    if (!broker->Unmap(nic, "nic0", m->dma_addr).ok()) std::abort();
+    if (!broker->Unmap(nic, "nic0", {m->dma_addr}).ok()) std::abort();
   }
   state.SetItemsProcessed(state.iterations());
 }
@@ -54,15 +53,14 @@ void BM_MapUnmapBatch4K(benchmark::State& state) {
   std::vector<DmaBatchOp> ops(2 * batch);
   std::vector<DmaBatchResult> results(2 * batch);
   for (size_t i = 0; i < batch; ++i) {
-    ops[i] = {.kind = DmaBatchOp::Kind::kUnmap};
-    ops[batch + i] = {.kind = DmaBatchOp::Kind::kMap,
-                      .mem = {.buffer_id = buf->buffer_id, .length_bytes = 4 * KiB}};
+    ops[i] = UnmapRequest{};
+    ops[batch + i] = MapRequest{.mem = {.buffer_id = buf->buffer_id, .length_bytes = 4 * KiB}};
   }
   // The first message only maps.
   broker->MapUnmapBatch(nic, "nic0", absl::MakeConstSpan(ops).subspan(batch),
                         absl::MakeSpan(results).subspan(batch));
   for (auto _ : state) {
-    for (size_t i = 0; i < batch; ++i) ops[i].dma_addr = results[batch + i].map.dma_addr;
+    for (size_t i = 0; i < batch; ++i) ops[i] = UnmapRequest{results[batch + i].map.dma_addr};
     broker->MapUnmapBatch(nic, "nic0", ops, absl::MakeSpan(results));
     for (const DmaBatchResult& r : results) {
       if (!r.status.ok()) std::abort();
@@ -102,14 +100,14 @@ void BM_MapUnmapScaling(benchmark::State& state) {
   std::vector<DmaBatchOp> ops(2 * batch);
   std::vector<DmaBatchResult> results(2 * batch);
   for (size_t i = 0; i < batch; ++i) {
-    ops[i] = {.kind = DmaBatchOp::Kind::kUnmap};
-    ops[batch + i] = {.kind = DmaBatchOp::Kind::kMap, .mem = mem};
+    ops[i] = UnmapRequest{};
+    ops[batch + i] = MapRequest{.mem = mem};
   }
   bool first = true;
   for (auto _ : state) {
     if (batch == 1) {
-      auto m = scaling_broker->Map(caller, {.device = device, .mem = mem});
-      if (!m.ok() || !scaling_broker->Unmap(caller, device, m->dma_addr).ok()) std::abort();
+      auto m = scaling_broker->Map(caller, device, {.mem = mem});
+      if (!m.ok() || !scaling_broker->Unmap(caller, device, {m->dma_addr}).ok()) std::abort();
       continue;
     }
     if (first) {  // the first message only maps
@@ -117,7 +115,7 @@ void BM_MapUnmapScaling(benchmark::State& state) {
                                     absl::MakeSpan(results).subspan(batch));
       first = false;
     }
-    for (size_t i = 0; i < batch; ++i) ops[i].dma_addr = results[batch + i].map.dma_addr;
+    for (size_t i = 0; i < batch; ++i) ops[i] = UnmapRequest{results[batch + i].map.dma_addr};
     scaling_broker->MapUnmapBatch(caller, device, ops, absl::MakeSpan(results));
     for (const DmaBatchResult& r : results) {
       if (!r.status.ok()) std::abort();
@@ -138,13 +136,13 @@ void BM_MapSgUnmap(benchmark::State& state) {
   auto broker = NewBroker();
   const Caller nic = Caller::Device("gpu0");
   auto buf = broker->AllocBuffer(nic, "gpu0", n * 4 * KiB, Placement::kScattered);
-  MapSgRequest req{.device = "gpu0", .mode = SgMode::kMerge};
+  MapSgRequest req{.mode = SgMode::kMerge};
   for (uint64_t i = 0; i < n; ++i) {
     req.segments.push_back(
         {.buffer_id = buf->buffer_id, .offset_bytes = i * 4 * KiB, .length_bytes = 4 * KiB});
   }
   for (auto _ : state) {
-    auto m = broker->MapSg(nic, req);
+    auto m = broker->MapSg(nic, "gpu0", req);
     benchmark::DoNotOptimize(m);
     if (!m.ok() || !broker->UnmapSg(nic, "gpu0", m->iova).ok()) std::abort();
   }
@@ -159,8 +157,8 @@ void BM_TranslateHit(benchmark::State& state) {
   auto broker = NewBroker();
   const Caller nic = Caller::Device("nic0");
   auto buf = broker->AllocBuffer(nic, "nic0", 4 * KiB, Placement::kContiguous);
-  auto m = broker->Map(
-      nic, {.device = "nic0", .mem = {.buffer_id = buf->buffer_id, .length_bytes = 4 * KiB}});
+  auto m =
+      broker->Map(nic, "nic0", {.mem = {.buffer_id = buf->buffer_id, .length_bytes = 4 * KiB}});
   const TranslateRequest req{.device = "nic0",
                              .iova = m->dma_addr,
                              .length_bytes = 64,
@@ -178,9 +176,8 @@ void BM_TranslateMiss(benchmark::State& state) {
   const Caller nic = Caller::Device("nic0");
   constexpr uint64_t kPages = 8192;  // 4x the IOTLB's 2048 entries
   auto buf = broker->AllocBuffer(nic, "nic0", kPages * 4 * KiB, Placement::kScattered);
-  auto m = broker->Map(
-      nic,
-      {.device = "nic0", .mem = {.buffer_id = buf->buffer_id, .length_bytes = kPages * 4 * KiB}});
+  auto m = broker->Map(nic, "nic0",
+                       {.mem = {.buffer_id = buf->buffer_id, .length_bytes = kPages * 4 * KiB}});
   uint64_t i = 0;
   for (auto _ : state) {
     const TranslateRequest req{.device = "nic0",

@@ -37,23 +37,22 @@ TEST(BrokerConcurrencyTest, MapUnmapTranslateOnSharedAndSeparateDomains) {
       auto buf = broker->AllocBuffer(me, dev, pages * 4 * KiB,
                                      rng() % 2 ? Placement::kScattered : Placement::kContiguous);
       ASSERT_TRUE(buf.ok()) << buf.status();
-      uint64_t dma = 0;
+      Iova dma;
       bool sg = rng() % 2;
       if (sg) {
-        MapSgRequest req{.device = dev, .mode = SgMode::kMerge};
+        MapSgRequest req{.mode = SgMode::kMerge};
         uint64_t off = 0;
         for (const PhysRun& r : buf->runs) {
           req.segments.push_back(
               {.buffer_id = buf->buffer_id, .offset_bytes = off, .length_bytes = r.size_bytes});
           off += r.size_bytes;
         }
-        auto m = broker->MapSg(me, req);
+        auto m = broker->MapSg(me, dev, req);
         ASSERT_TRUE(m.ok()) << m.status();
         dma = m->segments[0].dma_addr;
       } else {
         auto m = broker->Map(
-            me,
-            {.device = dev, .mem = {.buffer_id = buf->buffer_id, .length_bytes = pages * 4 * KiB}});
+            me, dev, {.mem = {.buffer_id = buf->buffer_id, .length_bytes = pages * 4 * KiB}});
         ASSERT_TRUE(m.ok()) << m.status();
         dma = m->dma_addr;
       }
@@ -61,16 +60,16 @@ TEST(BrokerConcurrencyTest, MapUnmapTranslateOnSharedAndSeparateDomains) {
       auto t =
           broker->Translate(me, {.device = dev, .iova = dma, .length_bytes = 8, .access = Read()});
       ASSERT_TRUE(t.ok());
-      if (t->faulted || t->pages[0].phys_addr != buf->runs[0].start.value()) {
+      if (t->faulted || t->pages[0].phys_addr != buf->runs[0].start) {
         ++wrong_translations;
       }
       // Stray accesses fault (or hit stale entries in the lazy domain).
       auto stray = broker->Translate(me, {.device = dev,
-                                          .iova = (rng() % (1u << 20)) << 12,
+                                          .iova = Iova((rng() % (1u << 20)) << 12),
                                           .length_bytes = 4,
                                           .access = Write()});
       ASSERT_TRUE(stray.ok());
-      ASSERT_TRUE(sg ? broker->UnmapSg(me, dev, dma).ok() : broker->Unmap(me, dev, dma).ok());
+      ASSERT_TRUE(sg ? broker->UnmapSg(me, dev, dma).ok() : broker->Unmap(me, dev, {dma}).ok());
       ASSERT_TRUE(broker->FreeBuffer(me, buf->buffer_id).ok());
       ops += 4;
     }
@@ -113,11 +112,11 @@ TEST(BrokerConcurrencyTest, SharedMemoryRacesWithFreesAndRevocations) {
   absl::Mutex mu;
   uint64_t buffer_id = 0;  // gpu0's buffer the admin maps
   std::string token;       // gpu0's export nic0 imports
-  uint64_t alloc_dma = 0;  // gpu0's Alloc behind the token
+  Iova alloc_dma;          // gpu0's Alloc behind the token
   auto remake = [&]() {
     auto buf = broker->AllocBuffer(gpu, "gpu0", 16 * KiB, Placement::kContiguous);
     ASSERT_TRUE(buf.ok()) << buf.status();
-    auto a = broker->Alloc(gpu, {.device = "gpu0", .size_bytes = 8 * KiB});
+    auto a = broker->Alloc(gpu, "gpu0", {.size_bytes = 8 * KiB});
     ASSERT_TRUE(a.ok()) << a.status();
     auto sg = broker->GetSgTable(gpu, "gpu0", a->dma_addr, ExportGrant{});
     ASSERT_TRUE(sg.ok()) << sg.status();
@@ -143,8 +142,7 @@ TEST(BrokerConcurrencyTest, SharedMemoryRacesWithFreesAndRevocations) {
         id = buffer_id;
       }
       for (size_t i = 0; i < 8; ++i) {
-        ops[i] = {
-            .kind = DmaBatchOp::Kind::kMap,
+        ops[i] = MapRequest{
             .mem = {.buffer_id = id, .offset_bytes = (i % 4) * 4 * KiB, .length_bytes = 4 * KiB}};
       }
       broker->MapUnmapBatch(Caller::Admin(), "sata0", absl::MakeConstSpan(ops).first(8),
@@ -153,7 +151,7 @@ TEST(BrokerConcurrencyTest, SharedMemoryRacesWithFreesAndRevocations) {
       for (size_t i = 0; i < 8; ++i) {
         ASSERT_TRUE(lost_race(results[i].status)) << results[i].status;
         if (results[i].status.ok()) {
-          ops[8 + n++] = {.kind = DmaBatchOp::Kind::kUnmap, .dma_addr = results[i].map.dma_addr};
+          ops[8 + n++] = UnmapRequest{.dma_addr = results[i].map.dma_addr};
         }
       }
       batch_maps += n;
@@ -169,8 +167,8 @@ TEST(BrokerConcurrencyTest, SharedMemoryRacesWithFreesAndRevocations) {
         absl::MutexLock l(&mu);
         t = token;
       }
-      auto m = broker->MapSg(
-          nic, {.device = "nic0", .import_token = t, .direction = DmaDirection::kToDevice});
+      auto m =
+          broker->MapSg(nic, "nic0", {.import_token = t, .direction = DmaDirection::kToDevice});
       ASSERT_TRUE(lost_race(m.status())) << m.status();
       if (!m.ok()) continue;
       ++imports;
@@ -181,7 +179,8 @@ TEST(BrokerConcurrencyTest, SharedMemoryRacesWithFreesAndRevocations) {
   for (uint64_t round = 0; round < 150; ++round) {
     // Let the users in before each free.
     while (batch_maps.load() <= round || imports.load() <= round / 2) std::this_thread::yield();
-    uint64_t id, dma;
+    uint64_t id;
+    Iova dma;
     {
       absl::MutexLock l(&mu);
       id = buffer_id;

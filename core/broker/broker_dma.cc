@@ -83,8 +83,9 @@ absl::StatusOr<MappingRecord*> BrokerImpl::OwnMapping(Domain::Transaction& txn,
 
 // --- Map / Unmap -----------------------------------------------------------------
 
-absl::StatusOr<MapResult> Broker::Map(const Caller& caller, const MapRequest& request) {
-  ASSIGN_OR_RETURN(auto* dev, impl_->ActAs(caller, request.device));
+absl::StatusOr<MapResult> Broker::Map(const Caller& caller, const std::string& device,
+                                      const MapRequest& request) {
+  ASSIGN_OR_RETURN(auto* dev, impl_->ActAs(caller, device));
   ASSIGN_OR_RETURN(BrokerImpl::SessionPin pin, impl_->PinSession(caller));
   std::shared_ptr<Domain> d = impl_->CurrentDomain(*dev);
   BrokerImpl::Buffers::Refs refs(*impl_->buffers_);
@@ -162,18 +163,19 @@ absl::StatusOr<MapResult> BrokerImpl::MapOne(Domain::Transaction& txn, Buffers::
     rec.pt_ranges.push_back({pt_iova, pt_run.size_bytes});
     rec.pieces.push_back({pt_iova + (r.start - pt_run.start), r.start, r.size_bytes});
   }
-  return MapResult{.dma_addr = iova->value() + first_off,
+  return MapResult{.dma_addr = *iova + first_off,
                    .mapping_id = rec.mapping_id,
                    .domain_id = d.id(),
                    .iova_size_bytes = *iova_size};
 }
 
-absl::Status Broker::Unmap(const Caller& caller, const std::string& device, uint64_t dma_addr) {
+absl::Status Broker::Unmap(const Caller& caller, const std::string& device,
+                           const UnmapRequest& request) {
   ASSIGN_OR_RETURN(auto* dev, impl_->ActAs(caller, device));
   std::shared_ptr<Domain> d = impl_->CurrentDomain(*dev);
   BrokerImpl::Buffers::Refs refs(*impl_->buffers_);
   Domain::Transaction txn(*d, refs);
-  return impl_->UnmapOne(txn, *dev, caller, dma_addr);
+  return impl_->UnmapOne(txn, *dev, caller, request.dma_addr.value());
 }
 
 absl::Status BrokerImpl::UnmapOne(Domain::Transaction& txn, const DeviceState& dev,
@@ -186,8 +188,9 @@ absl::Status BrokerImpl::UnmapOne(Domain::Transaction& txn, const DeviceState& d
 
 // --- MapSg ------------------------------------------------------------------------
 
-absl::StatusOr<MapSgResult> Broker::MapSg(const Caller& caller, const MapSgRequest& request) {
-  ASSIGN_OR_RETURN(auto* dev, impl_->ActAs(caller, request.device));
+absl::StatusOr<MapSgResult> Broker::MapSg(const Caller& caller, const std::string& device,
+                                          const MapSgRequest& request) {
+  ASSIGN_OR_RETURN(auto* dev, impl_->ActAs(caller, device));
   ASSIGN_OR_RETURN(BrokerImpl::SessionPin pin, impl_->PinSession(caller));
   std::shared_ptr<Domain> d = impl_->CurrentDomain(*dev);
   if (!d->has_iova_cookie()) return d->NeedsIovaCookie("MapSg");
@@ -262,7 +265,7 @@ absl::StatusOr<MapSgResult> Broker::MapSg(const Caller& caller, const MapSgReque
     return fail(FieldError(absl::StatusCode::kFailedPrecondition, "mode", SgModeName(mode),
                            absl::StrFormat("device %s cannot do scatter-gather and the list "
                                            "maps to %d DMA segments; use CONTIGUOUS",
-                                           request.device, layout->dma_segments.size())));
+                                           device, layout->dma_segments.size())));
   }
   uint64_t total = 0;
   for (const PhysSegment& s : segs) total += s.length_bytes;  // each checked; sum < iova size
@@ -285,14 +288,13 @@ absl::StatusOr<MapSgResult> Broker::MapSg(const Caller& caller, const MapSgReque
     dev->RefundMapping(total);
     return fail(s);
   }
-  MapSgResult out{
-      .domain_id = d->id(), .iova = iova->value(), .iova_size_bytes = layout->iova_size_bytes};
+  MapSgResult out{.domain_id = d->id(), .iova = *iova, .iova_size_bytes = layout->iova_size_bytes};
   for (const SgDmaSegment& s : layout->dma_segments) {
-    out.segments.push_back({iova->value() + s.iova_offset, s.length_bytes});
+    out.segments.push_back({*iova + s.iova_offset, s.length_bytes});
   }
   MappingRecord& rec = txn.Insert(*iova, layout->iova_size_bytes, total, impl_->NewMappingId());
   rec.kind = kind;
-  rec.device = request.device;
+  rec.device = device;
   rec.owner = dev;
   rec.session_id = caller.session_id;
   rec.iova_from_allocator = true;
@@ -312,21 +314,21 @@ absl::StatusOr<MapSgResult> Broker::MapSg(const Caller& caller, const MapSgReque
   // export revoked since Import takes the import back at once.
   if (export_id != 0 &&
       !impl_->buffers_->RecordImport(
-          export_id, {.domain = d, .iova = out.iova, .mapping_id = out.mapping_id})) {
-    txn.Remove(out.iova);
+          export_id, {.domain = d, .iova = out.iova.value(), .mapping_id = out.mapping_id})) {
+    txn.Remove(out.iova.value());
     return FieldError(absl::StatusCode::kNotFound, "import_token", request.import_token,
                       "no such export (never made, revoked, or its buffer was freed)");
   }
   return out;
 }
 
-absl::Status Broker::UnmapSg(const Caller& caller, const std::string& device, uint64_t dma_addr) {
+absl::Status Broker::UnmapSg(const Caller& caller, const std::string& device, Iova dma_addr) {
   ASSIGN_OR_RETURN(auto* dev, impl_->ActAs(caller, device));
   std::shared_ptr<Domain> d = impl_->CurrentDomain(*dev);
   BrokerImpl::Buffers::Refs refs(*impl_->buffers_);
   Domain::Transaction txn(*d, refs);
   ASSIGN_OR_RETURN(MappingRecord * m,
-                   BrokerImpl::OwnMapping(txn, caller, device, dma_addr,
+                   BrokerImpl::OwnMapping(txn, caller, device, dma_addr.value(),
                                           {MappingKind::kMapSg, MappingKind::kImport}, "UnmapSg"));
   txn.Remove(m->iova.value());
   return absl::OkStatus();

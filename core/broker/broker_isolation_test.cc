@@ -39,8 +39,7 @@ class IsolationTest : public ::testing::Test {
     return b->buffer_id;
   }
   MapResult MapBuffer(const std::string& dev, uint64_t buffer, uint64_t size = 64 * KiB) {
-    auto m =
-        broker_->Map(Dev(dev), {.device = dev, .mem = {.buffer_id = buffer, .length_bytes = size}});
+    auto m = broker_->Map(Dev(dev), dev, {.mem = {.buffer_id = buffer, .length_bytes = size}});
     EXPECT_TRUE(m.ok()) << m.status();
     return *m;
   }
@@ -54,13 +53,13 @@ class IsolationTest : public ::testing::Test {
   };
   Shared ShareGpuAllocWithSata(uint64_t size_bytes) {
     Shared out;
-    auto a = broker_->Alloc(Dev("gpu0"), {.device = "gpu0", .size_bytes = size_bytes});
+    auto a = broker_->Alloc(Dev("gpu0"), "gpu0", {.size_bytes = size_bytes});
     if (!a.ok()) return out;
     auto t = broker_->GetSgTable(Dev("gpu0"), "gpu0", a->dma_addr, ExportGrant{});
     if (!t.ok()) return out;
-    auto imp = broker_->MapSg(
-        Dev("sata0"),
-        {.device = "sata0", .import_token = t->export_token, .direction = DmaDirection::kToDevice});
+    auto imp =
+        broker_->MapSg(Dev("sata0"), "sata0",
+                       {.import_token = t->export_token, .direction = DmaDirection::kToDevice});
     if (!imp.ok()) return out;
     out = {.ok = true, .alloc = *a, .table = *t, .import = *imp};
     return out;
@@ -140,15 +139,13 @@ TEST_F(IsolationTest, ExportTokensAre128RandomBitsAndForgeriesFail) {
   // and answer as a token never made.
   const std::string real = *tokens.begin();
   const auto garbage = broker_->MapSg(
-      Dev("sata0"),
-      {.device = "sata0", .import_token = "iexp_0", .direction = DmaDirection::kToDevice});
+      Dev("sata0"), "sata0", {.import_token = "iexp_0", .direction = DmaDirection::kToDevice});
   ASSERT_EQ(garbage.status().code(), absl::StatusCode::kNotFound);
   for (size_t i = 5; i < real.size(); ++i) {
     std::string forged = real;
     forged[i] = forged[i] == '0' ? '1' : '0';
-    auto r = broker_->MapSg(
-        Dev("sata0"),
-        {.device = "sata0", .import_token = forged, .direction = DmaDirection::kToDevice});
+    auto r = broker_->MapSg(Dev("sata0"), "sata0",
+                            {.import_token = forged, .direction = DmaDirection::kToDevice});
     ASSERT_EQ(r.status().code(), absl::StatusCode::kNotFound) << forged;
   }
   EXPECT_EQ(Info("sata0").mappings, 0u);
@@ -167,28 +164,25 @@ TEST_F(IsolationTest, ExportsAreBoundToImportersAndReadOnlyUnlessWritable) {
   ASSERT_TRUE(t.ok());
   // Another device: the answer of an unknown token, word for word but the token.
   auto other = broker_->MapSg(
-      Dev("nic0"),
-      {.device = "nic0", .import_token = t->export_token, .direction = DmaDirection::kToDevice});
-  auto none = broker_->MapSg(
-      Dev("nic0"),
-      {.device = "nic0", .import_token = "iexp_x", .direction = DmaDirection::kToDevice});
+      Dev("nic0"), "nic0", {.import_token = t->export_token, .direction = DmaDirection::kToDevice});
+  auto none = broker_->MapSg(Dev("nic0"), "nic0",
+                             {.import_token = "iexp_x", .direction = DmaDirection::kToDevice});
   EXPECT_EQ(other.status().code(), absl::StatusCode::kNotFound);
   EXPECT_EQ(std::string(other.status().message()).substr(other.status().message().find(':')),
             std::string(none.status().message()).substr(none.status().message().find(':')));
   // Read-only: a device-writable import is refused, TO_DEVICE is served
   // read-only and a device write through it faults.
-  auto rw = broker_->MapSg(Dev("sata0"), {.device = "sata0", .import_token = t->export_token});
+  auto rw = broker_->MapSg(Dev("sata0"), "sata0", {.import_token = t->export_token});
   EXPECT_EQ(rw.status().code(), absl::StatusCode::kPermissionDenied);
   EXPECT_THAT(rw.status().message(), HasSubstr("direction=\"BIDIRECTIONAL\""));
-  auto ro = broker_->MapSg(
-      Dev("sata0"),
-      {.device = "sata0", .import_token = t->export_token, .direction = DmaDirection::kToDevice});
+  auto ro = broker_->MapSg(Dev("sata0"), "sata0",
+                           {.import_token = t->export_token, .direction = DmaDirection::kToDevice});
   ASSERT_TRUE(ro.ok()) << ro.status();
   auto w = broker_->Translate(Dev("sata0"),
                               {.device = "sata0", .iova = ro->iova, .access = testing::Write()});
   ASSERT_TRUE(w.ok());
   EXPECT_TRUE(w->faulted);
-  EXPECT_EQ(w->fault_type, "permission");
+  EXPECT_EQ(w->fault_type, FaultType::kPermission);
   auto r = broker_->Translate(Dev("sata0"),
                               {.device = "sata0", .iova = ro->iova, .access = testing::Read()});
   ASSERT_TRUE(r.ok());
@@ -200,7 +194,7 @@ TEST_F(IsolationTest, ExportsAreBoundToImportersAndReadOnlyUnlessWritable) {
   auto wt = broker_->GetSgTable(Dev("gpu0"), "gpu0", m.dma_addr,
                                 ExportGrant{.importers = {"nic0"}, .writable = true});
   ASSERT_TRUE(wt.ok());
-  auto nic = broker_->MapSg(Dev("nic0"), {.device = "nic0", .import_token = wt->export_token});
+  auto nic = broker_->MapSg(Dev("nic0"), "nic0", {.import_token = wt->export_token});
   ASSERT_TRUE(nic.ok()) << nic.status();
   broker_->CheckInvariants();
 }
@@ -225,7 +219,7 @@ TEST_F(IsolationTest, RevocationUnmapsEveryImporterAndTheOwnerCanAlwaysFree) {
       Dev("sata0"), {.device = "sata0", .iova = imp->iova, .access = testing::Read()});
   ASSERT_TRUE(after.ok());
   EXPECT_TRUE(after->faulted);
-  EXPECT_EQ(after->fault_type, "translation");
+  EXPECT_EQ(after->fault_type, FaultType::kTranslation);
   EXPECT_EQ(Info("sata0").mappings, 0u);
   EXPECT_EQ(broker_->GetBuffer(kAdmin, a->buffer_id).status().code(), absl::StatusCode::kNotFound);
   EXPECT_EQ(broker_->RevokeExport(Dev("gpu0"), t->export_token).status().code(),
@@ -241,12 +235,12 @@ TEST_F(IsolationTest, RevocationUnmapsEveryImporterAndTheOwnerCanAlwaysFree) {
   auto fq = broker_->CreateDomain(Dev("nic0"), {.smmu = "smmu0", .type = DomainType::kDmaFq});
   ASSERT_TRUE(fq.ok());
   ASSERT_TRUE(broker_->AttachDevice(Dev("nic0"), "nic0", fq->domain_id).ok());
-  auto i1 = broker_->MapSg(
-      Dev("nic0"),
-      {.device = "nic0", .import_token = t2->export_token, .direction = DmaDirection::kToDevice});
-  auto i2 = broker_->MapSg(
-      Dev("sata0"),
-      {.device = "sata0", .import_token = t2->export_token, .direction = DmaDirection::kToDevice});
+  auto i1 =
+      broker_->MapSg(Dev("nic0"), "nic0",
+                     {.import_token = t2->export_token, .direction = DmaDirection::kToDevice});
+  auto i2 =
+      broker_->MapSg(Dev("sata0"), "sata0",
+                     {.import_token = t2->export_token, .direction = DmaDirection::kToDevice});
   ASSERT_TRUE(i1.ok() && i2.ok());
   ASSERT_FALSE(
       broker_
@@ -265,11 +259,11 @@ TEST_F(IsolationTest, RevocationUnmapsEveryImporterAndTheOwnerCanAlwaysFree) {
     EXPECT_TRUE(tr->faulted) << dev;
     EXPECT_FALSE(tr->pages.size() == 1 && tr->pages[0].stale) << dev;
   }
-  auto reimport = broker_->MapSg(
-      Dev("sata0"),
-      {.device = "sata0", .import_token = t2->export_token, .direction = DmaDirection::kToDevice});
+  auto reimport =
+      broker_->MapSg(Dev("sata0"), "sata0",
+                     {.import_token = t2->export_token, .direction = DmaDirection::kToDevice});
   EXPECT_EQ(reimport.status().code(), absl::StatusCode::kNotFound);
-  ASSERT_TRUE(broker_->Unmap(Dev("gpu0"), "gpu0", m.dma_addr).ok());
+  ASSERT_TRUE(broker_->Unmap(Dev("gpu0"), "gpu0", {m.dma_addr}).ok());
   EXPECT_TRUE(broker_->FreeBuffer(Dev("gpu0"), buf).ok());
   broker_->CheckInvariants();
 }
@@ -333,9 +327,9 @@ TEST_F(IsolationTest, EveryRefusalOfTheAttachAndShareRulesNamesItsFieldAndValue)
   const MapSgResult* imp = &gpu_to_sata.import;
   auto re = broker_->GetSgTable(Dev("sata0"), "sata0", imp->iova, ExportGrant{});
   EXPECT_EQ(re.status().code(), absl::StatusCode::kFailedPrecondition);
-  EXPECT_THAT(
-      re.status().message(),
-      HasSubstr(absl::StrFormat("dma_addr=%#x: an imported buffer cannot be exported", imp->iova)));
+  EXPECT_THAT(re.status().message(),
+              HasSubstr(absl::StrFormat("dma_addr=%#x: an imported buffer cannot be exported",
+                                        imp->iova.value())));
   broker_->CheckInvariants();
 }
 
@@ -370,7 +364,7 @@ TEST_F(IsolationTest, ForeignAndPhantomSessionsAreRefusedAndCreateNothing) {
     EXPECT_THAT(b.status().message(), HasSubstr("session_id="));
     auto d = broker_->CreateDomain(Dev("gpu0", id), {.smmu = "smmu0"});
     EXPECT_EQ(d.status().code(), absl::StatusCode::kNotFound);
-    auto a = broker_->Alloc(Dev("gpu0", id), {.device = "gpu0", .size_bytes = 4 * KiB});
+    auto a = broker_->Alloc(Dev("gpu0", id), "gpu0", {.size_bytes = 4 * KiB});
     EXPECT_EQ(a.status().code(), absl::StatusCode::kNotFound);
     EXPECT_EQ(broker_->CloseSession(Dev("gpu0"), id).code(), absl::StatusCode::kNotFound);
     EXPECT_EQ(broker_->KeepAlive(Dev("gpu0"), id).code(), absl::StatusCode::kNotFound);
@@ -435,10 +429,10 @@ TEST_F(IsolationTest, UnknownDeviceCallersAreNotFoundEverywhere) {
 TEST_F(IsolationTest, ForeignObjectsAnswerAsMissingOnes) {
   const uint64_t nic_buf = Buffer("nic0");
   uint64_t missing = nic_buf + 1000;
-  auto foreign = broker_->Map(
-      Dev("gpu0"), {.device = "gpu0", .mem = {.buffer_id = nic_buf, .length_bytes = 4096}});
-  auto absent = broker_->Map(
-      Dev("gpu0"), {.device = "gpu0", .mem = {.buffer_id = missing, .length_bytes = 4096}});
+  auto foreign =
+      broker_->Map(Dev("gpu0"), "gpu0", {.mem = {.buffer_id = nic_buf, .length_bytes = 4096}});
+  auto absent =
+      broker_->Map(Dev("gpu0"), "gpu0", {.mem = {.buffer_id = missing, .length_bytes = 4096}});
   EXPECT_EQ(foreign.status().code(), absl::StatusCode::kNotFound);
   EXPECT_EQ(absent.status().code(), absl::StatusCode::kNotFound);
   auto tail = [](const absl::Status& s) {
@@ -454,10 +448,9 @@ TEST_F(IsolationTest, ForeignObjectsAnswerAsMissingOnes) {
   for (uint64_t id : {own->domain_id, nodomain}) {
     EXPECT_EQ(broker_->DestroyDomain(Dev("gpu0"), id).code(), absl::StatusCode::kNotFound) << id;
     EXPECT_EQ(broker_->AttachDevice(Dev("gpu0"), "gpu0", id).code(), absl::StatusCode::kNotFound);
-    auto msi = broker_->MsiCookie(Dev("gpu0"), {.device = "gpu0",
-                                                .domain_id = id,
-                                                .window_base = 0x8000000,
-                                                .window_size_bytes = 0x100000});
+    auto msi = broker_->MsiCookie(
+        Dev("gpu0"), "gpu0",
+        {.domain_id = id, .window_base = 0x8000000, .window_size_bytes = 0x100000});
     EXPECT_EQ(msi.status().code(), absl::StatusCode::kNotFound) << id;
   }
   EXPECT_EQ(Info("nic0").buffers, 1u);
@@ -466,10 +459,10 @@ TEST_F(IsolationTest, ForeignObjectsAnswerAsMissingOnes) {
 TEST_F(IsolationTest, DevicesSeeOnlyTheirOwnCounters) {
   // tbt0 faults; nic0's stats show none of it, nor any SMMU-wide counter.
   for (int i = 0; i < 3; ++i) {
-    ASSERT_TRUE(
-        broker_
-            ->Translate(Dev("tbt0"), {.device = "tbt0", .iova = 0x1000, .access = testing::Read()})
-            ->faulted);
+    ASSERT_TRUE(broker_
+                    ->Translate(Dev("tbt0"),
+                                {.device = "tbt0", .iova = Iova(0x1000), .access = testing::Read()})
+                    ->faulted);
   }
   const BrokerStats nic = broker_->GetStats(Dev("nic0")).value();
   EXPECT_EQ(nic.faults.pushed_total, 0u);
@@ -581,8 +574,7 @@ class IsolationModel {
       case 1: {  // map any known buffer, another device's included
         if (owner_.empty()) break;
         const uint64_t buf = Pick(owner_, rng);
-        auto r =
-            b_.Map(Dev(dev), {.device = dev, .mem = {.buffer_id = buf, .length_bytes = 4 * KiB}});
+        auto r = b_.Map(Dev(dev), dev, {.mem = {.buffer_id = buf, .length_bytes = 4 * KiB}});
         if (r.ok()) {
           EXPECT_EQ(owner_[buf], dev) << "mapped another device's buffer";
           maps_.push_back({dev, r->dma_addr, buf});
@@ -592,7 +584,7 @@ class IsolationModel {
       case 2: {  // unmap
         if (maps_.empty()) break;
         const size_t i = rng.Below(maps_.size());
-        (void)b_.Unmap(Dev(maps_[i].dev), maps_[i].dev, maps_[i].dma_addr);
+        (void)b_.Unmap(Dev(maps_[i].dev), maps_[i].dev, {maps_[i].dma_addr});
         (void)b_.Free(Dev(maps_[i].dev), maps_[i].dev, maps_[i].dma_addr);
         maps_.erase(maps_.begin() + i);
         break;
@@ -650,8 +642,8 @@ class IsolationModel {
         if (exports_.empty()) break;
         std::string token = Pick(exports_, rng);
         if (rng.Below(4) == 0) token[5 + rng.Below(32)] ^= 1;
-        auto r = b_.MapSg(
-            Dev(dev), {.device = dev, .import_token = token, .direction = DmaDirection::kToDevice});
+        auto r =
+            b_.MapSg(Dev(dev), dev, {.import_token = token, .direction = DmaDirection::kToDevice});
         if (!r.ok()) break;
         ASSERT_TRUE(exports_.contains(token)) << "imported a forged token";
         const Export& e = exports_[token];
@@ -679,7 +671,7 @@ class IsolationModel {
         break;
       }
       case 10: {  // dma_alloc (pages it owns)
-        auto r = b_.Alloc(Dev(dev), {.device = dev, .size_bytes = 16 * KiB});
+        auto r = b_.Alloc(Dev(dev), dev, {.size_bytes = 16 * KiB});
         if (!r.ok()) break;
         owner_[r->buffer_id] = dev;
         maps_.push_back({dev, r->dma_addr, r->buffer_id});
@@ -757,7 +749,7 @@ class IsolationModel {
                                           DomainType::kBlocked};
   struct Mapping {
     std::string dev;
-    uint64_t dma_addr;
+    Iova dma_addr;
     uint64_t buffer;  // 0 for an import
   };
   struct Export {

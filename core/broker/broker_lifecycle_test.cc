@@ -23,17 +23,16 @@ class BrokerLifecycleTest : public ::testing::Test {
   Caller Dev(const std::string& n, uint64_t session = 0) { return Caller::Device(n, session); }
 
   // Maps one 4 KiB page of a fresh buffer for `dev`; returns the dma_addr.
-  uint64_t MapPage(const std::string& dev, uint64_t session = 0) {
+  Iova MapPage(const std::string& dev, uint64_t session = 0) {
     auto b = broker_->AllocBuffer(Dev(dev, session), dev, 4 * KiB, Placement::kContiguous);
     EXPECT_TRUE(b.ok()) << b.status();
-    auto m =
-        broker_->Map(Dev(dev, session),
-                     {.device = dev, .mem = {.buffer_id = b->buffer_id, .length_bytes = 4 * KiB}});
+    auto m = broker_->Map(Dev(dev, session), dev,
+                          {.mem = {.buffer_id = b->buffer_id, .length_bytes = 4 * KiB}});
     EXPECT_TRUE(m.ok()) << m.status();
     buffers_.push_back(b->buffer_id);
     return m->dma_addr;
   }
-  TranslateResult Tr(const std::string& dev, uint64_t iova) {
+  TranslateResult Tr(const std::string& dev, Iova iova) {
     auto r = broker_->Translate(Dev(dev),
                                 {.device = dev, .iova = iova, .length_bytes = 4, .access = Read()});
     EXPECT_TRUE(r.ok()) << r.status();
@@ -53,10 +52,10 @@ class BrokerLifecycleTest : public ::testing::Test {
 };
 
 TEST_F(BrokerLifecycleTest, StrictUnmapNeverServesAStaleTranslation) {
-  const uint64_t a = MapPage("nic0");
+  const Iova a = MapPage("nic0");
   ASSERT_FALSE(Tr("nic0", a).faulted);
   ASSERT_TRUE(Tr("nic0", a).pages[0].iotlb_hit);
-  ASSERT_TRUE(broker_->Unmap(Dev("nic0"), "nic0", a).ok());
+  ASSERT_TRUE(broker_->Unmap(Dev("nic0"), "nic0", {a}).ok());
   TranslateResult t = Tr("nic0", a);
   EXPECT_TRUE(t.faulted);
   EXPECT_EQ(StaleHits("smmu0"), 0u);
@@ -69,18 +68,18 @@ TEST_F(BrokerLifecycleTest, LazyUnmapCountsStaleHitsUntilTheFlush) {
   ASSERT_TRUE(broker_->AttachDevice(Dev("nic0"), "nic0", fq->domain_id).ok());
   // A neighbour keeps the leaf table alive: freeing a table needs a walk-cache
   // invalidation, which (as on hardware) also drops the leaf entries.
-  const uint64_t keep = MapPage("nic0");
-  const uint64_t a = MapPage("nic0");
+  const Iova keep = MapPage("nic0");
+  const Iova a = MapPage("nic0");
   ASSERT_EQ(keep - a, 4 * KiB);
   ASSERT_FALSE(Tr("nic0", a).faulted);  // fills the IOTLB
-  ASSERT_TRUE(broker_->Unmap(Dev("nic0"), "nic0", a).ok());
+  ASSERT_TRUE(broker_->Unmap(Dev("nic0"), "nic0", {a}).ok());
   // The device still reaches the page through the stale entry: counted.
   TranslateResult stale = Tr("nic0", a);
   ASSERT_FALSE(stale.faulted);
   EXPECT_TRUE(stale.pages[0].stale);
   EXPECT_EQ(StaleHits("smmu0"), 1u);
   // The IOVA is not reused before its invalidation completed.
-  const uint64_t b = MapPage("nic0");
+  const Iova b = MapPage("nic0");
   EXPECT_NE(b, a);
   // After the flush (Sync, or the timeout) the access faults.
   ASSERT_TRUE(broker_->Sync(Dev("nic0"), "nic0").ok());
@@ -88,7 +87,7 @@ TEST_F(BrokerLifecycleTest, LazyUnmapCountsStaleHitsUntilTheFlush) {
   EXPECT_EQ(StaleHits("smmu0"), 1u);
   // Timeout path: unmap b, advance the clock past the queue timeout, Tick.
   ASSERT_FALSE(Tr("nic0", b).faulted);
-  ASSERT_TRUE(broker_->Unmap(Dev("nic0"), "nic0", b).ok());
+  ASSERT_TRUE(broker_->Unmap(Dev("nic0"), "nic0", {b}).ok());
   EXPECT_FALSE(Tr("nic0", b).faulted);
   clock_.now += opts_.flush_queue_timeout + absl::Milliseconds(1);
   broker_->Tick();
@@ -113,12 +112,12 @@ TEST_F(BrokerLifecycleTest, UntrustedDevicesAreAlwaysStrict) {
 TEST_F(BrokerLifecycleTest, SessionExpiryReleasesEverything) {
   auto sid = broker_->OpenSession(Dev("gpu0"), absl::Seconds(10));
   ASSERT_TRUE(sid.ok());
-  const uint64_t a = MapPage("gpu0", *sid);
-  auto alloc = broker_->Alloc(Dev("gpu0", *sid), {.device = "gpu0", .size_bytes = 64 * KiB});
+  const Iova a = MapPage("gpu0", *sid);
+  auto alloc = broker_->Alloc(Dev("gpu0", *sid), "gpu0", {.size_bytes = 64 * KiB});
   ASSERT_TRUE(alloc.ok());
   auto dom = broker_->CreateDomain(Dev("gpu0", *sid), {.smmu = "smmu0"});
   ASSERT_TRUE(dom.ok());
-  const uint64_t kept = MapPage("gpu0");  // not in the session: survives
+  const Iova kept = MapPage("gpu0");  // not in the session: survives
   clock_.now += absl::Seconds(5);
   ASSERT_TRUE(broker_->KeepAlive(Dev("gpu0"), *sid).ok());
   clock_.now += absl::Seconds(9);
@@ -156,18 +155,18 @@ TEST_F(BrokerLifecycleTest, CloseSessionReleasesAndDetaches) {
 }
 
 TEST_F(BrokerLifecycleTest, FaultsAreRecordedWithSequenceAndOverflowIsCounted) {
-  const uint64_t a = MapPage("nic0");
+  const Iova a = MapPage("nic0");
   // Read-only mapping: a write is a permission fault.
   auto b = broker_->AllocBuffer(Dev("nic0"), "nic0", 4 * KiB, Placement::kContiguous);
-  auto ro = broker_->Map(Dev("nic0"), {.device = "nic0",
-                                       .mem = {.buffer_id = b->buffer_id, .length_bytes = 4 * KiB},
-                                       .direction = DmaDirection::kToDevice});
+  auto ro = broker_->Map(Dev("nic0"), "nic0",
+                         {.mem = {.buffer_id = b->buffer_id, .length_bytes = 4 * KiB},
+                          .direction = DmaDirection::kToDevice});
   ASSERT_TRUE(ro.ok());
   auto w = broker_->Translate(
       Dev("nic0"), {.device = "nic0", .iova = ro->dma_addr, .length_bytes = 4, .access = Write()});
   ASSERT_TRUE(w.ok());
   EXPECT_TRUE(w->faulted);
-  EXPECT_EQ(w->fault_type, "permission");
+  EXPECT_EQ(w->fault_type, FaultType::kPermission);
   EXPECT_EQ(w->fault_seq, 1u);
   // An access running past a mapping returns the translated part and a
   // translation fault at the first unmapped byte (nic0 is PCI: its first
@@ -183,14 +182,16 @@ TEST_F(BrokerLifecycleTest, FaultsAreRecordedWithSequenceAndOverflowIsCounted) {
       broker_->CreateDomain(Caller::Admin(), {.smmu = "smmu1", .type = DomainType::kBlocked});
   ASSERT_TRUE(blocked.ok());
   ASSERT_TRUE(broker_->AttachDevice(Caller::Admin(), "dsp0", blocked->domain_id).ok());
-  auto bl = broker_->Translate(Dev("dsp0"), {.device = "dsp0", .iova = 0x1000, .access = Read()});
-  EXPECT_EQ(bl->fault_type, "blocked");
+  auto bl =
+      broker_->Translate(Dev("dsp0"), {.device = "dsp0", .iova = Iova(0x1000), .access = Read()});
+  EXPECT_EQ(bl->fault_type, FaultType::kAccessBlocked);
   auto us = broker_->Translate(
-      Caller::Admin(), {.smmu = "smmu0", .stream_id = 0x7777, .iova = 0x1000, .access = Read()});
-  EXPECT_EQ(us->fault_type, "unknown_stream");
-  auto as = broker_->Translate(Dev("cam0"),
-                               {.device = "cam0", .iova = uint64_t{1} << 33, .access = Read()});
-  EXPECT_EQ(as->fault_type, "address_size");
+      Caller::Admin(),
+      {.smmu = "smmu0", .stream_id = 0x7777, .iova = Iova(0x1000), .access = Read()});
+  EXPECT_EQ(us->fault_type, FaultType::kUnknownStream);
+  auto as = broker_->Translate(
+      Dev("cam0"), {.device = "cam0", .iova = Iova(uint64_t{1} << 33), .access = Read()});
+  EXPECT_EQ(as->fault_type, FaultType::kAddressSize);
   // A device reads only its own faults; an admin reads all, in order.
   auto mine = broker_->ReadFaults(Dev("nic0"), 0, 100);
   ASSERT_TRUE(mine.ok());
@@ -203,7 +204,7 @@ TEST_F(BrokerLifecycleTest, FaultsAreRecordedWithSequenceAndOverflowIsCounted) {
   ASSERT_EQ(all->records.size(), 5u);
   for (size_t i = 0; i < 5; ++i) EXPECT_EQ(all->records[i].seq, i + 1);
   // Overflow of the 8-record ring is counted, never silent.
-  for (int i = 0; i < 10; ++i) EXPECT_TRUE(Tr("nic0", 0x7000'0000).faulted);
+  for (int i = 0; i < 10; ++i) EXPECT_TRUE(Tr("nic0", Iova(0x7000'0000)).faulted);
   auto late = broker_->ReadFaults(Caller::Admin(), 0, 100);
   EXPECT_EQ(late->records.size(), 8u);
   EXPECT_EQ(late->lost, 7u);
@@ -216,10 +217,11 @@ TEST_F(BrokerLifecycleTest, IdentityDomainBypasses) {
   ASSERT_TRUE(id.ok());
   ASSERT_TRUE(broker_->AttachDevice(Caller::Admin(), "gpu0", id->domain_id).ok());
   auto t = broker_->Translate(
-      Dev("gpu0"), {.device = "gpu0", .iova = 0x8000'1234, .length_bytes = 16, .access = Write()});
+      Dev("gpu0"),
+      {.device = "gpu0", .iova = Iova(0x8000'1234), .length_bytes = 16, .access = Write()});
   ASSERT_TRUE(t.ok());
   ASSERT_FALSE(t->faulted);
-  EXPECT_EQ(t->pages[0].phys_addr, 0x8000'1234u);
+  EXPECT_EQ(t->pages[0].phys_addr, PhysAddr(0x8000'1234u));
 }
 
 TEST_F(BrokerLifecycleTest, DomainLifecycleAndContexts) {

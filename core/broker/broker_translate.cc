@@ -21,7 +21,7 @@ using internal::MappingRecord;
 absl::StatusOr<TranslateResult> Broker::Translate(const Caller& caller,
                                                   const TranslateRequest& request) {
   if (request.length_bytes == 0) return InvalidField("length_bytes", 0, "must be non-zero");
-  const auto last = LastOfRange(request.iova, request.length_bytes);
+  const auto last = LastOfRange(request.iova.value(), request.length_bytes);
   if (!last) {
     return InvalidField("length_bytes", request.length_bytes, "iova + length passes 2^64");
   }
@@ -42,11 +42,11 @@ absl::StatusOr<TranslateResult> Broker::Translate(const Caller& caller,
     if (dev == nullptr) {
       // C_BAD_STREAMID: the SMMU has no stream table entry for it.
       TranslateResult out{
-          .faulted = true, .fault_type = "unknown_stream", .fault_iova = request.iova};
+          .faulted = true, .fault_type = FaultType::kUnknownStream, .fault_iova = request.iova};
       out.fault_seq = impl_->faults_->Push({.type = FaultType::kUnknownStream,
                                             .smmu = request.smmu,
                                             .stream_id = *request.stream_id,
-                                            .iova = Iova(request.iova),
+                                            .iova = request.iova,
                                             .access = request.access});
       absl::MutexLock l(&smmu->second->mu);
       ++smmu->second->translations_fault;
@@ -60,8 +60,8 @@ absl::StatusOr<TranslateResult> Broker::Translate(const Caller& caller,
   TranslateResult out;
   auto fault = [&](FaultType type, uint64_t at) {
     out.faulted = true;
-    out.fault_type = std::string(FaultTypeName(type));
-    out.fault_iova = at;
+    out.fault_type = type;
+    out.fault_iova = Iova(at);
     out.fault_seq = impl_->faults_->Push({.type = type,
                                           .smmu = smmu.config.name,
                                           .stream_id = dev->config.stream_id,
@@ -75,15 +75,16 @@ absl::StatusOr<TranslateResult> Broker::Translate(const Caller& caller,
   };
   switch (d->type()) {
     case DomainType::kBlocked:
-      fault(FaultType::kAccessBlocked, request.iova);
+      fault(FaultType::kAccessBlocked, request.iova.value());
       return out;
     case DomainType::kIdentity:
       // Bypass: the output address is the input address, within the oas.
       if (*last > LowMask(smmu.config.oas_bits)) {
-        fault(FaultType::kAddressSize, request.iova);
+        fault(FaultType::kAddressSize, request.iova.value());
         return out;
       }
-      out.pages.push_back({request.iova, request.iova, request.length_bytes, false, false});
+      out.pages.push_back(
+          {request.iova, PhysAddr(request.iova.value()), request.length_bytes, false, false});
       {
         absl::MutexLock l(&smmu.mu);
         ++smmu.translations_ok;
@@ -94,7 +95,7 @@ absl::StatusOr<TranslateResult> Broker::Translate(const Caller& caller,
     case DomainType::kUnmanaged:
       break;
   }
-  uint64_t at = request.iova;
+  uint64_t at = request.iova.value();
   while (true) {
     if (at > d->aperture_end()) {  // beyond the input address size
       fault(FaultType::kAddressSize, at);
@@ -138,7 +139,7 @@ absl::StatusOr<TranslateResult> Broker::Translate(const Caller& caller,
     }
     const uint64_t piece_end = std::min(leaf_end, *last);
     out.pages.push_back(
-        {at, phys.value(), piece_end - at + 1, hit.has_value(), hit.has_value() && hit->stale});
+        {Iova(at), phys, piece_end - at + 1, hit.has_value(), hit.has_value() && hit->stale});
     {
       absl::MutexLock l(&smmu.mu);
       ++smmu.translations_ok;
@@ -151,9 +152,9 @@ absl::StatusOr<TranslateResult> Broker::Translate(const Caller& caller,
 
 // --- MSI -------------------------------------------------------------------------------
 
-absl::StatusOr<MsiCookieResult> Broker::MsiCookie(const Caller& caller,
+absl::StatusOr<MsiCookieResult> Broker::MsiCookie(const Caller& caller, const std::string& device,
                                                   const MsiCookieRequest& request) {
-  ASSIGN_OR_RETURN(auto* dev, impl_->ActAs(caller, request.device));
+  ASSIGN_OR_RETURN(auto* dev, impl_->ActAs(caller, device));
   std::shared_ptr<Domain> d;
   if (request.domain_id.has_value()) {
     // The owner of an UNMANAGED domain sets up its MSI window
@@ -168,7 +169,7 @@ absl::StatusOr<MsiCookieResult> Broker::MsiCookie(const Caller& caller,
         return FieldError(absl::StatusCode::kNotFound, "domain_id", d->id(), "no such domain");
       }
     }
-    if (!caller.admin && d->owner() != request.device) {
+    if (!caller.admin && d->owner() != device) {
       return FieldError(absl::StatusCode::kPermissionDenied, "domain_id", d->id(),
                         "only the domain's owner may set its MSI window");
     }
@@ -202,14 +203,14 @@ absl::StatusOr<MsiCookieResult> Broker::MsiCookie(const Caller& caller,
     }
     // Without a device doorbell the call only set up the window.
     if (dev->config.msi_doorbell.empty() || !is_current) {
-      return MsiCookieResult{.msi_addr = 0, .domain_id = d->id(), .newly_mapped = false};
+      return MsiCookieResult{.msi_addr = Iova(0), .domain_id = d->id(), .newly_mapped = false};
     }
   } else if (request.window_size_bytes != 0 || request.window_base != 0) {
     return InvalidField("window_size_bytes", request.window_size_bytes,
                         "an MSI window needs domain_id naming the UNMANAGED domain");
   }
   if (dev->config.msi_doorbell.empty()) {
-    return FieldError(absl::StatusCode::kFailedPrecondition, "device", request.device,
+    return FieldError(absl::StatusCode::kFailedPrecondition, "device", device,
                       "has no MSI doorbell in the topology");
   }
   // iommu_dma_prepare_msi: map the doorbell page into the device's CURRENT
@@ -224,10 +225,11 @@ absl::StatusOr<MsiCookieResult> Broker::MsiCookie(const Caller& caller,
   const uint64_t g = d->granule_bytes();
   const uint64_t page = AlignDown(doorbell, g);
   if (d->type() == DomainType::kIdentity) {
-    return MsiCookieResult{.msi_addr = doorbell, .domain_id = d->id(), .newly_mapped = false};
+    // Bypass: the device's address for the doorbell is its physical address.
+    return MsiCookieResult{.msi_addr = Iova(doorbell), .domain_id = d->id(), .newly_mapped = false};
   }
   if (d->type() == DomainType::kBlocked) {
-    return FieldError(absl::StatusCode::kFailedPrecondition, "device", request.device,
+    return FieldError(absl::StatusCode::kFailedPrecondition, "device", device,
                       absl::StrFormat("its current domain %d is BLOCKED", d->id()));
   }
   BrokerImpl::Buffers::Refs refs(*impl_->buffers_);
@@ -235,9 +237,8 @@ absl::StatusOr<MsiCookieResult> Broker::MsiCookie(const Caller& caller,
   ASSIGN_OR_RETURN(Domain::Transaction::MsiPage p,
                    txn.MapMsiPage(page, doorbell, impl_->DeviceLimit(*d, *dev),
                                   [&] { return impl_->NewMappingId(); }));
-  return MsiCookieResult{.msi_addr = p.iova.value() + (doorbell - page),
-                         .domain_id = d->id(),
-                         .newly_mapped = p.newly_mapped};
+  return MsiCookieResult{
+      .msi_addr = p.iova + (doorbell - page), .domain_id = d->id(), .newly_mapped = p.newly_mapped};
 }
 
 // --- Views ---------------------------------------------------------------------------------

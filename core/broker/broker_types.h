@@ -3,11 +3,14 @@
 
 // The vocabulary of the broker's API: who calls, what they ask, what they
 // get. Plain structs; the server converts protobuf messages to and from these
-// in one place.
+// in one place. Addresses are typed (Iova, PhysAddr: core/base/types.h); the
+// device a DMA call acts as is a parameter of the call, never a field of its
+// request, so a request is the same value in a unary call and in a Batch run.
 
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <variant>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -16,6 +19,7 @@
 #include "core/base/types.h"
 #include "core/broker/sg_layout.h"
 #include "core/broker/topology.h"
+#include "core/iotlb/fault_ring.h"
 #include "core/memory/phys_memory.h"
 
 namespace iommu::core {
@@ -66,30 +70,26 @@ struct BufferInfo {
 };
 
 struct MapRequest {
-  std::string device;
   MemRef mem;
   DmaDirection direction = DmaDirection::kBidirectional;
   DmaAttrs attrs;
 };
 
 struct MapResult {
-  uint64_t dma_addr = 0;  // iova + offset of the memory within its granule
+  Iova dma_addr;  // iova + offset of the memory within its granule
   uint64_t mapping_id = 0;
   uint64_t domain_id = 0;
   uint64_t iova_size_bytes = 0;  // the whole IOVA allocation
 };
 
-// One operation of Broker::MapUnmapBatch, which acts as one device for a run
-// of them: a Map of `mem` (as MapRequest, the device being the batch's) or an
-// Unmap of the allocation containing `dma_addr`.
-struct DmaBatchOp {
-  enum class Kind : uint8_t { kMap, kUnmap };
-  Kind kind = Kind::kMap;
-  MemRef mem;                                             // kMap
-  DmaDirection direction = DmaDirection::kBidirectional;  // kMap
-  DmaAttrs attrs;                                         // kMap
-  uint64_t dma_addr = 0;                                  // kUnmap
+// Unmaps the allocation that `dma_addr` (any address inside it) belongs to.
+struct UnmapRequest {
+  Iova dma_addr;
 };
+
+// One operation of Broker::MapUnmapBatch, which acts as one device for a run
+// of them: the request of a Map or of an Unmap, as the unary call takes it.
+using DmaBatchOp = std::variant<MapRequest, UnmapRequest>;
 
 // What Map (status and `map`) or Unmap (status) returned for one DmaBatchOp.
 struct DmaBatchResult {
@@ -98,7 +98,6 @@ struct DmaBatchResult {
 };
 
 struct MapSgRequest {
-  std::string device;
   std::vector<MemRef> segments;  // each physically contiguous
   std::string import_token;      // instead of segments: import an exported buffer
   SgMode mode = SgMode::kMerge;
@@ -107,20 +106,19 @@ struct MapSgRequest {
 };
 
 struct DmaSegment {
-  uint64_t dma_addr = 0;
+  Iova dma_addr;
   uint64_t length_bytes = 0;
 };
 
 struct MapSgResult {
   uint64_t mapping_id = 0;
   uint64_t domain_id = 0;
-  uint64_t iova = 0;  // start of the IOVA allocation
+  Iova iova;  // start of the IOVA allocation
   uint64_t iova_size_bytes = 0;
   std::vector<DmaSegment> segments;
 };
 
 struct AllocRequest {
-  std::string device;
   uint64_t size_bytes = 0;
   DmaDirection direction = DmaDirection::kBidirectional;
   DmaAttrs attrs;
@@ -128,7 +126,7 @@ struct AllocRequest {
 };
 
 struct AllocResult {
-  uint64_t dma_addr = 0;
+  Iova dma_addr;
   uint64_t mapping_id = 0;
   uint64_t domain_id = 0;
   uint64_t buffer_id = 0;  // the pages behind it, owned by the device
@@ -154,7 +152,6 @@ struct SgTableResult {
 };
 
 struct MsiCookieRequest {
-  std::string device;
   // For the owner of an UNMANAGED domain setting up its MSI window (once):
   std::optional<uint64_t> domain_id;
   uint64_t window_base = 0;
@@ -162,7 +159,7 @@ struct MsiCookieRequest {
 };
 
 struct MsiCookieResult {
-  uint64_t msi_addr = 0;  // iova of the doorbell page + the doorbell's offset
+  Iova msi_addr;  // iova of the doorbell page + the doorbell's offset
   uint64_t domain_id = 0;
   bool newly_mapped = false;  // false: the doorbell page was already mapped there
 };
@@ -214,18 +211,21 @@ struct IovaRangesResult {
 
 enum class TranslateOutcome { kOk, kFault };
 
+// A device access. Unlike the DMA calls it names its device in the request,
+// as one of two ways of naming the accessor: an admin may give a raw stream
+// (smmu + stream_id) instead.
 struct TranslateRequest {
   std::string device;  // or, for admins, smmu + stream_id
   std::string smmu;
   std::optional<uint32_t> stream_id;
-  uint64_t iova = 0;
+  Iova iova;
   uint64_t length_bytes = 1;
   Access access;
 };
 
 struct TranslatedPage {
-  uint64_t iova = 0;  // first byte of this piece
-  uint64_t phys_addr = 0;
+  Iova iova;  // first byte of this piece
+  PhysAddr phys_addr;
   uint64_t length_bytes = 0;  // up to the end of the page or request
   bool iotlb_hit = false;
   bool stale = false;  // served from a stale IOTLB entry (lazy mode)
@@ -234,9 +234,9 @@ struct TranslatedPage {
 struct TranslateResult {
   std::vector<TranslatedPage> pages;  // the pieces that translated, in order
   bool faulted = false;
-  uint64_t fault_seq = 0;  // the fault record, when faulted
-  std::string fault_type;
-  uint64_t fault_iova = 0;
+  uint64_t fault_seq = 0;                          // the fault record, when faulted
+  FaultType fault_type = FaultType::kTranslation;  // when faulted
+  Iova fault_iova;
 };
 
 }  // namespace iommu::core

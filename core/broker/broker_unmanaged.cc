@@ -18,9 +18,8 @@ using internal::MappingRecord;
 
 // --- MapAt / UnmapRange (UNMANAGED) --------------------------------------------------
 
-absl::StatusOr<MapResult> Broker::MapAt(const Caller& caller, const std::string& device,
-                                        uint64_t iova, const MemRef& mem, DmaDirection direction,
-                                        DmaAttrs attrs) {
+absl::StatusOr<MapResult> Broker::MapAt(const Caller& caller, const std::string& device, Iova iova,
+                                        const MemRef& mem, DmaDirection direction, DmaAttrs attrs) {
   ASSIGN_OR_RETURN(auto* dev, impl_->ActAs(caller, device));
   ASSIGN_OR_RETURN(BrokerImpl::SessionPin pin, impl_->PinSession(caller));
   std::shared_ptr<Domain> d = impl_->CurrentDomain(*dev);
@@ -31,19 +30,19 @@ absl::StatusOr<MapResult> Broker::MapAt(const Caller& caller, const std::string&
                                       DomainTypeName(d->type())));
   }
   const uint64_t g = d->granule_bytes();
-  if (!IsAligned(iova, g)) {
-    return InvalidField("iova", iova,
+  if (!IsAligned(iova.value(), g)) {
+    return InvalidField("iova", iova.value(),
                         absl::StrFormat("must be aligned to the %#x-byte granule", g));
   }
   if (!IsAligned(mem.length_bytes, g) || mem.length_bytes == 0) {
     return InvalidField("mem.length_bytes", mem.length_bytes,
                         absl::StrFormat("must be a non-zero multiple of the %#x-byte granule", g));
   }
-  const auto last = LastOfRange(iova, mem.length_bytes);
+  const auto last = LastOfRange(iova.value(), mem.length_bytes);
   if (!last) return InvalidField("mem.length_bytes", mem.length_bytes, "iova + length passes 2^64");
   const uint64_t limit = impl_->DeviceLimit(*d, *dev);
-  if (iova < d->aperture_start() || *last > limit) {
-    return OutOfRangeField("iova", iova,
+  if (iova.value() < d->aperture_start() || *last > limit) {
+    return OutOfRangeField("iova", iova.value(),
                            absl::StrFormat("range must lie in [%#x, %#x] (aperture and DMA mask)",
                                            d->aperture_start(), limit));
   }
@@ -64,15 +63,16 @@ absl::StatusOr<MapResult> Broker::MapAt(const Caller& caller, const std::string&
   }
   if (absl::Status s = dev->ChargeMapping(mem.length_bytes); !s.ok()) return fail(s);
   Domain::Transaction txn(*d, refs);
-  if (const auto window = txn.MsiWindow();
-      window.has_value() && iova <= window->first + window->second - 1 && window->first <= *last) {
+  if (const auto window = txn.MsiWindow(); window.has_value() &&
+                                           iova.value() <= window->first + window->second - 1 &&
+                                           window->first <= *last) {
     dev->RefundMapping(mem.length_bytes);
-    return fail(FieldError(absl::StatusCode::kAlreadyExists, "iova", iova,
+    return fail(FieldError(absl::StatusCode::kAlreadyExists, "iova", iova.value(),
                            absl::StrFormat("overlaps the domain's MSI window [%#x, %#x]",
                                            window->first, window->first + window->second - 1)));
   }
   std::vector<std::pair<Iova, PhysRun>> ranges;
-  Iova at(iova);
+  Iova at = iova;
   for (const PhysRun& r : res.runs) {
     ranges.push_back({at, r});
     at += r.size_bytes;
@@ -82,8 +82,7 @@ absl::StatusOr<MapResult> Broker::MapAt(const Caller& caller, const std::string&
     dev->RefundMapping(mem.length_bytes);
     return fail(s);
   }
-  MappingRecord& rec =
-      txn.Insert(Iova(iova), mem.length_bytes, mem.length_bytes, impl_->NewMappingId());
+  MappingRecord& rec = txn.Insert(iova, mem.length_bytes, mem.length_bytes, impl_->NewMappingId());
   rec.kind = MappingKind::kMapAt;
   rec.device = device;
   rec.owner = dev;
@@ -101,7 +100,7 @@ absl::StatusOr<MapResult> Broker::MapAt(const Caller& caller, const std::string&
 }
 
 absl::StatusOr<uint64_t> Broker::UnmapRange(const Caller& caller, const std::string& device,
-                                            uint64_t iova, uint64_t size_bytes) {
+                                            Iova iova, uint64_t size_bytes) {
   ASSIGN_OR_RETURN(auto* dev, impl_->ActAs(caller, device));
   std::shared_ptr<Domain> d = impl_->CurrentDomain(*dev);
   if (d->type() != DomainType::kUnmanaged) {
@@ -110,7 +109,8 @@ absl::StatusOr<uint64_t> Broker::UnmapRange(const Caller& caller, const std::str
                                       "current domain is %s",
                                       DomainTypeName(d->type())));
   }
-  const auto last = LastOfRange(iova, size_bytes);
+  const uint64_t first = iova.value();
+  const auto last = LastOfRange(first, size_bytes);
   if (!last) return InvalidField("size_bytes", size_bytes, "zero, or iova + size passes 2^64");
   BrokerImpl::Buffers::Refs refs(*impl_->buffers_);
   Domain::Transaction txn(*d, refs);
@@ -119,9 +119,9 @@ absl::StatusOr<uint64_t> Broker::UnmapRange(const Caller& caller, const std::str
   std::vector<uint64_t> doomed;
   uint64_t bytes = 0;
   absl::Status refused;
-  txn.mappings().ForEachOverlapping(iova, *last, [&](const MappingRecord& m) {
+  txn.mappings().ForEachOverlapping(first, *last, [&](const MappingRecord& m) {
     const uint64_t m_last = m.iova.value() + m.iova_size_bytes - 1;
-    if (m.iova.value() < iova || m_last > *last) {
+    if (m.iova.value() < first || m_last > *last) {
       refused = FieldError(
           absl::StatusCode::kFailedPrecondition, "size_bytes", size_bytes,
           absl::StrFormat("the range would split the mapping [%#x, %#x]", m.iova.value(), m_last));
