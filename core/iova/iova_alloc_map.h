@@ -164,13 +164,17 @@ class IovaAllocMap {
   // num_pages) of a size-aligned range of <= 64 pages in g's group; Set:
   // disjoint from every recorded allocation; Clear: it is recorded.
   static void Set(Group& g, Bits b) {
+    // The end bit is clear (REQUIRES): adding it sets it. Two different
+    // operations on purpose, as in Clear.
     g.start_bits |= b.start;
-    g.end_bits |= b.end;
+    g.end_bits += b.end;
   }
   static void Clear(Group& g, Bits b) {
     // The bits are set (REQUIRES): flipping or subtracting them clears them.
     // Two different operations on purpose: GCC would otherwise pair the two
-    // words into an SSE register and back (six instructions for two).
+    // words into an SSE register and back (six instructions for two, and a
+    // 16-byte load of a group just written by two 8-byte stores waits for
+    // them instead of taking their data).
     g.start_bits ^= b.start;
     g.end_bits -= b.end;
   }

@@ -73,6 +73,7 @@ absl::StatusOr<IovaAllocator> IovaAllocator::Create(const IovaAllocatorOptions& 
 IovaAllocator::IovaAllocator(const IovaAllocatorOptions& options, int num_orders)
     : options_(options),
       granule_shift_(Log2(options.granule_bytes)),
+      granule_mask_(options.granule_bytes - 1),
       start_pfn_(options.start_pfn),
       end_pfn_(options.end_pfn),
       space_pages_(options.end_pfn - options.start_pfn + 1),
@@ -91,20 +92,6 @@ IovaAllocator::IovaAllocator(const IovaAllocatorOptions& options, int num_orders
 }
 
 // --- allocation ----------------------------------------------------------------
-
-absl::Status IovaAllocator::ValidateRequest(uint64_t num_pages, uint64_t limit_pfn) const {
-  if (num_pages == 0) return InvalidField("num_pages", 0, "must be non-zero");
-  if (num_pages > space_pages_) {
-    return OutOfRangeField(
-        "num_pages", num_pages,
-        absl::StrFormat("larger than the IOVA space of %#x pages", space_pages_));
-  }
-  if (limit_pfn < start_pfn_) {
-    return OutOfRangeField("limit_pfn", limit_pfn,
-                           absl::StrFormat("below start_pfn=%#x", start_pfn_));
-  }
-  return absl::OkStatus();
-}
 
 uint64_t IovaAllocator::AllocFromTree(uint64_t num_pages, uint64_t limit_pfn) {
   const int order = AlignOrder(num_pages);
@@ -147,25 +134,12 @@ void IovaAllocator::ReleaseToTree(uint64_t pfn, uint64_t num_pages) {
   if (move) cursor_ = next;
 }
 
-uint64_t IovaAllocator::AllocFastOnce(uint64_t num_pages, uint64_t limit_pfn, bool flush,
-                                      bool* cacheable) {
-  *cacheable = num_pages - 1 < cache_max_pages_;
-  if (*cacheable) {
-    const int cls = AlignOrder(num_pages);
-    num_pages = uint64_t{1} << cls;
-    if (limit_pfn + 1 >= num_pages) {
-      const uint64_t pfn = cache_.Pop(cls, limit_pfn + 1 - num_pages);
-      if (pfn != 0) {
-        ++cache_hits_;
-        RecordLive(pfn, num_pages);
-        return pfn;
-      }
-    }
-  }
-  uint64_t pfn = AllocFromTree(num_pages, limit_pfn);
-  if (pfn == 0 && flush && cache_.cached_ranges() != 0) {
-    FlushCaches();
-    pfn = AllocFromTree(num_pages, limit_pfn);
+uint64_t IovaAllocator::PopCached(uint64_t num_pages, uint64_t limit_pfn) {
+  if (limit_pfn + 1 < num_pages) return 0;
+  const uint64_t pfn = cache_.Pop(AlignOrder(num_pages), limit_pfn + 1 - num_pages);
+  if (pfn != 0) {
+    ++cache_hits_;
+    RecordLive(pfn, num_pages);
   }
   return pfn;
 }
@@ -181,79 +155,18 @@ IovaFailureReason IovaAllocator::CountFailure(uint64_t num_pages) {
   return reason;
 }
 
-absl::Status IovaAllocator::ExhaustedError(absl::string_view field, uint64_t value,
-                                           uint64_t num_pages, uint64_t limit_pfn,
-                                           IovaFailureReason reason) const {
+absl::Status IovaAllocator::ExhaustedError(uint64_t size_bytes, uint64_t num_pages,
+                                           uint64_t limit_pfn) {
+  const IovaFailureReason reason = CountFailure(num_pages);
   const uint64_t largest = tree_.largest_pages();
   return FieldError(
-      absl::StatusCode::kResourceExhausted, field, value,
+      absl::StatusCode::kResourceExhausted, "size_bytes", size_bytes,
       absl::StrFormat("no free IOVA range holds %#x pages (%#x bytes) aligned to %#x pages "
                       "at or below limit_pfn=%#x (%s); largest free range %#x pages "
                       "(%#x bytes), %#x pages free",
                       num_pages, num_pages << granule_shift_, RoundUpPowerOfTwo(num_pages),
                       limit_pfn, ReasonName(reason), largest, largest << granule_shift_,
                       tree_.free_pages()));
-}
-
-uint64_t IovaAllocator::AllocTreePath(uint64_t num_pages, uint64_t limit_pfn,
-                                      IovaFailureReason* reason) {
-  const uint64_t limit = ClipLimit(limit_pfn);
-  if (options_.try_32bit_first && limit > pfn_32bit_ && pfn_32bit_ >= start_pfn_) {
-    if (const uint64_t pfn = AllocFromTree(num_pages, pfn_32bit_); pfn != 0) return pfn;
-  }
-  const uint64_t pfn = AllocFromTree(num_pages, limit);
-  if (pfn == 0) *reason = CountFailure(num_pages);
-  return pfn;
-}
-
-uint64_t IovaAllocator::AllocFastPath(uint64_t num_pages, uint64_t limit_pfn,
-                                      IovaFailureReason* reason) {
-  const uint64_t limit = ClipLimit(limit_pfn);
-  const uint64_t hits_before = cache_hits_;
-  bool cacheable = false;
-  uint64_t pfn = 0;
-  if (options_.try_32bit_first && limit > pfn_32bit_ && pfn_32bit_ >= start_pfn_) {
-    pfn = AllocFastOnce(num_pages, pfn_32bit_, /*flush=*/false, &cacheable);
-  }
-  if (pfn == 0) pfn = AllocFastOnce(num_pages, limit, /*flush=*/true, &cacheable);
-  // One hit or one miss per cacheable call.
-  if (cacheable && cache_hits_ == hits_before) ++cache_misses_;
-  if (pfn == 0) *reason = CountFailure(FastSize(num_pages));
-  return pfn;
-}
-
-uint64_t IovaAllocator::AllocPfnsOrZero(uint64_t num_pages, uint64_t limit_pfn) {
-  if (num_pages == 0 || num_pages > space_pages_ || limit_pfn < start_pfn_) return 0;
-  IovaFailureReason reason;
-  return AllocTreePath(num_pages, limit_pfn, &reason);
-}
-
-uint64_t IovaAllocator::AllocPfnsFastSlow(uint64_t num_pages, uint64_t limit_pfn) {
-  if (num_pages == 0 || num_pages > space_pages_ || limit_pfn < start_pfn_) return 0;
-  IovaFailureReason reason;
-  return AllocFastPath(num_pages, limit_pfn, &reason);
-}
-
-absl::StatusOr<uint64_t> IovaAllocator::AllocPfns(uint64_t num_pages, uint64_t limit_pfn) {
-  if (absl::Status s = ValidateRequest(num_pages, limit_pfn); !s.ok()) [[unlikely]] {
-    return s;
-  }
-  IovaFailureReason reason = IovaFailureReason::kNoSpace;
-  const uint64_t pfn = AllocTreePath(num_pages, limit_pfn, &reason);
-  if (pfn != 0) [[likely]]
-    return pfn;
-  return ExhaustedError("num_pages", num_pages, num_pages, ClipLimit(limit_pfn), reason);
-}
-
-absl::StatusOr<uint64_t> IovaAllocator::AllocPfnsFast(uint64_t num_pages, uint64_t limit_pfn) {
-  if (absl::Status s = ValidateRequest(num_pages, limit_pfn); !s.ok()) [[unlikely]] {
-    return s;
-  }
-  IovaFailureReason reason = IovaFailureReason::kNoSpace;
-  const uint64_t pfn = AllocFastPath(num_pages, limit_pfn, &reason);
-  if (pfn != 0) [[likely]]
-    return pfn;
-  return ExhaustedError("num_pages", num_pages, FastSize(num_pages), ClipLimit(limit_pfn), reason);
 }
 
 // --- live-allocation index --------------------------------------------------------
@@ -263,14 +176,6 @@ void IovaAllocator::RecordLive(uint64_t pfn, uint64_t num_pages) {
     small_.Insert(pfn, num_pages);
   } else {
     large_.emplace(pfn, num_pages);
-  }
-}
-
-void IovaAllocator::EraseLive(uint64_t pfn, uint64_t num_pages) {
-  if (num_pages <= internal::IovaAllocMap::kMaxPages) {
-    internal::IovaAllocMap::Clear(small_.Existing(pfn), pfn, num_pages);
-  } else {
-    large_.erase(pfn);
   }
 }
 
@@ -285,54 +190,53 @@ uint64_t IovaAllocator::LivePages(uint64_t pfn) const {
 
 // --- free ------------------------------------------------------------------------
 
-absl::Status IovaAllocator::NotLiveError(uint64_t pfn) const {
-  bool cached = false;
-  cache_.ForEach([&](uint64_t cached_pfn, int) { cached |= cached_pfn == pfn; });
-  return FieldError(absl::StatusCode::kNotFound, "pfn", pfn,
-                    cached ? "allocation already freed (it sits in a range cache)"
-                           : "no live allocation starts at this pfn");
-}
-
-absl::Status IovaAllocator::FreePfns(uint64_t pfn) {
-  // LivePages + EraseLive in one lookup: the small allocation's group once,
-  // or one probe of large_ (erase by the iterator find returned).
-  internal::IovaAllocMap::Group* const g = small_.Find(pfn);
-  if (const uint64_t pages = internal::IovaAllocMap::PagesAt(*g, pfn); pages != 0) {
-    internal::IovaAllocMap::Clear(*g, pfn, pages);
-    ReleaseToTree(pfn, pages);
-    return absl::OkStatus();
+absl::Status IovaAllocator::FreeError(Iova iova, uint64_t size_bytes) const {
+  if ((iova.value() & granule_mask_) != 0) {
+    return InvalidField("iova", iova.value(), "not aligned to the granule");
   }
-  if (!large_.empty()) {
-    if (const auto it = large_.find(pfn); it != large_.end()) {
-      const uint64_t pages = it->second;
-      large_.erase(it);
-      ReleaseToTree(pfn, pages);
-      return absl::OkStatus();
-    }
-  }
-  return NotLiveError(pfn);
-}
-
-absl::Status IovaAllocator::FreePfnsFastSlow(uint64_t pfn, uint64_t num_pages) {
+  if (size_bytes == 0) return InvalidField("size_bytes", 0, "must be non-zero");
+  const uint64_t pfn = iova.value() >> granule_shift_;
   const uint64_t pages = LivePages(pfn);
-  if (pages == 0) [[unlikely]]
-    return NotLiveError(pfn);
-  if (num_pages - 1 < cache_max_pages_) {
-    const int cls = AlignOrder(num_pages);
-    if (pages == uint64_t{1} << cls) [[likely]] {
-      EraseLive(pfn, pages);
-      cache_.Push(cls, pfn, [this](uint64_t spilled, int spilled_cls) {
-        ReleaseToTree(spilled, uint64_t{1} << spilled_cls);
-      });
-      return absl::OkStatus();
-    }
+  if (pages == 0) {
+    bool cached = false;
+    cache_.ForEach([&](uint64_t cached_pfn, int) { cached |= cached_pfn == pfn; });
+    return FieldError(absl::StatusCode::kNotFound, "pfn", pfn,
+                      cached ? "allocation already freed (it sits in a range cache)"
+                             : "no live allocation starts at this pfn");
   }
-  if (pages != num_pages) [[unlikely]] {
-    return InvalidField("num_pages", num_pages,
-                        absl::StrFormat("the allocation at pfn=%#x has %#x pages", pfn, pages));
+  return InvalidField("num_pages", PagesOf(size_bytes),
+                      absl::StrFormat("the allocation at pfn=%#x has %#x pages", pfn, pages));
+}
+
+absl::Status IovaAllocator::FreeIovaSlow(Iova iova, uint64_t size_bytes) {
+  const uint64_t pfn = iova.value() >> granule_shift_;
+  // The allocation in one lookup of each index: its group of the bitmap, or
+  // one probe of large_.
+  internal::IovaAllocMap::Group* const g = small_.Find(pfn);
+  uint64_t pages = internal::IovaAllocMap::PagesAt(*g, pfn);
+  auto large = large_.end();
+  if (pages == 0 && !large_.empty()) {
+    large = large_.find(pfn);
+    if (large != large_.end()) pages = large->second;
   }
-  EraseLive(pfn, pages);
-  ReleaseToTree(pfn, num_pages);
+  // A misaligned iova, size_bytes 0 (ClassPages(0) is 0), no allocation or
+  // another size: FreeError says which.
+  if ((iova.value() & granule_mask_) != 0 || pages == 0 || pages != ClassPages(PagesOf(size_bytes)))
+      [[unlikely]] {
+    return FreeError(iova, size_bytes);
+  }
+  if (large != large_.end()) {
+    large_.erase(large);
+  } else {
+    internal::IovaAllocMap::Clear(*g, pfn, pages);
+  }
+  if (pages - 1 < cache_max_pages_) {
+    cache_.Push(AlignOrder(pages), pfn, [this](uint64_t spilled, int spilled_cls) {
+      ReleaseToTree(spilled, uint64_t{1} << spilled_cls);
+    });
+  } else {
+    ReleaseToTree(pfn, pages);
+  }
   return absl::OkStatus();
 }
 
@@ -402,53 +306,61 @@ absl::Status IovaAllocator::Reserve(uint64_t pfn_lo, uint64_t pfn_hi) {
   return absl::OkStatus();
 }
 
-// --- byte interface ----------------------------------------------------------------------
+// --- the byte interface, out of line ---------------------------------------------------
 
-absl::StatusOr<Iova> IovaAllocator::AllocIova(uint64_t size_bytes, Iova limit) {
+absl::Status IovaAllocator::RequestError(uint64_t size_bytes, Iova limit) const {
   if (size_bytes == 0) return InvalidField("size_bytes", 0, "must be non-zero");
-  const uint64_t mask = options_.granule_bytes - 1;
-  const uint64_t num_pages = (size_bytes >> granule_shift_) + ((size_bytes & mask) != 0);
-  const uint64_t limit_pfn = limit.value() >> granule_shift_;
-  if (num_pages > space_pages_) {
+  if (PagesOf(size_bytes) > space_pages_) {
     return OutOfRangeField(
         "size_bytes", size_bytes,
         absl::StrFormat("larger than the IOVA space of %#x bytes", space_pages_ << granule_shift_));
   }
-  if (limit_pfn < start_pfn_) {
-    return OutOfRangeField(
-        "limit", limit.value(),
-        absl::StrFormat("below the first allocatable IOVA %#x", start_pfn_ << granule_shift_));
-  }
-  IovaFailureReason reason = IovaFailureReason::kNoSpace;
-  const uint64_t pfn = AllocFastPath(num_pages, limit_pfn, &reason);
-  if (pfn != 0) [[likely]]
-    return Iova(pfn << granule_shift_);
-  return ExhaustedError("size_bytes", size_bytes, FastSize(num_pages), ClipLimit(limit_pfn),
-                        reason);
+  return OutOfRangeField(
+      "limit", limit.value(),
+      absl::StrFormat("below the first allocatable IOVA %#x", start_pfn_ << granule_shift_));
 }
 
-absl::Status IovaAllocator::FreeIova(Iova iova, uint64_t size_bytes) {
-  const uint64_t mask = options_.granule_bytes - 1;
-  if ((iova.value() & mask) != 0) {
-    return InvalidField("iova", iova.value(), "not aligned to the granule");
+absl::StatusOr<Iova> IovaAllocator::AllocIovaSlow(uint64_t size_bytes, Iova limit) {
+  uint64_t num_pages = PagesOf(size_bytes);
+  const uint64_t limit_pfn = ClipLimit(limit.value() >> granule_shift_);
+  // num_pages - 1 wraps for size_bytes 0; a limit below start_pfn_ stays
+  // below it when clipped.
+  if (num_pages - 1 >= space_pages_ || limit_pfn < start_pfn_) [[unlikely]] {
+    return RequestError(size_bytes, limit);
   }
-  if (size_bytes == 0) return InvalidField("size_bytes", 0, "must be non-zero");
-  const uint64_t num_pages = (size_bytes >> granule_shift_) + ((size_bytes & mask) != 0);
-  return FreePfnsFast(iova.value() >> granule_shift_, num_pages);
-}
-
-std::optional<uint64_t> IovaAllocator::AllocationSizeBytes(Iova iova) const {
-  const std::optional<uint64_t> pages = AllocationPages(iova.value() >> granule_shift_);
-  if (!pages) return std::nullopt;
-  return *pages << granule_shift_;
+  // alloc_iova_fast: the class's cache, then the tree; with 32-bit-first,
+  // once under the 32-bit limit first. Only the last attempt flushes the
+  // caches into the tree and retries when the tree fails.
+  const bool cacheable = num_pages - 1 < cache_max_pages_;
+  if (cacheable) num_pages = RoundUpPowerOfTwo(num_pages);
+  uint64_t limit_now = limit_pfn;
+  if (options_.try_32bit_first && limit_pfn > pfn_32bit_ && pfn_32bit_ >= start_pfn_) {
+    limit_now = pfn_32bit_;
+  }
+  for (;;) {
+    uint64_t pfn = cacheable ? PopCached(num_pages, limit_now) : 0;
+    if (pfn != 0) return Iova(pfn << granule_shift_);
+    pfn = AllocFromTree(num_pages, limit_now);
+    if (pfn == 0 && limit_now == limit_pfn && cache_.cached_ranges() != 0) {
+      FlushCaches();
+      pfn = AllocFromTree(num_pages, limit_now);
+    }
+    if (pfn != 0 || limit_now == limit_pfn) {
+      cache_misses_ += cacheable;  // one hit or one miss per cacheable call
+      if (pfn == 0) [[unlikely]]
+        return ExhaustedError(size_bytes, num_pages, limit_pfn);
+      return Iova(pfn << granule_shift_);
+    }
+    limit_now = limit_pfn;
+  }
 }
 
 // --- queries ---------------------------------------------------------------------------
 
-std::optional<uint64_t> IovaAllocator::AllocationPages(uint64_t pfn) const {
-  const uint64_t pages = LivePages(pfn);
+std::optional<uint64_t> IovaAllocator::AllocationSizeBytes(Iova iova) const {
+  const uint64_t pages = LivePages(iova.value() >> granule_shift_);
   if (pages == 0) return std::nullopt;
-  return pages;
+  return pages << granule_shift_;
 }
 
 void IovaAllocator::ForEachAllocated(const std::function<void(uint64_t, uint64_t)>& fn) const {

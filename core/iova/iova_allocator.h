@@ -3,64 +3,54 @@
 
 // IovaAllocator: the IOVA space of one domain, in pfn units of the domain's
 // granule (its smallest page size), with Linux DMA-API semantics (iova.c,
-// dma-iommu.c) and no O(n) search.
+// dma-iommu.c) and no O(n) search. Callers speak bytes: AllocIova /
+// FreeIova, as alloc_iova_fast / free_iova_fast.
 //
 // Policy.
-//   * Size-aligned, top-down: an allocation of num_pages starts at a multiple
-//     of RoundUpPowerOfTwo(num_pages) in ABSOLUTE pfn terms, ends at or below
-//     the caller's inclusive limit_pfn, and is placed as Linux's
+//   * Size-aligned, top-down: an allocation of n pages starts at a multiple
+//     of RoundUpPowerOfTwo(n) in ABSOLUTE pfn terms, ends at or below the
+//     caller's inclusive limit, and is placed as Linux's
 //     alloc_iova(..., size_aligned=true) places it: the highest fit below the
 //     last allocation, else the highest fit (kLinuxNextFit, default), or
 //     always the highest fit (kHighestFit).
-//   * pfn 0 is never handed out (start_pfn >= 1), so 0 can mean "failed" on the
-//     raw fast paths.
+//   * pfn 0 is never handed out (start_pfn >= 1).
 //   * Reserved ranges (Reserve, as reserve_iova) are never handed out and are
 //     counted apart.
-//   * Range caches (AllocPfnsFast / FreePfnsFast, as alloc_iova_fast /
-//     free_iova_fast): requests up to cache.max_pages pages are rounded up to
-//     a power of two and served from per-size-class magazines plus a depot;
-//     a cached range ending above the caller's limit is never returned. A
-//     miss goes to the tree; if the tree fails, every cache is flushed back to
-//     the tree and the tree is tried once more (flush_rcache).
+//   * Range caches (Linux's rcache): a request of up to cache.max_pages
+//     pages is rounded up to a power of two, its size class; a free of such
+//     an allocation goes to its class's magazines, and the next allocation
+//     of that class is served from them (the range freed last first), never
+//     with a range ending above the caller's limit. A miss goes to the tree;
+//     if the tree fails, every cache is flushed back to the tree and the
+//     tree is tried once more (flush_rcache). Larger requests, and all of
+//     them with the cache off, take exactly their pages from the tree and
+//     return them to it.
 //   * Optional 32-bit-first (iommu_dma_alloc_iova for PCI devices): a limit
 //     above 4 GiB is first tried at the 4 GiB limit, then at the full limit.
 //
 // Layout and cost (n = live allocations + free ranges):
-//   free ranges   IovaGapTree: B+-tree, up to 16 ranges per leaf and 16
-//                 children per internal node, each child entry holding the
-//                 subtree's max "room after the first 2^k-aligned pfn" for
-//                 every order k (capped at 2^k, zero for ranges too short for
-//                 order k), which is 2^k below the two orders at its longest
-//                 range and 0 above: three numbers per entry. Exact top-down
-//                 fit in O(log n); one summary recompute (O(16)) per level per
-//                 free or allocation, most O(1) (grown rows, or a shrunk range
-//                 that was not its leaf's maximum), stopping once nothing
-//                 changes. Figures: docs/performance.md#iova-allocator.
+//   free ranges   IovaGapTree (iova_gap_tree.h): a B+-tree of the free
+//                 ranges augmented per alignment order; exact top-down fit
+//                 in O(log n), and O(log n) per free or tree allocation.
 //   allocations   live ones only (cached ranges are not live). Those of up
-//                 to 4096 pages in IovaAllocMap: a start and an end bit per
-//                 pfn, 16 bytes per aligned group of 64 pfns, in 8 KiB chunks
-//                 of 2^15 pfns under a radix directory whose depth follows
-//                 the span (one level of 32 pointers for a 32-bit space of 4K
-//                 pages, two for 2^36 pfns). For up to 64 pages, lookup,
-//                 exact-size check and size are one 16-byte load plus the
-//                 directory (which stays in L1), no hashing, no scan. For
-//                 65..4096 pages the size is the first end bit in the
-//                 following groups (a scan of at most 63 end words, one per
-//                 64 pages), so those never hash either. Memory:
-//                 proportional to the IOVA span ever allocated from (16
-//                 bytes per 64 pfns, 8 KiB per chunk touched, plus 4 KiB per
-//                 lower directory node); nothing is freed before the
-//                 allocator. Larger allocations: a hash map
-//                 pfn -> pages (checked only when the bitmap has no start at
-//                 the pfn, and only if non-empty).
+//                 to 4096 pages in IovaAllocMap (iova_alloc_map.h): a start
+//                 and an end bit per pfn, so lookup, exact-size check and
+//                 size are one 16-byte group for up to 64 pages, a scan of
+//                 at most 63 end words for 65..4096, never a hash; memory
+//                 proportional to the span ever allocated from (16 bytes per
+//                 64 pfns), kept until the allocator goes. Larger
+//                 allocations: a hash map pfn -> pages (probed only when the
+//                 bitmap has no start at the pfn, and only if non-empty).
 //                 ForEachAllocated walks the chunks touched, O(span / 64).
-//   caches        IovaMagazineCache: O(1) push/pop, no allocation. A cache hit
-//                 (the loaded magazine serves) is inline: a few loads and
-//                 stores plus one group update each for alloc and free (a
-//                 push clears the range's bits, a pop sets them). Telling "in
-//                 a cache" from "never allocated" for NOT_FOUND's message
-//                 scans the magazines: O(cached ranges), on the error path
-//                 only.
+//   caches        IovaMagazineCache (iova_magazine.h): O(1) push/pop, no
+//                 allocation. AllocIova and FreeIova are always inlined into
+//                 their callers up to the cache: a hit of the loaded magazine
+//                 (alloc) or a push into it (free) is a few loads, stores and
+//                 shifts plus one group of the allocation map; everything
+//                 else (other magazines, misses, uncached sizes,
+//                 32-bit-first, errors) goes out of line. Telling "in a
+//                 cache" from "never allocated" for NOT_FOUND's message scans
+//                 the magazines: O(cached ranges), on the error path only.
 //   statistics    kept incrementally, O(1) per mutation (cached totals are
 //                 recounted over the size classes); GetStats never walks.
 // Nothing on a success path formats a string; messages are built on failure.
@@ -69,13 +59,14 @@
 //   (1) free ranges, live allocations, cached allocations and reserved ranges
 //       are disjoint and tile [start_pfn, end_pfn] exactly;
 //   (2) every allocation is size-aligned and inside [start_pfn, end_pfn];
-//   (3) free ranges are maximal (never adjacent); the gap tree's augmentation,
-//       heights and histogram equal a recomputation;
+//   (3) free ranges are maximal (never adjacent); the gap tree's summaries,
+//       structure and histogram equal a recomputation;
 //   (4) cached pfns are ranges of exactly their class size, size-aligned,
 //       not live, each cached once; every counter equals a recount;
 //   (5) the allocation map's bits pair up (every start bit has its end bit
 //       in its chunk, before the next start bit, at most 4096 pages on); the
-//       large map holds only allocations of more than 4096 pages.
+//       large map holds only allocations of more than 4096 pages;
+//   (6) the next-fit cursors are outside the free ranges.
 //
 // Thread-compatible: one allocator per domain, serialised by its owner (the
 // domain's lock in the broker). No method is safe to call concurrently with a
@@ -201,33 +192,23 @@ class IovaAllocator {
   IovaAllocator(IovaAllocator&&) = default;
   IovaAllocator& operator=(IovaAllocator&&) = default;
 
-  // --- pfn interface ---------------------------------------------------------
-
-  // Exact-size tree allocation (alloc_iova, size_aligned): returns the first
-  // pfn. Errors: INVALID_ARGUMENT num_pages == 0; OUT_OF_RANGE num_pages
-  // larger than the space, or limit_pfn below start_pfn; RESOURCE_EXHAUSTED
-  // naming the request and the largest free range. A limit above end_pfn is
-  // clipped to end_pfn.
-  absl::StatusOr<uint64_t> AllocPfns(uint64_t num_pages, uint64_t limit_pfn);
-
-  // Cached allocation (alloc_iova_fast): num_pages <= cache.max_pages is
-  // rounded up to a power of two and served from the caches when a cached
-  // range fits below limit_pfn. Same errors as AllocPfns.
-  absl::StatusOr<uint64_t> AllocPfnsFast(uint64_t num_pages, uint64_t limit_pfn);
-
-  // Raw forms of the two above: the first pfn, or 0 on any failure (stats
-  // count it; no message is built). For hot loops that handle failure
-  // themselves.
-  uint64_t AllocPfnsOrZero(uint64_t num_pages, uint64_t limit_pfn);
-  uint64_t AllocPfnsFastOrZero(uint64_t num_pages, uint64_t limit_pfn) {
+  // ceil(size_bytes / granule) pages (see Policy: rounded up to their size
+  // class when cacheable) at or below the inclusive byte limit (e.g. a
+  // device's DMA mask; a limit above the space is clipped to it). Errors:
+  // INVALID_ARGUMENT size_bytes == 0; OUT_OF_RANGE size_bytes larger than
+  // the space, or limit below the first allocatable IOVA; RESOURCE_EXHAUSTED
+  // naming size_bytes, the pages and alignment needed, why (no space,
+  // fragmented, only above the limit) and the largest free range.
+  [[gnu::always_inline]] absl::StatusOr<Iova> AllocIova(uint64_t size_bytes, Iova limit) {
     // Inline: the top of the class's loaded magazine fits below the limit.
-    // Everything else (other magazines, a miss, 32-bit-first, bad arguments)
-    // goes out of line, where the same cache is consulted in full.
-    if (num_pages - 1 < inline_alloc_max_pages_) [[likely]] {
-      const int cls = internal::kIovaSmallClasses.cls[num_pages - 1];
-      const uint64_t last = internal::kIovaSmallClasses.last[num_pages - 1];  // size - 1
+    // (size_bytes - 1) >> shift is num_pages - 1, and huge for size_bytes 0.
+    const uint64_t index = (size_bytes - 1) >> granule_shift_;
+    if (index < inline_alloc_max_pages_) [[likely]] {
+      const int cls = internal::kIovaSmallClasses.cls[index];
+      const uint64_t last = internal::kIovaSmallClasses.last[index];  // size - 1
       // A cached range lies inside [start_pfn, end_pfn], so it fits below
       // the limit iff it ends at or below limit_pfn: no clip to end_pfn.
+      const uint64_t limit_pfn = limit.value() >> granule_shift_;
       if (limit_pfn >= last) [[likely]] {
         const uint64_t pfn = cache_.TryPopLoaded(cls, limit_pfn - last);
         if (pfn != 0) [[likely]] {
@@ -236,28 +217,28 @@ class IovaAllocator {
           // exists.
           internal::IovaAllocMap::Set(small_.Existing(pfn),
                                       internal::IovaAllocMap::BitsAt(pfn, last));
-          return pfn;
+          return Iova(pfn << granule_shift_);
         }
       }
     }
-    return AllocPfnsFastSlow(num_pages, limit_pfn);
+    return AllocIovaSlow(size_bytes, limit);
   }
 
-  // Frees the allocation starting at pfn to the tree (__free_iova).
-  // NOT_FOUND: no live allocation starts at pfn (never allocated, already
-  // freed, or sitting in a cache).
-  absl::Status FreePfns(uint64_t pfn);
-
-  // Frees with the size the caller allocated with (free_iova_fast): a
-  // cacheable allocation goes to its magazine, anything else to the tree.
-  // NOT_FOUND as FreePfns; INVALID_ARGUMENT when num_pages does not match
-  // the allocation (after the same rounding AllocPfnsFast applies).
-  absl::Status FreePfnsFast(uint64_t pfn, uint64_t num_pages) {
+  // Frees what AllocIova returned, given the same size_bytes: a cacheable
+  // allocation goes to its size class's magazines (a full class spills one
+  // magazine to the tree), anything else to the tree. Errors:
+  // INVALID_ARGUMENT iova not granule-aligned, size_bytes == 0, or a size
+  // that does not match the allocation (after the same rounding, naming
+  // num_pages and the allocation's pages); NOT_FOUND no live allocation
+  // starts at iova (never allocated, already freed, or sitting in a cache).
+  [[gnu::always_inline]] absl::Status FreeIova(Iova iova, uint64_t size_bytes) {
     // Inline: a live allocation of exactly its class size into a loaded
-    // magazine with room. Everything else (errors, spills) out of line.
-    if (num_pages - 1 < inline_free_max_pages_) [[likely]] {
-      const int cls = internal::kIovaSmallClasses.cls[num_pages - 1];
-      const uint64_t last = internal::kIovaSmallClasses.last[num_pages - 1];  // size - 1
+    // magazine with room.
+    const uint64_t index = (size_bytes - 1) >> granule_shift_;  // as in AllocIova
+    if (index < inline_free_max_pages_ && (iova.value() & granule_mask_) == 0) [[likely]] {
+      const uint64_t pfn = iova.value() >> granule_shift_;
+      const int cls = internal::kIovaSmallClasses.cls[index];
+      const uint64_t last = internal::kIovaSmallClasses.last[index];  // size - 1
       internal::IovaAllocMap::Group* const g = small_.Find(pfn);
       const internal::IovaAllocMap::Bits bits = internal::IovaAllocMap::BitsAt(pfn, last);
       if (internal::IovaAllocMap::Holds(*g, bits) && cache_.TryPushLoaded(cls, pfn)) [[likely]] {
@@ -265,8 +246,12 @@ class IovaAllocator {
         return absl::OkStatus();
       }
     }
-    return FreePfnsFastSlow(pfn, num_pages);
+    return FreeIovaSlow(iova, size_bytes);
   }
+
+  // Size in bytes of the live allocation starting at iova's granule, if any
+  // (how the broker unmaps by address). Cached ranges are not live.
+  std::optional<uint64_t> AllocationSizeBytes(Iova iova) const;
 
   // Never hands out [pfn_lo, pfn_hi] (reserve_iova). The part outside
   // [start_pfn, end_pfn] is ignored (it is never allocatable anyway); reserving
@@ -276,26 +261,8 @@ class IovaAllocator {
   absl::Status Reserve(uint64_t pfn_lo, uint64_t pfn_hi);
 
   // Returns every cached range to the tree (free_cpu_cached_iovas).
+  // O(cached ranges x log n).
   void FlushCaches();
-
-  // --- byte interface for the broker ------------------------------------------
-
-  // AllocPfnsFast for ceil(size_bytes / granule) pages below the inclusive
-  // byte limit (e.g. a device's DMA mask). INVALID_ARGUMENT size_bytes == 0.
-  absl::StatusOr<Iova> AllocIova(uint64_t size_bytes, Iova limit);
-  // FreePfnsFast for an IOVA AllocIova returned, with the same size_bytes.
-  // INVALID_ARGUMENT: iova not granule-aligned.
-  absl::Status FreeIova(Iova iova, uint64_t size_bytes);
-  // Size in bytes of the live allocation starting at iova's granule, if any
-  // (how the broker unmaps by address).
-  std::optional<uint64_t> AllocationSizeBytes(Iova iova) const;
-
-  // --- queries ------------------------------------------------------------------
-
-  // Pages of the live allocation starting at pfn; nullopt if none starts
-  // there (cached ranges are not live).
-  std::optional<uint64_t> AllocationPages(uint64_t pfn) const;
-  bool Contains(uint64_t pfn) const { return AllocationPages(pfn).has_value(); }
 
   // fn(lo_pfn, hi_pfn) for each free range, ascending. O(free ranges).
   template <typename Fn>
@@ -321,32 +288,34 @@ class IovaAllocator {
  private:
   IovaAllocator(const IovaAllocatorOptions& options, int num_orders);
 
-  uint64_t AllocPfnsFastSlow(uint64_t num_pages, uint64_t limit_pfn);
-  absl::Status FreePfnsFastSlow(uint64_t pfn, uint64_t num_pages);
-  absl::Status ValidateRequest(uint64_t num_pages, uint64_t limit_pfn) const;
-  // Size a fast-path request really takes: rounded up when cacheable.
-  uint64_t FastSize(uint64_t num_pages) const {
+  // ceil(size_bytes / granule), without overflow.
+  uint64_t PagesOf(uint64_t size_bytes) const {
+    return (size_bytes >> granule_shift_) + ((size_bytes & granule_mask_) != 0);
+  }
+  absl::StatusOr<Iova> AllocIovaSlow(uint64_t size_bytes, Iova limit);
+  absl::Status FreeIovaSlow(Iova iova, uint64_t size_bytes);
+  // Pages a request really takes: rounded up to its class when cacheable.
+  uint64_t ClassPages(uint64_t num_pages) const {
     return num_pages - 1 < cache_max_pages_ ? RoundUpPowerOfTwo(num_pages) : num_pages;
   }
+  // A cached range of num_pages (a class size) ending at or below
+  // limit_pfn, made live; 0 if none.
+  uint64_t PopCached(uint64_t num_pages, uint64_t limit_pfn);
   // One tree attempt; 0 on failure.
   uint64_t AllocFromTree(uint64_t num_pages, uint64_t limit_pfn);
-  // One alloc_iova_fast attempt: cache, tree, and with `flush` a flush+retry.
-  uint64_t AllocFastOnce(uint64_t num_pages, uint64_t limit_pfn, bool flush, bool* cacheable);
-  // Validated requests, with the 32-bit-first policy; 0 on failure, after
-  // counting it and setting *reason.
-  uint64_t AllocTreePath(uint64_t num_pages, uint64_t limit_pfn, IovaFailureReason* reason);
-  uint64_t AllocFastPath(uint64_t num_pages, uint64_t limit_pfn, IovaFailureReason* reason);
   void ReleaseToTree(uint64_t pfn, uint64_t num_pages);
   // Counts the failure of a num_pages request and returns its reason.
   IovaFailureReason CountFailure(uint64_t num_pages);
-  absl::Status ExhaustedError(absl::string_view field, uint64_t value, uint64_t num_pages,
-                              uint64_t limit_pfn, IovaFailureReason reason) const;
-  // NOT_FOUND for a pfn where no live allocation starts; says whether it
-  // sits in a cache (a scan of the magazines).
-  absl::Status NotLiveError(uint64_t pfn) const;
+  // The errors of AllocIova and FreeIova, built out of the way of the paths
+  // that succeed. ExhaustedError counts the failure of a num_pages request.
+  // FreeError's NOT_FOUND says whether the pfn sits in a cache (a scan of
+  // the magazines).
+  [[gnu::cold]] absl::Status RequestError(uint64_t size_bytes, Iova limit) const;
+  [[gnu::cold]] absl::Status ExhaustedError(uint64_t size_bytes, uint64_t num_pages,
+                                            uint64_t limit_pfn);
+  [[gnu::cold]] absl::Status FreeError(Iova iova, uint64_t size_bytes) const;
   // The live-allocation index: small_ or large_ by size.
   void RecordLive(uint64_t pfn, uint64_t num_pages);
-  void EraseLive(uint64_t pfn, uint64_t num_pages);
   // Pages of the live allocation starting at pfn, 0 if none.
   uint64_t LivePages(uint64_t pfn) const;
   uint64_t ReservedPagesIn(uint64_t lo, uint64_t hi) const;
@@ -357,6 +326,7 @@ class IovaAllocator {
 
   IovaAllocatorOptions options_;
   uint64_t granule_shift_ = 0;
+  uint64_t granule_mask_ = 0;  // granule_bytes - 1
   uint64_t start_pfn_ = 0;
   uint64_t end_pfn_ = 0;
   uint64_t space_pages_ = 0;

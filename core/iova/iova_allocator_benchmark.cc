@@ -1,16 +1,16 @@
-// IovaAllocator benchmarks (Google Benchmark).
+// IovaAllocator benchmarks (Google Benchmark), through the broker's calls,
+// AllocIova and FreeIova, with 4 KiB pages.
 //
-//   BM_CacheHitAllocFree        AllocPfnsFast + FreePfnsFast served by the magazines
-//   BM_TreeChurn/<live>         W1-like churn on the tree path (free a random live
+//   BM_CacheHitAllocFree        an allocation and its free served by the magazines
+//   BM_TreeChurn/<live>         W1-like churn without the caches (free a random live
 //                               range, allocate 1..32 pages) with 10^4..10^6 live
 //   BM_TreeAllocLatency/<live>  the same, timing each tree allocation alone and
 //                               reporting p50/p99/p99.9 in ns (bar:
 //                               docs/performance.md#engine-bars)
 //   BM_CachedAllocLatency/<live>
-//                               the same churn through the range caches
-//                               (AllocPfnsFast / FreePfnsFast, the broker's
-//                               path), timing each allocation: hits and the
-//                               misses that reach the tree
+//                               the same churn through the range caches, timing
+//                               each allocation: hits and the misses that reach
+//                               the tree
 
 #include <algorithm>
 #include <chrono>
@@ -27,6 +27,9 @@ namespace {
 
 using Xorshift = core::Xorshift64;
 
+constexpr int kShift = 12;
+constexpr Iova kNoLimit(~uint64_t{0});
+
 IovaAllocator MakeAllocator(uint64_t end_pfn, bool cache) {
   IovaAllocatorOptions o;
   o.start_pfn = 1;
@@ -41,41 +44,69 @@ void BM_CacheHitAllocFree(benchmark::State& state) {
   IovaAllocator a = MakeAllocator((uint64_t{1} << 20) - 1, /*cache=*/true);
   // Warm: one cached range per class.
   for (uint64_t n = 1; n <= 32; n *= 2) {
-    const uint64_t pfn = a.AllocPfnsFastOrZero(n, ~uint64_t{0});
-    if (!a.FreePfnsFast(pfn, n).ok()) std::abort();
+    const absl::StatusOr<Iova> v = a.AllocIova(n << kShift, kNoLimit);
+    if (!v.ok() || !a.FreeIova(*v, n << kShift).ok()) std::abort();
   }
   const uint64_t warm_misses = a.GetStats().cache_misses;
+  const Iova limit((uint64_t{1} << 32) - 1);
   for (auto _ : state) {
-    const uint64_t pfn = a.AllocPfnsFastOrZero(4, 0xFFFFF);
-    benchmark::DoNotOptimize(pfn);
-    if (!a.FreePfnsFast(pfn, 4).ok()) std::abort();
+    const absl::StatusOr<Iova> v = a.AllocIova(4 << kShift, limit);
+    if (!v.ok()) std::abort();
+    benchmark::DoNotOptimize(v->value());
+    if (!a.FreeIova(*v, 4 << kShift).ok()) std::abort();
   }
   if (a.GetStats().cache_misses != warm_misses) state.SkipWithError("cache missed");
 }
 BENCHMARK(BM_CacheHitAllocFree);
 
-// A tree-path allocator holding `live` ranges of 1..32 pages, spread by
-// random frees so the free tree holds about as many ranges as are live.
+// A live allocation and its size in one word: the IOVA with pages - 1 in
+// its low bits (as small as a pfn).
+using Live = uint64_t;
+Iova IovaOf(Live l) { return Iova(l & ~uint64_t{(1 << kShift) - 1}); }
+uint64_t BytesOf(Live l) { return ((l & ((1 << kShift) - 1)) + 1) << kShift; }
+
+// Allocates 1..32 random pages into *l (aborts on failure), timing the call
+// alone when `ns` is given.
+void AllocRandom(IovaAllocator& a, Xorshift& rng, Live* l, std::vector<double>* ns = nullptr) {
+  const uint64_t bytes = (rng.Next() % 32 + 1) << kShift;
+  absl::StatusOr<Iova> v;
+  if (ns == nullptr) {
+    v = a.AllocIova(bytes, kNoLimit);
+  } else {
+    const auto t0 = std::chrono::steady_clock::now();
+    v = a.AllocIova(bytes, kNoLimit);
+    const auto t1 = std::chrono::steady_clock::now();
+    ns->push_back(std::chrono::duration<double, std::nano>(t1 - t0).count());
+  }
+  if (!v.ok()) std::abort();
+  *l = v->value() | ((bytes >> kShift) - 1);
+}
+
+void Free(IovaAllocator& a, Live l) {
+  if (!a.FreeIova(IovaOf(l), BytesOf(l)).ok()) std::abort();
+}
+
+// An allocator (caches on or off) holding `live` ranges of 1..32 pages,
+// spread by random frees so the free tree holds about as many ranges as are
+// live.
 struct Churn {
-  explicit Churn(uint64_t live)
-      : a(MakeAllocator((uint64_t{1} << 32) - 1, /*cache=*/false)), pfns(live) {
-    for (uint64_t& p : pfns) p = a.AllocPfnsOrZero(rng.Next() % 32 + 1, ~uint64_t{0});
+  Churn(uint64_t live, bool cache) : a(MakeAllocator((uint64_t{1} << 32) - 1, cache)), slots(live) {
+    for (Live& l : slots) AllocRandom(a, rng, &l);
     for (uint64_t i = 0; i < live; ++i) Step();
   }
   // Frees a random live range and allocates a new one in its slot.
-  void Step() {
-    const uint64_t j = rng.Next() % pfns.size();
-    if (!a.FreePfns(pfns[j]).ok()) std::abort();
-    pfns[j] = a.AllocPfnsOrZero(rng.Next() % 32 + 1, ~uint64_t{0});
-    if (pfns[j] == 0) std::abort();
+  void Step(std::vector<double>* ns = nullptr) {
+    Live& l = slots[rng.Next() % slots.size()];
+    Free(a, l);
+    AllocRandom(a, rng, &l, ns);
   }
   IovaAllocator a;
   Xorshift rng;
-  std::vector<uint64_t> pfns;
+  std::vector<Live> slots;
 };
 
 void BM_TreeChurn(benchmark::State& state) {
-  Churn c(state.range(0));
+  Churn c(state.range(0), /*cache=*/false);
   for (auto _ : state) c.Step();
   state.counters["free_ranges"] = static_cast<double>(c.a.GetStats().free_ranges);
 }
@@ -92,59 +123,21 @@ void ReportLatency(benchmark::State& state, std::vector<double>& ns) {
 }
 
 void BM_TreeAllocLatency(benchmark::State& state) {
-  Churn c(state.range(0));
+  Churn c(state.range(0), /*cache=*/false);
   std::vector<double> ns;
   ns.reserve(1 << 20);
-  for (auto _ : state) {
-    const uint64_t j = c.rng.Next() % c.pfns.size();
-    if (!c.a.FreePfns(c.pfns[j]).ok()) std::abort();
-    const uint64_t n = c.rng.Next() % 32 + 1;
-    const auto t0 = std::chrono::steady_clock::now();
-    const uint64_t pfn = c.a.AllocPfnsOrZero(n, ~uint64_t{0});
-    const auto t1 = std::chrono::steady_clock::now();
-    c.pfns[j] = pfn;
-    ns.push_back(std::chrono::duration<double, std::nano>(t1 - t0).count());
-  }
+  for (auto _ : state) c.Step(&ns);
   ReportLatency(state, ns);
 }
 BENCHMARK(BM_TreeAllocLatency)->Arg(1'000'000)->Iterations(1'000'000);
 
 void BM_CachedAllocLatency(benchmark::State& state) {
-  IovaAllocator a = MakeAllocator((uint64_t{1} << 32) - 1, /*cache=*/true);
-  Xorshift rng;
-  struct Live {
-    uint64_t pfn;
-    uint64_t pages;
-  };
-  std::vector<Live> live(state.range(0));
-  auto alloc = [&](Live& l) {
-    l.pages = rng.Next() % 32 + 1;
-    l.pfn = a.AllocPfnsFastOrZero(l.pages, ~uint64_t{0});
-    if (l.pfn == 0) std::abort();
-  };
-  auto free = [&](const Live& l) {
-    if (!a.FreePfnsFast(l.pfn, l.pages).ok()) std::abort();
-  };
-  for (Live& l : live) alloc(l);
-  for (size_t i = 0; i < live.size(); ++i) {
-    Live& l = live[rng.Next() % live.size()];
-    free(l);
-    alloc(l);
-  }
-  const IovaStats before = a.GetStats();
+  Churn c(state.range(0), /*cache=*/true);
+  const IovaStats before = c.a.GetStats();
   std::vector<double> ns;
   ns.reserve(1 << 20);
-  for (auto _ : state) {
-    Live& l = live[rng.Next() % live.size()];
-    free(l);
-    l.pages = rng.Next() % 32 + 1;
-    const auto t0 = std::chrono::steady_clock::now();
-    l.pfn = a.AllocPfnsFastOrZero(l.pages, ~uint64_t{0});
-    const auto t1 = std::chrono::steady_clock::now();
-    if (l.pfn == 0) std::abort();
-    ns.push_back(std::chrono::duration<double, std::nano>(t1 - t0).count());
-  }
-  const IovaStats after = a.GetStats();
+  for (auto _ : state) c.Step(&ns);
+  const IovaStats after = c.a.GetStats();
   ReportLatency(state, ns);
   state.counters["miss_ratio"] = static_cast<double>(after.cache_misses - before.cache_misses) /
                                  static_cast<double>(ns.size());

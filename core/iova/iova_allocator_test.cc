@@ -38,6 +38,41 @@ IovaAllocator Make(const IovaAllocatorOptions& o) {
   return std::move(a).value();
 }
 
+// The tests call the allocator as the broker does, through AllocIova and
+// FreeIova, in 4 KiB pages; Alloc, Free and Pages below speak pfns for
+// readability.
+constexpr int kShift = 12;
+
+// The inclusive byte limit whose last granule is limit_pfn (all of the
+// address space when that overflows).
+Iova LimitOf(uint64_t limit_pfn) {
+  return Iova(limit_pfn > (~uint64_t{0} >> kShift) ? ~uint64_t{0}
+                                                   : (limit_pfn << kShift) | ((1 << kShift) - 1));
+}
+
+absl::StatusOr<uint64_t> Alloc(IovaAllocator& a, uint64_t num_pages, uint64_t limit_pfn) {
+  const absl::StatusOr<Iova> v = a.AllocIova(num_pages << kShift, LimitOf(limit_pfn));
+  if (!v.ok()) return v.status();
+  return v->value() >> kShift;
+}
+
+// The first pfn, or 0 on failure.
+uint64_t AllocOrZero(IovaAllocator& a, uint64_t num_pages, uint64_t limit_pfn) {
+  const absl::StatusOr<uint64_t> pfn = Alloc(a, num_pages, limit_pfn);
+  return pfn.ok() ? *pfn : 0;
+}
+
+absl::Status Free(IovaAllocator& a, uint64_t pfn, uint64_t num_pages) {
+  return a.FreeIova(Iova(pfn << kShift), num_pages << kShift);
+}
+
+// Pages of the live allocation starting at pfn.
+std::optional<uint64_t> Pages(const IovaAllocator& a, uint64_t pfn) {
+  const std::optional<uint64_t> bytes = a.AllocationSizeBytes(Iova(pfn << kShift));
+  if (!bytes) return std::nullopt;
+  return *bytes >> kShift;
+}
+
 #define EXPECT_INVARIANTS(a) EXPECT_TRUE((a).CheckInvariants().ok()) << (a).CheckInvariants()
 #define ASSERT_INVARIANTS(a) ASSERT_TRUE((a).CheckInvariants().ok()) << (a).CheckInvariants()
 
@@ -100,104 +135,108 @@ TEST(IovaAllocatorCreate, RejectsBadOptions) {
 }
 
 TEST(IovaAllocator, AllocRejectsBadRequestsWithoutTrace) {
-  IovaAllocator a = Make(Opts(16, 0xFFFF, /*cache=*/true));
-  struct Case {
-    uint64_t num_pages;
-    uint64_t limit_pfn;
-    absl::StatusCode code;
-    const char* message;
-  };
-  const Case cases[] = {
-      {0, 0xFFFF, absl::StatusCode::kInvalidArgument, "num_pages=0: "},
-      {0xFFF1, 0xFFFF, absl::StatusCode::kOutOfRange, "num_pages=0xfff1: "},
-      {1, 15, absl::StatusCode::kOutOfRange, "limit_pfn=0xf: "},
-      {1, 0, absl::StatusCode::kOutOfRange, "limit_pfn=0: "},
-  };
-  const IovaStats before = a.GetStats();
-  for (const Case& c : cases) {
-    for (bool fast : {false, true}) {
-      absl::StatusOr<uint64_t> r =
-          fast ? a.AllocPfnsFast(c.num_pages, c.limit_pfn) : a.AllocPfns(c.num_pages, c.limit_pfn);
+  for (bool cache : {false, true}) {
+    IovaAllocator a = Make(Opts(16, 0xFFFF, cache));
+    struct Case {
+      uint64_t size_bytes;
+      Iova limit;
+      absl::StatusCode code;
+      const char* message;
+    };
+    const Case cases[] = {
+        {0, Iova(0xFFFFFFF), absl::StatusCode::kInvalidArgument, "size_bytes=0: "},
+        {0xFFF1000, Iova(0xFFFFFFF), absl::StatusCode::kOutOfRange, "size_bytes=0xfff1000: "},
+        {0xFFF0001, Iova(0xFFFFFFF), absl::StatusCode::kOutOfRange, "size_bytes=0xfff0001: "},
+        {4096, Iova(0xFFFF), absl::StatusCode::kOutOfRange, "limit=0xffff: "},
+        {1, Iova(0), absl::StatusCode::kOutOfRange, "limit=0: "},
+    };
+    const IovaStats before = a.GetStats();
+    for (const Case& c : cases) {
+      absl::StatusOr<Iova> r = a.AllocIova(c.size_bytes, c.limit);
       ASSERT_FALSE(r.ok());
       EXPECT_EQ(r.status().code(), c.code) << r.status();
       EXPECT_TRUE(absl::StartsWith(r.status().message(), c.message)) << r.status();
-      EXPECT_EQ(fast ? a.AllocPfnsFastOrZero(c.num_pages, c.limit_pfn)
-                     : a.AllocPfnsOrZero(c.num_pages, c.limit_pfn),
-                0u);
     }
+    const IovaStats after = a.GetStats();
+    EXPECT_EQ(after.free_pages, before.free_pages);
+    EXPECT_EQ(after.cache_misses, 0u);
+    EXPECT_EQ(after.failures[0] + after.failures[1] + after.failures[2], 0u);
+    EXPECT_INVARIANTS(a);
   }
-  const IovaStats after = a.GetStats();
-  EXPECT_EQ(after.free_pages, before.free_pages);
-  EXPECT_EQ(after.cache_misses, 0u);
-  EXPECT_EQ(after.failures[0] + after.failures[1] + after.failures[2], 0u);
-  EXPECT_INVARIANTS(a);
 }
 
 TEST(IovaAllocator, FreeErrorsLeaveStateIntact) {
   IovaAllocator a = Make(Opts(1, 0xFFFF, /*cache=*/true));
-  const uint64_t p = *a.AllocPfns(3, 0xFFFF);
-  const uint64_t q = *a.AllocPfnsFast(4, 0xFFFF);
+  const uint64_t p = *Alloc(a, 35, 0xFFFF);  // above the cache's 32 pages: exactly 35
+  const uint64_t q = *Alloc(a, 4, 0xFFFF);
   const IovaStats before = a.GetStats();
 
-  absl::Status s = a.FreePfns(p + 1);
+  absl::Status s = Free(a, p + 1, 35);
   EXPECT_EQ(s.code(), absl::StatusCode::kNotFound);
   EXPECT_TRUE(absl::StartsWith(s.message(), absl::StrCat("pfn=0x", absl::Hex(p + 1), ": "))) << s;
-  s = a.FreePfnsFast(p, 5);  // allocation has 3 pages
+  s = Free(a, p, 37);  // the allocation has 35 pages
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_TRUE(absl::StartsWith(s.message(), "num_pages=0x5: ")) << s;
-  s = a.FreePfnsFast(q, 9);
+  EXPECT_TRUE(absl::StartsWith(s.message(), "num_pages=0x25: ")) << s;
+  s = Free(a, q, 9);
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
-  EXPECT_EQ(a.FreeIova(Iova((q << 12) + 1), 4096).code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(a.FreeIova(Iova(q << 12), 0).code(), absl::StatusCode::kInvalidArgument);
+  s = a.FreeIova(Iova((q << 12) + 1), 4096);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(absl::StartsWith(s.message(), "iova=")) << s;
+  s = a.FreeIova(Iova(q << 12), 0);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(absl::StartsWith(s.message(), "size_bytes=0: ")) << s;
   EXPECT_EQ(a.Reserve(10, 9).code(), absl::StatusCode::kInvalidArgument);
   const IovaStats after = a.GetStats();
   EXPECT_EQ(after.allocated_pages, before.allocated_pages);
   EXPECT_EQ(after.live_allocations, 2u);
   EXPECT_INVARIANTS(a);
 
-  // Double frees, on both paths, are NOT_FOUND and change nothing.
-  ASSERT_TRUE(a.FreePfnsFast(q, 4).ok());
+  // Double frees, of a cached and of a tree allocation, are NOT_FOUND and
+  // change nothing.
+  ASSERT_TRUE(Free(a, q, 4).ok());
   EXPECT_INVARIANTS(a);
-  EXPECT_EQ(a.FreePfnsFast(q, 4).code(), absl::StatusCode::kNotFound);
-  EXPECT_EQ(a.FreePfns(q).code(), absl::StatusCode::kNotFound);
-  ASSERT_TRUE(a.FreePfns(p).ok());
-  EXPECT_EQ(a.FreePfns(p).code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(Free(a, q, 4).code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(Free(a, q, 64).code(), absl::StatusCode::kNotFound);
+  ASSERT_TRUE(Free(a, p, 35).ok());
+  EXPECT_EQ(Free(a, p, 35).code(), absl::StatusCode::kNotFound);
   EXPECT_EQ(a.GetStats().cached_pages, 4u);
   EXPECT_EQ(a.GetStats().live_allocations, 0u);
   EXPECT_INVARIANTS(a);
 }
 
-// FreePfns finds and erases in one lookup on each index (the allocation
-// map's group, with the scan of the following groups for 65..4096 pages; one
-// probe of the large map): allocations of 64, 65 and 4097 pages side by side,
+// A free finds and erases in one lookup on each index (the allocation map's
+// group, with the scan of the following groups for 65..4096 pages; one probe
+// of the large map): allocations of 64, 65 and 4097 pages side by side,
 // interior pfns, the pfn just past each, and double frees are NOT_FOUND and
 // change nothing; the frees return exactly their pages.
 TEST(IovaAllocator, TreeFreeOfEveryIndexedSize) {
   IovaAllocator a = Make(Opts(1, 0xFFFF, /*cache=*/false));
-  const uint64_t group = *a.AllocPfns(64, 0xFFFF);
-  const uint64_t span = *a.AllocPfns(65, 0xFFFF);
-  const uint64_t large = *a.AllocPfns(4097, 0xFFFF);
+  const uint64_t group = *Alloc(a, 64, 0xFFFF);
+  const uint64_t span = *Alloc(a, 65, 0xFFFF);
+  const uint64_t large = *Alloc(a, 4097, 0xFFFF);
   const uint64_t free_before = a.GetStats().free_pages;
   for (const uint64_t bad : {group + 1, group + 63, span + 1, span + 64, span + 128, large + 1,
                              large + 4096, large + 8192}) {
-    const absl::Status s = a.FreePfns(bad);
-    EXPECT_EQ(s.code(), absl::StatusCode::kNotFound) << bad;
-    EXPECT_TRUE(absl::StartsWith(s.message(), absl::StrCat("pfn=0x", absl::Hex(bad), ": "))) << s;
+    for (const uint64_t pages : {uint64_t{1}, uint64_t{64}, uint64_t{4097}}) {
+      const absl::Status s = Free(a, bad, pages);
+      EXPECT_EQ(s.code(), absl::StatusCode::kNotFound) << bad;
+      EXPECT_TRUE(absl::StartsWith(s.message(), absl::StrCat("pfn=0x", absl::Hex(bad), ": "))) << s;
+    }
   }
   EXPECT_EQ(a.GetStats().free_pages, free_before);
   EXPECT_EQ(a.GetStats().live_allocations, 3u);
-  EXPECT_EQ(a.AllocationPages(group), 64u);
-  EXPECT_EQ(a.AllocationPages(span), 65u);
-  EXPECT_EQ(a.AllocationPages(large), 4097u);
+  EXPECT_EQ(Pages(a, group), 64u);
+  EXPECT_EQ(Pages(a, span), 65u);
+  EXPECT_EQ(Pages(a, large), 4097u);
   EXPECT_INVARIANTS(a);
   uint64_t freed = 0;
   for (const auto& [pfn, pages] :
        {std::pair<uint64_t, uint64_t>{span, 65}, {large, 4097}, {group, 64}}) {
-    ASSERT_TRUE(a.FreePfns(pfn).ok()) << pfn;
+    ASSERT_TRUE(Free(a, pfn, pages).ok()) << pfn;
     freed += pages;
     EXPECT_EQ(a.GetStats().free_pages, free_before + freed);
-    EXPECT_FALSE(a.AllocationPages(pfn).has_value());
-    EXPECT_EQ(a.FreePfns(pfn).code(), absl::StatusCode::kNotFound);
+    EXPECT_FALSE(Pages(a, pfn).has_value());
+    EXPECT_EQ(Free(a, pfn, pages).code(), absl::StatusCode::kNotFound);
     EXPECT_INVARIANTS(a);
   }
   EXPECT_EQ(a.GetStats().live_allocations, 0u);
@@ -208,44 +247,54 @@ TEST(IovaAllocator, TreeFreeOfEveryIndexedSize) {
 // double frees of cached ranges are refused exactly as with one index.
 TEST(IovaAllocator, WrongSizesInteriorPfnsAndCachedDoubleFrees) {
   IovaAllocator a = Make(Opts(1, 0xFFFF, /*cache=*/true));
-  const uint64_t p4 = *a.AllocPfns(4, 0xFFFF);
-  const uint64_t p2a = *a.AllocPfns(2, 0xFFFF);
-  const uint64_t p2b = *a.AllocPfns(2, 0xFFFF);
+  const uint64_t p4 = *Alloc(a, 4, 0xFFFF);
+  const uint64_t p2a = *Alloc(a, 2, 0xFFFF);
+  const uint64_t p2b = *Alloc(a, 2, 0xFFFF);
   ASSERT_EQ(p2a, p2b + 2);  // two adjacent 2s in one aligned block of 4
   ASSERT_EQ(p2b % 4, 0u);
-  const uint64_t p64 = *a.AllocPfns(64, 0xFFFF);
-  const uint64_t p65 = *a.AllocPfns(65, 0xFFFF);
-  const uint64_t p7 = *a.AllocPfns(7, 0xFFFF);
+  const uint64_t p64 = *Alloc(a, 64, 0xFFFF);  // above the cache's 32 pages: exact
+  const uint64_t p65 = *Alloc(a, 65, 0xFFFF);
+  const uint64_t p8 = *Alloc(a, 7, 0xFFFF);  // rounded up to its class, 8
   ASSERT_INVARIANTS(a);
   const IovaStats before = a.GetStats();
 
-  auto expect_invalid = [&](uint64_t pfn, uint64_t n, uint64_t pages) {
-    const absl::Status s = a.FreePfnsFast(pfn, n);
+  auto expect_invalid = [](IovaAllocator& a, uint64_t pfn, uint64_t n, uint64_t pages) {
+    const absl::Status s = Free(a, pfn, n);
     EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << pfn << " " << n << ": " << s;
     EXPECT_THAT(std::string(s.message()),
                 HasSubstr(absl::StrCat("the allocation at pfn=0x", absl::Hex(pfn), " has 0x",
                                        absl::Hex(pages), " pages")));
   };
-  expect_invalid(p4, 2, 4);  // 2 at a pfn holding 4
-  expect_invalid(p4, 1, 4);
-  expect_invalid(p4, 8, 4);
-  expect_invalid(p2b, 4, 2);  // 4 at a pfn holding two adjacent 2s
-  expect_invalid(p2b, 3, 2);  // rounds to 4 as well
-  expect_invalid(p64, 65, 64);
-  expect_invalid(p64, 32, 64);
-  expect_invalid(p65, 64, 65);
-  expect_invalid(p65, 128, 65);
-  expect_invalid(p7, 6, 7);  // 6 rounds to 8, which it does not hold
-  expect_invalid(p7, 32, 7);
+  expect_invalid(a, p4, 2, 4);  // 2 at a pfn holding 4
+  expect_invalid(a, p4, 1, 4);
+  expect_invalid(a, p4, 8, 4);
+  expect_invalid(a, p2b, 4, 2);  // 4 at a pfn holding two adjacent 2s
+  expect_invalid(a, p2b, 3, 2);  // rounds to 4 as well
+  expect_invalid(a, p64, 65, 64);
+  expect_invalid(a, p64, 32, 64);
+  expect_invalid(a, p65, 64, 65);
+  expect_invalid(a, p65, 128, 65);
+  expect_invalid(a, p8, 4, 8);
+  expect_invalid(a, p8, 9, 8);  // rounds to 16
+  expect_invalid(a, p8, 32, 8);
+  {
+    // Without the cache sizes are exact: 6 and 8 at a 7-page allocation.
+    IovaAllocator b = Make(Opts(1, 0xFFFF, /*cache=*/false));
+    const uint64_t p7 = *Alloc(b, 7, 0xFFFF);
+    expect_invalid(b, p7, 6, 7);
+    expect_invalid(b, p7, 8, 7);
+    EXPECT_EQ(Pages(b, p7), 7u);
+    EXPECT_TRUE(Free(b, p7, 7).ok());
+    EXPECT_INVARIANTS(b);
+  }
 
   auto expect_not_found = [&](uint64_t pfn, absl::string_view why) {
-    for (const absl::Status& s :
-         {a.FreePfns(pfn), a.FreePfnsFast(pfn, 1), a.FreePfnsFast(pfn, 4)}) {
+    for (const uint64_t n : {1, 4, 65}) {
+      const absl::Status s = Free(a, pfn, n);
       EXPECT_EQ(s.code(), absl::StatusCode::kNotFound) << pfn << ": " << s;
       EXPECT_THAT(std::string(s.message()), HasSubstr(why)) << pfn;
     }
-    EXPECT_EQ(a.AllocationPages(pfn), std::nullopt) << pfn;
-    EXPECT_FALSE(a.Contains(pfn));
+    EXPECT_EQ(Pages(a, pfn), std::nullopt) << pfn;
   };
   constexpr absl::string_view kNoLive = "no live allocation starts at this pfn";
   constexpr absl::string_view kCached = "it sits in a range cache";
@@ -254,41 +303,42 @@ TEST(IovaAllocator, WrongSizesInteriorPfnsAndCachedDoubleFrees) {
   expect_not_found(p2b + 1, kNoLive);
   for (uint64_t k : {1, 2, 31, 32, 63}) expect_not_found(p64 + k, kNoLive);
   for (uint64_t k : {1, 63, 64}) expect_not_found(p65 + k, kNoLive);
-  expect_not_found(p7 + 6, kNoLive);
+  expect_not_found(p8 + 6, kNoLive);
   expect_not_found(0x100, kNoLive);    // never allocated, chunk never written
   expect_not_found(0x10000, kNoLive);  // past the end
-  EXPECT_EQ(a.AllocationPages(p4), 4u);
-  EXPECT_EQ(a.AllocationPages(p2a), 2u);
-  EXPECT_EQ(a.AllocationPages(p2b), 2u);
-  EXPECT_EQ(a.AllocationPages(p64), 64u);
-  EXPECT_EQ(a.AllocationPages(p65), 65u);
-  EXPECT_EQ(a.AllocationPages(p7), 7u);
+  EXPECT_EQ(Pages(a, p4), 4u);
+  EXPECT_EQ(Pages(a, p2a), 2u);
+  EXPECT_EQ(Pages(a, p2b), 2u);
+  EXPECT_EQ(Pages(a, p64), 64u);
+  EXPECT_EQ(Pages(a, p65), 65u);
+  EXPECT_EQ(Pages(a, p8), 8u);
   const IovaStats after = a.GetStats();
   EXPECT_EQ(after.allocated_pages, before.allocated_pages);
   EXPECT_EQ(after.live_allocations, 6u);
   ASSERT_INVARIANTS(a);
 
-  // Cached ranges are not live: a second free (either path) is NOT_FOUND
-  // naming the cache, and so is a lookup; popping one makes it live again.
-  ASSERT_TRUE(a.FreePfnsFast(p4, 3).ok());  // 3 rounds to the 4 it holds
-  ASSERT_TRUE(a.FreePfnsFast(p2a, 2).ok());
+  // Cached ranges are not live: a second free is NOT_FOUND naming the cache,
+  // and so is a lookup; popping one makes it live again.
+  ASSERT_TRUE(Free(a, p4, 3).ok());  // 3 rounds to the 4 it holds
+  ASSERT_TRUE(Free(a, p2a, 2).ok());
   ASSERT_INVARIANTS(a);
   expect_not_found(p4, kCached);
   expect_not_found(p2a, kCached);
-  EXPECT_EQ(a.AllocationPages(p2b), 2u);  // its neighbour is untouched
+  EXPECT_EQ(Pages(a, p2b), 2u);  // its neighbour is untouched
   EXPECT_EQ(a.GetStats().cached_pages, 6u);
   EXPECT_EQ(a.GetStats().live_allocations, 4u);
-  EXPECT_EQ(*a.AllocPfnsFast(2, 0xFFFF), p2a);
-  EXPECT_EQ(a.AllocationPages(p2a), 2u);
-  ASSERT_TRUE(a.FreePfnsFast(p2a, 2).ok());
+  EXPECT_EQ(*Alloc(a, 2, 0xFFFF), p2a);
+  EXPECT_EQ(Pages(a, p2a), 2u);
+  ASSERT_TRUE(Free(a, p2a, 2).ok());
   // Flushed back to the tree, they are simply not allocated.
   a.FlushCaches();
   expect_not_found(p4, kNoLive);
   expect_not_found(p2a, kNoLive);
-  ASSERT_TRUE(a.FreePfnsFast(p64, 64).ok());
-  ASSERT_TRUE(a.FreePfns(p65).ok());
-  ASSERT_TRUE(a.FreePfnsFast(p7, 7).ok());
-  ASSERT_TRUE(a.FreePfns(p2b).ok());
+  ASSERT_TRUE(Free(a, p64, 64).ok());
+  ASSERT_TRUE(Free(a, p65, 65).ok());
+  ASSERT_TRUE(Free(a, p8, 5).ok());
+  ASSERT_TRUE(Free(a, p2b, 2).ok());
+  a.FlushCaches();
   EXPECT_EQ(a.GetStats().live_allocations, 0u);
   EXPECT_EQ(a.GetStats().free_pages, 0xFFFFu);
   ASSERT_INVARIANTS(a);
@@ -298,16 +348,16 @@ TEST(IovaAllocator, WrongSizesInteriorPfnsAndCachedDoubleFrees) {
 
 TEST(IovaAllocator, SizeAlignedTopDown) {
   IovaAllocator a = Make(Opts(1, 0xFFFFF));
-  EXPECT_EQ(*a.AllocPfns(1, 0xFFFFF), 0xFFFFFu);
-  EXPECT_EQ(*a.AllocPfns(2, 0xFFFFF), 0xFFFFCu);      // [0xFFFFD] cannot start a 2-aligned run
-  EXPECT_EQ(*a.AllocPfns(3, 0xFFFFF), 0xFFFF8u);      // aligned to 4, 3 pages
-  EXPECT_EQ(*a.AllocPfns(1, 0xFFFFF), 0xFFFFEu);      // fills the hole above the 2-page range
-  EXPECT_EQ(*a.AllocPfns(1, 0xFFFFF), 0xFFFFBu);      // the 4th page of the 3-page slot
-  EXPECT_EQ(*a.AllocPfns(1, 0xFFFFF), 0xFFFF7u);      // everything above is taken
-  EXPECT_EQ(*a.AllocPfns(5, 0xFFFFF), 0xFFFF0u);      // aligned to 8
-  EXPECT_EQ(*a.AllocPfns(0x300, 0xFFFFF), 0xFFC00u);  // aligned to 0x400
-  EXPECT_EQ(*a.AllocPfns(1, 0x10), 0x10u);
-  EXPECT_EQ(*a.AllocPfns(8, 0x10), 0x8u);
+  EXPECT_EQ(*Alloc(a, 1, 0xFFFFF), 0xFFFFFu);
+  EXPECT_EQ(*Alloc(a, 2, 0xFFFFF), 0xFFFFCu);      // [0xFFFFD] cannot start a 2-aligned run
+  EXPECT_EQ(*Alloc(a, 3, 0xFFFFF), 0xFFFF8u);      // aligned to 4, 3 pages
+  EXPECT_EQ(*Alloc(a, 1, 0xFFFFF), 0xFFFFEu);      // fills the hole above the 2-page range
+  EXPECT_EQ(*Alloc(a, 1, 0xFFFFF), 0xFFFFBu);      // the 4th page of the 3-page slot
+  EXPECT_EQ(*Alloc(a, 1, 0xFFFFF), 0xFFFF7u);      // everything above is taken
+  EXPECT_EQ(*Alloc(a, 5, 0xFFFFF), 0xFFFF0u);      // aligned to 8
+  EXPECT_EQ(*Alloc(a, 0x300, 0xFFFFF), 0xFFC00u);  // aligned to 0x400
+  EXPECT_EQ(*Alloc(a, 1, 0x10), 0x10u);
+  EXPECT_EQ(*Alloc(a, 8, 0x10), 0x8u);
   EXPECT_INVARIANTS(a);
   a.ForEachAllocated(
       [](uint64_t pfn, uint64_t pages) { EXPECT_EQ(pfn % std::bit_ceil(pages), 0u) << pfn; });
@@ -315,19 +365,18 @@ TEST(IovaAllocator, SizeAlignedTopDown) {
 
 TEST(IovaAllocator, PfnZeroIsNeverHandedOut) {
   IovaAllocator a = Make(Opts(1, 15));
-  EXPECT_EQ(*a.AllocPfns(8, 15), 8u);
-  EXPECT_EQ(*a.AllocPfns(4, 15), 4u);
-  EXPECT_EQ(*a.AllocPfns(2, 15), 2u);
-  EXPECT_EQ(*a.AllocPfns(1, 15), 1u);
+  EXPECT_EQ(*Alloc(a, 8, 15), 8u);
+  EXPECT_EQ(*Alloc(a, 4, 15), 4u);
+  EXPECT_EQ(*Alloc(a, 2, 15), 2u);
+  EXPECT_EQ(*Alloc(a, 1, 15), 1u);
   // Only pfn 0 would still be aligned; it is not in the space.
-  absl::StatusOr<uint64_t> r = a.AllocPfns(1, 15);
+  absl::StatusOr<uint64_t> r = Alloc(a, 1, 15);
   EXPECT_EQ(r.status().code(), absl::StatusCode::kResourceExhausted);
-  EXPECT_EQ(a.AllocPfnsOrZero(1, 15), 0u);
   // A two-page request in [1, 3] would only fit at pfn 0.
-  ASSERT_TRUE(a.FreePfns(2).ok());
-  ASSERT_TRUE(a.FreePfns(1).ok());
-  EXPECT_EQ(*a.AllocPfns(2, 15), 2u);
-  EXPECT_EQ(a.AllocPfnsOrZero(2, 15), 0u);
+  ASSERT_TRUE(Free(a, 2, 2).ok());
+  ASSERT_TRUE(Free(a, 1, 1).ok());
+  EXPECT_EQ(*Alloc(a, 2, 15), 2u);
+  EXPECT_EQ(AllocOrZero(a, 2, 15), 0u);
   EXPECT_INVARIANTS(a);
 }
 
@@ -338,49 +387,109 @@ TEST(IovaAllocator, LimitIsHonoured) {
   std::vector<std::pair<uint64_t, uint64_t>> live;
   for (int i = 0; i < 3000; ++i) {
     const uint64_t n = rng.Below(64) + 1;
-    const bool fast = rng.Below(2) == 0;
-    const uint64_t pfn = fast ? *a.AllocPfnsFast(n, limit32) : *a.AllocPfns(n, limit32);
-    const uint64_t size = fast && n <= 32 ? std::bit_ceil(n) : n;
+    const uint64_t pfn = *Alloc(a, n, limit32);
+    const uint64_t size = n <= 32 ? std::bit_ceil(n) : n;
     EXPECT_LE(pfn + size - 1, limit32);
     live.emplace_back(pfn, n);
     if (rng.Below(3) == 0) {
       const size_t j = rng.Below(live.size());
-      ASSERT_TRUE(a.FreePfnsFast(live[j].first, live[j].second).ok());
+      ASSERT_TRUE(Free(a, live[j].first, live[j].second).ok());
       live[j] = live.back();
       live.pop_back();
     }
   }
   // A limit above the space is clipped to it.
-  EXPECT_EQ(*a.AllocPfns(1, ~uint64_t{0}), (uint64_t{1} << 24) - 1);
+  EXPECT_EQ(*Alloc(a, 33, ~uint64_t{0}), (uint64_t{1} << 24) - 64);
   EXPECT_INVARIANTS(a);
 }
 
 TEST(IovaAllocator, CachedRangeAboveLimitIsNotReturned) {
   IovaAllocator a = Make(Opts(1, 0xFFFFF, /*cache=*/true));
-  const uint64_t high = *a.AllocPfnsFast(1, 0xFFFFF);
+  const uint64_t high = *Alloc(a, 1, 0xFFFFF);
   ASSERT_EQ(high, 0xFFFFFu);
-  const uint64_t low = *a.AllocPfnsFast(1, 0xFFF);
+  const uint64_t low = *Alloc(a, 1, 0xFFF);
   ASSERT_EQ(low, 0xFFFu);
-  ASSERT_TRUE(a.FreePfnsFast(low, 1).ok());
-  ASSERT_TRUE(a.FreePfnsFast(high, 1).ok());  // on top of the magazine
+  ASSERT_TRUE(Free(a, low, 1).ok());
+  ASSERT_TRUE(Free(a, high, 1).ok());  // on top of the magazine
   // The top of the magazine is above the limit: the scan finds `low`.
-  EXPECT_EQ(*a.AllocPfnsFast(1, 0x1000), low);
+  EXPECT_EQ(*Alloc(a, 1, 0x1000), low);
   EXPECT_EQ(a.GetStats().cache_hits, 1u);
   // Nothing cached fits below 0x800: a miss, served by the tree.
-  EXPECT_EQ(*a.AllocPfnsFast(1, 0x800), 0x800u);
+  EXPECT_EQ(*Alloc(a, 1, 0x800), 0x800u);
   EXPECT_EQ(a.GetStats().cache_misses, 3u);
-  EXPECT_EQ(*a.AllocPfnsFast(1, 0xFFFFF), high);
+  EXPECT_EQ(*Alloc(a, 1, 0xFFFFF), high);
   EXPECT_INVARIANTS(a);
+}
+
+// Linux's rcache: sizes up to cache.max_pages pages are cached per size class
+// (a power of two); a freed range is reused by the next allocation of its
+// class, the range freed last first; anything else goes to the tree.
+TEST(IovaAllocator, FreedRangeServesTheNextAllocationOfItsClass) {
+  IovaAllocator a = Make(Opts(1, 0xFFFFF, /*cache=*/true));
+  for (uint64_t cls_pages = 1; cls_pages <= 32; cls_pages *= 2) {
+    for (uint64_t n = cls_pages / 2 + 1; n <= cls_pages; ++n) {
+      const uint64_t p = *Alloc(a, n, 0xFFFFF);
+      EXPECT_EQ(Pages(a, p), cls_pages) << n;
+      const IovaStats s0 = a.GetStats();
+      ASSERT_TRUE(Free(a, p, n).ok());
+      const IovaStats s1 = a.GetStats();
+      EXPECT_EQ(s1.cached_pages, s0.cached_pages + cls_pages) << n;
+      EXPECT_EQ(s1.allocated_pages, s0.allocated_pages - cls_pages) << n;
+      EXPECT_EQ(s1.free_pages, s0.free_pages) << n;  // not back in the tree
+      // Any request of the class takes it back, inline or not.
+      const uint64_t m = n == cls_pages ? cls_pages / 2 + 1 : cls_pages;
+      EXPECT_EQ(*Alloc(a, m, 0xFFFFF), p) << n;
+      EXPECT_EQ(a.GetStats().cache_hits, s1.cache_hits + 1) << n;
+      EXPECT_EQ(a.GetStats().cached_pages, s0.cached_pages) << n;
+      ASSERT_TRUE(Free(a, p, m).ok());
+    }
+  }
+  ASSERT_INVARIANTS(a);
+  a.FlushCaches();
+  // Last freed, first reused; another class does not take it.
+  const uint64_t p1 = *Alloc(a, 4, 0xFFFFF);
+  const uint64_t p2 = *Alloc(a, 4, 0xFFFFF);
+  ASSERT_TRUE(Free(a, p1, 4).ok());
+  ASSERT_TRUE(Free(a, p2, 4).ok());
+  const uint64_t p8 = *Alloc(a, 8, 0xFFFFF);
+  EXPECT_NE(p8, p1);
+  EXPECT_NE(p8, p2);
+  EXPECT_EQ(*Alloc(a, 3, 0xFFFFF), p2);
+  EXPECT_EQ(*Alloc(a, 4, 0xFFFFF), p1);
+  // Above max_pages: exact, and freed to the tree.
+  const uint64_t free_before = a.GetStats().free_pages;
+  const uint64_t p33 = *Alloc(a, 33, 0xFFFFF);
+  EXPECT_EQ(Pages(a, p33), 33u);
+  ASSERT_TRUE(Free(a, p33, 33).ok());
+  EXPECT_EQ(a.GetStats().free_pages, free_before);
+  EXPECT_INVARIANTS(a);
+
+  // A smaller max_pages caches less; without the cache nothing is cached.
+  IovaAllocatorOptions o = Opts(1, 0xFFFFF, /*cache=*/true);
+  o.cache.max_pages = 8;
+  for (const bool cache : {true, false}) {
+    o.cache.enabled = cache;
+    IovaAllocator b = Make(o);
+    const uint64_t q8 = *Alloc(b, 5, 0xFFFFF);
+    const uint64_t q16 = *Alloc(b, 9, 0xFFFFF);
+    EXPECT_EQ(Pages(b, q8), cache ? 8u : 5u);
+    EXPECT_EQ(Pages(b, q16), 9u);
+    ASSERT_TRUE(Free(b, q8, 5).ok());
+    ASSERT_TRUE(Free(b, q16, 9).ok());
+    EXPECT_EQ(b.GetStats().cached_pages, cache ? 8u : 0u);
+    EXPECT_EQ(b.GetStats().cache_hits, 0u);
+    EXPECT_INVARIANTS(b);
+  }
 }
 
 // --- reserved ranges ---------------------------------------------------------------------
 
 TEST(IovaAllocator, ReservedRangesAreNeverHandedOut) {
-  IovaAllocator a = Make(Opts(1, 0xFFF, /*cache=*/true));
+  IovaAllocator a = Make(Opts(1, 0xFFF));
   ASSERT_TRUE(a.Reserve(0xF00, 0xFFF).ok());
   EXPECT_INVARIANTS(a);
   EXPECT_EQ(a.GetStats().reserved_pages, 0x100u);
-  EXPECT_EQ(*a.AllocPfns(1, 0xFFF), 0xEFFu);
+  EXPECT_EQ(*Alloc(a, 1, 0xFFF), 0xEFFu);
   // Overlapping again (and beyond the space) is merged and clipped.
   ASSERT_TRUE(a.Reserve(0xF80, 0x10000).ok());
   EXPECT_EQ(a.GetStats().reserved_pages, 0x100u);
@@ -397,20 +506,23 @@ TEST(IovaAllocator, ReservedRangesAreNeverHandedOut) {
   EXPECT_EQ(a.GetStats().reserved_pages, 0x17Fu);
   EXPECT_INVARIANTS(a);
   // A reserved pfn is not an allocation.
-  EXPECT_EQ(a.FreePfns(0xF00).code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(Free(a, 0xF00, 1).code(), absl::StatusCode::kNotFound);
   // Freeing 0xEFF does not merge it into the reserved ranges; it is free again.
-  ASSERT_TRUE(a.FreePfns(0xEFF).ok());
-  EXPECT_EQ(*a.AllocPfns(1, 0xFFF), 0xEFFu);
+  ASSERT_TRUE(Free(a, 0xEFF, 1).ok());
+  EXPECT_EQ(*Alloc(a, 1, 0xFFF), 0xEFFu);
   // Entirely outside the space: nothing to do.
   EXPECT_TRUE(a.Reserve(0x5000, 0x6000).ok());
-  // Cached ranges are flushed, so reserving over them works.
-  const uint64_t c = *a.AllocPfnsFast(2, 0xFFF);
-  ASSERT_TRUE(a.FreePfnsFast(c, 2).ok());
-  EXPECT_EQ(a.GetStats().cached_pages, 2u);
-  ASSERT_TRUE(a.Reserve(c, c + 1).ok());
-  EXPECT_EQ(a.GetStats().cached_pages, 0u);
   EXPECT_INVARIANTS(a);
-  const IovaStats st = a.GetStats();
+
+  // Cached ranges are flushed, so reserving over them works.
+  IovaAllocator b = Make(Opts(1, 0xFFF, /*cache=*/true));
+  const uint64_t c = *Alloc(b, 2, 0xFFF);
+  ASSERT_TRUE(Free(b, c, 2).ok());
+  EXPECT_EQ(b.GetStats().cached_pages, 2u);
+  ASSERT_TRUE(b.Reserve(c, c + 1).ok());
+  EXPECT_EQ(b.GetStats().cached_pages, 0u);
+  EXPECT_INVARIANTS(b);
+  const IovaStats st = b.GetStats();
   EXPECT_EQ(st.space_pages,
             st.allocated_pages + st.cached_pages + st.free_pages + st.reserved_pages);
 }
@@ -421,15 +533,16 @@ TEST(IovaAllocator, ExhaustionNamesRequestAndLargestFreeRange) {
   IovaAllocator a = Make(Opts(1, 0xFFF));
   // Fill with 16-page blocks, free every other one: 16-page holes only.
   std::vector<uint64_t> blocks;
-  while (uint64_t p = a.AllocPfnsOrZero(16, 0xFFF)) blocks.push_back(p);
+  while (uint64_t p = AllocOrZero(a, 16, 0xFFF)) blocks.push_back(p);
   ASSERT_EQ(blocks.size(), 255u);  // [0, 15] would contain pfn 0
   // blocks[254] = 0x10 stays, so pfns [1, 0xF] are a 15-page hole of their own.
-  for (size_t i = 1; i < blocks.size(); i += 2) ASSERT_TRUE(a.FreePfns(blocks[i]).ok());
+  for (size_t i = 1; i < blocks.size(); i += 2) ASSERT_TRUE(Free(a, blocks[i], 16).ok());
   EXPECT_INVARIANTS(a);
-  absl::StatusOr<uint64_t> r = a.AllocPfns(17, 0xFFF);
+  absl::StatusOr<Iova> r = a.AllocIova(0x11000, LimitOf(0xFFF));
   ASSERT_EQ(r.status().code(), absl::StatusCode::kResourceExhausted);
   EXPECT_THAT(std::string(r.status().message()),
-              HasSubstr("num_pages=0x11: no free IOVA range holds 0x11 pages (0x11000 bytes)"));
+              HasSubstr("size_bytes=0x11000: no free IOVA range holds 0x11 pages (0x11000 bytes) "
+                        "aligned to 0x20 pages at or below limit_pfn=0xfff"));
   EXPECT_THAT(std::string(r.status().message()),
               HasSubstr("largest free range 0x10 pages (0x10000 bytes)"));
   EXPECT_THAT(std::string(r.status().message()), HasSubstr("fragmented"));
@@ -442,16 +555,14 @@ TEST(IovaAllocator, ExhaustionNamesRequestAndLargestFreeRange) {
   EXPECT_EQ(s.free_range_histogram[3], 1u);
   EXPECT_DOUBLE_EQ(s.fragmentation_ratio, 1.0 - 16.0 / 2047.0);
   // Beyond limit: a fit exists, but not below 0x8.
-  EXPECT_EQ(a.AllocPfnsOrZero(16, 0x8), 0u);
+  r = a.AllocIova(16 << kShift, LimitOf(0x8));
+  EXPECT_THAT(std::string(r.status().message()), HasSubstr("only above the limit"));
   EXPECT_EQ(a.GetStats().failures[static_cast<int>(IovaFailureReason::kBeyondLimit)], 1u);
   // No space: more pages than are free.
-  EXPECT_EQ(a.AllocPfnsOrZero(0xF00, 0xFFF), 0u);
+  r = a.AllocIova(0xF00 << kShift, LimitOf(0xFFF));
+  EXPECT_THAT(std::string(r.status().message()), HasSubstr("not enough free space"));
   // (The fill loop ended on the first one: 15 free pages for 16.)
   EXPECT_EQ(a.GetStats().failures[static_cast<int>(IovaFailureReason::kNoSpace)], 2u);
-  // The byte interface names size_bytes.
-  absl::StatusOr<Iova> b = a.AllocIova(0x11000, Iova(0xFFFFFF));
-  ASSERT_EQ(b.status().code(), absl::StatusCode::kResourceExhausted);
-  EXPECT_TRUE(absl::StartsWith(b.status().message(), "size_bytes=0x11000: ")) << b.status();
   EXPECT_INVARIANTS(a);
 }
 
@@ -459,18 +570,22 @@ TEST(IovaAllocator, Try32BitFirst) {
   IovaAllocatorOptions o = Opts(1, (uint64_t{1} << 24) - 1, /*cache=*/true);
   o.try_32bit_first = true;
   IovaAllocator a = Make(o);
-  EXPECT_EQ(*a.AllocPfns(1, (uint64_t{1} << 24) - 1), 0xFFFFFu);
-  EXPECT_EQ(*a.AllocPfnsFast(2, (uint64_t{1} << 24) - 1), 0xFFFFCu);
+  EXPECT_EQ(*Alloc(a, 1, (uint64_t{1} << 24) - 1), 0xFFFFFu);
+  EXPECT_EQ(*Alloc(a, 2, (uint64_t{1} << 24) - 1), 0xFFFFCu);
+  // A cached range is taken under the 32-bit limit first too.
+  ASSERT_TRUE(Free(a, 0xFFFFC, 2).ok());
+  EXPECT_EQ(*Alloc(a, 2, (uint64_t{1} << 24) - 1), 0xFFFFCu);
+  EXPECT_EQ(a.GetStats().cache_hits, 1u);
   // Fill below 4 GiB, then the full limit is used.
   ASSERT_TRUE(a.Reserve(1, 0xFFFF0).ok());
-  while (a.AllocPfnsOrZero(1, 0xFFFFF) != 0) {
+  while (AllocOrZero(a, 1, 0xFFFFF) != 0) {
   }
-  EXPECT_EQ(*a.AllocPfns(1, (uint64_t{1} << 24) - 1), (uint64_t{1} << 24) - 1);
+  EXPECT_EQ(*Alloc(a, 1, (uint64_t{1} << 24) - 1), (uint64_t{1} << 24) - 1);
   EXPECT_EQ(a.GetStats().failures[0] + a.GetStats().failures[1] + a.GetStats().failures[2], 1u);
   EXPECT_INVARIANTS(a);
 
   IovaAllocator b = Make(Opts(1, (uint64_t{1} << 24) - 1));
-  EXPECT_EQ(*b.AllocPfns(1, (uint64_t{1} << 24) - 1), (uint64_t{1} << 24) - 1);
+  EXPECT_EQ(*Alloc(b, 1, (uint64_t{1} << 24) - 1), (uint64_t{1} << 24) - 1);
 }
 
 TEST(IovaAllocator, CacheHitsMissesAndFlushRetry) {
@@ -479,24 +594,24 @@ TEST(IovaAllocator, CacheHitsMissesAndFlushRetry) {
   o.cache.depot_magazines = 2;
   IovaAllocator a = Make(o);
   // 3 pages round up to 4, aligned to 4.
-  const uint64_t p = *a.AllocPfnsFast(3, 63);
+  const uint64_t p = *Alloc(a, 3, 63);
   EXPECT_EQ(p, 60u);
-  EXPECT_EQ(a.AllocationPages(p), 4u);
+  EXPECT_EQ(Pages(a, p), 4u);
   EXPECT_EQ(a.GetStats().cache_misses, 1u);
-  ASSERT_TRUE(a.FreePfnsFast(p, 3).ok());
-  EXPECT_FALSE(a.Contains(p));
+  ASSERT_TRUE(Free(a, p, 3).ok());
+  EXPECT_FALSE(Pages(a, p).has_value());
   EXPECT_EQ(a.GetStats().cached_pages, 4u);
   EXPECT_EQ(a.GetStats().free_pages, 59u);
-  EXPECT_EQ(*a.AllocPfnsFast(4, 63), p);
+  EXPECT_EQ(*Alloc(a, 4, 63), p);
   EXPECT_EQ(a.GetStats().cache_hits, 1u);
-  EXPECT_TRUE(a.Contains(p));
-  ASSERT_TRUE(a.FreePfnsFast(p, 4).ok());
+  EXPECT_TRUE(Pages(a, p).has_value());
+  ASSERT_TRUE(Free(a, p, 4).ok());
   EXPECT_INVARIANTS(a);
 
   // Fill the space with single pages. The tree runs dry after 59; the 60th
   // flushes the cached 4-page range back to the tree and retries.
   std::vector<uint64_t> singles;
-  while (uint64_t s = a.AllocPfnsFastOrZero(1, 63)) {
+  while (uint64_t s = AllocOrZero(a, 1, 63)) {
     singles.push_back(s);
     if (singles.size() == 59) {
       EXPECT_EQ(a.GetStats().cached_pages, 4u);
@@ -508,14 +623,14 @@ TEST(IovaAllocator, CacheHitsMissesAndFlushRetry) {
   // Cache them all: 63 pushes, more than loaded + prev + depot hold (4 * 4),
   // so full magazines spill to the tree: 16 + 11 spills of 4, 3 left loaded.
   for (uint64_t s : singles) {
-    ASSERT_TRUE(a.FreePfnsFast(s, 1).ok());
+    ASSERT_TRUE(Free(a, s, 1).ok());
     ASSERT_INVARIANTS(a);
   }
   EXPECT_EQ(a.GetStats().cached_pages, 15u);
   EXPECT_EQ(a.GetStats().free_pages, 48u);
   // 32 pages need [32, 63]: the tree lacks them until the caches are flushed.
   const uint64_t misses = a.GetStats().cache_misses;
-  const uint64_t big = *a.AllocPfnsFast(32, 63);
+  const uint64_t big = *Alloc(a, 32, 63);
   EXPECT_EQ(big, 32u);
   EXPECT_EQ(a.GetStats().cached_pages, 0u);
   EXPECT_EQ(a.GetStats().cache_misses, misses + 1);
@@ -524,11 +639,11 @@ TEST(IovaAllocator, CacheHitsMissesAndFlushRetry) {
   const IovaStats s = a.GetStats();
   EXPECT_EQ(s.failures[0] + s.failures[1] + s.failures[2], 1u);
 
-  // AllocPfns never takes from the caches and does not flush them.
-  ASSERT_TRUE(a.FreePfnsFast(big, 32).ok());
+  // Freed, the 32 pages are cached and come back from the cache.
+  ASSERT_TRUE(Free(a, big, 32).ok());
   EXPECT_EQ(a.GetStats().cached_pages, 32u);
-  EXPECT_EQ(a.AllocPfnsOrZero(32, 63), 0u);
-  EXPECT_EQ(a.GetStats().cached_pages, 32u);
+  EXPECT_EQ(*Alloc(a, 17, 63), big);
+  ASSERT_TRUE(Free(a, big, 32).ok());
   a.FlushCaches();
   EXPECT_EQ(a.GetStats().cached_pages, 0u);
   EXPECT_EQ(a.GetStats().free_pages, 63u);
@@ -536,17 +651,13 @@ TEST(IovaAllocator, CacheHitsMissesAndFlushRetry) {
   EXPECT_INVARIANTS(a);
 }
 
-TEST(IovaAllocator, UncacheableFastRequestsAreExact) {
+TEST(IovaAllocator, UncacheableRequestsAreExact) {
   IovaAllocator a = Make(Opts(1, 0xFFFF, /*cache=*/true));
-  const uint64_t p = *a.AllocPfnsFast(33, 0xFFFF);
-  EXPECT_EQ(a.AllocationPages(p), 33u);
+  const uint64_t p = *Alloc(a, 33, 0xFFFF);
+  EXPECT_EQ(Pages(a, p), 33u);
   EXPECT_EQ(p % 64, 0u);
   EXPECT_EQ(a.GetStats().cache_misses, 0u);  // not cacheable: neither hit nor miss
-  ASSERT_TRUE(a.FreePfnsFast(p, 33).ok());
-  EXPECT_EQ(a.GetStats().cached_pages, 0u);
-  // An exact AllocPfns(3) freed fast goes to the tree (its size is not a class).
-  const uint64_t q = *a.AllocPfns(3, 0xFFFF);
-  ASSERT_TRUE(a.FreePfnsFast(q, 3).ok());
+  ASSERT_TRUE(Free(a, p, 33).ok());
   EXPECT_EQ(a.GetStats().cached_pages, 0u);
   EXPECT_EQ(a.GetStats().free_pages, 0xFFFFu);
   EXPECT_INVARIANTS(a);
@@ -556,6 +667,7 @@ TEST(IovaAllocator, ByteInterface) {
   IovaAllocatorOptions o = Opts(1, (uint64_t{1} << 20) - 1, /*cache=*/true);
   o.granule_bytes = 16384;
   IovaAllocator a = Make(o);
+  EXPECT_EQ(a.granule_shift(), 14u);
   const Iova limit((uint64_t{1} << 32) - 1);
   absl::StatusOr<Iova> v = a.AllocIova(5 * 16384 + 1, limit);  // 6 pages -> 8
   ASSERT_TRUE(v.ok()) << v.status();
@@ -567,20 +679,25 @@ TEST(IovaAllocator, ByteInterface) {
   EXPECT_EQ(a.AllocIova(0, limit).status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(a.AllocIova(4096, Iova(16383)).status().code(), absl::StatusCode::kOutOfRange);
   EXPECT_EQ(a.AllocIova(uint64_t{1} << 40, limit).status().code(), absl::StatusCode::kOutOfRange);
+  EXPECT_EQ(a.AllocIova(~uint64_t{0}, limit).status().code(), absl::StatusCode::kOutOfRange);
+  EXPECT_EQ(a.FreeIova(*v + 4096, 8 * 16384).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(a.FreeIova(*v, ~uint64_t{0}).code(), absl::StatusCode::kInvalidArgument);
   ASSERT_TRUE(a.FreeIova(*v, 5 * 16384 + 1).ok());
   EXPECT_EQ(a.AllocationSizeBytes(*v), std::nullopt);
+  // The cached range serves the next request of its class, in bytes.
+  EXPECT_EQ(*a.AllocIova(7 * 16384, limit), *v);
   EXPECT_INVARIANTS(a);
 }
 
 TEST(IovaAllocator, LargeSpaceLargeRequests) {
   // 48-bit space with 4K pages: 2^36 pages, orders 0..36.
   IovaAllocator a = Make(Opts(1, (uint64_t{1} << 36) - 1));
-  EXPECT_EQ(*a.AllocPfns(uint64_t{1} << 35, ~uint64_t{0}), uint64_t{1} << 35);
-  absl::StatusOr<uint64_t> r = a.AllocPfns((uint64_t{1} << 34) + 1, ~uint64_t{0});
+  EXPECT_EQ(*Alloc(a, uint64_t{1} << 35, ~uint64_t{0}), uint64_t{1} << 35);
+  absl::StatusOr<uint64_t> r = Alloc(a, (uint64_t{1} << 34) + 1, ~uint64_t{0});
   EXPECT_EQ(r.status().code(), absl::StatusCode::kResourceExhausted);  // only pfn 0 is aligned
   EXPECT_EQ(a.GetStats().failures[static_cast<int>(IovaFailureReason::kFragmented)], 1u);
-  EXPECT_EQ(*a.AllocPfns(uint64_t{1} << 34, ~uint64_t{0}), uint64_t{1} << 34);
-  EXPECT_EQ(*a.AllocPfns(3, ~uint64_t{0}), (uint64_t{1} << 34) - 4);
+  EXPECT_EQ(*Alloc(a, uint64_t{1} << 34, ~uint64_t{0}), uint64_t{1} << 34);
+  EXPECT_EQ(*Alloc(a, 3, ~uint64_t{0}), (uint64_t{1} << 34) - 4);
   EXPECT_INVARIANTS(a);
 }
 
@@ -596,7 +713,7 @@ TEST(IovaAllocator, RowsFollowTheLongestRangeThroughEveryBlock) {
   uint64_t below = uint64_t{1} << 40;  // every allocation sits just below the last
   for (int k = 38; k >= 0; --k) {
     const uint64_t n = uint64_t{1} << k;
-    const absl::StatusOr<uint64_t> p = a.AllocPfns(n, kEnd);
+    const absl::StatusOr<uint64_t> p = Alloc(a, n, kEnd);
     ASSERT_TRUE(p.ok()) << k << ": " << p.status();
     ASSERT_EQ(*p, below - n) << k;
     below = *p;
@@ -606,7 +723,7 @@ TEST(IovaAllocator, RowsFollowTheLongestRangeThroughEveryBlock) {
   }
   // Odd sizes leave unaligned remainders whose rooms differ per order.
   for (const uint64_t n : {uint64_t{3}, uint64_t{1000}, (uint64_t{1} << 33) + 7}) {
-    const absl::StatusOr<uint64_t> p = a.AllocPfns(n, kEnd);
+    const absl::StatusOr<uint64_t> p = Alloc(a, n, kEnd);
     ASSERT_TRUE(p.ok()) << n << ": " << p.status();
     ASSERT_EQ(*p % std::bit_ceil(n), 0u);
     live.emplace_back(*p, n);
@@ -615,7 +732,7 @@ TEST(IovaAllocator, RowsFollowTheLongestRangeThroughEveryBlock) {
   TestRng rng;
   while (!live.empty()) {
     const size_t j = rng.Below(live.size());
-    ASSERT_TRUE(a.FreePfns(live[j].first).ok());
+    ASSERT_TRUE(Free(a, live[j].first, live[j].second).ok());
     live[j] = live.back();
     live.pop_back();
     ASSERT_INVARIANTS(a);
@@ -709,7 +826,7 @@ TEST(IovaAllocatorRandom, TreePathMatchesReferenceTopDownSearch) {
       const uint64_t limits[] = {kEnd, kEnd + 1000, 0x1FFF, 0x3FFF, rng.Below(kEnd) + kStart};
       const uint64_t limit = limits[rng.Below(5)];
       const uint64_t want = ref.HighestFit(n, limit);
-      absl::StatusOr<uint64_t> got = a.AllocPfns(n, limit);
+      absl::StatusOr<uint64_t> got = Alloc(a, n, limit);
       if (want == 0) {
         ASSERT_EQ(got.status().code(), absl::StatusCode::kResourceExhausted)
             << "op " << op << " n=" << n << " limit=" << limit;
@@ -724,8 +841,8 @@ TEST(IovaAllocatorRandom, TreePathMatchesReferenceTopDownSearch) {
     } else if (kind < 97) {
       if (live.empty()) continue;
       const size_t j = rng.Below(live.size());
-      ASSERT_EQ(a.AllocationPages(live[j].first), live[j].second);
-      ASSERT_TRUE(a.FreePfns(live[j].first).ok());
+      ASSERT_EQ(Pages(a, live[j].first), live[j].second);
+      ASSERT_TRUE(Free(a, live[j].first, live[j].second).ok());
       ref.Release(live[j].first);
       live[j] = live.back();
       live.pop_back();
@@ -781,7 +898,7 @@ TEST(IovaAllocatorRandom, SaturatedRoomsMatchReferenceInHugeSpace) {
                                  (uint64_t{1} << 43) + rng.Below(kCap)};
       const uint64_t limit = limits[rng.Below(4)];
       const uint64_t want = ref.HighestFit(n, limit);
-      absl::StatusOr<uint64_t> got = a.AllocPfns(n, limit);
+      absl::StatusOr<uint64_t> got = Alloc(a, n, limit);
       if (want == 0) {
         ASSERT_EQ(got.status().code(), absl::StatusCode::kResourceExhausted)
             << "op " << op << " n=" << n << " limit=" << limit;
@@ -796,7 +913,7 @@ TEST(IovaAllocatorRandom, SaturatedRoomsMatchReferenceInHugeSpace) {
       }
     } else if (!live.empty()) {
       const size_t j = rng.Below(live.size());
-      ASSERT_TRUE(a.FreePfns(live[j].first).ok());
+      ASSERT_TRUE(Free(a, live[j].first, live[j].second).ok());
       ref.Release(live[j].first);
       live[j] = live.back();
       live.pop_back();
@@ -842,7 +959,7 @@ TEST(IovaAllocatorRandom, LinuxNextFitMatchesReference) {
         want = ref.HighestFit(n, limit);
         wrapped += want != 0 && cursor != kAnchor;
       }
-      absl::StatusOr<uint64_t> got = a.AllocPfns(n, limit);
+      absl::StatusOr<uint64_t> got = Alloc(a, n, limit);
       if (want == 0) {
         ASSERT_EQ(got.status().code(), absl::StatusCode::kResourceExhausted) << op;
       } else {
@@ -863,7 +980,7 @@ TEST(IovaAllocatorRandom, LinuxNextFitMatchesReference) {
       if (pfn >= cached) cached = next_pfn;
       occupied.erase(pfn);
       ref.Release(pfn);
-      ASSERT_TRUE(a.FreePfns(pfn).ok());
+      ASSERT_TRUE(Free(a, pfn, n).ok());
       live[j] = live.back();
       live.pop_back();
     }
@@ -884,13 +1001,13 @@ TEST(IovaAllocatorRandom, LongChurnKeepsInvariants) {
     std::vector<std::pair<uint64_t, uint64_t>> slots(10000);
     for (auto& [pfn, n] : slots) {
       n = rng.Below(32) + 1;
-      pfn = *a.AllocPfns(n, 0xFFFFF);
+      pfn = *Alloc(a, n, 0xFFFFF);
     }
     for (int step = 0; step < 300000; ++step) {
       auto& [pfn, n] = slots[rng.Below(slots.size())];
-      ASSERT_TRUE(a.FreePfns(pfn).ok());
+      ASSERT_TRUE(Free(a, pfn, n).ok());
       n = rng.Below(32) + 1;
-      pfn = *a.AllocPfns(n, 0xFFFFF);
+      pfn = *Alloc(a, n, 0xFFFFF);
       if (step % 20000 == 0) {
         ASSERT_INVARIANTS(a);
       }
@@ -915,12 +1032,12 @@ TEST(IovaAllocatorRandom, CachedPathKeepsInvariants) {
     if (live.empty() || rng.Below(100) < 52) {
       const uint64_t n = rng.Below(4) == 0 ? rng.Below(300) + 1 : rng.Below(32) + 1;
       const uint64_t limit = rng.Below(4) == 0 ? 0x1FFF : 0x3FFF;
-      absl::StatusOr<uint64_t> got = a.AllocPfnsFast(n, limit);
+      absl::StatusOr<uint64_t> got = Alloc(a, n, limit);
       const uint64_t pages = n <= 32 ? std::bit_ceil(n) : n;
       if (got.ok()) {
         ASSERT_EQ(*got % std::bit_ceil(pages), 0u);
         ASSERT_LE(*got + pages - 1, limit);
-        ASSERT_EQ(a.AllocationPages(*got), pages);
+        ASSERT_EQ(Pages(a, *got), pages);
         live.push_back({*got, n, pages});
         ++ok;
       } else {
@@ -929,7 +1046,7 @@ TEST(IovaAllocatorRandom, CachedPathKeepsInvariants) {
       }
     } else {
       const size_t j = rng.Below(live.size());
-      ASSERT_TRUE(a.FreePfnsFast(live[j].pfn, live[j].requested).ok());
+      ASSERT_TRUE(Free(a, live[j].pfn, live[j].requested).ok());
       live[j] = live.back();
       live.pop_back();
     }
@@ -947,16 +1064,19 @@ TEST(IovaAllocatorRandom, CachedPathKeepsInvariants) {
   EXPECT_INVARIANTS(a);
 }
 
-// The raw fast path serves a hit from the loaded magazine inline and sends
+// AllocIova serves a hit from the loaded magazine inline and sends
 // everything else (an empty loaded magazine, a top pfn above the limit, a
-// miss) out of line: the same random sequence through AllocPfnsFastOrZero and
-// through AllocPfnsFast gives the same pfns, hit and miss counts and state.
-TEST(IovaAllocatorRandom, InlineCacheHitsMatchTheStatusPath) {
+// miss) out of line, where the whole cache is consulted: the same random
+// sequence with the inline path and without it (try_32bit_first sends every
+// allocation out of line, and changes nothing else in a space below 4 GiB)
+// gives the same pfns, hit and miss counts and state.
+TEST(IovaAllocatorRandom, InlineCacheHitsMatchTheOutOfLinePath) {
   IovaAllocatorOptions o = Opts(1, 0x3FFF, /*cache=*/true);
   o.placement = IovaPlacement::kLinuxNextFit;
   o.cache.magazine_depth = 8;
   o.cache.depot_magazines = 3;
   IovaAllocator raw = Make(o);
+  o.try_32bit_first = true;
   IovaAllocator status = Make(o);
   TestRng rng;
   std::vector<std::pair<uint64_t, uint64_t>> live;  // pfn, requested pages
@@ -965,18 +1085,17 @@ TEST(IovaAllocatorRandom, InlineCacheHitsMatchTheStatusPath) {
       const uint64_t n = rng.Below(8) == 0 ? rng.Below(100) + 1 : rng.Below(32) + 1;
       const uint64_t limits[] = {0x3FFF, 0x1FFF, rng.Below(0x3FFF) + 1, 0xFFFFFFFF};
       const uint64_t limit = limits[rng.Below(4)];
-      const uint64_t got = raw.AllocPfnsFastOrZero(n, limit);
-      const absl::StatusOr<uint64_t> want = status.AllocPfnsFast(n, limit);
+      const uint64_t got = AllocOrZero(raw, n, limit);
+      const absl::StatusOr<uint64_t> want = Alloc(status, n, limit);
       ASSERT_EQ(got, want.ok() ? *want : 0) << "op " << op << " n=" << n << " limit=" << limit;
       if (got != 0) live.emplace_back(got, n);
     } else {
       const size_t j = rng.Below(live.size());
-      ASSERT_TRUE(raw.FreePfnsFast(live[j].first, live[j].second).ok());
-      ASSERT_TRUE(status.FreePfnsFast(live[j].first, live[j].second).ok());
+      ASSERT_TRUE(Free(raw, live[j].first, live[j].second).ok());
+      ASSERT_TRUE(Free(status, live[j].first, live[j].second).ok());
       // A second free of the same range is refused (it sits in a cache now,
       // or went back to the tree).
-      EXPECT_EQ(raw.FreePfnsFast(live[j].first, live[j].second).code(),
-                absl::StatusCode::kNotFound);
+      EXPECT_EQ(Free(raw, live[j].first, live[j].second).code(), absl::StatusCode::kNotFound);
       live[j] = live.back();
       live.pop_back();
     }
@@ -1001,9 +1120,8 @@ TEST(IovaAllocatorRandom, InlineCacheHitsMatchTheStatusPath) {
 // directory-node (2^24 pfns) boundaries (size-aligned allocations of up to
 // 2^15 pages never straddle one; larger ones do), sizes 1..64 (one group of
 // the allocation map), 65..4096 (a span of groups) and above (hash map),
-// freed by
-// both paths, against the reference model; lookups of starts and interior
-// pfns follow the model.
+// against the reference model; lookups of starts and interior pfns follow the
+// model, and a free with the wrong size is refused.
 TEST(IovaAllocatorRandom, AllocationIndexAcrossChunksAndDirectoryLevels) {
   constexpr uint64_t kStart = 7;
   constexpr uint64_t kEnd = (uint64_t{1} << 36) - 1;
@@ -1030,7 +1148,7 @@ TEST(IovaAllocatorRandom, AllocationIndexAcrossChunksAndDirectoryLevels) {
       const uint64_t b = boundaries[rng.Below(std::size(boundaries))];
       const uint64_t limit = std::min(kEnd, b + rng.Below(64));
       const uint64_t want = ref.HighestFit(n, limit);
-      absl::StatusOr<uint64_t> got = a.AllocPfns(n, limit);
+      absl::StatusOr<uint64_t> got = Alloc(a, n, limit);
       if (want == 0) {
         ASSERT_EQ(got.status().code(), absl::StatusCode::kResourceExhausted) << op;
         continue;
@@ -1046,12 +1164,8 @@ TEST(IovaAllocatorRandom, AllocationIndexAcrossChunksAndDirectoryLevels) {
       auto it = live.begin();
       std::advance(it, rng.Below(live.size()));
       const auto [pfn, pages] = *it;
-      if (rng.Below(2) == 0) {
-        ASSERT_TRUE(a.FreePfns(pfn).ok()) << pfn;
-      } else {
-        ASSERT_TRUE(a.FreePfnsFast(pfn, pages).ok()) << pfn;
-      }
-      ASSERT_EQ(a.FreePfns(pfn).code(), absl::StatusCode::kNotFound);
+      ASSERT_TRUE(Free(a, pfn, pages).ok()) << pfn;
+      ASSERT_EQ(Free(a, pfn, pages).code(), absl::StatusCode::kNotFound);
       ref.Release(pfn);
       live.erase(it);
     }
@@ -1060,16 +1174,16 @@ TEST(IovaAllocatorRandom, AllocationIndexAcrossChunksAndDirectoryLevels) {
       auto it = live.begin();
       std::advance(it, rng.Below(live.size()));
       const auto [pfn, pages] = *it;
-      ASSERT_EQ(a.AllocationPages(pfn), pages);
+      ASSERT_EQ(Pages(a, pfn), pages);
       ASSERT_EQ(a.AllocationSizeBytes(Iova(pfn << 12)), pages << 12);
       for (const uint64_t q : {pfn + 1, pfn + pages / 2, pfn + pages - 1, pfn + pages}) {
         const auto at = live.find(q);
-        ASSERT_EQ(a.AllocationPages(q),
+        ASSERT_EQ(Pages(a, q),
                   at == live.end() ? std::nullopt : std::optional<uint64_t>(at->second))
             << q;
       }
       if (pages > 1) {
-        ASSERT_EQ(a.FreePfnsFast(pfn, pages - 1).code(), absl::StatusCode::kInvalidArgument);
+        ASSERT_EQ(Free(a, pfn, pages - 1).code(), absl::StatusCode::kInvalidArgument);
       }
     }
     if (op % 50 == 0) {
@@ -1108,19 +1222,19 @@ TEST(IovaAllocatorRandom, CachedRangesAcrossChunkBoundaries) {
     if (live.empty() || rng.Below(100) < 52) {
       const uint64_t n = rng.Below(8) == 0 ? rng.Below(100) + 1 : rng.Below(64) + 1;
       const uint64_t limit = limits[rng.Below(std::size(limits))];
-      const uint64_t pfn = a.AllocPfnsFastOrZero(n, limit);
+      const uint64_t pfn = AllocOrZero(a, n, limit);
       if (pfn == 0) continue;
       const uint64_t pages = n <= 64 ? std::bit_ceil(n) : n;
       ASSERT_LE(pfn + pages - 1, limit);
-      ASSERT_EQ(a.AllocationPages(pfn), pages) << pfn;
+      ASSERT_EQ(Pages(a, pfn), pages) << pfn;
       ASSERT_TRUE(live.emplace(pfn, n).second) << pfn;
     } else {
       auto it = live.begin();
       std::advance(it, rng.Below(live.size()));
-      ASSERT_TRUE(a.FreePfnsFast(it->first, it->second).ok());
-      const absl::Status again = a.FreePfnsFast(it->first, it->second);
+      ASSERT_TRUE(Free(a, it->first, it->second).ok());
+      const absl::Status again = Free(a, it->first, it->second);
       ASSERT_EQ(again.code(), absl::StatusCode::kNotFound);
-      ASSERT_EQ(a.AllocationPages(it->first), std::nullopt);
+      ASSERT_EQ(Pages(a, it->first), std::nullopt);
       freed.push_back(it->first);
       live.erase(it);
     }
@@ -1128,8 +1242,8 @@ TEST(IovaAllocatorRandom, CachedRangesAcrossChunkBoundaries) {
       const uint64_t pfn = freed[rng.Below(freed.size())];
       const auto at = live.find(pfn);
       if (at == live.end()) {
-        ASSERT_EQ(a.AllocationPages(pfn), std::nullopt);
-        ASSERT_EQ(a.FreePfns(pfn).code(), absl::StatusCode::kNotFound);
+        ASSERT_EQ(Pages(a, pfn), std::nullopt);
+        ASSERT_EQ(Free(a, pfn, 1).code(), absl::StatusCode::kNotFound);
       }
     }
     if (op % 97 == 0) {
