@@ -96,7 +96,7 @@ absl::StatusOr<AllocResult> Broker::Alloc(const Caller& caller, const std::strin
   }
   std::sort(out.page_sizes_used.rbegin(), out.page_sizes_used.rend());
   // The mapping holds the buffer through owned_buffer_id, not a reference.
-  MappingRecord& rec = txn.Insert(*iova, *size, *size, impl_->NewMappingId());
+  MappingRecord& rec = txn.Insert(*iova, *size, *size);
   rec.kind = MappingKind::kAlloc;
   rec.device = device;
   rec.owner = dev;

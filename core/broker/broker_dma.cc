@@ -148,7 +148,7 @@ absl::StatusOr<MapResult> BrokerImpl::MapOne(Domain::Transaction& txn, Buffers::
     return fail(s);
   }
   // The record is built in place (no moves of it).
-  MappingRecord& rec = txn.Insert(*iova, *iova_size, mem_ref.length_bytes, NewMappingId());
+  MappingRecord& rec = txn.Insert(*iova, *iova_size, mem_ref.length_bytes);
   rec.kind = MappingKind::kMap;
   rec.device = dev.config.name;
   rec.owner = &dev;
@@ -292,7 +292,7 @@ absl::StatusOr<MapSgResult> Broker::MapSg(const Caller& caller, const std::strin
   for (const SgDmaSegment& s : layout->dma_segments) {
     out.segments.push_back({*iova + s.iova_offset, s.length_bytes});
   }
-  MappingRecord& rec = txn.Insert(*iova, layout->iova_size_bytes, total, impl_->NewMappingId());
+  MappingRecord& rec = txn.Insert(*iova, layout->iova_size_bytes, total);
   rec.kind = kind;
   rec.device = device;
   rec.owner = dev;

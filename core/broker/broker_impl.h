@@ -131,7 +131,6 @@ class BrokerImpl {
   // The highest IOVA the device may use in `d` (aperture and DMA mask).
   uint64_t DeviceLimit(const Domain& d, const DeviceState& dev) const;
   Prot ProtFor(const DeviceState& dev, DmaDirection dir, const DmaAttrs& attrs) const;
-  uint64_t NewMappingId() { return next_mapping_id_.fetch_add(1, std::memory_order_relaxed); }
 
   // Releases everything created under a session.
   void ReleaseSession(uint64_t session_id);
@@ -161,8 +160,6 @@ class BrokerImpl {
   // Fair shares computed at Init (see Quotas).
   uint64_t fair_buffer_bytes_ = 0;
   absl::flat_hash_map<const Smmu*, uint64_t> fair_domains_;
-
-  std::atomic<uint64_t> next_mapping_id_{1};
 };
 
 }  // namespace iommu::core

@@ -23,7 +23,9 @@ namespace iommu::core::internal {
 
 // Per-device state. Quota usage is atomic (charged before a change, refunded
 // on failure or release).
-struct DeviceState {
+// Cache-line aligned: its quota counters are written by each of its maps and
+// unmaps, and must not share a line with another device's.
+struct alignas(64) DeviceState {
   DeviceConfig config;
   Smmu* smmu = nullptr;
   std::shared_ptr<Domain> default_domain;

@@ -235,8 +235,7 @@ absl::StatusOr<MsiCookieResult> Broker::MsiCookie(const Caller& caller, const st
   BrokerImpl::Buffers::Refs refs(*impl_->buffers_);
   Domain::Transaction txn(*d, refs);
   ASSIGN_OR_RETURN(Domain::Transaction::MsiPage p,
-                   txn.MapMsiPage(page, doorbell, impl_->DeviceLimit(*d, *dev),
-                                  [&] { return impl_->NewMappingId(); }));
+                   txn.MapMsiPage(page, doorbell, impl_->DeviceLimit(*d, *dev)));
   return MsiCookieResult{
       .msi_addr = p.iova + (doorbell - page), .domain_id = d->id(), .newly_mapped = p.newly_mapped};
 }

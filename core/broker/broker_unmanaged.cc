@@ -82,7 +82,7 @@ absl::StatusOr<MapResult> Broker::MapAt(const Caller& caller, const std::string&
     dev->RefundMapping(mem.length_bytes);
     return fail(s);
   }
-  MappingRecord& rec = txn.Insert(iova, mem.length_bytes, mem.length_bytes, impl_->NewMappingId());
+  MappingRecord& rec = txn.Insert(iova, mem.length_bytes, mem.length_bytes);
   rec.kind = MappingKind::kMapAt;
   rec.device = device;
   rec.owner = dev;

@@ -299,9 +299,9 @@ void BufferTable::Refs::Drop(absl::Span<const BufferRef> buffers) {
   for (const BufferRef& ref : buffers) DropNow(ref);
 }
 
-void BufferTable::Refs::Unmapped(const MappingRecord& m) {
+void BufferTable::Refs::Unmapped(const Domain& d, const MappingRecord& m) {
   if (m.owner != nullptr) m.owner->RefundMapping(m.mapped_bytes);
-  if (m.export_id != 0) table_.ForgetImport(m.export_id, m.mapping_id);
+  if (m.export_id != 0) table_.ForgetImport(m.export_id, d, m.mapping_id);
   for (const BufferRef& ref : m.buffer_refs) DropNow(ref);
   if (m.owned_buffer_id != 0) {
     if (std::unique_ptr<Buffer> dead = table_.ReleaseOwned(m.owned_buffer_id)) {
@@ -420,15 +420,18 @@ std::vector<ExportRecord::Import> BufferTable::EraseExportLocked(uint64_t export
   return imports;
 }
 
-void BufferTable::ForgetImport(uint64_t export_id, uint64_t mapping_id) {
+void BufferTable::ForgetImport(uint64_t export_id, const Domain& d, uint64_t mapping_id) {
   absl::MutexLock el(&exports_mu_);
   auto token = export_tokens_.find(export_id);
   if (token == export_tokens_.end()) return;  // revoked
   auto& imports = exports_.at(token->second).imports;
-  imports.erase(
-      std::remove_if(imports.begin(), imports.end(),
-                     [&](const ExportRecord::Import& i) { return i.mapping_id == mapping_id; }),
-      imports.end());
+  imports.erase(std::remove_if(imports.begin(), imports.end(),
+                               [&](const ExportRecord::Import& i) {
+                                 // Mapping ids are unique within a domain; this one is alive (the
+                                 // mapping is leaving it).
+                                 return i.mapping_id == mapping_id && i.domain.lock().get() == &d;
+                               }),
+                imports.end());
 }
 
 void BufferTable::ForEachExport(

@@ -43,8 +43,9 @@ namespace iommu::core::internal {
 struct DeviceState;
 
 // A buffer of pinned pages owned by one device. Identity and pages are fixed
-// at creation.
-struct Buffer {
+// at creation. Cache-line aligned: its reference count is written by every
+// map and unmap of it, and must not share a line with another buffer's.
+struct alignas(64) Buffer {
   uint64_t buffer_id = 0;
   std::string device;
   DeviceState* owner = nullptr;
@@ -78,7 +79,7 @@ struct ExportRecord {
   struct Import {
     std::weak_ptr<Domain> domain;
     uint64_t iova = 0;
-    uint64_t mapping_id = 0;
+    uint64_t mapping_id = 0;  // unique within its domain
   };
   std::vector<Import> imports;
 };
@@ -174,7 +175,7 @@ class BufferTable {
     // Drops references this object took for a mapping it did not make.
     void Drop(absl::Span<const BufferRef> buffers);
 
-    void Unmapped(const MappingRecord& m) override;
+    void Unmapped(const Domain& d, const MappingRecord& m) override;
     void ReleaseUnmapped() override {
       if (!dead_.empty()) ReleaseDead();
     }
@@ -210,7 +211,7 @@ class BufferTable {
   // The Alloc buffer of an unmapped record: unlinked and returned, or
   // (importers still map it) left to its last reference.
   std::unique_ptr<Buffer> ReleaseOwned(uint64_t buffer_id);
-  void ForgetImport(uint64_t export_id, uint64_t mapping_id);
+  void ForgetImport(uint64_t export_id, const Domain& d, uint64_t mapping_id);
   // Unlinks buffer `buffer_id` if it exists and no mapping references it
   // (and, with `only_if_waiting`, if it waits for that).
   std::unique_ptr<Buffer> UnlinkIfUnreferenced(uint64_t buffer_id, bool only_if_waiting);

@@ -268,7 +268,7 @@ void Domain::Transaction::Remove(uint64_t iova_start) {
     if (!gather.empty()) leaf_ranges_.push_back({gather.start, gather.end});
     if (m.iova_from_allocator) iova_frees_.push_back({m.iova, m.iova_size_bytes});
   }
-  releaser_.Unmapped(m);
+  releaser_.Unmapped(d_, m);
   d_.mappings_.Erase(iova_start);
 }
 
@@ -326,9 +326,9 @@ absl::Status Domain::Transaction::SetMsiWindow(uint64_t base, uint64_t size_byte
   return absl::OkStatus();
 }
 
-absl::StatusOr<Domain::Transaction::MsiPage> Domain::Transaction::MapMsiPage(
-    uint64_t page, uint64_t doorbell, uint64_t limit,
-    absl::FunctionRef<uint64_t()> new_mapping_id) {
+absl::StatusOr<Domain::Transaction::MsiPage> Domain::Transaction::MapMsiPage(uint64_t page,
+                                                                             uint64_t doorbell,
+                                                                             uint64_t limit) {
   d_.mu_.AssertHeld();
   const uint64_t g = d_.granule_bytes_;
   const Prot prot = Prot::kWrite | Prot::kNoExec | Prot::kMmio;
@@ -340,7 +340,7 @@ absl::StatusOr<Domain::Transaction::MsiPage> Domain::Transaction::MapMsiPage(
       return s;
     }
     pages[page] = iova.value();
-    MappingRecord& rec = Insert(iova, g, 0, new_mapping_id());
+    MappingRecord& rec = Insert(iova, g, 0);
     rec.kind = MappingKind::kMsi;
     rec.iova_from_allocator = from_allocator;
     rec.dma_offset = doorbell - page;

@@ -26,7 +26,6 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/inlined_vector.h"
-#include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
@@ -103,10 +102,11 @@ class DomainFlushOps final : public FlushOps {
 // would see it, but keeps any memory that became free. ReleaseUnmapped is
 // called by the commit once the transaction's invalidations are done and its
 // IOVAs freed, to return that memory. Both run with the domain's lock held.
+class Domain;
 class MappingReleaser {
  public:
   virtual ~MappingReleaser() = default;
-  virtual void Unmapped(const MappingRecord& m) = 0;
+  virtual void Unmapped(const Domain& d, const MappingRecord& m) = 0;
   virtual void ReleaseUnmapped() = 0;
 };
 
@@ -128,7 +128,8 @@ struct DomainParams {
 // One I/O address space. Its identity (id, type, SMMU, owner, grants,
 // granule, aperture, context) is fixed at creation; its page table, cookie
 // and mappings are reached only through a Transaction (changes) or a Reader.
-class Domain {
+// Cache-line aligned, so that no two domains' locks share a line.
+class alignas(64) Domain {
  public:
   // Takes a translation context of `smmu` (RESOURCE_EXHAUSTED when none is
   // free) for translating types; INVALID_ARGUMENT for a granule the SMMU lacks.
@@ -190,6 +191,7 @@ class Domain {
   Cookie cookie_ ABSL_GUARDED_BY(mu_);
   MappingTable mappings_ ABSL_GUARDED_BY(mu_);  // by IOVA start
   uint64_t mapped_bytes_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t next_mapping_id_ ABSL_GUARDED_BY(mu_) = 1;
 };
 
 // Shared access to a domain's state (views, stats, translation walks).
@@ -270,12 +272,13 @@ class ABSL_SCOPED_LOCKABLE Domain::Transaction {
   // returns the error (nothing was translated through them meanwhile).
   absl::Status MapRanges(absl::Span<const std::pair<Iova, PhysRun>> ranges, Prot prot);
   // Adds a record for a mapping whose ranges are in the page table, with its
-  // id and mapped bytes set, for the caller to fill in before the commit.
-  MappingRecord& Insert(Iova iova, uint64_t iova_size_bytes, uint64_t mapped_bytes,
-                        uint64_t mapping_id) {
+  // mapped bytes and a new mapping id set, for the caller to fill in before
+  // the commit. Mapping ids count up per domain from 1 and are never reused
+  // in it (a per-domain counter: no cache line shared between domains).
+  MappingRecord& Insert(Iova iova, uint64_t iova_size_bytes, uint64_t mapped_bytes) {
     d_.mu_.AssertHeld();
     MappingRecord& record = d_.mappings_.Emplace(iova, iova_size_bytes);
-    record.mapping_id = mapping_id;
+    record.mapping_id = d_.next_mapping_id_++;
     record.mapped_bytes = mapped_bytes;
     d_.mapped_bytes_ += mapped_bytes;
     return record;
@@ -304,8 +307,7 @@ class ABSL_SCOPED_LOCKABLE Domain::Transaction {
   // domain, mapping it (write-only MMIO) on first use: from the IOVA cookie
   // below `limit`, or linearly from the MSI window. `doorbell` is the
   // doorbell's physical address inside the page.
-  absl::StatusOr<MsiPage> MapMsiPage(uint64_t page, uint64_t doorbell, uint64_t limit,
-                                     absl::FunctionRef<uint64_t()> new_mapping_id);
+  absl::StatusOr<MsiPage> MapMsiPage(uint64_t page, uint64_t doorbell, uint64_t limit);
 
   // Invalidates, frees IOVAs and releases as the file comment says. Called by
   // the destructor; may be called before it to commit early (then the lock

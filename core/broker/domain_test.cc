@@ -32,7 +32,7 @@ std::unique_ptr<Smmu> MakeSmmu() {
 class RecordingReleaser final : public MappingReleaser {
  public:
   RecordingReleaser(Smmu& smmu, Domain& d) : smmu_(smmu), d_(d) {}
-  void Unmapped(const MappingRecord& m) override {
+  void Unmapped(const Domain&, const MappingRecord& m) override {
     unmapped.push_back(m.iova.value());
     cached_at_unmap.push_back(Cached(m.iova));
   }
@@ -61,7 +61,7 @@ Iova MapAndCache(Smmu& smmu, Domain& d, MappingReleaser& r, PhysAddr phys) {
   auto iova = txn.AllocIova(kPage, LowMask(32), "test");
   EXPECT_TRUE(iova.ok()) << iova.status();
   EXPECT_TRUE(txn.MapRanges({{*iova, {phys, kPage}}}, Prot::kRead | Prot::kWrite).ok());
-  MappingRecord& rec = txn.Insert(*iova, kPage, kPage, 1);
+  MappingRecord& rec = txn.Insert(*iova, kPage, kPage);
   rec.iova_from_allocator = true;
   rec.pt_ranges.push_back({*iova, kPage});
   auto walk = txn.pgtable()->Walk(*iova);
