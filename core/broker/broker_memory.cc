@@ -1,5 +1,6 @@
 // Buffers (pinned pages) and the per-device quotas they and mappings charge.
 
+#include "absl/functional/function_ref.h"
 #include "absl/strings/str_format.h"
 #include "core/base/errors.h"
 #include "core/base/status_macros.h"
@@ -20,21 +21,37 @@ bool TryCharge(std::atomic<uint64_t>& counter, uint64_t amount, uint64_t limit) 
   return true;
 }
 
+// Charges one more object of `bytes` against a count and a byte total; on
+// either limit nothing changes and the matching error is returned.
+absl::Status ChargeOne(std::atomic<uint64_t>& count, uint64_t max_count,
+                       std::atomic<uint64_t>& total, uint64_t max_total, uint64_t bytes,
+                       absl::FunctionRef<absl::Status()> count_full,
+                       absl::FunctionRef<absl::Status()> total_full) {
+  if (!TryCharge(count, 1, max_count)) return count_full();
+  if (!TryCharge(total, bytes, max_total)) {
+    count.fetch_sub(1, std::memory_order_relaxed);
+    return total_full();
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 absl::Status DeviceState::ChargeMapping(uint64_t bytes) {
-  if (!TryCharge(mappings, 1, quotas.max_mappings)) {
-    return FieldError(absl::StatusCode::kResourceExhausted, "device", config.name,
-                      absl::StrFormat("mapping quota of %d mappings reached", quotas.max_mappings));
-  }
-  if (!TryCharge(mapped_bytes, bytes, quotas.max_mapped_bytes)) {
-    mappings.fetch_sub(1, std::memory_order_relaxed);
-    return FieldError(absl::StatusCode::kResourceExhausted, "size_bytes", bytes,
-                      absl::StrFormat("device %s would pass its mapped-bytes quota %#x "
-                                      "(%#x mapped)",
-                                      config.name, quotas.max_mapped_bytes, mapped_bytes.load()));
-  }
-  return absl::OkStatus();
+  return ChargeOne(
+      mappings, quotas.max_mappings, mapped_bytes, quotas.max_mapped_bytes, bytes,
+      [&] {
+        return FieldError(
+            absl::StatusCode::kResourceExhausted, "device", config.name,
+            absl::StrFormat("mapping quota of %d mappings reached", quotas.max_mappings));
+      },
+      [&] {
+        return FieldError(
+            absl::StatusCode::kResourceExhausted, "size_bytes", bytes,
+            absl::StrFormat("device %s would pass its mapped-bytes quota %#x "
+                            "(%#x mapped)",
+                            config.name, quotas.max_mapped_bytes, mapped_bytes.load()));
+      });
 }
 
 void DeviceState::RefundMapping(uint64_t bytes) {
@@ -43,17 +60,18 @@ void DeviceState::RefundMapping(uint64_t bytes) {
 }
 
 absl::Status DeviceState::ChargeBuffer(uint64_t bytes) {
-  if (!TryCharge(buffers, 1, quotas.max_buffers)) {
-    return FieldError(absl::StatusCode::kResourceExhausted, "device", config.name,
-                      absl::StrFormat("buffer quota of %d buffers reached", quotas.max_buffers));
-  }
-  if (!TryCharge(buffer_bytes, bytes, quotas.max_buffer_bytes)) {
-    buffers.fetch_sub(1, std::memory_order_relaxed);
-    return FieldError(absl::StatusCode::kResourceExhausted, "size_bytes", bytes,
-                      absl::StrFormat("device %s would pass its buffer-bytes quota %#x",
-                                      config.name, quotas.max_buffer_bytes));
-  }
-  return absl::OkStatus();
+  return ChargeOne(
+      buffers, quotas.max_buffers, buffer_bytes, quotas.max_buffer_bytes, bytes,
+      [&] {
+        return FieldError(
+            absl::StatusCode::kResourceExhausted, "device", config.name,
+            absl::StrFormat("buffer quota of %d buffers reached", quotas.max_buffers));
+      },
+      [&] {
+        return FieldError(absl::StatusCode::kResourceExhausted, "size_bytes", bytes,
+                          absl::StrFormat("device %s would pass its buffer-bytes quota %#x",
+                                          config.name, quotas.max_buffer_bytes));
+      });
 }
 
 void DeviceState::RefundBuffer(uint64_t bytes) {

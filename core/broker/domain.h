@@ -226,7 +226,7 @@ class ABSL_SCOPED_LOCKABLE Domain::Reader {
 };
 
 // Exclusive access to a domain for one operation or one run of them (a
-// Batch message). See the file comment for what Commit does and in which
+// Batch message). See the file comment for what its commit does and in which
 // order; the destructor commits.
 class ABSL_SCOPED_LOCKABLE Domain::Transaction {
  public:
@@ -309,16 +309,14 @@ class ABSL_SCOPED_LOCKABLE Domain::Transaction {
   // doorbell's physical address inside the page.
   absl::StatusOr<MsiPage> MapMsiPage(uint64_t page, uint64_t doorbell, uint64_t limit);
 
-  // Invalidates, frees IOVAs and releases as the file comment says. Called by
-  // the destructor; may be called before it to commit early (then the lock
-  // stays held until the destructor, and the transaction can go on).
+ private:
+  // Invalidates, frees IOVAs and releases as the file comment says (the
+  // destructor's work, before it unlocks).
   void Commit() {
     d_.mu_.AssertHeld();
     if (!leaf_ranges_.empty() || !iova_frees_.empty()) CompleteInvalidations();
     releaser_.ReleaseUnmapped();
   }
-
- private:
   void CompleteInvalidations() ABSL_EXCLUSIVE_LOCKS_REQUIRED(d_.mu_);
 
   Domain& d_;
