@@ -15,10 +15,12 @@ BUILD=(
   libabsl-dev
   protobuf-compiler libprotobuf-dev libgrpc++-dev protobuf-compiler-grpc   # API (proto/)
   libspdlog-dev prometheus-cpp-dev                                         # daemon (server/)
+  liblmdb-dev libsqlite3-dev librocksdb-dev                                # state store (store/)
 )
 RUNTIME=(
   libabsl20220623 libprotobuf32 libgrpc++1.51 libgrpc29
   libspdlog1.10 libfmt9 libprometheus-cpp-core1.0 libprometheus-cpp-pull1.0
+  liblmdb0 libsqlite3-0 librocksdb7.8
 )
 DEV=(
   "${BUILD[@]}"
