@@ -26,24 +26,27 @@ namespace {
 constexpr size_t kValueBytes = 120;
 
 // Engine argument: 0 lmdb, 1 sqlite, 2 rocksdb, 3 lmdb with MDB_WRITEMAP.
+KvEngine EngineOf(int64_t engine_arg) {
+  return engine_arg == 1   ? KvEngine::kSqlite
+         : engine_arg == 2 ? KvEngine::kRocksdb
+                           : KvEngine::kLmdb;
+}
+
+std::string Label(int64_t engine_arg) {
+  return engine_arg == 3 ? "lmdb+writemap" : std::string(KvEngineName(EngineOf(engine_arg)));
+}
+
+// Options for a new store in a fresh directory.
 KvOptions OptionsFor(int64_t engine_arg, Durability durability) {
   static std::atomic<int> counter{0};
   const char* base = std::getenv("KV_BENCH_DIR");
   KvOptions o;
-  o.engine = engine_arg == 1   ? KvEngine::kSqlite
-             : engine_arg == 2 ? KvEngine::kRocksdb
-                               : KvEngine::kLmdb;
+  o.engine = EngineOf(engine_arg);
   o.lmdb_write_map = engine_arg == 3;
   o.durability = durability;
   o.dir = absl::StrCat(base != nullptr ? base : "/tmp", "/kv_bench_", getpid(), "_", counter++);
   std::filesystem::remove_all(o.dir);
   return o;
-}
-
-std::string Label(int64_t engine_arg) {
-  return engine_arg == 3
-             ? "lmdb+writemap"
-             : std::string(KvEngineName(OptionsFor(engine_arg, Durability::kProcessCrash).engine));
 }
 
 void PutBigEndian(std::string& out, uint64_t v) {
@@ -192,20 +195,24 @@ BENCHMARK(BM_CommitPowerLoss)
 // is loaded once per engine (outside the timing) and kept for the run.
 constexpr uint64_t kScanKeys = 1'000'000;
 
-struct Loaded {
-  std::string dir;
-  std::unique_ptr<KvStore> store;
-  ~Loaded() {
-    store.reset();
-    std::filesystem::remove_all(dir);
-  }
-};
+// Loaded stores stay open for the whole run (never closed: the process ends
+// right after); their directories are removed at exit.
+std::vector<std::string>& LoadedDirs() {
+  static auto* dirs = new std::vector<std::string>();
+  return *dirs;
+}
 
 KvStore* LoadedStore(int64_t engine_arg, benchmark::State& state) {
-  static auto* loaded = new std::map<int64_t, Loaded>();
+  static auto* loaded = new std::map<int64_t, KvStore*>();
   auto it = loaded->find(engine_arg);
-  if (it != loaded->end()) return it->second.store.get();
+  if (it != loaded->end()) return it->second;
   const KvOptions o = OptionsFor(engine_arg, Durability::kProcessCrash);
+  if (LoadedDirs().empty()) {
+    std::atexit([] {
+      for (const std::string& dir : LoadedDirs()) std::filesystem::remove_all(dir);
+    });
+  }
+  LoadedDirs().push_back(o.dir);
   std::unique_ptr<KvStore> store = MustOpen(o, state);
   if (store == nullptr) return nullptr;
   const Values& values = TheValues();
@@ -223,10 +230,7 @@ KvStore* LoadedStore(int64_t engine_arg, benchmark::State& state) {
       return nullptr;
     }
   }
-  Loaded& l = (*loaded)[engine_arg];
-  l.dir = o.dir;
-  l.store = std::move(store);
-  return l.store.get();
+  return (*loaded)[engine_arg] = store.release();
 }
 
 void BM_ScanMillion(benchmark::State& state) {
