@@ -11,6 +11,7 @@ namespace iommu::core {
 namespace {
 
 inline constexpr uint64_t kMaxCapacity = uint64_t{1} << 24;
+inline constexpr uint64_t kMaxFirstSeq = uint64_t{1} << 63;
 
 absl::Status Broken(absl::string_view field, uint64_t value, absl::string_view why) {
   return FieldError(absl::StatusCode::kInternal, field, value, why);
@@ -38,12 +39,17 @@ absl::StatusOr<std::unique_ptr<FaultRing>> FaultRing::Create(FaultRingOptions op
   if (options.capacity == 0 || options.capacity > kMaxCapacity) {
     return InvalidField("capacity", options.capacity, "must be in [1, 2^24] records");
   }
+  if (options.first_seq == 0 || options.first_seq > kMaxFirstSeq) {
+    return InvalidField("first_seq", options.first_seq, "must be in [1, 2^63]");
+  }
   return std::unique_ptr<FaultRing>(new FaultRing(std::move(options)));
 }
 
 FaultRing::FaultRing(FaultRingOptions options)
     : clock_(options.clock ? std::move(options.clock) : [] { return absl::Now(); }),
-      slots_(options.capacity) {}
+      first_seq_(options.first_seq),
+      slots_(options.capacity),
+      newest_seq_(options.first_seq - 1) {}
 
 uint64_t FaultRing::Push(FaultRecord record) {
   const size_t type = size_t(record.type);
@@ -116,8 +122,9 @@ FaultRingStats FaultRing::Stats() const {
   FaultRingStats stats;
   stats.capacity = slots_.size();
   stats.size = size_;
-  stats.pushed_total = newest_seq_;
+  stats.pushed_total = newest_seq_ - (first_seq_ - 1);
   stats.dropped_total = dropped_;
+  stats.first_seq = first_seq_;
   stats.pushed_by_type = pushed_by_type_;
   return stats;
 }
@@ -125,12 +132,14 @@ FaultRingStats FaultRing::Stats() const {
 absl::Status FaultRing::CheckInvariants() const {
   absl::ReaderMutexLock lock(&mu_);
   if (size_ > slots_.size()) return Broken("size", size_, "above capacity");
-  if (newest_seq_ != size_ + dropped_) {
-    return Broken("newest_seq", newest_seq_, "differs from size + dropped");
+  if (newest_seq_ < first_seq_ - 1) return Broken("newest_seq", newest_seq_, "below first_seq - 1");
+  const uint64_t pushed = newest_seq_ - (first_seq_ - 1);
+  if (pushed != size_ + dropped_) {
+    return Broken("newest_seq", newest_seq_, "pushed differs from size + dropped");
   }
   uint64_t by_type = 0;
   for (uint64_t n : pushed_by_type_) by_type += n;
-  if (by_type != newest_seq_) return Broken("pushed_by_type", by_type, "sum differs from pushed");
+  if (by_type != pushed) return Broken("pushed_by_type", by_type, "sum differs from pushed");
   for (uint64_t seq = newest_seq_ - size_ + 1; seq <= newest_seq_; ++seq) {
     if (slots_[SlotLocked(seq)].seq != seq) {
       return Broken("slot", SlotLocked(seq),

@@ -4,7 +4,9 @@
 // The fault ring: a model of the SMMU event queue, lossless-or-counted.
 //
 // Layout. A circular buffer of `capacity` FaultRecords. Push assigns the next
-// sequence number (1, 2, 3, ...) and the timestamp; when the ring is full the
+// sequence number (first_seq, first_seq + 1, ...; first_seq is 1 unless the
+// ring continues the numbering of an earlier one, see Restarts) and the
+// timestamp; when the ring is full the
 // oldest record is overwritten and counted as dropped. The records present are
 // always the contiguous sequence numbers
 // [oldest_seq, newest_seq] = [newest_seq - size + 1, newest_seq].
@@ -14,7 +16,22 @@
 // `lost`, the number of records between after_seq and the oldest present that
 // were overwritten before this reader saw them. So no record disappears
 // without being counted, for every reader independently (QEMU's and
-// virtio-iommu's event queues drop silently).
+// virtio-iommu's event queues drop silently): records returned plus lost
+// always add up to the seqs issued after after_seq.
+//
+// Restarts. The records are not durable, their numbering is: a ring created
+// with first_seq = (the last seq issued before the restart) + 1 continues
+// it, so a reader's after_seq from before the restart stays meaningful and
+// no seq is ever issued twice. Until its first Push such a ring's
+// newest_seq() is first_seq - 1. The records first_seq - 1 and below are
+// gone, and ReadSince counts those above a reader's after_seq as lost like
+// overwritten ones: a reader that had consumed up to after_seq sees
+// lost = first_seq - 1 - after_seq (plus any overwritten since), and a
+// reader that asks for after_seq = 0 ("from the start") sees every seq
+// below the oldest present one as lost, first_seq - 1 of them from before
+// the restart. A reader that wants only this run's records asks for
+// after_seq = first_seq() - 1. WaitForNewerThan(after_seq < first_seq - 1)
+// returns OK at once: newer records were issued (if not by this ring).
 //
 // Cost. Push is O(1) and never blocks on readers (a fault never waits for a
 // watcher); ReadSince is O(records returned).
@@ -53,7 +70,7 @@ inline constexpr size_t kNumFaultTypes = 5;
 absl::string_view FaultTypeName(FaultType type);
 
 struct FaultRecord {
-  uint64_t seq = 0;  // assigned by Push: 1, 2, 3, ... strictly increasing
+  uint64_t seq = 0;  // assigned by Push: first_seq, first_seq + 1, ... strictly increasing
   FaultType type = FaultType::kTranslation;
   std::string smmu;
   uint32_t stream_id = 0;
@@ -66,7 +83,8 @@ struct FaultRecord {
 
 struct FaultReadResult {
   std::vector<FaultRecord> records;  // ascending seq, all > after_seq
-  // Records with seq > after_seq that were overwritten before this read.
+  // Records with seq > after_seq that this read can no longer return:
+  // overwritten, or issued before a restart (seq < first_seq).
   uint64_t lost = 0;
   // The seq to pass as after_seq next time (the last returned or skipped).
   uint64_t next_after_seq = 0;
@@ -74,9 +92,10 @@ struct FaultReadResult {
 
 struct FaultRingStats {
   uint64_t capacity = 0;
-  uint64_t size = 0;                                      // records present
-  uint64_t pushed_total = 0;                              // == newest seq
-  uint64_t dropped_total = 0;                             // overwritten records
+  uint64_t size = 0;           // records present
+  uint64_t pushed_total = 0;   // pushed to this ring: newest seq - (first_seq - 1)
+  uint64_t dropped_total = 0;  // overwritten records
+  uint64_t first_seq = 1;      // the seq of this ring's first record
   std::array<uint64_t, kNumFaultTypes> pushed_by_type{};  // indexed by FaultType
 };
 
@@ -84,11 +103,15 @@ struct FaultRingOptions {
   uint64_t capacity = 4096;  // records, >= 1
   // Clock for timestamps; absl::Now when empty (tests inject a fake).
   std::function<absl::Time()> clock;
+  // The seq of the first record: 1, or the last seq issued before a restart
+  // plus one (see Restarts). In [1, 2^63].
+  uint64_t first_seq = 1;
 };
 
 class FaultRing {
  public:
-  // INVALID_ARGUMENT: capacity zero or above 2^24 records.
+  // INVALID_ARGUMENT: capacity zero or above 2^24 records; first_seq zero or
+  // above 2^63.
   static absl::StatusOr<std::unique_ptr<FaultRing>> Create(FaultRingOptions options = {});
 
   FaultRing(const FaultRing&) = delete;
@@ -101,7 +124,9 @@ class FaultRing {
   uint64_t Push(FaultRecord record) ABSL_LOCKS_EXCLUDED(mu_);
 
   // Up to max_records records with seq > after_seq, oldest first, and how many
-  // such records were lost to overwriting. after_seq = 0 reads from the start.
+  // such records were lost (overwritten, or from before a restart: see
+  // Restarts). after_seq = 0 reads from the start; an after_seq at or above
+  // newest_seq() returns nothing and leaves next_after_seq at after_seq.
   // INVALID_ARGUMENT: max_records zero.
   absl::StatusOr<FaultReadResult> ReadSince(uint64_t after_seq, size_t max_records) const
       ABSL_LOCKS_EXCLUDED(mu_);
@@ -118,12 +143,15 @@ class FaultRing {
   // record already exists. Idempotent.
   void Shutdown() ABSL_LOCKS_EXCLUDED(mu_);
 
+  // The last seq issued: first_seq - 1 before the first Push.
   uint64_t newest_seq() const ABSL_LOCKS_EXCLUDED(mu_);
+  uint64_t first_seq() const { return first_seq_; }
   FaultRingStats Stats() const ABSL_LOCKS_EXCLUDED(mu_);
 
   // OK, or INTERNAL naming the first broken invariant (a bug): size <=
   // capacity; the present records carry seq newest - size + 1 .. newest in
-  // ring order; pushed == size + dropped == sum of pushed_by_type.
+  // ring order; pushed (newest - first_seq + 1) == size + dropped == sum of
+  // pushed_by_type.
   absl::Status CheckInvariants() const ABSL_LOCKS_EXCLUDED(mu_);
 
  private:
@@ -135,10 +163,11 @@ class FaultRing {
   }
 
   const std::function<absl::Time()> clock_;
+  const uint64_t first_seq_;
 
   mutable absl::Mutex mu_;
   std::vector<FaultRecord> slots_ ABSL_GUARDED_BY(mu_);  // capacity entries
-  uint64_t newest_seq_ ABSL_GUARDED_BY(mu_) = 0;         // 0: nothing pushed yet
+  uint64_t newest_seq_ ABSL_GUARDED_BY(mu_);             // first_seq_ - 1: nothing pushed yet
   uint64_t size_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t dropped_ ABSL_GUARDED_BY(mu_) = 0;
   std::array<uint64_t, kNumFaultTypes> pushed_by_type_ ABSL_GUARDED_BY(mu_){};

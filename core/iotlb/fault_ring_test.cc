@@ -158,6 +158,132 @@ TEST(FaultRingTest, SlowReaderAccountsForEveryRecord) {
   EXPECT_EQ(by_type, stats.pushed_total);
 }
 
+TEST(FaultRingTest, CreateRejectsBadFirstSeq) {
+  FaultRingOptions o;
+  o.first_seq = 0;
+  absl::StatusOr<std::unique_ptr<FaultRing>> r = FaultRing::Create(o);
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(r.status().message(), "first_seq=0: must be in [1, 2^63]");
+  o.first_seq = (uint64_t{1} << 63) + 1;
+  r = FaultRing::Create(o);
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(r.status().message(), "first_seq=0x8000000000000001: must be in [1, 2^63]");
+  o.first_seq = uint64_t{1} << 63;
+  r = FaultRing::Create(o);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ((*r)->Push(Fault(FaultType::kTranslation, 0)), uint64_t{1} << 63);
+  EXPECT_INVARIANTS(**r);
+}
+
+std::unique_ptr<FaultRing> Restarted(uint64_t capacity, uint64_t first_seq) {
+  FaultRingOptions o;
+  o.capacity = capacity;
+  o.first_seq = first_seq;
+  absl::StatusOr<std::unique_ptr<FaultRing>> r = FaultRing::Create(o);
+  EXPECT_TRUE(r.ok()) << r.status();
+  return *std::move(r);
+}
+
+// The numbering continues past the last seq issued before a restart; the
+// records from before it count as lost for every reader that had not read
+// them, as overwritten ones do.
+TEST(FaultRingTest, FirstSeqContinuesTheNumberingAcrossARestart) {
+  std::unique_ptr<FaultRing> before = MakeOrDie(4);
+  for (int i = 0; i < 5; ++i) before->Push(Fault(FaultType::kTranslation, 0));
+  const uint64_t last = before->newest_seq();  // 5
+  std::unique_ptr<FaultRing> ring = Restarted(4, last + 1);
+  EXPECT_EQ(ring->first_seq(), 6u);
+  EXPECT_EQ(ring->newest_seq(), 5u);
+  EXPECT_INVARIANTS(*ring);
+  FaultRingStats stats = ring->Stats();
+  EXPECT_EQ(stats.first_seq, 6u);
+  EXPECT_EQ(stats.pushed_total, 0u);
+  EXPECT_EQ(stats.size, 0u);
+  // Before any push: a reader that had consumed 3 lost 4 and 5.
+  absl::StatusOr<FaultReadResult> r = ring->ReadSince(3, 10);
+  ASSERT_TRUE(r.ok());
+  EXPECT_TRUE(r->records.empty());
+  EXPECT_EQ(r->lost, 2u);
+  EXPECT_EQ(r->next_after_seq, 5u);
+  r = ring->ReadSince(5, 10);
+  EXPECT_TRUE(r->records.empty());
+  EXPECT_EQ(r->lost, 0u);
+  EXPECT_EQ(r->next_after_seq, 5u);
+  // A reader from the start lost everything before the restart.
+  r = ring->ReadSince(0, 10);
+  EXPECT_EQ(r->lost, 5u);
+  EXPECT_EQ(r->next_after_seq, 5u);
+  // Newer records than 3 exist (issued before the restart); none than 5.
+  EXPECT_TRUE(ring->WaitForNewerThan(3, absl::InfinitePast()).ok());
+  EXPECT_EQ(ring->WaitForNewerThan(5, absl::InfinitePast()).code(),
+            absl::StatusCode::kDeadlineExceeded);
+  // Pushes continue the numbering.
+  EXPECT_EQ(ring->Push(Fault(FaultType::kPermission, 0x6000)), 6u);
+  EXPECT_EQ(ring->Push(Fault(FaultType::kPermission, 0x7000)), 7u);
+  EXPECT_INVARIANTS(*ring);
+  r = ring->ReadSince(3, 10);
+  EXPECT_THAT(Seqs(*r), ElementsAre(6, 7));
+  EXPECT_EQ(r->lost, 2u);
+  EXPECT_EQ(r->records[0].iova, Iova(0x6000));
+  r = ring->ReadSince(0, 10);
+  EXPECT_THAT(Seqs(*r), ElementsAre(6, 7));
+  EXPECT_EQ(r->lost, 5u);
+  // Only this run's records: after_seq = first_seq - 1.
+  r = ring->ReadSince(ring->first_seq() - 1, 10);
+  EXPECT_THAT(Seqs(*r), ElementsAre(6, 7));
+  EXPECT_EQ(r->lost, 0u);
+  // Overwriting after the restart counts on top.
+  for (int i = 0; i < 5; ++i) ring->Push(Fault(FaultType::kAddressSize, 0));
+  EXPECT_INVARIANTS(*ring);
+  stats = ring->Stats();
+  EXPECT_EQ(stats.pushed_total, 7u);
+  EXPECT_EQ(stats.dropped_total, 3u);
+  EXPECT_EQ(stats.size, 4u);
+  EXPECT_THAT(stats.pushed_by_type, ElementsAre(0, 2, 5, 0, 0));
+  r = ring->ReadSince(0, 10);
+  EXPECT_THAT(Seqs(*r), ElementsAre(9, 10, 11, 12));
+  EXPECT_EQ(r->lost, 8u);  // 1..5 before the restart, 6..8 overwritten
+  r = ring->ReadSince(7, 2);
+  EXPECT_THAT(Seqs(*r), ElementsAre(9, 10));
+  EXPECT_EQ(r->lost, 1u);
+  EXPECT_EQ(r->next_after_seq, 10u);
+}
+
+// A slow reader across restarts: every seq after the reader's start is read
+// exactly once or counted lost, and seqs never repeat.
+TEST(FaultRingTest, SlowReaderAccountsForEveryRecordAcrossRestarts) {
+  std::unique_ptr<FaultRing> ring = MakeOrDie(16);
+  Xorshift64 rng(5);
+  uint64_t after = 0, read = 0, lost = 0;
+  uint64_t expected_seq = 1;
+  int restarts = 0;
+  for (int op = 0; op < 20000; ++op) {
+    const uint64_t r = rng() % 100;
+    if (r < 1) {
+      ring = Restarted(1 + rng() % 32, ring->newest_seq() + 1);
+      ++restarts;
+    } else if (r < 66) {
+      const uint64_t seq = ring->Push(Fault(FaultType(rng() % kNumFaultTypes), 0));
+      ASSERT_EQ(seq, ring->newest_seq());
+    } else {
+      absl::StatusOr<FaultReadResult> res = ring->ReadSince(after, 1 + rng() % 8);
+      ASSERT_TRUE(res.ok());
+      expected_seq += res->lost;
+      for (const FaultRecord& f : res->records) ASSERT_EQ(f.seq, expected_seq++);
+      read += res->records.size();
+      lost += res->lost;
+      after = res->next_after_seq;
+    }
+    ASSERT_TRUE(ring->CheckInvariants().ok()) << ring->CheckInvariants();
+  }
+  absl::StatusOr<FaultReadResult> res = ring->ReadSince(after, 1000);
+  read += res->records.size();
+  lost += res->lost;
+  EXPECT_GT(restarts, 100);
+  EXPECT_EQ(read + lost, ring->newest_seq());
+  EXPECT_GT(read, 1000u);
+}
+
 TEST(FaultRingTest, WaitTimesOutReturnsOnNewerAndOnShutdown) {
   std::unique_ptr<FaultRing> ring = MakeOrDie(4);
   absl::Status s = ring->WaitForNewerThan(0, absl::Milliseconds(5));

@@ -306,6 +306,113 @@ absl::Status IovaAllocator::Reserve(uint64_t pfn_lo, uint64_t pfn_hi) {
   return absl::OkStatus();
 }
 
+// --- claims ----------------------------------------------------------------------------
+
+bool IovaAllocator::LiveContaining(uint64_t pfn, uint64_t* first, uint64_t* pages) const {
+  // A recorded allocation of up to kMaxPages pages is aligned to its size
+  // rounded up to a power of two, so one holding pfn starts at pfn aligned
+  // down to one of those powers.
+  for (uint64_t align = 1; align <= internal::IovaAllocMap::kMaxPages; align <<= 1) {
+    const uint64_t start = AlignDown(pfn, align);
+    const uint64_t n = internal::IovaAllocMap::PagesAt(*small_.Find(start), start);
+    if (n != 0 && start + (n - 1) >= pfn) {
+      *first = start;
+      *pages = n;
+      return true;
+    }
+  }
+  for (const auto& [start, n] : large_) {
+    if (start <= pfn && pfn - start < n) {
+      *first = start;
+      *pages = n;
+      return true;
+    }
+  }
+  return false;
+}
+
+absl::Status IovaAllocator::ClaimConflict(Iova iova, uint64_t pfn, uint64_t last) const {
+  // Walk the pieces of [pfn, last] in address order: free ranges and cached
+  // ranges are passed over, the first live or reserved piece is the error.
+  std::vector<std::pair<uint64_t, uint64_t>> cached;  // (pfn, pages), sorted; loaded once
+  bool cached_loaded = false;
+  for (uint64_t p = pfn;;) {
+    uint64_t hi = 0;
+    internal::IovaGapTree::Range r;
+    uint64_t first = 0;
+    uint64_t pages = 0;
+    auto res = reserved_.upper_bound(p);
+    if (tree_.FindContaining(p, &r)) {
+      hi = r.hi;
+    } else if (res != reserved_.begin() && std::prev(res)->second >= p) {
+      --res;
+      return FieldError(absl::StatusCode::kFailedPrecondition, "iova", iova.value(),
+                        absl::StrFormat("pfns [%#x, %#x] overlap the reserved range [%#x, %#x]",
+                                        pfn, last, res->first, res->second));
+    } else if (LiveContaining(p, &first, &pages)) {
+      return FieldError(
+          absl::StatusCode::kFailedPrecondition, "iova", iova.value(),
+          absl::StrFormat("pfns [%#x, %#x] overlap the live allocation of %#x pages at pfn %#x",
+                          pfn, last, pages, first));
+    } else {
+      if (!cached_loaded) {
+        cache_.ForEach([&](uint64_t c, int cls) { cached.emplace_back(c, uint64_t{1} << cls); });
+        std::sort(cached.begin(), cached.end());
+        cached_loaded = true;
+      }
+      auto c = std::upper_bound(cached.begin(), cached.end(),
+                                std::pair(p, ~uint64_t{0}));  // the last starting at or below p
+      if (c == cached.begin() || std::prev(c)->first + std::prev(c)->second <= p) {
+        // Every pfn of the space is free, live, cached or reserved
+        // (invariant 1).
+        return absl::InternalError(absl::StrFormat("iova: pfn %#x is in no piece", p));
+      }
+      --c;
+      hi = c->first + c->second - 1;
+    }
+    if (hi >= last) return absl::OkStatus();
+    p = hi + 1;
+  }
+}
+
+absl::Status IovaAllocator::ClaimIova(Iova iova, uint64_t size_bytes) {
+  if (size_bytes == 0) return InvalidField("size_bytes", 0, "must be non-zero");
+  if ((iova.value() & granule_mask_) != 0) {
+    return InvalidField("iova", iova.value(), "not aligned to the granule");
+  }
+  const uint64_t requested = PagesOf(size_bytes);
+  if (requested > space_pages_) {
+    return OutOfRangeField(
+        "size_bytes", size_bytes,
+        absl::StrFormat("larger than the IOVA space of %#x bytes", space_pages_ << granule_shift_));
+  }
+  const uint64_t num_pages = ClassPages(requested);  // as AllocIova rounds
+  const uint64_t pfn = iova.value() >> granule_shift_;
+  if (!IsAligned(pfn, RoundUpPowerOfTwo(num_pages))) {
+    return InvalidField("iova", iova.value(),
+                        absl::StrFormat("not aligned to %#x pages, as AllocIova aligns an "
+                                        "allocation of %#x pages",
+                                        RoundUpPowerOfTwo(num_pages), num_pages));
+  }
+  // pfn + num_pages cannot wrap: pfn < 2^52 and num_pages <= 2 * space_pages_.
+  const uint64_t last = pfn + num_pages - 1;
+  if (pfn < start_pfn_ || last > end_pfn_) {
+    return OutOfRangeField("iova", iova.value(),
+                           absl::StrFormat("pfns [%#x, %#x] outside the space [%#x, %#x]", pfn,
+                                           last, start_pfn_, end_pfn_));
+  }
+  if (!tree_.TakeIfFree(pfn, last)) [[unlikely]] {
+    if (absl::Status s = ClaimConflict(iova, pfn, last); !s.ok()) return s;
+    // Only free and cached pages: with the caches flushed, one free range.
+    FlushCaches();
+    tree_.Take(pfn, last);
+  }
+  RecordLive(pfn, num_pages);
+  allocated_pages_ += num_pages;
+  ++allocations_;
+  return absl::OkStatus();
+}
+
 // --- the byte interface, out of line ---------------------------------------------------
 
 absl::Status IovaAllocator::RequestError(uint64_t size_bytes, Iova limit) const {

@@ -260,6 +260,32 @@ class IovaAllocator {
   // overlaps a live allocation (nothing is reserved then).
   absl::Status Reserve(uint64_t pfn_lo, uint64_t pfn_hi);
 
+  // Makes live exactly the allocation that AllocIova(size_bytes, limit) would
+  // have made had it returned iova: ceil(size_bytes / granule) pages, rounded
+  // up to their size class when cacheable (see Policy), starting at iova. So
+  // FreeIova(iova, size_bytes) frees it, AllocationSizeBytes(iova) reports
+  // it, GetStats counts it as live (allocated_pages, live_allocations), and
+  // no later AllocIova hands out its pages. For rebuilding a domain after a
+  // restart at the recorded addresses, never through the placement policy:
+  // the cache hit/miss counters and the kLinuxNextFit cursors are left as
+  // they are (a claim is not a placement decision). When the range overlaps
+  // cached ranges (freed, sitting in the magazines) the caches are first
+  // flushed to the tree, as Reserve does, so that the claim needs only the
+  // tree; a fresh allocator has nothing cached and flushes nothing.
+  // Errors, checked in this order, changing nothing:
+  //   INVALID_ARGUMENT  size_bytes == 0; iova not granule-aligned;
+  //   OUT_OF_RANGE      size_bytes larger than the space;
+  //   INVALID_ARGUMENT  iova not aligned to RoundUpPowerOfTwo(pages), where
+  //                     AllocIova never places such an allocation;
+  //   OUT_OF_RANGE      the pages not inside [start_pfn, end_pfn];
+  //   FAILED_PRECONDITION  the pages overlap a live allocation or a reserved
+  //                     range: the lowest one, by its pfns and size.
+  // Cost: O(log n) (two descents of the gap tree and one of the allocation
+  // map; a chunk of the map on first use). The error path and the flush are
+  // O(pieces of the range x log n + cached ranges + allocations of more than
+  // 4096 pages).
+  absl::Status ClaimIova(Iova iova, uint64_t size_bytes);
+
   // Returns every cached range to the tree (free_cpu_cached_iovas).
   // O(cached ranges x log n).
   void FlushCaches();
@@ -314,6 +340,12 @@ class IovaAllocator {
   [[gnu::cold]] absl::Status ExhaustedError(uint64_t size_bytes, uint64_t num_pages,
                                             uint64_t limit_pfn);
   [[gnu::cold]] absl::Status FreeError(Iova iova, uint64_t size_bytes) const;
+  // ClaimIova's check of [pfn, last] once it is not inside one free range:
+  // FAILED_PRECONDITION for the lowest live allocation or reserved range it
+  // overlaps, OK when it is all free or cached (then a flush frees it).
+  [[gnu::cold]] absl::Status ClaimConflict(Iova iova, uint64_t pfn, uint64_t last) const;
+  // The live allocation holding pfn: its first pfn and pages; false if none.
+  bool LiveContaining(uint64_t pfn, uint64_t* first, uint64_t* pages) const;
   // The live-allocation index: small_ or large_ by size.
   void RecordLive(uint64_t pfn, uint64_t num_pages);
   // Pages of the live allocation starting at pfn, 0 if none.

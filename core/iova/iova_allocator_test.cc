@@ -1259,5 +1259,353 @@ TEST(IovaAllocatorRandom, CachedRangesAcrossChunkBoundaries) {
   CheckStatsAgainstRecount(a);
 }
 
+// --- ClaimIova --------------------------------------------------------------------------
+
+// Everything a claim could change: free ranges, live allocations, reserved
+// ranges and the stats.
+struct Snapshot {
+  std::vector<std::pair<uint64_t, uint64_t>> free, live, reserved;
+  uint64_t allocated_pages, cached_pages, free_pages, reserved_pages, largest_free_pages,
+      free_ranges, live_allocations, cache_hits, cache_misses, failures;
+  bool operator==(const Snapshot&) const = default;
+};
+
+Snapshot Snap(const IovaAllocator& a) {
+  Snapshot s;
+  a.ForEachFreeRange([&](uint64_t lo, uint64_t hi) { s.free.emplace_back(lo, hi); });
+  a.ForEachAllocated([&](uint64_t pfn, uint64_t pages) { s.live.emplace_back(pfn, pages); });
+  a.ForEachReserved([&](uint64_t lo, uint64_t hi) { s.reserved.emplace_back(lo, hi); });
+  const IovaStats st = a.GetStats();
+  s.allocated_pages = st.allocated_pages;
+  s.cached_pages = st.cached_pages;
+  s.free_pages = st.free_pages;
+  s.reserved_pages = st.reserved_pages;
+  s.largest_free_pages = st.largest_free_pages;
+  s.free_ranges = st.free_ranges;
+  s.live_allocations = st.live_allocations;
+  s.cache_hits = st.cache_hits;
+  s.cache_misses = st.cache_misses;
+  s.failures = st.failures[0] + st.failures[1] + st.failures[2];
+  return s;
+}
+
+absl::Status Claim(IovaAllocator& a, uint64_t pfn, uint64_t num_pages) {
+  return a.ClaimIova(Iova(pfn << kShift), num_pages << kShift);
+}
+
+TEST(IovaAllocatorClaim, ErrorsNameTheFieldAndChangeNothing) {
+  for (bool cache : {false, true}) {
+    SCOPED_TRACE(cache);
+    IovaAllocator a = Make(Opts(16, 0xFFFF, cache));
+    ASSERT_TRUE(a.Reserve(0x100, 0x10F).ok());
+    ASSERT_EQ(*Alloc(a, 8, 0xFFFF), 0xFFF8u);  // live, highest fit
+    if (cache) {
+      ASSERT_EQ(*Alloc(a, 4, 0xFFFF), 0xFFF4u);
+      ASSERT_TRUE(Free(a, 0xFFF4, 4).ok());  // cached
+      ASSERT_EQ(a.GetStats().cached_pages, 4u);
+    }
+    ASSERT_TRUE(Claim(a, 0x4000, 5000).ok());  // live, in the large map
+    ASSERT_INVARIANTS(a);
+    struct Case {
+      uint64_t iova, size_bytes;
+      absl::StatusCode code;
+      std::string message;
+    };
+    const Case cases[] = {
+        {0x300000, 0, absl::StatusCode::kInvalidArgument, "size_bytes=0: must be non-zero"},
+        {0x300800, 4096, absl::StatusCode::kInvalidArgument,
+         "iova=0x300800: not aligned to the granule"},
+        {0x300000, 0x10000000, absl::StatusCode::kOutOfRange,
+         "size_bytes=0x10000000: larger than the IOVA space of 0xfff0000 bytes"},
+        {0x301000, 0x2000, absl::StatusCode::kInvalidArgument,
+         "iova=0x301000: not aligned to 0x2 pages, as AllocIova aligns an allocation of 0x2 "
+         "pages"},
+        // 3 pages are aligned to 4, and take 4 when cacheable.
+        {0x302000, 0x2001, absl::StatusCode::kInvalidArgument,
+         absl::StrCat("iova=0x302000: not aligned to 0x4 pages, as AllocIova aligns an "
+                      "allocation of ",
+                      cache ? "0x4" : "0x3", " pages")},
+        {0x8000, 4096, absl::StatusCode::kOutOfRange,
+         "iova=0x8000: pfns [0x8, 0x8] outside the space [0x10, 0xffff]"},
+        {0x10000000, 4096, absl::StatusCode::kOutOfRange,
+         "iova=0x10000000: pfns [0x10000, 0x10000] outside the space [0x10, 0xffff]"},
+        {0, 0x20000, absl::StatusCode::kOutOfRange,
+         "iova=0: pfns [0, 0x1f] outside the space [0x10, 0xffff]"},
+        {0x108000, 4096, absl::StatusCode::kFailedPrecondition,
+         "iova=0x108000: pfns [0x108, 0x108] overlap the reserved range [0x100, 0x10f]"},
+        {0x100000, 0x100000, absl::StatusCode::kFailedPrecondition,
+         "iova=0x100000: pfns [0x100, 0x1ff] overlap the reserved range [0x100, 0x10f]"},
+        {0xfffc000, 4096, absl::StatusCode::kFailedPrecondition,
+         "iova=0xfffc000: pfns [0xfffc, 0xfffc] overlap the live allocation of 0x8 pages at "
+         "pfn 0xfff8"},
+        // Past free pages and (with the cache) the cached range to the live one.
+        {0xff00000, 0x100000, absl::StatusCode::kFailedPrecondition,
+         "iova=0xff00000: pfns [0xff00, 0xffff] overlap the live allocation of 0x8 pages at "
+         "pfn 0xfff8"},
+        {0x5000000, 4096, absl::StatusCode::kFailedPrecondition,
+         "iova=0x5000000: pfns [0x5000, 0x5000] overlap the live allocation of 0x1388 pages at "
+         "pfn 0x4000"},
+        {0x4000000, 0x1388000, absl::StatusCode::kFailedPrecondition,
+         "iova=0x4000000: pfns [0x4000, 0x5387] overlap the live allocation of 0x1388 pages at "
+         "pfn 0x4000"},
+    };
+    for (const Case& c : cases) {
+      SCOPED_TRACE(c.message);
+      const Snapshot before = Snap(a);
+      const absl::Status s = a.ClaimIova(Iova(c.iova), c.size_bytes);
+      EXPECT_EQ(s.code(), c.code);
+      EXPECT_EQ(s.message(), c.message);
+      EXPECT_TRUE(Snap(a) == before);
+      EXPECT_INVARIANTS(a);
+    }
+  }
+}
+
+TEST(IovaAllocatorClaim, MakesTheAllocationAllocIovaWouldHaveMade) {
+  for (bool cache : {false, true}) {
+    SCOPED_TRACE(cache);
+    IovaAllocator a = Make(Opts(1, 0xFFFFF, cache));
+    struct Case {
+      uint64_t pfn, size_bytes, pages;  // pages: as AllocIova takes them
+      bool cached_on_free;
+    };
+    const Case cases[] = {
+        {0x10, 1, 1, cache},
+        {0x11, 4096, 1, cache},
+        {0x14, 3 * 4096, cache ? 4u : 3u, cache},
+        {0x20, 17 * 4096 - 5, cache ? 32u : 17u, cache},
+        {0x40, 33 * 4096, 33, false},
+        {0x100, 100 * 4096, 100, false},
+        {0x2000, 4096 * 4096, 4096, false},
+        {0x4000, 5000 * 4096, 5000, false},
+    };
+    uint64_t live = 0, pages = 0;
+    for (const Case& c : cases) {
+      SCOPED_TRACE(c.pfn);
+      ASSERT_TRUE(a.ClaimIova(Iova(c.pfn << kShift), c.size_bytes).ok());
+      ASSERT_INVARIANTS(a);
+      EXPECT_EQ(a.AllocationSizeBytes(Iova(c.pfn << kShift)), c.pages << kShift);
+      ++live;
+      pages += c.pages;
+      EXPECT_EQ(a.GetStats().live_allocations, live);
+      EXPECT_EQ(a.GetStats().allocated_pages, pages);
+      CheckStatsAgainstRecount(a);
+    }
+    EXPECT_EQ(a.GetStats().cache_hits + a.GetStats().cache_misses, 0u);
+    // Freed with the size given to the claim, as AllocIova's.
+    for (const Case& c : cases) {
+      SCOPED_TRACE(c.pfn);
+      if (c.pages > 1) {
+        EXPECT_EQ(a.FreeIova(Iova(c.pfn << kShift), (c.pages + 1) << kShift).code(),
+                  absl::StatusCode::kInvalidArgument);
+      }
+      const uint64_t cached = a.GetStats().cached_pages;
+      ASSERT_TRUE(a.FreeIova(Iova(c.pfn << kShift), c.size_bytes).ok());
+      EXPECT_EQ(a.GetStats().cached_pages, cached + (c.cached_on_free ? c.pages : 0));
+      EXPECT_EQ(a.AllocationSizeBytes(Iova(c.pfn << kShift)), std::nullopt);
+      EXPECT_EQ(a.FreeIova(Iova(c.pfn << kShift), c.size_bytes).code(),
+                absl::StatusCode::kNotFound);
+      ASSERT_INVARIANTS(a);
+    }
+    a.FlushCaches();
+    EXPECT_EQ(a.GetStats().free_pages, 0xFFFFFu);
+    EXPECT_EQ(a.GetStats().free_ranges, 1u);
+  }
+}
+
+TEST(IovaAllocatorClaim, OverCachedRangesFlushesTheCaches) {
+  IovaAllocator a = Make(Opts(1, 0xFFF, /*cache=*/true));
+  const uint64_t c = *Alloc(a, 2, 0xFFF);  // 0xFFE
+  const uint64_t d = *Alloc(a, 2, 0xFFF);  // 0xFFC
+  ASSERT_TRUE(Free(a, c, 2).ok());
+  ASSERT_TRUE(Free(a, d, 2).ok());
+  EXPECT_EQ(a.GetStats().cached_pages, 4u);
+  // A claim inside free pages only leaves the caches alone.
+  ASSERT_TRUE(Claim(a, 0x100, 1).ok());
+  EXPECT_EQ(a.GetStats().cached_pages, 4u);
+  // A claim over a cached range and free pages flushes them.
+  ASSERT_TRUE(Claim(a, 0xFF8, 8).ok());
+  EXPECT_INVARIANTS(a);
+  EXPECT_EQ(a.GetStats().cached_pages, 0u);
+  EXPECT_EQ(Pages(a, 0xFF8), 8u);
+  EXPECT_EQ(a.GetStats().live_allocations, 2u);
+  CheckStatsAgainstRecount(a);
+  // The next allocation comes from below the claims.
+  EXPECT_EQ(*Alloc(a, 2, 0xFFF), 0xFF6u);
+  ASSERT_TRUE(Free(a, 0xFF8, 8).ok());
+  EXPECT_INVARIANTS(a);
+}
+
+// Allocate a random mix with AllocIova, record it, claim every recorded
+// allocation into a fresh allocator, and compare; then allocate on top and
+// free everything.
+void ClaimRoundTrip(IovaPlacement placement, bool cache, uint64_t seed) {
+  SCOPED_TRACE(
+      absl::StrCat("placement ", static_cast<int>(placement), " cache ", cache, " seed ", seed));
+  IovaAllocatorOptions o = Opts(3, 0x7FFF, cache);
+  o.placement = placement;
+  o.cache.magazine_depth = 8;
+  o.cache.depot_magazines = 2;
+  IovaAllocator original = Make(o);
+  ASSERT_TRUE(original.Reserve(0x1000, 0x10FF).ok());
+  TestRng rng(seed);
+  struct Live {
+    uint64_t pfn, size_bytes;
+  };
+  std::vector<Live> live;
+  for (int op = 0; op < 3000; ++op) {
+    if (live.empty() || rng.Below(100) < 60) {
+      const uint64_t n = rng.Below(8) == 0 ? 1 + rng.Below(300) : 1 + rng.Below(40);
+      const uint64_t bytes = (n << kShift) - rng.Below(4096);
+      const uint64_t limit = rng.Below(4) == 0 ? 0x3FFF : 0x7FFF;
+      absl::StatusOr<Iova> v = original.AllocIova(bytes, LimitOf(limit));
+      if (v.ok()) live.push_back({v->value() >> kShift, bytes});
+    } else {
+      const size_t j = rng.Below(live.size());
+      ASSERT_TRUE(original.FreeIova(Iova(live[j].pfn << kShift), live[j].size_bytes).ok());
+      live[j] = live.back();
+      live.pop_back();
+    }
+  }
+  ASSERT_INVARIANTS(original);
+  ASSERT_GT(live.size(), 100u);
+  // Caches are not restored: compare with the original's flushed.
+  original.FlushCaches();
+  IovaAllocator restored = Make(o);
+  ASSERT_TRUE(restored.Reserve(0x1000, 0x10FF).ok());
+  std::vector<Live> order = live;
+  for (size_t i = order.size(); i > 1; --i) std::swap(order[i - 1], order[rng.Below(i)]);
+  for (const Live& l : order) {
+    ASSERT_TRUE(restored.ClaimIova(Iova(l.pfn << kShift), l.size_bytes).ok());
+    ASSERT_INVARIANTS(restored);
+  }
+  Snapshot want = Snap(original);
+  Snapshot got = Snap(restored);
+  EXPECT_EQ(got.cache_hits + got.cache_misses + got.failures, 0u);
+  want.cache_hits = want.cache_misses = want.failures = 0;
+  EXPECT_TRUE(got == want);
+  EXPECT_EQ(got.free, want.free);
+  EXPECT_EQ(got.live, want.live);
+  CheckStatsAgainstRecount(restored);
+  // Every recorded allocation is live at its size; claiming it again fails.
+  for (const Live& l : live) {
+    ASSERT_EQ(restored.AllocationSizeBytes(Iova(l.pfn << kShift)),
+              original.AllocationSizeBytes(Iova(l.pfn << kShift)));
+    ASSERT_EQ(restored.ClaimIova(Iova(l.pfn << kShift), l.size_bytes).code(),
+              absl::StatusCode::kFailedPrecondition);
+  }
+  // Normal allocations on top never hand out a claimed page.
+  std::map<uint64_t, uint64_t> claimed;  // pfn -> last
+  for (const Live& l : live) claimed[l.pfn] = l.pfn + *Pages(restored, l.pfn) - 1;
+  std::vector<Live> extra;
+  for (int i = 0; i < 2000; ++i) {
+    const uint64_t bytes = (1 + rng.Below(40)) << kShift;
+    absl::StatusOr<Iova> v = restored.AllocIova(bytes, LimitOf(0x7FFF));
+    if (!v.ok()) continue;
+    const uint64_t pfn = v->value() >> kShift;
+    const uint64_t last = pfn + *Pages(restored, pfn) - 1;
+    auto it = claimed.upper_bound(last);
+    ASSERT_TRUE(it == claimed.begin() || std::prev(it)->second < pfn)
+        << "pfn " << pfn << " overlaps a claim";
+    extra.push_back({pfn, bytes});
+    if (rng.Below(3) == 0) {
+      ASSERT_TRUE(restored.FreeIova(*v, bytes).ok());
+      extra.pop_back();
+    }
+  }
+  ASSERT_INVARIANTS(restored);
+  // Freeing everything returns both to the initial state.
+  for (const Live& l : extra) {
+    ASSERT_TRUE(restored.FreeIova(Iova(l.pfn << kShift), l.size_bytes).ok());
+  }
+  for (const Live& l : live) {
+    ASSERT_TRUE(original.FreeIova(Iova(l.pfn << kShift), l.size_bytes).ok());
+    ASSERT_TRUE(restored.FreeIova(Iova(l.pfn << kShift), l.size_bytes).ok());
+  }
+  original.FlushCaches();
+  restored.FlushCaches();
+  ASSERT_INVARIANTS(original);
+  ASSERT_INVARIANTS(restored);
+  IovaAllocator initial = Make(o);
+  ASSERT_TRUE(initial.Reserve(0x1000, 0x10FF).ok());
+  const Snapshot init = Snap(initial);
+  for (IovaAllocator* a : {&original, &restored}) {
+    const Snapshot s = Snap(*a);
+    EXPECT_EQ(s.free, init.free);
+    EXPECT_EQ(s.live, init.live);
+    EXPECT_EQ(s.reserved, init.reserved);
+    EXPECT_EQ(s.free_pages, init.free_pages);
+    EXPECT_EQ(s.allocated_pages, 0u);
+    EXPECT_EQ(s.live_allocations, 0u);
+  }
+}
+
+TEST(IovaAllocatorClaim, RoundTripHighestFit) {
+  ClaimRoundTrip(IovaPlacement::kHighestFit, false, 1);
+  ClaimRoundTrip(IovaPlacement::kHighestFit, true, 2);
+}
+TEST(IovaAllocatorClaim, RoundTripLinuxNextFit) {
+  ClaimRoundTrip(IovaPlacement::kLinuxNextFit, false, 3);
+  ClaimRoundTrip(IovaPlacement::kLinuxNextFit, true, 4);
+}
+
+// Claims against the reference model: random pfns and sizes, accepted
+// exactly when the (aligned, in-range) pages are all free or cached.
+TEST(IovaAllocatorClaim, RandomClaimsMatchTheReference) {
+  IovaAllocator a = Make(Opts(1, 0x3FFF, /*cache=*/true));
+  ASSERT_TRUE(a.Reserve(0x2000, 0x201F).ok());
+  ReferenceModel model(1, 0x3FFF);
+  model.Occupy(0x2000, 0x201F);
+  TestRng rng(9);
+  struct Live {
+    uint64_t pfn, size_bytes, pages;
+  };
+  std::vector<Live> live;
+  int claimed = 0, refused = 0;
+  for (int op = 0; op < 8000; ++op) {
+    const uint64_t r = rng.Below(100);
+    if (r < 50) {
+      const uint64_t n = rng.Below(6) == 0 ? 33 + rng.Below(200) : 1 + rng.Below(32);
+      const uint64_t pages = n <= 32 ? std::bit_ceil(n) : n;
+      const uint64_t pfn = (1 + rng.Below(0x3FFF)) & ~(std::bit_ceil(pages) - 1);
+      const Snapshot before = Snap(a);
+      const absl::Status s = Claim(a, pfn, n);
+      if (pfn < 1 || pfn + pages - 1 > 0x3FFF) {
+        ASSERT_EQ(s.code(), absl::StatusCode::kOutOfRange) << s;
+      } else if (model.IsFree(pfn, pfn + pages - 1)) {
+        ASSERT_TRUE(s.ok()) << s;
+        model.Occupy(pfn, pfn + pages - 1);
+        live.push_back({pfn, n << kShift, pages});
+        ++claimed;
+      } else {
+        ASSERT_EQ(s.code(), absl::StatusCode::kFailedPrecondition) << s;
+        ++refused;
+      }
+      if (!s.ok()) {
+        ASSERT_TRUE(Snap(a) == before);
+      }
+    } else if (r < 75 && !live.empty()) {
+      const size_t j = rng.Below(live.size());
+      ASSERT_TRUE(a.FreeIova(Iova(live[j].pfn << kShift), live[j].size_bytes).ok());
+      model.Release(live[j].pfn);
+      live[j] = live.back();
+      live.pop_back();
+    } else {
+      const uint64_t n = 1 + rng.Below(32);
+      absl::StatusOr<Iova> v = a.AllocIova(n << kShift, LimitOf(0x3FFF));
+      if (v.ok()) {
+        const uint64_t pfn = v->value() >> kShift;
+        ASSERT_TRUE(model.IsFree(pfn, pfn + std::bit_ceil(n) - 1));
+        model.Occupy(pfn, pfn + std::bit_ceil(n) - 1);
+        live.push_back({pfn, n << kShift, std::bit_ceil(n)});
+      }
+    }
+    ASSERT_INVARIANTS(a);
+  }
+  EXPECT_GT(claimed, 500);
+  EXPECT_GT(refused, 500);
+  CheckStatsAgainstRecount(a);
+}
+
 }  // namespace
 }  // namespace iommu::core

@@ -863,6 +863,13 @@ void IovaGapTree::Take(uint64_t lo, uint64_t hi) {
   Carve(Fit{p.leaf * kFanout + p.slot, lo}, hi - lo + 1);
 }
 
+bool IovaGapTree::TakeIfFree(uint64_t lo, uint64_t hi) {
+  const Pos p = Locate(lo);
+  if (p.slot < 0 || N(p.leaf).hi[p.slot] < hi) return false;
+  Carve(Fit{p.leaf * kFanout + p.slot, lo}, hi - lo + 1);
+  return true;
+}
+
 uint64_t IovaGapTree::FreePagesIn(uint64_t lo, uint64_t hi) const {
   uint64_t pages = 0;
   Pos p = Locate(lo);

@@ -151,6 +151,10 @@ class IovaGapTree {
   // free range (FindContaining(lo) holds hi).
   void Take(uint64_t lo, uint64_t hi);
 
+  // Take(lo, hi) when [lo, hi] lies inside one free range, in one descent;
+  // false, changing nothing, when it does not. O(log n), as Take.
+  bool TakeIfFree(uint64_t lo, uint64_t hi);
+
   // Free pages inside [lo, hi]. O(log n + ranges inside).
   uint64_t FreePagesIn(uint64_t lo, uint64_t hi) const;
 

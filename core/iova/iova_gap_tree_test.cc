@@ -305,6 +305,23 @@ TEST(IovaGapTreeTest, TakeAndQueriesAcrossLeaves) {
   }
   ExpectSameRanges(t, m);
   EXPECT_EQ(t.free_pages(), 2 * t.range_count());
+  // TakeIfFree: refused (nothing changes) unless inside one free range.
+  const uint64_t ranges = t.range_count();
+  EXPECT_FALSE(t.TakeIfFree(1, 2));      // taken above
+  EXPECT_FALSE(t.TakeIfFree(5, 7));      // runs past the range [5, 6]
+  EXPECT_FALSE(t.TakeIfFree(4, 5));      // starts before it
+  EXPECT_FALSE(t.TakeIfFree(0, 0));      // below every range
+  EXPECT_FALSE(t.TakeIfFree(900, 900));  // above every range
+  EXPECT_EQ(t.range_count(), ranges);
+  ExpectSameRanges(t, m);
+  ASSERT_TRUE(t.TakeIfFree(6, 6));  // [5, 6] -> [5, 5]
+  m.Occupy(6, 6);
+  ASSERT_TRUE(t.TakeIfFree(5, 5));
+  m.Occupy(5, 5);
+  ASSERT_TRUE(t.CheckInvariants().ok()) << t.CheckInvariants();
+  ExpectSameRanges(t, m);
+  t.Release(5, 6);
+  m.Free(5, 6);
   // Fill the gaps: everything merges into one range.
   for (uint64_t i = 0; i < 200; ++i) {
     if (i % 3 == 0) {

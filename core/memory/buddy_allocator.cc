@@ -236,6 +236,60 @@ absl::Status BuddyAllocator::FreeRange(PhysAddr start, uint64_t num_pages) {
   });
 }
 
+void BuddyAllocator::PushOutside(Index idx, unsigned order, uint64_t lo, uint64_t hi) {
+  const uint64_t end = uint64_t{idx} + (uint64_t{1} << order);
+  if (end <= lo || idx >= hi) {
+    PushFree(idx, order);
+    return;
+  }
+  if (idx >= lo && end <= hi) return;  // inside the range: stays allocated
+  // Straddles an edge of the range, so holds at least two pages: split. Only
+  // the (at most two) halves holding an edge split further.
+  assert(order > 0);
+  PushOutside(idx, order - 1, lo, hi);
+  PushOutside(idx + (Index{1} << (order - 1)), order - 1, lo, hi);
+}
+
+absl::Status BuddyAllocator::ClaimRange(PhysAddr start, uint64_t num_pages) {
+  if (num_pages == 0) return InvalidField("num_pages", num_pages, "must be non-zero");
+  if (!IsAligned(start.value(), page_size_bytes())) {
+    return InvalidField("start", start.value(), "must be page-aligned");
+  }
+  const uint64_t pfn = start.value() >> page_shift_;
+  const uint64_t last_pfn = ~uint64_t{0} >> page_shift_;  // the highest pfn there is
+  if (num_pages - 1 > last_pfn - pfn) {
+    return InvalidField("num_pages", num_pages,
+                        absl::StrFormat("range at %#x passes 2^64", start.value()));
+  }
+  if (pfn < base_pfn_ || num_pages > num_pages_ || pfn - base_pfn_ > num_pages_ - num_pages) {
+    return OutOfRangeField("start", start.value(),
+                           absl::StrFormat("%#x pages outside the range [%#x, +%#x)", num_pages,
+                                           base().value(), size_bytes()));
+  }
+  const uint64_t lo = pfn - base_pfn_;
+  const uint64_t hi = lo + num_pages;
+  // Check first, so that a failure changes nothing: walk the free blocks
+  // covering the range, low to high, each skipped whole.
+  for (uint64_t i = lo; i < hi;) {
+    const std::optional<Index> head = CoveringFreeHead(Index(i), 0);
+    if (!head.has_value()) {
+      return FieldError(absl::StatusCode::kFailedPrecondition, "page",
+                        (base_pfn_ + i) << page_shift_, "not free");
+    }
+    i = uint64_t{*head} + (uint64_t{1} << head_order_[*head]);
+  }
+  // Take each covering block off its list and give back what lies outside.
+  for (uint64_t i = lo; i < hi;) {
+    const Index head = *CoveringFreeHead(Index(i), 0);
+    const unsigned order = head_order_[head];
+    RemoveFree(head, order);
+    PushOutside(head, order, lo, hi);
+    i = uint64_t{head} + (uint64_t{1} << order);
+  }
+  free_pages_ -= num_pages;
+  return absl::OkStatus();
+}
+
 uint64_t BuddyAllocator::AvailableBlocks(unsigned order) const {
   assert(order <= max_order_);
   uint64_t n = 0;

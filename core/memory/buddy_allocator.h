@@ -104,6 +104,23 @@ class BuddyAllocator {
   // contract and errors as Free. Validates every block before freeing any.
   absl::Status FreeRange(PhysAddr start, uint64_t num_pages);
 
+  // Allocates exactly the pages [start, start + num_pages pages): every free
+  // block overlapping the range is taken off its free list and split down,
+  // the pieces outside the range going back to the free lists (what a buddy
+  // allocator's "allocate this range" does). Afterwards the pages are
+  // allocated as if Allocate had handed them out: FreeRange(start, num_pages),
+  // or freeing them in any aligned pieces as Free allows, gives them back,
+  // and coalescing restores the free blocks the allocator had before. For
+  // restoring recorded allocations after a restart.
+  // Errors, changing nothing: INVALID_ARGUMENT num_pages zero, start not
+  // page-aligned, or the range passing 2^64; OUT_OF_RANGE the range not
+  // inside the allocator's; FAILED_PRECONDITION "page=<addr>: not free",
+  // naming the lowest page of the range that is allocated.
+  // Cost: O(b x max_order), b = the free blocks the range overlaps; when the
+  // range is free that is at most its maximal aligned blocks (coalescing is
+  // complete), O(max_order + num_pages >> max_order). Never O(total pages).
+  absl::Status ClaimRange(PhysAddr start, uint64_t num_pages);
+
   // Number of order-`order` blocks that Allocate(order) could return one after
   // another now (free blocks of higher orders count as several).
   // REQUIRES: order <= max_order().
@@ -141,6 +158,10 @@ class BuddyAllocator {
   std::optional<Index> CoveringFreeHead(Index idx, unsigned min_order) const;
   absl::Status ValidateBlock(PhysAddr block, unsigned order, Index* idx) const;
   void FreeValidated(Index idx, unsigned order);
+  // Puts the parts of the block [idx, idx + 2^order) that lie outside the
+  // relative page range [lo, hi) on the free lists, as aligned blocks.
+  // REQUIRES: the block is off the free lists. O(order).
+  void PushOutside(Index idx, unsigned order, uint64_t lo, uint64_t hi);
 
   uint64_t base_pfn_ = 0;
   uint64_t num_pages_ = 0;

@@ -225,6 +225,134 @@ absl::StatusOr<PhysAllocation> PhysMemory::AllocPages(uint64_t owner_id, uint64_
                       num_pages, tried.empty() ? "none configured" : absl::StrJoin(tried, ", ")));
 }
 
+absl::StatusOr<PhysAllocation> PhysMemory::ClaimPages(uint64_t owner_id,
+                                                      absl::string_view pool_name,
+                                                      Placement placement,
+                                                      absl::Span<const PhysRun> runs) {
+  if (placement != Placement::kScattered && placement != Placement::kContiguous &&
+      placement != Placement::kHuge) {
+    return InvalidField("placement", uint64_t(placement), "not a placement");
+  }
+  if (runs.empty()) return InvalidField("runs", 0, "must hold at least one run");
+  auto field = [](size_t i, absl::string_view name) {
+    return absl::StrCat("runs[", i, "].", name);
+  };
+  for (size_t i = 0; i < runs.size(); ++i) {
+    const PhysRun& r = runs[i];
+    if (r.size_bytes == 0) return InvalidField(field(i, "size_bytes"), 0, "must be non-zero");
+    if (!IsAligned(r.start.value(), page_size_bytes_)) {
+      return InvalidField(field(i, "start"), r.start.value(), "must be page-aligned");
+    }
+    if (!IsAligned(r.size_bytes, page_size_bytes_)) {
+      return InvalidField(field(i, "size_bytes"), r.size_bytes,
+                          "must be a multiple of the page size");
+    }
+    if (!LastOfRange(r.start.value(), r.size_bytes).has_value()) {
+      return InvalidField(field(i, "size_bytes"), r.size_bytes,
+                          absl::StrFormat("run at %#x passes 2^64", r.start.value()));
+    }
+  }
+  // Overlaps: in address order, each run must end before the next starts.
+  std::vector<size_t> by_start(runs.size());
+  for (size_t i = 0; i < runs.size(); ++i) by_start[i] = i;
+  std::sort(by_start.begin(), by_start.end(), [&](size_t a, size_t b) {
+    return std::pair(runs[a].start, a) < std::pair(runs[b].start, b);
+  });
+  for (size_t k = 1; k < by_start.size(); ++k) {
+    const size_t a = by_start[k - 1];
+    const size_t b = by_start[k];
+    if (runs[b].start - runs[a].start < runs[a].size_bytes) {
+      const size_t later = std::max(a, b);
+      const size_t earlier = std::min(a, b);
+      return InvalidField(field(later, "start"), runs[later].start.value(),
+                          absl::StrFormat("overlaps runs[%u] [%#x, +%#x)", earlier,
+                                          runs[earlier].start.value(), runs[earlier].size_bytes));
+    }
+  }
+
+  absl::MutexLock lock(&mu_);
+  size_t pool_index = 0;
+  while (pool_index < pools_.size() && pools_[pool_index].name != pool_name) ++pool_index;
+  if (pool_index == pools_.size()) {
+    return FieldError(absl::StatusCode::kNotFound, "pool", pool_name, "no such pool");
+  }
+  Pool& pool = pools_[pool_index];
+  // The buddy range of each run.
+  std::vector<size_t> range_of(runs.size());
+  for (size_t i = 0; i < runs.size(); ++i) {
+    const PhysRun& r = runs[i];
+    size_t ri = 0;
+    while (ri < pool.ranges.size() && !(pool.ranges[ri].Contains(r.start) &&
+                                        pool.ranges[ri].Contains(r.start + (r.size_bytes - 1)))) {
+      ++ri;
+    }
+    if (ri == pool.ranges.size()) {
+      return OutOfRangeField(field(i, "start"), r.start.value(),
+                             absl::StrFormat("run of %#x bytes not inside one range of pool \"%s\"",
+                                             r.size_bytes, pool.name));
+    }
+    range_of[i] = ri;
+  }
+  // Claim, all or nothing.
+  uint64_t pages = 0;
+  for (size_t i = 0; i < runs.size(); ++i) {
+    const uint64_t n = runs[i].size_bytes / page_size_bytes_;
+    absl::Status s = pool.ranges[range_of[i]].ClaimRange(runs[i].start, n);
+    if (!s.ok()) {
+      for (size_t j = 0; j < i; ++j) {
+        [[maybe_unused]] absl::Status undo = pool.ranges[range_of[j]].FreeRange(
+            runs[j].start, runs[j].size_bytes / page_size_bytes_);
+        assert(undo.ok());
+      }
+      if (s.code() != absl::StatusCode::kFailedPrecondition) return Prefixed(s, field(i, ""));
+      // The lowest owned page of the run (the page the buddy names, as
+      // owned and not free are the same pages), with its owner.
+      const uint64_t start = runs[i].start.value();
+      auto o = owned_.upper_bound(start);
+      if (o != owned_.begin() && std::prev(o)->second.end > start) {
+        --o;
+      } else if (o == owned_.end() || o->first > start + (runs[i].size_bytes - 1)) {
+        return Prefixed(s, field(i, ""));
+      }
+      return FieldError(absl::StatusCode::kFailedPrecondition, field(i, "page"),
+                        std::max(start, o->first),
+                        absl::StrFormat("already allocated (owner %#x, allocation %#x)",
+                                        o->second.owner_id, o->second.allocation_id));
+    }
+    pages += n;
+  }
+  // One owned chunk per physically contiguous stretch of runs in one range.
+  AllocationRecord record{owner_id, pool_index, {}};
+  for (size_t i : by_start) {
+    const PhysRun& r = runs[i];
+    if (!record.chunks.empty()) {
+      Chunk& last = record.chunks.back();
+      if (last.range_index == range_of[i] && last.start + last.size_bytes == r.start) {
+        last.size_bytes += r.size_bytes;
+        continue;
+      }
+    }
+    record.chunks.push_back({r.start, r.size_bytes, range_of[i]});
+  }
+  PhysAllocation allocation;
+  allocation.id = next_allocation_id_++;
+  allocation.owner_id = owner_id;
+  allocation.pool = pool.name;
+  allocation.placement = placement;
+  allocation.size_bytes = pages * page_size_bytes_;
+  allocation.runs.assign(runs.begin(), runs.end());
+  for (const Chunk& c : record.chunks) {
+    owned_.emplace(c.start.value(),
+                   OwnedChunk{c.start.value() + c.size_bytes, owner_id, allocation.id});
+  }
+  by_owner_.emplace(owner_id, allocation.id);
+  allocations_.emplace(allocation.id, std::move(record));
+  pool.allocated_pages += pages;
+  ++pool.live_allocations;
+  ++pool.allocations_total;
+  return allocation;
+}
+
 uint64_t PhysMemory::FreeLocked(uint64_t allocation_id) {
   auto it = allocations_.find(allocation_id);
   assert(it != allocations_.end());

@@ -51,6 +51,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/types/span.h"
 #include "core/base/types.h"
 #include "core/memory/buddy_allocator.h"
 
@@ -143,6 +144,34 @@ class PhysMemory {
   // the largest free block).
   absl::StatusOr<PhysAllocation> AllocPages(uint64_t owner_id, uint64_t size_bytes,
                                             Placement placement, absl::string_view pool = {})
+      ABSL_LOCKS_EXCLUDED(mu_);
+
+  // Restores an allocation of exactly `runs`, in that order (the order the
+  // owner sees its pages), from the pool named `pool`: after a restart every
+  // recorded allocation is claimed at its recorded addresses instead of being
+  // replayed through the placement policy. The pages are taken out of their
+  // buddy ranges (BuddyAllocator::ClaimRange) and the allocation is
+  // accounted as AllocPages accounts one: a fresh allocation id, the pool's
+  // allocated pages, live allocations and allocations total, the owner index
+  // and the ownership map; so FreeAllocation, FreeOwner, Owner, CheckOwned,
+  // Stats and CheckInvariants treat it as an AllocPages allocation.
+  // `placement` is recorded as given (the runs' shape is not checked against
+  // it); size_bytes is the sum of the runs.
+  // Errors, checked in this order, changing nothing (runs already claimed
+  // when a later one fails are given back):
+  //   INVALID_ARGUMENT  a bad placement; runs empty; runs[i] of 0 bytes, not
+  //                     page-aligned (start or size_bytes) or passing 2^64;
+  //                     runs[i] overlapping runs[j] (named "runs[i].start",
+  //                     i the later of the two in address order);
+  //   NOT_FOUND         no pool of that name;
+  //   OUT_OF_RANGE      runs[i] not inside one range of that pool;
+  //   FAILED_PRECONDITION  runs[i] holds an allocated page: "runs[i].page=",
+  //                     the lowest such page, and its owner.
+  // Cost: O(r log r) for r runs, plus per run the buddy's ClaimRange
+  // (O(blocks x log), see buddy_allocator.h) and O(log n) in the ownership
+  // map.
+  absl::StatusOr<PhysAllocation> ClaimPages(uint64_t owner_id, absl::string_view pool,
+                                            Placement placement, absl::Span<const PhysRun> runs)
       ABSL_LOCKS_EXCLUDED(mu_);
 
   // Returns every page of the allocation to its buddy allocator.

@@ -451,6 +451,340 @@ TEST(PhysMemoryTest, RandomOpsMatchOwnershipModel) {
   EXPECT_INVARIANTS(*m);
 }
 
+// --- ClaimPages ---------------------------------------------------------------
+
+// The pools' observable state, all but the lifetime totals (allocations_total,
+// failures_total), which a restored PhysMemory does not share.
+void ExpectSamePools(const PhysMemory& a, const PhysMemory& b) {
+  const std::vector<PoolStats> sa = a.Stats();
+  const std::vector<PoolStats> sb = b.Stats();
+  ASSERT_EQ(sa.size(), sb.size());
+  for (size_t p = 0; p < sa.size(); ++p) {
+    SCOPED_TRACE(sa[p].name);
+    EXPECT_EQ(sa[p].name, sb[p].name);
+    EXPECT_EQ(sa[p].total_pages, sb[p].total_pages);
+    EXPECT_EQ(sa[p].free_pages, sb[p].free_pages);
+    EXPECT_EQ(sa[p].allocated_pages, sb[p].allocated_pages);
+    EXPECT_EQ(sa[p].largest_free_block_bytes, sb[p].largest_free_block_bytes);
+    EXPECT_EQ(sa[p].free_blocks_by_order, sb[p].free_blocks_by_order);
+    EXPECT_EQ(sa[p].live_allocations, sb[p].live_allocations);
+  }
+}
+
+TEST(PhysMemoryTest, ClaimPagesErrorsNameTheRunAndChangeNothing) {
+  std::unique_ptr<PhysMemory> m = MakeOrDie();
+  // Owner 5 holds sram pages 0-3 (allocation 1), owner 6 pages 8-9
+  // (allocation 2).
+  absl::StatusOr<PhysAllocation> a = m->AllocPages(5, 4 * kPage, Placement::kContiguous, "sram");
+  ASSERT_TRUE(a.ok());
+  ASSERT_EQ(a->runs, (std::vector<PhysRun>{PhysRun{PhysAddr(kSramBase), 4 * kPage}}));
+  const PhysRun six{PhysAddr(kSramBase + 8 * kPage), 2 * kPage};
+  absl::StatusOr<PhysAllocation> b = m->ClaimPages(6, "sram", Placement::kContiguous, {six});
+  ASSERT_TRUE(b.ok()) << b.status();
+  EXPECT_INVARIANTS(*m);
+  const uint64_t s = kSramBase;
+  struct Case {
+    const char* pool;
+    Placement placement;
+    std::vector<PhysRun> runs;
+    absl::StatusCode code;
+    std::string message;
+  };
+  const Case cases[] = {
+      {"sram",
+       Placement(9),
+       {{PhysAddr(s + 0x10000), kPage}},
+       absl::StatusCode::kInvalidArgument,
+       "placement=0x9: not a placement"},
+      {"sram",
+       Placement::kScattered,
+       {},
+       absl::StatusCode::kInvalidArgument,
+       "runs=0: must hold at least one run"},
+      {"sram",
+       Placement::kScattered,
+       {{PhysAddr(s + 0x10000), kPage}, {PhysAddr(s + 0x20000), 0}},
+       absl::StatusCode::kInvalidArgument,
+       "runs[1].size_bytes=0: must be non-zero"},
+      {"sram",
+       Placement::kScattered,
+       {{PhysAddr(s + 0x10800), kPage}},
+       absl::StatusCode::kInvalidArgument,
+       "runs[0].start=0x8010800: must be page-aligned"},
+      {"sram",
+       Placement::kScattered,
+       {{PhysAddr(s + 0x10000), 0x1800}},
+       absl::StatusCode::kInvalidArgument,
+       "runs[0].size_bytes=0x1800: must be a multiple of the page size"},
+      {"sram",
+       Placement::kScattered,
+       {{PhysAddr(0xffff'ffff'ffff'f000), 2 * kPage}},
+       absl::StatusCode::kInvalidArgument,
+       "runs[0].size_bytes=0x2000: run at 0xfffffffffffff000 passes 2^64"},
+      {"sram",
+       Placement::kScattered,
+       {{PhysAddr(s + 0x10000), 2 * kPage},
+        {PhysAddr(s + 0x20000), kPage},
+        {PhysAddr(s + 0x11000), kPage}},
+       absl::StatusCode::kInvalidArgument,
+       "runs[2].start=0x8011000: overlaps runs[0] [0x8010000, +0x2000)"},
+      {"sram",
+       Placement::kScattered,
+       {{PhysAddr(s + 0x11000), kPage}, {PhysAddr(s + 0x10000), 2 * kPage}},
+       absl::StatusCode::kInvalidArgument,
+       "runs[1].start=0x8010000: overlaps runs[0] [0x8011000, +0x1000)"},
+      {"sram",
+       Placement::kScattered,
+       {{PhysAddr(s + 0x10000), kPage}, {PhysAddr(s + 0x10000), kPage}},
+       absl::StatusCode::kInvalidArgument,
+       "runs[1].start=0x8010000: overlaps runs[0] [0x8010000, +0x1000)"},
+      {"hbm",
+       Placement::kScattered,
+       {{PhysAddr(s + 0x10000), kPage}},
+       absl::StatusCode::kNotFound,
+       "pool=\"hbm\": no such pool"},
+      {"",
+       Placement::kScattered,
+       {{PhysAddr(s + 0x10000), kPage}},
+       absl::StatusCode::kNotFound,
+       "pool=\"\": no such pool"},
+      {"sram",
+       Placement::kScattered,
+       {{PhysAddr(s + 0x10000), kPage}, {PhysAddr(kDramBase), kPage}},
+       absl::StatusCode::kOutOfRange,
+       "runs[1].start=0x80000000: run of 0x1000 bytes not inside one range of pool \"sram\""},
+      {"sram",
+       Placement::kScattered,
+       {{PhysAddr(s + kSramBytes - kPage), 2 * kPage}},
+       absl::StatusCode::kOutOfRange,
+       "runs[0].start=0x803f000: run of 0x2000 bytes not inside one range of pool \"sram\""},
+      {"sram",
+       Placement::kScattered,
+       {{PhysAddr(kMsiBase), kPage}},
+       absl::StatusCode::kOutOfRange,
+       "runs[0].start=0x9000000: run of 0x1000 bytes not inside one range of pool \"sram\""},
+      // Across the gap between dram's two ranges.
+      {"dram",
+       Placement::kContiguous,
+       {{PhysAddr(kDramBase + 32 * kMiB - kPage), 4 * kPage}},
+       absl::StatusCode::kOutOfRange,
+       "runs[0].start=0x81fff000: run of 0x4000 bytes not inside one range of pool \"dram\""},
+      // The first run is claimed, then given back when the second fails.
+      {"sram",
+       Placement::kScattered,
+       {{PhysAddr(s + 0x10000), kPage}, {PhysAddr(s + 2 * kPage), 4 * kPage}},
+       absl::StatusCode::kFailedPrecondition,
+       "runs[1].page=0x8002000: already allocated (owner 0x5, allocation 0x1)"},
+      {"sram",
+       Placement::kScattered,
+       {{PhysAddr(s + 0x10000), kPage},
+        {PhysAddr(s + 0x20000), 4 * kPage},
+        {PhysAddr(s + 6 * kPage), 4 * kPage}},
+       absl::StatusCode::kFailedPrecondition,
+       "runs[2].page=0x8008000: already allocated (owner 0x6, allocation 0x2)"},
+      {"sram",
+       Placement::kScattered,
+       {{PhysAddr(s + 9 * kPage), kPage}},
+       absl::StatusCode::kFailedPrecondition,
+       "runs[0].page=0x8009000: already allocated (owner 0x6, allocation 0x2)"},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.message);
+    const std::vector<PoolStats> before = m->Stats();
+    absl::StatusOr<PhysAllocation> r = m->ClaimPages(7, c.pool, c.placement, c.runs);
+    EXPECT_EQ(r.status().code(), c.code);
+    EXPECT_EQ(r.status().message(), c.message);
+    const std::vector<PoolStats> after = m->Stats();
+    for (size_t p = 0; p < after.size(); ++p) {
+      EXPECT_EQ(after[p].free_pages, before[p].free_pages);
+      EXPECT_EQ(after[p].free_blocks_by_order, before[p].free_blocks_by_order);
+      EXPECT_EQ(after[p].allocated_pages, before[p].allocated_pages);
+      EXPECT_EQ(after[p].live_allocations, before[p].live_allocations);
+      EXPECT_EQ(after[p].allocations_total, before[p].allocations_total);
+      EXPECT_EQ(after[p].failures_total, before[p].failures_total);
+    }
+    EXPECT_EQ(m->Owner(PhysAddr(s + 0x10000)), std::nullopt);
+    EXPECT_EQ(m->FreeOwner(7).status().code(), absl::StatusCode::kNotFound);
+    EXPECT_INVARIANTS(*m);
+  }
+  // No failure used up an allocation id.
+  absl::StatusOr<PhysAllocation> next =
+      m->ClaimPages(7, "sram", Placement::kScattered, {{PhysAddr(s + 0x10000), kPage}});
+  ASSERT_TRUE(next.ok()) << next.status();
+  EXPECT_EQ(next->id, 3u);
+  EXPECT_INVARIANTS(*m);
+}
+
+TEST(PhysMemoryTest, ClaimPagesIsAccountedLikeAllocPages) {
+  std::unique_ptr<PhysMemory> m = MakeOrDie();
+  // Scattered pages in the owner's order (not address order), two of them
+  // physically adjacent in reverse order, and one run in each dram range.
+  const std::vector<PhysRun> runs = {
+      {PhysAddr(kSramBase + 9 * kPage), kPage},
+      {PhysAddr(kSramBase + 3 * kPage), kPage},
+      {PhysAddr(kSramBase + 8 * kPage), kPage},
+      {PhysAddr(kSramBase + 20 * kPage), 5 * kPage},
+  };
+  absl::StatusOr<PhysAllocation> a = m->ClaimPages(42, "sram", Placement::kScattered, runs);
+  ASSERT_TRUE(a.ok()) << a.status();
+  EXPECT_INVARIANTS(*m);
+  EXPECT_EQ(a->id, 1u);
+  EXPECT_EQ(a->owner_id, 42u);
+  EXPECT_EQ(a->pool, "sram");
+  EXPECT_EQ(a->placement, Placement::kScattered);
+  EXPECT_EQ(a->size_bytes, 8 * kPage);
+  EXPECT_EQ(a->runs, runs);
+  const std::vector<PhysRun> dram_runs = {
+      {PhysAddr(kDram1Base + 5 * kPage), 3 * kPage},
+      {PhysAddr(kDramBase + 2 * kHugePageBytes), kHugePageBytes},
+  };
+  absl::StatusOr<PhysAllocation> d = m->ClaimPages(43, "dram", Placement::kHuge, dram_runs);
+  ASSERT_TRUE(d.ok()) << d.status();
+  EXPECT_EQ(d->id, 2u);
+  EXPECT_EQ(d->size_bytes, kHugePageBytes + 3 * kPage);
+  EXPECT_INVARIANTS(*m);
+  // Ownership.
+  for (const PhysRun& r : runs) {
+    EXPECT_EQ(m->Owner(r.start + (r.size_bytes - 1)), 42u);
+    EXPECT_TRUE(m->CheckOwned(42, r.start, r.size_bytes).ok());
+  }
+  EXPECT_TRUE(m->CheckOwned(42, PhysAddr(kSramBase + 8 * kPage), 2 * kPage).ok());
+  EXPECT_EQ(m->Owner(PhysAddr(kSramBase + 7 * kPage)), std::nullopt);
+  EXPECT_EQ(m->CheckOwned(42, PhysAddr(kSramBase + 3 * kPage), 2 * kPage).code(),
+            absl::StatusCode::kPermissionDenied);
+  for (const PhysRun& r : dram_runs) EXPECT_TRUE(m->CheckOwned(43, r.start, r.size_bytes).ok());
+  // Pool counters.
+  std::vector<PoolStats> stats = m->Stats();
+  EXPECT_EQ(StatsOf(stats, "sram").allocated_pages, 8u);
+  EXPECT_EQ(StatsOf(stats, "sram").free_pages, 56u);
+  EXPECT_EQ(StatsOf(stats, "sram").live_allocations, 1u);
+  EXPECT_EQ(StatsOf(stats, "sram").allocations_total, 1u);
+  EXPECT_EQ(StatsOf(stats, "dram").allocated_pages, kHugePageBytes / kPage + 3);
+  EXPECT_EQ(StatsOf(stats, "dram").live_allocations, 1u);
+  // Normal allocations never hand out a claimed page: take all of sram.
+  absl::StatusOr<PhysAllocation> rest =
+      m->AllocPages(44, 56 * kPage, Placement::kScattered, "sram");
+  ASSERT_TRUE(rest.ok()) << rest.status();
+  EXPECT_INVARIANTS(*m);
+  for (const PhysRun& r : rest->runs) {
+    for (const PhysRun& c : runs) {
+      EXPECT_TRUE(r.start + r.size_bytes <= c.start || c.start + c.size_bytes <= r.start)
+          << r.start << " overlaps claimed " << c.start;
+    }
+  }
+  EXPECT_EQ(m->AllocPages(44, kPage, Placement::kScattered, "sram").status().code(),
+            absl::StatusCode::kResourceExhausted);
+  // Freed like any allocation: by id and by owner.
+  ASSERT_TRUE(m->FreeAllocation(a->id).ok());
+  EXPECT_EQ(m->FreeAllocation(a->id).code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(m->Owner(runs[0].start), std::nullopt);
+  EXPECT_INVARIANTS(*m);
+  absl::StatusOr<uint64_t> freed = m->FreeOwner(43);
+  ASSERT_TRUE(freed.ok());
+  EXPECT_EQ(*freed, kHugePageBytes / kPage + 3);
+  ASSERT_TRUE(m->FreeOwner(44).ok());
+  EXPECT_INVARIANTS(*m);
+  ExpectSamePools(*m, *MakeOrDie());
+  stats = m->Stats();
+  EXPECT_EQ(StatsOf(stats, "sram").allocations_total, 2u);
+  EXPECT_EQ(StatsOf(stats, "dram").allocations_total, 1u);
+}
+
+// Allocate a random mix with AllocPages, record it, claim every recorded
+// allocation into a fresh PhysMemory, and compare.
+TEST(PhysMemoryTest, ClaimPagesRestoresRecordedAllocations) {
+  PhysMemoryConfig config = TestConfig();
+  config.pools[0].ranges[0].size_bytes = 8 * kMiB;
+  config.pools[0].ranges[1].size_bytes = 4 * kMiB + 5 * kPage;
+  for (uint64_t seed = 1; seed <= 3; ++seed) {
+    SCOPED_TRACE(seed);
+    std::unique_ptr<PhysMemory> original = MakeOrDie(config);
+    Xorshift64 rng(seed);
+    std::vector<PhysAllocation> live;
+    for (int op = 0; op < 1500; ++op) {
+      if (rng() % 3 != 0 || live.empty()) {
+        const Placement placement = Placement(rng() % 3);
+        const uint64_t size =
+            placement == Placement::kHuge ? 1 + rng() % (3 * kMiB) : 1 + rng() % (40 * kPage);
+        absl::StatusOr<PhysAllocation> a =
+            original->AllocPages(1 + rng() % 8, size, placement, rng() % 4 == 0 ? "sram" : "");
+        if (a.ok()) live.push_back(*std::move(a));
+      } else {
+        const size_t i = rng() % live.size();
+        ASSERT_TRUE(original->FreeAllocation(live[i].id).ok());
+        live[i] = std::move(live.back());
+        live.pop_back();
+      }
+    }
+    ASSERT_TRUE(original->CheckInvariants().ok()) << original->CheckInvariants();
+    ASSERT_GT(live.size(), 50u);
+    // Restore in a random order.
+    std::unique_ptr<PhysMemory> restored = MakeOrDie(config);
+    std::vector<size_t> order(live.size());
+    for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+    for (size_t i = order.size(); i > 1; --i) std::swap(order[i - 1], order[rng() % i]);
+    std::vector<PhysAllocation> claimed(live.size());
+    for (size_t i : order) {
+      const PhysAllocation& a = live[i];
+      absl::StatusOr<PhysAllocation> c =
+          restored->ClaimPages(a.owner_id, a.pool, a.placement, a.runs);
+      ASSERT_TRUE(c.ok()) << c.status();
+      EXPECT_EQ(c->runs, a.runs);
+      EXPECT_EQ(c->size_bytes, a.size_bytes);
+      EXPECT_EQ(c->pool, a.pool);
+      claimed[i] = *std::move(c);
+      ASSERT_TRUE(restored->CheckInvariants().ok()) << restored->CheckInvariants();
+    }
+    ExpectSamePools(*restored, *original);
+    for (const PhysAllocation& a : live) {
+      for (const PhysRun& r : a.runs) {
+        ASSERT_TRUE(restored->CheckOwned(a.owner_id, r.start, r.size_bytes).ok());
+        ASSERT_EQ(restored->Owner(r.start), a.owner_id);
+      }
+      // Claiming it a second time fails and changes nothing.
+      ASSERT_EQ(restored->ClaimPages(a.owner_id, a.pool, a.placement, a.runs).status().code(),
+                absl::StatusCode::kFailedPrecondition);
+    }
+    ExpectSamePools(*restored, *original);
+    // The same further requests succeed or fail alike on both (their free
+    // blocks are alike), and none hands out a claimed page (the ownership
+    // map would overlap: CheckInvariants; and the claims still check owned).
+    std::vector<PhysAllocation> extra_o, extra_r;
+    for (int i = 0; i < 200; ++i) {
+      const Placement placement = Placement(rng() % 3);
+      const uint64_t size =
+          placement == Placement::kHuge ? 1 + rng() % (3 * kMiB) : 1 + rng() % (40 * kPage);
+      const uint64_t owner = 100 + rng() % 4;
+      absl::StatusOr<PhysAllocation> o = original->AllocPages(owner, size, placement);
+      absl::StatusOr<PhysAllocation> r = restored->AllocPages(owner, size, placement);
+      ASSERT_EQ(o.ok(), r.ok());
+      if (!r.ok()) continue;
+      ASSERT_EQ(r->runs.size(), o->runs.size());
+      ASSERT_TRUE(restored->CheckInvariants().ok()) << restored->CheckInvariants();
+      extra_o.push_back(*std::move(o));
+      extra_r.push_back(*std::move(r));
+    }
+    ExpectSamePools(*restored, *original);
+    for (const PhysAllocation& a : live) {
+      for (const PhysRun& r : a.runs) {
+        ASSERT_TRUE(restored->CheckOwned(a.owner_id, r.start, r.size_bytes).ok());
+      }
+    }
+    // Freeing everything returns both to the initial state.
+    for (const PhysAllocation& a : extra_o) ASSERT_TRUE(original->FreeAllocation(a.id).ok());
+    for (const PhysAllocation& a : extra_r) ASSERT_TRUE(restored->FreeAllocation(a.id).ok());
+    for (const PhysAllocation& a : live) ASSERT_TRUE(original->FreeAllocation(a.id).ok());
+    for (const PhysAllocation& a : claimed) {
+      ASSERT_TRUE(restored->FreeAllocation(a.id).ok());
+      ASSERT_TRUE(restored->CheckInvariants().ok()) << restored->CheckInvariants();
+    }
+    const std::unique_ptr<PhysMemory> fresh = MakeOrDie(config);
+    ExpectSamePools(*original, *fresh);
+    ExpectSamePools(*restored, *fresh);
+    EXPECT_INVARIANTS(*original);
+  }
+}
+
 TEST(PhysMemoryTest, ConcurrentOwnersNeverShareAPage) {
   std::unique_ptr<PhysMemory> m = MakeOrDie();
   constexpr int kThreads = 4;
