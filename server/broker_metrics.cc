@@ -193,3 +193,41 @@ std::vector<MetricFamily> BrokerCollector::Collect() const {
 }
 
 }  // namespace iommu::server
+
+namespace iommu::server {
+
+std::vector<prometheus::MetricFamily> StoreCollector::Collect() const {
+  FamilySet f;
+  const store::StoreStats s = store_->Stats();
+  ClientMetric::Histogram h;
+  uint64_t cumulative = 0;
+  for (size_t i = 0; i < store::kCommitLatencyBounds.size(); ++i) {
+    cumulative += s.latency_buckets[i];
+    h.bucket.push_back({cumulative, store::kCommitLatencyBounds[i]});
+  }
+  cumulative += s.latency_buckets.back();
+  h.bucket.push_back({cumulative, std::numeric_limits<double>::infinity()});
+  h.sample_count = cumulative;
+  h.sample_sum = s.latency_sum_seconds;
+  f.Histogram("iommu_store_commit_duration_seconds",
+              "Time to write one commit of the broker to the state store.", {}, std::move(h));
+  f.Counter("iommu_store_commits_total", "Commits written to the state store.", {},
+            double(s.commits));
+  f.Counter("iommu_store_writes_total", "Records put or deleted in the state store.", {},
+            double(s.writes));
+  f.Gauge("iommu_store_size_bytes", "Bytes the state store occupies on disk.", {},
+          double(s.size_bytes));
+  f.Gauge("iommu_store_recovery_duration_seconds",
+          "Time the daemon took at start to read the store and restore the state.", {},
+          recovery_.seconds);
+  f.Gauge("iommu_store_recovered_records", "Records read from the store at start.", {},
+          double(recovery_.records));
+  f.Gauge("iommu_store_recovered_mappings", "Mappings restored at start.", {},
+          double(recovery_.mappings));
+  f.Gauge("iommu_store_recovery_repairs",
+          "Operations a crash had cut short that the restore completed.", {},
+          double(recovery_.completed));
+  return f.Take();
+}
+
+}  // namespace iommu::server

@@ -98,11 +98,46 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const DaemonOptions& optio
 
   absl::StatusOr<core::Topology> topology = LoadTopology(options.topology_file);
   if (!topology.ok()) return topology.status();
-  absl::StatusOr<std::unique_ptr<core::Broker>> broker =
-      core::Broker::Create(*topology, options.broker);
+  absl::StatusOr<std::unique_ptr<core::Broker>> broker;
+  if (options.state.enabled) {
+    const absl::Time start = absl::Now();
+    core::DurableState state;
+    absl::StatusOr<std::unique_ptr<store::StateStore>> store = store::StateStore::Open(
+        {.kv = options.state.kv,
+         .written_by = "iommud " IOMMU_VERSION,
+         .on_fatal = [](const absl::Status& s) { LogError("store_failed", s.ToString()); }},
+        &state, &d->recovery_);
+    if (!store.ok()) {
+      return absl::Status(store.status().code(),
+                          absl::StrCat("state_dir: ", store.status().message()));
+    }
+    d->store_ = *std::move(store);
+    core::BrokerOptions broker_options = options.broker;
+    broker_options.journal = d->store_.get();
+    broker = core::Broker::Restore(*topology, broker_options, state, &d->restore_report_);
+    d->recovery_time_ = absl::Now() - start;
+    if (broker.ok()) {
+      for (const std::string& note : d->restore_report_.notes) LogWarning("restore_completed", note);
+      LogInfo("state_restored",
+              absl::StrCat("state_dir=", options.state.kv.dir,
+                           " engine=", store::KvEngineName(options.state.kv.engine),
+                           " durability=",
+                           options.state.kv.durability == store::Durability::kPowerLoss
+                               ? "power_loss"
+                               : "process_crash",
+                           " fresh=", d->recovery_.fresh ? "true" : "false",
+                           " records=", d->recovery_.records,
+                           " mappings=", d->restore_report_.mappings,
+                           " completed=", d->restore_report_.completed,
+                           " seconds=", absl::ToDoubleSeconds(d->recovery_time_)));
+    }
+  } else {
+    broker = core::Broker::Create(*topology, options.broker);
+  }
   if (!broker.ok()) {
     return absl::Status(broker.status().code(),
-                        absl::StrCat("topology: ", broker.status().message()));
+                        absl::StrCat(options.state.enabled ? "state_dir: " : "topology: ",
+                                     broker.status().message()));
   }
   d->broker_ = *std::move(broker);
   absl::flat_hash_set<std::string> devices;
@@ -199,6 +234,14 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const DaemonOptions& optio
     }
     d->exposer_->RegisterCollectable(d->grpc_metrics_);
     d->exposer_->RegisterCollectable(d->broker_collector_);
+    if (d->store_ != nullptr) {
+      d->store_collector_ = std::make_shared<StoreCollector>(
+          d->store_.get(), StoreCollector::Recovery{.seconds = absl::ToDoubleSeconds(d->recovery_time_),
+                                                    .records = d->recovery_.records,
+                                                    .mappings = d->restore_report_.mappings,
+                                                    .completed = d->restore_report_.completed});
+      d->exposer_->RegisterCollectable(d->store_collector_);
+    }
     d->exposer_->RegisterCollectable(d->process_collector_);
     const std::vector<int> metrics_ports = d->exposer_->GetListeningPorts();
     const std::string& m = options.listen.metrics_address;
@@ -262,6 +305,40 @@ absl::Status Daemon::Shutdown() {
                             "calls were still running and were cancelled");
   }
   return absl::OkStatus();
+}
+
+}  // namespace iommu::server
+
+namespace iommu::server {
+
+bool CheckState(const DaemonOptions& options) {
+  auto fail = [](const absl::Status& s) {
+    std::printf("state: NOT OK: %s\n", std::string(s.message()).c_str());
+    return false;
+  };
+  absl::StatusOr<core::Topology> topology = LoadTopology(options.topology_file);
+  if (!topology.ok()) return fail(topology.status());
+  store::RecoveryInfo info;
+  absl::StatusOr<core::DurableState> state = store::ReadStore(options.state.kv, &info);
+  if (!state.ok()) return fail(state.status());
+  core::RestoreReport report;
+  absl::StatusOr<std::unique_ptr<core::Broker>> broker =
+      core::Broker::Restore(*topology, options.broker, *state, &report);
+  if (!broker.ok()) return fail(broker.status());
+  (*broker)->CheckInvariants();
+  std::printf(
+      "state: OK: %s (%s, schema version %u, %llu bytes): %llu records in %.3f s: %zu domains, "
+      "%zu attachments, %zu buffers, %zu exports, %zu sessions, %zu mappings; a start restores "
+      "%llu mappings and completes %llu interrupted operations\n",
+      options.state.kv.dir.c_str(), std::string(store::KvEngineName(options.state.kv.engine)).c_str(),
+      info.schema_version, static_cast<unsigned long long>(info.size_bytes),
+      static_cast<unsigned long long>(info.records), absl::ToDoubleSeconds(info.read_time),
+      state->domains.size(), state->attachments.size(), state->buffers.size(),
+      state->exports.size(), state->sessions.size(), state->mappings.size(),
+      static_cast<unsigned long long>(report.mappings),
+      static_cast<unsigned long long>(report.completed));
+  for (const std::string& note : report.notes) std::printf("  completes: %s\n", note.c_str());
+  return true;
 }
 
 }  // namespace iommu::server

@@ -25,6 +25,7 @@
 #include "server/auth.h"
 #include "server/grpc_metrics.h"
 #include "server/rpc_call.h"
+#include "store/state_store.h"
 
 namespace prometheus {
 class Exposer;
@@ -33,6 +34,7 @@ class Exposer;
 namespace iommu::server {
 
 class BrokerCollector;
+class StoreCollector;
 class ProcessCollector;
 
 struct ListenOptions {
@@ -46,8 +48,16 @@ struct ListenOptions {
   std::string health_address;
 };
 
+// Durable state (docs/design.md#durable-state).
+struct StateOptions {
+  // false: nothing survives the daemon (an explicit choice, warned about).
+  bool enabled = true;
+  store::KvOptions kv;  // dir, engine, durability
+};
+
 struct DaemonOptions {
   ListenOptions listen;
+  StateOptions state;
   std::string topology_file;  // empty: the built-in default host
   AuthOptions auth;
   core::BrokerOptions broker;                      // quotas, flush queue, fault ring
@@ -71,6 +81,10 @@ class Daemon {
   const std::string& metrics_address() const { return metrics_address_; }
   // The bound health-only address, or empty when there is none.
   const std::string& health_address() const { return health_address_; }
+  // What opening the state store found and restored (zero without a store).
+  const store::RecoveryInfo& recovery() const { return recovery_; }
+  const core::RestoreReport& restore_report() const { return restore_report_; }
+  absl::Duration recovery_time() const { return recovery_time_; }
 
   // Graceful drain: health NOT_SERVING, streams asked to end, no new calls,
   // in-flight calls finish (cancelled at the --drain_timeout deadline), then
@@ -83,10 +97,16 @@ class Daemon {
   void TickLoop();
 
   DaemonOptions options_;
+  // Declared before the broker, which journals into it: destroyed after.
+  std::unique_ptr<store::StateStore> store_;
+  store::RecoveryInfo recovery_;
+  core::RestoreReport restore_report_;
+  absl::Duration recovery_time_;
   std::unique_ptr<core::Broker> broker_;
   std::unique_ptr<Authenticator> auth_;
   std::shared_ptr<GrpcMetrics> grpc_metrics_;
   std::shared_ptr<BrokerCollector> broker_collector_;
+  std::shared_ptr<StoreCollector> store_collector_;
   std::shared_ptr<ProcessCollector> process_collector_;
   StreamRegistry streams_;
   std::vector<std::unique_ptr<grpc::Service>> services_;
@@ -101,6 +121,12 @@ class Daemon {
   std::thread ticker_;
   bool shut_down_ = false;
 };
+
+// `iommud --check_state`: reads the store in options.state.kv.dir and
+// restores it, without a journal, against the topology; prints on stdout what
+// a start would restore (records per kind, mappings, repairs) or the first
+// problem naming the record. Returns whether the store would start.
+bool CheckState(const DaemonOptions& options);
 
 }  // namespace iommu::server
 

@@ -79,6 +79,22 @@ ABSL_FLAG(std::string, log_format, "text", "text or json (one JSON object per li
 ABSL_FLAG(absl::Duration, drain_timeout, absl::Seconds(10),
           "on SIGTERM/SIGINT: how long in-flight calls may take before they are cancelled");
 
+ABSL_FLAG(std::string, state_dir, "/var/lib/iommud",
+          "directory of the durable state store (created 0700); everything acknowledged "
+          "survives a restart or crash of iommud");
+ABSL_FLAG(std::string, store_engine, "lmdb", "embedded database of the state store: lmdb, "
+          "sqlite or rocksdb (a directory keeps the engine that created it)");
+ABSL_FLAG(std::string, durability, "process",
+          "process: an acknowledged change survives a crash or kill of iommud; power: it "
+          "also survives power loss (synced to disk before the reply; concurrent calls share "
+          "one sync)");
+ABSL_FLAG(bool, no_store, false,
+          "run without durable state: a restart forgets every domain, buffer and mapping "
+          "(tests and throwaway demos only; warned about on stderr)");
+ABSL_FLAG(bool, check_state, false,
+          "check the store in --state_dir against --topology without serving it: prints what "
+          "a start would restore (or the first problem, naming the record) and exits 0 or 1");
+
 namespace {
 
 using iommu::server::AuthMode;
@@ -161,6 +177,28 @@ int main(int argc, char** argv) {
   if (options.session_ttl <= absl::ZeroDuration()) {
     return Fail("session_ttl: must be positive");
   }
+  options.state.enabled = !absl::GetFlag(FLAGS_no_store);
+  options.state.kv.dir = absl::GetFlag(FLAGS_state_dir);
+  const std::string engine = absl::GetFlag(FLAGS_store_engine);
+  if (auto e = iommu::store::ParseKvEngine(engine)) {
+    options.state.kv.engine = *e;
+  } else {
+    return Fail(absl::StrCat("store_engine=\"", engine, "\": must be lmdb, sqlite or rocksdb"));
+  }
+  const std::string durability = absl::GetFlag(FLAGS_durability);
+  if (durability == "process") {
+    options.state.kv.durability = iommu::store::Durability::kProcessCrash;
+  } else if (durability == "power") {
+    options.state.kv.durability = iommu::store::Durability::kPowerLoss;
+  } else {
+    return Fail(absl::StrCat("durability=\"", durability, "\": must be process or power"));
+  }
+  if (options.state.enabled && options.state.kv.dir.empty()) {
+    return Fail("state_dir: empty; name a directory, or run with --no_store");
+  }
+  if (absl::GetFlag(FLAGS_check_state)) {
+    return iommu::server::CheckState(options) ? 0 : 1;
+  }
 
   // Signals are taken synchronously by this thread: block them before any
   // other thread starts, so every thread inherits the mask.
@@ -175,6 +213,14 @@ int main(int argc, char** argv) {
   if (!daemon.ok()) {
     iommu::server::LogError("start_failed", daemon.status().ToString());
     return 1;
+  }
+  if (!options.state.enabled) {
+    const std::string warning =
+        "--no_store: nothing is durable; a restart or crash of iommud forgets every domain, "
+        "buffer and mapping while devices may still use their DMA addresses.";
+    std::fprintf(stderr, "iommud: WARNING: %s\n", warning.c_str());
+    std::fflush(stderr);
+    iommu::server::LogWarning("NO_STORE", warning);
   }
   if (options.auth.mode == AuthMode::kNone) {
     // On stderr whatever --log_level says, and in the structured log.

@@ -35,12 +35,21 @@ const char* DomainTypeName(DomainType type) {
 
 // --- construction -------------------------------------------------------------
 
-absl::Status BrokerImpl::Init() {
+absl::Status BrokerImpl::Init(const DurableState* restored, RestoreReport* report) {
   RETURN_IF_ERROR(ValidateTopology(topology_));
   ASSIGN_OR_RETURN(memory_, PhysMemory::Create(topology_.memory));
-  buffers_ = std::make_unique<internal::BufferTable>(memory_.get());
-  ASSIGN_OR_RETURN(faults_, FaultRing::Create(
-                                {.capacity = options_.fault_ring_capacity, .clock = options_.now}));
+  buffers_ = std::make_unique<internal::BufferTable>(memory_.get(), journal_);
+  // Fault sequence numbers continue past every one a journal may have seen.
+  uint64_t first_fault_seq = 1;
+  if (restored != nullptr) {
+    for (const auto& [counter, value] : restored->counters) {
+      if (counter == StateCounter::kFaultSeq) first_fault_seq = std::max<uint64_t>(1, value);
+    }
+  }
+  ASSIGN_OR_RETURN(faults_, FaultRing::Create({.capacity = options_.fault_ring_capacity,
+                                               .clock = options_.now,
+                                               .first_seq = first_fault_seq}));
+  fault_seqs_reserved_ = first_fault_seq;
   for (const SmmuConfig& cfg : topology_.smmus) {
     auto smmu = std::make_unique<Smmu>();
     smmu->config = cfg;
@@ -78,28 +87,53 @@ absl::Status BrokerImpl::Init() {
     const uint64_t contexts = smmu->config.num_contexts;
     fair_domains_[smmu.get()] = std::max<uint64_t>(1, contexts > n ? (contexts - n) / n : 0);
   }
-  absl::MutexLock l(&registry_mu_);
   for (const DeviceConfig& cfg : topology_.devices) {
     auto dev = std::make_unique<DeviceState>();
     dev->config = cfg;
     dev->smmu = smmu_by_name_.at(cfg.smmu);
     dev->quotas = EffectiveQuotas(cfg);
-    // Every device starts in its own default DMA domain. Untrusted devices
-    // are always strict; the default domains of trusted ones are too (as
-    // Linux's iommu.strict=1 default on Arm): DMA_FQ is chosen explicitly.
-    ASSIGN_OR_RETURN(dev->default_domain, NewDomain(dev->smmu, {.type = DomainType::kDma,
-                                                                .is_default = true,
-                                                                .try_32bit_first = cfg.pci}));
-    dev->SetCurrent(dev->default_domain);
     devices_[cfg.name] = std::move(dev);
   }
+  if (restored != nullptr && !restored->empty()) {
+    RETURN_IF_ERROR(RestoreState(*restored, report));
+  } else {
+    absl::MutexLock l(&registry_mu_);
+    for (const DeviceConfig& cfg : topology_.devices) {
+      DeviceState& dev = *devices_.at(cfg.name);
+      ASSIGN_OR_RETURN(dev.default_domain, NewDefaultDomain(dev));
+      dev.SetCurrent(dev.default_domain);
+    }
+  }
+  if (journal_ != nullptr) {
+    if (restored == nullptr || restored->empty()) Commit(InitialState());
+    ReserveFaultSeqs(faults_->newest_seq() + 1);
+  }
   return absl::OkStatus();
+}
+
+absl::StatusOr<std::shared_ptr<Domain>> BrokerImpl::NewDefaultDomain(const DeviceState& dev) {
+  // Every device starts in its own default DMA domain. Untrusted devices
+  // are always strict; the default domains of trusted ones are too (as
+  // Linux's iommu.strict=1 default on Arm): DMA_FQ is chosen explicitly.
+  return NewDomain(dev.smmu, {.type = DomainType::kDma,
+                              .is_default = true,
+                              .default_of = dev.config.name,
+                              .try_32bit_first = dev.config.pci});
 }
 
 absl::StatusOr<std::unique_ptr<Broker>> Broker::Create(const Topology& topology,
                                                        const BrokerOptions& options) {
   auto impl = std::make_unique<BrokerImpl>(topology, options);
   RETURN_IF_ERROR(impl->Init());
+  return std::unique_ptr<Broker>(new Broker(std::move(impl)));
+}
+
+absl::StatusOr<std::unique_ptr<Broker>> Broker::Restore(const Topology& topology,
+                                                        const BrokerOptions& options,
+                                                        const DurableState& state,
+                                                        RestoreReport* report) {
+  auto impl = std::make_unique<BrokerImpl>(topology, options);
+  RETURN_IF_ERROR(impl->Init(&state, report));
   return std::unique_ptr<Broker>(new Broker(std::move(impl)));
 }
 

@@ -38,6 +38,7 @@
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
 #include "core/broker/broker_types.h"
+#include "core/broker/state.h"
 #include "core/broker/topology.h"
 #include "core/iotlb/fault_ring.h"
 #include "core/iotlb/flush_queue.h"
@@ -96,6 +97,9 @@ struct BrokerOptions {
   absl::Duration flush_queue_timeout = absl::Milliseconds(10);
   uint64_t iova_cache_max_pages = 32;           // magazine size classes up to this
   std::function<absl::Time()> now = absl::Now;  // injected for tests
+  // Where every mutation is journaled before it is acknowledged (none when
+  // null): see core/broker/state.h. Not owned; outlives the broker.
+  Journal* journal = nullptr;
 };
 
 class Broker {
@@ -104,6 +108,24 @@ class Broker {
   // attached to a fresh default DMA domain.
   static absl::StatusOr<std::unique_ptr<Broker>> Create(const Topology& topology,
                                                         const BrokerOptions& options = {});
+  // Rebuilds the broker a journal recorded (docs/design.md#durable-state):
+  // every domain, attachment, buffer, export, session and mapping at its
+  // recorded id, IOVA and pages, so that every page table walks as before;
+  // the IOTLBs start empty, lazy invalidations count as done, session
+  // leases restart with their full TTL, and ids, mapping ids and fault
+  // sequence numbers continue past any issued before. A crash between the
+  // commits of one operation is completed as the operation would have
+  // (an Alloc's buffer without its mapping is freed; a mapping whose buffer
+  // was freed, or an import whose export was revoked, is unmapped); each
+  // such repair is counted and named in `report`. A state that cannot be
+  // restored (a record naming a missing SMMU, device or domain, an address
+  // taken twice) is FAILED_PRECONDITION naming the record. An empty state
+  // is a fresh start. The topology must be the one the state was written
+  // with, or a superset (new devices get fresh default domains).
+  static absl::StatusOr<std::unique_ptr<Broker>> Restore(const Topology& topology,
+                                                         const BrokerOptions& options,
+                                                         const DurableState& state,
+                                                         RestoreReport* report = nullptr);
   ~Broker();
   Broker(const Broker&) = delete;
   Broker& operator=(const Broker&) = delete;

@@ -19,6 +19,7 @@ using internal::MappingRecord;
 
 absl::StatusOr<AllocResult> Broker::Alloc(const Caller& caller, const std::string& device,
                                           const AllocRequest& request) {
+  BrokerImpl::DurableReply durable(*impl_);
   ASSIGN_OR_RETURN(auto* dev, impl_->ActAs(caller, device));
   ASSIGN_OR_RETURN(BrokerImpl::SessionPin pin, impl_->PinSession(caller));
   std::shared_ptr<Domain> d = impl_->CurrentDomain(*dev);
@@ -105,7 +106,7 @@ absl::StatusOr<AllocResult> Broker::Alloc(const Caller& caller, const std::strin
   rec.prot = prot;
   rec.owned_buffer_id = buffer_id;
   for (const auto& [pt_iova, r] : ranges) {
-    rec.pt_ranges.push_back({pt_iova, r.size_bytes});
+    rec.pt_ranges.push_back({pt_iova, r});
     rec.pieces.push_back({pt_iova, r.start, r.size_bytes});
   }
   out.mapping_id = rec.mapping_id;
@@ -113,6 +114,7 @@ absl::StatusOr<AllocResult> Broker::Alloc(const Caller& caller, const std::strin
 }
 
 absl::Status Broker::Free(const Caller& caller, const std::string& device, Iova dma_addr) {
+  BrokerImpl::DurableReply durable(*impl_);
   ASSIGN_OR_RETURN(auto* dev, impl_->ActAs(caller, device));
   std::shared_ptr<Domain> d = impl_->CurrentDomain(*dev);
   uint64_t buffer_id;
@@ -139,6 +141,7 @@ absl::Status Broker::Free(const Caller& caller, const std::string& device, Iova 
 
 absl::StatusOr<SgTableResult> Broker::GetSgTable(const Caller& caller, const std::string& device,
                                                  Iova dma_addr, std::optional<ExportGrant> grant) {
+  BrokerImpl::DurableReply durable(*impl_);
   ASSIGN_OR_RETURN(auto* dev, impl_->ActAs(caller, device));
   if (grant.has_value()) {
     RETURN_IF_ERROR(impl_->CheckDeviceList("export_importers", grant->importers));
@@ -185,6 +188,7 @@ absl::StatusOr<SgTableResult> Broker::GetSgTable(const Caller& caller, const std
 
 absl::StatusOr<uint64_t> Broker::RevokeExport(const Caller& caller,
                                               const std::string& export_token) {
+  BrokerImpl::DurableReply durable(*impl_);
   RETURN_IF_ERROR(impl_->CheckCaller(caller));
   const std::optional<uint64_t> export_id =
       impl_->buffers_->FindExport(export_token, caller.admin ? "" : caller.device);

@@ -13,6 +13,7 @@ using internal::Domain;
 
 void Broker::MapUnmapBatch(const Caller& caller, const std::string& device,
                            absl::Span<const DmaBatchOp> ops, absl::Span<DmaBatchResult> results) {
+  BrokerImpl::DurableReply durable(*impl_);
   assert(results.size() == ops.size());
   // Map and Unmap look the device up first; its result is the same for every op.
   absl::StatusOr<BrokerImpl::DeviceState*> dev = impl_->ActAs(caller, device);

@@ -85,6 +85,7 @@ absl::StatusOr<MappingRecord*> BrokerImpl::OwnMapping(Domain::Transaction& txn,
 
 absl::StatusOr<MapResult> Broker::Map(const Caller& caller, const std::string& device,
                                       const MapRequest& request) {
+  BrokerImpl::DurableReply durable(*impl_);
   ASSIGN_OR_RETURN(auto* dev, impl_->ActAs(caller, device));
   ASSIGN_OR_RETURN(BrokerImpl::SessionPin pin, impl_->PinSession(caller));
   std::shared_ptr<Domain> d = impl_->CurrentDomain(*dev);
@@ -160,7 +161,7 @@ absl::StatusOr<MapResult> BrokerImpl::MapOne(Domain::Transaction& txn, Buffers::
   for (size_t i = 0; i < ranges.size(); ++i) {
     const auto& [pt_iova, pt_run] = ranges[i];
     const PhysRun& r = mem.runs[i];
-    rec.pt_ranges.push_back({pt_iova, pt_run.size_bytes});
+    rec.pt_ranges.push_back({pt_iova, pt_run});
     rec.pieces.push_back({pt_iova + (r.start - pt_run.start), r.start, r.size_bytes});
   }
   return MapResult{.dma_addr = *iova + first_off,
@@ -171,6 +172,7 @@ absl::StatusOr<MapResult> BrokerImpl::MapOne(Domain::Transaction& txn, Buffers::
 
 absl::Status Broker::Unmap(const Caller& caller, const std::string& device,
                            const UnmapRequest& request) {
+  BrokerImpl::DurableReply durable(*impl_);
   ASSIGN_OR_RETURN(auto* dev, impl_->ActAs(caller, device));
   std::shared_ptr<Domain> d = impl_->CurrentDomain(*dev);
   BrokerImpl::Buffers::Refs refs(*impl_->buffers_);
@@ -190,6 +192,7 @@ absl::Status BrokerImpl::UnmapOne(Domain::Transaction& txn, const DeviceState& d
 
 absl::StatusOr<MapSgResult> Broker::MapSg(const Caller& caller, const std::string& device,
                                           const MapSgRequest& request) {
+  BrokerImpl::DurableReply durable(*impl_);
   ASSIGN_OR_RETURN(auto* dev, impl_->ActAs(caller, device));
   ASSIGN_OR_RETURN(BrokerImpl::SessionPin pin, impl_->PinSession(caller));
   std::shared_ptr<Domain> d = impl_->CurrentDomain(*dev);
@@ -303,7 +306,7 @@ absl::StatusOr<MapSgResult> Broker::MapSg(const Caller& caller, const std::strin
   rec.buffer_refs = {held.begin(), held.end()};
   for (size_t i = 0; i < layout->map_ranges.size(); ++i) {
     const SgMapRange& r = layout->map_ranges[i];
-    rec.pt_ranges.push_back({*iova + r.iova_offset, r.size_bytes});
+    rec.pt_ranges.push_back({*iova + r.iova_offset, {r.phys, r.size_bytes}});
     rec.pieces.push_back(
         {*iova + r.iova_offset + (segs[i].phys & (g - 1)), segs[i].phys, segs[i].length_bytes});
   }
@@ -323,6 +326,7 @@ absl::StatusOr<MapSgResult> Broker::MapSg(const Caller& caller, const std::strin
 }
 
 absl::Status Broker::UnmapSg(const Caller& caller, const std::string& device, Iova dma_addr) {
+  BrokerImpl::DurableReply durable(*impl_);
   ASSIGN_OR_RETURN(auto* dev, impl_->ActAs(caller, device));
   std::shared_ptr<Domain> d = impl_->CurrentDomain(*dev);
   BrokerImpl::Buffers::Refs refs(*impl_->buffers_);
@@ -335,6 +339,7 @@ absl::Status Broker::UnmapSg(const Caller& caller, const std::string& device, Io
 }
 
 absl::Status Broker::Sync(const Caller& caller, const std::string& device) {
+  BrokerImpl::DurableReply durable(*impl_);
   ASSIGN_OR_RETURN(auto* dev, impl_->ActAs(caller, device));
   std::shared_ptr<Domain> d = impl_->CurrentDomain(*dev);
   BrokerImpl::Buffers::Refs refs(*impl_->buffers_);

@@ -27,6 +27,7 @@ absl::StatusOr<std::shared_ptr<Domain>> BrokerImpl::NewDomain(Smmu* smmu,
   params.flush_queue_capacity = options_.flush_queue_capacity;
   params.flush_queue_timeout = options_.flush_queue_timeout;
   params.now = options_.now;
+  params.journal = journal_;
   ASSIGN_OR_RETURN(std::shared_ptr<Domain> d, Domain::Create(smmu, std::move(params)));
   ++next_domain_id_;
   domains_[d->id()] = d;
@@ -71,6 +72,7 @@ DomainInfo BrokerImpl::Describe(const Domain& d) const {
 
 absl::StatusOr<DomainInfo> Broker::CreateDomain(const Caller& caller,
                                                 const CreateDomainRequest& request) {
+  BrokerImpl::DurableReply durable(*impl_);
   RETURN_IF_ERROR(impl_->CheckCaller(caller));
   auto smmu = impl_->smmu_by_name_.find(request.smmu);
   if (smmu == impl_->smmu_by_name_.end()) {
@@ -99,10 +101,17 @@ absl::StatusOr<DomainInfo> Broker::CreateDomain(const Caller& caller,
     if (owner != nullptr) owner->domains.fetch_sub(1);
     return d.status();
   }
+  if (impl_->journal_ != nullptr) {
+    StateChanges c;
+    c.domain_puts.push_back((*d)->State());
+    c.counters.push_back({StateCounter::kDomainId, impl_->next_domain_id_});
+    impl_->Commit(c);
+  }
   return impl_->Describe(**d);
 }
 
 absl::Status Broker::DestroyDomain(const Caller& caller, uint64_t domain_id) {
+  BrokerImpl::DurableReply durable(*impl_);
   return impl_->DestroyDomain(caller, domain_id);
 }
 
@@ -136,6 +145,8 @@ absl::Status BrokerImpl::DestroyDomain(const Caller& caller, uint64_t domain_id)
     Domain::Transaction txn(*d, refs);
     for (uint64_t start : txn.mappings().StartsInOrder()) txn.Remove(start);
     txn.FlushQueue();
+    // Its mappings and its record leave the journal in one commit.
+    txn.changes().domain_deletes.push_back(domain_id);
   }
   d->ReleaseContext();
   if (!d->owner().empty()) devices_.at(d->owner())->domains.fetch_sub(1);
@@ -164,18 +175,22 @@ absl::StatusOr<std::vector<DomainInfo>> Broker::ListDomains(const Caller& caller
 
 absl::Status Broker::AttachDevice(const Caller& caller, const std::string& device,
                                   uint64_t domain_id) {
+  BrokerImpl::DurableReply durable(*impl_);
   ASSIGN_OR_RETURN(auto* dev, impl_->ActAs(caller, device));
   absl::MutexLock l(&impl_->registry_mu_);
   ASSIGN_OR_RETURN(auto d, impl_->FindDomain(domain_id));
   RETURN_IF_ERROR(impl_->CheckAttach(caller, *dev, *d));
   dev->SetCurrent(d);  // idempotent
+  impl_->JournalAttachment(*dev);
   return absl::OkStatus();
 }
 
 absl::Status Broker::DetachDevice(const Caller& caller, const std::string& device) {
+  BrokerImpl::DurableReply durable(*impl_);
   ASSIGN_OR_RETURN(auto* dev, impl_->ActAs(caller, device));
   absl::MutexLock l(&impl_->registry_mu_);
   dev->SetCurrent(dev->default_domain);
+  impl_->JournalAttachment(*dev);
   return absl::OkStatus();
 }
 

@@ -16,6 +16,7 @@
 #include "core/broker/broker.h"
 #include "core/broker/broker_internal.h"
 #include "core/broker/session_table.h"
+#include "core/broker/state.h"
 #include "core/iotlb/fault_ring.h"
 #include "core/memory/phys_memory.h"
 
@@ -32,7 +33,48 @@ class BrokerImpl {
   BrokerImpl(const Topology& topology, const BrokerOptions& options)
       : topology_(topology), options_(options) {}
 
-  absl::Status Init();
+  // Builds the model; from `restored` when given (see Broker::Restore),
+  // else fresh, journaling its initial state.
+  absl::Status Init(const DurableState* restored = nullptr, RestoreReport* report = nullptr);
+
+  // --- durable state (broker_restore.cc) -------------------------------------
+  // Journals `changes` (nothing without a journal).
+  void Commit(const StateChanges& changes);
+  // Waits, as an operation's scope ends, until what this thread's commits
+  // wrote is as durable as the journal promises: an operation is
+  // acknowledged only after that. Declared first in every mutating
+  // operation, so that every lock is released before it waits.
+  class DurableReply {
+   public:
+    explicit DurableReply(const BrokerImpl& impl) : journal_(impl.journal_) {}
+    ~DurableReply() {
+      if (journal_ != nullptr && internal::pending_journal_ticket != 0) {
+        journal_->WaitDurable(internal::pending_journal_ticket);
+        internal::pending_journal_ticket = 0;
+      }
+    }
+    DurableReply(const DurableReply&) = delete;
+    DurableReply& operator=(const DurableReply&) = delete;
+
+   private:
+    Journal* const journal_;
+  };
+  // Init's restore of `state` (see Broker::Restore).
+  absl::Status RestoreState(const DurableState& state, RestoreReport* report);
+  // Journals a device's current domain. REQUIRES: registry_mu_ held
+  // exclusively (attachments change only so).
+  void JournalAttachment(const DeviceState& dev) ABSL_EXCLUSIVE_LOCKS_REQUIRED(registry_mu_) {
+    if (journal_ == nullptr) return;
+    StateChanges c;
+    c.attachment_puts.push_back({dev.config.name, dev.current->id()});
+    Commit(c);
+  }
+  // Every record of the state, for a fresh journal's first commit.
+  StateChanges InitialState() const ABSL_LOCKS_EXCLUDED(registry_mu_);
+  // Fault sequence numbers are reserved in the journal in blocks: called
+  // after a fault got `seq`, journals the next block when seq reaches it.
+  void ReserveFaultSeqs(uint64_t seq);
+  static constexpr uint64_t kFaultSeqBlock = uint64_t{1} << 16;
 
   // --- authorisation (broker_authz.cc: the whole model in one file) ---------
   // The device the caller may act as: PERMISSION_DENIED when a device caller
@@ -107,6 +149,8 @@ class BrokerImpl {
   // iommu_dma_alloc_iova does, for SAC addressing).
   absl::StatusOr<std::shared_ptr<Domain>> NewDomain(Smmu* smmu, internal::DomainParams params)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(registry_mu_);
+  absl::StatusOr<std::shared_ptr<Domain>> NewDefaultDomain(const DeviceState& dev)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(registry_mu_);
   absl::Status DestroyDomain(const Caller& caller, uint64_t domain_id)
       ABSL_LOCKS_EXCLUDED(registry_mu_);
   // The devices whose current domain is `d`, in topology order.
@@ -145,6 +189,9 @@ class BrokerImpl {
   // --- state ----------------------------------------------------------------
   const Topology topology_;
   const BrokerOptions options_;
+  Journal* const journal_ = options_.journal;
+  absl::Mutex fault_seq_mu_;
+  std::atomic<uint64_t> fault_seqs_reserved_{0};
   std::unique_ptr<PhysMemory> memory_;
   std::unique_ptr<FaultRing> faults_;
   std::vector<std::unique_ptr<Smmu>> smmus_;  // immutable after Init

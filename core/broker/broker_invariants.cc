@@ -73,7 +73,7 @@ void Broker::CheckInvariants() const {
           }
         }
       }
-      for (const auto& [pt_iova, size] : m.pt_ranges) pt_bytes += size;
+      for (const auto& [pt_iova, run] : m.pt_ranges) pt_bytes += run.size_bytes;
     }
     if (bytes != r.mapped_bytes()) {
       check(absl::InternalError(

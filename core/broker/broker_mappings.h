@@ -57,8 +57,9 @@ struct MappingRecord {
   bool iova_from_allocator = false;  // release to the IOVA cookie on unmap
   uint64_t dma_offset = 0;           // dma_addr - iova
   Prot prot = Prot::kNone;
-  // Granule-aligned ranges actually written to the page table.
-  InlinedOne<std::pair<Iova, uint64_t>> pt_ranges;
+  // Granule-aligned ranges actually written to the page table, with the
+  // physical run each maps (recovery writes them again).
+  InlinedOne<std::pair<Iova, PhysRun>> pt_ranges;
   InlinedOne<MappedPiece> pieces;     // in IOVA order
   InlinedOne<BufferRef> buffer_refs;  // buffers holding one reference each
   uint64_t owned_buffer_id = 0;       // Alloc: freed with the mapping

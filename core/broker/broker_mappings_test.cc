@@ -23,7 +23,7 @@ MappingRecord Record(uint64_t iova, uint64_t size_bytes, uint64_t id) {
                   .iova = Iova(iova),
                   .iova_size_bytes = size_bytes,
                   .mapped_bytes = size_bytes};
-  r.pt_ranges.push_back({Iova(iova), size_bytes});
+  r.pt_ranges.push_back({Iova(iova), {PhysAddr(id << 12), size_bytes}});
   r.pieces.push_back({Iova(iova), PhysAddr(id << 12), size_bytes});
   r.buffer_refs.push_back({.id = id});
   return r;

@@ -84,6 +84,7 @@ void DeviceState::RefundBuffer(uint64_t bytes) {
 absl::StatusOr<BufferInfo> Broker::AllocBuffer(const Caller& caller, const std::string& device,
                                                uint64_t size_bytes, Placement placement,
                                                const std::string& pool) {
+  BrokerImpl::DurableReply durable(*impl_);
   ASSIGN_OR_RETURN(auto* dev, impl_->ActAs(caller, device));
   ASSIGN_OR_RETURN(BrokerImpl::SessionPin pin, impl_->PinSession(caller));
   return impl_->buffers_->Create(*dev, caller.session_id, size_bytes, placement, pool,
@@ -91,6 +92,7 @@ absl::StatusOr<BufferInfo> Broker::AllocBuffer(const Caller& caller, const std::
 }
 
 absl::Status Broker::FreeBuffer(const Caller& caller, uint64_t buffer_id) {
+  BrokerImpl::DurableReply durable(*impl_);
   // The owner can always free: its exports are revoked and their imports
   // unmapped first (imports' references do not keep it alive); the owner's
   // own mappings do. Checked once before revoking (so a refused free

@@ -20,11 +20,20 @@ using internal::Smmu;
 // --- sessions -------------------------------------------------------------------
 
 absl::StatusOr<uint64_t> Broker::OpenSession(const Caller& caller, absl::Duration ttl) {
+  BrokerImpl::DurableReply durable(*impl_);
   RETURN_IF_ERROR(impl_->CheckCaller(caller));
   const uint64_t limit =
       caller.admin ? UINT64_MAX : impl_->devices_.at(caller.device)->quotas.max_sessions;
   absl::MutexLock l(&impl_->registry_mu_);
-  return impl_->sessions_.Open(caller.device, ttl, impl_->options_.now(), limit);
+  ASSIGN_OR_RETURN(const uint64_t id,
+                   impl_->sessions_.Open(caller.device, ttl, impl_->options_.now(), limit));
+  if (impl_->journal_ != nullptr) {
+    StateChanges c;
+    c.session_puts.push_back({.session_id = id, .device = caller.device, .ttl = ttl});
+    c.counters.push_back({StateCounter::kSessionSeq, impl_->sessions_.next_counter()});
+    impl_->Commit(c);
+  }
+  return id;
 }
 
 absl::Status Broker::KeepAlive(const Caller& caller, uint64_t session_id) {
@@ -37,6 +46,7 @@ absl::Status Broker::KeepAlive(const Caller& caller, uint64_t session_id) {
 }
 
 absl::Status Broker::CloseSession(const Caller& caller, uint64_t session_id) {
+  BrokerImpl::DurableReply durable(*impl_);
   std::shared_ptr<SessionGate> gate;
   {
     absl::MutexLock l(&impl_->registry_mu_);
@@ -54,6 +64,7 @@ absl::Status Broker::CloseSession(const Caller& caller, uint64_t session_id) {
 }
 
 int Broker::Tick() {
+  BrokerImpl::DurableReply durable(*impl_);
   std::vector<uint64_t> expired;
   std::vector<std::shared_ptr<SessionGate>> gates;
   {
@@ -92,7 +103,10 @@ void BrokerImpl::ReleaseSession(uint64_t session_id) {
       if (d->session_id() != session_id) continue;
       // Devices still attached go back to their default domains.
       for (const auto& [name, dev] : devices_) {
-        if (dev->current == d) dev->SetCurrent(dev->default_domain);
+        if (dev->current == d) {
+          dev->SetCurrent(dev->default_domain);
+          JournalAttachment(*dev);
+        }
       }
       session_domains.push_back(id);
     }
@@ -102,6 +116,11 @@ void BrokerImpl::ReleaseSession(uint64_t session_id) {
     assert(s.ok());
     (void)s;
   }
+  // Last: until this commit, a restart finds the session with whatever it
+  // still holds, and its release can be finished by closing it again.
+  StateChanges c;
+  c.session_deletes.push_back(session_id);
+  Commit(c);
 }
 
 }  // namespace iommu::core

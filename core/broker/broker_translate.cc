@@ -20,6 +20,7 @@ using internal::MappingRecord;
 
 absl::StatusOr<TranslateResult> Broker::Translate(const Caller& caller,
                                                   const TranslateRequest& request) {
+  BrokerImpl::DurableReply durable(*impl_);
   if (request.length_bytes == 0) return InvalidField("length_bytes", 0, "must be non-zero");
   const auto last = LastOfRange(request.iova.value(), request.length_bytes);
   if (!last) {
@@ -43,6 +44,7 @@ absl::StatusOr<TranslateResult> Broker::Translate(const Caller& caller,
       // C_BAD_STREAMID: the SMMU has no stream table entry for it.
       TranslateResult out{
           .faulted = true, .fault_type = FaultType::kUnknownStream, .fault_iova = request.iova};
+      impl_->ReserveFaultSeqs(impl_->faults_->newest_seq() + 1);
       out.fault_seq = impl_->faults_->Push({.type = FaultType::kUnknownStream,
                                             .smmu = request.smmu,
                                             .stream_id = *request.stream_id,
@@ -62,6 +64,7 @@ absl::StatusOr<TranslateResult> Broker::Translate(const Caller& caller,
     out.faulted = true;
     out.fault_type = type;
     out.fault_iova = Iova(at);
+    impl_->ReserveFaultSeqs(impl_->faults_->newest_seq() + 1);
     out.fault_seq = impl_->faults_->Push({.type = type,
                                           .smmu = smmu.config.name,
                                           .stream_id = dev->config.stream_id,
@@ -154,6 +157,7 @@ absl::StatusOr<TranslateResult> Broker::Translate(const Caller& caller,
 
 absl::StatusOr<MsiCookieResult> Broker::MsiCookie(const Caller& caller, const std::string& device,
                                                   const MsiCookieRequest& request) {
+  BrokerImpl::DurableReply durable(*impl_);
   ASSIGN_OR_RETURN(auto* dev, impl_->ActAs(caller, device));
   std::shared_ptr<Domain> d;
   if (request.domain_id.has_value()) {

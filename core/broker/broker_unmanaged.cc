@@ -20,6 +20,7 @@ using internal::MappingRecord;
 
 absl::StatusOr<MapResult> Broker::MapAt(const Caller& caller, const std::string& device, Iova iova,
                                         const MemRef& mem, DmaDirection direction, DmaAttrs attrs) {
+  BrokerImpl::DurableReply durable(*impl_);
   ASSIGN_OR_RETURN(auto* dev, impl_->ActAs(caller, device));
   ASSIGN_OR_RETURN(BrokerImpl::SessionPin pin, impl_->PinSession(caller));
   std::shared_ptr<Domain> d = impl_->CurrentDomain(*dev);
@@ -90,7 +91,7 @@ absl::StatusOr<MapResult> Broker::MapAt(const Caller& caller, const std::string&
   rec.prot = prot;
   rec.buffer_refs = res.buffers;
   for (const auto& [pt_iova, r] : ranges) {
-    rec.pt_ranges.push_back({pt_iova, r.size_bytes});
+    rec.pt_ranges.push_back({pt_iova, r});
     rec.pieces.push_back({pt_iova, r.start, r.size_bytes});
   }
   return MapResult{.dma_addr = iova,
@@ -101,6 +102,7 @@ absl::StatusOr<MapResult> Broker::MapAt(const Caller& caller, const std::string&
 
 absl::StatusOr<uint64_t> Broker::UnmapRange(const Caller& caller, const std::string& device,
                                             Iova iova, uint64_t size_bytes) {
+  BrokerImpl::DurableReply durable(*impl_);
   ASSIGN_OR_RETURN(auto* dev, impl_->ActAs(caller, device));
   std::shared_ptr<Domain> d = impl_->CurrentDomain(*dev);
   if (d->type() != DomainType::kUnmanaged) {

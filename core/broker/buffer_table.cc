@@ -50,6 +50,10 @@ absl::StatusOr<BufferInfo> BufferTable::Create(DeviceState& dev, uint64_t sessio
   if (size_bytes == 0) return InvalidField("size_bytes", 0, "must be non-zero");
   RETURN_IF_ERROR(dev.ChargeBuffer(size_bytes));
   auto b = std::make_unique<Buffer>();
+  b->device = dev.config.name;
+  b->owner = &dev;
+  b->session_id = session_id;
+  b->backs_alloc = backs_alloc;
   {
     absl::MutexLock l(&create_mu_);
     auto alloc = memory_->AllocPages(next_buffer_id_, size_bytes, placement, pool);
@@ -59,13 +63,15 @@ absl::StatusOr<BufferInfo> BufferTable::Create(DeviceState& dev, uint64_t sessio
     }
     b->buffer_id = next_buffer_id_++;
     b->alloc = *std::move(alloc);
+    if (journal_ != nullptr) {
+      StateChanges c;
+      c.buffer_puts.push_back(StateOf(*b));
+      c.counters.push_back({StateCounter::kBufferId, next_buffer_id_});
+      Commit(c);
+    }
   }
   // Charge what was really taken (rounded up to pages).
   dev.buffer_bytes.fetch_add(b->alloc.size_bytes - size_bytes, std::memory_order_relaxed);
-  b->device = dev.config.name;
-  b->owner = &dev;
-  b->session_id = session_id;
-  b->backs_alloc = backs_alloc;
   BufferInfo info = Describe(*b);
   if (runs != nullptr) *runs = b->alloc.runs;
   Shard& shard = ShardOf(b->buffer_id);
@@ -149,13 +155,123 @@ std::unique_ptr<Buffer> BufferTable::UnlinkLocked(Shard& shard, uint64_t buffer_
   auto it = shard.buffers.find(buffer_id);
   std::unique_ptr<Buffer> b = std::move(it->second);
   shard.buffers.erase(it);
+  StateChanges c;
+  c.buffer_deletes.push_back(buffer_id);
   // Its exports go with it (none has a live import: those hold references).
   for (const uint64_t id : std::vector<uint64_t>(b->exports)) {
-    const auto imports = EraseExportLocked(id);
+    const auto imports = EraseExportLocked(id, &c);
     assert(imports.empty());
     (void)imports;
   }
+  Commit(c);
   return b;
+}
+
+void BufferTable::Commit(const StateChanges& changes) {
+  if (journal_ == nullptr) return;
+  const uint64_t ticket = journal_->Commit(changes);
+  pending_journal_ticket = std::max(pending_journal_ticket, ticket);
+}
+
+BufferState BufferTable::StateOf(const Buffer& b) {
+  return BufferState{.buffer_id = b.buffer_id,
+                     .device = b.device,
+                     .session_id = b.session_id,
+                     .pool = b.alloc.pool,
+                     .placement = b.alloc.placement,
+                     .runs = b.alloc.runs,
+                     .backs_alloc = b.backs_alloc};
+}
+
+absl::Status BufferTable::Restore(DeviceState& dev, const BufferState& state) {
+  auto fail = [&](absl::string_view why) {
+    return absl::InternalError(absl::StrFormat("buffer %d of %s: %s", state.buffer_id,
+                                               state.device, why));
+  };
+  if (state.buffer_id == 0) return fail("id 0");
+  uint64_t size_bytes = 0;
+  for (const PhysRun& r : state.runs) size_bytes += r.size_bytes;
+  if (size_bytes == 0) return fail("no pages");
+  auto b = std::make_unique<Buffer>();
+  b->buffer_id = state.buffer_id;
+  b->device = state.device;
+  b->owner = &dev;
+  b->session_id = state.session_id;
+  b->backs_alloc = state.backs_alloc;
+  Shard& shard = ShardOf(state.buffer_id);
+  absl::MutexLock l(&shard.mu);
+  if (shard.buffers.contains(state.buffer_id)) return fail("recorded twice");
+  auto alloc = memory_->ClaimPages(state.buffer_id, state.pool, state.placement, state.runs);
+  if (!alloc.ok()) return fail(alloc.status().message());
+  b->alloc = *std::move(alloc);
+  // Recovery restores what was admitted: charged past any quota change.
+  dev.buffers.fetch_add(1);
+  dev.buffer_bytes.fetch_add(b->alloc.size_bytes);
+  shard.buffers.emplace(state.buffer_id, std::move(b));
+  return absl::OkStatus();
+}
+
+absl::Status BufferTable::RestoreExport(DeviceState& exporter, const ExportState& state) {
+  absl::MutexLock el(&exports_mu_);
+  if (state.export_id == 0 || state.token.empty() || exports_.contains(state.token) ||
+      export_tokens_.contains(state.export_id)) {
+    return absl::InternalError(
+        absl::StrFormat("export %d of %s: id or token recorded twice", state.export_id,
+                        state.exporter));
+  }
+  std::vector<BufferRef> buffers;
+  for (uint64_t id : state.buffer_ids) {
+    Shard& shard = ShardOf(id);
+    absl::MutexLock l(&shard.mu);
+    auto it = shard.buffers.find(id);
+    if (it == shard.buffers.end()) {
+      return absl::InternalError(absl::StrFormat("export %d of %s: its buffer %d is missing",
+                                                 state.export_id, state.exporter, id));
+    }
+    buffers.push_back({id, it->second.get()});
+  }
+  for (const BufferRef& ref : buffers) ref.buffer->exports.push_back(state.export_id);
+  ++exporter.exports;
+  export_tokens_[state.export_id] = state.token;
+  exports_[state.token] = ExportRecord{.export_id = state.export_id,
+                                       .exporter = state.exporter,
+                                       .exporter_state = &exporter,
+                                       .exporter_granule = state.exporter_granule,
+                                       .chunks = state.chunks,
+                                       .buffer_ids = state.buffer_ids,
+                                       .buffers = std::move(buffers),
+                                       .importers_allowed = state.importers_allowed,
+                                       .writable = state.writable};
+  next_export_id_ = std::max(next_export_id_, state.export_id + 1);
+  return absl::OkStatus();
+}
+
+void BufferTable::RestoreCounters(uint64_t next_buffer_id, uint64_t next_export_id) {
+  {
+    absl::MutexLock l(&create_mu_);
+    next_buffer_id_ = std::max(next_buffer_id_, next_buffer_id);
+  }
+  absl::MutexLock el(&exports_mu_);
+  next_export_id_ = std::max(next_export_id_, next_export_id);
+}
+
+bool BufferTable::Contains(uint64_t buffer_id) const {
+  Shard& shard = ShardOf(buffer_id);
+  absl::MutexLock l(&shard.mu);
+  return shard.buffers.contains(buffer_id);
+}
+
+bool BufferTable::ContainsExport(uint64_t export_id) const {
+  absl::MutexLock el(&exports_mu_);
+  return export_tokens_.contains(export_id);
+}
+
+BufferRef BufferTable::RestoreRef(uint64_t buffer_id) {
+  Shard& shard = ShardOf(buffer_id);
+  absl::MutexLock l(&shard.mu);
+  Buffer* b = shard.buffers.at(buffer_id).get();
+  b->map_refs.fetch_add(1);
+  return {buffer_id, b};
 }
 
 void BufferTable::ReleasePages(std::unique_ptr<Buffer> b) {
@@ -343,6 +459,19 @@ absl::StatusOr<std::string> BufferTable::CreateExport(DeviceState& exporter,
     buffers.push_back({id, shard.buffers.at(id).get()});
     buffers.back().buffer->exports.push_back(export_id);
   }
+  if (journal_ != nullptr) {
+    StateChanges c;
+    c.export_puts.push_back(ExportState{.export_id = export_id,
+                                        .token = token,
+                                        .exporter = exporter.config.name,
+                                        .exporter_granule = exporter_granule,
+                                        .chunks = chunks,
+                                        .buffer_ids = buffer_ids,
+                                        .importers_allowed = grant.importers,
+                                        .writable = grant.writable});
+    c.counters.push_back({StateCounter::kExportId, next_export_id_});
+    Commit(c);
+  }
   exports_[token] = ExportRecord{.export_id = export_id,
                                  .exporter = exporter.config.name,
                                  .exporter_state = &exporter,
@@ -402,12 +531,17 @@ std::vector<uint64_t> BufferTable::ExportsOf(uint64_t buffer_id) const {
 
 std::vector<ExportRecord::Import> BufferTable::EraseExport(uint64_t export_id) {
   absl::MutexLock el(&exports_mu_);
-  return EraseExportLocked(export_id);
+  StateChanges c;
+  auto imports = EraseExportLocked(export_id, &c);
+  if (!c.empty()) Commit(c);
+  return imports;
 }
 
-std::vector<ExportRecord::Import> BufferTable::EraseExportLocked(uint64_t export_id) {
+std::vector<ExportRecord::Import> BufferTable::EraseExportLocked(uint64_t export_id,
+                                                                 StateChanges* changes) {
   auto token = export_tokens_.find(export_id);
   if (token == export_tokens_.end()) return {};  // already revoked
+  changes->export_deletes.push_back(export_id);
   auto e = exports_.find(token->second);
   std::vector<ExportRecord::Import> imports = std::move(e->second.imports);
   for (const BufferRef& b : e->second.buffers) {

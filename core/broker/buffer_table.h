@@ -36,6 +36,7 @@
 #include "core/broker/broker_mappings.h"
 #include "core/broker/broker_types.h"
 #include "core/broker/domain.h"
+#include "core/broker/state.h"
 #include "core/memory/phys_memory.h"
 
 namespace iommu::core::internal {
@@ -101,7 +102,33 @@ struct ImportedExport {
 
 class BufferTable {
  public:
-  explicit BufferTable(PhysMemory* memory) : memory_(memory) {}
+  // With a journal, every buffer and export created or removed is journaled
+  // under the lock that orders it (see core/broker/state.h).
+  explicit BufferTable(PhysMemory* memory, Journal* journal = nullptr)
+      : memory_(memory), journal_(journal) {}
+
+  // Recovery: enters a journaled buffer (its pages claimed at their recorded
+  // addresses, its owner charged) or export. INTERNAL naming the record when
+  // it does not fit, changing nothing.
+  absl::Status Restore(DeviceState& dev, const BufferState& state);
+  absl::Status RestoreExport(DeviceState& exporter, const ExportState& state);
+  // Recovery: the next buffer and export ids (at least these).
+  void RestoreCounters(uint64_t next_buffer_id, uint64_t next_export_id);
+  bool Contains(uint64_t buffer_id) const;
+  bool ContainsExport(uint64_t export_id) const;
+  // Recovery: a reference of a restored mapping on buffer `buffer_id`
+  // (which must exist).
+  BufferRef RestoreRef(uint64_t buffer_id);
+  // Recovery: registers a restored import with its export; false when the
+  // export does not exist.
+  bool RestoreImport(uint64_t export_id, ExportRecord::Import import) {
+    return RecordImport(export_id, std::move(import));
+  }
+  // Recovery: releases an Alloc's buffer whose mapping is gone, as the
+  // mapping's unmap would have (at once, or at its importers' last unmap).
+  void ReleaseAllocBuffer(uint64_t buffer_id) { ReleasePages(ReleaseOwned(buffer_id)); }
+  // The durable record of a buffer.
+  static BufferState StateOf(const Buffer& b);
 
   // Allocates pages for a new buffer of `dev`, charging its buffer quotas.
   // `runs`, when given, receives its runs as allocated (BufferInfo merges
@@ -215,18 +242,23 @@ class BufferTable {
   // Unlinks buffer `buffer_id` if it exists and no mapping references it
   // (and, with `only_if_waiting`, if it waits for that).
   std::unique_ptr<Buffer> UnlinkIfUnreferenced(uint64_t buffer_id, bool only_if_waiting);
-  // Removes the buffer and its exports from the table (its pages stay).
+  // Removes the buffer and its exports from the table (its pages stay) and
+  // journals their removal.
   std::unique_ptr<Buffer> UnlinkLocked(Shard& shard, uint64_t buffer_id)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(exports_mu_);
+  // Journals `changes` (no-op without a journal).
+  void Commit(const StateChanges& changes);
   // Returns an unlinked buffer's pages and refunds its owner's quota.
   void ReleasePages(std::unique_ptr<Buffer> b);
   absl::Status CheckFreeLocked(Shard& shard, const Caller& caller, uint64_t buffer_id) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(exports_mu_);
   void FreeLocked(Shard& shard, uint64_t buffer_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(exports_mu_);
-  std::vector<ExportRecord::Import> EraseExportLocked(uint64_t export_id)
+  // Also records the export's removal in `changes`.
+  std::vector<ExportRecord::Import> EraseExportLocked(uint64_t export_id, StateChanges* changes)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(exports_mu_);
 
   PhysMemory* const memory_;
+  Journal* const journal_;
   mutable std::array<Shard, kShards> shards_;
   absl::Mutex create_mu_;  // buffer ids are handed out in order of successful creation
   uint64_t next_buffer_id_ ABSL_GUARDED_BY(create_mu_) = 1;

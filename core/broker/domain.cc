@@ -51,13 +51,17 @@ Domain::Domain(Smmu* smmu, DomainParams params)
       smmu_(smmu),
       owner_(std::move(params.owner)),
       is_default_(params.is_default),
+      default_of_(std::move(params.default_of)),
       granted_(std::move(params.granted)),
       session_id_(params.session_id),
       granule_bytes_(params.granule_bytes),
       pgsize_bitmap_(PgsizeBitmapForGranule(params.granule_bytes)),
       aperture_end_(LowMask(smmu->config.ias_bits)),
       strict_(params.type != DomainType::kDmaFq),
-      mappings_(params.granule_bytes, params.type == DomainType::kUnmanaged) {}
+      journal_(params.journal),
+      mappings_(params.granule_bytes, params.type == DomainType::kUnmanaged),
+      next_mapping_id_(std::max<uint64_t>(1, params.first_mapping_id)),
+      mapping_ids_reserved_(next_mapping_id_) {}
 
 Domain::~Domain() = default;
 
@@ -144,6 +148,27 @@ absl::Status Domain::NeedsIovaCookie(const char* call) const {
                                     call, DomainTypeName(type_)));
 }
 
+DomainState Domain::State() const {
+  absl::ReaderMutexLock l(&mu_);
+  return StateLocked();
+}
+
+DomainState Domain::StateLocked() const {
+  DomainState s{.domain_id = id_,
+                .smmu = smmu_->config.name,
+                .type = type_,
+                .granule_bytes = granule_bytes_,
+                .owner = owner_,
+                .default_of = default_of_,
+                .granted = granted_,
+                .session_id = session_id_,
+                .mapping_ids_reserved = mapping_ids_reserved_};
+  if (const auto* w = std::get_if<MsiWindowCookie>(&cookie_)) {
+    s.msi_window = std::make_pair(w->base, w->size_bytes);
+  }
+  return s;
+}
+
 void Domain::ReleaseContext() {
   if (type_ == DomainType::kIdentity || type_ == DomainType::kBlocked) return;
   absl::MutexLock l(&smmu_->mu);
@@ -160,6 +185,81 @@ void Domain::FreeIova(Iova iova, uint64_t size_bytes) {
 }
 
 // --- Transaction -------------------------------------------------------------------
+
+void Domain::Transaction::ReserveMappingIds() {
+  d_.mapping_ids_reserved_ = d_.next_mapping_id_ + kMappingIdBlock;
+  domain_changed_ = true;
+}
+
+void Domain::Transaction::JournalChanges() {
+  // Each touched start once: present now means put, absent means delete.
+  if (touched_.size() > 1) {
+    std::sort(touched_.begin(), touched_.end());
+    touched_.erase(std::unique(touched_.begin(), touched_.end()), touched_.end());
+  }
+  for (const uint64_t start : touched_) {
+    if (const MappingRecord* m = d_.mappings_.FindStart(start)) {
+      changes_.mapping_puts.push_back({d_.id_, m});
+    } else {
+      changes_.mapping_deletes.push_back({d_.id_, Iova(start)});
+    }
+  }
+  touched_.clear();
+  if (domain_changed_ && changes_.domain_deletes.empty()) {
+    changes_.domain_puts.push_back(d_.StateLocked());
+  }
+  domain_changed_ = false;
+  if (changes_.empty()) return;
+  const uint64_t ticket = d_.journal_->Commit(changes_);
+  pending_journal_ticket = std::max(pending_journal_ticket, ticket);
+  changes_ = StateChanges();
+}
+
+absl::Status Domain::Transaction::Restore(MappingRecord&& m) {
+  d_.mu_.AssertHeld();
+  const uint64_t start = m.iova.value();
+  auto fail = [&](absl::string_view why) {
+    return absl::InternalError(absl::StrFormat("domain %d: mapping %d at IOVA %#x: %s", d_.id_,
+                                               m.mapping_id, start, why));
+  };
+  if (m.iova_size_bytes == 0 || start + (m.iova_size_bytes - 1) < start ||
+      start + (m.iova_size_bytes - 1) > d_.aperture_end_) {
+    return fail("outside the aperture");
+  }
+  if (d_.mappings_.Find(start) != nullptr ||
+      d_.mappings_.Find(start + (m.iova_size_bytes - 1)) != nullptr) {
+    return fail("overlaps another mapping");
+  }
+  if (d_.pgtable_ == nullptr) return fail("the domain does not translate");
+  auto* c = std::get_if<IovaCookie>(&d_.cookie_);
+  if (m.iova_from_allocator) {
+    if (c == nullptr) return fail("its IOVA came from an allocator the domain lacks");
+    if (absl::Status s = c->iovad->ClaimIova(m.iova, m.iova_size_bytes); !s.ok()) {
+      return fail(s.message());
+    }
+  }
+  if (absl::Status s = MapRanges(m.pt_ranges, m.prot); !s.ok()) {
+    if (m.iova_from_allocator) d_.FreeIova(m.iova, m.iova_size_bytes);
+    return fail(s.message());
+  }
+  if (m.kind == MappingKind::kMsi) {
+    const uint64_t page = m.pt_ranges.front().second.start.value();
+    std::visit(Overloaded{
+                   [&](NoCookie&) {},
+                   [&](IovaCookie& ic) { ic.msi_pages[page] = start; },
+                   [&](MsiWindowCookie& w) {
+                     w.msi_pages[page] = start;
+                     w.next_offset = std::max(w.next_offset, start + d_.granule_bytes_ - w.base);
+                   },
+               },
+               d_.cookie_);
+  }
+  d_.mapped_bytes_ += m.mapped_bytes;
+  d_.next_mapping_id_ = std::max(d_.next_mapping_id_, m.mapping_id + 1);
+  d_.mapping_ids_reserved_ = std::max(d_.mapping_ids_reserved_, d_.next_mapping_id_);
+  d_.mappings_.Insert(std::move(m));
+  return absl::OkStatus();
+}
 
 void Domain::Transaction::CompleteInvalidations() {
   if (!leaf_ranges_.empty()) {
@@ -237,9 +337,9 @@ void Domain::Transaction::Remove(uint64_t iova_start) {
 
   IotlbGather gather;
   gather.queued = !d_.strict_;
-  for (const auto& [iova, size] : m.pt_ranges) {
-    const auto r = d_.pgtable_->Unmap(iova, size, &gather);
-    assert(r.ok() && *r == size);
+  for (const auto& [iova, run] : m.pt_ranges) {
+    const auto r = d_.pgtable_->Unmap(iova, run.size_bytes, &gather);
+    assert(r.ok() && *r == run.size_bytes);
     (void)r;
   }
   auto* c = std::get_if<IovaCookie>(&d_.cookie_);
@@ -248,8 +348,8 @@ void Domain::Transaction::Remove(uint64_t iova_start) {
     // queued invalidation; the IOVA is released only after it.
     {
       absl::MutexLock l(&d_.smmu_->mu);
-      for (const auto& [iova, size] : m.pt_ranges) {
-        const auto r = d_.smmu_->iotlb->MarkStale(d_.tag_, iova, size);
+      for (const auto& [iova, run] : m.pt_ranges) {
+        const auto r = d_.smmu_->iotlb->MarkStale(d_.tag_, iova, run.size_bytes);
         assert(r.ok());
         (void)r;
       }
@@ -269,6 +369,7 @@ void Domain::Transaction::Remove(uint64_t iova_start) {
     if (m.iova_from_allocator) iova_frees_.push_back({m.iova, m.iova_size_bytes});
   }
   releaser_.Unmapped(d_, m);
+  if (d_.journal_ != nullptr) touched_.push_back(iova_start);
   d_.mappings_.Erase(iova_start);
 }
 
@@ -322,7 +423,10 @@ absl::Status Domain::Transaction::SetMsiWindow(uint64_t base, uint64_t size_byte
       },
       d_.cookie_);
   RETURN_IF_ERROR(st);
-  if (!already) d_.cookie_ = MsiWindowCookie{.base = base, .size_bytes = size_bytes};
+  if (!already) {
+    d_.cookie_ = MsiWindowCookie{.base = base, .size_bytes = size_bytes};
+    domain_changed_ = true;
+  }
   return absl::OkStatus();
 }
 
@@ -345,7 +449,7 @@ absl::StatusOr<Domain::Transaction::MsiPage> Domain::Transaction::MapMsiPage(uin
     rec.iova_from_allocator = from_allocator;
     rec.dma_offset = doorbell - page;
     rec.prot = prot;
-    rec.pt_ranges = {{iova, g}};
+    rec.pt_ranges = {{iova, {PhysAddr(page), g}}};
     rec.pieces = {{iova + (doorbell - page), PhysAddr(doorbell), 4}};
     return MsiPage{.iova = iova, .newly_mapped = true};
   };

@@ -35,6 +35,7 @@
 #include "core/base/types.h"
 #include "core/broker/broker_mappings.h"
 #include "core/broker/broker_types.h"
+#include "core/broker/state.h"
 #include "core/broker/topology.h"
 #include "core/iotlb/flush_queue.h"
 #include "core/iotlb/iotlb.h"
@@ -116,6 +117,7 @@ struct DomainParams {
   uint64_t granule_bytes = 0;  // 0: the SMMU's smallest
   std::string owner;           // creating device; "" for admin-created and default domains
   bool is_default = false;
+  std::string default_of;  // the device whose default domain it is (is_default)
   std::vector<std::string> granted;  // devices besides the owner that may attach
   uint64_t session_id = 0;
   bool try_32bit_first = false;  // PCI default domains (SAC addressing)
@@ -123,6 +125,10 @@ struct DomainParams {
   uint32_t flush_queue_capacity = 256;
   absl::Duration flush_queue_timeout = absl::Milliseconds(10);
   std::function<absl::Time()> now = absl::Now;
+  // Where its transactions' commits are journaled (none when null), and the
+  // first mapping id to hand out (a restored domain's reserved ids).
+  Journal* journal = nullptr;
+  uint64_t first_mapping_id = 1;
 };
 
 // One I/O address space. Its identity (id, type, SMMU, owner, grants,
@@ -143,6 +149,7 @@ class alignas(64) Domain {
   Smmu& smmu() const { return *smmu_; }
   const std::string& owner() const { return owner_; }
   bool is_default() const { return is_default_; }
+  const std::string& default_of() const { return default_of_; }
   const std::vector<std::string>& granted() const { return granted_; }
   uint64_t session_id() const { return session_id_; }
   uint64_t granule_bytes() const { return granule_bytes_; }
@@ -155,6 +162,9 @@ class alignas(64) Domain {
   bool has_iova_cookie() const { return type_ == DomainType::kDma || type_ == DomainType::kDmaFq; }
   // FAILED_PRECONDITION naming `call`, which needs a DMA or DMA_FQ domain.
   absl::Status NeedsIovaCookie(const char* call) const;
+
+  // Its durable record (docs/design.md#durable-state).
+  DomainState State() const ABSL_LOCKS_EXCLUDED(mu_);
 
   // Returns the translation context to the SMMU (its IOTLB entries dropped).
   // Once, when the domain is destroyed, after its last mapping is gone.
@@ -169,12 +179,17 @@ class alignas(64) Domain {
   Domain(Smmu* smmu, DomainParams params);
   // Frees an IOVA allocation of the IOVA cookie.
   void FreeIova(Iova iova, uint64_t size_bytes) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  DomainState StateLocked() const ABSL_SHARED_LOCKS_REQUIRED(mu_);
+
+  // Mapping ids are reserved in the journal this many at a time.
+  static constexpr uint64_t kMappingIdBlock = 4096;
 
   const uint64_t id_;
   const DomainType type_;
   Smmu* const smmu_;
   const std::string owner_;
   const bool is_default_;
+  const std::string default_of_;
   const std::vector<std::string> granted_;
   const uint64_t session_id_;
   const uint64_t granule_bytes_;
@@ -185,6 +200,7 @@ class alignas(64) Domain {
   TlbTag tag_;            // set once by Create
   const bool strict_;
   std::unique_ptr<DomainFlushOps> flush_ops_;  // set once by Create
+  Journal* const journal_;
 
   mutable absl::Mutex mu_;                                      // lock order 2
   std::unique_ptr<IoPgtableOps> pgtable_ ABSL_GUARDED_BY(mu_);  // null: IDENTITY/BLOCKED
@@ -192,6 +208,8 @@ class alignas(64) Domain {
   MappingTable mappings_ ABSL_GUARDED_BY(mu_);  // by IOVA start
   uint64_t mapped_bytes_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t next_mapping_id_ ABSL_GUARDED_BY(mu_) = 1;
+  // Ids below this are reserved in the journal (never handed out again).
+  uint64_t mapping_ids_reserved_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
 // Shared access to a domain's state (views, stats, translation walks).
@@ -227,7 +245,11 @@ class ABSL_SCOPED_LOCKABLE Domain::Reader {
 
 // Exclusive access to a domain for one operation or one run of them (a
 // Batch message). See the file comment for what its commit does and in which
-// order; the destructor commits.
+// order; the destructor commits. With a journal, the commit also writes the
+// records of the mappings it inserted and the keys of those it removed (a
+// mapping made and removed in one transaction writes nothing), with
+// whatever the caller added to changes(), as one change set: after the
+// invalidations, before the releaser returns memory.
 class ABSL_SCOPED_LOCKABLE Domain::Transaction {
  public:
   Transaction(Domain& d, MappingReleaser& releaser) ABSL_EXCLUSIVE_LOCK_FUNCTION(d.mu_)
@@ -278,6 +300,8 @@ class ABSL_SCOPED_LOCKABLE Domain::Transaction {
   MappingRecord& Insert(Iova iova, uint64_t iova_size_bytes, uint64_t mapped_bytes) {
     d_.mu_.AssertHeld();
     MappingRecord& record = d_.mappings_.Emplace(iova, iova_size_bytes);
+    if (d_.next_mapping_id_ >= d_.mapping_ids_reserved_) [[unlikely]] ReserveMappingIds();
+    if (d_.journal_ != nullptr) touched_.push_back(iova.value());
     record.mapping_id = d_.next_mapping_id_++;
     record.mapped_bytes = mapped_bytes;
     d_.mapped_bytes_ += mapped_bytes;
@@ -309,15 +333,29 @@ class ABSL_SCOPED_LOCKABLE Domain::Transaction {
   // doorbell's physical address inside the page.
   absl::StatusOr<MsiPage> MapMsiPage(uint64_t page, uint64_t doorbell, uint64_t limit);
 
+  // Records the commit writes besides the mappings (e.g. the domain's own
+  // deletion when it is torn down).
+  StateChanges& changes() { return changes_; }
+
+  // Recovery: enters a journaled mapping at its recorded IOVA and pages
+  // (its IOVA claimed from the cookie, its ranges written to the page
+  // table), without journaling it again. The caller sets the record's owner
+  // and buffer pointers. INTERNAL naming the record when it does not fit
+  // (an IOVA or range taken, outside the aperture), changing nothing.
+  absl::Status Restore(MappingRecord&& record);
+
  private:
   // Invalidates, frees IOVAs and releases as the file comment says (the
   // destructor's work, before it unlocks).
   void Commit() {
     d_.mu_.AssertHeld();
     if (!leaf_ranges_.empty() || !iova_frees_.empty()) CompleteInvalidations();
+    if (d_.journal_ != nullptr) JournalChanges();
     releaser_.ReleaseUnmapped();
   }
   void CompleteInvalidations() ABSL_EXCLUSIVE_LOCKS_REQUIRED(d_.mu_);
+  void JournalChanges() ABSL_EXCLUSIVE_LOCKS_REQUIRED(d_.mu_);
+  void ReserveMappingIds() ABSL_EXCLUSIVE_LOCKS_REQUIRED(d_.mu_);
 
   Domain& d_;
   MappingReleaser& releaser_;
@@ -327,6 +365,11 @@ class ABSL_SCOPED_LOCKABLE Domain::Transaction {
   // Inline room for a unary operation's, so it allocates nothing.
   absl::InlinedVector<std::pair<uint64_t, uint64_t>, 2> leaf_ranges_;
   absl::InlinedVector<std::pair<Iova, uint64_t>, 2> iova_frees_;
+  // Journal: IOVA starts of mappings inserted or removed, whether the
+  // domain's record changed, and what the caller added.
+  absl::InlinedVector<uint64_t, 2> touched_;
+  bool domain_changed_ = false;
+  StateChanges changes_;
 };
 
 }  // namespace iommu::core::internal

@@ -63,7 +63,7 @@ Iova MapAndCache(Smmu& smmu, Domain& d, MappingReleaser& r, PhysAddr phys) {
   EXPECT_TRUE(txn.MapRanges({{*iova, {phys, kPage}}}, Prot::kRead | Prot::kWrite).ok());
   MappingRecord& rec = txn.Insert(*iova, kPage, kPage);
   rec.iova_from_allocator = true;
-  rec.pt_ranges.push_back({*iova, kPage});
+  rec.pt_ranges.push_back({*iova, {phys, kPage}});
   auto walk = txn.pgtable()->Walk(*iova);
   EXPECT_TRUE(walk.ok());
   absl::MutexLock l(&smmu.mu);

@@ -31,6 +31,22 @@ absl::StatusOr<uint64_t> SessionTable::Open(const std::string& device, absl::Dur
   return id;
 }
 
+absl::Status SessionTable::Restore(uint64_t session_id, const std::string& device,
+                                   absl::Duration ttl, absl::Time now) {
+  if (session_id == 0 || sessions_.contains(session_id)) {
+    return absl::InternalError(absl::StrFormat("session %d: id 0 or recorded twice", session_id));
+  }
+  SessionInfo info{.session_id = session_id,
+                   .gate = std::make_shared<SessionGate>(),
+                   .device = device,
+                   .ttl = ttl,
+                   .deadline = now + ttl};
+  by_deadline_.insert({info.deadline, session_id});
+  sessions_.emplace(session_id, std::move(info));
+  ++per_device_[device];
+  return absl::OkStatus();
+}
+
 uint64_t SessionTable::CountFor(const std::string& device) const {
   auto it = per_device_.find(device);
   return it == per_device_.end() ? 0 : it->second;

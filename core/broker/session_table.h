@@ -23,6 +23,7 @@
 // the table); Expire is O(k log n) for k expired sessions.
 
 #include <cstdint>
+#include <algorithm>
 #include <map>
 #include <memory>
 #include <set>
@@ -72,6 +73,16 @@ class SessionTable {
   // `gates`, appends their gates for the caller to close).
   std::vector<uint64_t> Expire(absl::Time now,
                                std::vector<std::shared_ptr<SessionGate>>* gates = nullptr);
+
+  // Recovery: a journaled session, its lease restarted at now + ttl.
+  // INTERNAL for an id 0 or entered twice.
+  absl::Status Restore(uint64_t session_id, const std::string& device, absl::Duration ttl,
+                       absl::Time now);
+  // The id permutation and the next counter it will permute (journaled so
+  // that ids continue, never repeat, after a restart).
+  const IdPermutation& ids() const { return ids_; }
+  uint64_t next_counter() const { return next_counter_; }
+  void set_next_counter(uint64_t next) { next_counter_ = std::max(next_counter_, next); }
 
   const SessionInfo* Find(uint64_t session_id) const;
   size_t size() const { return sessions_.size(); }

@@ -1,0 +1,61 @@
+#ifndef IOMMU_STORE_STATE_CODEC_H_
+#define IOMMU_STORE_STATE_CODEC_H_
+
+// The broker's state records as key-value entries: keys that name each live
+// object and sort by it, values framed as a CRC-32C and a protobuf message
+// (proto/iommu/state/v1/records.proto; docs/design.md#durable-state).
+//
+// Keys: "v" schema; "c"+counter byte; "k" session key; "d"+domain;
+// "a"+device name; "b"+buffer; "e"+export; "s"+session; "m"+domain+IOVA.
+// Numbers are 8-byte big-endian, so a prefix scan returns them in order.
+// Value: crc32c(key || message) as 4 bytes little-endian, then the message.
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "core/broker/state.h"
+#include "store/kv_store.h"
+
+namespace iommu::store {
+
+// The version this build writes; it reads every version from 1 up to it.
+inline constexpr uint32_t kSchemaVersion = 1;
+
+// The key-value writes of one commit, owning their bytes. Reused across
+// commits (clear() keeps capacity).
+class EncodedChanges {
+ public:
+  void Encode(const core::StateChanges& changes);
+  absl::Span<const KvWrite> writes() const { return writes_; }
+  size_t size() const { return writes_.size(); }
+
+ private:
+  void Put(std::string key, std::string_view message_bytes);
+  void Delete(std::string key);
+
+  std::vector<std::string> keys_;
+  std::vector<std::string> values_;
+  std::vector<bool> is_delete_;
+  std::vector<KvWrite> writes_;
+  std::string scratch_;
+};
+
+// The schema record's entry.
+KvWrite SchemaWrite(std::string* key, std::string* value, std::string_view written_by);
+
+// Decodes one stored entry into `state` (appending). DATA_LOSS naming the
+// key for a checksum mismatch or an unparseable message; FAILED_PRECONDITION
+// for a schema version newer than this build reads; INVALID_ARGUMENT for an
+// unknown key prefix. `schema_version` receives the version record's value.
+absl::Status DecodeEntry(std::string_view key, std::string_view value, core::DurableState* state,
+                         uint32_t* schema_version);
+
+// The key, printable (for messages): "m/3/0x1000", "b/17", "a/nic0", ...
+std::string DescribeKey(std::string_view key);
+
+}  // namespace iommu::store
+
+#endif  // IOMMU_STORE_STATE_CODEC_H_
