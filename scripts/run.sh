@@ -2,7 +2,10 @@
 # `make run`: iommud on the built-in default topology, plus `iommuctl simulate`
 # demo traffic (one client per device profile) when iommuctl is built, so every
 # metric moves. Prints where to reach it; Ctrl-C stops everything.
-# Overrides: BUILD_DIR, IOMMUD_SOCKET, IOMMUD_TCP, IOMMUD_METRICS, IOMMUD_FLAGS.
+# Its state store is $BUILD_DIR/iommud-state, so a second `make run` finds the
+# first one's domains, buffers and mappings (delete the directory to start
+# afresh).
+# Overrides: BUILD_DIR, IOMMUD_SOCKET, IOMMUD_TCP, IOMMUD_METRICS, IOMMUD_STATE_DIR, IOMMUD_FLAGS.
 set -euo pipefail
 
 BUILD_DIR=${BUILD_DIR:-build}
@@ -11,6 +14,7 @@ IOMMUCTL=$BUILD_DIR/client/iommuctl
 SOCKET=${IOMMUD_SOCKET:-/tmp/iommud.sock}
 TCP=${IOMMUD_TCP:-127.0.0.1:50051}
 METRICS=${IOMMUD_METRICS:-127.0.0.1:9477}
+STATE_DIR=${IOMMUD_STATE_DIR:-$BUILD_DIR/iommud-state}
 PROFILES=(nic nvme gpu camera untrusted)
 
 if [ ! -x "$IOMMUD" ]; then
@@ -31,7 +35,8 @@ stop() {
 trap stop INT TERM EXIT
 
 # shellcheck disable=SC2086
-"$IOMMUD" --listen="unix:$SOCKET,$TCP" --metrics_listen="$METRICS" ${IOMMUD_FLAGS:-} &
+"$IOMMUD" --listen="unix:$SOCKET,$TCP" --metrics_listen="$METRICS" --state_dir="$STATE_DIR" \
+  ${IOMMUD_FLAGS:-} &
 daemon_pid=$!
 pids+=("$daemon_pid")
 
@@ -60,6 +65,7 @@ cat <<BANNER
   iommud is serving the default topology.
     gRPC      unix:$SOCKET   and   $TCP   (--auth=none: demo only)
     metrics   http://$METRICS/metrics
+    state     $STATE_DIR   (survives a restart; rm -r it to start afresh)
     traffic   $traffic
   Try:
     $IOMMUCTL --target=unix:$SOCKET --device=nic0 stats

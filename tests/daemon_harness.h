@@ -2,9 +2,10 @@
 #define IOMMU_TESTS_DAEMON_HARNESS_H_
 
 // Starts the real `iommud` binary for integration tests: a temp directory
-// for its Unix socket and log, TCP, metrics and health on free ports (port 0,
-// read back from its "serving" log line), and a SIGTERM stop that reports
-// the exit code. Every wait is bounded.
+// for its Unix socket, log and state store (<dir>/state), TCP, metrics and
+// health on free ports (port 0, read back from its "serving" log line), a
+// SIGTERM stop that reports the exit code, a SIGKILL, and a restart on the
+// same directory and state. Every wait is bounded.
 
 #include <fcntl.h>
 #include <grpcpp/grpcpp.h>
@@ -15,6 +16,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
@@ -58,13 +60,40 @@ class DaemonProcess {
     socket_path_ = dir_ + "/iommud.sock";
     log_path_ = dir_ + "/iommud.log";
     out_path_ = dir_ + "/iommud.out";
+    flags_ = std::move(extra_flags);
+    ready_ = ready;
+    return Launch();
+  }
+
+  // Starts iommud again on the same directory, state and flags (after Stop
+  // or Kill); the previous run's log moves to log.N.
+  bool Restart() {
+    if (pid_ > 0) return false;
+    rename(log_path_.c_str(), (log_path_ + "." + std::to_string(++runs_)).c_str());
+    return Launch();
+  }
+
+  // SIGKILL (a crash: no drain, nothing flushed by the daemon itself).
+  void Kill() {
+    if (pid_ <= 0) return;
+    kill(pid_, SIGKILL);
+    waitpid(pid_, nullptr, 0);
+    pid_ = -1;
+  }
+
+  // The state store's directory (--state_dir, unless the flags override it).
+  std::string state_dir() const { return dir_ + "/state"; }
+
+ private:
+  bool Launch() {
+    const Ready ready = ready_;
     exit_code_.reset();
     tcp_address_.clear();
     metrics_address_.clear();
     health_address_.clear();
     std::vector<std::string> args = {IOMMUD_PATH, "--listen=unix:" + socket_path_ + ",127.0.0.1:0",
-                                     "--metrics_listen=127.0.0.1:0"};
-    for (auto& f : extra_flags) args.push_back(std::move(f));
+                                     "--metrics_listen=127.0.0.1:0", "--state_dir=" + state_dir()};
+    for (const auto& f : flags_) args.push_back(f);
     pid_ = fork();
     if (pid_ == 0) {
       int out = open(out_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
@@ -101,6 +130,7 @@ class DaemonProcess {
     return false;
   }
 
+ public:
   // SIGTERM, then waits up to `timeout`; the exit code, or nullopt when it
   // had to be killed.
   std::optional<int> Stop(std::chrono::seconds timeout = std::chrono::seconds(20)) {
@@ -164,6 +194,9 @@ class DaemonProcess {
   }
 
   pid_t pid_ = -1;
+  std::vector<std::string> flags_;
+  Ready ready_ = Ready::kServingLine;
+  int runs_ = 0;
   std::optional<int> exit_code_;
   std::string dir_, socket_path_, log_path_, out_path_, tcp_address_, metrics_address_,
       health_address_;

@@ -39,6 +39,11 @@ FAMILIES = [
     "iommu_iova_free_range_size_bytes_bucket", "iommu_pool_free_bytes",
     "process_cpu_seconds_total", "process_resident_memory_bytes", "process_open_fds",
     "process_start_time_seconds",
+    # the state store
+    "iommu_store_commit_duration_seconds_bucket", "iommu_store_commits_total",
+    "iommu_store_writes_total", "iommu_store_size_bytes", "iommu_store_recovery_duration_seconds",
+    "iommu_store_recovered_records", "iommu_store_recovered_mappings",
+    "iommu_store_recovery_repairs",
 ]
 
 # Counters that a Map/Translate/Unmap workload must move.
@@ -52,6 +57,7 @@ MOVING = [
     'sum(iommu_faults_total{type="translation"})',
     'sum(iommu_iotlb_invalidations_total)',
     'sum(grpc_server_handled_total{grpc_code="NotFound"})',
+    'sum(iommu_store_commits_total)', 'sum(iommu_store_commit_duration_seconds_count)',
 ]
 
 DEADLINE_S = 60
@@ -168,7 +174,9 @@ def main():
         sock = os.path.join(tmp, "iommud.sock")
         log = open(os.path.join(tmp, "iommud.log"), "w+")
         iommud = subprocess.Popen([args.iommud, f"--listen=unix:{sock}",
-                                   "--metrics_listen=127.0.0.1:0"], stdout=log, stderr=log)
+                                   "--metrics_listen=127.0.0.1:0",
+                                   "--state_dir=" + os.path.join(tmp, "state")],
+                                  stdout=log, stderr=log)
         procs.append(iommud)
 
         def serving():
