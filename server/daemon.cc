@@ -98,6 +98,11 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const DaemonOptions& optio
 
   absl::StatusOr<core::Topology> topology = LoadTopology(options.topology_file);
   if (!topology.ok()) return topology.status();
+  // The topology is checked before the store is opened, so that its errors
+  // name the topology, and a store's name the store.
+  if (absl::Status s = core::ValidateTopology(*topology); !s.ok()) {
+    return absl::Status(s.code(), absl::StrCat("topology: ", s.message()));
+  }
   absl::StatusOr<std::unique_ptr<core::Broker>> broker;
   if (options.state.enabled) {
     const absl::Time start = absl::Now();

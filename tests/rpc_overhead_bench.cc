@@ -4,7 +4,9 @@
 //   map_unmap  Dma.Map then Dma.Unmap of one 4 KiB page (each counted as a call)
 //   batch      Dma.Batch with 2 x 512 ops per message (maps, then unmaps)
 // and prints calls/s, the map_unmap / empty ratio and p50/p99/p99.9 latency.
-// Usage: iommud_rpc_bench [threads=2] [seconds=3]
+// Usage: iommud_rpc_bench [threads=2] [seconds=3] [iommud flags...]
+// (e.g. --no_store, --store_engine=sqlite, --durability=power: the store's
+// cost at the product level; scripts/store_bench.sh alternates them).
 // (`iommuctl bench` is the user-facing benchmark; this isolates the server.)
 
 #include <grpcpp/generic/generic_stub.h>
@@ -70,8 +72,10 @@ const char* kDevices[] = {"nic0", "nvme0", "gpu0", "sata0", "tbt0", "vf0"};
 int Main(int argc, char** argv) {
   const int threads = argc > 1 ? std::atoi(argv[1]) : 2;
   const double seconds = argc > 2 ? std::atof(argv[2]) : 3;
+  std::vector<std::string> flags;
+  for (int i = 3; i < argc; ++i) flags.push_back(argv[i]);
   DaemonProcess daemon;
-  if (!daemon.Start()) {
+  if (!daemon.Start(flags)) {
     std::fprintf(stderr, "iommud did not start:\n%s", daemon.log().c_str());
     return 1;
   }
@@ -186,7 +190,10 @@ int Main(int argc, char** argv) {
     }
   };
 
-  std::printf("iommud over %s, %d client threads, %.1f s each\n", target.c_str(), threads, seconds);
+  std::string flag_text;
+  for (const std::string& f : flags) flag_text += " " + f;
+  std::printf("iommud%s over %s, %d client threads, %.1f s each\n", flag_text.c_str(),
+              target.c_str(), threads, seconds);
   Result empty = Run(threads, seconds, Empty{target});
   Result map_unmap = Run(threads, seconds, MapUnmap{target});
   Result batch = Run(threads, seconds, BatchMaps{target});
