@@ -24,26 +24,63 @@ constexpr char kSessionKey = 's';
 constexpr char kMappingKey = 'm';
 
 void AppendBe64(std::string& key, uint64_t v) {
-  for (int shift = 56; shift >= 0; shift -= 8) key.push_back(char((v >> shift) & 0xff));
+  const uint64_t be = __builtin_bswap64(v);
+  key.append(reinterpret_cast<const char*>(&be), 8);
+}
+
+// --- protobuf wire format, for the mapping record ---------------------------------
+
+constexpr uint32_t kVarint = 0, kLengthDelimited = 2;
+
+void AppendVarint(std::string* out, uint64_t v) {
+  char buf[10];
+  size_t n = 0;
+  while (v >= 0x80) {
+    buf[n++] = char(v | 0x80);
+    v >>= 7;
+  }
+  buf[n++] = char(v);
+  out->append(buf, n);
+}
+
+size_t VarintSize(uint64_t v) {
+  size_t n = 1;
+  while (v >= 0x80) {
+    v >>= 7;
+    ++n;
+  }
+  return n;
+}
+
+// proto3: a zero scalar is not written.
+void AppendField(std::string* out, uint32_t field, uint64_t v) {
+  if (v == 0) return;
+  AppendVarint(out, (field << 3) | kVarint);
+  AppendVarint(out, v);
+}
+
+void AppendBytes(std::string* out, uint32_t field, std::string_view bytes) {
+  if (bytes.empty()) return;
+  AppendVarint(out, (field << 3) | kLengthDelimited);
+  AppendVarint(out, bytes.size());
+  out->append(bytes);
+}
+
+// A packed repeated uint64 field of the values fn(visit) visits.
+template <typename Visit>
+void AppendPacked(std::string* out, uint32_t field, Visit visit) {
+  size_t size = 0;
+  visit([&](uint64_t v) { size += VarintSize(v); });
+  if (size == 0) return;
+  AppendVarint(out, (field << 3) | kLengthDelimited);
+  AppendVarint(out, size);
+  visit([&](uint64_t v) { AppendVarint(out, v); });
 }
 
 uint64_t ReadBe64(std::string_view bytes) {
   uint64_t v = 0;
   for (int i = 0; i < 8; ++i) v = (v << 8) | uint8_t(bytes[i]);
   return v;
-}
-
-std::string IdKey(char prefix, uint64_t id) {
-  std::string key(1, prefix);
-  AppendBe64(key, id);
-  return key;
-}
-
-std::string MappingKey(uint64_t domain_id, uint64_t iova) {
-  std::string key(1, kMappingKey);
-  AppendBe64(key, domain_id);
-  AppendBe64(key, iova);
-  return key;
 }
 
 uint32_t RecordCrc(std::string_view key, std::string_view message) {
@@ -124,36 +161,6 @@ void AddRuns(const Runs& runs, Field* out) {
   }
 }
 
-void EncodeMapping(const core::MappingState& m, pb::MappingRecord* r) {
-  r->set_mapping_id(m.mapping_id);
-  r->set_kind(ToProto(m.kind));
-  r->set_device(m.device);
-  r->set_session_id(m.session_id);
-  r->set_iova(m.iova.value());
-  r->set_iova_size_bytes(m.iova_size_bytes);
-  r->set_iova_from_allocator(m.iova_from_allocator);
-  r->set_dma_offset(m.dma_offset);
-  r->set_prot(uint32_t(m.prot));
-  for (const auto& [iova, run] : m.pt_ranges) {
-    r->add_pt_ranges(iova.value());
-    r->add_pt_ranges(run.start.value());
-    r->add_pt_ranges(run.size_bytes);
-  }
-  for (const core::internal::MappedPiece& p : m.pieces) {
-    r->add_pieces(p.iova.value());
-    r->add_pieces(p.phys.value());
-    r->add_pieces(p.size_bytes);
-  }
-  for (const core::internal::BufferRef& b : m.buffer_refs) r->add_buffer_ids(b.id);
-  r->set_owned_buffer_id(m.owned_buffer_id);
-  r->set_export_id(m.export_id);
-  r->set_mapped_bytes(m.mapped_bytes);
-  for (const core::DmaSegment& s : m.segments) {
-    r->add_segments(s.dma_addr.value());
-    r->add_segments(s.length_bytes);
-  }
-}
-
 // --- decoding --------------------------------------------------------------------
 
 absl::Status Damaged(std::string_view key, absl::string_view why) {
@@ -177,8 +184,8 @@ absl::Status KeyLength(std::string_view key, size_t want) {
 
 absl::Status Pairs(std::string_view key, int n, int arity, absl::string_view field) {
   if (n % arity != 0) {
-    return Damaged(key, absl::StrFormat("%s holds %d values, not a multiple of %d", field, n,
-                                        arity));
+    return Damaged(key,
+                   absl::StrFormat("%s holds %d values, not a multiple of %d", field, n, arity));
   }
   return absl::OkStatus();
 }
@@ -243,14 +250,17 @@ std::vector<core::PhysRun> RunsFrom(const Field& f) {
 absl::Status DecodeMapping(std::string_view key, std::string_view bytes,
                            core::DurableState* state) {
   if (absl::Status s = KeyLength(key, 17); !s.ok()) return s;
-  pb::MappingRecord r;
+  // One message per thread, cleared for each record: a recovery of a
+  // million mappings reuses its repeated fields' storage.
+  thread_local pb::MappingRecord r;
+  r.Clear();
   if (absl::Status s = Parse(key, bytes, &r); !s.ok()) return s;
   const uint64_t domain_id = ReadBe64(key.substr(1));
   const uint64_t iova = ReadBe64(key.substr(9));
   if (r.iova() != iova) return Damaged(key, absl::StrFormat("holds IOVA %#x", r.iova()));
-  for (auto [field, n, arity] : {std::tuple{"pt_ranges", r.pt_ranges_size(), 3},
-                                 std::tuple{"pieces", r.pieces_size(), 3},
-                                 std::tuple{"segments", r.segments_size(), 2}}) {
+  for (auto [field, n, arity] :
+       {std::tuple{"pt_ranges", r.pt_ranges_size(), 3}, std::tuple{"pieces", r.pieces_size(), 3},
+        std::tuple{"segments", r.segments_size(), 2}}) {
     if (absl::Status s = Pairs(key, n, arity, field); !s.ok()) return s;
   }
   if (r.pt_ranges_size() == 0) return Damaged(key, "no page-table ranges");
@@ -267,12 +277,11 @@ absl::Status DecodeMapping(std::string_view key, std::string_view bytes,
   m.dma_offset = r.dma_offset();
   m.prot = core::Prot(r.prot());
   for (int i = 0; i < r.pt_ranges_size(); i += 3) {
-    m.pt_ranges.push_back({core::Iova(r.pt_ranges(i)),
-                           {core::PhysAddr(r.pt_ranges(i + 1)), r.pt_ranges(i + 2)}});
+    m.pt_ranges.push_back(
+        {core::Iova(r.pt_ranges(i)), {core::PhysAddr(r.pt_ranges(i + 1)), r.pt_ranges(i + 2)}});
   }
   for (int i = 0; i < r.pieces_size(); i += 3) {
-    m.pieces.push_back(
-        {core::Iova(r.pieces(i)), core::PhysAddr(r.pieces(i + 1)), r.pieces(i + 2)});
+    m.pieces.push_back({core::Iova(r.pieces(i)), core::PhysAddr(r.pieces(i + 1)), r.pieces(i + 2)});
   }
   for (uint64_t id : r.buffer_ids()) m.buffer_refs.push_back({.id = id});
   m.owned_buffer_id = r.owned_buffer_id();
@@ -359,15 +368,15 @@ absl::Status DecodeRecord(std::string_view key, std::string_view bytes, core::Du
       if (absl::Status s = Parse(key, bytes, &r); !s.ok()) return s;
       if (r.export_id() != ReadBe64(key.substr(1))) return Damaged(key, "holds another id");
       if (absl::Status s = Pairs(key, r.chunks_size(), 2, "chunks"); !s.ok()) return s;
-      state->exports.push_back({.export_id = r.export_id(),
-                                .token = r.token(),
-                                .exporter = r.exporter(),
-                                .exporter_granule = r.exporter_granule_bytes(),
-                                .chunks = RunsFrom(r.chunks()),
-                                .buffer_ids = {r.buffer_ids().begin(), r.buffer_ids().end()},
-                                .importers_allowed = {r.importers_allowed().begin(),
-                                                      r.importers_allowed().end()},
-                                .writable = r.writable()});
+      state->exports.push_back(
+          {.export_id = r.export_id(),
+           .token = r.token(),
+           .exporter = r.exporter(),
+           .exporter_granule = r.exporter_granule_bytes(),
+           .chunks = RunsFrom(r.chunks()),
+           .buffer_ids = {r.buffer_ids().begin(), r.buffer_ids().end()},
+           .importers_allowed = {r.importers_allowed().begin(), r.importers_allowed().end()},
+           .writable = r.writable()});
       return absl::OkStatus();
     }
     case kSessionKey: {
@@ -376,8 +385,9 @@ absl::Status DecodeRecord(std::string_view key, std::string_view bytes, core::Du
       if (absl::Status s = Parse(key, bytes, &r); !s.ok()) return s;
       if (r.session_id() != ReadBe64(key.substr(1))) return Damaged(key, "holds another id");
       if (r.ttl_ms() <= 0) return Damaged(key, absl::StrFormat("ttl_ms %d", r.ttl_ms()));
-      state->sessions.push_back(
-          {.session_id = r.session_id(), .device = r.device(), .ttl = absl::Milliseconds(r.ttl_ms())});
+      state->sessions.push_back({.session_id = r.session_id(),
+                                 .device = r.device(),
+                                 .ttl = absl::Milliseconds(r.ttl_ms())});
       return absl::OkStatus();
     }
     case kMappingKey:
@@ -390,54 +400,114 @@ absl::Status DecodeRecord(std::string_view key, std::string_view bytes, core::Du
 
 }  // namespace
 
-void EncodedChanges::Put(std::string key, std::string_view message) {
-  std::string value(4 + message.size(), '\0');
-  const uint32_t crc = RecordCrc(key, message);
-  for (int i = 0; i < 4; ++i) value[i] = char((crc >> (8 * i)) & 0xff);
-  std::memcpy(value.data() + 4, message.data(), message.size());
-  keys_.push_back(std::move(key));
-  values_.push_back(std::move(value));
-  is_delete_.push_back(false);
+size_t EncodedChanges::BeginKey(char prefix) {
+  const size_t at = buf_.size();
+  buf_.push_back(prefix);
+  return at;
 }
 
-void EncodedChanges::Delete(std::string key) {
-  keys_.push_back(std::move(key));
-  values_.emplace_back();
-  is_delete_.push_back(true);
+void EncodedChanges::Put(size_t key_at, std::string_view message) {
+  const size_t key_size = buf_.size() - key_at;
+  const size_t value_at = buf_.size();
+  const uint32_t crc = RecordCrc(std::string_view(buf_).substr(key_at, key_size), message);
+  char frame[4];
+  for (int i = 0; i < 4; ++i) frame[i] = char((crc >> (8 * i)) & 0xff);
+  buf_.append(frame, 4);
+  buf_.append(message);
+  entries_.push_back({key_at, key_size, value_at, buf_.size() - value_at, false});
+}
+
+void EncodedChanges::Delete(size_t key_at) {
+  entries_.push_back({key_at, buf_.size() - key_at, 0, 0, true});
+}
+
+template <typename Message>
+void EncodedChanges::PutMessage(size_t key_at, const Message& m) {
+  m.SerializeToString(&scratch_);
+  Put(key_at, scratch_);
+}
+
+void AppendMappingRecord(const core::MappingState& m, std::string* out) {
+  AppendField(out, 1, m.mapping_id);
+  AppendField(out, 2, uint64_t(ToProto(m.kind)));
+  AppendBytes(out, 3, m.device);
+  AppendField(out, 4, m.session_id);
+  AppendField(out, 5, m.iova.value());
+  AppendField(out, 6, m.iova_size_bytes);
+  AppendField(out, 7, m.iova_from_allocator ? 1 : 0);
+  AppendField(out, 8, m.dma_offset);
+  AppendField(out, 9, uint32_t(m.prot));
+  AppendPacked(out, 10, [&](auto emit) {
+    for (const auto& [iova, run] : m.pt_ranges) {
+      emit(iova.value());
+      emit(run.start.value());
+      emit(run.size_bytes);
+    }
+  });
+  AppendPacked(out, 11, [&](auto emit) {
+    for (const core::internal::MappedPiece& p : m.pieces) {
+      emit(p.iova.value());
+      emit(p.phys.value());
+      emit(p.size_bytes);
+    }
+  });
+  AppendPacked(out, 12, [&](auto emit) {
+    for (const core::internal::BufferRef& b : m.buffer_refs) emit(b.id);
+  });
+  AppendField(out, 13, m.owned_buffer_id);
+  AppendField(out, 14, m.export_id);
+  AppendField(out, 15, m.mapped_bytes);
+  AppendPacked(out, 16, [&](auto emit) {
+    for (const core::DmaSegment& seg : m.segments) {
+      emit(seg.dma_addr.value());
+      emit(seg.length_bytes);
+    }
+  });
 }
 
 void EncodedChanges::Encode(const core::StateChanges& c) {
-  keys_.clear();
-  values_.clear();
-  is_delete_.clear();
+  buf_.clear();
+  entries_.clear();
   writes_.clear();
-  // Deletes of a kind come before its puts: a commit never deletes what it
-  // put (the broker sends each key once), so the order is only for clarity.
-  for (const auto& [domain_id, iova] : c.mapping_deletes) Delete(MappingKey(domain_id, iova.value()));
-  if (!c.mapping_puts.empty()) {
-    pb::MappingRecord r;
-    for (const auto& [domain_id, m] : c.mapping_puts) {
-      r.Clear();
-      EncodeMapping(*m, &r);
-      r.SerializeToString(&scratch_);
-      Put(MappingKey(domain_id, m->iova.value()), scratch_);
-    }
+  for (const auto& [domain_id, iova] : c.mapping_deletes) {
+    const size_t at = BeginKey(kMappingKey);
+    AppendBe64(buf_, domain_id);
+    AppendBe64(buf_, iova.value());
+    Delete(at);
   }
-  for (uint64_t id : c.domain_deletes) Delete(IdKey(kDomainKey, id));
+  for (const auto& [domain_id, m] : c.mapping_puts) {
+    const size_t at = BeginKey(kMappingKey);
+    AppendBe64(buf_, domain_id);
+    AppendBe64(buf_, m->iova.value());
+    scratch_.clear();
+    AppendMappingRecord(*m, &scratch_);
+    Put(at, scratch_);
+  }
+  for (uint64_t id : c.domain_deletes) {
+    const size_t at = BeginKey(kDomainKey);
+    AppendBe64(buf_, id);
+    Delete(at);
+  }
   for (const core::DomainState& d : c.domain_puts) {
     pb::DomainRecord r;
     EncodeDomain(d, &r);
-    r.SerializeToString(&scratch_);
-    Put(IdKey(kDomainKey, d.domain_id), scratch_);
+    const size_t at = BeginKey(kDomainKey);
+    AppendBe64(buf_, d.domain_id);
+    PutMessage(at, r);
   }
   for (const core::AttachmentState& a : c.attachment_puts) {
     pb::AttachmentRecord r;
     r.set_device(a.device);
     r.set_domain_id(a.domain_id);
-    r.SerializeToString(&scratch_);
-    Put(std::string(1, kAttachmentKey) + a.device, scratch_);
+    const size_t at = BeginKey(kAttachmentKey);
+    buf_.append(a.device);
+    PutMessage(at, r);
   }
-  for (uint64_t id : c.buffer_deletes) Delete(IdKey(kBufferKey, id));
+  for (uint64_t id : c.buffer_deletes) {
+    const size_t at = BeginKey(kBufferKey);
+    AppendBe64(buf_, id);
+    Delete(at);
+  }
   for (const core::BufferState& b : c.buffer_puts) {
     pb::BufferRecord r;
     r.set_buffer_id(b.buffer_id);
@@ -447,10 +517,15 @@ void EncodedChanges::Encode(const core::StateChanges& c) {
     r.set_placement(ToProto(b.placement));
     AddRuns(b.runs, r.mutable_runs());
     r.set_backs_alloc(b.backs_alloc);
-    r.SerializeToString(&scratch_);
-    Put(IdKey(kBufferKey, b.buffer_id), scratch_);
+    const size_t at = BeginKey(kBufferKey);
+    AppendBe64(buf_, b.buffer_id);
+    PutMessage(at, r);
   }
-  for (uint64_t id : c.export_deletes) Delete(IdKey(kExportKey, id));
+  for (uint64_t id : c.export_deletes) {
+    const size_t at = BeginKey(kExportKey);
+    AppendBe64(buf_, id);
+    Delete(at);
+  }
   for (const core::ExportState& e : c.export_puts) {
     pb::ExportRecord r;
     r.set_export_id(e.export_id);
@@ -461,35 +536,43 @@ void EncodedChanges::Encode(const core::StateChanges& c) {
     for (uint64_t id : e.buffer_ids) r.add_buffer_ids(id);
     for (const std::string& d : e.importers_allowed) r.add_importers_allowed(d);
     r.set_writable(e.writable);
-    r.SerializeToString(&scratch_);
-    Put(IdKey(kExportKey, e.export_id), scratch_);
+    const size_t at = BeginKey(kExportKey);
+    AppendBe64(buf_, e.export_id);
+    PutMessage(at, r);
   }
-  for (uint64_t id : c.session_deletes) Delete(IdKey(kSessionKey, id));
-  for (const core::SessionState& s : c.session_puts) {
+  for (uint64_t id : c.session_deletes) {
+    const size_t at = BeginKey(kSessionKey);
+    AppendBe64(buf_, id);
+    Delete(at);
+  }
+  for (const core::SessionState& x : c.session_puts) {
     pb::SessionRecord r;
-    r.set_session_id(s.session_id);
-    r.set_device(s.device);
-    r.set_ttl_ms(absl::ToInt64Milliseconds(s.ttl));
-    r.SerializeToString(&scratch_);
-    Put(IdKey(kSessionKey, s.session_id), scratch_);
+    r.set_session_id(x.session_id);
+    r.set_device(x.device);
+    r.set_ttl_ms(absl::ToInt64Milliseconds(x.ttl));
+    const size_t at = BeginKey(kSessionKey);
+    AppendBe64(buf_, x.session_id);
+    PutMessage(at, r);
   }
   for (const auto& [counter, value] : c.counters) {
     pb::CounterRecord r;
     r.set_value(value);
-    r.SerializeToString(&scratch_);
-    Put(std::string{kCounterKey, char(counter)}, scratch_);
+    const size_t at = BeginKey(kCounterKey);
+    buf_.push_back(char(counter));
+    PutMessage(at, r);
   }
   if (c.session_key) {
     pb::SessionKeyRecord r;
     r.set_key0(c.session_key->first);
     r.set_key1(c.session_key->second);
-    r.SerializeToString(&scratch_);
-    Put(std::string(1, kSessionKeyKey), scratch_);
+    PutMessage(BeginKey(kSessionKeyKey), r);
   }
-  writes_.reserve(keys_.size());
-  for (size_t i = 0; i < keys_.size(); ++i) {
-    KvWrite w{.key = keys_[i]};
-    if (!is_delete_[i]) w.value = std::string_view(values_[i]);
+  // Views last: buf_ no longer moves.
+  const std::string_view all(buf_);
+  writes_.reserve(entries_.size());
+  for (const Entry& e : entries_) {
+    KvWrite w{.key = all.substr(e.key_at, e.key_size)};
+    if (!e.is_delete) w.value = all.substr(e.value_at, e.value_size);
     writes_.push_back(w);
   }
 }
@@ -516,8 +599,8 @@ absl::Status DecodeEntry(std::string_view key, std::string_view value, core::Dur
   for (int i = 0; i < 4; ++i) stored |= uint32_t(uint8_t(value[i])) << (8 * i);
   const std::string_view message = value.substr(4);
   if (const uint32_t crc = RecordCrc(key, message); crc != stored) {
-    return Damaged(key, absl::StrFormat("checksum mismatch (stored %08x, computed %08x)", stored,
-                                        crc));
+    return Damaged(key,
+                   absl::StrFormat("checksum mismatch (stored %08x, computed %08x)", stored, crc));
   }
   return DecodeRecord(key, message, state, schema_version);
 }
@@ -551,8 +634,7 @@ std::string DescribeKey(std::string_view key) {
                                                 ReadBe64(key.substr(9)))
                               : "m/? (mapping)";
     default:
-      return absl::StrCat("\"", absl::CHexEscape(absl::string_view(key.data(), key.size())),
-                          "\"");
+      return absl::StrCat("\"", absl::CHexEscape(absl::string_view(key.data(), key.size())), "\"");
   }
 }
 

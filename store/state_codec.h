@@ -33,15 +33,29 @@ class EncodedChanges {
   size_t size() const { return writes_.size(); }
 
  private:
-  void Put(std::string key, std::string_view message_bytes);
-  void Delete(std::string key);
+  struct Entry {
+    size_t key_at, key_size, value_at, value_size;
+    bool is_delete;
+  };
+  // Appends a key to buf_ and returns where it starts.
+  size_t BeginKey(char prefix);
+  void Put(size_t key_at, std::string_view message_bytes);
+  void Delete(size_t key_at);
+  // Encodes a message as its entry's value (framed).
+  template <typename Message>
+  void PutMessage(size_t key_at, const Message& m);
 
-  std::vector<std::string> keys_;
-  std::vector<std::string> values_;
-  std::vector<bool> is_delete_;
+  // Every key and value of the commit, back to back: one buffer, reused.
+  std::string buf_;
+  std::vector<Entry> entries_;
   std::vector<KvWrite> writes_;
   std::string scratch_;
 };
+
+// A mapping record in the wire format of iommu.state.v1.MappingRecord,
+// written directly (the commit path's hot record; the generated parser
+// reads it, and a test checks both agree field by field).
+void AppendMappingRecord(const core::MappingState& m, std::string* out);
 
 // The schema record's entry.
 KvWrite SchemaWrite(std::string* key, std::string* value, std::string_view written_by);

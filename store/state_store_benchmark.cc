@@ -67,8 +67,8 @@ void BM_Recover(benchmark::State& state) {
     }
     auto broker = core::Broker::Create(core::DefaultTopology(), {.journal = store->get()});
     const uint64_t buffer_pages = 1024;
-    auto buffer = (*broker)->AllocBuffer(kNic, "nic0", buffer_pages * kPage,
-                                         core::Placement::kScattered);
+    auto buffer =
+        (*broker)->AllocBuffer(kNic, "nic0", buffer_pages * kPage, core::Placement::kScattered);
     MapMany(**broker, buffer->buffer_id, buffer_pages, mappings, 1024);
     size_bytes = (*store)->Stats().size_bytes;
   }
@@ -78,10 +78,11 @@ void BM_Recover(benchmark::State& state) {
     RecoveryInfo info;
     auto store = StateStore::Open({.kv = kv}, &recovered, &info);
     const absl::Time read = absl::Now();
+    const size_t recovered_mappings = recovered.mappings.size();
     auto broker = core::Broker::Restore(core::DefaultTopology(), {.journal = store->get()},
-                                        recovered);
+                                        std::move(recovered));
     const absl::Time done = absl::Now();
-    if (!broker.ok() || recovered.mappings.size() != mappings) {
+    if (!broker.ok() || recovered_mappings != mappings) {
       state.SkipWithError("restore failed");
       return;
     }
@@ -117,8 +118,7 @@ void BM_BatchMapUnmap(benchmark::State& state) {
   }
   auto broker = core::Broker::Create(core::DefaultTopology(), {.journal = store.get()});
   constexpr uint64_t kRun = 512;
-  auto buffer =
-      (*broker)->AllocBuffer(kNic, "nic0", kRun * kPage, core::Placement::kScattered);
+  auto buffer = (*broker)->AllocBuffer(kNic, "nic0", kRun * kPage, core::Placement::kScattered);
   std::vector<core::DmaBatchOp> ops;
   std::vector<core::DmaBatchResult> results(2 * kRun);
   std::vector<core::Iova> live;
@@ -126,8 +126,9 @@ void BM_BatchMapUnmap(benchmark::State& state) {
     ops.clear();
     for (core::Iova a : live) ops.push_back(core::UnmapRequest{a});
     for (uint64_t i = 0; i < kRun; ++i) {
-      ops.push_back(core::MapRequest{
-          .mem = {.buffer_id = buffer->buffer_id, .offset_bytes = i * kPage, .length_bytes = kPage}});
+      ops.push_back(core::MapRequest{.mem = {.buffer_id = buffer->buffer_id,
+                                             .offset_bytes = i * kPage,
+                                             .length_bytes = kPage}});
     }
     (*broker)->MapUnmapBatch(kNic, "nic0", ops, absl::MakeSpan(results.data(), ops.size()));
     live.clear();

@@ -36,9 +36,9 @@ std::string Snapshot(Stubs& s, uint64_t max_buffer) {
   EXPECT_TRUE(s.domains->ListDomains(Ctx().get(), {}, &domains).ok());
   for (const v1::Domain& d : domains.domains()) {
     absl::StrAppend(&out, "domain ", d.domain_id(), " ", d.smmu(), " type=", int(d.type()),
-                    " owner=", d.owner(), " default=", d.is_default(), " devices=",
-                    absl::StrJoin(d.devices(), ","), " mappings=", d.mappings(), " bytes=",
-                    d.mapped_bytes(), " msi=", d.msi_window_base(), "+",
+                    " owner=", d.owner(), " default=", d.is_default(),
+                    " devices=", absl::StrJoin(d.devices(), ","), " mappings=", d.mappings(),
+                    " bytes=", d.mapped_bytes(), " msi=", d.msi_window_base(), "+",
                     d.msi_window_size_bytes(), "\n");
     v1::WalkDomainRequest walk;
     walk.set_domain_id(d.domain_id());
@@ -46,8 +46,8 @@ std::string Snapshot(Stubs& s, uint64_t max_buffer) {
     v1::WalkDomainResponse leaves;
     EXPECT_TRUE(s.domains->WalkDomain(Ctx().get(), walk, &leaves).ok());
     for (const v1::PageTableLeaf& l : leaves.leaves()) {
-      absl::StrAppend(&out, "  ", l.iova(), "->", l.phys_addr(), " ", l.size_bytes(), " ",
-                      l.read(), l.write(), l.exec(), "\n");
+      absl::StrAppend(&out, "  ", l.iova(), "->", l.phys_addr(), " ", l.size_bytes(), " ", l.read(),
+                      l.write(), l.exec(), "\n");
     }
   }
   v1::ListDevicesResponse devices;
@@ -62,8 +62,8 @@ std::string Snapshot(Stubs& s, uint64_t max_buffer) {
     get.set_buffer_id(id);
     v1::GetBufferResponse buf;
     if (!s.memory->GetBuffer(Ctx().get(), get, &buf).ok()) continue;
-    absl::StrAppend(&out, "buffer ", id, " ", buf.buffer().device(), " maps=",
-                    buf.buffer().map_count());
+    absl::StrAppend(&out, "buffer ", id, " ", buf.buffer().device(),
+                    " maps=", buf.buffer().map_count());
     for (const auto& r : buf.buffer().runs()) {
       absl::StrAppend(&out, " ", r.phys_addr(), "+", r.size_bytes());
     }
@@ -239,11 +239,11 @@ TEST(StateTest, ABatchCutByAKillIsWhollyPresentOrWhollyAbsent) {
 
 // One client's log, replayed: what the daemon must hold after any crash.
 struct Expected {
-  std::map<uint64_t, std::string> buffers;  // live: id -> runs as logged
-  std::set<uint64_t> maybe_buffers;         // ?F: live or gone
-  std::set<uint64_t> freed;                 // acknowledged frees
+  std::map<uint64_t, std::string> buffers;                     // live: id -> runs as logged
+  std::set<uint64_t> maybe_buffers;                            // ?F: live or gone
+  std::set<uint64_t> freed;                                    // acknowledged frees
   std::map<uint64_t, std::pair<uint64_t, uint64_t>> mappings;  // dma_addr -> (buffer, offset)
-  std::set<uint64_t> maybe_unmapped;        // ?U: dma_addrs live or gone
+  std::set<uint64_t> maybe_unmapped;                           // ?U: dma_addrs live or gone
   uint64_t maybe_maps = 0, maybe_allocs = 0;
   std::set<uint64_t> all_buffer_ids;
   std::set<std::pair<uint64_t, uint64_t>> all_mapping_ids;  // (domain, mapping id)
@@ -397,8 +397,8 @@ TEST(StateTest, CrashCyclesLoseNothingAcknowledged) {
   EXPECT_GT(total_acked, 100u);
   EXPECT_EQ(daemon.Stop(), 0);
   // The store checks clean offline, invariants included.
-  const std::string check = std::string(IOMMUD_PATH) + " --check_state --state_dir=" +
-                            daemon.state_dir() + " 2>&1";
+  const std::string check =
+      std::string(IOMMUD_PATH) + " --check_state --state_dir=" + daemon.state_dir() + " 2>&1";
   std::string out;
   FILE* p = popen(check.c_str(), "r");
   ASSERT_NE(p, nullptr);
@@ -430,9 +430,8 @@ TEST(StateTest, ADamagedStoreIsRefusedByNameAndCheckedOffline) {
     return pclose(p);
   };
   std::string out;
-  EXPECT_EQ(run(std::string(IOMMUD_PATH) + " --check_state --state_dir=" + daemon.state_dir(),
-                &out),
-            0)
+  EXPECT_EQ(
+      run(std::string(IOMMUD_PATH) + " --check_state --state_dir=" + daemon.state_dir(), &out), 0)
       << out;
   EXPECT_NE(out.find("1 mappings"), std::string::npos) << out;
   // Damage the mapping's record in place: flip bytes of its value inside the
@@ -452,9 +451,8 @@ TEST(StateTest, ADamagedStoreIsRefusedByNameAndCheckedOffline) {
     f << bytes;
   }
   out.clear();
-  EXPECT_NE(run(std::string(IOMMUD_PATH) + " --check_state --state_dir=" + daemon.state_dir(),
-                &out),
-            0);
+  EXPECT_NE(
+      run(std::string(IOMMUD_PATH) + " --check_state --state_dir=" + daemon.state_dir(), &out), 0);
   EXPECT_NE(out.find("(mapping)"), std::string::npos) << out;
   EXPECT_FALSE(daemon.Restart());
   EXPECT_EQ(daemon.exit_code(), 1);

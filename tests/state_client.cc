@@ -66,8 +66,8 @@ int main(int argc, char** argv) {
   const std::string target = Flag(argc, argv, "target");
   const std::string device = Flag(argc, argv, "device");
   const std::string log_path = Flag(argc, argv, "log");
-  std::mt19937_64 rng(std::stoull(Flag(argc, argv, "seed").empty() ? "1"
-                                                                     : Flag(argc, argv, "seed")));
+  std::mt19937_64 rng(
+      std::stoull(Flag(argc, argv, "seed").empty() ? "1" : Flag(argc, argv, "seed")));
   if (target.empty() || device.empty() || log_path.empty()) {
     std::fprintf(stderr, "usage: state_client --target=ADDR --device=NAME --log=FILE --seed=N\n");
     return 2;
@@ -88,9 +88,9 @@ int main(int argc, char** argv) {
   auto memory = iommu::v1::Memory::NewStub(channel);
 
   // What this client knows to be live (acknowledged and not since removed).
-  std::map<uint64_t, uint64_t> buffers;            // id -> size
-  std::map<uint64_t, uint64_t> mappings;           // dma_addr -> buffer id
-  std::set<uint64_t> tainted;                      // buffers a ?M may map: never freed
+  std::map<uint64_t, uint64_t> buffers;   // id -> size
+  std::map<uint64_t, uint64_t> mappings;  // dma_addr -> buffer id
+  std::set<uint64_t> tainted;             // buffers a ?M may map: never freed
   while (!stop) {
     const int dice = int(rng() % 100);
     grpc::Status s;
@@ -122,8 +122,8 @@ int main(int argc, char** argv) {
       req.set_device(device);
       req.mutable_mem()->set_buffer_id(it->first);
       req.mutable_mem()->set_offset_bytes(offset);
-      req.mutable_mem()->set_length_bytes(std::min<uint64_t>(4096 - (offset & 0xfff),
-                                                             it->second - offset));
+      req.mutable_mem()->set_length_bytes(
+          std::min<uint64_t>(4096 - (offset & 0xfff), it->second - offset));
       req.set_direction(iommu::v1::DMA_DIRECTION_BIDIRECTIONAL);
       iommu::v1::MapResponse resp;
       s = dma->Map(Ctx().get(), req, &resp);

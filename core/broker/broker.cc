@@ -35,7 +35,7 @@ const char* DomainTypeName(DomainType type) {
 
 // --- construction -------------------------------------------------------------
 
-absl::Status BrokerImpl::Init(const DurableState* restored, RestoreReport* report) {
+absl::Status BrokerImpl::Init(DurableState* restored, RestoreReport* report) {
   RETURN_IF_ERROR(ValidateTopology(topology_));
   ASSIGN_OR_RETURN(memory_, PhysMemory::Create(topology_.memory));
   buffers_ = std::make_unique<internal::BufferTable>(memory_.get(), journal_);
@@ -130,8 +130,7 @@ absl::StatusOr<std::unique_ptr<Broker>> Broker::Create(const Topology& topology,
 
 absl::StatusOr<std::unique_ptr<Broker>> Broker::Restore(const Topology& topology,
                                                         const BrokerOptions& options,
-                                                        const DurableState& state,
-                                                        RestoreReport* report) {
+                                                        DurableState state, RestoreReport* report) {
   auto impl = std::make_unique<BrokerImpl>(topology, options);
   RETURN_IF_ERROR(impl->Init(&state, report));
   return std::unique_ptr<Broker>(new Broker(std::move(impl)));

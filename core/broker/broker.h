@@ -124,7 +124,7 @@ class Broker {
   // with, or a superset (new devices get fresh default domains).
   static absl::StatusOr<std::unique_ptr<Broker>> Restore(const Topology& topology,
                                                          const BrokerOptions& options,
-                                                         const DurableState& state,
+                                                         DurableState state,
                                                          RestoreReport* report = nullptr);
   ~Broker();
   Broker(const Broker&) = delete;

@@ -35,7 +35,7 @@ class BrokerImpl {
 
   // Builds the model; from `restored` when given (see Broker::Restore),
   // else fresh, journaling its initial state.
-  absl::Status Init(const DurableState* restored = nullptr, RestoreReport* report = nullptr);
+  absl::Status Init(DurableState* restored = nullptr, RestoreReport* report = nullptr);
 
   // --- durable state (broker_restore.cc) -------------------------------------
   // Journals `changes` (nothing without a journal).
@@ -60,7 +60,8 @@ class BrokerImpl {
     Journal* const journal_;
   };
   // Init's restore of `state` (see Broker::Restore).
-  absl::Status RestoreState(const DurableState& state, RestoreReport* report);
+  // (Moves the mapping records out of `state`.)
+  absl::Status RestoreState(DurableState& state, RestoreReport* report);
   // Journals a device's current domain. REQUIRES: registry_mu_ held
   // exclusively (attachments change only so).
   void JournalAttachment(const DeviceState& dev) ABSL_EXCLUSIVE_LOCKS_REQUIRED(registry_mu_) {

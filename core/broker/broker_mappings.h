@@ -94,6 +94,8 @@ class MappingTable {
   MappingTable(uint64_t granule_bytes, bool index_all);
 
   size_t size() const { return records_.size(); }
+  // Room for `n` records without rehashing (a restore knows how many).
+  void Reserve(size_t n) { records_.reserve(n); }
   bool empty() const { return records_.empty(); }
 
   // Adds `record` at record.iova. REQUIRES: it overlaps no record.

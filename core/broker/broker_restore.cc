@@ -58,7 +58,7 @@ void BrokerImpl::ReserveFaultSeqs(uint64_t seq) {
   fault_seqs_reserved_ = reserved;
 }
 
-absl::Status BrokerImpl::RestoreState(const DurableState& state, RestoreReport* report) {
+absl::Status BrokerImpl::RestoreState(DurableState& state, RestoreReport* report) {
   RestoreReport local;
   RestoreReport& rep = report != nullptr ? *report : local;
   auto completed = [&](std::string note) {
@@ -70,11 +70,12 @@ absl::Status BrokerImpl::RestoreState(const DurableState& state, RestoreReport* 
     if (size_t(c) < 6) counter[size_t(c)] = value;
   }
   if (!state.session_key) return Unrestorable("no session id key recorded");
-  auto device = [&](const std::string& name, absl::string_view what) -> absl::StatusOr<DeviceState*> {
+  auto device = [&](const std::string& name,
+                    absl::string_view what) -> absl::StatusOr<DeviceState*> {
     auto it = devices_.find(name);
     if (it == devices_.end()) {
-      return Unrestorable(absl::StrFormat("%s names device \"%s\", which is not in the topology",
-                                          what, name));
+      return Unrestorable(
+          absl::StrFormat("%s names device \"%s\", which is not in the topology", what, name));
     }
     return it->second.get();
   };
@@ -93,8 +94,8 @@ absl::Status BrokerImpl::RestoreState(const DurableState& state, RestoreReport* 
     const std::string what = absl::StrFormat("domain %d", ds->domain_id);
     auto smmu = smmu_by_name_.find(ds->smmu);
     if (smmu == smmu_by_name_.end()) {
-      return Unrestorable(absl::StrFormat("%s is on SMMU \"%s\", which is not in the topology",
-                                          what, ds->smmu));
+      return Unrestorable(
+          absl::StrFormat("%s is on SMMU \"%s\", which is not in the topology", what, ds->smmu));
     }
     if (ds->domain_id == 0 || domains_.contains(ds->domain_id)) {
       return Unrestorable(absl::StrFormat("%s: id 0 or recorded twice", what));
@@ -103,8 +104,8 @@ absl::Status BrokerImpl::RestoreState(const DurableState& state, RestoreReport* 
     if (!ds->default_of.empty()) {
       ASSIGN_OR_RETURN(default_of, device(ds->default_of, what));
       if (default_of->default_domain != nullptr) {
-        return Unrestorable(absl::StrFormat("%s: device %s has two default domains", what,
-                                            ds->default_of));
+        return Unrestorable(
+            absl::StrFormat("%s: device %s has two default domains", what, ds->default_of));
       }
     }
     DeviceState* owner = nullptr;
@@ -164,8 +165,8 @@ absl::Status BrokerImpl::RestoreState(const DurableState& state, RestoreReport* 
     ASSIGN_OR_RETURN(DeviceState * dev, device(a.device, what));
     auto d = domains_.find(a.domain_id);
     if (d == domains_.end() || &d->second->smmu() != dev->smmu) {
-      return Unrestorable(absl::StrFormat("%s names domain %d, which is not on its SMMU", what,
-                                          a.domain_id));
+      return Unrestorable(
+          absl::StrFormat("%s names domain %d, which is not on its SMMU", what, a.domain_id));
     }
     dev->SetCurrent(d->second);
     ++rep.records;
@@ -203,48 +204,70 @@ absl::Status BrokerImpl::RestoreState(const DurableState& state, RestoreReport* 
     ++rep.records;
   }
 
-  // Mappings, by domain, each at its IOVA and pages.
-  std::vector<const std::pair<uint64_t, MappingState>*> mappings;
+  // Mappings, by domain, each at its IOVA and pages (a store returns them in
+  // that order already: then the IOVA claims run in ascending order).
+  std::vector<std::pair<uint64_t, MappingState>*> mappings;
   mappings.reserve(state.mappings.size());
-  for (const auto& m : state.mappings) mappings.push_back(&m);
-  std::stable_sort(mappings.begin(), mappings.end(),
-                   [](const auto* a, const auto* b) { return a->first < b->first; });
+  for (auto& m : state.mappings) mappings.push_back(&m);
+  auto by_domain = [](const auto* a, const auto* b) { return a->first < b->first; };
+  if (!std::is_sorted(mappings.begin(), mappings.end(), by_domain)) {
+    std::stable_sort(mappings.begin(), mappings.end(), by_domain);
+  }
   absl::flat_hash_set<uint64_t> alloc_buffers_mapped;
   for (size_t i = 0; i < mappings.size();) {
     const uint64_t domain_id = mappings[i]->first;
     auto d = domains_.find(domain_id);
     if (d == domains_.end()) {
-      return Unrestorable(absl::StrFormat("mapping %d at IOVA %#x is in domain %d, which does "
-                                          "not exist",
-                                          mappings[i]->second.mapping_id,
-                                          mappings[i]->second.iova.value(), domain_id));
+      return Unrestorable(absl::StrFormat(
+          "mapping %d at IOVA %#x is in domain %d, which does "
+          "not exist",
+          mappings[i]->second.mapping_id, mappings[i]->second.iova.value(), domain_id));
     }
     Buffers::Refs refs(*buffers_);
     Domain::Transaction txn(*d->second, refs);
-    for (; i < mappings.size() && mappings[i]->first == domain_id; ++i) {
-      MappingState m = mappings[i]->second;
-      const std::string what =
-          absl::StrFormat("domain %d: mapping %d at IOVA %#x", domain_id, m.mapping_id,
-                          m.iova.value());
-      // A crash between an operation's commits: finish it.
+    size_t end = i;
+    while (end < mappings.size() && mappings[end]->first == domain_id) ++end;
+    txn.ReserveMappings(end - i);
+    for (; i < end; ++i) {
+      MappingState& m = mappings[i]->second;
+      auto what = [&] {
+        return absl::StrFormat("domain %d: mapping %d at IOVA %#x", domain_id, m.mapping_id,
+                               m.iova.value());
+      };
+      // A crash between an operation's commits: finish it. (References are
+      // taken as the buffers are checked, and dropped if one is missing.)
       bool gone = m.owned_buffer_id != 0 && !buffers_->Contains(m.owned_buffer_id);
-      for (const internal::BufferRef& ref : m.buffer_refs) gone |= !buffers_->Contains(ref.id);
+      size_t taken = 0;
+      for (; !gone && taken < m.buffer_refs.size(); ++taken) {
+        std::optional<internal::BufferRef> ref = buffers_->TryRestoreRef(m.buffer_refs[taken].id);
+        if (!ref) {
+          gone = true;
+          break;
+        }
+        m.buffer_refs[taken] = *ref;
+      }
       if (gone) {
-        completed(absl::StrCat(what, ": its buffer was freed; unmapped"));
+        refs.Drop(absl::MakeSpan(m.buffer_refs.data(), taken));
+        completed(absl::StrCat(what(), ": its buffer was freed; unmapped"));
         fresh.mapping_deletes.push_back({domain_id, m.iova});
         continue;
       }
       if (m.export_id != 0 && !buffers_->ContainsExport(m.export_id)) {
-        completed(absl::StrCat(what, ": its export was revoked; unmapped"));
+        refs.Drop(m.buffer_refs);
+        completed(absl::StrCat(what(), ": its export was revoked; unmapped"));
         fresh.mapping_deletes.push_back({domain_id, m.iova});
         continue;
       }
       DeviceState* owner = nullptr;
       if (!m.device.empty()) {
-        ASSIGN_OR_RETURN(owner, device(m.device, what));
+        auto it = devices_.find(m.device);
+        if (it == devices_.end()) {
+          refs.Drop(m.buffer_refs);
+          return device(m.device, what()).status();
+        }
+        owner = it->second.get();
       }
       m.owner = owner;
-      for (internal::BufferRef& ref : m.buffer_refs) ref = buffers_->RestoreRef(ref.id);
       const uint64_t mapping_id = m.mapping_id;
       const Iova iova = m.iova;
       const uint64_t export_id = m.export_id;
@@ -261,8 +284,8 @@ absl::Status BrokerImpl::RestoreState(const DurableState& state, RestoreReport* 
       }
       if (owned != 0) alloc_buffers_mapped.insert(owned);
       if (export_id != 0) {
-        buffers_->RestoreImport(export_id,
-                                {.domain = d->second, .iova = iova.value(), .mapping_id = mapping_id});
+        buffers_->RestoreImport(
+            export_id, {.domain = d->second, .iova = iova.value(), .mapping_id = mapping_id});
       }
       ++rep.mappings;
       ++rep.records;

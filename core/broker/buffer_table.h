@@ -116,9 +116,9 @@ class BufferTable {
   void RestoreCounters(uint64_t next_buffer_id, uint64_t next_export_id);
   bool Contains(uint64_t buffer_id) const;
   bool ContainsExport(uint64_t export_id) const;
-  // Recovery: a reference of a restored mapping on buffer `buffer_id`
-  // (which must exist).
-  BufferRef RestoreRef(uint64_t buffer_id);
+  // Recovery: a reference of a restored mapping on buffer `buffer_id`, or
+  // nullopt when there is no such buffer.
+  std::optional<BufferRef> TryRestoreRef(uint64_t buffer_id);
   // Recovery: registers a restored import with its export; false when the
   // export does not exist.
   bool RestoreImport(uint64_t export_id, ExportRecord::Import import) {
