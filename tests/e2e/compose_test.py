@@ -10,13 +10,20 @@ health, and asserts against the stack's real Prometheus:
   * every recording rule and the series of every alert rule returns data;
   * the fault alert fires from the untrusted device's faults;
   * iommuctl in a container maps and unmaps over the compose network;
+  * iommud's state survives a restart and a SIGKILL in the middle of the
+    devices' traffic: buffers, domains and mappings made through iommuctl
+    come back with the same ids, pages and page tables, the devices' own
+    sessions and buffers too, and their traffic resumes without their
+    containers restarting;
   * `docker-compose down -v` leaves no container, network or volume behind.
 
 The stack is torn down even when a step fails.
 """
 
 import json
+import math
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -39,6 +46,10 @@ IMAGES = {
 SETTLE_TIMEOUT_S = 180
 DATA_TIMEOUT_S = 150
 ALERT_TIMEOUT_S = 150
+RESTART_TIMEOUT_S = 90
+RESUME_TIMEOUT_S = 60
+# The simulated devices (compose services) and the device each drives.
+SIMULATORS = {"nic": "nic0", "nvme": "nvme0", "gpu": "gpu0", "camera": "cam0", "untrusted": "tbt0"}
 
 
 def log(msg):
@@ -134,7 +145,9 @@ class Stack:
                         IOMMU_DEMO_GRPC_PORT=str(free_port()), IOMMU_DEMO_METRICS_PORT=str(free_port()),
                         IOMMU_DEMO_PROMETHEUS_PORT=str(free_port()), IOMMU_DEMO_GRAFANA_PORT=str(free_port()))
         self.prometheus = f"http://127.0.0.1:{self.env['IOMMU_DEMO_PROMETHEUS_PORT']}"
+        self.metrics = f"http://127.0.0.1:{self.env['IOMMU_DEMO_METRICS_PORT']}/metrics"
         self.network = f"{PROJECT}_default"
+        self.tool = None  # an iommuctl container on the compose network, for docker exec
 
     def compose(self, *args, check=True, timeout=600):
         return run(["docker-compose", "-p", PROJECT, "-f", df.COMPOSE] + list(args), check=check, env=self.env,
@@ -152,7 +165,46 @@ class Stack:
         }
 
     def down(self):
+        if self.tool is not None:
+            run(["docker", "rm", "-f", self.tool], check=False)
+            self.tool = None
         return self.compose("down", "-v", "--remove-orphans", check=False)
+
+    def container(self, service):
+        """The container of a service: its id and `docker inspect` state."""
+        cid = self.compose("ps", "-q", service).stdout.strip()
+        return cid, json.loads(run(["docker", "inspect", cid]).stdout)[0]["State"]
+
+    def ctl(self, *args, device=None, check=True):
+        """iommuctl --json against iommud over the compose network (as `device`,
+        else as the admin); the last output line, parsed."""
+        if self.tool is None:
+            self.tool = f"{PROJECT}-ctl"
+            run(["docker", "run", "-d", "--rm", "--name", self.tool, "--network", self.network,
+                 "--entrypoint", "sleep", "iommu-broker/iommuctl:latest", "infinity"])
+        cmd = ["docker", "exec", self.tool, "iommuctl", "--target=iommud:50051", "--json"]
+        if device is not None:
+            cmd.append(f"--device={device}")
+        r = run(cmd + list(args), check=check)
+        lines = r.stdout.strip().splitlines()
+        return json.loads(lines[-1]) if r.returncode == 0 and lines else None
+
+    def daemon_metrics(self):
+        """iommud's /metrics through the published port: {(name, labels): value}."""
+        with urllib.request.urlopen(self.metrics, timeout=10) as r:
+            text = r.read().decode()
+        out = {}
+        for line in text.splitlines():
+            m = re.match(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{.*\})?\s+(\S+)$", line)
+            if m:
+                out[(m.group(1), m.group(2) or "")] = float(m.group(3))
+        return out
+
+    def logs(self, service, since=None):
+        cid, _ = self.container(service)
+        cmd = ["docker", "logs"] + (["--since", str(math.floor(since))] if since is not None else []) + [cid]
+        r = run(cmd)
+        return r.stdout + r.stderr
 
     def dump_logs(self):
         r = self.compose("logs", "--no-color", "--tail=40", check=False)
@@ -288,6 +340,182 @@ class ComposeDemoTest(unittest.TestCase):
         r = run(["docker", "run", "--rm", "--network", STACK.network, "iommu-broker/iommuctl:latest",
                  "--target=iommud:50051", "--device=sata0", "get-buffer", f"--buffer={buffer_id}"], check=False)
         self.assertEqual(r.returncode, 5, r.stdout + r.stderr)
+
+    def test_6_state_survives_iommud_restart_and_kill(self):
+        """While the devices' traffic runs: state made through iommuctl on
+        devices no simulator uses (dsp0 in its default domain, vf0 in a
+        domain of its own), recorded with the simulators' invariant state,
+        is the same after `docker-compose restart iommud` and after a
+        SIGKILL; each time iommud logs a restore of an existing store and
+        every device's traffic resumes in the same simulator process."""
+        start = time.time()
+        made = self._make_invariant_state()
+        before = self._snapshot(made)
+        self.assertEqual(len(before["buffers"]), 3)
+        self.assertEqual(before["devices"]["dsp0"]["mappings"], "2")
+        self.assertEqual(before["devices"]["vf0"]["mappings"], "1")
+        simulators = {svc: STACK.container(svc)[1]["StartedAt"] for svc in SIMULATORS}
+        log(f"recorded: {len(before['domains'])} domains, devices "
+            f"{ {d: (v['current_domain_id'], v['buffers']) for d, v in before['devices'].items()} }, "
+            f"mappings per domain {before['domain_mappings']}")
+
+        def graceful():
+            STACK.compose("restart", "iommud")
+
+        def killed():
+            cid, _ = STACK.container("iommud")
+            run(["docker", "kill", "-s", "KILL", cid])
+            STACK.compose("up", "-d", "--no-build", "iommud")
+
+        for restarts, (how, restart) in enumerate([("restart", graceful), ("SIGKILL", killed)], start=1):
+            t0 = time.time()
+            _, state = STACK.container("iommud")
+            restart()
+            restored = self._await_restored(state["StartedAt"], restarts)
+            # A second of traffic printed after this began after the restart.
+            healthy = math.ceil(time.time())
+            log(f"{how}: healthy again after {time.time() - t0:.1f}s; {restored.strip()}")
+            after = self._snapshot(made)
+            for key in before:
+                self.assertEqual(after[key], before[key], f"after {how}: {key}")
+            m = STACK.daemon_metrics()
+            self.assertGreaterEqual(m[("iommu_store_recovered_mappings", "")], 3, how)
+            self.assertGreater(m[("iommu_store_recovered_records", "")], 0, how)
+            self._await_traffic_resumed(healthy, how)
+            log(f"{how}: every device's traffic resumed {time.time() - t0:.1f}s after the restart began")
+        # The simulators never restarted: their sessions, buffers and domains
+        # were restored, not made again.
+        for svc, started in simulators.items():
+            cid, state = STACK.container(svc)
+            self.assertEqual((state["Status"], state["StartedAt"]), ("running", started), svc)
+            self.assertEqual(json.loads(run(["docker", "inspect", cid]).stdout)[0]["RestartCount"], 0, svc)
+        self.assertNotIn("sessions_expired", STACK.logs("iommud", since=start))
+
+        # Prometheus scrapes the process started by the last restart.
+        def prometheus_scrapes_again():
+            started = STACK.query('process_start_time_seconds{job="iommud"}')
+            return bool(started) and float(started[0]["value"][1]) >= math.floor(t0), started
+
+        eventually("Prometheus scrapes the restarted iommud", DATA_TIMEOUT_S, prometheus_scrapes_again)
+        self.assertEqual(STACK.query('up{job="iommud"} == 0'), [])
+        # Everything made here is released again.
+        ctl = STACK.ctl
+        for dev, dma_addr, cmd, _ in made["mappings"]:
+            ctl("unmap-sg" if cmd == "map-sg" else "unmap", f"--dma_addr={dma_addr}", device=dev)
+        ctl("detach", device="vf0")
+        ctl("destroy-domain", f"--domain={made['vf0_domain']}", device="vf0")
+        for dev, buffer_id in made["buffers"]:
+            ctl("free-buffer", f"--buffer={buffer_id}", device=dev)
+        log(f"restart phase took {time.time() - start:.0f}s")
+
+    def _make_invariant_state(self):
+        """Buffers, a domain and mappings on dsp0 and vf0 (no simulator uses
+        them, so nothing else changes them)."""
+        ctl = STACK.ctl
+        made = {"buffers": [], "mappings": []}
+
+        def buffer(dev, size, placement):
+            b = ctl("alloc-buffer", f"--size={size}", f"--placement={placement}", device=dev)["buffer"]
+            made["buffers"].append((dev, b["buffer_id"]))
+            return b["buffer_id"]
+
+        a = buffer("dsp0", "64K", "contiguous")
+        b = buffer("dsp0", "128K", "scattered")
+        mapped = ctl("map", f"--buffer={a}", "--offset=4K", "--length=8K", "--direction=to_device",
+                     device="dsp0")
+        made["mappings"].append(("dsp0", mapped["dma_addr"], "map", "read"))
+        # Page-sized entries: each must be physically contiguous, and the
+        # buffer's pages are scattered.
+        mapped = ctl("map-sg", f"--segments={b}:0:4096,{b}:4096:4096,{b}:65536:4096", "--mode=merge",
+                     "--direction=from_device", device="dsp0")
+        made["mappings"].append(("dsp0", mapped["iova"], "map-sg", "write"))
+        domain = ctl("create-domain", "--smmu=smmu2", "--type=dma", device="vf0")["domain"]["domain_id"]
+        made["vf0_domain"] = domain
+        ctl("attach", f"--domain={domain}", device="vf0")
+        c = buffer("vf0", "64K", "scattered")
+        mapped = ctl("map", f"--buffer={c}", "--offset=0", "--length=64K", "--direction=bidirectional",
+                     device="vf0")
+        made["mappings"].append(("vf0", mapped["dma_addr"], "map", "read"))
+        return made
+
+    def _snapshot(self, made):
+        """What the daemon holds that the traffic does not change."""
+        ctl = STACK.ctl
+        devices = {d["config"]["name"]: d for d in ctl("list-devices")["devices"]}
+        domains = ctl("list-domains")["domains"]
+        # Every domain as made (not its mappings, which the traffic changes;
+        # nor its ASID/VMID, tags of the IOTLB, which starts empty).
+        changing = {"mappings", "mapped_bytes", "asid", "vmid"}
+        snap = {
+            "domains": {d["domain_id"]: {k: v for k, v in d.items() if k not in changing} for d in domains},
+            # The simulators' attachments and buffers (the GPU's come and go).
+            "devices": {name: {k: d[k] for k in ("current_domain_id", "default_domain_id", "buffers")}
+                        for name, d in devices.items() if name not in ("gpu0", "sata0")},
+            "buffers": {b: ctl("get-buffer", f"--buffer={b}", device=dev)["buffer"] for dev, b in made["buffers"]},
+            "walks": {},
+            "translations": {},
+            "domain_mappings": {d["domain_id"]: d["mappings"] for d in domains
+                                if any(dev in d["devices"] for dev in ("dsp0", "vf0"))},
+        }
+        for name in ("dsp0", "vf0"):
+            snap["devices"][name] = devices[name]
+            domain = devices[name]["current_domain_id"]
+            walk = ctl("walk-domain", f"--domain={domain}", "--max_leaves=4096")
+            self.assertEqual(walk["next_iova"], "0", walk)
+            self.assertTrue(walk["leaves"], name)
+            snap["walks"][domain] = walk["leaves"]
+        # Each mapping as its device would access it (a FROM_DEVICE mapping
+        # is write-only).
+        for dev, dma_addr, _, access in made["mappings"]:
+            t = ctl("translate", f"--iova={dma_addr}", "--length=8K", f"--access={access}", device=dev)
+            self.assertFalse(t.get("faulted", False), t)
+            snap["translations"][dma_addr] = [(p["iova"], p["phys_addr"], p["length_bytes"]) for p in t["pages"]]
+        return snap
+
+    def _await_restored(self, started_before, restarts):
+        """Waits for iommud's container to run again, healthy, and returns
+        the state_restored line of the new start (fresh=false)."""
+        def probe():
+            _, state = STACK.container("iommud")
+            health = state.get("Health", {}).get("Status")
+            ok = state["Status"] == "running" and state["StartedAt"] != started_before and health == "healthy"
+            return ok, (state["Status"], health)
+
+        eventually("iommud running and healthy again", RESTART_TIMEOUT_S, probe)
+        self.assertEqual(STACK.ctl("health"), {"service": "", "status": "SERVING"})
+        lines = [line for line in STACK.logs("iommud").splitlines() if " state_restored " in line]
+        # One per start of the container: the first on an empty volume.
+        self.assertEqual(len(lines), restarts + 1, lines)
+        self.assertIn("fresh=true", lines[0])
+        self.assertIn("state_dir=/var/lib/iommud", lines[-1])
+        self.assertIn("fresh=false", lines[-1])
+        return lines[-1]
+
+    def _await_traffic_resumed(self, since, how):
+        """Every simulator prints a second of traffic with maps and no errors
+        after `since`: its session and buffers are there again."""
+        pending = dict(SIMULATORS)
+
+        def probe():
+            for svc in list(pending):
+                for line in STACK.logs(svc, since=since).splitlines():
+                    m = re.search(r"\bmaps=(\d+) .*\berrors=(\d+)", line)
+                    if m and int(m.group(1)) > 0 and m.group(2) == "0":
+                        del pending[svc]
+                        break
+            return not pending, sorted(pending)
+
+        eventually(f"after {how}: every device's traffic resumes", RESUME_TIMEOUT_S, probe)
+
+        # The daemon's own counters rise again: maps served since its start.
+        def maps():
+            m = STACK.daemon_metrics()
+            return sum(v for (name, labels), v in m.items() if name == "grpc_server_handled_total"
+                       and 'grpc_code="OK"' in labels
+                       and re.search(r'grpc_method="(Map|MapSg|Alloc)"', labels))
+
+        first = maps()
+        eventually(f"after {how}: iommud's map counters rise", RESUME_TIMEOUT_S, lambda: (maps() > first, first))
 
     def test_9_down_leaves_nothing_behind(self):
         self.assertTrue(any(STACK.leftovers().values()))

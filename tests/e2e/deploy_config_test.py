@@ -2,10 +2,12 @@
 manifest and dashboard parses, Prometheus accepts the config and the rules,
 the dashboard and the alerts are of the form the end-to-end test relies on,
 Kubernetes runs iommud with the compose demo's flags, its tokens over TLS and
-its probes on the health-only port, and compose forces --auth=none onto its
-network knowingly."""
+its probes on the health-only port, compose forces --auth=none onto its
+network knowingly, and the image, compose and Kubernetes each keep iommud's
+state directory on storage that outlives the container, owned by its user."""
 
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -14,6 +16,36 @@ import unittest
 import yaml
 
 import deploy_files as df
+
+
+IOMMUD_UID = 10001
+STATE_DIR = "/var/lib/iommud"  # iommud's default --state_dir
+
+
+def dockerfile_stages():
+    """deploy/Dockerfile's stages: {name: [instruction lines]}, continuation
+    lines joined."""
+    with open(os.path.join(df.DEPLOY, "Dockerfile")) as f:
+        text = re.sub(r"\\\n", " ", f.read())
+    stages, current = {}, None
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        m = re.match(r"FROM\s+\S+\s+AS\s+(\S+)$", line, re.I)
+        if m:
+            current = stages.setdefault(m.group(1), [])
+        elif current is not None:
+            current.append(line)
+    return stages
+
+
+def state_dir_of(args):
+    """The --state_dir an iommud command line names (its default if none)."""
+    for a in args:
+        if a.startswith("--state_dir="):
+            return a.split("=", 1)[1]
+    return STATE_DIR
 
 
 class DeployConfigTest(unittest.TestCase):
@@ -156,6 +188,66 @@ class DeployConfigTest(unittest.TestCase):
         for name in profiles:
             self.assertEqual(services[name]["depends_on"]["iommud"]["condition"], "service_healthy", name)
         self.assertEqual(services["grafana"]["profiles"], ["grafana"])
+
+    def test_image_declares_the_state_dir_a_volume_owned_by_the_daemon_user(self):
+        stages = dockerfile_stages()
+        runtime = " ".join(stages["runtime"])
+        self.assertRegex(runtime, rf"useradd .*--uid {IOMMUD_UID} .* iommu\b")
+        iommud = stages["iommud"]
+        creates = [line for line in iommud if line.startswith("RUN ") and STATE_DIR in line]
+        self.assertEqual(len(creates), 1, iommud)
+        self.assertRegex(creates[0], rf"install -d -o iommu -g iommu -m 0700 {STATE_DIR}\b")
+        volume = next(line for line in iommud if line.startswith("VOLUME "))
+        self.assertIn(STATE_DIR, volume)
+        # The directory is made before it becomes a volume (later changes to a
+        # volume path are discarded), and the daemon runs as its owner.
+        self.assertLess(iommud.index(creates[0]), iommud.index(volume))
+        self.assertIn("USER iommu", iommud)
+        # The default command keeps the default state directory.
+        cmd = next(line for line in iommud if line.startswith("CMD "))
+        self.assertNotIn("--no_store", cmd)
+        self.assertNotIn("--state_dir", cmd)
+
+    def test_compose_keeps_iommud_state_on_a_named_volume(self):
+        with open(df.COMPOSE) as f:
+            compose = yaml.safe_load(f)
+        iommud = compose["services"]["iommud"]
+        self.assertNotIn("--no_store", iommud["command"])
+        state_dir = state_dir_of(iommud["command"])
+        mounts = dict(reversed(v.split(":", 1)) for v in iommud["volumes"])
+        self.assertIn(state_dir, mounts)
+        volume = mounts[state_dir]
+        self.assertFalse(volume.startswith((".", "/")), "a named volume, not a bind mount")
+        self.assertIn(volume, compose["volumes"])
+        # Only iommud mounts it: the store admits one daemon at a time.
+        for name, service in compose["services"].items():
+            if name != "iommud":
+                self.assertFalse(any(v.split(":", 1)[0] == volume for v in service.get("volumes", [])),
+                                 name)
+
+    def test_kubernetes_keeps_iommud_state_on_a_host_path_owned_by_the_pod_user(self):
+        manifests = next(docs for p, docs in df.manifests() if p == df.K8S)
+        pod = next(d for d in manifests if d["kind"] == "DaemonSet")["spec"]["template"]["spec"]
+        self.assertEqual(pod["securityContext"]["runAsUser"], IOMMUD_UID)
+        container = pod["containers"][0]
+        self.assertNotIn("--no_store", container["args"])
+        state_dir = state_dir_of(container["args"])
+        self.assertIn(f"--state_dir={state_dir}", container["args"])
+        mount = next(m for m in container["volumeMounts"] if m["mountPath"] == state_dir)
+        self.assertFalse(mount.get("readOnly", False))
+        volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+        self.assertEqual(volume["hostPath"], {"path": STATE_DIR, "type": "DirectoryOrCreate"})
+        # The kubelet creates the host directory as root and fsGroup does not
+        # apply to hostPath: an init container mounting it hands it to the
+        # pod's user, mode 0700.
+        init = [c for c in pod.get("initContainers", [])
+                if any(m["name"] == mount["name"] for m in c.get("volumeMounts", []))]
+        self.assertEqual(len(init), 1)
+        init_path = next(m["mountPath"] for m in init[0]["volumeMounts"] if m["name"] == mount["name"])
+        command = " ".join(init[0]["command"])
+        self.assertRegex(command, rf"chown {IOMMUD_UID}:{IOMMUD_UID} .*{re.escape(init_path)}\b")
+        self.assertRegex(command, rf"chmod 0?700 {re.escape(init_path)}\b")
+        self.assertTrue({"CHOWN", "FOWNER"} <= set(init[0]["securityContext"]["capabilities"]["add"]))
 
 
 if __name__ == "__main__":
