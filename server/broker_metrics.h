@@ -27,9 +27,9 @@
 #include <vector>
 
 #include "core/broker/broker.h"
-#include "store/state_store.h"
 #include "prometheus/collectable.h"
 #include "prometheus/metric_family.h"
+#include "store/state_store.h"
 
 namespace iommu::server {
 

@@ -117,19 +117,18 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const DaemonOptions& optio
     broker = core::Broker::Restore(*topology, broker_options, state, &d->restore_report_);
     d->recovery_time_ = absl::Now() - start;
     if (broker.ok()) {
-      for (const std::string& note : d->restore_report_.notes) LogWarning("restore_completed", note);
+      for (const std::string& note : d->restore_report_.notes)
+        LogWarning("restore_completed", note);
       LogInfo("state_restored",
-              absl::StrCat("state_dir=", options.state.kv.dir,
-                           " engine=", store::KvEngineName(options.state.kv.engine),
-                           " durability=",
-                           options.state.kv.durability == store::Durability::kPowerLoss
-                               ? "power_loss"
-                               : "process_crash",
-                           " fresh=", d->recovery_.fresh ? "true" : "false",
-                           " records=", d->recovery_.records,
-                           " mappings=", d->restore_report_.mappings,
-                           " completed=", d->restore_report_.completed,
-                           " seconds=", absl::ToDoubleSeconds(d->recovery_time_)));
+              absl::StrCat(
+                  "state_dir=", options.state.kv.dir,
+                  " engine=", store::KvEngineName(options.state.kv.engine), " durability=",
+                  options.state.kv.durability == store::Durability::kPowerLoss ? "power_loss"
+                                                                               : "process_crash",
+                  " fresh=", d->recovery_.fresh ? "true" : "false",
+                  " records=", d->recovery_.records, " mappings=", d->restore_report_.mappings,
+                  " completed=", d->restore_report_.completed,
+                  " seconds=", absl::ToDoubleSeconds(d->recovery_time_)));
     }
   } else {
     broker = core::Broker::Create(*topology, options.broker);
@@ -236,10 +235,11 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const DaemonOptions& optio
     d->exposer_->RegisterCollectable(d->broker_collector_);
     if (d->store_ != nullptr) {
       d->store_collector_ = std::make_shared<StoreCollector>(
-          d->store_.get(), StoreCollector::Recovery{.seconds = absl::ToDoubleSeconds(d->recovery_time_),
-                                                    .records = d->recovery_.records,
-                                                    .mappings = d->restore_report_.mappings,
-                                                    .completed = d->restore_report_.completed});
+          d->store_.get(),
+          StoreCollector::Recovery{.seconds = absl::ToDoubleSeconds(d->recovery_time_),
+                                   .records = d->recovery_.records,
+                                   .mappings = d->restore_report_.mappings,
+                                   .completed = d->restore_report_.completed});
       d->exposer_->RegisterCollectable(d->store_collector_);
     }
     d->exposer_->RegisterCollectable(d->process_collector_);
@@ -330,8 +330,9 @@ bool CheckState(const DaemonOptions& options) {
       "state: OK: %s (%s, schema version %u, %llu bytes): %llu records in %.3f s: %zu domains, "
       "%zu attachments, %zu buffers, %zu exports, %zu sessions, %zu mappings; a start restores "
       "%llu mappings and completes %llu interrupted operations\n",
-      options.state.kv.dir.c_str(), std::string(store::KvEngineName(options.state.kv.engine)).c_str(),
-      info.schema_version, static_cast<unsigned long long>(info.size_bytes),
+      options.state.kv.dir.c_str(),
+      std::string(store::KvEngineName(options.state.kv.engine)).c_str(), info.schema_version,
+      static_cast<unsigned long long>(info.size_bytes),
       static_cast<unsigned long long>(info.records), absl::ToDoubleSeconds(info.read_time),
       state->domains.size(), state->attachments.size(), state->buffers.size(),
       state->exports.size(), state->sessions.size(), state->mappings.size(),

@@ -82,7 +82,8 @@ ABSL_FLAG(absl::Duration, drain_timeout, absl::Seconds(10),
 ABSL_FLAG(std::string, state_dir, "/var/lib/iommud",
           "directory of the durable state store (created 0700); everything acknowledged "
           "survives a restart or crash of iommud");
-ABSL_FLAG(std::string, store_engine, "lmdb", "embedded database of the state store: lmdb, "
+ABSL_FLAG(std::string, store_engine, "lmdb",
+          "embedded database of the state store: lmdb, "
           "sqlite or rocksdb (a directory keeps the engine that created it)");
 ABSL_FLAG(std::string, durability, "process",
           "process: an acknowledged change survives a crash or kill of iommud; power: it "

@@ -177,8 +177,8 @@ absl::Status KeyLength(std::string_view key, size_t want) {
 
 absl::Status Pairs(std::string_view key, int n, int arity, absl::string_view field) {
   if (n % arity != 0) {
-    return Damaged(key, absl::StrFormat("%s holds %d values, not a multiple of %d", field, n,
-                                        arity));
+    return Damaged(key,
+                   absl::StrFormat("%s holds %d values, not a multiple of %d", field, n, arity));
   }
   return absl::OkStatus();
 }
@@ -248,9 +248,9 @@ absl::Status DecodeMapping(std::string_view key, std::string_view bytes,
   const uint64_t domain_id = ReadBe64(key.substr(1));
   const uint64_t iova = ReadBe64(key.substr(9));
   if (r.iova() != iova) return Damaged(key, absl::StrFormat("holds IOVA %#x", r.iova()));
-  for (auto [field, n, arity] : {std::tuple{"pt_ranges", r.pt_ranges_size(), 3},
-                                 std::tuple{"pieces", r.pieces_size(), 3},
-                                 std::tuple{"segments", r.segments_size(), 2}}) {
+  for (auto [field, n, arity] :
+       {std::tuple{"pt_ranges", r.pt_ranges_size(), 3}, std::tuple{"pieces", r.pieces_size(), 3},
+        std::tuple{"segments", r.segments_size(), 2}}) {
     if (absl::Status s = Pairs(key, n, arity, field); !s.ok()) return s;
   }
   if (r.pt_ranges_size() == 0) return Damaged(key, "no page-table ranges");
@@ -267,12 +267,11 @@ absl::Status DecodeMapping(std::string_view key, std::string_view bytes,
   m.dma_offset = r.dma_offset();
   m.prot = core::Prot(r.prot());
   for (int i = 0; i < r.pt_ranges_size(); i += 3) {
-    m.pt_ranges.push_back({core::Iova(r.pt_ranges(i)),
-                           {core::PhysAddr(r.pt_ranges(i + 1)), r.pt_ranges(i + 2)}});
+    m.pt_ranges.push_back(
+        {core::Iova(r.pt_ranges(i)), {core::PhysAddr(r.pt_ranges(i + 1)), r.pt_ranges(i + 2)}});
   }
   for (int i = 0; i < r.pieces_size(); i += 3) {
-    m.pieces.push_back(
-        {core::Iova(r.pieces(i)), core::PhysAddr(r.pieces(i + 1)), r.pieces(i + 2)});
+    m.pieces.push_back({core::Iova(r.pieces(i)), core::PhysAddr(r.pieces(i + 1)), r.pieces(i + 2)});
   }
   for (uint64_t id : r.buffer_ids()) m.buffer_refs.push_back({.id = id});
   m.owned_buffer_id = r.owned_buffer_id();
@@ -359,15 +358,15 @@ absl::Status DecodeRecord(std::string_view key, std::string_view bytes, core::Du
       if (absl::Status s = Parse(key, bytes, &r); !s.ok()) return s;
       if (r.export_id() != ReadBe64(key.substr(1))) return Damaged(key, "holds another id");
       if (absl::Status s = Pairs(key, r.chunks_size(), 2, "chunks"); !s.ok()) return s;
-      state->exports.push_back({.export_id = r.export_id(),
-                                .token = r.token(),
-                                .exporter = r.exporter(),
-                                .exporter_granule = r.exporter_granule_bytes(),
-                                .chunks = RunsFrom(r.chunks()),
-                                .buffer_ids = {r.buffer_ids().begin(), r.buffer_ids().end()},
-                                .importers_allowed = {r.importers_allowed().begin(),
-                                                      r.importers_allowed().end()},
-                                .writable = r.writable()});
+      state->exports.push_back(
+          {.export_id = r.export_id(),
+           .token = r.token(),
+           .exporter = r.exporter(),
+           .exporter_granule = r.exporter_granule_bytes(),
+           .chunks = RunsFrom(r.chunks()),
+           .buffer_ids = {r.buffer_ids().begin(), r.buffer_ids().end()},
+           .importers_allowed = {r.importers_allowed().begin(), r.importers_allowed().end()},
+           .writable = r.writable()});
       return absl::OkStatus();
     }
     case kSessionKey: {
@@ -376,8 +375,9 @@ absl::Status DecodeRecord(std::string_view key, std::string_view bytes, core::Du
       if (absl::Status s = Parse(key, bytes, &r); !s.ok()) return s;
       if (r.session_id() != ReadBe64(key.substr(1))) return Damaged(key, "holds another id");
       if (r.ttl_ms() <= 0) return Damaged(key, absl::StrFormat("ttl_ms %d", r.ttl_ms()));
-      state->sessions.push_back(
-          {.session_id = r.session_id(), .device = r.device(), .ttl = absl::Milliseconds(r.ttl_ms())});
+      state->sessions.push_back({.session_id = r.session_id(),
+                                 .device = r.device(),
+                                 .ttl = absl::Milliseconds(r.ttl_ms())});
       return absl::OkStatus();
     }
     case kMappingKey:
@@ -413,7 +413,8 @@ void EncodedChanges::Encode(const core::StateChanges& c) {
   writes_.clear();
   // Deletes of a kind come before its puts: a commit never deletes what it
   // put (the broker sends each key once), so the order is only for clarity.
-  for (const auto& [domain_id, iova] : c.mapping_deletes) Delete(MappingKey(domain_id, iova.value()));
+  for (const auto& [domain_id, iova] : c.mapping_deletes)
+    Delete(MappingKey(domain_id, iova.value()));
   if (!c.mapping_puts.empty()) {
     pb::MappingRecord r;
     for (const auto& [domain_id, m] : c.mapping_puts) {
@@ -516,8 +517,8 @@ absl::Status DecodeEntry(std::string_view key, std::string_view value, core::Dur
   for (int i = 0; i < 4; ++i) stored |= uint32_t(uint8_t(value[i])) << (8 * i);
   const std::string_view message = value.substr(4);
   if (const uint32_t crc = RecordCrc(key, message); crc != stored) {
-    return Damaged(key, absl::StrFormat("checksum mismatch (stored %08x, computed %08x)", stored,
-                                        crc));
+    return Damaged(key,
+                   absl::StrFormat("checksum mismatch (stored %08x, computed %08x)", stored, crc));
   }
   return DecodeRecord(key, message, state, schema_version);
 }
@@ -551,8 +552,7 @@ std::string DescribeKey(std::string_view key) {
                                                 ReadBe64(key.substr(9)))
                               : "m/? (mapping)";
     default:
-      return absl::StrCat("\"", absl::CHexEscape(absl::string_view(key.data(), key.size())),
-                          "\"");
+      return absl::StrCat("\"", absl::CHexEscape(absl::string_view(key.data(), key.size())), "\"");
   }
 }
 

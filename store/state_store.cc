@@ -101,9 +101,8 @@ void StateStore::Fatal(const absl::Status& status) {
 }
 
 StoreStats StateStore::Stats() const {
-  StoreStats s{.commits = commits_.load(),
-               .writes = writes_.load(),
-               .size_bytes = kv_->SizeBytes()};
+  StoreStats s{
+      .commits = commits_.load(), .writes = writes_.load(), .size_bytes = kv_->SizeBytes()};
   for (size_t i = 0; i < latency_buckets_.size(); ++i) s.latency_buckets[i] = latency_buckets_[i];
   s.latency_sum_seconds = double(latency_sum_ns_.load()) * 1e-9;
   return s;

@@ -49,8 +49,8 @@ struct RecoveryInfo {
 };
 
 // Commit latency buckets (seconds, upper bounds) of StoreStats.
-inline constexpr std::array<double, 12> kCommitLatencyBounds = {
-    1e-6, 3e-6, 1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 1.0};
+inline constexpr std::array<double, 12> kCommitLatencyBounds = {1e-6, 3e-6, 1e-5, 3e-5, 1e-4, 3e-4,
+                                                                1e-3, 3e-3, 1e-2, 3e-2, 0.1,  1.0};
 
 struct StoreStats {
   uint64_t commits = 0;

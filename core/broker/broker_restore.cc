@@ -70,11 +70,12 @@ absl::Status BrokerImpl::RestoreState(const DurableState& state, RestoreReport* 
     if (size_t(c) < 6) counter[size_t(c)] = value;
   }
   if (!state.session_key) return Unrestorable("no session id key recorded");
-  auto device = [&](const std::string& name, absl::string_view what) -> absl::StatusOr<DeviceState*> {
+  auto device = [&](const std::string& name,
+                    absl::string_view what) -> absl::StatusOr<DeviceState*> {
     auto it = devices_.find(name);
     if (it == devices_.end()) {
-      return Unrestorable(absl::StrFormat("%s names device \"%s\", which is not in the topology",
-                                          what, name));
+      return Unrestorable(
+          absl::StrFormat("%s names device \"%s\", which is not in the topology", what, name));
     }
     return it->second.get();
   };
@@ -93,8 +94,8 @@ absl::Status BrokerImpl::RestoreState(const DurableState& state, RestoreReport* 
     const std::string what = absl::StrFormat("domain %d", ds->domain_id);
     auto smmu = smmu_by_name_.find(ds->smmu);
     if (smmu == smmu_by_name_.end()) {
-      return Unrestorable(absl::StrFormat("%s is on SMMU \"%s\", which is not in the topology",
-                                          what, ds->smmu));
+      return Unrestorable(
+          absl::StrFormat("%s is on SMMU \"%s\", which is not in the topology", what, ds->smmu));
     }
     if (ds->domain_id == 0 || domains_.contains(ds->domain_id)) {
       return Unrestorable(absl::StrFormat("%s: id 0 or recorded twice", what));
@@ -103,8 +104,8 @@ absl::Status BrokerImpl::RestoreState(const DurableState& state, RestoreReport* 
     if (!ds->default_of.empty()) {
       ASSIGN_OR_RETURN(default_of, device(ds->default_of, what));
       if (default_of->default_domain != nullptr) {
-        return Unrestorable(absl::StrFormat("%s: device %s has two default domains", what,
-                                            ds->default_of));
+        return Unrestorable(
+            absl::StrFormat("%s: device %s has two default domains", what, ds->default_of));
       }
     }
     DeviceState* owner = nullptr;
@@ -164,8 +165,8 @@ absl::Status BrokerImpl::RestoreState(const DurableState& state, RestoreReport* 
     ASSIGN_OR_RETURN(DeviceState * dev, device(a.device, what));
     auto d = domains_.find(a.domain_id);
     if (d == domains_.end() || &d->second->smmu() != dev->smmu) {
-      return Unrestorable(absl::StrFormat("%s names domain %d, which is not on its SMMU", what,
-                                          a.domain_id));
+      return Unrestorable(
+          absl::StrFormat("%s names domain %d, which is not on its SMMU", what, a.domain_id));
     }
     dev->SetCurrent(d->second);
     ++rep.records;
@@ -214,18 +215,17 @@ absl::Status BrokerImpl::RestoreState(const DurableState& state, RestoreReport* 
     const uint64_t domain_id = mappings[i]->first;
     auto d = domains_.find(domain_id);
     if (d == domains_.end()) {
-      return Unrestorable(absl::StrFormat("mapping %d at IOVA %#x is in domain %d, which does "
-                                          "not exist",
-                                          mappings[i]->second.mapping_id,
-                                          mappings[i]->second.iova.value(), domain_id));
+      return Unrestorable(absl::StrFormat(
+          "mapping %d at IOVA %#x is in domain %d, which does "
+          "not exist",
+          mappings[i]->second.mapping_id, mappings[i]->second.iova.value(), domain_id));
     }
     Buffers::Refs refs(*buffers_);
     Domain::Transaction txn(*d->second, refs);
     for (; i < mappings.size() && mappings[i]->first == domain_id; ++i) {
       MappingState m = mappings[i]->second;
-      const std::string what =
-          absl::StrFormat("domain %d: mapping %d at IOVA %#x", domain_id, m.mapping_id,
-                          m.iova.value());
+      const std::string what = absl::StrFormat("domain %d: mapping %d at IOVA %#x", domain_id,
+                                               m.mapping_id, m.iova.value());
       // A crash between an operation's commits: finish it.
       bool gone = m.owned_buffer_id != 0 && !buffers_->Contains(m.owned_buffer_id);
       for (const internal::BufferRef& ref : m.buffer_refs) gone |= !buffers_->Contains(ref.id);
@@ -261,8 +261,8 @@ absl::Status BrokerImpl::RestoreState(const DurableState& state, RestoreReport* 
       }
       if (owned != 0) alloc_buffers_mapped.insert(owned);
       if (export_id != 0) {
-        buffers_->RestoreImport(export_id,
-                                {.domain = d->second, .iova = iova.value(), .mapping_id = mapping_id});
+        buffers_->RestoreImport(
+            export_id, {.domain = d->second, .iova = iova.value(), .mapping_id = mapping_id});
       }
       ++rep.mappings;
       ++rep.records;

@@ -19,10 +19,10 @@ namespace iommu::core {
 namespace {
 
 using testing::FakeClock;
+using ::testing::HasSubstr;
 using testing::KiB;
 using testing::MemoryJournal;
 using testing::MiB;
-using ::testing::HasSubstr;
 
 Caller Dev(const std::string& name, uint64_t session = 0) { return Caller::Device(name, session); }
 
@@ -33,12 +33,13 @@ std::string Fingerprint(const Broker& b) {
   std::string out;
   const Caller admin = Caller::Admin();
   for (const DomainInfo& d : testing::Value(b.ListDomains(admin))) {
-    absl::StrAppend(&out, "domain ", d.domain_id, " ", d.smmu, " ", DomainTypeName(d.type), " owner=",
-                    d.owner, " default=", d.is_default, " granted=",
-                    absl::StrJoin(d.granted_devices, ","), " granule=", d.granule_bytes,
-                    " devices=", absl::StrJoin(d.devices, ","), " mappings=", d.mappings,
-                    " bytes=", d.mapped_bytes);
-    if (d.msi_window) absl::StrAppend(&out, " msi=", d.msi_window->first, "+", d.msi_window->second);
+    absl::StrAppend(&out, "domain ", d.domain_id, " ", d.smmu, " ", DomainTypeName(d.type),
+                    " owner=", d.owner, " default=", d.is_default,
+                    " granted=", absl::StrJoin(d.granted_devices, ","),
+                    " granule=", d.granule_bytes, " devices=", absl::StrJoin(d.devices, ","),
+                    " mappings=", d.mappings, " bytes=", d.mapped_bytes);
+    if (d.msi_window)
+      absl::StrAppend(&out, " msi=", d.msi_window->first, "+", d.msi_window->second);
     out += "\n";
     for (const PgtableMapping& m : testing::Value(b.WalkDomain(admin, d.domain_id))) {
       absl::StrAppend(&out, "  leaf ", m.iova.value(), " -> ", m.phys.value(), " ", m.size_bytes,
@@ -65,7 +66,8 @@ std::string Fingerprint(const Broker& b) {
     if (!buf.ok()) continue;
     absl::StrAppend(&out, "buffer ", id, " ", buf->device, " ", buf->size_bytes, " ", buf->pool,
                     " maps=", buf->map_count);
-    for (const PhysRun& r : buf->runs) absl::StrAppend(&out, " ", r.start.value(), "+", r.size_bytes);
+    for (const PhysRun& r : buf->runs)
+      absl::StrAppend(&out, " ", r.start.value(), "+", r.size_bytes);
     out += "\n";
   }
   return out;
@@ -105,18 +107,19 @@ class BrokerRestoreTest : public ::testing::Test {
     EXPECT_TRUE(buf.ok()) << buf.status();
     made.buffer = buf->buffer_id;
     for (uint64_t off = 0; off < 64 * KiB; off += 8 * KiB) {
-      auto m = broker_->Map(Dev("nic0"), "nic0",
-                            {.mem = {.buffer_id = buf->buffer_id, .offset_bytes = off + 0x80,
-                                     .length_bytes = 4 * KiB}});
+      auto m = broker_->Map(
+          Dev("nic0"), "nic0",
+          {.mem = {
+               .buffer_id = buf->buffer_id, .offset_bytes = off + 0x80, .length_bytes = 4 * KiB}});
       EXPECT_TRUE(m.ok()) << m.status();
       made.nic_map = m->dma_addr;
     }
     EXPECT_TRUE(broker_->Unmap(Dev("nic0"), "nic0", {.dma_addr = made.nic_map}).ok());
-    auto sg = broker_->MapSg(Dev("nic0"), "nic0",
-                             {.segments = {{.buffer_id = buf->buffer_id, .length_bytes = 4 * KiB},
-                                           {.buffer_id = buf->buffer_id,
-                                            .offset_bytes = 16 * KiB,
-                                            .length_bytes = 4 * KiB}}});
+    auto sg = broker_->MapSg(
+        Dev("nic0"), "nic0",
+        {.segments = {
+             {.buffer_id = buf->buffer_id, .length_bytes = 4 * KiB},
+             {.buffer_id = buf->buffer_id, .offset_bytes = 16 * KiB, .length_bytes = 4 * KiB}}});
     EXPECT_TRUE(sg.ok()) << sg.status();
     auto msi = broker_->MsiCookie(Dev("nic0"), "nic0", {});
     EXPECT_TRUE(msi.ok()) << msi.status();
@@ -129,10 +132,9 @@ class BrokerRestoreTest : public ::testing::Test {
     }
     std::vector<DmaBatchResult> results(ops.size());
     broker_->MapUnmapBatch(Dev("nic0"), "nic0", ops, absl::MakeSpan(results));
-    std::vector<DmaBatchOp> unmaps = {UnmapRequest{results[0].map.dma_addr},
-                                      UnmapRequest{results[2].map.dma_addr},
-                                      MapRequest{.mem = {.buffer_id = buf->buffer_id,
-                                                         .length_bytes = 4 * KiB}}};
+    std::vector<DmaBatchOp> unmaps = {
+        UnmapRequest{results[0].map.dma_addr}, UnmapRequest{results[2].map.dma_addr},
+        MapRequest{.mem = {.buffer_id = buf->buffer_id, .length_bytes = 4 * KiB}}};
     std::vector<DmaBatchResult> r2(unmaps.size());
     broker_->MapUnmapBatch(Dev("nic0"), "nic0", unmaps, absl::MakeSpan(r2));
     for (const auto& r : r2) EXPECT_TRUE(r.status.ok()) << r.status;
@@ -166,25 +168,25 @@ class BrokerRestoreTest : public ::testing::Test {
                     .ok());
 
     // A lazy (DMA_FQ) domain with a mapping and a pending invalidation.
-    auto fq = broker_->CreateDomain(Caller::Admin(),
-                                    {.smmu = "smmu0", .type = DomainType::kDmaFq,
-                                     .granted_devices = {"nvme0"}});
+    auto fq = broker_->CreateDomain(
+        Caller::Admin(),
+        {.smmu = "smmu0", .type = DomainType::kDmaFq, .granted_devices = {"nvme0"}});
     EXPECT_TRUE(fq.ok()) << fq.status();
     EXPECT_TRUE(broker_->AttachDevice(Caller::Admin(), "nvme0", fq->domain_id).ok());
     auto nb = broker_->AllocBuffer(Dev("nvme0"), "nvme0", 32 * KiB, Placement::kContiguous);
     EXPECT_TRUE(nb.ok()) << nb.status();
     auto n1 = broker_->Map(Dev("nvme0"), "nvme0",
                            {.mem = {.buffer_id = nb->buffer_id, .length_bytes = 8 * KiB}});
-    auto n2 = broker_->Map(Dev("nvme0"), "nvme0",
-                           {.mem = {.buffer_id = nb->buffer_id, .offset_bytes = 8 * KiB,
-                                    .length_bytes = 8 * KiB}});
+    auto n2 = broker_->Map(
+        Dev("nvme0"), "nvme0",
+        {.mem = {.buffer_id = nb->buffer_id, .offset_bytes = 8 * KiB, .length_bytes = 8 * KiB}});
     EXPECT_TRUE(n1.ok() && n2.ok());
     EXPECT_TRUE(broker_->Unmap(Dev("nvme0"), "nvme0", {.dma_addr = n2->dma_addr}).ok());
 
     // A session with a buffer and a mapping.
     made.session = broker_->OpenSession(Dev("cam0"), absl::Seconds(30)).value();
-    auto cb = broker_->AllocBuffer(Dev("cam0", made.session), "cam0", 64 * KiB,
-                                   Placement::kContiguous);
+    auto cb =
+        broker_->AllocBuffer(Dev("cam0", made.session), "cam0", 64 * KiB, Placement::kContiguous);
     EXPECT_TRUE(cb.ok()) << cb.status();
     EXPECT_TRUE(broker_
                     ->Map(Dev("cam0", made.session), "cam0",
@@ -254,9 +256,8 @@ TEST_F(BrokerRestoreTest, EveryCommitLeavesARestorableState) {
 
 TEST_F(BrokerRestoreTest, RestoredBrokerContinuesWithoutReusingIds) {
   const Made made = MakeEverything();
-  const uint64_t last_buffer = broker_->AllocBuffer(Dev("nic0"), "nic0", 4 * KiB,
-                                                    Placement::kScattered)
-                                   ->buffer_id;
+  const uint64_t last_buffer =
+      broker_->AllocBuffer(Dev("nic0"), "nic0", 4 * KiB, Placement::kScattered)->buffer_id;
   auto last_map = broker_->Map(Dev("nic0"), "nic0",
                                {.mem = {.buffer_id = made.buffer, .length_bytes = 4 * KiB}});
   ASSERT_TRUE(last_map.ok());
@@ -285,9 +286,8 @@ TEST_F(BrokerRestoreTest, RestoredBrokerContinuesWithoutReusingIds) {
   ASSERT_TRUE(imp.ok()) << imp.status();
   EXPECT_EQ(restored->RevokeExport(Dev("gpu0"), made.token).value(), 2u);
   // Addresses mapped before the restart still translate.
-  auto t = restored->Translate(Dev("nic0"), {.device = "nic0",
-                                             .iova = last_map->dma_addr,
-                                             .access = testing::Read()});
+  auto t = restored->Translate(
+      Dev("nic0"), {.device = "nic0", .iova = last_map->dma_addr, .access = testing::Read()});
   ASSERT_TRUE(t.ok());
   EXPECT_FALSE(t->faulted);
   restored->CheckInvariants();
@@ -313,8 +313,8 @@ TEST_F(BrokerRestoreTest, SessionLeasesRestartInFullAndExpireAfterwards) {
 TEST_F(BrokerRestoreTest, FaultSequenceNumbersContinuePastTheLastIssued) {
   uint64_t last = 0;
   for (int i = 0; i < 3; ++i) {
-    auto t = broker_->Translate(Dev("nic0"),
-                                {.device = "nic0", .iova = Iova(0x1000), .access = testing::Read()});
+    auto t = broker_->Translate(
+        Dev("nic0"), {.device = "nic0", .iova = Iova(0x1000), .access = testing::Read()});
     ASSERT_TRUE(t.ok() && t->faulted);
     last = t->fault_seq;
   }
@@ -445,8 +445,8 @@ TEST_F(BrokerRestoreTest, MutationsWaitForTheJournalBeforeReturning) {
   EXPECT_EQ(journal_.waited(), journal_.commits());
   // A failed call journals nothing.
   const uint64_t after = journal_.commits();
-  EXPECT_FALSE(broker_->Map(Dev("nic0"), "nic0", {.mem = {.buffer_id = 4242, .length_bytes = 4096}})
-                   .ok());
+  EXPECT_FALSE(
+      broker_->Map(Dev("nic0"), "nic0", {.mem = {.buffer_id = 4242, .length_bytes = 4096}}).ok());
   EXPECT_EQ(journal_.commits(), after);
   // A Batch message is one commit, and a map it unmaps again writes nothing.
   std::vector<DmaBatchOp> ops;

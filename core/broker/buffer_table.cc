@@ -185,8 +185,8 @@ BufferState BufferTable::StateOf(const Buffer& b) {
 
 absl::Status BufferTable::Restore(DeviceState& dev, const BufferState& state) {
   auto fail = [&](absl::string_view why) {
-    return absl::InternalError(absl::StrFormat("buffer %d of %s: %s", state.buffer_id,
-                                               state.device, why));
+    return absl::InternalError(
+        absl::StrFormat("buffer %d of %s: %s", state.buffer_id, state.device, why));
   };
   if (state.buffer_id == 0) return fail("id 0");
   uint64_t size_bytes = 0;
@@ -215,9 +215,8 @@ absl::Status BufferTable::RestoreExport(DeviceState& exporter, const ExportState
   absl::MutexLock el(&exports_mu_);
   if (state.export_id == 0 || state.token.empty() || exports_.contains(state.token) ||
       export_tokens_.contains(state.export_id)) {
-    return absl::InternalError(
-        absl::StrFormat("export %d of %s: id or token recorded twice", state.export_id,
-                        state.exporter));
+    return absl::InternalError(absl::StrFormat("export %d of %s: id or token recorded twice",
+                                               state.export_id, state.exporter));
   }
   std::vector<BufferRef> buffers;
   for (uint64_t id : state.buffer_ids) {

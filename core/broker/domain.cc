@@ -219,8 +219,8 @@ absl::Status Domain::Transaction::Restore(MappingRecord&& m) {
   d_.mu_.AssertHeld();
   const uint64_t start = m.iova.value();
   auto fail = [&](absl::string_view why) {
-    return absl::InternalError(absl::StrFormat("domain %d: mapping %d at IOVA %#x: %s", d_.id_,
-                                               m.mapping_id, start, why));
+    return absl::InternalError(
+        absl::StrFormat("domain %d: mapping %d at IOVA %#x: %s", d_.id_, m.mapping_id, start, why));
   };
   if (m.iova_size_bytes == 0 || start + (m.iova_size_bytes - 1) < start ||
       start + (m.iova_size_bytes - 1) > d_.aperture_end_) {

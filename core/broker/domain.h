@@ -117,7 +117,7 @@ struct DomainParams {
   uint64_t granule_bytes = 0;  // 0: the SMMU's smallest
   std::string owner;           // creating device; "" for admin-created and default domains
   bool is_default = false;
-  std::string default_of;  // the device whose default domain it is (is_default)
+  std::string default_of;            // the device whose default domain it is (is_default)
   std::vector<std::string> granted;  // devices besides the owner that may attach
   uint64_t session_id = 0;
   bool try_32bit_first = false;  // PCI default domains (SAC addressing)
@@ -300,7 +300,8 @@ class ABSL_SCOPED_LOCKABLE Domain::Transaction {
   MappingRecord& Insert(Iova iova, uint64_t iova_size_bytes, uint64_t mapped_bytes) {
     d_.mu_.AssertHeld();
     MappingRecord& record = d_.mappings_.Emplace(iova, iova_size_bytes);
-    if (d_.next_mapping_id_ >= d_.mapping_ids_reserved_) [[unlikely]] ReserveMappingIds();
+    if (d_.next_mapping_id_ >= d_.mapping_ids_reserved_) [[unlikely]]
+      ReserveMappingIds();
     if (d_.journal_ != nullptr) touched_.push_back(iova.value());
     record.mapping_id = d_.next_mapping_id_++;
     record.mapped_bytes = mapped_bytes;

@@ -22,8 +22,8 @@
 // Cost: O(log n) per open/keep-alive/close (an ordered deadline index beside
 // the table); Expire is O(k log n) for k expired sessions.
 
-#include <cstdint>
 #include <algorithm>
+#include <cstdint>
 #include <map>
 #include <memory>
 #include <set>

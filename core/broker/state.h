@@ -38,11 +38,11 @@ namespace iommu::core {
 
 // Counters that must never repeat across restarts.
 enum class StateCounter : uint8_t {
-  kDomainId = 1,     // the next domain id
-  kBufferId = 2,     // the next buffer id
-  kExportId = 3,     // the next export id
-  kSessionSeq = 4,   // the next session counter (ids are its permutation)
-  kFaultSeq = 5,     // fault sequence numbers below this may have been issued
+  kDomainId = 1,    // the next domain id
+  kBufferId = 2,    // the next buffer id
+  kExportId = 3,    // the next export id
+  kSessionSeq = 4,  // the next session counter (ids are its permutation)
+  kFaultSeq = 5,    // fault sequence numbers below this may have been issued
 };
 
 struct DomainState {
@@ -99,7 +99,8 @@ using MappingState = internal::MappingRecord;
 
 // One commit's changes. Pointers are valid during Journal::Commit only.
 struct StateChanges {
-  absl::InlinedVector<std::pair<uint64_t, const MappingState*>, 2> mapping_puts;  // (domain, record)
+  absl::InlinedVector<std::pair<uint64_t, const MappingState*>, 2>
+      mapping_puts;                                                   // (domain, record)
   absl::InlinedVector<std::pair<uint64_t, Iova>, 2> mapping_deletes;  // (domain, IOVA start)
   std::vector<DomainState> domain_puts;
   std::vector<uint64_t> domain_deletes;
