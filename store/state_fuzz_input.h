@@ -18,6 +18,8 @@
 #include <string>
 #include <vector>
 
+#include "core/broker/topology.h"
+
 namespace iommu::store::fuzz {
 
 inline constexpr uint8_t kFixChecksum = 1;
@@ -27,6 +29,23 @@ struct Entry {
   std::string key;
   std::string value;
 };
+
+// The topology the fuzzer restores on (and its seeds were written on): the
+// default one with its DRAM cut to 64 MiB per region, so that building a
+// broker is cheap enough to run thousands of times a second.
+inline core::Topology FuzzTopology() {
+  constexpr uint64_t kDramBytes = uint64_t{64} << 20;
+  core::Topology t = core::DefaultTopology();
+  for (core::MemoryRegionConfig& r : t.memory.regions) {
+    if (r.name.starts_with("dram")) r.size_bytes = kDramBytes;
+  }
+  for (core::PoolConfig& p : t.memory.pools) {
+    if (p.name == "dram") {
+      for (core::PoolRangeConfig& range : p.ranges) range.size_bytes = kDramBytes;
+    }
+  }
+  return t;
+}
 
 // The entries of `data`, at most `max_entries` of them.
 inline std::vector<Entry> SplitInput(const uint8_t* data, size_t size, size_t max_entries) {

@@ -1,7 +1,7 @@
 // The recovery fuzzer: what iommud does with whatever a state store holds.
 // The input is a list of stored entries (store/state_fuzz_input.h); each is
 // decoded as StateStore::Open decodes it, and a state whose every entry
-// decodes is restored into a broker on the default topology (without a
+// decodes is restored into a broker on fuzz::FuzzTopology() (without a
 // journal), whose invariants must then hold. Whatever the bytes, neither the
 // decoder nor Broker::Restore may crash, hang, leak or trip a sanitizer: they
 // return an error or a consistent broker.
@@ -16,7 +16,6 @@
 
 #include "core/broker/broker.h"
 #include "core/broker/state.h"
-#include "core/broker/topology.h"
 #include "store/crc32c.h"
 #include "store/state_codec.h"
 #include "store/state_fuzz_input.h"
@@ -41,7 +40,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   }
   // StateStore::Open would refuse records without a schema record or of a
   // newer schema; Broker::Restore is held to any state, so both go on.
-  static const core::Topology* const topology = new core::Topology(core::DefaultTopology());
+  static const core::Topology* const topology = new core::Topology(store::fuzz::FuzzTopology());
   auto broker = core::Broker::Restore(*topology, core::BrokerOptions{}, state);
   if (broker.ok()) (*broker)->CheckInvariants();
   return 0;
