@@ -7,7 +7,7 @@ CMAKE_FLAGS ?=
 CTEST_FLAGS ?= --output-on-failure
 
 .PHONY: all deps configure build run test bench workloads asan tsan thread-safety e2e ci clean \
-	format format-check
+	format format-check fuzz
 
 all: build
 
@@ -69,6 +69,27 @@ thread-safety: deps
 	  -DCMAKE_CXX_COMPILER=clang++ -DIOMMU_THREAD_SAFETY=ON
 	cmake --build build-clang -j $(JOBS)
 
+# The libFuzzer targets (clang, ASan + UBSan), each run over its corpus for
+# FUZZ_SECONDS: store/fuzz_corpus/<name> (the checked-in seeds and regression
+# inputs, only read) plus build-fuzz/corpus/<name> (what the runs add). Fails
+# on the first crash, leak, sanitizer report or timeout, leaving the input in
+# build-fuzz/artifacts/ (keep it under store/fuzz_corpus/<name> once fixed;
+# `make test` replays that corpus).
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS = state_store_fuzz
+fuzz: deps
+	cmake -S . -B build-fuzz -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+	  -DCMAKE_CXX_COMPILER=clang++ -DIOMMU_FUZZ=ON
+	cmake --build build-fuzz -j $(JOBS) --target $(FUZZ_TARGETS)
+	@for t in $(FUZZ_TARGETS); do \
+	  name=$${t%_fuzz}; bin=$$(find build-fuzz -name $$t -type f -perm -u+x | head -1); \
+	  mkdir -p build-fuzz/corpus/$$name build-fuzz/artifacts; \
+	  echo "== $$t for $(FUZZ_SECONDS)s"; \
+	  $$bin -max_total_time=$(FUZZ_SECONDS) -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
+	    -artifact_prefix=build-fuzz/artifacts/$$name- \
+	    build-fuzz/corpus/$$name store/fuzz_corpus/$$name || exit 1; \
+	done
+
 # Every C++ file of the repository in the house style (.clang-format: Google,
 # 100 columns). format rewrites them; format-check fails naming the files that
 # differ (CI runs it).
@@ -83,4 +104,4 @@ format-check: deps
 ci: format-check test asan tsan thread-safety e2e
 
 clean:
-	rm -rf build build-asan build-tsan build-clang
+	rm -rf build build-asan build-tsan build-clang build-fuzz

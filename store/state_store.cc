@@ -49,6 +49,7 @@ absl::StatusOr<std::unique_ptr<StateStore>> StateStore::Open(const StateStoreOpt
                                                              RecoveryInfo* info) {
   RecoveryInfo local;
   RecoveryInfo& out = info != nullptr ? *info : local;
+  out = RecoveryInfo();
   auto kv = KvStore::Open(options.kv);
   if (!kv.ok()) return kv.status();
   *state = core::DurableState();
@@ -110,6 +111,7 @@ StoreStats StateStore::Stats() const {
 absl::StatusOr<core::DurableState> ReadStore(const KvOptions& options, RecoveryInfo* info) {
   RecoveryInfo local;
   RecoveryInfo& out = info != nullptr ? *info : local;
+  out = RecoveryInfo();
   auto kv = KvStore::Open(options);
   if (!kv.ok()) return kv.status();
   core::DurableState state;

@@ -111,6 +111,10 @@ absl::Status BrokerImpl::RestoreState(DurableState& state, RestoreReport* report
     DeviceState* owner = nullptr;
     if (!ds->owner.empty()) {
       ASSIGN_OR_RETURN(owner, device(ds->owner, what));
+      if (default_of != nullptr) {
+        return Unrestorable(absl::StrFormat("%s: the default domain of %s has an owner (%s)", what,
+                                            ds->default_of, ds->owner));
+      }
     }
     for (const std::string& g : ds->granted) RETURN_IF_ERROR(device(g, what).status());
     internal::DomainParams params{
@@ -171,6 +175,15 @@ absl::Status BrokerImpl::RestoreState(DurableState& state, RestoreReport* report
     dev->SetCurrent(d->second);
     ++rep.records;
   }
+  // An untrusted device never leaves a strict translated domain (see
+  // AttachDevice).
+  for (const DeviceConfig& cfg : topology_.devices) {
+    const DomainType t = devices_.at(cfg.name)->Current()->type();
+    if (!cfg.trusted && t != DomainType::kDma && t != DomainType::kUnmanaged) {
+      return Unrestorable(
+          absl::StrFormat("untrusted device %s is in a %s domain", cfg.name, DomainTypeName(t)));
+    }
+  }
 
   // Buffers, then exports of them.
   uint64_t max_buffer_id = 0;
@@ -209,9 +222,15 @@ absl::Status BrokerImpl::RestoreState(DurableState& state, RestoreReport* report
   std::vector<std::pair<uint64_t, MappingState>*> mappings;
   mappings.reserve(state.mappings.size());
   for (auto& m : state.mappings) mappings.push_back(&m);
-  auto by_domain = [](const auto* a, const auto* b) { return a->first < b->first; };
-  if (!std::is_sorted(mappings.begin(), mappings.end(), by_domain)) {
-    std::stable_sort(mappings.begin(), mappings.end(), by_domain);
+  // By domain, then IOVA: a mapping that overlaps an earlier one then has its
+  // start inside it, which Transaction::Restore refuses. (A store returns
+  // them in that order already; then the IOVA claims run in ascending order.)
+  auto by_address = [](const auto* a, const auto* b) {
+    return std::pair(a->first, a->second.iova.value()) <
+           std::pair(b->first, b->second.iova.value());
+  };
+  if (!std::is_sorted(mappings.begin(), mappings.end(), by_address)) {
+    std::stable_sort(mappings.begin(), mappings.end(), by_address);
   }
   absl::flat_hash_set<uint64_t> alloc_buffers_mapped;
   for (size_t i = 0; i < mappings.size();) {

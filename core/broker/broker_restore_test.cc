@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "core/broker/broker.h"
 #include "core/broker/broker_test_util.h"
@@ -406,6 +407,52 @@ TEST_F(BrokerRestoreTest, UnrestorableStatesAreRefusedNamingTheRecord) {
     DurableState s = journal_.State();
     s.session_key.reset();
     refused(s, "no session id key");
+  }
+  {
+    // A piece the page-table ranges do not map where the record says.
+    DurableState s = journal_.State();
+    MappingState& m = s.mappings.front().second;
+    ASSERT_FALSE(m.pieces.empty());
+    m.pieces.front().phys = m.pieces.front().phys + 0x1000;
+    refused(s, absl::StrFormat("mapping %d at IOVA %#x: its piece", m.mapping_id, m.iova.value()));
+  }
+  {
+    // Page-table ranges outside the mapping's IOVA range.
+    DurableState s = journal_.State();
+    MappingState& m = s.mappings.front().second;
+    m.pt_ranges.front().first = Iova(m.iova.value() + m.iova_size_bytes);
+    refused(s, "outside its IOVA range");
+  }
+  {
+    // A mapping containing another one, listed after it: refused whatever
+    // the order of the records.
+    DurableState s = journal_.State();
+    auto outer = s.mappings.front();
+    outer.second.mapping_id += 1000;
+    outer.second.iova = Iova(outer.second.iova.value() - 0x10000);
+    outer.second.iova_size_bytes += 0x20000;
+    outer.second.iova_from_allocator = false;
+    outer.second.pt_ranges = {{outer.second.iova, {PhysAddr(0x1000'0000), 0x1000}}};
+    outer.second.pieces.clear();
+    outer.second.buffer_refs.clear();
+    outer.second.mapped_bytes = 0;
+    s.mappings.push_back(outer);
+    refused(s, "overlaps another mapping");
+  }
+  {
+    // A default domain with an owner.
+    DurableState s = journal_.State();
+    ASSERT_FALSE(s.domains.front().default_of.empty());
+    s.domains.front().owner = "gpu0";
+    refused(s, "has an owner (gpu0)");
+  }
+  {
+    // An untrusted device outside a strict translated domain.
+    DurableState s = journal_.State();
+    for (DomainState& d : s.domains) {
+      if (d.default_of == "tbt0") d.type = DomainType::kIdentity;
+    }
+    refused(s, "untrusted device tbt0 is in a IDENTITY domain");
   }
   // A topology that lost an SMMU cannot hold the domains on it.
   Topology t = testing::TestTopology();

@@ -231,6 +231,17 @@ absl::Status Domain::Transaction::Restore(MappingRecord&& m) {
     return fail("overlaps another mapping");
   }
   if (d_.pgtable_ == nullptr) return fail("the domain does not translate");
+  // Its page-table ranges lie inside its IOVA range (so that restoring it
+  // touches no other mapping's).
+  for (const auto& [iova, run] : m.pt_ranges) {
+    if (run.size_bytes == 0 || iova.value() < start ||
+        iova.value() - start > m.iova_size_bytes - 1 ||
+        run.size_bytes - 1 > m.iova_size_bytes - 1 - (iova.value() - start)) {
+      return fail(absl::StrFormat("page-table range %#x+%#x outside its IOVA range of %#x bytes",
+                                  iova.value(), run.size_bytes, m.iova_size_bytes));
+    }
+  }
+  if (m.kind == MappingKind::kMsi && m.pt_ranges.empty()) return fail("an MSI mapping of no page");
   auto* c = std::get_if<IovaCookie>(&d_.cookie_);
   if (m.iova_from_allocator) {
     if (c == nullptr) return fail("its IOVA came from an allocator the domain lacks");
@@ -241,6 +252,27 @@ absl::Status Domain::Transaction::Restore(MappingRecord&& m) {
   if (absl::Status s = MapRanges(m.pt_ranges, m.prot); !s.ok()) {
     if (m.iova_from_allocator) d_.FreeIova(m.iova, m.iova_size_bytes);
     return fail(s.message());
+  }
+  // What the device sees translates to the memory the record names.
+  for (const MappedPiece& p : m.pieces) {
+    bool translates = p.size_bytes != 0;
+    for (uint64_t off : {uint64_t{0}, p.size_bytes - 1}) {
+      if (!translates) break;
+      const std::optional<PhysAddr> pa = d_.pgtable_->IovaToPhys(p.iova + off);
+      translates = pa.has_value() && *pa == p.phys + off;
+    }
+    if (!translates) {
+      // Nothing mapped here was ever translated: no IOTLB entry to drop.
+      IotlbGather gather;
+      for (const auto& [iova, run] : m.pt_ranges) {
+        const auto r = d_.pgtable_->Unmap(iova, run.size_bytes, &gather);
+        assert(r.ok());
+        (void)r;
+      }
+      if (m.iova_from_allocator) d_.FreeIova(m.iova, m.iova_size_bytes);
+      return fail(absl::StrFormat("its piece %#x+%#x does not translate to %#x", p.iova.value(),
+                                  p.size_bytes, p.phys.value()));
+    }
   }
   if (m.kind == MappingKind::kMsi) {
     const uint64_t page = m.pt_ranges.front().second.start.value();
