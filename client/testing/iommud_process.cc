@@ -101,7 +101,9 @@ absl::Status IommudProcess::Start(const std::vector<std::string>& extra_flags, b
   unix_target_ = "unix:" + socket;
   tcp_target_ = absl::StrCat("127.0.0.1:", FreeTcpPort());
   std::vector<std::string> args = {absl::StrCat("--listen=", unix_target_, ",", tcp_target_),
-                                   absl::StrCat("--metrics_listen=127.0.0.1:", FreeTcpPort())};
+                                   absl::StrCat("--metrics_listen=127.0.0.1:", FreeTcpPort()),
+                                   // A state store of its own (never the system's).
+                                   absl::StrCat("--state_dir=", dir_, "/state")};
   args.insert(args.end(), extra_flags.begin(), extra_flags.end());
   const std::string log = dir_ + "/iommud.log";
   pid_ = Spawn(IommudPath(), args, log, log);

@@ -44,7 +44,9 @@ class Iommud:
         self.log_path = os.path.join(self.dir, "iommud.log")
         self._log = open(self.log_path, "wb")
         self.args = [IOMMUD, f"--listen={self.unix_target},{self.tcp_target}",
-                     f"--metrics_listen=127.0.0.1:{self.metrics_port}", *extra_flags]
+                     f"--metrics_listen=127.0.0.1:{self.metrics_port}",
+                     # A state store of its own (never the system's).
+                     "--state_dir=" + os.path.join(self.dir, "state"), *extra_flags]
         self.proc = subprocess.Popen(self.args, stdout=self._log, stderr=subprocess.STDOUT)
         self._wait_ready(channel_credentials, tls_server_name)
 
