@@ -73,8 +73,8 @@ TEST(StateCodecTest, HandWrittenMappingRecordIsWhatTheGeneratedParserReads) {
   EXPECT_EQ(r.owned_buffer_id(), 0u);
   EXPECT_EQ(r.export_id(), 9u);
   EXPECT_EQ(r.mapped_bytes(), 8292u);
-  EXPECT_THAT(r.segments(), ::testing::ElementsAre(0xffff'f000'0040u, 100u, 0xffff'f000'1000u,
-                                                   8192u));
+  EXPECT_THAT(r.segments(),
+              ::testing::ElementsAre(0xffff'f000'0040u, 100u, 0xffff'f000'1000u, 8192u));
   // And the generated serializer writes the very same bytes (proto3's
   // canonical form: fields in order, zeros omitted, repeated scalars packed).
   EXPECT_EQ(r.SerializeAsString(), bytes);
