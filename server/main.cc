@@ -89,6 +89,9 @@ ABSL_FLAG(std::string, durability, "process",
           "process: an acknowledged change survives a crash or kill of iommud; power: it "
           "also survives power loss (synced to disk before the reply; concurrent calls share "
           "one sync)");
+ABSL_FLAG(uint64_t, store_max_bytes, uint64_t{16} << 30,
+          "lmdb: the most the store may grow to (address space, not memory); a start may "
+          "raise it");
 ABSL_FLAG(bool, no_store, false,
           "run without durable state: a restart forgets every domain, buffer and mapping "
           "(tests and throwaway demos only; warned about on stderr)");
@@ -180,6 +183,10 @@ int main(int argc, char** argv) {
   }
   options.state.enabled = !absl::GetFlag(FLAGS_no_store);
   options.state.kv.dir = absl::GetFlag(FLAGS_state_dir);
+  options.state.kv.lmdb_map_size_bytes = absl::GetFlag(FLAGS_store_max_bytes);
+  if (options.state.kv.lmdb_map_size_bytes < (uint64_t{1} << 20)) {
+    return Fail("store_max_bytes: must be at least 1 MiB");
+  }
   const std::string engine = absl::GetFlag(FLAGS_store_engine);
   if (auto e = iommu::store::ParseKvEngine(engine)) {
     options.state.kv.engine = *e;

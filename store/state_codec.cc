@@ -32,50 +32,59 @@ void AppendBe64(std::string& key, uint64_t v) {
 
 constexpr uint32_t kVarint = 0, kLengthDelimited = 2;
 
-void AppendVarint(std::string* out, uint64_t v) {
-  char buf[10];
-  size_t n = 0;
-  while (v >= 0x80) {
-    buf[n++] = char(v | 0x80);
-    v >>= 7;
+// Writes the wire format through a raw pointer, into room the caller
+// reserved (no bounds checks, no reallocation on the commit path).
+class WireWriter {
+ public:
+  explicit WireWriter(char* p) : p_(p) {}
+  char* end() const { return p_; }
+
+  void Varint(uint64_t v) {
+    while (v >= 0x80) {
+      *p_++ = char(v | 0x80);
+      v >>= 7;
+    }
+    *p_++ = char(v);
   }
-  buf[n++] = char(v);
-  out->append(buf, n);
-}
-
-size_t VarintSize(uint64_t v) {
-  size_t n = 1;
-  while (v >= 0x80) {
-    v >>= 7;
-    ++n;
+  // proto3: a zero scalar is not written.
+  void Field(uint32_t field, uint64_t v) {
+    if (v == 0) return;
+    Varint((field << 3) | kVarint);
+    Varint(v);
   }
-  return n;
-}
+  void Bytes(uint32_t field, std::string_view bytes) {
+    if (bytes.empty()) return;
+    Varint((field << 3) | kLengthDelimited);
+    Varint(bytes.size());
+    std::memcpy(p_, bytes.data(), bytes.size());
+    p_ += bytes.size();
+  }
+  // A packed repeated uint64 field of the values visit(emit) emits.
+  template <typename Visit>
+  void Packed(uint32_t field, Visit visit) {
+    size_t size = 0;
+    visit([&](uint64_t v) { size += VarintSize(v); });
+    if (size == 0) return;
+    Varint((field << 3) | kLengthDelimited);
+    Varint(size);
+    visit([&](uint64_t v) { Varint(v); });
+  }
 
-// proto3: a zero scalar is not written.
-void AppendField(std::string* out, uint32_t field, uint64_t v) {
-  if (v == 0) return;
-  AppendVarint(out, (field << 3) | kVarint);
-  AppendVarint(out, v);
-}
+ private:
+  static size_t VarintSize(uint64_t v) {
+    size_t n = 1;
+    while (v >= 0x80) {
+      v >>= 7;
+      ++n;
+    }
+    return n;
+  }
 
-void AppendBytes(std::string* out, uint32_t field, std::string_view bytes) {
-  if (bytes.empty()) return;
-  AppendVarint(out, (field << 3) | kLengthDelimited);
-  AppendVarint(out, bytes.size());
-  out->append(bytes);
-}
+  char* p_;
+};
 
-// A packed repeated uint64 field of the values fn(visit) visits.
-template <typename Visit>
-void AppendPacked(std::string* out, uint32_t field, Visit visit) {
-  size_t size = 0;
-  visit([&](uint64_t v) { size += VarintSize(v); });
-  if (size == 0) return;
-  AppendVarint(out, (field << 3) | kLengthDelimited);
-  AppendVarint(out, size);
-  visit([&](uint64_t v) { AppendVarint(out, v); });
-}
+// At most this many bytes of one field: a tag and a 10-byte varint.
+constexpr size_t kMaxFieldBytes = 11;
 
 uint64_t ReadBe64(std::string_view bytes) {
   uint64_t v = 0;
@@ -428,41 +437,59 @@ void EncodedChanges::PutMessage(size_t key_at, const Message& m) {
 }
 
 void AppendMappingRecord(const core::MappingState& m, std::string* out) {
-  AppendField(out, 1, m.mapping_id);
-  AppendField(out, 2, uint64_t(ToProto(m.kind)));
-  AppendBytes(out, 3, m.device);
-  AppendField(out, 4, m.session_id);
-  AppendField(out, 5, m.iova.value());
-  AppendField(out, 6, m.iova_size_bytes);
-  AppendField(out, 7, m.iova_from_allocator ? 1 : 0);
-  AppendField(out, 8, m.dma_offset);
-  AppendField(out, 9, uint32_t(m.prot));
-  AppendPacked(out, 10, [&](auto emit) {
+  const size_t bound = kMaxFieldBytes * (16 + 3 * m.pt_ranges.size() + 3 * m.pieces.size() +
+                                         m.buffer_refs.size() + 2 * m.segments.size()) +
+                       m.device.size();
+  const size_t at = out->size();
+  out->resize(at + bound);
+  WireWriter w(out->data() + at);
+  w.Field(1, m.mapping_id);
+  w.Field(2, uint64_t(ToProto(m.kind)));
+  w.Bytes(3, m.device);
+  w.Field(4, m.session_id);
+  w.Field(5, m.iova.value());
+  w.Field(6, m.iova_size_bytes);
+  w.Field(7, m.iova_from_allocator ? 1 : 0);
+  w.Field(8, m.dma_offset);
+  w.Field(9, uint32_t(m.prot));
+  w.Packed(10, [&](auto emit) {
     for (const auto& [iova, run] : m.pt_ranges) {
       emit(iova.value());
       emit(run.start.value());
       emit(run.size_bytes);
     }
   });
-  AppendPacked(out, 11, [&](auto emit) {
+  w.Packed(11, [&](auto emit) {
     for (const core::internal::MappedPiece& p : m.pieces) {
       emit(p.iova.value());
       emit(p.phys.value());
       emit(p.size_bytes);
     }
   });
-  AppendPacked(out, 12, [&](auto emit) {
+  w.Packed(12, [&](auto emit) {
     for (const core::internal::BufferRef& b : m.buffer_refs) emit(b.id);
   });
-  AppendField(out, 13, m.owned_buffer_id);
-  AppendField(out, 14, m.export_id);
-  AppendField(out, 15, m.mapped_bytes);
-  AppendPacked(out, 16, [&](auto emit) {
+  w.Field(13, m.owned_buffer_id);
+  w.Field(14, m.export_id);
+  w.Field(15, m.mapped_bytes);
+  w.Packed(16, [&](auto emit) {
     for (const core::DmaSegment& seg : m.segments) {
       emit(seg.dma_addr.value());
       emit(seg.length_bytes);
     }
   });
+  out->resize(size_t(w.end() - out->data()));
+}
+
+void EncodedChanges::PutMapping(size_t key_at, const core::MappingState& m) {
+  const size_t key_size = buf_.size() - key_at;
+  const size_t value_at = buf_.size();
+  buf_.append(4, '\0');  // the frame's checksum, written below
+  AppendMappingRecord(m, &buf_);
+  const std::string_view all(buf_);
+  const uint32_t crc = RecordCrc(all.substr(key_at, key_size), all.substr(value_at + 4));
+  for (int i = 0; i < 4; ++i) buf_[value_at + i] = char((crc >> (8 * i)) & 0xff);
+  entries_.push_back({key_at, key_size, value_at, buf_.size() - value_at, false});
 }
 
 void EncodedChanges::Encode(const core::StateChanges& c) {
@@ -479,9 +506,7 @@ void EncodedChanges::Encode(const core::StateChanges& c) {
     const size_t at = BeginKey(kMappingKey);
     AppendBe64(buf_, domain_id);
     AppendBe64(buf_, m->iova.value());
-    scratch_.clear();
-    AppendMappingRecord(*m, &scratch_);
-    Put(at, scratch_);
+    PutMapping(at, *m);
   }
   for (uint64_t id : c.domain_deletes) {
     const size_t at = BeginKey(kDomainKey);

@@ -41,6 +41,8 @@ class EncodedChanges {
   size_t BeginKey(char prefix);
   void Put(size_t key_at, std::string_view message_bytes);
   void Delete(size_t key_at);
+  // The mapping record's value, encoded in place after its key.
+  void PutMapping(size_t key_at, const core::MappingState& m);
   // Encodes a message as its entry's value (framed).
   template <typename Message>
   void PutMessage(size_t key_at, const Message& m);
