@@ -7,7 +7,7 @@ CMAKE_FLAGS ?=
 CTEST_FLAGS ?= --output-on-failure
 
 .PHONY: all deps configure build run test bench workloads asan tsan thread-safety e2e ci clean \
-	format format-check fuzz
+	format format-check fuzz soak
 
 all: build
 
@@ -76,6 +76,14 @@ thread-safety: deps
 # build-fuzz/artifacts/ (keep it under store/fuzz_corpus/<name> once fixed;
 # `make test` replays that corpus).
 FUZZ_SECONDS ?= 60
+# The crash test at length: device clients under mixed traffic while iommud
+# is SIGKILLed SOAK_CYCLES times at random moments, then everything
+# acknowledged is checked against their logs (tests/iommud_state_test.cc).
+SOAK_CYCLES ?= 300
+soak: build
+	IOMMU_CRASH_CYCLES=$(SOAK_CYCLES) $(BUILD_DIR)/tests/iommud_integration_test \
+	  --gtest_filter='StateTest.CrashCyclesLoseNothingAcknowledged'
+
 FUZZ_TARGETS = state_store_fuzz
 fuzz: deps
 	cmake -S . -B build-fuzz -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \

@@ -10,6 +10,8 @@
 #include <gtest/gtest.h>
 #include <sys/stat.h>
 
+#include <algorithm>
+#include <cstdlib>
 #include <filesystem>
 #include <map>
 #include <random>
@@ -324,8 +326,10 @@ TEST(StateTest, CrashCyclesLoseNothingAcknowledged) {
     clients.push_back(pid);
   }
   std::mt19937 rng(std::random_device{}());
-  constexpr int kCycles = 10;
-  for (int cycle = 0; cycle < kCycles; ++cycle) {
+  // `make soak` runs many more (IOMMU_CRASH_CYCLES).
+  const char* cycles_env = std::getenv("IOMMU_CRASH_CYCLES");
+  const int cycles = cycles_env != nullptr ? std::max(1, std::atoi(cycles_env)) : 10;
+  for (int cycle = 0; cycle < cycles; ++cycle) {
     std::this_thread::sleep_for(std::chrono::milliseconds(150 + rng() % 450));
     daemon.Kill();
     ASSERT_TRUE(daemon.Restart()) << "cycle " << cycle << ": " << daemon.log();
