@@ -22,6 +22,13 @@ constexpr char kBufferKey = 'b';
 constexpr char kExportKey = 'e';
 constexpr char kSessionKey = 's';
 constexpr char kMappingKey = 'm';
+constexpr char kRequestKey = 'r';
+
+void AppendRequestKey(std::string& key, std::string_view principal, std::string_view id) {
+  key.append(principal);
+  key.push_back('\0');
+  key.append(id);
+}
 
 void AppendBe64(std::string& key, uint64_t v) {
   const uint64_t be = __builtin_bswap64(v);
@@ -401,6 +408,19 @@ absl::Status DecodeRecord(std::string_view key, std::string_view bytes, core::Du
     }
     case kMappingKey:
       return DecodeMapping(key, bytes, state);
+    case kRequestKey: {
+      pb::RequestRecord r;
+      if (absl::Status s = Parse(key, bytes, &r); !s.ok()) return s;
+      std::string want(1, kRequestKey);
+      AppendRequestKey(want, r.principal(), r.request_id());
+      if (key != want) return Damaged(key, "holds another request");
+      state->requests.push_back({.principal = r.principal(),
+                                 .request_id = r.request_id(),
+                                 .fingerprint = r.fingerprint(),
+                                 .reply = r.reply(),
+                                 .recorded = absl::FromUnixNanos(r.recorded_unix_nanos())});
+      return absl::OkStatus();
+    }
     default:
       return absl::InvalidArgumentError(
           absl::StrFormat("record %s: unknown kind of record", DescribeKey(key)));
@@ -586,6 +606,22 @@ void EncodedChanges::Encode(const core::StateChanges& c) {
     buf_.push_back(char(counter));
     PutMessage(at, r);
   }
+  for (const auto& [principal, id] : c.request_deletes) {
+    const size_t at = BeginKey(kRequestKey);
+    AppendRequestKey(buf_, principal, id);
+    Delete(at);
+  }
+  if (const core::RequestState* q = c.request_put) {
+    pb::RequestRecord r;
+    r.set_principal(q->principal);
+    r.set_request_id(q->request_id);
+    r.set_fingerprint(q->fingerprint);
+    r.set_reply(q->reply);
+    r.set_recorded_unix_nanos(absl::ToUnixNanos(q->recorded));
+    const size_t at = BeginKey(kRequestKey);
+    AppendRequestKey(buf_, q->principal, q->request_id);
+    PutMessage(at, r);
+  }
   if (c.session_key) {
     pb::SessionKeyRecord r;
     r.set_key0(c.session_key->first);
@@ -654,6 +690,14 @@ std::string DescribeKey(std::string_view key) {
       return absl::StrCat("e/", id(1), " (export)");
     case kSessionKey:
       return absl::StrCat("s/", id(1), " (session)");
+    case kRequestKey: {
+      const absl::string_view rest(key.data() + 1, key.size() - 1);
+      const size_t nul = rest.find('\0');
+      if (nul == absl::string_view::npos)
+        return absl::StrCat("r/", absl::CHexEscape(rest), " (request)");
+      return absl::StrCat("r/", absl::CHexEscape(rest.substr(0, nul)), "/",
+                          absl::CHexEscape(rest.substr(nul + 1)), " (request)");
+    }
     case kMappingKey:
       return key.size() >= 17 ? absl::StrFormat("m/%d/%#x (mapping)", ReadBe64(key.substr(1)),
                                                 ReadBe64(key.substr(9)))

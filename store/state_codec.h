@@ -6,7 +6,8 @@
 // (proto/iommu/state/v1/records.proto; docs/design.md#durable-state).
 //
 // Keys: "v" schema; "c"+counter byte; "k" session key; "d"+domain;
-// "a"+device name; "b"+buffer; "e"+export; "s"+session; "m"+domain+IOVA.
+// "a"+device name; "b"+buffer; "e"+export; "s"+session; "m"+domain+IOVA;
+// "r"+principal+NUL+request id (from version 2).
 // Numbers are 8-byte big-endian, so a prefix scan returns them in order.
 // Value: crc32c(key || message) as 4 bytes little-endian, then the message.
 
@@ -22,7 +23,9 @@
 namespace iommu::store {
 
 // The version this build writes; it reads every version from 1 up to it.
-inline constexpr uint32_t kSchemaVersion = 1;
+// Version 2 added request records ("r"); opening an earlier store upgrades
+// its schema record before anything is written.
+inline constexpr uint32_t kSchemaVersion = 2;
 
 // The key-value writes of one commit, owning their bytes. Reused across
 // commits (clear() keeps capacity).

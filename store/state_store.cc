@@ -54,14 +54,17 @@ absl::StatusOr<std::unique_ptr<StateStore>> StateStore::Open(const StateStoreOpt
   if (!kv.ok()) return kv.status();
   *state = core::DurableState();
   if (absl::Status s = ReadAll(**kv, options.kv, state, &out); !s.ok()) return s;
-  if (out.records == 0) {
+  if (out.records == 0 || out.schema_version < kSchemaVersion) {
+    // A fresh store, or an earlier version's: this build writes records
+    // the earlier one does not read, so the schema record says so first.
     std::string key, value;
     const KvWrite schema = SchemaWrite(&key, &value, options.written_by);
     auto seq = (*kv)->Commit({&schema, 1});
     if (!seq.ok()) return seq.status();
     if (absl::Status s = (*kv)->WaitDurable(*seq); !s.ok()) return s;
-    out.fresh = true;
-    out.schema_version = kSchemaVersion;
+    out.fresh = out.records == 0;
+    out.upgraded = !out.fresh;
+    if (out.fresh) out.schema_version = kSchemaVersion;
   }
   return std::unique_ptr<StateStore>(new StateStore(options, *std::move(kv)));
 }

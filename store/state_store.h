@@ -43,6 +43,7 @@ struct StateStoreOptions {
 struct RecoveryInfo {
   bool fresh = false;           // an empty store, now initialised
   uint32_t schema_version = 0;  // of the store as found
+  bool upgraded = false;        // an earlier version's store, now marked current
   uint64_t records = 0;
   uint64_t size_bytes = 0;
   absl::Duration read_time;  // reading and checking every record

@@ -105,7 +105,10 @@ absl::Status BrokerImpl::Init(DurableState* restored, RestoreReport* report) {
     }
   }
   if (journal_ != nullptr) {
-    if (restored == nullptr || restored->empty()) Commit(InitialState());
+    if (restored == nullptr || restored->empty()) {
+      StateChanges initial = InitialState();
+      Commit(initial);
+    }
     ReserveFaultSeqs(faults_->newest_seq() + 1);
   }
   return absl::OkStatus();
@@ -140,6 +143,8 @@ Broker::Broker(std::unique_ptr<BrokerImpl> impl) : impl_(std::move(impl)) {}
 Broker::~Broker() = default;
 
 const Topology& Broker::topology() const { return impl_->topology_; }
+RequestLog& Broker::request_log() { return impl_->requests_; }
+const RequestLog& Broker::request_log() const { return impl_->requests_; }
 
 // --- lookups --------------------------------------------------------------------
 

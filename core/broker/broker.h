@@ -38,6 +38,7 @@
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
 #include "core/broker/broker_types.h"
+#include "core/broker/request_log.h"
 #include "core/broker/state.h"
 #include "core/broker/topology.h"
 #include "core/iotlb/fault_ring.h"
@@ -100,6 +101,8 @@ struct BrokerOptions {
   // Where every mutation is journaled before it is acknowledged (none when
   // null): see core/broker/state.h. Not owned; outlives the broker.
   Journal* journal = nullptr;
+  // How long and how many request ids are remembered (see RequestLog).
+  RequestLogOptions requests;
 };
 
 class Broker {
@@ -131,6 +134,10 @@ class Broker {
   Broker& operator=(const Broker&) = delete;
 
   const Topology& topology() const;
+  // The replies of mutating calls made under request ids (see RequestLog):
+  // the server begins each such call here and runs it in a RequestScope.
+  RequestLog& request_log();
+  const RequestLog& request_log() const;
 
   // --- Buffers (pinned pages) ---------------------------------------------
   absl::StatusOr<BufferInfo> AllocBuffer(const Caller& caller, const std::string& device,

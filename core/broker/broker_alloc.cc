@@ -110,7 +110,7 @@ absl::StatusOr<AllocResult> Broker::Alloc(const Caller& caller, const std::strin
     rec.pieces.push_back({pt_iova, r.start, r.size_bytes});
   }
   out.mapping_id = rec.mapping_id;
-  return out;
+  return durable.Reply(out);
 }
 
 absl::Status Broker::Free(const Caller& caller, const std::string& device, Iova dma_addr) {
@@ -134,7 +134,7 @@ absl::Status Broker::Free(const Caller& caller, const std::string& device, Iova 
   ASSIGN_OR_RETURN(MappingRecord * m, BrokerImpl::OwnMapping(txn, caller, device, dma_addr.value(),
                                                              {MappingKind::kAlloc}, "Free"));
   txn.Remove(m->iova.value());
-  return absl::OkStatus();
+  return durable.Reply(absl::OkStatus());
 }
 
 // --- GetSgTable ---------------------------------------------------------------------
@@ -179,11 +179,17 @@ absl::StatusOr<SgTableResult> Broker::GetSgTable(const Caller& caller, const std
       return FieldError(absl::StatusCode::kFailedPrecondition, "dma_addr", dma_addr.value(),
                         "only buffer-backed mappings can be exported");
     }
-    ASSIGN_OR_RETURN(out.export_token,
-                     impl_->buffers_->CreateExport(*dev, d->granule_bytes(), out.chunks,
-                                                   std::move(ids), *grant));
+    // The reply joins the export's commit.
+    RETURN_IF_ERROR(impl_->buffers_
+                        ->CreateExport(*dev, d->granule_bytes(), out.chunks, std::move(ids), *grant,
+                                       [&](const std::string& token) {
+                                         out.export_token = token;
+                                         internal::CaptureReply(out);
+                                       })
+                        .status());
+    return out;
   }
-  return out;
+  return durable.Reply(out);
 }
 
 absl::StatusOr<uint64_t> Broker::RevokeExport(const Caller& caller,
@@ -196,7 +202,7 @@ absl::StatusOr<uint64_t> Broker::RevokeExport(const Caller& caller,
     return FieldError(absl::StatusCode::kNotFound, "export_token", export_token,
                       "no such export (never made, revoked, or its buffer was freed)");
   }
-  return impl_->RevokeExports({*export_id});
+  return durable.Reply(impl_->RevokeExports({*export_id}));
 }
 
 // --- export revocation ------------------------------------------------------------

@@ -46,6 +46,9 @@ void Broker::MapUnmapBatch(const Caller& caller, const std::string& device,
       out = {.status = impl_->UnmapOne(txn, **dev, caller, unmap.dma_addr.value())};
     }
   }
+  // The run's results are its request's reply (the transaction commits
+  // after this, with it).
+  durable.Reply(absl::Span<const DmaBatchResult>(results));
 }
 
 }  // namespace iommu::core

@@ -91,7 +91,8 @@ absl::StatusOr<MapResult> Broker::Map(const Caller& caller, const std::string& d
   std::shared_ptr<Domain> d = impl_->CurrentDomain(*dev);
   BrokerImpl::Buffers::Refs refs(*impl_->buffers_);
   Domain::Transaction txn(*d, refs);
-  return impl_->MapOne(txn, refs, *dev, caller, request.mem, request.direction, request.attrs);
+  return durable.Reply(
+      impl_->MapOne(txn, refs, *dev, caller, request.mem, request.direction, request.attrs));
 }
 
 absl::StatusOr<MapResult> BrokerImpl::MapOne(Domain::Transaction& txn, Buffers::Refs& refs,
@@ -177,7 +178,7 @@ absl::Status Broker::Unmap(const Caller& caller, const std::string& device,
   std::shared_ptr<Domain> d = impl_->CurrentDomain(*dev);
   BrokerImpl::Buffers::Refs refs(*impl_->buffers_);
   Domain::Transaction txn(*d, refs);
-  return impl_->UnmapOne(txn, *dev, caller, request.dma_addr.value());
+  return durable.Reply(impl_->UnmapOne(txn, *dev, caller, request.dma_addr.value()));
 }
 
 absl::Status BrokerImpl::UnmapOne(Domain::Transaction& txn, const DeviceState& dev,
@@ -322,7 +323,7 @@ absl::StatusOr<MapSgResult> Broker::MapSg(const Caller& caller, const std::strin
     return FieldError(absl::StatusCode::kNotFound, "import_token", request.import_token,
                       "no such export (never made, revoked, or its buffer was freed)");
   }
-  return out;
+  return durable.Reply(out);
 }
 
 absl::Status Broker::UnmapSg(const Caller& caller, const std::string& device, Iova dma_addr) {
@@ -335,7 +336,7 @@ absl::Status Broker::UnmapSg(const Caller& caller, const std::string& device, Io
                    BrokerImpl::OwnMapping(txn, caller, device, dma_addr.value(),
                                           {MappingKind::kMapSg, MappingKind::kImport}, "UnmapSg"));
   txn.Remove(m->iova.value());
-  return absl::OkStatus();
+  return durable.Reply(absl::OkStatus());
 }
 
 absl::Status Broker::Sync(const Caller& caller, const std::string& device) {

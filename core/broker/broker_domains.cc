@@ -101,13 +101,14 @@ absl::StatusOr<DomainInfo> Broker::CreateDomain(const Caller& caller,
     if (owner != nullptr) owner->domains.fetch_sub(1);
     return d.status();
   }
+  DomainInfo info = durable.Reply(impl_->Describe(**d));
   if (impl_->journal_ != nullptr) {
     StateChanges c;
     c.domain_puts.push_back((*d)->State());
     c.counters.push_back({StateCounter::kDomainId, impl_->next_domain_id_});
     impl_->Commit(c);
   }
-  return impl_->Describe(**d);
+  return info;
 }
 
 absl::Status Broker::DestroyDomain(const Caller& caller, uint64_t domain_id) {
@@ -147,6 +148,7 @@ absl::Status BrokerImpl::DestroyDomain(const Caller& caller, uint64_t domain_id)
     txn.FlushQueue();
     // Its mappings and its record leave the journal in one commit.
     txn.changes().domain_deletes.push_back(domain_id);
+    internal::CaptureOk();
   }
   d->ReleaseContext();
   if (!d->owner().empty()) devices_.at(d->owner())->domains.fetch_sub(1);
@@ -181,6 +183,7 @@ absl::Status Broker::AttachDevice(const Caller& caller, const std::string& devic
   ASSIGN_OR_RETURN(auto d, impl_->FindDomain(domain_id));
   RETURN_IF_ERROR(impl_->CheckAttach(caller, *dev, *d));
   dev->SetCurrent(d);  // idempotent
+  internal::CaptureOk();
   impl_->JournalAttachment(*dev);
   return absl::OkStatus();
 }
@@ -190,6 +193,7 @@ absl::Status Broker::DetachDevice(const Caller& caller, const std::string& devic
   ASSIGN_OR_RETURN(auto* dev, impl_->ActAs(caller, device));
   absl::MutexLock l(&impl_->registry_mu_);
   dev->SetCurrent(dev->default_domain);
+  internal::CaptureOk();
   impl_->JournalAttachment(*dev);
   return absl::OkStatus();
 }

@@ -15,6 +15,7 @@
 #include "absl/types/span.h"
 #include "core/broker/broker.h"
 #include "core/broker/broker_internal.h"
+#include "core/broker/request_log.h"
 #include "core/broker/session_table.h"
 #include "core/broker/state.h"
 #include "core/iotlb/fault_ring.h"
@@ -38,8 +39,9 @@ class BrokerImpl {
   absl::Status Init(DurableState* restored = nullptr, RestoreReport* report = nullptr);
 
   // --- durable state (broker_restore.cc) -------------------------------------
-  // Journals `changes` (nothing without a journal).
-  void Commit(const StateChanges& changes);
+  // Journals `changes` (nothing without a journal), with the reply of the
+  // call's request when it has been captured (see RequestScope).
+  void Commit(StateChanges& changes);
   // Waits, as an operation's scope ends, until what this thread's commits
   // wrote is as durable as the journal promises: an operation is
   // acknowledged only after that. Declared first in every mutating
@@ -48,6 +50,17 @@ class BrokerImpl {
    public:
     explicit DurableReply(const BrokerImpl& impl) : journal_(impl.journal_) {}
     ~DurableReply() {
+      // A call under a request id that changed nothing still records its
+      // reply (alone: there is no change for it to join).
+      if (RequestScope* request = internal::pending_request;
+          request != nullptr && request->unjournaled()) {
+        StateChanges c;
+        request->JoinCommit(c);
+        if (journal_ != nullptr) {
+          internal::pending_journal_ticket =
+              std::max(internal::pending_journal_ticket, journal_->Commit(c));
+        }
+      }
       if (journal_ != nullptr && internal::pending_journal_ticket != 0) {
         journal_->WaitDurable(internal::pending_journal_ticket);
         internal::pending_journal_ticket = 0;
@@ -55,6 +68,28 @@ class BrokerImpl {
     }
     DurableReply(const DurableReply&) = delete;
     DurableReply& operator=(const DurableReply&) = delete;
+
+    // The operation's result, captured as its request's reply when it
+    // succeeded (see RequestScope). Called as the operation returns, before
+    // its last commit (the transaction's or table's scope ends after it).
+    template <typename T>
+    absl::StatusOr<T> Reply(absl::StatusOr<T> result) const {
+      if (result.ok() && internal::pending_request != nullptr) {
+        internal::pending_request->Capture(*result);
+      }
+      return result;
+    }
+    template <typename T>
+    T Reply(T result) const {
+      if (internal::pending_request != nullptr) internal::pending_request->Capture(result);
+      return result;
+    }
+    absl::Status Reply(absl::Status status) const {
+      if (status.ok() && internal::pending_request != nullptr) {
+        internal::pending_request->Capture(status);
+      }
+      return status;
+    }
 
    private:
     Journal* const journal_;
@@ -205,6 +240,7 @@ class BrokerImpl {
   SessionTable sessions_ ABSL_GUARDED_BY(registry_mu_);
 
   std::unique_ptr<internal::BufferTable> buffers_;  // set by Init
+  RequestLog requests_{options_.requests};
   // Fair shares computed at Init (see Quotas).
   uint64_t fair_buffer_bytes_ = 0;
   absl::flat_hash_map<const Smmu*, uint64_t> fair_domains_;

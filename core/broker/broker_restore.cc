@@ -24,8 +24,10 @@ absl::Status Unrestorable(absl::string_view what) {
 
 }  // namespace
 
-void BrokerImpl::Commit(const StateChanges& changes) {
-  if (journal_ == nullptr || changes.empty()) return;
+void BrokerImpl::Commit(StateChanges& changes) {
+  if (journal_ == nullptr) return;
+  internal::JoinPendingRequest(changes);
+  if (changes.empty()) return;
   const uint64_t ticket = journal_->Commit(changes);
   internal::pending_journal_ticket = std::max(internal::pending_journal_ticket, ticket);
 }
@@ -54,7 +56,10 @@ void BrokerImpl::ReserveFaultSeqs(uint64_t seq) {
   StateChanges c;
   const uint64_t reserved = seq + kFaultSeqBlock;
   c.counters.push_back({StateCounter::kFaultSeq, reserved});
-  Commit(c);
+  // Not Commit: a reservation is not the calling operation's change, so a
+  // request's reply never joins it.
+  internal::pending_journal_ticket =
+      std::max(internal::pending_journal_ticket, journal_->Commit(c));
   fault_seqs_reserved_ = reserved;
 }
 
@@ -323,6 +328,8 @@ absl::Status BrokerImpl::RestoreState(DurableState& state, RestoreReport* report
     buffers_->ReleaseAllocBuffer(id);
     completed(absl::StrFormat("buffer %d: its Alloc mapping is gone; released", id));
   }
+  // Replies of requests, those out of the window or over a budget dropped.
+  requests_.Restore(std::move(state.requests), &fresh.request_deletes);
   Commit(fresh);
   return absl::OkStatus();
 }

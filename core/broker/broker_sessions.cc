@@ -27,6 +27,7 @@ absl::StatusOr<uint64_t> Broker::OpenSession(const Caller& caller, absl::Duratio
   absl::MutexLock l(&impl_->registry_mu_);
   ASSIGN_OR_RETURN(const uint64_t id,
                    impl_->sessions_.Open(caller.device, ttl, impl_->options_.now(), limit));
+  durable.Reply(id);
   if (impl_->journal_ != nullptr) {
     StateChanges c;
     c.session_puts.push_back({.session_id = id, .device = caller.device, .ttl = ttl});
@@ -111,13 +112,19 @@ void BrokerImpl::ReleaseSession(uint64_t session_id) {
       session_domains.push_back(id);
     }
   }
-  for (uint64_t id : session_domains) {
-    const absl::Status s = DestroyDomain(Caller::Admin(), id);
-    assert(s.ok());
-    (void)s;
+  {
+    // Steps of the release, not the reply of a CloseSession that runs it.
+    internal::WithoutReply steps;
+    for (uint64_t id : session_domains) {
+      const absl::Status s = DestroyDomain(Caller::Admin(), id);
+      assert(s.ok());
+      (void)s;
+    }
   }
   // Last: until this commit, a restart finds the session with whatever it
-  // still holds, and its release can be finished by closing it again.
+  // still holds, and its release can be finished by closing it again (the
+  // reply of CloseSession joins it).
+  internal::CaptureOk();
   StateChanges c;
   c.session_deletes.push_back(session_id);
   Commit(c);

@@ -207,7 +207,8 @@ absl::StatusOr<MsiCookieResult> Broker::MsiCookie(const Caller& caller, const st
     }
     // Without a device doorbell the call only set up the window.
     if (dev->config.msi_doorbell.empty() || !is_current) {
-      return MsiCookieResult{.msi_addr = Iova(0), .domain_id = d->id(), .newly_mapped = false};
+      return durable.Reply(
+          MsiCookieResult{.msi_addr = Iova(0), .domain_id = d->id(), .newly_mapped = false});
     }
   } else if (request.window_size_bytes != 0 || request.window_base != 0) {
     return InvalidField("window_size_bytes", request.window_size_bytes,
@@ -230,7 +231,8 @@ absl::StatusOr<MsiCookieResult> Broker::MsiCookie(const Caller& caller, const st
   const uint64_t page = AlignDown(doorbell, g);
   if (d->type() == DomainType::kIdentity) {
     // Bypass: the device's address for the doorbell is its physical address.
-    return MsiCookieResult{.msi_addr = Iova(doorbell), .domain_id = d->id(), .newly_mapped = false};
+    return durable.Reply(
+        MsiCookieResult{.msi_addr = Iova(doorbell), .domain_id = d->id(), .newly_mapped = false});
   }
   if (d->type() == DomainType::kBlocked) {
     return FieldError(absl::StatusCode::kFailedPrecondition, "device", device,
@@ -240,8 +242,9 @@ absl::StatusOr<MsiCookieResult> Broker::MsiCookie(const Caller& caller, const st
   Domain::Transaction txn(*d, refs);
   ASSIGN_OR_RETURN(Domain::Transaction::MsiPage p,
                    txn.MapMsiPage(page, doorbell, impl_->DeviceLimit(*d, *dev)));
-  return MsiCookieResult{
-      .msi_addr = p.iova + (doorbell - page), .domain_id = d->id(), .newly_mapped = p.newly_mapped};
+  return durable.Reply(MsiCookieResult{.msi_addr = p.iova + (doorbell - page),
+                                       .domain_id = d->id(),
+                                       .newly_mapped = p.newly_mapped});
 }
 
 // --- Views ---------------------------------------------------------------------------------

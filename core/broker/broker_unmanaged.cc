@@ -94,10 +94,10 @@ absl::StatusOr<MapResult> Broker::MapAt(const Caller& caller, const std::string&
     rec.pt_ranges.push_back({pt_iova, r});
     rec.pieces.push_back({pt_iova, r.start, r.size_bytes});
   }
-  return MapResult{.dma_addr = iova,
-                   .mapping_id = rec.mapping_id,
-                   .domain_id = d->id(),
-                   .iova_size_bytes = mem.length_bytes};
+  return durable.Reply(MapResult{.dma_addr = iova,
+                                 .mapping_id = rec.mapping_id,
+                                 .domain_id = d->id(),
+                                 .iova_size_bytes = mem.length_bytes});
 }
 
 absl::StatusOr<uint64_t> Broker::UnmapRange(const Caller& caller, const std::string& device,
@@ -140,7 +140,7 @@ absl::StatusOr<uint64_t> Broker::UnmapRange(const Caller& caller, const std::str
   });
   if (!refused.ok()) return refused;
   for (uint64_t start : doomed) txn.Remove(start);
-  return bytes;
+  return durable.Reply(bytes);
 }
 
 }  // namespace iommu::core

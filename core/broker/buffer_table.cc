@@ -10,6 +10,7 @@
 #include "core/base/secure_random.h"
 #include "core/base/status_macros.h"
 #include "core/broker/broker_internal.h"
+#include "core/broker/request_log.h"
 
 namespace iommu::core::internal {
 namespace {
@@ -63,6 +64,8 @@ absl::StatusOr<BufferInfo> BufferTable::Create(DeviceState& dev, uint64_t sessio
     }
     b->buffer_id = next_buffer_id_++;
     b->alloc = *std::move(alloc);
+    // AllocBuffer's point of no return: its reply joins the buffer's commit.
+    if (!backs_alloc) CaptureReply(Describe(*b));
     if (journal_ != nullptr) {
       StateChanges c;
       c.buffer_puts.push_back(StateOf(*b));
@@ -131,6 +134,7 @@ absl::Status BufferTable::Free(const Caller& caller, uint64_t buffer_id) {
     return FieldError(absl::StatusCode::kFailedPrecondition, "buffer_id", buffer_id,
                       absl::StrFormat("still referenced by %d mapping(s); unmap first", refs));
   }
+  CaptureOk();  // FreeBuffer's reply joins the buffer's delete
   FreeLocked(shard, buffer_id);
   return absl::OkStatus();
 }
@@ -167,8 +171,9 @@ std::unique_ptr<Buffer> BufferTable::UnlinkLocked(Shard& shard, uint64_t buffer_
   return b;
 }
 
-void BufferTable::Commit(const StateChanges& changes) {
+void BufferTable::Commit(StateChanges& changes) {
   if (journal_ == nullptr) return;
+  JoinPendingRequest(changes);
   const uint64_t ticket = journal_->Commit(changes);
   pending_journal_ticket = std::max(pending_journal_ticket, ticket);
 }
@@ -433,11 +438,10 @@ void BufferTable::Refs::ReleaseDead() {
 
 // --- exports ------------------------------------------------------------------------
 
-absl::StatusOr<std::string> BufferTable::CreateExport(DeviceState& exporter,
-                                                      uint64_t exporter_granule,
-                                                      std::vector<PhysRun> chunks,
-                                                      std::vector<uint64_t> buffer_ids,
-                                                      const ExportGrant& grant) {
+absl::StatusOr<std::string> BufferTable::CreateExport(
+    DeviceState& exporter, uint64_t exporter_granule, std::vector<PhysRun> chunks,
+    std::vector<uint64_t> buffer_ids, const ExportGrant& grant,
+    absl::FunctionRef<void(const std::string&)> on_token) {
   absl::MutexLock el(&exports_mu_);
   if (exporter.exports.load() >= exporter.quotas.max_exports) {
     return FieldError(absl::StatusCode::kResourceExhausted, "device", exporter.config.name,
@@ -459,6 +463,7 @@ absl::StatusOr<std::string> BufferTable::CreateExport(DeviceState& exporter,
     buffers.push_back({id, shard.buffers.at(id).get()});
     buffers.back().buffer->exports.push_back(export_id);
   }
+  on_token(token);
   if (journal_ != nullptr) {
     StateChanges c;
     c.export_puts.push_back(ExportState{.export_id = export_id,

@@ -28,6 +28,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/inlined_vector.h"
+#include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
@@ -152,11 +153,13 @@ class BufferTable {
 
   // --- exports --------------------------------------------------------------
   // Creates an export of `chunks` (the memory of `buffer_ids`) by `exporter`,
-  // charging its export quota. Returns the token.
-  absl::StatusOr<std::string> CreateExport(DeviceState& exporter, uint64_t exporter_granule,
-                                           std::vector<PhysRun> chunks,
-                                           std::vector<uint64_t> buffer_ids,
-                                           const ExportGrant& grant);
+  // charging its export quota. Returns the token, also given to
+  // `on_token` once the export is certain, before it is journaled (so the
+  // caller's reply can join that commit).
+  absl::StatusOr<std::string> CreateExport(
+      DeviceState& exporter, uint64_t exporter_granule, std::vector<PhysRun> chunks,
+      std::vector<uint64_t> buffer_ids, const ExportGrant& grant,
+      absl::FunctionRef<void(const std::string&)> on_token = [](const std::string&) {});
   // The export `token` names if `check` accepts it (its error otherwise;
   // NOT_FOUND for an unknown token), with a reference taken on each of its
   // buffers for the import (dropped with Refs::Drop on failure).
@@ -247,7 +250,7 @@ class BufferTable {
   std::unique_ptr<Buffer> UnlinkLocked(Shard& shard, uint64_t buffer_id)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(exports_mu_);
   // Journals `changes` (no-op without a journal).
-  void Commit(const StateChanges& changes);
+  void Commit(StateChanges& changes);
   // Returns an unlinked buffer's pages and refunds its owner's quota.
   void ReleasePages(std::unique_ptr<Buffer> b);
   absl::Status CheckFreeLocked(Shard& shard, const Caller& caller, uint64_t buffer_id) const

@@ -8,6 +8,7 @@
 #include "core/base/errors.h"
 #include "core/base/run_sort.h"
 #include "core/base/status_macros.h"
+#include "core/broker/request_log.h"
 
 namespace iommu::core::internal {
 
@@ -209,6 +210,7 @@ void Domain::Transaction::JournalChanges() {
     changes_.domain_puts.push_back(d_.StateLocked());
   }
   domain_changed_ = false;
+  JoinPendingRequest(changes_);
   if (changes_.empty()) return;
   const uint64_t ticket = d_.journal_->Commit(changes_);
   pending_journal_ticket = std::max(pending_journal_ticket, ticket);

@@ -92,6 +92,18 @@ struct SessionState {
   absl::Duration ttl;
 };
 
+// A mutating call's client-chosen request id and the reply it got, so that a
+// retry of the same id (after a restart too) is answered, not applied again
+// (docs/design.md#request-ids). Journaled in the commit of the call's last
+// change, so the reply is in the store exactly when the call's effects are.
+struct RequestState {
+  std::string principal;     // the authenticated identity that sent it
+  std::string request_id;    // unique per principal within the window
+  uint64_t fingerprint = 0;  // the method and the request's bytes
+  std::string reply;         // the serialized reply
+  absl::Time recorded;       // wall time: the window survives restarts
+};
+
 // A mapping's record as its domain holds it. Only the persistent fields are
 // written (ids, addresses, pages, kind, owner's name, buffer ids); `owner`
 // and each BufferRef's pointer are rebuilt by Restore.
@@ -113,13 +125,15 @@ struct StateChanges {
   std::vector<uint64_t> session_deletes;
   std::vector<std::pair<StateCounter, uint64_t>> counters;
   std::optional<std::pair<uint64_t, uint64_t>> session_key;  // the id permutation's key
+  const RequestState* request_put = nullptr;                 // the call's reply (see RequestState)
+  std::vector<std::pair<std::string, std::string>> request_deletes;  // (principal, id)
 
   bool empty() const {
     return mapping_puts.empty() && mapping_deletes.empty() && domain_puts.empty() &&
            domain_deletes.empty() && attachment_puts.empty() && buffer_puts.empty() &&
            buffer_deletes.empty() && export_puts.empty() && export_deletes.empty() &&
            session_puts.empty() && session_deletes.empty() && counters.empty() &&
-           !session_key.has_value();
+           !session_key.has_value() && request_put == nullptr && request_deletes.empty();
   }
 };
 
@@ -157,10 +171,12 @@ struct DurableState {
   std::vector<ExportState> exports;
   std::vector<SessionState> sessions;
   std::vector<std::pair<uint64_t, MappingState>> mappings;  // (domain, record)
+  std::vector<RequestState> requests;
 
   bool empty() const {
     return counters.empty() && !session_key && domains.empty() && attachments.empty() &&
-           buffers.empty() && exports.empty() && sessions.empty() && mappings.empty();
+           buffers.empty() && exports.empty() && sessions.empty() && mappings.empty() &&
+           requests.empty();
   }
 };
 

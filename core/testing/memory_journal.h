@@ -37,6 +37,15 @@ class MemoryJournal final : public Journal {
     for (const SessionState& s : c.session_puts) sessions_[s.session_id] = s;
     for (const auto& [counter, value] : c.counters) counters_[counter] = value;
     if (c.session_key) session_key_ = c.session_key;
+    for (const auto& key : c.request_deletes) requests_.erase(key);
+    if (c.request_put != nullptr) {
+      requests_[{c.request_put->principal, c.request_put->request_id}] = *c.request_put;
+      // Whether the reply shares its commit with the call's changes.
+      StateChanges rest = c;
+      rest.request_put = nullptr;
+      rest.request_deletes.clear();
+      (rest.empty() ? replies_alone_ : replies_joined_)++;
+    }
     ++commits_;
     return commits_;
   }
@@ -57,7 +66,18 @@ class MemoryJournal final : public Journal {
     for (const auto& [id, e] : exports_) s.exports.push_back(e);
     for (const auto& [id, x] : sessions_) s.sessions.push_back(x);
     for (const auto& [key, m] : mappings_) s.mappings.push_back({key.first, m});
+    for (const auto& [key, r] : requests_) s.requests.push_back(r);
     return s;
+  }
+  // Replies of request ids journaled with other changes / in a commit of
+  // their own (a call that changed nothing).
+  uint64_t replies_joined() const {
+    absl::MutexLock l(&mu_);
+    return replies_joined_;
+  }
+  uint64_t replies_alone() const {
+    absl::MutexLock l(&mu_);
+    return replies_alone_;
   }
   uint64_t commits() const {
     absl::MutexLock l(&mu_);
@@ -72,6 +92,9 @@ class MemoryJournal final : public Journal {
   mutable absl::Mutex mu_;
   uint64_t commits_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t waited_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t replies_joined_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t replies_alone_ ABSL_GUARDED_BY(mu_) = 0;
+  std::map<std::pair<std::string, std::string>, RequestState> requests_ ABSL_GUARDED_BY(mu_);
   std::map<StateCounter, uint64_t> counters_ ABSL_GUARDED_BY(mu_);
   std::optional<std::pair<uint64_t, uint64_t>> session_key_ ABSL_GUARDED_BY(mu_);
   std::map<uint64_t, DomainState> domains_ ABSL_GUARDED_BY(mu_);
