@@ -1,8 +1,11 @@
 #include "server/batch_reactor.h"
 
 #include <algorithm>
+#include <type_traits>
 #include <variant>
 
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/types/span.h"
 #include "core/base/status_macros.h"
 #include "server/proto_convert.h"
@@ -166,6 +169,23 @@ void BatchReactor::Process() {
   auto* results = response_->mutable_results();
   results->Reserve(n);
   for (int i = 0; i < n; ++i) results->Add();
+  next_call_ = 0;
+  if (!request_->request_id().empty()) {
+    if (absl::Status s = core::CheckRequestId("request_id", request_->request_id()); !s.ok()) {
+      for (int i = 0; i < n; ++i) SetError(s, results->Mutable(i));
+      return;
+    }
+    // The sequence number is not part of it: a resend on a new stream may
+    // number its messages afresh.
+    std::string bytes = request_->device();
+    for (const v1::BatchOp& op : request_->ops()) {
+      const std::string one = op.SerializeAsString();
+      bytes += std::to_string(one.size());
+      bytes += ':';
+      bytes += one;
+    }
+    fingerprint_ = core::RequestFingerprint("Batch", bytes);
+  }
   for (int i = 0; i < n;) {
     const std::string* device = MapUnmapDevice(*request_, request_->ops(i));
     if (device == nullptr) {
@@ -217,16 +237,96 @@ void BatchReactor::RunMapUnmapRun(int begin, int end) {
     run_index_.push_back(i);
   }
   run_results_.resize(run_ops_.size());
-  env_.broker->MapUnmapBatch(*caller, caller->device, run_ops_, absl::MakeSpan(run_results_));
-  for (size_t k = 0; k < run_ops_.size(); ++k) {
-    v1::BatchResult* result = response_->mutable_results(run_index_[k]);
-    const core::DmaBatchResult& r = run_results_[k];
-    if (!r.status.ok()) {
-      SetError(r.status, result);
-    } else if (std::holds_alternative<core::MapRequest>(run_ops_[k])) {
-      ToProto(r.map, result->mutable_map());
+  auto fill = [this](absl::Span<const core::DmaBatchResult> results, auto&& result_of) {
+    for (size_t k = 0; k < results.size(); ++k) {
+      v1::BatchResult* result = result_of(k);
+      const core::DmaBatchResult& r = results[k];
+      if (!r.status.ok()) {
+        SetError(r.status, result);
+      } else if (std::holds_alternative<core::MapRequest>(run_ops_[k])) {
+        ToProto(r.map, result->mutable_map());
+      }
+    }
+  };
+  const int call = next_call_++;
+  std::optional<core::RequestScope> scope;
+  if (!request_->request_id().empty()) {
+    scope.emplace(env_.broker->request_log(), SubRequest(*caller, call),
+                  [&](const void* captured, const std::type_info& type) {
+                    using Results = absl::Span<const core::DmaBatchResult>;
+                    if (type != typeid(Results)) std::abort();  // see ReplyEncoder
+                    v1::BatchResponse record;
+                    fill(*static_cast<const Results*>(captured),
+                         [&](size_t) { return record.add_results(); });
+                    return record.SerializeAsString();
+                  });
+    absl::StatusOr<std::optional<std::string>> replay =
+        scope->Begin(absl::Now() + absl::Seconds(30));
+    if (!replay.ok()) {
+      for (int i : run_index_) SetError(replay.status(), response_->mutable_results(i));
+      return;
+    }
+    if (replay->has_value()) {
+      v1::BatchResponse record;
+      if (!record.ParseFromString(**replay) || record.results_size() != int(run_index_.size())) {
+        const absl::Status bad = absl::DataLossError(
+            absl::StrFormat("request_id=\"%s\": the recorded reply does not match the message",
+                            request_->request_id()));
+        for (int i : run_index_) SetError(bad, response_->mutable_results(i));
+        return;
+      }
+      for (size_t k = 0; k < run_index_.size(); ++k) {
+        response_->mutable_results(run_index_[k])->CopyFrom(record.results(int(k)));
+      }
+      return;
     }
   }
+  env_.broker->MapUnmapBatch(*caller, caller->device, run_ops_, absl::MakeSpan(run_results_));
+  fill(run_results_, [&](size_t k) { return response_->mutable_results(run_index_[k]); });
+}
+
+core::RequestState BatchReactor::SubRequest(const core::Caller& caller, int k) const {
+  return core::RequestState{.principal = RequestPrincipal(caller),
+                            .request_id = absl::StrCat(request_->request_id(), "#", k),
+                            .fingerprint = fingerprint_};
+}
+
+template <typename Result, typename Call, typename Fill>
+absl::Status BatchReactor::RunOnce(const core::Caller& caller, v1::BatchResult* result, Call&& call,
+                                   Fill&& fill) {
+  auto run = [&]() -> absl::Status {
+    if constexpr (std::is_same_v<Result, absl::Status>) {
+      return call();
+    } else {
+      absl::StatusOr<Result> r = call();
+      if (!r.ok()) return r.status();
+      fill(*r, result);
+      return absl::OkStatus();
+    }
+  };
+  const int k = next_call_++;
+  if (request_->request_id().empty()) return run();
+  core::RequestScope scope(env_.broker->request_log(), SubRequest(caller, k),
+                           [&](const void* captured, const std::type_info& type) {
+                             if (type != typeid(Result)) std::abort();  // see ReplyEncoder
+                             v1::BatchResponse record;
+                             v1::BatchResult* one = record.add_results();
+                             if constexpr (!std::is_same_v<Result, absl::Status>) {
+                               fill(*static_cast<const Result*>(captured), one);
+                             }
+                             return record.SerializeAsString();
+                           });
+  absl::StatusOr<std::optional<std::string>> replay = scope.Begin(absl::Now() + absl::Seconds(30));
+  if (!replay.ok()) return replay.status();
+  if (!replay->has_value()) return run();
+  v1::BatchResponse record;
+  if (!record.ParseFromString(**replay) || record.results_size() != 1) {
+    return absl::DataLossError(
+        absl::StrFormat("request_id=\"%s\": the recorded reply does not match the message",
+                        request_->request_id()));
+  }
+  result->CopyFrom(record.results(0));
+  return absl::OkStatus();
 }
 
 void BatchReactor::RunOp(const v1::BatchOp& op, v1::BatchResult* result) {
@@ -242,15 +342,23 @@ void BatchReactor::RunOp(const v1::BatchOp& op, v1::BatchResult* result) {
             core::Caller caller,
             Authenticator::CallerFor(identity_, OpDevice(op.map_sg().device()), session_id_));
         ASSIGN_OR_RETURN(core::MapSgRequest req, FromProto(op.map_sg()));
-        ASSIGN_OR_RETURN(core::MapSgResult mapped, env_.broker->MapSg(caller, caller.device, req));
-        ToProto(mapped, result->mutable_map_sg());
-        return absl::OkStatus();
+        return RunOnce<core::MapSgResult>(
+            caller, result, [&] { return env_.broker->MapSg(caller, caller.device, req); },
+            [](const core::MapSgResult& mapped, v1::BatchResult* out) {
+              ToProto(mapped, out->mutable_map_sg());
+            });
       }
       case v1::BatchOp::kUnmapSg: {
         ASSIGN_OR_RETURN(
             core::Caller caller,
             Authenticator::CallerFor(identity_, OpDevice(op.unmap_sg().device()), session_id_));
-        return env_.broker->UnmapSg(caller, caller.device, core::Iova(op.unmap_sg().dma_addr()));
+        return RunOnce<absl::Status>(
+            caller, result,
+            [&] {
+              return env_.broker->UnmapSg(caller, caller.device,
+                                          core::Iova(op.unmap_sg().dma_addr()));
+            },
+            kNoFill);
       }
       case v1::BatchOp::kTranslate: {
         ASSIGN_OR_RETURN(

@@ -77,6 +77,13 @@ class BatchReactor final : public grpc::ServerBidiReactor<v1::BatchRequest, v1::
   // RunOp would have given it.
   void RunMapUnmapRun(int begin, int end);
   static void SetError(const absl::Status& status, v1::BatchResult* result);
+  // A message with a request id runs each core call (a run, a MapSg, an
+  // UnmapSg) exactly once under the sub-id "<id>#<k>", k counting its core
+  // calls in order (docs/design.md#request-ids).
+  core::RequestState SubRequest(const core::Caller& caller, int k) const;
+  template <typename Result, typename Call, typename Fill>
+  absl::Status RunOnce(const core::Caller& caller, v1::BatchResult* result, Call&& call,
+                       Fill&& fill);
   // Marks the stream finished with `status` unless it already is; true when
   // the caller must now call Finish(status).
   bool MarkFinishedLocked(const absl::Status& status) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -97,6 +104,8 @@ class BatchReactor final : public grpc::ServerBidiReactor<v1::BatchRequest, v1::
   std::vector<core::DmaBatchOp> run_ops_;
   std::vector<core::DmaBatchResult> run_results_;
   std::vector<int> run_index_;  // op index in *request_ of each run_ops_ entry
+  int next_call_ = 0;           // the next core call's k in this message
+  uint64_t fingerprint_ = 0;    // of this message's device and ops
 
   absl::Mutex mu_;
   bool reading_ ABSL_GUARDED_BY(mu_) = false;

@@ -189,6 +189,12 @@ std::vector<MetricFamily> BrokerCollector::Collect() const {
     f.Counter("iommu_pool_failures_total", "Allocations that found the pool exhausted.", labels,
               double(p.failures_total));
   }
+  f.Gauge("iommu_request_ids_remembered",
+          "Replies of calls made under request ids, kept for their retries.", {},
+          double(broker_->request_log().size()));
+  f.Counter("iommu_request_replays_total",
+            "Calls answered with the recorded reply of an earlier attempt (retries).", {},
+            double(broker_->request_log().replays()));
   return f.Take();
 }
 

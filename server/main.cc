@@ -92,6 +92,11 @@ ABSL_FLAG(std::string, durability, "process",
 ABSL_FLAG(uint64_t, store_max_bytes, uint64_t{16} << 30,
           "lmdb: the most the store may grow to (address space, not memory); a start may "
           "raise it");
+ABSL_FLAG(absl::Duration, request_id_window, absl::Minutes(10),
+          "how long the reply of a call made under an iommu-request-id is remembered, so a "
+          "retry of it (after a restart too) is answered instead of applied again");
+ABSL_FLAG(uint64_t, request_ids_per_client, 4096,
+          "the most request ids remembered per identity (oldest evicted first)");
 ABSL_FLAG(bool, no_store, false,
           "run without durable state: a restart forgets every domain, buffer and mapping "
           "(tests and throwaway demos only; warned about on stderr)");
@@ -176,6 +181,14 @@ int main(int argc, char** argv) {
   options.broker.flush_queue_capacity = absl::GetFlag(FLAGS_fq_size);
   options.broker.flush_queue_timeout = absl::GetFlag(FLAGS_fq_timeout);
   options.broker.fault_ring_capacity = absl::GetFlag(FLAGS_fault_ring_size);
+  options.broker.requests.window = absl::GetFlag(FLAGS_request_id_window);
+  options.broker.requests.max_per_principal = absl::GetFlag(FLAGS_request_ids_per_client);
+  if (options.broker.requests.window <= absl::ZeroDuration()) {
+    return Fail("request_id_window: must be positive");
+  }
+  if (options.broker.requests.max_per_principal == 0) {
+    return Fail("request_ids_per_client: must be at least 1");
+  }
   options.session_ttl = absl::GetFlag(FLAGS_session_ttl);
   options.drain_timeout = absl::GetFlag(FLAGS_drain_timeout);
   if (options.session_ttl <= absl::ZeroDuration()) {

@@ -14,25 +14,27 @@ using grpc::ServerUnaryReactor;
 ServerUnaryReactor* MemoryService::AllocBuffer(CallbackServerContext* context,
                                                const v1::AllocBufferRequest* request,
                                                v1::AllocBufferResponse* response) {
-  return ServeUnary(env_, context, Method::kAllocBuffer, request->device(),
-                    [&](const core::Caller& caller) -> absl::Status {
-                      ASSIGN_OR_RETURN(core::Placement placement, FromProto(request->placement()));
-                      ASSIGN_OR_RETURN(
-                          core::BufferInfo buffer,
-                          env_.broker->AllocBuffer(caller, caller.device, request->size_bytes(),
-                                                   placement, request->pool()));
-                      ToProto(buffer, response->mutable_buffer());
-                      return absl::OkStatus();
-                    });
+  return ServeMutating<core::BufferInfo>(
+      env_, context, Method::kAllocBuffer, *request, response,
+      [&](const core::Caller& caller) -> absl::StatusOr<core::BufferInfo> {
+        ASSIGN_OR_RETURN(core::Placement placement, FromProto(request->placement()));
+        return env_.broker->AllocBuffer(caller, caller.device, request->size_bytes(), placement,
+                                        request->pool());
+      },
+      [](const core::BufferInfo& b, v1::AllocBufferResponse* out) {
+        ToProto(b, out->mutable_buffer());
+      });
 }
 
 ServerUnaryReactor* MemoryService::FreeBuffer(CallbackServerContext* context,
                                               const v1::FreeBufferRequest* request,
-                                              v1::FreeBufferResponse*) {
-  return ServeUnary(env_, context, Method::kFreeBuffer, request->device(),
-                    [&](const core::Caller& caller) {
-                      return env_.broker->FreeBuffer(caller, request->buffer_id());
-                    });
+                                              v1::FreeBufferResponse* response) {
+  return ServeMutating<absl::Status>(
+      env_, context, Method::kFreeBuffer, *request, response,
+      [&](const core::Caller& caller) {
+        return env_.broker->FreeBuffer(caller, request->buffer_id());
+      },
+      kNoFill);
 }
 
 ServerUnaryReactor* MemoryService::GetBuffer(CallbackServerContext* context,
@@ -52,23 +54,26 @@ ServerUnaryReactor* MemoryService::GetBuffer(CallbackServerContext* context,
 ServerUnaryReactor* DomainsService::CreateDomain(CallbackServerContext* context,
                                                  const v1::CreateDomainRequest* request,
                                                  v1::CreateDomainResponse* response) {
-  return ServeUnary(env_, context, Method::kCreateDomain, request->device(),
-                    [&](const core::Caller& caller) -> absl::Status {
-                      ASSIGN_OR_RETURN(core::CreateDomainRequest req, FromProto(*request));
-                      ASSIGN_OR_RETURN(core::DomainInfo domain,
-                                       env_.broker->CreateDomain(caller, req));
-                      ToProto(domain, response->mutable_domain());
-                      return absl::OkStatus();
-                    });
+  return ServeMutating<core::DomainInfo>(
+      env_, context, Method::kCreateDomain, *request, response,
+      [&](const core::Caller& caller) -> absl::StatusOr<core::DomainInfo> {
+        ASSIGN_OR_RETURN(core::CreateDomainRequest req, FromProto(*request));
+        return env_.broker->CreateDomain(caller, req);
+      },
+      [](const core::DomainInfo& d, v1::CreateDomainResponse* out) {
+        ToProto(d, out->mutable_domain());
+      });
 }
 
 ServerUnaryReactor* DomainsService::DestroyDomain(CallbackServerContext* context,
                                                   const v1::DestroyDomainRequest* request,
-                                                  v1::DestroyDomainResponse*) {
-  return ServeUnary(env_, context, Method::kDestroyDomain, request->device(),
-                    [&](const core::Caller& caller) {
-                      return env_.broker->DestroyDomain(caller, request->domain_id());
-                    });
+                                                  v1::DestroyDomainResponse* response) {
+  return ServeMutating<absl::Status>(
+      env_, context, Method::kDestroyDomain, *request, response,
+      [&](const core::Caller& caller) {
+        return env_.broker->DestroyDomain(caller, request->domain_id());
+      },
+      kNoFill);
 }
 
 ServerUnaryReactor* DomainsService::GetDomain(CallbackServerContext* context,
@@ -109,21 +114,25 @@ const std::string& TargetDevice(const core::Caller& caller, const std::string& t
 
 ServerUnaryReactor* DomainsService::AttachDevice(CallbackServerContext* context,
                                                  const v1::AttachDeviceRequest* request,
-                                                 v1::AttachDeviceResponse*) {
-  return ServeUnary(
-      env_, context, Method::kAttachDevice, request->device(), [&](const core::Caller& caller) {
+                                                 v1::AttachDeviceResponse* response) {
+  return ServeMutating<absl::Status>(
+      env_, context, Method::kAttachDevice, *request, response,
+      [&](const core::Caller& caller) {
         return env_.broker->AttachDevice(caller, TargetDevice(caller, request->target_device()),
                                          request->domain_id());
-      });
+      },
+      kNoFill);
 }
 
 ServerUnaryReactor* DomainsService::DetachDevice(CallbackServerContext* context,
                                                  const v1::DetachDeviceRequest* request,
-                                                 v1::DetachDeviceResponse*) {
-  return ServeUnary(
-      env_, context, Method::kDetachDevice, request->device(), [&](const core::Caller& caller) {
+                                                 v1::DetachDeviceResponse* response) {
+  return ServeMutating<absl::Status>(
+      env_, context, Method::kDetachDevice, *request, response,
+      [&](const core::Caller& caller) {
         return env_.broker->DetachDevice(caller, TargetDevice(caller, request->target_device()));
-      });
+      },
+      kNoFill);
 }
 
 ServerUnaryReactor* DomainsService::GetIovaRanges(CallbackServerContext* context,
@@ -168,16 +177,15 @@ ServerUnaryReactor* DomainsService::WalkDomain(CallbackServerContext* context,
 ServerUnaryReactor* SessionsService::OpenSession(CallbackServerContext* context,
                                                  const v1::OpenSessionRequest* request,
                                                  v1::OpenSessionResponse* response) {
-  return ServeUnary(env_, context, Method::kOpenSession, request->device(),
-                    [&](const core::Caller& caller) -> absl::Status {
-                      const absl::Duration ttl = request->ttl_ms() == 0
-                                                     ? env_.default_session_ttl
-                                                     : absl::Milliseconds(request->ttl_ms());
-                      ASSIGN_OR_RETURN(uint64_t id, env_.broker->OpenSession(caller, ttl));
-                      response->set_session_id(id);
-                      response->set_ttl_ms(static_cast<uint64_t>(absl::ToInt64Milliseconds(ttl)));
-                      return absl::OkStatus();
-                    });
+  const absl::Duration ttl =
+      request->ttl_ms() == 0 ? env_.default_session_ttl : absl::Milliseconds(request->ttl_ms());
+  return ServeMutating<uint64_t>(
+      env_, context, Method::kOpenSession, *request, response,
+      [&](const core::Caller& caller) { return env_.broker->OpenSession(caller, ttl); },
+      [&](uint64_t id, v1::OpenSessionResponse* out) {
+        out->set_session_id(id);
+        out->set_ttl_ms(static_cast<uint64_t>(absl::ToInt64Milliseconds(ttl)));
+      });
 }
 
 ServerUnaryReactor* SessionsService::KeepAlive(CallbackServerContext* context,
@@ -191,11 +199,13 @@ ServerUnaryReactor* SessionsService::KeepAlive(CallbackServerContext* context,
 
 ServerUnaryReactor* SessionsService::CloseSession(CallbackServerContext* context,
                                                   const v1::CloseSessionRequest* request,
-                                                  v1::CloseSessionResponse*) {
-  return ServeUnary(env_, context, Method::kCloseSession, request->device(),
-                    [&](const core::Caller& caller) {
-                      return env_.broker->CloseSession(caller, request->session_id());
-                    });
+                                                  v1::CloseSessionResponse* response) {
+  return ServeMutating<absl::Status>(
+      env_, context, Method::kCloseSession, *request, response,
+      [&](const core::Caller& caller) {
+        return env_.broker->CloseSession(caller, request->session_id());
+      },
+      kNoFill);
 }
 
 // --- Stats -------------------------------------------------------------------------

@@ -13,12 +13,18 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <optional>
 #include <string>
+#include <type_traits>
+#include <typeinfo>
 #include <vector>
 
 #include "absl/container/flat_hash_set.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/str_format.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "core/broker/broker.h"
@@ -162,6 +168,89 @@ grpc::ServerUnaryReactor* ServeUnary(const ServiceEnv& env, grpc::CallbackServer
   reactor->Finish(ToGrpcStatus(status));
   return reactor;
 }
+
+// The metadata key of a mutating call's request id, and the trailing
+// metadata a replayed reply carries (docs/design.md#request-ids).
+inline constexpr char kRequestIdMetadataKey[] = "iommu-request-id";
+inline constexpr char kReplayedMetadataKey[] = "iommu-request-replayed";
+
+// The request id the call carries: none, or INVALID_ARGUMENT naming the key
+// for a malformed or repeated one.
+absl::StatusOr<std::optional<std::string>> RequestIdOf(const grpc::ServerContextBase& context);
+
+// Who a request id belongs to: ids are scoped to the caller's identity.
+std::string RequestPrincipal(const core::Caller& caller);
+
+// The latest a retry waits for an earlier attempt still running.
+absl::Time RequestDeadline(const grpc::ServerContextBase& context);
+
+// A core result, turned into the reply's bytes by `fill` into a response of
+// its own (see core::RequestScope::Encoder); absl::Status results fill
+// nothing.
+template <typename Result, typename Response, typename Fill>
+core::RequestScope::Encoder ReplyEncoder(const Fill& fill) {
+  return [&fill](const void* result, const std::type_info& type) {
+    if (type != typeid(Result)) {
+      // A broker operation captured another type than its RPC converts: a
+      // bug that every operation's test reaches.
+      std::fprintf(stderr, "request reply: captured %s, expected %s\n", type.name(),
+                   typeid(Result).name());
+      std::abort();
+    }
+    Response response;
+    if constexpr (!std::is_same_v<Result, absl::Status>) {
+      fill(*static_cast<const Result*>(result), &response);
+    }
+    return response.SerializeAsString();
+  };
+}
+
+// Runs one mutating unary RPC: as ServeUnary, and exactly once per request
+// id. `call(caller)` returns the core's absl::StatusOr<Result> (or
+// absl::Status when Result is absl::Status); `fill(result, response)` turns
+// a result into the response. A call without a request id runs as before;
+// with one, a retry of an answered id gets the recorded response (and the
+// trailing metadata iommu-request-replayed: 1) without running again.
+template <typename Result, typename Request, typename Response, typename Call, typename Fill>
+grpc::ServerUnaryReactor* ServeMutating(const ServiceEnv& env, grpc::CallbackServerContext* context,
+                                        Method method, const Request& request, Response* response,
+                                        Call&& call, Fill&& fill) {
+  auto run = [&](const core::Caller& caller) -> absl::Status {
+    if constexpr (std::is_same_v<Result, absl::Status>) {
+      return call(caller);
+    } else {
+      absl::StatusOr<Result> result = call(caller);
+      if (!result.ok()) return result.status();
+      fill(*result, response);
+      return absl::OkStatus();
+    }
+  };
+  return ServeUnary(
+      env, context, method, request.device(), [&](const core::Caller& caller) -> absl::Status {
+        absl::StatusOr<std::optional<std::string>> id = RequestIdOf(*context);
+        if (!id.ok()) return id.status();
+        if (!id->has_value()) return run(caller);
+        const MethodInfo& info = Describe(method);
+        core::RequestState key{
+            .principal = RequestPrincipal(caller),
+            .request_id = **id,
+            .fingerprint = core::RequestFingerprint(info.method, request.SerializeAsString())};
+        core::RequestScope scope(env.broker->request_log(), std::move(key),
+                                 ReplyEncoder<Result, Response>(fill));
+        absl::StatusOr<std::optional<std::string>> replay = scope.Begin(RequestDeadline(*context));
+        if (!replay.ok()) return replay.status();
+        if (!replay->has_value()) return run(caller);
+        if (!response->ParseFromString(**replay)) {
+          return absl::DataLossError(absl::StrFormat("%s=\"%s\": the recorded reply does not parse",
+                                                     kRequestIdMetadataKey, **id));
+        }
+        context->AddTrailingMetadata(kReplayedMetadataKey, "1");
+        return absl::OkStatus();
+      });
+}
+
+// Fills nothing: for calls whose response has no fields.
+inline constexpr auto kNoFill = [](const auto&, auto*) {};
 
 // Prefixes a status message with the index of the element that failed
 // ("accesses[3]." + "iova=0x...: why"), keeping the code.

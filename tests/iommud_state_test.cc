@@ -250,7 +250,12 @@ struct Expected {
   std::set<uint64_t> all_buffer_ids;
   std::set<std::pair<uint64_t, uint64_t>> all_mapping_ids;  // (domain, mapping id)
   bool ids_reused = false;
-  uint64_t lines = 0, acked = 0;
+  uint64_t lines = 0, acked = 0, replays = 0;
+  // Calls left without an answer ("?" lines): none when calls carry
+  // request ids and are retried until answered.
+  uint64_t unanswered() const {
+    return maybe_maps + maybe_allocs + maybe_buffers.size() + maybe_unmapped.size();
+  }
 };
 
 Expected Replay(const std::string& log) {
@@ -261,7 +266,9 @@ Expected Replay(const std::string& log) {
     ++e.lines;
     std::vector<std::string> f = absl::StrSplit(line, ' ');
     auto n = [&](size_t i) { return std::stoull(f.at(i)); };
-    if (f[0] == "B") {
+    if (f[0] == "R") {
+      ++e.replays;
+    } else if (f[0] == "B") {
       ++e.acked;
       e.ids_reused |= !e.all_buffer_ids.insert(n(1)).second;
       e.buffers[n(1)] = f.size() > 2 ? f[2] : "";
@@ -304,7 +311,10 @@ uint64_t PhysAt(const std::string& runs, uint64_t offset) {
   return 0;
 }
 
-TEST(StateTest, CrashCyclesLoseNothingAcknowledged) {
+// Device clients retry every unanswered call under its request id (as the
+// SDKs do) across SIGKILLs at random moments: the daemon ends up holding
+// exactly what their logs say, each call applied once.
+TEST(StateTest, CrashCyclesLoseNothingAcknowledgedAndApplyEachCallOnce) {
   DaemonProcess daemon;
   ASSERT_TRUE(daemon.Start({"--log_level=warning"}, DaemonProcess::Ready::kUnixSocket))
       << daemon.log();
@@ -320,7 +330,7 @@ TEST(StateTest, CrashCyclesLoseNothingAcknowledged) {
       const std::string log = "--log=" + logs[i];
       const std::string seed = "--seed=" + std::to_string(1000 + i);
       execl(STATE_CLIENT_PATH, STATE_CLIENT_PATH, target.c_str(), device.c_str(), log.c_str(),
-            seed.c_str(), nullptr);
+            seed.c_str(), "--request_ids", nullptr);
       _exit(127);
     }
     clients.push_back(pid);
@@ -345,11 +355,13 @@ TEST(StateTest, CrashCyclesLoseNothingAcknowledged) {
   daemon.Kill();
   ASSERT_TRUE(daemon.Restart()) << daemon.log();
   Stubs s(Insecure(daemon.unix_target()));
-  uint64_t total_acked = 0;
+  uint64_t total_acked = 0, total_replays = 0;
   for (size_t i = 0; i < devices.size(); ++i) {
     const std::string& device = devices[i];
     const Expected e = Replay(ReadAll(logs[i]));
     total_acked += e.acked;
+    total_replays += e.replays;
+    EXPECT_EQ(e.unanswered(), 0u) << device << ": a call was left without an answer";
     EXPECT_FALSE(e.ids_reused) << device;
     EXPECT_GT(e.acked, 20u) << device << ": too little traffic to mean anything";
     for (const auto& [id, runs] : e.buffers) {
@@ -391,14 +403,15 @@ TEST(StateTest, CrashCyclesLoseNothingAcknowledged) {
     ld.set_device(device);
     v1::ListDevicesResponse info;
     ASSERT_OK(s.devices->ListDevices(Ctx().get(), ld, &info));
-    const uint64_t mappings = info.devices(0).mappings();
-    EXPECT_GE(mappings, e.mappings.size()) << device;
-    EXPECT_LE(mappings, e.mappings.size() + e.maybe_maps + e.maybe_unmapped.size()) << device;
-    const uint64_t buffers = info.devices(0).buffers();
-    EXPECT_GE(buffers, e.buffers.size()) << device;
-    EXPECT_LE(buffers, e.buffers.size() + e.maybe_allocs + e.maybe_buffers.size()) << device;
+    // Exactly: a retried call applied twice would leave one more.
+    EXPECT_EQ(info.devices(0).mappings(), e.mappings.size()) << device;
+    EXPECT_EQ(info.devices(0).buffers(), e.buffers.size()) << device;
   }
   EXPECT_GT(total_acked, 100u);
+  // How many answers were replays of a call applied before a kill (a kill
+  // between commit and reply is rare: not asserted, shown).
+  std::printf("crash cycles: %lu calls acknowledged, %lu answered by replay\n",
+              static_cast<unsigned long>(total_acked), static_cast<unsigned long>(total_replays));
   EXPECT_EQ(daemon.Stop(), 0);
   // The store checks clean offline, invariants included.
   const std::string check =
@@ -464,6 +477,128 @@ TEST(StateTest, ADamagedStoreIsRefusedByNameAndCheckedOffline) {
   EXPECT_EQ(daemon.exit_code(), 1);
   EXPECT_NE(daemon.log().find(daemon.state_dir()), std::string::npos) << daemon.log();
   EXPECT_NE(daemon.log().find("(mapping)"), std::string::npos) << daemon.log();
+}
+
+// A context carrying request id `id`.
+std::unique_ptr<grpc::ClientContext> WithId(const std::string& id) {
+  auto ctx = Ctx();
+  ctx->AddMetadata("iommu-request-id", id);
+  return ctx;
+}
+
+bool Replayed(const grpc::ClientContext& ctx) {
+  return ctx.GetServerTrailingMetadata().count("iommu-request-replayed") == 1;
+}
+
+uint64_t Mappings(Stubs& s, const std::string& device) {
+  v1::ListDevicesRequest ld;
+  ld.set_device(device);
+  v1::ListDevicesResponse info;
+  EXPECT_TRUE(s.devices->ListDevices(Ctx().get(), ld, &info).ok());
+  return info.devices_size() == 1 ? info.devices(0).mappings() : ~uint64_t{0};
+}
+
+// A retry of a mutating call under its request id, after SIGKILL and
+// restart, gets the original reply and applies nothing; a Batch message
+// resent on a new stream the same; a reused id is refused; ids are scoped to
+// their device.
+TEST(StateTest, ARetryUnderItsRequestIdIsAnsweredNotAppliedAgain) {
+  DaemonProcess daemon;
+  ASSERT_TRUE(daemon.Start()) << daemon.log();
+  v1::MapRequest map;
+  map.set_device("nic0");
+  map.set_direction(v1::DMA_DIRECTION_BIDIRECTIONAL);
+  v1::MapResponse first;
+  v1::BatchRequest batch;
+  batch.set_device("nic0");
+  batch.set_sequence(1);
+  batch.set_request_id("batch-1");
+  v1::BatchResponse batch_first;
+  uint64_t buffer = 0;
+  {
+    Stubs s(Insecure(daemon.unix_target()));
+    buffer = AllocBuffer(s, "nic0", 64 * 1024);
+    *map.mutable_mem() = BufferRef(buffer, 0x100, 4096);
+    auto ctx = WithId("map-1");
+    ASSERT_OK(s.dma->Map(ctx.get(), map, &first));
+    EXPECT_FALSE(Replayed(*ctx));
+    // The same id again, at once: the same reply, nothing new.
+    v1::MapResponse again;
+    auto ctx2 = WithId("map-1");
+    ASSERT_OK(s.dma->Map(ctx2.get(), map, &again));
+    EXPECT_TRUE(Replayed(*ctx2));
+    EXPECT_EQ(again.SerializeAsString(), first.SerializeAsString());
+    EXPECT_EQ(Mappings(s, "nic0"), 1u);
+    // A Batch message: two maps and an unmap of the unary one.
+    for (uint64_t off : {0x2000, 0x4000}) {
+      v1::MapRequest* m = batch.add_ops()->mutable_map();
+      *m->mutable_mem() = BufferRef(buffer, off, 4096);
+      m->set_direction(v1::DMA_DIRECTION_TO_DEVICE);
+    }
+    batch.add_ops()->mutable_unmap()->set_dma_addr(first.dma_addr());
+    grpc::ClientContext bctx;
+    auto stream = s.dma->Batch(&bctx);
+    ASSERT_TRUE(stream->Write(batch));
+    ASSERT_TRUE(stream->Read(&batch_first));
+    stream->WritesDone();
+    ASSERT_OK(stream->Finish());
+    ASSERT_EQ(batch_first.results_size(), 3);
+    for (const auto& r : batch_first.results()) EXPECT_EQ(r.code(), 0) << r.message();
+    EXPECT_EQ(Mappings(s, "nic0"), 2u);
+  }
+  daemon.Kill();
+  ASSERT_TRUE(daemon.Restart()) << daemon.log();
+  Stubs s(Insecure(daemon.unix_target()));
+  // After the kill: the unary Map's retry gets its reply (the mapping it
+  // names was since unmapped by the Batch: a replay is the answer, not a
+  // new effect).
+  v1::MapResponse after;
+  auto ctx = WithId("map-1");
+  ASSERT_OK(s.dma->Map(ctx.get(), map, &after));
+  EXPECT_TRUE(Replayed(*ctx));
+  EXPECT_EQ(after.SerializeAsString(), first.SerializeAsString());
+  // The Batch message resent on a new stream (numbered afresh).
+  batch.set_sequence(7);
+  grpc::ClientContext bctx;
+  auto stream = s.dma->Batch(&bctx);
+  ASSERT_TRUE(stream->Write(batch));
+  v1::BatchResponse batch_again;
+  ASSERT_TRUE(stream->Read(&batch_again));
+  stream->WritesDone();
+  ASSERT_OK(stream->Finish());
+  EXPECT_EQ(batch_again.sequence(), 7u);
+  ASSERT_EQ(batch_again.results_size(), 3);
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_EQ(batch_again.results(i).SerializeAsString(),
+              batch_first.results(i).SerializeAsString())
+        << i;
+  }
+  EXPECT_EQ(Mappings(s, "nic0"), 2u);
+  // The id reused for another request: refused, naming it; nothing made.
+  v1::MapRequest other = map;
+  other.mutable_mem()->set_offset_bytes(0x8000);
+  v1::MapResponse refused;
+  grpc::Status st = s.dma->Map(WithId("map-1").get(), other, &refused);
+  EXPECT_EQ(st.error_code(), StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(st.error_message().find("iommu-request-id=\"map-1\""), std::string::npos)
+      << st.error_message();
+  EXPECT_EQ(Mappings(s, "nic0"), 2u);
+  // Another device's call under the same id is its own call.
+  const uint64_t gbuf = AllocBuffer(s, "gpu0", 64 * 1024);
+  v1::MapRequest gmap = map;
+  gmap.set_device("gpu0");
+  gmap.mutable_mem()->set_buffer_id(gbuf);
+  v1::MapResponse gresp;
+  auto gctx = WithId("map-1");
+  ASSERT_OK(s.dma->Map(gctx.get(), gmap, &gresp));
+  EXPECT_FALSE(Replayed(*gctx));
+  EXPECT_EQ(Mappings(s, "gpu0"), 1u);
+  // A malformed id: refused before any work.
+  st = s.dma->Map(WithId("not an id").get(), other, &refused);
+  EXPECT_EQ(st.error_code(), StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(st.error_message().find("iommu-request-id="), std::string::npos) << st.error_message();
+  EXPECT_EQ(Mappings(s, "nic0"), 2u);
+  EXPECT_EQ(daemon.Stop(), 0);
 }
 
 TEST(StateTest, NoStoreIsExplicitAndWarned) {

@@ -9,12 +9,18 @@
 //   ?B | ?F <id> | ?M <buffer_id> | ?U <dma_addr>   the call failed without an answer
 //                                         (the daemon died): applied or not
 //   x <code>                              refused with an answer (nothing changed)
+//   R                                     the next line's answer was a replay
 //
 // A line is written after the answer arrives, so the log holds exactly what
 // the daemon acknowledged. The client keeps going across daemon restarts
 // (its channel reconnects; calls in between fail UNAVAILABLE).
 //
-// Usage: state_client --target=ADDR --device=NAME --log=FILE --seed=N
+// With --request_ids every call carries a fresh iommu-request-id and a call
+// left without an answer is retried with the same id until it gets one, as
+// the SDKs do: the log then has no "?" line, and the daemon must hold
+// exactly what it says (each call applied once, however many kills).
+//
+// Usage: state_client --target=ADDR --device=NAME --log=FILE --seed=N [--request_ids]
 
 #include <grpcpp/grpcpp.h>
 #include <signal.h>
@@ -60,6 +66,26 @@ bool Unanswered(const grpc::Status& s) {
          s.error_code() == grpc::StatusCode::INTERNAL;
 }
 
+// Runs `call(context)` once, or with --request_ids until it is answered,
+// every attempt under one request id; `replayed` tells whether the answer
+// was a recorded one.
+template <typename Call>
+grpc::Status Once(bool request_ids, std::mt19937_64& rng, bool* replayed, Call&& call) {
+  char id[33];
+  std::snprintf(id, sizeof id, "%016lx%016lx", static_cast<unsigned long>(rng()),
+                static_cast<unsigned long>(rng()));
+  *replayed = false;
+  while (true) {
+    auto ctx = Ctx();
+    if (request_ids) ctx->AddMetadata("iommu-request-id", id);
+    const grpc::Status s = call(ctx.get());
+    const auto& trailers = ctx->GetServerTrailingMetadata();
+    *replayed = trailers.find("iommu-request-replayed") != trailers.end();
+    if (!request_ids || !Unanswered(s)) return s;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -68,6 +94,11 @@ int main(int argc, char** argv) {
   const std::string log_path = Flag(argc, argv, "log");
   std::mt19937_64 rng(
       std::stoull(Flag(argc, argv, "seed").empty() ? "1" : Flag(argc, argv, "seed")));
+  bool request_ids = false;
+  for (int i = 1; i < argc; ++i) request_ids |= std::strcmp(argv[i], "--request_ids") == 0;
+  // Ids from another generator: the traffic stays the seed's.
+  std::mt19937_64 ids(std::random_device{}());
+  bool replayed = false;
   if (target.empty() || device.empty() || log_path.empty()) {
     std::fprintf(stderr, "usage: state_client --target=ADDR --device=NAME --log=FILE --seed=N\n");
     return 2;
@@ -101,7 +132,10 @@ int main(int argc, char** argv) {
       req.set_placement(rng() % 2 ? iommu::v1::PLACEMENT_SCATTERED
                                   : iommu::v1::PLACEMENT_CONTIGUOUS);
       iommu::v1::AllocBufferResponse resp;
-      s = memory->AllocBuffer(Ctx().get(), req, &resp);
+      s = Once(request_ids, ids, &replayed, [&](grpc::ClientContext* ctx) {
+        resp.Clear();
+        return memory->AllocBuffer(ctx, req, &resp);
+      });
       if (s.ok()) {
         std::string runs;
         for (const auto& r : resp.buffer().runs()) {
@@ -109,6 +143,7 @@ int main(int argc, char** argv) {
           runs += std::to_string(r.phys_addr()) + ":" + std::to_string(r.size_bytes());
         }
         buffers[resp.buffer().buffer_id()] = resp.buffer().size_bytes();
+        if (replayed) std::fprintf(log, "R\n");
         std::fprintf(log, "B %lu %s\n", resp.buffer().buffer_id(), runs.c_str());
       } else if (Unanswered(s)) {
         std::fprintf(log, "?B\n");
@@ -126,9 +161,13 @@ int main(int argc, char** argv) {
           std::min<uint64_t>(4096 - (offset & 0xfff), it->second - offset));
       req.set_direction(iommu::v1::DMA_DIRECTION_BIDIRECTIONAL);
       iommu::v1::MapResponse resp;
-      s = dma->Map(Ctx().get(), req, &resp);
+      s = Once(request_ids, ids, &replayed, [&](grpc::ClientContext* ctx) {
+        resp.Clear();
+        return dma->Map(ctx, req, &resp);
+      });
       if (s.ok()) {
         mappings[resp.dma_addr()] = it->first;
+        if (replayed) std::fprintf(log, "R\n");
         std::fprintf(log, "M %lu %lu %lu %lu %lu\n", resp.dma_addr(), it->first, offset,
                      resp.mapping_id(), resp.domain_id());
       } else if (Unanswered(s)) {
@@ -143,8 +182,10 @@ int main(int argc, char** argv) {
       req.set_device(device);
       req.set_dma_addr(dma_addr);
       iommu::v1::UnmapResponse resp;
-      s = dma->Unmap(Ctx().get(), req, &resp);
+      s = Once(request_ids, ids, &replayed,
+               [&](grpc::ClientContext* ctx) { return dma->Unmap(ctx, req, &resp); });
       if (s.ok()) {
+        if (replayed) std::fprintf(log, "R\n");
         std::fprintf(log, "U %lu\n", dma_addr);
         mappings.erase(it);
       } else if (Unanswered(s)) {
@@ -166,8 +207,10 @@ int main(int argc, char** argv) {
       req.set_device(device);
       req.set_buffer_id(id);
       iommu::v1::FreeBufferResponse resp;
-      s = memory->FreeBuffer(Ctx().get(), req, &resp);
+      s = Once(request_ids, ids, &replayed,
+               [&](grpc::ClientContext* ctx) { return memory->FreeBuffer(ctx, req, &resp); });
       if (s.ok()) {
+        if (replayed) std::fprintf(log, "R\n");
         std::fprintf(log, "F %lu\n", id);
         buffers.erase(id);
       } else if (Unanswered(s)) {
