@@ -48,7 +48,7 @@ asan: deps
 
 # The multi-threaded tests (concurrency, fault ring, Batch runs) under ThreadSanitizer
 # (TSAN_TESTS=. runs all).
-TSAN_TESTS ?= Concurren|FaultRing|Batch
+TSAN_TESTS ?= Concurren|FaultRing|Batch|RequestLog
 tsan: deps
 	cmake -S . -B build-tsan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DIOMMU_BUILD_BENCHMARKS=OFF \
 	  -DIOMMU_CORE_ONLY=ON -DCMAKE_CXX_COMPILER=clang++ -DIOMMU_SANITIZE=thread
@@ -82,7 +82,7 @@ FUZZ_SECONDS ?= 60
 SOAK_CYCLES ?= 300
 soak: build
 	IOMMU_CRASH_CYCLES=$(SOAK_CYCLES) $(BUILD_DIR)/tests/iommud_integration_test \
-	  --gtest_filter='StateTest.CrashCyclesLoseNothingAcknowledged'
+	  --gtest_filter='StateTest.CrashCycles*'
 
 FUZZ_TARGETS = state_store_fuzz
 fuzz: deps
