@@ -514,14 +514,18 @@ TEST(ClientRetryTest, CallsRetryUntilTheDaemonComesUp) {
   });
   v1::AllocBufferRequest alloc;
   alloc.set_size_bytes(4096);
+  alloc.set_placement(v1::PLACEMENT_SCATTERED);
   absl::StatusOr<v1::AllocBufferResponse> buffer = client.AllocBuffer(alloc);
   late.join();
   ASSERT_TRUE(buffer.ok()) << buffer.status() << daemon.Log();
   absl::StatusOr<v1::ListIommusResponse> r = client.ListIommus();
   EXPECT_TRUE(r.ok()) << r.status();
-  absl::StatusOr<Client> admin = Client::Connect({.target = daemon.unix_target()});
-  for (const v1::DeviceInfo& d : admin->ListDevices()->devices()) {
-    if (d.config().name() == "nic0") EXPECT_EQ(d.buffers(), 1u);
+  ASSERT_OK_AND_ASSIGN(admin, Client::Connect({.target = daemon.unix_target()}));
+  ASSERT_OK_AND_ASSIGN(devices, admin.ListDevices());
+  for (const v1::DeviceInfo& d : devices.devices()) {
+    if (d.config().name() == "nic0") {
+      EXPECT_EQ(d.buffers(), 1u);
+    }
   }
 }
 
@@ -555,6 +559,7 @@ TEST(ClientRequestIdTest, RepeatedIdIsAnsweredWithTheOriginalReply) {
     v1::AllocBufferRequest request;
     request.set_device("nic0");
     request.set_size_bytes(size_bytes);
+    request.set_placement(v1::PLACEMENT_SCATTERED);
     v1::AllocBufferResponse response;
     const grpc::Status s = client.connection()->memory->AllocBuffer(&context, request, &response);
     const auto& trailers = context.GetServerTrailingMetadata();
@@ -580,7 +585,7 @@ TEST(ClientRequestIdTest, RepeatedIdIsAnsweredWithTheOriginalReply) {
   EXPECT_EQ(restored.buffer().buffer_id(), original.buffer().buffer_id());
 }
 
-// Device traffic while iommud is SIGKILLed and restarted again and again:
+// Device traffic while iommud is SIGKILLed and restarted 12 times:
 // every call completes OK (the SDK retries through each restart), and the
 // daemon holds exactly what the acknowledged calls made: an AllocBuffer or
 // Map applied before a kill and retried after it is answered, not applied
@@ -600,6 +605,7 @@ TEST(ClientRequestIdTest, CallsCutByDaemonKillsTakeEffectOnce) {
     while (!stop.load()) {
       v1::AllocBufferRequest ab;
       ab.set_size_bytes(4096);
+      ab.set_placement(v1::PLACEMENT_SCATTERED);
       absl::StatusOr<v1::AllocBufferResponse> buffer = client.AllocBuffer(ab);
       if (!buffer.ok()) {
         absl::MutexLock lock(&mu);
@@ -630,8 +636,8 @@ TEST(ClientRequestIdTest, CallsCutByDaemonKillsTakeEffectOnce) {
       }
     }
   });
-  for (int kill = 0; kill < 8; ++kill) {
-    absl::SleepFor(absl::Milliseconds(150 + 37 * kill));
+  for (int kill = 0; kill < 12; ++kill) {
+    absl::SleepFor(absl::Milliseconds(50 + (37 * kill) % 150));
     daemon.Kill();
     ASSERT_TRUE(daemon.Start().ok()) << daemon.Log();
   }
@@ -701,7 +707,9 @@ TEST(ClientRequestIdTest, BatchMessagesCutByDaemonKillsTakeEffectOnce) {
   ASSERT_OK_AND_ASSIGN(admin, Client::Connect({.target = daemon.unix_target()}));
   ASSERT_OK_AND_ASSIGN(devices, admin.ListDevices());
   for (const v1::DeviceInfo& d : devices.devices()) {
-    if (d.config().name() == "nic0") EXPECT_EQ(d.mappings(), 0u);
+    if (d.config().name() == "nic0") {
+      EXPECT_EQ(d.mappings(), 0u);
+    }
   }
 }
 
