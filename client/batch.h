@@ -10,22 +10,34 @@
 // it; Send() writes the pending message and returns a future of its
 // response, whose results are in operation order (BatchResultStatus gives
 // each one's status). Several messages may be in flight: responses are
-// matched to requests by sequence number, in order. If the stream breaks,
-// every outstanding and later future yields the error; Close() returns the
-// stream's final status.
+// matched to requests by sequence number, in order.
 //
-// The pending message lives on a protobuf arena. AddMap/AddUnmap/AddTranslate
+// A daemon restart does not break the stream. Each message carries a fresh
+// request id (BatchRequest.request_id, client/request_id.h) and is kept
+// until its response arrives. When the stream ends with UNAVAILABLE, it is
+// reopened (with the backoff of Options::retry, for up to
+// Options::default_deadline from the break) and the unanswered messages are
+// written again, in order, with their sequences and ids: the daemon answers
+// one it applied before the restart with its original response, so every
+// future completes with the result of exactly one application. Any other
+// error, or no daemon within that time, fails every outstanding and later
+// future; Close() returns the stream's final status.
+//
+// Each message lives on its own protobuf arena. AddMap/AddUnmap/AddTranslate
 // build their operation in place, so queueing costs no heap allocation per
-// operation (Add() copies). Once a message is written its operations are
-// kept for the next one: the BatchOps (cleared) and their Map/Unmap/Translate
-// requests (in per-kind free lists, rewritten whole when reused), so steady
-// queueing allocates nothing, not even on the arena. A message that had an
-// Add()ed operation resets the arena instead, as does a free list grown past
-// kMaxSpare entries. Each response is parsed onto an arena its BatchReply
-// owns.
+// operation (Add() copies). Once a message is answered its operations are
+// kept for a later one: the BatchOps (cleared) and their
+// Map/Unmap/Translate requests (in per-kind free lists, rewritten whole when
+// reused), so steady queueing allocates nothing, not even on the arena. A
+// message that had an Add()ed operation resets its arena instead, as does a
+// free list grown past kMaxSpare entries. The stream holds one message per
+// message in flight, plus the pending one (and keeps up to
+// kMaxAnsweredMessages answered ones for reuse). Each response is parsed
+// onto an arena its BatchReply owns.
 //
-// Thread-compatible: one thread queues and sends; a reader thread inside
-// completes the futures.
+// Thread-compatible: one thread queues, sends and closes. Inside, a reader
+// thread completes the futures and reopens the stream, and after a reopen a
+// short-lived thread writes the unanswered messages again.
 #ifndef IOMMU_CLIENT_BATCH_H_
 #define IOMMU_CLIENT_BATCH_H_
 
@@ -34,6 +46,7 @@
 #include <future>
 #include <memory>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
@@ -89,20 +102,25 @@ class BatchStream {
   size_t AddUnmap(uint64_t dma_addr, absl::string_view device = {});
   size_t AddTranslate(uint64_t iova, uint64_t length_bytes, v1::AccessKind access,
                       absl::string_view device = {});
-  size_t pending() const { return static_cast<size_t>(pending_->ops_size()); }
+  // Operations queued in the pending message.
+  size_t pending() const;
 
   // Sends the pending operations as one message (an empty one too).
   ResponseFuture Send();
   absl::StatusOr<BatchReply> Flush() { return Send().get(); }
 
-  // Half-closes, waits for outstanding responses and returns the stream's
-  // status. Idempotent.
+  // Half-closes, waits for outstanding responses (through a reopen after a
+  // daemon restart) and returns the stream's status. Idempotent.
   absl::Status Close();
 
  private:
+  using Stream = grpc::ClientReaderWriter<v1::BatchRequest, v1::BatchResponse>;
+  // One message and the arena it is built on (batch.cc).
+  struct Message;
   struct Outstanding {
     uint64_t sequence;
     std::promise<absl::StatusOr<BatchReply>> promise;
+    std::unique_ptr<Message> message;  // kept whole to be written again after a reopen
   };
 
   explicit BatchStream(Client client);
@@ -114,40 +132,60 @@ class BatchStream {
   v1::MapRequest* NewMap();
   v1::UnmapRequest* NewUnmap();
   v1::TranslateOp* NewTranslate();
-  // After a Write: empties the pending message, keeping its operations for
-  // the next one (or resetting the arena; see the file comment).
-  void RecyclePending();
   // The device an op must name itself: empty when it is the client's, which
   // the message names once (BatchRequest.device) for every op.
   absl::string_view OwnDevice(absl::string_view device) const {
     return device == client_.device() ? absl::string_view() : device;
   }
-  void ReadLoop();
+
+  // Starts a Batch call and makes it stream_ (not yet live_); returns it
+  // and its context, which only the reader thread replaces.
+  std::pair<Stream*, grpc::ClientContext*> OpenStream() ABSL_LOCKS_EXCLUDED(write_mu_);
+  void ReadLoop(Stream* stream, grpc::ClientContext* context);
+  // Completes the futures of the responses on `stream` until it ends; true
+  // if any arrived.
+  bool ReadResponses(Stream* stream, grpc::ClientContext* context);
+  // After the stream ended with `ended` (UNAVAILABLE), the `opens`-th
+  // stream since the last response: waits `backoff`, then for the channel
+  // to connect, by `give_up`. False when the stream is not to be reopened:
+  // StopReopening(), or (setting broken_) the attempts or the time ran out.
+  bool AwaitReopen(const grpc::Status& ended, int opens, absl::Duration backoff,
+                   absl::Time give_up);
+  bool StopReopening() const ABSL_SHARED_LOCKS_REQUIRED(mu_) {
+    return !broken_.ok() || (closing_ && outstanding_.empty());
+  }
+  // Writes the outstanding messages on the new stream_, in order, then
+  // makes it live_ (and half-closes it after Close()).
+  void Resend();
   void FailOutstanding(const absl::Status& status) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const Client client_;
-  grpc::ClientContext context_;
-  std::unique_ptr<grpc::ClientReaderWriter<v1::BatchRequest, v1::BatchResponse>> stream_;
-  // Owned by the sending thread: the pending message, on pending_arena_.
-  google::protobuf::Arena pending_arena_;
-  v1::BatchRequest* pending_;
-  // Requests of written operations, on pending_arena_, for reuse.
+  // The sending thread's: the message being queued (never null), and the
+  // sequence of the next.
+  std::unique_ptr<Message> pending_;
   static constexpr size_t kMaxSpare = size_t{1} << 16;
-  std::vector<v1::MapRequest*> spare_maps_;
-  std::vector<v1::UnmapRequest*> spare_unmaps_;
-  std::vector<v1::TranslateOp*> spare_translates_;
-  bool pending_has_copies_ = false;  // an Add()ed op: reset the arena after
+  static constexpr size_t kMaxAnsweredMessages = 64;
   uint64_t next_sequence_ = 1;
-  bool closed_ = false;
-  absl::Status final_status_;
   std::thread reader_;
+  // The reader's: the thread of the last Resend(), and the stream's final
+  // status, written before the reader ends (Close() reads it after join).
+  std::thread resender_;
+  absl::Status final_status_;
 
   // Lock order: write_mu_ before mu_. write_mu_ keeps Write order equal to
   // the order of `outstanding_`.
   absl::Mutex write_mu_;
+  std::unique_ptr<grpc::ClientContext> context_ ABSL_GUARDED_BY(write_mu_);
+  std::unique_ptr<Stream> stream_ ABSL_GUARDED_BY(write_mu_);
+  // Send() writes to stream_: false from the end of a stream until the
+  // next one has had the outstanding messages written (Resend()).
+  bool live_ ABSL_GUARDED_BY(write_mu_) = false;
   absl::Mutex mu_;
   std::deque<Outstanding> outstanding_ ABSL_GUARDED_BY(mu_);
-  absl::Status broken_ ABSL_GUARDED_BY(mu_);  // non-OK once the stream cannot deliver
+  // Messages whose responses arrived, for Send() to reuse.
+  std::vector<std::unique_ptr<Message>> answered_ ABSL_GUARDED_BY(mu_);
+  bool closing_ ABSL_GUARDED_BY(mu_) = false;  // Close() was called
+  absl::Status broken_ ABSL_GUARDED_BY(mu_);   // non-OK once the stream cannot deliver
 };
 
 }  // namespace iommu::client

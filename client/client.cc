@@ -5,7 +5,9 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "client/connection.h"
+#include "client/request_id.h"
 #include "client/status.h"
 #include "grpcpp/client_context.h"
 #include "grpcpp/create_channel.h"
@@ -15,6 +17,8 @@
 namespace iommu::client {
 namespace {
 
+// kNo: the call changes the daemon's state (a Translate records its fault,
+// an export mints a token), so its retries carry a request id.
 enum class Idempotent { kNo, kYes };
 
 template <typename Stub, typename Req, typename Resp>
@@ -27,27 +31,47 @@ void FillDevice(Req& request, const std::string& device) {
   }
 }
 
-// One unary call: fills the device, sets deadline and metadata, retries on
-// UNAVAILABLE with exponential backoff if the call is idempotent and the
-// deadline leaves room for another attempt.
+// One unary call: fills the device, sets deadline and metadata, and retries
+// on UNAVAILABLE with exponential backoff while the call's one deadline
+// leaves room (and options.retry.max_attempts allows). A read is repeated
+// as it is; a mutating call sends one request id with every attempt, so a
+// call the daemon applied before it restarted is answered with its original
+// reply rather than applied again. Attempts after the first wait for the
+// channel to reconnect instead of failing fast while it is down.
 template <typename Stub, typename Req, typename Resp>
 absl::StatusOr<Resp> Call(const Client& client, Stub* stub, UnaryMethod<Stub, Req, Resp> method,
                           Req request, Idempotent idempotent) {
   FillDevice(request, client.device());
   const Options& options = client.options();
   const absl::Time deadline = absl::Now() + options.default_deadline;
-  const int attempts = idempotent == Idempotent::kYes ? options.retry.max_attempts : 1;
+  std::string request_id;
+  if (idempotent == Idempotent::kNo) {
+    const internal::RequestId id = internal::NewRequestId();
+    request_id.assign(id.data(), id.size());
+  }
   absl::Duration backoff = options.retry.initial_backoff;
+  grpc::Status unavailable;  // the last UNAVAILABLE answer
   for (int attempt = 1;; ++attempt) {
     grpc::ClientContext context;
     client.PrepareContext(&context, deadline - absl::Now());
+    if (!request_id.empty()) context.AddMetadata(internal::kRequestIdMetadataKey, request_id);
+    if (attempt > 1) context.set_wait_for_ready(true);
     Resp response;
     grpc::Status status = (stub->*method)(&context, request, &response);
     if (status.ok()) return response;
-    if (status.error_code() != grpc::StatusCode::UNAVAILABLE || attempt >= attempts ||
-        absl::Now() + backoff >= deadline) {
+    // A retry that ran out of time waiting for the channel: the daemon is
+    // still unreachable, which the last UNAVAILABLE says better.
+    if (attempt > 1 && status.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED &&
+        client.connection()->channel->GetState(/*try_to_connect=*/false) != GRPC_CHANNEL_READY) {
+      return absl::UnavailableError(absl::StrCat(
+          unavailable.error_message(), " (still unreachable at the deadline, ",
+          absl::FormatDuration(options.default_deadline), ", after ", attempt, " attempts)"));
+    }
+    if (status.error_code() != grpc::StatusCode::UNAVAILABLE ||
+        attempt >= options.retry.max_attempts || absl::Now() + backoff >= deadline) {
       return FromGrpcStatus(status);
     }
+    unavailable = std::move(status);
     absl::SleepFor(backoff);
     backoff = std::min(backoff * 2, options.retry.max_backoff);
   }
@@ -98,11 +122,13 @@ absl::StatusOr<Client> Client::Connect(const Options& options) {
 
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(-1);
-  // The daemon is local: after a restart, reconnect within ~100 ms rather
-  // than gRPC's default 1 s (growing to 2 min).
+  // The daemon is local: reconnect within ~100 ms rather than gRPC's
+  // default 1 s, and never back off past 1 s (gRPC's default grows to
+  // 2 min), so a restarted daemon is found within ~1 s, well inside the
+  // deadline its callers retry in.
   args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
   args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 100);
-  args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 5000);
+  args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
   const Credentials& c = options.credentials;
   if (c.kind != Credentials::Kind::kNone) {
     if (!c.tls_server_name.empty()) {
@@ -169,7 +195,7 @@ absl::StatusOr<v1::GetSgTableResponse> Client::GetSgTable(v1::GetSgTableRequest 
   return Call(*this, conn_->dma.get(), &v1::Dma::Stub::GetSgTable, std::move(r), idem);
 }
 absl::StatusOr<v1::RevokeExportResponse> Client::RevokeExport(v1::RevokeExportRequest r) const {
-  // A second revocation answers NOT_FOUND: not retried.
+  // A second revocation would answer NOT_FOUND: a retry needs the request id.
   return Call(*this, conn_->dma.get(), &v1::Dma::Stub::RevokeExport, std::move(r), Idempotent::kNo);
 }
 absl::StatusOr<v1::MsiCookieResponse> Client::MsiCookie(v1::MsiCookieRequest r) const {

@@ -10,8 +10,9 @@
 // absl::StatusOr<its response>; the request's `device` is filled with
 // Options::device when empty. Errors are the server's status, mapped once
 // (client/status.h), message unchanged. Each unary call gets
-// Options::default_deadline; idempotent calls (reads, Sync, KeepAlive) are
-// retried with backoff on UNAVAILABLE within that one deadline.
+// Options::default_deadline, within which it is retried with backoff on
+// UNAVAILABLE; a mutating call carries one request id across its retries,
+// so a daemon restart neither loses it nor applies it twice (RetryPolicy).
 //
 // Client is a cheap handle (one shared channel); copies share it.
 // WithSession(id) returns a copy whose calls carry `iommu-session-id: <id>`,

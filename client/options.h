@@ -35,11 +35,22 @@ struct Credentials {
   std::string tls_server_name;
 };
 
-// Retries with exponential backoff, applied only to idempotent calls (reads,
-// Sync, KeepAlive) and only on UNAVAILABLE. Every attempt shares the call's
-// one deadline.
+// Retries on UNAVAILABLE (the daemon restarting, or not up yet) with
+// exponential backoff, every attempt within the call's one deadline
+// (Options::default_deadline). Every unary call is retried: a read is
+// repeated as it is; a mutating call carries a request id that all its
+// attempts share, and the daemon answers an id it has already applied with
+// the original reply, so the call takes effect exactly once
+// (client/request_id.h). Attempts after the first wait for the channel to
+// reconnect (gRPC wait_for_ready) rather than fail at once while the daemon
+// is down. A Batch stream broken by UNAVAILABLE is reopened under the same
+// policy, from the break, and its unanswered messages resent (batch.h).
+//
+// The deadline, not max_attempts, normally ends the retries: the default
+// cap leaves the default 10 s deadline room to ride out a daemon restart of
+// a few seconds (the channel finds the new daemon within ~1 s of its start).
 struct RetryPolicy {
-  int max_attempts = 4;  // >= 1; 1 disables retries
+  int max_attempts = 30;  // >= 1; 1 disables retries
   absl::Duration initial_backoff = absl::Milliseconds(20);
   absl::Duration max_backoff = absl::Seconds(1);
 };

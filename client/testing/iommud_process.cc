@@ -129,6 +129,14 @@ int IommudProcess::Stop() {
   return status;
 }
 
+int IommudProcess::Kill() {
+  if (pid_ <= 0) return -1;
+  kill(pid_, SIGKILL);
+  const int status = WaitExit(pid_);
+  pid_ = -1;
+  return status;
+}
+
 std::string IommudProcess::Log() const { return ReadAll(dir_ + "/iommud.log"); }
 
 CtlResult RunCtl(const std::vector<std::string>& args) {

@@ -41,6 +41,9 @@ class IommudProcess {
   void UseUnixSocket(std::string path) { socket_path_ = std::move(path); }
   // SIGTERM, then waits; returns the exit status (or -signal).
   int Stop();
+  // SIGKILL, then waits (a crash); returns -SIGKILL. Start() again restarts
+  // the daemon on the same Unix socket and state directory.
+  int Kill();
 
   bool running() const { return pid_ > 0; }
   const std::string& unix_target() const { return unix_target_; }

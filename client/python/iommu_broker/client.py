@@ -8,21 +8,24 @@ Every RPC of iommu.v1 is a method. Calls that create something return a
 handle (Buffer, Mapping, SgMapping, Allocation, RangeMapping, Domain) that is
 a context manager releasing it; queries return the response messages (`pb`).
 A failed call raises an IommuError subclass carrying the daemon's code and
-message. Each call has a deadline (`timeout` seconds); calls that are safe to
-repeat (reads, KeepAlive, Sync) are retried while the daemon is UNAVAILABLE.
+message. Each call has a deadline (`timeout` seconds) within which it is
+retried while the daemon is UNAVAILABLE (restarting): reads are repeated, and
+a call that changes state carries one request id across its retries, so the
+daemon answers it with its original reply rather than applying it twice
+(iommu_broker.retry).
 
 Thread-safe: a Client may be shared by threads (gRPC channels are).
 """
 import dataclasses
 import os
-import time
 from typing import Optional, Union
 
 import grpc
 
 from iommu_broker import convert, pb
-from iommu_broker.errors import InvalidArgument, from_rpc_error
+from iommu_broker.errors import InvalidArgument
 from iommu_broker.handles import Allocation, Buffer, Domain, Mapping, RangeMapping, SgMapping
+from iommu_broker.retry import RECONNECT_OPTIONS, REQUEST_ID_HEADER, Retrier, new_request_id
 from iommu_broker.streams import BatchStream, FaultWatch, Session
 
 DEFAULT_TARGET = "unix:/tmp/iommud.sock"
@@ -74,15 +77,19 @@ def _check_credentials(token: Optional[str], tls: Optional[TlsConfig]) -> None:
 class Client:
     def __init__(self, target: str = DEFAULT_TARGET, device: str = "", *,
                  token: Optional[str] = None, tls: Optional[TlsConfig] = None,
-                 timeout: float = 10.0, retries: int = 3, channel_options=()):
+                 timeout: float = 10.0, retries: int = 30, channel_options=()):
         """`device` is the identity requests act as ("" = the admin, with
         --auth=none or an admin credential); `token` a bearer token
         (--auth=token), which needs `tls` with the daemon's CA;
         `tls` alone with a client certificate is --auth=mtls. Raises
         InvalidArgument when the credentials cannot work (a token without
-        `tls`)."""
+        `tls`). A call is retried on UNAVAILABLE at most `retries` times,
+        all within its `timeout`: the timeout normally ends the retries,
+        and the default one rides out a daemon restart of a few seconds."""
         _check_credentials(token, tls)
         options = list(channel_options)
+        given = {name for name, _ in options}
+        options += [kv for kv in RECONNECT_OPTIONS if kv[0] not in given]
         if tls is None:
             channel = grpc.insecure_channel(target, options=options)
         else:
@@ -137,15 +144,19 @@ class Client:
         self.close()
 
     def _call(self, method, request, idempotent=False):
-        attempts = 1 + (self._retries if idempotent else 0)
-        for attempt in range(attempts):
+        """One unary call, retried on UNAVAILABLE within `timeout`; one
+        request id for all the attempts of a call that is not idempotent.
+        Attempts after the first wait for the channel to reconnect."""
+        metadata = self._metadata
+        if not idempotent:
+            metadata += ((REQUEST_ID_HEADER, new_request_id()),)
+        retry = Retrier(self._channel, self._metadata, self.timeout, self._retries)
+        while True:
             try:
-                return method(request, timeout=self.timeout, metadata=self._metadata)
+                return method(request, timeout=retry.remaining(), metadata=metadata,
+                              wait_for_ready=True if retry.attempts > 1 else None)
             except grpc.RpcError as e:
-                if e.code() == grpc.StatusCode.UNAVAILABLE and attempt + 1 < attempts:
-                    time.sleep(0.05 * 2 ** attempt)
-                    continue
-                raise from_rpc_error(e) from None
+                retry.again(e)
 
     # --- Memory -----------------------------------------------------------
     def alloc_buffer(self, size_bytes: int, placement="scattered", pool: str = "") -> Buffer:

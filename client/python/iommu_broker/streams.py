@@ -8,6 +8,7 @@ import grpc
 from iommu_broker import pb
 from iommu_broker.errors import (IommuError, NotFound, Unavailable, error_for, error_for_number,
                                  from_rpc_error)
+from iommu_broker.retry import Retrier, new_request_id
 
 
 class Session:
@@ -86,15 +87,30 @@ class BatchStream:
     no device acts as the client's device (sent once per message, as
     BatchRequest.device, not copied into every op).
 
+    Each message carries a fresh request id. When the stream breaks with
+    UNAVAILABLE (a daemon restart) before the response, the message is
+    written again, with its sequence and id, on a new stream (retried as a
+    unary call is, within the client's `timeout` from the break): the daemon
+    answers one it applied before the restart with its original response.
+
     Thread-compatible: one thread submits at a time.
     """
 
     def __init__(self, client):
+        self._client = client
         self._device = client.device
-        self._requests = queue.SimpleQueue()
-        self._call = client._dma.Batch(iter(self._requests.get, _END), metadata=client._metadata)
         self._sequence = 0
         self._closed = False
+        self._open()
+
+    def _open(self):
+        self._requests = queue.SimpleQueue()
+        self._call = self._client._dma.Batch(iter(self._requests.get, _END),
+                                             metadata=self._client._metadata)
+
+    def _reopen(self):
+        self._requests.put(_END)  # ends the old call's request iterator
+        self._open()
 
     def submit(self, ops, check: bool = False):
         """Runs `ops` (an iterable of pb.BatchOp) and returns the results.
@@ -102,15 +118,10 @@ class BatchStream:
         if self._closed:
             raise ValueError("BatchStream is closed")
         self._sequence += 1
-        request = pb.BatchRequest(sequence=self._sequence, device=self._device)
+        request = pb.BatchRequest(sequence=self._sequence, device=self._device,
+                                  request_id=new_request_id())
         request.ops.extend(ops)
-        self._requests.put(request)
-        try:
-            response = next(self._call)
-        except StopIteration:
-            raise Unavailable(grpc.StatusCode.UNAVAILABLE, "Batch stream ended by the daemon") from None
-        except grpc.RpcError as e:
-            raise from_rpc_error(e) from None
+        response = self._exchange(request)
         if response.sequence != self._sequence:
             raise error_for(grpc.StatusCode.INTERNAL,
                             f"sequence={response.sequence}: expected {self._sequence}")
@@ -120,6 +131,24 @@ class BatchStream:
                 if r.code != 0:
                     raise error_for_number(r.code, r.message)
         return results
+
+    def _exchange(self, request):
+        """Writes `request` and returns its response, writing it again on a
+        new stream after each break with UNAVAILABLE while retries allow."""
+        retry = None  # from the first break
+        while True:
+            self._requests.put(request)
+            try:
+                return next(self._call)
+            except StopIteration:
+                raise Unavailable(grpc.StatusCode.UNAVAILABLE,
+                                  "Batch stream ended by the daemon") from None
+            except grpc.RpcError as e:
+                if retry is None:
+                    retry = Retrier(self._client._channel, self._client._metadata,
+                                    self._client.timeout, self._client._retries)
+                retry.again(e)
+                self._reopen()
 
     def close(self) -> None:
         """Half-closes the stream and waits for the daemon to finish it."""

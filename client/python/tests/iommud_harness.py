@@ -33,7 +33,8 @@ class Iommud:
     """One iommud process on a private Unix socket and a TCP port.
 
     `unix_target` / `tcp_target` are gRPC targets; `stop()` sends SIGTERM and
-    returns the exit code (a clean drain exits 0)."""
+    returns the exit code (a clean drain exits 0); `kill()` then `restart()`
+    is a crash and restart on the same socket and state directory."""
 
     def __init__(self, *extra_flags, tls_server_name=None, channel_credentials=None):
         self.dir = tempfile.mkdtemp(prefix="iommud-py-")
@@ -47,8 +48,18 @@ class Iommud:
                      f"--metrics_listen=127.0.0.1:{self.metrics_port}",
                      # A state store of its own (never the system's).
                      "--state_dir=" + os.path.join(self.dir, "state"), *extra_flags]
+        self._credentials = channel_credentials
+        self._server_name = tls_server_name
+        self.restart()
+
+    def restart(self):
         self.proc = subprocess.Popen(self.args, stdout=self._log, stderr=subprocess.STDOUT)
-        self._wait_ready(channel_credentials, tls_server_name)
+        self._wait_ready(self._credentials, self._server_name)
+
+    def kill(self):
+        """SIGKILL, as a crash."""
+        self.proc.kill()
+        self.proc.wait()
 
     def _wait_ready(self, credentials, server_name, timeout_s=30.0):
         deadline = time.monotonic() + timeout_s

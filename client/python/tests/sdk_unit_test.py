@@ -1,10 +1,14 @@
-"""The SDK's own logic against an in-process fake daemon (no iommud): which
-calls are retried, the metadata each call carries (a token only over TLS),
-handle release, the Batch sequence check and the enum/memory conversions."""
+"""The SDK's own logic against an in-process fake daemon (no iommud): the
+retries and the request ids that make them exactly-once (including a Batch
+message written again on a new stream), the metadata each call carries (a
+token only over TLS), handle release, the Batch sequence check and the
+enum/memory conversions."""
 import os
+import re
 import shutil
 import tempfile
 import threading
+import time
 import unittest
 from concurrent import futures
 
@@ -17,13 +21,28 @@ from iommu_broker._generated.iommu.v1 import (device_pb2_grpc, dma_pb2_grpc, mem
 from pki import make_pki
 
 
+REQUEST_ID = re.compile(r"[0-9a-f]{32}")
+
+
 class Recorder:
-    """What the fake saw, and how many UNAVAILABLE answers it still owes."""
+    """What the fake saw, how many UNAVAILABLE answers it still owes, and
+    how its Batch streams behave; shared by the fake's restarts."""
 
     def __init__(self):
         self.lock = threading.Lock()
         self.calls = []  # (method, request, metadata dict)
         self.unavailable = 0
+        self.streams = []  # the BatchRequests each Batch stream read
+        # The first Batch stream answers only its first `answer_first`
+        # messages and, having read `end_first_after`, ends with `end_first_with`.
+        self.answer_first = 1 << 30
+        self.end_first_after = 1 << 30
+        self.end_first_with = grpc.StatusCode.UNAVAILABLE
+        # The daemon's side of the protocol: each op applied gets the next
+        # number; a Batch message whose id was seen is answered from `replies`.
+        self.applied_ops = 0
+        self.replayed = 0
+        self.replies = {}
 
     def record(self, method, request, context):
         with self.lock:
@@ -34,6 +53,25 @@ class Recorder:
 
     def methods(self):
         return [c[0] for c in self.calls]
+
+    def request_ids(self):
+        return [md.get("iommu-request-id") for _, _, md in self.calls]
+
+    def apply(self, request, skew):
+        """The response to a Batch message: its original one if its id was seen."""
+        if request.request_id in self.replies:
+            self.replayed += 1
+            return self.replies[request.request_id]
+        results = []
+        for _ in request.ops:
+            self.applied_ops += 1
+            results.append(pb.BatchResult(code=5, message="dma_addr=0x9: no mapping",
+                                          translate=pb.TranslateOpResult(
+                                              phys_addr=self.applied_ops)))
+        response = pb.BatchResponse(sequence=request.sequence + skew, results=results)
+        if request.request_id:
+            self.replies[request.request_id] = response
+        return response
 
 
 class FakeDma(dma_pb2_grpc.DmaServicer):
@@ -46,6 +84,8 @@ class FakeDma(dma_pb2_grpc.DmaServicer):
 
     def Unmap(self, request, context):
         self.rec.record("Unmap", request, context)
+        if request.dma_addr == 0xdead:
+            context.abort(grpc.StatusCode.NOT_FOUND, "dma_addr=0xdead: no mapping")
         return pb.UnmapResponse()
 
     def Sync(self, request, context):
@@ -53,11 +93,20 @@ class FakeDma(dma_pb2_grpc.DmaServicer):
         return pb.SyncResponse()
 
     def Batch(self, request_iterator, context):
-        for request in request_iterator:
+        with self.rec.lock:
+            stream = len(self.rec.streams)
+            self.rec.streams.append([])
+        for read, request in enumerate(request_iterator, 1):
             self.rec.record("Batch", request, context)
-            yield pb.BatchResponse(sequence=request.sequence + self.skew, results=[
-                pb.BatchResult(code=5, message="dma_addr=0x9: no mapping")
-                for _ in request.ops])
+            with self.rec.lock:
+                self.rec.streams[stream].append(request)
+                response = self.rec.apply(request, self.skew)
+                answer = stream > 0 or read <= self.rec.answer_first
+                end = stream == 0 and read == self.rec.end_first_after
+            if answer:
+                yield response
+            if end:
+                context.abort(self.rec.end_first_with, "fake: stream ended")
 
 
 class FakeMemory(memory_pb2_grpc.MemoryServicer):
@@ -107,30 +156,46 @@ class FakeSessions(session_pb2_grpc.SessionsServicer):
 class SdkUnitTest(unittest.TestCase):
     def start(self, skew=0, tls=False):
         """The fake's target; with `tls`, it serves TLS with a throw-away
-        certificate for localhost and self.ca is its CA."""
+        certificate for localhost and self.ca is its CA. stop_server() and
+        serve() again restart it on the same socket."""
         self.rec = Recorder()
-        server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
-        dma_pb2_grpc.add_DmaServicer_to_server(FakeDma(self.rec, skew), server)
-        memory_pb2_grpc.add_MemoryServicer_to_server(FakeMemory(self.rec), server)
-        device_pb2_grpc.add_DevicesServicer_to_server(FakeDevices(self.rec), server)
-        session_pb2_grpc.add_SessionsServicer_to_server(FakeSessions(self.rec), server)
+        self.skew = skew
+        self.creds = None
         tmp = tempfile.mkdtemp(prefix="iommu-fake-")
-        target = f"unix:{tmp}/fake.sock"
+        self.socket = f"{tmp}/fake.sock"
         if tls:
             pki_dir = tempfile.mkdtemp(prefix="iommu-fake-pki-")
             self.addCleanup(shutil.rmtree, pki_dir, True)
             pki = make_pki(pki_dir)
             self.ca = pki["ca"][0]
             with open(pki["server"][0], "rb") as cert, open(pki["server"][1], "rb") as key:
-                creds = grpc.ssl_server_credentials([(key.read(), cert.read())])
-            server.add_secure_port(target, creds)
+                self.creds = grpc.ssl_server_credentials([(key.read(), cert.read())])
+        self.addCleanup(os.rmdir, tmp)
+        self.addCleanup(lambda: os.path.exists(self.socket) and os.unlink(self.socket))
+        self.addCleanup(self.stop_server)
+        self.serve()
+        return f"unix:{self.socket}"
+
+    def serve(self):
+        if os.path.exists(self.socket):
+            os.unlink(self.socket)
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
+        dma_pb2_grpc.add_DmaServicer_to_server(FakeDma(self.rec, self.skew), server)
+        memory_pb2_grpc.add_MemoryServicer_to_server(FakeMemory(self.rec), server)
+        device_pb2_grpc.add_DevicesServicer_to_server(FakeDevices(self.rec), server)
+        session_pb2_grpc.add_SessionsServicer_to_server(FakeSessions(self.rec), server)
+        target = f"unix:{self.socket}"
+        if self.creds is not None:
+            server.add_secure_port(target, self.creds)
         else:
             server.add_insecure_port(target)
         server.start()
-        self.addCleanup(os.rmdir, tmp)
-        self.addCleanup(lambda: os.path.exists(f"{tmp}/fake.sock") and os.unlink(f"{tmp}/fake.sock"))
-        self.addCleanup(server.stop, None)
-        return target
+        self.server = server
+
+    def stop_server(self):
+        if self.server is not None:
+            self.server.stop(None).wait()
+            self.server = None
 
     def client(self, **kwargs):
         tls = "token" in kwargs
@@ -141,34 +206,81 @@ class SdkUnitTest(unittest.TestCase):
         self.addCleanup(c.close)
         return c
 
-    def test_only_idempotent_calls_are_retried(self):
-        c = self.client(device="nic0", retries=3)
-        self.rec.unavailable = 2
-        self.assertEqual([s.name for s in c.list_iommus()], ["smmu0"])
-        self.assertEqual(self.rec.methods(), ["ListIommus"] * 3)
-        self.rec.calls.clear()
-        self.rec.unavailable = 1
-        c.sync()
-        self.assertEqual(self.rec.methods(), ["Sync"] * 2)
+    def test_every_attempt_of_a_mutating_call_carries_one_request_id(self):
+        c = self.client(device="nic0")
         for call, name in ((lambda: c.map(3, length_bytes=8), "Map"),
                            (lambda: c.unmap(0x1000), "Unmap"),
                            (lambda: c.translate(0x1000, 8), "Translate"),
                            (lambda: c.alloc_buffer(4096), "AllocBuffer")):
             with self.subTest(method=name):
                 self.rec.calls.clear()
-                self.rec.unavailable = 1
-                with self.assertRaises(ib.Unavailable) as cm:
-                    call()
-                self.assertEqual(cm.exception.message, "try again")
-                self.assertEqual(self.rec.methods(), [name])
-                self.rec.unavailable = 0
+                self.rec.unavailable = 2
+                call()
+                self.assertEqual(self.rec.methods(), [name] * 3)
+                ids = self.rec.request_ids()
+                self.assertRegex(ids[0], REQUEST_ID)
+                self.assertEqual(ids, [ids[0]] * 3)
+                call()
+                self.assertNotEqual(self.rec.request_ids()[3], ids[0])  # a fresh id per call
+
+    def test_reads_are_retried_without_a_request_id(self):
+        c = self.client(device="nic0")
+        self.rec.unavailable = 2
+        self.assertEqual([s.name for s in c.list_iommus()], ["smmu0"])
+        self.rec.unavailable = 1
+        c.sync()
+        self.assertEqual(self.rec.methods(), ["ListIommus"] * 3 + ["Sync"] * 2)
+        self.assertEqual(self.rec.request_ids(), [None] * 5)
 
     def test_retries_give_up(self):
         c = self.client(retries=2)
         self.rec.unavailable = 10
-        with self.assertRaises(ib.Unavailable):
-            c.list_iommus()
+        with self.assertRaises(ib.Unavailable) as cm:
+            c.map(3, length_bytes=8)
+        self.assertEqual(cm.exception.message, "try again")
         self.assertEqual(len(self.rec.calls), 3)
+
+    def test_retries_end_at_the_timeout(self):
+        c = self.client(timeout=0.4, retries=1000)
+        self.rec.unavailable = 1 << 30
+        start = time.monotonic()
+        with self.assertRaises(ib.Unavailable):
+            c.unmap(0x1000)
+        took = time.monotonic() - start
+        self.assertLess(took, 0.6)
+        self.assertGreater(took, 0.2)
+        self.assertGreater(len(self.rec.calls), 3)
+
+    def test_a_retry_waits_for_the_daemon_to_come_back(self):
+        c = self.client(device="nic0")
+        c.sync()
+        self.stop_server()
+        restart = threading.Timer(0.7, self.serve)
+        restart.start()
+        start = time.monotonic()
+        m = c.map(3, length_bytes=8)
+        took = time.monotonic() - start
+        restart.join()
+        self.assertEqual(m.dma_addr, 0x1000)
+        self.assertLess(took, 0.7 + 1.5)  # the channel backs off 1 s at most
+        self.assertEqual(self.rec.methods(), ["Sync", "Map"])
+        self.assertRegex(self.rec.request_ids()[1], REQUEST_ID)
+
+    def test_a_daemon_that_stays_down_is_unavailable_at_the_timeout(self):
+        c = self.client(device="nic0", timeout=0.8)
+        c.sync()
+        self.stop_server()
+        start = time.monotonic()
+        with self.assertRaises(ib.Unavailable) as cm:
+            c.unmap(0x1000)
+        self.assertIn("still unreachable at the deadline", cm.exception.message)
+        self.assertGreater(time.monotonic() - start, 0.7)
+
+    def test_only_unavailable_is_retried(self):
+        c = self.client(device="nic0")
+        with self.assertRaises(ib.NotFound):
+            c.unmap(0xdead)
+        self.assertEqual(self.rec.methods(), ["Unmap"])
 
     def test_token_needs_tls_and_no_client_certificate(self):
         for kwargs, field in (({}, "tls=None"),
@@ -235,6 +347,49 @@ class SdkUnitTest(unittest.TestCase):
         # device, empty meaning the message's.
         self.assertEqual(first.device, "nic0")
         self.assertEqual([op.unmap.device for op in first.ops], ["", "nvme0"])
+
+    def test_batch_message_is_written_again_with_its_id_after_a_break(self):
+        # The first stream applies both messages, answers the first and
+        # breaks with UNAVAILABLE; the second is answered from the record on
+        # a new stream, so each op was applied once.
+        c = self.client(device="nic0")
+        self.rec.answer_first = 1
+        self.rec.end_first_after = 2
+        with c.batch() as batch:
+            first = batch.submit([ops.unmap(9)])
+            second = batch.submit([ops.unmap(9), ops.unmap(10)])
+            third = batch.submit([ops.unmap(11)])
+        self.assertEqual([r.translate.phys_addr for r in first + second + third], [1, 2, 3, 4])
+        self.assertEqual(self.rec.applied_ops, 4)
+        self.assertEqual(self.rec.replayed, 1)
+        (s1_first, s1_second), (s2_second, s2_third) = self.rec.streams
+        self.assertEqual(s2_second, s1_second)  # same sequence, id and ops
+        self.assertEqual(s2_second.sequence, 2)
+        self.assertEqual(s2_third.sequence, 3)
+        ids = {m.request_id for m in (s1_first, s1_second, s2_third)}
+        self.assertEqual(len(ids), 3)
+        for i in ids:
+            self.assertRegex(i, REQUEST_ID)
+
+    def test_batch_rides_out_a_daemon_restart(self):
+        c = self.client(device="nic0")
+        with c.batch() as batch:
+            batch.submit([ops.unmap(9)])
+            self.stop_server()  # the stream breaks while idle
+            threading.Timer(0.3, self.serve).start()
+            results = batch.submit([ops.unmap(10)])
+        self.assertEqual([r.translate.phys_addr for r in results], [2])
+        self.assertEqual(len(self.rec.streams), 2)
+
+    def test_batch_other_errors_are_not_retried(self):
+        c = self.client(device="nic0")
+        self.rec.answer_first = 0
+        self.rec.end_first_after = 1
+        self.rec.end_first_with = grpc.StatusCode.PERMISSION_DENIED
+        with self.assertRaises(ib.PermissionDenied):
+            with c.batch() as batch:
+                batch.submit([ops.unmap(9)])
+        self.assertEqual(len(self.rec.streams), 1)
 
     def test_batch_sequence_mismatch_is_an_error(self):
         c = self.client(device="nic0", skew=1)
