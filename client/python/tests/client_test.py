@@ -5,7 +5,6 @@ streams, and errors mapped to the right exception with the daemon's message.
 Run through ctest (python_client_test), or:
   IOMMUD=build/server/iommud PYTHONPATH=build/client/python python3 client_test.py
 """
-import os
 import signal
 import subprocess
 import sys
@@ -608,15 +607,7 @@ class DrainTest(unittest.TestCase):
         self.assertLess(time.monotonic() - started, 3.0)
 
 
-# The daemon side of request ids (docs/design.md#request-ids) is built apart
-# from the SDK's: these tests need it and skip until this is True, or
-# IOMMU_REQUEST_ID_TESTS=1 is set to run them against a daemon that has it.
-DAEMON_HAS_REQUEST_IDS = False
-
-
 @unittest.skipUnless(have_iommud(), "iommud not built")
-@unittest.skipUnless(DAEMON_HAS_REQUEST_IDS or os.environ.get("IOMMU_REQUEST_ID_TESTS") == "1",
-                     "needs the daemon side of request ids")
 class RestartTest(unittest.TestCase):
     """iommud SIGKILLed and restarted under device traffic. Each test owns its daemon."""
 
