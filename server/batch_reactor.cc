@@ -177,14 +177,11 @@ void BatchReactor::Process() {
     }
     // The sequence number is not part of it: a resend on a new stream may
     // number its messages afresh.
-    std::string bytes = request_->device();
-    for (const v1::BatchOp& op : request_->ops()) {
-      const std::string one = op.SerializeAsString();
-      bytes += std::to_string(one.size());
-      bytes += ':';
-      bytes += one;
-    }
-    fingerprint_ = core::RequestFingerprint("Batch", bytes);
+    const uint64_t sequence = request_->sequence();
+    request_->set_sequence(0);
+    request_->SerializeToString(&scratch_);
+    request_->set_sequence(sequence);
+    fingerprint_ = core::RequestFingerprint("Batch", scratch_);
   }
   for (int i = 0; i < n;) {
     const std::string* device = MapUnmapDevice(*request_, request_->ops(i));
@@ -202,6 +199,20 @@ void BatchReactor::Process() {
     RunMapUnmapRun(i, end);
     i = end;
   }
+}
+
+// Appends `result` as a BatchResponse.results entry (field 2), so that the
+// appended entries parse as a BatchResponse.
+void BatchReactor::AppendResultField(const v1::BatchResult& result, std::string* out) {
+  out->push_back(char((2 << 3) | 2));  // field 2, length-delimited
+  for (uint64_t n = result.ByteSizeLong();; n >>= 7) {
+    if (n < 0x80) {
+      out->push_back(char(n));
+      break;
+    }
+    out->push_back(char((n & 0x7f) | 0x80));
+  }
+  result.AppendToString(out);
 }
 
 void BatchReactor::SetError(const absl::Status& status, v1::BatchResult* result) {
@@ -248,17 +259,24 @@ void BatchReactor::RunMapUnmapRun(int begin, int end) {
       }
     }
   };
+  auto live = [&](size_t k) { return response_->mutable_results(run_index_[k]); };
+  bool filled = false;
   const int call = next_call_++;
   std::optional<core::RequestScope> scope;
   if (!request_->request_id().empty()) {
+    // The results are converted once, into the response, and recorded as a
+    // BatchResponse holding just this run's results.
     scope.emplace(env_.broker->request_log(), SubRequest(*caller, call),
                   [&](const void* captured, const std::type_info& type) {
                     using Results = absl::Span<const core::DmaBatchResult>;
                     if (type != typeid(Results)) std::abort();  // see ReplyEncoder
-                    v1::BatchResponse record;
-                    fill(*static_cast<const Results*>(captured),
-                         [&](size_t) { return record.add_results(); });
-                    return record.SerializeAsString();
+                    fill(*static_cast<const Results*>(captured), live);
+                    filled = true;
+                    std::string record;
+                    for (const int i : run_index_) {
+                      AppendResultField(response_->results(i), &record);
+                    }
+                    return record;
                   });
     absl::StatusOr<std::optional<std::string>> replay =
         scope->Begin(absl::Now() + absl::Seconds(30));
@@ -282,7 +300,7 @@ void BatchReactor::RunMapUnmapRun(int begin, int end) {
     }
   }
   env_.broker->MapUnmapBatch(*caller, caller->device, run_ops_, absl::MakeSpan(run_results_));
-  fill(run_results_, [&](size_t k) { return response_->mutable_results(run_index_[k]); });
+  if (!filled) fill(run_results_, live);
 }
 
 core::RequestState BatchReactor::SubRequest(const core::Caller& caller, int k) const {

@@ -37,6 +37,7 @@
 #include <cstddef>
 #include <memory>
 #include <optional>
+#include <string>
 #include <vector>
 
 #include "absl/synchronization/mutex.h"
@@ -77,6 +78,7 @@ class BatchReactor final : public grpc::ServerBidiReactor<v1::BatchRequest, v1::
   // RunOp would have given it.
   void RunMapUnmapRun(int begin, int end);
   static void SetError(const absl::Status& status, v1::BatchResult* result);
+  static void AppendResultField(const v1::BatchResult& result, std::string* out);
   // A message with a request id runs each core call (a run, a MapSg, an
   // UnmapSg) exactly once under the sub-id "<id>#<k>", k counting its core
   // calls in order (docs/design.md#request-ids).
@@ -106,6 +108,7 @@ class BatchReactor final : public grpc::ServerBidiReactor<v1::BatchRequest, v1::
   std::vector<int> run_index_;  // op index in *request_ of each run_ops_ entry
   int next_call_ = 0;           // the next core call's k in this message
   uint64_t fingerprint_ = 0;    // of this message's device and ops
+  std::string scratch_;         // its bytes, reused
 
   absl::Mutex mu_;
   bool reading_ ABSL_GUARDED_BY(mu_) = false;

@@ -14,6 +14,8 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdio>
+#include <functional>
+#include <string>
 #include <thread>
 
 #include "tests/daemon_harness.h"
@@ -73,7 +75,19 @@ int Main(int argc, char** argv) {
   const int threads = argc > 1 ? std::atoi(argv[1]) : 2;
   const double seconds = argc > 2 ? std::atof(argv[2]) : 3;
   std::vector<std::string> flags;
-  for (int i = 3; i < argc; ++i) flags.push_back(argv[i]);
+  // --request_ids: every Map, Unmap and Batch message carries a fresh
+  // request id, as the SDKs send them (the cost of exactly-once); the other
+  // arguments are iommud's flags.
+  bool request_ids = false;
+  for (int i = 3; i < argc; ++i) {
+    if (std::string(argv[i]) == "--request_ids") {
+      request_ids = true;
+    } else {
+      flags.push_back(argv[i]);
+    }
+  }
+  std::atomic<uint64_t> next_id{0};
+  auto new_id = [&] { return "bench-" + std::to_string(next_id.fetch_add(1)); };
   DaemonProcess daemon;
   if (!daemon.Start(flags)) {
     std::fprintf(stderr, "iommud did not start:\n%s", daemon.log().c_str());
@@ -111,6 +125,8 @@ int Main(int argc, char** argv) {
   };
   struct MapUnmap {
     std::string target;
+    bool request_ids;
+    std::function<std::string()> new_id;
     struct State {
       std::unique_ptr<Stubs> stubs;
       std::string device;
@@ -136,6 +152,10 @@ int Main(int argc, char** argv) {
       map.set_direction(v1::DMA_DIRECTION_BIDIRECTIONAL);
       v1::MapResponse mapped;
       grpc::ClientContext c1, c2;
+      if (request_ids) {
+        c1.AddMetadata("iommu-request-id", new_id());
+        c2.AddMetadata("iommu-request-id", new_id());
+      }
       s->stubs->dma->Map(&c1, map, &mapped);
       v1::UnmapRequest unmap;
       unmap.set_device(s->device);
@@ -147,6 +167,8 @@ int Main(int argc, char** argv) {
   };
   struct BatchMaps {
     std::string target;
+    bool request_ids;
+    std::function<std::string()> new_id;
     struct State {
       std::unique_ptr<Stubs> stubs;
       std::unique_ptr<grpc::ClientContext> ctx;
@@ -176,9 +198,11 @@ int Main(int argc, char** argv) {
     }
     int Call(std::unique_ptr<State>& s) {
       v1::BatchResponse mapped, unmapped;
+      if (request_ids) s->maps.set_request_id(new_id());
       s->stream->Write(s->maps);
       s->stream->Read(&mapped);
       v1::BatchRequest unmaps;
+      if (request_ids) unmaps.set_request_id(new_id());
       for (const v1::BatchResult& r : mapped.results()) {
         v1::UnmapRequest* u = unmaps.add_ops()->mutable_unmap();
         u->set_device(s->device);
@@ -192,11 +216,11 @@ int Main(int argc, char** argv) {
 
   std::string flag_text;
   for (const std::string& f : flags) flag_text += " " + f;
-  std::printf("iommud%s over %s, %d client threads, %.1f s each\n", flag_text.c_str(),
-              target.c_str(), threads, seconds);
+  std::printf("iommud%s over %s, %d client threads, %.1f s each%s\n", flag_text.c_str(),
+              target.c_str(), threads, seconds, request_ids ? ", request ids" : "");
   Result empty = Run(threads, seconds, Empty{target});
-  Result map_unmap = Run(threads, seconds, MapUnmap{target});
-  Result batch = Run(threads, seconds, BatchMaps{target});
+  Result map_unmap = Run(threads, seconds, MapUnmap{target, request_ids, new_id});
+  Result batch = Run(threads, seconds, BatchMaps{target, request_ids, new_id});
   Print("empty", empty);
   Print("map_unmap", map_unmap);
   Print("batch", batch);
