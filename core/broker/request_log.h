@@ -62,7 +62,7 @@ inline constexpr size_t kMaxRequestIdBytes = 64;
 // INVALID_ARGUMENT naming `field` and the value (shortened).
 absl::Status CheckRequestId(absl::string_view field, absl::string_view id);
 
-// A stable 64-bit digest (FNV-1a) of a call's method and request bytes: a
+// A stable 64-bit digest of a call's method and request bytes: a
 // retry must repeat both.
 uint64_t RequestFingerprint(absl::string_view method, absl::string_view request_bytes);
 
