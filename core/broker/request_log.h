@@ -123,6 +123,7 @@ class RequestLog {
   absl::flat_hash_map<std::string, Entry> done_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<std::string, Principal> principals_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<std::string, uint64_t> in_flight_ ABSL_GUARDED_BY(mu_);  // key -> fingerprint
+  absl::CondVar finished_;  // signalled when a call in flight ends
 };
 
 class RequestScope;

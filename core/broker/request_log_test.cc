@@ -4,13 +4,13 @@
 
 #include "core/broker/request_log.h"
 
+#include <atomic>
 #include <map>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "absl/synchronization/notification.h"
 #include "core/broker/broker.h"
 #include "core/broker/broker_test_util.h"
 #include "core/testing/memory_journal.h"
@@ -131,13 +131,13 @@ TEST_F(RequestLogTest, ARetryRacingItsFirstAttemptWaitsForIt) {
   RequestLog log(Options());
   const RequestState key = Key("device:nic0", "race");
   ASSERT_FALSE(log.Begin(key, clock_.now)->has_value());
-  absl::Notification started;
+  std::atomic<bool> started{false};
   absl::StatusOr<std::optional<std::string>> seen;
   std::thread retry([&] {
-    started.Notify();
+    started = true;
     seen = log.Begin(key, absl::Now() + absl::Seconds(30));
   });
-  started.WaitForNotification();
+  while (!started) absl::SleepFor(absl::Milliseconds(1));
   absl::SleepFor(absl::Milliseconds(50));
   RequestState r = key;
   r.reply = "first";
