@@ -200,6 +200,8 @@ core::RequestScope::Encoder ReplyEncoder(const Fill& fill) {
     Response response;
     if constexpr (!std::is_same_v<Result, absl::Status>) {
       fill(*static_cast<const Result*>(result), &response);
+    } else {
+      static_cast<void>(fill);  // an absl::Status result fills nothing
     }
     return response.SerializeAsString();
   };
