@@ -529,7 +529,8 @@ TEST(ClientRetryTest, CallsRetryUntilTheDaemonComesUp) {
   }
 }
 
-// The protocol as the daemon serves it, through the raw stub: a repeated id
+// The protocol as the daemon serves it, through the generated gRPC client
+// without the SDK's retries: a repeated id
 // is answered with the original reply and `iommu-request-replayed: 1`, also
 // after a restart, and an id reused for another request is refused.
 TEST(ClientRequestIdTest, RepeatedIdIsAnsweredWithTheOriginalReply) {

@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <filesystem>
 #include <map>
 #include <memory>
 #include <set>
@@ -141,8 +142,8 @@ class FakeDma final : public v1::Dma::Service {
 class FakeServer {
  public:
   explicit FakeServer(Recorder* rec) : rec_(rec) {
-    char dir[] = "/tmp/iommu-fake-XXXXXX";
-    dir_ = mkdtemp(dir);
+    std::string dir = (std::filesystem::temp_directory_path() / "iommu-fake-XXXXXX").string();
+    dir_ = mkdtemp(dir.data());
   }
   ~FakeServer() {
     Stop();

@@ -74,20 +74,16 @@ class BrokerImpl {
     // its last commit (the transaction's or table's scope ends after it).
     template <typename T>
     absl::StatusOr<T> Reply(absl::StatusOr<T> result) const {
-      if (result.ok() && internal::pending_request != nullptr) {
-        internal::pending_request->Capture(*result);
-      }
+      if (result.ok()) internal::CaptureReply(*result);
       return result;
     }
     template <typename T>
     T Reply(T result) const {
-      if (internal::pending_request != nullptr) internal::pending_request->Capture(result);
+      internal::CaptureReply(result);
       return result;
     }
     absl::Status Reply(absl::Status status) const {
-      if (status.ok() && internal::pending_request != nullptr) {
-        internal::pending_request->Capture(status);
-      }
+      if (status.ok()) internal::CaptureReply(status);
       return status;
     }
 
