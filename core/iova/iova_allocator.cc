@@ -83,11 +83,11 @@ IovaAllocator::IovaAllocator(const IovaAllocatorOptions& options, int num_orders
   if (options.cache.enabled) {
     const int classes = std::min<int>(Log2(options.cache.max_pages) + 1, num_orders);
     cache_max_pages_ = uint64_t{1} << (classes - 1);
-    inline_free_max_pages_ = std::min(cache_max_pages_, internal::IovaAllocMap::kGroupPages);
-    inline_alloc_max_pages_ = options.try_32bit_first ? 0 : inline_free_max_pages_;
+    inline_max_pages_ = std::min(cache_max_pages_, internal::IovaAllocMap::kGroupPages);
     cache_ = internal::IovaMagazineCache(classes, options.cache.magazine_depth,
                                          options.cache.depot_magazines);
   }
+  if (options.try_32bit_first && pfn_32bit_ >= start_pfn_) first_try_max_pfn_ = pfn_32bit_;
   tree_.Release(start_pfn_, end_pfn_);
 }
 

@@ -72,6 +72,7 @@
 // domain's lock in the broker). No method is safe to call concurrently with a
 // mutating one; const methods may run concurrently with each other.
 
+#include <algorithm>
 #include <array>
 #include <bit>
 #include <cstdint>
@@ -90,6 +91,9 @@
 #include "core/iova/iova_magazine.h"
 
 namespace iommu::core {
+namespace internal {
+class IovaAllocatorTestPeer;
+}  // namespace internal
 
 namespace internal {
 // The size class (ceil(log2(n))) of a request of n = 1..64 pages (the sizes
@@ -203,12 +207,14 @@ class IovaAllocator {
     // Inline: the top of the class's loaded magazine fits below the limit.
     // (size_bytes - 1) >> shift is num_pages - 1, and huge for size_bytes 0.
     const uint64_t index = (size_bytes - 1) >> granule_shift_;
-    if (index < inline_alloc_max_pages_) [[likely]] {
+    if (index < inline_max_pages_) [[likely]] {
       const int cls = internal::kIovaSmallClasses.cls[index];
       const uint64_t last = internal::kIovaSmallClasses.last[index];  // size - 1
       // A cached range lies inside [start_pfn, end_pfn], so it fits below
       // the limit iff it ends at or below limit_pfn: no clip to end_pfn.
-      const uint64_t limit_pfn = limit.value() >> granule_shift_;
+      // With try_32bit_first the first try is below 4 GiB, as in the slow
+      // path (whose first pop, from the same magazine top, this is).
+      const uint64_t limit_pfn = std::min(limit.value() >> granule_shift_, first_try_max_pfn_);
       if (limit_pfn >= last) [[likely]] {
         const uint64_t pfn = cache_.TryPopLoaded(cls, limit_pfn - last);
         if (pfn != 0) [[likely]] {
@@ -235,7 +241,7 @@ class IovaAllocator {
     // Inline: a live allocation of exactly its class size into a loaded
     // magazine with room.
     const uint64_t index = (size_bytes - 1) >> granule_shift_;  // as in AllocIova
-    if (index < inline_free_max_pages_ && (iova.value() & granule_mask_) == 0) [[likely]] {
+    if (index < inline_max_pages_ && (iova.value() & granule_mask_) == 0) [[likely]] {
       const uint64_t pfn = iova.value() >> granule_shift_;
       const int cls = internal::kIovaSmallClasses.cls[index];
       const uint64_t last = internal::kIovaSmallClasses.last[index];  // size - 1
@@ -312,6 +318,7 @@ class IovaAllocator {
   absl::Status CheckInvariants() const;
 
  private:
+  friend class internal::IovaAllocatorTestPeer;  // reaches AllocIovaSlow
   IovaAllocator(const IovaAllocatorOptions& options, int num_orders);
 
   // ceil(size_bytes / granule), without overflow.
@@ -364,11 +371,12 @@ class IovaAllocator {
   uint64_t space_pages_ = 0;
   uint64_t pfn_32bit_ = 0;        // last pfn below 4 GiB
   uint64_t cache_max_pages_ = 0;  // 0 when caching is off
-  // min(cache_max_pages_, 64) (classes small_ records in one group), or 0 with
-  // try_32bit_first (whose cache hits must try the 32-bit limit first, out of
-  // line).
-  uint64_t inline_alloc_max_pages_ = 0;
-  uint64_t inline_free_max_pages_ = 0;  // min(cache_max_pages_, 64)
+  // min(cache_max_pages_, 64): the classes small_ records in one group, which
+  // AllocIova and FreeIova serve inline.
+  uint64_t inline_max_pages_ = 0;
+  // The highest pfn an allocation's first try may end at: pfn_32bit_ with
+  // try_32bit_first (when the space reaches below 4 GiB), else no bound.
+  uint64_t first_try_max_pfn_ = ~uint64_t{0};
   // kLinuxNextFit: first pfn of the cached nodes (cached32_node for
   // allocations ending below 4 GiB, cached_node above), kNoCursor for the
   // anchor. Each is kNoCursor or a non-free pfn.

@@ -1064,56 +1064,104 @@ TEST(IovaAllocatorRandom, CachedPathKeepsInvariants) {
   EXPECT_INVARIANTS(a);
 }
 
+}  // namespace
+
+// Reaches the out-of-line allocation path, to compare it with the inline one.
+namespace internal {
+class IovaAllocatorTestPeer {
+ public:
+  static absl::StatusOr<Iova> AllocOutOfLine(IovaAllocator& a, uint64_t size_bytes, Iova limit) {
+    return a.AllocIovaSlow(size_bytes, limit);
+  }
+};
+}  // namespace internal
+
+namespace {
+
+struct InlineCase {
+  const char* name;
+  uint64_t start_pfn, end_pfn;
+  bool try_32bit_first;
+};
+
+class InlinePathTest : public ::testing::TestWithParam<InlineCase> {};
+
 // AllocIova serves a hit from the loaded magazine inline and sends
 // everything else (an empty loaded magazine, a top pfn above the limit, a
 // miss) out of line, where the whole cache is consulted: the same random
-// sequence with the inline path and without it (try_32bit_first sends every
-// allocation out of line, and changes nothing else in a space below 4 GiB)
-// gives the same pfns, hit and miss counts and state.
-TEST(IovaAllocatorRandom, InlineCacheHitsMatchTheOutOfLinePath) {
-  IovaAllocatorOptions o = Opts(1, 0x3FFF, /*cache=*/true);
+// sequence through AllocIova and through the out-of-line path alone gives the
+// same pfns, hit and miss counts and state. With try_32bit_first (PCI
+// devices) the inline try is under 4 GiB first, as the out-of-line one is;
+// the cases cover a space below 4 GiB and one across it.
+TEST_P(InlinePathTest, InlineCacheHitsMatchTheOutOfLinePath) {
+  const InlineCase& c = GetParam();
+  IovaAllocatorOptions o = Opts(c.start_pfn, c.end_pfn, /*cache=*/true);
   o.placement = IovaPlacement::kLinuxNextFit;
   o.cache.magazine_depth = 8;
   o.cache.depot_magazines = 3;
-  IovaAllocator raw = Make(o);
-  o.try_32bit_first = true;
-  IovaAllocator status = Make(o);
+  o.try_32bit_first = c.try_32bit_first;
+  IovaAllocator inline_path = Make(o);
+  IovaAllocator out_of_line = Make(o);
+  const uint64_t span = c.end_pfn - c.start_pfn;
   TestRng rng;
   std::vector<std::pair<uint64_t, uint64_t>> live;  // pfn, requested pages
+  uint64_t allocated = 0, below_4g = 0;
   for (int op = 0; op < 12000; ++op) {
     if (live.empty() || rng.Below(100) < 52) {
       const uint64_t n = rng.Below(8) == 0 ? rng.Below(100) + 1 : rng.Below(32) + 1;
-      const uint64_t limits[] = {0x3FFF, 0x1FFF, rng.Below(0x3FFF) + 1, 0xFFFFFFFF};
+      const uint64_t limits[] = {c.end_pfn, c.start_pfn + span / 2,
+                                 c.start_pfn + rng.Below(span) + 1, 0xFFFFFFFF};
       const uint64_t limit = limits[rng.Below(4)];
-      const uint64_t got = AllocOrZero(raw, n, limit);
-      const absl::StatusOr<uint64_t> want = Alloc(status, n, limit);
-      ASSERT_EQ(got, want.ok() ? *want : 0) << "op " << op << " n=" << n << " limit=" << limit;
+      const uint64_t got = AllocOrZero(inline_path, n, limit);
+      const absl::StatusOr<Iova> want =
+          internal::IovaAllocatorTestPeer::AllocOutOfLine(out_of_line, n << kShift, LimitOf(limit));
+      ASSERT_EQ(got, want.ok() ? want->value() >> kShift : 0)
+          << "op " << op << " n=" << n << " limit=" << limit;
       if (got != 0) live.emplace_back(got, n);
+      allocated += got != 0;
+      below_4g += got != 0 && got <= 0xFFFFF;
     } else {
       const size_t j = rng.Below(live.size());
-      ASSERT_TRUE(Free(raw, live[j].first, live[j].second).ok());
-      ASSERT_TRUE(Free(status, live[j].first, live[j].second).ok());
+      ASSERT_TRUE(Free(inline_path, live[j].first, live[j].second).ok());
+      ASSERT_TRUE(Free(out_of_line, live[j].first, live[j].second).ok());
       // A second free of the same range is refused (it sits in a cache now,
       // or went back to the tree).
-      EXPECT_EQ(Free(raw, live[j].first, live[j].second).code(), absl::StatusCode::kNotFound);
+      EXPECT_EQ(Free(inline_path, live[j].first, live[j].second).code(),
+                absl::StatusCode::kNotFound);
       live[j] = live.back();
       live.pop_back();
     }
     if (op % 97 == 0) {
-      ASSERT_INVARIANTS(raw);
-      CheckStatsAgainstRecount(raw);
+      ASSERT_INVARIANTS(inline_path);
+      CheckStatsAgainstRecount(inline_path);
     }
   }
-  const IovaStats r = raw.GetStats();
-  const IovaStats s = status.GetStats();
+  const IovaStats r = inline_path.GetStats();
+  const IovaStats s = out_of_line.GetStats();
   EXPECT_EQ(r.cache_hits, s.cache_hits);
   EXPECT_EQ(r.cache_misses, s.cache_misses);
   EXPECT_EQ(r.cached_pages, s.cached_pages);
   EXPECT_EQ(r.free_pages, s.free_pages);
   EXPECT_GT(r.cache_hits, 1000u);
   EXPECT_GT(r.cache_misses, 100u);
-  ASSERT_INVARIANTS(raw);
+  if (c.start_pfn <= 0xFFFFF && c.end_pfn > 0xFFFFF) {
+    // Across 4 GiB both halves are used; with try_32bit_first the low one
+    // serves most allocations.
+    EXPECT_GT(below_4g, 0u);
+    if (c.try_32bit_first) {
+      EXPECT_GT(below_4g * 2, allocated);
+    }
+  }
+  ASSERT_INVARIANTS(inline_path);
 }
+
+INSTANTIATE_TEST_SUITE_P(
+    Spaces, InlinePathTest,
+    ::testing::Values(InlineCase{"Below4G", 1, 0x3FFF, false},
+                      InlineCase{"Below4GTry32BitFirst", 1, 0x3FFF, true},
+                      InlineCase{"Across4G", 0xFE000, 0x101FFF, false},
+                      InlineCase{"Across4GTry32BitFirst", 0xFE000, 0x101FFF, true}),
+    [](const ::testing::TestParamInfo<InlineCase>& info) { return info.param.name; });
 
 // A 2^36-pfn space (a two-level directory of chunks) with allocations near
 // start_pfn, near the top, and on both sides of chunk (2^15 pfns) and
