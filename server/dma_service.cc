@@ -128,10 +128,8 @@ ServerUnaryReactor* DmaService::MapAt(CallbackServerContext* context,
   return ServeMutating<core::MapResult>(
       env_, context, Method::kMapAt, *request, response,
       [&](const core::Caller& caller) -> absl::StatusOr<core::MapResult> {
-        ASSIGN_OR_RETURN(core::MemRef mem, FromProto(request->mem(), "mem"));
-        ASSIGN_OR_RETURN(core::DmaDirection direction, FromProto(request->direction()));
-        return env_.broker->MapAt(caller, caller.device, core::Iova(request->iova()), mem,
-                                  direction, FromProto(request->attrs()));
+        ASSIGN_OR_RETURN(core::MapAtRequest map_at, FromProto(*request));
+        return env_.broker->MapAt(caller, caller.device, map_at);
       },
       [](const core::MapResult& r, v1::MapAtResponse* out) {
         out->set_mapping_id(r.mapping_id);

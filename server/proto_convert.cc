@@ -3,6 +3,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
 #include "core/base/errors.h"
+#include "core/base/status_macros.h"
 
 namespace iommu::server {
 namespace {
@@ -170,6 +171,15 @@ core::UnmapRequest FromProto(const v1::UnmapRequest& request) {
   return core::UnmapRequest{.dma_addr = core::Iova(request.dma_addr())};
 }
 
+absl::StatusOr<core::MapAtRequest> FromProto(const v1::MapAtRequest& request) {
+  ASSIGN_OR_RETURN(core::MemRef mem, FromProto(request.mem(), "mem"));
+  ASSIGN_OR_RETURN(core::DmaDirection direction, FromProto(request.direction()));
+  return core::MapAtRequest{.iova = core::Iova(request.iova()),
+                            .mem = mem,
+                            .direction = direction,
+                            .attrs = FromProto(request.attrs())};
+}
+
 absl::StatusOr<core::MapSgRequest> FromProto(const v1::MapSgRequest& request) {
   core::MapSgRequest out{.import_token = request.import_token(),
                          .attrs = FromProto(request.attrs())};
@@ -199,8 +209,8 @@ absl::StatusOr<core::AllocRequest> FromProto(const v1::AllocRequest& request) {
 }
 
 core::MsiCookieRequest FromProto(const v1::MsiCookieRequest& request) {
-  core::MsiCookieRequest out{.window_base = request.window_base(),
-                             .window_size_bytes = request.window_size_bytes()};
+  core::MsiCookieRequest out{.window = {.base = core::Iova(request.window_base()),
+                                        .size_bytes = request.window_size_bytes()}};
   if (request.domain_id() != 0) out.domain_id = request.domain_id();
   return out;
 }
@@ -304,8 +314,8 @@ void ToProto(const core::DomainInfo& d, v1::Domain* out) {
   out->set_ias_bits(d.ias_bits);
   out->set_oas_bits(d.oas_bits);
   out->set_stage(d.stage == core::Stage::kStage1 ? v1::STAGE_1 : v1::STAGE_2);
-  out->set_aperture_start(d.aperture_start);
-  out->set_aperture_end(d.aperture_end);
+  out->set_aperture_start(d.aperture_start.value());
+  out->set_aperture_end(d.aperture_end.value());
   out->set_asid(d.asid);
   out->set_vmid(d.vmid);
   out->set_strict(d.strict);
@@ -314,8 +324,8 @@ void ToProto(const core::DomainInfo& d, v1::Domain* out) {
   out->set_mappings(d.mappings);
   out->set_mapped_bytes(d.mapped_bytes);
   if (d.msi_window) {
-    out->set_msi_window_base(d.msi_window->first);
-    out->set_msi_window_size_bytes(d.msi_window->second);
+    out->set_msi_window_base(d.msi_window->base.value());
+    out->set_msi_window_size_bytes(d.msi_window->size_bytes);
   }
 }
 
@@ -323,13 +333,13 @@ void ToProto(const core::IovaRangesResult& ranges, v1::GetIovaRangesResponse* ou
   out->set_domain_id(ranges.domain_id);
   for (const core::IovaRange& r : ranges.usable) {
     v1::IovaRange* p = out->add_usable();
-    p->set_start(r.start);
-    p->set_end(r.end);
+    p->set_start(r.start.value());
+    p->set_end(r.end.value());
   }
   for (const core::ReservedRegion& r : ranges.reserved) {
     v1::ReservedRegion* p = out->add_reserved();
-    p->set_start(r.start);
-    p->set_end(r.end);
+    p->set_start(r.start.value());
+    p->set_end(r.end.value());
     p->set_kind(r.kind == core::ReservedKind::kMsi ? v1::RESERVED_KIND_MSI
                                                    : v1::RESERVED_KIND_RESERVED);
   }

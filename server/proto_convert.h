@@ -41,6 +41,7 @@ absl::StatusOr<core::MemRef> FromProto(const v1::MemRef& mem, absl::string_view 
 
 absl::StatusOr<core::MapRequest> FromProto(const v1::MapRequest& request);
 core::UnmapRequest FromProto(const v1::UnmapRequest& request);
+absl::StatusOr<core::MapAtRequest> FromProto(const v1::MapAtRequest& request);
 absl::StatusOr<core::MapSgRequest> FromProto(const v1::MapSgRequest& request);
 absl::StatusOr<core::AllocRequest> FromProto(const v1::AllocRequest& request);
 core::MsiCookieRequest FromProto(const v1::MsiCookieRequest& request);

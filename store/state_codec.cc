@@ -164,8 +164,8 @@ void EncodeDomain(const core::DomainState& d, pb::DomainRecord* r) {
   r->set_mapping_ids_reserved(d.mapping_ids_reserved);
   if (d.msi_window) {
     r->set_has_msi_window(true);
-    r->set_msi_window_base(d.msi_window->first);
-    r->set_msi_window_size_bytes(d.msi_window->second);
+    r->set_msi_window_base(d.msi_window->base.value());
+    r->set_msi_window_size_bytes(d.msi_window->size_bytes);
   }
 }
 
@@ -349,7 +349,8 @@ absl::Status DecodeRecord(std::string_view key, std::string_view bytes, core::Du
                           .session_id = r.session_id(),
                           .mapping_ids_reserved = r.mapping_ids_reserved()};
       if (r.has_msi_window()) {
-        d.msi_window = std::make_pair(r.msi_window_base(), r.msi_window_size_bytes());
+        d.msi_window = core::IovaWindow{.base = core::Iova(r.msi_window_base()),
+                                        .size_bytes = r.msi_window_size_bytes()};
       }
       state->domains.push_back(std::move(d));
       return absl::OkStatus();

@@ -84,15 +84,16 @@ TEST(StateCodecTest, EveryRecordKindRoundTrips) {
   const core::MappingState m = Mapping();
   core::StateChanges c;
   c.mapping_puts.push_back({3, &m});
-  c.domain_puts.push_back({.domain_id = 3,
-                           .smmu = "smmu2",
-                           .type = core::DomainType::kUnmanaged,
-                           .granule_bytes = 16384,
-                           .owner = "vf0",
-                           .granted = {"nic0", "gpu0"},
-                           .session_id = 4,
-                           .mapping_ids_reserved = 8192,
-                           .msi_window = std::make_pair(0x800'0000ull, 1ull << 20)});
+  c.domain_puts.push_back(
+      {.domain_id = 3,
+       .smmu = "smmu2",
+       .type = core::DomainType::kUnmanaged,
+       .granule_bytes = 16384,
+       .owner = "vf0",
+       .granted = {"nic0", "gpu0"},
+       .session_id = 4,
+       .mapping_ids_reserved = 8192,
+       .msi_window = core::IovaWindow{.base = core::Iova(0x800'0000), .size_bytes = 1 << 20}});
   c.attachment_puts.push_back({"vf0", 3});
   c.buffer_puts.push_back({.buffer_id = 5,
                            .device = "nic0",

@@ -98,7 +98,8 @@ std::string Describe(const core::DurableState& s) {
                                  d.granule_bytes, " owner=", d.owner, " default_of=", d.default_of,
                                  " granted=", absl::StrJoin(d.granted, ","),
                                  " session=", d.session_id, " ids=", d.mapping_ids_reserved);
-    if (d.msi_window) absl::StrAppend(&l, " msi=", d.msi_window->first, "+", d.msi_window->second);
+    if (d.msi_window)
+      absl::StrAppend(&l, " msi=", d.msi_window->base.value(), "+", d.msi_window->size_bytes);
     lines.push_back(l);
   }
   for (const core::AttachmentState& a : s.attachments) {
@@ -164,7 +165,8 @@ std::string Fingerprint(const Broker& b) {
                           absl::StrJoin(d.granted_devices, ","), d.granule_bytes,
                           absl::StrJoin(d.devices, ","), d.mappings, d.mapped_bytes);
     if (d.msi_window) {
-      absl::StrAppendFormat(&out, " msi=%#x+%#x", d.msi_window->first, d.msi_window->second);
+      absl::StrAppendFormat(&out, " msi=%#x+%#x", d.msi_window->base.value(),
+                            d.msi_window->size_bytes);
     }
     out += "\n";
     for (const core::PgtableMapping& m : Value(b.WalkDomain(admin, d.domain_id))) {
@@ -279,14 +281,14 @@ Driven DriveEveryMutation(Broker& b) {
   EXPECT_TRUE(b.AttachDevice(Dev("vf0"), "vf0", unmanaged->domain_id).ok());
   EXPECT_TRUE(b.MsiCookie(Dev("vf0"), "vf0",
                           {.domain_id = unmanaged->domain_id,
-                           .window_base = 0x1000'0000,
-                           .window_size_bytes = 1 * MiB})
+                           .window = {.base = Iova(0x1000'0000), .size_bytes = 1 * MiB}})
                   .ok());
   auto huge = b.AllocBuffer(Dev("vf0"), "vf0", 2 * MiB, Placement::kHuge);
   EXPECT_TRUE(huge.ok()) << huge.status();
-  EXPECT_TRUE(b.MapAt(Dev("vf0"), "vf0", Iova(0x2000'0000),
-                      {.buffer_id = huge->buffer_id, .length_bytes = 2 * MiB},
-                      core::DmaDirection::kBidirectional, {})
+  EXPECT_TRUE(b.MapAt(Dev("vf0"), "vf0",
+                      {.iova = Iova(0x2000'0000),
+                       .mem = {.buffer_id = huge->buffer_id, .length_bytes = 2 * MiB},
+                       .direction = core::DmaDirection::kBidirectional})
                   .ok());
 
   auto lazy = b.CreateDomain(

@@ -189,8 +189,8 @@ class Broker {
   absl::StatusOr<MsiCookieResult> MsiCookie(const Caller& caller, const std::string& device,
                                             const MsiCookieRequest& request);
   // UNMANAGED domains only: the caller chooses the IOVA.
-  absl::StatusOr<MapResult> MapAt(const Caller& caller, const std::string& device, Iova iova,
-                                  const MemRef& mem, DmaDirection direction, DmaAttrs attrs);
+  absl::StatusOr<MapResult> MapAt(const Caller& caller, const std::string& device,
+                                  const MapAtRequest& request);
   // Returns the bytes unmapped. A range that would split a mapping fails and
   // changes nothing.
   absl::StatusOr<uint64_t> UnmapRange(const Caller& caller, const std::string& device, Iova iova,

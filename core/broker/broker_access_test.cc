@@ -113,9 +113,11 @@ TEST_F(BrokerAccessTest, MapAtAndUnmapRangeFollowVirtioIommuRangeSemantics) {
   auto buf = broker_->AllocBuffer(Dev("nic0"), "nic0", 64 * KiB, Placement::kContiguous);
   ASSERT_TRUE(buf.ok());
   auto at = [&](uint64_t iova, uint64_t off, uint64_t len) {
-    return broker_->MapAt(Dev("nic0"), "nic0", Iova(iova),
-                          {.buffer_id = buf->buffer_id, .offset_bytes = off, .length_bytes = len},
-                          DmaDirection::kBidirectional, {});
+    return broker_->MapAt(
+        Dev("nic0"), "nic0",
+        {.iova = Iova(iova),
+         .mem = {.buffer_id = buf->buffer_id, .offset_bytes = off, .length_bytes = len},
+         .direction = DmaDirection::kBidirectional});
   };
   ASSERT_TRUE(at(0x100000, 0, 16 * KiB).ok());
   ASSERT_TRUE(at(0x104000, 16 * KiB, 16 * KiB).ok());
@@ -252,7 +254,7 @@ TEST_F(BrokerAccessTest, BadInputNamesTheFieldAndChangesNothing) {
       {"unknown session", [&] { return b.KeepAlive(nic, 4242); }, absl::StatusCode::kNotFound,
        "session_id=0x1092"},
       {"window without domain",
-       [&] { return b.MsiCookie(nic, "nic0", {.window_size_bytes = 4096}).status(); },
+       [&] { return b.MsiCookie(nic, "nic0", {.window = {.size_bytes = 4096}}).status(); },
        absl::StatusCode::kInvalidArgument, "window_size_bytes=0x1000"},
   };
   auto snapshot = [&] {

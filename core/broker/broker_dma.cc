@@ -38,8 +38,8 @@ const char* MappingKindName(MappingKind k) {
 
 }  // namespace
 
-uint64_t BrokerImpl::DeviceLimit(const Domain& d, const DeviceState& dev) const {
-  return std::min(d.aperture_end(), LowMask(dev.config.dma_mask_bits));
+Iova BrokerImpl::DeviceLimit(const Domain& d, const DeviceState& dev) const {
+  return std::min(d.aperture_end(), Iova(LowMask(dev.config.dma_mask_bits)));
 }
 
 Prot BrokerImpl::ProtFor(const DeviceState& dev, DmaDirection dir, const DmaAttrs& attrs) const {

@@ -65,7 +65,7 @@ DomainInfo BrokerImpl::Describe(const Domain& d) const {
   info.mappings = r.mappings().size();
   info.mapped_bytes = r.mapped_bytes();
   if (const auto* w = std::get_if<internal::MsiWindowCookie>(&r.cookie())) {
-    info.msi_window = std::make_pair(w->base, w->size_bytes);
+    info.msi_window = w->window;
   }
   return info;
 }
@@ -226,7 +226,7 @@ absl::StatusOr<IovaRangesResult> Broker::GetIovaRanges(const Caller& caller,
   ASSIGN_OR_RETURN(auto* dev, impl_->ActAs(caller, device));
   std::shared_ptr<Domain> d = impl_->CurrentDomain(*dev);
   IovaRangesResult out{.domain_id = d->id()};
-  const uint64_t limit = impl_->DeviceLimit(*d, *dev);
+  const Iova limit = impl_->DeviceLimit(*d, *dev);
   std::vector<ReservedRegion> reserved;
   {
     Domain::Reader r(*d);
@@ -235,14 +235,15 @@ absl::StatusOr<IovaRangesResult> Broker::GetIovaRanges(const Caller& caller,
                    [&](const internal::NoCookie&) {},
                    [&](const internal::IovaCookie& c) {
                      // IOVA page 0 is never handed out.
-                     reserved.push_back({0, g - 1, ReservedKind::kReserved});
+                     reserved.push_back({Iova(0), Iova(g - 1), ReservedKind::kReserved});
                      c.iovad->ForEachReserved([&](uint64_t lo, uint64_t hi) {
-                       reserved.push_back(
-                           {lo << Log2(g), ((hi + 1) << Log2(g)) - 1, ReservedKind::kReserved});
+                       reserved.push_back({Iova(lo << Log2(g)), Iova(((hi + 1) << Log2(g)) - 1),
+                                           ReservedKind::kReserved});
                      });
                    },
                    [&](const internal::MsiWindowCookie& w) {
-                     reserved.push_back({w.base, w.base + w.size_bytes - 1, ReservedKind::kMsi});
+                     reserved.push_back({w.window.base, w.window.base + (w.window.size_bytes - 1),
+                                         ReservedKind::kMsi});
                    },
                },
                r.cookie());
@@ -253,7 +254,7 @@ absl::StatusOr<IovaRangesResult> Broker::GetIovaRanges(const Caller& caller,
     out.reserved = std::move(reserved);
     return out;  // nothing is usable
   }
-  uint64_t cursor = d->aperture_start();
+  Iova cursor = d->aperture_start();
   bool done = false;
   for (const ReservedRegion& r : reserved) {
     if (r.start > limit) break;

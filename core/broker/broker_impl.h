@@ -205,7 +205,7 @@ class BrokerImpl {
       Domain::Transaction& txn, const Caller& caller, const std::string& device, uint64_t dma_addr,
       std::initializer_list<internal::MappingKind> kinds, const char* call);
   // The highest IOVA the device may use in `d` (aperture and DMA mask).
-  uint64_t DeviceLimit(const Domain& d, const DeviceState& dev) const;
+  Iova DeviceLimit(const Domain& d, const DeviceState& dev) const;
   Prot ProtFor(const DeviceState& dev, DmaDirection dir, const DmaAttrs& attrs) const;
 
   // Releases everything created under a session.

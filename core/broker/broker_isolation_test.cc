@@ -450,7 +450,7 @@ TEST_F(IsolationTest, ForeignObjectsAnswerAsMissingOnes) {
     EXPECT_EQ(broker_->AttachDevice(Dev("gpu0"), "gpu0", id).code(), absl::StatusCode::kNotFound);
     auto msi = broker_->MsiCookie(
         Dev("gpu0"), "gpu0",
-        {.domain_id = id, .window_base = 0x8000000, .window_size_bytes = 0x100000});
+        {.domain_id = id, .window = {.base = Iova(0x8000000), .size_bytes = 0x100000}});
     EXPECT_EQ(msi.status().code(), absl::StatusCode::kNotFound) << id;
   }
   EXPECT_EQ(Info("nic0").buffers, 1u);

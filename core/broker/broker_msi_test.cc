@@ -70,25 +70,25 @@ TEST_F(BrokerMsiTest, UnmanagedDomainUsesTheMsiWindowOfTheCurrentDomain) {
   EXPECT_EQ(none.status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_THAT(none.status().message(), HasSubstr("no MSI cookie"));
   // The window must be inside the aperture (40-bit stage-2 SMMU) and aligned.
-  auto outside = broker_->MsiCookie(Dev("vf0"), "vf0",
-                                    {.domain_id = dom->domain_id,
-                                     .window_base = uint64_t{1} << 40,
-                                     .window_size_bytes = 1 * MiB});
+  auto outside =
+      broker_->MsiCookie(Dev("vf0"), "vf0",
+                         {.domain_id = dom->domain_id,
+                          .window = {.base = Iova(uint64_t{1} << 40), .size_bytes = 1 * MiB}});
   EXPECT_EQ(outside.status().code(), absl::StatusCode::kOutOfRange);
   EXPECT_THAT(outside.status().message(), HasSubstr("window_base=0x10000000000"));
   auto unaligned = broker_->MsiCookie(
       Dev("vf0"), "vf0",
-      {.domain_id = dom->domain_id, .window_base = 0x800'0800, .window_size_bytes = 1 * MiB});
+      {.domain_id = dom->domain_id, .window = {.base = Iova(0x800'0800), .size_bytes = 1 * MiB}});
   EXPECT_EQ(unaligned.status().code(), absl::StatusCode::kInvalidArgument);
   // Another device may not set the window (nor learn the domain exists).
   auto other = broker_->MsiCookie(
       Dev("nic0"), "nic0",
-      {.domain_id = dom->domain_id, .window_base = 0x800'0000, .window_size_bytes = 1 * MiB});
+      {.domain_id = dom->domain_id, .window = {.base = Iova(0x800'0000), .size_bytes = 1 * MiB}});
   EXPECT_EQ(other.status().code(), absl::StatusCode::kNotFound);
 
   auto msi = broker_->MsiCookie(
       Dev("vf0"), "vf0",
-      {.domain_id = dom->domain_id, .window_base = 0x800'0000, .window_size_bytes = 1 * MiB});
+      {.domain_id = dom->domain_id, .window = {.base = Iova(0x800'0000), .size_bytes = 1 * MiB}});
   ASSERT_TRUE(msi.ok()) << msi.status();
   EXPECT_EQ(msi->domain_id, dom->domain_id);
   EXPECT_GE(msi->msi_addr, Iova(0x800'0000u));
@@ -101,22 +101,23 @@ TEST_F(BrokerMsiTest, UnmanagedDomainUsesTheMsiWindowOfTheCurrentDomain) {
   // The window is reserved: MapAt cannot land in it, and the ranges say so.
   auto buf = broker_->AllocBuffer(Dev("vf0"), "vf0", 4 * KiB, Placement::kContiguous);
   ASSERT_TRUE(buf.ok());
-  auto clash = broker_->MapAt(Dev("vf0"), "vf0", Iova(0x800'0000 + 64 * KiB),
-                              {.buffer_id = buf->buffer_id, .length_bytes = 4 * KiB},
-                              DmaDirection::kBidirectional, {});
+  auto clash = broker_->MapAt(Dev("vf0"), "vf0",
+                              {.iova = Iova(0x800'0000 + 64 * KiB),
+                               .mem = {.buffer_id = buf->buffer_id, .length_bytes = 4 * KiB},
+                               .direction = DmaDirection::kBidirectional});
   EXPECT_EQ(clash.status().code(), absl::StatusCode::kAlreadyExists);
   auto ranges = broker_->GetIovaRanges(Dev("vf0"), "vf0");
   ASSERT_TRUE(ranges.ok());
   ASSERT_EQ(ranges->reserved.size(), 1u);
   EXPECT_EQ(ranges->reserved[0].kind, ReservedKind::kMsi);
-  EXPECT_EQ(ranges->reserved[0].start, 0x800'0000u);
+  EXPECT_EQ(ranges->reserved[0].start, Iova(0x800'0000));
   ASSERT_EQ(ranges->usable.size(), 2u);
-  EXPECT_EQ(ranges->usable[1].start, 0x810'0000u);
-  EXPECT_EQ(ranges->usable[1].end, (uint64_t{1} << 40) - 1);
+  EXPECT_EQ(ranges->usable[1].start, Iova(0x810'0000));
+  EXPECT_EQ(ranges->usable[1].end, Iova((uint64_t{1} << 40) - 1));
   // A second, different window is refused; the same one is idempotent.
   auto second = broker_->MsiCookie(
       Dev("vf0"), "vf0",
-      {.domain_id = dom->domain_id, .window_base = 0x900'0000, .window_size_bytes = 1 * MiB});
+      {.domain_id = dom->domain_id, .window = {.base = Iova(0x900'0000), .size_bytes = 1 * MiB}});
   EXPECT_EQ(second.status().code(), absl::StatusCode::kAlreadyExists);
   // Detach: the default domain gets its own doorbell mapping via its IOVA cookie.
   ASSERT_TRUE(broker_->DetachDevice(Dev("vf0"), "vf0").ok());
@@ -132,13 +133,13 @@ TEST_F(BrokerMsiTest, CookieTypesNeverMix) {
   // A DMA domain has an IOVA cookie: asking it for an MSI window is refused.
   auto on_dma = broker_->MsiCookie(
       Dev("nic0"), "nic0",
-      {.domain_id = nic_domain, .window_base = 0x800'0000, .window_size_bytes = 1 * MiB});
+      {.domain_id = nic_domain, .window = {.base = Iova(0x800'0000), .size_bytes = 1 * MiB}});
   EXPECT_EQ(on_dma.status().code(), absl::StatusCode::kPermissionDenied);  // default: no owner
   auto own = broker_->CreateDomain(Dev("nic0"), {.smmu = "smmu0", .type = DomainType::kDma});
   ASSERT_TRUE(own.ok());
   auto on_own_dma = broker_->MsiCookie(
       Dev("nic0"), "nic0",
-      {.domain_id = own->domain_id, .window_base = 0x800'0000, .window_size_bytes = 1 * MiB});
+      {.domain_id = own->domain_id, .window = {.base = Iova(0x800'0000), .size_bytes = 1 * MiB}});
   EXPECT_EQ(on_own_dma.status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_THAT(on_own_dma.status().message(), HasSubstr("IOVA cookie"));
   // An UNMANAGED domain with a window cannot serve Map (that needs an IOVA cookie).
@@ -147,8 +148,7 @@ TEST_F(BrokerMsiTest, CookieTypesNeverMix) {
   ASSERT_TRUE(broker_
                   ->MsiCookie(Dev("nic0"), "nic0",
                               {.domain_id = um->domain_id,
-                               .window_base = 0x800'0000,
-                               .window_size_bytes = 64 * KiB})
+                               .window = {.base = Iova(0x800'0000), .size_bytes = 64 * KiB}})
                   .ok());
   ASSERT_TRUE(broker_->AttachDevice(Dev("nic0"), "nic0", um->domain_id).ok());
   auto buf = broker_->AllocBuffer(Dev("nic0"), "nic0", 4 * KiB, Placement::kContiguous);

@@ -143,8 +143,7 @@ absl::Status BrokerImpl::RestoreState(DurableState& state, RestoreReport* report
     if (ds->msi_window) {
       Buffers::Refs refs(*buffers_);
       Domain::Transaction txn(**d, refs);
-      if (absl::Status s = txn.SetMsiWindow(ds->msi_window->first, ds->msi_window->second);
-          !s.ok()) {
+      if (absl::Status s = txn.SetMsiWindow(*ds->msi_window); !s.ok()) {
         return Unrestorable(absl::StrFormat("%s: MSI window: %s", what, s.message()));
       }
     }

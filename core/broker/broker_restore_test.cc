@@ -41,7 +41,7 @@ std::string Fingerprint(const Broker& b) {
                     " granule=", d.granule_bytes, " devices=", absl::StrJoin(d.devices, ","),
                     " mappings=", d.mappings, " bytes=", d.mapped_bytes);
     if (d.msi_window)
-      absl::StrAppend(&out, " msi=", d.msi_window->first, "+", d.msi_window->second);
+      absl::StrAppend(&out, " msi=", d.msi_window->base.value(), "+", d.msi_window->size_bytes);
     out += "\n";
     for (const PgtableMapping& m : testing::Value(b.WalkDomain(admin, d.domain_id))) {
       absl::StrAppend(&out, "  leaf ", m.iova.value(), " -> ", m.phys.value(), " ", m.size_bytes,
@@ -54,7 +54,8 @@ std::string Fingerprint(const Broker& b) {
                     " mappings=", d.mappings, " buffers=", d.buffers, "\n");
     auto ranges = b.GetIovaRanges(admin, d.config.name);
     for (const ReservedRegion& r : ranges->reserved) {
-      absl::StrAppend(&out, "  reserved ", r.start, "-", r.end, " ", int(r.kind), "\n");
+      absl::StrAppend(&out, "  reserved ", r.start.value(), "-", r.end.value(), " ", int(r.kind),
+                      "\n");
     }
   }
   for (const DomainStats& s : testing::Value(b.GetStats(admin)).domains) {
@@ -158,15 +159,15 @@ class BrokerRestoreTest : public ::testing::Test {
     EXPECT_TRUE(broker_
                     ->MsiCookie(Dev("vf0"), "vf0",
                                 {.domain_id = dom->domain_id,
-                                 .window_base = 0x800'0000,
-                                 .window_size_bytes = 1 * MiB})
+                                 .window = {.base = Iova(0x800'0000), .size_bytes = 1 * MiB}})
                     .ok());
     auto vbuf = broker_->AllocBuffer(Dev("vf0"), "vf0", 2 * MiB, Placement::kHuge);
     EXPECT_TRUE(vbuf.ok()) << vbuf.status();
     EXPECT_TRUE(broker_
-                    ->MapAt(Dev("vf0"), "vf0", Iova(0x4000'0000),
-                            {.buffer_id = vbuf->buffer_id, .length_bytes = 2 * MiB},
-                            DmaDirection::kBidirectional, {})
+                    ->MapAt(Dev("vf0"), "vf0",
+                            {.iova = Iova(0x4000'0000),
+                             .mem = {.buffer_id = vbuf->buffer_id, .length_bytes = 2 * MiB},
+                             .direction = DmaDirection::kBidirectional})
                     .ok());
 
     // A lazy (DMA_FQ) domain with a mapping and a pending invalidation.

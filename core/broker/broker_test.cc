@@ -351,14 +351,16 @@ TEST_F(BrokerTest, FailedCallsLeaveNoTrace) {
   BufferInfo small = Buffer("nic0", 4 * KiB);
   BufferInfo big = Buffer("nic0", 64 * KiB);
   ASSERT_TRUE(broker_
-                  ->MapAt(Dev("nic0"), "nic0", Iova(0x10'0000 + 32 * KiB),
-                          {.buffer_id = small.buffer_id, .length_bytes = 4 * KiB},
-                          DmaDirection::kBidirectional, {})
+                  ->MapAt(Dev("nic0"), "nic0",
+                          {.iova = Iova(0x10'0000 + 32 * KiB),
+                           .mem = {.buffer_id = small.buffer_id, .length_bytes = 4 * KiB},
+                           .direction = DmaDirection::kBidirectional})
                   .ok());
   const std::string before_mapat = Snapshot();
-  auto overlap = broker_->MapAt(Dev("nic0"), "nic0", Iova(0x10'0000),
-                                {.buffer_id = big.buffer_id, .length_bytes = 64 * KiB},
-                                DmaDirection::kBidirectional, {});
+  auto overlap = broker_->MapAt(Dev("nic0"), "nic0",
+                                {.iova = Iova(0x10'0000),
+                                 .mem = {.buffer_id = big.buffer_id, .length_bytes = 64 * KiB},
+                                 .direction = DmaDirection::kBidirectional});
   EXPECT_EQ(overlap.status().code(), absl::StatusCode::kAlreadyExists);
   EXPECT_EQ(Snapshot(), before_mapat);
   EXPECT_TRUE(Tr("nic0", Iova(0x10'0000), 4, Read()).faulted);  // rolled back

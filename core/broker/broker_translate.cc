@@ -100,7 +100,7 @@ absl::StatusOr<TranslateResult> Broker::Translate(const Caller& caller,
   }
   uint64_t at = request.iova.value();
   while (true) {
-    if (at > d->aperture_end()) {  // beyond the input address size
+    if (at > d->aperture_end().value()) {  // beyond the input address size
       fault(FaultType::kAddressSize, at);
       return out;
     }
@@ -184,34 +184,36 @@ absl::StatusOr<MsiCookieResult> Broker::MsiCookie(const Caller& caller, const st
                                         DomainTypeName(d->type())));
     }
     const uint64_t g = d->granule_bytes();
-    if (request.window_size_bytes == 0 || !IsAligned(request.window_size_bytes, g)) {
+    const IovaWindow& window = request.window;
+    if (window.size_bytes == 0 || !IsAligned(window.size_bytes, g)) {
       return InvalidField(
-          "window_size_bytes", request.window_size_bytes,
+          "window_size_bytes", window.size_bytes,
           absl::StrFormat("must be a non-zero multiple of the %#x-byte granule", g));
     }
-    if (!IsAligned(request.window_base, g)) {
-      return InvalidField("window_base", request.window_base,
+    if (!IsAligned(window.base.value(), g)) {
+      return InvalidField("window_base", window.base.value(),
                           absl::StrFormat("must be aligned to the %#x-byte granule", g));
     }
-    const auto wlast = LastOfRange(request.window_base, request.window_size_bytes);
-    if (!wlast || request.window_base < d->aperture_start() || *wlast > d->aperture_end()) {
-      return OutOfRangeField("window_base", request.window_base,
-                             absl::StrFormat("window must lie inside the aperture [%#x, %#x]",
-                                             d->aperture_start(), d->aperture_end()));
+    const auto wlast = LastOfRange(window.base.value(), window.size_bytes);
+    if (!wlast || window.base < d->aperture_start() || *wlast > d->aperture_end().value()) {
+      return OutOfRangeField(
+          "window_base", window.base.value(),
+          absl::StrFormat("window must lie inside the aperture [%#x, %#x]",
+                          d->aperture_start().value(), d->aperture_end().value()));
     }
     const bool is_current = impl_->CurrentDomain(*dev) == d;  // before the domain (lock order)
     {
       BrokerImpl::Buffers::Refs refs(*impl_->buffers_);
       Domain::Transaction txn(*d, refs);
-      RETURN_IF_ERROR(txn.SetMsiWindow(request.window_base, request.window_size_bytes));
+      RETURN_IF_ERROR(txn.SetMsiWindow(window));
     }
     // Without a device doorbell the call only set up the window.
     if (dev->config.msi_doorbell.empty() || !is_current) {
       return durable.Reply(
           MsiCookieResult{.msi_addr = Iova(0), .domain_id = d->id(), .newly_mapped = false});
     }
-  } else if (request.window_size_bytes != 0 || request.window_base != 0) {
-    return InvalidField("window_size_bytes", request.window_size_bytes,
+  } else if (request.window.size_bytes != 0 || request.window.base != Iova(0)) {
+    return InvalidField("window_size_bytes", request.window.size_bytes,
                         "an MSI window needs domain_id naming the UNMANAGED domain");
   }
   if (dev->config.msi_doorbell.empty()) {

@@ -75,6 +75,14 @@ struct MapRequest {
   DmaAttrs attrs;
 };
 
+// A Map at an address the caller chooses (UNMANAGED domains).
+struct MapAtRequest {
+  Iova iova;
+  MemRef mem;
+  DmaDirection direction = DmaDirection::kBidirectional;
+  DmaAttrs attrs;
+};
+
 struct MapResult {
   Iova dma_addr;  // iova + offset of the memory within its granule
   uint64_t mapping_id = 0;
@@ -151,11 +159,17 @@ struct SgTableResult {
   std::string export_token;
 };
 
+// A window of IOVA space, [base, base + size_bytes).
+struct IovaWindow {
+  Iova base;
+  uint64_t size_bytes = 0;
+  friend bool operator==(const IovaWindow&, const IovaWindow&) = default;
+};
+
 struct MsiCookieRequest {
   // For the owner of an UNMANAGED domain setting up its MSI window (once):
   std::optional<uint64_t> domain_id;
-  uint64_t window_base = 0;
-  uint64_t window_size_bytes = 0;
+  IovaWindow window;
 };
 
 struct MsiCookieResult {
@@ -185,22 +199,22 @@ struct DomainInfo {
   uint64_t pgsize_bitmap = 0;
   unsigned ias_bits = 0, oas_bits = 0;
   Stage stage = Stage::kStage1;
-  uint64_t aperture_start = 0, aperture_end = 0;  // inclusive
+  Iova aperture_start, aperture_end;  // inclusive
   uint32_t asid = 0, vmid = 0;
   bool strict = true;
   std::vector<std::string> devices;  // attached
   uint64_t mappings = 0;
   uint64_t mapped_bytes = 0;
-  std::optional<std::pair<uint64_t, uint64_t>> msi_window;  // base, size
+  std::optional<IovaWindow> msi_window;  // UNMANAGED, once set
 };
 
 enum class ReservedKind { kMsi, kReserved };
 
 struct IovaRange {
-  uint64_t start = 0, end = 0;  // inclusive
+  Iova start, end;  // inclusive
 };
 struct ReservedRegion {
-  uint64_t start = 0, end = 0;  // inclusive
+  Iova start, end;  // inclusive
   ReservedKind kind = ReservedKind::kReserved;
 };
 struct IovaRangesResult {

@@ -18,8 +18,10 @@ using internal::MappingRecord;
 
 // --- MapAt / UnmapRange (UNMANAGED) --------------------------------------------------
 
-absl::StatusOr<MapResult> Broker::MapAt(const Caller& caller, const std::string& device, Iova iova,
-                                        const MemRef& mem, DmaDirection direction, DmaAttrs attrs) {
+absl::StatusOr<MapResult> Broker::MapAt(const Caller& caller, const std::string& device,
+                                        const MapAtRequest& request) {
+  const Iova iova = request.iova;
+  const MemRef& mem = request.mem;
   BrokerImpl::DurableReply durable(*impl_);
   ASSIGN_OR_RETURN(auto* dev, impl_->ActAs(caller, device));
   ASSIGN_OR_RETURN(BrokerImpl::SessionPin pin, impl_->PinSession(caller));
@@ -41,11 +43,11 @@ absl::StatusOr<MapResult> Broker::MapAt(const Caller& caller, const std::string&
   }
   const auto last = LastOfRange(iova.value(), mem.length_bytes);
   if (!last) return InvalidField("mem.length_bytes", mem.length_bytes, "iova + length passes 2^64");
-  const uint64_t limit = impl_->DeviceLimit(*d, *dev);
-  if (iova.value() < d->aperture_start() || *last > limit) {
+  const Iova limit = impl_->DeviceLimit(*d, *dev);
+  if (iova < d->aperture_start() || *last > limit.value()) {
     return OutOfRangeField("iova", iova.value(),
                            absl::StrFormat("range must lie in [%#x, %#x] (aperture and DMA mask)",
-                                           d->aperture_start(), limit));
+                                           d->aperture_start().value(), limit.value()));
   }
   BrokerImpl::Buffers::Refs refs(*impl_->buffers_);
   internal::ResolvedMem res;
@@ -64,13 +66,14 @@ absl::StatusOr<MapResult> Broker::MapAt(const Caller& caller, const std::string&
   }
   if (absl::Status s = dev->ChargeMapping(mem.length_bytes); !s.ok()) return fail(s);
   Domain::Transaction txn(*d, refs);
-  if (const auto window = txn.MsiWindow(); window.has_value() &&
-                                           iova.value() <= window->first + window->second - 1 &&
-                                           window->first <= *last) {
-    dev->RefundMapping(mem.length_bytes);
-    return fail(FieldError(absl::StatusCode::kAlreadyExists, "iova", iova.value(),
-                           absl::StrFormat("overlaps the domain's MSI window [%#x, %#x]",
-                                           window->first, window->first + window->second - 1)));
+  if (const auto window = txn.MsiWindow(); window.has_value()) {
+    const Iova window_last = window->base + (window->size_bytes - 1);
+    if (iova <= window_last && window->base.value() <= *last) {
+      dev->RefundMapping(mem.length_bytes);
+      return fail(FieldError(absl::StatusCode::kAlreadyExists, "iova", iova.value(),
+                             absl::StrFormat("overlaps the domain's MSI window [%#x, %#x]",
+                                             window->base.value(), window_last.value())));
+    }
   }
   std::vector<std::pair<Iova, PhysRun>> ranges;
   Iova at = iova;
@@ -78,7 +81,7 @@ absl::StatusOr<MapResult> Broker::MapAt(const Caller& caller, const std::string&
     ranges.push_back({at, r});
     at += r.size_bytes;
   }
-  const Prot prot = impl_->ProtFor(*dev, direction, attrs);
+  const Prot prot = impl_->ProtFor(*dev, request.direction, request.attrs);
   if (absl::Status s = txn.MapRanges(ranges, prot); !s.ok()) {
     dev->RefundMapping(mem.length_bytes);
     return fail(s);

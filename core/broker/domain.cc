@@ -57,7 +57,7 @@ Domain::Domain(Smmu* smmu, DomainParams params)
       session_id_(params.session_id),
       granule_bytes_(params.granule_bytes),
       pgsize_bitmap_(PgsizeBitmapForGranule(params.granule_bytes)),
-      aperture_end_(LowMask(smmu->config.ias_bits)),
+      aperture_end_(Iova(LowMask(smmu->config.ias_bits))),
       strict_(params.type != DomainType::kDmaFq),
       journal_(params.journal),
       mappings_(params.granule_bytes, params.type == DomainType::kUnmanaged),
@@ -108,7 +108,7 @@ absl::StatusOr<std::shared_ptr<Domain>> Domain::Create(Smmu* smmu, DomainParams 
   if (d->has_iova_cookie()) {
     auto iovad = IovaAllocator::Create({.granule_bytes = granule,
                                         .start_pfn = 1,
-                                        .end_pfn = d->aperture_end_ >> Log2(granule),
+                                        .end_pfn = d->aperture_end_.value() >> Log2(granule),
                                         .cache = {.max_pages = params.iova_cache_max_pages},
                                         .try_32bit_first = params.try_32bit_first});
     if (!iovad.ok()) {
@@ -165,7 +165,7 @@ DomainState Domain::StateLocked() const {
                 .session_id = session_id_,
                 .mapping_ids_reserved = mapping_ids_reserved_};
   if (const auto* w = std::get_if<MsiWindowCookie>(&cookie_)) {
-    s.msi_window = std::make_pair(w->base, w->size_bytes);
+    s.msi_window = w->window;
   }
   return s;
 }
@@ -225,7 +225,7 @@ absl::Status Domain::Transaction::Restore(MappingRecord&& m) {
         absl::StrFormat("domain %d: mapping %d at IOVA %#x: %s", d_.id_, m.mapping_id, start, why));
   };
   if (m.iova_size_bytes == 0 || start + (m.iova_size_bytes - 1) < start ||
-      start + (m.iova_size_bytes - 1) > d_.aperture_end_) {
+      start + (m.iova_size_bytes - 1) > d_.aperture_end_.value()) {
     return fail("outside the aperture");
   }
   if (d_.mappings_.Find(start) != nullptr ||
@@ -283,7 +283,8 @@ absl::Status Domain::Transaction::Restore(MappingRecord&& m) {
                    [&](IovaCookie& ic) { ic.msi_pages[page] = start; },
                    [&](MsiWindowCookie& w) {
                      w.msi_pages[page] = start;
-                     w.next_offset = std::max(w.next_offset, start + d_.granule_bytes_ - w.base);
+                     w.next_offset =
+                         std::max(w.next_offset, start + d_.granule_bytes_ - w.window.base.value());
                    },
                },
                d_.cookie_);
@@ -325,13 +326,13 @@ void Domain::Transaction::CompleteInvalidations() {
   iova_frees_.clear();
 }
 
-absl::StatusOr<Iova> Domain::Transaction::AllocIova(uint64_t size_bytes, uint64_t limit,
+absl::StatusOr<Iova> Domain::Transaction::AllocIova(uint64_t size_bytes, Iova limit,
                                                     const char* call) {
   d_.mu_.AssertHeld();
   auto* c = std::get_if<IovaCookie>(&d_.cookie_);
   if (c == nullptr) return d_.NeedsIovaCookie(call);
   if (!leaf_ranges_.empty() || !iova_frees_.empty()) CompleteInvalidations();
-  return c->iovad->AllocIova(size_bytes, Iova(limit));
+  return c->iovad->AllocIova(size_bytes, limit);
 }
 
 void Domain::Transaction::FreeIova(Iova iova, uint64_t size_bytes) {
@@ -419,36 +420,35 @@ void Domain::Transaction::PollFlushQueue() {
 
 // --- MSI ----------------------------------------------------------------------------
 
-std::optional<std::pair<uint64_t, uint64_t>> Domain::Transaction::MsiWindow() const {
+std::optional<IovaWindow> Domain::Transaction::MsiWindow() const {
   d_.mu_.AssertHeld();
-  if (const auto* w = std::get_if<MsiWindowCookie>(&d_.cookie_)) {
-    return std::make_pair(w->base, w->size_bytes);
-  }
+  if (const auto* w = std::get_if<MsiWindowCookie>(&d_.cookie_)) return w->window;
   return std::nullopt;
 }
 
-absl::Status Domain::Transaction::SetMsiWindow(uint64_t base, uint64_t size_bytes) {
+absl::Status Domain::Transaction::SetMsiWindow(IovaWindow window) {
   d_.mu_.AssertHeld();
   bool already = false;
   absl::Status st = std::visit(
       Overloaded{
           [&](NoCookie&) -> absl::Status {
             d_.mu_.AssertHeld();
-            if (absl::Status s = d_.pgtable_->CheckUnmapped(Iova(base), size_bytes); !s.ok()) {
+            if (absl::Status s = d_.pgtable_->CheckUnmapped(window.base, window.size_bytes);
+                !s.ok()) {
               return FieldError(
-                  absl::StatusCode::kAlreadyExists, "window_base", base,
+                  absl::StatusCode::kAlreadyExists, "window_base", window.base.value(),
                   absl::StrFormat("window overlaps existing mappings: %s", s.message()));
             }
             return absl::OkStatus();
           },
           [&](MsiWindowCookie& w) -> absl::Status {
-            if (w.base == base && w.size_bytes == size_bytes) {
+            if (w.window == window) {
               already = true;  // idempotent
               return absl::OkStatus();
             }
-            return FieldError(
-                absl::StatusCode::kAlreadyExists, "domain_id", d_.id_,
-                absl::StrFormat("already has the MSI window [%#x, +%#x)", w.base, w.size_bytes));
+            return FieldError(absl::StatusCode::kAlreadyExists, "domain_id", d_.id_,
+                              absl::StrFormat("already has the MSI window [%#x, +%#x)",
+                                              w.window.base.value(), w.window.size_bytes));
           },
           [&](IovaCookie&) -> absl::Status {
             assert(false && "UNMANAGED domains never hold an IOVA cookie");
@@ -458,7 +458,7 @@ absl::Status Domain::Transaction::SetMsiWindow(uint64_t base, uint64_t size_byte
       d_.cookie_);
   RETURN_IF_ERROR(st);
   if (!already) {
-    d_.cookie_ = MsiWindowCookie{.base = base, .size_bytes = size_bytes};
+    d_.cookie_ = MsiWindowCookie{.window = window};
     domain_changed_ = true;
   }
   return absl::OkStatus();
@@ -466,7 +466,7 @@ absl::Status Domain::Transaction::SetMsiWindow(uint64_t base, uint64_t size_byte
 
 absl::StatusOr<Domain::Transaction::MsiPage> Domain::Transaction::MapMsiPage(uint64_t page,
                                                                              uint64_t doorbell,
-                                                                             uint64_t limit) {
+                                                                             Iova limit) {
   d_.mu_.AssertHeld();
   const uint64_t g = d_.granule_bytes_;
   const Prot prot = Prot::kWrite | Prot::kNoExec | Prot::kMmio;
@@ -506,12 +506,12 @@ absl::StatusOr<Domain::Transaction::MsiPage> Domain::Transaction::MapMsiPage(uin
               return MsiPage{.iova = Iova(it->second), .newly_mapped = false};
             }
             // Linear allocation inside the bounds-checked window.
-            if (w.next_offset + g > w.size_bytes) {
-              return FieldError(
-                  absl::StatusCode::kResourceExhausted, "domain_id", d_.id_,
-                  absl::StrFormat("MSI window [%#x, +%#x) is full", w.base, w.size_bytes));
+            if (w.next_offset + g > w.window.size_bytes) {
+              return FieldError(absl::StatusCode::kResourceExhausted, "domain_id", d_.id_,
+                                absl::StrFormat("MSI window [%#x, +%#x) is full",
+                                                w.window.base.value(), w.window.size_bytes));
             }
-            auto r = map_page(w.msi_pages, Iova(w.base + w.next_offset), false);
+            auto r = map_page(w.msi_pages, w.window.base + w.next_offset, false);
             if (r.ok()) w.next_offset += g;
             return r;
           },

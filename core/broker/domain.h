@@ -67,8 +67,7 @@ struct IovaCookie {
   std::map<uint64_t, uint64_t> msi_pages;
 };
 struct MsiWindowCookie {
-  uint64_t base = 0;
-  uint64_t size_bytes = 0;
+  IovaWindow window;
   uint64_t next_offset = 0;  // linear allocator within the window
   std::map<uint64_t, uint64_t> msi_pages;
 };
@@ -154,8 +153,8 @@ class alignas(64) Domain {
   uint64_t session_id() const { return session_id_; }
   uint64_t granule_bytes() const { return granule_bytes_; }
   uint64_t pgsize_bitmap() const { return pgsize_bitmap_; }
-  uint64_t aperture_start() const { return aperture_start_; }
-  uint64_t aperture_end() const { return aperture_end_; }  // inclusive
+  Iova aperture_start() const { return aperture_start_; }
+  Iova aperture_end() const { return aperture_end_; }  // inclusive
   const TlbTag& tag() const { return tag_; }
   bool strict() const { return strict_; }
   // DMA and DMA_FQ: an IOVA cookie allocates the addresses.
@@ -194,8 +193,8 @@ class alignas(64) Domain {
   const uint64_t session_id_;
   const uint64_t granule_bytes_;
   const uint64_t pgsize_bitmap_;
-  const uint64_t aperture_start_ = 0;
-  const uint64_t aperture_end_;
+  const Iova aperture_start_;
+  const Iova aperture_end_;
   uint32_t context_ = 0;  // ASID (stage 1) or VMID (stage 2); set once by Create
   TlbTag tag_;            // set once by Create
   const bool strict_;
@@ -287,7 +286,7 @@ class ABSL_SCOPED_LOCKABLE Domain::Transaction {
   // (FAILED_PRECONDITION naming `call` for other cookies). The pending
   // invalidations of this transaction complete first, so an address it
   // unmapped is never handed out before the IOTLB forgot it.
-  absl::StatusOr<Iova> AllocIova(uint64_t size_bytes, uint64_t limit, const char* call);
+  absl::StatusOr<Iova> AllocIova(uint64_t size_bytes, Iova limit, const char* call);
   // Returns an allocation AllocIova made that was never mapped.
   void FreeIova(Iova iova, uint64_t size_bytes);
   // Writes the ranges to the page table; on failure unmaps what it wrote and
@@ -319,11 +318,11 @@ class ABSL_SCOPED_LOCKABLE Domain::Transaction {
 
   // MSI (iommu_dma_prepare_msi). The MSI window (base, size) of an
   // UNMANAGED domain, if set.
-  std::optional<std::pair<uint64_t, uint64_t>> MsiWindow() const;
+  std::optional<IovaWindow> MsiWindow() const;
   // Sets the MSI window of an UNMANAGED domain:
   // ALREADY_EXISTS when it overlaps mappings or another window is set; the
   // same window again is a no-op.
-  absl::Status SetMsiWindow(uint64_t base, uint64_t size_bytes);
+  absl::Status SetMsiWindow(IovaWindow window);
   struct MsiPage {
     Iova iova;
     bool newly_mapped = false;
@@ -332,7 +331,7 @@ class ABSL_SCOPED_LOCKABLE Domain::Transaction {
   // domain, mapping it (write-only MMIO) on first use: from the IOVA cookie
   // below `limit`, or linearly from the MSI window. `doorbell` is the
   // doorbell's physical address inside the page.
-  absl::StatusOr<MsiPage> MapMsiPage(uint64_t page, uint64_t doorbell, uint64_t limit);
+  absl::StatusOr<MsiPage> MapMsiPage(uint64_t page, uint64_t doorbell, Iova limit);
 
   // Records the commit writes besides the mappings (e.g. the domain's own
   // deletion when it is torn down).

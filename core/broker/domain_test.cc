@@ -58,7 +58,7 @@ class RecordingReleaser final : public MappingReleaser {
 // device access would).
 Iova MapAndCache(Smmu& smmu, Domain& d, MappingReleaser& r, PhysAddr phys) {
   Domain::Transaction txn(d, r);
-  auto iova = txn.AllocIova(kPage, LowMask(32), "test");
+  auto iova = txn.AllocIova(kPage, Iova(LowMask(32)), "test");
   EXPECT_TRUE(iova.ok()) << iova.status();
   EXPECT_TRUE(txn.MapRanges({{*iova, {phys, kPage}}}, Prot::kRead | Prot::kWrite).ok());
   MappingRecord& rec = txn.Insert(*iova, kPage, kPage);
@@ -111,7 +111,7 @@ TEST(DomainTransactionTest, AnAllocationInTheSameTransactionSyncsFirst) {
   EXPECT_TRUE(r.Cached(first));
   // The allocator hands the address straight back (its cache is LIFO), but
   // only after the gathered invalidation completed.
-  auto again = txn.AllocIova(kPage, LowMask(32), "test");
+  auto again = txn.AllocIova(kPage, Iova(LowMask(32)), "test");
   ASSERT_TRUE(again.ok());
   EXPECT_EQ(*again, first);
   EXPECT_FALSE(r.Cached(first));

@@ -302,9 +302,9 @@ TEST_F(BrokerRequestTest, EveryOperationJournalsItsReplyWithItsLastChange) {
   joined("attach", [&] { return broker_->AttachDevice(Dev("vf0"), "vf0", dom.domain_id).ok(); });
   joined("msi-window", [&] {
     return broker_
-        ->MsiCookie(
-            Dev("vf0"), "vf0",
-            {.domain_id = dom.domain_id, .window_base = 0x800'0000, .window_size_bytes = 1 * MiB})
+        ->MsiCookie(Dev("vf0"), "vf0",
+                    {.domain_id = dom.domain_id,
+                     .window = {.base = Iova(0x800'0000), .size_bytes = 1 * MiB}})
         .ok();
   });
   BufferInfo huge;
@@ -315,9 +315,10 @@ TEST_F(BrokerRequestTest, EveryOperationJournalsItsReplyWithItsLastChange) {
   });
   joined("map-at", [&] {
     return broker_
-        ->MapAt(Dev("vf0"), "vf0", Iova(0x4000'0000),
-                {.buffer_id = huge.buffer_id, .length_bytes = 2 * MiB},
-                DmaDirection::kBidirectional, {})
+        ->MapAt(Dev("vf0"), "vf0",
+                {.iova = Iova(0x4000'0000),
+                 .mem = {.buffer_id = huge.buffer_id, .length_bytes = 2 * MiB},
+                 .direction = DmaDirection::kBidirectional})
         .ok();
   });
   joined("unmap-range",

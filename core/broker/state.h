@@ -57,7 +57,7 @@ struct DomainState {
   // Mapping ids below this may have been handed out (ids are reserved in
   // blocks, so the record changes once per block, not per mapping).
   uint64_t mapping_ids_reserved = 0;
-  std::optional<std::pair<uint64_t, uint64_t>> msi_window;  // UNMANAGED: (base, size_bytes)
+  std::optional<IovaWindow> msi_window;  // UNMANAGED, once set
 };
 
 struct AttachmentState {
