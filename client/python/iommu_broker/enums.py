@@ -10,4 +10,5 @@ Generated at build time from proto/iommu/v1 (gen_protos.py).
 from iommu_broker._generated import enums as _enums
 from iommu_broker._generated.enums import *  # noqa: F401,F403
 
-__all__ = _enums.__all__
+__all__: list[str] = []
+__all__ += _enums.__all__  # a form type checkers follow

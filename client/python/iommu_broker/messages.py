@@ -9,4 +9,5 @@ Generated at build time from proto/iommu/v1 (gen_protos.py).
 from iommu_broker._generated import messages as _messages
 from iommu_broker._generated.messages import *  # noqa: F401,F403
 
-__all__ = _messages.__all__
+__all__: list[str] = []
+__all__ += _messages.__all__  # a form type checkers follow
