@@ -451,7 +451,7 @@ class ErrorTest(SdkTestCase):
     naming field and value, and leaves the daemon's statistics unchanged."""
 
     def stats_snapshot(self):
-        s = self.admin.get_stats()
+        s = self.admin.get_stats().to_proto()  # a message to edit: views are read-only
         for smmu in s.smmus:  # lookups are not state; mappings, pools and domains are
             smmu.ClearField("iotlb")
             smmu.ClearField("translations_ok")
