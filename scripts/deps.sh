@@ -28,6 +28,9 @@ DEV=(
   clang-format                       # make format / format-check (CI)
   libgtest-dev libgmock-dev libbenchmark-dev
   python3 python3-grpcio python3-protobuf python3-yaml                     # Python SDK, tests
+  mypy-protobuf                                                            # Python SDK: type stubs (build)
+  python3-setuptools python3-wheel python3-pip python3-venv                # Python SDK: pip install, its test
+  python3-mypy                                                             # Python SDK: mypy --strict test
   prometheus openssl curl                                                  # make run, integration tests
 )
 E2E=(docker.io docker-compose debootstrap python3 python3-yaml prometheus curl)

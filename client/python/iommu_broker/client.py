@@ -6,7 +6,9 @@
 
 Every RPC of iommu.v1 is a method. Calls that create something return a
 handle (Buffer, Mapping, SgMapping, Allocation, RangeMapping, Domain) that is
-a context manager releasing it; queries return the response messages (`pb`).
+a context manager releasing it; queries return typed read-only views of the
+response messages (iommu_broker.messages), whose enum fields are members of
+iommu_broker.enums.
 A failed call raises an IommuError subclass carrying the daemon's code and
 message. Each call has a deadline (`timeout` seconds) within which it is
 retried while the daemon is UNAVAILABLE (restarting): reads are repeated, and
@@ -18,20 +20,30 @@ Thread-safe: a Client may be shared by threads (gRPC channels are).
 """
 import dataclasses
 import os
-from typing import Optional, Union
+from types import TracebackType
+from typing import Any, Callable, Iterable, Iterator, Optional, Sequence, TypeVar, Union
 
 import grpc
+from google.protobuf.message import Message
 
-from iommu_broker import convert, pb
+from iommu_broker import convert, messages, pb
+from iommu_broker.convert import AttrsArg, EnumArg, MemArg
 from iommu_broker.errors import InvalidArgument
 from iommu_broker.handles import Allocation, Buffer, Domain, Mapping, RangeMapping, SgMapping
-from iommu_broker.retry import RECONNECT_OPTIONS, REQUEST_ID_HEADER, Retrier, new_request_id
+from iommu_broker.retry import (RECONNECT_OPTIONS, REQUEST_ID_HEADER, Metadata, Retrier,
+                                new_request_id)
 from iommu_broker.streams import BatchStream, FaultWatch, Session
 
 DEFAULT_TARGET = "unix:/tmp/iommud.sock"
 SESSION_HEADER = "iommu-session-id"
 
-_Pem = Union[bytes, str, os.PathLike]
+_Pem = Union[bytes, str, "os.PathLike[str]"]
+_R = TypeVar("_R", bound=Message)
+# A unary method of a generated stub: (request, timeout=, metadata=,
+# wait_for_ready=) -> response.
+_Unary = Callable[..., _R]
+# A translate_batch access: (iova, length_bytes[, access[, privileged]]) or a request.
+TranslateAccess = Union[tuple[Any, ...], pb.TranslateRequest]
 
 
 def _read_pem(value: Optional[_Pem]) -> Optional[bytes]:
@@ -54,7 +66,7 @@ class TlsConfig:
     server_name: Optional[str] = None
 
 
-def _invalid(field: str, value, why: str) -> InvalidArgument:
+def _invalid(field: str, value: object, why: str) -> InvalidArgument:
     return InvalidArgument(grpc.StatusCode.INVALID_ARGUMENT, f"{field}={value!r}: {why}")
 
 
@@ -75,9 +87,12 @@ def _check_credentials(token: Optional[str], tls: Optional[TlsConfig]) -> None:
 
 
 class Client:
+    """One connection to iommud acting as one device (see the module)."""
+
     def __init__(self, target: str = DEFAULT_TARGET, device: str = "", *,
                  token: Optional[str] = None, tls: Optional[TlsConfig] = None,
-                 timeout: float = 10.0, retries: int = 30, channel_options=()):
+                 timeout: float = 10.0, retries: int = 30,
+                 channel_options: Sequence[tuple[str, Any]] = ()) -> None:
         """`device` is the identity requests act as ("" = the admin, with
         --auth=none or an admin credential); `token` a bearer token
         (--auth=token), which needs `tls` with the daemon's CA;
@@ -87,7 +102,7 @@ class Client:
         all within its `timeout`: the timeout normally ends the retries,
         and the default one rides out a daemon restart of a few seconds."""
         _check_credentials(token, tls)
-        options = list(channel_options)
+        options: list[tuple[str, Any]] = list(channel_options)
         given = {name for name, _ in options}
         options += [kv for kv in RECONNECT_OPTIONS if kv[0] not in given]
         if tls is None:
@@ -100,10 +115,11 @@ class Client:
             if server_name:
                 options.append(("grpc.ssl_target_name_override", server_name))
             channel = grpc.secure_channel(target, creds, options=options)
-        metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        metadata: Metadata = (("authorization", f"Bearer {token}"),) if token else ()
         self._init(channel, True, target, device, metadata, timeout, retries)
 
-    def _init(self, channel, owns_channel, target, device, metadata, timeout, retries):
+    def _init(self, channel: grpc.Channel, owns_channel: bool, target: str, device: str,
+              metadata: Metadata, timeout: float, retries: int) -> None:
         self.target = target
         self.device = device
         self.timeout = timeout
@@ -118,7 +134,7 @@ class Client:
         self._sessions = pb.SessionsStub(channel)
         self._stats = pb.StatsStub(channel)
 
-    def _bind(self, device=None, session_id=None) -> "Client":
+    def _bind(self, device: Optional[str] = None, session_id: Optional[int] = None) -> "Client":
         """A Client on the same channel acting as `device` and/or in a session."""
         metadata = tuple(kv for kv in self._metadata if kv[0] != SESSION_HEADER)
         if session_id is not None:
@@ -137,13 +153,14 @@ class Client:
         if self._owns_channel:
             self._channel.close()
 
-    def __enter__(self):
+    def __enter__(self) -> "Client":
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, exc_type: Optional[type[BaseException]], exc: Optional[BaseException],
+                 tb: Optional[TracebackType]) -> None:
         self.close()
 
-    def _call(self, method, request, idempotent=False):
+    def _call(self, method: "_Unary[_R]", request: Message, idempotent: bool = False) -> _R:
         """One unary call, retried on UNAVAILABLE within `timeout`; one
         request id for all the attempts of a call that is not idempotent.
         Attempts after the first wait for the channel to reconnect."""
@@ -159,7 +176,8 @@ class Client:
                 retry.again(e)
 
     # --- Memory -----------------------------------------------------------
-    def alloc_buffer(self, size_bytes: int, placement="scattered", pool: str = "") -> Buffer:
+    def alloc_buffer(self, size_bytes: int, placement: EnumArg = "scattered",
+                     pool: str = "") -> Buffer:
         r = self._call(self._memory.AllocBuffer, pb.AllocBufferRequest(
             device=self.device, size_bytes=size_bytes, placement=convert.placement(placement),
             pool=pool))
@@ -171,14 +189,15 @@ class Client:
         self._call(self._memory.FreeBuffer, pb.FreeBufferRequest(device=self.device,
                                                                  buffer_id=buffer_id))
 
-    def get_buffer(self, buffer_id: int):
-        """The pb.Buffer (its runs and current map_count)."""
-        return self._call(self._memory.GetBuffer, pb.GetBufferRequest(
-            device=self.device, buffer_id=buffer_id), idempotent=True).buffer
+    def get_buffer(self, buffer_id: int) -> messages.Buffer:
+        """The buffer (its runs and current map_count)."""
+        return messages.Buffer(self._call(self._memory.GetBuffer, pb.GetBufferRequest(
+            device=self.device, buffer_id=buffer_id), idempotent=True).buffer)
 
     # --- DMA API ------------------------------------------------------------
-    def map(self, mem, offset_bytes: int = 0, length_bytes: Optional[int] = None,  # noqa: A003
-            direction="bidirectional", attrs=None) -> Mapping:
+    def map(self, mem: MemArg, offset_bytes: int = 0,  # noqa: A003
+            length_bytes: Optional[int] = None, direction: EnumArg = "bidirectional",
+            attrs: AttrsArg = None) -> Mapping:
         """dma_map_page of `mem` (a Buffer, Allocation, pb.MemRef or buffer id)."""
         r = self._call(self._dma.Map, pb.MapRequest(
             device=self.device, mem=convert.memref(mem, offset_bytes, length_bytes),
@@ -188,7 +207,8 @@ class Client:
     def unmap(self, dma_addr: int) -> None:
         self._call(self._dma.Unmap, pb.UnmapRequest(device=self.device, dma_addr=dma_addr))
 
-    def map_sg(self, segments=(), mode="merge", direction="bidirectional", attrs=None,
+    def map_sg(self, segments: Iterable[MemArg] = (), mode: EnumArg = "merge",
+               direction: EnumArg = "bidirectional", attrs: AttrsArg = None,
                import_token: str = "") -> SgMapping:
         """dma_map_sg of `segments` (each a Buffer, pb.MemRef, ...), or the
         import of another device's exported buffer."""
@@ -201,8 +221,8 @@ class Client:
     def unmap_sg(self, dma_addr: int) -> None:
         self._call(self._dma.UnmapSg, pb.UnmapSgRequest(device=self.device, dma_addr=dma_addr))
 
-    def alloc(self, size_bytes: int, direction="bidirectional", attrs=None,
-              pool: str = "") -> Allocation:
+    def alloc(self, size_bytes: int, direction: EnumArg = "bidirectional",
+              attrs: AttrsArg = None, pool: str = "") -> Allocation:
         """dma_alloc_attrs: pages owned by the device, mapped IOVA-contiguously."""
         r = self._call(self._dma.Alloc, pb.AllocRequest(
             device=self.device, size_bytes=size_bytes, direction=convert.direction(direction),
@@ -212,29 +232,31 @@ class Client:
     def free(self, dma_addr: int) -> None:
         self._call(self._dma.Free, pb.FreeRequest(device=self.device, dma_addr=dma_addr))
 
-    def get_sg_table(self, dma_addr: int, export: bool = False, export_to=(),
-                     export_writable: bool = False):
-        """pb.GetSgTableResponse: chunks, size_bytes, export_token. With
-        export, the token is limited to the devices in export_to (any device
-        when empty) and read-only unless export_writable."""
-        return self._call(self._dma.GetSgTable, pb.GetSgTableRequest(
+    def get_sg_table(self, dma_addr: int, export: bool = False, export_to: Iterable[str] = (),
+                     export_writable: bool = False) -> messages.GetSgTableResponse:
+        """Chunks, size_bytes, export_token. With export, the token is
+        limited to the devices in export_to (any device when empty) and
+        read-only unless export_writable."""
+        return messages.GetSgTableResponse(self._call(self._dma.GetSgTable, pb.GetSgTableRequest(
             device=self.device, dma_addr=dma_addr, export=export,
-            export_importers=list(export_to), export_writable=export_writable))
+            export_importers=list(export_to), export_writable=export_writable)))
 
     def revoke_export(self, export_token: str) -> int:
         """Revokes an export token; returns the imports it unmapped."""
-        return self._call(self._dma.RevokeExport, pb.RevokeExportRequest(
-            device=self.device, export_token=export_token)).imports_unmapped
+        return int(self._call(self._dma.RevokeExport, pb.RevokeExportRequest(
+            device=self.device, export_token=export_token)).imports_unmapped)
 
-    def msi_cookie(self, domain_id: int = 0, window_base: int = 0, window_size_bytes: int = 0):
-        """pb.MsiCookieResponse: the MSI address in the device's current
-        domain, or (owner of an UNMANAGED domain) sets its MSI window."""
-        return self._call(self._dma.MsiCookie, pb.MsiCookieRequest(
+    def msi_cookie(self, domain_id: int = 0, window_base: int = 0,
+                   window_size_bytes: int = 0) -> messages.MsiCookieResponse:
+        """The MSI address in the device's current domain, or (owner of an
+        UNMANAGED domain) sets its MSI window."""
+        return messages.MsiCookieResponse(self._call(self._dma.MsiCookie, pb.MsiCookieRequest(
             device=self.device, domain_id=domain_id, window_base=window_base,
-            window_size_bytes=window_size_bytes))
+            window_size_bytes=window_size_bytes)))
 
-    def map_at(self, iova: int, mem, offset_bytes: int = 0, length_bytes: Optional[int] = None,
-               direction="bidirectional", attrs=None) -> RangeMapping:
+    def map_at(self, iova: int, mem: MemArg, offset_bytes: int = 0,
+               length_bytes: Optional[int] = None, direction: EnumArg = "bidirectional",
+               attrs: AttrsArg = None) -> RangeMapping:
         """iommu_map into the device's UNMANAGED domain at `iova`."""
         ref = convert.memref(mem, offset_bytes, length_bytes)
         r = self._call(self._dma.MapAt, pb.MapAtRequest(
@@ -244,8 +266,8 @@ class Client:
 
     def unmap_range(self, iova: int, size_bytes: int) -> int:
         """iommu_unmap of whole mappings in the range; returns bytes unmapped."""
-        return self._call(self._dma.UnmapRange, pb.UnmapRangeRequest(
-            device=self.device, iova=iova, size_bytes=size_bytes)).unmapped_bytes
+        return int(self._call(self._dma.UnmapRange, pb.UnmapRangeRequest(
+            device=self.device, iova=iova, size_bytes=size_bytes)).unmapped_bytes)
 
     def sync(self) -> None:
         self._call(self._dma.Sync, pb.SyncRequest(device=self.device), idempotent=True)
@@ -255,8 +277,8 @@ class Client:
         return BatchStream(self)
 
     # --- Domains ------------------------------------------------------------
-    def create_domain(self, smmu: str, type="dma", granule_bytes: int = 0,  # noqa: A002
-                      granted_devices=()) -> Domain:
+    def create_domain(self, smmu: str, type: EnumArg = "dma",  # noqa: A002
+                      granule_bytes: int = 0, granted_devices: Iterable[str] = ()) -> Domain:
         """Devices in granted_devices may attach themselves besides the owner."""
         r = self._call(self._domains.CreateDomain, pb.CreateDomainRequest(
             device=self.device, smmu=smmu, type=convert.domain_type(type),
@@ -267,13 +289,14 @@ class Client:
         self._call(self._domains.DestroyDomain, pb.DestroyDomainRequest(
             device=self.device, domain_id=domain_id))
 
-    def get_domain(self, domain_id: int):
-        return self._call(self._domains.GetDomain, pb.GetDomainRequest(
-            device=self.device, domain_id=domain_id), idempotent=True).domain
+    def get_domain(self, domain_id: int) -> messages.Domain:
+        return messages.Domain(self._call(self._domains.GetDomain, pb.GetDomainRequest(
+            device=self.device, domain_id=domain_id), idempotent=True).domain)
 
-    def list_domains(self):
-        return list(self._call(self._domains.ListDomains, pb.ListDomainsRequest(
-            device=self.device), idempotent=True).domains)
+    def list_domains(self) -> list[messages.Domain]:
+        return [messages.Domain(d) for d in self._call(
+            self._domains.ListDomains, pb.ListDomainsRequest(device=self.device),
+            idempotent=True).domains]
 
     def attach_device(self, domain_id: int, target_device: str = "") -> None:
         """Switches this device (or, for an admin, target_device) to the domain."""
@@ -284,33 +307,38 @@ class Client:
         self._call(self._domains.DetachDevice, pb.DetachDeviceRequest(
             device=self.device, target_device=target_device))
 
-    def get_iova_ranges(self):
-        """pb.GetIovaRangesResponse: domain_id, usable and reserved ranges."""
-        return self._call(self._domains.GetIovaRanges, pb.GetIovaRangesRequest(
-            device=self.device), idempotent=True)
+    def get_iova_ranges(self) -> messages.GetIovaRangesResponse:
+        """domain_id, usable and reserved ranges."""
+        return messages.GetIovaRangesResponse(self._call(
+            self._domains.GetIovaRanges, pb.GetIovaRangesRequest(device=self.device),
+            idempotent=True))
 
-    def walk_domain(self, domain_id: int, start_iova: int = 0, page_leaves: int = 4096):
-        """The domain's page-table leaves (pb.PageTableLeaf) in IOVA order, from
-        start_iova; a generator that fetches page_leaves at a time."""
+    def walk_domain(self, domain_id: int, start_iova: int = 0,
+                    page_leaves: int = 4096) -> Iterator[messages.PageTableLeaf]:
+        """The domain's page-table leaves in IOVA order, from start_iova; a
+        generator that fetches page_leaves at a time."""
         while True:
             page = self._call(self._domains.WalkDomain, pb.WalkDomainRequest(
                 device=self.device, domain_id=domain_id, start_iova=start_iova,
                 max_leaves=page_leaves), idempotent=True)
-            yield from page.leaves
+            yield from (messages.PageTableLeaf(leaf) for leaf in page.leaves)
             if page.next_iova == 0:
                 return
             start_iova = page.next_iova
 
     # --- Devices --------------------------------------------------------------
-    def list_iommus(self):
-        return list(self._call(self._devices.ListIommus, pb.ListIommusRequest(),
-                               idempotent=True).smmus)
+    def list_iommus(self) -> list[messages.SmmuConfig]:
+        return [messages.SmmuConfig(s) for s in self._call(
+            self._devices.ListIommus, pb.ListIommusRequest(), idempotent=True).smmus]
 
-    def list_devices(self):
-        return list(self._call(self._devices.ListDevices, pb.ListDevicesRequest(
-            device=self.device), idempotent=True).devices)
+    def list_devices(self) -> list[messages.DeviceInfo]:
+        return [messages.DeviceInfo(d) for d in self._call(
+            self._devices.ListDevices, pb.ListDevicesRequest(device=self.device),
+            idempotent=True).devices]
 
-    def _translate_request(self, iova, length_bytes, access, privileged, smmu, stream_id):
+    def _translate_request(self, iova: int, length_bytes: int, access: EnumArg,
+                           privileged: bool, smmu: str,
+                           stream_id: Optional[int]) -> pb.TranslateRequest:
         request = pb.TranslateRequest(
             device=self.device, iova=iova,
             length_bytes=length_bytes, access=convert.access(access), privileged=privileged,
@@ -319,16 +347,20 @@ class Client:
             request.stream_id = stream_id
         return request
 
-    def translate(self, iova: int, length_bytes: int, access="read", privileged: bool = False,
-                  *, smmu: str = "", stream_id: Optional[int] = None):
-        """A device access through the SMMU: pb.TranslateResponse (pages, or
-        faulted/fault_type). With smmu+stream_id (admin): a raw stream access."""
-        return self._call(self._devices.Translate, self._translate_request(
-            iova, length_bytes, access, privileged, smmu, stream_id))
+    def translate(self, iova: int, length_bytes: int, access: EnumArg = "read",
+                  privileged: bool = False, *, smmu: str = "",
+                  stream_id: Optional[int] = None) -> messages.TranslateResponse:
+        """A device access through the SMMU: the pages, or faulted and
+        fault_type (a FaultType). With smmu+stream_id (admin): a raw stream
+        access."""
+        return messages.TranslateResponse(self._call(
+            self._devices.Translate,
+            self._translate_request(iova, length_bytes, access, privileged, smmu, stream_id)))
 
-    def translate_batch(self, accesses):
+    def translate_batch(self,
+                        accesses: Iterable[TranslateAccess]) -> list[messages.TranslateResponse]:
         """`accesses`: (iova, length_bytes[, access[, privileged]]) tuples or
-        pb.TranslateRequest; returns one pb.TranslateResponse per access."""
+        pb.TranslateRequest; returns one result per access, in order."""
         requests = []
         for a in accesses:
             if isinstance(a, pb.TranslateRequest):
@@ -342,8 +374,8 @@ class Client:
                     iova, length_bytes, rest[0] if rest else "read",
                     rest[1] if len(rest) > 1 else False, "", None)
             requests.append(request)
-        return list(self._call(self._devices.TranslateBatch,
-                               pb.TranslateBatchRequest(accesses=requests)).results)
+        return [messages.TranslateResponse(r) for r in self._call(
+            self._devices.TranslateBatch, pb.TranslateBatchRequest(accesses=requests)).results]
 
     def watch_faults(self, after_seq: int = 0, timeout: Optional[float] = None) -> FaultWatch:
         """The fault event stream (iterate it; `with` cancels it on exit).
@@ -354,10 +386,10 @@ class Client:
         return FaultWatch(call)
 
     # --- Sessions -------------------------------------------------------------
-    def open_session(self, ttl_ms: int = 0):
-        """pb.OpenSessionResponse (session_id, ttl_ms). See also session()."""
-        return self._call(self._sessions.OpenSession, pb.OpenSessionRequest(
-            device=self.device, ttl_ms=ttl_ms))
+    def open_session(self, ttl_ms: int = 0) -> messages.OpenSessionResponse:
+        """session_id and ttl_ms. See also session()."""
+        return messages.OpenSessionResponse(self._call(
+            self._sessions.OpenSession, pb.OpenSessionRequest(device=self.device, ttl_ms=ttl_ms)))
 
     def keep_alive(self, session_id: int) -> None:
         self._call(self._sessions.KeepAlive, pb.KeepAliveRequest(
@@ -374,7 +406,7 @@ class Client:
         return Session(self, r.session_id, r.ttl_ms, keepalive=keepalive)
 
     # --- Stats ----------------------------------------------------------------
-    def get_stats(self):
-        """pb.GetStatsResponse: per SMMU, domain and pool, and the fault ring."""
-        return self._call(self._stats.GetStats, pb.GetStatsRequest(device=self.device),
-                          idempotent=True)
+    def get_stats(self) -> messages.GetStatsResponse:
+        """Per SMMU, domain and pool, and the fault ring."""
+        return messages.GetStatsResponse(self._call(
+            self._stats.GetStats, pb.GetStatsRequest(device=self.device), idempotent=True))

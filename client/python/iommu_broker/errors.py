@@ -12,7 +12,7 @@ class IommuError(Exception):
 
     code = grpc.StatusCode.UNKNOWN
 
-    def __init__(self, code: grpc.StatusCode, message: str):
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
         super().__init__(f"{code.name}: {message}")
         self.code = code
         self.message = message
@@ -36,9 +36,10 @@ class DataLoss(IommuError): code = grpc.StatusCode.DATA_LOSS
 class Unauthenticated(IommuError): code = grpc.StatusCode.UNAUTHENTICATED
 
 
-_BY_CODE = {cls.code: cls for cls in IommuError.__subclasses__()}
+_BY_CODE: dict[grpc.StatusCode, type[IommuError]] = {
+    cls.code: cls for cls in IommuError.__subclasses__()}
 # google.rpc.Code numbers (BatchResult.code) to grpc.StatusCode.
-_BY_NUMBER = {c.value[0]: c for c in grpc.StatusCode}
+_BY_NUMBER: dict[int, grpc.StatusCode] = {c.value[0]: c for c in grpc.StatusCode}
 
 
 def error_for(code: grpc.StatusCode, message: str) -> IommuError:

@@ -13,10 +13,11 @@ so no client can have its call answered with another's reply.
 """
 import os
 import time
-
 import grpc
 
 from iommu_broker.errors import Unavailable, from_rpc_error
+
+Metadata = tuple[tuple[str, str], ...]
 
 REQUEST_ID_HEADER = "iommu-request-id"
 REPLAYED_HEADER = "iommu-request-replayed"
@@ -26,7 +27,7 @@ MAX_BACKOFF_S = 1.0
 # The daemon is local: reconnect within ~100 ms and never back off past 1 s
 # (gRPC's default grows to 2 min), so a restarted daemon is found within
 # ~1 s, well inside the timeout its callers retry in.
-RECONNECT_OPTIONS = (("grpc.initial_reconnect_backoff_ms", 100),
+RECONNECT_OPTIONS: tuple[tuple[str, int], ...] = (("grpc.initial_reconnect_backoff_ms", 100),
                      ("grpc.min_reconnect_backoff_ms", 100),
                      ("grpc.max_reconnect_backoff_ms", 1000))
 
@@ -48,7 +49,8 @@ class Retrier:
     Thread-compatible: one per call.
     """
 
-    def __init__(self, channel, metadata, timeout: float, retries: int):
+    def __init__(self, channel: grpc.Channel, metadata: Metadata, timeout: float,
+                 retries: int) -> None:
         self._channel = channel
         self._metadata = metadata
         self._timeout = timeout

@@ -2,13 +2,18 @@
 WatchFaults stream."""
 import queue
 import threading
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Optional, Union
 
 import grpc
 
-from iommu_broker import pb
+from iommu_broker import messages, pb
 from iommu_broker.errors import (IommuError, NotFound, Unavailable, error_for, error_for_number,
                                  from_rpc_error)
 from iommu_broker.retry import Retrier, new_request_id
+
+if TYPE_CHECKING:  # a cycle at run time: the client makes these
+    from iommu_broker.client import Client
 
 
 class Session:
@@ -20,20 +25,22 @@ class Session:
     `keepalive_error`, which is written by the thread alone.
     """
 
-    def __init__(self, client, session_id: int, ttl_ms: int, keepalive: bool = True):
+    def __init__(self, client: "Client", session_id: int, ttl_ms: int,
+                 keepalive: bool = True) -> None:
         self.id = session_id
         self.ttl_ms = ttl_ms
         self.client = client._bind(session_id=session_id)
-        self.keepalive_error = None  # the IommuError that stopped the keep-alive, if any
+        # The IommuError that stopped the keep-alive, if any.
+        self.keepalive_error: Optional[IommuError] = None
         self._stop = threading.Event()
         self._closed = False
-        self._thread = None
+        self._thread: Optional[threading.Thread] = None
         if keepalive:
             self._thread = threading.Thread(target=self._renew, name=f"iommu-session-{session_id}",
                                             daemon=True)
             self._thread.start()
 
-    def _renew(self):
+    def _renew(self) -> None:
         interval_s = max(self.ttl_ms / 3000.0, 0.01)
         while not self._stop.wait(interval_s):
             try:
@@ -61,10 +68,11 @@ class Session:
         self._closed = True
         self.client.close_session(self.id)
 
-    def __enter__(self):
+    def __enter__(self) -> "Session":
         return self
 
-    def __exit__(self, exc_type, exc, tb):
+    def __exit__(self, exc_type: Optional[type[BaseException]], exc: Optional[BaseException],
+                 tb: Optional[TracebackType]) -> None:
         if exc_type is None:
             self.close()
             return
@@ -73,7 +81,7 @@ class Session:
         except Exception:  # noqa: BLE001 - the in-flight exception wins
             pass
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"Session(id={self.id}, ttl_ms={self.ttl_ms})"
 
 
@@ -96,25 +104,27 @@ class BatchStream:
     Thread-compatible: one thread submits at a time.
     """
 
-    def __init__(self, client):
+    def __init__(self, client: "Client") -> None:
         self._client = client
         self._device = client.device
         self._sequence = 0
         self._closed = False
         self._open()
 
-    def _open(self):
-        self._requests = queue.SimpleQueue()
+    def _open(self) -> None:
+        self._requests: "queue.SimpleQueue[Union[pb.BatchRequest, object]]" = queue.SimpleQueue()
         self._call = self._client._dma.Batch(iter(self._requests.get, _END),
                                              metadata=self._client._metadata)
 
-    def _reopen(self):
+    def _reopen(self) -> None:
         self._requests.put(_END)  # ends the old call's request iterator
         self._open()
 
-    def submit(self, ops, check: bool = False):
-        """Runs `ops` (an iterable of pb.BatchOp) and returns the results.
-        With check=True the first failed op raises its IommuError."""
+    def submit(self, ops: Iterable[pb.BatchOp],
+               check: bool = False) -> list[messages.BatchResult]:
+        """Runs `ops` (an iterable of pb.BatchOp) and returns the results,
+        one per op, in order. With check=True the first failed op raises its
+        IommuError."""
         if self._closed:
             raise ValueError("BatchStream is closed")
         self._sequence += 1
@@ -125,21 +135,22 @@ class BatchStream:
         if response.sequence != self._sequence:
             raise error_for(grpc.StatusCode.INTERNAL,
                             f"sequence={response.sequence}: expected {self._sequence}")
-        results = list(response.results)
+        results = [messages.BatchResult(r) for r in response.results]
         if check:
             for r in results:
                 if r.code != 0:
                     raise error_for_number(r.code, r.message)
         return results
 
-    def _exchange(self, request):
+    def _exchange(self, request: pb.BatchRequest) -> pb.BatchResponse:
         """Writes `request` and returns its response, writing it again on a
         new stream after each break with UNAVAILABLE while retries allow."""
         retry = None  # from the first break
         while True:
             self._requests.put(request)
             try:
-                return next(self._call)
+                response: pb.BatchResponse = next(self._call)
+                return response
             except StopIteration:
                 raise Unavailable(grpc.StatusCode.UNAVAILABLE,
                                   "Batch stream ended by the daemon") from None
@@ -163,10 +174,11 @@ class BatchStream:
             if e.code() != grpc.StatusCode.CANCELLED:
                 raise from_rpc_error(e) from None
 
-    def __enter__(self):
+    def __enter__(self) -> "BatchStream":
         return self
 
-    def __exit__(self, exc_type, exc, tb):
+    def __exit__(self, exc_type: Optional[type[BaseException]], exc: Optional[BaseException],
+                 tb: Optional[TracebackType]) -> None:
         if exc_type is not None:
             self._closed = True
             self._call.cancel()
@@ -175,21 +187,21 @@ class BatchStream:
 
 
 class FaultWatch:
-    """The WatchFaults stream: iterate for pb.FaultEvent messages (records
+    """The WatchFaults stream: iterate for messages.FaultEvent views (records
     with sequence numbers, and `lost`). Ends when cancelled (`cancel()`, or
     leaving the `with` block) or when the daemon drains.
 
     Thread-safe: cancel() may be called from any thread.
     """
 
-    def __init__(self, call):
-        self._call = call
+    def __init__(self, call: Any) -> None:
+        self._call = call  # the grpc call: an iterator of pb.FaultEvent
         self._cancelled = False
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[messages.FaultEvent]:
         try:
             for event in self._call:
-                yield event
+                yield messages.FaultEvent(event)
         except grpc.RpcError as e:
             if self._cancelled and e.code() == grpc.StatusCode.CANCELLED:
                 return
@@ -199,8 +211,9 @@ class FaultWatch:
         self._cancelled = True
         self._call.cancel()
 
-    def __enter__(self):
+    def __enter__(self) -> "FaultWatch":
         return self
 
-    def __exit__(self, exc_type, exc, tb):
+    def __exit__(self, exc_type: Optional[type[BaseException]], exc: Optional[BaseException],
+                 tb: Optional[TracebackType]) -> None:
         self.cancel()

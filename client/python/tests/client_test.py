@@ -41,6 +41,8 @@ class TopologyTest(SdkTestCase):
         self.assertLessEqual({"smmu0", "smmu1", "smmu2"}, set(smmus))
         self.assertEqual(smmus["smmu0"].ias_bits, 48)
         self.assertIn(4096, smmus["smmu1"].granules_bytes)
+        self.assertIn(smmus["smmu0"].stage, (ib.Stage.STAGE_1, ib.Stage.STAGE_2))
+        self.assertIsInstance(smmus["smmu0"].stage, ib.Stage)
 
     def test_list_devices_admin_sees_all_device_sees_itself(self):
         names = {d.config.name for d in self.admin.list_devices()}
@@ -72,7 +74,8 @@ class BufferAndMapTest(SdkTestCase):
             # TO_DEVICE is read-only for the device.
             w = self.nic.translate(m.dma_addr, PAGE, "write")
             self.assertTrue(w.faulted)
-            self.assertEqual(w.fault_type, pb.FAULT_TYPE_PERMISSION)
+            self.assertIs(w.fault_type, ib.FaultType.PERMISSION)
+            self.assertEqual(w.fault_type, pb.FAULT_TYPE_PERMISSION)  # still the proto's number
             dma_addr, buffer_id = m.dma_addr, buf.buffer_id
         self.assertTrue(m.released and buf.released)
         after = self.device_info(self.nic)
@@ -85,6 +88,8 @@ class BufferAndMapTest(SdkTestCase):
 
     def test_release_is_explicit_and_idempotent_and_detach_keeps(self):
         buf = self.nic.alloc_buffer(PAGE, placement="contiguous")
+        self.assertIs(buf.placement, ib.Placement.CONTIGUOUS)
+        self.assertIs(self.nic.get_buffer(buf.buffer_id).placement, ib.Placement.CONTIGUOUS)
         m = self.nic.map(buf, offset_bytes=0x10, length_bytes=0x20)
         self.assertEqual(m.dma_addr % PAGE, 0x10)
         m.release()
@@ -118,13 +123,14 @@ class DmaApiTest(SdkTestCase):
                 self.nic.buffer(3 * PAGE, placement="contiguous") as b:
             with self.nic.map_sg([a, b], mode="merge", direction="from_device") as sg:
                 self.assertGreaterEqual(sg.segment_count, 1)
-                self.assertEqual(sum(length for _, length in sg.segments), 5 * PAGE)
+                self.assertEqual(sum(s.length_bytes for s in sg.segments), 5 * PAGE)
                 self.assertEqual(sg.iova_size_bytes % PAGE, 0)
                 self.assertEqual(self.nic.get_buffer(a.buffer_id).map_count, 1)
             self.assertEqual(self.nic.get_buffer(a.buffer_id).map_count, 0)
             with self.nic.map_sg([a, b], mode="contiguous") as sg:
                 self.assertEqual(sg.segment_count, 1)
-                self.assertEqual(sg.segments, [(sg.iova, 5 * PAGE)])
+                self.assertEqual([(s.dma_addr, s.length_bytes) for s in sg.segments],
+                                 [(sg.iova, 5 * PAGE)])
 
     def test_contiguous_map_sg_failure_names_the_segment(self):
         with self.nic.buffer(PAGE) as a, self.nic.buffer(PAGE) as b:
@@ -201,13 +207,13 @@ class DmaApiTest(SdkTestCase):
                              if len(buf.runs) == 1 else [p.phys_addr for p in results[0].pages])
             self.assertFalse(results[1].faulted)
             self.assertTrue(results[2].faulted)
-            self.assertEqual(results[2].fault_type, pb.FAULT_TYPE_TRANSLATION)
+            self.assertIs(results[2].fault_type, ib.FaultType.TRANSLATION)
 
     def test_raw_stream_translate_is_admin_only(self):
         r = self.admin.translate(0x1000, 8, smmu="smmu0", stream_id=0x100)
         self.assertTrue(r.faulted)
         r = self.admin.translate(0x1000, 8, smmu="smmu0", stream_id=0x7777)
-        self.assertEqual(r.fault_type, pb.FAULT_TYPE_UNKNOWN_STREAM)
+        self.assertIs(r.fault_type, ib.FaultType.UNKNOWN_STREAM)
         with self.assertRaises(ib.PermissionDenied):
             self.nic.translate(0x1000, 8, smmu="smmu0", stream_id=0x100)
 
@@ -216,7 +222,9 @@ class DomainTest(SdkTestCase):
     def test_unmanaged_domain_lifecycle(self):
         nic_info = self.device_info(self.nic)
         with self.nic.create_domain("smmu0", "unmanaged") as dom:
-            self.assertEqual(dom.type, pb.DOMAIN_TYPE_UNMANAGED)
+            self.assertIs(dom.type, ib.DomainType.UNMANAGED)
+            self.assertEqual(dom.type.name, "UNMANAGED")
+            self.assertIs(self.nic.get_domain(dom.domain_id).type, ib.DomainType.UNMANAGED)
             self.assertEqual(dom.owner, "nic0")
             self.assertIn(dom.domain_id, [d.domain_id for d in self.nic.list_domains()])
             self.nic.attach_device(dom.domain_id)
@@ -231,8 +239,9 @@ class DomainTest(SdkTestCase):
                 self.assertLess(cookie.msi_addr, 0x810_0000)
                 ranges = self.nic.get_iova_ranges()
                 self.assertEqual(ranges.domain_id, dom.domain_id)
-                self.assertIn((0x800_0000, 0x80F_FFFF, pb.RESERVED_KIND_MSI),
-                              [(r.start, r.end, r.kind) for r in ranges.reserved])
+                msi = [r for r in ranges.reserved if (r.start, r.end) == (0x800_0000, 0x80F_FFFF)]
+                self.assertEqual(len(msi), 1, ranges)
+                self.assertIs(msi[0].kind, ib.ReservedKind.MSI)
                 with self.nic.buffer(2 * PAGE, placement="contiguous") as buf:
                     mappings = self.nic.get_domain(dom.domain_id).mappings  # the MSI doorbell
                     with self.nic.map_at(0x4000_0000, buf) as rm:
@@ -282,6 +291,7 @@ class DomainTest(SdkTestCase):
                     self.nic.sync()
                 stats = self.nic.get_stats()
                 (ds,) = [d for d in stats.domains if d.domain_id == dom.domain_id]
+                self.assertIs(ds.type, ib.DomainType.DMA_FQ)
                 self.assertFalse(ds.strict)
                 self.assertGreaterEqual(ds.flush_queue.enqueued, 1)
                 self.assertEqual(ds.flush_queue.depth, 0)
@@ -314,9 +324,11 @@ class StreamTest(SdkTestCase):
         with self.nic.watch_faults(after_seq=fault.fault_seq - 1) as watch:
             event = next(iter(watch))
         record = event.records[0]
-        self.assertEqual((record.seq, record.device, record.iova, record.type),
-                         (fault.fault_seq, "nic0", 0x7000, pb.FAULT_TYPE_TRANSLATION))
-        self.assertEqual(record.access, pb.ACCESS_KIND_WRITE)
+        self.assertEqual((record.seq, record.device, record.iova),
+                         (fault.fault_seq, "nic0", 0x7000))
+        self.assertIs(record.type, ib.FaultType.TRANSLATION)
+        self.assertIs(record.access, ib.AccessKind.WRITE)
+        self.assertEqual(record.access.name, "WRITE")
 
     def test_watch_faults_streams_new_faults_and_cancels(self):
         last = self.nic.translate(0x9000, 8).fault_seq
@@ -439,7 +451,7 @@ class ErrorTest(SdkTestCase):
     naming field and value, and leaves the daemon's statistics unchanged."""
 
     def stats_snapshot(self):
-        s = self.admin.get_stats()
+        s = self.admin.get_stats().to_proto()  # a message to edit: views are read-only
         for smmu in s.smmus:  # lookups are not state; mappings, pools and domains are
             smmu.ClearField("iotlb")
             smmu.ClearField("translations_ok")

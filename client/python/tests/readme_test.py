@@ -37,7 +37,7 @@ class ReadmeTest(DaemonTestCase):
         self.assertRegex(out, r"dma_addr=0x[0-9a-f]+ phys=0x[0-9a-f]+")
         self.assertIn("faulted: False", out)
         self.assertRegex(out, r"NotFound: dma_addr=0xdead000")
-        self.assertRegex(out, r"fault \d+ 0x1000 nic0")
+        self.assertRegex(out, r"fault \d+ 0x1000 nic0 TRANSLATION True")
 
 
 if __name__ == "__main__":

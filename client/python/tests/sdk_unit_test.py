@@ -1,9 +1,11 @@
 """The SDK's own logic against an in-process fake daemon (no iommud): the
 retries and the request ids that make them exactly-once (including a Batch
 message written again on a new stream), the metadata each call carries (a
-token only over TLS), handle release, the Batch sequence check and the
-enum/memory conversions."""
+token only over TLS), handle release, the Batch sequence check, the
+enum/memory conversions, returned enum fields as enum members, the message
+views, and the version."""
 import os
+import pathlib
 import re
 import shutil
 import tempfile
@@ -67,7 +69,8 @@ class Recorder:
             self.applied_ops += 1
             results.append(pb.BatchResult(code=5, message="dma_addr=0x9: no mapping",
                                           translate=pb.TranslateOpResult(
-                                              phys_addr=self.applied_ops)))
+                                              phys_addr=self.applied_ops, faulted=True,
+                                              fault_type=pb.FAULT_TYPE_TRANSLATION)))
         response = pb.BatchResponse(sequence=request.sequence + skew, results=results)
         if request.request_id:
             self.replies[request.request_id] = response
@@ -116,7 +119,8 @@ class FakeMemory(memory_pb2_grpc.MemoryServicer):
     def AllocBuffer(self, request, context):
         self.rec.record("AllocBuffer", request, context)
         return pb.AllocBufferResponse(buffer=pb.Buffer(buffer_id=7, device=request.device,
-                                                       size_bytes=request.size_bytes))
+                                                       size_bytes=request.size_bytes,
+                                                       placement=request.placement))
 
     def FreeBuffer(self, request, context):
         self.rec.record("FreeBuffer", request, context)
@@ -129,11 +133,19 @@ class FakeDevices(device_pb2_grpc.DevicesServicer):
 
     def ListIommus(self, request, context):
         self.rec.record("ListIommus", request, context)
-        return pb.ListIommusResponse(smmus=[pb.SmmuConfig(name="smmu0")])
+        return pb.ListIommusResponse(smmus=[pb.SmmuConfig(name="smmu0", stage=pb.STAGE_2)])
 
     def Translate(self, request, context):
+        """Faults with the fault type numbered as the access's length (0: no fault)."""
         self.rec.record("Translate", request, context)
-        return pb.TranslateResponse()
+        if request.length_bytes >= 8:
+            return pb.TranslateResponse()
+        return pb.TranslateResponse(faulted=True, fault_type=request.length_bytes,
+                                    fault_iova=request.iova)
+
+    def TranslateBatch(self, request, context):
+        return pb.TranslateBatchResponse(
+            results=[self.Translate(access, context) for access in request.accesses])
 
 
 class FakeSessions(session_pb2_grpc.SessionsServicer):
@@ -410,6 +422,96 @@ class SdkUnitTest(unittest.TestCase):
         ref = ib.phys(0x8000_0000, 4096)
         self.assertEqual(ref.WhichOneof("memory"), "phys_addr")
         self.assertEqual(ib.convert.attrs({"privileged": True}), pb.DmaAttrs(privileged=True))
+
+    def test_returned_enum_fields_are_enum_members(self):
+        c = self.client(device="nic0")
+        (smmu,) = c.list_iommus()
+        self.assertIs(smmu.stage, ib.Stage.STAGE_2)
+        self.assertEqual(smmu.stage.name, "STAGE_2")
+        t = c.translate(0x1000, pb.FAULT_TYPE_PERMISSION, "write")
+        self.assertTrue(t.faulted)
+        self.assertIs(t.fault_type, ib.FaultType.PERMISSION)
+        self.assertEqual(t.fault_type.name, "PERMISSION")
+        self.assertEqual(t.fault_type, pb.FAULT_TYPE_PERMISSION)  # an int still
+        self.assertIs(c.translate(0x1000, 8).fault_type, ib.FaultType.UNSPECIFIED)
+        (r,) = c.translate_batch([(0x1000, pb.FAULT_TYPE_ADDRESS_SIZE)])
+        self.assertIs(r.fault_type, ib.FaultType.ADDRESS_SIZE)
+        with c.buffer(4096, placement="huge") as buf:
+            self.assertIs(buf.placement, ib.Placement.HUGE)
+            self.assertIs(buf.info.placement, ib.Placement.HUGE)
+            (_, request, _), = [x for x in self.rec.calls if x[0] == "AllocBuffer"]
+            self.assertEqual(request.placement, pb.PLACEMENT_HUGE)
+        with c.batch() as batch:
+            (result,) = batch.submit([ops.translate(0x1000, 8)])
+        self.assertIs(result.translate.fault_type, ib.FaultType.TRANSLATION)
+        self.assertEqual(result.WhichOneof("result"), "translate")
+
+    def test_an_unknown_enum_number_reads_as_an_unrecognized_member(self):
+        # A newer daemon's value: a member of the enum still, named by its number.
+        c = self.client(device="nic0")
+        t = c.translate(0x1000, 7)
+        self.assertIsInstance(t.fault_type, ib.FaultType)
+        self.assertEqual((t.fault_type.name, t.fault_type.value), ("UNRECOGNIZED_7", 7))
+        self.assertEqual(t.fault_type, 7)
+        self.assertNotIn(7, [m.value for m in ib.FaultType])
+
+    def test_enums_are_the_protos_without_their_prefix(self):
+        proto_enums = {}
+        for module in (pb,):
+            for name in dir(module):
+                value = getattr(module, name)
+                if hasattr(value, "DESCRIPTOR") and hasattr(value, "items") \
+                        and not isinstance(value, type):
+                    proto_enums[name] = value
+        self.assertEqual(set(proto_enums), set(ib.enums.__all__))
+        self.assertLessEqual(set(ib.enums.__all__), set(ib.__all__))
+        for name, wrapper in proto_enums.items():
+            enum = getattr(ib, name)
+            prefix = re.sub(r"(?<!^)(?=[A-Z])", "_", name).upper() + "_"
+            expected = [(n[len(prefix):] if name != "Stage" else n, v) for n, v in wrapper.items()]
+            self.assertEqual([(m.name, m.value) for m in enum], expected, name)
+        self.assertIs(ib.DomainType(pb.DOMAIN_TYPE_DMA_FQ), ib.DomainType.DMA_FQ)
+        self.assertEqual(ib.convert.direction(ib.DmaDirection.FROM_DEVICE),
+                         pb.DMA_DIRECTION_FROM_DEVICE)
+        self.assertEqual(ib.convert.direction("dma_direction_to_device"),
+                         pb.DMA_DIRECTION_TO_DEVICE)
+        self.assertEqual(ib.convert.enum_value(ib.Stage, "stage_2"), pb.STAGE_2)
+
+    def test_views_read_fields_typed_and_never_write_through(self):
+        domain = ib.messages.Domain(pb.Domain(domain_id=3, type=pb.DOMAIN_TYPE_IDENTITY,
+                                              devices=["nic0", "nvme0"]))
+        self.assertEqual(domain.devices, ("nic0", "nvme0"))
+        self.assertIs(domain.type, ib.DomainType.IDENTITY)
+        self.assertEqual(domain, ib.messages.Domain(pb.Domain(
+            domain_id=3, type=pb.DOMAIN_TYPE_IDENTITY, devices=["nic0", "nvme0"])))
+        self.assertNotEqual(domain, ib.messages.Domain(pb.Domain(domain_id=4)))
+        copy = domain.to_proto()
+        copy.domain_id = 9
+        self.assertEqual(domain.domain_id, 3)
+        self.assertIn("type=<DomainType.IDENTITY: 4>", repr(domain))
+        request = ib.messages.TranslateRequest(pb.TranslateRequest(iova=1))
+        self.assertIsNone(request.stream_id)  # proto3 optional, unset
+        self.assertEqual(ib.messages.TranslateRequest(pb.TranslateRequest(stream_id=0)).stream_id, 0)
+        faults = ib.messages.FaultStats(pb.FaultStats(by_type={"permission": 2}))
+        self.assertEqual(faults.by_type, {"permission": 2})
+
+    def test_handles_are_views_of_their_response(self):
+        c = self.client(device="nic0")
+        with c.buffer(8192) as buf:
+            self.assertIsInstance(buf, ib.messages.Buffer)
+            self.assertEqual((buf.buffer_id, buf.size_bytes, buf.device), (7, 8192, "nic0"))
+            info = buf.info
+            self.assertIs(type(info), ib.messages.Buffer)
+            self.assertNotEqual(buf, info)  # a handle equals itself only
+            self.assertEqual(info, ib.messages.Buffer(pb.Buffer(
+                buffer_id=7, device="nic0", size_bytes=8192, placement=pb.PLACEMENT_SCATTERED)))
+
+    def test_version_is_the_projects(self):
+        cmakelists = pathlib.Path(__file__).resolve().parents[3] / "CMakeLists.txt"
+        version = re.search(r"project\(\s*iommu_broker\s+VERSION\s+([0-9.]+)",
+                            cmakelists.read_text()).group(1)
+        self.assertEqual(ib.__version__, version)
+        self.assertRegex(ib.__version__, r"^\d+\.\d+\.\d+$")
 
 
 if __name__ == "__main__":
