@@ -27,6 +27,8 @@
 #include <thread>
 #include <vector>
 
+#include "core/testing/sanitizer_report.h"
+
 namespace iommu::testing {
 
 inline std::string MakeTempDir() {
@@ -69,6 +71,7 @@ class DaemonProcess {
   // or Kill); the previous run's log moves to log.N.
   bool Restart() {
     if (pid_ > 0) return false;
+    ExpectNoSanitizerReport(log(), "iommud");
     rename(log_path_.c_str(), (log_path_ + "." + std::to_string(++runs_)).c_str());
     return Launch();
   }
@@ -151,7 +154,12 @@ class DaemonProcess {
     return std::nullopt;
   }
 
-  ~DaemonProcess() { Stop(); }
+  // Stops the daemon; a sanitizer report in the last run's log fails the
+  // test (Restart checks the runs before it).
+  ~DaemonProcess() {
+    Stop();
+    if (!log_path_.empty()) ExpectNoSanitizerReport(log(), "iommud");
+  }
 
   std::string unix_target() const { return "unix:" + socket_path_; }
   // The first TCP listen address as bound ("127.0.0.1:41234").

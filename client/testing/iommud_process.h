@@ -53,6 +53,9 @@ class IommudProcess {
   std::string Log() const;
 
  private:
+  // Sends `signal`, waits, and checks the run's log for a sanitizer report.
+  int Signal(int signal);
+
   pid_t pid_ = -1;
   std::string dir_;
   std::string socket_path_;
