@@ -1,11 +1,14 @@
 """Static checks of the shipped deploy/ files (no Docker needed): every
 manifest and dashboard parses, Prometheus accepts the config and the rules,
 the dashboard and the alerts are of the form the end-to-end test relies on,
+the dashboard imports into any Grafana and shows any broker of a fleet,
 Kubernetes runs iommud with the compose demo's flags, its tokens over TLS and
 its probes on the health-only port, compose forces --auth=none onto its
 network knowingly, and the image, compose and Kubernetes each keep iommud's
-state directory on storage that outlives the container, owned by its user."""
+state directory on storage that outlives the container, owned by its user.
+(The rules' unit tests are prometheus_rules_test.)"""
 
+import json
 import os
 import re
 import shutil
@@ -52,7 +55,8 @@ class DeployConfigTest(unittest.TestCase):
     def test_every_manifest_and_dashboard_parses(self):
         found = {os.path.relpath(p, df.DEPLOY) for p, _ in df.manifests()}
         for expected in ["compose.yaml", "prometheus/prometheus.yml", "prometheus/rules/recording.yml",
-                         "prometheus/rules/alerts.yml", "grafana/dashboards/iommu-broker.json",
+                         "prometheus/rules/alerts.yml", "prometheus/tests/recording_test.yml",
+                         "prometheus/tests/alerts_test.yml", "grafana/dashboards/iommu-broker.json",
                          "grafana/provisioning/datasources/prometheus.yml",
                          "grafana/provisioning/dashboards/iommu-broker.yml", "k8s/iommud.yaml"]:
             self.assertIn(expected, found)
@@ -77,32 +81,82 @@ class DeployConfigTest(unittest.TestCase):
 
     def test_alerts_cover_the_operator_cases_in_a_checkable_form(self):
         alerts = {r["alert"]: r for r in df.rules() if "alert" in r}
-        self.assertEqual(set(alerts), {"IommudDown", "IommuIovaSpaceNearlyExhausted", "IommuIovaFragmentationHigh",
-                                       "IommuIotlbHitRatioLow", "IommuDeviceFaults", "IommuLazyStaleHits",
-                                       "IommuRpcErrorRatioHigh", "IommuFaultRecordsDropped"})
+        self.assertEqual(set(alerts), {"IommudDown", "IommudTargetsMissing", "IommuIovaSpaceNearlyExhausted",
+                                       "IommuIovaFragmentationHigh", "IommuIotlbThrashing", "IommuDeviceFaults",
+                                       "IommuLazyStaleHits", "IommuRpcErrorRatioHigh", "IommuFaultRecordsDropped"})
         for name, rule in alerts.items():
             self.assertIsNotNone(df.alert_series(rule["expr"]), f"{name}: {rule['expr']}")
             self.assertIn(rule["labels"]["severity"], {"critical", "warning", "info"}, name)
             self.assertTrue(rule["annotations"]["summary"], name)
+            # A fleet's alert names its broker (the absence of every broker has none to name).
+            if name != "IommudTargetsMissing":
+                self.assertIn("$labels.instance", rule["annotations"]["summary"], name)
         self.assertIsNone(df.alert_series("rate(x[1m])"))
         self.assertEqual(df.alert_series('up{job="a"} == 0'), 'up{job="a"}')
+        self.assertEqual(df.alert_series('absent(up{job=~"a.*"})'), 'up{job=~"a.*"}')
 
-    def test_dashboard_uses_the_provisioned_datasource_and_covers_every_area(self):
+    def test_dashboard_imports_anywhere_and_shows_any_broker_of_a_fleet(self):
         dash = df.dashboard()
         self.assertEqual(dash["uid"], "iommu-broker")
+        variables = {v["name"]: v for v in dash["templating"]["list"]}
+        # A datasource variable, not a uid of one Grafana: it imports as is.
+        self.assertEqual((variables["datasource"]["type"], variables["datasource"]["query"]),
+                         ("datasource", "prometheus"))
+        self.assertNotIn("iommu-prometheus", json.dumps(dash))
+        # job and instance from iommud's own build_info, instance within job.
+        query = {n: variables[n]["query"]["query"] for n in ("job", "instance", "smmu")}
+        self.assertEqual(query["job"], "label_values(iommu_build_info, job)")
+        self.assertEqual(query["instance"], 'label_values(iommu_build_info{job=~"$job"}, instance)')
+        self.assertIn('job=~"$job", instance=~"$instance"', query["smmu"])
+        for name in ("job", "instance", "smmu"):
+            self.assertEqual(variables[name]["datasource"]["uid"], "${datasource}", name)
+            self.assertTrue(variables[name]["includeAll"] and variables[name]["multi"], name)
+        # "All" of job and instance is the list of iommud's own values (no
+        # custom allValue such as .*, which would select every job's
+        # process_* series).
+        self.assertNotIn("allValue", variables["job"])
+        self.assertNotIn("allValue", variables["instance"])
+        panels = [p for p in df._panels(dash["panels"]) if p["type"] != "row"]
+        for p in panels:
+            self.assertEqual(p["datasource"], {"type": "prometheus", "uid": "${datasource}"}, p["title"])
+            self.assertTrue(p["targets"], p["title"])
+            for t in p["targets"]:
+                self.assertEqual(t["datasource"], {"type": "prometheus", "uid": "${datasource}"}, p["title"])
+                found = df.selectors(t["expr"])
+                self.assertTrue(found, t["expr"])
+                for metric, matchers in found:
+                    self.assertIn('job=~"$job"', matchers, f"{p['title']}: {metric} in {t['expr']}")
+                    self.assertIn('instance=~"$instance"', matchers, f"{p['title']}: {metric} in {t['expr']}")
+                # Several brokers on one panel: each is told apart.
+                if "sum by (le)" not in t["expr"]:
+                    self.assertIn("{{instance}}", t["legendFormat"], p["title"])
+        # Panels do not overlap.
+        cells = set()
         for p in dash["panels"]:
-            if p["type"] != "row":
-                self.assertEqual(p["datasource"]["uid"], "iommu-prometheus", p["title"])
+            g = p["gridPos"]
+            for x in range(g["x"], g["x"] + g["w"]):
+                for y in range(g["y"], g["y"] + g["h"]):
+                    self.assertNotIn((x, y), cells, p["title"])
+                    cells.add((x, y))
         exprs = " ".join(e for _, e in df.dashboard_queries())
         for needle in ["iommu_iova_fragmentation", "iommu_iova_free_range_size_bytes_bucket", "iommu_iova_usage",
                        "iommu_iotlb_hit:ratio", "iommu_iotlb_misses", "iommu_iotlb_invalidations",
-                       "iommu_mappings", "iommu_mapped_bytes", "iommu_faults", "grpc_server_handled",
-                       "grpc_server_errors", "grpc_server_handling_seconds"]:
+                       "iommu_mappings", "iommu_mapped_bytes", "instance_device:iommu_faults",
+                       "instance_type:iommu_faults", "grpc_server_handled", "grpc_server_errors",
+                       "grpc_server_handling_seconds"]:
             self.assertIn(needle, exprs)
         self.assertNotIn("$", exprs)  # every variable substituted
+        # Every recorded series a panel reads is recorded.
+        recorded = {r["record"] for r in df.rules() if "record" in r}
+        for _, expr in df.dashboard_queries():
+            for metric, _ in df.selectors(expr):
+                if ":" in metric:
+                    self.assertIn(metric, recorded, expr)
+        # The demo's Grafana provisions a default Prometheus, which the
+        # datasource variable picks.
         with open(os.path.join(df.DEPLOY, "grafana", "provisioning", "datasources", "prometheus.yml")) as f:
             ds = yaml.safe_load(f)["datasources"][0]
-        self.assertEqual(ds["uid"], "iommu-prometheus")
+        self.assertEqual((ds["type"], ds["isDefault"]), ("prometheus", True))
 
     def test_kubernetes_runs_iommud_with_the_demo_flags(self):
         manifests = next(docs for p, docs in df.manifests() if p == df.K8S)
