@@ -1,18 +1,22 @@
-"""Static checks of the shipped deploy/ files (no Docker needed): every
-manifest and dashboard parses, Prometheus accepts the config and the rules,
-the dashboard and the alerts are of the form the end-to-end test relies on,
-the dashboard imports into any Grafana and shows any broker of a fleet,
-Kubernetes runs iommud with the compose demo's flags, its tokens over TLS and
-its probes on the health-only port, compose forces --auth=none onto its
-network knowingly, and the image, compose and Kubernetes each keep iommud's
-state directory on storage that outlives the container, owned by its user.
-(The rules' unit tests are prometheus_rules_test.)"""
+"""Static checks of the shipped deploy/ files (no Docker, no cluster needed):
+every manifest and dashboard parses, Prometheus accepts the config and the
+rules, the dashboard and the alerts are of the form the end-to-end test
+relies on, the dashboard imports into any Grafana and shows any broker of a
+fleet, Kubernetes runs iommud with the compose demo's flags, its tokens over
+TLS and its probes on the health-only port, on every node, unprivileged,
+with a socket a documented group can use and one scrape per pod, the
+Prometheus Operator manifests hold the same rules and scrape the same pods,
+compose forces --auth=none onto its network knowingly, and the image, compose
+and Kubernetes each keep iommud's state directory on storage that outlives
+the container, owned by its user. (The rules' unit tests are
+prometheus_rules_test.)"""
 
 import json
 import os
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 import unittest
 
@@ -23,6 +27,7 @@ import deploy_files as df
 
 IOMMUD_UID = 10001
 STATE_DIR = "/var/lib/iommud"  # iommud's default --state_dir
+SOCKET_DIR = "/run/iommud"
 
 
 def dockerfile_stages():
@@ -43,6 +48,32 @@ def dockerfile_stages():
     return stages
 
 
+def k8s_docs():
+    """deploy/k8s/iommud.yaml: {kind: document} (Secrets: the last one)."""
+    manifests = next(docs for p, docs in df.manifests() if p == df.K8S)
+    return {d["kind"]: d for d in manifests}
+
+
+def operator_docs():
+    """deploy/k8s/prometheus-operator/*.yaml: {kind: document}."""
+    out = {}
+    for path, docs in df.manifests():
+        if os.path.dirname(path) == df.K8S_OPERATOR:
+            out.update({d["kind"]: d for d in docs})
+    return out
+
+
+def tmpfiles():
+    """deploy/k8s/iommud-tmpfiles.conf: {path: (type, mode, user, group)}."""
+    out = {}
+    with open(df.K8S_TMPFILES) as f:
+        for line in f:
+            words = line.split("#", 1)[0].split()
+            if words:
+                out[words[1]] = (words[0], int(words[2], 8), words[3], words[4])
+    return out
+
+
 def state_dir_of(args):
     """The --state_dir an iommud command line names (its default if none)."""
     for a in args:
@@ -58,7 +89,9 @@ class DeployConfigTest(unittest.TestCase):
                          "prometheus/rules/alerts.yml", "prometheus/tests/recording_test.yml",
                          "prometheus/tests/alerts_test.yml", "grafana/dashboards/iommu-broker.json",
                          "grafana/provisioning/datasources/prometheus.yml",
-                         "grafana/provisioning/dashboards/iommu-broker.yml", "k8s/iommud.yaml"]:
+                         "grafana/provisioning/dashboards/iommu-broker.yml", "k8s/iommud.yaml",
+                         "k8s/prometheus-operator/podmonitor.yaml",
+                         "k8s/prometheus-operator/prometheusrule.yaml"]:
             self.assertIn(expected, found)
         for path, docs in df.manifests():
             self.assertTrue(docs and all(d is not None for d in docs), path)
@@ -159,11 +192,9 @@ class DeployConfigTest(unittest.TestCase):
         self.assertEqual((ds["type"], ds["isDefault"]), ("prometheus", True))
 
     def test_kubernetes_runs_iommud_with_the_demo_flags(self):
-        manifests = next(docs for p, docs in df.manifests() if p == df.K8S)
-        docs = {d["kind"]: d for d in manifests}
+        docs = k8s_docs()
         self.assertEqual(set(docs), {"Namespace", "Secret", "DaemonSet", "Service"})
         pod = docs["DaemonSet"]["spec"]["template"]
-        self.assertEqual(pod["metadata"]["annotations"]["prometheus.io/scrape"], "true")
         args = pod["spec"]["containers"][0]["args"]
         with open(df.COMPOSE) as f:
             compose_args = yaml.safe_load(f)["services"]["iommud"]["command"]
@@ -280,8 +311,7 @@ class DeployConfigTest(unittest.TestCase):
                                  name)
 
     def test_kubernetes_keeps_iommud_state_on_a_host_path_owned_by_the_pod_user(self):
-        manifests = next(docs for p, docs in df.manifests() if p == df.K8S)
-        pod = next(d for d in manifests if d["kind"] == "DaemonSet")["spec"]["template"]["spec"]
+        pod = k8s_docs()["DaemonSet"]["spec"]["template"]["spec"]
         self.assertEqual(pod["securityContext"]["runAsUser"], IOMMUD_UID)
         container = pod["containers"][0]
         self.assertNotIn("--no_store", container["args"])
@@ -290,19 +320,110 @@ class DeployConfigTest(unittest.TestCase):
         mount = next(m for m in container["volumeMounts"] if m["mountPath"] == state_dir)
         self.assertFalse(mount.get("readOnly", False))
         volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
-        self.assertEqual(volume["hostPath"], {"path": STATE_DIR, "type": "DirectoryOrCreate"})
-        # The kubelet creates the host directory as root and fsGroup does not
-        # apply to hostPath: an init container mounting it hands it to the
-        # pod's user, mode 0700.
-        init = [c for c in pod.get("initContainers", [])
-                if any(m["name"] == mount["name"] for m in c.get("volumeMounts", []))]
-        self.assertEqual(len(init), 1)
-        init_path = next(m["mountPath"] for m in init[0]["volumeMounts"] if m["name"] == mount["name"])
-        command = " ".join(init[0]["command"])
-        self.assertRegex(command, rf"chown {IOMMUD_UID}:{IOMMUD_UID} .*{re.escape(init_path)}\b")
-        self.assertRegex(command, rf"chmod 0?700 {re.escape(init_path)}\b")
-        self.assertTrue({"CHOWN", "FOWNER"} <= set(init[0]["securityContext"]["capabilities"]["add"]))
+        # The kubelet would create a missing host directory as root, 0755,
+        # which the unprivileged pod could not use (fsGroup does not apply
+        # to hostPath): the node makes it, owned by the pod's user, 0700, and
+        # the pod refuses to start without it.
+        self.assertEqual(volume["hostPath"], {"path": STATE_DIR, "type": "Directory"})
+        self.assertEqual(tmpfiles()[STATE_DIR], ("d", 0o700, str(IOMMUD_UID), str(IOMMUD_UID)))
 
+    def test_kubernetes_runs_on_every_node_critical_and_unprivileged(self):
+        pod = k8s_docs()["DaemonSet"]["spec"]["template"]["spec"]
+        # One toleration of every taint (no key, no effect): every node.
+        self.assertIn({"operator": "Exists"}, pod["tolerations"])
+        self.assertEqual(pod["priorityClassName"], "system-node-critical")
+        security = pod["securityContext"]
+        self.assertEqual(security["seccompProfile"], {"type": "RuntimeDefault"})
+        self.assertTrue(security["runAsNonRoot"])
+        self.assertNotEqual(security["runAsUser"], 0)
+        # No container, init containers included, runs as root, gains
+        # privileges or adds a capability.
+        containers = pod["containers"] + pod.get("initContainers", [])
+        for c in containers:
+            sc = c.get("securityContext", {})
+            self.assertNotEqual(sc.get("runAsUser", security["runAsUser"]), 0, c["name"])
+            self.assertTrue(sc.get("runAsNonRoot", security["runAsNonRoot"]), c["name"])
+            self.assertFalse(sc.get("privileged", False), c["name"])
+            self.assertIs(sc.get("allowPrivilegeEscalation"), False, c["name"])
+            self.assertEqual(sc.get("capabilities", {}).get("drop"), ["ALL"], c["name"])
+            self.assertNotIn("add", sc.get("capabilities", {}), c["name"])
+
+    def test_kubernetes_socket_is_for_a_documented_group(self):
+        pod = k8s_docs()["DaemonSet"]["spec"]["template"]["spec"]
+        container = pod["containers"][0]
+        flags = dict(a.split("=", 1) for a in container["args"])
+        sockets = [a[len("unix:"):] for a in flags["--listen"].split(",") if a.startswith("unix:")]
+        self.assertEqual(sockets, [f"{SOCKET_DIR}/iommud.sock"])
+        # The socket: read-write for its group, nothing for others (a
+        # client needs write permission to connect).
+        mode = int(flags["--unix_socket_mode"], 8)
+        self.assertEqual(mode & 0o060, 0o060)
+        self.assertEqual(mode & 0o007, 0)
+        # Its group is the pod's group; the node's socket directory lets that
+        # group in (search) and no one else, and the manifest names the group.
+        group = pod["securityContext"]["runAsGroup"]
+        kind, dir_mode, user, dir_group = tmpfiles()[SOCKET_DIR]
+        self.assertEqual((kind, user, dir_group), ("d", str(IOMMUD_UID), str(group)))
+        self.assertEqual(dir_mode & 0o710, 0o710)
+        self.assertEqual(dir_mode & 0o007, 0)
+        mount = next(m for m in container["volumeMounts"] if m["mountPath"] == SOCKET_DIR)
+        volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+        self.assertEqual(volume["hostPath"], {"path": SOCKET_DIR, "type": "Directory"})
+        with open(df.K8S) as f:
+            self.assertIn(f"belongs to group {group}", f.read())
+
+    def test_kubernetes_scrapes_each_pod_once(self):
+        docs = k8s_docs()
+        pod = docs["DaemonSet"]["spec"]["template"]
+        annotations = pod["metadata"]["annotations"]
+        self.assertEqual(annotations["prometheus.io/scrape"], "true")
+        metrics = next(p for p in pod["spec"]["containers"][0]["ports"] if p["name"] == "metrics")
+        self.assertEqual(int(annotations["prometheus.io/port"]), metrics["containerPort"])
+        self.assertEqual(annotations["prometheus.io/path"], "/metrics")
+        flags = dict(a.split("=", 1) for a in pod["spec"]["containers"][0]["args"])
+        self.assertEqual(int(flags["--metrics_listen"].rsplit(":", 1)[1]), metrics["containerPort"])
+        # The Service selects the same pods: annotated too, they would be
+        # scraped twice.
+        service_annotations = docs["Service"]["metadata"].get("annotations", {})
+        self.assertFalse([a for a in service_annotations if a.startswith("prometheus.io/")], service_annotations)
+
+    def test_prometheus_operator_scrapes_the_daemonset_with_the_shipped_rules(self):
+        operator = operator_docs()
+        self.assertEqual(set(operator), {"PodMonitor", "PrometheusRule"})
+        daemonset = k8s_docs()["DaemonSet"]
+        pod = daemonset["spec"]["template"]
+        namespace = daemonset["metadata"]["namespace"]
+        monitor = operator["PodMonitor"]
+        self.assertEqual(monitor["metadata"]["namespace"], namespace)
+        selector = monitor["spec"]["selector"]["matchLabels"]
+        self.assertEqual(pod["metadata"]["labels"], {**pod["metadata"]["labels"], **selector})
+        [endpoint] = monitor["spec"]["podMetricsEndpoints"]
+        ports = {p["name"]: p["containerPort"] for p in pod["spec"]["containers"][0]["ports"]}
+        self.assertIn(endpoint["port"], ports)
+        self.assertEqual(str(ports[endpoint["port"]]), pod["metadata"]["annotations"]["prometheus.io/port"])
+        self.assertEqual(endpoint["path"], pod["metadata"]["annotations"]["prometheus.io/path"])
+        # Its job, the value of a pod label, is one the alerts select.
+        job = pod["metadata"]["labels"][monitor["spec"]["jobLabel"]]
+        up = df.alert_series(next(r["expr"] for r in df.rules() if r.get("alert") == "IommudDown"))
+        job_regex = re.search(r'job=~"([^"]*)"', up).group(1)
+        self.assertRegex(job, f"^(?:{job_regex})$")
+        # A node's broker is its node, whatever pod serves it.
+        self.assertIn({"sourceLabels": ["__meta_kubernetes_pod_node_name"], "targetLabel": "instance"},
+                      endpoint["relabelings"])
+        # The PrometheusRule holds exactly the rules Prometheus loads from
+        # deploy/prometheus/rules.
+        rule = operator["PrometheusRule"]
+        self.assertEqual(rule["metadata"]["namespace"], namespace)
+        groups = []
+        for name in sorted(os.listdir(df.RULES_DIR)):
+            with open(os.path.join(df.RULES_DIR, name)) as f:
+                groups.extend(yaml.safe_load(f)["groups"])
+        self.assertEqual(rule["spec"]["groups"], groups,
+                         "deploy/k8s/prometheus-operator/prometheusrule.yaml differs from deploy/prometheus/rules: "
+                         "run scripts/gen_prometheus_rule.py")
+        r = subprocess.run([sys.executable, os.path.join(df.ROOT, "scripts", "gen_prometheus_rule.py"), "--check"],
+                           capture_output=True, text=True)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
 
 if __name__ == "__main__":
     unittest.main()
