@@ -132,6 +132,7 @@ class DeployConfigTest(unittest.TestCase):
         dash = df.dashboard()
         self.assertEqual(dash["uid"], "iommu-broker")
         variables = {v["name"]: v for v in dash["templating"]["list"]}
+        self.assertLessEqual({"datasource", "job", "instance", "smmu"}, set(variables), "dashboard variables")
         # A datasource variable, not a uid of one Grafana: it imports as is.
         self.assertEqual((variables["datasource"]["type"], variables["datasource"]["query"]),
                          ("datasource", "prometheus"))
@@ -330,10 +331,10 @@ class DeployConfigTest(unittest.TestCase):
     def test_kubernetes_runs_on_every_node_critical_and_unprivileged(self):
         pod = k8s_docs()["DaemonSet"]["spec"]["template"]["spec"]
         # One toleration of every taint (no key, no effect): every node.
-        self.assertIn({"operator": "Exists"}, pod["tolerations"])
-        self.assertEqual(pod["priorityClassName"], "system-node-critical")
+        self.assertIn({"operator": "Exists"}, pod.get("tolerations", []), "tolerate every taint")
+        self.assertEqual(pod.get("priorityClassName"), "system-node-critical")
         security = pod["securityContext"]
-        self.assertEqual(security["seccompProfile"], {"type": "RuntimeDefault"})
+        self.assertEqual(security.get("seccompProfile"), {"type": "RuntimeDefault"})
         self.assertTrue(security["runAsNonRoot"])
         self.assertNotEqual(security["runAsUser"], 0)
         # No container, init containers included, runs as root, gains
@@ -356,6 +357,7 @@ class DeployConfigTest(unittest.TestCase):
         self.assertEqual(sockets, [f"{SOCKET_DIR}/iommud.sock"])
         # The socket: read-write for its group, nothing for others (a
         # client needs write permission to connect).
+        self.assertIn("--unix_socket_mode", flags, "the socket's mode is the umask's")
         mode = int(flags["--unix_socket_mode"], 8)
         self.assertEqual(mode & 0o060, 0o060)
         self.assertEqual(mode & 0o007, 0)
