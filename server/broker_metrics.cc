@@ -166,13 +166,25 @@ std::vector<MetricFamily> BrokerCollector::Collect() const {
   FamilySet f;
   for (const core::DomainStats& d : stats.domains) CollectDomain(d, f);
   for (const core::SmmuStats& s : stats.smmus) CollectSmmu(s, f);
-  for (size_t i = 0; i < core::kNumFaultTypes; ++i) {
-    f.Counter("iommu_faults_total", "Faults recorded, by type.",
-              {{"type", std::string(core::FaultTypeName(static_cast<core::FaultType>(i)))}},
-              double(stats.faults.pushed_by_type[i]));
+  // Faults by the device that raised them and type; a fault of an unknown
+  // stream id names no device, so its series has no device label. Summed by
+  // type, the series are the fault ring's counts.
+  constexpr char kFaultsHelp[] = "Faults recorded, by device and type.";
+  constexpr auto kUnknownStream = static_cast<size_t>(core::FaultType::kUnknownStream);
+  const auto type_label = [](size_t type) -> ClientMetric::Label {
+    return {"type", std::string(core::FaultTypeName(static_cast<core::FaultType>(type)))};
+  };
+  for (const core::DeviceFaultStats& d : stats.device_faults) {
+    for (size_t t = 0; t < core::kNumFaultTypes; ++t) {
+      if (t == kUnknownStream) continue;
+      f.Counter("iommu_faults_total", kFaultsHelp, {{"device", d.device}, type_label(t)},
+                double(d.by_type[t]));
+    }
   }
+  f.Counter("iommu_faults_total", kFaultsHelp, {type_label(kUnknownStream)},
+            double(stats.faults.pushed_by_type[kUnknownStream]));
   f.Counter("iommu_fault_records_dropped_total",
-            "Fault records overwritten in the ring before anyone read them.", {},
+            "Fault records overwritten in the ring, read by a watcher or not.", {},
             double(stats.faults.dropped_total));
   f.Gauge("iommu_fault_ring_capacity", "Fault ring capacity in records.", {},
           double(stats.faults.capacity));

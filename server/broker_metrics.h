@@ -17,7 +17,9 @@
 //   iommu_iotlb_invalidations_total{scope}, iommu_iotlb_entries,
 //   iommu_iotlb_capacity, iommu_translations_total{result},
 //   iommu_smmu_contexts, iommu_smmu_contexts_used.
-// Global: iommu_faults_total{type}, iommu_fault_records_dropped_total,
+// Per device {device, type}: iommu_faults_total (faults of an unknown stream
+//   id: {type="unknown_stream"} alone, as they name no device).
+// Global: iommu_fault_records_dropped_total,
 //   iommu_fault_ring_capacity; per pool {pool}: iommu_pool_{total,free,
 //   largest_free_block}_bytes, iommu_pool_allocations_total,
 //   iommu_pool_failures_total.

@@ -9,11 +9,14 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
+#include <cstring>
 #include <exception>
 
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "core/base/errors.h"
 #include "prometheus/exposer.h"
@@ -40,6 +43,19 @@ absl::Status PrepareUnixSocket(absl::string_view flag, const std::string& addres
                             "the path exists and is not a socket");
   }
   unlink(path.c_str());
+  return absl::OkStatus();
+}
+
+// Gives a bound Unix socket the mode of --unix_socket_mode (gRPC creates it
+// under the process umask).
+absl::Status SetSocketMode(const std::string& address, std::optional<uint32_t> mode) {
+  if (!mode.has_value()) return absl::OkStatus();
+  const std::string path = address.substr(5);
+  if (chmod(path.c_str(), *mode) != 0) {
+    return core::FieldError(absl::StatusCode::kPermissionDenied, "unix_socket_mode",
+                            absl::StrFormat("%04o", *mode),
+                            absl::StrCat("cannot chmod ", path, ": ", std::strerror(errno)));
+  }
   return absl::OkStatus();
 }
 
@@ -199,6 +215,10 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const DaemonOptions& optio
       return core::FieldError(absl::StatusCode::kUnavailable, "listen", address, cannot_bind);
     }
     d->bound_addresses_.push_back(BoundAddress(address, ports[i]));
+    if (absl::StartsWith(address, "unix:")) {
+      absl::Status mode = SetSocketMode(address, options.listen.unix_socket_mode);
+      if (!mode.ok()) return mode;
+    }
   }
 
   if (!options.listen.health_address.empty()) {
@@ -222,6 +242,10 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const DaemonOptions& optio
                               "cannot bind (address in use or not permitted?)");
     }
     d->health_address_ = BoundAddress(address, port);
+    if (absl::StartsWith(address, "unix:")) {
+      absl::Status mode = SetSocketMode(address, options.listen.unix_socket_mode);
+      if (!mode.ok()) return mode;
+    }
   }
   SetServing(d->server_.get(), true);
   SetServing(d->health_server_.get(), true);

@@ -14,6 +14,7 @@
 #include <grpcpp/server.h>
 
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -46,6 +47,10 @@ struct ListenOptions {
   // main server's serving status; every other service UNIMPLEMENTED), for
   // probes that speak no TLS, such as Kubernetes' gRPC probe. Empty: none.
   std::string health_address;
+  // Permission bits given to every unix: socket once bound (0660: the
+  // daemon's user and group may connect; connecting needs write permission).
+  // nullopt: left as created, under the process umask.
+  std::optional<uint32_t> unix_socket_mode;
 };
 
 // Durable state (docs/design.md#durable-state).

@@ -34,6 +34,9 @@ ABSL_FLAG(std::string, metrics_listen, "127.0.0.1:9477",
 ABSL_FLAG(std::string, health_listen, "",
           "host:port of a plaintext listener serving only grpc.health.v1.Health (the main "
           "server's status), for probes without TLS such as Kubernetes' gRPC probe; empty = off");
+ABSL_FLAG(std::string, unix_socket_mode, "",
+          "permission bits of every unix: listener, octal (0660: iommud's user and group may "
+          "connect); empty = as created under the process umask");
 ABSL_FLAG(std::string, topology, "",
           "host topology, an iommu.v1.Topology textproto file; empty = the built-in default host");
 ABSL_FLAG(std::string, auth, "none",
@@ -155,6 +158,14 @@ int main(int argc, char** argv) {
       absl::StrSplit(absl::GetFlag(FLAGS_listen), ',', absl::SkipWhitespace());
   options.listen.metrics_address = absl::GetFlag(FLAGS_metrics_listen);
   options.listen.health_address = absl::GetFlag(FLAGS_health_listen);
+  if (const std::string mode = absl::GetFlag(FLAGS_unix_socket_mode); !mode.empty()) {
+    if (mode.size() < 3 || mode.size() > 4 || mode.find_first_not_of("01234567") != mode.npos ||
+        (mode.size() == 4 && mode[0] != '0')) {
+      return Fail(absl::StrCat("unix_socket_mode=\"", mode,
+                               "\": must be octal permission bits such as 0660"));
+    }
+    options.listen.unix_socket_mode = static_cast<uint32_t>(std::stoul(mode, nullptr, 8));
+  }
   options.topology_file = absl::GetFlag(FLAGS_topology);
   const std::string auth = absl::GetFlag(FLAGS_auth);
   if (auth == "none") {

@@ -2,10 +2,12 @@
 // start (token auth without a server certificate, token files naming unknown
 // devices or holding short tokens, --auth=none on an address other hosts can
 // reach), the INSECURE warning on stderr at every log level, and the
-// plaintext health-only listener beside a TLS daemon.
+// plaintext health-only listener beside a TLS daemon, and the mode of its
+// Unix sockets (--unix_socket_mode).
 
 #include <grpcpp/generic/generic_stub.h>
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 
 #include <chrono>
 #include <fstream>
@@ -232,6 +234,42 @@ TEST(HealthListenerStartTest, OffByDefaultAndOnInAnyAuthMode) {
   ExpectRefused(
       {"--health_listen=unix:" + with_health.dir()},
       "health_listen=\"unix:" + with_health.dir() + "\": the path exists and is not a socket");
+}
+
+// --- the Unix sockets' mode ---------------------------------------------------------
+
+// The permission bits of a path (not followed), or -1 when it is absent.
+int ModeOf(const std::string& path) {
+  struct stat st {};
+  if (lstat(path.c_str(), &st) != 0) return -1;
+  return int(st.st_mode & 07777);
+}
+
+TEST(UnixSocketModeTest, EveryUnixListenerGetsTheModeAndServes) {
+  const std::string health = MakeTempDir() + "/health.sock";
+  DaemonProcess daemon;
+  ASSERT_TRUE(daemon.Start({"--unix_socket_mode=0660", "--health_listen=unix:" + health}))
+      << daemon.log();
+  EXPECT_EQ(ModeOf(daemon.unix_target().substr(5)), 0660);
+  EXPECT_EQ(ModeOf(health), 0660);
+  EXPECT_EQ(HealthCheck(Insecure(daemon.unix_target()), ""), kServing);
+  EXPECT_EQ(HealthCheck(Insecure("unix:" + health), ""), kServing);
+}
+
+TEST(UnixSocketModeTest, WithoutTheFlagTheUmaskDecides) {
+  const mode_t umask_before = umask(0077);  // the daemon inherits it
+  DaemonProcess daemon;
+  const bool started = daemon.Start();
+  umask(umask_before);
+  ASSERT_TRUE(started) << daemon.log();
+  EXPECT_EQ(ModeOf(daemon.unix_target().substr(5)), 0700);
+}
+
+TEST(UnixSocketModeTest, AModeThatIsNotOctalPermissionBitsIsRefused) {
+  for (const std::string bad : {"660x", "0888", "rw", "12", "1660", "06600"}) {
+    ExpectRefused({"--unix_socket_mode=" + bad},
+                  "unix_socket_mode=\"" + bad + "\": must be octal permission bits such as 0660");
+  }
 }
 
 }  // namespace

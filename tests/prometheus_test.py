@@ -55,6 +55,7 @@ MOVING = [
     'sum(iommu_iotlb_hits_total)', 'sum(iommu_iotlb_misses_total)',
     'sum(iommu_translations_total{result="ok"})', 'sum(iommu_translations_total{result="fault"})',
     'sum(iommu_faults_total{type="translation"})',
+    'sum(iommu_faults_total{device="nic0", type="translation"})',
     'sum(iommu_iotlb_invalidations_total)',
     'sum(grpc_server_handled_total{grpc_code="NotFound"})',
     'sum(iommu_store_commits_total)', 'sum(iommu_store_commit_duration_seconds_count)',

@@ -29,6 +29,7 @@
 // operations of different devices in different domains share no lock but
 // their SMMU's and, rarely, a shard's (docs/design.md#domain-transactions).
 
+#include <array>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -84,11 +85,21 @@ struct DomainStats {
   std::optional<FlushQueueStats> flush_queue;  // DMA_FQ domains
 };
 
+// One device's faults. kUnknownStream is always 0: those faults name no
+// device, so only the fault ring's counts hold them.
+struct DeviceFaultStats {
+  std::string device;
+  std::array<uint64_t, kNumFaultTypes> by_type{};  // indexed by FaultType
+};
+
 struct BrokerStats {
   std::vector<SmmuStats> smmus;
   std::vector<DomainStats> domains;
   FaultRingStats faults;
   std::vector<PoolStats> pools;
+  // Admin view only, in topology order: summed over devices, each type but
+  // kUnknownStream is faults.pushed_by_type of that type.
+  std::vector<DeviceFaultStats> device_faults;
 };
 
 struct BrokerOptions {

@@ -320,6 +320,15 @@ absl::StatusOr<BrokerStats> Broker::GetStats(const Caller& caller) const {
   if (caller.admin) {
     out.faults = impl_->faults_->Stats();
     out.pools = impl_->memory_->Stats();
+    // The device set is immutable and the counts atomic: no lock.
+    for (const DeviceConfig& cfg : impl_->topology_.devices) {
+      const auto& dev = *impl_->devices_.at(cfg.name);
+      DeviceFaultStats& d = out.device_faults.emplace_back();
+      d.device = cfg.name;
+      for (size_t t = 0; t < kNumFaultTypes; ++t) {
+        d.by_type[t] = dev.faults_by_type[t].load(std::memory_order_relaxed);
+      }
+    }
   }
   return out;
 }

@@ -8,7 +8,7 @@ health, and asserts against the stack's real Prometheus:
 
   * every PromQL expression of the Grafana dashboard returns data;
   * every recording rule and the series of every alert rule returns data;
-  * the fault alert fires from the untrusted device's faults;
+  * the fault alert fires from the untrusted device's faults, naming it;
   * iommuctl in a container maps and unmaps over the compose network;
   * iommud's state survives a restart and a SIGKILL in the middle of the
     devices' traffic: buffers, domains and mappings made through iommuctl
@@ -312,11 +312,19 @@ class ComposeDemoTest(unittest.TestCase):
 
         alerts = eventually("IommuDeviceFaults firing", ALERT_TIMEOUT_S, probe)
         self.assertEqual(alerts[0]["labels"]["severity"], "warning")
-        # The faults come from tbt0's domain: its translations fault, the
-        # trusted devices' never do.
-        by_type = {r["metric"]["type"]: float(r["value"][1]) for r in STACK.query("type:iommu_faults:rate1m")}
+        # The alert names the device and the broker: tbt0 faults, the trusted
+        # devices never do.
+        firing = [a["labels"] for a in alerts if a["state"] == "firing"]
+        self.assertEqual({(a.get("device"), a["instance"]) for a in firing}, {("tbt0", "iommud:9477")})
+        by_type = {r["metric"]["type"]: float(r["value"][1])
+                   for r in STACK.query("instance_type:iommu_faults:rate1m")}
         self.assertGreater(by_type["translation"] + by_type["permission"], 0)
+        by_device = {r["metric"].get("device"): float(r["value"][1])
+                     for r in STACK.query("instance_device:iommu_faults:rate1m > 0")}
+        self.assertEqual(set(by_device), {"tbt0"})
         self.assertEqual(STACK.query('up{job="iommud"} == 0'), [])
+        # Some broker is scraped: the alert on none stays quiet.
+        self.assertFalse([a for a in STACK.alerts() if a["labels"]["alertname"] == "IommudTargetsMissing"])
 
     def test_5_iommuctl_in_a_container_maps_and_unmaps(self):
         def ctl(*args):

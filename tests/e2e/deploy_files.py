@@ -11,14 +11,30 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 DEPLOY = os.path.join(ROOT, "deploy")
 DASHBOARD = os.path.join(DEPLOY, "grafana", "dashboards", "iommu-broker.json")
 RULES_DIR = os.path.join(DEPLOY, "prometheus", "rules")
+RULE_TESTS_DIR = os.path.join(DEPLOY, "prometheus", "tests")
 COMPOSE = os.path.join(DEPLOY, "compose.yaml")
 K8S = os.path.join(DEPLOY, "k8s", "iommud.yaml")
+K8S_TMPFILES = os.path.join(DEPLOY, "k8s", "iommud-tmpfiles.conf")
+K8S_OPERATOR = os.path.join(DEPLOY, "k8s", "prometheus-operator")
 
-# Dashboard variables and the value that selects everything.
-VARIABLE_VALUES = {"$smmu": ".*"}
+# Dashboard variables and the values they take in the demo (one job, every
+# instance, every SMMU).
+VARIABLE_VALUES = {"$smmu": ".*", "$job": "iommud", "$instance": ".+"}
 
-# An alert is `<series> <comparison> <number>`; the series must have data.
+# An alert is `<series> <comparison> <number>`, or `absent(<series>)`; either
+# way the series must have data in the demo.
 _ALERT_FORM = re.compile(r"^(?P<series>.+?)\s*(?P<op>==|!=|>=|<=|>|<)\s*(?P<threshold>-?[0-9.]+)\s*$", re.S)
+_ABSENT_FORM = re.compile(r"^absent\((?P<series>[^()]+)\)$", re.S)
+
+# PromQL words that are not metric names.
+_PROMQL_WORDS = {
+    "sum", "min", "max", "avg", "count", "stddev", "stdvar", "topk", "bottomk", "quantile", "group",
+    "count_values", "by", "without", "on", "ignoring", "group_left", "group_right", "and", "or", "unless",
+    "bool", "offset", "rate", "irate", "increase", "delta", "idelta", "deriv", "histogram_quantile", "absent",
+    "abs", "clamp_max", "clamp_min", "label_replace", "label_join", "vector", "scalar", "time",
+    "max_over_time", "min_over_time", "avg_over_time", "sum_over_time", "count_over_time",
+    "last_over_time", "changes", "resets", "sort", "sort_desc", "round", "ceil", "floor", "inf", "nan",
+}
 
 
 def manifests():
@@ -69,6 +85,41 @@ def rules():
 
 
 def alert_series(expr):
-    """The left-hand side of an alert expression, or None if not of the form."""
-    m = _ALERT_FORM.match(expr.strip())
+    """The series of an alert expression (the left-hand side of a
+    comparison, the argument of absent), or None if not of either form."""
+    m = _ABSENT_FORM.match(expr.strip()) or _ALERT_FORM.match(expr.strip())
     return m.group("series") if m else None
+
+
+def rule_tests():
+    """The promtool unit test files: (path, parsed)."""
+    out = []
+    for name in sorted(os.listdir(RULE_TESTS_DIR)):
+        if name.endswith((".yml", ".yaml")):
+            path = os.path.join(RULE_TESTS_DIR, name)
+            with open(path) as f:
+                out.append((path, yaml.safe_load(f)))
+    return out
+
+
+def selectors(expr):
+    """The vector selectors of a PromQL expression: [(metric name, matchers
+    text or "")]. Good enough for the shipped rules and dashboard: strings,
+    `by (...)`/`without (...)`/`on (...)` lists and durations are skipped."""
+    text = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", expr)
+    out = []
+    pos = 0
+    for m in re.finditer(r'\{[^}]*\}|\[[^\]]*\]|"(?:[^"\\]|\\.)*"|[A-Za-z_:][A-Za-z0-9_:]*', text):
+        if m.start() < pos:
+            continue
+        token = m.group(0)
+        if token[0] in '{["' or token in _PROMQL_WORDS:
+            continue
+        after = text[m.end():]
+        if re.match(r"\s*\(", after):  # a function
+            continue
+        matchers = re.match(r"\s*(\{[^}]*\})", after)
+        if matchers:
+            pos = m.end() + matchers.end()
+        out.append((token, matchers.group(1) if matchers else ""))
+    return out
