@@ -10,6 +10,7 @@
 
 #include "core/broker/broker.h"
 #include "core/broker/topology.h"
+#include "server/metrics_test_util.h"
 
 namespace iommu::server {
 namespace {
@@ -18,15 +19,7 @@ using core::Caller;
 using core::FaultType;
 using core::Iova;
 
-const prometheus::MetricFamily& FamilyNamed(const std::vector<prometheus::MetricFamily>& all,
-                                            const std::string& name) {
-  for (const auto& f : all) {
-    if (f.name == name) return f;
-  }
-  ADD_FAILURE() << "no family " << name;
-  static const prometheus::MetricFamily empty;
-  return empty;
-}
+using testing::FamilyNamed;
 
 // A series' labels as a map (absent labels are absent, not empty).
 std::map<std::string, std::string> Labels(const prometheus::ClientMetric& m) {

@@ -4,18 +4,12 @@
 
 #include <string>
 
+#include "server/metrics_test_util.h"
+
 namespace iommu::server {
 namespace {
 
-const prometheus::MetricFamily& FamilyNamed(const std::vector<prometheus::MetricFamily>& all,
-                                            const std::string& name) {
-  for (const auto& f : all) {
-    if (f.name == name) return f;
-  }
-  ADD_FAILURE() << "no family " << name;
-  static const prometheus::MetricFamily empty;
-  return empty;
-}
+using testing::FamilyNamed;
 
 std::string Label(const prometheus::ClientMetric& m, const std::string& name) {
   for (const auto& l : m.label) {
