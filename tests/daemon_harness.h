@@ -97,6 +97,10 @@ class DaemonProcess {
     std::vector<std::string> args = {IOMMUD_PATH, "--listen=unix:" + socket_path_ + ",127.0.0.1:0",
                                      "--metrics_listen=127.0.0.1:0", "--state_dir=" + state_dir()};
     for (const auto& f : flags_) args.push_back(f);
+    std::vector<std::string> env = DaemonEnvironment();
+    std::vector<char*> envp;
+    for (auto& e : env) envp.push_back(e.data());
+    envp.push_back(nullptr);
     pid_ = fork();
     if (pid_ == 0) {
       int out = open(out_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
@@ -106,7 +110,7 @@ class DaemonProcess {
       std::vector<char*> argv;
       for (auto& a : args) argv.push_back(a.data());
       argv.push_back(nullptr);
-      execv(argv[0], argv.data());
+      execve(argv[0], argv.data(), envp.data());
       _exit(127);
     }
     const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(15);

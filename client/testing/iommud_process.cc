@@ -27,14 +27,19 @@ std::string ReadAll(const std::string& path) {
   return s.str();
 }
 
-// fork + exec with stdout/stderr redirected to files.
+// fork + exec with stdout/stderr redirected to files, in `env` (empty: this
+// process's environment).
 pid_t Spawn(const std::string& binary, const std::vector<std::string>& args,
-            const std::string& out_path, const std::string& err_path) {
+            const std::string& out_path, const std::string& err_path,
+            std::vector<std::string> env = {}) {
   std::vector<std::string> argv_storage = {binary};
   argv_storage.insert(argv_storage.end(), args.begin(), args.end());
   std::vector<char*> argv;
   for (std::string& a : argv_storage) argv.push_back(a.data());
   argv.push_back(nullptr);
+  std::vector<char*> envp;
+  for (std::string& e : env) envp.push_back(e.data());
+  envp.push_back(nullptr);
   const pid_t pid = fork();
   if (pid == 0) {
     const int out = open(out_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
@@ -42,7 +47,11 @@ pid_t Spawn(const std::string& binary, const std::vector<std::string>& args,
         err_path == out_path ? out : open(err_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
     dup2(out, 1);
     dup2(err, 2);
-    execv(binary.c_str(), argv.data());
+    if (env.empty()) {
+      execv(binary.c_str(), argv.data());
+    } else {
+      execve(binary.c_str(), argv.data(), envp.data());
+    }
     _exit(127);
   }
   return pid;
@@ -107,7 +116,7 @@ absl::Status IommudProcess::Start(const std::vector<std::string>& extra_flags, b
                                    absl::StrCat("--state_dir=", dir_, "/state")};
   args.insert(args.end(), extra_flags.begin(), extra_flags.end());
   const std::string log = dir_ + "/iommud.log";
-  pid_ = Spawn(IommudPath(), args, log, log);
+  pid_ = Spawn(IommudPath(), args, log, log, ::iommu::testing::DaemonEnvironment());
   if (!wait_ready) return absl::OkStatus();
   const absl::Time deadline = absl::Now() + absl::Seconds(20);
   while (absl::Now() < deadline) {
