@@ -694,7 +694,8 @@ TEST(ClientRequestIdTest, BatchMessagesCutByDaemonKillsTakeEffectOnce) {
   }
   stop = true;
   killer.join();
-  EXPECT_TRUE(batch->Close().ok());
+  const absl::Status closed = batch->Close();
+  EXPECT_TRUE(closed.ok()) << closed;
   EXPECT_GT(messages, 6);
   ASSERT_OK_AND_ASSIGN(admin, Client::Connect({.target = daemon.unix_target()}));
   ASSERT_OK_AND_ASSIGN(devices, admin.ListDevices());

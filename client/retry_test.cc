@@ -448,7 +448,8 @@ TEST_F(RetryTest, BatchGivesUpWhenNoStreamCanBeReopenedByTheDeadline) {
   const absl::Time start = absl::Now();
   const absl::Status s = batch.Flush().status();
   EXPECT_EQ(s.code(), absl::StatusCode::kUnavailable) << s;
-  EXPECT_NE(s.message().find("not reopened within 600ms"), std::string::npos) << s;
+  // Given up before a reopen or while waiting for the daemon, by the deadline.
+  EXPECT_NE(s.message().find("within 600ms"), std::string::npos) << s;
   EXPECT_GE(absl::Now() - start, absl::Milliseconds(450));
   EXPECT_GT(Streams().size(), 2u);  // reopened with backoff until then
   EXPECT_EQ(batch.Flush().status(), s);
