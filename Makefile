@@ -55,8 +55,9 @@ asan: deps
 # uninstrumented gRPC and abseil make TSan unable to judge.
 TSAN_TESTS ?= Concurren|FaultRing|Batch|RequestLog|Drain|WatchFaults|SessionTest|EveryRpc|IsolationTest|StateTest|ClientRequestIdTest|RetryTest
 # The kill tests need more traffic between kills than TSan's slowdown of
-# every restart leaves them (make test runs them, make soak at length).
-TSAN_EXCLUDE ?= CrashCycles|CutByDaemonKills
+# every restart leaves them (make test runs them, make soak at length), and
+# two retry tests count attempts within a sub-second deadline.
+TSAN_EXCLUDE ?= CrashCycles|CutByDaemonKills|RetriesEndAtTheCallsDeadline|BatchGivesUpWhenNoStream
 tsan: deps
 	cmake -S . -B build-tsan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DIOMMU_BUILD_BENCHMARKS=OFF \
 	  -DIOMMU_CORE_ONLY=OFF -DCMAKE_CXX_COMPILER=clang++ -DIOMMU_SANITIZE=thread -DIOMMU_THREAD_SAFETY=ON
