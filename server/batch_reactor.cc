@@ -32,10 +32,17 @@ BatchReactor::BatchReactor(const ServiceEnv& env, grpc::CallbackServerContext* c
   session_id_ = *session;
   // A device credential acts as its device alone: its slot is taken now.
   if (identity_.kind == Identity::Kind::kDevice) {
-    if (absl::Status s = AcquireSlot(env_.stream_limiter, identity_.device, &slot_); !s.ok()) {
+    absl::Status s;
+    {
+      absl::MutexLock l(&mu_);
+      s = AcquireSlot(env_.stream_limiter, identity_.device, &slot_);
+    }
+    if (!s.ok()) {
       FinishWith(s);
       return;
     }
+    counted_ = true;
+    device_ = identity_.device;
   }
   registered_ = env_.streams->Add(this);
   if (!registered_) {
@@ -131,11 +138,16 @@ absl::Status BatchReactor::Accept() {
         absl::StrCat(which, "it could not be parsed as iommu.v1.BatchRequest",
                      reason.empty() ? "" : absl::StrCat(" (", reason, ")")));
   }
-  if (slot_.held()) return absl::OkStatus();
+  if (counted_) return absl::OkStatus();
   absl::StatusOr<core::Caller> caller =
       Authenticator::CallerFor(identity_, FirstDevice(*request_), session_id_);
   if (!caller.ok()) return caller.status();
-  return AcquireSlot(env_.stream_limiter, caller->device, &slot_);
+  absl::MutexLock l(&mu_);
+  if (finished_) return Draining();  // drained meanwhile
+  RETURN_IF_ERROR(AcquireSlot(env_.stream_limiter, caller->device, &slot_));
+  counted_ = true;
+  device_ = caller->device;
+  return absl::OkStatus();
 }
 
 bool BatchReactor::MarkFinishedLocked(const absl::Status& status) {
@@ -147,10 +159,13 @@ bool BatchReactor::MarkFinishedLocked(const absl::Status& status) {
 
 void BatchReactor::FinishWith(const absl::Status& status) {
   bool finish;
+  StreamSlot slot;
   {
     absl::MutexLock l(&mu_);
     finish = MarkFinishedLocked(status);
+    if (finish) slot = std::move(slot_);
   }
+  slot.Reset();  // before the client can see the end
   if (finish) Finish(ToGrpcStatus(status));
 }
 
@@ -219,7 +234,6 @@ void BatchReactor::Drain() {
 
 void BatchReactor::OnDone() {
   if (registered_) env_.streams->Remove(this);
-  slot_.Reset();  // keeps its device, for the log line
   absl::Status status;
   {
     absl::MutexLock l(&mu_);
@@ -227,7 +241,7 @@ void BatchReactor::OnDone() {
   }
   const int64_t elapsed_ns = MonotonicNanos() - start_ns_;
   env_.metrics->Handled(Method::kBatch, status.code(), elapsed_ns);
-  LogCall("iommu.v1.Dma", "Batch", slot_.device(), status, elapsed_ns);
+  LogCall("iommu.v1.Dma", "Batch", device_, status, elapsed_ns);
   Unpin();
 }
 

@@ -127,7 +127,8 @@ class BatchReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc
   grpc::ByteBuffer in_;                    // the message being read, until parsed
   grpc::ByteBuffer out_;                   // the response being written
   uint64_t messages_ = 0;                  // read so far, this one included
-  StreamSlot slot_;                        // of the device the stream acts as
+  bool counted_ = false;                   // a device slot was taken (slot_)
+  std::string device_;                     // the stream acts as (its slot's), for the log
   // Scratch of RunMapUnmapRun, kept to reuse its capacity.
   std::vector<core::DmaBatchOp> run_ops_;
   std::vector<core::DmaBatchResult> run_results_;
@@ -140,6 +141,9 @@ class BatchReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc
   bool reading_ ABSL_GUARDED_BY(mu_) = false;
   bool draining_ ABSL_GUARDED_BY(mu_) = false;
   bool finished_ ABSL_GUARDED_BY(mu_) = false;
+  // The device slot the stream holds; returned as the stream finishes, before
+  // its client can see the end (so the client may open another at once).
+  StreamSlot slot_ ABSL_GUARDED_BY(mu_);
   absl::Status final_status_ ABSL_GUARDED_BY(mu_);
 };
 

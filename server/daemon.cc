@@ -94,7 +94,11 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const DaemonOptions& optio
                             "needs at least one address");
   }
   if (absl::Status s = CheckUnauthenticatedListeners(options); !s.ok()) return s;
-  if (absl::Status s = ValidateLimits(options.limits); !s.ok()) return s;
+  if (absl::Status s =
+          ValidateLimits(options.limits, options.state.enabled ? store::kMaxValueBytes : 0);
+      !s.ok()) {
+    return s;
+  }
 
   absl::StatusOr<core::Topology> topology = LoadTopology(options.topology_file);
   if (!topology.ok()) return topology.status();

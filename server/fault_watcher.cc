@@ -40,6 +40,7 @@ FaultWatcher::FaultWatcher(const ServiceEnv& env, grpc::CallbackServerContext* c
       absl::MutexLock l(&mu_);
       final_status_ = status;
     }
+    slot_.Reset();
     Finish(ToGrpcStatus(status));
     return;
   }
@@ -98,6 +99,7 @@ void FaultWatcher::Run(core::Caller caller, uint64_t after_seq) {
     if (cancelled_ && status.ok()) status = absl::CancelledError("the client went away");
     final_status_ = status;
   }
+  slot_.Reset();  // before the client can see the end
   // Nothing of `this` is touched after Finish: OnDone may run at once.
   Finish(ToGrpcStatus(status));
 }
@@ -132,7 +134,6 @@ void FaultWatcher::OnDone() {
     }
   }
   if (registered_) env_.streams->Remove(this);
-  slot_.Reset();
   absl::Status status;
   {
     absl::MutexLock l(&mu_);

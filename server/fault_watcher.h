@@ -52,7 +52,7 @@ class FaultWatcher final : public grpc::ServerWriteReactor<grpc::ByteBuffer>,
   bool registered_ = false;
   v1::FaultEvent event_;
   grpc::ByteBuffer event_bytes_;  // event_, serialized for the write in progress
-  StreamSlot slot_;
+  StreamSlot slot_;               // returned before Finish, by whichever thread calls it
   std::thread thread_;
 
   absl::Mutex mu_;

@@ -32,7 +32,7 @@ absl::Status CheckReplyFits(const Limits& limits, absl::string_view field, uint6
                       reply_bytes, limits.max_message_bytes));
 }
 
-absl::Status ValidateLimits(const Limits& limits) {
+absl::Status ValidateLimits(const Limits& limits, size_t max_record_bytes) {
   struct Flag {
     const char* name;
     uint64_t value;
@@ -86,6 +86,28 @@ absl::Status ValidateLimits(const Limits& limits) {
           "%s=%d: %s could take %d bytes, more than --max_message_bytes=%d; lower it or raise "
           "--max_message_bytes",
           r.flag, r.value, r.what, r.bytes, limits.max_message_bytes));
+    }
+  }
+  if (max_record_bytes == 0) return absl::OkStatus();
+  namespace rec = record_bytes;
+  for (const Reply& r : {
+           // Any reply, recorded under its request id (a Batch message's run
+           // of operations records their results).
+           Reply{"max_message_bytes", limits.max_message_bytes,
+                 rec::kRecordFixed + uint64_t{limits.max_message_bytes},
+                 "a reply recorded under a request id"},
+           // A mapping has a piece per run of its buffer, per segment of a
+           // MapSg, per chunk of an import.
+           Reply{limits.max_sg_segments > limits.max_buffer_runs ? "max_sg_segments"
+                                                                 : "max_buffer_runs",
+                 most_chunks, rec::kRecordFixed + most_chunks * rec::kPerPiece,
+                 "a mapping's record"},
+       }) {
+    if (r.bytes > max_record_bytes) {
+      return absl::InvalidArgumentError(
+          absl::StrFormat("%s=%d: %s could take %d bytes, more than the state store's %d per "
+                          "record; lower it (or run with --no_store)",
+                          r.flag, r.value, r.what, r.bytes, max_record_bytes));
     }
   }
   return absl::OkStatus();

@@ -88,9 +88,23 @@ inline constexpr size_t kMaxStatusMessageBytes = 1024;
 // with "...(N bytes)" when it was cut.
 std::string BoundedMessage(absl::string_view message, size_t max_bytes);
 
-// INVALID_ARGUMENT naming the flag when a limit is zero, or when the largest
-// reply it allows could not fit in max_message_bytes.
-absl::Status ValidateLimits(const Limits& limits);
+// Upper bounds of the durable records an accepted request writes
+// (store/state_codec.h): a record's ids, names and flags, and per piece of a
+// mapping its page-table range, piece, DMA segment and buffer id (packed
+// varints of at most 10 bytes each), which also covers a buffer's or an
+// export's runs. A reply recorded under a request id takes its own bytes
+// plus kRecordFixed.
+namespace record_bytes {
+inline constexpr size_t kRecordFixed = 1024;
+inline constexpr size_t kPerPiece = 96;
+}  // namespace record_bytes
+
+// INVALID_ARGUMENT naming the flag when a limit is zero, when the largest
+// reply it allows could not fit in max_message_bytes, or, with a state store
+// (`max_record_bytes` its largest value; 0: none), when the largest record
+// a request within the limits writes could not fit in one value: the store
+// would then refuse a commit after the work and stop the daemon.
+absl::Status ValidateLimits(const Limits& limits, size_t max_record_bytes = 0);
 
 // The most pieces (TranslatedPage) a Translate of [iova, iova + length_bytes)
 // can answer with: one per 4 KiB page it touches, the smallest leaf any

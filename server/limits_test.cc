@@ -13,6 +13,8 @@
 #include "iommu/v1/dma.pb.h"
 #include "iommu/v1/domain.pb.h"
 #include "iommu/v1/memory.pb.h"
+#include "store/kv_store.h"
+#include "store/state_codec.h"
 
 namespace iommu::server {
 namespace {
@@ -155,6 +157,69 @@ TEST(ReplyBytesTest, BufferTranslateAndWalkRepliesStayWithinTheirBounds) {
       rb::kPageTableLeaf);
 }
 
+// The records a request writes, through the store's own codec, with every
+// number at its largest: within record_bytes.
+TEST(ReplyBytesTest, DurableRecordsStayWithinTheirBounds) {
+  namespace rec = record_bytes;
+  const std::string name(256, 'n');
+  for (int n : {1, 100, 1000}) {
+    SCOPED_TRACE(n);
+    core::MappingState m;
+    m.mapping_id = kMax;
+    m.kind = core::internal::MappingKind::kImport;
+    m.device = name;
+    m.session_id = kMax;
+    m.iova = core::Iova(kMax);
+    m.iova_size_bytes = kMax;
+    m.dma_offset = kMax;
+    m.owned_buffer_id = kMax;
+    m.export_id = kMax;
+    m.mapped_bytes = kMax;
+    m.pt_ranges.clear();
+    m.pieces.clear();
+    for (int i = 0; i < n; ++i) {
+      m.pt_ranges.push_back({core::Iova(kMax), {core::PhysAddr(kMax), kMax}});
+      m.pieces.push_back({core::Iova(kMax), core::PhysAddr(kMax), kMax});
+      m.buffer_refs.push_back({.id = kMax});
+      m.segments.push_back({core::Iova(kMax), kMax});
+    }
+    core::BufferState b{.buffer_id = kMax, .device = name, .session_id = kMax, .pool = name};
+    core::ExportState e{.export_id = kMax,
+                        .token = std::string(37, 't'),
+                        .exporter = name,
+                        .exporter_granule = kMax};
+    for (int i = 0; i < n; ++i) {
+      b.runs.push_back({core::PhysAddr(kMax), kMax});
+      e.chunks.push_back({core::PhysAddr(kMax), kMax});
+      e.buffer_ids.push_back(kMax);
+    }
+    const core::RequestState request{.principal = "device:" + name,
+                                     .request_id = std::string(64, 'r'),
+                                     .fingerprint = kMax,
+                                     .reply = std::string(size_t(n) * 1000, 'x'),
+                                     .recorded = absl::InfiniteFuture()};
+    core::StateChanges changes;
+    changes.mapping_puts.push_back({kMax, &m});
+    changes.buffer_puts.push_back(b);
+    changes.export_puts.push_back(e);
+    changes.request_put = &request;
+    store::EncodedChanges encoded;
+    encoded.Encode(changes);
+    ASSERT_EQ(encoded.size(), 4u);
+    size_t largest_record = 0, reply_record = 0;
+    for (const store::KvWrite& w : encoded.writes()) {
+      ASSERT_TRUE(w.value.has_value());
+      if (w.key[0] == 'r') {
+        reply_record = w.value->size();
+      } else {
+        largest_record = std::max(largest_record, w.value->size());
+      }
+    }
+    EXPECT_LE(largest_record, rec::kRecordFixed + rec::kPerPiece * n);
+    EXPECT_LE(reply_record, rec::kRecordFixed + request.reply.size());
+  }
+}
+
 TEST(LimitsTest, TheDefaultsAreConsistentAndEachFlagIsChecked) {
   const Limits defaults;
   EXPECT_TRUE(ValidateLimits(defaults).ok()) << ValidateLimits(defaults);
@@ -180,6 +245,18 @@ TEST(LimitsTest, TheDefaultsAreConsistentAndEachFlagIsChecked) {
   Limits segments = defaults;
   segments.max_sg_segments = 1 << 20;
   EXPECT_THAT(ValidateLimits(segments).message(), HasSubstr("max_sg_segments=1048576"));
+
+  // With a state store, what a request records must fit in one of its values.
+  EXPECT_TRUE(ValidateLimits(defaults, store::kMaxValueBytes).ok());
+  const absl::Status small_store = ValidateLimits(defaults, size_t{1} << 20);
+  EXPECT_EQ(small_store.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(small_store.message(), HasSubstr("max_message_bytes=4194304: a reply recorded"));
+  Limits big = defaults;
+  big.max_message_bytes = 64u << 20;
+  big.max_buffer_runs = 1 << 20;
+  EXPECT_TRUE(ValidateLimits(big).ok());  // no store: nothing is recorded
+  EXPECT_THAT(ValidateLimits(big, store::kMaxValueBytes).message(),
+              HasSubstr("more than the state store's"));
 }
 
 TEST(LimitsTest, TranslatedPiecesAreThePagesTouched) {
