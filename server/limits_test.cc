@@ -220,7 +220,7 @@ TEST(ReplyBytesTest, DurableRecordsStayWithinTheirBounds) {
   }
 }
 
-TEST(LimitsTest, TheDefaultsAreConsistentAndEachFlagIsChecked) {
+TEST(LimitValuesTest, TheDefaultsAreConsistentAndEachFlagIsChecked) {
   const Limits defaults;
   EXPECT_TRUE(ValidateLimits(defaults).ok()) << ValidateLimits(defaults);
   // The largest WalkDomain (65536 leaves) fits under the defaults too.
@@ -259,7 +259,7 @@ TEST(LimitsTest, TheDefaultsAreConsistentAndEachFlagIsChecked) {
               HasSubstr("more than the state store's"));
 }
 
-TEST(LimitsTest, TranslatedPiecesAreThePagesTouched) {
+TEST(LimitValuesTest, TranslatedPiecesAreThePagesTouched) {
   EXPECT_EQ(MostTranslatedPieces(0x1000, 1), 1u);
   EXPECT_EQ(MostTranslatedPieces(0x1000, 0x1000), 1u);
   EXPECT_EQ(MostTranslatedPieces(0x1fff, 2), 2u);  // straddles a page boundary
@@ -279,7 +279,7 @@ TEST(LimitsTest, TranslatedPiecesAreThePagesTouched) {
   EXPECT_THAT(big.message(), HasSubstr("--max_message_bytes=4194304"));
 }
 
-TEST(LimitsTest, BoundedMessagesAreCutAtACharacterAndMarked) {
+TEST(LimitValuesTest, BoundedMessagesAreCutAtACharacterAndMarked) {
   EXPECT_EQ(BoundedMessage("short", 10), "short");
   const std::string cut = BoundedMessage(std::string(5000, 'a'), 64);
   EXPECT_LE(cut.size(), 64u);
