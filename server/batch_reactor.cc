@@ -1,7 +1,5 @@
 #include "server/batch_reactor.h"
 
-#include <grpcpp/support/proto_buffer_reader.h>
-
 #include <algorithm>
 #include <type_traits>
 #include <variant>
@@ -104,19 +102,20 @@ const std::string& FirstDevice(const v1::BatchRequest& request) {
 }  // namespace
 
 absl::Status BatchReactor::Accept() {
+  // Its bytes in one piece (a reference to its one slice, or a copy of its
+  // slices); the message itself is dropped at once.
+  const FlatBytes flat(in_);
+  in_.Clear();
   RequestScanner::Totals totals;
-  const absl::Status scanned = env_.scanner->Scan(v1::BatchRequest::descriptor(), in_, &totals);
+  const absl::Status scanned =
+      env_.scanner->Scan(v1::BatchRequest::descriptor(), flat.view(), &totals);
   const std::string which = absl::StrCat("iommu.v1.Dma/Batch: message ", messages_,
                                          " of the stream (nothing of it was applied): ");
-  if (!scanned.ok()) {
-    in_.Clear();
-    return absl::Status(scanned.code(), absl::StrCat(which, scanned.message()));
-  }
+  if (!scanned.ok()) return absl::Status(scanned.code(), absl::StrCat(which, scanned.message()));
   // A MapSg counts one more per segment: what bounds the response is the
   // operations and the DMA segments they answer with.
   const uint64_t weight = totals[int(Counted::kBatchOps)] + totals[int(Counted::kSgSegments)];
   if (weight > env_.limits->max_batch_ops) {
-    in_.Clear();
     return absl::ResourceExhaustedError(absl::StrFormat(
         "%s%d operations and %d MapSg segments, more than --max_batch_ops=%d in one message "
         "(split it)",
@@ -127,12 +126,10 @@ absl::Status BatchReactor::Accept() {
   bool parsed;
   std::string reason;
   {
-    grpc::ProtoBufferReader reader(&in_);
     ProtobufLogCapture capture;
-    parsed = request_->ParseFromZeroCopyStream(&reader);
+    parsed = request_->ParseFromArray(flat.view().data(), static_cast<int>(flat.view().size()));
     reason = capture.text();
   }
-  in_.Clear();
   if (!parsed) {
     return absl::InvalidArgumentError(
         absl::StrCat(which, "it could not be parsed as iommu.v1.BatchRequest",

@@ -1,13 +1,10 @@
 #include "server/request_scan.h"
 
-#include <grpcpp/support/proto_buffer_reader.h>
-
 #include <algorithm>
 #include <cassert>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "google/protobuf/io/coded_stream.h"
 #include "google/protobuf/wire_format_lite.h"
 #include "server/grpc_metrics.h"
 
@@ -16,7 +13,6 @@ namespace iommu::server {
 using google::protobuf::Descriptor;
 using google::protobuf::FieldDescriptor;
 using google::protobuf::internal::WireFormatLite;
-using google::protobuf::io::CodedInputStream;
 
 struct RequestScanner::FieldPlan {
   const FieldDescriptor* field = nullptr;
@@ -140,112 +136,202 @@ const RequestScanner::Plan* RequestScanner::PlanFor(const Descriptor* type) {
   return plan;
 }
 
-// One scan: the input, the path to the field being read, and the totals.
+// One scan over the request's bytes, in one contiguous piece. Hand-rolled
+// wire-format reading: on success nothing but the cursor moves; the path of
+// a problem is collected only as the recursion unwinds from it.
 class RequestScanner::Walker {
  public:
-  Walker(const RequestScanner& scanner, const Descriptor* type, CodedInputStream* in, uint64_t size,
-         Totals* totals)
-      : scanner_(scanner), type_(type), in_(in), size_(size), totals_(totals) {}
+  Walker(const RequestScanner& scanner, absl::string_view bytes, Totals* totals)
+      : scanner_(scanner),
+        begin_(reinterpret_cast<const uint8_t*>(bytes.data())),
+        end_(begin_ + bytes.size()),
+        at_(begin_),
+        totals_(totals) {}
 
-  absl::Status Message(const Plan& plan) {
-    uint64_t counts[8] = {};  // of this message's counted fields, by slot
-    assert(plan.counted_slots <= 8);
-    while (true) {
-      const uint32_t tag = in_->ReadTag();
-      if (tag == 0) break;
-      const FieldPlan* f = plan.Find(WireFormatLite::GetTagFieldNumber(tag));
-      if (f == nullptr ||
-          WireFormatLite::GetTagWireType(tag) != WireFormatLite::WIRETYPE_LENGTH_DELIMITED) {
-        // A field the plan does not read (a scalar, an unknown field, or a
-        // known one of another wire type, which the parser keeps as unknown).
-        if (!WireFormatLite::SkipField(in_, tag)) return Malformed(nullptr);
-        continue;
-      }
-      uint32_t length = 0;
-      if (!in_->ReadVarint32(&length) || length > Remaining()) return Malformed(f);
-      const int64_t index = f->slot >= 0 ? static_cast<int64_t>(counts[f->slot]++) : -1;
-      if (f->counted >= 0 && totals_ != nullptr) ++(*totals_)[f->counted];
-      if (f->is_string) {
-        if (length > scanner_.limits_.max_string_bytes) {
-          path_.push_back({f->field, index});
-          return absl::ResourceExhaustedError(
-              absl::StrFormat("%s: %d bytes, more than --max_string_bytes=%d", Path(), length,
-                              scanner_.limits_.max_string_bytes));
-        }
-        if (!in_->Skip(static_cast<int>(length))) return Malformed(f);
-      } else if (!f->child->needs_scan) {
-        if (!in_->Skip(static_cast<int>(length))) return Malformed(f);
-      } else {
-        const CodedInputStream::Limit limit = in_->PushLimit(static_cast<int>(length));
-        if (!in_->IncrementRecursionDepth()) return Malformed(f);
-        path_.push_back({f->field, index});
-        if (absl::Status s = Message(*f->child); !s.ok()) return s;
-        if (!in_->ConsumedEntireMessage()) return Malformed(nullptr);
-        path_.pop_back();
-        in_->DecrementRecursionDepth();
-        in_->PopLimit(limit);
-      }
+  absl::Status Scan(const Descriptor* type, const Plan& plan) {
+    if (Message(plan, end_, 0)) return absl::OkStatus();
+    std::string path;
+    for (auto frame = problem_.path.rbegin(); frame != problem_.path.rend(); ++frame) {
+      if (!path.empty()) path += '.';
+      path += frame->field->name();
+      if (frame->index >= 0) absl::StrAppend(&path, "[", frame->index, "]");
     }
-    if (!in_->ConsumedEntireMessage()) return Malformed(nullptr);
-    for (const FieldPlan& f : plan.fields) {
-      if (f.slot < 0 || counts[f.slot] <= f.max_entries) continue;
-      path_.push_back({f.field, -1});
-      return absl::ResourceExhaustedError(
-          absl::StrFormat("%s: %d entries, more than %s", Path(), counts[f.slot], f.limit));
+    switch (problem_.kind) {
+      case Problem::kTooLong:
+        return absl::ResourceExhaustedError(
+            absl::StrFormat("%s: %d bytes, more than --max_string_bytes=%d", path, problem_.value,
+                            scanner_.limits_.max_string_bytes));
+      case Problem::kTooMany:
+        return absl::ResourceExhaustedError(absl::StrFormat("%s: %d entries, more than %s", path,
+                                                            problem_.value, problem_.field->limit));
+      case Problem::kMalformed:
+        break;
     }
-    return absl::OkStatus();
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "the request could not be parsed as %s: its wire format is broken at "
+        "byte %d%s",
+        type->full_name(), problem_.value, path.empty() ? "" : absl::StrCat(", in ", path)));
   }
 
  private:
-  uint64_t Remaining() const {
-    const uint64_t at = static_cast<uint64_t>(in_->CurrentPosition());
-    return at < size_ ? size_ - at : 0;
+  // The recursion limit of protobuf's parser.
+  static constexpr int kMaxDepth = 100;
+
+  struct Problem {
+    enum Kind { kMalformed, kTooLong, kTooMany } kind = kMalformed;
+    uint64_t value = 0;                // bytes, entries, or the position
+    const FieldPlan* field = nullptr;  // kTooMany: the counted field
+    std::vector<Frame> path;           // innermost first
+  };
+
+  bool Malformed() {
+    problem_.kind = Problem::kMalformed;
+    problem_.value = static_cast<uint64_t>(at_ - begin_);
+    return false;
   }
 
-  std::string Path() const {
-    std::string out;
-    for (const Frame& f : path_) {
-      if (!out.empty()) out += '.';
-      out += f.field->name();
-      if (f.index >= 0) absl::StrAppend(&out, "[", f.index, "]");
+  bool Varint(const uint8_t* end, uint64_t* value) {
+    if (at_ < end && *at_ < 0x80) {  // one byte: nearly every tag and length
+      *value = *at_++;
+      return true;
     }
-    return out;
+    return VarintSlow(end, value);
+  }
+  bool VarintSlow(const uint8_t* end, uint64_t* value) {
+    uint64_t v = 0;
+    for (int shift = 0; shift < 64; shift += 7) {
+      if (at_ >= end) return false;
+      const uint8_t byte = *at_++;
+      v |= uint64_t{byte & 0x7fu} << shift;
+      if (byte < 0x80) {
+        *value = v;
+        return true;
+      }
+    }
+    return false;  // more than 10 bytes
   }
 
-  absl::Status Malformed(const FieldPlan* field) {
-    if (field != nullptr) path_.push_back({field->field, -1});
-    const std::string where = path_.empty() ? "" : absl::StrCat(", in ", Path());
-    return absl::InvalidArgumentError(
-        absl::StrFormat("the request could not be parsed as %s: its wire format is broken at "
-                        "byte %d%s",
-                        type_->full_name(), in_->CurrentPosition(), where));
+  // Skips the value of a field the plan does not read, as the parser keeps
+  // an unknown field.
+  bool Skip(uint64_t tag, const uint8_t* end, int depth) {
+    uint64_t n = 0;
+    switch (tag & 7) {
+      case WireFormatLite::WIRETYPE_VARINT:
+        return Varint(end, &n);
+      case WireFormatLite::WIRETYPE_FIXED64:
+        n = 8;
+        break;
+      case WireFormatLite::WIRETYPE_FIXED32:
+        n = 4;
+        break;
+      case WireFormatLite::WIRETYPE_LENGTH_DELIMITED:
+        if (!Varint(end, &n)) return false;
+        break;
+      case WireFormatLite::WIRETYPE_START_GROUP: {
+        if (depth >= kMaxDepth) return false;
+        while (true) {
+          uint64_t inner = 0;
+          if (!Varint(end, &inner) || (inner >> 3) == 0 || inner > UINT32_MAX) return false;
+          if ((inner & 7) == WireFormatLite::WIRETYPE_END_GROUP) return (inner >> 3) == (tag >> 3);
+          if (!Skip(inner, end, depth + 1)) return false;
+        }
+      }
+      default:  // an end-group with no start, or wire types 6 and 7
+        return false;
+    }
+    if (n > static_cast<uint64_t>(end - at_)) return false;
+    at_ += n;
+    return true;
+  }
+
+  // Reads the fields of a `plan` message up to `end`; false on a problem
+  // (problem_), after adding the frame of the field it was in.
+  bool Message(const Plan& plan, const uint8_t* end, int depth) {
+    uint64_t counts[8];  // of this message's counted fields, by slot
+    assert(plan.counted_slots <= 8);
+    for (int i = 0; i < plan.counted_slots; ++i) counts[i] = 0;
+    while (at_ < end) {
+      uint64_t tag = 0;
+      if (!Varint(end, &tag) || (tag >> 3) == 0 || tag > UINT32_MAX) return Malformed();
+      if ((tag & 7) == WireFormatLite::WIRETYPE_VARINT) {  // a scalar: the commonest
+        uint64_t ignored;
+        if (!Varint(end, &ignored)) return Malformed();
+        continue;
+      }
+      const FieldPlan* f = (tag & 7) == WireFormatLite::WIRETYPE_LENGTH_DELIMITED
+                               ? plan.Find(static_cast<int>(tag >> 3))
+                               : nullptr;
+      if (f == nullptr) {
+        // A field the plan does not read (a scalar, an unknown field, or a
+        // known one of another wire type, which the parser keeps as unknown).
+        if (!Skip(tag, end, depth)) return Malformed();
+        continue;
+      }
+      uint64_t length = 0;
+      if (!Varint(end, &length) || length > static_cast<uint64_t>(end - at_)) {
+        Malformed();
+        return Fail(f, -1);
+      }
+      const int64_t index = f->slot >= 0 ? static_cast<int64_t>(counts[f->slot]++) : -1;
+      if (f->counted >= 0 && totals_ != nullptr) ++(*totals_)[f->counted];
+      const uint8_t* value_end = at_ + length;
+      if (f->is_string && length > scanner_.limits_.max_string_bytes) {
+        problem_.kind = Problem::kTooLong;
+        problem_.value = length;
+        return Fail(f, index);
+      }
+      if (!f->is_string && f->child->needs_scan) {
+        if (depth + 1 >= kMaxDepth) {
+          Malformed();
+          return Fail(f, index);
+        }
+        if (!Message(*f->child, value_end, depth + 1)) return Fail(f, index);
+      }
+      at_ = value_end;
+    }
+    if (at_ != end) return Malformed();
+    if (plan.counted_slots == 0) return true;
+    for (const FieldPlan& f : plan.fields) {
+      if (f.slot < 0 || counts[f.slot] <= f.max_entries) continue;
+      problem_.kind = Problem::kTooMany;
+      problem_.value = counts[f.slot];
+      problem_.field = &f;
+      return Fail(&f, -1);
+    }
+    return true;
+  }
+
+  bool Fail(const FieldPlan* field, int64_t index) {
+    problem_.path.push_back({field->field, index});
+    return false;
   }
 
   const RequestScanner& scanner_;
-  const Descriptor* const type_;
-  CodedInputStream* in_;
-  const uint64_t size_;
+  const uint8_t* const begin_;
+  const uint8_t* const end_;
+  const uint8_t* at_;
   Totals* totals_;
-  std::vector<Frame> path_;
+  Problem problem_;
 };
 
-absl::Status RequestScanner::Scan(const Descriptor* type, const grpc::ByteBuffer& bytes,
+absl::Status RequestScanner::Scan(const Descriptor* type, absl::string_view bytes,
                                   Totals* totals) const {
   if (totals != nullptr) totals->fill(0);
   auto it = plans_.find(type);
   if (it == plans_.end()) {
     return absl::InternalError(absl::StrCat(type->full_name(), " is not a request type"));
   }
-  const uint64_t size = bytes.Length();
-  grpc::Slice slice;
-  if (bytes.TrySingleSlice(&slice).ok()) {
-    CodedInputStream in(slice.begin(), static_cast<int>(slice.size()));
-    return Walker(*this, type, &in, size, totals).Message(*it->second);
-  }
-  grpc::ByteBuffer copy(bytes);  // shares the slices; the reader needs a mutable one
-  grpc::ProtoBufferReader reader(&copy);
-  CodedInputStream in(&reader);
-  return Walker(*this, type, &in, size, totals).Message(*it->second);
+  return Walker(*this, bytes, totals).Scan(type, *it->second);
+}
+
+absl::Status RequestScanner::Scan(const Descriptor* type, const grpc::ByteBuffer& bytes,
+                                  Totals* totals) const {
+  FlatBytes flat(bytes);
+  return Scan(type, flat.view(), totals);
+}
+
+FlatBytes::FlatBytes(const grpc::ByteBuffer& bytes) {
+  if (!bytes.TrySingleSlice(&slice_).ok()) (void)bytes.DumpToSingleSlice(&slice_);
 }
 
 }  // namespace iommu::server

@@ -21,8 +21,9 @@
 // counted field are reported: a Batch message weighs its operations plus
 // their MapSg segments.
 //
-// Cost: O(bytes) of tag reads, without allocation; a sub-message with no
-// string or counted field inside (a MemRef) is skipped by its length.
+// Cost: O(bytes) of tag reads over one contiguous piece (FlatBytes copies a
+// message that came in several slices), without allocation; a sub-message
+// with no string or counted field inside (a MemRef) is skipped by its length.
 //
 // Thread-safe: immutable after construction.
 
@@ -36,6 +37,7 @@
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
+#include "absl/strings/string_view.h"
 #include "google/protobuf/descriptor.h"
 #include "server/limits.h"
 
@@ -66,6 +68,8 @@ class RequestScanner {
   // ("ops[12].map_sg.segments"), its count or length and the flag with its
   // value; INVALID_ARGUMENT when the bytes are not a well-formed `type`.
   // `type` must be one of the request types. `totals` may be null.
+  absl::Status Scan(const google::protobuf::Descriptor* type, absl::string_view bytes,
+                    Totals* totals = nullptr) const;
   absl::Status Scan(const google::protobuf::Descriptor* type, const grpc::ByteBuffer& bytes,
                     Totals* totals = nullptr) const;
 
@@ -85,6 +89,20 @@ class RequestScanner {
   size_t topology_devices_;
   absl::flat_hash_map<const google::protobuf::Descriptor*, std::unique_ptr<Plan>> plans_;
   std::vector<std::string> uncounted_;
+};
+
+// A message's bytes in one contiguous piece: its one slice, or a copy of
+// its slices (scanning and parsing a flat array is several times cheaper
+// than walking slices). Holds a reference to the bytes while alive.
+class FlatBytes {
+ public:
+  explicit FlatBytes(const grpc::ByteBuffer& bytes);
+  absl::string_view view() const {
+    return absl::string_view(reinterpret_cast<const char*>(slice_.begin()), slice_.size());
+  }
+
+ private:
+  grpc::Slice slice_;
 };
 
 }  // namespace iommu::server

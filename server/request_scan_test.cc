@@ -134,12 +134,18 @@ TEST(RequestScanTest, MalformedBytesAreInvalidArgumentNamingTheType) {
   // Unknown fields and known fields of another wire type are kept as unknown
   // by the parser: accepted.
   std::string unknown = good;
-  unknown += std::string("\xf8\x07\x01", 3);  // field 127, varint
-  unknown += std::string("\x1a\x02hi", 4);    // device (field 3) is a string: fine
-  unknown += std::string("\x10\x05", 2);      // ops (field 2) as a varint: unknown
+  unknown += std::string("\xf8\x07\x01", 3);      // field 127, varint
+  unknown += std::string("\x1a\x02hi", 4);        // device (field 3) is a string: fine
+  unknown += std::string("\x10\x05", 2);          // ops (field 2) as a varint: unknown
+  unknown += std::string("\x0b\x08\x01\x0c", 4);  // a group holding a varint, as field 1
   EXPECT_TRUE(scanner.Scan(v1::BatchRequest::descriptor(), Buffer(unknown)).ok());
   v1::BatchRequest parsed;
   EXPECT_TRUE(parsed.ParseFromString(unknown));
+  // A group closed with another field's end.
+  const std::string mismatched = good + std::string("\x0b\x14", 2);
+  EXPECT_EQ(scanner.Scan(v1::BatchRequest::descriptor(), Buffer(mismatched)).code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_FALSE(parsed.ParseFromString(mismatched));
 }
 
 // Random damage to valid messages: whatever the parser accepts, the scan

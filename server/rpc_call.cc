@@ -1,7 +1,6 @@
 #include "server/rpc_call.h"
 
 #include <grpcpp/impl/codegen/proto_utils.h>
-#include <grpcpp/support/proto_buffer_reader.h>
 #include <grpcpp/support/proto_buffer_writer.h>
 
 #include "absl/strings/str_cat.h"
@@ -12,16 +11,17 @@ namespace iommu::server {
 absl::Status ParseRequest(const ServiceEnv& env, Method method, const grpc::ByteBuffer& bytes,
                           google::protobuf::Message* request) {
   const MethodInfo& info = Describe(method);
-  absl::Status scanned = env.scanner->Scan(request->GetDescriptor(), bytes);
+  const FlatBytes flat(bytes);
+  absl::Status scanned = env.scanner->Scan(request->GetDescriptor(), flat.view());
   if (!scanned.ok()) {
     if (!absl::IsInvalidArgument(scanned)) return scanned;  // a limit, naming the field
     return absl::InvalidArgumentError(
         absl::StrCat(info.service, "/", info.method, ": ", scanned.message()));
   }
-  grpc::ByteBuffer copy(bytes);  // shares the slices; the reader needs a mutable one
-  grpc::ProtoBufferReader reader(&copy);
   ProtobufLogCapture capture;
-  if (request->ParseFromZeroCopyStream(&reader)) return absl::OkStatus();
+  if (request->ParseFromArray(flat.view().data(), static_cast<int>(flat.view().size()))) {
+    return absl::OkStatus();
+  }
   return absl::InvalidArgumentError(
       absl::StrCat(info.service, "/", info.method, ": the request could not be parsed as ",
                    request->GetDescriptor()->full_name(),

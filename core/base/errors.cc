@@ -15,8 +15,7 @@ absl::string_view Utf8Prefix(absl::string_view value, size_t max_bytes) {
 
 std::string EchoString(absl::string_view value) {
   if (value.size() <= kMaxEchoedBytes) return absl::StrCat("\"", value, "\"");
-  return absl::StrCat("\"", Utf8Prefix(value, kMaxEchoedBytes), "\"...(", value.size(),
-                      " bytes)");
+  return absl::StrCat("\"", Utf8Prefix(value, kMaxEchoedBytes), "\"...(", value.size(), " bytes)");
 }
 
 absl::Status FieldError(absl::StatusCode code, absl::string_view field, uint64_t value,

@@ -396,7 +396,8 @@ TEST_F(BrokerTest, BufferRunsAreBoundedBeforeAnyPageIsTaken) {
   opts_.max_buffer_runs = 8;
   broker_ = MakeBroker(opts_);
   const std::string before = Snapshot();
-  auto scattered = broker_->AllocBuffer(Dev("nic0"), "nic0", 8 * 4 * KiB + 1, Placement::kScattered);
+  auto scattered =
+      broker_->AllocBuffer(Dev("nic0"), "nic0", 8 * 4 * KiB + 1, Placement::kScattered);
   EXPECT_EQ(scattered.status().code(), absl::StatusCode::kResourceExhausted);
   EXPECT_THAT(scattered.status().message(),
               HasSubstr("up to 9 physical runs, more than --max_buffer_runs=8"));
