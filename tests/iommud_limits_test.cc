@@ -50,6 +50,15 @@ bool Contains(const std::string& haystack, const std::string& needle) {
   return haystack.find(needle) != std::string::npos;
 }
 
+// A channel of its own connection: gRPC shares connections between channels
+// to one target, and one to a daemon that has since stopped may still look
+// ready to the first call after a restart.
+std::shared_ptr<grpc::Channel> FreshChannel(const std::string& target) {
+  grpc::ChannelArguments args;
+  args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+  return grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), args);
+}
+
 grpc::ByteBuffer Bytes(const std::string& s) {
   grpc::Slice slice(s);
   return grpc::ByteBuffer(&slice, 1);
@@ -362,7 +371,7 @@ TEST_F(LimitsTest, ABufferWhoseRunListCouldNotFitIsRefusedBeforeAllocating) {
   EXPECT_EQ(out.buffer().runs_size(), kMaxBufferRuns);
   ASSERT_EQ(daemon_.Stop(), 0);
   ASSERT_TRUE(daemon_.Restart()) << daemon_.log();
-  stubs_ = std::make_unique<Stubs>(Insecure(daemon_.unix_target()));
+  stubs_ = std::make_unique<Stubs>(FreshChannel(daemon_.unix_target()));
   grpc::ClientContext replay;
   replay.AddMetadata("iommu-request-id", "limits-buffer-2");
   v1::AllocBufferResponse again;
@@ -425,7 +434,7 @@ TEST_F(LimitsTest, SegmentsAndAccessesAreBoundedBeforeAnyWork) {
   EXPECT_EQ(mapped.segments_size(), kMaxSgSegments);
   ASSERT_EQ(daemon_.Stop(), 0);
   ASSERT_TRUE(daemon_.Restart()) << daemon_.log();
-  stubs_ = std::make_unique<Stubs>(Insecure(daemon_.unix_target()));
+  stubs_ = std::make_unique<Stubs>(FreshChannel(daemon_.unix_target()));
   EXPECT_EQ(Device("nic0").mappings(), 1u);
   EXPECT_EQ(daemon_.Stop(), 0);
 }
