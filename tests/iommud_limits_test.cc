@@ -537,6 +537,23 @@ TEST_F(LimitsTest, UnparseableRequestsAreInvalidArgumentNamingTheMethod) {
   EXPECT_EQ(daemon_.Stop(), 0);
 }
 
+// Limits that contradict each other are refused at start, naming the flags:
+// a reply they allow could not be sent, or not recorded in the state store.
+TEST_F(LimitsTest, LimitsWhoseRepliesCouldNotFitAreRefusedAtStart) {
+  for (const auto& [flag, named] : std::vector<std::pair<std::string, std::string>>{
+           {"--max_batch_ops=100000", "max_batch_ops=100000: a Batch response could take"},
+           {"--max_buffer_runs=1000000", "max_buffer_runs=1000000: a buffer's runs could take"},
+           {"--max_message_bytes=67108864",
+            "max_message_bytes=67108864: a reply recorded under a request id could take"},
+           {"--max_streams_per_device=0", "max_streams_per_device=0: must be at least 1"}}) {
+    SCOPED_TRACE(flag);
+    DaemonProcess daemon;
+    EXPECT_FALSE(daemon.Start({flag}));
+    EXPECT_EQ(daemon.exit_code(), 1);
+    EXPECT_TRUE(Contains(daemon.log(), named)) << daemon.log();
+  }
+}
+
 // A device has at most --max_streams_per_device Batch and WatchFaults
 // streams, whatever the connections; made-up names buy no slots.
 TEST_F(LimitsTest, StreamsPerDeviceAreBoundedAcrossConnections) {
