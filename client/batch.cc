@@ -207,15 +207,42 @@ size_t BatchStream::AddTranslate(uint64_t iova, uint64_t length_bytes, v1::Acces
   return pending() - 1;
 }
 
+absl::Status BatchStream::CheckPending() const {
+  const v1::BatchRequest& request = *pending_->request;
+  // Only Add() makes MapSg operations, each weighing one more per segment.
+  uint64_t segments = 0;
+  if (pending_->has_copies) {
+    for (const v1::BatchOp& op : request.ops()) {
+      if (op.has_map_sg()) segments += static_cast<uint64_t>(op.map_sg().segments_size());
+    }
+  }
+  const MessageLimits& limits = client_.options().limits;
+  const uint64_t ops = static_cast<uint64_t>(request.ops_size());
+  if (ops + segments > limits.max_batch_ops) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "Batch: ", ops, " operations and ", segments,
+        " MapSg segments, more than limits.max_batch_ops=", limits.max_batch_ops,
+        " (the daemon's --max_batch_ops) in one message; nothing was sent (send fewer at once)"));
+  }
+  return internal::CheckRequestBytes(client_.options(), request.ByteSizeLong());
+}
+
 BatchStream::ResponseFuture BatchStream::Send() {
-  const uint64_t sequence = next_sequence_++;
   v1::BatchRequest* request = pending_->request;
-  request->set_sequence(sequence);
+  request->set_sequence(next_sequence_);
   if (!client_.device().empty()) request->set_device(client_.device());
   const internal::RequestId id = internal::NewRequestId();
   request->mutable_request_id()->assign(id.data(), id.size());  // reuses the string's storage
   std::promise<absl::StatusOr<BatchReply>> promise;
   ResponseFuture future = promise.get_future();
+  if (absl::Status refused = CheckPending(); !refused.ok()) {
+    // The daemon would refuse the message whole and end the stream: refused
+    // here instead (its sequence not used), the stream stays usable.
+    promise.set_value(std::move(refused));
+    pending_->Recycle();
+    return future;
+  }
+  const uint64_t sequence = next_sequence_++;
   std::unique_ptr<Message> next;
   {
     absl::MutexLock write_lock(&write_mu_);

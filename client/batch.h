@@ -105,7 +105,12 @@ class BatchStream {
   // Operations queued in the pending message.
   size_t pending() const;
 
-  // Sends the pending operations as one message (an empty one too).
+  // Sends the pending operations as one message (an empty one too). A
+  // message the daemon would refuse whole (more than limits.max_batch_ops
+  // operations, a MapSg counting one more per segment, or more than
+  // limits.max_message_bytes) is not sent: its future holds
+  // RESOURCE_EXHAUSTED naming the limit, its operations are dropped, and the
+  // stream stays usable.
   ResponseFuture Send();
   absl::StatusOr<BatchReply> Flush() { return Send().get(); }
 
@@ -138,6 +143,8 @@ class BatchStream {
     return device == client_.device() ? absl::string_view() : device;
   }
 
+  // OK, or why the daemon would refuse the pending message (see Send).
+  absl::Status CheckPending() const;
   // Starts a Batch call and makes it stream_ (not yet live_); returns it
   // and its context, which only the reader thread replaces.
   std::pair<Stream*, grpc::ClientContext*> OpenStream() ABSL_LOCKS_EXCLUDED(write_mu_);

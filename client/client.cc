@@ -43,6 +43,10 @@ absl::StatusOr<Resp> Call(const Client& client, Stub* stub, UnaryMethod<Stub, Re
                           Req request, Idempotent idempotent) {
   FillDevice(request, client.device());
   const Options& options = client.options();
+  // The daemon would refuse it unread; say why, and send nothing.
+  if (absl::Status s = internal::CheckRequestBytes(options, request.ByteSizeLong()); !s.ok()) {
+    return s;
+  }
   const absl::Time deadline = absl::Now() + options.default_deadline;
   std::string request_id;
   if (idempotent == Idempotent::kNo) {
@@ -114,6 +118,17 @@ absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> MakeChannelCredentials
 
 }  // namespace
 
+namespace internal {
+
+absl::Status CheckRequestBytes(const Options& options, size_t request_bytes) {
+  if (request_bytes <= options.limits.max_message_bytes) return absl::OkStatus();
+  return absl::ResourceExhaustedError(absl::StrCat(
+      "the request takes ", request_bytes, " bytes, more than limits.max_message_bytes=",
+      options.limits.max_message_bytes, " (the daemon's --max_message_bytes); nothing was sent"));
+}
+
+}  // namespace internal
+
 absl::StatusOr<Client> Client::Connect(const Options& options) {
   if (absl::Status s = ValidateOptions(options); !s.ok()) return s;
   absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> creds =
@@ -121,7 +136,9 @@ absl::StatusOr<Client> Client::Connect(const Options& options) {
   if (!creds.ok()) return creds.status();
 
   grpc::ChannelArguments args;
-  args.SetMaxReceiveMessageSize(-1);
+  // The daemon's --max_message_bytes: every reply fits (docs/design.md#limits).
+  args.SetMaxReceiveMessageSize(static_cast<int>(options.limits.max_message_bytes));
+  args.SetMaxSendMessageSize(static_cast<int>(options.limits.max_message_bytes));
   // The daemon is local: reconnect within ~100 ms rather than gRPC's
   // default 1 s, and never back off past 1 s (gRPC's default grows to
   // 2 min), so a restarted daemon is found within ~1 s, well inside the

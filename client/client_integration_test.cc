@@ -395,6 +395,73 @@ TEST_F(ClientIntegrationTest, BatchOpsReusedAcrossMessagesCarryNothingOver) {
   EXPECT_EQ(Device("nic0").mappings(), 0u);
 }
 
+// The SDK refuses what the daemon would refuse whole before sending it, and
+// receives every reply the daemon sends (its receive limit is the daemon's
+// --max_message_bytes), so no call applies work whose result it then drops.
+class ClientLimitsTest : public ClientIntegrationTest {
+ protected:
+  // Room for a 2 GiB buffer in the quota: what stops it is its run list.
+  void SetUp() override { StartDaemon({"--quota_buffer_bytes=4294967296"}); }
+};
+
+TEST_F(ClientLimitsTest, TooLargeIsRefusedBeforeSendingOrBeforeAnyWork) {
+  Client nic = Connect("nic0");
+  EXPECT_EQ(nic.options().limits.max_message_bytes, 4u << 20);
+  ASSERT_OK_AND_ASSIGN(buffer, nic.AllocBufferScoped(4096, v1::PLACEMENT_CONTIGUOUS));
+
+  // A 300k-op Batch message: refused before it is sent, the stream usable.
+  ASSERT_OK_AND_ASSIGN(batch, BatchStream::Open(nic));
+  for (int i = 0; i < 300000; ++i) batch->AddMap(buffer.id(), 0, 4096, v1::DMA_DIRECTION_TO_DEVICE);
+  absl::StatusOr<BatchReply> refused = batch->Flush();
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_NE(refused.status().message().find(
+                "300000 operations and 0 MapSg segments, more than limits.max_batch_ops=8192"),
+            absl::string_view::npos)
+      << refused.status();
+  EXPECT_EQ(batch->pending(), 0u);
+  EXPECT_EQ(Device("nic0").mappings(), 0u);
+  batch->AddMap(buffer.id(), 0, 4096, v1::DMA_DIRECTION_TO_DEVICE);
+  ASSERT_OK_AND_ASSIGN(one, batch->Flush());
+  ASSERT_EQ(one.results_size(), 1);
+  EXPECT_TRUE(BatchResultStatus(one.results(0)).ok());
+  batch->AddUnmap(one.results(0).map().dma_addr());
+  ASSERT_OK_AND_ASSIGN(unmapped, batch->Flush());
+  EXPECT_TRUE(batch->Close().ok());
+
+  // A unary request larger than a message: refused before it is sent.
+  v1::MapSgRequest sg;
+  sg.set_mode(v1::SG_MODE_MERGE);
+  sg.set_direction(v1::DMA_DIRECTION_TO_DEVICE);
+  for (int i = 0; i < 600000; ++i) {  // ~4.8 MB
+    v1::MemRef* m = sg.add_segments();
+    m->set_buffer_id(buffer.id());
+    m->set_length_bytes(4096);
+  }
+  absl::StatusOr<v1::MapSgResponse> big = nic.MapSg(sg);
+  EXPECT_EQ(big.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_NE(big.status().message().find("more than limits.max_message_bytes=4194304"),
+            absl::string_view::npos)
+      << big.status();
+
+  // A 2 GiB scattered buffer: its run list could not be sent, so the daemon
+  // refuses it before taking a page. No orphaned buffer.
+  v1::AllocBufferRequest huge;
+  huge.set_size_bytes(uint64_t{2} << 30);
+  huge.set_placement(v1::PLACEMENT_SCATTERED);
+  absl::StatusOr<v1::AllocBufferResponse> allocated = nic.AllocBuffer(huge);
+  EXPECT_EQ(allocated.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_NE(allocated.status().message().find("--max_buffer_runs=131072"), absl::string_view::npos)
+      << allocated.status();
+  EXPECT_EQ(Device("nic0").buffers(), 1u);
+  // The largest run list the daemon sends is received whole.
+  huge.set_size_bytes(uint64_t{131072} * 4096);
+  ASSERT_OK_AND_ASSIGN(largest, nic.AllocBuffer(huge));
+  EXPECT_EQ(largest.buffer().runs_size(), 131072);
+  v1::FreeBufferRequest free;
+  free.set_buffer_id(largest.buffer().buffer_id());
+  EXPECT_TRUE(nic.FreeBuffer(free).ok());
+}
+
 // Messages far larger than both sides' first arena blocks (the daemon grows
 // its block between messages, the SDK keeps or resets its ops after each Send), then
 // a small one and a large one again: every result exact, in order.

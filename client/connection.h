@@ -6,6 +6,7 @@
 #include <memory>
 #include <string>
 
+#include "absl/status/status.h"
 #include "client/options.h"
 #include "grpcpp/channel.h"
 #include "iommu/v1/device.grpc.pb.h"
@@ -31,6 +32,10 @@ struct Connection {
 
 // The metadata key carrying a call's session id.
 inline constexpr char kSessionMetadataKey[] = "iommu-session-id";
+
+// RESOURCE_EXHAUSTED naming limits.max_message_bytes when a request of
+// `request_bytes` could not be sent (the daemon would refuse it unread).
+absl::Status CheckRequestBytes(const Options& options, size_t request_bytes);
 
 }  // namespace iommu::client::internal
 

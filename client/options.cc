@@ -76,6 +76,13 @@ absl::Status ValidateOptions(const Options& options) {
     return InvalidField("connect_timeout", absl::FormatDuration(options.connect_timeout),
                         "must be >= 0");
   }
+  if (options.limits.max_message_bytes == 0 || options.limits.max_message_bytes > (1u << 30)) {
+    return InvalidField("limits.max_message_bytes", options.limits.max_message_bytes,
+                        "must be 1..2^30");
+  }
+  if (options.limits.max_batch_ops == 0) {
+    return InvalidField("limits.max_batch_ops", uint64_t{0}, "must be >= 1");
+  }
   const RetryPolicy& r = options.retry;
   if (r.max_attempts < 1)
     return InvalidField("retry.max_attempts", absl::StrCat(r.max_attempts), "must be >= 1");

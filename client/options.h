@@ -6,6 +6,7 @@
 #ifndef IOMMU_CLIENT_OPTIONS_H_
 #define IOMMU_CLIENT_OPTIONS_H_
 
+#include <cstdint>
 #include <string>
 
 #include "absl/status/status.h"
@@ -55,6 +56,22 @@ struct RetryPolicy {
   absl::Duration max_backoff = absl::Seconds(1);
 };
 
+// The daemon's limits the SDK relies on (docs/design.md#limits). The
+// defaults are iommud's; a client of a daemon started with other
+// --max_message_bytes or --max_batch_ops gives it the same values.
+//   max_message_bytes  the channel's receive and send limits: the daemon
+//                      guarantees every reply fits in its --max_message_bytes,
+//                      so receiving up to exactly that never drops a reply of
+//                      work done; a request larger is refused before it is
+//                      sent (RESOURCE_EXHAUSTED naming the limit).
+//   max_batch_ops      BatchStream::Send refuses a message of more operations
+//                      (a MapSg counting one more per segment) before sending
+//                      it, as the daemon would refuse it whole.
+struct MessageLimits {
+  uint32_t max_message_bytes = 4u << 20;
+  uint32_t max_batch_ops = 8192;
+};
+
 struct Options {
   // "unix:/path" (absolute) or "host:port" / "[v6]:port".
   std::string target = "unix:/tmp/iommud.sock";
@@ -69,6 +86,7 @@ struct Options {
   // > 0: Connect waits this long for the channel to be ready and fails with
   // UNAVAILABLE otherwise. 0: connect lazily on the first call.
   absl::Duration connect_timeout = absl::ZeroDuration();
+  MessageLimits limits;
 };
 
 // INVALID_ARGUMENT naming the field and value when the options cannot work:

@@ -28,17 +28,30 @@ BatchReactor::BatchReactor(const ServiceEnv& env, grpc::CallbackServerContext* c
   }
   identity_ = *std::move(identity);
   session_id_ = *session;
+  // A device credential acts as its device alone: its slot is taken now.
+  if (identity_.kind == Identity::Kind::kDevice) {
+    absl::Status s;
+    {
+      absl::MutexLock l(&mu_);
+      s = AcquireSlot(env_.stream_limiter, identity_.device, &slot_);
+    }
+    if (!s.ok()) {
+      FinishWith(s);
+      return;
+    }
+    counted_ = true;
+    device_ = identity_.device;
+  }
   registered_ = env_.streams->Add(this);
   if (!registered_) {
     FinishWith(Draining());
     return;
   }
-  ResetArena();
   {
     absl::MutexLock l(&mu_);
     reading_ = true;
   }
-  StartRead(request_);
+  StartRead(&in_);
 }
 
 void BatchReactor::ResetArena() {
@@ -46,7 +59,7 @@ void BatchReactor::ResetArena() {
   const bool grow = arena_block_ == nullptr ||
                     (used > arena_block_bytes_ && arena_block_bytes_ < kMaxArenaBlockBytes);
   if (!grow) {
-    arena_->Reset();
+    arena_->Reset();  // frees every block but the first
   } else {
     arena_.reset();  // before the block it allocated from
     arena_block_bytes_ = std::clamp(std::max(used, 2 * arena_block_bytes_), kMinArenaBlockBytes,
@@ -55,10 +68,83 @@ void BatchReactor::ResetArena() {
     google::protobuf::ArenaOptions options;
     options.initial_block = arena_block_.get();
     options.initial_block_size = arena_block_bytes_;
+    options.max_block_size = kMaxExtraBlockBytes;
     arena_.emplace(options);
   }
   request_ = google::protobuf::Arena::CreateMessage<v1::BatchRequest>(&*arena_);
   response_ = google::protobuf::Arena::CreateMessage<v1::BatchResponse>(&*arena_);
+}
+
+namespace {
+
+// The device a stream acts as, from its first message: the message's
+// `device`, else its first operation's (empty: the admin).
+const std::string& FirstDevice(const v1::BatchRequest& request) {
+  if (!request.device().empty() || request.ops_size() == 0) return request.device();
+  const v1::BatchOp& op = request.ops(0);
+  switch (op.op_case()) {
+    case v1::BatchOp::kMap:
+      return op.map().device();
+    case v1::BatchOp::kUnmap:
+      return op.unmap().device();
+    case v1::BatchOp::kMapSg:
+      return op.map_sg().device();
+    case v1::BatchOp::kUnmapSg:
+      return op.unmap_sg().device();
+    case v1::BatchOp::kTranslate:
+      return op.translate().device();
+    case v1::BatchOp::OP_NOT_SET:
+      break;
+  }
+  return request.device();
+}
+
+}  // namespace
+
+absl::Status BatchReactor::Accept() {
+  // Its bytes in one piece (a reference to its one slice, or a copy of its
+  // slices); the message itself is dropped at once.
+  const FlatBytes flat(in_);
+  in_.Clear();
+  RequestScanner::Totals totals;
+  const absl::Status scanned =
+      env_.scanner->Scan(v1::BatchRequest::descriptor(), flat.view(), &totals);
+  const std::string which = absl::StrCat("iommu.v1.Dma/Batch: message ", messages_,
+                                         " of the stream (nothing of it was applied): ");
+  if (!scanned.ok()) return absl::Status(scanned.code(), absl::StrCat(which, scanned.message()));
+  // A MapSg counts one more per segment: what bounds the response is the
+  // operations and the DMA segments they answer with.
+  const uint64_t weight = totals[int(Counted::kBatchOps)] + totals[int(Counted::kSgSegments)];
+  if (weight > env_.limits->max_batch_ops) {
+    return absl::ResourceExhaustedError(absl::StrFormat(
+        "%s%d operations and %d MapSg segments, more than --max_batch_ops=%d in one message "
+        "(split it)",
+        which, totals[int(Counted::kBatchOps)], totals[int(Counted::kSgSegments)],
+        env_.limits->max_batch_ops));
+  }
+  if (arena_block_ == nullptr) ResetArena();  // the stream's first message
+  bool parsed;
+  std::string reason;
+  {
+    ProtobufLogCapture capture;
+    parsed = request_->ParseFromArray(flat.view().data(), static_cast<int>(flat.view().size()));
+    reason = capture.text();
+  }
+  if (!parsed) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(which, "it could not be parsed as iommu.v1.BatchRequest",
+                     reason.empty() ? "" : absl::StrCat(" (", reason, ")")));
+  }
+  if (counted_) return absl::OkStatus();
+  absl::StatusOr<core::Caller> caller =
+      Authenticator::CallerFor(identity_, FirstDevice(*request_), session_id_);
+  if (!caller.ok()) return caller.status();
+  absl::MutexLock l(&mu_);
+  if (finished_) return Draining();  // drained meanwhile
+  RETURN_IF_ERROR(AcquireSlot(env_.stream_limiter, caller->device, &slot_));
+  counted_ = true;
+  device_ = caller->device;
+  return absl::OkStatus();
 }
 
 bool BatchReactor::MarkFinishedLocked(const absl::Status& status) {
@@ -70,10 +156,13 @@ bool BatchReactor::MarkFinishedLocked(const absl::Status& status) {
 
 void BatchReactor::FinishWith(const absl::Status& status) {
   bool finish;
+  StreamSlot slot;
   {
     absl::MutexLock l(&mu_);
     finish = MarkFinishedLocked(status);
+    if (finish) slot = std::move(slot_);
   }
+  slot.Reset();  // before the client can see the end
   if (finish) Finish(ToGrpcStatus(status));
 }
 
@@ -87,16 +176,27 @@ void BatchReactor::OnReadDone(bool ok) {
     FinishWith(absl::OkStatus());
     return;
   }
+  ++messages_;
   env_.metrics->Received(Method::kBatch);
+  if (absl::Status accepted = Accept(); !accepted.ok()) {
+    FinishWith(accepted);
+    return;
+  }
   Process();
+  // The response fits by construction (--max_batch_ops, ValidateLimits).
+  if (absl::Status s = SerializeReply(env_, Method::kBatch, *response_, &out_); !s.ok()) {
+    FinishWith(s);
+    return;
+  }
   env_.metrics->Sent(Method::kBatch);
-  StartWrite(response_);
+  StartWrite(&out_);
 }
 
 void BatchReactor::OnWriteDone(bool ok) {
   // The response is written and no read is pending: nothing refers to either
   // message. Done before reading_ is set, after which Drain may finish the
   // stream from another thread.
+  out_.Clear();
   ResetArena();
   absl::Status end;
   {
@@ -114,7 +214,7 @@ void BatchReactor::OnWriteDone(bool ok) {
     FinishWith(end);
     return;
   }
-  StartRead(request_);
+  StartRead(&in_);
 }
 
 void BatchReactor::Drain() {
@@ -138,7 +238,7 @@ void BatchReactor::OnDone() {
   }
   const int64_t elapsed_ns = MonotonicNanos() - start_ns_;
   env_.metrics->Handled(Method::kBatch, status.code(), elapsed_ns);
-  LogCall("iommu.v1.Dma", "Batch", identity_.device, status, elapsed_ns);
+  LogCall("iommu.v1.Dma", "Batch", device_, status, elapsed_ns);
   Unpin();
 }
 
@@ -218,7 +318,8 @@ void BatchReactor::AppendResultField(const v1::BatchResult& result, std::string*
 void BatchReactor::SetError(const absl::Status& status, v1::BatchResult* result) {
   result->Clear();
   result->set_code(static_cast<int>(status.code()));
-  result->set_message(std::string(status.message()));
+  // Bounded, so that the response's size is (reply_bytes::kBatchErrorResult).
+  result->set_message(BoundedMessage(status.message(), reply_bytes::kMaxResultMessageBytes));
 }
 
 void BatchReactor::RunMapUnmapRun(int begin, int end) {
@@ -382,6 +483,12 @@ void BatchReactor::RunOp(const v1::BatchOp& op, v1::BatchResult* result) {
         ASSIGN_OR_RETURN(
             core::Caller caller,
             Authenticator::CallerFor(identity_, OpDevice(op.translate().device()), session_id_));
+        // As the unary Translate: an access whose answer could not fit in a
+        // reply is refused (its result here is small, but the core lists
+        // every piece).
+        RETURN_IF_ERROR(CheckReplyFits(
+            *env_.limits, "length_bytes", op.translate().length_bytes(),
+            MostTranslateReplyBytes(op.translate().iova(), op.translate().length_bytes())));
         ASSIGN_OR_RETURN(core::TranslateRequest req, FromProto(op.translate(), caller.device));
         ASSIGN_OR_RETURN(core::TranslateResult translated, env_.broker->Translate(caller, req));
         ToProto(translated, result->mutable_translate());

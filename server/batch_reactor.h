@@ -17,11 +17,27 @@
 // (core calls never block), writes the response, then reads the next: a
 // client pipelines by keeping several requests in flight.
 //
+// Limits (docs/design.md#limits). Messages arrive as bytes. Each is scanned
+// against the limits before it is parsed (RequestScanner): its operations,
+// a MapSg counting one more per segment, at most --max_batch_ops, which
+// bounds both its parsed size and its response (ValidateLimits: the
+// response to that many operations fits in --max_message_bytes); every
+// string at most --max_string_bytes. A message beyond a limit, or one that
+// is not a BatchRequest, ends the stream (RESOURCE_EXHAUSTED or
+// INVALID_ARGUMENT naming the message, the limit and its value) with
+// nothing of it applied; the messages answered before it stand. The stream
+// holds one of its device's --max_streams_per_device slots (StreamLimiter):
+// from its start for a device credential, else from its first message,
+// which names the device it acts as.
+//
 // Memory: the request and its response live on one protobuf arena, reset
 // between messages (exactly one is in flight: read, process, write, read).
-// Its first block is owned by the reactor and grows to the largest message
-// pair seen (up to kMaxArenaBlockBytes), so a steady stream parses and
-// builds its messages without a heap allocation per operation.
+// Its first block is owned by the reactor, allocated at the first message,
+// and grows to the largest message pair seen up to kMaxArenaBlockBytes; a
+// larger pair takes blocks of its own, returned when the arena is reset. So
+// a steady stream parses and builds its messages without a heap allocation
+// per operation, an idle stream holds at most kMaxArenaBlockBytes, and the
+// bytes of a message are dropped once parsed and of a response once written.
 //
 // Metrics: started and handled once per stream, received/sent per message.
 // On drain the stream ends with UNAVAILABLE between two requests.
@@ -47,7 +63,7 @@
 
 namespace iommu::server {
 
-class BatchReactor final : public grpc::ServerBidiReactor<v1::BatchRequest, v1::BatchResponse>,
+class BatchReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>,
                            public DrainableStream {
  public:
   BatchReactor(const ServiceEnv& env, grpc::CallbackServerContext* context);
@@ -59,12 +75,18 @@ class BatchReactor final : public grpc::ServerBidiReactor<v1::BatchRequest, v1::
 
  private:
   static constexpr size_t kMinArenaBlockBytes = size_t{64} << 10;
-  static constexpr size_t kMaxArenaBlockBytes = size_t{16} << 20;
+  static constexpr size_t kMaxArenaBlockBytes = size_t{1} << 20;
+  // The blocks an arena takes beyond its first grow up to this size.
+  static constexpr size_t kMaxExtraBlockBytes = size_t{1} << 20;
 
   // Drops the previous message pair and starts empty request_ and response_
   // on a fresh arena, first growing its block if the last pair outgrew it.
   // REQUIRES: no read or write in progress.
   void ResetArena();
+  // Checks in_ against the limits, parses it into request_ and takes the
+  // stream's device slot if it has none; the error that ends the stream
+  // otherwise. Drops in_.
+  absl::Status Accept();
   // Applies every op of *request_ into *response_.
   void Process();
   // Applies one MapSg, UnmapSg or Translate op (Map and Unmap go in runs).
@@ -102,6 +124,11 @@ class BatchReactor final : public grpc::ServerBidiReactor<v1::BatchRequest, v1::
   std::optional<google::protobuf::Arena> arena_;
   v1::BatchRequest* request_ = nullptr;    // on arena_
   v1::BatchResponse* response_ = nullptr;  // on arena_
+  grpc::ByteBuffer in_;                    // the message being read, until parsed
+  grpc::ByteBuffer out_;                   // the response being written
+  uint64_t messages_ = 0;                  // read so far, this one included
+  bool counted_ = false;                   // a device slot was taken (slot_)
+  std::string device_;                     // the stream acts as (its slot's), for the log
   // Scratch of RunMapUnmapRun, kept to reuse its capacity.
   std::vector<core::DmaBatchOp> run_ops_;
   std::vector<core::DmaBatchResult> run_results_;
@@ -114,6 +141,9 @@ class BatchReactor final : public grpc::ServerBidiReactor<v1::BatchRequest, v1::
   bool reading_ ABSL_GUARDED_BY(mu_) = false;
   bool draining_ ABSL_GUARDED_BY(mu_) = false;
   bool finished_ ABSL_GUARDED_BY(mu_) = false;
+  // The device slot the stream holds; returned as the stream finishes, before
+  // its client can see the end (so the client may open another at once).
+  StreamSlot slot_ ABSL_GUARDED_BY(mu_);
   absl::Status final_status_ ABSL_GUARDED_BY(mu_);
 };
 

@@ -30,7 +30,6 @@
 namespace iommu::server {
 namespace {
 
-constexpr int kMaxMessageBytes = 64 << 20;  // Batch requests carry many ops
 constexpr absl::Duration kShutdownGrace = absl::Milliseconds(500);
 
 // Removes a stale socket left by a previous run (never any other file).
@@ -111,6 +110,11 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const DaemonOptions& optio
                             "needs at least one address");
   }
   if (absl::Status s = CheckUnauthenticatedListeners(options); !s.ok()) return s;
+  if (absl::Status s =
+          ValidateLimits(options.limits, options.state.enabled ? store::kMaxValueBytes : 0);
+      !s.ok()) {
+    return s;
+  }
 
   absl::StatusOr<core::Topology> topology = LoadTopology(options.topology_file);
   if (!topology.ok()) return topology.status();
@@ -134,6 +138,7 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const DaemonOptions& optio
     }
     d->store_ = *std::move(store);
     core::BrokerOptions broker_options = options.broker;
+    broker_options.max_buffer_runs = options.limits.max_buffer_runs;
     broker_options.journal = d->store_.get();
     broker =
         core::Broker::Restore(*topology, broker_options, std::move(state), &d->restore_report_);
@@ -153,7 +158,9 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const DaemonOptions& optio
                   " seconds=", absl::ToDoubleSeconds(d->recovery_time_)));
     }
   } else {
-    broker = core::Broker::Create(*topology, options.broker);
+    core::BrokerOptions broker_options = options.broker;
+    broker_options.max_buffer_runs = options.limits.max_buffer_runs;
+    broker = core::Broker::Create(*topology, broker_options);
   }
   if (!broker.ok()) {
     return absl::Status(broker.status().code(),
@@ -168,12 +175,18 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const DaemonOptions& optio
   if (!auth.ok()) return auth.status();
   d->auth_ = *std::move(auth);
   d->grpc_metrics_ = std::make_shared<GrpcMetrics>();
+  d->scanner_ = std::make_unique<RequestScanner>(options.limits, devices.size());
+  d->stream_limiter_ =
+      std::make_unique<StreamLimiter>(options.limits.max_streams_per_device, devices);
 
   const ServiceEnv env{.broker = d->broker_.get(),
                        .auth = d->auth_.get(),
                        .metrics = d->grpc_metrics_.get(),
                        .streams = &d->streams_,
-                       .default_session_ttl = options.session_ttl};
+                       .default_session_ttl = options.session_ttl,
+                       .limits = &d->options_.limits,
+                       .scanner = d->scanner_.get(),
+                       .stream_limiter = d->stream_limiter_.get()};
   d->services_.push_back(std::make_unique<DmaService>(env));
   d->services_.push_back(std::make_unique<MemoryService>(env));
   d->services_.push_back(std::make_unique<DomainsService>(env));
@@ -184,8 +197,12 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const DaemonOptions& optio
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
-  builder.SetMaxReceiveMessageSize(kMaxMessageBytes);
-  builder.SetMaxSendMessageSize(kMaxMessageBytes);
+  // docs/design.md#limits: a message each way, and the streams (calls) one
+  // connection may have open at once, advertised in its HTTP/2 settings.
+  builder.SetMaxReceiveMessageSize(static_cast<int>(options.limits.max_message_bytes));
+  builder.SetMaxSendMessageSize(static_cast<int>(options.limits.max_message_bytes));
+  builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS,
+                             static_cast<int>(options.limits.max_streams_per_connection));
   const std::shared_ptr<grpc::ServerCredentials> credentials = d->auth_->ServerCredentials();
   std::vector<int> ports(options.listen.grpc_addresses.size(), 0);
   for (size_t i = 0; i < options.listen.grpc_addresses.size(); ++i) {

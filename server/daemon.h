@@ -25,7 +25,10 @@
 #include "core/broker/broker.h"
 #include "server/auth.h"
 #include "server/grpc_metrics.h"
+#include "server/limits.h"
+#include "server/request_scan.h"
 #include "server/rpc_call.h"
+#include "server/stream_limiter.h"
 #include "store/state_store.h"
 
 namespace prometheus {
@@ -65,7 +68,8 @@ struct DaemonOptions {
   StateOptions state;
   std::string topology_file;  // empty: the built-in default host
   AuthOptions auth;
-  core::BrokerOptions broker;                      // quotas, flush queue, fault ring
+  core::BrokerOptions broker;  // quotas, flush queue, fault ring
+  Limits limits;  // what a request, stream and device may cost (its max_buffer_runs wins)
   absl::Duration session_ttl = absl::Seconds(30);  // OpenSession with ttl_ms 0
   absl::Duration drain_timeout = absl::Seconds(10);
   absl::Duration tick_interval = absl::Milliseconds(20);
@@ -74,7 +78,8 @@ struct DaemonOptions {
 class Daemon {
  public:
   // Loads the topology, builds the broker, binds every address and starts
-  // serving (health SERVING). Errors name the flag at fault; with
+  // serving (health SERVING). Errors name the flag at fault (limits that
+  // contradict each other too, ValidateLimits); with
   // --auth=none, a listen address other hosts can reach is refused (naming
   // `listen` and the address) unless auth.none_allow_remote.
   static absl::StatusOr<std::unique_ptr<Daemon>> Start(const DaemonOptions& options);
@@ -114,6 +119,8 @@ class Daemon {
   std::shared_ptr<StoreCollector> store_collector_;
   std::shared_ptr<ProcessCollector> process_collector_;
   StreamRegistry streams_;
+  std::unique_ptr<RequestScanner> scanner_;
+  std::unique_ptr<StreamLimiter> stream_limiter_;
   std::vector<std::unique_ptr<grpc::Service>> services_;
   std::unique_ptr<grpc::Server> server_;
   std::unique_ptr<grpc::CallbackGenericService> health_fallback_;  // outlives health_server_

@@ -9,24 +9,31 @@
 
 namespace iommu::server {
 
-class DevicesService final : public v1::Devices::CallbackService {
+// Every method is registered raw (bytes in and out), so that each request
+// is checked against the limits before it is parsed (rpc_call.h).
+class DevicesService final
+    : public v1::Devices::WithRawCallbackMethod_ListIommus<
+          v1::Devices::WithRawCallbackMethod_ListDevices<
+              v1::Devices::WithRawCallbackMethod_Translate<
+                  v1::Devices::WithRawCallbackMethod_TranslateBatch<
+                      v1::Devices::WithRawCallbackMethod_WatchFaults<v1::Devices::Service>>>>> {
  public:
   explicit DevicesService(const ServiceEnv& env) : env_(env) {}
 
   grpc::ServerUnaryReactor* ListIommus(grpc::CallbackServerContext* context,
-                                       const v1::ListIommusRequest* request,
-                                       v1::ListIommusResponse* response) override;
+                                       const grpc::ByteBuffer* request,
+                                       grpc::ByteBuffer* response) override;
   grpc::ServerUnaryReactor* ListDevices(grpc::CallbackServerContext* context,
-                                        const v1::ListDevicesRequest* request,
-                                        v1::ListDevicesResponse* response) override;
+                                        const grpc::ByteBuffer* request,
+                                        grpc::ByteBuffer* response) override;
   grpc::ServerUnaryReactor* Translate(grpc::CallbackServerContext* context,
-                                      const v1::TranslateRequest* request,
-                                      v1::TranslateResponse* response) override;
+                                      const grpc::ByteBuffer* request,
+                                      grpc::ByteBuffer* response) override;
   grpc::ServerUnaryReactor* TranslateBatch(grpc::CallbackServerContext* context,
-                                           const v1::TranslateBatchRequest* request,
-                                           v1::TranslateBatchResponse* response) override;
-  grpc::ServerWriteReactor<v1::FaultEvent>* WatchFaults(
-      grpc::CallbackServerContext* context, const v1::WatchFaultsRequest* request) override;
+                                           const grpc::ByteBuffer* request,
+                                           grpc::ByteBuffer* response) override;
+  grpc::ServerWriteReactor<grpc::ByteBuffer>* WatchFaults(grpc::CallbackServerContext* context,
+                                                          const grpc::ByteBuffer* request) override;
 
  private:
   ServiceEnv env_;

@@ -11,46 +11,58 @@
 
 namespace iommu::server {
 
-class DmaService final : public v1::Dma::CallbackService {
+// Every method registered raw (bytes in and out), so that ServeUnary and
+// the Batch reactor check each request against the limits before parsing it
+// (rpc_call.h).
+using DmaRawService = v1::Dma::WithRawCallbackMethod_Map<v1::Dma::WithRawCallbackMethod_Unmap<
+    v1::Dma::WithRawCallbackMethod_MapSg<v1::Dma::WithRawCallbackMethod_UnmapSg<
+        v1::Dma::WithRawCallbackMethod_Alloc<v1::Dma::WithRawCallbackMethod_Free<
+            v1::Dma::WithRawCallbackMethod_GetSgTable<v1::Dma::WithRawCallbackMethod_RevokeExport<
+                v1::Dma::WithRawCallbackMethod_MsiCookie<v1::Dma::WithRawCallbackMethod_MapAt<
+                    v1::Dma::WithRawCallbackMethod_UnmapRange<v1::Dma::WithRawCallbackMethod_Sync<
+                        v1::Dma::WithRawCallbackMethod_Batch<v1::Dma::Service>>>>>>>>>>>>>;
+
+class DmaService final : public DmaRawService {
  public:
   explicit DmaService(const ServiceEnv& env) : env_(env) {}
 
-  grpc::ServerUnaryReactor* Map(grpc::CallbackServerContext* context, const v1::MapRequest* request,
-                                v1::MapResponse* response) override;
+  grpc::ServerUnaryReactor* Map(grpc::CallbackServerContext* context,
+                                const grpc::ByteBuffer* request,
+                                grpc::ByteBuffer* response) override;
   grpc::ServerUnaryReactor* Unmap(grpc::CallbackServerContext* context,
-                                  const v1::UnmapRequest* request,
-                                  v1::UnmapResponse* response) override;
+                                  const grpc::ByteBuffer* request,
+                                  grpc::ByteBuffer* response) override;
   grpc::ServerUnaryReactor* MapSg(grpc::CallbackServerContext* context,
-                                  const v1::MapSgRequest* request,
-                                  v1::MapSgResponse* response) override;
+                                  const grpc::ByteBuffer* request,
+                                  grpc::ByteBuffer* response) override;
   grpc::ServerUnaryReactor* UnmapSg(grpc::CallbackServerContext* context,
-                                    const v1::UnmapSgRequest* request,
-                                    v1::UnmapSgResponse* response) override;
+                                    const grpc::ByteBuffer* request,
+                                    grpc::ByteBuffer* response) override;
   grpc::ServerUnaryReactor* Alloc(grpc::CallbackServerContext* context,
-                                  const v1::AllocRequest* request,
-                                  v1::AllocResponse* response) override;
+                                  const grpc::ByteBuffer* request,
+                                  grpc::ByteBuffer* response) override;
   grpc::ServerUnaryReactor* Free(grpc::CallbackServerContext* context,
-                                 const v1::FreeRequest* request,
-                                 v1::FreeResponse* response) override;
+                                 const grpc::ByteBuffer* request,
+                                 grpc::ByteBuffer* response) override;
   grpc::ServerUnaryReactor* GetSgTable(grpc::CallbackServerContext* context,
-                                       const v1::GetSgTableRequest* request,
-                                       v1::GetSgTableResponse* response) override;
+                                       const grpc::ByteBuffer* request,
+                                       grpc::ByteBuffer* response) override;
   grpc::ServerUnaryReactor* RevokeExport(grpc::CallbackServerContext* context,
-                                         const v1::RevokeExportRequest* request,
-                                         v1::RevokeExportResponse* response) override;
+                                         const grpc::ByteBuffer* request,
+                                         grpc::ByteBuffer* response) override;
   grpc::ServerUnaryReactor* MsiCookie(grpc::CallbackServerContext* context,
-                                      const v1::MsiCookieRequest* request,
-                                      v1::MsiCookieResponse* response) override;
+                                      const grpc::ByteBuffer* request,
+                                      grpc::ByteBuffer* response) override;
   grpc::ServerUnaryReactor* MapAt(grpc::CallbackServerContext* context,
-                                  const v1::MapAtRequest* request,
-                                  v1::MapAtResponse* response) override;
+                                  const grpc::ByteBuffer* request,
+                                  grpc::ByteBuffer* response) override;
   grpc::ServerUnaryReactor* UnmapRange(grpc::CallbackServerContext* context,
-                                       const v1::UnmapRangeRequest* request,
-                                       v1::UnmapRangeResponse* response) override;
+                                       const grpc::ByteBuffer* request,
+                                       grpc::ByteBuffer* response) override;
   grpc::ServerUnaryReactor* Sync(grpc::CallbackServerContext* context,
-                                 const v1::SyncRequest* request,
-                                 v1::SyncResponse* response) override;
-  grpc::ServerBidiReactor<v1::BatchRequest, v1::BatchResponse>* Batch(
+                                 const grpc::ByteBuffer* request,
+                                 grpc::ByteBuffer* response) override;
+  grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* Batch(
       grpc::CallbackServerContext* context) override;
 
  private:

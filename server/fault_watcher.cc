@@ -11,17 +11,26 @@ constexpr size_t kMaxRecordsPerEvent = 256;
 }  // namespace
 
 FaultWatcher::FaultWatcher(const ServiceEnv& env, grpc::CallbackServerContext* context,
-                           const v1::WatchFaultsRequest& request)
-    : env_(env), start_ns_(MonotonicNanos()), device_(request.device()) {
+                           const grpc::ByteBuffer& request_bytes)
+    : env_(env), start_ns_(MonotonicNanos()) {
   env_.metrics->Started(Method::kWatchFaults);
   env_.metrics->Received(Method::kWatchFaults);
-  absl::StatusOr<core::Caller> caller = ResolveCaller(env_, *context, request.device());
+  v1::WatchFaultsRequest request;
+  const absl::Status parsed = ParseRequest(env_, Method::kWatchFaults, request_bytes, &request);
+  device_ = request.device();
+  absl::StatusOr<core::Caller> caller =
+      parsed.ok() ? ResolveCaller(env_, *context, request.device()) : parsed;
   // An unknown device is NOT_FOUND, as for every other RPC; ReadFaults checks
   // the caller's device itself.
   if (caller.ok()) {
     absl::StatusOr<core::FaultReadResult> probe =
         env_.broker->ReadFaults(*caller, request.after_seq(), 1);
     if (!probe.ok()) caller = probe.status();
+  }
+  if (caller.ok()) {
+    if (absl::Status s = AcquireSlot(env_.stream_limiter, caller->device, &slot_); !s.ok()) {
+      caller = s;
+    }
   }
   if (caller.ok()) registered_ = env_.streams->Add(this);
   if (!caller.ok() || !registered_) {
@@ -31,6 +40,7 @@ FaultWatcher::FaultWatcher(const ServiceEnv& env, grpc::CallbackServerContext* c
       absl::MutexLock l(&mu_);
       final_status_ = status;
     }
+    slot_.Reset();
     Finish(ToGrpcStatus(status));
     return;
   }
@@ -48,8 +58,13 @@ bool FaultWatcher::WriteAndWait() {
     absl::MutexLock l(&mu_);
     write_pending_ = true;
   }
+  if (absl::Status s = SerializeReply(env_, Method::kWatchFaults, event_, &event_bytes_); !s.ok()) {
+    absl::MutexLock l(&mu_);
+    write_pending_ = false;
+    return false;
+  }
   env_.metrics->Sent(Method::kWatchFaults);
-  StartWrite(&event_);
+  StartWrite(&event_bytes_);
   absl::MutexLock l(&mu_);
   mu_.Await(absl::Condition(this, &FaultWatcher::WriteDoneLocked));
   return write_ok_;
@@ -84,6 +99,7 @@ void FaultWatcher::Run(core::Caller caller, uint64_t after_seq) {
     if (cancelled_ && status.ok()) status = absl::CancelledError("the client went away");
     final_status_ = status;
   }
+  slot_.Reset();  // before the client can see the end
   // Nothing of `this` is touched after Finish: OnDone may run at once.
   Finish(ToGrpcStatus(status));
 }

@@ -10,6 +10,11 @@
 // Broker::ReadFaults and writes one event at a time. The stream ends with OK
 // when the daemon drains, CANCELLED when the client goes away.
 //
+// Limits: the request arrives as bytes and is parsed after the limits'
+// checks (ParseRequest); the stream takes one of its device's
+// --max_streams_per_device slots (StreamLimiter) for its lifetime, so the
+// watcher threads are bounded per device.
+//
 // Thread-safety: mu_ guards the state shared between the watcher thread and
 // the gRPC reactions; only the watcher thread calls StartWrite and Finish.
 
@@ -23,10 +28,11 @@
 
 namespace iommu::server {
 
-class FaultWatcher final : public grpc::ServerWriteReactor<v1::FaultEvent>, public DrainableStream {
+class FaultWatcher final : public grpc::ServerWriteReactor<grpc::ByteBuffer>,
+                           public DrainableStream {
  public:
   FaultWatcher(const ServiceEnv& env, grpc::CallbackServerContext* context,
-               const v1::WatchFaultsRequest& request);
+               const grpc::ByteBuffer& request_bytes);
 
   void OnWriteDone(bool ok) override;
   void OnCancel() override;
@@ -45,6 +51,8 @@ class FaultWatcher final : public grpc::ServerWriteReactor<v1::FaultEvent>, publ
   std::string device_;
   bool registered_ = false;
   v1::FaultEvent event_;
+  grpc::ByteBuffer event_bytes_;  // event_, serialized for the write in progress
+  StreamSlot slot_;               // returned before Finish, by whichever thread calls it
   std::thread thread_;
 
   absl::Mutex mu_;

@@ -5,11 +5,15 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "core/base/errors.h"
+#include "google/protobuf/stubs/logging.h"
+#include "server/limits.h"
 
 namespace iommu::server {
 namespace {
 
 LogFormat g_format = LogFormat::kText;  // set once by InitLogging, before any thread starts
+thread_local ProtobufLogCapture* t_capture = nullptr;
 
 std::string_view Sv(absl::string_view s) { return std::string_view(s.data(), s.size()); }
 
@@ -64,7 +68,43 @@ void Emit(spdlog::level::level_enum level, absl::string_view event, absl::string
   }
 }
 
+void ProtobufLogHandler(google::protobuf::LogLevel level, const char* filename, int line,
+                        const std::string& message) {
+  if (t_capture != nullptr && level < google::protobuf::LOGLEVEL_FATAL) {
+    t_capture->Append(message);
+    return;
+  }
+  spdlog::level::level_enum spd = spdlog::level::info;
+  switch (level) {
+    case google::protobuf::LOGLEVEL_INFO:
+      spd = spdlog::level::info;
+      break;
+    case google::protobuf::LOGLEVEL_WARNING:
+      spd = spdlog::level::warn;
+      break;
+    case google::protobuf::LOGLEVEL_ERROR:
+      spd = spdlog::level::err;
+      break;
+    case google::protobuf::LOGLEVEL_FATAL:
+      spd = spdlog::level::critical;
+      break;
+  }
+  Emit(spd, "protobuf",
+       absl::StrCat(filename == nullptr ? "" : filename, ":", line, ": ",
+                    BoundedMessage(message, kMaxStatusMessageBytes)));
+}
+
 }  // namespace
+
+void ProtobufLogCapture::Append(const std::string& message) {
+  if (text_.size() >= kMaxStatusMessageBytes) return;
+  if (!text_.empty()) text_ += "; ";
+  text_ += message;
+  text_ = BoundedMessage(text_, kMaxStatusMessageBytes);
+}
+
+ProtobufLogCapture::ProtobufLogCapture() { t_capture = this; }
+ProtobufLogCapture::~ProtobufLogCapture() { t_capture = nullptr; }
 
 absl::Status InitLogging(const LogOptions& options) {
   spdlog::level::level_enum level = spdlog::level::from_str(options.level);
@@ -84,6 +124,7 @@ absl::Status InitLogging(const LogOptions& options) {
     spdlog::set_pattern("%Y-%m-%dT%H:%M:%S.%eZ %L %v", spdlog::pattern_time_type::utc);
   }
   spdlog::flush_on(spdlog::level::info);
+  google::protobuf::SetLogHandler(&ProtobufLogHandler);
   return absl::OkStatus();
 }
 
@@ -104,15 +145,22 @@ void LogCall(absl::string_view service, absl::string_view method, absl::string_v
                   : (ServerSide(status.code()) ? spdlog::level::warn : spdlog::level::info);
   if (!spdlog::should_log(level)) return;
   const std::string code = absl::StatusCodeToString(status.code());
+  // Both are the client's to choose: bounded (see the header).
+  const std::string device_shown =
+      device.size() <= core::kMaxEchoedBytes
+          ? std::string(device)
+          : absl::StrCat(core::Utf8Prefix(device, core::kMaxEchoedBytes), "...(", device.size(),
+                         " bytes)");
+  const std::string message = BoundedMessage(status.message(), kMaxStatusMessageBytes);
   if (g_format == LogFormat::kJson) {
     spdlog::log(level,
                 "\"event\":\"rpc\",\"rpc\":\"{}/{}\",\"device\":{},\"code\":\"{}\","
                 "\"elapsed_us\":{:.1f},\"msg\":{}",
-                Sv(service), Sv(method), Quote(device), code, elapsed_ns / 1e3,
-                Quote(status.message()));
+                Sv(service), Sv(method), Quote(device_shown), code, elapsed_ns / 1e3,
+                Quote(message));
   } else {
     spdlog::log(level, "rpc={}/{} device={} code={} elapsed_us={:.1f} msg={}", Sv(service),
-                Sv(method), Quote(device), code, elapsed_ns / 1e3, Quote(status.message()));
+                Sv(method), Quote(device_shown), code, elapsed_ns / 1e3, Quote(message));
   }
 }
 

@@ -25,6 +25,7 @@
 namespace {
 const iommu::core::Quotas kDefaultQuotas;
 const iommu::core::BrokerOptions kDefaultBroker;
+const iommu::server::Limits kDefaultLimits;
 }  // namespace
 
 ABSL_FLAG(std::string, listen, "unix:/tmp/iommud.sock,127.0.0.1:50051",
@@ -68,6 +69,28 @@ ABSL_FLAG(uint64_t, quota_domains, kDefaultQuotas.max_domains,
 ABSL_FLAG(uint64_t, quota_sessions, kDefaultQuotas.max_sessions, "per-device quota: open sessions");
 ABSL_FLAG(uint64_t, quota_exports, kDefaultQuotas.max_exports,
           "per-device quota: live export tokens (GetSgTable with export) of its memory");
+// Limits (docs/design.md#limits): each checked before any work, a request
+// beyond one refused naming the flag and its value.
+ABSL_FLAG(uint32_t, max_message_bytes, kDefaultLimits.max_message_bytes,
+          "limit: bytes of one gRPC message, each way; every reply is guaranteed to fit (the "
+          "SDKs receive up to this much)");
+ABSL_FLAG(uint32_t, max_batch_ops, kDefaultLimits.max_batch_ops,
+          "limit: operations in one Batch message, a MapSg counting one more per segment");
+ABSL_FLAG(uint32_t, max_sg_segments, kDefaultLimits.max_sg_segments,
+          "limit: segments of one MapSg");
+ABSL_FLAG(uint32_t, max_translate_accesses, kDefaultLimits.max_translate_accesses,
+          "limit: accesses of one TranslateBatch");
+ABSL_FLAG(uint32_t, max_buffer_runs, kDefaultLimits.max_buffer_runs,
+          "limit: physical runs of one buffer (AllocBuffer, Alloc), which every reply describing "
+          "it lists (a SCATTERED buffer has one per 4 KiB page)");
+ABSL_FLAG(uint32_t, max_string_bytes, kDefaultLimits.max_string_bytes,
+          "limit: bytes of any string field of a request (names, tokens, request ids)");
+ABSL_FLAG(uint32_t, max_streams_per_connection, kDefaultLimits.max_streams_per_connection,
+          "limit: calls open at once on one connection (HTTP/2 max concurrent streams); more "
+          "wait in the client");
+ABSL_FLAG(uint32_t, max_streams_per_device, kDefaultLimits.max_streams_per_device,
+          "limit: Batch and WatchFaults streams open at once acting as one device (or the "
+          "admin), over all connections");
 ABSL_FLAG(absl::Duration, session_ttl, absl::Seconds(30),
           "session lease when OpenSession asks for ttl_ms 0");
 ABSL_FLAG(uint32_t, fq_size, kDefaultBroker.flush_queue_capacity,
@@ -189,6 +212,17 @@ int main(int argc, char** argv) {
                                    .max_domains = absl::GetFlag(FLAGS_quota_domains),
                                    .max_sessions = absl::GetFlag(FLAGS_quota_sessions),
                                    .max_exports = absl::GetFlag(FLAGS_quota_exports)};
+  options.limits = {.max_message_bytes = absl::GetFlag(FLAGS_max_message_bytes),
+                    .max_batch_ops = absl::GetFlag(FLAGS_max_batch_ops),
+                    .max_sg_segments = absl::GetFlag(FLAGS_max_sg_segments),
+                    .max_translate_accesses = absl::GetFlag(FLAGS_max_translate_accesses),
+                    .max_buffer_runs = absl::GetFlag(FLAGS_max_buffer_runs),
+                    .max_string_bytes = absl::GetFlag(FLAGS_max_string_bytes),
+                    .max_streams_per_connection = absl::GetFlag(FLAGS_max_streams_per_connection),
+                    .max_streams_per_device = absl::GetFlag(FLAGS_max_streams_per_device)};
+  if (options.limits.max_message_bytes > (1u << 30)) {
+    return Fail("max_message_bytes: at most 1 GiB");
+  }
   options.broker.flush_queue_capacity = absl::GetFlag(FLAGS_fq_size);
   options.broker.flush_queue_timeout = absl::GetFlag(FLAGS_fq_timeout);
   options.broker.fault_ring_capacity = absl::GetFlag(FLAGS_fault_ring_size);

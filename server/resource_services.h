@@ -13,79 +13,97 @@
 
 namespace iommu::server {
 
-class MemoryService final : public v1::Memory::CallbackService {
+// Every method is registered raw (bytes in and out), so that ServeUnary
+// checks each request against the limits before parsing it (rpc_call.h).
+
+class MemoryService final
+    : public v1::Memory::WithRawCallbackMethod_AllocBuffer<
+          v1::Memory::WithRawCallbackMethod_FreeBuffer<
+              v1::Memory::WithRawCallbackMethod_GetBuffer<v1::Memory::Service>>> {
  public:
   explicit MemoryService(const ServiceEnv& env) : env_(env) {}
   grpc::ServerUnaryReactor* AllocBuffer(grpc::CallbackServerContext* context,
-                                        const v1::AllocBufferRequest* request,
-                                        v1::AllocBufferResponse* response) override;
+                                        const grpc::ByteBuffer* request,
+                                        grpc::ByteBuffer* response) override;
   grpc::ServerUnaryReactor* FreeBuffer(grpc::CallbackServerContext* context,
-                                       const v1::FreeBufferRequest* request,
-                                       v1::FreeBufferResponse* response) override;
+                                       const grpc::ByteBuffer* request,
+                                       grpc::ByteBuffer* response) override;
   grpc::ServerUnaryReactor* GetBuffer(grpc::CallbackServerContext* context,
-                                      const v1::GetBufferRequest* request,
-                                      v1::GetBufferResponse* response) override;
+                                      const grpc::ByteBuffer* request,
+                                      grpc::ByteBuffer* response) override;
 
  private:
   ServiceEnv env_;
 };
 
-class DomainsService final : public v1::Domains::CallbackService {
+class DomainsService final
+    : public v1::Domains::WithRawCallbackMethod_CreateDomain<
+          v1::Domains::WithRawCallbackMethod_DestroyDomain<
+              v1::Domains::WithRawCallbackMethod_GetDomain<
+                  v1::Domains::WithRawCallbackMethod_ListDomains<
+                      v1::Domains::WithRawCallbackMethod_AttachDevice<
+                          v1::Domains::WithRawCallbackMethod_DetachDevice<
+                              v1::Domains::WithRawCallbackMethod_GetIovaRanges<
+                                  v1::Domains::WithRawCallbackMethod_WalkDomain<
+                                      v1::Domains::Service>>>>>>>> {
  public:
   explicit DomainsService(const ServiceEnv& env) : env_(env) {}
   grpc::ServerUnaryReactor* CreateDomain(grpc::CallbackServerContext* context,
-                                         const v1::CreateDomainRequest* request,
-                                         v1::CreateDomainResponse* response) override;
+                                         const grpc::ByteBuffer* request,
+                                         grpc::ByteBuffer* response) override;
   grpc::ServerUnaryReactor* DestroyDomain(grpc::CallbackServerContext* context,
-                                          const v1::DestroyDomainRequest* request,
-                                          v1::DestroyDomainResponse* response) override;
+                                          const grpc::ByteBuffer* request,
+                                          grpc::ByteBuffer* response) override;
   grpc::ServerUnaryReactor* GetDomain(grpc::CallbackServerContext* context,
-                                      const v1::GetDomainRequest* request,
-                                      v1::GetDomainResponse* response) override;
+                                      const grpc::ByteBuffer* request,
+                                      grpc::ByteBuffer* response) override;
   grpc::ServerUnaryReactor* ListDomains(grpc::CallbackServerContext* context,
-                                        const v1::ListDomainsRequest* request,
-                                        v1::ListDomainsResponse* response) override;
+                                        const grpc::ByteBuffer* request,
+                                        grpc::ByteBuffer* response) override;
   grpc::ServerUnaryReactor* AttachDevice(grpc::CallbackServerContext* context,
-                                         const v1::AttachDeviceRequest* request,
-                                         v1::AttachDeviceResponse* response) override;
+                                         const grpc::ByteBuffer* request,
+                                         grpc::ByteBuffer* response) override;
   grpc::ServerUnaryReactor* DetachDevice(grpc::CallbackServerContext* context,
-                                         const v1::DetachDeviceRequest* request,
-                                         v1::DetachDeviceResponse* response) override;
+                                         const grpc::ByteBuffer* request,
+                                         grpc::ByteBuffer* response) override;
   grpc::ServerUnaryReactor* GetIovaRanges(grpc::CallbackServerContext* context,
-                                          const v1::GetIovaRangesRequest* request,
-                                          v1::GetIovaRangesResponse* response) override;
+                                          const grpc::ByteBuffer* request,
+                                          grpc::ByteBuffer* response) override;
   grpc::ServerUnaryReactor* WalkDomain(grpc::CallbackServerContext* context,
-                                       const v1::WalkDomainRequest* request,
-                                       v1::WalkDomainResponse* response) override;
+                                       const grpc::ByteBuffer* request,
+                                       grpc::ByteBuffer* response) override;
 
  private:
   ServiceEnv env_;
 };
 
-class SessionsService final : public v1::Sessions::CallbackService {
+class SessionsService final
+    : public v1::Sessions::WithRawCallbackMethod_OpenSession<
+          v1::Sessions::WithRawCallbackMethod_KeepAlive<
+              v1::Sessions::WithRawCallbackMethod_CloseSession<v1::Sessions::Service>>> {
  public:
   explicit SessionsService(const ServiceEnv& env) : env_(env) {}
   // ttl_ms 0 takes the daemon's --session_ttl.
   grpc::ServerUnaryReactor* OpenSession(grpc::CallbackServerContext* context,
-                                        const v1::OpenSessionRequest* request,
-                                        v1::OpenSessionResponse* response) override;
+                                        const grpc::ByteBuffer* request,
+                                        grpc::ByteBuffer* response) override;
   grpc::ServerUnaryReactor* KeepAlive(grpc::CallbackServerContext* context,
-                                      const v1::KeepAliveRequest* request,
-                                      v1::KeepAliveResponse* response) override;
+                                      const grpc::ByteBuffer* request,
+                                      grpc::ByteBuffer* response) override;
   grpc::ServerUnaryReactor* CloseSession(grpc::CallbackServerContext* context,
-                                         const v1::CloseSessionRequest* request,
-                                         v1::CloseSessionResponse* response) override;
+                                         const grpc::ByteBuffer* request,
+                                         grpc::ByteBuffer* response) override;
 
  private:
   ServiceEnv env_;
 };
 
-class StatsService final : public v1::Stats::CallbackService {
+class StatsService final : public v1::Stats::WithRawCallbackMethod_GetStats<v1::Stats::Service> {
  public:
   explicit StatsService(const ServiceEnv& env) : env_(env) {}
   grpc::ServerUnaryReactor* GetStats(grpc::CallbackServerContext* context,
-                                     const v1::GetStatsRequest* request,
-                                     v1::GetStatsResponse* response) override;
+                                     const grpc::ByteBuffer* request,
+                                     grpc::ByteBuffer* response) override;
 
  private:
   ServiceEnv env_;

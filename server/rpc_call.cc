@@ -1,8 +1,50 @@
 #include "server/rpc_call.h"
 
+#include <grpcpp/impl/codegen/proto_utils.h>
+#include <grpcpp/support/proto_buffer_writer.h>
+
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 
 namespace iommu::server {
+
+absl::Status ParseRequest(const ServiceEnv& env, Method method, const grpc::ByteBuffer& bytes,
+                          google::protobuf::Message* request) {
+  const MethodInfo& info = Describe(method);
+  const FlatBytes flat(bytes);
+  absl::Status scanned = env.scanner->Scan(request->GetDescriptor(), flat.view());
+  if (!scanned.ok()) {
+    if (!absl::IsInvalidArgument(scanned)) return scanned;  // a limit, naming the field
+    return absl::InvalidArgumentError(
+        absl::StrCat(info.service, "/", info.method, ": ", scanned.message()));
+  }
+  ProtobufLogCapture capture;
+  if (request->ParseFromArray(flat.view().data(), static_cast<int>(flat.view().size()))) {
+    return absl::OkStatus();
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat(info.service, "/", info.method, ": the request could not be parsed as ",
+                   request->GetDescriptor()->full_name(),
+                   capture.text().empty() ? "" : absl::StrCat(" (", capture.text(), ")")));
+}
+
+absl::Status SerializeReply(const ServiceEnv& env, Method method,
+                            const google::protobuf::Message& reply, grpc::ByteBuffer* out) {
+  bool own_buffer = false;
+  const grpc::Status s = grpc::GenericSerialize<grpc::ProtoBufferWriter, google::protobuf::Message>(
+      reply, out, &own_buffer);
+  if (!s.ok()) return absl::InternalError(s.error_message());
+  if (out->Length() <= env.limits->max_message_bytes) return absl::OkStatus();
+  const MethodInfo& info = Describe(method);
+  const absl::Status refused = absl::ResourceExhaustedError(
+      absl::StrFormat("the reply of %s/%s takes %d bytes, more than --max_message_bytes=%d",
+                      info.service, info.method, out->Length(), env.limits->max_message_bytes));
+  out->Clear();
+  // Every reply is bounded by a limit checked before the work: this one
+  // escaped them.
+  LogError("reply_unbounded", refused.message());
+  return refused;
+}
 
 absl::StatusOr<std::optional<std::string>> RequestIdOf(const grpc::ServerContextBase& context) {
   const auto& metadata = context.client_metadata();

@@ -1,13 +1,20 @@
 #ifndef IOMMU_SERVER_RPC_CALL_H_
 #define IOMMU_SERVER_RPC_CALL_H_
 
-// The one wrapper around every handler: authenticate, resolve the core
-// Caller, run the body, map the status once, count the call in the gRPC
+// The one wrapper around every handler: check the request against the
+// limits and parse it, authenticate, resolve the core Caller, run the body,
+// serialize the reply, map the status once, count the call in the gRPC
 // metrics and log it. Services are thin: they convert, call core, and leave
 // everything else to ServeUnary (unary) or to the stream reactors, which use
-// the same pieces (ResolveCaller, GrpcMetrics, LogCall).
+// the same pieces (ParseRequest, ResolveCaller, GrpcMetrics, LogCall).
+// Every method is registered raw (its messages are bytes to gRPC), so that
+// no request is parsed before the limits have been checked
+// (docs/design.md#limits).
 
+#include <google/protobuf/arena.h>
+#include <google/protobuf/message.h>
 #include <grpcpp/server_context.h>
+#include <grpcpp/support/byte_buffer.h>
 #include <grpcpp/support/server_callback.h>
 
 #include <atomic>
@@ -19,6 +26,7 @@
 #include <string>
 #include <type_traits>
 #include <typeinfo>
+#include <utility>
 #include <vector>
 
 #include "absl/container/flat_hash_set.h"
@@ -30,8 +38,11 @@
 #include "core/broker/broker.h"
 #include "server/auth.h"
 #include "server/grpc_metrics.h"
+#include "server/limits.h"
 #include "server/logging.h"
+#include "server/request_scan.h"
 #include "server/status_convert.h"
+#include "server/stream_limiter.h"
 
 namespace iommu::server {
 
@@ -115,6 +126,9 @@ struct ServiceEnv {
   GrpcMetrics* metrics = nullptr;
   StreamRegistry* streams = nullptr;
   absl::Duration default_session_ttl = absl::Seconds(30);
+  const Limits* limits = nullptr;
+  const RequestScanner* scanner = nullptr;
+  StreamLimiter* stream_limiter = nullptr;
 };
 
 inline int64_t MonotonicNanos() {
@@ -141,28 +155,67 @@ inline absl::StatusOr<core::Caller> ResolveCaller(const ServiceEnv& env,
   return Authenticator::CallerFor(*identity, request_device, *session);
 }
 
-// Runs one unary RPC. `body(const core::Caller&) -> absl::Status` fills the
-// response and returns the core's status; a failed body leaves the response
-// unsent.
-template <typename Body>
+// Every method's request arrives as bytes (the services register raw
+// handlers), so that nothing is parsed before the limits are checked:
+// ParseRequest scans the bytes against them (RequestScanner) and only then
+// parses them into `request` (on the caller's arena). A request that is not
+// a well-formed message of its type is INVALID_ARGUMENT saying so and
+// naming the method, with libprotobuf's reason when it gave one.
+absl::Status ParseRequest(const ServiceEnv& env, Method method, const grpc::ByteBuffer& bytes,
+                          google::protobuf::Message* request);
+
+// Serializes a reply into `out`. The limits guarantee that every reply fits
+// in --max_message_bytes; one that does not is a bug, refused (with an error
+// logged) rather than sent to a client that would refuse it.
+absl::Status SerializeReply(const ServiceEnv& env, Method method,
+                            const google::protobuf::Message& reply, grpc::ByteBuffer* out);
+
+// A request's `device` (empty for requests without one).
+template <typename Request>
+const std::string& DeviceOf(const Request& request) {
+  if constexpr (requires { request.device(); }) {
+    return request.device();
+  } else {
+    static const std::string* const kNone = new std::string();
+    return *kNone;
+  }
+}
+
+// The first block of a unary call's arena, on the handler's stack: the
+// request and response of most calls fit, so they cost no heap allocation.
+inline constexpr size_t kUnaryArenaBlockBytes = 2048;
+
+// Runs one unary RPC: parses the request (ParseRequest), resolves the
+// caller, runs `body(const Request&, const core::Caller&, Response*) ->
+// absl::Status`, which fills the response and returns the core's status,
+// serializes the response, maps the status once, counts the call in the
+// gRPC metrics and logs it. A failed body leaves the response unsent.
+template <typename Request, typename Response, typename Body>
 grpc::ServerUnaryReactor* ServeUnary(const ServiceEnv& env, grpc::CallbackServerContext* context,
-                                     Method method, const std::string& request_device,
-                                     Body&& body) {
+                                     Method method, const grpc::ByteBuffer* request_bytes,
+                                     grpc::ByteBuffer* reply_bytes, Body&& body) {
   const int64_t start_ns = MonotonicNanos();
   env.metrics->Started(method);
   env.metrics->Received(method);
-  absl::Status status;
-  absl::StatusOr<core::Caller> caller = ResolveCaller(env, *context, request_device);
-  if (caller.ok()) {
-    status = body(*caller);
-  } else {
-    status = caller.status();
+  alignas(16) char block[kUnaryArenaBlockBytes];
+  google::protobuf::ArenaOptions arena_options;
+  arena_options.initial_block = block;
+  arena_options.initial_block_size = sizeof(block);
+  google::protobuf::Arena arena(arena_options);
+  Request* request = google::protobuf::Arena::CreateMessage<Request>(&arena);
+  Response* response = google::protobuf::Arena::CreateMessage<Response>(&arena);
+  absl::StatusOr<core::Caller> caller = absl::UnknownError("not resolved");
+  absl::Status status = ParseRequest(env, method, *request_bytes, request);
+  if (status.ok()) {
+    caller = ResolveCaller(env, *context, DeviceOf(*request));
+    status = caller.ok() ? body(std::as_const(*request), *caller, response) : caller.status();
   }
+  if (status.ok()) status = SerializeReply(env, method, *response, reply_bytes);
   const int64_t elapsed_ns = MonotonicNanos() - start_ns;
   if (status.ok()) env.metrics->Sent(method);
   env.metrics->Handled(method, status.code(), elapsed_ns);
   const MethodInfo& info = Describe(method);
-  LogCall(info.service, info.method, caller.ok() ? caller->device : request_device, status,
+  LogCall(info.service, info.method, caller.ok() ? caller->device : DeviceOf(*request), status,
           elapsed_ns);
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   reactor->Finish(ToGrpcStatus(status));
@@ -208,30 +261,33 @@ core::RequestScope::Encoder ReplyEncoder(const Fill& fill) {
 }
 
 // Runs one mutating unary RPC: as ServeUnary, and exactly once per request
-// id. `call(caller)` returns the core's absl::StatusOr<Result> (or
-// absl::Status when Result is absl::Status); `fill(result, response)` turns
-// a result into the response. A call without a request id runs as before;
-// with one, a retry of an answered id gets the recorded response (and the
-// trailing metadata iommu-request-replayed: 1) without running again.
-template <typename Result, typename Request, typename Response, typename Call, typename Fill>
+// id. `call(const Request&, const core::Caller&)` returns the core's
+// absl::StatusOr<Result> (or absl::Status when Result is absl::Status);
+// `fill(result, response)` turns a result into the response. A call without
+// a request id runs as before; with one, a retry of an answered id gets the
+// recorded response (and the trailing metadata iommu-request-replayed: 1)
+// without running again. A request refused by a limit or by the core
+// records nothing.
+template <typename Request, typename Response, typename Result, typename Call, typename Fill>
 grpc::ServerUnaryReactor* ServeMutating(const ServiceEnv& env, grpc::CallbackServerContext* context,
-                                        Method method, const Request& request, Response* response,
-                                        Call&& call, Fill&& fill) {
-  auto run = [&](const core::Caller& caller) -> absl::Status {
-    if constexpr (std::is_same_v<Result, absl::Status>) {
-      return call(caller);
-    } else {
-      absl::StatusOr<Result> result = call(caller);
-      if (!result.ok()) return result.status();
-      fill(*result, response);
-      return absl::OkStatus();
-    }
-  };
-  return ServeUnary(
-      env, context, method, request.device(), [&](const core::Caller& caller) -> absl::Status {
+                                        Method method, const grpc::ByteBuffer* request_bytes,
+                                        grpc::ByteBuffer* reply_bytes, Call&& call, Fill&& fill) {
+  return ServeUnary<Request, Response>(
+      env, context, method, request_bytes, reply_bytes,
+      [&](const Request& request, const core::Caller& caller, Response* response) -> absl::Status {
+        auto run = [&]() -> absl::Status {
+          if constexpr (std::is_same_v<Result, absl::Status>) {
+            return call(request, caller);
+          } else {
+            absl::StatusOr<Result> result = call(request, caller);
+            if (!result.ok()) return result.status();
+            fill(*result, response);
+            return absl::OkStatus();
+          }
+        };
         absl::StatusOr<std::optional<std::string>> id = RequestIdOf(*context);
         if (!id.ok()) return id.status();
-        if (!id->has_value()) return run(caller);
+        if (!id->has_value()) return run();
         const MethodInfo& info = Describe(method);
         core::RequestState key{
             .principal = RequestPrincipal(caller),
@@ -241,7 +297,7 @@ grpc::ServerUnaryReactor* ServeMutating(const ServiceEnv& env, grpc::CallbackSer
                                  ReplyEncoder<Result, Response>(fill));
         absl::StatusOr<std::optional<std::string>> replay = scope.Begin(RequestDeadline(*context));
         if (!replay.ok()) return replay.status();
-        if (!replay->has_value()) return run(caller);
+        if (!replay->has_value()) return run();
         if (!response->ParseFromString(**replay)) {
           return absl::DataLossError(absl::StrFormat("%s=\"%s\": the recorded reply does not parse",
                                                      kRequestIdMetadataKey, **id));

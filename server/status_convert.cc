@@ -2,6 +2,8 @@
 
 #include <string>
 
+#include "server/limits.h"
+
 namespace iommu::server {
 
 static_assert(int(absl::StatusCode::kUnauthenticated) == int(grpc::StatusCode::UNAUTHENTICATED));
@@ -11,7 +13,8 @@ static_assert(int(absl::StatusCode::kResourceExhausted) ==
 
 grpc::Status ToGrpcStatus(const absl::Status& status) {
   if (status.ok()) return grpc::Status::OK;
-  return grpc::Status(static_cast<grpc::StatusCode>(status.code()), std::string(status.message()));
+  return grpc::Status(static_cast<grpc::StatusCode>(status.code()),
+                      BoundedMessage(status.message(), kMaxStatusMessageBytes));
 }
 
 }  // namespace iommu::server

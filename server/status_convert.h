@@ -3,7 +3,8 @@
 
 // The one place a core absl::Status becomes a grpc::Status. absl's codes are
 // gRPC's codes by value, so the code passes through unchanged and the message
-// (which names the offending field and value) is kept verbatim.
+// (which names the offending field and value) is kept verbatim up to
+// kMaxStatusMessageBytes (server/limits.h), cut and marked beyond.
 
 #include <grpcpp/support/status.h>
 

@@ -93,7 +93,11 @@ struct KvWrite {
 };
 
 inline constexpr size_t kMaxKeyBytes = 511;  // LMDB's default key limit.
-inline constexpr size_t kMaxValueBytes = size_t{1} << 20;
+// Large enough for every record a request within iommud's limits can make (a
+// recorded reply up to --max_message_bytes, a mapping of --max_buffer_runs
+// pieces); iommud checks its limits against it when it starts
+// (server/limits.h, ValidateLimits).
+inline constexpr size_t kMaxValueBytes = size_t{16} << 20;
 inline constexpr char kMarkerFileName[] = "IOMMU_KV_ENGINE";
 
 // Thread-safe: every method may be called from any thread concurrently.

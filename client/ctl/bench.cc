@@ -257,8 +257,15 @@ absl::Status Bench(Context& ctx, Args& args) {
   if (seconds < 1 || seconds > 3600) return InvalidField("--seconds", seconds, "must be 1..3600");
   if (mask > 64) return InvalidField("--dma_mask_bits", mask, "must be 12..64");
   if (o.pages < 1 || o.pages > 4096) return InvalidField("--pages", o.pages, "must be 1..4096");
-  if (o.batch_size < 1 || o.batch_size > 65536)
-    return InvalidField("--batch_size", o.batch_size, "must be 1..65536");
+  // A message carries its chain's previous unmaps too: 2 x batch_size
+  // operations, within the daemon's --max_batch_ops.
+  const uint64_t most_batch = ctx.client.options().limits.max_batch_ops / 2;
+  if (o.batch_size < 1 || o.batch_size > most_batch) {
+    return InvalidField("--batch_size", o.batch_size,
+                        absl::StrCat("must be 1..", most_batch,
+                                     " (each message also unmaps the previous one's: twice "
+                                     "that within --max_batch_ops)"));
+  }
   if (o.inflight < 1 || o.inflight > 64)
     return InvalidField("--inflight", o.inflight, "must be 1..64");
   if (o.baseline && o.api == Api::kBatch)

@@ -3,7 +3,8 @@
 //   iommuctl [--target=ADDR] [--device=NAME]
 //            [(--token=T | --token_file=F) --tls_ca=F [--tls_server_name=N] |
 //             --tls_cert=F --tls_key=F --tls_ca=F [--tls_server_name=N]]
-//            [--session=ID] [--deadline_ms=N] [--json] SUBCOMMAND [FLAGS]
+//            [--session=ID] [--deadline_ms=N] [--max_message_bytes=N] [--max_batch_ops=N]
+//            [--json] SUBCOMMAND [FLAGS]
 //
 // main() only parses the global flags into Options and dispatches. The exit
 // status is 0 on success, else the absl/gRPC status code of the failure
@@ -45,6 +46,9 @@ constexpr char kGlobalUsage[] =
     "                        target's host, localhost for unix:)\n"
     "  --session=ID          calls belong to this session (iommu-session-id)\n"
     "  --deadline_ms=N       deadline of each call (default 10000)\n"
+    "  --max_message_bytes=N --max_batch_ops=N   the daemon's limits, when not its defaults\n"
+    "                        (4M and 8192): replies received up to N bytes, larger\n"
+    "                        requests and Batch messages refused before sending\n"
     "  --json                print JSON (one object per line) instead of tables\n"
     "numbers are decimal or 0x-hex, decimal ones with an optional K/M/G suffix.\n"
     "subcommands:\n";
@@ -81,6 +85,17 @@ absl::StatusOr<GlobalOptions> ParseGlobal(Args& args) {
   }
   ASSIGN_OR_RETURN(uint64_t deadline_ms, args.U64Or("deadline_ms", 10000));
   o.default_deadline = absl::Milliseconds(deadline_ms);
+  ASSIGN_OR_RETURN(uint64_t max_message_bytes,
+                   args.U64Or("max_message_bytes", o.limits.max_message_bytes));
+  ASSIGN_OR_RETURN(uint64_t max_batch_ops, args.U64Or("max_batch_ops", o.limits.max_batch_ops));
+  if (max_message_bytes > UINT32_MAX) {
+    return InvalidField("--max_message_bytes", max_message_bytes, "must be at most 1G");
+  }
+  if (max_batch_ops > UINT32_MAX) {
+    return InvalidField("--max_batch_ops", max_batch_ops, "must be at most 2^32 - 1");
+  }
+  o.limits = {.max_message_bytes = static_cast<uint32_t>(max_message_bytes),
+              .max_batch_ops = static_cast<uint32_t>(max_batch_ops)};
   ASSIGN_OR_RETURN(g.session_id, args.U64Or("session", 0));
   ASSIGN_OR_RETURN(g.json, args.Bool("json"));
   RETURN_IF_ERROR(args.CheckAllUsed("iommuctl"));

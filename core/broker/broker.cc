@@ -38,7 +38,8 @@ const char* DomainTypeName(DomainType type) {
 absl::Status BrokerImpl::Init(DurableState* restored, RestoreReport* report) {
   RETURN_IF_ERROR(ValidateTopology(topology_));
   ASSIGN_OR_RETURN(memory_, PhysMemory::Create(topology_.memory));
-  buffers_ = std::make_unique<internal::BufferTable>(memory_.get(), journal_);
+  buffers_ =
+      std::make_unique<internal::BufferTable>(memory_.get(), journal_, options_.max_buffer_runs);
   // Fault sequence numbers continue past every one a journal may have seen.
   uint64_t first_fault_seq = 1;
   if (restored != nullptr) {

@@ -114,6 +114,12 @@ struct BrokerOptions {
   Journal* journal = nullptr;
   // How long and how many request ids are remembered (see RequestLog).
   RequestLogOptions requests;
+  // The most physical runs a buffer made by AllocBuffer or Alloc may have
+  // (the daemon's --max_buffer_runs, docs/design.md#limits): a reply that
+  // describes a buffer lists every run, so a request whose buffer could have
+  // more is RESOURCE_EXHAUSTED before any page is taken. Buffers restored
+  // from a store are not checked.
+  uint64_t max_buffer_runs = UINT64_MAX;
 };
 
 class Broker {

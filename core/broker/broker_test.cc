@@ -389,6 +389,33 @@ TEST_F(BrokerTest, FailedMapSgOnIovaExhaustionLeavesNoTrace) {
   for (Iova a : addrs) ASSERT_TRUE(broker_->Unmap(Caller::Admin(), "sata0", {a}).ok());
 }
 
+// Every reply describing a buffer lists its runs, so a buffer that could have
+// more than max_buffer_runs of them is refused before any page is taken:
+// AllocBuffer by its placement, Alloc when its single-page fallback could.
+TEST_F(BrokerTest, BufferRunsAreBoundedBeforeAnyPageIsTaken) {
+  opts_.max_buffer_runs = 8;
+  broker_ = MakeBroker(opts_);
+  const std::string before = Snapshot();
+  auto scattered =
+      broker_->AllocBuffer(Dev("nic0"), "nic0", 8 * 4 * KiB + 1, Placement::kScattered);
+  EXPECT_EQ(scattered.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(scattered.status().message(),
+              HasSubstr("up to 9 physical runs, more than --max_buffer_runs=8"));
+  auto huge = broker_->AllocBuffer(Dev("gpu0"), "gpu0", 9 * 2 * MiB, Placement::kHuge);
+  EXPECT_EQ(huge.status().code(), absl::StatusCode::kResourceExhausted);
+  auto single = broker_->Alloc(Dev("gpu0"), "gpu0",
+                               {.size_bytes = 64 * KiB, .attrs = {.alloc_single_pages = true}});
+  EXPECT_EQ(single.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(single.status().message(), HasSubstr("--max_buffer_runs=8"));
+  EXPECT_EQ(Snapshot(), before);  // no page, quota charge or mapping left behind
+  // At the bound, and placements with fewer runs, are accepted.
+  EXPECT_EQ(Buffer("nic0", 8 * 4 * KiB).runs.size(), 8u);
+  EXPECT_EQ(Buffer("nic0", 1 * MiB, Placement::kContiguous).runs.size(), 1u);
+  auto block = broker_->Alloc(Dev("gpu0"), "gpu0", {.size_bytes = 4 * MiB});
+  ASSERT_TRUE(block.ok()) << block.status();
+  EXPECT_EQ(block->runs.size(), 1u);
+}
+
 TEST_F(BrokerTest, AllocUsesBlockDescriptorsAndFreeReleasesEverything) {
   const std::string before = Snapshot();
   auto a = broker_->Alloc(Dev("gpu0"), "gpu0", {.size_bytes = 4 * MiB});

@@ -50,6 +50,21 @@ absl::StatusOr<BufferInfo> BufferTable::Create(DeviceState& dev, uint64_t sessio
                                                std::vector<PhysRun>* runs) {
   if (size_bytes == 0) return InvalidField("size_bytes", 0, "must be non-zero");
   RETURN_IF_ERROR(dev.ChargeBuffer(size_bytes));
+  // The most runs the placement can give (scattered pages are never
+  // physically adjacent, so one run each), checked before any page is taken.
+  const uint64_t most_runs = placement == Placement::kContiguous ? 1
+                             : placement == Placement::kHuge
+                                 ? size_bytes / kHugePageBytes + (size_bytes % kHugePageBytes != 0)
+                                 : size_bytes / 4096 + (size_bytes % 4096 != 0);
+  if (most_runs > max_runs_) {
+    dev.RefundBuffer(size_bytes);
+    return FieldError(
+        absl::StatusCode::kResourceExhausted, "size_bytes", size_bytes,
+        absl::StrFormat("a %s buffer of this size has up to %d physical runs, more than "
+                        "--max_buffer_runs=%d (every reply describing a buffer lists its runs); "
+                        "use fewer bytes, or CONTIGUOUS or HUGE placement",
+                        PlacementName(placement), most_runs, max_runs_));
+  }
   auto b = std::make_unique<Buffer>();
   b->device = dev.config.name;
   b->owner = &dev;

@@ -105,8 +105,10 @@ class BufferTable {
  public:
   // With a journal, every buffer and export created or removed is journaled
   // under the lock that orders it (see core/broker/state.h).
-  explicit BufferTable(PhysMemory* memory, Journal* journal = nullptr)
-      : memory_(memory), journal_(journal) {}
+  // `max_runs` bounds the physical runs a new buffer may have (see Create).
+  explicit BufferTable(PhysMemory* memory, Journal* journal = nullptr,
+                       uint64_t max_runs = UINT64_MAX)
+      : memory_(memory), journal_(journal), max_runs_(max_runs) {}
 
   // Recovery: enters a journaled buffer (its pages claimed at their recorded
   // addresses, its owner charged) or export. INTERNAL naming the record when
@@ -133,7 +135,9 @@ class BufferTable {
 
   // Allocates pages for a new buffer of `dev`, charging its buffer quotas.
   // `runs`, when given, receives its runs as allocated (BufferInfo merges
-  // adjacent ones).
+  // adjacent ones). A buffer whose placement could give it more than
+  // `max_runs` runs (a scattered one has one per page) is RESOURCE_EXHAUSTED
+  // before any page is taken: every reply that describes it lists them all.
   absl::StatusOr<BufferInfo> Create(DeviceState& dev, uint64_t session_id, uint64_t size_bytes,
                                     Placement placement, const std::string& pool, bool backs_alloc,
                                     std::vector<PhysRun>* runs = nullptr);
@@ -262,6 +266,7 @@ class BufferTable {
 
   PhysMemory* const memory_;
   Journal* const journal_;
+  const uint64_t max_runs_;
   mutable std::array<Shard, kShards> shards_;
   absl::Mutex create_mu_;  // buffer ids are handed out in order of successful creation
   uint64_t next_buffer_id_ ABSL_GUARDED_BY(create_mu_) = 1;

@@ -44,8 +44,9 @@ _require_runtime()
 # The imports follow the check on purpose.
 from iommu_broker import enums, messages, ops, pb  # noqa: E402
 from iommu_broker._version import __version__  # noqa: E402
-from iommu_broker.client import (DEFAULT_TARGET, SESSION_HEADER, Client,  # noqa: E402
-                                 TlsConfig)
+from iommu_broker.client import (DEFAULT_MAX_BATCH_OPS,  # noqa: E402
+                                 DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_TARGET, SESSION_HEADER,
+                                 Client, TlsConfig)
 from iommu_broker.convert import phys  # noqa: E402
 from iommu_broker.enums import (AccessKind, DmaDirection, DomainType, FaultType,  # noqa: E402
                                 Placement, RegionKind, ReservedKind, SgMode, Stage)
@@ -59,7 +60,8 @@ from iommu_broker.handles import (Allocation, Buffer, Domain, Handle, Mapping,  
 from iommu_broker.streams import BatchStream, FaultWatch, Session  # noqa: E402
 
 __all__ = [
-    "__version__", "Client", "TlsConfig", "DEFAULT_TARGET", "SESSION_HEADER", "enums",
+    "__version__", "Client", "TlsConfig", "DEFAULT_TARGET", "SESSION_HEADER",
+    "DEFAULT_MAX_MESSAGE_BYTES", "DEFAULT_MAX_BATCH_OPS", "enums",
     "messages", "ops", "pb", "phys", "Handle", "Buffer", "Mapping", "SgMapping", "Allocation",
     "RangeMapping", "Domain", "Session", "BatchStream", "FaultWatch", "IommuError", "error_for",
     "Cancelled", "Unknown", "InvalidArgument", "DeadlineExceeded", "NotFound", "AlreadyExists",

@@ -28,7 +28,7 @@ from google.protobuf.message import Message
 
 from iommu_broker import convert, messages, pb
 from iommu_broker.convert import AttrsArg, EnumArg, MemArg
-from iommu_broker.errors import InvalidArgument
+from iommu_broker.errors import InvalidArgument, ResourceExhausted
 from iommu_broker.handles import Allocation, Buffer, Domain, Mapping, RangeMapping, SgMapping
 from iommu_broker.retry import (RECONNECT_OPTIONS, REQUEST_ID_HEADER, Metadata, Retrier,
                                 new_request_id)
@@ -36,6 +36,12 @@ from iommu_broker.streams import BatchStream, FaultWatch, Session
 
 DEFAULT_TARGET = "unix:/tmp/iommud.sock"
 SESSION_HEADER = "iommu-session-id"
+# The daemon's default --max_message_bytes and --max_batch_ops
+# (docs/design.md#limits): every reply fits in the former, so the channel
+# receives up to exactly that; requests beyond either are refused before
+# they are sent.
+DEFAULT_MAX_MESSAGE_BYTES = 4 << 20
+DEFAULT_MAX_BATCH_OPS = 8192
 
 _Pem = Union[bytes, str, "os.PathLike[str]"]
 _R = TypeVar("_R", bound=Message)
@@ -92,7 +98,9 @@ class Client:
     def __init__(self, target: str = DEFAULT_TARGET, device: str = "", *,
                  token: Optional[str] = None, tls: Optional[TlsConfig] = None,
                  timeout: float = 10.0, retries: int = 30,
-                 channel_options: Sequence[tuple[str, Any]] = ()) -> None:
+                 channel_options: Sequence[tuple[str, Any]] = (),
+                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+                 max_batch_ops: int = DEFAULT_MAX_BATCH_OPS) -> None:
         """`device` is the identity requests act as ("" = the admin, with
         --auth=none or an admin credential); `token` a bearer token
         (--auth=token), which needs `tls` with the daemon's CA;
@@ -100,11 +108,22 @@ class Client:
         InvalidArgument when the credentials cannot work (a token without
         `tls`). A call is retried on UNAVAILABLE at most `retries` times,
         all within its `timeout`: the timeout normally ends the retries,
-        and the default one rides out a daemon restart of a few seconds."""
+        and the default one rides out a daemon restart of a few seconds.
+        `max_message_bytes` and `max_batch_ops` are the daemon's limits
+        (its defaults unless it runs with others): replies are received up
+        to the former, and a request or Batch message beyond either raises
+        ResourceExhausted before anything is sent."""
         _check_credentials(token, tls)
+        if not 0 < max_message_bytes <= 1 << 30:
+            raise _invalid("max_message_bytes", max_message_bytes, "must be 1..2^30")
+        if max_batch_ops < 1:
+            raise _invalid("max_batch_ops", max_batch_ops, "must be >= 1")
         options: list[tuple[str, Any]] = list(channel_options)
         given = {name for name, _ in options}
         options += [kv for kv in RECONNECT_OPTIONS if kv[0] not in given]
+        options += [kv for kv in (("grpc.max_receive_message_length", max_message_bytes),
+                                  ("grpc.max_send_message_length", max_message_bytes))
+                    if kv[0] not in given]
         if tls is None:
             channel = grpc.insecure_channel(target, options=options)
         else:
@@ -116,13 +135,16 @@ class Client:
                 options.append(("grpc.ssl_target_name_override", server_name))
             channel = grpc.secure_channel(target, creds, options=options)
         metadata: Metadata = (("authorization", f"Bearer {token}"),) if token else ()
-        self._init(channel, True, target, device, metadata, timeout, retries)
+        self._init(channel, True, target, device, metadata, timeout, retries,
+                   (max_message_bytes, max_batch_ops))
 
     def _init(self, channel: grpc.Channel, owns_channel: bool, target: str, device: str,
-              metadata: Metadata, timeout: float, retries: int) -> None:
+              metadata: Metadata, timeout: float, retries: int,
+              limits: tuple[int, int]) -> None:
         self.target = target
         self.device = device
         self.timeout = timeout
+        self.max_message_bytes, self.max_batch_ops = limits
         self._channel = channel
         self._owns_channel = owns_channel
         self._metadata = metadata
@@ -141,7 +163,8 @@ class Client:
             metadata += ((SESSION_HEADER, str(session_id)),)
         bound = Client.__new__(Client)
         bound._init(self._channel, False, self.target, self.device if device is None else device,
-                    metadata, self.timeout, self._retries)
+                    metadata, self.timeout, self._retries,
+                    (self.max_message_bytes, self.max_batch_ops))
         return bound
 
     def as_device(self, device: str) -> "Client":
@@ -164,6 +187,7 @@ class Client:
         """One unary call, retried on UNAVAILABLE within `timeout`; one
         request id for all the attempts of a call that is not idempotent.
         Attempts after the first wait for the channel to reconnect."""
+        self._check_size(request)
         metadata = self._metadata
         if not idempotent:
             metadata += ((REQUEST_ID_HEADER, new_request_id()),)
@@ -174,6 +198,16 @@ class Client:
                               wait_for_ready=True if retry.attempts > 1 else None)
             except grpc.RpcError as e:
                 retry.again(e)
+
+    def _check_size(self, request: Message) -> None:
+        """Raises ResourceExhausted when `request` is larger than a message
+        the daemon receives (it would refuse it unread): nothing is sent."""
+        size = request.ByteSize()
+        if size > self.max_message_bytes:
+            raise ResourceExhausted(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"the request takes {size} bytes, more than max_message_bytes="
+                f"{self.max_message_bytes} (the daemon's --max_message_bytes); nothing was sent")
 
     # --- Memory -----------------------------------------------------------
     def alloc_buffer(self, size_bytes: int, placement: EnumArg = "scattered",

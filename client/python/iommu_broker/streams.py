@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator, Optional, Union
 import grpc
 
 from iommu_broker import messages, pb
-from iommu_broker.errors import (IommuError, NotFound, Unavailable, error_for, error_for_number,
-                                 from_rpc_error)
+from iommu_broker.errors import (IommuError, NotFound, ResourceExhausted, Unavailable, error_for,
+                                 error_for_number, from_rpc_error)
 from iommu_broker.retry import Retrier, new_request_id
 
 if TYPE_CHECKING:  # a cycle at run time: the client makes these
@@ -95,6 +95,11 @@ class BatchStream:
     no device acts as the client's device (sent once per message, as
     BatchRequest.device, not copied into every op).
 
+    A message the daemon would refuse whole (more than the client's
+    max_batch_ops operations, a MapSg counting one more per segment, or more
+    than its max_message_bytes) raises ResourceExhausted before it is sent;
+    the stream stays usable.
+
     Each message carries a fresh request id. When the stream breaks with
     UNAVAILABLE (a daemon restart) before the response, the message is
     written again, with its sequence and id, on a new stream (retried as a
@@ -127,10 +132,18 @@ class BatchStream:
         IommuError."""
         if self._closed:
             raise ValueError("BatchStream is closed")
-        self._sequence += 1
-        request = pb.BatchRequest(sequence=self._sequence, device=self._device,
+        request = pb.BatchRequest(sequence=self._sequence + 1, device=self._device,
                                   request_id=new_request_id())
         request.ops.extend(ops)
+        segments = sum(len(op.map_sg.segments) for op in request.ops if op.HasField("map_sg"))
+        if len(request.ops) + segments > self._client.max_batch_ops:
+            raise ResourceExhausted(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"Batch: {len(request.ops)} operations and {segments} MapSg segments, more than "
+                f"max_batch_ops={self._client.max_batch_ops} (the daemon's --max_batch_ops) in "
+                "one message; nothing was sent (submit fewer at once)")
+        self._client._check_size(request)
+        self._sequence += 1
         response = self._exchange(request)
         if response.sequence != self._sequence:
             raise error_for(grpc.StatusCode.INTERNAL,

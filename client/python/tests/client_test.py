@@ -370,6 +370,47 @@ class StreamTest(SdkTestCase):
             self.assertEqual(self.nic.get_buffer(a.buffer_id).map_count, 0)
 
 
+class LimitsTest(SdkTestCase):
+    """What the daemon would refuse whole is refused before it is sent, and
+    every reply it sends is received (the channel's limits are its
+    --max_message_bytes): no call applies work whose result it then drops."""
+
+    FLAGS = ("--auth=none", "--quota_buffer_bytes=4294967296")
+
+    def test_a_batch_beyond_max_batch_ops_is_refused_before_sending(self):
+        self.assertEqual(self.nic.max_message_bytes, ib.DEFAULT_MAX_MESSAGE_BYTES)
+        with self.nic.buffer(PAGE) as buf, self.nic.batch() as batch:
+            op = ops.map(buf, direction="to_device")
+            with self.assertRaises(ib.ResourceExhausted) as e:
+                batch.submit([op] * 300000)
+            self.assertIn("300000 operations and 0 MapSg segments, more than max_batch_ops=8192",
+                          e.exception.message)
+            self.assertEqual(self.device_info(self.nic).mappings, 0)
+            # A MapSg weighs one more per segment.
+            with self.assertRaises(ib.ResourceExhausted):
+                batch.submit([ops.map_sg([buf] * 8192)])
+            # The stream is still usable.
+            (mapped,) = batch.submit([op], check=True)
+            batch.submit([ops.unmap(mapped.map.dma_addr)], check=True)
+
+    def test_a_request_larger_than_a_message_is_refused_before_sending(self):
+        with self.nic.buffer(PAGE) as buf:
+            with self.assertRaises(ib.ResourceExhausted) as e:
+                self.nic.map_sg([buf] * 600000)
+            self.assertIn("more than max_message_bytes=4194304", e.exception.message)
+            self.assertEqual(self.device_info(self.nic).mappings, 0)
+
+    def test_a_buffer_whose_runs_could_not_be_sent_is_never_allocated(self):
+        before = self.device_info(self.nic).buffers
+        with self.assertRaises(ib.ResourceExhausted) as e:
+            self.nic.alloc_buffer(2 << 30, "scattered")
+        self.assertIn("--max_buffer_runs=131072", e.exception.message)
+        self.assertEqual(self.device_info(self.nic).buffers, before)
+        # The largest run list the daemon sends arrives whole.
+        with self.nic.alloc_buffer(131072 * PAGE, "scattered") as largest:
+            self.assertEqual(len(largest.runs), 131072)
+
+
 class SessionTest(SdkTestCase):
     def test_closing_a_session_releases_what_it_created(self):
         with self.nic.session(ttl_ms=5000) as s:
