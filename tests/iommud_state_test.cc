@@ -339,7 +339,27 @@ TEST(StateTest, CrashCyclesLoseNothingAcknowledgedAndApplyEachCallOnce) {
   // `make soak` runs many more (IOMMU_CRASH_CYCLES).
   const char* cycles_env = std::getenv("IOMMU_CRASH_CYCLES");
   const int cycles = cycles_env != nullptr ? std::max(1, std::atoi(cycles_env)) : 10;
+  // Each cycle kills mid-traffic: only once every client's log has grown
+  // since the last restart (clients reconnect with backoff, slower on a
+  // loaded machine), then at a random moment.
+  auto log_sizes = [&logs] {
+    std::vector<uintmax_t> sizes;
+    for (const std::string& l : logs) {
+      std::error_code ec;
+      const uintmax_t size = std::filesystem::file_size(l, ec);
+      sizes.push_back(ec ? 0 : size);
+    }
+    return sizes;
+  };
   for (int cycle = 0; cycle < cycles; ++cycle) {
+    const std::vector<uintmax_t> before = log_sizes();
+    for (int waited_ms = 0; waited_ms < 20000; waited_ms += 20) {
+      const std::vector<uintmax_t> now = log_sizes();
+      bool all_grew = true;
+      for (size_t i = 0; i < now.size(); ++i) all_grew = all_grew && now[i] > before[i] + 256;
+      if (all_grew) break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
     std::this_thread::sleep_for(std::chrono::milliseconds(150 + rng() % 450));
     daemon.Kill();
     ASSERT_TRUE(daemon.Restart()) << "cycle " << cycle << ": " << daemon.log();
