@@ -70,28 +70,53 @@ absl::StatusOr<v1::OpenSessionRequest> BuildOpenSession(Context&, Args& args) {
   return r;
 }
 
+Flag DomainSpec(std::string help) {
+  return {.name = "domain", .value = "ID", .help = std::move(help), .required = true};
+}
+
+Flag TargetDeviceSpec() {
+  return {.name = "target_device",
+          .value = "DEV",
+          .help = "admin: the device to act on (default: the caller's own)"};
+}
+
+Flag SessionSpec() {
+  return {.name = "session",
+          .value = "ID",
+          .help = "the session open-session returned",
+          .required = true};
+}
+
 }  // namespace
 
 std::vector<Command> AdminCommands() {
   return {
       Rpc<v1::CreateDomainRequest, v1::CreateDomainResponse>(
-          "create-domain",
-          "--smmu=S --type=dma|dma_fq|unmanaged|identity|blocked [--granule=N] [--grant=DEV,...]  "
-          "iommu_domain_alloc (identity and blocked: admin only)",
+          "create-domain", "iommu_domain_alloc: a domain on an SMMU (identity, blocked: admin)",
+          {{.name = "smmu", .value = "S", .help = "the SMMU", .required = true},
+           {.name = "type",
+            .value = "dma|dma_fq|unmanaged|identity|blocked",
+            .help = "the domain type",
+            .required = true},
+           {.name = "granule",
+            .value = "N",
+            .help = "the page-table granule in bytes (default: the SMMU's smallest)"},
+           {.name = "grant",
+            .value = "DEV,...",
+            .help = "other devices that may attach to it (default: none)"}},
           BuildCreateDomain, &Client::CreateDomain),
       Rpc<v1::DestroyDomainRequest, v1::DestroyDomainResponse>(
-          "destroy-domain", "--domain=ID  free a domain with no devices attached",
+          "destroy-domain", "free a domain with no devices attached", {DomainSpec("the domain")},
           ByDomainId<v1::DestroyDomainRequest>, &Client::DestroyDomain),
-      Rpc<v1::GetDomainRequest, v1::GetDomainResponse>("get-domain", "--domain=ID  one domain",
-                                                       ByDomainId<v1::GetDomainRequest>,
-                                                       &Client::GetDomain),
+      Rpc<v1::GetDomainRequest, v1::GetDomainResponse>(
+          "get-domain", "one domain", {DomainSpec("the domain")}, ByDomainId<v1::GetDomainRequest>,
+          &Client::GetDomain),
       Rpc<v1::ListDomainsRequest, v1::ListDomainsResponse>(
-          "list-domains", "  the domains the caller owns or is attached to (all for an admin)",
+          "list-domains", "the domains the caller owns or is attached to (all for an admin)", {},
           Empty<v1::ListDomainsRequest>, &Client::ListDomains),
       Rpc<v1::AttachDeviceRequest, v1::AttachDeviceResponse>(
-          "attach",
-          "--domain=ID [--target_device=DEV]  iommu_attach_device: switch the device (or, for an "
-          "admin, DEV) to the domain",
+          "attach", "iommu_attach_device: switch the device to a domain",
+          {DomainSpec("the domain"), TargetDeviceSpec()},
           [](Context& ctx, Args& args) -> absl::StatusOr<v1::AttachDeviceRequest> {
             ASSIGN_OR_RETURN(v1::AttachDeviceRequest r,
                              ByDomainId<v1::AttachDeviceRequest>(ctx, args));
@@ -100,8 +125,7 @@ std::vector<Command> AdminCommands() {
           },
           &Client::AttachDevice),
       Rpc<v1::DetachDeviceRequest, v1::DetachDeviceResponse>(
-          "detach",
-          "[--target_device=DEV]  return the device (or, for an admin, DEV) to its default domain",
+          "detach", "return the device to its default domain", {TargetDeviceSpec()},
           [](Context&, Args& args) -> absl::StatusOr<v1::DetachDeviceRequest> {
             v1::DetachDeviceRequest r;
             r.set_target_device(args.StringOr("target_device", ""));
@@ -109,29 +133,37 @@ std::vector<Command> AdminCommands() {
           },
           &Client::DetachDevice),
       Rpc<v1::GetIovaRangesRequest, v1::GetIovaRangesResponse>(
-          "iova-ranges", "  usable IOVA ranges and reserved regions of the device's domain",
+          "iova-ranges", "usable IOVA ranges and reserved regions of the device's domain", {},
           Empty<v1::GetIovaRangesRequest>, &Client::GetIovaRanges),
       Rpc<v1::WalkDomainRequest, v1::WalkDomainResponse>(
-          "walk-domain",
-          "--domain=ID [--start=IOVA] [--max_leaves=N]  page-table leaves in IOVA order (paged)",
+          "walk-domain", "page-table leaves in IOVA order, a page of them per call",
+          {DomainSpec("the domain"),
+           {.name = "start", .value = "A", .help = "the first IOVA (default 0x0)"},
+           {.name = "max_leaves",
+            .value = "N",
+            .help = "leaves per call (default 4096, at most 65536)"}},
           WalkDomainFlags, &Client::WalkDomain),
-      Rpc<v1::ListIommusRequest, v1::ListIommusResponse>(
-          "list-iommus", "  the SMMU instances", Empty<v1::ListIommusRequest>, &Client::ListIommus),
+      Rpc<v1::ListIommusRequest, v1::ListIommusResponse>("list-iommus", "the SMMU instances", {},
+                                                         Empty<v1::ListIommusRequest>,
+                                                         &Client::ListIommus),
       Rpc<v1::ListDevicesRequest, v1::ListDevicesResponse>(
-          "list-devices", "  the devices (the caller's own for a device identity)",
+          "list-devices", "the devices (the caller's own for a device identity)", {},
           Empty<v1::ListDevicesRequest>, &Client::ListDevices),
       Rpc<v1::OpenSessionRequest, v1::OpenSessionResponse>(
           "open-session",
-          "[--ttl_ms=N]  open a lease (pass --session=ID to later calls; keep it alive yourself)",
+          "open a lease: later calls with --session=ID belong to it; keep it alive yourself",
+          {{.name = "ttl_ms",
+            .value = "N",
+            .help = "the lease in milliseconds (default 0: the daemon's)"}},
           BuildOpenSession, &Client::OpenSession),
-      Rpc<v1::KeepAliveRequest, v1::KeepAliveResponse>("keepalive", "--session=ID  renew a lease",
-                                                       BySessionId<v1::KeepAliveRequest>,
-                                                       &Client::KeepAlive),
+      Rpc<v1::KeepAliveRequest, v1::KeepAliveResponse>(
+          "keepalive", "renew a lease", {SessionSpec()}, BySessionId<v1::KeepAliveRequest>,
+          &Client::KeepAlive),
       Rpc<v1::CloseSessionRequest, v1::CloseSessionResponse>(
-          "close-session", "--session=ID  close a lease, releasing what it owns",
+          "close-session", "close a lease, releasing what it owns", {SessionSpec()},
           BySessionId<v1::CloseSessionRequest>, &Client::CloseSession),
       Rpc<v1::GetStatsRequest, v1::GetStatsResponse>(
-          "stats", "  allocator, page-table, IOTLB, pool and fault stats",
+          "stats", "allocator, page-table, IOTLB, pool and fault statistics", {},
           Empty<v1::GetStatsRequest>, &Client::GetStats),
   };
 }

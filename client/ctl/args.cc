@@ -1,5 +1,8 @@
 #include "client/ctl/args.h"
 
+#include <cstdlib>
+#include <iostream>
+
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
@@ -67,9 +70,21 @@ absl::StatusOr<Args> Args::Parse(const std::vector<std::string>& argv) {
   return args;
 }
 
-bool Args::Has(absl::string_view name) const { return flags_.find(name) != flags_.end(); }
+void Args::CheckDeclared(absl::string_view name) const {
+  if (declared_.has_value() && !declared_->contains(name)) {
+    std::cerr << "iommuctl: internal error: flag --" << name
+              << " is read but not declared by its subcommand\n";
+    std::abort();
+  }
+}
+
+bool Args::Has(absl::string_view name) const {
+  CheckDeclared(name);
+  return flags_.find(name) != flags_.end();
+}
 
 const std::string* Args::Find(absl::string_view name) {
+  CheckDeclared(name);
   auto it = flags_.find(name);
   if (it == flags_.end()) return nullptr;
   used_.insert(it->first);

@@ -2,8 +2,10 @@
 //
 //   iommuctl [GLOBAL FLAGS] SUBCOMMAND [FLAGS]
 //
-// Flags are `--name=value` or `--name` (a boolean true). Numbers are decimal
-// or 0x-hex, with an optional K/M/G suffix (binary units: 4K = 4096). Each
+// Args holds the flags of one side (the global ones or a subcommand's) as
+// `--name=value` or `--name` (a boolean true); cli.h splits a command line
+// into the two sides, wherever each flag stands. Numbers are decimal or
+// 0x-hex, with an optional K/M/G suffix (binary units: 4K = 4096). Each
 // subcommand reads the flags it knows through the typed getters, then
 // CheckAllUsed() rejects the rest, so a typo never passes silently.
 //
@@ -52,13 +54,21 @@ class Args {
   // INVALID_ARGUMENT naming the first flag no getter asked for.
   absl::Status CheckAllUsed(absl::string_view subcommand) const;
 
+  // The flags the subcommand declares (command.h). Reading, or asking Has()
+  // of, any other flag is a bug in iommuctl, not in its input: it aborts,
+  // so a flag cannot work without `iommuctl help` describing it.
+  void Declare(std::set<std::string, std::less<>> names) { declared_ = std::move(names); }
+
  private:
   const std::string* Find(absl::string_view name);
   absl::Status BadChoice(absl::string_view name, const std::string& value,
                          const std::vector<std::string>& names) const;
 
+  void CheckDeclared(absl::string_view name) const;
+
   std::map<std::string, std::string, std::less<>> flags_;
   std::set<std::string, std::less<>> used_;
+  std::optional<std::set<std::string, std::less<>>> declared_;
   std::vector<std::string> positional_;
 };
 

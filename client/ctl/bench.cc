@@ -347,13 +347,30 @@ absl::Status Bench(Context& ctx, Args& args) {
 }  // namespace
 
 std::vector<Command> BenchCommands() {
-  return {{"bench",
-           "[--threads=N] [--seconds=N] [--dma_mask_bits=N] [--direction=...] [--pages=N] "
-           "[--mode=single|sg] "
-           "[--api=unary|batch] [--batch_size=N] [--inflight=N] [--baseline]  dma_map_benchmark "
-           "over gRPC; "
-           "--baseline times the empty RPC (Sync)",
-           Bench}};
+  return {{.name = "bench",
+           .summary = "map+unmap throughput and latency over gRPC (dma_map_benchmark)",
+           .flags = {{.name = "threads", .value = "N", .help = "client threads (default 1)"},
+                     {.name = "seconds", .value = "N", .help = "how long (default 5)"},
+                     {.name = "dma_mask_bits",
+                      .value = "N",
+                      .help = "pick a device with this DMA mask (default 32 as admin; "
+                              "a device identity uses its own)"},
+                     DirectionSpec(),
+                     {.name = "pages", .value = "N", .help = "pages per map (default 1)"},
+                     {.name = "mode",
+                      .value = "single|sg",
+                      .help = "map one run or a scatterlist of single pages (default single)"},
+                     {.name = "api",
+                      .value = "unary|batch",
+                      .help = "one RPC per call, or Batch streams (default unary)"},
+                     {.name = "batch_size",
+                      .value = "N",
+                      .help = "maps per Batch message (default 64)"},
+                     {.name = "inflight",
+                      .value = "N",
+                      .help = "Batch messages in flight per thread (default 4)"},
+                     {.name = "baseline", .help = "time the empty RPC (Sync) instead"}},
+           .run = Bench}};
 }
 
 }  // namespace iommu::client::ctl

@@ -201,8 +201,26 @@ absl::StatusOr<Req> BuildByBufferId(Context&, Args& args) {
   return r;
 }
 
-constexpr char kMemFlags[] = "(--buffer=ID [--offset=N] [--length=N] | --phys=ADDR --length=N)";
-constexpr char kDirFlags[] = "[--direction=bidirectional|to_device|from_device] [--privileged]";
+constexpr char kMemUsage[] = "(--buffer=ID [--offset=N] [--length=N] | --phys=A --length=N)";
+
+Flag DmaAddrSpec(std::string help) {
+  return {.name = "dma_addr", .value = "A", .help = std::move(help), .required = true};
+}
+
+Flag ModeSpec() {
+  return {.name = "mode",
+          .value = "dma_api|merge|contiguous",
+          .help =
+              "how segments are laid out in IOVA space: one IOVA run each (dma_api), "
+              "merged where they continue each other (merge), or one contiguous run "
+              "(contiguous) (default merge)"};
+}
+
+Flag AccessSpec() {
+  return {.name = "access", .value = "read|write|exec", .help = "the access (default read)"};
+}
+
+Flag LengthSpec(std::string help) { return {.name = "length", .value = "N", .help = help}; }
 
 }  // namespace
 
@@ -225,6 +243,40 @@ absl::StatusOr<v1::DmaAttrs> AttrsFlags(Args& args) {
   attrs.set_force_contiguous(force_contiguous);
   attrs.set_alloc_single_pages(single_pages);
   return attrs;
+}
+
+Flag DirectionSpec() {
+  return {.name = "direction",
+          .value = "bidirectional|to_device|from_device",
+          .help = "the DMA direction (default bidirectional)"};
+}
+
+std::vector<Flag> AttrsSpecs() {
+  return {
+      {.name = "privileged", .help = "DMA_ATTR_PRIVILEGED: only privileged accesses may use it"},
+      {.name = "no_kernel_mapping", .help = "DMA_ATTR_NO_KERNEL_MAPPING"},
+      {.name = "force_contiguous", .help = "DMA_ATTR_FORCE_CONTIGUOUS: physically contiguous"},
+      {.name = "single_pages", .help = "DMA_ATTR_ALLOC_SINGLE_PAGES: no huge pages"},
+  };
+}
+
+std::vector<Flag> MemRefSpecs() {
+  return {
+      {.name = "buffer", .value = "ID", .help = "the buffer (alloc-buffer) to map from"},
+      {.name = "offset", .value = "N", .help = "the offset into the buffer (default 0)"},
+      {.name = "phys",
+       .value = "A",
+       .help = "a physical address instead of a buffer (admin; needs --length)"},
+      {.name = "length",
+       .value = "N",
+       .help = "the bytes to map (default: the rest of the buffer after --offset)"},
+  };
+}
+
+std::vector<Flag> Flags(std::initializer_list<std::vector<Flag>> groups) {
+  std::vector<Flag> all;
+  for (const std::vector<Flag>& g : groups) all.insert(all.end(), g.begin(), g.end());
+  return all;
 }
 
 absl::StatusOr<v1::MemRef> MemRefFlags(const Context& ctx, Args& args) {
@@ -257,70 +309,109 @@ absl::StatusOr<v1::MemRef> MemRefFlags(const Context& ctx, Args& args) {
 }
 
 std::vector<Command> DmaCommands() {
+  const std::string mem_dir = absl::StrCat(kMemUsage, " [--direction=D] [ATTRS]");
   return {
       Rpc<v1::MapRequest, v1::MapResponse>(
-          "map", absl::StrCat(kMemFlags, " ", kDirFlags, "  dma_map_page"), BuildMap, &Client::Map),
-      Rpc<v1::UnmapRequest, v1::UnmapResponse>(
-          "unmap", "--dma_addr=A  dma_unmap_page of the whole allocation",
-          BuildByDmaAddr<v1::UnmapRequest>, &Client::Unmap),
+          "map", "dma_map_page: map memory for the device, at an IOVA the daemon chooses",
+          Flags({MemRefSpecs(), {DirectionSpec()}, AttrsSpecs()}), BuildMap, &Client::Map, mem_dir),
+      Rpc<v1::UnmapRequest, v1::UnmapResponse>("unmap", "dma_unmap_page: unmap a whole allocation",
+                                               {DmaAddrSpec("the DMA address map returned")},
+                                               BuildByDmaAddr<v1::UnmapRequest>, &Client::Unmap),
       Rpc<v1::MapSgRequest, v1::MapSgResponse>(
-          "map-sg",
-          absl::StrCat(
-              "(--segments=BUF:OFF:LEN,... | --import_token=T) [--mode=dma_api|merge|contiguous] ",
-              kDirFlags, "  dma_map_sg"),
-          BuildMapSg, &Client::MapSg),
-      Rpc<v1::UnmapSgRequest, v1::UnmapSgResponse>("unmap-sg", "--dma_addr=A  dma_unmap_sg",
+          "map-sg", "dma_map_sg: map a scatterlist (or an imported export)",
+          Flags({{{.name = "segments",
+                   .value = "BUF:OFF:LEN,...",
+                   .help = "the segments: buffer, offset and length of each"},
+                  {.name = "import_token",
+                   .value = "T",
+                   .help = "map another device's export (get-sgtable --export) instead"},
+                  ModeSpec(),
+                  DirectionSpec()},
+                 AttrsSpecs()}),
+          BuildMapSg, &Client::MapSg,
+          "(--segments=BUF:OFF:LEN,... | --import_token=T) [--mode=M] [--direction=D] [ATTRS]"),
+      Rpc<v1::UnmapSgRequest, v1::UnmapSgResponse>("unmap-sg", "dma_unmap_sg: unmap a scatterlist",
+                                                   {DmaAddrSpec("the DMA address map-sg returned")},
                                                    BuildByDmaAddr<v1::UnmapSgRequest>,
                                                    &Client::UnmapSg),
       Rpc<v1::AllocRequest, v1::AllocResponse>(
-          "alloc",
-          absl::StrCat(
-              "--size=N [--pool=P] [--force_contiguous] [--single_pages] [--no_kernel_mapping] ",
-              kDirFlags, "  dma_alloc_attrs"),
+          "alloc", "dma_alloc_attrs: allocate memory and map it for the device",
+          Flags({{{.name = "size", .value = "N", .help = "the bytes to allocate", .required = true},
+                  {.name = "pool", .value = "P", .help = "the memory pool (default: the device's)"},
+                  DirectionSpec()},
+                 AttrsSpecs()}),
           BuildAlloc, &Client::Alloc),
-      Rpc<v1::FreeRequest, v1::FreeResponse>("free", "--dma_addr=A  dma_free_attrs",
+      Rpc<v1::FreeRequest, v1::FreeResponse>("free",
+                                             "dma_free_attrs: unmap and free what alloc returned",
+                                             {DmaAddrSpec("the DMA address alloc returned")},
                                              BuildByDmaAddr<v1::FreeRequest>, &Client::Free),
       Rpc<v1::GetSgTableRequest, v1::GetSgTableResponse>(
-          "get-sgtable",
-          "--dma_addr=A [--export [--export_to=DEV,...] [--writable]]  dma_get_sgtable, optionally "
-          "with an export token (for the devices named, any if none; read-only unless --writable)",
-          BuildGetSgTable, &Client::GetSgTable),
+          "get-sgtable", "dma_get_sgtable: the pages behind an allocation, optionally exported",
+          {DmaAddrSpec("the DMA address alloc returned"),
+           {.name = "export", .help = "also return an export token another device can map"},
+           {.name = "export_to",
+            .value = "DEV,...",
+            .help = "the devices that may import it (default: any)"},
+           {.name = "writable", .help = "importers may write (default: read-only)"}},
+          BuildGetSgTable, &Client::GetSgTable,
+          "--dma_addr=A [--export [--export_to=DEV,...] [--writable]]"),
       Rpc<v1::RevokeExportRequest, v1::RevokeExportResponse>(
-          "revoke-export", "--token=T  revoke an export token, unmapping every import of it",
+          "revoke-export", "revoke an export token, unmapping every import of it",
+          {{.name = "token", .value = "T", .help = "the export token", .required = true}},
           BuildRevokeExport, &Client::RevokeExport),
       Rpc<v1::MsiCookieRequest, v1::MsiCookieResponse>(
-          "msi-cookie",
-          "[--domain=ID --window_base=A --window_size=N]  map the MSI doorbell (or set a window)",
-          BuildMsiCookie, &Client::MsiCookie),
-      Rpc<v1::MapAtRequest, v1::MapAtResponse>("map-at",
-                                               absl::StrCat("--iova=A ", kMemFlags, " ", kDirFlags,
-                                                            "  iommu_map into an UNMANAGED domain"),
-                                               BuildMapAt, &Client::MapAt),
+          "msi-cookie", "map the MSI doorbell (or set an UNMANAGED domain's MSI window)",
+          {{.name = "domain", .value = "ID", .help = "the UNMANAGED domain whose window to set"},
+           {.name = "window_base", .value = "A", .help = "the window's first IOVA"},
+           {.name = "window_size", .value = "N", .help = "the window's bytes"}},
+          BuildMsiCookie, &Client::MsiCookie, "[--domain=ID --window_base=A --window_size=N]"),
+      Rpc<v1::MapAtRequest, v1::MapAtResponse>(
+          "map-at", "iommu_map: map at a chosen IOVA of an UNMANAGED domain",
+          Flags({{{.name = "iova", .value = "A", .help = "where to map", .required = true}},
+                 MemRefSpecs(),
+                 {DirectionSpec()},
+                 AttrsSpecs()}),
+          BuildMapAt, &Client::MapAt, absl::StrCat("--iova=A ", mem_dir)),
       Rpc<v1::UnmapRangeRequest, v1::UnmapRangeResponse>(
-          "unmap-range", "--iova=A --size=N  iommu_unmap of whole mappings", BuildUnmapRange,
-          &Client::UnmapRange),
+          "unmap-range", "iommu_unmap: unmap whole mappings in a range of an UNMANAGED domain",
+          {{.name = "iova", .value = "A", .help = "the range's first IOVA", .required = true},
+           {.name = "size", .value = "N", .help = "the range's bytes", .required = true}},
+          BuildUnmapRange, &Client::UnmapRange),
       Rpc<v1::SyncRequest, v1::SyncResponse>(
-          "sync", "  complete the pending invalidations of the device's domain",
+          "sync", "complete the pending invalidations of the device's domain", {},
           [](Context&, Args&) -> absl::StatusOr<v1::SyncRequest> { return v1::SyncRequest(); },
           &Client::Sync),
       Rpc<v1::TranslateRequest, v1::TranslateResponse>(
-          "translate",
-          "--iova=A [--length=N] [--access=read|write|exec] [--privileged] [--smmu=S "
-          "--stream_id=N]  a device access",
-          BuildTranslate, &Client::Translate),
+          "translate", "a device access through its SMMU, as the IOTLB and page table answer it",
+          {{.name = "iova", .value = "A", .help = "the address the device uses", .required = true},
+           LengthSpec("the bytes accessed (default 1)"),
+           AccessSpec(),
+           {.name = "privileged", .help = "a privileged access"},
+           {.name = "smmu", .value = "S", .help = "admin: an access by stream id on this SMMU"},
+           {.name = "stream_id", .value = "N", .help = "admin: the stream id (with --smmu)"}},
+          BuildTranslate, &Client::Translate,
+          "--iova=A [--length=N] [--access=K] [--privileged] [--smmu=S --stream_id=N]"),
       Rpc<v1::TranslateBatchRequest, v1::TranslateBatchResponse>(
-          "translate-batch",
-          "--iovas=A,B,... [--length=N] [--access=...]  many accesses in one call",
+          "translate-batch", "many device accesses in one call",
+          {{.name = "iovas", .value = "A,B,...", .help = "the addresses", .required = true},
+           LengthSpec("the bytes of each access (default 1)"),
+           AccessSpec()},
           BuildTranslateBatch, &Client::TranslateBatch),
       Rpc<v1::AllocBufferRequest, v1::AllocBufferResponse>(
-          "alloc-buffer",
-          "--size=N [--placement=scattered|contiguous|huge] [--pool=P]  pin pages for the device",
+          "alloc-buffer", "pin pages the device owns (map, map-sg and map-at name them)",
+          {{.name = "size", .value = "N", .help = "the bytes", .required = true},
+           {.name = "placement",
+            .value = "scattered|contiguous|huge",
+            .help = "how the pages lie in physical memory (default scattered)"},
+           {.name = "pool", .value = "P", .help = "the memory pool (default: the device's)"}},
           BuildAllocBuffer, &Client::AllocBuffer),
       Rpc<v1::FreeBufferRequest, v1::FreeBufferResponse>(
-          "free-buffer", "--buffer=ID  unpin a buffer", BuildByBufferId<v1::FreeBufferRequest>,
-          &Client::FreeBuffer),
+          "free-buffer", "unpin a buffer",
+          {{.name = "buffer", .value = "ID", .help = "the buffer", .required = true}},
+          BuildByBufferId<v1::FreeBufferRequest>, &Client::FreeBuffer),
       Rpc<v1::GetBufferRequest, v1::GetBufferResponse>(
-          "get-buffer", "--buffer=ID  a buffer and its physical runs",
+          "get-buffer", "a buffer and its physical runs",
+          {{.name = "buffer", .value = "ID", .help = "the buffer", .required = true}},
           BuildByBufferId<v1::GetBufferRequest>, &Client::GetBuffer),
   };
 }

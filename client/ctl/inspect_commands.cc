@@ -26,6 +26,7 @@ std::string Name(const google::protobuf::EnumValueDescriptor* v) {
 
 std::vector<std::string> FaultRow(const v1::FaultRecord& f) {
   return {absl::StrCat(f.seq()),
+          FormatUnixNanos(f.timestamp_unix_nanos()),
           Name(v1::FaultType_descriptor()->FindValueByNumber(f.type())),
           f.device().empty() ? "-" : f.device(),
           f.smmu(),
@@ -52,8 +53,8 @@ absl::Status WatchFaults(Context& ctx, Args& args) {
     }
     stream->Cancel();
   });
-  const std::vector<std::string> header = {"SEQ",    "TYPE", "DEVICE", "SMMU", "STREAM",
-                                           "DOMAIN", "IOVA", "ACCESS", "PRIV"};
+  const std::vector<std::string> header = {"SEQ",    "TIME",   "TYPE", "DEVICE", "SMMU",
+                                           "STREAM", "DOMAIN", "IOVA", "ACCESS", "PRIV"};
   uint64_t seen = 0;
   bool first = true;
   v1::FaultEvent event;
@@ -177,7 +178,7 @@ absl::Status Dump(Context& ctx, Args& args) {
     t.set_access(write ? v1::ACCESS_KIND_WRITE : v1::ACCESS_KIND_READ);
     ASSIGN_OR_RETURN(v1::TranslateResponse walk, ctx.client.Translate(std::move(t)));
     for (const v1::TranslatedPage& p : walk.pages()) {
-      rows.push_back({Hex(p.iova()), Hex(p.phys_addr()), Hex(p.length_bytes()),
+      rows.push_back({Hex(p.iova()), Hex(p.phys_addr()), absl::StrCat(p.length_bytes()),
                       p.iotlb_hit() ? "hit" : "miss", p.stale() ? "stale" : "-"});
     }
     if (walk.faulted()) {
@@ -213,31 +214,33 @@ absl::Status Dump(Context& ctx, Args& args) {
   ctx.printer->Title("page table");
   std::vector<std::vector<std::string>> leaves;
   for (const auto& [size, count] : domain_stats.pagetable().leaves_by_size_bytes()) {
-    leaves.push_back({Hex(size), absl::StrCat(count)});
+    leaves.push_back({absl::StrCat(size), absl::StrCat(count)});
   }
-  std::sort(leaves.begin(), leaves.end());
+  std::sort(leaves.begin(), leaves.end(),
+            [](const auto& a, const auto& b) { return std::stoull(a[0]) < std::stoull(b[0]); });
   ctx.printer->out() << "tables       " << domain_stats.pagetable().tables() << "\n"
                      << "table_bytes  " << domain_stats.pagetable().table_bytes() << "\n"
-                     << "mapped_bytes " << Hex(domain_stats.pagetable().mapped_bytes()) << "\n";
-  ctx.printer->Table({"LEAF_SIZE", "LEAVES"}, leaves);
+                     << "mapped_bytes " << domain_stats.pagetable().mapped_bytes() << "\n";
+  ctx.printer->Table({"LEAF_BYTES", "LEAVES"}, leaves);
   ctx.printer->Title(absl::StrCat("mapped runs (", leaves_seen, " leaves",
                                   leaves_truncated ? ", truncated" : "", ")"));
   std::vector<std::vector<std::string>> run_rows;
   for (const LeafRun& r : runs) {
-    run_rows.push_back({Hex(r.first.iova()), Hex(r.first.iova() + r.size_bytes - 1),
-                        Hex(r.first.phys_addr()), Hex(r.size_bytes), absl::StrCat(r.leaves),
-                        r.leaf_size != 0 ? Hex(r.leaf_size) : "mixed", Perm(r.first),
-                        Attr(r.first)});
+    run_rows.push_back(
+        {Hex(r.first.iova()), Hex(r.first.iova() + r.size_bytes - 1), Hex(r.first.phys_addr()),
+         absl::StrCat(r.size_bytes), absl::StrCat(r.leaves),
+         r.leaf_size != 0 ? absl::StrCat(r.leaf_size) : "mixed", Perm(r.first), Attr(r.first)});
   }
   ctx.printer->Table(
-      {"IOVA", "IOVA_END", "PHYS", "SIZE", "LEAVES", "LEAF", "PERM(USER/PRIV)", "ATTR"}, run_rows);
+      {"IOVA", "IOVA_END", "PHYS", "BYTES", "LEAVES", "LEAF_BYTES", "PERM(USER/PRIV)", "ATTR"},
+      run_rows);
   if (domain_stats.has_iova()) {
     ctx.printer->Title("iova allocator");
     ctx.printer->Print(domain_stats.iova());
   }
   if (!rows.empty()) {
     ctx.printer->Title("walk");
-    ctx.printer->Table({"IOVA", "PHYS", "LENGTH", "IOTLB", "NOTE"}, rows);
+    ctx.printer->Table({"IOVA", "PHYS", "BYTES", "IOTLB", "NOTE"}, rows);
   }
   return absl::OkStatus();
 }
@@ -263,19 +266,35 @@ absl::Status Health(Context& ctx, Args& args) {
 
 std::vector<Command> InspectCommands() {
   return {
-      {"watch-faults",
-       "[--after_seq=N] [--count=N]  stream fault records until Ctrl-C or N records", WatchFaults},
-      {"dump",
-       "[--domain=ID] [--max_leaves=N (0: all)] [--iova=A,B,... [--length=N] [--write]]  a domain, "
-       "its "
-       "page-table and allocator stats, its mappings (page-table leaves merged into runs), and a "
-       "walk of the "
-       "given IOVAs through the device",
-       Dump},
-      {"health",
-       "[--service=NAME]  the gRPC health check of the daemon (or of one service): exit 0 only "
-       "when SERVING",
-       Health},
+      {.name = "watch-faults",
+       .summary = "stream fault records as they happen, until Ctrl-C or --count records",
+       .flags = {{.name = "after_seq",
+                  .value = "N",
+                  .help = "start after this record (default 0: the oldest the daemon keeps)"},
+                 {.name = "count",
+                  .value = "N",
+                  .help = "stop after N records (default 0: never)"}},
+       .run = WatchFaults},
+      {.name = "dump",
+       .summary = "a domain: its page-table and allocator statistics, its mappings (leaves "
+                  "merged into runs) and a walk of chosen IOVAs through the device",
+       .flags = {{.name = "domain",
+                  .value = "ID",
+                  .help = "the domain (default: the device's current one)"},
+                 {.name = "max_leaves",
+                  .value = "N",
+                  .help = "at most N page-table leaves (default 65536; 0: all)"},
+                 {.name = "iova", .value = "A,B,...", .help = "IOVAs to translate, each shown"},
+                 {.name = "length", .value = "N", .help = "the bytes of each walk (default 4096)"},
+                 {.name = "write", .help = "walk as writes (default: reads)"}},
+       .run = Dump,
+       .usage = "[--domain=ID] [--max_leaves=N] [--iova=A,B,... [--length=N] [--write]]"},
+      {.name = "health",
+       .summary = "the daemon's gRPC health check: exit 0 only when SERVING",
+       .flags = {{.name = "service",
+                  .value = "NAME",
+                  .help = "one service (default: the daemon as a whole)"}},
+       .run = Health},
   };
 }
 

@@ -1,21 +1,22 @@
 // iommuctl: the command-line client of iommud.
 //
-//   iommuctl [--target=ADDR] [--device=NAME]
-//            [(--token=T | --token_file=F) --tls_ca=F [--tls_server_name=N] |
-//             --tls_cert=F --tls_key=F --tls_ca=F [--tls_server_name=N]]
-//            [--session=ID] [--deadline_ms=N] [--max_message_bytes=N] [--max_batch_ops=N]
-//            [--json] SUBCOMMAND [FLAGS]
+//   iommuctl [FLAGS] SUBCOMMAND [FLAGS]
 //
-// main() only parses the global flags into Options and dispatches. The exit
-// status is 0 on success, else the absl/gRPC status code of the failure
-// (3 INVALID_ARGUMENT, 5 NOT_FOUND, 7 PERMISSION_DENIED, 16 UNAUTHENTICATED...).
+// (the grammar: cli.h; `iommuctl --help` lists the flags). main() splits the
+// command line, answers help, version and completion itself, parses the
+// global flags into Options and dispatches. The exit status is 0 on success,
+// else the absl/gRPC status code of the failure (3 INVALID_ARGUMENT,
+// 5 NOT_FOUND, 7 PERMISSION_DENIED, 16 UNAUTHENTICATED...).
 #include <csignal>
 #include <iostream>
+#include <set>
 #include <string>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/synchronization/mutex.h"
+#include "client/ctl/cli.h"
 #include "client/ctl/command.h"
 #include "client/status.h"
 
@@ -29,29 +30,8 @@ void OnSignal(int) { g_interrupted.store(true); }
 struct GlobalOptions {
   Options connect;
   uint64_t session_id = 0;
-  bool json = false;
+  Format format = Format::kTable;
 };
-
-constexpr char kGlobalUsage[] =
-    "usage: iommuctl [GLOBAL FLAGS] SUBCOMMAND [FLAGS]\n"
-    "global flags:\n"
-    "  --target=ADDR         unix:/path or host:port (default unix:/tmp/iommud.sock)\n"
-    "  --device=NAME         the device to act as (empty: the credential's identity, admin with "
-    "--auth=none)\n"
-    "  --token=T             bearer token (--auth=token), sent over TLS: needs --tls_ca\n"
-    "  --token_file=F        file holding the bearer token\n"
-    "  --tls_ca=F            CA that signed the daemon's certificate (--auth=token, --auth=mtls)\n"
-    "  --tls_cert=F --tls_key=F   the client certificate and key (--auth=mtls)\n"
-    "  --tls_server_name=N   name checked against the daemon's certificate (default: the\n"
-    "                        target's host, localhost for unix:)\n"
-    "  --session=ID          calls belong to this session (iommu-session-id)\n"
-    "  --deadline_ms=N       deadline of each call (default 10000)\n"
-    "  --max_message_bytes=N --max_batch_ops=N   the daemon's limits, when not its defaults\n"
-    "                        (4M and 8192): replies received up to N bytes, larger\n"
-    "                        requests and Batch messages refused before sending\n"
-    "  --json                print JSON (one object per line) instead of tables\n"
-    "numbers are decimal or 0x-hex, decimal ones with an optional K/M/G suffix.\n"
-    "subcommands:\n";
 
 absl::StatusOr<GlobalOptions> ParseGlobal(Args& args) {
   GlobalOptions g;
@@ -97,7 +77,11 @@ absl::StatusOr<GlobalOptions> ParseGlobal(Args& args) {
   o.limits = {.max_message_bytes = static_cast<uint32_t>(max_message_bytes),
               .max_batch_ops = static_cast<uint32_t>(max_batch_ops)};
   ASSIGN_OR_RETURN(g.session_id, args.U64Or("session", 0));
-  ASSIGN_OR_RETURN(g.json, args.Bool("json"));
+  ASSIGN_OR_RETURN(
+      g.format,
+      args.Enum<Format>(
+          "output", {{"table", Format::kTable}, {"wide", Format::kWide}, {"json", Format::kJson}},
+          Format::kTable));
   RETURN_IF_ERROR(args.CheckAllUsed("iommuctl"));
   RETURN_IF_ERROR(ValidateOptions(o));
   return g;
@@ -112,60 +96,79 @@ std::vector<Command> AllCommands() {
   return all;
 }
 
-void PrintUsage(std::ostream& out, const std::vector<Command>& commands) {
-  out << kGlobalUsage;
-  for (const Command& c : commands) out << "  " << c.name << " " << c.synopsis << "\n";
-}
-
 int Fail(const absl::Status& status) {
   std::cerr << "iommuctl: " << status.ToString() << "\n";
   return static_cast<int>(status.code());
 }
 
-int Run(int argc, char** argv) {
-  const std::vector<Command> commands = AllCommands();
-  // Global flags come before the subcommand, its own flags after it.
-  std::vector<std::string> global_argv, sub_argv;
-  std::string subcommand;
-  for (int i = 1; i < argc; ++i) {
-    std::string arg = argv[i];
-    if (subcommand.empty() && (arg.rfind("--", 0) != 0)) {
-      subcommand = arg;
-    } else {
-      (subcommand.empty() ? global_argv : sub_argv).push_back(std::move(arg));
+// help [SUB], version and completion: answered without a daemon.
+int RunBuiltin(const CommandLine& line, const std::vector<Command>& commands) {
+  if (line.subcommand == kVersionCommand || (line.version && line.subcommand.empty())) {
+    std::cout << VersionText();
+    return 0;
+  }
+  if (line.subcommand == kCompletionCommand) {
+    if (line.positional.size() != 1 || line.positional[0] != "bash") {
+      return Fail(InvalidField("shell", absl::StrJoin(line.positional, " "),
+                               "iommuctl completion bash: only bash is supported"));
+    }
+    std::cout << BashCompletion(commands);
+    return 0;
+  }
+  // help, help SUB, --help, SUB --help.
+  std::string topic = line.subcommand == kHelpCommand
+                          ? (line.positional.empty() ? "" : line.positional[0])
+                          : line.subcommand;
+  if (topic.empty()) {
+    std::cout << GlobalHelp(commands);
+    return 0;
+  }
+  for (const Command& c : commands) {
+    if (c.name == topic) {
+      std::cout << CommandHelp(c);
+      return 0;
     }
   }
-  for (const std::string& a : global_argv) {
-    if (a == "--help" || a == "-h") subcommand = "help";
+  return Fail(InvalidField("subcommand", topic, "unknown (iommuctl help lists them)"));
+}
+
+int Run(int argc, char** argv) {
+  const std::vector<Command> commands = AllCommands();
+  absl::StatusOr<CommandLine> line =
+      SplitCommandLine(std::vector<std::string>(argv + 1, argv + argc), commands);
+  if (!line.ok()) return Fail(line.status());
+  if (line->help || line->version || line->subcommand == kHelpCommand ||
+      line->subcommand == kVersionCommand || line->subcommand == kCompletionCommand) {
+    return RunBuiltin(*line, commands);
   }
-  if (subcommand.empty() || subcommand == "help") {
-    PrintUsage(subcommand.empty() ? std::cerr : std::cout, commands);
-    return subcommand.empty() ? static_cast<int>(absl::StatusCode::kInvalidArgument) : 0;
+  if (line->subcommand.empty()) {
+    std::cerr << GlobalHelp(commands);
+    return static_cast<int>(absl::StatusCode::kInvalidArgument);
   }
   const Command* command = nullptr;
   for (const Command& c : commands) {
-    if (c.name == subcommand) command = &c;
+    if (c.name == line->subcommand) command = &c;
   }
-  if (command == nullptr) {
-    return Fail(absl::InvalidArgumentError(
-        absl::StrCat("subcommand=\"", subcommand, "\": unknown (iommuctl help lists them)")));
+  if (!line->positional.empty()) {
+    return Fail(InvalidField("argument", line->positional[0],
+                             absl::StrCat("'", command->name, "' takes flags only (iommuctl help ",
+                                          command->name, ")")));
   }
-  absl::StatusOr<Args> global = Args::Parse(global_argv);
+  absl::StatusOr<Args> global = Args::Parse(line->global);
   if (!global.ok()) return Fail(global.status());
   absl::StatusOr<GlobalOptions> options = ParseGlobal(*global);
   if (!options.ok()) return Fail(options.status());
-  absl::StatusOr<Args> args = Args::Parse(sub_argv);
+  absl::StatusOr<Args> args = Args::Parse(line->flags);
   if (!args.ok()) return Fail(args.status());
-  if (args->Has("help")) {
-    std::cout << "iommuctl " << command->name << " " << command->synopsis << "\n";
-    return 0;
-  }
+  std::set<std::string, std::less<>> declared;
+  for (const Flag& f : command->flags) declared.insert(f.name);
+  args->Declare(std::move(declared));
   absl::StatusOr<Client> client = Client::Connect(options->connect);
   if (!client.ok()) return Fail(client.status());
 
   std::signal(SIGINT, OnSignal);
   std::signal(SIGTERM, OnSignal);
-  Printer printer(std::cout, options->json);
+  Printer printer(std::cout, options->format);
   Context ctx{.client = client->WithSession(options->session_id),
               .printer = &printer,
               .interrupted = &g_interrupted,

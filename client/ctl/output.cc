@@ -1,6 +1,7 @@
 #include "client/ctl/output.h"
 
 #include <algorithm>
+#include <map>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
@@ -8,6 +9,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/strip.h"
+#include "absl/time/time.h"
 #include "google/protobuf/descriptor.h"
 #include "google/protobuf/util/json_util.h"
 
@@ -17,6 +19,28 @@ namespace {
 using google::protobuf::FieldDescriptor;
 using google::protobuf::Message;
 using google::protobuf::Reflection;
+
+// The columns of a table row in the default format, by the row's message;
+// a message not listed shows every column, as -o wide does.
+const std::map<std::string, std::vector<std::string>, std::less<>>& NarrowColumns() {
+  static const auto* columns = new std::map<std::string, std::vector<std::string>, std::less<>>{
+      {"iommu.v1.DeviceInfo",
+       {"name", "smmu", "stream_id", "dma_mask_bits", "pci", "untrusted", "current_domain_id",
+        "mappings", "mapped_bytes", "buffers"}},
+      {"iommu.v1.Domain",
+       {"domain_id", "smmu", "type", "owner", "is_default", "granule_bytes", "devices", "mappings",
+        "mapped_bytes"}},
+      {"iommu.v1.DomainStats",
+       {"domain_id", "smmu", "type", "strict", "allocated_bytes", "free_bytes",
+        "largest_free_bytes", "fragmentation_ratio", "mappings", "mapped_bytes"}},
+      {"iommu.v1.PageTableLeaf", {"iova", "phys_addr", "size_bytes", "read", "write", "exec"}},
+  };
+  return *columns;
+}
+
+bool IsTimeField(const FieldDescriptor* field) {
+  return absl::EndsWith(field->name(), "_unix_nanos");
+}
 
 bool IsHexField(const FieldDescriptor* field) {
   const std::string& name = field->name();
@@ -53,8 +77,10 @@ std::string Scalar(const Message& m, const FieldDescriptor* f, int index) {
       const uint32_t v = rep ? r->GetRepeatedUInt32(m, f, index) : r->GetUInt32(m, f);
       return IsHexField(f) ? absl::StrFormat("0x%x", v) : absl::StrCat(v);
     }
-    case FieldDescriptor::CPPTYPE_INT64:
-      return absl::StrCat(rep ? r->GetRepeatedInt64(m, f, index) : r->GetInt64(m, f));
+    case FieldDescriptor::CPPTYPE_INT64: {
+      const int64_t v = rep ? r->GetRepeatedInt64(m, f, index) : r->GetInt64(m, f);
+      return IsTimeField(f) ? FormatUnixNanos(v) : absl::StrCat(v);
+    }
     case FieldDescriptor::CPPTYPE_INT32:
       return absl::StrCat(rep ? r->GetRepeatedInt32(m, f, index) : r->GetInt32(m, f));
     case FieldDescriptor::CPPTYPE_DOUBLE:
@@ -116,7 +142,7 @@ void Flatten(const Message& m, const std::string& prefix, std::vector<std::strin
   }
 }
 
-void RenderTable(const Message& m, const FieldDescriptor* f, std::string* out) {
+void RenderTable(const Message& m, const FieldDescriptor* f, Format format, std::string* out) {
   const Reflection* r = m.GetReflection();
   std::vector<std::string> header;
   std::vector<std::vector<std::string>> rows;
@@ -131,6 +157,21 @@ void RenderTable(const Message& m, const FieldDescriptor* f, std::string* out) {
   for (const std::string& h : header) leaves.push_back(h.substr(h.rfind('.') + 1));
   for (size_t i = 0; i < header.size(); ++i) {
     if (std::count(leaves.begin(), leaves.end(), leaves[i]) == 1) header[i] = leaves[i];
+  }
+  const auto narrow = NarrowColumns().find(f->message_type()->full_name());
+  if (format == Format::kTable && narrow != NarrowColumns().end() && !rows.empty()) {
+    std::vector<size_t> keep;
+    for (const std::string& name : narrow->second) {
+      const auto at = std::find(header.begin(), header.end(), name);
+      if (at != header.end()) keep.push_back(at - header.begin());
+    }
+    auto select = [&keep](const std::vector<std::string>& cells) {
+      std::vector<std::string> out;
+      for (size_t k : keep) out.push_back(cells[k]);
+      return out;
+    };
+    header = select(header);
+    for (auto& row : rows) row = select(row);
   }
   absl::StrAppend(out, f->name(), " (", rows.size(), "):\n");
   if (!rows.empty()) absl::StrAppend(out, FormatTable(header, rows));
@@ -171,13 +212,17 @@ std::string ToJson(const Message& message) {
   return json;
 }
 
-std::string ToHuman(const Message& message) {
+std::string FormatUnixNanos(int64_t nanos) {
+  return absl::FormatTime("%Y-%m-%dT%H:%M:%E6SZ", absl::FromUnixNanos(nanos), absl::UTCTimeZone());
+}
+
+std::string ToHuman(const Message& message, Format format) {
   const auto* d = message.GetDescriptor();
   const Reflection* r = message.GetReflection();
   // A response wrapping one message (GetBufferResponse{buffer}) prints as it.
   if (d->field_count() == 1 && d->field(0)->cpp_type() == FieldDescriptor::CPPTYPE_MESSAGE &&
       !d->field(0)->is_repeated()) {
-    return ToHuman(r->GetMessage(message, d->field(0)));
+    return ToHuman(r->GetMessage(message, d->field(0)), format);
   }
   if (d->field_count() == 0) return "OK\n";
   std::vector<std::string> names;
@@ -200,22 +245,22 @@ std::string ToHuman(const Message& message) {
   for (size_t i = 0; i < names.size(); ++i) {
     absl::StrAppend(&out, names[i], std::string(width - names[i].size() + 2, ' '), cells[i], "\n");
   }
-  for (const FieldDescriptor* f : tables) RenderTable(message, f, &out);
+  for (const FieldDescriptor* f : tables) RenderTable(message, f, format, &out);
   return out;
 }
 
 void Printer::Print(const Message& message) {
-  out_ << (json_ ? ToJson(message) + "\n" : ToHuman(message));
+  out_ << (json() ? ToJson(message) + "\n" : ToHuman(message, format_));
   out_.flush();
 }
 
 void Printer::Title(absl::string_view title) {
-  if (!json_) out_ << "== " << title << "\n";
+  if (!json()) out_ << "== " << title << "\n";
 }
 
 void Printer::Table(const std::vector<std::string>& header,
                     const std::vector<std::vector<std::string>>& rows) {
-  if (!json_) out_ << FormatTable(header, rows);
+  if (!json()) out_ << FormatTable(header, rows);
 }
 
 }  // namespace iommu::client::ctl

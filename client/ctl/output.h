@@ -1,12 +1,14 @@
-// iommuctl's output: one JSON object per line with --json (protobuf's JSON
-// mapping, field names as in the proto, every field printed), human tables
-// otherwise.
+// iommuctl's output, chosen by -o: one JSON object per line (json:
+// protobuf's JSON mapping, field names as in the proto, every field
+// printed), or human text (table, the default, and wide).
 //
 // The human form of a message, derived from its descriptor: scalar fields as
-// aligned `name  value` lines (addresses, masks and stream ids in hex, enums
-// without their type prefix), repeated messages as tables whose columns are
-// the element's leaf fields. Every field prints, zero or not, so the output
-// of a given daemon state is stable (golden tests rely on it).
+// aligned `name  value` lines (addresses, masks and stream ids in hex, sizes
+// in bytes, times as UTC timestamps, enums without their type prefix),
+// repeated messages as tables whose columns are the element's leaf fields:
+// in table format the columns a user scans for (kNarrowColumns in
+// output.cc), in wide format all of them. Every field prints, zero or not, so
+// the output of a given daemon state is stable (golden tests rely on it).
 //
 // Thread-compatible.
 #ifndef IOMMU_CLIENT_CTL_OUTPUT_H_
@@ -21,10 +23,13 @@
 
 namespace iommu::client::ctl {
 
+enum class Format { kTable, kWide, kJson };
+
 class Printer {
  public:
-  Printer(std::ostream& out, bool json) : out_(out), json_(json) {}
-  bool json() const { return json_; }
+  Printer(std::ostream& out, Format format) : out_(out), format_(format) {}
+  bool json() const { return format_ == Format::kJson; }
+  Format format() const { return format_; }
   std::ostream& out() { return out_; }
 
   void Print(const google::protobuf::Message& message);
@@ -36,13 +41,15 @@ class Printer {
 
  private:
   std::ostream& out_;
-  const bool json_;
+  const Format format_;
 };
 
 // One line of protobuf JSON.
 std::string ToJson(const google::protobuf::Message& message);
 // The human rendering described above.
-std::string ToHuman(const google::protobuf::Message& message);
+std::string ToHuman(const google::protobuf::Message& message, Format format = Format::kTable);
+// "2026-12-07T18:01:18.123456Z".
+std::string FormatUnixNanos(int64_t nanos);
 // A table with columns padded to their widest cell, two spaces apart.
 std::string FormatTable(const std::vector<std::string>& header,
                         const std::vector<std::vector<std::string>>& rows);

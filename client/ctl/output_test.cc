@@ -64,7 +64,7 @@ TEST(OutputTest, EmptyResponseIsOkAndJsonPrintsEveryField) {
   EXPECT_EQ(ToJson(map),
             R"({"dma_addr":"16","mapping_id":"0","domain_id":"0","iova_size_bytes":"0"})");
   std::ostringstream out;
-  Printer(out, /*json=*/true).Print(map);
+  Printer(out, Format::kJson).Print(map);
   EXPECT_EQ(out.str(), ToJson(map) + "\n");
 }
 

@@ -351,11 +351,24 @@ absl::Status Simulate(Context& ctx, Args& args) {
 }  // namespace
 
 std::vector<Command> SimulateCommands() {
-  return {{"simulate",
-           "--profile=nic|nvme|gpu|camera|untrusted [--seconds=N (default 0: until Ctrl-C)] "
-           "[--rate=STEPS_PER_S (0: flat out)] "
-           "[--peer=DEV (gpu import target)] [--session_ttl_ms=N]  a device traffic generator",
-           Simulate}};
+  return {
+      {.name = "simulate",
+       .summary = "a device traffic generator: one line of counts per second",
+       .flags = {{.name = "profile",
+                  .value = "nic|nvme|gpu|camera|untrusted",
+                  .help = "the traffic: each profile acts as its device (or --device)",
+                  .required = true},
+                 {.name = "seconds", .value = "N", .help = "how long (default 0: until Ctrl-C)"},
+                 {.name = "rate",
+                  .value = "STEPS_PER_S",
+                  .help = "steps per second (default 50; 0: flat out)"},
+                 {.name = "peer",
+                  .value = "DEV",
+                  .help = "the device the gpu profile exports to (default nic0)"},
+                 {.name = "session_ttl_ms",
+                  .value = "N",
+                  .help = "the lease of its session (default 10000)"}},
+       .run = Simulate}};
 }
 
 }  // namespace iommu::client::ctl
