@@ -24,17 +24,21 @@ std::string Name(const google::protobuf::EnumValueDescriptor* v) {
   return v->name().rfind(prefix, 0) == 0 ? v->name().substr(prefix.size()) : v->name();
 }
 
-std::vector<std::string> FaultRow(const v1::FaultRecord& f) {
-  return {absl::StrCat(f.seq()),
-          FormatUnixNanos(f.timestamp_unix_nanos()),
-          Name(v1::FaultType_descriptor()->FindValueByNumber(f.type())),
-          f.device().empty() ? "-" : f.device(),
-          f.smmu(),
-          Hex(f.stream_id()),
-          absl::StrCat(f.domain_id()),
-          Hex(f.iova()),
-          Name(v1::AccessKind_descriptor()->FindValueByNumber(f.access())),
-          f.privileged() ? "true" : "false"};
+// -o wide adds the SMMU and the privilege of the access.
+std::vector<std::string> FaultRow(const v1::FaultRecord& f, bool wide) {
+  std::vector<std::string> row = {absl::StrCat(f.seq()),
+                                  FormatUnixNanos(f.timestamp_unix_nanos()),
+                                  Name(v1::FaultType_descriptor()->FindValueByNumber(f.type())),
+                                  f.device().empty() ? "-" : f.device(),
+                                  Hex(f.stream_id()),
+                                  absl::StrCat(f.domain_id()),
+                                  Hex(f.iova()),
+                                  Name(v1::AccessKind_descriptor()->FindValueByNumber(f.access()))};
+  if (wide) {
+    row.insert(row.begin() + 4, f.smmu());
+    row.push_back(f.privileged() ? "true" : "false");
+  }
+  return row;
 }
 
 absl::Status WatchFaults(Context& ctx, Args& args) {
@@ -53,8 +57,13 @@ absl::Status WatchFaults(Context& ctx, Args& args) {
     }
     stream->Cancel();
   });
-  const std::vector<std::string> header = {"SEQ",    "TIME",   "TYPE", "DEVICE", "SMMU",
-                                           "STREAM", "DOMAIN", "IOVA", "ACCESS", "PRIV"};
+  const bool wide = ctx.printer->format() == Format::kWide;
+  std::vector<std::string> header = {"SEQ",    "TIME",   "TYPE", "DEVICE",
+                                     "STREAM", "DOMAIN", "IOVA", "ACCESS"};
+  if (wide) {
+    header.insert(header.begin() + 4, "SMMU");
+    header.push_back("PRIV");
+  }
   uint64_t seen = 0;
   bool first = true;
   v1::FaultEvent event;
@@ -70,7 +79,7 @@ absl::Status WatchFaults(Context& ctx, Args& args) {
     }
     if (event.lost() != 0) ctx.printer->out() << "lost " << event.lost() << " records\n";
     std::vector<std::vector<std::string>> rows;
-    for (const v1::FaultRecord& f : event.records()) rows.push_back(FaultRow(f));
+    for (const v1::FaultRecord& f : event.records()) rows.push_back(FaultRow(f, wide));
     // Stream rows: the header once, columns sized for typical values.
     std::string table = FormatTable(header, rows);
     if (!first) table = table.substr(table.find('\n') + 1);

@@ -25,14 +25,14 @@ using google::protobuf::Reflection;
 const std::map<std::string, std::vector<std::string>, std::less<>>& NarrowColumns() {
   static const auto* columns = new std::map<std::string, std::vector<std::string>, std::less<>>{
       {"iommu.v1.DeviceInfo",
-       {"name", "smmu", "stream_id", "dma_mask_bits", "pci", "untrusted", "current_domain_id",
-        "mappings", "mapped_bytes", "buffers"}},
+       {"name", "smmu", "stream_id", "dma_mask_bits", "untrusted", "current_domain_id", "mappings",
+        "mapped_bytes"}},
       {"iommu.v1.Domain",
        {"domain_id", "smmu", "type", "owner", "is_default", "granule_bytes", "devices", "mappings",
         "mapped_bytes"}},
       {"iommu.v1.DomainStats",
-       {"domain_id", "smmu", "type", "strict", "allocated_bytes", "free_bytes",
-        "largest_free_bytes", "fragmentation_ratio", "mappings", "mapped_bytes"}},
+       {"domain_id", "smmu", "type", "allocated_bytes", "free_bytes", "fragmentation_ratio",
+        "mappings"}},
       {"iommu.v1.PageTableLeaf", {"iova", "phys_addr", "size_bytes", "read", "write", "exec"}},
   };
   return *columns;
@@ -213,7 +213,7 @@ std::string ToJson(const Message& message) {
 }
 
 std::string FormatUnixNanos(int64_t nanos) {
-  return absl::FormatTime("%Y-%m-%dT%H:%M:%E6SZ", absl::FromUnixNanos(nanos), absl::UTCTimeZone());
+  return absl::FormatTime("%Y-%m-%dT%H:%M:%E3SZ", absl::FromUnixNanos(nanos), absl::UTCTimeZone());
 }
 
 std::string ToHuman(const Message& message, Format format) {

@@ -48,7 +48,7 @@ class Printer {
 std::string ToJson(const google::protobuf::Message& message);
 // The human rendering described above.
 std::string ToHuman(const google::protobuf::Message& message, Format format = Format::kTable);
-// "2026-12-07T18:01:18.123456Z".
+// "2026-12-07T18:01:18.123Z" (UTC, milliseconds).
 std::string FormatUnixNanos(int64_t nanos);
 // A table with columns padded to their widest cell, two spaces apart.
 std::string FormatTable(const std::vector<std::string>& header,
