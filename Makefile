@@ -94,11 +94,17 @@ thread-safety: deps
 # build-fuzz/artifacts/ (keep it under store/fuzz_corpus/<name> once fixed;
 # `make test` replays that corpus).
 FUZZ_SECONDS ?= 60
-# The crash test at length: device clients under mixed traffic while iommud
-# is SIGKILLed SOAK_CYCLES times at random moments, then everything
-# acknowledged is checked against their logs (tests/iommud_state_test.cc).
+# The soak at length: SOAK_SECONDS of mixed traffic (device clients under
+# expiring sessions, clients vanishing mid-call, a hostile client, fault
+# watchers; tests/iommud_soak_test.cc, which make test runs for 12 s), then
+# the crash test: device clients while iommud is SIGKILLed SOAK_CYCLES times
+# at random moments, everything acknowledged checked against their logs
+# (tests/iommud_state_test.cc).
+SOAK_SECONDS ?= 300
 SOAK_CYCLES ?= 300
 soak: build
+	IOMMU_SOAK_SECONDS=$(SOAK_SECONDS) $(BUILD_DIR)/tests/iommud_integration_test \
+	  --gtest_filter='SoakTest.*'
 	IOMMU_CRASH_CYCLES=$(SOAK_CYCLES) $(BUILD_DIR)/tests/iommud_integration_test \
 	  --gtest_filter='StateTest.CrashCycles*'
 

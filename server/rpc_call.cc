@@ -30,6 +30,9 @@ absl::Status ParseRequest(const ServiceEnv& env, Method method, const grpc::Byte
 
 absl::Status SerializeReply(const ServiceEnv& env, Method method,
                             const google::protobuf::Message& reply, grpc::ByteBuffer* out) {
+  // A reactor reuses its reply buffer: gRPC's writer requires an empty one
+  // (it aborts the process otherwise), whatever the previous write left.
+  out->Clear();
   bool own_buffer = false;
   const grpc::Status s = grpc::GenericSerialize<grpc::ProtoBufferWriter, google::protobuf::Message>(
       reply, out, &own_buffer);

@@ -164,7 +164,7 @@ inline absl::StatusOr<core::Caller> ResolveCaller(const ServiceEnv& env,
 absl::Status ParseRequest(const ServiceEnv& env, Method method, const grpc::ByteBuffer& bytes,
                           google::protobuf::Message* request);
 
-// Serializes a reply into `out`. The limits guarantee that every reply fits
+// Serializes a reply into `out`, replacing what it held. The limits guarantee that every reply fits
 // in --max_message_bytes; one that does not is a bug, refused (with an error
 // logged) rather than sent to a client that would refuse it.
 absl::Status SerializeReply(const ServiceEnv& env, Method method,
