@@ -320,21 +320,35 @@ void BufferTable::FreeLocked(Shard& shard, uint64_t buffer_id) {
 
 uint64_t BufferTable::ReleaseSessions(absl::Span<const uint64_t> session_ids) {
   uint64_t visited = 0;
-  absl::MutexLock el(&exports_mu_);
   for (Shard& shard : shards_) {
-    absl::MutexLock l(&shard.mu);
     std::vector<uint64_t> doomed;
-    for (const uint64_t session_id : session_ids) {
-      const auto it = shard.by_session.find(session_id);
-      if (it == shard.by_session.end()) continue;
-      for (const uint64_t id : it->second) {
-        ++visited;
-        if (shard.buffers.at(id)->refs() == 0) doomed.push_back(id);
+    {
+      absl::MutexLock l(&shard.mu);
+      for (const uint64_t session_id : session_ids) {
+        const auto it = shard.by_session.find(session_id);
+        if (it == shard.by_session.end()) continue;
+        visited += it->second.size();
+        doomed.insert(doomed.end(), it->second.begin(), it->second.end());
       }
     }
-    // In id order, as a scan of the table has always freed them.
+    // In id order, as a scan of the table has always freed them; a few at a
+    // time under the locks (another device's map may need this shard), and
+    // their pages returned after.
     std::sort(doomed.begin(), doomed.end());
-    for (uint64_t id : doomed) FreeLocked(shard, id);
+    for (size_t first = 0; first < doomed.size(); first += kReleaseChunk) {
+      std::vector<std::unique_ptr<Buffer>> freed;
+      {
+        absl::MutexLock el(&exports_mu_);
+        absl::MutexLock l(&shard.mu);
+        for (size_t i = first; i < std::min(doomed.size(), first + kReleaseChunk); ++i) {
+          // Still unreferenced: a mapping made without the session may hold it.
+          const auto it = shard.buffers.find(doomed[i]);
+          if (it == shard.buffers.end() || it->second->refs() != 0) continue;
+          freed.push_back(UnlinkLocked(shard, doomed[i]));
+        }
+      }
+      for (std::unique_ptr<Buffer>& b : freed) ReleasePages(std::move(b));
+    }
   }
   return visited;
 }

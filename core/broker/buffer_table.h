@@ -155,9 +155,11 @@ class BufferTable {
   void FreeUnreferenced(uint64_t buffer_id);
   // Frees the buffers of the sessions `session_ids` that no mapping
   // references, found through each shard's session index: O(those buffers
-  // + shards x sessions), never a scan of the table. Returns the buffers
+  // + shards x sessions), never a scan of the table, and at most
+  // kReleaseChunk of them per hold of a shard's lock. Returns the buffers
   // visited.
   uint64_t ReleaseSessions(absl::Span<const uint64_t> session_ids);
+  static constexpr size_t kReleaseChunk = 64;
 
   // --- exports --------------------------------------------------------------
   // Creates an export of `chunks` (the memory of `buffer_ids`) by `exporter`,
