@@ -255,5 +255,26 @@ TEST_F(SessionReleaseTest, ReleaseLeavesAMappingThatReusedAnUnmappedSessionIova)
   EXPECT_EQ(Value(broker_->GetBuffer(plain, b.buffer_id)).map_count, 1u);
 }
 
+// A device's sessions are bounded by its quota, refused beyond with
+// RESOURCE_EXHAUSTED naming the quota, its value and the flag; a closed
+// session gives its place back.
+TEST_F(SessionReleaseTest, SessionsPerDeviceAreBoundedByTheQuota) {
+  BrokerOptions opts;
+  opts.now = clock_.Fn();
+  opts.default_quotas.max_sessions = 2;
+  broker_ = MakeBroker(opts);
+  const Caller nic = Caller::Device("nic0");
+  const uint64_t first = Value(broker_->OpenSession(nic, kTtl));
+  Value(broker_->OpenSession(nic, kTtl));
+  const absl::StatusOr<uint64_t> third = broker_->OpenSession(nic, kTtl);
+  EXPECT_EQ(third.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(third.status().message(),
+            "device=\"nic0\": session quota of 2 sessions reached (--quota_sessions, or the "
+            "device's quotas in the topology); close one first");
+  EXPECT_TRUE(broker_->OpenSession(Caller::Device("gpu0"), kTtl).ok());
+  ASSERT_TRUE(broker_->CloseSession(nic, first).ok());
+  EXPECT_TRUE(broker_->OpenSession(nic, kTtl).ok());
+}
+
 }  // namespace
 }  // namespace iommu::core
