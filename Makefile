@@ -53,19 +53,21 @@ asan: deps
 # clang build checks the thread-safety annotations, as `make thread-safety`
 # does (TSAN_TESTS=. runs every test). core/testing/tsan.supp says what the
 # uninstrumented gRPC and abseil make TSan unable to judge.
-TSAN_TESTS ?= Concurren|FaultRing|Batch|RequestLog|Drain|WatchFaults|SessionTest|EveryRpc|IsolationTest|StateTest|ClientRequestIdTest|RetryTest
+TSAN_TESTS ?= Concurren|FaultRing|Batch|RequestLog|Drain|WatchFaults|FaultWatchers|SessionTest|SessionRelease|EveryRpc|IsolationTest|StateTest|ClientRequestIdTest|RetryTest
 # The kill tests need more traffic between kills than TSan's slowdown of
 # every restart leaves them (make test runs them, make soak at length), and
 # two retry tests count attempts within a sub-second deadline.
-# The hostile-stream memory test measures RSS, which TSan's shadow inflates.
-TSAN_EXCLUDE ?= CrashCycles|CutByDaemonKills|RetriesEndAtTheCallsDeadline|BatchGivesUpWhenNoStream|HostileBatchStreamsStayWithin
+# The hostile-stream, idle-watcher and memory-release tests measure RSS,
+# which TSan's shadow inflates.
+TSAN_EXCLUDE ?= CrashCycles|CutByDaemonKills|RetriesEndAtTheCallsDeadline|BatchGivesUpWhenNoStream|HostileBatchStreamsStayWithin|IdleWatchersHoldNoThread|RssReturnsNearTheBaseline
 # The executables that hold TSAN_TESTS (with iommud, iommuctl and every
 # library they link, so -Wthread-safety sees all non-test code); TSAN_TESTS=.
 # needs TSAN_TARGETS=all.
 TSAN_TARGETS ?= iommud iommuctl state_client client_integration_test client_retry_test \
   client_status_test broker_batch_test broker_concurrency_test broker_isolation_test \
-  broker_restore_test request_log_test fault_ring_test phys_memory_test lpae_pgtable_test \
-  pgtable_page_pool_test iommu_server_test kv_store_test iommud_integration_test
+  broker_restore_test broker_sessions_test request_log_test fault_ring_test phys_memory_test \
+  lpae_pgtable_test pgtable_page_pool_test iommu_server_test kv_store_test \
+  iommud_integration_test iommud_resource_test
 tsan: deps
 	cmake -S . -B build-tsan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DIOMMU_BUILD_BENCHMARKS=OFF \
 	  -DIOMMU_CORE_ONLY=OFF -DCMAKE_CXX_COMPILER=clang++ -DIOMMU_SANITIZE=thread -DIOMMU_THREAD_SAFETY=ON

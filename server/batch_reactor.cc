@@ -178,6 +178,7 @@ void BatchReactor::OnReadDone(bool ok) {
   }
   ++messages_;
   env_.metrics->Received(Method::kBatch);
+  const size_t in_bytes = in_.Length();
   if (absl::Status accepted = Accept(); !accepted.ok()) {
     FinishWith(accepted);
     return;
@@ -189,6 +190,7 @@ void BatchReactor::OnReadDone(bool ok) {
     return;
   }
   env_.metrics->Sent(Method::kBatch);
+  if (env_.trimmer != nullptr) env_.trimmer->Finished(std::max(in_bytes, out_.Length()));
   StartWrite(&out_);
 }
 

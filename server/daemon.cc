@@ -105,6 +105,7 @@ absl::Status CheckUnauthenticatedListeners(const DaemonOptions& options) {
 absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const DaemonOptions& options) {
   std::unique_ptr<Daemon> d(new Daemon());
   d->options_ = options;
+  HeapTrimmer::ConfigureAllocator();
   if (options.listen.grpc_addresses.empty()) {
     return core::FieldError(absl::StatusCode::kInvalidArgument, "listen", "",
                             "needs at least one address");
@@ -178,6 +179,10 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const DaemonOptions& optio
   d->scanner_ = std::make_unique<RequestScanner>(options.limits, devices.size());
   d->stream_limiter_ =
       std::make_unique<StreamLimiter>(options.limits.max_streams_per_device, devices);
+  d->watcher_limiter_ =
+      std::make_unique<StreamLimiter>(options.limits.max_watchers_per_device, devices,
+                                      "max_watchers_per_device", "WatchFaults streams");
+  d->fault_dispatcher_ = std::make_unique<FaultDispatcher>(d->broker_.get());
 
   const ServiceEnv env{.broker = d->broker_.get(),
                        .auth = d->auth_.get(),
@@ -186,7 +191,10 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const DaemonOptions& optio
                        .default_session_ttl = options.session_ttl,
                        .limits = &d->options_.limits,
                        .scanner = d->scanner_.get(),
-                       .stream_limiter = d->stream_limiter_.get()};
+                       .stream_limiter = d->stream_limiter_.get(),
+                       .watcher_limiter = d->watcher_limiter_.get(),
+                       .faults = d->fault_dispatcher_.get(),
+                       .trimmer = &d->trimmer_};
   d->services_.push_back(std::make_unique<DmaService>(env));
   d->services_.push_back(std::make_unique<MemoryService>(env));
   d->services_.push_back(std::make_unique<DomainsService>(env));
@@ -296,6 +304,7 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const DaemonOptions& optio
         metrics_ports.empty() ? m : absl::StrCat(m.substr(0, m.rfind(':')), ":", metrics_ports[0]);
   }
 
+  d->fault_dispatcher_->Start();
   d->ticker_ = std::thread(&Daemon::TickLoop, d.get());
   return d;
 }
@@ -304,6 +313,7 @@ Daemon::~Daemon() { (void)Shutdown(); }
 
 void Daemon::TickLoop() {
   while (!stop_ticking_.WaitForNotificationWithTimeout(options_.tick_interval)) {
+    trimmer_.MaybeTrim();
     const int released = broker_->Tick();
     if (released > 0) {
       LogInfo("sessions_expired",
@@ -324,7 +334,8 @@ absl::Status Daemon::Shutdown() {
   //    wait for them, up to the deadline. Unary calls run to completion
   //    inline in their handlers, so they need no tracking.
   streams_.DrainAll();
-  broker_->Shutdown();  // wakes fault watchers
+  broker_->Shutdown();        // wakes the fault dispatcher's thread...
+  fault_dispatcher_->Stop();  // ...which ends
   const bool streams_done = streams_.AwaitEmpty(deadline);
   // 2. Stop accepting. gRPC's Shutdown waits for every client channel to
   //    close after its GOAWAY, which an idle client may never do; the short

@@ -4,8 +4,9 @@
 // iommud's process-level object: the broker, the gRPC server (every iommu.v1
 // service on the callback API, health, reflection) on Unix sockets and/or
 // TCP, an optional plaintext health-only server for probes, the /metrics
-// exposer, the Tick timer (session leases, flush-queue timeouts) and the
-// graceful drain.
+// exposer, the Tick timer (session leases, flush-queue timeouts, the heap
+// returned after large calls), the fault
+// dispatcher that wakes WatchFaults streams, and the graceful drain.
 //
 // Thread-compatible: Start, then Shutdown once, from one thread (main's
 // signal loop); everything it owns is thread-safe.
@@ -24,7 +25,9 @@
 #include "absl/time/time.h"
 #include "core/broker/broker.h"
 #include "server/auth.h"
+#include "server/fault_dispatcher.h"
 #include "server/grpc_metrics.h"
+#include "server/heap_trimmer.h"
 #include "server/limits.h"
 #include "server/request_scan.h"
 #include "server/rpc_call.h"
@@ -121,6 +124,11 @@ class Daemon {
   StreamRegistry streams_;
   std::unique_ptr<RequestScanner> scanner_;
   std::unique_ptr<StreamLimiter> stream_limiter_;
+  std::unique_ptr<StreamLimiter> watcher_limiter_;
+  // Declared after the broker and before the server: every watcher is gone
+  // before it is, and it before the broker.
+  std::unique_ptr<FaultDispatcher> fault_dispatcher_;
+  HeapTrimmer trimmer_;  // trimmed by the Tick timer after large calls
   std::vector<std::unique_ptr<grpc::Service>> services_;
   std::unique_ptr<grpc::Server> server_;
   std::unique_ptr<grpc::CallbackGenericService> health_fallback_;  // outlives health_server_

@@ -3,12 +3,6 @@
 #include "server/proto_convert.h"
 
 namespace iommu::server {
-namespace {
-
-constexpr absl::Duration kWaitSlice = absl::Milliseconds(250);
-constexpr size_t kMaxRecordsPerEvent = 256;
-
-}  // namespace
 
 FaultWatcher::FaultWatcher(const ServiceEnv& env, grpc::CallbackServerContext* context,
                            const grpc::ByteBuffer& request_bytes)
@@ -27,117 +21,148 @@ FaultWatcher::FaultWatcher(const ServiceEnv& env, grpc::CallbackServerContext* c
         env_.broker->ReadFaults(*caller, request.after_seq(), 1);
     if (!probe.ok()) caller = probe.status();
   }
-  if (caller.ok()) {
-    if (absl::Status s = AcquireSlot(env_.stream_limiter, caller->device, &slot_); !s.ok()) {
-      caller = s;
-    }
+  absl::Status accepted = caller.status();
+  if (accepted.ok()) {
+    // The limits, before anything is read: watchers, then streams.
+    absl::MutexLock l(&mu_);
+    accepted = AcquireSlot(env_.watcher_limiter, caller->device, &watcher_slot_);
+    if (accepted.ok()) accepted = AcquireSlot(env_.stream_limiter, caller->device, &slot_);
   }
-  if (caller.ok()) registered_ = env_.streams->Add(this);
-  if (!caller.ok() || !registered_) {
-    const absl::Status status =
-        caller.ok() ? absl::UnavailableError("iommud is shutting down") : caller.status();
+  if (accepted.ok()) {
+    // Set before a drain can reach the stream.
+    device_ = caller->device;
+    key_ = caller->admin ? "" : caller->device;
+    caller_ = *std::move(caller);
     {
       absl::MutexLock l(&mu_);
-      final_status_ = status;
+      after_seq_ = request.after_seq();
     }
-    slot_.Reset();
-    Finish(ToGrpcStatus(status));
+    registered_ = env_.streams->Add(this);
+    if (!registered_) accepted = absl::UnavailableError("iommud is shutting down");
+  }
+  if (!accepted.ok()) {
+    {
+      absl::MutexLock l(&mu_);
+      MarkFinishedLocked(accepted);
+    }
+    Finish(ToGrpcStatus(accepted));
     return;
   }
-  device_ = caller->device;
-  thread_ = std::thread(&FaultWatcher::Run, this, *caller, request.after_seq());
+  Pump();
 }
 
-bool FaultWatcher::StopRequested() {
-  absl::MutexLock l(&mu_);
-  return cancelled_ || draining_;
+bool FaultWatcher::MarkFinishedLocked(const absl::Status& status) {
+  if (finished_) return false;
+  finished_ = true;
+  final_status_ = status;
+  if (armed_) {
+    env_.faults->Disarm(this, key_);
+    armed_ = false;
+  }
+  // Before the client can see the end, so that it may open another at once.
+  slot_.Reset();
+  watcher_slot_.Reset();
+  return true;
 }
 
-bool FaultWatcher::WriteAndWait() {
+void FaultWatcher::Pump() {
+  absl::Status end;
+  bool finish = false;
+  bool write = false;
   {
     absl::MutexLock l(&mu_);
-    write_pending_ = true;
-  }
-  if (absl::Status s = SerializeReply(env_, Method::kWatchFaults, event_, &event_bytes_); !s.ok()) {
-    absl::MutexLock l(&mu_);
-    write_pending_ = false;
-    return false;
-  }
-  env_.metrics->Sent(Method::kWatchFaults);
-  StartWrite(&event_bytes_);
-  absl::MutexLock l(&mu_);
-  mu_.Await(absl::Condition(this, &FaultWatcher::WriteDoneLocked));
-  return write_ok_;
-}
-
-void FaultWatcher::Run(core::Caller caller, uint64_t after_seq) {
-  absl::Status status;
-  while (true) {
-    if (StopRequested()) break;
-    absl::StatusOr<core::FaultReadResult> read =
-        env_.broker->ReadFaults(caller, after_seq, kMaxRecordsPerEvent);
-    if (!read.ok()) {
-      status = read.status();
-      break;
-    }
-    after_seq = read->next_after_seq;
-    if (!read->records.empty() || read->lost != 0) {
-      event_.Clear();
-      for (const core::FaultRecord& r : read->records) ToProto(r, event_.add_records());
-      event_.set_lost(read->lost);
-      if (!WriteAndWait()) {
-        status = absl::CancelledError("the client went away");
-        break;
+    if (finished_ || writing_) return;
+    if (cancelled_) {
+      finish = MarkFinishedLocked(absl::CancelledError("the client went away"));
+    } else if (draining_) {
+      finish = MarkFinishedLocked(absl::OkStatus());
+    } else {
+      while (true) {
+        absl::StatusOr<core::FaultReadResult> read =
+            env_.broker->ReadFaults(*caller_, after_seq_, kMaxRecordsPerEvent);
+        if (!read.ok()) {
+          finish = MarkFinishedLocked(read.status());
+          break;
+        }
+        const bool advanced = read->next_after_seq != after_seq_;
+        after_seq_ = read->next_after_seq;
+        if (!read->records.empty() || read->lost != 0) {
+          event_.Clear();
+          for (const core::FaultRecord& r : read->records) ToProto(r, event_.add_records());
+          event_.set_lost(read->lost);
+          if (absl::Status s = SerializeReply(env_, Method::kWatchFaults, event_, &event_bytes_);
+              !s.ok()) {
+            finish = MarkFinishedLocked(s);
+            break;
+          }
+          writing_ = true;
+          write = true;
+          break;
+        }
+        // Only other devices' records were past after_seq: read on.
+        if (advanced) continue;
+        // Everything is sent. A record dispatched since the read is read
+        // now; any later one wakes the stream.
+        if (env_.faults->Arm(this, key_, after_seq_)) {
+          armed_ = true;
+          break;
+        }
       }
-      continue;
     }
-    const absl::Status waited = env_.broker->WaitForFaults(after_seq, absl::Now() + kWaitSlice);
-    if (absl::IsCancelled(waited)) break;  // the broker shut down: the daemon drains
+    if (finish) end = final_status_;
   }
+  if (write) {
+    env_.metrics->Sent(Method::kWatchFaults);
+    StartWrite(&event_bytes_);
+  }
+  // Nothing of `this` is touched after Finish: OnDone may run at once.
+  if (finish) Finish(ToGrpcStatus(end));
+}
+
+void FaultWatcher::Wake() {
   {
     absl::MutexLock l(&mu_);
-    if (cancelled_ && status.ok()) status = absl::CancelledError("the client went away");
-    final_status_ = status;
+    armed_ = false;  // the dispatcher took it
   }
-  slot_.Reset();  // before the client can see the end
-  // Nothing of `this` is touched after Finish: OnDone may run at once.
-  Finish(ToGrpcStatus(status));
+  Pump();
 }
 
 void FaultWatcher::OnWriteDone(bool ok) {
-  absl::MutexLock l(&mu_);
-  write_pending_ = false;
-  write_ok_ = ok;
+  // gRPC is done with the event's bytes: an idle watcher keeps none.
+  event_bytes_.Clear();
+  {
+    absl::MutexLock l(&mu_);
+    writing_ = false;
+    if (!ok) cancelled_ = true;
+  }
+  Pump();
 }
 
 void FaultWatcher::OnCancel() {
-  absl::MutexLock l(&mu_);
-  cancelled_ = true;
-  // A write may never complete now; release the thread.
-  write_pending_ = false;
-  write_ok_ = false;
+  {
+    absl::MutexLock l(&mu_);
+    cancelled_ = true;
+  }
+  // A write in flight completes (not ok), and its OnWriteDone ends the stream.
+  Pump();
 }
 
 void FaultWatcher::Drain() {
-  absl::MutexLock l(&mu_);
-  draining_ = true;
+  {
+    absl::MutexLock l(&mu_);
+    draining_ = true;
+  }
+  Pump();
 }
 
 void FaultWatcher::OnDone() {
-  // Finish may run OnDone inline on the watcher thread itself, which then
-  // touches nothing of `this` after Finish returns.
-  if (thread_.joinable()) {
-    if (thread_.get_id() == std::this_thread::get_id()) {
-      thread_.detach();
-    } else {
-      thread_.join();
-    }
-  }
   if (registered_) env_.streams->Remove(this);
   absl::Status status;
   {
     absl::MutexLock l(&mu_);
     status = final_status_;
+    if (armed_) env_.faults->Disarm(this, key_);
+    armed_ = false;
   }
   const int64_t elapsed_ns = MonotonicNanos() - start_ns_;
   env_.metrics->Handled(Method::kWatchFaults, status.code(), elapsed_ns);

@@ -43,7 +43,8 @@ absl::Status ValidateLimits(const Limits& limits, size_t max_record_bytes) {
                         Flag{"max_buffer_runs", limits.max_buffer_runs},
                         Flag{"max_string_bytes", limits.max_string_bytes},
                         Flag{"max_streams_per_connection", limits.max_streams_per_connection},
-                        Flag{"max_streams_per_device", limits.max_streams_per_device}}) {
+                        Flag{"max_streams_per_device", limits.max_streams_per_device},
+                        Flag{"max_watchers_per_device", limits.max_watchers_per_device}}) {
     if (f.value == 0) {
       return absl::InvalidArgumentError(absl::StrCat(f.name, "=0: must be at least 1"));
     }

@@ -48,6 +48,10 @@ struct Limits {
   // --max_streams_per_device: Batch and WatchFaults streams at once acting as
   // one device (or as the admin), counted by the daemon.
   uint32_t max_streams_per_device = 16;
+  // --max_watchers_per_device: of those, WatchFaults streams (each also
+  // holds a stream slot), so that watchers never take all of a device's
+  // stream slots from its Batch streams.
+  uint32_t max_watchers_per_device = 8;
 };
 
 // Upper bounds of the serialized size of reply pieces, including the tag

@@ -91,6 +91,9 @@ ABSL_FLAG(uint32_t, max_streams_per_connection, kDefaultLimits.max_streams_per_c
 ABSL_FLAG(uint32_t, max_streams_per_device, kDefaultLimits.max_streams_per_device,
           "limit: Batch and WatchFaults streams open at once acting as one device (or the "
           "admin), over all connections");
+ABSL_FLAG(uint32_t, max_watchers_per_device, kDefaultLimits.max_watchers_per_device,
+          "limit: WatchFaults streams open at once acting as one device (or the admin), each "
+          "also holding one of its --max_streams_per_device slots");
 ABSL_FLAG(absl::Duration, session_ttl, absl::Seconds(30),
           "session lease when OpenSession asks for ttl_ms 0");
 ABSL_FLAG(uint32_t, fq_size, kDefaultBroker.flush_queue_capacity,
@@ -219,7 +222,8 @@ int main(int argc, char** argv) {
                     .max_buffer_runs = absl::GetFlag(FLAGS_max_buffer_runs),
                     .max_string_bytes = absl::GetFlag(FLAGS_max_string_bytes),
                     .max_streams_per_connection = absl::GetFlag(FLAGS_max_streams_per_connection),
-                    .max_streams_per_device = absl::GetFlag(FLAGS_max_streams_per_device)};
+                    .max_streams_per_device = absl::GetFlag(FLAGS_max_streams_per_device),
+                    .max_watchers_per_device = absl::GetFlag(FLAGS_max_watchers_per_device)};
   if (options.limits.max_message_bytes > (1u << 30)) {
     return Fail("max_message_bytes: at most 1 GiB");
   }

@@ -17,6 +17,7 @@
 #include <grpcpp/support/byte_buffer.h>
 #include <grpcpp/support/server_callback.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdint>
@@ -38,6 +39,7 @@
 #include "core/broker/broker.h"
 #include "server/auth.h"
 #include "server/grpc_metrics.h"
+#include "server/heap_trimmer.h"
 #include "server/limits.h"
 #include "server/logging.h"
 #include "server/request_scan.h"
@@ -119,6 +121,8 @@ class StreamRegistry {
   absl::flat_hash_set<DrainableStream*> streams_ ABSL_GUARDED_BY(mu_);
 };
 
+class FaultDispatcher;
+
 // What every service needs. Owned by the Daemon, outliving the gRPC server.
 struct ServiceEnv {
   core::Broker* broker = nullptr;
@@ -129,6 +133,9 @@ struct ServiceEnv {
   const Limits* limits = nullptr;
   const RequestScanner* scanner = nullptr;
   StreamLimiter* stream_limiter = nullptr;
+  StreamLimiter* watcher_limiter = nullptr;  // WatchFaults streams per device
+  FaultDispatcher* faults = nullptr;         // wakes WatchFaults streams
+  HeapTrimmer* trimmer = nullptr;            // told of large calls (none when null)
 };
 
 inline int64_t MonotonicNanos() {
@@ -211,6 +218,9 @@ grpc::ServerUnaryReactor* ServeUnary(const ServiceEnv& env, grpc::CallbackServer
     status = caller.ok() ? body(std::as_const(*request), *caller, response) : caller.status();
   }
   if (status.ok()) status = SerializeReply(env, method, *response, reply_bytes);
+  if (env.trimmer != nullptr) {
+    env.trimmer->Finished(std::max(request_bytes->Length(), reply_bytes->Length()));
+  }
   const int64_t elapsed_ns = MonotonicNanos() - start_ns;
   if (status.ok()) env.metrics->Sent(method);
   env.metrics->Handled(method, status.code(), elapsed_ns);

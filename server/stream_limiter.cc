@@ -14,9 +14,9 @@ absl::Status StreamLimiter::Acquire(const std::string& device) {
   if (open >= max_per_device_) {
     const std::string who = device.empty() ? "the admin" : "the device";
     return core::FieldError(absl::StatusCode::kResourceExhausted, "device", device,
-                            absl::StrFormat("%s has %d Batch and WatchFaults streams open, the "
-                                            "--max_streams_per_device=%d limit; close one first",
-                                            who, open, max_per_device_));
+                            absl::StrFormat("%s has %d %s open, the --%s=%d limit; close one "
+                                            "first",
+                                            who, open, what_, flag_, max_per_device_));
   }
   ++open;
   return absl::OkStatus();

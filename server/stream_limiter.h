@@ -2,11 +2,13 @@
 #define IOMMU_SERVER_STREAM_LIMITER_H_
 
 // The Batch and WatchFaults streams open at once per device
-// (--max_streams_per_device, docs/design.md#limits). A stream holds memory
-// for as long as it lives (a Batch stream its message buffers, a watcher
-// its thread), and the number of connections is not the daemon's to bound,
-// so the count that bounds the daemon's memory is per device: whatever the
-// connections, a device (and the admin) has at most this many streams.
+// (--max_streams_per_device, docs/design.md#limits), and of them the
+// WatchFaults streams (--max_watchers_per_device): one limiter each. A
+// stream holds memory for as long as it lives (a Batch stream its message
+// buffers, a watcher its reactor and the event it writes), and the number of
+// connections is not the daemon's to bound, so the count that bounds the
+// daemon's memory is per device: whatever the connections, a device (and the
+// admin) has at most this many streams.
 //
 // A stream is counted against the device it acts as: a device credential's
 // device; for the admin and --auth=none the device its request names (a
@@ -30,12 +32,18 @@ namespace iommu::server {
 
 class StreamLimiter {
  public:
-  StreamLimiter(uint32_t max_per_device, absl::flat_hash_set<std::string> devices)
-      : max_per_device_(max_per_device), devices_(std::move(devices)) {}
+  // `flag` names the limit in refusals, `what` the streams it counts.
+  StreamLimiter(uint32_t max_per_device, absl::flat_hash_set<std::string> devices,
+                std::string flag = "max_streams_per_device",
+                std::string what = "Batch and WatchFaults streams")
+      : max_per_device_(max_per_device),
+        devices_(std::move(devices)),
+        flag_(std::move(flag)),
+        what_(std::move(what)) {}
 
   // Takes one of `device`'s slots ("": the admin's). NOT_FOUND naming the
   // device when the topology has no such device; RESOURCE_EXHAUSTED naming
-  // it and --max_streams_per_device when its slots are all taken.
+  // it, the flag and its value when its slots are all taken.
   absl::Status Acquire(const std::string& device) ABSL_LOCKS_EXCLUDED(mu_);
   // Returns a slot Acquire took.
   void Release(const std::string& device) ABSL_LOCKS_EXCLUDED(mu_);
@@ -45,6 +53,8 @@ class StreamLimiter {
  private:
   const uint32_t max_per_device_;
   const absl::flat_hash_set<std::string> devices_;
+  const std::string flag_;
+  const std::string what_;
   mutable absl::Mutex mu_;
   absl::flat_hash_map<std::string, uint32_t> open_ ABSL_GUARDED_BY(mu_);
 };

@@ -23,7 +23,7 @@
 //                      Domain::Transaction per operation or Batch message
 //   3. BufferTable      its export lock, then one buffer shard's lock
 //   4. Smmu::mu         one SMMU's IOTLB and context allocator
-//   5. PhysMemory's and FaultRing's internal locks
+//   5. PhysMemory's, FaultRing's and SessionIndex's internal locks
 // A device's current domain is read under a lock of that device alone, and
 // buffer references are taken under one of 16 shard locks or none, so
 // operations of different devices in different domains share no lock but
@@ -265,7 +265,16 @@ class Broker {
   absl::Status CloseSession(const Caller& caller, uint64_t session_id);
   // Releases sessions whose lease ran out; returns how many. Also polls the
   // flush queues' timeouts. The daemon calls it from a timer.
+  // A release (of a closed or an expired session) costs O(what the session
+  // owns): it visits only the domains holding its mappings, its mappings,
+  // buffers and domains, and holds another domain's lock for a bounded
+  // number of removals at a time, so one device's expiring sessions do not
+  // stall another device's calls (docs/design.md#sessions).
   int Tick();
+  // The records session releases have visited since the broker was made
+  // (mappings, buffers, domains): the work of a release, for tests that
+  // assert its cost without timing it.
+  uint64_t SessionReleaseWork() const;
 
   // Checks every engine's invariants and the cross-references between them
   // (mappings vs page tables, buffer references, quotas). For tests.

@@ -97,11 +97,10 @@ absl::StatusOr<AllocResult> Broker::Alloc(const Caller& caller, const std::strin
   }
   std::sort(out.page_sizes_used.rbegin(), out.page_sizes_used.rend());
   // The mapping holds the buffer through owned_buffer_id, not a reference.
-  MappingRecord& rec = txn.Insert(*iova, *size, *size);
+  MappingRecord& rec = txn.Insert(*iova, *size, *size, caller.session_id);
   rec.kind = MappingKind::kAlloc;
   rec.device = device;
   rec.owner = dev;
-  rec.session_id = caller.session_id;
   rec.iova_from_allocator = true;
   rec.prot = prot;
   rec.owned_buffer_id = buffer_id;

@@ -150,11 +150,10 @@ absl::StatusOr<MapResult> BrokerImpl::MapOne(Domain::Transaction& txn, Buffers::
     return fail(s);
   }
   // The record is built in place (no moves of it).
-  MappingRecord& rec = txn.Insert(*iova, *iova_size, mem_ref.length_bytes);
+  MappingRecord& rec = txn.Insert(*iova, *iova_size, mem_ref.length_bytes, caller.session_id);
   rec.kind = MappingKind::kMap;
   rec.device = dev.config.name;
   rec.owner = &dev;
-  rec.session_id = caller.session_id;
   rec.iova_from_allocator = true;
   rec.dma_offset = first_off;
   rec.prot = prot;
@@ -296,11 +295,10 @@ absl::StatusOr<MapSgResult> Broker::MapSg(const Caller& caller, const std::strin
   for (const SgDmaSegment& s : layout->dma_segments) {
     out.segments.push_back({*iova + s.iova_offset, s.length_bytes});
   }
-  MappingRecord& rec = txn.Insert(*iova, layout->iova_size_bytes, total);
+  MappingRecord& rec = txn.Insert(*iova, layout->iova_size_bytes, total, caller.session_id);
   rec.kind = kind;
   rec.device = device;
   rec.owner = dev;
-  rec.session_id = caller.session_id;
   rec.iova_from_allocator = true;
   rec.dma_offset = layout->dma_segments.front().iova_offset;
   rec.prot = prot;

@@ -28,9 +28,11 @@ absl::StatusOr<std::shared_ptr<Domain>> BrokerImpl::NewDomain(Smmu* smmu,
   params.flush_queue_timeout = options_.flush_queue_timeout;
   params.now = options_.now;
   params.journal = journal_;
+  params.sessions = &session_index_;
   ASSIGN_OR_RETURN(std::shared_ptr<Domain> d, Domain::Create(smmu, std::move(params)));
   ++next_domain_id_;
   domains_[d->id()] = d;
+  if (d->session_id() != 0) session_domains_[d->session_id()].push_back(d->id());
   return d;
 }
 
@@ -139,6 +141,12 @@ absl::Status BrokerImpl::DestroyDomain(const Caller& caller, uint64_t domain_id)
           absl::StrFormat("devices still attached: %s", absl::StrJoin(attached, ", ")));
     }
     domains_.erase(domain_id);
+    if (const uint64_t session_id = d->session_id(); session_id != 0) {
+      auto it = session_domains_.find(session_id);
+      assert(it != session_domains_.end());
+      std::erase(it->second, domain_id);
+      if (it->second.empty()) session_domains_.erase(it);
+    }
   }
   // Unreachable now: tear it down outside the registry lock.
   {

@@ -10,12 +10,14 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/types/span.h"
 #include "core/broker/broker.h"
 #include "core/broker/broker_internal.h"
 #include "core/broker/request_log.h"
+#include "core/broker/session_index.h"
 #include "core/broker/session_table.h"
 #include "core/broker/state.h"
 #include "core/iotlb/fault_ring.h"
@@ -208,8 +210,18 @@ class BrokerImpl {
   Iova DeviceLimit(const Domain& d, const DeviceState& dev) const;
   Prot ProtFor(const DeviceState& dev, DmaDirection dir, const DmaAttrs& attrs) const;
 
-  // Releases everything created under a session.
-  void ReleaseSession(uint64_t session_id);
+  // Releases everything created under the sessions `session_ids` (closed
+  // or expired, their gates closed): mappings, then buffers, then domains,
+  // then their records. Visits only what they own, through the indexes
+  // (session_index_, each domain's and each buffer shard's session index,
+  // session_domains_), and holds another domain's lock for at most
+  // kReleaseChunk removals at a time (docs/design.md#sessions).
+  void ReleaseSessions(absl::Span<const uint64_t> session_ids);
+  // Removes the mappings of `releasing` in `d`, in IOVA order, at most
+  // kReleaseChunk per hold of its lock. Returns the records visited.
+  uint64_t ReleaseMappingsIn(Domain& d, absl::Span<const uint64_t> session_ids,
+                             const absl::flat_hash_set<uint64_t>& releasing);
+  static constexpr size_t kReleaseChunk = 256;
 
   // --- exports ----------------------------------------------------------------
   // Revokes the exports `export_ids` (those still live; no new import can
@@ -226,6 +238,10 @@ class BrokerImpl {
   std::atomic<uint64_t> fault_seqs_reserved_{0};
   std::unique_ptr<PhysMemory> memory_;
   std::unique_ptr<FaultRing> faults_;
+  // Which domains hold each session's mappings; outlives every domain.
+  internal::SessionIndex session_index_;
+  // The records session releases visited (see Broker::SessionReleaseWork).
+  std::atomic<uint64_t> release_work_{0};
   std::vector<std::unique_ptr<Smmu>> smmus_;  // immutable after Init
   absl::flat_hash_map<std::string, Smmu*> smmu_by_name_;
   absl::flat_hash_map<std::string, std::unique_ptr<DeviceState>> devices_;  // immutable set
@@ -234,6 +250,9 @@ class BrokerImpl {
   std::map<uint64_t, std::shared_ptr<Domain>> domains_ ABSL_GUARDED_BY(registry_mu_);
   uint64_t next_domain_id_ ABSL_GUARDED_BY(registry_mu_) = 1;
   SessionTable sessions_ ABSL_GUARDED_BY(registry_mu_);
+  // session id -> the domains created under it that still exist
+  absl::flat_hash_map<uint64_t, std::vector<uint64_t>> session_domains_
+      ABSL_GUARDED_BY(registry_mu_);
 
   std::unique_ptr<internal::BufferTable> buffers_;  // set by Init
   RequestLog requests_{options_.requests};

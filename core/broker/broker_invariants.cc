@@ -40,7 +40,12 @@ void Broker::CheckInvariants() const {
   absl::flat_hash_map<std::string, std::pair<uint64_t, uint64_t>>
       charged;  // device -> (maps, bytes)
   absl::ReaderMutexLock rl(&impl_->registry_mu_);
+  // (session, domain) for every mapping made under a session, and every
+  // domain made under one: what the session indexes must list.
+  absl::flat_hash_set<std::pair<uint64_t, uint64_t>> session_mapped;
+  absl::flat_hash_map<uint64_t, std::vector<uint64_t>> session_domains;
   for (const auto& [id, d] : impl_->domains_) {
+    if (d->session_id() != 0) session_domains[d->session_id()].push_back(id);
     Domain::Reader r(*d);
     const IoPgtableOps* pgtable = r.pgtable();
     if (pgtable != nullptr) check(pgtable->CheckInvariants(), "page table");
@@ -56,6 +61,7 @@ void Broker::CheckInvariants() const {
       const internal::MappingRecord& m = *r.mappings().FindStart(iova);
       bytes += m.mapped_bytes;
       for (const internal::BufferRef& b : m.buffer_refs) ++refs[b.id];
+      if (m.session_id != 0) session_mapped.insert({m.session_id, id});
       if (!m.device.empty()) {
         auto& [n, by] = charged[m.device];
         ++n;
@@ -111,6 +117,39 @@ void Broker::CheckInvariants() const {
             "domain quota");
     }
   }
+  size_t indexed = 0;
+  impl_->session_index_.ForEach([&](uint64_t session_id, uint64_t domain_id) {
+    ++indexed;
+    if (!session_mapped.contains({session_id, domain_id})) {
+      check(absl::InternalError(absl::StrFormat(
+                "session %#x is indexed in domain %d, which holds none of its mappings", session_id,
+                domain_id)),
+            "session index");
+    }
+  });
+  if (indexed != session_mapped.size()) {
+    check(absl::InternalError(absl::StrFormat("session index lists %d (session, domain) pairs "
+                                              "for %d",
+                                              indexed, session_mapped.size())),
+          "session index");
+  }
+  for (auto& [session_id, ids] : impl_->session_domains_) {
+    std::vector<uint64_t> listed = ids;
+    std::sort(listed.begin(), listed.end());
+    const auto made = session_domains.find(session_id);
+    const std::vector<uint64_t> want =
+        made == session_domains.end() ? std::vector<uint64_t>() : made->second;
+    if (listed != want) {
+      check(absl::InternalError(absl::StrFormat("session %#x lists domains [%s], made [%s]",
+                                                session_id, absl::StrJoin(listed, ","),
+                                                absl::StrJoin(want, ","))),
+            "session domains");
+    }
+  }
+  if (impl_->session_domains_.size() != session_domains.size()) {
+    check(absl::InternalError("a session made domains its index does not list"), "session domains");
+  }
+  check(impl_->buffers_->CheckSessionIndex(), "buffer session index");
   check(impl_->buffers_->CheckExportIndex(), "exports");
   // Each buffer lists exactly the exports of its memory; each export charges
   // its exporter.

@@ -20,12 +20,13 @@ void MappingTable::Insert(MappingRecord&& record) {
     assert(inserted);
     (void)inserted;
   }
+  if (record.session_id != 0) by_session_[record.session_id].insert(start);
   const bool inserted = records_.try_emplace(start, std::move(record)).second;
   assert(inserted);
   (void)inserted;
 }
 
-MappingRecord& MappingTable::Emplace(Iova iova, uint64_t iova_size_bytes) {
+MappingRecord& MappingTable::Emplace(Iova iova, uint64_t iova_size_bytes, uint64_t session_id) {
   const uint64_t start = iova.value();
   assert(iova_size_bytes != 0);
   if (NeedsIndex(start, iova_size_bytes)) {
@@ -38,6 +39,8 @@ MappingRecord& MappingTable::Emplace(Iova iova, uint64_t iova_size_bytes) {
   (void)inserted;
   it->second.iova = iova;
   it->second.iova_size_bytes = iova_size_bytes;
+  it->second.session_id = session_id;
+  if (session_id != 0) by_session_[session_id].insert(start);
   return it->second;
 }
 
@@ -74,7 +77,24 @@ void MappingTable::Erase(uint64_t iova_start) {
     assert(erased == 1);
     (void)erased;
   }
+  if (const uint64_t session_id = it->second.session_id; session_id != 0) {
+    auto s = by_session_.find(session_id);
+    assert(s != by_session_.end());
+    s->second.erase(iova_start);
+    if (s->second.empty()) by_session_.erase(s);
+  }
   records_.erase(it);
+}
+
+void MappingTable::AppendStartsOf(uint64_t session_id, std::vector<uint64_t>* out) const {
+  const auto it = by_session_.find(session_id);
+  if (it == by_session_.end()) return;
+  out->insert(out->end(), it->second.begin(), it->second.end());
+}
+
+size_t MappingTable::CountOf(uint64_t session_id) const {
+  const auto it = by_session_.find(session_id);
+  return it == by_session_.end() ? 0 : it->second.size();
 }
 
 std::vector<uint64_t> MappingTable::StartsInOrder() const {
@@ -115,6 +135,28 @@ absl::Status MappingTable::CheckInvariants() const {
   if (indexed != ordered_.size()) {
     return absl::InternalError(absl::StrFormat("ordered index holds %d entries for %d mappings",
                                                ordered_.size(), indexed));
+  }
+  size_t in_sessions = 0;
+  for (const auto& [session_id, starts] : by_session_) {
+    if (session_id == 0 || starts.empty()) {
+      return absl::InternalError(
+          absl::StrFormat("session index holds an empty or zero session %#x", session_id));
+    }
+    for (const uint64_t start : starts) {
+      const MappingRecord* m = FindStart(start);
+      if (m == nullptr || m->session_id != session_id) {
+        return absl::InternalError(
+            absl::StrFormat("session index lists %#x under session %#x, which has no such mapping",
+                            start, session_id));
+      }
+    }
+    in_sessions += starts.size();
+  }
+  const size_t with_session = std::count_if(
+      records_.begin(), records_.end(), [](const auto& kv) { return kv.second.session_id != 0; });
+  if (in_sessions != with_session) {
+    return absl::InternalError(absl::StrFormat(
+        "session index holds %d mappings, %d were made under sessions", in_sessions, with_session));
   }
   return absl::OkStatus();
 }

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/container/inlined_vector.h"
 #include "absl/status/status.h"
 #include "core/base/prot.h"
@@ -51,8 +52,8 @@ struct MappingRecord {
   MappingKind kind = MappingKind::kMap;
   std::string device;            // owner; "" for broker-owned (MSI doorbells)
   DeviceState* owner = nullptr;  // the same, charged for it; null for broker-owned
-  uint64_t session_id = 0;
-  Iova iova;  // start of the IOVA allocation / range
+  uint64_t session_id = 0;       // set when it enters its table, never changed there
+  Iova iova;                     // start of the IOVA allocation / range
   uint64_t iova_size_bytes = 0;
   bool iova_from_allocator = false;  // release to the IOVA cookie on unmap
   uint64_t dma_offset = 0;           // dma_addr - iova
@@ -84,9 +85,14 @@ struct MappingRecord {
 // A table made with index_all enters every record there (UNMANAGED domains,
 // whose UnmapRange scans an IOVA range in order).
 //
+// Records made under a session are also indexed by session (session ->
+// starts), so that a session's release finds its records in O(its records)
+// (docs/design.md#sessions).
+//
 // Invariants: (1) every record is stored under its own iova; (2) records are
 // disjoint; (3) the ordered index holds exactly the records that are not
-// short (all of them with index_all), each with its size.
+// short (all of them with index_all), each with its size; (4) the session
+// index holds exactly the records whose session_id is not 0, under it.
 class MappingTable {
  public:
   MappingTable() = default;
@@ -100,10 +106,10 @@ class MappingTable {
 
   // Adds `record` at record.iova. REQUIRES: it overlaps no record.
   void Insert(MappingRecord&& record);
-  // Adds a default record with `iova` and `iova_size_bytes` set, for the
-  // caller to fill in. REQUIRES: [iova, iova + iova_size_bytes) overlaps no
-  // record; the caller changes neither field.
-  MappingRecord& Emplace(Iova iova, uint64_t iova_size_bytes);
+  // Adds a default record with `iova`, `iova_size_bytes` and `session_id`
+  // set, for the caller to fill in. REQUIRES: [iova, iova + iova_size_bytes)
+  // overlaps no record; the caller changes none of the three.
+  MappingRecord& Emplace(Iova iova, uint64_t iova_size_bytes, uint64_t session_id = 0);
   // The record starting at `iova_start`, or nullptr.
   MappingRecord* FindStart(uint64_t iova_start);
   const MappingRecord* FindStart(uint64_t iova_start) const;
@@ -114,6 +120,11 @@ class MappingTable {
 
   // Record starts, ascending. O(n log n).
   std::vector<uint64_t> StartsInOrder() const;
+  // Appends the starts of the records of session `session_id` (not 0), in
+  // no particular order. O(those records).
+  void AppendStartsOf(uint64_t session_id, std::vector<uint64_t>* out) const;
+  // The number of records of session `session_id` (not 0). O(1).
+  size_t CountOf(uint64_t session_id) const;
   // fn(const MappingRecord&) for each record, in no particular order.
   template <typename Fn>
   void ForEach(Fn&& fn) const {
@@ -143,6 +154,8 @@ class MappingTable {
   bool index_all_ = true;
   absl::flat_hash_map<uint64_t, MappingRecord> records_;
   std::map<uint64_t, uint64_t> ordered_;  // start -> size_bytes, records that are not short
+  // session id -> starts of its records (records of session 0 are not here)
+  absl::flat_hash_map<uint64_t, absl::flat_hash_set<uint64_t>> by_session_;
 };
 
 }  // namespace iommu::core::internal

@@ -137,7 +137,8 @@ absl::Status BrokerImpl::RestoreState(DurableState& state, RestoreReport* report
         .flush_queue_timeout = options_.flush_queue_timeout,
         .now = options_.now,
         .journal = journal_,
-        .first_mapping_id = ds->mapping_ids_reserved};
+        .first_mapping_id = ds->mapping_ids_reserved,
+        .sessions = &session_index_};
     auto d = Domain::Create(smmu->second, std::move(params));
     if (!d.ok()) return Unrestorable(absl::StrFormat("%s: %s", what, d.status().message()));
     if (ds->msi_window) {
@@ -150,6 +151,7 @@ absl::Status BrokerImpl::RestoreState(DurableState& state, RestoreReport* report
     if (default_of != nullptr) default_of->default_domain = *d;
     if (owner != nullptr && default_of == nullptr) owner->domains.fetch_add(1);
     domains_[ds->domain_id] = *d;
+    if (ds->session_id != 0) session_domains_[ds->session_id].push_back(ds->domain_id);
     max_domain_id = std::max(max_domain_id, ds->domain_id);
     ++rep.records;
   }

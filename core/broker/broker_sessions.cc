@@ -60,7 +60,7 @@ absl::Status Broker::CloseSession(const Caller& caller, uint64_t session_id) {
   }
   // Operations pinning the session finish first; none starts after.
   BrokerImpl::CloseGate(*gate);
-  impl_->ReleaseSession(session_id);
+  impl_->ReleaseSessions({session_id});
   return absl::OkStatus();
 }
 
@@ -73,7 +73,8 @@ int Broker::Tick() {
     expired = impl_->sessions_.Expire(impl_->options_.now(), &gates);
   }
   for (const auto& gate : gates) BrokerImpl::CloseGate(*gate);
-  for (uint64_t id : expired) impl_->ReleaseSession(id);
+  // Together: each domain they hold mappings in is visited once.
+  impl_->ReleaseSessions(expired);
   for (const auto& d : impl_->AllDomains()) {
     if (d->type() != DomainType::kDmaFq) continue;
     BrokerImpl::Buffers::Refs refs(*impl_->buffers_);
@@ -83,35 +84,58 @@ int Broker::Tick() {
   return int(expired.size());
 }
 
-void BrokerImpl::ReleaseSession(uint64_t session_id) {
-  // Mappings first (they hold buffer references), then buffers, then domains.
-  for (const auto& d : AllDomains()) {
-    Buffers::Refs refs(*buffers_);
-    Domain::Transaction txn(*d, refs);
-    std::vector<uint64_t> doomed;
-    txn.mappings().ForEach([&](const internal::MappingRecord& m) {
-      if (m.session_id == session_id) doomed.push_back(m.iova.value());
-    });
-    // In IOVA order, as the IOVA frees have always been made.
-    std::sort(doomed.begin(), doomed.end());
-    for (uint64_t iova : doomed) txn.Remove(iova);
+uint64_t Broker::SessionReleaseWork() const {
+  return impl_->release_work_.load(std::memory_order_relaxed);
+}
+
+void BrokerImpl::ReleaseSessions(absl::Span<const uint64_t> session_ids) {
+  if (session_ids.empty()) return;
+  // Their gates are closed: nothing is created under them any more, so what
+  // the indexes list only shrinks while this runs.
+  const absl::flat_hash_set<uint64_t> releasing(session_ids.begin(), session_ids.end());
+  uint64_t visited = 0;
+  // Mappings first (they hold buffer references), then buffers, then
+  // domains; each domain once for all the sessions, in id order.
+  std::vector<uint64_t> mapped_in;
+  for (const uint64_t id : session_ids) {
+    const std::vector<uint64_t> domains = session_index_.DomainsOf(id);
+    mapped_in.insert(mapped_in.end(), domains.begin(), domains.end());
   }
-  buffers_->ReleaseSession(session_id);
+  std::sort(mapped_in.begin(), mapped_in.end());
+  mapped_in.erase(std::unique(mapped_in.begin(), mapped_in.end()), mapped_in.end());
+  for (const uint64_t domain_id : mapped_in) {
+    std::shared_ptr<Domain> d;
+    {
+      absl::ReaderMutexLock l(&registry_mu_);
+      absl::StatusOr<std::shared_ptr<Domain>> found = FindDomain(domain_id);
+      if (!found.ok()) continue;  // destroyed meanwhile, with its mappings
+      d = *std::move(found);
+    }
+    ++visited;
+    visited += ReleaseMappingsIn(*d, session_ids, releasing);
+  }
+  visited += buffers_->ReleaseSessions(session_ids);
   std::vector<uint64_t> session_domains;
   {
     absl::MutexLock l(&registry_mu_);
-    for (const auto& [id, d] : domains_) {
-      if (d->session_id() != session_id) continue;
-      // Devices still attached go back to their default domains.
-      for (const auto& [name, dev] : devices_) {
-        if (dev->current == d) {
-          dev->SetCurrent(dev->default_domain);
-          JournalAttachment(*dev);
+    for (const uint64_t id : session_ids) {
+      const auto it = session_domains_.find(id);
+      if (it == session_domains_.end()) continue;
+      for (const uint64_t domain_id : it->second) {
+        ++visited;
+        const std::shared_ptr<Domain>& d = domains_.at(domain_id);
+        // Devices still attached go back to their default domains.
+        for (const auto& [name, dev] : devices_) {
+          if (dev->current == d) {
+            dev->SetCurrent(dev->default_domain);
+            JournalAttachment(*dev);
+          }
         }
+        session_domains.push_back(domain_id);
       }
-      session_domains.push_back(id);
     }
   }
+  std::sort(session_domains.begin(), session_domains.end());
   {
     // Steps of the release, not the reply of a CloseSession that runs it.
     internal::WithoutReply steps;
@@ -121,13 +145,39 @@ void BrokerImpl::ReleaseSession(uint64_t session_id) {
       (void)s;
     }
   }
-  // Last: until this commit, a restart finds the session with whatever it
-  // still holds, and its release can be finished by closing it again (the
-  // reply of CloseSession joins it).
+  release_work_.fetch_add(visited, std::memory_order_relaxed);
+  // Last: until this commit, a restart finds the sessions with whatever they
+  // still hold, and a release can be finished by closing the session again
+  // (the reply of CloseSession joins it).
   internal::CaptureOk();
   StateChanges c;
-  c.session_deletes.push_back(session_id);
+  c.session_deletes.assign(session_ids.begin(), session_ids.end());
   Commit(c);
+}
+
+uint64_t BrokerImpl::ReleaseMappingsIn(Domain& d, absl::Span<const uint64_t> session_ids,
+                                       const absl::flat_hash_set<uint64_t>& releasing) {
+  std::vector<uint64_t> starts;
+  {
+    Domain::Reader r(d);
+    for (const uint64_t id : session_ids) r.mappings().AppendStartsOf(id, &starts);
+  }
+  // In IOVA order, as the IOVA frees have always been made; a session that
+  // owns very many lets others in between chunks.
+  std::sort(starts.begin(), starts.end());
+  for (size_t first = 0; first < starts.size(); first += kReleaseChunk) {
+    const size_t last = std::min(starts.size(), first + kReleaseChunk);
+    Buffers::Refs refs(*buffers_);
+    Domain::Transaction txn(d, refs);
+    for (size_t i = first; i < last; ++i) {
+      // Unmapped by its device meanwhile, its IOVA perhaps reused by a
+      // mapping no releasing session can have made.
+      const internal::MappingRecord* m = txn.FindStart(starts[i]);
+      if (m == nullptr || !releasing.contains(m->session_id)) continue;
+      txn.Remove(starts[i]);
+    }
+  }
+  return starts.size();
 }
 
 }  // namespace iommu::core

@@ -86,11 +86,10 @@ absl::StatusOr<MapResult> Broker::MapAt(const Caller& caller, const std::string&
     dev->RefundMapping(mem.length_bytes);
     return fail(s);
   }
-  MappingRecord& rec = txn.Insert(iova, mem.length_bytes, mem.length_bytes);
+  MappingRecord& rec = txn.Insert(iova, mem.length_bytes, mem.length_bytes, caller.session_id);
   rec.kind = MappingKind::kMapAt;
   rec.device = device;
   rec.owner = dev;
-  rec.session_id = caller.session_id;
   rec.prot = prot;
   rec.buffer_refs = res.buffers;
   for (const auto& [pt_iova, r] : ranges) {

@@ -94,8 +94,14 @@ absl::StatusOr<BufferInfo> BufferTable::Create(DeviceState& dev, uint64_t sessio
   if (runs != nullptr) *runs = b->alloc.runs;
   Shard& shard = ShardOf(b->buffer_id);
   absl::MutexLock l(&shard.mu);
-  shard.buffers.emplace(b->buffer_id, std::move(b));
+  LinkLocked(shard, std::move(b));
   return info;
+}
+
+void BufferTable::LinkLocked(Shard& shard, std::unique_ptr<Buffer> b) {
+  if (b->session_id != 0) shard.by_session[b->session_id].insert(b->buffer_id);
+  const uint64_t id = b->buffer_id;
+  shard.buffers.emplace(id, std::move(b));
 }
 
 absl::StatusOr<BufferInfo> BufferTable::Get(const Caller& caller, uint64_t buffer_id) const {
@@ -174,6 +180,12 @@ std::unique_ptr<Buffer> BufferTable::UnlinkLocked(Shard& shard, uint64_t buffer_
   auto it = shard.buffers.find(buffer_id);
   std::unique_ptr<Buffer> b = std::move(it->second);
   shard.buffers.erase(it);
+  if (b->session_id != 0) {
+    auto s = shard.by_session.find(b->session_id);
+    assert(s != shard.by_session.end());
+    s->second.erase(buffer_id);
+    if (s->second.empty()) shard.by_session.erase(s);
+  }
   StateChanges c;
   c.buffer_deletes.push_back(buffer_id);
   // Its exports go with it (none has a live import: those hold references).
@@ -227,7 +239,7 @@ absl::Status BufferTable::Restore(DeviceState& dev, const BufferState& state) {
   // Recovery restores what was admitted: charged past any quota change.
   dev.buffers.fetch_add(1);
   dev.buffer_bytes.fetch_add(b->alloc.size_bytes);
-  shard.buffers.emplace(state.buffer_id, std::move(b));
+  LinkLocked(shard, std::move(b));
   return absl::OkStatus();
 }
 
@@ -306,16 +318,39 @@ void BufferTable::FreeLocked(Shard& shard, uint64_t buffer_id) {
   ReleasePages(UnlinkLocked(shard, buffer_id));
 }
 
-void BufferTable::ReleaseSession(uint64_t session_id) {
-  absl::MutexLock el(&exports_mu_);
+uint64_t BufferTable::ReleaseSessions(absl::Span<const uint64_t> session_ids) {
+  uint64_t visited = 0;
   for (Shard& shard : shards_) {
-    absl::MutexLock l(&shard.mu);
     std::vector<uint64_t> doomed;
-    for (const auto& [id, b] : shard.buffers) {
-      if (b->session_id == session_id && b->refs() == 0) doomed.push_back(id);
+    {
+      absl::MutexLock l(&shard.mu);
+      for (const uint64_t session_id : session_ids) {
+        const auto it = shard.by_session.find(session_id);
+        if (it == shard.by_session.end()) continue;
+        visited += it->second.size();
+        doomed.insert(doomed.end(), it->second.begin(), it->second.end());
+      }
     }
-    for (uint64_t id : doomed) FreeLocked(shard, id);
+    // In id order, as a scan of the table has always freed them; a few at a
+    // time under the locks (another device's map may need this shard), and
+    // their pages returned after.
+    std::sort(doomed.begin(), doomed.end());
+    for (size_t first = 0; first < doomed.size(); first += kReleaseChunk) {
+      std::vector<std::unique_ptr<Buffer>> freed;
+      {
+        absl::MutexLock el(&exports_mu_);
+        absl::MutexLock l(&shard.mu);
+        for (size_t i = first; i < std::min(doomed.size(), first + kReleaseChunk); ++i) {
+          // Still unreferenced: a mapping made without the session may hold it.
+          const auto it = shard.buffers.find(doomed[i]);
+          if (it == shard.buffers.end() || it->second->refs() != 0) continue;
+          freed.push_back(UnlinkLocked(shard, doomed[i]));
+        }
+      }
+      for (std::unique_ptr<Buffer>& b : freed) ReleasePages(std::move(b));
+    }
   }
+  return visited;
 }
 
 std::unique_ptr<Buffer> BufferTable::DropRef(const BufferRef& ref) {
@@ -592,6 +627,35 @@ void BufferTable::ForEachExport(
     const std::function<void(const std::string&, const ExportRecord&)>& fn) const {
   absl::MutexLock el(&exports_mu_);
   for (const auto& [token, e] : exports_) fn(token, e);
+}
+
+absl::Status BufferTable::CheckSessionIndex() const {
+  for (Shard& shard : shards_) {
+    absl::MutexLock l(&shard.mu);
+    size_t indexed = 0;
+    for (const auto& [session_id, ids] : shard.by_session) {
+      if (session_id == 0 || ids.empty()) {
+        return absl::InternalError("buffer session index holds an empty or zero session");
+      }
+      for (const uint64_t id : ids) {
+        const auto it = shard.buffers.find(id);
+        if (it == shard.buffers.end() || it->second->session_id != session_id) {
+          return absl::InternalError(absl::StrFormat(
+              "buffer session index lists buffer %d under session %#x", id, session_id));
+        }
+      }
+      indexed += ids.size();
+    }
+    const size_t with_session =
+        std::count_if(shard.buffers.begin(), shard.buffers.end(),
+                      [](const auto& kv) { return kv.second->session_id != 0; });
+    if (indexed != with_session) {
+      return absl::InternalError(
+          absl::StrFormat("buffer session index holds %d buffers, %d were made under sessions",
+                          indexed, with_session));
+    }
+  }
+  return absl::OkStatus();
 }
 
 absl::Status BufferTable::CheckExportIndex() const {

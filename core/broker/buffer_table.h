@@ -27,6 +27,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/container/inlined_vector.h"
 #include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
@@ -152,8 +153,13 @@ class BufferTable {
   absl::Status Free(const Caller& caller, uint64_t buffer_id);
   // Frees an unreferenced buffer whatever backs it (an Alloc that failed).
   void FreeUnreferenced(uint64_t buffer_id);
-  // Frees the session's buffers no mapping references.
-  void ReleaseSession(uint64_t session_id);
+  // Frees the buffers of the sessions `session_ids` that no mapping
+  // references, found through each shard's session index: O(those buffers
+  // + shards x sessions), never a scan of the table, and at most
+  // kReleaseChunk of them per hold of a shard's lock. Returns the buffers
+  // visited.
+  uint64_t ReleaseSessions(absl::Span<const uint64_t> session_ids);
+  static constexpr size_t kReleaseChunk = 64;
 
   // --- exports --------------------------------------------------------------
   // Creates an export of `chunks` (the memory of `buffer_ids`) by `exporter`,
@@ -186,6 +192,9 @@ class BufferTable {
   void ForEachBuffer(const std::function<void(const Buffer&)>& fn) const;
   void ForEachExport(const std::function<void(const std::string&, const ExportRecord&)>& fn) const;
   absl::Status CheckExportIndex() const;
+  // Each shard's session index lists exactly its buffers made under a
+  // session, under that session.
+  absl::Status CheckSessionIndex() const;
 
   // The references one operation, or one run of them, takes and drops, and
   // the MappingReleaser of the domain transactions it serves. References
@@ -235,7 +244,12 @@ class BufferTable {
   struct alignas(64) Shard {
     mutable absl::Mutex mu;
     absl::flat_hash_map<uint64_t, std::unique_ptr<Buffer>> buffers ABSL_GUARDED_BY(mu);
+    // session id -> ids of its buffers in this shard (session 0 is not here)
+    absl::flat_hash_map<uint64_t, absl::flat_hash_set<uint64_t>> by_session ABSL_GUARDED_BY(mu);
   };
+  // Enters a buffer in its shard and the shard's session index.
+  static void LinkLocked(Shard& shard, std::unique_ptr<Buffer> b)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(shard.mu);
   Shard& ShardOf(uint64_t buffer_id) const { return shards_[buffer_id % kShards]; }
   // Drops a reference (no lock: the reference keeps the buffer alive until
   // the drop, which is the last touch). Returns the buffer, unlinked, when

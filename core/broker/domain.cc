@@ -60,6 +60,7 @@ Domain::Domain(Smmu* smmu, DomainParams params)
       aperture_end_(Iova(LowMask(smmu->config.ias_bits))),
       strict_(params.type != DomainType::kDmaFq),
       journal_(params.journal),
+      sessions_(params.sessions),
       mappings_(params.granule_bytes, params.type == DomainType::kUnmanaged),
       next_mapping_id_(std::max<uint64_t>(1, params.first_mapping_id)),
       mapping_ids_reserved_(next_mapping_id_) {}
@@ -292,7 +293,9 @@ absl::Status Domain::Transaction::Restore(MappingRecord&& m) {
   d_.mapped_bytes_ += m.mapped_bytes;
   d_.next_mapping_id_ = std::max(d_.next_mapping_id_, m.mapping_id + 1);
   d_.mapping_ids_reserved_ = std::max(d_.mapping_ids_reserved_, d_.next_mapping_id_);
+  const uint64_t session_id = m.session_id;
   d_.mappings_.Insert(std::move(m));
+  if (session_id != 0) SessionEntered(session_id);
   return absl::OkStatus();
 }
 
@@ -405,7 +408,9 @@ void Domain::Transaction::Remove(uint64_t iova_start) {
   }
   releaser_.Unmapped(d_, m);
   if (d_.journal_ != nullptr) touched_.push_back(iova_start);
+  const uint64_t session_id = m.session_id;
   d_.mappings_.Erase(iova_start);
+  if (session_id != 0) SessionLeft(session_id);
 }
 
 void Domain::Transaction::FlushQueue() {

@@ -35,6 +35,7 @@
 #include "core/base/types.h"
 #include "core/broker/broker_mappings.h"
 #include "core/broker/broker_types.h"
+#include "core/broker/session_index.h"
 #include "core/broker/state.h"
 #include "core/broker/topology.h"
 #include "core/iotlb/flush_queue.h"
@@ -128,6 +129,9 @@ struct DomainParams {
   // first mapping id to hand out (a restored domain's reserved ids).
   Journal* journal = nullptr;
   uint64_t first_mapping_id = 1;
+  // Told when a session's first mapping enters the domain and its last
+  // leaves (none when null). Not owned; outlives the domain.
+  SessionIndex* sessions = nullptr;
 };
 
 // One I/O address space. Its identity (id, type, SMMU, owner, grants,
@@ -200,6 +204,7 @@ class alignas(64) Domain {
   const bool strict_;
   std::unique_ptr<DomainFlushOps> flush_ops_;  // set once by Create
   Journal* const journal_;
+  SessionIndex* const sessions_;
 
   mutable absl::Mutex mu_;                                      // lock order 2
   std::unique_ptr<IoPgtableOps> pgtable_ ABSL_GUARDED_BY(mu_);  // null: IDENTITY/BLOCKED
@@ -293,12 +298,15 @@ class ABSL_SCOPED_LOCKABLE Domain::Transaction {
   // returns the error (nothing was translated through them meanwhile).
   absl::Status MapRanges(absl::Span<const std::pair<Iova, PhysRun>> ranges, Prot prot);
   // Adds a record for a mapping whose ranges are in the page table, with its
-  // mapped bytes and a new mapping id set, for the caller to fill in before
-  // the commit. Mapping ids count up per domain from 1 and are never reused
-  // in it (a per-domain counter: no cache line shared between domains).
-  MappingRecord& Insert(Iova iova, uint64_t iova_size_bytes, uint64_t mapped_bytes) {
+  // mapped bytes, its session (0: none) and a new mapping id set, for the
+  // caller to fill in before the commit. Mapping ids count up per domain
+  // from 1 and are never reused in it (a per-domain counter: no cache line
+  // shared between domains).
+  MappingRecord& Insert(Iova iova, uint64_t iova_size_bytes, uint64_t mapped_bytes,
+                        uint64_t session_id = 0) {
     d_.mu_.AssertHeld();
-    MappingRecord& record = d_.mappings_.Emplace(iova, iova_size_bytes);
+    MappingRecord& record = d_.mappings_.Emplace(iova, iova_size_bytes, session_id);
+    if (session_id != 0) SessionEntered(session_id);
     if (d_.next_mapping_id_ >= d_.mapping_ids_reserved_) [[unlikely]]
       ReserveMappingIds();
     if (d_.journal_ != nullptr) touched_.push_back(iova.value());
@@ -361,6 +369,18 @@ class ABSL_SCOPED_LOCKABLE Domain::Transaction {
   void CompleteInvalidations() ABSL_EXCLUSIVE_LOCKS_REQUIRED(d_.mu_);
   void JournalChanges() ABSL_EXCLUSIVE_LOCKS_REQUIRED(d_.mu_);
   void ReserveMappingIds() ABSL_EXCLUSIVE_LOCKS_REQUIRED(d_.mu_);
+  // Tells the session index when a mapping of `session_id` (not 0) was
+  // entered or removed and was the session's first or last in the domain.
+  void SessionEntered(uint64_t session_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(d_.mu_) {
+    if (d_.sessions_ != nullptr && d_.mappings_.CountOf(session_id) == 1) {
+      d_.sessions_->Add(session_id, d_.id_);
+    }
+  }
+  void SessionLeft(uint64_t session_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(d_.mu_) {
+    if (d_.sessions_ != nullptr && d_.mappings_.CountOf(session_id) == 0) {
+      d_.sessions_->Remove(session_id, d_.id_);
+    }
+  }
 
   Domain& d_;
   MappingReleaser& releaser_;

@@ -14,7 +14,9 @@ absl::StatusOr<uint64_t> SessionTable::Open(const std::string& device, absl::Dur
   }
   if (CountFor(device) >= max_per_device) {
     return FieldError(absl::StatusCode::kResourceExhausted, "device", device,
-                      absl::StrFormat("session quota of %d sessions reached", max_per_device));
+                      absl::StrFormat("session quota of %d sessions reached (--quota_sessions, "
+                                      "or the device's quotas in the topology); close one first",
+                                      max_per_device));
   }
   uint64_t id;
   do {
