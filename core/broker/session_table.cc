@@ -2,6 +2,7 @@
 
 #include "absl/strings/str_format.h"
 #include "core/base/errors.h"
+#include "core/base/fail_nth.h"
 #include "core/base/secure_random.h"
 
 namespace iommu::core {
@@ -15,6 +16,10 @@ absl::StatusOr<uint64_t> SessionTable::Open(const std::string& device, absl::Dur
   if (CountFor(device) >= max_per_device) {
     return FieldError(absl::StatusCode::kResourceExhausted, "device", device,
                       absl::StrFormat("session quota of %d sessions reached", max_per_device));
+  }
+  if (fail_nth::ShouldFail(FailPoint::kSessionRecord)) {
+    return fail_nth::Exhausted(FailPoint::kSessionRecord, "device", device,
+                               "no memory for a session record");
   }
   uint64_t id;
   do {
