@@ -501,9 +501,7 @@ absl::StatusOr<Domain::Transaction::MsiPage> Domain::Transaction::MapMsiPage(uin
   // Maps the page at `iova` and records it in the cookie's `pages`.
   auto map_page = [&](std::map<uint64_t, uint64_t>& pages, Iova iova,
                       bool from_allocator) -> absl::StatusOr<MsiPage> {
-    absl::Status s = ReserveRecord();
-    if (s.ok()) s = MapRanges({{iova, {PhysAddr(page), g}}}, prot);
-    if (!s.ok()) {
+    if (absl::Status s = MapRanges({{iova, {PhysAddr(page), g}}}, prot); !s.ok()) {
       if (from_allocator) FreeIova(iova, g);
       return s;
     }
@@ -528,6 +526,7 @@ absl::StatusOr<Domain::Transaction::MsiPage> Domain::Transaction::MapMsiPage(uin
             if (auto it = c.msi_pages.find(page); it != c.msi_pages.end()) {
               return MsiPage{.iova = Iova(it->second), .newly_mapped = false};
             }
+            RETURN_IF_ERROR(ReserveRecord());
             ASSIGN_OR_RETURN(Iova iova, AllocIova(g, limit, "MsiCookie"));
             return map_page(c.msi_pages, iova, true);
           },
@@ -541,6 +540,7 @@ absl::StatusOr<Domain::Transaction::MsiPage> Domain::Transaction::MapMsiPage(uin
                                 absl::StrFormat("MSI window [%#x, +%#x) is full",
                                                 w.window.base.value(), w.window.size_bytes));
             }
+            RETURN_IF_ERROR(ReserveRecord());
             auto r = map_page(w.msi_pages, w.window.base + w.next_offset, false);
             if (r.ok()) w.next_offset += g;
             return r;

@@ -290,8 +290,8 @@ class ABSL_SCOPED_LOCKABLE Domain::Transaction {
   // Room for one more mapping record, so that the next Insert cannot fail:
   // RESOURCE_EXHAUSTED when there is none (the mapping.record injection
   // point, docs/design.md#failure-injection). Every operation that inserts
-  // reserves first, before it takes any other resource it would have to
-  // give back. Invalidates record pointers (the table may grow).
+  // reserves before it allocates IOVA or writes the page table. Invalidates
+  // record pointers (the table may grow).
   absl::Status ReserveRecord();
   // Returns an allocation AllocIova made that was never mapped.
   void FreeIova(Iova iova, uint64_t size_bytes);
