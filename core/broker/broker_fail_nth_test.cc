@@ -278,6 +278,18 @@ std::vector<Case> Cases() {
        },
        {FailPoint::kBufferRecord, FailPoint::kMemoryPages, FailPoint::kMappingRecord,
         FailPoint::kIovaRange, FailPoint::kPgtableTable}});
+  // 2 MiB + 16 KiB of single pages: one page-table range per page, and the
+  // ranges after the first 2 MiB need a second leaf table, so a failure
+  // there unwinds 512 mapped ranges.
+  add({"AllocSinglePagesAcrossTables",
+       none,
+       [](World& w) {
+         return StatusOf(w.broker->Alloc(
+             Dev("gpu0"), "gpu0",
+             {.size_bytes = 2 * MiB + 16 * KiB, .attrs = {.alloc_single_pages = true}}));
+       },
+       {FailPoint::kBufferRecord, FailPoint::kMemoryPages, FailPoint::kMappingRecord,
+        FailPoint::kIovaRange, FailPoint::kPgtableTable}});
   add({"Free",
        [](World& w) {
          auto a = w.broker->Alloc(Dev("gpu0"), "gpu0", {.size_bytes = 64 * KiB});
