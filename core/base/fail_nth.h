@@ -1,14 +1,14 @@
 #ifndef IOMMU_CORE_BASE_FAIL_NTH_H_
 #define IOMMU_CORE_BASE_FAIL_NTH_H_
 
-// Failure injection for tests, as the Linux iommufd selftests' fail_nth: every
-// place in core that takes memory or another resource that can run dry (a
-// page-table page, physical pages, IOVA space, a translation context, a
-// record of a mapping, buffer, export, import or session) is a named
-// injection point. A test arms "fail the n-th hit" (of any point, or of one),
-// runs an operation, and reads which point failed; the point then fails as a
-// real exhaustion would, RESOURCE_EXHAUSTED naming what ran out, and the
-// operation must unwind and leave no trace (docs/design.md#failure-injection).
+// Failure injection for tests, as the Linux iommufd selftests' fail_nth: each
+// place in core where a call draws on memory or another resource that can
+// run dry (a page-table page, physical pages, IOVA space, a translation
+// context, a record of a mapping, buffer, export, import or session) is a
+// named injection point (the few left out, and why: the doc below). A test arms "fail the n-th hit"
+// (of any point, or of one), runs an operation, and reads which point failed; the point then fails
+// as a real exhaustion would, RESOURCE_EXHAUSTED naming what ran out, and the operation must unwind
+// and leave no trace (docs/design.md#failure-injection).
 //
 // Cost. Compiled into every build: disarmed, a point is one load of a
 // thread-local flag and a branch predicted not taken, and every point sits on

@@ -3,7 +3,9 @@
 // it, fail the 1st, 2nd, ... injection hit of the call until a run reaches no
 // hit. Each failed run must answer RESOURCE_EXHAUSTED naming the point that
 // failed, leave the state exactly as it was (StateDigest) with every
-// invariant intact, and the same call must then succeed unarmed. A run whose
+// invariant intact, and the same call must then succeed unarmed; a Batch, whose
+// other ops go on, must leave what its ops one at a time leave under the same
+// injection. A run whose
 // failure a fallback absorbed (Alloc retries scattered pages) must succeed
 // with intact invariants. Each case also states the points it reaches, so a
 // point that stops being reached (or a new one) shows here. Under ASan
