@@ -14,6 +14,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <ostream>
 #include <set>
 #include <string>
 #include <vector>
@@ -100,6 +101,9 @@ struct Case {
   // same injection the call's must equal (instead of the state before).
   std::function<absl::Status(World&)> reference;
 };
+
+// gtest prints a case by its name (test listings, ctest).
+void PrintTo(const Case& c, std::ostream* os) { *os << c.name; }
 
 template <typename T>
 absl::Status StatusOf(const absl::StatusOr<T>& s) {
