@@ -279,6 +279,18 @@ class Broker {
   // Checks every engine's invariants and the cross-references between them
   // (mappings vs page tables, buffer references, quotas). For tests.
   void CheckInvariants() const;
+  // The state as one deterministic text, for tests that must tell whether a
+  // call changed anything (equal texts, equal states; core/broker/
+  // broker_digest.cc): SMMU contexts in use; each pool's free and allocated
+  // pages and free blocks; each device's attachment, quota usage and session
+  // count; each domain's identity, mapping records, page-table leaves and
+  // tables, live IOVA allocations and reservations, pending lazy unmaps and
+  // MSI pages; each buffer and export with its references and imports.
+  // Left out: what no caller can see change but through timing or counters
+  // (IOTLB contents, faults, statistics, the request log, freed memory
+  // cached for reuse: page-table pages, IOVA magazines) and id counters (an
+  // id a failed call took is skipped, never reused). O(state).
+  std::string StateDigest() const;
 
  private:
   explicit Broker(std::unique_ptr<BrokerImpl> impl);

@@ -62,6 +62,10 @@ absl::StatusOr<AllocResult> Broker::Alloc(const Caller& caller, const std::strin
   if (absl::Status s = dev->ChargeMapping(*size); !s.ok()) return free_buffer(s);
   BrokerImpl::Buffers::Refs refs(*impl_->buffers_);
   Domain::Transaction txn(*d, refs);
+  if (absl::Status s = txn.ReserveRecord(); !s.ok()) {
+    dev->RefundMapping(*size);
+    return free_buffer(s);
+  }
   auto iova = txn.AllocIova(*size, impl_->DeviceLimit(*d, *dev), "IOVA allocation");
   if (!iova.ok()) {
     dev->RefundMapping(*size);

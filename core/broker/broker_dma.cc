@@ -129,6 +129,10 @@ absl::StatusOr<MapResult> BrokerImpl::MapOne(Domain::Transaction& txn, Buffers::
   if (absl::Status s = dev.ChargeMapping(mem_ref.length_bytes); !s.ok()) {
     return fail(s);
   }
+  if (absl::Status s = txn.ReserveRecord(); !s.ok()) {
+    dev.RefundMapping(mem_ref.length_bytes);
+    return fail(s);
+  }
   auto iova = txn.AllocIova(*iova_size, DeviceLimit(d, dev), "IOVA allocation");
   if (!iova.ok()) {
     dev.RefundMapping(mem_ref.length_bytes);
@@ -274,6 +278,10 @@ absl::StatusOr<MapSgResult> Broker::MapSg(const Caller& caller, const std::strin
   for (const PhysSegment& s : segs) total += s.length_bytes;  // each checked; sum < iova size
   if (absl::Status s = dev->ChargeMapping(total); !s.ok()) return fail(s);
   Domain::Transaction txn(*d, refs);
+  if (absl::Status s = txn.ReserveRecord(); !s.ok()) {
+    dev->RefundMapping(total);
+    return fail(s);
+  }
   auto iova =
       txn.AllocIova(layout->iova_size_bytes, impl_->DeviceLimit(*d, *dev), "IOVA allocation");
   if (!iova.ok()) {
@@ -313,13 +321,17 @@ absl::StatusOr<MapSgResult> Broker::MapSg(const Caller& caller, const std::strin
   rec.export_id = export_id;
   out.mapping_id = rec.mapping_id;
   // An import is registered with its export, so that revocation finds it; an
-  // export revoked since Import takes the import back at once.
-  if (export_id != 0 &&
-      !impl_->buffers_->RecordImport(
-          export_id, {.domain = d, .iova = out.iova.value(), .mapping_id = out.mapping_id})) {
-    txn.Remove(out.iova.value());
-    return FieldError(absl::StatusCode::kNotFound, "import_token", request.import_token,
-                      "no such export (never made, revoked, or its buffer was freed)");
+  // export revoked since Import (or no room for the import's entry) takes
+  // the import back at once.
+  if (export_id != 0) {
+    absl::Status s = impl_->buffers_->RecordImport(
+        export_id, {.domain = d, .iova = out.iova.value(), .mapping_id = out.mapping_id});
+    if (!s.ok()) {
+      txn.Withdraw(out.iova.value());
+      if (s.code() != absl::StatusCode::kNotFound) return s;
+      return FieldError(absl::StatusCode::kNotFound, "import_token", request.import_token,
+                        "no such export (never made, revoked, or its buffer was freed)");
+    }
   }
   return durable.Reply(out);
 }

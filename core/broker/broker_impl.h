@@ -209,6 +209,10 @@ class BrokerImpl {
   // The highest IOVA the device may use in `d` (aperture and DMA mask).
   Iova DeviceLimit(const Domain& d, const DeviceState& dev) const;
   Prot ProtFor(const DeviceState& dev, DmaDirection dir, const DmaAttrs& attrs) const;
+  // The physical address of the device's MSI doorbell, and its page in `d`'s
+  // granule. REQUIRES: the device has a doorbell.
+  uint64_t MsiDoorbell(const DeviceState& dev) const;
+  uint64_t MsiDoorbellPage(const DeviceState& dev, const Domain& d) const;
 
   // Releases everything created under the sessions `session_ids` (closed
   // or expired, their gates closed): mappings, then buffers, then domains,

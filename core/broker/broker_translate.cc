@@ -202,16 +202,27 @@ absl::StatusOr<MsiCookieResult> Broker::MsiCookie(const Caller& caller, const st
                           d->aperture_start().value(), d->aperture_end().value()));
     }
     const bool is_current = impl_->CurrentDomain(*dev) == d;  // before the domain (lock order)
-    {
-      BrokerImpl::Buffers::Refs refs(*impl_->buffers_);
-      Domain::Transaction txn(*d, refs);
-      RETURN_IF_ERROR(txn.SetMsiWindow(window));
-    }
+    BrokerImpl::Buffers::Refs refs(*impl_->buffers_);
+    Domain::Transaction txn(*d, refs);
+    const bool had_window = txn.MsiWindow().has_value();
+    RETURN_IF_ERROR(txn.SetMsiWindow(window));
     // Without a device doorbell the call only set up the window.
     if (dev->config.msi_doorbell.empty() || !is_current) {
       return durable.Reply(
           MsiCookieResult{.msi_addr = Iova(0), .domain_id = d->id(), .newly_mapped = false});
     }
+    // The doorbell is mapped through the window in the same transaction: a
+    // call that fails to map it leaves no window either.
+    auto p = txn.MapMsiPage(impl_->MsiDoorbellPage(*dev, *d), impl_->MsiDoorbell(*dev),
+                            impl_->DeviceLimit(*d, *dev));
+    if (!p.ok()) {
+      if (!had_window) txn.UnsetMsiWindow();
+      return p.status();
+    }
+    return durable.Reply(MsiCookieResult{
+        .msi_addr = p->iova + (impl_->MsiDoorbell(*dev) - impl_->MsiDoorbellPage(*dev, *d)),
+        .domain_id = d->id(),
+        .newly_mapped = p->newly_mapped});
   } else if (request.window.size_bytes != 0 || request.window.base != Iova(0)) {
     return InvalidField("window_size_bytes", request.window.size_bytes,
                         "an MSI window needs domain_id naming the UNMANAGED domain");
@@ -223,14 +234,8 @@ absl::StatusOr<MsiCookieResult> Broker::MsiCookie(const Caller& caller, const st
   // iommu_dma_prepare_msi: map the doorbell page into the device's CURRENT
   // domain (not its default one: the 2019 bug), once per (domain, page).
   d = impl_->CurrentDomain(*dev);
-  const MemoryRegionConfig* region = nullptr;
-  for (const MemoryRegionConfig& r : impl_->topology_.memory.regions) {
-    if (r.name == dev->config.msi_doorbell) region = &r;
-  }
-  assert(region != nullptr);  // ValidateTopology checked it
-  const uint64_t doorbell = region->base.value() + dev->config.msi_doorbell_offset;
-  const uint64_t g = d->granule_bytes();
-  const uint64_t page = AlignDown(doorbell, g);
+  const uint64_t doorbell = impl_->MsiDoorbell(*dev);
+  const uint64_t page = impl_->MsiDoorbellPage(*dev, *d);
   if (d->type() == DomainType::kIdentity) {
     // Bypass: the device's address for the doorbell is its physical address.
     return durable.Reply(
@@ -247,6 +252,19 @@ absl::StatusOr<MsiCookieResult> Broker::MsiCookie(const Caller& caller, const st
   return durable.Reply(MsiCookieResult{.msi_addr = p.iova + (doorbell - page),
                                        .domain_id = d->id(),
                                        .newly_mapped = p.newly_mapped});
+}
+
+uint64_t BrokerImpl::MsiDoorbell(const DeviceState& dev) const {
+  const MemoryRegionConfig* region = nullptr;
+  for (const MemoryRegionConfig& r : topology_.memory.regions) {
+    if (r.name == dev.config.msi_doorbell) region = &r;
+  }
+  assert(region != nullptr);  // ValidateTopology checked it
+  return region->base.value() + dev.config.msi_doorbell_offset;
+}
+
+uint64_t BrokerImpl::MsiDoorbellPage(const DeviceState& dev, const Domain& d) const {
+  return AlignDown(MsiDoorbell(dev), d.granule_bytes());
 }
 
 // --- Views ---------------------------------------------------------------------------------

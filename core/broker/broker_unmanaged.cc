@@ -75,6 +75,10 @@ absl::StatusOr<MapResult> Broker::MapAt(const Caller& caller, const std::string&
                                              window->base.value(), window_last.value())));
     }
   }
+  if (absl::Status s = txn.ReserveRecord(); !s.ok()) {
+    dev->RefundMapping(mem.length_bytes);
+    return fail(s);
+  }
   std::vector<std::pair<Iova, PhysRun>> ranges;
   Iova at = iova;
   for (const PhysRun& r : res.runs) {

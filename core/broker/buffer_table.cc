@@ -7,6 +7,7 @@
 #include "absl/strings/str_format.h"
 #include "core/base/bits.h"
 #include "core/base/errors.h"
+#include "core/base/fail_nth.h"
 #include "core/base/secure_random.h"
 #include "core/base/status_macros.h"
 #include "core/broker/broker_internal.h"
@@ -64,6 +65,11 @@ absl::StatusOr<BufferInfo> BufferTable::Create(DeviceState& dev, uint64_t sessio
                         "--max_buffer_runs=%d (every reply describing a buffer lists its runs); "
                         "use fewer bytes, or CONTIGUOUS or HUGE placement",
                         PlacementName(placement), most_runs, max_runs_));
+  }
+  if (fail_nth::ShouldFail(FailPoint::kBufferRecord)) {
+    dev.RefundBuffer(size_bytes);
+    return fail_nth::Exhausted(FailPoint::kBufferRecord, "size_bytes", size_bytes,
+                               "no memory for a buffer record");
   }
   auto b = std::make_unique<Buffer>();
   b->device = dev.config.name;
@@ -499,6 +505,10 @@ absl::StatusOr<std::string> BufferTable::CreateExport(
                                       "some first",
                                       exporter.quotas.max_exports));
   }
+  if (fail_nth::ShouldFail(FailPoint::kExportRecord)) {
+    return fail_nth::Exhausted(FailPoint::kExportRecord, "device", exporter.config.name,
+                               "no memory for an export record");
+  }
   ++exporter.exports;
   const uint64_t export_id = next_export_id_++;
   std::string token;
@@ -558,12 +568,19 @@ absl::Status BufferTable::Import(const std::string& token,
   return absl::OkStatus();
 }
 
-bool BufferTable::RecordImport(uint64_t export_id, ExportRecord::Import import) {
+absl::Status BufferTable::RecordImport(uint64_t export_id, ExportRecord::Import import) {
   absl::MutexLock el(&exports_mu_);
   auto token = export_tokens_.find(export_id);
-  if (token == export_tokens_.end()) return false;
+  if (token == export_tokens_.end()) {
+    return FieldError(absl::StatusCode::kNotFound, "import_token", "",
+                      "no such export (never made, revoked, or its buffer was freed)");
+  }
+  if (fail_nth::ShouldFail(FailPoint::kImportRecord)) {
+    return fail_nth::Exhausted(FailPoint::kImportRecord, "export_id", export_id,
+                               "no memory for an import record");
+  }
   exports_.at(token->second).imports.push_back(std::move(import));
-  return true;
+  return absl::OkStatus();
 }
 
 std::optional<uint64_t> BufferTable::FindExport(const std::string& token,

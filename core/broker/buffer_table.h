@@ -126,7 +126,7 @@ class BufferTable {
   // Recovery: registers a restored import with its export; false when the
   // export does not exist.
   bool RestoreImport(uint64_t export_id, ExportRecord::Import import) {
-    return RecordImport(export_id, std::move(import));
+    return RecordImport(export_id, std::move(import)).ok();
   }
   // Recovery: releases an Alloc's buffer whose mapping is gone, as the
   // mapping's unmap would have (at once, or at its importers' last unmap).
@@ -176,9 +176,11 @@ class BufferTable {
   absl::Status Import(const std::string& token,
                       const std::function<absl::Status(const ExportRecord&)>& check,
                       ImportedExport* out);
-  // Registers a made import with its export; false when the export was
-  // revoked since Import (the caller unmaps it again).
-  bool RecordImport(uint64_t export_id, ExportRecord::Import import);
+  // Registers a made import with its export: NOT_FOUND (naming no token: the
+  // caller names its own) when the export was revoked since Import,
+  // RESOURCE_EXHAUSTED when there is no room for the import's entry (the
+  // import.record injection point); the caller unmaps it again.
+  absl::Status RecordImport(uint64_t export_id, ExportRecord::Import import);
   // The export id of `token` if `exporter` ("" for any) made it.
   std::optional<uint64_t> FindExport(const std::string& token, const std::string& exporter) const;
   // The live exports of a buffer's memory (empty for an unknown buffer).

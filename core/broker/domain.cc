@@ -6,6 +6,7 @@
 #include "absl/strings/str_format.h"
 #include "core/base/bits.h"
 #include "core/base/errors.h"
+#include "core/base/fail_nth.h"
 #include "core/base/run_sort.h"
 #include "core/base/status_macros.h"
 #include "core/broker/request_log.h"
@@ -79,6 +80,10 @@ absl::StatusOr<std::shared_ptr<Domain>> Domain::Create(Smmu* smmu, DomainParams 
   const bool translates = d->type_ != DomainType::kIdentity && d->type_ != DomainType::kBlocked;
   if (translates) {
     absl::MutexLock l(&smmu->mu);
+    if (fail_nth::ShouldFail(FailPoint::kSmmuContext)) {
+      return fail_nth::Exhausted(FailPoint::kSmmuContext, "smmu", cfg.name,
+                                 "no free translation context");
+    }
     auto free_ctx = std::find(smmu->context_in_use.begin(), smmu->context_in_use.end(), false);
     if (free_ctx == smmu->context_in_use.end()) {
       return FieldError(
@@ -335,7 +340,21 @@ absl::StatusOr<Iova> Domain::Transaction::AllocIova(uint64_t size_bytes, Iova li
   auto* c = std::get_if<IovaCookie>(&d_.cookie_);
   if (c == nullptr) return d_.NeedsIovaCookie(call);
   if (!leaf_ranges_.empty() || !iova_frees_.empty()) CompleteInvalidations();
+  if (fail_nth::ShouldFail(FailPoint::kIovaRange)) [[unlikely]] {
+    return fail_nth::Exhausted(FailPoint::kIovaRange, "size_bytes", size_bytes,
+                               "no IOVA range fits below the limit");
+  }
   return c->iovad->AllocIova(size_bytes, limit);
+}
+
+absl::Status Domain::Transaction::ReserveRecord() {
+  d_.mu_.AssertHeld();
+  if (fail_nth::ShouldFail(FailPoint::kMappingRecord)) [[unlikely]] {
+    return fail_nth::Exhausted(FailPoint::kMappingRecord, "domain_id", d_.id_,
+                               "no memory for a mapping record");
+  }
+  d_.mappings_.Reserve(d_.mappings_.size() + 1);
+  return absl::OkStatus();
 }
 
 void Domain::Transaction::FreeIova(Iova iova, uint64_t size_bytes) {
@@ -365,7 +384,7 @@ absl::Status Domain::Transaction::MapRanges(absl::Span<const std::pair<Iova, Phy
   return absl::OkStatus();
 }
 
-void Domain::Transaction::Remove(uint64_t iova_start) {
+void Domain::Transaction::RemoveMapping(uint64_t iova_start, bool lazy) {
   d_.mu_.AssertHeld();
   // Erased last: nothing below touches the table.
   MappingRecord* const found = d_.mappings_.FindStart(iova_start);
@@ -374,14 +393,15 @@ void Domain::Transaction::Remove(uint64_t iova_start) {
   d_.mapped_bytes_ -= m.mapped_bytes;
 
   IotlbGather gather;
-  gather.queued = !d_.strict_;
+  gather.queued = lazy;
   for (const auto& [iova, run] : m.pt_ranges) {
     const auto r = d_.pgtable_->Unmap(iova, run.size_bytes, &gather);
     assert(r.ok() && *r == run.size_bytes);
     (void)r;
   }
   auto* c = std::get_if<IovaCookie>(&d_.cookie_);
-  if (c != nullptr && c->fq != nullptr) {
+  if (lazy) {
+    assert(c != nullptr && c->fq != nullptr);
     // Lazy: entries stay usable (and are counted as stale hits) until the
     // queued invalidation; the IOVA is released only after it.
     {
@@ -424,6 +444,14 @@ void Domain::Transaction::PollFlushQueue() {
 }
 
 // --- MSI ----------------------------------------------------------------------------
+
+void Domain::Transaction::UnsetMsiWindow() {
+  d_.mu_.AssertHeld();
+  auto* w = std::get_if<MsiWindowCookie>(&d_.cookie_);
+  assert(w != nullptr && w->msi_pages.empty() && w->next_offset == 0);
+  (void)w;
+  d_.cookie_ = NoCookie{};
+}
 
 std::optional<IovaWindow> Domain::Transaction::MsiWindow() const {
   d_.mu_.AssertHeld();
@@ -503,6 +531,7 @@ absl::StatusOr<Domain::Transaction::MsiPage> Domain::Transaction::MapMsiPage(uin
             if (auto it = c.msi_pages.find(page); it != c.msi_pages.end()) {
               return MsiPage{.iova = Iova(it->second), .newly_mapped = false};
             }
+            RETURN_IF_ERROR(ReserveRecord());
             ASSIGN_OR_RETURN(Iova iova, AllocIova(g, limit, "MsiCookie"));
             return map_page(c.msi_pages, iova, true);
           },
@@ -516,6 +545,7 @@ absl::StatusOr<Domain::Transaction::MsiPage> Domain::Transaction::MapMsiPage(uin
                                 absl::StrFormat("MSI window [%#x, +%#x) is full",
                                                 w.window.base.value(), w.window.size_bytes));
             }
+            RETURN_IF_ERROR(ReserveRecord());
             auto r = map_page(w.msi_pages, w.window.base + w.next_offset, false);
             if (r.ok()) w.next_offset += g;
             return r;

@@ -292,6 +292,12 @@ class ABSL_SCOPED_LOCKABLE Domain::Transaction {
   // invalidations of this transaction complete first, so an address it
   // unmapped is never handed out before the IOTLB forgot it.
   absl::StatusOr<Iova> AllocIova(uint64_t size_bytes, Iova limit, const char* call);
+  // Room for one more mapping record, so that the next Insert cannot fail:
+  // RESOURCE_EXHAUSTED when there is none (the mapping.record injection
+  // point, docs/design.md#failure-injection). Every operation that inserts
+  // reserves before it allocates IOVA or writes the page table. Invalidates
+  // record pointers (the table may grow).
+  absl::Status ReserveRecord();
   // Returns an allocation AllocIova made that was never mapped.
   void FreeIova(Iova iova, uint64_t size_bytes);
   // Writes the ranges to the page table; on failure unmaps what it wrote and
@@ -318,7 +324,12 @@ class ABSL_SCOPED_LOCKABLE Domain::Transaction {
   // Removes the mapping starting at `iova_start` (one must): the page table
   // now; in a strict domain its IOTLB invalidation and IOVA free at commit,
   // in a lazy one through the flush queue; the releaser is told at once.
-  void Remove(uint64_t iova_start);
+  void Remove(uint64_t iova_start) { RemoveMapping(iova_start, /*lazy=*/!d_.strict_); }
+  // Takes back a mapping this transaction inserted (a later step of its
+  // operation failed): as Remove, but strict even in a lazy domain, since
+  // nothing could translate through it (this transaction holds the lock), so
+  // its IOVA is free again at commit rather than queued for a flush.
+  void Withdraw(uint64_t iova_start) { RemoveMapping(iova_start, /*lazy=*/false); }
   // Completes the flush queue's pending invalidations (lazy domains).
   void FlushQueue();
   // Retires flush-queue entries whose timeout passed (lazy domains).
@@ -331,6 +342,9 @@ class ABSL_SCOPED_LOCKABLE Domain::Transaction {
   // ALREADY_EXISTS when it overlaps mappings or another window is set; the
   // same window again is a no-op.
   absl::Status SetMsiWindow(IovaWindow window);
+  // Takes back a window SetMsiWindow set in this transaction (before any
+  // doorbell was mapped in it), when the operation that set it fails.
+  void UnsetMsiWindow();
   struct MsiPage {
     Iova iova;
     bool newly_mapped = false;
@@ -367,6 +381,7 @@ class ABSL_SCOPED_LOCKABLE Domain::Transaction {
     releaser_.ReleaseUnmapped();
   }
   void CompleteInvalidations() ABSL_EXCLUSIVE_LOCKS_REQUIRED(d_.mu_);
+  void RemoveMapping(uint64_t iova_start, bool lazy);
   void JournalChanges() ABSL_EXCLUSIVE_LOCKS_REQUIRED(d_.mu_);
   void ReserveMappingIds() ABSL_EXCLUSIVE_LOCKS_REQUIRED(d_.mu_);
   // Tells the session index when a mapping of `session_id` (not 0) was

@@ -2,6 +2,7 @@
 
 #include "absl/strings/str_format.h"
 #include "core/base/errors.h"
+#include "core/base/fail_nth.h"
 #include "core/base/secure_random.h"
 
 namespace iommu::core {
@@ -17,6 +18,10 @@ absl::StatusOr<uint64_t> SessionTable::Open(const std::string& device, absl::Dur
                       absl::StrFormat("session quota of %d sessions reached (--quota_sessions, "
                                       "or the device's quotas in the topology); close one first",
                                       max_per_device));
+  }
+  if (fail_nth::ShouldFail(FailPoint::kSessionRecord)) {
+    return fail_nth::Exhausted(FailPoint::kSessionRecord, "device", device,
+                               "no memory for a session record");
   }
   uint64_t id;
   do {

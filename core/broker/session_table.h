@@ -62,7 +62,8 @@ class SessionTable {
 
   // A new session of `device` with an unguessable id (0 means "no
   // session"). INVALID_ARGUMENT for ttl <= 0 or above kMaxTtl;
-  // RESOURCE_EXHAUSTED when `device` already holds `max_per_device` sessions.
+  // RESOURCE_EXHAUSTED when `device` already holds `max_per_device` sessions,
+  // or no record can be had (the session.record injection point).
   absl::StatusOr<uint64_t> Open(const std::string& device, absl::Duration ttl, absl::Time now,
                                 uint64_t max_per_device = UINT64_MAX);
   // Extends the lease to now + ttl. NOT_FOUND for an unknown or expired id.

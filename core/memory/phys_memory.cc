@@ -8,6 +8,7 @@
 #include "absl/strings/str_join.h"
 #include "core/base/bits.h"
 #include "core/base/errors.h"
+#include "core/base/fail_nth.h"
 #include "core/base/status_macros.h"
 
 namespace iommu::core {
@@ -178,6 +179,11 @@ absl::StatusOr<PhysAllocation> PhysMemory::AllocPages(uint64_t owner_id, uint64_
     if (!pool_name.empty()) {
       return FieldError(absl::StatusCode::kNotFound, "pool", pool_name, "no such pool");
     }
+  }
+  // The pools run dry (docs/design.md#failure-injection): no page is taken.
+  if (fail_nth::ShouldFail(FailPoint::kMemoryPages)) {
+    return fail_nth::Exhausted(FailPoint::kMemoryPages, "size_bytes", size_bytes,
+                               absl::StrFormat("no pool can give %#x pages", num_pages));
   }
   for (size_t i : candidates) {
     Pool& pool = pools_[i];

@@ -45,7 +45,8 @@ absl::Status IoPgtableOps::Map(Iova iova, PhysAddr paddr, uint64_t size_bytes, P
                            absl::StrFormat("range ends beyond oas %u", cfg_.oas));
   }
   // Validates iova (alignment, overflow, ias) and that nothing is mapped, so
-  // the chunks below cannot fail and the call is all or nothing.
+  // a chunk below can fail only for want of a table (RESOURCE_EXHAUSTED);
+  // the chunks mapped before it are then unmapped: all or nothing.
   RETURN_IF_ERROR(CheckUnmapped(iova, size_bytes));
 
   uint64_t va = iova.value();
@@ -68,9 +69,17 @@ absl::Status IoPgtableOps::Map(Iova iova, PhysAddr paddr, uint64_t size_bytes, P
         if (to_boundary + next <= remaining) count = to_boundary / pgsize;
       }
     }
-    const absl::Status s = MapPages(Iova(va), PhysAddr(pa), pgsize, count, prot);
-    assert(s.ok() && "a validated chunk failed to map");
-    (void)s;
+    if (absl::Status s = MapPages(Iova(va), PhysAddr(pa), pgsize, count, prot); !s.ok()) {
+      assert(s.code() == absl::StatusCode::kResourceExhausted && "a validated chunk failed");
+      if (va != iova.value()) {
+        // Never translated (the caller serialises walks): nothing to gather.
+        IotlbGather gather{.queued = true};
+        const auto r = UnmapPages(iova, granule, (va - iova.value()) / granule, &gather);
+        assert(r.ok());
+        (void)r;
+      }
+      return s;
+    }
     va += pgsize * count;
     pa += pgsize * count;
     remaining -= pgsize * count;

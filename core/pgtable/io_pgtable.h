@@ -164,6 +164,9 @@ enum class UnmapFlags : uint32_t {
 //   ALREADY_EXISTS    MapPages over any existing leaf or table entry
 //   NOT_FOUND         UnmapPages over a range with any unmapped byte
 //   FAILED_PRECONDITION UnmapPages covering part of a block without kAllowSplit
+//   RESOURCE_EXHAUSTED MapPages (or creating the table) when a table could not
+//                     be allocated (out of memory, or the pgtable.table
+//                     injection point: docs/design.md#failure-injection)
 // A failed call changes nothing and makes no flush call.
 class IoPgtableOps {
  public:
@@ -217,7 +220,10 @@ class IoPgtableOps {
 
   // iommu_map(): maps size_bytes using the largest page sizes that size and
   // alignment of iova and paddr allow (block descriptors wherever possible),
-  // all or nothing. size_bytes, iova and paddr must be granule-aligned.
+  // all or nothing: when a table cannot be allocated part way, what was
+  // mapped is unmapped again (its leaves not reported; the tables freed may
+  // get TlbFlushWalk calls) and the RESOURCE_EXHAUSTED returned. size_bytes,
+  // iova and paddr must be granule-aligned.
   absl::Status Map(Iova iova, PhysAddr paddr, uint64_t size_bytes, Prot prot);
   // iommu_unmap(): UnmapPages over [iova, iova + size_bytes) in granules.
   absl::StatusOr<uint64_t> Unmap(Iova iova, uint64_t size_bytes, IotlbGather* gather,

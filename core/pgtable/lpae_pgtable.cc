@@ -13,6 +13,7 @@
 #include "absl/strings/str_format.h"
 #include "core/base/bits.h"
 #include "core/base/errors.h"
+#include "core/base/fail_nth.h"
 #include "core/base/status_macros.h"
 #include "core/pgtable/lpae_runs.h"
 
@@ -77,7 +78,12 @@ absl::StatusOr<std::unique_ptr<LpaePgtable>> LpaePgtable::Create(const IoPgtable
     return InvalidField("pgsize_bitmap", cfg.pgsize_bitmap,
                         "holds a page size larger than a root entry covers");
   }
-  return std::unique_ptr<LpaePgtable>(new LpaePgtable(cfg, flush_ops, stage, geometry));
+  std::unique_ptr<LpaePgtable> table(new LpaePgtable(cfg, flush_ops, stage, geometry));
+  table->root_ = table->AllocTable(table->start_level_);
+  if (table->root_ == nullptr) {
+    return NoTableMemory("ias", cfg.ias, table->start_level_);
+  }
+  return table;
 }
 
 LpaePgtable::LpaePgtable(const IoPgtableCfg& cfg, FlushOps* flush_ops, lpae::Stage stage,
@@ -102,12 +108,11 @@ LpaePgtable::LpaePgtable(const IoPgtableCfg& cfg, FlushOps* flush_ops, lpae::Sta
                            (cfg.pgsize_bitmap & size) != 0;
     if (leaf_allowed_[level]) level_for_shift_[shift_[level]] = int8_t(level);
   }
-  root_ = AllocTable(start_level_);
 }
 
 LpaePgtable::~LpaePgtable() {
   flush_ops_->TlbFlushAll();
-  ReleaseSubtree(root_, start_level_);
+  if (root_ != nullptr) ReleaseSubtree(root_, start_level_);
   while (free_tables_ != nullptr) {
     uint64_t* table = free_tables_;
     free_tables_ = reinterpret_cast<uint64_t*>(table[0]);
@@ -118,7 +123,20 @@ LpaePgtable::~LpaePgtable() {
 
 // --- Table memory --------------------------------------------------------------
 
+absl::Status LpaePgtable::NoTableMemory(absl::string_view field, uint64_t value, int level) {
+  return FieldError(absl::StatusCode::kResourceExhausted, field, value,
+                    absl::StrFormat("no memory for a page-table table (walk to level %d)%s", level,
+                                    fail_nth::Get().failed == FailPoint::kPgtableTable
+                                        ? " (injected failure at pgtable.table)"
+                                        : ""));
+}
+
 uint64_t* LpaePgtable::AllocTable(int level) {
+  if (fail_nth::ShouldFail(FailPoint::kPgtableTable)) return nullptr;
+  return TakeTable(level);
+}
+
+uint64_t* LpaePgtable::TakeTable(int level) {
   const uint64_t bytes = entries_[level] * sizeof(uint64_t);
   uint64_t* table;
   if (level != start_level_ && free_tables_ != nullptr) {
@@ -128,8 +146,11 @@ uint64_t* LpaePgtable::AllocTable(int level) {
     --cached_table_count_;
   } else if (bytes == geometry_.GranuleBytes()) {
     table = static_cast<uint64_t*>(pool_.Alloc(bytes));
+    if (table == nullptr) return nullptr;
   } else {  // a root smaller than a granule, or concatenated
-    void* mem = ::operator new (bytes, std::align_val_t{std::max<uint64_t>(bytes, 64)});
+    void* mem =
+        ::operator new (bytes, std::align_val_t{std::max<uint64_t>(bytes, 64)}, std::nothrow);
+    if (mem == nullptr) return nullptr;
     std::memset(mem, 0, bytes);
     table = static_cast<uint64_t*>(mem);
   }
@@ -184,7 +205,7 @@ void LpaePgtable::ReleaseSubtree(uint64_t* table, int level) {
 
 // --- Walks -------------------------------------------------------------------
 
-uint64_t* LpaePgtable::WalkAlloc(uint64_t va, int level, uint64_t** count_slot) {
+uint64_t* LpaePgtable::WalkAlloc(uint64_t va, int level, uint64_t** count_slot, bool* no_memory) {
   if (level == start_level_) {
     *count_slot = &root_count_;
     return root_;
@@ -202,7 +223,17 @@ uint64_t* LpaePgtable::WalkAlloc(uint64_t va, int level, uint64_t** count_slot) 
     const uint64_t pte = *ptep;
     if (pte == 0) {
       // An empty table until the caller fills it; nothing walks in between.
-      *ptep = TableDescriptor(AllocTable(l + 1));
+      uint64_t* const next = AllocTable(l + 1);
+      if (next == nullptr) {
+        // Frees the tables this walk added above (empty, never walked).
+        Cursor c;
+        c.tables = walk_cache_.tables;
+        FreeEmptyTables(c, l, va, /*notify=*/false);
+        walk_cache_.level = -1;
+        *no_memory = true;
+        return nullptr;
+      }
+      *ptep = TableDescriptor(next);
       AddLive(slot, 1);
     } else if ((pte & lpae::kPteTypeMask) != lpae::kPteTypeTable) {
       return nullptr;  // a block
@@ -323,7 +354,12 @@ absl::Status LpaePgtable::MapPages(Iova iova, PhysAddr paddr, uint64_t pgsize_by
   uint64_t cur_pa = pa;
   while (true) {
     uint64_t* count_slot = nullptr;
-    uint64_t* table = WalkAlloc(cur_va, level, &count_slot);
+    bool no_memory = false;
+    uint64_t* table = WalkAlloc(cur_va, level, &count_slot, &no_memory);
+    if (ABSL_PREDICT_FALSE(no_memory)) {
+      if (done != 0) ClearRange(va, cur_va - 1, nullptr, /*notify=*/false);
+      return NoTableMemory("iova", cur_va, level);
+    }
     uint64_t n = 0;
     bool conflict = table == nullptr;
     if (!conflict) {

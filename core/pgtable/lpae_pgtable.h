@@ -56,6 +56,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "core/base/prot.h"
 #include "core/base/types.h"
 #include "core/pgtable/io_pgtable.h"
@@ -160,8 +161,16 @@ class LpaePgtable final : public IoPgtableOps {
     return left;
   }
 
-  // A zeroed table for `level` (from the free list below the root).
+  // A zeroed table for `level` (from the free list below the root), or
+  // nullptr when there is no memory for one (the pgtable.table injection
+  // point, or the allocator out of memory).
   uint64_t* AllocTable(int level);
+  // AllocTable without the injection point: a block split's tables (no
+  // broker call splits; see docs/design.md#failure-injection).
+  uint64_t* TakeTable(int level);
+  // RESOURCE_EXHAUSTED naming field=value: a table of `level` (or, mapping,
+  // one above it) could not be allocated.
+  static absl::Status NoTableMemory(absl::string_view field, uint64_t value, int level);
   // Frees an empty (all-zero) table, into the free list while it has room.
   void FreeTable(uint64_t* table, int level);
   // Returns a table's memory (granule-sized ones to the page pool, zeroed
@@ -170,9 +179,11 @@ class LpaePgtable final : public IoPgtableOps {
   void ReleaseSubtree(uint64_t* table, int level);
 
   // Walks to the leaf table of `level` for va, allocating missing tables;
-  // nullptr when a leaf above `level` already covers va. *count_slot is the
-  // table's count word (CountSlot). Uses and fills the walk cache.
-  uint64_t* WalkAlloc(uint64_t va, int level, uint64_t** count_slot);
+  // nullptr when a leaf above `level` already covers va, or (*no_memory set)
+  // when a table could not be allocated: the tables this walk added are then
+  // freed again. *count_slot is the table's count word (CountSlot). Uses and
+  // fills the walk cache.
+  uint64_t* WalkAlloc(uint64_t va, int level, uint64_t** count_slot, bool* no_memory);
   bool CacheHit(uint64_t va, int level) const {
     return walk_cache_.level == level && walk_cache_.prefix == (va >> shift_[level - 1]);
   }

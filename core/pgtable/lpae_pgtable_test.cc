@@ -12,6 +12,7 @@
 #include <memory>
 #include <vector>
 
+#include "core/base/fail_nth.h"
 #include "core/pgtable/io_pgtable.h"
 #include "core/pgtable/lpae_format.h"
 #include "core/workloads/workload.h"
@@ -107,6 +108,49 @@ class LpaePgtableTest : public testing::Test {
   IotlbGather gather_;
   std::unique_ptr<LpaePgtable> pt_;
 };
+
+// --- Table memory running out (docs/design.md#failure-injection) -------------
+
+TEST(LpaePgtableCreateTest, NoMemoryForTheRootIsResourceExhausted) {
+  RecordingFlush flush;
+  fail_nth::ScopedArm arm(1, FailPoint::kPgtableTable);
+  auto t = LpaePgtable::Create(Cfg4K(), &flush);
+  EXPECT_EQ(t.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(t.status().message(),
+            "ias=0x30: no memory for a page-table table (walk to level 0) (injected failure at "
+            "pgtable.table)");
+}
+
+// A map whose n-th table cannot be allocated, for every n: the tables its
+// walk added are freed, the chunks it mapped (a 2 MiB block before 4K pages
+// in IoPgtableOps::Map) unmapped, and nothing is reported to a gather.
+TEST_F(LpaePgtableTest, MapWithoutMemoryForATableLeavesNoTrace) {
+  ASSERT_TRUE(Map(0x40005000, 0x5000, kSz4K).ok());
+  const PgtableStats before = pt_->Stats();
+  const uint64_t iova = 0xbfc00000;  // a fresh 1 GiB region: needs its L2 and an L3 table
+  uint64_t n = 1;
+  for (;; ++n) {
+    ASSERT_LT(n, 16u);
+    absl::Status s;
+    {
+      fail_nth::ScopedArm arm(n, FailPoint::kPgtableTable);
+      s = pt_->Map(Iova(iova), PhysAddr(0x200000), kSz2M + 16 * kSz4K, kRW);
+      if (!fail_nth::Get().failed) break;
+    }
+    Check();
+    EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted) << n;
+    EXPECT_EQ(pt_->Stats().table_count, before.table_count) << n;
+    EXPECT_EQ(pt_->Stats().mapped_bytes, before.mapped_bytes) << n;
+    EXPECT_EQ(Phys(iova), 0u) << n;
+    EXPECT_EQ(flush_.Count(RecordingFlush::Call::kAddPage) +
+                  flush_.Count(RecordingFlush::Call::kAddPages),
+              0u)
+        << n;
+  }
+  EXPECT_EQ(n, 3u) << "the L2 table for the block, then the L3 table for the pages";
+  Check();
+  EXPECT_EQ(Phys(iova + kSz2M + 0x123), 0x400123u);
+}
 
 // --- Configuration -----------------------------------------------------------
 

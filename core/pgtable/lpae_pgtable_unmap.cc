@@ -200,7 +200,8 @@ uint64_t LpaePgtable::BuildSplit(int level, uint64_t block_pte, uint64_t block_v
   const uint64_t child_bytes = EntryBytes(child_level);
   const uint64_t attrs = block_pte & ~(lpae::kPteAddrMask | lpae::kPteTypeMask);
   const uint64_t block_pa = block_pte & lpae::kPteAddrMask;
-  uint64_t* table = AllocTable(child_level);
+  uint64_t* table = TakeTable(child_level);
+  assert(table != nullptr && "no memory for a block split");
   uint64_t live = 0;
   for (uint64_t i = 0; i < entries_[child_level]; ++i) {
     const uint64_t first = block_va + i * child_bytes;

@@ -41,7 +41,8 @@ int PgtablePagePool::SizeIndex(uint64_t page_bytes) {
 }
 
 void* PgtablePagePool::AllocFresh(uint64_t page_bytes) {
-  void* page = ::operator new (page_bytes, std::align_val_t{page_bytes});
+  void* page = ::operator new (page_bytes, std::align_val_t{page_bytes}, std::nothrow);
+  if (page == nullptr) return nullptr;
   std::memset(page, 0, page_bytes);
   return page;
 }

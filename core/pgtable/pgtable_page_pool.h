@@ -50,7 +50,8 @@ class PgtablePagePool {
   // Whether page_bytes is a size the pool serves (4K, 16K, 64K).
   static bool IsPageSize(uint64_t page_bytes);
 
-  // A page of page_bytes aligned to page_bytes, every byte zero.
+  // A page of page_bytes aligned to page_bytes, every byte zero; nullptr when
+  // the pool is empty and the allocator has no memory.
   // REQUIRES: IsPageSize(page_bytes).
   void* Alloc(uint64_t page_bytes);
   // Gives back a page Alloc(page_bytes) returned. REQUIRES: every byte zero.
