@@ -4,6 +4,9 @@
 BUILD_DIR ?= build
 JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?=
+# Development and CI builds treat warnings as errors; a plain cmake build
+# (users, packagers) does not.
+WERROR = -DIOMMU_WERROR=ON
 CTEST_FLAGS ?= --output-on-failure
 
 .PHONY: all deps configure build run test bench workloads asan tsan thread-safety e2e ci clean \
@@ -15,7 +18,7 @@ deps:
 	@bash scripts/deps.sh
 
 $(BUILD_DIR)/build.ninja:
-	cmake -S . -B $(BUILD_DIR) -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo $(CMAKE_FLAGS)
+	cmake -S . -B $(BUILD_DIR) -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo $(WERROR) $(CMAKE_FLAGS)
 
 configure: deps $(BUILD_DIR)/build.ninja
 
@@ -41,7 +44,7 @@ workloads: build
 # Core tests under AddressSanitizer + UndefinedBehaviorSanitizer (the daemon and SDKs are
 # exercised by the integration tests of `make test`).
 asan: deps
-	cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=Debug -DIOMMU_BUILD_BENCHMARKS=OFF \
+	cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=Debug $(WERROR) -DIOMMU_BUILD_BENCHMARKS=OFF \
 	  -DIOMMU_CORE_ONLY=ON -DCMAKE_CXX_COMPILER=clang++ -DIOMMU_SANITIZE=address,undefined
 	cmake --build build-asan -j $(JOBS)
 	cd build-asan && ctest -j $(JOBS) $(CTEST_FLAGS)
@@ -67,7 +70,7 @@ TSAN_TARGETS ?= iommud iommuctl state_client client_integration_test client_retr
   broker_restore_test request_log_test fault_ring_test phys_memory_test lpae_pgtable_test \
   pgtable_page_pool_test iommu_server_test kv_store_test iommud_integration_test
 tsan: deps
-	cmake -S . -B build-tsan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DIOMMU_BUILD_BENCHMARKS=OFF \
+	cmake -S . -B build-tsan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo $(WERROR) -DIOMMU_BUILD_BENCHMARKS=OFF \
 	  -DIOMMU_CORE_ONLY=OFF -DCMAKE_CXX_COMPILER=clang++ -DIOMMU_SANITIZE=thread -DIOMMU_THREAD_SAFETY=ON
 	cmake --build build-tsan -j $(JOBS) --target $(TSAN_TARGETS)
 	cd build-tsan && TSAN_OPTIONS="suppressions=$(CURDIR)/core/testing/tsan.supp $(TSAN_OPTIONS)" \
@@ -82,7 +85,7 @@ e2e:
 
 # Clang build that checks the ABSL_GUARDED_BY / ABSL_EXCLUSIVE_LOCKS_REQUIRED annotations.
 thread-safety: deps
-	cmake -S . -B build-clang -G Ninja -DCMAKE_BUILD_TYPE=Debug -DIOMMU_BUILD_BENCHMARKS=OFF \
+	cmake -S . -B build-clang -G Ninja -DCMAKE_BUILD_TYPE=Debug $(WERROR) -DIOMMU_BUILD_BENCHMARKS=OFF \
 	  -DIOMMU_BUILD_TESTS=OFF \
 	  -DCMAKE_CXX_COMPILER=clang++ -DIOMMU_THREAD_SAFETY=ON
 	cmake --build build-clang -j $(JOBS)
@@ -104,7 +107,7 @@ soak: build
 
 FUZZ_TARGETS = state_store_fuzz
 fuzz: deps
-	cmake -S . -B build-fuzz -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+	cmake -S . -B build-fuzz -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo $(WERROR) \
 	  -DCMAKE_CXX_COMPILER=clang++ -DIOMMU_FUZZ=ON
 	cmake --build build-fuzz -j $(JOBS) --target $(FUZZ_TARGETS)
 	@for t in $(FUZZ_TARGETS); do \
