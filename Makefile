@@ -7,10 +7,12 @@ CMAKE_FLAGS ?=
 # Development and CI builds treat warnings as errors; a plain cmake build
 # (users, packagers) does not.
 WERROR = -DIOMMU_WERROR=ON
+# The one version string, project(iommu_broker VERSION ...) in CMakeLists.txt.
+VERSION := $(shell sed -n 's/^project.iommu_broker VERSION \([0-9.]*\).*/\1/p' CMakeLists.txt)
 CTEST_FLAGS ?= --output-on-failure
 
 .PHONY: all deps configure build run test bench workloads asan tsan thread-safety e2e ci clean \
-	format format-check fuzz soak
+	format format-check fuzz soak deb images
 
 all: build
 
@@ -76,6 +78,27 @@ tsan: deps
 	cd build-tsan && TSAN_OPTIONS="suppressions=$(CURDIR)/core/testing/tsan.supp $(TSAN_OPTIONS)" \
 	  ctest -j $(JOBS) $(CTEST_FLAGS) -R '$(TSAN_TESTS)' -E '$(TSAN_EXCLUDE)'
 
+# The Debian packages iommud, iommuctl and libiommu-broker-client-dev, from a
+# Release build as a packager makes it (no tests, warnings not errors), in
+# $(DEB_DIR) (cmake/IommuPackaging.cmake).
+DEB_DIR ?= build-deb
+deb: deps
+	cmake -S . -B $(DEB_DIR) -G Ninja -DCMAKE_BUILD_TYPE=Release -DIOMMU_BUILD_TESTS=OFF \
+	  -DIOMMU_BUILD_BENCHMARKS=OFF $(CMAKE_FLAGS)
+	cmake --build $(DEB_DIR) -j $(JOBS)
+	cd $(DEB_DIR) && cpack -G DEB
+	@ls -1 $(DEB_DIR)/*.deb
+
+# The container images, each tagged :latest (the compose demo's) and
+# :$(VERSION) (the Kubernetes example's). Needs a Docker engine.
+images:
+	docker build --network host -f deploy/Dockerfile --target iommud \
+	  -t iommu-broker/iommud:latest -t iommu-broker/iommud:$(VERSION) .
+	docker build --network host -f deploy/Dockerfile --target iommuctl \
+	  -t iommu-broker/iommuctl:latest -t iommu-broker/iommuctl:$(VERSION) .
+	docker build --network host \
+	  -t iommu-broker/prometheus:latest -t iommu-broker/prometheus:$(VERSION) deploy/prometheus
+
 # The docker-compose demo end to end: images built, stack up, dashboards, rules
 # and alerts checked against its Prometheus, torn down (tests/e2e/compose_test.py).
 # Needs root (it starts a Docker engine if none runs).
@@ -133,4 +156,4 @@ format-check: deps
 ci: format-check test asan tsan e2e
 
 clean:
-	rm -rf build build-asan build-tsan build-clang build-fuzz
+	rm -rf build build-asan build-tsan build-clang build-fuzz build-deb

@@ -32,6 +32,7 @@ DEV=(
   python3-setuptools python3-wheel python3-pip python3-venv                # Python SDK: pip install, its test
   python3-mypy                                                             # Python SDK: mypy --strict test
   prometheus openssl curl                                                  # make run, integration tests
+  dpkg-dev                                                                 # make deb: dpkg-shlibdeps (Depends)
 )
 E2E=(docker.io docker-compose debootstrap python3 python3-yaml prometheus curl)
 

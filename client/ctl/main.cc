@@ -18,6 +18,7 @@
 #include "absl/synchronization/mutex.h"
 #include "client/ctl/command.h"
 #include "client/status.h"
+#include "client/version.h"
 
 namespace iommu::client::ctl {
 namespace {
@@ -50,6 +51,7 @@ constexpr char kGlobalUsage[] =
     "                        (4M and 8192): replies received up to N bytes, larger\n"
     "                        requests and Batch messages refused before sending\n"
     "  --json                print JSON (one object per line) instead of tables\n"
+    "  --version             print iommuctl's version (also: iommuctl version) and exit\n"
     "numbers are decimal or 0x-hex, decimal ones with an optional K/M/G suffix.\n"
     "subcommands:\n";
 
@@ -137,6 +139,11 @@ int Run(int argc, char** argv) {
   }
   for (const std::string& a : global_argv) {
     if (a == "--help" || a == "-h") subcommand = "help";
+    if (a == "--version") subcommand = "version";
+  }
+  if (subcommand == "version") {
+    std::cout << "iommuctl " << Version() << "\n";
+    return 0;
   }
   if (subcommand.empty() || subcommand == "help") {
     PrintUsage(subcommand.empty() ? std::cerr : std::cout, commands);
