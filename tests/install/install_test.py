@@ -127,6 +127,25 @@ class InstallTest(unittest.TestCase):
         lines = self.check_example_output(r.stdout)
         self.assertEqual(lines[0], f"sdk {VERSION} (headers {VERSION})")
 
+    def test_find_package_checks_the_version(self):
+        # A project asking for x.y finds x.y.z (z any), not another minor version.
+        major, minor, _ = VERSION.split(".")
+        for requested, found in ((f"{major}.{minor}", True), (f"{major}.{int(minor) + 1}", False)):
+            src = self.tmp / f"find-{requested}"
+            src.mkdir()
+            (src / "CMakeLists.txt").write_text(
+                "cmake_minimum_required(VERSION 3.16)\nproject(find LANGUAGES CXX)\n"
+                f"find_package(iommu-broker {requested} CONFIG REQUIRED)\n"
+                'message(STATUS "iommu-broker ${iommu-broker_VERSION}")\n')
+            r = h.run(h.CMAKE, "-S", src, "-B", src / "build", f"-DCMAKE_PREFIX_PATH={self.prefix}",
+                      check=False)
+            if found:
+                self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+                self.assertIn(f"-- iommu-broker {VERSION}\n", r.stdout)
+            else:
+                self.assertNotEqual(r.returncode, 0, r.stdout)
+                self.assertIn(f"version: {VERSION}", r.stderr)
+
     def test_cpp_example_through_pkg_config(self):
         env = self.compiler_env(PKG_CONFIG_PATH=str(self.prefix / h.LIBDIR / "pkgconfig"))
         self.assertEqual(h.run("pkg-config", "--modversion", "iommu-broker-client",
