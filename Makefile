@@ -4,10 +4,15 @@
 BUILD_DIR ?= build
 JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?=
+# Development and CI builds treat warnings as errors; a plain cmake build
+# (users, packagers) does not.
+WERROR = -DIOMMU_WERROR=ON
+# The one version string, project(iommu_broker VERSION ...) in CMakeLists.txt.
+VERSION := $(shell sed -n 's/^project.iommu_broker VERSION \([0-9.]*\).*/\1/p' CMakeLists.txt)
 CTEST_FLAGS ?= --output-on-failure
 
 .PHONY: all deps configure build run test bench workloads asan tsan thread-safety e2e ci clean \
-	format format-check fuzz soak
+	format format-check fuzz soak deb images
 
 all: build
 
@@ -15,7 +20,7 @@ deps:
 	@bash scripts/deps.sh
 
 $(BUILD_DIR)/build.ninja:
-	cmake -S . -B $(BUILD_DIR) -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo $(CMAKE_FLAGS)
+	cmake -S . -B $(BUILD_DIR) -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo $(WERROR) $(CMAKE_FLAGS)
 
 configure: deps $(BUILD_DIR)/build.ninja
 
@@ -41,7 +46,7 @@ workloads: build
 # Core tests under AddressSanitizer + UndefinedBehaviorSanitizer (the daemon and SDKs are
 # exercised by the integration tests of `make test`).
 asan: deps
-	cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=Debug -DIOMMU_BUILD_BENCHMARKS=OFF \
+	cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=Debug $(WERROR) -DIOMMU_BUILD_BENCHMARKS=OFF \
 	  -DIOMMU_CORE_ONLY=ON -DCMAKE_CXX_COMPILER=clang++ -DIOMMU_SANITIZE=address,undefined
 	cmake --build build-asan -j $(JOBS)
 	cd build-asan && ctest -j $(JOBS) $(CTEST_FLAGS)
@@ -69,11 +74,32 @@ TSAN_TARGETS ?= iommud iommuctl state_client client_integration_test client_retr
   lpae_pgtable_test pgtable_page_pool_test iommu_server_test kv_store_test \
   iommud_integration_test iommud_resource_test
 tsan: deps
-	cmake -S . -B build-tsan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DIOMMU_BUILD_BENCHMARKS=OFF \
+	cmake -S . -B build-tsan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo $(WERROR) -DIOMMU_BUILD_BENCHMARKS=OFF \
 	  -DIOMMU_CORE_ONLY=OFF -DCMAKE_CXX_COMPILER=clang++ -DIOMMU_SANITIZE=thread -DIOMMU_THREAD_SAFETY=ON
 	cmake --build build-tsan -j $(JOBS) --target $(TSAN_TARGETS)
 	cd build-tsan && TSAN_OPTIONS="suppressions=$(CURDIR)/core/testing/tsan.supp $(TSAN_OPTIONS)" \
 	  ctest -j $(JOBS) $(CTEST_FLAGS) -R '$(TSAN_TESTS)' -E '$(TSAN_EXCLUDE)'
+
+# The Debian packages iommud, iommuctl and libiommu-broker-client-dev, from a
+# Release build as a packager makes it (no tests, warnings not errors), in
+# $(DEB_DIR) (cmake/IommuPackaging.cmake).
+DEB_DIR ?= build-deb
+deb: deps
+	cmake -S . -B $(DEB_DIR) -G Ninja -DCMAKE_BUILD_TYPE=Release -DIOMMU_BUILD_TESTS=OFF \
+	  -DIOMMU_BUILD_BENCHMARKS=OFF $(CMAKE_FLAGS)
+	cmake --build $(DEB_DIR) -j $(JOBS)
+	cd $(DEB_DIR) && cpack -G DEB
+	@ls -1 $(DEB_DIR)/*.deb
+
+# The container images, each tagged :latest (the compose demo's) and
+# :$(VERSION) (the Kubernetes example's). Needs a Docker engine.
+images:
+	docker build --network host -f deploy/Dockerfile --target iommud \
+	  -t iommu-broker/iommud:latest -t iommu-broker/iommud:$(VERSION) .
+	docker build --network host -f deploy/Dockerfile --target iommuctl \
+	  -t iommu-broker/iommuctl:latest -t iommu-broker/iommuctl:$(VERSION) .
+	docker build --network host \
+	  -t iommu-broker/prometheus:latest -t iommu-broker/prometheus:$(VERSION) deploy/prometheus
 
 # The docker-compose demo end to end: images built, stack up, dashboards, rules
 # and alerts checked against its Prometheus, torn down (tests/e2e/compose_test.py).
@@ -84,7 +110,7 @@ e2e:
 
 # Clang build that checks the ABSL_GUARDED_BY / ABSL_EXCLUSIVE_LOCKS_REQUIRED annotations.
 thread-safety: deps
-	cmake -S . -B build-clang -G Ninja -DCMAKE_BUILD_TYPE=Debug -DIOMMU_BUILD_BENCHMARKS=OFF \
+	cmake -S . -B build-clang -G Ninja -DCMAKE_BUILD_TYPE=Debug $(WERROR) -DIOMMU_BUILD_BENCHMARKS=OFF \
 	  -DIOMMU_BUILD_TESTS=OFF \
 	  -DCMAKE_CXX_COMPILER=clang++ -DIOMMU_THREAD_SAFETY=ON
 	cmake --build build-clang -j $(JOBS)
@@ -112,7 +138,7 @@ soak: build
 
 FUZZ_TARGETS = state_store_fuzz
 fuzz: deps
-	cmake -S . -B build-fuzz -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+	cmake -S . -B build-fuzz -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo $(WERROR) \
 	  -DCMAKE_CXX_COMPILER=clang++ -DIOMMU_FUZZ=ON
 	cmake --build build-fuzz -j $(JOBS) --target $(FUZZ_TARGETS)
 	@for t in $(FUZZ_TARGETS); do \
@@ -138,4 +164,4 @@ format-check: deps
 ci: format-check test asan tsan e2e
 
 clean:
-	rm -rf build build-asan build-tsan build-clang build-fuzz
+	rm -rf build build-asan build-tsan build-clang build-fuzz build-deb

@@ -33,6 +33,7 @@ DEV=(
   python3-mypy                                                             # Python SDK: mypy --strict test
   prometheus openssl curl                                                  # make run, integration tests
   help2man groff-base                                                      # iommuctl.1 (the man page), its test
+  dpkg-dev                                                                 # make deb: dpkg-shlibdeps (Depends)
 )
 E2E=(docker.io docker-compose debootstrap python3 python3-yaml prometheus curl)
 

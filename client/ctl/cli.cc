@@ -9,10 +9,8 @@
 #include "absl/strings/str_replace.h"
 #include "absl/strings/str_split.h"
 #include "client/status.h"
+#include "client/version.h"
 
-#ifndef IOMMU_BROKER_VERSION
-#error "IOMMU_BROKER_VERSION comes from the CMake project version"
-#endif
 
 namespace iommu::client::ctl {
 namespace {
@@ -315,7 +313,7 @@ std::string CommandHelp(const Command& command) {
   return out;
 }
 
-std::string VersionText() { return absl::StrCat("iommuctl ", IOMMU_BROKER_VERSION, "\n"); }
+std::string VersionText() { return absl::StrCat("iommuctl ", Version(), "\n"); }
 
 std::string BashCompletion(const std::vector<Command>& commands) {
   std::set<std::string> done;

@@ -9,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "client/version.h"
 #include "gtest/gtest.h"
 
 namespace iommu::client::ctl {

@@ -38,11 +38,6 @@ import deploy_files as df
 
 PROJECT = f"iommu-e2e-{os.getpid()}"
 BASE_IMAGE = "debian:bookworm-slim"
-IMAGES = {
-    "iommu-broker/iommud:latest": ["-f", "deploy/Dockerfile", "--target", "iommud", "."],
-    "iommu-broker/iommuctl:latest": ["-f", "deploy/Dockerfile", "--target", "iommuctl", "."],
-    "iommu-broker/prometheus:latest": ["deploy/prometheus"],
-}
 SETTLE_TIMEOUT_S = 180
 DATA_TIMEOUT_S = 150
 ALERT_TIMEOUT_S = 150
@@ -132,11 +127,13 @@ def ensure_base_image():
 
 def build_images():
     env = dict(os.environ, DOCKER_BUILDKIT="0")  # the classic builder needs no frontend image
-    for tag, args in IMAGES.items():
-        log(f"building {tag}")
+    for name, args in df.IMAGES.items():
+        tags = df.image_tags(name)
+        log(f"building {' '.join(tags)}")
         start = time.time()
-        run(["docker", "build", "--network", "host", "-q", "-t", tag] + args, env=env)
-        log(f"built {tag} in {time.time() - start:.0f}s")
+        tag_args = [a for t in tags for a in ("-t", t)]
+        run(["docker", "build", "--network", "host", "-q"] + tag_args + args, env=env)
+        log(f"built {name} in {time.time() - start:.0f}s")
 
 
 class Stack:

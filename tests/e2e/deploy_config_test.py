@@ -294,6 +294,29 @@ class DeployConfigTest(unittest.TestCase):
         self.assertNotIn("--no_store", cmd)
         self.assertNotIn("--state_dir", cmd)
 
+    def test_images_carry_the_project_version(self):
+        # The images are built tagged :latest and :<version> (make images, the
+        # end-to-end test); compose runs :latest, Kubernetes pins the version.
+        version = df.project_version()
+        with open(df.COMPOSE) as f:
+            compose = yaml.safe_load(f)
+        for name, service in compose["services"].items():
+            image = service["image"]
+            if image.startswith("iommu-broker/"):
+                self.assertIn(image, df.image_tags(image.split(":")[0]), name)
+        self.assertEqual(set(df.IMAGES), {s["image"].split(":")[0] for s in
+                                          compose["services"].values()
+                                          if s["image"].startswith("iommu-broker/")})
+        pod = k8s_docs()["DaemonSet"]["spec"]["template"]["spec"]
+        for container in pod.get("initContainers", []) + pod["containers"]:
+            if container["image"].startswith("iommu-broker/"):
+                self.assertEqual(container["image"].split(":")[1], version, container["name"])
+        with open(os.path.join(df.ROOT, "Makefile")) as f:
+            makefile = f.read()
+        for name in df.IMAGES:
+            tags = f"-t {name}:latest -t {name}:$(VERSION)"
+            self.assertTrue(tags in makefile, f"make images lacks {tags}")
+
     def test_compose_keeps_iommud_state_on_a_named_volume(self):
         with open(df.COMPOSE) as f:
             compose = yaml.safe_load(f)

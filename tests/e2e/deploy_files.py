@@ -17,6 +17,27 @@ K8S = os.path.join(DEPLOY, "k8s", "iommud.yaml")
 K8S_TMPFILES = os.path.join(DEPLOY, "k8s", "iommud-tmpfiles.conf")
 K8S_OPERATOR = os.path.join(DEPLOY, "k8s", "prometheus-operator")
 
+
+def project_version():
+    """The project's one version string: project(iommu_broker VERSION x.y.z)
+    in the top-level CMakeLists.txt; images are tagged with it."""
+    with open(os.path.join(ROOT, "CMakeLists.txt")) as f:
+        return re.search(r"project\(\s*iommu_broker\s+VERSION\s+([0-9.]+)", f.read()).group(1)
+
+
+# The images the demo and the Kubernetes example run: name -> `docker build`
+# arguments (context: the repository root). Each is tagged :latest (what
+# compose.yaml names) and :<project version> (what deploy/k8s names).
+IMAGES = {
+    "iommu-broker/iommud": ["-f", "deploy/Dockerfile", "--target", "iommud", "."],
+    "iommu-broker/iommuctl": ["-f", "deploy/Dockerfile", "--target", "iommuctl", "."],
+    "iommu-broker/prometheus": ["deploy/prometheus"],
+}
+
+
+def image_tags(name):
+    return [f"{name}:latest", f"{name}:{project_version()}"]
+
 # Dashboard variables and the values they take in the demo (one job, every
 # instance, every SMMU).
 VARIABLE_VALUES = {"$smmu": ".*", "$job": "iommud", "$instance": ".+"}

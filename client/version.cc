@@ -1,0 +1,7 @@
+#include "client/version.h"
+
+namespace iommu::client {
+
+const char* Version() { return IOMMU_BROKER_VERSION; }
+
+}  // namespace iommu::client
