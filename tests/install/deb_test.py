@@ -101,7 +101,9 @@ class DebTest(unittest.TestCase):
             "iommud": ["/usr/bin/iommud", "/usr/lib/systemd/system/iommud.service",
                        "/etc/iommud/iommud.conf", "/usr/share/doc/iommud/copyright",
                        "/usr/share/doc/iommud/README.md", "/usr/share/doc/iommud/CHANGELOG.md"],
-            "iommuctl": ["/usr/bin/iommuctl", "/usr/share/doc/iommuctl/copyright"],
+            "iommuctl": ["/usr/bin/iommuctl", "/usr/share/doc/iommuctl/copyright",
+                         "/usr/share/man/man1/iommuctl.1",
+                         "/usr/share/bash-completion/completions/iommuctl"],
             "libiommu-broker-client-dev": [
                 "/usr/lib/libiommu-broker-client.a", "/usr/lib/libiommu-broker-proto.a",
                 "/usr/include/iommu-broker/client/client.h",

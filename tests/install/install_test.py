@@ -69,7 +69,8 @@ class InstallTest(unittest.TestCase):
 
     def test_installed_files(self):
         p = self.prefix
-        for f in ["bin/iommud", "bin/iommuctl",
+        for f in ["bin/iommud", "bin/iommuctl", "share/man/man1/iommuctl.1",
+                  "share/bash-completion/completions/iommuctl",
                   f"{h.LIBDIR}/libiommu-broker-client.a", f"{h.LIBDIR}/libiommu-broker-proto.a",
                   "include/iommu-broker/client/client.h", "include/iommu-broker/client/version.h",
                   "include/iommu-broker/client/session.h", "include/iommu-broker/client/batch.h",
