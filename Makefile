@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 # iommu-broker: the two commands are `make run` and `make test`.
 # Each installs missing Debian packages (scripts/deps.sh), configures and builds.
 
@@ -160,6 +161,7 @@ format: deps
 format-check: deps
 	@bad=$$(for f in $(CXX_SOURCES); do clang-format --dry-run -Werror $$f >/dev/null 2>&1 || echo $$f; done); \
 	if [ -n "$$bad" ]; then echo "not clang-formatted (run make format):"; echo "$$bad"; exit 1; fi
+	@python3 scripts/spdx.py
 
 ci: format-check test asan tsan e2e
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // The Batch bidirectional stream: many Map/Unmap/MapSg/UnmapSg/Translate
 // operations per message, a virtio-iommu request queue.
 //

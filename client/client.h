@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // The C++ SDK of iommud: a typed wrapper over the iommu.v1 services.
 //
 //   ASSIGN_OR_RETURN(Client client, Client::Connect({.target = "unix:/tmp/iommud.sock",

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // The C++ SDK against the real iommud binary: every RPC, the RAII handles,
 // sessions (kept alive, reclaimed after the client dies), the Batch API,
 // retries, and the token and mTLS credentials.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // The RAII forms of Client: each makes the call, then wraps the result in a
 // handle whose closer undoes it through a copy of the client.
 #include <bit>

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Internal: the channel and stubs one Client and its copies share.
 // Thread-safe: immutable after Connect; gRPC channels and stubs are thread-safe.
 #ifndef IOMMU_CLIENT_CONNECTION_H_

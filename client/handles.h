@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Move-only RAII handles for what the daemon hands out.
 //
 // Buffer owns a pinned buffer (AllocBuffer) and frees it on destruction.

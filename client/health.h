@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // The standard gRPC health check (grpc.health.v1.Health/Check) against
 // iommud, for probes (`iommuctl health`, container health checks) that must
 // not depend on the broker's own services answering.

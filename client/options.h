@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Connection options of the C++ SDK: where the daemon is, who the caller is,
 // how it proves it, and the default deadline and retry policy of its calls.
 //

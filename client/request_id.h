@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Request ids: the exactly-once protocol of mutating calls across a daemon
 // restart (docs/design.md#request-ids). Every mutating unary call carries
 // `iommu-request-id: <id>` metadata, and every Batch message its

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // The SDK's retries against an in-process fake daemon (no iommud): which
 // calls carry a request id and that every retry reuses it, that retries end
 // at the deadline or max_attempts, that a retry waits for a restarted server,

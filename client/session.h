@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // A session lease kept alive in the background.
 //
 // Session::Open calls OpenSession, then a background thread sends KeepAlive

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // The one place the SDK turns gRPC statuses back into absl::Status (absl
 // codes equal gRPC codes), and its own error constructors, which use the
 // project's format "<field>=<value>: <why>" (numbers in hex, strings quoted).

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 #ifndef IOMMU_CLIENT_STATUS_MACROS_H_
 #define IOMMU_CLIENT_STATUS_MACROS_H_
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 # What iommu-broker installs beyond its targets (iommud's systemd unit and
 # configuration, the documents), and its Debian packages (CPack, DEB):
 #

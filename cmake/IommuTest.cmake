@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 # iommu_cc_test(NAME SRCS... DEPS...): one gtest binary registered with ctest,
 # its cases discovered individually so a failure names the case.
 include(GoogleTest)

@@ -1,4 +1,5 @@
 #!/bin/bash
+# SPDX-License-Identifier: Apache-2.0
 # Instructions per batched map+unmap of one side of `iommuctl bench
 # --api=batch` (steady state: each message unmaps what the previous one mapped
 # and maps batch_size more). The measured process runs under callgrind with

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # Installs the Debian packages iommu-broker builds, tests and runs with.
 # The single list of the project's system dependencies; `make run`, `make test`
 # and `make bench` call it first, the container images call it with a set name.

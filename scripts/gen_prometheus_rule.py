@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: Apache-2.0
 """Writes deploy/k8s/prometheus-operator/prometheusrule.yaml: a PrometheusRule
 holding exactly the groups of deploy/prometheus/rules/*.yml (file by file, in
 name order), for clusters whose Prometheus the Prometheus Operator runs.

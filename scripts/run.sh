@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # `make run`: iommud on the built-in default topology, plus `iommuctl simulate`
 # demo traffic (one client per device profile) when iommuctl is built, so every
 # metric moves. Prints where to reach it; Ctrl-C stops everything.

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # The state store's cost at the product level: iommud_rpc_bench (unary
 # Map+Unmap and Batch of 512 maps then 512 unmaps, over the Unix socket) with
 # each store configuration in turn, ROUNDS times alternating, so every

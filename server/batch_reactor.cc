@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 #include "server/batch_reactor.h"
 
 #include <algorithm>

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 #ifndef IOMMU_SERVER_DMA_SERVICE_H_
 #define IOMMU_SERVER_DMA_SERVICE_H_
 

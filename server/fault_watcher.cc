@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 #include "server/fault_watcher.h"
 
 #include "server/proto_convert.h"

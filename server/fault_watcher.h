@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 #ifndef IOMMU_SERVER_FAULT_WATCHER_H_
 #define IOMMU_SERVER_FAULT_WATCHER_H_
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // The reply bounds of server/limits.h against messages with every field at
 // its largest, and the checks that derive from them.
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // iommud: the DMA address-translation authority, served over gRPC.
 // Parses flags into the small Options structs of server/, starts the Daemon,
 // and drains on SIGTERM/SIGINT. Nothing else lives here.

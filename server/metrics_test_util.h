@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Test support: looking up what a prometheus-cpp registry collected.
 #ifndef IOMMU_SERVER_METRICS_TEST_UTIL_H_
 #define IOMMU_SERVER_METRICS_TEST_UTIL_H_

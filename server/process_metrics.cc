@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // ProcessCollector of broker_metrics.h: build info and /proc/self figures.
 #include <dirent.h>
 #include <google/protobuf/stubs/common.h>

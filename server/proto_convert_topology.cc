@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Topology conversions of proto_convert.h: iommu.v1.Topology <-> core::Topology.
 #include "absl/strings/str_cat.h"
 #include "core/base/errors.h"

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // RequestScanner: limits read from the wire before parsing, errors naming
 // the field's path, the count or length and the flag; malformed bytes refused
 // as the parser refuses them, and nothing the parser accepts refused.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 #include "server/resource_services.h"
 
 #include "core/base/errors.h"

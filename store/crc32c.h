@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 #ifndef IOMMU_STORE_CRC32C_H_
 #define IOMMU_STORE_CRC32C_H_
 

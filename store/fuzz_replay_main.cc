@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Replays a fuzz target's corpus with the normal toolchain: calls
 // LLVMFuzzerTestOneInput once for every regular file under each directory
 // (or file) named on the command line, so that every seed and every input

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Commit, group-commit and scan costs of the three engines on a workload
 // shaped like the broker's mappings: key = 'm' + 8-byte big-endian domain id
 // + 8-byte big-endian IOVA (17 bytes), value = 120 random bytes.

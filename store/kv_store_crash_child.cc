@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // The process kv_store_test kills: opens a store, commits batch after batch
 // and reports each acknowledged batch on a pipe, until it is SIGKILLed.
 //

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // LMDB engine: one environment, its unnamed database. Commits serialise on
 // write_mu_ (LMDB has one writer anyway); reads take a read-only transaction
 // each (MDB_NOTLS, so any thread may read and a Scan callback may commit).

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // RocksDB engine: WriteBatch commits with WriteOptions.sync=false and the WAL
 // on (written with write() at each commit, so a process crash loses nothing);
 // kPowerLoss: the group-commit leader calls DB::SyncWAL(). Scans iterate a

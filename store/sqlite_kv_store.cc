@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // SQLite engine: one table kv(key BLOB PRIMARY KEY, value BLOB) WITHOUT
 // ROWID in WAL mode with synchronous=NORMAL: commits append to the WAL with
 // write() and do not sync; SQLite's own checkpoints sync the WAL before and

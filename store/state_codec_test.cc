@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // The state records' encoding: every record kind round-trips through the
 // key-value entries, the hand-written mapping record is what the generated
 // parser reads field by field, and damage is caught naming the record.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 #ifndef IOMMU_STORE_STATE_FUZZ_INPUT_H_
 #define IOMMU_STORE_STATE_FUZZ_INPUT_H_
 

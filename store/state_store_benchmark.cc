@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // The state store at the broker's level (docs/performance.md#store):
 //
 // - BM_Recover/engine/mappings: a broker journaling into a StateStore maps

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // The recovery fuzzer: what iommud does with whatever a state store holds.
 // The input is a list of stored entries (store/state_fuzz_input.h); each is
 // decoded as StateStore::Open decodes it, and a state whose every entry

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // The state store end to end, on every engine: a broker journaling into it
 // restores as the same broker after the store is closed and reopened; what
 // the store reads back is exactly what the broker committed; damage is

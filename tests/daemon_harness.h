@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 #ifndef IOMMU_TESTS_DAEMON_HARNESS_H_
 #define IOMMU_TESTS_DAEMON_HARNESS_H_
 

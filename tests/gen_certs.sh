@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # Generates a throw-away CA and certificates for the TLS integration tests
 # (--auth=token and --auth=mtls):
 #   ca.{crt,key}        the CA: clients verify the daemon with it; --tls_ca

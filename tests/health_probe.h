@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 #ifndef IOMMU_TESTS_HEALTH_PROBE_H_
 #define IOMMU_TESTS_HEALTH_PROBE_H_
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Integration: identity and authorisation against the real iommud — bearer
 // tokens over TLS and mTLS (certificates generated at test time with openssl
 // by tests/gen_certs.sh) over TCP and the Unix socket, device isolation,

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Integration: malformed requests to the real iommud, for every RPC family
 // (zero, huge, misaligned, overflowing, unknown ids, wrong enums), get the
 // right code and a message naming the field, and leave GetStats unchanged.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Integration: isolation against the real iommud, tried as an attacker
 // would, in each authentication mode (--auth=none trusts the device the
 // request names; --auth=token binds each bearer token, sent over TLS, and

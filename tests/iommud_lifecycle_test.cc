@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Integration: the real iommud's lifecycle — health, reflection, session
 // leases reclaimed when the client stops keeping alive, lost-fault counting
 // on WatchFaults, and a SIGTERM drain under load (exit 0, streams end).

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Integration: the limits of docs/design.md#limits against the real iommud,
 // each driven by the hostile request it exists for. Every refusal is checked
 // for its code, for a message naming the flag and its value, and for leaving

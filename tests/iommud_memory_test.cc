@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Integration: the daemon's resident memory after large requests
 // (docs/design.md#memory-bound). Finding: RSS high-water marks never came
 // back after large MapSg and TranslateBatch calls (the allocator kept every

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Soak: mixed traffic against a real iommud (token auth over TLS, several
 // identities) for IOMMU_SOAK_SECONDS (default 12; `make soak` runs longer):
 //

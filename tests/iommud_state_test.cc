@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Integration: the real iommud's durable state. What it acknowledged
 // survives SIGTERM and SIGKILL — domains, attachments, buffers, mappings,
 // exports, sessions keep their ids, IOVAs and pages, and every page table

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Integration: the real iommud, every RPC through generated stubs, over the
 // Unix socket and TCP.
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Integration: transport security of the real iommud — what it refuses at
 // start (token auth without a server certificate, token files naming unknown
 // devices or holding short tokens, --auth=none on an address other hosts can

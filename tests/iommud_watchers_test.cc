@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Integration: WatchFaults streams against the real iommud
 // (docs/design.md#watch-faults). Finding: every watcher held an OS thread
 // (2,000 idle watchers were 2,000 threads; at a thread limit watchers ended

@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: Apache-2.0
 """A real Prometheus server scrapes the real iommud.
 
 Starts iommud (Unix socket, metrics on a free port) and Debian's prometheus

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Measures what the daemon adds to an RPC: starts the real iommud and, over
 // the Unix socket, runs closed-loop unary calls from T threads for S seconds:
 //   empty      grpc.health.v1.Health/Check (the cheapest RPC on the server)

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // A device client for the crash test (iommud_state_test): mixed mutating
 // traffic as one device — AllocBuffer, Map, Unmap, FreeBuffer — until
 // SIGTERM, logging every outcome to a file, one line per call:

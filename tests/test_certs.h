@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 #ifndef IOMMU_TESTS_TEST_CERTS_H_
 #define IOMMU_TESTS_TEST_CERTS_H_
 

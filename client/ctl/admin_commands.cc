@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // The Domains, Devices (topology), Sessions and Stats subcommands.
 #include <utility>
 

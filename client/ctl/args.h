@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // iommuctl's command-line grammar:
 //
 //   iommuctl [GLOBAL FLAGS] SUBCOMMAND [FLAGS]

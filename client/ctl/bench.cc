@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // `iommuctl bench`: dma_map_benchmark over gRPC. Knobs as the kernel tool
 // (threads, seconds, dma mask bits, direction, pages per mapping, single or
 // sg mode) plus --api=unary|batch; prints throughput and p50/p99/p99.9.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 #include "client/ctl/cli.h"
 
 #include <algorithm>
@@ -10,7 +11,6 @@
 #include "absl/strings/str_split.h"
 #include "client/status.h"
 #include "client/version.h"
-
 
 namespace iommu::client::ctl {
 namespace {

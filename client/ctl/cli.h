@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // iommuctl's command line, the way kubectl and git users expect it:
 //
 //   iommuctl [FLAGS] SUBCOMMAND [FLAGS]

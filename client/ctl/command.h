@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // iommuctl subcommands: a name, a summary and the flags for `iommuctl help`,
 // and a run function. A run function reads all its flags first, calls
 // args.CheckAllUsed() before it changes anything on the daemon, then acts and

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // The Dma and Memory subcommands, and translate: one per RPC.
 #include <utility>
 

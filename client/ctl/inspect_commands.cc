@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // watch-faults (the fault event stream) and dump (a domain, its statistics
 // and a page-table walk of chosen IOVA ranges).
 #include <chrono>

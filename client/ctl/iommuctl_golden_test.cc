@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // iommuctl against the real iommud: every subcommand, compared with a golden
 // transcript (tests/cli/session.golden; regenerate with UPDATE_GOLDEN=1),
 // plus simulate and bench, whose figures vary, checked by shape.

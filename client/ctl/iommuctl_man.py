@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: Apache-2.0
 """Writes iommuctl.1, the man page, from iommuctl's own help.
 
 help2man renders `iommuctl --help` and `--version`; this script adds a

@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: Apache-2.0
 """The man page and the completion script the build generates from iommuctl.
 
   iommuctl_man_test.py IOMMUCTL MANPAGE COMPLETION

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // iommuctl: the command-line client of iommud.
 //
 //   iommuctl [FLAGS] SUBCOMMAND [FLAGS]

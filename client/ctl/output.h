@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // iommuctl's output, chosen by -o: one JSON object per line (json:
 // protobuf's JSON mapping, field names as in the proto, every field
 // printed), or human text (table, the default, and wide).

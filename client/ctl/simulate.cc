@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // `iommuctl simulate --profile=...`: a device traffic generator. Each profile
 // repeats one realistic step (map, let the device access, unmap) at --rate
 // steps per second for --seconds, under a session (so a killed simulator's

@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: Apache-2.0
 """Build step of the Python SDK: lays out the importable package in a build dir.
 
 Copies the hand-written `iommu_broker` sources into OUT_DIR and generates,

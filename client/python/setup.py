@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Builds the iommu-broker Python package; pyproject.toml holds its metadata.
 
 From one of two trees:

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Test support: runs the real iommud binary on a private Unix socket (and a
 // free TCP port), and runs iommuctl, for the integration tests.
 //

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 #ifndef IOMMU_CORE_BASE_STATUS_MACROS_H_
 #define IOMMU_CORE_BASE_STATUS_MACROS_H_
 

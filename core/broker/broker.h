@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 #ifndef IOMMU_CORE_BROKER_BROKER_H_
 #define IOMMU_CORE_BROKER_BROKER_H_
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Ownership, quotas, UNMANAGED ranges and bad input: every error code of
 // docs/design.md#errors that the core produces, each naming its field and
 // value, and each leaving nothing behind.

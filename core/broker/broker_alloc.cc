@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // dma_alloc_attrs / dma_free_attrs and dma_get_sgtable (with export tokens).
 
 #include <algorithm>

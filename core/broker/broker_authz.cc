@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // The authorisation model, in one place (docs/security.md states it and
 // names the tests behind each rule).
 //

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Broker::MapUnmapBatch: a run of one device's Map/Unmap operations in one
 // transaction on its current domain.
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Broker::MapUnmapBatch against the one-at-a-time path: the same op sequence
 // on two brokers built alike gives the same result per op (code, message,
 // addresses, ids) and the same state after, and the batch leaves no stale

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // The DMA API through the whole model (ownership checks, IOVA, page table,
 // IOTLB, accounting), beside the engine figures of the other benchmarks.
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Many threads mapping, unmapping and translating on shared and separate
 // domains at once; afterwards every invariant holds and nothing leaked.
 // Run under the sanitizer builds too (make asan, make tsan).

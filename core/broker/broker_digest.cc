@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Broker::StateDigest: the broker's state as one canonical text, for tests
 // that must tell whether a call changed anything (the fail-nth sweep, the
 // operation fuzzer).

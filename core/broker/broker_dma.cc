@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // The DMA API: Map/Unmap, MapSg/UnmapSg (and buffer import), Alloc/Free,
 // GetSgTable, MapAt/UnmapRange, Sync.
 

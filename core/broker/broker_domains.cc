@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Domains: creation with their typed cookies, attach/detach (context
 // switches), destruction, and the IOVA ranges a device may use.
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // The fail-nth sweep (docs/design.md#failure-injection), as the iommufd
 // selftests' fail_nth: for every mutating Broker call, on a state built for
 // it, fail the 1st, 2nd, ... injection hit of the call until a run reaches no

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Broker::CheckInvariants: every engine's own check plus the cross-references
 // between them (records vs page tables, buffer references, quotas).
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Isolation: a device reaches only memory it owns or was granted, whatever
 // it asks. One test per rule of the authorisation model (core/broker/broker_authz.cc,
 // docs/security.md), then a randomised property test: random calls by

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Invalidation policies (strict vs lazy), sessions, faults and domains'
 // lifecycle.
 

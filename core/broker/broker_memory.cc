@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Buffers (pinned pages) and the per-device quotas they and mappings charge.
 
 #include "absl/functional/function_ref.h"

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // MSI cookies (docs/design.md#msi-cookie, #typed-cookies): the doorbell goes
 // into the device's current domain through the right typed cookie, once,
 // bounds-checked.

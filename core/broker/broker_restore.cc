@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Durable state: the journal's commits, a fresh journal's first state, and
 // the restore of a journaled state (docs/design.md#durable-state).
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Durable state in the model: every mutation reaches the journal, and a
 // broker restored from what the journal holds is the same broker (ids,
 // IOVAs, pages, page-table leaves, quotas, sessions), continues without

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Sessions (leases) and the periodic Tick that expires them and polls the
 // flush queues.
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // An expiry storm: many sessions of one device run out at once while another
 // device, with many mappings of its own, keeps mapping and unmapping. What is
 // measured is the other device's Map+Unmap latency while the storm is

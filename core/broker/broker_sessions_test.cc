@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Session release (close and lease expiry): exactly what the sessions owned
 // is released, nothing else is touched, and the work is what they owned, not
 // what lives elsewhere (docs/design.md#sessions).

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // The broker model: domains, ownership, the DMA API and translation, with
 // the cases from the kernel's history that docs/design.md#better-than-linux
 // promises to get right.

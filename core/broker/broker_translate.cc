@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Device accesses (Translate through the IOTLB, faults), MSI cookies, and
 // the read-only views: topology, statistics, fault records.
 

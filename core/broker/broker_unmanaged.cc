@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // UNMANAGED domains: iommu_map at the caller's IOVA and range unmaps with
 // virtio-iommu semantics (never split a mapping).
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Domain transactions: gather, then invalidate, then free IOVAs, then release
 // memory, in that order, and nothing of it before the commit.
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 #ifndef IOMMU_CORE_BROKER_REQUEST_LOG_H_
 #define IOMMU_CORE_BROKER_REQUEST_LOG_H_
 

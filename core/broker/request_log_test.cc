@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Exactly-once mutating calls: the request log's rules (window, budgets,
 // reuse, racing retries), and every broker operation journaling its reply in
 // the commit of its last change, so a restored broker answers a retry.

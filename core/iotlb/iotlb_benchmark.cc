@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // IOTLB and flush-queue hot paths (bars: docs/performance.md#engine-bars;
 // figures: docs/performance.md#iotlb).
 //

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // IovaAllocator benchmarks (Google Benchmark), through the broker's calls,
 // AllocIova and FreeIova, with 4 KiB pages.
 //

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // IovaGapTree::CheckInvariants: recounts the whole tree (keys, counts,
 // leaf depth, parent links, every summary from scratch over all orders, the
 // histogram and totals) and names the first break. Tests call it after every

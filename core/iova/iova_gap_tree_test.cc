@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // IovaGapTree on its own: random carves and releases against a brute-force
 // model of the free set, deep enough for several internal levels, splits,
 // merges, borrows and root collapses, with every summary recounted.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Buddy allocator costs: an order-0 alloc+free pair on a warm allocator (the
 // split/coalesce chain is short), a churn of mixed orders over a fragmented
 // range, and the worst case of splitting a max-order block down to one page

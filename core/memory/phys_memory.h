@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 #ifndef IOMMU_CORE_MEMORY_PHYS_MEMORY_H_
 #define IOMMU_CORE_MEMORY_PHYS_MEMORY_H_
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // PhysMemory's configuration half: the names of its enums and Create, which
 // validates regions and pools and builds one buddy allocator per pool range.
 // The allocation half is phys_memory.cc.

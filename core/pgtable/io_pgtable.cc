@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 #include "core/pgtable/io_pgtable.h"
 
 #include <bit>

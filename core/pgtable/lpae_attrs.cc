@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Leaf attribute encoding and decoding for the LPAE format (Linux's
 // arm_lpae_prot_to_pte and its inverse).
 

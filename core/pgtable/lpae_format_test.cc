@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Decode tests: the descriptors written for known inputs equal hand-computed
 // bit patterns, and Walk() decodes them back (Grant, prot, attributes).
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // LpaePgtable: construction, table memory, walks, argument checks and map.
 // Unmap and block splits live in lpae_pgtable_unmap.cc, inspection (walk,
 // dumps, invariants) in lpae_pgtable_inspect.cc.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // LPAE page-table micro-benchmarks (bars: docs/performance.md#engine-bars).
 // Stage 1, 4K granule, ias = oas = 48, no-op flush ops, non-queued gather
 // (TlbAddPage per single-page unmap, one TlbAddPages per run of pages in one

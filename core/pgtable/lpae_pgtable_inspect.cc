@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // LpaePgtable: read-only inspection — walks, dumps, statistics and the
 // structural invariant check.
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // LpaePgtable behaviour: configuration and argument errors (exact codes and
 // messages), all-or-nothing maps, unmap semantics (holes, partial blocks,
 // splits with break-before-make), flush-op calls, table freeing, and a random

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // LpaePgtable: unmap (validation, clearing, gathering, freeing empty tables)
 // and break-before-make block splits.
 

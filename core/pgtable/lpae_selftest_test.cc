@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // The Linux LPAE selftest matrix (io-pgtable-arm.c arm_lpae_run_tests) as
 // named scenarios, for every granule x ias/oas in {32,36,40,42,44,48} with
 // ias <= oas x stage 1 and stage 2. CheckInvariants after every mutation.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // PgtablePagePool: zeroed aligned pages, LIFO reuse, the max_bytes bound, exact
 // statistics, a random sequence against a reference model, and concurrent use.
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Test support: a sanitizer report in what a child process wrote.
 //
 // The integration tests run the real daemon as a child process; in a

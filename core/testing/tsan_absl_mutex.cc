@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // ThreadSanitizer support for a prebuilt abseil.
 //
 // TSan sees a lock only through annotations that absl::Mutex emits when

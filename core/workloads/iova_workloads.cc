@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // The W1 (steady-state churn) and W2 (fragmentation) workloads of
 // docs/performance.md#w1 and #w2 on iommu::core::IovaAllocator, through the
 // calls the broker makes: AllocIova and FreeIova, with the range caches

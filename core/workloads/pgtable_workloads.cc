@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // W3 (docs/performance.md#w3): the ARM LPAE stage-1 page table, run exactly
 // as the Linux reference harness (io-pgtable-arm.c in userspace): 4K granule,
 // pgsize_bitmap 4K|2M|1G, ias = oas = 48, coherent walk, no-op flush ops with

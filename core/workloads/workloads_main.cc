@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // iommu_workloads: runs the benchmark workloads of
 // docs/performance.md#workloads against the project's engines and prints one
 // line per workload.

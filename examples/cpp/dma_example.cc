@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // dma_example: what a device driver does through iommud, with the C++ SDK.
 //
 //   dma_example [--target=unix:/run/iommud/iommud.sock] [--device=nic0]

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """dma_example: what a device driver does through iommud, with the Python SDK.
 
     python3 dma_example.py [--target=unix:/run/iommud/iommud.sock] [--device=nic0]

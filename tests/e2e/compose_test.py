@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """End-to-end test of the docker-compose demo (`make e2e`).
 
 Starts a Docker engine if none answers (and stops it again), makes the

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Static checks of the shipped deploy/ files (no Docker, no cluster needed):
 every manifest and dashboard parses, Prometheus accepts the config and the
 rules, the dashboard and the alerts are of the form the end-to-end test

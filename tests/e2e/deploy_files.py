@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The shipped deploy/ files, parsed: shared by the static check and the
 end-to-end test so both read the dashboard and rules the same way."""
 

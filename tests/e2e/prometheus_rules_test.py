@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The Prometheus rules are right on a fleet, and their unit tests prove it.
 
 `promtool test rules` runs deploy/prometheus/tests/*.yml against the shipped

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The Debian packages as `make deb` makes them: `cpack -G DEB` over the build
 tree, then each .deb read with dpkg-deb: its fields (name, version, Depends),
 its files, its control files (the conffile, the maintainer scripts), and,

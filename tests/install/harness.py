@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """What the install and package tests share: the project's version, the build
 tree's paths (from ctest's environment), subprocesses with their output on
 failure, and a daemon started from an installed iommud."""

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The project as a user installs it: `cmake --install` of the build tree into
 a fresh prefix, then, away from the source and build trees, the installed
 iommud and iommuctl, the C++ examples built against the installed SDK (once

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """One version string: project(iommu_broker VERSION x.y.z) in CMakeLists.txt
 is what every part reports: `iommud --version`, `iommuctl --version` and
 `iommuctl version`, the C++ SDK's generated client/version.h, the Python

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """iommu_broker: the Python SDK of iommud.
 
     from iommu_broker import Client

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The bases of the generated enums and message views (gen_protos.py).
 
 ProtoEnum: an iommu.v1 enum as an IntEnum, so a member still compares equal

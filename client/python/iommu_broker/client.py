@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Client: one connection to iommud, acting as one device (or the admin).
 
     client = Client("unix:/tmp/iommud.sock", device="nic0")

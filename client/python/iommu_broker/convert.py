@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Python values to iommu.v1 request fields, in one place.
 
 Enums take a member of iommu_broker.enums, a proto enum number, or a short

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Every iommu.v1 enum as an IntEnum (iommu_broker._proto_view.ProtoEnum):
 DmaDirection, Placement, DomainType, SgMode, Stage, AccessKind, FaultType,
 ReservedKind, RegionKind, ... Members drop the enum's prefix

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """IommuError and one subclass per gRPC status code.
 
 The daemon maps every core absl::Status to a gRPC status once; this module

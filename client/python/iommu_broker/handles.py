@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Handles for what the daemon hands out: buffers, mappings, allocations, domains.
 
 A handle is the typed view of the daemon's response (`m.dma_addr`,

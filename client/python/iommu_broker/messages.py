@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """What queries return: a typed, read-only view of each iommu.v1 message
 (iommu_broker._proto_view.View), named as the message (`messages.Domain`,
 `messages.TranslateResponse`, ...). Fields read as properties: enum fields

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Builders of pb.BatchOp for BatchStream.submit. An op built without a
 device acts as the submitting client's device."""
 from typing import Iterable, Optional

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The generated iommu.v1 messages and stubs, in one namespace.
 
 `from iommu_broker import pb; pb.MapRequest(...)`: every message, enum

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Retries on UNAVAILABLE and the request ids that make them exactly-once.
 
 Every mutating call carries `iommu-request-id: <id>` metadata (a Batch

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Sessions (leases kept alive in the background), the Batch stream and the
 WatchFaults stream."""
 import queue

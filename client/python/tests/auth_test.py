@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Identity through the Python SDK against the real iommud: --auth=token over
 TLS and --auth=mtls (a CA and certificates generated with openssl at test
 time), over the Unix socket and TCP. A device acts only as itself and cannot

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The Python SDK against the real iommud (--auth=none; token and mTLS in
 auth_test.py): every RPC, handles releasing what they hold, sessions, the
 streams, and errors mapped to the right exception with the daemon's message.

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The package as a user installs it: pip into a fresh venv, offline, then
 imported and used from outside the source and build trees, with no
 PYTHONPATH.

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Starts and stops the real iommud for the Python SDK's tests.
 
 The binary comes from $IOMMUD (ctest sets it to the built target). When the

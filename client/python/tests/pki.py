@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """A throw-away PKI for mTLS tests, made with the openssl CLI at test time."""
 import os
 import subprocess

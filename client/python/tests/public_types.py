@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The SDK's public types as a user's type checker sees them: checked by
 mypy --strict (ctest python_mypy), never run. Each assert_type fails the
 check if a return type is missing, Any or wider than it should be."""

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The README example runs as written against a real iommud.
 
 The example targets `make run`'s daemon at unix:/tmp/iommud.sock; the test

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The SDK's own logic against an in-process fake daemon (no iommud): the
 retries and the request ids that make them exactly-once (including a Batch
 message written again on a new stream), the metadata each call carries (a
