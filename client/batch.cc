@@ -318,6 +318,14 @@ void BatchStream::ReadLoop(Stream* stream, grpc::ClientContext* context) {
     resender_ = std::thread([this] { Resend(); });
   }
   absl::MutexLock lock(&mu_);
+  if (broken_.ok() && closing_ && outstanding_.empty() &&
+      status.error_code() == grpc::StatusCode::UNAVAILABLE) {
+    // Broken while idle and closed before the reopen: every message was
+    // answered, so nothing is lost and there is nothing to reopen for.
+    broken_ = absl::FailedPreconditionError("Batch: the stream is closed");
+    final_status_ = absl::OkStatus();
+    return;
+  }
   if (broken_.ok()) {
     broken_ = status.ok() ? absl::UnavailableError("Batch: the stream ended before its responses")
                           : FromGrpcStatus(status);

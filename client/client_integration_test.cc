@@ -774,6 +774,38 @@ TEST(ClientRequestIdTest, BatchMessagesCutByDaemonKillsTakeEffectOnce) {
   }
 }
 
+// A stream broken while idle (every message answered) closes OK: nothing
+// was lost, and Close() does not wait for a daemon to reopen to (it used to
+// answer UNAVAILABLE when a kill landed after the last reply).
+TEST(ClientRequestIdTest, ClosingAStreamBrokenWhileIdleIsOk) {
+  IommudProcess daemon;
+  ASSERT_TRUE(daemon.Start().ok()) << daemon.Log();
+  ASSERT_OK_AND_ASSIGN(client, Client::Connect({.target = daemon.unix_target(),
+                                                .device = "nic0",
+                                                .default_deadline = absl::Seconds(15)}));
+  ASSERT_OK_AND_ASSIGN(buffer, client.AllocBufferScoped(4 * 4096, v1::PLACEMENT_CONTIGUOUS));
+  ASSERT_OK_AND_ASSIGN(batch, BatchStream::Open(client));
+  batch->AddMap(buffer.id(), 0, 4096, v1::DMA_DIRECTION_TO_DEVICE);
+  ASSERT_OK_AND_ASSIGN(reply, batch->Flush());
+  ASSERT_EQ(reply.results_size(), 1);
+  ASSERT_TRUE(BatchResultStatus(reply.results(0)).ok()) << BatchResultStatus(reply.results(0));
+  EXPECT_EQ(daemon.Kill(), -SIGKILL);
+  absl::SleepFor(absl::Milliseconds(300));  // the reader is waiting to reopen
+  const absl::Time before = absl::Now();
+  const absl::Status closed = batch->Close();
+  EXPECT_TRUE(closed.ok()) << closed;
+  EXPECT_LT(absl::Now() - before, absl::Seconds(5)) << "Close() waited for the daemon";
+  absl::StatusOr<BatchReply> after = batch->Send().get();
+  EXPECT_EQ(after.status().code(), absl::StatusCode::kFailedPrecondition) << after.status();
+  // The answered Map survived the kill.
+  ASSERT_TRUE(daemon.Start().ok()) << daemon.Log();
+  ASSERT_OK_AND_ASSIGN(admin, Client::Connect({.target = daemon.unix_target()}));
+  ASSERT_OK_AND_ASSIGN(devices, admin.ListDevices());
+  for (const v1::DeviceInfo& d : devices.devices()) {
+    if (d.config().name() == "nic0") EXPECT_EQ(d.mappings(), 1u);
+  }
+}
+
 // Writes a CA, a server certificate and SPIFFE client certificates with openssl.
 class Pki {
  public:
