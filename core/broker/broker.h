@@ -270,6 +270,15 @@ class Broker {
   // Checks every engine's invariants and the cross-references between them
   // (mappings vs page tables, buffer references, quotas). For tests.
   void CheckInvariants() const;
+  // The state as deterministic text, for tests and fuzzers: every device's
+  // attachment and quota charges, every domain's mapping records, live IOVA
+  // allocations, free IOVA space, MSI pages and page-table leaves, every
+  // buffer (with its references and exports), export (with its imports),
+  // the sessions per device, the contexts and IOTLB entries in use per SMMU
+  // and the free pages per pool. Not counters, the fault log, nor memory
+  // kept for reuse (IOVA range caches, freed page tables). A call that fails
+  // leaves it unchanged (docs/design.md#errors).
+  std::string StateDigest() const;
 
  private:
   explicit Broker(std::unique_ptr<BrokerImpl> impl);
