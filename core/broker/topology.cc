@@ -105,6 +105,19 @@ absl::Status ValidateDevices(const Topology& t) {
       }
     }
   }
+  // Every device starts in a default domain of its own, which takes one of
+  // its SMMU's contexts: fewer contexts than devices could never start.
+  for (size_t i = 0; i < t.smmus.size(); ++i) {
+    const SmmuConfig& s = t.smmus[i];
+    const auto devices = std::count_if(t.devices.begin(), t.devices.end(),
+                                       [&](const DeviceConfig& d) { return d.smmu == s.name; });
+    if (uint64_t(devices) > s.num_contexts) {
+      return InvalidField(Indexed("smmus", i, "num_contexts"), s.num_contexts,
+                          absl::StrFormat("fewer than the %d devices behind it, whose default "
+                                          "domains take one each",
+                                          devices));
+    }
+  }
   return absl::OkStatus();
 }
 

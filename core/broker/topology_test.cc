@@ -59,6 +59,10 @@ TEST(TopologyTest, InvalidTopologiesNameFieldAndValue) {
        absl::StatusCode::kInvalidArgument, "smmus[1].granules=0x2000"},
       {"contexts", [](Topology& t) { t.smmus[1].num_contexts = 0; },
        absl::StatusCode::kInvalidArgument, "smmus[1].num_contexts=0"},
+      // smmu1 has two devices, each needing a context for its default domain
+      // (found by topology_loader_fuzz: Broker::Create then failed).
+      {"contexts for the default domains", [](Topology& t) { t.smmus[1].num_contexts = 1; },
+       absl::StatusCode::kInvalidArgument, "smmus[1].num_contexts=0x1: fewer than the 2 devices"},
       {"sets", [](Topology& t) { t.smmus[0].iotlb_sets = 100; }, absl::StatusCode::kInvalidArgument,
        "smmus[0].iotlb_sets=0x64"},
       {"region overlap", [](Topology& t) { t.memory.regions[1].base = PhysAddr(0x0802'1000); },
