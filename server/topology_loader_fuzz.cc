@@ -4,7 +4,8 @@
 // it refuses with INVALID_ARGUMENT, or returns a topology that
 //
 //   * converts back to the same message (ToProto then FromProto is the
-//     identity on what was accepted);
+//     identity on what was accepted), and, when valid, serializes to bytes
+//     a client parses (its names go out in replies);
 //   * either fails core::ValidateTopology, and then Broker::Create refuses
 //     it with the same status, or passes it, and then builds a broker whose
 //     invariants hold, every device in its own default domain, and on which
@@ -111,6 +112,10 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (!broker.ok()) {
     server::Fail("Broker::Create refuses a valid topology",
                  broker.status().ToString() + "\n" + proto.DebugString());
+  }
+  // Its names go out in replies: a client must be able to parse them.
+  if (v1::Topology sent; !sent.ParseFromString(proto.SerializeAsString())) {
+    server::Fail("a valid topology's names do not parse back", proto.DebugString());
   }
   (*broker)->CheckInvariants();
   server::ServeEveryDevice(**broker, *t);
