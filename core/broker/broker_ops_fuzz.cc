@@ -9,6 +9,8 @@
 //   * a call that failed left the broker's state (StateDigest) as it was and
 //     journaled nothing (docs/design.md#errors: a failed call leaves no trace);
 //   * reads (views, stats, walks) change nothing;
+//   * at the end, what the journal holds restores to the same broker
+//     (docs/design.md#durable-state);
 //   * a device that translates through its own default domain, with no admin
 //     having mapped or attached anything, reaches only memory it owns: its
 //     buffers, exports it imported, and its MSI doorbell
@@ -33,6 +35,7 @@
 #include "core/broker/broker.h"
 #include "core/broker/state.h"
 #include "core/testing/fuzz_input.h"
+#include "core/testing/memory_journal.h"
 
 namespace iommu::core {
 namespace {
@@ -140,23 +143,55 @@ constexpr size_t kMaxPool = 64;
   std::abort();
 }
 
-// Counts commits that change a record (counter reservations aside), so a
-// failed call can be checked to have journaled nothing.
+// Keeps the journaled state as a store would, and counts the commits that
+// change a record (counter reservations aside), so a failed call can be
+// checked to have journaled nothing.
 class CountingJournal final : public Journal {
  public:
   uint64_t Commit(const StateChanges& c) override {
     StateChanges records = c;
     records.counters.clear();
     if (!records.empty()) ++record_commits_;
-    return ++tickets_;
+    return store_.Commit(c);
   }
-  void WaitDurable(uint64_t) override {}
+  void WaitDurable(uint64_t ticket) override { store_.WaitDurable(ticket); }
   uint64_t record_commits() const { return record_commits_; }
+  DurableState State() const { return store_.State(); }
 
  private:
-  uint64_t tickets_ = 0;
+  testing::MemoryJournal store_;
   uint64_t record_commits_ = 0;
 };
+
+// What a restart must give back: every domain with its page-table leaves
+// and mapping count, every device's attachment and charges, every buffer.
+std::string RestoredView(const Broker& b, const std::vector<uint64_t>& buffer_ids) {
+  std::string out;
+  const std::vector<DomainInfo> domains = b.ListDomains(Caller::Admin()).value();
+  for (const DomainInfo& d : domains) {
+    out += "domain " + std::to_string(d.domain_id) + " " + DomainTypeName(d.type) + " " + d.smmu +
+           " owner=" + d.owner + " maps=" + std::to_string(d.mappings) +
+           " bytes=" + std::to_string(d.mapped_bytes) + "\n";
+    const std::vector<PgtableMapping> leaves = b.WalkDomain(Caller::Admin(), d.domain_id).value();
+    for (const PgtableMapping& m : leaves) {
+      out += "  " + m.iova.Hex() + ">" + m.phys.Hex() + "+" + std::to_string(m.size_bytes) + " g" +
+             std::to_string(m.grant.bits()) + "\n";
+    }
+  }
+  const std::vector<DeviceInfo> devices = b.ListDevices(Caller::Admin()).value();
+  for (const DeviceInfo& d : devices) {
+    out += "device " + d.config.name + " in " + std::to_string(d.current_domain_id) +
+           " maps=" + std::to_string(d.mappings) + " bytes=" + std::to_string(d.mapped_bytes) +
+           " buffers=" + std::to_string(d.buffers) + "\n";
+  }
+  for (uint64_t id : buffer_ids) {
+    auto buf = b.GetBuffer(Caller::Admin(), id);
+    if (!buf.ok()) continue;
+    out += "buffer " + std::to_string(id) + " " + buf->device +
+           " maps=" + std::to_string(buf->map_count) + "\n";
+  }
+  return out;
+}
 
 template <typename T>
 void Remember(std::vector<T>& pool, const T& v) {
@@ -187,8 +222,31 @@ class Driver {
       default_domain_[d.config.name] = d.default_domain_id;
     }
     for (int i = 0; i < kMaxOps && !in_.empty(); ++i) Step();
-    broker_->Shutdown();
     broker_->CheckInvariants();
+    CheckRestore();
+    broker_->Shutdown();
+  }
+
+  // What the journal holds restores (docs/design.md#durable-state) to a
+  // broker whose invariants hold and which is the same broker: the same
+  // domains, leaves, attachments, charges and buffers.
+  void CheckRestore() {
+    BrokerOptions o = options_;
+    o.journal = nullptr;
+    RestoreReport report;
+    auto restored = Broker::Restore(FuzzTopology(), o, journal_.State(), &report);
+    if (!restored.ok()) Fail("the journaled state does not restore", restored.status().ToString());
+    (*restored)->CheckInvariants();
+    std::vector<uint64_t> ids = buffers_;
+    std::sort(ids.begin(), ids.end());
+    ids.erase(std::unique(ids.begin(), ids.end()), ids.end());
+    const std::string want = RestoredView(*broker_, ids);
+    const std::string got = RestoredView(**restored, ids);
+    if (got != want || report.completed != 0) {
+      Fail("the restored broker differs", "--- live\n" + want + "--- restored (" +
+                                              std::to_string(report.completed) + " repairs)\n" +
+                                              got);
+    }
   }
 
  private:
