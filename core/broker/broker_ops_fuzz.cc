@@ -243,6 +243,8 @@ class Driver {
     const std::string want = RestoredView(*broker_, ids);
     const std::string got = RestoredView(**restored, ids);
     if (got != want || report.completed != 0) {
+      for (const std::string& note : report.notes)
+        std::fprintf(stderr, "repair: %s\n", note.c_str());
       Fail("the restored broker differs", "--- live\n" + want + "--- restored (" +
                                               std::to_string(report.completed) + " repairs)\n" +
                                               got);
