@@ -117,12 +117,15 @@ thread-safety: deps
 	cmake --build build-clang -j $(JOBS)
 
 # The libFuzzer targets (clang, ASan + UBSan), each run over its corpus for
-# FUZZ_SECONDS: store/fuzz_corpus/<name> (the checked-in seeds and regression
-# inputs, only read) plus build-fuzz/corpus/<name> (what the runs add). Fails
-# on the first crash, leak, sanitizer report or timeout, leaving the input in
-# build-fuzz/artifacts/ (keep it under store/fuzz_corpus/<name> once fixed;
-# `make test` replays that corpus).
+# FUZZ_SECONDS, one process: <dir>/fuzz_corpus/<name> (the checked-in seeds
+# and regression inputs, only read) plus build-fuzz/corpus/<name> (what the
+# runs add). Fails on the first crash, leak, sanitizer report or timeout,
+# leaving the input in build-fuzz/artifacts/ (keep it under
+# <dir>/fuzz_corpus/<name> once fixed; `make test` replays that corpus).
+# FUZZ_TARGETS=core/broker/broker_ops_fuzz runs one.
 FUZZ_SECONDS ?= 60
+FUZZ_TARGETS ?= core/broker/broker_ops_fuzz server/proto_convert_fuzz \
+  server/topology_loader_fuzz store/state_store_fuzz
 # The soak at length: SOAK_SECONDS of mixed traffic (device clients under
 # expiring sessions, clients vanishing mid-call, a hostile client, fault
 # watchers; tests/iommud_soak_test.cc, which make test runs for 12 s), then
@@ -137,18 +140,17 @@ soak: build
 	IOMMU_CRASH_CYCLES=$(SOAK_CYCLES) $(BUILD_DIR)/tests/iommud_integration_test \
 	  --gtest_filter='StateTest.CrashCycles*'
 
-FUZZ_TARGETS = state_store_fuzz
 fuzz: deps
 	cmake -S . -B build-fuzz -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo $(WERROR) \
 	  -DCMAKE_CXX_COMPILER=clang++ -DIOMMU_FUZZ=ON
-	cmake --build build-fuzz -j $(JOBS) --target $(FUZZ_TARGETS)
+	cmake --build build-fuzz -j $(JOBS) --target $(notdir $(FUZZ_TARGETS))
 	@for t in $(FUZZ_TARGETS); do \
-	  name=$${t%_fuzz}; bin=$$(find build-fuzz -name $$t -type f -perm -u+x | head -1); \
+	  bin=build-fuzz/$$t; name=$$(basename $${t%_fuzz}); corpus=$$(dirname $$t)/fuzz_corpus/$$name; \
 	  mkdir -p build-fuzz/corpus/$$name build-fuzz/artifacts; \
 	  echo "== $$t for $(FUZZ_SECONDS)s"; \
 	  $$bin -max_total_time=$(FUZZ_SECONDS) -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
 	    -artifact_prefix=build-fuzz/artifacts/$$name- \
-	    build-fuzz/corpus/$$name store/fuzz_corpus/$$name || exit 1; \
+	    build-fuzz/corpus/$$name $$corpus || exit 1; \
 	done
 
 # Every C++ file of the repository in the house style (.clang-format: Google,

@@ -25,7 +25,7 @@ RUNTIME=(
 )
 DEV=(
   "${BUILD[@]}"
-  clang libclang-rt-14-dev           # thread-safety analysis and sanitizer builds
+  clang libclang-rt-14-dev           # thread-safety analysis, sanitizer builds, libFuzzer (make fuzz)
   clang-format                       # make format / format-check (CI)
   libgtest-dev libgmock-dev libbenchmark-dev
   python3 python3-grpcio python3-protobuf python3-yaml                     # Python SDK, tests

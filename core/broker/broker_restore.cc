@@ -319,7 +319,9 @@ absl::Status BrokerImpl::RestoreState(DurableState& state, RestoreReport* report
   }
 
   // An Alloc's buffer whose mapping never committed (or whose Free did not
-  // finish) goes as Free would have released it.
+  // finish) goes as Free would have released it. One still referenced by
+  // other mappings or exports is no repair: its Free committed and the
+  // buffer waits for their last reference, as it did before the restart.
   std::vector<uint64_t> orphans;
   for (const BufferState& b : state.buffers) {
     if (b.backs_alloc && !alloc_buffers_mapped.contains(b.buffer_id)) {
@@ -327,8 +329,9 @@ absl::Status BrokerImpl::RestoreState(DurableState& state, RestoreReport* report
     }
   }
   for (uint64_t id : orphans) {
-    buffers_->ReleaseAllocBuffer(id);
-    completed(absl::StrFormat("buffer %d: its Alloc mapping is gone; released", id));
+    if (buffers_->ReleaseAllocBuffer(id)) {
+      completed(absl::StrFormat("buffer %d: its Alloc mapping is gone; released", id));
+    }
   }
   // Replies of requests, those out of the window or over a budget dropped.
   requests_.Restore(std::move(state.requests), &fresh.request_deletes);

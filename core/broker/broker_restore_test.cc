@@ -373,6 +373,37 @@ TEST_F(BrokerRestoreTest, OperationsACrashCutShortAreCompleted) {
   }
 }
 
+// An Alloc freed while another mapping of its buffer remains: the buffer
+// waits for that mapping's unmap. Ordinary state, restored as it was and not
+// counted as a repair (the operation-sequence fuzzer found it counted).
+TEST_F(BrokerRestoreTest, AnAllocBufferWaitingForItsLastMappingIsNoRepair) {
+  auto a = broker_->Alloc(Dev("gpu0"), "gpu0", {.size_bytes = 64 * KiB});
+  ASSERT_TRUE(a.ok()) << a.status();
+  auto m = broker_->Map(Dev("gpu0"), "gpu0",
+                        {.mem = {.buffer_id = a->buffer_id, .length_bytes = 4 * KiB}});
+  ASSERT_TRUE(m.ok()) << m.status();
+  ASSERT_TRUE(broker_->Free(Dev("gpu0"), "gpu0", a->dma_addr).ok());
+
+  RestoreReport report;
+  std::unique_ptr<Broker> b = Restored(nullptr, &report);
+  ASSERT_NE(b, nullptr);
+  EXPECT_EQ(report.completed, 0u) << absl::StrJoin(report.notes, "\n");
+  // The restored buffer behaves as the live one: its pages stay mapped until
+  // the last mapping goes, then it is freed.
+  for (Broker* broker : {broker_.get(), b.get()}) {
+    auto t = broker->Translate(Dev("gpu0"), {.device = "gpu0", .iova = m->dma_addr,
+                                             .access = testing::Read()});
+    ASSERT_TRUE(t.ok()) << t.status();
+    ASSERT_EQ(t->pages.size(), 1u);
+    EXPECT_EQ(t->pages[0].phys_addr, a->runs[0].start);
+    ASSERT_TRUE(broker->Unmap(Dev("gpu0"), "gpu0", {.dma_addr = m->dma_addr}).ok());
+    EXPECT_EQ(broker->GetBuffer(Caller::Admin(), a->buffer_id).status().code(),
+              absl::StatusCode::kNotFound);
+    broker->CheckInvariants();
+  }
+  EXPECT_EQ(broker_->StateDigest(), b->StateDigest());
+}
+
 TEST_F(BrokerRestoreTest, UnrestorableStatesAreRefusedNamingTheRecord) {
   MakeEverything();
   auto refused = [&](DurableState state, const std::string& what) {

@@ -130,8 +130,15 @@ class BufferTable {
     return RecordImport(export_id, std::move(import)).ok();
   }
   // Recovery: releases an Alloc's buffer whose mapping is gone, as the
-  // mapping's unmap would have (at once, or at its importers' last unmap).
-  void ReleaseAllocBuffer(uint64_t buffer_id) { ReleasePages(ReleaseOwned(buffer_id)); }
+  // mapping's unmap would have: at once (true), or, while other mappings or
+  // exports still reference it, at the last reference's drop (false; the
+  // state the live broker was in, no repair).
+  bool ReleaseAllocBuffer(uint64_t buffer_id) {
+    std::unique_ptr<Buffer> dead = ReleaseOwned(buffer_id);
+    const bool now = dead != nullptr;
+    ReleasePages(std::move(dead));
+    return now;
+  }
   // The durable record of a buffer.
   static BufferState StateOf(const Buffer& b);
 

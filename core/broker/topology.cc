@@ -24,6 +24,50 @@ absl::Status Duplicate(const std::string& field, const std::string& name) {
   return FieldError(absl::StatusCode::kAlreadyExists, field, name, "duplicate name");
 }
 
+// Strict UTF-8 (no overlong forms, surrogates or code points past
+// U+10FFFF), as protobuf checks the string fields every name travels in.
+bool IsUtf8(absl::string_view s) {
+  size_t i = 0;
+  while (i < s.size()) {
+    const uint8_t c = uint8_t(s[i]);
+    int n = 0;
+    uint32_t cp = 0;
+    if (c < 0x80) {
+      ++i;
+      continue;
+    } else if ((c & 0xE0) == 0xC0) {
+      n = 1;
+      cp = c & 0x1F;
+    } else if ((c & 0xF0) == 0xE0) {
+      n = 2;
+      cp = c & 0x0F;
+    } else if ((c & 0xF8) == 0xF0) {
+      n = 3;
+      cp = c & 0x07;
+    } else {
+      return false;
+    }
+    if (s.size() - i <= size_t(n)) return false;
+    for (int k = 1; k <= n; ++k) {
+      const uint8_t cc = uint8_t(s[i + k]);
+      if ((cc & 0xC0) != 0x80) return false;
+      cp = cp << 6 | (cc & 0x3F);
+    }
+    constexpr uint32_t kMin[] = {0, 0x80, 0x800, 0x10000};
+    if (cp < kMin[n] || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return false;
+    i += n + 1;
+  }
+  return true;
+}
+
+// A name sent back in replies (proto3 strings): valid UTF-8. The value is
+// not echoed, since it is not.
+absl::Status CheckUtf8(const std::string& field, absl::string_view name) {
+  if (IsUtf8(name)) return absl::OkStatus();
+  return FieldError(absl::StatusCode::kInvalidArgument, field, "",
+                    "must be valid UTF-8 (names are sent in replies)");
+}
+
 std::string Indexed(const char* list, size_t i, const char* field) {
   return absl::StrFormat("%s[%d].%s", list, i, field);
 }
@@ -35,6 +79,7 @@ absl::Status ValidateSmmus(const Topology& t) {
     if (s.name.empty())
       return FieldError(absl::StatusCode::kInvalidArgument, Indexed("smmus", i, "name"), "",
                         "must be non-empty");
+    RETURN_IF_ERROR(CheckUtf8(Indexed("smmus", i, "name"), s.name));
     if (!names.insert(s.name).second) return Duplicate(Indexed("smmus", i, "name"), s.name);
     if (s.ias_bits < 32 || s.ias_bits > 48) {
       return InvalidField(Indexed("smmus", i, "ias_bits"), s.ias_bits, "must be 32..48");
@@ -70,6 +115,7 @@ absl::Status ValidateDevices(const Topology& t) {
     if (d.name.empty())
       return FieldError(absl::StatusCode::kInvalidArgument, Indexed("devices", i, "name"), "",
                         "must be non-empty");
+    RETURN_IF_ERROR(CheckUtf8(Indexed("devices", i, "name"), d.name));
     if (!names.insert(d.name).second) return Duplicate(Indexed("devices", i, "name"), d.name);
     if (!smmus.contains(d.smmu)) {
       return FieldError(absl::StatusCode::kInvalidArgument, Indexed("devices", i, "smmu"), d.smmu,
@@ -106,6 +152,19 @@ absl::Status ValidateDevices(const Topology& t) {
       }
     }
   }
+  // Every device starts in a default domain of its own, which takes one of
+  // its SMMU's contexts: fewer contexts than devices could never start.
+  for (size_t i = 0; i < t.smmus.size(); ++i) {
+    const SmmuConfig& s = t.smmus[i];
+    const auto devices = std::count_if(t.devices.begin(), t.devices.end(),
+                                       [&](const DeviceConfig& d) { return d.smmu == s.name; });
+    if (uint64_t(devices) > s.num_contexts) {
+      return InvalidField(Indexed("smmus", i, "num_contexts"), s.num_contexts,
+                          absl::StrFormat("fewer than the %d devices behind it, whose default "
+                                          "domains take one each",
+                                          devices));
+    }
+  }
   return absl::OkStatus();
 }
 
@@ -126,6 +185,12 @@ uint64_t PgsizeBitmapForGranule(uint64_t granule_bytes) {
 absl::Status ValidateTopology(const Topology& t) {
   if (t.smmus.empty()) return InvalidField("smmus", 0, "a topology needs at least one SMMU");
   RETURN_IF_ERROR(ValidateSmmus(t));
+  for (size_t i = 0; i < t.memory.regions.size(); ++i) {
+    RETURN_IF_ERROR(CheckUtf8(Indexed("memory.regions", i, "name"), t.memory.regions[i].name));
+  }
+  for (size_t i = 0; i < t.memory.pools.size(); ++i) {
+    RETURN_IF_ERROR(CheckUtf8(Indexed("memory.pools", i, "name"), t.memory.pools[i].name));
+  }
   if (absl::Status s = PhysMemory::Create(t.memory).status(); !s.ok()) {
     return absl::Status(s.code(), absl::StrCat("memory.", s.message()));
   }

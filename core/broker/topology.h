@@ -80,12 +80,13 @@ struct Topology {
   std::vector<DeviceConfig> devices;
 };
 
-// Checks names unique and non-empty, SMMU parameters in the architecture's
+// Checks names unique, non-empty and valid UTF-8, SMMU parameters in the architecture's
 // range (ias/oas 32..48, granules non-empty, contexts >= 1, IOTLB sets a
 // power of two), the memory as PhysMemory::Create checks it (regions
 // page-aligned and disjoint, pools inside RAM and disjoint; fields prefixed
 // "memory."; this builds the memory model once), devices on an existing
-// SMMU with unique stream ids per SMMU, dma_mask_bits 12..64, max segment
+// SMMU with unique stream ids per SMMU, every SMMU with a context for the
+// default domain of each device behind it, dma_mask_bits 12..64, max segment
 // size non-zero, boundary mask 2^k-1 of at least a page, doorbells inside an
 // MMIO region. INVALID_ARGUMENT or ALREADY_EXISTS, naming the field and
 // value.

@@ -60,6 +60,18 @@ TEST(TopologyTest, InvalidTopologiesNameFieldAndValue) {
        absl::StatusCode::kInvalidArgument, "smmus[1].granules=0x2000"},
       {"contexts", [](Topology& t) { t.smmus[1].num_contexts = 0; },
        absl::StatusCode::kInvalidArgument, "smmus[1].num_contexts=0"},
+      // smmu1 has two devices, each needing a context for its default domain
+      // (found by topology_loader_fuzz: Broker::Create then failed).
+      {"contexts for the default domains", [](Topology& t) { t.smmus[1].num_contexts = 1; },
+       absl::StatusCode::kInvalidArgument, "smmus[1].num_contexts=0x1: fewer than the 2 devices"},
+      // Names travel in proto3 strings, which a client refuses to parse unless
+      // they are UTF-8 (found by topology_loader_fuzz).
+      {"device name utf-8", [](Topology& t) { t.devices[3].name = "sata\xff"; },
+       absl::StatusCode::kInvalidArgument, "devices[3].name=\"\": must be valid UTF-8"},
+      {"smmu name utf-8", [](Topology& t) { t.smmus[2].name = "\xc0\xae"; },
+       absl::StatusCode::kInvalidArgument, "smmus[2].name=\"\": must be valid UTF-8"},
+      {"pool name utf-8", [](Topology& t) { t.memory.pools[1].name = "dr\xed\xa0\x80m"; },
+       absl::StatusCode::kInvalidArgument, "memory.pools[1].name=\"\": must be valid UTF-8"},
       {"sets", [](Topology& t) { t.smmus[0].iotlb_sets = 100; }, absl::StatusCode::kInvalidArgument,
        "smmus[0].iotlb_sets=0x64"},
       {"region overlap", [](Topology& t) { t.memory.regions[1].base = PhysAddr(0x0802'1000); },
