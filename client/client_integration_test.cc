@@ -802,7 +802,9 @@ TEST(ClientRequestIdTest, ClosingAStreamBrokenWhileIdleIsOk) {
   ASSERT_OK_AND_ASSIGN(admin, Client::Connect({.target = daemon.unix_target()}));
   ASSERT_OK_AND_ASSIGN(devices, admin.ListDevices());
   for (const v1::DeviceInfo& d : devices.devices()) {
-    if (d.config().name() == "nic0") EXPECT_EQ(d.mappings(), 1u);
+    if (d.config().name() == "nic0") {
+      EXPECT_EQ(d.mappings(), 1u);
+    }
   }
 }
 

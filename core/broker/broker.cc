@@ -154,14 +154,6 @@ std::shared_ptr<Domain> BrokerImpl::CurrentDomain(const DeviceState& dev) const 
   return dev.Current();
 }
 
-std::vector<std::shared_ptr<Domain>> BrokerImpl::AllDomains() const {
-  std::vector<std::shared_ptr<Domain>> out;
-  absl::ReaderMutexLock l(&registry_mu_);
-  out.reserve(domains_.size());
-  for (const auto& [id, d] : domains_) out.push_back(d);
-  return out;
-}
-
 absl::StatusOr<std::shared_ptr<Domain>> BrokerImpl::FindDomain(uint64_t domain_id) const {
   auto it = domains_.find(domain_id);
   if (it == domains_.end()) {

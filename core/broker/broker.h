@@ -265,7 +265,8 @@ class Broker {
   absl::Status KeepAlive(const Caller& caller, uint64_t session_id);
   absl::Status CloseSession(const Caller& caller, uint64_t session_id);
   // Releases sessions whose lease ran out; returns how many. Also polls the
-  // flush queues' timeouts. The daemon calls it from a timer.
+  // lazy domains whose flush queue timed out, and only those (O(due)). The
+  // daemon calls it from a timer.
   // A release (of a closed or an expired session) costs O(what the session
   // owns): it visits only the domains holding its mappings, its mappings,
   // buffers and domains, and holds another domain's lock for a bounded
@@ -276,6 +277,9 @@ class Broker {
   // (mappings, buffers, domains): the work of a release, for tests that
   // assert its cost without timing it.
   uint64_t SessionReleaseWork() const;
+  // The lazy domains Ticks have polled since the broker was made: only those
+  // whose flush queue was due (docs/design.md#sessions), for tests.
+  uint64_t FlushPolls() const;
 
   // Checks every engine's invariants and the cross-references between them
   // (mappings vs page tables, buffer references, quotas). For tests.

@@ -30,6 +30,7 @@ absl::StatusOr<std::shared_ptr<Domain>> BrokerImpl::NewDomain(Smmu* smmu,
   params.now = options_.now;
   params.journal = journal_;
   params.sessions = &session_index_;
+  params.flush_timer = &flush_timer_;
   ASSIGN_OR_RETURN(std::shared_ptr<Domain> d, Domain::Create(smmu, std::move(params)));
   ++next_domain_id_;
   domains_[d->id()] = d;

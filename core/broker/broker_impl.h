@@ -175,8 +175,6 @@ class BrokerImpl {
   std::shared_ptr<Domain> CurrentDomain(const DeviceState& dev) const;
   absl::StatusOr<std::shared_ptr<Domain>> FindDomain(uint64_t domain_id) const
       ABSL_SHARED_LOCKS_REQUIRED(registry_mu_);
-  // Every domain, for a pass over all of them outside the registry lock.
-  std::vector<std::shared_ptr<Domain>> AllDomains() const ABSL_LOCKS_EXCLUDED(registry_mu_);
 
   // --- domains --------------------------------------------------------------
   // Creates a domain and enters it in the registry. A device's default domain
@@ -245,8 +243,12 @@ class BrokerImpl {
   std::unique_ptr<FaultRing> faults_;
   // Which domains hold each session's mappings; outlives every domain.
   internal::SessionIndex session_index_;
+  // When each lazy domain's flush queue is due a poll; outlives every domain.
+  internal::FlushTimer flush_timer_;
   // The records session releases visited (see Broker::SessionReleaseWork).
   std::atomic<uint64_t> release_work_{0};
+  // The domains Tick polled (see Broker::FlushPolls).
+  std::atomic<uint64_t> flush_polls_{0};
   std::vector<std::unique_ptr<Smmu>> smmus_;  // immutable after Init
   absl::flat_hash_map<std::string, Smmu*> smmu_by_name_;
   absl::flat_hash_map<std::string, std::unique_ptr<DeviceState>> devices_;  // immutable set

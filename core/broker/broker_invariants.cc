@@ -45,6 +45,7 @@ void Broker::CheckInvariants() const {
   // domain made under one: what the session indexes must list.
   absl::flat_hash_set<std::pair<uint64_t, uint64_t>> session_mapped;
   absl::flat_hash_map<uint64_t, std::vector<uint64_t>> session_domains;
+  size_t flush_armed = 0;
   for (const auto& [id, d] : impl_->domains_) {
     if (d->session_id() != 0) session_domains[d->session_id()].push_back(id);
     Domain::Reader r(*d);
@@ -52,6 +53,14 @@ void Broker::CheckInvariants() const {
     if (pgtable != nullptr) check(pgtable->CheckInvariants(), "page table");
     if (const auto* c = std::get_if<internal::IovaCookie>(&r.cookie())) {
       check(c->iovad->CheckInvariants(), "IOVA allocator");
+      // A queue with entries is polled when they time out.
+      if (c->fq != nullptr && c->fq->stats().depth > 0 && !r.flush_armed()) {
+        check(
+            absl::InternalError(absl::StrFormat(
+                "domain %d: %d flush-queue entries and no flush timer", id, c->fq->stats().depth)),
+            "flush timer");
+      }
+      if (r.flush_armed()) ++flush_armed;
     }
     uint64_t bytes = 0;
     uint64_t pt_bytes = 0;
@@ -92,6 +101,12 @@ void Broker::CheckInvariants() const {
                                                 pgtable->Stats().mapped_bytes, pt_bytes)),
             "page table vs records");
     }
+  }
+  // (Entries of domains destroyed while armed stay until they come due.)
+  if (impl_->flush_timer_.armed() < flush_armed) {
+    check(absl::InternalError(absl::StrFormat("%d domains armed, the flush timer holds %d",
+                                              flush_armed, impl_->flush_timer_.armed())),
+          "flush timer");
   }
   for (const auto& [name, dev] : impl_->devices_) {
     const auto it = charged.find(name);

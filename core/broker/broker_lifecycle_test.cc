@@ -102,6 +102,49 @@ TEST_F(BrokerLifecycleTest, LazyUnmapCountsStaleHitsUntilTheFlush) {
   }
 }
 
+// Tick polls only the lazy domains whose flush queue is due: idle ones and
+// ones not yet due cost it nothing, however many there are.
+TEST_F(BrokerLifecycleTest, TickPollsOnlyTheLazyDomainsWhoseQueueIsDue) {
+  for (int i = 0; i < 6; ++i) {
+    ASSERT_TRUE(
+        broker_->CreateDomain(Caller::Admin(), {.smmu = "smmu0", .type = DomainType::kDmaFq}).ok());
+  }
+  auto lazy_domain_of = [&](const std::string& dev) {
+    auto d = broker_->CreateDomain(Dev(dev), {.smmu = "smmu0", .type = DomainType::kDmaFq});
+    EXPECT_TRUE(d.ok()) << d.status();
+    EXPECT_TRUE(broker_->AttachDevice(Dev(dev), dev, d->domain_id).ok());
+    return d->domain_id;
+  };
+  auto timeouts = [&](uint64_t domain_id) {
+    for (const DomainStats& d : Value(broker_->GetStats(Caller::Admin())).domains) {
+      if (d.domain_id == domain_id && d.flush_queue) return d.flush_queue->flushes_timeout;
+    }
+    return ~uint64_t{0};
+  };
+  const absl::Duration timeout = opts_.flush_queue_timeout;
+  const uint64_t a = lazy_domain_of("nic0");
+  const uint64_t b = lazy_domain_of("gpu0");
+  ASSERT_TRUE(broker_->Unmap(Dev("nic0"), "nic0", {MapPage("nic0")}).ok());
+  clock_.now += timeout / 2;
+  ASSERT_TRUE(broker_->Unmap(Dev("gpu0"), "gpu0", {MapPage("gpu0")}).ok());
+  broker_->Tick();
+  EXPECT_EQ(broker_->FlushPolls(), 0u) << "nothing was due";
+
+  clock_.now += timeout / 2 + absl::Milliseconds(1);  // a's entry is due, b's is not
+  broker_->Tick();
+  EXPECT_EQ(broker_->FlushPolls(), 1u);
+  EXPECT_EQ(timeouts(a), 1u);
+  EXPECT_EQ(timeouts(b), 0u);
+  broker_->Tick();
+  EXPECT_EQ(broker_->FlushPolls(), 1u) << "a's queue is empty";
+  broker_->CheckInvariants();
+
+  clock_.now += timeout / 2;
+  broker_->Tick();
+  EXPECT_EQ(broker_->FlushPolls(), 2u);
+  EXPECT_EQ(timeouts(b), 1u);
+}
+
 TEST_F(BrokerLifecycleTest, UntrustedDevicesAreAlwaysStrict) {
   auto fq = broker_->CreateDomain(Caller::Admin(), {.smmu = "smmu0", .type = DomainType::kDmaFq});
   ASSERT_TRUE(fq.ok());

@@ -139,7 +139,8 @@ absl::Status BrokerImpl::RestoreState(DurableState& state, RestoreReport* report
         .now = options_.now,
         .journal = journal_,
         .first_mapping_id = ds->mapping_ids_reserved,
-        .sessions = &session_index_};
+        .sessions = &session_index_,
+        .flush_timer = &flush_timer_};
     auto d = Domain::Create(smmu->second, std::move(params));
     if (!d.ok()) return Unrestorable(absl::StrFormat("%s: %s", what, d.status().message()));
     if (ds->msi_window) {

@@ -391,8 +391,8 @@ TEST_F(BrokerRestoreTest, AnAllocBufferWaitingForItsLastMappingIsNoRepair) {
   // The restored buffer behaves as the live one: its pages stay mapped until
   // the last mapping goes, then it is freed.
   for (Broker* broker : {broker_.get(), b.get()}) {
-    auto t = broker->Translate(Dev("gpu0"), {.device = "gpu0", .iova = m->dma_addr,
-                                             .access = testing::Read()});
+    auto t = broker->Translate(Dev("gpu0"),
+                               {.device = "gpu0", .iova = m->dma_addr, .access = testing::Read()});
     ASSERT_TRUE(t.ok()) << t.status();
     ASSERT_EQ(t->pages.size(), 1u);
     EXPECT_EQ(t->pages[0].phys_addr, a->runs[0].start);

@@ -76,8 +76,16 @@ int Broker::Tick() {
   for (const auto& gate : gates) BrokerImpl::CloseGate(*gate);
   // Together: each domain they hold mappings in is visited once.
   impl_->ReleaseSessions(expired);
-  for (const auto& d : impl_->AllDomains()) {
-    if (d->type() != DomainType::kDmaFq) continue;
+  // Only the lazy domains whose flush queue is due (O(due), not O(domains)).
+  for (const uint64_t id : impl_->flush_timer_.TakeDue(impl_->options_.now())) {
+    std::shared_ptr<Domain> d;
+    {
+      absl::ReaderMutexLock l(&impl_->registry_mu_);
+      absl::StatusOr<std::shared_ptr<Domain>> found = impl_->FindDomain(id);
+      if (!found.ok()) continue;  // destroyed, its queue flushed
+      d = *std::move(found);
+    }
+    impl_->flush_polls_.fetch_add(1, std::memory_order_relaxed);
     BrokerImpl::Buffers::Refs refs(*impl_->buffers_);
     Domain::Transaction txn(*d, refs);
     txn.PollFlushQueue();
@@ -88,6 +96,8 @@ int Broker::Tick() {
 uint64_t Broker::SessionReleaseWork() const {
   return impl_->release_work_.load(std::memory_order_relaxed);
 }
+
+uint64_t Broker::FlushPolls() const { return impl_->flush_polls_.load(std::memory_order_relaxed); }
 
 void BrokerImpl::ReleaseSessions(absl::Span<const uint64_t> session_ids) {
   if (session_ids.empty()) return;

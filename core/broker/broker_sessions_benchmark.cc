@@ -164,5 +164,26 @@ BENCHMARK(BM_ExpiryStorm)
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime();
 
+// The periodic Tick with nothing to expire and range(0) lazy (DMA_FQ)
+// domains on smmu0, none of whose flush queues is due: what housekeeping
+// costs a broker with many domains (docs/performance.md#expiry-storm). A
+// Tick that polled every lazy domain took each one's lock in turn.
+void BM_TickWithIdleLazyDomains(benchmark::State& state) {
+  const int domains = static_cast<int>(state.range(0));
+  Topology topology = DefaultTopology();
+  topology.smmus[0].num_contexts = static_cast<unsigned>(domains) + 64;
+  auto created = Broker::Create(topology, BrokerOptions{});
+  if (!created.ok()) std::abort();
+  std::unique_ptr<Broker> broker = *std::move(created);
+  for (int i = 0; i < domains; ++i) {
+    if (!broker->CreateDomain(Caller::Admin(), {.smmu = "smmu0", .type = DomainType::kDmaFq})
+             .ok()) {
+      std::abort();
+    }
+  }
+  for (auto _ : state) benchmark::DoNotOptimize(broker->Tick());
+}
+BENCHMARK(BM_TickWithIdleLazyDomains)->Arg(16)->Arg(1024)->Arg(16384);
+
 }  // namespace
 }  // namespace iommu::core

@@ -63,6 +63,7 @@ Domain::Domain(Smmu* smmu, DomainParams params)
       strict_(params.type != DomainType::kDmaFq),
       journal_(params.journal),
       sessions_(params.sessions),
+      flush_timer_(params.flush_timer),
       mappings_(params.granule_bytes, params.type == DomainType::kUnmanaged),
       next_mapping_id_(std::max<uint64_t>(1, params.first_mapping_id)),
       mapping_ids_reserved_(next_mapping_id_) {}
@@ -421,6 +422,7 @@ void Domain::Transaction::RemoveMapping(uint64_t iova_start, bool lazy) {
     const absl::Status s = c->fq->Enqueue(e);
     assert(s.ok());
     (void)s;
+    ArmFlushTimer(*c->fq);
   } else {
     // Strict (UNMANAGED domains always are): the IOTLB forgets the range at
     // commit, before the IOVA can be reused or the memory released.
@@ -441,7 +443,20 @@ void Domain::Transaction::FlushQueue() {
 
 void Domain::Transaction::PollFlushQueue() {
   d_.mu_.AssertHeld();
-  if (auto* c = std::get_if<IovaCookie>(&d_.cookie_); c && c->fq) c->fq->Poll();
+  d_.flush_armed_ = false;
+  if (auto* c = std::get_if<IovaCookie>(&d_.cookie_); c && c->fq) {
+    c->fq->Poll();
+    ArmFlushTimer(*c->fq);
+  }
+}
+
+void Domain::Transaction::ArmFlushTimer(const iommu::core::FlushQueue& fq) {
+  d_.mu_.AssertHeld();
+  if (d_.flush_timer_ == nullptr || d_.flush_armed_) return;
+  if (const std::optional<absl::Time> due = fq.NextDeadline()) {
+    d_.flush_timer_->Arm(d_.id_, *due);
+    d_.flush_armed_ = true;
+  }
 }
 
 // --- MSI ----------------------------------------------------------------------------

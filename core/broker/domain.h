@@ -36,6 +36,7 @@
 #include "core/base/types.h"
 #include "core/broker/broker_mappings.h"
 #include "core/broker/broker_types.h"
+#include "core/broker/flush_timer.h"
 #include "core/broker/session_index.h"
 #include "core/broker/state.h"
 #include "core/broker/topology.h"
@@ -133,6 +134,9 @@ struct DomainParams {
   // Told when a session's first mapping enters the domain and its last
   // leaves (none when null). Not owned; outlives the domain.
   SessionIndex* sessions = nullptr;
+  // Told when its flush queue (DMA_FQ) holds entries that need a poll (none
+  // when null: its owner polls it). Not owned; outlives the domain.
+  FlushTimer* flush_timer = nullptr;
 };
 
 // One I/O address space. Its identity (id, type, SMMU, owner, grants,
@@ -206,6 +210,7 @@ class alignas(64) Domain {
   std::unique_ptr<DomainFlushOps> flush_ops_;  // set once by Create
   Journal* const journal_;
   SessionIndex* const sessions_;
+  FlushTimer* const flush_timer_;
 
   mutable absl::Mutex mu_;                                      // lock order 2
   std::unique_ptr<IoPgtableOps> pgtable_ ABSL_GUARDED_BY(mu_);  // null: IDENTITY/BLOCKED
@@ -215,6 +220,8 @@ class alignas(64) Domain {
   uint64_t next_mapping_id_ ABSL_GUARDED_BY(mu_) = 1;
   // Ids below this are reserved in the journal (never handed out again).
   uint64_t mapping_ids_reserved_ ABSL_GUARDED_BY(mu_) = 0;
+  // flush_timer_ holds this domain's entry (see FlushTimer).
+  bool flush_armed_ ABSL_GUARDED_BY(mu_) = false;
 };
 
 // Shared access to a domain's state (views, stats, translation walks).
@@ -242,6 +249,11 @@ class ABSL_SCOPED_LOCKABLE Domain::Reader {
   uint64_t mapped_bytes() const {
     d_.mu_.AssertReaderHeld();
     return d_.mapped_bytes_;
+  }
+  // Its flush timer holds an entry for it (see FlushTimer).
+  bool flush_armed() const {
+    d_.mu_.AssertReaderHeld();
+    return d_.flush_armed_;
   }
 
  private:
@@ -333,7 +345,9 @@ class ABSL_SCOPED_LOCKABLE Domain::Transaction {
   void Withdraw(uint64_t iova_start) { RemoveMapping(iova_start, /*lazy=*/false); }
   // Completes the flush queue's pending invalidations (lazy domains).
   void FlushQueue();
-  // Retires flush-queue entries whose timeout passed (lazy domains).
+  // Retires flush-queue entries whose timeout passed (lazy domains), for the
+  // owner's timer: the domain's FlushTimer entry came due and was taken;
+  // one is armed again if entries remain.
   void PollFlushQueue();
 
   // MSI (iommu_dma_prepare_msi). The MSI window (base, size) of an
@@ -383,6 +397,9 @@ class ABSL_SCOPED_LOCKABLE Domain::Transaction {
   }
   void CompleteInvalidations() ABSL_EXCLUSIVE_LOCKS_REQUIRED(d_.mu_);
   void RemoveMapping(uint64_t iova_start, bool lazy);
+  // Arms the domain's flush timer at `fq`'s next deadline, unless armed or
+  // it is empty.
+  void ArmFlushTimer(const iommu::core::FlushQueue& fq) ABSL_EXCLUSIVE_LOCKS_REQUIRED(d_.mu_);
   void JournalChanges() ABSL_EXCLUSIVE_LOCKS_REQUIRED(d_.mu_);
   void ReserveMappingIds() ABSL_EXCLUSIVE_LOCKS_REQUIRED(d_.mu_);
   // Tells the session index when a mapping of `session_id` (not 0) was
