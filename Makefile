@@ -8,6 +8,15 @@ CMAKE_FLAGS ?=
 # Development and CI builds treat warnings as errors; a plain cmake build
 # (users, packagers) does not.
 WERROR = -DIOMMU_WERROR=ON
+# Compiles go through ccache when it is installed (scripts/deps.sh installs
+# it): a rebuild, a sanitizer build after a switch of branch, or another
+# clone of the same sources reuses the objects. The cache does not depend on
+# where the clone is (CCACHE_BASEDIR).
+CCACHE := $(shell command -v ccache 2>/dev/null)
+LAUNCHER = $(if $(CCACHE),-DCMAKE_C_COMPILER_LAUNCHER=$(CCACHE) -DCMAKE_CXX_COMPILER_LAUNCHER=$(CCACHE))
+export CCACHE_BASEDIR := $(CURDIR)
+export CCACHE_NOHASHDIR := true
+export CCACHE_MAXSIZE ?= 10G
 # The one version string, project(iommu_broker VERSION ...) in CMakeLists.txt.
 VERSION := $(shell sed -n 's/^project.iommu_broker VERSION \([0-9.]*\).*/\1/p' CMakeLists.txt)
 CTEST_FLAGS ?= --output-on-failure
@@ -21,7 +30,7 @@ deps:
 	@bash scripts/deps.sh
 
 $(BUILD_DIR)/build.ninja:
-	cmake -S . -B $(BUILD_DIR) -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo $(WERROR) $(CMAKE_FLAGS)
+	cmake -S . -B $(BUILD_DIR) -G Ninja $(LAUNCHER) -DCMAKE_BUILD_TYPE=RelWithDebInfo $(WERROR) $(CMAKE_FLAGS)
 
 configure: deps $(BUILD_DIR)/build.ninja
 
@@ -47,7 +56,7 @@ workloads: build
 # Core tests under AddressSanitizer + UndefinedBehaviorSanitizer (the daemon and SDKs are
 # exercised by the integration tests of `make test`).
 asan: deps
-	cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=Debug $(WERROR) -DIOMMU_BUILD_BENCHMARKS=OFF \
+	cmake -S . -B build-asan -G Ninja $(LAUNCHER) -DCMAKE_BUILD_TYPE=Debug $(WERROR) -DIOMMU_BUILD_BENCHMARKS=OFF \
 	  -DIOMMU_CORE_ONLY=ON -DCMAKE_CXX_COMPILER=clang++ -DIOMMU_SANITIZE=address,undefined
 	cmake --build build-asan -j $(JOBS)
 	cd build-asan && ctest -j $(JOBS) $(CTEST_FLAGS)
@@ -75,7 +84,7 @@ TSAN_TARGETS ?= iommud iommuctl state_client client_integration_test client_retr
   lpae_pgtable_test pgtable_page_pool_test iommu_server_test kv_store_test \
   iommud_integration_test iommud_resource_test
 tsan: deps
-	cmake -S . -B build-tsan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo $(WERROR) -DIOMMU_BUILD_BENCHMARKS=OFF \
+	cmake -S . -B build-tsan -G Ninja $(LAUNCHER) -DCMAKE_BUILD_TYPE=RelWithDebInfo $(WERROR) -DIOMMU_BUILD_BENCHMARKS=OFF \
 	  -DIOMMU_CORE_ONLY=OFF -DCMAKE_CXX_COMPILER=clang++ -DIOMMU_SANITIZE=thread -DIOMMU_THREAD_SAFETY=ON
 	cmake --build build-tsan -j $(JOBS) --target $(TSAN_TARGETS)
 	cd build-tsan && TSAN_OPTIONS="suppressions=$(CURDIR)/core/testing/tsan.supp $(TSAN_OPTIONS)" \
@@ -86,7 +95,7 @@ tsan: deps
 # $(DEB_DIR) (cmake/IommuPackaging.cmake).
 DEB_DIR ?= build-deb
 deb: deps
-	cmake -S . -B $(DEB_DIR) -G Ninja -DCMAKE_BUILD_TYPE=Release -DIOMMU_BUILD_TESTS=OFF \
+	cmake -S . -B $(DEB_DIR) -G Ninja $(LAUNCHER) -DCMAKE_BUILD_TYPE=Release -DIOMMU_BUILD_TESTS=OFF \
 	  -DIOMMU_BUILD_BENCHMARKS=OFF $(CMAKE_FLAGS)
 	cmake --build $(DEB_DIR) -j $(JOBS)
 	cd $(DEB_DIR) && cpack -G DEB
@@ -111,7 +120,7 @@ e2e:
 
 # Clang build that checks the ABSL_GUARDED_BY / ABSL_EXCLUSIVE_LOCKS_REQUIRED annotations.
 thread-safety: deps
-	cmake -S . -B build-clang -G Ninja -DCMAKE_BUILD_TYPE=Debug $(WERROR) -DIOMMU_BUILD_BENCHMARKS=OFF \
+	cmake -S . -B build-clang -G Ninja $(LAUNCHER) -DCMAKE_BUILD_TYPE=Debug $(WERROR) -DIOMMU_BUILD_BENCHMARKS=OFF \
 	  -DIOMMU_BUILD_TESTS=OFF \
 	  -DCMAKE_CXX_COMPILER=clang++ -DIOMMU_THREAD_SAFETY=ON
 	cmake --build build-clang -j $(JOBS)
@@ -141,7 +150,7 @@ soak: build
 	  --gtest_filter='StateTest.CrashCycles*'
 
 fuzz: deps
-	cmake -S . -B build-fuzz -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo $(WERROR) \
+	cmake -S . -B build-fuzz -G Ninja $(LAUNCHER) -DCMAKE_BUILD_TYPE=RelWithDebInfo $(WERROR) \
 	  -DCMAKE_CXX_COMPILER=clang++ -DIOMMU_FUZZ=ON
 	cmake --build build-fuzz -j $(JOBS) --target $(notdir $(FUZZ_TARGETS))
 	@for t in $(FUZZ_TARGETS); do \

@@ -27,6 +27,7 @@ DEV=(
   "${BUILD[@]}"
   clang libclang-rt-14-dev           # thread-safety analysis, sanitizer builds, libFuzzer (make fuzz)
   clang-format                       # make format / format-check (CI)
+  ccache                             # the Makefile's builds compile through it
   libgtest-dev libgmock-dev libbenchmark-dev
   python3 python3-grpcio python3-protobuf python3-yaml                     # Python SDK, tests
   mypy-protobuf                                                            # Python SDK: type stubs (build)
