@@ -116,7 +116,9 @@ class BatchStream {
   absl::StatusOr<BatchReply> Flush() { return Send().get(); }
 
   // Half-closes, waits for outstanding responses (through a reopen after a
-  // daemon restart) and returns the stream's status. Idempotent.
+  // daemon restart) and returns the stream's status: OK when every message
+  // sent was answered, even if the stream broke after the last answer and
+  // was not reopened. Idempotent.
   absl::Status Close();
 
  private:
