@@ -705,6 +705,18 @@ class RestartTest(unittest.TestCase):
         self.assertEqual((info.buffers, info.mappings), (buffers, mappings))
         self.assertGreater(buffers, 8)
 
+    def test_closing_a_batch_stream_broken_while_idle_is_no_error(self):
+        daemon, client = self.start()
+        with client.buffer(PAGE, placement="contiguous") as buf:
+            batch = client.batch()
+            (result,) = batch.submit([ops.map(buf, 0, PAGE)], check=True)
+            daemon.kill()
+            batch.close()  # answered before the kill: nothing to report
+            daemon.restart()
+            (info,) = [d for d in client.as_device("").list_devices() if d.config.name == "nic0"]
+            self.assertEqual(info.mappings, 1)
+            client.unmap(result.map.dma_addr)
+
     def test_batch_messages_cut_by_daemon_kills_take_effect_once(self):
         daemon, client = self.start()
         stop = threading.Event()
