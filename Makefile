@@ -20,6 +20,8 @@ export CCACHE_MAXSIZE ?= 10G
 # The one version string, project(iommu_broker VERSION ...) in CMakeLists.txt.
 VERSION := $(shell sed -n 's/^project.iommu_broker VERSION \([0-9.]*\).*/\1/p' CMakeLists.txt)
 CTEST_FLAGS ?= --output-on-failure
+# Test runs keep their files in a directory of their own, removed when they pass.
+WITH_TMPDIR = bash $(CURDIR)/scripts/with_test_tmpdir.sh
 
 .PHONY: all deps configure build run test bench workloads asan tsan thread-safety e2e ci clean \
 	format format-check fuzz soak deb images
@@ -42,7 +44,7 @@ run: build
 	@BUILD_DIR=$(BUILD_DIR) bash scripts/run.sh
 
 test: build
-	cd $(BUILD_DIR) && ctest -j $(JOBS) $(CTEST_FLAGS)
+	cd $(BUILD_DIR) && $(WITH_TMPDIR) ctest -j $(JOBS) $(CTEST_FLAGS)
 
 # Google Benchmark binaries for the hot paths, then the workload runner.
 bench: build
@@ -59,7 +61,7 @@ asan: deps
 	cmake -S . -B build-asan -G Ninja $(LAUNCHER) -DCMAKE_BUILD_TYPE=Debug $(WERROR) -DIOMMU_BUILD_BENCHMARKS=OFF \
 	  -DIOMMU_CORE_ONLY=ON -DCMAKE_CXX_COMPILER=clang++ -DIOMMU_SANITIZE=address,undefined
 	cmake --build build-asan -j $(JOBS)
-	cd build-asan && ctest -j $(JOBS) $(CTEST_FLAGS)
+	cd build-asan && $(WITH_TMPDIR) ctest -j $(JOBS) $(CTEST_FLAGS)
 
 # ThreadSanitizer over the multi-threaded tests: the core's (concurrency, fault
 # ring, Batch runs, request log) and the integration tests that drive a real
@@ -88,7 +90,7 @@ tsan: deps
 	  -DIOMMU_CORE_ONLY=OFF -DCMAKE_CXX_COMPILER=clang++ -DIOMMU_SANITIZE=thread -DIOMMU_THREAD_SAFETY=ON
 	cmake --build build-tsan -j $(JOBS) --target $(TSAN_TARGETS)
 	cd build-tsan && TSAN_OPTIONS="suppressions=$(CURDIR)/core/testing/tsan.supp $(TSAN_OPTIONS)" \
-	  ctest -j $(JOBS) $(CTEST_FLAGS) -R '$(TSAN_TESTS)' -E '$(TSAN_EXCLUDE)'
+	  $(WITH_TMPDIR) ctest -j $(JOBS) $(CTEST_FLAGS) -R '$(TSAN_TESTS)' -E '$(TSAN_EXCLUDE)'
 
 # The Debian packages iommud, iommuctl and libiommu-broker-client-dev, from a
 # Release build as a packager makes it (no tests, warnings not errors), in
@@ -134,7 +136,7 @@ thread-safety: deps
 # FUZZ_TARGETS=core/broker/broker_ops_fuzz runs one.
 FUZZ_SECONDS ?= 60
 FUZZ_TARGETS ?= core/broker/broker_ops_fuzz server/proto_convert_fuzz \
-  server/topology_loader_fuzz store/state_store_fuzz
+  server/topology_loader_fuzz server/request_scan_fuzz store/state_store_fuzz
 # The soak at length: SOAK_SECONDS of mixed traffic (device clients under
 # expiring sessions, clients vanishing mid-call, a hostile client, fault
 # watchers; tests/iommud_soak_test.cc, which make test runs for 12 s), then
@@ -144,9 +146,9 @@ FUZZ_TARGETS ?= core/broker/broker_ops_fuzz server/proto_convert_fuzz \
 SOAK_SECONDS ?= 300
 SOAK_CYCLES ?= 300
 soak: build
-	IOMMU_SOAK_SECONDS=$(SOAK_SECONDS) $(BUILD_DIR)/tests/iommud_integration_test \
+	IOMMU_SOAK_SECONDS=$(SOAK_SECONDS) $(WITH_TMPDIR) $(BUILD_DIR)/tests/iommud_integration_test \
 	  --gtest_filter='SoakTest.*'
-	IOMMU_CRASH_CYCLES=$(SOAK_CYCLES) $(BUILD_DIR)/tests/iommud_integration_test \
+	IOMMU_CRASH_CYCLES=$(SOAK_CYCLES) $(WITH_TMPDIR) $(BUILD_DIR)/tests/iommud_integration_test \
 	  --gtest_filter='StateTest.CrashCycles*'
 
 fuzz: deps

@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
 # SPDX-License-Identifier: Apache-2.0
-"""Writes the seed inputs of the broker operation fuzzer and of the request
-converters' fuzzer (the topology loader's seeds are text files written by
-hand; the state store's come from store/state_store_test.cc).
+"""Writes the seed inputs of the broker operation fuzzer, the request
+converters' fuzzer and the request scanner's fuzzer (the topology loader's
+seeds are text files written by hand; the state store's come from
+store/state_store_test.cc).
 
   scripts/fuzz_seeds.py            rewrites the seed_* files of
-                                   core/broker/fuzz_corpus/broker_ops and
-                                   server/fuzz_corpus/proto_convert
+                                   core/broker/fuzz_corpus/broker_ops,
+                                   server/fuzz_corpus/proto_convert and
+                                   server/fuzz_corpus/request_scan
 
 Each broker seed is a short scenario, encoded decision by decision as
 core/broker/broker_ops_fuzz.cc decodes its input (core/testing/fuzz_input.h),
@@ -20,6 +22,7 @@ seeds no deeper state.
 """
 
 import os
+import re
 import subprocess
 import sys
 
@@ -240,16 +243,69 @@ CONVERT_SEEDS = {
 }
 
 
+PROTO_DIR = os.path.join(ROOT, "proto")
+PROTO_FILES = ["iommu/v1/common.proto", "iommu/v1/device.proto", "iommu/v1/dma.proto",
+               "iommu/v1/domain.proto", "iommu/v1/memory.proto", "iommu/v1/session.proto",
+               "iommu/v1/stats.proto"]
+
+
+def encode(message, text):
+    return subprocess.run(
+        ["protoc", "-I", PROTO_DIR, "--encode=iommu.v1." + message] + PROTO_FILES,
+        input=text.encode(), stdout=subprocess.PIPE, check=True).stdout
+
+
 def convert_seeds():
     out = {}
-    proto_dir = os.path.join(ROOT, "proto")
     for name, (message, text) in CONVERT_SEEDS.items():
-        encoded = subprocess.run(
-            ["protoc", "-I", proto_dir, "--encode=iommu.v1." + message,
-             "iommu/v1/dma.proto", "iommu/v1/memory.proto", "iommu/v1/domain.proto",
-             "iommu/v1/device.proto"],
-            input=text.encode(), stdout=subprocess.PIPE, check=True).stdout
-        out[name] = bytes([CONVERT_KINDS.index(message)]) + encoded
+        out[name] = bytes([CONVERT_KINDS.index(message)]) + encode(message, text)
+    return out
+
+# --- request_scan ---------------------------------------------------------------
+
+
+def request_types():
+    """The input types of every iommu.v1 method, ordered by full name: the
+    request_scan fuzzer's first byte indexes this list (RequestTypes())."""
+    types = set()
+    for f in PROTO_FILES:
+        with open(os.path.join(PROTO_DIR, f)) as proto:
+            for m in re.finditer(r"\brpc\s+\w+\s*\(\s*(?:stream\s+)?([\w.]+)\s*\)",
+                                 proto.read()):
+                types.add("iommu.v1." + m.group(1).split(".")[-1])
+    return sorted(types)
+
+
+def scan_seeds():
+    """Each converter seed, a request with every counted list and string at
+    its limit (request_scan_fuzz.cc's SmallLimits) and one just past it, and
+    a Batch operation whose MapSg comes twice (the parser merges the two)."""
+    types = request_types()
+
+    def seed(message, data):
+        return bytes([types.index("iommu.v1." + message)]) + data
+
+    out = {}
+    for name, (message, text) in CONVERT_SEEDS.items():
+        out["seed_" + name[len("seed_"):]] = seed(message, encode(message, text))
+    segment = "segments { buffer_id: 1 length_bytes: 4096 } "
+    out["seed_sg_at_limit"] = seed("MapSgRequest", encode("MapSgRequest", segment * 3))
+    out["seed_sg_past_limit"] = seed("MapSgRequest", encode("MapSgRequest", segment * 4))
+    access = 'accesses { device: "nic0" iova: 0x1000 length_bytes: 1 } '
+    out["seed_translate_batch"] = seed("TranslateBatchRequest",
+                                       encode("TranslateBatchRequest",
+                                              access * 3))
+    out["seed_export_importers"] = seed(
+        "GetSgTableRequest",
+        encode("GetSgTableRequest", 'export_importers: "gpu0" export_importers: "nic0"'))
+    out["seed_long_string"] = seed("AllocBufferRequest",
+                                   encode("AllocBufferRequest", 'device: "abcdefghi"'))
+    op = encode("BatchOp", "map_sg { " + segment * 2 + "}")
+    twice = op + op
+    out["seed_batch_map_sg_twice"] = seed(
+        "BatchRequest",
+        encode("BatchRequest", 'device: "nic0" ops { unmap { dma_addr: 0x1000 } }')
+        + bytes([0x12, len(twice)]) + twice)
     return out
 
 
@@ -268,6 +324,7 @@ def write(directory, seeds):
 def main():
     write("core/broker/fuzz_corpus/broker_ops", broker_seeds())
     write("server/fuzz_corpus/proto_convert", convert_seeds())
+    write("server/fuzz_corpus/request_scan", scan_seeds())
     return 0
 
 

@@ -83,13 +83,6 @@ prometheus::MetricFamily Family(const char* name, const char* help, prometheus::
 
 const MethodInfo& Describe(Method method) { return kMethods[int(method)]; }
 
-const std::vector<const char*>& ServiceNames() {
-  static const std::vector<const char*> names = {"iommu.v1.Dma",      "iommu.v1.Memory",
-                                                 "iommu.v1.Domains",  "iommu.v1.Devices",
-                                                 "iommu.v1.Sessions", "iommu.v1.Stats"};
-  return names;
-}
-
 GrpcMetrics::GrpcMetrics() {
   for (size_t i = 0; i < kLatencyBoundsSeconds.size(); ++i) {
     bounds_ns_[i] = static_cast<int64_t>(kLatencyBoundsSeconds[i] * 1e9 + 0.5);

@@ -25,6 +25,7 @@
 #include "absl/status/status.h"
 #include "prometheus/collectable.h"
 #include "prometheus/metric_family.h"
+#include "server/services.h"
 
 namespace iommu::server {
 
@@ -80,8 +81,6 @@ struct MethodInfo {
   RpcType type;
 };
 const MethodInfo& Describe(Method method);
-// The services iommud serves, for health and logs.
-const std::vector<const char*>& ServiceNames();
 
 class GrpcMetrics final : public prometheus::Collectable {
  public:

@@ -4,10 +4,11 @@
 #include <algorithm>
 #include <cassert>
 
+#include "absl/container/inlined_vector.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "google/protobuf/wire_format_lite.h"
-#include "server/grpc_metrics.h"
+#include "server/services.h"
 
 namespace iommu::server {
 
@@ -21,6 +22,12 @@ struct RequestScanner::FieldPlan {
   const Plan* child = nullptr;  // a message's plan
   int counted = -1;             // Counted index, for a counted repeated field
   int slot = -1;                // its index among the parent's counted fields
+  // A singular message field: where its message's counts start in the
+  // parent's counts (the parser merges every occurrence of the field into one
+  // message, so their counts add up); -1 when each occurrence counts apart (a
+  // repeated field's entries are separate messages, and a field closing a
+  // cycle of the message types gets counts of its own).
+  int merge_offset = -1;
   uint64_t max_entries = 0;
   std::string limit;  // "--max_sg_segments=65536", for messages
 };
@@ -30,6 +37,11 @@ struct RequestScanner::Plan {
   std::vector<FieldPlan> fields;
   std::vector<int> by_number;  // field number -> index in fields, or -1
   int counted_slots = 0;
+  // counted_slots plus, for each singular message field with a merge_offset,
+  // its message's count_slots: the counts one occurrence of this message
+  // needs, laid out own fields first (Walker::Message).
+  int count_slots = 0;
+  bool open = true;  // being planned (a cycle reaches it)
   // Whether anything inside needs reading (a string or a counted field);
   // otherwise the message is skipped whole.
   bool needs_scan = true;
@@ -128,12 +140,23 @@ const RequestScanner::Plan* RequestScanner::PlanFor(const Descriptor* type) {
       }
     }
     needs_scan = needs_scan || f.is_string || f.counted >= 0 || f.child->needs_scan;
+    if (f.child != nullptr && !field->is_repeated() && !f.child->open) {
+      f.merge_offset = -2;  // placed below, after the counted fields
+    }
     const size_t number = static_cast<size_t>(field->number());
     if (plan->by_number.size() <= number) plan->by_number.resize(number + 1, -1);
     plan->by_number[number] = static_cast<int>(plan->fields.size());
     plan->fields.push_back(std::move(f));
   }
   plan->needs_scan = needs_scan;
+  plan->count_slots = plan->counted_slots;
+  for (FieldPlan& f : plan->fields) {
+    if (f.merge_offset == -2) {
+      f.merge_offset = plan->count_slots;
+      plan->count_slots += f.child->count_slots;
+    }
+  }
+  plan->open = false;
   return plan;
 }
 
@@ -150,7 +173,8 @@ class RequestScanner::Walker {
         totals_(totals) {}
 
   absl::Status Scan(const Descriptor* type, const Plan& plan) {
-    if (Message(plan, end_, 0)) return absl::OkStatus();
+    Counts counts(static_cast<size_t>(plan.count_slots), 0);
+    if (Message(plan, end_, 0, counts.data())) return absl::OkStatus();
     std::string path;
     for (auto frame = problem_.path.rbegin(); frame != problem_.path.rend(); ++frame) {
       if (!path.empty()) path += '.';
@@ -177,6 +201,8 @@ class RequestScanner::Walker {
  private:
   // The recursion limit of protobuf's parser.
   static constexpr int kMaxDepth = 100;
+  // A message's counts (Plan::count_slots): a handful, on the stack.
+  using Counts = absl::InlinedVector<uint64_t, 8>;
 
   struct Problem {
     enum Kind { kMalformed, kTooLong, kTooMany } kind = kMalformed;
@@ -212,6 +238,23 @@ class RequestScanner::Walker {
     return false;  // more than 10 bytes
   }
 
+  // A field's tag as protobuf's parser reads one: a varint of at most five
+  // bytes whose value is cut to 32 bits (a fifth byte's high bits are
+  // dropped, not refused), naming a field number other than 0.
+  bool Tag(const uint8_t* end, uint64_t* tag) {
+    uint32_t value = 0;
+    for (int i = 0; i < 5; ++i) {
+      if (at_ >= end) return false;
+      const uint8_t byte = *at_++;
+      value |= uint32_t{byte & 0x7fu} << (7 * i);
+      if (byte < 0x80) {
+        *tag = value;
+        return (value >> 3) != 0;
+      }
+    }
+    return false;  // a sixth byte
+  }
+
   // Skips the value of a field the plan does not read, as the parser keeps
   // an unknown field.
   bool Skip(uint64_t tag, const uint8_t* end, int depth) {
@@ -232,7 +275,7 @@ class RequestScanner::Walker {
         if (depth >= kMaxDepth) return false;
         while (true) {
           uint64_t inner = 0;
-          if (!Varint(end, &inner) || (inner >> 3) == 0 || inner > UINT32_MAX) return false;
+          if (!Tag(end, &inner)) return false;
           if ((inner & 7) == WireFormatLite::WIRETYPE_END_GROUP) return (inner >> 3) == (tag >> 3);
           if (!Skip(inner, end, depth + 1)) return false;
         }
@@ -247,13 +290,13 @@ class RequestScanner::Walker {
 
   // Reads the fields of a `plan` message up to `end`; false on a problem
   // (problem_), after adding the frame of the field it was in.
-  bool Message(const Plan& plan, const uint8_t* end, int depth) {
-    uint64_t counts[8];  // of this message's counted fields, by slot
-    assert(plan.counted_slots <= 8);
-    for (int i = 0; i < plan.counted_slots; ++i) counts[i] = 0;
+  // `counts` holds plan.count_slots entries, zero for the first occurrence
+  // of the message in its parent and carried over to the next ones (the
+  // parser merges them): the limits hold for the merged lists.
+  bool Message(const Plan& plan, const uint8_t* end, int depth, uint64_t* counts) {
     while (at_ < end) {
       uint64_t tag = 0;
-      if (!Varint(end, &tag) || (tag >> 3) == 0 || tag > UINT32_MAX) return Malformed();
+      if (!Tag(end, &tag)) return Malformed();
       if ((tag & 7) == WireFormatLite::WIRETYPE_VARINT) {  // a scalar: the commonest
         uint64_t ignored;
         if (!Varint(end, &ignored)) return Malformed();
@@ -286,7 +329,14 @@ class RequestScanner::Walker {
           Malformed();
           return Fail(f, index);
         }
-        if (!Message(*f->child, value_end, depth + 1)) return Fail(f, index);
+        bool ok;
+        if (f->merge_offset >= 0) {
+          ok = Message(*f->child, value_end, depth + 1, counts + f->merge_offset);
+        } else {
+          Counts own(static_cast<size_t>(f->child->count_slots), 0);
+          ok = Message(*f->child, value_end, depth + 1, own.data());
+        }
+        if (!ok) return Fail(f, index);
       }
       at_ = value_end;
     }
@@ -323,16 +373,6 @@ absl::Status RequestScanner::Scan(const Descriptor* type, absl::string_view byte
     return absl::InternalError(absl::StrCat(type->full_name(), " is not a request type"));
   }
   return Walker(*this, bytes, totals).Scan(type, *it->second);
-}
-
-absl::Status RequestScanner::Scan(const Descriptor* type, const grpc::ByteBuffer& bytes,
-                                  Totals* totals) const {
-  FlatBytes flat(bytes);
-  return Scan(type, flat.view(), totals);
-}
-
-FlatBytes::FlatBytes(const grpc::ByteBuffer& bytes) {
-  if (!bytes.TrySingleSlice(&slice_).ok()) (void)bytes.DumpToSingleSlice(&slice_);
 }
 
 }  // namespace iommu::server

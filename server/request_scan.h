@@ -13,7 +13,14 @@
 //   - every string (and bytes) field against --max_string_bytes;
 //   - every repeated message or string field of a request against its limit,
 //     per parent message (Counted below); a request type with a repeated
-//     field that has no limit is a bug, which request_scan_test catches;
+//     field that has no limit is a bug, which request_scan_test catches.
+//     The parser merges every occurrence of a singular message field in one
+//     parent (a oneof member sent twice, say ops[i].map_sg) into one message,
+//     so the counts of such occurrences add up and the limit holds for the
+//     merged list. Counting stays conservative: a oneof member sent, then
+//     replaced by another member, then sent again counts both times, though
+//     the parser keeps only the last. (A field closing a cycle of message
+//     types would count each occurrence apart; no request type has one.)
 //   - the wire format itself: a truncated or malformed message is refused as
 //     the parser would refuse it, so the parse that follows cannot fail for
 //     a reason the scan did not name (proto3 UTF-8 checks aside).
@@ -22,13 +29,12 @@
 // counted field are reported: a Batch message weighs its operations plus
 // their MapSg segments.
 //
-// Cost: O(bytes) of tag reads over one contiguous piece (FlatBytes copies a
-// message that came in several slices), without allocation; a sub-message
+// Cost: O(bytes) of tag reads over one contiguous piece (the server's
+// FlatBytes, server/rpc_call.h, copies a message that came in several
+// slices), without allocation; a sub-message
 // with no string or counted field inside (a MemRef) is skipped by its length.
 //
 // Thread-safe: immutable after construction.
-
-#include <grpcpp/support/byte_buffer.h>
 
 #include <array>
 #include <cstdint>
@@ -71,8 +77,6 @@ class RequestScanner {
   // `type` must be one of the request types. `totals` may be null.
   absl::Status Scan(const google::protobuf::Descriptor* type, absl::string_view bytes,
                     Totals* totals = nullptr) const;
-  absl::Status Scan(const google::protobuf::Descriptor* type, const grpc::ByteBuffer& bytes,
-                    Totals* totals = nullptr) const;
 
   // Repeated message or string fields of a request type that no Counted
   // limit covers, by full name (empty unless the proto grew one).
@@ -90,20 +94,6 @@ class RequestScanner {
   size_t topology_devices_;
   absl::flat_hash_map<const google::protobuf::Descriptor*, std::unique_ptr<Plan>> plans_;
   std::vector<std::string> uncounted_;
-};
-
-// A message's bytes in one contiguous piece: its one slice, or a copy of
-// its slices (scanning and parsing a flat array is several times cheaper
-// than walking slices). Holds a reference to the bytes while alive.
-class FlatBytes {
- public:
-  explicit FlatBytes(const grpc::ByteBuffer& bytes);
-  absl::string_view view() const {
-    return absl::string_view(reinterpret_cast<const char*>(slice_.begin()), slice_.size());
-  }
-
- private:
-  grpc::Slice slice_;
 };
 
 }  // namespace iommu::server

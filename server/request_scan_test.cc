@@ -16,6 +16,7 @@
 #include "iommu/v1/device.pb.h"
 #include "iommu/v1/dma.pb.h"
 #include "iommu/v1/domain.pb.h"
+#include "server/rpc_call.h"
 
 namespace iommu::server {
 namespace {
@@ -34,6 +35,13 @@ grpc::ByteBuffer Buffer(const std::string& bytes, size_t slice_bytes = 0) {
     slices.emplace_back(bytes.substr(at, slice_bytes));
   }
   return grpc::ByteBuffer(slices.data(), slices.size());
+}
+
+// The server's way: the slices made one piece (FlatBytes), then scanned.
+absl::Status ScanBuffer(const RequestScanner& scanner, const google::protobuf::Descriptor* type,
+                        const grpc::ByteBuffer& bytes, RequestScanner::Totals* totals = nullptr) {
+  const FlatBytes flat(bytes);
+  return scanner.Scan(type, flat.view(), totals);
 }
 
 Limits Small() {
@@ -71,10 +79,9 @@ TEST(RequestScanTest, CountsAndStringsAreCheckedNamingThePathAndTheFlag) {
     v1::MapSgRequest* sg = ok.add_ops()->mutable_map_sg();
     for (int i = 0; i < 4; ++i) sg->add_segments()->set_buffer_id(1);
     RequestScanner::Totals totals;
-    ASSERT_TRUE(
-        scanner
-            .Scan(v1::BatchRequest::descriptor(), Buffer(ok.SerializeAsString(), slices), &totals)
-            .ok());
+    ASSERT_TRUE(ScanBuffer(scanner, v1::BatchRequest::descriptor(),
+                           Buffer(ok.SerializeAsString(), slices), &totals)
+                    .ok());
     EXPECT_EQ(totals[int(Counted::kBatchOps)], 6u);
     EXPECT_EQ(totals[int(Counted::kSgSegments)], 4u);
 
@@ -82,38 +89,39 @@ TEST(RequestScanTest, CountsAndStringsAreCheckedNamingThePathAndTheFlag) {
     v1::BatchRequest segments = ok;
     v1::MapSgRequest* second = segments.add_ops()->mutable_map_sg();
     for (int i = 0; i < 5; ++i) second->add_segments();
-    absl::Status s =
-        scanner.Scan(v1::BatchRequest::descriptor(), Buffer(segments.SerializeAsString(), slices));
+    absl::Status s = ScanBuffer(scanner, v1::BatchRequest::descriptor(),
+                                Buffer(segments.SerializeAsString(), slices));
     EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted);
     EXPECT_EQ(s.message(), "ops[6].map_sg.segments: 5 entries, more than --max_sg_segments=4");
 
     // A device name too long, deep in a message.
     v1::BatchRequest device = MapOps(3);
     device.mutable_ops(2)->mutable_map()->set_device(std::string(10 << 20, 'd'));
-    s = scanner.Scan(v1::BatchRequest::descriptor(), Buffer(device.SerializeAsString(), slices));
+    s = ScanBuffer(scanner, v1::BatchRequest::descriptor(),
+                   Buffer(device.SerializeAsString(), slices));
     EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted);
     EXPECT_EQ(s.message(), "ops[2].map.device: 10485760 bytes, more than --max_string_bytes=8");
 
     // Too many operations: counted whole.
-    s = scanner.Scan(v1::BatchRequest::descriptor(),
-                     Buffer(MapOps(40).SerializeAsString(), slices));
+    s = ScanBuffer(scanner, v1::BatchRequest::descriptor(),
+                   Buffer(MapOps(40).SerializeAsString(), slices));
     EXPECT_EQ(s.message(), "ops: 40 entries, more than --max_batch_ops=16");
 
     // Unary requests: accesses, importers (bounded by the topology's devices).
     v1::TranslateBatchRequest accesses;
     for (int i = 0; i < 4; ++i) accesses.add_accesses()->set_length_bytes(1);
-    s = scanner.Scan(v1::TranslateBatchRequest::descriptor(),
-                     Buffer(accesses.SerializeAsString(), slices));
+    s = ScanBuffer(scanner, v1::TranslateBatchRequest::descriptor(),
+                   Buffer(accesses.SerializeAsString(), slices));
     EXPECT_EQ(s.message(), "accesses: 4 entries, more than --max_translate_accesses=3");
     v1::GetSgTableRequest importers;
     for (int i = 0; i < 13; ++i) importers.add_export_importers("gpu0");
-    s = scanner.Scan(v1::GetSgTableRequest::descriptor(),
-                     Buffer(importers.SerializeAsString(), slices));
+    s = ScanBuffer(scanner, v1::GetSgTableRequest::descriptor(),
+                   Buffer(importers.SerializeAsString(), slices));
     EXPECT_EQ(s.message(), "export_importers: 13 entries, more than the topology's 12 devices");
     v1::CreateDomainRequest smmu;
     smmu.set_smmu("a-very-long-smmu-name");
-    s = scanner.Scan(v1::CreateDomainRequest::descriptor(),
-                     Buffer(smmu.SerializeAsString(), slices));
+    s = ScanBuffer(scanner, v1::CreateDomainRequest::descriptor(),
+                   Buffer(smmu.SerializeAsString(), slices));
     EXPECT_EQ(s.message(), "smmu: 21 bytes, more than --max_string_bytes=8");
   }
 }
@@ -125,8 +133,10 @@ TEST(RequestScanTest, MalformedBytesAreInvalidArgumentNamingTheType) {
                                  good.substr(0, good.size() - 3),  // cut short
                                  std::string("\x12\x40\x0a", 3),   // ops longer than left
                                  std::string("\x00", 1),           // field number 0
-                                 std::string("\x0c", 1)}) {        // an end-group tag
-    const absl::Status s = scanner.Scan(v1::BatchRequest::descriptor(), Buffer(bad));
+                                 std::string("\x0c", 1),           // an end-group tag
+                                 // A tag of six bytes (field 1, padded).
+                                 std::string("\x88\x80\x80\x80\x80\x00\x01", 7)}) {
+    const absl::Status s = ScanBuffer(scanner, v1::BatchRequest::descriptor(), Buffer(bad));
     EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
     EXPECT_THAT(s.message(), HasSubstr("the request could not be parsed as iommu.v1.BatchRequest"));
     v1::BatchRequest parsed;
@@ -139,14 +149,57 @@ TEST(RequestScanTest, MalformedBytesAreInvalidArgumentNamingTheType) {
   unknown += std::string("\x1a\x02hi", 4);        // device (field 3) is a string: fine
   unknown += std::string("\x10\x05", 2);          // ops (field 2) as a varint: unknown
   unknown += std::string("\x0b\x08\x01\x0c", 4);  // a group holding a varint, as field 1
-  EXPECT_TRUE(scanner.Scan(v1::BatchRequest::descriptor(), Buffer(unknown)).ok());
+  // A five-byte tag whose last byte has bits beyond 32: the parser cuts it
+  // to 32 bits (field 328609372, fixed32), so the scan must too.
+  unknown += std::string("\xe5\xe5\xc5\xe5\x39\x09\x61\x0c\xe5", 9);
+  EXPECT_TRUE(ScanBuffer(scanner, v1::BatchRequest::descriptor(), Buffer(unknown)).ok());
   v1::BatchRequest parsed;
   EXPECT_TRUE(parsed.ParseFromString(unknown));
   // A group closed with another field's end.
   const std::string mismatched = good + std::string("\x0b\x14", 2);
-  EXPECT_EQ(scanner.Scan(v1::BatchRequest::descriptor(), Buffer(mismatched)).code(),
+  EXPECT_EQ(ScanBuffer(scanner, v1::BatchRequest::descriptor(), Buffer(mismatched)).code(),
             absl::StatusCode::kInvalidArgument);
   EXPECT_FALSE(parsed.ParseFromString(mismatched));
+}
+
+// The parser merges a singular message field that occurs more than once in
+// its parent (and a oneof member that occurs again): two MapSg occurrences of
+// one operation become one MapSg with the segments of both. Counted as the
+// parser will merge them, the limit holds for the merged list, not for each
+// occurrence.
+TEST(RequestScanTest, ASubMessageSentTwiceIsCountedAsTheParserMergesIt) {
+  const RequestScanner scanner(Small(), 12);
+  v1::BatchOp half;
+  for (int i = 0; i < 3; ++i) half.mutable_map_sg()->add_segments()->set_buffer_id(1);
+  const std::string twice = half.SerializeAsString() + half.SerializeAsString();
+  v1::BatchRequest request = MapOps(1);
+  request.add_ops()->ParseFromString(twice);
+  ASSERT_EQ(request.ops(1).map_sg().segments_size(), 6);  // merged
+  // Each occurrence (3) is within --max_sg_segments=4; their merge is not.
+  std::string bytes = MapOps(1).SerializeAsString();
+  bytes += '\x12';  // ops, length-delimited
+  ASSERT_LT(twice.size(), 128u);
+  bytes += static_cast<char>(twice.size());
+  bytes += twice;
+  v1::BatchRequest parsed;
+  ASSERT_TRUE(parsed.ParseFromString(bytes));
+  ASSERT_EQ(parsed.ops(1).map_sg().segments_size(), 6);
+  RequestScanner::Totals totals;
+  const absl::Status s =
+      ScanBuffer(scanner, v1::BatchRequest::descriptor(), Buffer(bytes), &totals);
+  EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted) << s;
+  EXPECT_EQ(s.message(), "ops[1].map_sg.segments: 6 entries, more than --max_sg_segments=4");
+
+  // Within the limit once merged (2 + 2): accepted, and counted as merged.
+  v1::BatchOp quarter;
+  for (int i = 0; i < 2; ++i) quarter.mutable_map_sg()->add_segments()->set_buffer_id(1);
+  const std::string two = quarter.SerializeAsString() + quarter.SerializeAsString();
+  std::string fits = MapOps(1).SerializeAsString();
+  fits += '\x12';
+  fits += static_cast<char>(two.size());
+  fits += two;
+  ASSERT_TRUE(ScanBuffer(scanner, v1::BatchRequest::descriptor(), Buffer(fits), &totals).ok());
+  EXPECT_EQ(totals[int(Counted::kSgSegments)], 4u);
 }
 
 // Random damage to valid messages: whatever the parser accepts, the scan
@@ -184,7 +237,7 @@ TEST(RequestScanTest, NothingTheParserAcceptsIsRefused) {
     v1::BatchRequest parsed;
     if (!parsed.ParseFromString(damaged)) continue;
     ++accepted;
-    const absl::Status s = scanner.Scan(v1::BatchRequest::descriptor(), Buffer(damaged, 7));
+    const absl::Status s = ScanBuffer(scanner, v1::BatchRequest::descriptor(), Buffer(damaged, 7));
     ASSERT_TRUE(s.ok()) << s << " for bytes of " << damaged.size();
   }
   EXPECT_GT(accepted, 500);

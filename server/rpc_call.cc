@@ -9,6 +9,10 @@
 
 namespace iommu::server {
 
+FlatBytes::FlatBytes(const grpc::ByteBuffer& bytes) {
+  if (!bytes.TrySingleSlice(&slice_).ok()) (void)bytes.DumpToSingleSlice(&slice_);
+}
+
 absl::Status ParseRequest(const ServiceEnv& env, Method method, const grpc::ByteBuffer& bytes,
                           google::protobuf::Message* request) {
   const MethodInfo& info = Describe(method);

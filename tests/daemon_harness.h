@@ -32,9 +32,13 @@
 
 namespace iommu::testing {
 
+// A fresh private directory under $TMPDIR (make test gives each run its own:
+// scripts/with_test_tmpdir.sh), else /tmp.
 inline std::string MakeTempDir() {
-  char tmpl[] = "/tmp/iommud_test.XXXXXX";
-  const char* dir = mkdtemp(tmpl);
+  const char* base = getenv("TMPDIR");
+  std::string tmpl =
+      std::string(base != nullptr && *base != '\0' ? base : "/tmp") + "/iommud_test.XXXXXX";
+  const char* dir = mkdtemp(tmpl.data());
   return dir ? dir : "/tmp";
 }
 

@@ -82,7 +82,9 @@ const char* IommuctlPath() { return IOMMUCTL_PATH; }
 
 std::string MakeTempDir() {
   const char* base = getenv("TEST_TMPDIR");
-  std::string tmpl = absl::StrCat(base != nullptr ? base : "/tmp", "/iommu-it-XXXXXX");
+  if (base == nullptr || *base == '\0') base = getenv("TMPDIR");
+  std::string tmpl =
+      absl::StrCat(base != nullptr && *base != '\0' ? base : "/tmp", "/iommu-it-XXXXXX");
   char* dir = mkdtemp(tmpl.data());
   return dir != nullptr ? std::string(dir) : std::string();
 }
