@@ -29,17 +29,14 @@
 #include <vector>
 
 #include "core/testing/sanitizer_report.h"
+#include "core/testing/temp_dir.h"
 
 namespace iommu::testing {
 
-// A fresh private directory under $TMPDIR (make test gives each run its own:
-// scripts/with_test_tmpdir.sh), else /tmp.
+// A fresh private directory (MakeTestTempDir), or /tmp if none can be made.
 inline std::string MakeTempDir() {
-  const char* base = getenv("TMPDIR");
-  std::string tmpl =
-      std::string(base != nullptr && *base != '\0' ? base : "/tmp") + "/iommud_test.XXXXXX";
-  const char* dir = mkdtemp(tmpl.data());
-  return dir ? dir : "/tmp";
+  std::string dir = MakeTestTempDir("iommud_test.");
+  return dir.empty() ? "/tmp" : dir;
 }
 
 inline std::string ReadAll(const std::string& path) {

@@ -17,6 +17,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "core/testing/sanitizer_report.h"
+#include "core/testing/temp_dir.h"
 
 namespace iommu::client::testing {
 namespace {
@@ -80,14 +81,7 @@ int WaitExit(pid_t pid) {
 const char* IommudPath() { return IOMMUD_PATH; }
 const char* IommuctlPath() { return IOMMUCTL_PATH; }
 
-std::string MakeTempDir() {
-  const char* base = getenv("TEST_TMPDIR");
-  if (base == nullptr || *base == '\0') base = getenv("TMPDIR");
-  std::string tmpl =
-      absl::StrCat(base != nullptr && *base != '\0' ? base : "/tmp", "/iommu-it-XXXXXX");
-  char* dir = mkdtemp(tmpl.data());
-  return dir != nullptr ? std::string(dir) : std::string();
-}
+std::string MakeTempDir() { return ::iommu::testing::MakeTestTempDir("iommu-it-"); }
 
 int FreeTcpPort() {
   const int fd = socket(AF_INET, SOCK_STREAM, 0);

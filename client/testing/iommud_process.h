@@ -21,8 +21,8 @@ namespace iommu::client::testing {
 const char* IommudPath();
 const char* IommuctlPath();
 
-// A fresh private directory under TEST_TMPDIR, else TMPDIR (make test gives
-// each run its own: scripts/with_test_tmpdir.sh), else /tmp.
+// A fresh private directory (core/testing/temp_dir.h); empty if none can be
+// made.
 std::string MakeTempDir();
 // A TCP port free at the time of the call.
 int FreeTcpPort();
